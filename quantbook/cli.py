@@ -1,0 +1,201 @@
+"""The ``quantbook`` command line.  Thin: parse, call the library, print.
+
+Every user error (bad arguments, bad input files, invalid codebooks) ends with a one-line
+``quantbook: error: ...`` on stderr and exit status 2 — never a traceback.  Each
+sub-command is one ``_cmd_*`` function plus its arguments in :func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2.  ``prog`` names the sub-command."""
+
+    def __init__(self, message: str, prog: str = "quantbook") -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        raise UsageError(message, self.prog)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _progress(msg: str) -> None:
+    if sys.stderr.isatty():
+        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+
+def _progress_done() -> None:
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ codebooks
+def _load_codebook(spec: str):
+    from .codebooks.registry import load
+
+    try:
+        return load(spec)
+    except (KeyError, FileNotFoundError) as exc:
+        raise UsageError(str(exc.args[0] if exc.args else exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {spec}: {exc.strerror or exc}") from None
+
+
+def _print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    if as_json:
+        d = cb.to_dict()
+        d.update(extra or {})
+        _print_json(d)
+        return
+    print(f"{cb.name}: {cb.bits}-bit, {cb.n_levels} levels")
+    print(f"source: {cb.source}")
+    from .verify.audit import format_recipe
+
+    print(f"recipe: {format_recipe(cb.recipe)}")
+    print(f"{'index':>5}  {'value (float64 repr)':<24}  {'float32 hex':<10}")
+    for i, v in enumerate(cb.code):
+        print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
+    for key, value in (extra or {}).items():
+        print(f"{key}: {value}")
+
+
+def _cmd_list(args) -> int:
+    from .codebooks.registry import REGISTRY
+
+    width = max(len(n) for n in REGISTRY)
+    for name, entry in REGISTRY.items():
+        print(f"{name:<{width}}  {entry.summary}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    _print_codebook(_load_codebook(args.name), args.json)
+    return 0
+
+
+# -------------------------------------------------------------------------------- derive
+def _cmd_derive_nf(args) -> int:
+    from .derive.normal_float import nf, nf_exact
+
+    cb = nf(args.bits, args.offset, args.precision)
+    extra = None
+    if args.precision == "exact":
+        import mpmath
+
+        extra = {"levels_exact": [mpmath.nstr(v, 32) for v in nf_exact(args.bits, cb.recipe["offset"], dps=40)]}
+    _print_codebook(cb, args.json, extra)
+    return 0
+
+
+# --------------------------------------------------------------------------------- audit
+def _cmd_audit(args) -> int:
+    from .verify.audit import audit
+
+    rows = audit(progress=lambda n: _progress(f"auditing {n} ..."))
+    _progress_done()
+    if args.json:
+        _print_json([r.to_dict() for r in rows])
+    else:
+        for r in rows:
+            status = ("FAIL" if r.failed else "ok") if r.reproduced is not None else "n/a"
+            if r.reproduced is None and r.expect == "report":
+                status = "report"
+            fields = (f"bit_exact={'-' if r.bit_exact is None else ('yes' if r.bit_exact else 'no')}"
+                      f"  max_ulp={'-' if r.max_ulp is None else r.max_ulp}"
+                      f"  max_abs_diff={'-' if r.max_abs_diff is None else f'{r.max_abs_diff:.3g}'}")
+            print(f"[{status:>6}] {r.name}: {r.recipe}")
+            print(f"         {fields}  expect={r.expect}")
+            print(f"         {r.explanation}")
+    failed = [r.name for r in rows if r.failed]
+    if failed:
+        print(f"quantbook: audit: not reproduced: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -------------------------------------------------------------------------------- parser
+def _int_in(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .derive.normal_float import PRECISIONS
+
+    p = _Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("list", help="published codebooks with a one-line source")
+    s.set_defaults(func=_cmd_list)
+
+    s = sub.add_parser("show", help="print a codebook (registry NAME or FILE.json)")
+    s.add_argument("name", metavar="NAME|FILE.json")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_cmd_show)
+
+    d = sub.add_parser("derive", help="derive a codebook")
+    dsub = d.add_subparsers(dest="method", metavar="METHOD", parser_class=_Parser)
+    dsub.required = True
+    s = dsub.add_parser("nf", help="NormalFloat NFk from normal quantiles")
+    s.add_argument("--bits", type=_int_in(2, 8), default=4, help="k, 2..8 (default 4)")
+    s.add_argument("--offset", default=None,
+                   help="outermost quantile position as an exact rational P/Q or decimal "
+                        "(default: 929/960 for k=4; 0.9677083 with float32-bnb)")
+    s.add_argument("--precision", choices=PRECISIONS, default="float64")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_cmd_derive_nf)
+
+    s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_cmd_audit)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"quantbook: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantbook: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback
+        print(f"quantbook: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

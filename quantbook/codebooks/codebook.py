@@ -1,0 +1,281 @@
+"""The :class:`Codebook` value type.
+
+A codebook is the small lookup table of a k-bit block-wise quantizer.  It holds
+
+* ``levels`` — the distinct reconstruction values, sorted, as float64;
+* ``code`` — the index→value table in *stored* order (the order a packed nibble
+  indexes).  For most tables ``code`` is ``levels`` itself; bitsandbytes' FP4 table is
+  stored in bit-pattern order and even holds ``-0.0`` next to ``+0.0``, so the two can
+  differ and both are kept for byte-compatible export and bulk quantization;
+* ``bits``, ``name``, ``source`` (a citation, or ``"derived"``) and ``recipe`` (the
+  parameters that re-derive it, or ``None`` for a table that has no generating recipe).
+
+Encoding rule (stated once, used everywhere): a normalised value ``y`` goes to the
+nearest level; a value exactly on a decision threshold (the midpoint of two adjacent
+levels) goes to the **lower** level, as bitsandbytes' CUDA kernels do (they test
+``x > threshold``).  Equivalently ``level_index = #{t in thresholds : y > t}``.  When a
+level occurs at several code indices (FP4's ``+0``/``-0``) the lowest such index is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["Codebook", "CodebookError", "float32_ulp_distance"]
+
+
+class CodebookError(ValueError):
+    """Invalid codebook data or invalid input to a codebook operation."""
+
+
+def _as_float64_vector(values: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CodebookError(f"{what} must be a sequence of numbers ({exc})") from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise CodebookError(f"{what} must be a non-empty 1-D sequence, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise CodebookError(f"{what} must be finite: entry {bad[0]} is {arr[bad[0]]!r}")
+    return arr
+
+
+def _freeze(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def _thaw_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if recipe is None else dict(recipe)
+
+
+@dataclass(frozen=True, eq=False)
+class Codebook:
+    """Immutable k-bit codebook.  See the module docstring for the encoding rule.
+
+    Parameters
+    ----------
+    levels:
+        Strictly increasing finite values (``-0.0`` and ``0.0`` count as duplicates).
+    bits:
+        Bit width; ``len(levels) <= 2**bits`` and ``len(code) <= 2**bits``.
+    name, source:
+        Registry name and citation (``"derived"`` for a freshly derived table).
+    recipe:
+        Parameters that re-derive the table (a JSON-able mapping), or ``None``.
+    code:
+        Optional index→value table in stored order; every entry must equal one of
+        ``levels`` (the sign of a zero is kept).  Defaults to ``levels``.
+    """
+
+    levels: np.ndarray
+    bits: int
+    name: str = "unnamed"
+    source: str = "derived"
+    recipe: Mapping[str, Any] | None = None
+    code: np.ndarray | None = None
+    _code_index: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)):
+            raise CodebookError(f"bits must be an integer, got {self.bits!r}")
+        bits = int(self.bits)
+        if not 1 <= bits <= 16:
+            raise CodebookError(f"bits must be between 1 and 16, got {bits}")
+        levels = _as_float64_vector(self.levels, "levels") + 0.0  # -0.0 -> +0.0
+        steps = np.diff(levels)
+        if np.any(steps <= 0):
+            i = int(np.flatnonzero(steps <= 0)[0])
+            kind = "duplicate" if steps[i] == 0 else "unsorted"
+            raise CodebookError(
+                f"levels must be strictly increasing: {kind} levels at positions {i} and {i + 1} "
+                f"({levels[i]!r}, {levels[i + 1]!r})"
+            )
+        if levels.size > 2**bits:
+            raise CodebookError(
+                f"{levels.size} levels do not fit in {bits} bits (at most {2**bits})"
+            )
+        if self.code is None:
+            code = levels.copy()
+        else:
+            code = _as_float64_vector(self.code, "code")
+            if code.size > 2**bits:
+                raise CodebookError(f"code has {code.size} entries, more than 2**{bits}")
+        # level position of every code index; every level must be reachable
+        pos = np.searchsorted(levels, code)
+        pos_ok = (pos < levels.size) & (levels[np.minimum(pos, levels.size - 1)] == code)
+        if not np.all(pos_ok):
+            i = int(np.flatnonzero(~pos_ok)[0])
+            raise CodebookError(f"code entry {i} ({code[i]!r}) is not one of the levels")
+        code_index = np.empty(levels.size, dtype=np.int64)
+        seen = np.zeros(levels.size, dtype=bool)
+        for idx in range(code.size):  # lowest code index wins for repeated values
+            p = pos[idx]
+            if not seen[p]:
+                seen[p] = True
+                code_index[p] = idx
+        if not seen.all():
+            i = int(np.flatnonzero(~seen)[0])
+            raise CodebookError(f"level {levels[i]!r} does not appear in code")
+        if not isinstance(self.name, str) or not self.name:
+            raise CodebookError("name must be a non-empty string")
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "levels", _freeze(levels))
+        object.__setattr__(self, "code", _freeze(code))
+        object.__setattr__(self, "_code_index", _freeze(code_index))
+        object.__setattr__(self, "recipe", _thaw_recipe(self.recipe))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n_levels(self) -> int:
+        return int(self.levels.size)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """Decision thresholds (midpoints of adjacent levels), float64."""
+        return 0.5 * (self.levels[:-1] + self.levels[1:])
+
+    @property
+    def thresholds_f32(self) -> np.ndarray:
+        """The float64 midpoints rounded once (to nearest) to float32."""
+        return self.thresholds.astype(np.float32)
+
+    @property
+    def levels_f32(self) -> np.ndarray:
+        return self.levels.astype(np.float32)
+
+    @property
+    def code_f32(self) -> np.ndarray:
+        """The index→value table as float32 (what a kernel or bitsandbytes holds)."""
+        return self.code.astype(np.float32)
+
+    @property
+    def level_to_code(self) -> np.ndarray:
+        """Code index used for each sorted level (lowest index for repeated values)."""
+        return self._code_index
+
+    # --------------------------------------------------------------- encoding
+    def encode(self, y: Any, thresholds: str = "float64") -> np.ndarray:
+        """Code indices (uint8 for ≤8 bits, else uint16) of normalised values ``y``.
+
+        Nearest level; ties (``y`` exactly on a threshold) go to the lower level.
+        ``thresholds="float32"`` compares against :attr:`thresholds_f32` instead of the
+        float64 midpoints, as a float32 kernel does.  NaN is rejected.
+        """
+        arr = np.asarray(y)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise CodebookError(f"encode needs real numbers, got dtype {arr.dtype}")
+        if np.isnan(arr).any():
+            raise CodebookError("encode got NaN")
+        if thresholds == "float64":
+            t = self.thresholds
+            arr = arr.astype(np.float64)
+        elif thresholds == "float32":
+            t = self.thresholds_f32
+            arr = arr.astype(np.float32)
+        else:
+            raise CodebookError(f"thresholds must be 'float64' or 'float32', got {thresholds!r}")
+        level_pos = np.searchsorted(t, arr, side="left")  # #{t : t < y}
+        dtype = np.uint8 if self.bits <= 8 else np.uint16
+        return self._code_index[level_pos].astype(dtype)
+
+    def decode(self, indices: Any) -> np.ndarray:
+        """Values (float64) of code indices."""
+        idx = np.asarray(indices)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise CodebookError(f"decode needs integer indices, got dtype {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.code.size):
+            raise CodebookError(f"indices must lie in [0, {self.code.size - 1}]")
+        return self.code[idx]
+
+    def quantize(self, y: Any) -> np.ndarray:
+        """Nearest-level values of normalised ``y`` (``decode(encode(y))``)."""
+        return self.decode(self.encode(y))
+
+    # ------------------------------------------------------------ comparison
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Codebook):
+            return NotImplemented
+        return (
+            self.bits == other.bits
+            and self.name == other.name
+            and self.source == other.source
+            and self.recipe == other.recipe
+            and np.array_equal(self.levels.view(np.int64), other.levels.view(np.int64))
+            and np.array_equal(self.code.view(np.int64), other.code.view(np.int64))
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.bits, self.levels.tobytes(), self.code.tobytes()))
+
+    def __repr__(self) -> str:
+        lv = ", ".join(f"{v:.6g}" for v in self.levels)
+        return f"Codebook(name={self.name!r}, bits={self.bits}, levels=[{lv}])"
+
+    def replace(self, **changes: Any) -> "Codebook":
+        """A copy with some fields changed (``levels``, ``name``, ``source``, ...)."""
+        fields = dict(
+            levels=self.levels, bits=self.bits, name=self.name, source=self.source,
+            recipe=self.recipe, code=self.code,
+        )
+        if "levels" in changes and "code" not in changes:
+            fields["code"] = None
+        fields.update(changes)
+        return Codebook(**fields)
+
+    # ----------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; floats are Python floats, whose repr round-trips float64."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "bits": self.bits,
+            "levels": [float(v) for v in self.levels],
+            "source": self.source,
+            "recipe": self.recipe,
+        }
+        if not np.array_equal(self.code.view(np.int64), self.levels.view(np.int64)):
+            d["code"] = [float(v) for v in self.code]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Codebook":
+        if not isinstance(d, Mapping):
+            raise CodebookError("a codebook must be a JSON object")
+        missing = [k for k in ("bits", "levels") if k not in d]
+        if missing:
+            raise CodebookError(f"codebook object lacks {', '.join(missing)}")
+        return cls(
+            levels=d["levels"], bits=d["bits"], name=d.get("name", "unnamed"),
+            source=d.get("source", "derived"), recipe=d.get("recipe"), code=d.get("code"),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Codebook":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CodebookError(f"not valid JSON: {exc}") from None
+        return cls.from_dict(d)
+
+
+def float32_ulp_distance(a: Any, b: Any) -> np.ndarray:
+    """Distance in float32 units in the last place between float32 values ``a`` and ``b``.
+
+    Uses the ordered-integer view of IEEE-754 binary32, so ``+0`` and ``-0`` are 0 ULP
+    apart and adjacent floats are 1 apart across the sign boundary too.
+    """
+    ia = np.asarray(a, dtype=np.float32).view(np.int32).astype(np.int64)
+    ib = np.asarray(b, dtype=np.float32).view(np.int32).astype(np.int64)
+    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    return np.abs(ia - ib)
+

@@ -1,0 +1,1 @@
+"""CuPy raw-kernel GPU path (optional extra ``[gpu]``).  Importing quantbook never needs CuPy."""

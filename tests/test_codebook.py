@@ -1,0 +1,90 @@
+"""Codebook value type: validation, encode/decode rule, JSON round trip."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantbook import Codebook, CodebookError
+
+
+def test_validation_errors():
+    with pytest.raises(CodebookError, match="finite"):
+        Codebook([0.0, np.nan], bits=1)
+    with pytest.raises(CodebookError, match="finite"):
+        Codebook([0.0, np.inf], bits=1)
+    with pytest.raises(CodebookError, match="unsorted"):
+        Codebook([0.5, 0.0], bits=1)
+    with pytest.raises(CodebookError, match="duplicate"):
+        Codebook([-0.0, 0.0, 1.0], bits=2)
+    with pytest.raises(CodebookError, match="do not fit"):
+        Codebook([0.0, 0.5, 1.0], bits=1)
+    with pytest.raises(CodebookError, match="not one of the levels"):
+        Codebook([0.0, 1.0], bits=1, code=[0.0, 0.5])
+    with pytest.raises(CodebookError, match="does not appear"):
+        Codebook([0.0, 0.5, 1.0], bits=2, code=[0.0, 1.0])
+    with pytest.raises(CodebookError, match="bits"):
+        Codebook([0.0, 1.0], bits=True)
+
+
+def test_immutable():
+    cb = Codebook([-1.0, 0.0, 1.0], bits=2)
+    with pytest.raises(ValueError):
+        cb.levels[0] = 3.0
+    with pytest.raises(AttributeError):
+        cb.bits = 3
+
+
+def test_ties_go_to_lower_level_and_thresholds():
+    cb = Codebook([-1.0, 0.0, 0.25, 1.0], bits=2)
+    np.testing.assert_array_equal(cb.thresholds, [-0.5, 0.125, 0.625])
+    assert cb.thresholds_f32.dtype == np.float32
+    # exactly on a threshold -> lower level; just above -> upper
+    assert cb.encode(-0.5) == 0 and cb.encode(np.nextafter(-0.5, 1)) == 1
+    assert cb.encode(0.125) == 1 and cb.encode(np.nextafter(0.125, 1)) == 2
+    assert cb.encode(5.0) == 3 and cb.encode(-5.0) == 0
+    with pytest.raises(CodebookError, match="NaN"):
+        cb.encode([0.0, np.nan])
+
+
+def test_code_order_differs_from_sorted_order():
+    # bit-pattern order with a repeated zero (as bitsandbytes' FP4): lowest index wins
+    code = [0.0, 0.5, 1.0, 0.0, -0.5, -1.0]
+    cb = Codebook(np.unique(code), bits=3, code=code)
+    np.testing.assert_array_equal(cb.levels, [-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(cb.encode([-1.0, -0.4, 0.1, 0.7, 1.0]), [5, 4, 0, 1, 2])
+    np.testing.assert_array_equal(cb.decode([5, 3, 2]), [-1.0, 0.0, 1.0])
+    with pytest.raises(CodebookError):
+        cb.decode([6])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-640, 640), min_size=2, max_size=16, unique=True),
+       st.lists(st.integers(-1280, 1280), min_size=1, max_size=50))
+def test_encode_is_nearest_level_against_brute_force(levels, ys):
+    # dyadic values (multiples of 1/64): distances and midpoints are exact, so ties are real
+    levels = np.asarray(levels) / 64.0
+    ys = np.asarray(ys) / 64.0
+    levels = np.unique(np.asarray(levels) + 0.0)
+    if levels.size < 2:
+        return
+    cb = Codebook(levels, bits=4)
+    ys = np.asarray(ys)
+    got = cb.decode(cb.encode(ys))
+    dist = np.abs(ys[:, None] - levels[None, :])
+    best = np.min(dist, axis=1)
+    # nearest in float64 arithmetic, and among equally near levels the lowest one
+    np.testing.assert_array_equal(np.abs(got - ys), best)
+    lowest_nearest = levels[np.argmax(dist == best[:, None], axis=1)]
+    np.testing.assert_array_equal(got, lowest_nearest)
+
+
+def test_json_round_trip_is_bit_exact():
+    rng = np.random.default_rng(0)
+    levels = np.sort(rng.standard_normal(16))
+    cb = Codebook(levels, bits=4, name="x", source="derived", recipe={"method": "test", "p": [1, 2]})
+    back = Codebook.from_json(cb.to_json())
+    assert back == cb
+    assert json.loads(cb.to_json())["levels"] == [float(v) for v in levels]

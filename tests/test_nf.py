@@ -1,0 +1,106 @@
+"""NF derivation: bitsandbytes bit-exactness, the 929/960 identity, NFk shape."""
+
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from quantbook.derive import default_offset, derive_offset, nf, nf_exact, parse_offset
+from quantbook.derive.normal_float import torch_linspace_f32
+
+# bitsandbytes' published float32 NF4 (bitsandbytes/functional.py get_4bit_type('nf4')),
+# written here independently of the registry module.
+BNB_NF4 = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
+
+
+def test_float32_bnb_nf4_is_bit_exact():
+    cb = nf(4, precision="float32-bnb")
+    np.testing.assert_array_equal(cb.levels.astype(np.float32).view(np.uint32), BNB_NF4.view(np.uint32))
+
+
+def test_plain_float64_nf4_is_not_bit_exact():
+    # the reason the float32-bnb replay exists: documented as 12 of 16 levels differing
+    cb = nf(4, precision="float64")
+    differ = cb.levels.astype(np.float32).view(np.uint32) != BNB_NF4.view(np.uint32)
+    assert differ.sum() == 12
+
+
+def test_float64_and_exact_agree_to_float64_rounding():
+    a = nf(4, precision="float64").levels
+    b = nf(4, precision="exact").levels
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
+
+
+def test_exact_against_independent_mpmath_quantiles():
+    # NF4 at 929/960 from first principles: positive quantiles at 929/960 - i*(929/960-1/2)/8
+    mpmath.mp.dps = 40
+    try:
+        off = mpmath.mpf(929) / 960
+        top = mpmath.sqrt(2) * mpmath.erfinv(2 * off - 1)
+        p3 = off - 3 * (off - mpmath.mpf(1) / 2) / 8
+        want = mpmath.sqrt(2) * mpmath.erfinv(2 * p3 - 1) / top
+        got = nf_exact(4)[7 + 8 - 3]
+        assert abs(got - want) < mpmath.mpf(10) ** -30
+    finally:
+        mpmath.mp.dps = 15
+
+
+def test_offset_identity_929_960():
+    d = derive_offset(4)
+    assert d.offset == Fraction(929, 960) == (Fraction(29, 30) + Fraction(31, 32)) / 2
+    assert d.lower_position == Fraction(29, 30) and d.upper_position == Fraction(31, 32)
+    assert d.lower_position < d.offset < d.upper_position
+    assert default_offset(4) == Fraction(929, 960)
+    assert d.bnb_literal == Fraction(9677083, 10**7)
+    assert d.literal_minus_offset == Fraction(-1, 30000000)
+    # in float32 the literal and 929/960 are different numbers
+    assert np.float32(0.9677083) != np.float32(929 / 960)
+    assert any("929/960" in line for line in d.lines())
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("precision", ["exact", "float64", "float32-bnb"])
+def test_nfk_shape(bits, precision):
+    if precision == "exact" and bits == 8:
+        pytest.skip("covered by float64; slow at 50 digits")
+    cb = nf(bits, precision=precision)
+    lv = cb.levels
+    assert lv.size == 2**bits
+    assert lv[0] == -1.0 and lv[-1] == 1.0 and 0.0 in lv
+    assert np.all(np.diff(lv) > 0)
+    assert np.sum(lv > 0) == 2 ** (bits - 1) and np.sum(lv < 0) == 2 ** (bits - 1) - 1
+
+
+def test_nfk_positive_levels_are_normal_quantiles():
+    # independent reference: scipy norm.ppf at the stated positions
+    bits, off = 5, default_offset(5)
+    p = np.linspace(float(off), 0.5, 2 ** (bits - 1) + 1)[:-1]
+    want = np.sort(norm.ppf(p) / norm.ppf(float(off)))
+    got = nf(bits).levels[nf(bits).levels > 0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+
+
+def test_any_rational_offset():
+    cb = nf(4, offset="15/16", precision="exact")
+    assert cb.recipe["offset"] == "15/16"
+    assert parse_offset("0.9677083") == Fraction(9677083, 10**7)
+    for bad in ("1/3", "1", "abc", "1/0", float("nan")):
+        with pytest.raises(ValueError):
+            parse_offset(bad)
+
+
+def test_torch_linspace_replay_against_its_definition():
+    # the two-sided float32 rule, spelled out element by element
+    got = torch_linspace_f32(0.9677083, 0.5, 9)
+    s, e = np.float32(0.9677083), np.float32(0.5)
+    step = (e - s) / np.float32(8)
+    for i in range(9):
+        want = s + step * np.float32(i) if i < 4 else e - step * np.float32(8 - i)
+        assert got[i] == want
+    assert got[0] == s and got[-1] == e

@@ -1,0 +1,122 @@
+"""Registry entries, the audit and the CLI contract."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from quantbook import REGISTRY, get
+from quantbook.cli import main
+from quantbook.verify import audit
+
+
+def run_cli(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_every_registry_table_loads_with_source():
+    assert len(REGISTRY) >= 12
+    for name, entry in REGISTRY.items():
+        cb = entry.codebook
+        assert cb.name == name and len(cb.source) > 20 and entry.summary
+        assert cb.n_levels <= 2**cb.bits
+
+
+def test_published_values_against_independent_literals():
+    # spot checks typed from the sources, independent of the registry module's lists
+    assert get("nf4").code[8] == np.float32(0.07958029955625534)
+    assert get("af4").code[1] == -0.69441008
+    assert np.float32(get("fp4").code[2]) == np.float32(8.0) / np.float32(12.0)
+    assert get("fp4").code[8] == 0.0 and not np.signbit(get("fp4").code[8])
+    assert np.signbit(get("e2m1").code[8])  # OCP has a negative-zero encoding
+    assert get("iq4_nl").code[0] * 127 == -127 and round(get("iq4_nl").code[8] * 127) == 1
+    assert get("nf4-torchao").code[14] == 0.7230
+    assert list(get("max1960-n4").levels) == [-1.510, -0.4528, 0.4528, 1.510]
+
+
+def test_audit_reproduces_expected_tables():
+    rows = {r.name: r for r in audit()}
+    assert rows["nf4"].bit_exact and rows["nf4"].max_ulp == 0
+    assert rows["nf4"].details["float64_variants"]["float64, offset 929/960"]["max_ulp"] == 8
+    for name in ("fp4", "e2m1", "iq4_nl", "int4-sym"):
+        assert rows[name].bit_exact, name
+    assert rows["nf4-torchao"].reproduced
+    assert not any(r.failed for r in rows.values())
+
+
+def test_audit_detects_a_wrong_table(monkeypatch):
+    from quantbook.codebooks.registry import Published
+    from quantbook.verify.audit import audit_one
+
+    entry = REGISTRY["nf4"]
+    bad_code = entry.codebook.code.copy()
+    bad_code[9] = float(np.nextafter(np.float32(bad_code[9]), np.float32(1)))  # one ULP off
+    bad = Published(entry.codebook.replace(levels=np.unique(bad_code), code=bad_code), "x")
+    row = audit_one(bad)
+    assert not row.bit_exact and row.max_ulp == 1 and row.failed
+
+
+def test_cli_audit_json_shape(capsys):
+    rc, out, _ = run_cli(capsys, "audit", "--json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert {r["name"] for r in rows} == set(REGISTRY)
+    for r in rows:
+        for key in ("name", "bit_exact", "max_ulp", "max_abs_diff", "explanation"):
+            assert key in r
+
+
+def test_cli_list_show_derive(capsys):
+    rc, out, _ = run_cli(capsys, "list")
+    assert rc == 0 and "nf4" in out and "max1960-n16" in out
+    rc, out, _ = run_cli(capsys, "show", "fp4", "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["bits"] == 4 and len(d["levels"]) == 15 and len(d["code"]) == 16
+    assert {"name", "bits", "levels", "source", "recipe"} <= set(d)
+    rc, out, _ = run_cli(capsys, "derive", "nf", "--bits", "4", "--precision", "float32-bnb", "--json")
+    d = json.loads(out)
+    np.testing.assert_array_equal(np.float32(d["levels"]), np.float32(REGISTRY["nf4"].codebook.levels))
+    rc, out, _ = run_cli(capsys, "derive", "nf", "--bits", "3", "--offset", "929/960", "--precision", "exact", "--json")
+    d = json.loads(out)
+    assert d["recipe"]["offset"] == "929/960" and len(d["levels_exact"]) == 8
+
+
+def test_cli_show_loads_json_file(capsys, tmp_path):
+    rc, out, _ = run_cli(capsys, "derive", "nf", "--bits", "5", "--json")
+    path = tmp_path / "nf5.json"
+    path.write_text(out)
+    rc, out2, _ = run_cli(capsys, "show", str(path), "--json")
+    assert rc == 0 and json.loads(out2)["levels"] == json.loads(out)["levels"]
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["nope"], ["show"], ["show", "nope"], ["show", "missing.json"],
+    ["derive", "nf", "--bits", "9"], ["derive", "nf", "--bits", "x"],
+    ["derive", "nf", "--offset", "2/3x"], ["derive", "nf", "--offset", "1/4"],
+    ["derive", "nf", "--precision", "float16"], ["audit", "--bogus"],
+])
+def test_cli_bad_input_one_line_exit_2(capsys, argv):
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2
+    assert err.count("\n") == 1 and "error" in err and "Traceback" not in err
+
+
+def test_cli_bad_json_file(capsys, tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"bits": 2, "levels": [0.5, 0.1]}')
+    rc, _, err = run_cli(capsys, "show", str(p))
+    assert rc == 2 and "increasing" in err
+    p.write_text("{not json")
+    rc, _, err = run_cli(capsys, "show", str(p))
+    assert rc == 2 and "JSON" in err
+
+
+def test_console_script_entry_point():
+    # the installed command is the same main()
+    r = subprocess.run([sys.executable, "-m", "quantbook.cli", "derive", "nf", "--bits", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
