@@ -5,7 +5,9 @@ Data flows one way: distributions → derivation (:mod:`quantbook.derive`) → :
 """
 
 from .codebooks import REGISTRY, Codebook, CodebookError, get, load, names
+from .bulk import QuantState, dequantize, quantize  # numpy only; numba is imported lazily
 
 __version__ = "0.1.0"
 
-__all__ = ["Codebook", "CodebookError", "REGISTRY", "get", "load", "names", "__version__"]
+__all__ = ["Codebook", "CodebookError", "REGISTRY", "get", "load", "names", "__version__",
+           "quantize", "dequantize", "QuantState"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any, Sequence
 
@@ -102,6 +103,73 @@ def _cmd_derive_nf(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------ derive lloyd / quantile, evaluate
+def _parse_fix(text: str | None):
+    """``--fix -1,0,1`` -> [-1.0, 0.0, 1.0]; ``--fix none`` or ``--fix ""`` -> []; absent -> default."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--fix expects comma-separated numbers like -1,0,1 (or none), got {text!r}") from None
+
+
+def _block_args(args) -> dict[str, Any]:
+    from .derive.sources import parse_source
+
+    return dict(block_size=args.block_size, normalization=args.normalization, source=parse_source(args.source))
+
+
+def _eval_extra(cb, args, src) -> dict[str, Any]:
+    from .derive.metrics import evaluate
+
+    ev = evaluate(cb, args.block_size, src, args.normalization)
+    return {"mse": ev.mse_weight, "mae": ev.mae_weight, "mse_normalized": ev.mse_normalized,
+            "mae_normalized": ev.mae_normalized, "sqnr_db": ev.sqnr_db}
+
+
+def _cmd_derive_lloyd(args) -> int:
+    from .derive.lloyd import solve_lloyd
+
+    kw = _block_args(args)
+    res = solve_lloyd(args.bits, kw["block_size"], args.loss, args.domain, kw["normalization"], kw["source"],
+                      _parse_fix(args.fix), args.symmetric)
+    extra = _eval_extra(res.codebook, args, kw["source"])
+    extra.update(iterations=res.iterations, change=res.change)
+    _print_codebook(res.codebook, args.json, extra)
+    return 0
+
+
+def _cmd_derive_quantile(args) -> int:
+    from .derive.lloyd import quantile
+
+    kw = _block_args(args)
+    cb = quantile(args.bits, kw["block_size"], kw["normalization"], kw["source"], _parse_fix(args.fix),
+                  args.symmetric, args.domain)
+    _print_codebook(cb, args.json, _eval_extra(cb, args, kw["source"]))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .derive.metrics import evaluate
+    from .derive.sources import parse_source
+
+    cb = _load_codebook(args.name)
+    ev = evaluate(cb, args.block_size, parse_source(args.source), args.normalization)
+    if args.json:
+        _print_json(ev.to_dict())
+        return 0
+    where = "no normalisation" if args.normalization == "none" else f"{args.normalization}, B={args.block_size}"
+    print(f"{cb.name} on {ev.source} ({where})")
+    print(f"  MSE  weight {ev.mse_weight:.6e}   normalised {ev.mse_normalized:.6e}")
+    print(f"  MAE  weight {ev.mae_weight:.6e}   normalised {ev.mae_normalized:.6e}")
+    print(f"  SQNR {ev.sqnr_db:.3f} dB   code-usage entropy {ev.entropy_bits:.4f} bits")
+    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {ev.rd_bound:.6e}   gap {ev.gap_db:.3f} dB")
+    return 0
+
+
 # --------------------------------------------------------------------------------- audit
 def _cmd_audit(args) -> int:
     from .verify.audit import audit
@@ -142,6 +210,12 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
+def _add_block_arguments(s) -> None:
+    s.add_argument("--block-size", type=_int_in(2, 10**7), default=64, help="B (default 64)")
+    s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), default="absmax")
+    s.add_argument("--source", default="normal", help="normal | laplace | student-t:NU | FILE.npy (default normal)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .derive.normal_float import PRECISIONS
 
@@ -168,10 +242,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=PRECISIONS, default="float64")
     s.add_argument("--json", action="store_true", help="JSON output")
     s.set_defaults(func=_cmd_derive_nf)
+    for meth, helptext in (("lloyd", "Lloyd-Max (L1/L2) codebook of the exact block distribution"),
+                           ("quantile", "equal-probability codebook of the exact block distribution")):
+        s = dsub.add_parser(meth, help=helptext)
+        s._negative_number_matcher = re.compile(r"^-[\d.]")  # so that --fix -1,0,1 is a value
+        s.add_argument("--bits", type=_int_in(1, 8), default=4, help="1..8 (default 4)")
+        _add_block_arguments(s)
+        if meth == "lloyd":
+            s.add_argument("--loss", choices=("l1", "l2"), default="l2", help="default l2")
+        s.add_argument("--domain", choices=("weight", "normalized"),
+                       default="weight" if meth == "lloyd" else "normalized",
+                       help="error measured on weights (scale*(y-q)) or normalised values")
+        s.add_argument("--fix", default=None, metavar="V1,V2,...",
+                       help="fixed levels (default -1,0,1 absmax; 0,1 signed-absmax; none: none)")
+        s.add_argument("--symmetric", action="store_true", help="levels symmetric about 0")
+        s.add_argument("--json", action="store_true", help="JSON output")
+        s.set_defaults(func=_cmd_derive_lloyd if meth == "lloyd" else _cmd_derive_quantile)
+
+    s = sub.add_parser("evaluate", help="exact expected errors of a codebook under the block model")
+    s.add_argument("name", metavar="NAME|FILE.json")
+    _add_block_arguments(s)
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit")
     s.add_argument("--json", action="store_true", help="JSON output")
     s.set_defaults(func=_cmd_audit)
+
+    from .cli_usage import register as _register_usage  # export, evaluate-model, plot, plot-sweep (issue 6)
+
+    _register_usage(sub)
     return p
 
 

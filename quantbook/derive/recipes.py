@@ -61,6 +61,20 @@ def _register_builtin() -> None:
     register_method("scaled-integers",
                     lambda r: formats.scaled_integers(r["integers"], int(r["divisor"]), int(r["bits"])))
     register_method("rounded", _rounded)
+    register_method("lloyd", _lloyd_recipe)
+    register_method("quantile", _lloyd_recipe)
+
+
+def _lloyd_recipe(recipe: Mapping[str, Any]) -> Codebook:
+    """Lloyd-Max and equal-probability codes of the block distribution (:mod:`.lloyd`)."""
+    from .lloyd import _from_recipe_lloyd, _from_recipe_quantile
+    from .sources import SourceError
+
+    try:
+        fn = _from_recipe_lloyd if recipe["method"] == "lloyd" else _from_recipe_quantile
+        return fn(recipe)
+    except SourceError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 _register_builtin()

@@ -1,0 +1,114 @@
+"""Exact expected errors of a codebook under the block model (:mod:`quantbook.derive.block`).
+
+:func:`evaluate` integrates over the exact law of ``y`` (and of ``(y, M)`` for the weight
+domain) with closed-form cell integrals — no sampling.  Quantisation is nearest level with
+ties to the lower level (:meth:`Codebook.encode`); the block scale is taken as exact (a float32
+absmax adds a relative error of at most 2**-24 to each scale, which is ignored).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..codebooks.codebook import Codebook
+from .block import NORMALIZATIONS, block_measure
+from .sources import parse_source
+
+__all__ = ["Evaluation", "evaluate", "cell_errors", "cell_probabilities"]
+
+
+def _edges(mu, levels):
+    return np.concatenate([[mu.lo], 0.5 * (levels[:-1] + levels[1:]), [mu.hi]])
+
+
+def cell_probabilities(mu, levels) -> np.ndarray:
+    """Mass of each level's cell under the measure ``mu`` (atoms included)."""
+    levels = np.asarray(levels, dtype=np.float64)
+    return mu.cells(_edges(mu, levels), 0)[0]
+
+
+def cell_errors(mu, levels, loss: str) -> np.ndarray:
+    """Per-cell ``∫ |y - q|`` (L1) or ``∫ (y - q)²`` (L2) under the measure ``mu``."""
+    levels = np.asarray(levels, dtype=np.float64)
+    e = _edges(mu, levels)
+    if loss == "l2":
+        M0, M1, M2 = mu.cells(e, 2)
+        return np.maximum(M2 - 2 * levels * M1 + levels**2 * M0, 0.0)
+    if loss != "l1":
+        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    lo_clip = mu.lo if math.isfinite(mu.lo) else -np.inf
+    q = np.clip(levels, lo_clip, mu.hi)
+    fine = np.empty(2 * levels.size + 1)
+    fine[0::2] = e
+    fine[1::2] = np.maximum(np.minimum(q, e[1:]), e[:-1])
+    M0, M1 = mu.cells(fine, 1)
+    below = levels * M0[0::2] - M1[0::2]  # (e_j, q_j]: q - y
+    above = M1[1::2] - levels * M0[1::2]  # (q_j, e_{j+1}]: y - q
+    return np.maximum(below + above, 0.0)
+
+
+@dataclass
+class Evaluation:
+    """Exact expected errors.  Weight domain: the error of a weight is ``scale·(y - q)``, in
+    units of the source (unit variance for the parametric sources, unit RMS for samples).
+    ``normalized``: the error ``y - q`` of the normalised value."""
+
+    codebook: str
+    block_size: int | None
+    source: str
+    normalization: str
+    mse_weight: float
+    mae_weight: float
+    mse_normalized: float
+    mae_normalized: float
+    sqnr_db: float
+    entropy_bits: float  # code-usage entropy (bits per value)
+    bits_per_weight: float  # bits + 32/B (float32 scale per block)
+    rd_bound: float  # Gaussian D(R) = var · 2**(-2R)
+    gap_db: float  # 10·log10(mse_weight / D(R))
+    usage: list[float] = field(default_factory=list)  # probability of each sorted level
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any = "normal",
+             normalization: str = "absmax") -> Evaluation:
+    """Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap
+    (dB) to the Gaussian rate-distortion bound ``D(R) = σ²·2**(-2R)`` at ``R = bits + 32/B``
+    bits per weight (``R = bits`` with ``normalization="none"``, where the levels are in source
+    units and both domains coincide).  Accuracy ≲1e-12 relative for the parametric sources.
+    Weight-domain errors are ``inf`` when the source lacks the needed moment."""
+    cb = codebook if isinstance(codebook, Codebook) else Codebook(levels=np.asarray(codebook), bits=int(
+        math.ceil(math.log2(max(len(codebook), 2)))))
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    src = parse_source(source)
+    levels = cb.levels
+    B = None if normalization == "none" else block_size
+    mu0 = block_measure(src, B, normalization, 0)
+    mse_n = float(np.sum(cell_errors(mu0, levels, "l2")))
+    mae_n = float(np.sum(cell_errors(mu0, levels, "l1")))
+    probs = cell_probabilities(mu0, levels) / mu0.total
+    if normalization == "none":
+        mse_w, mae_w = mse_n, mae_n
+        R = float(cb.bits)
+    else:
+        mse_w = float(np.sum(cell_errors(block_measure(src, B, normalization, 2), levels, "l2"))) \
+            if src.moment_limit > 2 else math.inf
+        mae_w = float(np.sum(cell_errors(block_measure(src, B, normalization, 1), levels, "l1"))) \
+            if src.moment_limit > 1 else math.inf
+        R = cb.bits + 32.0 / B
+    p = probs[probs > 0]
+    entropy = float(-np.sum(p * np.log2(p)))
+    ex2 = src.moment(2)
+    var = src.var if math.isfinite(ex2) else math.inf
+    sqnr = 10 * math.log10(ex2 / mse_w) if (math.isfinite(ex2) and 0 < mse_w < math.inf) else math.nan
+    rd = var * 2.0 ** (-2 * R)
+    gap = 10 * math.log10(mse_w / rd) if (0 < mse_w < math.inf and 0 < rd < math.inf) else math.nan
+    return Evaluation(cb.name, B, src.spec, normalization, mse_w, mae_w, mse_n, mae_n, sqnr, entropy, R, rd, gap,
+                      [float(v) for v in probs])

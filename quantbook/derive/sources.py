@@ -1,0 +1,401 @@
+"""Source distributions of the weights, before block scaling.
+
+Every source is a continuous distribution on the real line with density ``g``.  Besides the
+scipy.stats-like ``pdf``/``cdf``/``sf``/``ppf``/``rvs`` each one provides what the exact block
+computations (:mod:`quantbook.derive.block`) need in closed form:
+
+``partial_moment(k, x)``
+    ``Ψ_k(x) = ∫_0^x u**k g(u) du`` for k = 0, 1, 2 (signed: negative for x < 0 when k is
+    even).  Differences ``Ψ_k(b) - Ψ_k(a)`` are the partial moments over ``[a, b]``;
+    ``x = ±inf`` is allowed where the moment is finite.
+``abs_isf(s)`` / ``abs_ppf(G)``
+    the quantiles of ``|X|``: ``m`` with ``P(|X| > m) = s`` / ``P(|X| <= m) = G``.
+
+Sources (all but the empirical one are scaled to **unit variance**, so expected errors are in
+units of the weight variance):
+
+* ``Normal()`` — N(0, 1);
+* ``Laplace()`` — Laplace with scale ``b = 1/sqrt(2)``;
+* ``StudentT(nu)`` — Student-t with ``nu`` degrees of freedom, multiplied by
+  ``sqrt((nu-2)/nu)`` when ``nu > 2`` (unit variance); left at scale 1 for ``nu <= 2``
+  (infinite variance: weight-domain errors are then undefined and rejected);
+* ``Empirical(sample)`` — any 1-D sample (e.g. a model's weights), divided by its RMS
+  ``sqrt(mean(x**2))`` (so ``E[x**2] = 1``; the mean is *not* removed, as block quantizers
+  do not remove it).  Each distinct value ``v_i`` (count ``c_i``) is spread uniformly over
+  its Voronoi cell — from the midpoint to its left neighbour to the midpoint to its right
+  neighbour (half a gap beyond the extreme values) — which gives a continuous distribution
+  with a piecewise-constant density whose ``ppf`` is close to the sample quantiles and
+  which treats rounded data (bf16 weights, many ties) as uniform within each rounding cell;
+  that cdf is then interpolated linearly through about ``knots`` (default 4096) of its points,
+  uniform in probability in the bulk and geometric in the tails, to smooth the density.
+  Its support is bounded by the sample's extremes, so block sizes should be well below the
+  sample size.
+
+:func:`parse_source` turns the CLI spellings ``normal``, ``laplace``, ``student-t:NU`` and
+``FILE.npy`` into a source; :func:`register_source_parser` lets other modules add spellings
+(e.g. ``FILE.safetensors:GLOB``).  A source's ``spec`` is the string a recipe stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from scipy import special, stats
+
+__all__ = ["Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
+           "register_source_parser", "SourceError"]
+
+
+class SourceError(ValueError):
+    """A source specification that cannot be understood or a sample that cannot be used."""
+
+
+class Source:
+    """Base class; see the module docstring for the contract."""
+
+    spec: str = "?"
+    symmetric: bool = True
+    #: largest k for which E|X|**k is finite (inf for light tails)
+    moment_limit: float = math.inf
+
+    # ---- to implement
+    def pdf(self, x): raise NotImplementedError  # noqa: E704
+    def cdf(self, x): raise NotImplementedError  # noqa: E704
+    def sf(self, x): raise NotImplementedError  # noqa: E704
+    def ppf(self, p): raise NotImplementedError  # noqa: E704
+    def partial_moment(self, k: int, x): raise NotImplementedError  # noqa: E704
+    def abs_isf(self, s): raise NotImplementedError  # noqa: E704
+    def rvs(self, size, random_state=None): raise NotImplementedError  # noqa: E704
+
+    # ---- generic
+    def abs_ppf(self, G):
+        return self.abs_isf(1.0 - np.asarray(G, dtype=np.float64))
+
+    def moment(self, k: int) -> float:
+        """``E[X**k]`` (k = 1, 2)."""
+        if k >= self.moment_limit:
+            return math.inf
+        return float(self.partial_moment(k, np.inf) - self.partial_moment(k, -np.inf))
+
+    @property
+    def var(self) -> float:
+        return self.moment(2) - self.moment(1) ** 2
+
+    def __repr__(self) -> str:
+        return f"<source {self.spec}>"
+
+    def _key(self):
+        return (type(self).__name__, self.spec)
+
+    def __eq__(self, other):
+        return isinstance(other, Source) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+
+def _rng(random_state):
+    return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+
+
+class Normal(Source):
+    spec = "normal"
+
+    def pdf(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+    def cdf(self, x):
+        return special.ndtr(np.asarray(x, dtype=np.float64))
+
+    def sf(self, x):
+        return special.ndtr(-np.asarray(x, dtype=np.float64))
+
+    def ppf(self, p):
+        return special.ndtri(np.asarray(p, dtype=np.float64))
+
+    def partial_moment(self, k, x):
+        x = np.asarray(x, dtype=np.float64)
+        if k == 0:
+            return 0.5 * special.erf(x / math.sqrt(2))
+        if k == 1:
+            return -np.expm1(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        if k == 2:
+            return 0.5 * np.sign(x) * special.gammainc(1.5, 0.5 * x * x)
+        raise ValueError(k)
+
+    def abs_isf(self, s):
+        return math.sqrt(2) * special.erfcinv(np.asarray(s, dtype=np.float64))
+
+    def abs_ppf(self, G):
+        return math.sqrt(2) * special.erfinv(np.asarray(G, dtype=np.float64))
+
+    def rvs(self, size, random_state=None):
+        return _rng(random_state).standard_normal(size)
+
+
+class Laplace(Source):
+    spec = "laplace"
+    b = 1 / math.sqrt(2)  # unit variance: 2 b**2 = 1
+
+    def pdf(self, x):
+        return np.exp(-np.abs(np.asarray(x, dtype=np.float64)) / self.b) / (2 * self.b)
+
+    def cdf(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        h = 0.5 * np.exp(-np.abs(x) / self.b)
+        return np.where(x < 0, h, 1 - h)
+
+    def sf(self, x):
+        return self.cdf(-np.asarray(x, dtype=np.float64))
+
+    def ppf(self, p):
+        p = np.asarray(p, dtype=np.float64)
+        return np.where(p < 0.5, self.b * np.log(2 * p), -self.b * np.log(2 * (1 - p)))
+
+    def partial_moment(self, k, x):
+        x = np.asarray(x, dtype=np.float64)
+        t = np.abs(x) / self.b
+        if k == 0:
+            return 0.5 * np.sign(x) * -np.expm1(-t)
+        if k == 1:
+            return 0.5 * self.b * special.gammainc(2, t)
+        if k == 2:
+            return np.sign(x) * self.b**2 * special.gammainc(3, t)
+        raise ValueError(k)
+
+    def abs_isf(self, s):
+        return -self.b * np.log(np.asarray(s, dtype=np.float64))
+
+    def abs_ppf(self, G):
+        return -self.b * np.log1p(-np.asarray(G, dtype=np.float64))
+
+    def rvs(self, size, random_state=None):
+        return _rng(random_state).laplace(0.0, self.b, size)
+
+
+class StudentT(Source):
+    """Student-t with ``nu > 0`` degrees of freedom (unit variance for ``nu > 2``)."""
+
+    def __init__(self, nu: float) -> None:
+        nu = float(nu)
+        if not (nu > 0 and math.isfinite(nu)):
+            raise SourceError(f"student-t needs degrees of freedom nu > 0, got {nu!r}")
+        self.nu = nu
+        self.scale = math.sqrt((nu - 2) / nu) if nu > 2 else 1.0
+        self.spec = f"student-t:{nu:g}"
+        self.moment_limit = nu
+        self._c = math.exp(special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2)) / math.sqrt(nu * math.pi)
+
+    def pdf(self, x):
+        return stats.t.pdf(np.asarray(x, dtype=np.float64) / self.scale, self.nu) / self.scale
+
+    def cdf(self, x):
+        return special.stdtr(self.nu, np.asarray(x, dtype=np.float64) / self.scale)
+
+    def sf(self, x):
+        return special.stdtr(self.nu, -np.asarray(x, dtype=np.float64) / self.scale)
+
+    def ppf(self, p):
+        return self.scale * special.stdtrit(self.nu, np.asarray(p, dtype=np.float64))
+
+    def partial_moment(self, k, x):
+        nu, sc = self.nu, self.scale
+        u = np.asarray(x, dtype=np.float64) / sc
+        if k == 0:
+            return special.stdtr(nu, u) - 0.5
+        s = u * u / nu
+        a = (nu + 1) / 2
+        if k == 1:  # c·nu/2·∫_0^s (1+t)^-a dt
+            if nu <= 1:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    r = np.log1p(s) if nu == 1 else np.expm1((1 - a) * np.log1p(s)) / (1 - a)
+                return sc * self._c * nu / 2 * r
+            return sc * self._c * nu / 2 * (-np.expm1((1 - a) * np.log1p(s)) / (a - 1))
+        if k == 2:
+            if nu > 2:
+                # u² t_ν(u) = ν[(c_ν/c_{ν-2}) t_{ν-2}(u·sqrt((ν-2)/ν)) - t_ν(u)]  (see module doc)
+                r = math.sqrt((nu - 2) / nu)
+                c2 = math.exp(special.gammaln((nu - 1) / 2) - special.gammaln((nu - 2) / 2)) / math.sqrt(
+                    (nu - 2) * math.pi)
+                val = nu * (self._c / c2 / r * (special.stdtr(nu - 2, u * r) - 0.5)
+                            - (special.stdtr(nu, u) - 0.5))
+                return sc * sc * val
+            with np.errstate(over="ignore", invalid="ignore"):
+                val = self._c * u**3 / 3 * special.hyp2f1(a, 1.5, 2.5, -s)
+            val = np.where(np.isinf(u), np.sign(u) * np.inf, val)
+            return sc * sc * val
+        raise ValueError(k)
+
+    def abs_isf(self, s):
+        return -self.scale * special.stdtrit(self.nu, 0.5 * np.asarray(s, dtype=np.float64))
+
+    def abs_ppf(self, G):
+        return self.scale * special.stdtrit(self.nu, 0.5 + 0.5 * np.asarray(G, dtype=np.float64))
+
+    def rvs(self, size, random_state=None):
+        return self.scale * _rng(random_state).standard_t(self.nu, size)
+
+
+class Empirical(Source):
+    """A sample as a continuous distribution (see the module docstring).
+
+    ``sample``: any array of finite numbers (flattened), at least 2 distinct values.
+    ``standardize``: divide by the RMS (default) so that ``E[X**2] = 1``; ``rms`` keeps the
+    factor.  ``knots``: the Voronoi cdf is interpolated through about this many knots
+    (uniform in probability in the bulk, geometric in the tails down to the extreme values;
+    ``None`` keeps every distinct value), which smooths the density and keeps evaluation
+    cheap.  ``spec`` is ``label`` if given (e.g. the file it came from), else
+    ``empirical:<sha256 of the float64 sample, 12 hex digits>``.
+    """
+
+    moment_limit = math.inf
+
+    def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
+                 knots: int | None = 4096) -> None:
+        x = np.asarray(sample, dtype=np.float64).ravel()
+        if x.size < 2:
+            raise SourceError("an empirical source needs at least 2 values")
+        if not np.all(np.isfinite(x)):
+            raise SourceError("an empirical sample must be finite (found NaN or inf)")
+        self.rms = float(np.sqrt(np.mean(x * x)))
+        if self.rms == 0:
+            raise SourceError("an empirical sample must not be all zeros")
+        if standardize:
+            x = x / self.rms
+        v, c = np.unique(x, return_counts=True)
+        if v.size < 2:
+            raise SourceError("an empirical sample needs at least 2 distinct values")
+        self.digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:12]
+        self.spec = label or "empirical:" + self.digest
+        self.symmetric = False
+        self.size = n = x.size
+        mid = 0.5 * (v[1:] + v[:-1])
+        xk = np.concatenate([[v[0] - (v[1] - v[0]) / 2], mid, [v[-1] + (v[-1] - v[-2]) / 2]])
+        Fk = np.concatenate([[0.0], np.cumsum(c) / n])
+        Fk[-1] = 1.0
+        if knots is not None and xk.size > knots + 1:
+            # coarsen: the same continuous cdf, interpolated through fewer knots at
+            # probabilities uniform in the bulk and geometric in both tails (down to 1/n)
+            bulk = np.linspace(0.0, 1.0, knots // 2 + 1)
+            tail = 0.5 ** np.arange(np.log2(knots // 2) + 1, np.log2(n) + 1)
+            p = np.unique(np.concatenate([bulk, tail, 1.0 - tail, Fk[:1], Fk[1:2], Fk[-2:-1], Fk[-1:]]))
+            xk_new = np.interp(p, Fk, xk)
+            keep = np.concatenate([[True], np.diff(xk_new) > 0])
+            xk, Fk = xk_new[keep], p[keep]
+        self._xk, self._Fk = xk, Fk
+        self._dens = np.diff(Fk) / np.diff(xk)  # density on segment i = [xk_i, xk_{i+1}]
+        # Ψ_k at the knots, measured from -inf; Ψ_k(x) = P_k(x) - P_k(0)
+        xl, xr = self._xk[:-1], self._xk[1:]
+        self._Pk = {}
+        for k in (0, 1, 2):
+            seg = self._dens * (xr ** (k + 1) - xl ** (k + 1)) / (k + 1)
+            self._Pk[k] = np.concatenate([[0.0], np.cumsum(seg)])
+        self._P0 = {k: self._from_left(k, np.float64(0.0)) for k in (0, 1, 2)}
+        # |X| cdf is piecewise linear between the breakpoints below
+        bp = np.unique(np.abs(np.concatenate([self._xk, [0.0]])))
+        self._abs_m = bp
+        self._abs_G = np.clip(self.cdf(bp) - self.cdf(-bp), 0.0, 1.0)
+        self._abs_G[-1] = 1.0
+        self._abs_S = np.clip(self.sf(bp) + self.cdf(-bp), 0.0, 1.0)
+        self._abs_S[-1] = 0.0
+
+    def _key(self):
+        return ("Empirical", self.spec, self.digest)
+
+    def _seg(self, x):
+        return np.clip(np.searchsorted(self._xk, x, side="right") - 1, 0, self._dens.size - 1)
+
+    def _from_left(self, k, x):
+        x = np.asarray(x, dtype=np.float64)
+        xc = np.clip(x, self._xk[0], self._xk[-1])
+        i = self._seg(xc)
+        return self._Pk[k][i] + self._dens[i] * (xc ** (k + 1) - self._xk[i] ** (k + 1)) / (k + 1)
+
+    def pdf(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        inside = (x >= self._xk[0]) & (x < self._xk[-1])
+        return np.where(inside, self._dens[self._seg(x)], 0.0)
+
+    def cdf(self, x):
+        return np.interp(np.asarray(x, dtype=np.float64), self._xk, self._Fk)
+
+    def sf(self, x):
+        return np.interp(np.asarray(x, dtype=np.float64), self._xk, 1.0 - self._Fk)
+
+    def ppf(self, p):
+        return np.interp(np.asarray(p, dtype=np.float64), self._Fk, self._xk)
+
+    def partial_moment(self, k, x):
+        return self._from_left(k, x) - self._P0[k]
+
+    def abs_isf(self, s):
+        # S decreasing in m: interpolate on reversed arrays
+        return np.interp(np.asarray(s, dtype=np.float64), self._abs_S[::-1], self._abs_m[::-1])
+
+    def abs_ppf(self, G):
+        return np.interp(np.asarray(G, dtype=np.float64), self._abs_G, self._abs_m)
+
+    def rvs(self, size, random_state=None):
+        return self.ppf(_rng(random_state).random(size))
+
+
+# ----------------------------------------------------------------------------- parsing
+_PARSERS: list[Callable[[str], Source | None]] = []
+
+
+def register_source_parser(fn: Callable[[str], "Source | None"]) -> None:
+    """Add a parser tried (before the built-in ones) by :func:`parse_source`; it returns a
+    Source or ``None`` when the spelling is not its own."""
+    _PARSERS.insert(0, fn)
+
+
+def parse_source(spec: Any) -> Source:
+    """A Source from a spelling: ``normal``, ``laplace``, ``student-t:NU`` (also ``t:NU``),
+    ``FILE.npy`` (an empirical sample), or a Source / 1-D array passed through.  Raises
+    :class:`SourceError` (a ValueError) with a one-line message for anything else."""
+    if isinstance(spec, Source):
+        return spec
+    if isinstance(spec, np.ndarray):
+        return Empirical(spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise SourceError(f"a source must be a name or a file, got {spec!r}")
+    text = spec.strip()
+    for fn in _PARSERS:
+        src = fn(text)
+        if src is not None:
+            return src
+    low = text.lower()
+    if low in ("normal", "gaussian"):
+        return Normal()
+    if low == "laplace":
+        return Laplace()
+    for prefix in ("student-t:", "t:"):
+        if low.startswith(prefix):
+            try:
+                nu = float(text[len(prefix):])
+            except ValueError:
+                raise SourceError(f"bad degrees of freedom in {text!r} (expected e.g. student-t:5)") from None
+            return StudentT(nu)
+    if low.endswith(".npy"):
+        path = Path(text)
+        if not path.is_file():
+            raise SourceError(f"no such sample file: {text}")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot read {text} as a .npy array: {exc}") from None
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise SourceError(f"{text}: expected a numeric array, got dtype {arr.dtype}")
+        return Empirical(arr, label=text)
+    if ".safetensors" in low:  # hook (issue 6): FILE.safetensors[:GLOBS][@row], see quantbook.model.source
+        from ..model.source import parse_safetensors_source
+
+        src = parse_safetensors_source(text)
+        if src is not None:
+            return src
+    raise SourceError(f"unknown source {text!r} (expected normal, laplace, student-t:NU or FILE.npy)")

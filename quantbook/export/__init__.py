@@ -1,0 +1,69 @@
+"""Exporting a :class:`~quantbook.Codebook` to files other programs read.
+
+Formats (:data:`FORMATS`):
+
+``json``  the Codebook dict (levels, code, bits, name, source, recipe); float64 values
+          written with Python's shortest round-tripping repr, so ``Codebook.from_json``
+          and ``quantbook show FILE.json`` give back identical float64 levels (text);
+``c``     a C99 header (:mod:`.c_header`): float32 tables as exact hex literals,
+          thresholds, code order, size macros, include guard, inline encode/decode (text);
+``cuda``  the same with ``__constant__`` arrays and ``__device__`` functions (text);
+``npy``   the float32 index→value table, ``np.save`` format (binary, :mod:`.arrays`);
+``bnb``   an ``.npz`` with a bitsandbytes ``quant_map`` and ``quant_type`` (binary, :mod:`.arrays`).
+
+:func:`export` returns ``str`` for text formats and ``bytes`` for binary ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..codebooks.codebook import Codebook
+from .arrays import bnb_bytes, bnb_quant_map, bnb_quant_type, npy_bytes
+from .c_header import c_float_literal, c_header
+from .identifiers import IdentifierError, c_identifier
+
+__all__ = ["FORMATS", "BINARY_FORMATS", "export", "write_output", "c_header", "c_float_literal",
+           "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes", "bnb_quant_map", "bnb_quant_type"]
+
+FORMATS = ("json", "c", "cuda", "npy", "bnb")
+BINARY_FORMATS = frozenset({"npy", "bnb"})
+
+
+def export(cb: Codebook, fmt: str, name: str | None = None) -> str | bytes:
+    """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb)."""
+    if fmt == "json":
+        return cb.to_json() + "\n"
+    if fmt in ("c", "cuda"):
+        return c_header(cb, name=name, cuda=fmt == "cuda")
+    if fmt == "npy":
+        return npy_bytes(cb)
+    if fmt == "bnb":
+        return bnb_bytes(cb, name=name)
+    raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if a file can be written there; ``ValueError`` with one line if not."""
+    p = Path(path)
+    if str(path) == "" or p.is_dir():
+        raise ValueError(f"output path {str(path)!r} is a directory, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {path}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {path}: directory {str(parent)!r} is not writable")
+    return p
+
+
+def write_output(data: str | bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` after :func:`check_output_path`."""
+    p = check_output_path(path)
+    try:
+        if isinstance(data, bytes):
+            p.write_bytes(data)
+        else:
+            p.write_text(data, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,47 @@
+"""Turning a codebook name into a C identifier.
+
+Rule (stated once): every run of characters outside ``[A-Za-z0-9_]`` becomes one ``_``
+and a trailing ``_`` is dropped (``"nf4-torchao"`` → ``nf4_torchao``,
+``"max1960-n16"`` → ``max1960_n16``).  The result is rejected — with a message that
+suggests ``--name`` — when it is empty, starts with a digit or an underscore (names
+starting with ``_`` are reserved in C at file scope), is a C/C++/CUDA keyword, or the
+name holds non-ASCII characters.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["c_identifier", "IdentifierError"]
+
+
+class IdentifierError(ValueError):
+    """A name that cannot be made into a C identifier."""
+
+
+# C11 + C++ + CUDA qualifiers that would break the generated declarations.
+_KEYWORDS = frozenset("""
+auto break case char const continue default do double else enum extern float for goto if inline int long
+register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while
+bool true false class namespace template typename this new delete operator private protected public virtual
+friend mutable explicit using try catch throw asm nullptr constexpr decltype noexcept static_assert alignas
+alignof thread_local char16_t char32_t wchar_t export
+""".split())
+
+
+def c_identifier(name: str) -> str:
+    """The C identifier for ``name`` (see the module docstring); raises :class:`IdentifierError`."""
+    if not isinstance(name, str) or not name:
+        raise IdentifierError("an empty name cannot be a C identifier; give one with --name")
+    if not name.isascii():
+        raise IdentifierError(f"name {name!r} has non-ASCII characters; give a C identifier with --name")
+    ident = re.sub(r"[^A-Za-z0-9_]+", "_", name).rstrip("_")
+    if not ident or ident.strip("_") == "":
+        raise IdentifierError(f"name {name!r} has no letters or digits to make a C identifier from; use --name")
+    if ident[0].isdigit() or ident[0] == "_":
+        raise IdentifierError(
+            f"name {name!r} gives {ident!r}, which does not start with a letter; give a C identifier with --name"
+        )
+    if ident in _KEYWORDS or ident.startswith("__"):
+        raise IdentifierError(f"name {name!r} is a C/C++ keyword; give another with --name")
+    return ident

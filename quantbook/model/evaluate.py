@@ -1,0 +1,217 @@
+"""Quantization error of real model weights, per codebook (and per tensor).
+
+Every selected floating tensor is read once (:mod:`quantbook.model.io`, one tensor in
+memory at a time), then for each codebook quantized and dequantized with the bulk API
+(:func:`quantbook.quantize` / :func:`quantbook.dequantize`, block-wise absmax, block size
+``B``, optional nested statistics) back to the tensor's own dtype (float64 tensors are
+quantized as float32, the format's working precision).  Errors are computed in float64
+against the stored values: ``e = dequantized - x``.
+
+Metrics (per tensor, and for the whole selection by pooling the sums, i.e. weighted by
+element count):
+
+``mse``          mean of ``e**2`` (units: the weights' units squared);
+``mae``          mean of ``|e|``;
+``sqnr_db``      ``10·log10(Σx² / Σe²)`` (``inf`` when there is no error);
+``rel_frobenius``  ``‖e‖_F / ‖x‖_F``;
+``bits_per_weight``  ``8·(bytes of the packed codes + bytes of the statistics) / n``:
+                 non-nested statistics are the float32 ``absmax`` (32/B per weight);
+                 nested ones the uint8 absmax codes (8/B), the float32 ``nested_absmax``
+                 (32/(256·B)) and the float32 offset (32/n); the partial last block and the
+                 padding of an odd count are counted as stored.  The code table itself
+                 (quant map, ≤ 2**k floats shared by the whole model) is not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .io import TensorInfo, list_tensors, read_tensor
+
+__all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums"]
+
+
+@dataclass
+class ErrorSums:
+    """Running float64 sums of one codebook's errors; the metrics are properties."""
+
+    n: int = 0
+    sse: float = 0.0  # Σ e²
+    sae: float = 0.0  # Σ |e|
+    sx2: float = 0.0  # Σ x²
+    bits: int = 0  # storage bits, codes + statistics
+
+    def add(self, other: "ErrorSums") -> None:
+        self.n += other.n
+        self.sse += other.sse
+        self.sae += other.sae
+        self.sx2 += other.sx2
+        self.bits += other.bits
+
+    @property
+    def mse(self) -> float:
+        return self.sse / self.n if self.n else math.nan
+
+    @property
+    def mae(self) -> float:
+        return self.sae / self.n if self.n else math.nan
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.sse == 0:
+            return math.inf
+        if self.sx2 == 0:
+            return -math.inf
+        return 10.0 * math.log10(self.sx2 / self.sse)
+
+    @property
+    def rel_frobenius(self) -> float:
+        return math.sqrt(self.sse / self.sx2) if self.sx2 else (0.0 if self.sse == 0 else math.inf)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bits / self.n if self.n else math.nan
+
+    def metrics(self) -> dict[str, float]:
+        return {"mse": self.mse, "mae": self.mae, "sqnr_db": self.sqnr_db,
+                "rel_frobenius": self.rel_frobenius, "bits_per_weight": self.bits_per_weight}
+
+
+def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
+               sx2: float | None = None) -> ErrorSums:
+    """Float64 error sums of ``xhat`` against ``x`` (bits left 0).
+
+    ``x64`` (``x`` as a flat float64 array) and ``sx2`` (``Σx²``) may be passed to reuse them
+    across codebooks.
+    """
+    if x64 is None:
+        x64 = np.asarray(x).astype(np.float64).ravel()
+    if sx2 is None:
+        sx2 = float(np.dot(x64, x64))
+    e = np.asarray(xhat).astype(np.float64).ravel()
+    e -= x64
+    sse = float(np.dot(e, e))
+    sae = float(np.abs(e, out=e).sum())
+    return ErrorSums(n=int(x64.size), sse=sse, sae=sae, sx2=sx2)
+
+
+def _nbytes(a: Any) -> int:
+    return int(np.asarray(a).nbytes) if a is not None else 0
+
+
+def storage_bits(packed: np.ndarray, state: Any) -> int:
+    """Bits stored for one quantized tensor: packed codes + block statistics (see module doc)."""
+    bits = 8 * _nbytes(packed) + 8 * _nbytes(state.absmax)
+    if getattr(state, "nested", False):
+        bits += 8 * _nbytes(state.nested_absmax) + 32  # + float32 offset
+    return bits
+
+
+@dataclass
+class TensorResult:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    sums: dict[str, ErrorSums]  # codebook label -> sums
+
+
+@dataclass
+class ModelReport:
+    path: str
+    block_size: int
+    nested: bool
+    codebooks: list[str]
+    totals: dict[str, ErrorSums]
+    tensors: list[TensorResult] = field(default_factory=list)
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors)
+
+    def to_dict(self, per_tensor: bool = False) -> dict[str, Any]:
+        def clean(m: dict[str, float]) -> dict[str, float | None]:
+            return {k: (None if not math.isfinite(v) else v) for k, v in m.items()}
+
+        d: dict[str, Any] = {
+            "file": self.path, "block_size": self.block_size, "nested": self.nested,
+            "tensors": len(self.tensors), "parameters": self.n_params,
+            "codebooks": {c: clean(self.totals[c].metrics()) for c in self.codebooks},
+        }
+        if per_tensor:
+            d["per_tensor"] = [
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
+                 "codebooks": {c: clean(t.sums[c].metrics()) for c in self.codebooks}}
+                for t in self.tensors
+            ]
+        return d
+
+    def format_table(self, per_tensor: bool = False) -> str:
+        nt = len(self.tensors)
+        head = (f"{self.path}: {nt} tensor{'s' if nt != 1 else ''}, {self.n_params:,} weights, block size "
+                f"{self.block_size}, {'nested (double-quantized)' if self.nested else 'float32'} absmax")
+        width = max([len(c) for c in self.codebooks] + [8])
+        cols = f"{'MSE':>11}  {'MAE':>11}  {'SQNR dB':>8}  {'rel. Frob.':>10}  {'bits/w':>7}"
+
+        def row(label: str, s: ErrorSums, w: int) -> str:
+            return (f"{label:<{w}}  {s.mse:>11.4e}  {s.mae:>11.4e}  {s.sqnr_db:>8.3f}  "
+                    f"{s.rel_frobenius:>10.5f}  {s.bits_per_weight:>7.4f}")
+
+        lines = [head, "", f"{'codebook':<{width}}  {cols}"]
+        lines += [row(c, self.totals[c], width) for c in self.codebooks]
+        if per_tensor:
+            tw = max([len(t.name) for t in self.tensors] + [6])
+            for c in self.codebooks:
+                lines += ["", f"{c}:", f"{'tensor':<{tw}}  {cols}"]
+                lines += [row(t.name, t.sums[c], tw) for t in self.tensors]
+        return "\n".join(lines)
+
+
+def _bulk():
+    try:
+        from ..bulk.api import dequantize, quantize
+    except ImportError as exc:  # pragma: no cover - only before the bulk API exists
+        raise RuntimeError(f"the bulk quantization API (quantbook.bulk) is not available: {exc}") from None
+    return quantize, dequantize
+
+
+def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = 64, nested: bool = False,
+                   tensors: str | Iterable[str] | None = None, backend: str = "auto",
+                   progress: Callable[[int, int, TensorInfo], None] | None = None) -> ModelReport:
+    """Quantize every selected floating tensor of ``path`` with each codebook; see the module doc.
+
+    ``codebooks``: ``(label, Codebook)`` pairs.  ``tensors``: glob(s) selecting tensors by
+    name (default all floating tensors; empty ones are skipped).  ``progress(i, count, info)`` is called before
+    tensor ``i`` (0-based).  Raises ``ValueError`` when nothing is selected.
+    """
+    infos = [i for i in list_tensors(path, tensors) if i.size > 0]  # empty tensors hold no weights
+    if not infos:
+        raise ValueError(f"{path}: no floating tensors selected")
+    quantize, dequantize = _bulk()
+    labels = [label for label, _ in codebooks]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
+    totals = {label: ErrorSums() for label in labels}
+    results = []
+    for i, info in enumerate(infos):
+        if progress is not None:
+            progress(i, len(infos), info)
+        x = read_tensor(path, info.name)
+        xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
+        x64 = x.astype(np.float64).ravel()
+        sx2 = float(np.dot(x64, x64))
+        sums = {}
+        for label, cb in codebooks:
+            packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend)
+            xhat = dequantize(packed, state, backend=backend)
+            s = error_sums(x, xhat, x64, sx2)
+            s.bits = storage_bits(packed, state)
+            sums[label] = s
+            totals[label].add(s)
+            del packed, state, xhat
+        results.append(TensorResult(info.name, info.dtype, info.shape, sums))
+        del x, xq, x64
+    return ModelReport(str(path), block_size, nested, labels, totals, results)

@@ -1,0 +1,181 @@
+"""Pictures of codebooks (matplotlib, optional extra ``quantbook[plot]``).
+
+* :func:`plot_levels` — the density of one absmax-normalised value of a block of ``B``
+  i.i.d. weights (:class:`quantbook.derive.block.BlockDistribution`; the point masses
+  ``1/(2B)`` at ±1 drawn as arrows) with each codebook's levels drawn beneath it;
+* :func:`plot_sweep` — exact expected MSE and MAE (the derivation engine's ``evaluate``;
+  weights in units of σ, or the normalised values) against the block size, 16 … 16384 by
+  default; a table may be re-derived at each block size;
+* :func:`plot_model_report` — per-tensor SQNR of an ``evaluate-model`` run.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
+backend switch, no display needed) and written as PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "SWEEP_BLOCK_SIZES"]
+
+SWEEP_BLOCK_SIZES = tuple(2**k for k in range(4, 15))  # 16 .. 16384
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ValueError("plots need matplotlib: pip install 'quantbook[plot]'") from None
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, out: str | Path) -> None:
+    from .export import check_output_path
+
+    p = check_output_path(out)
+    fig.savefig(p, format="png")
+
+
+def _colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str | Path,
+                source: Any = "normal", normalization: str = "absmax") -> None:
+    """Levels of each ``(label, Codebook)`` under the block-``block_size`` density of ``source``."""
+    from .derive.block import BlockDistribution
+
+    dist = BlockDistribution(block_size, source, normalization)
+    y = np.linspace(-1.0, 1.0, 1601)[1:-1]
+    pdf = dist.pdf(y)
+    n = len(codebooks)
+    fig = _figure(8.0, 3.2 + 0.32 * n)
+    ax = fig.add_subplot()
+    top = float(np.max(pdf)) * 1.12
+    ax.fill_between(y, pdf, color="0.85", lw=0)
+    ax.plot(y, pdf, color="0.35", lw=1.2, label=f"density of x/absmax, B={block_size} ({dist.source.spec})")
+    ax_x, ax_w = dist.atoms
+    for xa, wa in zip(ax_x, ax_w):
+        ax.annotate("", xy=(xa, top * 0.55), xytext=(xa, 0), arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.2))
+        ax.text(xa + (0.02 if xa < 0 else -0.02), top * 0.5, f"P(y={xa:+g}) = {wa:.2g}",
+                ha="left" if xa < 0 else "right", va="bottom", fontsize=7, color="0.3")
+    step = top / 9
+    for i, ((label, cb), color) in enumerate(zip(codebooks, _colors(n))):
+        row = -(i + 1) * step
+        ax.axhline(row, color=color, lw=0.4, alpha=0.5)
+        lv = np.asarray(cb.levels, dtype=np.float64)
+        ax.plot(lv, np.full(lv.size, row), "|", ms=11, mew=2, color=color)
+        ax.text(-0.01, row, label, ha="right", va="center", fontsize=8, color=color,
+                transform=ax.get_yaxis_transform())
+    ax.set_xlim(-1.06, 1.06)
+    ax.set_ylim(-(n + 0.8) * step, top)
+    ax.set_xlabel("normalised value  y = x / absmax(block)")
+    ax.set_ylabel("density")
+    ax.set_yticks([t for t in ax.get_yticks() if t >= 0])
+    ax.set_title(f"Codebook levels over the block-{block_size} density", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, out)
+
+
+def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "normal",
+                 normalization: str = "absmax", domain: str = "weight") -> dict[str, np.ndarray]:
+    """Exact expected ``{"mse": ..., "mae": ...}`` at each block size (:func:`quantbook.derive.metrics.evaluate`).
+
+    ``codebook`` is a Codebook, or a callable ``B -> Codebook`` for a table re-derived at each
+    block size.  ``domain="weight"``: errors of the weights in units of the source's standard
+    deviation (MSE in σ², MAE in σ); ``"normalized"``: errors of ``y = x/absmax``.
+    """
+    from .derive.metrics import evaluate
+
+    if domain not in ("weight", "normalized"):
+        raise ValueError(f"domain must be weight or normalized, got {domain!r}")
+    mse, mae = [], []
+    for B in block_sizes:
+        cb = codebook(int(B)) if callable(codebook) else codebook
+        ev = evaluate(cb, int(B), source, normalization)
+        mse.append(ev.mse_weight if domain == "weight" else ev.mse_normalized)
+        mae.append(ev.mae_weight if domain == "weight" else ev.mae_normalized)
+    return {"mse": np.array(mse), "mae": np.array(mae)}
+
+
+def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | Path,
+               block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES, source: Any = "normal",
+               normalization: str = "absmax", domain: str = "weight") -> dict[str, dict[str, np.ndarray]]:
+    """Expected MSE and MAE against block size for each ``(label, Codebook | B -> Codebook)``.
+
+    Returns the plotted numbers ``{label: {"mse": array, "mae": array}}`` (see :func:`sweep_errors`).
+    """
+    bs = np.asarray(block_sizes, dtype=np.int64)
+    errors = {label: sweep_errors(cb, bs, source, normalization, domain) for label, cb in codebooks}
+    fig = _figure(9.5, 3.9)
+    axes = fig.subplots(1, 2)
+    for (label, _), color in zip(codebooks, _colors(len(codebooks))):
+        for ax, key in zip(axes, ("mse", "mae")):
+            ax.plot(bs, errors[label][key], "o-", ms=3, lw=1.3, color=color, label=label)
+    src = getattr(source, "spec", source)
+    if domain == "weight":
+        units = {"mse": "MSE of the weights (σ²)", "mae": "MAE of the weights (σ)"}
+    else:
+        units = {"mse": "MSE of y = x/absmax", "mae": "MAE of y = x/absmax"}
+    for ax, key, title in zip(axes, ("mse", "mae"), ("expected squared error", "expected absolute error")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("block size B")
+        ax.set_ylabel(units[key])
+        ax.set_title(f"{title}, {src} weights", fontsize=10)
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].legend(fontsize=8, frameon=False)
+    _save(fig, out)
+    return errors
+
+
+def _strip_common_prefix(names: Sequence[str]) -> tuple[str, list[str]]:
+    """Common dotted prefix (e.g. ``"encoder.layer."``) and the names without it."""
+    if len(names) < 2:
+        return "", list(names)
+    parts = [n.split(".") for n in names]
+    k = 0
+    while all(len(p) > k + 1 for p in parts) and len({p[k] for p in parts}) == 1:
+        k += 1
+    prefix = ".".join(parts[0][:k]) + ("." if k else "")
+    return prefix, [".".join(p[k:]) for p in parts]
+
+
+def plot_model_report(report: Any, out: str | Path) -> None:
+    """Per-tensor SQNR (dB) of a :class:`quantbook.model.ModelReport`, one series per codebook."""
+    prefix, names = _strip_common_prefix([t.name for t in report.tensors])
+    longest = max((len(n) for n in names), default=10)
+    fig = _figure(max(7.0, min(0.16 * len(names) + 3, 22)), 3.2 + 0.065 * min(longest, 60))
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    k = len(report.codebooks)
+    markers = "osD^vP*Xh<>"
+    for j, (label, color) in enumerate(zip(report.codebooks, _colors(k))):
+        v = [t.sums[label].sqnr_db for t in report.tensors]
+        total = report.totals[label].sqnr_db
+        dx = (j - (k - 1) / 2) * min(0.6 / max(k, 1), 0.15)
+        ax.plot(x + dx, v, markers[j % len(markers)], ms=4, color=color, alpha=0.85,
+                label=f"{label} (all: {total:.2f} dB)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90, fontsize=7 if len(names) <= 80 else 5)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+    ax.set_ylabel("SQNR (dB)")
+    nested = "nested absmax" if report.nested else "float32 absmax"
+    where = f", tensors {prefix}*" if prefix else ""
+    fig.suptitle(f"{Path(report.path).name}: per-tensor SQNR, block size {report.block_size}, {nested}{where}",
+                 fontsize=10)
+    ax.grid(True, axis="y", lw=0.3, alpha=0.5)
+    ax.legend(fontsize=8, frameon=False, ncols=min(k, 4), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, out)

@@ -1,0 +1,134 @@
+"""Exact metrics (evaluate) against Monte Carlo, the optimality audit, and the CLI commands."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from quantbook import get
+from quantbook.cli import main
+from quantbook.derive import evaluate, lloyd
+from quantbook.derive.sources import Laplace, Normal
+
+
+def _mc(cb, B, src, normalization, n=2**20, seed=0):
+    rng = np.random.default_rng(seed)
+    if normalization == "none":
+        x = src.rvs((n // 64, 64), rng)
+        q = cb.quantize(x.ravel()).reshape(x.shape)
+        return {"mse_weight": (x - q) ** 2, "mae_weight": np.abs(x - q), "codes": cb.encode(x.ravel())}
+    x = src.rvs((n // B, B), rng)
+    i = np.argmax(np.abs(x), axis=1)
+    s = x[np.arange(x.shape[0]), i][:, None]
+    if normalization == "absmax":
+        s = np.abs(s)
+    y = x / s
+    q = cb.quantize(y.ravel()).reshape(y.shape)
+    return {"mse_weight": ((y - q) * s) ** 2, "mae_weight": np.abs((y - q) * s), "mse_normalized": (y - q) ** 2,
+            "mae_normalized": np.abs(y - q), "codes": cb.encode(y.ravel())}
+
+
+@pytest.mark.parametrize("name, B, src, normalization", [
+    ("nf4", 64, Normal(), "absmax"),
+    ("af4", 4096, Normal(), "absmax"),
+    ("fp4", 256, Laplace(), "signed-absmax"),
+    ("max1960-n4", None, Normal(), "none"),
+])
+def test_evaluate_matches_monte_carlo(name, B, src, normalization):
+    cb = get(name)
+    ev = evaluate(cb, B, src, normalization)
+    mc = _mc(cb, B, src, normalization, seed=len(name))
+    for key, err in mc.items():
+        if key == "codes":
+            continue
+        per_block = err.mean(axis=1)  # blocks are independent
+        se = per_block.std(ddof=1) / math.sqrt(per_block.size)
+        assert abs(per_block.mean() - getattr(ev, key)) < 5 * se, (key, per_block.mean(), getattr(ev, key))
+    # code usage: exact probabilities vs observed frequencies
+    level_idx = np.searchsorted(cb.levels, cb.decode(mc["codes"]))
+    freq = np.bincount(level_idx, minlength=cb.n_levels) / level_idx.size
+    assert np.max(np.abs(freq - np.array(ev.usage))) < 3e-3
+    p = np.array(ev.usage)
+    p = p[p > 0]
+    assert abs(ev.entropy_bits + np.sum(p * np.log2(p))) < 1e-12
+
+
+def test_rate_distortion_gap_formula():
+    ev = evaluate(get("nf4"), 64)
+    R = 4 + 32 / 64
+    assert ev.bits_per_weight == R
+    assert math.isclose(ev.rd_bound, 2.0 ** (-2 * R), rel_tol=1e-15)
+    assert math.isclose(ev.gap_db, 10 * math.log10(ev.mse_weight / ev.rd_bound), rel_tol=1e-12)
+    assert math.isclose(ev.sqnr_db, -10 * math.log10(ev.mse_weight), rel_tol=1e-12)
+    # Max's N=16 quantizer: 4 bits, classic 20.22 dB SQNR
+    assert abs(evaluate(get("max1960-n16"), None, "normal", "none").sqnr_db - 20.22) < 0.01
+
+
+def test_audit_reports_optimality():
+    from quantbook.verify import audit
+
+    rows = {r.name: r for r in audit(["af4", "max1960-n2", "max1960-n16"])}
+    af4 = rows["af4"]
+    assert af4.reproduced and not af4.failed
+    opt = af4.details["optimality"]
+    assert opt["max_violation"] > 1e-3 and opt["excess_percent"] > 1  # AF4 is not the L1 optimum
+    assert "median conditions" in af4.explanation
+    n2 = rows["max1960-n2"]
+    assert any(d["printed"] == 0.798 and abs(d["exact"] - math.sqrt(2 / math.pi)) < 1e-12
+               for d in n2.details["optimality"]["printed_vs_exact"])
+    n16 = rows["max1960-n16"].details["optimality"]
+    assert {d["printed"] for d in n16["printed_vs_exact"]} >= {0.3881, 0.9424, 0.009497}
+    assert "0.3881" in rows["max1960-n16"].explanation
+    assert not rows["max1960-n16"].reproduced and not rows["max1960-n2"].reproduced  # at 4 significant digits
+    assert audit(["max1960-n4"])[0].reproduced  # every N=4 number agrees at Max's precision
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_derive_lloyd_json(capsys):
+    rc, out, err = run(capsys, "derive", "lloyd", "--bits", "4", "--block-size", "64", "--loss", "l1",
+                       "--domain", "normalized", "--fix", "-1,0,1", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert set(d) >= {"name", "bits", "levels", "source", "recipe", "mse", "mae", "iterations"}
+    assert d["recipe"]["method"] == "lloyd" and d["recipe"]["fixed"] == [-1.0, 0.0, 1.0]
+    assert np.allclose(d["levels"], lloyd(4, 64, "l1", "normalized").levels, atol=0)
+    ev = evaluate(lloyd(4, 64, "l1", "normalized"), 64)
+    assert d["mse"] == ev.mse_weight and d["mae"] == ev.mae_weight
+
+
+def test_cli_quantile_and_evaluate(capsys, tmp_path):
+    rc, out, _ = run(capsys, "derive", "quantile", "--bits", "3", "--block-size", "128", "--json")
+    assert rc == 0
+    f = tmp_path / "q.json"
+    f.write_text(out)
+    rc, out, _ = run(capsys, "evaluate", str(f), "--block-size", "128", "--json")
+    assert rc == 0 and json.loads(out)["bits_per_weight"] == 3 + 32 / 128
+    rc, out, _ = run(capsys, "evaluate", "nf4", "--block-size", "64")
+    assert rc == 0 and "SQNR" in out
+    sample = tmp_path / "w.npy"
+    np.save(sample, np.random.default_rng(0).standard_normal(50_000))
+    rc, out, err = run(capsys, "derive", "lloyd", "--bits", "3", "--block-size", "32", "--source", str(sample),
+                       "--json")
+    assert rc == 0, err
+    assert json.loads(out)["recipe"]["source"] == str(sample)
+
+
+@pytest.mark.parametrize("argv", [
+    ["derive", "lloyd", "--source", "student-t:x"],
+    ["derive", "lloyd", "--source", "missing.npy"],
+    ["derive", "lloyd", "--fix", "a,b"],
+    ["derive", "lloyd", "--bits", "1"],
+    ["derive", "lloyd", "--loss", "l3"],
+    ["derive", "quantile", "--block-size", "1"],
+    ["evaluate", "nosuch"],
+    ["evaluate", "nf4", "--normalization", "max"],
+])
+def test_cli_errors_are_one_line(capsys, argv):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err

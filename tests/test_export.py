@@ -1,0 +1,423 @@
+"""Tests for quantbook.export and `quantbook export`.
+
+References are independent of the exporter: the float32 bits a real compiler (gcc, and
+nvcc / NVRTC for CUDA) puts in the compiled tables are compared with ``numpy.float32`` of
+the registry's float64 values, the code order with a plain-Python search, and the encoder
+with a brute-force nearest-level search.  Everything is bit-exact (no tolerance).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import quantbook
+from quantbook.cli import main
+from quantbook.codebooks.registry import REGISTRY
+from quantbook.export import (
+    IdentifierError,
+    bnb_quant_map,
+    c_float_literal,
+    c_header,
+    c_identifier,
+    export,
+)
+
+NAMES = list(REGISTRY)
+
+
+def _ident(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)  # registry names have no runs or leading digits
+
+
+def _ref_code_to_level(cb) -> list[int]:
+    levels = sorted(set(float(v) + 0.0 for v in cb.code))  # -0.0 == 0.0 in the set
+    return [levels.index(float(v)) for v in cb.code]
+
+
+def _ref_level_to_code(cb) -> list[int]:
+    levels = sorted(set(float(v) + 0.0 for v in cb.code))
+    return [min(i for i, v in enumerate(cb.code) if float(v) == lv) for lv in levels]
+
+
+# ----------------------------------------------------------------------------- identifiers
+@pytest.mark.parametrize("name, ident", [
+    ("nf4", "nf4"), ("nf4-torchao", "nf4_torchao"), ("max1960-n16", "max1960_n16"),
+    ("fp4-bnb-cpu", "fp4_bnb_cpu"), ("my table v2.1", "my_table_v2_1"), ("iq4_nl", "iq4_nl"),
+])
+def test_c_identifier_sanitises(name, ident):
+    assert c_identifier(name) == ident
+
+
+@pytest.mark.parametrize("bad", ["", "---", "4bit", "_hidden", "float", "static", "naïve", "__x"])
+def test_c_identifier_rejects(bad):
+    with pytest.raises(IdentifierError):
+        c_identifier(bad)
+
+
+def test_float_literals_round_trip_float32():
+    vals = np.concatenate([[1.0, -1.0, 0.0, 0.07958029955625534, 1e-40, 3.4e38, 2**-149],
+                           np.random.default_rng(3).standard_normal(2000)]).astype(np.float32)
+    for v in vals:
+        lit = c_float_literal(v)
+        assert lit.endswith("f") and ("." in lit or "e" in lit)
+        assert np.float32(lit[:-1]).view(np.uint32) == v.view(np.uint32), lit
+    assert c_float_literal(-0.0) == "-0.0f"
+    assert c_float_literal(1.0) == "1.0f"
+
+
+# ------------------------------------------------------------------------------------ json
+@pytest.mark.parametrize("name", NAMES)
+def test_json_round_trips_float64(name, tmp_path):
+    cb = REGISTRY[name].codebook
+    path = tmp_path / f"{name}.json"
+    assert main(["export", name, "--format", "json", "-o", str(path)]) == 0
+    back = quantbook.Codebook.from_json(path.read_text())
+    assert back == cb  # bitwise float64 levels and code, recipe, source, name
+    assert quantbook.load(str(path)).levels.tobytes() == cb.levels.tobytes()
+
+
+def test_show_reads_exported_json(tmp_path, capsys):
+    path = tmp_path / "fp4.json"
+    assert main(["export", "fp4", "-o", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    ref = REGISTRY["fp4"].codebook
+    assert np.array(shown["levels"]).tobytes() == ref.levels.tobytes()
+    assert np.array(shown["code"]).view(np.int64).tolist() == ref.code.view(np.int64).tolist()
+
+
+def test_json_to_stdout(capsys):
+    assert main(["export", "af4"]) == 0
+    assert quantbook.Codebook.from_json(capsys.readouterr().out) == REGISTRY["af4"].codebook
+
+
+# ------------------------------------------------------------------------------------ C
+_C_MAIN = r"""
+#include <stdio.h>
+#include <string.h>
+%(includes)s
+static unsigned bits_of(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+#define DUMP(id, ID) do { \
+    printf("%%s bits %%d sizes %%d %%d %%d\n", #id, ID##_BITS, ID##_CODE_SIZE, ID##_N_LEVELS, ID##_N_THRESHOLDS); \
+    printf("%%s code", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_code[i])); puts(""); \
+    printf("%%s levels", #id); for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%08x", bits_of(id##_levels[i])); puts(""); \
+    printf("%%s thresholds", #id); for (int i = 0; i < ID##_N_THRESHOLDS; ++i) printf(" %%08x", bits_of(id##_thresholds[i])); puts(""); \
+    printf("%%s c2l", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%d", id##_code_to_level[i]); puts(""); \
+    printf("%%s l2c", #id); for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%d", id##_level_to_code[i]); puts(""); \
+    printf("%%s encode", #id); for (int i = 0; i < n_probe; ++i) printf(" %%u", id##_encode(probe[i])); puts(""); \
+    printf("%%s decode", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_decode(i))); puts(""); \
+} while (0)
+int main(void) {
+    static const float probe[] = { %(probe)s };
+    const int n_probe = (int)(sizeof probe / sizeof probe[0]);
+%(dumps)s
+    return 0;
+}
+"""
+
+
+def _probe_values() -> np.ndarray:
+    rng = np.random.default_rng(20261123)
+    return np.concatenate([rng.uniform(-1.1, 1.1, 300), [-1.0, 1.0, 0.0, -0.0, 2.0, -2.0]]).astype(np.float32)
+
+
+def _brute_force_encode(cb, y: np.ndarray) -> np.ndarray:
+    """Nearest level by exhaustive float64 search (lowest level on an exact tie), then the lowest code index."""
+    levels = sorted(set(float(v) + 0.0 for v in cb.code))
+    out = []
+    for v in y.astype(np.float64):
+        d = [abs(v - lv) for lv in levels]
+        pos = d.index(min(d))
+        out.append(min(i for i, c in enumerate(cb.code) if float(c) == levels[pos]))
+    return np.array(out)
+
+
+def _parse_dump(text: str) -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for line in text.splitlines():
+        ident, key, *vals = line.split()
+        out.setdefault(ident, {})[key] = vals
+    return out
+
+
+def _check_tables(name: str, got: dict[str, list[str]], probe: np.ndarray | None) -> None:
+    cb = REGISTRY[name].codebook
+    hexes = lambda a: [f"{int(b):08x}" for b in np.asarray(a, dtype=np.float64).astype(np.float32).view(np.uint32)]
+    levels64 = np.array(sorted(set(float(v) + 0.0 for v in cb.code)))
+    assert got["code"] == hexes([float(v) for v in cb.code]), name
+    assert got["levels"] == hexes(levels64), name
+    assert got["thresholds"] == hexes((levels64[:-1] + levels64[1:]) / 2), name
+    assert [int(v) for v in got["c2l"]] == _ref_code_to_level(cb), name
+    assert [int(v) for v in got["l2c"]] == _ref_level_to_code(cb), name
+    if "decode" in got:
+        assert got["decode"] == got["code"]
+    if probe is not None:
+        enc = np.array([int(v) for v in got["encode"]])
+        t32 = ((levels64[:-1] + levels64[1:]) / 2).astype(np.float32)
+        # away from the float32 thresholds, float32 encoding must agree with the exact nearest level
+        far = np.min(np.abs(probe[:, None].astype(np.float64) - t32[None, :]), axis=1) > 1e-6
+        assert np.array_equal(enc[far], _brute_force_encode(cb, probe[far])), name
+        # every result is the Codebook's own float32-threshold encoding too
+        assert np.array_equal(enc, cb.encode(probe, thresholds="float32")), name
+
+
+@pytest.fixture(scope="module")
+def headers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("headers")
+    for name in NAMES:
+        cb = REGISTRY[name].codebook
+        (d / f"{_ident(name)}.h").write_text(c_header(cb))
+        (d / f"{_ident(name)}.cuh").write_text(c_header(cb, cuda=True))
+    return d
+
+
+@pytest.mark.parametrize("compiler, flags", [
+    ("gcc", ["-x", "c", "-std=c99"]),
+    ("g++", ["-x", "c++", "-std=c++98"]),  # the header is valid C++ too (no C99 hex float literals)
+])
+def test_c_headers_compile_and_hold_exact_bits(headers, compiler, flags):
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not found")
+    probe = _probe_values()
+    idents = [_ident(n) for n in NAMES]
+    src = _C_MAIN % dict(
+        includes="\n".join(f'#include "{i}.h"' for i in idents),
+        probe=", ".join(c_float_literal(v) for v in probe),
+        dumps="\n".join(f"    DUMP({i}, {i.upper()});" for i in idents),
+    )
+    (headers / "main.c").write_text(src)
+    exe = headers / f"dump-{compiler}"
+    cc = subprocess.run([compiler, *flags, "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1",
+                         "-o", str(exe), str(headers / "main.c")], capture_output=True, text=True)
+    assert cc.returncode == 0, cc.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    dump = _parse_dump(run.stdout)
+    for name, ident in zip(NAMES, idents):
+        cb = REGISTRY[name].codebook
+        assert dump[ident]["bits"] == [str(cb.bits), "sizes", str(cb.code.size), str(cb.n_levels),
+                                       str(cb.n_levels - 1)]
+        _check_tables(name, dump[ident], probe)
+
+
+def test_threshold_ties_go_to_the_lower_level_in_c(headers, tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found")
+    cb = REGISTRY["nf4"].codebook
+    src = ('#include <stdio.h>\n#include "%s/nf4.h"\nint main(void){for(int i=0;i<NF4_N_THRESHOLDS;++i)'
+           'printf("%%u ", nf4_level_of(nf4_thresholds[i]));return 0;}\n' % headers)
+    (tmp_path / "t.c").write_text(src)
+    subprocess.run(["gcc", "-std=c99", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
+    out = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout
+    assert [int(v) for v in out.split()] == list(range(cb.n_levels - 1))  # threshold i -> level i (lower)
+
+
+# --------------------------------------------------------------------------------- CUDA
+_CU_KERNEL = """
+%(includes)s
+extern "C" __global__ void touch(float* f, unsigned* u, const float* y)
+{
+    int i = threadIdx.x;
+%(body)s
+}
+"""
+
+
+def _cuda_source(idents) -> str:
+    body = "\n".join(
+        f"    f[i] = {i}_decode(i) + {i}_levels[i] + {i}_thresholds[i];"
+        f" u[i] = {i}_code_to_level[i] + {i}_level_to_code[i] + {i}_encode(y[i]);"
+        for i in idents)
+    return _CU_KERNEL % dict(includes="\n".join(f'#include "{i}.cuh"' for i in idents), body=body)
+
+
+def _ptx_const_arrays(ptx: str) -> dict[str, bytes]:
+    """``.const`` arrays in PTX: name -> little-endian bytes (PTX may leave trailing zeros out)."""
+    out = {}
+    pattern = r"\.const\s+\.align\s+\d+\s+\.b8\s+(\w+)\[(\d+)\]\s*(?:=\s*\{([^}]*)\})?\s*;"
+    for m in re.finditer(pattern, ptx):  # no initialiser at all: all zero
+        data = bytes(int(b) for b in m.group(3).split(",")) if m.group(3) else b""
+        out[m.group(1)] = data + bytes(int(m.group(2)) - len(data))
+    return out
+
+
+def _check_ptx(ptx: str) -> None:
+    arrays = _ptx_const_arrays(ptx)
+    for name in NAMES:
+        i = _ident(name)
+        cb = REGISTRY[name].codebook
+        idx_t = np.uint8 if cb.bits <= 8 else np.uint16
+        got = {
+            "code": [f"{v:08x}" for v in np.frombuffer(arrays[f"{i}_code"], "<u4")],
+            "levels": [f"{v:08x}" for v in np.frombuffer(arrays[f"{i}_levels"], "<u4")],
+            "thresholds": [f"{v:08x}" for v in np.frombuffer(arrays[f"{i}_thresholds"], "<u4")],
+            "c2l": np.frombuffer(arrays[f"{i}_code_to_level"], idx_t).tolist(),
+            "l2c": np.frombuffer(arrays[f"{i}_level_to_code"], idx_t).tolist(),
+        }
+        _check_tables(name, got, None)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_cuda_headers_compile_with_nvcc_and_hold_exact_bits(headers):
+    idents = [_ident(n) for n in NAMES]
+    (headers / "k.cu").write_text(_cuda_source(idents))
+    r = subprocess.run(["nvcc", "-ptx", "-arch=compute_75", "-std=c++14", "-Werror", "all-warnings", "-o",
+                        str(headers / "k.ptx"), str(headers / "k.cu")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    _check_ptx((headers / "k.ptx").read_text())
+
+
+def test_cuda_headers_compile_with_nvrtc_and_hold_exact_bits(headers):
+    try:
+        from cupy.cuda import nvrtc
+    except Exception as exc:  # noqa: BLE001 - cupy absent or its CUDA libraries missing
+        pytest.skip(f"NVRTC not importable through cupy: {exc}")
+    idents = [_ident(n) for n in NAMES]
+    src = _cuda_source(idents)
+    hdr_src = [(headers / f"{i}.cuh").read_text().encode() for i in idents]
+    hdr_names = [f"{i}.cuh".encode() for i in idents]
+    try:
+        prog = nvrtc.createProgram(src, "k.cu", hdr_src, hdr_names)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"NVRTC unusable here: {exc}")
+    try:
+        nvrtc.compileProgram(prog, ["-arch=compute_75"])
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"NVRTC rejected the headers: {exc}\n{nvrtc.getProgramLog(prog)}")
+    ptx = nvrtc.getPTX(prog)
+    _check_ptx(ptx.decode() if isinstance(ptx, bytes) else ptx)
+
+
+# ---------------------------------------------------------------------------- npy / bnb
+def test_npy_is_the_index_to_value_table(tmp_path):
+    path = tmp_path / "fp4.npy"
+    assert main(["export", "fp4", "--format", "npy", "-o", str(path)]) == 0
+    arr = np.load(path)
+    assert arr.dtype == np.float32 and arr.shape == (16,)
+    ref = np.array([v / np.float32(12) for v in np.float32([0, 0.0625, 8, 12, 4, 6, 2, 3])], dtype=np.float32)
+    assert arr[:8].view(np.uint32).tolist() == ref.view(np.uint32).tolist()
+    assert arr[9:].view(np.uint32).tolist() == (-ref[1:]).view(np.uint32).tolist()
+
+
+@pytest.mark.parametrize("name, quant_type, builtin", [
+    ("nf4", "nf4", True), ("fp4", "fp4", True), ("fp4-bnb-cpu", "fp4", True),
+    ("af4", "af4", False), ("nf4-torchao", "nf4_torchao", False), ("int4-sym", "int4_sym", False),
+])
+def test_bnb_quant_map(name, quant_type, builtin, tmp_path):
+    path = tmp_path / "qm.npz"
+    assert main(["export", name, "--format", "bnb", "-o", str(path)]) == 0
+    d = np.load(path)
+    assert str(d["quant_type"]) == quant_type and bool(d["bnb_builtin"]) is builtin
+    qm = d["quant_map"]
+    assert qm.dtype == np.float32 and qm.shape == (16,)
+    cb = REGISTRY[name].codebook
+    assert qm[: cb.code.size].tobytes() == np.asarray(cb.code, dtype=np.float32).tobytes()
+    if cb.code.size < 16:  # int4-sym: 15 entries, padded with 0.0 (zero is a level)
+        assert np.all(qm[cb.code.size:] == 0.0)
+
+
+def test_bnb_nf4_quant_map_matches_bitsandbytes_digits():
+    # bitsandbytes/functional.py get_4bit_type("nf4") (see registry citation): independent literal copy
+    digits = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0]
+    assert bnb_quant_map(REGISTRY["nf4"].codebook).tobytes() == np.float32(digits).tobytes()
+
+
+def test_bnb_loads_into_torch_quant_state_fields(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "nf4.npz"
+    assert main(["export", "nf4", "-f", "bnb", "-o", str(path)]) == 0
+    d = np.load(path)
+    qm = torch.from_numpy(d["quant_map"])  # what QuantState(code=...) holds
+    assert qm.dtype == torch.float32 and qm.numel() == 16
+    # dequantize one packed byte as bitsandbytes' default backend does: high nibble first
+    byte = torch.tensor([0x7F], dtype=torch.uint8)
+    vals = qm[torch.stack([byte >> 4, byte & 0xF], -1).long().flatten()]
+    assert vals.tolist() == [0.0, 1.0]
+
+
+# --------------------------------------------------------------------------------- CLI errors
+def _err(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_cli_errors(capsys, tmp_path):
+    assert "does not exist" in _err(capsys, ["export", "nf4", "-f", "c", "-o", str(tmp_path / "no" / "x.h")])
+    assert "directory" in _err(capsys, ["export", "nf4", "-f", "c", "-o", str(tmp_path)])
+    assert "unknown codebook" in _err(capsys, ["export", "nf4x", "-f", "c"])
+    assert "no such codebook file" in _err(capsys, ["export", "missing.json"])
+    assert "invalid choice" in _err(capsys, ["export", "nf4", "-f", "xml"])
+    assert "bnb format needs" in _err(capsys, ["export", "max1960-n8", "-f", "bnb", "-o", str(tmp_path / "a.npz")])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}))
+    assert "--name" in _err(capsys, ["export", str(bad), "-f", "c"])
+    assert "keyword" in _err(capsys, ["export", "nf4", "-f", "c", "--name", "float"])
+
+
+def test_cli_name_override_and_binary_stdout(capsys, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}))
+    assert main(["export", str(bad), "-f", "c", "--name", "t4"]) == 0
+    assert "static const float t4_code[3]" in capsys.readouterr().out
+    # binary to a non-terminal stdout goes to its byte buffer
+    buf = io.BytesIO()
+
+    class _Out:
+        buffer = buf
+
+        @staticmethod
+        def isatty():
+            return False
+
+    monkeypatch.setattr("sys.stdout", _Out)
+    assert main(["export", "nf4", "-f", "npy"]) == 0
+    assert np.load(io.BytesIO(buf.getvalue())).tobytes() == REGISTRY["nf4"].codebook.code_f32.tobytes()
+
+
+def test_export_function_types():
+    cb = REGISTRY["nf4"].codebook
+    assert isinstance(export(cb, "json"), str) and isinstance(export(cb, "c"), str)
+    assert isinstance(export(cb, "npy"), bytes) and isinstance(export(cb, "bnb"), bytes)
+    with pytest.raises(ValueError):
+        export(cb, "xml")
+
+
+def test_export_derived_shorthand_keeps_recipe(tmp_path):
+    path = tmp_path / "l.json"
+    assert main(["export", "lloyd-l2-64", "-o", str(path)]) == 0
+    cb = quantbook.Codebook.from_json(path.read_text())
+    assert cb.name == "lloyd-l2-64" and cb.recipe["method"] == "lloyd" and cb.recipe["block_size"] == 64
+    from quantbook.derive import derive_from_recipe
+
+    assert derive_from_recipe(cb.recipe).levels.tobytes() == cb.levels.tobytes()  # recipe re-derives it
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_bnb_export_loads_into_bitsandbytes_quant_state(quant_type, tmp_path):
+    """The exported quant map is bit-identical to the one bitsandbytes itself stores, and
+    QuantState.from_dict accepts it in place of its own (CPU, pure-torch backend)."""
+    torch = pytest.importorskip("torch")
+    F = pytest.importorskip("bitsandbytes.functional")
+    path = tmp_path / "qm.npz"
+    assert main(["export", quant_type, "-f", "bnb", "-o", str(path)]) == 0
+    d = np.load(path)
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    q, state = F.quantize_4bit(x, blocksize=64, quant_type=quant_type)
+    assert str(d["quant_type"]) == state.quant_type
+    assert d["quant_map"].view(np.uint32).tolist() == state.code.numpy().view(np.uint32).tolist()
+    packed = state.as_dict(packed=True)
+    packed["quant_map"] = torch.from_numpy(d["quant_map"])
+    mine = F.QuantState.from_dict(packed, device=torch.device("cpu"))
+    assert torch.equal(F.dequantize_4bit(q, mine), F.dequantize_4bit(q, state))

@@ -1,0 +1,61 @@
+"""Always-running NVRTC compile check of every GPU kernel for sm_80 and sm_90 (no GPU needed).
+
+Skips only when CuPy's NVRTC binding or libnvrtc itself cannot be loaded
+(pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12 — both are in the [test] extra).
+"""
+
+import re
+import struct
+
+import pytest
+
+from quantbook.gpu import kernels as K
+from quantbook.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+
+
+@pytest.fixture(scope="module")
+def nvrtc():
+    try:
+        return load_nvrtc()
+    except NvrtcUnavailable as exc:
+        pytest.skip(f"NVRTC library cannot be loaded: {exc}")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_kernel_compiles_to_sass(nvrtc, arch):
+    cubin = compile_source(K.source(), arch, output="cubin")
+    assert cubin[:4] == b"\x7fELF"
+    # complete image: CuPy's getCUBIN drops the last byte, compile_source restores it
+    phoff, shoff = struct.unpack_from("<QQ", cubin, 32)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", cubin, 54)
+    assert max(phoff + phentsize * phnum, shoff + shentsize * shnum) <= len(cubin)
+    for name in K.all_kernel_names():          # every instantiation is in the image
+        assert name.encode() in cubin, name
+
+
+def test_ptx_is_plain_ieee_float32(nvrtc):
+    """No FMA contraction, no flush-to-zero, IEEE division only, no local-memory spills."""
+    ptx = compile_source(K.source(), "compute_90", output="ptx").decode()
+    entries = re.split(r"\.entry ", ptx)[1:]
+    assert sorted(e.split("(")[0].strip() for e in entries) == sorted(K.all_kernel_names())
+    for body in entries:
+        name = body.split("(")[0].strip()
+        assert "fma." not in body, name
+        assert ".ftz" not in body, name
+        assert ".local" not in body, name
+        assert not re.search(r"div\.(approx|full)\.f32", body), name
+        assert not re.search(r"rcp\.approx", body), name
+        if name.startswith("qb_quantize_"):
+            assert "div.rn.f32" in body, name
+
+
+def test_compile_error_reports_the_log(nvrtc):
+    with pytest.raises(RuntimeError, match="NVRTC failed"):
+        compile_source("this is not CUDA", "sm_80")
+
+
+def test_kernel_source_subset_and_unknown_names():
+    src = K.source([K.quantize_name("f16", 4)])
+    assert "qb_quantize_f16_p4(" in src and "qb_dequantize_f16_p4(" not in src
+    with pytest.raises(ValueError, match="unknown kernel"):
+        K.source(["qb_nope"])

@@ -1,0 +1,142 @@
+"""Host-side parts of the GPU backend: argument checks, launch shapes, encoder tables, imports.
+
+No GPU and no CuPy needed.  The encoder tables are checked against the numpy reference's
+rule (quantbook.bulk.reference.sorted_bounds / encode) on every float32 within 64 ULPs of
+each bound and code value plus random values (seed 0): exact equality of code indices.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from quantbook.bulk import reference as R
+from quantbook.codebooks import registry
+from quantbook.gpu import backend as G
+from quantbook.gpu import kernels as K
+from quantbook.gpu.tables import encode_with_tables, encoder_tables, search_size, sorted_bounds
+
+
+def test_importing_quantbook_gpu_does_not_import_cupy():
+    code = ("import sys, quantbook, quantbook.gpu.backend, quantbook.gpu.emulate, "
+            "quantbook.gpu.compile; print('cupy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("bits,packing", [(1, 1), (2, 2), (3, 8), (4, 4), (5, 8), (8, 8)])
+def test_packing_for_bits(bits, packing):
+    assert G.packing_for_bits(bits) == packing
+
+
+@pytest.mark.parametrize("n,bits", [(0, 4), (1, 4), (7, 4), (8, 4), (9, 1), (9, 2), (9, 3), (9, 8)])
+def test_packed_length_matches_reference(n, bits):
+    assert G.packed_length(n, bits) == R.packed_length(n, bits)
+
+
+@pytest.mark.parametrize("bits", [0, 9, 4.0, True, "4"])
+def test_bad_bits(bits):
+    with pytest.raises(ValueError, match="bits"):
+        G.packing_for_bits(bits)
+
+
+@pytest.mark.parametrize("bs", [8, 48, 8192, 64.0, -64])
+def test_bad_blocksize_rejected_before_touching_the_device(bs):
+    with pytest.raises(ValueError, match="blocksize"):
+        G.quantize_gpu(np.zeros(4, np.float32), np.zeros(16, np.float32), 4, bs)
+
+
+def test_numpy_input_is_rejected_with_a_pointer_to_the_cpu_backend():
+    with pytest.raises(TypeError, match="backend='cpu'"):
+        G.quantize_gpu(np.zeros(64, np.float32), registry.get("nf4").code, 4, 64)
+
+
+def test_code_table_checks():
+    with pytest.raises(ValueError, match="entries"):
+        G.quantize_gpu(np.zeros(4, np.float32), np.zeros(17, np.float32), 4, 64)
+    with pytest.raises(ValueError, match="finite"):
+        G.quantize_gpu(np.zeros(4, np.float32), np.array([0, np.nan], np.float32), 4, 64)
+
+
+@pytest.mark.parametrize("dtype,key", [("float32", "f32"), (np.float16, "f16"), ("bfloat16", "bf16"),
+                                       ("torch.bfloat16", "bf16")])
+def test_dtype_keys(dtype, key):
+    assert G._dtype_key(dtype) == key
+    with pytest.raises(ValueError, match="dtype"):
+        G._dtype_key(np.float64)
+
+
+@pytest.mark.parametrize("key,bs", [("f32", 16), ("f32", 4096), ("f16", 16), ("bf16", 4096)])
+def test_quantize_launch_shape(key, bs):
+    n = 100_003
+    grid, cta = G.quantize_launch(n, key, bs)
+    v = K.VEC[key]
+    assert cta % 32 == 0 and cta <= 512 and cta % max(1, bs // v) == 0
+    assert grid * cta * v >= n > (grid - 1) * cta * v
+
+
+def test_absmax_floor_constant_is_float32_1e_minus_38():
+    m = np.uint32(int(K._COMMON.split("QB_ABSMAX_MIN_BITS ")[1].split("u")[0], 16))
+    assert m.view(np.float32) == R.TINY == np.float32(1e-38)
+
+
+def _probe_points(tabs_values, rng):
+    anchors = np.concatenate([tabs_values, [0.0, -0.0, 1.0, -1.0]]).astype(np.float32)
+    u = anchors.view(np.int32).astype(np.int64)
+    # walk +-64 representable floats around each anchor (through the bit pattern)
+    pts = []
+    for sign_fix in (1, -1):
+        w = (u[:, None] + sign_fix * np.arange(-64, 65)[None, :]).ravel()
+        w = w[(w >= -(2**31)) & (w < 2**31)].astype(np.int32)
+        pts.append(w.view(np.float32))
+    pts.append(rng.uniform(-1, 1, 20_000).astype(np.float32))
+    pts.append(np.array([1.5, -1.5, 3.0, -3.0, np.inf, -np.inf, 1.0000001, -1.0000001], np.float32))
+    y = np.concatenate(pts)
+    return y      # unclamped (the tables fold the clamp in), NaN included
+
+
+@pytest.mark.parametrize("name", sorted(registry.REGISTRY))
+def test_encoder_tables_match_reference_rule(name):
+    code = np.asarray(registry.get(name).code, np.float32)
+    b_ref, o_ref = R.sorted_bounds(code)
+    b, o = sorted_bounds(code)
+    assert np.array_equal(b.view(np.uint32), b_ref.view(np.uint32))
+    assert np.array_equal(o, o_ref.astype(o.dtype))
+    y = _probe_points(np.concatenate([b_ref, code]), np.random.default_rng(0))
+    want = R.encode(np.clip(y, -1, 1), b_ref, o_ref).astype(np.int64)
+    bits = registry.get(name).bits
+    for P in (None, search_size(G.packing_for_bits(bits)), 256):
+        tabs = encoder_tables(code, P)
+        below = int(np.count_nonzero(b_ref < -1))          # folded clamp drops these ranks
+        assert tabs.P >= code.size and tabs.K == code.size - below and tabs.P & (tabs.P - 1) == 0
+        assert tabs.ident == (below == 0 and bool(np.array_equal(o_ref, np.arange(code.size))))
+        assert np.array_equal(encode_with_tables(y, tabs), want)
+
+
+def test_encoder_tables_dynamic_map_and_odd_sizes():
+    from quantbook.bulk.dynamic_map import dynamic_map
+
+    rng = np.random.default_rng(1)
+    for code in (dynamic_map(), np.array([0.5], np.float32), np.array([0.3, -0.2, 0.3], np.float32),
+                 rng.uniform(-1, 1, 100).astype(np.float32)):
+        b, o = R.sorted_bounds(code)
+        y = _probe_points(np.concatenate([b, code]), rng)
+        for P in (None, 256):
+            tabs = encoder_tables(code, P)
+            want = R.encode(np.clip(y, -1, 1), b, o).astype(np.int64)
+            assert np.array_equal(encode_with_tables(y, tabs), want)
+    with pytest.raises(ValueError, match="power of two"):
+        encoder_tables(np.zeros(17, np.float32), 16)
+
+
+def test_benchmark_without_a_gpu_says_so():
+    ok, _ = G.gpu_available()
+    if ok:
+        pytest.skip("a GPU is present: the benchmark would run")
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_gpu.py"
+    r = subprocess.run([sys.executable, str(bench), "--log2n", "10"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "nothing measured" in r.stderr and "Traceback" not in r.stderr

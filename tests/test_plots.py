@@ -1,0 +1,139 @@
+"""Tests for quantbook.plots and the `plot` / `plot-sweep` commands.
+
+The plotted sweep numbers are checked against a plain-numpy Monte-Carlo estimate (fixed
+seed, 20 000 blocks; tolerance 3 % relative, about 10 standard errors); the pictures for being
+real PNGs of the expected size with something drawn on them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quantbook.cli import main
+from quantbook.codebooks.registry import REGISTRY
+
+matplotlib = pytest.importorskip("matplotlib")
+
+from quantbook.plots import plot_levels, plot_sweep, sweep_errors  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_pixels(path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    return imread(str(path))
+
+
+def _monte_carlo(cb, B: int, blocks: int = 20000, seed: int = 11) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((blocks, B))
+    m = np.abs(x).max(axis=1, keepdims=True)
+    y = x / m
+    lv = np.asarray(cb.levels)
+    q = lv[np.argmin(np.abs(y[..., None] - lv), axis=-1)]
+    e_n = y - q
+    e_w = m * e_n
+    return {"mse_w": float(np.mean(e_w**2)), "mae_w": float(np.mean(np.abs(e_w))),
+            "mse_n": float(np.mean(e_n**2)), "mae_n": float(np.mean(np.abs(e_n)))}
+
+
+@pytest.mark.parametrize("B", [16, 256])
+def test_sweep_numbers_match_monte_carlo(B):
+    cb = REGISTRY["nf4"].codebook
+    mc = _monte_carlo(cb, B, blocks=20000 if B == 16 else 2000)
+    w = sweep_errors(cb, [B], domain="weight")
+    n = sweep_errors(cb, [B], domain="normalized")
+    assert w["mse"][0] == pytest.approx(mc["mse_w"], rel=0.03)
+    assert w["mae"][0] == pytest.approx(mc["mae_w"], rel=0.03)
+    assert n["mse"][0] == pytest.approx(mc["mse_n"], rel=0.03)
+    assert n["mae"][0] == pytest.approx(mc["mae_n"], rel=0.03)
+
+
+def test_sweep_rederives_per_block_size():
+    from quantbook.model import resolve_codebook
+
+    seen = []
+
+    def factory(B):
+        seen.append(B)
+        return resolve_codebook("lloyd-l2", B)
+
+    e = sweep_errors(factory, [16, 64, 256])
+    assert seen == [16, 64, 256]
+    nf4 = sweep_errors(REGISTRY["nf4"].codebook, [16, 64, 256])
+    # the per-B L2-optimal table (weight domain) can never be worse than NF4 in MSE
+    assert np.all(e["mse"] <= nf4["mse"] * (1 + 1e-9))
+    assert np.all(np.diff(nf4["mse"]) > 0)  # larger blocks, larger error (absmax grows)
+
+
+def test_plot_levels_png(tmp_path):
+    out = tmp_path / "levels.png"
+    plot_levels([("nf4", REGISTRY["nf4"].codebook), ("fp4", REGISTRY["fp4"].codebook)], 64, out)
+    img = _png_pixels(out)
+    assert img.shape[0] > 300 and img.shape[1] > 700
+    assert img[..., :3].std() > 0.05  # something is drawn
+
+
+def test_plot_sweep_png_and_numbers(tmp_path):
+    out = tmp_path / "sweep.png"
+    cbs = [("nf4", REGISTRY["nf4"].codebook), ("af4", REGISTRY["af4"].codebook)]
+    got = plot_sweep(cbs, out, block_sizes=[16, 64, 1024])
+    assert set(got) == {"nf4", "af4"} and got["nf4"]["mse"].shape == (3,)
+    assert np.array_equal(got["nf4"]["mse"], sweep_errors(cbs[0][1], [16, 64, 1024])["mse"])
+    assert _png_pixels(out).shape[1] > 700
+
+
+def test_cli_plot_and_sweep(tmp_path, capsys):
+    out = tmp_path / "p.png"
+    assert main(["plot", "nf4", "af4", "lloyd-l2-64", "-B", "128", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    out2 = tmp_path / "s.png"
+    capsys.readouterr()
+    assert main(["plot-sweep", "nf4", "lloyd-l2", "--min-block", "16", "--max-block", "64",
+                 "--json", "-o", str(out2)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["block_sizes"] == [16, 32, 64]
+    assert set(d["codebooks"]) == {"nf4", "lloyd-l2 (fit at each B)"}
+    assert out2.read_bytes()[:8] == PNG_MAGIC
+    assert main(["plot-sweep", "nf4", "--min-block", "32", "--max-block", "64", "-o", str(out2)]) == 0
+    assert "nf4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["plot", "nf4"], "required"),
+    (["plot", "nf4", "-o", "/nonexistent-dir/x.png"], "does not exist"),
+    (["plot", "nope", "-o", "{tmp}/x.png"], "unknown codebook"),
+    (["plot-sweep", "nf4", "--min-block", "64", "--max-block", "16", "-o", "{tmp}/x.png"], "larger than"),
+    (["plot", "nf4", "--source", "cauchy", "-o", "{tmp}/x.png"], "unknown source"),
+])
+def test_cli_plot_errors(argv, msg, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1, err
+
+
+def test_plot_model_report_png(tmp_path):
+    from quantbook.model.evaluate import ErrorSums, ModelReport, TensorResult
+    from quantbook.plots import _strip_common_prefix
+
+    assert _strip_common_prefix(["enc.layer.0.w", "enc.layer.1.w"]) == ("enc.layer.", ["0.w", "1.w"])
+    assert _strip_common_prefix(["a.w", "b.w"]) == ("", ["a.w", "b.w"])
+    tensors = [TensorResult(f"enc.layer.{i}.weight", "F32", (8, 8),
+                            {"nf4": ErrorSums(64, 0.1 * (i + 1), 1.0, 10.0, 288),
+                             "af4": ErrorSums(64, 0.2, 1.0, 10.0, 288)}) for i in range(3)]
+    totals = {c: ErrorSums() for c in ("nf4", "af4")}
+    for t in tensors:
+        for c in totals:
+            totals[c].add(t.sums[c])
+    rep = ModelReport("m.safetensors", 64, False, ["nf4", "af4"], totals, tensors)
+    out = tmp_path / "r.png"
+    from quantbook.plots import plot_model_report
+
+    plot_model_report(rep, out)
+    assert _png_pixels(out)[..., :3].std() > 0.05
