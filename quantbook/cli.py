@@ -180,13 +180,16 @@ def _cmd_audit(args) -> int:
         _print_json([r.to_dict() for r in rows])
     else:
         for r in rows:
-            status = ("FAIL" if r.failed else "ok") if r.reproduced is not None else "n/a"
-            if r.reproduced is None and r.expect == "report":
-                status = "report"
+            if r.reproduced is None:
+                status = "n/a"  # recipe method unavailable: reported, not a failure
+            elif r.expect == "report":
+                status = "ok" if r.reproduced else "differs"  # reported, not a failure
+            else:
+                status = "FAIL" if r.failed else "ok"
             fields = (f"bit_exact={'-' if r.bit_exact is None else ('yes' if r.bit_exact else 'no')}"
                       f"  max_ulp={'-' if r.max_ulp is None else r.max_ulp}"
                       f"  max_abs_diff={'-' if r.max_abs_diff is None else f'{r.max_abs_diff:.3g}'}")
-            print(f"[{status:>6}] {r.name}: {r.recipe}")
+            print(f"[{status:>7}] {r.name}: {r.recipe}")
             print(f"         {fields}  expect={r.expect}")
             print(f"         {r.explanation}")
     failed = [r.name for r in rows if r.failed]

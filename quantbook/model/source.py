@@ -17,8 +17,8 @@ and applies the same absmax block normalisation as for the parametric sources.
 Why rows: the engine's model draws a block's values independently from one law, while real
 blocks lie inside rows whose scales differ by large factors; pooling raw values mixes those
 scales into a heavy-tailed law that no block sees.  On all-MiniLM-L6-v2 (fit on layers 0-2,
-evaluate layers 3-5, B = 64, L2) the fitted table's SQNR is 20.536 dB unstandardised, 20.617
-dB per tensor and 20.653 dB per row, against 20.528 dB for NF4.  The spelling is kept as the
+evaluate layers 3-5, B = 64, L2) the fitted table's SQNR is 20.533 dB unstandardised, 20.614
+dB per tensor and 20.651 dB per row, against 20.528 dB for NF4.  The spelling is kept as the
 source's ``spec`` (so it lands in the derived codebook's recipe).
 """
 
