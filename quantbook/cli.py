@@ -46,11 +46,12 @@ def _progress_done() -> None:
 
 
 # ------------------------------------------------------------------------------ codebooks
-def _load_codebook(spec: str):
-    from .codebooks.registry import load
+def _load_codebook(spec: str, block_size: int = 64):
+    """A registry name, FILE.json, or a derived shorthand (nfK, lloyd-...; see model/specs.py)."""
+    from .model.specs import resolve_codebook
 
     try:
-        return load(spec)
+        return resolve_codebook(spec, block_size)
     except (KeyError, FileNotFoundError) as exc:
         raise UsageError(str(exc.args[0] if exc.args else exc)) from None
     except OSError as exc:
@@ -156,7 +157,7 @@ def _cmd_evaluate(args) -> int:
     from .derive.metrics import evaluate
     from .derive.sources import parse_source
 
-    cb = _load_codebook(args.name)
+    cb = _load_codebook(args.name, args.block_size)
     ev = evaluate(cb, args.block_size, parse_source(args.source), args.normalization)
     if args.json:
         _print_json(ev.to_dict())
@@ -229,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="published codebooks with a one-line source")
     s.set_defaults(func=_cmd_list)
 
-    s = sub.add_parser("show", help="print a codebook (registry NAME or FILE.json)")
+    s = sub.add_parser("show", help="print a codebook (registry NAME, FILE.json, nfK or lloyd-...)")
     s.add_argument("name", metavar="NAME|FILE.json")
     s.add_argument("--json", action="store_true", help="JSON output")
     s.set_defaults(func=_cmd_show)

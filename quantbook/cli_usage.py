@@ -74,16 +74,9 @@ def _block_size(text: str) -> int:
 
 
 def _int_range(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {v}")
-        return v
+    from .cli import _int_in
 
-    return parse
+    return _int_in(lo, hi)
 
 
 def _cmd_evaluate_model(args) -> int:
