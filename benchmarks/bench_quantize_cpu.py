@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 import time
 import warnings
 
@@ -49,9 +50,7 @@ def main(argv=None) -> int:
     x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
     gb = x.nbytes / 1e9
     dst = np.empty_like(x)
-    rows = []
     t_copy = best(lambda: np.copyto(dst, x), args.repeat)
-    rows.append(("numpy copy", gb / t_copy, None))
 
     results = {}
     backends = ["cpu"] + ([] if args.skip_numpy else ["numpy"])
@@ -110,4 +109,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, KeyError) as exc:   # bad --block-size / --codebook: one line, status 2
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{Path(__file__).name}: error: {msg}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -197,4 +198,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, KeyError) as exc:   # bad --block-size / --codebook: one line, status 2
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{Path(__file__).name}: error: {msg}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)

@@ -31,8 +31,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self.prog)
 
 
+def _json_safe(obj: Any) -> Any:
+    """Standard JSON has no inf/NaN: non-finite floats become null (e.g. the MSE of a source
+    without a variance)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
+    print(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
 
 
 def _progress(msg: str) -> None:
@@ -117,10 +129,17 @@ def _parse_fix(text: str | None):
         raise UsageError(f"--fix expects comma-separated numbers like -1,0,1 (or none), got {text!r}") from None
 
 
-def _block_args(args) -> dict[str, Any]:
+def _parse_source(text: str):
+    """A ``--source``: the engine's spellings plus ``FILE.safetensors[:GLOBS]`` (quantbook.model)."""
     from .derive.sources import parse_source
+    from .model.source import install_source_parser
 
-    return dict(block_size=args.block_size, normalization=args.normalization, source=parse_source(args.source))
+    install_source_parser()
+    return parse_source(text)
+
+
+def _block_args(args) -> dict[str, Any]:
+    return dict(block_size=args.block_size, normalization=args.normalization, source=_parse_source(args.source))
 
 
 def _eval_extra(cb, args, src) -> dict[str, Any]:
@@ -155,10 +174,9 @@ def _cmd_derive_quantile(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .derive.metrics import evaluate
-    from .derive.sources import parse_source
 
     cb = _load_codebook(args.name, args.block_size)
-    ev = evaluate(cb, args.block_size, parse_source(args.source), args.normalization)
+    ev = evaluate(cb, args.block_size, _parse_source(args.source), args.normalization)
     if args.json:
         _print_json(ev.to_dict())
         return 0
@@ -182,7 +200,7 @@ def _cmd_audit(args) -> int:
     else:
         for r in rows:
             if r.reproduced is None:
-                status = "n/a"  # recipe method unavailable: reported, not a failure
+                status = "n/a"  # not judged (no recipe, or report-only): not a failure
             elif r.expect == "report":
                 status = "ok" if r.reproduced else "differs"  # reported, not a failure
             else:
@@ -201,6 +219,10 @@ def _cmd_audit(args) -> int:
 
 
 # -------------------------------------------------------------------------------- parser
+# quantbook.derive.normal_float.PRECISIONS (a test checks they agree), spelled out so that
+# building the parser does not import the derivation engine (sympy, scipy.stats: ~0.7 s).
+_PRECISIONS = ("exact", "float64", "float32-bnb")
+
 def _int_in(lo: int, hi: int):
     def parse(text: str) -> int:
         try:
@@ -221,8 +243,6 @@ def _add_block_arguments(s) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .derive.normal_float import PRECISIONS
-
     p = _Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -243,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offset", default=None,
                    help="outermost quantile position as an exact rational P/Q or decimal "
                         "(default: 929/960 for k=4; 0.9677083 with float32-bnb)")
-    s.add_argument("--precision", choices=PRECISIONS, default="float64")
+    s.add_argument("--precision", choices=_PRECISIONS, default="float64")
     s.add_argument("--json", action="store_true", help="JSON output")
     s.set_defaults(func=_cmd_derive_nf)
     for meth, helptext in (("lloyd", "Lloyd-Max (L1/L2) codebook of the exact block distribution"),

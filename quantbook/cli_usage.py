@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import _print_json
+
 __all__ = ["register"]
 
 
@@ -20,15 +22,12 @@ def _usage_error(msg: str):
 
 # ----------------------------------------------------------------------------------- export
 def _cmd_export(args) -> int:
+    from .cli import _load_codebook
     from .export import BINARY_FORMATS, check_output_path, export, write_output
-    from .model.specs import resolve_codebook
 
     if args.output is not None:
         check_output_path(args.output)  # fail before doing any work
-    try:
-        cb = resolve_codebook(args.codebook)
-    except OSError as exc:
-        raise _usage_error(f"cannot read {args.codebook}: {exc.strerror or exc}") from None
+    cb = _load_codebook(args.codebook)
     data = export(cb, args.format, name=args.name)
     if args.output is not None:
         write_output(data, args.output)
@@ -73,23 +72,19 @@ def _block_size(text: str) -> int:
     return v
 
 
-def _int_range(lo: int, hi: int):
-    from .cli import _int_in
-
-    return _int_in(lo, hi)
-
-
 def _cmd_evaluate_model(args) -> int:
-    import json
-
     from .model import evaluate_model, install_source_parser, resolve_codebooks
 
-    install_source_parser()  # lets lloyd-...@FILE.safetensors:GLOB name a fitted table
-    codebooks = resolve_codebooks(args.codebooks, args.block_size)
-    if args.plot is not None:
+    if args.plot is not None:  # fail before doing any work
+        import importlib.util
+
         from .export import check_output_path
 
         check_output_path(args.plot)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _usage_error("--plot needs matplotlib: pip install 'quantbook[plot]'")
+    install_source_parser()  # lets lloyd-...@FILE.safetensors:GLOB name a fitted table
+    codebooks = resolve_codebooks(args.codebooks, args.block_size)
     show, done = _progress_printer(args.progress or sys.stderr.isatty())
     try:
         report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
@@ -97,7 +92,7 @@ def _cmd_evaluate_model(args) -> int:
     finally:
         done()
     if args.json:
-        print(json.dumps(report.to_dict(per_tensor=args.per_tensor), indent=2))
+        _print_json(report.to_dict(per_tensor=args.per_tensor))
     else:
         print(report.format_table(per_tensor=args.per_tensor))
     if args.plot is not None:
@@ -141,8 +136,6 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_plot_sweep(args) -> int:
-    import json
-
     from .export import check_output_path
     from .plots import plot_sweep
 
@@ -158,9 +151,8 @@ def _cmd_plot_sweep(args) -> int:
     errors = plot_sweep(cbs, args.output, sizes, source=args.source, normalization=args.normalization,
                         domain=args.domain)
     if args.json:
-        print(json.dumps({"block_sizes": sizes, "domain": args.domain, "source": args.source,
-                          "codebooks": {k: {m: v.tolist() for m, v in e.items()} for k, e in errors.items()}},
-                         indent=2))
+        _print_json({"block_sizes": sizes, "domain": args.domain, "source": args.source,
+                     "codebooks": {k: {m: v.tolist() for m, v in e.items()} for k, e in errors.items()}})
     else:
         width = max(len(k) for k in errors)
         print(f"expected error ({args.domain} domain, {args.source} source) by block size")
@@ -176,13 +168,10 @@ def _cmd_plot_sweep(args) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's sub-commands to the ``quantbook`` parser's sub-parsers.
 
-    Also lets every ``--source`` of the CLI (e.g. ``derive lloyd``) read
-    ``FILE.safetensors[:GLOBS]`` (:func:`quantbook.model.install_source_parser`).
+    Imports nothing heavy: the derivation engine is loaded by the commands that use it.
     """
+    from .cli import _int_in
     from .export import FORMATS
-    from .model.source import install_source_parser
-
-    install_source_parser()
 
     s = sub.add_parser(
         "export", help="write a codebook as JSON, a C/CUDA header, .npy or a bitsandbytes quant map",
@@ -190,7 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "json/c/cuda are text; npy/bnb are binary (written to standard output only when "
                     "it is not a terminal).")
     s.add_argument("codebook", metavar="NAME|FILE.json",
-                   help="registry name, FILE.json, nfK or lloyd-l1|l2[-B][-Kbit] (see evaluate-model)")
+                   help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; default B 64)")
     s.add_argument("--format", "-f", choices=FORMATS, default="json", help="output format (default json)")
     s.add_argument("-o", "--output", metavar="PATH", default=None, help="file to write (default: standard output)")
     s.add_argument("--name", default=None,
@@ -203,7 +192,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Quantize every floating tensor of FILE (one at a time) with each codebook through the "
                     "bulk API and print MSE, MAE, SQNR (dB), relative Frobenius error and bits per weight "
                     "including the block statistics.  Codebooks: registry NAMEs, FILE.json, nfK, or "
-                    "lloyd-l1|l2[-B][-Kbit][@SOURCE] (derived for block size B, default --block-size).")
+                    "lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE] (derived for block size B, default --block-size).")
     s.add_argument("file", metavar="FILE.safetensors")
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
                    help="comma-separated codebooks (default nf4,af4,fp4)")
@@ -225,7 +214,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "x/absmax of a block of B weights from SOURCE.")
     s.add_argument("codebooks", nargs="+", metavar="NAME", help="registry names, FILE.json, nfK, lloyd-... "
                                                                 "(see evaluate-model)")
-    s.add_argument("--block-size", "-B", type=_int_range(2, 10**6), default=64, help="block size (default 64)")
+    s.add_argument("--block-size", "-B", type=_int_in(2, 10**6), default=64, help="block size (default 64)")
     s.add_argument("--source", default="normal", help="weight distribution: normal, laplace, student-t:NU, FILE.npy, "
                                                       "FILE.safetensors[:GLOBS] (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax")
@@ -237,8 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "a lloyd-LOSS spelling without a block size is re-derived at every block size. "
                                    "Also prints the numbers.")
     s.add_argument("codebooks", nargs="+", metavar="NAME")
-    s.add_argument("--min-block", type=_int_range(2, 10**6), default=16, help="smallest block size (default 16)")
-    s.add_argument("--max-block", type=_int_range(2, 10**6), default=16384, help="largest block size (default 16384)")
+    s.add_argument("--min-block", type=_int_in(2, 10**6), default=16, help="smallest block size (default 16)")
+    s.add_argument("--max-block", type=_int_in(2, 10**6), default=16384, help="largest block size (default 16384)")
     s.add_argument("--source", default="normal", help="weight distribution (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax")
     s.add_argument("--domain", choices=("weight", "normalized"), default="weight",

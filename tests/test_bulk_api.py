@@ -66,6 +66,33 @@ def test_nonfinite_raises_naming_first_bad_block(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("cb,bits", [("nf4", None), ("nf4", 8), ("max1960-n8", None)])
+def test_nonfinite_in_partial_last_block_is_reported(backend, bad, cb, bits):
+    # the partial last block stores max(absmax, 1e-38): a NaN there must not become 1e-38
+    # (numba's generic kernel for non-4-bit packing used to lose it)
+    x = np.ones(64 * 2 + 6, dtype=np.float32)
+    x[-1] = bad
+    with pytest.raises(ValueError, match="block 2 "):
+        qb.quantize(x, cb, 64, backend=backend, bits=bits)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_codes_decode_to_nan_not_out_of_bounds(backend):
+    # 3 bits take a whole byte per code: a byte >= 8 is past the table -> NaN (as the GPU does)
+    cb = Codebook(list(np.linspace(-1, 1, 8)), bits=3, name="t3")
+    x = np.linspace(-1, 1, 40, dtype=np.float32)
+    packed, st = qb.quantize(x, cb, 16, backend=backend)
+    packed[[0, 39]] = [200, 8]
+    y = qb.dequantize(packed, st, backend=backend)
+    assert np.isnan(y[0]) and np.isnan(y[39]) and np.all(np.isfinite(y[1:39]))
+    assert y[1] == np.float32(cb.code_f32[packed[1]] * st.absmax[0])
+    st.code = np.linspace(-1, 1, 9, dtype=np.float32)   # 9 entries cannot come from 3 bits
+    with pytest.raises(ValueError, match=r"more than 2\*\*3"):
+        qb.dequantize(packed, st, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_allow_nonfinite_saturates(backend):
     x = np.array([0.5, np.nan, np.inf, -np.inf, -0.25] + [0.1] * 11, dtype=np.float32)
     packed, st = qb.quantize(x, "nf4", 16, backend=backend, allow_nonfinite=True)
@@ -84,6 +111,9 @@ def test_errors_are_clear():
         qb.quantize(np.ones(64, np.int32))
     with pytest.raises(ValueError, match="float64"):
         qb.quantize(np.ones(64))
+    for dt in (">f4", ">f2"):   # numba would misread (or fail on) byte-swapped values
+        with pytest.raises(ValueError, match="byte order"):
+            qb.quantize(np.ones(64, dt))
     for b in (48, 8, 8192, 0, True):
         with pytest.raises(ValueError, match="power of two"):
             qb.quantize(x, block_size=b)
@@ -142,6 +172,9 @@ def test_quant_state_dict_roundtrip():
                               qb.dequantize(packed, st).view(np.uint16))
     with pytest.raises(ValueError, match="lacks"):
         qb.QuantState.from_dict({"absmax": [1.0]})
+    bad = dict(st.as_dict(), blocksize=0)
+    with pytest.raises(ValueError, match="power of two"):
+        qb.QuantState.from_dict(bad)
 
 
 def test_fp4_is_bitsandbytes_050_table():
@@ -205,8 +238,19 @@ def test_gpu_dispatch_wiring(monkeypatch):
     ref_p, ref_s = qb.quantize(x, "nf4", 32, nested=True)
     assert np.array_equal(packed.get(), ref_p) and np.array_equal(st.absmax, ref_s.absmax)
     assert st.dtype == np.float16 and st.shape == (5, 40)
+    with pytest.raises(ValueError, match="uint8"):   # a device array of another dtype
+        qb.dequantize(_FakeDevice(packed.get().view(np.int8)), st)
     y = qb.dequantize(packed, st)
     assert calls == ["q", "dq"]
     assert np.array_equal(y.get().view(np.uint16), qb.dequantize(ref_p, ref_s).view(np.uint16))
     with pytest.raises(ValueError, match="backend='gpu' or 'auto'"):
         qb.quantize(_FakeDevice(x), backend="cpu")
+    # non-contiguous device arrays are an error too (CAI strides in bytes), never a silent copy
+    bad = _FakeDevice(x)
+    bad.__cuda_array_interface__ = dict(bad.__cuda_array_interface__, strides=(2, 10))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        qb.quantize(bad, "nf4", 32)
+    ok = _FakeDevice(x[:1])   # a length-1 dimension may carry any stride
+    ok.__cuda_array_interface__ = dict(ok.__cuda_array_interface__, strides=(999, 2))
+    qb.quantize(ok, "nf4", 32)
+    assert calls == ["q", "dq", "q"]

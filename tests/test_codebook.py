@@ -27,6 +27,12 @@ def test_validation_errors():
         Codebook([0.0, 0.5, 1.0], bits=2, code=[0.0, 1.0])
     with pytest.raises(CodebookError, match="bits"):
         Codebook([0.0, 1.0], bits=True)
+    with pytest.raises(CodebookError, match="recipe"):  # e.g. a hand-edited JSON file
+        Codebook.from_dict({"bits": 1, "levels": [0.0, 1.0], "recipe": [1, 2]})
+    with pytest.raises(CodebookError, match="source"):
+        Codebook.from_dict({"bits": 1, "levels": [0.0, 1.0], "source": 5})
+    with pytest.raises(CodebookError, match="entry 1 is inf"):
+        Codebook([0.0, np.inf], bits=1)
 
 
 def test_immutable():

@@ -6,10 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from quantbook import get
+from quantbook import Codebook, get
 from quantbook.cli import main
 from quantbook.derive import evaluate, lloyd
-from quantbook.derive.sources import Laplace, Normal
+from quantbook.derive.sources import Empirical, Laplace, Normal
+
+# an asymmetric sample (normal + exponential): the sign of the block's extreme then matters
+_rng = np.random.default_rng(2024)
+ASYM = Empirical(_rng.standard_normal(200_000) + 0.8 * _rng.exponential(1.0, 200_000))
+# levels beyond the support [-1, 1] of absmax-normalised values
+WIDE = Codebook([-1.5, -0.5, 0.0, 0.5, 1.5], bits=3, name="wide")
 
 
 def _mc(cb, B, src, normalization, n=2**20, seed=0):
@@ -34,9 +40,12 @@ def _mc(cb, B, src, normalization, n=2**20, seed=0):
     ("af4", 4096, Normal(), "absmax"),
     ("fp4", 256, Laplace(), "signed-absmax"),
     ("max1960-n4", None, Normal(), "none"),
+    ("nf4", 16, ASYM, "signed-absmax"),  # weight domain with P(extreme > 0) != 1/2
+    ("nf4", 16, ASYM, "absmax"),
+    ("wide", 8, Normal(), "absmax"),  # L1 error of levels off the support
 ])
 def test_evaluate_matches_monte_carlo(name, B, src, normalization):
-    cb = get(name)
+    cb = WIDE if name == "wide" else get(name)
     ev = evaluate(cb, B, src, normalization)
     mc = _mc(cb, B, src, normalization, seed=len(name))
     for key, err in mc.items():
@@ -61,8 +70,11 @@ def test_rate_distortion_gap_formula():
     assert math.isclose(ev.rd_bound, 2.0 ** (-2 * R), rel_tol=1e-15)
     assert math.isclose(ev.gap_db, 10 * math.log10(ev.mse_weight / ev.rd_bound), rel_tol=1e-12)
     assert math.isclose(ev.sqnr_db, -10 * math.log10(ev.mse_weight), rel_tol=1e-12)
-    # Max's N=16 quantizer: 4 bits, classic 20.22 dB SQNR
-    assert abs(evaluate(get("max1960-n16"), None, "normal", "none").sqnr_db - 20.22) < 0.01
+    # Max's N=16 quantizer: 4 bits, classic 20.22 dB SQNR; gap to D(4) = 2**-8 from Max's
+    # printed error 0.009497 (Table I): 10·log10(0.009497 · 256) = 3.858 dB
+    max16 = evaluate(get("max1960-n16"), None, "normal", "none")
+    assert abs(max16.sqnr_db - 20.22) < 0.01
+    assert max16.bits_per_weight == 4 and abs(max16.gap_db - 10 * math.log10(0.009497 * 256)) < 0.005
 
 
 def test_audit_reports_optimality():
@@ -132,3 +144,16 @@ def test_cli_quantile_and_evaluate(capsys, tmp_path):
 def test_cli_errors_are_one_line(capsys, argv):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_infinite_moments_give_inf_not_nan():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = evaluate(get("max1960-n4"), None, "student-t:1.5", "none")  # infinite variance, finite mean
+        assert ev.mse_weight == ev.mse_normalized == math.inf
+        assert math.isfinite(ev.mae_weight) and ev.mae_weight == ev.mae_normalized
+        ev = evaluate(get("nf4"), 64, "student-t:2", "absmax")  # E[M²] infinite; y itself bounded
+        assert ev.mse_weight == math.inf and math.isfinite(ev.mae_weight)
+        assert 0 < ev.mse_normalized < 0.01 and math.isnan(ev.gap_db)

@@ -356,6 +356,7 @@ def _err(capsys, argv) -> str:
 def test_cli_errors(capsys, tmp_path):
     assert "does not exist" in _err(capsys, ["export", "nf4", "-f", "c", "-o", str(tmp_path / "no" / "x.h")])
     assert "directory" in _err(capsys, ["export", "nf4", "-f", "c", "-o", str(tmp_path)])
+    assert "output path is empty" in _err(capsys, ["export", "nf4", "-f", "c", "-o", ""])
     assert "unknown codebook" in _err(capsys, ["export", "nf4x", "-f", "c"])
     assert "no such codebook file" in _err(capsys, ["export", "missing.json"])
     assert "invalid choice" in _err(capsys, ["export", "nf4", "-f", "xml"])
@@ -421,3 +422,18 @@ def test_bnb_export_loads_into_bitsandbytes_quant_state(quant_type, tmp_path):
     packed["quant_map"] = torch.from_numpy(d["quant_map"])
     mine = F.QuantState.from_dict(packed, device=torch.device("cpu"))
     assert torch.equal(F.dequantize_4bit(q, mine), F.dequantize_4bit(q, state))
+
+
+def test_one_level_header_compiles_without_warnings(tmp_path):
+    """A 1-level table has no thresholds: no `i < 0` loop (-Wtype-limits), encode gives code 0."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found")
+    cb = quantbook.Codebook(levels=[0.25], bits=1, name="one")
+    (tmp_path / "one.h").write_text(c_header(cb))
+    (tmp_path / "m.c").write_text('#include <stdio.h>\n#include "one.h"\n'
+                                  'int main(void){printf("%u %u %g", ONE_N_THRESHOLDS, one_encode(0.9f), '
+                                  '(double)one_decode(0));return 0;}\n')
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(tmp_path / "m"),
+                    str(tmp_path / "m.c")], check=True, capture_output=True)
+    out = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout
+    assert out == "0 0 0.25"

@@ -100,6 +100,24 @@ def test_weight_domain_l2_levels_are_mc_centroids():
         assert abs(c - cb.levels[j]) < 2e-3, (j, c, cb.levels[j])
 
 
+def test_weight_domain_l1_levels_are_mc_weighted_medians():
+    # weight-domain L1: each value's |error| is weighted by its block's scale M
+    B = 256
+    cb = lloyd(4, B, "l1", "weight")
+    y, m = _mc_blocks(B, n=2**21, seed=9)
+    w = np.broadcast_to(m, y.shape).ravel()
+    yv = y.ravel()
+    idx = np.searchsorted(cb.thresholds, yv, side="left")
+    for j in (1, 5, 10, 14):
+        sel = idx == j
+        order = np.argsort(yv[sel])
+        cw = np.cumsum(w[sel][order])
+        med = yv[sel][order][np.searchsorted(cw, 0.5 * cw[-1])]
+        assert abs(med - cb.levels[j]) < 2e-3, (j, med, cb.levels[j])
+    # the weighting matters: the unweighted (normalised-domain) median code is measurably different
+    assert np.max(np.abs(lloyd(4, B, "l1", "normalized").levels - cb.levels)) > 5e-3
+
+
 def test_l1_normalized_levels_are_mc_medians():
     B = 64
     cb = lloyd(4, B, "l1", "normalized")
@@ -183,3 +201,12 @@ def test_harder_cases_converge(kw):
     assert res.converged and res.change <= 1e-10
     if kw.get("block_size") == 2:  # the atoms at -1 and +1 pin the outer levels (median of their cells)
         assert res.codebook.levels[0] == -1.0 and res.codebook.levels[-1] == 1.0
+
+
+def test_quantile_without_normalisation_is_the_source_quantiles():
+    # needs no moments: Cauchy (student-t:1, scale 1) levels at probabilities (i - 1/2)/8 (scipy reference)
+    from scipy import stats
+
+    cb = quantile(3, None, normalization="none", source="student-t:1")
+    want = stats.t.ppf((np.arange(1, 9) - 0.5) / 8, 1)
+    np.testing.assert_allclose(cb.levels, want, rtol=1e-12)

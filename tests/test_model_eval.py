@@ -364,3 +364,117 @@ def test_fit_on_half_the_layers_beats_nf4_on_the_other_half():
     rep = evaluate_model(str(MINILM), [("nf4", REGISTRY["nf4"].codebook), ("fit", fitted)], block_size=64,
                          tensors=held_globs)
     assert rep.totals["fit"].mse < rep.totals["nf4"].mse * 0.99  # README: 2.8 % less MSE (2**21 samples)
+
+
+# --------------------------------------------------------------------- damaged input
+def _raw_safetensors(path: Path, header: dict, data: bytes) -> Path:
+    import struct
+
+    h = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return path
+
+
+@pytest.mark.parametrize("header, nbytes", [
+    ({"w": {"dtype": "F32", "shape": [4, 64], "data_offsets": [0, 1024]}}, 100),   # truncated data
+    ({"w": {"dtype": "BF16", "shape": [4, 64], "data_offsets": [0, 512]}}, 100),   # truncated bf16
+    ({"w": {"dtype": "F32", "shape": "abc", "data_offsets": [0, 4]}}, 4),          # shape not a list
+    ({"w": [1, 2]}, 0),                                                            # entry not an object
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, 8),            # 8 bytes for 4 floats
+])
+def test_damaged_files_are_one_line_errors(tmp_path, capsys, header, nbytes):
+    path = _raw_safetensors(tmp_path / "d.safetensors", header, b"\0" * nbytes)
+    with pytest.raises(ValueError, match="d.safetensors"):
+        list_tensors(path)
+    for argv in (["evaluate-model", str(path)], ["derive", "lloyd", "--source", str(path)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("quantbook: error:") and err.count("\n") == 1 and "d.safetensors" in err, err
+
+
+@needs_bulk
+def test_non_finite_weights_are_named_errors(tmp_path, capsys):
+    from quantbook.model import evaluate_model
+
+    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    x[1, 5] = np.nan
+    path = tmp_path / "nan.safetensors"
+    safetensors_numpy.save_file({"ok": np.ones(64, np.float32), "bad": x}, str(path))
+    with pytest.raises(ValueError, match=r"tensor 'bad' holds NaN or Inf values \(first at flat index 69\)"):
+        evaluate_model(str(path), [("nf4", REGISTRY["nf4"].codebook)], tensors="bad")
+    # standardising per row would otherwise turn the NaN row into zeros without a word
+    with pytest.raises(ValueError, match="tensor 'bad' holds NaN or Inf"):
+        sample_weights(path, "bad", standardize="row")
+    big = tmp_path / "big.safetensors"
+    safetensors_numpy.save_file({"w": np.full(64, 1e300)}, str(big))
+    assert main(["evaluate-model", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "beyond the float32 range" in err, err  # no overflow warnings either
+
+
+@needs_bulk
+def test_evaluate_model_memory_does_not_grow_with_the_number_of_tensors(tmp_path):
+    """One tensor at a time: the peak traced memory (numpy buffers are traced) is a few tensors'
+    worth whether the file holds 4 or 24 tensors (measured: ~7.3 float32 tensors in both)."""
+    import tracemalloc
+
+    from quantbook.model import evaluate_model
+
+    rng = np.random.default_rng(6)
+    one = 256 * 256 * 4  # bytes of one float32 tensor
+    cbs = [("nf4", REGISTRY["nf4"].codebook), ("af4", REGISTRY["af4"].codebook)]
+    peaks = {}
+    for n in (4, 24):
+        path = tmp_path / f"m{n}.safetensors"
+        safetensors_numpy.save_file({f"t{i}": rng.standard_normal((256, 256)).astype(np.float32)
+                                     for i in range(n)}, str(path))
+        evaluate_model(str(path), cbs, backend="numpy", tensors="t0")  # warm caches outside the trace
+        tracemalloc.start()
+        try:
+            evaluate_model(str(path), cbs, backend="numpy")
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks[24] < 12 * one, peaks  # the whole file is 24 tensors
+    assert peaks[24] < 1.3 * peaks[4], peaks
+
+
+def test_codebook_with_too_many_bits_fails_before_reading(synthetic, tmp_path, capsys):
+    from quantbook import Codebook
+
+    big = tmp_path / "b10.json"
+    big.write_text(Codebook(levels=np.linspace(-1, 1, 600), bits=10, name="b10").to_json())
+    path, _ = synthetic
+    assert main(["evaluate-model", str(path), "-c", f"nf4,{big}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has 10 bits" in err and "tensor" not in err, err
+
+
+def test_cli_loads_the_engine_only_when_needed_and_still_reads_safetensors_sources(synthetic):
+    """A fresh process: building the parser and exporting a registry table import neither sympy
+    nor scipy.stats (~0.7 s of start-up); `derive lloyd --source FILE.safetensors:GLOB` and the
+    `lloyd-...@FILE.safetensors` shorthand still work (the source parser is installed on use)."""
+    import subprocess
+    import sys
+
+    from quantbook.cli import _PRECISIONS
+    from quantbook.derive.normal_float import PRECISIONS
+
+    assert _PRECISIONS == PRECISIONS
+    path, _ = synthetic
+    code = f"""
+import contextlib, io, json, sys
+from quantbook.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["export", "nf4", "-f", "c"]) == 0
+light = not ({{"sympy", "scipy.stats"}} & set(sys.modules))
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    assert main(["derive", "lloyd", "--bits", "2", "--source", {str(path)!r} + ":layer.0.weight", "--json"]) == 0
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["show", "lloyd-l2-16-2bit@" + {str(path)!r} + ":layer.0.weight"]) == 0
+print(light, json.loads(out.getvalue())["recipe"]["source"])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", f"{path}:layer.0.weight@row"], r.stdout

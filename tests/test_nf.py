@@ -70,8 +70,6 @@ def test_offset_identity_929_960():
 @pytest.mark.parametrize("bits", range(2, 9))
 @pytest.mark.parametrize("precision", ["exact", "float64", "float32-bnb"])
 def test_nfk_shape(bits, precision):
-    if precision == "exact" and bits == 8:
-        pytest.skip("covered by float64; slow at 50 digits")
     cb = nf(bits, precision=precision)
     lv = cb.levels
     assert lv.size == 2**bits

@@ -60,6 +60,37 @@ def test_audit_detects_a_wrong_table(monkeypatch):
     assert not row.bit_exact and row.max_ulp == 1 and row.failed
 
 
+def _entry(name, code, recipe, **kw):
+    from quantbook import Codebook
+    from quantbook.codebooks.registry import Published
+
+    code = np.asarray(code, dtype=np.float64)
+    return Published(Codebook(np.unique(code), bits=4, name=name, source="test", recipe=recipe, code=code),
+                     "test entry", **kw)
+
+
+def test_cli_audit_exit_status_follows_expectations(capsys, monkeypatch):
+    nf4 = REGISTRY["nf4"].codebook
+    off = nf4.code.copy()
+    off[9] = float(np.nextafter(np.float32(off[9]), np.float32(1)))  # one float32 ULP off
+    # report-only rows never fail the audit, even when they differ or their recipe cannot run
+    monkeypatch.setitem(REGISTRY, "zz-report", _entry("zz-report", off, nf4.recipe, expect="report"))
+    monkeypatch.setitem(REGISTRY, "zz-norecipe", _entry("zz-norecipe", off, {"method": "no-such"},
+                                                        expect="report"))
+    rc, _, err = run_cli(capsys, "audit")
+    assert rc == 0, err
+    # a table expected bit for bit that is one ULP off fails: exit status 1, named on stderr
+    monkeypatch.setitem(REGISTRY, "zz-off", _entry("zz-off", off, nf4.recipe))
+    rc, out, err = run_cli(capsys, "audit")
+    assert rc == 1 and "zz-off" in err and "zz-report" not in err
+    assert "[   FAIL] zz-off" in out
+    monkeypatch.delitem(REGISTRY, "zz-off")
+    # ... and so does one whose recipe cannot be run
+    monkeypatch.setitem(REGISTRY, "zz-broken", _entry("zz-broken", nf4.code, {"method": "no-such"}))
+    rc, _, err = run_cli(capsys, "audit", "--json")
+    assert rc == 1 and "zz-broken" in err
+
+
 def test_cli_audit_json_shape(capsys):
     rc, out, _ = run_cli(capsys, "audit", "--json")
     assert rc == 0
@@ -120,3 +151,19 @@ def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "quantbook.cli", "derive", "nf", "--bits", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_bad_recipes_raise_recipe_error():
+    from quantbook.derive.recipes import RecipeError, derive_from_recipe
+
+    for bad in ({"method": "nf"}, {"method": "nf", "bits": None}, {"method": "no-such"}, {"bits": 4}, [1]):
+        with pytest.raises(RecipeError):
+            derive_from_recipe(bad)
+
+
+def test_cli_json_is_standard_json_for_heavy_tails(capsys):
+    # Cauchy (student-t:1) has no variance: weight-domain MSE is infinite -> null, not Infinity
+    rc, out, _ = run_cli(capsys, "evaluate", "nf4", "--source", "student-t:1", "--json")
+    assert rc == 0 and "Infinity" not in out and "NaN" not in out
+    d = json.loads(out)
+    assert d["mse_weight"] is None and d["mse_normalized"] > 0

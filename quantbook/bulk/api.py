@@ -77,6 +77,9 @@ def _check_input(x: Any) -> Any:
                          "convert with x.astype(np.float32)")
     if name not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"x must hold float32, float16 or bfloat16 values, got dtype {name}")
+    if not x.dtype.isnative:  # the kernels read the bits in native order
+        raise ValueError(f"x has non-native byte order (dtype {x.dtype.str}); "
+                         f"convert with x.astype(np.{name})")
     if x.size == 0:
         raise ValueError(f"cannot quantize an empty array (shape {x.shape})")
     if not x.flags.c_contiguous:
@@ -202,11 +205,15 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     backend, mod = _backend_module(backend, device)
     shape = tuple(int(s) for s in x.shape)
     size = int(np.prod(shape, dtype=np.int64))
-    if device:  # CuPy array or torch CUDA tensor; the gpu backend makes it contiguous
+    if device:  # CuPy array or torch CUDA tensor
         if size == 0:
             raise ValueError(f"cannot quantize an empty array (shape {shape})")
         if str(x.dtype).replace("torch.", "") not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"x must hold float32, float16 or bfloat16 values, got dtype {x.dtype}")
+        strides = x.__cuda_array_interface__.get("strides")
+        if not _c_contiguous(shape, strides, _itemsize(x.dtype)):
+            raise ValueError(f"x is not C-contiguous (shape {shape}, strides {tuple(strides)}); "
+                             "pass a contiguous copy — quantize does not copy silently")
     code = cb.code_f32
     packed, absmax = _quantize_flat(x, code, bits, block_size, backend, mod)
     absmax_h = _to_host(absmax).astype(_F, copy=False)
@@ -242,6 +249,23 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     return packed, state
 
 
+def _itemsize(dt: Any) -> int:
+    return 4 if str(dt).replace("torch.", "") == "float32" else 2
+
+
+def _c_contiguous(shape: tuple[int, ...], strides: Any, itemsize: int) -> bool:
+    """``__cuda_array_interface__`` strides (None: C-contiguous) describe a C-contiguous array
+    (the stride of a dimension of length 1 does not matter)."""
+    if strides is None:
+        return True
+    want = itemsize
+    for dim, st in zip(reversed(shape), reversed(tuple(strides))):
+        if dim != 1 and int(st) != want:
+            return False
+        want *= dim
+    return True
+
+
 def _host_dtype(dt: Any) -> np.dtype:
     from .state import dtype_from_name
 
@@ -252,12 +276,14 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
     """Values of ``state.shape`` and ``state.dtype`` from ``packed`` bytes.
 
     ``out = float32(code[index] * absmax[block])`` rounded (to nearest even) to ``state.dtype``;
-    a code index beyond the code table decodes to NaN.
+    a code index beyond the code table (corrupt input) decodes to NaN on every backend.
     """
     if not isinstance(state, QuantState):
         raise ValueError(f"state must be a QuantState, got {type(state).__name__}")
     device = _is_device_array(packed)
     backend, mod = _backend_module(backend, device)
+    if str(getattr(packed, "dtype", "")).replace("torch.", "") not in ("uint8", ""):
+        raise ValueError(f"packed must be a uint8 array, got dtype {packed.dtype}")
     if not device:
         packed = np.asarray(packed)
         if packed.dtype != np.uint8:
@@ -272,9 +298,11 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
     absmax = np.ascontiguousarray(state.absmax_f32(), dtype=_F)
     if absmax.size != state.n_blocks:
         raise ValueError(f"state has {absmax.size} scales, expected {state.n_blocks}")
-    code = np.full(2**state.bits, np.nan, dtype=_F)
+    # every value a stored code can take indexes the table: 2**bits entries when packed, a
+    # whole byte (256) for 3 and 5..8 bits; codes past state.code decode to NaN on every backend
+    code = np.full(2**state.bits if state.bits in (1, 2, 4) else 256, np.nan, dtype=_F)
     c = np.asarray(state.code, dtype=_F).reshape(-1)
-    if c.size > code.size:
+    if c.size > 2**state.bits:
         raise ValueError(f"state.code has {c.size} entries, more than 2**{state.bits}")
     code[: c.size] = c
     out_dtype = np.dtype(state.dtype)

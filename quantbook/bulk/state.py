@@ -132,13 +132,16 @@ class QuantState:
                 raise ValueError(f"nested quant state lacks {', '.join(miss)}")
         code = _array(d["quant_map"], np.float32)
         bits = int(d.get("bits", 4))
+        bs = int(d["blocksize"])
+        if bs < 1 or bs & (bs - 1):
+            raise ValueError(f"blocksize must be a power of two, got {d['blocksize']!r}")
         if code.size > 2**bits:
             raise ValueError(f"quant_map has {code.size} entries, more than 2**{bits}")
         st = cls(
             absmax=_array(d["absmax"], np.uint8 if nested else np.float32),
             shape=tuple(int(s) for s in d["shape"]),
             dtype=dtype_from_name(d["dtype"]),
-            blocksize=int(d["blocksize"]),
+            blocksize=bs,
             code=code,
             quant_type=str(d.get("quant_type") or "custom"),
             bits=bits,

@@ -41,7 +41,7 @@ def _as_float64_vector(values: Any, what: str) -> np.ndarray:
         raise CodebookError(f"{what} must be a non-empty 1-D sequence, got shape {arr.shape}")
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise CodebookError(f"{what} must be finite: entry {bad[0]} is {arr[bad[0]]!r}")
+        raise CodebookError(f"{what} must be finite: entry {bad[0]} is {float(arr[bad[0]])!r}")
     return arr
 
 
@@ -52,6 +52,8 @@ def _freeze(a: np.ndarray) -> np.ndarray:
 
 
 def _thaw_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if recipe is not None and not isinstance(recipe, Mapping):
+        raise CodebookError(f"recipe must be a mapping (a JSON object) or None, got {type(recipe).__name__}")
     return None if recipe is None else dict(recipe)
 
 
@@ -125,6 +127,8 @@ class Codebook:
             raise CodebookError(f"level {levels[i]!r} does not appear in code")
         if not isinstance(self.name, str) or not self.name:
             raise CodebookError("name must be a non-empty string")
+        if not isinstance(self.source, str):
+            raise CodebookError(f"source must be a string, got {type(self.source).__name__}")
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "levels", _freeze(levels))
         object.__setattr__(self, "code", _freeze(code))

@@ -77,10 +77,15 @@ def quantize_cpu(x: np.ndarray, code_f32: np.ndarray, bits: int, blocksize: int)
 
 def dequantize_cpu(packed: np.ndarray, absmax: np.ndarray, code_f32: np.ndarray, bits: int,
                    blocksize: int, n: int, out_dtype) -> np.ndarray:
-    """Flat array of ``n`` values of ``out_dtype`` (float32, float16 or bfloat16)."""
+    """Flat array of ``n`` values of ``out_dtype`` (float32, float16 or bfloat16).
+
+    Codes past the end of ``code_f32`` decode to NaN (the table is padded to every value a
+    stored code can take: 2**bits, or 256 for one byte a code), so corrupt bytes never read
+    out of bounds.
+    """
     out_dtype = np.dtype(out_dtype)
-    code = np.zeros(max(2**bits, 1), dtype=_F)
     c = np.asarray(code_f32, dtype=_F).reshape(-1)
+    code = np.full(max(2**bits if bits in (1, 2, 4) else 256, c.size), np.nan, dtype=_F)
     code[: c.size] = c
     out = np.empty(n, dtype=out_dtype)
     ov = _kernel_view(out)

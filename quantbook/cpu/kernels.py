@@ -188,7 +188,9 @@ def quantize_generic(x, f16tab, bounds, nb_pow2, order, bits, zero_code, blocksi
         m = _block_absmax(x, start, stop, f16tab)
         s = m if m > _TINY else _TINY
         partial = stop - start < blocksize
-        absmax[blk] = s if partial else m
+        # bitsandbytes stores the clamped value for the partial last block; NaN stays NaN
+        # (the api reports non-finite blocks from absmax)
+        absmax[blk] = s if (partial and m == m) else m
         inv = np.float32(1.0) / s
         if per == 1:
             xb = x[start:stop]

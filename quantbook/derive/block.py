@@ -44,8 +44,8 @@ import numpy as np
 
 from .sources import Source, parse_source
 
-__all__ = ["BlockDistribution", "BlockMeasure", "SourceMeasure", "FoldedMeasure", "RestrictedMeasure", "block_distribution", "NORMALIZATIONS",
-           "block_measure"]
+__all__ = ["BlockDistribution", "BlockMeasure", "SourceMeasure", "FoldedMeasure", "RestrictedMeasure",
+           "block_distribution", "block_measure", "normalize_blocks", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("absmax", "signed-absmax", "none")
 
@@ -313,6 +313,8 @@ class BlockDistribution:
         return 1.0 - self.cdf(y)
 
     def ppf(self, p):
+        """Left-continuous inverse of :meth:`cdf` (``-1``/``+1`` inside the atoms' jumps);
+        NaN for ``p`` outside ``[0, 1]`` or NaN."""
         p = np.asarray(p, dtype=np.float64)
         if isinstance(self._mu, SourceMeasure):
             return self.source.ppf(p)
@@ -324,7 +326,7 @@ class BlockDistribution:
         x = np.where(p <= c_lo, -1.0, x)
         c_top = 1.0 - (self._mu.atoms_w[self._mu.atoms_x == 1.0].sum())
         x = np.where(p > c_top, 1.0, x)
-        return x
+        return np.where((p >= 0) & (p <= 1), x, np.nan)  # NaN for p outside [0, 1], as scipy
 
     def moment(self, k: int) -> float:
         mu = self._mu

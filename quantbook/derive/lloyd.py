@@ -43,10 +43,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from .block import NORMALIZATIONS, FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
+from .block import (NORMALIZATIONS, FoldedMeasure, RestrictedMeasure, _check_block_size, _monotone_solve,
+                    block_measure)
+from .metrics import _edges, cell_errors
 from .sources import parse_source
 
-__all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "default_fixed", "lloyd_step"]
+__all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "default_fixed", "lloyd_step", "weight_power"]
 
 LOSSES = ("l1", "l2")
 DOMAINS = ("weight", "normalized")
@@ -55,6 +57,15 @@ DOMAINS = ("weight", "normalized")
 def default_fixed(normalization: str) -> list[float]:
     """{-1, 0, 1} under absmax, {0, 1} under signed absmax, none without normalisation."""
     return {"absmax": [-1.0, 0.0, 1.0], "signed-absmax": [0.0, 1.0], "none": []}[normalization]
+
+
+def weight_power(loss: str, domain: str, normalization: str) -> int:
+    """Power ``p`` of the scale ``M`` weighting each value's loss: the weight-domain error is
+    ``M·(y - q)``, so ``p = 2`` for L2 and ``1`` for L1; ``0`` in the normalised domain and
+    without normalisation (then the levels are already in source units)."""
+    if domain != "weight" or normalization == "none":
+        return 0
+    return 2 if loss == "l2" else 1
 
 
 @dataclass(frozen=True)
@@ -70,15 +81,14 @@ class LloydResult:
 def _check_common(bits, block_size, loss, domain, normalization):
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
         raise ValueError(f"bits must be an integer from 1 to 8, got {bits!r}")
-    if loss not in LOSSES:
+    if loss is not None and loss not in LOSSES:  # None: no loss (the quantile code)
         raise ValueError(f"loss must be l1 or l2, got {loss!r}")
     if domain not in DOMAINS:
         raise ValueError(f"domain must be weight or normalized, got {domain!r}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     if normalization != "none":
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or not 2 <= block_size <= 10**7:
-            raise ValueError(f"block size must be an integer from 2 to 10**7, got {block_size!r}")
+        _check_block_size(block_size)
     return int(bits)
 
 
@@ -96,13 +106,14 @@ def _prepare(bits, block_size, loss, domain, normalization, source, fixed, symme
         if any(-v not in fx for v in fx):
             raise ValueError(f"symmetric codebooks need symmetric fixed levels, got {fx}")
         n_levels = 2**bits - (1 if 0.0 in fx else 0)
-    if len(fx) > n_levels or (len(fx) == n_levels and n_levels > 0 and False):
+    if len(fx) > n_levels:
         raise ValueError(f"{len(fx)} fixed levels {fx} do not fit in {bits} bit(s); free them with fixed=() (--fix none)")
     if len(fx) == n_levels:
         raise ValueError(f"all {n_levels} levels are fixed; nothing to derive")
-    power = 0
-    if domain == "weight" and normalization != "none":
-        power = 2 if loss == "l2" else 1
+    if loss is None:  # quantile code: the M-weighted law in the weight domain
+        power = 1 if (domain == "weight" and normalization != "none") else 0
+    else:
+        power = weight_power(loss, domain, normalization)
     if normalization == "none" and loss == "l2" and src.moment_limit <= 2:
         raise ValueError(f"{src.spec} has infinite variance: no L2 quantizer without normalisation")
     if normalization == "none" and loss == "l1" and src.moment_limit <= 1:
@@ -199,10 +210,6 @@ def _quantile_levels(mu, n_levels: int, fixed: Sequence[float]) -> np.ndarray:
     return np.sort(np.concatenate([fx, free]))
 
 
-def _edges(mu, levels):
-    return np.concatenate([[mu.lo], 0.5 * (levels[:-1] + levels[1:]), [mu.hi]])
-
-
 def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bool = False):
     """One Lloyd update of the free levels (centroids for L2, medians for L1) and, if asked,
     its Jacobian with respect to all levels (n×n)."""
@@ -264,8 +271,6 @@ def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bo
 
 
 def _expected_loss(mu, levels, loss):
-    from .metrics import cell_errors
-
     return float(np.sum(cell_errors(mu, levels, loss)))
 
 
@@ -410,12 +415,8 @@ def quantile(bits: int = 4, block_size: int | None = 64, normalization: str = "a
     probability; an exact tie goes to the upper gap (so with {-1, 0, 1} fixed and a symmetric
     source, 4 bits give 6 negative and 7 positive free levels, as NF4).
     """
-    bits, src, fx, n_levels, _ = _prepare(bits, block_size, "l2", "normalized", normalization, source, fixed,
-                                          symmetric)
-    power = 1 if (domain == "weight" and normalization != "none") else 0
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be weight or normalized, got {domain!r}")
-    mu = block_measure(src, block_size if normalization != "none" else None, normalization, power)
+    bits, src, fx, n_levels, mu = _prepare(bits, block_size, None, domain, normalization, source, fixed,
+                                           symmetric)
     if symmetric:
         fmu = FoldedMeasure(mu)
         pos_fixed = [v for v in fx if v >= 0]

@@ -1,7 +1,7 @@
 """Re-derive a codebook from its recipe (the ``recipe`` mapping every derived Codebook carries).
 
-Derivation methods register themselves here with :func:`register_method`; the audit and
-``quantbook show FILE.json`` use :func:`derive_from_recipe` to reproduce a table.
+Derivation methods register themselves here with :func:`register_method`; the audit uses
+:func:`derive_from_recipe` to reproduce a table.
 """
 
 from __future__ import annotations
@@ -32,13 +32,18 @@ def available_methods() -> list[str]:
 
 def derive_from_recipe(recipe: Mapping[str, Any]) -> Codebook:
     """The codebook that ``recipe`` describes.  Raises :class:`RecipeError` for an unknown
-    method (e.g. a method provided by a part of the toolkit not installed)."""
+    method or a missing or mistyped parameter, and the method's own ValueError for bad values."""
     if not isinstance(recipe, Mapping) or "method" not in recipe:
         raise RecipeError("a recipe must be a mapping with a 'method'")
     fn = _METHODS.get(recipe["method"])
     if fn is None:
         raise RecipeError(f"no derivation method {recipe['method']!r} (known: {', '.join(available_methods())})")
-    return fn(recipe)
+    try:
+        return fn(recipe)
+    except KeyError as exc:
+        raise RecipeError(f"recipe for {recipe['method']!r} lacks the parameter {exc.args[0]!r}") from None
+    except TypeError as exc:
+        raise RecipeError(f"recipe for {recipe['method']!r} has a parameter of the wrong type ({exc})") from None
 
 
 def _rounded(recipe: Mapping[str, Any]) -> Codebook:

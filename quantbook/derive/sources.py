@@ -155,7 +155,8 @@ class Laplace(Source):
 
     def ppf(self, p):
         p = np.asarray(p, dtype=np.float64)
-        return np.where(p < 0.5, self.b * np.log(2 * p), -self.b * np.log(2 * (1 - p)))
+        with np.errstate(divide="ignore", invalid="ignore"):  # both branches are evaluated
+            return np.where(p < 0.5, self.b * np.log(2 * p), -self.b * np.log(2 * (1 - p)))
 
     def partial_moment(self, k, x):
         x = np.asarray(x, dtype=np.float64)
@@ -187,7 +188,8 @@ class StudentT(Source):
             raise SourceError(f"student-t needs degrees of freedom nu > 0, got {nu!r}")
         self.nu = nu
         self.scale = math.sqrt((nu - 2) / nu) if nu > 2 else 1.0
-        self.spec = f"student-t:{nu:g}"
+        short = f"{nu:g}"  # the spec is the recipe's record and the cache key: it must round-trip
+        self.spec = f"student-t:{short if float(short) == nu else repr(nu)}"
         self.moment_limit = nu
         self._c = math.exp(special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2)) / math.sqrt(nu * math.pi)
 
@@ -208,7 +210,8 @@ class StudentT(Source):
         u = np.asarray(x, dtype=np.float64) / sc
         if k == 0:
             return special.stdtr(nu, u) - 0.5
-        s = u * u / nu
+        with np.errstate(over="ignore"):
+            s = u * u / nu
         a = (nu + 1) / 2
         if k == 1:  # c·nu/2·∫_0^s (1+t)^-a dt
             if nu <= 1:
@@ -218,18 +221,44 @@ class StudentT(Source):
             return sc * self._c * nu / 2 * (-np.expm1((1 - a) * np.log1p(s)) / (a - 1))
         if k == 2:
             if nu > 2:
-                # u² t_ν(u) = ν[(c_ν/c_{ν-2}) t_{ν-2}(u·sqrt((ν-2)/ν)) - t_ν(u)]  (see module doc)
+                # u² t_ν(u) = ν[(c_ν/c_{ν-2}) t_{ν-2}(u·sqrt((ν-2)/ν)) - t_ν(u)]
+                # (from u²/ν = (1 + u²/ν) - 1 in the density c_ν (1 + u²/ν)^-(ν+1)/2)
                 r = math.sqrt((nu - 2) / nu)
                 c2 = math.exp(special.gammaln((nu - 1) / 2) - special.gammaln((nu - 2) / 2)) / math.sqrt(
                     (nu - 2) * math.pi)
                 val = nu * (self._c / c2 / r * (special.stdtr(nu - 2, u * r) - 0.5)
                             - (special.stdtr(nu, u) - 0.5))
                 return sc * sc * val
-            with np.errstate(over="ignore", invalid="ignore"):
-                val = self._c * u**3 / 3 * special.hyp2f1(a, 1.5, 2.5, -s)
-            val = np.where(np.isinf(u), np.sign(u) * np.inf, val)
-            return sc * sc * val
+            return sc * sc * self._second_moment_heavy(u, s)
         raise ValueError(k)
+
+    def _second_moment_heavy(self, u, s):
+        """``∫_0^u t² t_ν(t) dt`` for ν ≤ 2 (it grows without bound).
+
+        ν = 2: ``asinh(u/√2) - u/√(2 + u²)``.  Otherwise ``c·u³/3·₂F₁(a, 3/2; 5/2; -u²/ν)``,
+        multiplied in logs (``u³`` overflows long before the product does); where ``u²/ν``
+        overflows, the leading term ``c·ν^a·|u|^(2-ν)/(2-ν)`` (relative error far below 1e-16
+        there).  scipy's ``hyp2f1`` is inaccurate for ``a = b`` (ν = 2) at large ``|z|``, hence
+        the closed form."""
+        nu, a = self.nu, (self.nu + 1) / 2
+        au = np.abs(u)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            if nu == 2:
+                mag = np.arcsinh(au / math.sqrt(2)) - 1 / np.sqrt(1 + 2 / (au * au))
+                # near 0 the closed form cancels: integrate 2^-1.5 t² (1 + t²/2)^-1.5 term by term
+                x = au * au / 2
+                series, coef = np.zeros_like(au), 1.0
+                for j in range(8):  # |u| < 0.1: truncation ≲ (u²/2)^8
+                    series = series + coef * x**j / (3 + 2 * j)
+                    coef *= -(1.5 + j) / (j + 1)
+                mag = np.where(au < 0.1, au**3 / 2**1.5 * series, mag)
+            else:
+                logc = math.log(self._c)
+                lg = logc + 3 * np.log(au) - math.log(3) + np.log(special.hyp2f1(a, 1.5, 2.5, -s))
+                lg_inf = logc + a * math.log(nu) + (2 - nu) * np.log(au) - math.log(2 - nu)
+                mag = np.exp(np.where(np.isfinite(s), lg, lg_inf))
+                mag = np.where(au == 0, 0.0, mag)
+        return np.sign(u) * mag
 
     def abs_isf(self, s):
         return -self.scale * special.stdtrit(self.nu, 0.5 * np.asarray(s, dtype=np.float64))
@@ -272,6 +301,7 @@ class Empirical(Source):
             raise SourceError("an empirical sample needs at least 2 distinct values")
         self.digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:12]
         self.spec = label or "empirical:" + self.digest
+        self.knots = knots
         self.symmetric = False
         self.size = n = x.size
         mid = 0.5 * (v[1:] + v[:-1])
@@ -305,7 +335,7 @@ class Empirical(Source):
         self._abs_S[-1] = 0.0
 
     def _key(self):
-        return ("Empirical", self.spec, self.digest)
+        return ("Empirical", self.spec, self.digest, self.knots)
 
     def _seg(self, x):
         return np.clip(np.searchsorted(self._xk, x, side="right") - 1, 0, self._dens.size - 1)

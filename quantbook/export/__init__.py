@@ -5,8 +5,9 @@ Formats (:data:`FORMATS`):
 ``json``  the Codebook dict (levels, code, bits, name, source, recipe); float64 values
           written with Python's shortest round-tripping repr, so ``Codebook.from_json``
           and ``quantbook show FILE.json`` give back identical float64 levels (text);
-``c``     a C99 header (:mod:`.c_header`): float32 tables as exact hex literals,
-          thresholds, code order, size macros, include guard, inline encode/decode (text);
+``c``     a C99 / C++ header (:mod:`.c_header`): float32 tables as 9-significant-digit
+          literals (exact hex value in a comment), thresholds, code order, size macros,
+          include guard, inline encode/decode (text);
 ``cuda``  the same with ``__constant__`` arrays and ``__device__`` functions (text);
 ``npy``   the float32 index→value table, ``np.save`` format (binary, :mod:`.arrays`);
 ``bnb``   an ``.npz`` with a bitsandbytes ``quant_map`` and ``quant_type`` (binary, :mod:`.arrays`).
@@ -46,8 +47,10 @@ def export(cb: Codebook, fmt: str, name: str | None = None) -> str | bytes:
 
 def check_output_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path if a file can be written there; ``ValueError`` with one line if not."""
+    if str(path) == "":
+        raise ValueError("output path is empty")
     p = Path(path)
-    if str(path) == "" or p.is_dir():
+    if p.is_dir():
         raise ValueError(f"output path {str(path)!r} is a directory, not a file")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():

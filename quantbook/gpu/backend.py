@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from ..bulk import reference as R
+from ..bulk.dynamic_map import dynamic_map, nested_lut
 from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
 from .tables import check_code_table, encoder_tables, search_size
@@ -65,9 +67,8 @@ def packing_for_bits(bits: int) -> int:
 
 def packed_length(n: int, bits: int) -> int:
     """Bytes of the packed codes for ``n`` values: ceil(n*bits/8) for 1/2/4 bits, else n."""
-    p = packing_for_bits(bits)
-    cpb = 1 if p == 8 else 8 // p
-    return -(-int(n) // cpb)
+    packing_for_bits(bits)                      # validates bits
+    return R.packed_length(int(n), int(bits))
 
 
 def _log2_blocksize(blocksize) -> int:
@@ -284,17 +285,6 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
     return out if view is None else view
 
 
-def _reference():
-    from ..bulk import reference  # noqa: PLC0415 - lazy: the reference module is numpy-only
-
-    return reference
-
-
-def _offset(ref, host_absmax: np.ndarray, threads: int) -> np.float32:
-    """torch's float32 ``absmax.mean()``, via the reference's emulation."""
-    return np.float32(ref.torch_mean_f32(host_absmax, threads))
-
-
 def quantize_absmax_nested(absmax, threads: int = 1):
     """Nested (double) quantization of a device float32 absmax array, as bitsandbytes'
     ``compress_statistics`` on CPU.  Returns ``(qabsmax uint8, nested_absmax float32,
@@ -305,14 +295,11 @@ def quantize_absmax_nested(absmax, threads: int = 1):
     the 256-blocks are quantized on the device with the 65536-entry LUT.
     """
     cp = _cupy()
-    ref = _reference()
-    from ..bulk.dynamic_map import nested_lut  # noqa: PLC0415
-
     am = cp.ascontiguousarray(cp.asarray(absmax, dtype=cp.float32)).reshape(-1)
     n = int(am.size)
     if n == 0:
         raise ValueError("absmax is empty")
-    offset = _offset(ref, cp.asnumpy(am), threads)
+    offset = np.float32(R.torch_mean_f32(cp.asnumpy(am), threads))   # torch's float32 mean
     q = cp.empty(n, dtype=cp.uint8)
     nested = cp.empty(-(-n // 256), dtype=cp.float32)
     lut = _device_const(nested_lut())
@@ -327,8 +314,6 @@ def dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code=None,
     """``float32(float32(code[q] * nested_absmax[i // nested_blocksize]) + offset)`` on the
     device; ``nested_code`` defaults to bitsandbytes' dynamic map (256 float32)."""
     cp = _cupy()
-    from ..bulk.dynamic_map import dynamic_map  # noqa: PLC0415
-
     code = check_code_table(dynamic_map() if nested_code is None else nested_code)
     if code.size != 256:
         code = np.concatenate([code, np.full(256 - code.size, np.nan, np.float32)])

@@ -14,8 +14,9 @@ Float arithmetic uses explicit round-to-nearest intrinsics (``__fdiv_rn``, ``__f
 Kernels (``extern "C"``; one instantiation per name):
 
 * ``qb_quantize_{f32,f16,bf16}_p{1,2,4,8}`` — one pass: block absmax (NaN-propagating
-  max of ``|x|``), ``s = max(absmax, float32(1e-38))`` (stored: absmax; ``s`` for the
-  partial last block, as bitsandbytes stores it), full blocks
+  max of ``|x|``), ``s = max(absmax, float32(1e-38))`` (a NaN absmax stays NaN, as
+  numpy's ``maximum``; stored: absmax; ``s`` for the partial last block, as bitsandbytes
+  stores it — so the api sees a non-finite value in any block), full blocks
   ``y = x * float32(1/s)``, the partial last block ``y = x / s`` (bitsandbytes 0.50.2),
   clamp to [-1, 1], encode (``rank = #{k : bounds[k] < y}``, a binary search over the
   float32 midpoints of the stably sorted code table; ``code = order[rank]``; the clamp is
@@ -255,7 +256,7 @@ __device__ __forceinline__ void qb_quantize(
        the encoder's table.  Stored absmax: absmax for full blocks, s for the partial
        last block (as bitsandbytes stores them).                                       */
     const float smin = __uint_as_float(QB_ABSMAX_MIN_BITS);
-    const float sc = (amax > smin) ? amax : smin;
+    const float sc = (amax > smin || amax != amax) ? amax : smin;   /* NaN stays NaN */
     const bool partial = (e0 >> log2B) == (n >> log2B);   /* only if n % B != 0 */
     if ((e0 & ((((qb_i64)1) << log2B) - 1)) == 0) absmax[e0 >> log2B] = partial ? sc : amax;
     const float inv = __fdiv_rn(1.0f, sc);

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bulk.reference import sorted_bounds as ref_sorted_bounds
+
 __all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "check_code_table",
            "sorted_bounds", "search_size", "MAX_TABLE"]
 
@@ -38,11 +40,8 @@ def check_code_table(code_f32, bits: int | None = None) -> np.ndarray:
 
 def sorted_bounds(code_f32) -> tuple[np.ndarray, np.ndarray]:
     """``(bounds float32 [K-1], order int64 [K])`` of the encoding rule (module docstring)."""
-    c = check_code_table(code_f32)
-    order = np.argsort(c, kind="stable")
-    s = c[order]
-    bounds = ((s[:-1] + s[1:]) / np.float32(2)).astype(np.float32)
-    return bounds, order
+    bounds, order = ref_sorted_bounds(check_code_table(code_f32))
+    return bounds, order.astype(np.int64)
 
 
 @dataclass(frozen=True)

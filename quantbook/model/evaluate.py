@@ -185,7 +185,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
 
     ``codebooks``: ``(label, Codebook)`` pairs.  ``tensors``: glob(s) selecting tensors by
     name (default all floating tensors; empty ones are skipped).  ``progress(i, count, info)`` is called before
-    tensor ``i`` (0-based).  Raises ``ValueError`` when nothing is selected.
+    tensor ``i`` (0-based).  Raises ``ValueError`` when nothing is selected or a tensor holds NaN/Inf.
     """
     infos = [i for i in list_tensors(path, tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
@@ -194,18 +194,32 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     labels = [label for label, _ in codebooks]
     if len(set(labels)) != len(labels):
         raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
+    for label, cb in codebooks:  # fail before reading any tensor
+        if not 1 <= cb.bits <= 8:
+            raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
     totals = {label: ErrorSums() for label in labels}
     results = []
     for i, info in enumerate(infos):
         if progress is not None:
             progress(i, len(infos), info)
         x = read_tensor(path, info.name)
-        xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
         x64 = x.astype(np.float64).ravel()
-        sx2 = float(np.dot(x64, x64))
+        finite = np.isfinite(x64)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
+        del finite
+        with np.errstate(over="ignore"):
+            xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
+            sx2 = float(np.dot(x64, x64))
+        if xq is not x and not np.isfinite(xq).all():
+            raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
         sums = {}
         for label, cb in codebooks:
-            packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend)
+            try:
+                packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend)
+            except ValueError as exc:  # say which tensor
+                raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
             xhat = dequantize(packed, state, backend=backend)
             s = error_sums(x, xhat, x64, sx2)
             s.bits = storage_bits(packed, state)

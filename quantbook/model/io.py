@@ -30,7 +30,7 @@ __all__ = ["TensorInfo", "list_tensors", "read_tensor", "iter_tensors", "split_g
            "FLOAT_DTYPES", "STANDARDIZE"]
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-_NUMPY = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # bytes per value of the floating dtypes
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,28 @@ def _header(path: Path) -> dict:
             raise ValueError
     except (ValueError, UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"{path} is not a safetensors file (bad header)") from None
+    data_size = path.stat().st_size - 8 - n
+    for name, entry in meta.items():
+        if name != "__metadata__":
+            _check_entry(path, name, entry, data_size)
     meta["__data_start__"] = 8 + n
     return meta
+
+
+def _check_entry(path: Path, name: str, entry: object, data_size: int) -> None:
+    """``ValueError`` (one line) unless ``entry`` is a well-formed tensor entry lying inside the file."""
+    ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+    shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
+    ok = (ok and isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)
+          and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+          and 0 <= offsets[0] <= offsets[1] <= data_size)
+    if not ok:
+        raise ValueError(f"{path} is not a valid safetensors file: bad or truncated entry for tensor {name!r}")
+    width = _ITEMSIZE.get(entry["dtype"])
+    count = math.prod(shape)
+    if width is not None and offsets[1] - offsets[0] != width * count:
+        raise ValueError(f"{path}: tensor {name!r} ({entry['dtype']}, shape {shape}) has "
+                         f"{offsets[1] - offsets[0]} bytes, expected {width * count}")
 
 
 def split_globs(globs: str | Iterable[str] | None) -> list[str] | None:
@@ -120,19 +140,19 @@ def read_tensor(path: str | Path, name: str) -> np.ndarray:
         except ImportError:
             raise ValueError("reading bfloat16 tensors needs the ml_dtypes package: "
                              "pip install 'quantbook[model]'") from None
-        begin, end = (int(v) for v in entry["data_offsets"])
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != 2 * count:
-            raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes for {count} bfloat16 values")
-        raw = np.fromfile(p, dtype="<u2", count=count, offset=meta["__data_start__"] + begin)
+        count = math.prod(shape)  # _header checked that the entry holds 2·count bytes inside the file
+        raw = np.fromfile(p, dtype="<u2", count=count, offset=meta["__data_start__"] + entry["data_offsets"][0])
         return raw.view(ml_dtypes.bfloat16).reshape(shape)
     try:
         from safetensors import safe_open
     except ImportError:
         raise ValueError("reading safetensors files needs the safetensors package: "
                          "pip install 'quantbook[model]'") from None
-    with safe_open(str(p), framework="numpy") as f:
-        return f.get_tensor(name)
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            return f.get_tensor(name)
+    except Exception as exc:  # safetensors_rust.SafetensorError and friends: a damaged file
+        raise ValueError(f"{path}: cannot read tensor {name!r}: {exc}") from None
 
 
 def iter_tensors(path: str | Path, globs: str | Iterable[str] | None = None) -> Iterator[tuple[TensorInfo, np.ndarray]]:
@@ -159,6 +179,13 @@ def _standardized(x: np.ndarray, standardize: str) -> np.ndarray:
     return np.divide(x, r, out=np.zeros_like(x), where=r > 0)
 
 
+def _standardized_tensor(path: str | Path, name: str, standardize: str) -> np.ndarray:
+    x = read_tensor(path, name)
+    if not np.isfinite(x).all():  # NaN would silently zero a row under "row"/"tensor"
+        raise ValueError(f"{path}: tensor {name!r} holds NaN or Inf values")
+    return _standardized(x, standardize)
+
+
 def sample_weights(path: str | Path, globs: str | Iterable[str] | None = None, max_samples: int | None = 2**21,
                    seed: int = 0, standardize: str = "none") -> np.ndarray:
     """The selected floating tensors' values as one float64 1-D array.
@@ -170,7 +197,7 @@ def sample_weights(path: str | Path, globs: str | Iterable[str] | None = None, m
     ``max_samples`` values: tensor ``i`` (``n_i`` values of ``N``) contributes
     ``max_samples·n_i/N`` values (largest-remainder rounding), drawn with
     ``numpy.random.default_rng(seed)`` — the same file, globs and seed give the same sample.
-    Only one tensor is in memory at a time.
+    Only one tensor is in memory at a time.  NaN or Inf values are a ``ValueError``.
     """
     if standardize not in STANDARDIZE:
         raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {standardize!r}")
@@ -181,7 +208,7 @@ def sample_weights(path: str | Path, globs: str | Iterable[str] | None = None, m
     sizes = np.array([i.size for i in infos], dtype=np.int64)
     total = int(sizes.sum())
     if max_samples is None or total <= max_samples:
-        return np.concatenate([_standardized(read_tensor(path, i.name), standardize).ravel() for i in infos])
+        return np.concatenate([_standardized_tensor(path, i.name, standardize).ravel() for i in infos])
     if max_samples < 2:
         raise ValueError(f"max_samples must be at least 2, got {max_samples}")
     share = sizes * (max_samples / total)
@@ -195,7 +222,7 @@ def sample_weights(path: str | Path, globs: str | Iterable[str] | None = None, m
     for info, k in zip(infos, take):
         if k == 0:
             continue
-        x = _standardized(read_tensor(path, info.name), standardize).ravel()
+        x = _standardized_tensor(path, info.name, standardize).ravel()
         idx = np.sort(rng.choice(x.size, size=int(k), replace=False))
         parts.append(x[idx])
         del x

@@ -77,10 +77,14 @@ def resolve_codebook(spec: str, block_size: int = 64) -> Codebook:
         if B < 2:
             raise ValueError(f"{text}: block size must be at least 2")
         domain = "normalized" if m.group("norm") else "weight"
+        if m.group("src"):
+            from .source import install_source_parser
+
+            install_source_parser()  # so that @FILE.safetensors[:GLOBS] is a source too
         cb = _lloyd(m.group("loss").lower(), B, k, (m.group("src") or "normal").strip(), domain)
         return cb.replace(name=text)
     raise KeyError(f"unknown codebook {text!r}: expected a registry name ({', '.join(REGISTRY)}), "
-                   f"FILE.json, nfK or lloyd-l1|l2[-B][-Kbit][@SOURCE]")
+                   f"FILE.json, nfK or lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE]")
 
 
 def depends_on_block_size(spec: str) -> bool:

@@ -5,6 +5,13 @@ the largest absolute difference (float64), the largest difference in float32 ULP
 the float32 bit patterns are identical, whether the table met its expectation
 (``bit-exact``, ``decimals`` or ``report``) and a one-line explanation of any difference.
 
+Row fields: ``bit_exact`` — the float32 bit patterns of the derived and published tables are
+identical; ``reproduced`` — the table met ``expect`` (``bit-exact``: bit_exact; ``decimals``:
+the derived table rounded to ``decimals`` places equals the published one; ``report``: judged
+only where a check defines it, else ``None``; ``None`` also for a table without a recipe);
+``failed`` — ``expect != "report"`` and ``reproduced`` is False (which includes a recipe that
+cannot run).  ``quantbook audit`` exits 1 exactly when some row failed.
+
 Further checks (e.g. optimality of tables that claim an objective) register with
 :func:`register_check`; each adds text and fields to the row of the table it checks.
 """
@@ -18,7 +25,7 @@ import numpy as np
 
 from ..codebooks.codebook import Codebook, float32_ulp_distance
 from ..codebooks.registry import REGISTRY, Published
-from ..derive.recipes import RecipeError, derive_from_recipe
+from ..derive.recipes import derive_from_recipe
 
 __all__ = ["AuditRow", "audit", "audit_one", "compare", "format_recipe", "register_check"]
 
@@ -28,7 +35,7 @@ class AuditRow:
     name: str
     recipe: str
     expect: str
-    reproduced: bool | None  # None: the recipe's method is not available
+    reproduced: bool | None  # None: not judged (no recipe, or a report-only table)
     bit_exact: bool | None
     max_ulp: int | None
     max_abs_diff: float | None
@@ -97,11 +104,11 @@ def audit_one(entry: Published) -> AuditRow:
                         "published constant without a generating recipe")
     try:
         derived = derive_from_recipe(cb.recipe)
-    except RecipeError as exc:
-        return AuditRow(cb.name, recipe, entry.expect, None, None, None, None,
-                        f"not checked: {exc}")
-    use_code = cb.recipe is not None and derived.code.size == cb.code.size and not (
-        entry.expect == "report")
+    except ValueError as exc:  # RecipeError, or bad parameters inside the method
+        # a table expected to reproduce whose recipe cannot run is not reproduced
+        return AuditRow(cb.name, recipe, entry.expect, None if entry.expect == "report" else False,
+                        None, None, None, f"recipe failed: {exc}")
+    use_code = derived.code.size == cb.code.size and entry.expect != "report"
     pub = cb.code if use_code else cb.levels
     der = derived.code if use_code else derived.levels
     if der.size != pub.size:
@@ -113,7 +120,7 @@ def audit_one(entry: Published) -> AuditRow:
     elif entry.expect == "decimals":
         reproduced = bool(np.all(np.round(der, entry.decimals) == pub))
     else:
-        reproduced = bool(np.all(np.round(der, entry.decimals or 4) == pub)) if entry.decimals else None
+        reproduced = bool(np.all(np.round(der, entry.decimals) == pub)) if entry.decimals else None
     if c.bit_exact:
         text = "reproduced bit for bit by the recipe"
     elif entry.expect == "decimals" or (entry.expect == "report" and entry.decimals):

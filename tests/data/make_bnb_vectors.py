@@ -26,10 +26,6 @@ OUT = Path(__file__).with_name("bnb_vectors.npz")
 SEED = 20241123
 
 
-def _torch_dtype(torch, name):
-    return {"float32": torch.float32, "float16": torch.float16}[name]
-
-
 def sum_input(n: int) -> np.ndarray:
     """Deterministic positive float32 values without an RNG (for the torch.sum vectors)."""
     i = np.arange(n, dtype=np.int64)
