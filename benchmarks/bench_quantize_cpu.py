@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--log2n", type=int, default=26)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--codebook", default="nf4")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy reference")
     ap.add_argument("--skip-bnb", action="store_true")
     args = ap.parse_args(argv)
