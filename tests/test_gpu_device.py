@@ -12,6 +12,8 @@ import pytest
 
 from quantbook.bulk import reference as R
 from quantbook.codebooks import registry
+
+from gpu_cases import adversarial_input, bits_equal
 from quantbook.gpu import backend as G
 
 _OK, _WHY = G.gpu_available()
@@ -34,35 +36,17 @@ def _host(a):
     return cp.asnumpy(a)
 
 
-def _bits_equal(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and np.array_equal(a.view(np.uint8), b.view(np.uint8))
-
-
-def _input(n, blocksize, code, rng):
-    bounds, _ = R.sorted_bounds(code)
-    x = rng.standard_normal(n).astype(np.float32)
-    m = min(n, blocksize)
-    x[:m] = rng.choice(np.concatenate([bounds, code, -bounds, [0.0, 1.0, -1.0]]), m)
-    x[0] = 1.0
-    if n > blocksize:
-        x[blocksize:2 * blocksize] = 0.0
-    if n >= 2 * blocksize + 5:
-        x[2 * blocksize:2 * blocksize + 5] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39]
-    return x
-
-
 def _check(x, code, bits, blocksize):
     n = x.size
     xd, kw = _to_device(x)
     p, a = G.quantize_gpu(xd, code, bits, blocksize, **kw)
     p_ref, a_ref = R.quantize_reference(x, code, bits, blocksize)
-    assert _bits_equal(_host(p), p_ref)
-    assert _bits_equal(_host(a), a_ref)
+    assert bits_equal(_host(p), p_ref)
+    assert bits_equal(_host(a), a_ref)
     d = G.dequantize_gpu(p, a, code, bits, blocksize, n, x.dtype)
     d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, blocksize, n, x.dtype)
     dh = _host(d.view(np.uint16) if x.dtype == ml_dtypes.bfloat16 else d)
-    assert _bits_equal(dh, d_ref)
+    assert bits_equal(dh, d_ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
@@ -71,7 +55,7 @@ def test_nf4_bit_identical(dtype, blocksize):
     rng = np.random.default_rng(blocksize)
     code = np.asarray(registry.get("nf4").code, np.float32)
     for n in (1, 3, 2 * blocksize + 1, 3 * blocksize + 17, 100_003):
-        _check(_input(n, blocksize, code, rng).astype(dtype), code, 4, blocksize)
+        _check(adversarial_input(n, blocksize, code, rng).astype(dtype), code, 4, blocksize)
 
 
 @pytest.mark.parametrize("name,bits", [("fp4", 4), ("af4", 4), ("int4-sym", 4), ("iq4_nl", 4),
@@ -81,7 +65,7 @@ def test_codebooks_and_bit_widths(name, bits, dtype):
     rng = np.random.default_rng(bits)
     code = np.asarray(registry.get(name).code, np.float32)
     for blocksize, n in ((64, 64 * 40 + 7), (256, 256 * 9 + 2)):
-        _check(_input(n, blocksize, code, rng).astype(dtype), code, bits, blocksize)
+        _check(adversarial_input(n, blocksize, code, rng).astype(dtype), code, bits, blocksize)
 
 
 def test_unaligned_input_view():
@@ -93,7 +77,7 @@ def test_unaligned_input_view():
     xd = cp.asarray(x)[1:]                       # 2-byte offset: scalar-load path
     p, a = G.quantize_gpu(xd, code, 4, 64)
     p_ref, a_ref = R.quantize_reference(x[1:], code, 4, 64)
-    assert _bits_equal(_host(p), p_ref) and _bits_equal(_host(a), a_ref)
+    assert bits_equal(_host(p), p_ref) and bits_equal(_host(a), a_ref)
 
 
 @pytest.mark.parametrize("nb", [1, 300, 70_000])
@@ -105,9 +89,9 @@ def test_nested_bit_identical(nb):
     q, nested, off = G.quantize_absmax_nested(cp.asarray(a))
     q_ref, n_ref, off_ref = R.quantize_absmax_nested(a)
     assert np.float32(off).view(np.uint32) == np.float32(off_ref).view(np.uint32)
-    assert _bits_equal(_host(q), q_ref) and _bits_equal(_host(nested), n_ref)
+    assert bits_equal(_host(q), q_ref) and bits_equal(_host(nested), n_ref)
     r = G.dequantize_absmax_nested(q, nested, off)
-    assert _bits_equal(_host(r), R.dequantize_absmax_nested(q_ref, n_ref, off_ref))
+    assert bits_equal(_host(r), R.dequantize_absmax_nested(q_ref, n_ref, off_ref))
 
 
 def test_torch_cuda_tensors_without_host_copy():
@@ -121,4 +105,4 @@ def test_torch_cuda_tensors_without_host_copy():
         p, a = G.quantize_gpu(t, code, 4, 64)
         x = t.float().cpu().numpy().astype(ndt)
         p_ref, a_ref = R.quantize_reference(x, code, 4, 64)
-        assert _bits_equal(_host(p), p_ref) and _bits_equal(_host(a), a_ref)
+        assert bits_equal(_host(p), p_ref) and bits_equal(_host(a), a_ref)

@@ -15,6 +15,8 @@ import pytest
 
 from quantbook.bulk import reference as R
 from quantbook.codebooks import registry
+
+from gpu_cases import adversarial_input, bits_equal
 from quantbook.gpu import emulate as E
 
 DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16]
@@ -28,36 +30,16 @@ def emu():
         pytest.skip(f"host emulation of the kernels unavailable: {exc}")
 
 
-def _bits_equal(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize and \
-        np.array_equal(a.view(np.uint8), b.view(np.uint8))
-
-
-def _input(n, blocksize, code, rng):
-    bounds, _ = R.sorted_bounds(code)
-    x = rng.standard_normal(n).astype(np.float32)
-    m = min(n, blocksize)
-    # block 0: absmax exactly 1, the rest ON the bounds / code values (ties of the encoder)
-    x[:m] = rng.choice(np.concatenate([bounds, code, -bounds, [0.0, 1.0, -1.0]]), m)
-    x[0] = 1.0
-    if n > blocksize:
-        x[blocksize:2 * blocksize] = 0.0                       # an all-zero block
-    if n >= 2 * blocksize + 5:
-        x[2 * blocksize:2 * blocksize + 5] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39]  # subnormal
-    return x
-
-
 def _check(x, code, bits, blocksize, vec=True):
     n = x.size
     p_ref, a_ref = R.quantize_reference(x, code, bits, blocksize)
     p, a = E.quantize_emulated(x, code, bits, blocksize, vec_in=vec)
-    assert _bits_equal(p, p_ref), np.flatnonzero(p != p_ref)[:8]
-    assert _bits_equal(a, a_ref)
+    assert bits_equal(p, p_ref), np.flatnonzero(p != p_ref)[:8]
+    assert bits_equal(a, a_ref)
     d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, blocksize, n, x.dtype)
     d = E.dequantize_emulated(p_ref, a_ref, code, bits, blocksize, n, x.dtype,
                               vec_in=vec, vec_out=vec)
-    assert _bits_equal(d, d_ref)
+    assert bits_equal(d, d_ref)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16", "bf16"])
@@ -66,7 +48,7 @@ def test_nf4_all_blocksizes_and_dtypes(dtype, blocksize):
     rng = np.random.default_rng(blocksize)
     code = np.asarray(registry.get("nf4").code, np.float32)
     for n in (1, 3, 2 * blocksize + 1, 3 * blocksize + 17):
-        _check(_input(n, blocksize, code, rng).astype(dtype), code, 4, blocksize)
+        _check(adversarial_input(n, blocksize, code, rng).astype(dtype), code, 4, blocksize)
 
 
 def _division_sensitive_tail(code, rng):
@@ -109,7 +91,7 @@ def test_other_codebooks_and_bit_widths(name, bits, dtype):
     rng = np.random.default_rng(len(name) * 7 + bits)
     code = np.asarray(registry.get(name).code, np.float32)
     for blocksize, n in ((32, 32 * 3 + 5), (128, 128 * 3 + 2)):
-        _check(_input(n, blocksize, code, rng).astype(dtype), code, bits, blocksize)
+        _check(adversarial_input(n, blocksize, code, rng).astype(dtype), code, bits, blocksize)
 
 
 def test_eight_bit_table_and_unaligned_paths():
@@ -118,10 +100,10 @@ def test_eight_bit_table_and_unaligned_paths():
     rng = np.random.default_rng(5)
     code = np.asarray(dynamic_map(), np.float32)
     for dtype in DTYPES:
-        x = _input(64 * 3 + 9, 64, code, rng).astype(dtype)
+        x = adversarial_input(64 * 3 + 9, 64, code, rng).astype(dtype)
         _check(x, code, 8, 64, vec=True)
         _check(x, code, 8, 64, vec=False)              # scalar loads/stores
-    x = _input(16 * 5 + 3, 16, code[:64], rng).astype(np.float16)
+    x = adversarial_input(16 * 5 + 3, 16, code[:64], rng).astype(np.float16)
     _check(x, code[:64], 6, 16, vec=False)
 
 
@@ -133,16 +115,16 @@ def test_nested_absmax_kernels(nb):
         a[256:512] = a[256]                  # a block where absmax - offset is constant
     q_ref, n_ref, off = R.quantize_absmax_nested(a)
     q, nested = E.quantize_absmax_nested_emulated(a, off)
-    assert _bits_equal(q, q_ref) and _bits_equal(nested, n_ref)
+    assert bits_equal(q, q_ref) and bits_equal(nested, n_ref)
     r_ref = R.dequantize_absmax_nested(q_ref, n_ref, off)
-    assert _bits_equal(E.dequantize_absmax_nested_emulated(q_ref, n_ref, off), r_ref)
+    assert bits_equal(E.dequantize_absmax_nested_emulated(q_ref, n_ref, off), r_ref)
 
 
 def test_nested_zero_block_gives_codes_zero():
     a = np.full(300, 0.25, np.float32)       # offset == every value -> d == 0
     q_ref, n_ref, off = R.quantize_absmax_nested(a)
     q, nested = E.quantize_absmax_nested_emulated(a, off)
-    assert _bits_equal(q, q_ref) and (q == 0).all() and (nested == 0).all()
+    assert bits_equal(q, q_ref) and (q == 0).all() and (nested == 0).all()
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -159,4 +141,4 @@ def test_nonfinite_blocks_match_reference(bad, name, bits):
             p, a = E.quantize_emulated(x, code, bits, 64)
             p_ref, a_ref = R.quantize_reference(x, code, bits, 64)
             assert not np.isfinite(a[0]) and not np.isfinite(a[-1])
-            assert _bits_equal(a, a_ref) and _bits_equal(p, p_ref)
+            assert bits_equal(a, a_ref) and bits_equal(p, p_ref)
