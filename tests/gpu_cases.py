@@ -1,8 +1,8 @@
-"""Inputs and comparisons shared by the GPU kernel tests (emulated on the CPU, and on a device)."""
+"""Inputs and comparisons shared by the backend tests."""
 
 import numpy as np
 
-from quantbook.bulk import reference as R
+from quantbook.bulk.format import code_encoder
 
 
 def bits_equal(a, b):
@@ -12,14 +12,15 @@ def bits_equal(a, b):
 
 
 def adversarial_input(n, blocksize, code, rng):
-    bounds, _ = R.sorted_bounds(code)
+    """Seeded normal data, plus: block 0 with absmax exactly 1 and the rest ON the encoder's
+    bounds and the code values (ties), an all-zero block, and subnormal values."""
+    bounds = code_encoder(code).bounds
     x = rng.standard_normal(n).astype(np.float32)
     m = min(n, blocksize)
-    # block 0: absmax exactly 1, the rest ON the bounds / code values (ties of the encoder)
     x[:m] = rng.choice(np.concatenate([bounds, code, -bounds, [0.0, 1.0, -1.0]]), m)
     x[0] = 1.0
     if n > blocksize:
-        x[blocksize:2 * blocksize] = 0.0                       # an all-zero block
+        x[blocksize:2 * blocksize] = 0.0
     if n >= 2 * blocksize + 5:
-        x[2 * blocksize:2 * blocksize + 5] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39]  # subnormal
+        x[2 * blocksize:2 * blocksize + 5] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39]
     return x

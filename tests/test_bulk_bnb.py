@@ -22,8 +22,8 @@ import torch._dynamo  # noqa: E402
 import bitsandbytes.functional as F  # noqa: E402
 
 import quantbook as qb  # noqa: E402
-from quantbook.bulk import reference as R  # noqa: E402
-from quantbook.bulk.dynamic_map import dynamic_map, torch_linspace_f32  # noqa: E402
+from quantbook.bulk.nested import dynamic_map  # noqa: E402
+from quantbook.numerics import torch_f32  # noqa: E402
 
 torch._dynamo.config.disable = True  # bnb's compiled fallbacks run eagerly (same math, fast tests)
 
@@ -114,7 +114,7 @@ def test_dynamic_map_and_linspace():
     rng = np.random.default_rng(0)
     for _ in range(50):
         a, b, n = float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5)), int(rng.integers(1, 3000))
-        assert np.array_equal(torch_linspace_f32(a, b, n), torch.linspace(a, b, n, dtype=torch.float32).numpy())
+        assert np.array_equal(torch_f32.linspace(a, b, n), torch.linspace(a, b, n, dtype=torch.float32).numpy())
 
 
 def test_torch_mean_emulation_live():
@@ -126,8 +126,8 @@ def test_torch_mean_emulation_live():
             for threads in (1, 2, 3):
                 torch.set_num_threads(threads)
                 t = torch.from_numpy(x)
-                assert R.torch_sum_f32(x, threads) == np.float32(t.sum().item()), (n, threads)
-                assert R.torch_mean_f32(x, threads) == np.float32(t.mean().item()), (n, threads)
+                assert torch_f32.sum(x, threads) == np.float32(t.sum().item()), (n, threads)
+                assert torch_f32.mean(x, threads) == np.float32(t.mean().item()), (n, threads)
     finally:
         torch.set_num_threads(old)
 

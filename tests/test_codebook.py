@@ -56,11 +56,14 @@ def test_ties_go_to_lower_level_and_thresholds():
 
 
 def test_code_order_differs_from_sorted_order():
-    # bit-pattern order with a repeated zero (as bitsandbytes' FP4): lowest index wins
+    # bit-pattern order with a repeated zero (as bitsandbytes' FP4): the lower index takes
+    # y <= 0, the higher y > 0 (torch.bucketize over the sorted table, as bitsandbytes)
     code = [0.0, 0.5, 1.0, 0.0, -0.5, -1.0]
     cb = Codebook(np.unique(code), bits=3, code=code)
     np.testing.assert_array_equal(cb.levels, [-1.0, -0.5, 0.0, 0.5, 1.0])
-    np.testing.assert_array_equal(cb.encode([-1.0, -0.4, 0.1, 0.7, 1.0]), [5, 4, 0, 1, 2])
+    for t in ("float64", "float32"):
+        np.testing.assert_array_equal(cb.encode([-1.0, -0.4, -0.1, 0.0, 0.1, 0.7, 1.0], t),
+                                      [5, 4, 0, 0, 3, 1, 2])
     np.testing.assert_array_equal(cb.decode([5, 3, 2]), [-1.0, 0.0, 1.0])
     with pytest.raises(CodebookError):
         cb.decode([6])
@@ -94,3 +97,10 @@ def test_json_round_trip_is_bit_exact():
     back = Codebook.from_json(cb.to_json())
     assert back == cb
     assert json.loads(cb.to_json())["levels"] == [float(v) for v in levels]
+
+
+def test_float32_midpoints_of_levels_near_the_maximum_do_not_overflow():
+    cb = Codebook([-3.4e38, 3e38, 3.4e38], bits=2)
+    t = cb.encoder("float32").bounds
+    assert np.isfinite(t).all() and t[1] == np.float32(3.2e38)
+    assert cb.encode(np.float32(3.3e38), "float32") == 2 and cb.encode(np.float32(3.1e38), "float32") == 1

@@ -107,11 +107,11 @@ def test_cli_derive_lloyd_json(capsys):
                        "--domain", "normalized", "--fix", "-1,0,1", "--json")
     assert rc == 0, err
     d = json.loads(out)
-    assert set(d) >= {"name", "bits", "levels", "source", "recipe", "mse", "mae", "iterations"}
+    assert set(d) >= {"name", "bits", "levels", "source", "recipe", "mse_weight", "mae_weight", "iterations"}
     assert d["recipe"]["method"] == "lloyd" and d["recipe"]["fixed"] == [-1.0, 0.0, 1.0]
     assert np.allclose(d["levels"], lloyd(4, 64, "l1", "normalized").levels, atol=0)
     ev = evaluate(lloyd(4, 64, "l1", "normalized"), 64)
-    assert d["mse"] == ev.mse_weight and d["mae"] == ev.mae_weight
+    assert d["mse_weight"] == ev.mse_weight and d["mae_weight"] == ev.mae_weight
 
 
 def test_cli_quantile_and_evaluate(capsys, tmp_path):

@@ -2,8 +2,9 @@
 
 References are independent of the exporter: the float32 bits a real compiler (gcc, and
 nvcc / NVRTC for CUDA) puts in the compiled tables are compared with ``numpy.float32`` of
-the registry's float64 values, the code order with a plain-Python search, and the encoder
-with a brute-force nearest-level search.  Everything is bit-exact (no tolerance).
+the registry's float64 values, the code order with a plain-Python search, the thresholds
+with the exact (float64) midpoints of the float32 values rounded once, and the encoder with
+a brute-force nearest-value search.  Everything is bit-exact (no tolerance).
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def _ref_code_to_level(cb) -> list[int]:
 def _ref_level_to_code(cb) -> list[int]:
     levels = sorted(set(float(v) + 0.0 for v in cb.code))
     return [min(i for i, v in enumerate(cb.code) if float(v) == lv) for lv in levels]
+
+
+def _ref_encoder(cb) -> tuple[list[float], list[int]]:
+    """Bounds and rank -> index of the float32 table: a stable sort (Python's; -0.0 == 0.0) and
+    the exact midpoint of adjacent float32 values (a float64 sum of two float32 is exact),
+    rounded once to float32 -- equal to float32(float32(a + b) / 2) away from subnormals."""
+    vals = [float(np.float32(v)) for v in cb.code]
+    order = sorted(range(len(vals)), key=lambda i: vals[i])
+    s = [vals[i] for i in order]
+    return [float(np.float32((a + b) / 2)) for a, b in zip(s[:-1], s[1:])], order
 
 
 # ----------------------------------------------------------------------------- identifiers
@@ -110,6 +121,7 @@ static unsigned bits_of(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
     printf("%%s code", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_code[i])); puts(""); \
     printf("%%s levels", #id); for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%08x", bits_of(id##_levels[i])); puts(""); \
     printf("%%s thresholds", #id); for (int i = 0; i < ID##_N_THRESHOLDS; ++i) printf(" %%08x", bits_of(id##_thresholds[i])); puts(""); \
+    printf("%%s order", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%d", id##_order[i]); puts(""); \
     printf("%%s c2l", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%d", id##_code_to_level[i]); puts(""); \
     printf("%%s l2c", #id); for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%d", id##_level_to_code[i]); puts(""); \
     printf("%%s encode", #id); for (int i = 0; i < n_probe; ++i) printf(" %%u", id##_encode(probe[i])); puts(""); \
@@ -130,13 +142,15 @@ def _probe_values() -> np.ndarray:
 
 
 def _brute_force_encode(cb, y: np.ndarray) -> np.ndarray:
-    """Nearest level by exhaustive float64 search (lowest level on an exact tie), then the lowest code index."""
-    levels = sorted(set(float(v) + 0.0 for v in cb.code))
+    """Nearest float32 code value by exhaustive search (the lower value on an exact tie); a value
+    stored at several indices goes to the lowest for y <= value and the highest for y > value."""
+    vals = [float(np.float32(v)) for v in cb.code]
+    distinct = sorted(set(v + 0.0 for v in vals))
     out = []
     for v in y.astype(np.float64):
-        d = [abs(v - lv) for lv in levels]
-        pos = d.index(min(d))
-        out.append(min(i for i, c in enumerate(cb.code) if float(c) == levels[pos]))
+        near = min(distinct, key=lambda lv: (abs(v - lv), lv))
+        idx = [i for i, c in enumerate(vals) if c == near]
+        out.append(min(idx) if v <= near else max(idx))
     return np.array(out)
 
 
@@ -154,14 +168,16 @@ def _check_tables(name: str, got: dict[str, list[str]], probe: np.ndarray | None
     levels64 = np.array(sorted(set(float(v) + 0.0 for v in cb.code)))
     assert got["code"] == hexes([float(v) for v in cb.code]), name
     assert got["levels"] == hexes(levels64), name
-    assert got["thresholds"] == hexes((levels64[:-1] + levels64[1:]) / 2), name
+    bounds, order = _ref_encoder(cb)
+    assert got["thresholds"] == hexes(bounds), name
+    assert [int(v) for v in got["order"]] == order, name
     assert [int(v) for v in got["c2l"]] == _ref_code_to_level(cb), name
     assert [int(v) for v in got["l2c"]] == _ref_level_to_code(cb), name
     if "decode" in got:
         assert got["decode"] == got["code"]
     if probe is not None:
         enc = np.array([int(v) for v in got["encode"]])
-        t32 = ((levels64[:-1] + levels64[1:]) / 2).astype(np.float32)
+        t32 = np.array(bounds, dtype=np.float32)
         # away from the float32 thresholds, float32 encoding must agree with the exact nearest level
         far = np.min(np.abs(probe[:, None].astype(np.float64) - t32[None, :]), axis=1) > 1e-6
         assert np.array_equal(enc[far], _brute_force_encode(cb, probe[far])), name
@@ -203,20 +219,26 @@ def test_c_headers_compile_and_hold_exact_bits(headers, compiler, flags):
     for name, ident in zip(NAMES, idents):
         cb = REGISTRY[name].codebook
         assert dump[ident]["bits"] == [str(cb.bits), "sizes", str(cb.code.size), str(cb.n_levels),
-                                       str(cb.n_levels - 1)]
+                                       str(cb.code.size - 1)]
         _check_tables(name, dump[ident], probe)
 
 
-def test_threshold_ties_go_to_the_lower_level_in_c(headers, tmp_path):
+@pytest.mark.parametrize("name", ["nf4", "fp4"])
+def test_threshold_ties_go_to_the_lower_rank_and_nan_past_every_bound_in_c(headers, tmp_path, name):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found")
-    cb = REGISTRY["nf4"].codebook
-    src = ('#include <stdio.h>\n#include "%s/nf4.h"\nint main(void){for(int i=0;i<NF4_N_THRESHOLDS;++i)'
-           'printf("%%u ", nf4_level_of(nf4_thresholds[i]));return 0;}\n' % headers)
+    cb = REGISTRY[name].codebook
+    i, I = _ident(name), _ident(name).upper()
+    src = (f'#include <stdio.h>\n#include "{headers}/{i}.h"\nint main(void){{volatile float z = 0.0f;'
+           f'for(int k=0;k<{I}_N_THRESHOLDS;++k) printf("%u ", {i}_rank_of({i}_thresholds[k]));'
+           f'printf("%u", {i}_rank_of(z / z));return 0;}}\n')
     (tmp_path / "t.c").write_text(src)
     subprocess.run(["gcc", "-std=c99", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
     out = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout
-    assert [int(v) for v in out.split()] == list(range(cb.n_levels - 1))  # threshold i -> level i (lower)
+    ranks = [int(v) for v in out.split()]
+    n = cb.code.size - 1  # FP4: 15 bounds for 16 codes, the one between its two zeros at 0 itself
+    assert ranks[:n] == list(range(n))  # y on threshold k -> rank k, the lower one
+    assert ranks[n] == n  # NaN: past every bound, as quantbook.codebooks.encoding says
 
 
 # --------------------------------------------------------------------------------- CUDA
@@ -233,7 +255,7 @@ extern "C" __global__ void touch(float* f, unsigned* u, const float* y)
 def _cuda_source(idents) -> str:
     body = "\n".join(
         f"    f[i] = {i}_decode(i) + {i}_levels[i] + {i}_thresholds[i];"
-        f" u[i] = {i}_code_to_level[i] + {i}_level_to_code[i] + {i}_encode(y[i]);"
+        f" u[i] = {i}_code_to_level[i] + {i}_level_to_code[i] + {i}_order[i] + {i}_encode(y[i]);"
         for i in idents)
     return _CU_KERNEL % dict(includes="\n".join(f'#include "{i}.cuh"' for i in idents), body=body)
 
@@ -258,6 +280,7 @@ def _check_ptx(ptx: str) -> None:
             "code": [f"{v:08x}" for v in np.frombuffer(arrays[f"{i}_code"], "<u4")],
             "levels": [f"{v:08x}" for v in np.frombuffer(arrays[f"{i}_levels"], "<u4")],
             "thresholds": [f"{v:08x}" for v in np.frombuffer(arrays[f"{i}_thresholds"], "<u4")],
+            "order": np.frombuffer(arrays[f"{i}_order"], idx_t).tolist(),
             "c2l": np.frombuffer(arrays[f"{i}_code_to_level"], idx_t).tolist(),
             "l2c": np.frombuffer(arrays[f"{i}_level_to_code"], idx_t).tolist(),
         }
@@ -437,3 +460,22 @@ def test_one_level_header_compiles_without_warnings(tmp_path):
                     str(tmp_path / "m.c")], check=True, capture_output=True)
     out = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout
     assert out == "0 0 0.25"
+
+
+# --------------------------------------------------------------------------- bad outputs
+def test_export_to_a_path_ending_in_a_slash_creates_nothing(tmp_path, capsys):
+    target = str(tmp_path / "newdir") + "/"
+    assert "names a directory" in _err(capsys, ["export", "nf4", "-o", target])
+    assert list(tmp_path.iterdir()) == []  # no file called "newdir"
+
+
+def test_codebook_beyond_float32_cannot_be_exported(tmp_path, capsys):
+    """float32 tables (npy, bnb, C) of such levels would hold ±inf: the codebook itself is refused."""
+    with pytest.raises(quantbook.CodebookError, match="float32"):
+        quantbook.Codebook(levels=[-1e39, 0.0, 1e39], bits=2)
+    src = tmp_path / "wide.json"
+    src.write_text(json.dumps({"name": "wide", "bits": 2, "levels": [-1e39, 0.0, 1.0]}))
+    for fmt in ("npy", "bnb", "c"):
+        out = tmp_path / f"wide.{fmt}"
+        assert "float32" in _err(capsys, ["export", str(src), "-f", fmt, "-o", str(out)])
+        assert not out.exists()

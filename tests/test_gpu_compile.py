@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from quantbook.gpu import kernels as K
-from quantbook.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+from quantbook.bulk.gpu import kernels as K
+from quantbook.bulk.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
 
 
 @pytest.fixture(scope="module")

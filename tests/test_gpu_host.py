@@ -1,7 +1,7 @@
 """Host-side parts of the GPU backend: argument checks, launch shapes, encoder tables, imports.
 
-No GPU and no CuPy needed.  The encoder tables are checked against the numpy reference's
-rule (quantbook.bulk.reference.sorted_bounds / encode) on every float32 within 64 ULPs of
+No GPU and no CuPy needed.  The encoder tables are checked against the format's encoder
+(quantbook.codebooks.encoding, after the clamp to [-1, 1]) on every float32 within 64 ULPs of
 each bound and code value plus random values (seed 0): exact equality of code indices.
 """
 
@@ -11,16 +11,17 @@ import sys
 import numpy as np
 import pytest
 
-from quantbook.bulk import reference as R
+from quantbook.bulk import format as F
+from quantbook.bulk.gpu import backend as G
+from quantbook.bulk.gpu import kernels as K
+from quantbook.bulk.gpu.tables import encode_with_tables, encoder_tables, search_size
+from quantbook.bulk.nested import dynamic_map
 from quantbook.codebooks import registry
-from quantbook.gpu import backend as G
-from quantbook.gpu import kernels as K
-from quantbook.gpu.tables import encode_with_tables, encoder_tables, search_size, sorted_bounds
 
 
 def test_importing_quantbook_gpu_does_not_import_cupy():
-    code = ("import sys, quantbook, quantbook.gpu.backend, quantbook.gpu.emulate, "
-            "quantbook.gpu.compile; print('cupy' in sys.modules)")
+    code = ("import sys, quantbook, quantbook.bulk.gpu.backend, quantbook.bulk.gpu.compile; "
+            "print('cupy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -28,11 +29,6 @@ def test_importing_quantbook_gpu_does_not_import_cupy():
 @pytest.mark.parametrize("bits,packing", [(1, 1), (2, 2), (3, 8), (4, 4), (5, 8), (8, 8)])
 def test_packing_for_bits(bits, packing):
     assert G.packing_for_bits(bits) == packing
-
-
-@pytest.mark.parametrize("n,bits", [(0, 4), (1, 4), (7, 4), (8, 4), (9, 1), (9, 2), (9, 3), (9, 8)])
-def test_packed_length_matches_reference(n, bits):
-    assert G.packed_length(n, bits) == R.packed_length(n, bits)
 
 
 @pytest.mark.parametrize("bits", [0, 9, 4.0, True, "4"])
@@ -43,8 +39,19 @@ def test_bad_bits(bits):
 
 @pytest.mark.parametrize("bs", [8, 48, 8192, 64.0, -64])
 def test_bad_blocksize_rejected_before_touching_the_device(bs):
-    with pytest.raises(ValueError, match="blocksize"):
+    with pytest.raises(ValueError, match="block_size"):
         G.quantize_gpu(np.zeros(4, np.float32), np.zeros(16, np.float32), 4, bs)
+
+
+def test_host_checks_need_no_cupy():
+    """With CuPy unimportable, host arrays are still rejected with the pointer to 'cpu'."""
+    code = ("import sys; sys.modules['cupy'] = None\n"
+            "import numpy as np\nfrom quantbook.bulk.gpu import backend as G\n"
+            "try:\n    G.quantize_gpu(np.zeros(64, np.float32), np.zeros(16, np.float32), 4, 64)\n"
+            "except TypeError as e:\n    print('TypeError', e)\n"
+            "print(G.gpu_available()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "TypeError" in out.stdout and "backend='cpu'" in out.stdout and out.stdout.strip().endswith("False")
 
 
 def test_numpy_input_is_rejected_with_a_pointer_to_the_cpu_backend():
@@ -78,7 +85,7 @@ def test_quantize_launch_shape(key, bs):
 
 def test_absmax_floor_constant_is_float32_1e_minus_38():
     m = np.uint32(int(K._COMMON.split("QB_ABSMAX_MIN_BITS ")[1].split("u")[0], 16))
-    assert m.view(np.float32) == R.TINY == np.float32(1e-38)
+    assert m.view(np.float32) == F.TINY == np.float32(1e-38)
 
 
 def _probe_points(tabs_values, rng):
@@ -96,36 +103,32 @@ def _probe_points(tabs_values, rng):
     return y      # unclamped (the tables fold the clamp in), NaN included
 
 
+def _want(code, y):
+    return F.code_encoder(code)(np.clip(y, -1, 1)).astype(np.int64)
+
+
 @pytest.mark.parametrize("name", sorted(registry.REGISTRY))
-def test_encoder_tables_match_reference_rule(name):
+def test_encoder_tables_match_the_format(name):
     code = np.asarray(registry.get(name).code, np.float32)
-    b_ref, o_ref = R.sorted_bounds(code)
-    b, o = sorted_bounds(code)
-    assert np.array_equal(b.view(np.uint32), b_ref.view(np.uint32))
-    assert np.array_equal(o, o_ref.astype(o.dtype))
-    y = _probe_points(np.concatenate([b_ref, code]), np.random.default_rng(0))
-    want = R.encode(np.clip(y, -1, 1), b_ref, o_ref).astype(np.int64)
+    enc = F.code_encoder(code)
+    y = _probe_points(np.concatenate([enc.bounds, code]), np.random.default_rng(0))
+    want = _want(code, y)
     bits = registry.get(name).bits
     for P in (None, search_size(G.packing_for_bits(bits)), 256):
         tabs = encoder_tables(code, P)
-        below = int(np.count_nonzero(b_ref < -1))          # folded clamp drops these ranks
+        below = int(np.count_nonzero(enc.bounds < -1))          # folded clamp drops these ranks
         assert tabs.P >= code.size and tabs.K == code.size - below and tabs.P & (tabs.P - 1) == 0
-        assert tabs.ident == (below == 0 and bool(np.array_equal(o_ref, np.arange(code.size))))
+        assert tabs.ident == (below == 0 and bool(np.array_equal(enc.order, np.arange(code.size))))
         assert np.array_equal(encode_with_tables(y, tabs), want)
 
 
 def test_encoder_tables_dynamic_map_and_odd_sizes():
-    from quantbook.bulk.dynamic_map import dynamic_map
-
     rng = np.random.default_rng(1)
     for code in (dynamic_map(), np.array([0.5], np.float32), np.array([0.3, -0.2, 0.3], np.float32),
                  rng.uniform(-1, 1, 100).astype(np.float32)):
-        b, o = R.sorted_bounds(code)
-        y = _probe_points(np.concatenate([b, code]), rng)
+        y = _probe_points(np.concatenate([F.code_encoder(code).bounds, code]), rng)
         for P in (None, 256):
-            tabs = encoder_tables(code, P)
-            want = R.encode(np.clip(y, -1, 1), b, o).astype(np.int64)
-            assert np.array_equal(encode_with_tables(y, tabs), want)
+            assert np.array_equal(encode_with_tables(y, encoder_tables(code, P)), _want(code, y))
     with pytest.raises(ValueError, match="power of two"):
         encoder_tables(np.zeros(17, np.float32), 16)
 

@@ -20,7 +20,8 @@ import pytest
 
 from quantbook.cli import main
 from quantbook.codebooks.registry import REGISTRY
-from quantbook.model import list_tensors, read_tensor, resolve_codebook, resolve_codebooks, sample_weights
+from quantbook.model import list_tensors, read_tensor, sample_weights
+from quantbook.naming import resolve_codebook, resolve_codebooks
 from quantbook.model.evaluate import ErrorSums, error_sums
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -271,7 +272,7 @@ def test_cli_evaluate_model_table_json_and_plot(synthetic, tmp_path, capsys):
     assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate-model", str(path), "-c", "nf4", "--json", "--nested", "--progress"]) == 0
     captured = capsys.readouterr()
-    assert "[4/4]" in captured.err  # progress on stderr when asked
+    assert "4/4" in captured.err  # progress on stderr when asked
     d = json.loads(captured.out)
     assert d["nested"] is True and d["tensors"] == 4 and set(d["codebooks"]) == {"nf4"}
     assert d["parameters"] == sum(v.size for k, v in tensors.items() if k != "position_ids")
@@ -294,11 +295,8 @@ def test_cli_evaluate_model_errors(synthetic, tmp_path, capsys):
 # ----------------------------------------------------------------------- fit to data
 def test_safetensors_source_spelling(synthetic):
     from quantbook.derive.sources import Empirical, parse_source
-    from quantbook.model import install_source_parser
 
     path, tensors = synthetic
-    install_source_parser()
-    install_source_parser()  # idempotent
     x = tensors["layer.0.weight"].astype(np.float64)
     src = parse_source(f"{path}:layer.0.weight")
     assert isinstance(src, Empirical) and src.spec == f"{path}:layer.0.weight@row"
@@ -478,3 +476,45 @@ print(light, json.loads(out.getvalue())["recipe"]["source"])
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", f"{path}:layer.0.weight@row"], r.stdout
+
+
+# ------------------------------------------------------------------- huge levels, NaN paths
+@needs_bulk
+@pytest.mark.parametrize("dtype, level, where", [
+    (np.float32, 1e38, "float32"),  # 1e38 * absmax 3.x overflows float32
+    (np.float16, 1e5, "float16"),  # dequantized back to the tensor's own dtype: 65504 at most
+])
+def test_codebook_whose_levels_overflow_the_tensor_dtype_is_a_named_error(tmp_path, capsys, dtype, level, where):
+    """Such a table used to end in `math domain error` (log10 of Σx²/inf)."""
+    x = (np.random.default_rng(8).standard_normal((4, 64)) * 3).astype(dtype)
+    path = tmp_path / "w.safetensors"
+    safetensors_numpy.save_file({"w": x}, str(path))
+    cb = tmp_path / "huge.json"
+    cb.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-level, level]}))
+    assert main(["evaluate-model", str(path), "-c", f"nf4,{cb}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"beyond the {where} range" in err and "'w'" in err, err
+    assert "math domain" not in err
+
+
+def test_sqnr_of_extreme_sums_has_no_domain_error():
+    # Σx²/Σe² underflows to 0 in floating point; the SQNR is still 10·(log10 Σx² − log10 Σe²)
+    assert ErrorSums(n=1, sse=1e300, sx2=1e-300).sqnr_db == pytest.approx(-6000.0, rel=1e-12)
+    assert ErrorSums(n=1, sse=1e-300, sx2=1e300).sqnr_db == pytest.approx(6000.0, rel=1e-12)
+    assert ErrorSums(n=1, sse=math.inf, sx2=1.0).sqnr_db == -math.inf
+    assert math.isnan(ErrorSums(n=1, sse=math.nan, sx2=1.0).sqnr_db)
+
+
+@needs_bulk
+def test_evaluate_model_progress_bar_and_empty_codebook_list(synthetic, capsys):
+    pytest.importorskip("tqdm")
+    from quantbook.model import evaluate_model
+
+    path, _ = synthetic
+    with pytest.raises(ValueError, match="no codebooks given"):
+        evaluate_model(str(path), [])
+    evaluate_model(str(path), [("nf4", REGISTRY["nf4"].codebook)], progress=True)  # forced: stderr is captured
+    err = capsys.readouterr().err
+    assert "evaluating" in err and "4/4" in err
+    evaluate_model(str(path), [("nf4", REGISTRY["nf4"].codebook)])  # default: no progress
+    assert capsys.readouterr().err == ""

@@ -8,7 +8,6 @@ import pytest
 from scipy.stats import norm
 
 from quantbook.derive import default_offset, derive_offset, nf, nf_exact, parse_offset
-from quantbook.derive.normal_float import torch_linspace_f32
 
 # bitsandbytes' published float32 NF4 (bitsandbytes/functional.py get_4bit_type('nf4')),
 # written here independently of the registry module.
@@ -96,12 +95,44 @@ def test_any_rational_offset():
             parse_offset(bad)
 
 
-def test_torch_linspace_replay_against_its_definition():
-    # the two-sided float32 rule, spelled out element by element
-    got = torch_linspace_f32(0.9677083, 0.5, 9)
-    s, e = np.float32(0.9677083), np.float32(0.5)
-    step = (e - s) / np.float32(8)
-    for i in range(9):
-        want = s + step * np.float32(i) if i < 4 else e - step * np.float32(8 - i)
-        assert got[i] == want
-    assert got[0] == s and got[-1] == e
+def test_offset_spellings():
+    assert parse_offset("9.677083e-1") == parse_offset("+0.9677083") == Fraction(9677083, 10**7)
+    assert parse_offset(" 929 / 960 ") == Fraction(929, 960)
+    # a long but valid decimal (929/960 to 59 digits) is exact, and as float64 it is 929/960
+    long = "0.96770833333333333333333333333333333333333333333333333333333"
+    assert parse_offset(long) == Fraction(int(long[2:]), 10 ** (len(long) - 2))
+    assert nf(4, long, "float64") == nf(4, "929/960", "float64").replace(
+        recipe=nf(4, long, "float64").recipe)
+    for bad, words in (("0.4", "between 1/2 and 1"), ("-0.9", "between 1/2 and 1"), ("0.0", "between"),
+                       ("9/8", "between"), ("1/0", "zero denominator"), ("0.9.1", "rational like"),
+                       ("", "rational like"), (True, "number")):
+        with pytest.raises(ValueError, match=words):
+            parse_offset(bad)
+
+
+def test_huge_offsets_are_refused_quickly_in_one_line():
+    # Fraction("1e-999999999") builds 10**999999999 (never returns, memory grows) and a
+    # 5000-digit number fails when printed (sys.set_int_max_str_digits); run in a subprocess
+    # so that a regression fails here instead of hanging
+    import subprocess
+    import sys
+
+    code = (
+        "from fractions import Fraction\n"
+        "from quantbook.derive import nf, parse_offset\n"
+        "for bad in ('1e-999999999', '9e99999999999', '1e-5000', '0.' + '9' * 5000, '1/' + '3' * 5000,\n"
+        "            Fraction(1, 10**5000), 10**5000):\n"
+        "    try:\n"
+        "        nf(4, bad)\n"
+        "    except ValueError as exc:\n"
+        "        print(exc)\n"
+        "    else:\n"
+        "        print('NOT REFUSED')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 7 and "NOT REFUSED" not in r.stdout
+    assert "set_int_max_str_digits" not in r.stdout and all(len(line) < 200 for line in lines)
+    assert all("between 1/2 and 1" in line for line in lines[:3]), lines
+    assert all("digits" in line for line in lines[3:]), lines

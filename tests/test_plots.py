@@ -55,7 +55,7 @@ def test_sweep_numbers_match_monte_carlo(B):
 
 
 def test_sweep_rederives_per_block_size():
-    from quantbook.model import resolve_codebook
+    from quantbook.naming import resolve_codebook
 
     seen = []
 
@@ -137,3 +137,29 @@ def test_plot_model_report_png(tmp_path):
 
     plot_model_report(rep, out)
     assert _png_pixels(out)[..., :3].std() > 0.05
+
+
+@pytest.mark.parametrize("name, magic", [
+    ("p.pdf", b"%PDF-"), ("p.svg", b"<?xml"), ("P.PNG", PNG_MAGIC), ("p.eps", b"%!PS-Adobe"), ("noext", PNG_MAGIC),
+])
+def test_the_extension_names_the_format(name, magic, tmp_path, capsys):
+    out = tmp_path / name
+    assert main(["plot", "nf4", "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+def test_unknown_extension_is_refused_before_any_work(tmp_path, monkeypatch):
+    from quantbook import plots
+    from quantbook.derive import block
+
+    def boom(*a, **k):
+        raise AssertionError("the density was computed before the path was checked")
+
+    monkeypatch.setattr(block, "BlockDistribution", boom)
+    for bad in ("p.xyz", "p.pgf", "p.raw"):
+        with pytest.raises(ValueError, match=r"unknown image extension") as info:
+            plots.plot_levels([("nf4", REGISTRY["nf4"].codebook)], 64, tmp_path / bad)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="directory"):
+        plots.plot_levels([("nf4", REGISTRY["nf4"].codebook)], 64, str(tmp_path) + "/")
+    assert list(tmp_path.iterdir()) == []

@@ -7,9 +7,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import format as F
+from .nested import dequantize_nested
+
 __all__ = ["QuantState", "dtype_name", "dtype_from_name"]
 
-_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+_DTYPE_NAMES = F.DTYPES
 
 
 def dtype_name(dtype: Any) -> str:
@@ -36,10 +39,31 @@ def dtype_from_name(name: Any) -> np.dtype:
     return np.dtype(name)
 
 
-def _array(v: Any, dtype) -> np.ndarray:
+def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = False) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {got}")
+    if size is not None and a.size != size:
+        raise ValueError(f"{what} has {a.size} entries, expected {size}")
+    if scales and a.size and not (np.isfinite(a).all() and (a >= 0).all()):
+        bad = int(np.flatnonzero(~(np.isfinite(a) & (a >= 0)))[0])
+        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {a[bad]!r}")
+    return a
+
+
+def _array(what: str, v: Any, dtype) -> np.ndarray:
+    """A flat contiguous copy of a field, refusing casts that would change its values
+    (float scales read as uint8 codes, or the reverse)."""
     if hasattr(v, "detach"):  # a torch tensor
         v = v.detach().cpu().numpy()
-    return np.ascontiguousarray(np.asarray(v), dtype=dtype).reshape(-1)
+    a = np.asarray(v)
+    kind = "u" if np.dtype(dtype).kind == "u" else "f"
+    ok = a.dtype.kind in ("u", "i") if kind == "u" else a.dtype.kind == "f"
+    if not ok:
+        raise ValueError(f"{what} must hold {np.dtype(dtype).name} values, got dtype {a.dtype}")
+    if kind == "u" and a.size and (a.min() < 0 or a.max() > 255):
+        raise ValueError(f"{what} must hold 8-bit codes (0..255)")
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
 @dataclass(eq=False)
@@ -83,10 +107,41 @@ class QuantState:
         """Per-block float32 scales (dequantizing the nested statistics if needed)."""
         if not self.nested:
             return self.absmax
-        from .reference import dequantize_absmax_nested
+        return dequantize_nested(self.absmax, self.nested_absmax, np.float32(self.nested_offset),
+                                 self.nested_quant_map, self.nested_blocksize)
 
-        return dequantize_absmax_nested(self.absmax, self.nested_absmax, np.float32(self.nested_offset),
-                                        self.nested_quant_map, self.nested_blocksize)
+    def validate(self) -> "QuantState":
+        """Check that the state describes a decodable array; a ValueError names what is wrong.
+
+        A tampered or damaged state must never decode silently to NaN, flipped signs or
+        wrapped integers: scales must be finite and non-negative float32, nested codes uint8.
+        """
+        F.check_bits(self.bits)
+        F.check_block_size(self.blocksize)
+        if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in self.shape):
+            raise ValueError(f"shape must hold non-negative integers, got {self.shape!r}")
+        dtype_name(self.dtype)
+        F.check_code_table(self.code, self.bits)
+        nb = self.n_blocks
+        if self.nested:
+            _expect_array("absmax", self.absmax, np.uint8, nb)
+            if self.nested_blocksize is None or not isinstance(self.nested_blocksize, (int, np.integer)) \
+                    or self.nested_blocksize < 1 or self.nested_blocksize & (self.nested_blocksize - 1):
+                raise ValueError(f"nested_blocksize must be a power of two, got {self.nested_blocksize!r}")
+            _expect_array("nested_absmax", self.nested_absmax, np.float32,
+                          F.n_blocks(nb, self.nested_blocksize), scales=True)
+            qmap = _expect_array("nested_quant_map", self.nested_quant_map, np.float32, None)
+            if qmap.size != 256 or not np.isfinite(qmap).all():
+                raise ValueError(f"nested_quant_map must hold 256 finite float32 values, got {qmap.size}")
+            off = self.nested_offset
+            if isinstance(off, bool) or not isinstance(off, (int, float, np.floating, np.integer)) \
+                    or not np.isfinite(np.float32(off)):
+                raise ValueError(f"nested_offset must be a finite number, got {off!r}")
+        else:
+            if self.nested_offset is not None or self.nested_quant_map is not None:
+                raise ValueError("state has nested fields but no nested_absmax")
+            _expect_array("absmax", self.absmax, np.float32, nb, scales=True)
+        return self
 
     # --------------------------------------------------------------- (de)serialise
     def as_dict(self) -> dict[str, Any]:
@@ -130,32 +185,28 @@ class QuantState:
             miss = [k for k in ("nested_blocksize", "nested_quant_map", "nested_offset") if k not in d]
             if miss:
                 raise ValueError(f"nested quant state lacks {', '.join(miss)}")
-        code = _array(d["quant_map"], np.float32)
-        bits = int(d.get("bits", 4))
-        bs = int(d["blocksize"])
-        if bs < 1 or bs & (bs - 1):
-            raise ValueError(f"blocksize must be a power of two, got {d['blocksize']!r}")
-        if code.size > 2**bits:
-            raise ValueError(f"quant_map has {code.size} entries, more than 2**{bits}")
+        try:
+            bits = int(d.get("bits", 4))
+            blocksize = int(d["blocksize"])
+            shape = tuple(int(v) for v in d["shape"])
+        except (TypeError, ValueError):
+            raise ValueError("quant state: bits, blocksize and shape must be integers") from None
         st = cls(
-            absmax=_array(d["absmax"], np.uint8 if nested else np.float32),
-            shape=tuple(int(s) for s in d["shape"]),
+            absmax=_array("absmax", d["absmax"], np.uint8 if nested else np.float32),
+            shape=shape,
             dtype=dtype_from_name(d["dtype"]),
-            blocksize=bs,
-            code=code,
+            blocksize=blocksize,
+            code=_array("quant_map", d["quant_map"], np.float32),
             quant_type=str(d.get("quant_type") or "custom"),
             bits=bits,
         )
         if nested:
-            st.nested_absmax = _array(d["nested_absmax"], np.float32)
-            st.nested_quant_map = _array(d["nested_quant_map"], np.float32)
+            st.nested_absmax = _array("nested_absmax", d["nested_absmax"], np.float32)
+            st.nested_quant_map = _array("nested_quant_map", d["nested_quant_map"], np.float32)
             st.nested_blocksize = int(d["nested_blocksize"])
             off = d["nested_offset"]
-            st.nested_offset = float(off.item() if hasattr(off, "item") else off)
-        if st.absmax.size != st.n_blocks:
-            raise ValueError(f"absmax has {st.absmax.size} entries, expected {st.n_blocks} "
-                             f"({st.size} values in blocks of {st.blocksize})")
-        return st
+            st.nested_offset = off.item() if hasattr(off, "item") else off
+        return st.validate()
 
     def __repr__(self) -> str:
         nest = f", nested (offset={self.nested_offset:.6g})" if self.nested else ""

@@ -10,11 +10,9 @@ A codebook is the small lookup table of a k-bit block-wise quantizer.  It holds
 * ``bits``, ``name``, ``source`` (a citation, or ``"derived"``) and ``recipe`` (the
   parameters that re-derive it, or ``None`` for a table that has no generating recipe).
 
-Encoding rule (stated once, used everywhere): a normalised value ``y`` goes to the
-nearest level; a value exactly on a decision threshold (the midpoint of two adjacent
-levels) goes to the **lower** level, as bitsandbytes' CUDA kernels do (they test
-``x > threshold``).  Equivalently ``level_index = #{t in thresholds : y > t}``.  When a
-level occurs at several code indices (FP4's ``+0``/``-0``) the lowest such index is used.
+Encoding: a normalised value ``y`` goes to the nearest level; a value exactly on a decision
+threshold goes to the **lower** level.  The rule, its float32 thresholds and the case of a
+value stored at several indices are defined once, in :mod:`quantbook.codebooks.encoding`.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from .encoding import Encoder, encoder
 
 __all__ = ["Codebook", "CodebookError", "float32_ulp_distance"]
 
@@ -42,6 +42,11 @@ def _as_float64_vector(values: Any, what: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         raise CodebookError(f"{what} must be finite: entry {bad[0]} is {float(arr[bad[0]])!r}")
+    # every consumer (byte format, exports, kernels) holds the table in float32
+    big = np.flatnonzero(np.abs(arr) > np.finfo(np.float32).max)
+    if big.size:
+        raise CodebookError(f"{what} must lie within float32's range (|v| <= 3.4028235e38): "
+                            f"entry {big[0]} is {float(arr[big[0]])!r}")
     return arr
 
 
@@ -147,8 +152,14 @@ class Codebook:
 
     @property
     def thresholds_f32(self) -> np.ndarray:
-        """The float64 midpoints rounded once (to nearest) to float32."""
-        return self.thresholds.astype(np.float32)
+        """The float32 decision thresholds of the byte format: ``float32(float32(a + b) / 2)``
+        of adjacent float32 levels (see :mod:`quantbook.codebooks.encoding`)."""
+        lv = self.levels_f32
+        return ((lv[:-1] + lv[1:]) / np.float32(2)).astype(np.float32)
+
+    def encoder(self, precision: str = "float32") -> Encoder:
+        """The encoder of the stored code table (:mod:`quantbook.codebooks.encoding`)."""
+        return encoder(self.code, precision)
 
     @property
     def levels_f32(self) -> np.ndarray:
@@ -169,25 +180,19 @@ class Codebook:
         """Code indices (uint8 for ≤8 bits, else uint16) of normalised values ``y``.
 
         Nearest level; ties (``y`` exactly on a threshold) go to the lower level.
-        ``thresholds="float32"`` compares against :attr:`thresholds_f32` instead of the
-        float64 midpoints, as a float32 kernel does.  NaN is rejected.
+        ``thresholds="float32"`` encodes exactly as the byte format and every backend do
+        (float32 ``y`` against :attr:`thresholds_f32`); ``"float64"`` uses the float64
+        midpoints.  NaN is rejected.
         """
         arr = np.asarray(y)
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise CodebookError(f"encode needs real numbers, got dtype {arr.dtype}")
         if np.isnan(arr).any():
             raise CodebookError("encode got NaN")
-        if thresholds == "float64":
-            t = self.thresholds
-            arr = arr.astype(np.float64)
-        elif thresholds == "float32":
-            t = self.thresholds_f32
-            arr = arr.astype(np.float32)
-        else:
+        if thresholds not in ("float64", "float32"):
             raise CodebookError(f"thresholds must be 'float64' or 'float32', got {thresholds!r}")
-        level_pos = np.searchsorted(t, arr, side="left")  # #{t : t < y}
         dtype = np.uint8 if self.bits <= 8 else np.uint16
-        return self._code_index[level_pos].astype(dtype)
+        return self.encoder(thresholds)(arr).astype(dtype)
 
     def decode(self, indices: Any) -> np.ndarray:
         """Values (float64) of code indices."""
@@ -249,25 +254,49 @@ class Codebook:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Codebook":
+        """The Codebook of a :meth:`to_dict` mapping; bad data is a one-line :class:`CodebookError`."""
         if not isinstance(d, Mapping):
             raise CodebookError("a codebook must be a JSON object")
         missing = [k for k in ("bits", "levels") if k not in d]
         if missing:
             raise CodebookError(f"codebook object lacks {', '.join(missing)}")
+        values = {}
+        for key in ("levels", "code"):
+            v = d.get(key)
+            if isinstance(v, (list, tuple)):
+                # JSON integers are exact Python ints: one beyond float64 (10**400) must be
+                # an error here, not an OverflowError from numpy
+                for i, x in enumerate(v):
+                    if type(x) is int:
+                        try:
+                            float(x)
+                        except OverflowError:
+                            raise CodebookError(f"{key} entry {i} is too large for a float "
+                                                f"(an integer of {x.bit_length()} bits)") from None
+            values[key] = v
         return cls(
-            levels=d["levels"], bits=d["bits"], name=d.get("name", "unnamed"),
-            source=d.get("source", "derived"), recipe=d.get("recipe"), code=d.get("code"),
+            levels=values["levels"], bits=d["bits"], name=d.get("name", "unnamed"),
+            source=d.get("source", "derived"), recipe=d.get("recipe"), code=values["code"],
         )
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> "Codebook":
+    def from_json(cls, text: str | bytes) -> "Codebook":
+        """The Codebook of :meth:`to_json` text; bad input is a one-line :class:`CodebookError`."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise CodebookError(f"JSON text must be str or bytes, got {type(text).__name__}")
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CodebookError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CodebookError("not a codebook: the JSON is nested too deeply") from None
+        except UnicodeDecodeError as exc:
+            raise CodebookError(f"not valid JSON: not UTF-8 text ({exc.reason})") from None
+        except ValueError:  # what json raises besides JSONDecodeError: Python's int digit limit
+            raise CodebookError("not valid JSON: a number has too many digits") from None
         return cls.from_dict(d)
 
 

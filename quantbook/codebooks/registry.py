@@ -9,7 +9,11 @@ says how far the audit (:mod:`quantbook.verify.audit`) must reproduce it:
 ``decimals``    the re-derived table, rounded to ``decimals`` places, equals the published
                 decimals (the table was printed rounded);
 ``report``      the audit reports the difference but does not fail on it (published numbers
-                whose recipe is only approximately known, e.g. a 1960 hand computation).
+                whose recipe is only approximately known, e.g. a 1960 hand computation);
+``transcribed`` the values are copied from their source, not derived (ggml's hand-tuned
+                IQ4_NL integers; int4-sym, which *is* its definition j/7).  The recipe only
+                restates the copy, so the audit shows the row as a transcription, never as
+                reproduced, and never fails on it.
 """
 
 from __future__ import annotations
@@ -21,17 +25,24 @@ import numpy as np
 
 from .codebook import Codebook
 
-__all__ = ["Published", "REGISTRY", "get", "names", "load"]
+__all__ = ["Published", "REGISTRY", "EXPECTATIONS", "get", "names", "load"]
+
+#: what the audit checks for a table (see the module docstring)
+EXPECTATIONS = ("bit-exact", "decimals", "report", "transcribed")
 
 
 @dataclass(frozen=True)
 class Published:
     codebook: Codebook
     summary: str  # one line for `quantbook list`
-    expect: str = "bit-exact"  # bit-exact | decimals | report
+    expect: str = "bit-exact"  # bit-exact | decimals | report | transcribed
     decimals: int | None = None
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)  # other published numbers
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"expect must be one of {', '.join(EXPECTATIONS)}, got {self.expect!r}")
 
     @property
     def name(self) -> str:
@@ -138,7 +149,8 @@ def _build() -> dict[str, Published]:
             "ggml-org/llama.cpp, ggml/src/ggml-common.h, kvalues_iq4nl (int8), divided by 127",
             {"method": "scaled-integers", "integers": IQ4_NL_INT, "divisor": 127, "bits": 4}),
         "ggml IQ4_NL non-linear 4-bit grid, kvalues_iq4nl/127 (no exact zero)",
-        notes="the integers are hand-tuned; the recipe only reproduces the division"))
+        expect="transcribed",
+        notes="the integers are hand-tuned and copied from ggml-common.h; the recipe only divides them by 127"))
     add(Published(
         _cb("e2m1", E2M1, 4,
             "OCP Microscaling Formats (MX) Specification v1.0 (2023), FP4 E2M1 element type; "
@@ -149,7 +161,8 @@ def _build() -> dict[str, Published]:
         _cb("int4-sym", [j / 7 for j in range(-7, 8)], 4,
             "symmetric uniform 4-bit integers j/7, j=-7..7 (as bitsandbytes' get_4bit_type 'int4')",
             {"method": "uniform-symmetric", "bits": 4}),
-        "symmetric int4: j/7 for j = -7..7 (15 levels)"))
+        "symmetric int4: j/7 for j = -7..7 (15 levels)", expect="transcribed",
+        notes="the table is its definition j/7; the recipe restates it rather than deriving it"))
     for n, d in MAX1960.items():
         y = np.array(d["y"])
         levels = np.concatenate([-y[::-1], y])
@@ -181,14 +194,38 @@ def get(name: str) -> Codebook:
 
 
 def load(spec: str) -> Codebook:
-    """A registry name, or the path of a codebook JSON file (as written by ``--json``)."""
+    """A registry name, or the path of a codebook JSON file (as written by ``--json``).
+
+    The ``.json`` extension is matched case-insensitively.  Raises ``KeyError`` for an unknown
+    name, ``FileNotFoundError`` for a missing file and :class:`CodebookError` (one line) for a
+    file that cannot be read or holds no valid codebook.
+    """
     if spec in REGISTRY:
         return REGISTRY[spec].codebook
-    if spec.endswith(".json"):
-        from pathlib import Path
+    if isinstance(spec, str) and spec.lower().endswith(".json"):
+        import os
+        import stat
 
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such codebook file: {spec}")
-        return Codebook.from_json(path.read_text())
+        from .codebook import CodebookError
+
+        max_bytes = 16 * 2**20  # a 16-bit table (65536 levels and codes) is well under 8 MiB of JSON
+        try:
+            st = os.stat(spec)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such codebook file: {spec}") from None
+        except OSError as exc:
+            raise CodebookError(f"cannot read {spec}: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise CodebookError(f"{spec} is a directory, not a codebook file")
+        try:
+            with open(spec, "rb") as f:
+                data = f.read(max_bytes + 1)  # a FIFO or device has no size to check first
+        except OSError as exc:
+            raise CodebookError(f"cannot read {spec}: {exc.strerror or exc}") from None
+        if len(data) > max_bytes:
+            raise CodebookError(f"{spec} is larger than {max_bytes // 2**20} MiB: not a codebook file")
+        try:
+            return Codebook.from_json(data)
+        except CodebookError as exc:
+            raise CodebookError(f"{spec}: {exc}") from None
     raise KeyError(f"no published codebook {spec!r} (and not a .json file); known: {', '.join(REGISTRY)}")

@@ -29,9 +29,13 @@ exp(-e^{-z})`` (``P(|X| > M) = -expm1(-e^{-z}/B)``, ``M`` from the source's ``ab
 ``dP(M) = e^{-z} exp(-e^{-z}) dz`` for every ``B``.  The integrand is smooth and concentrated
 on a few units of ``z`` for every B from 2 to 10^6 (the max of many values is Gumbel-like), which
 keeps large-B tails well conditioned.  Composite Gauss-Legendre (32 nodes per panel) on
-``[-4.5, z_hi]`` with panel edges -4.5, -1, 2, 6, 12, 20, 30, 45 (and doubling beyond for
-heavy-tailed weights, where ``z_hi`` grows so the neglected tail ``∝ w(M) e^{-z}`` is below
-1e-17).  Checked against adaptive quadrature in the original variable to ≲1e-13 (tests).
+``[-4.5, z_hi]`` with panel edges -4.5, -1, 2, 6, 12, 20, 30, 45 (and growing by 1.5 beyond
+for heavy-tailed weights, where ``z_hi`` grows so that the neglected tail ``∝ w(M) e^{-z}`` is
+below e^-40 of the total).  For a power tail ``P(|X| > M) ~ M^-ν`` the weighted integrand decays
+like ``e^{-(1 - p/ν) z}``: as ν approaches the power ``p`` of the weight, ``z_hi`` reaches the
+thousands, and the nodes there are evaluated in logarithms (:class:`BlockMeasure`); closer than
+``1 - p/ν = 1e-5`` the rounding of ``log M ≈ z/ν`` no longer allows a result and it is an
+error.  Checked against adaptive quadrature in the original variable (tests).
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ __all__ = ["BlockDistribution", "BlockMeasure", "SourceMeasure", "FoldedMeasure"
 NORMALIZATIONS = ("absmax", "signed-absmax", "none")
 
 _GL_N = 32
+_GL3_X, _GL3_W = np.polynomial.legendre.leggauss(3)
+#: smallest rate ``1 - p/nu`` at which the weight ``M**p`` times the Gumbel density may decay
+_MIN_DECAY = 1e-5
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 
 
@@ -129,13 +136,20 @@ class SourceMeasure(_Measure):
 
 class BlockMeasure(_Measure):
     """The law of ``y`` weighted by ``M**weight_power`` (0: normalised domain; 1, 2: weight
-    domain for L1, L2), see the module docstring.  ``total`` = ``E[M**weight_power]``."""
+    domain for L1, L2), see the module docstring.  ``total`` = ``E[M**weight_power]``.
+
+    Heavy tails in the weight domain make ``E[M**p]`` converge slowly: the quadrature then
+    reaches ``z`` in the thousands, where ``P(|X| > M)`` and the Gumbel weight underflow and
+    ``M`` (or ``M**2``, or a coefficient times ``M``) overflows.  Such "extreme" nodes (either
+    below 1e-300 or beyond float range) are kept apart and evaluated in logarithms (``log M``
+    from the source's ``abs_log_isf``); the others use the plain float formulas."""
 
     def __init__(self, source: Source, block_size: int, normalization: str = "absmax",
                  weight_power: int = 0) -> None:
         B = _check_block_size(block_size)
         if normalization not in ("absmax", "signed-absmax"):
             raise ValueError(f"normalization must be absmax or signed-absmax here, got {normalization!r}")
+        weight_power = _check_weight_power(weight_power)
         if weight_power >= source.moment_limit:
             raise ValueError(f"{source.spec}: E[scale**{weight_power}] is infinite "
                              f"(needs more than {weight_power} finite moments); use the normalised domain")
@@ -143,6 +157,12 @@ class BlockMeasure(_Measure):
         self.weight_power = int(weight_power)
         # upper z limit: neglected tail ~ w(M) e^{-z}; for power tails w ~ (B e^z)^{p/nu}
         decay = 1.0 - weight_power / source.moment_limit if math.isfinite(source.moment_limit) else 1.0
+        if decay < _MIN_DECAY:
+            # the integrand decays like e^{-decay·z}: z reaches ~40/decay, where log M ~ z/nu
+            # carries an absolute rounding error ~ z·1e-16 that no longer cancels
+            raise ValueError(f"{source.spec}: E[scale**{weight_power}] converges too slowly to compute "
+                             f"(needs a tail index above {weight_power / (1 - _MIN_DECAY):.6g}); "
+                             f"use the normalised domain")
         z_hi = 45.0 if decay >= 1.0 else max(45.0, (40.0 + weight_power / source.moment_limit
                                                       * math.log(B)) / decay)
         z, wz = _z_grid(z_hi)
@@ -152,29 +172,66 @@ class BlockMeasure(_Measure):
         G = np.exp(-ez / B)  # P(|X| <= M)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
-        keep = (m > 0) & np.isfinite(m) & (omega > 0)
-        m, omega, G = m[keep], omega[keep], G[keep]
-        a = omega * m**weight_power
+            a = omega * m**weight_power
+            c = a * (B - 1) / B / G
+            # S and omega near or below the subnormal range have lost digits (e^{-z} underflows
+            # at z = 745, while heavy tails need z in the thousands): those nodes go through logs
+            regular = (m > 0) & np.isfinite(m) & (omega > 1e-300) & np.isfinite(c * m) & np.isfinite(m * m) \
+                & (S > 1e-300)
+        extreme = ~regular & (S < 0.5) & ~(m == 0)
+        m, a, c, G = m[regular], a[regular], c[regular], G[regular]
         self.m = m
-        if source.symmetric:
-            pplus = np.full(m.shape, 0.5)
-        else:
-            gp, gm = source.pdf(m), source.pdf(-m)
-            h = gp + gm
-            pplus = np.where(h > 0, gp / np.where(h > 0, h, 1), 0.5)
-        c = a * (B - 1) / B / G
+        pplus = self._p_plus(m)
         self.lo, self.hi = -1.0, 1.0
+        # the extreme nodes, in logs: log M, log a = log(omega M^p), log c = log a + log((B-1)/(B G))
+        ze, eze, se = z[extreme], ez[extreme], S[extreme]
+        # log P(|X| > M); below 1e-300 S = e^{-z}/B to rounding (and may underflow)
+        log_s = np.where(se > 1e-300, np.log(np.maximum(se, 1e-300)), -ze - math.log(B))
+        logm = source.abs_log_isf(log_s) if ze.size else np.zeros(0)
+        if not np.all(np.isfinite(logm)):
+            raise ValueError(f"{source.spec}: the block scale's tail at B={B} is beyond what this source "
+                             "can compute")
+        log_a = np.log(wz[extreme]) - ze - eze + weight_power * logm
+        log_c = log_a + math.log((B - 1) / B) + eze / B
+        with np.errstate(over="ignore"):
+            pplus_e = self._p_plus(np.exp(logm))
+            a_e = np.exp(log_a)
+        if not np.all(np.isfinite(a_e)):
+            raise ValueError(f"{source.spec}: E[scale**{weight_power}] overflows at B={B}")
+        self._e_logm = logm
         if normalization == "absmax":
             self._cp, self._cm = c, np.zeros_like(c)
+            self._e_lcp, self._e_lcm = log_c, np.full(log_c.shape, -np.inf)
             ax = np.array([-1.0, 1.0])
-            aw = np.array([np.sum(a * (1 - pplus)), np.sum(a * pplus)]) / B
+            aw = np.array([np.sum(a * (1 - pplus)) + np.sum(a_e * (1 - pplus_e)),
+                           np.sum(a * pplus) + np.sum(a_e * pplus_e)]) / B
         else:
             self._cp, self._cm = c * pplus, c * (1 - pplus)
-            ax, aw = np.array([1.0]), np.array([np.sum(a) / B])
+            with np.errstate(divide="ignore"):
+                self._e_lcp, self._e_lcm = log_c + np.log(pplus_e), log_c + np.log1p(-pplus_e)
+            ax, aw = np.array([1.0]), np.array([(np.sum(a) + np.sum(a_e)) / B])
         nz = aw > 0
         self.atoms_x, self.atoms_w = ax[nz], aw[nz]
-        self.total = float(np.sum(a))
-        self._has_minus = bool(np.any(self._cm))
+        self.total = float(np.sum(a)) + float(np.sum(a_e))
+        self._has_minus = bool(np.any(self._cm)) or bool(np.any(np.isfinite(self._e_lcm)))
+
+    def _p_plus(self, m):
+        """P(the extreme value is positive | M = m)."""
+        if self.source.symmetric:
+            return np.full(m.shape, 0.5)
+        with np.errstate(invalid="ignore"):
+            gp, gm = self.source.pdf(m), self.source.pdf(-m)
+            h = gp + gm
+            return np.where(h > 0, gp / np.where(h > 0, h, 1), 0.5)
+
+    def _extreme_ym(self, y):
+        """``y·M`` for the extreme nodes, formed in logs (``M`` itself may overflow)."""
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.sign(y)[..., None] * np.exp(np.log(np.abs(y))[..., None] + self._e_logm)
+
+    def _extreme_parts(self):
+        """(sign, log coefficients) of the extreme nodes' plus and minus parts."""
+        return [(sign, lc) for sign, lc in ((1.0, self._e_lcp), (-1.0, self._e_lcm)) if np.any(np.isfinite(lc))]
 
     def T(self, k, y):
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
@@ -184,6 +241,14 @@ class BlockMeasure(_Measure):
         out = psi @ (self._cp / m**k)
         if self._has_minus:
             out = out + (-1) ** (k + 1) * (self.source.partial_moment(k, -ym) @ (self._cm / m**k))
+        if self._e_logm.size:
+            ym = self._extreme_ym(y)
+            for sign, lc in self._extreme_parts():
+                psi = self.source.partial_moment(k, sign * ym)
+                # Ψ_k(yM) is infinite only for k >= nu (p < nu), where Ψ_k(yM)/M^k·c ~ ω M^(p-nu) -> 0
+                with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+                    terms = np.where(np.isinf(psi), 0.0, psi) * np.exp(lc - k * self._e_logm)
+                out = out + sign ** (k + 1) * terms.sum(axis=-1)
         return out
 
     def dens(self, y):
@@ -193,6 +258,12 @@ class BlockMeasure(_Measure):
         out = self.source.pdf(ym) @ (self._cp * m)
         if self._has_minus:
             out = out + self.source.pdf(-ym) @ (self._cm * m)
+        if self._e_logm.size:
+            ym = self._extreme_ym(y)
+            for sign, lc in self._extreme_parts():
+                # c·M·g(yM) in logs: c·M overflows where g(yM) underflows
+                with np.errstate(divide="ignore", over="ignore"):
+                    out = out + np.exp(np.log(self.source.pdf(sign * ym)) + self._e_logm + lc).sum(axis=-1)
         return np.where(np.abs(y) < 1, out, 0.0)
 
 
@@ -236,6 +307,13 @@ class RestrictedMeasure(_Measure):
         return np.where((y >= self.lo) & (y <= self.hi), self.base.dens(y), 0.0)
 
 
+def _check_weight_power(weight_power: Any) -> int:
+    if isinstance(weight_power, bool) or not isinstance(weight_power, (int, np.integer)) \
+            or not 0 <= weight_power <= 2:
+        raise ValueError(f"weight_power must be 0, 1 or 2, got {weight_power!r}")
+    return int(weight_power)
+
+
 def _check_block_size(block_size: Any) -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
         raise ValueError(f"block size must be an integer, got {block_size!r}")
@@ -257,11 +335,12 @@ def block_measure(source: Any = "normal", block_size: int | None = 64, normaliza
     src = parse_source(source)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    weight_power = _check_weight_power(weight_power)
     if normalization == "none":
         if weight_power >= src.moment_limit:
             raise ValueError(f"{src.spec}: E|X|**{weight_power} is infinite")
         return _cached_measure(src, 0, "none", 0)
-    return _cached_measure(src, _check_block_size(block_size), normalization, int(weight_power))
+    return _cached_measure(src, _check_block_size(block_size), normalization, _check_weight_power(weight_power))
 
 
 def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200):
@@ -286,49 +365,135 @@ def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200
     return x
 
 
-class BlockDistribution:
-    """The law of one normalised value ``y`` (scipy.stats-like; see the module docstring).
+def _as_real_array(x: Any, what: str) -> np.ndarray:
+    raw = np.asarray(x)
+    # strings, None, complex and the like are not real numbers (float() would accept "1.5")
+    ok = raw.dtype.kind in "biuf" or (raw.dtype.kind == "O" and raw.size > 0 and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in raw.flat))
+    if not ok:
+        raise ValueError(f"{what} must be real numbers, got {x!r}")
+    return raw.astype(np.float64)
 
-    ``pdf`` is the density of the continuous part on ``(-1, 1)`` (it integrates to
-    ``1 - 1/B``); ``cdf`` includes the point masses (``atoms``: positions and probabilities,
-    ``1/B`` in total).  ``ppf(p)`` is the left-continuous inverse of ``cdf``.  Absolute accuracy
-    ≲1e-13 for the parametric sources (tests compare with adaptive quadrature and Monte Carlo).
-    ``normalization="none"`` gives the source itself.
+
+def _graded_edges() -> np.ndarray:
+    """Panel edges on [-1, 1] for densities of ``y``: halving toward 0, where heavy tails
+    (nu < 1) make the density blow up like ``|y|**(nu-1)``; the two innermost panels, where
+    Gauss-Legendre does not resolve that, hold a mass of order ``2**(-100·nu)``, below 1e-15
+    for the supported ``nu >= 0.5``."""
+    pos = 2.0 ** -np.arange(100, -1, -1)
+    return np.concatenate([-pos[::-1], [0.0], pos])
+
+
+_Y_EDGES = _graded_edges()
+
+
+class BlockDistribution:
+    """The law of one normalised value ``y`` (see the module docstring), usable where a
+    frozen scipy.stats distribution is: ``pdf``, ``logpdf``, ``cdf``, ``logcdf``, ``sf``,
+    ``logsf``, ``ppf``, ``isf``, ``support``, ``mean``, ``var``, ``std``, ``median``,
+    ``moment``, ``entropy``, ``expect``, ``rvs``.
+
+    As in scipy: NaN arguments give NaN, probabilities outside ``[0, 1]`` give NaN in
+    ``ppf``/``isf``, a scalar argument gives a scalar (``numpy.float64``, a ``float``) and an
+    array keeps its shape.
+
+    The law is mixed.  ``pdf`` is the density of the continuous part on ``(-1, 1)`` (it
+    integrates to ``1 - 1/B``; 0 outside, and at ``±1``); ``cdf``/``sf`` include the point
+    masses (``atoms``: positions and probabilities, ``1/B`` in total: at ``±1`` under absmax,
+    at ``+1`` under signed absmax).  ``ppf(q)`` is the left-continuous inverse of ``cdf``
+    (``inf{y: cdf(y) >= q}``), ``isf(q)`` the same for ``sf`` (``inf{y: sf(y) <= q}``), both
+    ``-1``/``+1`` inside the atoms' jumps and at ``q = 0, 1``.  ``expect(func)`` and
+    ``entropy()`` integrate the continuous part numerically (Gauss-Legendre on panels
+    halving toward 0; for an empirical source, whose density is piecewise constant, piece by
+    piece) and add the atoms exactly; ``entropy`` is the entropy with respect to
+    Lebesgue measure plus counting measure on the atoms, ``-∫ p log p dy - Σ w_i log w_i``
+    (nats) — the differential entropy of the continuous part plus the discrete entropy of the
+    atoms.  Absolute accuracy of ``cdf`` ≲1e-13 for the parametric sources (tests compare
+    with adaptive quadrature and Monte Carlo).  ``normalization="none"`` gives the source
+    itself (then ``expect``/``entropy`` use adaptive quadrature over its probabilities,
+    ``x = ppf(u)``, or exact segment-by-segment rules for an empirical source).
     """
 
     def __init__(self, block_size: int = 64, source: Any = "normal", normalization: str = "absmax") -> None:
         self.source = parse_source(source)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
         self.normalization = normalization
         self.block_size = None if normalization == "none" else _check_block_size(block_size)
         self._mu = block_measure(self.source, self.block_size, normalization, 0)
+        self._plain = normalization == "none"
         self.atoms = (self._mu.atoms_x.copy(), self._mu.atoms_w.copy())
+        ax, aw = self.atoms
+        self._w_minus = float(aw[ax == -1.0].sum())  # mass at -1
+        self._w_plus = float(aw[ax == 1.0].sum())  # mass at +1
+        self._pieces_done, self._pieces_val = False, None
+        self._rules: dict = {}  # (lb, ub) -> quadrature nodes, weights and density values
+
+    def __repr__(self) -> str:
+        b = "" if self._plain else f", B={self.block_size}"
+        return f"<BlockDistribution {self.source.spec}{b}, {self.normalization}>"
+
+    # ------------------------------------------------------------- public: validate and convert
+    @staticmethod
+    def _apply(hook, x, what, valid):
+        """``hook`` on the valid entries of ``x``; NaN elsewhere; 0-d in -> scalar out."""
+        arr = _as_real_array(x, what)
+        out = np.full(arr.shape, np.nan)
+        ok = valid(arr)
+        if np.any(ok):
+            out[ok] = hook(arr[ok])
+        return out[()]
+
+    def _at_y(self, hook, y):
+        return self._apply(hook, y, "y", lambda a: ~np.isnan(a))
+
+    def _at_q(self, hook, q):
+        return self._apply(hook, q, "q", lambda a: (a >= 0) & (a <= 1))
 
     def pdf(self, y):
-        return self._mu.dens(y)
+        """Density of the continuous part (the atoms are not in it)."""
+        return self._at_y(self._pdf, y)
+
+    def logpdf(self, y):
+        return self._at_y(self._logpdf, y)
 
     def cdf(self, y):
-        return np.clip(self._mu.cum(y), 0.0, 1.0)
+        return self._at_y(self._cdf, y)
+
+    def logcdf(self, y):
+        return self._at_y(self._logcdf, y)
 
     def sf(self, y):
-        return 1.0 - self.cdf(y)
+        return self._at_y(self._sf, y)
 
-    def ppf(self, p):
-        """Left-continuous inverse of :meth:`cdf` (``-1``/``+1`` inside the atoms' jumps);
-        NaN for ``p`` outside ``[0, 1]`` or NaN."""
-        p = np.asarray(p, dtype=np.float64)
-        if isinstance(self._mu, SourceMeasure):
-            return self.source.ppf(p)
-        lo = np.full(p.shape, -1.0)
-        hi = np.full(p.shape, 1.0)
-        x = _monotone_solve(self._mu.cum, self._mu.dens, p, lo, hi)
-        # atoms: values of p inside a jump map to the atom
-        c_lo = self._mu.atoms_w[self._mu.atoms_x == -1.0].sum()  # mass at -1
-        x = np.where(p <= c_lo, -1.0, x)
-        c_top = 1.0 - (self._mu.atoms_w[self._mu.atoms_x == 1.0].sum())
-        x = np.where(p > c_top, 1.0, x)
-        return np.where((p >= 0) & (p <= 1), x, np.nan)  # NaN for p outside [0, 1], as scipy
+    def logsf(self, y):
+        return self._at_y(self._logsf, y)
+
+    def ppf(self, q):
+        """Left-continuous inverse of :meth:`cdf`; NaN for ``q`` outside ``[0, 1]`` or NaN."""
+        return self._at_q(self._ppf, q)
+
+    def isf(self, q):
+        """Inverse of :meth:`sf` (``inf{y: sf(y) <= q}``); NaN for ``q`` outside ``[0, 1]``."""
+        return self._at_q(self._isf, q)
+
+    def median(self) -> float:
+        return float(self.ppf(0.5))
+
+    def support(self) -> tuple[float, float]:
+        if self._plain:
+            with np.errstate(divide="ignore"):
+                return float(self.source.ppf(0.0)), float(self.source.ppf(1.0))
+        return -1.0, 1.0
 
     def moment(self, k: int) -> float:
+        """``E[y**k]``: closed form for k = 0, 1, 2, quadrature (:meth:`expect`) above."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"moment order must be a non-negative integer, got {k!r}")
+        if self._plain and k >= self.source.moment_limit:
+            return math.inf
+        if k > 2:
+            return self.expect(lambda y: y**k)
         mu = self._mu
         t = float(mu.T(k, mu.hi) - mu.T(k, mu.lo))
         return t + float(np.sum(mu.atoms_w * mu.atoms_x**k))
@@ -337,32 +502,207 @@ class BlockDistribution:
         return self.moment(1)
 
     def var(self) -> float:
+        if self._plain and self.source.moment_limit <= 1:
+            return math.nan  # no mean, so no variance (scipy.stats says the same)
         return self.moment(2) - self.moment(1) ** 2
 
     def std(self) -> float:
         return math.sqrt(self.var())
 
+    def expect(self, func=None, lb=None, ub=None, conditional: bool = False) -> float:
+        """``E[func(y)]`` over ``lb <= y <= ub`` (default: the support), atoms included when
+        they lie in ``[lb, ub]``; ``conditional=True`` divides by ``P(lb <= y <= ub)``.
+        ``func`` is called on arrays when it accepts them, else value by value."""
+        f = (lambda y: y) if func is None else func
+        if not callable(f):
+            raise ValueError(f"func must be callable, got {func!r}")
+        lo, hi = self.support()
+        lb = lo if lb is None else float(lb)
+        ub = hi if ub is None else float(ub)
+        if math.isnan(lb) or math.isnan(ub):
+            raise ValueError("lb and ub must be numbers, got NaN")
+        if lb > ub:
+            raise ValueError(f"need lb <= ub, got lb={lb}, ub={ub}")
+        ax, aw = self.atoms
+        inside = (ax >= lb) & (ax <= ub)
+        val = self._integrate_cont(lambda y: _call_vectorised(f, y), lb, ub)
+        if np.any(inside):
+            val += float(np.sum(aw[inside] * _call_vectorised(f, ax[inside])))
+        if conditional:
+            mass = self._integrate_cont(np.ones_like, lb, ub) + float(np.sum(aw[inside]))
+            val = val / mass if mass > 0 else math.nan
+        return float(val)
+
+    def entropy(self) -> float:
+        """``-∫ p log p dy - Σ w_i log w_i`` in nats (see the class docstring)."""
+        lo, hi = self.support()
+        h = self._integrate_cont(lambda y, p: -p * np.log(p), lo, hi, with_density=False)
+        aw = self.atoms[1]
+        return float(h - np.sum(aw * np.log(aw)))
+
     def rvs(self, size, random_state=None) -> np.ndarray:
         """Exact Monte-Carlo draws: blocks of B source values normalised, flattened
         (``size`` values, the last block cut).  Values within one block are dependent."""
+        try:
+            shape = tuple(int(v) for v in np.atleast_1d(size))
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}") from None
+        if any(v < 0 for v in shape) or not np.all(np.atleast_1d(size) == np.asarray(shape)):
+            raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}")
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
-        n = int(np.prod(size))
-        if self.normalization == "none":
+        n = int(np.prod(shape))
+        if self._plain:
             return self.source.rvs(n, rng).reshape(size)
         B = self.block_size
         nb = -(-n // B)
         x = self.source.rvs((nb, B), rng)
         return normalize_blocks(x, self.normalization).ravel()[:n].reshape(size)
 
+    # ------------------------------------------------------------------ private: compute
+    def _pdf(self, y):
+        return self.source.pdf(y) if self._plain else self._mu.dens(y)
+
+    def _logpdf(self, y):
+        with np.errstate(divide="ignore"):
+            return np.log(self._pdf(y))
+
+    def _cdf(self, y):
+        if self._plain:
+            return self.source.cdf(y)
+        return np.where(y >= 1.0, 1.0, np.clip(self._mu.cum(y), 0.0, 1.0))  # exact 1 above the support
+
+    def _logcdf(self, y):
+        with np.errstate(divide="ignore"):
+            return np.log(self._cdf(y))
+
+    def _sf(self, y):
+        if self._plain:
+            return self.source.sf(y)
+        mu = self._mu
+        # mass of (y, 1]: from the top, so that small upper tails keep their digits
+        cont = mu.T(0, mu.hi) - mu.T(0, np.clip(y, mu.lo, mu.hi))
+        atoms = np.where(y < 1.0, self._w_plus, 0.0)
+        return np.where(y < -1.0, 1.0, np.clip(cont + atoms, 0.0, 1.0))  # exact 1 below the support
+
+    def _logsf(self, y):
+        with np.errstate(divide="ignore"):
+            return np.log(self._sf(y))
+
+    def _ppf(self, q):
+        if self._plain:
+            return self.source.ppf(q)
+        mu = self._mu
+        x = _monotone_solve(mu.cum, mu.dens, q, np.full(q.shape, -1.0), np.full(q.shape, 1.0))
+        x = np.where(q <= self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 0)
+        return np.where(q > 1.0 - self._w_plus, 1.0, x)  # inside the jump at +1
+
+    def _isf(self, q):
+        if self._plain:
+            return self.source.isf(q)
+        mu = self._mu
+        top = mu.T(0, mu.hi)
+        # continuous mass above y equals q - w_plus; solved on -(that mass), increasing in y
+        x = _monotone_solve(lambda y: mu.T(0, y) - top, mu.dens, self._w_plus - q,
+                            np.full(q.shape, -1.0), np.full(q.shape, 1.0))
+        x = np.where(q <= self._w_plus, 1.0, x)  # inside the jump at +1 (and q = 0)
+        return np.where(q >= 1.0 - self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 1)
+
+    def _integrate_cont(self, f, lb, ub, with_density=True) -> float:
+        """``∫_[lb, ub] f(y) p(y) dy`` over the continuous part (``with_density=False``:
+        ``f`` receives ``(y, p(y))`` and its values are integrated against ``dy``)."""
+        if self._plain:
+            if with_density:
+                return self.source._integrate(f, lb, ub)
+            return self.source._integrate(lambda x: f(x, self.source.pdf(x)) / self.source.pdf(x), lb, ub)
+        lb, ub = max(lb, -1.0), min(ub, 1.0)
+        if not lb < ub:
+            return 0.0
+        pieces = self._pieces()
+        if pieces is not None:  # exact for a piecewise-constant density: 3-point rule per piece
+            a, b, pv = pieces
+            a, b = np.clip(a, lb, ub), np.clip(b, lb, ub)
+            keep = b > a
+            a, b, pv = a[keep], b[keep], pv[keep]
+            gx, gw = _GL3_X, _GL3_W
+        else:
+            e = np.concatenate([[lb], _Y_EDGES[(_Y_EDGES > lb) & (_Y_EDGES < ub)], [ub]])
+            a, b, pv = e[:-1], e[1:], None
+            gx, gw = _GL_X, _GL_W
+        key = (lb, ub)
+        if key not in self._rules:  # the density at the nodes is the costly part: keep it
+            y = (0.5 * (b - a)[:, None] * gx + 0.5 * (a + b)[:, None]).ravel()
+            w = (0.5 * (b - a)[:, None] * gw).ravel()
+            p = self._mu.dens(y) if pv is None else np.repeat(pv, gx.size)
+            keep = p > 0
+            if len(self._rules) > 8:
+                self._rules.clear()
+            self._rules[key] = (y[keep], w[keep], p[keep])
+        y, w, p = self._rules[key]
+        vals = np.asarray(f(y), dtype=np.float64) * p if with_density else np.asarray(f(y, p), dtype=np.float64)
+        return float(np.sum(w * vals))
+
+    def _pieces(self):
+        """For a source with a piecewise-constant density (an empirical sample), the density of
+        ``y`` is too, with a jump wherever ``y·M`` crosses a knot for some quadrature node ``M``:
+        ``(left ends, right ends, values)`` of the pieces of ``(-1, 1)``; None otherwise."""
+        if self._pieces_done:
+            return self._pieces_val
+        self._pieces_done = True
+        mu, pw = self._mu, self.source._piecewise_density()
+        if pw is None or mu._e_logm.size:
+            return None
+        xk, dens = pw
+        m = mu.m
+        pos, jump = [], []
+        for sign, C in ((1.0, mu._cp), (-1.0, mu._cm)):
+            if not np.any(C):
+                continue
+            lo, hi = np.multiply.outer(1 / m, xk[:-1]), np.multiply.outer(1 / m, xk[1:])  # y = x/M
+            if sign < 0:  # extreme negative: y = -x/M
+                lo, hi = -hi, -lo
+            val = (C * m)[:, None] * dens[None, :]
+            lo, hi = np.clip(lo, -1.0, 1.0), np.clip(hi, -1.0, 1.0)  # only |x| < M is in the law
+            k = (hi > lo) & (val != 0)
+            pos += [lo[k], hi[k]]
+            jump += [val[k], -val[k]]
+        pos, jump = np.concatenate(pos), np.concatenate(jump)
+        order = np.argsort(pos, kind="stable")
+        pos, level = pos[order], np.cumsum(jump[order])
+        a, b, v = pos[:-1], pos[1:], np.maximum(level[:-1], 0.0)  # the running sum may round below 0
+        keep = b > a
+        self._pieces_val = (a[keep], b[keep], v[keep])
+        return self._pieces_val
+
+
+
+def _call_vectorised(f, y: np.ndarray) -> np.ndarray:
+    """``f`` on the array ``y`` if it maps arrays elementwise, else value by value."""
+    try:
+        out = np.asarray(f(y), dtype=np.float64)
+        if out.shape == y.shape:
+            return out
+    except (TypeError, ValueError):
+        pass
+    return np.array([float(f(float(v))) for v in y])
+
 
 def normalize_blocks(x: np.ndarray, normalization: str) -> np.ndarray:
-    """``x`` of shape (blocks, B) divided by each row's absmax or signed absmax."""
-    x = np.asarray(x, dtype=np.float64)
+    """``x`` of shape (blocks, B) divided by each row's absmax or signed absmax (``"none"``:
+    unchanged).  A row of zeros has no scale and stays 0."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
+    x = _as_real_array(x, "x")
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"x must have shape (blocks, B) with B >= 1, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x must be finite (found NaN or inf)")
+    if normalization == "none":
+        return x.copy()
     i = np.argmax(np.abs(x), axis=1)
     s = np.take_along_axis(x, i[:, None], axis=1)
     if normalization == "absmax":
         s = np.abs(s)
-    return x / s
+    return x / np.where(s == 0, 1.0, s)
 
 
 def block_distribution(block_size: int = 64, source: Any = "normal", normalization: str = "absmax") -> BlockDistribution:

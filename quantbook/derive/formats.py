@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codebooks.codebook import Codebook
+from .recipes import BnbFP4Recipe, E2M1Recipe, ScaledIntegersRecipe, UniformSymmetricRecipe
 
 __all__ = ["e2m1", "bnb_fp4", "uniform_symmetric", "scaled_integers"]
 
@@ -24,22 +25,22 @@ def _normalise_f32(code: np.ndarray) -> np.ndarray:
     return (c32 / np.abs(c32).max()).astype(np.float64)
 
 
-def e2m1(normalise: bool = True, name: str = "e2m1") -> Codebook:
+def e2m1(normalise: bool = E2M1Recipe.normalise, name: str = "e2m1") -> Codebook:
     """OCP MX FP4 (E2M1): 1 sign, 2 exponent (bias 1), 1 mantissa bit; subnormal at e = 0.
 
     Magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (OCP Microscaling Formats v1.0, sec. 5.3.3);
     ``normalise`` divides by 6 so the grid spans [-1, 1].
     """
+    recipe = E2M1Recipe(normalise)
     mags = []
     for p in range(8):
         e, m = p >> 1, p & 1
         mags.append(0.5 * m if e == 0 else 2.0 ** (e - 1) * (1 + 0.5 * m))
     code = _sign_magnitude_table(np.array(mags))
-    if normalise:
+    if recipe.normalise:
         code = _normalise_f32(code)
     levels = np.unique(code)
-    recipe = {"method": "e2m1", "normalise": bool(normalise)}
-    return Codebook(levels=levels, bits=4, name=name, source="derived", recipe=recipe, code=code)
+    return Codebook(levels=levels, bits=4, name=name, source="derived", recipe=recipe.to_dict(), code=code)
 
 
 def bnb_fp4(name: str = "fp4") -> Codebook:
@@ -53,25 +54,24 @@ def bnb_fp4(name: str = "fp4") -> Codebook:
         mags.append(m * 2.0**-4 if e == 0 else 2.0 ** (4 - e) * (1 + 0.5 * m))
     # bitsandbytes builds the table from a Python list where "-0" is the integer 0: +0.0
     code = _normalise_f32(_sign_magnitude_table(np.array(mags))) + 0.0
-    recipe = {"method": "bnb-fp4"}
-    return Codebook(levels=np.unique(code), bits=4, name=name, source="derived", recipe=recipe, code=code)
+    return Codebook(levels=np.unique(code), bits=4, name=name, source="derived", recipe=BnbFP4Recipe().to_dict(),
+                    code=code)
 
 
-def uniform_symmetric(bits: int = 4, name: str | None = None) -> Codebook:
+def uniform_symmetric(bits: int = UniformSymmetricRecipe.bits, name: str | None = None) -> Codebook:
     """Symmetric uniform integers j/(2**(k-1) - 1), j = -(2**(k-1) - 1) … 2**(k-1) - 1
     (2**k - 1 levels; the two's-complement minimum is unused), sorted order."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer from 2 to 8, got {bits!r}")
-    m = 2 ** (bits - 1) - 1
+    recipe = UniformSymmetricRecipe(bits)
+    m = 2 ** (recipe.bits - 1) - 1
     levels = np.arange(-m, m + 1, dtype=np.float64) / m
-    recipe = {"method": "uniform-symmetric", "bits": int(bits)}
-    return Codebook(levels=levels, bits=bits, name=name or f"int{bits}-sym", source="derived", recipe=recipe)
+    return Codebook(levels=levels, bits=recipe.bits, name=name or f"int{recipe.bits}-sym", source="derived",
+                    recipe=recipe.to_dict())
 
 
 def scaled_integers(integers, divisor: int, bits: int, name: str = "scaled") -> Codebook:
-    """A published integer table divided by ``divisor`` in float64 (e.g. ggml's IQ4_NL/127)."""
-    ints = np.asarray(integers, dtype=np.int64)
-    code = ints.astype(np.float64) / divisor
-    recipe = {"method": "scaled-integers", "integers": [int(i) for i in ints], "divisor": int(divisor),
-              "bits": int(bits)}
-    return Codebook(levels=np.unique(code), bits=bits, name=name, source="derived", recipe=recipe, code=code)
+    """A published integer table divided by ``divisor`` in float64 (e.g. ggml's IQ4_NL/127): a
+    transcription of the integers, not a derivation."""
+    recipe = ScaledIntegersRecipe(tuple(integers), divisor, bits)
+    code = np.array(recipe.integers, dtype=np.float64) / recipe.divisor
+    return Codebook(levels=np.unique(code), bits=recipe.bits, name=name, source="derived",
+                    recipe=recipe.to_dict(), code=code)

@@ -8,17 +8,30 @@ Problem.  Choose levels ``q`` (some of them fixed) minimising ``E[w(M)·loss(y -
 necessary conditions are: each free level is the (weighted) centroid (L2) or median (L1) of
 its cell, the cells being bounded by the midpoints.
 
-Solver.  Start from the equal-probability code (:func:`quantile`); iterate Newton's method on
-the fixed-point equations ``q = step(q)`` (``step`` = one Lloyd update: centroids or medians
-of the current cells, computed exactly from closed-form cell integrals), with the analytic
-tridiagonal Jacobian (``∂c/∂b = p(b)(b - c)/m`` for a centroid, ``p(b)/(2p(med))`` for a median).
-Each iteration takes the full Newton step if it halves the residual, else the best of
-shorter steps clipped to half the gap to the neighbouring levels and the plain Lloyd update;
-after 60 iterations without convergence it continues with plain Lloyd updates from the best
-point (slow but monotone; needed for very heavy tails).  It stops when the Lloyd change
-``max|step(q) - q|`` is ≤ ``tol`` (default 1e-12), reported as ``LloydResult.change``
-(normal, Laplace, Student-t ν ≥ 3: 4-10 iterations).  Deterministic: no random numbers,
-fixed quadrature.
+Solver.  Iterate Newton's method on the fixed-point equations ``q = step(q)`` (``step`` = one
+Lloyd update: centroids or medians of the current cells, computed exactly from closed-form cell
+integrals), with the analytic tridiagonal Jacobian (``∂c/∂b = p(b)(b - c)/m`` for a centroid,
+``p(b)/(2p(med))`` for a median).  Each iteration takes the full Newton step if it halves the
+residual, else the best of shorter steps clipped to half the gap to the neighbouring levels and
+the plain Lloyd update; after 60 iterations without convergence it continues with plain Lloyd
+updates from the best point (slow but monotone; needed for very heavy tails).  It stops when
+the Lloyd change ``max|step(q) - q|`` is ≤ ``tol`` (default 1e-12), reported as
+``LloydResult.change``; a change ≤ max(tol, 1e-10) counts as converged.
+
+Starting point.  With few free levels, the equal-probability code (:func:`quantile`).  With
+:data:`_MANY_FREE` or more the fixed-point map contracts slowly, Newton's step from that code
+overshoots and the solve stalls; the start is then the high-resolution approximation: levels
+equally spaced in ``∫ p^(1/3)`` (L2) or ``∫ p^(1/2)`` (L1), ``p`` the (weighted) density, the
+asymptotically optimal point density ``p^(1/(1+r))`` for the r-th power error (Panter & Dite,
+Proc. IRE 39(1), 1951, for r = 2; Gray & Neuhoff, "Quantization", IEEE Trans. Inf. Theory
+44(6), 1998).  If Newton has not converged after :data:`_RESTART_AFTER` iterations it starts
+once more from the other point and keeps the better result.
+
+Budget.  ``max_iter`` iterations and ``max_time`` seconds; a solve stopped by either is
+reported with ``LloydResult.converged`` False and a :class:`LloydWarning`.  A result is
+deterministic (no random numbers, fixed quadrature) unless the time budget stopped it.
+A derivation whose block law cannot be evaluated (non-finite masses) or that would give fewer
+levels than asked raises :class:`DerivationError` instead of returning a table.
 
 ``symmetric=True`` restricts to level sets symmetric about 0 (solved on the folded law of
 ``|y|``); the level count is ``2**bits`` without a zero and ``2**bits - 1`` with one.
@@ -36,6 +49,8 @@ cell ending at 0), and it reproduces the published AF4-64 table to its 8 decimal
 from __future__ import annotations
 
 import math
+import numbers
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -43,20 +58,34 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from .block import (NORMALIZATIONS, FoldedMeasure, RestrictedMeasure, _check_block_size, _monotone_solve,
-                    block_measure)
+from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
-from .sources import parse_source
+from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
 
-__all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "default_fixed", "lloyd_step", "weight_power"]
+__all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "LloydWarning", "DerivationError",
+           "default_fixed", "parse_fixed", "lloyd_step", "weight_power", "LOSSES", "DOMAINS", "TOL", "MAX_ITER",
+           "MAX_TIME"]
 
-LOSSES = ("l1", "l2")
-DOMAINS = ("weight", "normalized")
+#: default convergence threshold on the Lloyd change max|step(q) - q|
+TOL = 1e-12
+#: a result counts as converged when its change is at most max(tol, this)
+_CONVERGED_AT = 1e-10
+#: default iteration budget
+MAX_ITER = 1000
+#: default wall-time budget in seconds: generous for any well-posed code, a bound for the rest
+MAX_TIME = 60.0
+
+_L = LloydRecipe  # the defaults of lloyd() and solve_lloyd()
+_Q = QuantileRecipe  # and of quantile()
 
 
-def default_fixed(normalization: str) -> list[float]:
-    """{-1, 0, 1} under absmax, {0, 1} under signed absmax, none without normalisation."""
-    return {"absmax": [-1.0, 0.0, 1.0], "signed-absmax": [0.0, 1.0], "none": []}[normalization]
+class LloydWarning(RuntimeWarning):
+    """The Lloyd-Max iteration stopped (iteration or time budget) before it converged."""
+
+
+class DerivationError(ValueError):
+    """A Lloyd or quantile derivation that produced no valid codebook (non-finite masses or loss,
+    fewer levels than asked, levels the solver could not place)."""
 
 
 def weight_power(loss: str, domain: str, normalization: str) -> int:
@@ -77,67 +106,27 @@ class LloydResult:
     loss_value: float  # E[w · loss] under the model (weight domain: in unit-variance units)
 
 
-# ----------------------------------------------------------------------------- validation
-def _check_common(bits, block_size, loss, domain, normalization):
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an integer from 1 to 8, got {bits!r}")
-    if loss is not None and loss not in LOSSES:  # None: no loss (the quantile code)
-        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be weight or normalized, got {domain!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
-    if normalization != "none":
-        _check_block_size(block_size)
-    return int(bits)
-
-
-def _prepare(bits, block_size, loss, domain, normalization, source, fixed, symmetric):
-    bits = _check_common(bits, block_size, loss, domain, normalization)
-    src = parse_source(source)
-    fx = default_fixed(normalization) if fixed is None else [float(v) for v in fixed]
-    fx = sorted(set(v + 0.0 for v in fx))
-    if any(not math.isfinite(v) for v in fx):
-        raise ValueError("fixed levels must be finite")
-    if normalization != "none" and any(abs(v) > 1 for v in fx):
-        raise ValueError(f"fixed levels must lie in [-1, 1] under {normalization}, got {fx}")
-    n_levels = 2**bits
-    if symmetric:
-        if any(-v not in fx for v in fx):
-            raise ValueError(f"symmetric codebooks need symmetric fixed levels, got {fx}")
-        n_levels = 2**bits - (1 if 0.0 in fx else 0)
-    if len(fx) > n_levels:
-        raise ValueError(f"{len(fx)} fixed levels {fx} do not fit in {bits} bit(s); free them with fixed=() (--fix none)")
-    if len(fx) == n_levels:
-        raise ValueError(f"all {n_levels} levels are fixed; nothing to derive")
-    if loss is None:  # quantile code: the M-weighted law in the weight domain
-        power = 1 if (domain == "weight" and normalization != "none") else 0
+# ------------------------------------------------------------------------------ set-up
+def _measure(recipe: "LloydRecipe | QuantileRecipe"):
+    """The measure the code is fitted to, and the number of levels it has."""
+    r = recipe
+    if isinstance(r, QuantileRecipe):  # the M-weighted law in the weight domain
+        power = 1 if (r.domain == "weight" and r.normalization != "none") else 0
     else:
-        power = weight_power(loss, domain, normalization)
-    if normalization == "none" and loss == "l2" and src.moment_limit <= 2:
-        raise ValueError(f"{src.spec} has infinite variance: no L2 quantizer without normalisation")
-    if normalization == "none" and loss == "l1" and src.moment_limit <= 1:
-        raise ValueError(f"{src.spec} has no finite mean: no L1 quantizer without normalisation")
-    mu = block_measure(src, block_size if normalization != "none" else None, normalization, power)
-    return bits, src, fx, n_levels, mu
+        power = weight_power(r.loss, r.domain, r.normalization)
+    mu = block_measure(r.source, r.block_size, r.normalization, power)
+    with np.errstate(invalid="ignore", over="ignore"):
+        probe = _cont_cum(mu, np.linspace(max(mu.lo, -1e300), min(mu.hi, 1e300), 65))
+    if not np.all(np.isfinite(probe)) or not probe[-1] > 0:
+        raise DerivationError(f"the law of the values for the {_describe(r)} has non-finite or no mass: its "
+                              f"quadrature failed for this source")
+    n_levels = 2**r.bits - (1 if r.symmetric and 0.0 in r.fixed else 0)
+    return mu, n_levels
 
 
-def _recipe(method, bits, block_size, loss, domain, normalization, src, fx, symmetric, partition="nearest"):
-    r: dict[str, Any] = {"method": method, "bits": bits}
-    if normalization != "none":
-        r["block_size"] = int(block_size)
-    if loss is not None:
-        r["loss"] = loss
-    if normalization != "none":
-        r["domain"] = domain
-    r["normalization"] = normalization
-    r["source"] = src.spec
-    r["fixed"] = [float(v) for v in fx]
-    if symmetric:
-        r["symmetric"] = True
-    if partition != "nearest":
-        r["partition"] = partition
-    return r
+def _describe(r) -> str:
+    where = "no normalisation" if r.normalization == "none" else f"{r.normalization}, B={r.block_size}"
+    return f"{r.bits}-bit {getattr(r, 'loss', 'quantile')} code of {r.source.spec} ({where}, {r.domain} domain)"
 
 
 # ---------------------------------------------------------------------------- the machinery
@@ -148,6 +137,8 @@ def _cont_cum(mu, y):
 def _inverse_cont(mu, p):
     """y with continuous-part cumulative mass ``p`` (from ``mu.lo``)."""
     p = np.asarray(p, dtype=np.float64)
+    if isinstance(mu, _Tabulated):
+        return mu.inverse(p)
     lo, hi = mu.lo, mu.hi
     if not math.isfinite(lo) or not math.isfinite(hi):
         a, b = (-1.0 if not math.isfinite(lo) else lo), (1.0 if not math.isfinite(hi) else hi)
@@ -167,6 +158,9 @@ def _quantile_levels(mu, n_levels: int, fixed: Sequence[float]) -> np.ndarray:
     bounds = np.concatenate([[mu.lo], fx, [mu.hi]])
     Fb = _cont_cum(mu, bounds)
     Fb[0], Fb[-1] = 0.0, total
+    if not (math.isfinite(total) and total > 0 and np.all(np.isfinite(Fb))):
+        raise DerivationError(f"the law of the values has non-finite or no mass (total {total!r}): the block "
+                              f"quadrature failed for this source")
     gaps = []
     for g in range(bounds.size - 1):
         lo_level = g > 0  # lower end is a fixed level
@@ -207,7 +201,48 @@ def _quantile_levels(mu, n_levels: int, fixed: Sequence[float]) -> np.ndarray:
         probs.append(Fb[g] + mass * pos)
     p = np.concatenate(probs) if probs else np.zeros(0)
     free = _inverse_cont(mu, p)
-    return np.sort(np.concatenate([fx, free]))
+    # the inversion must hit its targets: a density that is unbounded near a point (very heavy
+    # tails) can stall the solver far from them, and its answer would be silently wrong
+    miss = np.abs(_cont_cum(mu, free) - p) if free.size else np.zeros(0)
+    if not np.all(np.isfinite(free)) or np.any(miss > 1e-6 * total):
+        i = int(np.argmax(np.where(np.isfinite(miss), miss, np.inf)))
+        raise DerivationError(f"could not place the equal-probability levels: the law of the values is too "
+                              f"concentrated near {free[i]:.3g} (cumulative mass off by {miss[i] / total:.1e})")
+    levels = np.sort(np.concatenate([fx, free]))
+    if levels.size != n_levels or not np.all(np.diff(levels) > 0):
+        raise DerivationError(f"the equal-probability placement gave {np.unique(levels).size} distinct levels, "
+                              f"not {n_levels}")
+    return levels
+
+
+class _Tabulated:
+    """The measure with density ``p(y)**a`` (``p``: the density of ``mu``'s continuous part),
+    tabulated on a grid: the high-resolution point density of the starting levels."""
+
+    _N = 4097
+
+    def __init__(self, mu, a: float) -> None:
+        lo, hi = mu.lo, mu.hi
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # unnormalised source: its bulk
+            tot = float(_cont_cum(mu, mu.hi))
+            a_, b_ = _inverse_cont(mu, np.array([1e-12, 1 - 1e-12]) * tot)
+            lo, hi = (lo if math.isfinite(lo) else float(a_)), (hi if math.isfinite(hi) else float(b_))
+        self.lo, self.hi = mu.lo, mu.hi
+        self.y = np.linspace(lo, hi, self._N)
+        with np.errstate(invalid="ignore", over="ignore"):
+            g = np.where(np.isfinite(self.y), mu.dens(self.y), 0.0)
+        g = np.where(np.isfinite(g) & (g > 0), g, 0.0) ** a
+        self.g = g
+        self.c = np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(self.y))])
+
+    def T(self, k, y):
+        return np.interp(np.asarray(y, dtype=np.float64), self.y, self.c)
+
+    def dens(self, y):
+        return np.interp(np.asarray(y, dtype=np.float64), self.y, self.g)
+
+    def inverse(self, p):
+        return np.interp(p, self.c, self.y)
 
 
 def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bool = False):
@@ -277,7 +312,11 @@ def _expected_loss(mu, levels, loss):
 _NEWTON_ITERATIONS = 60
 
 
-def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, max_iter: int):
+def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, max_iter: int,
+           deadline: float = math.inf, give_up_after: int | None = None):
+    """Newton (then plain Lloyd) from ``init``; returns levels, iterations and the final change.
+    ``give_up_after``: stop after that many iterations unless the change is already at the
+    converged level (the caller then tries another start)."""
     q = np.asarray(init, dtype=np.float64).copy()
     free = ~np.isin(q, np.asarray(fixed, dtype=np.float64))
     fi = np.flatnonzero(free)
@@ -287,14 +326,18 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
     res = float(np.max(np.abs(r))) if r.size else 0.0
     nrm = float(np.linalg.norm(r))
     best_q, best_res = q.copy(), res
-    while res > tol and it < max_iter:
+    while res > tol and it < max_iter and time.monotonic() < deadline:
+        if it == give_up_after and res > max(tol, _CONVERGED_AT):
+            break
         it += 1
         if it > _NEWTON_ITERATIONS:  # Newton has not settled: plain Lloyd from the best point so far
             if it == _NEWTON_ITERATIONS + 1:
                 q = best_q.copy()
             new = lloyd_step(mu, q, free, loss)[0]
-            res = float(np.max(np.abs(new - q)[fi]))
+            prev, res = res, float(np.max(np.abs(new - q)[fi]))
             q = new
+            if res <= max(tol, _CONVERGED_AT) and res >= prev:
+                break  # converged to round-off
             continue
         A = np.eye(fi.size) - J[np.ix_(fi, fi)]
         try:
@@ -341,101 +384,173 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
     return q, it, res
 
 
-def solve_lloyd(bits: int = 4, block_size: int | None = 64, loss: str = "l2", domain: str = "weight",
-                normalization: str = "absmax", source: Any = "normal", fixed: Sequence[float] | None = None,
-                symmetric: bool = False, tol: float = 1e-12, max_iter: int = 1000,
-                name: str | None = None, partition: str = "nearest") -> LloydResult:
-    """Lloyd-Max codebook with convergence information; see :func:`lloyd`."""
-    bits, src, fx, n_levels, mu = _prepare(bits, block_size, loss, domain, normalization, source, fixed, symmetric)
-    if partition not in ("nearest", "halves"):
-        raise ValueError(f"partition must be nearest or halves, got {partition!r}")
-    if partition == "halves":
-        if 0.0 not in fx or symmetric:
-            raise ValueError("partition='halves' needs 0 among the fixed levels and symmetric=False")
+_RESTART_AFTER = 12  # Newton from a good start converges in 2-6 iterations
+_MANY_FREE = 24  # from this many free levels on (5 bits and more), start at the high-resolution density
+
+
+def _solve_levels(mu, n_levels: int, fixed: Sequence[float], loss: str, tol: float, max_iter: int,
+                  deadline: float):
+    """Levels, iterations and final change, from the two starting points (module docstring)."""
+    density_power = 1 / 3 if loss == "l2" else 1 / 2
+    starts = [lambda: _quantile_levels(mu, n_levels, fixed),
+              lambda: _quantile_levels(_Tabulated(mu, density_power), n_levels, fixed)]
+    if n_levels - len(fixed) >= _MANY_FREE:
+        starts.reverse()
+    try:
+        init = starts[0]()
+    except DerivationError:  # e.g. an unbounded density the equal-probability placement cannot invert
+        return _solve(mu, starts[1](), fixed, loss, tol, max_iter, deadline)
+    q, it, res = _solve(mu, init, fixed, loss, tol, max_iter, deadline, give_up_after=_RESTART_AFTER)
+    if res > max(tol, _CONVERGED_AT) and it < max_iter and time.monotonic() < deadline:
+        try:
+            init = starts[1]()
+        except DerivationError:
+            return q, it, res
+        q2, it2, res2 = _solve(mu, init, fixed, loss, tol, max_iter - it, deadline)
+        it += it2
+        if res2 <= res:
+            q, res = q2, res2
+    return q, it, res
+
+
+def _check_budget(tol: Any, max_iter: Any, max_time: Any) -> float:
+    """Validates the solver settings; returns the deadline (time.monotonic() units)."""
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if max_time is None:
+        return math.inf
+    if isinstance(max_time, bool) or not isinstance(max_time, numbers.Real) or not max_time > 0:
+        raise ValueError(f"max_time must be a positive number of seconds or None, got {max_time!r}")
+    return time.monotonic() + float(max_time)
+
+
+def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, max_time: float | None = MAX_TIME,
+                  name: str | None = None) -> tuple[LloydResult, str]:
+    """The solve behind :func:`solve_lloyd`; also returns why it stopped early ('' if it did not)."""
+    deadline = _check_budget(tol, max_iter, max_time)
+    mu, n_levels = _measure(r)
+    fx = list(r.fixed)
+    if r.partition == "halves":
         neg_fx, pos_fx = [v for v in fx if v < 0], [v for v in fx if v > 0]
         n_neg = (n_levels - 1) // 2  # the extra level goes to the positive half, as NF4/AF4
         n_pos = n_levels - 1 - n_neg
-        lo_mu = RestrictedMeasure(mu, mu.lo, 0.0)
-        hi_mu = RestrictedMeasure(mu, 0.0, mu.hi)
-        qn, itn, rn = _solve(lo_mu, _quantile_levels(lo_mu, n_neg, neg_fx), neg_fx, loss, tol, max_iter)
-        qp, itp, rp = _solve(hi_mu, _quantile_levels(hi_mu, n_pos, pos_fx), pos_fx, loss, tol, max_iter)
+        qn, itn, rn = _solve_levels(RestrictedMeasure(mu, mu.lo, 0.0), n_neg, neg_fx, r.loss, tol, max_iter,
+                                    deadline)
+        qp, itp, rp = _solve_levels(RestrictedMeasure(mu, 0.0, mu.hi), n_pos, pos_fx, r.loss, tol, max_iter,
+                                    deadline)
         levels, it, res = np.concatenate([qn, [0.0], qp]), itn + itp, max(rn, rp)
-    elif symmetric:
-        fmu = FoldedMeasure(mu)
+    elif r.symmetric:
         pos_fixed = [v for v in fx if v >= 0]
         n_half = n_levels // 2 + (1 if 0.0 in fx else 0)
-        init = _quantile_levels(fmu, n_half, pos_fixed)
-        half, it, res = _solve(fmu, init, pos_fixed, loss, tol, max_iter)
+        half, it, res = _solve_levels(FoldedMeasure(mu), n_half, pos_fixed, r.loss, tol, max_iter, deadline)
         pos = half[half > 0]
         levels = np.concatenate([-pos[::-1], [0.0] if 0.0 in fx else [], pos])
     else:
-        init = _quantile_levels(mu, n_levels, fx)
-        levels, it, res = _solve(mu, init, fx, loss, tol, max_iter)
-    recipe = _recipe("lloyd", bits, block_size, loss, domain, normalization, src, fx, symmetric, partition)
-    nm = name or f"lloyd-{loss}-{bits}b" + (f"-B{block_size}" if normalization != "none" else "")
-    cb = Codebook(levels=levels, bits=bits, name=nm, source="derived", recipe=recipe)
-    return LloydResult(cb, it, res, res <= max(tol, 1e-10), _expected_loss(mu, levels, loss))
+        levels, it, res = _solve_levels(mu, n_levels, fx, r.loss, tol, max_iter, deadline)
+    if levels.size != n_levels or not np.all(np.isfinite(levels)) or not np.all(np.diff(levels) > 0):
+        n_valid = np.unique(levels[np.isfinite(levels)]).size
+        raise DerivationError(f"the {_describe(r)} came out with {n_valid} valid distinct levels instead of "
+                              f"{n_levels}: the block law could not be evaluated")
+    loss_value = _expected_loss(mu, levels, r.loss)
+    if not (math.isfinite(loss_value) and math.isfinite(res)):
+        raise DerivationError(f"the {_describe(r)} has a non-finite expected loss or change ({loss_value!r}, "
+                              f"{res!r}): the block law could not be evaluated")
+    converged = res <= max(tol, _CONVERGED_AT)
+    why = ""
+    if not converged:
+        why = ("the time budget" if time.monotonic() >= deadline else
+               "the iteration budget" if it >= max_iter else "no further progress")
+    nm = name or f"lloyd-{r.loss}-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+    cb = Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
+    return LloydResult(cb, it, res, converged, loss_value), why
 
 
-def lloyd(bits: int = 4, block_size: int | None = 64, loss: str = "l2", domain: str = "weight",
-          normalization: str = "absmax", source: Any = "normal", fixed: Sequence[float] | None = None,
-          symmetric: bool = False, tol: float = 1e-12, max_iter: int = 1000, name: str | None = None,
-          partition: str = "nearest") -> Codebook:
+def _warn_unconverged(res: LloydResult, why: str, tol: float, r: LloydRecipe, stacklevel: int) -> None:
+    if res.converged:
+        return
+    tail = ("; a time-limited result may not re-derive bit for bit from its recipe"
+            if why == "the time budget" else "")
+    warnings.warn(f"Lloyd-Max iteration for the {_describe(r)} stopped by {why} after {res.iterations} "
+                  f"iterations with change {res.change:.1e} (> {max(tol, _CONVERGED_AT):.0e}): the table is "
+                  f"not optimal{tail}", LloydWarning, stacklevel=stacklevel + 1)
+
+
+def solve_lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str = _L.loss,
+                domain: str = _L.domain, normalization: str = _L.normalization, source: Any = _L.source,
+                fixed: Any = _L.fixed, symmetric: bool = _L.symmetric, tol: float = TOL,
+                max_iter: int = MAX_ITER, name: str | None = None, partition: str = _L.partition,
+                max_time: float | None = MAX_TIME) -> LloydResult:
+    """Lloyd-Max codebook with convergence information; see :func:`lloyd`.  Warns
+    (:class:`LloydWarning`) when the result did not converge."""
+    r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition)
+    res, why = _solve_recipe(r, tol, max_iter, max_time, name)
+    _warn_unconverged(res, why, tol, r, stacklevel=2)
+    return res
+
+
+def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str = _L.loss,
+          domain: str = _L.domain, normalization: str = _L.normalization, source: Any = _L.source,
+          fixed: Any = _L.fixed, symmetric: bool = _L.symmetric, tol: float = TOL, max_iter: int = MAX_ITER,
+          name: str | None = None, partition: str = _L.partition, max_time: float | None = MAX_TIME) -> Codebook:
     """The Lloyd-Max codebook minimising the expected L1/L2 error (module docstring).
 
-    Parameters: ``bits`` 1..8; ``block_size`` B (ignored with ``normalization="none"``);
-    ``loss`` ``"l1"``/``"l2"``; ``domain`` ``"weight"`` (error ``M·(y - q)``) or
+    Parameters (defaults: the fields of :class:`~.recipes.LloydRecipe`): ``bits`` 1..8;
+    ``block_size`` B (ignored with ``normalization="none"``); ``loss`` ``"l1"``/``"l2"``;
+    ``domain`` ``"weight"`` (error ``M·(y - q)``, needs a source with a finite variance) or
     ``"normalized"`` (error ``y - q``); ``normalization`` ``"absmax"``, ``"signed-absmax"`` or
     ``"none"`` (levels in units of the source's standard deviation); ``source`` a
     :class:`~quantbook.derive.sources.Source` or spelling (``normal``, ``laplace``,
     ``student-t:NU``, ``FILE.npy``); ``fixed`` levels kept as they are (default
-    :func:`default_fixed`; ``()`` frees all); ``tol`` the convergence threshold on the Lloyd
-    change; ``partition`` ``"nearest"`` (the optimum) or ``"halves"`` (AF4's construction,
-    see the module docstring).  The returned Codebook's ``recipe`` re-derives it bit for bit.
-    Raises ValueError for bad arguments.  :func:`solve_lloyd` also returns iterations and the
-    final change.
+    :func:`default_fixed`; ``()`` or ``"none"`` frees all; a string ``"-1,0,1"`` is read as
+    numbers); ``tol`` the convergence threshold on the Lloyd change; ``max_iter`` and
+    ``max_time`` (seconds, ``None``: unlimited) the budget; ``partition`` ``"nearest"`` (the
+    optimum) or ``"halves"`` (AF4's construction, see the module docstring).  The returned
+    Codebook's ``recipe`` re-derives it bit for bit (unless the time budget stopped it).
+    Raises ValueError for bad arguments and :class:`DerivationError` when no valid table results;
+    warns (:class:`LloydWarning`) when the iteration stopped unconverged.  :func:`solve_lloyd`
+    also returns iterations and the final change.
     """
-    res = solve_lloyd(bits, block_size, loss, domain, normalization, source, fixed, symmetric, tol,
-                      max_iter, name, partition)
-    if not res.converged:
-        warnings.warn(f"Lloyd iteration stopped after {res.iterations} iterations with change {res.change:.1e} "
-                      f"(> {max(tol, 1e-10):.0e})", RuntimeWarning, stacklevel=2)
+    r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition)
+    res, why = _solve_recipe(r, tol, max_iter, max_time, name)
+    _warn_unconverged(res, why, tol, r, stacklevel=2)
     return res.codebook
 
 
-def quantile(bits: int = 4, block_size: int | None = 64, normalization: str = "absmax", source: Any = "normal",
-             fixed: Sequence[float] | None = None, symmetric: bool = False, domain: str = "normalized",
-             name: str | None = None) -> Codebook:
+def _lloyd_codebook(r: LloydRecipe) -> Codebook:
+    """:meth:`LloydRecipe.derive`: the default solver settings."""
+    res, why = _solve_recipe(r)
+    _warn_unconverged(res, why, TOL, r, stacklevel=3)
+    return res.codebook
+
+
+def quantile(bits: int = _Q.bits, block_size: int | None = _Q.block_size, normalization: str = _Q.normalization,
+             source: Any = _Q.source, fixed: Any = _Q.fixed, symmetric: bool = _Q.symmetric,
+             domain: str = _Q.domain, name: str | None = None) -> Codebook:
     """The equal-probability ("NF-style") codebook of the exact block-B law of ``y``.
 
     Levels are equally spaced in probability of the continuous part of the law (the
-    ``M``-weighted law with ``domain="weight"``), the fixed levels counting as levels; an open
-    end (no fixed level at the support's end) lies half a spacing beyond the outermost level.
-    The free levels are shared among the gaps between fixed levels in proportion to their
-    probability; an exact tie goes to the upper gap (so with {-1, 0, 1} fixed and a symmetric
-    source, 4 bits give 6 negative and 7 positive free levels, as NF4).
+    ``M``-weighted law with ``domain="weight"``, which needs a source with a finite variance),
+    the fixed levels counting as levels; an open end (no fixed level at the support's end) lies
+    half a spacing beyond the outermost level.  The free levels are shared among the gaps
+    between fixed levels in proportion to their probability; an exact tie goes to the upper
+    gap (so with {-1, 0, 1} fixed and a symmetric source, 4 bits give 6 negative and 7 positive
+    free levels, as NF4).  Parameters and defaults: :class:`~.recipes.QuantileRecipe`.
     """
-    bits, src, fx, n_levels, mu = _prepare(bits, block_size, None, domain, normalization, source, fixed,
-                                           symmetric)
-    if symmetric:
-        fmu = FoldedMeasure(mu)
+    return _quantile_codebook(QuantileRecipe(bits, block_size, normalization, source, fixed, symmetric, domain),
+                              name)
+
+
+def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
+    mu, n_levels = _measure(r)
+    fx = list(r.fixed)
+    if r.symmetric:
         pos_fixed = [v for v in fx if v >= 0]
-        half = _quantile_levels(fmu, n_levels // 2 + (1 if 0.0 in fx else 0), pos_fixed)
+        half = _quantile_levels(FoldedMeasure(mu), n_levels // 2 + (1 if 0.0 in fx else 0), pos_fixed)
         pos = half[half > 0]
         levels = np.concatenate([-pos[::-1], [0.0] if 0.0 in fx else [], pos])
     else:
         levels = _quantile_levels(mu, n_levels, fx)
-    recipe = _recipe("quantile", bits, block_size, None, domain, normalization, src, fx, symmetric)
-    nm = name or f"quantile-{bits}b" + (f"-B{block_size}" if normalization != "none" else "")
-    return Codebook(levels=levels, bits=bits, name=nm, source="derived", recipe=recipe)
-
-
-def _from_recipe_lloyd(r) -> Codebook:
-    return lloyd(int(r["bits"]), r.get("block_size"), r.get("loss", "l2"), r.get("domain", "weight"),
-                 r.get("normalization", "absmax"), r.get("source", "normal"), r.get("fixed"),
-                 bool(r.get("symmetric", False)), partition=r.get("partition", "nearest"))
-
-
-def _from_recipe_quantile(r) -> Codebook:
-    return quantile(int(r["bits"]), r.get("block_size"), r.get("normalization", "absmax"), r.get("source", "normal"),
-                    r.get("fixed"), bool(r.get("symmetric", False)), r.get("domain", "normalized"))
+    nm = name or f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+    return Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())

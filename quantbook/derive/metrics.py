@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from .block import NORMALIZATIONS, block_measure
+from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .sources import parse_source
 
 __all__ = ["Evaluation", "evaluate", "cell_errors", "cell_probabilities"]
@@ -25,9 +25,26 @@ def _edges(mu, levels):
     return np.concatenate([[mu.lo], 0.5 * (levels[:-1] + levels[1:]), [mu.hi]])
 
 
+def _check_levels(levels: Any) -> np.ndarray:
+    """Sorted finite levels as a float64 vector (one-line ValueError otherwise)."""
+    if isinstance(levels, (str, bytes)):
+        raise ValueError(f"levels must be a sequence of numbers, got {levels!r}")
+    try:
+        lv = np.asarray(levels, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"levels must be a sequence of numbers, got {levels!r}") from None
+    if lv.ndim != 1 or lv.size == 0:
+        raise ValueError(f"levels must be a non-empty 1-D sequence, got shape {lv.shape}")
+    if not np.all(np.isfinite(lv)):
+        raise ValueError("levels must be finite")
+    if np.any(np.diff(lv) < 0):
+        raise ValueError("levels must be sorted in increasing order")
+    return lv
+
+
 def cell_probabilities(mu, levels) -> np.ndarray:
     """Mass of each level's cell under the measure ``mu`` (atoms included)."""
-    levels = np.asarray(levels, dtype=np.float64)
+    levels = _check_levels(levels)
     return mu.cells(_edges(mu, levels), 0)[0]
 
 
@@ -37,13 +54,13 @@ def cell_errors(mu, levels, loss: str) -> np.ndarray:
     Levels outside the support ``[mu.lo, mu.hi]`` (e.g. a table beyond ±1 under absmax) are
     allowed: their cells hold only the support's end and ``|y - q| = |y - q_c| + |q_c - q|``
     with ``q_c`` the level clipped to the support."""
-    levels = np.asarray(levels, dtype=np.float64)
+    if loss not in ("l1", "l2"):
+        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    levels = _check_levels(levels)
     e = _edges(mu, levels)
     if loss == "l2":
         M0, M1, M2 = mu.cells(e, 2)
         return np.maximum(M2 - 2 * levels * M1 + levels**2 * M0, 0.0)
-    if loss != "l1":
-        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
     qc = np.clip(levels, mu.lo, mu.hi)
     fine = np.empty(2 * levels.size + 1)
     fine[0::2] = e
@@ -80,6 +97,22 @@ class Evaluation:
         return asdict(self)
 
 
+def _as_codebook(codebook: Any) -> Codebook:
+    """A Codebook, or one built from a sequence of level values (one-line errors)."""
+    if isinstance(codebook, Codebook):
+        return codebook
+    if isinstance(codebook, (str, bytes)):
+        raise ValueError(f"evaluate needs a Codebook (e.g. quantbook.get({codebook!r})) or a sequence of "
+                         f"levels, got the string {codebook!r}")
+    try:
+        levels = np.asarray(codebook, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"evaluate needs a Codebook or a sequence of levels, got {type(codebook).__name__}") from None
+    if levels.ndim != 1 or levels.size == 0:
+        raise ValueError(f"evaluate needs a Codebook or a 1-D sequence of levels, got shape {levels.shape}")
+    return Codebook(levels=levels, bits=max(1, math.ceil(math.log2(levels.size))))
+
+
 def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any = "normal",
              normalization: str = "absmax") -> Evaluation:
     """Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap
@@ -88,13 +121,12 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     units and both domains coincide).  Accuracy ≲1e-12 relative for the parametric sources.
     Weight-domain errors (and, with ``normalization="none"``, all errors) are ``inf`` when the
     source lacks the needed moment; SQNR and the gap are then NaN."""
-    cb = codebook if isinstance(codebook, Codebook) else Codebook(levels=np.asarray(codebook), bits=int(
-        math.ceil(math.log2(max(len(codebook), 2)))))
+    cb = _as_codebook(codebook)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     src = parse_source(source)
     levels = cb.levels
-    B = None if normalization == "none" else block_size
+    B = None if normalization == "none" else _check_block_size(block_size)
     mu0 = block_measure(src, B, normalization, 0)
     # without normalisation the errors are as heavy-tailed as the source itself
     finite2 = normalization != "none" or src.moment_limit > 2

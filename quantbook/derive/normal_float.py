@@ -22,9 +22,8 @@ Three precisions:
 ``float32-bnb``
     Replays how bitsandbytes' published float32 NF4 table was computed: the offset is the
     *decimal literal* ``0.9677083`` (bitsandbytes' default, for every k), the probabilities
-    come from ``torch.linspace`` in **float32** (step ``(end-start)/(steps-1)`` in float32;
-    the first half of the points is ``start + step*i``, the second half
-    ``end - step*(steps-1-i)``), ``norm.ppf`` runs in float64 on those float32 numbers, the
+    come from ``torch.linspace`` in **float32** (:func:`quantbook.numerics.torch_f32.linspace`,
+    as torch's AVX2 build computes it), ``norm.ppf`` runs in float64 on those float32 numbers, the
     results are stored as float32, sorted, and divided by their maximum **in float32**.
 
 Why a plain float64 computation does not give bitsandbytes' bits: each of those three
@@ -38,6 +37,7 @@ bit (measured with scipy 1.17).  ``float32(0.9677083)`` and
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from typing import Any
 
@@ -46,15 +46,18 @@ import numpy as np
 from scipy.stats import norm
 
 from ..codebooks.codebook import Codebook
+from ..numerics import torch_f32
+from .recipes import NFRecipe
 
 __all__ = [
     "BNB_OFFSET_LITERAL",
     "PRECISIONS",
     "default_offset",
     "parse_offset",
+    "resolve_nf",
+    "MAX_OFFSET_DIGITS",
     "nf",
     "nf_exact",
-    "torch_linspace_f32",
 ]
 
 PRECISIONS = ("exact", "float64", "float32-bnb")
@@ -74,30 +77,81 @@ def default_offset(bits: int) -> Fraction:
     return (1 - Fraction(1, 2 * (n - 1)) + 1 - Fraction(1, 2 * n)) / 2
 
 
-def parse_offset(offset: Any) -> Fraction:
-    """An offset as an exact rational: ``Fraction``, int, ``"P/Q"`` or a decimal string.
+#: longest offset accepted, in decimal digits (numerator or denominator): far beyond any
+#: useful precision, and small enough that no step builds or prints a giant integer
+MAX_OFFSET_DIGITS = 1000
 
-    A Python float is taken at its exact binary value.  Must lie strictly in (1/2, 1).
+_DECIMAL = re.compile(r"^([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
+_RATIONAL = re.compile(r"^([+-]?\d+)\s*/\s*([+-]?\d+)$")
+_OFFSET_RANGE = "offset must lie strictly between 1/2 and 1"
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+
+
+def _too_long(what: str, n_digits: int) -> ValueError:
+    return ValueError(f"offset {what} has {n_digits} digits, more than the {MAX_OFFSET_DIGITS} accepted")
+
+
+def _parse_offset_text(text: str) -> Fraction:
+    """A decimal (with optional exponent) or ``P/Q``, checked for size *before* any big integer is
+    built: ``Fraction("1e-999999999")`` would compute 10**999999999."""
+    m = _RATIONAL.match(text)
+    if m:
+        num, den = m.group(1).lstrip("+-"), m.group(2).lstrip("+-")
+        for what, digits in (("numerator", num), ("denominator", den)):
+            if len(digits) > MAX_OFFSET_DIGITS:
+                raise _too_long(what, len(digits))
+        if int(den) == 0:
+            raise ValueError(f"offset {text} has a zero denominator")
+        return Fraction(int(m.group(1)), int(m.group(2)))
+    m = _DECIMAL.match(text)
+    if not m or not (m.group(2) or m.group(3)):
+        raise ValueError(f"offset must be a rational like 929/960 or a decimal like 0.9677083, got {_shown(text)!r}")
+    sign, whole, frac, exp = m.group(1), m.group(2), m.group(3) or "", m.group(4) or "0"
+    digits = (whole + frac).lstrip("0")
+    if len(digits) > MAX_OFFSET_DIGITS:
+        raise _too_long("significand", len(digits))
+    if sign == "-" or not digits:
+        raise ValueError(f"{_OFFSET_RANGE}, got {_shown(text)}")
+    # value = int(digits) * 10**k; it lies in [0.1, 1) exactly when k = -len(digits)
+    if len(exp.lstrip("+-").lstrip("0")) > 12:  # an exponent of more than 12 digits: far out of range
+        raise ValueError(f"{_OFFSET_RANGE}, got {_shown(text)}")
+    k = int(exp) - len(frac)
+    if k != -len(digits):
+        raise ValueError(f"{_OFFSET_RANGE}, got {_shown(text)}")
+    return Fraction(int(digits), 10 ** len(digits))
+
+
+def parse_offset(offset: Any) -> Fraction:
+    """An offset as an exact rational: ``Fraction``, int, float, ``"P/Q"`` or a decimal string
+    (``"0.9677083"``, ``"9.677083e-1"``).
+
+    A Python float is taken at its exact binary value.  Must lie strictly in (1/2, 1), where the
+    outermost quantile of a code with levels on both sides of 0 can sit; numerator and
+    denominator may have up to :data:`MAX_OFFSET_DIGITS` digits.
     """
-    if isinstance(offset, Fraction):
-        value = offset
-    elif isinstance(offset, bool):
+    if isinstance(offset, bool):
         raise ValueError(f"offset must be a number, got {offset!r}")
-    elif isinstance(offset, (int, float, np.floating, np.integer)):
+    if isinstance(offset, str):
+        value = _parse_offset_text(offset.strip())
+        shown = _shown(offset.strip())
+    elif isinstance(offset, (Fraction, int, np.integer)):
+        value = Fraction(int(offset)) if not isinstance(offset, Fraction) else offset
+        for what, part in (("numerator", value.numerator), ("denominator", value.denominator)):
+            if abs(part).bit_length() > MAX_OFFSET_DIGITS * 3.33:  # log2(10) bits per digit
+                raise _too_long(what, int(abs(part).bit_length() / 3.3219) + 1)
+        shown = str(value) if max(value.numerator.bit_length(), value.denominator.bit_length()) < 200 \
+            else f"{float(value):.17g}"
+    elif isinstance(offset, (float, np.floating)):
         if not np.isfinite(offset):
             raise ValueError(f"offset must be finite, got {offset!r}")
-        value = Fraction(float(offset))
-    elif isinstance(offset, str):
-        try:
-            value = Fraction(offset.strip())
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(
-                f"offset must be a rational like 929/960 or a decimal like 0.9677083, got {offset!r}"
-            ) from None
+        value, shown = Fraction(float(offset)), repr(float(offset))
     else:
         raise ValueError(f"offset must be a rational number, got {offset!r}")
     if not Fraction(1, 2) < value < 1:
-        raise ValueError(f"offset must lie strictly between 1/2 and 1, got {value}")
+        raise ValueError(f"{_OFFSET_RANGE}, got {shown}")
     return value
 
 
@@ -109,21 +163,15 @@ def _check_bits(bits: Any) -> int:
     return int(bits)
 
 
-def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
-    """``torch.linspace(start, end, steps)`` for float32 on the CPU, reproduced with numpy.
-
-    Both ends are cast to float32; ``step = (end - start) / (steps - 1)`` in float32; points
-    below ``steps // 2`` are ``start + step * i``, the others ``end - step * (steps - 1 - i)``,
-    each operation rounded to float32.
-    """
-    s, e = np.float32(start), np.float32(end)
-    if steps == 1:
-        return np.array([s], dtype=np.float32)
-    step = (e - s) / np.float32(steps - 1)
-    i = np.arange(steps)
-    lo = s + step * i.astype(np.float32)
-    hi = e - step * (steps - 1 - i).astype(np.float32)
-    return np.where(i < steps // 2, lo, hi).astype(np.float32)
+def resolve_nf(bits: Any, offset: Any, precision: Any) -> tuple[int, Fraction]:
+    """Validated ``bits`` and the offset to use (``None``: :func:`default_offset`, or bitsandbytes'
+    literal for ``float32-bnb``); the rules of :class:`~.recipes.NFRecipe`."""
+    bits = _check_bits(bits)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if offset is None:
+        return bits, (BNB_OFFSET_LITERAL if precision == "float32-bnb" else default_offset(bits))
+    return bits, parse_offset(offset)
 
 
 def _positions_exact(offset: Fraction, n: int) -> list[Fraction]:
@@ -150,17 +198,16 @@ def nf_exact(bits: int, offset: Any = None, dps: int = _EXACT_DPS) -> list[mpmat
         return [+v for v in out]
 
 
-def nf(bits: int = 4, offset: Any = None, precision: str = "float64", name: str | None = None) -> Codebook:
+def nf(bits: int = NFRecipe.bits, offset: Any = NFRecipe.offset, precision: str = NFRecipe.precision,
+       name: str | None = None) -> Codebook:
     """The NFk codebook.  ``offset``: exact rational (see :func:`parse_offset`); default
     :func:`default_offset` for ``exact``/``float64`` and bitsandbytes' literal 0.9677083 for
     ``float32-bnb``.  ``precision``: one of :data:`PRECISIONS` (see the module docstring)."""
-    bits = _check_bits(bits)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if offset is None:
-        off = BNB_OFFSET_LITERAL if precision == "float32-bnb" else default_offset(bits)
-    else:
-        off = parse_offset(offset)
+    return _nf(NFRecipe(bits, offset, precision), name)
+
+
+def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
+    bits, off, precision = recipe.bits, Fraction(recipe.offset), recipe.precision
     half = 2 ** (bits - 1)
 
     if precision == "exact":
@@ -173,10 +220,10 @@ def nf(bits: int = 4, offset: Any = None, precision: str = "float64", name: str 
         levels = vals / vals[-1]
     else:  # float32-bnb
         o = float(off)
-        pos = norm.ppf(torch_linspace_f32(o, 0.5, half + 1)[:-1].astype(np.float64))
-        neg = -norm.ppf(torch_linspace_f32(o, 0.5, half)[:-1].astype(np.float64))
+        pos = norm.ppf(torch_f32.linspace(o, 0.5, half + 1)[:-1].astype(np.float64))
+        neg = -norm.ppf(torch_f32.linspace(o, 0.5, half)[:-1].astype(np.float64))
         vals = np.sort(np.concatenate([pos, [0.0], neg]).astype(np.float32))
         levels = (vals / vals.max()).astype(np.float64)
 
-    recipe = {"method": "nf", "bits": bits, "offset": str(off), "precision": precision}
-    return Codebook(levels=levels, bits=bits, name=name or f"nf{bits}", source="derived", recipe=recipe)
+    return Codebook(levels=levels, bits=bits, name=name or f"nf{bits}", source="derived",
+                    recipe=recipe.to_dict())

@@ -1,29 +1,48 @@
-"""Re-derive a codebook from its recipe (the ``recipe`` mapping every derived Codebook carries).
+"""Recipes: what derives a codebook, as data.
 
-Derivation methods register themselves here with :func:`register_method`; the audit uses
-:func:`derive_from_recipe` to reproduce a table.
+A recipe is a frozen dataclass, one class per derivation method, whose fields are the method's
+parameters **and their defaults** — the one place they are written: :func:`~.lloyd.lloyd`,
+:func:`~.lloyd.quantile`, :func:`~.normal_float.nf` and the format functions take their defaults
+from these fields.  Each recipe has
+
+* ``derive()`` — the :class:`Codebook` it describes;
+* ``to_dict()`` — its JSON form, the plain mapping a Codebook stores as ``recipe`` (the
+  ``quantbook.codebooks`` layer knows nothing of these classes);
+* ``Recipe.from_dict(mapping)`` — the recipe of such a mapping, validated: an unknown method,
+  an unknown, missing or mistyped key, or a bad value is a one-line :class:`RecipeError`.
+
+Constructing a recipe validates it (bad values raise ``ValueError``, with the same rules and
+messages as the functions), so every recipe that exists has valid parameters.
+:func:`derive_from_recipe` is ``Recipe.from_dict(mapping).derive()``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from ..codebooks.codebook import Codebook
 
-__all__ = ["RecipeError", "register_method", "derive_from_recipe", "available_methods"]
+__all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
+           "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
+           "derive_from_recipe", "available_methods", "default_fixed", "parse_fixed", "LOSSES",
+           "DOMAINS", "PARTITIONS"]
+
+LOSSES = ("l1", "l2")
+DOMAINS = ("weight", "normalized")
+PARTITIONS = ("nearest", "halves")
 
 
 class RecipeError(ValueError):
-    """A recipe that names no known method or has bad parameters."""
+    """A recipe that names no known method, or has a missing, unknown, mistyped or bad parameter."""
 
 
-_METHODS: dict[str, Callable[[Mapping[str, Any]], Codebook]] = {}
-
-
-def register_method(name: str, fn: Callable[[Mapping[str, Any]], Codebook]) -> None:
-    _METHODS[name] = fn
+_METHODS: dict[str, type["Recipe"]] = {}
 
 
 def available_methods() -> list[str]:
@@ -31,55 +50,456 @@ def available_methods() -> list[str]:
 
 
 def derive_from_recipe(recipe: Mapping[str, Any]) -> Codebook:
-    """The codebook that ``recipe`` describes.  Raises :class:`RecipeError` for an unknown
-    method or a missing or mistyped parameter, and the method's own ValueError for bad values."""
-    if not isinstance(recipe, Mapping) or "method" not in recipe:
-        raise RecipeError("a recipe must be a mapping with a 'method'")
-    fn = _METHODS.get(recipe["method"])
-    if fn is None:
-        raise RecipeError(f"no derivation method {recipe['method']!r} (known: {', '.join(available_methods())})")
-    try:
-        return fn(recipe)
-    except KeyError as exc:
-        raise RecipeError(f"recipe for {recipe['method']!r} lacks the parameter {exc.args[0]!r}") from None
-    except TypeError as exc:
-        raise RecipeError(f"recipe for {recipe['method']!r} has a parameter of the wrong type ({exc})") from None
+    """The codebook that the mapping ``recipe`` (a Codebook's ``recipe``) describes.
+
+    Raises :class:`RecipeError` for a recipe that cannot be read; a derivation that fails on
+    valid parameters raises its own ValueError.
+    """
+    return Recipe.from_dict(recipe).derive()
 
 
-def _rounded(recipe: Mapping[str, Any]) -> Codebook:
-    """A base recipe's float64 levels rounded to ``decimals`` decimal places (e.g. torchao NF4)."""
-    base = derive_from_recipe(recipe["base"])
-    decimals = int(recipe["decimals"])
-    code = np.array([round(float(v), decimals) for v in base.code])
-    return Codebook(levels=np.unique(code), bits=base.bits, name=f"{base.name}-r{decimals}",
-                    source="derived", recipe=dict(recipe), code=code)
+# ------------------------------------------------------------------------ JSON value checks
+# A recipe read from JSON must hold exactly these types: the field annotations name the check.
+def _want_int(key, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise RecipeError(f"parameter {key!r} must be an integer, got {v!r}")
+    return int(v)
 
 
-def _register_builtin() -> None:
-    from . import formats
-    from .normal_float import nf
-
-    register_method("nf", lambda r: nf(int(r["bits"]), r.get("offset"), r.get("precision", "float64")))
-    register_method("e2m1", lambda r: formats.e2m1(bool(r.get("normalise", True))))
-    register_method("bnb-fp4", lambda r: formats.bnb_fp4())
-    register_method("uniform-symmetric", lambda r: formats.uniform_symmetric(int(r["bits"])))
-    register_method("scaled-integers",
-                    lambda r: formats.scaled_integers(r["integers"], int(r["divisor"]), int(r["bits"])))
-    register_method("rounded", _rounded)
-    register_method("lloyd", _lloyd_recipe)
-    register_method("quantile", _lloyd_recipe)
+def _want_str(key, v):
+    if not isinstance(v, str):
+        raise RecipeError(f"parameter {key!r} must be a string, got {v!r}")
+    return v
 
 
-def _lloyd_recipe(recipe: Mapping[str, Any]) -> Codebook:
-    """Lloyd-Max and equal-probability codes of the block distribution (:mod:`.lloyd`)."""
-    from .lloyd import _from_recipe_lloyd, _from_recipe_quantile
-    from .sources import SourceError
-
-    try:
-        fn = _from_recipe_lloyd if recipe["method"] == "lloyd" else _from_recipe_quantile
-        return fn(recipe)
-    except SourceError as exc:
-        raise RecipeError(str(exc)) from None
+def _want_bool(key, v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise RecipeError(f"parameter {key!r} must be true or false, got {v!r}")
+    return bool(v)
 
 
-_register_builtin()
+def _want_numbers(key, v):
+    if isinstance(v, (str, bytes, Mapping)) or not hasattr(v, "__iter__"):
+        raise RecipeError(f"parameter {key!r} must be a list of numbers, got {v!r}")
+    out = []
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise RecipeError(f"parameter {key!r} must be a list of numbers, got the entry {x!r}")
+        out.append(x)
+    return tuple(out)
+
+
+def _want_ints(key, v):
+    return tuple(_want_int(key, x) for x in _want_numbers(key, v))
+
+
+def _want_recipe(key, v):
+    return Recipe.from_dict(v)
+
+
+def _optional(check):
+    return lambda key, v: None if v is None else check(key, v)
+
+
+_JSON_CHECKS = {
+    "int": _want_int, "int | None": _optional(_want_int), "str": _want_str,
+    "str | None": _optional(_want_str), "bool": _want_bool, "Any": _want_str,  # a source spelling
+    "tuple[float, ...] | None": _optional(_want_numbers), "tuple[int, ...]": _want_ints,
+    "Recipe": _want_recipe,
+}
+
+
+# ------------------------------------------------------------------------------ base class
+@dataclass(frozen=True)
+class Recipe:
+    """Base class: ``method`` names the derivation (the ``"method"`` key of the JSON form)."""
+
+    method: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.method:
+            _METHODS[cls.method] = cls
+
+    def derive(self) -> Codebook:
+        raise NotImplementedError
+
+    # ---- JSON form
+    def _dict_keys(self) -> list[str]:
+        """The fields that ``to_dict`` writes (all of them unless a subclass leaves some out)."""
+        return [f.name for f in dataclasses.fields(self)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method}
+        for key in self._dict_keys():
+            out[key] = _jsonable(getattr(self, key))
+        return out
+
+    @classmethod
+    def _optional_keys(cls, mapping: Mapping[str, Any]) -> set[str]:
+        """Keys that a stored recipe may leave out (``to_dict`` omits them at their default)."""
+        return set()
+
+    @classmethod
+    def from_dict(cls, mapping: Any) -> "Recipe":
+        """The recipe of a JSON mapping (see the module docstring); ``Recipe.from_dict`` picks the
+        class by ``"method"``, a subclass checks that the method is its own."""
+        if not isinstance(mapping, Mapping) or "method" not in mapping:
+            raise RecipeError("a recipe must be a mapping with a 'method'")
+        method = mapping["method"]
+        target = _METHODS.get(method) if isinstance(method, str) else None
+        if target is None:
+            raise RecipeError(f"no derivation method {method!r} (known: {', '.join(available_methods())})")
+        if cls is not Recipe and target is not cls:
+            raise RecipeError(f"{cls.__name__} reads {cls.method!r} recipes, got method {method!r}")
+        return target._read(mapping)
+
+    @classmethod
+    def _read(cls, mapping: Mapping[str, Any]) -> "Recipe":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in set(mapping) - set(fields) - {"method"})
+        if unknown:
+            raise RecipeError(f"recipe for {cls.method!r} has the unknown parameter {unknown[0]!r} "
+                              f"(known: {', '.join(fields)})")
+        optional = cls._optional_keys(mapping)
+        kwargs = {}
+        for name, f in fields.items():
+            if name not in mapping:
+                if name not in optional:
+                    raise RecipeError(f"recipe for {cls.method!r} lacks the parameter {name!r}")
+                continue
+            try:
+                kwargs[name] = _JSON_CHECKS[f.type](name, mapping[name])
+            except RecipeError as exc:
+                raise RecipeError(f"recipe for {cls.method!r}: {exc}") from None
+        try:
+            return cls(**kwargs)
+        except RecipeError:
+            raise
+        except ValueError as exc:  # the value rules of the method (bits out of range, ...)
+            raise RecipeError(f"recipe for {cls.method!r}: {exc}") from None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Recipe):
+        return v.to_dict()
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "spec"):  # a Source: its spelling
+        return v.spec
+    return v
+
+
+def _check_bits(bits: Any, lo: int, hi: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not lo <= bits <= hi:
+        raise ValueError(f"bits must be an integer from {lo} to {hi}, got {bits!r}")
+    return int(bits)
+
+
+def _choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _set(obj: Any, **values: Any) -> None:
+    for k, v in values.items():
+        object.__setattr__(obj, k, v)
+
+
+# --------------------------------------------------------------------------------------- NF
+@dataclass(frozen=True)
+class NFRecipe(Recipe):
+    """NormalFloat NFk (:func:`~.normal_float.nf`).  ``offset`` is an exact rational (text,
+    ``Fraction``, int or float); ``None`` picks the precision's default.  After construction
+    it is the canonical text ``"P/Q"`` of the offset used."""
+
+    method: ClassVar[str] = "nf"
+    bits: int = 4
+    offset: str | None = None
+    precision: str = "float64"
+
+    def __post_init__(self) -> None:
+        from .normal_float import resolve_nf
+
+        bits, offset = resolve_nf(self.bits, self.offset, self.precision)
+        _set(self, bits=bits, offset=str(offset))
+
+    def derive(self) -> Codebook:
+        from .normal_float import _nf
+
+        return _nf(self)
+
+
+# ---------------------------------------------------------------- Lloyd-Max and quantile codes
+def default_fixed(normalization: str) -> tuple[float, ...]:
+    """Levels held fixed unless told otherwise: -1, 0, 1 under absmax (the block maximum maps
+    to ±1), 0, 1 under signed absmax (it maps to +1), none without normalisation."""
+    return {"absmax": (-1.0, 0.0, 1.0), "signed-absmax": (0.0, 1.0), "none": ()}[normalization]
+
+
+def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
+    """Fixed levels from ``None`` (:func:`default_fixed`), a sequence of numbers or a
+    comma-separated string (``"-1,0,1"``; ``"none"`` or ``""`` for no fixed level): sorted,
+    without duplicates, finite, and within [-1, 1] under a normalisation."""
+    if fixed is None:
+        return default_fixed(normalization)
+    if isinstance(fixed, str):
+        text = fixed.strip()
+        if text.lower() in ("", "none"):
+            return ()
+        values = []
+        for part in (p for p in text.split(",") if p.strip()):  # a stray comma is harmless
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise ValueError(f"fixed levels must be comma-separated numbers like -1,0,1 (or none), "
+                                 f"got {fixed!r}") from None
+    else:
+        try:
+            values = [float(v) for v in fixed]
+        except (TypeError, ValueError):
+            raise ValueError(f"fixed levels must be a sequence of numbers or a string like '-1,0,1', "
+                             f"got {fixed!r}") from None
+    fx = tuple(sorted(set(v + 0.0 for v in values)))  # + 0.0: -0.0 is 0.0
+    if any(not math.isfinite(v) for v in fx):
+        raise ValueError(f"fixed levels must be finite, got {fixed!r}")
+    if normalization != "none" and any(abs(v) > 1 for v in fx):
+        raise ValueError(f"fixed levels must lie in [-1, 1] under {normalization}, got {list(fx)}")
+    return fx
+
+
+def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> None:
+    """The rules shared by Lloyd and quantile recipes; normalises ``source``, ``fixed``,
+    ``block_size`` (None without normalisation) and ``domain`` (its default there)."""
+    from .block import NORMALIZATIONS, _check_block_size
+    from .sources import parse_source
+
+    bits = _check_bits(r.bits, 1, 8)
+    _choice("domain", r.domain, DOMAINS)
+    normalization = _choice("normalization", r.normalization, NORMALIZATIONS)
+    if not isinstance(r.symmetric, (bool, np.bool_)):
+        raise ValueError(f"symmetric must be true or false, got {r.symmetric!r}")
+    if normalization == "none":
+        block_size, domain = None, type(r).domain  # neither applies without normalisation
+    else:
+        block_size, domain = _check_block_size(r.block_size), r.domain
+    src = parse_source(r.source)
+    fx = parse_fixed(r.fixed, normalization)
+    n_levels = 2**bits
+    if r.symmetric:
+        if any(-v not in fx for v in fx):
+            raise ValueError(f"symmetric codebooks need symmetric fixed levels, got {list(fx)}")
+        n_levels -= 1 if 0.0 in fx else 0
+    if len(fx) > n_levels:
+        raise ValueError(f"{len(fx)} fixed levels {list(fx)} do not fit in {bits} bit(s); free them with "
+                         f"fixed=() (--fix none)")
+    if len(fx) == n_levels:
+        raise ValueError(f"all {n_levels} levels are fixed; nothing to derive")
+    _check_moments(src, loss, domain, normalization)
+    _set(r, bits=bits, block_size=block_size, domain=domain, source=src, fixed=fx,
+         symmetric=bool(r.symmetric))
+
+
+def _check_moments(src: Any, loss: str | None, domain: str, normalization: str) -> None:
+    """Which sources a code can be derived for.  The weight domain measures errors in units of
+    the source's standard deviation, so it needs a finite variance (for every loss, and for the
+    quantile code, whose weight-domain law then has an unbounded density at 0 anyway); without
+    normalisation the levels are in source units, and L2 needs a variance, L1 a mean."""
+    if normalization == "none":
+        if loss == "l2" and src.moment_limit <= 2:
+            raise ValueError(f"{src.spec} has infinite variance: no L2 quantizer without normalisation")
+        if loss == "l1" and src.moment_limit <= 1:
+            raise ValueError(f"{src.spec} has no finite mean: no L1 quantizer without normalisation")
+    elif domain == "weight" and src.moment_limit <= 2:
+        raise ValueError(f"{src.spec} has no finite variance, which the weight domain (errors in units "
+                         f"of the standard deviation) needs; use domain='normalized' (--domain normalized)")
+
+
+@dataclass(frozen=True)
+class LloydRecipe(Recipe):
+    """Lloyd-Max code of the block distribution (:func:`~.lloyd.lloyd`).  ``source`` is a
+    spelling or a :class:`~.sources.Source` (stored as its ``spec``); ``fixed`` ``None`` means
+    :func:`default_fixed` (after construction: the sorted tuple used)."""
+
+    method: ClassVar[str] = "lloyd"
+    bits: int = 4
+    block_size: int | None = 64
+    loss: str = "l2"
+    domain: str = "weight"
+    normalization: str = "absmax"
+    source: Any = "normal"
+    fixed: tuple[float, ...] | None = None
+    symmetric: bool = False
+    partition: str = "nearest"
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, LOSSES)
+        _choice("partition", self.partition, PARTITIONS)
+        _check_block_recipe(self, self.loss)
+        if self.partition == "halves" and (0.0 not in self.fixed or self.symmetric):
+            raise ValueError("partition='halves' needs 0 among the fixed levels and symmetric=False")
+
+    def _dict_keys(self) -> list[str]:
+        keys = ["bits", "block_size", "loss", "domain", "normalization", "source", "fixed"]
+        if self.normalization == "none":
+            keys = [k for k in keys if k not in ("block_size", "domain")]
+        return keys + (["symmetric"] if self.symmetric else []) + \
+            (["partition"] if self.partition != "nearest" else [])
+
+    @classmethod
+    def _optional_keys(cls, mapping: Mapping[str, Any]) -> set[str]:
+        return {"symmetric", "partition"} | ({"block_size", "domain"} if mapping.get("normalization") == "none"
+                                             else set())
+
+    def derive(self) -> Codebook:
+        from .lloyd import _lloyd_codebook
+
+        return _lloyd_codebook(self)
+
+
+@dataclass(frozen=True)
+class QuantileRecipe(Recipe):
+    """Equal-probability code of the block distribution (:func:`~.lloyd.quantile`)."""
+
+    method: ClassVar[str] = "quantile"
+    bits: int = 4
+    block_size: int | None = 64
+    normalization: str = "absmax"
+    source: Any = "normal"
+    fixed: tuple[float, ...] | None = None
+    symmetric: bool = False
+    domain: str = "normalized"
+
+    def __post_init__(self) -> None:
+        _check_block_recipe(self, None)
+
+    def _dict_keys(self) -> list[str]:
+        keys = ["bits", "block_size", "domain", "normalization", "source", "fixed"]
+        if self.normalization == "none":
+            keys = [k for k in keys if k not in ("block_size", "domain")]
+        return keys + (["symmetric"] if self.symmetric else [])
+
+    @classmethod
+    def _optional_keys(cls, mapping: Mapping[str, Any]) -> set[str]:
+        return {"symmetric"} | ({"block_size", "domain"} if mapping.get("normalization") == "none" else set())
+
+    def derive(self) -> Codebook:
+        from .lloyd import _quantile_codebook
+
+        return _quantile_codebook(self)
+
+
+# ------------------------------------------------------------------------- number formats
+@dataclass(frozen=True)
+class E2M1Recipe(Recipe):
+    """OCP E2M1 (:func:`~.formats.e2m1`); ``normalise`` divides by 6."""
+
+    method: ClassVar[str] = "e2m1"
+    normalise: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.normalise, (bool, np.bool_)):
+            raise ValueError(f"normalise must be true or false, got {self.normalise!r}")
+        _set(self, normalise=bool(self.normalise))
+
+    def derive(self) -> Codebook:
+        from .formats import e2m1
+
+        return e2m1(self.normalise)
+
+
+@dataclass(frozen=True)
+class BnbFP4Recipe(Recipe):
+    """bitsandbytes' FP4 (:func:`~.formats.bnb_fp4`); no parameters."""
+
+    method: ClassVar[str] = "bnb-fp4"
+
+    def derive(self) -> Codebook:
+        from .formats import bnb_fp4
+
+        return bnb_fp4()
+
+
+@dataclass(frozen=True)
+class UniformSymmetricRecipe(Recipe):
+    """Symmetric uniform integers j/(2**(k-1) - 1) (:func:`~.formats.uniform_symmetric`)."""
+
+    method: ClassVar[str] = "uniform-symmetric"
+    bits: int = 4
+
+    def __post_init__(self) -> None:
+        _set(self, bits=_check_bits(self.bits, 2, 8))
+
+    def derive(self) -> Codebook:
+        from .formats import uniform_symmetric
+
+        return uniform_symmetric(self.bits)
+
+
+@dataclass(frozen=True)
+class ScaledIntegersRecipe(Recipe):
+    """A table of integers divided by ``divisor`` (:func:`~.formats.scaled_integers`).  The
+    integers are data, not derived: a table made this way is a transcription."""
+
+    method: ClassVar[str] = "scaled-integers"
+    integers: tuple[int, ...]
+    divisor: int
+    bits: int
+
+    def __post_init__(self) -> None:
+        ints = tuple(self.integers) if isinstance(self.integers, (list, tuple, np.ndarray)) else ()
+        if not ints or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in ints):
+            raise ValueError(f"integers must be a non-empty list of integers, got {self.integers!r}")
+        ints = tuple(int(i) for i in ints)
+        if isinstance(self.divisor, bool) or not isinstance(self.divisor, numbers.Integral) or self.divisor <= 0:
+            raise ValueError(f"divisor must be a positive integer, got {self.divisor!r}")
+        bits = _check_bits(self.bits, 1, 8)
+        if len(ints) > 2**bits:
+            raise ValueError(f"{len(ints)} integers do not fit in {bits} bits")
+        if any(abs(i) > 2**53 for i in ints):
+            raise ValueError("integers must be at most 2**53 in magnitude (exact in float64)")
+        _set(self, integers=ints, divisor=int(self.divisor), bits=bits)
+
+    def derive(self) -> Codebook:
+        from .formats import scaled_integers
+
+        return scaled_integers(self.integers, self.divisor, self.bits)
+
+
+@dataclass(frozen=True)
+class RoundedRecipe(Recipe):
+    """A base recipe's float64 table rounded to ``decimals`` decimal places (e.g. torchao's NF4,
+    which prints bitsandbytes' table to 4 decimals)."""
+
+    method: ClassVar[str] = "rounded"
+    base: Recipe
+    decimals: int
+
+    def __post_init__(self) -> None:
+        base = self.base
+        if isinstance(base, Mapping):
+            base = Recipe.from_dict(base)
+        if not isinstance(base, Recipe):
+            raise ValueError(f"base must be a recipe, got {self.base!r}")
+        if isinstance(self.decimals, bool) or not isinstance(self.decimals, numbers.Integral) \
+                or not 0 <= self.decimals <= 17:
+            raise ValueError(f"decimals must be an integer from 0 to 17, got {self.decimals!r}")
+        _set(self, base=base, decimals=int(self.decimals))
+
+    def derive(self) -> Codebook:
+        base = self.base.derive()
+        code = np.array([round(float(v), self.decimals) for v in base.code])
+        return Codebook(levels=np.unique(code), bits=base.bits, name=f"{base.name}-r{self.decimals}",
+                        source="derived", recipe=self.to_dict(), code=code)
+
+
+def _check_annotations() -> None:
+    # every field of every recipe must name one of the JSON checks (else from_dict cannot read it)
+    for cls in _METHODS.values():
+        for f in dataclasses.fields(cls):
+            if f.type not in _JSON_CHECKS:
+                raise TypeError(f"{cls.__name__}.{f.name}: no JSON check for the annotation {f.type!r}")
+
+
+_check_annotations()

@@ -8,17 +8,21 @@ computations (:mod:`quantbook.derive.block`) need in closed form:
     ``Ψ_k(x) = ∫_0^x u**k g(u) du`` for k = 0, 1, 2 (signed: negative for x < 0 when k is
     even).  Differences ``Ψ_k(b) - Ψ_k(a)`` are the partial moments over ``[a, b]``;
     ``x = ±inf`` is allowed where the moment is finite.
-``abs_isf(s)`` / ``abs_ppf(G)``
-    the quantiles of ``|X|``: ``m`` with ``P(|X| > m) = s`` / ``P(|X| <= m) = G``.
+``abs_isf(s)`` / ``abs_ppf(G)`` / ``abs_log_isf(log_s)``
+    the quantiles of ``|X|``: ``m`` with ``P(|X| > m) = s`` / ``P(|X| <= m) = G``, and
+    ``log m`` from ``log s`` for tail probabilities beyond float range (heavy tails).
+
+``isf(q)`` inverts ``sf``; ``moment(k)`` is ``E[X**k]``.
 
 Sources (all but the empirical one are scaled to **unit variance**, so expected errors are in
 units of the weight variance):
 
 * ``Normal()`` — N(0, 1);
 * ``Laplace()`` — Laplace with scale ``b = 1/sqrt(2)``;
-* ``StudentT(nu)`` — Student-t with ``nu`` degrees of freedom, multiplied by
-  ``sqrt((nu-2)/nu)`` when ``nu > 2`` (unit variance); left at scale 1 for ``nu <= 2``
-  (infinite variance: weight-domain errors are then undefined and rejected);
+* ``StudentT(nu)`` — Student-t with ``nu`` degrees of freedom (``StudentT.NU_MIN <= nu <=
+  StudentT.NU_MAX``), multiplied by ``sqrt((nu-2)/nu)`` when ``nu > 2`` (unit variance); left
+  at scale 1 for ``nu <= 2`` (infinite variance: weight-domain errors are then undefined and
+  rejected);
 * ``Empirical(sample)`` — any 1-D sample (e.g. a model's weights), divided by its RMS
   ``sqrt(mean(x**2))`` (so ``E[x**2] = 1``; the mean is *not* removed, as block quantizers
   do not remove it).  Each distinct value ``v_i`` (count ``c_i``) is spread uniformly over
@@ -43,8 +47,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+import mpmath
 import numpy as np
-from scipy import special, stats
+from scipy import integrate, special, stats
+
+from ..io.npy import load_npy
 
 __all__ = ["Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "register_source_parser", "SourceError"]
@@ -75,8 +82,38 @@ class Source:
     def abs_ppf(self, G):
         return self.abs_isf(1.0 - np.asarray(G, dtype=np.float64))
 
+    def abs_log_isf(self, log_s):
+        """``log m`` with ``P(|X| > m) = exp(log_s)``: the block quadrature reaches tail
+        probabilities below float range for heavy tails (overridden where that happens)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.abs_isf(np.exp(np.asarray(log_s, dtype=np.float64))))
+
+    def isf(self, q):
+        """Inverse of :meth:`sf`; for a symmetric law ``-ppf(q)``, exact for small ``q``."""
+        q = np.asarray(q, dtype=np.float64)
+        return -self.ppf(q) if self.symmetric else self.ppf(1.0 - q)
+
+    def _piecewise_density(self):
+        """``(knots, values)`` when the density is constant between knots, else None."""
+        return None
+
+    def _integrate(self, f, lb: float, ub: float) -> float:
+        """``∫_[lb, ub] f(x) g(x) dx`` (``f`` maps arrays elementwise) as ``∫ f(x(u)) du`` over
+        the probabilities of ``[lb, ub]``, by adaptive quadrature: ``x = ppf(u)`` below the
+        median and ``isf(1 - u)`` above it, so that neither tail loses digits; heavy tails
+        become integrable end-point singularities in ``u``."""
+        def piece(qf, a, b):
+            if not a < b:
+                return 0.0
+            return integrate.quad(lambda u: float(f(np.atleast_1d(qf(u)))[0]), a, b, limit=200)[0]
+
+        lower = piece(self.ppf, float(self.cdf(lb)), min(float(self.cdf(ub)), 0.5))
+        upper = piece(self.isf, float(self.sf(ub)), min(float(self.sf(lb)), 0.5))
+        return float(lower + upper)
+
     def moment(self, k: int) -> float:
-        """``E[X**k]`` (k = 1, 2)."""
+        """``E[X**k]`` (k = 0, 1, 2; ``inf`` where it diverges)."""
+        _check_order(k)
         if k >= self.moment_limit:
             return math.inf
         return float(self.partial_moment(k, np.inf) - self.partial_moment(k, -np.inf))
@@ -96,6 +133,19 @@ class Source:
 
     def __hash__(self):
         return hash(self._key())
+
+
+_GL8_X, _GL8_W = np.polynomial.legendre.leggauss(8)
+
+
+def _order_error(k: Any) -> str:
+    return f"moments and partial moments are available for k = 0, 1, 2, got {k!r}"
+
+
+def _check_order(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= 2:
+        raise ValueError(_order_error(k))
+    return int(k)
 
 
 def _rng(random_state):
@@ -126,7 +176,7 @@ class Normal(Source):
             return -np.expm1(-0.5 * x * x) / math.sqrt(2 * math.pi)
         if k == 2:
             return 0.5 * np.sign(x) * special.gammainc(1.5, 0.5 * x * x)
-        raise ValueError(k)
+        raise ValueError(_order_error(k))
 
     def abs_isf(self, s):
         return math.sqrt(2) * special.erfcinv(np.asarray(s, dtype=np.float64))
@@ -167,7 +217,7 @@ class Laplace(Source):
             return 0.5 * self.b * special.gammainc(2, t)
         if k == 2:
             return np.sign(x) * self.b**2 * special.gammainc(3, t)
-        raise ValueError(k)
+        raise ValueError(_order_error(k))
 
     def abs_isf(self, s):
         return -self.b * np.log(np.asarray(s, dtype=np.float64))
@@ -180,36 +230,88 @@ class Laplace(Source):
 
 
 class StudentT(Source):
-    """Student-t with ``nu > 0`` degrees of freedom (unit variance for ``nu > 2``)."""
+    """Student-t with ``nu`` degrees of freedom, ``NU_MIN <= nu <= NU_MAX`` (unit variance
+    for ``nu > 2``).
+
+    Partial moments (of the unit-scale ``T``, argument ``u``) in Beta form: ``W = T²/(ν + T²)``
+    is Beta(1/2, ν/2), so with ``w = u²/(ν + u²)``, ``Ψ_0(u) = ½·I_w(1/2, ν/2)`` and, for
+    ν > 2, ``Ψ_2(u) = ½·E[T²; W < w] = ½·ν/(ν-2)·I_w(3/2, ν/2 - 1)`` (``T² = νW/(1-W)``
+    turns the Beta(1/2, ν/2) density into ν/(ν-2) times the Beta(3/2, ν/2 - 1) one).  Both
+    keep full relative accuracy as ``u → 0``, where the cdf differences ``F(u) - 1/2`` they
+    replace cancel; for ``w > 1/2`` the complements in ``1 - w = ν/(ν + u²)`` keep the tail.
+    """
+
+    #: range of ``nu`` the block computations are accurate for.  For small ``nu`` the other
+    #: values of a block are tiny next to its extreme one (``|y|`` is about ``U**(1/nu)``), so
+    #: the law of ``y`` piles up at 0 faster than the fixed quadrature over ``M`` resolves;
+    #: beyond ``NU_MAX`` the law is the normal one to within ~1/nu (use ``normal``).
+    NU_MIN, NU_MAX = 0.5, 1e6
 
     def __init__(self, nu: float) -> None:
-        nu = float(nu)
-        if not (nu > 0 and math.isfinite(nu)):
-            raise SourceError(f"student-t needs degrees of freedom nu > 0, got {nu!r}")
+        try:
+            nu = float(nu)
+        except (TypeError, ValueError):
+            raise SourceError(f"student-t degrees of freedom must be a number, got {nu!r}") from None
+        if not self.NU_MIN <= nu <= self.NU_MAX:  # also rejects NaN
+            raise SourceError(f"student-t needs degrees of freedom nu between {self.NU_MIN:g} and "
+                              f"{self.NU_MAX:g} (use normal beyond), got {nu!r}")
         self.nu = nu
         self.scale = math.sqrt((nu - 2) / nu) if nu > 2 else 1.0
         short = f"{nu:g}"  # the spec is the recipe's record and the cache key: it must round-trip
         self.spec = f"student-t:{short if float(short) == nu else repr(nu)}"
         self.moment_limit = nu
-        self._c = math.exp(special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2)) / math.sqrt(nu * math.pi)
+        # c = Γ((ν+1)/2) / (Γ(ν/2) √(νπ)); the float log-gamma difference loses digits for large ν
+        with mpmath.workdps(30):
+            self._c = float(mpmath.gamma((nu + 1) / 2) / mpmath.gamma(nu / 2) / mpmath.sqrt(nu * mpmath.pi))
 
     def pdf(self, x):
-        return stats.t.pdf(np.asarray(x, dtype=np.float64) / self.scale, self.nu) / self.scale
+        with np.errstate(over="ignore"):  # x/scale and x² overflow where the density is 0 anyway
+            return stats.t.pdf(np.asarray(x, dtype=np.float64) / self.scale, self.nu) / self.scale
+
+    def _half_tail(self, u):
+        """``P(T > |u|)`` for the unit-scale ``T`` (scipy's stdtr underflows to 0 in far tails
+        that are still representable, e.g. ν = 0.5 at 1e299)."""
+        with np.errstate(divide="ignore"):
+            return 0.5 * np.exp(self._log_abs_sf(np.log(np.abs(u))))
 
     def cdf(self, x):
-        return special.stdtr(self.nu, np.asarray(x, dtype=np.float64) / self.scale)
+        with np.errstate(over="ignore"):
+            u = np.asarray(x, dtype=np.float64) / self.scale
+        tail = self._half_tail(u)
+        return np.where(u < 0, tail, 1.0 - tail)
 
     def sf(self, x):
-        return special.stdtr(self.nu, -np.asarray(x, dtype=np.float64) / self.scale)
+        with np.errstate(over="ignore"):
+            u = np.asarray(x, dtype=np.float64) / self.scale
+        tail = self._half_tail(u)
+        return np.where(u > 0, tail, 1.0 - tail)
 
     def ppf(self, p):
-        return self.scale * special.stdtrit(self.nu, np.asarray(p, dtype=np.float64))
+        # through the accurate |X| quantiles: scipy's stdtrit loses digits in the far tails
+        # (and gives +inf at p = 0)
+        p = np.asarray(p, dtype=np.float64)
+        lower = p < 0.5
+        m = self.abs_isf(np.where(lower, 2 * p, 2 * (1 - p)))
+        return np.where(lower, -m, m)
+
+    def _beta_half(self, p, q, u):
+        """``½·sign(u)·I_w(p, q)`` at ``w = u²/(ν + u²)``; where ``w > 1/2`` as
+        ``½ - ½·I_(1-w)(q, p)`` with ``1 - w = ν/(ν + u²)`` (scipy's ``betaincc`` rounds
+        ``1 - tiny`` to 1 there)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            s = u * u / self.nu
+            w = s / (1 + s)
+            wc = 1 / (1 + s)
+            val = np.where(w < 0.5, 0.5 * special.betainc(p, q, np.where(w < 0.5, w, 0.0)),
+                           0.5 - 0.5 * special.betainc(q, p, np.where(w < 0.5, 0.5, wc)))
+        return np.sign(u) * val
 
     def partial_moment(self, k, x):
         nu, sc = self.nu, self.scale
-        u = np.asarray(x, dtype=np.float64) / sc
+        with np.errstate(over="ignore"):  # ±inf is a valid argument
+            u = np.asarray(x, dtype=np.float64) / sc
         if k == 0:
-            return special.stdtr(nu, u) - 0.5
+            return self._beta_half(0.5, nu / 2, u)
         with np.errstate(over="ignore"):
             s = u * u / nu
         a = (nu + 1) / 2
@@ -220,17 +322,10 @@ class StudentT(Source):
                 return sc * self._c * nu / 2 * r
             return sc * self._c * nu / 2 * (-np.expm1((1 - a) * np.log1p(s)) / (a - 1))
         if k == 2:
-            if nu > 2:
-                # u² t_ν(u) = ν[(c_ν/c_{ν-2}) t_{ν-2}(u·sqrt((ν-2)/ν)) - t_ν(u)]
-                # (from u²/ν = (1 + u²/ν) - 1 in the density c_ν (1 + u²/ν)^-(ν+1)/2)
-                r = math.sqrt((nu - 2) / nu)
-                c2 = math.exp(special.gammaln((nu - 1) / 2) - special.gammaln((nu - 2) / 2)) / math.sqrt(
-                    (nu - 2) * math.pi)
-                val = nu * (self._c / c2 / r * (special.stdtr(nu - 2, u * r) - 0.5)
-                            - (special.stdtr(nu, u) - 0.5))
-                return sc * sc * val
+            if nu > 2:  # sc² · ν/(ν-2) = 1
+                return self._beta_half(1.5, nu / 2 - 1, u)
             return sc * sc * self._second_moment_heavy(u, s)
-        raise ValueError(k)
+        raise ValueError(_order_error(k))
 
     def _second_moment_heavy(self, u, s):
         """``∫_0^u t² t_ν(t) dt`` for ν ≤ 2 (it grows without bound).
@@ -260,11 +355,72 @@ class StudentT(Source):
                 mag = np.where(au == 0, 0.0, mag)
         return np.sign(u) * mag
 
+    def _log_abs_sf(self, t):
+        """``log P(|T| > e^t)`` for the unit-scale ``T``, ``t`` any real: with
+        ``x = ν/(ν + u²)``, ``P(|T| > u) = I_x(ν/2, 1/2) = x^a (1-x)^(1/2) F(a+1/2, 1; a+1; x) /
+        (a B(a, 1/2))`` (DLMF 8.17.8, ``a = ν/2``), all in logs, for ``x < 1/2``; the cdf
+        elsewhere."""
+        nu, a = self.nu, self.nu / 2
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            L = 2 * t - math.log(nu)  # log(u²/ν)
+            lx = -np.logaddexp(0.0, L)  # log x
+            x = np.exp(lx)
+            tail = (a * lx + 0.5 * (L + lx) - math.log(a) - special.betaln(a, 0.5)
+                    + np.log(special.hyp2f1(a + 0.5, 1.0, a + 1.0, np.minimum(x, 0.5))))
+            bulk = np.log(2 * special.stdtr(nu, -np.exp(t)))
+            return np.where(t == np.inf, -np.inf, np.where(x < 0.5, tail, bulk))
+
+    def _log_isf_unit(self, log_s):
+        """``t = log u`` with ``P(|T| > u) = exp(log_s)``, by Newton's method on
+        :meth:`_log_abs_sf` (scipy's ``stdtrit`` loses digits and overflows in the far tail;
+        its value, or the leading term of the series, is only the start)."""
+        nu, a = self.nu, self.nu / 2
+        log_s = np.asarray(log_s, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            guess = np.log(-special.stdtrit(nu, 0.5 * np.exp(log_s)))
+            lx = (log_s + math.log(a) + special.betaln(a, 0.5)) / a  # P ~ x^a / (a B(a, 1/2))
+            deep = 0.5 * (math.log(nu) - lx)
+            t = np.where(np.isfinite(guess) & (lx > -40), guess, deep)  # deep: exact to O(x)
+            log_c = math.log(self._c)
+            for _ in range(60):
+                F = self._log_abs_sf(t)
+                L = 2 * t - math.log(nu)
+                # d/dt log P(|T| > e^t) = -2 u g(u) / P(|T| > u), g(u) = c (1 + u²/ν)^-(ν+1)/2
+                dF = -np.exp(t + math.log(2) + log_c - (nu + 1) / 2 * np.logaddexp(0.0, L) - F)
+                step = np.clip((F - log_s) / dF, -50.0, 50.0)
+                step = np.where(np.isfinite(step), step, 0.0)
+                t = t - step
+                if np.all(np.abs(step) <= 4e-16 * np.maximum(1.0, np.abs(t))):
+                    break
+            return np.where(log_s < math.log(0.5), t, np.nan)
+
+    def _small_m(self, G):
+        """Unit-scale ``u`` with ``P(|T| <= u) = G <= 1/2``: inverts ``I_w(1/2, ν/2)``,
+        ``w = u²/(ν + u²)``, keeping small ``G`` exact (``0.5 + G/2`` would round)."""
+        nu = self.nu
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = special.betaincinv(0.5, nu / 2, np.minimum(G, 0.5))
+            return np.sqrt(nu * w / (1 - w))
+
     def abs_isf(self, s):
-        return -self.scale * special.stdtrit(self.nu, 0.5 * np.asarray(s, dtype=np.float64))
+        s = np.asarray(s, dtype=np.float64)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            tail = np.exp(self._log_isf_unit(np.log(np.where(s < 0.5, s, 0.25))))
+            # 1 - s is exact for s >= 1/2
+            return self.scale * np.where(s < 0.5, tail, self._small_m(1.0 - s))
 
     def abs_ppf(self, G):
-        return self.scale * special.stdtrit(self.nu, 0.5 + 0.5 * np.asarray(G, dtype=np.float64))
+        G = np.asarray(G, dtype=np.float64)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            tail = np.exp(self._log_isf_unit(np.log(np.where(G > 0.5, 1.0 - G, 0.25))))
+            return self.scale * np.where(G <= 0.5, self._small_m(G), tail)
+
+    def abs_log_isf(self, log_s):
+        log_s = np.asarray(log_s, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            small = log_s < math.log(0.5)
+            tail = self._log_isf_unit(np.where(small, log_s, math.log(0.25))) + math.log(self.scale)
+            return np.where(small, tail, np.log(self.abs_isf(np.exp(log_s))))
 
     def rvs(self, size, random_state=None):
         return self.scale * _rng(random_state).standard_t(self.nu, size)
@@ -286,16 +442,26 @@ class Empirical(Source):
 
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
                  knots: int | None = 4096) -> None:
-        x = np.asarray(sample, dtype=np.float64).ravel()
+        raw = np.asarray(sample)
+        if raw.dtype.kind not in "biuf":
+            raise SourceError(f"an empirical sample must be real numbers, got dtype {raw.dtype}")
+        if knots is not None and (isinstance(knots, bool) or not isinstance(knots, (int, np.integer))
+                                  or knots < 2):
+            raise SourceError(f"knots must be an integer >= 2 or None, got {knots!r}")
+        x = raw.astype(np.float64).ravel()
         if x.size < 2:
             raise SourceError("an empirical source needs at least 2 values")
         if not np.all(np.isfinite(x)):
             raise SourceError("an empirical sample must be finite (found NaN or inf)")
-        self.rms = float(np.sqrt(np.mean(x * x)))
+        self.rms = _rms(x)
         if self.rms == 0:
             raise SourceError("an empirical sample must not be all zeros")
         if standardize:
             x = x / self.rms
+        elif not 1e-100 <= self.rms <= 1e100:
+            # partial moments take cubes of the values: keep them far from under/overflow
+            raise SourceError(f"an unstandardised empirical sample needs an RMS between 1e-100 and "
+                              f"1e100, got {self.rms:.3g} (use standardize=True)")
         v, c = np.unique(x, return_counts=True)
         if v.size < 2:
             raise SourceError("an empirical sample needs at least 2 distinct values")
@@ -361,7 +527,20 @@ class Empirical(Source):
         return np.interp(np.asarray(p, dtype=np.float64), self._Fk, self._xk)
 
     def partial_moment(self, k, x):
-        return self._from_left(k, x) - self._P0[k]
+        return self._from_left(_check_order(k), x) - self._P0[k]
+
+    def _piecewise_density(self):
+        return self._xk, self._dens
+
+    def _integrate(self, f, lb, ub):
+        # the density is constant on each knot segment: Gauss-Legendre segment by segment
+        a = np.clip(self._xk[:-1], lb, ub)
+        b = np.clip(self._xk[1:], lb, ub)
+        keep = b > a
+        a, b, d = a[keep], b[keep], self._dens[keep]
+        x = (0.5 * (b - a)[:, None] * _GL8_X + 0.5 * (a + b)[:, None]).ravel()
+        w = (0.5 * (b - a)[:, None] * _GL8_W * d[:, None]).ravel()
+        return float(np.sum(w * np.asarray(f(x), dtype=np.float64)))
 
     def abs_isf(self, s):
         # S decreasing in m: interpolate on reversed arrays
@@ -372,6 +551,16 @@ class Empirical(Source):
 
     def rvs(self, size, random_state=None):
         return self.ppf(_rng(random_state).random(size))
+
+
+def _rms(x: np.ndarray) -> float:
+    """``sqrt(mean(x**2))`` without overflow or underflow of the squares."""
+    amax = float(np.max(np.abs(x)))
+    if 1e-100 < amax < 1e100:  # squares and their sum are exact enough in float64
+        return float(np.sqrt(np.mean(x * x)))
+    if amax == 0:
+        return 0.0
+    return amax * float(np.sqrt(np.mean((x / amax) ** 2)))
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -415,17 +604,12 @@ def parse_source(spec: Any) -> Source:
         path = Path(text)
         if not path.is_file():
             raise SourceError(f"no such sample file: {text}")
-        try:
-            arr = np.load(path, allow_pickle=False)
+        try:  # header checked before any data is read (an .npz in disguise, absurd shapes)
+            arr = load_npy(path)
         except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot read {text} as a .npy array: {exc}") from None
+            raise SourceError(" ".join(str(exc).split())) from None
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise SourceError(f"{text}: expected a numeric array, got dtype {arr.dtype}")
         return Empirical(arr, label=text)
-    if ".safetensors" in low:  # hook (issue 6): FILE.safetensors[:GLOBS][@row], see quantbook.model.source
-        from ..model.source import parse_safetensors_source
-
-        src = parse_safetensors_source(text)
-        if src is not None:
-            return src
-    raise SourceError(f"unknown source {text!r} (expected normal, laplace, student-t:NU or FILE.npy)")
+    raise SourceError(f"unknown source {text!r} (expected normal, laplace, student-t:NU, FILE.npy "
+                      "or FILE.safetensors[:GLOBS])")

@@ -12,21 +12,21 @@ Formats (:data:`FORMATS`):
 ``npy``   the float32 index→value table, ``np.save`` format (binary, :mod:`.arrays`);
 ``bnb``   an ``.npz`` with a bitsandbytes ``quant_map`` and ``quant_type`` (binary, :mod:`.arrays`).
 
-:func:`export` returns ``str`` for text formats and ``bytes`` for binary ones.
+:func:`export` returns ``str`` for text formats and ``bytes`` for binary ones;
+:func:`write_output` (from :mod:`quantbook.io.files`) writes either to a file, atomically.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from ..codebooks.codebook import Codebook
+from ..io.files import OutputPathError, check_output_path, write_output
 from .arrays import bnb_bytes, bnb_quant_map, bnb_quant_type, npy_bytes
 from .c_header import c_float_literal, c_header
 from .identifiers import IdentifierError, c_identifier
 
-__all__ = ["FORMATS", "BINARY_FORMATS", "export", "write_output", "c_header", "c_float_literal",
-           "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes", "bnb_quant_map", "bnb_quant_type"]
+__all__ = ["FORMATS", "BINARY_FORMATS", "export", "write_output", "check_output_path", "OutputPathError",
+           "c_header", "c_float_literal", "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes",
+           "bnb_quant_map", "bnb_quant_type"]
 
 FORMATS = ("json", "c", "cuda", "npy", "bnb")
 BINARY_FORMATS = frozenset({"npy", "bnb"})
@@ -43,30 +43,3 @@ def export(cb: Codebook, fmt: str, name: str | None = None) -> str | bytes:
     if fmt == "bnb":
         return bnb_bytes(cb, name=name)
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """``path`` as a Path if a file can be written there; ``ValueError`` with one line if not."""
-    if str(path) == "":
-        raise ValueError("output path is empty")
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"output path {str(path)!r} is a directory, not a file")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"cannot write {path}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"cannot write {path}: directory {str(parent)!r} is not writable")
-    return p
-
-
-def write_output(data: str | bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` after :func:`check_output_path`."""
-    p = check_output_path(path)
-    try:
-        if isinstance(data, bytes):
-            p.write_bytes(data)
-        else:
-            p.write_text(data, encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -6,13 +6,17 @@ C99 and every C++ standard) with the exact C99 hexadecimal value in a comment be
 
 * ``<id>_code[CODE_SIZE]``        — index→value table in stored order (what a packed code indexes);
 * ``<id>_levels[N_LEVELS]``       — the sorted distinct levels;
-* ``<id>_thresholds[N_LEVELS-1]`` — the decision thresholds, float64 midpoints rounded
-  once to float32 (:attr:`Codebook.thresholds_f32`);
+* ``<id>_thresholds[N_THRESHOLDS]`` and ``<id>_order[CODE_SIZE]`` — the encoder of the
+  stored table (:mod:`quantbook.codebooks.encoding`, float32): the bounds between the
+  sorted code values and the code index of each rank; ``N_THRESHOLDS = CODE_SIZE - 1``
+  (a value stored twice, as FP4's zero, has a bound at the value itself);
 * ``<id>_code_to_level[CODE_SIZE]`` / ``<id>_level_to_code[N_LEVELS]`` — the code order
   (stored index → sorted level position, and back; the lowest index for a repeated value);
 * macros ``<ID>_BITS``, ``<ID>_CODE_SIZE``, ``<ID>_N_LEVELS``, ``<ID>_N_THRESHOLDS``;
-* inline helpers ``<id>_level_of(y)`` (number of thresholds ``t`` with ``y > t``: ties go
-  to the lower level, NaN to level 0), ``<id>_encode(y)`` and ``<id>_decode(index)``.
+* inline helpers ``<id>_rank_of(y)`` (number of thresholds ``t`` with ``!(y <= t)``: ties
+  go to the lower rank, NaN past every bound, as the encoding module says),
+  ``<id>_encode(y)`` (``order[rank]``, the code :meth:`Codebook.encode` gives with float32
+  thresholds) and ``<id>_decode(index)``.
 
 The C flavour uses ``static const`` arrays and ``static inline`` functions (C99, no
 includes); the CUDA flavour ``static __constant__`` arrays and ``static __device__``
@@ -29,6 +33,17 @@ from ..codebooks.codebook import Codebook
 from .identifiers import c_identifier
 
 __all__ = ["c_header", "c_float_literal", "c_float_hex"]
+
+
+def _version() -> str:
+    """quantbook's installed version, read from the package metadata: importing the
+    ``quantbook`` package itself would pull in the layers above this one."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("quantbook")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(version unknown)"
 
 
 def c_float_literal(value: float) -> str:
@@ -85,8 +100,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False) -> str:
     :func:`~quantbook.export.identifiers.c_identifier` (raises ``ValueError`` when that
     is impossible).  ``cuda=True`` gives the CUDA flavour.
     """
-    from .. import __version__
-
+    __version__ = _version()
     ident = c_identifier(name if name is not None else cb.name)
     macro = ident.upper()
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
@@ -99,17 +113,20 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False) -> str:
         fn = "static inline"
     code = cb.code_f32
     levels = cb.levels_f32
-    thresholds = cb.thresholds_f32
+    enc = cb.encoder("float32")  # the one encoding rule: bounds and rank -> code index
+    thresholds = np.asarray(enc.bounds, dtype=np.float32)
+    order = np.asarray(enc.order)
     code_to_level = np.searchsorted(cb.levels, cb.code)  # code entries are levels (zero sign aside)
     level_to_code = cb.level_to_code
     recipe = json.dumps(cb.recipe, sort_keys=True) if cb.recipe is not None else "none"
-    n_thr = max(thresholds.size, 1)  # C forbids zero-length arrays; a 1-level table gets a dummy
-    thr_rows = _float_rows(thresholds) if thresholds.size else "    0.0f /* unused: one level */"
+    n_thr = max(thresholds.size, 1)  # C forbids zero-length arrays; a 1-entry table gets a dummy
+    thr_rows = _float_rows(thresholds) if thresholds.size else "    0.0f /* unused: one code */"
     if thresholds.size:
-        level_body = (f"    unsigned level = 0;\n    for (unsigned i = 0; i < {macro}_N_THRESHOLDS; ++i)\n"
-                      f"        level += (y > {ident}_thresholds[i]);\n    return level;")
-    else:  # one level: no loop (`i < 0` is a -Wtype-limits warning)
-        level_body = f"    (void)y;\n    (void){ident}_thresholds;\n    return 0;"
+        # !(y <= t) rather than y > t: NaN counts past every bound, as in the encoding module
+        rank_body = (f"    unsigned rank = 0;\n    for (unsigned i = 0; i < {macro}_N_THRESHOLDS; ++i)\n"
+                     f"        rank += !(y <= {ident}_thresholds[i]);\n    return rank;")
+    else:  # one code: no loop (`i < 0` is a -Wtype-limits warning)
+        rank_body = f"    (void)y;\n    (void){ident}_thresholds;\n    return 0;"
     out = f"""/* {_comment_text(cb.name)}: {cb.bits}-bit codebook, {cb.n_levels} levels, {code.size} codes.
  * Source: {_comment_text(cb.source)}
  * Recipe: {_comment_text(recipe)}
@@ -117,9 +134,9 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False) -> str:
  *
  * Values are float32 literals with 9 significant digits (they round-trip float32 exactly);
  * the comments give their exact C99 hexadecimal value.
- * Encoding of a normalised value y (x / absmax of its block): level = number of
- * thresholds t with y > t (a value exactly on a threshold goes to the LOWER level;
- * NaN goes to level 0); code = {ident}_level_to_code[level].  Decoding: {ident}_code[code].
+ * Encoding of a normalised value y (x / absmax of its block): rank = number of
+ * thresholds t with !(y <= t) (a value exactly on a threshold goes to the LOWER rank;
+ * NaN past every threshold); code = {ident}_order[rank].  Decoding: {ident}_code[code].
  */
 #ifndef {guard}
 #define {guard}
@@ -139,9 +156,14 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False) -> str:
 {_float_rows(levels)}
 }};
 
-/* decision thresholds: float64 midpoints of adjacent levels, rounded once to float32 */
+/* decision thresholds: float32 midpoints float32(float32(a + b) / 2) of adjacent code values, ascending */
 {arr} float {ident}_thresholds[{n_thr}] = {{
 {thr_rows}
+}};
+
+/* encoder: rank (number of thresholds below y) -> stored code index */
+{arr} {index_t} {ident}_order[{code.size}] = {{
+{_int_rows(order)}
 }};
 
 /* code order: stored index -> position in {ident}_levels */
@@ -154,16 +176,16 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False) -> str:
 {_int_rows(level_to_code)}
 }};
 
-/* position in {ident}_levels of the nearest level to y; ties go to the lower level */
-{fn} unsigned {ident}_level_of(float y)
+/* rank of y among the sorted code values: thresholds below it; a tie goes to the lower rank */
+{fn} unsigned {ident}_rank_of(float y)
 {{
-{level_body}
+{rank_body}
 }}
 
-/* stored code index of a normalised value y */
+/* stored code index of a normalised value y (the nearest code value) */
 {fn} unsigned {ident}_encode(float y)
 {{
-    return {ident}_level_to_code[{ident}_level_of(y)];
+    return {ident}_order[{ident}_rank_of(y)];
 }}
 
 /* value of a stored code index (no range check) */

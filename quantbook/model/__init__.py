@@ -1,16 +1,22 @@
-"""Real model weights: reading safetensors files, evaluating codebooks on them, fitting to them.
+"""Real model weights: evaluating codebooks on them.
 
-:mod:`.io` reads tensors one at a time (bf16 included); :mod:`.evaluate` measures the
-quantization error of each codebook through the bulk API; :mod:`.specs` names codebooks on
-the command line (registry, JSON, ``nfK``, ``lloyd-l2-64`` ...); :mod:`.source` makes a
-model's weights an empirical source for the derivation engine.
+:mod:`.evaluate` measures the quantization error of each codebook through the bulk API.
+Tensors are read by :mod:`quantbook.io.safetensors` (one at a time, bf16 included); codebooks
+are named by :mod:`quantbook.naming`; :func:`safetensors_source` (from
+:mod:`quantbook.derive.model_source`, loaded on first use: it imports the derivation engine)
+makes a model's weights an empirical source for the derivation engine.
 """
 
+from ..io.safetensors import TensorInfo, iter_tensors, list_tensors, read_tensor, sample_weights
 from .evaluate import ErrorSums, ModelReport, evaluate_model, storage_bits
-from .io import TensorInfo, iter_tensors, list_tensors, read_tensor, sample_weights
-from .source import install_source_parser, safetensors_source
-from .specs import resolve_codebook, resolve_codebooks
 
 __all__ = ["ErrorSums", "ModelReport", "evaluate_model", "storage_bits", "TensorInfo", "iter_tensors",
-           "list_tensors", "read_tensor", "sample_weights", "install_source_parser", "safetensors_source",
-           "resolve_codebook", "resolve_codebooks"]
+           "list_tensors", "read_tensor", "sample_weights", "safetensors_source"]
+
+
+def __getattr__(name: str):
+    if name == "safetensors_source":  # the derivation engine is heavy: load it only when asked for
+        from ..derive.model_source import safetensors_source
+
+        return safetensors_source
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Quantization error of real model weights, per codebook (and per tensor).
 
-Every selected floating tensor is read once (:mod:`quantbook.model.io`, one tensor in
-memory at a time), then for each codebook quantized and dequantized with the bulk API
+Every selected floating tensor is read once (:mod:`quantbook.io.safetensors`, one tensor
+in memory at a time, the file's header parsed once), then for each codebook quantized and dequantized with the bulk API
 (:func:`quantbook.quantize` / :func:`quantbook.dequantize`, block-wise absmax, block size
 ``B``, optional nested statistics) back to the tensor's own dtype (float64 tensors are
 quantized as float32, the format's working precision).  Errors are computed in float64
@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .io import TensorInfo, list_tensors, read_tensor
+from ..io.progress import progress_bar
+from ..io.safetensors import TensorInfo, open_safetensors
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums"]
 
@@ -62,11 +63,14 @@ class ErrorSums:
 
     @property
     def sqnr_db(self) -> float:
+        if math.isnan(self.sse) or math.isnan(self.sx2):
+            return math.nan
         if self.sse == 0:
             return math.inf
-        if self.sx2 == 0:
+        if self.sx2 == 0 or math.isinf(self.sse):
             return -math.inf
-        return 10.0 * math.log10(self.sx2 / self.sse)
+        # two logarithms: the ratio itself can underflow to 0 or overflow
+        return 10.0 * (math.log10(self.sx2) - math.log10(self.sse))
 
     @property
     def rel_frobenius(self) -> float:
@@ -180,18 +184,24 @@ def _bulk():
 
 def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = 64, nested: bool = False,
                    tensors: str | Iterable[str] | None = None, backend: str = "auto",
-                   progress: Callable[[int, int, TensorInfo], None] | None = None) -> ModelReport:
+                   progress: bool | Callable[[int, int, TensorInfo], None] | None = None) -> ModelReport:
     """Quantize every selected floating tensor of ``path`` with each codebook; see the module doc.
 
     ``codebooks``: ``(label, Codebook)`` pairs.  ``tensors``: glob(s) selecting tensors by
-    name (default all floating tensors; empty ones are skipped).  ``progress(i, count, info)`` is called before
-    tensor ``i`` (0-based).  Raises ``ValueError`` when nothing is selected or a tensor holds NaN/Inf.
+    name (default all floating tensors; empty ones are skipped).  ``progress``: ``True`` draws
+    a bar on standard error (:mod:`quantbook.io.progress`, needs ``tqdm``), or a callable
+    ``progress(i, count, info)`` is called before tensor ``i`` (0-based).  Raises ``ValueError``
+    when nothing is selected, a tensor holds NaN/Inf, or a codebook dequantizes a tensor to
+    values its dtype cannot hold.
     """
-    infos = [i for i in list_tensors(path, tensors) if i.size > 0]  # empty tensors hold no weights
+    f = open_safetensors(path)  # the header is parsed once, whatever the number of tensors
+    infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
         raise ValueError(f"{path}: no floating tensors selected")
     quantize, dequantize = _bulk()
     labels = [label for label, _ in codebooks]
+    if not labels:
+        raise ValueError("no codebooks given")
     if len(set(labels)) != len(labels):
         raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
     for label, cb in codebooks:  # fail before reading any tensor
@@ -199,33 +209,56 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
             raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
     totals = {label: ErrorSums() for label in labels}
     results = []
-    for i, info in enumerate(infos):
-        if progress is not None:
-            progress(i, len(infos), info)
-        x = read_tensor(path, info.name)
-        x64 = x.astype(np.float64).ravel()
-        finite = np.isfinite(x64)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
-        del finite
-        with np.errstate(over="ignore"):
-            xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
-            sx2 = float(np.dot(x64, x64))
-        if xq is not x and not np.isfinite(xq).all():
-            raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
-        sums = {}
-        for label, cb in codebooks:
-            try:
-                packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend)
-            except ValueError as exc:  # say which tensor
-                raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
-            xhat = dequantize(packed, state, backend=backend)
-            s = error_sums(x, xhat, x64, sx2)
-            s.bits = storage_bits(packed, state)
-            sums[label] = s
-            totals[label].add(s)
-            del packed, state, xhat
-        results.append(TensorResult(info.name, info.dtype, info.shape, sums))
-        del x, xq, x64
+    bar = progress_bar(total=len(infos), desc="evaluating", unit="tensor", force=True) if progress is True else None
+    callback = progress if callable(progress) else None
+    try:
+        for i, info in enumerate(infos):
+            if bar is not None:
+                bar.step(info.name)
+            if callback is not None:
+                callback(i, len(infos), info)
+            results.append(_evaluate_tensor(f, info, codebooks, totals, block_size, nested, backend,
+                                            quantize, dequantize))
+    except BaseException:
+        if bar is not None:
+            bar.close(finished=False)
+        raise
+    if bar is not None:
+        bar.close()
     return ModelReport(str(path), block_size, nested, labels, totals, results)
+
+
+def _evaluate_tensor(f, info: TensorInfo, codebooks, totals, block_size, nested, backend, quantize,
+                     dequantize) -> TensorResult:
+    path = f.path
+    x = f.read(info.name)
+    x64 = x.astype(np.float64).ravel()
+    finite = np.isfinite(x64)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
+    del finite
+    with np.errstate(over="ignore"):
+        xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
+        sx2 = float(np.dot(x64, x64))
+    if xq is not x and not np.isfinite(xq).all():
+        raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
+    sums = {}
+    for label, cb in codebooks:
+        try:
+            packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend)
+            with np.errstate(over="ignore"):  # an overflow is reported below, once, by name
+                xhat = dequantize(packed, state, backend=backend)
+        except ValueError as exc:  # say which tensor
+            raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
+        if not np.isfinite(xhat).all():
+            # level·absmax beyond the dtype's range: every error metric would be inf or NaN
+            big = float(np.max(np.abs(cb.levels)))
+            raise ValueError(f"{path}: tensor {info.name!r}: codebook {label!r} dequantizes it to values beyond "
+                             f"the {xhat.dtype} range (its largest level magnitude is {big:.6g})")
+        s = error_sums(x, xhat, x64, sx2)
+        s.bits = storage_bits(packed, state)
+        sums[label] = s
+        totals[label].add(s)
+        del packed, state, xhat
+    return TensorResult(info.name, info.dtype, info.shape, sums)

@@ -3,14 +3,18 @@
 For each registry entry (:mod:`quantbook.codebooks.registry`) the audit reports the recipe,
 the largest absolute difference (float64), the largest difference in float32 ULPs, whether
 the float32 bit patterns are identical, whether the table met its expectation
-(``bit-exact``, ``decimals`` or ``report``) and a one-line explanation of any difference.
+(``bit-exact``, ``decimals``, ``report`` or ``transcribed``) and a one-line explanation of any
+difference.
 
 Row fields: ``bit_exact`` — the float32 bit patterns of the derived and published tables are
 identical; ``reproduced`` — the table met ``expect`` (``bit-exact``: bit_exact; ``decimals``:
 the derived table rounded to ``decimals`` places equals the published one; ``report``: judged
-only where a check defines it, else ``None``; ``None`` also for a table without a recipe);
-``failed`` — ``expect != "report"`` and ``reproduced`` is False (which includes a recipe that
-cannot run).  ``quantbook audit`` exits 1 exactly when some row failed.
+only where a check defines it, else ``None``; ``None`` also for a table without a recipe and
+for a transcription, whose recipe restates copied values and so reproduces nothing);
+``failed`` — the table is expected to reproduce (``bit-exact``/``decimals``) and
+``reproduced`` is False (which includes a recipe that cannot run); ``status`` — the one-word
+verdict (``ok``, ``FAIL``, ``differs``, ``transcribed``, ``n/a``).  ``quantbook audit`` exits 1
+exactly when some row failed.
 
 Further checks (e.g. optimality of tables that claim an objective) register with
 :func:`register_check`; each adds text and fields to the row of the table it checks.
@@ -44,10 +48,27 @@ class AuditRow:
 
     @property
     def failed(self) -> bool:
-        return self.expect != "report" and self.reproduced is False
+        return self.expect in _MUST_REPRODUCE and self.reproduced is False
+
+    @property
+    def status(self) -> str:
+        """``ok`` (met its expectation), ``FAIL`` (expected to reproduce and did not),
+        ``differs`` (report-only, differs), ``transcribed`` (copied values: nothing to reproduce)
+        or ``n/a`` (not judged: no recipe, or a report-only table without a criterion)."""
+        if self.expect == "transcribed":
+            return "transcribed"
+        if self.reproduced is None:
+            return "n/a"
+        if self.expect == "report":
+            return "ok" if self.reproduced else "differs"
+        return "FAIL" if self.failed else "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": self.status}
+
+
+#: expectations under which a table that does not reproduce fails the audit
+_MUST_REPRODUCE = ("bit-exact", "decimals")
 
 
 def format_recipe(recipe: Any) -> str:
@@ -106,8 +127,10 @@ def audit_one(entry: Published) -> AuditRow:
         derived = derive_from_recipe(cb.recipe)
     except ValueError as exc:  # RecipeError, or bad parameters inside the method
         # a table expected to reproduce whose recipe cannot run is not reproduced
-        return AuditRow(cb.name, recipe, entry.expect, None if entry.expect == "report" else False,
+        return AuditRow(cb.name, recipe, entry.expect, False if entry.expect in _MUST_REPRODUCE else None,
                         None, None, None, f"recipe failed: {exc}")
+    if entry.expect == "transcribed":
+        return _transcription_row(entry, derived, recipe)
     use_code = derived.code.size == cb.code.size and entry.expect != "report"
     pub = cb.code if use_code else cb.levels
     der = derived.code if use_code else derived.levels
@@ -135,6 +158,24 @@ def audit_one(entry: Published) -> AuditRow:
     for fn in _CHECKS.get(cb.name, []) + _CHECKS.get("*", []):
         fn(entry, derived, row)
     return row
+
+
+def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> AuditRow:
+    """A transcribed table: its recipe restates the copied values, so agreeing with it proves
+    only that the copy and its restatement match; reported as such, never judged."""
+    cb = entry.codebook
+    same_size = derived.code.size == cb.code.size
+    pub, der = (cb.code, derived.code) if same_size else (cb.levels, derived.levels)
+    if der.size != pub.size:
+        return AuditRow(cb.name, recipe, entry.expect, None, False, None, None,
+                        f"transcribed, not derived ({entry.notes or cb.source}); its recipe gives {der.size} "
+                        f"values, the table has {pub.size}")
+    c = compare(der, pub)
+    agree = ("the recipe's restatement agrees bit for bit" if c.bit_exact
+             else f"the recipe's restatement differs in {c.n_differ} of {pub.size} entries")
+    return AuditRow(cb.name, recipe, entry.expect, None, c.bit_exact, c.max_ulp, c.max_abs_diff,
+                    f"transcribed, not derived: {entry.notes or cb.source}; {agree} (a consistency check, "
+                    f"not a reproduction)")
 
 
 def audit(names: Iterable[str] | None = None, progress: Callable[[str], None] | None = None) -> list[AuditRow]:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..codebooks.registry import REGISTRY, Published
 from ..derive.block import block_measure
-from ..derive.lloyd import default_fixed, lloyd_step, solve_lloyd, weight_power
+from ..derive.lloyd import lloyd_step, solve_lloyd, weight_power
+from ..derive.recipes import parse_fixed
 from ..derive.metrics import cell_errors
 from .audit import AuditRow, register_check
 
@@ -47,7 +48,7 @@ def optimality_report(levels: Sequence[float], loss: str, block_size: int | None
     ``loss_optimum`` (expected L1/L2 error, weight-domain errors in unit-variance units),
     ``excess_percent`` (100·(table/optimum - 1)), ``optimum_levels``, ``max_level_diff``.
     """
-    fx = default_fixed(normalization) if fixed is None else [float(v) for v in fixed]
+    fx = list(parse_fixed(fixed, normalization))
     mu = block_measure(source, block_size, normalization, weight_power(loss, domain, normalization))
     q = np.sort(np.asarray(levels, dtype=np.float64))
     free = ~np.isin(q, fx)

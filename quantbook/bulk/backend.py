@@ -1,0 +1,81 @@
+"""The backend seam: one interface, registered implementations.
+
+A backend computes the bytes of :mod:`quantbook.bulk.format` and nothing else; checks,
+codebook names, non-finite handling, nested statistics and the :class:`QuantState` live in
+:mod:`quantbook.bulk.api`.  A subclass registers itself by naming itself::
+
+    class MyBackend(Backend, name="mine"):
+        def quantize_blocks(self, x, code, bits, block_size): ...
+        def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype): ...
+
+and is then reachable as ``quantize(..., backend="mine")`` and runs the conformance suite
+(tests/test_conformance.py), which loops over :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["Backend", "BACKENDS", "get_backend"]
+
+#: name -> backend instance, in registration order
+BACKENDS: dict[str, "Backend"] = {}
+
+
+class Backend:
+    """Base class of the bulk backends.
+
+    ``device`` backends take and return device arrays (``__cuda_array_interface__``); the
+    others numpy arrays.  Inputs reach a backend already checked: ``x`` flat, C-contiguous
+    float32/float16/bfloat16; ``code`` a finite float32 table of at most ``2**bits`` entries.
+    """
+
+    name: ClassVar[str]
+    device: ClassVar[bool] = False
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in BACKENDS or name == "auto":
+                raise ValueError(f"a backend named {name!r} is already registered")
+            cls.name = name
+            BACKENDS[name] = cls()
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here (a missing package or device), or None."""
+        return None
+
+    def quantize_blocks(self, x: Any, code: np.ndarray, bits: int,
+                        block_size: int) -> tuple[Any, Any]:
+        """``(packed uint8, absmax float32)``; a block holding NaN/Inf gets a non-finite absmax."""
+        raise NotImplementedError
+
+    def dequantize_blocks(self, packed: Any, absmax: np.ndarray, code: np.ndarray, bits: int,
+                          block_size: int, n: int, out_dtype: np.dtype) -> Any:
+        """Flat array of ``n`` values of ``out_dtype``."""
+        raise NotImplementedError
+
+    def quantize_nested(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes uint8, nested_absmax float32)`` of ``absmax - offset`` (host arrays)."""
+        from .nested import quantize_nested_reference
+
+        return quantize_nested_reference(deviations)
+
+    def to_host(self, a: Any) -> np.ndarray:
+        return np.asarray(a)
+
+    def from_host(self, a: np.ndarray) -> Any:
+        return a
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called ``name``; a clear error when unknown or unusable."""
+    backend = BACKENDS.get(name) if isinstance(name, str) else None
+    if backend is None:
+        raise ValueError(f"backend must be one of auto, {', '.join(BACKENDS)}, got {name!r}")
+    why = backend.unavailable()
+    if why:
+        raise ValueError(f"backend={name!r} is unavailable: {why}")
+    return backend

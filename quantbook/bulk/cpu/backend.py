@@ -1,0 +1,108 @@
+"""The ``cpu`` backend: numba kernels (:mod:`.kernels`, parallel, cached on disk).
+
+numba is imported on first use, so importing quantbook never needs it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .. import format as F
+from ..backend import Backend
+from ..nested import NESTED_BLOCKSIZE, nested_lut
+
+__all__ = ["NumbaBackend"]
+
+_F = np.float32
+
+
+def _kernels():
+    from . import kernels
+
+    return kernels
+
+
+@lru_cache(maxsize=1)
+def _f16_table() -> np.ndarray:
+    t = np.arange(65536, dtype=np.uint16).view(np.float16).astype(_F)
+    t.setflags(write=False)
+    return t
+
+
+def _kernel_view(x: np.ndarray) -> np.ndarray:
+    """float32 as is; float16 bits as uint16; bfloat16 bits as int16 (see kernels.py)."""
+    if x.dtype.name == "float16":
+        return x.view(np.uint16)
+    if x.dtype.name == "bfloat16":
+        return x.view(np.int16)
+    return x
+
+
+@lru_cache(maxsize=64)
+def _tables(code_bytes: bytes):
+    """The encoder laid out for the kernels: 15 register bounds (+inf padded) for tables of
+    at most 16 entries, else the bounds padded with +inf to a power of two less one."""
+    enc = F.code_encoder(np.frombuffer(code_bytes, dtype=_F))
+    bounds, order = enc.bounds, enc.order.astype(np.uint8)
+    k = order.size
+    if k <= 16:
+        b15 = np.full(15, np.inf, dtype=_F)
+        b15[: bounds.size] = bounds
+        o16 = np.zeros(16, dtype=np.uint8)
+        o16[:k] = order
+        identity = bool(np.array_equal(order, np.arange(k)))
+    else:
+        b15 = o16 = None
+        identity = False
+    nb_pow2 = 1 << max(1, (k - 1).bit_length())
+    bp = np.full(nb_pow2 - 1, np.inf, dtype=_F)
+    bp[: bounds.size] = bounds
+    op = np.zeros(nb_pow2, dtype=np.uint8)
+    op[:k] = order
+    return b15, o16, identity, bp, nb_pow2, op, enc.zero_index
+
+
+class NumbaBackend(Backend, name="cpu"):
+    """numba, ``parallel=True``: all cores, compiled once and cached."""
+
+    def unavailable(self):
+        try:
+            import numba  # noqa: F401
+        except ImportError as exc:
+            return f"numba is not installed ({exc})"
+        return None
+
+    def quantize_blocks(self, x, code, bits, block_size):
+        K = _kernels()
+        b15, o16, identity, bp, nb_pow2, op, zero = _tables(np.ascontiguousarray(code, _F).tobytes())
+        xv = _kernel_view(x.reshape(-1))
+        n = xv.size
+        packed = np.empty(F.packed_length(n, bits), dtype=np.uint8)
+        absmax = np.empty(F.n_blocks(n, block_size), dtype=_F)
+        if bits == 4 and b15 is not None:
+            K.quantize_4bit_small(xv, _f16_table(), b15, o16, identity, block_size, packed, absmax)
+        else:
+            K.quantize_generic(xv, _f16_table(), bp, nb_pow2, op, bits, zero, block_size, packed, absmax)
+        return packed, absmax
+
+    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+        K = _kernels()
+        table = F.decode_table(code, bits)
+        out = np.empty(n, dtype=out_dtype)
+        ov = _kernel_view(out)
+        packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+        absmax = np.ascontiguousarray(absmax, dtype=_F).reshape(-1)
+        if bits == 4:
+            K.dequantize_4bit(packed, absmax, table, block_size, n, ov)
+        else:
+            K.dequantize_generic(packed, absmax, table, bits, block_size, n, ov)
+        return out
+
+    def quantize_nested(self, deviations):
+        d = np.ascontiguousarray(deviations, dtype=_F).reshape(-1)
+        q = np.empty(d.size, dtype=np.uint8)
+        nabs = np.empty(F.n_blocks(d.size, NESTED_BLOCKSIZE), dtype=_F)
+        _kernels().quantize_nested_lut(d, nested_lut(), NESTED_BLOCKSIZE, q, nabs)
+        return q, nabs

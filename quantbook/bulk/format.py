@@ -1,0 +1,138 @@
+"""The block-wise byte format: one function per rule of docs/format.md, where the format is
+stated (bitsandbytes 0.50.2's CPU ``quantize_4bit`` / ``dequantize_4bit``, measured bit for
+bit).  The encoder is :mod:`quantbook.codebooks.encoding`, nested statistics
+:mod:`quantbook.bulk.nested`.  Every backend computes exactly these bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..codebooks.encoding import Encoder, encoder
+
+__all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "check_bits",
+           "check_code_table", "codes_per_byte", "packed_length", "n_blocks", "decode_table",
+           "code_encoder", "scale_blocks", "pack_codes", "unpack_codes"]
+
+_F = np.float32
+#: bitsandbytes divides by ``absmax.clamp(min=1e-38)``: 1e-38 rounded to float32 (a subnormal)
+TINY = _F(1e-38)
+#: input and output dtypes (bfloat16 through ml_dtypes)
+DTYPES = ("float32", "float16", "bfloat16")
+MIN_BLOCK, MAX_BLOCK = 16, 4096
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_block_size(block_size: Any) -> int:
+    if not _is_int(block_size):
+        raise ValueError(f"block_size must be an integer power of two from {MIN_BLOCK} to "
+                         f"{MAX_BLOCK}, got {block_size!r}")
+    b = int(block_size)
+    if b < MIN_BLOCK or b > MAX_BLOCK or b & (b - 1):
+        raise ValueError(f"block_size must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}, got {b}")
+    return b
+
+
+def check_bits(bits: Any, table_size: int | None = None) -> int:
+    """A code width of 1..8 bits (one byte per code at most) that can index the table."""
+    if not _is_int(bits) or not 1 <= int(bits) <= 8:
+        raise ValueError(f"bits must be an integer from 1 to 8 (one byte per code at most), got {bits!r}")
+    bits = int(bits)
+    if table_size is not None and table_size > 2**bits:
+        raise ValueError(f"a code table of {table_size} entries needs more than {bits} bits "
+                         f"(at most {2**bits})")
+    return bits
+
+
+def check_code_table(code: Any, bits: int | None = None) -> np.ndarray:
+    """The index→value table as a contiguous float32 vector: 1..2**bits finite entries."""
+    c = np.ascontiguousarray(np.asarray(code, dtype=_F)).reshape(-1)
+    limit = 256 if bits is None else 2 ** check_bits(bits)
+    if not 1 <= c.size <= limit:
+        raise ValueError(f"the code table must have 1..{limit} entries, got {c.size}")
+    if not np.isfinite(c).all():
+        raise ValueError("the code table must be finite (float32)")
+    return c
+
+
+def codes_per_byte(bits: int) -> int:
+    """8/bits for 1, 2, 4 bits; one code a byte otherwise."""
+    return 8 // bits if bits in (1, 2, 4) else 1
+
+
+def packed_length(n: int, bits: int) -> int:
+    """Bytes that hold ``n`` codes of ``bits`` bits."""
+    return -(-int(n) // codes_per_byte(check_bits(bits)))
+
+
+def n_blocks(n: int, block_size: int) -> int:
+    return -(-int(n) // int(block_size))
+
+
+def decode_table(code: Any, bits: int) -> np.ndarray:
+    """The code table padded with NaN to every index a stored code can take (``2**bits``
+    when packed, 256 for a byte a code), so corrupt bytes decode to NaN, never out of bounds."""
+    c = check_code_table(code, bits)
+    out = np.full(2**bits if codes_per_byte(bits) > 1 else 256, np.nan, dtype=_F)
+    out[: c.size] = c
+    return out
+
+
+def code_encoder(code: Any) -> Encoder:
+    """The float32 encoder of a code table (docs/format.md, "Encoder")."""
+    return encoder(check_code_table(code), "float32")
+
+
+# ------------------------------------------------------------------ reference computations
+def scale_blocks(xf: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, absmax)`` of a flat float32 array: per-block absmax and the clamped scaled values
+    (docs/format.md, "Scale").  A block holding NaN/Inf gets a non-finite absmax."""
+    n = xf.size
+    full, rem = divmod(n, block_size)
+    absmax = np.zeros(full + (1 if rem else 0), dtype=_F)
+    y = np.empty(n, dtype=_F)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if full:
+            blocks = xf[: full * block_size].reshape(full, block_size)
+            absmax[:full] = np.abs(blocks).max(axis=1)
+            inv = (_F(1) / np.maximum(absmax[:full], TINY)).astype(_F)
+            y[: full * block_size] = (blocks * inv[:, None]).reshape(-1)
+        if rem:
+            tail = xf[full * block_size:]
+            absmax[-1] = np.maximum(np.abs(tail).max(), TINY)  # stored clamped, as bitsandbytes
+            y[full * block_size:] = tail / absmax[-1]
+    np.clip(y, _F(-1), _F(1), out=y)
+    return y, absmax
+
+
+def pack_codes(idx: np.ndarray, bits: int, pad: int) -> np.ndarray:
+    """Pack code indices (docs/format.md, "Packing")."""
+    idx = np.asarray(idx, dtype=np.uint8).reshape(-1)
+    per = codes_per_byte(bits)
+    if per == 1:
+        return idx.copy()
+    full = np.full(packed_length(idx.size, bits) * per, pad, dtype=np.uint8)
+    full[: idx.size] = idx
+    groups = full.reshape(-1, per)
+    out = np.zeros(groups.shape[0], dtype=np.uint8)
+    for k in range(per):
+        out |= groups[:, k] << np.uint8(8 - bits * (k + 1))
+    return out
+
+
+def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``n`` code indices (uint8)."""
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    per = codes_per_byte(bits)
+    if per == 1:
+        return packed[:n].copy()
+    mask = np.uint8((1 << bits) - 1)
+    out = np.empty((packed.size, per), dtype=np.uint8)
+    for k in range(per):
+        out[:, k] = (packed >> np.uint8(8 - bits * (k + 1))) & mask
+    return out.reshape(-1)[:n]

@@ -1,0 +1,366 @@
+"""The ``gpu`` backend: CuPy raw kernels (:mod:`.kernels`) for the bulk format.
+
+Bit-identical to the numpy reference by construction (same float32 operations in
+the same order, see the kernels' docstring); the device tests check it.  CuPy is imported
+lazily: importing this module never needs CuPy or a GPU.
+
+Inputs may be CuPy arrays or anything exposing ``__cuda_array_interface__`` or DLPack
+(e.g. torch CUDA tensors, bfloat16 included) — never copied to the host.  Outputs are
+CuPy arrays.  Kernels are compiled with NVRTC for the current device on first use
+(cached in ``~/.cache/quantbook/gpu``, override with ``QUANTBOOK_CACHE``).  Kernels run on
+CuPy's current stream; results are ready when that stream is.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .. import format as F
+from ..backend import Backend
+from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset
+from . import kernels as K
+from .compile import compile_source, load_nvrtc, supported_archs
+from .tables import encoder_tables, search_size
+
+__all__ = ["CudaBackend", "quantize_gpu", "dequantize_gpu", "quantize_absmax_nested",
+           "dequantize_absmax_nested", "packing_for_bits", "gpu_available", "GpuUnavailable"]
+
+
+class GpuUnavailable(RuntimeError):
+    """CuPy, NVRTC or a CUDA device is missing."""
+
+
+def _cupy():
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        raise GpuUnavailable(
+            "the gpu backend needs CuPy: pip install 'quantbook[gpu]' (cupy-cuda12x; "
+            f"cupy-cuda13x for CUDA 13 drivers) ({exc})") from None
+    return cupy
+
+
+def gpu_available() -> tuple[bool, str]:
+    """``(True, device name)`` or ``(False, why not)``; never raises."""
+    try:
+        cp = _cupy()
+        n = cp.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return False, "no CUDA device"
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        return True, name.decode() if isinstance(name, bytes) else str(name)
+    except Exception as exc:  # CUDARuntimeError, GpuUnavailable, driver errors
+        return False, "no usable CUDA device: " + f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+# ---- argument checks (host side, no GPU needed) -----------------------------------------
+
+def packing_for_bits(bits: int) -> int:
+    """Kernel packing: the bits of a stored code (1, 2, 4), or 8 for one byte a code."""
+    bits = F.check_bits(bits)
+    return bits if F.codes_per_byte(bits) > 1 else 8
+
+
+def _log2_blocksize(blocksize) -> int:
+    return F.check_block_size(blocksize).bit_length() - 1
+
+
+def _dtype_key(dtype) -> str:
+    """'f32' | 'f16' | 'bf16' from a numpy/ml_dtypes/torch dtype or its name."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(getattr(dtype, "name", dtype)).replace("torch.", "")
+    key = {"float32": "f32", "float": "f32", "float16": "f16", "half": "f16",
+           "bfloat16": "bf16"}.get(name)
+    if key is None:
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    return key
+
+
+# ---- device arrays -----------------------------------------------------------------------
+
+def _as_device(x, input_dtype=None):
+    """(flat contiguous CuPy array, dtype key, keep-alive) without a host copy."""
+    loaded = sys.modules.get("cupy")
+    if isinstance(x, np.ndarray) and not (loaded is not None and isinstance(x, loaded.ndarray)):
+        raise TypeError("quantize_gpu needs a device array (CuPy, torch CUDA tensor, ...); "
+                        "numpy arrays use backend='cpu' or 'numpy'")
+    cp = _cupy()
+    keep = x
+    if not isinstance(x, cp.ndarray):
+        tdt = str(getattr(x, "dtype", ""))
+        if tdt == "torch.bfloat16" and hasattr(x, "data_ptr"):
+            # __cuda_array_interface__ cannot express bfloat16: wrap the pointer as uint16
+            if not x.is_cuda:
+                raise TypeError("torch tensor must be on a CUDA device")
+            t = x.contiguous()
+            mem = cp.cuda.UnownedMemory(t.data_ptr(), t.numel() * 2, t)
+            arr = cp.ndarray((t.numel(),), dtype=np.uint16, memptr=cp.cuda.MemoryPointer(mem, 0))
+            return arr, "bf16", t
+        if hasattr(x, "__cuda_array_interface__"):
+            x = cp.asarray(x)
+        elif hasattr(x, "__dlpack__"):
+            x = cp.from_dlpack(x)
+        else:
+            raise TypeError(f"expected a CUDA device array, got {type(x).__name__}")
+    if input_dtype is not None and _dtype_key(input_dtype) == "bf16" and x.dtype == np.uint16:
+        key = "bf16"                      # raw bfloat16 bits (CuPy < 14 has no bfloat16)
+    else:
+        key = _dtype_key(x.dtype)
+    x = cp.ascontiguousarray(x).reshape(-1)
+    if key == "bf16":
+        x = x.view(np.uint16)
+    return x, key, keep
+
+
+_MODULES: dict[tuple, object] = {}
+
+
+def _device_arch() -> tuple[str, str]:
+    cp = _cupy()
+    cc = int(cp.cuda.Device().compute_capability)
+    archs = supported_archs()
+    if cc in archs:
+        return f"sm_{cc}", "cubin"
+    lower = [a for a in archs if a <= cc]
+    if not lower:
+        raise GpuUnavailable(f"NVRTC supports no architecture <= sm_{cc}")
+    return f"compute_{max(lower)}", "ptx"      # the driver JIT-compiles newer GPUs
+
+
+def _kernel(name: str):
+    cp = _cupy()
+    dev = cp.cuda.Device().id
+    key = (name, dev)
+    fn = _MODULES.get(key)
+    if fn is None:
+        load_nvrtc()
+        arch, out = _device_arch()
+        image = compile_source(K.source([name]), arch, output=out, name=f"{name}.cu",
+                               use_cache=True)
+        mod = cp.cuda.function.Module()
+        mod.load(image)
+        fn = mod.get_function(name)
+        _MODULES[key] = (mod, fn)
+    else:
+        fn = fn[1]
+    return fn
+
+
+_CONSTS: dict[tuple, object] = {}
+
+
+def _device_const(host: np.ndarray):
+    """A device copy of a small read-only host table, cached per device (no H2D per call)."""
+    cp = _cupy()
+    host = np.ascontiguousarray(host)
+    key = (cp.cuda.Device().id, host.dtype.str, host.tobytes())
+    arr = _CONSTS.get(key)
+    if arr is None:
+        if len(_CONSTS) > 256:
+            _CONSTS.clear()
+        arr = _CONSTS[key] = cp.asarray(host)
+    return arr
+
+
+def _blocks(count: int, per: int) -> int:
+    return max(1, -(-count // per))
+
+
+def quantize_launch(n: int, dtype_key: str, blocksize: int) -> tuple[int, int]:
+    """(grid, block) of a quantize kernel: V elements a thread (8 for float32, 16 for the
+    16-bit types), blocksize/V threads a quantization block, CTA = max(256, blocksize/V)."""
+    v = K.VEC[dtype_key]
+    cta = max(256, blocksize // v)
+    return _blocks(-(-n // v), cta), cta
+
+
+def dequantize_launch(n: int) -> tuple[int, int]:
+    """(grid, block) of a dequantize kernel: 32 elements a thread, 256 threads a CTA."""
+    return _blocks(-(-n // K.DEQ_EPT), 256), 256
+
+
+def nested_launch(n: int) -> tuple[int, int]:
+    """(grid, block) of the nested-absmax kernels: one CTA of 256 threads per 256 values."""
+    return _blocks(n, 256), 256
+
+
+# ---- public functions ----------------------------------------------------------------------
+
+def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
+    """Block-wise quantize a device array (flattened in C order).
+
+    Returns ``(packed, absmax)``: CuPy uint8 ``[packed_length(n, bits)]`` and float32
+    ``[ceil(n / blocksize)]``, byte-identical to ``reference.quantize_reference``.  Input
+    float32 / float16 / bfloat16; assumed finite (the api checks).  ``code_f32``: the code
+    table in stored order (<= 2**bits finite entries).  ``input_dtype="bfloat16"`` marks a
+    uint16 array as raw bfloat16 bits (for CuPy < 14, which has no bfloat16 dtype).
+    """
+    packing = packing_for_bits(bits)
+    log2b = _log2_blocksize(blocksize)
+    code = F.check_code_table(code_f32, bits)
+    xd, key, keep = _as_device(x, input_dtype)  # rejects host arrays before needing CuPy
+    cp = _cupy()
+    n = int(xd.size)
+    nblocks = -(-n // blocksize)
+    packed = cp.empty(F.packed_length(n, bits), dtype=cp.uint8)
+    absmax = cp.empty(nblocks, dtype=cp.float32)
+    if n == 0:
+        return packed, absmax
+    tabs = encoder_tables(code, search_size(packing))
+    bounds = _device_const(tabs.bounds)
+    order = _device_const(tabs.order)
+    grid, cta = quantize_launch(n, key, blocksize)
+    vec_in = int(xd.data.ptr % 16 == 0)
+    fn = _kernel(K.quantize_name(key, packing))
+    fn((grid,), (cta,),
+       (xd, packed, absmax, np.int64(n), np.int32(log2b), bounds, order,
+        np.int32(tabs.K), np.int32(tabs.ident), np.int32(vec_in)))
+    del keep
+    return packed, absmax
+
+
+def _empty_out(n: int, key: str):
+    cp = _cupy()
+    if key == "f32":
+        return cp.empty(n, dtype=cp.float32), None
+    if key == "f16":
+        return cp.empty(n, dtype=cp.float16), None
+    raw = cp.empty(n, dtype=cp.uint16)
+    try:  # CuPy >= 14 knows ml_dtypes.bfloat16; older CuPy gets the raw bits (uint16)
+        import ml_dtypes  # noqa: PLC0415
+
+        return raw, raw.view(ml_dtypes.bfloat16)
+    except Exception:
+        return raw, raw
+
+
+def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, out_dtype):
+    """Inverse of :func:`quantize_gpu`: ``out = dtype(float32(code[idx] * absmax[block]))``.
+
+    Returns a flat CuPy array of ``out_dtype`` (float32, float16, or bfloat16 — an
+    ``ml_dtypes.bfloat16`` view with CuPy >= 14, else uint16 holding the bfloat16 bits).
+    Codes past the end of ``code_f32`` (corrupt input) decode to NaN.
+    """
+    packing = packing_for_bits(bits)
+    log2b = _log2_blocksize(blocksize)
+    code = F.check_code_table(code_f32, bits)
+    key = _dtype_key(out_dtype)
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    cp = _cupy()
+    pk = cp.ascontiguousarray(cp.asarray(packed)).reshape(-1).view(cp.uint8)
+    am = cp.ascontiguousarray(cp.asarray(absmax, dtype=cp.float32)).reshape(-1)
+    need = F.packed_length(n, bits)
+    if pk.size < need:
+        raise ValueError(f"packed holds {pk.size} bytes, {need} needed for n={n}, bits={bits}")
+    if am.size < -(-n // blocksize):
+        raise ValueError(f"absmax holds {am.size} values, {-(-n // blocksize)} needed")
+    out, view = _empty_out(n, key)
+    if n == 0:
+        return out if view is None else view
+    table = _device_const(code)
+    vec_in = int(pk.data.ptr % 16 == 0)
+    vec_out = int(out.data.ptr % 16 == 0)
+    fn = _kernel(K.dequantize_name(key, packing))
+    grid, cta = dequantize_launch(n)
+    fn((grid,), (cta,),
+       (pk, am, out, np.int64(n), np.int32(log2b), table, np.int32(code.size),
+        np.int32(vec_in), np.int32(vec_out)))
+    return out if view is None else view
+
+
+def quantize_absmax_nested(absmax, threads: int = 1):
+    """Nested (double) quantization of a device float32 absmax array, as bitsandbytes'
+    ``compress_statistics`` on CPU.  Returns ``(qabsmax uint8, nested_absmax float32,
+    offset np.float32)`` (CuPy arrays), bit-identical to the numpy reference.
+
+    The offset is torch's float32 mean (:func:`quantbook.bulk.nested.nested_offset`, on the
+    host from a copy of ``absmax``: one float32 per block, small); the 256-blocks are
+    quantized on the device with the 65536-entry LUT.
+    """
+    cp = _cupy()
+    am = cp.ascontiguousarray(cp.asarray(absmax, dtype=cp.float32)).reshape(-1)
+    if int(am.size) == 0:
+        raise ValueError("absmax is empty")
+    offset = nested_offset(cp.asnumpy(am), threads)
+    q, nested = _nested_codes(am, offset)
+    return q, nested, offset
+
+
+def _nested_codes(am, offset):
+    cp = _cupy()
+    n = int(am.size)
+    q = cp.empty(n, dtype=cp.uint8)
+    nested = cp.empty(F.n_blocks(n, NESTED_BLOCKSIZE), dtype=cp.float32)
+    fn = _kernel(K.NESTED_QUANT_NAME)
+    grid, cta = nested_launch(n)
+    fn((grid,), (cta,), (am, np.float32(offset), _device_const(nested_lut()), q, nested, np.int64(n)))
+    return q, nested
+
+
+def dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code=None,
+                             nested_blocksize: int = NESTED_BLOCKSIZE):
+    """``float32(float32(code[q] * nested_absmax[i // nested_blocksize]) + offset)`` on the
+    device; ``nested_code`` defaults to bitsandbytes' dynamic map (256 float32)."""
+    cp = _cupy()
+    code = F.check_code_table(dynamic_map() if nested_code is None else nested_code)
+    if code.size != 256:
+        code = np.concatenate([code, np.full(256 - code.size, np.nan, np.float32)])
+    log2b = _log2_blocksize(nested_blocksize)
+    q = cp.ascontiguousarray(cp.asarray(qabsmax)).reshape(-1).view(cp.uint8)
+    na = cp.ascontiguousarray(cp.asarray(nested_absmax, dtype=cp.float32)).reshape(-1)
+    n = int(q.size)
+    if na.size < -(-n // nested_blocksize):
+        raise ValueError("nested_absmax is too short for qabsmax")
+    out = cp.empty(n, dtype=cp.float32)
+    if n == 0:
+        return out
+    fn = _kernel(K.NESTED_DEQUANT_NAME)
+    grid, cta = nested_launch(n)
+    fn((grid,), (cta,),
+       (q, na, _device_const(code), np.float32(offset), out, np.int64(n), np.int32(log2b)))
+    return out
+
+
+class CudaBackend(Backend, name="gpu"):
+    """CuPy raw kernels on device arrays (CuPy, torch CUDA tensors, DLPack)."""
+
+    device = True
+
+    def unavailable(self):
+        ok, why = gpu_available()
+        return None if ok else why
+
+    def quantize_blocks(self, x, code, bits, block_size):
+        return quantize_gpu(x, code, bits, block_size)
+
+    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+        return dequantize_gpu(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def quantize_nested(self, deviations):
+        # absmax - offset is formed on the host (the offset is); the kernel subtracts 0 exactly
+        cp = _cupy()
+        q, nested = _nested_codes(cp.asarray(np.ascontiguousarray(deviations, dtype=np.float32)), 0.0)
+        return q.get(), nested.get()
+
+    def to_host(self, a):
+        if hasattr(a, "get"):  # CuPy
+            return a.get()
+        if str(getattr(a, "dtype", "")) == "torch.bfloat16":  # numpy has no bfloat16: go via bits
+            import torch
+
+            from ..state import dtype_from_name
+
+            return a.detach().view(torch.int16).cpu().numpy().view(dtype_from_name("bfloat16"))
+        if hasattr(a, "cpu"):  # torch
+            return a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    def from_host(self, a):
+        return _cupy().asarray(a)

@@ -1,0 +1,109 @@
+"""The ``quantbook`` command line.  Thin: parse, call the library, print.
+
+One module per command group; each has ``register(subparsers)``, which adds its
+sub-commands and binds each to its function:
+
+* :mod:`.codebooks` — ``list``, ``show``, ``export``;
+* :mod:`.derive` — ``derive nf|lloyd|quantile``, ``evaluate``;
+* :mod:`.audit` — ``audit``;
+* :mod:`.model` — ``evaluate-model``;
+* :mod:`.plots` — ``plot``, ``plot-sweep``.
+
+Shared helpers live in :mod:`.common`; the fields of every ``--json`` output are listed in
+``docs/json.md``.  Codebook names follow :mod:`quantbook.naming`.
+
+Errors: a user error — bad arguments, a bad input file, an invalid codebook, an output that
+cannot be written — ends with one line ``quantbook[ SUBCMD]: error: ...`` on stderr and exit
+status 2.  The library reports those as ValueError (its error classes derive from it),
+KeyError (a name that is not there) or OSError (the operating system refused a file).
+Anything else is a bug: one line ``quantbook: internal error: ...`` and exit status 1.  Never
+a traceback.  Warnings raised during a command that succeeds follow its output as one line
+each (``quantbook: warning: ...``); after an error only the error line is printed, so that it
+stays the one line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Sequence
+
+from .common import Parser, UsageError
+from .derive import PRECISIONS as _PRECISIONS  # noqa: F401 - a test checks it against the engine's
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+def _command_modules():
+    from . import audit, codebooks, derive, model, plots
+
+    return (codebooks, derive, audit, model, plots)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for module in _command_modules():
+        module.register(sub)
+    return p
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _describe(exc: BaseException) -> str:
+    """The one-line message of a library error."""
+    if isinstance(exc, KeyError) and not isinstance(exc, ValueError) and exc.args:
+        return _one_line(exc.args[0])  # str(KeyError) would quote the message
+    if isinstance(exc, OSError) and exc.strerror:
+        name = exc.filename if exc.filename is not None else ""
+        name = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+        if len(name) > 120:  # a name too long to open would flood the line
+            name = name[:60] + "..." + name[-40:]
+        return _one_line(f"{name}: {exc.strerror}" if name else exc.strerror)
+    return _one_line(exc)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: send what is left in stdout's buffer nowhere, so that Python's
+    final flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    caught: dict[tuple[type, str], None] = {}
+
+    def collect(message, category, filename, lineno, file=None, line=None):
+        caught.setdefault((category, _one_line(message)), None)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = collect
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            status = int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `quantbook audit --json | head`: not an error
+        _silence_stdout()
+        return 0
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"quantbook: error: {_describe(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantbook: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the command line never shows a traceback
+        print(f"quantbook: internal error: {type(exc).__name__}: {_describe(exc)}", file=sys.stderr)
+        return 1
+    for category, message in caught:
+        print(f"quantbook: warning: {message}", file=sys.stderr)
+    return status

@@ -1,0 +1,51 @@
+"""``audit``: re-derive every published table and compare it bit for bit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .common import add_json_flag, print_json
+
+__all__ = ["register"]
+
+
+def _row_json(row) -> dict[str, Any]:
+    """An audit row in the JSON vocabulary: ``recipe`` is the recipe object, as in every other
+    command's output; its one-line form is ``recipe_text``."""
+    from ..codebooks.registry import REGISTRY
+    from ..verify.audit import format_recipe
+
+    recipe = REGISTRY[row.name].codebook.recipe
+    return {**row.to_dict(), "recipe": recipe, "recipe_text": format_recipe(recipe)}
+
+
+def _cmd_audit(args) -> int:
+    from ..codebooks.registry import REGISTRY
+    from ..io.progress import progress_bar
+    from ..verify.audit import audit
+
+    with progress_bar(total=len(REGISTRY), desc="auditing", unit="table") as bar:
+        rows = audit(progress=bar.step)
+    if args.json:
+        print_json([_row_json(r) for r in rows])
+    else:
+        for r in rows:
+            fields = (f"bit_exact={'-' if r.bit_exact is None else ('yes' if r.bit_exact else 'no')}"
+                      f"  max_ulp={'-' if r.max_ulp is None else r.max_ulp}"
+                      f"  max_abs_diff={'-' if r.max_abs_diff is None else f'{r.max_abs_diff:.3g}'}")
+            print(f"[{r.status:>7}] {r.name}: {r.recipe}")
+            print(f"         {fields}  expect={r.expect}")
+            print(f"         {r.explanation}")
+    failed = [r.name for r in rows if r.failed]
+    if failed:
+        print(f"quantbook: audit: not reproduced: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit")
+    add_json_flag(s)
+    s.set_defaults(func=_cmd_audit)

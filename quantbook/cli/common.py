@@ -1,0 +1,110 @@
+"""What every command module shares: the user-error type, the parser class, argument types,
+JSON printing and codebook loading.
+
+Importing this module is cheap (argparse, json, numpy): the derivation engine (sympy,
+scipy.stats) is loaded only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["UsageError", "Parser", "integer", "int_in", "add_json_flag", "json_safe", "print_json", "load_codebook",
+           "print_codebook", "output_path"]
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2.  ``prog`` names the sub-command."""
+
+    def __init__(self, message: str, prog: str = "quantbook") -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
+        raise UsageError(message, self.prog)
+
+
+def integer(text: str) -> int:
+    """An argparse type: an integer (its range is the library's to check)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {_clip(text)!r}") from None
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``lo`` to ``hi``."""
+
+    def parse(text: str) -> int:
+        v = integer(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    return parse
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="JSON output (fields: docs/json.md)")
+
+
+def json_safe(obj: Any) -> Any:
+    """Standard JSON has no inf/NaN: non-finite floats become null (e.g. the MSE of a source
+    without a variance)."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
+
+
+def load_codebook(spec: str, block_size: int = 64):
+    """The Codebook a command-line spelling names (:mod:`quantbook.naming`)."""
+    from ..naming import resolve_codebook
+
+    return resolve_codebook(spec, block_size)
+
+
+def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """``show``'s output: the codebook's fields, then ``extra`` (JSON: merged into one object)."""
+    if as_json:
+        d = cb.to_dict()
+        d.update(extra or {})
+        print_json(d)
+        return
+    print(f"{cb.name}: {cb.bits}-bit, {cb.n_levels} levels")
+    print(f"source: {cb.source}")
+    from ..verify.audit import format_recipe
+
+    print(f"recipe: {format_recipe(cb.recipe)}")
+    print(f"{'index':>5}  {'value (float64 repr)':<24}  {'float32 hex':<10}")
+    for i, v in enumerate(cb.code):
+        print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
+    for key, value in (extra or {}).items():
+        print(f"{key}: {value}")
+
+
+def output_path(path: str) -> str:
+    """Check an ``-o PATH`` before any work is done (:func:`quantbook.io.files.check_output_path`)."""
+    from ..io.files import check_output_path
+
+    check_output_path(path)
+    return path

@@ -1,0 +1,142 @@
+"""``derive nf|lloyd|quantile`` and ``evaluate``: codebooks from the derivation engine, and the
+exact expected errors of any codebook under the block model."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from .common import add_json_flag, integer, load_codebook, print_codebook, print_json
+
+__all__ = ["register", "PRECISIONS", "METRICS"]
+
+# quantbook.derive.normal_float.PRECISIONS (a test checks that they agree), spelled out so that
+# building the parser does not import the derivation engine (sympy, scipy.stats: ~0.7 s)
+PRECISIONS = ("exact", "float64", "float32-bnb")
+
+#: the fields of quantbook.derive.Evaluation that ``derive lloyd|quantile --json`` adds to the codebook
+METRICS = ("mse_weight", "mae_weight", "mse_normalized", "mae_normalized", "sqnr_db")
+
+
+def _cmd_derive_nf(args) -> int:
+    from ..derive.normal_float import nf, nf_exact
+
+    cb = nf(**_given(args, "bits", "offset", "precision"))
+    extra = None
+    if cb.recipe["precision"] == "exact":
+        import mpmath
+
+        exact = nf_exact(cb.recipe["bits"], cb.recipe["offset"], dps=40)
+        extra = {"levels_exact": [mpmath.nstr(v, 32) for v in exact]}
+    print_codebook(cb, args.json, extra)
+    return 0
+
+
+def _given(args, *names: str) -> dict[str, Any]:
+    """The options the user gave; the others take the library's defaults (for derivations the
+    fields of quantbook.derive.recipes), so the command line cannot disagree with the API."""
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if "source" in given:
+        from ..derive.sources import parse_source
+
+        given["source"] = parse_source(given["source"])  # parsed once, for the derivation and the metrics
+    if "fix" in given:  # the engine reads "-1,0,1" and "none" itself
+        given["fixed"] = given.pop("fix")
+    return given
+
+
+def _metrics(cb, given: dict[str, Any]) -> dict[str, Any]:
+    """The expected errors of a derived codebook under the block model it was derived for."""
+    from ..derive.metrics import evaluate
+
+    recipe = cb.recipe
+    ev = evaluate(cb, recipe.get("block_size"), given.get("source", recipe["source"]),
+                  recipe["normalization"]).to_dict()
+    return {key: ev[key] for key in METRICS}
+
+
+_BLOCK = ("bits", "block_size", "normalization", "source", "fix", "symmetric", "domain")
+
+
+def _cmd_derive_lloyd(args) -> int:
+    from ..derive.lloyd import solve_lloyd
+
+    given = _given(args, "loss", *_BLOCK)
+    res = solve_lloyd(**given)
+    extra = _metrics(res.codebook, given)
+    extra.update(iterations=res.iterations, change=res.change, converged=res.converged)
+    print_codebook(res.codebook, args.json, extra)
+    return 0
+
+
+def _cmd_derive_quantile(args) -> int:
+    from ..derive.lloyd import quantile
+
+    given = _given(args, *_BLOCK)
+    cb = quantile(**given)
+    print_codebook(cb, args.json, _metrics(cb, given))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from ..derive.metrics import evaluate
+
+    cb = load_codebook(args.name, *([args.block_size] if args.block_size is not None else []))
+    ev = evaluate(cb, **_given(args, "block_size", "source", "normalization"))
+    if args.json:
+        print_json(ev.to_dict())
+        return 0
+    where = "no normalisation" if ev.normalization == "none" else f"{ev.normalization}, B={ev.block_size}"
+    print(f"{cb.name} on {ev.source} ({where})")
+    print(f"  MSE  weight {ev.mse_weight:.6e}   normalised {ev.mse_normalized:.6e}")
+    print(f"  MAE  weight {ev.mae_weight:.6e}   normalised {ev.mae_normalized:.6e}")
+    print(f"  SQNR {ev.sqnr_db:.3f} dB   code-usage entropy {ev.entropy_bits:.4f} bits")
+    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {ev.rd_bound:.6e}   gap {ev.gap_db:.3f} dB")
+    return 0
+
+
+# Defaults are left to the library (see _given); the help texts only say what they are.
+def _add_block_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--block-size", type=integer, help="B (default 64)")
+    s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
+    s.add_argument("--source", help="normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS] "
+                                    "(default normal)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .common import Parser
+
+    d = sub.add_parser("derive", help="derive a codebook")
+    dsub = d.add_subparsers(dest="method", metavar="METHOD", parser_class=Parser)
+    dsub.required = True
+    s = dsub.add_parser("nf", help="NormalFloat NFk from normal quantiles")
+    s.add_argument("--bits", type=integer, help="k, 2..8 (default 4)")
+    s.add_argument("--offset",
+                   help="outermost quantile position as an exact rational P/Q or decimal "
+                        "(default: 929/960 for k=4; 0.9677083 with float32-bnb)")
+    s.add_argument("--precision", choices=PRECISIONS, help="default float64")
+    add_json_flag(s)
+    s.set_defaults(func=_cmd_derive_nf)
+    for meth, helptext in (("lloyd", "Lloyd-Max (L1/L2) codebook of the exact block distribution"),
+                           ("quantile", "equal-probability codebook of the exact block distribution")):
+        s = dsub.add_parser(meth, help=helptext)
+        s._negative_number_matcher = re.compile(r"^-[\d.]")  # so that --fix -1,0,1 is a value
+        s.add_argument("--bits", type=integer, help="1..8 (default 4)")
+        _add_block_arguments(s)
+        if meth == "lloyd":
+            s.add_argument("--loss", choices=("l1", "l2"), help="default l2")
+        s.add_argument("--domain", choices=("weight", "normalized"),
+                       help="error measured on weights (scale*(y-q)) or normalised values (default "
+                            + ("weight)" if meth == "lloyd" else "normalized)"))
+        s.add_argument("--fix", metavar="V1,V2,...",
+                       help="fixed levels (default -1,0,1 absmax; 0,1 signed-absmax; none: none)")
+        s.add_argument("--symmetric", action="store_const", const=True, help="levels symmetric about 0")
+        add_json_flag(s)
+        s.set_defaults(func=_cmd_derive_lloyd if meth == "lloyd" else _cmd_derive_quantile)
+
+    s = sub.add_parser("evaluate", help="exact expected errors of a codebook under the block model")
+    s.add_argument("name", metavar="NAME|FILE.json")
+    _add_block_arguments(s)
+    add_json_flag(s)
+    s.set_defaults(func=_cmd_evaluate)

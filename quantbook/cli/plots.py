@@ -1,0 +1,115 @@
+"""``plot`` and ``plot-sweep``: codebook levels over the block density, and expected errors
+against the block size (matplotlib, ``quantbook[plot]``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import UsageError, add_json_flag, int_in, print_json
+
+__all__ = ["register"]
+
+
+def _resolve(specs: list[str], block_size: int):
+    """``(label, Codebook | B -> Codebook)``: a ``lloyd-...`` without ``B`` is re-fitted at each B."""
+    from ..naming import depends_on_block_size, resolve_codebook
+
+    out = []
+    for spec in specs:
+        for one in (t.strip() for t in spec.split(",")):
+            if not one:
+                continue
+            if depends_on_block_size(one):
+                resolve_codebook(one, block_size)  # a bad spelling fails now, not inside the plot
+                out.append((f"{one} (fit at each B)", lambda B, _s=one: resolve_codebook(_s, B)))
+            else:
+                out.append((one, resolve_codebook(one, block_size)))
+    if not out:
+        raise UsageError("no codebooks given")
+    return out
+
+
+def _cmd_plot(args) -> int:
+    from ..plots import check_plot_path, plot_levels
+
+    check_plot_path(args.output)  # before any work
+    cbs = [(label, cb(args.block_size) if callable(cb) else cb)
+           for label, cb in _resolve(args.codebooks, args.block_size)]
+    plot_levels(cbs, args.block_size, args.output, source=args.source, normalization=args.normalization)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _check_finite_errors(source: str, domain: str) -> None:
+    """The weight domain measures errors in units of the source's standard deviation: a source
+    without a finite variance has no finite expected MSE to draw on a log scale."""
+    from ..derive.sources import parse_source
+
+    src = parse_source(source)
+    if domain == "weight" and src.moment_limit <= 2:
+        raise UsageError(f"--source {source}: the weights have no finite variance, so their expected "
+                         f"squared error is infinite; use --domain normalized")
+
+
+def _cmd_plot_sweep(args) -> int:
+    from ..plots import check_plot_path, plot_sweep
+
+    check_plot_path(args.output)  # before any work
+    if args.min_block > args.max_block:
+        raise UsageError(f"--min-block {args.min_block} is larger than --max-block {args.max_block}")
+    _check_finite_errors(args.source, args.domain)
+    sizes = []
+    B = args.min_block
+    while B <= args.max_block:
+        sizes.append(B)
+        B *= 2
+    cbs = _resolve(args.codebooks, args.min_block)
+    errors = plot_sweep(cbs, args.output, sizes, source=args.source, normalization=args.normalization,
+                        domain=args.domain)
+    # the JSON vocabulary names the domain in the key: mse_weight or mse_normalized (docs/json.md)
+    keys = {m: f"{m}_{args.domain}" for m in ("mse", "mae")}
+    if args.json:
+        print_json({"block_sizes": sizes, "domain": args.domain, "source": args.source,
+                    "normalization": args.normalization,
+                    "codebooks": {k: {keys[m]: v.tolist() for m, v in e.items()} for k, e in errors.items()}})
+    else:
+        width = max(len(k) for k in errors)
+        print(f"expected error ({args.domain} domain, {args.source} source) by block size")
+        print(f"{'codebook':<{width}}  metric  " + "  ".join(f"{b:>9}" for b in sizes))
+        for label, e in errors.items():
+            for m in ("mse", "mae"):
+                print(f"{label:<{width}}  {m:<6}  " + "  ".join(f"{v:>9.3e}" for v in e[m]))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    norms = ("absmax", "signed-absmax")
+    s = sub.add_parser("plot", help="draw codebook levels over the block-B density (PNG, PDF, SVG ...)",
+                       description="Draw each codebook's levels beneath the density of one normalised value "
+                                   "x/absmax of a block of B weights from SOURCE.  The output's extension "
+                                   "names the image format (PNG without one).")
+    s.add_argument("codebooks", nargs="+", metavar="NAME", help="registry names, FILE.json, nfK, lloyd-... "
+                                                                "(see evaluate-model)")
+    s.add_argument("--block-size", "-B", type=int_in(2, 10**6), default=64, help="block size (default 64)")
+    s.add_argument("--source", default="normal", help="weight distribution: normal, laplace, student-t:NU, FILE.npy, "
+                                                      "FILE.safetensors[:GLOBS] (default normal)")
+    s.add_argument("--normalization", choices=norms, default="absmax")
+    s.add_argument("-o", "--output", required=True, metavar="FILE")
+    s.set_defaults(func=_cmd_plot)
+
+    s = sub.add_parser("plot-sweep", help="expected MSE/MAE vs block size for several codebooks (PNG, PDF ...)",
+                       description="Exact expected MSE and MAE of each codebook for block sizes MIN, 2·MIN, ... MAX; "
+                                   "a lloyd-LOSS spelling without a block size is re-derived at every block size. "
+                                   "Also prints the numbers.")
+    s.add_argument("codebooks", nargs="+", metavar="NAME")
+    s.add_argument("--min-block", type=int_in(2, 10**6), default=16, help="smallest block size (default 16)")
+    s.add_argument("--max-block", type=int_in(2, 10**6), default=16384, help="largest block size (default 16384)")
+    s.add_argument("--source", default="normal", help="weight distribution (default normal)")
+    s.add_argument("--normalization", choices=norms, default="absmax")
+    s.add_argument("--domain", choices=("weight", "normalized"), default="weight",
+                   help="errors of the weights in units of sigma (default) or of y = x/absmax")
+    add_json_flag(s)
+    s.add_argument("-o", "--output", required=True, metavar="FILE")
+    s.set_defaults(func=_cmd_plot_sweep)

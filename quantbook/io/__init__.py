@@ -1,0 +1,13 @@
+"""Files in and out: the bottom layer, importing nothing else from quantbook.
+
+* :mod:`.files` — the one place that writes user output files (path checks, atomic writes);
+* :mod:`.safetensors` — reading ``.safetensors`` model files (header parsed once per file);
+* :mod:`.npy` — reading ``.npy`` arrays with the header checked before any data is read;
+* :mod:`.progress` — progress bars on standard error (``tqdm``, optional).
+
+The submodules are imported on use so that ``import quantbook.io.files`` stays cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = ["files", "safetensors", "npy", "progress"]

@@ -1,0 +1,162 @@
+"""Writing user output files: the one place that does it.
+
+Rules (stated once, used by ``export``, the plots and every ``-o PATH``):
+
+* the path must name a file: empty, ending in a path separator, or naming an existing
+  directory is an :class:`OutputPathError` (:func:`check_output_dir` is for the rare API
+  that wants a directory);
+* its directory must exist and be writable; an existing file must be writable;
+* operating-system errors (a name too long, no permission, disk full, file size limit)
+  become one-line :class:`OutputPathError` messages;
+* writes are atomic: the data goes to a temporary file in the same directory, which then
+  replaces the target with :func:`os.replace`.  A write that fails half-way leaves an
+  existing file untouched and no temporary file behind.  An existing file keeps its
+  permission bits; a symbolic link keeps pointing at its (replaced) target.  Special
+  files (``/dev/stdout``, a FIFO) cannot be replaced and are written in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import IO, Iterator
+
+__all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output"]
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written, with a one-line reason."""
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    if exc.errno == errno.EFBIG:
+        return "file too large (file size limit reached)"
+    return exc.strerror or str(exc)
+
+
+def _describe(path: str | os.PathLike) -> str:
+    text = os.fspath(path)
+    # a name long enough to be the problem would flood the one-line message
+    return repr(text if len(text) <= 120 else text[:60] + "..." + text[-40:])
+
+
+def _stat(p: Path, shown: str) -> os.stat_result | None:
+    """``os.stat(p)``, ``None`` when nothing is there; other OS errors become one line."""
+    try:
+        return os.stat(p)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` if a file can be written there, else :class:`OutputPathError`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise OutputPathError(f"output path must be a string or a path, got {type(path).__name__}")
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text == "":
+        raise OutputPathError("output path is empty")
+    shown = _describe(text)
+    if "\0" in text:
+        raise OutputPathError(f"output path {shown} contains a NUL character")
+    if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)):
+        raise OutputPathError(f"output path {shown} ends with {text[-1]!r}: it names a directory, not a file")
+    if os.path.basename(text) in (".", ".."):  # pathlib would drop a trailing "/." and write a file
+        raise OutputPathError(f"output path {shown} names a directory, not a file")
+    p = Path(text)
+    st = _stat(p, shown)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise OutputPathError(f"output path {shown} is a directory, not a file")
+    parent = p.parent
+    pst = _stat(parent, shown)
+    if pst is None or not stat.S_ISDIR(pst.st_mode):
+        raise OutputPathError(f"cannot write {shown}: directory {str(parent)!r} does not exist")
+    if st is not None and not os.access(p, os.W_OK):
+        raise OutputPathError(f"cannot write {shown}: the file is not writable")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {shown}: directory {str(parent)!r} is not writable")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` if it is an existing writable directory, else :class:`OutputPathError`."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not text:
+        raise OutputPathError("output directory is empty")
+    shown = _describe(text)
+    p = Path(text)
+    st = _stat(p, shown)
+    if st is None:
+        raise OutputPathError(f"output directory {shown} does not exist")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputPathError(f"output directory {shown} is not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputPathError(f"output directory {shown} is not writable")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = "utf-8") -> Iterator[IO]:
+    """A file object whose contents replace ``path`` when the ``with`` block ends without error.
+
+    See the module docstring for the rules.  On an error (or an exception in the block) the
+    temporary file is removed and ``path`` is left as it was; OS errors are re-raised as
+    :class:`OutputPathError`.
+    """
+    p = check_output_path(path)
+    shown = _describe(path)
+    target = Path(os.path.realpath(p))  # write through a symbolic link, keep the link
+    st = _stat(target, shown)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # /dev/stdout, a FIFO, a terminal: nothing to replace, write in place
+        try:
+            with open(target, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as f:
+                yield f
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
+        return
+    tmp = target.with_name(f".{target.name[:200]}.{secrets.token_hex(4)}.tmp")
+    try:
+        # a new file gets 0o666 less the umask, as open() would give it; an existing one its own mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if st is None else 0o600)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
+    done = False
+    try:
+        try:
+            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            if st is not None:
+                os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            os.replace(tmp, target)
+            done = True
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def write_output(data: str | bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` (``str`` as UTF-8) to ``path`` atomically; returns the path.
+
+    Raises :class:`OutputPathError` (a ``ValueError``) with a one-line reason.
+    """
+    if not isinstance(data, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be str or bytes, got {type(data).__name__}")
+    binary = not isinstance(data, str)
+    with atomic_output(path, binary=binary) as f:
+        f.write(data)
+    return Path(os.fspath(path))

@@ -1,0 +1,81 @@
+"""Reading ``.npy`` arrays from untrusted files.
+
+``numpy.load`` trusts the file: an ``.npz`` archive renamed ``.npy`` comes back as an archive
+object, and a header claiming 10^12 values is allocated before anything checks it.
+:func:`load_npy` reads the magic string and the header first
+(:func:`numpy.lib.format.read_magic`, ``read_array_header_1_0`` / ``_2_0``), checks them —
+a ``.npy`` file, no Python objects, at most ``max_values`` values, as many data bytes as the
+header promises — and only then reads the data.  Every problem is a one-line
+:class:`NpyError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["NpyError", "load_npy", "DEFAULT_MAX_VALUES"]
+
+#: values read at most by default (2**27: 1 GiB as float64)
+DEFAULT_MAX_VALUES = 2**27
+
+
+class NpyError(ValueError):
+    """A file that is not a usable ``.npy`` array, with a one-line reason naming it."""
+
+
+def load_npy(path: str | os.PathLike, max_values: int | None = DEFAULT_MAX_VALUES) -> np.ndarray:
+    """The array stored in the ``.npy`` file ``path``, after checking its header.
+
+    ``max_values``: the most values (elements) accepted, ``None`` for no limit.  Raises
+    ``FileNotFoundError`` for a missing file and :class:`NpyError` (a ``ValueError``) for
+    anything else: not a ``.npy`` file (an ``.npz`` archive, text), an unsupported format
+    version, an object or structured dtype, too many values, or truncated data.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such .npy file: {path}")
+    fmt = np.lib.format
+    try:
+        with open(p, "rb") as f:
+            head = f.read(6)
+            if head != fmt.MAGIC_PREFIX:
+                kind = " (it is a zip archive, e.g. an .npz)" if head[:4] == b"PK\x03\x04" else ""
+                raise NpyError(f"{path} is not a .npy file{kind}")
+            f.seek(0)
+            try:
+                version = fmt.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
+                else:  # 3.0 only adds UTF-8 field names, i.e. structured dtypes, not read here
+                    raise NpyError(f"{path}: .npy format version {version[0]}.{version[1]} is not supported")
+            except NpyError:
+                raise
+            except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
+                reason = " ".join(str(exc).split())[:160]
+                raise NpyError(f"{path} is not a valid .npy file (bad header: {reason})") from None
+            if dtype.hasobject:
+                raise NpyError(f"{path} holds Python objects, which are not read (allow_pickle is off)")
+            if dtype.names is not None or dtype.subdtype is not None:
+                raise NpyError(f"{path}: structured or sub-array dtype {dtype} is not supported")
+            count = math.prod(shape)
+            if max_values is not None and count > max_values:
+                raise NpyError(f"{path}: the header claims {count:,} values, more than the limit of {max_values:,}")
+            need = count * dtype.itemsize
+            have = p.stat().st_size - f.tell()
+            if have < need:
+                raise NpyError(f"{path} is truncated: the header promises {need:,} data bytes, the file holds {have:,}")
+            data = np.fromfile(f, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
+    except OSError as exc:
+        raise NpyError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data.size != count:
+        raise NpyError(f"{path} is truncated")
+    try:
+        return data.reshape(shape[::-1]).transpose() if fortran else data.reshape(shape)
+    except ValueError:  # an empty array with absurd dimensions
+        raise NpyError(f"{path}: bad shape {shape} in the header") from None

@@ -1,0 +1,176 @@
+"""Names of codebooks: one grammar for the Python API and the command line.
+
+Grammar (keywords and the ``.json`` suffix case-insensitive; ``resolve_codebooks`` takes a
+comma-separated list)::
+
+    SPEC   := NAME                 a registry entry (`quantbook list`), e.g. nf4, af4, iq4_nl
+            | PATH.json            a codebook file (`quantbook export ... --format json`)
+            | nfK                  NormalFloat with K = 2..8 bits: bitsandbytes' float32 table
+                                   for K = 4 (the registry's nf4), float64 quantiles otherwise
+            | lloyd-LOSS[-B][-Kbit][-normalized][@SOURCE]
+    LOSS   := l1 | l2              expected absolute / squared error
+    B      := the block size the table is fitted for, 2 .. MAX_BLOCK_SIZE (default: the
+              ``block_size`` argument; ``plot-sweep`` re-derives it at every block size)
+    K      := bits, 1..8 (default 4)
+    -normalized  minimise the error of the normalised values y = x/absmax instead of the
+              error of the weights, absmax·(y - q) (the engine's default "weight" domain)
+    SOURCE := any source spelling of the derivation engine (default normal), e.g. laplace,
+              student-t:5, FILE.npy, FILE.safetensors:GLOBS
+
+``lloyd-l2-64`` is the 4-bit table minimising the expected squared error of the weights of
+absmax-normalised N(0,1) blocks of 64, with the engine's default fixed levels (-1, 0 and +1
+under absmax, as NF4 and AF4 keep); ``lloyd-l1-64-normalized`` minimises the expected
+absolute error of the normalised values, AF4's criterion.  Everything a shorthand does not
+say is left to :func:`quantbook.derive.lloyd`'s defaults, so the two cannot disagree.
+Derived tables are cached for the process.  The derivation engine is imported only when a
+derived name is asked for, so resolving a registry name or a file stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from numbers import Integral
+from pathlib import Path
+from typing import Any, Sequence
+
+from .codebooks.codebook import Codebook, CodebookError
+
+__all__ = ["resolve_codebook", "resolve_codebooks", "depends_on_block_size", "UnknownCodebookError",
+           "GRAMMAR", "MAX_BLOCK_SIZE"]
+
+#: one line naming every accepted spelling (for error messages and help texts)
+GRAMMAR = "a registry name, FILE.json, nfK (K = 2..8) or lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE]"
+
+#: the largest block size of the derivation engine (quantbook.derive.block checks the same bound)
+MAX_BLOCK_SIZE = 10**7
+
+
+class UnknownCodebookError(CodebookError, KeyError):
+    """A spelling that names no codebook.  Also a KeyError, as a registry lookup is."""
+
+    __str__ = BaseException.__str__  # KeyError's own str() would quote the message
+
+
+# digits are matched loosely and checked afterwards, so that an out-of-range number gets its
+# own message instead of "unknown codebook"
+_LLOYD = re.compile(r"^lloyd-(?P<loss>l[12])(?:-(?P<B>\d+))?(?:-(?P<k>\d+)bits?)?(?P<norm>-normali[sz]ed)?"
+                    r"(?:@(?P<src>.*))?$", re.IGNORECASE | re.DOTALL)
+_NF = re.compile(r"^nf(?P<k>\d+)$", re.IGNORECASE)
+
+
+def _in_range(value: int, what: str, lo: int, hi: int, spec: str) -> int:
+    if not lo <= value <= hi:
+        raise CodebookError(f"{spec}: {what} must be from {lo} to {hi}, got {value}")
+    return value
+
+
+def _number(digits: str, what: str, lo: int, hi: int, spec: str) -> int:
+    if len(digits) > 12:  # int() of a huge digit string is slow, and the value out of range anyway
+        raise CodebookError(f"{spec}: {what} must be from {lo} to {hi}, got a {len(digits)}-digit number")
+    return _in_range(int(digits), what, lo, hi, spec)
+
+
+@lru_cache(maxsize=32)
+def _lloyd(options: tuple[tuple[str, Any], ...]) -> Codebook:
+    from .derive.lloyd import lloyd
+
+    return lloyd(**dict(options))
+
+
+def _registry_name(text: str) -> str | None:
+    from .codebooks.registry import REGISTRY
+
+    if text in REGISTRY:
+        return text
+    folded = [name for name in REGISTRY if name.lower() == text.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
+    """The Codebook that ``spec`` names (see the module grammar); a Codebook is returned as is.
+
+    ``block_size`` is the ``B`` of a ``lloyd-...`` spelling that gives none.  Raises
+    :class:`UnknownCodebookError` for a spelling that names nothing, ``FileNotFoundError``
+    for a missing ``.json`` file, and :class:`CodebookError` (a ValueError) for a bad file,
+    an out-of-range number or an argument that is neither a string nor a Codebook.
+    """
+    if isinstance(spec, Codebook):
+        return spec
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise CodebookError(f"a codebook is {GRAMMAR}, or a Codebook; got {type(spec).__name__}")
+    text = spec.strip()
+    if not text:
+        raise CodebookError(f"empty codebook name: expected {GRAMMAR}")
+    name = _registry_name(text)
+    if name is not None:
+        from .codebooks.registry import REGISTRY
+
+        return REGISTRY[name].codebook
+    if text.lower().endswith(".json"):
+        from .codebooks.registry import load
+
+        return load(text)
+    m = _NF.match(text)
+    if m:
+        k = _number(m.group("k"), "NormalFloat bits K", 2, 8, text)
+        if k == 4:
+            from .codebooks.registry import REGISTRY
+
+            return REGISTRY["nf4"].codebook
+        from .derive.normal_float import nf
+
+        return nf(k).replace(name=text.lower())
+    m = _LLOYD.match(text)
+    if m:
+        return _lloyd(_lloyd_options(text, m, block_size)).replace(name=text)
+    raise UnknownCodebookError(f"unknown codebook {text!r}: expected {GRAMMAR}")
+
+
+def _lloyd_options(text: str, m: re.Match, block_size: Any) -> tuple[tuple[str, Any], ...]:
+    """The keyword arguments of :func:`quantbook.derive.lloyd` a ``lloyd-...`` match spells."""
+    if m.group("B"):
+        B = _number(m.group("B"), "block size B", 2, MAX_BLOCK_SIZE, text)
+    elif isinstance(block_size, Integral) and not isinstance(block_size, bool):
+        B = _in_range(int(block_size), "block size", 2, MAX_BLOCK_SIZE, text)
+    else:
+        raise CodebookError(f"{text}: the block size must be an integer, got {block_size!r}")
+    options: dict[str, Any] = {"loss": m.group("loss").lower(), "block_size": B}
+    if m.group("k"):
+        options["bits"] = _number(m.group("k"), "bits K", 1, 8, text)
+    if m.group("norm"):
+        options["domain"] = "normalized"
+    if m.group("src") is not None:
+        source = m.group("src").strip()
+        if not source:
+            raise CodebookError(f"{text}: nothing after '@' (expected a source such as laplace or student-t:5)")
+        options["source"] = source
+    return tuple(sorted(options.items()))
+
+
+def depends_on_block_size(spec: Any) -> bool:
+    """True for a ``lloyd-...`` spelling without ``B`` (derived for whatever block size is asked)."""
+    if not isinstance(spec, str):
+        return False
+    m = _LLOYD.match(spec.strip())
+    return bool(m) and not m.group("B")
+
+
+def resolve_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[tuple[str, Codebook]]:
+    """``(label, Codebook)`` for a comma-separated string or a sequence of spellings / Codebooks.
+
+    The label is the spelling as given (a Codebook's own name)."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    labelled = []
+    for item in items:
+        if isinstance(item, Codebook):
+            labelled.append((item.name, item))
+        elif not (isinstance(item, str) and not item.strip()):
+            label = item.strip() if isinstance(item, str) else str(item)
+            labelled.append((label, resolve_codebook(item, block_size)))
+    if not labelled:
+        raise CodebookError("no codebooks given")
+    return labelled

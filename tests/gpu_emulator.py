@@ -1,0 +1,322 @@
+"""Test infrastructure: run the CUDA kernels on the CPU, for machines without a GPU.
+
+The kernel source of :mod:`quantbook.bulk.gpu.kernels` is compiled *unchanged* as C++ with a
+small shim (``g++``, IEEE float32 with ``-ffp-contract=off``): every CUDA thread is an OS
+thread, the thread blocks run one after another, ``__shared__`` variables are shared by
+the threads of the running block, ``__syncthreads`` is a barrier and ``__shfl_xor_sync`` an
+exchange through memory between two barriers (the kernels call both uniformly, before any
+thread leaves).  float16 conversions use the compiler's ``_Float16`` (round to nearest
+even), bfloat16 the kernels' integer path for pre-sm_80 GPUs.
+
+This checks the kernels' logic — indexing, reductions, tails, partial blocks, packing and
+every float32 operation — against the numpy reference without a device.  It does not check
+what only hardware shows (real warp lock-step, alignment faults, launch limits, speed).
+Slow: meant for a few thousand elements.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from quantbook.bulk import format as F
+from quantbook.bulk.backend import Backend
+from quantbook.bulk.gpu import kernels as K
+from quantbook.bulk.gpu.backend import (_dtype_key, _log2_blocksize, dequantize_launch, nested_launch,
+                                        packing_for_bits, quantize_launch)
+from quantbook.bulk.gpu.compile import cache_dir
+from quantbook.bulk.gpu.tables import encoder_tables, search_size
+from quantbook.bulk.nested import dynamic_map, nested_lut
+
+__all__ = ["Emulator", "EmulatorUnavailable", "emulator", "quantize_emulated", "dequantize_emulated",
+           "quantize_absmax_nested_emulated", "dequantize_absmax_nested_emulated",
+           "EmulatedCudaBackend"]
+
+
+class EmulatorUnavailable(RuntimeError):
+    """No C++ compiler (g++ / c++) to build the host emulation."""
+
+
+_SHIM = r"""
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+#include <mutex>
+#include <condition_variable>
+#include <functional>
+
+struct qb_dim3 { unsigned x, y, z; };
+static thread_local qb_dim3 threadIdx, blockIdx, blockDim;
+
+struct uint2 { unsigned x, y; };
+struct uint4 { unsigned x, y, z, w; };
+static inline uint2 make_uint2(unsigned a, unsigned b) { uint2 r{a, b}; return r; }
+static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { uint4 r{a, b, c, d}; return r; }
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(x)
+#define __shared__ static
+
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+static inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
+static inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+static inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
+static inline int __float2int_rz(float x) {
+    if (x != x) return 0;
+    if (x >= 2147483648.0f) return 2147483647;
+    if (x <= -2147483648.0f) return (-2147483647 - 1);
+    return (int)x;
+}
+static inline float qb_host_f16_to_f32(unsigned short h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
+static inline unsigned short qb_host_f32_to_f16(float f) { _Float16 v = (_Float16)f; unsigned short h; std::memcpy(&h, &v, 2); return h; }
+
+/* one thread block at a time; a reusable barrier for its threads */
+struct QbBarrier {
+    std::mutex m; std::condition_variable cv; unsigned count = 0, total = 0, gen = 0;
+    void reset(unsigned n) { count = 0; total = n; gen = 0; }
+    void wait() {
+        std::unique_lock<std::mutex> lk(m);
+        unsigned g = gen;
+        if (++count == total) { count = 0; ++gen; cv.notify_all(); }
+        else cv.wait(lk, [&] { return gen != g; });
+    }
+};
+static QbBarrier qb_bar;
+static float qb_shfl_slot[1024];
+static inline void __syncthreads() { qb_bar.wait(); }
+static inline float __shfl_xor_sync(unsigned, float v, int off) {
+    const unsigned t = threadIdx.x;
+    qb_shfl_slot[t] = v;
+    qb_bar.wait();
+    const float r = qb_shfl_slot[(t & ~31u) | ((t & 31u) ^ (unsigned)off)];
+    qb_bar.wait();
+    return r;
+}
+
+/* block-many OS threads walk the thread blocks in order, with a barrier between blocks
+   (the kernels have no barrier after a thread may return) */
+static void qb_run_grid(unsigned grid, unsigned block, const std::function<void()>& body) {
+    qb_bar.reset(block);
+    std::vector<std::thread> ts;
+    ts.reserve(block);
+    for (unsigned t = 0; t < block; ++t)
+        ts.emplace_back([=, &body] {
+            threadIdx = qb_dim3{t, 0, 0}; blockDim = qb_dim3{block, 1, 1};
+            for (unsigned b = 0; b < grid; ++b) {
+                blockIdx = qb_dim3{b, 0, 0};
+                body();
+                qb_bar.wait();
+            }
+        });
+    for (auto& th : ts) th.join();
+}
+"""
+
+
+def _launchers() -> str:
+    out = []
+    for d in K.DTYPES:
+        st = "float" if d == "f32" else "unsigned short"
+        for p in K.PACKINGS:
+            q = K.quantize_name(d, p)
+            out.append(
+                f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
+                f" float* absmax, qb_i64 n, int log2B, const float* bounds, const int* order, int K,"
+                f" int ident, int vec_in) {{ qb_run_grid(grid, block, [&] {{ {q}(x, packed, absmax, n,"
+                f" log2B, bounds, order, K, ident, vec_in); }}); }}")
+            dq = K.dequantize_name(d, p)
+            out.append(
+                f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* packed,'
+                f" const float* absmax, {st}* o, qb_i64 n, int log2B, const float* code, int K,"
+                f" int vec_in, int vec_out) {{ qb_run_grid(grid, block, [&] {{ {dq}(packed, absmax,"
+                f" o, n, log2B, code, K, vec_in, vec_out); }}); }}")
+    out.append(
+        f'extern "C" void emu_{K.NESTED_QUANT_NAME}(unsigned grid, unsigned block, const float* a,'
+        f" float offset, const qb_u8* lut, qb_u8* q, float* nested, qb_i64 n) {{ qb_run_grid(grid,"
+        f" block, [&] {{ {K.NESTED_QUANT_NAME}(a, offset, lut, q, nested, n); }}); }}")
+    out.append(
+        f'extern "C" void emu_{K.NESTED_DEQUANT_NAME}(unsigned grid, unsigned block, const qb_u8* q,'
+        f" const float* nested, const float* code, float offset, float* o, qb_i64 n, int log2B)"
+        f" {{ qb_run_grid(grid, block, [&] {{ {K.NESTED_DEQUANT_NAME}(q, nested, code, offset, o,"
+        f" n, log2B); }}); }}")
+    return "\n".join(out)
+
+
+def emulator_source() -> str:
+    return _SHIM + K.source() + "\n" + _launchers() + "\n"
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if c and shutil.which(c):
+            return c
+    return None
+
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_longlong
+_I32 = ctypes.c_int
+_U32 = ctypes.c_uint
+_F32 = ctypes.c_float
+
+
+def _ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+class Emulator:
+    """The kernels compiled for the host; ``launch(name, grid, block, *args)`` with numpy
+    arrays for pointers.  Use :func:`emulator` to get the shared instance."""
+
+    def __init__(self, lib_path: Path):
+        self.lib = ctypes.CDLL(str(lib_path))
+        for name in K.all_kernel_names():
+            fn = getattr(self.lib, f"emu_{name}")
+            fn.restype = None
+            if name.startswith("qb_quantize_") and name != K.NESTED_QUANT_NAME:
+                fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _I32, _I32]
+            elif name.startswith("qb_dequantize_") and name != K.NESTED_DEQUANT_NAME:
+                fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _I32, _I32, _I32]
+            elif name == K.NESTED_QUANT_NAME:
+                fn.argtypes = [_U32, _U32, _P, _F32, _P, _P, _P, _I64]
+            else:
+                fn.argtypes = [_U32, _U32, _P, _P, _P, _F32, _P, _I64, _I32]
+
+    def launch(self, name: str, grid: int, block: int, *args):
+        conv = [_ptr(a) if isinstance(a, np.ndarray) else a for a in args]
+        getattr(self.lib, f"emu_{name}")(int(grid), int(block), *conv)
+
+
+_EMU: Emulator | None = None
+
+
+def emulator() -> Emulator:
+    """Build (once; cached on disk) and load the host emulation library."""
+    global _EMU
+    if _EMU is not None:
+        return _EMU
+    cxx = _compiler()
+    if cxx is None:
+        raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
+    src = emulator_source()
+    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
+             "-pthread", "-w"]
+    h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
+    lib = cache_dir() / f"emu_{h}.so"
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as td:
+            cpp = Path(td) / "emu.cpp"
+            cpp.write_text(src)
+            tmp = Path(td) / "emu.so"
+            r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"building the host emulation failed:\n{r.stderr[-4000:]}")
+            shutil.copyfile(tmp, lib.with_suffix(f".tmp{os.getpid()}"))
+            os.replace(lib.with_suffix(f".tmp{os.getpid()}"), lib)
+    _EMU = Emulator(lib)
+    return _EMU
+
+
+# ---- host-array versions of the backend functions (same launch configuration) ---------------
+
+def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec_in: bool = True):
+    """:func:`quantbook.bulk.gpu.backend.quantize_gpu` run by the emulator on a numpy array."""
+    packing = packing_for_bits(bits)
+    log2b = _log2_blocksize(blocksize)
+    code = F.check_code_table(code_f32, bits)
+    key = _dtype_key(x.dtype)
+    xs = np.ascontiguousarray(x).reshape(-1)
+    if key == "bf16":
+        xs = xs.view(np.uint16)
+    n = xs.size
+    packed = np.full(F.packed_length(n, bits), 0xEE, dtype=np.uint8)   # poison: all bytes written?
+    absmax = np.full(-(-n // blocksize), np.nan, dtype=np.float32)
+    if n == 0:
+        return packed, absmax
+    tabs = encoder_tables(code, search_size(packing))
+    grid, cta = quantize_launch(n, key, blocksize)
+    emulator().launch(K.quantize_name(key, packing), grid, cta, xs, packed, absmax, n, log2b,
+                      np.ascontiguousarray(tabs.bounds), np.ascontiguousarray(tabs.order),
+                      tabs.K, int(tabs.ident), int(vec_in))
+    return packed, absmax
+
+
+def dequantize_emulated(packed, absmax, code_f32, bits: int, blocksize: int, n: int, out_dtype,
+                        *, vec_in: bool = True, vec_out: bool = True):
+    packing = packing_for_bits(bits)
+    log2b = _log2_blocksize(blocksize)
+    code = F.check_code_table(code_f32, bits)
+    key = _dtype_key(out_dtype)
+    st = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[key]
+    # poison (a NaN bit pattern) so that an element the kernel does not write shows up
+    out = np.full(n, np.nan, np.float32) if key == "f32" else np.full(n, 0x7E7E, np.uint16).view(st)
+    if n:
+        grid, cta = dequantize_launch(n)
+        emulator().launch(K.dequantize_name(key, packing), grid, cta,
+                          np.ascontiguousarray(packed, dtype=np.uint8),
+                          np.ascontiguousarray(absmax, dtype=np.float32), out, n, log2b,
+                          code, int(code.size), int(vec_in), int(vec_out))
+    if key == "bf16":
+        import ml_dtypes
+
+        return out.view(ml_dtypes.bfloat16)
+    return out
+
+
+def quantize_absmax_nested_emulated(absmax: np.ndarray, offset):
+    a = np.ascontiguousarray(absmax, dtype=np.float32).reshape(-1)
+    n = a.size
+    q = np.full(n, 0xEE, dtype=np.uint8)
+    nested = np.full(-(-n // 256), np.nan, dtype=np.float32)
+    grid, cta = nested_launch(n)
+    emulator().launch(K.NESTED_QUANT_NAME, grid, cta, a, np.float32(offset),
+                      np.ascontiguousarray(nested_lut()), q, nested, n)
+    return q, nested
+
+
+def dequantize_absmax_nested_emulated(q, nested, offset, code=None):
+    c = np.ascontiguousarray(dynamic_map() if code is None else code, dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.uint8)
+    out = np.full(q.size, np.nan, dtype=np.float32)
+    grid, cta = nested_launch(q.size)
+    emulator().launch(K.NESTED_DEQUANT_NAME, grid, cta, q,
+                      np.ascontiguousarray(nested, dtype=np.float32), c, np.float32(offset),
+                      out, q.size, 8)
+    return out
+
+
+class EmulatedCudaBackend(Backend, name="gpu-emulated"):
+    """The CUDA kernels, launched as the gpu backend launches them, on the CPU."""
+
+    def unavailable(self):
+        try:
+            emulator()
+        except EmulatorUnavailable as exc:
+            return f"host emulation of the kernels unavailable: {exc}"
+        return None
+
+    def quantize_blocks(self, x, code, bits, block_size):
+        return quantize_emulated(x, code, bits, block_size)
+
+    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+        return dequantize_emulated(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def quantize_nested(self, deviations):
+        # the kernel takes absmax and the offset; deviations = absmax - offset with offset 0
+        return quantize_absmax_nested_emulated(deviations, np.float32(0))

@@ -1,0 +1,231 @@
+"""Bad input on the command line: every user error is one line on stderr and exit status 2.
+
+Each case runs ``quantbook.cli.main`` (in a subprocess where a resource limit or a time limit
+is part of the case) and checks the contract: exit status 2, exactly one line
+``quantbook[ SUBCMD]: error: ...``, no traceback, and no damage (an existing output file
+keeps its bytes, no stray files).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from quantbook.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def assert_user_error(rc, err, *fragments):
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), err
+    assert lines[0].startswith("quantbook") and ": error: " in lines[0], err
+    for f in fragments:
+        assert f in lines[0], (f, err)
+
+
+def run_subprocess(argv, timeout=120, limit_file_size=None, cwd=None):
+    """``python -m quantbook.cli ARGV`` with an optional RLIMIT_FSIZE (bytes)."""
+
+    def limit():  # runs in the child, before quantbook starts
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "quantbook.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env,
+                          preexec_fn=limit if limit_file_size is not None else None)
+
+
+# ------------------------------------------------------------------------ derivation inputs
+def test_lloyd_just_above_the_variance_limit_is_not_a_silent_three_level_table(capsys):
+    # Student-t with nu = 2.0001 has a variance, barely: the answer is a real 16-level table
+    # or a one-line error, never exit 0 with levels collapsed onto -1, 0, 1
+    rc, out, err = run(capsys, "derive", "lloyd", "--source", "student-t:2.0001", "--json")
+    if rc == 0:
+        d = json.loads(out)
+        assert len(set(d["levels"])) == 16, d["levels"]
+    else:
+        assert_user_error(rc, err)
+
+
+def test_weight_domain_quantile_needs_a_variance(capsys):
+    rc, _, err = run(capsys, "derive", "quantile", "--source", "student-t:1.5", "--domain", "weight")
+    assert_user_error(rc, err, "student-t:1.5")
+
+
+def test_plot_sweep_of_a_source_without_variance_says_so(capsys, tmp_path):
+    out = tmp_path / "s.png"
+    rc, _, err = run(capsys, "plot-sweep", "nf4", "--source", "student-t:2", "--max-block", "32", "-o", out)
+    assert_user_error(rc, err, "student-t:2", "--domain normalized")
+    assert "log-scaled" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("offset", ["1e-5000", "-0", "1/0", "0.5", "nan", "inf", ""])
+def test_bad_offsets(capsys, offset):
+    rc, _, err = run(capsys, "derive", "nf", "--offset", offset)
+    assert_user_error(rc, err)
+
+
+def test_an_offset_with_a_billion_digit_exponent_fails_fast():
+    r = run_subprocess(["derive", "nf", "--offset", "1e-999999999"], timeout=60)
+    assert_user_error(r.returncode, r.stderr)
+
+
+def test_a_long_valid_decimal_offset_is_exact(capsys):
+    # 929/960 = 0.96770833...: 68 decimals of it give the same float64 table as the fraction
+    digits = "0.9677083" + "3" * 61
+    assert abs(Fraction(digits) - Fraction(929, 960)) < Fraction(1, 10**67)
+    rc, out, err = run(capsys, "derive", "nf", "--offset", digits, "--json")
+    assert rc == 0, err
+    rc, ref, _ = run(capsys, "derive", "nf", "--offset", "929/960", "--json")
+    assert json.loads(out)["levels"] == json.loads(ref)["levels"]
+
+
+# ---------------------------------------------------------------------------- sample files
+def test_npz_renamed_npy_as_source(capsys, tmp_path):
+    p = tmp_path / "w.npz"
+    np.savez(p, a=np.arange(100.0))
+    fake = tmp_path / "w.npy"
+    p.rename(fake)
+    rc, _, err = run(capsys, "derive", "lloyd", "--source", fake)
+    assert_user_error(rc, err, "w.npy")
+
+
+def test_npy_header_claiming_a_trillion_values(capsys, tmp_path):
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header += " " * (117 - len(header)) + "\n"  # magic + 2 + 2 + 118 = 128 bytes, as numpy pads
+    p = tmp_path / "huge.npy"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(64))
+    rc, _, err = run(capsys, "derive", "lloyd", "--source", p)
+    assert_user_error(rc, err, "huge.npy")
+
+
+def test_samples_near_1e200_give_the_scale_free_answer(capsys, tmp_path):
+    # the engine divides a sample by its RMS: scaling the sample must not change the table
+    x = np.random.default_rng(7).standard_normal(2000)
+    np.save(tmp_path / "big.npy", x * 1e200)
+    np.save(tmp_path / "unit.npy", x)
+    rc, out, err = run(capsys, "derive", "lloyd", "--bits", "3", "--source", tmp_path / "big.npy", "--json")
+    assert rc == 0, err
+    rc, ref, _ = run(capsys, "derive", "lloyd", "--bits", "3", "--source", tmp_path / "unit.npy", "--json")
+    big, unit = json.loads(out), json.loads(ref)
+    np.testing.assert_allclose(big["levels"], unit["levels"], rtol=1e-9, atol=1e-12)
+    assert big["mse_weight"] == pytest.approx(unit["mse_weight"], rel=1e-9)
+
+
+# --------------------------------------------------------------------------- codebook files
+def test_deeply_nested_json_codebook(capsys, tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"bits": 2, "levels": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    rc, _, err = run(capsys, "show", p)
+    assert_user_error(rc, err, "deep.json")
+
+
+def test_json_level_beyond_float64(capsys, tmp_path):
+    p = tmp_path / "big.json"
+    p.write_text('{"bits": 2, "levels": [-1, 0, 1' + "0" * 400 + "]}")
+    rc, _, err = run(capsys, "show", p)
+    assert_user_error(rc, err, "big.json")
+
+
+def test_show_accepts_an_upper_case_json_suffix(capsys, tmp_path):
+    from quantbook import get
+
+    p = tmp_path / "AF4.JSON"
+    p.write_text(get("af4").to_json())
+    rc, out, err = run(capsys, "show", p, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["levels"] == [float(v) for v in get("af4").levels]
+
+
+def test_evaluate_model_with_huge_levels(capsys, tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    model = tmp_path / "m.safetensors"
+    st.save_file({"w": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)}, str(model))
+    cb = tmp_path / "huge.json"
+    cb.write_text('{"bits": 2, "levels": [-1e308, 0, 1e308]}')
+    rc, _, err = run(capsys, "evaluate-model", model, "-c", cb)
+    assert_user_error(rc, err, "huge.json")
+
+
+# -------------------------------------------------------------------------------- outputs
+def test_export_to_a_directory_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "export", "nf4", "-o", "newdir/")
+    assert_user_error(rc, err, "newdir/")
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_with_a_300_character_name(capsys, tmp_path):
+    rc, _, err = run(capsys, "export", "nf4", "-o", tmp_path / ("x" * 300 + ".json"))
+    assert_user_error(rc, err)
+    assert len(err) < 400 and os.listdir(tmp_path) == []
+
+
+def test_export_under_a_file_size_limit_keeps_the_existing_file(tmp_path):
+    # (ulimit -f 1; quantbook export nf8 -f c -o precious.h): the header is larger than 1 KiB
+    precious = tmp_path / "precious.h"
+    precious.write_bytes(b"/* keep me */\n")
+    r = run_subprocess(["export", "nf8", "-f", "c", "-o", "precious.h"], limit_file_size=1024, cwd=tmp_path)
+    assert_user_error(r.returncode, r.stderr, "precious.h")
+    assert precious.read_bytes() == b"/* keep me */\n"
+    assert os.listdir(tmp_path) == ["precious.h"]  # no temporary file left behind
+
+
+def test_plot_to_pdf_is_a_real_pdf_or_refused(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "p.pdf"
+    rc, _, err = run(capsys, "plot", "nf4", "-o", out)
+    if rc == 0:
+        assert out.read_bytes()[:5] == b"%PDF-"
+    else:
+        assert_user_error(rc, err, "p.pdf")
+        assert not out.exists()
+
+
+def test_plot_to_an_unknown_image_extension_is_refused(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "p.docx"
+    rc, _, err = run(capsys, "plot", "nf4", "-o", out)
+    assert_user_error(rc, err, "docx")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------- codebook spellings
+@pytest.mark.parametrize("spec, fragment", [
+    ("lloyd-l1-100000000-8bit@student-t:3", "block size"),  # B beyond the engine's 10**7
+    ("lloyd-l2-1", "block size"),
+    ("lloyd-l2-64-9bit", "bits"),
+    ("lloyd-l2-64-0bit", "bits"),
+    ("lloyd-l2-" + "9" * 5000, "5000-digit"),
+    ("nf9", "2 to 8"),
+    ("nf" + "4" * 5000, "5000-digit"),
+    ("lloyd-l2-64@", "after '@'"),
+    ("lloyd-l3-64", "unknown codebook"),
+    ("no-such-table", "unknown codebook"),
+], ids=lambda v: v if len(v) < 40 else f"{v[:12]}...({len(v)} chars)")
+def test_bad_codebook_spellings_fail_fast(capsys, spec, fragment):
+    rc, _, err = run(capsys, "show", spec)
+    assert_user_error(rc, err, fragment)
+
+
+def test_an_empty_codebook_list(capsys, tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    model = tmp_path / "m.safetensors"
+    st.save_file({"w": np.ones((4, 64), dtype=np.float32)}, str(model))
+    rc, _, err = run(capsys, "evaluate-model", model, "-c", " , ")
+    assert_user_error(rc, err, "no codebooks")

@@ -1,0 +1,134 @@
+"""The command line's frame: entry points, one module per command group, the error contract."""
+
+import ast
+import importlib.metadata
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import quantbook.cli
+from quantbook.cli import build_parser, main
+
+CLI_DIR = Path(quantbook.cli.__file__).parent
+ROOT = CLI_DIR.parent.parent
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_console_script_and_module_entry_points():
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert [e.value for e in scripts if e.name == "quantbook"] == ["quantbook.cli:main"]
+    r = subprocess.run([sys.executable, "-m", "quantbook.cli", "list"], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0 and "nf4" in r.stdout and r.stderr == ""
+
+
+def test_every_command_is_registered_by_its_group_module():
+    groups = {"codebooks": {"list", "show", "export"}, "derive": {"derive", "evaluate"}, "audit": {"audit"},
+              "model": {"evaluate-model"}, "plots": {"plot", "plot-sweep"}}
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(sub.choices) == set().union(*groups.values())
+    for module, commands in groups.items():
+        mod = __import__(f"quantbook.cli.{module}", fromlist=["register"])
+        for command in commands:  # each command runs a function of its own group's module
+            func = sub.choices[command].get_default("func")
+            if func is None:  # `derive` has sub-commands of its own
+                inner = next(a for a in sub.choices[command]._actions
+                             if a.__class__.__name__ == "_SubParsersAction")
+                funcs = [p.get_default("func") for p in inner.choices.values()]
+            else:
+                funcs = [func]
+            assert all(f.__module__ == mod.__name__ for f in funcs), command
+
+
+def test_command_modules_share_only_public_helpers():
+    # a command module may use common.py's public names, never another module's private ones
+    for path in CLI_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from .{node.module}"
+
+
+def test_usage_errors_name_the_sub_command(capsys):
+    assert main(["derive", "nf", "--bits", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "quantbook derive nf: error: argument --bits: expected an integer, got 'x'\n"
+
+
+def test_an_internal_error_is_one_line_and_exit_1(capsys, monkeypatch):
+    from quantbook.cli import codebooks
+
+    def boom(args):
+        raise RuntimeError("something\nbroke")
+
+    monkeypatch.setattr(codebooks, "_cmd_list", boom)
+    assert main(["list"]) == 1
+    assert capsys.readouterr().err == "quantbook: internal error: RuntimeError: something broke\n"
+
+
+def test_interrupt_exits_130(capsys, monkeypatch):
+    from quantbook.cli import codebooks
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(codebooks, "_cmd_list", interrupted)
+    assert main(["list"]) == 130
+    assert capsys.readouterr().err == "quantbook: interrupted\n"
+
+
+def test_warnings_follow_a_success_and_vanish_behind_an_error(capsys, monkeypatch):
+    from quantbook.cli import codebooks
+
+    def warns(args):
+        print("result")
+        warnings.warn("first\nline", UserWarning)
+        warnings.warn("first\nline", UserWarning)  # the same warning twice is printed once
+        warnings.warn("second", RuntimeWarning)
+        return 0
+
+    monkeypatch.setattr(codebooks, "_cmd_list", warns)
+    assert main(["list"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "result\n"
+    assert out.err == "quantbook: warning: first line\nquantbook: warning: second\n"
+
+    def warns_then_fails(args):
+        warnings.warn("noise", RuntimeWarning)
+        raise ValueError("the real problem")
+
+    monkeypatch.setattr(codebooks, "_cmd_list", warns_then_fails)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "quantbook: error: the real problem\n"
+    with warnings.catch_warnings():  # main restored the warning machinery
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning):
+            warnings.warn("after", UserWarning)
+
+
+def test_os_errors_are_user_errors(capsys, monkeypatch):
+    from quantbook.cli import codebooks
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/some/file")
+
+    monkeypatch.setattr(codebooks, "_cmd_list", denied)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "quantbook: error: /some/file: Permission denied\n"
+
+
+def test_a_closed_pipe_is_not_an_error():
+    # the reader goes away before quantbook writes: no error, no message
+    p = subprocess.Popen([sys.executable, "-m", "quantbook.cli", "export", "nf8", "-f", "c"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0 and err == b""

@@ -1,0 +1,124 @@
+"""One grammar of codebook names (quantbook.naming) for the API and the command line."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import quantbook
+from quantbook import REGISTRY, Codebook, CodebookError
+from quantbook.cli import main
+from quantbook.naming import (MAX_BLOCK_SIZE, UnknownCodebookError, depends_on_block_size, resolve_codebook,
+                                    resolve_codebooks)
+
+
+def test_registry_names_files_and_codebooks():
+    assert resolve_codebook("nf4") is REGISTRY["nf4"].codebook
+    assert resolve_codebook("IQ4_NL") is REGISTRY["iq4_nl"].codebook  # keywords are case-insensitive
+    cb = REGISTRY["af4"].codebook
+    assert resolve_codebook(cb) is cb
+
+
+@pytest.mark.parametrize("suffix", [".json", ".JSON", ".Json"])
+def test_json_files_with_any_case_of_suffix(tmp_path, suffix):
+    p = tmp_path / ("t" + suffix)
+    p.write_text(REGISTRY["af4"].codebook.to_json())
+    assert resolve_codebook(str(p)) == REGISTRY["af4"].codebook
+    assert resolve_codebook(p) == REGISTRY["af4"].codebook  # a Path too
+
+
+def test_missing_and_oversized_json_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such codebook file"):
+        resolve_codebook(str(tmp_path / "none.json"))
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * ((16 << 20) + 1))
+    with pytest.raises(CodebookError, match="larger than 16 MiB"):
+        resolve_codebook(str(big))
+
+
+def test_nf_k_is_normalfloat_with_k_bits():
+    from scipy.stats import norm
+
+    cb = resolve_codebook("NF3")
+    assert cb.name == "nf3" and cb.bits == 3 and cb.n_levels == 8
+    # NF3 from its definition: 4 positive and 3 negative normal quantiles at the offset
+    # (1 - 1/(2*7) + 1 - 1/(2*8)) / 2 = 209/224, plus 0, each side scaled to 1
+    off = 209 / 224
+    pos = norm.ppf(np.linspace(0.5, off, 5)[1:])
+    neg = -norm.ppf(np.linspace(0.5, off, 4)[1:])
+    ref = np.sort(np.concatenate([neg / -neg.min(), [0.0], pos / pos.max()]))
+    np.testing.assert_allclose(cb.levels, ref, atol=1e-12)
+
+
+def test_lloyd_shorthand_uses_the_engine_defaults():
+    from quantbook.derive import lloyd
+
+    cb = resolve_codebook("lloyd-l2-64")
+    assert cb.name == "lloyd-l2-64" and cb.bits == 4 and cb.n_levels == 16
+    assert {-1.0, 0.0, 1.0} <= set(cb.levels.tolist())  # the documented fixed levels
+    assert np.array_equal(cb.levels, lloyd(block_size=64, loss="l2").levels)
+    r = resolve_codebook("lloyd-l1-128-3bit-normalized@laplace").recipe
+    assert (r["bits"], r["block_size"], r["loss"], r["domain"], r["source"]) == (3, 128, "l1", "normalized",
+                                                                                 "laplace")
+
+
+def test_block_size_fills_in_a_missing_b():
+    assert depends_on_block_size("lloyd-l1") and depends_on_block_size("lloyd-l2@laplace")
+    assert not depends_on_block_size("lloyd-l1-64") and not depends_on_block_size("nf4")
+    assert not depends_on_block_size(REGISTRY["nf4"].codebook)
+    assert resolve_codebook("lloyd-l1", block_size=256).recipe["block_size"] == 256
+    assert resolve_codebook("nf4", block_size=None) is REGISTRY["nf4"].codebook  # not needed: not checked
+    with pytest.raises(CodebookError, match="block size"):
+        resolve_codebook("lloyd-l1", block_size=1)
+    with pytest.raises(CodebookError, match="integer"):
+        resolve_codebook("lloyd-l1", block_size=64.0)
+
+
+@pytest.mark.parametrize("spec, match", [
+    (f"lloyd-l2-{MAX_BLOCK_SIZE + 1}", "block size B must be from 2"),
+    ("lloyd-l2-64-9bit", "bits K must be from 1 to 8"),
+    ("nf1", "NormalFloat bits K must be from 2 to 8"),
+    ("lloyd-l1-" + "1" * 100_000, "100000-digit"),
+])
+def test_numbers_out_of_range_are_clear_and_fast(spec, match):
+    t = time.perf_counter()
+    with pytest.raises(CodebookError, match=match):
+        resolve_codebook(spec)
+    assert time.perf_counter() - t < 1.0
+
+
+def test_unknown_names_and_wrong_types():
+    with pytest.raises(UnknownCodebookError, match="unknown codebook 'nf4x'") as info:
+        resolve_codebook("nf4x")
+    # a ValueError (the library's rule for bad input) that is also a KeyError, as a registry
+    # lookup is; its message is not quoted the way str(KeyError) would quote it
+    assert isinstance(info.value, ValueError) and isinstance(info.value, KeyError)
+    assert str(info.value).startswith("unknown codebook")
+    for bad in (4, None, ["nf4"], b"nf4", np.float32(1)):
+        with pytest.raises(CodebookError, match="a Codebook"):
+            resolve_codebook(bad)
+    with pytest.raises(CodebookError, match="empty"):
+        resolve_codebook("  ")
+
+
+def test_resolve_codebooks_labels():
+    cb = REGISTRY["fp4"].codebook
+    assert [label for label, _ in resolve_codebooks("nf4, fp4,,af4")] == ["nf4", "fp4", "af4"]
+    assert [label for label, _ in resolve_codebooks(["nf3", cb])] == ["nf3", "fp4"]
+    with pytest.raises(CodebookError, match="no codebooks"):
+        resolve_codebooks(" , ")
+
+
+def test_the_api_and_the_command_line_accept_the_same_names(capsys, tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    p = tmp_path / "T.JSON"
+    p.write_text(REGISTRY["af4"].codebook.to_json())
+    for spec in ("nf3", "NF4", "lloyd-l2-64-3bit", str(p)):
+        _, state = quantbook.quantize(x, spec, block_size=64)
+        assert main(["show", spec, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert np.array_equal(np.float32(shown["levels"]), np.unique(state.code)), spec
+    with pytest.raises(ValueError, match="unknown codebook"):
+        quantbook.quantize(x, "no-such-codebook")
+    assert isinstance(resolve_codebook("nf3"), Codebook)

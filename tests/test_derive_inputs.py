@@ -1,0 +1,116 @@
+"""Inputs of the derivation engine that used to give NaN/inf silently or a raw numpy/scipy
+error: each now works or raises a one-line ValueError (SourceError for sources)."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from quantbook import Codebook, get
+from quantbook.derive import evaluate
+from quantbook.derive.block import BlockDistribution, block_measure
+from quantbook.derive.metrics import cell_errors, cell_probabilities
+from quantbook.derive.sources import Empirical, Laplace, Normal, SourceError, StudentT
+
+
+def _one_line(exc_info):
+    msg = str(exc_info.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_empirical_rms_does_not_overflow_or_underflow():
+    base = np.random.default_rng(5).standard_normal(5000)
+    ref = Empirical(base)
+    for scale in (1e200, 1e-200, 1e300):
+        # the squares overflowed (inf RMS: "needs at least 2 distinct values") or underflowed
+        # ("must not be all zeros")
+        e = Empirical(base * scale)
+        assert math.isclose(e.rms, ref.rms * scale, rel_tol=1e-13)
+        assert np.allclose(e._xk, ref._xk, rtol=1e-12, atol=1e-12)
+    # genuinely constant or zero samples keep their own messages
+    with pytest.raises(SourceError, match="distinct") as ei:
+        Empirical(np.full(10, 3e200))
+    _one_line(ei)
+    with pytest.raises(SourceError, match="zeros"):
+        Empirical(np.zeros(10))
+    # without standardisation the cubes in the partial moments would overflow
+    with pytest.raises(SourceError, match="standardize") as ei:
+        Empirical(base * 1e200, standardize=False)
+    _one_line(ei)
+
+
+@pytest.mark.parametrize("bad, what", [
+    (np.array(["1.5", "2"]), "real numbers"), (np.array([1 + 1j, 2]), "real numbers"), ([1.0], "at least 2"),
+    ([1.0, np.nan], "finite")])
+def test_empirical_bad_samples(bad, what):
+    with pytest.raises(SourceError, match=what) as ei:
+        Empirical(bad)
+    _one_line(ei)
+
+
+def test_empirical_bad_knots():
+    for knots in (1, 2.5, True):
+        with pytest.raises(SourceError, match="knots"):
+            Empirical([0.0, 1.0, 2.0], knots=knots)
+
+
+def test_evaluate_needs_a_codebook():
+    # evaluate("nf4", 64) used to fail inside Codebook with "could not convert string to float"
+    with pytest.raises(ValueError, match="Codebook") as ei:
+        evaluate("nf4", 64)
+    assert "get('nf4')" in _one_line(ei)
+    for bad in (5, [[0.0, 1.0]], [], object()):
+        with pytest.raises(ValueError, match="Codebook"):
+            evaluate(bad, 64)
+    for bad_b in (1, 64.0, None, "64"):
+        with pytest.raises(ValueError, match="block size"):
+            evaluate(get("nf4"), bad_b)
+    with pytest.raises(ValueError, match="normalization"):
+        evaluate(get("nf4"), 64, "normal", "max")
+    # a plain sequence of levels is still a codebook
+    assert evaluate([-1.0, 0.0, 1.0], 64).mse_weight == evaluate(Codebook([-1.0, 0.0, 1.0], bits=2), 64).mse_weight
+
+
+def test_cell_integrals_validate_levels():
+    mu = block_measure("normal", 64)
+    for bad in ([0.5, -0.5], [0.0, np.nan], "ab", [[0.0]], []):
+        with pytest.raises(ValueError) as ei:
+            cell_errors(mu, bad, "l2")
+        _one_line(ei)
+        with pytest.raises(ValueError):
+            cell_probabilities(mu, bad)
+    with pytest.raises(ValueError, match="loss"):
+        cell_errors(mu, [0.0, 1.0], "l3")
+
+
+def test_orders_and_weight_powers_are_checked():
+    for src in (Normal(), Laplace(), StudentT(5), Empirical([0.0, 1.0, 3.0])):
+        for k in (3, -1, 1.5):
+            with pytest.raises(ValueError, match="k = 0, 1, 2") as ei:  # was ValueError(3) / KeyError
+                src.partial_moment(k, 1.0)
+            _one_line(ei)
+            with pytest.raises(ValueError, match="k = 0, 1, 2"):
+                src.moment(k)
+    # a fractional power was truncated to an integer without a word
+    for wp in (1.5, 3, -1, "2"):
+        with pytest.raises(ValueError, match="weight_power"):
+            block_measure("normal", 64, "absmax", wp)
+    d = BlockDistribution(64)
+    with pytest.raises(ValueError, match="moment order"):
+        d.moment(2.5)
+    with pytest.raises(ValueError, match="callable"):
+        d.expect(3)
+    with pytest.raises(ValueError, match="lb <= ub"):
+        d.expect(lb=0.5, ub=0.1)
+
+
+def test_no_numpy_warnings_from_heavy_tails():
+    # the Student-t density overflowed x² (a RuntimeWarning) far out in the quadrature
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert StudentT(2.5).pdf(1e300) == 0.0
+        d = BlockDistribution(64, StudentT(1.0))
+        assert np.all(np.isfinite(d.pdf(np.linspace(-0.99, 0.99, 9))))
+        assert math.isfinite(d.var()) and d.var() > 0

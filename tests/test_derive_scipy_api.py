@@ -1,0 +1,149 @@
+"""BlockDistribution as a drop-in for a frozen scipy.stats distribution: conventions (NaN,
+scalars, shapes, out-of-range probabilities), the extra methods (sf, isf, logpdf, logcdf,
+support, entropy, expect) against numerical identities, scipy, adaptive quadrature and
+Monte Carlo (fixed seeds)."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from quantbook.derive.block import BlockDistribution, normalize_blocks
+from quantbook.derive.sources import Empirical, Laplace, StudentT
+
+_rng = np.random.default_rng(99)
+ASYM = Empirical(_rng.standard_normal(200_000) + 0.8 * _rng.exponential(1.0, 200_000))
+CASES = [(64, "normal", "absmax"), (2, StudentT(3), "absmax"), (16, Laplace(), "signed-absmax"),
+         (8, ASYM, "absmax"), (4, StudentT(0.7), "absmax")]
+METHODS = ("pdf", "logpdf", "cdf", "logcdf", "sf", "logsf", "ppf", "isf")
+
+
+@pytest.mark.parametrize("B, src, norm", CASES)
+def test_scipy_conventions(B, src, norm):
+    d = BlockDistribution(B, src, norm)
+    for name in METHODS:
+        f = getattr(d, name)
+        # NaN propagates (pdf(nan) used to be 0 while cdf/ppf gave NaN)
+        assert math.isnan(f(np.nan)), name
+        assert np.isnan(f([0.3, np.nan])[1]), name
+        # scalar in, scalar out (numpy.float64 is a float, as scipy returns); shapes kept
+        v = f(0.3)
+        assert isinstance(v, float) and np.ndim(v) == 0, (name, type(v))
+        assert isinstance(f(np.float64(0.3)), float) and isinstance(f(np.array(0.3)), float)
+        assert f(np.full((2, 3), 0.3)).shape == (2, 3) and f([]).shape == (0,)
+        with pytest.raises(ValueError):
+            f("0.3")
+    # probabilities outside [0, 1] have no quantile
+    for name in ("ppf", "isf"):
+        assert np.all(np.isnan(getattr(d, name)([-0.1, 1.1])))
+    assert d.support() == (-1.0, 1.0)
+    assert d.ppf(0.0) == -1.0 and d.ppf(1.0) == 1.0 and d.isf(0.0) == 1.0 and d.isf(1.0) == -1.0
+    assert d.cdf(-2.0) == 0.0 and d.cdf(2.0) == 1.0 and d.sf(-2.0) == 1.0 and d.sf(2.0) == 0.0
+
+
+@pytest.mark.parametrize("B, src, norm", CASES)
+def test_numerical_identities(B, src, norm):
+    d = BlockDistribution(B, src, norm)
+    y = np.array([-0.95, -0.6, -0.2, 0.0, 0.05, 0.4, 0.8, 0.99])
+    assert np.allclose(d.sf(y), 1 - d.cdf(y), rtol=0, atol=2e-15)
+    with np.errstate(divide="ignore"):
+        assert np.allclose(d.logpdf(y), np.log(d.pdf(y)), rtol=1e-15, atol=0)
+        assert np.allclose(d.logcdf(y), np.log(d.cdf(y)), rtol=1e-15, atol=0)
+        assert np.allclose(d.logsf(y), np.log(d.sf(y)), rtol=1e-15, atol=0)
+    inner = y[np.abs(y) < 0.9]  # where the density is not tiny, the inverses are well conditioned
+    assert np.allclose(d.isf(d.sf(inner)), inner, rtol=0, atol=1e-11)
+    assert np.allclose(d.ppf(d.cdf(inner)), inner, rtol=0, atol=1e-11)
+    # inside the jump at +1 (probability w) isf is +1; just above the atom at -1 it is -1
+    ax, aw = d.atoms
+    w_plus = aw[ax == 1.0].sum()
+    assert d.isf(0.5 * w_plus) == 1.0 and d.sf(1.0) == 0.0 and math.isclose(d.sf(0.999999999), w_plus, abs_tol=1e-8)
+    if norm == "absmax":
+        w_minus = aw[ax == -1.0].sum()
+        assert d.isf(1 - 0.5 * w_minus) == -1.0 and d.ppf(0.5 * w_minus) == -1.0
+    # expect includes the atoms: E[1] = 1, E[y²] = var + mean²
+    assert math.isclose(d.expect(lambda t: np.ones_like(t)), 1.0, abs_tol=1e-12)
+    assert math.isclose(d.expect(lambda t: t**2), d.var() + d.mean() ** 2, rel_tol=1e-11)
+    assert math.isclose(d.expect(), d.mean(), abs_tol=1e-12)
+    assert math.isclose(d.median(), float(d.ppf(0.5)), abs_tol=0)
+    # bounds: [lb, ub] holds the atoms at its ends; conditional divides by its probability
+    lo_mass = d.expect(lambda t: np.ones_like(t), ub=0.4)
+    assert math.isclose(lo_mass, d.cdf(0.4), abs_tol=1e-12)
+    assert math.isclose(d.expect(lambda t: np.ones_like(t), lb=0.4, conditional=True), 1.0, abs_tol=1e-12)
+    assert math.isclose(d.expect(lambda t: np.ones_like(t), lb=1.0), w_plus, rel_tol=1e-12)
+
+
+def test_expect_and_moments_against_monte_carlo():
+    d = BlockDistribution(16, StudentT(5), "signed-absmax")
+    y = d.rvs((2**16, 16), random_state=3)  # rows are blocks: the independent units
+    for f in (np.cos, lambda t: np.abs(t) ** 3, lambda t: np.exp(2 * t)):
+        exact = d.expect(f)
+        bm = f(y).mean(axis=1)
+        z = (bm.mean() - exact) / (bm.std(ddof=1) / math.sqrt(bm.size))
+        assert abs(z) < 5, (bm.mean(), exact)
+    # math.exp takes one value at a time: expect falls back to calling it value by value
+    assert math.isclose(d.expect(math.exp), d.expect(np.exp), rel_tol=1e-14)
+    bm = (y**4).mean(axis=1)
+    assert abs(bm.mean() - d.moment(4)) < 5 * bm.std(ddof=1) / math.sqrt(bm.size)
+
+
+def _ref_entropy(d):
+    """-∫ p log p over (-1, 1) by adaptive quadrature (pieces halving toward 0) minus Σ w log w."""
+    def f(y):
+        p = float(d.pdf(y))
+        return -p * math.log(p) if p > 0 else 0.0
+
+    edges = np.concatenate([-(2.0 ** -np.arange(0, 60)), [0.0], 2.0 ** -np.arange(59, -1, -1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = sum(integrate.quad(f, a, b, epsabs=1e-15, epsrel=1e-12, limit=200)[0]
+                for a, b in zip(edges[:-1], edges[1:]))
+    aw = d.atoms[1]
+    return h - float(np.sum(aw * np.log(aw)))
+
+
+@pytest.mark.parametrize("B, src, norm", CASES[:3])
+def test_entropy_continuous_part_plus_atoms(B, src, norm):
+    d = BlockDistribution(B, src, norm)
+    assert math.isclose(d.entropy(), _ref_entropy(d), rel_tol=1e-9)
+
+
+def test_plain_source_matches_scipy():
+    # normalization="none" is the source itself: compare with scipy.stats directly
+    for src, ref in ((StudentT(3), stats.t(3, scale=math.sqrt(1 / 3))), (Laplace(), stats.laplace(scale=Laplace.b)),
+                     (None, stats.norm())):
+        d = BlockDistribution(None, src or "normal", "none")
+        x = np.array([-4.0, -1.0, 0.0, 0.5, 3.0])
+        q = np.array([1e-6, 0.1, 0.5, 0.9])
+        for name, arg in (("pdf", x), ("logpdf", x), ("cdf", x), ("sf", x), ("ppf", q), ("isf", q)):
+            assert np.allclose(getattr(d, name)(arg), getattr(ref, name)(arg), rtol=1e-12, atol=1e-300), name
+        assert math.isclose(d.entropy(), ref.entropy(), rel_tol=1e-10)
+        assert math.isclose(d.expect(lambda t: t**2), ref.var(), rel_tol=1e-9)
+        assert d.support() == (-math.inf, math.inf)
+    heavy = BlockDistribution(None, StudentT(1), "none")
+    assert math.isnan(heavy.var()) and math.isclose(heavy.entropy(), stats.cauchy.entropy(), rel_tol=1e-10)
+    # an empirical sample: bounded support, entropy of its piecewise-constant density
+    d = BlockDistribution(None, ASYM, "none")
+    lo, hi = d.support()
+    assert lo == ASYM._xk[0] and hi == ASYM._xk[-1]
+    seg = np.diff(ASYM._Fk)
+    assert math.isclose(d.entropy(), float(-np.sum(seg * np.log(ASYM._dens))), rel_tol=1e-12)
+
+
+def test_rvs_and_normalize_blocks_validate():
+    d = BlockDistribution(8)
+    assert d.rvs((3, 5), random_state=1).shape == (3, 5) and d.rvs(0, random_state=1).shape == (0,)
+    for bad in (-1, 2.5, "x"):
+        with pytest.raises(ValueError):
+            d.rvs(bad)
+    # a block of zeros has no scale: its values stay 0 (they were 0/0 = NaN)
+    with np.errstate(all="raise"):
+        y = normalize_blocks(np.array([[0.0, 0.0], [1.0, -2.0]]), "absmax")
+    assert np.array_equal(y, [[0.0, 0.0], [0.5, -1.0]])
+    x = np.array([[1.0, -2.0]])
+    assert np.array_equal(normalize_blocks(x, "none"), x)  # it silently applied signed absmax
+    assert np.array_equal(normalize_blocks(x, "signed-absmax"), [[-0.5, 1.0]])
+    for bad_x, norm in ((np.array([[np.nan, 1.0]]), "absmax"), (np.ones(3), "absmax"), (x, "max")):
+        with pytest.raises(ValueError):
+            normalize_blocks(bad_x, norm)

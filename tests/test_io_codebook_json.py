@@ -1,0 +1,68 @@
+"""Loading codebooks from JSON (Codebook.from_json / from_dict, registry.load, `quantbook show`):
+every bad input is one CodebookError line, never a RecursionError, OverflowError or traceback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quantbook import Codebook, CodebookError, load
+from quantbook.cli import main
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[" * 100_000, "nested too deeply"),
+    ('{"bits": 4, "levels": [' * 50_000, "nested too deeply"),
+    ('{"bits": 2, "levels": [-1, 0, 1' + "0" * 400 + "]}", "too large for a float"),
+    ('{"bits": 2, "levels": [-1, 0], "code": [0, -1, 1' + "0" * 400 + "]}", "code entry 2 is too large"),
+    ('{"bits": 2, "levels": [-1, 0, 1' + "0" * 5000 + "]}", "too many digits"),
+    (b'{"bits": 2, "levels": [\xff]}', "not UTF-8"),
+    ('{"bits": 2, "levels": [-1, 1e400]}', "finite"),
+    ("[1, 2]", "JSON object"),
+])
+def test_bad_json_is_one_codebook_error_line(text, msg):
+    with pytest.raises(CodebookError) as info:
+        Codebook.from_json(text)
+    assert msg in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_largest_integer_level_that_fits():
+    # 2**1023 is a float64; the lead's float32 bound then rejects it, as a CodebookError too
+    with pytest.raises(CodebookError, match="float32"):
+        Codebook.from_json('{"bits": 1, "levels": [0, %d]}' % 2**1023)
+    cb = Codebook.from_json('{"bits": 2, "levels": [-3, 0, 7]}')  # plain integers are fine
+    assert cb.levels.tolist() == [-3.0, 0.0, 7.0]
+
+
+def test_load_accepts_upper_case_extension_and_names_the_file(tmp_path, capsys):
+    ref = Codebook(levels=[-1.0, 0.0, 0.5, 1.0], bits=2, name="mine")
+    up = tmp_path / "MINE.JSON"
+    up.write_text(ref.to_json())
+    assert load(str(up)) == ref
+    assert main(["show", str(up), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["levels"] == [-1.0, 0.0, 0.5, 1.0]
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    assert main(["show", str(deep)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "deep.json" in err and "nested too deeply" in err, err
+
+
+def test_load_rejects_directories_and_oversized_files(tmp_path):
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(CodebookError, match="is a directory"):
+        load(str(tmp_path / "d.json"))
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(17 * 2**20)  # sparse: nothing is written
+    with pytest.raises(CodebookError, match="larger than 16 MiB"):
+        load(str(big))
+    with pytest.raises(FileNotFoundError):
+        load(str(tmp_path / "missing.JSON"))
+
+
+def test_round_trip_still_exact():
+    cb = Codebook(levels=np.array([-1.0, -0.1234567890123, 0.0, 1.0]), bits=2, name="t", recipe={"a": [1, 2]})
+    assert Codebook.from_json(cb.to_json()) == cb

@@ -1,0 +1,120 @@
+"""quantbook.io.files: output path checks and atomic writes.
+
+References are the operating system's own view: file contents read back byte for byte,
+``os.stat`` modes, the directory listing (no temporary file left behind).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from quantbook.io.files import (
+    OutputPathError,
+    atomic_output,
+    check_output_dir,
+    check_output_path,
+    write_output,
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and text
+    return text
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda d: "", "empty"),
+    (lambda d: str(d / "newdir") + os.sep, "names a directory"),
+    (lambda d: str(d / "newdir") + os.sep + ".", "names a directory"),
+    (lambda d: str(d), "is a directory"),
+    (lambda d: str(d / "missing" / "x.h"), "does not exist"),
+    (lambda d: str(d / ("n" * 300 + ".h")), "file name too long"),
+    (lambda d: str(d / "a\0b"), "NUL"),
+])
+def test_bad_output_paths_are_one_line_errors(tmp_path, make, msg):
+    with pytest.raises(OutputPathError) as info:
+        check_output_path(make(tmp_path))
+    assert msg in _one_line(info.value)
+    with pytest.raises(OutputPathError):
+        write_output(b"x", make(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == []  # nothing created, not even "newdir"
+
+
+def test_write_replaces_contents_and_keeps_mode_and_links(tmp_path):
+    target = tmp_path / "t.h"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.h"
+    link.symlink_to(target)
+    write_output("new text", link)
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link is kept
+    assert target.read_text() == "new text"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["link.h", "t.h"]
+
+
+def test_new_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_output(b"\x00\x01", tmp_path / "a.bin")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
+    assert stat.S_IMODE(os.stat(tmp_path / "a.bin").st_mode) == 0o666 & ~0o027
+
+
+def test_a_failure_inside_the_block_leaves_the_old_file(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_bytes(b"precious")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as f:
+            f.write(b"half")
+            raise RuntimeError("stop")
+    assert target.read_bytes() == b"precious"
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_read_only_file_is_refused(tmp_path):
+    target = tmp_path / "ro.txt"
+    target.write_text("x")
+    os.chmod(target, 0o444)
+    with pytest.raises(OutputPathError, match="not writable"):
+        write_output("y", target)
+    assert target.read_text() == "x"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_special_files_are_written_in_place():
+    write_output(b"discarded", "/dev/null")  # replacing the device node would be a disaster
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_check_output_dir(tmp_path):
+    assert check_output_dir(tmp_path) == tmp_path
+    (tmp_path / "f").write_text("")
+    for bad, msg in ((tmp_path / "nope", "does not exist"), (tmp_path / "f", "not a directory")):
+        with pytest.raises(OutputPathError, match=msg):
+            check_output_dir(bad)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_file_size_limit_leaves_the_existing_header_intact(tmp_path):
+    """`(ulimit -f 1; quantbook export nf4 -f c -o precious.h)`: the write fails (EFBIG; Python
+    ignores SIGXFSZ), the existing file keeps its contents and the error is one line."""
+    target = tmp_path / "precious.h"
+    target.write_bytes(b"/* precious */\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+            "from quantbook.cli import main; sys.exit(main(['export', 'nf4', '-f', 'c', '-o', sys.argv[1]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.startswith("quantbook: error: cannot write") and r.stderr.count("\n") == 1, r.stderr
+    assert "too large" in r.stderr
+    assert target.read_bytes() == b"/* precious */\n"
+    assert os.listdir(tmp_path) == ["precious.h"]  # the temporary file is gone too

@@ -1,0 +1,85 @@
+"""quantbook.io.npy.load_npy: the header is checked before any data is read.
+
+Good files are written by ``numpy.save`` and compared with ``numpy.load``; bad ones are
+built from numpy's own header writer (``numpy.lib.format.write_array_header_1_0``).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from quantbook.io.npy import NpyError, load_npy
+
+
+def _header_only(path, shape, descr="<f8", fortran=False, data=b""):
+    buf = io.BytesIO()  # the writer puts the magic string first
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": fortran, "shape": shape})
+    path.write_bytes(buf.getvalue() + data)
+    return path
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4)),
+    np.arange(6, dtype=">i4"),
+    np.array(3.5),
+    np.zeros((0, 5), dtype=np.float16),
+])
+def test_reads_what_numpy_saves(tmp_path, arr):
+    path = tmp_path / "a.npy"
+    np.save(path, arr)
+    got = load_npy(path)
+    ref = np.load(path)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and np.array_equal(got, ref)
+
+
+def test_version_2_header(tmp_path):
+    path = tmp_path / "v2.npy"
+    arr = np.arange(5.0)
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, arr, version=(2, 0))
+    assert np.array_equal(load_npy(path), arr)
+
+
+def _err(path, **kw) -> str:
+    with pytest.raises(NpyError) as info:
+        load_npy(path, **kw)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text
+    return text
+
+
+def test_npz_renamed_npy(tmp_path):
+    path = tmp_path / "renamed.npy"
+    with open(path, "wb") as f:
+        np.savez(f, x=np.ones(3))
+    assert "zip archive" in _err(path)
+
+
+def test_header_claiming_a_trillion_values_reads_nothing(tmp_path):
+    path = _header_only(tmp_path / "huge.npy", (10**12,))
+    assert "more than the limit" in _err(path, max_values=10**6)
+    assert "1,000,000,000,000 values" in _err(path)  # the default limit too
+    assert "truncated" in _err(path, max_values=None)  # no limit: the missing data is found first
+
+
+def test_other_bad_files(tmp_path):
+    (tmp_path / "t.npy").write_text("1 2 3\n")
+    assert "not a .npy file" in _err(tmp_path / "t.npy")
+    obj = tmp_path / "o.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert "Python objects" in _err(obj)
+    short = _header_only(tmp_path / "s.npy", (4,), data=b"\0" * 16)
+    assert "truncated" in _err(short)
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")]))
+    assert "structured" in _err(rec)
+    bad = tmp_path / "b.npy"
+    text = b"{'descr': 1}".ljust(63) + b"\n"
+    bad.write_bytes(np.lib.format.magic(1, 0) + len(text).to_bytes(2, "little") + text)
+    assert "bad header" in _err(bad)
+    with pytest.raises(FileNotFoundError):
+        load_npy(tmp_path / "missing.npy")
