@@ -8,7 +8,7 @@ so the quadrature set-up is included), iterations and the final Lloyd change.  T
 plain Monte-Carlo Lloyd (4e6 normal samples in blocks of 64, weighted centroids by
 bincount, from the same starting code, until the change is below 1e-6 or 500 iterations)
 for the B=64 L2 code and prints its time, its distance from the exact code, and the ratio
-of the two times.  Target (issue 3): <= 50 ms per code and >= 20x faster than Monte Carlo.
+of the two times.  Target: <= 50 ms per code and >= 20x faster than Monte Carlo.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 For each backend: quantize GB/s (bytes of input read per second) and dequantize GB/s (bytes of
 float32 output written per second), next to a numpy copy of the same array (np.copyto into a
 preallocated buffer, GB/s of input) and, when importable, bitsandbytes' CPU quantize_4bit /
-dequantize_4bit on the same data.  Best of --repeat runs after one warm-up.  Targets (issue 4):
+dequantize_4bit on the same data.  Best of --repeat runs after one warm-up.  Targets:
 numba quantize >= 0.4x copy and >= 20x bitsandbytes' quantize; numba dequantize >=
 bitsandbytes' dequantize.  Also checks that numba and bitsandbytes produce identical bytes.
 """

@@ -35,7 +35,7 @@ def _cmd_audit(args) -> int:
             fields = (f"bit_exact={'-' if r.bit_exact is None else ('yes' if r.bit_exact else 'no')}"
                       f"  max_ulp={'-' if r.max_ulp is None else r.max_ulp}"
                       f"  max_abs_diff={'-' if r.max_abs_diff is None else f'{r.max_abs_diff:.3g}'}")
-            print(f"[{r.status:>7}] {r.name}: {r.recipe}")
+            print(f"[{r.status:>11}] {r.name}: {r.recipe}")
             print(f"         {fields}  expect={r.expect}")
             print(f"         {r.explanation}")
     failed = [r.name for r in rows if r.failed]
