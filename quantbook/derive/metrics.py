@@ -105,11 +105,9 @@ def _as_codebook(codebook: Any) -> Codebook:
         raise ValueError(f"evaluate needs a Codebook (e.g. quantbook.get({codebook!r})) or a sequence of "
                          f"levels, got the string {codebook!r}")
     try:
-        levels = np.asarray(codebook, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"evaluate needs a Codebook or a sequence of levels, got {type(codebook).__name__}") from None
-    if levels.ndim != 1 or levels.size == 0:
-        raise ValueError(f"evaluate needs a Codebook or a 1-D sequence of levels, got shape {levels.shape}")
+        levels = _check_levels(codebook)
+    except ValueError as exc:
+        raise ValueError(f"evaluate needs a Codebook or a sequence of levels: {exc}") from None
     return Codebook(levels=levels, bits=max(1, math.ceil(math.log2(levels.size))))
 
 
