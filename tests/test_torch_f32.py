@@ -126,7 +126,7 @@ def _twice_rounded(a, b, n):
 
 
 def _fused_via_float64(a, b, n):
-    """``start + step*i`` exactly in float64, then rounded to float32 (dynamic_map.py's)."""
+    """``start + step*i`` exactly in float64, then rounded to float32 (the former bulk emulation's)."""
     s, e = _F(a), _F(b)
     step = _F(_F(e - s) / _F(n - 1))
     i = np.arange(n)
