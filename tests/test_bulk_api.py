@@ -177,6 +177,7 @@ class _FakeDeviceBackend(Backend):
     """A device backend whose 'device' is the numpy reference behind _FakeDevice arrays."""
 
     device = True
+    auto = True
     name = "fake-device"
 
     def __init__(self):
@@ -226,3 +227,12 @@ def test_device_dispatch_through_the_registry(monkeypatch):
     ok.__cuda_array_interface__ = dict(ok.__cuda_array_interface__, strides=(999, 2))
     qb.quantize(ok, "nf4", 32)
     assert calls == ["q", "dq", "q"]
+
+
+def test_auto_picks_only_backends_that_ask_for_it(monkeypatch):
+    """Test-only and reference backends are never chosen by backend='auto'."""
+    from quantbook.bulk.api import _pick_backend
+
+    assert _pick_backend("auto", False).name == "cpu"
+    monkeypatch.setattr(type(BACKENDS["cpu"]), "unavailable", lambda self: "numba is not installed")
+    assert _pick_backend("auto", False).name == "numpy"   # not gpu-emulated, which is registered too

@@ -43,7 +43,7 @@ def _is_device_array(a: Any) -> bool:
 def _pick_backend(name: Any, device: bool) -> Backend:
     if name == "auto":
         for b in BACKENDS.values():
-            if b.device == device and b.name != "numpy" and b.unavailable() is None:
+            if b.auto and b.device == device and b.unavailable() is None:
                 return b
         if not device:
             return BACKENDS["numpy"]

@@ -34,6 +34,8 @@ class Backend:
 
     name: ClassVar[str]
     device: ClassVar[bool] = False
+    #: ``backend="auto"`` may pick it (the first usable one for host or device input)
+    auto: ClassVar[bool] = False
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -67,6 +67,8 @@ def _tables(code_bytes: bytes):
 class NumbaBackend(Backend, name="cpu"):
     """numba, ``parallel=True``: all cores, compiled once and cached."""
 
+    auto = True
+
     def unavailable(self):
         try:
             import numba  # noqa: F401

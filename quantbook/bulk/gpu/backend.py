@@ -331,6 +331,8 @@ def dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code=None,
 class CudaBackend(Backend, name="gpu"):
     """CuPy raw kernels on device arrays (CuPy, torch CUDA tensors, DLPack)."""
 
+    auto = True
+
     device = True
 
     def unavailable(self):
@@ -363,4 +365,7 @@ class CudaBackend(Backend, name="gpu"):
         return np.asarray(a)
 
     def from_host(self, a):
-        return _cupy().asarray(a)
+        try:
+            return _cupy().asarray(a)
+        except (TypeError, ValueError) as exc:  # e.g. bfloat16 before CuPy 14
+            raise ValueError(f"CuPy cannot hold a {a.dtype} array ({exc}); pass a torch CUDA tensor") from None
