@@ -16,7 +16,9 @@ from ..codebooks import Codebook
 from . import format as F
 from .backend import BACKENDS, Backend, get_backend
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
+from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
+from ..scales import get_rule
 
 __all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names"]
 
@@ -120,7 +122,7 @@ def _sanitize(x: np.ndarray, block_size: int) -> np.ndarray:
 
 def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool = False,
              backend: str = "auto", *, allow_nonfinite: bool = False, bits: int | None = None,
-             torch_threads: int = 1) -> tuple[Any, QuantState]:
+             torch_threads: int = 1, scale: Any = None, qmax: float = 6.0) -> tuple[Any, QuantState]:
     """Block-wise quantize ``x`` with a codebook; returns ``(packed, state)``.
 
     Parameters
@@ -148,15 +150,35 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     torch_threads:
         Only for ``nested=True`` with >= 32768 blocks: torch sums over its threads, so pass
         bitsandbytes' ``torch.get_num_threads()`` for a bit-identical ``nested_offset``.
+    scale:
+        A scale rule (:mod:`quantbook.scales`; docs/scales.md).  None (the default) and
+        ``"float32"`` are the bitsandbytes layout above, ``"nested"`` is ``nested=True``;
+        ``"e4m3"`` (NVFP4 at block 16), ``"e8m0[:floor|ceil|even|rceil]"`` (MXFP4 at block
+        32), ``"float16"``, ``"bfloat16"`` and ``"search:..."`` store 4-bit codes in the scaled
+        layout, with the codebook scaled to ``qmax``.
+    qmax:
+        The scaled layout's largest code magnitude (E2M1's 6), to which each block's amax is
+        mapped; ignored by the bitsandbytes layout.
 
     Returns ``(packed, state)``: 1-D uint8 bytes (:func:`quantbook.bulk.format.packed_length`)
     and a :class:`QuantState` with bitsandbytes' field names.
     """
     block_size = F.check_block_size(block_size)
     cb = resolve_codebook(codebook, block_size)
+    rule = None if scale is None else get_rule(scale)
+    if rule is not None and rule.layout == "bnb":
+        nested = nested or rule.family == "nested"
+        rule = None
+    if rule is not None and bits not in (None, 4):
+        raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits}")
     bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
     x, shape, dtype = _check_input(x)
     be = _pick_backend(backend, _is_device_array(x))
+    if rule is not None:
+        if nested:
+            raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
+        return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite,
+                               _sanitize)
     code = cb.code_f32
     packed, absmax = be.quantize_blocks(x, code, bits, block_size)
     absmax_h = be.to_host(absmax).astype(_F, copy=False)
@@ -199,6 +221,8 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
         raise ValueError(f"packed must be a uint8 array, got dtype {getattr(packed, 'dtype', type(packed).__name__)}")
     if not device:
         packed = np.ascontiguousarray(packed).reshape(-1)
+    if state.scaled:
+        return dequantize_scaled(packed, state, be)
     n = state.size
     need = F.packed_length(n, state.bits)
     if int(packed.size) != need:

@@ -36,6 +36,8 @@ class Backend:
     device: ClassVar[bool] = False
     #: ``backend="auto"`` may pick it (the first usable one for host or device input)
     auto: ClassVar[bool] = False
+    #: it implements the ``scaled_*`` hooks of the scaled layouts (docs/scales.md)
+    scaled_layouts: ClassVar[bool] = False
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -64,6 +66,21 @@ class Backend:
         from .nested import quantize_nested_reference
 
         return quantize_nested_reference(deviations)
+
+    # the scaled layouts (NVFP4, MXFP4, float16 scales; quantbook.bulk.scaled drives them)
+    def scaled_amax(self, x: Any, block_size: int) -> np.ndarray:
+        """Per-block ``max |x|`` (float32); NaN for a block holding NaN/Inf."""
+        raise NotImplementedError
+
+    def scaled_encode(self, x: Any, factor: np.ndarray, divide: bool, table: np.ndarray,
+                      block_size: int) -> np.ndarray:
+        """Packed 4-bit codes of ``y = x / factor`` (``divide``) or ``x * factor`` per block."""
+        raise NotImplementedError
+
+    def scaled_decode(self, packed: Any, scale: np.ndarray, table: np.ndarray, block_size: int,
+                      n: int, out_dtype: np.dtype) -> Any:
+        """``float32(table[code] * scale[block])`` cast to ``out_dtype``."""
+        raise NotImplementedError
 
     def to_host(self, a: Any) -> np.ndarray:
         return np.asarray(a)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import format as F
+from . import layouts as L
 from .backend import Backend
 
-__all__ = ["NumpyBackend", "quantize_reference", "dequantize_reference"]
+__all__ = ["NumpyBackend", "quantize_reference", "dequantize_reference", "scaled_amax_reference",
+           "scaled_encode_reference", "scaled_decode_reference"]
 
 _F = np.float32
 
@@ -31,11 +33,53 @@ def dequantize_reference(packed: np.ndarray, absmax: np.ndarray, code: np.ndarra
     return (F.decode_table(code, bits)[idx] * scale).astype(out_dtype)
 
 
+def scaled_amax_reference(x: np.ndarray, block_size: int) -> np.ndarray:
+    """Per-block ``max |x|`` (float32) of the scaled layout; NaN for a block holding NaN/Inf."""
+    xf = np.asarray(x).reshape(-1).astype(_F)
+    nb = F.n_blocks(xf.size, block_size)
+    pad = np.zeros(nb * block_size, dtype=_F)
+    pad[: xf.size] = xf
+    blocks = pad.reshape(nb, block_size)
+    amax = np.abs(blocks).max(axis=1)
+    return np.where(np.isfinite(blocks).all(axis=1), amax, _F(np.nan)).astype(_F)
+
+
+def scaled_encode_reference(x: np.ndarray, factor: np.ndarray, divide: bool, table: np.ndarray,
+                            block_size: int) -> np.ndarray:
+    """Packed codes of the scaled layout: ``y = x / f`` or ``x * f`` per block (float32)."""
+    xf = np.asarray(x).reshape(-1).astype(_F)
+    f = np.repeat(np.asarray(factor, dtype=_F), block_size)[: xf.size]
+    y = (xf / f if divide else xf * f).astype(_F)
+    enc = L.scaled_encoder(table)
+    return L.pack_low_first(enc(y), enc.zero_index)
+
+
+def scaled_decode_reference(packed: np.ndarray, scale: np.ndarray, table: np.ndarray,
+                            block_size: int, n: int, out_dtype) -> np.ndarray:
+    """``float32(table[code] * scale[block])`` cast to ``out_dtype``; NaN for codes beyond
+    the table."""
+    idx = L.unpack_low_first(packed, n)
+    s = np.repeat(np.asarray(scale, dtype=_F), block_size)[:n]
+    with np.errstate(over="ignore"):  # near float32's max a rounded-up code overflows to inf
+        return (F.decode_table(table, L.SCALED_BITS)[idx] * s).astype(_F).astype(out_dtype)
+
+
 class NumpyBackend(Backend, name="numpy"):
     """Plain numpy; slow, but every line is a rule of the format."""
+
+    scaled_layouts = True
 
     def quantize_blocks(self, x, code, bits, block_size):
         return quantize_reference(x, code, bits, block_size)
 
     def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
         return dequantize_reference(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def scaled_amax(self, x, block_size):
+        return scaled_amax_reference(x, block_size)
+
+    def scaled_encode(self, x, factor, divide, table, block_size):
+        return scaled_encode_reference(x, factor, divide, table, block_size)
+
+    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+        return scaled_decode_reference(packed, scale, table, block_size, n, out_dtype)

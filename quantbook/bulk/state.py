@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..scales import get_rule
 from . import format as F
 from .nested import dequantize_nested
 
@@ -66,6 +67,16 @@ def _array(what: str, v: Any, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
+def _stored_array(v: Any, dtype: np.dtype) -> np.ndarray:
+    """A scale rule's stored scales, refusing casts that would change their values."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    a = np.asarray(v)
+    if a.dtype.kind != dtype.kind or (a.dtype.kind == "u" and a.dtype.itemsize > dtype.itemsize):
+        raise ValueError(f"absmax must hold {dtype.name} values for this scale rule, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
 @dataclass(eq=False)
 class QuantState:
     """Quantization state of one array (bitsandbytes' field names).
@@ -76,7 +87,9 @@ class QuantState:
     order, bitsandbytes' ``quant_map``); ``quant_type`` the codebook name; ``bits`` the packed
     width.  Nested fields: ``nested_absmax`` (float32 per 256 blocks), ``nested_quant_map``
     (bitsandbytes' signed dynamic map), ``nested_blocksize`` (256), ``nested_offset`` (the
-    float32 mean subtracted before quantizing, as a Python float).
+    float32 mean subtracted before quantizing, as a Python float).  Scaled layout
+    (docs/scales.md): ``scale_rule`` (the rule's name; ``absmax`` then holds its stored scales)
+    and ``tensor_scale`` (the float32 per-tensor scale of a two-level rule, as a Python float).
     """
 
     absmax: np.ndarray
@@ -90,10 +103,19 @@ class QuantState:
     nested_quant_map: np.ndarray | None = None
     nested_blocksize: int | None = None
     nested_offset: float | None = None
+    scale_rule: str | None = None
+    tensor_scale: float | None = None
 
     @property
     def nested(self) -> bool:
         return self.nested_absmax is not None
+
+    @property
+    def scaled(self) -> bool:
+        """Stored in the scaled layout (docs/scales.md): ``absmax`` holds the rule's stored
+        scales, ``code`` the table in the layout's units, ``tensor_scale`` the float32
+        per-tensor scale of a two-level rule."""
+        return self.scale_rule is not None
 
     @property
     def size(self) -> int:
@@ -104,7 +126,11 @@ class QuantState:
         return -(-self.size // self.blocksize)
 
     def absmax_f32(self) -> np.ndarray:
-        """Per-block float32 scales (dequantizing the nested statistics if needed)."""
+        """Per-block float32 scales (dequantizing the nested statistics, or decoding the
+        scale rule's stored values, if needed)."""
+        if self.scaled:
+            ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
+            return get_rule(self.scale_rule).decode(self.absmax, ts)
         if not self.nested:
             return self.absmax
         return dequantize_nested(self.absmax, self.nested_absmax, np.float32(self.nested_offset),
@@ -123,6 +149,10 @@ class QuantState:
         dtype_name(self.dtype)
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks
+        if self.scaled:
+            return self._validate_scaled(nb)
+        if self.tensor_scale is not None:
+            raise ValueError("state has a tensor_scale but no scale_rule")
         if self.nested:
             _expect_array("absmax", self.absmax, np.uint8, nb)
             if self.nested_blocksize is None or not isinstance(self.nested_blocksize, (int, np.integer)) \
@@ -141,6 +171,29 @@ class QuantState:
             if self.nested_offset is not None or self.nested_quant_map is not None:
                 raise ValueError("state has nested fields but no nested_absmax")
             _expect_array("absmax", self.absmax, np.float32, nb, scales=True)
+        return self
+
+    def _validate_scaled(self, nb: int) -> "QuantState":
+        rule = get_rule(self.scale_rule)
+        if rule.layout != "scaled":
+            raise ValueError(f"scale_rule {self.scale_rule!r} is not stored in the scaled layout")
+        if self.nested_absmax is not None or self.nested_offset is not None:
+            raise ValueError("a scaled-layout state has no nested statistics")
+        if self.bits != 4:
+            raise ValueError(f"the scaled layouts store 4-bit codes, got bits={self.bits}")
+        _expect_array("absmax", self.absmax, np.dtype(rule.stored_dtype), nb)
+        ts = self.tensor_scale
+        if rule.tensor_bytes:
+            if isinstance(ts, bool) or not isinstance(ts, (int, float, np.floating)) \
+                    or not np.isfinite(np.float32(ts)) or np.float32(ts) <= 0:
+                raise ValueError(f"scale rule {rule.name} needs a positive finite tensor_scale, got {ts!r}")
+        elif ts is not None:
+            raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
+        s = self.absmax_f32()
+        if s.size and not (np.isfinite(s).all() and (s >= 0).all()):
+            bad = int(np.flatnonzero(~(np.isfinite(s) & (s >= 0)))[0])
+            raise ValueError(f"absmax entry {bad} ({self.absmax[bad]!r}) decodes to a non-finite "
+                             f"{rule.name} scale")
         return self
 
     # --------------------------------------------------------------- (de)serialise
@@ -169,6 +222,10 @@ class QuantState:
             )
         if self.bits != 4:
             d["bits"] = int(self.bits)
+        if self.scaled:
+            d["scale_rule"] = self.scale_rule
+            if self.tensor_scale is not None:
+                d["tensor_scale"] = float(self.tensor_scale)
         return d
 
     @classmethod
@@ -191,8 +248,13 @@ class QuantState:
             shape = tuple(int(v) for v in d["shape"])
         except (TypeError, ValueError):
             raise ValueError("quant state: bits, blocksize and shape must be integers") from None
+        rule = get_rule(d["scale_rule"]) if d.get("scale_rule") is not None else None
+        if rule is not None:
+            absmax = _stored_array(d["absmax"], np.dtype(rule.stored_dtype))
+        else:
+            absmax = _array("absmax", d["absmax"], np.uint8 if nested else np.float32)
         st = cls(
-            absmax=_array("absmax", d["absmax"], np.uint8 if nested else np.float32),
+            absmax=absmax,
             shape=shape,
             dtype=dtype_from_name(d["dtype"]),
             blocksize=blocksize,
@@ -200,6 +262,10 @@ class QuantState:
             quant_type=str(d.get("quant_type") or "custom"),
             bits=bits,
         )
+        if rule is not None:
+            st.scale_rule = rule.name
+            ts = d.get("tensor_scale")
+            st.tensor_scale = None if ts is None else (ts.item() if hasattr(ts, "item") else ts)
         if nested:
             st.nested_absmax = _array("nested_absmax", d["nested_absmax"], np.float32)
             st.nested_quant_map = _array("nested_quant_map", d["nested_quant_map"], np.float32)
@@ -210,6 +276,8 @@ class QuantState:
 
     def __repr__(self) -> str:
         nest = f", nested (offset={self.nested_offset:.6g})" if self.nested else ""
+        if self.scaled:
+            nest = f", scale {self.scale_rule}"
         return (f"QuantState({self.quant_type}, bits={self.bits}, shape={self.shape}, "
                 f"dtype={dtype_name(self.dtype)}, blocksize={self.blocksize}, "
                 f"blocks={self.n_blocks}{nest})")

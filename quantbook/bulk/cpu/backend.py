@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import format as F
+from .. import layouts as L
 from ..backend import Backend
 from ..nested import NESTED_BLOCKSIZE, nested_lut
 
@@ -22,6 +23,12 @@ def _kernels():
     from . import kernels
 
     return kernels
+
+
+def _scaled_kernels():
+    from . import scaled_kernels
+
+    return scaled_kernels
 
 
 @lru_cache(maxsize=1)
@@ -68,6 +75,7 @@ class NumbaBackend(Backend, name="cpu"):
     """numba, ``parallel=True``: all cores, compiled once and cached."""
 
     auto = True
+    scaled_layouts = True
 
     def unavailable(self):
         try:
@@ -108,3 +116,28 @@ class NumbaBackend(Backend, name="cpu"):
         nabs = np.empty(F.n_blocks(d.size, NESTED_BLOCKSIZE), dtype=_F)
         _kernels().quantize_nested_lut(d, nested_lut(), NESTED_BLOCKSIZE, q, nabs)
         return q, nabs
+
+    # ------------------------------------------------------------- the scaled layout
+    def scaled_amax(self, x, block_size):
+        xv = _kernel_view(x.reshape(-1))
+        amax = np.empty(F.n_blocks(xv.size, block_size), dtype=_F)
+        _scaled_kernels().scaled_amax(xv, _f16_table(), block_size, amax)
+        return amax
+
+    def scaled_encode(self, x, factor, divide, table, block_size):
+        enc = L.scaled_encoder(table)
+        mids, up, pos, neg = enc.padded()
+        xv = _kernel_view(x.reshape(-1))
+        packed = np.empty(L.packed_length(xv.size), dtype=np.uint8)
+        _scaled_kernels().scaled_encode(xv, _f16_table(), np.ascontiguousarray(factor, _F),
+                                        bool(divide), mids, up, pos, neg,
+                                        np.int64(enc.zero_index), block_size, packed)
+        return packed
+
+    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+        out = np.empty(n, dtype=out_dtype)
+        _scaled_kernels().scaled_decode(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1),
+                                        np.ascontiguousarray(scale, _F).reshape(-1),
+                                        F.decode_table(table, L.SCALED_BITS), block_size, n,
+                                        _kernel_view(out))
+        return out

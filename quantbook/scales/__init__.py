@@ -1,0 +1,13 @@
+"""Block scale rules: how a block's scale is computed, stored and paid for (:mod:`.rule`).
+
+Families: ``float32`` (bitsandbytes' absmax), ``float16``, ``bfloat16`` (:mod:`.floats`),
+``e4m3`` (NVFP4, two-level; :mod:`.e4m3`), ``e8m0:floor|ceil|even|rceil`` (MX;
+:mod:`.e8m0`), ``nested`` (bitsandbytes' compress_statistics; :mod:`.nested`) and
+``search:...`` (:mod:`.search`).  The byte layouts that store them are in
+:mod:`quantbook.bulk` and docs/scales.md.
+"""
+
+from . import floats, e4m3, e8m0, nested, search  # noqa: F401,I001  (each registers its family)
+from .rule import FAMILIES, ScaleRule, get_rule, rule_names
+
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names"]

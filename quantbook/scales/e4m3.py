@@ -1,0 +1,98 @@
+"""NVFP4's two-level scale: an FP8 E4M3 block scale times a float32 per-tensor scale.
+
+As NVIDIA's NVFP4 recipe and torchao's ``prototype.mx_formats.nvfp4_tensor`` (0.18) compute
+it, all in float32:
+
+* tensor scale ``t = G / (qmax * 448)``, ``G`` the tensor's absolute maximum (torchao's
+  ``per_tensor_amax_to_scale``: ``amax / (448 * 6)``);
+* block scale ``e = e4m3(clamp((M / qmax) / t, 2**-6, 448))``, rounded to nearest even —
+  the clamp keeps it a normal E4M3 number, never 0 or subnormal (an all-zero block stores
+  2**-6);
+* values are multiplied by ``float32(float32(1 / t) / e)``; decoding multiplies by
+  ``float32(t * e)``.
+
+Not defined by torchao, defined here: an all-zero tensor (``G = 0``; torchao divides 0 by 0)
+stores ``t = 1``; a tensor whose ``t`` would be 0 or subnormal (``0 < G < 448 * qmax *
+2**-126``) is an error, since ``1 / t`` would overflow.
+
+The E4M3 rounding is done on the float32 bits (3 mantissa bits, ties to even), which is exact
+in the clamped range; tests/test_scales.py checks it against ml_dtypes' ``float8_e4m3fn``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rule import ScaleRule, _check_qmax
+
+__all__ = ["E4M3Scale", "E4M3_MAX", "E4M3_MIN_NORMAL", "e4m3_round", "e4m3_bits", "e4m3_value",
+           "e4m3_grid"]
+
+_F = np.float32
+E4M3_MAX = 448.0
+E4M3_MIN_NORMAL = 2.0**-6
+
+
+def e4m3_round(v: np.ndarray) -> np.ndarray:
+    """float32 in [2**-6, 448] rounded to E4M3 (nearest, ties to even), as float32."""
+    u = np.asarray(v, dtype=_F).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFFF + ((u >> 20) & 1)) & 0xFFF00000
+    return u.astype(np.uint32).view(_F)
+
+
+def e4m3_bits(r: np.ndarray) -> np.ndarray:
+    """E4M3 byte of a non-negative normal E4M3 value held in float32."""
+    u = np.asarray(r, dtype=_F).view(np.uint32)
+    exp = ((u >> 23) & 0xFF).astype(np.int64) - 127 + 7
+    return ((exp << 3) | ((u >> 20) & 7)).astype(np.uint8)
+
+
+def e4m3_value(b: np.ndarray) -> np.ndarray:
+    """float32 value of E4M3 bytes (sign ignored: scales are non-negative; 0x7F is NaN)."""
+    b = np.asarray(b, dtype=np.uint8).astype(np.int64) & 0x7F
+    e, m = b >> 3, b & 7
+    v = np.where(e == 0, m * 2.0**-9, np.ldexp(1.0 + m / 8.0, (e - 7).astype(np.int32)))
+    return np.where(b == 0x7F, np.nan, v).astype(_F)
+
+
+def e4m3_grid() -> np.ndarray:
+    """The normal non-negative E4M3 values, 2**-6 .. 448, as float64."""
+    return e4m3_value(np.arange(0x08, 0x7F, dtype=np.uint8)).astype(np.float64)
+
+
+class E4M3Scale(ScaleRule, family="e4m3"):
+    stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
+
+    def tensor_scale(self, global_amax, qmax):
+        g = _F(global_amax)
+        if not np.isfinite(g) or g < 0:
+            raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
+        if g == 0:
+            return _F(1)
+        t = _F(g / _F(_F(_check_qmax(qmax)) * _F(E4M3_MAX)))
+        if t < np.finfo(_F).tiny:
+            raise ValueError(f"the tensor's amax {float(g):.3g} is too small for a float32 "
+                             f"tensor scale (needs >= {448 * qmax * 2.0**-126:.3g} or exactly 0)")
+        return t
+
+    def _t(self, tensor_scale):
+        if tensor_scale is None:
+            raise ValueError("the e4m3 rule needs the float32 tensor scale")
+        return _F(tensor_scale)
+
+    def encode(self, amax, qmax, tensor_scale=None):
+        t = self._t(tensor_scale)
+        r = ((np.asarray(amax, dtype=_F) / _F(_check_qmax(qmax))).astype(_F) / t).astype(_F)
+        return e4m3_bits(e4m3_round(np.clip(r, _F(E4M3_MIN_NORMAL), _F(E4M3_MAX))))
+
+    def decode(self, stored, tensor_scale=None):
+        return (self._t(tensor_scale) * e4m3_value(stored)).astype(_F)
+
+    def divisor(self, stored, tensor_scale=None):
+        t = self._t(tensor_scale)
+        return ((_F(1) / t) / e4m3_value(stored)).astype(_F), False
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+        g = e4m3_grid()
+        b = float(_check_qmax(qmax)) * float(self._t(tensor_scale)) * (g[:-1] + g[1:]) / 2
+        return b[(b >= lo) & (b <= hi)]

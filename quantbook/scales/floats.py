@@ -1,0 +1,116 @@
+"""Block scales stored as plain floats: ``float32`` (bitsandbytes' absmax), ``float16``
+(ggml's block formats) and ``bfloat16``.
+
+The scale is ``M / qmax`` in float32, rounded to nearest even in the stored type.  A scale
+that would round to infinity is an error; one that underflows to zero stores 0, and the
+block then decodes to zeros (ggml's ``id = d ? 1/d : 0``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .rule import ScaleRule, _check_qmax
+
+__all__ = ["Float32Scale", "Float16Scale", "BFloat16Scale", "bf16_bits", "bf16_value"]
+
+_F = np.float32
+_FMAX = float(np.finfo(np.float32).max)
+
+
+def _ratio(amax: np.ndarray, qmax: float) -> np.ndarray:
+    return (np.asarray(amax, dtype=_F) / _F(_check_qmax(qmax))).astype(_F)
+
+
+def _check_finite(stored_as_f32: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(stored_as_f32))
+    if bad.size:
+        raise ValueError(f"block {int(bad[0])}: its scale overflows {what} (amax beyond the "
+                         f"scale format's range); use a wider scale rule such as bfloat16 or float32")
+
+
+def _grid_breakpoints(grid: np.ndarray, qmax: float, lo: float, hi: float) -> np.ndarray:
+    """``qmax`` times the midpoints of neighbouring grid values (round-to-nearest cells)."""
+    g = np.unique(grid[np.isfinite(grid) & (grid >= 0)].astype(np.float64))
+    b = qmax * (g[:-1] + g[1:]) / 2
+    return b[(b >= lo) & (b <= hi)]
+
+
+class Float32Scale(ScaleRule, family="float32"):
+    """bitsandbytes' float32 absmax (docs/format.md): ``s = M / qmax``, no rounding."""
+
+    layout = "bnb"
+    stored_dtype, stored_bytes = "float32", 4
+
+    def encode(self, amax, qmax, tensor_scale=None):
+        return _ratio(amax, qmax)
+
+    def decode(self, stored, tensor_scale=None):
+        return np.asarray(stored, dtype=_F)
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
+        return np.empty(0)
+
+
+class Float16Scale(ScaleRule, family="float16"):
+    stored_dtype, stored_bytes = "float16", 2
+
+    def encode(self, amax, qmax, tensor_scale=None):
+        with np.errstate(over="ignore"):
+            s = _ratio(amax, qmax).astype(np.float16)
+        _check_finite(s, "float16")
+        return s
+
+    def decode(self, stored, tensor_scale=None):
+        return np.asarray(stored, dtype=np.float16).astype(_F)
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
+        return _grid_breakpoints(_f16_grid(), _check_qmax(qmax), lo, hi)
+
+
+@lru_cache(maxsize=1)
+def _f16_grid() -> np.ndarray:
+    return np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+
+
+def bf16_bits(v: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, rounded to nearest even (finite inputs)."""
+    u = np.asarray(v, dtype=_F).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_value(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns -> float32 (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(_F)
+
+
+class BFloat16Scale(ScaleRule, family="bfloat16"):
+    """Stored as the uint16 bit patterns (no ml_dtypes needed).  A scale below float32's
+    normal range is an error: its float32 reciprocal would overflow."""
+
+    stored_dtype, stored_bytes = "uint16", 2
+
+    def encode(self, amax, qmax, tensor_scale=None):
+        bits = bf16_bits(_ratio(amax, qmax))
+        _check_finite(bf16_value(bits), "bfloat16")
+        return bits
+
+    def decode(self, stored, tensor_scale=None):
+        return bf16_value(stored)
+
+    def divisor(self, stored, tensor_scale=None):
+        s = self.decode(stored)
+        tiny = np.flatnonzero((s > 0) & (s < np.finfo(_F).tiny))
+        if tiny.size:
+            raise ValueError(f"block {int(tiny[0])}: its bfloat16 scale {float(s[tiny[0]]):.3g} is "
+                             "subnormal (amax below the scale format's normal range)")
+        return super().divisor(stored)
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
+        grid = bf16_value(np.arange(0x7F80, dtype=np.uint16)).astype(np.float64)
+        return _grid_breakpoints(grid, _check_qmax(qmax), lo, hi)
+
+    def describe(self):
+        return f"{self.name}: bfloat16 bits as uint16 ({self.stored_bytes} B) per block"

@@ -1,0 +1,163 @@
+"""The scale rule: how a block's scale is computed from its values, stored, and paid for.
+
+A block of weights is stored as codes plus a scale; decoding multiplies the codebook's value
+by the scale.  The rule says
+
+* how the scale follows from the block's absolute maximum ``M`` (and, for a two-level
+  format, from a float32 per-tensor scale): :meth:`ScaleRule.encode` gives the stored value,
+  :meth:`ScaleRule.decode` the float32 scale it stands for, and :meth:`ScaleRule.scale` the
+  composition ``s(M)``;
+* where ``s(M)`` jumps (:meth:`ScaleRule.breakpoints`), so an exact derivation can integrate
+  piecewise over ``M``;
+* how the values are divided by it before encoding (:meth:`ScaleRule.divisor`), to the
+  float32 operation, because that decides the bytes;
+* how it is stored (``stored_dtype``, ``stored_bytes`` per block, ``tensor_bytes`` per
+  tensor) and its cost in bits per weight (:meth:`ScaleRule.bits_per_weight`).
+
+``qmax`` is the codebook's largest magnitude in the units the scale multiplies (E2M1's is
+6): the rule maps the block's amax to it, so the codebook's range is part of the rule.
+
+Families register by subclassing with ``family=`` (as the bulk backends do); a spec string
+``FAMILY[:ARG]`` names a rule (:func:`get_rule`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names"]
+
+_F = np.float32
+
+#: family name -> rule class, in registration order
+FAMILIES: dict[str, type["ScaleRule"]] = {}
+
+
+class ScaleRule:
+    """Base class of the scale rules (see the module docstring).
+
+    A rule instance is immutable and named by its full spec (``"e8m0:floor"``).  Arrays are
+    float32 numpy arrays; ``amax`` holds finite non-negative block maxima.
+    """
+
+    family: ClassVar[str]
+    #: ``s(M)`` depends on the block maximum alone (and the tensor scale): false for search
+    #: rules and for statistics coded across blocks (nested)
+    deterministic: ClassVar[bool] = True
+    #: the byte layout that stores this rule's scales (:mod:`quantbook.bulk`)
+    layout: ClassVar[str] = "scaled"
+    #: numpy dtype name of one stored block scale, its bytes, and the per-tensor bytes
+    stored_dtype: ClassVar[str]
+    stored_bytes: ClassVar[int]
+    tensor_bytes: ClassVar[int] = 0
+    #: ``s`` is constant on ``[b_i, b_i+1)`` ("left") or ``(b_i, b_i+1]`` ("right")
+    closed: ClassVar[str] = "left"
+
+    def __init_subclass__(cls, family: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if family is not None:
+            if family in FAMILIES:
+                raise ValueError(f"a scale rule family named {family!r} is already registered")
+            cls.family = family
+            FAMILIES[family] = cls
+
+    # ----------------------------------------------------------------- naming
+    @classmethod
+    def from_arg(cls, arg: str | None) -> "ScaleRule":
+        """The rule for ``FAMILY:ARG`` (``arg`` None for a bare family name)."""
+        if arg is not None:
+            raise ValueError(f"scale rule {cls.family!r} takes no argument, got {arg!r}")
+        return cls()
+
+    @classmethod
+    def variants(cls) -> tuple[str, ...]:
+        """Every spec this family accepts without free parameters."""
+        return (cls.family,)
+
+    @property
+    def name(self) -> str:
+        return self.family
+
+    def __repr__(self) -> str:
+        return f"ScaleRule({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ScaleRule) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    # ----------------------------------------------------------------- the rule
+    def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
+        """The float32 per-tensor scale of a two-level rule (None for one-level rules)."""
+        return None
+
+    def encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> np.ndarray:
+        """Stored block scales (``stored_dtype``) for block maxima ``amax``."""
+        raise NotImplementedError
+
+    def decode(self, stored: np.ndarray, tensor_scale: Any = None) -> np.ndarray:
+        """The float32 scale each stored value stands for: decoding is
+        ``float32(table[code] * decode(stored))``."""
+        raise NotImplementedError
+
+    def divisor(self, stored: np.ndarray, tensor_scale: Any = None) -> tuple[np.ndarray, bool]:
+        """``(f, divide)``: values are scaled as ``float32(x / f)`` when ``divide``, else as
+        ``float32(x * f)`` (float32 per block).  Default: multiply by the float32 reciprocal
+        of the decoded scale, 0 for a zero scale (the block then encodes as zeros)."""
+        s = self.decode(stored, tensor_scale)
+        with np.errstate(divide="ignore", over="ignore"):
+            f = np.where(s > 0, _F(1) / np.where(s > 0, s, _F(1)), _F(0)).astype(_F)
+        return f, False
+
+    def scale(self, amax: Any, qmax: float, tensor_scale: Any = None) -> np.ndarray:
+        """``s(M)``: the effective float32 scale of blocks with maximum ``amax``."""
+        m = np.asarray(amax, dtype=_F)
+        return self.decode(self.encode(m.reshape(-1), qmax, tensor_scale), tensor_scale).reshape(m.shape)
+
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = float(np.finfo(np.float32).max)) -> np.ndarray:
+        """Sorted float64 values of ``M`` in ``[lo, hi]`` where ``s(M)`` changes; ``s`` is
+        constant between neighbours (closed on the side :attr:`closed` names)."""
+        raise NotImplementedError
+
+    def bits_per_weight(self, block_size: int, code_bits: int = 4, n: int | None = None) -> float:
+        """Code bits plus the stored scales per weight; ``n`` (the tensor's size) adds the
+        per-tensor bytes, which vanish for large tensors when ``n`` is None."""
+        bpw = code_bits + 8.0 * self.stored_bytes / block_size
+        if n:
+            bpw += 8.0 * self.tensor_bytes / n
+        return bpw
+
+    def describe(self) -> str:
+        """One line: what is stored and what it costs."""
+        t = f" + {self.tensor_bytes}-byte tensor scale" if self.tensor_bytes else ""
+        return f"{self.name}: {self.stored_dtype} ({self.stored_bytes} B) per block{t}"
+
+
+def _check_qmax(qmax: Any) -> float:
+    q = float(qmax)
+    if not np.isfinite(q) or q <= 0:
+        raise ValueError(f"qmax (the codebook's largest magnitude) must be a positive finite number, got {qmax!r}")
+    return q
+
+
+def get_rule(spec: Any) -> ScaleRule:
+    """The rule named by ``spec`` (``"e4m3"``, ``"e8m0:rceil"``, ``"search:4over6"``, ...)
+    or a :class:`ScaleRule` itself."""
+    if isinstance(spec, ScaleRule):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"scale must be a rule name such as {', '.join(rule_names()[:4])}, got {spec!r}")
+    family, _, arg = spec.strip().lower().partition(":")
+    cls = FAMILIES.get(family)
+    if cls is None:
+        raise ValueError(f"unknown scale rule {spec!r}; known: {', '.join(rule_names())}")
+    return cls.from_arg(arg or None)
+
+
+def rule_names() -> tuple[str, ...]:
+    """Every rule spec without free parameters, in registration order."""
+    return tuple(v for cls in FAMILIES.values() for v in cls.variants())

@@ -1,0 +1,112 @@
+"""Scale search: each block tries several scales and keeps the one with the least error.
+
+A search rule wraps a deterministic base rule and a set of targets: candidate ``k`` maps the
+block's amax to ``f_k * qmax`` (the base rule encoded with ``qmax`` replaced by
+``f_k * qmax``); the block keeps the candidate whose decoded block has the least sum of
+squared (``l2``) or absolute (``l1``) errors, the first on a tie.  Stored bytes and cost are
+the base rule's.  The error is computed by the byte layout (:mod:`quantbook.bulk.layouts`),
+which owns the quantizer.
+
+Spec: ``search:PRESET`` or ``search:BASE@f1,f2,...[/l1|/l2]``, e.g.
+``search:e8m0:rceil@1,0.75/l1``.  Presets:
+
+* ``4over6`` — "Four Over Six" (Cook et al., 2025, arXiv:2512.02010): per NVFP4 block, amax
+  mapped to 6 or to 4, lower squared error kept: base ``e4m3``, targets {1, 4/6}, ``l2``.
+  The tensor scale is the base rule's (``G / (6 * 448)``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .rule import ScaleRule, get_rule
+
+__all__ = ["SearchScale", "PRESETS"]
+
+_F = np.float32
+
+#: preset name -> (base spec, target factors, loss)
+PRESETS: dict[str, tuple[str, tuple[float, ...], str]] = {
+    "4over6": ("e4m3", (1.0, 4.0 / 6.0), "l2"),
+}
+
+
+class SearchScale(ScaleRule, family="search"):
+    deterministic = False
+
+    def __init__(self, base: ScaleRule | str, factors: Sequence[float], loss: str = "l2",
+                 preset: str | None = None) -> None:
+        base = get_rule(base)
+        if not base.deterministic or base.layout != "scaled":
+            raise ValueError(f"a search needs a deterministic base rule of the scaled layout, got {base.name!r}")
+        f = tuple(float(v) for v in factors)
+        if not f or not all(np.isfinite(v) and v > 0 for v in f):
+            raise ValueError(f"search targets must be positive finite factors, got {factors!r}")
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"search loss must be l1 or l2, got {loss!r}")
+        self.base, self.factors, self.loss, self.preset = base, f, loss, preset
+        self.stored_dtype, self.stored_bytes = base.stored_dtype, base.stored_bytes
+        self.tensor_bytes = base.tensor_bytes
+
+    @classmethod
+    def from_arg(cls, arg):
+        if arg is None:
+            raise ValueError("a search rule needs a preset or BASE@f1,f2[/l1|/l2], "
+                             f"e.g. search:4over6 (presets: {', '.join(PRESETS)})")
+        if arg in PRESETS:
+            base, f, loss = PRESETS[arg]
+            return cls(base, f, loss, preset=arg)
+        body, _, loss = arg.partition("/")
+        base, at, fs = body.partition("@")
+        if not at:
+            raise ValueError(f"search rule {arg!r}: expected a preset ({', '.join(PRESETS)}) "
+                             "or BASE@f1,f2,...[/l1|/l2]")
+        try:
+            factors = [float(v) for v in fs.split(",")]
+        except ValueError:
+            raise ValueError(f"search rule {arg!r}: targets must be numbers") from None
+        return cls(base, factors, loss or "l2")
+
+    @classmethod
+    def variants(cls):
+        return tuple(f"search:{p}" for p in PRESETS)
+
+    @property
+    def name(self):
+        if self.preset:
+            return f"search:{self.preset}"
+        return f"search:{self.base.name}@{','.join(f'{v:g}' for v in self.factors)}/{self.loss}"
+
+    @property
+    def closed(self):  # type: ignore[override]
+        return self.base.closed
+
+    def tensor_scale(self, global_amax, qmax):
+        return self.base.tensor_scale(global_amax, qmax)
+
+    def candidates(self, amax: np.ndarray, qmax: float, tensor_scale=None) -> list[np.ndarray]:
+        """The stored scales of every candidate, in order."""
+        return [self.base.encode(amax, float(qmax) * f, tensor_scale) for f in self.factors]
+
+    def pick(self, errors: np.ndarray) -> np.ndarray:
+        """Per block, the index of the least error among ``errors[k, block]`` (first on ties)."""
+        return np.argmin(np.asarray(errors), axis=0)
+
+    def encode(self, amax, qmax, tensor_scale=None):
+        raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
+                         "quantize through quantbook.bulk")
+
+    def decode(self, stored, tensor_scale=None):
+        return self.base.decode(stored, tensor_scale)
+
+    def divisor(self, stored, tensor_scale=None):
+        return self.base.divisor(stored, tensor_scale)
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+        raise ValueError(f"{self.name} has no scale function s(M): its law is not 1-D")
+
+    def describe(self):
+        return (f"{self.name}: {self.base.name} scales, best of targets "
+                f"{{{', '.join(f'{v:g}' for v in self.factors)}}}·qmax by {self.loss}")

@@ -1,0 +1,118 @@
+"""Scale rules (quantbook.scales): float8 conversions against ml_dtypes, E8M0 against the OCP MX
+definition computed independently with math.frexp, costs against the formats' published
+bits per weight, and s(M) against its own breakpoints."""
+
+import math
+
+import numpy as np
+import pytest
+
+from quantbook.scales import FAMILIES, ScaleRule, get_rule, rule_names
+from quantbook.scales.e4m3 import e4m3_bits, e4m3_round, e4m3_value
+from quantbook.scales.e8m0 import e8m0_value
+from quantbook.scales.floats import bf16_bits, bf16_value
+
+try:
+    import ml_dtypes
+except ImportError:  # only the ml_dtypes cross-checks need it
+    ml_dtypes = None
+_need_ml = pytest.mark.skipif(ml_dtypes is None, reason="ml_dtypes is not installed")
+
+
+def test_registry_and_names():
+    assert {"float32", "float16", "bfloat16", "e4m3", "e8m0", "nested", "search"} <= set(FAMILIES)
+    for name in rule_names():
+        assert get_rule(name).name == name
+    assert get_rule("e8m0").name == "e8m0:floor"
+    with pytest.raises(ValueError, match="already registered"):
+        class Dup(ScaleRule, family="e4m3"):
+            pass
+
+
+@pytest.mark.parametrize("name,block,bpw", [("e4m3", 16, 4.5), ("e8m0:floor", 32, 4.25),
+                                            ("float16", 32, 4.5), ("float32", 64, 4.5),
+                                            ("search:4over6", 16, 4.5)])
+def test_bits_per_weight(name, block, bpw):
+    # NVFP4 4.5, MXFP4 4.25 (OCP MX v1.0), ggml IQ4_NL 4.5, bitsandbytes NF4 at 64: 4.5
+    assert get_rule(name).bits_per_weight(block) == bpw
+
+
+@_need_ml
+def test_e4m3_rounding_matches_ml_dtypes():
+    rng = np.random.default_rng(0)
+    v = np.exp2(rng.uniform(-6, np.log2(448), 200000)).astype(np.float32)
+    g = e4m3_value(np.arange(0x08, 0x7F, dtype=np.uint8))
+    ties = ((g[:-1] + g[1:]) / 2).astype(np.float32)  # exact midpoints: ties to even
+    v = np.concatenate([v, g, ties, np.nextafter(ties, 0), np.nextafter(ties, np.inf)])
+    v = v[(v >= 2.0**-6) & (v <= 448)]
+    ref = v.astype(ml_dtypes.float8_e4m3fn)
+    r = e4m3_round(v)
+    assert np.array_equal(r, ref.astype(np.float32))
+    assert np.array_equal(e4m3_bits(r), ref.view(np.uint8))
+
+
+@_need_ml
+def test_float8_decoders_match_ml_dtypes():
+    b = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(e4m3_value(b[:128]), b[:128].view(ml_dtypes.float8_e4m3fn).astype(np.float32),
+                          equal_nan=True)
+    assert np.array_equal(e8m0_value(b), b.view(ml_dtypes.float8_e8m0fnu).astype(np.float32),
+                          equal_nan=True)
+
+
+@_need_ml
+def test_bfloat16_rounding_matches_ml_dtypes():
+    v = np.random.default_rng(1).standard_normal(100000).astype(np.float32) * 1e3
+    assert np.array_equal(bf16_bits(v), v.astype(ml_dtypes.bfloat16).view(np.uint16))
+    assert np.array_equal(bf16_value(bf16_bits(v)), v.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def _ocp(m, emax, mode):
+    """The MX scale exponent from its definition (math.frexp: m = f * 2**e, 0.5 <= f < 1)."""
+    f, e = math.frexp(m)
+    lg = e - 1  # floor(log2 m)
+    if mode == "floor":
+        return lg - emax
+    if mode == "ceil":
+        return lg + (f != 0.5) - emax
+    if mode == "even":  # m rounded to 2 significant bits (E2M1's precision), half up
+        return lg + (f >= 0.875) - emax
+
+
+@pytest.mark.parametrize("mode", ["floor", "ceil", "even"])
+def test_e8m0_matches_its_definition(mode):
+    rng = np.random.default_rng(2)
+    m = np.exp2(rng.uniform(-100, 100, 20000)).astype(np.float32)
+    m = np.concatenate([m, np.exp2(np.arange(-100, 100)).astype(np.float32),
+                        (1.75 * np.exp2(np.arange(-100, 100))).astype(np.float32)])
+    got = get_rule(f"e8m0:{mode}").encode(m, 6.0).astype(int) - 127
+    want = np.array([_ocp(float(v), 2, mode) for v in m])
+    assert np.array_equal(got, want)
+
+
+def test_e8m0_spec_range_for_e2m1():
+    # OCP MX v1.0 with E2M1 (emax 2): M / X lies in [4, 8)
+    m = np.exp2(np.random.default_rng(3).uniform(-50, 50, 5000)).astype(np.float32)
+    r = m / get_rule("e8m0:floor").scale(m, 6.0)
+    assert (r >= 4).all() and (r < 8).all()
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil",
+                                  "float16", "bfloat16"])
+def test_scale_is_constant_between_breakpoints(name):
+    rule = get_rule(name)
+    ts = rule.tensor_scale(3.0, 6.0)
+    b = rule.breakpoints(6.0, ts, 1e-3, 1e3)
+    assert b.size and np.all(np.diff(b) > 0)
+    lo, hi = b[:-1], b[1:]
+    inner = np.stack([lo + (hi - lo) * t for t in (0.01, 0.5, 0.99)]).astype(np.float32)
+    s = rule.scale(inner, 6.0, ts)
+    assert (s == s[1]).all(), "s(M) changes inside a piece"
+    assert (s[1, 1:] != s[1, :-1]).all(), "s(M) does not change across a breakpoint"
+
+
+def test_search_and_nested_are_not_functions_of_m():
+    assert not get_rule("search:4over6").deterministic and not get_rule("nested").deterministic
+    with pytest.raises(ValueError, match="not 1-D"):
+        get_rule("search:4over6").breakpoints(6.0, 1.0)
+    assert get_rule("search:e8m0:rceil@1,0.75/l1").name == "search:e8m0:rceil@1,0.75/l1"
