@@ -705,6 +705,19 @@ def normalize_blocks(x: np.ndarray, normalization: str) -> np.ndarray:
     return x / np.where(s == 0, 1.0, s)
 
 
-def block_distribution(block_size: int = 64, source: Any = "normal", normalization: str = "absmax") -> BlockDistribution:
-    """Shorthand for :class:`BlockDistribution`."""
-    return BlockDistribution(block_size, source, normalization)
+def block_distribution(block_size: int = 64, source: Any = "normal", normalization: str = "absmax",
+                       scale: Any = None, **scale_model: Any) -> Any:
+    """Shorthand for :class:`BlockDistribution`; with ``scale`` (a rule of
+    :mod:`quantbook.scales`, not float32) the law under that rule,
+    :class:`~.scaled.ScaledBlockDistribution` (``qmax``, ``tensor_amax``, ``tensor_size`` as
+    keywords)."""
+    if scale is None or getattr(scale, "layout", None) == "bnb" or scale == "float32":
+        if scale_model:
+            raise ValueError(f"{', '.join(scale_model)} apply only with a scale rule")
+        return BlockDistribution(block_size, source, normalization)
+    if normalization != "absmax":
+        raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
+                         f"got {normalization!r}")
+    from .scaled import ScaledBlockDistribution  # built on this module's measures
+
+    return ScaledBlockDistribution(block_size, source, scale, **scale_model)

@@ -60,6 +60,7 @@ import numpy as np
 from ..codebooks.codebook import Codebook
 from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
+from .scaled import scaled_measure
 from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
 
 __all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "LloydWarning", "DerivationError",
@@ -114,7 +115,10 @@ def _measure(recipe: "LloydRecipe | QuantileRecipe"):
         power = 1 if (r.domain == "weight" and r.normalization != "none") else 0
     else:
         power = weight_power(r.loss, r.domain, r.normalization)
-    mu = block_measure(r.source, r.block_size, r.normalization, power)
+    if r.scale is not None:
+        mu = scaled_measure(r.source, r.block_size, r.scale, r.qmax, power, tensor_size=r.tensor_size)
+    else:
+        mu = block_measure(r.source, r.block_size, r.normalization, power)
     with np.errstate(invalid="ignore", over="ignore"):
         probe = _cont_cum(mu, np.linspace(max(mu.lo, -1e300), min(mu.hi, 1e300), 65))
     if not np.all(np.isfinite(probe)) or not probe[-1] > 0:
@@ -122,6 +126,13 @@ def _measure(recipe: "LloydRecipe | QuantileRecipe"):
                               f"quadrature failed for this source")
     n_levels = 2**r.bits - (1 if r.symmetric and 0.0 in r.fixed else 0)
     return mu, n_levels
+
+
+def _solve_measure(mu, r):
+    """The measure the levels are solved on: under a scale rule the part in [-1, 1].  The
+    fixed -1 and 1 own every value beyond, so no free level's cell changes, and the free levels
+    stay inside the range the scaled layout gives the table (the loss uses the whole law)."""
+    return mu if r.scale is None else RestrictedMeasure(mu, -1.0, 1.0)
 
 
 def _describe(r) -> str:
@@ -430,7 +441,8 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
                   name: str | None = None) -> tuple[LloydResult, str]:
     """The solve behind :func:`solve_lloyd`; also returns why it stopped early ('' if it did not)."""
     deadline = _check_budget(tol, max_iter, max_time)
-    mu, n_levels = _measure(r)
+    full, n_levels = _measure(r)
+    mu = _solve_measure(full, r)
     fx = list(r.fixed)
     if r.partition == "halves":
         neg_fx, pos_fx = [v for v in fx if v < 0], [v for v in fx if v > 0]
@@ -453,7 +465,7 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
         n_valid = np.unique(levels[np.isfinite(levels)]).size
         raise DerivationError(f"the {_describe(r)} came out with {n_valid} valid distinct levels instead of "
                               f"{n_levels}: the block law could not be evaluated")
-    loss_value = _expected_loss(mu, levels, r.loss)
+    loss_value = _expected_loss(full, levels, r.loss)
     if not (math.isfinite(loss_value) and math.isfinite(res)):
         raise DerivationError(f"the {_describe(r)} has a non-finite expected loss or change ({loss_value!r}, "
                               f"{res!r}): the block law could not be evaluated")
@@ -463,6 +475,7 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
         why = ("the time budget" if time.monotonic() >= deadline else
                "the iteration budget" if it >= max_iter else "no further progress")
     nm = name or f"lloyd-{r.loss}-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+    nm += f"-{r.scale.replace(':', '-')}" if r.scale is not None and not name else ""
     cb = Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
     return LloydResult(cb, it, res, converged, loss_value), why
 
@@ -481,10 +494,12 @@ def solve_lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, los
                 domain: str = _L.domain, normalization: str = _L.normalization, source: Any = _L.source,
                 fixed: Any = _L.fixed, symmetric: bool = _L.symmetric, tol: float = TOL,
                 max_iter: int = MAX_ITER, name: str | None = None, partition: str = _L.partition,
-                max_time: float | None = MAX_TIME) -> LloydResult:
+                max_time: float | None = MAX_TIME, scale: Any = _L.scale, qmax: float = _L.qmax,
+                tensor_size: int | None = _L.tensor_size) -> LloydResult:
     """Lloyd-Max codebook with convergence information; see :func:`lloyd`.  Warns
     (:class:`LloydWarning`) when the result did not converge."""
-    r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition)
+    r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition,
+                    _scale_spec(scale), qmax, tensor_size)
     res, why = _solve_recipe(r, tol, max_iter, max_time, name)
     _warn_unconverged(res, why, tol, r, stacklevel=2)
     return res
@@ -493,7 +508,8 @@ def solve_lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, los
 def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str = _L.loss,
           domain: str = _L.domain, normalization: str = _L.normalization, source: Any = _L.source,
           fixed: Any = _L.fixed, symmetric: bool = _L.symmetric, tol: float = TOL, max_iter: int = MAX_ITER,
-          name: str | None = None, partition: str = _L.partition, max_time: float | None = MAX_TIME) -> Codebook:
+          name: str | None = None, partition: str = _L.partition, max_time: float | None = MAX_TIME,
+          scale: Any = _L.scale, qmax: float = _L.qmax, tensor_size: int | None = _L.tensor_size) -> Codebook:
     """The Lloyd-Max codebook minimising the expected L1/L2 error (module docstring).
 
     Parameters (defaults: the fields of :class:`~.recipes.LloydRecipe`): ``bits`` 1..8;
@@ -511,11 +527,25 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     Raises ValueError for bad arguments and :class:`DerivationError` when no valid table results;
     warns (:class:`LloydWarning`) when the iteration stopped unconverged.  :func:`solve_lloyd`
     also returns iterations and the final change.
+
+    ``scale`` (a rule of :mod:`quantbook.scales` or its name, e.g. ``"e4m3"``,
+    ``"e8m0:floor"``, ``"float16"``; None: the exact float32 absmax) derives the code for the
+    scaled layout: the block maximum goes to ``qmax`` (the table's largest magnitude in the
+    units the scale multiplies, 6 as for E2M1) by the rule, the levels are returned in the
+    codebook's units (largest magnitude 1, with -1 and 1 fixed) and values beyond them saturate
+    (:mod:`.scaled`).  ``tensor_size`` models the tensor scale of a two-level rule (``e4m3``)
+    as that of tensors of that many values; None averages over its phase.
     """
-    r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition)
+    r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition,
+                    _scale_spec(scale), qmax, tensor_size)
     res, why = _solve_recipe(r, tol, max_iter, max_time, name)
     _warn_unconverged(res, why, tol, r, stacklevel=2)
     return res.codebook
+
+
+def _scale_spec(scale: Any) -> Any:
+    """A rule object as its name (recipes hold names); anything else as given."""
+    return getattr(scale, "name", scale) if scale is not None and not isinstance(scale, str) else scale
 
 
 def _lloyd_codebook(r: LloydRecipe) -> Codebook:
@@ -527,7 +557,8 @@ def _lloyd_codebook(r: LloydRecipe) -> Codebook:
 
 def quantile(bits: int = _Q.bits, block_size: int | None = _Q.block_size, normalization: str = _Q.normalization,
              source: Any = _Q.source, fixed: Any = _Q.fixed, symmetric: bool = _Q.symmetric,
-             domain: str = _Q.domain, name: str | None = None) -> Codebook:
+             domain: str = _Q.domain, name: str | None = None, scale: Any = _Q.scale, qmax: float = _Q.qmax,
+             tensor_size: int | None = _Q.tensor_size) -> Codebook:
     """The equal-probability ("NF-style") codebook of the exact block-B law of ``y``.
 
     Levels are equally spaced in probability of the continuous part of the law (the
@@ -536,14 +567,17 @@ def quantile(bits: int = _Q.bits, block_size: int | None = _Q.block_size, normal
     half a spacing beyond the outermost level.  The free levels are shared among the gaps
     between fixed levels in proportion to their probability; an exact tie goes to the upper
     gap (so with {-1, 0, 1} fixed and a symmetric source, 4 bits give 6 negative and 7 positive
-    free levels, as NF4).  Parameters and defaults: :class:`~.recipes.QuantileRecipe`.
+    free levels, as NF4).  Parameters and defaults: :class:`~.recipes.QuantileRecipe`;
+    ``scale``, ``qmax`` and ``tensor_size`` as in :func:`lloyd` (the probabilities are those of
+    the values inside [-1, 1]).
     """
-    return _quantile_codebook(QuantileRecipe(bits, block_size, normalization, source, fixed, symmetric, domain),
-                              name)
+    return _quantile_codebook(QuantileRecipe(bits, block_size, normalization, source, fixed, symmetric, domain,
+                                             _scale_spec(scale), qmax, tensor_size), name)
 
 
 def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
     mu, n_levels = _measure(r)
+    mu = _solve_measure(mu, r)
     fx = list(r.fixed)
     if r.symmetric:
         pos_fixed = [v for v in fx if v >= 0]
@@ -553,4 +587,5 @@ def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
     else:
         levels = _quantile_levels(mu, n_levels, fx)
     nm = name or f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+    nm += f"-{r.scale.replace(':', '-')}" if r.scale is not None and not name else ""
     return Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..codebooks.codebook import Codebook
 from .block import NORMALIZATIONS, _check_block_size, block_measure
+from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
 
 __all__ = ["Evaluation", "evaluate", "cell_errors", "cell_probabilities"]
@@ -92,9 +93,16 @@ class Evaluation:
     rd_bound: float  # Gaussian D(R) = var · 2**(-2R)
     gap_db: float  # 10·log10(mse_weight / D(R))
     usage: list[float] = field(default_factory=list)  # probability of each sorted level
+    scale: str | None = None  # the scale rule (None: the exact float32 absmax)
+    qmax: float | None = None  # the table's largest magnitude in the units the scale multiplies
+    tensor_model: str | None = None  # how a two-level rule's tensor scale is modelled
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("scale", "qmax", "tensor_model"):
+            if d[key] is None:
+                del d[key]  # the absmax law's vocabulary is unchanged
+        return d
 
 
 def _as_codebook(codebook: Any) -> Codebook:
@@ -112,19 +120,35 @@ def _as_codebook(codebook: Any) -> Codebook:
 
 
 def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any = "normal",
-             normalization: str = "absmax") -> Evaluation:
+             normalization: str = "absmax", scale: Any = None, qmax: float = DEFAULT_QMAX,
+             tensor_amax: Any = None, tensor_size: Any = None) -> Evaluation:
     """Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap
     (dB) to the Gaussian rate-distortion bound ``D(R) = σ²·2**(-2R)`` at ``R = bits + 32/B``
     bits per weight (``R = bits`` with ``normalization="none"``, where the levels are in source
     units and both domains coincide).  Accuracy ≲1e-12 relative for the parametric sources.
     Weight-domain errors (and, with ``normalization="none"``, all errors) are ``inf`` when the
-    source lacks the needed moment; SQNR and the gap are then NaN."""
+    source lacks the needed moment; SQNR and the gap are then NaN.
+
+    ``scale`` (a rule of :mod:`quantbook.scales` or its name; None or ``"float32"``: the exact
+    absmax) evaluates the codebook in the scaled layout, as ``quantbook.quantize(x, codebook,
+    block_size, scale=scale, qmax=qmax)`` stores it: the table is the codebook times
+    ``qmax / max|level|``, values beyond it saturate (:mod:`.scaled`); the normalised domain is
+    then in units of the table's largest magnitude, ``R`` is the rule's bits per weight, and
+    ``tensor_amax``/``tensor_size`` model a two-level rule's tensor scale (default: its phase
+    averaged)."""
     cb = _as_codebook(codebook)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     src = parse_source(source)
     levels = cb.levels
     B = None if normalization == "none" else _check_block_size(block_size)
+    rule = None if scale is None else check_scale(scale)
+    if rule is not None and rule.layout == "bnb":
+        rule = None  # float32: bitsandbytes' exact absmax
+    if rule is None and (tensor_amax is not None or tensor_size is not None):
+        raise ValueError("tensor_amax and tensor_size apply only with a scale rule such as e4m3")
+    if rule is not None:
+        return _evaluate_scaled(cb, B, src, normalization, rule, qmax, tensor_amax, tensor_size)
     mu0 = block_measure(src, B, normalization, 0)
     # without normalisation the errors are as heavy-tailed as the source itself
     finite2 = normalization != "none" or src.moment_limit > 2
@@ -150,3 +174,36 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     gap = 10 * math.log10(mse_w / rd) if (0 < mse_w < math.inf and 0 < rd < math.inf) else math.nan
     return Evaluation(cb.name, B, src.spec, normalization, mse_w, mae_w, mse_n, mae_n, sqnr, entropy, R, rd, gap,
                       [float(v) for v in probs])
+
+
+def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: Any, qmax: float,
+                     tensor_amax: Any, tensor_size: Any) -> Evaluation:
+    """:func:`evaluate` in the scaled layout (levels rescaled to largest magnitude 1)."""
+    if normalization != "absmax":
+        raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
+                         f"got {normalization!r}")
+    top = float(np.max(np.abs(cb.levels)))
+    if not top > 0:
+        raise ValueError("a codebook whose levels are all 0 has no largest magnitude to scale")
+    levels = cb.levels / top
+
+    def measure(p):
+        return scaled_measure(src, B, rule, qmax, p, tensor_amax, tensor_size)
+
+    mu0 = measure(0)
+    mse_n = float(np.sum(cell_errors(mu0, levels, "l2")))
+    mae_n = float(np.sum(cell_errors(mu0, levels, "l1")))
+    probs = cell_probabilities(mu0, levels) / mu0.total
+    mse_w = float(np.sum(cell_errors(measure(2), levels, "l2"))) if src.moment_limit > 2 else math.inf
+    mae_w = float(np.sum(cell_errors(measure(1), levels, "l1"))) if src.moment_limit > 1 else math.inf
+    R = rule.bits_per_weight(B, cb.bits, tensor_size)
+    p = probs[probs > 0]
+    entropy = float(-np.sum(p * np.log2(p)))
+    ex2 = src.moment(2)
+    var = src.var if math.isfinite(ex2) else math.inf
+    sqnr = 10 * math.log10(ex2 / mse_w) if (math.isfinite(ex2) and 0 < mse_w < math.inf) else math.nan
+    rd = var * 2.0 ** (-2 * R)
+    gap = 10 * math.log10(mse_w / rd) if (0 < mse_w < math.inf and 0 < rd < math.inf) else math.nan
+    tm = TensorModel(tensor_amax, tensor_size).describe() if rule.tensor_scale(1.0, qmax) is not None else None
+    return Evaluation(cb.name, B, src.spec, normalization, mse_w, mae_w, mse_n, mae_n, sqnr, entropy, R, rd, gap,
+                      [float(v) for v in probs], rule.name, float(qmax), tm)

@@ -89,6 +89,12 @@ def _want_numbers(key, v):
     return tuple(out)
 
 
+def _want_number(key, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise RecipeError(f"parameter {key!r} must be a number, got {v!r}")
+    return float(v)
+
+
 def _want_ints(key, v):
     return tuple(_want_int(key, x) for x in _want_numbers(key, v))
 
@@ -105,7 +111,7 @@ _JSON_CHECKS = {
     "int": _want_int, "int | None": _optional(_want_int), "str": _want_str,
     "str | None": _optional(_want_str), "bool": _want_bool, "Any": _want_str,  # a source spelling
     "tuple[float, ...] | None": _optional(_want_numbers), "tuple[int, ...]": _want_ints,
-    "Recipe": _want_recipe,
+    "Recipe": _want_recipe, "float": _want_number,
 }
 
 
@@ -316,6 +322,50 @@ def _check_moments(src: Any, loss: str | None, domain: str, normalization: str) 
                          f"of the standard deviation) needs; use domain='normalized' (--domain normalized)")
 
 
+#: the fields a block-scale rule adds to Lloyd and quantile recipes, and their defaults (written
+#: by ``to_dict`` only when ``scale`` is set, so older recipes read and re-derive as before)
+_SCALE_KEYS = ("scale", "qmax", "tensor_size")
+
+
+def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
+    """Under a scale rule (``scale`` not None) the block maximum maps to the table's largest
+    magnitude: absmax normalisation, and -1 and 1 among the fixed levels, so that the derived
+    levels stay within [-1, 1] (the scaled layout rescales a table to that range)."""
+    from .scaled import _check_qmax, check_scale
+
+    if r.scale is not None:
+        if not isinstance(r.scale, str):
+            raise ValueError(f"scale must be a rule name such as e4m3 or e8m0:floor, got {r.scale!r}")
+        rule = check_scale(r.scale)
+        if rule.layout == "bnb":  # float32: bitsandbytes' exact absmax, today's law
+            _set(r, scale=None)
+    if r.scale is None:
+        if r.tensor_size is not None or _check_qmax(r.qmax) != 6.0:
+            raise ValueError("qmax and tensor_size apply only with a scale rule (scale=...)")
+        _set(r, qmax=6.0)
+        return
+    if r.normalization != "absmax":
+        raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
+                         f"got {r.normalization!r}")
+    if -1.0 not in r.fixed or 1.0 not in r.fixed:
+        raise ValueError(f"a scale rule maps the block maximum to the table's largest magnitude: the fixed "
+                         f"levels must include -1 and 1, got {list(r.fixed)}")
+    if getattr(r, "partition", "nearest") != "nearest":
+        raise ValueError("partition='halves' is not available with a scale rule")
+    from .scaled import TensorModel
+
+    TensorModel(None, r.tensor_size)
+    if r.tensor_size is not None and rule.tensor_scale(1.0, 1.0) is None:
+        raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_size does not apply")
+    _set(r, scale=rule.name, qmax=_check_qmax(r.qmax))
+
+
+def _scale_keys(r: "LloydRecipe | QuantileRecipe") -> list[str]:
+    if r.scale is None:
+        return []
+    return ["scale", "qmax"] + (["tensor_size"] if r.tensor_size is not None else [])
+
+
 @dataclass(frozen=True)
 class LloydRecipe(Recipe):
     """Lloyd-Max code of the block distribution (:func:`~.lloyd.lloyd`).  ``source`` is a
@@ -332,6 +382,9 @@ class LloydRecipe(Recipe):
     fixed: tuple[float, ...] | None = None
     symmetric: bool = False
     partition: str = "nearest"
+    scale: str | None = None
+    qmax: float = 6.0
+    tensor_size: int | None = None
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, LOSSES)
@@ -339,18 +392,19 @@ class LloydRecipe(Recipe):
         _check_block_recipe(self, self.loss)
         if self.partition == "halves" and (0.0 not in self.fixed or self.symmetric):
             raise ValueError("partition='halves' needs 0 among the fixed levels and symmetric=False")
+        _check_scale_fields(self)
 
     def _dict_keys(self) -> list[str]:
         keys = ["bits", "block_size", "loss", "domain", "normalization", "source", "fixed"]
         if self.normalization == "none":
             keys = [k for k in keys if k not in ("block_size", "domain")]
         return keys + (["symmetric"] if self.symmetric else []) + \
-            (["partition"] if self.partition != "nearest" else [])
+            (["partition"] if self.partition != "nearest" else []) + _scale_keys(self)
 
     @classmethod
     def _optional_keys(cls, mapping: Mapping[str, Any]) -> set[str]:
-        return {"symmetric", "partition"} | ({"block_size", "domain"} if mapping.get("normalization") == "none"
-                                             else set())
+        return {"symmetric", "partition", *_SCALE_KEYS} | ({"block_size", "domain"}
+                                                           if mapping.get("normalization") == "none" else set())
 
     def derive(self) -> Codebook:
         from .lloyd import _lloyd_codebook
@@ -370,19 +424,24 @@ class QuantileRecipe(Recipe):
     fixed: tuple[float, ...] | None = None
     symmetric: bool = False
     domain: str = "normalized"
+    scale: str | None = None
+    qmax: float = 6.0
+    tensor_size: int | None = None
 
     def __post_init__(self) -> None:
         _check_block_recipe(self, None)
+        _check_scale_fields(self)
 
     def _dict_keys(self) -> list[str]:
         keys = ["bits", "block_size", "domain", "normalization", "source", "fixed"]
         if self.normalization == "none":
             keys = [k for k in keys if k not in ("block_size", "domain")]
-        return keys + (["symmetric"] if self.symmetric else [])
+        return keys + (["symmetric"] if self.symmetric else []) + _scale_keys(self)
 
     @classmethod
     def _optional_keys(cls, mapping: Mapping[str, Any]) -> set[str]:
-        return {"symmetric"} | ({"block_size", "domain"} if mapping.get("normalization") == "none" else set())
+        return {"symmetric", *_SCALE_KEYS} | ({"block_size", "domain"} if mapping.get("normalization") == "none"
+                                              else set())
 
     def derive(self) -> Codebook:
         from .lloyd import _quantile_codebook

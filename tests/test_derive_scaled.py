@@ -1,0 +1,198 @@
+"""Exact derivation and evaluation under a scale rule (quantbook.derive.scaled).
+
+Oracles: Monte Carlo with stated seeds -- the law of u = x / (qmax s(M)) sampled with the
+scale rule's own float32 arithmetic (quantbook.scales, checked against torchao in
+test_scales.py), and whole tensors quantized by quantbook.quantize (byte-identical to torchao
+for E2M1); tolerances are 4 standard errors (or the KS 0.1 % critical value).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import quantbook
+from quantbook.derive import Recipe, derive_from_recipe, evaluate, lloyd, quantile, solve_lloyd
+from quantbook.derive.scaled import ScaledBlockDistribution, scaled_measure
+from quantbook.scales import get_rule
+
+E8M0 = ["e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil"]
+
+
+def _sample_u(rule, B, n_blocks, seed, qmax=6.0, tensor_amax=None):
+    """One value per block (independent draws) of u = x / (qmax s(M)), the value's block
+    drawn as B standard normals."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_blocks, B), dtype=np.float32)
+    m = np.abs(x).max(axis=1)
+    r = get_rule(rule)
+    t = None if tensor_amax is None else r.tensor_scale(tensor_amax, qmax)
+    if t is not None:
+        m = np.minimum(m, np.float32(tensor_amax))
+    s = r.scale(m, qmax, t).astype(np.float64)
+    return x[:, 0] / (qmax * s)
+
+
+@pytest.mark.parametrize("rule,B,amax", [("e8m0:floor", 32, None), ("e8m0:rceil", 32, None),
+                                         ("float16", 32, None), ("e4m3", 16, 5.3)])
+def test_law_matches_monte_carlo(rule, B, amax):
+    n = 1 << 20
+    u = np.sort(_sample_u(rule, B, n, seed=11, tensor_amax=amax))
+    d = ScaledBlockDistribution(B, "normal", rule, tensor_amax=amax)
+    lo, hi = d.support()
+    assert u.min() >= lo - 1e-6 and u.max() <= hi + 1e-6
+    # the extreme values crowd near |u| = 1 (float16: within 2**-12): a finer grid there
+    ends = np.linspace(0.98 * hi, hi, 2001)
+    grid = np.unique(np.concatenate([np.linspace(lo, hi, 4001), ends, -ends]))
+    F = np.interp(u, grid, d.cdf(grid))
+    i = np.arange(1, n + 1)
+    ks = max(np.max(i / n - F), np.max(F - (i - 1) / n))
+    assert ks < 1.95 / math.sqrt(n)  # KS 0.1 % critical value
+    for k in (1, 2):
+        mc = u**k
+        assert abs(mc.mean() - d.moment(k)) < 4 * mc.std() / math.sqrt(n)
+    assert d.moment(0) == pytest.approx(1.0, abs=1e-12)
+
+
+def _mc_mse(cb, B, rule, n, tensors, seed):
+    """Per-block mean squared and absolute errors of whole tensors quantized by quantbook.quantize."""
+    rng = np.random.default_rng(seed)
+    sq, ab, per_tensor = [], [], []
+    for _ in range(tensors):
+        x = rng.standard_normal(n, dtype=np.float32)
+        p, st = quantbook.quantize(x, cb, B, scale=rule, backend="cpu")
+        d = x.astype(np.float64) - quantbook.dequantize(p, st, backend="cpu").astype(np.float64)
+        sq.append((d * d).reshape(-1, B).mean(1))
+        ab.append(np.abs(d).reshape(-1, B).mean(1))
+        per_tensor.append((d * d).mean())
+    return np.concatenate(sq), np.concatenate(ab), np.array(per_tensor)
+
+
+@pytest.mark.parametrize("rule", E8M0 + ["float16", "bfloat16"])
+def test_expected_errors_match_quantize(rule):
+    B = 32
+    for cb in (quantbook.get("e2m1"), lloyd(4, B, scale=rule)):
+        sq, ab, _ = _mc_mse(cb, B, rule, 1 << 20, 1, seed=5)
+        ev = evaluate(cb, B, scale=rule)
+        assert abs(sq.mean() - ev.mse_weight) < 4 * sq.std() / math.sqrt(sq.size)
+        assert abs(ab.mean() - ev.mae_weight) < 4 * ab.std() / math.sqrt(ab.size)
+
+
+def test_nvfp4_tensor_models_match_quantize():
+    B, n = 16, 1 << 16
+    cb = quantbook.get("e2m1")
+    sq, _, per_tensor = _mc_mse(cb, B, "e4m3", n, 24, seed=3)
+    ev = evaluate(cb, B, scale="e4m3", tensor_size=n)
+    assert abs(per_tensor.mean() - ev.mse_weight) < 4 * per_tensor.std(ddof=1) / math.sqrt(per_tensor.size)
+    # one tensor, its own maximum: blocks given M <= G
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(1 << 20, dtype=np.float32)
+    p, st = quantbook.quantize(x, cb, B, scale="e4m3", backend="cpu")
+    d = (x.astype(np.float64) - quantbook.dequantize(p, st, backend="cpu")) ** 2
+    blocks = d.reshape(-1, B).mean(1)
+    ev = evaluate(cb, B, scale="e4m3", tensor_amax=float(np.abs(x).max()))
+    assert abs(blocks.mean() - ev.mse_weight) < 4 * blocks.std() / math.sqrt(blocks.size)
+
+
+def test_layout_targets():
+    """Derived 4-bit codes against E2M1 in its own layout, exactly and by quantbook.quantize."""
+    for rule, B, target in (("e4m3", 16, 0.30), ("e8m0:floor", 32, 0.20)):
+        best = lloyd(4, B, scale=rule)
+        e2m1 = quantbook.get("e2m1")
+        exact = evaluate(best, B, scale=rule).mse_weight / evaluate(e2m1, B, scale=rule).mse_weight
+        assert exact < 1 - target
+        sq_b, _, _ = _mc_mse(best, B, rule, 1 << 20, 1, seed=2)
+        sq_e, _, _ = _mc_mse(e2m1, B, rule, 1 << 20, 1, seed=2)
+        assert sq_b.mean() / sq_e.mean() < 1 - target
+
+
+@pytest.mark.parametrize("rule", ["e4m3", "e8m0:floor", "float16"])
+def test_lloyd_levels_are_stationary_under_monte_carlo(rule):
+    """Each free level is the weighted centroid of its cell (the necessary condition), checked
+    on sampled blocks: weight s(M)**2, cells by nearest level of the table."""
+    B = 16 if rule == "e4m3" else 32
+    cb = lloyd(4, B, scale=rule)
+    lv = cb.levels
+    assert lv[0] == -1 and lv[-1] == 1 and np.all(np.abs(lv) <= 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1 << 17, B))
+    m = np.abs(x).max(axis=1)
+    r = get_rule(rule)
+    t = None
+    if rule == "e4m3":  # uniform phase: t = c 2**phi, i.e. blocks scaled by 2**-phi at t = c
+        f = 2.0 ** -rng.random(m.size)
+        x, m = x * f[:, None], m * f
+        t = r.tensor_scale(64.0, 6.0)
+    sig = 6.0 * r.scale(m, 6.0, t).astype(np.float64)
+    u = (x / sig[:, None]).ravel()
+    w = np.repeat(sig**2, B)
+    j = np.clip(np.searchsorted((lv[1:] + lv[:-1]) / 2, u), 0, lv.size - 1)
+    for i in range(1, lv.size - 1):
+        if lv[i] == 0:
+            continue
+        sel = j == i
+        c = np.sum(w[sel] * u[sel]) / np.sum(w[sel])
+        se = np.sqrt(np.sum(w[sel] ** 2 * (u[sel] - c) ** 2)) / np.sum(w[sel])
+        assert abs(c - lv[i]) < 5 * se + 1e-4
+
+
+def test_no_scale_is_todays_law():
+    a = solve_lloyd(4, 32, "l2")
+    b = solve_lloyd(4, 32, "l2", scale="float32")
+    assert np.array_equal(a.codebook.levels, b.codebook.levels)
+    assert a.codebook.recipe == b.codebook.recipe and "scale" not in a.codebook.recipe
+    e = evaluate(quantbook.get("nf4"), 64)
+    assert e == evaluate(quantbook.get("nf4"), 64, scale="float32")
+    assert "scale" not in e.to_dict()
+
+
+def test_recipes_round_trip():
+    cb = lloyd(4, 16, scale="e4m3")
+    assert cb.recipe["scale"] == "e4m3" and cb.recipe["qmax"] == 6.0
+    assert np.array_equal(derive_from_recipe(cb.recipe).levels, cb.levels)
+    q = quantile(4, 32, scale="e8m0")
+    assert q.recipe["scale"] == "e8m0:floor"
+    assert np.array_equal(Recipe.from_dict(q.recipe).derive().levels, q.levels)
+    assert np.all(np.abs(q.levels) <= 1)
+    old = {"method": "lloyd", "bits": 4, "block_size": 64, "loss": "l2", "domain": "weight",
+           "normalization": "absmax", "source": "normal", "fixed": [-1.0, 0.0, 1.0]}
+    assert Recipe.from_dict(old).scale is None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(scale="search:4over6"), "not a function of the block maximum"),
+    (dict(scale="nested"), "not a function of the block maximum"),
+    (dict(scale="e9m9"), "unknown scale rule"),
+    (dict(scale="e4m3", fixed="0"), "must include -1 and 1"),
+    (dict(scale="e4m3", normalization="signed-absmax", fixed="-1,0,1"), "normalization must be absmax"),
+    (dict(qmax=4.0), "only with a scale rule"),
+    (dict(scale="e8m0", tensor_size=1000), "no tensor scale"),
+    (dict(scale="e4m3", qmax=-1.0), "qmax"),
+])
+def test_bad_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lloyd(4, 32, **kwargs)
+
+
+def test_evaluate_bad_inputs():
+    cb = quantbook.get("e2m1")
+    with pytest.raises(ValueError, match="only with a scale rule"):
+        evaluate(cb, 32, tensor_size=100)
+    with pytest.raises(ValueError, match="give tensor_amax or tensor_size"):
+        evaluate(cb, 16, scale="e4m3", tensor_amax=5.0, tensor_size=100)
+    with pytest.raises(ValueError, match="no tensor scale"):
+        scaled_measure("normal", 32, "e8m0", tensor_amax=5.0)
+
+
+def test_block_distribution_shorthand():
+    from quantbook.derive import block_distribution
+
+    d = block_distribution(32, "normal", scale="e8m0:floor")
+    assert d.support() == pytest.approx((-4 / 3, 4 / 3))
+    assert float(d.cdf(0.0)) == pytest.approx(0.5, abs=1e-12)
+    assert float(d.ppf(d.cdf(0.3))) == pytest.approx(0.3, abs=1e-9)
+    assert type(block_distribution(32, "normal", scale="float32")).__name__ == "BlockDistribution"
+    with pytest.raises(ValueError, match="only with a scale rule"):
+        block_distribution(32, qmax=4.0)
