@@ -196,3 +196,11 @@ def test_block_distribution_shorthand():
     assert type(block_distribution(32, "normal", scale="float32")).__name__ == "BlockDistribution"
     with pytest.raises(ValueError, match="only with a scale rule"):
         block_distribution(32, qmax=4.0)
+
+
+def test_qmax_without_a_scale_rule_is_an_error_not_ignored():
+    import quantbook
+    from quantbook.derive import evaluate
+
+    with pytest.raises(ValueError, match="only with a scale rule"):
+        evaluate(quantbook.get("nf4"), 64, qmax=3.0)

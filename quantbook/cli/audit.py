@@ -25,9 +25,15 @@ def _cmd_audit(args) -> int:
     from ..codebooks.registry import REGISTRY
     from ..io.progress import progress_bar
     from ..verify.audit import audit
+    from ..verify.layouts import format_finding
 
     with progress_bar(total=len(REGISTRY), desc="auditing", unit="table") as bar:
         rows = audit(progress=bar.step)
+    if args.layouts:  # findings only: they never change a row's verdict or the exit status
+        from ..verify.layouts import LAYOUTS, attach_layouts
+
+        with progress_bar(total=len({lay.codebook for lay in LAYOUTS}), desc="layouts", unit="table") as bar:
+            attach_layouts(rows, progress=bar.step)
     if args.json:
         print_json([_row_json(r) for r in rows])
     else:
@@ -38,6 +44,8 @@ def _cmd_audit(args) -> int:
             print(f"[{r.status:>11}] {r.name}: {r.recipe}")
             print(f"         {fields}  expect={r.expect}")
             print(f"         {r.explanation}")
+            for finding in r.details.get("layouts", ()):
+                print(f"         layout {format_finding(finding)}")
     failed = [r.name for r in rows if r.failed]
     if failed:
         print(f"quantbook: audit: not reproduced: {', '.join(failed)}", file=sys.stderr)
@@ -47,5 +55,8 @@ def _cmd_audit(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit")
+    s.add_argument("--layouts", action="store_true",
+                   help="also audit the 4-bit tables in the scaled layouts they were made for (NVFP4, MXFP4, "
+                        "float16 block 32, bitsandbytes): expected MSE, the layout's optimum, the loss")
     add_json_flag(s)
     s.set_defaults(func=_cmd_audit)

@@ -4,6 +4,7 @@ exact expected errors of any codebook under the block model."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Any
 
@@ -43,6 +44,8 @@ def _given(args, *names: str) -> dict[str, Any]:
         given["source"] = parse_source(given["source"])  # parsed once, for the derivation and the metrics
     if "fix" in given:  # the engine reads "-1,0,1" and "none" itself
         given["fixed"] = given.pop("fix")
+    if "scale" not in given and ("qmax" in given or "tensor_size" in given):
+        raise ValueError("--qmax and --tensor-size apply only with --scale")
     return given
 
 
@@ -51,12 +54,15 @@ def _metrics(cb, given: dict[str, Any]) -> dict[str, Any]:
     from ..derive.metrics import evaluate
 
     recipe = cb.recipe
+    layout = {key: recipe[key] for key in _LAYOUT if key in recipe}
     ev = evaluate(cb, recipe.get("block_size"), given.get("source", recipe["source"]),
-                  recipe["normalization"]).to_dict()
+                  recipe["normalization"], **layout).to_dict()
     return {key: ev[key] for key in METRICS}
 
 
-_BLOCK = ("bits", "block_size", "normalization", "source", "fix", "symmetric", "domain")
+#: the scaled layout: the rule, the table's largest magnitude, the NVFP4 tensor model
+_LAYOUT = ("scale", "qmax", "tensor_size")
+_BLOCK = ("bits", "block_size", "normalization", "source", "fix", "symmetric", "domain", *_LAYOUT)
 
 
 def _cmd_derive_lloyd(args) -> int:
@@ -83,11 +89,13 @@ def _cmd_evaluate(args) -> int:
     from ..derive.metrics import evaluate
 
     cb = load_codebook(args.name, *([args.block_size] if args.block_size is not None else []))
-    ev = evaluate(cb, **_given(args, "block_size", "source", "normalization"))
+    ev = evaluate(cb, **_given(args, "block_size", "source", "normalization", *_LAYOUT))
     if args.json:
         print_json(ev.to_dict())
         return 0
     where = "no normalisation" if ev.normalization == "none" else f"{ev.normalization}, B={ev.block_size}"
+    if ev.scale is not None:
+        where += f", scale {ev.scale}, qmax {ev.qmax:g}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
     print(f"  MSE  weight {ev.mse_weight:.6e}   normalised {ev.mse_normalized:.6e}")
     print(f"  MAE  weight {ev.mae_weight:.6e}   normalised {ev.mae_normalized:.6e}")
@@ -102,6 +110,24 @@ def _add_block_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
     s.add_argument("--source", help="normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS] "
                                     "(default normal)")
+    s.add_argument("--scale", metavar="RULE",
+                   help="block scale rule of the scaled layout: e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] (MXFP4), "
+                        "float16, bfloat16 (default: exact float32 absmax; docs/scales.md)")
+    s.add_argument("--qmax", type=_positive_float,
+                   help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
+    s.add_argument("--tensor-size", type=integer, dest="tensor_size",
+                   help="with --scale e4m3: model the tensor scale of tensors of N values (default: its phase "
+                        "averaged)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text[:40]!r}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:

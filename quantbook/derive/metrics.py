@@ -120,7 +120,7 @@ def _as_codebook(codebook: Any) -> Codebook:
 
 
 def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any = "normal",
-             normalization: str = "absmax", scale: Any = None, qmax: float = DEFAULT_QMAX,
+             normalization: str = "absmax", scale: Any = None, qmax: float | None = None,
              tensor_amax: Any = None, tensor_size: Any = None) -> Evaluation:
     """Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap
     (dB) to the Gaussian rate-distortion bound ``D(R) = σ²·2**(-2R)`` at ``R = bits + 32/B``
@@ -145,10 +145,11 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     rule = None if scale is None else check_scale(scale)
     if rule is not None and rule.layout == "bnb":
         rule = None  # float32: bitsandbytes' exact absmax
-    if rule is None and (tensor_amax is not None or tensor_size is not None):
-        raise ValueError("tensor_amax and tensor_size apply only with a scale rule such as e4m3")
+    if rule is None and (tensor_amax is not None or tensor_size is not None or qmax is not None):
+        raise ValueError("qmax, tensor_amax and tensor_size apply only with a scale rule such as e4m3")
     if rule is not None:
-        return _evaluate_scaled(cb, B, src, normalization, rule, qmax, tensor_amax, tensor_size)
+        return _evaluate_scaled(cb, B, src, normalization, rule, DEFAULT_QMAX if qmax is None else qmax,
+                                tensor_amax, tensor_size)
     mu0 = block_measure(src, B, normalization, 0)
     # without normalisation the errors are as heavy-tailed as the source itself
     finite2 = normalization != "none" or src.moment_limit > 2

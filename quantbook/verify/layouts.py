@@ -1,0 +1,151 @@
+"""Audit of the published 4-bit tables in the scaled layouts they were made for.
+
+A table is designed for a layout: E2M1 for NVFP4 (E4M3 block scale, blocks of 16) and MXFP4
+(E8M0 shared scale, blocks of 32, in each of torchao's rounding modes), IQ4_NL for ggml's
+float16 block scale at blocks of 32, NF4 for bitsandbytes' float32 absmax and its nested
+statistics.  For each pair this computes, on Gaussian weights and exactly
+(:func:`quantbook.derive.evaluate` with ``scale=``):
+
+* the table's expected weight-domain MSE and MAE in that layout;
+* the least expected MSE any 4-bit code reaches in the same layout
+  (:func:`quantbook.derive.lloyd` with ``scale=``), with only the levels the layout needs
+  fixed — the range ends ``-1, 1``, to which the rule maps the block maximum — and, as a
+  second reference, with an exact zero fixed as well (``-1, 0, 1``);
+* the table's loss against each optimum, ``100·(MSE_table / MSE_optimum − 1)`` %.
+
+What the exact derivation cannot model is reported as not available with the reason
+(:func:`quantbook.derive.scaled.check_scale`): nested statistics, whose scale depends on
+the other blocks.  Two limits of the model of a layout are stated on its finding
+(``note``): ggml's IQ4_NL quantizer searches each block's scale and uses a signed scale,
+neither of which the absmax-mapped float16 rule models.
+
+The findings join the audit rows only when asked (:func:`attach_layouts`, ``quantbook audit
+--layouts``), so the default audit does not pay for them; they never change a row's verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from ..codebooks.registry import REGISTRY
+from .audit import AuditRow
+
+__all__ = ["Layout", "LayoutFinding", "LAYOUTS", "audit_layout", "layout_findings", "attach_layouts",
+           "format_finding"]
+
+#: the fixed levels of the two optima: the layout's range, and the range with an exact zero
+FIXED_RANGE = (-1.0, 1.0)
+FIXED_ZERO = (-1.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A published table and a layout it was made for."""
+
+    codebook: str
+    label: str  # e.g. "NVFP4"
+    scale: str  # a scale rule spec (quantbook.scales)
+    block_size: int
+    note: str = ""  # what the model of this layout leaves out
+
+
+_GGML = ("ggml's quantizer also searches each block's scale and stores it signed (the largest-magnitude "
+         "value always maps to -127); neither is modelled: the block maximum maps to the table's largest "
+         "magnitude")
+
+#: every (table, layout) pair the layout audit covers, in report order
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("e2m1", "NVFP4", "e4m3", 16, "E4M3 block scale with the float32 tensor scale's phase averaged"),
+    Layout("e2m1", "MXFP4", "e8m0:floor", 32, "the OCP MX rounding"),
+    Layout("e2m1", "MXFP4", "e8m0:ceil", 32),
+    Layout("e2m1", "MXFP4", "e8m0:even", 32),
+    Layout("e2m1", "MXFP4", "e8m0:rceil", 32),
+    Layout("iq4_nl", "ggml fp16", "float16", 32, _GGML),
+    Layout("nf4", "bitsandbytes", "float32", 64, "compress_statistics=False"),
+    Layout("nf4", "bitsandbytes nested", "nested", 64, "compress_statistics=True"),
+)
+
+
+@dataclass
+class LayoutFinding:
+    """One table in one layout; errors are expected values on N(0, 1) weights."""
+
+    codebook: str
+    layout: str
+    scale: str
+    block_size: int
+    bits_per_weight: float
+    available: bool
+    reason: str = ""  # why not available
+    note: str = ""
+    mse_weight: float | None = None
+    mae_weight: float | None = None
+    optimum_mse_weight: float | None = None  # with FIXED_RANGE
+    loss_percent: float | None = None
+    optimum_zero_mse_weight: float | None = None  # with FIXED_ZERO
+    loss_zero_percent: float | None = None
+    optimum_levels: list[float] = field(default_factory=list)  # the FIXED_RANGE optimum, in [-1, 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_finding(f: dict[str, Any]) -> str:
+    """A finding (:meth:`LayoutFinding.to_dict`) on one line, as the text audit prints it."""
+    where = f"{f['layout']} ({f['scale']}, B{f['block_size']}, {f['bits_per_weight']:g} bits/w)"
+    if not f["available"]:
+        return f"{where}: not available: {f['reason']}"
+    return (f"{where}: MSE {f['mse_weight']:.5e}; optimum {f['optimum_mse_weight']:.5e} "
+            f"(loss {f['loss_percent']:+.1f} %), with 0 fixed {f['optimum_zero_mse_weight']:.5e} "
+            f"(loss {f['loss_zero_percent']:+.1f} %)" + (f"; {f['note']}" if f["note"] else ""))
+
+
+def _loss(table: float, optimum: float) -> float:
+    return 100.0 * (table / optimum - 1.0) if optimum > 0 and math.isfinite(table) else math.nan
+
+
+def audit_layout(layout: Layout) -> LayoutFinding:
+    """The finding for one table in one layout (module docstring)."""
+    from ..derive.lloyd import lloyd
+    from ..derive.metrics import evaluate
+    from ..derive.scaled import check_scale
+    from ..scales import get_rule
+
+    cb = REGISTRY[layout.codebook].codebook
+    rule = get_rule(layout.scale)
+    bpw = rule.bits_per_weight(layout.block_size, cb.bits)
+    base = dict(codebook=cb.name, layout=layout.label, scale=rule.name, block_size=layout.block_size,
+                bits_per_weight=bpw, note=layout.note)
+    try:
+        check_scale(rule)
+    except ValueError as exc:
+        return LayoutFinding(**base, available=False, reason=str(exc))
+    # float32 is bitsandbytes' exact absmax: the derivation's default law, not a scaled layout
+    scale = None if rule.layout == "bnb" else rule.name
+    ev = evaluate(cb, layout.block_size, scale=scale)
+    opt = {fixed: lloyd(cb.bits, layout.block_size, loss="l2", scale=scale, fixed=list(fixed))
+           for fixed in (FIXED_RANGE, FIXED_ZERO)}
+    mse = {fixed: evaluate(c, layout.block_size, scale=scale).mse_weight for fixed, c in opt.items()}
+    return LayoutFinding(**base, available=True, mse_weight=ev.mse_weight, mae_weight=ev.mae_weight,
+                         optimum_mse_weight=mse[FIXED_RANGE], loss_percent=_loss(ev.mse_weight, mse[FIXED_RANGE]),
+                         optimum_zero_mse_weight=mse[FIXED_ZERO],
+                         loss_zero_percent=_loss(ev.mse_weight, mse[FIXED_ZERO]),
+                         optimum_levels=[float(v) for v in opt[FIXED_RANGE].levels])
+
+
+def layout_findings(codebook: str | None = None) -> list[LayoutFinding]:
+    """The findings of every layout in :data:`LAYOUTS` (of ``codebook`` only, if given)."""
+    return [audit_layout(lay) for lay in LAYOUTS if codebook is None or lay.codebook == codebook]
+
+
+def attach_layouts(rows: Iterable[AuditRow], progress: Callable[[str], None] | None = None) -> None:
+    """Add the findings to the audit rows of the tables in :data:`LAYOUTS`, as
+    ``row.details["layouts"]`` (a list of :meth:`LayoutFinding.to_dict`); the rows' verdicts
+    are left alone."""
+    for row in rows:
+        if any(lay.codebook == row.name for lay in LAYOUTS):
+            if progress:
+                progress(row.name)
+            row.details["layouts"] = [f.to_dict() for f in layout_findings(row.name)]

@@ -1,0 +1,94 @@
+"""The layout audit (``quantbook audit --layouts``): published 4-bit tables in the scaled
+layouts they were made for, against the optimum of that layout.
+
+Oracles: Monte Carlo through ``quantbook.quantize`` (bytes checked against torchao in
+tests/test_layouts_torchao.py), N(0,1) weights with a stated seed, 4 standard errors; the
+published storage costs of the layouts; and the rough sample-Lloyd savings of the issue that
+asked for this audit (about 37 % for NVFP4, 25 % for MXFP4 floor)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import quantbook
+from quantbook import Codebook
+from quantbook.cli import main
+from quantbook.verify.layouts import LAYOUTS, attach_layouts, layout_findings
+
+
+@pytest.fixture(scope="module")
+def findings():
+    return {(f.codebook, f.scale): f for f in layout_findings()}
+
+
+def mc_mse(codebook, block_size, scale, n=1 << 18, seed=21):
+    x = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    packed, state = quantbook.quantize(x, codebook, block_size, scale=scale, backend="numpy")
+    e2 = ((quantbook.dequantize(packed, state).astype(np.float64) - x) ** 2).reshape(-1, block_size).mean(axis=1)
+    return e2.mean(), e2.std(ddof=1) / np.sqrt(e2.size)
+
+
+def test_every_layout_has_a_finding(findings):
+    assert len(findings) == len(LAYOUTS)
+    # published costs: NVFP4 4.5, MXFP4 4.25, fp16 scale per 32 4.5, float32 absmax per 64 4.5 bits per weight
+    expect = {"e4m3": 4.5, "e8m0:floor": 4.25, "e8m0:ceil": 4.25, "e8m0:even": 4.25, "e8m0:rceil": 4.25,
+              "float16": 4.5, "float32": 4.5}
+    for (_, scale), f in findings.items():
+        if scale in expect:
+            assert f.bits_per_weight == expect[scale]
+
+
+def test_nested_is_reported_not_available(findings):
+    f = findings[("nf4", "nested")]
+    assert not f.available and "nested" in f.reason and f.mse_weight is None
+    assert 4.0 < f.bits_per_weight < 4.5  # the 8-bit statistics are cheaper than float32
+
+
+@pytest.mark.parametrize("name, scale, B", [("e2m1", "e4m3", 16), ("e2m1", "e8m0:floor", 32),
+                                            ("e2m1", "e8m0:ceil", 32), ("iq4_nl", "float16", 32)])
+def test_table_and_optimum_match_monte_carlo(findings, name, scale, B):
+    f = findings[(name, scale)]
+    mean, se = mc_mse(name, B, scale)
+    assert abs(f.mse_weight - mean) < 4 * se, (f.mse_weight, mean, se)
+    opt = Codebook(levels=np.asarray(f.optimum_levels), bits=4)
+    mean, se = mc_mse(opt, B, scale, seed=22)
+    assert abs(f.optimum_mse_weight - mean) < 4 * se, (f.optimum_mse_weight, mean, se)
+    assert f.loss_percent == pytest.approx(100 * (f.mse_weight / f.optimum_mse_weight - 1))
+
+
+def test_optimum_is_better_and_savings_match_sample_lloyd(findings):
+    for f in findings.values():
+        if f.available:
+            # the optimum with fewer levels fixed is at least as good as with 0 fixed too
+            assert f.optimum_mse_weight <= f.optimum_zero_mse_weight
+            assert f.loss_percent > 0 and f.loss_zero_percent > 0
+            assert min(f.optimum_levels) == -1 and max(f.optimum_levels) == 1 and len(f.optimum_levels) == 16
+    nv = findings[("e2m1", "e4m3")]
+    mx = findings[("e2m1", "e8m0:floor")]
+    assert 0.33 < 1 - nv.optimum_mse_weight / nv.mse_weight < 0.42
+    assert 0.20 < 1 - mx.optimum_mse_weight / mx.mse_weight < 0.30
+
+
+def test_attach_keeps_verdicts():
+    from quantbook.verify.audit import audit
+
+    rows = audit(["nf4", "fp4", "iq4_nl", "e2m1"])
+    before = [(r.status, r.failed) for r in rows]
+    attach_layouts(rows)
+    assert [(r.status, r.failed) for r in rows] == before
+    got = {r.name: [d["scale"] for d in r.details.get("layouts", [])] for r in rows}
+    assert got == {"nf4": ["float32", "nested"], "fp4": [],
+                   "iq4_nl": ["float16"], "e2m1": ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil"]}
+
+
+def test_cli_audit_layouts(capsys):
+    assert main(["audit", "--layouts", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert len(by_name["e2m1"]["details"]["layouts"]) == 5
+    assert by_name["nf4"]["details"]["layouts"][1]["available"] is False
+    assert all("layouts" not in r["details"] for r in rows if r["name"] not in ("e2m1", "iq4_nl", "nf4"))
+    assert main(["audit", "--layouts"]) == 0
+    out = capsys.readouterr().out
+    assert "layout NVFP4 (e4m3, B16, 4.5 bits/w): MSE" in out and "not available" in out
