@@ -1,8 +1,19 @@
 """Inputs and comparisons shared by the backend tests."""
 
 import numpy as np
+import pytest
 
+from quantbook.bulk import BACKENDS
 from quantbook.bulk.format import code_encoder
+
+
+def usable_backend(name):
+    """The registered backend ``name``, or a skip naming why it cannot run here."""
+    backend = BACKENDS[name]
+    why = backend.unavailable()
+    if why:
+        pytest.skip(f"backend {backend.name!r} unavailable: {why}")
+    return backend
 
 
 def bits_equal(a, b):

@@ -27,7 +27,7 @@ from quantbook.bulk import format as F
 from quantbook.bulk.nested import dynamic_map
 from quantbook.bulk.reference import dequantize_reference, quantize_reference
 
-from gpu_cases import adversarial_input, bits_equal
+from gpu_cases import adversarial_input, bits_equal, usable_backend
 
 try:
     import ml_dtypes
@@ -47,11 +47,7 @@ DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16")
 
 @pytest.fixture(params=list(BACKENDS))
 def be(request):
-    backend = BACKENDS[request.param]
-    why = backend.unavailable()
-    if why:
-        pytest.skip(f"backend {backend.name!r} unavailable: {why}")
-    return backend
+    return usable_backend(request.param)
 
 
 def quantize(be, x, codebook="nf4", block_size=64, **kw):

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpu_cases import usable_backend
+
 import quantbook as qb
 from quantbook.bulk import BACKENDS, QuantState
 from quantbook.bulk.layouts import implements, scaled_table
@@ -30,10 +32,7 @@ except ImportError:  # only the bfloat16-input cases need it
 
 @pytest.fixture(params=list(BACKENDS))
 def be(request):
-    backend = BACKENDS[request.param]
-    why = backend.unavailable()
-    if why:
-        pytest.skip(f"backend {backend.name!r} unavailable: {why}")
+    backend = usable_backend(request.param)
     if not implements(backend):
         pytest.skip(f"backend {backend.name!r} does not implement the scaled layouts")
     if backend.device:

@@ -166,6 +166,12 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
         mae_w = float(np.sum(cell_errors(block_measure(src, B, normalization, 1), levels, "l1"))) \
             if src.moment_limit > 1 else math.inf
         R = cb.bits + 32.0 / B
+    return _evaluation(cb, B, src, normalization, mse_w, mae_w, mse_n, mae_n, probs, R)
+
+
+def _evaluation(cb: Codebook, B: Any, src: Any, normalization: str, mse_w: float, mae_w: float,
+                mse_n: float, mae_n: float, probs: np.ndarray, R: float, *extra: Any) -> Evaluation:
+    """The :class:`Evaluation` of the errors: entropy, SQNR and the gap to ``D(R)`` from them."""
     p = probs[probs > 0]
     entropy = float(-np.sum(p * np.log2(p)))
     ex2 = src.moment(2)
@@ -174,7 +180,7 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     rd = var * 2.0 ** (-2 * R)
     gap = 10 * math.log10(mse_w / rd) if (0 < mse_w < math.inf and 0 < rd < math.inf) else math.nan
     return Evaluation(cb.name, B, src.spec, normalization, mse_w, mae_w, mse_n, mae_n, sqnr, entropy, R, rd, gap,
-                      [float(v) for v in probs])
+                      [float(v) for v in probs], *extra)
 
 
 def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: Any, qmax: float,
@@ -198,13 +204,5 @@ def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: A
     mse_w = float(np.sum(cell_errors(measure(2), levels, "l2"))) if src.moment_limit > 2 else math.inf
     mae_w = float(np.sum(cell_errors(measure(1), levels, "l1"))) if src.moment_limit > 1 else math.inf
     R = rule.bits_per_weight(B, cb.bits, tensor_size)
-    p = probs[probs > 0]
-    entropy = float(-np.sum(p * np.log2(p)))
-    ex2 = src.moment(2)
-    var = src.var if math.isfinite(ex2) else math.inf
-    sqnr = 10 * math.log10(ex2 / mse_w) if (math.isfinite(ex2) and 0 < mse_w < math.inf) else math.nan
-    rd = var * 2.0 ** (-2 * R)
-    gap = 10 * math.log10(mse_w / rd) if (0 < mse_w < math.inf and 0 < rd < math.inf) else math.nan
     tm = TensorModel(tensor_amax, tensor_size).describe() if rule.tensor_scale(1.0, qmax) is not None else None
-    return Evaluation(cb.name, B, src.spec, normalization, mse_w, mae_w, mse_n, mae_n, sqnr, entropy, R, rd, gap,
-                      [float(v) for v in probs], rule.name, float(qmax), tm)
+    return _evaluation(cb, B, src, normalization, mse_w, mae_w, mse_n, mae_n, probs, R, rule.name, float(qmax), tm)

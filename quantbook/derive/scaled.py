@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from ..scales import ScaleRule, get_rule
-from .block import _as_real_array, _check_block_size, _check_weight_power, _Measure, _monotone_solve
+from .block import BlockDistribution, _as_real_array, _check_block_size, _check_weight_power, _Measure, _monotone_solve
 from .sources import Source, parse_source
 
 __all__ = ["ScaledMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale", "TensorModel",
@@ -284,13 +284,7 @@ class ScaledBlockDistribution:
         return (f"<ScaledBlockDistribution {self.source.spec}, B={self.block_size}, {self.rule.name}, "
                 f"qmax={self.qmax:g}>")
 
-    def _apply(self, hook, x, what, valid):
-        arr = _as_real_array(x, what)
-        out = np.full(arr.shape, np.nan)
-        ok = valid(arr)
-        if np.any(ok):
-            out[ok] = hook(arr[ok])
-        return out[()]
+    _apply = staticmethod(BlockDistribution._apply)  # the same scipy-style masking
 
     def pdf(self, y):
         return self._apply(self._mu.dens, y, "y", lambda a: ~np.isnan(a))
