@@ -37,6 +37,16 @@ def _block_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).replace("block_size ", "")) from None
 
 
+def _positive_float(text: str) -> float:
+    try:
+        q = float(text)
+    except ValueError:
+        q = float("nan")
+    if not (q > 0 and q < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return q
+
+
 def _cmd_evaluate_model(args) -> int:
     from ..naming import resolve_codebooks
     from ..io.progress import progress_enabled
@@ -51,7 +61,8 @@ def _cmd_evaluate_model(args) -> int:
     _check_plot(args.plot)  # fail before doing any work
     codebooks = resolve_codebooks(args.codebooks, args.block_size)
     report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
-                            tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress))
+                            tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
+                            **_scale_args(args))
     if args.json:
         print_json(report_json(report, args.per_tensor))
     else:
@@ -62,6 +73,17 @@ def _cmd_evaluate_model(args) -> int:
         plot_model_report(report, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _scale_args(args) -> dict[str, Any]:
+    """``scale``/``qmax`` of ``--scale``/``--qmax``: ``--qmax`` only with a scaled layout,
+    where it means something (bitsandbytes' absmax maps each block to ±1)."""
+    from ..scales import get_rule
+
+    rule = get_rule(args.scale or "float32")
+    if args.qmax is not None and rule.layout != "scaled":
+        raise ValueError(f"--qmax applies to the scaled layouts (--scale e4m3, e8m0, ...), not to {rule.name}")
+    return {"scale": args.scale, "qmax": 6.0 if args.qmax is None else args.qmax}
 
 
 def _check_plot(path: str | None) -> None:
@@ -94,7 +116,8 @@ def _cmd_model_quality(args) -> int:
                               tokens=args.tokens if args.tokens is not None else 1024,
                               context=args.context if args.context is not None else 256,
                               block_size=args.block_size, nested=args.nested, rotations=rotations,
-                              tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress))
+                              tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
+                              **_scale_args(args))
     if args.json:
         d = report.to_dict()
         d["text"] = str(text_path)
@@ -122,6 +145,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated codebooks (default nf4,af4,fp4)")
     s.add_argument("--block-size", "-B", type=_block_size, default=64, help="block size, power of 2 (default 64)")
     s.add_argument("--nested", action="store_true", help="double-quantize the absmax statistics (bnb nested)")
+    s.add_argument("--scale", default=None, metavar="RULE",
+                   help="block scale rule (docs/scales.md): float32 (default, bitsandbytes' absmax), nested "
+                        "(= --nested), or a scaled layout for codebooks of at most 16 entries: e4m3 (NVFP4 "
+                        "with -B 16), e8m0[:floor|ceil|even|rceil] (MXFP4 with -B 32), float16, bfloat16, "
+                        "search:4over6 ...")
+    s.add_argument("--qmax", type=_positive_float, default=None, metavar="Q",
+                   help="scaled layouts: the largest code magnitude each block's maximum maps to (default 6, E2M1's)")
     s.add_argument("--tensors", default=None, metavar="GLOBS",
                    help="comma-separated fnmatch patterns of tensor names (default: every floating tensor)")
     s.add_argument("--per-tensor", action="store_true", help="also a table per tensor")

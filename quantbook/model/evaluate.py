@@ -2,8 +2,9 @@
 
 Every selected floating tensor is read once (:mod:`quantbook.io.safetensors`, one tensor
 in memory at a time, the file's header parsed once), then for each codebook quantized and dequantized with the bulk API
-(:func:`quantbook.quantize` / :func:`quantbook.dequantize`, block-wise absmax, block size
-``B``, optional nested statistics) back to the tensor's own dtype (float64 tensors are
+(:func:`quantbook.quantize` / :func:`quantbook.dequantize`, block size ``B``, a scale rule of
+:mod:`quantbook.scales`: by default bitsandbytes' float32 absmax, optionally nested, else
+one of the scaled layouts of docs/scales.md) back to the tensor's own dtype (float64 tensors are
 quantized as float32, the format's working precision).  Errors are computed in float64
 against the stored values: ``e = dequantized - x``.
 
@@ -18,7 +19,10 @@ element count):
                  non-nested statistics are the float32 ``absmax`` (32/B per weight);
                  nested ones the uint8 absmax codes (8/B), the float32 ``nested_absmax``
                  (32/(256·B)) and the float32 offset (32/n); the partial last block and the
-                 padding of an odd count are counted as stored.  The code table itself
+                 padding of an odd count are counted as stored.  Scaled layouts: the
+                 stored block scales (``absmax``: 1 byte for e4m3/e8m0, 2 for
+                 float16/bfloat16) and the rule's per-tensor bytes (e4m3's float32
+                 ``tensor_scale``: 32/n).  The code table itself
                  (quant map, ≤ 2**k floats shared by the whole model) is not counted.
 """
 
@@ -33,7 +37,8 @@ import numpy as np
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 
-__all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums"]
+__all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
+           "resolve_scale"]
 
 
 @dataclass
@@ -112,7 +117,34 @@ def storage_bits(packed: np.ndarray, state: Any) -> int:
     bits = 8 * _nbytes(packed) + 8 * _nbytes(state.absmax)
     if getattr(state, "nested", False):
         bits += 8 * _nbytes(state.nested_absmax) + 32  # + float32 offset
+    if getattr(state, "scale_rule", None) is not None:
+        from ..scales import get_rule
+
+        bits += 8 * get_rule(state.scale_rule).tensor_bytes  # e4m3's float32 tensor scale
     return bits
+
+
+def resolve_scale(scale: Any, nested: bool, codebooks: Sequence[tuple[str, Any]],
+                  qmax: float = 6.0) -> tuple[str, Any, bool]:
+    """``(name, rule for quantize or None, nested)`` of a scale rule spec (None: bitsandbytes'
+    float32 absmax, or nested with ``nested``), checked against every ``(label, Codebook)``
+    before any work: a ValueError when the layout cannot store one of them."""
+    from ..scales import get_rule
+
+    rule = get_rule("nested" if nested and scale is None else (scale or "float32"))
+    if rule.layout == "bnb":
+        nested = nested or rule.family == "nested"
+        return ("nested" if nested else rule.name), None, nested
+    if nested:
+        raise ValueError(f"--nested is bitsandbytes' layout; it does not combine with scale {rule.name!r}")
+    from ..bulk.layouts import scaled_table
+
+    for label, cb in codebooks:
+        try:
+            scaled_table(cb.code, qmax)
+        except ValueError as exc:
+            raise ValueError(f"codebook {label!r} with scale {rule.name!r}: {exc}") from None
+    return rule.name, rule, False
 
 
 @dataclass
@@ -131,6 +163,8 @@ class ModelReport:
     codebooks: list[str]
     totals: dict[str, ErrorSums]
     tensors: list[TensorResult] = field(default_factory=list)
+    scale: str = "float32"  # the scale rule's name (quantbook.scales)
+    qmax: float = 6.0  # the scaled layouts' largest code magnitude
 
     @property
     def n_params(self) -> int:
@@ -141,7 +175,7 @@ class ModelReport:
             return {k: (None if not math.isfinite(v) else v) for k, v in m.items()}
 
         d: dict[str, Any] = {
-            "file": self.path, "block_size": self.block_size, "nested": self.nested,
+            "file": self.path, "block_size": self.block_size, "nested": self.nested, "scale": self.scale,
             "tensors": len(self.tensors), "parameters": self.n_params,
             "codebooks": {c: clean(self.totals[c].metrics()) for c in self.codebooks},
         }
@@ -156,7 +190,7 @@ class ModelReport:
     def format_table(self, per_tensor: bool = False) -> str:
         nt = len(self.tensors)
         head = (f"{self.path}: {nt} tensor{'s' if nt != 1 else ''}, {self.n_params:,} weights, block size "
-                f"{self.block_size}, {'nested (double-quantized)' if self.nested else 'float32'} absmax")
+                f"{self.block_size}, {scale_label(self.scale, self.qmax)}")
         width = max([len(c) for c in self.codebooks] + [8])
         cols = f"{'MSE':>11}  {'MAE':>11}  {'SQNR dB':>8}  {'rel. Frob.':>10}  {'bits/w':>7}"
 
@@ -174,6 +208,15 @@ class ModelReport:
         return "\n".join(lines)
 
 
+def scale_label(scale: str, qmax: float) -> str:
+    """How a report's header names its scale rule."""
+    if scale == "nested":
+        return "nested (double-quantized) absmax"
+    if scale == "float32":
+        return "float32 absmax"
+    return f"{scale} scales (qmax {qmax:g})"
+
+
 def _bulk():
     try:
         from ..bulk.api import dequantize, quantize
@@ -184,7 +227,8 @@ def _bulk():
 
 def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = 64, nested: bool = False,
                    tensors: str | Iterable[str] | None = None, backend: str = "auto",
-                   progress: bool | Callable[[int, int, TensorInfo], None] | None = None) -> ModelReport:
+                   progress: bool | Callable[[int, int, TensorInfo], None] | None = None,
+                   scale: Any = None, qmax: float = 6.0) -> ModelReport:
     """Quantize every selected floating tensor of ``path`` with each codebook; see the module doc.
 
     ``codebooks``: ``(label, Codebook)`` pairs.  ``tensors``: glob(s) selecting tensors by
@@ -192,7 +236,9 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     a bar on standard error (:mod:`quantbook.io.progress`, needs ``tqdm``), or a callable
     ``progress(i, count, info)`` is called before tensor ``i`` (0-based).  Raises ``ValueError``
     when nothing is selected, a tensor holds NaN/Inf, or a codebook dequantizes a tensor to
-    values its dtype cannot hold.
+    values its dtype cannot hold.  ``scale``/``qmax``: the scale rule (:func:`resolve_scale`;
+    ``quantbook.quantize``'s arguments); a layout that cannot store a codebook (the scaled
+    layouts take at most 16 entries) is an error before any tensor is read.
     """
     f = open_safetensors(path)  # the header is parsed once, whatever the number of tensors
     infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
@@ -207,6 +253,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     for label, cb in codebooks:  # fail before reading any tensor
         if not 1 <= cb.bits <= 8:
             raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
+    scale_name, rule, nested = resolve_scale(scale, nested, codebooks, qmax)
     totals = {label: ErrorSums() for label in labels}
     results = []
     bar = progress_bar(total=len(infos), desc="evaluating", unit="tensor", force=True) if progress is True else None
@@ -218,18 +265,18 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
             if callback is not None:
                 callback(i, len(infos), info)
             results.append(_evaluate_tensor(f, info, codebooks, totals, block_size, nested, backend,
-                                            quantize, dequantize))
+                                            quantize, dequantize, rule, qmax))
     except BaseException:
         if bar is not None:
             bar.close(finished=False)
         raise
     if bar is not None:
         bar.close()
-    return ModelReport(str(path), block_size, nested, labels, totals, results)
+    return ModelReport(str(path), block_size, nested, labels, totals, results, scale_name, float(qmax))
 
 
 def _evaluate_tensor(f, info: TensorInfo, codebooks, totals, block_size, nested, backend, quantize,
-                     dequantize) -> TensorResult:
+                     dequantize, rule=None, qmax=6.0) -> TensorResult:
     path = f.path
     x = f.read(info.name)
     x64 = x.astype(np.float64).ravel()
@@ -246,7 +293,8 @@ def _evaluate_tensor(f, info: TensorInfo, codebooks, totals, block_size, nested,
     sums = {}
     for label, cb in codebooks:
         try:
-            packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend)
+            packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend,
+                                     scale=rule, qmax=qmax)
             with np.errstate(over="ignore"):  # an overflow is reported below, once, by name
                 xhat = dequantize(packed, state, backend=backend)
         except ValueError as exc:  # say which tensor

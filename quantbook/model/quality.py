@@ -44,7 +44,7 @@ import numpy as np
 
 from ..io.progress import progress_bar
 from . import hadamard
-from .evaluate import ErrorSums, error_sums, storage_bits
+from .evaluate import ErrorSums, error_sums, resolve_scale, scale_label, storage_bits
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
@@ -235,8 +235,10 @@ class WeightSwap:
                                  f"dimension {shape[1]}")
 
     def apply(self, codebook, block_size: int, nested: bool = False, rotation: str = "none",
-              backend: str = "auto", step: Callable[[str], None] | None = None) -> ErrorSums:
-        """Replace every selected weight by its quantized value; the pooled weight errors."""
+              backend: str = "auto", step: Callable[[str], None] | None = None, scale: Any = None,
+              qmax: float = 6.0) -> ErrorSums:
+        """Replace every selected weight by its quantized value; the pooled weight errors.
+        ``scale``/``qmax``: :func:`quantbook.quantize`'s scale rule."""
         import torch
 
         from ..bulk.api import dequantize, quantize
@@ -252,7 +254,7 @@ class WeightSwap:
             x = w if n is None else hadamard.rotate(w, n).astype(np.float32)
             try:
                 packed, state = quantize(x, codebook=codebook, block_size=block_size, nested=nested,
-                                         backend=backend)
+                                         backend=backend, scale=scale, qmax=qmax)
                 with np.errstate(over="ignore"):
                     xhat = dequantize(packed, state, backend=backend)
             except ValueError as exc:
@@ -531,6 +533,8 @@ class QualityReport:
     labels: list[str] = field(default_factory=list)  # REFERENCE first
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> metrics
     load_seconds: float = 0.0
+    scale: str = "float32"  # the scale rule's name (quantbook.scales)
+    qmax: float = 6.0
 
     @property
     def plot_metric(self) -> tuple[str, str]:
@@ -539,14 +543,14 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
-                **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
+                "scale": self.scale, **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
                 "load_seconds": self.load_seconds, "codebooks": {k: self.rows[k] for k in self.labels}}
 
     def format_table(self) -> str:
         cols = TASKS[self.task].columns
         what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.inputs.items())
         head = (f"{self.path}: task {self.task}, {self.n_tensors} linear weights ({self.n_weights:,}), "
-                f"block size {self.block_size}, {'nested' if self.nested else 'float32'} absmax; {what}")
+                f"block size {self.block_size}, {scale_label(self.scale, self.qmax)}; {what}")
         width = max(len(k) for k in self.labels) + 1
         title = f"{'codebook':<{width}}  {'bits/w':>7}  {'SQNR dB':>8}  " + "  ".join(
             f"{t:>{len(fmt.format(0.0))}}" for t, fmt in cols.values()) + f"  {'s':>6}"
@@ -571,14 +575,15 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                      text: str = "", tokens: int = 1024, context: int = 256, block_size: int = 64,
                      nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
                      backend: str = "auto", progress: bool = False, model=None,
-                     device: str | None = None) -> QualityReport:
+                     device: str | None = None, scale: Any = None, qmax: float = 6.0) -> QualityReport:
     """Measure ``task`` on the unquantized model, then with every codebook × rotation.
 
     ``codebooks``: ``(label, Codebook)`` pairs; ``rotations``: :func:`parse_rotations`
     spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (its weights are
     restored on return), else ``path`` is loaded; ``device``: where the model runs (e.g.
     ``"cuda"``; the weights are quantized on the host either way).  Labels are ``LABEL`` and
-    ``LABEL+hadamard[:N]``.
+    ``LABEL+hadamard[:N]``.  ``scale``/``qmax``: the scale rule
+    (:func:`quantbook.model.evaluate.resolve_scale`), checked before the model is loaded.
     """
     from ..bulk.format import check_block_size
 
@@ -593,6 +598,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     for label, cb in codebooks:
         if not 1 <= cb.bits <= 8:
             raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
+    scale_name, rule, nested = resolve_scale(scale, nested, codebooks, qmax)
     t0 = time.perf_counter()
     model, tokenizer = load_model(path, task) if model is None else model
     if device is not None:
@@ -605,7 +611,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
         for rot in rotations:
             swap.check(block_size, rot)
         report = QualityReport(str(path), task, block_size, nested, measure.inputs, len(linears), swap.n_weights,
-                               load_seconds=load_seconds)
+                               load_seconds=load_seconds, scale=scale_name, qmax=float(qmax))
         total = measure.steps * (1 + len(rows)) + len(linears) * len(rows)
         with progress_bar(total=total, desc=f"evaluating ({task})", unit="step", force=progress) as bar:
             t = time.perf_counter()
@@ -616,7 +622,8 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
             for label, cb, rot in rows:
                 t = time.perf_counter()
                 name = label if rot == "none" else f"{label}+{rot}"
-                sums = swap.apply(cb, block_size, nested, rot, backend, lambda s: bar.step(f"{name}: {s}"))
+                sums = swap.apply(cb, block_size, nested, rot, backend, lambda s: bar.step(f"{name}: {s}"),
+                                  scale=rule, qmax=qmax)
                 m = measure.compare(lambda s: bar.step(f"{name}: {s}"))
                 report.labels.append(name)
                 report.rows[name] = {"bits_per_weight": sums.bits_per_weight, "sqnr_db": sums.sqnr_db,
