@@ -126,12 +126,15 @@ def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str 
 
 
 def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "normal",
-                 normalization: str = "absmax", domain: str = "weight") -> dict[str, np.ndarray]:
+                 normalization: str = "absmax", domain: str = "weight", scale: Any = None,
+                 qmax: float | None = None) -> dict[str, np.ndarray]:
     """Exact expected ``{"mse": ..., "mae": ...}`` at each block size (:func:`quantbook.derive.metrics.evaluate`).
 
     ``codebook`` is a Codebook, or a callable ``B -> Codebook`` for a table re-derived at each
     block size.  ``domain="weight"``: errors of the weights in units of the source's standard
     deviation (MSE in σ², MAE in σ); ``"normalized"``: errors of ``y = x/absmax``.
+    ``scale``/``qmax``: evaluate in that scale rule's scaled layout (as ``evaluate`` does; the
+    normalised domain is then in units of the table's largest magnitude).
     """
     from .derive.metrics import evaluate
 
@@ -140,7 +143,7 @@ def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "norma
     mse, mae = [], []
     for B in block_sizes:
         cb = codebook(int(B)) if callable(codebook) else codebook
-        ev = evaluate(cb, int(B), source, normalization)
+        ev = evaluate(cb, int(B), source, normalization, scale=scale, qmax=qmax)
         mse.append(ev.mse_weight if domain == "weight" else ev.mse_normalized)
         mae.append(ev.mae_weight if domain == "weight" else ev.mae_normalized)
     return {"mse": np.array(mse), "mae": np.array(mae)}
@@ -148,20 +151,24 @@ def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "norma
 
 def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
                block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES, source: Any = "normal",
-               normalization: str = "absmax", domain: str = "weight") -> dict[str, dict[str, np.ndarray]]:
-    """Expected MSE and MAE against block size for each ``(label, Codebook | B -> Codebook)``.
+               normalization: str = "absmax", domain: str = "weight", scale: Any = None,
+               qmax: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Expected MSE and MAE against block size for each ``(label, Codebook | B -> Codebook)``,
+    under the scale rule ``scale`` (with ``qmax``) when one is given.
 
     Returns the plotted numbers ``{label: {"mse": array, "mae": array}}`` (see :func:`sweep_errors`).
     """
     check_plot_path(out)  # before any work
     bs = np.asarray(block_sizes, dtype=np.int64)
-    errors = {label: sweep_errors(cb, bs, source, normalization, domain) for label, cb in codebooks}
+    errors = {label: sweep_errors(cb, bs, source, normalization, domain, scale, qmax) for label, cb in codebooks}
     fig = _figure(9.5, 3.9)
     axes = fig.subplots(1, 2)
     for (label, _), color in zip(codebooks, _colors(len(codebooks))):
         for ax, key in zip(axes, ("mse", "mae")):
             ax.plot(bs, errors[label][key], "o-", ms=3, lw=1.3, color=color, label=label)
     src = getattr(source, "spec", source)
+    # the layout is part of what the numbers mean
+    layout = "" if scale is None else f", scale {getattr(scale, 'name', scale)}"
     if domain == "weight":
         units = {"mse": "MSE of the weights (σ²)", "mae": "MAE of the weights (σ)"}
     else:
@@ -171,7 +178,7 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
         ax.set_yscale("log")
         ax.set_xlabel("block size B")
         ax.set_ylabel(units[key])
-        ax.set_title(f"{title}, {src} weights", fontsize=10)
+        ax.set_title(f"{title}, {src} weights{layout}", fontsize=10)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0].legend(fontsize=8, frameon=False)
