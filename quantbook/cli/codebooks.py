@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import UsageError, add_json_flag, load_codebook, output_path, print_codebook, print_json
+from .common import UsageError, add_json_flag, int_in, load_codebook, output_path, print_codebook, print_json
 
 __all__ = ["register"]
 
@@ -29,13 +29,30 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _header_layout(cb, scale: str, block_size: int, qmax: float | None):
+    """The scaled layout of ``cb`` under ``scale`` for a header: the table is the one the byte
+    layout decodes with (quantbook.bulk.layouts), computed here because export sits beside bulk."""
+    from ..bulk.layouts import scaled_table
+    from ..derive.scaled import DEFAULT_QMAX
+    from ..export import HeaderLayout
+
+    q = DEFAULT_QMAX if qmax is None else qmax
+    return HeaderLayout(scale, block_size, q, scaled_table(cb.code, q))
+
+
 def _cmd_export(args) -> int:
     from ..export import BINARY_FORMATS, export, write_output
 
     if args.output is not None:
         output_path(args.output)  # fail before doing any work
-    cb = load_codebook(args.codebook)
-    data = export(cb, args.format, name=args.name)
+    if args.scale is None and (args.block_size is not None or args.qmax is not None):
+        raise UsageError("--block-size and --qmax apply only with --scale")
+    if args.scale is not None and args.format not in ("c", "cuda"):
+        raise UsageError(f"--scale is written only into c and cuda headers, not --format {args.format}")
+    block_size = 64 if args.block_size is None else args.block_size  # quantbook.quantize's default
+    cb = load_codebook(args.codebook, block_size)
+    layout = None if args.scale is None else _header_layout(cb, args.scale, block_size, args.qmax)
+    data = export(cb, args.format, name=args.name, layout=layout)
     if args.output is not None:
         write_output(data, args.output)
         print(f"wrote {args.output} ({args.format}, {len(data)} {'bytes' if isinstance(data, bytes) else 'chars'})",
@@ -75,4 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--name", default=None,
                    help="C identifier for the tables (c, cuda, bnb); default: the codebook name with "
                         "non-identifier characters replaced by '_'")
+    s.add_argument("--scale", metavar="RULE",
+                   help="c, cuda: describe the scaled layout of this block scale rule in the header (rule, block "
+                        "size, qmax, scale bytes, rescaled table): e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] "
+                        "(MXFP4), float16, bfloat16 (docs/scales.md)")
+    s.add_argument("--block-size", "-B", type=int_in(1, 2**31 - 1), default=None,
+                   help="with --scale: block size of the layout (default 64); also the B of a lloyd-... spelling")
+    s.add_argument("--qmax", type=float, default=None,
+                   help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.set_defaults(func=_cmd_export)

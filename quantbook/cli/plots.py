@@ -4,6 +4,7 @@ against the block size (matplotlib, ``quantbook[plot]``)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .common import UsageError, add_json_flag, int_in, print_json
@@ -52,6 +53,30 @@ def _check_finite_errors(source: str, domain: str) -> None:
                          f"squared error is infinite; use --domain normalized")
 
 
+def _check_layout(scale: str | None, qmax: float | None) -> dict:
+    """``{"scale": NAME, "qmax": Q}``, the layout's arguments to the sweep, checked before any
+    work: the exact derivation models only rules that are a function of the block maximum (not
+    nested statistics, not search rules).  ``None`` stands for what does not apply (no rule:
+    the exact float32 absmax; no qmax for it), so the JSON keeps one vocabulary."""
+    if scale is None:
+        if qmax is not None:
+            raise UsageError("--qmax applies only with --scale")
+        return {"scale": None, "qmax": None}
+    from ..derive.scaled import DEFAULT_QMAX, check_scale
+
+    try:
+        rule = check_scale(scale)
+    except ValueError as exc:
+        raise UsageError(f"--scale {scale}: {exc}") from None
+    if qmax is not None and not (math.isfinite(qmax) and qmax > 0):
+        raise UsageError(f"--qmax must be a positive finite number, got {qmax:g}")
+    if rule.layout == "bnb":  # float32: the exact absmax, the default sweep
+        if qmax is not None:
+            raise UsageError(f"--qmax does not apply to --scale {rule.name} (the exact absmax)")
+        return {"scale": rule.name, "qmax": None}
+    return {"scale": rule.name, "qmax": DEFAULT_QMAX if qmax is None else qmax}
+
+
 def _cmd_plot_sweep(args) -> int:
     from ..plots import check_plot_path, plot_sweep
 
@@ -59,6 +84,7 @@ def _cmd_plot_sweep(args) -> int:
     if args.min_block > args.max_block:
         raise UsageError(f"--min-block {args.min_block} is larger than --max-block {args.max_block}")
     _check_finite_errors(args.source, args.domain)
+    layout = _check_layout(args.scale, args.qmax)
     sizes = []
     B = args.min_block
     while B <= args.max_block:
@@ -66,16 +92,17 @@ def _cmd_plot_sweep(args) -> int:
         B *= 2
     cbs = _resolve(args.codebooks, args.min_block)
     errors = plot_sweep(cbs, args.output, sizes, source=args.source, normalization=args.normalization,
-                        domain=args.domain)
+                        domain=args.domain, **layout)
     # the JSON vocabulary names the domain in the key: mse_weight or mse_normalized (docs/json.md)
     keys = {m: f"{m}_{args.domain}" for m in ("mse", "mae")}
     if args.json:
         print_json({"block_sizes": sizes, "domain": args.domain, "source": args.source,
-                    "normalization": args.normalization,
+                    "normalization": args.normalization, **layout,
                     "codebooks": {k: {keys[m]: v.tolist() for m, v in e.items()} for k, e in errors.items()}})
     else:
         width = max(len(k) for k in errors)
-        print(f"expected error ({args.domain} domain, {args.source} source) by block size")
+        where = "".join(f", {k} {v:g}" if k == "qmax" else f", {k} {v}" for k, v in layout.items() if v is not None)
+        print(f"expected error ({args.domain} domain, {args.source} source{where}) by block size")
         print(f"{'codebook':<{width}}  metric  " + "  ".join(f"{b:>9}" for b in sizes))
         for label, e in errors.items():
             for m in ("mse", "mae"):
@@ -110,6 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--normalization", choices=norms, default="absmax")
     s.add_argument("--domain", choices=("weight", "normalized"), default="weight",
                    help="errors of the weights in units of sigma (default) or of y = x/absmax")
+    s.add_argument("--scale", metavar="RULE",
+                   help="evaluate every codebook in this block scale rule's scaled layout: e4m3 (NVFP4), "
+                        "e8m0[:floor|ceil|even|rceil] (MXFP4), float16, bfloat16 (default: exact float32 absmax; "
+                        "docs/scales.md)")
+    s.add_argument("--qmax", type=float,
+                   help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     add_json_flag(s)
     s.add_argument("-o", "--output", required=True, metavar="FILE")
     s.set_defaults(func=_cmd_plot_sweep)

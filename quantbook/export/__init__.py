@@ -7,7 +7,8 @@ Formats (:data:`FORMATS`):
           and ``quantbook show FILE.json`` give back identical float64 levels (text);
 ``c``     a C99 / C++ header (:mod:`.c_header`): float32 tables as 9-significant-digit
           literals (exact hex value in a comment), thresholds, code order, size macros,
-          include guard, inline encode/decode (text);
+          include guard, inline encode/decode (text); with a :class:`HeaderLayout`, also the
+          scaled layout's rule, block size, qmax, scale bytes and rescaled table;
 ``cuda``  the same with ``__constant__`` arrays and ``__device__`` functions (text);
 ``npy``   the float32 index→value table, ``np.save`` format (binary, :mod:`.arrays`);
 ``bnb``   an ``.npz`` with a bitsandbytes ``quant_map`` and ``quant_type`` (binary, :mod:`.arrays`).
@@ -21,23 +22,26 @@ from __future__ import annotations
 from ..codebooks.codebook import Codebook
 from ..io.files import OutputPathError, check_output_path, write_output
 from .arrays import bnb_bytes, bnb_quant_map, bnb_quant_type, npy_bytes
-from .c_header import c_float_literal, c_header
+from .c_header import HeaderLayout, c_float_literal, c_header
 from .identifiers import IdentifierError, c_identifier
 
 __all__ = ["FORMATS", "BINARY_FORMATS", "export", "write_output", "check_output_path", "OutputPathError",
-           "c_header", "c_float_literal", "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes",
+           "c_header", "HeaderLayout", "c_float_literal", "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes",
            "bnb_quant_map", "bnb_quant_type"]
 
 FORMATS = ("json", "c", "cuda", "npy", "bnb")
 BINARY_FORMATS = frozenset({"npy", "bnb"})
 
 
-def export(cb: Codebook, fmt: str, name: str | None = None) -> str | bytes:
-    """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb)."""
+def export(cb: Codebook, fmt: str, name: str | None = None, layout: HeaderLayout | None = None) -> str | bytes:
+    """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb); ``layout``
+    (c, cuda) adds a scaled layout's macros and table to the header."""
+    if layout is not None and fmt not in ("c", "cuda"):
+        raise ValueError(f"a scaled layout is written only into c and cuda headers, not format {fmt!r}")
     if fmt == "json":
         return cb.to_json() + "\n"
     if fmt in ("c", "cuda"):
-        return c_header(cb, name=name, cuda=fmt == "cuda")
+        return c_header(cb, name=name, cuda=fmt == "cuda", layout=layout)
     if fmt == "npy":
         return npy_bytes(cb)
     if fmt == "bnb":
