@@ -110,7 +110,8 @@ def _optional(check):
 _JSON_CHECKS = {
     "int": _want_int, "int | None": _optional(_want_int), "str": _want_str,
     "str | None": _optional(_want_str), "bool": _want_bool, "Any": _want_str,  # a source spelling
-    "tuple[float, ...] | None": _optional(_want_numbers), "tuple[int, ...]": _want_ints,
+    "tuple[float, ...] | None": _optional(_want_numbers), "tuple[float, ...]": _want_numbers,
+    "tuple[int, ...]": _want_ints,
     "Recipe": _want_recipe, "float": _want_number,
 }
 
@@ -447,6 +448,37 @@ class QuantileRecipe(Recipe):
         from .lloyd import _quantile_codebook
 
         return _quantile_codebook(self)
+
+
+@dataclass(frozen=True)
+class SearchLloydRecipe(Recipe):
+    """Lloyd code fitted on a seeded sample under a scale-search rule
+    (:func:`~.search_lloyd.search_lloyd`): the sample and the seed are part of the recipe, so
+    the code re-derives bit for bit."""
+
+    method: ClassVar[str] = "search-lloyd"
+    bits: int = 4
+    block_size: int = 16
+    scale: str = "search:4over6"
+    samples: int = 10**7
+    seed: int = 0
+    loss: str = "l2"
+    fixed: tuple[float, ...] = (-1.0, 0.0, 1.0)
+    source: Any = "normal"
+    qmax: float = 6.0
+    tensor_size: int | None = None
+    max_iter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _choice("loss", self.loss, LOSSES)
+        _set(self, fixed=tuple(float(v) for v in self.fixed))
+
+    def derive(self) -> Codebook:
+        from .search_lloyd import search_lloyd
+
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return search_lloyd(**kw)
 
 
 # ------------------------------------------------------------------------- number formats

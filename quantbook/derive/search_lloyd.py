@@ -1,0 +1,211 @@
+r"""Lloyd codes for scale-search rules (``search:…``), fitted on samples.
+
+A search rule (:mod:`quantbook.scales.search`) picks each block's scale from its values, not
+from its maximum alone, so the law of a normalised value is not 1-D and :mod:`.scaled`
+cannot state it.  Here the code is fitted to a fixed sample instead, with the search inside
+the loop.  Each iteration, for the current levels ``L`` (largest magnitude 1, table
+``qmax·L``):
+
+1. per block, every candidate of the rule (:meth:`SearchScale.candidates`) scales the block,
+   encodes each value as the nearest table entry and decodes it; the rule picks the candidate
+   of least block error (:meth:`SearchScale.pick`);
+2. each value ``u = y / qmax`` (``y`` the value scaled by the picked candidate) goes to its
+   nearest level;
+3. every free level moves to the weighted centroid (L2) or weighted median (L1) of its cell,
+   the weights ``σ²`` or ``σ`` (``σ = qmax · s`` the block's scale), so the fitted error is
+   the weight-domain error ``x - σ·L``.
+
+The sample is ``samples`` draws of the source (``numpy.random.default_rng(seed)``), cut into
+tensors of ``tensor_size`` values (default: one tensor), each with its own tensor scale as
+the scaled layout takes it (docs/scales.md).  The same arguments give the same code bit for
+bit.  The start is the Lloyd code of the base rule (:func:`~.lloyd.lloyd`).  Values exactly
+half-way between two table entries go to the lower one (probability 0 for continuous
+sources, so ties are not modelled as the byte layout breaks them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..codebooks import Codebook
+from ..scales import get_rule
+from ..scales.search import SearchScale
+from .recipes import parse_fixed
+from .sources import parse_source
+
+__all__ = ["search_lloyd", "solve_search_lloyd", "SearchLloydResult"]
+
+_F = np.float32
+
+
+@dataclass(frozen=True)
+class SearchLloydResult:
+    codebook: Codebook
+    iterations: int
+    change: float  # max |step(L) - L| of the last step taken
+    converged: bool
+    mse: float  # mean squared (l2) or absolute (l1) weight-domain error of the levels, fitting sample
+    params: dict[str, Any] = field(default_factory=dict)  # the arguments that re-derive it
+
+
+def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax):
+    if not isinstance(rule, SearchScale):
+        raise ValueError(f"search_lloyd needs a search rule (e.g. search:4over6), got {rule.name!r}; "
+                         "deterministic rules have an exact derivation: lloyd(..., scale=RULE)")
+    for k, v in (("bits", bits), ("block_size", block_size), ("samples", samples), ("seed", seed),
+                 ("max_iter", max_iter)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 0 if k == "seed" else v < 1):
+            raise ValueError(f"{k} must be a {'non-negative' if k == 'seed' else 'positive'} integer, got {v!r}")
+    if not 1 <= bits <= 4:
+        raise ValueError(f"the scaled layouts store at most 4-bit codes: bits must be 1..4, got {bits}")
+    if loss not in ("l1", "l2"):
+        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    n = samples if tensor_size is None else tensor_size
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n % block_size:
+        raise ValueError(f"the tensor size must be a positive multiple of block_size={block_size}, got {n!r}")
+    if samples % n:
+        raise ValueError(f"samples={samples} must be a multiple of tensor_size={n}")
+    if samples // block_size < 2:
+        raise ValueError("samples must hold at least two blocks")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if not (np.isfinite(qmax) and qmax > 0):
+        raise ValueError(f"qmax must be a positive finite number, got {qmax!r}")
+
+
+class _Sample:
+    """The fitting sample as (tensors, blocks, B) float32 with its per-tensor scales and every
+    candidate's stored block scales, computed once: they do not depend on the levels."""
+
+    def __init__(self, rule: SearchScale, x: np.ndarray, block_size: int, n_tensor: int, qmax: float):
+        self.x = x.reshape(-1, n_tensor // block_size, block_size)
+        amax = np.abs(self.x).max(axis=2)
+        self.cands = []  # per candidate: (factor f, divide, decoded scale s), each (tensors, blocks)
+        per_t = [rule.tensor_scale(float(a.max()), qmax) for a in amax]
+        for k in range(len(rule.factors)):
+            fs, ss, div = [], [], False
+            for a, ts in zip(amax, per_t):
+                stored = rule.candidates(a, qmax, ts)[k]
+                f, div = rule.divisor(stored, ts)
+                fs.append(f)
+                ss.append(rule.decode(stored, ts))
+            f, s = np.stack(fs).astype(_F), np.stack(ss).astype(_F)
+            # the scaled values do not depend on the levels: scale once
+            self.cands.append((_scaled(self.x, f, div), s))
+        self.x64 = self.x.astype(np.float64)
+
+
+def _scaled(x, f, divide):
+    return (x / f[..., None]).astype(_F) if divide else (x * f[..., None]).astype(_F)
+
+
+def _step(rule: SearchScale, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: float, loss: str):
+    """``(new levels, mean error at ``levels``)``: one iteration (module docstring)."""
+    table = (levels * qmax).astype(_F)
+    mids = ((table[:-1] + table[1:]) / _F(2)).astype(_F)
+    errs, ys, idxs = [], [], []
+    for y, s in smp.cands:
+        idx = np.searchsorted(mids, y, side="left")
+        d = smp.x64 - (table[idx] * s[..., None]).astype(_F)
+        e = (d * d if loss == "l2" else np.abs(d)).sum(axis=2)
+        errs.append(e)
+        ys.append(y)
+        idxs.append(idx)
+    pick = rule.pick(np.stack(errs))
+    best = np.choose(pick, errs) if len(errs) > 1 else errs[0]
+    y, idx = ys[0], idxs[0]
+    sig = (qmax * smp.cands[0][1]).astype(np.float64)
+    for k in range(1, len(errs)):
+        m = pick == k
+        y = np.where(m[..., None], ys[k], y)
+        idx = np.where(m[..., None], idxs[k], idx)
+        sig = np.where(m, qmax * smp.cands[k][1].astype(np.float64), sig)
+    u = y.astype(np.float64).ravel() / qmax
+    idx = idx.ravel()
+    w = np.broadcast_to((sig * sig if loss == "l2" else sig)[..., None], y.shape).ravel()
+    n = levels.size
+    new = levels.copy()
+    if loss == "l2":
+        m0 = np.bincount(idx, weights=w, minlength=n)
+        m1 = np.bincount(idx, weights=w * u, minlength=n)
+        ok = free & (m0 > 0)
+        new[ok] = m1[ok] / m0[ok]
+    else:
+        order = np.lexsort((u, idx))
+        us, ws, cs = u[order], w[order], idx[order]
+        cum = np.cumsum(ws)
+        starts = np.searchsorted(cs, np.arange(n), side="left")
+        ends = np.searchsorted(cs, np.arange(n), side="right")
+        for j in np.flatnonzero(free & (ends > starts)):
+            lo = cum[starts[j] - 1] if starts[j] else 0.0
+            half = lo + 0.5 * (cum[ends[j] - 1] - lo)
+            new[j] = us[min(int(np.searchsorted(cum, half, side="left")), ends[j] - 1)]
+    return new, float(best.sum() / smp.x.size)
+
+
+def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
+                       samples: int = 10**7, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
+                       max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
+                       tensor_size: int | None = None, name: str | None = None) -> SearchLloydResult:
+    """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error."""
+    rule = get_rule(scale)
+    _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax)
+    fx = parse_fixed(fixed, "absmax")
+    if -1.0 not in fx and 1.0 not in fx:
+        raise ValueError("the scaled layout maps the block maximum to the table's largest magnitude: "
+                         "fixed must hold -1 or 1")
+    src = parse_source(source)
+    from .lloyd import lloyd  # the exact code under the base rule is the start
+
+    start = lloyd(bits, block_size, loss=loss, scale=rule.base.name, qmax=qmax, fixed=list(fx), source=src)
+    levels = np.asarray(start.levels, dtype=np.float64)
+    free = ~np.isin(levels, fx)
+    x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
+    smp = _Sample(rule, x, block_size, samples if tensor_size is None else tensor_size, qmax)
+    # the levels creep on for long (linearly, and blocks that flip candidate keep them
+    # jittering) while the error has long stopped falling: stop on the error
+    change, it, err, prev, done = np.inf, 0, np.nan, np.inf, False
+    while it < max_iter:
+        new, err = _step(rule, smp, levels, free, qmax, loss)
+        done = prev - err <= tol * err
+        if done:
+            if err > prev:  # the search made the last step worse: return the step before it
+                levels, err = last, prev
+            break
+        it += 1
+        change = float(np.max(np.abs(new - levels)))
+        last, levels, prev = levels, np.sort(new), err
+    if not done:  # out of iterations: the error at the levels returned
+        err = _step(rule, smp, levels, free, qmax, loss)[1]
+    if np.unique(levels).size != levels.size:
+        raise ValueError("two levels met: the sample is too small for this many levels")
+    from .recipes import SearchLloydRecipe
+
+    params = SearchLloydRecipe(bits=int(bits), block_size=int(block_size), scale=rule.name, samples=int(samples),
+                               seed=int(seed), loss=loss, fixed=tuple(fx), source=src.spec, qmax=float(qmax),
+                               tensor_size=None if tensor_size is None else int(tensor_size),
+                               max_iter=int(max_iter), tol=float(tol)).to_dict()
+    nm = name or f"lloyd{bits}_{rule.name.replace(':', '_')}_b{block_size}"
+    cb = Codebook(levels=levels, bits=bits, name=nm, source="derived", recipe=params)
+    return SearchLloydResult(cb, it, change, bool(done), err, params)
+
+
+def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int = 10**7,
+                 seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1), max_iter: int = 100,
+                 tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
+                 tensor_size: int | None = None, name: str | None = None) -> Codebook:
+    """The Lloyd code for the scaled layout under a search rule, fitted on ``samples`` draws of
+    ``source`` (seed ``seed``) with the rule's search inside the loop (module docstring).
+
+    ``fixed`` levels stay (largest magnitude 1: ``-1`` or ``1`` must be among them); ``loss``
+    ``"l2"``/``"l1"`` (the weight-domain error); ``tensor_size`` cuts the sample into tensors
+    of that many values, each with its own tensor scale (None: one tensor).  Stops after
+    ``max_iter`` iterations or when an iteration lowers the mean error on the sample by
+    less than ``tol`` times itself.  Levels are returned in
+    the codebook's units; the layout's table is ``qmax`` times them.
+    """
+    return solve_search_lloyd(bits, block_size, scale, samples, seed, loss, fixed, max_iter, tol, source,
+                              qmax, tensor_size, name).codebook
