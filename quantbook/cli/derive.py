@@ -13,7 +13,7 @@ from .common import add_json_flag, integer, load_codebook, print_codebook, print
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
 # quantbook.derive.normal_float.PRECISIONS (a test checks that they agree), spelled out so that
-# building the parser does not import the derivation engine (sympy, scipy.stats: ~0.7 s)
+# building the parser does not import the derivation engine (sympy, scipy.stats are slow to import)
 PRECISIONS = ("exact", "float64", "float32-bnb")
 
 #: the fields of quantbook.derive.Evaluation that ``derive lloyd|quantile --json`` adds to the codebook
