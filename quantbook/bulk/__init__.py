@@ -4,6 +4,8 @@
 * :mod:`.backend` — the backend interface and registry; the backends: :mod:`.reference`
   (``numpy``), :mod:`.cpu` (``cpu``, numba), :mod:`.gpu` (``gpu``, CuPy) — numba and CuPy
   are imported only when used;
+* :mod:`.layouts` / :mod:`.scaled` — the scaled layout of the other scale rules (NVFP4, MXFP4,
+  float16; docs/scales.md), computed by backends that declare ``scaled_layouts``;
 * :mod:`.api` — ``quantize`` / ``dequantize``; :mod:`.state` — ``QuantState``.
 """
 
