@@ -1,20 +1,26 @@
-"""GPU block-wise quantize / dequantize throughput vs a device-to-device copy (same run).
+"""GPU block-wise quantize / dequantize throughput: a sweep of dtype x block size x bits, as
+ratios to a device-to-device copy and to bitsandbytes measured in the same run.
 
-    python benchmarks/bench_quantize_gpu.py [--log2n 28] [--blocksize 64] [--codebook nf4]
-                                            [--repeat 20] [--no-bnb]
+    python benchmarks/bench_quantize_gpu.py [--log2n 28] [--dtypes float32,float16,bfloat16]
+                                            [--blocksizes 16,64,256,4096] [--bits 2,4,8]
+                                            [--repeat 10] [--no-bnb] [--check 20] [--profile]
 
-For float16 and float32 input of 2**log2n values (default 2**28), NF4, block size 64:
-times quantbook's ``quantize_gpu`` and ``dequantize_gpu`` (CUDA events, median of
-``--repeat`` runs after a warm-up), a device-to-device copy of the input
-(``cudaMemcpyAsync``) and, if ``bitsandbytes`` and torch with CUDA import, bitsandbytes'
-``quantize_4bit`` / ``dequantize_4bit`` on the same data and GPU.
+Codes: 2 bits ``max1960-n4``, 4 bits ``nf4``, 8 bits bitsandbytes' dynamic map (256 values).
+For each configuration: quantbook's ``quantize_gpu`` and ``dequantize_gpu`` (CUDA events,
+median of ``--repeat`` runs after a warm-up) and, when ``bitsandbytes`` imports with CUDA,
+its ``quantize_4bit``/``dequantize_4bit`` (4 bits, nf4) or ``quantize_blockwise``/
+``dequantize_blockwise`` (8 bits) on the same data; the copy (``cudaMemcpyAsync``) is timed
+once per dtype.
 
-Bandwidth is bytes moved / time: quantize reads n*itemsize and writes n/2 + 4*n/B bytes;
-dequantize the reverse; the copy reads and writes n*itemsize.  Ratios printed:
-``quantize / copy`` and ``quantbook / bitsandbytes`` (targets: >= 0.8 and >= 1).
-Also checks the bytes of the first 2**22 values against the numpy reference (``--check``;
-exit status 2 if they differ).  Exits with status 1 and a one-line message when no CUDA
-device is usable.
+Bandwidth = bytes moved / time: quantize reads ``n * itemsize`` and writes the packed codes and
+``4 * n / B`` bytes of absmax; dequantize the reverse; the copy reads and writes
+``n * itemsize``.  Printed ratios: ``vs copy`` (bandwidth / copy bandwidth) and ``vs bnb``
+(bitsandbytes time / quantbook time).  Each configuration's bytes (codes, absmax, decoded
+values) of the first ``2**--check`` values are compared with the numpy reference; the exit
+status is 2 if any differ, 1 when no CUDA device is usable.
+
+``--profile`` runs one configuration once (``2**26`` values, no checks, no bitsandbytes
+unless asked) and prints the Nsight Compute command that profiles it.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+_CODES = {2: "max1960-n4", 4: "nf4", 8: "dynamic"}
 
-def _median_ms(fn, repeat: int, sync, event_pair) -> float:
+
+def _median_ms(fn, repeat: int, sync, make_events) -> float:
     fn()
     sync()
     times = []
     for _ in range(repeat):
-        start, stop = event_pair()
+        start, stop = make_events()
         start.record()
         fn()
         stop.record()
@@ -40,25 +48,52 @@ def _median_ms(fn, repeat: int, sync, event_pair) -> float:
     return float(np.median(times))
 
 
+def _csv(text: str, conv) -> list:
+    try:
+        return [conv(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"expected a comma-separated list, got {text!r}") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2n", type=int, default=28)
-    ap.add_argument("--blocksize", type=int, default=64)
-    ap.add_argument("--codebook", default="nf4")
-    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--dtypes", default="float32,float16,bfloat16")
+    ap.add_argument("--blocksizes", default="16,64,256,4096")
+    ap.add_argument("--bits", default="2,4,8")
+    ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--no-bnb", action="store_true", help="skip bitsandbytes")
-    ap.add_argument("--check", type=int, default=22, metavar="LOG2M",
+    ap.add_argument("--check", type=int, default=20, metavar="LOG2M",
                     help="compare the first 2**LOG2M values' bytes with the numpy reference "
-                         "(default 22; 0 = skip)")
+                         "(default 20; 0 = skip)")
+    ap.add_argument("--waves", type=int, default=None,
+                    help="cap quantize grids at this many GPU-fulls of CTAs (0: no cap; "
+                         "default: the backend's)")
+    ap.add_argument("--profile", action="store_true",
+                    help="one configuration, once, 2**26 values: for Nsight Compute")
     args = ap.parse_args(argv)
 
-    from quantbook.codebooks import registry
-    from quantbook.bulk import format as F
-    from quantbook.bulk.gpu import backend as G
+    dtypes = _csv(args.dtypes, str)
+    blocks = _csv(args.blocksizes, int)
+    bitss = _csv(args.bits, int)
+    bad = [b for b in bitss if b not in _CODES]
+    if bad:
+        raise ValueError(f"--bits must be among {sorted(_CODES)}, got {bad}")
+    if args.profile:
+        dtypes, blocks, bitss = dtypes[:1], blocks[:1], bitss[:1]
+        args.log2n, args.repeat, args.check = min(args.log2n, 26), 1, 0
 
-    ok, why = G.gpu_available()
+    from quantbook.bulk import format as F
+    from quantbook.bulk import reference as R
+    from quantbook.bulk.gpu import backend as G
+    from quantbook.bulk.nested import dynamic_map
+    from quantbook.codebooks import registry
+
+    if args.waves is not None:
+        G.QUANTIZE_WAVES = args.waves
+    ok, device = G.gpu_available()
     if not ok:
-        print(f"bench_quantize_gpu: {why}; nothing measured (needs a CUDA GPU and CuPy)",
+        print(f"bench_quantize_gpu: {device}; nothing measured (needs a CUDA GPU and CuPy)",
               file=sys.stderr)
         return 1
     import cupy as cp
@@ -79,129 +114,160 @@ def main(argv=None) -> int:
     def cp_events():
         return _Ev(), _Ev()
 
-    n = 1 << args.log2n
-    B = args.blocksize
-    cb = registry.get(args.codebook)
-    code = np.asarray(cb.code, np.float32)
-    bits = cb.bits
-    print(f"device: {why}   n = 2^{args.log2n} = {n}   blocksize {B}   codebook {cb.name}   "
-          f"median of {args.repeat}")
+    sync = cp.cuda.Device().synchronize
 
-    bnb = torch = None
-    if not args.no_bnb:
+    torch = bnbF = None
+    if not args.no_bnb and not args.profile:
         try:
-            import bitsandbytes as bnb  # noqa: F401
+            import bitsandbytes.functional as bnbF
             import torch
 
             if not torch.cuda.is_available():
-                bnb = None
+                bnbF = None
         except Exception as exc:  # not installed, or no CUDA build
             print(f"bitsandbytes: not measured ({type(exc).__name__}: {exc})".splitlines()[0])
-            bnb = None
+            bnbF = None
 
-    header = f"{'dtype':8s} {'op':22s} {'ms':>9s} {'GB/s':>9s} {'vs copy':>8s} {'vs bnb':>8s}"
-    print(header)
-    print("-" * len(header))
-    for dtype in (np.float16, np.float32):
-        isz = np.dtype(dtype).itemsize
-        x = cp.random.standard_normal(n, dtype=cp.float32).astype(dtype)
+    def t_events():
+        class _T:
+            def __init__(self):
+                self.e = torch.cuda.Event(enable_timing=True)
+
+            def record(self):
+                self.e.record()
+
+            def synchronize(self):
+                self.e.synchronize()
+
+            def elapsed_ms(self, other):
+                return self.e.elapsed_time(other.e)
+
+        return _T(), _T()
+
+    codes = {b: (np.asarray(dynamic_map(), np.float32) if _CODES[b] == "dynamic"
+                 else registry.get(_CODES[b]).code_f32) for b in bitss}
+    n = 1 << args.log2n
+    bnb_ver = ""
+    if bnbF is not None:
+        import bitsandbytes
+
+        bnb_ver = f"   bitsandbytes {bitsandbytes.__version__}"
+    print(f"device: {device}   CuPy {getattr(cp, '__version__', '?')}{bnb_ver}   n = 2^{args.log2n}   "
+          f"median of {args.repeat}   quantize grid waves {G.QUANTIZE_WAVES or 'uncapped'}")
+    print("codes: " + ", ".join(f"{b} bits {_CODES[b]}" for b in bitss))
+    head = (f"{'dtype':9s} {'B':>5s} {'bits':>4s} | {'quant GB/s':>10s} {'vs copy':>7s} "
+            f"{'vs bnb':>6s} | {'deq GB/s':>9s} {'vs copy':>7s} {'vs bnb':>6s}")
+    print(head)
+    print("-" * len(head))
+    status = checked = 0
+    worst = {"q": np.inf, "d": np.inf}
+    for dname in dtypes:
+        key = G._dtype_key(dname)
+        x32 = cp.random.standard_normal(n, dtype=cp.float32)
+        if key == "f32":
+            x, isz, in_dt = x32, 4, None
+        elif key == "f16":
+            x, isz, in_dt = x32.astype(cp.float16), 2, None
+        else:  # bfloat16 as raw bits, rounded to nearest even
+            u = x32.view(cp.uint32)
+            x = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(cp.uint16)
+            isz, in_dt = 2, "bfloat16"
+        del x32
         dst = cp.empty_like(x)
-        nb = -(-n // B)
-        q_bytes = n * isz + F.packed_length(n, bits) + 4 * nb
-        c_bytes = 2 * n * isz
 
-        def copy():   # cudaMemcpyAsync device-to-device on the current stream
+        def copy():
             dst.data.copy_from_device_async(x.data, x.nbytes)
 
-        t_copy = _median_ms(copy, args.repeat, cp.cuda.Device().synchronize, cp_events)
-        bw_copy = c_bytes / t_copy / 1e6
-        state = {}
-
-        def quant():
-            state["p"], state["a"] = G.quantize_gpu(x, code, bits, B)
-
-        t_q = _median_ms(quant, args.repeat, cp.cuda.Device().synchronize, cp_events)
-
-        def dequant():
-            G.dequantize_gpu(state["p"], state["a"], code, bits, B, n, dtype)
-
-        t_d = _median_ms(dequant, args.repeat, cp.cuda.Device().synchronize, cp_events)
-        if args.check:
-            from quantbook.bulk import reference as R
-
-            m = min(n, 1 << args.check) // B * B
-            xh = cp.asnumpy(x[:m])
-            p_ref, a_ref = R.quantize_reference(xh, code, bits, B)
-            same = (np.array_equal(cp.asnumpy(state["p"][:p_ref.size]), p_ref)
-                    and np.array_equal(cp.asnumpy(state["a"][:a_ref.size]).view(np.uint32),
-                                       a_ref.view(np.uint32)))
-            print(f"{np.dtype(dtype).name}: bytes of the first {m} values "
-                  f"{'IDENTICAL to' if same else 'DIFFER from'} the numpy reference")
-            if not same:
-                return 2
-        bw_q, bw_d = q_bytes / t_q / 1e6, q_bytes / t_d / 1e6
-
-        r_bnb_q = r_bnb_d = float("nan")
-        rows_bnb = []
-        if bnb is not None and bits == 4 and cb.name in ("nf4", "fp4"):
-            import bitsandbytes.functional as F
-
+        t_copy = _median_ms(copy, args.repeat, sync, cp_events)
+        bw_copy = 2 * n * isz / t_copy / 1e6
+        print(f"{dname:9s} d2d copy {bw_copy:9.1f} GB/s ({t_copy:.3f} ms)")
+        tx = None
+        if bnbF is not None:
             tx = torch.from_dlpack(x)
-            st = {}
+            if key == "bf16":
+                tx = tx.view(torch.bfloat16)
+        for B in blocks:
+            for bits in bitss:
+                code = codes[bits]
+                nbytes = n * isz + F.packed_length(n, bits) + 4 * (-(-n // B))
+                st = {}
 
-            def bq():
-                st["p"], st["s"] = F.quantize_4bit(tx, blocksize=B, quant_type=cb.name)
+                def quant():
+                    st["p"], st["a"] = G.quantize_gpu(x, code, bits, B, input_dtype=in_dt)
 
-            def bd():
-                F.dequantize_4bit(st["p"], st["s"])
+                def dequant():
+                    st["d"] = G.dequantize_gpu(st["p"], st["a"], code, bits, B, n, dname)
 
-            def tevents():
-                a = torch.cuda.Event(enable_timing=True)
-                b = torch.cuda.Event(enable_timing=True)
+                t_q = _median_ms(quant, args.repeat, sync, cp_events)
+                t_d = _median_ms(dequant, args.repeat, sync, cp_events)
+                if args.check:
+                    m = min(n, 1 << args.check) // B * B
+                    xh = cp.asnumpy(x[:m])
+                    if key == "bf16":
+                        import ml_dtypes
 
-                class _T:
-                    def __init__(self, e):
-                        self.e = e
+                        xh = xh.view(ml_dtypes.bfloat16)
+                    p_ref, a_ref = R.quantize_reference(xh, code, bits, B)
+                    d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, B, m, xh.dtype)
+                    d = cp.asnumpy(st["d"][:m].view(cp.uint16 if isz == 2 else cp.uint32))
+                    same = (np.array_equal(cp.asnumpy(st["p"][:p_ref.size]), p_ref)
+                            and np.array_equal(cp.asnumpy(st["a"][:a_ref.size]).view(np.uint32),
+                                               a_ref.view(np.uint32))
+                            and np.array_equal(d, d_ref.view(d.dtype)))
+                    if not same:
+                        print(f"{dname} B={B} bits={bits}: bytes DIFFER from the numpy reference")
+                        status = 2
+                    checked += 1
+                r_q = r_d = float("nan")
+                if tx is not None and bits in (4, 8):
+                    try:
+                        bs = {}
+                        if bits == 4:
+                            def bq():
+                                bs["p"], bs["s"] = bnbF.quantize_4bit(tx, blocksize=B, quant_type="nf4")
 
-                    def record(self):
-                        self.e.record()
+                            def bd():
+                                bnbF.dequantize_4bit(bs["p"], bs["s"])
+                        else:
+                            bcode = torch.from_numpy(code).cuda()
 
-                    def synchronize(self):
-                        self.e.synchronize()
+                            def bq():
+                                bs["p"], bs["s"] = bnbF.quantize_blockwise(tx, code=bcode, blocksize=B)
 
-                    def elapsed_ms(self, other):
-                        return self.e.elapsed_time(other.e)
+                            def bd():
+                                bnbF.dequantize_blockwise(bs["p"], bs["s"])
+                        r_q = _median_ms(bq, args.repeat, torch.cuda.synchronize, t_events) / t_q
+                        r_d = _median_ms(bd, args.repeat, torch.cuda.synchronize, t_events) / t_d
+                    except Exception:   # a block size bitsandbytes does not support
+                        pass
+                bw_q, bw_d = nbytes / t_q / 1e6, nbytes / t_d / 1e6
+                worst["q"] = min(worst["q"], bw_q / bw_copy)
+                worst["d"] = min(worst["d"], bw_d / bw_copy)
 
-                return _T(a), _T(b)
+                def fmt(r):
+                    return f"{r:6.2f}" if np.isfinite(r) else f"{'-':>6s}"
 
-            t_bq = _median_ms(bq, args.repeat, torch.cuda.synchronize, tevents)
-            t_bd = _median_ms(bd, args.repeat, torch.cuda.synchronize, tevents)
-            r_bnb_q, r_bnb_d = t_bq / t_q, t_bd / t_d
-            rows_bnb = [("bnb quantize_4bit", t_bq, q_bytes / t_bq / 1e6),
-                        ("bnb dequantize_4bit", t_bd, q_bytes / t_bd / 1e6)]
-
-        name = np.dtype(dtype).name
-        print(f"{name:8s} {'d2d copy':22s} {t_copy:9.3f} {bw_copy:9.1f} {1.0:8.2f} {'':>8s}")
-        def fmt(r):
-            return f"{r:8.2f}" if np.isfinite(r) else f"{'-':>8s}"
-
-        print(f"{name:8s} {'quantbook quantize':22s} {t_q:9.3f} {bw_q:9.1f} {bw_q / bw_copy:8.2f} "
-              f"{fmt(r_bnb_q)}")
-        print(f"{name:8s} {'quantbook dequantize':22s} {t_d:9.3f} {bw_d:9.1f} {bw_d / bw_copy:8.2f} "
-              f"{fmt(r_bnb_d)}")
-        for label, t, bw in rows_bnb:
-            print(f"{name:8s} {label:22s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f} {'':>8s}")
-        del x, dst, state
+                print(f"{dname:9s} {B:5d} {bits:4d} | {bw_q:10.1f} {bw_q / bw_copy:7.2f} {fmt(r_q)} | "
+                      f"{bw_d:9.1f} {bw_d / bw_copy:7.2f} {fmt(r_d)}")
+                del st
+        del x, dst, tx
         cp.get_default_memory_pool().free_all_blocks()
-    print("vs copy = bandwidth / copy bandwidth (target >= 0.80); "
-          "vs bnb = bitsandbytes time / quantbook time (target >= 1)")
-    return 0
+    if args.check:
+        print(f"bytes of {checked} configurations: "
+              + ("IDENTICAL to the numpy reference" if status == 0 else "some DIFFER (above)"))
+    print(f"lowest vs copy: quantize {worst['q']:.2f}, dequantize {worst['d']:.2f}")
+    print("vs copy = bandwidth / d2d copy bandwidth; vs bnb = bitsandbytes time / quantbook time")
+    if args.profile:
+        print("profile with: ncu --set full -k regex:qb_ -c 2 python "
+              f"benchmarks/bench_quantize_gpu.py --profile --dtypes {dtypes[0]} "
+              f"--blocksizes {blocks[0]} --bits {bitss[0]}")
+    return status
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, KeyError) as exc:   # bad --block-size / --codebook: one line, status 2
+    except (ValueError, KeyError) as exc:   # bad arguments: one line, status 2
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{Path(__file__).name}: error: {msg}".splitlines()[0], file=sys.stderr)
         sys.exit(2)

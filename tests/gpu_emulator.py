@@ -55,7 +55,7 @@ _SHIM = r"""
 #include <functional>
 
 struct qb_dim3 { unsigned x, y, z; };
-static thread_local qb_dim3 threadIdx, blockIdx, blockDim;
+static thread_local qb_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
@@ -66,8 +66,9 @@ static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) {
 #define __device__
 #define __forceinline__ inline
 #define __restrict__ __restrict
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
@@ -106,6 +107,16 @@ static inline float __shfl_xor_sync(unsigned, float v, int off) {
     qb_bar.wait();
     return r;
 }
+static inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int off) {
+    return __float_as_uint(__shfl_xor_sync(mask, __uint_as_float(v), off));
+}
+/* lane-wise unsigned max of two 16-bit halves */
+static inline unsigned __vmaxu2(unsigned a, unsigned b) {
+    const unsigned lo = (a & 0xffffu) > (b & 0xffffu) ? (a & 0xffffu) : (b & 0xffffu);
+    const unsigned hi = (a >> 16) > (b >> 16) ? (a >> 16) : (b >> 16);
+    return lo | (hi << 16);
+}
+using std::min;
 
 /* block-many OS threads walk the thread blocks in order, with a barrier between blocks
    (the kernels have no barrier after a thread may return) */
@@ -115,7 +126,7 @@ static void qb_run_grid(unsigned grid, unsigned block, const std::function<void(
     ts.reserve(block);
     for (unsigned t = 0; t < block; ++t)
         ts.emplace_back([=, &body] {
-            threadIdx = qb_dim3{t, 0, 0}; blockDim = qb_dim3{block, 1, 1};
+            threadIdx = qb_dim3{t, 0, 0}; blockDim = qb_dim3{block, 1, 1}; gridDim = qb_dim3{grid, 1, 1};
             for (unsigned b = 0; b < grid; ++b) {
                 blockIdx = qb_dim3{b, 0, 0};
                 body();
@@ -132,12 +143,14 @@ def _launchers() -> str:
     for d in K.DTYPES:
         st = "float" if d == "f32" else "unsigned short"
         for p in K.PACKINGS:
-            q = K.quantize_name(d, p)
-            out.append(
-                f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
-                f" float* absmax, qb_i64 n, int log2B, const float* bounds, const int* order, int K,"
-                f" int ident, int vec_in) {{ qb_run_grid(grid, block, [&] {{ {q}(x, packed, absmax, n,"
-                f" log2B, bounds, order, K, ident, vec_in); }}); }}")
+            for k in range(K.max_steps(p) + 1):
+                q = K.quantize_name(d, p, k)
+                out.append(
+                    f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
+                    f" float* absmax, qb_i64 n, int log2B, const qb_u16* bucket, const float* bounds,"
+                    f" int nbounds, const int* order, int K, int ident, int vec_in) {{ qb_run_grid(grid,"
+                    f" block, [&] {{ {q}(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K,"
+                    f" ident, vec_in); }}); }}")
             dq = K.dequantize_name(d, p)
             out.append(
                 f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* packed,'
@@ -188,7 +201,7 @@ class Emulator:
             fn = getattr(self.lib, f"emu_{name}")
             fn.restype = None
             if name.startswith("qb_quantize_") and name != K.NESTED_QUANT_NAME:
-                fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _I32, _I32]
+                fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _P, _I32, _I32, _I32]
             elif name.startswith("qb_dequantize_") and name != K.NESTED_DEQUANT_NAME:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _I32, _I32, _I32]
             elif name == K.NESTED_QUANT_NAME:
@@ -250,10 +263,12 @@ def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec
     if n == 0:
         return packed, absmax
     tabs = encoder_tables(code, search_size(packing))
-    grid, cta = quantize_launch(n, key, blocksize)
-    emulator().launch(K.quantize_name(key, packing), grid, cta, xs, packed, absmax, n, log2b,
-                      np.ascontiguousarray(tabs.bounds), np.ascontiguousarray(tabs.order),
-                      tabs.K, int(tabs.ident), int(vec_in))
+    # a grid of two CTAs: each loops over several tiles, as on a GPU (grid-stride)
+    grid, cta = quantize_launch(n, key, blocksize, sms=2, per_sm=1)
+    emulator().launch(K.quantize_name(key, packing, tabs.steps), grid, cta, xs, packed, absmax, n,
+                      log2b, np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
+                      int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K,
+                      int(tabs.ident), int(vec_in))
     return packed, absmax
 
 
@@ -267,7 +282,7 @@ def dequantize_emulated(packed, absmax, code_f32, bits: int, blocksize: int, n: 
     # poison (a NaN bit pattern) so that an element the kernel does not write shows up
     out = np.full(n, np.nan, np.float32) if key == "f32" else np.full(n, 0x7E7E, np.uint16).view(st)
     if n:
-        grid, cta = dequantize_launch(n)
+        grid, cta = dequantize_launch(n, key, packing)
         emulator().launch(K.dequantize_name(key, packing), grid, cta,
                           np.ascontiguousarray(packed, dtype=np.uint8),
                           np.ascontiguousarray(absmax, dtype=np.float32), out, n, log2b,
@@ -320,3 +335,211 @@ class EmulatedCudaBackend(Backend, name="gpu-emulated"):
     def quantize_nested(self, deviations):
         # the kernel takes absmax and the offset; deviations = absmax - offset with offset 0
         return quantize_absmax_nested_emulated(deviations, np.float32(0))
+
+
+# ---- the scaled-layout kernels (quantbook/bulk/gpu/scaled_kernels.py) -------------------------
+# A separate library: its own source, the same shim plus the two intrinsics only these kernels
+# use.  The host side (encoder tables, exact multipliers, launch shapes) is the gpu backend's
+# own (quantbook.bulk.gpu.scaled), so only the device arrays are emulated.
+
+from quantbook.bulk import layouts as _L  # noqa: E402
+from quantbook.bulk.gpu import scaled as _GS  # noqa: E402
+from quantbook.bulk.gpu import scaled_kernels as _SK  # noqa: E402
+
+# templates, so that an exact (non-template) overload in _SHIM, if it has one, wins
+_SCALED_SHIM = r"""
+static unsigned qbs_shfl_slot[1024];
+template <typename U> static inline U __shfl_xor_sync(unsigned, U v, int off) {
+    static_assert(sizeof(U) == 4, "32-bit shuffles only");
+    const unsigned t = threadIdx.x;
+    unsigned u;
+    std::memcpy(&u, &v, 4);
+    qbs_shfl_slot[t] = u;
+    qb_bar.wait();
+    u = qbs_shfl_slot[(t & ~31u) | ((t & 31u) ^ (unsigned)off)];
+    qb_bar.wait();
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+template <typename U> static inline U atomicMax(U* p, U v) {
+    U old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST,
+                                                   __ATOMIC_SEQ_CST)) {}
+    return old;
+}
+"""
+
+_ENC_PARAMS = ", ".join(f"float t{k}" for k in range(16))
+_ENC_ARGS = ", ".join(f"t{k}" for k in range(16))
+
+
+def _scaled_launchers() -> str:
+    out = []
+    for d in _SK.DTYPES:
+        st = "float" if d == "f32" else "unsigned short"
+        a, e, dq = _SK.amax_name(d), _SK.encode_name(d), _SK.decode_name(d)
+        out.append(
+            f'extern "C" void emu_{a}(unsigned grid, unsigned block, const {st}* x, qb_u32* o,'
+            f" qb_i64 n, int B, int log2B, int vec) {{ qb_run_grid(grid, block, [&] {{ {a}(x, o, n,"
+            f" B, log2B, vec); }}); }}")
+        out.append(
+            f'extern "C" void emu_{e}(unsigned grid, unsigned block, const {st}* x, const float* f,'
+            f" qb_u8* p, qb_i64 n, int B, int log2B, int divide, int vec, qb_u32 pad, int sym, {_ENC_PARAMS},"
+            f" qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid, block, [&] {{"
+            f" {e}(x, f, p, n, B, log2B, divide, vec, pad, sym, {_ENC_ARGS}, lo, hi, j0, neg0, rnan); }}); }}")
+        out.append(
+            f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* p, const float* s,'
+            f" const float* t, {st}* o, qb_i64 n, int B, int log2B, int vec) {{ qb_run_grid(grid,"
+            f" block, [&] {{ {dq}(p, s, t, o, n, B, log2B, vec); }}); }}")
+    return "\n".join(out)
+
+
+def scaled_emulator_source() -> str:
+    return _SHIM + _SCALED_SHIM + _SK.source() + "\n" + _scaled_launchers() + "\n"
+
+
+class ScaledEmulator:
+    """The scaled kernels compiled for the host; ``launch(name, grid, block, *args)`` with
+    numpy arrays for pointers.  Use :func:`scaled_emulator` for the shared instance."""
+
+    def __init__(self, lib_path: Path):
+        self.lib = ctypes.CDLL(str(lib_path))
+        for d in _SK.DTYPES:
+            fa = getattr(self.lib, f"emu_{_SK.amax_name(d)}")
+            fa.argtypes = [_U32, _U32, _P, _P, _I64, _I32, _I32, _I32]
+            fe = getattr(self.lib, f"emu_{_SK.encode_name(d)}")
+            fe.argtypes = ([_U32, _U32, _P, _P, _P, _I64, _I32, _I32, _I32, _I32, _U32, _I32]
+                           + [_F32] * 16 + [_U32, _U32, _I32, _U32, _I32])
+            fd = getattr(self.lib, f"emu_{_SK.decode_name(d)}")
+            fd.argtypes = [_U32, _U32, _P, _P, _P, _P, _I64, _I32, _I32, _I32]
+            for fn in (fa, fe, fd):
+                fn.restype = None
+
+    def launch(self, name: str, grid: int, block: int, *args):
+        conv = []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                a = _ptr(a)
+            elif isinstance(a, np.floating):
+                a = float(a)
+            elif isinstance(a, np.integer):
+                a = int(a)
+            conv.append(a)
+        getattr(self.lib, f"emu_{name}")(int(grid), int(block), *conv)
+
+
+_SCALED_EMU: ScaledEmulator | None = None
+
+
+def scaled_emulator() -> ScaledEmulator:
+    """Build (once; cached on disk) and load the host emulation of the scaled kernels."""
+    global _SCALED_EMU
+    if _SCALED_EMU is not None:
+        return _SCALED_EMU
+    cxx = _compiler()
+    if cxx is None:
+        raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
+    src = scaled_emulator_source()
+    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
+             "-pthread", "-w"]
+    h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
+    lib = cache_dir() / f"emu_scaled_{h}.so"
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as td:
+            cpp = Path(td) / "emu.cpp"
+            cpp.write_text(src)
+            tmp = Path(td) / "emu.so"
+            r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"building the scaled emulation failed:\n{r.stderr[-4000:]}")
+            part = lib.with_suffix(f".tmp{os.getpid()}")
+            shutil.copyfile(tmp, part)
+            os.replace(part, lib)
+    _SCALED_EMU = ScaledEmulator(lib)
+    return _SCALED_EMU
+
+
+def _kernel_input(x: np.ndarray) -> tuple[np.ndarray, str]:
+    key = _dtype_key(x.dtype)
+    xs = np.ascontiguousarray(x).reshape(-1)
+    return (xs.view(np.uint16) if key == "bf16" else xs), key
+
+
+def _aligned(a: np.ndarray, to: int) -> bool:
+    return a.ctypes.data % to == 0
+
+
+def scaled_amax_emulated(x: np.ndarray, block_size: int, *, vec: bool = True) -> np.ndarray:
+    """:func:`quantbook.bulk.gpu.scaled.scaled_amax_gpu` run by the emulator (``vec=False``
+    forces the scalar path)."""
+    xs, key = _kernel_input(x)
+    n = xs.size
+    bits = np.zeros(F.n_blocks(n, block_size), dtype=np.uint32)
+    grid, cta, v, log2b = _GS.launch_shape("amax", n, block_size, vec and _aligned(xs, 16), key)
+    scaled_emulator().launch(_SK.amax_name(key), grid, cta, xs, bits, n, block_size, log2b, v)
+    return _GS.amax_from_bits(bits)
+
+
+def scaled_encode_emulated(x: np.ndarray, factor, divide: bool, table, block_size: int, *,
+                           vec: bool = True, allow_symmetric: bool = True) -> np.ndarray:
+    args = _GS.encoder_args(table, allow_symmetric)
+    xs, key = _kernel_input(x)
+    n = xs.size
+    f, div = _GS.exact_multiplier(factor, divide)
+    packed = np.full(_L.packed_length(n), 0xEE, dtype=np.uint8)   # poison: all bytes written?
+    grid, cta, v, log2b = _GS.launch_shape("encode", n, block_size,
+                                           vec and _aligned(xs, 16) and not div, key)
+    scaled_emulator().launch(_SK.encode_name(key), grid, cta, xs, np.ascontiguousarray(f), packed,
+                             n, block_size, log2b, int(div), v, args.pad, *args.scalars())
+    return packed
+
+
+def scaled_decode_emulated(packed, scale, table, block_size: int, n: int, out_dtype, *,
+                           vec: bool = True):
+    key = _dtype_key(out_dtype)
+    st = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[key]
+    out = np.full(n, np.nan, np.float32) if key == "f32" else np.full(n, 0x7E7E, np.uint16).view(st)
+    pk = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+    grid, cta, v, log2b = _GS.launch_shape("decode", n, block_size,
+                                           vec and _aligned(pk, _GS._DECODE_ALIGN[key])
+                                           and _aligned(out, 16), key)
+    scaled_emulator().launch(_SK.decode_name(key), grid, cta, pk,
+                             np.ascontiguousarray(scale, dtype=np.float32).reshape(-1),
+                             F.decode_table(table, _L.SCALED_BITS), out, n, block_size, log2b, v)
+    if key == "bf16":
+        import ml_dtypes
+
+        return out.view(ml_dtypes.bfloat16)
+    return out
+
+
+class EmulatedScaledBackend(Backend):
+    """The scaled hooks of the gpu backend with the kernels run by the emulator.  Not
+    registered (the bitsandbytes layout is :class:`EmulatedCudaBackend`'s): tests hand it to
+    :func:`quantbook.bulk.scaled.quantize_scaled` / ``dequantize_scaled`` directly."""
+
+    name = "gpu-scaled-emulated"
+    scaled_layouts = True
+
+    def __init__(self, vec: bool = True, allow_symmetric: bool = True):
+        self.vec = vec
+        self.allow_symmetric = allow_symmetric
+
+    def unavailable(self):
+        try:
+            scaled_emulator()
+        except EmulatorUnavailable as exc:
+            return f"host emulation of the scaled kernels unavailable: {exc}"
+        return None
+
+    def scaled_amax(self, x, block_size):
+        return scaled_amax_emulated(x, block_size, vec=self.vec)
+
+    def scaled_encode(self, x, factor, divide, table, block_size):
+        return scaled_encode_emulated(x, factor, divide, table, block_size, vec=self.vec,
+                                      allow_symmetric=self.allow_symmetric)
+
+    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+        return scaled_decode_emulated(packed, scale, table, block_size, n, out_dtype, vec=self.vec)

@@ -82,7 +82,6 @@ def test_derive_quantile_scale_and_qmax(capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (("derive", "lloyd", "--scale", "nested"), "nested statistics are not modelled"),
     (("derive", "quantile", "--scale", "search:4over6"), "not a function of the block maximum"),
     (("evaluate", "nf4", "--scale", "search:4over6"), "not a function of the block maximum"),
     (("evaluate", "nf4", "--scale", "bogus"), "unknown scale rule 'bogus'"),

@@ -268,6 +268,17 @@ def test_other_codebooks_and_bit_widths(be, name, bits, dtype):
                                  cb, bits, block_size)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,bits", [("max1960-n2", 1), ("max1960-n4", 2), ("nf4", 4),
+                                       ("fp4", 4), ("nf4", 8)])
+def test_long_arrays_cross_whole_kernel_tiles(be, name, bits, dtype):
+    """Over 2 * 8192 values: the GPU kernels' whole-tile (vectorised) paths and their tails."""
+    rng = np.random.default_rng(bits * 31 + len(name))
+    cb = qb.get(name)
+    n = 2 * 8192 + 2 * 16 + 3
+    _check_against_reference(be, adversarial_input(n, 16, cb.code_f32, rng).astype(dtype), cb, bits, 16)
+
+
 def test_eight_bit_table(be):
     rng = np.random.default_rng(5)
     code = np.asarray(dynamic_map(), np.float32)

@@ -18,6 +18,7 @@ import gpu_emulator as E
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
+from quantbook.bulk.gpu.tables import encoder_tables
 from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset, quantize_nested_reference
 from quantbook.codebooks import registry
 
@@ -35,7 +36,8 @@ def _dev(a, dtype=None):
 def _fake_cupy():
     cp = types.ModuleType("cupy")
     cp.ndarray = _FakeArray
-    cp.uint8, cp.uint16, cp.float16, cp.float32 = np.uint8, np.uint16, np.float16, np.float32
+    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32 = (np.uint8, np.uint16, np.uint32,
+                                                          np.float16, np.float32)
     cp.asarray = lambda a, dtype=None: _dev(a, dtype)
     cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(_FakeArray)
     cp.empty = lambda n, dtype: np.empty(n, dtype).view(_FakeArray)
@@ -67,7 +69,8 @@ def _fake_cupy():
         Device=Device,
         function=types.SimpleNamespace(Module=Module),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
-                                      getDeviceProperties=lambda i: {"name": b"emulated"}),
+                                      getDeviceProperties=lambda i: {"name": b"emulated",
+                                                                        "multiProcessorCount": 2}),
     )
     cp.launches = launches
     return cp
@@ -113,7 +116,8 @@ def test_quantize_dequantize_roundtrip_through_the_backend(cp, dtype, name, bits
     d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, bs, x.size, dtype)
     assert d.dtype == np.dtype(dtype) and np.array_equal(d.view(np.uint8), d_ref.view(np.uint8))
     qname = [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][0]
-    assert qname.endswith(f"_p{G.packing_for_bits(bits)}")
+    steps = encoder_tables(np.asarray(registry.get(name).code, np.float32)).steps
+    assert qname.endswith(f"_p{G.packing_for_bits(bits)}_s{steps}")
 
 
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
@@ -182,7 +186,8 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("bench_quantize_gpu", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--log2n", "12", "--repeat", "2", "--no-bnb", "--check", "12"]) == 0
+    assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14",
+                       "--blocksizes", "16,4096", "--bits", "2,4,8"]) == 0
     out = capsys.readouterr().out
-    assert out.count("IDENTICAL to the numpy reference") == 2
-    assert "quantbook quantize" in out and "d2d copy" in out
+    assert "bytes of 18 configurations: IDENTICAL to the numpy reference" in out
+    assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype

@@ -1,4 +1,8 @@
-"""Always-running NVRTC compile check of every GPU kernel for sm_80 and sm_90 (no GPU needed).
+"""Always-running NVRTC compile check of the GPU kernels for sm_80 and sm_90 (no GPU needed).
+
+Every dequantize and nested kernel, the quantize kernels of every dtype and packing with one
+compare a value, and those of float16 with none and with the most (the other counts are the
+same template with another loop count; compiling all would take minutes on two cores).
 
 Skips only when CuPy's NVRTC binding or libnvrtc itself cannot be loaded
 (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12 — both are in the [test] extra).
@@ -21,23 +25,35 @@ def nvrtc():
         pytest.skip(f"NVRTC library cannot be loaded: {exc}")
 
 
+SAMPLE = sorted({K.quantize_name(d, p, 1) for d in K.DTYPES for p in K.PACKINGS}
+                | {K.quantize_name("f16", p, k) for p in K.PACKINGS for k in (0, K.max_steps(p))}
+                | {n for n in K.all_kernel_names() if not n.startswith("qb_quantize_")}
+                | {K.NESTED_QUANT_NAME})
+
+
+def test_sample_covers_every_kernel_family():
+    assert set(SAMPLE) <= set(K.all_kernel_names())
+    families = {n.rsplit("_s", 1)[0] if n.startswith("qb_quantize_") else n for n in K.all_kernel_names()}
+    assert families == {n.rsplit("_s", 1)[0] if n.startswith("qb_quantize_") else n for n in SAMPLE}
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_kernel_compiles_to_sass(nvrtc, arch):
-    cubin = compile_source(K.source(), arch, output="cubin")
+    cubin = compile_source(K.source(SAMPLE), arch, output="cubin")
     assert cubin[:4] == b"\x7fELF"
     # complete image: CuPy's getCUBIN drops the last byte, compile_source restores it
     phoff, shoff = struct.unpack_from("<QQ", cubin, 32)
     phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", cubin, 54)
     assert max(phoff + phentsize * phnum, shoff + shentsize * shnum) <= len(cubin)
-    for name in K.all_kernel_names():          # every instantiation is in the image
+    for name in SAMPLE:                        # every instantiation is in the image
         assert name.encode() in cubin, name
 
 
 def test_ptx_is_plain_ieee_float32(nvrtc):
     """No FMA contraction, no flush-to-zero, IEEE division only, no local-memory spills."""
-    ptx = compile_source(K.source(), "compute_90", output="ptx").decode()
+    ptx = compile_source(K.source(SAMPLE), "compute_90", output="ptx").decode()
     entries = re.split(r"\.entry ", ptx)[1:]
-    assert sorted(e.split("(")[0].strip() for e in entries) == sorted(K.all_kernel_names())
+    assert sorted(e.split("(")[0].strip() for e in entries) == SAMPLE
     for body in entries:
         name = body.split("(")[0].strip()
         assert "fma." not in body, name
@@ -55,7 +71,8 @@ def test_compile_error_reports_the_log(nvrtc):
 
 
 def test_kernel_source_subset_and_unknown_names():
-    src = K.source([K.quantize_name("f16", 4)])
-    assert "qb_quantize_f16_p4(" in src and "qb_dequantize_f16_p4(" not in src
+    src = K.source([K.quantize_name("f16", 4, 1)])
+    assert "qb_quantize_f16_p4_s1(" in src and "qb_dequantize_f16_p4(" not in src
+    assert "qb_quantize_f16_p4_s2(" not in src
     with pytest.raises(ValueError, match="unknown kernel"):
         K.source(["qb_nope"])

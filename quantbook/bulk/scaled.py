@@ -44,8 +44,10 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
                     block_size: int, rule: ScaleRule, qmax: float, be: Any,
                     allow_nonfinite: bool,
                     sanitize: Callable[[np.ndarray, int], np.ndarray]) -> tuple[np.ndarray, QuantState]:
-    """``(packed, state)`` of a checked flat host array ``x`` (see :func:`quantbook.quantize`)."""
+    """``(packed, state)`` of a checked flat array ``x`` of the backend's kind (host or device;
+    see :func:`quantbook.quantize`).  Only per-block values cross to the host."""
     check_backend(be)
+    n = int(np.prod(shape, dtype=np.int64))   # torch's .size is a method
     table = scaled_table(cb.code, qmax)
     amax = be.scaled_amax(x, block_size)
     bad = np.flatnonzero(~np.isfinite(amax))
@@ -54,26 +56,26 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         if not allow_nonfinite:
             raise ValueError(
                 f"x holds NaN or Inf: first in block {b} (elements {b * block_size}.."
-                f"{min((b + 1) * block_size, x.size) - 1} of the flattened array); "
+                f"{min((b + 1) * block_size, n) - 1} of the flattened array); "
                 "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
-        x = sanitize(x, block_size)
+        x = be.from_host(sanitize(be.to_host(x), block_size))
         amax = be.scaled_amax(x, block_size)
     ts = rule.tensor_scale(float(amax.max()), qmax)
     if isinstance(rule, SearchScale):
         cands = rule.candidates(amax, qmax, ts)
         packs, errs = [], []
-        xf = np.asarray(x).astype(_F)
+        xf = be.to_host(x).reshape(-1).astype(_F)
         for stored in cands:
             f, divide = rule.divisor(stored, ts)
             p = be.scaled_encode(x, f, divide, table, block_size)
-            deq = be.scaled_decode(p, rule.decode(stored, ts), table, block_size, x.size,
-                                   np.dtype(np.float32))
-            packs.append(p)
+            deq = be.to_host(be.scaled_decode(p, rule.decode(stored, ts), table, block_size, n,
+                                              np.dtype(np.float32)))
+            packs.append(be.to_host(p))
             errs.append(_block_errors(xf, deq, block_size, rule.loss))
         pick = rule.pick(np.stack(errs))
         stored = np.stack(cands)[pick, np.arange(pick.size)]
-        byte_block = (np.arange(packed_length(x.size)) * 2) // block_size
-        packed = np.stack(packs)[pick[byte_block], np.arange(byte_block.size)]
+        byte_block = (np.arange(packed_length(n)) * 2) // block_size
+        packed = be.from_host(np.stack(packs)[pick[byte_block], np.arange(byte_block.size)])
     else:
         stored = rule.encode(amax, qmax, ts)
         f, divide = rule.divisor(stored, ts)
@@ -87,8 +89,9 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
 def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndarray:
     check_backend(be)
     n = state.size
-    if packed.size != packed_length(n):
-        raise ValueError(f"packed has {packed.size} bytes, expected {packed_length(n)} for {n} "
+    size = int(np.prod(packed.shape, dtype=np.int64))   # torch's .size is a method
+    if size != packed_length(n):
+        raise ValueError(f"packed has {size} bytes, expected {packed_length(n)} for {n} "
                          "values of 4 bits")
     scale = state.absmax_f32()
     flat = be.scaled_decode(packed, scale, np.asarray(state.code, _F), state.blocksize, n,

@@ -708,10 +708,12 @@ def normalize_blocks(x: np.ndarray, normalization: str) -> np.ndarray:
 def block_distribution(block_size: int = 64, source: Any = "normal", normalization: str = "absmax",
                        scale: Any = None, **scale_model: Any) -> Any:
     """Shorthand for :class:`BlockDistribution`; with ``scale`` (a rule of
-    :mod:`quantbook.scales`, not float32) the law under that rule,
-    :class:`~.scaled.ScaledBlockDistribution` (``qmax``, ``tensor_amax``, ``tensor_size`` as
-    keywords)."""
-    if scale is None or getattr(scale, "layout", None) == "bnb" or scale == "float32":
+    :mod:`quantbook.scales`) the law under that rule, :class:`~.scaled.ScaledBlockDistribution`
+    (``qmax``, ``tensor_amax``, ``tensor_size`` as keywords).  bitsandbytes' rules (float32,
+    nested) encode the values with the exact maximum: their law is the absmax law."""
+    from ..scales import get_rule
+
+    if scale is None or get_rule(scale).layout == "bnb":
         if scale_model:
             raise ValueError(f"{', '.join(scale_model)} apply only with a scale rule")
         return BlockDistribution(block_size, source, normalization)

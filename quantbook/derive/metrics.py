@@ -142,8 +142,8 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     src = parse_source(source)
     levels = cb.levels
     B = None if normalization == "none" else _check_block_size(block_size)
-    rule = None if scale is None else check_scale(scale)
-    if rule is not None and rule.layout == "bnb":
+    rule = None if scale is None else check_scale(scale, amax_encoded=True)
+    if rule is not None and rule.layout == "bnb" and not rule.encodes_with_amax:
         rule = None  # float32: bitsandbytes' exact absmax
     if rule is None and (tensor_amax is not None or tensor_size is not None or qmax is not None):
         raise ValueError("qmax, tensor_amax and tensor_size apply only with a scale rule such as e4m3")
@@ -192,7 +192,8 @@ def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: A
     top = float(np.max(np.abs(cb.levels)))
     if not top > 0:
         raise ValueError("a codebook whose levels are all 0 has no largest magnitude to scale")
-    levels = cb.levels / top
+    # bitsandbytes' layout (nested statistics) does not rescale the code
+    levels = cb.levels if rule.encodes_with_amax else cb.levels / top
 
     def measure(p):
         return scaled_measure(src, B, rule, qmax, p, tensor_amax, tensor_size)

@@ -337,8 +337,8 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     if r.scale is not None:
         if not isinstance(r.scale, str):
             raise ValueError(f"scale must be a rule name such as e4m3 or e8m0:floor, got {r.scale!r}")
-        rule = check_scale(r.scale)
-        if rule.layout == "bnb":  # float32: bitsandbytes' exact absmax, today's law
+        rule = check_scale(r.scale, amax_encoded=True)
+        if rule.layout == "bnb" and not rule.encodes_with_amax:  # float32: exact absmax, today's law
             _set(r, scale=None)
     if r.scale is None:
         if r.tensor_size is not None or _check_qmax(r.qmax) != 6.0:

@@ -37,6 +37,20 @@ total (as in :mod:`.block`); the scale is taken as constant below ``m_lo`` and a
 ``m_hi``.  Float32 rounding of ``x / s`` and of the decoded value (relative 2**-24) is
 ignored, as are ties, which have probability 0.
 
+Nested statistics (bitsandbytes' ``compress_statistics``) are not a scaled layout: the
+values are encoded with the exact ``M`` and only the decoded scale is rounded, from
+statistics of the other blocks too.  :class:`NestedMeasure` states their law.
+
+Speed.  A float16 scale has 1024 steps per octave, so the sum runs over thousands of
+pieces.  Written per piece, ``K_hi Ψ_k(clip(a, b_hi)) - K_lo Ψ_k(clip(a, b_lo))`` with ``a =
+u σ_j`` equals ``ΔK_j Ψ_k(a)`` for every ``|u| <= r = min_j b/σ_j`` (no piece clips; ``r``
+is just below the extreme value ``M / σ(M)``, 1 - 2**-11 for float16), and the sum over the
+pieces is the integral of the smooth ``σ^{p-k} Ψ_k(uσ)`` against the discrete law
+``Σ_j ΔK_j σ_j^p δ(σ_j)``.  There it is replaced by that law's Gauss rule (Lanczos;
+:data:`_GAUSS_NODES` nodes, the fewest that match the sum to :data:`_GAUSS_TOL` of its
+largest value on 17 points of ``[-r, r]``, for ``T`` and the density); beyond ``r`` the sum
+over the pieces is kept, in the form above, which does not cancel.
+
 The NVFP4 tensor scale.  Under ``e4m3`` the block scale is ``t · e4m3(M / (qmax t))`` with
 ``t = G / (qmax · 448)``, ``G`` the tensor's absolute maximum, so where the E4M3 grid lies
 relative to the data depends on ``G``; since the grid repeats every power of two, only the
@@ -60,32 +74,48 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy.linalg import eigh_tridiagonal
 
 from ..scales import ScaleRule, get_rule
-from .block import BlockDistribution, _as_real_array, _check_block_size, _check_weight_power, _Measure, _monotone_solve
+from .block import (BlockDistribution, _as_real_array, _check_block_size, _check_weight_power, _GL_X, _GL_W,
+                    _Measure, _monotone_solve, block_measure)
 from .sources import Source, parse_source
 
-__all__ = ["ScaledMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale", "TensorModel",
-           "N_PHASE", "N_TENSOR", "DEFAULT_QMAX"]
+__all__ = ["ScaledMeasure", "NestedMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale",
+           "TensorModel", "N_PHASE", "N_TENSOR", "N_NESTED", "DEFAULT_QMAX"]
 
 #: phases of the tensor scale averaged in the default e4m3 model
 N_PHASE = 32
 #: values of the tensor maximum averaged for ``tensor_size=n``
 N_TENSOR = 48
+#: equal-probability values of the other 255 blocks' largest deviation averaged under nested statistics
+N_NESTED = 128
+#: z-width of the panels (4 Gauss-Legendre nodes each) of the nested model's block-maximum quadrature:
+#: fine enough to resolve the statistics' 8-bit steps in M
+_NESTED_DZ = 1.0 / 32
 #: the codebook's largest magnitude in the units the scale multiplies, as in quantbook.quantize
 DEFAULT_QMAX = 6.0
+#: Gauss nodes tried in turn for the sum over the pieces (module docstring, "Speed")
+_GAUSS_NODES = (48, 96, 192)
+#: the Gauss rule is used when it matches the sum to this fraction of the measure's total
+_GAUSS_TOL = 1e-13
 #: ``P(M < m_lo)`` below this is dropped
 _LOW_MASS = 1e-20
 #: values x pieces evaluated at once (memory)
 _CHUNK = 1 << 21
 
 
-def check_scale(scale: Any) -> ScaleRule:
-    """The rule named by ``scale``, which must be a function of the block maximum."""
+def check_scale(scale: Any, amax_encoded: bool = False) -> ScaleRule:
+    """The rule named by ``scale``, which must be a function of the block maximum, or (with
+    ``amax_encoded``) encode the values with the exact maximum (nested statistics:
+    :class:`NestedMeasure`)."""
     rule = get_rule(scale)
-    if not rule.deterministic:
+    if rule.encodes_with_amax and not amax_encoded:
+        raise ValueError(f"scale rule {rule.name!r}: nested statistics are not modelled by this path (its law is "
+                         f"quantbook.derive.scaled.scaled_measure(..., scale={rule.name!r}), used by audit --layouts)")
+    if not (rule.deterministic or rule.encodes_with_amax):
         raise ValueError(f"scale rule {rule.name!r} is not a function of the block maximum: its law is not "
-                         "1-D (derive search rules with a sample Lloyd, nested statistics are not modelled)")
+                         "1-D (derive search rules with a sample Lloyd: quantbook.derive.search_lloyd)")
     return rule
 
 
@@ -116,6 +146,25 @@ class TensorModel:
         if self.size is not None:
             return f"tensors of {self.size} values"
         return "uniform tensor-scale phase"
+
+
+def _gauss_rule(x: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n``-point Gauss rule of the discrete measure ``Σ w_i δ(x_i)`` (``w >= 0``): Lanczos
+    on ``diag(x)`` with full reorthogonalisation, then the Jacobi matrix's eigenvectors."""
+    total = float(w.sum())
+    Q = np.zeros((n, x.size))
+    a, b = np.zeros(n), np.zeros(n)
+    Q[0] = np.sqrt(w / total)
+    for i in range(n):
+        v = x * Q[i]
+        a[i] = v @ Q[i]
+        for _ in range(2):  # twice is enough (Kahan)
+            v -= Q[:i + 1].T @ (Q[:i + 1] @ v)
+        if i + 1 < n:
+            b[i] = np.linalg.norm(v)
+            Q[i + 1] = v / b[i]
+    ev, V = eigh_tridiagonal(a, b[:-1])
+    return ev, total * V[0] ** 2
 
 
 def _K(source: Source, b: np.ndarray, power: int) -> np.ndarray:
@@ -154,21 +203,19 @@ def _pieces(rule: ScaleRule, qmax: float, t: Any, lo: float, hi: float):
 
 def _terms(source: Source, B: int, rule: ScaleRule, qmax: float, t: Any, m_lo: float, top: float,
            condition: bool):
-    """``(σ, b, coef)`` of the sum in the module docstring for one tensor scale ``t``: blocks
-    with ``M`` up to ``top``; ``condition``: divided by ``P(M <= top)`` (a tensor maximum),
-    else the mass beyond ``top`` is given to the last piece."""
+    """``(σ, b_lo, b_hi, K_lo, K_hi, hi)`` of the pieces of the sum in the module docstring
+    for one tensor scale ``t``: blocks with ``M`` up to ``top``; ``condition``: divided by
+    ``P(M <= top)`` (a tensor maximum), else the mass beyond ``top`` is given to the last
+    piece; ``hi`` the largest ``u``."""
     edges, sig = _pieces(rule, qmax, t, m_lo, top)
     K = _K(source, edges, B - 1)
     if condition:
         K = K / float(_K(source, np.array([top]), B)[0])
     else:
         K[-1] = 1.0
-    n = sig.size
-    s = np.concatenate([sig, sig])
-    b = np.concatenate([edges[1:], edges[:-1]])
-    c = np.concatenate([K[1:], -K[:-1]])
-    keep = c != 0
-    return s[keep], b[keep], c[keep], float(np.max(edges[1:n + 1] / sig))
+    keep = K[1:] != 0
+    return (sig[keep], edges[:-1][keep], edges[1:][keep], K[:-1][keep], K[1:][keep],
+            float(np.max(edges[1:] / sig)))
 
 
 class ScaledMeasure(_Measure):
@@ -211,16 +258,69 @@ class ScaledMeasure(_Measure):
                 g = base * 2.0**phi
                 parts.append(_terms(source, B, rule, qmax, rule.tensor_scale(g, qmax), m_lo, m_hi, False))
                 weights.append(1.0 / N_PHASE)
+        # per piece: σ, its M-range [b_lo, b_hi) and K at both ends (times the part's weight)
         self.sig = np.concatenate([p[0] for p in parts])
-        self.bnd = np.concatenate([p[1] for p in parts])
-        self.coef = np.concatenate([p[2] * w for p, w in zip(parts, weights)])
-        self.hi = float(max(p[3] for p in parts))
+        self.b_lo = np.concatenate([p[1] for p in parts])
+        self.b_hi = np.concatenate([p[2] for p in parts])
+        self.k_lo = np.concatenate([p[3] * w for p, w in zip(parts, weights)])
+        self.dk = np.concatenate([(p[4] - p[3]) * w for p, w in zip(parts, weights)])
+        self.hi = float(max(p[5] for p in parts))
         self.lo = -self.hi
         self.atoms_x, self.atoms_w = np.zeros(0), np.zeros(0)
-        self.n_pieces = self.sig.size // 2
-        self._ck = {k: self.coef * self.sig ** (weight_power - k) for k in range(3)}
-        self._cd = self.coef * self.sig ** (weight_power + 1)
+        self.n_pieces = self.sig.size
+        sp = {k: self.sig ** (weight_power - k) for k in range(3)}
+        self._ck = {k: (self.dk * sp[k], self.k_lo * sp[k]) for k in range(3)}
+        self._cd = self.sig ** (weight_power + 1)
+        self._fast, self._slow_cache = None, {}
+        self._fast = self._compress()
         self.total = float(self.T(0, self.hi) - self.T(0, self.lo))
+
+    def _compress(self):
+        """``(r, nodes, weights)`` of the Gauss rule that replaces the sum over the pieces for
+        ``|u| <= r``, or None (module docstring, "Speed")."""
+        lo_clips = self.k_lo > 0  # a piece whose K_lo is 0 (M from 0) clips only at b_hi
+        r = float(min(np.min(self.b_hi / self.sig), np.min((self.b_lo / self.sig)[lo_clips], initial=np.inf)))
+        su, inv = np.unique(self.sig, return_inverse=True)
+        if not _GAUSS_NODES or su.size <= _GAUSS_NODES[0] or not r > 0:
+            return None
+        w = np.maximum(np.bincount(inv, weights=self.dk * self.sig ** self.weight_power), 0.0)
+        y = np.linspace(-r, r, 17)
+
+        def sums(x, c):  # T(0..2) and the density for |y| <= r, where no piece clips
+            ym = np.multiply.outer(y, x)
+            return [self.source.partial_moment(k, ym) @ (c * x ** -float(k)) for k in range(3)] \
+                + [self.source.pdf(ym) @ (c * x)]
+        exact = sums(su, w)
+        scale = [float(np.max(np.abs(e))) for e in exact]
+        for n in _GAUSS_NODES:
+            if n >= su.size:
+                return None
+            nodes, weights = _gauss_rule(su, w, n)
+            if all(np.max(np.abs(a - e)) <= _GAUSS_TOL * c for a, e, c in zip(sums(nodes, weights), exact, scale)):
+                return (r, nodes, weights)
+        return None
+
+    def _split(self, y, fast, slow, key):
+        """``fast`` where the Gauss rule holds (``|y| <= r``), ``slow`` elsewhere; slow values
+        are kept (the solvers ask for the range ends ±1 at every step)."""
+        y = np.asarray(y, dtype=np.float64)
+        if self._fast is None:
+            return slow(y)
+        inside = np.abs(y) <= self._fast[0]
+        if inside.all():
+            return fast(y)
+        out = np.empty(y.shape)
+        out[inside] = fast(y[inside])
+        rest = y[~inside]
+        u, inv = np.unique(rest, return_inverse=True)
+        known = self._slow_cache
+        todo = np.array([v for v in u if (key, v) not in known])
+        if todo.size:
+            if len(known) > 4096:
+                known.clear()
+            known.update(((key, v), float(r)) for v, r in zip(todo, slow(todo)))
+        out[~inside] = np.array([known[(key, v)] for v in u])[inv.reshape(-1)]
+        return out
 
     def _chunked(self, f, y):
         y = np.asarray(y, dtype=np.float64)
@@ -231,28 +331,183 @@ class ScaledMeasure(_Measure):
         return out.reshape(y.shape)
 
     def T(self, k, y):
-        def f(v):
-            a = np.clip(np.multiply.outer(v, self.sig), -self.bnd, self.bnd)
-            return self.source.partial_moment(k, a) @ self._ck[k]
-        return self._chunked(f, y)
+        def f(v):  # per piece ΔK Ψ(clip(vσ, b_hi)) + K_lo [Ψ(clip(vσ, b_hi)) - Ψ(clip(vσ, b_lo))]:
+            # the second term is 0 unless vσ is beyond b_lo, so nothing large cancels
+            a = np.multiply.outer(v, self.sig)
+            hi = self.source.partial_moment(k, np.clip(a, -self.b_hi, self.b_hi))
+            lo = self.source.partial_moment(k, np.clip(a, -self.b_lo, self.b_lo))
+            return hi @ self._ck[k][0] + (hi - lo) @ self._ck[k][1]
+
+        def fast(v):
+            _, nodes, weights = self._fast
+            return self.source.partial_moment(k, np.multiply.outer(v, nodes)) @ (weights * nodes ** -float(k))
+        return self._split(y, fast, lambda v: self._chunked(f, v), k)
 
     def dens(self, y):
         def f(v):
             a = np.multiply.outer(v, self.sig)
-            inside = np.abs(a) < self.bnd
-            return np.where(inside, self.source.pdf(np.where(inside, a, 0.0)), 0.0) @ self._cd
-        return self._chunked(f, y)
+            inside = np.abs(a) < self.b_hi
+            g = np.where(inside, self.source.pdf(np.where(inside, a, 0.0)), 0.0)
+            return g @ (self._cd * self.dk) + np.where(np.abs(a) >= self.b_lo, g, 0.0) @ (self._cd * self.k_lo)
+
+        def fast(v):
+            _, nodes, weights = self._fast
+            return self.source.pdf(np.multiply.outer(v, nodes)) @ (weights * nodes)
+        return self._split(y, fast, lambda v: self._chunked(f, v), "d")
+
+
+class NestedMeasure(_Measure):
+    r"""The weight-domain law of a value under bitsandbytes' nested statistics (``weight_power``
+    1 or 2; the normalised domain is the absmax law itself).
+
+    The values are encoded as ``y = x / M`` with the exact float32 maximum, so the codes have
+    the absmax law (:class:`~.block.BlockMeasure`); only the decoded scale ``S`` differs from
+    ``M``.  The weight-domain error of a value coded as level ``q`` is ``M y - S q``, so
+
+        E[(M y - S q)^2 1{y in cell}] = ∫ y^2 dμ_{M²} - 2 q ∫ y dμ_{M E[S|M]} + q^2 ∫ dμ_{E[S²|M]}
+
+    where ``μ_w`` is the absmax law of ``y`` weighted by ``w(M)``: this measure's ``T(k, ·)``
+    carries the weight of the ``k``-th term (``S²``, ``M·S``, ``M²``), so the cell errors and
+    the Lloyd centroids ``∫ y dμ_{MS} / ∫ dμ_{S²}`` of the machinery are exact for L2.  For
+    L1 (``weight_power`` 1: ``T(0)`` weighted by ``S``, ``T(1)`` by ``M``) the sign of the
+    error is taken from ``y - q`` instead of ``y - q S/M``, which moves ``q·|S/M - 1|`` (a few
+    1e-3) of each cell; the atoms at ``±1`` are exact for the levels ``±1``, off by at most
+    ``E|M - S|/B`` for other end levels.
+
+    Model of ``S`` given ``M``: a tensor of many blocks, so the offset is ``E[M]`` (its
+    spread, ``sd(M)/sqrt(blocks)``, is ignored), and ``S = offset + a·map[code((M - offset)/a)]``
+    (:meth:`~quantbook.scales.nested.NestedScale.decoded`, float32) with ``a = max(|M -
+    offset|, A)``, ``A`` the largest ``|M_j - offset|`` of the 255 other blocks of the
+    256-block: i.i.d., independent of ``M``, cdf ``P(|M - offset| <= α)^255`` — exact for a
+    block drawn uniformly from its 256-block (the block holding the maximum decodes exactly).
+    ``E[S^j | M]`` is a midpoint rule on :data:`N_NESTED` equal-probability values of ``A``;
+    the integral over ``M`` is Gauss-Legendre in the Gumbel variable of
+    :mod:`.block` on panels of width :data:`_NESTED_DZ`.
+    """
+
+    def __init__(self, source: Source, block_size: int, rule: ScaleRule, weight_power: int) -> None:
+        B = _check_block_size(block_size)
+        if weight_power not in (1, 2):
+            raise ValueError(f"weight_power must be 1 or 2 here, got {weight_power!r}")
+        if not source.moment_limit > 2:
+            raise ValueError(f"{source.spec}: nested statistics are modelled only for sources with a finite "
+                             "variance")
+        self.source, self.block_size, self.rule, self.weight_power = source, B, rule, int(weight_power)
+        fine = np.arange(-4.5, 12.0 + 1e-9, _NESTED_DZ)
+        zs, ws = [], []
+        for a, b, gl in [(a, b, 4) for a, b in zip(fine[:-1], fine[1:])] + [(12.0, 20.0, 32), (20.0, 30.0, 32),
+                                                                            (30.0, 45.0, 32)]:
+            x, w = np.polynomial.legendre.leggauss(gl) if gl != 32 else (_GL_X, _GL_W)
+            zs.append(0.5 * (b - a) * x + 0.5 * (a + b))
+            ws.append(0.5 * (b - a) * w)
+        z, wz = np.concatenate(zs), np.concatenate(ws)
+        ez = np.exp(-z)
+        omega = wz * ez * np.exp(-ez)  # P(M in the node's share): Gumbel density × GL weight
+        S = -np.expm1(-ez / B)
+        G = np.exp(-ez / B)
+        with np.errstate(over="ignore", invalid="ignore"):
+            m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
+        keep = np.isfinite(m) & (m > 0) & (omega > 0)
+        m, omega, G = m[keep], omega[keep], G[keep]
+        self.m = m
+        self.offset = float(np.sum(omega * m) / np.sum(omega))
+        alpha = self._deviation_nodes(B)
+        self.alpha = alpha
+        dev = np.abs(m - self.offset)
+        s = rule.decoded(m[:, None], self.offset, np.maximum(dev[:, None], alpha[None, :]).astype(np.float32))
+        s = s.astype(np.float64)
+        self._omega, self._s = omega / np.sum(omega), s
+        s1, s2 = s.mean(axis=1), (s * s).mean(axis=1)
+        smax, smin = np.maximum(s, m[:, None]).mean(axis=1), np.minimum(s, m[:, None]).mean(axis=1)
+        self.s1, self.s2 = s1, s2
+        c = omega * (B - 1) / B / G  # the continuous part of the absmax law, per node
+        if weight_power == 2:
+            phi = {0: s2, 1: m * s1, 2: m * m}
+        else:
+            phi = {0: s1, 1: m, 2: m * s1}
+        self._ck = {k: c * phi[k] / m**k for k in range(3)}
+        self._cd = c * phi[0] * m
+        if source.symmetric:  # P(the extreme value is positive | M)
+            pplus = np.full(m.shape, 0.5)
+        else:
+            gp, h = source.pdf(m), source.pdf(m) + source.pdf(-m)
+            pplus = np.where(h > 0, gp / np.where(h > 0, h, 1.0), 0.5)
+        wa = omega / B  # the node's value is the block's extreme one
+        neg, pos = wa * (1 - pplus), wa * pplus
+        if weight_power == 2:  # (M y - S q)^2 at y = ±1: weights S², ±M·S, M² by k
+            atoms = {0: [neg @ s2, pos @ s2], 1: [-(neg @ (m * s1)), pos @ (m * s1)],
+                     2: [neg @ (m * m), pos @ (m * m)]}
+        else:  # |M y - S q| at y = ±1, exact for q = ±1: min/max of M and S
+            atoms = {0: [neg @ smin, pos @ smax], 1: [-(neg @ smax), pos @ smin],
+                     2: [neg @ (m * s1), pos @ (m * s1)]}
+        self.atoms_x = np.array([-1.0, 1.0])
+        self._atoms_k = {k: np.array(v, dtype=np.float64) for k, v in atoms.items()}
+        self.atoms_w = self._atoms_k[0]
+        self.lo, self.hi = -1.0, 1.0
+        self.n_pieces = m.size
+        self.total = float(self.T(0, 1.0) - self.T(0, -1.0) + self.atoms_w.sum())
+
+    def scale_error(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model's law of a block's ``S - M`` as quadrature atoms ``(values, weights)``."""
+        d = (self._s - self.m[:, None]).ravel()
+        w = np.repeat(self._omega / self._s.shape[1], self._s.shape[1])
+        return d, w
+
+    def _deviation_nodes(self, B: int) -> np.ndarray:
+        """:data:`N_NESTED` equal-probability values of the largest ``|M - offset|`` of 255
+        i.i.d. blocks (midpoints in probability), by bisection on its cdf."""
+        src, off = self.source, self.offset
+
+        def cdf_m(v):  # P(M <= v)
+            v = np.maximum(v, 0.0)
+            tail = np.clip(src.sf(v) + src.cdf(-v), 0.0, 1.0)
+            with np.errstate(divide="ignore"):
+                return np.exp(B * np.log1p(-tail))
+
+        target = ((np.arange(N_NESTED) + 0.5) / N_NESTED) ** (1.0 / 255)
+        lo = np.zeros(N_NESTED)
+        hi = np.full(N_NESTED, float(self.m.max()))
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            h = cdf_m(off + mid) - np.where(off - mid > 0, cdf_m(off - mid), 0.0)
+            below = h < target
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def T(self, k, y):
+        y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
+        return self.source.partial_moment(k, np.multiply.outer(y, self.m)) @ self._ck[k]
+
+    def dens(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        out = self.source.pdf(np.multiply.outer(y, self.m)) @ self._cd
+        return np.where(np.abs(y) < 1, out, 0.0)
+
+    def cells(self, edges: np.ndarray, kmax: int = 1) -> list[np.ndarray]:
+        """As :meth:`_Measure.cells`, with the atoms' weight of each ``k`` (class docstring)."""
+        e = np.clip(np.asarray(edges, dtype=np.float64), self.lo, self.hi)
+        out = [np.diff(self.T(k, e)) for k in range(kmax + 1)]
+        j = np.clip(np.searchsorted(e[1:-1], self.atoms_x, side="left"), 0, e.size - 2)
+        for k in range(kmax + 1):
+            np.add.at(out[k], j, self._atoms_k[k])
+        return out
 
 
 @lru_cache(maxsize=64)
-def _cached(source: Source, B: int, rule: ScaleRule, qmax: float, weight_power: int, tkey) -> ScaledMeasure:
+def _cached(source: Source, B: int, rule: ScaleRule, qmax: float, weight_power: int, tkey) -> _Measure:
+    if rule.encodes_with_amax:
+        if tkey != (None, None):
+            raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_amax and tensor_size do not apply")
+        if weight_power == 0:  # the values are normalised by the exact maximum: the absmax law
+            return block_measure(source, B, "absmax", 0)
+        return NestedMeasure(source, B, rule, weight_power)
     return ScaledMeasure(source, B, rule, qmax, weight_power, TensorModel(*tkey))
 
 
 def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e4m3", qmax: float = DEFAULT_QMAX,
                    weight_power: int = 0, tensor_amax: Any = None, tensor_size: Any = None) -> ScaledMeasure:
     """The (cached) :class:`ScaledMeasure` for a source spelling, block size and rule."""
-    rule = check_scale(scale)
+    rule = check_scale(scale, amax_encoded=True)
     q = _check_qmax(qmax)
     return _cached(parse_source(source), _check_block_size(block_size), rule, q,
                    _check_weight_power(weight_power), TensorModel(tensor_amax, tensor_size).key())
@@ -274,7 +529,7 @@ class ScaledBlockDistribution:
     def __init__(self, block_size: int = 16, source: Any = "normal", scale: Any = "e4m3",
                  qmax: float = DEFAULT_QMAX, tensor_amax: Any = None, tensor_size: Any = None) -> None:
         self.source = parse_source(source)
-        self.rule = check_scale(scale)
+        self.rule = check_scale(scale)  # nested statistics: the absmax law (block_distribution)
         self.block_size = _check_block_size(block_size)
         self.qmax = _check_qmax(qmax)
         self.tensor = TensorModel(tensor_amax, tensor_size)

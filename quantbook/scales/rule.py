@@ -46,6 +46,10 @@ class ScaleRule:
     #: ``s(M)`` depends on the block maximum alone (and the tensor scale): false for search
     #: rules and for statistics coded across blocks (nested)
     deterministic: ClassVar[bool] = True
+    #: the values are encoded with the exact block maximum (codes in ±1) and only the decoded
+    #: scale is rounded, from statistics of other blocks too (bitsandbytes' nested statistics):
+    #: the law of the codes is then the absmax law and the error adds the scale's
+    encodes_with_amax: ClassVar[bool] = False
     #: the byte layout that stores this rule's scales (:mod:`quantbook.bulk`)
     layout: ClassVar[str] = "scaled"
     #: numpy dtype name of one stored block scale, its bytes, and the per-tensor bytes

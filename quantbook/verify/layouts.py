@@ -13,11 +13,15 @@ statistics.  For each pair this computes, on Gaussian weights and exactly
   second reference, with an exact zero fixed as well (``-1, 0, 1``);
 * the table's loss against each optimum, ``100·(MSE_table / MSE_optimum − 1)`` %.
 
-What the exact derivation cannot model is reported as not available with the reason
-(:func:`quantbook.derive.scaled.check_scale`): nested statistics, whose scale depends on
-the other blocks.  Two limits of the model of a layout are stated on its finding
-(``note``): ggml's IQ4_NL quantizer searches each block's scale and uses a signed scale,
-neither of which the absmax-mapped float16 rule models.
+Nested statistics (bitsandbytes' ``compress_statistics``) encode the values with the exact
+maximum and round only the stored scale, whose law depends on the other blocks: their
+findings use :class:`quantbook.derive.scaled.NestedMeasure` (the model is in its docstring),
+the optimum by Lloyd steps on it from the float32 optimum; their MAE is the first-order
+value of that model (a lower bound, about 1e-4 below; the MSE is exact).  What the exact
+derivation cannot model is reported as not available with the reason
+(:func:`quantbook.derive.scaled.check_scale`).  Two limits of the model of a layout are
+stated on its finding (``note``): ggml's IQ4_NL quantizer searches each block's scale and
+uses a signed scale, neither of which the absmax-mapped float16 rule models.
 
 The findings join the audit rows only when asked (:func:`attach_layouts`, ``quantbook audit
 --layouts``), so the default audit does not pay for them; they never change a row's verdict.
@@ -118,6 +122,8 @@ def audit_layout(layout: Layout) -> LayoutFinding:
     bpw = rule.bits_per_weight(layout.block_size, cb.bits)
     base = dict(codebook=cb.name, layout=layout.label, scale=rule.name, block_size=layout.block_size,
                 bits_per_weight=bpw, note=layout.note)
+    if rule.encodes_with_amax:
+        return _nested_finding(cb, layout, base)
     try:
         check_scale(rule)
     except ValueError as exc:
@@ -133,6 +139,58 @@ def audit_layout(layout: Layout) -> LayoutFinding:
                          optimum_zero_mse_weight=mse[FIXED_ZERO],
                          loss_zero_percent=_loss(ev.mse_weight, mse[FIXED_ZERO]),
                          optimum_levels=[float(v) for v in opt[FIXED_RANGE].levels])
+
+
+def _lloyd_on(mu, start: Any, fixed: tuple[float, ...], tol: float = 1e-12, max_iter: int = 200) -> Any:
+    """The fixed point of the Lloyd (L2) step on the measure ``mu`` from ``start``, by Newton
+    steps on ``q - step(q)`` with the step's Jacobian (exact for the absmax law, close for
+    nested statistics, so each step gains digits), falling back to the plain step when Newton
+    does not shrink the change: the fixed ±1 own everything beyond [-1, 1]."""
+    import numpy as np
+
+    from ..derive.block import RestrictedMeasure
+    from ..derive.lloyd import lloyd_step
+
+    solve = RestrictedMeasure(mu, -1.0, 1.0)
+    q = np.asarray(start, dtype=np.float64)
+    free = ~np.isin(q, np.asarray(fixed))
+    fi = np.flatnonzero(free)
+    new, J = lloyd_step(solve, q, free, "l2", want_jac=True)
+    for _ in range(max_iter):
+        r = (q - new)[fi]
+        if float(np.max(np.abs(r))) <= tol:
+            break
+        cand = q.copy()
+        cand[fi] = q[fi] - np.linalg.solve(np.eye(fi.size) - J[np.ix_(fi, fi)], r)
+        ok = np.all(np.diff(cand) > 0)
+        if ok:
+            new_c, J_c = lloyd_step(solve, cand, free, "l2", want_jac=True)
+            ok = np.max(np.abs((cand - new_c)[fi])) < np.max(np.abs(r))
+        if not ok:  # the plain step never increases the loss
+            cand = new
+            new_c, J_c = lloyd_step(solve, cand, free, "l2", want_jac=True)
+        q, new, J = cand, new_c, J_c
+    return q
+
+
+def _nested_finding(cb: Any, layout: Layout, base: dict[str, Any]) -> LayoutFinding:
+    """The finding under nested statistics (module docstring)."""
+    from ..derive.lloyd import lloyd
+    from ..derive.metrics import cell_errors
+    from ..derive.scaled import scaled_measure
+
+    mu2 = scaled_measure("normal", layout.block_size, layout.scale, weight_power=2)
+    mu1 = scaled_measure("normal", layout.block_size, layout.scale, weight_power=1)
+    mse = float(cell_errors(mu2, cb.levels, "l2").sum())
+    mae = float(cell_errors(mu1, cb.levels, "l1").sum())
+    opt = {fixed: _lloyd_on(mu2, lloyd(cb.bits, layout.block_size, loss="l2", fixed=list(fixed)).levels, fixed)
+           for fixed in (FIXED_RANGE, FIXED_ZERO)}
+    omse = {fixed: float(cell_errors(mu2, q, "l2").sum()) for fixed, q in opt.items()}
+    return LayoutFinding(**base, available=True, mse_weight=mse, mae_weight=mae,
+                         optimum_mse_weight=omse[FIXED_RANGE], loss_percent=_loss(mse, omse[FIXED_RANGE]),
+                         optimum_zero_mse_weight=omse[FIXED_ZERO],
+                         loss_zero_percent=_loss(mse, omse[FIXED_ZERO]),
+                         optimum_levels=[float(v) for v in opt[FIXED_RANGE]])
 
 
 def layout_findings(codebook: str | None = None) -> list[LayoutFinding]:

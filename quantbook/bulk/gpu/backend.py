@@ -171,17 +171,56 @@ def _blocks(count: int, per: int) -> int:
     return max(1, -(-count // per))
 
 
-def quantize_launch(n: int, dtype_key: str, blocksize: int) -> tuple[int, int]:
+def quantize_launch(n: int, dtype_key: str, blocksize: int, sms: int | None = None,
+                    per_sm: int | None = None) -> tuple[int, int]:
     """(grid, block) of a quantize kernel: V elements a thread (8 for float32, 16 for the
-    16-bit types), blocksize/V threads a quantization block, CTA = max(256, blocksize/V)."""
+    16-bit types), blocksize/V threads a quantization block, CTA = max(256, blocksize/V).
+    The CTAs loop over tiles, so with ``sms`` (the GPU's multiprocessor count) the grid is
+    capped at what the GPU holds at once (``per_sm`` CTAs each, when known): one wave, and
+    each CTA reads the encoder tables once."""
     v = K.VEC[dtype_key]
     cta = max(256, blocksize // v)
-    return _blocks(-(-n // v), cta), cta
+    grid = _blocks(-(-n // v), cta)
+    if sms and QUANTIZE_WAVES:
+        grid = min(grid, sms * (per_sm or max(1, 2048 // cta)) * QUANTIZE_WAVES)
+    return grid, cta
 
 
-def dequantize_launch(n: int) -> tuple[int, int]:
-    """(grid, block) of a dequantize kernel: 32 elements a thread, 256 threads a CTA."""
-    return _blocks(-(-n // K.DEQ_EPT), 256), 256
+#: quantize grids hold at most this many times what the GPU runs at once (0: no cap)
+QUANTIZE_WAVES = 1
+
+
+def _sm_count() -> int:
+    cp = _cupy()
+    dev = cp.cuda.Device()
+    n = _SMS.get(dev.id)
+    if n is None:
+        n = _SMS[dev.id] = int(cp.cuda.runtime.getDeviceProperties(dev.id)["multiProcessorCount"])
+    return n
+
+
+def _resident(fn, cta: int) -> int | None:
+    """CTAs of ``fn`` an SM holds at once (the driver's occupancy calculator), or None."""
+    key = (id(fn), cta)
+    if key not in _RESIDENT:
+        try:
+            from cupy_backends.cuda.api import driver  # noqa: PLC0415
+
+            _RESIDENT[key] = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, cta, 0)) or None
+        except Exception:   # an older CuPy, or a stand-in in the tests
+            _RESIDENT[key] = None
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict[tuple, int | None] = {}
+_SMS: dict[int, int] = {}
+
+
+def dequantize_launch(n: int, dtype_key: str, packing: int) -> tuple[int, int]:
+    """(grid, block) of a dequantize kernel: ``DEQ_PER_THREAD`` outputs a thread (in steps of
+    one 16-byte store), ``DEQ_CTA`` threads a CTA."""
+    per_cta = K.DEQ_PER_THREAD * K.DEQ_CTA
+    return _blocks(n, per_cta), K.DEQ_CTA
 
 
 def nested_launch(n: int) -> tuple[int, int]:
@@ -212,13 +251,13 @@ def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
     if n == 0:
         return packed, absmax
     tabs = encoder_tables(code, search_size(packing))
-    bounds = _device_const(tabs.bounds)
-    order = _device_const(tabs.order)
-    grid, cta = quantize_launch(n, key, blocksize)
+    fn = _kernel(K.quantize_name(key, packing, tabs.steps))
+    _, cta = quantize_launch(n, key, blocksize)
+    grid, cta = quantize_launch(n, key, blocksize, _sm_count(), _resident(fn, cta))
     vec_in = int(xd.data.ptr % 16 == 0)
-    fn = _kernel(K.quantize_name(key, packing))
     fn((grid,), (cta,),
-       (xd, packed, absmax, np.int64(n), np.int32(log2b), bounds, order,
+       (xd, packed, absmax, np.int64(n), np.int32(log2b), _device_const(tabs.bucket),
+        _device_const(tabs.bounds), np.int32(tabs.bounds.size), _device_const(tabs.order),
         np.int32(tabs.K), np.int32(tabs.ident), np.int32(vec_in)))
     del keep
     return packed, absmax
@@ -268,7 +307,7 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
     vec_in = int(pk.data.ptr % 16 == 0)
     vec_out = int(out.data.ptr % 16 == 0)
     fn = _kernel(K.dequantize_name(key, packing))
-    grid, cta = dequantize_launch(n)
+    grid, cta = dequantize_launch(n, key, packing)
     fn((grid,), (cta,),
        (pk, am, out, np.int64(n), np.int32(log2b), table, np.int32(code.size),
         np.int32(vec_in), np.int32(vec_out)))
@@ -335,6 +374,8 @@ class CudaBackend(Backend, name="gpu"):
 
     device = True
 
+    scaled_layouts = True
+
     def unavailable(self):
         ok, why = gpu_available()
         return None if ok else why
@@ -350,6 +391,22 @@ class CudaBackend(Backend, name="gpu"):
         cp = _cupy()
         q, nested = _nested_codes(cp.asarray(np.ascontiguousarray(deviations, dtype=np.float32)), 0.0)
         return q.get(), nested.get()
+
+    # the scaled layouts: the rules run in numpy on the block maxima (copied to the host)
+    def scaled_amax(self, x, block_size):
+        from .scaled import scaled_amax_gpu  # noqa: PLC0415 - gpu/scaled imports this module
+
+        return scaled_amax_gpu(x, block_size)
+
+    def scaled_encode(self, x, factor, divide, table, block_size):
+        from .scaled import scaled_encode_gpu  # noqa: PLC0415
+
+        return scaled_encode_gpu(x, factor, divide, table, block_size)
+
+    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+        from .scaled import scaled_decode_gpu  # noqa: PLC0415
+
+        return scaled_decode_gpu(packed, scale, table, block_size, n, out_dtype)
 
     def to_host(self, a):
         if hasattr(a, "get"):  # CuPy

@@ -13,18 +13,20 @@ Float arithmetic uses explicit round-to-nearest intrinsics (``__fdiv_rn``, ``__f
 
 Kernels (``extern "C"``; one instantiation per name):
 
-* ``qb_quantize_{f32,f16,bf16}_p{1,2,4,8}`` — one pass: block absmax (NaN-propagating
-  max of ``|x|``), ``s = max(absmax, float32(1e-38))`` (a NaN absmax stays NaN, as
-  numpy's ``maximum``; stored: absmax; ``s`` for the partial last block, as bitsandbytes
-  stores it — so the api sees a non-finite value in any block), full blocks
-  ``y = x * float32(1/s)``, the partial last block ``y = x / s`` (bitsandbytes 0.50.2),
-  clamp to [-1, 1], encode (``rank = #{k : bounds[k] < y}``, a binary search over the
-  float32 midpoints of the stably sorted code table; ``code = order[rank]``; the clamp is
-  folded into the bounds by the host, see :mod:`quantbook.bulk.gpu.tables`), pack.
-  ``p`` is the packing: 1, 2, 4 bits (8, 4, 2 codes a byte, first element in the most
-  significant bits) or 8 (one byte a code, for 3 and 5..8 bits).  Positions past ``n``
-  in the last byte hold the code of 0.0.
-* ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``.
+* ``qb_quantize_{f32,f16,bf16}_p{1,2,4,8}_s{S}`` — one pass: block absmax (the max of
+  ``|x|`` taken on the bits: NaN when the block holds one, as numpy's max),
+  ``s = max(absmax, float32(1e-38))`` (a NaN absmax stays NaN, as numpy's ``maximum``;
+  stored: absmax; ``s`` for the partial last block, as bitsandbytes stores it — so the api
+  sees a non-finite value in any block), full blocks ``y = x * float32(1/s)``, the partial
+  last block ``y = x / s`` (bitsandbytes 0.50.2), clamp to [-1, 1], encode (``rank =
+  #{k : bounds[k] < y}`` over the float32 midpoints of the stably sorted code table: a
+  bucket table read then ``S`` compares; ``code = order[rank]``; the clamp is folded into
+  the tables by the host, see :mod:`quantbook.bulk.gpu.tables`), pack.  ``p`` is the
+  packing: 1, 2, 4 bits (8, 4, 2 codes a byte, first element in the most significant bits)
+  or 8 (one byte a code, for 3 and 5..8 bits).  Positions past ``n`` in the last byte hold
+  the code of 0.0.  Loads are 16 bytes a thread; CTAs loop over tiles (grid-stride).
+* ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``;
+  each warp-wide store writes one contiguous run (16 bytes a thread).
 * ``qb_quantize_absmax_nested`` — bitsandbytes' CPU 8-bit blockwise quantizer for the
   nested absmax: blocks of 256 over ``d = absmax - offset``, ``a = max|d|`` (0 -> codes 0),
   ``v = clamp(d * float32(1/a))``, ``i16 = trunc(((v + 1) * 0.5) * 65535 + 0.5)`` in
@@ -34,21 +36,44 @@ Kernels (``extern "C"``; one instantiation per name):
 
 from __future__ import annotations
 
+from .tables import BUCKET_SHIFT, N_BUCKETS
+
 DTYPES = ("f32", "f16", "bf16")
 PACKINGS = (1, 2, 4, 8)
 
 #: elements a thread quantizes (16-byte or 2x16-byte vector loads)
 VEC = {"f32": 8, "f16": 16, "bf16": 16}
-#: elements a thread dequantizes
-DEQ_EPT = 32
+#: outputs a dequantize thread writes in total (over its steps)
+DEQ_PER_THREAD = 32
+#: threads of a dequantize CTA
+DEQ_CTA = 256
+
+
+def dequantize_unit(dtype: str, packing: int) -> int:
+    """Outputs a dequantize thread writes a step: one 16-byte store (4 float32, 8 float16 or
+    bfloat16), or the 8 outputs of a byte of 1-bit codes."""
+    per_store = 4 if dtype == "f32" else 8
+    return max(per_store, 8 // packing if packing < 8 else 1)
+
+
+def dequantize_steps(dtype: str, packing: int) -> int:
+    return DEQ_PER_THREAD // dequantize_unit(dtype, packing)
 #: largest code table / threshold table a kernel holds in shared memory
 MAX_TABLE = 256
 
 _TYPE = {"f32": "QbF32", "f16": "QbF16", "bf16": "QbBF16"}
 
 
-def quantize_name(dtype: str, packing: int) -> str:
-    return f"qb_quantize_{dtype}_p{packing}"
+def max_steps(packing: int) -> int:
+    """The most compares a value of a ``packing``-bit code can need (tables.py): log2 of the
+    largest table."""
+    return 8 if packing == 8 else packing
+
+
+def quantize_name(dtype: str, packing: int, steps: int) -> str:
+    """The quantize kernel of a dtype, packing and number of compares a value (``steps``,
+    from the encoder tables: a compile-time loop count)."""
+    return f"qb_quantize_{dtype}_p{packing}_s{steps}"
 
 
 def dequantize_name(dtype: str, packing: int) -> str:
@@ -60,7 +85,7 @@ NESTED_DEQUANT_NAME = "qb_dequantize_absmax_nested"
 
 
 def all_kernel_names() -> list[str]:
-    names = [quantize_name(d, p) for d in DTYPES for p in PACKINGS]
+    names = [quantize_name(d, p, k) for d in DTYPES for p in PACKINGS for k in range(max_steps(p) + 1)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
     return names
@@ -73,6 +98,7 @@ typedef unsigned int qb_u32;
 typedef long long qb_i64;
 
 #define QB_MAX_TABLE 256
+#define QB_MAX_BOUNDS 512               /* 255 bounds + 2^8 of +inf padding */
 #define QB_ABSMAX_MIN_BITS 0x006ce3eeu   /* float32(1e-38), subnormal */
 
 struct QbF32  { typedef float  storage; };
@@ -142,114 +168,133 @@ template <> struct QbWords<QbBF16> {
 /* NaN-propagating max (numpy's np.max semantics) */
 __device__ __forceinline__ float qb_nanmax(float a, float b) { return (a != a || a > b) ? a : b; }
 
+/* ---- block maximum on the bits --------------------------------------------------- */
+/* |x| as its bits with the sign cleared: for IEEE formats the unsigned order of these bits
+   is the order of |x|, with every NaN above +inf.  So an integer max is the absmax and is
+   NaN (some NaN) when the block holds one, as numpy's NaN-propagating max: one integer
+   instruction a value (two values a 32-bit word for the 16-bit types).              */
+template <typename T> struct QbAbsBits;
+template <> struct QbAbsBits<QbF32> {
+    static __device__ __forceinline__ qb_u32 word(qb_u32 w) { return w & 0x7fffffffu; }
+    static __device__ __forceinline__ qb_u32 fold(qb_u32 m) { return m; }
+    static __device__ __forceinline__ float value(qb_u32 m) { return __uint_as_float(m); }
+};
+template <> struct QbAbsBits<QbF16> {
+    static __device__ __forceinline__ qb_u32 word(qb_u32 w) { return w & 0x7fff7fffu; }
+    static __device__ __forceinline__ qb_u32 fold(qb_u32 m) {
+        const qb_u32 lo = m & 0xffffu, hi = m >> 16;
+        return lo > hi ? lo : hi;
+    }
+    static __device__ __forceinline__ float value(qb_u32 m) { return qb_to_f32<QbF16>((qb_u16)m); }
+};
+template <> struct QbAbsBits<QbBF16> {
+    static __device__ __forceinline__ qb_u32 word(qb_u32 w) { return w & 0x7fff7fffu; }
+    static __device__ __forceinline__ qb_u32 fold(qb_u32 m) { return QbAbsBits<QbF16>::fold(m); }
+    static __device__ __forceinline__ float value(qb_u32 m) { return __uint_as_float(m << 16); }
+};
+/* lane-wise unsigned max of two 32-bit words (two 16-bit lanes for the 16-bit types) */
+template <typename T> __device__ __forceinline__ qb_u32 qb_umax(qb_u32 a, qb_u32 b);
+template <> __device__ __forceinline__ qb_u32 qb_umax<QbF32>(qb_u32 a, qb_u32 b) { return a > b ? a : b; }
+template <> __device__ __forceinline__ qb_u32 qb_umax<QbF16>(qb_u32 a, qb_u32 b) { return __vmaxu2(a, b); }
+template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b) { return __vmaxu2(a, b); }
+
 /* ---- encoder ------------------------------------------------------------------- */
-/* bitsandbytes 0.50.2 (torch.bucketize on float32 midpoints): rank = #{k : bounds[k] < clamp(y)}
-   by a branchless binary search of LOGP unrolled steps over 2^LOGP entries (bounds padded
-   with +inf; the first, uniform, step compares with a register), then the code index
-   order[rank] (stable argsort of the code table; skipped when it is the identity).
+/* bitsandbytes 0.50.2 (torch.bucketize on float32 midpoints): rank = #{k : bounds[k] < y},
+   then the code index order[rank] (stable argsort of the code table; skipped when it is
+   the identity).  The rank of the smallest value of y's bucket (its float32 bits >> 19)
+   comes from a table; S compares of a branchless binary search over the bounds that
+   follow add the bounds inside the bucket (quantbook/bulk/gpu/tables.py builds both).
    NaN ranks last, as numpy.searchsorted(bounds, NaN, 'left') (the api rejects
    non-finite input).                                                                 */
-template <int LOGP, bool IDENT>
-__device__ __forceinline__ qb_u32 qb_encode(float yraw, const float* s_b, const qb_u8* s_ord,
-                                            float b_mid, int K) {
-    const float y = yraw;   /* no clamp: the host folded it into the table (bounds >= 1
-                               are +inf; bounds < -1 dropped, ranks start after them) */
-    unsigned kb = (b_mid < y) ? (4u << (LOGP - 1)) : 0u;   /* rank in bytes */
-    if constexpr (LOGP >= 2) {
+template <int S, bool IDENT>
+__device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const float* s_b,
+                                            const qb_u8* s_ord, int kmax) {
+    /* no clamp: the host folded it into the table (bounds >= 1 are +inf; bounds < -1
+       dropped, ranks start after them) */
+    unsigned kb = s_bk[__float_as_uint(y) >> QB_BUCKET_SHIFT];   /* rank in bytes */
 #pragma unroll
-        for (int s = 1 << (LOGP - 2); s > 0; s >>= 1) {      /* s_b[k + s - 1] */
-            const float b = *reinterpret_cast<const float*>(
-                reinterpret_cast<const char*>(s_b) + kb + 4u * (unsigned)(s - 1));
-            if (b < y) kb += 4u * (unsigned)s;
-        }
+    for (int s = (1 << S) >> 1; s > 0; s >>= 1) {         /* s_b[k + s - 1] */
+        const float b = *reinterpret_cast<const float*>(
+            reinterpret_cast<const char*>(s_b) + kb + 4u * (unsigned)(s - 1));
+        if (b < y) kb += 4u * (unsigned)s;
     }
     int k = (int)(kb >> 2);
-    if (yraw != yraw) k = K - 1;
+    if (y != y) k = kmax;
     if constexpr (IDENT) return (qb_u32)k;
     else return (qb_u32)s_ord[k];
 }
 
-/* encode the V scaled values of a thread; FULL: all valid (no per-element checks) */
-template <int LOGP, bool IDENT, int V, bool FULL>
-__device__ __forceinline__ void qb_encode_chunk(const float* v, qb_u32* c, int nvalid, qb_u32 zc,
-                                                const float* s_b, const qb_u8* s_ord, float b_mid, int K) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-        if (FULL || j < nvalid) c[j] = qb_encode<LOGP, IDENT>(v[j], s_b, s_ord, b_mid, K);
-        else c[j] = zc;
-    }
-}
-
 /* ---- quantize: absmax + scale + encode + pack, one pass -------------------------- */
-/* Each thread owns V consecutive elements; a quantization block of B = 2^log2B
-   elements is G = B / V consecutive threads.  G <= 32: xor-shuffles inside the warp;
-   G > 32: the CTA size is a multiple of G and the warps of a group combine their
-   maxima through shared memory.  Every thread takes part in the reductions (threads
-   past n hold zeros) and leaves only after the last barrier.                        */
-template <typename T, int V, int PB>
-__device__ __forceinline__ void qb_quantize(
+/* Each thread owns V consecutive elements (two 16-byte loads); a quantization block of
+   B = 2^log2B elements is G = B / V consecutive threads.  G <= 32: xor-shuffles inside
+   the warp; G > 32: the CTA size is a multiple of G and the warps of a group combine
+   their maxima through shared memory.  Every thread takes part in the reductions
+   (threads past n hold zeros) and leaves only after the last barrier.  The maximum is
+   taken on the bits (QbAbsBits), the code table lives in shared memory.              */
+template <typename T, int V, int PB, int S, bool IDENT>
+__device__ __forceinline__ void qb_quantize_body(
     const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
-    float* __restrict__ absmax, qb_i64 n, int log2B,
-    const float* __restrict__ bounds, const int* __restrict__ order, int K, int ident,
-    int vec_in)
+    float* __restrict__ absmax, qb_i64 n, int log2B, int K, int vec_in, qb_i64 e0,
+    const qb_u16* s_bk, const float* s_b, const qb_u8* s_ord, qb_u32* s_red)
 {
-    constexpr int LOGP = (PB == 8) ? 8 : PB;              /* search steps; P = 2^LOGP */
-    constexpr int P = 1 << LOGP;
-    __shared__ float s_b[P];
-    __shared__ qb_u8 s_ord[P];
-    __shared__ float s_red[32];
-    for (int i = threadIdx.x; i < P; i += blockDim.x) {   /* host pads bounds to P */
-        s_b[i] = bounds[i];
-        s_ord[i] = (qb_u8)order[i];
-    }
-    const float b_mid = bounds[P / 2 - 1];
-    __syncthreads();
+    constexpr int PW = QbWords<T>::per_word;
+    constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
+    const int kmax = K - 1;
 
-    const qb_i64 chunk = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
-    const qb_i64 e0 = chunk * V;
-
-    float v[V];
+    qb_u32 w[NW];
     if (vec_in && e0 + V <= n) {
-        constexpr int NW = V / QbWords<T>::per_word;      /* 32-bit words */
         const uint4* src = reinterpret_cast<const uint4*>(x + e0);
-        qb_u32 w[NW];
 #pragma unroll
         for (int q = 0; q < NW / 4; ++q) {
             const uint4 r = src[q];
             w[4 * q + 0] = r.x; w[4 * q + 1] = r.y; w[4 * q + 2] = r.z; w[4 * q + 3] = r.w;
         }
+    } else {                                              /* tail / unaligned: zeros past n */
+        const typename T::storage* xs = x + e0;
 #pragma unroll
-        for (int j = 0; j < V; ++j)
-            v[j] = QbWords<T>::get(w[j / QbWords<T>::per_word], j % QbWords<T>::per_word);
-    } else {
+        for (int q = 0; q < NW; ++q) {
+            qb_u32 acc = 0u;
 #pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const qb_i64 e = e0 + j;
-            v[j] = (e < n) ? qb_to_f32<T>(x[e]) : 0.0f;
+            for (int h = 0; h < PW; ++h) {
+                const qb_i64 e = e0 + q * PW + h;
+                qb_u32 bits = 0u;
+                if (e < n) {
+                    if constexpr (PW == 1) bits = __float_as_uint(qb_to_f32<T>(xs[q * PW + h]));
+                    else bits = (qb_u32)xs[q * PW + h];
+                }
+                acc |= bits << (16 * h);
+            }
+            w[q] = acc;
         }
     }
 
-    float amax = 0.0f;
+    qb_u32 m = QbAbsBits<T>::word(w[0]);
 #pragma unroll
-    for (int j = 0; j < V; ++j) amax = qb_nanmax(fabsf(v[j]), amax);
+    for (int q = 1; q < NW; ++q) m = qb_umax<T>(m, QbAbsBits<T>::word(w[q]));
+    m = QbAbsBits<T>::fold(m);
 
     const int G = (1 << log2B) / V;
     if (G <= 32) {
-        for (int off = 1; off < G; off <<= 1)
-            amax = qb_nanmax(__shfl_xor_sync(0xffffffffu, amax, off), amax);
+        for (int off = 1; off < G; off <<= 1) {
+            const qb_u32 o = __shfl_xor_sync(0xffffffffu, m, off);
+            m = m > o ? m : o;
+        }
     } else {
 #pragma unroll
-        for (int off = 1; off < 32; off <<= 1)
-            amax = qb_nanmax(__shfl_xor_sync(0xffffffffu, amax, off), amax);
+        for (int off = 1; off < 32; off <<= 1) {
+            const qb_u32 o = __shfl_xor_sync(0xffffffffu, m, off);
+            m = m > o ? m : o;
+        }
         const int warp = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) s_red[warp] = amax;
+        if ((threadIdx.x & 31) == 0) s_red[warp] = m;
         __syncthreads();
         const int wpg = G >> 5;
         const int g0 = (warp / wpg) * wpg;
-        amax = s_red[g0];
-        for (int q = 1; q < wpg; ++q) amax = qb_nanmax(s_red[g0 + q], amax);
+        m = s_red[g0];
+        for (int q = 1; q < wpg; ++q) m = m > s_red[g0 + q] ? m : s_red[g0 + q];
     }
     if (e0 >= n) return;                                  /* no barrier after this */
+    const float amax = QbAbsBits<T>::value(m);
 
     /* bnb: s = absmax.clamp(min=1e-38) (a float32 subnormal); full blocks multiply by
        float32(1/s), the partial last block divides by s; the clamp to [-1, 1] is in
@@ -260,22 +305,24 @@ __device__ __forceinline__ void qb_quantize(
     const bool partial = (e0 >> log2B) == (n >> log2B);   /* only if n % B != 0 */
     if ((e0 & ((((qb_i64)1) << log2B) - 1)) == 0) absmax[e0 >> log2B] = partial ? sc : amax;
     const float inv = __fdiv_rn(1.0f, sc);
-    const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
 
+    float y[V];
     if (partial) {                                        /* rare: one block per call */
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = __fdiv_rn(v[j], sc);
+        for (int j = 0; j < V; ++j) y[j] = __fdiv_rn(QbWords<T>::get(w[j / PW], j % PW), sc);
     } else {
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = __fmul_rn(v[j], inv);
+        for (int j = 0; j < V; ++j) y[j] = __fmul_rn(QbWords<T>::get(w[j / PW], j % PW), inv);
     }
-    qb_u32 c[V];                                          /* encode */
-    if (nvalid == V) {
-        if (ident) qb_encode_chunk<LOGP, true, V, true>(v, c, V, 0u, s_b, s_ord, b_mid, K);
-        else       qb_encode_chunk<LOGP, false, V, true>(v, c, V, 0u, s_b, s_ord, b_mid, K);
-    } else {                                              /* the last, partial chunk */
-        const qb_u32 zc = qb_encode<LOGP, false>(0.0f, s_b, s_ord, b_mid, K);  /* pad code */
-        qb_encode_chunk<LOGP, false, V, false>(v, c, nvalid, zc, s_b, s_ord, b_mid, K);
+    qb_u32 c[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT>(y[j], s_bk, s_b, s_ord, kmax);
+    const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
+    if (nvalid < V) {                                     /* the last, partial chunk */
+        const qb_u32 zc = qb_encode<S, IDENT>(0.0f, s_bk, s_b, s_ord, kmax);   /* pad code */
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+            if (j >= nvalid) c[j] = zc;
     }
 
     constexpr int CPB = (PB == 8) ? 1 : 8 / PB;           /* codes per byte */
@@ -297,20 +344,20 @@ __device__ __forceinline__ void qb_quantize(
         } else if constexpr (NB == 2) {
             *reinterpret_cast<qb_u16*>(dst) = (qb_u16)(b[0] | (b[1] << 8));
         } else {
-            constexpr int NW = NB / 4;
-            qb_u32 w[NW];
+            constexpr int NO = NB / 4;
+            qb_u32 ow[NO];
 #pragma unroll
-            for (int q = 0; q < NW; ++q)
-                w[q] = b[4 * q] | (b[4 * q + 1] << 8) | (b[4 * q + 2] << 16) | (b[4 * q + 3] << 24);
+            for (int q = 0; q < NO; ++q)
+                ow[q] = b[4 * q] | (b[4 * q + 1] << 8) | (b[4 * q + 2] << 16) | (b[4 * q + 3] << 24);
             if constexpr (NB == 4) {
-                *reinterpret_cast<qb_u32*>(dst) = w[0];
+                *reinterpret_cast<qb_u32*>(dst) = ow[0];
             } else if constexpr (NB == 8) {
-                *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
+                *reinterpret_cast<uint2*>(dst) = make_uint2(ow[0], ow[1]);
             } else {
 #pragma unroll
-                for (int q = 0; q < NW / 4; ++q)
+                for (int q = 0; q < NO / 4; ++q)
                     reinterpret_cast<uint4*>(dst)[q] =
-                        make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+                        make_uint4(ow[4 * q], ow[4 * q + 1], ow[4 * q + 2], ow[4 * q + 3]);
             }
         }
     } else {
@@ -319,9 +366,73 @@ __device__ __forceinline__ void qb_quantize(
     }
 }
 
+/* A CTA quantizes tiles of blockDim * V elements, grid-stride (the grid is capped at what
+   the GPU holds at once, or a few times that), so the 16 KB bucket table is read once per
+   CTA, not once per tile.                                                            */
+template <typename T, int V, int PB, int S>
+__device__ __forceinline__ void qb_quantize(
+    const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
+    float* __restrict__ absmax, qb_i64 n, int log2B, const qb_u16* __restrict__ bucket,
+    const float* __restrict__ bounds, int nbounds, const int* __restrict__ order, int K,
+    int ident, int vec_in)
+{
+    __shared__ __align__(16) qb_u16 s_bk[QB_N_BUCKETS];
+    __shared__ float s_b[QB_MAX_BOUNDS];
+    __shared__ qb_u8 s_ord[QB_MAX_TABLE];
+    __shared__ qb_u32 s_red[32];
+    for (int i = threadIdx.x; i < QB_N_BUCKETS / 8; i += blockDim.x)   /* 16-byte copies */
+        reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
+    for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
+    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u8)order[i];
+    __syncthreads();
+    const qb_i64 tile = (qb_i64)blockDim.x * V;
+    const bool big = ((1 << log2B) / V) > 32;             /* maxima meet in shared memory */
+    for (qb_i64 t0 = (qb_i64)blockIdx.x * tile; t0 < n; t0 += (qb_i64)gridDim.x * tile) {
+        const qb_i64 e0 = t0 + (qb_i64)threadIdx.x * V;
+        if (ident)   /* uniform: the code table is sorted (NF4, ...), no order lookup */
+            qb_quantize_body<T, V, PB, S, true>(x, packed, absmax, n, log2B, K, vec_in, e0,
+                                                s_bk, s_b, s_ord, s_red);
+        else
+            qb_quantize_body<T, V, PB, S, false>(x, packed, absmax, n, log2B, K, vec_in, e0,
+                                                 s_bk, s_b, s_ord, s_red);
+        if (big) __syncthreads();                         /* s_red is reused by the next tile */
+    }
+}
+
 /* ---- dequantize ------------------------------------------------------------------ */
-#define QB_EPT 32
-template <typename T, int PB>
+/* Coalesced: a thread handles U consecutive outputs a step (one 16-byte store: 4 float32
+   or 8 float16/bfloat16; 8 float32 for 1-bit codes, whose byte holds 8), and the threads
+   of a warp hold consecutive units, so each warp-wide store writes one contiguous run.
+   A CTA covers STEPS * blockDim units; the loads of all steps are issued before the
+   first store.  U <= 8 <= B, so a unit lies in one quantization block: one absmax.   */
+template <typename T> struct QbPack;     /* two float32 -> two outputs in one 32-bit word */
+template <> struct QbPack<QbF32> {
+    static __device__ __forceinline__ qb_u32 two(float lo, float hi) { return __float_as_uint(lo); }
+};
+template <> struct QbPack<QbF16> {
+    static __device__ __forceinline__ qb_u32 two(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        qb_u32 r;   /* cvt.rn.f16x2.f32 d, a, b: a -> upper half, b -> lower half */
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+#else
+        return (qb_u32)qb_from_f32<QbF16>(lo) | ((qb_u32)qb_from_f32<QbF16>(hi) << 16);
+#endif
+    }
+};
+template <> struct QbPack<QbBF16> {
+    static __device__ __forceinline__ qb_u32 two(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        qb_u32 r;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+#else
+        return (qb_u32)qb_from_f32<QbBF16>(lo) | ((qb_u32)qb_from_f32<QbBF16>(hi) << 16);
+#endif
+    }
+};
+
+template <typename T, int PB, int STEPS>
 __device__ __forceinline__ void qb_dequantize(
     const qb_u8* __restrict__ packed, const float* __restrict__ absmax,
     typename T::storage* __restrict__ out, qb_i64 n, int log2B,
@@ -334,99 +445,96 @@ __device__ __forceinline__ void qb_dequantize(
         s_t[i] = (i < K) ? code[i] : __uint_as_float(0x7fc00000u);   /* unused codes: NaN */
     __syncthreads();
 
-    constexpr int CPB = (PB == 8) ? 1 : 8 / PB;
-    constexpr int NBI = QB_EPT / CPB;                      /* input bytes per thread */
+    constexpr int CPB = (PB == 8) ? 1 : 8 / PB;            /* codes per byte */
+    constexpr int E = 16 / (int)sizeof(S);                 /* outputs per 16-byte store */
+    constexpr int U = (E > CPB) ? E : CPB;                 /* outputs per thread and step */
+    constexpr int IB = U / CPB;                            /* input bytes per thread and step */
     constexpr qb_u32 MASK = (PB == 8) ? 0xffu : ((1u << PB) - 1u);
-    const qb_i64 e0 = ((qb_i64)blockIdx.x * blockDim.x + threadIdx.x) * QB_EPT;
-    if (e0 >= n) return;
-    const qb_i64 o0 = e0 / CPB;
     const qb_i64 nbytes = (n + CPB - 1) / CPB;
+    const qb_i64 u0 = (qb_i64)blockIdx.x * (STEPS * (qb_i64)blockDim.x) + threadIdx.x;
+    const qb_i64 tile_end = (u0 - threadIdx.x + (qb_i64)STEPS * blockDim.x) * U;
 
-    constexpr int NW = NBI / 4;                            /* 32-bit words: 1, 2, 4, 8 */
-    qb_u32 w[NW];
-    if (vec_in && o0 + NBI <= nbytes) {
-        if constexpr (NW == 1) {
-            w[0] = *reinterpret_cast<const qb_u32*>(packed + o0);
-        } else if constexpr (NW == 2) {
-            const uint2 r2 = *reinterpret_cast<const uint2*>(packed + o0);
-            w[0] = r2.x; w[1] = r2.y;
-        } else {
+    if (vec_in && vec_out && tile_end <= n) {              /* the whole CTA tile is inside */
+        qb_u32 w[STEPS][(IB + 3) / 4];
+        float a[STEPS];
 #pragma unroll
-            for (int q = 0; q < NW / 4; ++q) {
-                const uint4 r4 = reinterpret_cast<const uint4*>(packed + o0)[q];
-                w[4 * q + 0] = r4.x; w[4 * q + 1] = r4.y; w[4 * q + 2] = r4.z; w[4 * q + 3] = r4.w;
+        for (int q = 0; q < STEPS; ++q) {
+            const qb_i64 e = (u0 + (qb_i64)q * blockDim.x) * U;
+            const qb_u8* src = packed + e / CPB;
+            if constexpr (IB == 1) w[q][0] = src[0];
+            else if constexpr (IB == 2) w[q][0] = *reinterpret_cast<const qb_u16*>(src);
+            else if constexpr (IB == 4) w[q][0] = *reinterpret_cast<const qb_u32*>(src);
+            else {
+                const uint2 r2 = *reinterpret_cast<const uint2*>(src);
+                w[q][0] = r2.x; w[q][1] = r2.y;
             }
+            a[q] = absmax[e >> log2B];
         }
-    } else {
 #pragma unroll
-        for (int q = 0; q < NW; ++q) {
-            qb_u32 acc = 0u;
-            for (int k = 0; k < 4; ++k) {
-                const qb_i64 o = o0 + 4 * q + k;
-                if (o < nbytes) acc |= ((qb_u32)packed[o]) << (8 * k);
-            }
-            w[q] = acc;
-        }
-    }
-
-    float a_one = 0.0f;
-    const bool one_block = (QB_EPT >> log2B) == 0;          /* EPT <= B: one absmax */
-    if (one_block) a_one = absmax[e0 >> log2B];
-
-    float r[QB_EPT];
+        for (int q = 0; q < STEPS; ++q) {
+            const qb_i64 e = (u0 + (qb_i64)q * blockDim.x) * U;
+            qb_u32 o[U * (int)sizeof(S) / 4];
 #pragma unroll
-    for (int i = 0; i < QB_EPT; ++i) {
-        const qb_u32 byte = (w[(i / CPB) / 4] >> (8 * ((i / CPB) % 4))) & 0xffu;
-        const qb_u32 idx = (PB == 8) ? byte : ((byte >> ((CPB - 1 - (i % CPB)) * PB)) & MASK);
-        const float a = one_block ? a_one
-                                  : ((e0 + i < n) ? absmax[(e0 + i) >> log2B] : 0.0f);
-        r[i] = __fmul_rn(s_t[idx], a);
-    }
-
-    if (vec_out && e0 + QB_EPT <= n) {
-        uint4* dst = reinterpret_cast<uint4*>(out + e0);
-        constexpr int PER = 16 / (int)sizeof(S);           /* elements per uint4 */
+            for (int i = 0; i < U; i += 2) {
+                float r2[2];
 #pragma unroll
-        for (int q = 0; q < QB_EPT / PER; ++q) {
-            qb_u32 ww[4];
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
+                for (int h = 0; h < 2; ++h) {
+                    const int j = i + h;
+                    const qb_u32 byte = (w[q][(j / CPB) / 4] >> (8 * ((j / CPB) % 4))) & 0xffu;
+                    const qb_u32 idx = (PB == 8) ? byte
+                                                 : ((byte >> ((CPB - 1 - (j % CPB)) * PB)) & MASK);
+                    r2[h] = __fmul_rn(s_t[idx], a[q]);
+                }
                 if constexpr (sizeof(S) == 4) {
-                    ww[k] = __float_as_uint(r[q * PER + k]);
+                    o[i] = __float_as_uint(r2[0]);
+                    o[i + 1] = __float_as_uint(r2[1]);
                 } else {
-                    const qb_u32 lo = (qb_u32)qb_from_f32<T>(r[q * PER + 2 * k]);
-                    const qb_u32 hi = (qb_u32)qb_from_f32<T>(r[q * PER + 2 * k + 1]);
-                    ww[k] = (lo & 0xffffu) | (hi << 16);
+                    o[i / 2] = QbPack<T>::two(r2[0], r2[1]);
                 }
             }
-            dst[q] = make_uint4(ww[0], ww[1], ww[2], ww[3]);
+            uint4* dst = reinterpret_cast<uint4*>(out + e);
+#pragma unroll
+            for (int v = 0; v < U * (int)sizeof(S) / 16; ++v)
+                dst[v] = make_uint4(o[4 * v], o[4 * v + 1], o[4 * v + 2], o[4 * v + 3]);
         }
-    } else {
-        for (int i = 0; i < QB_EPT; ++i)
-            if (e0 + i < n) out[e0 + i] = qb_from_f32<T>(r[i]);
+        return;
+    }
+    /* the last tile, or unaligned arrays: element by element */
+    for (int q = 0; q < STEPS; ++q) {
+        const qb_i64 e0 = (u0 + (qb_i64)q * blockDim.x) * U;
+        for (int j = 0; j < U; ++j) {
+            const qb_i64 e = e0 + j;
+            if (e >= n) break;
+            const qb_i64 o = e / CPB;
+            const qb_u32 byte = (o < nbytes) ? (qb_u32)packed[o] : 0u;
+            const qb_u32 idx = (PB == 8) ? byte : ((byte >> ((CPB - 1 - (int)(e % CPB)) * PB)) & MASK);
+            out[e] = qb_from_f32<T>(__fmul_rn(s_t[idx], absmax[e >> log2B]));
+        }
     }
 }
 """
 
 
-def _quantize_wrapper(dtype: str, packing: int) -> str:
+def _quantize_wrapper(dtype: str, packing: int, steps: int) -> str:
     t = _TYPE[dtype]
     return (
-        f'extern "C" __global__ void __launch_bounds__(512) {quantize_name(dtype, packing)}(\n'
+        f'extern "C" __global__ void __launch_bounds__(512, 3) {quantize_name(dtype, packing, steps)}(\n'
         f"    const {t}::storage* x, qb_u8* packed, float* absmax, qb_i64 n, int log2B,\n"
-        f"    const float* bounds, const int* order, int K, int ident, int vec_in) {{\n"
-        f"  qb_quantize<{t}, {VEC[dtype]}, {packing}>"
-        f"(x, packed, absmax, n, log2B, bounds, order, K, ident, vec_in);\n}}\n"
+        f"    const qb_u16* bucket, const float* bounds, int nbounds, const int* order, int K,\n"
+        f"    int ident, int vec_in) {{\n"
+        f"  qb_quantize<{t}, {VEC[dtype]}, {packing}, {steps}>"
+        f"(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K, ident, vec_in);\n}}\n"
     )
 
 
 def _dequantize_wrapper(dtype: str, packing: int) -> str:
     t = _TYPE[dtype]
     return (
-        f'extern "C" __global__ void __launch_bounds__(256) {dequantize_name(dtype, packing)}(\n'
+        f'extern "C" __global__ void __launch_bounds__({DEQ_CTA}) {dequantize_name(dtype, packing)}(\n'
         f"    const qb_u8* packed, const float* absmax, {t}::storage* out, qb_i64 n, int log2B,\n"
         f"    const float* code, int K, int vec_in, int vec_out) {{\n"
-        f"  qb_dequantize<{t}, {packing}>(packed, absmax, out, n, log2B, code, K, vec_in, vec_out);\n}}\n"
+        f"  qb_dequantize<{t}, {packing}, {dequantize_steps(dtype, packing)}>"
+        f"(packed, absmax, out, n, log2B, code, K, vec_in, vec_out);\n}}\n"
     )
 
 
@@ -477,11 +585,13 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     unknown = wanted - set(all_kernel_names())
     if unknown:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
-    parts = [_COMMON]
+    # the encoder tables' layout, from the one place that builds them
+    parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_N_BUCKETS {N_BUCKETS}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
-            if quantize_name(d, p) in wanted:
-                parts.append(_quantize_wrapper(d, p))
+            for k in range(max_steps(p) + 1):
+                if quantize_name(d, p, k) in wanted:
+                    parts.append(_quantize_wrapper(d, p, k))
             if dequantize_name(d, p) in wanted:
                 parts.append(_dequantize_wrapper(d, p))
     if wanted & {NESTED_QUANT_NAME, NESTED_DEQUANT_NAME}:

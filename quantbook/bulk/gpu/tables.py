@@ -1,12 +1,19 @@
 """Host-side encoder tables for the GPU kernels (numpy only; no GPU, no CuPy).
 
 The encoder is the format's (:mod:`quantbook.codebooks.encoding`, float32): ``rank =
-#{k : bounds[k] < y}``, ``index = order[rank]``.  Here it is laid out for the kernels: the
-clamp of ``y`` to [-1, 1] is folded into the table (bounds >= 1 become +inf; the bounds < -1
-are dropped and the ranks start after them: the same code for every float32 ``y``, +-inf
-included), so the kernel does not clamp; the bounds are padded with ``+inf`` to ``P``
-entries (``P = 2**bits`` for 1/2/4-bit packing, 256 for a byte per code: a compile-time
-search depth), held in shared memory with ``order``.
+#{k : bounds[k] < y}``, ``index = order[rank]``.  Here it is laid out for the kernels:
+
+* the clamp of ``y`` to [-1, 1] is folded into the table (bounds >= 1 become +inf; the
+  bounds < -1 are dropped and the ranks start after them: the same code for every float32
+  ``y``, +-inf included), so the kernel does not clamp;
+* a **bucket table** indexed by ``y``'s float32 bits ``>> 19`` (sign, exponent and the top
+  four mantissa bits: 8192 buckets, each an interval of ``y`` of relative width <= 1/16) holds
+  the rank of the bucket's smallest value; within a bucket the rank can only grow past the
+  bounds that lie inside it, at most ``2**steps - 1`` of them, so a binary search of
+  ``steps`` compares over ``bounds[lo : lo + 2**steps - 1]`` finishes it (the bounds are
+  padded with +inf).  For NF4 ``steps`` is 1: one table read and one compare a value, where
+  a plain binary search takes four;
+* NaN takes rank ``K - 1``, as numpy's ``searchsorted`` (the kernel tests for it).
 """
 
 from __future__ import annotations
@@ -17,22 +24,31 @@ import numpy as np
 
 from ..format import check_code_table, code_encoder
 
-__all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "MAX_TABLE"]
+__all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "MAX_TABLE",
+           "BUCKET_SHIFT", "N_BUCKETS", "MAX_STEPS"]
 
 MAX_TABLE = 256
+#: ``y``'s float32 bits are shifted right by this much to index the bucket table
+BUCKET_SHIFT = 19
+N_BUCKETS = 1 << (32 - BUCKET_SHIFT)
+#: the most compares a value can need: a table of 256 codes
+MAX_STEPS = 8
 
 
 @dataclass(frozen=True)
 class EncoderTables:
-    """What the quantize kernel receives: ``bounds`` (float32, length ``P``: the bounds with
-    the clamp folded in, then +inf), ``order`` (int32, length ``P``: code index of each
-    rank), ``P`` (a power of two >= the table size: the kernel's search depth is log2 P),
-    ``K`` (number of reachable ranks: the table size less the bounds below -1; NaN takes
-    rank ``K - 1`` as in numpy's searchsorted) and ``ident`` (``order`` is 0..K-1, so
-    the kernel skips the lookup)."""
+    """What the quantize kernel receives: ``bucket`` (uint16, ``N_BUCKETS``: 4 x the rank of
+    each bucket's smallest value, a byte offset into ``bounds``), ``bounds`` (float32: the
+    bounds with the clamp folded in, then +inf up to ``K - 1 + 2**steps`` entries), ``order``
+    (int32, 256: the code index of each rank), ``steps`` (compares a value needs), ``K``
+    (reachable ranks: the table size less the bounds below -1) and ``ident`` (``order`` is
+    0..K-1, so the kernel skips the lookup).  ``P`` is kept for the plain binary search that
+    :func:`encode_with_tables` can also emulate: a power of two >= the table size."""
 
     bounds: np.ndarray
     order: np.ndarray
+    bucket: np.ndarray
+    steps: int
     P: int
     K: int
     ident: bool
@@ -46,9 +62,26 @@ def search_size(packing: int) -> int:
     return 1 << (8 if packing == 8 else packing)
 
 
+def _bucket_ranges() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(smallest, largest value, is-NaN-only) of every bucket, as float32."""
+    idx = np.arange(N_BUCKETS, dtype=np.uint32)
+    lo_bits = idx << np.uint32(BUCKET_SHIFT)
+    hi_bits = lo_bits | np.uint32((1 << BUCKET_SHIFT) - 1)
+    neg = (idx >> np.uint32(31 - BUCKET_SHIFT)) == 1
+    a, b = lo_bits.view(np.float32), hi_bits.view(np.float32)
+    ymin, ymax = np.where(neg, b, a), np.where(neg, a, b)
+    exp_all_ones = ((lo_bits >> np.uint32(23)) & np.uint32(0xFF)) == 0xFF
+    top_mant_zero = ((lo_bits >> np.uint32(BUCKET_SHIFT)) & np.uint32((1 << (23 - BUCKET_SHIFT)) - 1)) == 0
+    inf = np.where(neg, -np.inf, np.inf).astype(np.float32)
+    # the bucket of +-inf also holds NaNs (the kernel tests for NaN): only inf counts
+    ymin = np.where(exp_all_ones & top_mant_zero, inf, ymin)
+    ymax = np.where(exp_all_ones & top_mant_zero, inf, ymax)
+    return ymin, ymax, exp_all_ones & ~top_mant_zero
+
+
 def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
-    """Tables for a table of ``K`` codes, padded to ``P`` entries (default: the next power
-    of two >= K; the kernels use :func:`search_size` of their packing)."""
+    """Tables for a table of ``K`` codes; ``P`` (default: the next power of two >= K) only
+    bounds the table size, as the kernels' packing does (:func:`search_size`)."""
     c = check_code_table(code_f32)
     k = c.size
     if P is None:
@@ -65,27 +98,34 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
     # the m bounds < -1 are below every clamped y, so drop them and start the ranks at m;
     # bounds >= 1 are above every clamped y: +inf.
     m = int(np.count_nonzero(bounds < -1))
-    kept = bounds[m:]
-    b = np.full(P, np.inf, dtype=np.float32)
-    b[: kept.size] = np.where(kept >= 1, np.float32(np.inf), kept)
-    o = np.zeros(P, dtype=np.int32)
+    kept = np.where(bounds[m:] >= 1, np.float32(np.inf), bounds[m:]).astype(np.float32)
+    ymin, ymax, nan_only = _bucket_ranges()
+    lo = np.searchsorted(kept, ymin, side="left")
+    hi = np.searchsorted(kept, ymax, side="left")
+    lo = np.where(nan_only, 0, lo)
+    count = np.where(nan_only, 0, hi - lo)
+    steps = int(count.max()).bit_length()                 # 2**steps - 1 >= every count
+    b = np.full(kept.size + (1 << steps), np.inf, dtype=np.float32)
+    b[: kept.size] = kept
+    o = np.zeros(MAX_TABLE, dtype=np.int32)
     o[: k - m] = order[m:]
-    b.setflags(write=False)
-    o.setflags(write=False)
+    bucket = (4 * lo).astype(np.uint16)
+    for arr in (b, o, bucket):
+        arr.setflags(write=False)
     ident = m == 0 and bool(np.array_equal(order, np.arange(k)))
-    tabs = EncoderTables(b, o, int(P), int(k - m), ident)
+    tabs = EncoderTables(b, o, bucket, steps, int(P), int(k - m), ident)
     _CACHE[key] = tabs
     return tabs
 
 
 def encode_with_tables(y, tabs: EncoderTables) -> np.ndarray:
-    """numpy emulation of the kernel's branchless binary search on float32 ``y`` (scaled,
-    NOT clamped: the table does it): documents, and lets CPU tests check, what the device
-    computes."""
+    """numpy emulation of the kernel's encoder on float32 ``y`` (scaled, NOT clamped: the
+    table does it): the bucket read, then ``steps`` compares of a branchless binary search.
+    Documents, and lets CPU tests check, what the device computes."""
     y = np.asarray(y, dtype=np.float32)
+    k = tabs.bucket[y.view(np.uint32) >> np.uint32(BUCKET_SHIFT)].astype(np.int64) // 4
+    s = (1 << tabs.steps) >> 1
     with np.errstate(invalid="ignore"):
-        k = np.where(tabs.bounds[tabs.P // 2 - 1] < y, tabs.P // 2, 0)
-        s = tabs.P >> 2
         while s > 0:
             k = np.where(tabs.bounds[k + s - 1] < y, k + s, k)
             s >>= 1

@@ -1,0 +1,401 @@
+"""CUDA C source of the scaled-layout kernels (NVFP4, MXFP4, float16/bfloat16 block scales;
+quantbook/bulk/layouts.py, docs/scales.md), and their names.
+
+Same conventions as :mod:`.kernels`, whose common part (``kernels.source(())``: 16-bit
+storage types, the exact PTX conversions ``qb_to_f32`` / ``qb_from_f32``, ``QbWords``) is
+prepended: header-free,
+explicit round-to-nearest float32 intrinsics, compiled with ``NVRTC_OPTIONS`` (no FMA
+contraction, no flush-to-zero), so each value is the numpy reference's bit for bit.
+
+Work split: a *chunk* is 8 consecutive elements, i.e. 4 packed bytes (a power-of-two block
+size >= 16 holds whole chunks).  An amax or encode thread takes 128 bytes of input (4 or 8
+chunks), a decode thread 32 outputs in 16-byte stores (:func:`elements_per_thread`), the
+steps strided by the CTA size so that each load / store instruction of a warp covers
+consecutive memory; a thread issues all its loads (data and per-block values) before
+computing, as the kernels are bound by memory latency.  Vector accesses (16-byte input, 4-byte packed, 16-byte output) need
+aligned pointers and a power-of-two block size (``vec``); otherwise a scalar kernel path
+handles any even block size and any alignment.
+
+Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
+
+* ``qbs_amax_<dt>`` — per block the largest magnitude, as float32 bits: an unsigned max of
+  ``bits(|x|)`` (ordered as the values for non-negative floats; NaN/Inf give bits
+  ``>= 0x7f800000``, stored as the NaN 0x7fc00000, which is above every finite value).  Up
+  to 32 chunks a block reduce with warp shuffles and one lane stores; larger blocks (> 256
+  elements) use ``atomicMax`` into a zeroed output.
+* ``qbs_encode_<dt>`` — ``y = x * f[block]`` (or ``x / f``), the layout's encoder, two
+  codes a byte, the first in the low nibble, the pad code after the last element.  The encoder is a count
+  ``rank = #{k : t[k] < y}`` over 16 sorted thresholds (branchless binary search in
+  registers): ``t[k]`` is the midpoint ``mids[k]``, or the float just below it where a tie
+  goes up (``y >= m`` is ``y > pred(m)`` for every float32 ``y``), padded with +inf.  The
+  code of a rank comes from 16 nibbles; only the rank of ``0`` can have a second code, for
+  ``y`` with the sign bit (E2M1's -0).  NaN takes the rank numpy's searchsorted gives it.
+  A sign-symmetric table in E2M1's code layout (``sym``: code = magnitude rank | sign << 3)
+  is searched by ``|y|`` over 8 magnitude thresholds, with no lookup: half the comparisons.
+  The vector path multiplies; a division (when the host could not make it an exact
+  multiplication) takes the scalar path, which keeps the compiled code small.
+* ``qbs_decode_<dt>`` — ``out = T(float32(table[code] * scale[block]))``, the 16-entry
+  NaN-padded table in shared memory; the vector path needs packed 2- (float32 output) or
+  4-byte aligned, the output 16-byte aligned.
+"""
+
+from __future__ import annotations
+
+from . import kernels as K
+
+__all__ = ["DTYPES", "CHUNK", "CTA", "elements_per_thread", "amax_name", "encode_name",
+           "decode_name", "all_kernel_names", "source"]
+
+DTYPES = ("f32", "f16", "bf16")
+#: elements a chunk (4 packed bytes)
+CHUNK = 8
+#: threads a CTA
+CTA = 256
+
+_TYPE = {"f32": "QbF32", "f16": "QbF16", "bf16": "QbBF16"}
+
+
+def elements_per_thread(kind: str, dtype: str) -> int:
+    """Elements a thread of the ``kind`` (amax, encode, decode) vector kernel for ``dtype``:
+    amax and encode read 128 bytes a thread (4 or 8 chunks), decode writes 32 values."""
+    if kind == "decode":
+        return 32
+    return CHUNK * (4 if dtype == "f32" else 8)
+
+
+def amax_name(dtype: str) -> str:
+    return f"qbs_amax_{dtype}"
+
+
+def encode_name(dtype: str) -> str:
+    return f"qbs_encode_{dtype}"
+
+
+def decode_name(dtype: str) -> str:
+    return f"qbs_decode_{dtype}"
+
+
+def all_kernel_names() -> list[str]:
+    return [f(d) for f in (amax_name, encode_name, decode_name) for d in DTYPES]
+
+
+_SCALED = r"""
+#define QBS_CE 8          /* elements a chunk = 4 packed bytes */
+#define QBS_NONFINITE 0x7f800000u
+#define QBS_NAN 0x7fc00000u
+
+/* the 8 elements of a chunk, from 16-byte loads (x + e0 16-byte aligned) */
+template <typename T> struct QbsRaw {
+    static const int NW = QBS_CE / QbWords<T>::per_word;     /* 32-bit words: 8 or 4 */
+    qb_u32 w[NW];
+    __device__ __forceinline__ void load(const typename T::storage* __restrict__ x, qb_i64 e0) {
+        const uint4* src = reinterpret_cast<const uint4*>(x + e0);
+#pragma unroll
+        for (int q = 0; q < NW / 4; ++q) {
+            const uint4 r = src[q];
+            w[4 * q + 0] = r.x; w[4 * q + 1] = r.y; w[4 * q + 2] = r.z; w[4 * q + 3] = r.w;
+        }
+    }
+    __device__ __forceinline__ float get(int j) const {
+        return QbWords<T>::get(w[j / QbWords<T>::per_word], j % QbWords<T>::per_word);
+    }
+};
+
+/* the chunk's words: a vector load when whole, else element by element (zero bits past n) */
+template <typename T>
+__device__ __forceinline__ void qbs_load_chunk(const typename T::storage* __restrict__ x,
+                                               qb_i64 e0, qb_i64 n, QbsRaw<T>& r) {
+    if (e0 + QBS_CE <= n) {
+        r.load(x, e0);
+    } else {
+        constexpr int PW = QbWords<T>::per_word;
+#pragma unroll
+        for (int k = 0; k < QbsRaw<T>::NW; ++k) {
+            qb_u32 acc = 0u;
+#pragma unroll
+            for (int h = 0; h < PW; ++h) {
+                const qb_i64 e = e0 + k * PW + h;
+                if (e < n) {
+                    if constexpr (PW == 1) acc = __float_as_uint(qb_to_f32<T>(x[e]));
+                    else acc |= ((qb_u32)x[e]) << (16 * h);
+                }
+            }
+            r.w[k] = acc;
+        }
+    }
+}
+
+/* chunks a thread for amax and encode: 128 bytes of input in flight (latency, not
+   arithmetic, limits these kernels) */
+template <typename T> struct QbsCh { static const int v = 4 * QbWords<T>::per_word; };
+
+/* ---- block maxima ------------------------------------------------------------------ */
+template <typename T>
+__device__ __forceinline__ void qbs_amax(const typename T::storage* __restrict__ x,
+                                         qb_u32* __restrict__ out, qb_i64 n, int B, int log2B,
+                                         int vec) {
+    if (vec) {                       /* B = 2^log2B >= 8: G = B / 8 chunks a block */
+        const int lg = log2B - 3;
+        const int gw = lg >= 5 ? 32 : (1 << lg);           /* lanes reduced together */
+        constexpr int CH = QbsCh<T>::v;
+        QbsRaw<T> raw[CH];
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+            const qb_i64 c = ((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x;
+            qbs_load_chunk<T>(x, c * QBS_CE, n, raw[q]);
+        }
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+            const qb_i64 e0 = (((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x) * QBS_CE;
+            qb_u32 m = 0u;
+#pragma unroll
+            for (int j = 0; j < QBS_CE; ++j) {
+                const qb_u32 a = __float_as_uint(raw[q].get(j)) & 0x7fffffffu;
+                m = a > m ? a : m;
+            }
+            for (int off = 1; off < gw; off <<= 1) {           /* every thread takes part */
+                const qb_u32 o = __shfl_xor_sync(0xffffffffu, m, off);
+                m = o > m ? o : m;
+            }
+            m = (m >= QBS_NONFINITE) ? QBS_NAN : m;            /* NaN >= every finite */
+            if ((threadIdx.x & (gw - 1)) == 0 && e0 < n) {
+                if (lg <= 5) out[e0 >> log2B] = m;              /* the group is the block */
+                else atomicMax(out + (e0 >> log2B), m);         /* output zeroed by the host */
+            }
+        }
+    } else {                         /* any even B, any alignment: a thread a block */
+        const qb_i64 b = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+        const qb_i64 e0 = b * (qb_i64)B;
+        if (e0 >= n) return;
+        const qb_i64 e1 = (e0 + B < n) ? e0 + B : n;
+        qb_u32 m = 0u;
+        for (qb_i64 e = e0; e < e1; ++e) {
+            const qb_u32 a = __float_as_uint(qb_to_f32<T>(x[e])) & 0x7fffffffu;
+            m = a > m ? a : m;
+        }
+        out[b] = (m >= QBS_NONFINITE) ? QBS_NAN : m;
+    }
+}
+
+/* ---- encoder ----------------------------------------------------------------------- */
+struct QbsEnc {
+    float t[16];         /* sorted thresholds (module docstring), +inf padded */
+    qb_u32 lo, hi;       /* code of rank r: nibble r & 7 of (r < 8 ? lo : hi) */
+    int j0;              /* the rank whose code depends on the sign bit (-1: none) */
+    qb_u32 neg0;         /* its code for y with the sign bit */
+    int rnan;            /* rank of NaN */
+};
+
+/* a sign-symmetric table with E2M1's code layout (code = magnitude rank | sign << 3):
+   rank of |y| over 8 magnitude thresholds t[0..7] (t[7] = +inf); NaN gets neg0 */
+__device__ __forceinline__ qb_u32 qbs_code_sym(float y, const QbsEnc& E) {
+    const float a = fabsf(y);        /* folds into the comparisons */
+    const bool c4 = E.t[3] < a;
+    const bool c2 = (c4 ? E.t[5] : E.t[1]) < a;
+    const bool c1 = (c4 ? (c2 ? E.t[6] : E.t[4]) : (c2 ? E.t[2] : E.t[0])) < a;
+    const qb_u32 code = (c4 ? 4u : 0u) | (c2 ? 2u : 0u) | (c1 ? 1u : 0u)
+                      | ((__float_as_uint(y) >> 28) & 8u);
+    return (a != a) ? E.neg0 : code;
+}
+
+template <bool SYM>
+__device__ __forceinline__ qb_u32 qbs_code_any(float y, const QbsEnc& E);
+
+__device__ __forceinline__ qb_u32 qbs_code(float y, const QbsEnc& E) {
+    /* rank = #{k : t[k] < y}: binary search over t[0..15] (t[15] = +inf), the pivots
+       picked by selects so the thresholds stay in registers */
+    const bool c8 = E.t[7] < y;
+    const bool c4 = (c8 ? E.t[11] : E.t[3]) < y;
+    const float p1a = c4 ? E.t[5] : E.t[1];
+    const float p1b = c4 ? E.t[13] : E.t[9];
+    const bool c2 = (c8 ? p1b : p1a) < y;
+    const float q0 = c2 ? E.t[2] : E.t[0];
+    const float q1 = c2 ? E.t[6] : E.t[4];
+    const float q2 = c2 ? E.t[10] : E.t[8];
+    const float q3 = c2 ? E.t[14] : E.t[12];
+    const bool c1 = (c8 ? (c4 ? q3 : q2) : (c4 ? q1 : q0)) < y;
+    int r = (c8 ? 8 : 0) | (c4 ? 4 : 0) | (c2 ? 2 : 0) | (c1 ? 1 : 0);
+    if (y != y) r = E.rnan;
+    qb_u32 code = (((r & 8) ? E.hi : E.lo) >> ((r & 7) << 2)) & 15u;
+    if (r == E.j0 && (__float_as_uint(y) >> 31)) code = E.neg0;
+    return code;
+}
+
+template <> __device__ __forceinline__ qb_u32 qbs_code_any<false>(float y, const QbsEnc& E) {
+    return qbs_code(y, E);
+}
+template <> __device__ __forceinline__ qb_u32 qbs_code_any<true>(float y, const QbsEnc& E) {
+    return qbs_code_sym(y, E);
+}
+
+__device__ __forceinline__ float qbs_scale(float v, float f, int divide) {
+    return divide ? __fdiv_rn(v, f) : __fmul_rn(v, f);
+}
+
+template <typename T, bool SYM>
+__device__ __forceinline__ void qbs_encode_body(const typename T::storage* __restrict__ x,
+                                           const float* __restrict__ factor,
+                                           qb_u8* __restrict__ packed, qb_i64 n, int B, int log2B,
+                                           int divide, int vec, qb_u32 pad, const QbsEnc& E) {
+    const qb_i64 nbytes = (n + 1) >> 1;
+    if (vec) {                       /* B = 2^log2B >= 8; a multiplication (the host's choice) */
+        constexpr int CH = QbsCh<T>::v;
+        QbsRaw<T> raw[CH];           /* raw words: fewer registers than floats */
+        float fq[CH];                /* loaded with the data: one memory round trip */
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+            const qb_i64 c = ((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x;
+            if (c * QBS_CE < n) {
+                qbs_load_chunk<T>(x, c * QBS_CE, n, raw[q]);
+                fq[q] = factor[(c * QBS_CE) >> log2B];
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+            const qb_i64 c = ((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x;
+            const qb_i64 e0 = c * QBS_CE;
+            if (e0 >= n) continue;
+            const float f = fq[q];
+            qb_u32 w = 0u;
+            if (e0 + QBS_CE <= n) {
+#pragma unroll
+                for (int j = 0; j < QBS_CE; ++j)
+                    w |= qbs_code_any<SYM>(__fmul_rn(raw[q].get(j), f), E) << (4 * j);
+                *reinterpret_cast<qb_u32*>(packed + 4 * c) = w;
+            } else {                 /* the last chunk: pad codes, only bytes < nbytes */
+                for (int j = 0; j < QBS_CE; ++j)
+                    w |= ((e0 + j < n) ? qbs_code_any<SYM>(__fmul_rn(raw[q].get(j), f), E) : pad) << (4 * j);
+                for (int k = 0; k < 4; ++k)
+                    if (4 * c + k < nbytes) packed[4 * c + k] = (qb_u8)(w >> (8 * k));
+            }
+        }
+    } else {                         /* any even B, any alignment, a division: a byte a thread */
+        const qb_i64 o = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+        if (o >= nbytes) return;
+        const qb_i64 e = 2 * o;      /* B is even: e and e + 1 share a block */
+        const float f = factor[e / B];
+        const qb_u32 lo = qbs_code_any<SYM>(qbs_scale(qb_to_f32<T>(x[e]), f, divide), E);
+        const qb_u32 hi = (e + 1 < n) ? qbs_code_any<SYM>(qbs_scale(qb_to_f32<T>(x[e + 1]), f, divide), E) : pad;
+        packed[o] = (qb_u8)(lo | (hi << 4));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void qbs_encode(const typename T::storage* __restrict__ x,
+                                           const float* __restrict__ factor,
+                                           qb_u8* __restrict__ packed, qb_i64 n, int B, int log2B,
+                                           int divide, int vec, qb_u32 pad, int sym,
+                                           const QbsEnc& E) {
+    if (sym) qbs_encode_body<T, true>(x, factor, packed, n, B, log2B, divide, vec, pad, E);
+    else qbs_encode_body<T, false>(x, factor, packed, n, B, log2B, divide, vec, pad, E);
+}
+
+/* ---- decode ------------------------------------------------------------------------ */
+/* A step of a thread is one 16-byte store: DE = 16 / sizeof(S) outputs (4 float32, 8 16-bit)
+   from DE / 2 packed bytes; QBS_DEC_EPT outputs a thread, the steps strided by the CTA so
+   each store instruction of a warp writes 512 consecutive bytes. */
+#define QBS_DEC_EPT 32
+template <typename T>
+__device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
+                                           const float* __restrict__ scale,
+                                           const float* __restrict__ table,
+                                           typename T::storage* __restrict__ out, qb_i64 n, int B,
+                                           int log2B, int vec) {
+    typedef typename T::storage S;
+    __shared__ float s_t[16];
+    if (threadIdx.x < 16) s_t[threadIdx.x] = table[threadIdx.x];   /* NaN-padded by the host */
+    __syncthreads();
+    const qb_i64 nbytes = (n + 1) >> 1;
+    if (vec) {                       /* B = 2^log2B >= 8; packed DB-, out 16-byte aligned */
+        constexpr int DE = 16 / (int)sizeof(S);
+        constexpr int DB = DE / 2;
+        constexpr int CH = QBS_DEC_EPT / DE;
+        qb_u32 w[CH];
+        float sq[CH];                /* loaded with the codes: one memory round trip */
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+            const qb_i64 c = ((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x;
+            sq[q] = (c * DE < n) ? scale[(c * DE) >> log2B] : 0.0f;
+            w[q] = 0u;
+            if (DB * c + DB <= nbytes) {
+                if constexpr (DB == 4) w[q] = *reinterpret_cast<const qb_u32*>(packed + 4 * c);
+                else w[q] = *reinterpret_cast<const qb_u16*>(packed + 2 * c);
+            } else {
+                for (int k = 0; k < DB; ++k)
+                    if (DB * c + k < nbytes) w[q] |= ((qb_u32)packed[DB * c + k]) << (8 * k);
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+            const qb_i64 c = ((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x;
+            const qb_i64 e0 = c * DE;
+            if (e0 >= n) continue;
+            float r[DE];
+#pragma unroll
+            for (int j = 0; j < DE; ++j) r[j] = __fmul_rn(s_t[(w[q] >> (4 * j)) & 15u], sq[q]);
+            if (e0 + DE <= n) {
+                qb_u32 ww[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    if constexpr (sizeof(S) == 4) {
+                        ww[k] = __float_as_uint(r[k]);
+                    } else {
+                        ww[k] = ((qb_u32)qb_from_f32<T>(r[2 * k]) & 0xffffu)
+                              | ((qb_u32)qb_from_f32<T>(r[2 * k + 1]) << 16);
+                    }
+                }
+                *reinterpret_cast<uint4*>(out + e0) = make_uint4(ww[0], ww[1], ww[2], ww[3]);
+            } else {
+                for (int j = 0; j < DE; ++j)
+                    if (e0 + j < n) out[e0 + j] = qb_from_f32<T>(r[j]);
+            }
+        }
+    } else {                         /* any even B, any alignment: a byte a thread */
+        const qb_i64 o = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+        if (o >= nbytes) return;
+        const qb_i64 e = 2 * o;
+        const float s = scale[e / B];
+        const qb_u32 p = packed[o];
+        out[e] = qb_from_f32<T>(__fmul_rn(s_t[p & 15u], s));
+        if (e + 1 < n) out[e + 1] = qb_from_f32<T>(__fmul_rn(s_t[p >> 4], s));
+    }
+}
+"""
+
+_T_PARAMS = ", ".join(f"float t{k}" for k in range(16))
+_T_INIT = ", ".join(f"t{k}" for k in range(16))
+
+
+def _wrappers(dtype: str) -> dict[str, str]:
+    """name -> the ``extern "C"`` kernel of that name for one dtype."""
+    t = _TYPE[dtype]
+    return {
+        amax_name(dtype):
+        f'extern "C" __global__ void __launch_bounds__({CTA}) {amax_name(dtype)}(\n'
+        f"    const {t}::storage* x, qb_u32* out, qb_i64 n, int B, int log2B, int vec) {{\n"
+        f"  qbs_amax<{t}>(x, out, n, B, log2B, vec);\n}}\n",
+        encode_name(dtype):
+        f'extern "C" __global__ void __launch_bounds__({CTA}) {encode_name(dtype)}(\n'
+        f"    const {t}::storage* x, const float* factor, qb_u8* packed, qb_i64 n, int B,\n"
+        f"    int log2B, int divide, int vec, qb_u32 pad, int sym, {_T_PARAMS},\n"
+        f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
+        f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
+        f"  qbs_encode<{t}>(x, factor, packed, n, B, log2B, divide, vec, pad, sym, E);\n}}\n",
+        decode_name(dtype):
+        f'extern "C" __global__ void __launch_bounds__({CTA}) {decode_name(dtype)}(\n'
+        f"    const qb_u8* packed, const float* scale, const float* table, {t}::storage* out,\n"
+        f"    qb_i64 n, int B, int log2B, int vec) {{\n"
+        f"  qbs_decode<{t}>(packed, scale, table, out, n, B, log2B, vec);\n}}\n",
+    }
+
+
+def source(names: list[str] | tuple[str, ...] | None = None) -> str:
+    """CUDA source holding the kernels ``names`` (default: every scaled kernel)."""
+    wanted = set(all_kernel_names() if names is None else names)
+    unknown = wanted - set(all_kernel_names())
+    if unknown:
+        raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
+    parts = [K.source(()), _SCALED]   # the common helpers of kernels.py, no kernel
+    for d in DTYPES:
+        parts += [text for name, text in _wrappers(d).items() if name in wanted]
+    return "\n".join(parts)

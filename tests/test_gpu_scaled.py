@@ -1,0 +1,476 @@
+"""The gpu backend's scaled-layout kernels (quantbook/bulk/gpu/scaled_kernels.py, launched by
+quantbook/bulk/gpu/scaled.py) against the numpy reference, bit for bit.
+
+Without a GPU: the host-side preparation is checked directly (the kernel's threshold encoder
+against the layout's encoder, the exact multiplier against float32 division); the kernels run
+on the CPU through the host emulation (tests/gpu_emulator.py) of the SAME CUDA source, both
+through the scaled-layout driver (every rule, codebook, input dtype, odd sizes, ties, zeros,
+subnormals, huge values, the vector and the scalar path) and through the real launchers with
+a stand-in ``cupy`` (NVRTC still compiles each kernel); NVRTC compiles every kernel for sm_80
+and sm_90.  With a GPU: the launchers on device arrays.  Oracle: the numpy backend
+(quantbook/bulk/reference.py), itself checked against torchao's bytes in
+tests/test_layouts_torchao.py.  Seeds are fixed; every comparison is exact.
+"""
+
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpu_emulator as E
+import quantbook as qb
+from quantbook import Codebook
+from quantbook.bulk import layouts as L
+from quantbook.bulk.api import _sanitize, resolve_codebook
+from quantbook.bulk.gpu import backend as G
+from quantbook.bulk.gpu import scaled as GS
+from quantbook.bulk.gpu import scaled_kernels as SK
+from quantbook.bulk.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+from quantbook.bulk.reference import (scaled_amax_reference, scaled_decode_reference,
+                                      scaled_encode_reference)
+from quantbook.bulk.scaled import dequantize_scaled, quantize_scaled
+from quantbook.scales import get_rule
+
+from gpu_cases import bits_equal
+
+try:
+    import ml_dtypes
+    BF16 = ml_dtypes.bfloat16
+except ImportError:  # only the bfloat16 cases need it
+    ml_dtypes = BF16 = None
+
+_no_bf16 = pytest.mark.skipif(BF16 is None, reason="bfloat16 needs ml_dtypes")
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"),
+          pytest.param(BF16, id="bf16", marks=_no_bf16)]
+
+# a 16-entry table that is not E2M1's: +0 and -0 both, sign-magnitude order, uneven spacing
+SIGNED16 = np.array([0.0, 0.3, 0.9, 1.4, 2.0, 2.9, 4.1, 6.0,
+                     -0.0, -0.5, -1.0, -1.6, -2.2, -3.0, -4.5, -6.0], np.float32)
+# fewer than 16 entries: codes 11..15 are corrupt and decode to NaN
+SHORT11 = np.array([-6, -3, -1.5, -0.6, -0.1, 0, 0.2, 0.8, 1.7, 3.3, 6], np.float32)
+
+
+def _codebook(name):
+    if name == "signed16":
+        return Codebook(np.unique(SIGNED16.astype(np.float64) + 0.0), bits=4, code=SIGNED16, name="signed16")
+    if name == "short11":
+        return Codebook(SHORT11.astype(np.float64), bits=4, code=SHORT11, name="short11")
+    return resolve_codebook(name)
+
+
+def _table(name):
+    return L.scaled_table(_codebook(name).code, 6.0)
+
+
+TABLES = ["e2m1", "nf4", "iq4_nl", "af4", "fp4", "signed16", "short11"]
+
+
+# ------------------------------------------------------------------ host preparation (numpy)
+@pytest.mark.parametrize("allow_symmetric", [True, False], ids=["sym", "general"])
+@pytest.mark.parametrize("name", TABLES)
+def test_threshold_encoder_is_the_layout_encoder(name, allow_symmetric):
+    """The kernel's encoder (a count over thresholds, a tie going up as ``y > pred(mid)``)
+    gives the layout's codes on every midpoint, its neighbours, signed zeros, subnormals,
+    infinities, NaN and a wide random sample."""
+    table = _table(name)
+    enc = L.scaled_encoder(table)
+    args = GS.encoder_args(table, allow_symmetric)
+    if not allow_symmetric:
+        assert not args.sym
+    m = enc.mids
+    rng = np.random.default_rng(11)
+    y = np.concatenate([m, -m, np.nextafter(m, np.float32(-np.inf)), np.nextafter(m, np.float32(np.inf)),
+                        enc.values, -enc.values, [0.0, -0.0, 1e-45, -1e-45, 1e-39, -1e-39, np.inf,
+                                                  -np.inf, np.nan, -np.nan, 3.4e38, -3.4e38],
+                        rng.standard_normal(20000) * 4, rng.uniform(-7, 7, 20000)]).astype(np.float32)
+    assert np.array_equal(GS.encode_with_args(y, args), enc(y))
+    assert args.pad == enc.zero_index
+
+
+def test_e2m1_minus_zero_has_its_own_code():
+    y = np.array([-0.0, -0.1, -0.25, 0.0, 0.1, 0.25, -0.2500001, 0.75, -2.5, 5.0, np.nan], np.float32)
+    for allow_symmetric in (True, False):
+        args = GS.encoder_args(_table("e2m1"), allow_symmetric)
+        assert args.sym == allow_symmetric
+        assert GS.encode_with_args(y, args).tolist() == [8, 8, 8, 0, 0, 0, 9, 2, 12, 6, 7]
+
+
+def test_which_tables_are_symmetric():
+    # E2M1 is sign-symmetric in its own code layout; bitsandbytes' FP4 is symmetric in
+    # another layout, NF4 and the signed16 table are not symmetric: the general encoder
+    assert [GS.encoder_args(_table(n)).sym for n in TABLES] == [True] + [False] * 6
+
+
+def test_extreme_table_is_refused_not_miscoded():
+    # midpoints of two entries near -FLT_MAX overflow to -inf: no threshold can express the tie
+    # and the tie there goes up (the lower entry at an odd index, the upper at an even one)
+    big = np.float32(3.0e38)
+    table = np.array([0.0, -big, np.float32(-2.9e38), big], np.float32)
+    with np.errstate(over="ignore"), pytest.raises(ValueError, match="too extreme for the gpu encoder"):
+        GS.encoder_args(table)
+    with np.errstate(over="ignore"):                  # the same midpoint without a tie going up
+        GS.encoder_args(np.array([-big, np.float32(-2.9e38), 0.0, big], np.float32))
+
+
+def test_exact_multiplier_rounds_as_the_division():
+    """x / 2^e and x * 2^-e are the same float32 for every x (first principles: both are the
+    exact quotient rounded once), subnormal and overflowing results included."""
+    rng = np.random.default_rng(12)
+    with np.errstate(over="ignore"):
+        x = (rng.standard_normal(4000) * np.exp2(rng.integers(-149, 128, 4000))).astype(np.float32)
+    f = np.exp2(np.arange(-127, 128)).astype(np.float32)        # e8m0 range (2^-127 subnormal)
+    r, divide = GS.exact_multiplier(f, True)
+    assert not divide and np.array_equal(r.astype(np.float64), 1.0 / f.astype(np.float64))
+    with np.errstate(over="ignore", under="ignore"):
+        for k in range(f.size):
+            assert bits_equal(x / f[k], x * r[k]), f[k]
+    # not powers of two, or a reciprocal that is no float32: the division stays
+    for bad in ([3.0], [1.0, 0.75], [2.0 ** -149], [0.0]):
+        g, d = GS.exact_multiplier(np.array(bad, np.float32), True)
+        assert d and np.array_equal(g, np.array(bad, np.float32))
+    g, d = GS.exact_multiplier(np.array([0.3], np.float32), False)
+    assert not d and g[0] == np.float32(0.3)
+
+
+def test_launch_shape():
+    assert GS.launch_shape("encode", 2**28, 16, True) == (2**28 // 8192, 256, 1, 4)
+    assert GS.launch_shape("encode", 2**28, 16, True, "bf16") == (2**28 // 16384, 256, 1, 4)
+    assert GS.launch_shape("decode", 2**28, 32, True, "f16") == (2**28 // 8192, 256, 1, 5)
+    assert GS.launch_shape("amax", 1000, 32, False)[2] == 0
+    assert GS.launch_shape("decode", 1000, 18, True)[2:] == (0, -1)   # not a power of two
+    assert GS.launch_shape("amax", 1000, 18, False)[0] == 1
+
+
+# ------------------------------------------------------------------ emulated kernels
+@pytest.fixture(scope="module")
+def emu():
+    try:
+        E.scaled_emulator()
+    except E.EmulatorUnavailable as exc:
+        pytest.skip(f"host emulation unavailable: {exc}")
+    return E
+
+
+def _nasty(n, rule, rng, table):
+    """Seeded data over 10 decades with, block-aligned (block 16): an all-zero block, a
+    block with max 4 (so e8m0 floor/even divide by 1 and y = x: the midpoints, their
+    neighbours and signed zeros are ties and near-ties), subnormals, and huge values."""
+    x = (rng.standard_normal(n) * np.exp(rng.uniform(-6, 6, n // 16 + 1)).repeat(16)[:n]).astype(np.float32)
+    x[16:32] = 0.0
+    x[17] = -0.0
+    mids = L.scaled_encoder(table).mids
+    probe = np.concatenate([mids, np.nextafter(mids, np.float32(0)), -mids, [-0.0, -0.1]])
+    probe = probe[np.abs(probe) <= 4][:31]
+    x[32:64] = 0.0
+    x[32:32 + probe.size] = probe
+    x[63] = 4.0
+    if rule != "bfloat16":                    # a subnormal bfloat16 scale is an error
+        x[64:80] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39, 2e-38, -1e-41, 5e-45] * 2
+    if rule != "float16" and n > 96:          # a float16 scale would overflow
+        x[80:96] = rng.uniform(-3e38, 3e38, 16)
+    return x
+
+
+RULES = ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil", "float16", "bfloat16",
+         "search:4over6", "search:e8m0:floor@1,0.75/l1"]
+
+
+def _check_driver(be, x, codebook, bs, rule):
+    cb = _codebook(codebook)
+    r = get_rule(rule)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    with np.errstate(over="ignore"):
+        p, st = quantize_scaled(flat, x.shape, x.dtype, cb, bs, r, 6.0, be, False, _sanitize)
+        rp, rst = qb.quantize(x, cb, bs, scale=rule, backend="numpy")
+    assert bits_equal(p, rp), np.flatnonzero(p != rp)[:8]
+    assert bits_equal(st.absmax, rst.absmax) and st.tensor_scale == rst.tensor_scale
+    for dt in (np.float32, np.float16) + ((BF16,) if BF16 is not None else ()):
+        st.dtype = np.dtype(dt)
+        with np.errstate(over="ignore"):
+            a = dequantize_scaled(p, st, be)
+            b = qb.dequantize(rp, st, backend="numpy")
+        assert a.shape == x.shape and bits_equal(a, b), dt
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("codebook", ["e2m1", "nf4", "signed16"])
+def test_driver_bytes_equal_numpy(emu, rule, codebook):
+    rng = np.random.default_rng(abs(hash((rule, codebook))) % 2**32)
+    be = E.EmulatedScaledBackend()
+    bs = 16 if rule.startswith(("e4m3", "search:4over6")) else 32
+    x = _nasty(1001, rule, rng, _table(codebook))          # odd: a pad nibble, a partial block
+    _check_driver(be, x, codebook, bs, rule)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule,bs", [("e4m3", 16), ("e8m0:floor", 32), ("e8m0:rceil", 32),
+                                     ("float16", 64), ("search:4over6", 16)])
+def test_half_precision_inputs(emu, dtype, rule, bs):
+    rng = np.random.default_rng(bs)
+    x = _nasty(2 * 1003, rule, rng, _table("e2m1")).reshape(2, 1003)
+    if dtype is np.float16:
+        x = np.clip(x, -6e4, 6e4)
+    _check_driver(E.EmulatedScaledBackend(), x.astype(dtype), "e2m1", bs, rule)
+
+
+@pytest.mark.parametrize("rule", ["e4m3", "e8m0:even", "bfloat16"])
+@pytest.mark.parametrize("codebook", ["iq4_nl", "e2m1"])
+def test_scalar_path(emu, rule, codebook):
+    """The scalar kernels (unaligned data, block sizes that are not a power of two)."""
+    rng = np.random.default_rng(5)
+    x = _nasty(777, rule, rng, _table(codebook))
+    _check_driver(E.EmulatedScaledBackend(vec=False), x, codebook, 32, rule)
+
+
+@pytest.mark.parametrize("rule", ["e4m3", "e8m0:ceil"])
+def test_fp4_through_the_driver(emu, rule):
+    """bitsandbytes' FP4: 0.0 stored twice, codes in a layout of their own."""
+    rng = np.random.default_rng(7)
+    x = _nasty(1001, rule, rng, _table("fp4"))
+    _check_driver(E.EmulatedScaledBackend(), x, "fp4", 16, rule)
+
+
+@pytest.mark.parametrize("rule", ["e4m3", "e8m0:floor", "search:4over6"])
+def test_general_encoder_on_e2m1(emu, rule):
+    """E2M1 through the general (non-symmetric) kernel encoder too."""
+    rng = np.random.default_rng(6)
+    x = _nasty(1001, rule, rng, _table("e2m1"))
+    _check_driver(E.EmulatedScaledBackend(allow_symmetric=False), x, "e2m1", 16, rule)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bs", [2, 6, 16, 18, 32, 64, 256, 512, 4096])
+def test_amax_hook(emu, dtype, bs):
+    """Block maxima for every block size path: warp groups, whole warps, atomicMax across
+    warps (> 256), the scalar kernel (not a power of two); NaN for blocks with NaN or Inf."""
+    rng = np.random.default_rng(bs)
+    n = 3 * bs + 2 * 77 + 1
+    x = (rng.standard_normal(n) * 100).astype(np.float32)
+    x[min(n - 1, bs + 1)] = np.nan
+    x[n - 1] = -np.inf
+    x[:min(bs, n)] = -0.0
+    x = x.astype(dtype)
+    ref = scaled_amax_reference(x, bs)
+    assert bits_equal(E.scaled_amax_emulated(x, bs), ref)
+    assert bits_equal(E.scaled_amax_emulated(x, bs, vec=False), ref)
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_encode_decode_hooks(emu, name):
+    """Direct hooks: a true division (factors that are not powers of two), odd n, a view at a
+    2-byte offset (scalar path), every stored byte (corrupt codes decode to NaN)."""
+    table = _table(name)
+    rng = np.random.default_rng(len(name))
+    x = (rng.standard_normal(1203) * 3).astype(np.float32)
+    nb = -(-x.size // 16)
+    f = rng.uniform(0.3, 3, nb).astype(np.float32)
+    for divide in (True, False):
+        ref = scaled_encode_reference(x, f, divide, table, 16)
+        assert bits_equal(E.scaled_encode_emulated(x, f, divide, table, 16), ref)
+    x16 = x.astype(np.float16)
+    view = np.empty(x16.size + 1, np.float16)[1:]
+    view[:] = x16
+    ref = scaled_encode_reference(view, f, True, table, 16)
+    assert bits_equal(E.scaled_encode_emulated(view, f, True, table, 16), ref)
+    every = np.arange(256, dtype=np.uint8).repeat(3)[: nb * 8]
+    scale = rng.uniform(0.01, 10, nb).astype(np.float32)
+    n = 2 * every.size - 1
+    for dt in (np.float32, np.float16) + ((BF16,) if BF16 is not None else ()):
+        ref = scaled_decode_reference(every, scale, table, 16, n, dt)
+        assert bits_equal(E.scaled_decode_emulated(every, scale, table, 16, n, dt), ref)
+        assert bits_equal(E.scaled_decode_emulated(every, scale, table, 16, n, dt, vec=False), ref)
+        for off in (1, 2):                   # odd: scalar path; 2: vector path for float32 only
+            moved = np.empty(every.size + off, np.uint8)[off:]
+            moved[:] = every
+            assert bits_equal(E.scaled_decode_emulated(moved, scale, table, 16, n, dt), ref)
+
+
+def test_nonfinite_input_through_the_driver(emu):
+    x = np.random.default_rng(6).standard_normal(100).astype(np.float32)
+    x[40] = np.inf
+    x[70] = np.nan
+    be = E.EmulatedScaledBackend()
+    with pytest.raises(ValueError, match="block 1"):
+        quantize_scaled(x, x.shape, x.dtype, qb.get("e2m1"), 32, get_rule("e8m0"), 6.0, be, False, _sanitize)
+    p, st = quantize_scaled(x, x.shape, x.dtype, qb.get("e2m1"), 32, get_rule("e8m0"), 6.0, be, True, _sanitize)
+    rp, rst = qb.quantize(x, "e2m1", 32, scale="e8m0", backend="numpy", allow_nonfinite=True)
+    assert bits_equal(p, rp) and bits_equal(st.absmax, rst.absmax)
+
+
+# ------------------------------------------------------------------ NVRTC
+@pytest.fixture(scope="module")
+def nvrtc():
+    try:
+        return load_nvrtc()
+    except NvrtcUnavailable as exc:
+        pytest.skip(f"NVRTC library cannot be loaded: {exc}")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_kernels_compile_to_sass(nvrtc, arch):
+    cubin = compile_source(SK.source(), arch, output="cubin", use_cache=True)
+    assert cubin[:4] == b"\x7fELF"
+    for name in SK.all_kernel_names():
+        assert name.encode() in cubin, name
+
+
+def test_ptx_is_plain_ieee_float32(nvrtc):
+    """No FMA contraction, no flush-to-zero, IEEE division only, no local memory (the
+    thresholds stay in registers)."""
+    ptx = compile_source(SK.source(), "compute_90", output="ptx", use_cache=True).decode()
+    entries = re.split(r"\.entry ", ptx)[1:]
+    assert sorted(e.split("(")[0].strip() for e in entries) == sorted(SK.all_kernel_names())
+    for body in entries:
+        name = body.split("(")[0].strip()
+        assert "fma." not in body and ".ftz" not in body and ".local" not in body, name
+        assert not re.search(r"div\.(approx|full)\.f32|rcp\.approx", body), name
+        if name.startswith("qbs_encode_"):
+            assert "div.rn.f32" in body, name
+
+
+def test_source_subset_and_unknown_names():
+    src = SK.source([SK.decode_name("f16")])
+    assert "qbs_decode_f16(" in src and "qbs_encode_f16(" not in src
+    with pytest.raises(ValueError, match="unknown kernel"):
+        SK.source(["qbs_nope"])
+
+
+# ------------------------------------------------------------------ the launchers, stand-in cupy
+class _FakeArray(np.ndarray):
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+
+def _dev(a, dtype=None):
+    return np.asarray(a, dtype=dtype).view(_FakeArray)
+
+
+@pytest.fixture
+def fake_cp(monkeypatch, nvrtc, emu):
+    cp = types.ModuleType("cupy")
+    cp.ndarray = _FakeArray
+    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32 = (np.uint8, np.uint16, np.uint32,
+                                                             np.float16, np.float32)
+    cp.asarray = lambda a, dtype=None: _dev(a, dtype)
+    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(_FakeArray)
+    cp.empty = lambda n, dtype: np.full(n, 0xEE, np.uint8).view(dtype).view(_FakeArray) \
+        if np.dtype(dtype).itemsize == 1 else np.empty(n, dtype).view(_FakeArray)
+    cp.zeros = lambda n, dtype: np.zeros(n, dtype).view(_FakeArray)
+    cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
+    cp.launched = []
+
+    class Module:
+        def load(self, image):
+            assert isinstance(image, bytes) and image[:4] == b"\x7fELF"   # a real sm_90 cubin
+
+        def get_function(self, name):
+            def launch(grid, block, args):
+                cp.launched.append((name, grid, block))
+                E.scaled_emulator().launch(name, grid[0], block[0], *args)
+            return launch
+
+    class Device:
+        id = 0
+        compute_capability = "90"
+
+    cp.cuda = types.SimpleNamespace(
+        Device=Device, function=types.SimpleNamespace(Module=Module),
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                      getDeviceProperties=lambda i: {"name": b"emulated"}))
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(GS, "_MODULES", {})
+    monkeypatch.setattr(G, "_CONSTS", {})
+    return cp
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launchers_through_stand_in_cupy(fake_cp, dtype):
+    rng = np.random.default_rng(8)
+    table = _table("e2m1")
+    x = (rng.standard_normal(4099) * 5).astype(np.float32).astype(dtype)
+    a = GS.scaled_amax_gpu(_dev(x), 32)
+    assert isinstance(a, np.ndarray) and not isinstance(a, _FakeArray)
+    assert bits_equal(a, scaled_amax_reference(x, 32))
+    rule = get_rule("e8m0:floor")
+    stored = rule.encode(a, 6.0)
+    f, divide = rule.divisor(stored)
+    p = GS.scaled_encode_gpu(_dev(x), f, divide, table, 32)
+    assert isinstance(p, _FakeArray) and bits_equal(p, scaled_encode_reference(x, f, divide, table, 32))
+    s = rule.decode(stored)
+    d = GS.scaled_decode_gpu(p, s, table, 32, x.size, dtype)
+    assert bits_equal(np.asarray(d).view(np.uint8),
+                      scaled_decode_reference(p, s, table, 32, x.size, dtype).view(np.uint8))
+    names = [n for n, _, _ in fake_cp.launched]
+    key = G._dtype_key(dtype)
+    assert names == [SK.amax_name(key), SK.encode_name(key), SK.decode_name(key)]
+
+
+def test_launchers_unaligned_and_errors(fake_cp):
+    rng = np.random.default_rng(9)
+    table = _table("nf4")
+    x = _dev(rng.standard_normal(1001).astype(np.float32))[1:]      # 4-byte offset: scalar path
+    f = rng.uniform(0.5, 2, 63).astype(np.float32)
+    p = GS.scaled_encode_gpu(x, f, False, table, 16)
+    assert bits_equal(p, scaled_encode_reference(np.asarray(x), f, False, table, 16))
+    with pytest.raises(ValueError, match="factor holds"):
+        GS.scaled_encode_gpu(x, f[:10], False, table, 16)
+    with pytest.raises(ValueError, match="even block size"):
+        GS.scaled_amax_gpu(x, 15)
+    with pytest.raises(ValueError, match="bytes"):
+        GS.scaled_decode_gpu(p[:10], f, table, 16, 1000, np.float32)
+    with pytest.raises(TypeError, match="device array"):
+        GS.scaled_amax_gpu(np.ones(8, np.float32), 16)
+
+
+# ------------------------------------------------------------------ a real device
+_OK, _WHY = G.gpu_available()
+needs_gpu = pytest.mark.skipif(not _OK, reason=f"needs a CUDA device and CuPy ({_WHY})")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule,bs,codebook", [("e4m3", 16, "e2m1"), ("e8m0:floor", 32, "e2m1"),
+                                              ("e8m0:rceil", 32, "nf4"), ("bfloat16", 64, "signed16")])
+def test_device_hooks_equal_numpy(dtype, rule, bs, codebook):
+    rng = np.random.default_rng(bs)
+    table = _table(codebook)
+    x = _nasty(1 << 20 | 7, rule, rng, table)
+    if dtype is np.float16:
+        x = np.clip(x, -6e4, 6e4)
+    x = x.astype(dtype)
+    xd = _to_device(x)
+    amax = GS.scaled_amax_gpu(xd, bs)
+    assert bits_equal(amax, scaled_amax_reference(x, bs))
+    r = get_rule(rule)
+    ts = r.tensor_scale(float(amax.max()), 6.0)
+    stored = r.encode(amax, 6.0, ts)
+    f, divide = r.divisor(stored, ts)
+    for view, xh in ((xd, x), (xd[1:], x[1:])):                   # aligned, then scalar path
+        p = GS.scaled_encode_gpu(view, f, divide, table, bs)
+        assert bits_equal(_host(p), scaled_encode_reference(xh, f, divide, table, bs))
+    p = GS.scaled_encode_gpu(xd, f, divide, table, bs)
+    s = r.decode(stored, ts)
+    with np.errstate(over="ignore"):
+        ref = scaled_decode_reference(_host(p), s, table, bs, x.size, dtype)
+    d = GS.scaled_decode_gpu(p, s, table, bs, x.size, dtype)
+    assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))
+
+
+def _host(a):
+    import cupy as cp
+
+    return cp.asnumpy(a.view(cp.uint16) if a.dtype.itemsize == 2 and a.dtype.kind == "V" else a)
+
+
+def _to_device(x):
+    """A CuPy array; bfloat16 through torch (CuPy < 14 has no bfloat16)."""
+    import cupy as cp
+
+    if BF16 is not None and x.dtype == BF16:
+        torch = pytest.importorskip("torch", reason="bfloat16 device input needs torch")
+        t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16).cuda()
+        return t
+    return cp.asarray(x)
