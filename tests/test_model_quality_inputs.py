@@ -94,7 +94,7 @@ def run(capsys, *argv):
     (["/no/such/model", "--task", "lm"], "no such file or directory"),
     (["x.safetensors", "--task", "embed", "--rotate", "hadamard:48"], "power of two"),
     (["x.safetensors", "--tokens", "10"], "--tokens needs --task"),
-    (["x.safetensors", "--rotate", "hadamard"], "--rotate needs --task"),
+    (["x.safetensors", "--device", "cpu"], "--device needs --task"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, msg):
     text = tmp_path / "t.txt"

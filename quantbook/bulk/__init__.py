@@ -6,13 +6,16 @@
   are imported only when used;
 * :mod:`.layouts` / :mod:`.scaled` — the scaled layout of the other scale rules (NVFP4, MXFP4,
   float16; docs/scales.md), computed by backends that declare ``scaled_layouts``;
-* :mod:`.api` — ``quantize`` / ``dequantize``; :mod:`.state` — ``QuantState``.
+* :mod:`.api` — ``quantize`` / ``dequantize``; :mod:`.state` — ``QuantState``;
+* :mod:`.vq` — vector codebooks: ``quantize_vq`` / ``dequantize_vq``, one index per P
+  weights and a scale per group (:mod:`.vq_state` — ``VQState``).
 """
 
 from . import reference, cpu, gpu  # noqa: F401,I001  (each registers its backend)
 from .api import backend_names, dequantize, quantize, resolve_codebook
 from .backend import BACKENDS, Backend
 from .state import QuantState
+from .vq import VQState, dequantize_vq, quantize_vq
 
 __all__ = ["quantize", "dequantize", "QuantState", "resolve_codebook", "Backend", "BACKENDS",
-           "backend_names"]
+           "backend_names", "quantize_vq", "dequantize_vq", "VQState"]

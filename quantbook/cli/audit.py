@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_json_flag, print_json
+from .common import add_json_flag, int_in, print_json
 
 __all__ = ["register"]
 
@@ -21,8 +21,34 @@ def _row_json(row) -> dict[str, Any]:
     return {**row.to_dict(), "recipe": recipe, "recipe_text": format_recipe(recipe)}
 
 
+def _cmd_audit_vector(args) -> int:
+    from ..io.progress import progress_bar
+    from ..verify.vq import AUDIT_SAMPLES, AUDIT_SEED, audit_vectors, format_row
+
+    samples = AUDIT_SAMPLES if args.samples is None else args.samples
+    seed = AUDIT_SEED if args.seed is None else args.seed
+    from ..codebooks.vector_registry import vector_registry
+
+    n = sum(1 for e in vector_registry().values() if e.codebook.recipe is None)
+    with progress_bar(total=n, desc="auditing", unit="grid") as bar:
+        rows = audit_vectors(samples=samples, seed=seed, progress=bar.step)
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+    else:
+        for r in rows:
+            print("\n".join(format_row(r)))
+    return 0
+
+
 def _cmd_audit(args) -> int:
     from ..codebooks.registry import REGISTRY
+
+    if args.vector:
+        return _cmd_audit_vector(args)
+    if args.samples is not None or args.seed is not None:
+        from .common import UsageError
+
+        raise UsageError("--samples and --seed apply only with --vector")
     from ..io.progress import progress_bar
     from ..verify.audit import audit
     from ..verify.layouts import format_finding
@@ -54,9 +80,16 @@ def _cmd_audit(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit")
+    s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit "
+                                     "(--vector: audit the vector grids)")
     s.add_argument("--layouts", action="store_true",
                    help="also audit the 4-bit tables in the scaled layouts they were made for (NVFP4, MXFP4, "
                         "float16 block 32, bitsandbytes): expected MSE, the layout's optimum, the loss")
+    s.add_argument("--vector", action="store_true",
+                   help="audit the vector grids instead (HIGGS): MSE per dimension on N(0,1), gap to D(R), "
+                        "Lloyd fixed point, gain of the derived grid (docs/vector-codebooks.md)")
+    s.add_argument("--samples", type=int_in(100, 10**9),
+                   help="with --vector: Monte-Carlo vectors per grid (default 10^6)")
+    s.add_argument("--seed", type=int_in(0, 2**63 - 1), help="with --vector: seed of the Monte-Carlo sample")
     add_json_flag(s)
     s.set_defaults(func=_cmd_audit)

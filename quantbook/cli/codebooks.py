@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .common import UsageError, add_json_flag, int_in, load_codebook, output_path, print_codebook, print_json
@@ -25,8 +26,29 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_show(args) -> int:
+    from ..naming import is_vector_spec
+
+    if is_vector_spec(args.name):
+        _print_vector(args.name, args.json)
+        return 0
     print_codebook(load_codebook(args.name), args.json)
     return 0
+
+
+def _print_vector(spec: str, as_json: bool) -> None:
+    """``show``'s output for a vector codebook (docs/vector-codebooks.md)."""
+    from ..naming import resolve_vector
+
+    cb = resolve_vector(spec)
+    if as_json:
+        print_json(cb.to_dict())
+        return
+    print(f"{cb.name}: vector codebook, {cb.size} points in {cb.dim}-D, {cb.index_bits}-bit index "
+          f"({cb.index_bits / cb.dim:g} bits/weight before the group scale)")
+    print(f"source: {cb.source}")
+    print(f"recipe: {'none' if cb.recipe is None else json.dumps(cb.recipe, sort_keys=True)}")
+    for i, row in enumerate(cb.points):
+        print(f"{i:>5}  " + "  ".join(f"{float(v)!r:>22}" for v in row))
 
 
 def _header_layout(cb, scale: str, block_size: int, qmax: float | None):
@@ -50,7 +72,18 @@ def _cmd_export(args) -> int:
     if args.scale is not None and args.format not in ("c", "cuda"):
         raise UsageError(f"--scale is written only into c and cuda headers, not --format {args.format}")
     block_size = 64 if args.block_size is None else args.block_size  # quantbook.quantize's default
-    cb = load_codebook(args.codebook, block_size)
+    from ..naming import is_vector_spec, resolve_vector
+
+    if is_vector_spec(args.codebook):
+        from ..export import VECTOR_FORMATS
+
+        if args.scale is not None:
+            raise UsageError("--scale applies to scalar codebooks, not to vector codebooks")
+        if args.format not in VECTOR_FORMATS:
+            raise UsageError(f"a vector codebook exports as {', '.join(VECTOR_FORMATS)}, not --format {args.format}")
+        cb = resolve_vector(args.codebook)
+    else:
+        cb = load_codebook(args.codebook, block_size)
     layout = None if args.scale is None else _header_layout(cb, args.scale, block_size, args.qmax)
     data = export(cb, args.format, name=args.name, layout=layout)
     if args.output is not None:
@@ -75,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(s)
     s.set_defaults(func=_cmd_list)
 
-    s = sub.add_parser("show", help="print a codebook (registry NAME, FILE.json, nfK or lloyd-...)")
+    s = sub.add_parser("show", help="print a codebook (registry NAME, FILE.json, nfK or lloyd-...; "
+                                    "vector grids such as higgs-2d-256)")
     s.add_argument("name", metavar="NAME|FILE.json")
     add_json_flag(s)
     s.set_defaults(func=_cmd_show)

@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from .common import add_json_flag, integer, load_codebook, print_codebook, print_json
+from .common import add_json_flag, integer, load_codebook, output_path, print_codebook, print_json
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -82,6 +82,54 @@ def _cmd_derive_quantile(args) -> int:
     given = _given(args, *_BLOCK)
     cb = quantile(**given)
     print_codebook(cb, args.json, _metrics(cb, given))
+    return 0
+
+
+def _cmd_derive_vq(args) -> int:
+    import math as _math
+    import sys
+
+    from ..derive.vq import VQRecipe, draw_vectors, solve_vq, vq_mse
+    from ..io.files import write_output
+
+    if args.output is not None:
+        output_path(args.output)  # fail before doing any work
+    opts = {"dim": args.dim, "points": args.points, "source": args.source, "scale": args.scale,
+            "block_size": args.block_size, "symmetric": args.symmetric, "seed": args.seed,
+            "samples": args.samples, "restarts": args.restarts, "init": args.init}
+    recipe = VQRecipe(**{k: v for k, v in opts.items() if v is not None})
+    res = solve_vq(recipe, progress=args.progress)
+    cb = res.codebook
+    # the expected error on a fresh sample: another seed, as many vectors as the fit
+    eval_seed = recipe.seed + 1
+    x = draw_vectors(recipe.source, recipe.dim, recipe.samples, eval_seed, recipe.scale, recipe.block_size)
+    mse, se = vq_mse(cb.points, x)
+    r_bits = cb.index_bits / cb.dim
+    extra = {"mse": mse, "mse_se": se, "eval_samples": int(x.shape[0]), "eval_seed": eval_seed,
+             "fit_mse": res.mse, "iterations": res.iterations, "converged": res.converged,
+             "restart_mse": list(res.restart_mse), "bits_per_weight": r_bits,
+             "gap_db": 10 * _math.log10(mse / 2.0 ** (-2 * r_bits)) if recipe.scale == "none" and
+             recipe.source == "normal" else None,
+             "seconds": res.seconds}
+    if args.output is not None:
+        write_output(cb.to_json() + "\n", args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.json:
+        d = cb.to_dict()
+        d.update(extra)
+        print_json(d)
+        return 0
+    print(f"{cb.name}: {cb.size} points in {cb.dim}-D, {r_bits:g} bits/weight (index)")
+    print(f"source: {cb.source}")
+    print(f"MSE/dim {mse:.6e} ± {se:.1e} (fresh sample: {x.shape[0]} vectors, seed {eval_seed}); "
+          f"on the fitting sample {res.mse:.6e}")
+    if extra["gap_db"] is not None:
+        print(f"gap to D(R)=2^-2R: {extra['gap_db']:.3f} dB")
+    print(f"Lloyd passes on the whole sample {res.iterations}, converged {res.converged}, {res.seconds:.1f} s")
+    if args.output is None:
+        print("points:")
+        for row in cb.points:
+            print("  " + " ".join(f"{float(v)!r:>12}" for v in row))
     return 0
 
 
@@ -160,6 +208,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--symmetric", action="store_const", const=True, help="levels symmetric about 0")
         add_json_flag(s)
         s.set_defaults(func=_cmd_derive_lloyd if meth == "lloyd" else _cmd_derive_quantile)
+
+    # defaults are quantbook.derive.vq.VQRecipe's: the help only says what they are
+    s = dsub.add_parser("vq", help="min-MSE vector codebook: N points in P dimensions, Lloyd on a seeded sample",
+                        description="Lloyd (k-means) with exact assignments on a large seeded sample; "
+                                    "docs/vector-codebooks.md.")
+    s.add_argument("--dim", "-P", type=integer, required=True, help="P, weights per index (1..64)")
+    s.add_argument("--points", "-N", type=integer, required=True, help="N, points (2..65536)")
+    s.add_argument("--source", help="normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS] "
+                                    "(default normal; drawn i.i.d.)")
+    s.add_argument("--scale", choices=("none", "rms", "absmax"),
+                   help="divide each block of --block-size values by its RMS or absmax first (default none)")
+    s.add_argument("--block-size", type=integer, help="B for --scale rms|absmax (a multiple of P)")
+    s.add_argument("--symmetric", action="store_const", const=True,
+                   help="invariant under sign flips and coordinate permutations (N a multiple of 2^P P!)")
+    s.add_argument("--seed", type=integer, help="seed of the fitting sample (default 0; the fresh "
+                                                 "evaluation sample uses seed+1)")
+    s.add_argument("--samples", type=integer, help="vectors in the fitting sample (default 10^7)")
+    s.add_argument("--restarts", type=integer, help="k-means++ starts on the coarse sample (default 4)")
+    s.add_argument("--init", choices=("auto", "hexagonal", "kmeans++"),
+                   help="Lloyd's start (default auto: hexagonal for P = 2 and N >= 256, else kmeans++)")
+    s.add_argument("--progress", action="store_true", help="draw a progress bar on standard error")
+    s.add_argument("-o", "--output", metavar="FILE.json", help="also write the codebook as JSON")
+    add_json_flag(s)
+    s.set_defaults(func=_cmd_derive_vq)
 
     s = sub.add_parser("evaluate", help="exact expected errors of a codebook under the block model")
     s.add_argument("name", metavar="NAME|FILE.json")

@@ -47,22 +47,41 @@ def _positive_float(text: str) -> float:
     return q
 
 
+def _codebooks_and_vq(args):
+    """``(codebooks, VQOptions or None)``: scalar and vector codebooks of ``--codebooks``; the
+    ``--vq-*`` options only where a vector codebook is listed, where they mean something."""
+    from ..model.evaluate import VQOptions, is_vector_codebook, resolve_model_codebooks
+
+    codebooks = resolve_model_codebooks(args.codebooks, args.block_size)
+    given = {flag: v for flag, v in (("--vq-group", args.vq_group), ("--vq-scale", args.vq_scale),
+                                     ("--vq-scale-dtype", args.vq_scale_dtype)) if v is not None}
+    if not any(is_vector_codebook(cb) for _, cb in codebooks):
+        if given:
+            raise ValueError(f"{next(iter(given))} applies to vector codebooks (e.g. higgs-2d-256); "
+                             f"--codebooks lists none")
+        return codebooks, None
+    vq = VQOptions(group=64 if args.vq_group is None else args.vq_group, scale=args.vq_scale or "rms",
+                   scale_dtype=args.vq_scale_dtype or "float16")
+    return codebooks, vq
+
+
 def _cmd_evaluate_model(args) -> int:
-    from ..naming import resolve_codebooks
     from ..io.progress import progress_enabled
     from ..model import evaluate_model
+    from ..model.evaluate import parse_rotations
 
     if args.task is not None:
         return _cmd_model_quality(args)
     for flag, value in (("--text", args.text), ("--tokens", args.tokens), ("--context", args.context),
-                        ("--rotate", args.rotate)):
+                        ("--device", args.device)):
         if value is not None:
             raise ValueError(f"{flag} needs --task lm or --task embed")
     _check_plot(args.plot)  # fail before doing any work
-    codebooks = resolve_codebooks(args.codebooks, args.block_size)
+    rotations = parse_rotations(args.rotate)
+    codebooks, vq = _codebooks_and_vq(args)
     report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
                             tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
-                            **_scale_args(args))
+                            rotations=rotations, vq=vq, **_scale_args(args))
     if args.json:
         print_json(report_json(report, args.per_tensor))
     else:
@@ -101,7 +120,6 @@ def _check_plot(path: str | None) -> None:
 def _cmd_model_quality(args) -> int:
     """``--task``: what each codebook does to the model's outputs (quantbook.model.quality)."""
     from ..io.progress import progress_enabled
-    from ..naming import resolve_codebooks
 
     if args.per_tensor:
         raise ValueError("--per-tensor is for the weight-error table; leave out --task")
@@ -109,7 +127,7 @@ def _cmd_model_quality(args) -> int:
     from ..model.quality import default_text_path, evaluate_quality, parse_rotations, read_text
 
     rotations = parse_rotations(args.rotate)
-    codebooks = resolve_codebooks(args.codebooks, args.block_size)
+    codebooks, vq = _codebooks_and_vq(args)
     text_path = args.text if args.text is not None else default_text_path()
     text = read_text(text_path)
     report = evaluate_quality(args.file, codebooks, task=args.task, text=text,
@@ -117,7 +135,7 @@ def _cmd_model_quality(args) -> int:
                               context=args.context if args.context is not None else 256,
                               block_size=args.block_size, nested=args.nested, rotations=rotations,
                               tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
-                              **_scale_args(args))
+                              device=args.device or "auto", vq=vq, **_scale_args(args))
     if args.json:
         d = report.to_dict()
         d["text"] = str(text_path)
@@ -138,7 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Quantize every floating tensor of FILE (one at a time) with each codebook through the "
                     "bulk API and print MSE, MAE, SQNR (dB), relative Frobenius error and bits per weight "
                     "including the block statistics.  Codebooks: registry NAMEs, FILE.json, nfK, or "
-                    "lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE] (derived for block size B, default --block-size).")
+                    "lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE] (derived for block size B, default --block-size); "
+                    "vector codebooks (e.g. higgs-2d-256, or FILE.json holding one) store one index per P weights "
+                    "and one scale per --vq-group weights along each row.")
     s.add_argument("file", metavar="MODEL",
                    help="FILE.safetensors; with --task also a Hugging Face model directory or a .gguf file")
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
@@ -168,10 +188,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lm: window length in tokens (stride = window); embed: the longest sentence (default 256)")
     s.add_argument("--rotate", default=None, metavar="SPEC",
                    help="none, hadamard or hadamard:N (N a power of two; default the largest dividing the "
-                        "input dimension), comma-separated to compare: quantize W·H, use dequant(W·H)·Hᵀ")
+                        "input dimension), comma-separated to compare: quantize W·H, use dequant(W·H)·Hᵀ "
+                        "(HIGGS's vector grids are made for --rotate hadamard)")
+    s.add_argument("--vq-group", type=integer, default=None, metavar="G",
+                   help="vector codebooks: weights per stored scale, a multiple of P dividing every row (default 64)")
+    s.add_argument("--vq-scale", choices=("rms", "absmax"), default=None,
+                   help="vector codebooks: the group scale, sqrt(mean x²) (default, HIGGS's) or max |x|")
+    s.add_argument("--vq-scale-dtype", choices=("float16", "float32"), default=None,
+                   help="vector codebooks: how the group scale is stored (default float16: 16/G bits per weight)")
+    s.add_argument("--device", default=None, metavar="DEV",
+                   help="with --task: where torch runs the model: auto (default: cuda when torch sees a GPU), "
+                        "cpu, cuda or cuda:N")
     add_json_flag(s)
     s.add_argument("--plot", metavar="FILE", default=None, help="also draw per-tensor SQNR to this picture (PNG, PDF, SVG ...: by extension; matplotlib)")
     s.add_argument("--backend", choices=("auto", "numpy", "cpu"), default="auto",
-                   help="bulk quantization backend: cpu (numba, the default) or numpy (reference)")
+                   help="bulk quantization backend: cpu (numba, the default) or numpy (reference); "
+                        "vector codebooks have the same two")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
     s.set_defaults(func=_cmd_evaluate_model)

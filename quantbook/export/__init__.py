@@ -13,6 +13,11 @@ Formats (:data:`FORMATS`):
 ``npy``   the float32 index→value table, ``np.save`` format (binary, :mod:`.arrays`);
 ``bnb``   an ``.npz`` with a bitsandbytes ``quant_map`` and ``quant_type`` (binary, :mod:`.arrays`).
 
+A :class:`~quantbook.codebooks.vector.VectorCodebook` exports as ``json`` (its own dict, with
+``"kind": "vector"``), ``c``/``cuda`` (:func:`.c_header.vector_c_header`: the N×P float32
+table, decode and nearest-point encode) and ``npy`` (the (N, P) float32 points); ``bnb``
+has no vector form.
+
 :func:`export` returns ``str`` for text formats and ``bytes`` for binary ones;
 :func:`write_output` (from :mod:`quantbook.io.files`) writes either to a file, atomically.
 """
@@ -20,22 +25,28 @@ Formats (:data:`FORMATS`):
 from __future__ import annotations
 
 from ..codebooks.codebook import Codebook
+from ..codebooks.vector import VectorCodebook
 from ..io.files import OutputPathError, check_output_path, write_output
-from .arrays import bnb_bytes, bnb_quant_map, bnb_quant_type, npy_bytes
-from .c_header import HeaderLayout, c_float_literal, c_header
+from .arrays import bnb_bytes, bnb_quant_map, bnb_quant_type, npy_bytes, vector_npy_bytes
+from .c_header import HeaderLayout, c_float_literal, c_header, vector_c_header
 from .identifiers import IdentifierError, c_identifier
 
 __all__ = ["FORMATS", "BINARY_FORMATS", "export", "write_output", "check_output_path", "OutputPathError",
            "c_header", "HeaderLayout", "c_float_literal", "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes",
-           "bnb_quant_map", "bnb_quant_type"]
+           "bnb_quant_map", "bnb_quant_type", "vector_c_header", "vector_npy_bytes", "VECTOR_FORMATS"]
 
 FORMATS = ("json", "c", "cuda", "npy", "bnb")
 BINARY_FORMATS = frozenset({"npy", "bnb"})
+#: the formats a vector codebook has
+VECTOR_FORMATS = ("json", "c", "cuda", "npy")
 
 
-def export(cb: Codebook, fmt: str, name: str | None = None, layout: HeaderLayout | None = None) -> str | bytes:
+def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
+           layout: HeaderLayout | None = None) -> str | bytes:
     """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb); ``layout``
     (c, cuda) adds a scaled layout's macros and table to the header."""
+    if isinstance(cb, VectorCodebook):
+        return _export_vector(cb, fmt, name, layout)
     if layout is not None and fmt not in ("c", "cuda"):
         raise ValueError(f"a scaled layout is written only into c and cuda headers, not format {fmt!r}")
     if fmt == "json":
@@ -47,3 +58,15 @@ def export(cb: Codebook, fmt: str, name: str | None = None, layout: HeaderLayout
     if fmt == "bnb":
         return bnb_bytes(cb, name=name)
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def _export_vector(cb: VectorCodebook, fmt: str, name: str | None, layout: HeaderLayout | None) -> str | bytes:
+    if layout is not None:
+        raise ValueError("a scaled layout (--scale) applies to scalar codebooks, not to vector codebooks")
+    if fmt == "json":
+        return cb.to_json() + "\n"
+    if fmt in ("c", "cuda"):
+        return vector_c_header(cb, name=name, cuda=fmt == "cuda")
+    if fmt == "npy":
+        return vector_npy_bytes(cb)
+    raise ValueError(f"a vector codebook exports as {', '.join(VECTOR_FORMATS)}, not {fmt!r}")

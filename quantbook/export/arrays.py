@@ -38,13 +38,21 @@ import numpy as np
 from ..codebooks.codebook import Codebook
 from .identifiers import c_identifier
 
-__all__ = ["npy_bytes", "bnb_quant_map", "bnb_quant_type", "bnb_bytes"]
+__all__ = ["npy_bytes", "bnb_quant_map", "bnb_quant_type", "bnb_bytes", "vector_npy_bytes"]
 
 
 def npy_bytes(cb: Codebook) -> bytes:
     """``.npy`` file contents: the float32 index→value table of ``cb``."""
     buf = io.BytesIO()
     np.save(buf, cb.code_f32, allow_pickle=False)
+    return buf.getvalue()
+
+
+def vector_npy_bytes(cb) -> bytes:
+    """``.npy`` file contents: the float32 ``(N, P)`` points of a vector codebook
+    (``np.load(path)[index]`` decodes an index)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(cb.points, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
 
 

@@ -24,6 +24,19 @@ element count):
                  float16/bfloat16) and the rule's per-tensor bytes (e4m3's float32
                  ``tensor_scale``: 32/n).  The code table itself
                  (quant map, ≤ 2**k floats shared by the whole model) is not counted.
+                 Vector codebooks (:func:`quantbook.bulk.vq.quantize_vq`): ``ceil(log2 N)``
+                 bits per index of P weights plus the stored group scale (16 bits for
+                 float16) per ``group`` weights, i.e. ``index_bits/P + 16/group``; the
+                 table of points is not counted either.
+
+Vector codebooks (HIGGS grids, ``FILE.json``; :func:`resolve_model_codebooks`) are quantized
+in groups along each tensor's last axis with :class:`VQOptions` (group, rms/absmax scale,
+float16/float32 scale); every tensor's last dimension must be a multiple of the group.
+``rotations`` (:func:`parse_rotations`) adds rows ``LABEL+hadamard[:N]``: the tensor, as rows
+along its last axis, is rotated by the randomized Hadamard transform
+(:mod:`quantbook.numerics.hadamard`, N by default the largest power of two dividing the last
+dimension), quantized, dequantized and rotated back; for a vector codebook this is
+``quantize_vq``'s own rotation.  The errors are those of the rotated-back weights.
 """
 
 from __future__ import annotations
@@ -36,9 +49,11 @@ import numpy as np
 
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
+from ..numerics import hadamard
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
-           "resolve_scale"]
+           "resolve_scale", "VQOptions", "Layout", "BlockLayout", "VectorLayout", "make_layout",
+           "resolve_model_codebooks", "is_vector_codebook", "parse_rotations", "rotation_size"]
 
 
 @dataclass
@@ -147,6 +162,176 @@ def resolve_scale(scale: Any, nested: bool, codebooks: Sequence[tuple[str, Any]]
     return rule.name, rule, False
 
 
+def is_vector_codebook(cb: Any) -> bool:
+    """A vector codebook (a table of points, one index per P weights) rather than a scalar one."""
+    return hasattr(cb, "points") and not hasattr(cb, "levels")
+
+
+def resolve_model_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[tuple[str, Any]]:
+    """``(label, codebook)`` of a comma-separated string or a sequence: vector codebooks
+    (:func:`quantbook.naming.is_vector_spec`, resolved by ``resolve_vector``) and scalar ones
+    (``resolve_codebook``, fitted to ``block_size`` where the name asks).  The label is the
+    spelling as given, or a codebook object's own name."""
+    from ..naming import is_vector_spec, resolve_codebook, resolve_vector
+
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    out = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        label = item.strip() if isinstance(item, str) else str(getattr(item, "name", item))
+        vector = is_vector_codebook(item) or is_vector_spec(item)
+        out.append((label, resolve_vector(item) if vector else resolve_codebook(item, block_size)))
+    if not out:
+        raise ValueError("no codebooks given")
+    return out
+
+
+def parse_rotations(text: str | Sequence[str] | None) -> list[str]:
+    """Rotation spellings, e.g. ``"none,hadamard,hadamard:128"`` → ``["none", "hadamard", "hadamard:128"]``."""
+    if text is None:
+        return ["none"]
+    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
+    out = []
+    for t in items:
+        if t == "none" or t == "hadamard":
+            out.append(t)
+        elif t.startswith("hadamard:"):
+            try:
+                n = int(t.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"--rotate {t!r}: the Hadamard size must be an integer") from None
+            hadamard.check_size(n)
+            out.append(f"hadamard:{n}")
+        else:
+            raise ValueError(f"unknown rotation {t!r} (expected none, hadamard or hadamard:N)")
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"rotations must be distinct and at least one, got {text!r}")
+    return out
+
+
+def rotation_size(rotation: str, columns: int) -> int | None:
+    """The Hadamard size of a :func:`parse_rotations` spelling for rows of ``columns`` values."""
+    if rotation == "none":
+        return None
+    return hadamard.default_size(columns) if rotation == "hadamard" else int(rotation.split(":")[1])
+
+
+def row_label(label: str, rotation: str) -> str:
+    return label if rotation == "none" else f"{label}+{rotation}"
+
+
+@dataclass(frozen=True)
+class VQOptions:
+    """How vector codebooks store a tensor (:func:`quantbook.bulk.vq.quantize_vq`): weights per
+    group scale, the scale rule (``rms`` or ``absmax``) and the scale's stored dtype."""
+
+    group: int = 64
+    scale: str = "rms"
+    scale_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        from ..bulk.vq_state import SCALE_DTYPES, SCALE_RULES
+
+        if isinstance(self.group, bool) or not isinstance(self.group, (int, np.integer)) or self.group < 1:
+            raise ValueError(f"the vector group must be a positive integer, got {self.group!r}")
+        if self.scale not in SCALE_RULES:
+            raise ValueError(f"unknown vector scale rule {self.scale!r} (expected {' or '.join(SCALE_RULES)})")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"unknown vector scale dtype {self.scale_dtype!r} "
+                             f"(expected {' or '.join(SCALE_DTYPES)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": int(self.group), "scale": self.scale, "scale_dtype": self.scale_dtype}
+
+    def describe(self) -> str:
+        return f"vector groups of {self.group}, {self.scale} {self.scale_dtype} scales"
+
+
+class Layout:
+    """One codebook in the layout that stores it: :meth:`check` refuses a tensor shape before
+    any work, :meth:`roundtrip` quantizes and dequantizes one tensor and counts its bits."""
+
+    def check(self, name: str, shape: tuple[int, ...], rotation: str) -> None:
+        n = rotation_size(rotation, shape[-1]) if shape else None
+        if n is not None and shape[-1] % n:
+            raise ValueError(f"tensor {name!r}: the Hadamard size {n} does not divide its last dimension {shape[-1]}")
+
+    def roundtrip(self, x: np.ndarray, rotation: str, backend: str) -> tuple[np.ndarray, int]:
+        """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype, or float64 when a scalar code
+        was rotated back."""
+        raise NotImplementedError
+
+
+class BlockLayout(Layout):
+    """A scalar codebook through :func:`quantbook.quantize` (block size, nested, scale rule)."""
+
+    def __init__(self, cb: Any, block_size: int, nested: bool = False, rule: Any = None, qmax: float = 6.0):
+        self.cb, self.block_size, self.nested, self.rule, self.qmax = cb, block_size, nested, rule, qmax
+
+    def roundtrip(self, x, rotation, backend):
+        from ..bulk.api import dequantize, quantize
+
+        n = rotation_size(rotation, x.shape[-1])
+        xr = x if n is None else hadamard.rotate(x.reshape(-1, x.shape[-1]), n).astype(np.float32)
+        packed, state = quantize(xr, codebook=self.cb, block_size=self.block_size, nested=self.nested,
+                                 backend=backend, scale=self.rule, qmax=self.qmax)
+        with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
+            xhat = dequantize(packed, state, backend=backend)
+        if n is not None:
+            xhat = hadamard.unrotate(xhat, n).reshape(x.shape)
+        return xhat, storage_bits(packed, state)
+
+
+class VectorLayout(Layout):
+    """A vector codebook through :func:`quantbook.bulk.vq.quantize_vq` (:class:`VQOptions`)."""
+
+    def __init__(self, cb: Any, options: "VQOptions | None" = None):
+        self.cb, self.options = cb, options or VQOptions()
+
+    def check(self, name, shape, rotation):
+        from ..bulk.vq_state import check_group
+
+        try:
+            check_group(self.options.group, int(self.cb.points.shape[1]), shape[-1])
+        except ValueError as exc:
+            raise ValueError(f"tensor {name!r} (shape {tuple(shape)}): {exc} (choose another group, or "
+                             f"select tensors)") from None
+        super().check(name, shape, rotation)
+
+    def roundtrip(self, x, rotation, backend):
+        from ..bulk.vq import dequantize_vq, quantize_vq
+
+        n = rotation_size(rotation, x.shape[-1])
+        o = self.options
+        idx, state = quantize_vq(x, self.cb, group=o.group, scale=o.scale, scale_dtype=o.scale_dtype,
+                                 rotate=None if n is None else f"hadamard:{n}", backend=backend)
+        with np.errstate(over="ignore"):
+            xhat = dequantize_vq(idx, state, backend=backend)
+        bits = state.size // state.dim * state.index_bits + 8 * state.scales.nbytes
+        return xhat, bits
+
+
+def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any = None, qmax: float = 6.0,
+                vq: "VQOptions | None" = None) -> Layout:
+    """The :class:`Layout` of a scalar or vector codebook."""
+    if is_vector_codebook(cb):
+        return VectorLayout(cb, vq)
+    return BlockLayout(cb, block_size, nested, rule, qmax)
+
+
+def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
+    """Labels distinct and at least one; scalar codebooks of 1..8 bits (before any work)."""
+    labels = [label for label, _ in codebooks]
+    if not labels:
+        raise ValueError("no codebooks given")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
+    for label, cb in codebooks:
+        if not is_vector_codebook(cb) and not 1 <= cb.bits <= 8:
+            raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
+
+
 @dataclass
 class TensorResult:
     name: str
@@ -165,6 +350,8 @@ class ModelReport:
     tensors: list[TensorResult] = field(default_factory=list)
     scale: str = "float32"  # the scale rule's name (quantbook.scales)
     qmax: float = 6.0  # the scaled layouts' largest code magnitude
+    rotations: list[str] = field(default_factory=lambda: ["none"])
+    vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
 
     @property
     def n_params(self) -> int:
@@ -179,6 +366,10 @@ class ModelReport:
             "tensors": len(self.tensors), "parameters": self.n_params,
             "codebooks": {c: clean(self.totals[c].metrics()) for c in self.codebooks},
         }
+        if self.rotations != ["none"]:
+            d["rotations"] = list(self.rotations)
+        if self.vq is not None:
+            d["vq"] = self.vq.to_dict()
         if per_tensor:
             d["per_tensor"] = [
                 {"name": t.name, "dtype": t.dtype, "shape": list(t.shape),
@@ -191,6 +382,10 @@ class ModelReport:
         nt = len(self.tensors)
         head = (f"{self.path}: {nt} tensor{'s' if nt != 1 else ''}, {self.n_params:,} weights, block size "
                 f"{self.block_size}, {scale_label(self.scale, self.qmax)}")
+        if self.vq is not None:
+            head += f"; {self.vq.describe()}"
+        if self.rotations != ["none"]:
+            head += f"; rotations {', '.join(self.rotations)}"
         width = max([len(c) for c in self.codebooks] + [8])
         cols = f"{'MSE':>11}  {'MAE':>11}  {'SQNR dB':>8}  {'rel. Frob.':>10}  {'bits/w':>7}"
 
@@ -228,7 +423,8 @@ def _bulk():
 def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = 64, nested: bool = False,
                    tensors: str | Iterable[str] | None = None, backend: str = "auto",
                    progress: bool | Callable[[int, int, TensorInfo], None] | None = None,
-                   scale: Any = None, qmax: float = 6.0) -> ModelReport:
+                   scale: Any = None, qmax: float = 6.0, rotations: Sequence[str] = ("none",),
+                   vq: VQOptions | None = None) -> ModelReport:
     """Quantize every selected floating tensor of ``path`` with each codebook; see the module doc.
 
     ``codebooks``: ``(label, Codebook)`` pairs.  ``tensors``: glob(s) selecting tensors by
@@ -239,21 +435,27 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     values its dtype cannot hold.  ``scale``/``qmax``: the scale rule (:func:`resolve_scale`;
     ``quantbook.quantize``'s arguments); a layout that cannot store a codebook (the scaled
     layouts take at most 16 entries) is an error before any tensor is read.
+    Codebooks may be vector codebooks, stored as ``vq`` says (default :class:`VQOptions`);
+    ``rotations``: :func:`parse_rotations` spellings, one row per codebook and rotation
+    (labels ``LABEL`` and ``LABEL+hadamard[:N]``).  A tensor shape that a vector group or a
+    rotation does not fit is an error before any tensor is read.
     """
     f = open_safetensors(path)  # the header is parsed once, whatever the number of tensors
     infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
         raise ValueError(f"{path}: no floating tensors selected")
-    quantize, dequantize = _bulk()
-    labels = [label for label, _ in codebooks]
-    if not labels:
-        raise ValueError("no codebooks given")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
-    for label, cb in codebooks:  # fail before reading any tensor
-        if not 1 <= cb.bits <= 8:
-            raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
-    scale_name, rule, nested = resolve_scale(scale, nested, codebooks, qmax)
+    _bulk()
+    check_codebooks(codebooks)  # fail before reading any tensor
+    rotations = parse_rotations(list(rotations))
+    scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
+    scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
+    vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
+    rows = [(row_label(label, rot), make_layout(cb, block_size, nested, rule, qmax, vq), rot)
+            for rot in rotations for label, cb in codebooks]
+    for info in infos:
+        for _, layout, rot in rows:
+            layout.check(info.name, tuple(info.shape) or (1,), rot)
+    labels = [label for label, _, _ in rows]
     totals = {label: ErrorSums() for label in labels}
     results = []
     bar = progress_bar(total=len(infos), desc="evaluating", unit="tensor", force=True) if progress is True else None
@@ -264,19 +466,18 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
                 bar.step(info.name)
             if callback is not None:
                 callback(i, len(infos), info)
-            results.append(_evaluate_tensor(f, info, codebooks, totals, block_size, nested, backend,
-                                            quantize, dequantize, rule, qmax))
+            results.append(_evaluate_tensor(f, info, rows, totals, backend))
     except BaseException:
         if bar is not None:
             bar.close(finished=False)
         raise
     if bar is not None:
         bar.close()
-    return ModelReport(str(path), block_size, nested, labels, totals, results, scale_name, float(qmax))
+    return ModelReport(str(path), block_size, nested, labels, totals, results, scale_name, float(qmax),
+                       list(rotations), vq)
 
 
-def _evaluate_tensor(f, info: TensorInfo, codebooks, totals, block_size, nested, backend, quantize,
-                     dequantize, rule=None, qmax=6.0) -> TensorResult:
+def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult:
     path = f.path
     x = f.read(info.name)
     x64 = x.astype(np.float64).ravel()
@@ -290,23 +491,26 @@ def _evaluate_tensor(f, info: TensorInfo, codebooks, totals, block_size, nested,
         sx2 = float(np.dot(x64, x64))
     if xq is not x and not np.isfinite(xq).all():
         raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
+    if xq.ndim == 0:
+        xq = xq.reshape(1)
     sums = {}
-    for label, cb in codebooks:
+    for label, layout, rot in rows:
         try:
-            packed, state = quantize(xq, codebook=cb, block_size=block_size, nested=nested, backend=backend,
-                                     scale=rule, qmax=qmax)
             with np.errstate(over="ignore"):  # an overflow is reported below, once, by name
-                xhat = dequantize(packed, state, backend=backend)
+                xhat, bits = layout.roundtrip(xq, rot, backend)
+                if xhat.dtype != xq.dtype:  # rotated back in float64: round as the tensor is stored
+                    xhat = xhat.astype(xq.dtype)
         except ValueError as exc:  # say which tensor
             raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
         if not np.isfinite(xhat).all():
-            # level·absmax beyond the dtype's range: every error metric would be inf or NaN
-            big = float(np.max(np.abs(cb.levels)))
+            # level·scale beyond the dtype's range: every error metric would be inf or NaN
+            table = layout.cb.points if is_vector_codebook(layout.cb) else layout.cb.levels
+            big = float(np.max(np.abs(table)))
             raise ValueError(f"{path}: tensor {info.name!r}: codebook {label!r} dequantizes it to values beyond "
                              f"the {xhat.dtype} range (its largest level magnitude is {big:.6g})")
         s = error_sums(x, xhat, x64, sx2)
-        s.bits = storage_bits(packed, state)
+        s.bits = bits
         sums[label] = s
         totals[label].add(s)
-        del packed, state, xhat
+        del xhat
     return TensorResult(info.name, info.dtype, info.shape, sums)

@@ -11,7 +11,15 @@ measured, and the next row starts again from the spilled originals; the model is
 at the end, errors included.  Memory: one model, one tensor, plus the reference outputs.
 
 ``rotate="hadamard[:N]"`` quantizes ``W·H`` and puts back ``dequant(W·H)·Hᵀ``
-(:mod:`.hadamard`; ``N`` defaults to the largest power of two dividing the input dimension).
+(:mod:`quantbook.numerics.hadamard`; ``N`` defaults to the largest power of two dividing the
+input dimension).  Vector codebooks (HIGGS grids, ``FILE.json``) are quantized with
+:func:`quantbook.bulk.vq.quantize_vq` in groups along each row (``vq``:
+:class:`~quantbook.model.evaluate.VQOptions`), rotated by that function itself; their bits per
+weight are ``index_bits/P + scale bits/group``, so scalar and vector rows compare at equal
+storage.
+
+The model runs on ``device`` (:func:`resolve_device`: ``auto`` is CUDA when torch sees a GPU);
+the weights are quantized on the host either way.
 
 Tasks are registered :class:`Task` subclasses:
 
@@ -43,12 +51,15 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from ..io.progress import progress_bar
-from . import hadamard
-from .evaluate import ErrorSums, error_sums, resolve_scale, scale_label, storage_bits
+from .evaluate import (ErrorSums, VQOptions, check_codebooks, error_sums, is_vector_codebook, make_layout,
+                       parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
-           "split_sentences"]
+           "split_sentences", "resolve_device", "DEVICES"]
+
+#: the --device spellings (a CUDA device may also be named ``cuda:N``)
+DEVICES = ("auto", "cpu", "cuda")
 
 #: what the tasks import; missing ones are named in one error
 _PACKAGES = ("torch", "transformers")
@@ -170,33 +181,25 @@ def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tupl
     return out
 
 
-def parse_rotations(text: str | Sequence[str] | None) -> list[str]:
-    """Rotation spellings, e.g. ``"none,hadamard,hadamard:128"`` → ``["none", "hadamard", "hadamard:128"]``."""
-    if text is None:
-        return ["none"]
-    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
-    out = []
-    for t in items:
-        if t == "none" or t == "hadamard":
-            out.append(t)
-        elif t.startswith("hadamard:"):
-            try:
-                n = int(t.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"--rotate {t!r}: the Hadamard size must be an integer") from None
-            hadamard.check_size(n)
-            out.append(f"hadamard:{n}")
-        else:
-            raise ValueError(f"unknown rotation {t!r} (expected none, hadamard or hadamard:N)")
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"rotations must be distinct and at least one, got {text!r}")
-    return out
+def resolve_device(device: str | None = "auto") -> str:
+    """Where the model runs: ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` (a one-line ValueError when
+    torch sees no such GPU), or ``"auto"`` (None too): ``"cuda"`` when
+    ``torch.cuda.is_available()``, else ``"cpu"``."""
+    text = "auto" if device is None else str(device).strip().lower()
+    if text == "cpu":
+        return "cpu"
+    if text not in DEVICES and not re.fullmatch(r"cuda:\d+", text):
+        raise ValueError(f"unknown device {device!r} (expected {', '.join(DEVICES)} or cuda:N)")
+    import torch
 
-
-def _hadamard_size(rotation: str, columns: int) -> int | None:
-    if rotation == "none":
-        return None
-    return hadamard.default_size(columns) if rotation == "hadamard" else int(rotation.split(":")[1])
+    available = torch.cuda.is_available()
+    if text == "auto":
+        return "cuda" if available else "cpu"
+    if not available:
+        raise ValueError(f"--device {text}: torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+    if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
 class WeightSwap:
@@ -223,47 +226,46 @@ class WeightSwap:
     def original(self, i: int) -> np.ndarray:
         return np.array(self._store[self.offsets[i]:self.offsets[i + 1]]).reshape(self.shapes[i])
 
-    def check(self, block_size: int, rotation: str) -> None:
-        """Fail before any work when a block would straddle two rows, or the rotation does not fit."""
+    def check(self, block_size: int, rotation: str, codebook: Any = None, vq: VQOptions | None = None) -> None:
+        """Fail before any work when a block would straddle two rows, or the rotation (or a
+        vector codebook's group) does not fit."""
+        vector = codebook is not None and is_vector_codebook(codebook)
         for (name, _), shape in zip(self.linears, self.shapes):
-            if shape[1] % block_size:
+            if not vector and shape[1] % block_size:
                 raise ValueError(f"tensor {name!r}: its rows of {shape[1]} weights are not a multiple of the "
                                  f"block size {block_size} (a block would straddle two rows)")
-            n = _hadamard_size(rotation, shape[1])
+            n = rotation_size(rotation, shape[1])
             if n is not None and shape[1] % n:
                 raise ValueError(f"tensor {name!r}: the Hadamard size {n} does not divide its input "
                                  f"dimension {shape[1]}")
+            if vector:
+                make_layout(codebook, vq=vq).check(name, shape, rotation)
 
     def apply(self, codebook, block_size: int, nested: bool = False, rotation: str = "none",
               backend: str = "auto", step: Callable[[str], None] | None = None, scale: Any = None,
-              qmax: float = 6.0) -> ErrorSums:
+              qmax: float = 6.0, vq: VQOptions | None = None) -> ErrorSums:
         """Replace every selected weight by its quantized value; the pooled weight errors.
-        ``scale``/``qmax``: :func:`quantbook.quantize`'s scale rule."""
+        ``scale``/``qmax``: :func:`quantbook.quantize`'s scale rule; ``vq``: how a vector
+        codebook stores the weights."""
         import torch
 
-        from ..bulk.api import dequantize, quantize
-
-        self.check(block_size, rotation)
+        self.check(block_size, rotation, codebook, vq)
+        layout = make_layout(codebook, block_size, nested, scale, qmax, vq)
         total = ErrorSums()
         self._dirty = True
         for i, (name, mod) in enumerate(self.linears):
             if step is not None:
                 step(name)
             w = self.original(i)
-            n = _hadamard_size(rotation, w.shape[1])
-            x = w if n is None else hadamard.rotate(w, n).astype(np.float32)
             try:
-                packed, state = quantize(x, codebook=codebook, block_size=block_size, nested=nested,
-                                         backend=backend, scale=scale, qmax=qmax)
                 with np.errstate(over="ignore"):
-                    xhat = dequantize(packed, state, backend=backend)
+                    what, bits = layout.roundtrip(w, rotation, backend)
             except ValueError as exc:
                 raise ValueError(f"tensor {name!r}: {exc}") from None
-            what = xhat if n is None else hadamard.unrotate(xhat, n)
             if not np.isfinite(what).all():
                 raise ValueError(f"tensor {name!r}: the codebook dequantizes it to values beyond float32")
             s = error_sums(w, what)
-            s.bits = storage_bits(packed, state)
+            s.bits = bits
             total.add(s)
             with torch.no_grad():
                 mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(what, dtype=np.float32)))
@@ -535,6 +537,8 @@ class QualityReport:
     load_seconds: float = 0.0
     scale: str = "float32"  # the scale rule's name (quantbook.scales)
     qmax: float = 6.0
+    device: str = "cpu"  # where the model ran
+    vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
 
     @property
     def plot_metric(self) -> tuple[str, str]:
@@ -542,15 +546,20 @@ class QualityReport:
         return TASKS[self.task].plot_metric
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
-                "scale": self.scale, **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
-                "load_seconds": self.load_seconds, "codebooks": {k: self.rows[k] for k in self.labels}}
+        d = {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
+             "scale": self.scale, **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
+             "load_seconds": self.load_seconds, "device": self.device}
+        if self.vq is not None:
+            d["vq"] = self.vq.to_dict()
+        d["codebooks"] = {k: self.rows[k] for k in self.labels}
+        return d
 
     def format_table(self) -> str:
         cols = TASKS[self.task].columns
         what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.inputs.items())
         head = (f"{self.path}: task {self.task}, {self.n_tensors} linear weights ({self.n_weights:,}), "
-                f"block size {self.block_size}, {scale_label(self.scale, self.qmax)}; {what}")
+                f"block size {self.block_size}, {scale_label(self.scale, self.qmax)}"
+                + (f", {self.vq.describe()}" if self.vq is not None else "") + f"; {what}; device {self.device}")
         width = max(len(k) for k in self.labels) + 1
         title = f"{'codebook':<{width}}  {'bits/w':>7}  {'SQNR dB':>8}  " + "  ".join(
             f"{t:>{len(fmt.format(0.0))}}" for t, fmt in cols.values()) + f"  {'s':>6}"
@@ -575,43 +584,43 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                      text: str = "", tokens: int = 1024, context: int = 256, block_size: int = 64,
                      nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
                      backend: str = "auto", progress: bool = False, model=None,
-                     device: str | None = None, scale: Any = None, qmax: float = 6.0) -> QualityReport:
+                     device: str | None = "auto", scale: Any = None, qmax: float = 6.0,
+                     vq: VQOptions | None = None) -> QualityReport:
     """Measure ``task`` on the unquantized model, then with every codebook × rotation.
 
     ``codebooks``: ``(label, Codebook)`` pairs; ``rotations``: :func:`parse_rotations`
     spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (its weights are
-    restored on return), else ``path`` is loaded; ``device``: where the model runs (e.g.
-    ``"cuda"``; the weights are quantized on the host either way).  Labels are ``LABEL`` and
-    ``LABEL+hadamard[:N]``.  ``scale``/``qmax``: the scale rule
-    (:func:`quantbook.model.evaluate.resolve_scale`), checked before the model is loaded.
+    restored on return), else ``path`` is loaded; ``device``: where the model runs
+    (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``; the weights are quantized
+    on the host either way).  Labels are ``LABEL`` and ``LABEL+hadamard[:N]``.
+    ``scale``/``qmax``: the scale rule (:func:`quantbook.model.evaluate.resolve_scale`),
+    checked before the model is loaded; ``vq``: how vector codebooks store the weights.
     """
     from ..bulk.format import check_block_size
 
     check_block_size(block_size)
     task_cls = get_task(task)
     rotations = parse_rotations(list(rotations))
-    labels = [label for label, _ in codebooks]
-    if not labels:
-        raise ValueError("no codebooks given")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
-    for label, cb in codebooks:
-        if not 1 <= cb.bits <= 8:
-            raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
-    scale_name, rule, nested = resolve_scale(scale, nested, codebooks, qmax)
+    check_codebooks(codebooks)
+    scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
+    scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
+    vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
+    if model is None:
+        _require()  # before asking torch about devices
+    device = resolve_device(device)
     t0 = time.perf_counter()
     model, tokenizer = load_model(path, task) if model is None else model
-    if device is not None:
-        model = (model[0].to(device), model[1])
+    model = model.to(device)
     load_seconds = time.perf_counter() - t0
     measure = task_cls(model, tokenizer, text, tokens, context)
     linears = select_linears(model, tensors)
     rows = [(label, cb, rot) for rot in rotations for label, cb in codebooks]
     with WeightSwap(linears) as swap:
         for rot in rotations:
-            swap.check(block_size, rot)
+            for _, cb in codebooks:
+                swap.check(block_size, rot, cb, vq)
         report = QualityReport(str(path), task, block_size, nested, measure.inputs, len(linears), swap.n_weights,
-                               load_seconds=load_seconds, scale=scale_name, qmax=float(qmax))
+                               load_seconds=load_seconds, scale=scale_name, qmax=float(qmax), device=device, vq=vq)
         total = measure.steps * (1 + len(rows)) + len(linears) * len(rows)
         with progress_bar(total=total, desc=f"evaluating ({task})", unit="step", force=progress) as bar:
             t = time.perf_counter()
@@ -621,9 +630,9 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                                       "seconds": time.perf_counter() - t}
             for label, cb, rot in rows:
                 t = time.perf_counter()
-                name = label if rot == "none" else f"{label}+{rot}"
+                name = row_label(label, rot)
                 sums = swap.apply(cb, block_size, nested, rot, backend, lambda s: bar.step(f"{name}: {s}"),
-                                  scale=rule, qmax=qmax)
+                                  scale=rule, qmax=qmax, vq=vq)
                 m = measure.compare(lambda s: bar.step(f"{name}: {s}"))
                 report.labels.append(name)
                 report.rows[name] = {"bits_per_weight": sums.bits_per_weight, "sqnr_db": sums.sqnr_db,

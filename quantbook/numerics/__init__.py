@@ -1,4 +1,6 @@
-"""Emulations of other libraries' floating-point arithmetic, bit for bit.
+"""Numerical kernels shared by the layers above: emulations of other libraries' floating-point
+arithmetic, bit for bit, and the Hadamard rotation.
 
-* :mod:`.torch_f32` — torch's float32 CPU ``linspace``, ``sum`` and ``mean``.
+* :mod:`.torch_f32` — torch's float32 CPU ``linspace``, ``sum`` and ``mean``;
+* :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation.
 """

@@ -1,0 +1,231 @@
+"""numba kernels of vector quantization (the layout: quantbook/bulk/vq_state.py).
+
+Each kernel repeats, operation for operation, the numpy reference of quantbook/bulk/vq.py,
+so the results are equal bit for bit (tests/test_vq_bulk.py): the Hadamard butterflies in
+float64, the group statistics summed in index order, ``float32(v / s)``, and squared
+distances ``(y0 - c0)² + (y1 - c1)² + …`` in float64 summed left to right (no fused
+multiply-add: numba leaves contraction off without ``fastmath``).
+
+The nearest-point search is exact but not brute force:
+
+* :func:`encode_grid2` (P = 2) looks ``y`` up in a uniform grid of cells, each listing, in
+  index order, every point that can be nearest anywhere in the cell (built by
+  ``quantbook.bulk.vq``; fine enough that most cells list at most three); a ``y`` beyond
+  the grid, clamped to its outer ring of cells, goes to the scan below;
+* :func:`encode_scan` (any P) walks the points sorted by their first coordinate outward from
+  ``y0`` and stops in a direction once ``(y0 - c0)²`` alone exceeds the best distance: a
+  float64 sum of non-negative terms never falls below its first term, so no skipped point
+  can be nearer, and a point at exactly the best distance is still compared by index.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_ROWS = 64  # rows of a rotation handled per parallel task (amortizes its buffer)
+_GROUPS = 256  # groups per parallel task of the generic scan
+
+
+@njit(cache=True)
+def _fwht(buf, n):
+    h = 1
+    while h < n:
+        for i in range(0, n, 2 * h):
+            for j in range(i, i + h):
+                a = buf[j]
+                b = buf[j + h]
+                buf[j] = a + b
+                buf[j + h] = a - b
+        h *= 2
+
+
+@njit(parallel=True, cache=True)
+def rotate(x, signs, inv, out):
+    """``out[r] = float32(fwht(x[r] · signs) · inv)`` for every row of ``x`` (R, n), float32."""
+    rows, n = x.shape
+    for c in prange((rows + _ROWS - 1) // _ROWS):
+        buf = np.empty(n, np.float64)
+        for r in range(c * _ROWS, min(rows, (c + 1) * _ROWS)):
+            for j in range(n):
+                buf[j] = np.float64(x[r, j]) * signs[j]
+            _fwht(buf, n)
+            for j in range(n):
+                out[r, j] = np.float32(buf[j] * inv)
+
+
+@njit(parallel=True, cache=True)
+def unrotate(y, signs, inv, out):
+    """``out[r] = float32(fwht(y[r]) · inv · signs)``: the inverse of :func:`rotate`."""
+    rows, n = y.shape
+    for c in prange((rows + _ROWS - 1) // _ROWS):
+        buf = np.empty(n, np.float64)
+        for r in range(c * _ROWS, min(rows, (c + 1) * _ROWS)):
+            for j in range(n):
+                buf[j] = np.float64(y[r, j])
+            _fwht(buf, n)
+            for j in range(n):
+                out[r, j] = np.float32(buf[j] * inv * signs[j])
+
+
+@njit(parallel=True, cache=True)
+def group_rms(v, group, out):
+    """``out[g] = sqrt(Σ v² / group)`` over group ``g`` of flat float32 ``v`` (float64, in order)."""
+    for g in prange(out.size):
+        acc = 0.0
+        b = g * group
+        for j in range(group):
+            t = np.float64(v[b + j])
+            acc += t * t
+        out[g] = math.sqrt(acc / group)
+
+
+@njit(parallel=True, cache=True)
+def group_absmax(v, group, out):
+    """``out[g] = max |v|`` over group ``g``; NaN when the group holds NaN."""
+    for g in prange(out.size):
+        m = np.float32(0.0)
+        b = g * group
+        for j in range(group):
+            a = abs(v[b + j])
+            if a > m or a != a:
+                m = a
+            if m != m:
+                break
+        out[g] = np.float64(m)
+
+
+@njit(cache=True)
+def _lower(c0s, y0):
+    lo, hi = 0, c0s.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if c0s[mid] < y0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def _scan(y, c0s, order, pts):
+    """The nearest point to ``y`` (float64, P values) by the sorted first-coordinate scan."""
+    n, p = pts.shape
+    y0 = y[0]
+    start = _lower(c0s, y0)
+    best = np.inf
+    bi = n
+    for direction in (1, -1):
+        k = start if direction == 1 else start - 1
+        while 0 <= k < n:
+            dx = y0 - c0s[k]
+            d = dx * dx
+            if d > best:
+                break
+            i = order[k]
+            for q in range(1, p):
+                t = y[q] - pts[i, q]
+                d += t * t
+            if d < best or (d == best and i < bi):
+                best = d
+                bi = i
+            k += direction
+    return bi
+
+
+@njit(parallel=True, cache=True)
+def encode_scan(v, s, group, c0s, order, pts, out):
+    """Indices of flat float32 ``v`` with float32 group scales ``s`` (any P)."""
+    p = pts.shape[1]
+    per = group // p
+    ng = s.size
+    for c in prange((ng + _GROUPS - 1) // _GROUPS):
+        y = np.empty(p, np.float64)
+        for g in range(c * _GROUPS, min(ng, (c + 1) * _GROUPS)):
+            sc = s[g]
+            for t in range(per):
+                b = g * group + t * p
+                for q in range(p):
+                    y[q] = 0.0 if sc == 0 else np.float64(v[b + q] / sc)
+                out[g * per + t] = _scan(y, c0s, order, pts)
+
+
+@njit(parallel=True, cache=True)
+def encode_grid2(v, s, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, out):
+    """Indices of flat float32 ``v`` with float32 group scales ``s`` for P = 2 (``zero``: the
+    index of ``y = 0``, for groups whose scale is 0).
+
+    The cell grid is ``cells`` × ``cells``; row ``lut[i·cells + j]`` holds the cell's three
+    candidates, padded with its first, or ``-(1 + k)`` first, with the count at ``multi[k]``
+    and the candidates after it.  A lookup beyond the grid is clamped to the outer ring of
+    cells, whose count 0 sends the vector to the exact scan."""
+    per = group // 2
+    ng = s.size
+    top = cells - 1.0
+    for c in prange((ng + _GROUPS - 1) // _GROUPS):
+        y = np.empty(2, np.float64)
+        for g in range(c * _GROUPS, min(ng, (c + 1) * _GROUPS)):
+            sc = s[g]
+            if sc == 0:
+                for t in range(per):
+                    out[g * per + t] = zero
+                continue
+            for t in range(per):
+                b = g * group + 2 * t
+                y0 = np.float64(v[b] / sc)
+                y1 = np.float64(v[b + 1] / sc)
+                fx = min(max((y0 - lo0) * inv0, 0.0), top)
+                fy = min(max((y1 - lo1) * inv1, 0.0), top)
+                cell = int(fx) * cells + int(fy)
+                e = lut[cell, 0]
+                if e >= 0:  # most vectors: up to three candidates, compared without a branch
+                    f = lut[cell, 1]
+                    h = lut[cell, 2]
+                    a0 = y0 - pts[e, 0]
+                    a1 = y1 - pts[e, 1]
+                    b0 = y0 - pts[f, 0]
+                    b1 = y1 - pts[f, 1]
+                    c0 = y0 - pts[h, 0]
+                    c1 = y1 - pts[h, 1]
+                    da = a0 * a0 + a1 * a1
+                    db = b0 * b0 + b1 * b1
+                    dc = c0 * c0 + c1 * c1
+                    # ascending candidates, strict <: at equal distances the lower index stays
+                    lt = db < da
+                    bi = f if lt else e
+                    best = db if lt else da
+                    out[g * per + t] = h if dc < best else bi
+                    continue
+                k = -1 - e
+                if multi[k] == 0:  # beyond the grid, or on its outer ring
+                    y[0] = y0
+                    y[1] = y1
+                    out[g * per + t] = _scan(y, c0s, order, pts)
+                    continue
+                best = np.inf
+                bi = 0
+                for q in range(k + 1, k + 1 + multi[k]):
+                    i = multi[q]
+                    d0 = y0 - pts[i, 0]
+                    d1 = y1 - pts[i, 1]
+                    d = d0 * d0 + d1 * d1
+                    if d < best:  # candidates in index order: a tie keeps the lower index
+                        best = d
+                        bi = i
+                out[g * per + t] = bi
+
+
+@njit(parallel=True, cache=True)
+def decode(idx, s, group, pts, out):
+    """``out = float32(pts[idx] · s[group])`` (flat float32; indices already checked)."""
+    p = pts.shape[1]
+    per = group // p
+    for g in prange(s.size):
+        sc = s[g]
+        for t in range(per):
+            i = idx[g * per + t]
+            b = g * group + t * p
+            for q in range(p):
+                out[b + q] = pts[i, q] * sc

@@ -1,0 +1,411 @@
+"""``quantize_vq`` / ``dequantize_vq``: vector quantization of whole arrays, one index per
+group of P weights (HIGGS: Malinovskii et al. 2024, arXiv:2411.17525 — 2-D grids after a
+randomized Hadamard rotation, with an RMS scale per group).
+
+The layout is stated once, in :mod:`quantbook.bulk.vq_state`.  This module checks the
+arguments, holds what is common to every backend (non-finite input, rounding the scales to
+their stored dtype, the state) and a small registry of backends (:class:`VQBackend`):
+
+* ``numpy``: the readable reference: the Hadamard transform of
+  :mod:`quantbook.numerics.hadamard`, group statistics with numpy, and the brute-force
+  nearest point of :func:`quantbook.codebooks.vector.nearest_brute`;
+* ``cpu``: numba (:mod:`quantbook.bulk.cpu.vq_kernels`, parallel), the same numbers bit for
+  bit with an exact accelerated search.
+
+``backend="auto"`` takes the first usable backend marked ``auto`` (numba), else numpy.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..codebooks.vector import nearest_brute
+from ..numerics import hadamard
+from . import format as F
+from .state import dtype_name
+from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
+                       index_dtype)
+
+__all__ = ["quantize_vq", "dequantize_vq", "VQState", "VQBackend", "VQ_BACKENDS", "vq_backend_names",
+           "parse_rotate", "as_points"]
+
+_F = np.float32
+
+#: name -> vector-quantization backend instance, in registration order
+VQ_BACKENDS: dict[str, "VQBackend"] = {}
+
+
+class VQBackend:
+    """One way of computing the layout: a subclass registers itself by naming itself.
+
+    Inputs reach a backend checked: ``v`` flat C-contiguous float32 (already rotated),
+    ``scales`` float32 per group, ``points`` the (N, P) float32 table, indices in range.
+    """
+
+    name: ClassVar[str]
+    #: ``backend="auto"`` may pick it
+    auto: ClassVar[bool] = False
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in VQ_BACKENDS or name == "auto":
+                raise ValueError(f"a vector-quantization backend named {name!r} is already registered")
+            cls.name = name
+            VQ_BACKENDS[name] = cls()
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here, or None."""
+        return None
+
+    def rotate(self, x: np.ndarray, seed: int) -> np.ndarray:
+        """``float32(x·D·Hₙ/√n)`` of every row of ``x`` (R, n) (float32/float16/bfloat16), ``D``
+        the signs of ``seed``."""
+        raise NotImplementedError
+
+    def unrotate(self, y: np.ndarray, seed: int) -> np.ndarray:
+        """``float32(y·Hₙᵀ·D/√n)`` of every row of float32 ``y`` (R, n)."""
+        raise NotImplementedError
+
+    def group_stat(self, v: np.ndarray, group: int, rule: str) -> np.ndarray:
+        """float64 per group: ``sqrt(Σv²/group)`` (squares summed in index order) or ``max|v|``;
+        non-finite for a group holding NaN/Inf."""
+        raise NotImplementedError
+
+    def encode(self, v: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
+        """Flat indices (any integer dtype) of ``y = float32(v / s)`` (0 where ``s = 0``)."""
+        raise NotImplementedError
+
+    def decode(self, idx: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
+        """Flat float32 ``points[idx] · s``."""
+        raise NotImplementedError
+
+
+class NumpyVQ(VQBackend, name="numpy"):
+    """The reference."""
+
+    def rotate(self, x, seed):
+        with np.errstate(over="ignore"):
+            return hadamard.rotate(x.astype(_F), x.shape[1], seed).astype(_F)
+
+    def unrotate(self, y, seed):
+        return hadamard.unrotate(y, y.shape[1], seed).astype(_F)
+
+    def group_stat(self, v, group, rule):
+        g = v.reshape(-1, group)
+        if rule == "absmax":
+            return np.abs(g).max(axis=1).astype(np.float64)
+        acc = np.zeros(g.shape[0])
+        for j in range(group):  # in index order: the numba kernel sums the same way
+            t = g[:, j].astype(np.float64)
+            acc += t * t
+        return np.sqrt(acc / group)
+
+    def encode(self, v, scales, group, points):
+        g = v.reshape(-1, group)
+        y = np.zeros_like(g)
+        s = scales[:, None]
+        np.divide(g, s, out=y, where=s != 0)
+        return nearest_brute(points, y.reshape(-1, points.shape[1]))
+
+    def decode(self, idx, scales, group, points):
+        return (points[idx].reshape(-1, group) * scales[:, None]).reshape(-1)
+
+
+@lru_cache(maxsize=16)
+def _signs(n: int, seed: int) -> np.ndarray:
+    s = hadamard.signs(n, seed)
+    s.setflags(write=False)
+    return s
+
+
+def _vq_kernels():
+    from .cpu import vq_kernels
+
+    return vq_kernels
+
+
+@lru_cache(maxsize=8)
+def _scan_tables(points_bytes: bytes, n: int, p: int):
+    """The points (float64), and their first coordinates sorted with the permutation."""
+    pts = np.frombuffer(points_bytes, dtype=_F).reshape(n, p).astype(np.float64)
+    order = np.argsort(pts[:, 0], kind="stable").astype(np.int64)
+    return pts, np.ascontiguousarray(pts[order, 0]), order
+
+
+#: cells × cells × N distance pairs evaluated when building a grid, at most
+_GRID_WORK = 1 << 26
+#: candidates a grid cell holds inline (encode_grid2 unrolls its fast path for exactly three)
+_SLOTS = 3
+
+
+@lru_cache(maxsize=8)
+def _grid_tables(points_bytes: bytes, n: int):
+    """The P = 2 cell grid: for every cell, the points that can be nearest to some ``y`` in it.
+
+    A point ``j`` can be nearest in a cell only if its least distance to the cell is at most
+    ``U``, the least over all points of their greatest distance to the cell.  The cells are
+    widened by 1e-6 of their width and ``U`` by a relative 1e-9: both far above the rounding
+    of a cell lookup and of a float64 distance, so the list never misses the brute-force
+    nearest point (ties included); extra candidates cost only time.
+    """
+    c = np.frombuffer(points_bytes, dtype=_F).reshape(n, 2).astype(np.float64)
+    lo, hi = c.min(axis=0), c.max(axis=0)
+    pad = 0.5 * max(float((hi - lo).max()), 1e-30)
+    lo, hi = lo - pad, hi + pad  # room for the tails of scaled Gaussian groups
+    # fine enough that most cells list at most three candidates (the kernel's fast path),
+    # coarse enough that the table stays in cache
+    cells = int(max(1, min(16 * np.ceil(np.sqrt(n)), np.sqrt(_GRID_WORK / n), 1024)))
+    width = (hi - lo) / cells
+    inv = cells / (hi - lo)
+    m = 1e-6 * width
+    edges = [lo[k] + np.arange(cells + 1) * width[k] for k in range(2)]
+    b0, b1 = edges[1][:-1, None] - m[1], edges[1][1:, None] + m[1]  # (cells, 1) along y
+    dy_min = np.maximum(0.0, np.maximum(b0 - c[None, :, 1], c[None, :, 1] - b1))
+    dy_max = np.maximum(np.abs(c[None, :, 1] - b0), np.abs(c[None, :, 1] - b1))
+    lists, counts = [], []
+    for i in range(cells):
+        a0, a1 = edges[0][i] - m[0], edges[0][i + 1] + m[0]
+        dx_min = np.maximum(0.0, np.maximum(a0 - c[:, 0], c[:, 0] - a1))
+        dx_max = np.maximum(np.abs(c[:, 0] - a0), np.abs(c[:, 0] - a1))
+        dmin = dx_min[None, :] ** 2 + dy_min ** 2  # (cells, N)
+        bound = (dx_max[None, :] ** 2 + dy_max ** 2).min(axis=1) * (1 + 1e-9)
+        rows, cols = np.nonzero(dmin <= bound[:, None])  # row-major: each cell's points ascending
+        lists.append(cols)
+        counts.append(np.bincount(rows, minlength=cells))
+    count = np.concatenate(counts)
+    cols = np.concatenate(lists)
+    # the outer ring of cells also stands for everything beyond the grid (the kernel clamps
+    # its lookup): those cells send their vectors to the exact scan, flagged by a count of 0
+    ring = np.zeros((cells, cells), bool)
+    ring[[0, -1], :] = ring[:, [0, -1]] = True
+    ring = ring.reshape(-1)
+    first = np.concatenate([[0], np.cumsum(count)[:-1]])
+    # one lookup per vector: a cell of at most _SLOTS candidates holds them ascending, padded
+    # with its first (a repeat never wins a tie against it), so the kernel compares them
+    # without a branch; any other cell holds -(1 + pos) first, with the count at multi[pos]
+    # and the candidates after it, ascending
+    lut = np.stack([cols[first + np.minimum(j, count - 1) * (j < count)] for j in range(_SLOTS)],
+                   axis=1).astype(np.int32)
+    many = np.flatnonzero((count > _SLOTS) & ~ring)
+    pos = np.concatenate([[0], np.cumsum(count[many] + 1)[:-1]]).astype(np.int64)
+    multi = np.empty(int((count[many] + 1).sum()) + 1, np.int32)
+    multi[pos] = count[many]
+    for c, p in zip(many, pos):
+        multi[p + 1:p + 1 + count[c]] = cols[first[c]:first[c] + count[c]]
+    lut[many, 0] = -(1 + pos)
+    multi[-1] = 0
+    lut[ring, 0] = -multi.size  # -(1 + pos) of the last entry, the count 0
+    return (float(lo[0]), float(lo[1]), float(inv[0]), float(inv[1]), cells, lut, multi)
+
+
+class NumbaVQ(VQBackend, name="cpu"):
+    """numba kernels (:mod:`quantbook.bulk.cpu.vq_kernels`), parallel."""
+
+    auto = True
+
+    def unavailable(self):
+        import importlib.util
+
+        return None if importlib.util.find_spec("numba") else "numba is not installed"
+
+    def rotate(self, x, seed):
+        n = x.shape[1]
+        out = np.empty(x.shape, _F)
+        # 1/sqrt(n) rounded once, as the reference's fwht scales
+        _vq_kernels().rotate(np.ascontiguousarray(x, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n), out)
+        return out
+
+    def unrotate(self, y, seed):
+        n = y.shape[1]
+        out = np.empty(y.shape, _F)
+        _vq_kernels().unrotate(np.ascontiguousarray(y, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n), out)
+        return out
+
+    def group_stat(self, v, group, rule):
+        out = np.empty(v.size // group)
+        k = _vq_kernels()
+        (k.group_absmax if rule == "absmax" else k.group_rms)(v, group, out)
+        return out
+
+    def encode(self, v, scales, group, points):
+        k = _vq_kernels()
+        n, p = points.shape
+        pts, c0s, order = _scan_tables(points.tobytes(), n, p)
+        out = np.empty(v.size // p, dtype=index_dtype(n))
+        if p == 2:
+            lo0, lo1, inv0, inv1, cells, lut, multi = _grid_tables(points.tobytes(), n)
+            zero = int(nearest_brute(points, np.zeros((1, 2)))[0])  # a zero group's index
+            k.encode_grid2(v, scales, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, out)
+        else:
+            k.encode_scan(v, scales, group, c0s, order, pts, out)
+        return out
+
+    def decode(self, idx, scales, group, points):
+        out = np.empty(idx.size * points.shape[1], _F)
+        _vq_kernels().decode(idx, scales, group, points, out)
+        return out
+
+
+def vq_backend_names() -> tuple[str, ...]:
+    """``"auto"`` and every registered vector-quantization backend."""
+    return ("auto", *VQ_BACKENDS)
+
+
+def _pick_backend(name: Any) -> VQBackend:
+    if name == "auto":
+        for b in VQ_BACKENDS.values():
+            if b.auto and b.unavailable() is None:
+                return b
+        return VQ_BACKENDS["numpy"]
+    b = VQ_BACKENDS.get(name) if isinstance(name, str) else None
+    if b is None:
+        raise ValueError(f"unknown vector-quantization backend {name!r} (expected {', '.join(vq_backend_names())})")
+    why = b.unavailable()
+    if why is not None:
+        raise ValueError(f"backend {name!r} cannot run here: {why}")
+    return b
+
+
+def as_points(codebook: Any) -> tuple[str, np.ndarray]:
+    """``(name, points)`` of a vector codebook: anything with ``.points`` (and ``.name``), or an
+    (N, P) array; the points as a C-contiguous float32 (N, P) table, checked."""
+    name = str(getattr(codebook, "name", "custom"))
+    pts = getattr(codebook, "points", codebook)
+    if hasattr(pts, "detach"):
+        pts = pts.detach().cpu().numpy()
+    a = np.asarray(pts)
+    if a.dtype.kind not in "fiu" or a.ndim != 2:
+        raise ValueError(f"a vector codebook is an (N, P) table of numbers, got {a.dtype} of shape {a.shape}")
+    if a.shape[0] > MAX_POINTS:
+        raise ValueError(f"a vector codebook has at most {MAX_POINTS} points (16-bit indices), got {a.shape[0]}")
+    with np.errstate(over="ignore"):
+        f = np.ascontiguousarray(a, dtype=_F)
+    if np.isfinite(a).all() and not np.isfinite(f).all():
+        raise ValueError("the codebook's points lie beyond float32's range")
+    return name, check_points(f)
+
+
+def parse_rotate(rotate: Any, last: int) -> int | None:
+    """The Hadamard size of ``rotate``: None (or ``"none"``), ``"hadamard"`` (the largest power
+    of two dividing the last dimension ``last``) or ``"hadamard:N"``."""
+    if rotate is None or (isinstance(rotate, str) and rotate.strip().lower() == "none"):
+        return None
+    if not isinstance(rotate, str):
+        raise ValueError(f"rotate must be None, 'hadamard' or 'hadamard:N', got {rotate!r}")
+    r = rotate.strip().lower()
+    if r == "hadamard":
+        return hadamard.default_size(last)
+    if r.startswith("hadamard:"):
+        try:
+            n = int(r.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"rotate {rotate!r}: the Hadamard size must be an integer") from None
+        n = hadamard.check_size(n)
+        if last % n:
+            raise ValueError(f"the Hadamard size {n} does not divide the last dimension {last}")
+        return n
+    raise ValueError(f"unknown rotation {rotate!r} (expected None, 'hadamard' or 'hadamard:N')")
+
+
+def _check_input(x: Any) -> np.ndarray:
+    if hasattr(x, "__cuda_array_interface__"):
+        raise ValueError("vector quantization runs on host arrays; copy device arrays to the host first")
+    if hasattr(x, "detach"):  # a torch CPU tensor
+        x = x.detach().numpy()
+    x = np.asarray(x)
+    if x.dtype.name not in F.DTYPES:
+        raise ValueError(f"x must hold {', '.join(F.DTYPES)} values, got dtype {x.dtype.name}")
+    if x.ndim == 0 or x.size == 0:
+        raise ValueError(f"cannot quantize an empty or 0-d array (shape {x.shape})")
+    return x
+
+
+def _first_nonfinite(x: np.ndarray) -> int:
+    return int(np.flatnonzero(~np.isfinite(x.reshape(-1).astype(_F)))[0])
+
+
+def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms", rotate: Any = "hadamard",
+                backend: str = "auto", scale_dtype: str = "float16") -> tuple[np.ndarray, VQState]:
+    """Vector-quantize ``x``; returns ``(indices, state)`` (layout: :mod:`.vq_state`).
+
+    ``x``: float32, float16 or bfloat16, any shape; groups and vectors run along the last
+    axis.  ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, anything with
+    ``.points``, or an (N, P) array.  ``group``: weights per scale, a multiple of P dividing
+    the last dimension.  ``scale``: ``"rms"`` or ``"absmax"``; ``scale_dtype``: how the scale is
+    stored (``"float16"``, HIGGS's 16 bits, or ``"float32"``).  ``rotate``: ``"hadamard"``,
+    ``"hadamard:N"`` or None.  ``backend``: ``"auto"``, ``"numpy"`` or ``"cpu"``.
+
+    Indices are uint8 for N <= 256, else uint16, of shape ``x.shape[:-1] + (last // P,)``.
+    NaN/Inf in ``x`` and a scale beyond its dtype's range are one-line ValueErrors.
+    """
+    name, points = as_points(vq_codebook)
+    x = _check_input(x)
+    shape, last = tuple(int(s) for s in x.shape), int(x.shape[-1])
+    n_pts, p = points.shape
+    group = check_group(group, p, last)
+    if scale not in SCALE_RULES:
+        raise ValueError(f"unknown scale rule {scale!r} (expected {' or '.join(SCALE_RULES)})")
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"unknown scale_dtype {scale_dtype!r} (expected {' or '.join(SCALE_DTYPES)})")
+    size = parse_rotate(rotate, last)
+    be = _pick_backend(backend)
+    if size is not None:
+        seed = hadamard.SEED
+        if not np.isfinite(x).all():
+            raise ValueError(f"x holds NaN or Inf: first at flat index {_first_nonfinite(x)}")
+        v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
+    else:
+        seed = None
+        v = np.ascontiguousarray(x, dtype=_F).reshape(-1)
+    stat = be.group_stat(v, group, scale)
+    bad = np.flatnonzero(~np.isfinite(stat))
+    if bad.size:
+        g = int(bad[0])
+        if size is None:
+            raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {_first_nonfinite(x)})")
+        raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
+    with np.errstate(over="ignore"):
+        stored = stat.astype(scale_dtype)
+    over = np.flatnonzero(~np.isfinite(stored))
+    if over.size:
+        g = int(over[0])
+        raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
+                         f"pass scale_dtype='float32'")
+    idx = be.encode(v, stored.astype(_F), group, points)
+    state = VQState(codebook=name, points=points.copy(), scales=stored, shape=shape, dtype=x.dtype,
+                    group=group, scale_rule=scale, scale_dtype=scale_dtype, rotate_size=size, rotate_seed=seed)
+    return idx.astype(index_dtype(n_pts), copy=False).reshape(state.index_shape), state
+
+
+def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> np.ndarray:
+    """The array of ``state.shape`` and ``state.dtype`` that ``indices`` stand for:
+    ``float32(points[i] · s)``, un-rotated (float64, rounded to float32) when the state is
+    rotated, then rounded to the state's dtype.  The state is validated first; indices must
+    have the state's index shape and lie below N."""
+    if not isinstance(state, VQState):
+        raise ValueError(f"state must be a VQState, got {type(state).__name__}")
+    state.validate()
+    be = _pick_backend(backend)
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "ui":
+        raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+    if idx.shape != state.index_shape:
+        raise ValueError(f"indices have shape {idx.shape}, expected {state.index_shape}")
+    if idx.min() < 0 or idx.max() >= state.n_points:
+        raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {int(idx.max())}")
+    flat = np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
+    y = be.decode(flat, state.scales_f32(), state.group, state.points)
+    if state.rotate_size is not None:
+        with np.errstate(over="ignore"):
+            y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)
+    out = y.reshape(state.shape)
+    dt = np.dtype(state.dtype)
+    dtype_name(dt)
+    if dt != _F:
+        with np.errstate(over="ignore"):
+            out = out.astype(dt)
+    return out

@@ -1,0 +1,264 @@
+"""The :class:`VectorCodebook` value type: one index per group of P weights.
+
+A vector codebook is a table of ``N`` points in ``P`` dimensions (float32, shape ``(N, P)``).
+A group of ``P`` (scaled) weights is stored as the index of its nearest point, so it costs
+``ceil(log2 N) / P`` bits per weight plus the group scale's share.  ``P = 1`` is an ordinary
+scalar table held in this shape.
+
+Nearest means least squared Euclidean distance, computed in float64 from the float32 points;
+a tie goes to the lowest index.  The rule is stated here once; every consumer (bulk
+quantization, the derivation's assignment step, the audit) must agree with :meth:`nearest`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["VectorCodebook", "VectorCodebookError", "MAX_POINTS", "nearest_brute"]
+
+#: the largest table (16-bit indices)
+MAX_POINTS = 65536
+
+# rows of v handled per chunk of the brute-force search (bounds the (rows, N) distance matrix)
+_CHUNK_ELEMS = 1 << 22
+
+
+class VectorCodebookError(ValueError):
+    """Invalid vector-codebook data or invalid input to a vector-codebook operation."""
+
+
+def _freeze(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def _as_points(points: Any) -> np.ndarray:
+    if isinstance(points, (list, tuple)):
+        for i, row in enumerate(points):
+            for x in (row if isinstance(row, (list, tuple)) else [row]):
+                if type(x) is int:
+                    try:
+                        float(x)
+                    except OverflowError:
+                        raise VectorCodebookError(f"points row {i} holds an integer too large for a float") from None
+    try:
+        arr = np.array(points, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise VectorCodebookError(f"points must be an (N, P) array of numbers ({exc})") from None
+    if arr.ndim != 2:
+        raise VectorCodebookError(f"points must be an (N, P) array, got shape {arr.shape}")
+    n, p = arr.shape
+    if p < 1:
+        raise VectorCodebookError("points must have at least one dimension (P >= 1)")
+    if not 2 <= n <= MAX_POINTS:
+        raise VectorCodebookError(f"a vector codebook holds 2 to {MAX_POINTS} points, got {n}")
+    bad = np.argwhere(~np.isfinite(arr))
+    if bad.size:
+        i, j = bad[0]
+        raise VectorCodebookError(f"points must be finite: row {i}, column {j} is {float(arr[i, j])!r}")
+    big = np.argwhere(np.abs(arr) > np.finfo(np.float32).max)
+    if big.size:
+        i, j = big[0]
+        raise VectorCodebookError(f"points must lie within float32's range: row {i}, column {j} is {float(arr[i, j])!r}")
+    f32 = arr.astype(np.float32) + np.float32(0.0)  # -0.0 -> +0.0, so duplicates compare by value
+    # duplicates are checked on the float32 rows, the table every consumer holds
+    _, first, counts = np.unique(f32.view(np.dtype((np.void, 4 * p))).ravel(), return_index=True,
+                                 return_counts=True)
+    if np.any(counts > 1):
+        row = f32[first[np.flatnonzero(counts > 1)[0]]]
+        dup = np.flatnonzero(np.all(f32 == row, axis=1))
+        raise VectorCodebookError(f"duplicate points: rows {dup[0]} and {dup[1]} are both {row.tolist()}")
+    return f32
+
+
+def nearest_brute(points: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Index of the nearest row of ``points`` (N, P) for every row of ``v`` (M, P): squared
+    Euclidean distance in float64, ties to the lowest index (``argmin``'s first minimum).
+
+    The reference rule, with no checks: callers validate.
+    """
+    c = np.asarray(points, dtype=np.float64)
+    x = np.asarray(v, dtype=np.float64)
+    n, p = c.shape
+    out = np.empty(x.shape[0], dtype=np.int64)
+    step = max(1, _CHUNK_ELEMS // max(n * p, 1))
+    for s in range(0, x.shape[0], step):
+        xs = x[s:s + step]
+        # the exact difference form, not |x|^2 - 2x.c + |c|^2, whose cancellation would pick
+        # a wrong point when two distances are close
+        d = np.zeros((xs.shape[0], n))
+        for j in range(p):
+            d += (xs[:, j:j + 1] - c[None, :, j]) ** 2
+        out[s:s + step] = np.argmin(d, axis=1)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class VectorCodebook:
+    """Immutable table of ``N`` points in ``P`` dimensions (see the module docstring).
+
+    ``points`` is stored as a read-only C-contiguous float32 ``(N, P)`` array with finite,
+    distinct rows, ``2 <= N <= 65536``.  ``source`` is a citation or recipe text; ``recipe``
+    the :func:`quantbook.derive.vq.derive_vq` options that re-derive it (``None`` for a
+    published grid).
+    """
+
+    name: str
+    points: np.ndarray
+    source: str = ""
+    recipe: dict | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise VectorCodebookError("name must be a non-empty string")
+        if not isinstance(self.source, str):
+            raise VectorCodebookError(f"source must be a string, got {type(self.source).__name__}")
+        if self.recipe is not None and not isinstance(self.recipe, Mapping):
+            raise VectorCodebookError(f"recipe must be a mapping (a JSON object) or None, "
+                                      f"got {type(self.recipe).__name__}")
+        object.__setattr__(self, "points", _freeze(_as_points(self.points)))
+        object.__setattr__(self, "recipe", None if self.recipe is None else dict(self.recipe))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def dim(self) -> int:
+        """P, the number of weights one index stands for."""
+        return int(self.points.shape[1])
+
+    @property
+    def size(self) -> int:
+        """N, the number of points."""
+        return int(self.points.shape[0])
+
+    @property
+    def index_bits(self) -> int:
+        """Bits of one stored index: ``ceil(log2 N)``."""
+        return max(1, math.ceil(math.log2(self.size)))
+
+    def bits_per_weight(self, scale_bits: int = 16, group: int | None = None) -> float:
+        """Storage per weight: ``index_bits / P + scale_bits / group``.
+
+        ``group`` is the number of weights sharing one stored scale (default ``P``);
+        ``scale_bits=0`` counts the indices alone.
+        """
+        for what, val in (("scale_bits", scale_bits),) + ((("group", group),) if group is not None else ()):
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
+                raise VectorCodebookError(f"{what} must be an integer, got {val!r}")
+        if scale_bits < 0:
+            raise VectorCodebookError(f"scale_bits must be >= 0, got {scale_bits}")
+        g = self.dim if group is None else int(group)
+        if g < 1:
+            raise VectorCodebookError(f"group must be >= 1, got {g}")
+        return self.index_bits / self.dim + scale_bits / g
+
+    # --------------------------------------------------------------- encoding
+    def _rows(self, v: Any) -> np.ndarray:
+        arr = np.asarray(v)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise VectorCodebookError(f"nearest needs real numbers, got dtype {arr.dtype}")
+        if arr.ndim == 1 and arr.shape[0] == self.dim:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise VectorCodebookError(f"nearest needs rows of {self.dim} values (shape (M, {self.dim})), "
+                                      f"got shape {arr.shape}")
+        if np.isnan(arr).any():
+            raise VectorCodebookError("nearest got NaN")
+        return arr
+
+    def nearest(self, v: Any) -> np.ndarray:
+        """Exact index (int64) of the nearest point to every row of ``v`` (shape ``(M, P)``;
+        a single row of ``P`` values is taken as ``M = 1``).  Ties go to the lowest index."""
+        return nearest_brute(self.points, self._rows(v))
+
+    def decode(self, idx: Any) -> np.ndarray:
+        """``points[idx]`` (float32), for integer indices of any shape."""
+        i = np.asarray(idx)
+        if not np.issubdtype(i.dtype, np.integer):
+            raise VectorCodebookError(f"decode needs integer indices, got dtype {i.dtype}")
+        if i.size and (i.min() < 0 or i.max() >= self.size):
+            raise VectorCodebookError(f"indices must lie in [0, {self.size - 1}]")
+        return self.points[i]
+
+    def quantize(self, v: Any) -> np.ndarray:
+        """The nearest points of the rows of ``v`` (``decode(nearest(v))``)."""
+        return self.decode(self.nearest(v))
+
+    # ------------------------------------------------------------ comparison
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VectorCodebook):
+            return NotImplemented
+        return (self.name == other.name and self.source == other.source and self.recipe == other.recipe
+                and self.points.shape == other.points.shape
+                and np.array_equal(self.points.view(np.int32), other.points.view(np.int32)))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.points.shape, self.points.tobytes()))
+
+    def __repr__(self) -> str:
+        return f"VectorCodebook(name={self.name!r}, dim={self.dim}, size={self.size})"
+
+    def replace(self, **changes: Any) -> "VectorCodebook":
+        fields = dict(name=self.name, points=self.points, source=self.source, recipe=self.recipe)
+        fields.update(changes)
+        return VectorCodebook(**fields)
+
+    # ----------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict.  Each coordinate is written as the shortest decimal that reads back
+        as the same float32 (so the file is exact and short)."""
+        return {
+            "kind": "vector",
+            "name": self.name,
+            "dim": self.dim,
+            "size": self.size,
+            "points": [[_f32_decimal(x) for x in row] for row in self.points],
+            "source": self.source,
+            "recipe": self.recipe,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VectorCodebook":
+        """The VectorCodebook of a :meth:`to_dict` mapping; bad data is a one-line error."""
+        if not isinstance(d, Mapping):
+            raise VectorCodebookError("a vector codebook must be a JSON object")
+        if d.get("kind") != "vector":
+            what = f"kind is {d['kind']!r}" if "kind" in d else 'no "kind": "vector"'
+            raise VectorCodebookError(f"not a vector codebook ({what})")
+        if "points" not in d:
+            raise VectorCodebookError("vector codebook object lacks points")
+        cb = cls(name=d.get("name", "unnamed"), points=d["points"], source=d.get("source", ""),
+                 recipe=d.get("recipe"))
+        for key, val in (("dim", cb.dim), ("size", cb.size)):
+            if key in d and d[key] != val:
+                raise VectorCodebookError(f"{key} is {d[key]!r} but the points give {val}")
+        return cb
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "VectorCodebook":
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise VectorCodebookError(f"JSON text must be str or bytes, got {type(text).__name__}")
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VectorCodebookError(f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise VectorCodebookError("not a vector codebook: the JSON is nested too deeply") from None
+        except UnicodeDecodeError as exc:
+            raise VectorCodebookError(f"not valid JSON: not UTF-8 text ({exc.reason})") from None
+        except ValueError:
+            raise VectorCodebookError("not valid JSON: a number has too many digits") from None
+        return cls.from_dict(d)
+
+
+def _f32_decimal(x: np.float32) -> float:
+    """The Python float of the shortest decimal that reads back as float32 ``x``."""
+    return float(np.format_float_positional(np.float32(x), unique=True, trim="-"))

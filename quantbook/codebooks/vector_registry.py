@@ -1,0 +1,132 @@
+"""Published vector codebooks (grids of N points in P dimensions), read from data files.
+
+The numbers live in ``quantbook/codebooks/data/*.json`` with their provenance (repository,
+path, commit); this module only names them.  Published grids carry no recipe: the audit
+(:mod:`quantbook.verify.vq`) measures them and compares them with derived grids instead of
+re-deriving them.  Derived grids (``vq-Pd-N``, written by ``quantbook derive vq``) are stored
+with the recipe that re-derives them bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .vector import VectorCodebook, VectorCodebookError
+
+__all__ = ["PublishedVector", "vector_registry", "vector_names", "get_vector", "load_vector"]
+
+_DATA = Path(__file__).with_name("data")
+
+#: the largest vector-codebook JSON file read (65536 points of 32 coordinates fit easily)
+MAX_FILE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class PublishedVector:
+    codebook: VectorCodebook
+    summary: str  # one line for listings
+    notes: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.codebook.name
+
+
+_HIGGS_PAPER = ("HIGGS: Malinovskii et al. 2024, 'Pushing the Limits of Large Language Model Quantization "
+                "via the Linearity Theorem' (arXiv:2411.17525)")
+
+
+def _higgs() -> list[PublishedVector]:
+    data = json.loads((_DATA / "higgs_grids.json").read_text(encoding="utf-8"))
+    where = f"{data['repository']}, {data['path']}, get_higgs_grid (commit {data['commit']})"
+    out = []
+    for g in data["grids"]:
+        p, n = g["dim"], g["size"]
+        name = f"higgs-{p}d-{n}"
+        notes = ("Max's (1960) Lloyd-Max quantizer for N(0,1), to float32" if p == 1 else
+                 "a 2-D grid for N(0,1) pairs (rotated, RMS-scaled weights)")
+        out.append(PublishedVector(
+            VectorCodebook(name=name, points=g["points"], source=f"{_HIGGS_PAPER}; {where}"),
+            summary=f"HIGGS {p}-D grid of {n} points for N(0,1) (transformers integrations/higgs.py)",
+            notes=notes,
+        ))
+    return out
+
+
+def _derived() -> list[PublishedVector]:
+    path = _DATA / "vq_derived.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for d in data["codebooks"]:
+        cb = VectorCodebook.from_dict(d)
+        out.append(PublishedVector(cb, summary=f"derived: min-MSE {cb.size} points in {cb.dim}-D for N(0,1) "
+                                               f"(quantbook derive vq; recipe stored)"))
+    return out
+
+
+@lru_cache(maxsize=1)
+def vector_registry() -> dict[str, PublishedVector]:
+    """Every registered vector codebook by name (loaded on first use): the published grids,
+    then the derived grids stored with their recipes (``data/vq_derived.json``)."""
+    return {p.name: p for p in _higgs() + _derived()}
+
+
+def vector_names() -> list[str]:
+    return list(vector_registry())
+
+
+def get_vector(name: str) -> VectorCodebook:
+    """The published vector codebook ``name`` (case-insensitive); ``KeyError`` if unknown."""
+    reg = vector_registry()
+    if name in reg:
+        return reg[name].codebook
+    folded = [k for k in reg if k.lower() == str(name).lower()]
+    if len(folded) == 1:
+        return reg[folded[0]].codebook
+    raise KeyError(f"no published vector codebook {name!r}; known: {', '.join(reg)}")
+
+
+def load_vector(path: str | os.PathLike) -> VectorCodebook:
+    """The vector codebook in a JSON file (``VectorCodebook.to_json``'s format).
+
+    ``FileNotFoundError`` for a missing file; :class:`VectorCodebookError` (one line) for a
+    file that cannot be read or holds no valid vector codebook.
+    """
+    shown = os.fspath(path)
+    try:
+        st = os.stat(shown)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such codebook file: {shown}") from None
+    except OSError as exc:
+        raise VectorCodebookError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VectorCodebookError(f"{shown} is a directory, not a codebook file")
+    try:
+        with open(shown, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise VectorCodebookError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise VectorCodebookError(f"{shown} is larger than {MAX_FILE_BYTES // 2**20} MiB: not a codebook file")
+    try:
+        return VectorCodebook.from_json(data)
+    except VectorCodebookError as exc:
+        raise VectorCodebookError(f"{shown}: {exc}") from None
+
+
+def json_is_vector(path: str | os.PathLike) -> bool:
+    """Whether a JSON file declares ``"kind": "vector"`` (False when unreadable or not JSON)."""
+    try:
+        with open(os.fspath(path), "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        d = json.loads(data)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(d, dict) and d.get("kind") == "vector"

@@ -1,0 +1,322 @@
+"""Vector quantization in bulk (quantbook.bulk.vq): the layout of quantbook/bulk/vq_state.py.
+
+References, none of them the code under test:
+* a brute-force quantizer written here from the layout's statement, one group and one
+  vector at a time (sums in index order, distances to all N points in float64, first minimum);
+* the explicit Hadamard matrix of scipy.linalg.hadamard for the rotation;
+* the numba backend must equal the numpy reference bit for bit (indices, scales, values).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from quantbook.bulk import vq
+from quantbook.bulk.vq import VQState, dequantize_vq, quantize_vq
+from quantbook.numerics import hadamard
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (the cpu backend)")
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def gaussian_grid(n, p, seed=1):
+    """A random table of distinct points (stands in for a published grid)."""
+    return _rng(seed).standard_normal((n, p)).astype(np.float32)
+
+
+def brute(x, points, group, rule="rms", scale_dtype="float16", v=None):
+    """(indices int64 flat, stored scales) by the layout's words, one group at a time.
+    ``v``: the (rotated) float32 values, default ``x`` itself."""
+    v = np.asarray(x, dtype=np.float32).reshape(-1) if v is None else v.reshape(-1)
+    pts = points.astype(np.float64)
+    n, p = points.shape
+    idx, scales = [], []
+    for g in range(v.size // group):
+        grp = v[g * group:(g + 1) * group]
+        if rule == "rms":
+            acc = 0.0
+            for t in grp:
+                acc += float(t) * float(t)
+            stat = math.sqrt(acc / group)
+        else:
+            stat = float(max(abs(float(t)) for t in grp))
+        s = np.array(stat).astype(scale_dtype)
+        scales.append(s)
+        s32 = np.float32(s)
+        for k in range(group // p):
+            vec = grp[k * p:(k + 1) * p]
+            y = np.zeros(p, np.float32) if s32 == 0 else (vec / s32).astype(np.float32)
+            d = [sum((float(y[q]) - pts[j, q]) ** 2 for q in range(p)) for j in range(n)]
+            idx.append(int(np.argmin(d)))
+    return np.array(idx), np.array(scales, dtype=scale_dtype)
+
+
+BACKENDS = ["numpy"] + (["cpu"] if HAVE_NUMBA else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rule", ["rms", "absmax"])
+def test_matches_brute_force_on_gaussian_weights(backend, rule):
+    pts = gaussian_grid(64, 2)
+    x = _rng(2).standard_normal((4, 64)).astype(np.float32)
+    idx, st = quantize_vq(x, pts, group=16, scale=rule, rotate=None, backend=backend)
+    want, scales = brute(x, pts, 16, rule)
+    assert idx.dtype == np.uint8 and idx.shape == (4, 32)
+    np.testing.assert_array_equal(idx.reshape(-1), want)
+    np.testing.assert_array_equal(st.scales.view(np.uint16), scales.view(np.uint16))
+
+
+def tie_case():
+    """A lattice of step 1/4 and values on the lattice of step 1/8: many scaled vectors lie
+    exactly between two or four points.  Each group of 8 holds a 1, so its absmax scale is
+    exactly 1 and ``y = x``."""
+    k = np.arange(-4, 5) / 4
+    pts = np.array([(a, b) for a in k for b in k], np.float32)
+    x = _rng(3).integers(-8, 9, size=(64, 8)).astype(np.float32) / 8
+    x[:, 0] = 1.0
+    return pts, x.reshape(-1, 64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_lowest_index(backend):
+    pts, x = tie_case()
+    idx, st = quantize_vq(x, pts, group=8, scale="absmax", rotate=None, backend=backend, scale_dtype="float32")
+    want, _ = brute(x, pts, 8, "absmax", "float32")
+    np.testing.assert_array_equal(idx.reshape(-1), want)
+    # the lattice makes ties common: the test would catch "ties to the highest index"
+    y = x.reshape(-1, 2).astype(np.float64)
+    d = ((y[:, None, :] - pts[None].astype(np.float64)) ** 2).sum(-1)
+    assert ((d == d.min(1, keepdims=True)).sum(1) > 1).mean() > 0.3
+    # origin: equidistant from the four points around it on a shifted lattice
+    four = np.array([[-1, 0], [0, -1], [0, 1], [1, 0]], np.float32)
+    i0, _ = quantize_vq(np.zeros(4, np.float32), four, group=4, rotate=None, backend=backend)
+    assert i0.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_groups_and_underflowing_scales(backend):
+    pts = gaussian_grid(16, 2)
+    x = _rng(4).standard_normal((3, 16)).astype(np.float32)
+    x[1] = 0.0  # a zero group: y = 0, the point nearest the origin, decoded as 0
+    x[2] = 1e-30  # below float16's smallest subnormal: the float16 scale is 0
+    idx, st = quantize_vq(x, pts, group=16, rotate=None, backend=backend)
+    origin = int(np.argmin((pts.astype(np.float64) ** 2).sum(1)))
+    assert st.scales[1] == 0 and st.scales[2] == 0
+    assert set(idx[1].tolist()) == {origin} and set(idx[2].tolist()) == {origin}
+    y = dequantize_vq(idx, st, backend=backend)
+    assert (y[1:] == 0).all()
+    want, _ = brute(x, pts, 16)
+    np.testing.assert_array_equal(idx.reshape(-1), want)
+    # in float32 the tiny group keeps its shape
+    idx32, st32 = quantize_vq(x, pts, group=16, rotate=None, backend=backend, scale_dtype="float32")
+    y32 = dequantize_vq(idx32, st32, backend=backend)
+    rel = np.abs(y32[2] - x[2]).max() / 1e-30
+    assert st32.scales[2] > 0 and rel < 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_values_and_outliers(backend):
+    pts = gaussian_grid(256, 2)
+    x = _rng(5).standard_normal((2, 64)).astype(np.float32)
+    x[0] *= np.float32(1e30)
+    x[1, 7] = 1e3  # an outlier: y far outside the grid's cells (the scan's path)
+    with pytest.raises(ValueError, match="exceeds float16's range; pass scale_dtype='float32'"):
+        quantize_vq(x, pts, group=64, rotate=None, backend=backend)
+    idx, st = quantize_vq(x, pts, group=64, rotate=None, backend=backend, scale_dtype="float32")
+    want, _ = brute(x, pts, 64, "rms", "float32")
+    np.testing.assert_array_equal(idx.reshape(-1), want)
+    assert np.isfinite(dequantize_vq(idx, st, backend=backend)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,p", [(16, 1), (300, 2), (64, 4), (1000, 2)])
+def test_dimensions_and_index_dtypes(backend, n, p):
+    pts = gaussian_grid(n, p, seed=n)
+    x = _rng(6).standard_normal((2, 48 * p)).astype(np.float32)
+    x[0, :p] = 9.0  # beyond the grid
+    idx, st = quantize_vq(x, pts, group=4 * p, rotate=None, backend=backend)
+    assert idx.dtype == (np.uint8 if n <= 256 else np.uint16)
+    assert idx.shape == (2, 48)
+    want, _ = brute(x, pts, 4 * p)
+    np.testing.assert_array_equal(idx.reshape(-1), want)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("rotate", [None, "hadamard", "hadamard:32"])
+@pytest.mark.parametrize("rule", ["rms", "absmax"])
+def test_numba_equals_numpy_bit_for_bit(dtype, rotate, rule):
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes")
+        dt = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dt = np.dtype(dtype)
+    rng = _rng(7)
+    x = (rng.standard_t(3, size=(8, 256)) * 0.02).astype(dt)
+    x[2, :64] = 0
+    for pts in (gaussian_grid(256, 2), gaussian_grid(16, 1), gaussian_grid(256, 4, seed=9)):
+        a, sa = quantize_vq(x, pts, group=64, scale=rule, rotate=rotate, backend="numpy")
+        b, sb = quantize_vq(x, pts, group=64, scale=rule, rotate=rotate, backend="cpu")
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(sa.scales.view(np.uint16), sb.scales.view(np.uint16))
+        ya, yb = dequantize_vq(a, sa, backend="numpy"), dequantize_vq(b, sb, backend="cpu")
+        assert ya.dtype == dt and ya.shape == x.shape
+        np.testing.assert_array_equal(ya.view(np.uint8), yb.view(np.uint8))
+
+
+@needs_numba
+def test_numba_equals_numpy_on_a_larger_tensor():
+    pts = gaussian_grid(256, 2)
+    x = _rng(8).standard_normal((64, 1024)).astype(np.float32)
+    x[3, 100] = 40.0
+    a, sa = quantize_vq(x, pts, group=64, backend="numpy")
+    b, sb = quantize_vq(x, pts, group=64, backend="cpu")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa.scales, sb.scales)
+
+
+def test_rotation_is_the_explicit_randomized_hadamard_matrix():
+    n = 64
+    h = np.diag(hadamard.signs(n)) @ scipy.linalg.hadamard(n) / np.sqrt(n)
+    x = _rng(10).standard_normal((3, 2 * n)).astype(np.float32)
+    for backend in BACKENDS:
+        v = vq.VQ_BACKENDS[backend].rotate(x.reshape(-1, n), hadamard.SEED)
+        np.testing.assert_allclose(v, x.reshape(-1, n).astype(np.float64) @ h, rtol=0, atol=1e-6)
+        back = vq.VQ_BACKENDS[backend].unrotate(v, hadamard.SEED)
+        np.testing.assert_allclose(back, x.reshape(-1, n), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotated_round_trip(backend):
+    """dequantize = points[idx]·s, un-rotated with Hᵀ (the explicit matrix), and the indices
+    are the brute force of the rotated values."""
+    n = 128
+    pts = gaussian_grid(256, 2)
+    x = _rng(11).standard_normal((4, 256)).astype(np.float32)
+    idx, st = quantize_vq(x, pts, group=32, rotate="hadamard:128", backend=backend)
+    assert (st.rotate_size, st.rotate_seed) == (n, hadamard.SEED)
+    v = hadamard.rotate(x.reshape(-1, n), n).astype(np.float32)
+    want, _ = brute(None, pts, 32, v=v)
+    np.testing.assert_array_equal(idx.reshape(-1), want)
+    h = np.diag(hadamard.signs(n)) @ scipy.linalg.hadamard(n) / np.sqrt(n)
+    q = (pts[idx.reshape(-1)].reshape(-1, 32) * st.scales.astype(np.float32)[:, None]).reshape(-1, n)
+    y = dequantize_vq(idx, st, backend=backend)
+    np.testing.assert_allclose(y.reshape(-1, n), q.astype(np.float64) @ h.T, rtol=0, atol=1e-6)
+    # and the error is that of a 4.25-bit code: far below the signal
+    sqnr = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((y - x).astype(np.float64) ** 2).sum())
+    assert 15 < sqnr < 30
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unrotated_round_trip_is_points_times_scale(backend):
+    pts = gaussian_grid(64, 2)
+    x = _rng(12).standard_normal((2, 32)).astype(np.float16)
+    idx, st = quantize_vq(x, pts, group=32, rotate=None, backend=backend)
+    y = dequantize_vq(idx, st, backend=backend)
+    want = (pts[idx.reshape(-1)].reshape(-1, 32) * st.scales.astype(np.float32)[:, None]).astype(np.float16)
+    np.testing.assert_array_equal(y.reshape(-1, 32), want)
+
+
+def test_bits_per_weight_and_state_round_trip():
+    pts = gaussian_grid(256, 2)
+    x = _rng(13).standard_normal((2, 128)).astype(np.float32)
+    idx, st = quantize_vq(x, pts, group=64, backend="numpy")
+    assert st.bits_per_weight == 8 / 2 + 16 / 64
+    d = st.to_dict()
+    st2 = VQState.from_dict(d)
+    np.testing.assert_array_equal(dequantize_vq(idx, st2, backend="numpy"), dequantize_vq(idx, st, backend="numpy"))
+    for bad, msg in (({**d, "extra": 1}, "unknown keys: extra"),
+                     ({k: v for k, v in d.items() if k != "group"}, "lacks group"),
+                     ({**d, "scales": d["scales"].astype(np.float32)}, "scales must hold float16"),
+                     ({**d, "points": d["points"].astype(np.float64)}, "points must hold float32"),
+                     ({**d, "scales": -d["scales"]}, "finite and non-negative"),
+                     ({**d, "group": 48}, "does not divide the last dimension"),
+                     ({**d, "rotate_size": 3}, "power of two"),
+                     ({**d, "scale_rule": "max"}, "scale_rule")):
+        with pytest.raises(ValueError, match=msg):
+            VQState.from_dict(bad)
+
+
+def test_vector_codebook_objects_are_accepted():
+    vector = pytest.importorskip("quantbook.codebooks.vector", reason="VectorCodebook not built yet")
+    cb = vector.VectorCodebook("grid", gaussian_grid(256, 2))
+    x = _rng(14).standard_normal((2, 64)).astype(np.float32)
+    idx, st = quantize_vq(x, cb, group=64, rotate=None, backend="numpy")
+    assert st.codebook == "grid"
+    assert st.bits_per_weight == cb.bits_per_weight(16, 64)
+    v = (x.reshape(-1, 64) / st.scales.astype(np.float32)[:, None]).astype(np.float32)
+    np.testing.assert_array_equal(idx.reshape(-1), cb.nearest(v.reshape(-1, 2)))
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(group=15), "not a multiple of the codebook's dimension P = 2"),
+    (dict(group=48), "does not divide the last dimension 64"),
+    (dict(scale="mean"), "unknown scale rule 'mean'"),
+    (dict(scale_dtype="bfloat16"), "unknown scale_dtype"),
+    (dict(rotate="givens"), "unknown rotation 'givens'"),
+    (dict(rotate="hadamard:48"), "power of two"),
+    (dict(rotate="hadamard:128"), "does not divide the last dimension 64"),
+    (dict(backend="gpu"), "unknown vector-quantization backend 'gpu'"),
+])
+def test_argument_errors(kwargs, msg):
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(ValueError, match=msg) as e:
+        quantize_vq(x, gaussian_grid(16, 2), **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_input_errors():
+    pts = gaussian_grid(16, 2)
+    x = np.ones((2, 64), np.float32)
+    x[1, 5] = np.nan
+    for rotate in (None, "hadamard"):
+        with pytest.raises(ValueError, match="NaN or Inf: first .*flat index 69"):
+            quantize_vq(x, pts, rotate=rotate)
+    x[1, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize_vq(x, pts, rotate=None, backend="numpy")
+    with pytest.raises(ValueError, match="at most 65536 points"):
+        quantize_vq(np.ones(64, np.float32), np.zeros((65537, 1), np.float32))
+    with pytest.raises(ValueError, match="float64"):
+        quantize_vq(np.ones(64), pts)
+    with pytest.raises(ValueError, match="finite"):
+        quantize_vq(np.ones(64, np.float32), np.array([[0, 1], [np.nan, 2]], np.float32))
+    big = np.full((1, 64), 3e38, np.float32)
+    with pytest.raises(ValueError, match="rotation takes group 0 beyond float32's range"):
+        quantize_vq(big, pts, rotate="hadamard", scale_dtype="float32")
+
+
+def test_dequantize_checks_the_indices():
+    pts = gaussian_grid(16, 2)
+    idx, st = quantize_vq(np.ones((2, 64), np.float32), pts, rotate=None, backend="numpy")
+    with pytest.raises(ValueError, match="shape"):
+        dequantize_vq(idx.reshape(-1), st)
+    bad = idx.copy()
+    bad[0, 0] = 16
+    with pytest.raises(ValueError, match=r"lie in \[0, 15\]"):
+        dequantize_vq(bad, st)
+    with pytest.raises(ValueError, match="VQState"):
+        dequantize_vq(idx, st.to_dict())
+
+
+def test_auto_falls_back_to_numpy_without_numba(monkeypatch):
+    monkeypatch.setattr(vq.NumbaVQ, "unavailable", lambda self: "numba is not installed")
+    assert vq._pick_backend("auto").name == "numpy"
+    with pytest.raises(ValueError, match="cannot run here: numba is not installed"):
+        vq._pick_backend("cpu")
+
+
+def test_the_transform_lives_in_one_place():
+    from quantbook.model import hadamard as model_hadamard
+
+    for name in ("fwht", "signs", "rotate", "unrotate", "check_size", "default_size", "SEED"):
+        assert getattr(model_hadamard, name) is getattr(hadamard, name)

@@ -1,0 +1,157 @@
+"""Vector codebooks on the command line: derive vq, audit --vector, show and export; JSON
+fields against docs/json.md; bad input is one line and exit status 2."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantbook.cli import main
+from quantbook.codebooks.vector import VectorCodebook
+from quantbook.naming import resolve_vector
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
+
+
+def section(title_fragment):
+    fields, current, found = {}, None, []
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            fields[current] = set()
+        elif current and line.startswith("| `"):
+            names = re.match(r"\| (`[^|]+`) \|", line).group(1)
+            fields[current] |= set(re.findall(r"`([^`]+)`", names))
+    found = [v for k, v in fields.items() if title_fragment in k]
+    assert len(found) == 1, title_fragment
+    return found[0]
+
+
+def paths(obj, prefix=""):
+    out = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            p = f"{prefix}.{k}" if prefix else k
+            out.add(p)
+            out |= paths(v, p)
+    return out
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_derive_vq_json_fields_and_recipe(capsys, tmp_path):
+    f = tmp_path / "g.json"
+    code, out, _ = run(capsys, "derive", "vq", "--dim", "2", "--points", "16", "--samples", "20000",
+                       "--restarts", "1", "--json", "-o", f)
+    assert code == 0
+    d = json.loads(out)
+    grid = section("Vector grids")
+    assert paths(d) - {p for p in paths(d) if p.startswith("recipe.")} == \
+        (grid - {p for p in grid if p.startswith("recipe.")}) | section("quantbook derive vq")
+    assert {p for p in paths(d) if p.startswith("recipe.")} == {p for p in grid if p.startswith("recipe.")}
+    cb = VectorCodebook.from_json(f.read_text())
+    assert np.array_equal(cb.points, np.array(d["points"], dtype=np.float32)) and d["kind"] == "vector"
+    # the fresh-sample MSE is an honest estimate: recompute it with a brute-force search
+    x = np.random.default_rng(d["eval_seed"]).standard_normal((d["eval_samples"], 2)).astype(np.float32)
+    e = np.min(np.sum((x.astype(np.float64)[:, None] - cb.points.astype(np.float64)[None]) ** 2, axis=2), axis=1)
+    assert d["mse"] == pytest.approx(e.mean() / 2, rel=1e-9)
+    assert d["bits_per_weight"] == 2.0
+
+
+def test_show_and_export_json(capsys, tmp_path):
+    code, out, _ = run(capsys, "show", "higgs-2d-64", "--json")
+    d = json.loads(out)
+    assert code == 0 and {p for p in paths(d) if "." not in p} == \
+        {p for p in section("Vector grids") if "." not in p}
+    f = tmp_path / "h.json"
+    assert run(capsys, "export", "higgs-2d-64", "-f", "json", "-o", f)[0] == 0
+    assert json.loads(f.read_text()) == d
+    assert run(capsys, "show", f)[0] == 0
+    code, out, _ = run(capsys, "show", "higgs-1d-4")
+    assert "4 points in 1-D" in out and "c223ef09" in out
+
+
+def test_audit_vector_json(capsys):
+    code, out, _ = run(capsys, "audit", "--vector", "--samples", "20000", "--json")
+    rows = json.loads(out)
+    assert code == 0
+    assert set().union(*(paths(r) for r in rows)) == section("Vector audit")
+    assert [r["name"] for r in rows][:6] == ["higgs-1d-4", "higgs-1d-8", "higgs-1d-16", "higgs-2d-16",
+                                            "higgs-2d-64", "higgs-2d-256"]
+    code, out, _ = run(capsys, "audit", "--vector", "--samples", "20000")
+    assert code == 0 and "higgs-2d-256" in out and "gap to D(R)" in out
+
+
+def test_export_npy_and_headers(capsys, tmp_path):
+    f = tmp_path / "g.npy"
+    assert run(capsys, "export", "higgs-2d-16", "-f", "npy", "-o", f)[0] == 0
+    pts = np.load(f)
+    assert pts.dtype == np.float32 and np.array_equal(pts, resolve_vector("higgs-2d-16").points)
+    for fmt in ("c", "cuda"):
+        h = tmp_path / f"g.{fmt}"
+        assert run(capsys, "export", "higgs-2d-16", "-f", fmt, "-o", h)[0] == 0
+        text = h.read_text()
+        assert "float higgs_2d_16_points[16][2]" in text and "#define HIGGS_2D_16_INDEX_BITS 4" in text
+        assert ("__constant__" in text) == (fmt == "cuda")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_c_header_encodes_as_nearest(tmp_path, capsys):
+    """The header's encoder, compiled, gives VectorCodebook.nearest on random vectors and ties."""
+    cb = resolve_vector("higgs-2d-64")
+    h = tmp_path / "g.h"
+    assert run(capsys, "export", "higgs-2d-64", "-f", "c", "-o", h)[0] == 0
+    rng = np.random.default_rng(5)
+    v = np.concatenate([rng.standard_normal((500, 2)), cb.points[:10]]).astype(np.float32)
+    src = tmp_path / "t.c"
+    src.write_text('#include <stdio.h>\n#include "g.h"\nint main(void){float v[2];'
+                   'while(scanf("%a %a",&v[0],&v[1])==2){float o[2];unsigned i=higgs_2d_64_encode(v);'
+                   'higgs_2d_64_decode(i,o);printf("%u %a %a\\n",i,(double)o[0],(double)o[1]);}return 0;}\n')
+    exe = tmp_path / "t"
+    subprocess.run(["cc", "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-o", str(exe), str(src)],
+                   check=True, cwd=tmp_path)
+    inp = "".join(f"{float(a).hex()} {float(b).hex()}\n" for a, b in v)
+    out = subprocess.run([str(exe)], input=inp, capture_output=True, text=True, check=True).stdout.split("\n")
+    got = np.array([int(line.split()[0]) for line in out if line])
+    np.testing.assert_array_equal(got, cb.nearest(v))
+    dec = np.array([[float.fromhex(t) for t in line.split()[1:]] for line in out if line], dtype=np.float32)
+    np.testing.assert_array_equal(dec, cb.points[got])
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["derive", "vq", "--dim", "2", "--points", "70000"], "at most 65536"),
+    (["derive", "vq", "--dim", "2", "--points", "1"], "number of points"),
+    (["derive", "vq", "--dim", "0", "--points", "16"], "dimension P"),
+    (["derive", "vq", "--dim", "3", "--points", "16", "--scale", "rms", "--block-size", "64"], "divide"),
+    (["derive", "vq", "--dim", "2", "--points", "16", "--scale", "rms"], "needs a block size"),
+    (["derive", "vq", "--dim", "2", "--points", "12", "--symmetric"], "multiple of 8"),
+    (["derive", "vq", "--dim", "2", "--points", "16", "--source", "nope"], "unknown source"),
+    (["derive", "vq", "--dim", "2", "--points", "16", "--samples", "10"], "at least 4 per point"),
+    (["derive", "vq", "--dim", "x", "--points", "16"], "integer"),
+    (["derive", "vq", "--points", "16"], "--dim"),
+    (["audit", "--samples", "1000"], "only with --vector"),
+    (["audit", "--vector", "--samples", "10"], "between 100"),
+    (["export", "higgs-2d-16", "-f", "bnb"], "exports as json, c, cuda, npy"),
+    (["export", "higgs-2d-16", "-f", "c", "--scale", "e4m3"], "scalar codebooks"),
+    (["show", "higgs-3d-7"], "unknown codebook"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("quantbook") and fragment in err, err
+
+
+def test_nan_in_a_sample_file(capsys, tmp_path):
+    f = tmp_path / "w.npy"
+    np.save(f, np.array([0.5, np.nan, -1.0, 2.0] * 100))
+    code, out, err = run(capsys, "derive", "vq", "--dim", "2", "--points", "4", "--source", f,
+                         "--samples", "1000")
+    assert code == 2 and err.count("\n") == 1, err

@@ -1,0 +1,171 @@
+"""VectorCodebook: validation, the nearest-point rule, JSON, the registry of HIGGS grids, naming."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from quantbook.codebooks.vector import MAX_POINTS, VectorCodebook, VectorCodebookError
+from quantbook.codebooks.vector_registry import get_vector, load_vector, vector_names
+from quantbook.naming import is_vector_spec, resolve_vector
+from quantbook.naming import UnknownCodebookError
+
+
+def brute(points, v):
+    """Independent reference: a Python loop over the points, first minimum wins."""
+    out = []
+    for x in np.asarray(v, dtype=np.float64):
+        best, bj = math.inf, -1
+        for j, p in enumerate(np.asarray(points, dtype=np.float64)):
+            d = sum((float(a) - float(b)) ** 2 for a, b in zip(x, p))
+            if d < best:
+                best, bj = d, j
+        out.append(bj)
+    return np.array(out)
+
+
+def test_points_are_frozen_float32():
+    cb = VectorCodebook("t", [[0, 1], [1, 0], [0.1, 0.2]])
+    assert cb.points.dtype == np.float32 and cb.points.flags.c_contiguous and not cb.points.flags.writeable
+    assert (cb.dim, cb.size, cb.index_bits) == (2, 3, 2)
+    with pytest.raises(ValueError):
+        cb.points[0, 0] = 5
+
+
+@pytest.mark.parametrize("points, fragment", [
+    ([[1.0, 2.0]], "2 to 65536"),
+    ([1.0, 2.0], "(N, P)"),
+    (np.zeros((3, 0)), "P >= 1"),
+    ([[0.0, np.nan], [1, 1]], "finite"),
+    ([[0.0, 1e39], [1, 1]], "float32"),
+    ([[0.0, 1.0], [0.5, 0.5], [-0.0, 1.0]], "duplicate points: rows 0 and 2"),
+    ([["a", "b"], ["c", "d"]], "numbers"),
+])
+def test_bad_points(points, fragment):
+    with pytest.raises(VectorCodebookError, match=None) as exc:
+        VectorCodebook("t", points)
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_size_limit():
+    n = MAX_POINTS + 1
+    with pytest.raises(VectorCodebookError, match="65536"):
+        VectorCodebook("t", np.arange(n, dtype=np.float64)[:, None])
+    # float32-distinct rows are checked after rounding: two float64 values one float32 apart merge
+    with pytest.raises(VectorCodebookError, match="duplicate"):
+        VectorCodebook("t", [[1.0], [1.0 + 1e-12]])
+
+
+def test_nearest_matches_a_loop_and_ties_go_to_the_lowest_index():
+    rng = np.random.default_rng(7)
+    for p in (1, 2, 3):
+        pts = rng.standard_normal((37, p))
+        cb = VectorCodebook("t", pts)
+        v = rng.standard_normal((300, p)).astype(np.float32)
+        np.testing.assert_array_equal(cb.nearest(v), brute(cb.points, v))
+    cb = VectorCodebook("t", [[1, 0], [-1, 0], [0, 1]])
+    assert cb.nearest([[0, 0]]).tolist() == [0]  # three points at distance 1: the first
+    cb = VectorCodebook("t", [[-1, 0], [1, 0]])
+    assert cb.nearest([0, 5]).tolist() == [0]
+    np.testing.assert_array_equal(cb.decode(np.array([[1, 0]])), [[[1, 0], [-1, 0]]])
+
+
+def test_nearest_and_decode_reject_bad_input():
+    cb = VectorCodebook("t", [[1, 0], [-1, 0]])
+    for bad, frag in (([[np.nan, 0]], "NaN"), (np.zeros((2, 3)), "rows of 2"), ([["x", "y"]], "real")):
+        with pytest.raises(VectorCodebookError, match=frag):
+            cb.nearest(np.array(bad) if not isinstance(bad, list) or bad[0][0] != "x" else np.array(bad))
+    with pytest.raises(VectorCodebookError, match=r"\[0, 1\]"):
+        cb.decode([2])
+    with pytest.raises(VectorCodebookError, match="integer"):
+        cb.decode([0.5])
+
+
+def test_bits_per_weight():
+    cb = get_vector("higgs-2d-256")
+    assert cb.index_bits == 8
+    assert cb.bits_per_weight(scale_bits=0) == 4.0
+    assert cb.bits_per_weight() == 4 + 16 / 2  # one 16-bit scale per index by default
+    assert cb.bits_per_weight(16, group=256) == 4 + 16 / 256  # HIGGS: a scale per group of 256
+    assert VectorCodebook("t", [[0.0], [1.0], [2.0]]).index_bits == 2  # ceil(log2 3)
+    with pytest.raises(VectorCodebookError):
+        cb.bits_per_weight(group=0)
+
+
+def test_json_round_trip_is_exact_and_short():
+    rng = np.random.default_rng(1)
+    cb = VectorCodebook("t", rng.standard_normal((64, 3)), source="s", recipe={"method": "vq", "dim": 3})
+    d = json.loads(cb.to_json())
+    assert set(d) == {"kind", "name", "dim", "size", "points", "source", "recipe"}
+    assert d["kind"] == "vector" and d["dim"] == 3 and d["size"] == 64
+    back = VectorCodebook.from_json(cb.to_json())
+    assert back == cb and np.array_equal(back.points.view(np.uint32), cb.points.view(np.uint32))
+    # every coordinate is written as the shortest decimal of its float32 value
+    for row, prow in zip(d["points"], cb.points):
+        for text, v in zip(row, prow):
+            assert np.float32(text) == v and len(repr(text)) <= 16
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('{"kind": "scalar", "points": [[0], [1]]}', "kind"),
+    ('{"kind": "vector"}', "lacks points"),
+    ('{"kind": "vector", "dim": 3, "points": [[0, 1], [1, 0]]}', "dim is 3"),
+    ("[", "not valid JSON"),
+])
+def test_bad_json(text, fragment):
+    with pytest.raises(VectorCodebookError, match=fragment):
+        VectorCodebook.from_json(text)
+
+
+def test_higgs_grids_are_registered_with_their_provenance():
+    names = vector_names()
+    for p, n in ((1, 4), (1, 8), (1, 16), (2, 16), (2, 64), (2, 256)):
+        cb = get_vector(f"higgs-{p}d-{n}")
+        assert (cb.dim, cb.size) == (p, n)
+        assert "c223ef094dec53c4cc0c6beedb497d2b79bf86a3" in cb.source and "higgs.py" in cb.source
+        assert cb.recipe is None
+        assert f"higgs-{p}d-{n}" in names
+    # spot values transcribed from the source file (first row of each 2-D grid)
+    assert get_vector("higgs-2d-256").points[0].tolist() == [np.float32(-2.501467704772949), np.float32(0.17954708635807037)]
+    assert get_vector("higgs-2d-16").points[13].tolist() == [np.float32(-0.0011779458727687597),
+                                                             np.float32(0.00022069070837460458)]
+
+
+def test_higgs_1d_grids_are_lloyd_max_for_the_normal_law():
+    """HIGGS's 1-D grids are Max's (1960) minimum-MSE quantizers of N(0,1): they agree with
+    the exact Lloyd-Max code to float32 rounding, and with Max's printed 4-digit table to its
+    printing precision."""
+    import quantbook
+    from quantbook.derive import lloyd
+
+    for n in (4, 8, 16):
+        higgs = get_vector(f"higgs-1d-{n}").points[:, 0].astype(np.float64)
+        exact = lloyd(bits=int(math.log2(n)), block_size=None, normalization="none", source="normal",
+                      fixed=[]).levels
+        assert np.max(np.abs(higgs - exact) / np.abs(exact)) < 2 ** -22  # within 2 float32 ULP
+        printed = quantbook.get(f"max1960-n{n}").levels
+        assert np.max(np.abs(higgs - printed)) < 6e-4
+
+
+def test_naming(tmp_path):
+    assert resolve_vector("HIGGS-2D-64") is get_vector("higgs-2d-64")
+    assert is_vector_spec("higgs-1d-16") and not is_vector_spec("nf4") and not is_vector_spec(3)
+    cb = VectorCodebook("mine", [[0, 1], [1, 0]])
+    assert resolve_vector(cb) is cb and is_vector_spec(cb)
+    f = tmp_path / "v.json"
+    f.write_text(cb.to_json())
+    assert is_vector_spec(str(f)) and resolve_vector(str(f)) == cb and load_vector(f) == cb
+    scalar = tmp_path / "s.json"
+    import quantbook
+
+    scalar.write_text(quantbook.get("nf4").to_json())
+    assert not is_vector_spec(str(scalar))
+    with pytest.raises(VectorCodebookError, match="s.json: not a vector codebook"):
+        resolve_vector(str(scalar))
+    with pytest.raises(UnknownCodebookError, match="higgs-2d-256"):
+        resolve_vector("higgs-3d-7")
+    with pytest.raises(FileNotFoundError):
+        resolve_vector(str(tmp_path / "missing.json"))
+    # the scalar grammar is untouched
+    assert quantbook.naming.resolve_codebook("nf4") is quantbook.get("nf4")
