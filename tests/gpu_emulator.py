@@ -217,19 +217,15 @@ class Emulator:
 _EMU: Emulator | None = None
 
 
-def emulator() -> Emulator:
-    """Build (once; cached on disk) and load the host emulation library."""
-    global _EMU
-    if _EMU is not None:
-        return _EMU
+def _build_library(src: str, stem: str) -> Path:
+    """Compile ``src`` as a shared library for the host (cached on disk by its hash)."""
     cxx = _compiler()
     if cxx is None:
         raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
-    src = emulator_source()
     flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
              "-pthread", "-w"]
     h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
-    lib = cache_dir() / f"emu_{h}.so"
+    lib = cache_dir() / f"{stem}_{h}.so"
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as td:
@@ -240,8 +236,18 @@ def emulator() -> Emulator:
                                text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"building the host emulation failed:\n{r.stderr[-4000:]}")
-            shutil.copyfile(tmp, lib.with_suffix(f".tmp{os.getpid()}"))
-            os.replace(lib.with_suffix(f".tmp{os.getpid()}"), lib)
+            part = lib.with_suffix(f".tmp{os.getpid()}")
+            shutil.copyfile(tmp, part)
+            os.replace(part, lib)   # atomic: parallel test runs never load a partial file
+    return lib
+
+
+def emulator() -> Emulator:
+    """Build (once; cached on disk) and load the host emulation library."""
+    global _EMU
+    if _EMU is not None:
+        return _EMU
+    lib = _build_library(emulator_source(), "emu")
     _EMU = Emulator(lib)
     return _EMU
 
@@ -436,27 +442,7 @@ def scaled_emulator() -> ScaledEmulator:
     global _SCALED_EMU
     if _SCALED_EMU is not None:
         return _SCALED_EMU
-    cxx = _compiler()
-    if cxx is None:
-        raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
-    src = scaled_emulator_source()
-    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
-             "-pthread", "-w"]
-    h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
-    lib = cache_dir() / f"emu_scaled_{h}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as td:
-            cpp = Path(td) / "emu.cpp"
-            cpp.write_text(src)
-            tmp = Path(td) / "emu.so"
-            r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True,
-                               text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"building the scaled emulation failed:\n{r.stderr[-4000:]}")
-            part = lib.with_suffix(f".tmp{os.getpid()}")
-            shutil.copyfile(tmp, part)
-            os.replace(part, lib)
+    lib = _build_library(scaled_emulator_source(), "emu_scaled")
     _SCALED_EMU = ScaledEmulator(lib)
     return _SCALED_EMU
 

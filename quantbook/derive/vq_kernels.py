@@ -123,24 +123,30 @@ def _box_far2(ax, bx, ay, by, cx, cy):
 
 
 @njit(cache=True)
-def _cell_counts(c, lo, w, g, counts):
-    n = c.shape[0]
+def _cell_box(c, lo, w, g, cell):
+    """Cell ``cell``'s box, widened by a relative 1e-9 so that rounding only adds candidates,
+    and the bound: no point farther than it from the whole box can be nearest in it."""
     eps = 1e-9 * w
+    a = cell // g
+    b = cell - a * g
+    ax = lo + a * w - eps
+    bx = lo + (a + 1) * w + eps
+    ay = lo + b * w - eps
+    by = lo + (b + 1) * w + eps
+    bound = np.inf
+    for j in range(c.shape[0]):
+        f = _box_far2(ax, bx, ay, by, c[j, 0], c[j, 1])
+        if f < bound:
+            bound = f
+    return ax, bx, ay, by, bound * (1.0 + 1e-9)
+
+
+@njit(cache=True)
+def _cell_counts(c, lo, w, g, counts):
     for cell in range(g * g):
-        a = cell // g
-        b = cell - a * g
-        ax = lo + a * w - eps
-        bx = lo + (a + 1) * w + eps
-        ay = lo + b * w - eps
-        by = lo + (b + 1) * w + eps
-        bound = np.inf
-        for j in range(n):
-            f = _box_far2(ax, bx, ay, by, c[j, 0], c[j, 1])
-            if f < bound:
-                bound = f
-        bound = bound * (1.0 + 1e-9)
+        ax, bx, ay, by, bound = _cell_box(c, lo, w, g, cell)
         k = 0
-        for j in range(n):
+        for j in range(c.shape[0]):
             if _box_dist2(ax, bx, ay, by, c[j, 0], c[j, 1]) <= bound:
                 k += 1
         counts[cell] = k
@@ -149,20 +155,8 @@ def _cell_counts(c, lo, w, g, counts):
 @njit(cache=True)
 def _cell_fill(c, lo, w, g, start, cand):
     n = c.shape[0]
-    eps = 1e-9 * w
     for cell in range(g * g):
-        a = cell // g
-        b = cell - a * g
-        ax = lo + a * w - eps
-        bx = lo + (a + 1) * w + eps
-        ay = lo + b * w - eps
-        by = lo + (b + 1) * w + eps
-        bound = np.inf
-        for j in range(n):
-            f = _box_far2(ax, bx, ay, by, c[j, 0], c[j, 1])
-            if f < bound:
-                bound = f
-        bound = bound * (1.0 + 1e-9)
+        ax, bx, ay, by, bound = _cell_box(c, lo, w, g, cell)
         k = start[cell]
         for j in range(n):
             if _box_dist2(ax, bx, ay, by, c[j, 0], c[j, 1]) <= bound:
