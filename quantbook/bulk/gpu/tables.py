@@ -42,8 +42,8 @@ class EncoderTables:
     bounds with the clamp folded in, then +inf up to ``K - 1 + 2**steps`` entries), ``order``
     (int32, 256: the code index of each rank), ``steps`` (compares a value needs), ``K``
     (reachable ranks: the table size less the bounds below -1) and ``ident`` (``order`` is
-    0..K-1, so the kernel skips the lookup).  ``P`` is kept for the plain binary search that
-    :func:`encode_with_tables` can also emulate: a power of two >= the table size."""
+    0..K-1, so the kernel skips the lookup).  ``P`` is the largest table the kernel's packing
+    allows (a power of two >= the table size; :func:`search_size`)."""
 
     bounds: np.ndarray
     order: np.ndarray
