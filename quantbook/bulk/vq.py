@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..codebooks.vector import nearest_brute
+from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from . import format as F
 from .state import dtype_name
@@ -146,11 +146,7 @@ _SLOTS = 3
 def _grid_tables(points_bytes: bytes, n: int):
     """The P = 2 cell grid: for every cell, the points that can be nearest to some ``y`` in it.
 
-    A point ``j`` can be nearest in a cell only if its least distance to the cell is at most
-    ``U``, the least over all points of their greatest distance to the cell.  The cells are
-    widened by 1e-6 of their width and ``U`` by a relative 1e-9: both far above the rounding
-    of a cell lookup and of a float64 distance, so the list never misses the brute-force
-    nearest point (ties included); extra candidates cost only time.
+    The candidate lists are :func:`quantbook.codebooks.vector.cell_candidates`'s.
     """
     c = np.frombuffer(points_bytes, dtype=_F).reshape(n, 2).astype(np.float64)
     lo, hi = c.min(axis=0), c.max(axis=0)
@@ -159,25 +155,8 @@ def _grid_tables(points_bytes: bytes, n: int):
     # fine enough that most cells list at most three candidates (the kernel's fast path),
     # coarse enough that the table stays in cache
     cells = int(max(1, min(16 * np.ceil(np.sqrt(n)), np.sqrt(_GRID_WORK / n), 1024)))
-    width = (hi - lo) / cells
     inv = cells / (hi - lo)
-    m = 1e-6 * width
-    edges = [lo[k] + np.arange(cells + 1) * width[k] for k in range(2)]
-    b0, b1 = edges[1][:-1, None] - m[1], edges[1][1:, None] + m[1]  # (cells, 1) along y
-    dy_min = np.maximum(0.0, np.maximum(b0 - c[None, :, 1], c[None, :, 1] - b1))
-    dy_max = np.maximum(np.abs(c[None, :, 1] - b0), np.abs(c[None, :, 1] - b1))
-    lists, counts = [], []
-    for i in range(cells):
-        a0, a1 = edges[0][i] - m[0], edges[0][i + 1] + m[0]
-        dx_min = np.maximum(0.0, np.maximum(a0 - c[:, 0], c[:, 0] - a1))
-        dx_max = np.maximum(np.abs(c[:, 0] - a0), np.abs(c[:, 0] - a1))
-        dmin = dx_min[None, :] ** 2 + dy_min ** 2  # (cells, N)
-        bound = (dx_max[None, :] ** 2 + dy_max ** 2).min(axis=1) * (1 + 1e-9)
-        rows, cols = np.nonzero(dmin <= bound[:, None])  # row-major: each cell's points ascending
-        lists.append(cols)
-        counts.append(np.bincount(rows, minlength=cells))
-    count = np.concatenate(counts)
-    cols = np.concatenate(lists)
+    count, cols = cell_candidates(c, lo, hi, cells)
     # the outer ring of cells also stands for everything beyond the grid (the kernel clamps
     # its lookup): those cells send their vectors to the exact scan, flagged by a count of 0
     ring = np.zeros((cells, cells), bool)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..codebooks.vector import cell_candidates
+
 __all__ = ["assign_accumulate", "chunk_size", "assign"]
 
 
@@ -93,76 +95,10 @@ def _assign_py(x, c, order, c0, out):
 
 
 # ------------------------------------------------------------------ 2-D cell lists (P = 2)
-# A G×G grid over a box around the points; each grid cell lists every point that can be the
-# nearest one to some vector in the cell: j is listed unless its least distance to the cell
-# exceeds the largest distance to the cell of some other point.  Cells are widened by a
-# relative 1e-9 and the bound loosened by as much, so that rounding can only add candidates,
-# never drop the true nearest one; among the candidates (ascending index) the exact distance
-# and the tie rule decide.  Vectors outside the box fall back to the strip search.
-
-@njit(cache=True)
-def _box_dist2(ax, bx, ay, by, cx, cy):
-    dx = 0.0
-    if cx < ax:
-        dx = ax - cx
-    elif cx > bx:
-        dx = cx - bx
-    dy = 0.0
-    if cy < ay:
-        dy = ay - cy
-    elif cy > by:
-        dy = cy - by
-    return dx * dx + dy * dy
-
-
-@njit(cache=True)
-def _box_far2(ax, bx, ay, by, cx, cy):
-    dx = max(abs(cx - ax), abs(cx - bx))
-    dy = max(abs(cy - ay), abs(cy - by))
-    return dx * dx + dy * dy
-
-
-@njit(cache=True)
-def _cell_box(c, lo, w, g, cell):
-    """Cell ``cell``'s box, widened by a relative 1e-9 so that rounding only adds candidates,
-    and the bound: no point farther than it from the whole box can be nearest in it."""
-    eps = 1e-9 * w
-    a = cell // g
-    b = cell - a * g
-    ax = lo + a * w - eps
-    bx = lo + (a + 1) * w + eps
-    ay = lo + b * w - eps
-    by = lo + (b + 1) * w + eps
-    bound = np.inf
-    for j in range(c.shape[0]):
-        f = _box_far2(ax, bx, ay, by, c[j, 0], c[j, 1])
-        if f < bound:
-            bound = f
-    return ax, bx, ay, by, bound * (1.0 + 1e-9)
-
-
-@njit(cache=True)
-def _cell_counts(c, lo, w, g, counts):
-    for cell in range(g * g):
-        ax, bx, ay, by, bound = _cell_box(c, lo, w, g, cell)
-        k = 0
-        for j in range(c.shape[0]):
-            if _box_dist2(ax, bx, ay, by, c[j, 0], c[j, 1]) <= bound:
-                k += 1
-        counts[cell] = k
-
-
-@njit(cache=True)
-def _cell_fill(c, lo, w, g, start, cand):
-    n = c.shape[0]
-    for cell in range(g * g):
-        ax, bx, ay, by, bound = _cell_box(c, lo, w, g, cell)
-        k = start[cell]
-        for j in range(n):
-            if _box_dist2(ax, bx, ay, by, c[j, 0], c[j, 1]) <= bound:
-                cand[k] = j
-                k += 1
-
+# A G×G grid over a box around the points; each cell lists every point that can be the
+# nearest one to some vector in it (quantbook.codebooks.vector.cell_candidates: the one
+# statement of that rule); among the candidates (ascending index) the exact distance and the
+# tie rule decide.  Vectors outside the box fall back to the strip search.
 
 def cell_lists(c: np.ndarray):
     """``(lo, w, g, start, cand)``: the grid of candidate lists of the 2-D points ``c``."""
@@ -171,12 +107,9 @@ def cell_lists(c: np.ndarray):
     lo = float(np.min(c)) - 1e-3
     hi = float(np.max(c)) + 1e-3
     w = (hi - lo) / g
-    counts = np.zeros(g * g, dtype=np.int64)
-    _cell_counts(c, lo, w, g, counts)
+    counts, cand = cell_candidates(c, (lo, lo), (hi, hi), g)
     start = np.zeros(g * g + 1, dtype=np.int64)
     np.cumsum(counts, out=start[1:])
-    cand = np.empty(int(start[-1]), dtype=np.int64)
-    _cell_fill(c, lo, w, g, start, cand)
     return lo, w, g, start, cand
 
 
