@@ -1,5 +1,7 @@
 """Inputs and comparisons shared by the backend tests."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -35,3 +37,15 @@ def adversarial_input(n, blocksize, code, rng):
     if n >= 2 * blocksize + 5:
         x[2 * blocksize:2 * blocksize + 5] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39]
     return x
+
+
+class FakeDeviceArray(np.ndarray):
+    """A host array posing as a CuPy array (``.data.ptr``), for stand-in ``cupy`` modules."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+
+def fake_device(a, dtype=None):
+    return np.asarray(a, dtype=dtype).view(FakeDeviceArray)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
+from gpu_cases import FakeDeviceArray, fake_device
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
@@ -23,14 +24,7 @@ from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset,
 from quantbook.codebooks import registry
 
 
-class _FakeArray(np.ndarray):
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.ctypes.data)
-
-
-def _dev(a, dtype=None):
-    return np.asarray(a, dtype=dtype).view(_FakeArray)
+_FakeArray, _dev = FakeDeviceArray, fake_device
 
 
 def _fake_cupy():

@@ -14,15 +14,9 @@ import struct
 import pytest
 
 from quantbook.bulk.gpu import kernels as K
-from quantbook.bulk.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+from quantbook.bulk.gpu.compile import compile_source
 
 
-@pytest.fixture(scope="module")
-def nvrtc():
-    try:
-        return load_nvrtc()
-    except NvrtcUnavailable as exc:
-        pytest.skip(f"NVRTC library cannot be loaded: {exc}")
 
 
 SAMPLE = sorted({K.quantize_name(d, p, 1) for d in K.DTYPES for p in K.PACKINGS}

@@ -27,13 +27,13 @@ from quantbook.bulk.api import _sanitize, resolve_codebook
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import scaled as GS
 from quantbook.bulk.gpu import scaled_kernels as SK
-from quantbook.bulk.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+from quantbook.bulk.gpu.compile import compile_source
 from quantbook.bulk.reference import (scaled_amax_reference, scaled_decode_reference,
                                       scaled_encode_reference)
 from quantbook.bulk.scaled import dequantize_scaled, quantize_scaled
 from quantbook.scales import get_rule
 
-from gpu_cases import bits_equal
+from gpu_cases import FakeDeviceArray, bits_equal, fake_device
 
 try:
     import ml_dtypes
@@ -300,12 +300,6 @@ def test_nonfinite_input_through_the_driver(emu):
 
 
 # ------------------------------------------------------------------ NVRTC
-@pytest.fixture(scope="module")
-def nvrtc():
-    try:
-        return load_nvrtc()
-    except NvrtcUnavailable as exc:
-        pytest.skip(f"NVRTC library cannot be loaded: {exc}")
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -338,14 +332,7 @@ def test_source_subset_and_unknown_names():
 
 
 # ------------------------------------------------------------------ the launchers, stand-in cupy
-class _FakeArray(np.ndarray):
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.ctypes.data)
-
-
-def _dev(a, dtype=None):
-    return np.asarray(a, dtype=dtype).view(_FakeArray)
+_FakeArray, _dev = FakeDeviceArray, fake_device
 
 
 @pytest.fixture
