@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..io.files import parse_json
 from .encoding import Encoder, encoder
 
 __all__ = ["Codebook", "CodebookError", "float32_ulp_distance"]
@@ -285,18 +286,7 @@ class Codebook:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Codebook":
         """The Codebook of :meth:`to_json` text; bad input is a one-line :class:`CodebookError`."""
-        if not isinstance(text, (str, bytes, bytearray)):
-            raise CodebookError(f"JSON text must be str or bytes, got {type(text).__name__}")
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CodebookError(f"not valid JSON: {exc}") from None
-        except RecursionError:
-            raise CodebookError("not a codebook: the JSON is nested too deeply") from None
-        except UnicodeDecodeError as exc:
-            raise CodebookError(f"not valid JSON: not UTF-8 text ({exc.reason})") from None
-        except ValueError:  # what json raises besides JSONDecodeError: Python's int digit limit
-            raise CodebookError("not valid JSON: a number has too many digits") from None
+        d = parse_json(text, CodebookError, "codebook")
         return cls.from_dict(d)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..io.files import read_small_file
 from .codebook import Codebook
 
 __all__ = ["Published", "REGISTRY", "EXPECTATIONS", "get", "names", "load"]
@@ -203,27 +204,10 @@ def load(spec: str) -> Codebook:
     if spec in REGISTRY:
         return REGISTRY[spec].codebook
     if isinstance(spec, str) and spec.lower().endswith(".json"):
-        import os
-        import stat
-
         from .codebook import CodebookError
 
-        max_bytes = 16 * 2**20  # a 16-bit table (65536 levels and codes) is well under 8 MiB of JSON
-        try:
-            st = os.stat(spec)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no such codebook file: {spec}") from None
-        except OSError as exc:
-            raise CodebookError(f"cannot read {spec}: {exc.strerror or exc}") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise CodebookError(f"{spec} is a directory, not a codebook file")
-        try:
-            with open(spec, "rb") as f:
-                data = f.read(max_bytes + 1)  # a FIFO or device has no size to check first
-        except OSError as exc:
-            raise CodebookError(f"cannot read {spec}: {exc.strerror or exc}") from None
-        if len(data) > max_bytes:
-            raise CodebookError(f"{spec} is larger than {max_bytes // 2**20} MiB: not a codebook file")
+        # a 16-bit table (65536 levels and codes) is well under 8 MiB of JSON
+        data = read_small_file(spec, CodebookError, 16 * 2**20)
         try:
             return Codebook.from_json(data)
         except CodebookError as exc:

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..io.files import parse_json
+
 __all__ = ["VectorCodebook", "VectorCodebookError", "MAX_POINTS", "nearest_brute", "cell_candidates"]
 
 #: the largest table (16-bit indices)
@@ -278,18 +280,7 @@ class VectorCodebook:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "VectorCodebook":
-        if not isinstance(text, (str, bytes, bytearray)):
-            raise VectorCodebookError(f"JSON text must be str or bytes, got {type(text).__name__}")
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VectorCodebookError(f"not valid JSON: {exc}") from None
-        except RecursionError:
-            raise VectorCodebookError("not a vector codebook: the JSON is nested too deeply") from None
-        except UnicodeDecodeError as exc:
-            raise VectorCodebookError(f"not valid JSON: not UTF-8 text ({exc.reason})") from None
-        except ValueError:
-            raise VectorCodebookError("not valid JSON: a number has too many digits") from None
+        d = parse_json(text, VectorCodebookError, "vector codebook")
         return cls.from_dict(d)
 
 

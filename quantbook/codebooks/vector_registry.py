@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..io.files import read_small_file
 from .vector import VectorCodebook, VectorCodebookError
 
 __all__ = ["PublishedVector", "vector_registry", "vector_names", "get_vector", "load_vector"]
@@ -100,21 +100,7 @@ def load_vector(path: str | os.PathLike) -> VectorCodebook:
     file that cannot be read or holds no valid vector codebook.
     """
     shown = os.fspath(path)
-    try:
-        st = os.stat(shown)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such codebook file: {shown}") from None
-    except OSError as exc:
-        raise VectorCodebookError(f"cannot read {shown}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise VectorCodebookError(f"{shown} is a directory, not a codebook file")
-    try:
-        with open(shown, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise VectorCodebookError(f"cannot read {shown}: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise VectorCodebookError(f"{shown} is larger than {MAX_FILE_BYTES // 2**20} MiB: not a codebook file")
+    data = read_small_file(shown, VectorCodebookError, MAX_FILE_BYTES)
     try:
         return VectorCodebook.from_json(data)
     except VectorCodebookError as exc:

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 import stat
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output"]
+__all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
+           "read_small_file", "parse_json"]
 
 
 class OutputPathError(ValueError):
@@ -160,3 +162,43 @@ def write_output(data: str | bytes, path: str | os.PathLike) -> Path:
     with atomic_output(path, binary=binary) as f:
         f.write(data)
     return Path(os.fspath(path))
+
+
+def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: int,
+                    what: str = "codebook file") -> bytes:
+    """The bytes of a small input file.  ``FileNotFoundError`` when it is missing; ``error``
+    (one line) for a directory, an unreadable file or one over ``max_bytes`` (read up to the
+    limit: a FIFO or device has no size to check first)."""
+    shown = os.fspath(path)
+    try:
+        st = os.stat(shown)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such {what}: {shown}") from None
+    except OSError as exc:
+        raise error(f"cannot read {shown}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{shown} is a directory, not a {what}")
+    try:
+        with open(shown, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {shown}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise error(f"{shown} is larger than {max_bytes // 2**20} MiB: not a {what}")
+    return data
+
+
+def parse_json(text: str | bytes, error: type[Exception], what: str = "codebook") -> object:
+    """``json.loads(text)``; ``error`` (one line) for anything that is not JSON text."""
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise error(f"JSON text must be str or bytes, got {type(text).__name__}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise error(f"not a {what}: the JSON is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"not valid JSON: not UTF-8 text ({exc.reason})") from None
+    except ValueError:  # what json raises besides JSONDecodeError: Python's int digit limit
+        raise error("not valid JSON: a number has too many digits") from None
