@@ -49,3 +49,45 @@ class FakeDeviceArray(np.ndarray):
 
 def fake_device(a, dtype=None):
     return np.asarray(a, dtype=dtype).view(FakeDeviceArray)
+
+
+def fake_cupy(emulator):
+    """A stand-in ``cupy`` module for machines without a GPU: arrays are
+    :class:`FakeDeviceArray` in host memory, modules accept only real ELF cubins (NVRTC still
+    compiles), and each launch runs the same kernel through ``emulator()`` (tests/gpu_emulator.py),
+    recorded in ``launches`` as ``(name, grid, block)``.  Fresh uint8 arrays hold 0xEE, so a
+    byte a kernel never writes shows up."""
+    cp = types.ModuleType("cupy")
+    cp.ndarray = FakeDeviceArray
+    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32 = (np.uint8, np.uint16, np.uint32,
+                                                             np.float16, np.float32)
+    cp.asarray = lambda a, dtype=None: fake_device(a, dtype)
+    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FakeDeviceArray)
+    cp.empty = lambda n, dtype: (np.full(n, 0xEE, np.uint8) if np.dtype(dtype).itemsize == 1
+                                 else np.empty(n, dtype)).view(dtype).view(FakeDeviceArray)
+    cp.zeros = lambda n, dtype: np.zeros(n, dtype).view(FakeDeviceArray)
+    cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
+    cp.launches = []
+
+    class Module:
+        def load(self, image):
+            assert isinstance(image, bytes) and image[:4] == b"\x7fELF"   # a real sm_90 cubin
+
+        def get_function(self, name):
+            def launch(grid, block, args):
+                conv = [int(a) if isinstance(a, np.integer) else
+                        float(a) if isinstance(a, np.floating) else a for a in args]
+                cp.launches.append((name, grid, block))
+                emulator().launch(name, grid[0], block[0], *conv)
+            return launch
+
+    class Device:
+        id = 0
+        compute_capability = "90"
+
+    cp.cuda = types.SimpleNamespace(
+        Device=Device, function=types.SimpleNamespace(Module=Module),
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                      getDeviceProperties=lambda i: {"name": b"emulated",
+                                                                     "multiProcessorCount": 2}))
+    return cp

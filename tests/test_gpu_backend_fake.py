@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, fake_device
+from gpu_cases import FakeDeviceArray, fake_cupy, fake_device
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
@@ -24,50 +24,6 @@ from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset,
 from quantbook.codebooks import registry
 
 
-_FakeArray, _dev = FakeDeviceArray, fake_device
-
-
-def _fake_cupy():
-    cp = types.ModuleType("cupy")
-    cp.ndarray = _FakeArray
-    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32 = (np.uint8, np.uint16, np.uint32,
-                                                          np.float16, np.float32)
-    cp.asarray = lambda a, dtype=None: _dev(a, dtype)
-    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(_FakeArray)
-    cp.empty = lambda n, dtype: np.empty(n, dtype).view(_FakeArray)
-    cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
-    launches = []
-
-    class Module:
-        def load(self, image):
-            assert isinstance(image, bytes) and image[:4] == b"\x7fELF"   # a real sm_90 cubin
-
-        def get_function(self, name):
-            def launch(grid, block, args):
-                conv = []
-                for a in args:
-                    if isinstance(a, np.integer):
-                        a = int(a)
-                    elif isinstance(a, np.floating):
-                        a = float(a)
-                    conv.append(a)
-                launches.append((name, grid, block))
-                E.emulator().launch(name, grid[0], block[0], *conv)
-            return launch
-
-    class Device:
-        id = 0
-        compute_capability = "90"
-
-    cp.cuda = types.SimpleNamespace(
-        Device=Device,
-        function=types.SimpleNamespace(Module=Module),
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
-                                      getDeviceProperties=lambda i: {"name": b"emulated",
-                                                                        "multiProcessorCount": 2}),
-    )
-    cp.launches = launches
-    return cp
 
 
 @pytest.fixture
@@ -77,7 +33,7 @@ def cp(monkeypatch):
         E.emulator()
     except (NvrtcUnavailable, E.EmulatorUnavailable) as exc:
         pytest.skip(f"needs NVRTC and a C++ compiler: {exc}")
-    fake = _fake_cupy()
+    fake = fake_cupy(E.emulator)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(G, "_MODULES", {})
     monkeypatch.setattr(G, "_CONSTS", {})
@@ -102,8 +58,8 @@ def test_quantize_dequantize_roundtrip_through_the_backend(cp, dtype, name, bits
     rng = np.random.default_rng(bits * bs)
     code = np.asarray(registry.get(name).code, np.float32)
     x = rng.standard_normal(3 * bs + 7).astype(dtype)
-    p, a = G.quantize_gpu(_dev(x), code, bits, bs)
-    assert isinstance(p, _FakeArray) and p.dtype == np.uint8 and a.dtype == np.float32
+    p, a = G.quantize_gpu(fake_device(x), code, bits, bs)
+    assert isinstance(p, FakeDeviceArray) and p.dtype == np.uint8 and a.dtype == np.float32
     p_ref, a_ref = R.quantize_reference(x, code, bits, bs)
     assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
     d = G.dequantize_gpu(p, a, code, bits, bs, x.size, dtype)
@@ -119,10 +75,10 @@ def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
     rng = np.random.default_rng(2)
     code = np.asarray(registry.get("nf4").code, np.float32)
     x = rng.standard_normal(1001).astype(ml_dtypes.bfloat16)
-    p, a = G.quantize_gpu(_dev(x.view(np.uint16)), code, 4, 64, input_dtype="bfloat16")
+    p, a = G.quantize_gpu(fake_device(x.view(np.uint16)), code, 4, 64, input_dtype="bfloat16")
     p_ref, a_ref = R.quantize_reference(x, code, 4, 64)
     assert np.array_equal(p, p_ref) and np.array_equal(a, a_ref)
-    xs = _dev(rng.standard_normal(2001).astype(np.float16))[1:]        # 2-byte offset
+    xs = fake_device(rng.standard_normal(2001).astype(np.float16))[1:]        # 2-byte offset
     assert xs.data.ptr % 16 != 0
     p, a = G.quantize_gpu(xs, code, 4, 32)
     p_ref, a_ref = R.quantize_reference(np.asarray(xs), code, 4, 32)
@@ -133,7 +89,7 @@ def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
 
 def test_empty_input(cp):
     code = np.asarray(registry.get("nf4").code, np.float32)
-    p, a = G.quantize_gpu(_dev(np.zeros(0, np.float32)), code, 4, 64)
+    p, a = G.quantize_gpu(fake_device(np.zeros(0, np.float32)), code, 4, 64)
     assert p.size == 0 and a.size == 0
     assert G.dequantize_gpu(p, a, code, 4, 64, 0, np.float32).size == 0
 
@@ -141,7 +97,7 @@ def test_empty_input(cp):
 def test_nested_helpers(cp):
     rng = np.random.default_rng(4)
     a = np.abs(rng.standard_normal(700)).astype(np.float32)
-    q, nested, off = G.quantize_absmax_nested(_dev(a))
+    q, nested, off = G.quantize_absmax_nested(fake_device(a))
     off_ref = nested_offset(a)
     q_ref, n_ref = quantize_nested_reference(a - off_ref)
     assert np.float32(off).view(np.uint32) == np.float32(off_ref).view(np.uint32)
@@ -171,10 +127,10 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     cp.cuda.Device = Device
     cp.cuda.get_elapsed_time = lambda a, b: 1.0
     cp.random = types.SimpleNamespace(
-        standard_normal=lambda n, dtype: _dev(np.random.default_rng(0).standard_normal(n), dtype))
-    cp.empty_like = lambda a: np.empty_like(a).view(_FakeArray)
+        standard_normal=lambda n, dtype: fake_device(np.random.default_rng(0).standard_normal(n), dtype))
+    cp.empty_like = lambda a: np.empty_like(a).view(FakeDeviceArray)
     cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
-    monkeypatch.setattr(_FakeArray, "data", property(lambda self: types.SimpleNamespace(
+    monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
         ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_gpu.py"
     spec = importlib.util.spec_from_file_location("bench_quantize_gpu", path)

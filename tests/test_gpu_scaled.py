@@ -14,7 +14,6 @@ tests/test_layouts_torchao.py.  Seeds are fixed; every comparison is exact.
 
 import re
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ from quantbook.bulk.reference import (scaled_amax_reference, scaled_decode_refer
 from quantbook.bulk.scaled import dequantize_scaled, quantize_scaled
 from quantbook.scales import get_rule
 
-from gpu_cases import FakeDeviceArray, bits_equal, fake_device
+from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device
 
 try:
     import ml_dtypes
@@ -332,41 +331,11 @@ def test_source_subset_and_unknown_names():
 
 
 # ------------------------------------------------------------------ the launchers, stand-in cupy
-_FakeArray, _dev = FakeDeviceArray, fake_device
 
 
 @pytest.fixture
 def fake_cp(monkeypatch, nvrtc, emu):
-    cp = types.ModuleType("cupy")
-    cp.ndarray = _FakeArray
-    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32 = (np.uint8, np.uint16, np.uint32,
-                                                             np.float16, np.float32)
-    cp.asarray = lambda a, dtype=None: _dev(a, dtype)
-    cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(_FakeArray)
-    cp.empty = lambda n, dtype: np.full(n, 0xEE, np.uint8).view(dtype).view(_FakeArray) \
-        if np.dtype(dtype).itemsize == 1 else np.empty(n, dtype).view(_FakeArray)
-    cp.zeros = lambda n, dtype: np.zeros(n, dtype).view(_FakeArray)
-    cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
-    cp.launched = []
-
-    class Module:
-        def load(self, image):
-            assert isinstance(image, bytes) and image[:4] == b"\x7fELF"   # a real sm_90 cubin
-
-        def get_function(self, name):
-            def launch(grid, block, args):
-                cp.launched.append((name, grid, block))
-                E.scaled_emulator().launch(name, grid[0], block[0], *args)
-            return launch
-
-    class Device:
-        id = 0
-        compute_capability = "90"
-
-    cp.cuda = types.SimpleNamespace(
-        Device=Device, function=types.SimpleNamespace(Module=Module),
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
-                                      getDeviceProperties=lambda i: {"name": b"emulated"}))
+    cp = fake_cupy(E.scaled_emulator)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(GS, "_MODULES", {})
     monkeypatch.setattr(G, "_CONSTS", {})
@@ -378,19 +347,19 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
     rng = np.random.default_rng(8)
     table = _table("e2m1")
     x = (rng.standard_normal(4099) * 5).astype(np.float32).astype(dtype)
-    a = GS.scaled_amax_gpu(_dev(x), 32)
-    assert isinstance(a, np.ndarray) and not isinstance(a, _FakeArray)
+    a = GS.scaled_amax_gpu(fake_device(x), 32)
+    assert isinstance(a, np.ndarray) and not isinstance(a, FakeDeviceArray)
     assert bits_equal(a, scaled_amax_reference(x, 32))
     rule = get_rule("e8m0:floor")
     stored = rule.encode(a, 6.0)
     f, divide = rule.divisor(stored)
-    p = GS.scaled_encode_gpu(_dev(x), f, divide, table, 32)
-    assert isinstance(p, _FakeArray) and bits_equal(p, scaled_encode_reference(x, f, divide, table, 32))
+    p = GS.scaled_encode_gpu(fake_device(x), f, divide, table, 32)
+    assert isinstance(p, FakeDeviceArray) and bits_equal(p, scaled_encode_reference(x, f, divide, table, 32))
     s = rule.decode(stored)
     d = GS.scaled_decode_gpu(p, s, table, 32, x.size, dtype)
     assert bits_equal(np.asarray(d).view(np.uint8),
                       scaled_decode_reference(p, s, table, 32, x.size, dtype).view(np.uint8))
-    names = [n for n, _, _ in fake_cp.launched]
+    names = [n for n, _, _ in fake_cp.launches]
     key = G._dtype_key(dtype)
     assert names == [SK.amax_name(key), SK.encode_name(key), SK.decode_name(key)]
 
@@ -398,7 +367,7 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
 def test_launchers_unaligned_and_errors(fake_cp):
     rng = np.random.default_rng(9)
     table = _table("nf4")
-    x = _dev(rng.standard_normal(1001).astype(np.float32))[1:]      # 4-byte offset: scalar path
+    x = fake_device(rng.standard_normal(1001).astype(np.float32))[1:]      # 4-byte offset: scalar path
     f = rng.uniform(0.5, 2, 63).astype(np.float32)
     p = GS.scaled_encode_gpu(x, f, False, table, 16)
     assert bits_equal(p, scaled_encode_reference(np.asarray(x), f, False, table, 16))

@@ -182,15 +182,10 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     code = cb.code_f32
     packed, absmax = be.quantize_blocks(x, code, bits, block_size)
     absmax_h = be.to_host(absmax).astype(_F, copy=False)
-    bad = np.flatnonzero(~np.isfinite(absmax_h))
-    if bad.size:
-        b = int(bad[0])
-        size = int(np.prod(shape, dtype=np.int64))
+    err = F.nonfinite_error(absmax_h, block_size, int(np.prod(shape, dtype=np.int64)))
+    if err is not None:
         if not allow_nonfinite:
-            raise ValueError(
-                f"x holds NaN or Inf: first in block {b} (elements {b * block_size}.."
-                f"{min((b + 1) * block_size, size) - 1} of the flattened array); "
-                "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
+            raise err
         xs = be.from_host(_sanitize(be.to_host(x), block_size))
         packed, absmax = be.quantize_blocks(xs, code, bits, block_size)
         absmax_h = be.to_host(absmax).astype(_F, copy=False)

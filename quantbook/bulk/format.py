@@ -12,7 +12,7 @@ import numpy as np
 
 from ..codebooks.encoding import Encoder, encoder
 
-__all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "check_bits",
+__all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "check_bits", "nonfinite_error",
            "check_code_table", "codes_per_byte", "packed_length", "n_blocks", "decode_table",
            "code_encoder", "scale_blocks", "pack_codes", "unpack_codes"]
 
@@ -58,6 +58,18 @@ def check_code_table(code: Any, bits: int | None = None) -> np.ndarray:
     if not np.isfinite(c).all():
         raise ValueError("the code table must be finite (float32)")
     return c
+
+
+def nonfinite_error(scales: np.ndarray, block_size: int, n: int) -> ValueError | None:
+    """The error for input with NaN or Inf, found by its non-finite block scales (host
+    float32), naming the first bad block; None when every scale is finite."""
+    bad = np.flatnonzero(~np.isfinite(scales))
+    if not bad.size:
+        return None
+    b = int(bad[0])
+    return ValueError(f"x holds NaN or Inf: first in block {b} (elements {b * block_size}.."
+                      f"{min((b + 1) * block_size, n) - 1} of the flattened array); "
+                      "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
 
 
 def codes_per_byte(bits: int) -> int:

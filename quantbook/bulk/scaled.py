@@ -50,14 +50,10 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
     n = int(np.prod(shape, dtype=np.int64))   # torch's .size is a method
     table = scaled_table(cb.code, qmax)
     amax = be.scaled_amax(x, block_size)
-    bad = np.flatnonzero(~np.isfinite(amax))
-    if bad.size:
-        b = int(bad[0])
+    err = F.nonfinite_error(amax, block_size, n)
+    if err is not None:
         if not allow_nonfinite:
-            raise ValueError(
-                f"x holds NaN or Inf: first in block {b} (elements {b * block_size}.."
-                f"{min((b + 1) * block_size, n) - 1} of the flattened array); "
-                "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
+            raise err
         x = be.from_host(sanitize(be.to_host(x), block_size))
         amax = be.scaled_amax(x, block_size)
     ts = rule.tensor_scale(float(amax.max()), qmax)
