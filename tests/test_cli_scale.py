@@ -91,8 +91,23 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("evaluate", "nf4", "--scale", "e8m0", "--tensor-size", "64"), "has no tensor scale"),
     (("evaluate", "nf4", "--scale", "e4m3", "--normalization", "none"), "normalization must be absmax"),
     (("evaluate", "nf4", "--scale", "e4m3", "--qmax", "-1"), "positive finite"),
+    (("derive", "lloyd", "--seed", "3"), "apply only to a search rule"),
+    (("derive", "lloyd", "--scale", "float16", "--samples", "4096"), "apply only to a search rule"),
+    (("derive", "lloyd", "--scale", "search:ggml", "--symmetric"), "do not apply to a search rule"),
+    (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of block_size"),
 ])
 def test_bad_scale_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and needle in err, err
+
+
+def test_derive_lloyd_search_rule_fits_on_a_sample(capsys):
+    # the command line gives the library's fit (quantbook.derive.search_lloyd, same arguments)
+    from quantbook.derive import solve_search_lloyd
+
+    got = run_json(capsys, "derive", "lloyd", "--scale", "search:ggml", "--block-size", 32, "--qmax", 127,
+                   "--samples", 1 << 15, "--seed", 4, "--fix=-1", "--json")
+    ref = solve_search_lloyd(4, 32, "search:ggml", samples=1 << 15, seed=4, fixed=(-1,), qmax=127)
+    assert got["levels"] == [float(v) for v in ref.codebook.levels]
+    assert got["mse_weight_fitting_sample"] == ref.mse and got["recipe"]["method"] == "search-lloyd"

@@ -190,9 +190,11 @@ class QuantState:
         elif ts is not None:
             raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
         s = self.absmax_f32()
-        if s.size and not (np.isfinite(s).all() and (s >= 0).all()):
-            bad = int(np.flatnonzero(~(np.isfinite(s) & (s >= 0)))[0])
-            raise ValueError(f"absmax entry {bad} ({self.absmax[bad]!r}) decodes to a non-finite "
+        ok = np.isfinite(s) & ((s >= 0) | rule.signed)
+        if s.size and not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            what = "non-finite" if rule.signed else "negative or non-finite"
+            raise ValueError(f"absmax entry {bad} ({self.absmax[bad]!r}) decodes to a {what} "
                              f"{rule.name} scale")
         return self
 

@@ -65,10 +65,40 @@ _LAYOUT = ("scale", "qmax", "tensor_size")
 _BLOCK = ("bits", "block_size", "normalization", "source", "fix", "symmetric", "domain", *_LAYOUT)
 
 
+def _search_rule(spec: Any) -> bool:
+    if spec is None:
+        return False
+    from ..scales import get_rule
+
+    rule = get_rule(spec)
+    return not (rule.deterministic or rule.encodes_with_amax)
+
+
+def _derive_search(args, given: dict[str, Any]) -> int:
+    """A search rule has no 1-D law: Lloyd on a seeded sample with the search inside."""
+    from ..derive.search_lloyd import solve_search_lloyd
+
+    bad = [f"--{k.replace('_', '-')}" for k in ("normalization", "symmetric", "domain") if k in given]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} do not apply to a search rule ({given['scale']}): its codes "
+                         "are fitted in the weight domain of the scaled layout")
+    opts = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed", "source",
+                                  "qmax", "tensor_size") if k in given}
+    res = solve_search_lloyd(**opts)
+    print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
+                                             "change": res.change, "converged": res.converged})
+    return 0
+
+
 def _cmd_derive_lloyd(args) -> int:
     from ..derive.lloyd import solve_lloyd
 
-    given = _given(args, "loss", *_BLOCK)
+    given = _given(args, "loss", "samples", "seed", *_BLOCK)
+    if _search_rule(given.get("scale")):
+        return _derive_search(args, given)
+    if "samples" in given or "seed" in given:
+        raise ValueError("--samples and --seed apply only to a search rule (--scale search:...): the other "
+                         "rules have an exact derivation")
     res = solve_lloyd(**given)
     extra = _metrics(res.codebook, given)
     extra.update(iterations=res.iterations, change=res.change, converged=res.converged)
@@ -160,7 +190,8 @@ def _add_block_arguments(s: argparse.ArgumentParser) -> None:
                                     "(default normal)")
     s.add_argument("--scale", metavar="RULE",
                    help="block scale rule of the scaled layout: e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] (MXFP4), "
-                        "float16, bfloat16 (default: exact float32 absmax; docs/scales.md)")
+                        "float16, bfloat16, nested; for derive lloyd also search:4over6|ggml|ggml-ref|BASE@F1,F2 "
+                        "(default: exact float32 absmax; docs/scales.md)")
     s.add_argument("--qmax", type=_positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.add_argument("--tensor-size", type=integer, dest="tensor_size",
@@ -200,6 +231,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_block_arguments(s)
         if meth == "lloyd":
             s.add_argument("--loss", choices=("l1", "l2"), help="default l2")
+            s.add_argument("--samples", type=integer,
+                           help="with a search rule (--scale search:...): values in the seeded fitting sample "
+                                "(default 10^7)")
+            s.add_argument("--seed", type=integer, help="with a search rule: the fitting sample's seed (default 0)")
         s.add_argument("--domain", choices=("weight", "normalized"),
                        help="error measured on weights (scale*(y-q)) or normalised values (default "
                             + ("weight)" if meth == "lloyd" else "normalized)"))

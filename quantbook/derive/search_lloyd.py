@@ -8,11 +8,13 @@ the loop.  Each iteration, for the current levels ``L`` (largest magnitude 1, ta
 
 1. per block, every candidate of the rule (:meth:`SearchScale.candidates`) scales the block,
    encodes each value as the nearest table entry and decodes it; the rule picks the candidate
-   of least block error (:meth:`SearchScale.pick`);
-2. each value ``u = y / qmax`` (``y`` the value scaled by the picked candidate) goes to its
-   nearest level;
+   of least block error (:meth:`SearchScale.pick`).  Under ggml's search
+   (``search:ggml``, :mod:`quantbook.scales.ggml`) the search itself gives each block its
+   signed scale and codes;
+2. each value ``u = y / qmax`` (``y`` the value scaled by the picked candidate; ``x / σ``
+   under ggml's search) goes to the level of its code;
 3. every free level moves to the weighted centroid (L2) or weighted median (L1) of its cell,
-   the weights ``σ²`` or ``σ`` (``σ = qmax · s`` the block's scale), so the fitted error is
+   the weights ``σ²`` or ``|σ|`` (``σ = qmax · s`` the block's scale), so the fitted error is
    the weight-domain error ``x - σ·L``.
 
 The sample is ``samples`` draws of the source (``numpy.random.default_rng(seed)``), cut into
@@ -32,11 +34,12 @@ import numpy as np
 
 from ..codebooks import Codebook
 from ..scales import get_rule
+from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale
 from .recipes import parse_fixed
 from .sources import parse_source
 
-__all__ = ["search_lloyd", "solve_search_lloyd", "SearchLloydResult"]
+__all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "SearchLloydResult"]
 
 _F = np.float32
 
@@ -52,7 +55,7 @@ class SearchLloydResult:
 
 
 def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax):
-    if not isinstance(rule, SearchScale):
+    if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"search_lloyd needs a search rule (e.g. search:4over6), got {rule.name!r}; "
                          "deterministic rules have an exact derivation: lloyd(..., scale=RULE)")
     for k, v in (("bits", bits), ("block_size", block_size), ("samples", samples), ("seed", seed),
@@ -77,13 +80,17 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
 
 
 class _Sample:
-    """The fitting sample as (tensors, blocks, B) float32 with its per-tensor scales and every
-    candidate's stored block scales, computed once: they do not depend on the levels."""
+    """The fitting sample as (tensors, blocks, B) float32 with its per-tensor scales and, for a
+    candidate search, every candidate's stored block scales, computed once: they do not
+    depend on the levels."""
 
-    def __init__(self, rule: SearchScale, x: np.ndarray, block_size: int, n_tensor: int, qmax: float):
+    def __init__(self, rule: Any, x: np.ndarray, block_size: int, n_tensor: int, qmax: float):
         self.x = x.reshape(-1, n_tensor // block_size, block_size)
+        self.x64 = self.x.astype(np.float64)
+        self.cands = []  # per candidate: (scaled values y, decoded scale s), each (tensors, blocks[, B])
+        if isinstance(rule, GgmlSearch):
+            return  # its scales depend on the table
         amax = np.abs(self.x).max(axis=2)
-        self.cands = []  # per candidate: (factor f, divide, decoded scale s), each (tensors, blocks)
         per_t = [rule.tensor_scale(float(a.max()), qmax) for a in amax]
         for k in range(len(rule.factors)):
             fs, ss, div = [], [], False
@@ -95,23 +102,25 @@ class _Sample:
             f, s = np.stack(fs).astype(_F), np.stack(ss).astype(_F)
             # the scaled values do not depend on the levels: scale once
             self.cands.append((_scaled(self.x, f, div), s))
-        self.x64 = self.x.astype(np.float64)
 
 
 def _scaled(x, f, divide):
     return (x / f[..., None]).astype(_F) if divide else (x * f[..., None]).astype(_F)
 
 
-def _step(rule: SearchScale, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: float, loss: str):
-    """``(new levels, mean error at ``levels``)``: one iteration (module docstring)."""
-    table = (levels * qmax).astype(_F)
+def _block_error(smp: _Sample, deq: np.ndarray, loss: str) -> np.ndarray:
+    d = smp.x64 - deq
+    return (d * d if loss == "l2" else np.abs(d)).sum(axis=2)
+
+
+def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax: float, loss: str):
+    """Per block the least error and the block's scale ``σ = qmax·s``; per value its cell and
+    ``u = y / qmax``: the candidate search with the table's nearest-value encoder."""
     mids = ((table[:-1] + table[1:]) / _F(2)).astype(_F)
     errs, ys, idxs = [], [], []
     for y, s in smp.cands:
         idx = np.searchsorted(mids, y, side="left")
-        d = smp.x64 - (table[idx] * s[..., None]).astype(_F)
-        e = (d * d if loss == "l2" else np.abs(d)).sum(axis=2)
-        errs.append(e)
+        errs.append(_block_error(smp, (table[idx] * s[..., None]).astype(_F), loss))
         ys.append(y)
         idxs.append(idx)
     pick = rule.pick(np.stack(errs))
@@ -123,9 +132,29 @@ def _step(rule: SearchScale, smp: _Sample, levels: np.ndarray, free: np.ndarray,
         y = np.where(m[..., None], ys[k], y)
         idx = np.where(m[..., None], idxs[k], idx)
         sig = np.where(m, qmax * smp.cands[k][1].astype(np.float64), sig)
-    u = y.astype(np.float64).ravel() / qmax
-    idx = idx.ravel()
-    w = np.broadcast_to((sig * sig if loss == "l2" else sig)[..., None], y.shape).ravel()
+    return best, y.astype(np.float64) / qmax, idx, sig
+
+
+def _assign_ggml(rule: GgmlSearch, smp: _Sample, table: np.ndarray, qmax: float, loss: str):
+    """As :func:`_assign_candidates`, with ggml's search choosing each block's (signed)
+    scale and codes together; ``u = x / σ`` (0 where the scale is 0)."""
+    stored, q = rule.search(smp.x.reshape(-1, smp.x.shape[2]), table)
+    s = rule.decode(stored).reshape(smp.x.shape[:2])
+    idx = q.reshape(smp.x.shape).astype(np.intp)
+    best = _block_error(smp, (table[idx] * s[..., None]).astype(_F), loss)
+    sig = qmax * s.astype(np.float64)
+    safe = np.where(sig != 0, sig, 1.0)[..., None]
+    u = np.where(sig[..., None] != 0, smp.x64 / safe, 0.0)
+    return best, u, idx, sig
+
+
+def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: float, loss: str):
+    """``(new levels, mean error at ``levels``)``: one iteration (module docstring)."""
+    table = (levels * qmax).astype(_F)
+    assign = _assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates
+    best, u, idx, sig = assign(rule, smp, table, qmax, loss)
+    w = np.broadcast_to((sig * sig if loss == "l2" else np.abs(sig))[..., None], u.shape).ravel()
+    u, idx = u.ravel(), idx.ravel()
     n = levels.size
     new = levels.copy()
     if loss == "l2":
@@ -146,6 +175,24 @@ def _step(rule: SearchScale, smp: _Sample, levels: np.ndarray, free: np.ndarray,
     return new, float(best.sum() / smp.x.size)
 
 
+def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray, qmax: float = 6.0,
+                        loss: str = "l2", tensor_size: int | None = None) -> np.ndarray:
+    """Per block of ``x`` (float32, a multiple of ``block_size`` values), the sum of squared
+    (``l2``) or absolute (``l1``) weight-domain errors of the code ``levels`` in the scaled
+    layout under the search rule ``scale``: the error the fit measures, and the layout's own
+    (the tests check it against :func:`quantbook.quantize`)."""
+    rule = get_rule(scale)
+    lv = np.sort(np.asarray(levels, dtype=np.float64).reshape(-1))
+    lv = lv / np.max(np.abs(lv))  # as the layout's table: largest magnitude qmax
+    x = np.asarray(x, dtype=_F).reshape(-1)
+    if not isinstance(rule, (SearchScale, GgmlSearch)):
+        raise ValueError(f"{rule.name!r} is not a search rule")
+    smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
+    table = (lv * qmax).astype(_F)
+    assign = _assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates
+    return assign(rule, smp, table, qmax, loss)[0].reshape(-1)
+
+
 def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
                        samples: int = 10**7, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
                        max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
@@ -160,7 +207,9 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     src = parse_source(source)
     from .lloyd import lloyd  # the exact code under the base rule is the start
 
-    start = lloyd(bits, block_size, loss=loss, scale=rule.base.name, qmax=qmax, fixed=list(fx), source=src)
+    # the base rule's exact code needs both ends fixed; an end left free here moves from it
+    start = lloyd(bits, block_size, loss=loss, scale=rule.base.name, qmax=qmax,
+                  fixed=sorted(set(fx) | {-1.0, 1.0}), source=src)
     levels = np.asarray(start.levels, dtype=np.float64)
     free = ~np.isin(levels, fx)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)

@@ -3,7 +3,7 @@
 Families: ``float32`` (bitsandbytes' absmax), ``float16``, ``bfloat16`` (:mod:`.floats`),
 ``e4m3`` (NVFP4, two-level; :mod:`.e4m3`), ``e8m0:floor|ceil|even|rceil`` (MX;
 :mod:`.e8m0`), ``nested`` (bitsandbytes' compress_statistics; :mod:`.nested`) and
-``search:...`` (:mod:`.search`).  The byte layouts that store them are in
+``search:...`` (:mod:`.search`, with ggml's IQ4_NL search in :mod:`.ggml`).  The byte layouts that store them are in
 :mod:`quantbook.bulk` and docs/scales.md.
 """
 

@@ -50,6 +50,9 @@ class ScaleRule:
     #: scale is rounded, from statistics of other blocks too (bitsandbytes' nested statistics):
     #: the law of the codes is then the absmax law and the error adds the scale's
     encodes_with_amax: ClassVar[bool] = False
+    #: the stored scale may be negative (ggml's search: the sign picks which end of an
+    #: asymmetric table the block's extreme lands on)
+    signed: ClassVar[bool] = False
     #: the byte layout that stores this rule's scales (:mod:`quantbook.bulk`)
     layout: ClassVar[str] = "scaled"
     #: numpy dtype name of one stored block scale, its bytes, and the per-tensor bytes

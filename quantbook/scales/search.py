@@ -10,6 +10,9 @@ which owns the quantizer.
 Spec: ``search:PRESET`` or ``search:BASE@f1,f2,...[/l1|/l2]``, e.g.
 ``search:e8m0:rceil@1,0.75/l1``.  Presets:
 
+* ``ggml`` and ``ggml-ref`` — ggml's IQ4_NL quantizers, a least-squares search over trial
+  scales with a signed float16 scale (:mod:`.ggml`); it sees every value of the block, not
+  only candidates from its amax.
 * ``4over6`` — "Four Over Six" (Cook et al., 2025, arXiv:2512.02010): per NVFP4 block, amax
   mapped to 6 or to 4, lower squared error kept: base ``e4m3``, targets {1, 4/6}, ``l2``.
   The tensor scale is the base rule's (``G / (6 * 448)``).
@@ -21,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .ggml import GGML_PRESETS, GgmlSearch
 from .rule import ScaleRule, get_rule
 
 __all__ = ["SearchScale", "PRESETS"]
@@ -54,14 +58,16 @@ class SearchScale(ScaleRule, family="search"):
     def from_arg(cls, arg):
         if arg is None:
             raise ValueError("a search rule needs a preset or BASE@f1,f2[/l1|/l2], "
-                             f"e.g. search:4over6 (presets: {', '.join(PRESETS)})")
+                             f"e.g. search:4over6 (presets: {', '.join(cls.presets())})")
+        if arg in GGML_PRESETS:
+            return GgmlSearch(GGML_PRESETS[arg])
         if arg in PRESETS:
             base, f, loss = PRESETS[arg]
             return cls(base, f, loss, preset=arg)
         body, _, loss = arg.partition("/")
         base, at, fs = body.partition("@")
         if not at:
-            raise ValueError(f"search rule {arg!r}: expected a preset ({', '.join(PRESETS)}) "
+            raise ValueError(f"search rule {arg!r}: expected a preset ({', '.join(cls.presets())}) "
                              "or BASE@f1,f2,...[/l1|/l2]")
         try:
             factors = [float(v) for v in fs.split(",")]
@@ -69,9 +75,13 @@ class SearchScale(ScaleRule, family="search"):
             raise ValueError(f"search rule {arg!r}: targets must be numbers") from None
         return cls(base, factors, loss or "l2")
 
+    @staticmethod
+    def presets() -> tuple[str, ...]:
+        return (*PRESETS, *GGML_PRESETS)
+
     @classmethod
     def variants(cls):
-        return tuple(f"search:{p}" for p in PRESETS)
+        return tuple(f"search:{p}" for p in cls.presets())
 
     @property
     def name(self):

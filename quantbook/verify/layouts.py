@@ -17,11 +17,19 @@ Nested statistics (bitsandbytes' ``compress_statistics``) encode the values with
 maximum and round only the stored scale, whose law depends on the other blocks: their
 findings use :class:`quantbook.derive.scaled.NestedMeasure` (the model is in its docstring),
 the optimum by Lloyd steps on it from the float32 optimum; their MAE is the first-order
-value of that model (a lower bound, about 1e-4 below; the MSE is exact).  What the exact
-derivation cannot model is reported as not available with the reason
-(:func:`quantbook.derive.scaled.check_scale`).  Two limits of the model of a layout are
-stated on its finding (``note``): ggml's IQ4_NL quantizer searches each block's scale and
-uses a signed scale, neither of which the absmax-mapped float16 rule models.
+value of that model (a lower bound, about 1e-4 below; the MSE is exact).
+
+ggml's IQ4_NL quantizers (``search:ggml``, the least-squares search llama-quantize runs, and
+``search:ggml-ref``, ggml's reference quantizer; :mod:`quantbook.scales.ggml`) choose the
+scale from all of a block's values, so their law is not 1-D.  Their findings are Monte
+Carlo: the errors of :data:`MC_EVAL` N(0, 1) values (seed 1) in the layout
+(:func:`quantbook.derive.search_block_errors`, the layout's own error), with the standard
+error of the MSE over blocks.  Their optima are the codes fitted by
+:func:`quantbook.derive.search_lloyd` on :data:`MC_FIT` values (seed 0) with the search
+inside the loop, measured on the evaluation sample (``method = "monte-carlo"``).  Lloyd
+with a search inside stops at local optima, so each is the better (on the fitting sample) of
+two fits: with both range ends fixed and with only ``-1`` fixed, the end ggml maps a block's
+extreme to (and likewise with ``0`` fixed too).
 
 The findings join the audit rows only when asked (:func:`attach_layouts`, ``quantbook audit
 --layouts``), so the default audit does not pay for them; they never change a row's verdict.
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from ..codebooks.registry import REGISTRY
@@ -44,6 +53,10 @@ FIXED_RANGE = (-1.0, 1.0)
 FIXED_ZERO = (-1.0, 0.0, 1.0)
 
 
+#: Monte Carlo sizes of the search layouts: evaluation sample, fitting sample, Lloyd iterations
+MC_EVAL, MC_FIT, MC_ITER = 1 << 21, 1 << 18, 40
+
+
 @dataclass(frozen=True)
 class Layout:
     """A published table and a layout it was made for."""
@@ -53,11 +66,11 @@ class Layout:
     scale: str  # a scale rule spec (quantbook.scales)
     block_size: int
     note: str = ""  # what the model of this layout leaves out
+    qmax: float = 6.0  # the table's largest magnitude in the layout (search layouts only)
 
 
-_GGML = ("ggml's quantizer also searches each block's scale and stores it signed (the largest-magnitude "
-         "value always maps to -127); neither is modelled: the block maximum maps to the table's largest "
-         "magnitude")
+_GGML = ("the block maximum maps to the table's largest magnitude, without ggml's search and signed "
+         "scale (see search:ggml)")
 
 #: every (table, layout) pair the layout audit covers, in report order
 LAYOUTS: tuple[Layout, ...] = (
@@ -67,6 +80,10 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("e2m1", "MXFP4", "e8m0:even", 32),
     Layout("e2m1", "MXFP4", "e8m0:rceil", 32),
     Layout("iq4_nl", "ggml fp16", "float16", 32, _GGML),
+    Layout("iq4_nl", "ggml reference quantizer", "search:ggml-ref", 32,
+           "ggml's quantize_row_iq4_nl_ref: signed float16 scale, one least-squares fit", 127.0),
+    Layout("iq4_nl", "ggml llama-quantize", "search:ggml", 32,
+           "ggml's quantize_iq4_nl: least-squares search over 15 trial scales", 127.0),
     Layout("nf4", "bitsandbytes", "float32", 64, "compress_statistics=False"),
     Layout("nf4", "bitsandbytes nested", "nested", 64, "compress_statistics=True"),
 )
@@ -91,6 +108,8 @@ class LayoutFinding:
     optimum_zero_mse_weight: float | None = None  # with FIXED_ZERO
     loss_zero_percent: float | None = None
     optimum_levels: list[float] = field(default_factory=list)  # the FIXED_RANGE optimum, in [-1, 1]
+    method: str = "exact"  # or "monte-carlo" (module docstring)
+    mse_standard_error: float | None = None  # of mse_weight, Monte Carlo only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +120,8 @@ def format_finding(f: dict[str, Any]) -> str:
     where = f"{f['layout']} ({f['scale']}, B{f['block_size']}, {f['bits_per_weight']:g} bits/w)"
     if not f["available"]:
         return f"{where}: not available: {f['reason']}"
+    if f.get("method") == "monte-carlo":
+        where += f" [Monte Carlo, MSE ± {f['mse_standard_error']:.1e}]"
     return (f"{where}: MSE {f['mse_weight']:.5e}; optimum {f['optimum_mse_weight']:.5e} "
             f"(loss {f['loss_percent']:+.1f} %), with 0 fixed {f['optimum_zero_mse_weight']:.5e} "
             f"(loss {f['loss_zero_percent']:+.1f} %)" + (f"; {f['note']}" if f["note"] else ""))
@@ -124,6 +145,8 @@ def audit_layout(layout: Layout) -> LayoutFinding:
                 bits_per_weight=bpw, note=layout.note)
     if rule.encodes_with_amax:
         return _nested_finding(cb, layout, base)
+    if not rule.deterministic:
+        return _search_finding(layout, rule.name, cb.bits)
     try:
         check_scale(rule)
     except ValueError as exc:
@@ -191,6 +214,43 @@ def _nested_finding(cb: Any, layout: Layout, base: dict[str, Any]) -> LayoutFind
                          optimum_zero_mse_weight=omse[FIXED_ZERO],
                          loss_zero_percent=_loss(mse, omse[FIXED_ZERO]),
                          optimum_levels=[float(v) for v in opt[FIXED_RANGE]])
+
+
+@lru_cache(maxsize=None)
+def _search_finding(layout: Layout, scale: str, bits: int) -> LayoutFinding:
+    """The Monte-Carlo finding under a search rule (module docstring); cached, since the
+    samples are fixed."""
+    import numpy as np
+
+    from ..derive.search_lloyd import search_block_errors, solve_search_lloyd
+    from ..scales import get_rule
+
+    cb = REGISTRY[layout.codebook].codebook
+    B, q = layout.block_size, layout.qmax
+    x = np.random.default_rng(1).standard_normal(MC_EVAL).astype(np.float32)
+
+    def errors(code, loss="l2"):  # per block, mean over its values
+        return search_block_errors(code.levels, B, scale, x, qmax=q, loss=loss) / B
+
+    e = errors(cb)
+
+    def best(*fixed_sets):  # the least fitting error of the fits (each a local optimum)
+        fits = [solve_search_lloyd(bits, B, scale=scale, samples=MC_FIT, seed=0, fixed=f, qmax=q,
+                                   max_iter=MC_ITER) for f in fixed_sets]
+        return min(fits, key=lambda r: r.mse).codebook
+
+    # ggml maps a block's extreme to the table's negative end only: the positive end may move
+    opt = {FIXED_RANGE: best(FIXED_RANGE, (-1.0,)), FIXED_ZERO: best(FIXED_ZERO, (-1.0, 0.0))}
+    omse = {fixed: float(np.mean(errors(c))) for fixed, c in opt.items()}
+    mse = float(np.mean(e))
+    return LayoutFinding(codebook=cb.name, layout=layout.label, scale=scale, block_size=B,
+                         bits_per_weight=get_rule(scale).bits_per_weight(B, bits), available=True,
+                         note=layout.note, mse_weight=mse, mae_weight=float(np.mean(errors(cb, "l1"))),
+                         optimum_mse_weight=omse[FIXED_RANGE], loss_percent=_loss(mse, omse[FIXED_RANGE]),
+                         optimum_zero_mse_weight=omse[FIXED_ZERO],
+                         loss_zero_percent=_loss(mse, omse[FIXED_ZERO]),
+                         optimum_levels=[float(v) for v in opt[FIXED_RANGE].levels], method="monte-carlo",
+                         mse_standard_error=float(np.std(e, ddof=1) / np.sqrt(e.size)))
 
 
 def layout_findings(codebook: str | None = None) -> list[LayoutFinding]:

@@ -1,0 +1,250 @@
+"""ggml's scale search for non-linear 4-bit tables (IQ4_NL): a signed float16 block scale,
+fitted by least squares over trial scales.
+
+Stated from llama.cpp's ``quantize_row_iq4_nl_impl`` (ggml/src/ggml-quants.c, ggml commit
+0c1e570 as vendored by llama-cpp-python 0.3.36), for one block ``x`` of ``B`` values and
+the layout's table sorted ascending, ``v_0 ≤ … ≤ v_{n-1}`` with ``v_0 < 0``:
+
+* weights ``w_j = x_j²``; ``m`` is the first ``x_j`` of largest magnitude;
+* ``nearest(a)`` is ``0`` if ``a ≤ v_0``, ``n-1`` if ``a ≥ v_{n-1}``, else, with
+  ``v_{k-1} ≤ a < v_k``, ``k-1`` if ``a - v_{k-1} < v_k - a`` and ``k`` otherwise (a tie
+  goes up);
+* ``fit(id)``: codes ``q_j = nearest(id·x_j)``, sums ``S_qx = Σ (w_j·v_{q_j})·x_j`` and
+  ``S_qq = Σ (w_j·v_{q_j})·v_{q_j}`` in ``j`` order, scale ``S_qx / S_qq`` (0 when
+  ``S_qq = 0``);
+* ``search:ggml`` (ggml's ``quantize_iq4_nl``, which llama-quantize runs): ``d = fit(1/d0)``
+  with ``d0 = -m / v_0``, ``best = d·S_qx``; then for ``t = -7 … 7`` the fit at
+  ``id = (v_0 + t·δ) / m`` replaces ``d`` when ``S_qq > 0`` and ``S_qx² > best·S_qq``; the
+  codes are ``nearest((1/d)·x_j)`` for the ``d`` kept;
+* ``search:ggml-ref`` (ggml's ``quantize_row_iq4_nl_ref``): ``d0 = m / v_0``, no trials,
+  and the codes of the first fit;
+* stored: ``d`` rounded to float16, nearest even.  A block with ``max|x| < 1e-15`` stores 0
+  and codes ``nearest(0)`` (ggml's reference path leaves that block's codes unset; they
+  decode to 0 either way).
+
+``δ = |v_0| / 127`` is one step of IQ4_NL's integers: with ``qmax = 127`` the layout's table
+is exactly ggml's ``kvalues_iq4nl``, and the codes and scales are ggml's bit for bit
+(tests/data/make_ggml_vectors.py); other tables and ``qmax`` run the same steps.  Every
+operation is float32, in ggml's order.  ggml packs a block's codes ``j`` and ``j + 16``
+into one byte, the scaled layout neighbours (docs/scales.md): the bytes differ by that
+permutation only.  The scale can be negative; decoding is ``table[code] · d`` as for the
+other rules.
+
+:func:`ggml_search_reference` (numpy) defines the result; :func:`ggml_search` runs the same
+steps compiled with numba and is checked against it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .floats import Float16Scale, _check_finite
+from .rule import ScaleRule
+
+__all__ = ["GgmlSearch", "ggml_search", "ggml_search_reference", "GGML_PRESETS"]
+
+_F = np.float32
+_EPS = _F(1e-15)  # ggml's GROUP_MAX_EPS
+_NTRY = 7
+
+#: preset name -> trials each side (-1: ggml's reference quantizer, no trials)
+GGML_PRESETS: dict[str, int] = {"ggml": _NTRY, "ggml-ref": -1}
+
+
+def _sorted_table(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    t = np.asarray(table, dtype=_F).reshape(-1)
+    if not 2 <= t.size <= 16 or not np.all(np.isfinite(t)):
+        raise ValueError(f"ggml's search needs a finite table of 2..16 values, got {t.size}")
+    order = np.argsort(t, kind="stable")
+    v = t[order]
+    if not (v[0] < 0 < v[-1]):
+        raise ValueError("ggml's search maps a block's extreme value to the table's most negative "
+                         f"entry: the table needs negative and positive values, got {v[0]:g} … {v[-1]:g}")
+    return v, order.astype(np.uint8), _F(abs(v[0]) / _F(127))
+
+
+def _nearest(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    n = v.size
+    k = np.clip(np.searchsorted(v, a, side="right"), 1, n - 1)
+    lo, hi = v[k - 1], v[k]
+    r = np.where((a - lo) < (hi - a), k - 1, k)
+    return np.where(a <= v[0], 0, np.where(a >= v[-1], n - 1, r))
+
+
+def _fit(x: np.ndarray, w: np.ndarray, idv: np.ndarray, v: np.ndarray):
+    """codes, S_qx, S_qq for ``id`` per block (x, w: (B, blocks); idv: (blocks,))."""
+    q = _nearest((idv[None, :] * x).astype(_F), v)
+    qv = v[q]
+    sqx = np.zeros(x.shape[1], _F)
+    sqq = np.zeros(x.shape[1], _F)
+    for j in range(x.shape[0]):
+        wq = w[j] * qv[j]
+        sqx = sqx + wq * x[j]
+        sqq = sqq + wq * qv[j]
+    return q, sqx, sqq
+
+
+def _refit(sqx, sqq):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sqq > 0, sqx / np.where(sqq > 0, sqq, _F(1)), _F(0)).astype(_F)
+
+
+def ggml_search_reference(blocks: np.ndarray, table: np.ndarray, ntry: int = _NTRY
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """``(d, codes)`` of ggml's search (module docstring) for float32 ``blocks`` of shape
+    ``(blocks, B)`` and a layout ``table``: the float32 scale ``d`` per block (before the
+    float16 rounding) and the uint8 table index of each value (in ``table``'s order)."""
+    xb = np.asarray(blocks, dtype=_F)
+    v, order, delta = _sorted_table(table)
+    x = np.ascontiguousarray(xb.T)
+    nb = x.shape[1]
+    w = (x * x).astype(_F)
+    j = np.argmax(np.abs(x), axis=0)
+    m = x[j, np.arange(nb)]
+    live = np.abs(m) >= _EPS
+    m = np.where(live, m, _F(1)).astype(_F)
+    with np.errstate(divide="ignore", over="ignore"):
+        d0 = ((-m if ntry > 0 else m) / v[0]).astype(_F)
+        q, sqx, sqq = _fit(x, w, (_F(1) / d0).astype(_F), v)
+        d = _refit(sqx, sqq)
+        best = (d * sqx).astype(_F)
+        for t in range(-ntry, ntry + 1):
+            idv = ((v[0] + _F(t) * delta) / m).astype(_F)
+            _, sqx, sqq = _fit(x, w, idv, v)
+            take = (sqq > 0) & (sqx * sqx > best * sqq)
+            dn = _refit(sqx, sqq)
+            d = np.where(take, dn, d)
+            best = np.where(take, (dn * sqx).astype(_F), best)
+        d = np.where(live, d, _F(0)).astype(_F)
+        if ntry > 0 or not np.all(live):
+            idv = np.where(d != 0, _F(1) / np.where(d != 0, d, _F(1)), _F(0)).astype(_F)
+            q2 = _nearest((idv[None, :] * x).astype(_F), v)
+            q = q2 if ntry > 0 else np.where(live[None, :], q, q2)
+    return d, order[np.asarray(q).T]
+
+
+@lru_cache(maxsize=1)
+def _kernel():
+    import numba
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def nearest(a, v):
+        n = v.size
+        if a <= v[0]:
+            return 0
+        if a >= v[n - 1]:
+            return n - 1
+        lo, hi = 0, n - 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if a < v[mid]:
+                hi = mid
+            else:
+                lo = mid
+        return hi - 1 if a - v[hi - 1] < v[hi] - a else hi
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def search(x, v, delta, ntry, d_out, q_out):
+        nb, bs = x.shape
+        zero, one = np.float32(0), np.float32(1)
+        for b in numba.prange(nb):
+            m, am = zero, zero
+            for j in range(bs):
+                if abs(x[b, j]) > am:
+                    am, m = abs(x[b, j]), x[b, j]
+            if am < np.float32(1e-15):
+                k0 = nearest(zero, v)
+                for j in range(bs):
+                    q_out[b, j] = k0
+                d_out[b] = zero
+                continue
+            d0 = -m / v[0] if ntry > 0 else m / v[0]
+            idv = one / d0
+            sqx, sqq = zero, zero
+            for j in range(bs):
+                k = nearest(idv * x[b, j], v)
+                q_out[b, j] = k
+                w = x[b, j] * x[b, j]
+                wq = w * v[k]
+                sqx += wq * x[b, j]
+                sqq += wq * v[k]
+            d = sqx / sqq if sqq > zero else zero
+            best = d * sqx
+            for t in range(-ntry, ntry + 1):
+                idv = (v[0] + np.float32(t) * delta) / m
+                sqx, sqq = zero, zero
+                for j in range(bs):
+                    k = nearest(idv * x[b, j], v)
+                    w = x[b, j] * x[b, j]
+                    wq = w * v[k]
+                    sqx += wq * x[b, j]
+                    sqq += wq * v[k]
+                if sqq > zero and sqx * sqx > best * sqq:
+                    d = sqx / sqq
+                    best = d * sqx
+            d_out[b] = d
+            if ntry > 0:
+                idv = one / d if d != zero else zero
+                for j in range(bs):
+                    q_out[b, j] = nearest(idv * x[b, j], v)
+
+    return search
+
+
+def ggml_search(blocks: np.ndarray, table: np.ndarray, ntry: int = _NTRY) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ggml_search_reference`, compiled (numba, parallel over blocks)."""
+    x = np.ascontiguousarray(blocks, dtype=_F)
+    if x.ndim != 2:
+        raise ValueError(f"blocks must be 2-D (blocks, block size), got shape {x.shape}")
+    v, order, delta = _sorted_table(table)
+    d = np.empty(x.shape[0], _F)
+    q = np.empty(x.shape, np.uint8)
+    if x.size:
+        _kernel()(x, v, delta, int(ntry), d, q)
+    return d, order[q]
+
+
+class GgmlSearch(ScaleRule):
+    """``search:ggml`` / ``search:ggml-ref`` (module docstring): float16 scales, 2 bytes a
+    block, chosen from the block's values.  Named through :class:`~.search.SearchScale`."""
+
+    family = "search"
+    deterministic = False
+    signed = True
+    stored_dtype, stored_bytes = "float16", 2
+    loss = "l2"
+
+    def __init__(self, ntry: int = _NTRY) -> None:
+        self.ntry = int(ntry)
+        self.preset = next(k for k, n in GGML_PRESETS.items() if n == self.ntry)
+        self.base = Float16Scale()
+
+    @property
+    def name(self):
+        return f"search:{self.preset}"
+
+    def search(self, blocks: np.ndarray, table: np.ndarray, reference: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """``(stored float16 scales, uint8 codes)`` of float32 ``blocks`` (blocks, B)."""
+        d, q = (ggml_search_reference if reference else ggml_search)(blocks, table, self.ntry)
+        with np.errstate(over="ignore"):
+            s = d.astype(np.float16)
+        _check_finite(s, "float16")
+        return s, q
+
+    def encode(self, amax, qmax, tensor_scale=None):
+        raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
+                         "quantize through quantbook.bulk")
+
+    def decode(self, stored, tensor_scale=None):
+        return self.base.decode(stored)
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+        raise ValueError(f"{self.name} has no scale function s(M): its law is not 1-D")
+
+    def describe(self):
+        how = ("least-squares fit over 15 trial scales" if self.ntry > 0
+               else "one least-squares fit (ggml's reference quantizer)")
+        return f"{self.name}: signed float16 (2 B) per block, ggml's IQ4_NL {how}"

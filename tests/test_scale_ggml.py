@@ -1,0 +1,151 @@
+"""ggml's IQ4_NL scale search (quantbook.scales.ggml) against ggml itself.
+
+Oracle: tests/data/ggml_vectors.npz, written by tests/data/make_ggml_vectors.py from ggml's
+own ``quantize_iq4_nl``, ``quantize_row_iq4_nl_ref`` and ``dequantize_row_iq4_nl`` (llama.cpp
+as vendored by llama-cpp-python 0.3.36).  Scales, codes and decoded floats compare bit for
+bit; the numba path compares to the numpy reference.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import quantbook as qb
+from quantbook.bulk.layouts import scaled_table
+from quantbook.codebooks.registry import IQ4_NL_INT
+from quantbook.scales import get_rule, rule_names
+from quantbook.scales.ggml import GgmlSearch, ggml_search, ggml_search_reference
+
+DATA = np.load(Path(__file__).parent / "data" / "ggml_vectors.npz")
+META = json.loads(bytes(DATA["meta"]).decode())
+TABLE = np.array(IQ4_NL_INT, np.float32)
+MODES = {"ggml": 7, "ggml-ref": -1}
+
+
+def _cases():
+    return [(c, m) for c in META["cases"] for m in MODES]
+
+
+def test_layout_table_is_ggml_kvalues():
+    assert np.array_equal(scaled_table(qb.get("iq4_nl").code, 127), TABLE)
+
+
+@pytest.mark.parametrize("fn", [ggml_search_reference, ggml_search])
+@pytest.mark.parametrize("case,mode", _cases())
+def test_scales_and_codes_equal_ggml(fn, case, mode):
+    x = DATA[f"{case}/x"].reshape(-1, 32)
+    d, q = fn(x, TABLE, MODES[mode])
+    with np.errstate(over="ignore"):
+        bits = d.astype(np.float16).view(np.uint16)
+    assert np.array_equal(bits, DATA[f"{case}/{mode}/d"])
+    codes = DATA[f"{case}/{mode}/codes"]
+    # ggml's reference quantizer leaves a block below 1e-15 without codes (it decodes to 0)
+    live = np.abs(x).max(axis=1) >= 1e-15 if mode == "ggml-ref" else np.ones(len(x), bool)
+    assert np.array_equal(q[live], codes[live])
+
+
+def test_vectors_cover_ties_and_dead_blocks():
+    x = DATA["grid/x"].reshape(-1, 32)
+    m = x[np.arange(len(x)), np.abs(x).argmax(axis=1)]
+    y = (np.float32(-127) / m)[:, None] * x   # the first fit's scaled values
+    mids = (TABLE[:-1] + TABLE[1:]) / 2
+    assert np.isin(y, mids).sum() >= 5        # exactly half-way: the tie rule decides
+    assert (np.abs(DATA["edge/x"].reshape(-1, 32)).max(axis=1) < 1e-15).sum() >= 3
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("case,mode", _cases())
+def test_bulk_decodes_like_ggml(backend, case, mode):
+    x = DATA[f"{case}/x"]
+    d = DATA[f"{case}/{mode}/d"].view(np.float16)
+    if not np.isfinite(d).all():
+        with pytest.raises(ValueError, match="overflows float16"):
+            qb.quantize(x, "iq4_nl", 32, scale=f"search:{mode}", qmax=127, backend=backend)
+        return
+    p, st = qb.quantize(x, "iq4_nl", 32, scale=f"search:{mode}", qmax=127, backend=backend)
+    assert st.absmax.dtype == np.float16 and np.array_equal(st.absmax.view(np.uint16), d.view(np.uint16))
+    y = qb.dequantize(p, st, backend=backend)
+    g = DATA[f"{case}/{mode}/deq"]
+    assert np.array_equal(y, g)   # as values: a dead block is ±0 in ggml's reference path
+    if mode == "ggml":
+        assert np.array_equal(y.view(np.uint32), g.view(np.uint32))
+
+
+@pytest.mark.parametrize("code,qmax", [("nf4", 6.0), ("e2m1", 6.0), ("iq4_nl", 1.0), ("af4", 127.0)])
+@pytest.mark.parametrize("ntry", [7, -1, 2])
+def test_compiled_equals_reference(code, qmax, ntry):
+    rng = np.random.default_rng(ntry + 10)
+    x = (rng.standard_t(4, (300, 32)) * np.exp(rng.uniform(-8, 8, (300, 1)))).astype(np.float32)
+    x[0] = 0
+    x[1, ::3] = -x[1, 0]   # equal magnitudes, both signs
+    table = scaled_table(qb.get(code).code, qmax)
+    d0, q0 = ggml_search_reference(x, table, ntry)
+    d1, q1 = ggml_search(x, table, ntry)
+    assert np.array_equal(d0.view(np.uint32), d1.view(np.uint32)) and np.array_equal(q0, q1)
+
+
+def test_unsorted_table_with_repeats():
+    # codes index the table as given, in its stored order
+    t = np.array([0.5, -1.0, 0.0, 1.0, -0.5, 0.0], np.float32)
+    x = np.random.default_rng(1).standard_normal((50, 16)).astype(np.float32)
+    d, q = ggml_search(x, t)
+    d0, q0 = ggml_search_reference(x, t)
+    assert np.array_equal(q, q0) and np.array_equal(d, d0)
+    srt = np.sort(t)
+    d1, q1 = ggml_search_reference(x, srt)
+    assert np.array_equal(t[q], srt[q1]) and np.array_equal(d, d1)
+
+
+def test_rule_names_and_cost():
+    r = get_rule("search:ggml")
+    assert isinstance(r, GgmlSearch) and r.name == "search:ggml" and r.signed
+    assert get_rule("search:ggml-ref").name == "search:ggml-ref"
+    assert {"search:ggml", "search:ggml-ref"} <= set(rule_names())
+    assert r.bits_per_weight(32) == 4.5 and r.stored_dtype == "float16"
+    with pytest.raises(ValueError, match="not 1-D"):
+        r.breakpoints(127)
+    with pytest.raises(ValueError, match="from the values"):
+        r.encode(np.ones(2, np.float32), 127)
+
+
+def test_bad_tables_and_inputs():
+    x = np.ones((2, 32), np.float32)
+    with pytest.raises(ValueError, match="negative and positive"):
+        ggml_search(x, np.array([0, 1, 2], np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        ggml_search(np.ones(32, np.float32), TABLE)
+    with pytest.raises(ValueError, match="overflows float16"):
+        qb.quantize(np.full(32, 1e7, np.float32), "iq4_nl", 32, scale="search:ggml", qmax=127)
+    with pytest.raises(ValueError, match="NaN|Inf|finite"):
+        qb.quantize(np.array([np.nan] * 32, np.float32), "iq4_nl", 32, scale="search:ggml")
+
+
+def test_negative_scales_only_where_the_rule_is_signed():
+    x = np.random.default_rng(2).standard_normal(320).astype(np.float32)
+    p, st = qb.quantize(x, "iq4_nl", 32, scale="search:ggml", qmax=127)
+    assert (st.absmax < 0).any()
+    st.validate()
+    st.scale_rule = "float16"
+    with pytest.raises(ValueError, match="negative"):
+        st.validate()
+
+
+def test_partial_block_pads_with_zeros():
+    x = np.random.default_rng(3).standard_normal(1000).astype(np.float32)
+    p, st = qb.quantize(x, "iq4_nl", 32, scale="search:ggml", qmax=127)
+    full = np.zeros(1024, np.float32)
+    full[:1000] = x
+    d, _ = ggml_search_reference(full.reshape(-1, 32), TABLE)
+    assert np.array_equal(st.absmax, d.astype(np.float16))
+    assert qb.dequantize(p, st).shape == (1000,)
+
+
+def test_search_lowers_the_error():
+    x = np.random.default_rng(5).standard_normal(32 * 4000).astype(np.float32)
+    err = {}
+    for rule in ("float16", "search:ggml-ref", "search:ggml"):
+        p, st = qb.quantize(x, "iq4_nl", 32, scale=rule, qmax=127)
+        err[rule] = float(np.mean((qb.dequantize(p, st) - x) ** 2))
+    assert err["search:ggml"] < err["search:ggml-ref"] < err["float16"]
