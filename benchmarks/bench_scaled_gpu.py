@@ -15,7 +15,11 @@ Rows:
   factors, writes n/2 bytes); ``encode+H2D`` the hook as the backend calls it, factors
   copied from the host;
 * ``decode``: the decode kernel with the scales on the device (reads n/2 bytes and the
-  scales, writes n values of the input's type).
+  scales, writes n values of the input's type);
+* ``ggml search``: ggml's IQ4_NL quantizer (``search:ggml``, iq4_nl at qmax 127, block 32),
+  the scale search and the codes on the device, the scales copied to the host (the
+  float16 rounding runs in numpy).  It is arithmetic-bound (17 passes over each block), so
+  ``vs copy`` is expected well below 1.
 
 GB/s is bytes moved / time; ``vs copy`` is that over the copy's GB/s (reads + writes of
 n * itemsize).  Also checks the first 2**22 values (``--check``) against the numpy
@@ -92,6 +96,7 @@ def main(argv=None) -> int:
     from quantbook.bulk import layouts as L
     from quantbook.bulk import reference as R
     from quantbook.bulk.api import resolve_codebook
+    from quantbook.bulk.backend import BACKENDS
     from quantbook.bulk.gpu import backend as G
     from quantbook.bulk.gpu import scaled as GS
     from quantbook.scales import get_rule
@@ -104,6 +109,7 @@ def main(argv=None) -> int:
 
     n = 1 << args.log2n
     table = L.scaled_table(resolve_codebook(args.codebook).code, 6.0)
+    t_ggml = L.scaled_table(resolve_codebook("iq4_nl").code, 127.0)
     print(f"device: {why}   n = 2^{args.log2n} = {n}   codebook {args.codebook}   "
           f"median of {args.repeat} (CUDA events)")
     header = f"{'format':6s} {'dtype':9s} {'op':12s} {'ms':>9s} {'GB/s':>9s} {'vs copy':>8s}"
@@ -178,6 +184,22 @@ def main(argv=None) -> int:
                       f"({same_a}/{same_p}/{same_d})")
                 bad = bad or not same
             del st
+        t = _median_ms(lambda: GS.scaled_ggml_gpu(x, t_ggml, 32, 7), args.repeat, cp)
+        bw = (n * isz + n // 2 + 4 * F.n_blocks(n, 32)) / t / 1e6
+        print(f"{'IQ4NL':6s} {dname:9s} {'ggml search':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
+        if args.check:
+            m = min(n, 1 << args.check) // 32 * 32
+            xh = cp.asnumpy(raw[:m])
+            if dname == "bfloat16":
+                import ml_dtypes
+
+                xh = xh.view(ml_dtypes.bfloat16)
+            d, p = GS.scaled_ggml_gpu(x[:m], t_ggml, 32, 7)
+            rd, rp = BACKENDS["cpu"].scaled_ggml(xh.astype(np.float32), t_ggml, 32, 7)
+            same = np.array_equal(d.view(np.uint32), rd.view(np.uint32)) and np.array_equal(cp.asnumpy(p), rp)
+            print(f"{'IQ4NL':6s} {dname:9s} first {m} values: ggml search "
+                  f"{'IDENTICAL to' if same else 'DIFFER from'} the host search")
+            bad = bad or not same
         del x, raw, dst
         cp.get_default_memory_pool().free_all_blocks()
     print("vs copy = bandwidth / d2d copy bandwidth of the same dtype (reads + writes); "

@@ -397,6 +397,12 @@ def _scaled_launchers() -> str:
             f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* p, const float* s,'
             f" const float* t, {st}* o, qb_i64 n, int B, int log2B, int vec) {{ qb_run_grid(grid,"
             f" block, [&] {{ {dq}(p, s, t, o, n, B, log2B, vec); }}); }}")
+        g = _SK.ggml_name(d)
+        out.append(
+            f'extern "C" void emu_{g}(unsigned grid, unsigned block, const {st}* x, float* dd, qb_u8* p,'
+            f" qb_i64 n, int B, const float* v, const qb_u8* order, int nv, float delta, int ntry,"
+            f" qb_u32 pad) {{ qb_run_grid(grid, block, [&] {{ {g}(x, dd, p, n, B, v, order, nv, delta,"
+            f" ntry, pad); }}); }}")
     return "\n".join(out)
 
 
@@ -418,7 +424,9 @@ class ScaledEmulator:
                            + [_F32] * 16 + [_U32, _U32, _I32, _U32, _I32])
             fd = getattr(self.lib, f"emu_{_SK.decode_name(d)}")
             fd.argtypes = [_U32, _U32, _P, _P, _P, _P, _I64, _I32, _I32, _I32]
-            for fn in (fa, fe, fd):
+            fg = getattr(self.lib, f"emu_{_SK.ggml_name(d)}")
+            fg.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _F32, _I32, _U32]
+            for fn in (fa, fe, fd, fg):
                 fn.restype = None
 
     def launch(self, name: str, grid: int, block: int, *args):
@@ -501,6 +509,20 @@ def scaled_decode_emulated(packed, scale, table, block_size: int, n: int, out_dt
     return out
 
 
+def scaled_ggml_emulated(x: np.ndarray, table, block_size: int, ntry: int):
+    """:func:`quantbook.bulk.gpu.scaled.scaled_ggml_gpu` run by the emulator."""
+    v, order, nv, delta, pad = _GS.ggml_args(table)
+    xs, key = _kernel_input(x)
+    n = xs.size
+    nb = F.n_blocks(n, block_size)
+    d = np.full(nb, np.nan, np.float32)                        # poison: every block written?
+    packed = np.full(_L.packed_length(n), 0xEE, dtype=np.uint8)
+    if n:
+        scaled_emulator().launch(_SK.ggml_name(key), -(-nb // _SK.GGML_CTA), _SK.GGML_CTA, xs, d, packed,
+                                 n, block_size, v, order, nv, delta, ntry, pad)
+    return d, packed
+
+
 class EmulatedScaledBackend(Backend):
     """The scaled hooks of the gpu backend with the kernels run by the emulator.  Not
     registered (the bitsandbytes layout is :class:`EmulatedCudaBackend`'s): tests hand it to
@@ -529,3 +551,6 @@ class EmulatedScaledBackend(Backend):
 
     def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
         return scaled_decode_emulated(packed, scale, table, block_size, n, out_dtype, vec=self.vec)
+
+    def scaled_ggml(self, x, table, block_size, ntry):
+        return scaled_ggml_emulated(x, table, block_size, ntry)

@@ -12,8 +12,10 @@ and sm_90.  With a GPU: the launchers on device arrays.  Oracle: the numpy backe
 tests/test_layouts_torchao.py.  Seeds are fixed; every comparison is exact.
 """
 
+import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from quantbook.bulk.gpu.compile import compile_source
 from quantbook.bulk.reference import (scaled_amax_reference, scaled_decode_reference,
                                       scaled_encode_reference)
 from quantbook.bulk.scaled import dequantize_scaled, quantize_scaled
+from quantbook.bulk.backend import BACKENDS
 from quantbook.scales import get_rule
 
 from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device
@@ -40,6 +43,7 @@ try:
 except ImportError:  # only the bfloat16 cases need it
     ml_dtypes = BF16 = None
 
+BACKEND_NUMPY = BACKENDS["numpy"]
 _no_bf16 = pytest.mark.skipif(BF16 is None, reason="bfloat16 needs ml_dtypes")
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"),
           pytest.param(BF16, id="bf16", marks=_no_bf16)]
@@ -167,13 +171,13 @@ def _nasty(n, rule, rng, table):
     x[63] = 4.0
     if rule != "bfloat16":                    # a subnormal bfloat16 scale is an error
         x[64:80] = [1e-39, -3e-40, 0.0, 1e-45, -1e-39, 2e-38, -1e-41, 5e-45] * 2
-    if rule != "float16" and n > 96:          # a float16 scale would overflow
+    if rule not in ("float16", "search:ggml", "search:ggml-ref") and n > 96:  # a float16 scale would overflow
         x[80:96] = rng.uniform(-3e38, 3e38, 16)
     return x
 
 
 RULES = ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil", "float16", "bfloat16",
-         "search:4over6", "search:e8m0:floor@1,0.75/l1"]
+         "search:4over6", "search:e8m0:floor@1,0.75/l1", "search:ggml", "search:ggml-ref"]
 
 
 def _check_driver(be, x, codebook, bs, rule):
@@ -237,6 +241,54 @@ def test_general_encoder_on_e2m1(emu, rule):
     rng = np.random.default_rng(6)
     x = _nasty(1001, rule, rng, _table("e2m1"))
     _check_driver(E.EmulatedScaledBackend(allow_symmetric=False), x, "e2m1", 16, rule)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["search:ggml", "search:ggml-ref"])
+def test_ggml_half_precision_inputs(emu, dtype, rule):
+    rng = np.random.default_rng(32)
+    x = _nasty(2 * 1003, rule, rng, _table("iq4_nl")).reshape(2, 1003)
+    if dtype is np.float16:
+        x = np.clip(x, -6e4, 6e4)
+    _check_driver(E.EmulatedScaledBackend(), x.astype(dtype), "iq4_nl", 32, rule)
+
+
+GGML = np.load(Path(__file__).parent / "data" / "ggml_vectors.npz")
+
+
+@pytest.mark.parametrize("case", json.loads(bytes(GGML["meta"]).decode())["cases"])
+@pytest.mark.parametrize("mode,ntry", [("ggml", 7), ("ggml-ref", -1)])
+def test_ggml_kernel_equals_ggml(emu, case, mode, ntry):
+    """The search kernel on ggml's own vectors (tests/data/make_ggml_vectors.py): the scales'
+    float16 bits and the codes ggml wrote (live blocks in its reference path, which leaves a
+    dead block's codes unset)."""
+    x = GGML[f"{case}/x"].reshape(-1)
+    table = L.scaled_table(resolve_codebook("iq4_nl").code, 127)
+    d, packed = E.scaled_ggml_emulated(x, table, 32, ntry)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(d.astype(np.float16).view(np.uint16), GGML[f"{case}/{mode}/d"])
+    codes = L.unpack_low_first(packed, x.size).reshape(-1, 32)
+    live = np.abs(x.reshape(-1, 32)).max(axis=1) >= 1e-15 if ntry < 0 else slice(None)
+    assert np.array_equal(codes[live], GGML[f"{case}/{mode}/codes"][live])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bs", [2, 6, 32, 64, 256])
+@pytest.mark.parametrize("codebook,ntry", [("iq4_nl", 7), ("nf4", -1), ("signed16", 3), ("short11", 7)])
+def test_ggml_hook_equals_host(emu, dtype, bs, codebook, ntry):
+    """Any even block size, a partial last block, an odd count (pad nibble), unsorted tables
+    with repeats, fewer than 16 entries, 16-bit inputs: the kernel against the host search."""
+    from quantbook.bulk.backend import Backend
+
+    rng = np.random.default_rng(bs + ntry)
+    n = 5 * bs + 3 if bs > 2 else 41
+    x = (rng.standard_t(4, n) * np.exp(rng.uniform(-4, 4))).astype(np.float32)
+    x[:bs] = 0.0
+    x = x.astype(dtype)
+    table = _table(codebook)
+    d, p = E.scaled_ggml_emulated(x, table, bs, ntry)
+    rd, rp = Backend.scaled_ggml(BACKEND_NUMPY, x.astype(np.float32), table, bs, ntry)
+    assert bits_equal(d, rd) and bits_equal(p, rp)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -364,6 +416,17 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
     assert names == [SK.amax_name(key), SK.encode_name(key), SK.decode_name(key)]
 
 
+def test_ggml_launcher_through_stand_in_cupy(fake_cp):
+    rng = np.random.default_rng(10)
+    table = L.scaled_table(resolve_codebook("iq4_nl").code, 127)
+    x = rng.standard_normal(32 * 40 + 6).astype(np.float32)
+    d, p = GS.scaled_ggml_gpu(fake_device(x), table, 32, 7)
+    assert isinstance(d, np.ndarray) and not isinstance(d, FakeDeviceArray) and isinstance(p, FakeDeviceArray)
+    rd, rp = BACKEND_NUMPY.scaled_ggml(x, table, 32, 7)
+    assert bits_equal(d, rd) and bits_equal(np.asarray(p), rp)
+    assert [n for n, _, _ in fake_cp.launches] == [SK.ggml_name("f32")]
+
+
 def test_launchers_unaligned_and_errors(fake_cp):
     rng = np.random.default_rng(9)
     table = _table("nf4")
@@ -413,6 +476,20 @@ def test_device_hooks_equal_numpy(dtype, rule, bs, codebook):
         ref = scaled_decode_reference(_host(p), s, table, bs, x.size, dtype)
     d = GS.scaled_decode_gpu(p, s, table, bs, x.size, dtype)
     assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ntry", [7, -1])
+def test_device_ggml_equals_host(dtype, ntry):
+    rng = np.random.default_rng(12)
+    table = L.scaled_table(resolve_codebook("iq4_nl").code, 127)
+    x = (rng.standard_normal(1 << 20 | 6) * 3).astype(np.float32)
+    x[:32] = 0.0
+    x = x.astype(dtype)
+    d, p = GS.scaled_ggml_gpu(_to_device(x), table, 32, ntry)
+    rd, rp = BACKEND_NUMPY.scaled_ggml(x.astype(np.float32), table, 32, ntry)
+    assert bits_equal(d, rd) and bits_equal(_host(p), rp)
 
 
 def _host(a):

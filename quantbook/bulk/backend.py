@@ -82,6 +82,22 @@ class Backend:
         """``float32(table[code] * scale[block])`` cast to ``out_dtype``."""
         raise NotImplementedError
 
+    def scaled_ggml(self, x: Any, table: np.ndarray, block_size: int, ntry: int) -> tuple[np.ndarray, Any]:
+        """``(d, packed)``: ggml's search (:mod:`quantbook.scales.ggml`) over the blocks of ``x``,
+        the float32 scale of each block (host) and the packed codes, the last block padded
+        with zeros.  Default: the compiled host search on a host copy."""
+        from ..scales.ggml import ggml_search
+        from .format import n_blocks
+        from .layouts import pack_low_first, scaled_encoder
+
+        xh = self.to_host(x).reshape(-1)
+        n = xh.size
+        nb = n_blocks(n, block_size)
+        xb = np.zeros(nb * block_size, np.float32)   # zeros change neither the sums nor the maximum
+        xb[:n] = xh
+        d, codes = ggml_search(xb.reshape(nb, block_size), table, ntry)
+        return d, self.from_host(pack_low_first(codes.reshape(-1)[:n], scaled_encoder(table).zero_index))
+
     def to_host(self, a: Any) -> np.ndarray:
         return np.asarray(a)
 

@@ -5,8 +5,8 @@ Steps: the backend's block maxima; the rule's tensor scale (from their maximum) 
 block scales; the rule's divisor; the backend's encode.  A search rule encodes every
 candidate, decodes it, and keeps per block the candidate of least error, computed here in
 float64 from the decoded float32 values, so every backend picks alike.  ggml's search
-(:mod:`quantbook.scales.ggml`) chooses scales and codes together from the values, on the
-host, for every backend.
+(:mod:`quantbook.scales.ggml`) chooses scales and codes together from the values: the
+backend's ``scaled_ggml``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..scales import ScaleRule
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale
 from . import format as F
-from .layouts import SCALED_BITS, implements, pack_low_first, packed_length, scaled_encoder, scaled_table
+from .layouts import SCALED_BITS, implements, packed_length, scaled_table
 from .state import QuantState
 
 __all__ = ["quantize_scaled", "dequantize_scaled", "check_backend"]
@@ -61,11 +61,8 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         amax = be.scaled_amax(x, block_size)
     ts = rule.tensor_scale(float(amax.max()), qmax)
     if isinstance(rule, GgmlSearch):
-        nb = F.n_blocks(n, block_size)
-        xb = np.zeros(nb * block_size, _F)   # zeros change neither the sums nor the maximum
-        xb[:n] = be.to_host(x).reshape(-1)
-        stored, codes = rule.search(xb.reshape(nb, block_size), table)
-        packed = be.from_host(pack_low_first(codes.reshape(-1)[:n], scaled_encoder(table).zero_index))
+        d, packed = be.scaled_ggml(x, table, block_size, rule.ntry)
+        stored = rule.store(d)
     elif isinstance(rule, SearchScale):
         cands = rule.candidates(amax, qmax, ts)
         packs, errs = [], []

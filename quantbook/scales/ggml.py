@@ -31,7 +31,8 @@ permutation only.  The scale can be negative; decoding is ``table[code] · d`` a
 other rules.
 
 :func:`ggml_search_reference` (numpy) defines the result; :func:`ggml_search` runs the same
-steps compiled with numba and is checked against it.
+steps compiled with numba, and the gpu backend as a CUDA kernel (``qbs_ggml_<dtype>``), both
+checked against it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 from .floats import Float16Scale, _check_finite
 from .rule import ScaleRule
 
-__all__ = ["GgmlSearch", "ggml_search", "ggml_search_reference", "GGML_PRESETS"]
+__all__ = ["GgmlSearch", "ggml_search", "ggml_search_reference", "ggml_table", "GGML_PRESETS"]
 
 _F = np.float32
 _EPS = _F(1e-15)  # ggml's GROUP_MAX_EPS
@@ -53,7 +54,9 @@ _NTRY = 7
 GGML_PRESETS: dict[str, int] = {"ggml": _NTRY, "ggml-ref": -1}
 
 
-def _sorted_table(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32]:
+def ggml_table(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """``(v, order, δ)``: the table sorted ascending (float32), the stored index of each sorted
+    entry (uint8, stable), and the trial step ``δ = |v_0| / 127`` (float32)."""
     t = np.asarray(table, dtype=_F).reshape(-1)
     if not 2 <= t.size <= 16 or not np.all(np.isfinite(t)):
         raise ValueError(f"ggml's search needs a finite table of 2..16 values, got {t.size}")
@@ -97,7 +100,7 @@ def ggml_search_reference(blocks: np.ndarray, table: np.ndarray, ntry: int = _NT
     ``(blocks, B)`` and a layout ``table``: the float32 scale ``d`` per block (before the
     float16 rounding) and the uint8 table index of each value (in ``table``'s order)."""
     xb = np.asarray(blocks, dtype=_F)
-    v, order, delta = _sorted_table(table)
+    v, order, delta = ggml_table(table)
     x = np.ascontiguousarray(xb.T)
     nb = x.shape[1]
     w = (x * x).astype(_F)
@@ -105,7 +108,7 @@ def ggml_search_reference(blocks: np.ndarray, table: np.ndarray, ntry: int = _NT
     m = x[j, np.arange(nb)]
     live = np.abs(m) >= _EPS
     m = np.where(live, m, _F(1)).astype(_F)
-    with np.errstate(divide="ignore", over="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # as C: inf, NaN
         d0 = ((-m if ntry > 0 else m) / v[0]).astype(_F)
         q, sqx, sqq = _fit(x, w, (_F(1) / d0).astype(_F), v)
         d = _refit(sqx, sqq)
@@ -198,7 +201,7 @@ def ggml_search(blocks: np.ndarray, table: np.ndarray, ntry: int = _NTRY) -> tup
     x = np.ascontiguousarray(blocks, dtype=_F)
     if x.ndim != 2:
         raise ValueError(f"blocks must be 2-D (blocks, block size), got shape {x.shape}")
-    v, order, delta = _sorted_table(table)
+    v, order, delta = ggml_table(table)
     d = np.empty(x.shape[0], _F)
     q = np.empty(x.shape, np.uint8)
     if x.size:
@@ -229,10 +232,15 @@ class GgmlSearch(ScaleRule):
                ) -> tuple[np.ndarray, np.ndarray]:
         """``(stored float16 scales, uint8 codes)`` of float32 ``blocks`` (blocks, B)."""
         d, q = (ggml_search_reference if reference else ggml_search)(blocks, table, self.ntry)
+        return self.store(d), q
+
+    def store(self, d: np.ndarray) -> np.ndarray:
+        """The stored float16 scales of the searched float32 scales ``d``; one beyond float16's
+        range is an error."""
         with np.errstate(over="ignore"):
-            s = d.astype(np.float16)
+            s = np.asarray(d, dtype=_F).astype(np.float16)
         _check_finite(s, "float16")
-        return s, q
+        return s
 
     def encode(self, amax, qmax, tensor_scale=None):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "

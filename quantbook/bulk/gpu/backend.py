@@ -392,7 +392,8 @@ class CudaBackend(Backend, name="gpu"):
         q, nested = _nested_codes(cp.asarray(np.ascontiguousarray(deviations, dtype=np.float32)), 0.0)
         return q.get(), nested.get()
 
-    # the scaled layouts: the rules run in numpy on the block maxima (copied to the host)
+    # the scaled layouts: the rules run in numpy on the block maxima (copied to the host);
+    # ggml's search, which needs every value, runs on the device
     def scaled_amax(self, x, block_size):
         from .scaled import scaled_amax_gpu  # noqa: PLC0415 - gpu/scaled imports this module
 
@@ -407,6 +408,11 @@ class CudaBackend(Backend, name="gpu"):
         from .scaled import scaled_decode_gpu  # noqa: PLC0415
 
         return scaled_decode_gpu(packed, scale, table, block_size, n, out_dtype)
+
+    def scaled_ggml(self, x, table, block_size, ntry):
+        from .scaled import scaled_ggml_gpu  # noqa: PLC0415
+
+        return scaled_ggml_gpu(x, table, block_size, ntry)
 
     def to_host(self, a):
         if hasattr(a, "get"):  # CuPy

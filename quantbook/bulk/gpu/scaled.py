@@ -23,7 +23,8 @@ from . import scaled_kernels as SK
 from .compile import compile_source, load_nvrtc
 
 __all__ = ["EncoderArgs", "encoder_args", "encode_with_args", "exact_multiplier", "launch_shape",
-           "amax_from_bits", "scaled_amax_gpu", "scaled_encode_gpu", "scaled_decode_gpu"]
+           "amax_from_bits", "ggml_args", "scaled_amax_gpu", "scaled_encode_gpu", "scaled_decode_gpu",
+           "scaled_ggml_gpu"]
 
 _F = np.float32
 #: alignment of the packed bytes for the decode kernel's vector path (half a 16-byte store)
@@ -183,6 +184,16 @@ def amax_from_bits(bits: np.ndarray) -> np.ndarray:
     return np.asarray(bits, dtype=np.uint32).view(_F)
 
 
+def ggml_args(table) -> tuple[np.ndarray, np.ndarray, int, np.float32, int]:
+    """``(v, order, nv, delta, pad)`` of the ggml search kernel: the ascending table, the stored
+    index of each entry, their count, the trial step (:func:`quantbook.scales.ggml.ggml_table`)
+    and the code of +0 that pads an odd count."""
+    from ...scales.ggml import ggml_table
+
+    v, order, delta = ggml_table(table)
+    return v, order, int(v.size), _F(delta), int(L.scaled_encoder(table).zero_index)
+
+
 def _check_block_size(block_size: int) -> int:
     b = int(block_size)
     if b < 2 or b % 2:
@@ -290,3 +301,24 @@ def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype):
             (pk, cp.asarray(s), G._device_const(dec), out, np.int64(n), np.int32(b),
              np.int32(log2b), np.int32(vec)))
     return out if view is None else view
+
+
+def scaled_ggml_gpu(x, table, block_size: int, ntry: int):
+    """``(d, packed)`` of ggml's search on a device array: the float32 scale of each block (host)
+    and the packed codes (CuPy uint8), as :meth:`quantbook.bulk.backend.Backend.scaled_ggml`."""
+    b = _check_block_size(block_size)
+    v, order, nv, delta, pad = ggml_args(table)
+    xd, key, keep = G._as_device(x)
+    cp = G._cupy()
+    n = int(xd.size)
+    nb = F.n_blocks(n, b)
+    d = cp.zeros(nb, dtype=cp.float32)
+    packed = cp.empty(L.packed_length(n), dtype=cp.uint8)
+    if n:
+        grid = -(-nb // SK.GGML_CTA)
+        _kernel(SK.ggml_name(key))(
+            (grid,), (SK.GGML_CTA,),
+            (xd, d, packed, np.int64(n), np.int32(b), cp.asarray(v), cp.asarray(order), np.int32(nv),
+             delta, np.int32(ntry), np.uint32(pad)))
+    del keep
+    return cp.asnumpy(d), packed

@@ -37,20 +37,25 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
 * ``qbs_decode_<dt>`` — ``out = T(float32(table[code] * scale[block]))``, the 16-entry
   NaN-padded table in shared memory; the vector path needs packed 2- (float32 output) or
   4-byte aligned, the output 16-byte aligned.
+* ``qbs_ggml_<dt>`` — ggml's IQ4_NL search (:mod:`quantbook.scales.ggml`), a thread a
+  block: the float32 scale of each block and its packed codes, every step in ggml's order
+  with the ``_rn`` intrinsics.
 """
 
 from __future__ import annotations
 
 from . import kernels as K
 
-__all__ = ["DTYPES", "CHUNK", "CTA", "elements_per_thread", "amax_name", "encode_name",
-           "decode_name", "all_kernel_names", "source"]
+__all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "elements_per_thread", "amax_name", "encode_name",
+           "decode_name", "ggml_name", "all_kernel_names", "source"]
 
 DTYPES = ("f32", "f16", "bf16")
 #: elements a chunk (4 packed bytes)
 CHUNK = 8
 #: threads a CTA
 CTA = 256
+#: threads a CTA of the ggml search (a thread a block)
+GGML_CTA = 128
 
 _TYPE = {"f32": "QbF32", "f16": "QbF16", "bf16": "QbBF16"}
 
@@ -75,8 +80,12 @@ def decode_name(dtype: str) -> str:
     return f"qbs_decode_{dtype}"
 
 
+def ggml_name(dtype: str) -> str:
+    return f"qbs_ggml_{dtype}"
+
+
 def all_kernel_names() -> list[str]:
-    return [f(d) for f in (amax_name, encode_name, decode_name) for d in DTYPES]
+    return [f(d) for f in (amax_name, encode_name, decode_name, ggml_name) for d in DTYPES]
 
 
 _SCALED = r"""
@@ -360,6 +369,84 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
         if (e + 1 < n) out[e + 1] = qb_from_f32<T>(__fmul_rn(s_t[p >> 4], s));
     }
 }
+
+/* ---- ggml's IQ4_NL search (quantbook/scales/ggml.py states each step) -------------------- */
+/* ggml's nearest entry of the ascending table v[0..nv-1]: a tie goes up */
+__device__ __forceinline__ int qbs_ggml_nearest(float a, const float* v, int nv) {
+    if (a <= v[0]) return 0;
+    if (a >= v[nv - 1]) return nv - 1;
+    int lo = 0, hi = nv - 1;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) >> 1;
+        if (a < v[mid]) hi = mid; else lo = mid;
+    }
+    return __fsub_rn(a, v[hi - 1]) < __fsub_rn(v[hi], a) ? hi - 1 : hi;
+}
+
+/* a thread a block (the search is arithmetic, 17 passes over the block's values, which stay
+   in L1); values past n are absent, as the reference's zero padding adds nothing */
+template <typename T>
+__device__ __forceinline__ void qbs_ggml(const typename T::storage* __restrict__ x,
+                                         float* __restrict__ d_out, qb_u8* __restrict__ packed,
+                                         qb_i64 n, int B, const float* __restrict__ v_g,
+                                         const qb_u8* __restrict__ order_g, int nv, float delta,
+                                         int ntry, qb_u32 pad) {
+    __shared__ float v[16];
+    __shared__ qb_u32 order[16];
+    if (threadIdx.x < 16) {
+        v[threadIdx.x] = (int)threadIdx.x < nv ? v_g[threadIdx.x] : 0.0f;
+        order[threadIdx.x] = (int)threadIdx.x < nv ? (qb_u32)order_g[threadIdx.x] : 0u;
+    }
+    __syncthreads();
+    const qb_i64 b = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const qb_i64 e0 = b * (qb_i64)B;
+    if (e0 >= n) return;
+    const int len = (int)((n - e0 < (qb_i64)B) ? n - e0 : (qb_i64)B);
+    const typename T::storage* xb = x + e0;
+    float m = 0.0f, am = 0.0f;
+    for (int j = 0; j < len; ++j) {
+        const float a = fabsf(qb_to_f32<T>(xb[j]));
+        if (a > am) { am = a; m = qb_to_f32<T>(xb[j]); }
+    }
+    float d = 0.0f, idf = 0.0f;
+    if (!(am < 1e-15f)) {
+        const float id0 = __fdiv_rn(1.0f, __fdiv_rn(ntry > 0 ? -m : m, v[0]));
+        float sqx = 0.0f, sqq = 0.0f;
+        for (int j = 0; j < len; ++j) {
+            const float xv = qb_to_f32<T>(xb[j]);
+            const float q = v[qbs_ggml_nearest(__fmul_rn(id0, xv), v, nv)];
+            const float wq = __fmul_rn(__fmul_rn(xv, xv), q);
+            sqx = __fadd_rn(sqx, __fmul_rn(wq, xv));
+            sqq = __fadd_rn(sqq, __fmul_rn(wq, q));
+        }
+        d = sqq > 0.0f ? __fdiv_rn(sqx, sqq) : 0.0f;
+        float best = __fmul_rn(d, sqx);
+        for (int t = -ntry; t <= ntry; ++t) {
+            const float id = __fdiv_rn(__fadd_rn(v[0], __fmul_rn((float)t, delta)), m);
+            sqx = 0.0f; sqq = 0.0f;
+            for (int j = 0; j < len; ++j) {
+                const float xv = qb_to_f32<T>(xb[j]);
+                const float q = v[qbs_ggml_nearest(__fmul_rn(id, xv), v, nv)];
+                const float wq = __fmul_rn(__fmul_rn(xv, xv), q);
+                sqx = __fadd_rn(sqx, __fmul_rn(wq, xv));
+                sqq = __fadd_rn(sqq, __fmul_rn(wq, q));
+            }
+            if (sqq > 0.0f && __fmul_rn(sqx, sqx) > __fmul_rn(best, sqq)) {
+                d = __fdiv_rn(sqx, sqq);
+                best = __fmul_rn(d, sqx);
+            }
+        }
+        /* the codes: of the kept scale (search), of the first fit (ggml's reference) */
+        idf = ntry > 0 ? (d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f) : id0;
+    }
+    d_out[b] = d;
+    for (int j = 0; j < len; j += 2) {
+        const qb_u32 c0 = order[qbs_ggml_nearest(__fmul_rn(idf, qb_to_f32<T>(xb[j])), v, nv)];
+        const qb_u32 c1 = j + 1 < len
+            ? order[qbs_ggml_nearest(__fmul_rn(idf, qb_to_f32<T>(xb[j + 1])), v, nv)] : pad;
+        packed[(e0 + j) >> 1] = (qb_u8)(c0 | (c1 << 4));
+    }
+}
 """
 
 _T_PARAMS = ", ".join(f"float t{k}" for k in range(16))
@@ -370,6 +457,11 @@ def _wrappers(dtype: str) -> dict[str, str]:
     """name -> the ``extern "C"`` kernel of that name for one dtype."""
     t = _TYPE[dtype]
     return {
+        ggml_name(dtype):
+        f'extern "C" __global__ void __launch_bounds__({GGML_CTA}) {ggml_name(dtype)}(\n'
+        f"    const {t}::storage* x, float* d, qb_u8* packed, qb_i64 n, int B, const float* v,\n"
+        f"    const qb_u8* order, int nv, float delta, int ntry, qb_u32 pad) {{\n"
+        f"  qbs_ggml<{t}>(x, d, packed, n, B, v, order, nv, delta, ntry, pad);\n}}\n",
         amax_name(dtype):
         f'extern "C" __global__ void __launch_bounds__({CTA}) {amax_name(dtype)}(\n'
         f"    const {t}::storage* x, qb_u32* out, qb_i64 n, int B, int log2B, int vec) {{\n"
