@@ -149,3 +149,12 @@ def test_search_lowers_the_error():
         p, st = qb.quantize(x, "iq4_nl", 32, scale=rule, qmax=127)
         err[rule] = float(np.mean((qb.dequantize(p, st) - x) ** 2))
     assert err["search:ggml"] < err["search:ggml-ref"] < err["float16"]
+
+
+def test_export_header_names_the_search(capsys):
+    from quantbook.cli import main
+
+    assert main(["export", "iq4_nl", "--format", "c", "--scale", "search:ggml", "--block-size", "32",
+                 "--qmax", "127"]) == 0
+    out = capsys.readouterr().out
+    assert "scale rule search:ggml" in out and "signed scale" in out and "2-byte scale (float16)" in out

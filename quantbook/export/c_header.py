@@ -265,7 +265,18 @@ def _layout_comment(layout: HeaderLayout | None, ident: str) -> str:
             f" * Each block of {layout.block_size} values stores a {r.stored_bytes}-byte scale ({r.stored_dtype}) "
             f"and 4-bit codes, two per byte, low nibble first{tensor}.\n"
             f" * Decoding: {ident}_layout_table[code] * scale, where {ident}_layout_table is {ident}_code rescaled\n"
-            f" * to largest magnitude {layout.qmax:g} (the rule maps a block's absmax to it).\n *")
+            f" * to largest magnitude {layout.qmax:g} ({_scale_choice(r)}).\n *")
+
+
+def _scale_choice(rule) -> str:
+    from ..scales.ggml import GgmlSearch
+
+    if rule.deterministic or rule.encodes_with_amax:
+        return "the rule maps a block's absmax to it"
+    if isinstance(rule, GgmlSearch):
+        return ("ggml's search picks each block's signed scale and its codes, with ggml's own\n"
+                " * nearest-entry rule (quantbook/scales/ggml.py), not the encoder below")
+    return "the rule searches each block's scale"
 
 
 def _layout_block(layout: HeaderLayout | None, macro: str, ident: str, arr: str) -> str:
