@@ -95,6 +95,7 @@ def test_l1_runs_and_keeps_order():
     (dict(bits=5), "bits must be"),
     (dict(seed=-1), "seed must be"),
     (dict(fixed=(0,)), "fixed must hold"),
+    (dict(samples=2**31), "more than"),
 ])
 def test_bad_input(kw, msg):
     with pytest.raises(ValueError, match=msg):

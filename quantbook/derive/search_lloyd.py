@@ -42,6 +42,8 @@ from .sources import parse_source
 __all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "SearchLloydResult"]
 
 _F = np.float32
+#: the largest fitting sample (2**30 values: about 40 GiB of working memory)
+MAX_SAMPLES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
         raise ValueError(f"samples={samples} must be a multiple of tensor_size={n}")
     if samples // block_size < 2:
         raise ValueError("samples must hold at least two blocks")
+    if samples > MAX_SAMPLES:
+        raise ValueError(f"samples={samples} is more than {MAX_SAMPLES} (the fit keeps about 40 bytes a value "
+                         "in memory)")
     if not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if not (np.isfinite(qmax) and qmax > 0):
