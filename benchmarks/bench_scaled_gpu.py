@@ -16,6 +16,9 @@ Rows:
   copied from the host;
 * ``decode``: the decode kernel with the scales on the device (reads n/2 bytes and the
   scales, writes n values of the input's type);
+* ``errors+H2D``: one scale-search candidate's block errors (float64 sums, a thread a
+  block), factors and scales copied from the host, the sums back: a search rule such as
+  ``search:4over6`` runs it once per candidate, then ``encode`` once;
 * ``ggml search``: ggml's IQ4_NL quantizer (``search:ggml``, iq4_nl at qmax 127, block 32),
   the scale search and the codes on the device, the scales copied to the host (the
   float16 rounding runs in numpy).  It is arithmetic-bound (17 passes over each block), so
@@ -153,6 +156,8 @@ def main(argv=None) -> int:
                 ("encode", enc, n * isz + 4 * nb + n // 2),
                 ("encode+H2D", lambda: GS.scaled_encode_gpu(x, f_host, divide, table, B),
                  n * isz + 4 * nb + n // 2),
+                ("errors+H2D", lambda: GS.scaled_errors_gpu(x, f_host, divide, scale, table, B, "l2"),
+                 n * isz + 16 * nb),
             ]
             for label, fn, nbytes in rows:
                 t = _median_ms(fn, args.repeat, cp)

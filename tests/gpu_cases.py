@@ -59,8 +59,8 @@ def fake_cupy(emulator):
     byte a kernel never writes shows up."""
     cp = types.ModuleType("cupy")
     cp.ndarray = FakeDeviceArray
-    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32 = (np.uint8, np.uint16, np.uint32,
-                                                             np.float16, np.float32)
+    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32, cp.float64 = (
+        np.uint8, np.uint16, np.uint32, np.float16, np.float32, np.float64)
     cp.asarray = lambda a, dtype=None: fake_device(a, dtype)
     cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FakeDeviceArray)
     cp.empty = lambda n, dtype: (np.full(n, 0xEE, np.uint8) if np.dtype(dtype).itemsize == 1

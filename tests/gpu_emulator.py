@@ -75,6 +75,9 @@ static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f
 static inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 static inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
 static inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+static inline double __dadd_rn(double a, double b) { volatile double r = a + b; return r; }
+static inline double __dsub_rn(double a, double b) { volatile double r = a - b; return r; }
+static inline double __dmul_rn(double a, double b) { volatile double r = a * b; return r; }
 static inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
 static inline int __float2int_rz(float x) {
     if (x != x) return 0;
@@ -397,6 +400,13 @@ def _scaled_launchers() -> str:
             f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* p, const float* s,'
             f" const float* t, {st}* o, qb_i64 n, int B, int log2B, int vec) {{ qb_run_grid(grid,"
             f" block, [&] {{ {dq}(p, s, t, o, n, B, log2B, vec); }}); }}")
+        er = _SK.errors_name(d)
+        out.append(
+            f'extern "C" void emu_{er}(unsigned grid, unsigned block, const {st}* x, const float* f,'
+            f" const float* s, const float* t, double* err, qb_i64 n, int B, int divide, int l1, int sym,"
+            f" {_ENC_PARAMS}, qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid,"
+            f" block, [&] {{ {er}(x, f, s, t, err, n, B, divide, l1, sym, {_ENC_ARGS}, lo, hi, j0, neg0,"
+            f" rnan); }}); }}")
         g = _SK.ggml_name(d)
         out.append(
             f'extern "C" void emu_{g}(unsigned grid, unsigned block, const {st}* x, float* dd, qb_u8* p,'
@@ -424,6 +434,10 @@ class ScaledEmulator:
                            + [_F32] * 16 + [_U32, _U32, _I32, _U32, _I32])
             fd = getattr(self.lib, f"emu_{_SK.decode_name(d)}")
             fd.argtypes = [_U32, _U32, _P, _P, _P, _P, _I64, _I32, _I32, _I32]
+            fr = getattr(self.lib, f"emu_{_SK.errors_name(d)}")
+            fr.argtypes = [_U32, _U32, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I32] + [_F32] * 16 \
+                + [_U32, _U32, _I32, _U32, _I32]
+            fr.restype = None
             fg = getattr(self.lib, f"emu_{_SK.ggml_name(d)}")
             fg.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _F32, _I32, _U32]
             for fn in (fa, fe, fd, fg):
@@ -509,6 +523,23 @@ def scaled_decode_emulated(packed, scale, table, block_size: int, n: int, out_dt
     return out
 
 
+def scaled_errors_emulated(x: np.ndarray, factor, divide: bool, scale, table, block_size: int, loss: str):
+    """:func:`quantbook.bulk.gpu.scaled.scaled_errors_gpu` run by the emulator."""
+    args = _GS.encoder_args(table)
+    xs, key = _kernel_input(x)
+    n = xs.size
+    nb = F.n_blocks(n, block_size)
+    f, div = _GS.exact_multiplier(factor, divide)
+    err = np.full(nb, np.nan)                                    # poison: every block written?
+    if n:
+        scaled_emulator().launch(_SK.errors_name(key), -(-nb // _SK.GGML_CTA), _SK.GGML_CTA, xs,
+                                 np.ascontiguousarray(f, np.float32),
+                                 np.ascontiguousarray(scale, np.float32).reshape(-1),
+                                 F.decode_table(table, _L.SCALED_BITS), err, n, block_size, int(div),
+                                 int(loss == "l1"), *args.scalars())
+    return err
+
+
 def scaled_ggml_emulated(x: np.ndarray, table, block_size: int, ntry: int):
     """:func:`quantbook.bulk.gpu.scaled.scaled_ggml_gpu` run by the emulator."""
     v, order, nv, delta, pad = _GS.ggml_args(table)
@@ -551,6 +582,9 @@ class EmulatedScaledBackend(Backend):
 
     def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
         return scaled_decode_emulated(packed, scale, table, block_size, n, out_dtype, vec=self.vec)
+
+    def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
+        return scaled_errors_emulated(x, factor, divide, scale, table, block_size, loss)
 
     def scaled_ggml(self, x, table, block_size, ntry):
         return scaled_ggml_emulated(x, table, block_size, ntry)

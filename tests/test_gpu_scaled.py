@@ -292,6 +292,34 @@ def test_ggml_hook_equals_host(emu, dtype, bs, codebook, ntry):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bs", [2, 6, 16, 64, 4096])
+@pytest.mark.parametrize("name,divide,loss", [("e2m1", False, "l2"), ("e2m1", True, "l1"),
+                                              ("signed16", True, "l2"), ("short11", False, "l1")])
+def test_errors_hook(emu, dtype, bs, name, divide, loss):
+    """A search candidate's block errors (float64, element order) against the host default:
+    multiply and divide paths, symmetric and general encoders, partial blocks."""
+    rng = np.random.default_rng(bs + len(name))
+    n = 3 * bs + 5
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    x[:bs] = 0.0
+    x = x.astype(dtype)
+    nb = -(-n // bs)
+    f = rng.uniform(0.3, 3, nb).astype(np.float32)     # not powers of two: a division stays one
+    scale = rng.uniform(0.2, 2, nb).astype(np.float32)
+    table = _table(name)
+    got = E.scaled_errors_emulated(x, f, divide, scale, table, bs, loss)
+    ref = BACKEND_NUMPY.scaled_errors(x, f, divide, scale, table, bs, loss)
+    assert got.dtype == np.float64 and bits_equal(got, ref)
+
+
+def test_block_errors_add_in_element_order():
+    # 1 + 2**-53 + 2**-53: sequential float64 gives 1, a pairwise or reordered sum 1 + 2**-52
+    x = np.array([1.0, 2.0**-26.5, 2.0**-26.5, 0.0], np.float32)
+    e = L.block_errors(x, np.zeros(4, np.float32), 4, "l2")
+    assert e[0] == 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bs", [2, 6, 16, 18, 32, 64, 256, 512, 4096])
 def test_amax_hook(emu, dtype, bs):
     """Block maxima for every block size path: warp groups, whole warps, atomicMax across
@@ -416,7 +444,7 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
     assert names == [SK.amax_name(key), SK.encode_name(key), SK.decode_name(key)]
 
 
-def test_ggml_launcher_through_stand_in_cupy(fake_cp):
+def test_ggml_and_errors_launchers_through_stand_in_cupy(fake_cp):
     rng = np.random.default_rng(10)
     table = L.scaled_table(resolve_codebook("iq4_nl").code, 127)
     x = rng.standard_normal(32 * 40 + 6).astype(np.float32)
@@ -424,7 +452,13 @@ def test_ggml_launcher_through_stand_in_cupy(fake_cp):
     assert isinstance(d, np.ndarray) and not isinstance(d, FakeDeviceArray) and isinstance(p, FakeDeviceArray)
     rd, rp = BACKEND_NUMPY.scaled_ggml(x, table, 32, 7)
     assert bits_equal(d, rd) and bits_equal(np.asarray(p), rp)
-    assert [n for n, _, _ in fake_cp.launches] == [SK.ggml_name("f32")]
+    f = rng.uniform(0.5, 2, 41).astype(np.float32)
+    e = GS.scaled_errors_gpu(fake_device(x), f, True, f, table, 32, "l2")
+    assert isinstance(e, np.ndarray) and not isinstance(e, FakeDeviceArray)
+    assert bits_equal(e, BACKEND_NUMPY.scaled_errors(x, f, True, f, table, 32, "l2"))
+    assert [n for n, _, _ in fake_cp.launches] == [SK.ggml_name("f32"), SK.errors_name("f32")]
+    with pytest.raises(ValueError, match="loss"):
+        GS.scaled_errors_gpu(fake_device(x), f, True, f, table, 32, "l3")
 
 
 def test_launchers_unaligned_and_errors(fake_cp):

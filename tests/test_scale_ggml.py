@@ -108,6 +108,8 @@ def test_rule_names_and_cost():
         r.breakpoints(127)
     with pytest.raises(ValueError, match="from the values"):
         r.encode(np.ones(2, np.float32), 127)
+    with pytest.raises(ValueError, match=r"ntry must be 7 \(search:ggml\) or -1"):
+        GgmlSearch(3)
 
 
 def test_bad_tables_and_inputs():

@@ -2,9 +2,10 @@
 layout of :mod:`.layouts`, computed by a backend that implements it (docs/scales.md).
 
 Steps: the backend's block maxima; the rule's tensor scale (from their maximum) and stored
-block scales; the rule's divisor; the backend's encode.  A search rule encodes every
-candidate, decodes it, and keeps per block the candidate of least error, computed here in
-float64 from the decoded float32 values, so every backend picks alike.  ggml's search
+block scales; the rule's divisor; the backend's encode.  A search rule has the backend
+measure every candidate's block errors (:func:`.layouts.block_errors`, float64, so every
+backend picks alike), keeps per block the candidate the rule picks, and encodes once with
+the picked scales.  ggml's search
 (:mod:`quantbook.scales.ggml`) chooses scales and codes together from the values: the
 backend's ``scaled_ggml``.
 """
@@ -33,16 +34,6 @@ def check_backend(be: Any) -> None:
                          "(NVFP4/MXFP4/float16 scales); use backend='numpy' or 'cpu'")
 
 
-def _block_errors(x: np.ndarray, deq: np.ndarray, block_size: int, loss: str) -> np.ndarray:
-    d = np.abs(x.astype(np.float64) - deq.astype(np.float64))
-    if loss == "l2":
-        d = d * d
-    nb = F.n_blocks(x.size, block_size)
-    pad = np.zeros(nb * block_size)
-    pad[: x.size] = d
-    return pad.reshape(nb, block_size).sum(axis=1)
-
-
 def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: Any,
                     block_size: int, rule: ScaleRule, qmax: float, be: Any,
                     allow_nonfinite: bool,
@@ -65,19 +56,16 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         stored = rule.store(d)
     elif isinstance(rule, SearchScale):
         cands = rule.candidates(amax, qmax, ts)
-        packs, errs = [], []
-        xf = be.to_host(x).reshape(-1).astype(_F)
-        for stored in cands:
-            f, divide = rule.divisor(stored, ts)
-            p = be.scaled_encode(x, f, divide, table, block_size)
-            deq = be.to_host(be.scaled_decode(p, rule.decode(stored, ts), table, block_size, n,
-                                              np.dtype(np.float32)))
-            packs.append(be.to_host(p))
-            errs.append(_block_errors(xf, deq, block_size, rule.loss))
+        divs = [rule.divisor(st, ts) for st in cands]
+        if len({d for _, d in divs}) != 1:
+            raise AssertionError(f"{rule.name}: candidates scale differently (divide flags differ)")
+        errs = [be.scaled_errors(x, f, d, rule.decode(st, ts), table, block_size, rule.loss)
+                for st, (f, d) in zip(cands, divs)]
         pick = rule.pick(np.stack(errs))
-        stored = np.stack(cands)[pick, np.arange(pick.size)]
-        byte_block = (np.arange(packed_length(n)) * 2) // block_size
-        packed = be.from_host(np.stack(packs)[pick[byte_block], np.arange(byte_block.size)])
+        blocks = np.arange(pick.size)
+        stored = np.stack(cands)[pick, blocks]
+        packed = be.scaled_encode(x, np.stack([f for f, _ in divs])[pick, blocks], divs[0][1], table,
+                                  block_size)
     else:
         stored = rule.encode(amax, qmax, ts)
         f, divide = rule.divisor(stored, ts)

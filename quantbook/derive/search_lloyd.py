@@ -20,9 +20,10 @@ the loop.  Each iteration, for the current levels ``L`` (largest magnitude 1, ta
 The sample is ``samples`` draws of the source (``numpy.random.default_rng(seed)``), cut into
 tensors of ``tensor_size`` values (default: one tensor), each with its own tensor scale as
 the scaled layout takes it (docs/scales.md).  The same arguments give the same code bit for
-bit.  The start is the Lloyd code of the base rule (:func:`~.lloyd.lloyd`).  Values exactly
-half-way between two table entries go to the lower one (probability 0 for continuous
-sources, so ties are not modelled as the byte layout breaks them).
+bit.  The start is the Lloyd code of the base rule (:func:`~.lloyd.lloyd`).  Under a
+candidate search, values exactly half-way between two table entries go to the lower one
+(probability 0 for continuous sources, so ties are not modelled as the byte layout breaks
+them); under ggml's search the codes are ggml's, as in its byte layout.
 """
 
 from __future__ import annotations

@@ -220,8 +220,12 @@ class GgmlSearch(ScaleRule):
     loss = "l2"
 
     def __init__(self, ntry: int = _NTRY) -> None:
+        names = {n: k for k, n in GGML_PRESETS.items()}
+        if ntry not in names:
+            raise ValueError("ntry must be " + " or ".join(f"{n} (search:{k})" for n, k in names.items())
+                             + f", got {ntry!r}")
         self.ntry = int(ntry)
-        self.preset = next(k for k, n in GGML_PRESETS.items() if n == self.ntry)
+        self.preset = names[self.ntry]
         self.base = Float16Scale()
 
     @property

@@ -393,7 +393,7 @@ class CudaBackend(Backend, name="gpu"):
         return q.get(), nested.get()
 
     # the scaled layouts: the rules run in numpy on the block maxima (copied to the host);
-    # ggml's search, which needs every value, runs on the device
+    # a search's candidate errors and ggml's search, which need every value, on the device
     def scaled_amax(self, x, block_size):
         from .scaled import scaled_amax_gpu  # noqa: PLC0415 - gpu/scaled imports this module
 
@@ -408,6 +408,11 @@ class CudaBackend(Backend, name="gpu"):
         from .scaled import scaled_decode_gpu  # noqa: PLC0415
 
         return scaled_decode_gpu(packed, scale, table, block_size, n, out_dtype)
+
+    def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
+        from .scaled import scaled_errors_gpu  # noqa: PLC0415
+
+        return scaled_errors_gpu(x, factor, divide, scale, table, block_size, loss)
 
     def scaled_ggml(self, x, table, block_size, ntry):
         from .scaled import scaled_ggml_gpu  # noqa: PLC0415

@@ -24,7 +24,7 @@ from .compile import compile_source, load_nvrtc
 
 __all__ = ["EncoderArgs", "encoder_args", "encode_with_args", "exact_multiplier", "launch_shape",
            "amax_from_bits", "ggml_args", "scaled_amax_gpu", "scaled_encode_gpu", "scaled_decode_gpu",
-           "scaled_ggml_gpu"]
+           "scaled_errors_gpu", "scaled_ggml_gpu"]
 
 _F = np.float32
 #: alignment of the packed bytes for the decode kernel's vector path (half a 16-byte store)
@@ -322,3 +322,28 @@ def scaled_ggml_gpu(x, table, block_size: int, ntry: int):
              delta, np.int32(ntry), np.uint32(pad)))
     del keep
     return cp.asnumpy(d), packed
+
+
+def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, loss: str) -> np.ndarray:
+    """Per-block errors (host float64) of one search candidate on a device array, as
+    :meth:`quantbook.bulk.backend.Backend.scaled_errors`; ``factor`` and ``scale`` host arrays."""
+    b = _check_block_size(block_size)
+    if loss not in ("l1", "l2"):
+        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    args = encoder_args(table)
+    xd, key, keep = G._as_device(x)
+    cp = G._cupy()
+    n = int(xd.size)
+    nb = F.n_blocks(n, b)
+    f, div = exact_multiplier(factor, divide)
+    s = np.ascontiguousarray(scale, dtype=_F).reshape(-1)
+    if f.size < nb or s.size < nb:
+        raise ValueError(f"factor and scale need {nb} values, got {f.size} and {s.size}")
+    err = cp.zeros(nb, dtype=cp.float64)
+    if n:
+        _kernel(SK.errors_name(key))(
+            (-(-nb // SK.GGML_CTA),), (SK.GGML_CTA,),
+            (xd, cp.asarray(f), cp.asarray(s), G._device_const(F.decode_table(table, L.SCALED_BITS)), err,
+             np.int64(n), np.int32(b), np.int32(div), np.int32(loss == "l1"), *args.scalars()))
+    del keep
+    return cp.asnumpy(err)

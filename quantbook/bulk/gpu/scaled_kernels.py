@@ -37,6 +37,9 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
 * ``qbs_decode_<dt>`` — ``out = T(float32(table[code] * scale[block]))``, the 16-entry
   NaN-padded table in shared memory; the vector path needs packed 2- (float32 output) or
   4-byte aligned, the output 16-byte aligned.
+* ``qbs_errors_<dt>`` — a scale-search candidate's block errors (``block_errors`` of
+  :mod:`quantbook.bulk.layouts`), a thread a block: encode, decode, float64 sum in element
+  order; the per-block sums are all that the host needs to pick.
 * ``qbs_ggml_<dt>`` — ggml's IQ4_NL search (:mod:`quantbook.scales.ggml`), a thread a
   block: the float32 scale of each block and its packed codes, every step in ggml's order
   with the ``_rn`` intrinsics.
@@ -47,14 +50,14 @@ from __future__ import annotations
 from . import kernels as K
 
 __all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "elements_per_thread", "amax_name", "encode_name",
-           "decode_name", "ggml_name", "all_kernel_names", "source"]
+           "decode_name", "errors_name", "ggml_name", "all_kernel_names", "source"]
 
 DTYPES = ("f32", "f16", "bf16")
 #: elements a chunk (4 packed bytes)
 CHUNK = 8
 #: threads a CTA
 CTA = 256
-#: threads a CTA of the ggml search (a thread a block)
+#: threads a CTA of the kernels that give a thread a block (errors, ggml search)
 GGML_CTA = 128
 
 _TYPE = {"f32": "QbF32", "f16": "QbF16", "bf16": "QbBF16"}
@@ -80,12 +83,16 @@ def decode_name(dtype: str) -> str:
     return f"qbs_decode_{dtype}"
 
 
+def errors_name(dtype: str) -> str:
+    return f"qbs_errors_{dtype}"
+
+
 def ggml_name(dtype: str) -> str:
     return f"qbs_ggml_{dtype}"
 
 
 def all_kernel_names() -> list[str]:
-    return [f(d) for f in (amax_name, encode_name, decode_name, ggml_name) for d in DTYPES]
+    return [f(d) for f in (amax_name, encode_name, decode_name, errors_name, ggml_name) for d in DTYPES]
 
 
 _SCALED = r"""
@@ -370,6 +377,45 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
     }
 }
 
+/* ---- a search candidate's block errors (quantbook/bulk/layouts.py: block_errors) ---------- */
+/* a thread a block: encode with the candidate's factor, decode with its scale, add |x - x̂|
+   (l1) or its square in float64 in element order; only the per-block sums leave the device */
+template <typename T, bool SYM>
+__device__ __forceinline__ void qbs_errors_body(const typename T::storage* __restrict__ x,
+                                                const float* __restrict__ factor,
+                                                const float* __restrict__ scale,
+                                                const float* __restrict__ table,
+                                                double* __restrict__ err, qb_i64 n, int B,
+                                                int divide, int l1, const QbsEnc& E) {
+    __shared__ float s_t[16];
+    if (threadIdx.x < 16) s_t[threadIdx.x] = table[threadIdx.x];
+    __syncthreads();
+    const qb_i64 b = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const qb_i64 e0 = b * (qb_i64)B;
+    if (e0 >= n) return;
+    const qb_i64 e1 = (e0 + B < n) ? e0 + B : n;
+    const float f = factor[b], s = scale[b];
+    double acc = 0.0;
+    for (qb_i64 e = e0; e < e1; ++e) {
+        const float xv = qb_to_f32<T>(x[e]);
+        const float dq = __fmul_rn(s_t[qbs_code_any<SYM>(qbs_scale(xv, f, divide), E)], s);
+        const double d = fabs(__dsub_rn((double)xv, (double)dq));
+        acc = __dadd_rn(acc, l1 ? d : __dmul_rn(d, d));
+    }
+    err[b] = acc;
+}
+
+template <typename T>
+__device__ __forceinline__ void qbs_errors(const typename T::storage* __restrict__ x,
+                                           const float* __restrict__ factor,
+                                           const float* __restrict__ scale,
+                                           const float* __restrict__ table,
+                                           double* __restrict__ err, qb_i64 n, int B, int divide,
+                                           int l1, int sym, const QbsEnc& E) {
+    if (sym) qbs_errors_body<T, true>(x, factor, scale, table, err, n, B, divide, l1, E);
+    else qbs_errors_body<T, false>(x, factor, scale, table, err, n, B, divide, l1, E);
+}
+
 /* ---- ggml's IQ4_NL search (quantbook/scales/ggml.py states each step) -------------------- */
 /* ggml's nearest entry of the ascending table v[0..nv-1]: a tie goes up */
 __device__ __forceinline__ int qbs_ggml_nearest(float a, const float* v, int nv) {
@@ -457,6 +503,13 @@ def _wrappers(dtype: str) -> dict[str, str]:
     """name -> the ``extern "C"`` kernel of that name for one dtype."""
     t = _TYPE[dtype]
     return {
+        errors_name(dtype):
+        f'extern "C" __global__ void __launch_bounds__({GGML_CTA}) {errors_name(dtype)}(\n'
+        f"    const {t}::storage* x, const float* factor, const float* scale, const float* table,\n"
+        f"    double* err, qb_i64 n, int B, int divide, int l1, int sym, {_T_PARAMS},\n"
+        f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
+        f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
+        f"  qbs_errors<{t}>(x, factor, scale, table, err, n, B, divide, l1, sym, E);\n}}\n",
         ggml_name(dtype):
         f'extern "C" __global__ void __launch_bounds__({GGML_CTA}) {ggml_name(dtype)}(\n'
         f"    const {t}::storage* x, float* d, qb_u8* packed, qb_i64 n, int B, const float* v,\n"
