@@ -96,6 +96,12 @@ def test_derive_lloyd_and_quantile_share_evaluate_names(capsys):
             assert d[key] == e[key], key
 
 
+def test_derive_lloyd_under_a_search_rule(capsys):
+    d = run_json(capsys, "derive", "lloyd", "--scale", "search:4over6", "--block-size", "16", "--samples",
+                 1 << 12, "--json")
+    assert paths(d, opaque={"recipe"}) == section("fitted under a search rule")
+
+
 def test_evaluate(capsys):
     d = run_json(capsys, "evaluate", "nf4", "--json")
     assert paths(d) == section("quantbook evaluate NAME")
