@@ -102,6 +102,12 @@ def test_derive_lloyd_under_a_search_rule(capsys):
     assert paths(d, opaque={"recipe"}) == section("fitted under a search rule")
 
 
+def test_evaluate_under_a_search_rule(capsys):
+    d = run_json(capsys, "evaluate", "iq4_nl", "--scale", "search:ggml", "--block-size", "32", "--samples",
+                 1 << 12, "--json")
+    assert paths(d) == section("Monte Carlo under a search rule")
+
+
 def test_evaluate(capsys):
     d = run_json(capsys, "evaluate", "nf4", "--json")
     assert paths(d) == section("quantbook evaluate NAME")

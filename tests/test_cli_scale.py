@@ -83,7 +83,6 @@ def test_derive_quantile_scale_and_qmax(capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (("derive", "quantile", "--scale", "search:4over6"), "not a function of the block maximum"),
-    (("evaluate", "nf4", "--scale", "search:4over6"), "not a function of the block maximum"),
     (("evaluate", "nf4", "--scale", "bogus"), "unknown scale rule 'bogus'"),
     (("derive", "lloyd", "--scale", "e8m0:up"), "rounding must be one of"),
     (("evaluate", "nf4", "--qmax", "3"), "apply only with --scale"),
@@ -92,6 +91,10 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("evaluate", "nf4", "--scale", "e4m3", "--normalization", "none"), "normalization must be absmax"),
     (("evaluate", "nf4", "--scale", "e4m3", "--qmax", "-1"), "positive finite"),
     (("derive", "lloyd", "--seed", "3"), "apply only to a search rule"),
+    (("evaluate", "nf4", "--samples", "4096"), "apply only to a search rule"),
+    (("evaluate", "nf4", "--scale", "search:ggml", "--normalization", "none"), "does not apply"),
+    (("evaluate", "nf4", "--scale", "search:4over6", "--block-size", "16", "--samples", "100"),
+     "multiple of block_size"),
     (("derive", "lloyd", "--scale", "float16", "--samples", "4096"), "apply only to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--symmetric"), "do not apply to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of block_size"),
@@ -111,3 +114,16 @@ def test_derive_lloyd_search_rule_fits_on_a_sample(capsys):
     ref = solve_search_lloyd(4, 32, "search:ggml", samples=1 << 15, seed=4, fixed=(-1,), qmax=127)
     assert got["levels"] == [float(v) for v in ref.codebook.levels]
     assert got["mse_weight_fitting_sample"] == ref.mse and got["recipe"]["method"] == "search-lloyd"
+
+
+@pytest.mark.parametrize("rule,B,qmax", [("search:ggml", 32, 127), ("search:4over6", 16, 6)])
+def test_evaluate_search_rule_is_the_layouts_error(capsys, rule, B, qmax):
+    # the Monte Carlo of `evaluate` against quantbook.quantize on the same seeded sample
+    got = run_json(capsys, "evaluate", "iq4_nl", "--scale", rule, "--block-size", B, "--qmax", qmax,
+                   "--samples", 1 << 16, "--seed", 7, "--json")
+    x = np.random.default_rng(7).standard_normal(1 << 16).astype(np.float32)
+    p, st = quantbook.quantize(x, "iq4_nl", B, scale=rule, qmax=qmax, backend="numpy")
+    e = quantbook.dequantize(p, st).astype(np.float64) - x
+    assert got["mse_weight"] == pytest.approx(np.mean(e * e), rel=1e-12)
+    assert got["mae_weight"] == pytest.approx(np.mean(np.abs(e)), rel=1e-12)
+    assert got["bits_per_weight"] == 4.5   # a float16 scale per 32 values, an E4M3 byte per 16

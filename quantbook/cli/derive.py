@@ -163,11 +163,37 @@ def _cmd_derive_vq(args) -> int:
     return 0
 
 
+def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
+    """A search rule has no exact law: Monte Carlo on a seeded sample."""
+    from ..derive.search_lloyd import evaluate_search
+
+    if "normalization" in given:
+        raise ValueError(f"--normalization does not apply to a search rule ({given['scale']})")
+    opts = {k: given[k] for k in ("block_size", "scale", "samples", "seed", "source", "qmax", "tensor_size")
+            if k in given}
+    ev = evaluate_search(cb, **{"block_size": 64, **opts})
+    if args.json:
+        print_json(ev)
+        return 0
+    print(f"{cb.name} on {ev['source']} (B={ev['block_size']}, scale {ev['scale']}, qmax {ev['qmax']:g}; "
+          f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
+    print(f"  MSE  weight {ev['mse_weight']:.6e} ± {ev['mse_standard_error']:.1e}")
+    print(f"  MAE  weight {ev['mae_weight']:.6e}")
+    print(f"  SQNR {ev['sqnr_db']:.3f} dB   {ev['bits_per_weight']:g} bits/weight")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from ..derive.metrics import evaluate
 
     cb = load_codebook(args.name, *([args.block_size] if args.block_size is not None else []))
-    ev = evaluate(cb, **_given(args, "block_size", "source", "normalization", *_LAYOUT))
+    given = _given(args, "block_size", "source", "normalization", "samples", "seed", *_LAYOUT)
+    if _search_rule(given.get("scale")):
+        return _evaluate_search(args, cb, given)
+    if "samples" in given or "seed" in given:
+        raise ValueError("--samples and --seed apply only to a search rule (--scale search:...): the other "
+                         "rules are evaluated exactly")
+    ev = evaluate(cb, **given)
     if args.json:
         print_json(ev.to_dict())
         return 0
@@ -190,8 +216,8 @@ def _add_block_arguments(s: argparse.ArgumentParser) -> None:
                                     "(default normal)")
     s.add_argument("--scale", metavar="RULE",
                    help="block scale rule of the scaled layout: e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] (MXFP4), "
-                        "float16, bfloat16, nested; for derive lloyd also search:4over6|ggml|ggml-ref|BASE@F1,F2 "
-                        "(default: exact float32 absmax; docs/scales.md)")
+                        "float16, bfloat16, nested; for derive lloyd and evaluate also search:4over6|ggml|ggml-ref|"
+                        "BASE@F1,F2, on a seeded sample (default: exact float32 absmax; docs/scales.md)")
     s.add_argument("--qmax", type=_positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.add_argument("--tensor-size", type=integer, dest="tensor_size",
@@ -271,5 +297,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("evaluate", help="exact expected errors of a codebook under the block model")
     s.add_argument("name", metavar="NAME|FILE.json")
     _add_block_arguments(s)
+    s.add_argument("--samples", type=integer,
+                   help="with a search rule (--scale search:...), whose errors are Monte Carlo: values in the "
+                        "seeded sample (default 2^22)")
+    s.add_argument("--seed", type=integer, help="with a search rule: the sample's seed (default 1)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_evaluate)

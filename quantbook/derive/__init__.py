@@ -9,11 +9,12 @@ from . import model_source  # noqa: F401,I001  (registers the FILE.safetensors s
 from .block import BlockDistribution, block_distribution
 from .lloyd import DerivationError, LloydResult, LloydWarning, lloyd, quantile, solve_lloyd
 from .metrics import Evaluation, evaluate
-from .search_lloyd import SearchLloydResult, search_block_errors, search_lloyd, solve_search_lloyd
+from .search_lloyd import (SearchLloydResult, evaluate_search, search_block_errors, search_lloyd,
+                           solve_search_lloyd)
 
 __all__ = ["PRECISIONS", "default_offset", "nf", "nf_exact", "parse_offset", "derive_offset",
            "derive_from_recipe", "Recipe", "RecipeError", "NFRecipe", "LloydRecipe", "QuantileRecipe",
            "parse_fixed", "Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "BlockDistribution", "block_distribution", "lloyd", "solve_lloyd", "quantile", "LloydResult",
            "LloydWarning", "DerivationError", "evaluate", "Evaluation", "search_lloyd",
-           "solve_search_lloyd", "search_block_errors", "SearchLloydResult"]
+           "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult"]

@@ -8,7 +8,7 @@ the loop.  Each iteration, for the current levels ``L`` (largest magnitude 1, ta
 
 1. per block, every candidate of the rule (:meth:`SearchScale.candidates`) scales the block,
    encodes each value as the nearest table entry and decodes it; the rule picks the candidate
-   of least block error (:meth:`SearchScale.pick`).  Under ggml's search
+   of least block error in its own loss (:meth:`SearchScale.pick`), as the layout does.  Under ggml's search
    (``search:ggml``, :mod:`quantbook.scales.ggml`) the search itself gives each block its
    signed scale and codes;
 2. each value ``u = y / qmax`` (``y`` the value scaled by the picked candidate; ``x / σ``
@@ -40,7 +40,7 @@ from ..scales.search import SearchScale
 from .recipes import parse_fixed
 from .sources import parse_source
 
-__all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "SearchLloydResult"]
+__all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult"]
 
 _F = np.float32
 #: the largest fitting sample (2**30 values: about 40 GiB of working memory)
@@ -71,7 +71,8 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
         raise ValueError(f"loss must be l1 or l2, got {loss!r}")
     n = samples if tensor_size is None else tensor_size
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n % block_size:
-        raise ValueError(f"the tensor size must be a positive multiple of block_size={block_size}, got {n!r}")
+        what = "samples" if tensor_size is None else "the tensor size"
+        raise ValueError(f"{what} must be a positive multiple of block_size={block_size}, got {n!r}")
     if samples % n:
         raise ValueError(f"samples={samples} must be a multiple of tensor_size={n}")
     if samples // block_size < 2:
@@ -123,13 +124,16 @@ def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax:
     """Per block the least error and the block's scale ``σ = qmax·s``; per value its cell and
     ``u = y / qmax``: the candidate search with the table's nearest-value encoder."""
     mids = ((table[:-1] + table[1:]) / _F(2)).astype(_F)
-    errs, ys, idxs = [], [], []
+    errs, ys, idxs, deqs = [], [], [], []
     for y, s in smp.cands:
         idx = np.searchsorted(mids, y, side="left")
-        errs.append(_block_error(smp, (table[idx] * s[..., None]).astype(_F), loss))
+        deqs.append((table[idx] * s[..., None]).astype(_F))
+        errs.append(_block_error(smp, deqs[-1], rule.loss))   # the layout picks by the rule's loss
         ys.append(y)
         idxs.append(idx)
     pick = rule.pick(np.stack(errs))
+    if loss != rule.loss:
+        errs = [_block_error(smp, d, loss) for d in deqs]
     best = np.choose(pick, errs) if len(errs) > 1 else errs[0]
     y, idx = ys[0], idxs[0]
     sig = (qmax * smp.cands[0][1]).astype(np.float64)
@@ -197,6 +201,32 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     table = (lv * qmax).astype(_F)
     assign = _assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates
     return assign(rule, smp, table, qmax, loss)[0].reshape(-1)
+
+
+def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1 << 22, seed: int = 1,
+                    source: Any = "normal", qmax: float = 6.0, tensor_size: int | None = None) -> dict[str, Any]:
+    """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``
+    (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``), the
+    layout's own errors (:func:`search_block_errors`).  Returns the weight-domain MSE with its
+    standard error over blocks, the MAE, the SQNR against the sample's mean square, and the
+    bits per weight (codes and stored scales)."""
+    rule = get_rule(scale)
+    levels = np.asarray(getattr(codebook, "levels", codebook), dtype=np.float64).reshape(-1)
+    bits = int(getattr(codebook, "bits", max(1, int(np.ceil(np.log2(levels.size))))))
+    _check(bits, block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax)
+    src = parse_source(source)
+    x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
+    e2 = search_block_errors(levels, block_size, rule, x, qmax, "l2", tensor_size) / block_size
+    e1 = search_block_errors(levels, block_size, rule, x, qmax, "l1", tensor_size) / block_size
+    mse = float(np.mean(e2))
+    power = float(np.mean(x.astype(np.float64) ** 2))
+    return {"codebook": getattr(codebook, "name", None), "block_size": int(block_size), "source": src.spec,
+            "scale": rule.name, "qmax": float(qmax), "method": "monte-carlo", "samples": int(samples),
+            "seed": int(seed), "mse_weight": mse,
+            "mse_standard_error": float(np.std(e2, ddof=1) / np.sqrt(e2.size)),
+            "mae_weight": float(np.mean(e1)),
+            "sqnr_db": float(10 * np.log10(power / mse)) if mse > 0 else None,
+            "bits_per_weight": rule.bits_per_weight(block_size, bits)}
 
 
 def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
