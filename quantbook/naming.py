@@ -96,6 +96,19 @@ def _registry_name(text: str) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
+def _spec_text(spec: Any, error: type[Exception], kind: str, grammar: str, also: str = "") -> str:
+    """The stripped text of a name or path ``spec``; ``error`` for anything else (``also``
+    names the objects accepted as they are) or an empty one."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise error(f"a {kind} is {grammar}{also}; got {type(spec).__name__}")
+    text = spec.strip()
+    if not text:
+        raise error(f"empty {kind} name: expected {grammar}")
+    return text
+
+
 def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     """The Codebook that ``spec`` names (see the module grammar); a Codebook is returned as is.
 
@@ -106,13 +119,7 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     """
     if isinstance(spec, Codebook):
         return spec
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if not isinstance(spec, str):
-        raise CodebookError(f"a codebook is {GRAMMAR}, or a Codebook; got {type(spec).__name__}")
-    text = spec.strip()
-    if not text:
-        raise CodebookError(f"empty codebook name: expected {GRAMMAR}")
+    text = _spec_text(spec, CodebookError, "codebook", GRAMMAR, ", or a Codebook")
     name = _registry_name(text)
     if name is not None:
         from .codebooks.registry import REGISTRY
@@ -218,13 +225,7 @@ def resolve_vector(spec: Any):
 
     if isinstance(spec, VectorCodebook):
         return spec
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if not isinstance(spec, str):
-        raise VectorCodebookError(f"a vector codebook is {VECTOR_GRAMMAR}; got {type(spec).__name__}")
-    text = spec.strip()
-    if not text:
-        raise VectorCodebookError(f"empty vector codebook name: expected {VECTOR_GRAMMAR}")
+    text = _spec_text(spec, VectorCodebookError, "vector codebook", VECTOR_GRAMMAR)
     from .codebooks.vector_registry import get_vector, load_vector, vector_names
 
     try:

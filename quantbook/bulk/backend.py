@@ -85,9 +85,9 @@ class Backend:
     def scaled_errors(self, x: Any, factor: np.ndarray, divide: bool, scale: np.ndarray, table: np.ndarray,
                       block_size: int, loss: str) -> np.ndarray:
         """Per block (host float64), the error of encoding with ``factor`` and decoding with
-        ``scale`` (:func:`quantbook.bulk.layouts.block_errors`).  Default: this backend's
+        ``scale`` (:func:`quantbook.scales.search.block_errors`).  Default: this backend's
         encode and decode, the decoded values copied to the host."""
-        from .layouts import block_errors
+        from ..scales.search import block_errors
 
         p = self.scaled_encode(x, factor, divide, table, block_size)
         xh = self.to_host(x).reshape(-1)

@@ -13,8 +13,6 @@ in docs/scales.md: the code table, the encoder, the packing.  The scale itself i
 * Packing: two codes per byte, the **first element in the low nibble** (torchao's
   ``pack_uint4``; bitsandbytes puts it in the high nibble); an odd count pads the last high
   nibble with the code of +0.
-* Block error of a scale search (:func:`block_errors`): per block, ``|x - x̂|`` (``l1``) or
-  its square (``l2``) in float64 from the float32 values, summed in element order.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ import numpy as np
 from . import format as F
 
 __all__ = ["SCALED_BITS", "scaled_table", "ScaledEncoder", "scaled_encoder", "pack_low_first",
-           "unpack_low_first", "implements", "block_errors"]
+           "unpack_low_first", "implements"]
 
 _F = np.float32
 SCALED_BITS = 4
@@ -128,15 +126,3 @@ def unpack_low_first(packed: np.ndarray, n: int) -> np.ndarray:
 def packed_length(n: int) -> int:
     return -(-int(n) // 2)
 
-
-def block_errors(x: np.ndarray, deq: np.ndarray, block_size: int, loss: str) -> np.ndarray:
-    """Per block, the float64 sum in element order of ``|x - deq|`` (``l1``) or its square
-    (``l2``), from the float32 values ``x`` and ``deq`` (the kernels add in the same order)."""
-    d = np.abs(np.asarray(x, np.float32).reshape(-1).astype(np.float64)
-               - np.asarray(deq, np.float32).reshape(-1).astype(np.float64))
-    if loss == "l2":
-        d = d * d
-    nb = F.n_blocks(d.size, block_size)
-    pad = np.zeros(nb * block_size)
-    pad[: d.size] = d
-    return np.ascontiguousarray(np.cumsum(pad.reshape(nb, block_size), axis=1)[:, -1])

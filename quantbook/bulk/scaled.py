@@ -3,7 +3,7 @@ layout of :mod:`.layouts`, computed by a backend that implements it (docs/scales
 
 Steps: the backend's block maxima; the rule's tensor scale (from their maximum) and stored
 block scales; the rule's divisor; the backend's encode.  A search rule has the backend
-measure every candidate's block errors (:func:`.layouts.block_errors`, float64, so every
+measure every candidate's block errors (:func:`quantbook.scales.search.block_errors`, so every
 backend picks alike), keeps per block the candidate the rule picks, and encodes once with
 the picked scales.  ggml's search
 (:mod:`quantbook.scales.ggml`) chooses scales and codes together from the values: the

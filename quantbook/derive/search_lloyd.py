@@ -36,7 +36,7 @@ import numpy as np
 from ..codebooks import Codebook
 from ..scales import get_rule
 from ..scales.ggml import GgmlSearch
-from ..scales.search import SearchScale
+from ..scales.search import SearchScale, block_errors
 from .recipes import parse_fixed
 from .sources import parse_source
 
@@ -116,53 +116,55 @@ def _scaled(x, f, divide):
 
 
 def _block_error(smp: _Sample, deq: np.ndarray, loss: str) -> np.ndarray:
-    d = smp.x64 - deq
-    return (d * d if loss == "l2" else np.abs(d)).sum(axis=2)
+    """(tensors, blocks): the layout's block errors (:func:`~quantbook.scales.search.block_errors`)."""
+    return block_errors(smp.x, deq, smp.x.shape[2], loss).reshape(smp.x.shape[:2])
 
 
-def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax: float, loss: str):
-    """Per block the least error and the block's scale ``σ = qmax·s``; per value its cell and
-    ``u = y / qmax``: the candidate search with the table's nearest-value encoder."""
+def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax: float):
+    """The layout's decoded values; per value its cell and ``u = y / qmax``; per block its scale
+    ``σ = qmax·s``: the candidate search with the table's nearest-value encoder, each block
+    keeping the candidate of least error in the rule's own loss."""
     mids = ((table[:-1] + table[1:]) / _F(2)).astype(_F)
     errs, ys, idxs, deqs = [], [], [], []
     for y, s in smp.cands:
         idx = np.searchsorted(mids, y, side="left")
         deqs.append((table[idx] * s[..., None]).astype(_F))
-        errs.append(_block_error(smp, deqs[-1], rule.loss))   # the layout picks by the rule's loss
+        errs.append(_block_error(smp, deqs[-1], rule.loss))
         ys.append(y)
         idxs.append(idx)
     pick = rule.pick(np.stack(errs))
-    if loss != rule.loss:
-        errs = [_block_error(smp, d, loss) for d in deqs]
-    best = np.choose(pick, errs) if len(errs) > 1 else errs[0]
-    y, idx = ys[0], idxs[0]
+    deq, y, idx = deqs[0], ys[0], idxs[0]
     sig = (qmax * smp.cands[0][1]).astype(np.float64)
     for k in range(1, len(errs)):
         m = pick == k
+        deq = np.where(m[..., None], deqs[k], deq)
         y = np.where(m[..., None], ys[k], y)
         idx = np.where(m[..., None], idxs[k], idx)
         sig = np.where(m, qmax * smp.cands[k][1].astype(np.float64), sig)
-    return best, y.astype(np.float64) / qmax, idx, sig
+    return deq, y.astype(np.float64) / qmax, idx, sig
 
 
-def _assign_ggml(rule: GgmlSearch, smp: _Sample, table: np.ndarray, qmax: float, loss: str):
+def _assign_ggml(rule: GgmlSearch, smp: _Sample, table: np.ndarray, qmax: float):
     """As :func:`_assign_candidates`, with ggml's search choosing each block's (signed)
     scale and codes together; ``u = x / σ`` (0 where the scale is 0)."""
     stored, q = rule.search(smp.x.reshape(-1, smp.x.shape[2]), table)
     s = rule.decode(stored).reshape(smp.x.shape[:2])
     idx = q.reshape(smp.x.shape).astype(np.intp)
-    best = _block_error(smp, (table[idx] * s[..., None]).astype(_F), loss)
+    deq = (table[idx] * s[..., None]).astype(_F)
     sig = qmax * s.astype(np.float64)
     safe = np.where(sig != 0, sig, 1.0)[..., None]
     u = np.where(sig[..., None] != 0, smp.x64 / safe, 0.0)
-    return best, u, idx, sig
+    return deq, u, idx, sig
+
+
+def _assign(rule: Any, smp: _Sample, table: np.ndarray, qmax: float):
+    return (_assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates)(rule, smp, table, qmax)
 
 
 def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: float, loss: str):
     """``(new levels, mean error at ``levels``)``: one iteration (module docstring)."""
-    table = (levels * qmax).astype(_F)
-    assign = _assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates
-    best, u, idx, sig = assign(rule, smp, table, qmax, loss)
+    deq, u, idx, sig = _assign(rule, smp, (levels * qmax).astype(_F), qmax)
+    best = _block_error(smp, deq, loss)
     w = np.broadcast_to((sig * sig if loss == "l2" else np.abs(sig))[..., None], u.shape).ravel()
     u, idx = u.ravel(), idx.ravel()
     n = levels.size
@@ -186,21 +188,20 @@ def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: f
 
 
 def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray, qmax: float = 6.0,
-                        loss: str = "l2", tensor_size: int | None = None) -> np.ndarray:
-    """Per block of ``x`` (float32, a multiple of ``block_size`` values), the sum of squared
-    (``l2``) or absolute (``l1``) weight-domain errors of the code ``levels`` in the scaled
-    layout under the search rule ``scale``: the error the fit measures, and the layout's own
-    (the tests check it against :func:`quantbook.quantize`)."""
+                        tensor_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per block of ``x`` (float32, a multiple of ``block_size`` values), the sums of squared
+    and of absolute weight-domain errors of the code ``levels`` in the scaled layout under
+    the search rule ``scale``: the error the fit measures, and the layout's own (the tests
+    check it against :func:`quantbook.quantize`).  One search serves both."""
     rule = get_rule(scale)
+    if not isinstance(rule, (SearchScale, GgmlSearch)):
+        raise ValueError(f"{rule.name!r} is not a search rule")
     lv = np.sort(np.asarray(levels, dtype=np.float64).reshape(-1))
     lv = lv / np.max(np.abs(lv))  # as the layout's table: largest magnitude qmax
     x = np.asarray(x, dtype=_F).reshape(-1)
-    if not isinstance(rule, (SearchScale, GgmlSearch)):
-        raise ValueError(f"{rule.name!r} is not a search rule")
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
-    table = (lv * qmax).astype(_F)
-    assign = _assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates
-    return assign(rule, smp, table, qmax, loss)[0].reshape(-1)
+    deq = _assign(rule, smp, (lv * qmax).astype(_F), qmax)[0]
+    return _block_error(smp, deq, "l2").reshape(-1), _block_error(smp, deq, "l1").reshape(-1)
 
 
 def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1 << 22, seed: int = 1,
@@ -216,8 +217,7 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1
     _check(bits, block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax)
     src = parse_source(source)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
-    e2 = search_block_errors(levels, block_size, rule, x, qmax, "l2", tensor_size) / block_size
-    e1 = search_block_errors(levels, block_size, rule, x, qmax, "l1", tensor_size) / block_size
+    e2, e1 = (e / block_size for e in search_block_errors(levels, block_size, rule, x, qmax, tensor_size))
     mse = float(np.mean(e2))
     power = float(np.mean(x.astype(np.float64) ** 2))
     return {"codebook": getattr(codebook, "name", None), "block_size": int(block_size), "source": src.spec,

@@ -148,6 +148,16 @@ def _kernel():
                 lo = mid
         return hi - 1 if a - v[hi - 1] < v[hi] - a else hi
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def fit(x, b, idv, v):
+        sqx, sqq = np.float32(0), np.float32(0)
+        for j in range(x.shape[1]):
+            k = nearest(idv * x[b, j], v)
+            wq = (x[b, j] * x[b, j]) * v[k]
+            sqx += wq * x[b, j]
+            sqq += wq * v[k]
+        return sqx, sqq
+
     @numba.njit(cache=True, nogil=True, parallel=True)
     def search(x, v, delta, ntry, d_out, q_out):
         nb, bs = x.shape
@@ -157,41 +167,22 @@ def _kernel():
             for j in range(bs):
                 if abs(x[b, j]) > am:
                     am, m = abs(x[b, j]), x[b, j]
-            if am < np.float32(1e-15):
-                k0 = nearest(zero, v)
-                for j in range(bs):
-                    q_out[b, j] = k0
-                d_out[b] = zero
-                continue
-            d0 = -m / v[0] if ntry > 0 else m / v[0]
-            idv = one / d0
-            sqx, sqq = zero, zero
-            for j in range(bs):
-                k = nearest(idv * x[b, j], v)
-                q_out[b, j] = k
-                w = x[b, j] * x[b, j]
-                wq = w * v[k]
-                sqx += wq * x[b, j]
-                sqq += wq * v[k]
-            d = sqx / sqq if sqq > zero else zero
-            best = d * sqx
-            for t in range(-ntry, ntry + 1):
-                idv = (v[0] + np.float32(t) * delta) / m
-                sqx, sqq = zero, zero
-                for j in range(bs):
-                    k = nearest(idv * x[b, j], v)
-                    w = x[b, j] * x[b, j]
-                    wq = w * v[k]
-                    sqx += wq * x[b, j]
-                    sqq += wq * v[k]
-                if sqq > zero and sqx * sqx > best * sqq:
-                    d = sqx / sqq
-                    best = d * sqx
+            d, idf = zero, zero
+            if not am < np.float32(1e-15):
+                id0 = one / (-m / v[0] if ntry > 0 else m / v[0])
+                sqx, sqq = fit(x, b, id0, v)
+                d = sqx / sqq if sqq > zero else zero
+                best = d * sqx
+                for t in range(-ntry, ntry + 1):
+                    sqx, sqq = fit(x, b, (v[0] + np.float32(t) * delta) / m, v)
+                    if sqq > zero and sqx * sqx > best * sqq:
+                        d = sqx / sqq
+                        best = d * sqx
+                # the codes: of the kept scale (search), of the first fit (ggml's reference)
+                idf = (one / d if d != zero else zero) if ntry > 0 else id0
             d_out[b] = d
-            if ntry > 0:
-                idv = one / d if d != zero else zero
-                for j in range(bs):
-                    q_out[b, j] = nearest(idv * x[b, j], v)
+            for j in range(bs):
+                q_out[b, j] = nearest(idf * x[b, j], v)
 
     return search
 

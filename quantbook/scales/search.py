@@ -3,7 +3,7 @@
 A search rule wraps a deterministic base rule and a set of targets: candidate ``k`` maps the
 block's amax to ``f_k * qmax`` (the base rule encoded with ``qmax`` replaced by
 ``f_k * qmax``); the block keeps the candidate whose decoded block has the least sum of
-squared (``l2``) or absolute (``l1``) errors, the first on a tie.  Stored bytes and cost are
+squared (``l2``) or absolute (``l1``) errors (:func:`block_errors`), the first on a tie.  Stored bytes and cost are
 the base rule's.  The error is computed by the byte layout (:mod:`quantbook.bulk.layouts`),
 which owns the quantizer.
 
@@ -27,7 +27,7 @@ import numpy as np
 from .ggml import GGML_PRESETS, GgmlSearch
 from .rule import ScaleRule, get_rule
 
-__all__ = ["SearchScale", "PRESETS"]
+__all__ = ["SearchScale", "PRESETS", "block_errors"]
 
 _F = np.float32
 
@@ -35,6 +35,20 @@ _F = np.float32
 PRESETS: dict[str, tuple[str, tuple[float, ...], str]] = {
     "4over6": ("e4m3", (1.0, 4.0 / 6.0), "l2"),
 }
+
+
+def block_errors(x: np.ndarray, deq: np.ndarray, block_size: int, loss: str) -> np.ndarray:
+    """The error a search compares: per block, the float64 sum in element order of ``|x - deq|``
+    (``l1``) or its square (``l2``), from the float32 values ``x`` and ``deq``; a partial last
+    block adds only its values.  Every backend's kernel and the sample fit add in this order."""
+    d = np.abs(np.asarray(x, np.float32).reshape(-1).astype(np.float64)
+               - np.asarray(deq, np.float32).reshape(-1).astype(np.float64))
+    if loss == "l2":
+        d = d * d
+    nb = -(-d.size // block_size)
+    pad = np.zeros(nb * block_size)
+    pad[: d.size] = d
+    return np.ascontiguousarray(np.cumsum(pad.reshape(nb, block_size), axis=1)[:, -1])
 
 
 class SearchScale(ScaleRule, family="search"):

@@ -231,10 +231,11 @@ def _search_finding(layout: Layout, scale: str, bits: int) -> LayoutFinding:
     B, q = layout.block_size, layout.qmax
     x = np.random.default_rng(1).standard_normal(MC_EVAL).astype(np.float32)
 
-    def errors(code, loss="l2"):  # per block, mean over its values
-        return search_block_errors(code.levels, B, scale, x, qmax=q, loss=loss) / B
+    def errors(code):  # per block, the means of the squared and the absolute errors
+        e2, e1 = search_block_errors(code.levels, B, scale, x, qmax=q)
+        return e2 / B, e1 / B
 
-    e = errors(cb)
+    e, e_abs = errors(cb)
 
     def best(*fixed_sets):  # the least fitting error of the fits (each a local optimum)
         fits = [solve_search_lloyd(bits, B, scale=scale, samples=MC_FIT, seed=0, fixed=f, qmax=q,
@@ -243,11 +244,11 @@ def _search_finding(layout: Layout, scale: str, bits: int) -> LayoutFinding:
 
     # ggml maps a block's extreme to the table's negative end only: the positive end may move
     opt = {FIXED_RANGE: best(FIXED_RANGE, (-1.0,)), FIXED_ZERO: best(FIXED_ZERO, (-1.0, 0.0))}
-    omse = {fixed: float(np.mean(errors(c))) for fixed, c in opt.items()}
+    omse = {fixed: float(np.mean(errors(c)[0])) for fixed, c in opt.items()}
     mse = float(np.mean(e))
     return LayoutFinding(codebook=cb.name, layout=layout.label, scale=scale, block_size=B,
                          bits_per_weight=get_rule(scale).bits_per_weight(B, bits), available=True,
-                         note=layout.note, mse_weight=mse, mae_weight=float(np.mean(errors(cb, "l1"))),
+                         note=layout.note, mse_weight=mse, mae_weight=float(np.mean(e_abs)),
                          optimum_mse_weight=omse[FIXED_RANGE], loss_percent=_loss(mse, omse[FIXED_RANGE]),
                          optimum_zero_mse_weight=omse[FIXED_ZERO],
                          loss_zero_percent=_loss(mse, omse[FIXED_ZERO]),

@@ -38,7 +38,7 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   NaN-padded table in shared memory; the vector path needs packed 2- (float32 output) or
   4-byte aligned, the output 16-byte aligned.
 * ``qbs_errors_<dt>`` — a scale-search candidate's block errors (``block_errors`` of
-  :mod:`quantbook.bulk.layouts`), a thread a block: encode, decode, float64 sum in element
+  :mod:`quantbook.scales.search`), a thread a block: encode, decode, float64 sum in element
   order; the per-block sums are all that the host needs to pick.
 * ``qbs_ggml_<dt>`` — ggml's IQ4_NL search (:mod:`quantbook.scales.ggml`), a thread a
   block: the float32 scale of each block and its packed codes, every step in ggml's order
@@ -377,7 +377,7 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
     }
 }
 
-/* ---- a search candidate's block errors (quantbook/bulk/layouts.py: block_errors) ---------- */
+/* ---- a search candidate's block errors (quantbook/scales/search.py: block_errors) --------- */
 /* a thread a block: encode with the candidate's factor, decode with its scale, add |x - x̂|
    (l1) or its square in float64 in element order; only the per-block sums leave the device */
 template <typename T, bool SYM>
@@ -429,6 +429,21 @@ __device__ __forceinline__ int qbs_ggml_nearest(float a, const float* v, int nv)
     return __fsub_rn(a, v[hi - 1]) < __fsub_rn(v[hi], a) ? hi - 1 : hi;
 }
 
+/* the sums of one fit: codes of id * x, S_qx = sum (x^2 v_q) x, S_qq = sum (x^2 v_q) v_q */
+template <typename T>
+__device__ __forceinline__ void qbs_ggml_fit(const typename T::storage* __restrict__ xb, int len,
+                                             float id, const float* v, int nv, float& sqx,
+                                             float& sqq) {
+    sqx = 0.0f; sqq = 0.0f;
+    for (int j = 0; j < len; ++j) {
+        const float xv = qb_to_f32<T>(xb[j]);
+        const float q = v[qbs_ggml_nearest(__fmul_rn(id, xv), v, nv)];
+        const float wq = __fmul_rn(__fmul_rn(xv, xv), q);
+        sqx = __fadd_rn(sqx, __fmul_rn(wq, xv));
+        sqq = __fadd_rn(sqq, __fmul_rn(wq, q));
+    }
+}
+
 /* a thread a block (the search is arithmetic, 17 passes over the block's values, which stay
    in L1); values past n are absent, as the reference's zero padding adds nothing */
 template <typename T>
@@ -457,26 +472,13 @@ __device__ __forceinline__ void qbs_ggml(const typename T::storage* __restrict__
     float d = 0.0f, idf = 0.0f;
     if (!(am < 1e-15f)) {
         const float id0 = __fdiv_rn(1.0f, __fdiv_rn(ntry > 0 ? -m : m, v[0]));
-        float sqx = 0.0f, sqq = 0.0f;
-        for (int j = 0; j < len; ++j) {
-            const float xv = qb_to_f32<T>(xb[j]);
-            const float q = v[qbs_ggml_nearest(__fmul_rn(id0, xv), v, nv)];
-            const float wq = __fmul_rn(__fmul_rn(xv, xv), q);
-            sqx = __fadd_rn(sqx, __fmul_rn(wq, xv));
-            sqq = __fadd_rn(sqq, __fmul_rn(wq, q));
-        }
+        float sqx, sqq;
+        qbs_ggml_fit<T>(xb, len, id0, v, nv, sqx, sqq);
         d = sqq > 0.0f ? __fdiv_rn(sqx, sqq) : 0.0f;
         float best = __fmul_rn(d, sqx);
         for (int t = -ntry; t <= ntry; ++t) {
-            const float id = __fdiv_rn(__fadd_rn(v[0], __fmul_rn((float)t, delta)), m);
-            sqx = 0.0f; sqq = 0.0f;
-            for (int j = 0; j < len; ++j) {
-                const float xv = qb_to_f32<T>(xb[j]);
-                const float q = v[qbs_ggml_nearest(__fmul_rn(id, xv), v, nv)];
-                const float wq = __fmul_rn(__fmul_rn(xv, xv), q);
-                sqx = __fadd_rn(sqx, __fmul_rn(wq, xv));
-                sqq = __fadd_rn(sqq, __fmul_rn(wq, q));
-            }
+            qbs_ggml_fit<T>(xb, len, __fdiv_rn(__fadd_rn(v[0], __fmul_rn((float)t, delta)), m), v, nv,
+                            sqx, sqq);
             if (sqq > 0.0f && __fmul_rn(sqx, sqx) > __fmul_rn(best, sqq)) {
                 d = __fdiv_rn(sqx, sqq);
                 best = __fmul_rn(d, sqx);
