@@ -9,8 +9,11 @@ hooks (quantbook.bulk.gpu.scaled) with CUDA events, median of ``--repeat`` runs 
 warm-up, and a device-to-device copy of the input (``cudaMemcpyAsync``).
 
 Rows:
-* ``amax``: the block-maxima kernel plus the copy of the maxima to the host (the hook
-  returns them there: the scale rule runs in numpy);
+* ``amax``: the block-maxima kernel (the maxima stay on the device);
+* ``scales``: the rule's stored scales and factors looked up in its step table on the
+  device (quantbook.scales.steps; CuPy's searchsorted and gathers; the table is built once,
+  before timing); ``host rule`` the same from the rule in numpy, the maxima copied to the
+  host and the factors back (how the backend ran before), for the ratio;
 * ``encode``: the encode kernel with the factors already on the device (reads x and the
   factors, writes n/2 bytes); ``encode+H2D`` the hook as the backend calls it, factors
   copied from the host;
@@ -19,6 +22,8 @@ Rows:
 * ``errors+H2D``: one scale-search candidate's block errors (float64 sums, a thread a
   block), factors and scales copied from the host, the sums back: a search rule such as
   ``search:4over6`` runs it once per candidate, then ``encode`` once;
+* ``quantize()``: ``quantbook.quantize(x, codebook, B, scale=rule, backend="gpu")`` end to
+  end, the stored scales copied to the host into the state;
 * ``ggml search``: ggml's IQ4_NL quantizer (``search:ggml``, iq4_nl at qmax 127, block 32),
   the scale search and the codes on the device, the scales copied to the host (the
   float16 rounding runs in numpy).  It is arithmetic-bound (17 passes over each block), so
@@ -95,6 +100,7 @@ def main(argv=None) -> int:
                     help="compare the first 2**LOG2M values with the numpy reference (0 = skip)")
     args = ap.parse_args(argv)
 
+    import quantbook as qb
     from quantbook.bulk import format as F
     from quantbook.bulk import layouts as L
     from quantbook.bulk import reference as R
@@ -139,8 +145,9 @@ def main(argv=None) -> int:
             rule = get_rule(rule_name)
             nb = F.n_blocks(n, B)
             amax = GS.scaled_amax_gpu(x, B)
+            amax_h = cp.asnumpy(amax)
             ts = rule.tensor_scale(float(amax.max()), 6.0)
-            stored = rule.encode(amax, 6.0, ts)
+            stored = rule.encode(amax_h, 6.0, ts)
             f_host, divide = rule.divisor(stored, ts)
             f_mul, div = GS.exact_multiplier(f_host, divide)
             f_dev = cp.asarray(f_mul)
@@ -151,8 +158,17 @@ def main(argv=None) -> int:
             def enc():
                 st["p"] = GS.scaled_encode_gpu(x, f_dev, div, table, B)
 
+            def host_rule():
+                st_h = rule.encode(cp.asnumpy(amax), 6.0, ts)
+                fh, dv = GS.exact_multiplier(*rule.divisor(st_h, ts))
+                return cp.asarray(fh)
+
             rows = [
-                ("amax+D2H", lambda: GS.scaled_amax_gpu(x, B), n * isz + 4 * nb),
+                ("amax", lambda: GS.scaled_amax_gpu(x, B), n * isz + 4 * nb),
+                ("scales", lambda: GS.scaled_scales_gpu(amax, rule, 6.0, ts), 9 * nb),
+                ("host rule", host_rule, 9 * nb),
+                ("quantize()", lambda: qb.quantize(x, args.codebook, B, scale=rule_name, backend="gpu"),
+                 n * isz + n // 2 + nb),
                 ("encode", enc, n * isz + 4 * nb + n // 2),
                 ("encode+H2D", lambda: GS.scaled_encode_gpu(x, f_host, divide, table, B),
                  n * isz + 4 * nb + n // 2),
@@ -176,7 +192,7 @@ def main(argv=None) -> int:
                     import ml_dtypes
 
                     xh = xh.view(ml_dtypes.bfloat16)
-                same_a = np.array_equal(amax[: m // B].view(np.uint32),
+                same_a = np.array_equal(amax_h[: m // B].view(np.uint32),
                                         R.scaled_amax_reference(xh, B).view(np.uint32))
                 p_ref = R.scaled_encode_reference(xh, f_host[: m // B], divide, table, B)
                 same_p = np.array_equal(cp.asnumpy(st["p"][: m // 2]), p_ref)
@@ -208,7 +224,8 @@ def main(argv=None) -> int:
         del x, raw, dst
         cp.get_default_memory_pool().free_all_blocks()
     print("vs copy = bandwidth / d2d copy bandwidth of the same dtype (reads + writes); "
-          "amax+D2H and encode+H2D include the host transfers of the per-block values")
+          "host rule, encode+H2D and errors+H2D include host transfers of per-block values; "
+          "scales and host rule count 9 bytes a block (maxima in, factor and stored scale out)")
     return 2 if bad else 0
 
 

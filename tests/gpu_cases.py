@@ -46,6 +46,10 @@ class FakeDeviceArray(np.ndarray):
     def data(self):
         return types.SimpleNamespace(ptr=self.ctypes.data)
 
+    @property
+    def __cuda_array_interface__(self):   # what quantbook's api looks for in a device array
+        return self.__array_interface__
+
 
 def fake_device(a, dtype=None):
     return np.asarray(a, dtype=dtype).view(FakeDeviceArray)
@@ -67,6 +71,7 @@ def fake_cupy(emulator):
                                  else np.empty(n, dtype)).view(dtype).view(FakeDeviceArray)
     cp.zeros = lambda n, dtype: np.zeros(n, dtype).view(FakeDeviceArray)
     cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
+    cp.searchsorted = lambda a, v, side="left": np.searchsorted(a, v, side=side).view(FakeDeviceArray)
     cp.launches = []
 
     class Module:

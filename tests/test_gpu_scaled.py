@@ -429,12 +429,16 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
     table = _table("e2m1")
     x = (rng.standard_normal(4099) * 5).astype(np.float32).astype(dtype)
     a = GS.scaled_amax_gpu(fake_device(x), 32)
-    assert isinstance(a, np.ndarray) and not isinstance(a, FakeDeviceArray)
-    assert bits_equal(a, scaled_amax_reference(x, 32))
+    assert isinstance(a, FakeDeviceArray)                     # the maxima stay on the device
+    assert bits_equal(np.asarray(a), scaled_amax_reference(x, 32))
     rule = get_rule("e8m0:floor")
-    stored = rule.encode(a, 6.0)
+    stored = rule.encode(np.asarray(a), 6.0)
     f, divide = rule.divisor(stored)
-    p = GS.scaled_encode_gpu(fake_device(x), f, divide, table, 32)
+    got = GS.scaled_scales_gpu(a, rule, 6.0, None, need_scale=True)
+    assert all(isinstance(v, FakeDeviceArray) for v in (got[0], got[1], got[3]))
+    assert bits_equal(np.asarray(got[0]), stored) and bits_equal(np.asarray(got[3]), rule.decode(stored))
+    assert got[2] is False and bits_equal(np.asarray(got[1]), np.float32(1) / f)   # exact multiplier
+    p = GS.scaled_encode_gpu(fake_device(x), got[1], got[2], table, 32)
     assert isinstance(p, FakeDeviceArray) and bits_equal(p, scaled_encode_reference(x, f, divide, table, 32))
     s = rule.decode(stored)
     d = GS.scaled_decode_gpu(p, s, table, 32, x.size, dtype)
@@ -443,6 +447,38 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
     names = [n for n, _, _ in fake_cp.launches]
     key = G._dtype_key(dtype)
     assert names == [SK.amax_name(key), SK.encode_name(key), SK.decode_name(key)]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_gpu_backend_through_stand_in_cupy(fake_cp, rule):
+    """The gpu backend's whole path, as quantize() drives it: maxima kept on the device, the
+    rule's step table looked up there (CuPy's searchsorted and gathers), then the kernels."""
+    be = BACKENDS["gpu"]
+    rng = np.random.default_rng(len(rule))
+    table = _table("e2m1")
+    bs = 16 if rule.startswith(("e4m3", "search:4over6")) else 32
+    x = _nasty(1001, rule, rng, table)
+    with np.errstate(over="ignore"):
+        p, st = quantize_scaled(fake_device(x), x.shape, x.dtype, _codebook("e2m1"), bs, get_rule(rule),
+                                6.0, be, False, _sanitize)
+        rp, rst = qb.quantize(x, _codebook("e2m1"), bs, scale=rule, backend="numpy")
+    assert bits_equal(np.asarray(p), rp), np.flatnonzero(np.asarray(p) != rp)[:8]
+    assert type(st.absmax) is np.ndarray and bits_equal(st.absmax, rst.absmax)
+    assert st.tensor_scale == rst.tensor_scale
+
+
+@pytest.mark.parametrize("rule,big", [("float16", 1e38), ("bfloat16", 1e-39)])
+def test_gpu_backend_raises_the_rules_error(fake_cp, rule, big):
+    """A block on a step the rule refuses: the rule's own message, naming the block."""
+    x = np.ones(96, np.float32)
+    x[40] = big
+    x[32:40] = x[41:64] = 0.0
+    with pytest.raises(ValueError) as want:
+        qb.quantize(x, "e2m1", 32, scale=rule, backend="numpy")
+    with pytest.raises(ValueError) as got:
+        quantize_scaled(fake_device(x), x.shape, x.dtype, _codebook("e2m1"), 32, get_rule(rule), 6.0,
+                        BACKENDS["gpu"], False, _sanitize)
+    assert "block 1" in str(want.value) and str(got.value) == str(want.value)
 
 
 def test_ggml_and_errors_launchers_through_stand_in_cupy(fake_cp):
@@ -496,12 +532,17 @@ def test_device_hooks_equal_numpy(dtype, rule, bs, codebook):
         x = np.clip(x, -6e4, 6e4)
     x = x.astype(dtype)
     xd = _to_device(x)
-    amax = GS.scaled_amax_gpu(xd, bs)
+    amax_d = GS.scaled_amax_gpu(xd, bs)
+    amax = _host(amax_d)
     assert bits_equal(amax, scaled_amax_reference(x, bs))
     r = get_rule(rule)
     ts = r.tensor_scale(float(amax.max()), 6.0)
     stored = r.encode(amax, 6.0, ts)
     f, divide = r.divisor(stored, ts)
+    st_d, f_d, div_d, s_d = GS.scaled_scales_gpu(amax_d, r, 6.0, ts, need_scale=True)
+    assert bits_equal(_host(st_d), stored) and bits_equal(_host(s_d), r.decode(stored, ts))
+    f_mul, div_mul = GS.exact_multiplier(f, divide)
+    assert div_d == div_mul and bits_equal(_host(f_d), f_mul)
     for view, xh in ((xd, x), (xd[1:], x[1:])):                   # aligned, then scalar path
         p = GS.scaled_encode_gpu(view, f, divide, table, bs)
         assert bits_equal(_host(p), scaled_encode_reference(xh, f, divide, table, bs))
@@ -542,3 +583,39 @@ def _to_device(x):
         t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16).cuda()
         return t
     return cp.asarray(x)
+
+
+def test_scaled_benchmark_runs_and_checks_bytes(fake_cp, monkeypatch, capsys):
+    """benchmarks/bench_scaled_gpu.py end to end on the stand-in (timings are fake), so the
+    script a device run needs is known to work before the device is there."""
+    import importlib.util
+    import types
+
+    class Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class Device(fake_cp.cuda.Device):
+        def synchronize(self):
+            pass
+
+    fake_cp.cuda.Event = Event
+    fake_cp.cuda.Device = Device
+    fake_cp.cuda.get_elapsed_time = lambda a, b: 1.0
+    fake_cp.random = types.SimpleNamespace(
+        standard_normal=lambda n, dtype: fake_device(np.random.default_rng(0).standard_normal(n), dtype))
+    fake_cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
+        ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scaled_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_scaled_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--log2n", "12", "--repeat", "1", "--check", "12"]) == 0
+    out = capsys.readouterr().out
+    for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors+H2D", "ggml search"):
+        assert f" {row} " in out, row
+    assert "DIFFER" not in out and out.count("IDENTICAL") == 3 * 3

@@ -68,9 +68,23 @@ class Backend:
         return quantize_nested_reference(deviations)
 
     # the scaled layouts (NVFP4, MXFP4, float16 scales; quantbook.bulk.scaled drives them)
-    def scaled_amax(self, x: Any, block_size: int) -> np.ndarray:
-        """Per-block ``max |x|`` (float32); NaN for a block holding NaN/Inf."""
+    def scaled_amax(self, x: Any, block_size: int) -> Any:
+        """Per-block ``max |x|`` (float32, an array of this backend's kind); NaN for a block
+        holding NaN/Inf."""
         raise NotImplementedError
+
+    def scaled_scales(self, amax: Any, rule: Any, qmax: float, tensor_scale: Any = None,
+                      need_scale: bool = False) -> tuple[Any, Any, bool, Any]:
+        """``(stored, factor, divide, scale)`` of a deterministic rule for the block maxima
+        ``amax`` (from :meth:`scaled_amax`): the stored scales, the divisor
+        (:meth:`quantbook.scales.ScaleRule.divisor`) and, with ``need_scale``, the decoded
+        scales (else None).  Default: the rule itself, on the host; a backend may look the
+        blocks up in the rule's step table (:mod:`quantbook.scales.steps`) instead, and must
+        then raise the rule's own error for a block it refuses."""
+        a = self.to_host(amax)
+        stored = rule.encode(a, qmax, tensor_scale)
+        f, divide = rule.divisor(stored, tensor_scale)
+        return stored, f, divide, rule.decode(stored, tensor_scale) if need_scale else None
 
     def scaled_encode(self, x: Any, factor: np.ndarray, divide: bool, table: np.ndarray,
                       block_size: int) -> np.ndarray:

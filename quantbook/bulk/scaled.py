@@ -1,9 +1,10 @@
 """Quantize / dequantize in the scaled layout: a scale rule (:mod:`quantbook.scales`) over the
 layout of :mod:`.layouts`, computed by a backend that implements it (docs/scales.md).
 
-Steps: the backend's block maxima; the rule's tensor scale (from their maximum) and stored
-block scales; the rule's divisor; the backend's encode.  A search rule has the backend
-measure every candidate's block errors (:func:`quantbook.scales.search.block_errors`, so every
+Steps: the backend's block maxima; the rule's tensor scale (from their maximum); the
+backend's stored block scales and divisors (:meth:`Backend.scaled_scales`: the rule itself, or
+its step table, :mod:`quantbook.scales.steps`); the backend's encode.  A search rule has the
+backend measure every candidate's block errors (:func:`quantbook.scales.search.block_errors`, so every
 backend picks alike), keeps per block the candidate the rule picks, and encodes once with
 the picked scales.  ggml's search
 (:mod:`quantbook.scales.ggml`) chooses scales and codes together from the values: the
@@ -44,32 +45,33 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
     n = int(np.prod(shape, dtype=np.int64))   # torch's .size is a method
     table = scaled_table(cb.code, qmax)
     amax = be.scaled_amax(x, block_size)
-    err = F.nonfinite_error(amax, block_size, n)
-    if err is not None:
+    top = float(amax.max())                   # NaN when a block holds NaN/Inf
+    if not np.isfinite(top):
+        err = F.nonfinite_error(be.to_host(amax), block_size, n)
         if not allow_nonfinite:
             raise err
         x = be.from_host(sanitize(be.to_host(x), block_size))
         amax = be.scaled_amax(x, block_size)
-    ts = rule.tensor_scale(float(amax.max()), qmax)
+        top = float(amax.max())
+    ts = rule.tensor_scale(top, qmax)
     if isinstance(rule, GgmlSearch):
         d, packed = be.scaled_ggml(x, table, block_size, rule.ntry)
         stored = rule.store(d)
     elif isinstance(rule, SearchScale):
-        cands = rule.candidates(amax, qmax, ts)
-        divs = [rule.divisor(st, ts) for st in cands]
-        if len({d for _, d in divs}) != 1:
+        cands = [be.scaled_scales(amax, rule.base, qmax * t, ts, need_scale=True) for t in rule.factors]
+        if len({d for _, _, d, _ in cands}) != 1:
             raise AssertionError(f"{rule.name}: candidates scale differently (divide flags differ)")
-        errs = [be.scaled_errors(x, f, d, rule.decode(st, ts), table, block_size, rule.loss)
-                for st, (f, d) in zip(cands, divs)]
+        divide = cands[0][2]
+        errs = [be.scaled_errors(x, f, divide, s, table, block_size, rule.loss) for _, f, _, s in cands]
         pick = rule.pick(np.stack(errs))
         blocks = np.arange(pick.size)
-        stored = np.stack(cands)[pick, blocks]
-        packed = be.scaled_encode(x, np.stack([f for f, _ in divs])[pick, blocks], divs[0][1], table,
-                                  block_size)
-    else:
-        stored = rule.encode(amax, qmax, ts)
-        f, divide = rule.divisor(stored, ts)
+        stored = np.stack([be.to_host(st) for st, _, _, _ in cands])[pick, blocks]
+        f = np.stack([be.to_host(f) for _, f, _, _ in cands])[pick, blocks]
         packed = be.scaled_encode(x, f, divide, table, block_size)
+    else:
+        stored, f, divide, _ = be.scaled_scales(amax, rule, qmax, ts)
+        packed = be.scaled_encode(x, f, divide, table, block_size)
+        stored = be.to_host(stored)
     state = QuantState(absmax=np.ascontiguousarray(stored), shape=shape, dtype=dtype,
                        blocksize=block_size, code=table, quant_type=cb.name, bits=SCALED_BITS,
                        scale_rule=rule.name, tensor_scale=None if ts is None else float(ts))

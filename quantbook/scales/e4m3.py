@@ -80,15 +80,15 @@ class E4M3Scale(ScaleRule, family="e4m3"):
             raise ValueError("the e4m3 rule needs the float32 tensor scale")
         return _F(tensor_scale)
 
-    def encode(self, amax, qmax, tensor_scale=None):
+    def _encode(self, amax, qmax, tensor_scale):
         t = self._t(tensor_scale)
-        r = ((np.asarray(amax, dtype=_F) / _F(_check_qmax(qmax))).astype(_F) / t).astype(_F)
+        r = ((np.asarray(amax, dtype=_F) / _F(qmax)).astype(_F) / t).astype(_F)
         return e4m3_bits(e4m3_round(np.clip(r, _F(E4M3_MIN_NORMAL), _F(E4M3_MAX))))
 
     def decode(self, stored, tensor_scale=None):
         return (self._t(tensor_scale) * e4m3_value(stored)).astype(_F)
 
-    def divisor(self, stored, tensor_scale=None):
+    def _divisor(self, stored, tensor_scale):
         t = self._t(tensor_scale)
         return ((_F(1) / t) / e4m3_value(stored)).astype(_F), False
 

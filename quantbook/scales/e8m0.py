@@ -80,13 +80,13 @@ class E8M0Scale(ScaleRule, family="e8m0"):
             e = e + ((m.view(np.uint32) & 0x7FFFFF) > 0)
         return e - _emax(qmax)
 
-    def encode(self, amax, qmax, tensor_scale=None):
+    def _encode(self, amax, qmax, tensor_scale):
         return (np.clip(self.exponent(amax, qmax), -127, 127) + 127).astype(np.uint8)
 
     def decode(self, stored, tensor_scale=None):
         return e8m0_value(stored)
 
-    def divisor(self, stored, tensor_scale=None):
+    def _divisor(self, stored, tensor_scale):
         b = np.asarray(stored, dtype=np.uint8).astype(np.int32)
         if self.mode == "rceil":
             return np.where(b == 0, 1.0, np.ldexp(1.0, 127 - b)).astype(_F), False
@@ -101,10 +101,11 @@ class E8M0Scale(ScaleRule, family="e8m0"):
             b, after = np.ldexp(1.0, k), k + 1 - _emax(q)
         elif self.mode == "even":  # at 1.75 * 2**k to k + 1 - emax
             b, after = 1.75 * np.ldexp(1.0, k), k + 1 - _emax(q)
-        else:  # float32 log2(M / q) passes k by half its ulp: to k + 1
+        else:  # float32 log2(M / q) rounds above k once log2 passes k by half the gap to
+            # the next float32 up (below a negative power of two that gap is half its ulp)
             kf = k.astype(np.float64)
-            half_ulp = np.where(k == 0, 0.0, np.spacing(np.abs(kf).astype(_F)).astype(np.float64) / 2)
-            b, after = q * np.exp2(kf + half_ulp), k + 1
+            half_gap = (np.nextafter(kf.astype(_F), _F(np.inf)).astype(np.float64) - kf) / 2
+            b, after = q * np.exp2(kf + half_gap), k + 1
         # the clamp to bytes 0..254 flattens s beyond the extreme exponents
         b = b[(after >= -126) & (after <= 127) & np.isfinite(b)]
         return b[(b >= lo) & (b <= hi)]

@@ -24,13 +24,6 @@ def _ratio(amax: np.ndarray, qmax: float) -> np.ndarray:
     return (np.asarray(amax, dtype=_F) / _F(_check_qmax(qmax))).astype(_F)
 
 
-def _check_finite(stored_as_f32: np.ndarray, what: str) -> None:
-    bad = np.flatnonzero(~np.isfinite(stored_as_f32))
-    if bad.size:
-        raise ValueError(f"block {int(bad[0])}: its scale overflows {what} (amax beyond the "
-                         f"scale format's range); use a wider scale rule such as bfloat16 or float32")
-
-
 def _grid_breakpoints(grid: np.ndarray, qmax: float, lo: float, hi: float) -> np.ndarray:
     """``qmax`` times the midpoints of neighbouring grid values (round-to-nearest cells)."""
     g = np.unique(grid[np.isfinite(grid) & (grid >= 0)].astype(np.float64))
@@ -44,7 +37,7 @@ class Float32Scale(ScaleRule, family="float32"):
     layout = "bnb"
     stored_dtype, stored_bytes = "float32", 4
 
-    def encode(self, amax, qmax, tensor_scale=None):
+    def _encode(self, amax, qmax, tensor_scale):
         return _ratio(amax, qmax)
 
     def decode(self, stored, tensor_scale=None):
@@ -57,11 +50,12 @@ class Float32Scale(ScaleRule, family="float32"):
 class Float16Scale(ScaleRule, family="float16"):
     stored_dtype, stored_bytes = "float16", 2
 
-    def encode(self, amax, qmax, tensor_scale=None):
+    def _encode(self, amax, qmax, tensor_scale):
         with np.errstate(over="ignore"):
-            s = _ratio(amax, qmax).astype(np.float16)
-        _check_finite(s, "float16")
-        return s
+            return _ratio(amax, qmax).astype(np.float16)
+
+    def overflow(self, stored):
+        return ~np.isfinite(np.asarray(stored, dtype=np.float16))
 
     def decode(self, stored, tensor_scale=None):
         return np.asarray(stored, dtype=np.float16).astype(_F)
@@ -92,21 +86,18 @@ class BFloat16Scale(ScaleRule, family="bfloat16"):
 
     stored_dtype, stored_bytes = "uint16", 2
 
-    def encode(self, amax, qmax, tensor_scale=None):
-        bits = bf16_bits(_ratio(amax, qmax))
-        _check_finite(bf16_value(bits), "bfloat16")
-        return bits
+    def _encode(self, amax, qmax, tensor_scale):
+        return bf16_bits(_ratio(amax, qmax))
+
+    def overflow(self, stored):
+        return ~np.isfinite(bf16_value(stored))
+
+    def underflow(self, stored, tensor_scale=None):
+        s = bf16_value(stored)
+        return (s > 0) & (s < np.finfo(_F).tiny)
 
     def decode(self, stored, tensor_scale=None):
         return bf16_value(stored)
-
-    def divisor(self, stored, tensor_scale=None):
-        s = self.decode(stored)
-        tiny = np.flatnonzero((s > 0) & (s < np.finfo(_F).tiny))
-        if tiny.size:
-            raise ValueError(f"block {int(tiny[0])}: its bfloat16 scale {float(s[tiny[0]]):.3g} is "
-                             "subnormal (amax below the scale format's normal range)")
-        return super().divisor(stored)
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
         grid = bf16_value(np.arange(0x7F80, dtype=np.uint16)).astype(np.float64)

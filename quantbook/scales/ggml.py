@@ -41,7 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .floats import Float16Scale, _check_finite
+from .floats import Float16Scale
 from .rule import ScaleRule
 
 __all__ = ["GgmlSearch", "ggml_search", "ggml_search_reference", "ggml_table", "GGML_PRESETS"]
@@ -232,10 +232,9 @@ class GgmlSearch(ScaleRule):
     def store(self, d: np.ndarray) -> np.ndarray:
         """The stored float16 scales of the searched float32 scales ``d``; one beyond float16's
         range is an error."""
-        with np.errstate(over="ignore"):
-            s = np.asarray(d, dtype=_F).astype(np.float16)
-        _check_finite(s, "float16")
-        return s
+        d = np.asarray(d, dtype=_F)
+        s = self.base.encode(np.abs(d), 1.0)     # float16 rounding is symmetric
+        return np.where(np.signbit(d), -s, s)
 
     def encode(self, amax, qmax, tensor_scale=None):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "

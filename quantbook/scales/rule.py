@@ -102,8 +102,28 @@ class ScaleRule:
         return None
 
     def encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> np.ndarray:
-        """Stored block scales (``stored_dtype``) for block maxima ``amax``."""
+        """Stored block scales (``stored_dtype``) for block maxima ``amax``; a block whose
+        scale the format cannot hold (:meth:`overflow`) is an error naming it."""
+        stored = self._encode(np.asarray(amax, dtype=_F), _check_qmax(qmax), tensor_scale)
+        bad = np.flatnonzero(self.overflow(stored))
+        if bad.size:
+            raise ValueError(f"block {int(bad[0])}: its scale overflows {self.name} (amax beyond the "
+                             "scale format's range); use a wider scale rule such as bfloat16 or float32")
+        return stored
+
+    def _encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any) -> np.ndarray:
+        """The stored values, without checks (float32 ``amax``, a checked ``qmax``)."""
         raise NotImplementedError
+
+    def overflow(self, stored: np.ndarray) -> np.ndarray:
+        """Per block, whether the stored value stands for no finite scale (:meth:`encode`
+        refuses it).  Default: never."""
+        return np.zeros(np.shape(stored), dtype=bool)
+
+    def underflow(self, stored: np.ndarray, tensor_scale: Any = None) -> np.ndarray:
+        """Per block, whether the scale is too small to divide by (:meth:`divisor` refuses
+        it).  Default: never."""
+        return np.zeros(np.shape(stored), dtype=bool)
 
     def decode(self, stored: np.ndarray, tensor_scale: Any = None) -> np.ndarray:
         """The float32 scale each stored value stands for: decoding is
@@ -112,8 +132,17 @@ class ScaleRule:
 
     def divisor(self, stored: np.ndarray, tensor_scale: Any = None) -> tuple[np.ndarray, bool]:
         """``(f, divide)``: values are scaled as ``float32(x / f)`` when ``divide``, else as
-        ``float32(x * f)`` (float32 per block).  Default: multiply by the float32 reciprocal
-        of the decoded scale, 0 for a zero scale (the block then encodes as zeros)."""
+        ``float32(x * f)`` (float32 per block).  A block :meth:`underflow` names is an error."""
+        bad = np.flatnonzero(self.underflow(stored, tensor_scale))
+        if bad.size:
+            s = float(self.decode(np.asarray(stored)[bad[:1]], tensor_scale)[0])
+            raise ValueError(f"block {int(bad[0])}: its {self.name} scale {s:.3g} is subnormal "
+                             "(amax below the scale format's normal range)")
+        return self._divisor(stored, tensor_scale)
+
+    def _divisor(self, stored: np.ndarray, tensor_scale: Any) -> tuple[np.ndarray, bool]:
+        """:meth:`divisor` without checks.  Default: multiply by the float32 reciprocal of the
+        decoded scale, 0 for a zero scale (the block then encodes as zeros)."""
         s = self.decode(stored, tensor_scale)
         with np.errstate(divide="ignore", over="ignore"):
             f = np.where(s > 0, _F(1) / np.where(s > 0, s, _F(1)), _F(0)).astype(_F)

@@ -13,6 +13,7 @@ from .. import format as F
 from .. import layouts as L
 from ..backend import Backend
 from ..nested import NESTED_BLOCKSIZE, nested_lut
+from ...scales.steps import BUCKET_SHIFT, step_table
 
 __all__ = ["NumbaBackend"]
 
@@ -123,6 +124,15 @@ class NumbaBackend(Backend, name="cpu"):
         amax = np.empty(F.n_blocks(xv.size, block_size), dtype=_F)
         _scaled_kernels().scaled_amax(xv, _f16_table(), block_size, amax)
         return amax
+
+    def scaled_scales(self, amax, rule, qmax, tensor_scale=None, need_scale=False):
+        st = step_table(rule, qmax, tensor_scale)
+        a = np.ascontiguousarray(amax, dtype=_F).reshape(-1)
+        idx = np.empty(a.size, dtype=np.int64)
+        _scaled_kernels().step_index(a.view(np.uint32), st.starts, st.buckets, BUCKET_SHIFT, idx)
+        if not st.valid[idx].all():   # the rule raises its own error
+            return super().scaled_scales(a, rule, qmax, tensor_scale, need_scale)
+        return st.stored[idx], st.factor[idx], st.divide, st.scale[idx] if need_scale else None
 
     def scaled_encode(self, x, factor, divide, table, block_size):
         enc = L.scaled_encoder(table)

@@ -1,12 +1,14 @@
 """numba kernels of the scaled layout (quantbook/bulk/layouts.py, docs/scales.md).
 
-They compute only the element-wise parts: block maxima, scaling by the rule's per-block
-factor and encoding, decoding.  The scale rule itself (stored scales, factors) runs in numpy
-on the block maxima, in one place (quantbook.scales).  tests/test_layouts_torchao.py checks
+They compute only the element-wise parts: block maxima, the step of each block in the scale
+rule's step table (quantbook/scales/steps.py, built from the rule in numpy), scaling by the
+per-block factor and encoding, decoding.  tests/test_layouts_torchao.py checks
 the bytes against the numpy reference.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -22,15 +24,33 @@ def scaled_amax(x, f16tab, blocksize, amax):
         amax[b] = _block_absmax(x, b * blocksize, min((b + 1) * blocksize, n), f16tab)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
+def step_index(bits, starts, buckets, shift, idx):
+    """``idx[b]``: the last ``i`` with ``starts[i] <= bits[b]`` (``starts[0]`` is 0, sorted),
+    searched between the steps of ``bits[b]``'s bucket and the next one's."""
+    top = buckets.size - 2
+    for b in prange(bits.size):
+        v = np.int64(bits[b])
+        k = min(v >> shift, top)
+        lo, hi = np.int64(buckets[k]), np.int64(buckets[k + 1]) + 1
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if starts[mid] <= v:
+                lo = mid
+            else:
+                hi = mid
+        idx[b] = lo
+
+
+@njit(cache=True, inline="always")
 def _encode_one(v, f, divide, mids, up, pos, neg):
     y = v / f if divide else v * f
     r = 0
     for k in range(15):
-        r += 1 if mids[k] < y else 0
+        r += mids[k] < y
     if r < 15 and y == mids[r] and up[r]:
         r += 1
-    if np.float32(y).view(np.uint32) >> 31:
+    if math.copysign(1.0, y) < 0:   # the sign bit: -0.0 too
         return neg[r]
     return pos[r]
 
@@ -38,25 +58,32 @@ def _encode_one(v, f, divide, mids, up, pos, neg):
 @njit(parallel=True, cache=True)
 def scaled_encode(x, f16tab, factor, divide, mids, up, pos, neg, pad, blocksize, packed):
     """Two codes a byte, the first in the low nibble; a block size is even, so a byte never
-    straddles two blocks."""
+    straddles two blocks.  A thread takes whole blocks (one factor, no index division)."""
     n = x.size
-    for j in prange(packed.size):
-        i = 2 * j
-        f = factor[i // blocksize]
-        lo = _encode_one(_load(x, i, f16tab), f, divide, mids, up, pos, neg)
-        hi = pad
-        if i + 1 < n:
-            hi = _encode_one(_load(x, i + 1, f16tab), f, divide, mids, up, pos, neg)
-        packed[j] = np.uint8(lo | (hi << 4))
+    half = blocksize // 2
+    nb = (packed.size + half - 1) // half
+    for b in prange(nb):
+        f = factor[b]
+        for j in range(b * half, min((b + 1) * half, packed.size)):
+            i = 2 * j
+            lo = _encode_one(_load(x, i, f16tab), f, divide, mids, up, pos, neg)
+            hi = pad
+            if i + 1 < n:
+                hi = _encode_one(_load(x, i + 1, f16tab), f, divide, mids, up, pos, neg)
+            packed[j] = np.uint8(lo | (hi << 4))
 
 
 @njit(parallel=True, cache=True)
 def scaled_decode(packed, scale, table, blocksize, n, out):
-    """``out[i] = table[code] * scale[i // B]`` (float32 product, then the output type)."""
-    for j in prange(packed.size):
-        i = 2 * j
-        p = np.int64(packed[j])
-        s = scale[i // blocksize]
-        _store(out, i, table[p & 15] * s)
-        if i + 1 < n:
-            _store(out, i + 1, table[p >> 4] * s)
+    """``out[i] = table[code] * scale[i // B]`` (float32 product, then the output type); a
+    thread takes whole blocks, as in :func:`scaled_encode`."""
+    half = blocksize // 2
+    nb = (packed.size + half - 1) // half
+    for b in prange(nb):
+        s = scale[b]
+        for j in range(b * half, min((b + 1) * half, packed.size)):
+            i = 2 * j
+            p = np.int64(packed[j])
+            _store(out, i, table[p & 15] * s)
+            if i + 1 < n:
+                _store(out, i + 1, table[p >> 4] * s)

@@ -392,12 +392,20 @@ class CudaBackend(Backend, name="gpu"):
         q, nested = _nested_codes(cp.asarray(np.ascontiguousarray(deviations, dtype=np.float32)), 0.0)
         return q.get(), nested.get()
 
-    # the scaled layouts: the rules run in numpy on the block maxima (copied to the host);
-    # a search's candidate errors and ggml's search, which need every value, on the device
+    # the scaled layouts: block maxima, the rule's step-table lookup, a search's candidate
+    # errors and ggml's search on the device; only stored scales and errors reach the host
     def scaled_amax(self, x, block_size):
         from .scaled import scaled_amax_gpu  # noqa: PLC0415 - gpu/scaled imports this module
 
         return scaled_amax_gpu(x, block_size)
+
+    def scaled_scales(self, amax, rule, qmax, tensor_scale=None, need_scale=False):
+        from .scaled import scaled_scales_gpu  # noqa: PLC0415
+
+        out = scaled_scales_gpu(amax, rule, qmax, tensor_scale, need_scale)
+        if out is None:   # a block the rule refuses: the rule raises its own error
+            return super().scaled_scales(amax, rule, qmax, tensor_scale, need_scale)
+        return out
 
     def scaled_encode(self, x, factor, divide, table, block_size):
         from .scaled import scaled_encode_gpu  # noqa: PLC0415

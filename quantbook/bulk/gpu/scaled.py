@@ -1,12 +1,15 @@
-"""Host launchers of the scaled-layout kernels (:mod:`.scaled_kernels`): the three hooks of
-:class:`quantbook.bulk.backend.Backend` (``scaled_amax`` / ``scaled_encode`` /
-``scaled_decode``) on device arrays, byte-identical to the numpy reference.
+"""Host launchers of the scaled-layout kernels (:mod:`.scaled_kernels`): the ``scaled_*``
+hooks of :class:`quantbook.bulk.backend.Backend` on device arrays, byte-identical to the
+numpy reference.  Block maxima stay on the device: a deterministic rule is looked up in its
+step table (:mod:`quantbook.scales.steps`) with CuPy's ``searchsorted`` and gathers, so
+only the stored scales (and a search's errors) cross to the host.
 
 The host side prepares what the kernels take, in numpy (no GPU needed, so the tests check
 it directly): the encoder as 16 thresholds and nibble tables (:func:`encoder_args`, checked
 against the layout's encoder on every critical value), an exact multiplier in place of a
-division by a power of two (:func:`exact_multiplier`), and the launch shape
-(:func:`launch_shape`).  CuPy is imported on first use.
+division by a power of two (:func:`exact_multiplier`, also applied to a step table's
+divisors by :func:`step_args`), and the launch shape (:func:`launch_shape`).  CuPy is
+imported on first use.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from functools import lru_cache
 
 import numpy as np
 
+from ...scales.steps import StepTable, step_table
 from .. import format as F
 from .. import layouts as L
 from . import backend as G
 from . import scaled_kernels as SK
 from .compile import compile_source, load_nvrtc
 
-__all__ = ["EncoderArgs", "encoder_args", "encode_with_args", "exact_multiplier", "launch_shape",
-           "amax_from_bits", "ggml_args", "scaled_amax_gpu", "scaled_encode_gpu", "scaled_decode_gpu",
-           "scaled_errors_gpu", "scaled_ggml_gpu"]
+__all__ = ["EncoderArgs", "encoder_args", "encode_with_args", "exact_multiplier", "step_args",
+           "launch_shape", "amax_from_bits", "ggml_args", "scaled_amax_gpu", "scaled_scales_gpu",
+           "scaled_encode_gpu", "scaled_decode_gpu", "scaled_errors_gpu", "scaled_ggml_gpu"]
 
 _F = np.float32
 #: alignment of the packed bytes for the decode kernel's vector path (half a 16-byte store)
@@ -158,6 +162,17 @@ def exact_multiplier(factor: np.ndarray, divide: bool) -> tuple[np.ndarray, bool
     return (_F(1) / f).astype(_F), False
 
 
+def step_args(table: StepTable) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(starts, factor, divide)`` of a step table for the device: the divisors of its valid
+    steps through :func:`exact_multiplier` (one decision for the whole table), NaN elsewhere."""
+    f = np.full(table.factor.size, np.nan, _F)
+    div = table.divide
+    if table.valid.any():
+        fv, div = exact_multiplier(table.factor[table.valid], table.divide)
+        f[table.valid] = fv
+    return table.starts, f, bool(div)
+
+
 def _log2_or_neg(block_size: int) -> int:
     b = int(block_size)
     return b.bit_length() - 1 if b > 0 and b & (b - 1) == 0 else -1
@@ -227,9 +242,9 @@ def _kernel(name: str):
     return fn
 
 
-def scaled_amax_gpu(x, block_size: int) -> np.ndarray:
-    """Per-block ``max |x|`` of a device array as a host float32 array; NaN for a block
-    holding NaN/Inf."""
+def scaled_amax_gpu(x, block_size: int):
+    """Per-block ``max |x|`` of a device array (CuPy float32); NaN for a block holding
+    NaN/Inf."""
     b = _check_block_size(block_size)
     xd, key, keep = G._as_device(x)
     cp = G._cupy()
@@ -241,7 +256,33 @@ def scaled_amax_gpu(x, block_size: int) -> np.ndarray:
         _kernel(SK.amax_name(key))((grid,), (cta,),
                                    (xd, bits, np.int64(n), np.int32(b), np.int32(log2b), np.int32(vec)))
     del keep
-    return amax_from_bits(cp.asnumpy(bits))
+    return bits.view(cp.float32)
+
+
+def scaled_scales_gpu(amax, rule, qmax: float, tensor_scale=None, need_scale: bool = False):
+    """``(stored, factor, divide, scale)`` of a deterministic rule for device block maxima, as
+    :meth:`quantbook.bulk.backend.Backend.scaled_scales` (CuPy arrays), or None when a block
+    lands on a step the rule refuses."""
+    table = step_table(rule, qmax, tensor_scale)
+    starts, f, div = step_args(table)
+    cp = G._cupy()
+    a = cp.ascontiguousarray(cp.asarray(amax, dtype=cp.float32)).reshape(-1)
+    idx = cp.searchsorted(G._device_const(starts), a.view(cp.uint32), side="right") - 1
+    if not bool(G._device_const(table.valid)[idx].all()):
+        return None
+    stored = G._device_const(table.stored)[idx]
+    scale = G._device_const(table.scale)[idx] if need_scale else None
+    return stored, G._device_const(f)[idx], div, scale
+
+
+def _device_factor(factor, divide: bool):
+    """``(f, divide)`` on the device: a device ``factor`` as given (a division stays one), a
+    host one through :func:`exact_multiplier`."""
+    cp = G._cupy()
+    if hasattr(factor, "__cuda_array_interface__"):
+        return cp.ascontiguousarray(cp.asarray(factor, dtype=cp.float32)).reshape(-1), bool(divide)
+    f, div = exact_multiplier(factor, divide)
+    return cp.asarray(f), div
 
 
 def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
@@ -254,10 +295,7 @@ def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
     xd, key, keep = G._as_device(x)
     cp = G._cupy()
     n = int(xd.size)
-    if hasattr(factor, "__cuda_array_interface__"):   # already on the device: used as given
-        f, div = cp.ascontiguousarray(cp.asarray(factor, dtype=cp.float32)).reshape(-1), bool(divide)
-    else:
-        f, div = exact_multiplier(factor, divide)
+    f, div = _device_factor(factor, divide)
     if f.size < F.n_blocks(n, b):
         raise ValueError(f"factor holds {f.size} values, {F.n_blocks(n, b)} needed")
     packed = cp.empty(L.packed_length(n), dtype=cp.uint8)
@@ -266,7 +304,7 @@ def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
         grid, cta, vec, log2b = launch_shape("encode", n, b, xd.data.ptr % 16 == 0 and not div, key)
         _kernel(SK.encode_name(key))(
             (grid,), (cta,),
-            (xd, cp.asarray(f), packed, np.int64(n), np.int32(b), np.int32(log2b), np.int32(div),
+            (xd, f, packed, np.int64(n), np.int32(b), np.int32(log2b), np.int32(div),
              np.int32(vec), np.uint32(args.pad), *args.scalars()))
     del keep
     return packed
@@ -326,7 +364,8 @@ def scaled_ggml_gpu(x, table, block_size: int, ntry: int):
 
 def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, loss: str) -> np.ndarray:
     """Per-block errors (host float64) of one search candidate on a device array, as
-    :meth:`quantbook.bulk.backend.Backend.scaled_errors`; ``factor`` and ``scale`` host arrays."""
+    :meth:`quantbook.bulk.backend.Backend.scaled_errors`; ``factor`` and ``scale`` on the host
+    or the device."""
     b = _check_block_size(block_size)
     if loss not in ("l1", "l2"):
         raise ValueError(f"loss must be l1 or l2, got {loss!r}")
@@ -335,15 +374,15 @@ def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, lo
     cp = G._cupy()
     n = int(xd.size)
     nb = F.n_blocks(n, b)
-    f, div = exact_multiplier(factor, divide)
-    s = np.ascontiguousarray(scale, dtype=_F).reshape(-1)
+    f, div = _device_factor(factor, divide)
+    s = cp.ascontiguousarray(cp.asarray(scale, dtype=cp.float32)).reshape(-1)
     if f.size < nb or s.size < nb:
         raise ValueError(f"factor and scale need {nb} values, got {f.size} and {s.size}")
     err = cp.zeros(nb, dtype=cp.float64)
     if n:
         _kernel(SK.errors_name(key))(
             (-(-nb // SK.GGML_CTA),), (SK.GGML_CTA,),
-            (xd, cp.asarray(f), cp.asarray(s), G._device_const(F.decode_table(table, L.SCALED_BITS)), err,
+            (xd, f, s, G._device_const(F.decode_table(table, L.SCALED_BITS)), err,
              np.int64(n), np.int32(b), np.int32(div), np.int32(loss == "l1"), *args.scalars()))
     del keep
     return cp.asnumpy(err)
