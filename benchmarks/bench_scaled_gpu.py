@@ -19,8 +19,8 @@ Rows:
   copied from the host;
 * ``decode``: the decode kernel with the scales on the device (reads n/2 bytes and the
   scales, writes n values of the input's type);
-* ``errors+H2D``: one scale-search candidate's block errors (float64 sums, a thread a
-  block), factors and scales copied from the host, the sums back: a search rule such as
+* ``errors``: one scale-search candidate's block errors (float64 sums, a thread a block),
+  factors and scales on the device, the sums left there: a search rule such as
   ``search:4over6`` runs it once per candidate, then ``encode`` once;
 * ``quantize()``: ``quantbook.quantize(x, codebook, B, scale=rule, backend="gpu")`` end to
   end, the stored scales copied to the host into the state;
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
                 ("encode", enc, n * isz + 4 * nb + n // 2),
                 ("encode+H2D", lambda: GS.scaled_encode_gpu(x, f_host, divide, table, B),
                  n * isz + 4 * nb + n // 2),
-                ("errors+H2D", lambda: GS.scaled_errors_gpu(x, f_host, divide, scale, table, B, "l2"),
+                ("errors", lambda: GS.scaled_errors_gpu(x, f_dev, div, s_dev, table, B, "l2"),
                  n * isz + 16 * nb),
             ]
             for label, fn, nbytes in rows:
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         del x, raw, dst
         cp.get_default_memory_pool().free_all_blocks()
     print("vs copy = bandwidth / d2d copy bandwidth of the same dtype (reads + writes); "
-          "host rule, encode+H2D and errors+H2D include host transfers of per-block values; "
+          "host rule and encode+H2D include host transfers of per-block values; "
           "scales and host rule count 9 bytes a block (maxima in, factor and stored scale out)")
     return 2 if bad else 0
 

@@ -116,3 +116,19 @@ def test_search_and_nested_are_not_functions_of_m():
     with pytest.raises(ValueError, match="not 1-D"):
         get_rule("search:4over6").breakpoints(6.0, 1.0)
     assert get_rule("search:e8m0:rceil@1,0.75/l1").name == "search:e8m0:rceil@1,0.75/l1"
+
+
+def test_search_pick_is_the_first_least_error():
+    """numpy's argmin (first on ties) is the oracle; the pick also runs on arrays of another
+    kind (here a subclass, as CuPy's arrays on the device)."""
+    rule = get_rule("search:e8m0:floor@1,0.75,0.5/l1")
+    rng = np.random.default_rng(3)
+    errs = [rng.integers(0, 4, 500).astype(np.float64) for _ in range(3)]   # many ties
+    pick = rule.pick(errs)
+    assert np.array_equal(pick, np.argmin(np.stack(errs), axis=0))
+
+    class Other(np.ndarray):
+        pass
+
+    got = rule.pick([e.view(Other) for e in errs])
+    assert type(got) is Other and np.array_equal(got, pick)

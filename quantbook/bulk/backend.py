@@ -98,15 +98,15 @@ class Backend:
 
     def scaled_errors(self, x: Any, factor: np.ndarray, divide: bool, scale: np.ndarray, table: np.ndarray,
                       block_size: int, loss: str) -> np.ndarray:
-        """Per block (host float64), the error of encoding with ``factor`` and decoding with
-        ``scale`` (:func:`quantbook.scales.search.block_errors`).  Default: this backend's
-        encode and decode, the decoded values copied to the host."""
+        """Per block (float64, an array of this backend's kind), the error of encoding with
+        ``factor`` and decoding with ``scale`` (:func:`quantbook.scales.search.block_errors`).
+        Default: this backend's encode and decode, the decoded values copied to the host."""
         from ..scales.search import block_errors
 
         p = self.scaled_encode(x, factor, divide, table, block_size)
         xh = self.to_host(x).reshape(-1)
         deq = self.to_host(self.scaled_decode(p, scale, table, block_size, xh.size, np.dtype(np.float32)))
-        return block_errors(xh.astype(np.float32), deq, block_size, loss)
+        return self.from_host(block_errors(xh.astype(np.float32), deq, block_size, loss))
 
     def scaled_ggml(self, x: Any, table: np.ndarray, block_size: int, ntry: int) -> tuple[np.ndarray, Any]:
         """``(d, packed)``: ggml's search (:mod:`quantbook.scales.ggml`) over the blocks of ``x``,

@@ -35,6 +35,15 @@ def check_backend(be: Any) -> None:
                          "(NVFP4/MXFP4/float16 scales); use backend='numpy' or 'cpu'")
 
 
+def _choose(pick: Any, options: list) -> Any:
+    """Per block, ``options[pick[block]][block]`` (numpy or CuPy alike: indexing only)."""
+    out = options[0].copy()
+    for k, o in enumerate(options[1:], 1):
+        m = pick == k
+        out[m] = o[m]
+    return out
+
+
 def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: Any,
                     block_size: int, rule: ScaleRule, qmax: float, be: Any,
                     allow_nonfinite: bool,
@@ -63,11 +72,9 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
             raise AssertionError(f"{rule.name}: candidates scale differently (divide flags differ)")
         divide = cands[0][2]
         errs = [be.scaled_errors(x, f, divide, s, table, block_size, rule.loss) for _, f, _, s in cands]
-        pick = rule.pick(np.stack(errs))
-        blocks = np.arange(pick.size)
-        stored = np.stack([be.to_host(st) for st, _, _, _ in cands])[pick, blocks]
-        f = np.stack([be.to_host(f) for _, f, _, _ in cands])[pick, blocks]
-        packed = be.scaled_encode(x, f, divide, table, block_size)
+        pick = rule.pick(errs)                # where the errors are: no transfer
+        stored = be.to_host(_choose(pick, [c[0] for c in cands]))
+        packed = be.scaled_encode(x, _choose(pick, [c[1] for c in cands]), divide, table, block_size)
     else:
         stored, f, divide, _ = be.scaled_scales(amax, rule, qmax, ts)
         packed = be.scaled_encode(x, f, divide, table, block_size)

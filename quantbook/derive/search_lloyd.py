@@ -132,7 +132,7 @@ def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax:
         errs.append(_block_error(smp, deqs[-1], rule.loss))
         ys.append(y)
         idxs.append(idx)
-    pick = rule.pick(np.stack(errs))
+    pick = rule.pick(errs)
     deq, y, idx = deqs[0], ys[0], idxs[0]
     sig = (qmax * smp.cands[0][1]).astype(np.float64)
     for k in range(1, len(errs)):

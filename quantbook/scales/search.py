@@ -20,7 +20,7 @@ Spec: ``search:PRESET`` or ``search:BASE@f1,f2,...[/l1|/l2]``, e.g.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -114,9 +114,17 @@ class SearchScale(ScaleRule, family="search"):
         """The stored scales of every candidate, in order."""
         return [self.base.encode(amax, float(qmax) * f, tensor_scale) for f in self.factors]
 
-    def pick(self, errors: np.ndarray) -> np.ndarray:
-        """Per block, the index of the least error among ``errors[k, block]`` (first on ties)."""
-        return np.argmin(np.asarray(errors), axis=0)
+    def pick(self, errors: Sequence[Any]) -> Any:
+        """Per block, the index of the candidate with the least error, the first on a tie;
+        ``errors`` holds one array per candidate.  Only comparisons and indexing are used, so
+        it runs on the errors' own kind of array (numpy, or CuPy on the device)."""
+        best = errors[0].copy()
+        pick = (best != best).astype(np.int64)             # zeros, of the same kind
+        for k, e in enumerate(errors[1:], 1):
+            better = e < best
+            best[better] = e[better]
+            pick[better] = k
+        return pick
 
     def encode(self, amax, qmax, tensor_scale=None):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "

@@ -363,7 +363,7 @@ def scaled_ggml_gpu(x, table, block_size: int, ntry: int):
 
 
 def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, loss: str) -> np.ndarray:
-    """Per-block errors (host float64) of one search candidate on a device array, as
+    """Per-block errors (CuPy float64) of one search candidate on a device array, as
     :meth:`quantbook.bulk.backend.Backend.scaled_errors`; ``factor`` and ``scale`` on the host
     or the device."""
     b = _check_block_size(block_size)
@@ -385,4 +385,4 @@ def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, lo
             (xd, f, s, G._device_const(F.decode_table(table, L.SCALED_BITS)), err,
              np.int64(n), np.int32(b), np.int32(div), np.int32(loss == "l1"), *args.scalars()))
     del keep
-    return cp.asnumpy(err)
+    return err
