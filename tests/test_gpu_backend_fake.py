@@ -70,6 +70,22 @@ def test_quantize_dequantize_roundtrip_through_the_backend(cp, dtype, name, bits
     assert qname.endswith(f"_p{G.packing_for_bits(bits)}_s{steps}")
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16")])
+@pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 64), ("fp4", 4, 16), ("max1960-n8", 3, 4096)])
+def test_nonfinite_blocks_code_as_numpy(cp, dtype, name, bits, bs):
+    """quantize_gpu on blocks holding NaN or Inf (the api never lets them through, the kernel
+    still defines them): codes and maxima as numpy's, NaN ranking last.  Only such blocks take
+    the kernel's NaN test; the finite ones beside them must not."""
+    rng = np.random.default_rng(bs)
+    code = np.asarray(registry.get(name).code, np.float32)
+    x = rng.standard_normal(4 * bs + 7).astype(dtype)
+    x[3], x[bs + 5], x[2 * bs], x[2 * bs + 1], x[-2] = np.nan, np.inf, -np.inf, np.nan, np.inf
+    p, a = G.quantize_gpu(fake_device(x), code, bits, bs)
+    p_ref, a_ref = R.quantize_reference(x, code, bits, bs)
+    assert np.array_equal(p, p_ref)
+    assert np.array_equal(np.isnan(a), np.isnan(a_ref)) and np.array_equal(a[~np.isnan(a)], a_ref[~np.isnan(a_ref)])
+
+
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
 def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
     rng = np.random.default_rng(2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from quantbook.scales import FAMILIES, get_rule, rule_names
-from quantbook.scales.steps import step_table
+from quantbook.scales.steps import BUCKET_SHIFT, step_table
 
 _F = np.float32
 
@@ -96,3 +96,13 @@ def test_every_deterministic_scaled_family_is_covered():
     fams = {get_rule(n).family for n in DETERMINISTIC}
     want = {f for f, c in FAMILIES.items() if c.deterministic and c.layout == "scaled"}
     assert fams == want and {"e4m3", "e8m0", "float16", "bfloat16"} <= fams
+
+
+@pytest.mark.parametrize("name", ["e4m3", "float16", "e8m0:even"])
+def test_buckets_bracket_every_step(name):
+    rule = get_rule(name)
+    t = step_table(rule, 6.0, rule.tensor_scale(1.0, 6.0))
+    bits = _probes(t.starts, np.random.default_rng(2)).view(np.uint32)
+    k = (bits >> BUCKET_SHIFT).astype(np.int64)
+    i = t.index(bits.view(_F))
+    assert np.all(t.buckets[k] <= i) and np.all(i <= t.buckets[k + 1])

@@ -110,9 +110,13 @@ class SearchScale(ScaleRule, family="search"):
     def tensor_scale(self, global_amax, qmax):
         return self.base.tensor_scale(global_amax, qmax)
 
+    def targets(self, qmax: float) -> list[float]:
+        """The ``qmax`` the base rule maps each candidate's amax to, in order."""
+        return [float(qmax) * f for f in self.factors]
+
     def candidates(self, amax: np.ndarray, qmax: float, tensor_scale=None) -> list[np.ndarray]:
         """The stored scales of every candidate, in order."""
-        return [self.base.encode(amax, float(qmax) * f, tensor_scale) for f in self.factors]
+        return [self.base.encode(amax, q, tensor_scale) for q in self.targets(qmax)]
 
     def pick(self, errors: Sequence[Any]) -> Any:
         """Per block, the index of the candidate with the least error, the first on a tie;

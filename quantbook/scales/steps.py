@@ -27,7 +27,7 @@ import numpy as np
 
 from .rule import ScaleRule, _check_qmax, get_rule
 
-__all__ = ["StepTable", "step_table"]
+__all__ = ["StepTable", "step_table", "BUCKET_SHIFT"]
 
 _F = np.float32
 _TOP = np.uint32(0x7F7FFFFF)       # float32's largest finite value
@@ -39,7 +39,10 @@ class StepTable:
     """Step ``i`` holds the maxima whose float32 bits lie in ``[starts[i], starts[i + 1])``
     (the last step: up to float32's largest finite value).  ``stored``, ``factor``, ``scale``
     and ``valid`` are per step; ``divide`` is the rule's (:meth:`ScaleRule.divisor`).  An
-    invalid step has NaN ``factor`` and ``scale``."""
+    invalid step has NaN ``factor`` and ``scale``.  ``buckets[k]`` is the step holding the
+    bits ``k << BUCKET_SHIFT`` (k = 0 .. 0x7F80), so the step of bits ``v`` lies in
+    ``[buckets[v >> BUCKET_SHIFT], buckets[(v >> BUCKET_SHIFT) + 1]]``: a search of a few
+    steps at most, whatever the table's size."""
 
     rule: str
     starts: np.ndarray
@@ -48,13 +51,7 @@ class StepTable:
     divide: bool
     scale: np.ndarray
     valid: np.ndarray
-
-    @property
-    def buckets(self) -> np.ndarray:
-        """``buckets[k]``: the step holding the bits ``k << 16`` (k = 0 .. 0x7F80), so the step
-        of bits ``v`` lies in ``[buckets[v >> 16], buckets[(v >> 16) + 1]]``: a search of a
-        few steps at most, whatever the table's size."""
-        return _buckets(self.starts)
+    buckets: np.ndarray
 
     def index(self, amax: np.ndarray) -> np.ndarray:
         """The step of each finite non-negative float32 maximum (int64)."""
@@ -62,21 +59,10 @@ class StepTable:
         return np.searchsorted(self.starts, bits, side="right") - 1
 
 
+#: a bucket is the maxima sharing their float32 bits above this many (sign, exponent and
+#: 7 mantissa bits: a relative width of 1/128)
 BUCKET_SHIFT = 16
-_N_BUCKETS = (0x7F800000 >> BUCKET_SHIFT) + 1
-
-
-@lru_cache(maxsize=32)
-def _bucket_cache(starts_bytes: bytes) -> np.ndarray:
-    starts = np.frombuffer(starts_bytes, dtype=np.uint32)
-    keys = np.arange(_N_BUCKETS, dtype=np.uint32) << np.uint32(BUCKET_SHIFT)
-    b = (np.searchsorted(starts, keys, side="right") - 1).astype(np.int32)
-    b.setflags(write=False)
-    return b
-
-
-def _buckets(starts: np.ndarray) -> np.ndarray:
-    return _bucket_cache(np.ascontiguousarray(starts, dtype=np.uint32).tobytes())
+_N_BUCKETS = (0x7F800000 >> BUCKET_SHIFT) + 1      # through +inf's: the last finite's has a successor
 
 
 def _as_bits(stored: np.ndarray) -> np.ndarray:
@@ -131,16 +117,21 @@ def _table(name: str, qmax: float, ts_bits: int | None) -> StepTable:
         f, divide = rule._divisor(stored[valid], ts)
         factor[valid] = f
         scale[valid] = dec[valid]
-    for a in (starts, stored, factor, scale, valid):
+    keys = np.arange(_N_BUCKETS, dtype=np.uint32) << np.uint32(BUCKET_SHIFT)
+    buckets = (np.searchsorted(starts, keys, side="right") - 1).astype(np.int32)
+    for a in (starts, stored, factor, scale, valid, buckets):
         a.setflags(write=False)
-    return StepTable(rule.name, starts, stored, factor, bool(divide), scale, valid)
+    return StepTable(rule.name, starts, stored, factor, bool(divide), scale, valid, buckets)
 
 
 def step_table(rule: ScaleRule | str, qmax: float, tensor_scale: Any = None) -> StepTable:
     """The step table of a deterministic scaled-layout rule for ``qmax`` and the tensor scale
     (cached: a table is built once per rule, ``qmax`` and tensor scale)."""
     rule = get_rule(rule)
-    if not rule.deterministic or rule.layout != "scaled":
+    if not rule.deterministic:
         raise ValueError(f"{rule.name} is not a function of the block maximum; it has no step table")
+    if rule.layout != "scaled":
+        raise ValueError(f"{rule.name} stores its scales in the {rule.layout} layout, where nearly "
+                         "every float is a step; it has no step table")
     ts = None if tensor_scale is None else int(np.asarray(tensor_scale, dtype=_F).view(np.uint32))
     return _table(rule.name, _check_qmax(qmax), ts)

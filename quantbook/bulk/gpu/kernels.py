@@ -205,8 +205,9 @@ template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b
    comes from a table; S compares of a branchless binary search over the bounds that
    follow add the bounds inside the bucket (quantbook/bulk/gpu/tables.py builds both).
    NaN ranks last, as numpy.searchsorted(bounds, NaN, 'left') (the api rejects
-   non-finite input).                                                                 */
-template <int S, bool IDENT>
+   non-finite input); only blocks with a non-finite maximum can hold a NaN y, so the
+   caller asks for the test (CHECK_NAN) only there.                                          */
+template <int S, bool IDENT, bool CHECK_NAN>
 __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const float* s_b,
                                             const qb_u8* s_ord, int kmax) {
     /* no clamp: the host folded it into the table (bounds >= 1 are +inf; bounds < -1
@@ -219,7 +220,7 @@ __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const f
         if (b < y) kb += 4u * (unsigned)s;
     }
     int k = (int)(kb >> 2);
-    if (y != y) k = kmax;
+    if constexpr (CHECK_NAN) { if (y != y) k = kmax; }
     if constexpr (IDENT) return (qb_u32)k;
     else return (qb_u32)s_ord[k];
 }
@@ -315,11 +316,16 @@ __device__ __forceinline__ void qb_quantize_body(
         for (int j = 0; j < V; ++j) y[j] = __fmul_rn(QbWords<T>::get(w[j / PW], j % PW), inv);
     }
     qb_u32 c[V];
+    if (amax < __uint_as_float(0x7f800000u)) {            /* finite: y is never NaN */
 #pragma unroll
-    for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT>(y[j], s_bk, s_b, s_ord, kmax);
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false>(y[j], s_bk, s_b, s_ord, kmax);
+    } else {                                              /* NaN / Inf in the block: rare */
+#pragma unroll
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true>(y[j], s_bk, s_b, s_ord, kmax);
+    }
     const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
     if (nvalid < V) {                                     /* the last, partial chunk */
-        const qb_u32 zc = qb_encode<S, IDENT>(0.0f, s_bk, s_b, s_ord, kmax);   /* pad code */
+        const qb_u32 zc = qb_encode<S, IDENT, false>(0.0f, s_bk, s_b, s_ord, kmax);   /* pad code */
 #pragma unroll
         for (int j = 0; j < V; ++j)
             if (j >= nvalid) c[j] = zc;
