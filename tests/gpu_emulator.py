@@ -28,6 +28,7 @@ import numpy as np
 
 from quantbook.bulk import format as F
 from quantbook.bulk.backend import Backend
+from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
 from quantbook.bulk.gpu.backend import (_dtype_key, _log2_blocksize, dequantize_launch, nested_launch,
                                         packing_for_bits, quantize_launch)
@@ -146,8 +147,8 @@ def _launchers() -> str:
     for d in K.DTYPES:
         st = "float" if d == "f32" else "unsigned short"
         for p in K.PACKINGS:
-            for k in range(K.max_steps(p) + 1):
-                q = K.quantize_name(d, p, k)
+            for k, pf in ((k, pf) for k in range(K.max_steps(p) + 1) for pf in (False, True)):
+                q = K.quantize_name(d, p, k, pf)
                 out.append(
                     f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
                     f" float* absmax, qb_i64 n, int log2B, const qb_u16* bucket, const float* bounds,"
@@ -274,7 +275,8 @@ def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec
     tabs = encoder_tables(code, search_size(packing))
     # a grid of two CTAs: each loops over several tiles, as on a GPU (grid-stride)
     grid, cta = quantize_launch(n, key, blocksize, sms=2, per_sm=1)
-    emulator().launch(K.quantize_name(key, packing, tabs.steps), grid, cta, xs, packed, absmax, n,
+    emulator().launch(K.quantize_name(key, packing, tabs.steps, G.QUANTIZE_PREFETCH), grid, cta, xs,
+                      packed, absmax, n,
                       log2b, np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
                       int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K,
                       int(tabs.ident), int(vec_in))

@@ -86,6 +86,26 @@ def test_nonfinite_blocks_code_as_numpy(cp, dtype, name, bits, bs):
     assert np.array_equal(np.isnan(a), np.isnan(a_ref)) and np.array_equal(a[~np.isnan(a)], a_ref[~np.isnan(a_ref)])
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"), _BF16])
+@pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 16), ("max1960-n4", 2, 64), ("nf4", 4, 256),
+                                          ("dynamic", 8, 4096)])
+def test_prefetching_kernels_give_the_same_bytes(cp, monkeypatch, dtype, name, bits, bs):
+    """The kernels that load their next tile ahead: numpy's bytes, on arrays long enough that
+    every CTA of the capped grid loops over many tiles, with a ragged end."""
+    rng = np.random.default_rng(bs + bits)
+    code = (np.asarray(dynamic_map(), np.float32) if name == "dynamic"
+            else np.asarray(registry.get(name).code, np.float32))
+    x = rng.standard_normal(40 * 8192 + 333).astype(dtype)
+    monkeypatch.setattr(G, "QUANTIZE_PREFETCH", True)
+    p, a = G.quantize_gpu(fake_device(x), code, bits, bs)
+    p_ref, a_ref = R.quantize_reference(x, code, bits, bs)
+    assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
+    qname = [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][-1]
+    assert qname.endswith("_pf")
+    grid = [g for n, g, _ in cp.launches if n == qname][-1][0]
+    assert x.size > 4 * grid * 512 * 8        # each CTA takes several tiles
+
+
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
 def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
     rng = np.random.default_rng(2)
@@ -152,8 +172,10 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("bench_quantize_gpu", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    monkeypatch.setattr(G, "QUANTIZE_PREFETCH", False)
     assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14",
-                       "--blocksizes", "16,4096", "--bits", "2,4,8"]) == 0
+                       "--blocksizes", "16,4096", "--bits", "2,4,8", "--prefetch", "compare"]) == 0
     out = capsys.readouterr().out
+    assert " pf x" in out and "DIFFER" not in out and G.QUANTIZE_PREFETCH is False
     assert "bytes of 18 configurations: IDENTICAL to the numpy reference" in out
     assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype

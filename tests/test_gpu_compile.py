@@ -1,8 +1,9 @@
 """Always-running NVRTC compile check of the GPU kernels for sm_80 and sm_90 (no GPU needed).
 
 Every dequantize and nested kernel, the quantize kernels of every dtype and packing with one
-compare a value, and those of float16 with none and with the most (the other counts are the
-same template with another loop count; compiling all would take minutes on two cores).
+compare a value (plain and prefetching), and those of float16 with none and with the most
+(the other counts are the same template with another loop count; compiling all would take
+minutes on two cores).  ptxas must report no register spills.
 
 Skips only when CuPy's NVRTC binding or libnvrtc itself cannot be loaded
 (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12 — both are in the [test] extra).
@@ -19,16 +20,20 @@ from quantbook.bulk.gpu.compile import compile_source
 
 
 
-SAMPLE = sorted({K.quantize_name(d, p, 1) for d in K.DTYPES for p in K.PACKINGS}
+SAMPLE = sorted({K.quantize_name(d, p, 1, pf) for d in K.DTYPES for p in K.PACKINGS for pf in (False, True)}
                 | {K.quantize_name("f16", p, k) for p in K.PACKINGS for k in (0, K.max_steps(p))}
                 | {n for n in K.all_kernel_names() if not n.startswith("qb_quantize_")}
                 | {K.NESTED_QUANT_NAME})
 
 
+def _family(name):
+    return re.sub(r"_s\d+", "", name)
+
+
 def test_sample_covers_every_kernel_family():
     assert set(SAMPLE) <= set(K.all_kernel_names())
-    families = {n.rsplit("_s", 1)[0] if n.startswith("qb_quantize_") else n for n in K.all_kernel_names()}
-    assert families == {n.rsplit("_s", 1)[0] if n.startswith("qb_quantize_") else n for n in SAMPLE}
+    assert {_family(n) for n in K.all_kernel_names()} == {_family(n) for n in SAMPLE}
+    assert any(n.endswith("_pf") for n in SAMPLE)
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -57,6 +62,25 @@ def test_ptx_is_plain_ieee_float32(nvrtc):
         assert not re.search(r"rcp\.approx", body), name
         if name.startswith("qb_quantize_"):
             assert "div.rn.f32" in body, name
+
+
+def test_no_kernel_spills_registers(nvrtc):
+    """ptxas' report for sm_90: every sampled kernel fits the registers its launch bounds
+    leave (a spill would go through local memory for every value)."""
+    from quantbook.bulk.gpu.compile import NVRTC_OPTIONS, load_nvrtc
+
+    nv = load_nvrtc()
+    prog = nv.createProgram(K.source(SAMPLE), "spills.cu", [], [])
+    try:
+        nv.compileProgram(prog, ["--gpu-architecture=sm_90", *NVRTC_OPTIONS, "--ptxas-options=-v"])
+        log = nv.getProgramLog(prog)
+    finally:
+        nv.destroyProgram(prog)
+    log = (log.decode() if isinstance(log, bytes) else log).replace("\0", "")
+    found = re.findall(r"Function properties for (\w+)\n.*?(\d+) bytes spill stores, (\d+) bytes spill loads",
+                       log)
+    assert sorted(name for name, _, _ in found) == SAMPLE
+    assert [name for name, st, ld in found if int(st) or int(ld)] == []
 
 
 def test_compile_error_reports_the_log(nvrtc):

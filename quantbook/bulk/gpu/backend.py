@@ -188,6 +188,9 @@ def quantize_launch(n: int, dtype_key: str, blocksize: int, sms: int | None = No
 
 #: quantize grids hold at most this many times what the GPU runs at once (0: no cap)
 QUANTIZE_WAVES = 1
+#: quantize with the kernels that load their next tile ahead (kernels.py; off until a GPU
+#: run shows it faster: ``benchmarks/bench_quantize_gpu.py --prefetch`` compares)
+QUANTIZE_PREFETCH = False
 
 
 def _sm_count() -> int:
@@ -251,7 +254,7 @@ def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
     if n == 0:
         return packed, absmax
     tabs = encoder_tables(code, search_size(packing))
-    fn = _kernel(K.quantize_name(key, packing, tabs.steps))
+    fn = _kernel(K.quantize_name(key, packing, tabs.steps, QUANTIZE_PREFETCH))
     _, cta = quantize_launch(n, key, blocksize)
     grid, cta = quantize_launch(n, key, blocksize, _sm_count(), _resident(fn, cta))
     vec_in = int(xd.data.ptr % 16 == 0)

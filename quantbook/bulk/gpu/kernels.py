@@ -13,7 +13,7 @@ Float arithmetic uses explicit round-to-nearest intrinsics (``__fdiv_rn``, ``__f
 
 Kernels (``extern "C"``; one instantiation per name):
 
-* ``qb_quantize_{f32,f16,bf16}_p{1,2,4,8}_s{S}`` — one pass: block absmax (the max of
+* ``qb_quantize_{f32,f16,bf16}_p{1,2,4,8}_s{S}[_pf]`` — one pass: block absmax (the max of
   ``|x|`` taken on the bits: NaN when the block holds one, as numpy's max),
   ``s = max(absmax, float32(1e-38))`` (a NaN absmax stays NaN, as numpy's ``maximum``;
   stored: absmax; ``s`` for the partial last block, as bitsandbytes stores it — so the api
@@ -25,6 +25,9 @@ Kernels (``extern "C"``; one instantiation per name):
   packing: 1, 2, 4 bits (8, 4, 2 codes a byte, first element in the most significant bits)
   or 8 (one byte a code, for 3 and 5..8 bits).  Positions past ``n`` in the last byte hold
   the code of 0.0.  Loads are 16 bytes a thread; CTAs loop over tiles (grid-stride).
+  ``_pf``: the same, each thread loading its next tile before working on the current one
+  (for the 16-bit types with the register budget of two CTAs an SM, so nothing spills);
+  used when ``quantbook.bulk.gpu.backend.QUANTIZE_PREFETCH`` is set.
 * ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``;
   each warp-wide store writes one contiguous run (16 bytes a thread).
 * ``qb_quantize_absmax_nested`` — bitsandbytes' CPU 8-bit blockwise quantizer for the
@@ -70,10 +73,11 @@ def max_steps(packing: int) -> int:
     return 8 if packing == 8 else packing
 
 
-def quantize_name(dtype: str, packing: int, steps: int) -> str:
+def quantize_name(dtype: str, packing: int, steps: int, prefetch: bool = False) -> str:
     """The quantize kernel of a dtype, packing and number of compares a value (``steps``,
-    from the encoder tables: a compile-time loop count)."""
-    return f"qb_quantize_{dtype}_p{packing}_s{steps}"
+    from the encoder tables: a compile-time loop count); ``prefetch``: the variant that loads
+    its next tile ahead (``_pf``)."""
+    return f"qb_quantize_{dtype}_p{packing}_s{steps}" + ("_pf" if prefetch else "")
 
 
 def dequantize_name(dtype: str, packing: int) -> str:
@@ -85,7 +89,8 @@ NESTED_DEQUANT_NAME = "qb_dequantize_absmax_nested"
 
 
 def all_kernel_names() -> list[str]:
-    names = [quantize_name(d, p, k) for d in DTYPES for p in PACKINGS for k in range(max_steps(p) + 1)]
+    names = [quantize_name(d, p, k, pf) for d in DTYPES for p in PACKINGS for k in range(max_steps(p) + 1)
+             for pf in (False, True)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
     return names
@@ -226,23 +231,13 @@ __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const f
 }
 
 /* ---- quantize: absmax + scale + encode + pack, one pass -------------------------- */
-/* Each thread owns V consecutive elements (two 16-byte loads); a quantization block of
-   B = 2^log2B elements is G = B / V consecutive threads.  G <= 32: xor-shuffles inside
-   the warp; G > 32: the CTA size is a multiple of G and the warps of a group combine
-   their maxima through shared memory.  Every thread takes part in the reductions
-   (threads past n hold zeros) and leaves only after the last barrier.  The maximum is
-   taken on the bits (QbAbsBits), the code table lives in shared memory.              */
-template <typename T, int V, int PB, int S, bool IDENT>
-__device__ __forceinline__ void qb_quantize_body(
-    const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
-    float* __restrict__ absmax, qb_i64 n, int log2B, int K, int vec_in, qb_i64 e0,
-    const qb_u16* s_bk, const float* s_b, const qb_u8* s_ord, qb_u32* s_red)
-{
+/* A thread's V elements from e0 as 32-bit words: two 16-byte loads, or element by element
+   for the tail and unaligned arrays (zeros past n). */
+template <typename T, int V>
+__device__ __forceinline__ void qb_load(const typename T::storage* __restrict__ x, qb_i64 n,
+                                        int vec_in, qb_i64 e0, qb_u32 (&w)[V / QbWords<T>::per_word]) {
     constexpr int PW = QbWords<T>::per_word;
-    constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
-    const int kmax = K - 1;
-
-    qb_u32 w[NW];
+    constexpr int NW = V / PW;
     if (vec_in && e0 + V <= n) {
         const uint4* src = reinterpret_cast<const uint4*>(x + e0);
 #pragma unroll
@@ -268,6 +263,23 @@ __device__ __forceinline__ void qb_quantize_body(
             w[q] = acc;
         }
     }
+}
+
+/* Each thread owns V consecutive elements (two 16-byte loads); a quantization block of
+   B = 2^log2B elements is G = B / V consecutive threads.  G <= 32: xor-shuffles inside
+   the warp; G > 32: the CTA size is a multiple of G and the warps of a group combine
+   their maxima through shared memory.  Every thread takes part in the reductions
+   (threads past n hold zeros) and leaves only after the last barrier.  The maximum is
+   taken on the bits (QbAbsBits), the code table lives in shared memory.              */
+template <typename T, int V, int PB, int S, bool IDENT>
+__device__ __forceinline__ void qb_quantize_body(
+    const qb_u32 (&w)[V / QbWords<T>::per_word], qb_u8* __restrict__ packed,
+    float* __restrict__ absmax, qb_i64 n, int log2B, int K, qb_i64 e0,
+    const qb_u16* s_bk, const float* s_b, const qb_u8* s_ord, qb_u32* s_red)
+{
+    constexpr int PW = QbWords<T>::per_word;
+    constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
+    const int kmax = K - 1;
 
     qb_u32 m = QbAbsBits<T>::word(w[0]);
 #pragma unroll
@@ -374,14 +386,17 @@ __device__ __forceinline__ void qb_quantize_body(
 
 /* A CTA quantizes tiles of blockDim * V elements, grid-stride (the grid is capped at what
    the GPU holds at once, or a few times that), so the 16 KB bucket table is read once per
-   CTA, not once per tile.                                                            */
-template <typename T, int V, int PB, int S>
+   CTA, not once per tile.  PF: each thread issues the loads of its next tile before it
+   works on the current one, so they are in flight during its reductions, barriers and
+   encodes (twice the bytes in flight, NW more registers).                            */
+template <typename T, int V, int PB, int S, bool PF>
 __device__ __forceinline__ void qb_quantize(
     const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, const qb_u16* __restrict__ bucket,
     const float* __restrict__ bounds, int nbounds, const int* __restrict__ order, int K,
     int ident, int vec_in)
 {
+    constexpr int NW = V / QbWords<T>::per_word;
     __shared__ __align__(16) qb_u16 s_bk[QB_N_BUCKETS];
     __shared__ float s_b[QB_MAX_BOUNDS];
     __shared__ qb_u8 s_ord[QB_MAX_TABLE];
@@ -390,16 +405,30 @@ __device__ __forceinline__ void qb_quantize(
         reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
     for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
     for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u8)order[i];
-    __syncthreads();
     const qb_i64 tile = (qb_i64)blockDim.x * V;
+    const qb_i64 stride = (qb_i64)gridDim.x * tile;
     const bool big = ((1 << log2B) / V) > 32;             /* maxima meet in shared memory */
-    for (qb_i64 t0 = (qb_i64)blockIdx.x * tile; t0 < n; t0 += (qb_i64)gridDim.x * tile) {
+    qb_i64 t0 = (qb_i64)blockIdx.x * tile;
+    qb_u32 next[NW];
+    if constexpr (PF) {
+        if (t0 < n) qb_load<T, V>(x, n, vec_in, t0 + (qb_i64)threadIdx.x * V, next);
+    }
+    __syncthreads();
+    for (; t0 < n; t0 += stride) {
         const qb_i64 e0 = t0 + (qb_i64)threadIdx.x * V;
+        qb_u32 w[NW];
+        if constexpr (PF) {
+#pragma unroll
+            for (int q = 0; q < NW; ++q) w[q] = next[q];
+            if (t0 + stride < n) qb_load<T, V>(x, n, vec_in, e0 + stride, next);
+        } else {
+            qb_load<T, V>(x, n, vec_in, e0, w);
+        }
         if (ident)   /* uniform: the code table is sorted (NF4, ...), no order lookup */
-            qb_quantize_body<T, V, PB, S, true>(x, packed, absmax, n, log2B, K, vec_in, e0,
+            qb_quantize_body<T, V, PB, S, true>(w, packed, absmax, n, log2B, K, e0,
                                                 s_bk, s_b, s_ord, s_red);
         else
-            qb_quantize_body<T, V, PB, S, false>(x, packed, absmax, n, log2B, K, vec_in, e0,
+            qb_quantize_body<T, V, PB, S, false>(w, packed, absmax, n, log2B, K, e0,
                                                  s_bk, s_b, s_ord, s_red);
         if (big) __syncthreads();                         /* s_red is reused by the next tile */
     }
@@ -521,14 +550,21 @@ __device__ __forceinline__ void qb_dequantize(
 """
 
 
-def _quantize_wrapper(dtype: str, packing: int, steps: int) -> str:
+def _min_ctas(dtype: str, prefetch: bool) -> int:
+    """CTAs of 512 an SM must hold (the register budget: 3 -> 40 registers, 2 -> 64).  The
+    16-bit prefetch variants hold 8 more words than 40 registers allow without spilling."""
+    return 2 if prefetch and dtype != "f32" else 3
+
+
+def _quantize_wrapper(dtype: str, packing: int, steps: int, prefetch: bool) -> str:
     t = _TYPE[dtype]
     return (
-        f'extern "C" __global__ void __launch_bounds__(512, 3) {quantize_name(dtype, packing, steps)}(\n'
+        f'extern "C" __global__ void __launch_bounds__(512, {_min_ctas(dtype, prefetch)}) '
+        f'{quantize_name(dtype, packing, steps, prefetch)}(\n'
         f"    const {t}::storage* x, qb_u8* packed, float* absmax, qb_i64 n, int log2B,\n"
         f"    const qb_u16* bucket, const float* bounds, int nbounds, const int* order, int K,\n"
         f"    int ident, int vec_in) {{\n"
-        f"  qb_quantize<{t}, {VEC[dtype]}, {packing}, {steps}>"
+        f"  qb_quantize<{t}, {VEC[dtype]}, {packing}, {steps}, {'true' if prefetch else 'false'}>"
         f"(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K, ident, vec_in);\n}}\n"
     )
 
@@ -596,8 +632,9 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     for d in DTYPES:
         for p in PACKINGS:
             for k in range(max_steps(p) + 1):
-                if quantize_name(d, p, k) in wanted:
-                    parts.append(_quantize_wrapper(d, p, k))
+                for pf in (False, True):
+                    if quantize_name(d, p, k, pf) in wanted:
+                        parts.append(_quantize_wrapper(d, p, k, pf))
             if dequantize_name(d, p) in wanted:
                 parts.append(_dequantize_wrapper(d, p))
     if wanted & {NESTED_QUANT_NAME, NESTED_DEQUANT_NAME}:
