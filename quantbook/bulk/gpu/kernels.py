@@ -211,7 +211,7 @@ template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b
    follow add the bounds inside the bucket (quantbook/bulk/gpu/tables.py builds both).
    NaN ranks last, as numpy.searchsorted(bounds, NaN, 'left') (the api rejects
    non-finite input); only blocks with a non-finite maximum can hold a NaN y, so the
-   caller asks for the test (CHECK_NAN) only there.                                          */
+   caller asks for the test (CHECK_NAN) only there.                                    */
 template <int S, bool IDENT, bool CHECK_NAN>
 __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const float* s_b,
                                             const qb_u8* s_ord, int kmax) {
