@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from quantbook.scales import FAMILIES, get_rule, rule_names
-from quantbook.scales.steps import BUCKET_SHIFT, step_table
+from quantbook.scales.steps import BUCKET_SHIFT, decode_table, step_table
 
 _F = np.float32
 
@@ -106,3 +106,20 @@ def test_buckets_bracket_every_step(name):
     k = (bits >> BUCKET_SHIFT).astype(np.int64)
     i = t.index(bits.view(_F))
     assert np.all(t.buckets[k] <= i) and np.all(i <= t.buckets[k + 1])
+
+
+@pytest.mark.parametrize("name", [n for n in rule_names() if get_rule(n).layout == "scaled"])
+def test_decode_table_is_the_rule_on_every_stored_value(name):
+    rule = get_rule(name)
+    width = np.dtype(rule.stored_dtype).itemsize
+    every = np.arange(1 << (8 * width), dtype=np.uint32).astype(f"u{width}").view(rule.stored_dtype)
+    for ts in ([None] if rule.tensor_bytes == 0 else [_F(1.0), _F(3.7e-3 / 2688), _F(2.9e35 / 2688)]):
+        t = decode_table(rule, ts)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = np.asarray(rule.decode(every, ts), dtype=_F)
+        assert t.shape == want.shape and np.array_equal(t.view(np.uint32), want.view(np.uint32))
+
+
+def test_decode_table_only_for_narrow_stored_values():
+    assert decode_table("float32") is None
+    assert decode_table("e8m0:floor") is decode_table(get_rule("e8m0:floor"))   # cached

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..scales import get_rule
+from ..scales.steps import decode_table
 from . import format as F
 from .nested import dequantize_nested
 
@@ -128,9 +129,12 @@ class QuantState:
     def absmax_f32(self) -> np.ndarray:
         """Per-block float32 scales (dequantizing the nested statistics, or decoding the
         scale rule's stored values, if needed)."""
-        if self.scaled:
+        if self.scaled:   # a gather from the rule's decode table (every stored value)
             ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
-            return get_rule(self.scale_rule).decode(self.absmax, ts)
+            table = decode_table(self.scale_rule, ts)
+            if table is None:
+                return get_rule(self.scale_rule).decode(self.absmax, ts)
+            return table[self.absmax.view(f"u{self.absmax.dtype.itemsize}")]
         if not self.nested:
             return self.absmax
         return dequantize_nested(self.absmax, self.nested_absmax, np.float32(self.nested_offset),

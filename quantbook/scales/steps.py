@@ -1,4 +1,6 @@
-"""A deterministic scale rule as a step table, for backends that look scales up per block.
+"""Scale rules as lookup tables: the step table of a deterministic rule, for backends that
+look block scales up per block, and the decode table of any rule with stored values of at
+most 16 bits.
 
 For one ``qmax`` and tensor scale, a deterministic rule's stored scale is a nondecreasing
 step function of the block maximum ``M``.  The table lists where it steps, as float32 bit
@@ -15,6 +17,10 @@ neighbouring floats.  Monotonicity is checked on the result (the decoded scales 
 must increase).  A step whose stored value :meth:`ScaleRule.overflow` or
 :meth:`ScaleRule.underflow` refuses is marked invalid; a block that lands there is the
 rule's error, which the backend raises by asking the rule itself.
+
+Decoding is elementwise in the stored value, so a rule whose stored values have at most 16
+bits decodes through a table of every bit pattern (:func:`decode_table`), computed by the
+rule's own ``decode``: one gather instead of its float arithmetic per block.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 
 from .rule import ScaleRule, _check_qmax, get_rule
 
-__all__ = ["StepTable", "step_table", "BUCKET_SHIFT"]
+__all__ = ["StepTable", "step_table", "decode_table", "BUCKET_SHIFT"]
 
 _F = np.float32
 _TOP = np.uint32(0x7F7FFFFF)       # float32's largest finite value
@@ -135,3 +141,25 @@ def step_table(rule: ScaleRule | str, qmax: float, tensor_scale: Any = None) -> 
                          "every float is a step; it has no step table")
     ts = None if tensor_scale is None else int(np.asarray(tensor_scale, dtype=_F).view(np.uint32))
     return _table(rule.name, _check_qmax(qmax), ts)
+
+
+@lru_cache(maxsize=32)
+def _decode(name: str, ts_bits: int | None) -> np.ndarray:
+    rule = get_rule(name)
+    ts = None if ts_bits is None else np.uint32(ts_bits).view(_F)
+    width = np.dtype(rule.stored_dtype).itemsize
+    every = np.arange(1 << (8 * width), dtype=np.uint32).astype(f"u{width}").view(rule.stored_dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = np.ascontiguousarray(rule.decode(every, ts), dtype=_F)
+    t.setflags(write=False)
+    return t
+
+
+def decode_table(rule: ScaleRule | str, tensor_scale: Any = None) -> np.ndarray | None:
+    """The float32 scale of every stored value, indexed by its bits (``2**8`` or ``2**16``
+    entries), or None when the stored values are wider (bitsandbytes' float32 absmax)."""
+    rule = get_rule(rule)
+    if np.dtype(rule.stored_dtype).itemsize > 2:
+        return None
+    ts = None if tensor_scale is None else int(np.asarray(tensor_scale, dtype=_F).view(np.uint32))
+    return _decode(rule.name, ts)
