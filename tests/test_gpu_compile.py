@@ -36,7 +36,7 @@ def test_sample_covers_every_kernel_family():
     assert any(n.endswith("_pf") for n in SAMPLE)
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("arch", ["sm_80"])     # sm_90: test_no_kernel_spills_registers
 def test_every_kernel_compiles_to_sass(nvrtc, arch):
     cubin = compile_source(K.source(SAMPLE), arch, output="cubin")
     assert cubin[:4] == b"\x7fELF"
@@ -65,8 +65,8 @@ def test_ptx_is_plain_ieee_float32(nvrtc):
 
 
 def test_no_kernel_spills_registers(nvrtc):
-    """ptxas' report for sm_90: every sampled kernel fits the registers its launch bounds
-    leave (a spill would go through local memory for every value)."""
+    """ptxas' report for sm_90: every sampled kernel compiles to SASS and fits the registers
+    its launch bounds leave (a spill would go through local memory for every value)."""
     from quantbook.bulk.gpu.compile import NVRTC_OPTIONS, load_nvrtc
 
     nv = load_nvrtc()
@@ -74,6 +74,7 @@ def test_no_kernel_spills_registers(nvrtc):
     try:
         nv.compileProgram(prog, ["--gpu-architecture=sm_90", *NVRTC_OPTIONS, "--ptxas-options=-v"])
         log = nv.getProgramLog(prog)
+        cubin = nv.getCUBIN(prog)
     finally:
         nv.destroyProgram(prog)
     log = (log.decode() if isinstance(log, bytes) else log).replace("\0", "")
@@ -81,6 +82,7 @@ def test_no_kernel_spills_registers(nvrtc):
                        log)
     assert sorted(name for name, _, _ in found) == SAMPLE
     assert [name for name, st, ld in found if int(st) or int(ld)] == []
+    assert bytes(cubin[:4]) == b"\x7fELF" and all(name.encode() in bytes(cubin) for name in SAMPLE)
 
 
 def test_compile_error_reports_the_log(nvrtc):

@@ -396,7 +396,8 @@ class CudaBackend(Backend, name="gpu"):
         return q.get(), nested.get()
 
     # the scaled layouts: block maxima, the rule's step-table lookup, a search's candidate
-    # errors and ggml's search on the device; only stored scales and errors reach the host
+    # errors and pick, and ggml's search on the device; only the stored scales (ggml's float32
+    # scales, for their float16 rounding) reach the host
     def scaled_amax(self, x, block_size):
         from .scaled import scaled_amax_gpu  # noqa: PLC0415 - gpu/scaled imports this module
 

@@ -1,8 +1,8 @@
 """Host launchers of the scaled-layout kernels (:mod:`.scaled_kernels`): the ``scaled_*``
 hooks of :class:`quantbook.bulk.backend.Backend` on device arrays, byte-identical to the
 numpy reference.  Block maxima stay on the device: a deterministic rule is looked up in its
-step table (:mod:`quantbook.scales.steps`) with CuPy's ``searchsorted`` and gathers, so
-only the stored scales (and a search's errors) cross to the host.
+step table (:mod:`quantbook.scales.steps`) with CuPy's ``searchsorted`` and gathers, and a
+search's errors stay there for its pick, so only the stored scales cross to the host.
 
 The host side prepares what the kernels take, in numpy (no GPU needed, so the tests check
 it directly): the encoder as 16 thresholds and nibble tables (:func:`encoder_args`, checked
