@@ -465,6 +465,12 @@ def test_gpu_backend_through_stand_in_cupy(fake_cp, rule):
     assert bits_equal(np.asarray(p), rp), np.flatnonzero(np.asarray(p) != rp)[:8]
     assert type(st.absmax) is np.ndarray and bits_equal(st.absmax, rst.absmax)
     assert st.tensor_scale == rst.tensor_scale
+    fake_cp.launches.clear()
+    with np.errstate(over="ignore"):
+        d = dequantize_scaled(p, st, be)                      # scales gathered on the device
+        rd = qb.dequantize(rp, rst, backend="numpy")
+    assert isinstance(d, FakeDeviceArray) and bits_equal(np.asarray(d), rd)
+    assert [n for n, _, _ in fake_cp.launches] == [SK.decode_name("f32")]
 
 
 @pytest.mark.parametrize("rule,big", [("float16", 1e38), ("bfloat16", 1e-39)])

@@ -129,16 +129,29 @@ class QuantState:
     def absmax_f32(self) -> np.ndarray:
         """Per-block float32 scales (dequantizing the nested statistics, or decoding the
         scale rule's stored values, if needed)."""
-        if self.scaled:   # a gather from the rule's decode table (every stored value)
-            ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
-            table = decode_table(self.scale_rule, ts)
-            if table is None:
+        if self.scaled:
+            lookup = self.scale_lookup()
+            if lookup is None:
+                ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
                 return get_rule(self.scale_rule).decode(self.absmax, ts)
-            return table[self.absmax.view(f"u{self.absmax.dtype.itemsize}")]
+            table, index = lookup
+            return table[index]
         if not self.nested:
             return self.absmax
         return dequantize_nested(self.absmax, self.nested_absmax, np.float32(self.nested_offset),
                                  self.nested_quant_map, self.nested_blocksize)
+
+    def scale_lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(table, index)`` with block ``b``'s float32 scale ``table[index[b]]``: the rule's
+        decode table (:func:`quantbook.scales.steps.decode_table`) and the stored values' bits,
+        for a scaled state whose stored values have at most 16 bits; else None."""
+        if not self.scaled:
+            return None
+        ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
+        table = decode_table(self.scale_rule, ts)
+        if table is None:
+            return None
+        return table, self.absmax.view(f"u{self.absmax.dtype.itemsize}")
 
     def validate(self) -> "QuantState":
         """Check that the state describes a decodable array; a ValueError names what is wrong.
