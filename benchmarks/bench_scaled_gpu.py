@@ -24,6 +24,8 @@ Rows:
   ``search:4over6`` runs it once per candidate, then ``encode`` once;
 * ``quantize()``: ``quantbook.quantize(x, codebook, B, scale=rule, backend="gpu")`` end to
   end, the stored scales copied to the host into the state;
+* ``dequantize()``: ``quantbook.dequantize`` of that result end to end (the stored scales and
+  the rule's decode table copied to the device, the scales gathered there, then ``decode``);
 * ``ggml search``: ggml's IQ4_NL quantizer (``search:ggml``, iq4_nl at qmax 127, block 32),
   the scale search and the codes on the device, the scales copied to the host (the
   float16 rounding runs in numpy).  It is arithmetic-bound (17 passes over each block), so
@@ -185,6 +187,11 @@ def main(argv=None) -> int:
                            args.repeat, cp)
             bw = (n // 2 + 4 * nb + n * isz) / t / 1e6
             print(f"{fmt:6s} {dname:9s} {'decode':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
+            pq, sq = qb.quantize(x, args.codebook, B, scale=rule_name, backend="gpu")
+            t = _median_ms(lambda: qb.dequantize(pq, sq, backend="gpu"), args.repeat, cp)
+            bw = (n // 2 + nb + n * isz) / t / 1e6
+            print(f"{fmt:6s} {dname:9s} {'dequantize()':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
+            del pq, sq
             if args.check:
                 m = min(n, 1 << args.check) // B * B
                 xh = cp.asnumpy(raw[:m])

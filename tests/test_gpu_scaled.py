@@ -622,6 +622,7 @@ def test_scaled_benchmark_runs_and_checks_bytes(fake_cp, monkeypatch, capsys):
     spec.loader.exec_module(bench)
     assert bench.main(["--log2n", "12", "--repeat", "1", "--check", "12"]) == 0
     out = capsys.readouterr().out
-    for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors", "ggml search"):
+    for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors", "decode", "dequantize()",
+                "ggml search"):
         assert f" {row} " in out, row
     assert "DIFFER" not in out and out.count("IDENTICAL") == 3 * 3
