@@ -96,3 +96,37 @@ def fake_cupy(emulator):
                                       getDeviceProperties=lambda i: {"name": b"emulated",
                                                                      "multiProcessorCount": 2}))
     return cp
+
+
+def load_benchmark(cp, monkeypatch, script):
+    """``benchmarks/<script>.py`` as a module, with the stand-in ``cp`` given what a benchmark
+    run needs (events whose times are all 1 ms, seeded ``random``, device copies, a memory
+    pool), so the script can run end to end on the emulator."""
+    import importlib.util
+    from pathlib import Path
+
+    class Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class Device(cp.cuda.Device):
+        def synchronize(self):
+            pass
+
+    cp.cuda.Event = Event
+    cp.cuda.Device = Device
+    cp.cuda.get_elapsed_time = lambda a, b: 1.0
+    cp.random = types.SimpleNamespace(
+        standard_normal=lambda n, dtype: fake_device(np.random.default_rng(0).standard_normal(n), dtype))
+    cp.empty_like = lambda a: np.empty_like(a).view(FakeDeviceArray)
+    cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
+        ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(script, path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench

@@ -9,13 +9,12 @@ aligned/unaligned flags, table caches, the nested path — against the numpy ref
 """
 
 import sys
-import types
 
 import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, fake_cupy, fake_device
+from gpu_cases import FakeDeviceArray, fake_cupy, fake_device, load_benchmark
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
@@ -146,33 +145,7 @@ def test_nested_helpers(cp):
 
 def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     """benchmarks/bench_quantize_gpu.py end to end on the stand-in (timings are fake)."""
-    import importlib.util
-    from pathlib import Path
-
-    class Event:
-        def record(self):
-            pass
-
-        def synchronize(self):
-            pass
-
-    class Device(cp.cuda.Device):
-        def synchronize(self):
-            pass
-
-    cp.cuda.Event = Event
-    cp.cuda.Device = Device
-    cp.cuda.get_elapsed_time = lambda a, b: 1.0
-    cp.random = types.SimpleNamespace(
-        standard_normal=lambda n, dtype: fake_device(np.random.default_rng(0).standard_normal(n), dtype))
-    cp.empty_like = lambda a: np.empty_like(a).view(FakeDeviceArray)
-    cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
-    monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
-        ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_quantize_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark(cp, monkeypatch, "bench_quantize_gpu")
     monkeypatch.setattr(G, "QUANTIZE_PREFETCH", False)
     assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14",
                        "--blocksizes", "16,4096", "--bits", "2,4,8", "--prefetch", "compare"]) == 0

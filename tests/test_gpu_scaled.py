@@ -36,7 +36,7 @@ from quantbook.bulk.backend import BACKENDS
 from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
 
-from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device
+from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark
 
 try:
     import ml_dtypes
@@ -594,32 +594,7 @@ def _to_device(x):
 def test_scaled_benchmark_runs_and_checks_bytes(fake_cp, monkeypatch, capsys):
     """benchmarks/bench_scaled_gpu.py end to end on the stand-in (timings are fake), so the
     script a device run needs is known to work before the device is there."""
-    import importlib.util
-    import types
-
-    class Event:
-        def record(self):
-            pass
-
-        def synchronize(self):
-            pass
-
-    class Device(fake_cp.cuda.Device):
-        def synchronize(self):
-            pass
-
-    fake_cp.cuda.Event = Event
-    fake_cp.cuda.Device = Device
-    fake_cp.cuda.get_elapsed_time = lambda a, b: 1.0
-    fake_cp.random = types.SimpleNamespace(
-        standard_normal=lambda n, dtype: fake_device(np.random.default_rng(0).standard_normal(n), dtype))
-    fake_cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
-    monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
-        ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scaled_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_scaled_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark(fake_cp, monkeypatch, "bench_scaled_gpu")
     assert bench.main(["--log2n", "12", "--repeat", "1", "--check", "12"]) == 0
     out = capsys.readouterr().out
     for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors", "decode", "dequantize()",
