@@ -96,6 +96,27 @@ def test_nvfp4_tensor_models_match_quantize():
     assert abs(blocks.mean() - ev.mse_weight) < 4 * blocks.std() / math.sqrt(blocks.size)
 
 
+def test_heavy_tails_need_the_tensor_maximum():
+    """Under student-t:3 only a tensor's own maximum places the E4M3 grid: the uniform-phase
+    model (a maximum above every block) is refused, and the tensor_amax model matches whole
+    tensors quantized by quantbook.quantize."""
+    B, nu = 16, 3.0
+    cb = quantbook.get("e2m1")
+    with pytest.raises(ValueError, match="tensor_size=N"):
+        evaluate(cb, B, source="student-t:3", scale="e4m3")
+    with pytest.raises(ValueError, match="tensor_size=N"):
+        ScaledBlockDistribution(B, "student-t:3", "e4m3")
+    rng = np.random.default_rng(12)
+    x = (rng.standard_t(nu, 1 << 20) / math.sqrt(nu / (nu - 2))).astype(np.float32)  # unit variance
+    p, st = quantbook.quantize(x, cb, B, scale="e4m3", backend="cpu")
+    d = (x.astype(np.float64) - quantbook.dequantize(p, st, backend="cpu")) ** 2
+    blocks = d.reshape(-1, B).mean(1)
+    ev = evaluate(cb, B, source="student-t:3", scale="e4m3", tensor_amax=float(np.abs(x).max()))
+    assert abs(blocks.mean() - ev.mse_weight) < 4 * blocks.std() / math.sqrt(blocks.size)
+    # light tails keep the default model
+    assert evaluate(cb, B, source="student-t:10", scale="e4m3").mse_weight > 0
+
+
 def test_layout_targets():
     """Derived 4-bit codes against E2M1 in its own layout, exactly and by quantbook.quantize."""
     for rule, B, target in (("e4m3", 16, 0.30), ("e8m0:floor", 32, 0.20)):

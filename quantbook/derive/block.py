@@ -344,8 +344,13 @@ def block_measure(source: Any = "normal", block_size: int | None = 64, normaliza
 
 
 def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200):
-    """Vectorised safeguarded Newton for increasing ``f(x) = targets`` on brackets [lo, hi]."""
+    """Vectorised safeguarded Newton for increasing ``f(x) = targets`` on brackets [lo, hi].
+
+    A tiny Newton step ends the search only where the residual is tiny too: next to a
+    singular density (student-t with ν < 1 at 0) the step is tiny far from the root, and
+    there the search bisects instead."""
     targets = np.asarray(targets, dtype=np.float64)
+    ftol = 1e-10 * float(np.max(np.abs(targets), initial=0.0))
     lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), targets.shape).copy()
     hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), targets.shape).copy()
     x = 0.5 * (lo + hi) if x0 is None else np.clip(np.asarray(x0, dtype=np.float64), lo, hi).copy()
@@ -358,7 +363,11 @@ def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200
             xn = x - r / d
         bad = ~np.isfinite(xn) | (xn <= lo) | (xn >= hi)
         xn = np.where(bad, 0.5 * (lo + hi), xn)
-        done = (np.abs(xn - x) <= tol * np.maximum(1.0, np.abs(x))) | (hi - lo <= tol * np.maximum(1.0, np.abs(x)))
+        width = tol * np.maximum(1.0, np.abs(x))
+        small = np.abs(xn - x) <= width
+        stalled = small & (np.abs(r) > ftol)
+        xn = np.where(stalled, 0.5 * (lo + hi), xn)
+        done = (small & ~stalled) | (hi - lo <= width)
         x = xn
         if np.all(done):
             break

@@ -57,7 +57,11 @@ relative to the data depends on ``G``; since the grid repeats every power of two
 phase ``log2 G mod 1`` matters.  Three models (:class:`TensorModel`):
 
 * default: the phase uniform on [0, 1) (a midpoint rule on :data:`N_PHASE` phases), the
-  blocks i.i.d. — a property of the layout, not of one tensor;
+  blocks i.i.d. — a property of the layout, not of one tensor.  It holds while the block
+  maxima span less than the E4M3 range below the tensor maximum; a heavy tail (student-t
+  with ν up to about 7, depending on B and the weight) puts that maximum so far out that
+  blocks would sit on the clamp (more than :data:`_PHASE_MASS` of them), and the model is
+  refused with a request for one of:
 * ``tensor_amax=G``: that tensor maximum (in units of the source), the blocks i.i.d. given
   ``M <= G``;
 * ``tensor_size=n``: ``G`` the maximum of ``n`` i.i.d. values (cdf ``G(g)^n``), averaged by
@@ -101,6 +105,9 @@ _GAUSS_NODES = (48, 96, 192)
 _GAUSS_TOL = 1e-13
 #: ``P(M < m_lo)`` below this is dropped
 _LOW_MASS = 1e-20
+#: the uniform-phase model is refused when more than this fraction of the blocks would sit
+#: on the rule's smallest scale (:func:`_check_phase_model`)
+_PHASE_MASS = 1e-12
 #: values x pieces evaluated at once (memory)
 _CHUNK = 1 << 21
 
@@ -218,6 +225,24 @@ def _terms(source: Source, B: int, rule: ScaleRule, qmax: float, t: Any, m_lo: f
             float(np.max(edges[1:] / sig)))
 
 
+def _check_phase_model(source: Source, B: int, rule: ScaleRule, qmax: float, base: float,
+                       weight_power: int) -> None:
+    """Refuse the uniform-phase model where it does not hold: only the phase of the tensor
+    maximum matters while the block scales stay above the rule's clamp, i.e. block maxima
+    spanning less than its range below a maximum above them all (module docstring)."""
+    b0 = rule.breakpoints(qmax, rule.tensor_scale(2.0 * base, qmax), 0.0, math.inf)
+    if b0.size == 0:
+        return
+    below = float(_K(source, np.array([float(b0[0])]), B)[0])
+    if below > _PHASE_MASS:
+        raise ValueError(
+            f"scale rule {rule.name!r}, {source.spec}, B={B}"
+            + (f", weight power {weight_power}" if weight_power else "")
+            + f": the law depends on the tensor's maximum, not only on its phase (under a tensor maximum "
+            f"above every block, {100 * below:.3g}% of the blocks would sit on the smallest block scale); "
+            "give the tensor's size (tensor_size=N, --tensor-size N) or maximum (tensor_amax=G)")
+
+
 class ScaledMeasure(_Measure):
     """The ``σ(M)**weight_power``-weighted law of ``u`` (module docstring); ``total`` is
     ``E[σ(M)**weight_power]``.  Same interface as :class:`~.block.BlockMeasure`, no atoms."""
@@ -254,6 +279,7 @@ class ScaledMeasure(_Measure):
                 weights.append(1.0 / gs.size)
         else:  # uniform phase: t = 2**phi times a tensor maximum above every block maximum considered
             base = 2.0 ** math.ceil(math.log2(m_hi))
+            _check_phase_model(source, B, rule, qmax, base, weight_power)
             for phi in (np.arange(N_PHASE) + 0.5) / N_PHASE:
                 g = base * 2.0**phi
                 parts.append(_terms(source, B, rule, qmax, rule.tensor_scale(g, qmax), m_lo, m_hi, False))
