@@ -11,7 +11,7 @@ comma-separated list)::
     LOSS   := l1 | l2              expected absolute / squared error
     B      := the block size the table is fitted for, 2 .. MAX_BLOCK_SIZE (default: the
               ``block_size`` argument; ``plot-sweep`` re-derives it at every block size)
-    K      := bits, 1..8 (default 4)
+    K      := bits, 2..8 (default 4; a 1-bit table cannot keep the fixed -1, 0, +1)
     -normalized  minimise the error of the normalised values y = x/absmax instead of the
               error of the weights, absmax·(y - q) (the engine's default "weight" domain)
     SOURCE := any source spelling of the derivation engine (default normal), e.g. laplace,
@@ -155,7 +155,10 @@ def _lloyd_options(text: str, m: re.Match, block_size: Any) -> tuple[tuple[str, 
         raise CodebookError(f"{text}: the block size must be an integer, got {block_size!r}")
     options: dict[str, Any] = {"loss": m.group("loss").lower(), "block_size": B}
     if m.group("k"):
-        options["bits"] = _number(m.group("k"), "bits K", 1, 8, text)
+        if m.group("k").lstrip("0") == "1":  # 2 levels: fewer than the default fixed -1, 0, +1
+            raise CodebookError(f"{text}: a 1-bit table's 2 levels cannot hold the fixed -1, 0 and +1 a name "
+                                "implies; derive it with free levels: quantbook derive lloyd --bits 1 --fix none")
+        options["bits"] = _number(m.group("k"), "bits K", 2, 8, text)
     if m.group("norm"):
         options["domain"] = "normalized"
     if m.group("src") is not None:

@@ -77,7 +77,8 @@ def test_block_size_fills_in_a_missing_b():
 
 @pytest.mark.parametrize("spec, match", [
     (f"lloyd-l2-{MAX_BLOCK_SIZE + 1}", "block size B must be from 2"),
-    ("lloyd-l2-64-9bit", "bits K must be from 1 to 8"),
+    ("lloyd-l2-64-9bit", "bits K must be from 2 to 8"),
+    ("lloyd-l2-64-1bit", "--bits 1 --fix none"),
     ("nf1", "NormalFloat bits K must be from 2 to 8"),
     ("lloyd-l1-" + "1" * 100_000, "100000-digit"),
 ])

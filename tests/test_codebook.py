@@ -43,6 +43,37 @@ def test_immutable():
         cb.bits = 3
 
 
+def test_recipes_are_read_only_and_shared_ones_stay_intact():
+    """Codebooks are shared (the registry, cached derivations): a recipe refuses changes at
+    any depth, yet compares, serialises and copies as the plain JSON object it came from."""
+    import copy
+    import pickle
+
+    import quantbook
+    from quantbook.naming import resolve_codebook
+    from quantbook.codebooks.vector_registry import vector_registry
+
+    given = {"method": "lloyd", "fixed": [-1.0, 0.0, 1.0], "nested": {"a": [1, 2]}}
+    cb = Codebook([-1.0, 0.0, 1.0], bits=2, recipe=given)
+    given["fixed"].append(9.0)                    # the caller's dict is not the codebook's
+    assert cb.recipe["fixed"] == [-1.0, 0.0, 1.0]
+    for change in (lambda r: r.__setitem__("bits", 3), lambda r: r.update(bits=3), lambda r: r.pop("method"),
+                   lambda r: r["fixed"].append(0.5), lambda r: r["fixed"].__setitem__(0, 2.0),
+                   lambda r: r["nested"]["a"].sort(), lambda r: r["nested"].clear()):
+        with pytest.raises(TypeError, match="read-only"):
+            change(cb.recipe)
+    assert cb.recipe == {"method": "lloyd", "fixed": [-1.0, 0.0, 1.0], "nested": {"a": [1, 2]}}
+    assert json.loads(json.dumps(cb.recipe)) == cb.recipe
+    mine = copy.deepcopy(cb.recipe)
+    mine["fixed"].append(0.5)                     # a deep copy is the caller's to change
+    assert type(mine) is dict and type(mine["fixed"]) is list
+    assert pickle.loads(pickle.dumps(cb)).recipe == cb.recipe
+    vec = next(e.codebook for e in vector_registry().values() if e.codebook.recipe is not None)
+    for shared in (quantbook.get("af4"), resolve_codebook("lloyd-l2-64-2bit"), vec):
+        with pytest.raises(TypeError, match="read-only"):
+            shared.recipe["bits"] = 1
+
+
 def test_ties_go_to_lower_level_and_thresholds():
     cb = Codebook([-1.0, 0.0, 0.25, 1.0], bits=2)
     np.testing.assert_array_equal(cb.thresholds, [-0.5, 0.125, 0.625])

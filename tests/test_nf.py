@@ -101,8 +101,9 @@ def test_offset_spellings():
     # a long but valid decimal (929/960 to 59 digits) is exact, and as float64 it is 929/960
     long = "0.96770833333333333333333333333333333333333333333333333333333"
     assert parse_offset(long) == Fraction(int(long[2:]), 10 ** (len(long) - 2))
-    assert nf(4, long, "float64") == nf(4, "929/960", "float64").replace(
-        recipe=nf(4, long, "float64").recipe)
+    a, b = nf(4, long, "float64"), nf(4, "929/960", "float64")
+    assert a == b.replace(recipe=a.recipe, name=a.name)
+    assert a.name != b.name == "nf4-float64"   # only bitsandbytes' table is "nf4"
     for bad, words in (("0.4", "between 1/2 and 1"), ("-0.9", "between 1/2 and 1"), ("0.0", "between"),
                        ("9/8", "between"), ("1/0", "zero denominator"), ("0.9.1", "rational like"),
                        ("", "rational like"), (True, "number")):

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..io.files import parse_json
 from .encoding import Encoder, encoder
+from .frozen import freeze
 
 __all__ = ["Codebook", "CodebookError", "float32_ulp_distance"]
 
@@ -57,10 +58,10 @@ def _freeze(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _thaw_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _freeze_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if recipe is not None and not isinstance(recipe, Mapping):
         raise CodebookError(f"recipe must be a mapping (a JSON object) or None, got {type(recipe).__name__}")
-    return None if recipe is None else dict(recipe)
+    return None if recipe is None else freeze(recipe)
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +77,8 @@ class Codebook:
     name, source:
         Registry name and citation (``"derived"`` for a freshly derived table).
     recipe:
-        Parameters that re-derive the table (a JSON-able mapping), or ``None``.
+        Parameters that re-derive the table (a JSON-able mapping, held as a read-only
+        copy: :mod:`.frozen`), or ``None``.
     code:
         Optional index→value table in stored order; every entry must equal one of
         ``levels`` (the sign of a zero is kept).  Defaults to ``levels``.
@@ -139,7 +141,7 @@ class Codebook:
         object.__setattr__(self, "levels", _freeze(levels))
         object.__setattr__(self, "code", _freeze(code))
         object.__setattr__(self, "_code_index", _freeze(code_index))
-        object.__setattr__(self, "recipe", _thaw_recipe(self.recipe))
+        object.__setattr__(self, "recipe", _freeze_recipe(self.recipe))
 
     # ------------------------------------------------------------------ views
     @property

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
+from .frozen import freeze
 
 __all__ = ["VectorCodebook", "VectorCodebookError", "MAX_POINTS", "nearest_brute", "cell_candidates"]
 
@@ -159,7 +160,7 @@ class VectorCodebook:
             raise VectorCodebookError(f"recipe must be a mapping (a JSON object) or None, "
                                       f"got {type(self.recipe).__name__}")
         object.__setattr__(self, "points", _freeze(_as_points(self.points)))
-        object.__setattr__(self, "recipe", None if self.recipe is None else dict(self.recipe))
+        object.__setattr__(self, "recipe", None if self.recipe is None else freeze(self.recipe))
 
     # ------------------------------------------------------------------ views
     @property

@@ -225,5 +225,17 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
         vals = np.sort(np.concatenate([pos, [0.0], neg]).astype(np.float32))
         levels = (vals / vals.max()).astype(np.float64)
 
-    return Codebook(levels=levels, bits=bits, name=name or f"nf{bits}", source="derived",
+    return Codebook(levels=levels, bits=bits, name=name or _name(recipe), source="derived",
                     recipe=recipe.to_dict())
+
+
+def _name(recipe: NFRecipe) -> str:
+    """``nfK`` for the table that name stands for (quantbook.naming: bitsandbytes' float32
+    table for K = 4, float64 quantiles otherwise, default offsets), else a label that says
+    how this one differs, so that two different tables never share a name."""
+    named = NFRecipe(recipe.bits, precision="float32-bnb" if recipe.bits == 4 else "float64")
+    if recipe == named:
+        return f"nf{recipe.bits}"
+    default = NFRecipe(recipe.bits, precision=recipe.precision)
+    return (f"nf{recipe.bits}-{recipe.precision}"
+            + ("" if recipe.offset == default.offset else f"-offset-{recipe.offset}"))
