@@ -22,7 +22,10 @@ absmax-normalised N(0,1) blocks of 64, with the engine's default fixed levels (-
 under absmax, as NF4 and AF4 keep); ``lloyd-l1-64-normalized`` minimises the expected
 absolute error of the normalised values, AF4's criterion.  Everything a shorthand does not
 say is left to :func:`quantbook.derive.lloyd`'s defaults, so the two cannot disagree.
-Derived tables are cached for the process.
+Derived tables are cached for the process and named in full (``lloyd-l2`` at B = 64 is
+``lloyd-l2-64``).  The derivations name their tables in this grammar wherever it can say
+them (:mod:`quantbook.codebooks.spelling` holds the spelled forms), so a derived table's
+name resolves back to it.
 
 Vector codebooks (one index per group of P weights, :mod:`quantbook.codebooks.vector`) have
 their own, separate grammar, read by :func:`resolve_vector`::
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .codebooks.codebook import Codebook, CodebookError
+from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "depends_on_block_size", "UnknownCodebookError",
            "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
@@ -61,11 +65,6 @@ class UnknownCodebookError(CodebookError, KeyError):
     __str__ = BaseException.__str__  # KeyError's own str() would quote the message
 
 
-# digits are matched loosely and checked afterwards, so that an out-of-range number gets its
-# own message instead of "unknown codebook"
-_LLOYD = re.compile(r"^lloyd-(?P<loss>l[12])(?:-(?P<B>\d+))?(?:-(?P<k>\d+)bits?)?(?P<norm>-normali[sz]ed)?"
-                    r"(?:@(?P<src>.*))?$", re.IGNORECASE | re.DOTALL)
-_NF = re.compile(r"^nf(?P<k>\d+)$", re.IGNORECASE)
 
 
 def _in_range(value: int, what: str, lo: int, hi: int, spec: str) -> int:
@@ -141,7 +140,7 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
         return nf(k).replace(name=text.lower())
     m = _LLOYD.match(text)
     if m:
-        return _lloyd(_lloyd_options(text, m, block_size)).replace(name=text)
+        return _lloyd(_lloyd_options(text, m, block_size))   # named in full: lloyd-l2 at B = 64 is lloyd-l2-64
     raise UnknownCodebookError(f"unknown codebook {text!r}: expected {GRAMMAR}")
 
 

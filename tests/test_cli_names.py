@@ -20,6 +20,29 @@ def test_registry_names_files_and_codebooks():
     assert resolve_codebook(cb) is cb
 
 
+@pytest.mark.parametrize("kwargs", [dict(bits=2), dict(), dict(loss="l1", domain="normalized", block_size=256),
+                                    dict(bits=3, source="laplace")])
+def test_derived_tables_are_named_as_the_grammar_reads_them(kwargs):
+    from quantbook.derive import lloyd, nf
+
+    cb = lloyd(**kwargs)
+    back = resolve_codebook(cb.name)
+    assert np.array_equal(back.levels, cb.levels) and back.recipe == cb.recipe and back.name == cb.name
+    assert resolve_codebook(nf(3).name).recipe == nf(3).recipe
+    assert resolve_codebook(nf(4, precision="float32-bnb").name) is REGISTRY["nf4"].codebook
+
+
+def test_different_tables_never_share_a_name():
+    from quantbook.derive import lloyd, nf
+
+    assert resolve_codebook("lloyd-l2", block_size=64).name == "lloyd-l2-64"
+    assert resolve_codebook("lloyd-l2", block_size=256).name == "lloyd-l2-256"
+    assert nf(4).name != "nf4"                  # float64 quantiles, not bitsandbytes' table
+    for other in (lloyd(fixed="none"), lloyd(bits=3, symmetric=True)):  # not sayable: a label
+        with pytest.raises(UnknownCodebookError):
+            resolve_codebook(other.name)
+
+
 @pytest.mark.parametrize("suffix", [".json", ".JSON", ".Json"])
 def test_json_files_with_any_case_of_suffix(tmp_path, suffix):
     p = tmp_path / ("t" + suffix)

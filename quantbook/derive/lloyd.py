@@ -52,16 +52,18 @@ import math
 import numbers
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..codebooks.codebook import Codebook
+from ..codebooks.spelling import lloyd_spelling
 from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
 from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
+from .sources import EMPIRICAL_PREFIX
 
 __all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "LloydWarning", "DerivationError",
            "default_fixed", "parse_fixed", "lloyd_step", "weight_power", "LOSSES", "DOMAINS", "TOL", "MAX_ITER",
@@ -474,10 +476,24 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
     if not converged:
         why = ("the time budget" if time.monotonic() >= deadline else
                "the iteration budget" if it >= max_iter else "no further progress")
-    nm = name or f"lloyd-{r.loss}-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
-    nm += f"-{r.scale.replace(':', '-')}" if r.scale is not None and not name else ""
+    nm = name or _lloyd_name(r)
     cb = Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
     return LloydResult(cb, it, res, converged, loss_value), why
+
+
+def _lloyd_name(r: LloydRecipe) -> str:
+    """The ``lloyd-…`` name quantbook.naming reads back as ``r`` where the grammar can say
+    ``r`` (normalisation, fixed levels, symmetry, partition and scale at their defaults, a
+    source given by a spelling), else a label."""
+    source = getattr(r.source, "spec", r.source)
+    said = ("bits", "block_size", "loss", "domain", "source")
+    unsaid = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in said}
+    defaults = {f.name: f.default for f in fields(LloydRecipe) if f.name not in said}
+    defaults["fixed"] = default_fixed(defaults["normalization"])
+    if unsaid == defaults and not source.startswith(EMPIRICAL_PREFIX):
+        return lloyd_spelling(r.loss, r.block_size, r.bits, r.domain, source, LloydRecipe.bits, LloydRecipe.source)
+    nm = f"lloyd-{r.loss}-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+    return nm + (f"-{r.scale.replace(':', '-')}" if r.scale is not None else "")
 
 
 def _warn_unconverged(res: LloydResult, why: str, tol: float, r: LloydRecipe, stacklevel: int) -> None:
@@ -523,7 +539,9 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     numbers); ``tol`` the convergence threshold on the Lloyd change; ``max_iter`` and
     ``max_time`` (seconds, ``None``: unlimited) the budget; ``partition`` ``"nearest"`` (the
     optimum) or ``"halves"`` (AF4's construction, see the module docstring).  The returned
-    Codebook's ``recipe`` re-derives it bit for bit (unless the time budget stopped it).
+    Codebook's ``recipe`` re-derives it bit for bit (unless the time budget stopped it), where
+    the source is a spelling or a file; an in-memory sample is named in the recipe only by a
+    digest (``empirical:…``), and :func:`~.recipes.derive_from_recipe` asks for the data.
     Raises ValueError for bad arguments and :class:`DerivationError` when no valid table results;
     warns (:class:`LloydWarning`) when the iteration stopped unconverged.  :func:`solve_lloyd`
     also returns iterations and the final change.

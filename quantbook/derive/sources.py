@@ -426,6 +426,12 @@ class StudentT(Source):
         return self.scale * _rng(random_state).standard_t(self.nu, size)
 
 
+#: knots of an empirical source's interpolated cdf unless told otherwise
+DEFAULT_KNOTS = 4096
+#: how the spec of an in-memory sample begins (a label for reports, not a spelling)
+EMPIRICAL_PREFIX = "empirical:"
+
+
 class Empirical(Source):
     """A sample as a continuous distribution (see the module docstring).
 
@@ -435,13 +441,15 @@ class Empirical(Source):
     (uniform in probability in the bulk, geometric in the tails down to the extreme values;
     ``None`` keeps every distinct value), which smooths the density and keeps evaluation
     cheap.  ``spec`` is ``label`` if given (e.g. the file it came from), else
-    ``empirical:<sha256 of the float64 sample, 12 hex digits>``.
+    ``empirical:<sha256 of the float64 sample, 12 hex digits>`` (and ``:knots=N`` or
+    ``:knots=all`` when not :data:`DEFAULT_KNOTS`, ``:raw`` unstandardised): it tells samples apart
+    but cannot be read back (:data:`EMPIRICAL_PREFIX`).
     """
 
     moment_limit = math.inf
 
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
-                 knots: int | None = 4096) -> None:
+                 knots: int | None = DEFAULT_KNOTS) -> None:
         raw = np.asarray(sample)
         if raw.dtype.kind not in "biuf":
             raise SourceError(f"an empirical sample must be real numbers, got dtype {raw.dtype}")
@@ -466,7 +474,9 @@ class Empirical(Source):
         if v.size < 2:
             raise SourceError("an empirical sample needs at least 2 distinct values")
         self.digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:12]
-        self.spec = label or "empirical:" + self.digest
+        self.spec = label or (EMPIRICAL_PREFIX + self.digest
+                              + ("" if knots == DEFAULT_KNOTS else f":knots={'all' if knots is None else knots}")
+                              + ("" if standardize else ":raw"))
         self.knots = knots
         self.symmetric = False
         self.size = n = x.size
