@@ -56,6 +56,24 @@ def test_law_matches_monte_carlo(rule, B, amax):
     assert d.moment(0) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_rvs_is_the_law_it_samples():
+    """rvs under a tensor maximum draws blocks given M <= G, as the law is conditioned: inside
+    the support, and the cdf within 4 standard errors; sizes as scipy's."""
+    d = ScaledBlockDistribution(16, "normal", "e4m3", tensor_amax=3.0)
+    u = d.rvs(1 << 20, random_state=1)
+    lo, hi = d.support()
+    assert lo <= u.min() and u.max() <= hi
+    for y in (-0.9, 0.1, 0.5, 1.0):
+        p = float(d.cdf(y))
+        assert abs((u <= y).mean() - p) < 4 * math.sqrt(p * (1 - p) / u.size)
+    assert d.rvs((2, 3), random_state=0).shape == (2, 3)
+    for bad in (2.5, None, "5", (2, -1)):
+        with pytest.raises(ValueError, match="size must be"):
+            d.rvs(bad)
+    e8 = ScaledBlockDistribution(32, "normal", "e8m0:floor")
+    assert (e8.cdf(-np.inf), e8.sf(np.inf), e8.cdf(np.inf), e8.sf(-np.inf)) == (0.0, 0.0, 1.0, 1.0)
+
+
 def _mc_mse(cb, B, rule, n, tensors, seed):
     """Per-block mean squared and absolute errors of whole tensors quantized by quantbook.quantize."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import pytest
 from scipy import integrate, stats
 
 from quantbook.derive.block import BlockDistribution, normalize_blocks
-from quantbook.derive.sources import Empirical, Laplace, StudentT
+from quantbook.derive.sources import Empirical, Laplace, Normal, StudentT
 
 _rng = np.random.default_rng(99)
 ASYM = Empirical(_rng.standard_normal(200_000) + 0.8 * _rng.exponential(1.0, 200_000))
@@ -129,6 +129,26 @@ def test_plain_source_matches_scipy():
     assert lo == ASYM._xk[0] and hi == ASYM._xk[-1]
     seg = np.diff(ASYM._Fk)
     assert math.isclose(d.entropy(), float(-np.sum(seg * np.log(ASYM._dens))), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("src", [Normal(), Laplace(), StudentT(5), StudentT(0.7), ASYM], ids=lambda s: s.spec)
+def test_sources_follow_scipy_conventions(src):
+    """What scipy.stats.norm does at the edges, every source does: NaN in, NaN out; no
+    quantile outside [0, 1]; ±inf at 0 and 1 (the sample's extremes for an empirical law);
+    a scalar in, a float out; an array keeps its shape."""
+    ref = stats.norm()
+    edge = np.array([np.nan, -0.1, 0.0, 1.0, 1.1])
+    for name in ("ppf", "isf"):
+        ours, theirs = getattr(src, name)(edge), getattr(ref, name)(edge)
+        assert np.array_equal(np.isnan(ours), np.isnan(theirs)), name
+        assert ours.shape == edge.shape
+    lo, hi = src.ppf([0.0, 1.0])
+    assert (lo, hi) == ((-np.inf, np.inf) if src is not ASYM else (ASYM._xk[0], ASYM._xk[-1]))
+    for name in ("pdf", "cdf", "sf", "ppf", "isf"):
+        f = getattr(src, name)
+        assert isinstance(f(0.3), float) and math.isnan(f(np.nan)), name
+        assert f(np.full((2, 3), 0.3)).shape == (2, 3), name
+    assert src.pdf(np.inf) == 0.0 and src.cdf(np.inf) == 1.0 and src.sf(-np.inf) == 1.0
 
 
 def test_rvs_and_normalize_blocks_validate():

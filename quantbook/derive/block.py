@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .conventions import at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
 
 __all__ = ["BlockDistribution", "BlockMeasure", "SourceMeasure", "FoldedMeasure", "RestrictedMeasure",
@@ -374,16 +375,6 @@ def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200
     return x
 
 
-def _as_real_array(x: Any, what: str) -> np.ndarray:
-    raw = np.asarray(x)
-    # strings, None, complex and the like are not real numbers (float() would accept "1.5")
-    ok = raw.dtype.kind in "biuf" or (raw.dtype.kind == "O" and raw.size > 0 and all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in raw.flat))
-    if not ok:
-        raise ValueError(f"{what} must be real numbers, got {x!r}")
-    return raw.astype(np.float64)
-
-
 def _graded_edges() -> np.ndarray:
     """Panel edges on [-1, 1] for densities of ``y``: halving toward 0, where heavy tails
     (nu < 1) make the density blow up like ``|y|**(nu-1)``; the two innermost panels, where
@@ -443,21 +434,11 @@ class BlockDistribution:
         return f"<BlockDistribution {self.source.spec}{b}, {self.normalization}>"
 
     # ------------------------------------------------------------- public: validate and convert
-    @staticmethod
-    def _apply(hook, x, what, valid):
-        """``hook`` on the valid entries of ``x``; NaN elsewhere; 0-d in -> scalar out."""
-        arr = _as_real_array(x, what)
-        out = np.full(arr.shape, np.nan)
-        ok = valid(arr)
-        if np.any(ok):
-            out[ok] = hook(arr[ok])
-        return out[()]
-
     def _at_y(self, hook, y):
-        return self._apply(hook, y, "y", lambda a: ~np.isnan(a))
+        return at_x(hook, y, "y")
 
     def _at_q(self, hook, q):
-        return self._apply(hook, q, "q", lambda a: (a >= 0) & (a <= 1))
+        return at_q(hook, q)
 
     def pdf(self, y):
         """Density of the continuous part (the atoms are not in it)."""
@@ -552,20 +533,15 @@ class BlockDistribution:
     def rvs(self, size, random_state=None) -> np.ndarray:
         """Exact Monte-Carlo draws: blocks of B source values normalised, flattened
         (``size`` values, the last block cut).  Values within one block are dependent."""
-        try:
-            shape = tuple(int(v) for v in np.atleast_1d(size))
-        except (TypeError, ValueError):
-            raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}") from None
-        if any(v < 0 for v in shape) or not np.all(np.atleast_1d(size) == np.asarray(shape)):
-            raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}")
+        shape = sample_shape(size)
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         n = int(np.prod(shape))
         if self._plain:
-            return self.source.rvs(n, rng).reshape(size)
+            return self.source.rvs(n, rng).reshape(shape)
         B = self.block_size
         nb = -(-n // B)
         x = self.source.rvs((nb, B), rng)
-        return normalize_blocks(x, self.normalization).ravel()[:n].reshape(size)
+        return normalize_blocks(x, self.normalization).ravel()[:n].reshape(shape)
 
     # ------------------------------------------------------------------ private: compute
     def _pdf(self, y):
@@ -700,7 +676,7 @@ def normalize_blocks(x: np.ndarray, normalization: str) -> np.ndarray:
     unchanged).  A row of zeros has no scale and stays 0."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
-    x = _as_real_array(x, "x")
+    x = real_array(x, "x")
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"x must have shape (blocks, B) with B >= 1, got {x.shape}")
     if not np.all(np.isfinite(x)):

@@ -81,8 +81,9 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from ..scales import ScaleRule, get_rule
-from .block import (BlockDistribution, _as_real_array, _check_block_size, _check_weight_power, _GL_X, _GL_W,
+from .block import (_check_block_size, _check_weight_power, _GL_X, _GL_W,
                     _Measure, _monotone_solve, block_measure)
+from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
 
 __all__ = ["ScaledMeasure", "NestedMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale",
@@ -565,18 +566,18 @@ class ScaledBlockDistribution:
         return (f"<ScaledBlockDistribution {self.source.spec}, B={self.block_size}, {self.rule.name}, "
                 f"qmax={self.qmax:g}>")
 
-    _apply = staticmethod(BlockDistribution._apply)  # the same scipy-style masking
-
     def pdf(self, y):
-        return self._apply(self._mu.dens, y, "y", lambda a: ~np.isnan(a))
+        return at_x(self._mu.dens, y, "y")
 
     def cdf(self, y):
-        mu = self._mu
-        return self._apply(lambda v: np.clip(mu.T(0, v) - mu.T(0, mu.lo), 0.0, 1.0), y, "y", lambda a: ~np.isnan(a))
+        mu = self._mu  # exactly 0 below the support and 1 above it
+        return at_x(lambda v: np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(
+            mu.T(0, v) - mu.T(0, mu.lo), 0.0, 1.0))), y, "y")
 
     def sf(self, y):
         mu = self._mu
-        return self._apply(lambda v: np.clip(mu.T(0, mu.hi) - mu.T(0, v), 0.0, 1.0), y, "y", lambda a: ~np.isnan(a))
+        return at_x(lambda v: np.where(v <= mu.lo, 1.0, np.where(v >= mu.hi, 0.0, np.clip(
+            mu.T(0, mu.hi) - mu.T(0, v), 0.0, 1.0))), y, "y")
 
     def ppf(self, q):
         mu = self._mu
@@ -586,7 +587,7 @@ class ScaledBlockDistribution:
             x = _monotone_solve(lambda v: mu.T(0, v) - mu.T(0, mu.lo), mu.dens, p, np.full(n, mu.lo),
                                 np.full(n, mu.hi))
             return np.where(p <= 0, mu.lo, np.where(p >= 1, mu.hi, x))
-        return self._apply(hook, q, "q", lambda a: (a >= 0) & (a <= 1))
+        return at_q(hook, q)
 
     def support(self) -> tuple[float, float]:
         return self._mu.lo, self._mu.hi
@@ -606,28 +607,43 @@ class ScaledBlockDistribution:
     def std(self) -> float:
         return math.sqrt(self.var())
 
-    def rvs(self, size: int, random_state=None) -> np.ndarray:
-        """Monte-Carlo draws of ``u`` with the rule's float32 scale (``size`` values in whole
-        blocks, the last cut); the tensor scale as the model says (uniform phase: one random
-        phase per block)."""
-        n = int(size)
-        if n < 0:
-            raise ValueError(f"size must be a non-negative integer, got {size!r}")
+    def rvs(self, size, random_state=None) -> np.ndarray:
+        """Monte-Carlo draws of ``u`` with the rule's float32 scale (``size``: an integer or a
+        shape; values in whole blocks, the last cut); the tensor scale as the model says
+        (uniform phase: one random phase per block; ``tensor_amax=G``: blocks drawn until
+        their maximum is at most ``G``, as the law is conditioned)."""
+        shape = sample_shape(size)
+        n = int(np.prod(shape))
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         B = self.block_size
         nb = -(-n // B)
-        x = self.source.rvs((nb, B), rng)
+        if self.tensor.size is not None and self.rule.tensor_scale(1.0, self.qmax) is not None:
+            raise ValueError("rvs with tensor_size: quantize whole tensors instead")
+        x = self._blocks(nb, rng)
         m = np.abs(x).max(axis=1)
         if self.rule.tensor_scale(1.0, self.qmax) is None:
             s = self.rule.scale(m, self.qmax)
         elif self.tensor.amax is not None:
-            s = self.rule.scale(np.minimum(m, self.tensor.amax), self.qmax,
-                                self.rule.tensor_scale(self.tensor.amax, self.qmax))
-        elif self.tensor.size is not None:
-            raise ValueError("rvs with tensor_size: quantize whole tensors instead")
+            s = self.rule.scale(m, self.qmax, self.rule.tensor_scale(self.tensor.amax, self.qmax))
         else:  # t = 2**phi c: s_t(M) = 2**phi s_c(M / 2**phi), so scale the block by 2**-phi
-            c = self.rule.tensor_scale(2.0 ** math.ceil(math.log2(float(m.max()) + 1.0)), self.qmax)
+            c = self.rule.tensor_scale(2.0 ** math.ceil(math.log2(float(m.max(initial=0.0)) + 1.0)), self.qmax)
             f = 2.0 ** -rng.random(nb)
             x, m = x * f[:, None], m * f
             s = self.rule.scale(m, self.qmax, c)
-        return (x / (self.qmax * np.asarray(s, dtype=np.float64))[:, None]).ravel()[:n]
+        return (x / (self.qmax * np.asarray(s, dtype=np.float64))[:, None]).ravel()[:n].reshape(shape)
+
+    def _blocks(self, nb: int, rng) -> np.ndarray:
+        """``nb`` blocks of source draws; under ``tensor_amax=G`` only blocks with ``M <= G``."""
+        B, G = self.block_size, self.tensor.amax
+        x = self.source.rvs((nb, B), rng)
+        if G is None:
+            return x
+        keep = x[np.abs(x).max(axis=1) <= G]
+        tries = 1
+        while keep.shape[0] < nb:
+            if tries >= 1000:
+                raise ValueError(f"tensor_amax={G:g}: too few blocks of {B} have their maximum below it to sample")
+            more = self.source.rvs((nb, B), rng)
+            keep = np.concatenate([keep, more[np.abs(more).max(axis=1) <= G]])
+            tries += 1
+        return keep[:nb]

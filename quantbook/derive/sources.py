@@ -1,8 +1,11 @@
 """Source distributions of the weights, before block scaling.
 
-Every source is a continuous distribution on the real line with density ``g``.  Besides the
-scipy.stats-like ``pdf``/``cdf``/``sf``/``ppf``/``rvs`` each one provides what the exact block
-computations (:mod:`quantbook.derive.block`) need in closed form:
+Every source is a continuous distribution on the real line with density ``g``.  Its
+``pdf``/``cdf``/``sf``/``ppf``/``isf`` behave as scipy.stats' (NaN in, NaN out; no quantile
+outside [0, 1]; a scalar in, a scalar out): the base class checks and masks, and a source
+implements ``_pdf``/``_cdf``/``_sf``/``_ppf`` on float64 arrays.  Besides those and ``rvs``,
+each one provides what the exact block computations (:mod:`quantbook.derive.block`) need in
+closed form:
 
 ``partial_moment(k, x)``
     ``Ψ_k(x) = ∫_0^x u**k g(u) du`` for k = 0, 1, 2 (signed: negative for x < 0 when k is
@@ -52,6 +55,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ..io.npy import load_npy
+from .conventions import at_q, at_x
 
 __all__ = ["Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "register_source_parser", "SourceError"]
@@ -69,16 +73,37 @@ class Source:
     #: largest k for which E|X|**k is finite (inf for light tails)
     moment_limit: float = math.inf
 
-    # ---- to implement
-    def pdf(self, x): raise NotImplementedError  # noqa: E704
-    def cdf(self, x): raise NotImplementedError  # noqa: E704
-    def sf(self, x): raise NotImplementedError  # noqa: E704
-    def ppf(self, p): raise NotImplementedError  # noqa: E704
+    # ---- to implement: float64 arrays in, arrays of their shape out
+    def _pdf(self, x): raise NotImplementedError  # noqa: E704
+    def _cdf(self, x): raise NotImplementedError  # noqa: E704
+    def _sf(self, x): raise NotImplementedError  # noqa: E704
+    def _ppf(self, p): raise NotImplementedError  # noqa: E704
     def partial_moment(self, k: int, x): raise NotImplementedError  # noqa: E704
     def abs_isf(self, s): raise NotImplementedError  # noqa: E704
     def rvs(self, size, random_state=None): raise NotImplementedError  # noqa: E704
 
+    # ---- public, as scipy.stats: NaN in, NaN out; a probability outside [0, 1] has no
+    # quantile (NaN); a scalar in, a scalar out
+    def pdf(self, x):
+        return at_x(self._pdf, x)
+
+    def cdf(self, x):
+        return at_x(self._cdf, x)
+
+    def sf(self, x):
+        return at_x(self._sf, x)
+
+    def ppf(self, q):
+        return at_q(self._ppf, q)
+
+    def isf(self, q):
+        return at_q(self._isf, q)
+
     # ---- generic
+    def _isf(self, q):
+        """Inverse of :meth:`sf`; for a symmetric law ``-ppf(q)``, exact for small ``q``."""
+        return -self._ppf(q) if self.symmetric else self._ppf(1.0 - q)
+
     def abs_ppf(self, G):
         return self.abs_isf(1.0 - np.asarray(G, dtype=np.float64))
 
@@ -87,11 +112,6 @@ class Source:
         probabilities below float range for heavy tails (overridden where that happens)."""
         with np.errstate(divide="ignore"):
             return np.log(self.abs_isf(np.exp(np.asarray(log_s, dtype=np.float64))))
-
-    def isf(self, q):
-        """Inverse of :meth:`sf`; for a symmetric law ``-ppf(q)``, exact for small ``q``."""
-        q = np.asarray(q, dtype=np.float64)
-        return -self.ppf(q) if self.symmetric else self.ppf(1.0 - q)
 
     def _piecewise_density(self):
         """``(knots, values)`` when the density is constant between knots, else None."""
@@ -138,6 +158,8 @@ class Source:
 _GL8_X, _GL8_W = np.polynomial.legendre.leggauss(8)
 
 
+
+
 def _order_error(k: Any) -> str:
     return f"moments and partial moments are available for k = 0, 1, 2, got {k!r}"
 
@@ -155,17 +177,17 @@ def _rng(random_state):
 class Normal(Source):
     spec = "normal"
 
-    def pdf(self, x):
+    def _pdf(self, x):
         x = np.asarray(x, dtype=np.float64)
         return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
-    def cdf(self, x):
+    def _cdf(self, x):
         return special.ndtr(np.asarray(x, dtype=np.float64))
 
-    def sf(self, x):
+    def _sf(self, x):
         return special.ndtr(-np.asarray(x, dtype=np.float64))
 
-    def ppf(self, p):
+    def _ppf(self, p):
         return special.ndtri(np.asarray(p, dtype=np.float64))
 
     def partial_moment(self, k, x):
@@ -192,18 +214,18 @@ class Laplace(Source):
     spec = "laplace"
     b = 1 / math.sqrt(2)  # unit variance: 2 b**2 = 1
 
-    def pdf(self, x):
+    def _pdf(self, x):
         return np.exp(-np.abs(np.asarray(x, dtype=np.float64)) / self.b) / (2 * self.b)
 
-    def cdf(self, x):
+    def _cdf(self, x):
         x = np.asarray(x, dtype=np.float64)
         h = 0.5 * np.exp(-np.abs(x) / self.b)
         return np.where(x < 0, h, 1 - h)
 
-    def sf(self, x):
-        return self.cdf(-np.asarray(x, dtype=np.float64))
+    def _sf(self, x):
+        return self._cdf(-np.asarray(x, dtype=np.float64))
 
-    def ppf(self, p):
+    def _ppf(self, p):
         p = np.asarray(p, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):  # both branches are evaluated
             return np.where(p < 0.5, self.b * np.log(2 * p), -self.b * np.log(2 * (1 - p)))
@@ -264,7 +286,7 @@ class StudentT(Source):
         with mpmath.workdps(30):
             self._c = float(mpmath.gamma((nu + 1) / 2) / mpmath.gamma(nu / 2) / mpmath.sqrt(nu * mpmath.pi))
 
-    def pdf(self, x):
+    def _pdf(self, x):
         with np.errstate(over="ignore"):  # x/scale and x² overflow where the density is 0 anyway
             return stats.t.pdf(np.asarray(x, dtype=np.float64) / self.scale, self.nu) / self.scale
 
@@ -274,19 +296,19 @@ class StudentT(Source):
         with np.errstate(divide="ignore"):
             return 0.5 * np.exp(self._log_abs_sf(np.log(np.abs(u))))
 
-    def cdf(self, x):
+    def _cdf(self, x):
         with np.errstate(over="ignore"):
             u = np.asarray(x, dtype=np.float64) / self.scale
         tail = self._half_tail(u)
         return np.where(u < 0, tail, 1.0 - tail)
 
-    def sf(self, x):
+    def _sf(self, x):
         with np.errstate(over="ignore"):
             u = np.asarray(x, dtype=np.float64) / self.scale
         tail = self._half_tail(u)
         return np.where(u > 0, tail, 1.0 - tail)
 
-    def ppf(self, p):
+    def _ppf(self, p):
         # through the accurate |X| quantiles: scipy's stdtrit loses digits in the far tails
         # (and gives +inf at p = 0)
         p = np.asarray(p, dtype=np.float64)
@@ -522,18 +544,18 @@ class Empirical(Source):
         i = self._seg(xc)
         return self._Pk[k][i] + self._dens[i] * (xc ** (k + 1) - self._xk[i] ** (k + 1)) / (k + 1)
 
-    def pdf(self, x):
+    def _pdf(self, x):
         x = np.asarray(x, dtype=np.float64)
         inside = (x >= self._xk[0]) & (x < self._xk[-1])
         return np.where(inside, self._dens[self._seg(x)], 0.0)
 
-    def cdf(self, x):
+    def _cdf(self, x):
         return np.interp(np.asarray(x, dtype=np.float64), self._xk, self._Fk)
 
-    def sf(self, x):
+    def _sf(self, x):
         return np.interp(np.asarray(x, dtype=np.float64), self._xk, 1.0 - self._Fk)
 
-    def ppf(self, p):
+    def _ppf(self, p):
         return np.interp(np.asarray(p, dtype=np.float64), self._Fk, self._xk)
 
     def partial_moment(self, k, x):

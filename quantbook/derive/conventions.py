@@ -1,0 +1,62 @@
+"""scipy.stats' conventions for the public methods of the laws in this package, in one
+place: a public method checks its argument and masks what has no answer (NaN in, NaN out; no
+quantile outside [0, 1]), a private hook computes on the rest, and a scalar in gives a float
+out."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["real_array", "apply", "at_x", "at_q", "sample_shape"]
+
+
+def real_array(x: Any, what: str) -> np.ndarray:
+    """``x`` as float64; ValueError for anything that is not real numbers."""
+    raw = np.asarray(x)
+    # strings, None, complex and the like are not real numbers (float() would accept "1.5")
+    ok = raw.dtype.kind in "biuf" or (raw.dtype.kind == "O" and raw.size > 0 and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in raw.flat))
+    if not ok:
+        raise ValueError(f"{what} must be real numbers, got {x!r}")
+    return raw.astype(np.float64, copy=False)
+
+
+def apply(hook: Callable[[np.ndarray], Any], x: Any, what: str,
+          valid: Callable[[np.ndarray], np.ndarray]) -> Any:
+    """``hook`` on the valid entries of ``x`` (as a 1-D array), NaN elsewhere; 0-d in ->
+    float out."""
+    arr = real_array(x, what)
+    ok = valid(arr)
+    if ok.all():
+        out = np.asarray(hook(arr.reshape(-1)), dtype=np.float64).reshape(arr.shape)
+    else:
+        out = np.full(arr.shape, np.nan)
+        if ok.any():
+            out[ok] = hook(arr[ok])
+    return out[()]
+
+
+def at_x(hook: Callable[[np.ndarray], Any], x: Any, what: str = "x") -> Any:
+    """A function of a point: NaN where the point is NaN."""
+    return apply(hook, x, what, lambda a: ~np.isnan(a))
+
+
+def at_q(hook: Callable[[np.ndarray], Any], q: Any, what: str = "q") -> Any:
+    """A function of a probability: NaN outside [0, 1] (and at NaN)."""
+    return apply(hook, q, what, lambda a: (a >= 0) & (a <= 1))
+
+
+def sample_shape(size: Any) -> tuple[int, ...]:
+    """The shape ``rvs`` returns for ``size`` (an integer or a tuple of them, all >= 0)."""
+    if size is None:
+        raise ValueError("size must be a non-negative integer or a tuple of them, got None")
+    try:
+        shape = tuple(int(v) for v in np.atleast_1d(size))
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}") from None
+    if any(v < 0 for v in shape) or isinstance(size, (str, bytes, bool)) \
+            or not np.all(np.atleast_1d(size) == np.asarray(shape)):
+        raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}")
+    return shape
