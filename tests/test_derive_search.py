@@ -102,6 +102,21 @@ def test_bad_input(kw, msg):
         search_lloyd(**{"samples": 2**12, **kw})
 
 
+@pytest.mark.parametrize("kw, msg", [
+    (dict(bits=99), "bits must be"), (dict(block_size=1), "at least 2"), (dict(samples=-5), "samples must be"),
+    (dict(scale="bogus"), "unknown scale rule"), (dict(source="bogus"), "unknown source"),
+    (dict(fixed=(5.0,)), r"\[-1, 1\]"), (dict(fixed=("a",)), "sequence of numbers"), (dict(tol="x"), "tol must be"),
+])
+def test_a_recipe_is_checked_when_made(kw, msg):
+    """A recipe that exists has valid parameters: made directly or read from JSON."""
+    from quantbook.derive.recipes import Recipe, RecipeError, SearchLloydRecipe
+
+    with pytest.raises(ValueError, match=msg):
+        SearchLloydRecipe(**kw)
+    with pytest.raises(RecipeError):
+        Recipe.from_dict({**SearchLloydRecipe().to_dict(), **kw})
+
+
 def test_the_recipe_re_derives_the_code_bit_for_bit():
     from quantbook.derive import solve_search_lloyd
     from quantbook.derive.recipes import derive_from_recipe

@@ -471,8 +471,10 @@ class SearchLloydRecipe(Recipe):
     tol: float = 1e-6
 
     def __post_init__(self) -> None:
+        from .search_lloyd import check_recipe
+
         _choice("loss", self.loss, LOSSES)
-        _set(self, fixed=tuple(float(v) for v in self.fixed))
+        _set(self, **check_recipe(self))
 
     def derive(self) -> Codebook:
         from .search_lloyd import search_lloyd

@@ -65,6 +65,8 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
                  ("max_iter", max_iter)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 0 if k == "seed" else v < 1):
             raise ValueError(f"{k} must be a {'non-negative' if k == 'seed' else 'positive'} integer, got {v!r}")
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
     if not 1 <= bits <= 4:
         raise ValueError(f"the scaled layouts store at most 4-bit codes: bits must be 1..4, got {bits}")
     if loss not in ("l1", "l2"):
@@ -80,10 +82,33 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
     if samples > MAX_SAMPLES:
         raise ValueError(f"samples={samples} is more than {MAX_SAMPLES} (the fit keeps about 40 bytes a value "
                          "in memory)")
-    if not (np.isfinite(tol) and tol >= 0):
+    if not (_real(tol) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not (np.isfinite(qmax) and qmax > 0):
+    if not (_real(qmax) and np.isfinite(qmax) and qmax > 0):
         raise ValueError(f"qmax must be a positive finite number, got {qmax!r}")
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _fixed(fixed: Any) -> tuple[float, ...]:
+    fx = parse_fixed(fixed, "absmax")
+    if -1.0 not in fx and 1.0 not in fx:
+        raise ValueError("the scaled layout maps the block maximum to the table's largest magnitude: "
+                         "fixed must hold -1 or 1")
+    return fx
+
+
+def check_recipe(r: Any) -> dict[str, Any]:
+    """The checks of :class:`~.recipes.SearchLloydRecipe` (its fields, which it then holds
+    normalised: the rule's name, the sorted fixed levels, the source's spec)."""
+    rule = get_rule(r.scale)
+    _check(r.bits, r.block_size, rule, r.samples, r.seed, r.loss, r.tensor_size, r.max_iter, r.tol, r.qmax)
+    return dict(scale=rule.name, fixed=_fixed(r.fixed), source=parse_source(r.source).spec, tol=float(r.tol),
+                qmax=float(r.qmax), bits=int(r.bits), block_size=int(r.block_size), samples=int(r.samples),
+                seed=int(r.seed), max_iter=int(r.max_iter),
+                tensor_size=None if r.tensor_size is None else int(r.tensor_size))
 
 
 class _Sample:
@@ -234,13 +259,13 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
                        max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
                        tensor_size: int | None = None, name: str | None = None) -> SearchLloydResult:
     """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error."""
-    rule = get_rule(scale)
-    _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax)
-    fx = parse_fixed(fixed, "absmax")
-    if -1.0 not in fx and 1.0 not in fx:
-        raise ValueError("the scaled layout maps the block maximum to the table's largest magnitude: "
-                         "fixed must hold -1 or 1")
+    from .recipes import SearchLloydRecipe
+
     src = parse_source(source)
+    recipe = SearchLloydRecipe(bits=bits, block_size=block_size, scale=getattr(scale, "name", scale),
+                               samples=samples, seed=seed, loss=loss, fixed=fixed, source=src, qmax=qmax,
+                               tensor_size=tensor_size, max_iter=max_iter, tol=tol)   # checks them all
+    rule, fx = get_rule(recipe.scale), recipe.fixed
     from .lloyd import lloyd  # the exact code under the base rule is the start
 
     # the base rule's exact code needs both ends fixed; an end left free here moves from it
@@ -267,12 +292,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
         err = _step(rule, smp, levels, free, qmax, loss)[1]
     if np.unique(levels).size != levels.size:
         raise ValueError("two levels met: the sample is too small for this many levels")
-    from .recipes import SearchLloydRecipe
-
-    params = SearchLloydRecipe(bits=int(bits), block_size=int(block_size), scale=rule.name, samples=int(samples),
-                               seed=int(seed), loss=loss, fixed=tuple(fx), source=src.spec, qmax=float(qmax),
-                               tensor_size=None if tensor_size is None else int(tensor_size),
-                               max_iter=int(max_iter), tol=float(tol)).to_dict()
+    params = recipe.to_dict()
     nm = name or f"lloyd{bits}_{rule.name.replace(':', '_')}_b{block_size}"
     cb = Codebook(levels=levels, bits=bits, name=nm, source="derived", recipe=params)
     return SearchLloydResult(cb, it, change, bool(done), err, params)
