@@ -173,6 +173,31 @@ def test_numba_equals_numpy_bit_for_bit(dtype, rotate, rule):
         np.testing.assert_array_equal(ya.view(np.uint8), yb.view(np.uint8))
 
 
+def _small_tables():
+    from quantbook.codebooks.vector_registry import vector_registry
+
+    tables = {name: e.codebook.points for name, e in vector_registry().items()}
+    tables.update({f"random-{n}x2": gaussian_grid(n, 2, seed=n) for n in (2, 3, 5)})
+    tables["diagonal-2x2"] = np.array([[-1, -1], [1, 1]], np.float32)
+    return tables
+
+
+@needs_numba
+@pytest.mark.parametrize("name", sorted(_small_tables()))
+def test_every_published_and_tiny_table_on_every_backend(name):
+    """The registry's grids and tables too small for a cell to hold more than three
+    candidates: the cpu backend equals the numpy reference, which equals brute force."""
+    pts = _small_tables()[name]
+    x = _rng(11).standard_normal((4, 64)).astype(np.float32)
+    a, sa = quantize_vq(x, pts, group=64, backend="numpy")
+    b, sb = quantize_vq(x, pts, group=64, backend="cpu")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa.scales.view(np.uint16), sb.scales.view(np.uint16))
+    if pts.shape[0] <= 16:
+        c, _ = quantize_vq(x, pts, group=64, rotate=None, backend="cpu")
+        np.testing.assert_array_equal(c.reshape(-1), brute(x, pts, 64)[0])
+
+
 @needs_numba
 def test_numba_equals_numpy_on_a_larger_tensor():
     pts = gaussian_grid(256, 2)

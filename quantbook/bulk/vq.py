@@ -170,8 +170,9 @@ def _grid_tables(points_bytes: bytes, n: int):
     lut = np.stack([cols[first + np.minimum(j, count - 1) * (j < count)] for j in range(_SLOTS)],
                    axis=1).astype(np.int32)
     many = np.flatnonzero((count > _SLOTS) & ~ring)
-    pos = np.concatenate([[0], np.cumsum(count[many] + 1)[:-1]]).astype(np.int64)
-    multi = np.empty(int((count[many] + 1).sum()) + 1, np.int32)
+    sizes = count[many] + 1
+    pos = (np.cumsum(sizes) - sizes).astype(np.int64)   # where each cell's entry starts
+    multi = np.empty(int(sizes.sum()) + 1, np.int32)
     multi[pos] = count[many]
     for c, p in zip(many, pos):
         multi[p + 1:p + 1 + count[c]] = cols[first[c]:first[c] + count[c]]
