@@ -134,6 +134,19 @@ def test_from_dict_refuses_what_it_cannot_represent():
     with pytest.raises(ValueError, match="finite number"):
         qb.QuantState.from_dict(dict(d, nested_offset=float("inf")))
     assert np.array_equal(qb.dequantize(packed, qb.QuantState.from_dict(d)), qb.dequantize(packed, st))
+    for key, value in (("blocksize", 64.9), ("bits", 4.5), ("shape", (4800.5,)), ("nested_blocksize", 256.5)):
+        with pytest.raises(ValueError, match="must be an integer|must be integers"):   # not cut to 64, 4, ...
+            qb.QuantState.from_dict(dict(d, **{key: value}))
+
+
+def test_a_scaled_state_survives_np_savez(tmp_path):
+    """np.savez hands scalars back as 0-d arrays: the rule's name among them."""
+    x = np.random.default_rng(0).standard_normal(256).astype(np.float32)
+    packed, st = qb.quantize(x, "e2m1", block_size=16, scale="e4m3")
+    np.savez(tmp_path / "s.npz", **{k: np.asarray(v) for k, v in st.as_dict().items()})
+    back = qb.QuantState.from_dict(dict(np.load(tmp_path / "s.npz")))
+    assert back.scale_rule == "e4m3" and back.tensor_scale == st.tensor_scale
+    assert np.array_equal(qb.dequantize(packed, back), qb.dequantize(packed, st))
 
 
 def test_codebook_outside_float32_range_is_refused():

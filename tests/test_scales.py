@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import quantbook
 from quantbook.scales import FAMILIES, ScaleRule, get_rule, rule_names
 from quantbook.scales.e4m3 import e4m3_bits, e4m3_round, e4m3_value
 from quantbook.scales.e8m0 import e8m0_value
@@ -38,6 +39,33 @@ def test_bits_per_weight(name, block, bpw):
 
 
 @_need_ml
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_tensor_scales_at_the_ends_of_float32(backend):
+    """e4m3: a tensor maximum so small that a clamped block's factor (1/t)/2**-6 overflows, or
+    so large that t*448 does, is refused (an all-zero block would decode to NaN, the largest
+    scale to inf); just inside, an all-zero block still decodes to +0 on every backend.
+    e8m0:rceil with qmax < 1: M/qmax overflows to inf, which saturates to the largest byte."""
+    rule = get_rule("e4m3")
+    fmax = float(np.finfo(np.float32).max)
+    edge = 448 * 6 * 64 / fmax                     # t = 2**6 / fmax
+    with pytest.raises(ValueError, match="too small"):
+        rule.tensor_scale(0.98 * edge, 6.0)
+    with pytest.raises(ValueError, match="too large"):
+        rule.tensor_scale(3e38, 0.5)
+    x = np.zeros(32, np.float32)
+    x[0] = np.float32(1.05 * edge)
+    packed, st = quantbook.quantize(x, "e2m1", block_size=16, scale="e4m3", backend=backend)
+    assert np.all(packed[8:] == 0) and np.all(quantbook.dequantize(packed, st)[16:] == 0)
+    x[0] = np.float32(0.5 * edge)
+    with pytest.raises(ValueError, match="too small"):
+        quantbook.quantize(x, "e2m1", block_size=16, scale="e4m3", backend=backend)
+    assert list(get_rule("e8m0:rceil").encode(np.array([3e38, 1.0], np.float32), 0.5)) == [254, 128]
+    y = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    y[0] = 2e38
+    packed, st = quantbook.quantize(y, "e2m1", block_size=32, scale="e8m0:rceil", qmax=0.5, backend=backend)
+    assert st.absmax[0] == 254 and packed[0] & 0xF == 7    # saturated at the largest scale
+
+
 def test_e4m3_rounding_matches_ml_dtypes():
     rng = np.random.default_rng(0)
     v = np.exp2(rng.uniform(-6, np.log2(448), 200000)).astype(np.float32)

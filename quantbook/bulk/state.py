@@ -262,12 +262,14 @@ class QuantState:
             if miss:
                 raise ValueError(f"nested quant state lacks {', '.join(miss)}")
         try:
-            bits = int(d.get("bits", 4))
-            blocksize = int(d["blocksize"])
-            shape = tuple(int(v) for v in d["shape"])
+            bits = _integer(d.get("bits", 4))
+            blocksize = _integer(d["blocksize"])
+            shape = tuple(_integer(v) for v in d["shape"])
         except (TypeError, ValueError):
-            raise ValueError("quant state: bits, blocksize and shape must be integers") from None
-        rule = get_rule(d["scale_rule"]) if d.get("scale_rule") is not None else None
+            raise ValueError(f"quant state: bits, blocksize and shape must be integers, got bits="
+                             f"{d.get('bits', 4)!r}, blocksize={d['blocksize']!r}, shape={d['shape']!r}") from None
+        scale_rule = _scalar(d.get("scale_rule"))
+        rule = get_rule(scale_rule) if scale_rule is not None else None
         if rule is not None:
             absmax = _stored_array(d["absmax"], np.dtype(rule.stored_dtype))
         else:
@@ -283,14 +285,16 @@ class QuantState:
         )
         if rule is not None:
             st.scale_rule = rule.name
-            ts = d.get("tensor_scale")
-            st.tensor_scale = None if ts is None else (ts.item() if hasattr(ts, "item") else ts)
+            st.tensor_scale = _scalar(d.get("tensor_scale"))
         if nested:
             st.nested_absmax = _array("nested_absmax", d["nested_absmax"], np.float32)
             st.nested_quant_map = _array("nested_quant_map", d["nested_quant_map"], np.float32)
-            st.nested_blocksize = int(d["nested_blocksize"])
-            off = d["nested_offset"]
-            st.nested_offset = off.item() if hasattr(off, "item") else off
+            try:
+                st.nested_blocksize = _integer(d["nested_blocksize"])
+            except (TypeError, ValueError):
+                raise ValueError(f"quant state: nested_blocksize must be an integer, got "
+                                 f"{d['nested_blocksize']!r}") from None
+            st.nested_offset = _scalar(d["nested_offset"])
         return st.validate()
 
     def __repr__(self) -> str:
@@ -300,3 +304,17 @@ class QuantState:
         return (f"QuantState({self.quant_type}, bits={self.bits}, shape={self.shape}, "
                 f"dtype={dtype_name(self.dtype)}, blocksize={self.blocksize}, "
                 f"blocks={self.n_blocks}{nest})")
+
+
+def _scalar(v: Any) -> Any:
+    """A 0-d array or tensor (as np.savez / torch hand back) as its Python value."""
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v
+
+
+def _integer(v: Any) -> int:
+    """An integer field: refuses 64.9 rather than cutting it to 64."""
+    v = _scalar(v)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (
+            isinstance(v, (float, np.floating)) and float(v).is_integer()):
+        raise ValueError(f"not an integer: {v!r}")
+    return int(v)

@@ -198,7 +198,7 @@ class VQState:
         if points.dtype != np.float32:
             raise ValueError(f"points must hold float32 values, got dtype {points.dtype}")
         sd = d["scale_dtype"]
-        if sd not in SCALE_DTYPES:
+        if not isinstance(sd, str) or sd not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {sd!r}")
         if scales.dtype != np.dtype(sd):
             raise ValueError(f"scales must hold {sd} values, got dtype {scales.dtype}")

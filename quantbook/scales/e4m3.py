@@ -12,8 +12,9 @@ it, all in float32:
   ``float32(t * e)``.
 
 Not defined by torchao, defined here: an all-zero tensor (``G = 0``; torchao divides 0 by 0)
-stores ``t = 1``; a tensor whose ``t`` would be 0 or subnormal (``0 < G < 448 * qmax *
-2**-126``) is an error, since ``1 / t`` would overflow.
+stores ``t = 1``; a tensor whose ``t`` is so small that a clamped block's factor ``(1/t) /
+2**-6`` overflows (``G`` below about ``448 * qmax * 2**-120``), or so large that ``t * 448``
+overflows, is an error: an all-zero block would decode to NaN or the largest scale to inf.
 
 The E4M3 rounding is done on the float32 bits (3 mantissa bits, ties to even), which is exact
 in the clamped range; tests/test_scales.py checks it against ml_dtypes' ``float8_e4m3fn``.
@@ -55,6 +56,14 @@ def e4m3_value(b: np.ndarray) -> np.ndarray:
     return np.where(b == 0x7F, np.nan, v).astype(_F)
 
 
+def _t_bound(qmax: float, low: bool) -> float:
+    """About the smallest (``low``) or largest tensor maximum :meth:`E4M3Scale.tensor_scale`
+    takes (for messages; the float32 checks there decide)."""
+    fmax = float(np.finfo(_F).max)
+    t = 1 / (fmax * E4M3_MIN_NORMAL) if low else fmax / E4M3_MAX
+    return t * qmax * E4M3_MAX
+
+
 def e4m3_grid() -> np.ndarray:
     """The normal non-negative E4M3 values, 2**-6 .. 448, as float64."""
     return e4m3_value(np.arange(0x08, 0x7F, dtype=np.uint8)).astype(np.float64)
@@ -69,10 +78,19 @@ class E4M3Scale(ScaleRule, family="e4m3"):
             raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
         if g == 0:
             return _F(1)
-        t = _F(g / _F(_F(_check_qmax(qmax)) * _F(E4M3_MAX)))
-        if t < np.finfo(_F).tiny:
-            raise ValueError(f"the tensor's amax {float(g):.3g} is too small for a float32 "
-                             f"tensor scale (needs >= {448 * qmax * 2.0**-126:.3g} or exactly 0)")
+        qmax = _check_qmax(qmax)
+        with np.errstate(over="ignore"):
+            t = _F(g / _F(_F(qmax) * _F(E4M3_MAX)))
+            # a block on the clamp 2**-6 multiplies by (1/t)/2**-6; the largest block scale
+            # decodes to t*448: both must stay finite
+            small = not (t >= np.finfo(_F).tiny and np.isfinite((_F(1) / t) / _F(E4M3_MIN_NORMAL)))
+            large = not np.isfinite(t * _F(E4M3_MAX))
+        if small:
+            raise ValueError(f"the tensor's amax {float(g):.3g} is too small for a float32 tensor scale at "
+                             f"qmax={qmax:g} (needs about {_t_bound(qmax, low=True):.3g} or more, or exactly 0)")
+        if large:
+            raise ValueError(f"the tensor's amax {float(g):.3g} is too large for a float32 tensor scale at "
+                             f"qmax={qmax:g} (needs about {_t_bound(qmax, low=False):.3g} or less)")
         return t
 
     def _t(self, tensor_scale):

@@ -68,10 +68,11 @@ class E8M0Scale(ScaleRule, family="e8m0"):
         """The unclamped unbiased exponent of each block's scale (int64)."""
         m = np.asarray(amax, dtype=_F).reshape(-1)
         if self.mode == "rceil":
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide="ignore", over="ignore"):
                 d = (m / _F(_check_qmax(qmax))).astype(_F)
                 lg = np.log2(d.astype(np.float64)).astype(_F)  # torch's float32 log2
-            return np.where(d > 0, np.ceil(lg), -127).astype(np.int64)
+            # M / qmax overflows to inf for qmax < 1: beyond every exponent, so the largest
+            return np.where(d > 0, np.ceil(np.minimum(lg, 128)), -127).astype(np.int64)
         u = m.view(np.uint32).astype(np.int64)
         if self.mode == "even":
             u = (u + (1 << 21)) & 0xFF800000
