@@ -205,7 +205,7 @@ def test_recipes_round_trip():
     (dict(scale="e9m9"), "unknown scale rule"),
     (dict(scale="e4m3", fixed="0"), "must include -1 and 1"),
     (dict(scale="e4m3", normalization="signed-absmax", fixed="-1,0,1"), "normalization must be absmax"),
-    (dict(qmax=4.0), "only with a scale rule"),
+    (dict(qmax=4.0), "only with a rule of the scaled layouts"),
     (dict(scale="e8m0", tensor_size=1000), "no tensor scale"),
     (dict(scale="e4m3", qmax=-1.0), "qmax"),
 ])
@@ -216,7 +216,7 @@ def test_bad_inputs(kwargs, match):
 
 def test_evaluate_bad_inputs():
     cb = quantbook.get("e2m1")
-    with pytest.raises(ValueError, match="only with a scale rule"):
+    with pytest.raises(ValueError, match="only with a rule of the scaled layouts"):
         evaluate(cb, 32, tensor_size=100)
     with pytest.raises(ValueError, match="give tensor_amax or tensor_size"):
         evaluate(cb, 16, scale="e4m3", tensor_amax=5.0, tensor_size=100)
@@ -232,7 +232,7 @@ def test_block_distribution_shorthand():
     assert float(d.cdf(0.0)) == pytest.approx(0.5, abs=1e-12)
     assert float(d.ppf(d.cdf(0.3))) == pytest.approx(0.3, abs=1e-9)
     assert type(block_distribution(32, "normal", scale="float32")).__name__ == "BlockDistribution"
-    with pytest.raises(ValueError, match="only with a scale rule"):
+    with pytest.raises(ValueError, match="only with a rule of the scaled layouts"):
         block_distribution(32, qmax=4.0)
 
 
@@ -240,7 +240,7 @@ def test_qmax_without_a_scale_rule_is_an_error_not_ignored():
     import quantbook
     from quantbook.derive import evaluate
 
-    with pytest.raises(ValueError, match="only with a scale rule"):
+    with pytest.raises(ValueError, match="only with a rule of the scaled layouts"):
         evaluate(quantbook.get("nf4"), 64, qmax=3.0)
 
 

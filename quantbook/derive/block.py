@@ -477,11 +477,13 @@ class BlockDistribution:
         return -1.0, 1.0
 
     def moment(self, k: int) -> float:
-        """``E[y**k]``: closed form for k = 0, 1, 2, quadrature (:meth:`expect`) above."""
+        """``E[y**k]``: closed form for k = 0, 1, 2, quadrature (:meth:`expect`) above.  Where
+        ``E|y|**k`` diverges (plain heavy tails): inf for an even ``k``, NaN for an odd one
+        (both halves infinite: no value)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise ValueError(f"moment order must be a non-negative integer, got {k!r}")
         if self._plain and k >= self.source.moment_limit:
-            return math.inf
+            return math.inf if k % 2 == 0 else math.nan
         if k > 2:
             return self.expect(lambda y: y**k)
         mu = self._mu
@@ -537,11 +539,11 @@ class BlockDistribution:
         rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
         n = int(np.prod(shape))
         if self._plain:
-            return self.source.rvs(n, rng).reshape(shape)
+            return self.source.rvs(n, rng).reshape(shape)[()]
         B = self.block_size
         nb = -(-n // B)
         x = self.source.rvs((nb, B), rng)
-        return normalize_blocks(x, self.normalization).ravel()[:n].reshape(shape)
+        return normalize_blocks(x, self.normalization).ravel()[:n].reshape(shape)[()]   # size=() -> a float
 
     # ------------------------------------------------------------------ private: compute
     def _pdf(self, y):
@@ -696,11 +698,11 @@ def block_distribution(block_size: int = 64, source: Any = "normal", normalizati
     :mod:`quantbook.scales`) the law under that rule, :class:`~.scaled.ScaledBlockDistribution`
     (``qmax``, ``tensor_amax``, ``tensor_size`` as keywords).  bitsandbytes' rules (float32,
     nested) encode the values with the exact maximum: their law is the absmax law."""
-    from ..scales import get_rule
+    from ..scales import SCALED_ONLY, get_rule
 
     if scale is None or get_rule(scale).layout == "bnb":
         if scale_model:
-            raise ValueError(f"{', '.join(scale_model)} apply only with a scale rule")
+            raise ValueError(f"{', '.join(scale_model)}: {SCALED_ONLY}")
         return BlockDistribution(block_size, source, normalization)
     if normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "

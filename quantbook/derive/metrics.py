@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook
+from ..scales import SCALED_ONLY
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
@@ -146,7 +147,7 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     if rule is not None and rule.layout == "bnb" and not rule.encodes_with_amax:
         rule = None  # float32: bitsandbytes' exact absmax
     if rule is None and (tensor_amax is not None or tensor_size is not None or qmax is not None):
-        raise ValueError("qmax, tensor_amax and tensor_size apply only with a scale rule such as e4m3")
+        raise ValueError(f"qmax, tensor_amax and tensor_size: {SCALED_ONLY}")
     if rule is not None:
         return _evaluate_scaled(cb, B, src, normalization, rule, DEFAULT_QMAX if qmax is None else qmax,
                                 tensor_amax, tensor_size)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..codebooks.codebook import Codebook
+from ..scales import SCALED_ONLY
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
@@ -342,7 +343,7 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
             _set(r, scale=None)
     if r.scale is None:
         if r.tensor_size is not None or _check_qmax(r.qmax) != 6.0:
-            raise ValueError("qmax and tensor_size apply only with a scale rule (scale=...)")
+            raise ValueError(f"qmax and tensor_size: {SCALED_ONLY}")
         _set(r, qmax=6.0)
         return
     if r.normalization != "absmax":

@@ -27,7 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "SCALED_ONLY"]
+
+#: the end of the message for layout options (qmax, a tensor maximum or size) given without a
+#: rule of the scaled layouts
+SCALED_ONLY = ("only with a rule of the scaled layouts (e4m3, e8m0:MODE, float16, bfloat16, search:...); "
+               "float32 and nested keep bitsandbytes' exact absmax")
 
 _F = np.float32
 
