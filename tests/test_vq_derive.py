@@ -151,6 +151,7 @@ def test_npy_source(tmp_path):
     (dict(scale="rms", block_size=63), "must divide"), (dict(block_size=64), "block scale"),
     (dict(scale="max"), "scale must be"), (dict(symmetric=True, points=12), "multiple of 8"),
     (dict(samples=100), "at least 4 per point"), (dict(seed=-1), "seed"), (dict(tol=float("nan")), "tol"),
+    (dict(tol="x"), "tol"), (dict(tol=None), "tol"),
     (dict(restarts=0), "restarts"), (dict(source="nope"), "unknown source"),
     (dict(init="grid"), "init must be"), (dict(dim=3, points=256, init="hexagonal"), "2 dimensions"),
     (dict(symmetric=True, points=256, init="hexagonal"), "not symmetric"),
@@ -158,6 +159,19 @@ def test_npy_source(tmp_path):
 def test_bad_options(kw, fragment):
     with pytest.raises(ValueError, match=fragment):
         VQRecipe(**kw)
+
+
+def test_helpers_check_their_arguments():
+    from quantbook.derive.vq import draw_vectors, vq_mse
+
+    x = np.zeros((10, 2), np.float32)
+    for call, fragment in ((lambda: draw_vectors("normal", 2, 5, 0, "bogus", 4), "scale must be"),
+                           (lambda: draw_vectors("normal", 2, 5, 0, "absmax", None), "block size"),
+                           (lambda: draw_vectors("normal", 3, 5, 0, "rms", 4), "must divide"),
+                           (lambda: vq_mse(np.array([0.0, 1.0]), x), r"\(N, P\) array"),
+                           (lambda: vq_mse(np.zeros((0, 2)), x), r"\(N, P\) array")):
+        with pytest.raises(ValueError, match=fragment):
+            call()
 
 
 def test_recipe_json_checks():

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -141,7 +142,7 @@ class VQRecipe(Recipe):
         coarse = _posint("coarse_samples", self.coarse_samples)
         max_iter = _posint("max_iter", self.max_iter)
         _set(self, final_passes=_posint("final_passes", self.final_passes))
-        tol = float(self.tol)
+        tol = float(self.tol) if isinstance(self.tol, numbers.Real) and not isinstance(self.tol, bool) else math.nan
         if not (math.isfinite(tol) and tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
         # measured: the lattice start wins for 256 points, k-means++ restarts for 16 and 64
@@ -198,6 +199,13 @@ def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "non
     """``count`` P-vectors (float32, shape (count, dim)) of the law in the module docstring.
 
     With a block scale the count is rounded up to whole blocks."""
+    if not isinstance(scale, str) or scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    dim, count = _posint("the dimension P", dim), _posint("count", count)
+    if scale != "none":
+        block_size = _posint("the block size", block_size, 2)
+        if block_size % dim:
+            raise ValueError(f"the dimension P={dim} must divide the block size {block_size}")
     src = parse_source(source)
     per_block = 1 if scale == "none" else block_size // dim
     count = -(-count // per_block) * per_block
@@ -356,6 +364,8 @@ def cell_stats(points: np.ndarray, x: np.ndarray) -> CellStats:
     nearest-point partition of ``points``, with the mean squared error per dimension."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] < 1:
+        raise ValueError(f"points must be an (N, P) array with N, P >= 1, got shape {pts.shape}")
     if x.ndim != 2 or x.shape[1] != pts.shape[1] or x.shape[0] < 2:
         raise ValueError(f"need at least two rows of {pts.shape[1]} values, got shape {x.shape}")
     if not np.isfinite(x).all():
