@@ -74,6 +74,33 @@ def test_an_internal_error_is_one_line_and_exit_1(capsys, monkeypatch):
     assert capsys.readouterr().err == "quantbook: internal error: RuntimeError: something broke\n"
 
 
+def test_a_bare_key_error_is_a_bug_and_a_missing_name_a_user_error(capsys, monkeypatch):
+    """A lookup that fails inside the library (a bare KeyError) is an internal error, not the
+    user's; a name the user gave that is not there is the user's (NotFoundError)."""
+    from quantbook.cli import codebooks
+
+    def lookup(args):
+        return {}[(1, -1.0)]
+
+    monkeypatch.setattr(codebooks, "_cmd_list", lookup)
+    assert main(["list"]) == 1
+    assert capsys.readouterr().err.startswith("quantbook: internal error: KeyError")
+    import quantbook
+    from quantbook.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no published codebook 'no-such-table'") as info:
+        quantbook.get("no-such-table")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+
+    def missing(args):
+        quantbook.get("no-such-table")
+
+    monkeypatch.setattr(codebooks, "_cmd_list", missing)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == (f"quantbook: error: no published codebook 'no-such-table'; known: "
+                                       f"{', '.join(quantbook.REGISTRY)}\n")
+
+
 def test_interrupt_exits_130(capsys, monkeypatch):
     from quantbook.cli import codebooks
 

@@ -288,3 +288,16 @@ def test_nested_law_in_evaluate_and_lloyd_agrees_with_bulk_monte_carlo():
         mean, se = mc(cb)
         assert abs(evaluate(cb, 64, scale="nested").mse_weight - mean) < 4 * se
     assert mc(derived)[0] < mc(nf4)[0]
+
+
+def test_scaled_law_cache_survives_being_emptied():
+    """The law's cache of values outside the Gauss rule's range is emptied when it grows past
+    4096 entries; values asked again right after must still be there (they were looked up
+    before the cache was emptied, and raised KeyError)."""
+    mu = scaled_measure("normal", 16, "e4m3", 6.0, 0)
+    r = mu._fast[0]                                      # beyond it, values are summed and cached
+    y = np.linspace(r, mu.hi, 3001)[1:]
+    first = mu.T(0, y)
+    mu.T(0, np.linspace(r, mu.hi, 2999)[1:])             # the cache now holds more than 4096 values
+    both = mu.T(0, np.concatenate([y, np.linspace(r, mu.hi, 2997)[1:]]))   # known and new ones at once
+    assert np.allclose(both[:y.size], first, rtol=1e-14, atol=0)

@@ -14,9 +14,9 @@ Shared helpers live in :mod:`.common`; the fields of every ``--json`` output are
 
 Errors: a user error — bad arguments, a bad input file, an invalid codebook, an output that
 cannot be written — ends with one line ``quantbook[ SUBCMD]: error: ...`` on stderr and exit
-status 2.  The library reports those as ValueError (its error classes derive from it),
-KeyError (a name that is not there) or OSError (the operating system refused a file).
-Anything else is a bug: one line ``quantbook: internal error: ...`` and exit status 1.  Never
+status 2.  The library reports those as ValueError (its error classes derive from it, a
+name that is not there too: :class:`quantbook.errors.NotFoundError`) or OSError (the
+operating system refused a file).  Anything else, a bare KeyError included, is a bug: one line ``quantbook: internal error: ...`` and exit status 1.  Never
 a traceback.  Warnings raised during a command that succeeds follow its output as one line
 each (``quantbook: warning: ...``); after an error only the error line is printed, so that it
 stays the one line.
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `quantbook audit --json | head`: not an error
         _silence_stdout()
         return 0
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"quantbook: error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

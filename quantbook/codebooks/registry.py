@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import NotFoundError
 from ..io.files import read_small_file
 from .codebook import Codebook
 
@@ -191,7 +192,7 @@ def get(name: str) -> Codebook:
     try:
         return REGISTRY[name].codebook
     except KeyError:
-        raise KeyError(f"no published codebook {name!r}; known: {', '.join(REGISTRY)}") from None
+        raise NotFoundError(f"no published codebook {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
 def load(spec: str) -> Codebook:
@@ -212,4 +213,4 @@ def load(spec: str) -> Codebook:
             return Codebook.from_json(data)
         except CodebookError as exc:
             raise CodebookError(f"{spec}: {exc}") from None
-    raise KeyError(f"no published codebook {spec!r} (and not a .json file); known: {', '.join(REGISTRY)}")
+    raise NotFoundError(f"no published codebook {spec!r} (and not a .json file); known: {', '.join(REGISTRY)}")

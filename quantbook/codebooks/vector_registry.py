@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import NotFoundError
 from ..io.files import read_small_file
 from .vector import VectorCodebook, VectorCodebookError
 
@@ -90,7 +91,7 @@ def get_vector(name: str) -> VectorCodebook:
     folded = [k for k in reg if k.lower() == str(name).lower()]
     if len(folded) == 1:
         return reg[folded[0]].codebook
-    raise KeyError(f"no published vector codebook {name!r}; known: {', '.join(reg)}")
+    raise NotFoundError(f"no published vector codebook {name!r}; known: {', '.join(reg)}")
 
 
 def load_vector(path: str | os.PathLike) -> VectorCodebook:

@@ -341,10 +341,10 @@ class ScaledMeasure(_Measure):
         rest = y[~inside]
         u, inv = np.unique(rest, return_inverse=True)
         known = self._slow_cache
+        if len(known) > 4096:  # bound the memory before looking anything up
+            known.clear()
         todo = np.array([v for v in u if (key, v) not in known])
         if todo.size:
-            if len(known) > 4096:
-                known.clear()
             known.update(((key, v), float(r)) for v, r in zip(todo, slow(todo)))
         out[~inside] = np.array([known[(key, v)] for v in u])[inv.reshape(-1)]
         return out

@@ -36,6 +36,8 @@ from typing import Iterable, Iterator, Union
 
 import numpy as np
 
+from ..errors import NotFoundError
+
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
            "read_tensor", "iter_tensors", "split_globs", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
            "MAX_HEADER_BYTES"]
@@ -170,7 +172,7 @@ class SafetensorsFile:
         """One tensor as a numpy array of its stored dtype (bfloat16 via ``ml_dtypes``)."""
         entry = self._entries.get(name)
         if entry is None:
-            raise KeyError(f"{self.path} has no tensor {name!r}")
+            raise NotFoundError(f"{self.path} has no tensor {name!r}")
         info = entry.info
         dtype = _numpy_dtype(info.dtype, self.path, name)
         count = info.size  # checked: the entry holds exactly itemsize·count bytes inside the file

@@ -30,6 +30,7 @@ import numpy as np
 from ..codebooks.codebook import Codebook, float32_ulp_distance
 from ..codebooks.registry import REGISTRY, Published
 from ..derive.recipes import derive_from_recipe
+from ..errors import NotFoundError
 
 __all__ = ["AuditRow", "audit", "audit_one", "compare", "format_recipe", "register_check"]
 
@@ -184,7 +185,7 @@ def audit(names: Iterable[str] | None = None, progress: Callable[[str], None] | 
     rows = []
     for name in selected:
         if name not in REGISTRY:
-            raise KeyError(f"no published codebook {name!r}")
+            raise NotFoundError(f"no published codebook {name!r}")
         if progress:
             progress(name)
         rows.append(audit_one(REGISTRY[name]))

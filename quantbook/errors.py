@@ -1,0 +1,11 @@
+"""Error classes shared by every layer (this module imports nothing)."""
+
+__all__ = ["NotFoundError"]
+
+
+class NotFoundError(KeyError, ValueError):
+    """A name that is not there: a published table, a tensor in a file.  A KeyError, as a
+    lookup is, and a ValueError, as bad input is, so the command line reports it as a user
+    error; a bare KeyError is a bug."""
+
+    __str__ = BaseException.__str__  # KeyError's own str() would quote the message
