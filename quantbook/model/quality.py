@@ -336,9 +336,21 @@ class Task:
     def check_config(cls, config, path) -> None:
         """Refuse a model the task cannot measure (a ValueError naming ``path``)."""
 
+    @classmethod
+    def check_inputs(cls, tokens: Any, context: Any) -> tuple[int, int]:
+        """``tokens`` and ``context`` as integers, or a ValueError (before a model is loaded)."""
+        for flag, v in (("--tokens", tokens), ("--context", context)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{flag} must be an integer, got {v!r}")
+        if context < 2:
+            raise ValueError(f"--context must be at least 2 tokens, got {context}")
+        if tokens < 1:
+            raise ValueError(f"--tokens must be at least 1, got {tokens}")
+        return int(tokens), int(context)
+
     def __init__(self, model, tokenizer, text: str, tokens: int, context: int):
         self.model, self.tokenizer = model, tokenizer
-        self.prepare(text, tokens, context)
+        self.prepare(text, *self.check_inputs(tokens, context))
 
     def prepare(self, text: str, tokens: int, context: int) -> None:
         raise NotImplementedError
@@ -378,11 +390,14 @@ class CausalLM(Task, name="lm"):
             raise ValueError(f"{path}: not a causal language model (architectures: {', '.join(archs)}); "
                              f"--task lm needs one")
 
-    def prepare(self, text: str, tokens: int, context: int) -> None:
-        if context < 2:
-            raise ValueError(f"the context must be at least 2 tokens, got {context}")
+    @classmethod
+    def check_inputs(cls, tokens: Any, context: Any) -> tuple[int, int]:
+        tokens, context = super().check_inputs(tokens, context)
         if tokens < context:
             raise ValueError(f"--tokens {tokens} is less than one context of {context} tokens")
+        return tokens, context
+
+    def prepare(self, text: str, tokens: int, context: int) -> None:
         # tokenize a prefix: enough characters for the budget at any plausible rate, then all
         chars = 16 * tokens
         ids = self.tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
@@ -600,6 +615,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
 
     check_block_size(block_size)
     task_cls = get_task(task)
+    task_cls.check_inputs(tokens, context)
     rotations = parse_rotations(list(rotations))
     check_codebooks(codebooks)
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
