@@ -146,7 +146,8 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     rule = None if scale is None else check_scale(scale, amax_encoded=True)
     if rule is not None and rule.layout == "bnb" and not rule.encodes_with_amax:
         rule = None  # float32: bitsandbytes' exact absmax
-    if rule is None and (tensor_amax is not None or tensor_size is not None or qmax is not None):
+    if (rule is None or rule.layout == "bnb") and (tensor_amax is not None or tensor_size is not None
+                                                   or qmax is not None):
         raise ValueError(f"qmax, tensor_amax and tensor_size: {SCALED_ONLY}")
     if rule is not None:
         return _evaluate_scaled(cb, B, src, normalization, rule, DEFAULT_QMAX if qmax is None else qmax,

@@ -341,11 +341,12 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
         rule = check_scale(r.scale, amax_encoded=True)
         if rule.layout == "bnb" and not rule.encodes_with_amax:  # float32: exact absmax, today's law
             _set(r, scale=None)
-    if r.scale is None:
+    if r.scale is None or rule.layout == "bnb":   # float32, or nested: encoded with the exact absmax
         if r.tensor_size is not None or _check_qmax(r.qmax) != 6.0:
             raise ValueError(f"qmax and tensor_size: {SCALED_ONLY}")
         _set(r, qmax=6.0)
-        return
+        if r.scale is None:
+            return
     if r.normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
                          f"got {r.normalization!r}")
