@@ -88,6 +88,9 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("evaluate", "nf4", "--qmax", "3"), "apply only with --scale"),
     (("derive", "lloyd", "--tensor-size", "64"), "apply only with --scale"),
     (("evaluate", "nf4", "--scale", "nested", "--qmax", "3"), "float32 and nested keep"),
+    (("export", "nf4", "--format", "c", "--scale", "e4m3", "--block-size", "3"), "power of two from 16"),
+    (("export", "nf4", "-B", "32"), "lloyd-... spelling without B"),
+    (("export", "nf4", "--qmax", "3"), "--qmax applies only with --scale"),
     (("derive", "lloyd", "--scale", "nested", "--qmax", "3"), "float32 and nested keep"),
     (("evaluate", "nf4", "--scale", "float32", "--qmax", "3"), "float32 and nested keep"),
     (("evaluate", "nf4", "--scale", "e8m0", "--tensor-size", "64"), "has no tensor scale"),
@@ -106,6 +109,11 @@ def test_bad_scale_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and needle in err, err
+
+
+def test_export_block_size_names_the_lloyd_table(capsys):
+    rc, out, err = run(capsys, "export", "lloyd-l2", "-B", "32")
+    assert rc == 0 and json.loads(out)["name"] == "lloyd-l2-32" and json.loads(out)["recipe"]["block_size"] == 32
 
 
 def test_derive_lloyd_search_rule_fits_on_a_sample(capsys):

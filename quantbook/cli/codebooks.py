@@ -58,8 +58,10 @@ def _header_layout(cb, scale: str, block_size: int, qmax: float | None):
     from ..derive.scaled import DEFAULT_QMAX
     from ..export import HeaderLayout
 
+    from ..bulk.format import check_block_size
+
     q = DEFAULT_QMAX if qmax is None else qmax
-    return HeaderLayout(scale, block_size, q, scaled_table(cb.code, q))
+    return HeaderLayout(scale, check_block_size(block_size), q, scaled_table(cb.code, q))
 
 
 def _cmd_export(args) -> int:
@@ -67,8 +69,12 @@ def _cmd_export(args) -> int:
 
     if args.output is not None:
         output_path(args.output)  # fail before doing any work
-    if args.scale is None and (args.block_size is not None or args.qmax is not None):
-        raise UsageError("--block-size and --qmax apply only with --scale")
+    from ..naming import depends_on_block_size
+
+    if args.scale is None and args.qmax is not None:
+        raise UsageError("--qmax applies only with --scale")
+    if args.scale is None and args.block_size is not None and not depends_on_block_size(args.codebook):
+        raise UsageError("--block-size applies only with --scale or to a lloyd-... spelling without B")
     if args.scale is not None and args.format not in ("c", "cuda"):
         raise UsageError(f"--scale is written only into c and cuda headers, not --format {args.format}")
     block_size = 64 if args.block_size is None else args.block_size  # quantbook.quantize's default
