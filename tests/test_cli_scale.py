@@ -97,6 +97,7 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("evaluate", "nf4", "--scale", "e4m3", "--normalization", "none"), "normalization must be absmax"),
     (("evaluate", "nf4", "--scale", "e4m3", "--qmax", "-1"), "positive finite"),
     (("derive", "lloyd", "--seed", "3"), "apply only to a search rule"),
+    (("derive", "lloyd", "--progress"), "apply only to a search rule"),
     (("evaluate", "nf4", "--samples", "4096"), "apply only to a search rule"),
     (("evaluate", "nf4", "--scale", "search:ggml", "--normalization", "none"), "does not apply"),
     (("evaluate", "nf4", "--scale", "search:4over6", "--block-size", "16", "--samples", "100"),
@@ -125,6 +126,13 @@ def test_derive_lloyd_search_rule_fits_on_a_sample(capsys):
     ref = solve_search_lloyd(4, 32, "search:ggml", samples=1 << 15, seed=4, fixed=(-1,), qmax=127)
     assert got["levels"] == [float(v) for v in ref.codebook.levels]
     assert got["mse_weight_fitting_sample"] == ref.mse and got["recipe"]["method"] == "search-lloyd"
+
+
+def test_a_search_fit_shows_its_progress(capsys):
+    rc = main(["derive", "lloyd", "--scale", "search:4over6", "--block-size", "16", "--samples", str(1 << 14),
+               "--progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "fitting (search:4over6)" in err and "iter" in err
 
 
 @pytest.mark.parametrize("rule,B,qmax", [("search:ggml", 32, 127), ("search:4over6", 16, 6)])

@@ -84,7 +84,7 @@ def _derive_search(args, given: dict[str, Any]) -> int:
                          "are fitted in the weight domain of the scaled layout")
     opts = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed", "source",
                                   "qmax", "tensor_size") if k in given}
-    res = solve_search_lloyd(**opts)
+    res = solve_search_lloyd(**opts, progress=args.progress)
     print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
                                              "change": res.change, "converged": res.converged})
     return 0
@@ -96,9 +96,9 @@ def _cmd_derive_lloyd(args) -> int:
     given = _given(args, "loss", "samples", "seed", *_BLOCK)
     if _search_rule(given.get("scale")):
         return _derive_search(args, given)
-    if "samples" in given or "seed" in given:
-        raise ValueError("--samples and --seed apply only to a search rule (--scale search:...): the other "
-                         "rules have an exact derivation")
+    if "samples" in given or "seed" in given or args.progress:
+        raise ValueError("--samples, --seed and --progress apply only to a search rule (--scale search:...): "
+                         "the other rules have an exact derivation")
     res = solve_lloyd(**given)
     extra = _metrics(res.codebook, given)
     extra.update(iterations=res.iterations, change=res.change, converged=res.converged)
@@ -261,6 +261,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="with a search rule (--scale search:...): values in the seeded fitting sample "
                                 "(default 10^7)")
             s.add_argument("--seed", type=integer, help="with a search rule: the fitting sample's seed (default 0)")
+            s.add_argument("--progress", action="store_true",
+                           help="with a search rule: a progress bar on standard error even when it is not a "
+                                "terminal (drawn on a terminal anyway)")
         s.add_argument("--domain", choices=("weight", "normalized"),
                        help="error measured on weights (scale*(y-q)) or normalised values (default "
                             + ("weight)" if meth == "lloyd" else "normalized)"))

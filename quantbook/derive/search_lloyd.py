@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
+from ..io.progress import progress_bar
 from ..scales import get_rule
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
@@ -257,8 +258,11 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1
 def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
                        samples: int = 10**7, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
                        max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
-                       tensor_size: int | None = None, name: str | None = None) -> SearchLloydResult:
-    """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error."""
+                       tensor_size: int | None = None, name: str | None = None,
+                       progress: bool = False) -> SearchLloydResult:
+    """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error;
+    ``progress``: a bar on standard error even when it is not a terminal (one step an
+    iteration, up to ``max_iter``; drawn on a terminal anyway)."""
     from .recipes import SearchLloydRecipe
 
     src = parse_source(source)
@@ -278,16 +282,18 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     # the levels creep on for long (linearly, and blocks that flip candidate keep them
     # jittering) while the error has long stopped falling: stop on the error
     change, it, err, prev, done = np.inf, 0, np.nan, np.inf, False
-    while it < max_iter:
-        new, err = _step(rule, smp, levels, free, qmax, loss)
-        done = prev - err <= tol * err
-        if done:
-            if err > prev:  # the search made the last step worse: return the step before it
-                levels, err = last, prev
-            break
-        it += 1
-        change = float(np.max(np.abs(new - levels)))
-        last, levels, prev = levels, np.sort(new), err
+    with progress_bar(total=max_iter, desc=f"fitting ({rule.name})", unit="iter", force=progress) as bar:
+        while it < max_iter:
+            bar.step(f"error {prev:.4e}" if np.isfinite(prev) else None)
+            new, err = _step(rule, smp, levels, free, qmax, loss)
+            done = prev - err <= tol * err
+            if done:
+                if err > prev:  # the search made the last step worse: return the step before it
+                    levels, err = last, prev
+                break
+            it += 1
+            change = float(np.max(np.abs(new - levels)))
+            last, levels, prev = levels, np.sort(new), err
     if not done:  # out of iterations: the error at the levels returned
         err = _step(rule, smp, levels, free, qmax, loss)[1]
     if np.unique(levels).size != levels.size:
@@ -301,7 +307,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
 def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int = 10**7,
                  seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1), max_iter: int = 100,
                  tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
-                 tensor_size: int | None = None, name: str | None = None) -> Codebook:
+                 tensor_size: int | None = None, name: str | None = None, progress: bool = False) -> Codebook:
     """The Lloyd code for the scaled layout under a search rule, fitted on ``samples`` draws of
     ``source`` (seed ``seed``) with the rule's search inside the loop (module docstring).
 
@@ -310,7 +316,8 @@ def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over
     of that many values, each with its own tensor scale (None: one tensor).  Stops after
     ``max_iter`` iterations or when an iteration lowers the mean error on the sample by
     less than ``tol`` times itself.  Levels are returned in
-    the codebook's units; the layout's table is ``qmax`` times them.
+    the codebook's units; the layout's table is ``qmax`` times them.  ``progress``: a bar on
+    standard error even when it is not a terminal.
     """
     return solve_search_lloyd(bits, block_size, scale, samples, seed, loss, fixed, max_iter, tol, source,
-                              qmax, tensor_size, name).codebook
+                              qmax, tensor_size, name, progress).codebook
