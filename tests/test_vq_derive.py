@@ -151,7 +151,7 @@ def test_npy_source(tmp_path):
     (dict(scale="rms", block_size=63), "must divide"), (dict(block_size=64), "block scale"),
     (dict(scale="max"), "scale must be"), (dict(symmetric=True, points=12), "multiple of 8"),
     (dict(samples=100), "at least 4 per point"), (dict(seed=-1), "seed"), (dict(tol=float("nan")), "tol"),
-    (dict(tol="x"), "tol"), (dict(tol=None), "tol"),
+    (dict(tol="x"), "tol"), (dict(tol=None), "tol"), (dict(samples=10**11), "more than 536870912 values"),
     (dict(restarts=0), "restarts"), (dict(source="nope"), "unknown source"),
     (dict(init="grid"), "init must be"), (dict(dim=3, points=256, init="hexagonal"), "2 dimensions"),
     (dict(symmetric=True, points=256, init="hexagonal"), "not symmetric"),

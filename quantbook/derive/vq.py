@@ -78,6 +78,10 @@ def orbit_size(dim: int) -> int:
     return 2**dim * math.factorial(dim)
 
 
+#: the largest fitting sample, in values (vectors times P): about 6 GiB while it is drawn
+MAX_SAMPLE_VALUES = 1 << 29
+
+
 def _posint(what: str, v: Any, lo: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
@@ -138,6 +142,9 @@ class VQRecipe(Recipe):
         groups = n // orbit_size(p) if self.symmetric else n
         if m < 4 * groups:
             raise ValueError(f"samples must be at least 4 per point to fit ({4 * groups}), got {m}")
+        if m * p > MAX_SAMPLE_VALUES:
+            raise ValueError(f"samples={m} vectors of {p} values is more than {MAX_SAMPLE_VALUES} values (the "
+                             "sample is drawn in float64 and kept in float32: about 12 bytes a value)")
         restarts = _posint("restarts", self.restarts)
         coarse = _posint("coarse_samples", self.coarse_samples)
         max_iter = _posint("max_iter", self.max_iter)
