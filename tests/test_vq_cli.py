@@ -139,9 +139,12 @@ def test_c_header_encodes_as_nearest(tmp_path, capsys):
     (["derive", "vq", "--points", "16"], "--dim"),
     (["audit", "--samples", "1000"], "only with --vector"),
     (["audit", "--vector", "--samples", "10"], "between 100"),
+    (["audit", "--vector", "--layouts"], "not --vector"),
     (["export", "higgs-2d-16", "-f", "bnb"], "exports as json, c, cuda, npy"),
     (["export", "higgs-2d-16", "-f", "c", "--scale", "e4m3"], "scalar codebooks"),
     (["show", "higgs-3d-7"], "unknown codebook"),
+    (["evaluate", "higgs-2d-256"], "is a vector codebook; this takes a scalar one"),
+    (["plot-sweep", "higgs-2d-16", "-o", "x.png"], "is a vector codebook; this takes a scalar one"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
     code, out, err = run(capsys, *argv)

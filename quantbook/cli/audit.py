@@ -43,11 +43,13 @@ def _cmd_audit_vector(args) -> int:
 def _cmd_audit(args) -> int:
     from ..codebooks.registry import REGISTRY
 
+    from .common import UsageError
+
     if args.vector:
+        if args.layouts:
+            raise UsageError("--layouts audits the scalar tables' layouts, not --vector")
         return _cmd_audit_vector(args)
     if args.samples is not None or args.seed is not None:
-        from .common import UsageError
-
         raise UsageError("--samples and --seed apply only with --vector")
     from ..io.progress import progress_bar
     from ..verify.audit import audit
