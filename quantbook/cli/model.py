@@ -203,7 +203,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(s)
     s.add_argument("--plot", metavar="FILE", default=None, help="also draw per-tensor SQNR to this picture (PNG, PDF, SVG ...: by extension; matplotlib)")
     s.add_argument("--backend", choices=("auto", "numpy", "cpu"), default="auto",
-                   help="bulk quantization backend: cpu (numba, the default) or numpy (reference); "
-                        "vector codebooks have the same two")
+                   help="bulk quantization backend: auto (default: cpu when numba is installed, else numpy), "
+                        "cpu (numba) or numpy (the reference); vector codebooks have the same")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
     s.set_defaults(func=_cmd_evaluate_model)
