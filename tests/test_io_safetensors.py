@@ -154,3 +154,12 @@ def test_file_shrunk_after_opening_is_an_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(st.SafetensorsError, match="truncated"):
         f.read("x")
+
+
+def test_tensor_patterns():
+    """None or * is every tensor; a spelling without any pattern is an error, not everything."""
+    assert st.split_globs(None) is None and st.split_globs("a*, *") is None
+    assert st.split_globs(" a*, ,b ") == ["a*", "b"]
+    for empty in ("", ",", " , "):
+        with pytest.raises(ValueError, match="no tensor name pattern"):
+            st.split_globs(empty)

@@ -201,12 +201,16 @@ def open_safetensors(path: Source) -> SafetensorsFile:
 
 
 def split_globs(globs: str | Iterable[str] | None) -> list[str] | None:
-    """``"a*,b*"`` → ``["a*", "b*"]``; ``None`` / ``""`` / ``"*"`` → ``None`` (everything)."""
+    """``"a*,b*"`` → ``["a*", "b*"]``; ``None`` or a ``"*"`` among them → ``None``
+    (everything); a spelling with no pattern at all (``""``, ``","``) is a ValueError, not
+    everything."""
     if globs is None:
         return None
     items = [g.strip() for g in (globs.split(",") if isinstance(globs, str) else globs)]
     items = [g for g in items if g]
-    if not items or "*" in items:
+    if not items:
+        raise ValueError(f"no tensor name pattern in {globs!r} (give GLOB[,GLOB...], or * for every tensor)")
+    if "*" in items:
         return None
     return items
 

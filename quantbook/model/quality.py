@@ -51,6 +51,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from ..io.progress import progress_bar
+from ..io.safetensors import split_globs
 from .evaluate import (ErrorSums, VQOptions, check_codebooks, error_sums, is_vector_codebook, make_layout,
                        parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
 
@@ -164,8 +165,7 @@ def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tupl
     of ``globs`` (default all), except one whose weight is the input embedding (tied)."""
     import torch
 
-    if isinstance(globs, str):
-        globs = [g.strip() for g in globs.split(",") if g.strip()]
+    globs = split_globs(globs)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = emb.weight if emb is not None else None
     out = []
