@@ -28,6 +28,10 @@ def _resolve(specs: list[str], block_size: int):
                 out.append((one, resolve_codebook(one, block_size)))
     if not out:
         raise UsageError("no codebooks given")
+    labels = [label for label, _ in out]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise UsageError(f"codebook listed twice: {', '.join(twice)}")
     return out
 
 
