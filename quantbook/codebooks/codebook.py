@@ -105,7 +105,7 @@ class Codebook:
             kind = "duplicate" if steps[i] == 0 else "unsorted"
             raise CodebookError(
                 f"levels must be strictly increasing: {kind} levels at positions {i} and {i + 1} "
-                f"({levels[i]!r}, {levels[i + 1]!r})"
+                f"({float(levels[i])!r}, {float(levels[i + 1])!r})"
             )
         if levels.size > 2**bits:
             raise CodebookError(
@@ -122,7 +122,7 @@ class Codebook:
         pos_ok = (pos < levels.size) & (levels[np.minimum(pos, levels.size - 1)] == code)
         if not np.all(pos_ok):
             i = int(np.flatnonzero(~pos_ok)[0])
-            raise CodebookError(f"code entry {i} ({code[i]!r}) is not one of the levels")
+            raise CodebookError(f"code entry {i} ({float(code[i])!r}) is not one of the levels")
         code_index = np.empty(levels.size, dtype=np.int64)
         seen = np.zeros(levels.size, dtype=bool)
         for idx in range(code.size):  # lowest code index wins for repeated values
@@ -132,7 +132,7 @@ class Codebook:
                 code_index[p] = idx
         if not seen.all():
             i = int(np.flatnonzero(~seen)[0])
-            raise CodebookError(f"level {levels[i]!r} does not appear in code")
+            raise CodebookError(f"level {float(levels[i])!r} does not appear in code")
         if not isinstance(self.name, str) or not self.name:
             raise CodebookError("name must be a non-empty string")
         if not isinstance(self.source, str):
