@@ -121,3 +121,21 @@ def test_bad_input_is_one_line():
         scaled_measure("normal", B, "nested", weight_power=2, tensor_size=1 << 16)
     with pytest.raises(ValueError, match="finite variance"):
         scaled_measure("student-t:2", B, "nested", weight_power=1)
+
+
+def test_derive_for_nested_statistics_on_the_command_line(capsys, tmp_path):
+    """docs/scales.md's command: the nested law has no qmax, so its recipe carries none, and the
+    metrics the command adds are the library's evaluate under that law."""
+    import json
+
+    from quantbook.cli import main
+    from quantbook.derive import derive_from_recipe, evaluate, lloyd
+
+    assert main(["derive", "lloyd", "--block-size", "64", "--scale", "nested", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["recipe"]["scale"] == "nested" and "qmax" not in got["recipe"]
+    cb = lloyd(4, 64, scale="nested")
+    assert got["levels"] == [float(v) for v in cb.levels]
+    assert got["mse_weight"] == evaluate(cb, 64, scale="nested").mse_weight
+    assert derive_from_recipe({**got["recipe"], "qmax": 6.0}).levels.tolist() == got["levels"]   # older recipes
+    assert main(["derive", "quantile", "--scale", "nested", "--json"]) == 0

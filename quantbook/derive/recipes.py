@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import SCALED_ONLY
+from ..scales import SCALED_ONLY, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
@@ -366,6 +366,8 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
 def _scale_keys(r: "LloydRecipe | QuantileRecipe") -> list[str]:
     if r.scale is None:
         return []
+    if get_rule(r.scale).layout == "bnb":  # nested: the exact absmax, no qmax
+        return ["scale"]
     return ["scale", "qmax"] + (["tensor_size"] if r.tensor_size is not None else [])
 
 
