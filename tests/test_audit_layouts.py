@@ -3,8 +3,8 @@ layouts they were made for, against the optimum of that layout.
 
 Oracles: Monte Carlo through ``quantbook.quantize`` (bytes checked against torchao in
 tests/test_layouts_torchao.py), N(0,1) weights with a stated seed, 4 standard errors; the
-published storage costs of the layouts; and the rough sample-Lloyd savings of the issue that
-asked for this audit (about 37 % for NVFP4, 25 % for MXFP4 floor)."""
+published storage costs of the layouts; and rough savings from Lloyd on a sample, measured
+independently of the exact law (about 37 % for NVFP4, 25 % for MXFP4 floor)."""
 
 import json
 

@@ -136,7 +136,13 @@ def test_evaluate_model(capsys, tmp_path):
     st.save_file({"a": x, "b": rng.standard_normal((4, 64)).astype(np.float32)}, str(model))
     d = run_json(capsys, "evaluate-model", model, "-c", "nf4,int4-sym", "--per-tensor", "--json")
     keyed = {"codebooks", "per_tensor[].codebooks"}
-    assert paths(d, keyed=keyed) == section("quantbook evaluate-model")
+    optional = {"rotations", "vq", "vq.group", "vq.scale", "vq.scale_dtype"}
+    assert paths(d, keyed=keyed) == section("quantbook evaluate-model") - optional
+    # a vector grid and a second rotation add the optional fields, and only those
+    full = run_json(capsys, "evaluate-model", model, "-c", "nf4,higgs-2d-16", "--rotate", "none,hadamard",
+                    "--per-tensor", "--json")
+    assert paths(full, keyed=keyed) == section("quantbook evaluate-model")
+    assert full["rotations"] == ["none", "hadamard"] and full["vq"]["group"] == 64
     # mse_weight is the mean squared error of the weights, in their units: recompute one
     import quantbook
 

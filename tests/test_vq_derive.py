@@ -181,3 +181,14 @@ def test_recipe_json_checks():
         VQRecipe.from_dict({**VQRecipe().to_dict(), "bogus": 1})
     with pytest.raises(RecipeError, match="integer"):
         VQRecipe.from_dict({**VQRecipe().to_dict(), "dim": "2"})
+
+
+def test_derive_vq_takes_every_field_of_its_recipe():
+    """A recipe holds every option of derive_vq and nothing else, so it can be spelled back."""
+    import dataclasses
+    import inspect
+
+    from quantbook.derive.vq import derive_vq
+
+    options = set(inspect.signature(derive_vq).parameters) - {"progress"}
+    assert options == {f.name for f in dataclasses.fields(VQRecipe)}

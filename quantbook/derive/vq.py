@@ -567,7 +567,7 @@ def derive_vq(dim: int = VQRecipe.dim, points: int = VQRecipe.points, source: An
               samples: int = VQRecipe.samples, restarts: int = VQRecipe.restarts,
               coarse_samples: int = VQRecipe.coarse_samples, max_iter: int = VQRecipe.max_iter,
               tol: float = VQRecipe.tol, final_passes: int = VQRecipe.final_passes,
-              progress: bool = False) -> VectorCodebook:
+              init: str = VQRecipe.init, progress: bool = False) -> VectorCodebook:
     """The min-MSE codebook of ``points`` points in ``dim`` dimensions (module docstring).
 
     Warns (:class:`~quantbook.derive.lloyd.LloydWarning`) when Lloyd stopped unconverged;
@@ -575,5 +575,5 @@ def derive_vq(dim: int = VQRecipe.dim, points: int = VQRecipe.points, source: An
     when the sample cannot support the codebook."""
     r = VQRecipe(dim=dim, points=points, source=source, scale=scale, block_size=block_size,
                  symmetric=symmetric, seed=seed, samples=samples, restarts=restarts,
-                 coarse_samples=coarse_samples, max_iter=max_iter, tol=tol, final_passes=final_passes)
+                 coarse_samples=coarse_samples, max_iter=max_iter, tol=tol, final_passes=final_passes, init=init)
     return solve_vq(r, progress=progress).codebook
