@@ -218,9 +218,9 @@ def plot_model_report(report: Any, out: str | os.PathLike) -> None:
     ax.set_xticklabels(names, rotation=90, fontsize=7 if len(names) <= 80 else 5)
     ax.set_xlim(-0.7, len(names) - 0.3)
     ax.set_ylabel("SQNR (dB)")
-    nested = "nested absmax" if report.nested else "float32 absmax"
     where = f", tensors {prefix}*" if prefix else ""
-    fig.suptitle(f"{Path(report.path).name}: per-tensor SQNR, block size {report.block_size}, {nested}{where}",
+    fig.suptitle(f"{Path(report.path).name}: per-tensor SQNR, block size {report.block_size}, "
+                 f"{report.scale_text}{where}",
                  fontsize=10)
     ax.grid(True, axis="y", lw=0.3, alpha=0.5)
     ax.legend(fontsize=8, frameon=False, ncols=min(k, 4), loc="lower center", bbox_to_anchor=(0.5, 1.0))
@@ -245,8 +245,8 @@ def plot_model_quality(report: Any, out: str | os.PathLike) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (scales included)")
     ax.set_ylabel(ylabel, fontsize=8)
-    nested = "nested absmax" if report.nested else "float32 absmax"
-    fig.suptitle(f"{Path(report.path).name}: task {report.task}, block size {report.block_size}, {nested}",
+    fig.suptitle(f"{Path(report.path).name}: task {report.task}, block size {report.block_size}, "
+                 f"{report.scale_text}",
                  fontsize=10)
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.legend(fontsize=7, frameon=False, loc="best")

@@ -169,3 +169,24 @@ def test_cli_embed_json_and_plot(capsys, tmp_path):
     assert all(0.5 < d["codebooks"][k]["cosine_mean"] < 1 for k in list(d["codebooks"])[1:])
     if "--plot" in argv:
         assert plot.stat().st_size > 1000
+
+
+def test_lm_context_beyond_the_models_positions(smol, text):
+    model, tok = smol
+    most = model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"longer than the model's {most} positions"):
+        CausalLM(model, tok, text, tokens=most + 1, context=most + 1)
+
+
+def test_gpt2_style_models_are_named_causal_and_their_conv1d_said():
+    """GPT2LMHeadModel is a causal LM (no ForCausalLM in its name); its projections are
+    transformers' Conv1D, not nn.Linear, and the refusal says so (a tiny random GPT-2, built
+    offline from its config)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=64,
+                                     architectures=["GPT2LMHeadModel"])
+    CausalLM.check_config(config, "tiny-gpt2")
+    with pytest.raises(ValueError, match="not a causal language model"):
+        CausalLM.check_config(transformers.BertConfig(architectures=["BertModel"]), "bert")
+    with pytest.raises(ValueError, match="Conv1D"):
+        select_linears(transformers.GPT2LMHeadModel(config))

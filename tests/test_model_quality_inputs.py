@@ -122,3 +122,36 @@ def test_cli_safetensors_without_config_next_to_it(capsys, tmp_path):
     f.write_bytes(b"")
     rc, _, err = run(capsys, "evaluate-model", str(f), "--task", "embed", "--text", str(f))
     assert rc == 2 and "no config.json" in err and err.count("\n") == 1
+
+
+def test_cli_a_model_directory_must_hold_its_tokenizer(capsys, tmp_path):
+    """Without its vocabulary transformers builds an empty tokenizer (every word unknown) and
+    the numbers come out wrong with no error."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "t.txt").write_text("Some words to read here.")
+    rc, _, err = run(capsys, "evaluate-model", str(tmp_path), "--task", "embed", "--text", str(tmp_path / "t.txt"))
+    assert rc == 2 and "no tokenizer in" in err and err.count("\n") == 1
+
+
+def test_cli_task_refuses_a_weights_file_transformers_would_not_read(capsys, tmp_path):
+    """from_pretrained reads model.safetensors: another file in the directory would be ignored."""
+    for name in ("config.json", "vocab.txt"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    other = tmp_path / "finetuned.safetensors"
+    other.write_bytes(b"")
+    (tmp_path / "t.txt").write_text("Some words to read here.")
+    rc, _, err = run(capsys, "evaluate-model", str(other), "--task", "embed", "--text", str(tmp_path / "t.txt"))
+    assert rc == 2 and "not from finetuned.safetensors" in err and err.count("\n") == 1
+
+
+def test_cli_weight_error_of_a_directory_says_what_to_do(capsys, tmp_path):
+    rc, _, err = run(capsys, "evaluate-model", str(tmp_path), "-c", "nf4")
+    assert rc == 2 and "is a directory" in err and "--task" in err
+
+
+def test_cli_scalar_layout_options_need_a_scalar_codebook(capsys, tmp_path):
+    rc, _, err = run(capsys, "evaluate-model", str(tmp_path / "m.safetensors"), "-c", "higgs-2d-16",
+                     "--scale", "e4m3", "-B", "16")
+    assert rc == 2 and "-B, --scale apply to scalar codebooks" in err

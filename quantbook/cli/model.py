@@ -49,10 +49,20 @@ def _positive_float(text: str) -> float:
 
 def _codebooks_and_vq(args):
     """``(codebooks, VQOptions or None)``: scalar and vector codebooks of ``--codebooks``; the
-    ``--vq-*`` options only where a vector codebook is listed, where they mean something."""
+    ``--vq-*`` options only where a vector codebook is listed, and the scalar layout's options
+    (``-B``, ``--scale``, ``--qmax``, ``--nested``) only where a scalar one is, where they mean
+    something.  Sets ``args.block_size`` to its default (64) when it was not given."""
     from ..model.evaluate import VQOptions, is_vector_codebook, resolve_model_codebooks
 
+    given_b = args.block_size is not None
+    args.block_size = args.block_size if given_b else 64
     codebooks = resolve_model_codebooks(args.codebooks, args.block_size)
+    if all(is_vector_codebook(cb) for _, cb in codebooks):
+        scalar_only = [flag for flag, on in (("-B", given_b), ("--scale", args.scale is not None),
+                                             ("--qmax", args.qmax is not None), ("--nested", args.nested)) if on]
+        if scalar_only:
+            raise ValueError(f"{', '.join(scalar_only)} apply to scalar codebooks; --codebooks lists only vector "
+                             "ones (they store weights as --vq-group, --vq-scale and --vq-scale-dtype say)")
     given = {flag: v for flag, v in (("--vq-group", args.vq_group), ("--vq-scale", args.vq_scale),
                                      ("--vq-scale-dtype", args.vq_scale_dtype)) if v is not None}
     if not any(is_vector_codebook(cb) for _, cb in codebooks):
@@ -163,7 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FILE.safetensors; with --task also a Hugging Face model directory or a .gguf file")
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
                    help="comma-separated codebooks (default nf4,af4,fp4)")
-    s.add_argument("--block-size", "-B", type=_block_size, default=64, help="block size, power of 2 (default 64)")
+    s.add_argument("--block-size", "-B", type=_block_size, default=None,
+                   help="block size of the scalar codebooks, power of 2 (default 64)")
     s.add_argument("--nested", action="store_true", help="double-quantize the absmax statistics (bnb nested)")
     s.add_argument("--scale", default=None, metavar="RULE",
                    help="block scale rule (docs/scales.md): float32 (default, bitsandbytes' absmax), nested "
@@ -201,7 +212,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --task: where torch runs the model: auto (default: cuda when torch sees a GPU), "
                         "cpu, cuda or cuda:N")
     add_json_flag(s)
-    s.add_argument("--plot", metavar="FILE", default=None, help="also draw per-tensor SQNR to this picture (PNG, PDF, SVG ...: by extension; matplotlib)")
+    s.add_argument("--plot", metavar="FILE", default=None,
+                   help="also draw a picture (PNG, PDF, SVG ...: by extension; matplotlib): per-tensor SQNR, or "
+                        "with --task the task's loss (KL, 1 − cosine) against bits per weight")
     s.add_argument("--backend", choices=("auto", "numpy", "cpu"), default="auto",
                    help="bulk quantization backend: auto (default: cpu when numba is installed, else numpy), "
                         "cpu (numba) or numpy (the reference); vector codebooks have the same")

@@ -148,6 +148,9 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{path} is a directory; the weights' error is read from one .safetensors file "
+                             "(e.g. its model.safetensors); a model directory is measured with --task lm|embed")
         if not p.is_file():
             raise FileNotFoundError(f"no such safetensors file: {path}")
         meta, n, size = _parse_header(p)

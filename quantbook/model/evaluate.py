@@ -354,6 +354,11 @@ class ModelReport:
     vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
 
     @property
+    def scale_text(self) -> str:
+        """The scale rule as headers and plot titles name it."""
+        return scale_label(self.scale, self.qmax)
+
+    @property
     def n_params(self) -> int:
         return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors)
 
@@ -381,7 +386,7 @@ class ModelReport:
     def format_table(self, per_tensor: bool = False) -> str:
         nt = len(self.tensors)
         head = (f"{self.path}: {nt} tensor{'s' if nt != 1 else ''}, {self.n_params:,} weights, block size "
-                f"{self.block_size}, {scale_label(self.scale, self.qmax)}")
+                f"{self.block_size}, {self.scale_text}")
         if self.vq is not None:
             head += f"; {self.vq.describe()}"
         if self.rotations != ["none"]:

@@ -43,6 +43,7 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -50,7 +51,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from ..io.progress import progress_bar
+from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
 from .evaluate import (ErrorSums, VQOptions, check_codebooks, error_sums, is_vector_codebook, make_layout,
                        parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
@@ -89,7 +90,7 @@ def _locate(path: str | os.PathLike) -> tuple[Path, str | None]:
         raise ValueError(f"{path}: no such file or directory")
     if p.is_dir():
         if (p / "config.json").is_file():
-            return p, None
+            return _hf_directory(p, path), None
         ggufs = sorted(q.name for q in p.glob("*.gguf"))
         if len(ggufs) == 1:
             return p, ggufs[0]
@@ -98,15 +99,49 @@ def _locate(path: str | os.PathLike) -> tuple[Path, str | None]:
     if p.suffix.lower() == ".gguf":
         return p.parent, p.name
     if p.suffix.lower() == ".safetensors":
-        if (p.parent / "config.json").is_file():
-            return p.parent, None
-        raise ValueError(f"{path}: a model task needs the config and tokenizer next to the weights "
-                         f"(no config.json in {p.parent})")
+        if not (p.parent / "config.json").is_file():
+            raise ValueError(f"{path}: a model task needs the config and tokenizer next to the weights "
+                             f"(no config.json in {p.parent})")
+        if p.name not in _weight_files(p.parent):
+            raise ValueError(f"{path}: transformers loads the weights of {p.parent} from model.safetensors (or the "
+                             f"shards its index names), not from {p.name}: give the directory, or put these "
+                             "weights under that name")
+        return _hf_directory(p.parent, path), None
     raise ValueError(f"{path}: expected a model directory, a .safetensors file in one, or a .gguf file")
 
 
-def load_model(path: str | os.PathLike, task: str):
-    """``(model, tokenizer)`` of ``path`` for ``task`` (see the module doc), float32, eval mode."""
+#: files that hold a Hugging Face tokenizer's vocabulary (any one of them)
+_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model",
+                "sentencepiece.bpe.model")
+
+
+def _weight_files(directory: Path) -> set[str]:
+    """The safetensors files ``from_pretrained`` reads in ``directory``."""
+    index = directory / "model.safetensors.index.json"
+    names = {"model.safetensors"}
+    if index.is_file():
+        try:
+            import json
+
+            names |= set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            pass
+    return names
+
+
+def _hf_directory(directory: Path, path: str | os.PathLike) -> Path:
+    """``directory``, once it is seen to hold a tokenizer (transformers would otherwise build
+    an empty one, and every word would be the unknown token)."""
+    if not any((directory / f).is_file() for f in _VOCAB_FILES):
+        raise ValueError(f"{path}: no tokenizer in {directory} (none of {', '.join(_VOCAB_FILES)}); a model task "
+                         "needs the one the model was trained with")
+    return directory
+
+
+def load_model(path: str | os.PathLike, task: str, progress: bool = False):
+    """``(model, tokenizer)`` of ``path`` for ``task`` (see the module doc), float32, eval mode.
+    ``progress``: transformers' bar over a GGUF file's tensors (its long part) even when
+    standard error is not a terminal; without it, and not on a terminal, that bar is off."""
     get_task(task)
     directory, gguf = _locate(path)
     _require(gguf is not None)
@@ -120,16 +155,46 @@ def load_model(path: str | os.PathLike, task: str):
         config = transformers.AutoConfig.from_pretrained(directory, **kw)
         TASKS[task].check_config(config, path)
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kw)
-        model = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32, **kw)
+        with _gguf_bar(progress_enabled(progress)):
+            model = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32, **kw)
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot load it as a model for --task {task}: {_first_line(exc)}") from None
-    except (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError) as exc:
+    except (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError,
+            *_safetensors_errors()) as exc:
         raise ValueError(f"{path}: cannot load it as a model for --task {task}: {type(exc).__name__}: "
                          f"{_first_line(exc)}") from None
     model.eval()
     return model, tokenizer
+
+
+@contextmanager
+def _gguf_bar(show: bool):
+    """transformers draws its own tqdm bar while it converts a GGUF file's tensors, outside its
+    progress-bar switch: replaced by a plain loop while ``show`` is false."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    saved = getattr(gguf_utils, "tqdm", None)
+    if not show and saved is not None:
+        gguf_utils.tqdm = lambda items, *args, **kwargs: items
+    try:
+        yield
+    finally:
+        if saved is not None:
+            gguf_utils.tqdm = saved
+
+
+def _safetensors_errors() -> tuple[type[BaseException], ...]:
+    """safetensors' own error class (a corrupt file), where the package has one."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return ()
+    return (SafetensorError,)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -177,6 +242,10 @@ def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tupl
             continue
         out.append((wname, mod))
     if not out:
+        conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+        if conv1d and not globs:
+            raise ValueError(f"no nn.Linear weights: this model's projections are transformers' Conv1D (GPT-2 "
+                             f"style, e.g. {conv1d[0]}), which are not quantized here")
         raise ValueError("no linear weights selected" + (f" by {','.join(globs)}" if globs else ""))
     return out
 
@@ -355,6 +424,15 @@ class Task:
     def prepare(self, text: str, tokens: int, context: int) -> None:
         raise NotImplementedError
 
+    def positions(self) -> int | None:
+        """The most tokens the model takes at once (its position table), or None if unknown."""
+        config = getattr(self.model, "config", None)
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            v = getattr(config, key, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
+
     @property
     def steps(self) -> int:
         """Forward passes per measurement (for the progress bar)."""
@@ -386,7 +464,7 @@ class CausalLM(Task, name="lm"):
     @classmethod
     def check_config(cls, config, path) -> None:
         archs = getattr(config, "architectures", None) or []
-        if archs and not any(a.endswith("ForCausalLM") for a in archs):
+        if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):  # GPT2LMHeadModel too
             raise ValueError(f"{path}: not a causal language model (architectures: {', '.join(archs)}); "
                              f"--task lm needs one")
 
@@ -398,6 +476,9 @@ class CausalLM(Task, name="lm"):
         return tokens, context
 
     def prepare(self, text: str, tokens: int, context: int) -> None:
+        most = self.positions()
+        if most is not None and context > most:
+            raise ValueError(f"--context {context} is longer than the model's {most} positions")
         # tokenize a prefix: enough characters for the budget at any plausible rate, then all
         chars = 16 * tokens
         ids = self.tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
@@ -482,8 +563,9 @@ class SentenceEmbedding(Task, name="embed"):
         return AutoModel
 
     def prepare(self, text: str, tokens: int, context: int) -> None:
+        # the tokenizer's limit, which may be an "unset" huge default, and the model's positions
         limit = getattr(self.tokenizer, "model_max_length", context) or context
-        self.context = int(min(context, limit))
+        self.context = int(min(context, limit, self.positions() or context))
         chosen, used = [], 0
         for s in split_sentences(text):
             n = min(len(self.tokenizer(s)["input_ids"]), self.context)
@@ -556,6 +638,11 @@ class QualityReport:
     vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
 
     @property
+    def scale_text(self) -> str:
+        """The scale rule as headers and plot titles name it."""
+        return scale_label(self.scale, self.qmax)
+
+    @property
     def plot_metric(self) -> tuple[str, str]:
         """(metric key, axis label) that ``--plot`` draws against bits per weight."""
         return TASKS[self.task].plot_metric
@@ -573,7 +660,7 @@ class QualityReport:
         cols = TASKS[self.task].columns
         what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.inputs.items())
         head = (f"{self.path}: task {self.task}, {self.n_tensors} linear weights ({self.n_weights:,}), "
-                f"block size {self.block_size}, {scale_label(self.scale, self.qmax)}"
+                f"block size {self.block_size}, {self.scale_text}"
                 + (f", {self.vq.describe()}" if self.vq is not None else "") + f"; {what}; device {self.device}")
         width = max(len(k) for k in self.labels) + 1
         title = f"{'codebook':<{width}}  {'bits/w':>7}  {'SQNR dB':>8}  " + "  ".join(
@@ -622,10 +709,11 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
     if model is None:
+        _locate(path)  # a path that holds no model is said before torch is needed
         _require()  # before asking torch about devices
     device = resolve_device(device)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(path, task) if model is None else model
+    model, tokenizer = load_model(path, task, progress) if model is None else model
     model = model.to(device)
     load_seconds = time.perf_counter() - t0
     measure = task_cls(model, tokenizer, text, tokens, context)
