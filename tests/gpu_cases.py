@@ -50,6 +50,17 @@ class FakeDeviceArray(np.ndarray):
     def __cuda_array_interface__(self):   # what quantbook's api looks for in a device array
         return self.__array_interface__
 
+    @property
+    def device(self):   # CuPy's: the GPU that holds the array (set_device moves it there)
+        return types.SimpleNamespace(id=getattr(self, "_device_id", 0))
+
+
+def set_device(a, device_id):
+    """``a`` as a stand-in array held by GPU ``device_id``."""
+    a = a.view(FakeDeviceArray)
+    a._device_id = device_id
+    return a
+
 
 def fake_device(a, dtype=None):
     return np.asarray(a, dtype=dtype).view(FakeDeviceArray)
@@ -59,8 +70,8 @@ def fake_cupy(emulator):
     """A stand-in ``cupy`` module for machines without a GPU: arrays are
     :class:`FakeDeviceArray` in host memory, modules accept only real ELF cubins (NVRTC still
     compiles), and each launch runs the same kernel through ``emulator()`` (tests/gpu_emulator.py),
-    recorded in ``launches`` as ``(name, grid, block)``.  Fresh uint8 arrays hold 0xEE, so a
-    byte a kernel never writes shows up."""
+    recorded in ``launches`` as ``(name, grid, block)`` and the current device of each in
+    ``launch_devices``.  Fresh uint8 arrays hold 0xEE, so a byte a kernel never writes shows up."""
     cp = types.ModuleType("cupy")
     cp.ndarray = FakeDeviceArray
     cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32, cp.float64 = (
@@ -73,6 +84,8 @@ def fake_cupy(emulator):
     cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
     cp.searchsorted = lambda a, v, side="left": np.searchsorted(a, v, side=side).view(FakeDeviceArray)
     cp.launches = []
+    cp.launch_devices = []
+    current = [0]   # the device stack: cupy.cuda.Device(i) as a context manager pushes i
 
     class Module:
         def load(self, image):
@@ -83,12 +96,22 @@ def fake_cupy(emulator):
                 conv = [int(a) if isinstance(a, np.integer) else
                         float(a) if isinstance(a, np.floating) else a for a in args]
                 cp.launches.append((name, grid, block))
+                cp.launch_devices.append(current[-1])
                 emulator().launch(name, grid[0], block[0], *conv)
             return launch
 
     class Device:
-        id = 0
         compute_capability = "90"
+
+        def __init__(self, device=None):
+            self.id = current[-1] if device is None else int(device)
+
+        def __enter__(self):
+            current.append(self.id)
+            return self
+
+        def __exit__(self, *exc):
+            current.pop()
 
     cp.cuda = types.SimpleNamespace(
         Device=Device, function=types.SimpleNamespace(Module=Module),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, fake_cupy, fake_device, load_benchmark
+from gpu_cases import FakeDeviceArray, fake_cupy, fake_device, load_benchmark, set_device
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
@@ -41,6 +41,49 @@ def cp(monkeypatch):
 
 def test_gpu_available_with_a_device(cp):
     assert G.gpu_available() == (True, "emulated")
+
+
+def test_kernels_run_on_the_device_that_holds_the_input(cp):
+    """An array on GPU 1 while GPU 0 is current: every launch of quantize and dequantize runs
+    with GPU 1 current (a kernel reading another GPU's memory faults without peer access;
+    the scaled layouts: tests/test_gpu_scaled.py)."""
+    import quantbook as qb
+
+    x = set_device(fake_device(np.random.default_rng(0).standard_normal(256).astype(np.float32)), 1)
+    packed, state = qb.quantize(x, "nf4", 64, nested=True, backend="gpu")
+    qb.dequantize(set_device(packed, 1), state, backend="gpu")
+    assert cp.launch_devices and set(cp.launch_devices) == {1}
+
+
+class TorchLike(FakeDeviceArray):
+    """What the api meets in a torch CUDA tensor that requires grad: ``is_cuda``, ``size`` and
+    ``stride`` as methods (strides in elements), an interface that raises, and ``detach``."""
+
+    is_cuda = True
+
+    def size(self):
+        return self.shape
+
+    def stride(self):
+        return tuple(st // self.itemsize for st in self.strides)
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    def detach(self):
+        return self.view(FakeDeviceArray)
+
+
+def test_torch_like_tensors_go_through_the_api(cp):
+    import quantbook as qb
+
+    x = np.random.default_rng(1).standard_normal(300).astype(np.float32)
+    packed, state = qb.quantize(x.view(TorchLike), "nf4", 64)   # auto: a device array
+    assert np.array_equal(packed, R.quantize_reference(x, np.asarray(registry.get("nf4").code, np.float32),
+                                                       4, 64)[0])
+    out = qb.dequantize(np.asarray(packed).view(TorchLike), state)
+    assert np.array_equal(out, qb.dequantize(np.asarray(packed), state, backend="numpy"))
 
 
 try:

@@ -36,7 +36,7 @@ from quantbook.bulk.backend import BACKENDS
 from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
 
-from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark
+from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device
 
 try:
     import ml_dtypes
@@ -421,6 +421,15 @@ def fake_cp(monkeypatch, nvrtc, emu):
     monkeypatch.setattr(GS, "_MODULES", {})
     monkeypatch.setattr(G, "_CONSTS", {})
     return cp
+
+
+def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
+    """As tests/test_gpu_backend_fake.py checks for bitsandbytes' layout: an array on GPU 1
+    while GPU 0 is current is quantized and decoded with GPU 1 current."""
+    x = set_device(fake_device(np.random.default_rng(0).standard_normal(256).astype(np.float32)), 1)
+    packed, state = qb.quantize(x, "e2m1", 16, scale="e4m3", backend="gpu")
+    qb.dequantize(set_device(packed, 1), state, backend="gpu")
+    assert fake_cp.launch_devices and set(fake_cp.launch_devices) == {1}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -39,7 +39,15 @@ def resolve_codebook(codebook: Any, block_size: int = 64) -> Codebook:
 
 
 def _is_device_array(a: Any) -> bool:
-    return hasattr(a, "__cuda_array_interface__")
+    """A GPU array (CuPy, a torch CUDA tensor, ...).  torch raises other errors than
+    AttributeError from the interface for some tensors (bfloat16 before torch 2.5, one that
+    requires grad), so a CUDA tensor is recognised first by ``is_cuda``."""
+    if getattr(a, "is_cuda", False) is True:
+        return True
+    try:
+        return hasattr(a, "__cuda_array_interface__")
+    except Exception:   # an interface that raises is still a device array's
+        return True
 
 
 def _pick_backend(name: Any, device: bool) -> Backend:
@@ -91,7 +99,10 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     if int(np.prod(shape, dtype=np.int64)) == 0:
         raise ValueError(f"cannot quantize an empty array (shape {shape})")
     if device:
-        strides = x.__cuda_array_interface__.get("strides")
+        if callable(getattr(x, "stride", None)):   # torch: its interface refuses some tensors
+            strides = tuple(int(v) * _itemsize(x.dtype) for v in x.stride())
+        else:
+            strides = x.__cuda_array_interface__.get("strides")
         if not _c_contiguous(shape, strides, _itemsize(x.dtype)):
             raise ValueError(f"x is not C-contiguous (shape {shape}, strides {tuple(strides)}); "
                              "pass a contiguous copy — quantize does not copy silently")
@@ -174,30 +185,31 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
     x, shape, dtype = _check_input(x)
     be = _pick_backend(backend, _is_device_array(x))
-    if rule is not None:
-        if nested:
-            raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
-        return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite,
-                               _sanitize)
-    code = cb.code_f32
-    packed, absmax = be.quantize_blocks(x, code, bits, block_size)
-    absmax_h = be.to_host(absmax).astype(_F, copy=False)
-    err = F.nonfinite_error(absmax_h, block_size, int(np.prod(shape, dtype=np.int64)))
-    if err is not None:
-        if not allow_nonfinite:
-            raise err
-        xs = be.from_host(_sanitize(be.to_host(x), block_size))
-        packed, absmax = be.quantize_blocks(xs, code, bits, block_size)
+    with be.on_device(x):   # a GPU backend: the device that holds x
+        if rule is not None:
+            if nested:
+                raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
+            return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite,
+                                   _sanitize)
+        code = cb.code_f32
+        packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         absmax_h = be.to_host(absmax).astype(_F, copy=False)
-    state = QuantState(absmax=absmax_h, shape=shape, dtype=dtype, blocksize=block_size,
-                       code=code.copy(), quant_type=cb.name, bits=bits)
-    if nested:
-        offset = nested_offset(absmax_h, torch_threads)
-        state.absmax, state.nested_absmax = be.quantize_nested((absmax_h - offset).astype(_F))
-        state.nested_quant_map = dynamic_map().copy()
-        state.nested_blocksize = NESTED_BLOCKSIZE
-        state.nested_offset = float(offset)
-    return packed, state
+        err = F.nonfinite_error(absmax_h, block_size, int(np.prod(shape, dtype=np.int64)))
+        if err is not None:
+            if not allow_nonfinite:
+                raise err
+            xs = be.from_host(_sanitize(be.to_host(x), block_size))
+            packed, absmax = be.quantize_blocks(xs, code, bits, block_size)
+            absmax_h = be.to_host(absmax).astype(_F, copy=False)
+        state = QuantState(absmax=absmax_h, shape=shape, dtype=dtype, blocksize=block_size,
+                           code=code.copy(), quant_type=cb.name, bits=bits)
+        if nested:
+            offset = nested_offset(absmax_h, torch_threads)
+            state.absmax, state.nested_absmax = be.quantize_nested((absmax_h - offset).astype(_F))
+            state.nested_quant_map = dynamic_map().copy()
+            state.nested_blocksize = NESTED_BLOCKSIZE
+            state.nested_offset = float(offset)
+        return packed, state
 
 
 def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
@@ -216,18 +228,20 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
         raise ValueError(f"packed must be a uint8 array, got dtype {getattr(packed, 'dtype', type(packed).__name__)}")
     if not device:
         packed = np.ascontiguousarray(packed).reshape(-1)
-    if state.scaled:
-        return dequantize_scaled(packed, state, be)
-    n = state.size
-    need = F.packed_length(n, state.bits)
-    if int(packed.size) != need:
-        raise ValueError(f"packed has {packed.size} bytes, expected {need} for {n} values of "
-                         f"{state.bits} bits")
-    absmax = np.ascontiguousarray(state.absmax_f32(), dtype=_F)
-    if not np.isfinite(absmax).all():
-        raise ValueError("the nested statistics decode to non-finite block scales (damaged state)")
-    out_dtype = np.dtype(state.dtype)
-    dtype_name(out_dtype)
-    flat = be.dequantize_blocks(packed, absmax, np.asarray(state.code, _F), state.bits,
-                                state.blocksize, n, out_dtype)
-    return flat.reshape(state.shape)
+    with be.on_device(packed):
+        if state.scaled:
+            return dequantize_scaled(packed, state, be)
+        n = state.size
+        need = F.packed_length(n, state.bits)
+        have = int(np.prod(packed.shape, dtype=np.int64))   # torch's .size is a method
+        if have != need:
+            raise ValueError(f"packed has {have} bytes, expected {need} for {n} values of "
+                             f"{state.bits} bits")
+        absmax = np.ascontiguousarray(state.absmax_f32(), dtype=_F)
+        if not np.isfinite(absmax).all():
+            raise ValueError("the nested statistics decode to non-finite block scales (damaged state)")
+        out_dtype = np.dtype(state.dtype)
+        dtype_name(out_dtype)
+        flat = be.dequantize_blocks(packed, absmax, np.asarray(state.code, _F), state.bits,
+                                    state.blocksize, n, out_dtype)
+        return flat.reshape(state.shape)

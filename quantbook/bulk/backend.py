@@ -14,6 +14,7 @@ and is then reachable as ``quantize(..., backend="mine")`` and runs the conforma
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,6 +51,11 @@ class Backend:
     def unavailable(self) -> str | None:
         """Why this backend cannot run here (a missing package or device), or None."""
         return None
+
+    def on_device(self, a: Any) -> AbstractContextManager:
+        """A context in which every call works where ``a`` lives (a GPU backend: the device
+        that holds ``a``, which need not be the current one); host backends: nothing."""
+        return nullcontext()
 
     def quantize_blocks(self, x: Any, code: np.ndarray, bits: int,
                         block_size: int) -> tuple[Any, Any]:

@@ -83,6 +83,19 @@ def _dtype_key(dtype) -> str:
 
 # ---- device arrays -----------------------------------------------------------------------
 
+def device_of(a) -> int:
+    """The CUDA device that holds the device array ``a`` (CuPy, a torch CUDA tensor, anything
+    with ``__cuda_array_interface__``)."""
+    cp = _cupy()
+    if isinstance(a, cp.ndarray):
+        return int(a.device.id)
+    index = getattr(getattr(a, "device", None), "index", None)   # torch
+    if isinstance(index, int):
+        return index
+    ptr = a.__cuda_array_interface__["data"][0]
+    return int(cp.cuda.runtime.pointerGetAttributes(ptr).device)
+
+
 def _as_device(x, input_dtype=None):
     """(flat contiguous CuPy array, dtype key, keep-alive) without a host copy."""
     loaded = sys.modules.get("cupy")
@@ -90,6 +103,8 @@ def _as_device(x, input_dtype=None):
         raise TypeError("quantize_gpu needs a device array (CuPy, torch CUDA tensor, ...); "
                         "numpy arrays use backend='cpu' or 'numpy'")
     cp = _cupy()
+    if not isinstance(x, cp.ndarray) and callable(getattr(x, "detach", None)):
+        x = x.detach()   # a torch tensor that requires grad exports no interface
     keep = x
     if not isinstance(x, cp.ndarray):
         tdt = str(getattr(x, "dtype", ""))
@@ -383,6 +398,9 @@ class CudaBackend(Backend, name="gpu"):
         ok, why = gpu_available()
         return None if ok else why
 
+    def on_device(self, a):
+        return _cupy().cuda.Device(device_of(a))
+
     def quantize_blocks(self, x, code, bits, block_size):
         return quantize_gpu(x, code, bits, block_size)
 
@@ -393,7 +411,7 @@ class CudaBackend(Backend, name="gpu"):
         # absmax - offset is formed on the host (the offset is); the kernel subtracts 0 exactly
         cp = _cupy()
         q, nested = _nested_codes(cp.asarray(np.ascontiguousarray(deviations, dtype=np.float32)), 0.0)
-        return q.get(), nested.get()
+        return cp.asnumpy(q), cp.asnumpy(nested)
 
     # the scaled layouts: block maxima, the rule's step-table lookup, a search's candidate
     # errors and pick, and ggml's search on the device; only the stored scales (ggml's float32
@@ -447,5 +465,13 @@ class CudaBackend(Backend, name="gpu"):
     def from_host(self, a):
         try:
             return _cupy().asarray(a)
-        except (TypeError, ValueError) as exc:  # e.g. bfloat16 before CuPy 14
-            raise ValueError(f"CuPy cannot hold a {a.dtype} array ({exc}); pass a torch CUDA tensor") from None
+        except (TypeError, ValueError) as exc:  # bfloat16 before CuPy 14: a torch tensor holds it
+            if np.dtype(a.dtype).name != "bfloat16":
+                raise
+            try:
+                import torch  # noqa: PLC0415
+            except ImportError:
+                raise ValueError(f"CuPy {_cupy().__version__} cannot hold a bfloat16 array ({exc}); "
+                                 "install CuPy >= 14 or torch") from None
+            bits = torch.from_numpy(np.ascontiguousarray(a).view(np.int16))
+            return bits.to(f"cuda:{_cupy().cuda.Device().id}").view(torch.bfloat16)

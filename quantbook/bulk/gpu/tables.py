@@ -54,7 +54,9 @@ class EncoderTables:
     ident: bool
 
 
+#: tables by code table and P, at most _CACHE_SIZE of them (about 18 KB each)
 _CACHE: dict[tuple, EncoderTables] = {}
+_CACHE_SIZE = 256
 
 
 def search_size(packing: int) -> int:
@@ -114,6 +116,8 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
         arr.setflags(write=False)
     ident = m == 0 and bool(np.array_equal(order, np.arange(k)))
     tabs = EncoderTables(b, o, bucket, steps, int(P), int(k - m), ident)
+    if len(_CACHE) >= _CACHE_SIZE:   # many fitted codebooks: keep the memory bounded
+        _CACHE.clear()
     _CACHE[key] = tabs
     return tabs
 
