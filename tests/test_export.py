@@ -346,6 +346,22 @@ def test_bnb_quant_map(name, quant_type, builtin, tmp_path):
         assert np.all(qm[cb.code.size:] == 0.0)
 
 
+def test_bnb_8bit_maps_stay_ascending():
+    """bitsandbytes' 8-bit quantizer (csrc/kernels.cu, dQuantize) binary-searches the quant map,
+    so the map must be ascending: a short table is padded with its largest entry (indices
+    kept), and a table stored in another order is refused."""
+    from quantbook import Codebook
+
+    cb = Codebook(np.linspace(-1, 1, 201), bits=8, name="u201")
+    qm = bnb_quant_map(cb)
+    assert qm.shape == (256,) and np.all(np.diff(qm) >= 0)
+    assert qm[:201].tobytes() == cb.code_f32.tobytes() and np.all(qm[201:] == 1.0)
+    levels = np.linspace(-1, 1, 201)
+    shuffled = Codebook(levels, bits=8, name="shuffled", code=levels[::-1])
+    with pytest.raises(ValueError, match="ascending"):
+        bnb_quant_map(shuffled)
+
+
 def test_bnb_nf4_quant_map_matches_bitsandbytes_digits():
     # bitsandbytes/functional.py get_4bit_type("nf4") (see registry citation): independent literal copy
     digits = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

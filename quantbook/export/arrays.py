@@ -6,9 +6,12 @@ stored order (``np.load(path)[index]`` decodes a code).
 ``bnb``: an ``.npz`` archive (``np.savez``) holding
 
 * ``quant_map`` — float32, ``2**bits`` entries (4-bit: 16; 8-bit: 256), the table in
-  stored order; a table with fewer entries than ``2**bits`` is padded with ``0.0`` when
-  zero is one of its levels (as bitsandbytes' ``create_dynamic_map`` pads), else with its
-  last entry, so that every index decodes to a level;
+  stored order, so that every index decodes to a level.  A 4-bit table with fewer entries
+  is padded with ``0.0`` when zero is one of its levels, else with its last entry.  An 8-bit
+  table must be ascending, as bitsandbytes' 8-bit quantizer (``quantize_blockwise``) finds
+  a value's code by a binary search of the map; a shorter one is padded with its last
+  (largest) entry, which keeps it ascending and every index in place (bitsandbytes'
+  ``create_dynamic_map`` pads with zeros and sorts, which would move the indices);
 * ``quant_type`` — 0-d unicode array: ``"nf4"`` / ``"fp4"`` when the float32 table is
   bit-identical to bitsandbytes' own NF4 / FP4 table (``get_4bit_type``, or the CPU
   backend's rounded FP4), otherwise the codebook's C identifier;
@@ -78,8 +81,11 @@ def bnb_quant_map(cb: Codebook) -> np.ndarray:
         )
     code = cb.code_f32
     size = 2**cb.bits
+    if cb.bits == 8 and np.any(np.diff(code) < 0):
+        raise ValueError(f"{cb.name!r}: bitsandbytes' 8-bit quantizer searches its quant map as an ascending "
+                         "table, and this one is stored in another order")
     if code.size < size:
-        pad = np.float32(0.0) if np.any(cb.levels == 0.0) else code[-1]
+        pad = np.float32(0.0) if cb.bits == 4 and np.any(cb.levels == 0.0) else code[-1]
         code = np.concatenate([code, np.full(size - code.size, pad, dtype=np.float32)])
     return code
 
