@@ -168,3 +168,18 @@ def test_cli_json_is_standard_json_for_heavy_tails(capsys):
     assert rc == 0 and "Infinity" not in out and "NaN" not in out
     d = json.loads(out)
     assert d["mse_weight"] is None and d["mse_normalized"] > 0
+
+
+@pytest.mark.parametrize("name", ["e2m1", "fp4"])
+def test_bit_exact_means_the_stored_table_in_its_order(name):
+    """A table stored as its sorted levels (15 entries, no -0.0, not in bit-pattern order)
+    holds the same levels as its recipe's 16-entry table, but is not that table bit for bit."""
+    import dataclasses
+
+    from quantbook.verify.audit import audit_one
+
+    entry = REGISTRY[name]
+    assert audit_one(entry).reproduced is True
+    sorted_only = dataclasses.replace(entry, codebook=entry.codebook.replace(code=entry.codebook.levels))
+    row = audit_one(sorted_only)
+    assert row.reproduced is False and "stored entries" in row.explanation
