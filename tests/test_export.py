@@ -318,6 +318,22 @@ def test_cuda_headers_compile_with_nvrtc_and_hold_exact_bits(headers):
     _check_ptx(ptx.decode() if isinstance(ptx, bytes) else ptx)
 
 
+@pytest.mark.parametrize("bits", [8, 12])
+def test_a_cuda_header_beyond_constant_memory_compiles_to_sass(nvrtc, bits):
+    """Constant memory holds 64 KiB; a 12-bit table's header (about 100 KB of tables) goes to
+    global memory, else ptxas refuses it ("too much global constant data")."""
+    from quantbook import Codebook
+    from quantbook.bulk.gpu.compile import compile_source
+
+    cb = Codebook(np.linspace(-1, 1, 2**bits), bits=bits, name=f"u{bits}")
+    src = export(cb, "cuda") + (f'extern "C" __global__ void k(const float* y, unsigned short* c, float* d) '
+                                f'{{ c[threadIdx.x] = u{bits}_encode(y[threadIdx.x]); '
+                                f'd[threadIdx.x] = u{bits}_decode(c[threadIdx.x]); }}\n')
+    cubin = compile_source(src, "sm_80", output="cubin")
+    assert cubin[:4] == b"\x7fELF"
+    assert ("__constant__" in src) == (bits == 8)
+
+
 # ---------------------------------------------------------------------------- npy / bnb
 def test_npy_is_the_index_to_value_table(tmp_path):
     path = tmp_path / "fp4.npy"

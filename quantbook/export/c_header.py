@@ -27,7 +27,9 @@ rescaled to largest magnitude ``qmax``).  Without one the header is unchanged.
 
 The C flavour uses ``static const`` arrays and ``static inline`` functions (C99, no
 includes); the CUDA flavour ``static __constant__`` arrays and ``static __device__``
-functions (no includes, so NVRTC compiles it as is).
+functions (no includes, so NVRTC compiles it as is).  Constant memory holds 64 KiB, so a
+CUDA header whose tables need more (12 bits and wider, large vector grids) puts them in
+global memory (``static __device__ const``) instead.
 """
 
 from __future__ import annotations
@@ -154,18 +156,21 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     macro = ident.upper()
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     index_t = "unsigned char" if cb.bits <= 8 else "unsigned short"
-    if cuda:
-        arr = "static __constant__"
-        fn = "static __device__ __forceinline__"
-    else:
-        arr = "static const"
-        fn = "static inline"
     code = cb.code_f32
     levels = cb.levels_f32
     enc = cb.encoder("float32")  # the one encoding rule: bounds and rank -> code index
     thresholds = np.asarray(enc.bounds, dtype=np.float32)
     order = np.asarray(enc.order)
     code_to_level = np.searchsorted(cb.levels, cb.code)  # code entries are levels (zero sign aside)
+    if cuda:
+        index_bytes = 1 if cb.bits <= 8 else 2
+        nbytes = (4 * (code.size + levels.size + max(thresholds.size, 1) + (0 if layout is None else code.size))
+                  + index_bytes * (order.size + code.size + levels.size))
+        arr = _cuda_array(nbytes)
+        fn = "static __device__ __forceinline__"
+    else:
+        arr = "static const"
+        fn = "static inline"
     level_to_code = cb.level_to_code
     recipe = json.dumps(cb.recipe, sort_keys=True) if cb.recipe is not None else "none"
     n_thr = max(thresholds.size, 1)  # C forbids zero-length arrays; a 1-entry table gets a dummy
@@ -299,6 +304,15 @@ def _layout_block(layout: HeaderLayout | None, macro: str, ident: str, arr: str)
 """
 
 
+#: bytes of CUDA constant memory; tables beyond it go to global memory
+_CONSTANT_BYTES = 1 << 16
+
+
+def _cuda_array(nbytes: int) -> str:
+    """The storage of a CUDA header's tables, which need ``nbytes`` in all."""
+    return "static __constant__" if nbytes <= _CONSTANT_BYTES else "static __device__ const"
+
+
 def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False) -> str:
     """The header text for a :class:`~quantbook.codebooks.vector.VectorCodebook`: the
     ``N × P`` float32 table ``<id>_points[SIZE][DIM]`` (9-significant-digit literals, exact hex
@@ -309,9 +323,9 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False) -> str
     ident = c_identifier(name if name is not None else cb.name)
     macro = ident.upper()
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
-    arr = "static __constant__" if cuda else "static const"
-    fn = "static __device__ __forceinline__" if cuda else "static inline"
     pts = cb.points
+    arr = _cuda_array(4 * pts.size) if cuda else "static const"
+    fn = "static __device__ __forceinline__" if cuda else "static inline"
     recipe = json.dumps(cb.recipe, sort_keys=True) if cb.recipe is not None else "none"
     rows = []
     for i, row in enumerate(pts):
