@@ -166,6 +166,7 @@ def test_export_without_scale_is_the_plain_header(capsys):
     ["--format", "c", "--qmax", "4"],
     ["--format", "c", "--scale", "e4m3", "--qmax", "0"],
     ["--format", "c", "--scale", "e4m3", "--qmax", "inf"],
+    ["--format", "c", "--scale", "e4m3", "--qmax", "1e-50"],
     ["--format", "c", "--scale", "bogus"],
 ])
 def test_export_scale_bad_input_is_one_line(capsys, argv):

@@ -35,7 +35,6 @@ global memory (``static __device__ const``) instead.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +42,7 @@ import numpy as np
 
 from ..codebooks.codebook import Codebook
 from ..scales import ScaleRule, get_rule
+from ..scales.rule import _check_qmax
 from .identifiers import c_identifier
 
 __all__ = ["c_header", "c_float_literal", "c_float_hex", "HeaderLayout", "vector_c_header"]
@@ -68,9 +68,7 @@ class HeaderLayout:
         B = self.block_size
         if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
             raise ValueError(f"block_size must be a positive integer, got {B!r}")
-        q = float(self.qmax)
-        if not (math.isfinite(q) and q > 0):
-            raise ValueError(f"qmax must be a positive finite number, got {self.qmax!r}")
+        q = _check_qmax(self.qmax)   # the rules' own check: a float32 they can compute with
         table = np.asarray(self.table)
         if table.dtype != np.float32 or table.ndim != 1 or not np.all(np.isfinite(table)):
             raise ValueError("the layout table must be a 1-D array of finite float32 values")
@@ -188,9 +186,11 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
  *{_layout_comment(layout, ident)}
  * Values are float32 literals with 9 significant digits (they round-trip float32 exactly);
  * the comments give their exact C99 hexadecimal value.
- * Encoding of a normalised value y (x / absmax of its block): rank = number of
- * thresholds t with !(y <= t) (a value exactly on a threshold goes to the LOWER rank;
- * NaN past every threshold); code = {ident}_order[rank].  Decoding: {ident}_code[code].
+ * Encoding of a normalised value y: rank = number of thresholds t with !(y <= t) (a value
+ * exactly on a threshold goes to the LOWER rank; NaN past every threshold); code =
+ * {ident}_order[rank].  Decoding: {ident}_code[code].  In bitsandbytes' format (quantbook.quantize
+ * without a scale rule, docs/format.md) y = x * (1.0f / absmax) in a full block and x / absmax in
+ * the partial last one: the two can round differently, and only these give quantize's bytes.
  */
 #ifndef {guard}
 #define {guard}
@@ -256,7 +256,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
 def _layout_flags(layout: HeaderLayout | None) -> str:
     if layout is None:
         return ""
-    return f" --scale {_comment_text(layout.rule.name)} --block-size {layout.block_size} --qmax {layout.qmax:g}"
+    return f" --scale {_comment_text(layout.rule.name)} --block-size {layout.block_size} --qmax {layout.qmax!r}"
 
 
 def _layout_comment(layout: HeaderLayout | None, ident: str) -> str:
@@ -270,7 +270,9 @@ def _layout_comment(layout: HeaderLayout | None, ident: str) -> str:
             f" * Each block of {layout.block_size} values stores a {r.stored_bytes}-byte scale ({r.stored_dtype}) "
             f"and 4-bit codes, two per byte, low nibble first{tensor}.\n"
             f" * Decoding: {ident}_layout_table[code] * scale, where {ident}_layout_table is {ident}_code rescaled\n"
-            f" * to largest magnitude {layout.qmax:g} ({_scale_choice(r)}).\n *")
+            f" * to largest magnitude {layout.qmax:g} ({_scale_choice(r)}).\n"
+            f" * Encoding in this layout is not {ident}_encode below: a value half-way between two entries\n"
+            f" * goes to the one at an even index, and +-0 by the sign of the value (docs/scales.md).\n *")
 
 
 def _scale_choice(rule) -> str:

@@ -179,9 +179,13 @@ class ScaleRule:
 
 
 def _check_qmax(qmax: Any) -> float:
+    """``qmax`` as a float, which the rules use as float32: a positive normal float32 number."""
     q = float(qmax)
-    if not np.isfinite(q) or q <= 0:
-        raise ValueError(f"qmax (the codebook's largest magnitude) must be a positive finite number, got {qmax!r}")
+    with np.errstate(over="ignore"):
+        q32 = np.float32(q)
+    if not (np.isfinite(q) and np.isfinite(q32) and q32 >= np.finfo(np.float32).tiny):
+        raise ValueError(f"qmax (the codebook's largest magnitude) must be a positive finite number within "
+                         f"float32's normal range, got {qmax!r}")
     return q
 
 
