@@ -83,3 +83,11 @@ def test_other_bad_files(tmp_path):
     assert "bad header" in _err(bad)
     with pytest.raises(FileNotFoundError):
         load_npy(tmp_path / "missing.npy")
+
+
+@pytest.mark.parametrize("shape", [(-1,), (True,), (4, -2), (2.0,)])
+def test_dimensions_must_be_integers_of_at_least_zero(tmp_path, shape):
+    """numpy's header reader takes (-1,), which would make the limit check pass and read the
+    whole file; a bool or float dimension is no dimension either."""
+    path = _header_only(tmp_path / "neg.npy", shape, data=b"\0" * 800)
+    assert "bad shape" in _err(path, max_values=10) or "shape is not valid" in _err(path, max_values=10)

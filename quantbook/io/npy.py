@@ -63,6 +63,8 @@ def load_npy(path: str | os.PathLike, max_values: int | None = DEFAULT_MAX_VALUE
                 raise NpyError(f"{path} holds Python objects, which are not read (allow_pickle is off)")
             if dtype.names is not None or dtype.subdtype is not None:
                 raise NpyError(f"{path}: structured or sub-array dtype {dtype} is not supported")
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise NpyError(f"{path}: bad shape {shape!r} in the header (dimensions must be integers >= 0)")
             count = math.prod(shape)
             if max_values is not None and count > max_values:
                 raise NpyError(f"{path}: the header claims {count:,} values, more than the limit of {max_values:,}")
