@@ -21,6 +21,8 @@ from quantbook.cli import main
     (b'{"bits": 2, "levels": [\xff]}', "not UTF-8"),
     ('{"bits": 2, "levels": [-1, 1e400]}', "finite"),
     ("[1, 2]", "JSON object"),
+    ('{"bits": 2, "levels": [-1, 0, 1], "recipe": {"a": Infinity}}', "Infinity is not a JSON number"),
+    ('{"bits": 2, "levels": [-1, NaN, 1]}', "NaN is not a JSON number"),
 ])
 def test_bad_json_is_one_codebook_error_line(text, msg):
     with pytest.raises(CodebookError) as info:

@@ -189,11 +189,19 @@ def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: 
 
 
 def parse_json(text: str | bytes, error: type[Exception], what: str = "codebook") -> object:
-    """``json.loads(text)``; ``error`` (one line) for anything that is not JSON text."""
+    """``json.loads(text)``; ``error`` (one line) for anything that is not JSON text, the
+    tokens ``NaN`` and ``Infinity`` included (Python writes them, JSON has none: a file that
+    holds one would be written back as invalid JSON)."""
     if not isinstance(text, (str, bytes, bytearray)):
         raise error(f"JSON text must be str or bytes, got {type(text).__name__}")
+
+    def refuse(token: str):
+        raise error(f"not valid JSON: {token} is not a JSON number")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse)
+    except error:
+        raise
     except json.JSONDecodeError as exc:
         raise error(f"not valid JSON: {exc}") from None
     except RecursionError:
