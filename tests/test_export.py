@@ -61,6 +61,7 @@ def _ref_encoder(cb) -> tuple[list[float], list[int]]:
 @pytest.mark.parametrize("name, ident", [
     ("nf4", "nf4"), ("nf4-torchao", "nf4_torchao"), ("max1960-n16", "max1960_n16"),
     ("fp4-bnb-cpu", "fp4_bnb_cpu"), ("my table v2.1", "my_table_v2_1"), ("iq4_nl", "iq4_nl"),
+    ("a_-b", "a_b"), ("x__y", "x_y"),   # no "__": reserved in C++
 ])
 def test_c_identifier_sanitises(name, ident):
     assert c_identifier(name) == ident

@@ -1,7 +1,8 @@
 """Turning a codebook name into a C identifier.
 
-Rule (stated once): every run of characters outside ``[A-Za-z0-9_]`` becomes one ``_``
-and a trailing ``_`` is dropped (``"nf4-torchao"`` → ``nf4_torchao``,
+Rule (stated once): every run of characters outside ``[A-Za-z0-9]`` becomes one ``_``
+(identifiers with ``__`` are reserved in C++) and a trailing ``_`` is dropped
+(``"nf4-torchao"`` → ``nf4_torchao``,
 ``"max1960-n16"`` → ``max1960_n16``).  The result is rejected — with a message that
 suggests ``--name`` — when it is empty, starts with a digit or an underscore (names
 starting with ``_`` are reserved in C at file scope), is a C/C++/CUDA keyword, or the
@@ -35,7 +36,7 @@ def c_identifier(name: str) -> str:
         raise IdentifierError("an empty name cannot be a C identifier; give one with --name")
     if not name.isascii():
         raise IdentifierError(f"name {name!r} has non-ASCII characters; give a C identifier with --name")
-    ident = re.sub(r"[^A-Za-z0-9_]+", "_", name).rstrip("_")
+    ident = re.sub(r"[^A-Za-z0-9]+", "_", name).rstrip("_")
     if not ident or ident.strip("_") == "":
         raise IdentifierError(f"name {name!r} has no letters or digits to make a C identifier from; use --name")
     if ident[0].isdigit() or ident[0] == "_":
