@@ -121,7 +121,7 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     text = _spec_text(spec, CodebookError, "codebook", GRAMMAR, ", or a Codebook")
     if is_vector_spec(spec):
         raise CodebookError(f"{text!r} is a vector codebook; this takes a scalar one ({GRAMMAR}). Vector codebooks "
-                            "go to show, export, evaluate-model and quantbook.quantize_vq")
+                            "go to show, export, evaluate-model and quantbook.bulk.vq.quantize_vq")
     name = _registry_name(text)
     if name is not None:
         from .codebooks.registry import REGISTRY

@@ -67,6 +67,7 @@ def test_rvs_is_the_law_it_samples():
         p = float(d.cdf(y))
         assert abs((u <= y).mean() - p) < 4 * math.sqrt(p * (1 - p) / u.size)
     assert d.rvs((2, 3), random_state=0).shape == (2, 3)
+    assert isinstance(d.rvs((), random_state=0), float)      # size () is one value, as scipy's
     for bad in (2.5, None, "5", (2, -1)):
         with pytest.raises(ValueError, match="size must be"):
             d.rvs(bad)

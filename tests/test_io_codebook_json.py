@@ -23,6 +23,7 @@ from quantbook.cli import main
     ("[1, 2]", "JSON object"),
     ('{"bits": 2, "levels": [-1, 0, 1], "recipe": {"a": Infinity}}', "Infinity is not a JSON number"),
     ('{"bits": 2, "levels": [-1, NaN, 1]}', "NaN is not a JSON number"),
+    ('{"bits": 2, "levels": [-1, 0, 1], "recipe": {"tol": 1e999}}', "1e999 is too large for a finite float"),
 ])
 def test_bad_json_is_one_codebook_error_line(text, msg):
     with pytest.raises(CodebookError) as info:

@@ -319,6 +319,16 @@ def test_input_errors():
     with pytest.raises(ValueError, match="rotation takes group 0 beyond float32's range"):
         quantize_vq(big, pts, rotate="hadamard", scale_dtype="float32")
 
+    class CudaTensorRequiringGrad:   # torch's interface raises for it, not AttributeError
+        is_cuda = True
+
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    with pytest.raises(ValueError, match="runs on host arrays"):
+        quantize_vq(CudaTensorRequiringGrad(), pts)
+
 
 def test_dequantize_checks_the_indices():
     pts = gaussian_grid(16, 2)

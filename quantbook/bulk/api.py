@@ -14,7 +14,7 @@ import numpy as np
 
 from ..codebooks import Codebook
 from . import format as F
-from .backend import BACKENDS, Backend, get_backend
+from .backend import BACKENDS, Backend, get_backend, is_device_array
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
 from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
@@ -36,18 +36,6 @@ def resolve_codebook(codebook: Any, block_size: int = 64) -> Codebook:
     from ..naming import resolve_codebook as resolve
 
     return resolve(codebook, block_size)
-
-
-def _is_device_array(a: Any) -> bool:
-    """A GPU array (CuPy, a torch CUDA tensor, ...).  torch raises other errors than
-    AttributeError from the interface for some tensors (bfloat16 before torch 2.5, one that
-    requires grad), so a CUDA tensor is recognised first by ``is_cuda``."""
-    if getattr(a, "is_cuda", False) is True:
-        return True
-    try:
-        return hasattr(a, "__cuda_array_interface__")
-    except Exception:   # an interface that raises is still a device array's
-        return True
 
 
 def _pick_backend(name: Any, device: bool) -> Backend:
@@ -86,7 +74,7 @@ def _c_contiguous(shape: tuple[int, ...], strides: Any, itemsize: int) -> bool:
 
 def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     """``(x, shape, dtype)`` of a float32/float16/bfloat16 C-contiguous non-empty array."""
-    device = _is_device_array(x)
+    device = is_device_array(x)
     if not device and not isinstance(x, np.ndarray):
         x = np.asarray(x)
     name = x.dtype.name if isinstance(x, np.ndarray) else str(x.dtype).replace("torch.", "")
@@ -184,7 +172,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits}")
     bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
     x, shape, dtype = _check_input(x)
-    be = _pick_backend(backend, _is_device_array(x))
+    be = _pick_backend(backend, is_device_array(x))
     with be.on_device(x):   # a GPU backend: the device that holds x
         if rule is not None:
             if nested:
@@ -222,7 +210,7 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
     if not isinstance(state, QuantState):
         raise ValueError(f"state must be a QuantState, got {type(state).__name__}")
     state.validate()
-    device = _is_device_array(packed)
+    device = is_device_array(packed)
     be = _pick_backend(backend, device)
     if str(getattr(packed, "dtype", "")).replace("torch.", "") != "uint8":
         raise ValueError(f"packed must be a uint8 array, got dtype {getattr(packed, 'dtype', type(packed).__name__)}")

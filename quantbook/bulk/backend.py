@@ -19,10 +19,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Backend", "BACKENDS", "get_backend"]
+__all__ = ["Backend", "BACKENDS", "get_backend", "is_device_array"]
 
 #: name -> backend instance, in registration order
 BACKENDS: dict[str, "Backend"] = {}
+
+
+def is_device_array(a: Any) -> bool:
+    """A GPU array (CuPy, a torch CUDA tensor, ...).  torch raises other errors than
+    AttributeError from the interface for some tensors (bfloat16 before torch 2.5, one that
+    requires grad), so a CUDA tensor is recognised first by ``is_cuda``."""
+    if getattr(a, "is_cuda", False) is True:
+        return True
+    try:
+        return hasattr(a, "__cuda_array_interface__")
+    except Exception:   # an interface that raises is still a device array's
+        return True
 
 
 class Backend:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..scales import check_qmax
 from . import format as F
 
 __all__ = ["SCALED_BITS", "scaled_table", "ScaledEncoder", "scaled_encoder", "pack_low_first",
@@ -42,9 +43,7 @@ def scaled_table(code: Any, qmax: float) -> np.ndarray:
     if not 1 <= c.size <= 2**SCALED_BITS:
         raise ValueError(f"the scaled layouts store 4-bit codes: the codebook must have at most "
                          f"16 entries, got {c.size}")
-    q = float(qmax)
-    if not np.isfinite(q) or q <= 0:
-        raise ValueError(f"qmax must be a positive finite number, got {qmax!r}")
+    q = check_qmax(qmax)
     peak = float(np.max(np.abs(c)))
     if peak == 0:
         raise ValueError("the codebook's largest magnitude is 0: it cannot be scaled")

@@ -25,6 +25,7 @@ import numpy as np
 from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from . import format as F
+from .backend import is_device_array
 from .state import dtype_name
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
@@ -292,7 +293,7 @@ def parse_rotate(rotate: Any, last: int) -> int | None:
 
 
 def _check_input(x: Any) -> np.ndarray:
-    if hasattr(x, "__cuda_array_interface__"):
+    if is_device_array(x):
         raise ValueError("vector quantization runs on host arrays; copy device arrays to the host first")
     if hasattr(x, "detach"):  # a torch CPU tensor
         x = x.detach().numpy()

@@ -541,7 +541,8 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     optimum) or ``"halves"`` (AF4's construction, see the module docstring).  The returned
     Codebook's ``recipe`` re-derives it bit for bit (unless the time budget stopped it), where
     the source is a spelling or a file; an in-memory sample is named in the recipe only by a
-    digest (``empirical:…``), and :func:`~.recipes.derive_from_recipe` asks for the data.
+    digest (``empirical:…``), which :func:`~.recipes.derive_from_recipe` cannot read back
+    (save the sample as FILE.npy and derive from the file to get a recipe that re-derives).
     Raises ValueError for bad arguments and :class:`DerivationError` when no valid table results;
     warns (:class:`LloydWarning`) when the iteration stopped unconverged.  :func:`solve_lloyd`
     also returns iterations and the final change.

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import SCALED_ONLY, get_rule
+from ..scales import SCALED_ONLY, check_qmax, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
@@ -333,7 +333,7 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     """Under a scale rule (``scale`` not None) the block maximum maps to the table's largest
     magnitude: absmax normalisation, and -1 and 1 among the fixed levels, so that the derived
     levels stay within [-1, 1] (the scaled layout rescales a table to that range)."""
-    from .scaled import _check_qmax, check_scale
+    from .scaled import check_scale
 
     if r.scale is not None:
         if not isinstance(r.scale, str):
@@ -342,7 +342,7 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
         if rule.layout == "bnb" and not rule.encodes_with_amax:  # float32: exact absmax, today's law
             _set(r, scale=None)
     if r.scale is None or rule.layout == "bnb":   # float32, or nested: encoded with the exact absmax
-        if r.tensor_size is not None or _check_qmax(r.qmax) != 6.0:
+        if r.tensor_size is not None or check_qmax(r.qmax) != 6.0:
             raise ValueError(f"qmax and tensor_size: {SCALED_ONLY}")
         _set(r, qmax=6.0)
         if r.scale is None:
@@ -360,7 +360,7 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     TensorModel(None, r.tensor_size)
     if r.tensor_size is not None and rule.tensor_scale(1.0, 1.0) is None:
         raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_size does not apply")
-    _set(r, scale=rule.name, qmax=_check_qmax(r.qmax))
+    _set(r, scale=rule.name, qmax=check_qmax(r.qmax))
 
 
 def _scale_keys(r: "LloydRecipe | QuantileRecipe") -> list[str]:

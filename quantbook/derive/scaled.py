@@ -59,7 +59,7 @@ phase ``log2 G mod 1`` matters.  Three models (:class:`TensorModel`):
 * default: the phase uniform on [0, 1) (a midpoint rule on :data:`N_PHASE` phases), the
   blocks i.i.d. — a property of the layout, not of one tensor.  It holds while the block
   maxima span less than the E4M3 range below the tensor maximum; a heavy tail (student-t
-  with ν up to about 7, depending on B and the weight) puts that maximum so far out that
+  with ν up to about 8 at B = 16, fewer at larger B) puts that maximum so far out that
   blocks would sit on the clamp (more than :data:`_PHASE_MASS` of them), and the model is
   refused with a request for one of:
 * ``tensor_amax=G``: that tensor maximum (in units of the source), the blocks i.i.d. given
@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
-from ..scales import ScaleRule, get_rule
+from ..scales import ScaleRule, check_qmax, get_rule
 from .block import (_check_block_size, _check_weight_power, _GL_X, _GL_W,
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
@@ -535,17 +535,9 @@ def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e
                    weight_power: int = 0, tensor_amax: Any = None, tensor_size: Any = None) -> ScaledMeasure:
     """The (cached) :class:`ScaledMeasure` for a source spelling, block size and rule."""
     rule = check_scale(scale, amax_encoded=True)
-    q = _check_qmax(qmax)
+    q = check_qmax(qmax)
     return _cached(parse_source(source), _check_block_size(block_size), rule, q,
                    _check_weight_power(weight_power), TensorModel(tensor_amax, tensor_size).key())
-
-
-def _check_qmax(qmax: Any) -> float:
-    q = math.nan if isinstance(qmax, bool) else float(qmax) if isinstance(qmax, (int, float, np.number)) else math.nan
-    if not (math.isfinite(q) and q > 0):
-        raise ValueError(f"qmax (the table's largest magnitude in the units the scale multiplies) must be a "
-                         f"positive finite number, got {qmax!r}")
-    return q
 
 
 class ScaledBlockDistribution:
@@ -558,7 +550,7 @@ class ScaledBlockDistribution:
         self.source = parse_source(source)
         self.rule = check_scale(scale)  # nested statistics: the absmax law (block_distribution)
         self.block_size = _check_block_size(block_size)
-        self.qmax = _check_qmax(qmax)
+        self.qmax = check_qmax(qmax)
         self.tensor = TensorModel(tensor_amax, tensor_size)
         self._mu = scaled_measure(self.source, self.block_size, self.rule, self.qmax, 0, tensor_amax, tensor_size)
 
@@ -630,7 +622,7 @@ class ScaledBlockDistribution:
             f = 2.0 ** -rng.random(nb)
             x, m = x * f[:, None], m * f
             s = self.rule.scale(m, self.qmax, c)
-        return (x / (self.qmax * np.asarray(s, dtype=np.float64))[:, None]).ravel()[:n].reshape(shape)
+        return (x / (self.qmax * np.asarray(s, dtype=np.float64))[:, None]).ravel()[:n].reshape(shape)[()]
 
     def _blocks(self, nb: int, rng) -> np.ndarray:
         """``nb`` blocks of source draws; under ``tensor_amax=G`` only blocks with ``M <= G``."""

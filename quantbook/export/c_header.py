@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import ScaleRule, get_rule
-from ..scales.rule import _check_qmax
+from ..scales import ScaleRule, check_qmax, get_rule
 from .identifiers import c_identifier
 
 __all__ = ["c_header", "c_float_literal", "c_float_hex", "HeaderLayout", "vector_c_header"]
@@ -53,7 +52,9 @@ class HeaderLayout:
     """The scaled layout a header describes: ``rule`` (a scale rule or its name), ``block_size``,
     ``qmax`` and ``table``, the float32 table the layout decodes with
     (:func:`quantbook.bulk.layouts.scaled_table` of the code and ``qmax``; the caller computes
-    it because the byte layouts are a sibling of this package, not below it)."""
+    it, and checks ``block_size`` against the byte format's sizes with
+    :func:`quantbook.bulk.format.check_block_size`, because the byte layouts are a sibling of
+    this package, not below it)."""
 
     rule: Any
     block_size: int
@@ -68,7 +69,7 @@ class HeaderLayout:
         B = self.block_size
         if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
             raise ValueError(f"block_size must be a positive integer, got {B!r}")
-        q = _check_qmax(self.qmax)   # the rules' own check: a float32 they can compute with
+        q = check_qmax(self.qmax)   # the rules' own check: a float32 they can compute with
         table = np.asarray(self.table)
         if table.dtype != np.float32 or table.ndim != 1 or not np.all(np.isfinite(table)):
             raise ValueError("the layout table must be a 1-D array of finite float32 values")
@@ -271,16 +272,23 @@ def _layout_comment(layout: HeaderLayout | None, ident: str) -> str:
             f"and 4-bit codes, two per byte, low nibble first{tensor}.\n"
             f" * Decoding: {ident}_layout_table[code] * scale, where {ident}_layout_table is {ident}_code rescaled\n"
             f" * to largest magnitude {layout.qmax:g} ({_scale_choice(r)}).\n"
-            f" * Encoding in this layout is not {ident}_encode below: a value half-way between two entries\n"
-            f" * goes to the one at an even index, and +-0 by the sign of the value (docs/scales.md).\n *")
+            + ("" if _is_ggml(r) else
+               f" * Encoding in this layout is not {ident}_encode below: a value half-way between two entries\n"
+               f" * goes to the one stored at an even index when exactly one of the two is, else to the lower,\n"
+               f" * and +-0 by the sign of the value (docs/scales.md).\n")
+            + " *")
+
+
+def _is_ggml(rule) -> bool:
+    from ..scales.ggml import GgmlSearch
+
+    return isinstance(rule, GgmlSearch)
 
 
 def _scale_choice(rule) -> str:
-    from ..scales.ggml import GgmlSearch
-
     if rule.deterministic or rule.encodes_with_amax:
         return "the rule maps a block's absmax to it"
-    if isinstance(rule, GgmlSearch):
+    if _is_ggml(rule):
         return ("ggml's search picks each block's signed scale and its codes, with ggml's own\n"
                 " * nearest-entry rule (quantbook/scales/ggml.py), not the encoder below")
     return "the rule searches each block's scale"

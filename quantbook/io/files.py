@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import secrets
 import stat
@@ -198,8 +199,14 @@ def parse_json(text: str | bytes, error: type[Exception], what: str = "codebook"
     def refuse(token: str):
         raise error(f"not valid JSON: {token} is not a JSON number")
 
+    def finite(token: str) -> float:
+        v = float(token)
+        if not math.isfinite(v):   # 1e999: read as inf, and written back as Infinity
+            raise error(f"{token[:40]} is too large for a finite float")
+        return v
+
     try:
-        return json.loads(text, parse_constant=refuse)
+        return json.loads(text, parse_constant=refuse, parse_float=finite)
     except error:
         raise
     except json.JSONDecodeError as exc:

@@ -112,7 +112,7 @@ def _locate(path: str | os.PathLike) -> tuple[Path, str | None]:
 
 #: files that hold a Hugging Face tokenizer's vocabulary (any one of them)
 _VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model",
-                "sentencepiece.bpe.model")
+                "sentencepiece.bpe.model", "sentencepiece.model", "spm.model", "source.spm", "vocab.model")
 
 
 def _weight_files(directory: Path) -> set[str]:
@@ -155,6 +155,10 @@ def load_model(path: str | os.PathLike, task: str, progress: bool = False):
         config = transformers.AutoConfig.from_pretrained(directory, **kw)
         TASKS[task].check_config(config, path)
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **kw)
+        vocab = getattr(config, "vocab_size", None)
+        if isinstance(vocab, int) and len(tokenizer) < vocab // 2:   # an empty vocabulary: every word unknown
+            raise ValueError(f"{path}: its tokenizer knows {len(tokenizer)} tokens, the model {vocab}; the "
+                             "model's own tokenizer files are missing")
         with _gguf_bar(progress_enabled(progress)):
             model = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32, **kw)
     except ValueError as exc:

@@ -13,7 +13,7 @@ it, all in float32:
 
 Not defined by torchao, defined here: an all-zero tensor (``G = 0``; torchao divides 0 by 0)
 stores ``t = 1``; a tensor whose ``t`` is so small that a clamped block's factor ``(1/t) /
-2**-6`` overflows (``G`` below about ``448 * qmax * 2**-120``), or so large that ``t * 448``
+2**-6`` overflows (``G`` below about ``448 * qmax * 2**-122``), or so large that ``t * 448``
 overflows, is an error: an all-zero block would decode to NaN or the largest scale to inf.
 
 The E4M3 rounding is done on the float32 bits (3 mantissa bits, ties to even), which is exact
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rule import ScaleRule, _check_qmax
+from .rule import ScaleRule, check_qmax
 
 __all__ = ["E4M3Scale", "E4M3_MAX", "E4M3_MIN_NORMAL", "e4m3_round", "e4m3_bits", "e4m3_value",
            "e4m3_grid"]
@@ -78,7 +78,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
             raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
         if g == 0:
             return _F(1)
-        qmax = _check_qmax(qmax)
+        qmax = check_qmax(qmax)
         with np.errstate(over="ignore"):
             t = _F(g / _F(_F(qmax) * _F(E4M3_MAX)))
             # a block on the clamp 2**-6 multiplies by (1/t)/2**-6; the largest block scale
@@ -112,5 +112,5 @@ class E4M3Scale(ScaleRule, family="e4m3"):
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
         g = e4m3_grid()
-        b = float(_check_qmax(qmax)) * float(self._t(tensor_scale)) * (g[:-1] + g[1:]) / 2
+        b = float(check_qmax(qmax)) * float(self._t(tensor_scale)) * (g[:-1] + g[1:]) / 2
         return b[(b >= lo) & (b <= hi)]

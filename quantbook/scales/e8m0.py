@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rule import ScaleRule, _check_qmax
+from .rule import ScaleRule, check_qmax
 
 __all__ = ["E8M0Scale", "E8M0_MODES", "e8m0_value"]
 
@@ -37,7 +37,7 @@ def e8m0_value(b: np.ndarray) -> np.ndarray:
 
 
 def _emax(qmax: float) -> int:
-    return int(np.floor(np.log2(_check_qmax(qmax))))
+    return int(np.floor(np.log2(check_qmax(qmax))))
 
 
 class E8M0Scale(ScaleRule, family="e8m0"):
@@ -69,7 +69,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
         m = np.asarray(amax, dtype=_F).reshape(-1)
         if self.mode == "rceil":
             with np.errstate(divide="ignore", over="ignore"):
-                d = (m / _F(_check_qmax(qmax))).astype(_F)
+                d = (m / _F(check_qmax(qmax))).astype(_F)
                 lg = np.log2(d.astype(np.float64)).astype(_F)  # torch's float32 log2
             # M / qmax overflows to inf for qmax < 1: beyond every exponent, so the largest
             return np.where(d > 0, np.ceil(np.minimum(lg, 128)), -127).astype(np.int64)
@@ -94,7 +94,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
         return np.maximum(np.ldexp(1.0, b - 127), _TINY).astype(_F), True
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
-        q = _check_qmax(qmax)
+        q = check_qmax(qmax)
         k = np.arange(-160, 160)
         if self.mode == "floor":  # s jumps at 2**k to exponent k - emax
             b, after = np.ldexp(1.0, k), k - _emax(q)

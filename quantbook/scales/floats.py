@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .rule import ScaleRule, _check_qmax
+from .rule import ScaleRule, check_qmax
 
 __all__ = ["Float32Scale", "Float16Scale", "BFloat16Scale", "bf16_bits", "bf16_value"]
 
@@ -21,7 +21,7 @@ _FMAX = float(np.finfo(np.float32).max)
 
 
 def _ratio(amax: np.ndarray, qmax: float) -> np.ndarray:
-    return (np.asarray(amax, dtype=_F) / _F(_check_qmax(qmax))).astype(_F)
+    return (np.asarray(amax, dtype=_F) / _F(check_qmax(qmax))).astype(_F)
 
 
 def _grid_breakpoints(grid: np.ndarray, qmax: float, lo: float, hi: float) -> np.ndarray:
@@ -61,7 +61,7 @@ class Float16Scale(ScaleRule, family="float16"):
         return np.asarray(stored, dtype=np.float16).astype(_F)
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
-        return _grid_breakpoints(_f16_grid(), _check_qmax(qmax), lo, hi)
+        return _grid_breakpoints(_f16_grid(), check_qmax(qmax), lo, hi)
 
 
 @lru_cache(maxsize=1)
@@ -101,7 +101,7 @@ class BFloat16Scale(ScaleRule, family="bfloat16"):
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
         grid = bf16_value(np.arange(0x7F80, dtype=np.uint16)).astype(np.float64)
-        return _grid_breakpoints(grid, _check_qmax(qmax), lo, hi)
+        return _grid_breakpoints(grid, check_qmax(qmax), lo, hi)
 
     def describe(self):
         return f"{self.name}: bfloat16 bits as uint16 ({self.stored_bytes} B) per block"

@@ -23,11 +23,12 @@ Families register by subclassing with ``family=`` (as the bulk backends do); a s
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "SCALED_ONLY"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "SCALED_ONLY", "check_qmax"]
 
 #: the end of the message for layout options (qmax, a tensor maximum or size) given without a
 #: rule of the scaled layouts
@@ -109,7 +110,7 @@ class ScaleRule:
     def encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> np.ndarray:
         """Stored block scales (``stored_dtype``) for block maxima ``amax``; a block whose
         scale the format cannot hold (:meth:`overflow`) is an error naming it."""
-        stored = self._encode(np.asarray(amax, dtype=_F), _check_qmax(qmax), tensor_scale)
+        stored = self._encode(np.asarray(amax, dtype=_F), check_qmax(qmax), tensor_scale)
         bad = np.flatnonzero(self.overflow(stored))
         if bad.size:
             raise ValueError(f"block {int(bad[0])}: its scale overflows {self.name} (amax beyond the "
@@ -178,15 +179,20 @@ class ScaleRule:
         return f"{self.name}: {self.stored_dtype} ({self.stored_bytes} B) per block{t}"
 
 
-def _check_qmax(qmax: Any) -> float:
-    """``qmax`` as a float, which the rules use as float32: a positive normal float32 number."""
-    q = float(qmax)
+def check_qmax(qmax: Any) -> float:
+    """``qmax`` (the table's largest magnitude in the units the scale multiplies) as a float:
+    a real number that the rules, which compute in float32, can use: a positive normal
+    float32 value.  The one check of it; a ValueError otherwise."""
+    real = isinstance(qmax, (int, float, np.integer, np.floating)) and not isinstance(qmax, (bool, np.bool_))
+    q = float(qmax) if real else math.nan
     with np.errstate(over="ignore"):
         q32 = np.float32(q)
     if not (np.isfinite(q) and np.isfinite(q32) and q32 >= np.finfo(np.float32).tiny):
         raise ValueError(f"qmax (the codebook's largest magnitude) must be a positive finite number within "
                          f"float32's normal range, got {qmax!r}")
     return q
+
+
 
 
 def get_rule(spec: Any) -> ScaleRule:

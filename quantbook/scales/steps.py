@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .rule import ScaleRule, _check_qmax, get_rule
+from .rule import ScaleRule, check_qmax, get_rule
 
 __all__ = ["StepTable", "step_table", "decode_table", "BUCKET_SHIFT"]
 
@@ -140,7 +140,7 @@ def step_table(rule: ScaleRule | str, qmax: float, tensor_scale: Any = None) -> 
         raise ValueError(f"{rule.name} stores its scales in the {rule.layout} layout, where nearly "
                          "every float is a step; it has no step table")
     ts = None if tensor_scale is None else int(np.asarray(tensor_scale, dtype=_F).view(np.uint32))
-    return _table(rule.name, _check_qmax(qmax), ts)
+    return _table(rule.name, check_qmax(qmax), ts)
 
 
 @lru_cache(maxsize=32)
