@@ -8,7 +8,9 @@ float32 output written per second), next to a numpy copy of the same array (np.c
 preallocated buffer, GB/s of input) and, when importable, bitsandbytes' CPU quantize_4bit /
 dequantize_4bit on the same data.  Best of --repeat runs after one warm-up.  Targets:
 numba quantize >= 0.4x copy and >= 20x bitsandbytes' quantize; numba dequantize >=
-bitsandbytes' dequantize.  Also checks that numba and bitsandbytes produce identical bytes.
+bitsandbytes' dequantize.  Also checks that numba gives the numpy reference's bytes, absmax
+and decoded values (unless --skip-numpy) and bitsandbytes' bytes (when measured); exit
+status 2 if either differs.
 """
 
 from __future__ import annotations
@@ -105,7 +107,18 @@ def main(argv=None) -> int:
         else:
             xb_q = xb_d = f"{'-':>8s}"
         print(f"{be:14s} {gb / tq:14.3f} {rq:8.2f} {xb_q} {gb / td:13.3f} {xb_d}")
-    return 0
+    status = 0
+    if "numpy" in results:   # numba against the reference: packed bytes, absmax bits, decoded values
+        cpu, ref = results["cpu"], results["numpy"]
+        same_ref = (np.array_equal(cpu[2], ref[2])
+                    and np.array_equal(cpu[3].absmax.view(np.uint32), ref[3].absmax.view(np.uint32))
+                    and np.array_equal(qb.dequantize(cpu[2], cpu[3], backend="cpu").view(np.uint32),
+                                       qb.dequantize(ref[2], ref[3], backend="numpy").view(np.uint32)))
+        print(f"numba vs the numpy reference: {'IDENTICAL' if same_ref else 'DIFFER'}")
+        status = 0 if same_ref else 2
+    if bnb is not None and not same:
+        status = 2
+    return status
 
 
 if __name__ == "__main__":

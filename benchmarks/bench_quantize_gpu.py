@@ -25,8 +25,9 @@ status is 2 if any differ, 1 when no CUDA device is usable.
 plain kernel's time over the prefetching one's: above 1 means prefetching is faster) and
 checks that both give the same bytes for every value.
 
-``--profile`` runs one configuration once (``2**26`` values, no checks, no bitsandbytes
-unless asked) and prints the Nsight Compute command that profiles it.
+``--profile`` runs one configuration once after a warm-up (``2**26`` values, no checks, no
+bitsandbytes) and prints the Nsight Compute command that profiles its quantize and
+dequantize kernels.
 """
 
 from __future__ import annotations
@@ -289,7 +290,8 @@ def main(argv=None) -> int:
     print(f"lowest vs copy: quantize {worst['q']:.2f}, dequantize {worst['d']:.2f}")
     print("vs copy = bandwidth / d2d copy bandwidth; vs bnb = bitsandbytes time / quantbook time")
     if args.profile:
-        print("profile with: ncu --set full -k regex:qb_ -c 2 python "
+        # a warm-up and a timed launch each of quantize and dequantize: four qb_ kernels
+        print("profile with: ncu --set full -k regex:qb_ -c 4 python "
               f"benchmarks/bench_quantize_gpu.py --profile --dtypes {dtypes[0]} "
               f"--blocksizes {blocks[0]} --bits {bitss[0]}")
     return status

@@ -33,8 +33,10 @@ Rows:
 
 GB/s is bytes moved / time; ``vs copy`` is that over the copy's GB/s (reads + writes of
 n * itemsize).  Also checks the first 2**22 values (``--check``) against the numpy
-reference: encode bytes, decoded bits and block maxima; exit status 2 if they differ.
-Without a usable CUDA device it says so and exits 0 (nothing measured).
+reference: block maxima, encode bytes, decoded bits, the device's stored scales and factors
+(the step-table lookup) against the rule, and ``quantize()``/``dequantize()`` end to end
+against the numpy backend; exit status 2 if anything differs.  Without a usable CUDA device
+it says so and exits 1 (nothing measured), as bench_quantize_gpu.py does.
 """
 
 from __future__ import annotations
@@ -114,8 +116,8 @@ def main(argv=None) -> int:
 
     ok, why = G.gpu_available()
     if not ok:
-        print(f"bench_scaled_gpu: {why}; nothing measured (needs a CUDA GPU and CuPy)")
-        return 0
+        print(f"bench_scaled_gpu: {why}; nothing measured (needs a CUDA GPU and CuPy)", file=sys.stderr)
+        return 1
     import cupy as cp
 
     n = 1 << args.log2n
@@ -206,10 +208,24 @@ def main(argv=None) -> int:
                 d = GS.scaled_decode_gpu(st["p"][: m // 2], s_dev, table, B, m, out_dtype)
                 d_ref = R.scaled_decode_reference(p_ref, scale[: m // B], table, B, m, xh.dtype)
                 same_d = np.array_equal(_host_bits(d, cp), d_ref.view(np.uint8))
-                same = same_a and same_p and same_d
-                print(f"{fmt:6s} {dname:9s} first {m} values: amax/encode/decode "
+                # the device's step-table lookup against the rule (stored scales and factors)
+                looked = GS.scaled_scales_gpu(amax, rule, 6.0, ts)
+                same_s = (looked is not None and np.array_equal(cp.asnumpy(looked[0]), stored)
+                          and np.array_equal(cp.asnumpy(looked[1]).view(np.uint32),
+                                             np.asarray(f_mul, np.float32).view(np.uint32))
+                          and looked[2] == div)
+                # quantize() / dequantize() end to end against the numpy backend on the same values
+                pq, sq = qb.quantize(x[:m], args.codebook, B, scale=rule_name, backend="gpu")
+                pr, sr = qb.quantize(xh, args.codebook, B, scale=rule_name, backend="numpy")
+                same_q = (np.array_equal(cp.asnumpy(pq), pr) and np.array_equal(sq.absmax, sr.absmax)
+                          and sq.tensor_scale == sr.tensor_scale
+                          and np.array_equal(_host_bits(qb.dequantize(pq, sq, backend="gpu"), cp),
+                                             qb.dequantize(pr, sr, backend="numpy").view(np.uint8)))
+                del pq, sq
+                same = same_a and same_p and same_d and same_s and same_q
+                print(f"{fmt:6s} {dname:9s} first {m} values: amax/encode/decode/scales/quantize() "
                       f"{'IDENTICAL to' if same else 'DIFFER from'} the numpy reference "
-                      f"({same_a}/{same_p}/{same_d})")
+                      f"({same_a}/{same_p}/{same_d}/{same_s}/{same_q})")
                 bad = bad or not same
             del st
         t = _median_ms(lambda: GS.scaled_ggml_gpu(x, t_ggml, 32, 7), args.repeat, cp)

@@ -73,7 +73,7 @@ def _save(fig, out: str | os.PathLike) -> None:
     fmt = plot_format(out)
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format=fmt)
+        fig.savefig(buf, format=fmt, bbox_inches="tight")   # a title or legend wider than the axes stays whole
     except (RuntimeError, OSError) as exc:  # a writer library missing or failing
         raise ValueError(f"cannot draw {os.fspath(out)!r} as {fmt}: {' '.join(str(exc).split())[:200]}") from None
     write_output(buf.getvalue(), out)  # atomic: a failed write leaves an existing file as it was
@@ -84,6 +84,22 @@ def _colors(n: int) -> list:
 
     cmap = matplotlib.colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
+
+
+#: markers and line styles per series: with more than ten series the colours repeat, these do not
+_MARKERS = "osD^vP*Xh<>"
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _style(i: int) -> tuple[str, str]:
+    """(marker, line style) of series ``i``: the same as series ``i - 10`` never."""
+    return _MARKERS[i % len(_MARKERS)], _LINESTYLES[(i // 10) % len(_LINESTYLES)]
+
+
+def _norm_text(normalization: str) -> str:
+    """How a plot writes the normalised value y under ``normalization``."""
+    return {"absmax": "x/absmax", "signed-absmax": "x/(signed absmax)", "none": "x/σ"}.get(normalization,
+                                                                                        normalization)
 
 
 def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str | os.PathLike,
@@ -100,12 +116,18 @@ def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str 
     ax = fig.add_subplot()
     top = float(np.max(pdf)) * 1.12
     ax.fill_between(y, pdf, color="0.85", lw=0)
-    ax.plot(y, pdf, color="0.35", lw=1.2, label=f"density of x/absmax, B={block_size} ({dist.source.spec})")
+    ax.plot(y, pdf, color="0.35", lw=1.2,
+            label=f"density of {_norm_text(normalization)}, B={block_size} ({dist.source.spec})")
     ax_x, ax_w = dist.atoms
+    # a table beyond [-1, 1] (e.g. Max's, in units of σ) is shown whole, not cut at the density's
+    # edge; the atoms' labels then go outside, where the axis has room
+    reach = max([1.0] + [float(np.max(np.abs(cb.levels))) for _, cb in codebooks])
+    out_side = reach > 1.3
     for xa, wa in zip(ax_x, ax_w):
         ax.annotate("", xy=(xa, top * 0.55), xytext=(xa, 0), arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.2))
-        ax.text(xa + (0.02 if xa < 0 else -0.02), top * 0.5, f"P(y={xa:+g}) = {wa:.2g}",
-                ha="left" if xa < 0 else "right", va="bottom", fontsize=7, color="0.3")
+        inward = (xa < 0) != out_side
+        ax.text(xa + (0.02 if inward else -0.02), top * 0.5, f"P(y={xa:+g}) = {wa:.2g}",
+                ha="left" if inward else "right", va="bottom", fontsize=7, color="0.3")
     step = top / 9
     for i, ((label, cb), color) in enumerate(zip(codebooks, _colors(n))):
         row = -(i + 1) * step
@@ -114,9 +136,9 @@ def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str 
         ax.plot(lv, np.full(lv.size, row), "|", ms=11, mew=2, color=color)
         ax.text(-0.01, row, label, ha="right", va="center", fontsize=8, color=color,
                 transform=ax.get_yaxis_transform())
-    ax.set_xlim(-1.06, 1.06)
+    ax.set_xlim(-1.06 * reach, 1.06 * reach)
     ax.set_ylim(-(n + 0.8) * step, top)
-    ax.set_xlabel("normalised value  y = x / absmax(block)")
+    ax.set_xlabel(f"normalised value  y = {_norm_text(normalization)} (block)")
     ax.set_ylabel("density")
     ax.set_yticks([t for t in ax.get_yticks() if t >= 0])
     ax.set_title(f"Codebook levels over the block-{block_size} density", fontsize=10)
@@ -161,29 +183,42 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
     check_plot_path(out)  # before any work
     bs = np.asarray(block_sizes, dtype=np.int64)
     errors = {label: sweep_errors(cb, bs, source, normalization, domain, scale, qmax) for label, cb in codebooks}
-    fig = _figure(9.5, 3.9)
+    fig = _figure(9.5, 4.3)
     axes = fig.subplots(1, 2)
-    for (label, _), color in zip(codebooks, _colors(len(codebooks))):
+    for i, ((label, _), color) in enumerate(zip(codebooks, _colors(len(codebooks)))):
+        marker, line = _style(i)
         for ax, key in zip(axes, ("mse", "mae")):
-            ax.plot(bs, errors[label][key], "o-", ms=3, lw=1.3, color=color, label=label)
+            ax.plot(bs, errors[label][key], marker=marker, ls=line, ms=3, lw=1.3, color=color, label=label)
     src = getattr(source, "spec", source)
     # the layout is part of what the numbers mean
-    layout = "" if scale is None else f", scale {getattr(scale, 'name', scale)}"
+    layout = "" if scale is None else (f", scale {getattr(scale, 'name', scale)}, qmax "
+                                       f"{6.0 if qmax is None else qmax:g}")
+    norm = "" if normalization == "absmax" else f", {normalization}"
     if domain == "weight":
         units = {"mse": "MSE of the weights (σ²)", "mae": "MAE of the weights (σ)"}
-    else:
-        units = {"mse": "MSE of y = x/absmax", "mae": "MAE of y = x/absmax"}
+    elif scale is None:
+        units = {k: f"{k.upper()} of y = {_norm_text(normalization)}" for k in ("mse", "mae")}
+    else:   # the scaled layouts' normalised values are in units of the table's largest magnitude
+        units = {k: f"{k.upper()} of x / (qmax · scale)" for k in ("mse", "mae")}
     for ax, key, title in zip(axes, ("mse", "mae"), ("expected squared error", "expected absolute error")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("block size B")
         ax.set_ylabel(units[key])
-        ax.set_title(f"{title}, {src} weights{layout}", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
         ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(_wrap(f"{src} weights{norm}{layout}", 110), fontsize=10)
     axes[0].legend(fontsize=8, frameon=False)
     _save(fig, out)
     return errors
+
+
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (titles that would be cut)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _strip_common_prefix(names: Sequence[str]) -> tuple[str, list[str]]:
@@ -203,27 +238,27 @@ def plot_model_report(report: Any, out: str | os.PathLike) -> None:
     check_plot_path(out)
     prefix, names = _strip_common_prefix([t.name for t in report.tensors])
     longest = max((len(n) for n in names), default=10)
-    fig = _figure(max(7.0, min(0.16 * len(names) + 3, 22)), 3.2 + 0.065 * min(longest, 60))
+    width = max(9.0, min(0.16 * len(names) + 3, 22))
+    fig = _figure(width, 3.2 + 0.065 * min(longest, 60))
     ax = fig.add_subplot()
     x = np.arange(len(names))
     k = len(report.codebooks)
-    markers = "osD^vP*Xh<>"
     for j, (label, color) in enumerate(zip(report.codebooks, _colors(k))):
         v = [t.sums[label].sqnr_db for t in report.tensors]
         total = report.totals[label].sqnr_db
         dx = (j - (k - 1) / 2) * min(0.6 / max(k, 1), 0.15)
-        ax.plot(x + dx, v, markers[j % len(markers)], ms=4, color=color, alpha=0.85,
+        ax.plot(x + dx, v, _style(j)[0], ms=4, color=color, alpha=0.85,
                 label=f"{label} (all: {total:.2f} dB)")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=90, fontsize=7 if len(names) <= 80 else 5)
     ax.set_xlim(-0.7, len(names) - 0.3)
     ax.set_ylabel("SQNR (dB)")
     where = f", tensors {prefix}*" if prefix else ""
-    fig.suptitle(f"{Path(report.path).name}: per-tensor SQNR, block size {report.block_size}, "
-                 f"{report.scale_text}{where}",
-                 fontsize=10)
+    fig.suptitle(_wrap(f"{Path(report.path).name}: per-tensor SQNR, block size {report.block_size}, "
+                       f"{report.scale_text}{where}", int(width * 11)), fontsize=10)
     ax.grid(True, axis="y", lw=0.3, alpha=0.5)
-    ax.legend(fontsize=8, frameon=False, ncols=min(k, 4), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.legend(fontsize=8, frameon=False, ncols=max(1, min(k, int(width // 3))), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     _save(fig, out)
 
@@ -237,11 +272,10 @@ def plot_model_quality(report: Any, out: str | os.PathLike) -> None:
     labels = report.labels[1:]
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot()
-    markers = "osD^vP*Xh<>"
     for j, (label, color) in enumerate(zip(labels, _colors(len(labels)))):
         r = report.rows[label]
         y = max(float(r[key]), 1e-12)  # a log axis cannot show 0
-        ax.plot([r["bits_per_weight"]], [y], markers[j % len(markers)], ms=6, color=color, label=label)
+        ax.plot([r["bits_per_weight"]], [y], _style(j)[0], ms=6, color=color, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (scales included)")
     ax.set_ylabel(ylabel, fontsize=8)

@@ -163,3 +163,34 @@ def test_unknown_extension_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="directory"):
         plots.plot_levels([("nf4", REGISTRY["nf4"].codebook)], 64, str(tmp_path) + "/")
     assert list(tmp_path.iterdir()) == []
+
+
+def _drawn(monkeypatch):
+    """The figures the plot functions would save, in order."""
+    import quantbook.plots as P
+
+    figs = []
+    monkeypatch.setattr(P, "_save", lambda fig, out: figs.append(fig))
+    return figs
+
+
+def test_pictures_say_their_settings_and_show_every_series(monkeypatch, tmp_path):
+    """A sweep's title names the source, rule and qmax; eleven series stay tellable apart
+    (colours repeat after ten, marker and line style do not); a table beyond [-1, 1] is
+    drawn whole."""
+    from quantbook.naming import resolve_codebook
+
+    figs = _drawn(monkeypatch)
+    names = ["nf4", "af4", "fp4", "e2m1", "iq4_nl", "int4-sym", "nf4-torchao", "nf3", "nf2", "nf5", "nf6"]
+    plot_sweep([(n, resolve_codebook(n)) for n in names], tmp_path / "s.png", block_sizes=[16, 32],
+               source="laplace", scale="e8m0:floor", qmax=4.0)
+    fig = figs[-1]
+    assert "laplace" in fig._suptitle.get_text() and "e8m0:floor" in fig._suptitle.get_text() \
+        and "qmax 4" in fig._suptitle.get_text()
+    lines = fig.axes[0].get_lines()
+    styles = {(ln.get_color(), ln.get_marker(), ln.get_linestyle()) for ln in lines}
+    assert len(lines) == 11 and len(styles) == 11
+    plot_levels([("max1960-n16", REGISTRY["max1960-n16"].codebook)], 64, tmp_path / "l.png")
+    lo, hi = figs[-1].axes[0].get_xlim()
+    top = float(np.max(np.abs(REGISTRY["max1960-n16"].codebook.levels)))
+    assert lo < -top and hi > top
