@@ -43,7 +43,6 @@ import os
 import re
 from functools import lru_cache
 from numbers import Integral
-from pathlib import Path
 from typing import Any, Sequence
 
 from .codebooks.codebook import Codebook, CodebookError

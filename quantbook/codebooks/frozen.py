@@ -25,35 +25,35 @@ def _thawed(obj):
     return obj
 
 
-class FrozenDict(dict):
+class _Frozen:
+    """What the read-only containers share: pickling, copying and deep-copying give (or go
+    through) plain ones; ``_plain`` is the container type."""
+
+    _plain: type = object
+
+    def __reduce__(self):
+        return (freeze, (_thawed(self),))
+
+    def __copy__(self):
+        return self._plain(self)
+
+    def __deepcopy__(self, memo):
+        return _thawed(self)
+
+
+class FrozenDict(_Frozen, dict):
     """A dict that refuses changes."""
 
+    _plain = dict
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
 
-    def __reduce__(self):
-        return (freeze, (_thawed(self),))
 
-    def __copy__(self):
-        return dict(self)
-
-    def __deepcopy__(self, memo):
-        return _thawed(self)
-
-
-class FrozenList(list):
+class FrozenList(_Frozen, list):
     """A list that refuses changes."""
 
+    _plain = list
     __setitem__ = __delitem__ = __iadd__ = __imul__ = append = clear = extend = insert = pop = remove = \
         reverse = sort = _refuse
-
-    def __reduce__(self):
-        return (freeze, (_thawed(self),))
-
-    def __copy__(self):
-        return list(self)
-
-    def __deepcopy__(self, memo):
-        return _thawed(self)
 
 
 def freeze(obj: Any) -> Any:

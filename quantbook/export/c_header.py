@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import ScaleRule, check_qmax, get_rule
+from ..scales import check_qmax, get_rule
 from .identifiers import c_identifier
 
 __all__ = ["c_header", "c_float_literal", "c_float_hex", "HeaderLayout", "vector_c_header"]
