@@ -38,6 +38,7 @@ Tasks are registered :class:`Task` subclasses:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -121,8 +122,6 @@ def _weight_files(directory: Path) -> set[str]:
     names = {"model.safetensors"}
     if index.is_file():
         try:
-            import json
-
             names |= set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
         except (OSError, ValueError, AttributeError):
             pass
