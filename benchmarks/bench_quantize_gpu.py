@@ -2,9 +2,9 @@
 ratios to a device-to-device copy and to bitsandbytes measured in the same run.
 
     python benchmarks/bench_quantize_gpu.py [--log2n 28] [--dtypes float32,float16,bfloat16]
-                                            [--blocksizes 16,64,256,4096] [--bits 2,4,8]
+                                            [--blocksizes 16,64,256,1024,4096] [--bits 2,4,8]
                                             [--repeat 10] [--no-bnb] [--check 20] [--profile]
-                                            [--waves W] [--prefetch off|on|compare]
+                                            [--waves W]
 
 Codes: 2 bits ``max1960-n4``, 4 bits ``nf4``, 8 bits bitsandbytes' dynamic map (256 values).
 For each configuration: quantbook's ``quantize_gpu`` and ``dequantize_gpu`` (CUDA events,
@@ -19,11 +19,6 @@ Bandwidth = bytes moved / time: quantize reads ``n * itemsize`` and writes the p
 (bitsandbytes time / quantbook time).  Each configuration's bytes (codes, absmax, decoded
 values) of the first ``2**--check`` values are compared with the numpy reference; the exit
 status is 2 if any differ, 1 when no CUDA device is usable.
-
-``--prefetch on`` quantizes with the kernels that load their next tile ahead
-(``QUANTIZE_PREFETCH``); ``compare`` times both in the same run, adds a column ``pf x`` (the
-plain kernel's time over the prefetching one's: above 1 means prefetching is faster) and
-checks that both give the same bytes for every value.
 
 ``--profile`` runs one configuration once after a warm-up (``2**26`` values, no checks, no
 bitsandbytes) and prints the Nsight Compute command that profiles its quantize and
@@ -66,7 +61,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2n", type=int, default=28)
     ap.add_argument("--dtypes", default="float32,float16,bfloat16")
-    ap.add_argument("--blocksizes", default="16,64,256,4096")
+    ap.add_argument("--blocksizes", default="16,64,256,1024,4096")
     ap.add_argument("--bits", default="2,4,8")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--no-bnb", action="store_true", help="skip bitsandbytes")
@@ -76,9 +71,6 @@ def main(argv=None) -> int:
     ap.add_argument("--waves", type=int, default=None,
                     help="cap quantize grids at this many GPU-fulls of CTAs (0: no cap; "
                          "default: the backend's)")
-    ap.add_argument("--prefetch", choices=("off", "on", "compare"), default="off",
-                    help="quantize kernels that load their next tile ahead: off, on, or both "
-                         "timed in the same run (column 'pf x')")
     ap.add_argument("--profile", action="store_true",
                     help="one configuration, once, 2**26 values: for Nsight Compute")
     args = ap.parse_args(argv)
@@ -101,8 +93,6 @@ def main(argv=None) -> int:
 
     if args.waves is not None:
         G.QUANTIZE_WAVES = args.waves
-    G.QUANTIZE_PREFETCH = args.prefetch == "on"
-    compare = args.prefetch == "compare" and not args.profile
     ok, device = G.gpu_available()
     if not ok:
         print(f"bench_quantize_gpu: {device}; nothing measured (needs a CUDA GPU and CuPy)",
@@ -165,12 +155,10 @@ def main(argv=None) -> int:
 
         bnb_ver = f"   bitsandbytes {bitsandbytes.__version__}"
     print(f"device: {device}   CuPy {getattr(cp, '__version__', '?')}{bnb_ver}   n = 2^{args.log2n}   "
-          f"median of {args.repeat}   quantize grid waves {G.QUANTIZE_WAVES or 'uncapped'}   "
-          f"prefetch {args.prefetch}")
+          f"median of {args.repeat}   quantize grid waves {G.QUANTIZE_WAVES or 'uncapped'}")
     print("codes: " + ", ".join(f"{b} bits {_CODES[b]}" for b in bitss))
     head = (f"{'dtype':9s} {'B':>5s} {'bits':>4s} | {'quant GB/s':>10s} {'vs copy':>7s} "
-            f"{'vs bnb':>6s} | {'deq GB/s':>9s} {'vs copy':>7s} {'vs bnb':>6s}"
-            + (f" | {'pf x':>5s}" if compare else ""))
+            f"{'vs bnb':>6s} | {'deq GB/s':>9s} {'vs copy':>7s} {'vs bnb':>6s}")
     print(head)
     print("-" * len(head))
     status = checked = 0
@@ -214,24 +202,6 @@ def main(argv=None) -> int:
 
                 t_q = _median_ms(quant, args.repeat, sync, cp_events)
                 t_d = _median_ms(dequant, args.repeat, sync, cp_events)
-                pf = ""
-                if compare:
-                    pst = {}
-
-                    def quant_pf():
-                        pst["p"], pst["a"] = G.quantize_gpu(x, code, bits, B, input_dtype=in_dt)
-
-                    G.QUANTIZE_PREFETCH = True
-                    try:
-                        t_pf = _median_ms(quant_pf, args.repeat, sync, cp_events)
-                    finally:
-                        G.QUANTIZE_PREFETCH = False
-                    if not (bool((pst["p"] == st["p"]).all())
-                            and bool((pst["a"].view(cp.uint32) == st["a"].view(cp.uint32)).all())):
-                        print(f"{dname} B={B} bits={bits}: prefetching kernel's bytes DIFFER")
-                        status = 2
-                    pf = f" | {t_q / t_pf:5.2f}"
-                    del pst
                 if args.check:
                     m = min(n, 1 << args.check) // B * B
                     xh = cp.asnumpy(x[:m])
@@ -280,7 +250,7 @@ def main(argv=None) -> int:
                     return f"{r:6.2f}" if np.isfinite(r) else f"{'-':>6s}"
 
                 print(f"{dname:9s} {B:5d} {bits:4d} | {bw_q:10.1f} {bw_q / bw_copy:7.2f} {fmt(r_q)} | "
-                      f"{bw_d:9.1f} {bw_d / bw_copy:7.2f} {fmt(r_d)}" + pf)
+                      f"{bw_d:9.1f} {bw_d / bw_copy:7.2f} {fmt(r_d)}")
                 del st
         del x, dst, tx
         cp.get_default_memory_pool().free_all_blocks()

@@ -60,6 +60,8 @@ static thread_local qb_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
 static inline uint2 make_uint2(unsigned a, unsigned b) { uint2 r{a, b}; return r; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { uint4 r{a, b, c, d}; return r; }
 
@@ -147,8 +149,8 @@ def _launchers() -> str:
     for d in K.DTYPES:
         st = "float" if d == "f32" else "unsigned short"
         for p in K.PACKINGS:
-            for k, pf in ((k, pf) for k in range(K.max_steps(p) + 1) for pf in (False, True)):
-                q = K.quantize_name(d, p, k, pf)
+            for v, k in ((v, k) for v in K.VECS[d] for k in range(K.max_steps(p) + 1)):
+                q = K.quantize_name(d, v, p, k)
                 out.append(
                     f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
                     f" float* absmax, qb_i64 n, int log2B, const qb_u16* bucket, const float* bounds,"
@@ -275,7 +277,7 @@ def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec
     tabs = encoder_tables(code, search_size(packing))
     # a grid of two CTAs: each loops over several tiles, as on a GPU (grid-stride)
     grid, cta = quantize_launch(n, key, blocksize, sms=2, per_sm=1)
-    emulator().launch(K.quantize_name(key, packing, tabs.steps, G.QUANTIZE_PREFETCH), grid, cta, xs,
+    emulator().launch(K.quantize_name(key, K.quantize_vec(key, blocksize), packing, tabs.steps), grid, cta, xs,
                       packed, absmax, n,
                       log2b, np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
                       int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K,

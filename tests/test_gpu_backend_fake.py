@@ -129,23 +129,29 @@ def test_nonfinite_blocks_code_as_numpy(cp, dtype, name, bits, bs):
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"), _BF16])
-@pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 16), ("dynamic", 8, 4096)])
-def test_prefetching_kernels_give_the_same_bytes(cp, monkeypatch, dtype, name, bits, bs):
-    """The kernels that load their next tile ahead: numpy's bytes, on arrays long enough that
-    every CTA of the capped grid (one SM: 4 CTAs) loops over several tiles, with a ragged end."""
+@pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 16), ("max1960-n4", 2, 32), ("dynamic", 8, 4096)])
+def test_every_vector_width_loops_over_tiles(cp, monkeypatch, dtype, name, bits, bs):
+    """Each kernel's values a thread (16 for blocks of 16, 32 for the 16-bit types' larger
+    blocks): numpy's bytes, on arrays long enough that every CTA of the capped grid (one SM,
+    two CTAs) loops over several tiles, with a ragged end; and dequantize's bytes on them."""
     rng = np.random.default_rng(bs + bits)
     code = (np.asarray(dynamic_map(), np.float32) if name == "dynamic"
             else np.asarray(registry.get(name).code, np.float32))
     x = rng.standard_normal(12 * 8192 + 333).astype(dtype)
-    monkeypatch.setattr(G, "QUANTIZE_PREFETCH", True)
     monkeypatch.setattr(G, "_sm_count", lambda: 1)
+    monkeypatch.setattr(G, "_resident", lambda fn, cta: 2)
     p, a = G.quantize_gpu(fake_device(x), code, bits, bs)
     p_ref, a_ref = R.quantize_reference(x, code, bits, bs)
     assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
+    # dequantize: whole CTA tiles (the vector path) and the ragged end
+    d = G.dequantize_gpu(p, a, code, bits, bs, x.size, dtype)
+    d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, bs, x.size, dtype)
+    assert np.array_equal(np.asarray(d).view(np.uint8), d_ref.view(np.uint8))
     qname = [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][-1]
-    assert qname.endswith("_pf")
+    v = 16 if dtype is np.float32 or bs == 16 else 32
+    assert qname.startswith(f"qb_quantize_{G._dtype_key(dtype)}_v{v}_")
     grid, cta = [(g[0], b[0]) for n, g, b in cp.launches if n == qname][-1]
-    tile = cta * (8 if dtype is np.float32 else 16)
+    tile = cta * v
     assert x.size > 3 * grid * tile           # each CTA takes at least three tiles
 
 
@@ -189,10 +195,9 @@ def test_nested_helpers(cp):
 def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     """benchmarks/bench_quantize_gpu.py end to end on the stand-in (timings are fake)."""
     bench = load_benchmark(cp, monkeypatch, "bench_quantize_gpu")
-    monkeypatch.setattr(G, "QUANTIZE_PREFETCH", False)
     assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14",
-                       "--blocksizes", "16,4096", "--bits", "2,4,8", "--prefetch", "compare"]) == 0
+                       "--blocksizes", "16,4096", "--bits", "2,4,8"]) == 0
     out = capsys.readouterr().out
-    assert " pf x" in out and "DIFFER" not in out and G.QUANTIZE_PREFETCH is False
+    assert "DIFFER" not in out
     assert "bytes of 18 configurations: IDENTICAL to the numpy reference" in out
     assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype

@@ -1,7 +1,7 @@
 """Always-running NVRTC compile check of the GPU kernels for sm_80 and sm_90 (no GPU needed).
 
-Every dequantize and nested kernel, the quantize kernels of every dtype and packing with one
-compare a value (plain and prefetching), and those of float16 with none and with the most
+Every dequantize and nested kernel, the quantize kernels of every dtype, values a thread and
+packing with one compare a value, and those of float16 with none and with the most
 (the other counts are the same template with another loop count; compiling all would take
 minutes on two cores).  ptxas must report no register spills.
 
@@ -20,8 +20,9 @@ from quantbook.bulk.gpu.compile import compile_source
 
 
 
-SAMPLE = sorted({K.quantize_name(d, p, 1, pf) for d in K.DTYPES for p in K.PACKINGS for pf in (False, True)}
-                | {K.quantize_name("f16", p, k) for p in K.PACKINGS for k in (0, K.max_steps(p))}
+SAMPLE = sorted({K.quantize_name(d, v, p, 1) for d in K.DTYPES for v in K.VECS[d] for p in K.PACKINGS}
+                | {K.quantize_name("f16", v, p, k) for v in K.VECS["f16"] for p in K.PACKINGS
+                   for k in (0, K.max_steps(p))}
                 | {n for n in K.all_kernel_names() if not n.startswith("qb_quantize_")}
                 | {K.NESTED_QUANT_NAME})
 
@@ -33,7 +34,8 @@ def _family(name):
 def test_sample_covers_every_kernel_family():
     assert set(SAMPLE) <= set(K.all_kernel_names())
     assert {_family(n) for n in K.all_kernel_names()} == {_family(n) for n in SAMPLE}
-    assert any(n.endswith("_pf") for n in SAMPLE)
+    assert {n.split("_p")[0] for n in SAMPLE if n.startswith("qb_quantize_") and n != K.NESTED_QUANT_NAME} == \
+        {f"qb_quantize_{d}_v{v}" for d in K.DTYPES for v in K.VECS[d]}
 
 
 @pytest.mark.parametrize("arch", ["sm_80"])     # sm_90: test_no_kernel_spills_registers
@@ -91,8 +93,8 @@ def test_compile_error_reports_the_log(nvrtc):
 
 
 def test_kernel_source_subset_and_unknown_names():
-    src = K.source([K.quantize_name("f16", 4, 1)])
-    assert "qb_quantize_f16_p4_s1(" in src and "qb_dequantize_f16_p4(" not in src
-    assert "qb_quantize_f16_p4_s2(" not in src
+    src = K.source([K.quantize_name("f16", 32, 4, 1)])
+    assert "qb_quantize_f16_v32_p4_s1(" in src and "qb_dequantize_f16_p4(" not in src
+    assert "qb_quantize_f16_v32_p4_s2(" not in src and "qb_quantize_f16_v16_p4_s1(" not in src
     with pytest.raises(ValueError, match="unknown kernel"):
         K.source(["qb_nope"])

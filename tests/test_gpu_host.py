@@ -78,8 +78,8 @@ def test_dtype_keys(dtype, key):
 def test_quantize_launch_shape(key, bs):
     n = 100_003
     grid, cta = G.quantize_launch(n, key, bs)
-    v = K.VEC[key]
-    assert cta % 32 == 0 and cta <= 512 and cta % max(1, bs // v) == 0
+    v = K.quantize_vec(key, bs)
+    assert v <= bs and cta % 32 == 0 and cta <= 512 and cta % max(1, bs // v) == 0
     assert grid * cta * v >= n > (grid - 1) * cta * v
 
 

@@ -206,9 +206,15 @@ class QuantState:
                 raise ValueError(f"scale rule {rule.name} needs a positive finite tensor_scale, got {ts!r}")
         elif ts is not None:
             raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
-        s = self.absmax_f32()
-        ok = np.isfinite(s) & ((s >= 0) | rule.signed)
-        if s.size and not ok.all():
+        lookup = self.scale_lookup()
+        if lookup is None:
+            s = self.absmax_f32()
+            ok = np.isfinite(s) & ((s >= 0) | rule.signed)
+        else:   # check the (at most 2**16) table entries, and the blocks only if one is bad
+            table, index = lookup
+            good = np.isfinite(table) & ((table >= 0) | rule.signed)
+            ok = good[index] if not good.all() else np.ones(0, dtype=bool)
+        if ok.size and not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             what = "non-finite" if rule.signed else "negative or non-finite"
             raise ValueError(f"absmax entry {bad} ({self.absmax[bad]!r}) decodes to a {what} "

@@ -188,12 +188,12 @@ def _blocks(count: int, per: int) -> int:
 
 def quantize_launch(n: int, dtype_key: str, blocksize: int, sms: int | None = None,
                     per_sm: int | None = None) -> tuple[int, int]:
-    """(grid, block) of a quantize kernel: V elements a thread (8 for float32, 16 for the
-    16-bit types), blocksize/V threads a quantization block, CTA = max(256, blocksize/V).
+    """(grid, block) of a quantize kernel: V values a thread (``kernels.quantize_vec``),
+    blocksize/V threads a quantization block, CTA = max(256, blocksize/V).
     The CTAs loop over tiles, so with ``sms`` (the GPU's multiprocessor count) the grid is
     capped at what the GPU holds at once (``per_sm`` CTAs each, when known): one wave, and
     each CTA reads the encoder tables once."""
-    v = K.VEC[dtype_key]
+    v = K.quantize_vec(dtype_key, blocksize)
     cta = max(256, blocksize // v)
     grid = _blocks(-(-n // v), cta)
     if sms and QUANTIZE_WAVES:
@@ -203,9 +203,6 @@ def quantize_launch(n: int, dtype_key: str, blocksize: int, sms: int | None = No
 
 #: quantize grids hold at most this many times what the GPU runs at once (0: no cap)
 QUANTIZE_WAVES = 1
-#: quantize with the kernels that load their next tile ahead (kernels.py; off until a GPU
-#: run shows it faster: ``benchmarks/bench_quantize_gpu.py --prefetch`` compares)
-QUANTIZE_PREFETCH = False
 
 
 def _sm_count() -> int:
@@ -269,7 +266,7 @@ def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
     if n == 0:
         return packed, absmax
     tabs = encoder_tables(code, search_size(packing))
-    fn = _kernel(K.quantize_name(key, packing, tabs.steps, QUANTIZE_PREFETCH))
+    fn = _kernel(K.quantize_name(key, K.quantize_vec(key, blocksize), packing, tabs.steps))
     _, cta = quantize_launch(n, key, blocksize)
     grid, cta = quantize_launch(n, key, blocksize, _sm_count(), _resident(fn, cta))
     vec_in = int(xd.data.ptr % 16 == 0)

@@ -13,7 +13,7 @@ Float arithmetic uses explicit round-to-nearest intrinsics (``__fdiv_rn``, ``__f
 
 Kernels (``extern "C"``; one instantiation per name):
 
-* ``qb_quantize_{f32,f16,bf16}_p{1,2,4,8}_s{S}[_pf]`` — one pass: block absmax (the max of
+* ``qb_quantize_{f32,f16,bf16}_v{V}_p{1,2,4,8}_s{S}`` — one pass: block absmax (the max of
   ``|x|`` taken on the bits: NaN when the block holds one, as numpy's max),
   ``s = max(absmax, float32(1e-38))`` (a NaN absmax stays NaN, as numpy's ``maximum``;
   stored: absmax; ``s`` for the partial last block, as bitsandbytes stores it — so the api
@@ -24,10 +24,8 @@ Kernels (``extern "C"``; one instantiation per name):
   the tables by the host, see :mod:`quantbook.bulk.gpu.tables`), pack.  ``p`` is the
   packing: 1, 2, 4 bits (8, 4, 2 codes a byte, first element in the most significant bits)
   or 8 (one byte a code, for 3 and 5..8 bits).  Positions past ``n`` in the last byte hold
-  the code of 0.0.  Loads are 16 bytes a thread; CTAs loop over tiles (grid-stride).
-  ``_pf``: the same, each thread loading its next tile before working on the current one
-  (for the 16-bit types with the register budget of two CTAs an SM, so nothing spills);
-  used when ``quantbook.bulk.gpu.backend.QUANTIZE_PREFETCH`` is set.
+  the code of 0.0.  ``V`` values a thread (:func:`quantize_vec`), loaded 16 bytes at a
+  time; CTAs loop over tiles (grid-stride).
 * ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``;
   each warp-wide store writes one contiguous run (16 bytes a thread).
 * ``qb_quantize_absmax_nested`` — bitsandbytes' CPU 8-bit blockwise quantizer for the
@@ -44,8 +42,16 @@ from .tables import BUCKET_SHIFT, N_BUCKETS
 DTYPES = ("f32", "f16", "bf16")
 PACKINGS = (1, 2, 4, 8)
 
-#: elements a thread quantizes (16-byte or 2x16-byte vector loads)
-VEC = {"f32": 8, "f16": 16, "bf16": 16}
+#: values a quantize thread may hold, by dtype (64 bytes of input; 32 bytes for the 16-bit
+#: types' blocks of 16)
+VECS = {"f32": (16,), "f16": (16, 32), "bf16": (16, 32)}
+
+
+def quantize_vec(dtype: str, blocksize: int) -> int:
+    """Values a quantize thread holds: the most of :data:`VECS` that fit in a block.  More
+    values a thread make the groups that share a block maximum smaller (fewer warps meet at a
+    barrier) and spread each thread's fixed work over more values."""
+    return max(v for v in VECS[dtype] if v <= blocksize)
 #: outputs a dequantize thread writes in total (over its steps)
 DEQ_PER_THREAD = 32
 #: threads of a dequantize CTA
@@ -73,11 +79,11 @@ def max_steps(packing: int) -> int:
     return 8 if packing == 8 else packing
 
 
-def quantize_name(dtype: str, packing: int, steps: int, prefetch: bool = False) -> str:
-    """The quantize kernel of a dtype, packing and number of compares a value (``steps``,
-    from the encoder tables: a compile-time loop count); ``prefetch``: the variant that loads
-    its next tile ahead (``_pf``)."""
-    return f"qb_quantize_{dtype}_p{packing}_s{steps}" + ("_pf" if prefetch else "")
+def quantize_name(dtype: str, vec: int, packing: int, steps: int) -> str:
+    """The quantize kernel of a dtype, values a thread (:func:`quantize_vec`), packing and
+    number of compares a value (``steps``, from the encoder tables: a compile-time loop
+    count)."""
+    return f"qb_quantize_{dtype}_v{vec}_p{packing}_s{steps}"
 
 
 def dequantize_name(dtype: str, packing: int) -> str:
@@ -89,8 +95,8 @@ NESTED_DEQUANT_NAME = "qb_dequantize_absmax_nested"
 
 
 def all_kernel_names() -> list[str]:
-    names = [quantize_name(d, p, k, pf) for d in DTYPES for p in PACKINGS for k in range(max_steps(p) + 1)
-             for pf in (False, True)]
+    names = [quantize_name(d, v, p, k) for d in DTYPES for v in VECS[d] for p in PACKINGS
+             for k in range(max_steps(p) + 1)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
     return names
@@ -214,20 +220,27 @@ template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b
    caller asks for the test (CHECK_NAN) only there.                                    */
 template <int S, bool IDENT, bool CHECK_NAN>
 __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const float* s_b,
-                                            const qb_u8* s_ord, int kmax) {
-    /* no clamp: the host folded it into the table (bounds >= 1 are +inf; bounds < -1
-       dropped, ranks start after them) */
-    unsigned kb = s_bk[__float_as_uint(y) >> QB_BUCKET_SHIFT];   /* rank in bytes */
+                                            const qb_u32* s_ord4, qb_u32 kmax4) {
+    /* Returns 4 x the code index.  No clamp: the host folded it into the table (bounds
+       >= 1 are +inf; bounds < -1 dropped, ranks start after them).  Ranks and codes are
+       held times 4, as byte offsets into the 32-bit tables, so a compare needs no scaling
+       and the packer's shifts absorb the factor.                                       */
+    qb_u32 i = __float_as_uint(y);
+#ifdef __CUDA_ARCH__   /* kept a shift: NVVM would fold it into the index as (>> 18) & ~1 */
+    asm("shr.b32 %0, %0, %1;" : "+r"(i) : "n"(QB_BUCKET_SHIFT));
+#else
+    i >>= QB_BUCKET_SHIFT;
+#endif
+    qb_u32 kb = s_bk[i];
 #pragma unroll
     for (int s = (1 << S) >> 1; s > 0; s >>= 1) {         /* s_b[k + s - 1] */
         const float b = *reinterpret_cast<const float*>(
             reinterpret_cast<const char*>(s_b) + kb + 4u * (unsigned)(s - 1));
         if (b < y) kb += 4u * (unsigned)s;
     }
-    int k = (int)(kb >> 2);
-    if constexpr (CHECK_NAN) { if (y != y) k = kmax; }
-    if constexpr (IDENT) return (qb_u32)k;
-    else return (qb_u32)s_ord[k];
+    if constexpr (CHECK_NAN) { if (y != y) kb = kmax4; }
+    if constexpr (IDENT) return kb;
+    else return *reinterpret_cast<const qb_u32*>(reinterpret_cast<const char*>(s_ord4) + kb);
 }
 
 /* ---- quantize: absmax + scale + encode + pack, one pass -------------------------- */
@@ -275,11 +288,11 @@ template <typename T, int V, int PB, int S, bool IDENT>
 __device__ __forceinline__ void qb_quantize_body(
     const qb_u32 (&w)[V / QbWords<T>::per_word], qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, int K, qb_i64 e0,
-    const qb_u16* s_bk, const float* s_b, const qb_u8* s_ord, qb_u32* s_red)
+    const qb_u16* s_bk, const float* s_b, const qb_u32* s_ord4, qb_u32* s_red)
 {
     constexpr int PW = QbWords<T>::per_word;
     constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
-    const int kmax = K - 1;
+    const qb_u32 kmax4 = 4u * (qb_u32)(K - 1);
 
     qb_u32 m = QbAbsBits<T>::word(w[0]);
 #pragma unroll
@@ -327,69 +340,71 @@ __device__ __forceinline__ void qb_quantize_body(
 #pragma unroll
         for (int j = 0; j < V; ++j) y[j] = __fmul_rn(QbWords<T>::get(w[j / PW], j % PW), inv);
     }
+    /* Positions past n (the last, partial chunk, in the partial last block) hold +0.0, so
+       y = 0 / s = +0 encodes to the code of 0.0, the pad code, when the maximum is finite;
+       only a block with a NaN or Inf needs them set apart.                             */
     qb_u32 c[V];
     if (amax < __uint_as_float(0x7f800000u)) {            /* finite: y is never NaN */
 #pragma unroll
-        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false>(y[j], s_bk, s_b, s_ord, kmax);
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false>(y[j], s_bk, s_b, s_ord4, kmax4);
     } else {                                              /* NaN / Inf in the block: rare */
 #pragma unroll
-        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true>(y[j], s_bk, s_b, s_ord, kmax);
-    }
-    const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
-    if (nvalid < V) {                                     /* the last, partial chunk */
-        const qb_u32 zc = qb_encode<S, IDENT, false>(0.0f, s_bk, s_b, s_ord, kmax);   /* pad code */
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true>(y[j], s_bk, s_b, s_ord4, kmax4);
+        const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
+        if (nvalid < V) {
+            const qb_u32 zc = qb_encode<S, IDENT, false>(0.0f, s_bk, s_b, s_ord4, kmax4);
 #pragma unroll
-        for (int j = 0; j < V; ++j)
-            if (j >= nvalid) c[j] = zc;
+            for (int j = 0; j < V; ++j)
+                if (j >= nvalid) c[j] = zc;
+        }
     }
 
+    /* Little-endian 32-bit words of packed codes, the first code of a byte in its top
+       bits: code j of a word goes to bit 8 * (j / CPB) + (CPB - 1 - j % CPB) * PB, and
+       c = 4 x code, so each lands with one shift-add (the codes do not overlap).       */
     constexpr int CPB = (PB == 8) ? 1 : 8 / PB;           /* codes per byte */
     constexpr int NB = V / CPB;                           /* output bytes per thread */
-    qb_u32 b[NB];
+    constexpr int NO = (NB + 3) / 4;                      /* words (NB = 2: half of one) */
+    qb_u32 ow[NO];
 #pragma unroll
-    for (int i = 0; i < NB; ++i) {
+    for (int q = 0; q < NO; ++q) {
         qb_u32 acc = 0u;
 #pragma unroll
-        for (int k = 0; k < CPB; ++k) acc = (acc << PB) | c[i * CPB + k];
-        b[i] = acc & 0xffu;
+        for (int j = 0; j < 4 * CPB; ++j) {
+            if (q * 4 * CPB + j < V) {
+                const int bit = 8 * (j / CPB) + (CPB - 1 - j % CPB) * PB;
+                const qb_u32 cj = c[q * 4 * CPB + j];
+                acc += (bit >= 2) ? (cj << (bit - 2)) : (cj >> (2 - bit));
+            }
+        }
+        ow[q] = acc;
     }
     const qb_i64 o0 = e0 / CPB;
     const qb_i64 nbytes = (n + CPB - 1) / CPB;
     qb_u8* dst = packed + o0;
     if (o0 + NB <= nbytes) {
-        if constexpr (NB == 1) {
-            dst[0] = (qb_u8)b[0];
-        } else if constexpr (NB == 2) {
-            *reinterpret_cast<qb_u16*>(dst) = (qb_u16)(b[0] | (b[1] << 8));
+        if constexpr (NB == 2) {
+            *reinterpret_cast<qb_u16*>(dst) = (qb_u16)ow[0];
+        } else if constexpr (NB == 4) {
+            *reinterpret_cast<qb_u32*>(dst) = ow[0];
+        } else if constexpr (NB == 8) {
+            *reinterpret_cast<uint2*>(dst) = make_uint2(ow[0], ow[1]);
         } else {
-            constexpr int NO = NB / 4;
-            qb_u32 ow[NO];
 #pragma unroll
-            for (int q = 0; q < NO; ++q)
-                ow[q] = b[4 * q] | (b[4 * q + 1] << 8) | (b[4 * q + 2] << 16) | (b[4 * q + 3] << 24);
-            if constexpr (NB == 4) {
-                *reinterpret_cast<qb_u32*>(dst) = ow[0];
-            } else if constexpr (NB == 8) {
-                *reinterpret_cast<uint2*>(dst) = make_uint2(ow[0], ow[1]);
-            } else {
-#pragma unroll
-                for (int q = 0; q < NO / 4; ++q)
-                    reinterpret_cast<uint4*>(dst)[q] =
-                        make_uint4(ow[4 * q], ow[4 * q + 1], ow[4 * q + 2], ow[4 * q + 3]);
-            }
+            for (int q = 0; q < NO / 4; ++q)
+                reinterpret_cast<uint4*>(dst)[q] =
+                    make_uint4(ow[4 * q], ow[4 * q + 1], ow[4 * q + 2], ow[4 * q + 3]);
         }
     } else {
         for (int i = 0; i < NB; ++i)
-            if (o0 + i < nbytes) dst[i] = (qb_u8)b[i];
+            if (o0 + i < nbytes) dst[i] = (qb_u8)(ow[i / 4] >> (8 * (i % 4)));
     }
 }
 
 /* A CTA quantizes tiles of blockDim * V elements, grid-stride (the grid is capped at what
    the GPU holds at once, or a few times that), so the 16 KB bucket table is read once per
-   CTA, not once per tile.  PF: each thread issues the loads of its next tile before it
-   works on the current one, so they are in flight during its reductions, barriers and
-   encodes (twice the bytes in flight, NW more registers).                            */
-template <typename T, int V, int PB, int S, bool PF>
+   CTA, not once per tile.                                                             */
+template <typename T, int V, int PB, int S>
 __device__ __forceinline__ void qb_quantize(
     const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, const qb_u16* __restrict__ bucket,
@@ -399,37 +414,26 @@ __device__ __forceinline__ void qb_quantize(
     constexpr int NW = V / QbWords<T>::per_word;
     __shared__ __align__(16) qb_u16 s_bk[QB_N_BUCKETS];
     __shared__ float s_b[QB_MAX_BOUNDS];
-    __shared__ qb_u8 s_ord[QB_MAX_TABLE];
+    __shared__ qb_u32 s_ord4[QB_MAX_TABLE];
     __shared__ qb_u32 s_red[32];
     for (int i = threadIdx.x; i < QB_N_BUCKETS / 8; i += blockDim.x)   /* 16-byte copies */
         reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
     for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
-    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u8)order[i];
+    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord4[i] = 4u * (qb_u32)order[i];
     const qb_i64 tile = (qb_i64)blockDim.x * V;
     const qb_i64 stride = (qb_i64)gridDim.x * tile;
     const bool big = ((1 << log2B) / V) > 32;             /* maxima meet in shared memory */
-    qb_i64 t0 = (qb_i64)blockIdx.x * tile;
-    qb_u32 next[NW];
-    if constexpr (PF) {
-        if (t0 < n) qb_load<T, V>(x, n, vec_in, t0 + (qb_i64)threadIdx.x * V, next);
-    }
     __syncthreads();
-    for (; t0 < n; t0 += stride) {
+    for (qb_i64 t0 = (qb_i64)blockIdx.x * tile; t0 < n; t0 += stride) {
         const qb_i64 e0 = t0 + (qb_i64)threadIdx.x * V;
         qb_u32 w[NW];
-        if constexpr (PF) {
-#pragma unroll
-            for (int q = 0; q < NW; ++q) w[q] = next[q];
-            if (t0 + stride < n) qb_load<T, V>(x, n, vec_in, e0 + stride, next);
-        } else {
-            qb_load<T, V>(x, n, vec_in, e0, w);
-        }
+        qb_load<T, V>(x, n, vec_in, e0, w);
         if (ident)   /* uniform: the code table is sorted (NF4, ...), no order lookup */
             qb_quantize_body<T, V, PB, S, true>(w, packed, absmax, n, log2B, K, e0,
-                                                s_bk, s_b, s_ord, s_red);
+                                                s_bk, s_b, s_ord4, s_red);
         else
             qb_quantize_body<T, V, PB, S, false>(w, packed, absmax, n, log2B, K, e0,
-                                                 s_bk, s_b, s_ord, s_red);
+                                                 s_bk, s_b, s_ord4, s_red);
         if (big) __syncthreads();                         /* s_red is reused by the next tile */
     }
 }
@@ -474,17 +478,20 @@ __device__ __forceinline__ void qb_dequantize(
     const float* __restrict__ code, int K, int vec_in, int vec_out)
 {
     typedef typename T::storage S;
-    constexpr int NT = 1 << PB;                            /* table entries a code can index */
-    __shared__ float s_t[NT];
-    for (int i = threadIdx.x; i < NT; i += blockDim.x)
-        s_t[i] = (i < K) ? code[i] : __uint_as_float(0x7fc00000u);   /* unused codes: NaN */
+    constexpr int CPB = (PB == 8) ? 1 : 8 / PB;            /* codes per byte */
+    constexpr qb_u32 MASK = (PB == 8) ? 0xffu : ((1u << PB) - 1u);
+    /* by byte: the CPB table values its codes index, in order (unused codes: NaN), so one
+       shared load (8 or 16 bytes) serves a whole byte                                  */
+    __shared__ __align__(16) float s_tv[256 * CPB];
+    for (int i = threadIdx.x; i < 256 * CPB; i += blockDim.x) {
+        const int idx = (i / CPB >> ((CPB - 1 - i % CPB) * PB)) & (int)MASK;
+        s_tv[i] = (idx < K) ? code[idx] : __uint_as_float(0x7fc00000u);
+    }
     __syncthreads();
 
-    constexpr int CPB = (PB == 8) ? 1 : 8 / PB;            /* codes per byte */
     constexpr int E = 16 / (int)sizeof(S);                 /* outputs per 16-byte store */
     constexpr int U = (E > CPB) ? E : CPB;                 /* outputs per thread and step */
     constexpr int IB = U / CPB;                            /* input bytes per thread and step */
-    constexpr qb_u32 MASK = (PB == 8) ? 0xffu : ((1u << PB) - 1u);
     const qb_i64 nbytes = (n + CPB - 1) / CPB;
     const qb_i64 u0 = (qb_i64)blockIdx.x * (STEPS * (qb_i64)blockDim.x) + threadIdx.x;
     const qb_i64 tile_end = (u0 - threadIdx.x + (qb_i64)STEPS * blockDim.x) * U;
@@ -508,23 +515,34 @@ __device__ __forceinline__ void qb_dequantize(
 #pragma unroll
         for (int q = 0; q < STEPS; ++q) {
             const qb_i64 e = (u0 + (qb_i64)q * blockDim.x) * U;
+            float r[U];
+#pragma unroll
+            for (int i = 0; i < IB; ++i) {                 /* byte i holds values i*CPB.. */
+                const qb_u32 byte = (w[q][i / 4] >> (8 * (i % 4))) & 0xffu;
+                float t[CPB];
+                if constexpr (CPB == 1) {
+                    t[0] = s_tv[byte];
+                } else if constexpr (CPB == 2) {
+                    const float2 t2 = reinterpret_cast<const float2*>(s_tv)[byte];
+                    t[0] = t2.x; t[1] = t2.y;
+                } else {
+#pragma unroll
+                    for (int v = 0; v < CPB / 4; ++v) {
+                        const float4 t4 = reinterpret_cast<const float4*>(s_tv)[byte * (CPB / 4) + v];
+                        t[4 * v] = t4.x; t[4 * v + 1] = t4.y; t[4 * v + 2] = t4.z; t[4 * v + 3] = t4.w;
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < CPB; ++k) r[i * CPB + k] = __fmul_rn(t[k], a[q]);
+            }
             qb_u32 o[U * (int)sizeof(S) / 4];
 #pragma unroll
             for (int i = 0; i < U; i += 2) {
-                float r2[2];
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int j = i + h;
-                    const qb_u32 byte = (w[q][(j / CPB) / 4] >> (8 * ((j / CPB) % 4))) & 0xffu;
-                    const qb_u32 idx = (PB == 8) ? byte
-                                                 : ((byte >> ((CPB - 1 - (j % CPB)) * PB)) & MASK);
-                    r2[h] = __fmul_rn(s_t[idx], a[q]);
-                }
                 if constexpr (sizeof(S) == 4) {
-                    o[i] = __float_as_uint(r2[0]);
-                    o[i + 1] = __float_as_uint(r2[1]);
+                    o[i] = __float_as_uint(r[i]);
+                    o[i + 1] = __float_as_uint(r[i + 1]);
                 } else {
-                    o[i / 2] = QbPack<T>::two(r2[0], r2[1]);
+                    o[i / 2] = QbPack<T>::two(r[i], r[i + 1]);
                 }
             }
             uint4* dst = reinterpret_cast<uint4*>(out + e);
@@ -542,29 +560,28 @@ __device__ __forceinline__ void qb_dequantize(
             if (e >= n) break;
             const qb_i64 o = e / CPB;
             const qb_u32 byte = (o < nbytes) ? (qb_u32)packed[o] : 0u;
-            const qb_u32 idx = (PB == 8) ? byte : ((byte >> ((CPB - 1 - (int)(e % CPB)) * PB)) & MASK);
-            out[e] = qb_from_f32<T>(__fmul_rn(s_t[idx], absmax[e >> log2B]));
+            out[e] = qb_from_f32<T>(__fmul_rn(s_tv[byte * CPB + (int)(e % CPB)], absmax[e >> log2B]));
         }
     }
 }
 """
 
 
-def _min_ctas(dtype: str, prefetch: bool) -> int:
-    """CTAs of 512 an SM must hold (the register budget: 3 -> 40 registers, 2 -> 64).  The
-    16-bit prefetch variants hold 8 more words than 40 registers allow without spilling."""
-    return 2 if prefetch and dtype != "f32" else 3
+def _min_ctas(vec: int) -> int:
+    """CTAs of 512 an SM must hold: the register budget (3 -> 40 registers, 2 -> 64).  32
+    values a thread need 64 (at 40 they spill); 16 fit in 40 (NVRTC 13, sm_90)."""
+    return 2 if vec > 16 else 3
 
 
-def _quantize_wrapper(dtype: str, packing: int, steps: int, prefetch: bool) -> str:
+def _quantize_wrapper(dtype: str, vec: int, packing: int, steps: int) -> str:
     t = _TYPE[dtype]
     return (
-        f'extern "C" __global__ void __launch_bounds__(512, {_min_ctas(dtype, prefetch)}) '
-        f'{quantize_name(dtype, packing, steps, prefetch)}(\n'
+        f'extern "C" __global__ void __launch_bounds__(512, {_min_ctas(vec)}) '
+        f'{quantize_name(dtype, vec, packing, steps)}(\n'
         f"    const {t}::storage* x, qb_u8* packed, float* absmax, qb_i64 n, int log2B,\n"
         f"    const qb_u16* bucket, const float* bounds, int nbounds, const int* order, int K,\n"
         f"    int ident, int vec_in) {{\n"
-        f"  qb_quantize<{t}, {VEC[dtype]}, {packing}, {steps}, {'true' if prefetch else 'false'}>"
+        f"  qb_quantize<{t}, {vec}, {packing}, {steps}>"
         f"(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K, ident, vec_in);\n}}\n"
     )
 
@@ -631,10 +648,10 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_N_BUCKETS {N_BUCKETS}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
-            for k in range(max_steps(p) + 1):
-                for pf in (False, True):
-                    if quantize_name(d, p, k, pf) in wanted:
-                        parts.append(_quantize_wrapper(d, p, k, pf))
+            for v in VECS[d]:
+                for k in range(max_steps(p) + 1):
+                    if quantize_name(d, v, p, k) in wanted:
+                        parts.append(_quantize_wrapper(d, v, p, k))
             if dequantize_name(d, p) in wanted:
                 parts.append(_dequantize_wrapper(d, p))
     if wanted & {NESTED_QUANT_NAME, NESTED_DEQUANT_NAME}:
