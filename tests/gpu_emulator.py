@@ -276,8 +276,8 @@ def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec
         return packed, absmax
     tabs = encoder_tables(code, search_size(packing))
     # a grid of two CTAs: each loops over several tiles, as on a GPU (grid-stride)
-    grid, cta = quantize_launch(n, key, blocksize, sms=2, per_sm=1)
-    emulator().launch(K.quantize_name(key, K.quantize_vec(key, blocksize), packing, tabs.steps), grid, cta, xs,
+    grid, cta = quantize_launch(n, key, blocksize, packing, sms=2, per_sm=1)
+    emulator().launch(K.quantize_name(key, K.quantize_vec(key, blocksize, packing), packing, tabs.steps), grid, cta, xs,
                       packed, absmax, n,
                       log2b, np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
                       int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K,

@@ -148,7 +148,7 @@ def test_every_vector_width_loops_over_tiles(cp, monkeypatch, dtype, name, bits,
     d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, bs, x.size, dtype)
     assert np.array_equal(np.asarray(d).view(np.uint8), d_ref.view(np.uint8))
     qname = [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][-1]
-    v = 16 if dtype is np.float32 or bs == 16 else 32
+    v = 16 if dtype is np.float32 or bs == 16 or bits == 8 else 32
     assert qname.startswith(f"qb_quantize_{G._dtype_key(dtype)}_v{v}_")
     grid, cta = [(g[0], b[0]) for n, g, b in cp.launches if n == qname][-1]
     tile = cta * v

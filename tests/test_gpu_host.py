@@ -74,11 +74,13 @@ def test_dtype_keys(dtype, key):
         G._dtype_key(np.float64)
 
 
-@pytest.mark.parametrize("key,bs", [("f32", 16), ("f32", 4096), ("f16", 16), ("bf16", 4096)])
-def test_quantize_launch_shape(key, bs):
+@pytest.mark.parametrize("packing", [4, 8])
+@pytest.mark.parametrize("key,bs", [("f32", 16), ("f32", 4096), ("f16", 16), ("f16", 32), ("bf16", 4096)])
+def test_quantize_launch_shape(key, bs, packing):
     n = 100_003
-    grid, cta = G.quantize_launch(n, key, bs)
-    v = K.quantize_vec(key, bs)
+    grid, cta = G.quantize_launch(n, key, bs, packing)
+    v = K.quantize_vec(key, bs, packing)
+    assert v == (32 if key != "f32" and bs >= 32 and packing < 8 else 16)
     assert v <= bs and cta % 32 == 0 and cta <= 512 and cta % max(1, bs // v) == 0
     assert grid * cta * v >= n > (grid - 1) * cta * v
 

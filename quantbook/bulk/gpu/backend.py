@@ -186,15 +186,15 @@ def _blocks(count: int, per: int) -> int:
     return max(1, -(-count // per))
 
 
-def quantize_launch(n: int, dtype_key: str, blocksize: int, sms: int | None = None,
+def quantize_launch(n: int, dtype_key: str, blocksize: int, packing: int, sms: int | None = None,
                     per_sm: int | None = None) -> tuple[int, int]:
     """(grid, block) of a quantize kernel: V values a thread (``kernels.quantize_vec``),
-    blocksize/V threads a quantization block, CTA = max(256, blocksize/V).
+    blocksize/V threads a quantization block, CTA = max(QUANTIZE_MIN_CTA, blocksize/V).
     The CTAs loop over tiles, so with ``sms`` (the GPU's multiprocessor count) the grid is
     capped at what the GPU holds at once (``per_sm`` CTAs each, when known): one wave, and
     each CTA reads the encoder tables once."""
-    v = K.quantize_vec(dtype_key, blocksize)
-    cta = max(256, blocksize // v)
+    v = K.quantize_vec(dtype_key, blocksize, packing)
+    cta = max(QUANTIZE_MIN_CTA, blocksize // v)
     grid = _blocks(-(-n // v), cta)
     if sms and QUANTIZE_WAVES:
         grid = min(grid, sms * (per_sm or max(1, 2048 // cta)) * QUANTIZE_WAVES)
@@ -203,6 +203,8 @@ def quantize_launch(n: int, dtype_key: str, blocksize: int, sms: int | None = No
 
 #: quantize grids hold at most this many times what the GPU runs at once (0: no cap)
 QUANTIZE_WAVES = 1
+#: threads of a quantize CTA at least (more when a block's group is larger)
+QUANTIZE_MIN_CTA = 256
 
 
 def _sm_count() -> int:
@@ -266,9 +268,9 @@ def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
     if n == 0:
         return packed, absmax
     tabs = encoder_tables(code, search_size(packing))
-    fn = _kernel(K.quantize_name(key, K.quantize_vec(key, blocksize), packing, tabs.steps))
-    _, cta = quantize_launch(n, key, blocksize)
-    grid, cta = quantize_launch(n, key, blocksize, _sm_count(), _resident(fn, cta))
+    fn = _kernel(K.quantize_name(key, K.quantize_vec(key, blocksize, packing), packing, tabs.steps))
+    _, cta = quantize_launch(n, key, blocksize, packing)
+    grid, cta = quantize_launch(n, key, blocksize, packing, _sm_count(), _resident(fn, cta))
     vec_in = int(xd.data.ptr % 16 == 0)
     fn((grid,), (cta,),
        (xd, packed, absmax, np.int64(n), np.int32(log2b), _device_const(tabs.bucket),

@@ -43,15 +43,16 @@ DTYPES = ("f32", "f16", "bf16")
 PACKINGS = (1, 2, 4, 8)
 
 #: values a quantize thread may hold, by dtype (64 bytes of input; 32 bytes for the 16-bit
-#: types' blocks of 16)
+#: types' blocks of 16 and codes of a byte)
 VECS = {"f32": (16,), "f16": (16, 32), "bf16": (16, 32)}
 
 
-def quantize_vec(dtype: str, blocksize: int) -> int:
-    """Values a quantize thread holds: the most of :data:`VECS` that fit in a block.  More
-    values a thread make the groups that share a block maximum smaller (fewer warps meet at a
-    barrier) and spread each thread's fixed work over more values."""
-    return max(v for v in VECS[dtype] if v <= blocksize)
+def quantize_vec(dtype: str, blocksize: int, packing: int) -> int:
+    """Values a quantize thread holds: the most of :data:`VECS` that fit in a block, and 16
+    for codes of a byte.  More values a thread make the groups that share a block maximum
+    smaller (fewer warps meet at a barrier) and spread each thread's fixed work over more
+    values; a byte a code gains nothing from 32 (docs/benchmarks.md)."""
+    return max(v for v in VECS[dtype] if v <= blocksize and (v <= 16 or packing < 8))
 #: outputs a dequantize thread writes in total (over its steps)
 DEQ_PER_THREAD = 32
 #: threads of a dequantize CTA
