@@ -195,7 +195,7 @@ def test_nested_helpers(cp):
 def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     """benchmarks/bench_quantize_gpu.py end to end on the stand-in (timings are fake)."""
     bench = load_benchmark(cp, monkeypatch, "bench_quantize_gpu")
-    assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14",
+    assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14", "--warmup", "0.01",
                        "--blocksizes", "16,4096", "--bits", "2,4,8"]) == 0
     out = capsys.readouterr().out
     assert "DIFFER" not in out
