@@ -103,6 +103,34 @@ def test_dequantize_rejects_a_tampered_state(field, value, match):
         qb.dequantize(packed, st)
 
 
+@pytest.mark.parametrize("scale,B,bad", [("e4m3", 16, 0x7F), ("e4m3", 16, 0xFF), ("e8m0:floor", 32, 0xFF),
+                                           ("float16", 16, 0x7C00), ("float16", 16, 0xBC00)])
+@pytest.mark.parametrize("where", [0, 5, -1])
+def test_dequantize_rejects_a_damaged_stored_scale(scale, B, bad, where):
+    """A stored scale whose bits decode to NaN, Inf or a negative scale, at either end or
+    inside: refused with the block named (the check reads the rule's decode table)."""
+    x = np.random.default_rng(3).standard_normal(B * 40).astype(np.float32)
+    packed, st = qb.quantize(x, "e2m1", B, scale=scale)
+    qb.dequantize(packed, st)
+    stored = st.absmax.copy()
+    stored.view(f"u{stored.itemsize}")[where] = bad
+    st.absmax = stored
+    with pytest.raises(ValueError, match=rf"absmax entry {where % 40} .*decodes to a negative or non-finite"):
+        qb.dequantize(packed, st)
+
+
+def test_stored_scales_around_a_bad_code_are_accepted():
+    """Stored values on both sides of a bad code (e4m3: 0x7F is NaN) but not the code itself:
+    decoded, not refused (-0.0 is not negative)."""
+    x = np.random.default_rng(4).standard_normal(16 * 8).astype(np.float32)
+    packed, st = qb.quantize(x, "e2m1", 16, scale="e4m3")
+    stored = st.absmax.copy()
+    stored[0] = 0x80                           # -0.0: a zero scale
+    st.absmax = stored
+    out = qb.dequantize(packed, st)
+    assert np.all(out[:16] == 0) and np.isfinite(out).all()
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("nested_offset", None, "finite number"),
     ("nested_offset", float("nan"), "finite number"),

@@ -210,10 +210,12 @@ class QuantState:
         if lookup is None:
             s = self.absmax_f32()
             ok = np.isfinite(s) & ((s >= 0) | rule.signed)
-        else:   # check the (at most 2**16) table entries, and the blocks only if one is bad
+        else:   # the table entries between the smallest and largest stored value, and the
+            # blocks one by one only when a bad entry lies there (two passes over bytes)
             table, index = lookup
             good = np.isfinite(table) & ((table >= 0) | rule.signed)
-            ok = good[index] if not good.all() else np.ones(0, dtype=bool)
+            lo, hi = (int(index.min()), int(index.max())) if index.size else (0, -1)
+            ok = np.ones(0, dtype=bool) if good[lo:hi + 1].all() else good[index]
         if ok.size and not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             what = "non-finite" if rule.signed else "negative or non-finite"
