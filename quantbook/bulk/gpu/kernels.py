@@ -27,6 +27,7 @@ Kernels (``extern "C"``; one instantiation per name):
   the code of 0.0.  ``V`` values a thread (:func:`quantize_vec`), loaded 16 bytes at a
   time; CTAs loop over tiles (grid-stride).
 * ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``;
+  a packed byte's table values come from one shared load (a per-CTA table by byte), and
   each warp-wide store writes one contiguous run (16 bytes a thread).
 * ``qb_quantize_absmax_nested`` — bitsandbytes' CPU 8-bit blockwise quantizer for the
   nested absmax: blocks of 256 over ``d = absmax - offset``, ``a = max|d|`` (0 -> codes 0),
@@ -53,6 +54,8 @@ def quantize_vec(dtype: str, blocksize: int, packing: int) -> int:
     smaller (fewer warps meet at a barrier) and spread each thread's fixed work over more
     values; a byte a code gains nothing from 32 (docs/benchmarks.md)."""
     return max(v for v in VECS[dtype] if v <= blocksize and (v <= 16 or packing < 8))
+
+
 #: outputs a dequantize thread writes in total (over its steps)
 DEQ_PER_THREAD = 32
 #: threads of a dequantize CTA
