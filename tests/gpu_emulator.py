@@ -149,7 +149,7 @@ def _launchers() -> str:
     for d in K.DTYPES:
         st = "float" if d == "f32" else "unsigned short"
         for p in K.PACKINGS:
-            for v, k in ((v, k) for v in K.VECS[d] for k in range(K.max_steps(p) + 1)):
+            for v, k in ((v, k) for v in K.quantize_vecs(d, p) for k in range(K.max_steps(p) + 1)):
                 q = K.quantize_name(d, v, p, k)
                 out.append(
                     f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'

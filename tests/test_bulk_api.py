@@ -103,20 +103,30 @@ def test_dequantize_rejects_a_tampered_state(field, value, match):
         qb.dequantize(packed, st)
 
 
-@pytest.mark.parametrize("scale,B,bad", [("e4m3", 16, 0x7F), ("e4m3", 16, 0xFF), ("e8m0:floor", 32, 0xFF),
-                                           ("float16", 16, 0x7C00), ("float16", 16, 0xBC00)])
+@pytest.mark.parametrize("cb,scale,B,bad", [
+    ("e2m1", "e4m3", 16, 0x7F), ("e2m1", "e4m3", 16, 0xFF), ("e2m1", "e8m0:floor", 32, 0xFF),
+    ("e2m1", "float16", 16, 0x7C00), ("e2m1", "float16", 16, 0xBC00),
+    ("iq4_nl", "search:ggml", 32, 0x7C00), ("iq4_nl", "search:ggml", 32, 0xFE00)])
 @pytest.mark.parametrize("where", [0, 5, -1])
-def test_dequantize_rejects_a_damaged_stored_scale(scale, B, bad, where):
-    """A stored scale whose bits decode to NaN, Inf or a negative scale, at either end or
-    inside: refused with the block named (the check reads the rule's decode table)."""
+def test_dequantize_rejects_a_damaged_stored_scale(cb, scale, B, bad, where):
+    """A stored scale whose bits decode to NaN, Inf or a negative scale (where the rule is
+    unsigned), at either end or inside: refused with the block named (the check reads the
+    rule's decode table; a signed rule's codes lie on both sides of the sign bit)."""
     x = np.random.default_rng(3).standard_normal(B * 40).astype(np.float32)
-    packed, st = qb.quantize(x, "e2m1", B, scale=scale)
+    packed, st = qb.quantize(x, cb, B, scale=scale)
     qb.dequantize(packed, st)
     stored = st.absmax.copy()
     stored.view(f"u{stored.itemsize}")[where] = bad
     st.absmax = stored
-    with pytest.raises(ValueError, match=rf"absmax entry {where % 40} .*decodes to a negative or non-finite"):
+    with pytest.raises(ValueError, match=rf"absmax entry {where % 40} .*decodes to a .*non-finite"):
         qb.dequantize(packed, st)
+
+
+def test_a_signed_rules_negative_scales_are_accepted():
+    x = np.random.default_rng(5).standard_normal(32 * 40).astype(np.float32)
+    packed, st = qb.quantize(x, "iq4_nl", 32, scale="search:ggml")
+    assert (st.absmax < 0).any() and (st.absmax > 0).any()
+    assert np.isfinite(qb.dequantize(packed, st)).all()
 
 
 def test_stored_scales_around_a_bad_code_are_accepted():

@@ -117,11 +117,12 @@ def test_quantize_dequantize_roundtrip_through_the_backend(cp, dtype, name, bits
 def test_nonfinite_blocks_code_as_numpy(cp, dtype, name, bits, bs):
     """quantize_gpu on blocks holding NaN or Inf (the api never lets them through, the kernel
     still defines them): codes and maxima as numpy's, NaN ranking last.  Only such blocks take
-    the kernel's NaN test; the finite ones beside them must not."""
+    the kernel's NaN test; the finite ones beside them must not.  The ragged last block holds
+    a NaN, so the positions past n (0 / NaN) must still get the code of 0.0."""
     rng = np.random.default_rng(bs)
     code = np.asarray(registry.get(name).code, np.float32)
     x = rng.standard_normal(4 * bs + 7).astype(dtype)
-    x[3], x[bs + 5], x[2 * bs], x[2 * bs + 1], x[-2] = np.nan, np.inf, -np.inf, np.nan, np.inf
+    x[3], x[bs + 5], x[2 * bs], x[2 * bs + 1], x[-2] = np.nan, np.inf, -np.inf, np.nan, np.nan
     p, a = G.quantize_gpu(fake_device(x), code, bits, bs)
     p_ref, a_ref = R.quantize_reference(x, code, bits, bs)
     assert np.array_equal(p, p_ref)

@@ -20,8 +20,8 @@ from quantbook.bulk.gpu.compile import compile_source
 
 
 
-SAMPLE = sorted({K.quantize_name(d, v, p, 1) for d in K.DTYPES for v in K.VECS[d] for p in K.PACKINGS}
-                | {K.quantize_name("f16", v, p, k) for v in K.VECS["f16"] for p in K.PACKINGS
+SAMPLE = sorted({K.quantize_name(d, v, p, 1) for d in K.DTYPES for p in K.PACKINGS for v in K.quantize_vecs(d, p)}
+                | {K.quantize_name("f16", v, p, k) for p in K.PACKINGS for v in K.quantize_vecs("f16", p)
                    for k in (0, K.max_steps(p))}
                 | {n for n in K.all_kernel_names() if not n.startswith("qb_quantize_")}
                 | {K.NESTED_QUANT_NAME})
@@ -36,6 +36,7 @@ def test_sample_covers_every_kernel_family():
     assert {_family(n) for n in K.all_kernel_names()} == {_family(n) for n in SAMPLE}
     assert {n.split("_p")[0] for n in SAMPLE if n.startswith("qb_quantize_") and n != K.NESTED_QUANT_NAME} == \
         {f"qb_quantize_{d}_v{v}" for d in K.DTYPES for v in K.VECS[d]}
+    assert not any("_v32_p8_" in n for n in K.all_kernel_names())   # never launched
 
 
 @pytest.mark.parametrize("arch", ["sm_80"])     # sm_90: test_no_kernel_spills_registers

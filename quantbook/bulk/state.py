@@ -53,6 +53,23 @@ def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = Fal
     return a
 
 
+def _entries_good(good: np.ndarray, index: np.ndarray, signed: bool) -> bool:
+    """Whether every ``good`` entry between the smallest and largest of ``index`` is True
+    (for ``signed``, of the codes below and at or above the sign bit separately): a
+    sufficient test that every block's entry is good."""
+    if not index.size:
+        return True
+    if not signed:
+        return bool(good[int(index.min()):int(index.max()) + 1].all())
+    half = 1 << (8 * index.itemsize - 1)
+    umin, umax = int(index.min()), int(index.max())
+    signed_view = index.view(f"i{index.itemsize}")   # codes at or above the sign bit first
+    smin, smax = int(signed_view.min()), int(signed_view.max())
+    if umin < half and not good[umin:smax + 1].all():          # codes below the sign bit
+        return False
+    return not (umax >= half and not good[smin + 2 * half:umax + 1].all())
+
+
 def _array(what: str, v: Any, dtype) -> np.ndarray:
     """A flat contiguous copy of a field, refusing casts that would change its values
     (float scales read as uint8 codes, or the reverse)."""
@@ -210,12 +227,12 @@ class QuantState:
         if lookup is None:
             s = self.absmax_f32()
             ok = np.isfinite(s) & ((s >= 0) | rule.signed)
-        else:   # the table entries between the smallest and largest stored value, and the
-            # blocks one by one only when a bad entry lies there (two passes over bytes)
+        else:   # the table entries between the smallest and largest stored value (of each
+            # sign, for a signed rule, whose codes straddle the sign bit), and the blocks one by
+            # one only when a bad entry lies there: a few passes over bytes, not a gather
             table, index = lookup
             good = np.isfinite(table) & ((table >= 0) | rule.signed)
-            lo, hi = (int(index.min()), int(index.max())) if index.size else (0, -1)
-            ok = np.ones(0, dtype=bool) if good[lo:hi + 1].all() else good[index]
+            ok = np.ones(0, dtype=bool) if _entries_good(good, index, rule.signed) else good[index]
         if ok.size and not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             what = "non-finite" if rule.signed else "negative or non-finite"

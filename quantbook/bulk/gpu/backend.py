@@ -203,7 +203,8 @@ def quantize_launch(n: int, dtype_key: str, blocksize: int, packing: int, sms: i
 
 #: quantize grids hold at most this many times what the GPU runs at once (0: no cap)
 QUANTIZE_WAVES = 1
-#: threads of a quantize CTA at least (more when a block's group is larger)
+#: threads of a quantize CTA at least (a block's group of threads, blocksize / V, is at most
+#: 256 today)
 QUANTIZE_MIN_CTA = 256
 
 

@@ -48,12 +48,17 @@ PACKINGS = (1, 2, 4, 8)
 VECS = {"f32": (16,), "f16": (16, 32), "bf16": (16, 32)}
 
 
+def quantize_vecs(dtype: str, packing: int) -> tuple[int, ...]:
+    """The values a thread a quantize kernel of this dtype and packing is built for: 32 only
+    for sub-byte codes (a byte a code gains nothing from it; docs/benchmarks.md)."""
+    return tuple(v for v in VECS[dtype] if v <= 16 or packing < 8)
+
+
 def quantize_vec(dtype: str, blocksize: int, packing: int) -> int:
-    """Values a quantize thread holds: the most of :data:`VECS` that fit in a block, and 16
-    for codes of a byte.  More values a thread make the groups that share a block maximum
-    smaller (fewer warps meet at a barrier) and spread each thread's fixed work over more
-    values; a byte a code gains nothing from 32 (docs/benchmarks.md)."""
-    return max(v for v in VECS[dtype] if v <= blocksize and (v <= 16 or packing < 8))
+    """Values a quantize thread holds: the most of :func:`quantize_vecs` that fit in a block.
+    More values a thread make the groups that share a block maximum smaller (fewer warps meet
+    at a barrier) and spread each thread's fixed work over more values."""
+    return max(v for v in quantize_vecs(dtype, packing) if v <= blocksize)
 
 
 #: outputs a dequantize thread writes in total (over its steps)
@@ -99,7 +104,7 @@ NESTED_DEQUANT_NAME = "qb_dequantize_absmax_nested"
 
 
 def all_kernel_names() -> list[str]:
-    names = [quantize_name(d, v, p, k) for d in DTYPES for v in VECS[d] for p in PACKINGS
+    names = [quantize_name(d, v, p, k) for d in DTYPES for p in PACKINGS for v in quantize_vecs(d, p)
              for k in range(max_steps(p) + 1)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
@@ -248,7 +253,7 @@ __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const f
 }
 
 /* ---- quantize: absmax + scale + encode + pack, one pass -------------------------- */
-/* A thread's V elements from e0 as 32-bit words: two 16-byte loads, or element by element
+/* A thread's V elements from e0 as 32-bit words: 16-byte loads, or element by element
    for the tail and unaligned arrays (zeros past n). */
 template <typename T, int V>
 __device__ __forceinline__ void qb_load(const typename T::storage* __restrict__ x, qb_i64 n,
@@ -282,7 +287,7 @@ __device__ __forceinline__ void qb_load(const typename T::storage* __restrict__ 
     }
 }
 
-/* Each thread owns V consecutive elements (two 16-byte loads); a quantization block of
+/* Each thread owns V consecutive elements (16-byte loads); a quantization block of
    B = 2^log2B elements is G = B / V consecutive threads.  G <= 32: xor-shuffles inside
    the warp; G > 32: the CTA size is a multiple of G and the warps of a group combine
    their maxima through shared memory.  Every thread takes part in the reductions
@@ -572,7 +577,7 @@ __device__ __forceinline__ void qb_dequantize(
 
 
 def _min_ctas(vec: int) -> int:
-    """CTAs of 512 an SM must hold: the register budget (3 -> 40 registers, 2 -> 64).  32
+    """The register budget, as ``__launch_bounds__(512, N)``: N = 3 -> 40 registers, 2 -> 64.  32
     values a thread need 64 (at 40 they spill); 16 fit in 40 (NVRTC 13, sm_90)."""
     return 2 if vec > 16 else 3
 
@@ -652,7 +657,7 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_N_BUCKETS {N_BUCKETS}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
-            for v in VECS[d]:
+            for v in quantize_vecs(d, p):
                 for k in range(max_steps(p) + 1):
                     if quantize_name(d, v, p, k) in wanted:
                         parts.append(_quantize_wrapper(d, v, p, k))
