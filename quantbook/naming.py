@@ -47,6 +47,7 @@ from typing import Any, Sequence
 
 from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF
+from .errors import NotFoundError
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "depends_on_block_size", "UnknownCodebookError",
            "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
@@ -58,10 +59,8 @@ GRAMMAR = "a registry name, FILE.json, nfK (K = 2..8) or lloyd-l1|l2[-B][-Kbit][
 MAX_BLOCK_SIZE = 10**7
 
 
-class UnknownCodebookError(CodebookError, KeyError):
+class UnknownCodebookError(CodebookError, NotFoundError):
     """A spelling that names no codebook.  Also a KeyError, as a registry lookup is."""
-
-    __str__ = BaseException.__str__  # KeyError's own str() would quote the message
 
 
 
@@ -139,7 +138,7 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
             return REGISTRY["nf4"].codebook
         from .derive.normal_float import nf
 
-        return nf(k).replace(name=text.lower())
+        return nf(k)   # named nfK by its recipe: NF05 reads back as nf5
     m = _LLOYD.match(text)
     if m:
         return _lloyd(_lloyd_options(text, m, block_size))   # named in full: lloyd-l2 at B = 64 is lloyd-l2-64

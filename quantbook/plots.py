@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io.files import check_output_path, write_output
+from .scales import DEFAULT_QMAX
 
 __all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_model_quality", "plot_format",
            "check_plot_path", "SWEEP_BLOCK_SIZES"]
@@ -192,7 +193,7 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
     src = getattr(source, "spec", source)
     # the layout is part of what the numbers mean
     layout = "" if scale is None else (f", scale {getattr(scale, 'name', scale)}, qmax "
-                                       f"{6.0 if qmax is None else qmax:g}")
+                                       f"{DEFAULT_QMAX if qmax is None else qmax:g}")
     norm = "" if normalization == "absmax" else f", {normalization}"
     if domain == "weight":
         units = {"mse": "MSE of the weights (σ²)", "mae": "MAE of the weights (σ)"}

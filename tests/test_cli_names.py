@@ -65,6 +65,7 @@ def test_nf_k_is_normalfloat_with_k_bits():
 
     cb = resolve_codebook("NF3")
     assert cb.name == "nf3" and cb.bits == 3 and cb.n_levels == 8
+    assert resolve_codebook("NF05").name == "nf5" == resolve_codebook(resolve_codebook("NF05").name).name
     # NF3 from its definition: 4 positive and 3 negative normal quantiles at the offset
     # (1 - 1/(2*7) + 1 - 1/(2*8)) / 2 = 209/224, plus 0, each side scaled to 1
     off = 209 / 224

@@ -145,6 +145,11 @@ def test_cli_task_refuses_a_weights_file_transformers_would_not_read(capsys, tmp
     rc, _, err = run(capsys, "evaluate-model", str(other), "--task", "embed", "--text", str(tmp_path / "t.txt"))
     assert rc == 2 and "not from finetuned.safetensors" in err and err.count("\n") == 1
 
+    # a misshapen shard index (lists, not file names) counts as none: the same one-line error
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": ["x"]}}')
+    rc, _, err = run(capsys, "evaluate-model", str(other), "--task", "embed", "--text", str(tmp_path / "t.txt"))
+    assert rc == 2 and "not from finetuned.safetensors" in err and err.count("\n") == 1
+
 
 def test_cli_weight_error_of_a_directory_says_what_to_do(capsys, tmp_path):
     rc, _, err = run(capsys, "evaluate-model", str(tmp_path), "-c", "nf4")

@@ -38,7 +38,6 @@ def test_bits_per_weight(name, block, bpw):
     assert get_rule(name).bits_per_weight(block) == bpw
 
 
-@_need_ml
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 def test_tensor_scales_at_the_ends_of_float32(backend):
     """e4m3: a tensor maximum so small that a clamped block's factor (1/t)/2**-6 overflows, or
@@ -66,6 +65,7 @@ def test_tensor_scales_at_the_ends_of_float32(backend):
     assert st.absmax[0] == 254 and packed[0] & 0xF == 7    # saturated at the largest scale
 
 
+@_need_ml
 def test_e4m3_rounding_matches_ml_dtypes():
     rng = np.random.default_rng(0)
     v = np.exp2(rng.uniform(-6, np.log2(448), 200000)).astype(np.float32)

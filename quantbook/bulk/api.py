@@ -18,7 +18,7 @@ from .backend import BACKENDS, Backend, get_backend, is_device_array
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
 from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
-from ..scales import get_rule
+from ..scales import DEFAULT_QMAX, get_rule
 
 __all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names"]
 
@@ -121,7 +121,7 @@ def _sanitize(x: np.ndarray, block_size: int) -> np.ndarray:
 
 def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool = False,
              backend: str = "auto", *, allow_nonfinite: bool = False, bits: int | None = None,
-             torch_threads: int = 1, scale: Any = None, qmax: float = 6.0) -> tuple[Any, QuantState]:
+             torch_threads: int = 1, scale: Any = None, qmax: float = DEFAULT_QMAX) -> tuple[Any, QuantState]:
     """Block-wise quantize ``x`` with a codebook; returns ``(packed, state)``.
 
     Parameters

@@ -53,14 +53,13 @@ def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = Fal
     return a
 
 
-def _entries_good(good: np.ndarray, index: np.ndarray, signed: bool) -> bool:
-    """Whether every ``good`` entry between the smallest and largest of ``index`` is True
-    (for ``signed``, of the codes below and at or above the sign bit separately): a
-    sufficient test that every block's entry is good."""
+def _entries_good(good: np.ndarray, index: np.ndarray) -> bool:
+    """Whether every ``good`` entry from the smallest to the largest ``index`` below the sign
+    bit, and likewise at or above it, is True: a sufficient test that every block's entry is
+    good (a signed rule's codes lie on both sides of the sign bit), in four passes over the
+    stored bytes instead of a gather."""
     if not index.size:
         return True
-    if not signed:
-        return bool(good[int(index.min()):int(index.max()) + 1].all())
     half = 1 << (8 * index.itemsize - 1)
     umin, umax = int(index.min()), int(index.max())
     signed_view = index.view(f"i{index.itemsize}")   # codes at or above the sign bit first
@@ -223,16 +222,18 @@ class QuantState:
                 raise ValueError(f"scale rule {rule.name} needs a positive finite tensor_scale, got {ts!r}")
         elif ts is not None:
             raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
+        def valid(v: np.ndarray) -> np.ndarray:
+            return np.isfinite(v) & ((v >= 0) | rule.signed)
+
         lookup = self.scale_lookup()
         if lookup is None:
-            s = self.absmax_f32()
-            ok = np.isfinite(s) & ((s >= 0) | rule.signed)
-        else:   # the table entries between the smallest and largest stored value (of each
-            # sign, for a signed rule, whose codes straddle the sign bit), and the blocks one by
-            # one only when a bad entry lies there: a few passes over bytes, not a gather
-            table, index = lookup
-            good = np.isfinite(table) & ((table >= 0) | rule.signed)
-            ok = np.ones(0, dtype=bool) if _entries_good(good, index, rule.signed) else good[index]
+            ok = valid(self.absmax_f32())
+        else:   # the decode table's entries, and the blocks one by one only when a bad entry
+            table, index = lookup   # lies within the stored values' ranges
+            good = valid(table)
+            if _entries_good(good, index):
+                return self
+            ok = good[index]
         if ok.size and not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             what = "non-finite" if rule.signed else "negative or non-finite"

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import SCALED_ONLY, check_qmax, get_rule
+from ..scales import DEFAULT_QMAX, SCALED_ONLY, check_qmax, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
@@ -342,9 +342,9 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
         if rule.layout == "bnb" and not rule.encodes_with_amax:  # float32: exact absmax, today's law
             _set(r, scale=None)
     if r.scale is None or rule.layout == "bnb":   # float32, or nested: encoded with the exact absmax
-        if r.tensor_size is not None or check_qmax(r.qmax) != 6.0:
+        if r.tensor_size is not None or check_qmax(r.qmax) != DEFAULT_QMAX:
             raise ValueError(f"qmax and tensor_size: {SCALED_ONLY}")
-        _set(r, qmax=6.0)
+        _set(r, qmax=DEFAULT_QMAX)
         if r.scale is None:
             return
     if r.normalization != "absmax":
@@ -388,7 +388,7 @@ class LloydRecipe(Recipe):
     symmetric: bool = False
     partition: str = "nearest"
     scale: str | None = None
-    qmax: float = 6.0
+    qmax: float = DEFAULT_QMAX
     tensor_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -430,7 +430,7 @@ class QuantileRecipe(Recipe):
     symmetric: bool = False
     domain: str = "normalized"
     scale: str | None = None
-    qmax: float = 6.0
+    qmax: float = DEFAULT_QMAX
     tensor_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -469,7 +469,7 @@ class SearchLloydRecipe(Recipe):
     loss: str = "l2"
     fixed: tuple[float, ...] = (-1.0, 0.0, 1.0)
     source: Any = "normal"
-    qmax: float = 6.0
+    qmax: float = DEFAULT_QMAX
     tensor_size: int | None = None
     max_iter: int = 100
     tol: float = 1e-6

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
-from ..scales import ScaleRule, check_qmax, get_rule
+from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_check_block_size, _check_weight_power, _GL_X, _GL_W,
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
@@ -98,8 +98,6 @@ N_NESTED = 128
 #: z-width of the panels (4 Gauss-Legendre nodes each) of the nested model's block-maximum quadrature:
 #: fine enough to resolve the statistics' 8-bit steps in M
 _NESTED_DZ = 1.0 / 32
-#: the codebook's largest magnitude in the units the scale multiplies, as in quantbook.quantize
-DEFAULT_QMAX = 6.0
 #: Gauss nodes tried in turn for the sum over the pieces (module docstring, "Speed")
 _GAUSS_NODES = (48, 96, 192)
 #: the Gauss rule is used when it matches the sum to this fraction of the measure's total

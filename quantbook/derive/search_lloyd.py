@@ -35,7 +35,7 @@ import numpy as np
 
 from ..codebooks import Codebook
 from ..io.progress import progress_bar
-from ..scales import get_rule
+from ..scales import DEFAULT_QMAX, check_qmax, get_rule
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
 from .recipes import parse_fixed
@@ -85,8 +85,7 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
                          "in memory)")
     if not (_real(tol) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not (_real(qmax) and np.isfinite(qmax) and qmax > 0):
-        raise ValueError(f"qmax must be a positive finite number, got {qmax!r}")
+    check_qmax(qmax)
 
 
 def _real(v: Any) -> bool:
@@ -107,7 +106,7 @@ def check_recipe(r: Any) -> dict[str, Any]:
     rule = get_rule(r.scale)
     _check(r.bits, r.block_size, rule, r.samples, r.seed, r.loss, r.tensor_size, r.max_iter, r.tol, r.qmax)
     return dict(scale=rule.name, fixed=_fixed(r.fixed), source=parse_source(r.source).spec, tol=float(r.tol),
-                qmax=float(r.qmax), bits=int(r.bits), block_size=int(r.block_size), samples=int(r.samples),
+                qmax=check_qmax(r.qmax), bits=int(r.bits), block_size=int(r.block_size), samples=int(r.samples),
                 seed=int(r.seed), max_iter=int(r.max_iter),
                 tensor_size=None if r.tensor_size is None else int(r.tensor_size))
 
@@ -213,7 +212,7 @@ def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: f
     return new, float(best.sum() / smp.x.size)
 
 
-def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray, qmax: float = 6.0,
+def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray, qmax: float = DEFAULT_QMAX,
                         tensor_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per block of ``x`` (float32, a multiple of ``block_size`` values), the sums of squared
     and of absolute weight-domain errors of the code ``levels`` in the scaled layout under
@@ -231,7 +230,7 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
 
 
 def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1 << 22, seed: int = 1,
-                    source: Any = "normal", qmax: float = 6.0, tensor_size: int | None = None) -> dict[str, Any]:
+                    source: Any = "normal", qmax: float = DEFAULT_QMAX, tensor_size: int | None = None) -> dict[str, Any]:
     """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``
     (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``), the
     layout's own errors (:func:`search_block_errors`).  Returns the weight-domain MSE with its
@@ -257,7 +256,7 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1
 
 def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
                        samples: int = 10**7, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
-                       max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
+                       max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                        tensor_size: int | None = None, name: str | None = None,
                        progress: bool = False) -> SearchLloydResult:
     """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error;
@@ -306,7 +305,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
 
 def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int = 10**7,
                  seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1), max_iter: int = 100,
-                 tol: float = 1e-6, source: Any = "normal", qmax: float = 6.0,
+                 tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                  tensor_size: int | None = None, name: str | None = None, progress: bool = False) -> Codebook:
     """The Lloyd code for the scaled layout under a search rule, fitted on ``samples`` draws of
     ``source`` (seed ``seed``) with the rule's search inside the loop (module docstring).

@@ -50,6 +50,7 @@ import numpy as np
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
+from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
            "resolve_scale", "VQOptions", "Layout", "BlockLayout", "VectorLayout", "make_layout",
@@ -140,7 +141,7 @@ def storage_bits(packed: np.ndarray, state: Any) -> int:
 
 
 def resolve_scale(scale: Any, nested: bool, codebooks: Sequence[tuple[str, Any]],
-                  qmax: float = 6.0) -> tuple[str, Any, bool]:
+                  qmax: float = DEFAULT_QMAX) -> tuple[str, Any, bool]:
     """``(name, rule for quantize or None, nested)`` of a scale rule spec (None: bitsandbytes'
     float32 absmax, or nested with ``nested``), checked against every ``(label, Codebook)``
     before any work: a ValueError when the layout cannot store one of them."""
@@ -266,7 +267,7 @@ class Layout:
 class BlockLayout(Layout):
     """A scalar codebook through :func:`quantbook.quantize` (block size, nested, scale rule)."""
 
-    def __init__(self, cb: Any, block_size: int, nested: bool = False, rule: Any = None, qmax: float = 6.0):
+    def __init__(self, cb: Any, block_size: int, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX):
         self.cb, self.block_size, self.nested, self.rule, self.qmax = cb, block_size, nested, rule, qmax
 
     def roundtrip(self, x, rotation, backend):
@@ -312,7 +313,7 @@ class VectorLayout(Layout):
         return xhat, bits
 
 
-def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any = None, qmax: float = 6.0,
+def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX,
                 vq: "VQOptions | None" = None) -> Layout:
     """The :class:`Layout` of a scalar or vector codebook."""
     if is_vector_codebook(cb):
@@ -349,7 +350,7 @@ class ModelReport:
     totals: dict[str, ErrorSums]
     tensors: list[TensorResult] = field(default_factory=list)
     scale: str = "float32"  # the scale rule's name (quantbook.scales)
-    qmax: float = 6.0  # the scaled layouts' largest code magnitude
+    qmax: float = DEFAULT_QMAX  # the scaled layouts' largest code magnitude
     rotations: list[str] = field(default_factory=lambda: ["none"])
     vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
 
@@ -428,7 +429,7 @@ def _bulk():
 def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = 64, nested: bool = False,
                    tensors: str | Iterable[str] | None = None, backend: str = "auto",
                    progress: bool | Callable[[int, int, TensorInfo], None] | None = None,
-                   scale: Any = None, qmax: float = 6.0, rotations: Sequence[str] = ("none",),
+                   scale: Any = None, qmax: float = DEFAULT_QMAX, rotations: Sequence[str] = ("none",),
                    vq: VQOptions | None = None) -> ModelReport:
     """Quantize every selected floating tensor of ``path`` with each codebook; see the module doc.
 

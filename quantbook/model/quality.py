@@ -54,6 +54,7 @@ import numpy as np
 
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
+from ..scales import DEFAULT_QMAX
 from .evaluate import (ErrorSums, VQOptions, check_codebooks, error_sums, is_vector_codebook, make_layout,
                        parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
 
@@ -123,7 +124,7 @@ def _weight_files(directory: Path) -> set[str]:
     if index.is_file():
         try:
             names |= set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError):   # unreadable or misshapen: as absent
             pass
     return names
 
@@ -315,7 +316,7 @@ class WeightSwap:
 
     def apply(self, codebook, block_size: int, nested: bool = False, rotation: str = "none",
               backend: str = "auto", step: Callable[[str], None] | None = None, scale: Any = None,
-              qmax: float = 6.0, vq: VQOptions | None = None) -> ErrorSums:
+              qmax: float = DEFAULT_QMAX, vq: VQOptions | None = None) -> ErrorSums:
         """Replace every selected weight by its quantized value; the pooled weight errors.
         ``scale``/``qmax``: :func:`quantbook.quantize`'s scale rule; ``vq``: how a vector
         codebook stores the weights."""
@@ -636,7 +637,7 @@ class QualityReport:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> metrics
     load_seconds: float = 0.0
     scale: str = "float32"  # the scale rule's name (quantbook.scales)
-    qmax: float = 6.0
+    qmax: float = DEFAULT_QMAX
     device: str = "cpu"  # where the model ran
     vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
 
@@ -689,7 +690,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                      text: str = "", tokens: int = 1024, context: int = 256, block_size: int = 64,
                      nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
                      backend: str = "auto", progress: bool = False, model=None,
-                     device: str | None = "auto", scale: Any = None, qmax: float = 6.0,
+                     device: str | None = "auto", scale: Any = None, qmax: float = DEFAULT_QMAX,
                      vq: VQOptions | None = None) -> QualityReport:
     """Measure ``task`` on the unquantized model, then with every codebook × rotation.
 

@@ -30,6 +30,10 @@ import numpy as np
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "SCALED_ONLY", "check_qmax"]
 
+#: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
+#: qmax of quantize, the derivations and the command line
+DEFAULT_QMAX = 6.0
+
 #: the end of the message for layout options (qmax, a tensor maximum or size) given without a
 #: rule of the scaled layouts
 SCALED_ONLY = ("only with a rule of the scaled layouts (e4m3, e8m0:MODE, float16, bfloat16, search:...); "

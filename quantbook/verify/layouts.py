@@ -45,6 +45,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from ..codebooks.registry import REGISTRY
+from ..scales import DEFAULT_QMAX
 from .audit import AuditRow
 
 __all__ = ["Layout", "LayoutFinding", "LAYOUTS", "audit_layout", "layout_findings", "attach_layouts",
@@ -68,7 +69,7 @@ class Layout:
     scale: str  # a scale rule spec (quantbook.scales)
     block_size: int
     note: str = ""  # what the model of this layout leaves out
-    qmax: float = 6.0  # the table's largest magnitude in the layout (search layouts only)
+    qmax: float = DEFAULT_QMAX  # the table's largest magnitude in the layout (search layouts only)
 
 
 _GGML = ("the block maximum maps to the table's largest magnitude, without ggml's search and signed "
