@@ -237,6 +237,22 @@ def test_block_distribution_shorthand():
         block_distribution(32, qmax=4.0)
 
 
+@pytest.mark.parametrize("scale", [None, "float32", "nested"])
+def test_layout_options_are_refused_by_name_outside_the_scaled_layouts(scale):
+    """One check serves the library and the command line: it names the options given, and
+    only those; under a scaled rule it passes them."""
+    from quantbook.scales import check_scaled_only, get_rule
+
+    rule = None if scale is None else get_rule(scale)
+    with pytest.raises(ValueError, match=r"^tensor_size: only with a rule of the scaled layouts"):
+        check_scaled_only(rule, qmax=False, tensor_size=True)
+    with pytest.raises(ValueError, match=r"^--qmax, --tensor-size: only with"):
+        check_scaled_only(rule, **{"--qmax": True, "--tensor-size": True})
+    check_scaled_only(rule, qmax=False)
+    for name in ("e4m3", "e8m0:floor", "float16", "search:ggml"):
+        check_scaled_only(get_rule(name), qmax=True, tensor_size=True)
+
+
 def test_qmax_without_a_scale_rule_is_an_error_not_ignored():
     import quantbook
     from quantbook.derive import evaluate

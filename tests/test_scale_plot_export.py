@@ -172,3 +172,17 @@ def test_export_without_scale_is_the_plain_header(capsys):
 def test_export_scale_bad_input_is_one_line(capsys, argv):
     rc, out, err = _run(capsys, "export", "e2m1", *argv)
     assert rc == 2 and out == "" and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("block_size", [8, 48, 8192, 64.0, True])
+def test_header_layout_holds_only_block_sizes_the_byte_layouts_store(block_size):
+    """The library's own check, not only the command line's: a header for a block size that
+    quantize refuses would describe bytes nobody can make."""
+    from quantbook.export import HeaderLayout
+
+    table = scaled_table(quantbook.get("e2m1").code, 6.0)
+    with pytest.raises(ValueError, match="block_size must be"):
+        quantbook.quantize(np.zeros(64, np.float32), "e2m1", block_size, scale="e4m3")
+    with pytest.raises(ValueError, match="block_size must be"):
+        HeaderLayout("e4m3", block_size, 6.0, table)
+    assert HeaderLayout("e4m3", np.int64(16), 6.0, table).block_size == 16

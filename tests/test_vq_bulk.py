@@ -271,6 +271,33 @@ def test_bits_per_weight_and_state_round_trip():
             VQState.from_dict(bad)
 
 
+def test_state_survives_np_savez_and_reads_integers_as_quant_state_does(tmp_path):
+    """np.savez hands every field back as an array (0-d for scalars, 1-D for the shape); the
+    integer fields read as QuantState.from_dict reads them: 64.0 is 64, 64.5 is refused."""
+    import quantbook as qb
+
+    pts = gaussian_grid(256, 2)
+    x = _rng(15).standard_normal((2, 128)).astype(np.float32)
+    idx, st = quantize_vq(x, pts, group=64, backend="numpy")
+    assert st.rotate_size is not None   # every field is then a number or a string
+    np.savez(tmp_path / "v.npz", **{k: np.asarray(v) for k, v in st.to_dict().items()})
+    back = VQState.from_dict(dict(np.load(tmp_path / "v.npz")))
+    assert (back.shape, back.group, back.rotate_size, back.rotate_seed) == (st.shape, st.group, st.rotate_size,
+                                                                              st.rotate_seed)
+    np.testing.assert_array_equal(dequantize_vq(idx, back, backend="numpy"), dequantize_vq(idx, st, backend="numpy"))
+    d = st.to_dict()
+    assert VQState.from_dict({**d, "group": 64.0}).group == 64
+    _, qst = qb.quantize(x, "nf4", 64, backend="numpy")
+    qd = qst.as_dict()
+    assert qb.QuantState.from_dict({**qd, "blocksize": 64.0}).blocksize == 64
+    for key, value in (("group", 64.5), ("group", True), ("shape", (2, 128.5)), ("rotate_seed", 1.5)):
+        with pytest.raises(ValueError, match="must be integers"):
+            VQState.from_dict({**d, key: value})
+    for key, value in (("blocksize", 64.5), ("blocksize", True), ("shape", (2, 128.5))):
+        with pytest.raises(ValueError, match="must be integers"):
+            qb.QuantState.from_dict({**qd, key: value})
+
+
 def test_vector_codebook_objects_are_accepted():
     vector = pytest.importorskip("quantbook.codebooks.vector", reason="VectorCodebook not built yet")
     cb = vector.VectorCodebook("grid", gaussian_grid(256, 2))

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from ..codebooks.blocks import MAX_BLOCK, MIN_BLOCK, check_block_size
 from ..codebooks.encoding import Encoder, encoder
 
-__all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "check_bits", "nonfinite_error",
+__all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int", "as_scalar", "as_int",
+           "check_bits", "nonfinite_error",
            "check_code_table", "codes_per_byte", "packed_length", "n_blocks", "decode_table",
            "code_encoder", "scale_blocks", "pack_codes", "unpack_codes"]
 
@@ -21,26 +23,32 @@ _F = np.float32
 TINY = _F(1e-38)
 #: input and output dtypes (bfloat16 through ml_dtypes)
 DTYPES = ("float32", "float16", "bfloat16")
-MIN_BLOCK, MAX_BLOCK = 16, 4096
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """Whether ``v`` is an integer argument: a Python or numpy integer, not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def check_block_size(block_size: Any) -> int:
-    if not _is_int(block_size):
-        raise ValueError(f"block_size must be an integer power of two from {MIN_BLOCK} to "
-                         f"{MAX_BLOCK}, got {block_size!r}")
-    b = int(block_size)
-    if b < MIN_BLOCK or b > MAX_BLOCK or b & (b - 1):
-        raise ValueError(f"block_size must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}, got {b}")
-    return b
+def as_scalar(v: Any) -> Any:
+    """A 0-d array or tensor (as ``np.savez`` and torch hand back a stored state's fields) as
+    its Python value; anything else unchanged."""
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v
+
+
+def as_int(v: Any) -> int:
+    """An integer field of a stored state (``from_dict``): an integer, a 0-d array of one, or
+    a float that is exactly one (64.0, as some writers store numbers); a ValueError for 64.9,
+    which must not be cut to 64, and for a bool."""
+    v = as_scalar(v)
+    if is_int(v) or isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    raise ValueError(f"not an integer: {v!r}")
 
 
 def check_bits(bits: Any, table_size: int | None = None) -> int:
     """A code width of 1..8 bits (one byte per code at most) that can index the table."""
-    if not _is_int(bits) or not 1 <= int(bits) <= 8:
+    if not is_int(bits) or not 1 <= int(bits) <= 8:
         raise ValueError(f"bits must be an integer from 1 to 8 (one byte per code at most), got {bits!r}")
     bits = int(bits)
     if table_size is not None and table_size > 2**bits:

@@ -177,7 +177,7 @@ class QuantState:
         """
         F.check_bits(self.bits)
         F.check_block_size(self.blocksize)
-        if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in self.shape):
+        if not all(F.is_int(s) and s >= 0 for s in self.shape):
             raise ValueError(f"shape must hold non-negative integers, got {self.shape!r}")
         dtype_name(self.dtype)
         F.check_code_table(self.code, self.bits)
@@ -188,7 +188,7 @@ class QuantState:
             raise ValueError("state has a tensor_scale but no scale_rule")
         if self.nested:
             _expect_array("absmax", self.absmax, np.uint8, nb)
-            if self.nested_blocksize is None or not isinstance(self.nested_blocksize, (int, np.integer)) \
+            if not F.is_int(self.nested_blocksize) \
                     or self.nested_blocksize < 1 or self.nested_blocksize & (self.nested_blocksize - 1):
                 raise ValueError(f"nested_blocksize must be a power of two, got {self.nested_blocksize!r}")
             _expect_array("nested_absmax", self.nested_absmax, np.float32,
@@ -288,13 +288,13 @@ class QuantState:
             if miss:
                 raise ValueError(f"nested quant state lacks {', '.join(miss)}")
         try:
-            bits = _integer(d.get("bits", 4))
-            blocksize = _integer(d["blocksize"])
-            shape = tuple(_integer(v) for v in d["shape"])
+            bits = F.as_int(d.get("bits", 4))
+            blocksize = F.as_int(d["blocksize"])
+            shape = tuple(F.as_int(v) for v in d["shape"])
         except (TypeError, ValueError):
             raise ValueError(f"quant state: bits, blocksize and shape must be integers, got bits="
                              f"{d.get('bits', 4)!r}, blocksize={d['blocksize']!r}, shape={d['shape']!r}") from None
-        scale_rule = _scalar(d.get("scale_rule"))
+        scale_rule = F.as_scalar(d.get("scale_rule"))
         rule = get_rule(scale_rule) if scale_rule is not None else None
         if rule is not None:
             absmax = _stored_array(d["absmax"], np.dtype(rule.stored_dtype))
@@ -311,16 +311,16 @@ class QuantState:
         )
         if rule is not None:
             st.scale_rule = rule.name
-            st.tensor_scale = _scalar(d.get("tensor_scale"))
+            st.tensor_scale = F.as_scalar(d.get("tensor_scale"))
         if nested:
             st.nested_absmax = _array("nested_absmax", d["nested_absmax"], np.float32)
             st.nested_quant_map = _array("nested_quant_map", d["nested_quant_map"], np.float32)
             try:
-                st.nested_blocksize = _integer(d["nested_blocksize"])
+                st.nested_blocksize = F.as_int(d["nested_blocksize"])
             except (TypeError, ValueError):
                 raise ValueError(f"quant state: nested_blocksize must be an integer, got "
                                  f"{d['nested_blocksize']!r}") from None
-            st.nested_offset = _scalar(d["nested_offset"])
+            st.nested_offset = F.as_scalar(d["nested_offset"])
         return st.validate()
 
     def __repr__(self) -> str:
@@ -330,17 +330,3 @@ class QuantState:
         return (f"QuantState({self.quant_type}, bits={self.bits}, shape={self.shape}, "
                 f"dtype={dtype_name(self.dtype)}, blocksize={self.blocksize}, "
                 f"blocks={self.n_blocks}{nest})")
-
-
-def _scalar(v: Any) -> Any:
-    """A 0-d array or tensor (as np.savez / torch hand back) as its Python value."""
-    return v.item() if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 else v
-
-
-def _integer(v: Any) -> int:
-    """An integer field: refuses 64.9 rather than cutting it to 64."""
-    v = _scalar(v)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (
-            isinstance(v, (float, np.floating)) and float(v).is_integer()):
-        raise ValueError(f"not an integer: {v!r}")
-    return int(v)

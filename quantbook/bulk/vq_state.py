@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..numerics.hadamard import check_size
+from . import format as F
 from .state import dtype_from_name, dtype_name
 
 __all__ = ["VQState", "SCALE_RULES", "SCALE_DTYPES", "MAX_POINTS", "index_dtype", "check_group"]
@@ -44,13 +45,9 @@ def index_dtype(n_points: int) -> np.dtype:
     return np.dtype(np.uint8 if n_points <= 256 else np.uint16)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def check_group(group: Any, dim: int, last: int) -> int:
     """A group size that is a multiple of ``dim`` (P) and divides the last dimension ``last``."""
-    if not _is_int(group) or group < 1:
+    if not F.is_int(group) or group < 1:
         raise ValueError(f"group must be a positive integer, got {group!r}")
     group = int(group)
     if group % dim:
@@ -140,7 +137,7 @@ class VQState:
             raise ValueError(f"codebook must be a name (str), got {type(self.codebook).__name__}")
         check_points(self.points)
         if not isinstance(self.shape, tuple) or not self.shape \
-                or not all(_is_int(s) and s > 0 for s in self.shape):
+                or not all(F.is_int(s) and s > 0 for s in self.shape):
             raise ValueError(f"shape must be a non-empty tuple of positive integers, got {self.shape!r}")
         dtype_name(self.dtype)
         check_group(self.group, self.dim, int(self.shape[-1]))
@@ -162,13 +159,13 @@ class VQState:
             if self.rotate_seed is not None:
                 raise ValueError("state has a rotate_seed but no rotate_size")
         else:
-            if not _is_int(self.rotate_size):
+            if not F.is_int(self.rotate_size):
                 raise ValueError(f"rotate_size must be an integer or None, got {self.rotate_size!r}")
             check_size(self.rotate_size)
             if self.shape[-1] % self.rotate_size:
                 raise ValueError(f"the Hadamard size {self.rotate_size} does not divide the last dimension "
                                  f"{self.shape[-1]}")
-            if not _is_int(self.rotate_seed) or self.rotate_seed < 0:
+            if not F.is_int(self.rotate_seed) or self.rotate_seed < 0:
                 raise ValueError(f"rotate_seed must be a non-negative integer, got {self.rotate_seed!r}")
         return self
 
@@ -197,18 +194,23 @@ class VQState:
                           for k in ("points", "scales"))
         if points.dtype != np.float32:
             raise ValueError(f"points must hold float32 values, got dtype {points.dtype}")
-        sd = d["scale_dtype"]
+        sd = F.as_scalar(d["scale_dtype"])
         if not isinstance(sd, str) or sd not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {sd!r}")
         if scales.dtype != np.dtype(sd):
             raise ValueError(f"scales must hold {sd} values, got dtype {scales.dtype}")
-        shape = d["shape"]
-        if not isinstance(shape, (tuple, list)) or not all(_is_int(v) for v in shape):
-            raise ValueError(f"shape must be a sequence of integers, got {shape!r}")
-        return cls(codebook=d["codebook"], points=np.ascontiguousarray(points),
-                   scales=np.ascontiguousarray(scales).reshape(-1), shape=tuple(int(v) for v in shape),
-                   dtype=dtype_from_name(d["dtype"]), group=d["group"], scale_rule=d["scale_rule"],
-                   scale_dtype=sd, rotate_size=d["rotate_size"], rotate_seed=d["rotate_seed"]).validate()
+        try:   # the integer fields as QuantState.from_dict reads them (format.as_int)
+            shape = tuple(F.as_int(v) for v in d["shape"])
+            group = F.as_int(d["group"])
+            rotate = [None if F.as_scalar(d[k]) is None else F.as_int(d[k]) for k in ("rotate_size", "rotate_seed")]
+        except (TypeError, ValueError):
+            raise ValueError(f"vq state: shape, group, rotate_size and rotate_seed must be integers, got shape="
+                             f"{d['shape']!r}, group={d['group']!r}, rotate_size={d['rotate_size']!r}, "
+                             f"rotate_seed={d['rotate_seed']!r}") from None
+        return cls(codebook=F.as_scalar(d["codebook"]), points=np.ascontiguousarray(points),
+                   scales=np.ascontiguousarray(scales).reshape(-1), shape=shape,
+                   dtype=dtype_from_name(d["dtype"]), group=group, scale_rule=F.as_scalar(d["scale_rule"]),
+                   scale_dtype=sd, rotate_size=rotate[0], rotate_seed=rotate[1]).validate()
 
     def __repr__(self) -> str:
         rot = "" if self.rotate_size is None else f", hadamard {self.rotate_size} (seed {self.rotate_seed})"

@@ -55,13 +55,11 @@ def _header_layout(cb, scale: str, block_size: int, qmax: float | None):
     """The scaled layout of ``cb`` under ``scale`` for a header: the table is the one the byte
     layout decodes with (quantbook.bulk.layouts), computed here because export sits beside bulk."""
     from ..bulk.layouts import scaled_table
-    from ..derive.scaled import DEFAULT_QMAX
     from ..export import HeaderLayout
-
-    from ..bulk.format import check_block_size
+    from ..scales import DEFAULT_QMAX
 
     q = DEFAULT_QMAX if qmax is None else qmax
-    return HeaderLayout(scale, check_block_size(block_size), q, scaled_table(cb.code, q))
+    return HeaderLayout(scale, block_size, q, scaled_table(cb.code, q))
 
 
 def _cmd_export(args) -> int:
@@ -71,8 +69,9 @@ def _cmd_export(args) -> int:
         output_path(args.output)  # fail before doing any work
     from ..naming import depends_on_block_size
 
-    if args.scale is None and args.qmax is not None:
-        raise UsageError("--qmax applies only with --scale")
+    from ..scales import check_scaled_only, get_rule
+
+    check_scaled_only(None if args.scale is None else get_rule(args.scale), **{"--qmax": args.qmax is not None})
     if args.scale is None and args.block_size is not None and not depends_on_block_size(args.codebook):
         raise UsageError("--block-size applies only with --scale or to a lloyd-... spelling without B")
     if args.scale is not None and args.format not in ("c", "cuda"):

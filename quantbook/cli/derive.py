@@ -44,8 +44,10 @@ def _given(args, *names: str) -> dict[str, Any]:
         given["source"] = parse_source(given["source"])  # parsed once, for the derivation and the metrics
     if "fix" in given:  # the engine reads "-1,0,1" and "none" itself
         given["fixed"] = given.pop("fix")
-    if "scale" not in given and ("qmax" in given or "tensor_size" in given):
-        raise ValueError("--qmax and --tensor-size apply only with --scale")
+    from ..scales import check_scaled_only, get_rule
+
+    check_scaled_only(get_rule(given["scale"]) if "scale" in given else None,
+                      **{"--qmax": "qmax" in given, "--tensor-size": "tensor_size" in given})
     return given
 
 

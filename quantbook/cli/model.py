@@ -107,11 +107,9 @@ def _cmd_evaluate_model(args) -> int:
 def _scale_args(args) -> dict[str, Any]:
     """``scale``/``qmax`` of ``--scale``/``--qmax``: ``--qmax`` only with a scaled layout,
     where it means something (bitsandbytes' absmax maps each block to ±1)."""
-    from ..scales import DEFAULT_QMAX, get_rule
+    from ..scales import DEFAULT_QMAX, check_scaled_only, get_rule
 
-    rule = get_rule(args.scale or "float32")
-    if args.qmax is not None and rule.layout != "scaled":
-        raise ValueError(f"--qmax applies to the scaled layouts (--scale e4m3, e8m0, ...), not to {rule.name}")
+    check_scaled_only(get_rule(args.scale or "float32"), **{"--qmax": args.qmax is not None})
     return {"scale": args.scale, "qmax": DEFAULT_QMAX if args.qmax is None else args.qmax}
 
 

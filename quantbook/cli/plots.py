@@ -4,7 +4,6 @@ against the block size (matplotlib, ``quantbook[plot]``)."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from .common import UsageError, add_json_flag, int_in, print_json
@@ -62,23 +61,21 @@ def _check_layout(scale: str | None, qmax: float | None) -> dict:
     work: the exact derivation models only rules that are a function of the block maximum (not
     nested statistics, not search rules).  ``None`` stands for what does not apply (no rule:
     the exact float32 absmax; no qmax for it), so the JSON keeps one vocabulary."""
-    if scale is None:
-        if qmax is not None:
-            raise UsageError("--qmax applies only with --scale")
-        return {"scale": None, "qmax": None}
-    from ..derive.scaled import DEFAULT_QMAX, check_scale
+    from ..derive.scaled import check_scale
+    from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only
 
     try:
-        rule = check_scale(scale)
+        rule = None if scale is None else check_scale(scale)
     except ValueError as exc:
         raise UsageError(f"--scale {scale}: {exc}") from None
-    if qmax is not None and not (math.isfinite(qmax) and qmax > 0):
-        raise UsageError(f"--qmax must be a positive finite number, got {qmax:g}")
-    if rule.layout == "bnb":  # float32: the exact absmax, the default sweep
-        if qmax is not None:
-            raise UsageError(f"--qmax does not apply to --scale {rule.name} (the exact absmax)")
-        return {"scale": rule.name, "qmax": None}
-    return {"scale": rule.name, "qmax": DEFAULT_QMAX if qmax is None else qmax}
+    try:
+        check_scaled_only(rule, **{"--qmax": qmax is not None})
+        q = DEFAULT_QMAX if qmax is None else check_qmax(qmax)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if rule is None or rule.layout == "bnb":  # float32: the exact absmax, the default sweep
+        return {"scale": None if rule is None else rule.name, "qmax": None}
+    return {"scale": rule.name, "qmax": q}
 
 
 def _cmd_plot_sweep(args) -> int:

@@ -698,11 +698,11 @@ def block_distribution(block_size: int = 64, source: Any = "normal", normalizati
     :mod:`quantbook.scales`) the law under that rule, :class:`~.scaled.ScaledBlockDistribution`
     (``qmax``, ``tensor_amax``, ``tensor_size`` as keywords).  bitsandbytes' rules (float32,
     nested) encode the values with the exact maximum: their law is the absmax law."""
-    from ..scales import SCALED_ONLY, get_rule
+    from ..scales import check_scaled_only, get_rule
 
-    if scale is None or get_rule(scale).layout == "bnb":
-        if scale_model:
-            raise ValueError(f"{', '.join(scale_model)}: {SCALED_ONLY}")
+    rule = None if scale is None else get_rule(scale)
+    check_scaled_only(rule, **{name: True for name in scale_model})
+    if rule is None or rule.layout == "bnb":
         return BlockDistribution(block_size, source, normalization)
     if normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "

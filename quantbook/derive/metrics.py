@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import SCALED_ONLY
+from ..scales import check_scaled_only
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
@@ -146,9 +146,8 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     rule = None if scale is None else check_scale(scale, amax_encoded=True)
     if rule is not None and rule.layout == "bnb" and not rule.encodes_with_amax:
         rule = None  # float32: bitsandbytes' exact absmax
-    if (rule is None or rule.layout == "bnb") and (tensor_amax is not None or tensor_size is not None
-                                                   or qmax is not None):
-        raise ValueError(f"qmax, tensor_amax and tensor_size: {SCALED_ONLY}")
+    check_scaled_only(rule, qmax=qmax is not None, tensor_amax=tensor_amax is not None,
+                      tensor_size=tensor_size is not None)
     if rule is not None:
         return _evaluate_scaled(cb, B, src, normalization, rule, DEFAULT_QMAX if qmax is None else qmax,
                                 tensor_amax, tensor_size)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import DEFAULT_QMAX, SCALED_ONLY, check_qmax, get_rule
+from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
@@ -335,15 +335,15 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     levels stay within [-1, 1] (the scaled layout rescales a table to that range)."""
     from .scaled import check_scale
 
+    rule = None
     if r.scale is not None:
         if not isinstance(r.scale, str):
             raise ValueError(f"scale must be a rule name such as e4m3 or e8m0:floor, got {r.scale!r}")
         rule = check_scale(r.scale, amax_encoded=True)
         if rule.layout == "bnb" and not rule.encodes_with_amax:  # float32: exact absmax, today's law
             _set(r, scale=None)
+    check_scaled_only(rule, qmax=check_qmax(r.qmax) != DEFAULT_QMAX, tensor_size=r.tensor_size is not None)
     if r.scale is None or rule.layout == "bnb":   # float32, or nested: encoded with the exact absmax
-        if r.tensor_size is not None or check_qmax(r.qmax) != DEFAULT_QMAX:
-            raise ValueError(f"qmax and tensor_size: {SCALED_ONLY}")
         _set(r, qmax=DEFAULT_QMAX)
         if r.scale is None:
             return

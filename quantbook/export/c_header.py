@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codebooks.blocks import check_block_size
 from ..codebooks.codebook import Codebook
 from ..scales import check_qmax, get_rule
 from .identifiers import c_identifier
@@ -52,9 +53,8 @@ class HeaderLayout:
     """The scaled layout a header describes: ``rule`` (a scale rule or its name), ``block_size``,
     ``qmax`` and ``table``, the float32 table the layout decodes with
     (:func:`quantbook.bulk.layouts.scaled_table` of the code and ``qmax``; the caller computes
-    it, and checks ``block_size`` against the byte format's sizes with
-    :func:`quantbook.bulk.format.check_block_size`, because the byte layouts are a sibling of
-    this package, not below it)."""
+    it, because the byte layouts are a sibling of this package, not below it).  ``block_size``
+    is one the byte layouts store (:func:`quantbook.codebooks.blocks.check_block_size`)."""
 
     rule: Any
     block_size: int
@@ -66,15 +66,13 @@ class HeaderLayout:
         if rule.layout != "scaled":
             raise ValueError(f"scale rule {rule.name!r} is not stored in the scaled layout (docs/scales.md); "
                              f"its header is the plain one, without --scale")
-        B = self.block_size
-        if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
-            raise ValueError(f"block_size must be a positive integer, got {B!r}")
+        B = check_block_size(self.block_size)
         q = check_qmax(self.qmax)   # the rules' own check: a float32 they can compute with
         table = np.asarray(self.table)
         if table.dtype != np.float32 or table.ndim != 1 or not np.all(np.isfinite(table)):
             raise ValueError("the layout table must be a 1-D array of finite float32 values")
         object.__setattr__(self, "rule", rule)
-        object.__setattr__(self, "block_size", int(B))
+        object.__setattr__(self, "block_size", B)
         object.__setattr__(self, "qmax", q)
         object.__setattr__(self, "table", table)
 

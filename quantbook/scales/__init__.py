@@ -8,6 +8,6 @@ Families: ``float32`` (bitsandbytes' absmax), ``float16``, ``bfloat16`` (:mod:`.
 """
 
 from . import floats, e4m3, e8m0, nested, search  # noqa: F401,I001  (each registers its family)
-from .rule import DEFAULT_QMAX, FAMILIES, SCALED_ONLY, ScaleRule, check_qmax, get_rule, rule_names
+from .rule import DEFAULT_QMAX, FAMILIES, ScaleRule, check_qmax, check_scaled_only, get_rule, rule_names
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "SCALED_ONLY", "check_qmax", "DEFAULT_QMAX"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "DEFAULT_QMAX"]

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "SCALED_ONLY", "check_qmax"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only"]
 
 #: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
 #: qmax of quantize, the derivations and the command line
@@ -36,7 +36,7 @@ DEFAULT_QMAX = 6.0
 
 #: the end of the message for layout options (qmax, a tensor maximum or size) given without a
 #: rule of the scaled layouts
-SCALED_ONLY = ("only with a rule of the scaled layouts (e4m3, e8m0:MODE, float16, bfloat16, search:...); "
+_SCALED_ONLY = ("only with a rule of the scaled layouts (e4m3, e8m0:MODE, float16, bfloat16, search:...); "
                "float32 and nested keep bitsandbytes' exact absmax")
 
 _F = np.float32
@@ -181,6 +181,18 @@ class ScaleRule:
         """One line: what is stored and what it costs."""
         t = f" + {self.tensor_bytes}-byte tensor scale" if self.tensor_bytes else ""
         return f"{self.name}: {self.stored_dtype} ({self.stored_bytes} B) per block{t}"
+
+
+def check_scaled_only(rule: "ScaleRule | None", **given: bool) -> None:
+    """The layout options (qmax, a tensor maximum or size) mean something only under a rule of
+    the scaled layouts; ``given`` maps each option's name (as the caller spells it: ``qmax``,
+    ``--qmax``) to whether it was given.  A ValueError naming those given when ``rule`` is None
+    or stores bitsandbytes' layout.  The one check of it."""
+    if rule is not None and rule.layout == "scaled":
+        return
+    named = [name for name, on in given.items() if on]
+    if named:
+        raise ValueError(f"{', '.join(named)}: {_SCALED_ONLY}")
 
 
 def check_qmax(qmax: Any) -> float:

@@ -1,0 +1,26 @@
+"""The block sizes the byte layouts store (docs/format.md, "Arrays and blocks"): powers of two from
+``MIN_BLOCK`` to ``MAX_BLOCK``.  Stated here, below both :mod:`quantbook.bulk` (which stores
+the blocks) and :mod:`quantbook.export` (whose C headers describe them), so the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MIN_BLOCK", "MAX_BLOCK", "check_block_size"]
+
+MIN_BLOCK, MAX_BLOCK = 16, 4096
+
+
+def check_block_size(block_size: Any) -> int:
+    """``block_size`` as an int: an integer power of two from ``MIN_BLOCK`` to ``MAX_BLOCK``
+    (a ValueError otherwise; a bool or an integral float is not an integer here)."""
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
+        raise ValueError(f"block_size must be an integer power of two from {MIN_BLOCK} to "
+                         f"{MAX_BLOCK}, got {block_size!r}")
+    b = int(block_size)
+    if b < MIN_BLOCK or b > MAX_BLOCK or b & (b - 1):
+        raise ValueError(f"block_size must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}, got {b}")
+    return b
