@@ -432,6 +432,42 @@ def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
     assert fake_cp.launch_devices and set(fake_cp.launch_devices) == {1}
 
 
+@pytest.mark.parametrize("rule", ["float16", "e4m3"])
+def test_the_scale_decode_table_goes_to_the_device_once(fake_cp, monkeypatch, rule):
+    """dequantize gathers each block's scale on the device from the rule's decode table (256 KB
+    for 16-bit scales): uploaded on the first call, then reused, while the stored values go
+    up on every call."""
+    sent = []
+    upload = fake_cp.asarray
+    def counted(a, dtype=None):   # host arrays only: asarray of a device array copies nothing
+        if not isinstance(a, FakeDeviceArray):
+            sent.append(np.size(a))
+        return upload(a, dtype)
+
+    monkeypatch.setattr(fake_cp, "asarray", counted)
+    x = np.random.default_rng(3).standard_normal(16 * 300).astype(np.float32)   # 300 blocks
+    packed, state = qb.quantize(x, "e2m1", 16, scale=rule, backend="numpy")
+    want = qb.dequantize(packed, state, backend="numpy")
+    entries = 256 if rule == "e4m3" else 65536
+    for call in range(3):
+        del sent[:]
+        got = np.asarray(qb.dequantize(fake_device(packed), state, backend="gpu"))
+        assert bits_equal(got, want)
+        assert sent.count(entries) == (call == 0) and sent.count(300) == 1, (call, sent)
+
+
+def test_device_tables_are_known_by_identity_only_when_nobody_can_change_them(fake_cp):
+    frozen = np.arange(8, dtype=np.float32)
+    frozen.setflags(write=False)
+    assert G._device_const(frozen) is G._device_const(frozen)
+    loose = np.arange(8, dtype=np.float32)
+    first = G._device_const(loose)
+    loose[3] = 99.0   # a writable table is known by its bytes: a change is a new copy
+    assert np.asarray(G._device_const(loose))[3] == 99.0 and np.asarray(first)[3] == 3.0
+    view = frozen[2:]   # a read-only view: its base could change, so it is known by its bytes
+    assert np.array_equal(np.asarray(G._device_const(view)), frozen[2:])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_launchers_through_stand_in_cupy(fake_cp, dtype):
     rng = np.random.default_rng(8)

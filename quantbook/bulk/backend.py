@@ -148,6 +148,11 @@ class Backend:
     def from_host(self, a: np.ndarray) -> Any:
         return a
 
+    def from_host_table(self, a: np.ndarray) -> Any:
+        """A read-only host table (a decode table of :mod:`quantbook.scales.steps`) where the
+        kernels read it; a device backend keeps one copy per table instead of one per call."""
+        return self.from_host(a)
+
 
 def get_backend(name: str) -> Backend:
     """The registered backend called ``name``; a clear error when unknown or unusable."""

@@ -96,7 +96,7 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
     if lookup is None:
         scale = state.absmax_f32()
     else:   # the gather runs where the codes are decoded: a device gets the stored bytes
-        scale = be.from_host(lookup[0])[be.from_host(lookup[1])]
+        scale = be.from_host_table(lookup[0])[be.from_host(lookup[1])]
     flat = be.scaled_decode(packed, scale, np.asarray(state.code, _F), state.blocksize, n,
                             np.dtype(state.dtype))
     return flat.reshape(state.shape)

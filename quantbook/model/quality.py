@@ -143,7 +143,11 @@ def load_model(path: str | os.PathLike, task: str, progress: bool = False):
     ``progress``: transformers' bar over a GGUF file's tensors (its long part) even when
     standard error is not a terminal; without it, and not on a terminal, that bar is off."""
     get_task(task)
-    directory, gguf = _locate(path)
+    return _load(path, *_locate(path), task, progress)
+
+
+def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str, progress: bool):
+    """:func:`load_model` of a path :func:`_locate` has found."""
     _require(gguf is not None)
     import torch
     import transformers
@@ -713,11 +717,11 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
     if model is None:
-        _locate(path)  # a path that holds no model is said before torch is needed
+        located = _locate(path)  # a path that holds no model is said before torch is needed
         _require()  # before asking torch about devices
     device = resolve_device(device)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(path, task, progress) if model is None else model
+    model, tokenizer = _load(path, *located, task, progress) if model is None else model
     model = model.to(device)
     load_seconds = time.perf_counter() - t0
     measure = task_cls(model, tokenizer, text, tokens, context)

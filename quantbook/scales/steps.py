@@ -150,7 +150,7 @@ def _decode(name: str, ts_bits: int | None) -> np.ndarray:
     width = np.dtype(rule.stored_dtype).itemsize
     every = np.arange(1 << (8 * width), dtype=np.uint32).astype(f"u{width}").view(rule.stored_dtype)
     with np.errstate(invalid="ignore", over="ignore"):
-        t = np.ascontiguousarray(rule.decode(every, ts), dtype=_F)
+        t = np.array(rule.decode(every, ts), dtype=_F, order="C")   # owns its memory (not a view)
     t.setflags(write=False)
     return t
 

@@ -166,19 +166,31 @@ def _kernel(name: str):
     return fn
 
 
-_CONSTS: dict[tuple, object] = {}
+#: device copies of host tables: key -> (the host array for a key by identity, else None; the copy)
+_CONSTS: dict[tuple, tuple] = {}
 
 
 def _device_const(host: np.ndarray):
-    """A device copy of a small read-only host table, cached per device (no H2D per call)."""
+    """A device copy of a read-only host table, cached per device (no H2D per call).  A table
+    that owns its read-only memory (the cached tables of :mod:`quantbook.scales.steps` and
+    :mod:`.tables`, up to 256 KB) is known by identity, so a call does not even read it; the
+    entry keeps the array, so its id cannot pass to another.  Anything else is known by its
+    bytes."""
     cp = _cupy()
-    host = np.ascontiguousarray(host)
-    key = (cp.cuda.Device().id, host.dtype.str, host.tobytes())
-    arr = _CONSTS.get(key)
-    if arr is None:
-        if len(_CONSTS) > 256:
-            _CONSTS.clear()
-        arr = _CONSTS[key] = cp.asarray(host)
+    dev = cp.cuda.Device().id
+    by_id = isinstance(host, np.ndarray) and not host.flags.writeable and host.base is None
+    if by_id:
+        key = (dev, id(host))
+    else:
+        host = np.ascontiguousarray(host)
+        key = (dev, host.dtype.str, host.tobytes())
+    hit = _CONSTS.get(key)
+    if hit is not None and (not by_id or hit[0] is host):
+        return hit[1]
+    if len(_CONSTS) > 256:
+        _CONSTS.clear()
+    arr = cp.asarray(host)
+    _CONSTS[key] = (host if by_id else None, arr)
     return arr
 
 
@@ -461,6 +473,9 @@ class CudaBackend(Backend, name="gpu"):
         if hasattr(a, "cpu"):  # torch
             return a.detach().cpu().numpy()
         return np.asarray(a)
+
+    def from_host_table(self, a: np.ndarray):
+        return _device_const(a)
 
     def from_host(self, a):
         try:
