@@ -202,3 +202,63 @@ def test_a_tokenizer_without_its_vocabulary_is_refused(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="its tokenizer knows 5 tokens, the model 30522"):
         load_model(tmp_path, "embed")
+
+
+# -- the GPU: a small random model built here, so the check needs no model package -------------
+
+_WORDS = ("the king queen ghost castle night sword poison player grave skull court letter ship "
+          "father mother son friend madness revenge stage crown").split()
+
+
+def _tiny_model(task: str, tmp_path: Path):
+    """A seeded random two-layer model (Llama for ``lm``, BERT for ``embed``) whose linears are
+    64 wide, a word-level tokenizer over a synthetic text, and the text."""
+    import transformers
+
+    rng = np.random.default_rng(7)
+    text = " ".join(" ".join(rng.choice(_WORDS, size=rng.integers(4, 12))) + "." for _ in range(400))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *_WORDS]) + "\n")
+    tok = transformers.BertTokenizer(str(vocab))
+    shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=128)
+    torch.manual_seed(7)
+    if task == "lm":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(num_key_value_heads=2, **shape))
+    else:
+        model = transformers.BertModel(transformers.BertConfig(**shape))
+    return model.float().eval(), tok, text
+
+
+_DEVICES = [pytest.param("cpu", id="cpu"),
+            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="needs a CUDA GPU that torch sees"))]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("task", ["lm", "embed"])
+def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task, device):
+    """evaluate-model --device: the weights are quantized on the host either way, so the weight
+    columns agree exactly; the model's outputs agree to float32 rounding (a repeated host run:
+    exactly, the host run has no randomness)."""
+    model, tok, text = _tiny_model(task, tmp_path)
+    kw = dict(task=task, text=text, tokens=256, context=64, backend="numpy")
+    cbs = resolve_codebooks("nf4,nf2", 64)
+    host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", **kw)
+    other = evaluate_quality("tiny", cbs, model=(model, tok), device=device, **kw)
+    assert other.device == device and next(model.parameters()).device.type == device
+    assert host.labels == other.labels == ["unquantized", "nf4", "nf2"]
+    # two layers of 7 (Llama) or 6 (BERT) linears, and the output head or the pooler
+    assert host.n_tensors == other.n_tensors == (15 if task == "lm" else 13)
+    exact = device == "cpu"
+    for label in host.labels:
+        a, b = host.rows[label], other.rows[label]
+        for key in ("bits_per_weight", "mse_weight", "sqnr_db"):
+            assert a[key] == b[key], (label, key)
+        for key in ("perplexity", "kl_mean", "kl_p99", "cosine_mean", "cosine_min"):
+            if key in a:
+                assert b[key] == (a[key] if exact else pytest.approx(a[key], rel=1e-4, abs=1e-7)), (label, key)
+        if "same_top_pct" in a:   # a near tie may flip one token's top choice on another device
+            assert abs(a["same_top_pct"] - b["same_top_pct"]) <= (0 if exact else 100 * 2 / 256), label
+    nf4, nf2 = (host.rows[k]["kl_mean" if task == "lm" else "cosine_mean"] for k in ("nf4", "nf2"))
+    assert (nf4 < nf2) if task == "lm" else (nf4 > nf2)   # the measure is not blind to the code
