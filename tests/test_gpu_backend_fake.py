@@ -202,3 +202,30 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     assert "DIFFER" not in out
     assert "bytes of 18 configurations: IDENTICAL to the numpy reference" in out
     assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_evaluate_model_on_the_gpu_is_the_host_report(cp, tmp_path, nested):
+    """evaluate-model --backend gpu: each tensor goes to the device, the same bytes come out,
+    so every number of the report is the numpy backend's (float32 and float16 tensors, a
+    ragged one, a Hadamard rotation)."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from quantbook.model import evaluate_model
+    from quantbook.naming import resolve_codebooks
+
+    rng = np.random.default_rng(21)
+    path = tmp_path / "m.safetensors"
+    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((64, 128)) * 0.02).astype(np.float32),
+                                 "b.weight": (rng.standard_t(4, (32, 64)) * 0.05).astype(np.float16),
+                                 "c.bias": rng.standard_normal(37).astype(np.float32)}, str(path))
+    kw = dict(block_size=64, nested=nested, rotations=("none", "hadamard"), tensors="*.weight")
+    cbs = resolve_codebooks("nf4,nf2", 64)
+    host = evaluate_model(str(path), cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    del cp.launches[:]
+    gpu = evaluate_model(str(path), cbs, backend="gpu", **kw).to_dict(per_tensor=True)
+    assert any(n.startswith("qb_quantize_") for n, _, _ in cp.launches)
+    assert any(n.startswith("qb_dequantize_") for n, _, _ in cp.launches)
+    assert gpu == host
+    ragged = evaluate_model(str(path), cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
+    assert ragged.to_dict() == evaluate_model(str(path), cbs, backend="numpy", tensors="c.bias", block_size=16,
+                                              nested=nested).to_dict()

@@ -66,3 +66,22 @@ def test_torch_cuda_tensors_without_host_copy():
         x = t.float().cpu().numpy().astype(ndt)
         p_ref, a_ref = quantize_reference(x, code, 4, 64)
         assert bits_equal(_host(p), p_ref) and bits_equal(_host(a), a_ref)
+
+
+@pytest.mark.parametrize("scale, B", [(None, 64), ("e4m3", 16)])
+def test_evaluate_model_on_the_gpu_is_the_host_report(tmp_path, scale, B):
+    """evaluate-model --backend gpu on the real device: the report of the numpy backend,
+    number for number (tests/test_gpu_backend_fake.py checks the same through the emulator)."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from quantbook.model import evaluate_model
+    from quantbook.naming import resolve_codebooks
+
+    rng = np.random.default_rng(23)
+    path = tmp_path / "m.safetensors"
+    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((256, 512)) * 0.02).astype(np.float32),
+                                 "b.weight": (rng.standard_t(4, (128, 256)) * 0.05).astype(np.float16),
+                                 "c.bias": rng.standard_normal(37).astype(np.float32)}, str(path))
+    cbs = resolve_codebooks("e2m1,nf4" if scale else "nf4,nf2,nf8", B)
+    kw = dict(block_size=B, scale=scale, rotations=("none", "hadamard"), tensors="*.weight")
+    host = evaluate_model(str(path), cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    assert evaluate_model(str(path), cbs, backend="gpu", **kw).to_dict(per_tensor=True) == host

@@ -432,6 +432,25 @@ def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
     assert fake_cp.launch_devices and set(fake_cp.launch_devices) == {1}
 
 
+@pytest.mark.parametrize("rule, B", [("e4m3", 16), ("e8m0:floor", 32)])
+def test_evaluate_model_on_the_gpu_is_the_host_report(fake_cp, tmp_path, rule, B):
+    """evaluate-model --backend gpu --scale RULE: the scaled layouts' report is the numpy
+    backend's, number for number."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from quantbook.model import evaluate_model
+    from quantbook.naming import resolve_codebooks
+
+    rng = np.random.default_rng(22)
+    path = tmp_path / "m.safetensors"
+    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((32, 128)) * 0.02).astype(np.float32),
+                                 "b.weight": (rng.standard_t(4, (16, 64)) * 0.05).astype(np.float16)}, str(path))
+    cbs = resolve_codebooks("e2m1,nf4", B)
+    kw = dict(block_size=B, scale=rule, rotations=("none", "hadamard"))
+    host = evaluate_model(str(path), cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    gpu = evaluate_model(str(path), cbs, backend="gpu", **kw).to_dict(per_tensor=True)
+    assert any(n.startswith("qbs_") for n, _, _ in fake_cp.launches) and gpu == host
+
+
 @pytest.mark.parametrize("rule", ["float16", "e4m3"])
 def test_the_scale_decode_table_goes_to_the_device_once(fake_cp, monkeypatch, rule):
     """dequantize gathers each block's scale on the device from the rule's decode table (256 KB

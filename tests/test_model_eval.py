@@ -271,10 +271,29 @@ def test_cli_evaluate_model_errors(synthetic, tmp_path, capsys):
         (["evaluate-model", str(path), "-B", "100"], "power of two"),
         (["evaluate-model", str(path), "--tensors", "nothing*"], "no floating tensors"),
         (["evaluate-model", str(path), "--plot", str(tmp_path / "no" / "p.png")], "does not exist"),
+        (["evaluate-model", str(path), "-c", "nf4,higgs-2d-256", "--backend", "gpu"],
+         "does not quantize vector codebooks"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, (argv, err)
+
+
+def test_a_named_backend_that_cannot_run_is_refused_before_any_tensor(synthetic, capsys, monkeypatch):
+    """--backend gpu where no GPU is usable: one line naming why, before any tensor is read
+    (the tensor reader is made to fail, so reading one would show)."""
+    from quantbook.bulk.backend import BACKENDS
+    from quantbook.io import safetensors as st
+    from quantbook.model import evaluate_model
+
+    monkeypatch.setattr(BACKENDS["gpu"], "unavailable", lambda: "no CUDA device (stand-in)")
+    monkeypatch.setattr(st.SafetensorsFile, "read", lambda *a, **k: pytest.fail("a tensor was read"))
+    path, _ = synthetic
+    with pytest.raises(ValueError, match=r"backend='gpu' is unavailable: no CUDA device \(stand-in\)"):
+        evaluate_model(str(path), resolve_codebooks("nf4", 64), backend="gpu")
+    assert main(["evaluate-model", str(path), "-c", "nf4", "--backend", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unavailable: no CUDA device (stand-in)" in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------- fit to data

@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch", reason="model tasks need torch: pip install
 pytest.importorskip("transformers", reason="model tasks need transformers: pip install 'quantbook[llm]'")
 
 from quantbook import dequantize, quantize  # noqa: E402
+from quantbook.bulk.backend import BACKENDS  # noqa: E402
 from quantbook.cli import main  # noqa: E402
 from quantbook.model import hadamard  # noqa: E402
 from quantbook.model.quality import (CausalLM, SentenceEmbedding, WeightSwap, evaluate_quality,  # noqa: E402
@@ -238,13 +239,15 @@ _DEVICES = [pytest.param("cpu", id="cpu"),
 @pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("task", ["lm", "embed"])
 def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task, device):
-    """evaluate-model --device: the weights are quantized on the host either way, so the weight
+    """evaluate-model --device: the weights are quantized from their host copy either way, so the weight
     columns agree exactly; the model's outputs agree to float32 rounding (a repeated host run:
     exactly, the host run has no randomness)."""
     model, tok, text = _tiny_model(task, tmp_path)
     kw = dict(task=task, text=text, tokens=256, context=64, backend="numpy")
     cbs = resolve_codebooks("nf4,nf2", 64)
     host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", **kw)
+    if device == "cuda" and BACKENDS["gpu"].unavailable() is None:   # the weights quantized there too
+        kw["backend"] = "gpu"
     other = evaluate_quality("tiny", cbs, model=(model, tok), device=device, **kw)
     assert other.device == device and next(model.parameters()).device.type == device
     assert host.labels == other.labels == ["unquantized", "nf4", "nf2"]

@@ -53,7 +53,7 @@ from ..numerics import hadamard
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
-           "resolve_scale", "VQOptions", "Layout", "BlockLayout", "VectorLayout", "make_layout",
+           "resolve_scale", "check_backend", "VQOptions", "Layout", "BlockLayout", "VectorLayout", "make_layout",
            "resolve_model_codebooks", "is_vector_codebook", "parse_rotations", "rotation_size"]
 
 
@@ -125,7 +125,10 @@ def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
 
 
 def _nbytes(a: Any) -> int:
-    return int(np.asarray(a).nbytes) if a is not None else 0
+    """Bytes of a host or device array (a GPU's packed codes are counted where they are)."""
+    if a is None:
+        return 0
+    return int(a.nbytes) if hasattr(a, "nbytes") else int(np.asarray(a).nbytes)
 
 
 def storage_bits(packed: np.ndarray, state: Any) -> int:
@@ -272,13 +275,19 @@ class BlockLayout(Layout):
 
     def roundtrip(self, x, rotation, backend):
         from ..bulk.api import dequantize, quantize
+        from ..bulk.backend import get_backend
 
         n = rotation_size(rotation, x.shape[-1])
         xr = x if n is None else hadamard.rotate(x.reshape(-1, x.shape[-1]), n).astype(np.float32)
-        packed, state = quantize(xr, codebook=self.cb, block_size=self.block_size, nested=self.nested,
-                                 backend=backend, scale=self.rule, qmax=self.qmax)
+        # a named backend gets the tensor where its kernels run (a GPU's memory: one upload, and
+        # the dequantized values come back once); for the host backends both moves are no-ops
+        be = None if backend == "auto" else get_backend(backend)
+        packed, state = quantize(xr if be is None else be.from_host(np.ascontiguousarray(xr)), codebook=self.cb,
+                                 block_size=self.block_size, nested=self.nested, backend=backend,
+                                 scale=self.rule, qmax=self.qmax)
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
             xhat = dequantize(packed, state, backend=backend)
+            xhat = xhat if be is None else be.to_host(xhat)
         if n is not None:
             xhat = hadamard.unrotate(xhat, n).reshape(x.shape)
         return xhat, storage_bits(packed, state)
@@ -319,6 +328,21 @@ def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any =
     if is_vector_codebook(cb):
         return VectorLayout(cb, vq)
     return BlockLayout(cb, block_size, nested, rule, qmax)
+
+
+def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]]) -> None:
+    """A ValueError before any work when ``backend`` is not ``"auto"`` and cannot run here
+    (:func:`quantbook.bulk.backend.get_backend`), or has no kernels for a vector codebook
+    among ``codebooks`` (the GPU quantizes scalar codes only)."""
+    if backend == "auto":
+        return
+    from ..bulk.backend import get_backend
+    from ..bulk.vq import vq_backend_names
+
+    if any(is_vector_codebook(cb) for _, cb in codebooks) and backend not in vq_backend_names():
+        raise ValueError(f"backend {backend!r} does not quantize vector codebooks (those take "
+                         f"{', '.join(vq_backend_names())})")
+    get_backend(backend)
 
 
 def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
@@ -444,7 +468,11 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     Codebooks may be vector codebooks, stored as ``vq`` says (default :class:`VQOptions`);
     ``rotations``: :func:`parse_rotations` spellings, one row per codebook and rotation
     (labels ``LABEL`` and ``LABEL+hadamard[:N]``).  A tensor shape that a vector group or a
-    rotation does not fit is an error before any tensor is read.
+    rotation does not fit is an error before any tensor is read.  ``backend``: ``"auto"``
+    (the host's best) or a registered name; ``"gpu"`` quantizes each tensor on the GPU (the
+    same bytes, so the same report), and a backend that cannot run here, or cannot run a
+    vector codebook among ``codebooks``, is an error before any tensor is read
+    (:func:`check_backend`).
     """
     if str(path).lower().endswith(".gguf"):
         raise ValueError(f"{path}: a GGUF model's weights are not read here (safetensors only); measure what its "
@@ -455,6 +483,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
         raise ValueError(f"{path}: no floating tensors selected")
     _bulk()
     check_codebooks(codebooks)  # fail before reading any tensor
+    check_backend(backend, codebooks)
     rotations = parse_rotations(list(rotations))
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)

@@ -19,7 +19,8 @@ weight are ``index_bits/P + scale bits/group``, so scalar and vector rows compar
 storage.
 
 The model runs on ``device`` (:func:`resolve_device`: ``auto`` is CUDA when torch sees a GPU);
-the weights are quantized on the host either way.
+the weights are quantized by ``backend`` (host backends, or ``gpu``: the same bytes), from
+their host copy either way.
 
 Tasks are registered :class:`Task` subclasses:
 
@@ -55,8 +56,8 @@ import numpy as np
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
 from ..scales import DEFAULT_QMAX
-from .evaluate import (ErrorSums, VQOptions, check_codebooks, error_sums, is_vector_codebook, make_layout,
-                       parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
+from .evaluate import (ErrorSums, VQOptions, check_backend, check_codebooks, error_sums, is_vector_codebook,
+                       make_layout, parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
@@ -713,6 +714,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     task_cls.check_inputs(tokens, context)
     rotations = parse_rotations(list(rotations))
     check_codebooks(codebooks)
+    check_backend(backend, codebooks)
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
