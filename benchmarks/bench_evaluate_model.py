@@ -8,7 +8,7 @@ Runs :func:`quantbook.model.evaluate_model` over every floating tensor with each
 (``cpu``: numba; ``numpy``: the reference; ``gpu``: CuPy, listed by default when usable) and
 prints weights·codebooks per second, the time spent only reading the tensors (the floor),
 and each backend's speed relative to the first.  ``--synthetic`` writes a seeded random
-float32 file shaped as all-MiniLM-L6-v2 (22.7 M weights) to a temporary directory, for
+float32 file with all-MiniLM-L6-v2's linear layers and word embedding (22.3 M weights) to a temporary directory, for
 machines without the model package.  Best of --repeat runs after one warm-up.  No target is
 asserted; the numbers go in the report.
 """

@@ -287,3 +287,12 @@ def test_auto_picks_only_backends_that_ask_for_it(monkeypatch):
     assert _pick_backend("auto", False).name == "cpu"
     monkeypatch.setattr(type(BACKENDS["cpu"]), "unavailable", lambda self: "numba is not installed")
     assert _pick_backend("auto", False).name == "numpy"   # not gpu-emulated, which is registered too
+
+
+@pytest.mark.parametrize("scale", [None, "float32", "nested"])
+def test_qmax_outside_the_scaled_layouts_is_refused_not_ignored(scale):
+    """bitsandbytes' layout maps each block to ±1: a qmax there would be silently ignored."""
+    x = np.random.default_rng(0).standard_normal(256).astype(np.float32)
+    with pytest.raises(ValueError, match="qmax applies only with a rule of the scaled layouts"):
+        qb.quantize(x, "nf4", 64, scale=scale, qmax=3.0, backend="numpy")
+    qb.quantize(x, "nf4", 64, scale=scale, qmax=6.0, backend="numpy")   # the default, spelled out

@@ -244,9 +244,9 @@ def test_layout_options_are_refused_by_name_outside_the_scaled_layouts(scale):
     from quantbook.scales import check_scaled_only, get_rule
 
     rule = None if scale is None else get_rule(scale)
-    with pytest.raises(ValueError, match=r"^tensor_size: only with a rule of the scaled layouts"):
+    with pytest.raises(ValueError, match=r"^tensor_size applies only with a rule of the scaled layouts"):
         check_scaled_only(rule, qmax=False, tensor_size=True)
-    with pytest.raises(ValueError, match=r"^--qmax, --tensor-size: only with"):
+    with pytest.raises(ValueError, match=r"^--qmax and --tensor-size apply only with"):
         check_scaled_only(rule, **{"--qmax": True, "--tensor-size": True})
     check_scaled_only(rule, qmax=False)
     for name in ("e4m3", "e8m0:floor", "float16", "search:ggml"):

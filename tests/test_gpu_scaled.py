@@ -475,7 +475,7 @@ def test_the_scale_decode_table_goes_to_the_device_once(fake_cp, monkeypatch, ru
         assert sent.count(entries) == (call == 0) and sent.count(300) == 1, (call, sent)
 
 
-def test_device_tables_are_known_by_identity_only_when_nobody_can_change_them(fake_cp):
+def test_device_tables_are_known_by_identity_only_when_read_only_and_owned(fake_cp):
     frozen = np.arange(8, dtype=np.float32)
     frozen.setflags(write=False)
     assert G._device_const(frozen) is G._device_const(frozen) and (0, id(frozen)) in G._CONSTS

@@ -280,8 +280,9 @@ def test_cli_evaluate_model_errors(synthetic, tmp_path, capsys):
 
 
 def test_a_named_backend_that_cannot_run_is_refused_before_any_tensor(synthetic, capsys, monkeypatch):
-    """--backend gpu where no GPU is usable: one line naming why, before any tensor is read
-    (the tensor reader is made to fail, so reading one would show)."""
+    """--backend gpu where no GPU is usable, an unknown backend, and a qmax outside the scaled
+    layouts: one line naming why, before any tensor is read (the tensor reader is made to
+    fail, so reading one would show)."""
     from quantbook.bulk.backend import BACKENDS
     from quantbook.io import safetensors as st
     from quantbook.model import evaluate_model
@@ -289,11 +290,16 @@ def test_a_named_backend_that_cannot_run_is_refused_before_any_tensor(synthetic,
     monkeypatch.setattr(BACKENDS["gpu"], "unavailable", lambda: "no CUDA device (stand-in)")
     monkeypatch.setattr(st.SafetensorsFile, "read", lambda *a, **k: pytest.fail("a tensor was read"))
     path, _ = synthetic
+    with pytest.raises(ValueError, match="qmax applies only with a rule of the scaled layouts"):
+        evaluate_model(str(path), resolve_codebooks("nf4", 64), qmax=3.0)
     with pytest.raises(ValueError, match=r"backend='gpu' is unavailable: no CUDA device \(stand-in\)"):
         evaluate_model(str(path), resolve_codebooks("nf4", 64), backend="gpu")
     assert main(["evaluate-model", str(path), "-c", "nf4", "--backend", "gpu"]) == 2
     err = capsys.readouterr().err
     assert "unavailable: no CUDA device (stand-in)" in err and err.count("\n") == 1
+    assert main(["evaluate-model", str(path), "-c", "nf4,higgs-2d-256", "--backend", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "backend must be one of auto, numpy, cpu, gpu" in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------- fit to data

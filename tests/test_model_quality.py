@@ -231,24 +231,26 @@ def _tiny_model(task: str, tmp_path: Path):
     return model.float().eval(), tok, text
 
 
-_DEVICES = [pytest.param("cpu", id="cpu"),
-            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-                not torch.cuda.is_available(), reason="needs a CUDA GPU that torch sees"))]
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU that torch sees")
+_NO_GPU_BACKEND = pytest.mark.skipif(BACKENDS["gpu"].unavailable() is not None,
+                                     reason=f"the gpu backend: {BACKENDS['gpu'].unavailable()}")
+_DEVICES = [pytest.param("cpu", "cpu", id="cpu-numba-backend"),
+            pytest.param("cuda", "numpy", id="cuda", marks=_NO_CUDA),
+            pytest.param("cuda", "gpu", id="cuda-gpu-backend", marks=[_NO_CUDA, _NO_GPU_BACKEND])]
 
 
-@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("device, backend", _DEVICES)
 @pytest.mark.parametrize("task", ["lm", "embed"])
-def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task, device):
-    """evaluate-model --device: the weights are quantized from their host copy either way, so the weight
-    columns agree exactly; the model's outputs agree to float32 rounding (a repeated host run:
-    exactly, the host run has no randomness)."""
+def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task, device, backend):
+    """evaluate-model --device/--backend against the host run with the numpy reference: every
+    backend quantizes the weights to the same bytes, so the weight columns agree exactly; the
+    model's outputs agree to float32 rounding on a GPU, and exactly on the host (no
+    randomness there)."""
     model, tok, text = _tiny_model(task, tmp_path)
-    kw = dict(task=task, text=text, tokens=256, context=64, backend="numpy")
+    kw = dict(task=task, text=text, tokens=256, context=64)
     cbs = resolve_codebooks("nf4,nf2", 64)
-    host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", **kw)
-    if device == "cuda" and BACKENDS["gpu"].unavailable() is None:   # the weights quantized there too
-        kw["backend"] = "gpu"
-    other = evaluate_quality("tiny", cbs, model=(model, tok), device=device, **kw)
+    host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="numpy", **kw)
+    other = evaluate_quality("tiny", cbs, model=(model, tok), device=device, backend=backend, **kw)
     assert other.device == device and next(model.parameters()).device.type == device
     assert host.labels == other.labels == ["unquantized", "nf4", "nf2"]
     # two layers of 7 (Llama) or 6 (BERT) linears, and the output head or the pooler

@@ -18,7 +18,7 @@ from .backend import BACKENDS, Backend, get_backend, is_device_array
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
 from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
-from ..scales import DEFAULT_QMAX, get_rule
+from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 
 __all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names"]
 
@@ -157,7 +157,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         layout, with the codebook scaled to ``qmax``.
     qmax:
         The scaled layout's largest code magnitude (E2M1's 6), to which each block's amax is
-        mapped; ignored by the bitsandbytes layout.
+        mapped; another value with the bitsandbytes layout is an error (it maps to ±1).
 
     Returns ``(packed, state)``: 1-D uint8 bytes (:func:`quantbook.bulk.format.packed_length`)
     and a :class:`QuantState` with bitsandbytes' field names.
@@ -165,6 +165,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     block_size = F.check_block_size(block_size)
     cb = resolve_codebook(codebook, block_size)
     rule = None if scale is None else get_rule(scale)
+    check_scaled_only(rule, qmax=check_qmax(qmax) != DEFAULT_QMAX)
     if rule is not None and rule.layout == "bnb":
         nested = nested or rule.family == "nested"
         rule = None

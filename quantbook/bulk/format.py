@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codebooks.blocks import MAX_BLOCK, MIN_BLOCK, check_block_size
+from ..codebooks.blocks import MAX_BLOCK, MIN_BLOCK, check_block_size, is_int
 from ..codebooks.encoding import Encoder, encoder
 
 __all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int", "as_scalar", "as_int",
@@ -23,11 +23,6 @@ _F = np.float32
 TINY = _F(1e-38)
 #: input and output dtypes (bfloat16 through ml_dtypes)
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-def is_int(v: Any) -> bool:
-    """Whether ``v`` is an integer argument: a Python or numpy integer, not a bool."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def as_scalar(v: Any) -> Any:

@@ -68,14 +68,13 @@ def _cmd_export(args) -> int:
     if args.output is not None:
         output_path(args.output)  # fail before doing any work
     from ..naming import depends_on_block_size
-
     from ..scales import check_scaled_only, get_rule
 
-    check_scaled_only(None if args.scale is None else get_rule(args.scale), **{"--qmax": args.qmax is not None})
     if args.scale is None and args.block_size is not None and not depends_on_block_size(args.codebook):
         raise UsageError("--block-size applies only with --scale or to a lloyd-... spelling without B")
     if args.scale is not None and args.format not in ("c", "cuda"):
         raise UsageError(f"--scale is written only into c and cuda headers, not --format {args.format}")
+    check_scaled_only(None if args.scale is None else get_rule(args.scale), **{"--qmax": args.qmax is not None})
     block_size = 64 if args.block_size is None else args.block_size  # quantbook.quantize's default
     from ..naming import is_vector_spec, resolve_vector
 

@@ -213,9 +213,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--plot", metavar="FILE", default=None,
                    help="also draw a picture (PNG, PDF, SVG ...: by extension; matplotlib): per-tensor SQNR, or "
                         "with --task the task's loss (KL, 1 − cosine) against bits per weight")
-    s.add_argument("--backend", choices=("auto", "numpy", "cpu", "gpu"), default="auto",
+    s.add_argument("--backend", default="auto", metavar="NAME",
                    help="bulk quantization backend: auto (default: cpu when numba is installed, else numpy), "
-                        "cpu (numba), numpy (the reference) or gpu (CuPy; each tensor goes to the GPU and its "
-                        "dequantized values come back, same bytes); vector codebooks take auto, numpy or cpu")
+                        "cpu (numba), numpy (the reference) or gpu (CuPy: each tensor goes to the GPU and its "
+                        "dequantized values come back, the same bytes; scalar codebooks only)")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
     s.set_defaults(func=_cmd_evaluate_model)

@@ -1,6 +1,7 @@
 """The block sizes the byte layouts store (docs/format.md, "Arrays and blocks"): powers of two from
-``MIN_BLOCK`` to ``MAX_BLOCK``.  Stated here, below both :mod:`quantbook.bulk` (which stores
-the blocks) and :mod:`quantbook.export` (whose C headers describe them), so the two agree.
+``MIN_BLOCK`` to ``MAX_BLOCK``, and what counts as an integer argument.  Stated here, below
+both :mod:`quantbook.bulk` (which stores the blocks) and :mod:`quantbook.export` (whose C
+headers describe them), so the two agree.
 """
 
 from __future__ import annotations
@@ -9,15 +10,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_BLOCK", "MAX_BLOCK", "check_block_size"]
+__all__ = ["MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int"]
 
 MIN_BLOCK, MAX_BLOCK = 16, 4096
 
 
+def is_int(v: Any) -> bool:
+    """Whether ``v`` is an integer argument (a block size, a width): a Python or numpy
+    integer, not a bool, and not an integral float."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_block_size(block_size: Any) -> int:
     """``block_size`` as an int: an integer power of two from ``MIN_BLOCK`` to ``MAX_BLOCK``
-    (a ValueError otherwise; a bool or an integral float is not an integer here)."""
-    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)):
+    (a ValueError otherwise)."""
+    if not is_int(block_size):
         raise ValueError(f"block_size must be an integer power of two from {MIN_BLOCK} to "
                          f"{MAX_BLOCK}, got {block_size!r}")
     b = int(block_size)

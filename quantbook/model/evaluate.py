@@ -148,9 +148,10 @@ def resolve_scale(scale: Any, nested: bool, codebooks: Sequence[tuple[str, Any]]
     """``(name, rule for quantize or None, nested)`` of a scale rule spec (None: bitsandbytes'
     float32 absmax, or nested with ``nested``), checked against every ``(label, Codebook)``
     before any work: a ValueError when the layout cannot store one of them."""
-    from ..scales import get_rule
+    from ..scales import check_qmax, check_scaled_only, get_rule
 
     rule = get_rule("nested" if nested and scale is None else (scale or "float32"))
+    check_scaled_only(rule, qmax=check_qmax(qmax) != DEFAULT_QMAX)
     if rule.layout == "bnb":
         nested = nested or rule.family == "nested"
         return ("nested" if nested else rule.name), None, nested
@@ -336,13 +337,14 @@ def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]]) -> None:
     among ``codebooks`` (the GPU quantizes scalar codes only)."""
     if backend == "auto":
         return
-    from ..bulk.backend import get_backend
+    from ..bulk.backend import BACKENDS, get_backend
     from ..bulk.vq import vq_backend_names
 
-    if any(is_vector_codebook(cb) for _, cb in codebooks) and backend not in vq_backend_names():
+    vector = any(is_vector_codebook(cb) for _, cb in codebooks)
+    if backend in BACKENDS and vector and backend not in vq_backend_names():
         raise ValueError(f"backend {backend!r} does not quantize vector codebooks (those take "
                          f"{', '.join(vq_backend_names())})")
-    get_backend(backend)
+    get_backend(backend)   # an unknown name, or one that cannot run here
 
 
 def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:

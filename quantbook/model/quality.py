@@ -702,8 +702,10 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     ``codebooks``: ``(label, Codebook)`` pairs; ``rotations``: :func:`parse_rotations`
     spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (its weights are
     restored on return), else ``path`` is loaded; ``device``: where the model runs
-    (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``; the weights are quantized
-    on the host either way).  Labels are ``LABEL`` and ``LABEL+hadamard[:N]``.
+    (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``); ``backend``: what
+    quantizes the weights, from their host copy (``"gpu"``: on the GPU, the same bytes;
+    :func:`~quantbook.model.evaluate.check_backend`).  Labels are ``LABEL`` and
+    ``LABEL+hadamard[:N]``.
     ``scale``/``qmax``: the scale rule (:func:`quantbook.model.evaluate.resolve_scale`),
     checked before the model is loaded; ``vq``: how vector codebooks store the weights.
     """

@@ -37,7 +37,7 @@ DEFAULT_QMAX = 6.0
 #: the end of the message for layout options (qmax, a tensor maximum or size) given without a
 #: rule of the scaled layouts
 _SCALED_ONLY = ("only with a rule of the scaled layouts (e4m3, e8m0:MODE, float16, bfloat16, search:...); "
-               "float32 and nested keep bitsandbytes' exact absmax")
+                "float32 and nested keep bitsandbytes' exact absmax")
 
 _F = np.float32
 
@@ -192,7 +192,9 @@ def check_scaled_only(rule: "ScaleRule | None", **given: bool) -> None:
         return
     named = [name for name, on in given.items() if on]
     if named:
-        raise ValueError(f"{', '.join(named)}: {_SCALED_ONLY}")
+        verb = "applies" if len(named) == 1 else "apply"
+        raise ValueError(f"{', '.join(named[:-1]) + ' and ' if len(named) > 1 else ''}{named[-1]} {verb} "
+                         f"{_SCALED_ONLY}")
 
 
 def check_qmax(qmax: Any) -> float:

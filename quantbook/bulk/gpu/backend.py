@@ -172,10 +172,11 @@ _CONSTS: dict[tuple, tuple] = {}
 
 def _device_const(host: np.ndarray):
     """A device copy of a read-only host table, cached per device (no H2D per call).  A table
-    that owns its read-only memory (the cached tables of :mod:`quantbook.scales.steps` and
-    :mod:`.tables`, up to 256 KB) is known by identity, so a call does not even read it; the
-    entry keeps the array, so its id cannot pass to another.  Anything else is known by its
-    bytes."""
+    that owns its read-only memory is known by identity, so a call does not even read it: by
+    convention such a table is never written again (the cached tables of
+    :mod:`quantbook.scales.steps` and :mod:`.tables`, up to 256 KB; numpy would let the owner
+    make it writable, which nothing here does).  The entry keeps the array, so its id cannot
+    pass to another.  Anything else is known by its bytes."""
     cp = _cupy()
     dev = cp.cuda.Device().id
     by_id = isinstance(host, np.ndarray) and not host.flags.writeable and host.base is None
