@@ -17,15 +17,17 @@ Rows:
 * ``encode``: the encode kernel with the factors already on the device (reads x and the
   factors, writes n/2 bytes); ``encode+H2D`` the hook as the backend calls it, factors
   copied from the host;
-* ``decode``: the decode kernel with the scales on the device (reads n/2 bytes and the
-  scales, writes n values of the input's type);
+* ``decode``: the decode kernel with float32 scales on the device (reads n/2 bytes and the
+  scales, writes n values of the input's type); ``decode lut`` the same kernel reading the
+  stored scales' bits (1 or 2 bytes a block) and looking them up in the rule's decode table;
 * ``errors``: one scale-search candidate's block errors (float64 sums, a thread a block),
   factors and scales on the device, the sums left there: a search rule such as
   ``search:4over6`` runs it once per candidate, then ``encode`` once;
 * ``quantize()``: ``quantbook.quantize(x, codebook, B, scale=rule, backend="gpu")`` end to
   end, the stored scales copied to the host into the state;
-* ``dequantize()``: ``quantbook.dequantize`` of that result end to end (the stored scales and
-  the rule's decode table copied to the device, the scales gathered there, then ``decode``);
+* ``dequantize()``: ``quantbook.dequantize`` of that result end to end (the state checked on
+  the host, the stored scales copied to the device, then ``decode lut``; the rule's decode
+  table is copied once and kept);
 * ``ggml search``: ggml's IQ4_NL quantizer (``search:ggml``, iq4_nl at qmax 127, block 32),
   the scale search and the codes on the device, the scales copied to the host (the
   float16 rounding runs in numpy).  It is arithmetic-bound (17 passes over each block), so
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
     from quantbook.bulk.gpu import backend as G
     from quantbook.bulk.gpu import scaled as GS
     from quantbook.scales import get_rule
+    from quantbook.scales.steps import decode_table
 
     ok, why = G.gpu_available()
     if not ok:
@@ -189,6 +192,13 @@ def main(argv=None) -> int:
                            args.repeat, cp)
             bw = (n // 2 + 4 * nb + n * isz) / t / 1e6
             print(f"{fmt:6s} {dname:9s} {'decode':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
+            # the stored scales' bits looked up in the rule's decode table by the kernel
+            lut = decode_table(rule, ts)
+            idx_dev = cp.asarray(stored.view(f"u{stored.dtype.itemsize}"))
+            t = _median_ms(lambda: GS.scaled_decode_gpu(st["p"], idx_dev, table, B, n, out_dtype, lut=lut),
+                           args.repeat, cp)
+            bw = (n // 2 + stored.dtype.itemsize * nb + n * isz) / t / 1e6
+            print(f"{fmt:6s} {dname:9s} {'decode lut':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
             pq, sq = qb.quantize(x, args.codebook, B, scale=rule_name, backend="gpu")
             t = _median_ms(lambda: qb.dequantize(pq, sq, backend="gpu"), args.repeat, cp)
             bw = (n // 2 + nb + n * isz) / t / 1e6
@@ -208,6 +218,8 @@ def main(argv=None) -> int:
                 d = GS.scaled_decode_gpu(st["p"][: m // 2], s_dev, table, B, m, out_dtype)
                 d_ref = R.scaled_decode_reference(p_ref, scale[: m // B], table, B, m, xh.dtype)
                 same_d = np.array_equal(_host_bits(d, cp), d_ref.view(np.uint8))
+                d = GS.scaled_decode_gpu(st["p"][: m // 2], idx_dev[: m // B], table, B, m, out_dtype, lut=lut)
+                same_d = same_d and np.array_equal(_host_bits(d, cp), d_ref.view(np.uint8))
                 # the device's step-table lookup against the rule (stored scales and factors)
                 looked = GS.scaled_scales_gpu(amax, rule, 6.0, ts)
                 same_s = (looked is not None and np.array_equal(cp.asnumpy(looked[0]), stored)

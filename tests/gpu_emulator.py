@@ -401,9 +401,9 @@ def _scaled_launchers() -> str:
             f" qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid, block, [&] {{"
             f" {e}(x, f, p, n, B, log2B, divide, vec, pad, sym, {_ENC_ARGS}, lo, hi, j0, neg0, rnan); }}); }}")
         out.append(
-            f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* p, const float* s,'
-            f" const float* t, {st}* o, qb_i64 n, int B, int log2B, int vec) {{ qb_run_grid(grid,"
-            f" block, [&] {{ {dq}(p, s, t, o, n, B, log2B, vec); }}); }}")
+            f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* p, const void* s,'
+            f" const float* lut, int sbytes, const float* t, {st}* o, qb_i64 n, int B, int log2B, int vec) {{"
+            f" qb_run_grid(grid, block, [&] {{ {dq}(p, s, lut, sbytes, t, o, n, B, log2B, vec); }}); }}")
         er = _SK.errors_name(d)
         out.append(
             f'extern "C" void emu_{er}(unsigned grid, unsigned block, const {st}* x, const float* f,'
@@ -437,7 +437,7 @@ class ScaledEmulator:
             fe.argtypes = ([_U32, _U32, _P, _P, _P, _I64, _I32, _I32, _I32, _I32, _U32, _I32]
                            + [_F32] * 16 + [_U32, _U32, _I32, _U32, _I32])
             fd = getattr(self.lib, f"emu_{_SK.decode_name(d)}")
-            fd.argtypes = [_U32, _U32, _P, _P, _P, _P, _I64, _I32, _I32, _I32]
+            fd.argtypes = [_U32, _U32, _P, _P, _P, _I32, _P, _P, _I64, _I32, _I32, _I32]
             fr = getattr(self.lib, f"emu_{_SK.errors_name(d)}")
             fr.argtypes = [_U32, _U32, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I32] + [_F32] * 16 \
                 + [_U32, _U32, _I32, _U32, _I32]
@@ -509,7 +509,9 @@ def scaled_encode_emulated(x: np.ndarray, factor, divide: bool, table, block_siz
 
 
 def scaled_decode_emulated(packed, scale, table, block_size: int, n: int, out_dtype, *,
-                           vec: bool = True):
+                           vec: bool = True, lut=None):
+    """:func:`quantbook.bulk.gpu.scaled.scaled_decode_gpu` run by the emulator: ``scale`` a
+    float32 per block, or with ``lut`` the stored bits the kernel looks up in it."""
     key = _dtype_key(out_dtype)
     st = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[key]
     out = np.full(n, np.nan, np.float32) if key == "f32" else np.full(n, 0x7E7E, np.uint16).view(st)
@@ -517,8 +519,13 @@ def scaled_decode_emulated(packed, scale, table, block_size: int, n: int, out_dt
     grid, cta, v, log2b = _GS.launch_shape("decode", n, block_size,
                                            vec and _aligned(pk, _GS._DECODE_ALIGN[key])
                                            and _aligned(out, 16), key)
-    scaled_emulator().launch(_SK.decode_name(key), grid, cta, pk,
-                             np.ascontiguousarray(scale, dtype=np.float32).reshape(-1),
+    if lut is None:
+        s = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
+        lut, sbytes = s, 4
+    else:
+        s = np.ascontiguousarray(scale).reshape(-1)
+        lut, sbytes = np.ascontiguousarray(lut, dtype=np.float32), s.itemsize
+    scaled_emulator().launch(_SK.decode_name(key), grid, cta, pk, s, lut, sbytes,
                              F.decode_table(table, _L.SCALED_BITS), out, n, block_size, log2b, v)
     if key == "bf16":
         import ml_dtypes
@@ -586,6 +593,9 @@ class EmulatedScaledBackend(Backend):
 
     def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
         return scaled_decode_emulated(packed, scale, table, block_size, n, out_dtype, vec=self.vec)
+
+    def scaled_decode_lookup(self, packed, lut, index, table, block_size, n, out_dtype):
+        return scaled_decode_emulated(packed, index, table, block_size, n, out_dtype, vec=self.vec, lut=lut)
 
     def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
         return scaled_errors_emulated(x, factor, divide, scale, table, block_size, loss)

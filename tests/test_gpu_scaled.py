@@ -367,6 +367,35 @@ def test_encode_decode_hooks(emu, name):
             assert bits_equal(E.scaled_decode_emulated(moved, scale, table, 16, n, dt), ref)
 
 
+@pytest.mark.parametrize("rule, ts, B", [("e4m3", 0.37, 16), ("e8m0:floor", None, 32), ("float16", None, 16),
+                                         ("bfloat16", None, 64), ("search:ggml", None, 32)])
+def test_decode_looks_the_stored_scales_up_as_the_host_gathers_them(emu, rule, ts, B):
+    """The decode kernel's scale lookup (the stored values' bits into the rule's decode table,
+    1 or 2 bytes a block, signed rules too) against the reference decode of the scales the
+    host gathers: every stored value that decodes to a finite scale, vector and scalar
+    paths, ragged n, a misaligned packed view."""
+    from quantbook.scales.steps import decode_table
+
+    rng = np.random.default_rng(B)
+    table = _table("e2m1")
+    lut = decode_table(rule, None if ts is None else np.float32(ts))
+    stored = np.flatnonzero(np.isfinite(lut))
+    if stored.size > 256:   # 16-bit scales: both ends, both sides of the sign bit, and a sample
+        mid = int(np.searchsorted(stored, lut.size // 2))
+        stored = np.unique(np.concatenate([stored[:32], stored[-32:], stored[max(mid - 32, 0):mid + 32],
+                                           rng.choice(stored, 256)]))
+    index = rng.permutation(np.resize(stored, max(stored.size, 300))).astype(np.uint8 if lut.size == 256 else np.uint16)
+    n = B * index.size - 5
+    packed = rng.integers(0, 256, -(-n // 2), dtype=np.uint8)
+    for dt in (np.float32, np.float16) + ((BF16,) if BF16 is not None else ()):
+        ref = scaled_decode_reference(packed, lut[index], table, B, n, dt)
+        assert bits_equal(E.scaled_decode_emulated(packed, index, table, B, n, dt, lut=lut), ref)
+        assert bits_equal(E.scaled_decode_emulated(packed, index, table, B, n, dt, vec=False, lut=lut), ref)
+        moved = np.empty(packed.size + 1, np.uint8)[1:]
+        moved[:] = packed
+        assert bits_equal(E.scaled_decode_emulated(moved, index, table, B, n, dt, lut=lut), ref)
+
+
 def test_nonfinite_input_through_the_driver(emu):
     x = np.random.default_rng(6).standard_normal(100).astype(np.float32)
     x[40] = np.inf
@@ -453,9 +482,9 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(fake_cp, tmp_path, rule, B
 
 @pytest.mark.parametrize("rule", ["float16", "e4m3"])
 def test_the_scale_decode_table_goes_to_the_device_once(fake_cp, monkeypatch, rule):
-    """dequantize gathers each block's scale on the device from the rule's decode table (256 KB
-    for 16-bit scales): uploaded on the first call, then reused, while the stored values go
-    up on every call."""
+    """dequantize looks each block's scale up on the device in the rule's decode table (256 KB
+    for 16-bit scales): the table is uploaded on the first call, then reused, while the
+    stored values go up on every call."""
     sent = []
     upload = fake_cp.asarray
     def counted(a, dtype=None):   # host arrays only: asarray of a device array copies nothing
@@ -662,7 +691,7 @@ def test_scaled_benchmark_runs_and_checks_bytes(fake_cp, monkeypatch, capsys):
     bench = load_benchmark(fake_cp, monkeypatch, "bench_scaled_gpu")
     assert bench.main(["--log2n", "12", "--repeat", "1", "--check", "12"]) == 0
     out = capsys.readouterr().out
-    for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors", "decode", "dequantize()",
-                "ggml search"):
+    for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors", "decode", "decode lut",
+                "dequantize()", "ggml search"):
         assert f" {row} " in out, row
     assert "DIFFER" not in out and out.count("IDENTICAL") == 3 * 3

@@ -114,6 +114,15 @@ class Backend:
         """``float32(table[code] * scale[block])`` cast to ``out_dtype``."""
         raise NotImplementedError
 
+    def scaled_decode_lookup(self, packed: Any, lut: np.ndarray, index: np.ndarray, table: np.ndarray,
+                             block_size: int, n: int, out_dtype: np.dtype) -> Any:
+        """:meth:`scaled_decode` with block ``b``'s scale ``lut[index[b]]``: the rule's decode
+        table and the stored values' bits (:meth:`quantbook.bulk.state.QuantState.scale_lookup`).
+        Default: gather the scales, then decode; a device backend looks them up in its kernel
+        instead (no per-block float array)."""
+        return self.scaled_decode(packed, self.from_host(lut)[self.from_host(index)], table, block_size, n,
+                                  out_dtype)
+
     def scaled_errors(self, x: Any, factor: np.ndarray, divide: bool, scale: np.ndarray, table: np.ndarray,
                       block_size: int, loss: str) -> np.ndarray:
         """Per block (float64, an array of this backend's kind), the error of encoding with
@@ -148,10 +157,6 @@ class Backend:
     def from_host(self, a: np.ndarray) -> Any:
         return a
 
-    def from_host_table(self, a: np.ndarray) -> Any:
-        """A read-only host table (a decode table of :mod:`quantbook.scales.steps`) where the
-        kernels read it; a device backend keeps one copy per table instead of one per call."""
-        return self.from_host(a)
 
 
 def get_backend(name: str) -> Backend:

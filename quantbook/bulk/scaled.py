@@ -93,10 +93,9 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
         raise ValueError(f"packed has {size} bytes, expected {packed_length(n)} for {n} "
                          "values of 4 bits")
     lookup = state.scale_lookup()
+    table, dtype = np.asarray(state.code, _F), np.dtype(state.dtype)
     if lookup is None:
-        scale = state.absmax_f32()
-    else:   # the gather runs where the codes are decoded: a device gets the stored bytes
-        scale = be.from_host_table(lookup[0])[be.from_host(lookup[1])]
-    flat = be.scaled_decode(packed, scale, np.asarray(state.code, _F), state.blocksize, n,
-                            np.dtype(state.dtype))
+        flat = be.scaled_decode(packed, state.absmax_f32(), table, state.blocksize, n, dtype)
+    else:   # the scales are looked up where the codes are decoded: a device gets the stored bytes
+        flat = be.scaled_decode_lookup(packed, lookup[0], lookup[1], table, state.blocksize, n, dtype)
     return flat.reshape(state.shape)

@@ -452,6 +452,11 @@ class CudaBackend(Backend, name="gpu"):
 
         return scaled_decode_gpu(packed, scale, table, block_size, n, out_dtype)
 
+    def scaled_decode_lookup(self, packed, lut, index, table, block_size, n, out_dtype):
+        from .scaled import scaled_decode_gpu  # noqa: PLC0415
+
+        return scaled_decode_gpu(packed, index, table, block_size, n, out_dtype, lut=lut)
+
     def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
         from .scaled import scaled_errors_gpu  # noqa: PLC0415
 
@@ -474,9 +479,6 @@ class CudaBackend(Backend, name="gpu"):
         if hasattr(a, "cpu"):  # torch
             return a.detach().cpu().numpy()
         return np.asarray(a)
-
-    def from_host_table(self, a: np.ndarray):
-        return _device_const(a)
 
     def from_host(self, a):
         try:

@@ -310,10 +310,13 @@ def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
     return packed
 
 
-def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype):
+def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype, lut=None):
     """``out_dtype(float32(table[code] * scale[block]))`` for ``n`` values (a flat CuPy array;
     bfloat16 as in :func:`quantbook.bulk.gpu.backend.dequantize_gpu`); ``scale`` on the host
-    or the device."""
+    or the device.  With ``lut`` (a host float32 decode table of 256 or 65536 entries,
+    :meth:`quantbook.bulk.state.QuantState.scale_lookup`), ``scale`` holds the stored
+    values' bits (uint8 or uint16) and block ``b``'s scale is ``lut[scale[b]]``, looked up
+    by the kernel."""
     b = _check_block_size(block_size)
     dec = F.decode_table(table, L.SCALED_BITS)
     key = G._dtype_key(out_dtype)
@@ -322,10 +325,18 @@ def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype):
         raise ValueError(f"n must be >= 0, got {n}")
     cp = G._cupy()
     pk = cp.ascontiguousarray(cp.asarray(packed)).reshape(-1).view(cp.uint8)
-    if hasattr(scale, "__cuda_array_interface__"):
+    if lut is None:   # a float32 scale a block, from the host or on the device
         s = cp.ascontiguousarray(cp.asarray(scale, dtype=cp.float32)).reshape(-1)
+        lut_d, sbytes = s, 4   # the kernel reads s itself; lut_d only needs to be a valid pointer
     else:
-        s = np.ascontiguousarray(scale, dtype=_F).reshape(-1)
+        lut = np.asarray(lut)
+        sdt = np.dtype(scale.dtype)
+        if lut.dtype != _F or lut.ndim != 1 or sdt.kind != "u" or sdt.itemsize > 2 \
+                or lut.size != 1 << (8 * sdt.itemsize):
+            raise ValueError(f"a scale lookup takes uint8 or uint16 stored bits and a float32 table of "
+                             f"2**bits entries, got {sdt} bits and a {lut.dtype} table of {lut.size}")
+        s = cp.ascontiguousarray(cp.asarray(scale)).reshape(-1)
+        lut_d, sbytes = G._device_const(lut), sdt.itemsize
     if pk.size < L.packed_length(n):
         raise ValueError(f"packed holds {pk.size} bytes, {L.packed_length(n)} needed for n={n}")
     if s.size < F.n_blocks(n, b):
@@ -336,7 +347,7 @@ def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype):
         grid, cta, vec, log2b = launch_shape("decode", n, b, aligned, key)
         _kernel(SK.decode_name(key))(
             (grid,), (cta,),
-            (pk, cp.asarray(s), G._device_const(dec), out, np.int64(n), np.int32(b),
+            (pk, s, lut_d, np.int32(sbytes), G._device_const(dec), out, np.int64(n), np.int32(b),
              np.int32(log2b), np.int32(vec)))
     return out if view is None else view
 

@@ -35,8 +35,10 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   The vector path multiplies; a division (when the host could not make it an exact
   multiplication) takes the scalar path, which keeps the compiled code small.
 * ``qbs_decode_<dt>`` — ``out = T(float32(table[code] * scale[block]))``, the 16-entry
-  NaN-padded table in shared memory; the vector path needs packed 2- (float32 output) or
-  4-byte aligned, the output 16-byte aligned.
+  NaN-padded table in shared memory; ``scale[block]`` is a float32 array (``sbytes`` 4) or
+  ``lut[stored[block]]``, the stored values' bits (``sbytes`` 1 or 2) looked up in the
+  rule's decode table.  The vector path needs packed 2- (float32 output) or 4-byte
+  aligned, the output 16-byte aligned.
 * ``qbs_errors_<dt>`` — a scale-search candidate's block errors (``block_errors`` of
   :mod:`quantbook.scales.search`), a thread a block: encode, decode, float64 sum in element
   order; the per-block sums are all that the host needs to pick.
@@ -307,13 +309,25 @@ __device__ __forceinline__ void qbs_encode(const typename T::storage* __restrict
 }
 
 /* ---- decode ------------------------------------------------------------------------ */
+/* Block b's scale: a float32 per block (sbytes 4), or the stored value's bits looked up in
+   the rule's decode table (sbytes 1 or 2), so no per-block float array is written and read
+   back.  sbytes is the same for the whole grid: the branch costs no divergence. */
+__device__ __forceinline__ float qbs_block_scale(const void* __restrict__ scale,
+                                                 const float* __restrict__ lut, int sbytes,
+                                                 qb_i64 b) {
+    if (sbytes == 1) return lut[static_cast<const qb_u8*>(scale)[b]];
+    if (sbytes == 2) return lut[static_cast<const qb_u16*>(scale)[b]];
+    return static_cast<const float*>(scale)[b];
+}
+
 /* A step of a thread is one 16-byte store: DE = 16 / sizeof(S) outputs (4 float32, 8 16-bit)
    from DE / 2 packed bytes; QBS_DEC_EPT outputs a thread, the steps strided by the CTA so
    each store instruction of a warp writes 512 consecutive bytes. */
 #define QBS_DEC_EPT 32
 template <typename T>
 __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
-                                           const float* __restrict__ scale,
+                                           const void* __restrict__ scale,
+                                           const float* __restrict__ lut, int sbytes,
                                            const float* __restrict__ table,
                                            typename T::storage* __restrict__ out, qb_i64 n, int B,
                                            int log2B, int vec) {
@@ -331,7 +345,7 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
 #pragma unroll
         for (int q = 0; q < CH; ++q) {
             const qb_i64 c = ((qb_i64)blockIdx.x * CH + q) * blockDim.x + threadIdx.x;
-            sq[q] = (c * DE < n) ? scale[(c * DE) >> log2B] : 0.0f;
+            sq[q] = (c * DE < n) ? qbs_block_scale(scale, lut, sbytes, (c * DE) >> log2B) : 0.0f;
             w[q] = 0u;
             if (DB * c + DB <= nbytes) {
                 if constexpr (DB == 4) w[q] = *reinterpret_cast<const qb_u32*>(packed + 4 * c);
@@ -370,7 +384,7 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
         const qb_i64 o = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
         if (o >= nbytes) return;
         const qb_i64 e = 2 * o;
-        const float s = scale[e / B];
+        const float s = qbs_block_scale(scale, lut, sbytes, e / B);
         const qb_u32 p = packed[o];
         out[e] = qb_from_f32<T>(__fmul_rn(s_t[p & 15u], s));
         if (e + 1 < n) out[e + 1] = qb_from_f32<T>(__fmul_rn(s_t[p >> 4], s));
@@ -530,9 +544,9 @@ def _wrappers(dtype: str) -> dict[str, str]:
         f"  qbs_encode<{t}>(x, factor, packed, n, B, log2B, divide, vec, pad, sym, E);\n}}\n",
         decode_name(dtype):
         f'extern "C" __global__ void __launch_bounds__({CTA}) {decode_name(dtype)}(\n'
-        f"    const qb_u8* packed, const float* scale, const float* table, {t}::storage* out,\n"
-        f"    qb_i64 n, int B, int log2B, int vec) {{\n"
-        f"  qbs_decode<{t}>(packed, scale, table, out, n, B, log2B, vec);\n}}\n",
+        f"    const qb_u8* packed, const void* scale, const float* lut, int sbytes, const float* table,\n"
+        f"    {t}::storage* out, qb_i64 n, int B, int log2B, int vec) {{\n"
+        f"  qbs_decode<{t}>(packed, scale, lut, sbytes, table, out, n, B, log2B, vec);\n}}\n",
     }
 
 
