@@ -652,6 +652,11 @@ def test_device_hooks_equal_numpy(dtype, rule, bs, codebook):
         ref = scaled_decode_reference(_host(p), s, table, bs, x.size, dtype)
     d = GS.scaled_decode_gpu(p, s, table, bs, x.size, dtype)
     assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))
+    from quantbook.scales.steps import decode_table   # the stored bits looked up by the kernel
+
+    index = stored.view(f"u{stored.dtype.itemsize}")
+    d = GS.scaled_decode_gpu(p, _to_device(index), table, bs, x.size, dtype, lut=decode_table(r, ts))
+    assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))
 
 
 @needs_gpu
