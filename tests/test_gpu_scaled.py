@@ -35,6 +35,7 @@ from quantbook.bulk.scaled import dequantize_scaled, quantize_scaled
 from quantbook.bulk.backend import BACKENDS
 from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
+from quantbook.scales.steps import decode_table
 
 from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device
 
@@ -374,8 +375,6 @@ def test_decode_looks_the_stored_scales_up_as_the_host_gathers_them(emu, rule, t
     1 or 2 bytes a block, signed rules too) against the reference decode of the scales the
     host gathers: every stored value that decodes to a finite scale, vector and scalar
     paths, ragged n, a misaligned packed view."""
-    from quantbook.scales.steps import decode_table
-
     rng = np.random.default_rng(B)
     table = _table("e2m1")
     lut = decode_table(rule, None if ts is None else np.float32(ts))
@@ -504,6 +503,18 @@ def test_the_scale_decode_table_goes_to_the_device_once(fake_cp, monkeypatch, ru
         assert sent.count(entries) == (call == 0) and sent.count(300) == 1, (call, sent)
 
 
+def test_a_scale_lookup_refuses_bits_and_tables_that_do_not_match(fake_cp):
+    """The kernel indexes the table with 1 or 2 unsigned bytes: any other pairing is an error,
+    never a read past the table."""
+    packed = np.zeros(32, np.uint8)
+    lut8, lut16 = decode_table("e4m3", np.float32(1.0)), decode_table("float16")
+    for index, lut in ((np.zeros(4, np.int8), lut8), (np.zeros(4, np.float16), lut16),
+                       (np.zeros(4, np.uint8), lut16), (np.zeros(4, np.uint16), lut8),
+                       (np.zeros(4, np.uint32), lut16), (np.zeros(4, np.uint8), lut8.astype(np.float64))):
+        with pytest.raises(ValueError, match="a scale lookup takes uint8 or uint16"):
+            GS.scaled_decode_gpu(packed, fake_device(index), _table("e2m1"), 16, 64, np.float32, lut=lut)
+
+
 def test_device_tables_are_known_by_identity_only_when_read_only_and_owned(fake_cp):
     frozen = np.arange(8, dtype=np.float32)
     frozen.setflags(write=False)
@@ -561,7 +572,7 @@ def test_gpu_backend_through_stand_in_cupy(fake_cp, rule):
     assert st.tensor_scale == rst.tensor_scale
     fake_cp.launches.clear()
     with np.errstate(over="ignore"):
-        d = dequantize_scaled(p, st, be)                      # scales gathered on the device
+        d = dequantize_scaled(p, st, be)            # stored scales looked up by the decode kernel
         rd = qb.dequantize(rp, rst, backend="numpy")
     assert isinstance(d, FakeDeviceArray) and bits_equal(np.asarray(d), rd)
     assert [n for n, _, _ in fake_cp.launches] == [SK.decode_name("f32")]
@@ -652,11 +663,9 @@ def test_device_hooks_equal_numpy(dtype, rule, bs, codebook):
         ref = scaled_decode_reference(_host(p), s, table, bs, x.size, dtype)
     d = GS.scaled_decode_gpu(p, s, table, bs, x.size, dtype)
     assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))
-    from quantbook.scales.steps import decode_table   # the stored bits looked up by the kernel
-
     index = stored.view(f"u{stored.dtype.itemsize}")
     d = GS.scaled_decode_gpu(p, _to_device(index), table, bs, x.size, dtype, lut=decode_table(r, ts))
-    assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))
+    assert bits_equal(_host(d).view(np.uint8), ref.view(np.uint8))   # the stored bits looked up by the kernel
 
 
 @needs_gpu

@@ -158,7 +158,6 @@ class Backend:
         return a
 
 
-
 def get_backend(name: str) -> Backend:
     """The registered backend called ``name``; a clear error when unknown or unusable."""
     backend = BACKENDS.get(name) if isinstance(name, str) else None
