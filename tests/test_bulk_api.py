@@ -90,6 +90,10 @@ def _state(nested=False, n=300):
     ("absmax", lambda s: np.where(np.arange(s.absmax.size) == 2, np.nan, s.absmax).astype(np.float32),
      "finite non-negative"),
     ("absmax", lambda s: (-s.absmax).astype(np.float32), "finite non-negative"),
+    ("absmax", lambda s: np.where(np.arange(s.absmax.size) == s.absmax.size - 1, np.inf, s.absmax).astype(np.float32),
+     r"entry 18 is .*inf"),
+    ("absmax", lambda s: np.where(np.arange(s.absmax.size) == 7, -1e-30, s.absmax).astype(np.float32),
+     "entry 7 is"),
     ("absmax", lambda s: s.absmax[:-1], "entries, expected"),
     ("absmax", lambda s: s.absmax.astype(np.float64), "float32 array"),
     ("bits", lambda s: 9, "bits must be"),
@@ -139,6 +143,24 @@ def test_stored_scales_around_a_bad_code_are_accepted():
     st.absmax = stored
     out = qb.dequantize(packed, st)
     assert np.all(out[:16] == 0) and np.isfinite(out).all()
+
+
+def test_a_negative_zero_scale_is_a_zero_scale():
+    packed, st = _state()
+    st.absmax = st.absmax.copy()
+    st.absmax[4] = -0.0
+    out = qb.dequantize(packed, st, backend="numpy").reshape(-1)
+    assert np.all(out[4 * st.blocksize:5 * st.blocksize] == 0)
+
+
+def test_nested_statistics_that_decode_beyond_float32_are_refused():
+    """Stored values all finite, yet code * nested_absmax + offset overflows: caught after the
+    nested decode, not passed to the kernels as inf."""
+    packed, st = _state(nested=True, n=16 * 300)
+    st.nested_absmax = np.full_like(st.nested_absmax, np.finfo(np.float32).max)
+    st.nested_offset = float(np.finfo(np.float32).max)
+    with pytest.raises(ValueError, match="decode to non-finite block scales"):
+        qb.dequantize(packed, st)
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -47,7 +47,8 @@ def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = Fal
         raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {got}")
     if size is not None and a.size != size:
         raise ValueError(f"{what} has {a.size} entries, expected {size}")
-    if scales and a.size and not (np.isfinite(a).all() and (a >= 0).all()):
+    # min and max propagate NaN, so two reductions test finite and non-negative without temporaries
+    if scales and a.size and not (a.min() >= 0 and a.max() <= np.finfo(a.dtype).max):
         bad = int(np.flatnonzero(~(np.isfinite(a) & (a >= 0)))[0])
         raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {a[bad]!r}")
     return a
