@@ -24,6 +24,18 @@ def bits_equal(a, b):
         np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
+def weights_file(path, seed, rows, cols):
+    """A seeded safetensors file for evaluate-model: ``a.weight`` (float32, rows x cols),
+    ``b.weight`` (float16, Student-t, rows/2 x cols/2) and ``c.bias`` (37 values, a ragged
+    tensor); ``path`` returned as a string."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(seed)
+    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32),
+                                 "b.weight": (rng.standard_t(4, (rows // 2, cols // 2)) * 0.05).astype(np.float16),
+                                 "c.bias": rng.standard_normal(37).astype(np.float32)}, str(path))
+    return str(path)
+
+
 def adversarial_input(n, blocksize, code, rng):
     """Seeded normal data, plus: block 0 with absmax exactly 1 and the rest ON the encoder's
     bounds and the code values (ties), an all-zero block, and subnormal values."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, fake_cupy, fake_device, load_benchmark, set_device
+from gpu_cases import FakeDeviceArray, fake_cupy, fake_device, load_benchmark, set_device, weights_file
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
@@ -209,23 +209,18 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(cp, tmp_path, nested):
     """evaluate-model --backend gpu: each tensor goes to the device, the same bytes come out,
     so every number of the report is the numpy backend's (float32 and float16 tensors, a
     ragged one, a Hadamard rotation)."""
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
 
-    rng = np.random.default_rng(21)
-    path = tmp_path / "m.safetensors"
-    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((64, 128)) * 0.02).astype(np.float32),
-                                 "b.weight": (rng.standard_t(4, (32, 64)) * 0.05).astype(np.float16),
-                                 "c.bias": rng.standard_normal(37).astype(np.float32)}, str(path))
+    path = weights_file(tmp_path / "m.safetensors", 21, 64, 128)
     kw = dict(block_size=64, nested=nested, rotations=("none", "hadamard"), tensors="*.weight")
     cbs = resolve_codebooks("nf4,nf2", 64)
-    host = evaluate_model(str(path), cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     del cp.launches[:]
-    gpu = evaluate_model(str(path), cbs, backend="gpu", **kw).to_dict(per_tensor=True)
+    gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qb_quantize_") for n, _, _ in cp.launches)
     assert any(n.startswith("qb_dequantize_") for n, _, _ in cp.launches)
     assert gpu == host
-    ragged = evaluate_model(str(path), cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
-    assert ragged.to_dict() == evaluate_model(str(path), cbs, backend="numpy", tensors="c.bias", block_size=16,
+    ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
+    assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,
                                               nested=nested).to_dict()

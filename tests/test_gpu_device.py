@@ -14,7 +14,7 @@ from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset,
 from quantbook.bulk.reference import quantize_reference
 from quantbook.codebooks import registry
 
-from gpu_cases import bits_equal
+from gpu_cases import bits_equal, weights_file
 
 _OK, _WHY = G.gpu_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=f"needs a CUDA device and CuPy ({_WHY})")
@@ -72,16 +72,11 @@ def test_torch_cuda_tensors_without_host_copy():
 def test_evaluate_model_on_the_gpu_is_the_host_report(tmp_path, scale, B):
     """evaluate-model --backend gpu on the real device: the report of the numpy backend,
     number for number (tests/test_gpu_backend_fake.py checks the same through the emulator)."""
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
 
-    rng = np.random.default_rng(23)
-    path = tmp_path / "m.safetensors"
-    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((256, 512)) * 0.02).astype(np.float32),
-                                 "b.weight": (rng.standard_t(4, (128, 256)) * 0.05).astype(np.float16),
-                                 "c.bias": rng.standard_normal(37).astype(np.float32)}, str(path))
+    path = weights_file(tmp_path / "m.safetensors", 23, 256, 512)
     cbs = resolve_codebooks("e2m1,nf4" if scale else "nf4,nf2,nf8", B)
     kw = dict(block_size=B, scale=scale, rotations=("none", "hadamard"), tensors="*.weight")
-    host = evaluate_model(str(path), cbs, backend="numpy", **kw).to_dict(per_tensor=True)
-    assert evaluate_model(str(path), cbs, backend="gpu", **kw).to_dict(per_tensor=True) == host
+    host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    assert evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True) == host

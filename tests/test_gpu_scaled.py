@@ -37,7 +37,7 @@ from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
 from quantbook.scales.steps import decode_table
 
-from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device
+from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
 
 try:
     import ml_dtypes
@@ -464,18 +464,14 @@ def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
 def test_evaluate_model_on_the_gpu_is_the_host_report(fake_cp, tmp_path, rule, B):
     """evaluate-model --backend gpu --scale RULE: the scaled layouts' report is the numpy
     backend's, number for number."""
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
 
-    rng = np.random.default_rng(22)
-    path = tmp_path / "m.safetensors"
-    safetensors_numpy.save_file({"a.weight": (rng.standard_normal((32, 128)) * 0.02).astype(np.float32),
-                                 "b.weight": (rng.standard_t(4, (16, 64)) * 0.05).astype(np.float16)}, str(path))
+    path = weights_file(tmp_path / "m.safetensors", 22, 32, 128)
     cbs = resolve_codebooks("e2m1,nf4", B)
-    kw = dict(block_size=B, scale=rule, rotations=("none", "hadamard"))
-    host = evaluate_model(str(path), cbs, backend="numpy", **kw).to_dict(per_tensor=True)
-    gpu = evaluate_model(str(path), cbs, backend="gpu", **kw).to_dict(per_tensor=True)
+    kw = dict(block_size=B, scale=rule, rotations=("none", "hadamard"), tensors="*.weight")
+    host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qbs_") for n, _, _ in fake_cp.launches) and gpu == host
 
 
