@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, fake_cupy, fake_device, load_benchmark, set_device, weights_file
+from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
@@ -224,3 +224,21 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(cp, tmp_path, nested):
     ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
     assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,
                                               nested=nested).to_dict()
+
+
+@pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
+@pytest.mark.parametrize("raw_bits", [False, True])
+def test_a_bfloat16_tensor_round_trips_through_the_gpu_as_on_the_host(cp, monkeypatch, raw_bits):
+    """evaluate-model's round trip of a bfloat16 tensor on the gpu backend equals the numpy
+    backend's, also where CuPy (before 14) hands back the bfloat16 outputs as uint16 bits."""
+    from quantbook.model.evaluate import BlockLayout
+    from quantbook.naming import resolve_codebooks
+
+    if raw_bits:
+        monkeypatch.setattr(G, "_empty_out", lambda n, key, real=G._empty_out:
+                            real(n, key) if key != "bf16" else (lambda r: (r[0], r[0]))(real(n, key)))
+    x = (np.random.default_rng(24).standard_normal((32, 128)) * 0.02).astype(ml_dtypes.bfloat16)
+    layout = BlockLayout(resolve_codebooks("nf4", 64)[0][1], 64)
+    want, bits = layout.roundtrip(x, "none", "numpy")
+    got, gbits = layout.roundtrip(x, "none", "gpu")
+    assert got.dtype == want.dtype and bits_equal(got, want) and gbits == bits

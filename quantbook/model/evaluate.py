@@ -288,7 +288,10 @@ class BlockLayout(Layout):
                                  scale=self.rule, qmax=self.qmax)
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
             xhat = dequantize(packed, state, backend=backend)
-            xhat = xhat if be is None else be.to_host(xhat)
+        if be is not None:
+            xhat = be.to_host(xhat)
+            if xhat.dtype == np.uint16 and xhat.dtype != xr.dtype:   # a CuPy without bfloat16 gives its bits
+                xhat = xhat.view(xr.dtype)
         if n is not None:
             xhat = hadamard.unrotate(xhat, n).reshape(x.shape)
         return xhat, storage_bits(packed, state)
