@@ -95,6 +95,7 @@ def fake_cupy(emulator):
     cp.zeros = lambda n, dtype: np.zeros(n, dtype).view(FakeDeviceArray)
     cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
     cp.searchsorted = lambda a, v, side="left": np.searchsorted(a, v, side=side).view(FakeDeviceArray)
+    cp.isfinite = lambda a: np.isfinite(a).view(FakeDeviceArray)
     cp.launches = []
     cp.launch_devices = []
     current = [0]   # the device stack: cupy.cuda.Device(i) as a context manager pushes i

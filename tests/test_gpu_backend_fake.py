@@ -17,6 +17,7 @@ import gpu_emulator as E
 from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
+from quantbook.bulk.gpu import kernels as K
 from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
 from quantbook.bulk.gpu.tables import encoder_tables
 from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset, quantize_nested_reference
@@ -242,3 +243,29 @@ def test_a_bfloat16_tensor_round_trips_through_the_gpu_as_on_the_host(cp, monkey
     want, bits = layout.roundtrip(x, "none", "numpy")
     got, gbits = layout.roundtrip(x, "none", "gpu")
     assert got.dtype == want.dtype and bits_equal(got, want) and gbits == bits
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16")])
+def test_nested_statistics_are_decoded_on_the_device(cp, monkeypatch, dtype):
+    """dequantize of a nested state on the gpu backend: the uint8 codes go up and the nested
+    kernel decodes them (no float32 scale a block from the host); the values are the numpy
+    backend's, and statistics that decode beyond float32 are refused as on the host."""
+    import quantbook as qb
+
+    x = np.random.default_rng(25).standard_normal(64 * 700 + 9).astype(dtype)
+    packed, st = qb.quantize(x, "nf4", 64, nested=True, backend="numpy")
+    want = qb.dequantize(packed, st, backend="numpy")
+    sent = []
+    upload = cp.asarray
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
+        sent.append(np.dtype(a.dtype)) if not isinstance(a, FakeDeviceArray) and np.size(a) == st.n_blocks
+        else None, upload(a, dtype))[1])
+    del cp.launches[:]
+    got = qb.dequantize(fake_device(packed), st, backend="gpu")
+    assert bits_equal(np.asarray(got), want)
+    assert [n for n, _, _ in cp.launches][0] == K.NESTED_DEQUANT_NAME and sent == [np.dtype(np.uint8)]
+    st.nested_absmax = np.full_like(st.nested_absmax, np.finfo(np.float32).max)
+    st.nested_offset = float(np.finfo(np.float32).max)
+    for backend in ("numpy", "gpu"):
+        with pytest.raises(ValueError, match="decode to non-finite block scales"):
+            qb.dequantize(fake_device(packed) if backend == "gpu" else packed, st, backend=backend)

@@ -85,6 +85,19 @@ class Backend:
 
         return quantize_nested_reference(deviations)
 
+    def nested_scales(self, qabsmax: np.ndarray, nested_absmax: np.ndarray, offset: np.float32,
+                      nested_code: np.ndarray, nested_blocksize: int) -> Any:
+        """The float32 block scales of nested statistics (host arrays in;
+        :func:`quantbook.bulk.nested.dequantize_nested`), an array of this backend's kind where
+        :meth:`dequantize_blocks` reads them; a ValueError when one is not finite."""
+        from .nested import dequantize_nested, nonfinite_scales_error
+
+        with np.errstate(over="ignore"):   # an overflow is refused just below, in one line
+            scales = dequantize_nested(qabsmax, nested_absmax, offset, nested_code, nested_blocksize)
+        if not np.isfinite(scales).all():
+            raise nonfinite_scales_error()
+        return scales
+
     # the scaled layouts (NVFP4, MXFP4, float16 scales; quantbook.bulk.scaled drives them)
     def scaled_amax(self, x: Any, block_size: int) -> Any:
         """Per-block ``max |x|`` (float32, an array of this backend's kind); NaN for a block

@@ -12,7 +12,7 @@ from ..numerics import torch_f32
 from ..scales.nested import LUT_SIZE, NESTED_BLOCKS, NestedScale, dynamic_map, nested_lut
 
 __all__ = ["NESTED_BLOCKSIZE", "LUT_SIZE", "dynamic_map", "nested_lut", "nested_offset",
-           "quantize_nested_reference", "dequantize_nested"]
+           "quantize_nested_reference", "dequantize_nested", "nonfinite_scales_error"]
 
 _F = np.float32
 NESTED_BLOCKSIZE = NESTED_BLOCKS
@@ -50,3 +50,9 @@ def dequantize_nested(q: np.ndarray, nested_absmax: np.ndarray, offset, nested_c
     q = np.asarray(q, dtype=np.uint8).reshape(-1)
     scale = np.repeat(np.asarray(nested_absmax, dtype=_F), nested_blocksize)[: q.size]
     return ((code[q] * scale).astype(_F) + _F(offset)).astype(_F)
+
+
+def nonfinite_scales_error() -> ValueError:
+    """The error for nested statistics whose decoded scales are not all finite: each stored
+    value can be, and ``code * nested_absmax + offset`` still overflow (a damaged state)."""
+    return ValueError("the nested statistics decode to non-finite block scales (damaged state)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import format as F
 from ..backend import Backend
-from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset
+from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset, nonfinite_scales_error
 from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
 from .tables import encoder_tables, search_size
@@ -419,6 +419,13 @@ class CudaBackend(Backend, name="gpu"):
 
     def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
         return dequantize_gpu(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def nested_scales(self, qabsmax, nested_absmax, offset, nested_code, nested_blocksize):
+        # the uint8 codes go to the device (a byte a block, not four) and are decoded there
+        scales = dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code, nested_blocksize)
+        if not bool(_cupy().isfinite(scales).all()):
+            raise nonfinite_scales_error()
+        return scales
 
     def quantize_nested(self, deviations):
         # absmax - offset is formed on the host (the offset is); the kernel subtracts 0 exactly
