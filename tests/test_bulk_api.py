@@ -145,6 +145,16 @@ def test_stored_scales_around_a_bad_code_are_accepted():
     assert np.all(out[:16] == 0) and np.isfinite(out).all()
 
 
+def test_a_bad_entry_of_a_misshapen_scale_array_is_named():
+    """A 2-D absmax of the right size: the flat index of the bad entry, not an IndexError."""
+    packed, st = _state(n=320)
+    a = st.absmax.copy()
+    a[7] = np.nan
+    st.absmax = a.reshape(4, 5)
+    with pytest.raises(ValueError, match="entry 7 is"):
+        qb.dequantize(packed, st)
+
+
 def test_a_negative_zero_scale_is_a_zero_scale():
     packed, st = _state()
     st.absmax = st.absmax.copy()
@@ -153,6 +163,7 @@ def test_a_negative_zero_scale_is_a_zero_scale():
     assert np.all(out[4 * st.blocksize:5 * st.blocksize] == 0)
 
 
+@pytest.mark.filterwarnings("error")   # refused in one line, without an overflow warning
 def test_nested_statistics_that_decode_beyond_float32_are_refused():
     """Stored values all finite, yet code * nested_absmax + offset overflows: caught after the
     nested decode, not passed to the kernels as inf."""
@@ -170,6 +181,9 @@ def test_nested_statistics_that_decode_beyond_float32_are_refused():
     ("nested_absmax", "short", "entries, expected"),
     ("nested_absmax", "nan", "finite non-negative"),
     ("nested_quant_map", "short", "256 finite"),
+    ("nested_blocksize", 8, "nested_blocksize must be a power of two from 16 to 4096"),
+    ("nested_blocksize", 1 << 40, "nested_blocksize must be a power of two from 16 to 4096"),
+    ("nested_blocksize", 96, "nested_blocksize must be a power of two from 16 to 4096"),
 ])
 def test_dequantize_rejects_a_tampered_nested_state(field, value, match):
     packed, st = _state(nested=True, n=16 * 300)

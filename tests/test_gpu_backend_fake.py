@@ -260,10 +260,11 @@ def test_nested_statistics_are_decoded_on_the_device(cp, monkeypatch, dtype):
     monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
         sent.append(np.dtype(a.dtype)) if not isinstance(a, FakeDeviceArray) and np.size(a) == st.n_blocks
         else None, upload(a, dtype))[1])
-    del cp.launches[:]
-    got = qb.dequantize(fake_device(packed), st, backend="gpu")
+    del cp.launches[:], cp.launch_devices[:]
+    got = qb.dequantize(set_device(fake_device(packed), 1), st, backend="gpu")   # GPU 0 is current
     assert bits_equal(np.asarray(got), want)
     assert [n for n, _, _ in cp.launches][0] == K.NESTED_DEQUANT_NAME and sent == [np.dtype(np.uint8)]
+    assert set(cp.launch_devices) == {1}
     st.nested_absmax = np.full_like(st.nested_absmax, np.finfo(np.float32).max)
     st.nested_offset = float(np.finfo(np.float32).max)
     for backend in ("numpy", "gpu"):

@@ -49,8 +49,9 @@ def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = Fal
         raise ValueError(f"{what} has {a.size} entries, expected {size}")
     # min and max propagate NaN, so two reductions test finite and non-negative without temporaries
     if scales and a.size and not (a.min() >= 0 and a.max() <= np.finfo(a.dtype).max):
-        bad = int(np.flatnonzero(~(np.isfinite(a) & (a >= 0)))[0])
-        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {a[bad]!r}")
+        flat = a.reshape(-1)
+        bad = int(np.flatnonzero(~(np.isfinite(flat) & (flat >= 0)))[0])
+        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {flat[bad]!r}")
     return a
 
 
@@ -189,9 +190,11 @@ class QuantState:
             raise ValueError("state has a tensor_scale but no scale_rule")
         if self.nested:
             _expect_array("absmax", self.absmax, np.uint8, nb)
-            if not F.is_int(self.nested_blocksize) \
-                    or self.nested_blocksize < 1 or self.nested_blocksize & (self.nested_blocksize - 1):
-                raise ValueError(f"nested_blocksize must be a power of two, got {self.nested_blocksize!r}")
+            try:   # the byte format's block sizes: every backend's nested decode takes them
+                F.check_block_size(self.nested_blocksize)
+            except ValueError:
+                raise ValueError(f"nested_blocksize must be a power of two from {F.MIN_BLOCK} to {F.MAX_BLOCK}, "
+                                 f"got {self.nested_blocksize!r}") from None
             _expect_array("nested_absmax", self.nested_absmax, np.float32,
                           F.n_blocks(nb, self.nested_blocksize), scales=True)
             qmap = _expect_array("nested_quant_map", self.nested_quant_map, np.float32, None)
