@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quantize_vq.py                       # 2**24 float32, HIGGS 2-D 256, group 64
     python benchmarks/bench_quantize_vq.py --rotate hadamard --numpy-log2n 18
+    python benchmarks/bench_quantize_vq.py --rotate hadamard --log2n 26      # on a GPU machine
 
 GB/s are bytes of float32 input read (quantize) or float32 output written (dequantize) per
 second, best of --repeat runs after one warm-up (numba compiles then).  The numpy reference
@@ -11,6 +12,11 @@ checks that the numba indices and scales equal the reference's on that prefix.  
 row also gives the CPU seconds of its best run (all threads): on a machine shared with other
 jobs the wall clock measures the load as much as the code.  Target: numba quantize >= 0.5
 GB/s for 2**24 weights, P = 2, N = 256, no rotation, on 2 cores.
+
+When the ``gpu`` backend can run (CuPy and a CUDA device; ``--no-gpu`` skips it), it is timed
+too, host arrays in and out as ``quantize_vq`` takes them (so the transfers are counted), and
+its indices, scales and dequantized values must equal the numba backend's on the whole tensor.
+The exit status is 1 when any comparison differs.
 """
 
 from __future__ import annotations
@@ -63,9 +69,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rotate", default=None, help="none (default), hadamard or hadamard:N")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--numpy-log2n", type=int, default=20, help="weights the numpy reference quantizes")
+    ap.add_argument("--no-gpu", action="store_true", help="skip the gpu backend even when it can run")
     args = ap.parse_args(argv)
 
-    from quantbook.bulk.vq import dequantize_vq, quantize_vq
+    from quantbook.bulk.vq import VQ_BACKENDS, dequantize_vq, quantize_vq
 
     pts = higgs_points(args.dim, args.size)
     n = 2**args.log2n
@@ -102,6 +109,23 @@ def main(argv=None) -> int:
     print(f"dequantize  numba (cpu)   {dgbs:7.3f} GB/s   {td * 1e3:8.1f} ms")
     print(f"dequantize  numpy         {dgbs_np:7.3f} GB/s   ratio numba/numpy {dgbs / dgbs_np:7.1f}x")
     print(f"numba indices and scales equal the reference's: {same}")
+    why = "skipped (--no-gpu)" if args.no_gpu else VQ_BACKENDS["gpu"].unavailable()
+    if why is None:
+        from quantbook.bulk.gpu.backend import gpu_available
+
+        tq_g = best(lambda: quantize_vq(x, pts, backend="gpu", **kw), args.repeat)
+        idx_g, st_g = quantize_vq(x, pts, backend="gpu", **kw)
+        td_g = best(lambda: dequantize_vq(idx, st, backend="gpu"), args.repeat)
+        y_g, y_c = dequantize_vq(idx, st, backend="gpu"), dequantize_vq(idx, st, backend="cpu")
+        same_g = (np.array_equal(idx_g, idx) and np.array_equal(st_g.scales, st.scales)
+                  and np.array_equal(y_g.view(np.uint32), y_c.view(np.uint32)))
+        print(f"quantize    gpu           {gb / tq_g:7.3f} GB/s   {tq_g * 1e3:8.1f} ms   ratio gpu/numba "
+              f"{tq / tq_g:7.1f}x   ({gpu_available()[1]}; host arrays in and out)")
+        print(f"dequantize  gpu           {gb / td_g:7.3f} GB/s   {td_g * 1e3:8.1f} ms   ratio gpu/numba {td / td_g:7.1f}x")
+        print(f"gpu indices, scales and values equal numba's: {same_g}")
+        same = same and same_g
+    else:
+        print(f"gpu: {why}")
     target = 0.5
     print(f"target quantize >= {target} GB/s: {'met' if gbs >= target else 'NOT met'}")
     return 0 if same else 1

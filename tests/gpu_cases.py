@@ -86,8 +86,8 @@ def fake_cupy(emulator):
     ``launch_devices``.  Fresh uint8 arrays hold 0xEE, so a byte a kernel never writes shows up."""
     cp = types.ModuleType("cupy")
     cp.ndarray = FakeDeviceArray
-    cp.uint8, cp.uint16, cp.uint32, cp.float16, cp.float32, cp.float64 = (
-        np.uint8, np.uint16, np.uint32, np.float16, np.float32, np.float64)
+    cp.uint8, cp.uint16, cp.uint32, cp.int32, cp.float16, cp.float32, cp.float64 = (
+        np.uint8, np.uint16, np.uint32, np.int32, np.float16, np.float32, np.float64)
     cp.asarray = lambda a, dtype=None: fake_device(a, dtype)
     cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FakeDeviceArray)
     cp.empty = lambda n, dtype: (np.full(n, 0xEE, np.uint8) if np.dtype(dtype).itemsize == 1

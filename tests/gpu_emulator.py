@@ -602,3 +602,72 @@ class EmulatedScaledBackend(Backend):
 
     def scaled_ggml(self, x, table, block_size, ntry):
         return scaled_ggml_emulated(x, table, block_size, ntry)
+
+
+# ---- the vector-quantization kernels (quantbook/bulk/gpu/vq_kernels.py) -----------------------
+# A third library: the same shim, the float64 intrinsics only these kernels use, and launchers
+# built from the kernels' own parameter lists.
+
+from quantbook.bulk.gpu import vq_kernels as _VK  # noqa: E402
+
+_VQ_SHIM = r"""
+static inline double __ddiv_rn(double a, double b) { volatile double r = a / b; return r; }
+static inline double __dsqrt_rn(double a) { volatile double r = std::sqrt(a); return r; }
+static inline double __longlong_as_double(long long u) { double d; std::memcpy(&d, &u, 8); return d; }
+"""
+
+_VQ_CTYPES = {"qbv_i64": _I64, "int": _I32, "double": ctypes.c_double, "float": _F32}
+
+
+def _vq_params(name: str) -> list[tuple[str, str]]:
+    """``(type, name)`` of each parameter of kernel ``name``, pointers as ``T*``."""
+    out = []
+    for part in _VK.PARAMS[name].split(","):
+        toks = part.replace("const ", "").replace("__restrict__", "").split()
+        out.append(("".join(toks[:-1]), toks[-1]))
+    return out
+
+
+def vq_emulator_source() -> str:
+    out = [_SHIM, _VQ_SHIM, _VK.source()]
+    for name in _VK.all_kernel_names():
+        args = ", ".join(n for _, n in _vq_params(name))
+        out.append(f'extern "C" void emu_{name}(unsigned grid, unsigned block, {_VK.PARAMS[name]}) '
+                   f"{{ qb_run_grid(grid, block, [&] {{ {name}({args}); }}); }}")
+    return "\n".join(out) + "\n"
+
+
+class VQEmulator(ScaledEmulator):
+    """The vector-quantization kernels compiled for the host (``launch`` as the others')."""
+
+    def __init__(self, lib_path: Path):
+        self.lib = ctypes.CDLL(str(lib_path))
+        for name in _VK.all_kernel_names():
+            fn = getattr(self.lib, f"emu_{name}")
+            fn.argtypes = [_U32, _U32] + [_P if t.endswith("*") else _VQ_CTYPES[t] for t, _ in _vq_params(name)]
+            fn.restype = None
+
+
+_VQ_EMU: VQEmulator | None = None
+
+
+def vq_emulator() -> VQEmulator:
+    """Build (once; cached on disk) and load the host emulation of the VQ kernels."""
+    global _VQ_EMU
+    if _VQ_EMU is None:
+        _VQ_EMU = VQEmulator(_build_library(vq_emulator_source(), "emu_vq"))
+    return _VQ_EMU
+
+
+class AnyEmulator:
+    """Launches any kernel of the three libraries, by its name (a stand-in ``cupy`` serving
+    every backend at once, e.g. evaluate-model with scalar and vector codebooks)."""
+
+    def launch(self, name: str, grid: int, block: int, *args):
+        lib = vq_emulator() if name.startswith("qbv_") else \
+            scaled_emulator() if name.startswith("qbs_") else emulator()
+        lib.launch(name, grid, block, *args)
+
+
+def any_emulator() -> AnyEmulator:
+    return AnyEmulator()

@@ -68,15 +68,40 @@ def test_torch_cuda_tensors_without_host_copy():
         assert bits_equal(_host(p), p_ref) and bits_equal(_host(a), a_ref)
 
 
-@pytest.mark.parametrize("scale, B", [(None, 64), ("e4m3", 16)])
-def test_evaluate_model_on_the_gpu_is_the_host_report(tmp_path, scale, B):
+@pytest.mark.parametrize("scale, B, names", [(None, 64, "nf4,nf2,nf8"), ("e4m3", 16, "e2m1,nf4"),
+                                            (None, 64, "nf4,higgs-2d-256")])
+def test_evaluate_model_on_the_gpu_is_the_host_report(tmp_path, scale, B, names):
     """evaluate-model --backend gpu on the real device: the report of the numpy backend,
-    number for number (tests/test_gpu_backend_fake.py checks the same through the emulator)."""
+    number for number (tests/test_gpu_backend_fake.py, test_gpu_scaled.py and test_vq_gpu.py
+    check the same through the emulator)."""
     from quantbook.model import evaluate_model
-    from quantbook.naming import resolve_codebooks
+    from quantbook.model.evaluate import resolve_model_codebooks
 
     path = weights_file(tmp_path / "m.safetensors", 23, 256, 512)
-    cbs = resolve_codebooks("e2m1,nf4" if scale else "nf4,nf2,nf8", B)
+    cbs = resolve_model_codebooks(names, B)
     kw = dict(block_size=B, scale=scale, rotations=("none", "hadamard"), tensors="*.weight")
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     assert evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True) == host
+
+
+@pytest.mark.parametrize("rotate", [None, "hadamard"])
+def test_vector_quantization_is_the_host_result(rotate):
+    """quantize_vq / dequantize_vq on the device: the numba backend's indices, scales and
+    values (numba is checked against the numpy reference in tests/test_vq_bulk.py).  Rows of
+    4096 take the rotation's spans beyond a tile through global memory; 4096 points in P = 4
+    take the scan far from its start."""
+    pytest.importorskip("numba")
+    from quantbook.bulk.vq import dequantize_vq, quantize_vq
+    from quantbook.naming import resolve_vector
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_t(4, (64, 4096)) * 0.02).astype(np.float16)
+    x[3] = 0
+    for cb in (resolve_vector("higgs-2d-256"), rng.standard_normal((4096, 4)).astype(np.float32)):
+        for scale in ("rms", "absmax"):
+            kw = dict(group=64, rotate=rotate, scale=scale)
+            want_i, want_s = quantize_vq(x, cb, backend="cpu", **kw)
+            got_i, got_s = quantize_vq(x, cb, backend="gpu", **kw)
+            assert np.array_equal(got_i, want_i) and bits_equal(got_s.scales, want_s.scales)
+            assert bits_equal(dequantize_vq(want_i, want_s, backend="gpu"),
+                              dequantize_vq(want_i, want_s, backend="cpu"))

@@ -271,8 +271,6 @@ def test_cli_evaluate_model_errors(synthetic, tmp_path, capsys):
         (["evaluate-model", str(path), "-B", "100"], "power of two"),
         (["evaluate-model", str(path), "--tensors", "nothing*"], "no floating tensors"),
         (["evaluate-model", str(path), "--plot", str(tmp_path / "no" / "p.png")], "does not exist"),
-        (["evaluate-model", str(path), "-c", "nf4,higgs-2d-256", "--backend", "gpu"],
-         "does not quantize vector codebooks"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -297,9 +295,26 @@ def test_a_named_backend_that_cannot_run_is_refused_before_any_tensor(synthetic,
     assert main(["evaluate-model", str(path), "-c", "nf4", "--backend", "gpu"]) == 2
     err = capsys.readouterr().err
     assert "unavailable: no CUDA device (stand-in)" in err and err.count("\n") == 1
+    assert main(["evaluate-model", str(path), "-c", "nf4,higgs-2d-256", "--backend", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unavailable: no CUDA device (stand-in)" in err and err.count("\n") == 1
     assert main(["evaluate-model", str(path), "-c", "nf4,higgs-2d-256", "--backend", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "backend must be one of auto, numpy, cpu, gpu" in err and err.count("\n") == 1
+
+
+def test_a_backend_without_vector_kernels_is_refused_for_a_vector_codebook(synthetic, capsys, monkeypatch):
+    from quantbook.bulk.backend import BACKENDS, Backend
+
+    class ScalarOnly(Backend):   # not registered by a name: only for this test
+        name = "scalar-only"
+
+    monkeypatch.setitem(BACKENDS, "scalar-only", ScalarOnly())
+    path, _ = synthetic
+    assert main(["evaluate-model", str(path), "-c", "nf4,higgs-2d-256", "--backend", "scalar-only"]) == 2
+    err = capsys.readouterr().err
+    assert "backend 'scalar-only' does not quantize vector codebooks (those take auto, numpy, cpu, gpu)" in err
+    assert err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------- fit to data

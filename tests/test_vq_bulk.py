@@ -322,7 +322,7 @@ def test_vector_codebook_objects_are_accepted():
     (dict(rotate="givens"), "unknown rotation 'givens'"),
     (dict(rotate="hadamard:48"), "power of two"),
     (dict(rotate="hadamard:128"), "does not divide the last dimension 64"),
-    (dict(backend="gpu"), "unknown vector-quantization backend 'gpu'"),
+    (dict(backend="tpu"), "unknown vector-quantization backend 'tpu'"),
 ])
 def test_argument_errors(kwargs, msg):
     x = np.ones((2, 64), np.float32)

@@ -10,7 +10,9 @@ their stored dtype, the state) and a small registry of backends (:class:`VQBacke
   :mod:`quantbook.numerics.hadamard`, group statistics with numpy, and the brute-force
   nearest point of :func:`quantbook.codebooks.vector.nearest_brute`;
 * ``cpu``: numba (:mod:`quantbook.bulk.cpu.vq_kernels`, parallel), the same numbers bit for
-  bit with an exact accelerated search.
+  bit with an exact accelerated search;
+* ``gpu``: CUDA kernels (:mod:`quantbook.bulk.gpu.vq_kernels`, CuPy), the same numbers bit for
+  bit with that search's exact scan; host arrays in and out.
 
 ``backend="auto"`` takes the first usable backend marked ``auto`` (numba), else numpy.
 """
@@ -44,6 +46,10 @@ class VQBackend:
 
     Inputs reach a backend checked: ``v`` flat C-contiguous float32 (already rotated),
     ``scales`` float32 per group, ``points`` the (N, P) float32 table, indices in range.
+    :meth:`rotate`, :meth:`unrotate` and :meth:`decode` may return the backend's own arrays
+    (a GPU backend keeps them on the device), which the other hooks take back and
+    :meth:`to_host` brings to the host; :meth:`group_stat` and :meth:`encode` return numpy
+    arrays.
     """
 
     name: ClassVar[str]
@@ -83,6 +89,10 @@ class VQBackend:
     def decode(self, idx: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
         """Flat float32 ``points[idx] · s``."""
         raise NotImplementedError
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """A result of :meth:`rotate`, :meth:`unrotate` or :meth:`decode` as a numpy array."""
+        return np.asarray(a)
 
 
 class NumpyVQ(VQBackend, name="numpy"):
@@ -231,6 +241,61 @@ class NumbaVQ(VQBackend, name="cpu"):
         return out
 
 
+@lru_cache(maxsize=8)
+def _device_scan_tables(points_bytes: bytes, n: int, p: int):
+    """:func:`_scan_tables` with a 32-bit permutation, read-only (the GPU keeps one device
+    copy of each, known by identity)."""
+    pts, c0s, order = _scan_tables(points_bytes, n, p)
+    tables = (pts.copy(), c0s.copy(), order.astype(np.int32))
+    for t in tables:
+        t.setflags(write=False)
+    return tables
+
+
+class CudaVQ(VQBackend, name="gpu"):
+    """CUDA kernels (:mod:`quantbook.bulk.gpu.vq`, CuPy): host arrays in and out, the rotated
+    tensor kept on the device between the hooks; the same numbers bit for bit."""
+
+    def unavailable(self):
+        from .gpu.backend import gpu_available
+
+        ok, why = gpu_available()
+        return None if ok else why
+
+    def rotate(self, x, seed):
+        from .gpu.vq import rotate_gpu
+
+        n = x.shape[1]
+        return rotate_gpu(np.ascontiguousarray(x, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n))
+
+    def unrotate(self, y, seed):
+        from .gpu.vq import rotate_gpu
+
+        n = y.shape[1]
+        return rotate_gpu(y, _signs(n, seed), 1.0 / np.sqrt(n), inverse=True)
+
+    def group_stat(self, v, group, rule):
+        from .gpu.vq import group_stat_gpu
+
+        return self.to_host(group_stat_gpu(v, group, rule == "absmax"))
+
+    def encode(self, v, scales, group, points):
+        from .gpu.vq import encode_gpu
+
+        n, p = points.shape
+        return self.to_host(encode_gpu(v, scales, group, *_device_scan_tables(points.tobytes(), n, p)))
+
+    def decode(self, idx, scales, group, points):
+        from .gpu.vq import decode_gpu
+
+        return decode_gpu(idx, scales, group, points)
+
+    def to_host(self, a):
+        from .gpu.backend import _cupy
+
+        return _cupy().asnumpy(a)
+
+
 def vq_backend_names() -> tuple[str, ...]:
     """``"auto"`` and every registered vector-quantization backend."""
     return ("auto", *VQ_BACKENDS)
@@ -318,7 +383,7 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     ``.points``, or an (N, P) array.  ``group``: weights per scale, a multiple of P dividing
     the last dimension.  ``scale``: ``"rms"`` or ``"absmax"``; ``scale_dtype``: how the scale is
     stored (``"float16"``, HIGGS's 16 bits, or ``"float32"``).  ``rotate``: ``"hadamard"``,
-    ``"hadamard:N"`` or None.  ``backend``: ``"auto"``, ``"numpy"`` or ``"cpu"``.
+    ``"hadamard:N"`` or None.  ``backend``: ``"auto"``, ``"numpy"``, ``"cpu"`` or ``"gpu"``.
 
     Indices are uint8 for N <= 256, else uint16, of shape ``x.shape[:-1] + (last // P,)``.
     NaN/Inf in ``x`` and a scale beyond its dtype's range are one-line ValueErrors.
@@ -383,7 +448,7 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> np.nda
     if state.rotate_size is not None:
         with np.errstate(over="ignore"):
             y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)
-    out = y.reshape(state.shape)
+    out = be.to_host(y).reshape(state.shape)
     dt = np.dtype(state.dtype)
     dtype_name(dt)
     if dt != _F:

@@ -216,6 +216,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--backend", default="auto", metavar="NAME",
                    help="bulk quantization backend: auto (default: cpu when numba is installed, else numpy), "
                         "cpu (numba), numpy (the reference) or gpu (CuPy: each tensor goes to the GPU and its "
-                        "dequantized values come back, the same bytes; scalar codebooks only)")
+                        "dequantized values come back, the same bytes; vector codebooks too)")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
     s.set_defaults(func=_cmd_evaluate_model)

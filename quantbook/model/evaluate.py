@@ -337,7 +337,7 @@ def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any =
 def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]]) -> None:
     """A ValueError before any work when ``backend`` is not ``"auto"`` and cannot run here
     (:func:`quantbook.bulk.backend.get_backend`), or has no kernels for a vector codebook
-    among ``codebooks`` (the GPU quantizes scalar codes only)."""
+    among ``codebooks`` (it is not also a backend of :mod:`quantbook.bulk.vq`)."""
     if backend == "auto":
         return
     from ..bulk.backend import BACKENDS, get_backend

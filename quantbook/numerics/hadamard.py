@@ -1,7 +1,7 @@
 """The randomized Hadamard transform along a weight matrix's input dimension (its rows).
 
 The one definition of the rotation: the model evaluation (``--rotate``) and vector
-quantization in bulk (:func:`quantbook.bulk.vq.quantize_vq`, whose numba kernels repeat these
+quantization in bulk (:func:`quantbook.bulk.vq.quantize_vq`, whose numba and CUDA kernels repeat these
 float64 operations bit for bit) both use it.
 
 ``H = D·Hₙ/√n`` with ``Hₙ`` the Sylvester Hadamard matrix of order ``n`` (a power of two)

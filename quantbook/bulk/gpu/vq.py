@@ -1,0 +1,122 @@
+"""Host launchers of the vector-quantization kernels (:mod:`.vq_kernels`), for the ``gpu``
+backend of :mod:`quantbook.bulk.vq`.
+
+Each function takes host or device arrays, already checked by ``quantize_vq`` /
+``dequantize_vq``, and returns CuPy arrays: a rotated tensor stays on the device for the
+group statistics and the search, and only the statistics (8 bytes a group), the stored scales
+and the indices cross to and from the host.  The module is compiled once per device (NVRTC,
+cached on disk as the other kernels).  CuPy is imported on first use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend as G
+from . import vq_kernels as VK
+from .compile import compile_source, load_nvrtc
+
+__all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "FWHT_TILE"]
+
+#: entries of a row transformed in shared memory (a power of two, at most ``VK.TILE``); the
+#: spans beyond it run in global memory
+FWHT_TILE = VK.TILE
+#: grid-stride kernels launch at most this many CTAs
+_MAX_GRID = 1 << 16
+
+_MODULES: dict[int, tuple] = {}
+
+
+def _kernel(name: str):
+    cp = G._cupy()
+    dev = cp.cuda.Device().id
+    hit = _MODULES.get(dev)
+    if hit is None:
+        load_nvrtc()
+        arch, out = G._device_arch()
+        image = compile_source(VK.source(), arch, output=out, name="qbv_vq.cu", use_cache=True)
+        mod = cp.cuda.function.Module()
+        mod.load(image)
+        hit = _MODULES[dev] = (mod, {})
+    mod, fns = hit
+    fn = fns.get(name)
+    if fn is None:
+        fn = fns[name] = mod.get_function(name)
+    return fn
+
+
+def _grid(count: int) -> int:
+    return max(1, min(-(-count // VK.CTA), _MAX_GRID))
+
+
+def _device(a, dtype):
+    cp = G._cupy()
+    return cp.ascontiguousarray(cp.asarray(a, dtype=dtype))
+
+
+def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False):
+    """``float32(fwht(x · signs) · inv)`` of every row of the (R, n) float32 ``x``, or with
+    ``inverse`` ``float32(fwht(x) · inv · signs)``; ``signs`` the n float64 ±1, ``inv`` the
+    float64 ``1/√n``."""
+    cp = G._cupy()
+    xd = _device(x, cp.float32)
+    rows, n = (int(s) for s in xd.shape)
+    out = cp.empty((rows, n), dtype=cp.float32)
+    if rows == 0:
+        return out
+    sg = G._device_const(signs)
+    tile = min(n, FWHT_TILE)
+    buf = cp.empty(rows * n if tile < n else 1, dtype=cp.float64)
+    args = (np.int64(rows), np.int32(n))
+    _kernel("qbv_fwht_tile")((rows * (n // tile),), (max(1, min(VK.CTA, tile // 2)),),
+                             (xd, sg, buf, out, *args, np.int32(tile), np.float64(inv), np.int32(inverse)))
+    h = tile
+    while h < n:
+        _kernel("qbv_butterfly")((_grid(rows * n // 2),), (VK.CTA,),
+                                 (buf, sg, out, *args, np.int32(h), np.float64(inv), np.int32(inverse),
+                                  np.int32(2 * h == n)))
+        h *= 2
+    return out
+
+
+def group_stat_gpu(v, group: int, absmax: bool):
+    """float64 per group of the flat float32 ``v``: ``sqrt(Σv²/group)`` or ``max |v|``."""
+    cp = G._cupy()
+    vd = _device(v, cp.float32).reshape(-1)
+    groups = int(vd.size) // group
+    out = cp.empty(groups, dtype=cp.float64)
+    if groups:
+        _kernel("qbv_group_stat")((_grid(groups),), (VK.CTA,),
+                                  (vd, out, np.int64(groups), np.int32(group), np.int32(absmax)))
+    return out
+
+
+def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: np.ndarray):
+    """int32 index of the nearest point to each ``y = float32(v / s)`` (0 where ``s = 0``):
+    ``pts`` the (N, P) points in float64, ``c0s`` their first coordinates sorted stably,
+    ``order`` that permutation (int32)."""
+    cp = G._cupy()
+    vd = _device(v, cp.float32).reshape(-1)
+    sd = _device(scales, cp.float32).reshape(-1)
+    npts, p = (int(s) for s in pts.shape)
+    vectors = int(vd.size) // p
+    out = cp.empty(vectors, dtype=cp.int32)
+    if vectors:
+        _kernel("qbv_encode")((_grid(vectors),), (VK.CTA,),
+                              (vd, sd, np.int64(vectors), np.int32(group), np.int32(p), G._device_const(c0s),
+                               G._device_const(order), G._device_const(pts), np.int32(npts), out))
+    return out
+
+
+def decode_gpu(idx, scales, group: int, points: np.ndarray):
+    """Flat float32 ``points[idx] · s`` (indices already checked to lie below N)."""
+    cp = G._cupy()
+    idd = _device(idx, cp.int32).reshape(-1)
+    sd = _device(scales, cp.float32).reshape(-1)
+    p = int(points.shape[1])
+    n = int(idd.size) * p
+    out = cp.empty(n, dtype=cp.float32)
+    if n:
+        _kernel("qbv_decode")((_grid(n),), (VK.CTA,),
+                              (idd, sd, G._device_const(points), out, np.int64(n), np.int32(group), np.int32(p)))
+    return out

@@ -1,0 +1,209 @@
+"""CUDA C source of the vector-quantization kernels (the layout: quantbook/bulk/vq_state.py),
+their names and parameter lists.
+
+Each kernel repeats, operation for operation, the numpy reference of quantbook/bulk/vq.py, as
+the numba kernels do, so the results are equal bit for bit: the Hadamard butterflies in
+float64, the group statistics summed in index order, ``float32(v / s)``, squared distances
+``(y0 - c0)² + (y1 - c1)² + …`` in float64 summed left to right.  Every float operation is an
+explicit round-to-nearest intrinsic and the module is compiled with the NVRTC options of the
+other kernels (no contraction into fused multiply-adds).  Header-free.
+
+Kernels (``extern "C"``):
+
+* ``qbv_fwht_tile`` — a CTA per tile of ``T`` consecutive entries of a row (``T`` a power of
+  two dividing the row's ``n``, at most :data:`TILE`): the row's values in float64 (times the
+  signs when rotating), the butterflies of spans ``1 … T/2`` in shared memory, then either
+  the result (``T == n``: scaled by ``inv``, and by the signs when un-rotating, rounded to
+  float32) or the float64 partial transform for the next kernel;
+* ``qbv_butterfly`` — one butterfly span ``h >= T`` of every row in global memory, a thread
+  a pair; the last span writes the float32 result as above.  The spans run in the same
+  order as the reference's, so every output is the same float64 expression;
+* ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
+  ``max |v|`` (NaN when the group holds one);
+* ``qbv_encode`` — a thread a vector: ``y = float32(v / s)`` (0 where ``s == 0``), then the
+  nearest point by the exact sorted scan of :mod:`quantbook.bulk.cpu.vq_kernels` (the points
+  ordered by their first coordinate, walked outward from ``y0`` until ``(y0 - c0)²`` alone
+  exceeds the best distance; ties to the lower index);
+* ``qbv_decode`` — a thread an output value: ``float32(points[idx][q] · s[group])``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TILE", "CTA", "PARAMS", "all_kernel_names", "source"]
+
+#: entries of a row transformed in shared memory by one CTA (float64: 16 KB)
+TILE = 2048
+#: threads a CTA
+CTA = 256
+#: coordinates of ``y`` an encode thread keeps in registers (the rest are recomputed)
+_KEEP = 8
+
+#: each kernel's parameter list, the one statement of its signature (the emulator in the
+#: tests builds its launchers from it)
+PARAMS = {
+    "qbv_fwht_tile": "const float* __restrict__ x, const double* __restrict__ sg, double* __restrict__ buf, "
+                     "float* __restrict__ out, qbv_i64 rows, int n, int T, double inv, int inverse",
+    "qbv_butterfly": "double* __restrict__ buf, const double* __restrict__ sg, float* __restrict__ out, "
+                     "qbv_i64 rows, int n, int h, double inv, int inverse, int last",
+    "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, qbv_i64 groups, int group, "
+                      "int absmax",
+    "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
+                  "int p, const double* __restrict__ c0s, const int* __restrict__ order, "
+                  "const double* __restrict__ pts, int npts, int* __restrict__ out",
+    "qbv_decode": "const int* __restrict__ idx, const float* __restrict__ s, const float* __restrict__ pts, "
+                  "float* __restrict__ out, qbv_i64 n, int group, int p",
+}
+
+
+def all_kernel_names() -> list[str]:
+    return list(PARAMS)
+
+
+_COMMON = r"""
+typedef long long qbv_i64;
+#define QBV_TILE %(tile)d
+#define QBV_KEEP %(keep)d
+
+/* a transformed float64 entry as the reference rounds it: times inv, times the sign when
+   un-rotating (exact), to float32 */
+__device__ __forceinline__ float qbv_finish(double a, double inv, double sign, int inverse) {
+    double r = __dmul_rn(a, inv);
+    if (inverse) r = __dmul_rn(r, sign);
+    return (float)r;
+}
+
+/* y[q] of a vector: float32(v / s), 0 where the group's scale is 0 */
+__device__ __forceinline__ double qbv_y(const float* __restrict__ v, qbv_i64 b, int q, float sc) {
+    return sc == 0.0f ? 0.0 : (double)__fdiv_rn(v[b + q], sc);
+}
+"""
+
+_BODIES = {
+    "qbv_fwht_tile": r"""
+    __shared__ double s[QBV_TILE];
+    const qbv_i64 tiles = (qbv_i64)(n / T);
+    const qbv_i64 tile = (qbv_i64)blockIdx.x;
+    const qbv_i64 row = tile / tiles;
+    const int col0 = (int)(tile %% tiles) * T;
+    const int half = T / 2;
+    for (int j = threadIdx.x; j < T; j += blockDim.x) {
+        double a = (double)x[row * n + col0 + j];
+        if (!inverse) a = __dmul_rn(a, sg[col0 + j]);
+        s[j] = a;
+    }
+    __syncthreads();
+    for (int h = 1; h < T; h *= 2) {
+        for (int k = threadIdx.x; k < half; k += blockDim.x) {
+            const int i = (k / h) * 2 * h + (k %% h);
+            const double a = s[i], b = s[i + h];
+            s[i] = __dadd_rn(a, b);
+            s[i + h] = __dsub_rn(a, b);
+        }
+        __syncthreads();
+    }
+    for (int j = threadIdx.x; j < T; j += blockDim.x) {
+        const qbv_i64 e = row * n + col0 + j;
+        if (T == n) out[e] = qbv_finish(s[j], inv, sg[col0 + j], inverse);
+        else buf[e] = s[j];
+    }
+""",
+    "qbv_butterfly": r"""
+    const qbv_i64 pairs = rows * (qbv_i64)(n / 2);
+    for (qbv_i64 k = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; k < pairs;
+         k += (qbv_i64)gridDim.x * blockDim.x) {
+        const qbv_i64 row = k / (n / 2);
+        const int c = (int)(k %% (n / 2));
+        const int i = (c / h) * 2 * h + (c %% h);
+        const qbv_i64 e = row * n + i;
+        const double a = buf[e], b = buf[e + h];
+        const double u = __dadd_rn(a, b), w = __dsub_rn(a, b);
+        if (last) {
+            out[e] = qbv_finish(u, inv, sg[i], inverse);
+            out[e + h] = qbv_finish(w, inv, sg[i + h], inverse);
+        } else {
+            buf[e] = u;
+            buf[e + h] = w;
+        }
+    }
+""",
+    "qbv_group_stat": r"""
+    for (qbv_i64 g = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
+         g += (qbv_i64)gridDim.x * blockDim.x) {
+        const float* w = v + g * group;
+        if (absmax) {
+            float m = 0.0f;
+            for (int j = 0; j < group; ++j) {
+                const float a = fabsf(w[j]);
+                if (a > m || a != a) m = a;
+                if (m != m) break;
+            }
+            out[g] = (double)m;
+        } else {
+            double acc = 0.0;
+            for (int j = 0; j < group; ++j) {
+                const double t = (double)w[j];
+                acc = __dadd_rn(acc, __dmul_rn(t, t));
+            }
+            out[g] = __dsqrt_rn(__ddiv_rn(acc, (double)group));
+        }
+    }
+""",
+    "qbv_encode": r"""
+    const int per = group / p;
+    for (qbv_i64 t = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; t < vectors;
+         t += (qbv_i64)gridDim.x * blockDim.x) {
+        const float sc = s[t / per];
+        const qbv_i64 b = t * p;
+        double y[QBV_KEEP];
+        for (int q = 0; q < p && q < QBV_KEEP; ++q) y[q] = qbv_y(v, b, q, sc);
+        const double y0 = y[0];
+        int lo = 0, hi = npts;                  /* the first sorted c0 >= y0 */
+        while (lo < hi) {
+            const int mid = (lo + hi) / 2;
+            if (c0s[mid] < y0) lo = mid + 1;
+            else hi = mid;
+        }
+        double best = __longlong_as_double(0x7ff0000000000000LL);   /* +inf */
+        int bi = npts;
+        for (int dir = 1; dir >= -1; dir -= 2) {
+            for (int k = dir == 1 ? lo : lo - 1; 0 <= k && k < npts; k += dir) {
+                const double dx = __dsub_rn(y0, c0s[k]);
+                double d = __dmul_rn(dx, dx);
+                if (d > best) break;
+                const int i = order[k];
+                for (int q = 1; q < p; ++q) {
+                    const double yq = q < QBV_KEEP ? y[q] : qbv_y(v, b, q, sc);
+                    const double e = __dsub_rn(yq, pts[(qbv_i64)i * p + q]);
+                    d = __dadd_rn(d, __dmul_rn(e, e));
+                }
+                if (d < best || (d == best && i < bi)) {
+                    best = d;
+                    bi = i;
+                }
+            }
+        }
+        out[t] = bi;
+    }
+""",
+    "qbv_decode": r"""
+    for (qbv_i64 e = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (qbv_i64)gridDim.x * blockDim.x) {
+        const qbv_i64 t = e / p;
+        out[e] = __fmul_rn(pts[(qbv_i64)idx[t] * p + (int)(e - t * p)], s[e / group]);
+    }
+""",
+}
+
+
+def source(names: list[str] | tuple[str, ...] | None = None) -> str:
+    """CUDA source holding the kernels ``names`` (default: every vector-quantization kernel)."""
+    wanted = list(PARAMS) if names is None else list(names)
+    unknown = set(wanted) - set(PARAMS)
+    if unknown:
+        raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
+    parts = [_COMMON % {"tile": TILE, "keep": _KEEP}]
+    for name in PARAMS:
+        if name in wanted:
+            body = _BODIES[name] % {}   # the bodies' %% are C's modulo
+            parts.append(f'extern "C" __global__ void __launch_bounds__({CTA}) {name}({PARAMS[name]}) {{{body}}}\n')
+    return "\n".join(parts)

@@ -1,0 +1,238 @@
+"""Vector quantization on the GPU (the ``gpu`` backend of quantbook.bulk.vq) without a GPU: the
+CUDA kernels of quantbook/bulk/gpu/vq_kernels.py compiled by NVRTC (the image is checked) and
+run by the host emulation (tests/gpu_emulator.py) through a stand-in ``cupy``.
+
+The oracle is the numpy reference backend (itself checked against scipy's explicit Hadamard
+matrix and a brute-force quantizer in tests/test_vq_bulk.py); equality is on bit patterns.
+The same comparisons on a real device are in tests/test_gpu_device.py.
+"""
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+import gpu_emulator as E
+from gpu_cases import bits_equal, fake_cupy, load_benchmark, weights_file
+from quantbook.bulk import vq
+from quantbook.bulk.gpu import backend as G
+from quantbook.bulk.gpu import scaled as GS
+from quantbook.bulk.gpu import vq as GV
+from quantbook.bulk.gpu import vq_kernels as VK
+from quantbook.bulk.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+from quantbook.bulk.vq import dequantize_vq, quantize_vq
+from quantbook.numerics import hadamard
+
+REF = vq.VQ_BACKENDS["numpy"]
+GPU = vq.VQ_BACKENDS["gpu"]
+
+
+@pytest.fixture
+def cp(monkeypatch):
+    try:
+        load_nvrtc()
+        E.vq_emulator()
+    except (NvrtcUnavailable, E.EmulatorUnavailable) as exc:
+        pytest.skip(f"needs NVRTC and a C++ compiler: {exc}")
+    fake = fake_cupy(E.any_emulator)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for mod in (G, GS, GV):
+        monkeypatch.setattr(mod, "_MODULES", {})
+    monkeypatch.setattr(G, "_CONSTS", {})
+    return fake
+
+
+def _names(cp):
+    return [name for name, _, _ in cp.launches]
+
+
+def _spread(rng, shape):
+    """Seeded normals over eight decades, so that the float64 sums round differently from any
+    other order of operations."""
+    return (rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, 4, shape)).astype(np.float32)
+
+
+# ------------------------------------------------------------------ the kernels one by one
+
+@pytest.mark.parametrize("n, tile", [(1, 2048), (2, 2048), (64, 2048), (512, 2048), (64, 4), (64, 1), (32, 16)])
+def test_rotation_is_the_reference_bit_for_bit(cp, monkeypatch, n, tile):
+    """Both directions, with the spans beyond a tile (``tile`` < n) in global memory; a row of
+    huge values overflows to ±inf as the reference's does."""
+    monkeypatch.setattr(GV, "FWHT_TILE", tile)
+    rng = np.random.default_rng(n + tile)
+    x = _spread(rng, (5, n))
+    x[2] = 3e38
+    got = GPU.rotate(x, hadamard.SEED)
+    want = REF.rotate(x, hadamard.SEED)
+    assert bits_equal(GPU.to_host(got), want)
+    spans = max(0, (n // min(n, tile)).bit_length() - 1)
+    assert _names(cp) == ["qbv_fwht_tile"] + ["qbv_butterfly"] * spans
+    y = np.nan_to_num(want, posinf=1e30, neginf=-1e30)
+    with np.errstate(over="ignore"):   # the reference's cast of the huge row to float32
+        want = REF.unrotate(y, hadamard.SEED)
+    assert bits_equal(GPU.to_host(GPU.unrotate(y, hadamard.SEED)), want)
+
+
+@pytest.mark.parametrize("rule", ["rms", "absmax"])
+@pytest.mark.parametrize("group", [2, 64, 96])
+def test_group_statistics(cp, rule, group):
+    """float64 per group, in index order; a group of zeros, one holding NaN and one holding
+    Inf give the reference's 0, NaN and inf."""
+    rng = np.random.default_rng(group)
+    v = _spread(rng, 7 * group)
+    v[:group] = 0.0
+    v[group + 1] = np.nan
+    v[3 * group] = -np.inf
+    got = GPU.group_stat(v, group, rule)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, REF.group_stat(v, group, rule))
+
+
+def _tie_points():
+    """P = 2 points with exact ties: three at distance 1 from the origin, pairs sharing a
+    first coordinate, and points equidistant from two or three of them as inputs (listed out
+    of first-coordinate order, so that index order and the scan's order differ)."""
+    pts = np.array([[0.5, 1.0], [2.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.5, -1.0],
+                    [2.0, 2.0], [-2.0, 2.0]], np.float32)
+    y = np.array([[0.0, 0.0], [0.5, 0.0], [0.25, 0.5], [0.0, 2.0], [-0.5, 0.0], [9.0, -9.0]], np.float32)
+    return pts, y
+
+
+@pytest.mark.parametrize("case", ["ties", "p1-uint16", "p3", "p10"])
+def test_encode_is_the_brute_force(cp, case):
+    """The exact scan picks what the brute force picks (nearest, ties to the lower index),
+    with groups of scale 0 (every vector is y = 0) and, for P = 10, coordinates beyond the
+    ones a thread keeps in registers."""
+    rng = np.random.default_rng(len(case))
+    if case == "ties":
+        pts, y = _tie_points()
+        # scale 41: y·41 is exact, and v / 41 is y, where v · float32(1/41) falls below
+        # 0.25 and breaks the tie at (0.25, 0.5) the other way
+        v = np.concatenate([y, y, y * np.float32(41), y]).reshape(-1)
+        scales, group = np.array([1, 0, 41, 1], np.float32), y.size
+    else:
+        n, p = {"p1-uint16": (300, 1), "p3": (64, 3), "p10": (20, 10)}[case]
+        pts = rng.standard_normal((n, p)).astype(np.float32)
+        pts[1, 0] = pts[0, 0]                       # a shared first coordinate
+        group = 4 * p
+        v = rng.standard_normal(group * 50).astype(np.float32)
+        scales = np.abs(rng.standard_normal(50)).astype(np.float32) + 0.25
+        scales[7] = 0.0
+    got = GPU.encode(v, scales, group, pts)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, REF.encode(v, scales, group, pts))
+    if case == "ties":   # the expected indices, by hand
+        assert got.tolist() == [2, 0, 0, 3, 2, 1] + [2] * 6 + [2, 0, 0, 3, 2, 1] * 2
+
+
+def test_decode(cp):
+    rng = np.random.default_rng(5)
+    pts = rng.standard_normal((300, 2)).astype(np.float32)
+    idx = rng.integers(0, 300, 96)
+    scales = _spread(rng, 6)
+    scales[2] = 0.0
+    got = GPU.decode(idx, scales, 32, pts)
+    assert bits_equal(GPU.to_host(got), REF.decode(idx, scales, 32, pts))
+
+
+# ------------------------------------------------------------------ quantize_vq / dequantize_vq
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("rotate, scale, scale_dtype", [(None, "rms", "float16"), ("hadamard", "absmax", "float16"),
+                                                        ("hadamard:32", "rms", "float32")])
+def test_quantize_vq_on_the_gpu_is_the_reference(cp, dtype, rotate, scale, scale_dtype):
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(11)
+    x = (rng.standard_t(4, (6, 128)) * 0.02).astype(dtype)
+    x[1, :64] = 0
+    for pts in (np.asarray(vq.as_points(_higgs())[1]), rng.standard_normal((300, 1)).astype(np.float32)):
+        kw = dict(group=32, rotate=rotate, scale=scale, scale_dtype=scale_dtype)
+        want_i, want_s = quantize_vq(x, pts, backend="numpy", **kw)
+        got_i, got_s = quantize_vq(x, pts, backend="gpu", **kw)
+        assert got_i.dtype == want_i.dtype and np.array_equal(got_i, want_i)
+        assert bits_equal(got_s.scales, want_s.scales)
+        assert bits_equal(dequantize_vq(want_i, want_s, backend="gpu"), dequantize_vq(want_i, want_s, backend="numpy"))
+    assert {"qbv_encode", "qbv_decode", "qbv_group_stat"} <= set(_names(cp))
+    assert ("qbv_fwht_tile" in _names(cp)) == (rotate is not None)
+
+
+def _higgs():
+    from quantbook.naming import resolve_vector
+
+    return resolve_vector("higgs-2d-256")
+
+
+def test_a_rotated_tensor_stays_on_the_device(cp, monkeypatch):
+    """Rotated values go from the rotation to the statistics and the search without a round
+    trip: what comes back is a statistic a group and an index a vector."""
+    back = []
+    asnumpy = cp.asnumpy
+    monkeypatch.setattr(cp, "asnumpy", lambda a: back.append(np.size(a)) or asnumpy(a))
+    x = np.random.default_rng(2).standard_normal((4, 256)).astype(np.float32)
+    quantize_vq(x, _higgs(), group=64, backend="gpu")
+    assert sorted(back) == [16, 512]
+
+
+def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
+    """evaluate-model --backend gpu with scalar and vector codebooks: the numpy backend's
+    report, number for number."""
+    from quantbook.model import evaluate_model
+    from quantbook.model.evaluate import resolve_model_codebooks
+
+    path = weights_file(tmp_path / "m.safetensors", 31, 32, 128)
+    cbs = resolve_model_codebooks("nf4,higgs-2d-256", 64)
+    kw = dict(block_size=64, rotations=("none", "hadamard"), tensors="*.weight")
+    host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
+    names = set(_names(cp))
+    assert "qbv_encode" in names and any(n.startswith("qb_quantize_") for n in names)
+    assert gpu == host
+
+
+def test_a_gpu_that_cannot_run_is_named(monkeypatch):
+    monkeypatch.setattr(GPU, "unavailable", lambda: "no CUDA device (stand-in)")
+    x = np.ones((2, 64), np.float32)
+    for call in (lambda: quantize_vq(x, _higgs(), backend="gpu"),
+                 lambda: dequantize_vq(*quantize_vq(x, _higgs(), backend="numpy"), backend="gpu")):
+        with pytest.raises(ValueError, match=r"^backend 'gpu' cannot run here: no CUDA device \(stand-in\)$"):
+            call()
+
+
+def test_the_benchmark_times_the_gpu_and_checks_it_against_numba(cp, monkeypatch, capsys):
+    pytest.importorskip("numba")
+    bench = load_benchmark(cp, monkeypatch, "bench_quantize_vq")
+    assert bench.main(["--log2n", "14", "--numpy-log2n", "12", "--repeat", "1", "--rotate", "hadamard"]) == 0
+    out = capsys.readouterr().out
+    assert "quantize    gpu" in out and "gpu indices, scales and values equal numba's: True" in out
+    assert "qbv_fwht_tile" in _names(cp)
+
+
+# ------------------------------------------------------------------ what NVRTC makes of the source
+
+def test_ptx_is_plain_ieee(nvrtc):
+    """No contraction into fused multiply-adds, no flush-to-zero, no approximate division or
+    square root: each kernel does the reference's operations."""
+    ptx = compile_source(VK.source(), "compute_90", output="ptx", use_cache=True).decode()
+    entries = re.split(r"\.entry ", ptx)[1:]
+    assert sorted(e.split("(")[0].strip() for e in entries) == sorted(VK.all_kernel_names())
+    for body in entries:
+        name = body.split("(")[0].strip()
+        assert "fma." not in body and ".ftz" not in body, name
+        assert not re.search(r"\.approx|rcp\.", body), name
+    body = {e.split("(")[0].strip(): e for e in entries}
+    assert "div.rn.f32" in body["qbv_encode"] and "sqrt.rn.f64" in body["qbv_group_stat"]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_the_kernels_compile_to_sass(nvrtc, arch):
+    cubin = compile_source(VK.source(), arch, output="cubin", use_cache=True)
+    assert cubin[:4] == b"\x7fELF" and all(n.encode() in cubin for n in VK.all_kernel_names())
+
+
+def test_source_subset_and_unknown_names():
+    src = VK.source(["qbv_decode"])
+    assert "qbv_decode(" in src and "qbv_encode(" not in src
+    with pytest.raises(ValueError, match="unknown kernel"):
+        VK.source(["qbv_nope"])
