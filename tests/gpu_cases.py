@@ -106,11 +106,14 @@ def fake_cupy(emulator):
 
         def get_function(self, name):
             def launch(grid, block, args):
+                emu = emulator()
+                if hasattr(emu, "check"):   # the argument types, where the emulator knows them
+                    emu.check(name, args)
                 conv = [int(a) if isinstance(a, np.integer) else
                         float(a) if isinstance(a, np.floating) else a for a in args]
                 cp.launches.append((name, grid, block))
                 cp.launch_devices.append(current[-1])
-                emulator().launch(name, grid[0], block[0], *conv)
+                emu.launch(name, grid[0], block[0], *conv)
             return launch
 
     class Device:

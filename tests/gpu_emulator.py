@@ -616,7 +616,11 @@ static inline double __dsqrt_rn(double a) { volatile double r = std::sqrt(a); re
 static inline double __longlong_as_double(long long u) { double d; std::memcpy(&d, &u, 8); return d; }
 """
 
-_VQ_CTYPES = {"qbv_i64": _I64, "int": _I32, "double": ctypes.c_double, "float": _F32}
+_VQ_CTYPES = {"qbv_i64": _I64, "int": _I32, "unsigned": _U32, "double": ctypes.c_double, "float": _F32}
+#: what a launch must pass for each C type: real CuPy packs a numpy scalar by its own width,
+#: so a wrong one would shift every later argument on a device
+_VQ_NUMPY = {"qbv_i64": np.int64, "int": np.int32, "unsigned": np.uint32, "double": np.float64, "float": np.float32,
+             "float*": np.float32, "double*": np.float64, "int*": np.int32}
 
 
 def _vq_params(name: str) -> list[tuple[str, str]]:
@@ -647,6 +651,19 @@ class VQEmulator(ScaledEmulator):
             fn.argtypes = [_U32, _U32] + [_P if t.endswith("*") else _VQ_CTYPES[t] for t, _ in _vq_params(name)]
             fn.restype = None
 
+    @staticmethod
+    def check(name: str, args) -> None:
+        """Each argument of a launch as the kernel's parameter list declares it: arrays of the
+        pointer's element type, numpy scalars of the exact width."""
+        params = _vq_params(name)
+        assert len(args) == len(params), (name, len(args), len(params))
+        for (typ, pname), a in zip(params, args):
+            want = _VQ_NUMPY[typ]
+            if typ.endswith("*"):
+                assert isinstance(a, np.ndarray) and a.dtype == want and a.flags.c_contiguous, (name, pname, a)
+            else:
+                assert type(a) is want, (name, pname, type(a))
+
 
 _VQ_EMU: VQEmulator | None = None
 
@@ -662,6 +679,10 @@ def vq_emulator() -> VQEmulator:
 class AnyEmulator:
     """Launches any kernel of the three libraries, by its name (a stand-in ``cupy`` serving
     every backend at once, e.g. evaluate-model with scalar and vector codebooks)."""
+
+    def check(self, name: str, args) -> None:
+        if name.startswith("qbv_"):
+            VQEmulator.check(name, args)
 
     def launch(self, name: str, grid: int, block: int, *args):
         lib = vq_emulator() if name.startswith("qbv_") else \

@@ -105,3 +105,16 @@ def test_vector_quantization_is_the_host_result(rotate):
             assert np.array_equal(got_i, want_i) and bits_equal(got_s.scales, want_s.scales)
             assert bits_equal(dequantize_vq(want_i, want_s, backend="gpu"),
                               dequantize_vq(want_i, want_s, backend="cpu"))
+
+
+def test_a_nan_of_the_un_rotation_has_the_hosts_bits():
+    """inf - inf of decoded infinities: the GPU's own NaN has other bits than the host's,
+    which the kernels write instead (as numpy and numba make it)."""
+    from quantbook.bulk import vq
+    from quantbook.numerics import hadamard
+
+    y = np.array([[np.inf, -np.inf, 1.0, 2.0, np.inf, np.inf, 0.0, 0.0]], np.float32)
+    with np.errstate(invalid="ignore"):
+        want = vq.VQ_BACKENDS["numpy"].unrotate(y, hadamard.SEED)
+    gpu = vq.VQ_BACKENDS["gpu"]
+    assert np.isnan(want).any() and bits_equal(gpu.to_host(gpu.unrotate(y, hadamard.SEED)), want)

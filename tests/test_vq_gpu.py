@@ -40,6 +40,7 @@ def cp(monkeypatch):
     for mod in (G, GS, GV):
         monkeypatch.setattr(mod, "_MODULES", {})
     monkeypatch.setattr(G, "_CONSTS", {})
+    monkeypatch.setattr(GV, "_MAX_GRID", 2)   # every grid-stride loop takes several passes
     return fake
 
 
@@ -55,10 +56,12 @@ def _spread(rng, shape):
 
 # ------------------------------------------------------------------ the kernels one by one
 
-@pytest.mark.parametrize("n, tile", [(1, 2048), (2, 2048), (64, 2048), (512, 2048), (64, 4), (64, 1), (32, 16)])
+@pytest.mark.parametrize("n, tile", [(1, 2048), (2, 2048), (64, 2048), (512, 2048), (2048, 2048), (4096, 2048),
+                                     (64, 4), (64, 1), (32, 16)])
 def test_rotation_is_the_reference_bit_for_bit(cp, monkeypatch, n, tile):
     """Both directions, with the spans beyond a tile (``tile`` < n) in global memory; a row of
-    huge values overflows to ±inf as the reference's does."""
+    huge values overflows to ±inf as the reference's does, and un-rotating those infinities
+    gives the reference's NaN (inf - inf)."""
     monkeypatch.setattr(GV, "FWHT_TILE", tile)
     rng = np.random.default_rng(n + tile)
     x = _spread(rng, (5, n))
@@ -68,10 +71,23 @@ def test_rotation_is_the_reference_bit_for_bit(cp, monkeypatch, n, tile):
     assert bits_equal(GPU.to_host(got), want)
     spans = max(0, (n // min(n, tile)).bit_length() - 1)
     assert _names(cp) == ["qbv_fwht_tile"] + ["qbv_butterfly"] * spans
-    y = np.nan_to_num(want, posinf=1e30, neginf=-1e30)
-    with np.errstate(over="ignore"):   # the reference's cast of the huge row to float32
+    with np.errstate(over="ignore", invalid="ignore"):   # the reference's inf - inf, and float32 casts
+        back = REF.unrotate(want, hadamard.SEED)
+    assert bits_equal(GPU.to_host(GPU.unrotate(want, hadamard.SEED)), back)
+
+
+def test_a_nan_of_the_rotation_has_the_hosts_bits(cp, monkeypatch):
+    """The GPU makes a NaN with other bits than x86 (whose arithmetic the reference's is):
+    the kernels write the host's, here a stand-in pattern, where the reference has a NaN."""
+    monkeypatch.setattr(GV, "_HOST_NAN", 0x7FC00123)
+    monkeypatch.setattr(GV, "FWHT_TILE", 2)
+    y = np.array([[np.inf, -np.inf, 1.0, 2.0, np.inf, np.inf, 0.0, 0.0]], np.float32)
+    with np.errstate(invalid="ignore"):
         want = REF.unrotate(y, hadamard.SEED)
-    assert bits_equal(GPU.to_host(GPU.unrotate(y, hadamard.SEED)), want)
+    got = GPU.to_host(GPU.unrotate(y, hadamard.SEED))
+    assert np.isnan(want).sum() >= 4 and np.array_equal(np.isnan(got), np.isnan(want))
+    assert set(got[np.isnan(got)].view(np.uint32).tolist()) == {0x7FC00123}
+    assert bits_equal(got[~np.isnan(got)], want[~np.isnan(want)])
 
 
 @pytest.mark.parametrize("rule", ["rms", "absmax"])
@@ -134,6 +150,18 @@ def test_decode(cp):
     scales[2] = 0.0
     got = GPU.decode(idx, scales, 32, pts)
     assert bits_equal(GPU.to_host(got), REF.decode(idx, scales, 32, pts))
+
+
+def test_a_read_only_table_in_fortran_order_decodes_as_its_values(cp):
+    """The device copy of a read-only table is reused by identity only when it is in C order
+    (the kernels read rows; a device copy keeps the host's order)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    idx, st = quantize_vq(x, rng.standard_normal((16, 2)).astype(np.float32), group=32, backend="numpy")
+    fortran = np.asfortranarray(st.points)
+    fortran.setflags(write=False)
+    st.points = fortran
+    assert bits_equal(dequantize_vq(idx, st, backend="gpu"), dequantize_vq(idx, st, backend="numpy"))
 
 
 # ------------------------------------------------------------------ quantize_vq / dequantize_vq

@@ -179,7 +179,8 @@ def _device_const(host: np.ndarray):
     pass to another.  Anything else is known by its bytes."""
     cp = _cupy()
     dev = cp.cuda.Device().id
-    by_id = isinstance(host, np.ndarray) and not host.flags.writeable and host.base is None
+    by_id = (isinstance(host, np.ndarray) and not host.flags.writeable and host.base is None
+             and host.flags.c_contiguous)   # the kernels read C order; cp.asarray keeps the host's
     if by_id:
         key = (dev, id(host))
     else:

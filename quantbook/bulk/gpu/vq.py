@@ -23,6 +23,10 @@ __all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "FWHT_TIL
 FWHT_TILE = VK.TILE
 #: grid-stride kernels launch at most this many CTAs
 _MAX_GRID = 1 << 16
+#: the bits of float32(inf - inf) on this host (x86: the negative default NaN; elsewhere
+#: the positive one): what the reference's un-rotation gives a NaN
+with np.errstate(invalid="ignore"):
+    _HOST_NAN = int((np.array([np.inf]) - np.array([np.inf])).astype(np.float32).view(np.uint32)[0])
 
 _MODULES: dict[int, tuple] = {}
 
@@ -66,15 +70,17 @@ def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False):
         return out
     sg = G._device_const(signs)
     tile = min(n, FWHT_TILE)
-    buf = cp.empty(rows * n if tile < n else 1, dtype=cp.float64)
-    args = (np.int64(rows), np.int32(n))
-    _kernel("qbv_fwht_tile")((rows * (n // tile),), (max(1, min(VK.CTA, tile // 2)),),
-                             (xd, sg, buf, out, *args, np.int32(tile), np.float64(inv), np.int32(inverse)))
+    total = rows * n
+    buf = cp.empty(total if tile < n else 1, dtype=cp.float64)
+    args = (np.int64(total), np.int64(n))
+    nan = np.uint32(_HOST_NAN)
+    _kernel("qbv_fwht_tile")((max(1, min(-(-total // VK.TILE), _MAX_GRID)),), (VK.CTA,),
+                             (xd, sg, buf, out, *args, np.int32(tile), np.float64(inv), np.int32(inverse), nan))
     h = tile
     while h < n:
-        _kernel("qbv_butterfly")((_grid(rows * n // 2),), (VK.CTA,),
-                                 (buf, sg, out, *args, np.int32(h), np.float64(inv), np.int32(inverse),
-                                  np.int32(2 * h == n)))
+        _kernel("qbv_butterfly")((_grid(total // 2),), (VK.CTA,),
+                                 (buf, sg, out, *args, np.int64(h), np.float64(inv), np.int32(inverse),
+                                  np.int32(2 * h == n), nan))
         h *= 2
     return out
 

@@ -10,14 +10,17 @@ other kernels (no contraction into fused multiply-adds).  Header-free.
 
 Kernels (``extern "C"``):
 
-* ``qbv_fwht_tile`` — a CTA per tile of ``T`` consecutive entries of a row (``T`` a power of
-  two dividing the row's ``n``, at most :data:`TILE`): the row's values in float64 (times the
-  signs when rotating), the butterflies of spans ``1 … T/2`` in shared memory, then either
-  the result (``T == n``: scaled by ``inv``, and by the signs when un-rotating, rounded to
-  float32) or the float64 partial transform for the next kernel;
+* ``qbv_fwht_tile`` — the rows cut in tiles of ``T`` consecutive entries (``T`` a power of
+  two dividing the row's ``n``, at most :data:`TILE`); a CTA pass takes :data:`TILE` entries
+  (whole tiles), in float64 (times the signs when rotating), and runs the butterflies of spans
+  ``1 … T/2`` in shared memory, then writes either the result (``T == n``: scaled by ``inv``,
+  and by the signs when un-rotating, rounded to float32) or the float64 partial transform for
+  the next kernel;
 * ``qbv_butterfly`` — one butterfly span ``h >= T`` of every row in global memory, a thread
   a pair; the last span writes the float32 result as above.  The spans run in the same
-  order as the reference's, so every output is the same float64 expression;
+  order as the reference's, so every output is the same float64 expression.  A NaN result
+  (only ``inf - inf``, of decoded infinities) is written with the bits the host's arithmetic
+  gives it (``nan_bits``), not the GPU's own;
 * ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
   ``max |v|`` (NaN when the group holds one);
 * ``qbv_encode`` — a thread a vector: ``y = float32(v / s)`` (0 where ``s == 0``), then the
@@ -42,9 +45,10 @@ _KEEP = 8
 #: tests builds its launchers from it)
 PARAMS = {
     "qbv_fwht_tile": "const float* __restrict__ x, const double* __restrict__ sg, double* __restrict__ buf, "
-                     "float* __restrict__ out, qbv_i64 rows, int n, int T, double inv, int inverse",
+                     "float* __restrict__ out, qbv_i64 total, qbv_i64 n, int T, double inv, int inverse, "
+                     "unsigned nan_bits",
     "qbv_butterfly": "double* __restrict__ buf, const double* __restrict__ sg, float* __restrict__ out, "
-                     "qbv_i64 rows, int n, int h, double inv, int inverse, int last",
+                     "qbv_i64 total, qbv_i64 n, qbv_i64 h, double inv, int inverse, int last, unsigned nan_bits",
     "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, qbv_i64 groups, int group, "
                       "int absmax",
     "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
@@ -65,11 +69,12 @@ typedef long long qbv_i64;
 #define QBV_KEEP %(keep)d
 
 /* a transformed float64 entry as the reference rounds it: times inv, times the sign when
-   un-rotating (exact), to float32 */
-__device__ __forceinline__ float qbv_finish(double a, double inv, double sign, int inverse) {
+   un-rotating (exact), to float32; a NaN (inf - inf of decoded infinities) as the host's
+   arithmetic makes it, whose bits differ from the GPU's */
+__device__ __forceinline__ float qbv_finish(double a, double inv, double sign, int inverse, unsigned nan_bits) {
     double r = __dmul_rn(a, inv);
     if (inverse) r = __dmul_rn(r, sign);
-    return (float)r;
+    return r != r ? __uint_as_float(nan_bits) : (float)r;
 }
 
 /* y[q] of a vector: float32(v / s), 0 where the group's scale is 0 */
@@ -80,46 +85,46 @@ __device__ __forceinline__ double qbv_y(const float* __restrict__ v, qbv_i64 b, 
 
 _BODIES = {
     "qbv_fwht_tile": r"""
+    /* a pass takes QBV_TILE consecutive entries (whole tiles of T: a span below T pairs
+       entries of one tile only, so the stages run on all of them at once) */
     __shared__ double s[QBV_TILE];
-    const qbv_i64 tiles = (qbv_i64)(n / T);
-    const qbv_i64 tile = (qbv_i64)blockIdx.x;
-    const qbv_i64 row = tile / tiles;
-    const int col0 = (int)(tile %% tiles) * T;
-    const int half = T / 2;
-    for (int j = threadIdx.x; j < T; j += blockDim.x) {
-        double a = (double)x[row * n + col0 + j];
-        if (!inverse) a = __dmul_rn(a, sg[col0 + j]);
-        s[j] = a;
-    }
-    __syncthreads();
-    for (int h = 1; h < T; h *= 2) {
-        for (int k = threadIdx.x; k < half; k += blockDim.x) {
-            const int i = (k / h) * 2 * h + (k %% h);
-            const double a = s[i], b = s[i + h];
-            s[i] = __dadd_rn(a, b);
-            s[i + h] = __dsub_rn(a, b);
+    const qbv_i64 chunks = (total + QBV_TILE - 1) / QBV_TILE;
+    for (qbv_i64 c = blockIdx.x; c < chunks; c += gridDim.x) {     /* the same passes for a CTA */
+        const qbv_i64 e0 = c * QBV_TILE;
+        const int len = (int)(total - e0 < QBV_TILE ? total - e0 : QBV_TILE);
+        for (int j = threadIdx.x; j < len; j += blockDim.x) {
+            double a = (double)x[e0 + j];
+            if (!inverse) a = __dmul_rn(a, sg[(e0 + j) %% n]);
+            s[j] = a;
         }
         __syncthreads();
-    }
-    for (int j = threadIdx.x; j < T; j += blockDim.x) {
-        const qbv_i64 e = row * n + col0 + j;
-        if (T == n) out[e] = qbv_finish(s[j], inv, sg[col0 + j], inverse);
-        else buf[e] = s[j];
+        for (int h = 1; h < T; h *= 2) {
+            for (int k = threadIdx.x; k < len / 2; k += blockDim.x) {
+                const int i = (k / h) * 2 * h + (k %% h);
+                const double a = s[i], b = s[i + h];
+                s[i] = __dadd_rn(a, b);
+                s[i + h] = __dsub_rn(a, b);
+            }
+            __syncthreads();
+        }
+        /* a thread reads back the entries it loaded, so the next pass needs no barrier first */
+        for (int j = threadIdx.x; j < len; j += blockDim.x) {
+            const qbv_i64 e = e0 + j;
+            if (T == n) out[e] = qbv_finish(s[j], inv, sg[e %% n], inverse, nan_bits);
+            else buf[e] = s[j];
+        }
     }
 """,
     "qbv_butterfly": r"""
-    const qbv_i64 pairs = rows * (qbv_i64)(n / 2);
-    for (qbv_i64 k = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; k < pairs;
+    for (qbv_i64 k = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; k < total / 2;
          k += (qbv_i64)gridDim.x * blockDim.x) {
-        const qbv_i64 row = k / (n / 2);
-        const int c = (int)(k %% (n / 2));
-        const int i = (c / h) * 2 * h + (c %% h);
-        const qbv_i64 e = row * n + i;
+        const qbv_i64 e = (k / h) * 2 * h + (k %% h);   /* rows are whole multiples of 2h */
+        const qbv_i64 i = e %% n;
         const double a = buf[e], b = buf[e + h];
         const double u = __dadd_rn(a, b), w = __dsub_rn(a, b);
         if (last) {
-            out[e] = qbv_finish(u, inv, sg[i], inverse);
-            out[e + h] = qbv_finish(w, inv, sg[i + h], inverse);
+            out[e] = qbv_finish(u, inv, sg[i], inverse, nan_bits);
+            out[e + h] = qbv_finish(w, inv, sg[i + h], inverse, nan_bits);
         } else {
             buf[e] = u;
             buf[e + h] = w;
