@@ -620,7 +620,7 @@ _VQ_CTYPES = {"qbv_i64": _I64, "int": _I32, "unsigned": _U32, "double": ctypes.c
 #: what a launch must pass for each C type: real CuPy packs a numpy scalar by its own width,
 #: so a wrong one would shift every later argument on a device
 _VQ_NUMPY = {"qbv_i64": np.int64, "int": np.int32, "unsigned": np.uint32, "double": np.float64, "float": np.float32,
-             "float*": np.float32, "double*": np.float64, "int*": np.int32}
+             "float*": np.float32, "double*": np.float64, "int*": np.int32, "qb_u16*": np.uint16}
 
 
 def _vq_params(name: str) -> list[tuple[str, str]]:

@@ -118,3 +118,36 @@ def test_a_nan_of_the_un_rotation_has_the_hosts_bits():
         want = vq.VQ_BACKENDS["numpy"].unrotate(y, hadamard.SEED)
     gpu = vq.VQ_BACKENDS["gpu"]
     assert np.isnan(want).any() and bits_equal(gpu.to_host(gpu.unrotate(y, hadamard.SEED)), want)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_vector_quantization_of_device_arrays(dtype):
+    """CuPy (float16) and torch CUDA (bfloat16) tensors in, device indices and values out:
+    the host reference's, the 16-bit rounding (NaN included) done on the device."""
+    import cupy as cp
+
+    from quantbook.bulk.vq import dequantize_vq, quantize_vq
+    from quantbook.bulk.gpu.vq import cast_gpu
+    from quantbook.naming import resolve_vector
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(9)
+    x = (rng.standard_t(4, (32, 1024)) * 0.02).astype(np.float32)
+    pts = resolve_vector("higgs-2d-256")
+    if dtype == "float16":
+        host, dev = x.astype(np.float16), cp.asarray(x.astype(np.float16))
+    else:
+        torch = pytest.importorskip("torch")
+        host = x.astype(ml_dtypes.bfloat16)
+        dev = torch.from_numpy(x).to("cuda").to(torch.bfloat16)
+    want_i, want_s = quantize_vq(host, pts, group=64, backend="numpy")
+    got_i, got_s = quantize_vq(dev, pts, group=64)
+    assert isinstance(got_i, cp.ndarray) and np.array_equal(_host(got_i), want_i)
+    assert bits_equal(got_s.scales, want_s.scales)
+    y = dequantize_vq(got_i, got_s)
+    assert bits_equal(_host(y).view(np.uint16), dequantize_vq(want_i, want_s, backend="numpy").view(np.uint16))
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7FC12345, 0x7F812345, 0xFF800001], np.uint32).view(np.float32)
+    dt = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    with np.errstate(invalid="ignore"):
+        want = nans.astype(dt).view(np.uint16)
+    assert bits_equal(_host(cast_gpu(cp.asarray(nans), dt)).view(np.uint16), want)

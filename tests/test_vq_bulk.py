@@ -351,15 +351,30 @@ def test_input_errors():
     with pytest.raises(ValueError, match="rotation takes group 0 beyond float32's range"):
         quantize_vq(big, pts, rotate="hadamard", scale_dtype="float32")
 
-    class CudaTensorRequiringGrad:   # torch's interface raises for it, not AttributeError
+
+
+def test_a_device_array_needs_a_gpu_backend(monkeypatch):
+    """A device array (here torch's CUDA tensor that requires grad, whose interface raises) goes
+    to a GPU backend only: a host backend is refused, and ``auto`` names why no GPU one can
+    run (tests/test_vq_gpu.py runs the GPU one)."""
+    class CudaTensorRequiringGrad:
         is_cuda = True
+        dtype, shape = "torch.float32", (2, 64)
 
         @property
         def __cuda_array_interface__(self):
             raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
 
-    with pytest.raises(ValueError, match="runs on host arrays"):
-        quantize_vq(CudaTensorRequiringGrad(), pts)
+    monkeypatch.setattr(vq.CudaVQ, "unavailable", lambda self: "no CUDA device (stand-in)")
+    pts = gaussian_grid(16, 2)
+    idx, st = quantize_vq(np.ones((2, 64), np.float32), pts, backend="numpy")
+    for call in (lambda b: quantize_vq(CudaTensorRequiringGrad(), pts, backend=b),
+                 lambda b: dequantize_vq(CudaTensorRequiringGrad(), st, backend=b)):
+        with pytest.raises(ValueError, match=r"^a device array needs a GPU backend or 'auto', got backend='numpy'$"):
+            call("numpy")
+        with pytest.raises(ValueError, match=r"^no GPU backend is usable for this device array: "
+                                             r"gpu: no CUDA device \(stand-in\)$"):
+            call("auto")
 
 
 def test_dequantize_checks_the_indices():

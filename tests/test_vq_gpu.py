@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import bits_equal, fake_cupy, load_benchmark, weights_file
+from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
 from quantbook.bulk import vq
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import scaled as GS
@@ -192,6 +192,59 @@ def _higgs():
     return resolve_vector("higgs-2d-256")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("rotate", [None, "hadamard"])
+def test_device_arrays_in_and_out(cp, dtype, rotate):
+    """A device tensor's indices and values stay on the device, equal to the host reference's
+    for the same values (the float16/bfloat16 rounding of the result on the device too)."""
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(21)
+    x = (rng.standard_t(3, (4, 128)) * 0.02).astype(dtype)
+    pts = np.asarray(_higgs().points)
+    want_i, want_s = quantize_vq(x, pts, group=32, rotate=rotate, backend="numpy")
+    for backend in ("auto", "gpu"):
+        got_i, got_s = quantize_vq(fake_device(x), pts, group=32, rotate=rotate, backend=backend)
+        assert isinstance(got_i, FakeDeviceArray) and got_i.dtype == np.uint8 and np.array_equal(got_i, want_i)
+        assert bits_equal(got_s.scales, want_s.scales) and got_s.dtype == want_s.dtype
+        y = dequantize_vq(fake_device(want_i), want_s, backend=backend)
+        assert isinstance(y, FakeDeviceArray) and y.shape == x.shape
+        assert bits_equal(y, dequantize_vq(want_i, want_s, backend="numpy"))
+
+
+def test_device_arrays_run_on_the_device_that_holds_them(cp):
+    x = set_device(fake_device(np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)), 1)
+    idx, st = quantize_vq(x, _higgs(), group=32)
+    dequantize_vq(set_device(idx, 1), st)
+    assert cp.launch_devices and set(cp.launch_devices) == {1}
+
+
+@pytest.mark.parametrize("rotate", [None, "hadamard"])
+def test_a_device_array_with_nan_or_inf_is_named(cp, rotate):
+    x = np.ones((2, 64), np.float16)
+    x[1, 5] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or Inf: first .*flat index 69\)?$"):
+        quantize_vq(fake_device(x), _higgs(), rotate=rotate)
+
+
+def test_the_rounding_to_16_bits_on_the_device(cp):
+    """float32 to float16 and bfloat16, to nearest even: ties, subnormals, overflow, ±0, ±inf,
+    and NaNs of either sign with payloads, as numpy and ml_dtypes round them."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(4)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504.0, 65520.0, 65519.996, 1e-8, -3e-8,
+                        6.1e-5, 3.4e38, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8,
+                        1e-40], np.float32)
+    nans = np.array([0x7FC00000, 0xFFC00000, 0x7FC12345, 0x7F812345, 0xFF800001], np.uint32).view(np.float32)
+    y = np.concatenate([special, nans,
+                        (rng.standard_normal(1000) * 10.0 ** rng.uniform(-8, 8, 1000)).astype(np.float32)])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for dt in (np.float16, ml_dtypes.bfloat16):
+            got = GV.cast_gpu(fake_device(y), dt)
+            assert isinstance(got, FakeDeviceArray) and bits_equal(got, y.astype(dt))
+    assert GV.cast_gpu(fake_device(y), np.float32) is not None
+
+
 def test_a_rotated_tensor_stays_on_the_device(cp, monkeypatch):
     """Rotated values go from the rotation to the statistics and the search without a round
     trip: what comes back is a statistic a group and an index a vector."""
@@ -220,7 +273,7 @@ def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
 
 
 def test_a_gpu_that_cannot_run_is_named(monkeypatch):
-    monkeypatch.setattr(GPU, "unavailable", lambda: "no CUDA device (stand-in)")
+    monkeypatch.setattr(vq.CudaVQ, "unavailable", lambda self: "no CUDA device (stand-in)")
     x = np.ones((2, 64), np.float32)
     for call in (lambda: quantize_vq(x, _higgs(), backend="gpu"),
                  lambda: dequantize_vq(*quantize_vq(x, _higgs(), backend="numpy"), backend="gpu")):

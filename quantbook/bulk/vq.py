@@ -19,6 +19,7 @@ their stored dtype, the state) and a small registry of backends (:class:`VQBacke
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from . import format as F
 from .backend import is_device_array
-from .state import dtype_name
+from .state import dtype_from_name, dtype_name
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
 
@@ -46,15 +47,20 @@ class VQBackend:
 
     Inputs reach a backend checked: ``v`` flat C-contiguous float32 (already rotated),
     ``scales`` float32 per group, ``points`` the (N, P) float32 table, indices in range.
-    :meth:`rotate`, :meth:`unrotate` and :meth:`decode` may return the backend's own arrays
-    (a GPU backend keeps them on the device), which the other hooks take back and
-    :meth:`to_host` brings to the host; :meth:`group_stat` and :meth:`encode` return numpy
-    arrays.
+    :meth:`rotate`, :meth:`unrotate`, :meth:`encode` and :meth:`decode` may return the
+    backend's own arrays (a GPU backend keeps them on the device), which the other hooks take
+    back and :meth:`to_host` brings to the host; :meth:`group_stat` returns numpy.
+
+    A ``device`` backend also takes device arrays (``x`` and indices), through
+    :meth:`as_float32`, :meth:`first_nonfinite`, :meth:`device_indices` and :meth:`cast`, and
+    its results for them stay on the device.
     """
 
     name: ClassVar[str]
-    #: ``backend="auto"`` may pick it
+    #: ``backend="auto"`` may pick it for host arrays
     auto: ClassVar[bool] = False
+    #: it takes device arrays (``backend="auto"`` picks the first usable one for them)
+    device: ClassVar[bool] = False
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,8 +97,30 @@ class VQBackend:
         raise NotImplementedError
 
     def to_host(self, a: Any) -> np.ndarray:
-        """A result of :meth:`rotate`, :meth:`unrotate` or :meth:`decode` as a numpy array."""
+        """A result of :meth:`rotate`, :meth:`unrotate`, :meth:`encode` or :meth:`decode` as a
+        numpy array."""
         return np.asarray(a)
+
+    def on_device(self, a: Any) -> AbstractContextManager:
+        """Where the hooks run for input ``a`` (a device backend: the device that holds it)."""
+        return nullcontext()
+
+    # ---- device backends only -------------------------------------------------------------
+    def as_float32(self, x: Any) -> tuple[Any, Any]:
+        """``(flat float32 copy or view, keep-alive)`` of a float32/float16/bfloat16 device array."""
+        raise NotImplementedError
+
+    def first_nonfinite(self, v: Any) -> int | None:
+        """The flat index of the first NaN or Inf of a device array, or None."""
+        raise NotImplementedError
+
+    def device_indices(self, indices: Any) -> Any:
+        """Device indices as an array with ``dtype``, ``shape``, ``min``, ``max`` and ``reshape``."""
+        raise NotImplementedError
+
+    def cast(self, y: Any, dtype: np.dtype) -> Any:
+        """The flat float32 result ``y`` rounded to nearest even to ``dtype``, on the device."""
+        raise NotImplementedError
 
 
 class NumpyVQ(VQBackend, name="numpy"):
@@ -253,8 +281,11 @@ def _device_scan_tables(points_bytes: bytes, n: int, p: int):
 
 
 class CudaVQ(VQBackend, name="gpu"):
-    """CUDA kernels (:mod:`quantbook.bulk.gpu.vq`, CuPy): host arrays in and out, the rotated
-    tensor kept on the device between the hooks; the same numbers bit for bit."""
+    """CUDA kernels (:mod:`quantbook.bulk.gpu.vq`, CuPy): host arrays in and out, or device
+    arrays (CuPy, torch CUDA tensors) in and out; the rotated tensor kept on the device
+    between the hooks; the same numbers bit for bit."""
+
+    device = True
 
     def unavailable(self):
         from .gpu.backend import gpu_available
@@ -262,11 +293,19 @@ class CudaVQ(VQBackend, name="gpu"):
         ok, why = gpu_available()
         return None if ok else why
 
+    def on_device(self, a):
+        from .backend import is_device_array
+        from .gpu.backend import _cupy, device_of
+
+        return _cupy().cuda.Device(device_of(a)) if is_device_array(a) else nullcontext()
+
     def rotate(self, x, seed):
         from .gpu.vq import rotate_gpu
 
         n = x.shape[1]
-        return rotate_gpu(np.ascontiguousarray(x, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n))
+        if type(x) is np.ndarray:   # float16 or bfloat16 host values become float32 here
+            x = np.ascontiguousarray(x, dtype=_F)
+        return rotate_gpu(x, _signs(n, seed), 1.0 / np.sqrt(n))
 
     def unrotate(self, y, seed):
         from .gpu.vq import rotate_gpu
@@ -283,7 +322,7 @@ class CudaVQ(VQBackend, name="gpu"):
         from .gpu.vq import encode_gpu
 
         n, p = points.shape
-        return self.to_host(encode_gpu(v, scales, group, *_device_scan_tables(points.tobytes(), n, p)))
+        return encode_gpu(v, scales, group, *_device_scan_tables(points.tobytes(), n, p))
 
     def decode(self, idx, scales, group, points):
         from .gpu.vq import decode_gpu
@@ -295,21 +334,46 @@ class CudaVQ(VQBackend, name="gpu"):
 
         return _cupy().asnumpy(a)
 
+    def as_float32(self, x):
+        from .gpu.vq import as_float32
+
+        return as_float32(x)
+
+    def first_nonfinite(self, v):
+        from .gpu.vq import first_nonfinite
+
+        return first_nonfinite(v)
+
+    def device_indices(self, indices):
+        from .gpu.backend import _cupy
+
+        return _cupy().asarray(indices)
+
+    def cast(self, y, dtype):
+        from .gpu.vq import cast_gpu
+
+        return cast_gpu(y, dtype)
+
 
 def vq_backend_names() -> tuple[str, ...]:
     """``"auto"`` and every registered vector-quantization backend."""
     return ("auto", *VQ_BACKENDS)
 
 
-def _pick_backend(name: Any) -> VQBackend:
+def _pick_backend(name: Any, device: bool = False) -> VQBackend:
     if name == "auto":
         for b in VQ_BACKENDS.values():
-            if b.auto and b.unavailable() is None:
+            if (b.device if device else b.auto) and b.unavailable() is None:
                 return b
+        if device:
+            raise ValueError("no GPU backend is usable for this device array: " + "; ".join(
+                f"{b.name}: {b.unavailable()}" for b in VQ_BACKENDS.values() if b.device))
         return VQ_BACKENDS["numpy"]
     b = VQ_BACKENDS.get(name) if isinstance(name, str) else None
     if b is None:
         raise ValueError(f"unknown vector-quantization backend {name!r} (expected {', '.join(vq_backend_names())})")
+    if device and not b.device:
+        raise ValueError(f"a device array needs a GPU backend or 'auto', got backend={name!r}")
     why = b.unavailable()
     if why is not None:
         raise ValueError(f"backend {name!r} cannot run here: {why}")
@@ -357,17 +421,19 @@ def parse_rotate(rotate: Any, last: int) -> int | None:
     raise ValueError(f"unknown rotation {rotate!r} (expected None, 'hadamard' or 'hadamard:N')")
 
 
-def _check_input(x: Any) -> np.ndarray:
-    if is_device_array(x):
-        raise ValueError("vector quantization runs on host arrays; copy device arrays to the host first")
-    if hasattr(x, "detach"):  # a torch CPU tensor
-        x = x.detach().numpy()
-    x = np.asarray(x)
-    if x.dtype.name not in F.DTYPES:
-        raise ValueError(f"x must hold {', '.join(F.DTYPES)} values, got dtype {x.dtype.name}")
-    if x.ndim == 0 or x.size == 0:
-        raise ValueError(f"cannot quantize an empty or 0-d array (shape {x.shape})")
-    return x
+def _check_input(x: Any) -> tuple[Any, tuple[int, ...], str]:
+    """``(x, shape, dtype name)``: a numpy array, or a device array as given."""
+    if not is_device_array(x):
+        if hasattr(x, "detach"):  # a torch CPU tensor
+            x = x.detach().numpy()
+        x = np.asarray(x)
+    name = str(x.dtype).replace("torch.", "")
+    if name not in F.DTYPES:
+        raise ValueError(f"x must hold {', '.join(F.DTYPES)} values, got dtype {name}")
+    shape = tuple(int(s) for s in x.shape)
+    if not shape or 0 in shape:
+        raise ValueError(f"cannot quantize an empty or 0-d array (shape {shape})")
+    return x, shape, name
 
 
 def _first_nonfinite(x: np.ndarray) -> int:
@@ -379,7 +445,8 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     """Vector-quantize ``x``; returns ``(indices, state)`` (layout: :mod:`.vq_state`).
 
     ``x``: float32, float16 or bfloat16, any shape; groups and vectors run along the last
-    axis.  ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, anything with
+    axis.  A device array (CuPy, a torch CUDA tensor) goes to a GPU backend (``"auto"`` or
+    ``"gpu"``) and its indices stay on the device; the state is on the host.  ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, anything with
     ``.points``, or an (N, P) array.  ``group``: weights per scale, a multiple of P dividing
     the last dimension.  ``scale``: ``"rms"`` or ``"absmax"``; ``scale_dtype``: how the scale is
     stored (``"float16"``, HIGGS's 16 bits, or ``"float32"``).  ``rotate``: ``"hadamard"``,
@@ -389,8 +456,8 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     NaN/Inf in ``x`` and a scale beyond its dtype's range are one-line ValueErrors.
     """
     name, points = as_points(vq_codebook)
-    x = _check_input(x)
-    shape, last = tuple(int(s) for s in x.shape), int(x.shape[-1])
+    x, shape, dtype = _check_input(x)
+    last = shape[-1]
     n_pts, p = points.shape
     group = check_group(group, p, last)
     if scale not in SCALE_RULES:
@@ -398,60 +465,75 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     if scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"unknown scale_dtype {scale_dtype!r} (expected {' or '.join(SCALE_DTYPES)})")
     size = parse_rotate(rotate, last)
-    be = _pick_backend(backend)
-    if size is not None:
-        seed = hadamard.SEED
-        if not np.isfinite(x).all():
-            raise ValueError(f"x holds NaN or Inf: first at flat index {_first_nonfinite(x)}")
-        v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
-    else:
-        seed = None
-        v = np.ascontiguousarray(x, dtype=_F).reshape(-1)
-    stat = be.group_stat(v, group, scale)
-    bad = np.flatnonzero(~np.isfinite(stat))
-    if bad.size:
-        g = int(bad[0])
-        if size is None:
-            raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {_first_nonfinite(x)})")
-        raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
-    with np.errstate(over="ignore"):
-        stored = stat.astype(scale_dtype)
-    over = np.flatnonzero(~np.isfinite(stored))
-    if over.size:
-        g = int(over[0])
-        raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
-                         f"pass scale_dtype='float32'")
-    idx = be.encode(v, stored.astype(_F), group, points)
-    state = VQState(codebook=name, points=points.copy(), scales=stored, shape=shape, dtype=x.dtype,
-                    group=group, scale_rule=scale, scale_dtype=scale_dtype, rotate_size=size, rotate_seed=seed)
-    return idx.astype(index_dtype(n_pts), copy=False).reshape(state.index_shape), state
+    device = is_device_array(x)
+    be = _pick_backend(backend, device)
+    with be.on_device(x):
+        if device:   # float32 on the device, whatever the input's type
+            x, keep = be.as_float32(x)
+            first_bad = lambda: be.first_nonfinite(x)  # noqa: E731
+        else:
+            first_bad = lambda: _first_nonfinite(x)  # noqa: E731
+        seed = None if size is None else hadamard.SEED
+        if size is not None:
+            if first_bad() is not None if device else not np.isfinite(x).all():
+                raise ValueError(f"x holds NaN or Inf: first at flat index {first_bad()}")
+            v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
+        else:
+            v = x.reshape(-1) if device else np.ascontiguousarray(x, dtype=_F).reshape(-1)
+        stat = be.group_stat(v, group, scale)
+        bad = np.flatnonzero(~np.isfinite(stat))
+        if bad.size:
+            g = int(bad[0])
+            if size is None:
+                raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {first_bad()})")
+            raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
+        with np.errstate(over="ignore"):
+            stored = stat.astype(scale_dtype)
+        over = np.flatnonzero(~np.isfinite(stored))
+        if over.size:
+            g = int(over[0])
+            raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
+                             f"pass scale_dtype='float32'")
+        idx = be.encode(v, stored.astype(_F), group, points)
+        if not device:
+            idx = be.to_host(idx)
+        state = VQState(codebook=name, points=points.copy(), scales=stored, shape=shape,
+                        dtype=dtype_from_name(dtype), group=group, scale_rule=scale, scale_dtype=scale_dtype,
+                        rotate_size=size, rotate_seed=seed)
+        return idx.astype(index_dtype(n_pts), copy=False).reshape(state.index_shape), state
 
 
-def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> np.ndarray:
+def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
     """The array of ``state.shape`` and ``state.dtype`` that ``indices`` stand for:
     ``float32(points[i] · s)``, un-rotated (float64, rounded to float32) when the state is
     rotated, then rounded to the state's dtype.  The state is validated first; indices must
-    have the state's index shape and lie below N."""
+    have the state's index shape and lie below N.  Device indices (a GPU backend) give a
+    device array (bfloat16 as uint16 bits with a CuPy before 14)."""
     if not isinstance(state, VQState):
         raise ValueError(f"state must be a VQState, got {type(state).__name__}")
     state.validate()
-    be = _pick_backend(backend)
-    idx = np.asarray(indices)
-    if idx.dtype.kind not in "ui":
-        raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
-    if idx.shape != state.index_shape:
-        raise ValueError(f"indices have shape {idx.shape}, expected {state.index_shape}")
-    if idx.min() < 0 or idx.max() >= state.n_points:
-        raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {int(idx.max())}")
-    flat = np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
-    y = be.decode(flat, state.scales_f32(), state.group, state.points)
-    if state.rotate_size is not None:
-        with np.errstate(over="ignore"):
-            y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)
-    out = be.to_host(y).reshape(state.shape)
     dt = np.dtype(state.dtype)
     dtype_name(dt)
-    if dt != _F:
-        with np.errstate(over="ignore"):
-            out = out.astype(dt)
-    return out
+    device = is_device_array(indices)
+    be = _pick_backend(backend, device)
+    with be.on_device(indices):
+        idx = be.device_indices(indices) if device else np.asarray(indices)
+        if idx.dtype.kind not in "ui":
+            raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+        if tuple(idx.shape) != state.index_shape:
+            raise ValueError(f"indices have shape {tuple(idx.shape)}, expected {state.index_shape}")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= state.n_points:
+            raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {lo if lo < 0 else hi}")
+        flat = idx.reshape(-1) if device else np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
+        y = be.decode(flat, state.scales_f32(), state.group, state.points)
+        if state.rotate_size is not None:
+            with np.errstate(over="ignore"):
+                y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)
+        if device:
+            return be.cast(y, dt).reshape(state.shape)
+        out = be.to_host(y).reshape(state.shape)
+        if dt != _F:
+            with np.errstate(over="ignore"):
+                out = out.astype(dt)
+        return out

@@ -3,8 +3,8 @@ backend of :mod:`quantbook.bulk.vq`.
 
 Each function takes host or device arrays, already checked by ``quantize_vq`` /
 ``dequantize_vq``, and returns CuPy arrays: a rotated tensor stays on the device for the
-group statistics and the search, and only the statistics (8 bytes a group), the stored scales
-and the indices cross to and from the host.  The module is compiled once per device (NVRTC,
+group statistics and the search, and only the statistics (8 bytes a group) and the stored
+scales cross to and from the host (and the values and indices, for host arrays).  The module is compiled once per device (NVRTC,
 cached on disk as the other kernels).  CuPy is imported on first use.
 """
 
@@ -16,7 +16,8 @@ from . import backend as G
 from . import vq_kernels as VK
 from .compile import compile_source, load_nvrtc
 
-__all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "FWHT_TILE"]
+__all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "as_float32", "first_nonfinite",
+           "cast_gpu", "FWHT_TILE"]
 
 #: entries of a row transformed in shared memory (a power of two, at most ``VK.TILE``); the
 #: spans beyond it run in global memory
@@ -126,3 +127,37 @@ def decode_gpu(idx, scales, group: int, points: np.ndarray):
         _kernel("qbv_decode")((_grid(n),), (VK.CTA,),
                               (idd, sd, G._device_const(points), out, np.int64(n), np.int32(group), np.int32(p)))
     return out
+
+
+def as_float32(x):
+    """``(flat float32 CuPy array, keep-alive)`` of a float32, float16 or bfloat16 device array
+    (CuPy, torch CUDA tensors; exact conversions, on the device)."""
+    cp = G._cupy()
+    xd, key, keep = G._as_device(x)
+    if key == "f16":
+        xd = xd.astype(cp.float32)
+    elif key == "bf16":   # a bfloat16 is the top half of its float32
+        xd = (xd.astype(cp.uint32) << 16).view(cp.float32)
+    return xd, keep
+
+
+def first_nonfinite(x) -> int | None:
+    """The flat index of the first NaN or Inf of a device array, or None."""
+    bad = ~G._cupy().isfinite(x.reshape(-1))
+    return int(bad.argmax()) if bool(bad.any()) else None
+
+
+def cast_gpu(y, dtype):
+    """The flat float32 device array ``y`` rounded (to nearest even) to ``dtype`` (float32,
+    float16 or bfloat16: an ``ml_dtypes.bfloat16`` view with CuPy >= 14, else uint16 bits)."""
+    cp = G._cupy()
+    key = G._dtype_key(dtype)
+    yd = _device(y, cp.float32).reshape(-1)
+    if key == "f32":
+        return yd
+    n = int(yd.size)
+    raw, view = G._empty_out(n, key)
+    if n:
+        _kernel("qbv_cast")((_grid(n),), (VK.CTA,),
+                            (yd, raw.view(cp.uint16), np.int64(n), np.int32(key == "bf16")))
+    return raw if view is None else view

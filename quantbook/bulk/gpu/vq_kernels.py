@@ -6,7 +6,8 @@ the numba kernels do, so the results are equal bit for bit: the Hadamard butterf
 float64, the group statistics summed in index order, ``float32(v / s)``, squared distances
 ``(y0 - c0)² + (y1 - c1)² + …`` in float64 summed left to right.  Every float operation is an
 explicit round-to-nearest intrinsic and the module is compiled with the NVRTC options of the
-other kernels (no contraction into fused multiply-adds).  Header-free.
+other kernels (no contraction into fused multiply-adds).  Header-free; the common part of
+:mod:`.kernels` (its typedefs and exact conversions) comes first.
 
 Kernels (``extern "C"``):
 
@@ -27,10 +28,15 @@ Kernels (``extern "C"``):
   nearest point by the exact sorted scan of :mod:`quantbook.bulk.cpu.vq_kernels` (the points
   ordered by their first coordinate, walked outward from ``y0`` until ``(y0 - c0)²`` alone
   exceeds the best distance; ties to the lower index);
-* ``qbv_decode`` — a thread an output value: ``float32(points[idx][q] · s[group])``.
+* ``qbv_decode`` — a thread an output value: ``float32(points[idx][q] · s[group])``;
+* ``qbv_cast`` — float32 to float16 or bfloat16, rounded to nearest even with the exact
+  conversions of :mod:`.kernels` (for results that stay on the device); a NaN with the bits
+  numpy (float16) and ml_dtypes (bfloat16) give it.
 """
 
 from __future__ import annotations
+
+from . import kernels as K
 
 __all__ = ["TILE", "CTA", "PARAMS", "all_kernel_names", "source"]
 
@@ -56,6 +62,7 @@ PARAMS = {
                   "const double* __restrict__ pts, int npts, int* __restrict__ out",
     "qbv_decode": "const int* __restrict__ idx, const float* __restrict__ s, const float* __restrict__ pts, "
                   "float* __restrict__ out, qbv_i64 n, int group, int p",
+    "qbv_cast": "const float* __restrict__ y, qb_u16* __restrict__ out, qbv_i64 n, int bf16",
 }
 
 
@@ -197,6 +204,21 @@ _BODIES = {
         out[e] = __fmul_rn(pts[(qbv_i64)idx[t] * p + (int)(e - t * p)], s[e / group]);
     }
 """,
+    "qbv_cast": r"""
+    for (qbv_i64 e = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (qbv_i64)gridDim.x * blockDim.x) {
+        const float v = y[e];
+        const unsigned u = __float_as_uint(v), sign = (u >> 16) & 0x8000u;
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            /* a NaN as numpy (its top payload bits, kept a NaN) and ml_dtypes (the quiet NaN)
+               make it; the GPU's conversions give their canonical NaN instead */
+            const unsigned h = 0x7c00u | ((u & 0x7fffffu) >> 13);
+            out[e] = (qb_u16)(sign | (bf16 ? 0x7fc0u : h == 0x7c00u ? 0x7c01u : h));
+        } else {
+            out[e] = bf16 ? qb_from_f32<QbBF16>(v) : qb_from_f32<QbF16>(v);
+        }
+    }
+""",
 }
 
 
@@ -206,7 +228,8 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     unknown = set(wanted) - set(PARAMS)
     if unknown:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
-    parts = [_COMMON % {"tile": TILE, "keep": _KEEP}]
+    # the typedefs and exact 16-bit conversions of kernels.py, no kernel
+    parts = [K.source(()), _COMMON % {"tile": TILE, "keep": _KEEP}]
     for name in PARAMS:
         if name in wanted:
             body = _BODIES[name] % {}   # the bodies' %% are C's modulo
