@@ -137,6 +137,31 @@ def fake_cupy(emulator):
     return cp
 
 
+def use_stand_in_cupy(monkeypatch, emulator, build=None, caches=()):
+    """:func:`fake_cupy` of ``emulator`` installed as ``cupy`` for one test: NVRTC loaded
+    first (the stand-in cannot load it), the emulation built (``build()``, default
+    ``emulator()``), the compiled-module caches of the gpu backend and of the modules in
+    ``caches`` and its device-table cache emptied.  Skips, with the reason, without NVRTC or
+    a C++ compiler."""
+    import sys
+
+    import gpu_emulator as E
+    from quantbook.bulk.gpu import backend as G
+    from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
+
+    try:
+        load_nvrtc()
+        (build or emulator)()
+    except (NvrtcUnavailable, E.EmulatorUnavailable) as exc:
+        pytest.skip(f"needs NVRTC and a C++ compiler: {exc}")
+    fake = fake_cupy(emulator)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for mod in (G, *caches):
+        monkeypatch.setattr(mod, "_MODULES", {})
+    monkeypatch.setattr(G, "_CONSTS", {})
+    return fake
+
+
 def load_benchmark(cp, monkeypatch, script):
     """``benchmarks/<script>.py`` as a module, with the stand-in ``cp`` given what a benchmark
     run needs (events whose times are all 1 ms, seeded ``random``, device copies, a memory

@@ -8,17 +8,16 @@ every launch, launch shapes, dtype handling (bfloat16 as ml_dtypes or raw uint16
 aligned/unaligned flags, table caches, the nested path — against the numpy reference.
 """
 
-import sys
 
 import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
+from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark, set_device,
+                       use_stand_in_cupy, weights_file)
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
-from quantbook.bulk.gpu.compile import NvrtcUnavailable, load_nvrtc
 from quantbook.bulk.gpu.tables import encoder_tables
 from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset, quantize_nested_reference
 from quantbook.codebooks import registry
@@ -28,16 +27,7 @@ from quantbook.codebooks import registry
 
 @pytest.fixture
 def cp(monkeypatch):
-    try:
-        load_nvrtc()
-        E.emulator()
-    except (NvrtcUnavailable, E.EmulatorUnavailable) as exc:
-        pytest.skip(f"needs NVRTC and a C++ compiler: {exc}")
-    fake = fake_cupy(E.emulator)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(G, "_MODULES", {})
-    monkeypatch.setattr(G, "_CONSTS", {})
-    return fake
+    return use_stand_in_cupy(monkeypatch, E.emulator)
 
 
 def test_gpu_available_with_a_device(cp):

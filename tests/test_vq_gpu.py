@@ -8,19 +8,18 @@ The same comparisons on a real device are in tests/test_gpu_device.py.
 """
 
 import re
-import sys
 
 import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
+from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark, set_device,
+                       use_stand_in_cupy, weights_file)
 from quantbook.bulk import vq
-from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import scaled as GS
 from quantbook.bulk.gpu import vq as GV
 from quantbook.bulk.gpu import vq_kernels as VK
-from quantbook.bulk.gpu.compile import NvrtcUnavailable, compile_source, load_nvrtc
+from quantbook.bulk.gpu.compile import compile_source
 from quantbook.bulk.vq import dequantize_vq, quantize_vq
 from quantbook.numerics import hadamard
 
@@ -30,16 +29,7 @@ GPU = vq.VQ_BACKENDS["gpu"]
 
 @pytest.fixture
 def cp(monkeypatch):
-    try:
-        load_nvrtc()
-        E.vq_emulator()
-    except (NvrtcUnavailable, E.EmulatorUnavailable) as exc:
-        pytest.skip(f"needs NVRTC and a C++ compiler: {exc}")
-    fake = fake_cupy(E.any_emulator)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    for mod in (G, GS, GV):
-        monkeypatch.setattr(mod, "_MODULES", {})
-    monkeypatch.setattr(G, "_CONSTS", {})
+    fake = use_stand_in_cupy(monkeypatch, E.any_emulator, build=E.vq_emulator, caches=(GS, GV))
     monkeypatch.setattr(GV, "_MAX_GRID", 2)   # every grid-stride loop takes several passes
     return fake
 

@@ -166,6 +166,27 @@ def _kernel(name: str):
     return fn
 
 
+def module_kernel(modules: dict, source, filename: str, name: str):
+    """The kernel ``name`` of a whole kernel module for the current device: ``source()`` is
+    compiled once per device (NVRTC, cached on disk as the other kernels) into ``modules``
+    (device -> (module, functions)), so one compile serves every kernel of the module."""
+    cp = _cupy()
+    dev = cp.cuda.Device().id
+    hit = modules.get(dev)
+    if hit is None:
+        load_nvrtc()
+        arch, out = _device_arch()
+        image = compile_source(source(), arch, output=out, name=filename, use_cache=True)
+        mod = cp.cuda.function.Module()
+        mod.load(image)
+        hit = modules[dev] = (mod, {})
+    mod, fns = hit
+    fn = fns.get(name)
+    if fn is None:
+        fn = fns[name] = mod.get_function(name)
+    return fn
+
+
 #: device copies of host tables: key -> (the host array for a key by identity, else None; the copy)
 _CONSTS: dict[tuple, tuple] = {}
 

@@ -24,7 +24,6 @@ from .. import format as F
 from .. import layouts as L
 from . import backend as G
 from . import scaled_kernels as SK
-from .compile import compile_source, load_nvrtc
 
 __all__ = ["EncoderArgs", "encoder_args", "encode_with_args", "exact_multiplier", "step_args",
            "launch_shape", "amax_from_bits", "ggml_args", "scaled_amax_gpu", "scaled_scales_gpu",
@@ -222,24 +221,9 @@ _MODULES: dict[int, tuple] = {}
 
 
 def _kernel(name: str):
-    """The compiled kernel ``name`` of :mod:`.scaled_kernels` for the current device.  The
-    whole module is compiled once (NVRTC, cached on disk as the other kernels): one compile
-    serves the three hooks and every dtype."""
-    cp = G._cupy()
-    dev = cp.cuda.Device().id
-    hit = _MODULES.get(dev)
-    if hit is None:
-        load_nvrtc()
-        arch, out = G._device_arch()
-        image = compile_source(SK.source(), arch, output=out, name="qbs_scaled.cu", use_cache=True)
-        mod = cp.cuda.function.Module()
-        mod.load(image)
-        hit = _MODULES[dev] = (mod, {})
-    mod, fns = hit
-    fn = fns.get(name)
-    if fn is None:
-        fn = fns[name] = mod.get_function(name)
-    return fn
+    """The compiled kernel ``name`` of :mod:`.scaled_kernels` for the current device (one
+    compile serves the hooks and every dtype)."""
+    return G.module_kernel(_MODULES, SK.source, "qbs_scaled.cu", name)
 
 
 def scaled_amax_gpu(x, block_size: int):

@@ -14,7 +14,6 @@ import numpy as np
 
 from . import backend as G
 from . import vq_kernels as VK
-from .compile import compile_source, load_nvrtc
 
 __all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "as_float32", "first_nonfinite",
            "cast_gpu", "FWHT_TILE"]
@@ -33,21 +32,7 @@ _MODULES: dict[int, tuple] = {}
 
 
 def _kernel(name: str):
-    cp = G._cupy()
-    dev = cp.cuda.Device().id
-    hit = _MODULES.get(dev)
-    if hit is None:
-        load_nvrtc()
-        arch, out = G._device_arch()
-        image = compile_source(VK.source(), arch, output=out, name="qbv_vq.cu", use_cache=True)
-        mod = cp.cuda.function.Module()
-        mod.load(image)
-        hit = _MODULES[dev] = (mod, {})
-    mod, fns = hit
-    fn = fns.get(name)
-    if fn is None:
-        fn = fns[name] = mod.get_function(name)
-    return fn
+    return G.module_kernel(_MODULES, VK.source, "qbv_vq.cu", name)
 
 
 def _grid(count: int) -> int:
