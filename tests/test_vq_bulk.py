@@ -353,6 +353,18 @@ def test_input_errors():
 
 
 
+def test_input_types():
+    """Big-endian input is quantized as its values; float64 is refused with the conversion to
+    make, as quantize() refuses it."""
+    pts = gaussian_grid(16, 2)
+    x = _rng(3).standard_normal((2, 64)).astype(np.float32)
+    a, sa = quantize_vq(x, pts, backend="numpy")
+    b, sb = quantize_vq(x.astype(">f4"), pts, backend="numpy")
+    assert np.array_equal(a, b) and np.array_equal(sa.scales, sb.scales)
+    with pytest.raises(ValueError, match=r"^float64 input is not supported .*x\.astype\(np\.float32\)$"):
+        quantize_vq(x.astype(np.float64), pts)
+
+
 def test_a_device_array_needs_a_gpu_backend(monkeypatch):
     """A device array (here torch's CUDA tensor that requires grad, whose interface raises) goes
     to a GPU backend only: a host backend is refused, and ``auto`` names why no GPU one can

@@ -171,7 +171,8 @@ def test_quantize_vq_on_the_gpu_is_the_reference(cp, dtype, rotate, scale, scale
         got_i, got_s = quantize_vq(x, pts, backend="gpu", **kw)
         assert got_i.dtype == want_i.dtype and np.array_equal(got_i, want_i)
         assert bits_equal(got_s.scales, want_s.scales)
-        assert bits_equal(dequantize_vq(want_i, want_s, backend="gpu"), dequantize_vq(want_i, want_s, backend="numpy"))
+        back = dequantize_vq(want_i, want_s, backend="gpu")
+        assert type(back) is np.ndarray and bits_equal(back, dequantize_vq(want_i, want_s, backend="numpy"))
     assert {"qbv_encode", "qbv_decode", "qbv_group_stat"} <= set(_names(cp))
     assert ("qbv_fwht_tile" in _names(cp)) == (rotate is not None)
 
@@ -217,6 +218,23 @@ def test_a_device_array_with_nan_or_inf_is_named(cp, rotate):
         quantize_vq(fake_device(x), _higgs(), rotate=rotate)
 
 
+def test_device_indices_are_checked_before_any_kernel(cp):
+    """Integers of the state's index shape below N, as host indices are: an index past the
+    table would make the decode kernel read beyond it."""
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    idx, st = quantize_vq(x, _higgs(), group=32, backend="numpy")
+    big, neg = idx.astype(np.int64), idx.astype(np.int64)
+    big[1, 3], neg[0, 0] = 256, -1
+    for bad, msg in ((idx.astype(np.float32), "indices must be integers, got dtype float32"),
+                     (idx.reshape(-1), r"indices have shape \(64,\), expected \(2, 32\)"),
+                     (big, r"indices must lie in \[0, 255\], found 256"),
+                     (neg, r"indices must lie in \[0, 255\], found -1")):
+        for where in (fake_device, np.asarray):
+            with pytest.raises(ValueError, match=f"^{msg}$"):
+                dequantize_vq(where(bad), st)
+    assert not _names(cp)
+
+
 def test_the_rounding_to_16_bits_on_the_device(cp):
     """float32 to float16 and bfloat16, to nearest even: ties, subnormals, overflow, ±0, ±inf,
     and NaNs of either sign with payloads, as numpy and ml_dtypes round them."""
@@ -232,18 +250,20 @@ def test_the_rounding_to_16_bits_on_the_device(cp):
         for dt in (np.float16, ml_dtypes.bfloat16):
             got = GV.cast_gpu(fake_device(y), dt)
             assert isinstance(got, FakeDeviceArray) and bits_equal(got, y.astype(dt))
-    assert GV.cast_gpu(fake_device(y), np.float32) is not None
+    assert bits_equal(GV.cast_gpu(fake_device(y), np.float32), y)
 
 
 def test_a_rotated_tensor_stays_on_the_device(cp, monkeypatch):
     """Rotated values go from the rotation to the statistics and the search without a round
     trip: what comes back is a statistic a group and an index a vector."""
+    from quantbook.bulk.gpu.backend import CudaBackend
+
     back = []
-    asnumpy = cp.asnumpy
-    monkeypatch.setattr(cp, "asnumpy", lambda a: back.append(np.size(a)) or asnumpy(a))
+    to_host = CudaBackend.to_host
+    monkeypatch.setattr(CudaBackend, "to_host", lambda self, a: back.append(np.size(a)) or to_host(self, a))
     x = np.random.default_rng(2).standard_normal((4, 256)).astype(np.float32)
-    quantize_vq(x, _higgs(), group=64, backend="gpu")
-    assert sorted(back) == [16, 512]
+    idx, _ = quantize_vq(x, _higgs(), group=64, backend="gpu")
+    assert sorted(back) == [16, 512] and type(idx) is np.ndarray
 
 
 def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):

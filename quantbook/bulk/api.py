@@ -14,7 +14,8 @@ import numpy as np
 
 from ..codebooks import Codebook
 from . import format as F
-from .backend import BACKENDS, Backend, get_backend, is_device_array
+from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,
+                      no_device_backend_error)
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
 from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
@@ -45,11 +46,10 @@ def _pick_backend(name: Any, device: bool) -> Backend:
                 return b
         if not device:
             return BACKENDS["numpy"]
-        raise ValueError("no GPU backend is usable for this device array: "
-                         + "; ".join(f"{b.name}: {b.unavailable()}" for b in BACKENDS.values() if b.device))
+        raise no_device_backend_error(BACKENDS)
     backend = BACKENDS.get(name) if isinstance(name, str) else None
     if backend is not None and device and not backend.device:
-        raise ValueError(f"a device array needs a GPU backend or 'auto', got backend={name!r}")
+        raise host_backend_error(name)
     if backend is not None and not device and backend.device:
         raise ValueError(f"backend={name!r} needs a device array (e.g. cupy.asarray(x))")
     return get_backend(name)
@@ -77,12 +77,7 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     device = is_device_array(x)
     if not device and not isinstance(x, np.ndarray):
         x = np.asarray(x)
-    name = x.dtype.name if isinstance(x, np.ndarray) else str(x.dtype).replace("torch.", "")
-    if name == "float64":
-        raise ValueError("float64 input is not supported (the format scales in float32): "
-                         "convert with x.astype(np.float32)")
-    if name not in F.DTYPES:
-        raise ValueError(f"x must hold {', '.join(F.DTYPES)} values, got dtype {name}")
+    name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
     if int(np.prod(shape, dtype=np.int64)) == 0:
         raise ValueError(f"cannot quantize an empty array (shape {shape})")

@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Backend", "BACKENDS", "get_backend", "is_device_array"]
+__all__ = ["Backend", "BACKENDS", "get_backend", "is_device_array", "dtype_name_of", "check_input_dtype",
+           "no_device_backend_error", "host_backend_error"]
 
 #: name -> backend instance, in registration order
 BACKENDS: dict[str, "Backend"] = {}
@@ -35,6 +36,37 @@ def is_device_array(a: Any) -> bool:
         return hasattr(a, "__cuda_array_interface__")
     except Exception:   # an interface that raises is still a device array's
         return True
+
+
+def dtype_name_of(a: Any) -> str:
+    """The dtype name of a numpy, CuPy or torch array (``"float16"``, ``"bfloat16"``, ``"int64"``)."""
+    dt = a.dtype
+    return dt.name if isinstance(dt, np.dtype) else str(dt).replace("torch.", "")
+
+
+def check_input_dtype(x: Any) -> str:
+    """The dtype name of an input to quantize: float32, float16 or bfloat16, else a one-line
+    ValueError (float64 with the conversion to make)."""
+    from .format import DTYPES
+
+    name = dtype_name_of(x)
+    if name == "float64":
+        raise ValueError("float64 input is not supported (the format scales in float32): "
+                         "convert with x.astype(np.float32)")
+    if name not in DTYPES:
+        raise ValueError(f"x must hold {', '.join(DTYPES)} values, got dtype {name}")
+    return name
+
+
+def no_device_backend_error(registry: dict) -> ValueError:
+    """``backend="auto"`` with a device array and no usable device backend in ``registry``."""
+    return ValueError("no GPU backend is usable for this device array: "
+                      + "; ".join(f"{b.name}: {b.unavailable()}" for b in registry.values() if b.device))
+
+
+def host_backend_error(name: Any) -> ValueError:
+    """A host backend named for a device array."""
+    return ValueError(f"a device array needs a GPU backend or 'auto', got backend={name!r}")
 
 
 class Backend:

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
-from . import format as F
-from .backend import is_device_array
+from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
+                      no_device_backend_error)
 from .state import dtype_from_name, dtype_name
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
@@ -294,10 +294,7 @@ class CudaVQ(VQBackend, name="gpu"):
         return None if ok else why
 
     def on_device(self, a):
-        from .backend import is_device_array
-        from .gpu.backend import _cupy, device_of
-
-        return _cupy().cuda.Device(device_of(a)) if is_device_array(a) else nullcontext()
+        return BACKENDS["gpu"].on_device(a) if is_device_array(a) else nullcontext()
 
     def rotate(self, x, seed):
         from .gpu.vq import rotate_gpu
@@ -330,9 +327,7 @@ class CudaVQ(VQBackend, name="gpu"):
         return decode_gpu(idx, scales, group, points)
 
     def to_host(self, a):
-        from .gpu.backend import _cupy
-
-        return _cupy().asnumpy(a)
+        return BACKENDS["gpu"].to_host(a)
 
     def as_float32(self, x):
         from .gpu.vq import as_float32
@@ -366,14 +361,13 @@ def _pick_backend(name: Any, device: bool = False) -> VQBackend:
             if (b.device if device else b.auto) and b.unavailable() is None:
                 return b
         if device:
-            raise ValueError("no GPU backend is usable for this device array: " + "; ".join(
-                f"{b.name}: {b.unavailable()}" for b in VQ_BACKENDS.values() if b.device))
+            raise no_device_backend_error(VQ_BACKENDS)
         return VQ_BACKENDS["numpy"]
     b = VQ_BACKENDS.get(name) if isinstance(name, str) else None
     if b is None:
         raise ValueError(f"unknown vector-quantization backend {name!r} (expected {', '.join(vq_backend_names())})")
     if device and not b.device:
-        raise ValueError(f"a device array needs a GPU backend or 'auto', got backend={name!r}")
+        raise host_backend_error(name)
     why = b.unavailable()
     if why is not None:
         raise ValueError(f"backend {name!r} cannot run here: {why}")
@@ -422,14 +416,13 @@ def parse_rotate(rotate: Any, last: int) -> int | None:
 
 
 def _check_input(x: Any) -> tuple[Any, tuple[int, ...], str]:
-    """``(x, shape, dtype name)``: a numpy array, or a device array as given."""
+    """``(x, shape, dtype name)``: a numpy array, or a device array as given (it is converted
+    to float32, a copy, so any strides do)."""
     if not is_device_array(x):
         if hasattr(x, "detach"):  # a torch CPU tensor
             x = x.detach().numpy()
         x = np.asarray(x)
-    name = str(x.dtype).replace("torch.", "")
-    if name not in F.DTYPES:
-        raise ValueError(f"x must hold {', '.join(F.DTYPES)} values, got dtype {name}")
+    name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
     if not shape or 0 in shape:
         raise ValueError(f"cannot quantize an empty or 0-d array (shape {shape})")
@@ -517,9 +510,12 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
     device = is_device_array(indices)
     be = _pick_backend(backend, device)
     with be.on_device(indices):
-        idx = be.device_indices(indices) if device else np.asarray(indices)
-        if idx.dtype.kind not in "ui":
-            raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
+        if not device:
+            indices = np.asarray(indices)
+        name = dtype_name_of(indices)
+        if name.rstrip("0123456789") not in ("int", "uint"):
+            raise ValueError(f"indices must be integers, got dtype {name}")
+        idx = be.device_indices(indices) if device else indices
         if tuple(idx.shape) != state.index_shape:
             raise ValueError(f"indices have shape {tuple(idx.shape)}, expected {state.index_shape}")
         lo, hi = int(idx.min()), int(idx.max())
