@@ -14,8 +14,10 @@ jobs the wall clock measures the load as much as the code.  Target: numba quanti
 GB/s for 2**24 weights, P = 2, N = 256, no rotation, on 2 cores.
 
 When the ``gpu`` backend can run (CuPy and a CUDA device; ``--no-gpu`` skips it), it is timed
-too, host arrays in and out as ``quantize_vq`` takes them (so the transfers are counted), and
-its indices, scales and dequantized values must equal the numba backend's on the whole tensor.
+too: with host arrays in and out (the transfers counted), and with device arrays in and out
+(``device`` rows: the tensor already on the GPU, the device synchronized before the clock
+stops).  Its indices, scales and dequantized values must equal the numba backend's on the
+whole tensor, for both.
 The exit status is 1 when any comparison differs.
 """
 
@@ -111,18 +113,34 @@ def main(argv=None) -> int:
     print(f"numba indices and scales equal the reference's: {same}")
     why = "skipped (--no-gpu)" if args.no_gpu else VQ_BACKENDS["gpu"].unavailable()
     if why is None:
+        import cupy as cp
+
         from quantbook.bulk.gpu.backend import gpu_available
+
+        def synced(fn):
+            def run():
+                out = fn()
+                cp.cuda.Device().synchronize()
+                return out
+            return run
 
         tq_g = best(lambda: quantize_vq(x, pts, backend="gpu", **kw), args.repeat)
         idx_g, st_g = quantize_vq(x, pts, backend="gpu", **kw)
         td_g = best(lambda: dequantize_vq(idx, st, backend="gpu"), args.repeat)
         y_g, y_c = dequantize_vq(idx, st, backend="gpu"), dequantize_vq(idx, st, backend="cpu")
+        xd, idx_d = cp.asarray(x), cp.asarray(idx)
+        tq_d = best(synced(lambda: quantize_vq(xd, pts, **kw)), args.repeat)
+        td_d = best(synced(lambda: dequantize_vq(idx_d, st)), args.repeat)
+        i_d, s_d = quantize_vq(xd, pts, **kw)
         same_g = (np.array_equal(idx_g, idx) and np.array_equal(st_g.scales, st.scales)
-                  and np.array_equal(y_g.view(np.uint32), y_c.view(np.uint32)))
-        print(f"quantize    gpu           {gb / tq_g:7.3f} GB/s   {tq_g * 1e3:8.1f} ms   ratio gpu/numba "
-              f"{tq / tq_g:7.1f}x   ({gpu_available()[1]}; host arrays in and out)")
-        print(f"dequantize  gpu           {gb / td_g:7.3f} GB/s   {td_g * 1e3:8.1f} ms   ratio gpu/numba {td / td_g:7.1f}x")
-        print(f"gpu indices, scales and values equal numba's: {same_g}")
+                  and np.array_equal(y_g.view(np.uint32), y_c.view(np.uint32))
+                  and np.array_equal(cp.asnumpy(i_d), idx) and np.array_equal(s_d.scales, st.scales)
+                  and np.array_equal(cp.asnumpy(dequantize_vq(idx_d, st)).view(np.uint32), y_c.view(np.uint32)))
+        print(f"gpu: {gpu_available()[1]}")
+        for what, t, ref in (("quantize    gpu        ", tq_g, tq), ("quantize    gpu device ", tq_d, tq),
+                             ("dequantize  gpu        ", td_g, td), ("dequantize  gpu device ", td_d, td)):
+            print(f"{what}   {gb / t:7.3f} GB/s   {t * 1e3:8.1f} ms   ratio gpu/numba {ref / t:7.1f}x")
+        print(f"gpu indices, scales and values equal numba's (host and device arrays): {same_g}")
         same = same and same_g
     else:
         print(f"gpu: {why}")

@@ -296,7 +296,8 @@ def test_the_benchmark_times_the_gpu_and_checks_it_against_numba(cp, monkeypatch
     bench = load_benchmark(cp, monkeypatch, "bench_quantize_vq")
     assert bench.main(["--log2n", "14", "--numpy-log2n", "12", "--repeat", "1", "--rotate", "hadamard"]) == 0
     out = capsys.readouterr().out
-    assert "quantize    gpu" in out and "gpu indices, scales and values equal numba's: True" in out
+    assert "quantize    gpu device" in out and "dequantize  gpu device" in out
+    assert "gpu indices, scales and values equal numba's (host and device arrays): True" in out
     assert "qbv_fwht_tile" in _names(cp)
 
 
