@@ -12,9 +12,10 @@ their stored dtype, the state) and a small registry of backends (:class:`VQBacke
 * ``cpu``: numba (:mod:`quantbook.bulk.cpu.vq_kernels`, parallel), the same numbers bit for
   bit with an exact accelerated search;
 * ``gpu``: CUDA kernels (:mod:`quantbook.bulk.gpu.vq_kernels`, CuPy), the same numbers bit for
-  bit with that search's exact scan; host arrays in and out.
+  bit with that search's exact scan; host arrays in and out, or device arrays in and out.
 
-``backend="auto"`` takes the first usable backend marked ``auto`` (numba), else numpy.
+``backend="auto"`` takes, for host arrays, the first usable backend marked ``auto`` (numba),
+else numpy; for device arrays, the first usable ``device`` backend (gpu).
 """
 
 from __future__ import annotations
@@ -429,8 +430,10 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], str]:
     return x, shape, name
 
 
-def _first_nonfinite(x: np.ndarray) -> int:
-    return int(np.flatnonzero(~np.isfinite(x.reshape(-1).astype(_F)))[0])
+def _first_nonfinite(x: np.ndarray) -> int | None:
+    """The flat index of the first NaN or Inf of a host array, or None."""
+    bad = ~np.isfinite(x.reshape(-1).astype(_F, copy=False))
+    return int(bad.argmax()) if bad.any() else None
 
 
 def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms", rotate: Any = "hadamard",
@@ -439,7 +442,8 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
 
     ``x``: float32, float16 or bfloat16, any shape; groups and vectors run along the last
     axis.  A device array (CuPy, a torch CUDA tensor) goes to a GPU backend (``"auto"`` or
-    ``"gpu"``) and its indices stay on the device; the state is on the host.  ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, anything with
+    ``"gpu"``) and its indices stay on the device; the state is on the host.
+    ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, anything with
     ``.points``, or an (N, P) array.  ``group``: weights per scale, a multiple of P dividing
     the last dimension.  ``scale``: ``"rms"`` or ``"absmax"``; ``scale_dtype``: how the scale is
     stored (``"float16"``, HIGGS's 16 bits, or ``"float32"``).  ``rotate``: ``"hadamard"``,
@@ -460,16 +464,15 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     size = parse_rotate(rotate, last)
     device = is_device_array(x)
     be = _pick_backend(backend, device)
+    first_bad = be.first_nonfinite if device else _first_nonfinite
     with be.on_device(x):
-        if device:   # float32 on the device, whatever the input's type
+        if device:   # float32 on the device, whatever the input's type (keep: the caller's tensor)
             x, keep = be.as_float32(x)
-            first_bad = lambda: be.first_nonfinite(x)  # noqa: E731
-        else:
-            first_bad = lambda: _first_nonfinite(x)  # noqa: E731
         seed = None if size is None else hadamard.SEED
         if size is not None:
-            if first_bad() is not None if device else not np.isfinite(x).all():
-                raise ValueError(f"x holds NaN or Inf: first at flat index {first_bad()}")
+            bad_at = first_bad(x)
+            if bad_at is not None:
+                raise ValueError(f"x holds NaN or Inf: first at flat index {bad_at}")
             v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
         else:
             v = x.reshape(-1) if device else np.ascontiguousarray(x, dtype=_F).reshape(-1)
@@ -478,7 +481,7 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
         if bad.size:
             g = int(bad[0])
             if size is None:
-                raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {first_bad()})")
+                raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {first_bad(x)})")
             raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
         with np.errstate(over="ignore"):
             stored = stat.astype(scale_dtype)
