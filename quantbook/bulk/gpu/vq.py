@@ -4,8 +4,9 @@ backend of :mod:`quantbook.bulk.vq`.
 Each function takes host or device arrays, already checked by ``quantize_vq`` /
 ``dequantize_vq``, and returns CuPy arrays: a rotated tensor stays on the device for the
 group statistics and the search, and only the statistics (8 bytes a group) and the stored
-scales cross to and from the host (and the values and indices, for host arrays).  The module is compiled once per device (NVRTC,
-cached on disk as the other kernels).  CuPy is imported on first use.
+scales cross to and from the host (and the values and indices, for host arrays).  The
+module is compiled once per device (NVRTC, cached on disk as the other kernels).  CuPy is
+imported on first use.
 """
 
 from __future__ import annotations

@@ -16,12 +16,11 @@ Kernels (``extern "C"``):
   (whole tiles), in float64 (times the signs when rotating), and runs the butterflies of spans
   ``1 … T/2`` in shared memory, then writes either the result (``T == n``: scaled by ``inv``,
   and by the signs when un-rotating, rounded to float32) or the float64 partial transform for
-  the next kernel;
+  the next kernel.  A NaN result (only ``inf - inf``, of decoded infinities) is written with
+  the bits the host's arithmetic gives it (``nan_bits``), not the GPU's own, here and below;
 * ``qbv_butterfly`` — one butterfly span ``h >= T`` of every row in global memory, a thread
   a pair; the last span writes the float32 result as above.  The spans run in the same
-  order as the reference's, so every output is the same float64 expression.  A NaN result
-  (only ``inf - inf``, of decoded infinities) is written with the bits the host's arithmetic
-  gives it (``nan_bits``), not the GPU's own;
+  order as the reference's, so every output is the same float64 expression;
 * ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
   ``max |v|`` (NaN when the group holds one);
 * ``qbv_encode`` — a thread a vector: ``y = float32(v / s)`` (0 where ``s == 0``), then the
@@ -40,7 +39,7 @@ from . import kernels as K
 
 __all__ = ["TILE", "CTA", "PARAMS", "all_kernel_names", "source"]
 
-#: entries of a row transformed in shared memory by one CTA (float64: 16 KB)
+#: entries a CTA pass of ``qbv_fwht_tile`` holds in shared memory (float64: 16 KB)
 TILE = 2048
 #: threads a CTA
 CTA = 256
