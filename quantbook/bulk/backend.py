@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .format import DTYPES
+
 __all__ = ["Backend", "BACKENDS", "get_backend", "is_device_array", "dtype_name_of", "check_input_dtype",
            "no_device_backend_error", "host_backend_error"]
 
@@ -47,8 +49,6 @@ def dtype_name_of(a: Any) -> str:
 def check_input_dtype(x: Any) -> str:
     """The dtype name of an input to quantize: float32, float16 or bfloat16, else a one-line
     ValueError (float64 with the conversion to make)."""
-    from .format import DTYPES
-
     name = dtype_name_of(x)
     if name == "float64":
         raise ValueError("float64 input is not supported (the format scales in float32): "
