@@ -226,6 +226,7 @@ class QuantState:
                 raise ValueError(f"scale rule {rule.name} needs a positive finite tensor_scale, got {ts!r}")
         elif ts is not None:
             raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
+
         def valid(v: np.ndarray) -> np.ndarray:
             return np.isfinite(v) & ((v >= 0) | rule.signed)
 
