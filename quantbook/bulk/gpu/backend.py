@@ -42,6 +42,11 @@ def _cupy():
     return cupy
 
 
+#: (CuPy module, device id) -> name: reading a device's properties takes about a millisecond,
+#: and every bulk call asks whether the GPU is there
+_NAMES: dict[tuple[int, int], str] = {}
+
+
 def gpu_available() -> tuple[bool, str]:
     """``(True, device name)`` or ``(False, why not)``; never raises."""
     try:
@@ -49,9 +54,12 @@ def gpu_available() -> tuple[bool, str]:
         n = cp.cuda.runtime.getDeviceCount()
         if n < 1:
             return False, "no CUDA device"
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-        name = props["name"]
-        return True, name.decode() if isinstance(name, bytes) else str(name)
+        dev = cp.cuda.Device().id
+        name = _NAMES.get((id(cp), dev))
+        if name is None:
+            raw = cp.cuda.runtime.getDeviceProperties(dev)["name"]
+            name = _NAMES[id(cp), dev] = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return True, name
     except Exception as exc:  # CUDARuntimeError, GpuUnavailable, driver errors
         return False, "no usable CUDA device: " + f"{type(exc).__name__}: {exc}".splitlines()[0]
 
