@@ -245,7 +245,9 @@ def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task
     """evaluate-model --device/--backend against the host run with the numpy reference: every
     backend quantizes the weights to the same bytes, so the weight columns agree exactly; the
     model's outputs agree to float32 rounding on a GPU, and exactly on the host (no
-    randomness there)."""
+    randomness there).  The KL divergences are differences of nearly equal float32
+    log-probabilities, whose rounding differs between devices by a few units in the last place
+    of |log p| (about 1e-7 nats each): they get an absolute tolerance of 1e-6 nats."""
     model, tok, text = _tiny_model(task, tmp_path)
     kw = dict(task=task, text=text, tokens=256, context=64)
     cbs = resolve_codebooks("nf4,nf2", 64)
@@ -262,7 +264,8 @@ def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task
             assert a[key] == b[key], (label, key)
         for key in ("perplexity", "kl_mean", "kl_p99", "cosine_mean", "cosine_min"):
             if key in a:
-                assert b[key] == (a[key] if exact else pytest.approx(a[key], rel=1e-4, abs=1e-7)), (label, key)
+                near = pytest.approx(a[key], rel=1e-4, abs=1e-6 if key.startswith("kl") else 1e-7)
+                assert b[key] == (a[key] if exact else near), (label, key)
         if "same_top_pct" in a:   # a near tie may flip one token's top choice on another device
             assert abs(a["same_top_pct"] - b["same_top_pct"]) <= (0 if exact else 100 * 2 / 256), label
     nf4, nf2 = (host.rows[k]["kl_mean" if task == "lm" else "cosine_mean"] for k in ("nf4", "nf2"))
