@@ -32,7 +32,7 @@ from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_e
                       no_device_backend_error)
 from .state import dtype_from_name, dtype_name
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
-                       index_dtype)
+                       first_bad_scale, index_dtype)
 
 __all__ = ["quantize_vq", "dequantize_vq", "VQState", "VQBackend", "VQ_BACKENDS", "vq_backend_names",
            "parse_rotate", "as_points"]
@@ -485,9 +485,8 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
             raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
         with np.errstate(over="ignore"):
             stored = stat.astype(scale_dtype)
-        over = np.flatnonzero(~np.isfinite(stored))
-        if over.size:
-            g = int(over[0])
+        g = first_bad_scale(stored)   # stat is finite and >= 0: only an overflow to inf
+        if g is not None:
             raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
                              f"pass scale_dtype='float32'")
         idx = be.encode(v, stored.astype(_F), group, points)
