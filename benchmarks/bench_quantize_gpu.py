@@ -4,11 +4,12 @@ ratios to a device-to-device copy and to bitsandbytes measured in the same run.
     python benchmarks/bench_quantize_gpu.py [--log2n 28] [--dtypes float32,float16,bfloat16]
                                             [--blocksizes 16,64,256,1024,4096] [--bits 2,4,8]
                                             [--repeat 10] [--no-bnb] [--check 20] [--profile]
-                                            [--waves W] [--warmup 2]
+                                            [--waves W] [--warmup 2] [--calls 10]
 
 Codes: 2 bits ``max1960-n4``, 4 bits ``nf4``, 8 bits bitsandbytes' dynamic map (256 values).
 For each configuration: quantbook's ``quantize_gpu`` and ``dequantize_gpu`` (CUDA events,
-median of ``--repeat`` runs after a warm-up) and, when ``bitsandbytes`` imports with CUDA,
+median of ``--repeat`` runs after a warm-up, each run ``--calls`` back-to-back calls, the time
+divided by them) and, when ``bitsandbytes`` imports with CUDA,
 its ``quantize_4bit``/``dequantize_4bit`` (4 bits, nf4) or ``quantize_blockwise``/
 ``dequantize_blockwise`` (8 bits) on the same data; the copy (``cudaMemcpyAsync``) is timed
 once per dtype.
@@ -19,6 +20,12 @@ Bandwidth = bytes moved / time: quantize reads ``n * itemsize`` and writes the p
 (bitsandbytes time / quantbook time).  Each configuration's bytes (codes, absmax, decoded
 values) of the first ``2**--check`` values are compared with the numpy reference; the exit
 status is 2 if any differ, 1 when no CUDA device is usable.
+
+Back-to-back calls let the host's work for a call (argument checks, allocation, the launch:
+printed first, per call, from calls on 2**12 values) overlap the previous call's kernel, as when
+a model's tensors are quantized one after another; ``--calls 1`` times a lone call, whose host
+work the GPU waits for (on an H100, 2026-11-26, that lowered 16-bit quantize by about 0.1 of
+copy bandwidth at 2**28 values).
 
 ``--warmup`` seconds of device copies come first: on a fresh H100 the first configurations
 measured 5–10 % slower than the same ones a minute later (2026-11-26).
@@ -40,18 +47,32 @@ import numpy as np
 _CODES = {2: "max1960-n4", 4: "nf4", 8: "dynamic"}
 
 
-def _median_ms(fn, repeat: int, sync, make_events) -> float:
+def _median_ms(fn, repeat: int, sync, make_events, calls: int = 1) -> float:
+    """Median over ``repeat`` runs of the time of ``calls`` back-to-back calls, per call."""
     fn()
     sync()
     times = []
     for _ in range(repeat):
         start, stop = make_events()
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         stop.record()
         stop.synchronize()
-        times.append(start.elapsed_ms(stop))
+        times.append(start.elapsed_ms(stop) / calls)
     return float(np.median(times))
+
+
+def _host_us(fn, sync, calls: int = 200) -> float:
+    """Microseconds of host time a call of ``fn`` on a tiny array (its kernel is negligible)."""
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t = time.perf_counter() - t0
+    sync()
+    return 1e6 * t / calls
 
 
 def _csv(text: str, conv) -> list:
@@ -77,6 +98,8 @@ def main(argv=None) -> int:
                          "default: the backend's)")
     ap.add_argument("--warmup", type=float, default=2.0, metavar="SECONDS",
                     help="device copies before the first measurement (default 2; 0 = none)")
+    ap.add_argument("--calls", type=int, default=10,
+                    help="back-to-back calls a timed run (default 10; 1 = a lone call)")
     ap.add_argument("--profile", action="store_true",
                     help="one configuration, once, 2**26 values: for Nsight Compute")
     args = ap.parse_args(argv)
@@ -90,6 +113,8 @@ def main(argv=None) -> int:
     if args.profile:
         dtypes, blocks, bitss = dtypes[:1], blocks[:1], bitss[:1]
         args.log2n, args.repeat, args.check, args.warmup = min(args.log2n, 26), 1, 0, 0.0
+    if args.calls < 1:
+        raise ValueError(f"--calls must be >= 1, got {args.calls}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0 seconds, got {args.warmup}")
     warmup = args.warmup
@@ -164,7 +189,8 @@ def main(argv=None) -> int:
 
         bnb_ver = f"   bitsandbytes {bitsandbytes.__version__}"
     print(f"device: {device}   CuPy {getattr(cp, '__version__', '?')}{bnb_ver}   n = 2^{args.log2n}   "
-          f"median of {args.repeat}   quantize grid waves {G.QUANTIZE_WAVES or 'uncapped'}")
+          f"median of {args.repeat} runs of {args.calls} calls   "
+          f"quantize grid waves {G.QUANTIZE_WAVES or 'uncapped'}")
     print("codes: " + ", ".join(f"{b} bits {_CODES[b]}" for b in bitss))
     head = (f"{'dtype':9s} {'B':>5s} {'bits':>4s} | {'quant GB/s':>10s} {'vs copy':>7s} "
             f"{'vs bnb':>6s} | {'deq GB/s':>9s} {'vs copy':>7s} {'vs bnb':>6s}")
@@ -195,9 +221,19 @@ def main(argv=None) -> int:
                 copy()
                 sync()
             warmup = 0.0
-        t_copy = _median_ms(copy, args.repeat, sync, cp_events)
+        t_copy = _median_ms(copy, args.repeat, sync, cp_events, args.calls)
         bw_copy = 2 * n * isz / t_copy / 1e6
         print(f"{dname:9s} d2d copy {bw_copy:9.1f} GB/s ({t_copy:.3f} ms)")
+        if not args.profile:   # host work a call: 2**12 values, NF4 (or the first code), B = 64
+            xs, cs, bs0 = x[:4096], codes.get(4, codes[bitss[0]]), 4 if 4 in codes else bitss[0]
+            hs = {}
+
+            def q_small():
+                hs["p"], hs["a"] = G.quantize_gpu(xs, cs, bs0, 64, input_dtype=in_dt)
+
+            h_q = _host_us(q_small, sync)
+            h_d = _host_us(lambda: G.dequantize_gpu(hs["p"], hs["a"], cs, bs0, 64, xs.size, dname), sync)
+            print(f"{dname:9s} host work a call: quantize {h_q:.0f} us, dequantize {h_d:.0f} us")
         tx = None
         if bnbF is not None:
             tx = torch.from_dlpack(x)
@@ -215,8 +251,8 @@ def main(argv=None) -> int:
                 def dequant():
                     st["d"] = G.dequantize_gpu(st["p"], st["a"], code, bits, B, n, dname)
 
-                t_q = _median_ms(quant, args.repeat, sync, cp_events)
-                t_d = _median_ms(dequant, args.repeat, sync, cp_events)
+                t_q = _median_ms(quant, args.repeat, sync, cp_events, args.calls)
+                t_d = _median_ms(dequant, args.repeat, sync, cp_events, args.calls)
                 if args.check:
                     m = min(n, 1 << args.check) // B * B
                     xh = cp.asnumpy(x[:m])
@@ -253,8 +289,8 @@ def main(argv=None) -> int:
 
                             def bd():
                                 bnbF.dequantize_blockwise(bs["p"], bs["s"])
-                        r_q = _median_ms(bq, args.repeat, torch.cuda.synchronize, t_events) / t_q
-                        r_d = _median_ms(bd, args.repeat, torch.cuda.synchronize, t_events) / t_d
+                        r_q = _median_ms(bq, args.repeat, torch.cuda.synchronize, t_events, args.calls) / t_q
+                        r_d = _median_ms(bd, args.repeat, torch.cuda.synchronize, t_events, args.calls) / t_d
                     except Exception:   # a block size bitsandbytes does not support
                         pass
                 bw_q, bw_d = nbytes / t_q / 1e6, nbytes / t_d / 1e6
