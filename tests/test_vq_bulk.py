@@ -276,6 +276,26 @@ def test_bits_per_weight_and_state_round_trip():
             VQState.from_dict(bad)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_bad_scale_is_found_where_numpy_finds_it(dtype):
+    """first_bad_scale (an integer maximum of the bits first) against numpy's value checks,
+    over every float16 bit pattern and float32's special values; -0.0 is good."""
+    from quantbook.bulk.vq_state import first_bad_scale
+
+    if dtype == np.float16:
+        specials = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    else:
+        specials = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4e38, np.inf, -np.inf, np.nan, -np.nan, -1.0],
+                            dtype=np.float32)
+    good = np.abs(_rng(21).standard_normal(37)).astype(dtype)
+    for v in specials:
+        arr = good.copy()
+        arr[[5, 11]] = v
+        want = None if (np.isfinite(v) and v >= 0) else 5
+        assert first_bad_scale(arr) == want, (dtype, v)
+    assert first_bad_scale(good[:0]) is None
+
+
 def test_state_survives_np_savez_and_reads_integers_as_quant_state_does(tmp_path):
     """np.savez hands every field back as an array (0-d for scalars, 1-D for the shape); the
     integer fields read as QuantState.from_dict reads them: 64.0 is 64, 64.5 is refused."""
