@@ -141,8 +141,8 @@ def use_stand_in_cupy(monkeypatch, emulator, build=None, caches=()):
     """:func:`fake_cupy` of ``emulator`` installed as ``cupy`` for one test: NVRTC loaded
     first (the stand-in cannot load it), the emulation built (``build()``, default
     ``emulator()``), the compiled-module caches of the gpu backend and of the modules in
-    ``caches`` and its device-table cache emptied.  Skips, with the reason, without NVRTC or
-    a C++ compiler."""
+    ``caches`` and its device-table and launch-plan caches emptied.  Skips, with the reason,
+    without NVRTC or a C++ compiler."""
     import sys
 
     import gpu_emulator as E
@@ -159,6 +159,7 @@ def use_stand_in_cupy(monkeypatch, emulator, build=None, caches=()):
     for mod in (G, *caches):
         monkeypatch.setattr(mod, "_MODULES", {})
     monkeypatch.setattr(G, "_CONSTS", {})
+    monkeypatch.setattr(G, "_PLANS", {})
     return fake
 
 

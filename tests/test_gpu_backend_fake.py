@@ -103,6 +103,28 @@ def test_quantize_dequantize_roundtrip_through_the_backend(cp, dtype, name, bits
     assert qname.endswith(f"_p{G.packing_for_bits(bits)}_s{steps}")
 
 
+def test_launch_plans_are_made_once_per_code_and_layout(cp):
+    """Two codes of one width, block size and dtype, each quantized and decoded twice in turn:
+    every result is the reference's (a plan found under the wrong key would use the other
+    code's tables), a code's second round builds nothing, and a new device gets its own."""
+    x = np.random.default_rng(3).standard_normal(5 * 64 + 9).astype(np.float16)
+    codes = [np.asarray(registry.get(name).code, np.float32) for name in ("nf4", "fp4")]
+    for round_ in range(2):
+        for code in codes:
+            p, a = G.quantize_gpu(fake_device(x), code, 4, 64)
+            p_ref, a_ref = R.quantize_reference(x, code, 4, 64)
+            assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
+            d = G.dequantize_gpu(p, a, code, 4, 64, x.size, np.float16)
+            d_ref = R.dequantize_reference(p_ref, a_ref, code, 4, 64, x.size, np.float16)
+            assert np.array_equal(d.view(np.uint16), d_ref.view(np.uint16))
+        if round_ == 0:
+            plans, consts = dict(G._PLANS), dict(G._CONSTS)
+    assert len(plans) == 4 and G._PLANS == plans and G._CONSTS.keys() == consts.keys()
+    with cp.cuda.Device(1):   # as the api runs a launch: on the device that holds the input
+        G.quantize_gpu(set_device(fake_device(x), 1), codes[0], 4, 64)
+    assert len(G._PLANS) == 5
+
+
 @pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16")])
 @pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 64), ("fp4", 4, 16), ("max1960-n8", 3, 4096)])
 def test_nonfinite_blocks_code_as_numpy(cp, dtype, name, bits, bs):

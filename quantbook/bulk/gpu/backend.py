@@ -33,6 +33,9 @@ class GpuUnavailable(RuntimeError):
 
 
 def _cupy():
+    loaded = sys.modules.get("cupy")   # every launch asks: skip the import machinery
+    if loaded is not None:
+        return loaded
     try:
         import cupy  # noqa: PLC0415 - optional dependency
     except ImportError as exc:
@@ -79,6 +82,10 @@ def _log2_blocksize(blocksize) -> int:
 def _dtype_key(dtype) -> str:
     """'f32' | 'f16' | 'bf16' from a numpy/ml_dtypes/torch dtype or its name."""
     try:
+        return _KEYS[dtype]
+    except (KeyError, TypeError):   # not seen yet, or unhashable
+        pass
+    try:
         name = np.dtype(dtype).name
     except TypeError:
         name = str(getattr(dtype, "name", dtype)).replace("torch.", "")
@@ -86,7 +93,16 @@ def _dtype_key(dtype) -> str:
            "bfloat16": "bf16"}.get(name)
     if key is None:
         raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    if len(_KEYS) < 64:
+        try:
+            _KEYS[dtype] = key
+        except TypeError:
+            pass
     return key
+
+
+#: dtype (as given) -> key: naming a numpy dtype costs microseconds, and every call asks
+_KEYS: dict = {}
 
 
 # ---- device arrays -----------------------------------------------------------------------
@@ -311,17 +327,42 @@ def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
     absmax = cp.empty(nblocks, dtype=cp.float32)
     if n == 0:
         return packed, absmax
-    tabs = encoder_tables(code, search_size(packing))
-    fn = _kernel(K.quantize_name(key, K.quantize_vec(key, blocksize, packing), packing, tabs.steps))
+    fn, tables = _quantize_plan(code, packing, key, log2b)
     _, cta = quantize_launch(n, key, blocksize, packing)
     grid, cta = quantize_launch(n, key, blocksize, packing, _sm_count(), _resident(fn, cta))
     vec_in = int(xd.data.ptr % 16 == 0)
-    fn((grid,), (cta,),
-       (xd, packed, absmax, np.int64(n), np.int32(log2b), _device_const(tabs.bucket),
-        _device_const(tabs.bounds), np.int32(tabs.bounds.size), _device_const(tabs.order),
-        np.int32(tabs.K), np.int32(tabs.ident), np.int32(vec_in)))
+    fn((grid,), (cta,), (xd, packed, absmax, np.int64(n), np.int32(log2b), *tables, np.int32(vec_in)))
     del keep
     return packed, absmax
+
+
+#: (CuPy module, device, what the launch is for) -> (kernel, its table arguments): built once
+#: per code and layout, since building them took a good part of a call's host work, which the
+#: GPU waits for
+_PLANS: dict[tuple, tuple] = {}
+
+
+def _plan(key: tuple, build):
+    """The launch plan ``build()`` makes for ``key`` on the current device, made once."""
+    cp = _cupy()
+    full = (id(cp), cp.cuda.Device().id, *key)
+    plan = _PLANS.get(full)
+    if plan is None:
+        plan = build()
+        if len(_PLANS) >= 256:   # many fitted codebooks: keep the memory bounded
+            _PLANS.clear()
+        _PLANS[full] = plan
+    return plan
+
+
+def _quantize_plan(code: np.ndarray, packing: int, key: str, log2b: int):
+    def build():
+        tabs = encoder_tables(code, search_size(packing))
+        fn = _kernel(K.quantize_name(key, K.quantize_vec(key, 1 << log2b, packing), packing, tabs.steps))
+        return fn, (_device_const(tabs.bucket), _device_const(tabs.bounds), np.int32(tabs.bounds.size),
+                    _device_const(tabs.order), np.int32(tabs.K), np.int32(tabs.ident))
+
+    return _plan(("quantize", code.tobytes(), packing, key, log2b), build)
 
 
 def _empty_out(n: int, key: str):
@@ -364,10 +405,10 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
     out, view = _empty_out(n, key)
     if n == 0:
         return out if view is None else view
-    table = _device_const(code)
+    fn, table = _plan(("dequantize", code.tobytes(), packing, key),
+                      lambda: (_kernel(K.dequantize_name(key, packing)), _device_const(code)))
     vec_in = int(pk.data.ptr % 16 == 0)
     vec_out = int(out.data.ptr % 16 == 0)
-    fn = _kernel(K.dequantize_name(key, packing))
     grid, cta = dequantize_launch(n, key, packing)
     fn((grid,), (cta,),
        (pk, am, out, np.int64(n), np.int32(log2b), table, np.int32(code.size),
