@@ -24,8 +24,7 @@ status is 2 if any differ, 1 when no CUDA device is usable.
 Back-to-back calls let the host's work for a call (argument checks, allocation, the launch:
 printed first, per call, from calls on 2**12 values) overlap the previous call's kernel, as when
 a model's tensors are quantized one after another; ``--calls 1`` times a lone call, whose host
-work the GPU waits for (on an H100, 2026-11-26, that lowered 16-bit quantize by about 0.1 of
-copy bandwidth at 2**28 values).
+work the GPU waits for (docs/benchmarks.md compares the two).
 
 ``--warmup`` seconds of device copies come first: on a fresh H100 the first configurations
 measured 5–10 % slower than the same ones a minute later (2026-11-26).

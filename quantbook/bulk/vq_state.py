@@ -49,8 +49,8 @@ def index_dtype(n_points: int) -> np.dtype:
 def first_bad_scale(s: np.ndarray) -> int | None:
     """The index of the first entry of a native float16 or float32 array that is NaN, infinite
     or negative, or None.  The bits of a finite non-negative float lie below those of +inf, so
-    one integer maximum clears a good array (numpy's float16 checks are some 20 times slower);
-    only an array that fails it (-0.0 included) is checked value by value."""
+    one integer maximum clears a good array (numpy's value checks of float16 are slow); only
+    an array that fails it (-0.0 included) is checked value by value."""
     inf = np.array(np.inf, dtype=s.dtype).view(f"u{s.dtype.itemsize}")
     if not s.size or s.view(inf.dtype).max() < inf:
         return None
