@@ -209,12 +209,14 @@ def test_nested_helpers(cp):
 def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     """benchmarks/bench_quantize_gpu.py end to end on the stand-in (timings are fake)."""
     bench = load_benchmark(cp, monkeypatch, "bench_quantize_gpu")
+    monkeypatch.setattr(bench, "HOST_CALLS", 2)   # each emulated call takes milliseconds
     assert bench.main(["--log2n", "14", "--repeat", "2", "--no-bnb", "--check", "14", "--warmup", "0.01",
-                       "--blocksizes", "16,4096", "--bits", "2,4,8"]) == 0
+                       "--blocksizes", "16,4096", "--bits", "2,4,8", "--calls", "2"]) == 0
     out = capsys.readouterr().out
     assert "DIFFER" not in out
     assert "bytes of 18 configurations: IDENTICAL to the numpy reference" in out
     assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype
+    assert out.count("host work a call: quantize") == 3 and "runs of 2 calls" in out
 
 
 @pytest.mark.parametrize("nested", [False, True])
