@@ -99,3 +99,18 @@ def test_kernel_source_subset_and_unknown_names():
     assert "qb_quantize_f16_v32_p4_s2(" not in src and "qb_quantize_f16_v16_p4_s1(" not in src
     with pytest.raises(ValueError, match="unknown kernel"):
         K.source(["qb_nope"])
+
+
+def test_the_streaming_benchmarks_kernels_compile(nvrtc):
+    """benchmarks/bench_stream_gpu.py's kernels (CuPy compiles them at run time on a GPU)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stream_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_stream_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cubin = compile_source(bench._SOURCE, "sm_90", output="cubin")
+    assert cubin[:4] == b"\x7fELF"
+    for name in ("s16_lane", "s16_thread", "s32_lane", "s32_thread"):
+        assert name.encode() in cubin
