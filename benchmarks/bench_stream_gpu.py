@@ -8,8 +8,9 @@ A kernel that does nothing but move quantize's bytes: each thread reads 64 bytes
 are lane-contiguous (each warp instruction reads 512 consecutive bytes) or thread-contiguous (a
 thread reads its own 64 bytes, as the quantize kernels do); the grid is a CTA a tile or one or
 four GPU-fulls of CTAs that loop over tiles. Each row is timed with CUDA events (median of
-``--repeat`` launches after one) against ``cudaMemcpyAsync`` of the input in the same run; what a
-quantize kernel reaches above this is its own cost. Exit status 1 when no CUDA device is usable.
+``--repeat`` launches after one, ``bench_scaled_gpu._median_ms``) against ``cudaMemcpyAsync``
+of the input in the same run; what a quantize kernel loses below this is its own cost. Exit
+status 1 when no CUDA device is usable.
 """
 
 from __future__ import annotations
@@ -45,19 +46,6 @@ extern "C" __global__ void s32_thread(const uint4* x, unsigned* o, long long n) 
 _CTA = 256
 
 
-def _median_ms(cp, fn, repeat: int) -> float:
-    fn()
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(repeat):
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop))
-    return float(np.median(times))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2mib", type=int, default=9, help="input of 2**LOG2MIB MiB (default 9: 512 MiB)")
@@ -75,13 +63,14 @@ def main(argv=None) -> int:
         print(f"bench_stream_gpu: {device}; nothing measured (needs a CUDA GPU and CuPy)", file=sys.stderr)
         return 1
     import cupy as cp
+    from bench_scaled_gpu import _median_ms   # the GPU scripts' CUDA-event timer (this folder)
 
     mod = cp.RawModule(code=_SOURCE, options=("-std=c++17",))
     sms = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["multiProcessorCount"]
     nbytes = 1 << (20 + args.log2mib)
     x = cp.random.randint(0, 2**31, size=nbytes // 4, dtype=cp.uint32)
     dst = cp.empty_like(x)
-    t_copy = _median_ms(cp, lambda: dst.data.copy_from_device_async(x.data, nbytes), args.repeat)
+    t_copy = _median_ms(lambda: dst.data.copy_from_device_async(x.data, nbytes), args.repeat, cp)
     bw_copy = 2 * nbytes / t_copy / 1e6
     print(f"device: {device}   input {nbytes >> 20} MiB   median of {args.repeat} (CUDA events)")
     print(f"d2d copy {t_copy:8.3f} ms {bw_copy:7.0f} GB/s")
@@ -93,7 +82,7 @@ def main(argv=None) -> int:
             fn = mod.get_function(f"{kind}_{loads}")
             for grid_name, grid in (("a CTA a tile", ntiles), ("1 wave", sms * (2048 // _CTA)),
                                     ("4 waves", 4 * sms * (2048 // _CTA))):
-                t = _median_ms(cp, lambda: fn((grid,), (_CTA,), (x, out, np.int64(ntiles))), args.repeat)
+                t = _median_ms(lambda: fn((grid,), (_CTA,), (x, out, np.int64(ntiles))), args.repeat, cp)
                 bw = moved / t / 1e6
                 print(f"{what:13s} {loads:6s} loads  {grid_name:13s} {t:8.3f} ms {bw:7.0f} GB/s "
                       f"{bw / bw_copy:5.2f} of copy")
