@@ -280,7 +280,7 @@ def test_bits_per_weight_and_state_round_trip():
 def test_a_bad_scale_is_found_where_numpy_finds_it(dtype):
     """first_bad_scale (an integer maximum of the bits first) against numpy's value checks,
     over every float16 bit pattern and float32's special values; -0.0 is good."""
-    from quantbook.bulk.vq_state import first_bad_scale
+    from quantbook.bulk.state import first_bad_scale
 
     if dtype == np.float16:
         specials = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)

@@ -12,7 +12,7 @@ from ..scales.steps import decode_table
 from . import format as F
 from .nested import dequantize_nested
 
-__all__ = ["QuantState", "dtype_name", "dtype_from_name"]
+__all__ = ["QuantState", "dtype_name", "dtype_from_name", "first_bad_scale"]
 
 _DTYPE_NAMES = F.DTYPES
 
@@ -47,12 +47,22 @@ def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = Fal
         raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {got}")
     if size is not None and a.size != size:
         raise ValueError(f"{what} has {a.size} entries, expected {size}")
-    # min and max propagate NaN, so two reductions test finite and non-negative without temporaries
-    if scales and a.size and not (a.min() >= 0 and a.max() <= np.finfo(a.dtype).max):
-        flat = a.reshape(-1)
-        bad = int(np.flatnonzero(~(np.isfinite(flat) & (flat >= 0)))[0])
-        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {flat[bad]!r}")
+    bad = first_bad_scale(a) if scales else None
+    if bad is not None:
+        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {a.reshape(-1)[bad]!r}")
     return a
+
+
+def first_bad_scale(s: np.ndarray) -> int | None:
+    """The index of the first entry of a native float16 or float32 array that is NaN, infinite
+    or negative, or None.  The bits of a finite non-negative float lie below those of +inf, so
+    one integer maximum clears a good array (numpy's value checks of float16 are slow); only
+    an array that fails it (-0.0 included) is checked value by value."""
+    inf = np.array(np.inf, dtype=s.dtype).view(f"u{s.dtype.itemsize}")
+    if not s.size or s.view(inf.dtype).max() < inf:
+        return None
+    bad = ~(np.isfinite(s) & (s >= 0))
+    return int(bad.argmax()) if bad.any() else None
 
 
 def _entries_good(good: np.ndarray, index: np.ndarray) -> bool:

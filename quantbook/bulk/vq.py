@@ -30,9 +30,9 @@ from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)
-from .state import dtype_from_name, dtype_name
+from .state import dtype_from_name, dtype_name, first_bad_scale
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
-                       first_bad_scale, index_dtype)
+                       index_dtype)
 
 __all__ = ["quantize_vq", "dequantize_vq", "VQState", "VQBackend", "VQ_BACKENDS", "vq_backend_names",
            "parse_rotate", "as_points"]

@@ -27,10 +27,9 @@ import numpy as np
 
 from ..numerics.hadamard import check_size
 from . import format as F
-from .state import dtype_from_name, dtype_name
+from .state import dtype_from_name, dtype_name, first_bad_scale
 
-__all__ = ["VQState", "SCALE_RULES", "SCALE_DTYPES", "MAX_POINTS", "index_dtype", "check_group",
-           "first_bad_scale"]
+__all__ = ["VQState", "SCALE_RULES", "SCALE_DTYPES", "MAX_POINTS", "index_dtype", "check_group"]
 
 SCALE_RULES = ("rms", "absmax")
 SCALE_DTYPES = ("float16", "float32")
@@ -44,18 +43,6 @@ _KEYS = ("codebook", "points", "scales", "shape", "dtype", "group", "scale_rule"
 def index_dtype(n_points: int) -> np.dtype:
     """uint8 for tables of up to 256 points, else uint16."""
     return np.dtype(np.uint8 if n_points <= 256 else np.uint16)
-
-
-def first_bad_scale(s: np.ndarray) -> int | None:
-    """The index of the first entry of a native float16 or float32 array that is NaN, infinite
-    or negative, or None.  The bits of a finite non-negative float lie below those of +inf, so
-    one integer maximum clears a good array (numpy's value checks of float16 are slow); only
-    an array that fails it (-0.0 included) is checked value by value."""
-    inf = np.array(np.inf, dtype=s.dtype).view(f"u{s.dtype.itemsize}")
-    if not s.size or s.view(inf.dtype).max() < inf:
-        return None
-    bad = ~(np.isfinite(s) & (s >= 0))
-    return int(bad.argmax()) if bad.any() else None
 
 
 def check_group(group: Any, dim: int, last: int) -> int:
