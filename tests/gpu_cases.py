@@ -36,6 +36,24 @@ def weights_file(path, seed, rows, cols):
     return str(path)
 
 
+def scale_rounding_cases() -> list[tuple[np.ndarray, int, str]]:
+    """``(v, group, rule)`` whose statistics sit at float16's rounding edges: float32 values
+    one a group (absmax) — ties between neighbours, normal and subnormal, the largest finite,
+    the overflow boundary, half the least subnormal, zero, a float32 subnormal, numbers far
+    beyond float16 — and root mean squares of (t, t ± one float32 ulp) for those values t,
+    which lie strictly between two float32: rounding through float32 first sends half of the
+    ties among them the wrong way."""
+    h = np.arange(0, 0x7C00, 97, dtype=np.uint16).view(np.float16)
+    lo, up = h.astype(np.float32), np.nextafter(h, np.float16(np.inf)).astype(np.float32)
+    ties = lo + (up - lo) / 2   # exact in float32
+    edge = np.array([65504.0, 65519.996, 65520.0, 65536.0, 1e6, 3e38, 2.0**-25, 2.0**-26, 2.0**-24,
+                     2.0**-25 * (1 + 2.0**-23), 2.0**-14, 0.0, 1e-40], np.float32)
+    t = np.concatenate([lo, ties, np.nextafter(ties, np.float32(0)), np.nextafter(ties, np.float32(1e9)), edge])
+    pairs = np.stack([np.concatenate([t, t]), np.concatenate([np.nextafter(t, np.float32(-1e9)),
+                                                              np.nextafter(t, np.float32(1e9))])], axis=1)
+    return [(t, 1, "absmax"), (np.ascontiguousarray(pairs, np.float32).reshape(-1), 2, "rms")]
+
+
 def adversarial_input(n, blocksize, code, rng):
     """Seeded normal data, plus: block 0 with absmax exactly 1 and the rest ON the encoder's
     bounds and the code values (ties), an all-zero block, and subnormal values."""

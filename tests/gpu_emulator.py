@@ -614,6 +614,8 @@ _VQ_SHIM = r"""
 static inline double __ddiv_rn(double a, double b) { volatile double r = a / b; return r; }
 static inline double __dsqrt_rn(double a) { volatile double r = std::sqrt(a); return r; }
 static inline double __longlong_as_double(long long u) { double d; std::memcpy(&d, &u, 8); return d; }
+static inline long long __double_as_longlong(double d) { long long u; std::memcpy(&u, &d, 8); return u; }
+static inline float __double2float_rn(double d) { volatile float r = (float)d; return r; }
 """
 
 _VQ_CTYPES = {"qbv_i64": _I64, "int": _I32, "unsigned": _U32, "double": ctypes.c_double, "float": _F32}

@@ -14,7 +14,7 @@ from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset,
 from quantbook.bulk.reference import quantize_reference
 from quantbook.codebooks import registry
 
-from gpu_cases import bits_equal, weights_file
+from gpu_cases import bits_equal, scale_rounding_cases, weights_file
 
 _OK, _WHY = G.gpu_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=f"needs a CUDA device and CuPy ({_WHY})")
@@ -105,6 +105,21 @@ def test_vector_quantization_is_the_host_result(rotate):
             assert np.array_equal(got_i, want_i) and bits_equal(got_s.scales, want_s.scales)
             assert bits_equal(dequantize_vq(want_i, want_s, backend="gpu"),
                               dequantize_vq(want_i, want_s, backend="cpu"))
+
+
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+def test_scales_are_rounded_on_the_device(scale_dtype):
+    """The group statistics and their stored scales, rounded by the kernel: numpy's."""
+    import cupy as cp
+
+    from quantbook.bulk import vq
+
+    gpu, ref = vq.VQ_BACKENDS["gpu"], vq.VQ_BACKENDS["numpy"]
+    for v, group, rule in scale_rounding_cases():
+        stored, scales, stat_of = gpu.group_scales(cp.asarray(v), group, rule, scale_dtype)
+        want, want_f32, want_stat = ref.group_scales(v, group, rule, scale_dtype)
+        assert bits_equal(stored, want) and bits_equal(_host(scales), want_f32)
+        np.testing.assert_array_equal(stat_of(), want_stat())
 
 
 def test_a_nan_of_the_un_rotation_has_the_hosts_bits():

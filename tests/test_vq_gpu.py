@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark, set_device,
-                       use_stand_in_cupy, weights_file)
+from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark, scale_rounding_cases,
+                       set_device, use_stand_in_cupy, weights_file)
 from quantbook.bulk import vq
 from quantbook.bulk.gpu import scaled as GS
 from quantbook.bulk.gpu import vq as GV
@@ -93,6 +93,20 @@ def test_group_statistics(cp, rule, group):
     got = GPU.group_stat(v, group, rule)
     assert isinstance(got, np.ndarray) and got.dtype == np.float64
     np.testing.assert_array_equal(got, REF.group_stat(v, group, rule))
+
+
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+def test_scales_are_rounded_on_the_device(cp, scale_dtype):
+    """The stored scale is numpy's rounding of the float64 statistic, once, at float16's
+    rounding edges (:func:`gpu_cases.scale_rounding_cases`)."""
+    for v, group, rule in scale_rounding_cases():
+        stored, scales, stat_of = GPU.group_scales(v, group, rule, scale_dtype)
+        want, want_f32, want_stat = REF.group_scales(v, group, rule, scale_dtype)
+        assert stored.dtype == want.dtype == np.dtype(scale_dtype) and bits_equal(stored, want)
+        assert isinstance(scales, FakeDeviceArray) and bits_equal(scales, want_f32)
+        np.testing.assert_array_equal(stat_of(), want_stat())
+    inexact = stat_of()[stat_of() != stat_of().astype(np.float32)]
+    assert inexact.size > 1000   # the pairs do reach between float32 values
 
 
 def _tie_points():
@@ -218,6 +232,28 @@ def test_a_device_array_with_nan_or_inf_is_named(cp, rotate):
         quantize_vq(fake_device(x), _higgs(), rotate=rotate)
 
 
+def test_bad_scales_are_named_as_the_reference_names_them(cp):
+    """A float16 scale overflow, NaN in an unrotated group and a rotation beyond float32: the
+    numpy backend's message, for host and device arrays (the GPU rounds the scales itself and
+    fetches the statistics only to say what went wrong)."""
+    rng = np.random.default_rng(8)
+    huge = rng.standard_normal((2, 64)).astype(np.float32)
+    huge[1] *= np.float32(1e6)
+    nan = rng.standard_normal((2, 64)).astype(np.float32)
+    nan[1, 3] = np.nan
+    big = np.full((1, 64), 3e38, np.float32)
+    cases = ((huge, dict(rotate=None), "group 1's rms scale .* exceeds float16's range"),
+             (nan, dict(rotate=None), r"NaN or Inf: first in group 1 \(flat index 67\)"),
+             (big, dict(scale_dtype="float32"), "rotation takes group 0 beyond float32's range"))
+    for x, kw, msg in cases:
+        with pytest.raises(ValueError, match=msg) as want:
+            quantize_vq(x, _higgs(), backend="numpy", **kw)
+        for where in (np.asarray, fake_device):
+            with pytest.raises(ValueError) as got:
+                quantize_vq(where(x), _higgs(), backend="gpu", **kw)
+            assert str(got.value) == str(want.value)
+
+
 def test_device_indices_are_checked_before_any_kernel(cp):
     """Integers of the state's index shape below N, as host indices are: an index past the
     table would make the decode kernel read beyond it."""
@@ -255,15 +291,15 @@ def test_the_rounding_to_16_bits_on_the_device(cp):
 
 def test_a_rotated_tensor_stays_on_the_device(cp, monkeypatch):
     """Rotated values go from the rotation to the statistics and the search without a round
-    trip: what comes back is a statistic a group and an index a vector."""
+    trip: what comes back is the stored scale of a group and an index a vector."""
     from quantbook.bulk.gpu.backend import CudaBackend
 
     back = []
     to_host = CudaBackend.to_host
-    monkeypatch.setattr(CudaBackend, "to_host", lambda self, a: back.append(np.size(a)) or to_host(self, a))
+    monkeypatch.setattr(CudaBackend, "to_host", lambda self, a: back.append(a.nbytes) or to_host(self, a))
     x = np.random.default_rng(2).standard_normal((4, 256)).astype(np.float32)
     idx, _ = quantize_vq(x, _higgs(), group=64, backend="gpu")
-    assert sorted(back) == [16, 512] and type(idx) is np.ndarray
+    assert sorted(back) == [16 * 2, 512 * 4] and type(idx) is np.ndarray   # float16 scales, int32 indices
 
 
 def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -50,7 +50,9 @@ class VQBackend:
     ``scales`` float32 per group, ``points`` the (N, P) float32 table, indices in range.
     :meth:`rotate`, :meth:`unrotate`, :meth:`encode` and :meth:`decode` may return the
     backend's own arrays (a GPU backend keeps them on the device), which the other hooks take
-    back and :meth:`to_host` brings to the host; :meth:`group_stat` returns numpy.
+    back and :meth:`to_host` brings to the host; :meth:`group_stat` returns numpy, and
+    :meth:`group_scales` (by default :meth:`group_stat` rounded on the host) the stored
+    scales in numpy.
 
     A ``device`` backend also takes device arrays (``x`` and indices), through
     :meth:`as_float32`, :meth:`first_nonfinite`, :meth:`device_indices` and :meth:`cast`, and
@@ -88,6 +90,22 @@ class VQBackend:
         """float64 per group: ``sqrt(Σv²/group)`` (squares summed in index order) or ``max|v|``;
         non-finite for a group holding NaN/Inf."""
         raise NotImplementedError
+
+    def group_scales(self, v: np.ndarray, group: int, rule: str,
+                     scale_dtype: str) -> tuple[np.ndarray, Any, Callable[[], np.ndarray]]:
+        """``(stored, scales, stat)``: the :meth:`group_stat` of each group rounded to nearest
+        even to ``scale_dtype`` (numpy; non-finite where the statistic is, or beyond the
+        dtype's range), the same as the float32 that :meth:`encode` takes (the backend's own
+        array), and a callable giving the float64 statistics (numpy), for error messages."""
+        stat = self.group_stat(v, group, rule)
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = stat.astype(scale_dtype)
+        return stored, self.widen_scales(stored), lambda: stat
+
+    def widen_scales(self, stored: np.ndarray) -> Any:
+        """The stored scales (float16 or float32, numpy) as the float32 that :meth:`encode` and
+        :meth:`decode` take (exact; the backend's own array)."""
+        return stored.astype(_F)
 
     def encode(self, v: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
         """Flat indices (any integer dtype) of ``y = float32(v / s)`` (0 where ``s = 0``)."""
@@ -314,7 +332,22 @@ class CudaVQ(VQBackend, name="gpu"):
     def group_stat(self, v, group, rule):
         from .gpu.vq import group_stat_gpu
 
-        return self.to_host(group_stat_gpu(v, group, rule == "absmax"))
+        return self.to_host(group_stat_gpu(v, group, rule == "absmax")[0])
+
+    def group_scales(self, v, group, rule, scale_dtype):
+        # rounded on the device: only the stored scales cross to the host
+        from .gpu.vq import group_stat_gpu
+
+        stat, scales, bits = group_stat_gpu(v, group, rule == "absmax", scale_dtype == "float16")
+        stored = self.to_host(scales) if bits is None else self.to_host(bits).view(np.float16)
+        return stored, scales, lambda: self.to_host(stat)
+
+    def widen_scales(self, stored):
+        # on the device: the stored bytes cross, and the host converts nothing
+        from .gpu.backend import _cupy
+
+        cp = _cupy()
+        return cp.asarray(stored).astype(cp.float32)
 
     def encode(self, v, scales, group, points):
         from .gpu.vq import encode_gpu
@@ -476,20 +509,19 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
             v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
         else:
             v = x.reshape(-1) if device else np.ascontiguousarray(x, dtype=_F).reshape(-1)
-        stat = be.group_stat(v, group, scale)
-        bad = np.flatnonzero(~np.isfinite(stat))
-        if bad.size:
-            g = int(bad[0])
-            if size is None:
-                raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {first_bad(x)})")
-            raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
-        with np.errstate(over="ignore"):
-            stored = stat.astype(scale_dtype)
-        g = first_bad_scale(stored)   # stat is finite and >= 0: only an overflow to inf
-        if g is not None:
+        stored, scales, stat_of = be.group_scales(v, group, scale, scale_dtype)
+        if first_bad_scale(stored) is not None:   # the statistics are >= 0 or NaN
+            stat = stat_of()
+            bad = np.flatnonzero(~np.isfinite(stat))
+            if bad.size:
+                g = int(bad[0])
+                if size is None:
+                    raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {first_bad(x)})")
+                raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
+            g = first_bad_scale(stored)   # the statistics are finite: an overflow to inf
             raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
                              f"pass scale_dtype='float32'")
-        idx = be.encode(v, stored.astype(_F), group, points)
+        idx = be.encode(v, scales, group, points)
         if not device:
             idx = be.to_host(idx)
         state = VQState(codebook=name, points=points.copy(), scales=stored, shape=shape,
@@ -524,7 +556,7 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
         if lo < 0 or hi >= state.n_points:
             raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {lo if lo < 0 else hi}")
         flat = idx.reshape(-1) if device else np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
-        y = be.decode(flat, state.scales_f32(), state.group, state.points)
+        y = be.decode(flat, be.widen_scales(state.scales), state.group, state.points)
         if state.rotate_size is not None:
             with np.errstate(over="ignore"):
                 y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)

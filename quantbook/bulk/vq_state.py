@@ -128,9 +128,6 @@ class VQState:
         table itself, shared by a whole model, is not counted)."""
         return self.index_bits / self.dim + 8 * np.dtype(self.scale_dtype).itemsize / self.group
 
-    def scales_f32(self) -> np.ndarray:
-        return self.scales.astype(np.float32)
-
     def validate(self) -> "VQState":
         """Check that the state describes a decodable array; a ValueError names what is wrong."""
         if not isinstance(self.codebook, str):

@@ -72,16 +72,21 @@ def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False):
     return out
 
 
-def group_stat_gpu(v, group: int, absmax: bool):
-    """float64 per group of the flat float32 ``v``: ``sqrt(Σv²/group)`` or ``max |v|``."""
+def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):
+    """Per group of the flat float32 ``v``: ``(stat, scale, bits)``, the float64
+    ``sqrt(Σv²/group)`` or ``max |v|``, that rounded to the stored scale (float16 with ``half``,
+    else float32) as float32, and with ``half`` its float16 bits (uint16; else None)."""
     cp = G._cupy()
     vd = _device(v, cp.float32).reshape(-1)
     groups = int(vd.size) // group
     out = cp.empty(groups, dtype=cp.float64)
+    scale = cp.empty(groups, dtype=cp.float32)
+    bits = cp.empty(groups if half else 1, dtype=cp.uint16)   # never written without half
     if groups:
         _kernel("qbv_group_stat")((_grid(groups),), (VK.CTA,),
-                                  (vd, out, np.int64(groups), np.int32(group), np.int32(absmax)))
-    return out
+                                  (vd, out, scale, bits, np.int64(groups), np.int32(group), np.int32(absmax),
+                                   np.int32(half)))
+    return out, scale, (bits if half else None)
 
 
 def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: np.ndarray):

@@ -22,7 +22,9 @@ Kernels (``extern "C"``):
   a pair; the last span writes the float32 result as above.  The spans run in the same
   order as the reference's, so every output is the same float64 expression;
 * ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
-  ``max |v|`` (NaN when the group holds one);
+  ``max |v|`` (NaN when the group holds one), and the scale as stored: that float64 rounded
+  to nearest even to float16 (its bits; with ``half``) or float32, and as the float32 the
+  encoder divides by (so that only the stored scales cross to the host);
 * ``qbv_encode`` — a thread a vector: ``y = float32(v / s)`` (0 where ``s == 0``), then the
   nearest point by the exact sorted scan of :mod:`quantbook.bulk.cpu.vq_kernels` (the points
   ordered by their first coordinate, walked outward from ``y0`` until ``(y0 - c0)²`` alone
@@ -54,8 +56,8 @@ PARAMS = {
                      "unsigned nan_bits",
     "qbv_butterfly": "double* __restrict__ buf, const double* __restrict__ sg, float* __restrict__ out, "
                      "qbv_i64 total, qbv_i64 n, qbv_i64 h, double inv, int inverse, int last, unsigned nan_bits",
-    "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, qbv_i64 groups, int group, "
-                      "int absmax",
+    "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, float* __restrict__ scale, "
+                      "qb_u16* __restrict__ half_bits, qbv_i64 groups, int group, int absmax, int half",
     "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
                   "int p, const double* __restrict__ c0s, const int* __restrict__ order, "
                   "const double* __restrict__ pts, int npts, int* __restrict__ out",
@@ -81,6 +83,31 @@ __device__ __forceinline__ float qbv_finish(double a, double inv, double sign, i
     double r = __dmul_rn(a, inv);
     if (inverse) r = __dmul_rn(r, sign);
     return r != r ? __uint_as_float(nan_bits) : (float)r;
+}
+
+/* a float64 rounded to nearest even to float16's bits, as numpy's cast (one rounding: going
+   through float32 would round twice) */
+__device__ __forceinline__ qb_u16 qbv_f64_to_f16(double d) {
+    const unsigned long long u = (unsigned long long)__double_as_longlong(d);
+    const unsigned sign = (unsigned)(u >> 48) & 0x8000u;
+    const unsigned long long a = u & 0x7fffffffffffffffULL;
+    if (a >= 0x7ff0000000000000ULL) return (qb_u16)(sign | (a > 0x7ff0000000000000ULL ? 0x7e00u : 0x7c00u));
+    const int e = (int)(a >> 52) - 1023;
+    if (e > 15) return (qb_u16)(sign | 0x7c00u);
+    if (e < -25) return (qb_u16)sign;          /* below half the least subnormal, 2^-25 */
+    unsigned long long m = a & 0xfffffffffffffULL, h;
+    int shift;
+    if (e >= -14) {                            /* normal: keep 10 of the 52 fraction bits */
+        shift = 42;
+        h = ((unsigned long long)(e + 15) << 10) | (m >> 42);
+    } else {                                   /* subnormal: units of 2^-24 */
+        m |= 1ULL << 52;
+        shift = 28 - e;
+        h = m >> shift;
+    }
+    const unsigned long long rem = m & ((1ULL << shift) - 1), halfway = 1ULL << (shift - 1);
+    if (rem > halfway || (rem == halfway && (h & 1ULL))) ++h;   /* a carry may reach inf: right */
+    return (qb_u16)(sign | (unsigned)h);
 }
 
 /* y[q] of a vector: float32(v / s), 0 where the group's scale is 0 */
@@ -141,6 +168,7 @@ _BODIES = {
     for (qbv_i64 g = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
          g += (qbv_i64)gridDim.x * blockDim.x) {
         const float* w = v + g * group;
+        double r;
         if (absmax) {
             float m = 0.0f;
             for (int j = 0; j < group; ++j) {
@@ -148,14 +176,22 @@ _BODIES = {
                 if (a > m || a != a) m = a;
                 if (m != m) break;
             }
-            out[g] = (double)m;
+            r = (double)m;
         } else {
             double acc = 0.0;
             for (int j = 0; j < group; ++j) {
                 const double t = (double)w[j];
                 acc = __dadd_rn(acc, __dmul_rn(t, t));
             }
-            out[g] = __dsqrt_rn(__ddiv_rn(acc, (double)group));
+            r = __dsqrt_rn(__ddiv_rn(acc, (double)group));
+        }
+        out[g] = r;
+        if (half) {
+            const qb_u16 h = qbv_f64_to_f16(r);
+            half_bits[g] = h;
+            scale[g] = qb_to_f32<QbF16>(h);
+        } else {
+            scale[g] = __double2float_rn(r);
         }
     }
 """,
