@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -349,6 +350,25 @@ def test_argument_errors(kwargs, msg):
     with pytest.raises(ValueError, match=msg) as e:
         quantize_vq(x, gaussian_grid(16, 2), **kwargs)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", ["nan", "inf", "inf-inf", "-inf"])
+@pytest.mark.parametrize("rotate", ["hadamard", "hadamard:16"])
+def test_non_finite_input_to_a_rotation_is_named(backend, bad, rotate):
+    """The first NaN or Inf of x by its flat index, in a later rotation row than the first
+    (hadamard:16 makes four a row), whatever the rotation makes of it (±inf, or NaN where
+    infinities of both signs meet); no warning on the way."""
+    x = _rng(6).standard_normal((3, 64)).astype(np.float32)
+    first = 64 + 37
+    x.reshape(-1)[first] = {"nan": np.nan, "inf": np.inf, "inf-inf": np.inf, "-inf": -np.inf}[bad]
+    if bad == "inf-inf":
+        x.reshape(-1)[first + 2] = -np.inf
+    x[2, 60] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"^x holds NaN or Inf: first at flat index {first}$"):
+            quantize_vq(x, gaussian_grid(16, 2), group=16, rotate=rotate, backend=backend)
 
 
 def test_input_errors():

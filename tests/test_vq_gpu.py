@@ -233,8 +233,8 @@ def test_a_device_array_with_nan_or_inf_is_named(cp, rotate):
 
 
 def test_bad_scales_are_named_as_the_reference_names_them(cp):
-    """A float16 scale overflow, NaN in an unrotated group and a rotation beyond float32: the
-    numpy backend's message, for host and device arrays (the GPU rounds the scales itself and
+    """A float16 scale overflow, NaN in an unrotated group and in a rotated one, and a rotation
+    beyond float32: the numpy backend's message, for host and device arrays (the GPU rounds the scales itself and
     fetches the statistics only to say what went wrong)."""
     rng = np.random.default_rng(8)
     huge = rng.standard_normal((2, 64)).astype(np.float32)
@@ -244,6 +244,7 @@ def test_bad_scales_are_named_as_the_reference_names_them(cp):
     big = np.full((1, 64), 3e38, np.float32)
     cases = ((huge, dict(rotate=None), "group 1's rms scale .* exceeds float16's range"),
              (nan, dict(rotate=None), r"NaN or Inf: first in group 1 \(flat index 67\)"),
+             (nan, dict(rotate="hadamard"), r"NaN or Inf: first at flat index 67$"),
              (big, dict(scale_dtype="float32"), "rotation takes group 0 beyond float32's range"))
     for x, kw, msg in cases:
         with pytest.raises(ValueError, match=msg) as want:

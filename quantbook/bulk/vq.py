@@ -146,7 +146,7 @@ class NumpyVQ(VQBackend, name="numpy"):
     """The reference."""
 
     def rotate(self, x, seed):
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):   # non-finite input is named afterwards
             return hadamard.rotate(x.astype(_F), x.shape[1], seed).astype(_F)
 
     def unrotate(self, y, seed):
@@ -503,20 +503,21 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
             x, keep = be.as_float32(x)
         seed = None if size is None else hadamard.SEED
         if size is not None:
-            bad_at = first_bad(x)
-            if bad_at is not None:
-                raise ValueError(f"x holds NaN or Inf: first at flat index {bad_at}")
             v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
         else:
             v = x.reshape(-1) if device else np.ascontiguousarray(x, dtype=_F).reshape(-1)
         stored, scales, stat_of = be.group_scales(v, group, scale, scale_dtype)
+        # x is searched for NaN and Inf only when a statistic is not finite: a rotated row
+        # holding one is NaN or Inf throughout, so every group it touches shows it
         if first_bad_scale(stored) is not None:   # the statistics are >= 0 or NaN
             stat = stat_of()
             bad = np.flatnonzero(~np.isfinite(stat))
             if bad.size:
-                g = int(bad[0])
+                g, bad_at = int(bad[0]), first_bad(x)
                 if size is None:
-                    raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {first_bad(x)})")
+                    raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {bad_at})")
+                if bad_at is not None:
+                    raise ValueError(f"x holds NaN or Inf: first at flat index {bad_at}")
                 raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
             g = first_bad_scale(stored)   # the statistics are finite: an overflow to inf
             raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
