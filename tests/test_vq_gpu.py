@@ -303,6 +303,33 @@ def test_a_rotated_tensor_stays_on_the_device(cp, monkeypatch):
     assert sorted(back) == [16 * 2, 512 * 4] and type(idx) is np.ndarray   # float16 scales, int32 indices
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", ">f2", ">f4"])
+def test_host_values_cross_as_they_are(cp, monkeypatch, dtype):
+    """Host 16-bit values go to the device at 2 bytes a value and are widened there, and
+    16-bit results come back at 2 bytes a value, rounded there; any byte order gives the
+    reference's indices, scales and values."""
+    from quantbook.bulk.gpu.backend import CudaBackend
+
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    sent, back = [], []
+    asarray, to_host = cp.asarray, CudaBackend.to_host
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
+        sent.append(a.nbytes) if type(a) is np.ndarray else None) or asarray(a, dtype))
+    monkeypatch.setattr(CudaBackend, "to_host", lambda self, a: back.append(a.nbytes) or to_host(self, a))
+    x = (np.random.default_rng(3).standard_t(4, (16, 256)) * 0.02).astype(dtype)   # larger than the tables
+    for rotate in (None, "hadamard"):
+        sent.clear()
+        got_i, got_s = quantize_vq(x, _higgs(), group=64, rotate=rotate, backend="gpu")
+        want_i, want_s = quantize_vq(x, _higgs(), group=64, rotate=rotate, backend="numpy")
+        assert np.array_equal(got_i, want_i) and bits_equal(got_s.scales, want_s.scales)
+        assert max(sent) == x.nbytes
+        back.clear()
+        y = dequantize_vq(want_i, want_s, backend="gpu")
+        assert y.dtype == want_s.dtype and bits_equal(y, dequantize_vq(want_i, want_s, backend="numpy"))
+        assert back == [x.size * np.dtype(want_s.dtype).itemsize]
+
+
 def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
     """evaluate-model --backend gpu with scalar and vector codebooks: the numpy backend's
     report, number for number."""

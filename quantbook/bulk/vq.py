@@ -21,7 +21,7 @@ else numpy; for device arrays, the first usable ``device`` backend (gpu).
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -77,9 +77,14 @@ class VQBackend:
         """Why this backend cannot run here, or None."""
         return None
 
+    def load(self, x: np.ndarray) -> Any:
+        """A host float32, float16 or bfloat16 array as the float32 the other hooks take (exact;
+        the backend's own array, any shape that reshapes as ``x`` does)."""
+        return np.ascontiguousarray(x, dtype=_F)
+
     def rotate(self, x: np.ndarray, seed: int) -> np.ndarray:
-        """``float32(x·D·Hₙ/√n)`` of every row of ``x`` (R, n) (float32/float16/bfloat16), ``D``
-        the signs of ``seed``."""
+        """``float32(x·D·Hₙ/√n)`` of every row of the float32 ``x`` (R, n), ``D`` the signs of
+        ``seed``."""
         raise NotImplementedError
 
     def unrotate(self, y: np.ndarray, seed: int) -> np.ndarray:
@@ -119,6 +124,14 @@ class VQBackend:
         """A result of :meth:`rotate`, :meth:`unrotate`, :meth:`encode` or :meth:`decode` as a
         numpy array."""
         return np.asarray(a)
+
+    def to_host_as(self, y: Any, dtype: np.dtype) -> np.ndarray:
+        """The flat float32 result ``y`` as a numpy array of ``dtype``, rounded to nearest even."""
+        out = self.to_host(y)
+        if dtype != _F:
+            with np.errstate(over="ignore"):
+                out = out.astype(dtype)
+        return out
 
     def on_device(self, a: Any) -> AbstractContextManager:
         """Where the hooks run for input ``a`` (a device backend: the device that holds it)."""
@@ -315,12 +328,16 @@ class CudaVQ(VQBackend, name="gpu"):
     def on_device(self, a):
         return BACKENDS["gpu"].on_device(a) if is_device_array(a) else nullcontext()
 
+    def load(self, x):
+        # 16-bit values cross as they are and are widened on the device
+        from .gpu.vq import load_gpu
+
+        return load_gpu(x)
+
     def rotate(self, x, seed):
         from .gpu.vq import rotate_gpu
 
         n = x.shape[1]
-        if type(x) is np.ndarray:   # float16 or bfloat16 host values become float32 here
-            x = np.ascontiguousarray(x, dtype=_F)
         return rotate_gpu(x, _signs(n, seed), 1.0 / np.sqrt(n))
 
     def unrotate(self, y, seed):
@@ -362,6 +379,11 @@ class CudaVQ(VQBackend, name="gpu"):
 
     def to_host(self, a):
         return BACKENDS["gpu"].to_host(a)
+
+    def to_host_as(self, y, dtype):
+        # rounded on the device: 16-bit results cross at 2 bytes a value
+        out = self.to_host(self.cast(y, dtype))
+        return out if out.dtype == dtype else out.view(dtype)   # bfloat16 bits (CuPy < 14)
 
     def as_float32(self, x):
         from .gpu.vq import as_float32
@@ -497,15 +519,15 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     size = parse_rotate(rotate, last)
     device = is_device_array(x)
     be = _pick_backend(backend, device)
-    first_bad = be.first_nonfinite if device else _first_nonfinite
     with be.on_device(x):
         if device:   # float32 on the device, whatever the input's type (keep: the caller's tensor)
-            x, keep = be.as_float32(x)
-        seed = None if size is None else hadamard.SEED
-        if size is not None:
-            v = be.rotate(x.reshape(-1, size), seed).reshape(-1)
+            xf, keep = be.as_float32(x)
+            first_bad = partial(be.first_nonfinite, xf)
         else:
-            v = x.reshape(-1) if device else np.ascontiguousarray(x, dtype=_F).reshape(-1)
+            xf = be.load(x)
+            first_bad = partial(_first_nonfinite, x)
+        seed = None if size is None else hadamard.SEED
+        v = (xf if size is None else be.rotate(xf.reshape(-1, size), seed)).reshape(-1)
         stored, scales, stat_of = be.group_scales(v, group, scale, scale_dtype)
         # x is searched for NaN and Inf only when a statistic is not finite: a rotated row
         # holding one is NaN or Inf throughout, so every group it touches shows it
@@ -513,7 +535,7 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
             stat = stat_of()
             bad = np.flatnonzero(~np.isfinite(stat))
             if bad.size:
-                g, bad_at = int(bad[0]), first_bad(x)
+                g, bad_at = int(bad[0]), first_bad()
                 if size is None:
                     raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {bad_at})")
                 if bad_at is not None:
@@ -563,8 +585,4 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
                 y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)
         if device:
             return be.cast(y, dt).reshape(state.shape)
-        out = be.to_host(y).reshape(state.shape)
-        if dt != _F:
-            with np.errstate(over="ignore"):
-                out = out.astype(dt)
-        return out
+        return be.to_host_as(y, dt).reshape(state.shape)

@@ -16,8 +16,8 @@ import numpy as np
 from . import backend as G
 from . import vq_kernels as VK
 
-__all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "as_float32", "first_nonfinite",
-           "cast_gpu", "FWHT_TILE"]
+__all__ = ["rotate_gpu", "group_stat_gpu", "encode_gpu", "decode_gpu", "as_float32", "load_gpu",
+           "first_nonfinite", "cast_gpu", "FWHT_TILE"]
 
 #: entries of a row transformed in shared memory (a power of two, at most ``VK.TILE``); the
 #: spans beyond it run in global memory
@@ -120,16 +120,30 @@ def decode_gpu(idx, scales, group: int, points: np.ndarray):
     return out
 
 
+def _widen(xd, key: str):
+    """The flat device array ``xd`` of dtype ``key`` (bfloat16 as its uint16 bits) as float32,
+    exactly, on the device."""
+    cp = G._cupy()
+    if key == "f16":
+        return xd.view(cp.float16).astype(cp.float32)
+    if key == "bf16":   # a bfloat16 is the top half of its float32
+        return (xd.view(cp.uint16).astype(cp.uint32) << 16).view(cp.float32)
+    return xd
+
+
 def as_float32(x):
     """``(flat float32 CuPy array, keep-alive)`` of a float32, float16 or bfloat16 device array
     (CuPy, torch CUDA tensors; exact conversions, on the device)."""
-    cp = G._cupy()
     xd, key, keep = G._as_device(x)
-    if key == "f16":
-        xd = xd.astype(cp.float32)
-    elif key == "bf16":   # a bfloat16 is the top half of its float32
-        xd = (xd.astype(cp.uint32) << 16).view(cp.float32)
-    return xd, keep
+    return _widen(xd, key), keep
+
+
+def load_gpu(x: np.ndarray):
+    """A host float32, float16 or bfloat16 array (any byte order) as a flat float32 device
+    array: its own bytes cross (2 a value for the 16-bit types) and are widened on the device."""
+    a = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("=")).reshape(-1)
+    key = G._dtype_key(a.dtype)
+    return _widen(G._cupy().asarray(a if key == "f32" else a.view(np.uint16)), key)
 
 
 def first_nonfinite(x) -> int | None:
