@@ -54,6 +54,38 @@ def scale_rounding_cases() -> list[tuple[np.ndarray, int, str]]:
     return [(t, 1, "absmax"), (np.ascontiguousarray(pairs, np.float32).reshape(-1), 2, "rms")]
 
 
+def grid_ties(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(points, y, path)`` for the P = 2 cell grid's tie rule: 30 points on a lattice of
+    eighths, and float32 vectors ``y`` at exactly equal least distance from two of them
+    (dyadic steps along their bisector, so every distance is exact in float64); ``path`` is
+    True where the grid answers ``y`` from a cell's three inline candidates, the tied pair
+    among them, else from a longer list.  The tie goes to the lower index."""
+    from quantbook.bulk import vq
+
+    rng = np.random.default_rng(seed)
+    lattice = np.unique(rng.integers(-40, 40, (40, 2)), axis=0)[:30]
+    rng.shuffle(lattice)
+    pts = (lattice / 8).astype(np.float32)
+    _, lo0, lo1, inv0, inv1, cells, lut, multi = vq._grid_tables(pts.tobytes(), len(pts))
+    c = pts.astype(np.float64)
+    steps = np.arange(-64, 65)[:, None] / 64
+    ys, fast = [], []
+    for a in range(len(c)):
+        for b in range(a + 1, len(c)):
+            y = (c[a] + c[b]) / 2 + steps * np.array([c[a, 1] - c[b, 1], c[b, 0] - c[a, 0]])
+            d = ((y[:, None, :] - c[None]) ** 2).sum(axis=2)
+            keep = (y.astype(np.float32) == y).all(axis=1) & (d[:, a] == d[:, b]) & (d[:, a] == d.min(axis=1))
+            y = y[keep]
+            fx = np.clip((y[:, 0] - lo0) * inv0, 0, cells - 1).astype(int)
+            fy = np.clip((y[:, 1] - lo1) * inv1, 0, cells - 1).astype(int)
+            row = lut[fx * cells + fy]
+            inline = (row[:, 0] >= 0) & (row == a).any(axis=1) & (row == b).any(axis=1)
+            listed = (row[:, 0] < 0) & (multi[np.maximum(-1 - row[:, 0], 0)] > 0)
+            ys.append(y[inline | listed])
+            fast.append(inline[inline | listed])
+    return pts, np.concatenate(ys).astype(np.float32), np.concatenate(fast)
+
+
 def adversarial_input(n, blocksize, code, rng):
     """Seeded normal data, plus: block 0 with absmax exactly 1 and the rest ON the encoder's
     bounds and the code values (ties), an all-zero block, and subnormal values."""

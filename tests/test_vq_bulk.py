@@ -205,6 +205,19 @@ def test_every_published_and_tiny_table_on_every_backend(name):
 
 
 @needs_numba
+def test_ties_in_the_numba_grid_go_to_the_lower_index():
+    """Exact ties answered from a cell's inline candidates and from a longer list
+    (:func:`gpu_cases.grid_ties`): the brute force's lower index."""
+    from gpu_cases import grid_ties
+
+    pts, y, fast = grid_ties()
+    assert fast.sum() > 100 and (~fast).sum() > 100
+    v, scales = y.reshape(-1), np.ones(len(y), np.float32)
+    np.testing.assert_array_equal(vq.VQ_BACKENDS["cpu"].encode(v, scales, 2, pts),
+                                  vq.VQ_BACKENDS["numpy"].encode(v, scales, 2, pts))
+
+
+@needs_numba
 def test_numba_equals_numpy_on_a_larger_tensor():
     pts = gaussian_grid(256, 2)
     x = _rng(8).standard_normal((64, 1024)).astype(np.float32)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark, scale_rounding_cases,
-                       set_device, use_stand_in_cupy, weights_file)
+from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, grid_ties, load_benchmark,
+                       scale_rounding_cases, set_device, use_stand_in_cupy, weights_file)
 from quantbook.bulk import vq
 from quantbook.bulk.gpu import scaled as GS
 from quantbook.bulk.gpu import vq as GV
@@ -144,6 +144,52 @@ def test_encode_is_the_brute_force(cp, case):
     np.testing.assert_array_equal(got, REF.encode(v, scales, group, pts))
     if case == "ties":   # the expected indices, by hand
         assert got.tolist() == [2, 0, 0, 3, 2, 1] + [2] * 6 + [2, 0, 0, 3, 2, 1] * 2
+
+
+def _grid_paths(pts, y):
+    """How many vectors ``y`` the P = 2 cell grid answers by its three candidates, by a longer
+    list, and by the scan (the grid's outer ring and beyond): the lookup redone in numpy."""
+    zero, lo0, lo1, inv0, inv1, cells, lut, multi = vq._grid_tables(pts.tobytes(), len(pts))
+    fx = np.clip((y[:, 0].astype(np.float64) - lo0) * inv0, 0, cells - 1).astype(int)
+    fy = np.clip((y[:, 1].astype(np.float64) - lo1) * inv1, 0, cells - 1).astype(int)
+    e = lut[fx * cells + fy, 0]
+    listed = multi[np.maximum(-1 - e, 0)] > 0
+    return np.array([(e >= 0).sum(), ((e < 0) & listed).sum(), ((e < 0) & ~listed).sum()])
+
+
+def test_the_grid_search_is_the_brute_force(cp):
+    """P = 2 goes through the cell grid: vectors answered by three candidates, by a longer
+    list and by the scan (outliers beyond the grid), and groups of scale 0 and 41, with HIGGS'
+    grid and random tables of 1000 and 5 points: the brute force's indices (the reference's
+    encode), and each path taken."""
+    rng = np.random.default_rng(12)
+    group, paths = 64, np.zeros(3, int)
+    for pts in (np.asarray(_higgs().points), rng.standard_normal((1000, 2)).astype(np.float32),
+                rng.standard_normal((5, 2)).astype(np.float32)):
+        y = (rng.standard_normal((64 * group // 2, 2)) * 1.5).astype(np.float32)
+        y[5] = (60.0, -3.0)
+        y[40] = (-0.5, 70.0)
+        v = y.reshape(-1).copy()
+        scales = np.ones(v.size // group, np.float32)
+        scales[3], scales[7] = 0.0, 41.0
+        v[7 * group:8 * group] *= np.float32(41.0)
+        got = GPU.encode(v, scales, group, pts)
+        assert GPU.to_host(got).tolist() == REF.encode(v, scales, group, pts).tolist()
+        assert _names(cp)[-1] == "qbv_encode_grid2"
+        paths += _grid_paths(pts, np.delete(y, np.s_[3 * group // 2:4 * group // 2], axis=0))
+    assert paths.min() > 0, paths
+
+
+def test_ties_in_the_grid_go_to_the_lower_index(cp):
+    """Vectors at exactly equal least distance from two points, answered from a cell's three
+    inline candidates and from a longer list (:func:`gpu_cases.grid_ties`): the brute
+    force's lower index."""
+    pts, y, fast = grid_ties()
+    assert fast.sum() > 100 and (~fast).sum() > 100
+    v, scales = y.reshape(-1), np.ones(len(y), np.float32)
+    got = GPU.to_host(GPU.encode(v, scales, 2, pts))
+    assert _names(cp)[-1] == "qbv_encode_grid2"
+    np.testing.assert_array_equal(got, REF.encode(v, scales, 2, pts))
 
 
 def test_decode(cp):
@@ -323,7 +369,7 @@ def test_host_values_cross_as_they_are(cp, monkeypatch, dtype):
         got_i, got_s = quantize_vq(x, _higgs(), group=64, rotate=rotate, backend="gpu")
         want_i, want_s = quantize_vq(x, _higgs(), group=64, rotate=rotate, backend="numpy")
         assert np.array_equal(got_i, want_i) and bits_equal(got_s.scales, want_s.scales)
-        assert max(sent) == x.nbytes
+        assert x.nbytes in sent and 2 * x.nbytes not in sent   # as they are, not as float32
         back.clear()
         y = dequantize_vq(want_i, want_s, backend="gpu")
         assert y.dtype == want_s.dtype and bits_equal(y, dequantize_vq(want_i, want_s, backend="numpy"))
@@ -342,7 +388,7 @@ def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
     names = set(_names(cp))
-    assert "qbv_encode" in names and any(n.startswith("qb_quantize_") for n in names)
+    assert "qbv_encode_grid2" in names and any(n.startswith("qb_quantize_") for n in names)
     assert gpu == host
 
 

@@ -215,11 +215,15 @@ _SLOTS = 3
 
 @lru_cache(maxsize=8)
 def _grid_tables(points_bytes: bytes, n: int):
-    """The P = 2 cell grid: for every cell, the points that can be nearest to some ``y`` in it.
+    """The P = 2 cell grid: for every cell, the points that can be nearest to some ``y`` in it;
+    ``(zero, lo0, lo1, inv0, inv1, cells, lut, multi)``, ``zero`` the index of ``y = 0`` (a
+    group of scale 0), the tables read-only (the GPU keeps one device copy of each, known by
+    identity).
 
     The candidate lists are :func:`quantbook.codebooks.vector.cell_candidates`'s.
     """
     c = np.frombuffer(points_bytes, dtype=_F).reshape(n, 2).astype(np.float64)
+    zero = int(nearest_brute(c, np.zeros((1, 2)))[0])
     lo, hi = c.min(axis=0), c.max(axis=0)
     pad = 0.5 * max(float((hi - lo).max()), 1e-30)
     lo, hi = lo - pad, hi + pad  # room for the tails of scaled Gaussian groups
@@ -245,12 +249,14 @@ def _grid_tables(points_bytes: bytes, n: int):
     pos = (np.cumsum(sizes) - sizes).astype(np.int64)   # where each cell's entry starts
     multi = np.empty(int(sizes.sum()) + 1, np.int32)
     multi[pos] = count[many]
-    for c, p in zip(many, pos):
-        multi[p + 1:p + 1 + count[c]] = cols[first[c]:first[c] + count[c]]
+    for cell, p in zip(many, pos):
+        multi[p + 1:p + 1 + count[cell]] = cols[first[cell]:first[cell] + count[cell]]
     lut[many, 0] = -(1 + pos)
     multi[-1] = 0
     lut[ring, 0] = -multi.size  # -(1 + pos) of the last entry, the count 0
-    return (float(lo[0]), float(lo[1]), float(inv[0]), float(inv[1]), cells, lut, multi)
+    for t in (lut, multi):
+        t.setflags(write=False)
+    return (zero, float(lo[0]), float(lo[1]), float(inv[0]), float(inv[1]), cells, lut, multi)
 
 
 class NumbaVQ(VQBackend, name="cpu"):
@@ -288,9 +294,7 @@ class NumbaVQ(VQBackend, name="cpu"):
         pts, c0s, order = _scan_tables(points.tobytes(), n, p)
         out = np.empty(v.size // p, dtype=index_dtype(n))
         if p == 2:
-            lo0, lo1, inv0, inv1, cells, lut, multi = _grid_tables(points.tobytes(), n)
-            zero = int(nearest_brute(points, np.zeros((1, 2)))[0])  # a zero group's index
-            k.encode_grid2(v, scales, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, out)
+            k.encode_grid2(v, scales, group, *_grid_tables(points.tobytes(), n), c0s, order, pts, out)
         else:
             k.encode_scan(v, scales, group, c0s, order, pts, out)
         return out
@@ -370,7 +374,8 @@ class CudaVQ(VQBackend, name="gpu"):
         from .gpu.vq import encode_gpu
 
         n, p = points.shape
-        return encode_gpu(v, scales, group, *_device_scan_tables(points.tobytes(), n, p))
+        grid = _grid_tables(points.tobytes(), n) if p == 2 else None
+        return encode_gpu(v, scales, group, *_device_scan_tables(points.tobytes(), n, p), grid=grid)
 
     def decode(self, idx, scales, group, points):
         from .gpu.vq import decode_gpu

@@ -89,20 +89,30 @@ def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):
     return out, scale, (bits if half else None)
 
 
-def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: np.ndarray):
+def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: np.ndarray, grid=None):
     """int32 index of the nearest point to each ``y = float32(v / s)`` (0 where ``s = 0``):
     ``pts`` the (N, P) points in float64, ``c0s`` their first coordinates sorted stably,
-    ``order`` that permutation (int32)."""
+    ``order`` that permutation (int32); for P = 2, ``grid`` the cell grid ``(zero, lo0, lo1,
+    inv0, inv1, cells, lut, multi)`` of :func:`quantbook.bulk.vq._grid_tables`, or None (the
+    scan alone)."""
     cp = G._cupy()
     vd = _device(v, cp.float32).reshape(-1)
     sd = _device(scales, cp.float32).reshape(-1)
     npts, p = (int(s) for s in pts.shape)
     vectors = int(vd.size) // p
     out = cp.empty(vectors, dtype=cp.int32)
-    if vectors:
+    if not vectors:
+        return out
+    scan = (G._device_const(c0s), G._device_const(order), G._device_const(pts), np.int32(npts), out)
+    if grid is None:
         _kernel("qbv_encode")((_grid(vectors),), (VK.CTA,),
-                              (vd, sd, np.int64(vectors), np.int32(group), np.int32(p), G._device_const(c0s),
-                               G._device_const(order), G._device_const(pts), np.int32(npts), out))
+                              (vd, sd, np.int64(vectors), np.int32(group), np.int32(p), *scan))
+    else:
+        zero, lo0, lo1, inv0, inv1, cells, lut, multi = grid
+        _kernel("qbv_encode_grid2")((_grid(vectors),), (VK.CTA,),
+                                    (vd, sd, np.int64(vectors), np.int32(group), np.int32(zero),
+                                     *(np.float64(a) for a in (lo0, lo1, inv0, inv1)), np.int32(cells),
+                                     G._device_const(lut), G._device_const(multi), *scan))
     return out
 
 

@@ -29,6 +29,9 @@ Kernels (``extern "C"``):
   nearest point by the exact sorted scan of :mod:`quantbook.bulk.cpu.vq_kernels` (the points
   ordered by their first coordinate, walked outward from ``y0`` until ``(y0 - c0)²`` alone
   exceeds the best distance; ties to the lower index);
+* ``qbv_encode_grid2`` — the same indices for P = 2, most vectors by one lookup in the cell
+  grid of :func:`quantbook.bulk.vq._grid_tables` and at most three distances (the numba
+  kernel's search), the rest by the candidate lists and the scan;
 * ``qbv_decode`` — a thread an output value: ``float32(points[idx][q] · s[group])``;
 * ``qbv_cast`` — float32 to float16 or bfloat16, rounded to nearest even with the exact
   conversions of :mod:`.kernels` (for results that stay on the device); a NaN with the bits
@@ -61,6 +64,11 @@ PARAMS = {
     "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
                   "int p, const double* __restrict__ c0s, const int* __restrict__ order, "
                   "const double* __restrict__ pts, int npts, int* __restrict__ out",
+    "qbv_encode_grid2": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
+                        "int zero, double lo0, double lo1, double inv0, double inv1, int cells, "
+                        "const int* __restrict__ lut, const int* __restrict__ multi, const double* __restrict__ c0s, "
+                        "const int* __restrict__ order, const double* __restrict__ pts, int npts, "
+                        "int* __restrict__ out",
     "qbv_decode": "const int* __restrict__ idx, const float* __restrict__ s, const float* __restrict__ pts, "
                   "float* __restrict__ out, qbv_i64 n, int group, int p",
     "qbv_cast": "const float* __restrict__ y, qb_u16* __restrict__ out, qbv_i64 n, int bf16",
@@ -113,6 +121,47 @@ __device__ __forceinline__ qb_u16 qbv_f64_to_f16(double d) {
 /* y[q] of a vector: float32(v / s), 0 where the group's scale is 0 */
 __device__ __forceinline__ double qbv_y(const float* __restrict__ v, qbv_i64 b, int q, float sc) {
     return sc == 0.0f ? 0.0 : (double)__fdiv_rn(v[b + q], sc);
+}
+
+/* squared distance of (y0, y1) to point i of a P = 2 table, summed as the scan sums it */
+__device__ __forceinline__ double qbv_d2(double y0, double y1, const double* __restrict__ pts, int i) {
+    const double a = __dsub_rn(y0, pts[2 * (qbv_i64)i]), c = __dsub_rn(y1, pts[2 * (qbv_i64)i + 1]);
+    return __dadd_rn(__dmul_rn(a, a), __dmul_rn(c, c));
+}
+
+/* the nearest point to y by the exact sorted scan (the module's docstring states it); y
+   holds the first QBV_KEEP coordinates, the rest are recomputed from v */
+__device__ __forceinline__ int qbv_scan(const double* y, const float* __restrict__ v, qbv_i64 b, int p,
+                                        float sc, const double* __restrict__ c0s,
+                                        const int* __restrict__ order, const double* __restrict__ pts,
+                                        int npts) {
+    const double y0 = y[0];
+    int lo = 0, hi = npts;                  /* the first sorted c0 >= y0 */
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (c0s[mid] < y0) lo = mid + 1;
+        else hi = mid;
+    }
+    double best = __longlong_as_double(0x7ff0000000000000LL);   /* +inf */
+    int bi = npts;
+    for (int dir = 1; dir >= -1; dir -= 2) {
+        for (int k = dir == 1 ? lo : lo - 1; 0 <= k && k < npts; k += dir) {
+            const double dx = __dsub_rn(y0, c0s[k]);
+            double d = __dmul_rn(dx, dx);
+            if (d > best) break;
+            const int i = order[k];
+            for (int q = 1; q < p; ++q) {
+                const double yq = q < QBV_KEEP ? y[q] : qbv_y(v, b, q, sc);
+                const double e = __dsub_rn(yq, pts[(qbv_i64)i * p + q]);
+                d = __dadd_rn(d, __dmul_rn(e, e));
+            }
+            if (d < best || (d == best && i < bi)) {
+                best = d;
+                bi = i;
+            }
+        }
+    }
+    return bi;
 }
 """
 
@@ -203,30 +252,49 @@ _BODIES = {
         const qbv_i64 b = t * p;
         double y[QBV_KEEP];
         for (int q = 0; q < p && q < QBV_KEEP; ++q) y[q] = qbv_y(v, b, q, sc);
-        const double y0 = y[0];
-        int lo = 0, hi = npts;                  /* the first sorted c0 >= y0 */
-        while (lo < hi) {
-            const int mid = (lo + hi) / 2;
-            if (c0s[mid] < y0) lo = mid + 1;
-            else hi = mid;
+        out[t] = qbv_scan(y, v, b, p, sc, c0s, order, pts, npts);
+    }
+""",
+    "qbv_encode_grid2": r"""
+    const int per = group / 2;
+    const double top = (double)(cells - 1);
+    for (qbv_i64 t = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; t < vectors;
+         t += (qbv_i64)gridDim.x * blockDim.x) {
+        const float sc = s[t / per];
+        if (sc == 0.0f) {
+            out[t] = zero;
+            continue;
         }
-        double best = __longlong_as_double(0x7ff0000000000000LL);   /* +inf */
-        int bi = npts;
-        for (int dir = 1; dir >= -1; dir -= 2) {
-            for (int k = dir == 1 ? lo : lo - 1; 0 <= k && k < npts; k += dir) {
-                const double dx = __dsub_rn(y0, c0s[k]);
-                double d = __dmul_rn(dx, dx);
-                if (d > best) break;
-                const int i = order[k];
-                for (int q = 1; q < p; ++q) {
-                    const double yq = q < QBV_KEEP ? y[q] : qbv_y(v, b, q, sc);
-                    const double e = __dsub_rn(yq, pts[(qbv_i64)i * p + q]);
-                    d = __dadd_rn(d, __dmul_rn(e, e));
-                }
-                if (d < best || (d == best && i < bi)) {
-                    best = d;
-                    bi = i;
-                }
+        const qbv_i64 b = 2 * t;
+        double y[QBV_KEEP];
+        y[0] = qbv_y(v, b, 0, sc);
+        y[1] = qbv_y(v, b, 1, sc);
+        const double fx = fmin(fmax(__dmul_rn(__dsub_rn(y[0], lo0), inv0), 0.0), top);
+        const double fy = fmin(fmax(__dmul_rn(__dsub_rn(y[1], lo1), inv1), 0.0), top);
+        const qbv_i64 cell = 3 * ((qbv_i64)(int)fx * cells + (int)fy);
+        const int e = lut[cell];
+        if (e >= 0) {            /* up to three candidates, ascending, padded with the first */
+            const int f = lut[cell + 1], h = lut[cell + 2];
+            const double da = qbv_d2(y[0], y[1], pts, e), db = qbv_d2(y[0], y[1], pts, f);
+            const double dc = qbv_d2(y[0], y[1], pts, h);
+            const bool lt = db < da;         /* strict: at equal distances the lower index stays */
+            const double best = lt ? db : da;
+            out[t] = dc < best ? h : (lt ? f : e);
+            continue;
+        }
+        const int k = -1 - e, m = multi[k];
+        if (m == 0) {            /* beyond the grid, or on its outer ring */
+            out[t] = qbv_scan(y, v, b, 2, sc, c0s, order, pts, npts);
+            continue;
+        }
+        double best = __longlong_as_double(0x7ff0000000000000LL);
+        int bi = 0;
+        for (int q = k + 1; q <= k + m; ++q) {   /* in index order: a tie keeps the lower */
+            const int i = multi[q];
+            const double d = qbv_d2(y[0], y[1], pts, i);
+            if (d < best) {
+                best = d;
+                bi = i;
             }
         }
         out[t] = bi;
