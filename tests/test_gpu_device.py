@@ -122,6 +122,19 @@ def test_scales_are_rounded_on_the_device(scale_dtype):
         np.testing.assert_array_equal(stat_of(), want_stat())
 
 
+def test_group_statistics_of_an_unaligned_view():
+    """A view 4 bytes off 16-byte alignment takes the statistics kernel's element loads (a
+    16-byte load there would fault): the reference's statistics."""
+    import cupy as cp
+
+    from quantbook.bulk import vq
+
+    v = np.random.default_rng(4).standard_normal(64 * 100 + 1).astype(np.float32)
+    for rule in ("rms", "absmax"):
+        got = vq.VQ_BACKENDS["gpu"].group_stat(cp.asarray(v)[1:], 64, rule)
+        np.testing.assert_array_equal(got, vq.VQ_BACKENDS["numpy"].group_stat(v[1:], 64, rule))
+
+
 def test_a_nan_of_the_un_rotation_has_the_hosts_bits():
     """inf - inf of decoded infinities: the GPU's own NaN has other bits than the host's,
     which the kernels write instead (as numpy and numba make it)."""

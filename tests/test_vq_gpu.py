@@ -84,15 +84,18 @@ def test_a_nan_of_the_rotation_has_the_hosts_bits(cp, monkeypatch):
 @pytest.mark.parametrize("group", [2, 64, 96])
 def test_group_statistics(cp, rule, group):
     """float64 per group, in index order; a group of zeros, one holding NaN and one holding
-    Inf give the reference's 0, NaN and inf."""
+    Inf give the reference's 0, NaN and inf; the same from a view off 16-byte alignment (the
+    kernel's element-by-element loads)."""
     rng = np.random.default_rng(group)
-    v = _spread(rng, 7 * group)
+    v = _spread(rng, 64 * group)   # enough groups that any other order of the sums shows
     v[:group] = 0.0
     v[group + 1] = np.nan
     v[3 * group] = -np.inf
     got = GPU.group_stat(v, group, rule)
     assert isinstance(got, np.ndarray) and got.dtype == np.float64
     np.testing.assert_array_equal(got, REF.group_stat(v, group, rule))
+    shifted = fake_device(np.concatenate([[np.float32(7)], v]))[1:]   # 4 bytes past alignment
+    assert shifted.data.ptr % 16 and np.array_equal(GPU.group_stat(shifted, group, rule), got, equal_nan=True)
 
 
 @pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
@@ -425,6 +428,7 @@ def test_ptx_is_plain_ieee(nvrtc):
         assert not re.search(r"\.approx|rcp\.", body), name
     body = {e.split("(")[0].strip(): e for e in entries}
     assert "div.rn.f32" in body["qbv_encode"] and "sqrt.rn.f64" in body["qbv_group_stat"]
+    assert re.search(r"ld\.global(\.nc)?\.v4\.f32", body["qbv_group_stat"])   # 16-byte loads where aligned
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -85,7 +85,7 @@ def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):
     if groups:
         _kernel("qbv_group_stat")((_grid(groups),), (VK.CTA,),
                                   (vd, out, scale, bits, np.int64(groups), np.int32(group), np.int32(absmax),
-                                   np.int32(half)))
+                                   np.int32(half), np.int32(group % 4 == 0 and vd.data.ptr % 16 == 0)))
     return out, scale, (bits if half else None)
 
 

@@ -24,7 +24,8 @@ Kernels (``extern "C"``):
 * ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
   ``max |v|`` (NaN when the group holds one), and the scale as stored: that float64 rounded
   to nearest even to float16 (its bits; with ``half``) or float32, and as the float32 the
-  encoder divides by (so that only the stored scales cross to the host);
+  encoder divides by (so that only the stored scales cross to the host); ``vec``: 16-byte
+  loads (``group`` a multiple of 4 and ``v`` 16-byte aligned);
 * ``qbv_encode`` — a thread a vector: ``y = float32(v / s)`` (0 where ``s == 0``), then the
   nearest point by the exact sorted scan of :mod:`quantbook.bulk.cpu.vq_kernels` (the points
   ordered by their first coordinate, walked outward from ``y0`` until ``(y0 - c0)²`` alone
@@ -60,7 +61,7 @@ PARAMS = {
     "qbv_butterfly": "double* __restrict__ buf, const double* __restrict__ sg, float* __restrict__ out, "
                      "qbv_i64 total, qbv_i64 n, qbv_i64 h, double inv, int inverse, int last, unsigned nan_bits",
     "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, float* __restrict__ scale, "
-                      "qb_u16* __restrict__ half_bits, qbv_i64 groups, int group, int absmax, int half",
+                      "qb_u16* __restrict__ half_bits, qbv_i64 groups, int group, int absmax, int half, int vec",
     "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
                   "int p, const double* __restrict__ c0s, const int* __restrict__ order, "
                   "const double* __restrict__ pts, int npts, int* __restrict__ out",
@@ -121,6 +122,17 @@ __device__ __forceinline__ qb_u16 qbv_f64_to_f16(double d) {
 /* y[q] of a vector: float32(v / s), 0 where the group's scale is 0 */
 __device__ __forceinline__ double qbv_y(const float* __restrict__ v, qbv_i64 b, int q, float sc) {
     return sc == 0.0f ? 0.0 : (double)__fdiv_rn(v[b + q], sc);
+}
+
+/* one value into a group's running statistic: acc + t^2 in float64, or the greatest |t|
+   (a NaN, once met, stays) */
+__device__ __forceinline__ double qbv_sq_step(double acc, float t) {
+    const double d = (double)t;
+    return __dadd_rn(acc, __dmul_rn(d, d));
+}
+__device__ __forceinline__ float qbv_absmax_step(float m, float t) {
+    const float a = fabsf(t);
+    return (m != m || (a <= m && a == a)) ? m : a;
 }
 
 /* squared distance of (y0, y1) to point i of a P = 2 table, summed as the scan sums it */
@@ -217,21 +229,28 @@ _BODIES = {
     for (qbv_i64 g = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
          g += (qbv_i64)gridDim.x * blockDim.x) {
         const float* w = v + g * group;
+        /* a thread reads its own group, so its loads are far from its neighbours': 16-byte
+           loads, several in flight, where alignment allows; the order of the sums is kept */
+        const int nv = vec ? group / 4 : 0;
+        const float4* w4 = reinterpret_cast<const float4*>(w);
         double r;
         if (absmax) {
             float m = 0.0f;
-            for (int j = 0; j < group; ++j) {
-                const float a = fabsf(w[j]);
-                if (a > m || a != a) m = a;
-                if (m != m) break;
+#pragma unroll 4
+            for (int j = 0; j < nv; ++j) {
+                const float4 q = w4[j];
+                m = qbv_absmax_step(qbv_absmax_step(qbv_absmax_step(qbv_absmax_step(m, q.x), q.y), q.z), q.w);
             }
+            for (int j = 4 * nv; j < group; ++j) m = qbv_absmax_step(m, w[j]);
             r = (double)m;
         } else {
             double acc = 0.0;
-            for (int j = 0; j < group; ++j) {
-                const double t = (double)w[j];
-                acc = __dadd_rn(acc, __dmul_rn(t, t));
+#pragma unroll 4
+            for (int j = 0; j < nv; ++j) {
+                const float4 q = w4[j];
+                acc = qbv_sq_step(qbv_sq_step(qbv_sq_step(qbv_sq_step(acc, q.x), q.y), q.z), q.w);
             }
+            for (int j = 4 * nv; j < group; ++j) acc = qbv_sq_step(acc, w[j]);
             r = __dsqrt_rn(__ddiv_rn(acc, (double)group));
         }
         out[g] = r;
