@@ -38,6 +38,14 @@ def _names(cp):
     return [name for name, _, _ in cp.launches]
 
 
+def _counted(sent, a, dev):
+    """``dev``, the device copy of ``a``, its bytes added to ``sent`` when ``a`` is a host
+    array (what crossed, after any conversion on the way)."""
+    if type(a) is np.ndarray:
+        sent.append(dev.nbytes)
+    return dev
+
+
 def _spread(rng, shape):
     """Seeded normals over eight decades, so that the float64 sums round differently from any
     other order of operations."""
@@ -321,6 +329,26 @@ def test_device_indices_are_checked_before_any_kernel(cp):
     assert not _names(cp)
 
 
+def test_indices_of_any_integer_type_decode_alike(cp, monkeypatch):
+    """uint8 (every value in range for N = 256: not scanned), uint16 (both byte orders),
+    int32 and int64 indices, host and device: the reference's values; host uint8 indices
+    cross at a byte each."""
+    sent = []
+    asarray = cp.asarray
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: _counted(sent, a, asarray(a, dtype)))
+    x = np.random.default_rng(6).standard_normal((8, 256)).astype(np.float32)
+    idx, st = quantize_vq(x, _higgs(), group=64, backend="numpy")
+    want = dequantize_vq(idx, st, backend="numpy")
+    for dt in (np.uint8, np.uint16, ">u2", np.int32, np.int64):
+        i = idx.astype(dt)
+        for backend in vq.VQ_BACKENDS:
+            assert bits_equal(dequantize_vq(i, st, backend=backend), want), (dt, backend)
+        assert bits_equal(dequantize_vq(fake_device(i.astype(np.dtype(dt).newbyteorder("="))), st), want)
+    sent.clear()
+    dequantize_vq(idx, st, backend="gpu")
+    assert idx.nbytes in sent and 4 * idx.nbytes not in sent
+
+
 def test_the_rounding_to_16_bits_on_the_device(cp):
     """float32 to float16 and bfloat16, to nearest even: ties, subnormals, overflow, ±0, ±inf,
     and NaNs of either sign with payloads, as numpy and ml_dtypes round them."""
@@ -363,8 +391,7 @@ def test_host_values_cross_as_they_are(cp, monkeypatch, dtype):
         dtype = pytest.importorskip("ml_dtypes").bfloat16
     sent, back = [], []
     asarray, to_host = cp.asarray, CudaBackend.to_host
-    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
-        sent.append(a.nbytes) if type(a) is np.ndarray else None) or asarray(a, dtype))
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: _counted(sent, a, asarray(a, dtype)))
     monkeypatch.setattr(CudaBackend, "to_host", lambda self, a: back.append(a.nbytes) or to_host(self, a))
     x = (np.random.default_rng(3).standard_t(4, (16, 256)) * 0.02).astype(dtype)   # larger than the tables
     for rotate in (None, "hadamard"):

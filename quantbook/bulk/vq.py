@@ -117,7 +117,7 @@ class VQBackend:
         raise NotImplementedError
 
     def decode(self, idx: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
-        """Flat float32 ``points[idx] · s``."""
+        """Flat float32 ``points[idx] · s`` (``idx`` flat, of any integer dtype, in range)."""
         raise NotImplementedError
 
     def to_host(self, a: Any) -> np.ndarray:
@@ -301,7 +301,7 @@ class NumbaVQ(VQBackend, name="cpu"):
 
     def decode(self, idx, scales, group, points):
         out = np.empty(idx.size * points.shape[1], _F)
-        _vq_kernels().decode(idx, scales, group, points, out)
+        _vq_kernels().decode(idx.astype(np.int64, copy=False), scales, group, points, out)
         return out
 
 
@@ -580,10 +580,12 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
         idx = be.device_indices(indices) if device else indices
         if tuple(idx.shape) != state.index_shape:
             raise ValueError(f"indices have shape {tuple(idx.shape)}, expected {state.index_shape}")
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= state.n_points:
-            raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {lo if lo < 0 else hi}")
-        flat = idx.reshape(-1) if device else np.ascontiguousarray(idx, dtype=np.int64).reshape(-1)
+        kind = np.dtype(idx.dtype)
+        if kind.kind != "u" or np.iinfo(kind).max >= state.n_points:   # else every value is in range
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= state.n_points:
+                raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {lo if lo < 0 else hi}")
+        flat = idx.reshape(-1) if device else np.ascontiguousarray(idx, dtype=kind.newbyteorder("=")).reshape(-1)
         y = be.decode(flat, be.widen_scales(state.scales), state.group, state.points)
         if state.rotate_size is not None:
             with np.errstate(over="ignore"):

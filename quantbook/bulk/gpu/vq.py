@@ -119,7 +119,9 @@ def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: n
 def decode_gpu(idx, scales, group: int, points: np.ndarray):
     """Flat float32 ``points[idx] · s`` (indices already checked to lie below N)."""
     cp = G._cupy()
-    idd = _device(idx, cp.int32).reshape(-1)
+    idd = cp.ascontiguousarray(cp.asarray(idx)).reshape(-1)   # host indices cross as they are
+    if idd.dtype != cp.int32:
+        idd = idd.astype(cp.int32)
     sd = _device(scales, cp.float32).reshape(-1)
     p = int(points.shape[1])
     n = int(idd.size) * p
