@@ -549,13 +549,13 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
             g = first_bad_scale(stored)   # the statistics are finite: an overflow to inf
             raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
                              f"pass scale_dtype='float32'")
-        idx = be.encode(v, scales, group, points)
+        idx = be.encode(v, scales, group, points).astype(index_dtype(n_pts), copy=False)   # before any copy
         if not device:
             idx = be.to_host(idx)
         state = VQState(codebook=name, points=points.copy(), scales=stored, shape=shape,
                         dtype=dtype_from_name(dtype), group=group, scale_rule=scale, scale_dtype=scale_dtype,
                         rotate_size=size, rotate_seed=seed)
-        return idx.astype(index_dtype(n_pts), copy=False).reshape(state.index_shape), state
+        return idx.reshape(state.index_shape), state
 
 
 def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
