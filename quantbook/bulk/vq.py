@@ -365,17 +365,17 @@ class CudaVQ(VQBackend, name="gpu"):
 
     def widen_scales(self, stored):
         # on the device: the stored bytes cross, and the host converts nothing
-        from .gpu.backend import _cupy
+        from .gpu.vq import load_gpu
 
-        cp = _cupy()
-        return cp.asarray(stored).astype(cp.float32)
+        return load_gpu(stored)
 
     def encode(self, v, scales, group, points):
         from .gpu.vq import encode_gpu
 
         n, p = points.shape
-        grid = _grid_tables(points.tobytes(), n) if p == 2 else None
-        return encode_gpu(v, scales, group, *_device_scan_tables(points.tobytes(), n, p), grid=grid)
+        raw = points.tobytes()
+        grid = _grid_tables(raw, n) if p == 2 else None
+        return encode_gpu(v, scales, group, *_device_scan_tables(raw, n, p), grid=grid)
 
     def decode(self, idx, scales, group, points):
         from .gpu.vq import decode_gpu

@@ -171,39 +171,35 @@ def _device_arch() -> tuple[str, str]:
     return f"compute_{max(lower)}", "ptx"      # the driver JIT-compiles newer GPUs
 
 
+def _load_module(text: str, filename: str):
+    """CUDA source ``text`` compiled for the current device (NVRTC, cached on disk) and loaded."""
+    load_nvrtc()
+    arch, out = _device_arch()
+    image = compile_source(text, arch, output=out, name=filename, use_cache=True)
+    mod = _cupy().cuda.function.Module()
+    mod.load(image)
+    return mod
+
+
 def _kernel(name: str):
-    cp = _cupy()
-    dev = cp.cuda.Device().id
-    key = (name, dev)
-    fn = _MODULES.get(key)
-    if fn is None:
-        load_nvrtc()
-        arch, out = _device_arch()
-        image = compile_source(K.source([name]), arch, output=out, name=f"{name}.cu",
-                               use_cache=True)
-        mod = cp.cuda.function.Module()
-        mod.load(image)
-        fn = mod.get_function(name)
-        _MODULES[key] = (mod, fn)
-    else:
-        fn = fn[1]
-    return fn
+    """The kernel ``name`` of :mod:`.kernels` for the current device, compiled alone (each
+    instantiation is its own module)."""
+    key = (name, _cupy().cuda.Device().id)
+    hit = _MODULES.get(key)
+    if hit is None:
+        mod = _load_module(K.source([name]), f"{name}.cu")
+        hit = _MODULES[key] = (mod, mod.get_function(name))
+    return hit[1]
 
 
 def module_kernel(modules: dict, source, filename: str, name: str):
     """The kernel ``name`` of a whole kernel module for the current device: ``source()`` is
     compiled once per device (NVRTC, cached on disk as the other kernels) into ``modules``
     (device -> (module, functions)), so one compile serves every kernel of the module."""
-    cp = _cupy()
-    dev = cp.cuda.Device().id
+    dev = _cupy().cuda.Device().id
     hit = modules.get(dev)
     if hit is None:
-        load_nvrtc()
-        arch, out = _device_arch()
-        image = compile_source(source(), arch, output=out, name=filename, use_cache=True)
-        mod = cp.cuda.function.Module()
-        mod.load(image)
-        hit = modules[dev] = (mod, {})
+        hit = modules[dev] = (_load_module(source(), filename), {})
     mod, fns = hit
     fn = fns.get(name)
     if fn is None:
