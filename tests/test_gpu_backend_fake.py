@@ -143,11 +143,14 @@ def test_nonfinite_blocks_code_as_numpy(cp, dtype, name, bits, bs):
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"), _BF16])
-@pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 16), ("max1960-n4", 2, 32), ("dynamic", 8, 4096)])
+@pytest.mark.parametrize("name,bits,bs", [("nf4", 4, 16), ("max1960-n4", 2, 32), ("dynamic", 8, 4096),
+                                          ("dynamic", 8, 1024), ("nf4", 4, 4096)])
 def test_every_vector_width_loops_over_tiles(cp, monkeypatch, dtype, name, bits, bs):
     """Each kernel's values a thread (16 for blocks of 16, 32 for the 16-bit types' larger
     blocks): numpy's bytes, on arrays long enough that every CTA of the capped grid (one SM,
-    two CTAs) loops over several tiles, with a ragged end; and dequantize's bytes on them."""
+    two CTAs) loops over several tiles, with a ragged end; and dequantize's bytes on them.
+    Blocks of 1024 and 4096 make groups of 64 to 256 threads, one to four a CTA, whose
+    maxima meet in the halves of shared memory that the tiles take in turn."""
     rng = np.random.default_rng(bs + bits)
     code = (np.asarray(dynamic_map(), np.float32) if name == "dynamic"
             else np.asarray(registry.get(name).code, np.float32))

@@ -67,6 +67,18 @@ def test_ptx_is_plain_ieee_float32(nvrtc):
             assert "div.rn.f32" in body, name
 
 
+def test_quantize_groups_meet_at_their_own_barriers(nvrtc):
+    """One CTA-wide barrier (after the tables are loaded); the warps of a quantization
+    block meet at a barrier of their group (an id and a thread count in registers), so the
+    other groups of the CTA do not wait for them."""
+    name = K.quantize_name("f16", 32, 4, 1)
+    ptx = compile_source(K.source([name]), "compute_90", output="ptx").decode()
+    bars = re.findall(r"\b(?:bar|barrier)\.sync(?:\.aligned)?\s+([^;]*);", ptx)
+    assert [b.strip() for b in bars if not b.strip().startswith("%")] == ["0"]
+    assert all(re.fullmatch(r"%r\d+, %r\d+", b.strip()) for b in bars if b.strip().startswith("%"))
+    assert len(bars) == 3                      # the table barrier; a group's, sorted and not
+
+
 def test_no_kernel_spills_registers(nvrtc):
     """ptxas' report for sm_90: every sampled kernel compiles to SASS and fits the registers
     its launch bounds leave (a spill would go through local memory for every value)."""

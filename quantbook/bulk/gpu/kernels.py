@@ -287,6 +287,16 @@ __device__ __forceinline__ void qb_load(const typename T::storage* __restrict__ 
     }
 }
 
+/* The G threads of one group meet at a barrier of their own (id 1 + group; 0 is
+   __syncthreads), so the other groups of the CTA go on meanwhile.                     */
+__device__ __forceinline__ void qb_group_sync(int group, int G) {
+#ifdef __CUDA_ARCH__
+    asm volatile("bar.sync %0, %1;" :: "r"(1 + group), "r"(G) : "memory");
+#else   /* host emulation: every thread of the CTA reaches it at the same point */
+    __syncthreads();
+#endif
+}
+
 /* Each thread owns V consecutive elements (16-byte loads); a quantization block of
    B = 2^log2B elements is G = B / V consecutive threads.  G <= 32: xor-shuffles inside
    the warp; G > 32: the CTA size is a multiple of G and the warps of a group combine
@@ -298,7 +308,7 @@ __device__ __forceinline__ void qb_quantize_body(
     const qb_u32 (&w)[V / QbWords<T>::per_word], qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, int K, qb_i64 e0,
     const qb_u16* s_bk, const float* s_b, const qb_u32* s_ord4, qb_u32* s_red)
-{
+{   /* s_red: this tile's 16 slots (one a warp) of the two the tiles take in turn */
     constexpr int PW = QbWords<T>::per_word;
     constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
     const qb_u32 kmax4 = 4u * (qb_u32)(K - 1);
@@ -321,10 +331,10 @@ __device__ __forceinline__ void qb_quantize_body(
             m = m > o ? m : o;
         }
         const int warp = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) s_red[warp] = m;
-        __syncthreads();
         const int wpg = G >> 5;
         const int g0 = (warp / wpg) * wpg;
+        if ((threadIdx.x & 31) == 0) s_red[warp] = m;
+        qb_group_sync(warp / wpg, G);
         m = s_red[g0];
         for (int q = 1; q < wpg; ++q) m = m > s_red[g0 + q] ? m : s_red[g0 + q];
     }
@@ -424,26 +434,28 @@ __device__ __forceinline__ void qb_quantize(
     __shared__ __align__(16) qb_u16 s_bk[QB_N_BUCKETS];
     __shared__ float s_b[QB_MAX_BOUNDS];
     __shared__ qb_u32 s_ord4[QB_MAX_TABLE];
-    __shared__ qb_u32 s_red[32];
+    __shared__ qb_u32 s_red[2 * 16];                      /* two tiles' slots, 16 warps each */
     for (int i = threadIdx.x; i < QB_N_BUCKETS / 8; i += blockDim.x)   /* 16-byte copies */
         reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
     for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
     for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord4[i] = 4u * (qb_u32)order[i];
     const qb_i64 tile = (qb_i64)blockDim.x * V;
     const qb_i64 stride = (qb_i64)gridDim.x * tile;
-    const bool big = ((1 << log2B) / V) > 32;             /* maxima meet in shared memory */
     __syncthreads();
-    for (qb_i64 t0 = (qb_i64)blockIdx.x * tile; t0 < n; t0 += stride) {
+    /* Tiles take the two halves of s_red in turn, so one barrier a tile is enough: a warp
+       writes a half again only two tiles later, after the barrier of the tile between,
+       which every warp of its group passes after reading that half.                    */
+    int half = 0;
+    for (qb_i64 t0 = (qb_i64)blockIdx.x * tile; t0 < n; t0 += stride, half ^= 16) {
         const qb_i64 e0 = t0 + (qb_i64)threadIdx.x * V;
         qb_u32 w[NW];
         qb_load<T, V>(x, n, vec_in, e0, w);
         if (ident)   /* uniform: the code table is sorted (NF4, ...), no order lookup */
             qb_quantize_body<T, V, PB, S, true>(w, packed, absmax, n, log2B, K, e0,
-                                                s_bk, s_b, s_ord4, s_red);
+                                                s_bk, s_b, s_ord4, s_red + half);
         else
             qb_quantize_body<T, V, PB, S, false>(w, packed, absmax, n, log2B, K, e0,
-                                                 s_bk, s_b, s_ord4, s_red);
-        if (big) __syncthreads();                         /* s_red is reused by the next tile */
+                                                 s_bk, s_b, s_ord4, s_red + half);
     }
 }
 
