@@ -153,7 +153,7 @@ def _launchers() -> str:
                 q = K.quantize_name(d, v, p, k)
                 out.append(
                     f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
-                    f" float* absmax, qb_i64 n, int log2B, const qb_u16* bucket, const float* bounds,"
+                    f" float* absmax, qb_i64 n, int log2B, const qb_u8* bucket, const float* bounds,"
                     f" int nbounds, const int* order, int K, int ident, int vec_in) {{ qb_run_grid(grid,"
                     f" block, [&] {{ {q}(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K,"
                     f" ident, vec_in); }}); }}")

@@ -109,19 +109,31 @@ def _want(code, y):
     return F.code_encoder(code)(np.clip(y, -1, 1)).astype(np.int64)
 
 
+def _encodes_as_the_format(code, y, tabs):
+    """The tables' encoder against the format's on ``y``: all of it for the coarse layout,
+    the kernel's range (|y| < 2 and NaN) for the fine one, which refuses the rest."""
+    if tabs.fine:
+        outside = np.abs(y) >= 2
+        assert outside.any()
+        with pytest.raises(ValueError, match=r"\|y\| < 2"):
+            encode_with_tables(y, tabs)
+        y = y[~outside]
+    return np.array_equal(encode_with_tables(y, tabs), _want(code, y))
+
+
 @pytest.mark.parametrize("name", sorted(registry.REGISTRY))
 def test_encoder_tables_match_the_format(name):
     code = np.asarray(registry.get(name).code, np.float32)
     enc = F.code_encoder(code)
     y = _probe_points(np.concatenate([enc.bounds, code]), np.random.default_rng(0))
-    want = _want(code, y)
     bits = registry.get(name).bits
     for P in (None, search_size(G.packing_for_bits(bits)), 256):
         tabs = encoder_tables(code, P)
         below = int(np.count_nonzero(enc.bounds < -1))          # folded clamp drops these ranks
         assert tabs.P >= code.size and tabs.K == code.size - below and tabs.P & (tabs.P - 1) == 0
         assert tabs.ident == (below == 0 and bool(np.array_equal(enc.order, np.arange(code.size))))
-        assert np.array_equal(encode_with_tables(y, tabs), want)
+        assert tabs.fine == (tabs.P == 256)
+        assert _encodes_as_the_format(code, y, tabs)
 
 
 def test_encoder_tables_dynamic_map_and_odd_sizes():
@@ -130,7 +142,10 @@ def test_encoder_tables_dynamic_map_and_odd_sizes():
                  rng.uniform(-1, 1, 100).astype(np.float32)):
         y = _probe_points(np.concatenate([F.code_encoder(code).bounds, code]), rng)
         for P in (None, 256):
-            assert np.array_equal(encode_with_tables(y, encoder_tables(code, P)), _want(code, y))
+            assert _encodes_as_the_format(code, y, encoder_tables(code, P))
+    # the fine layout's buckets are four times narrower: one compare a value for the
+    # dynamic map, which takes two in the coarse one
+    assert encoder_tables(dynamic_map(), 256).steps == 1
     with pytest.raises(ValueError, match="power of two"):
         encoder_tables(np.zeros(17, np.float32), 16)
 

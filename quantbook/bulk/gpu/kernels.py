@@ -38,7 +38,7 @@ Kernels (``extern "C"``; one instantiation per name):
 
 from __future__ import annotations
 
-from .tables import BUCKET_SHIFT, N_BUCKETS
+from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
 PACKINGS = (1, 2, 4, 8)
@@ -221,35 +221,57 @@ template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b
 /* ---- encoder ------------------------------------------------------------------- */
 /* bitsandbytes 0.50.2 (torch.bucketize on float32 midpoints): rank = #{k : bounds[k] < y},
    then the code index order[rank] (stable argsort of the code table; skipped when it is
-   the identity).  The rank of the smallest value of y's bucket (its float32 bits >> 19)
-   comes from a table; S compares of a branchless binary search over the bounds that
-   follow add the bounds inside the bucket (quantbook/bulk/gpu/tables.py builds both).
+   the identity).  The rank of the smallest value of y's bucket (a few of its float32
+   bits: the coarse or, for codes of a byte, the fine layout) comes from a table; S
+   compares of a branchless binary search over the bounds that follow add the bounds
+   inside the bucket (quantbook/bulk/gpu/tables.py builds both and defines the layouts).
    NaN ranks last, as numpy.searchsorted(bounds, NaN, 'left') (the api rejects
    non-finite input); only blocks with a non-finite maximum can hold a NaN y, so the
    caller asks for the test (CHECK_NAN) only there.                                    */
-template <int S, bool IDENT, bool CHECK_NAN>
-__device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u16* s_bk, const float* s_b,
-                                            const qb_u32* s_ord4, qb_u32 kmax4) {
-    /* Returns 4 x the code index.  No clamp: the host folded it into the table (bounds
-       >= 1 are +inf; bounds < -1 dropped, ranks start after them).  Ranks and codes are
-       held times 4, as byte offsets into the 32-bit tables, so a compare needs no scaling
-       and the packer's shifts absorb the factor.                                       */
+
+/* Codes leave the encoder shifted left by this much (the packer's shifts absorb it) */
+__device__ constexpr int qb_code_shift(int PB) { return PB == 8 ? 0 : 2; }
+
+template <int S, bool IDENT, bool CHECK_NAN, bool FINE>
+__device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u8* s_bk, const float* s_b,
+                                            const qb_u32* s_ord, qb_u32 kmax) {
+    /* Returns the code index << qb_code_shift (s_ord and kmax are held so).  No clamp: the
+       host folded it into the table (bounds >= 1 are +inf; bounds < -1 dropped, ranks
+       start after them).  The coarse layout holds ranks and codes times 4, as byte offsets
+       into the 32-bit tables, so a compare needs no scaling; the fine layout, for codes of
+       a byte, holds them as they are, so a byte needs no shift back.                   */
     qb_u32 i = __float_as_uint(y);
+    if constexpr (FINE) {   /* codes of a byte: the fine layout (tables.py), |y| < 2 or NaN */
+        const qb_u32 t = i >> QB_FINE_SHIFT, u = i >> (QB_FINE_SHIFT + 1);
+        qb_u32 k;                                         /* u's sign over t's exponent top bit */
+#ifdef __CUDA_ARCH__   /* one bit select (NVVM would split it in two) */
+        asm("lop3.b32 %0, %1, 0x1fff, %2, 0xe2;" : "=r"(k) : "r"(t), "r"(u));
+#else
+        k = (t & 0x1fffu) | (u & ~0x1fffu);
+#endif
+        qb_u32 r = s_bk[k];
+#pragma unroll
+        for (int s = (1 << S) >> 1; s > 0; s >>= 1)
+            if (s_b[r + (unsigned)(s - 1)] < y) r += (unsigned)s;
+        if constexpr (CHECK_NAN) { if (y != y) r = kmax; }
+        if constexpr (IDENT) return r;
+        else return s_ord[r];
+    }
 #ifdef __CUDA_ARCH__   /* kept a shift: NVVM would fold it into the index as (>> 18) & ~1 */
     asm("shr.b32 %0, %0, %1;" : "+r"(i) : "n"(QB_BUCKET_SHIFT));
 #else
     i >>= QB_BUCKET_SHIFT;
 #endif
-    qb_u32 kb = s_bk[i];
+    qb_u32 kb = reinterpret_cast<const qb_u16*>(s_bk)[i];
 #pragma unroll
     for (int s = (1 << S) >> 1; s > 0; s >>= 1) {         /* s_b[k + s - 1] */
         const float b = *reinterpret_cast<const float*>(
             reinterpret_cast<const char*>(s_b) + kb + 4u * (unsigned)(s - 1));
         if (b < y) kb += 4u * (unsigned)s;
     }
-    if constexpr (CHECK_NAN) { if (y != y) kb = kmax4; }
+    if constexpr (CHECK_NAN) { if (y != y) kb = kmax; }
     if constexpr (IDENT) return kb;
-    else return *reinterpret_cast<const qb_u32*>(reinterpret_cast<const char*>(s_ord4) + kb);
+    else return *reinterpret_cast<const qb_u32*>(reinterpret_cast<const char*>(s_ord) + kb);
 }
 
 /* ---- quantize: absmax + scale + encode + pack, one pass -------------------------- */
@@ -307,11 +329,12 @@ template <typename T, int V, int PB, int S, bool IDENT>
 __device__ __forceinline__ void qb_quantize_body(
     const qb_u32 (&w)[V / QbWords<T>::per_word], qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, int K, qb_i64 e0,
-    const qb_u16* s_bk, const float* s_b, const qb_u32* s_ord4, qb_u32* s_red)
+    const qb_u8* s_bk, const float* s_b, const qb_u32* s_ord, qb_u32* s_red)
 {   /* s_red: this tile's 16 slots (one a warp) of the two the tiles take in turn */
     constexpr int PW = QbWords<T>::per_word;
     constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
-    const qb_u32 kmax4 = 4u * (qb_u32)(K - 1);
+    constexpr int CS = qb_code_shift(PB);
+    const qb_u32 kmax = (qb_u32)(K - 1) << CS;
 
     qb_u32 m = QbAbsBits<T>::word(w[0]);
 #pragma unroll
@@ -365,13 +388,13 @@ __device__ __forceinline__ void qb_quantize_body(
     qb_u32 c[V];
     if (amax < __uint_as_float(0x7f800000u)) {            /* finite: y is never NaN */
 #pragma unroll
-        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false>(y[j], s_bk, s_b, s_ord4, kmax4);
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false, PB == 8>(y[j], s_bk, s_b, s_ord, kmax);
     } else {                                              /* NaN / Inf in the block: rare */
 #pragma unroll
-        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true>(y[j], s_bk, s_b, s_ord4, kmax4);
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true, PB == 8>(y[j], s_bk, s_b, s_ord, kmax);
         const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
         if (nvalid < V) {
-            const qb_u32 zc = qb_encode<S, IDENT, false>(0.0f, s_bk, s_b, s_ord4, kmax4);
+            const qb_u32 zc = qb_encode<S, IDENT, false, PB == 8>(0.0f, s_bk, s_b, s_ord, kmax);
 #pragma unroll
             for (int j = 0; j < V; ++j)
                 if (j >= nvalid) c[j] = zc;
@@ -380,7 +403,7 @@ __device__ __forceinline__ void qb_quantize_body(
 
     /* Little-endian 32-bit words of packed codes, the first code of a byte in its top
        bits: code j of a word goes to bit 8 * (j / CPB) + (CPB - 1 - j % CPB) * PB, and
-       c = 4 x code, so each lands with one shift-add (the codes do not overlap).       */
+       c = code << CS, so each lands with one shift-add (the codes do not overlap).       */
     constexpr int CPB = (PB == 8) ? 1 : 8 / PB;           /* codes per byte */
     constexpr int NB = V / CPB;                           /* output bytes per thread */
     constexpr int NO = (NB + 3) / 4;                      /* words (NB = 2: half of one) */
@@ -393,7 +416,7 @@ __device__ __forceinline__ void qb_quantize_body(
             if (q * 4 * CPB + j < V) {
                 const int bit = 8 * (j / CPB) + (CPB - 1 - j % CPB) * PB;
                 const qb_u32 cj = c[q * 4 * CPB + j];
-                acc += (bit >= 2) ? (cj << (bit - 2)) : (cj >> (2 - bit));
+                acc += (bit >= CS) ? (cj << (bit - CS)) : (cj >> (CS - bit));
             }
         }
         ow[q] = acc;
@@ -426,19 +449,19 @@ __device__ __forceinline__ void qb_quantize_body(
 template <typename T, int V, int PB, int S>
 __device__ __forceinline__ void qb_quantize(
     const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
-    float* __restrict__ absmax, qb_i64 n, int log2B, const qb_u16* __restrict__ bucket,
+    float* __restrict__ absmax, qb_i64 n, int log2B, const qb_u8* __restrict__ bucket,
     const float* __restrict__ bounds, int nbounds, const int* __restrict__ order, int K,
     int ident, int vec_in)
 {
     constexpr int NW = V / QbWords<T>::per_word;
-    __shared__ __align__(16) qb_u16 s_bk[QB_N_BUCKETS];
+    __shared__ __align__(16) qb_u8 s_bk[QB_BUCKET_BYTES];  /* either layout's table */
     __shared__ float s_b[QB_MAX_BOUNDS];
-    __shared__ qb_u32 s_ord4[QB_MAX_TABLE];
+    __shared__ qb_u32 s_ord[QB_MAX_TABLE];
     __shared__ qb_u32 s_red[2 * 16];                      /* two tiles' slots, 16 warps each */
-    for (int i = threadIdx.x; i < QB_N_BUCKETS / 8; i += blockDim.x)   /* 16-byte copies */
+    for (int i = threadIdx.x; i < QB_BUCKET_BYTES / 16; i += blockDim.x)   /* 16-byte copies */
         reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
     for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
-    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord4[i] = 4u * (qb_u32)order[i];
+    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u32)order[i] << qb_code_shift(PB);
     const qb_i64 tile = (qb_i64)blockDim.x * V;
     const qb_i64 stride = (qb_i64)gridDim.x * tile;
     __syncthreads();
@@ -452,10 +475,10 @@ __device__ __forceinline__ void qb_quantize(
         qb_load<T, V>(x, n, vec_in, e0, w);
         if (ident)   /* uniform: the code table is sorted (NF4, ...), no order lookup */
             qb_quantize_body<T, V, PB, S, true>(w, packed, absmax, n, log2B, K, e0,
-                                                s_bk, s_b, s_ord4, s_red + half);
+                                                s_bk, s_b, s_ord, s_red + half);
         else
             qb_quantize_body<T, V, PB, S, false>(w, packed, absmax, n, log2B, K, e0,
-                                                 s_bk, s_b, s_ord4, s_red + half);
+                                                 s_bk, s_b, s_ord, s_red + half);
     }
 }
 
@@ -600,7 +623,7 @@ def _quantize_wrapper(dtype: str, vec: int, packing: int, steps: int) -> str:
         f'extern "C" __global__ void __launch_bounds__(512, {_min_ctas(vec)}) '
         f'{quantize_name(dtype, vec, packing, steps)}(\n'
         f"    const {t}::storage* x, qb_u8* packed, float* absmax, qb_i64 n, int log2B,\n"
-        f"    const qb_u16* bucket, const float* bounds, int nbounds, const int* order, int K,\n"
+        f"    const qb_u8* bucket, const float* bounds, int nbounds, const int* order, int K,\n"
         f"    int ident, int vec_in) {{\n"
         f"  qb_quantize<{t}, {vec}, {packing}, {steps}>"
         f"(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K, ident, vec_in);\n}}\n"
@@ -666,7 +689,8 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     if unknown:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
     # the encoder tables' layout, from the one place that builds them
-    parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_N_BUCKETS {N_BUCKETS}\n", _COMMON]
+    parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
+             f"#define QB_BUCKET_BYTES {BUCKET_BYTES}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
             for v in quantize_vecs(d, p):

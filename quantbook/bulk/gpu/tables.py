@@ -6,13 +6,21 @@ The encoder is the format's (:mod:`quantbook.codebooks.encoding`, float32): ``ra
 * the clamp of ``y`` to [-1, 1] is folded into the table (bounds >= 1 become +inf; the
   bounds < -1 are dropped and the ranks start after them: the same code for every float32
   ``y``, +-inf included), so the kernel does not clamp;
-* a **bucket table** indexed by ``y``'s float32 bits ``>> 19`` (sign, exponent and the top
-  four mantissa bits: 8192 buckets, each an interval of ``y`` of relative width <= 1/16) holds
-  the rank of the bucket's smallest value; within a bucket the rank can only grow past the
-  bounds that lie inside it, at most ``2**steps - 1`` of them, so a binary search of
-  ``steps`` compares over ``bounds[lo : lo + 2**steps - 1]`` finishes it (the bounds are
-  padded with +inf).  For NF4 ``steps`` is 1: one table read and one compare a value, where
-  a plain binary search takes four;
+* a **bucket table** (16 KB) holds the rank of the smallest value of each bucket of ``y``;
+  within a bucket the rank can only grow past the bounds that lie inside it, at most
+  ``2**steps - 1`` of them, so a binary search of ``steps`` compares over
+  ``bounds[lo : lo + 2**steps - 1]`` finishes it (the bounds are padded with +inf).  Two
+  layouts (:func:`bucket_index`):
+
+  - *coarse*, for tables of up to 16 codes: ``y``'s float32 bits ``>> 19`` (sign, exponent
+    and four mantissa bits: 8192 buckets, each an interval of relative width <= 1/16),
+    uint16 entries holding 4 x the rank.  For NF4 ``steps`` is 1: one table read and one
+    compare a value, where a plain binary search takes four;
+  - *fine*, for tables of 256 (codes of a byte): the sign, the exponent's low seven bits
+    and six mantissa bits (16384 buckets of relative width <= 1/64), uint8 entries holding
+    the rank.  Dropping the exponent's top bit limits it to ``|y| < 2`` (and NaN, whose
+    bucket is read and overridden): what the kernel's ``y = x / absmax`` always is.  For
+    bitsandbytes' dynamic map ``steps`` is 1 (2 in the coarse layout);
 * NaN takes rank ``K - 1``, as numpy's ``searchsorted`` (the kernel tests for it).
 """
 
@@ -24,21 +32,29 @@ import numpy as np
 
 from ..format import check_code_table, code_encoder
 
-__all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "MAX_TABLE",
-           "BUCKET_SHIFT", "N_BUCKETS", "MAX_STEPS"]
+__all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "bucket_index",
+           "fine_layout", "MAX_TABLE", "BUCKET_SHIFT", "N_BUCKETS", "FINE_SHIFT", "N_FINE", "BUCKET_BYTES",
+           "MAX_STEPS"]
 
 MAX_TABLE = 256
-#: ``y``'s float32 bits are shifted right by this much to index the bucket table
+#: coarse layout: ``y``'s float32 bits are shifted right by this much to index the table
 BUCKET_SHIFT = 19
 N_BUCKETS = 1 << (32 - BUCKET_SHIFT)
+#: fine layout: the bits are shifted right by this much, and the exponent's top bit dropped
+FINE_SHIFT = 17
+N_FINE = 1 << (31 - FINE_SHIFT)
+#: bytes of either layout's table (what a kernel copies to shared memory)
+BUCKET_BYTES = 2 * N_BUCKETS
+assert BUCKET_BYTES == N_FINE
 #: the most compares a value can need: a table of 256 codes
 MAX_STEPS = 8
 
 
 @dataclass(frozen=True)
 class EncoderTables:
-    """What the quantize kernel receives: ``bucket`` (uint16, ``N_BUCKETS``: 4 x the rank of
-    each bucket's smallest value, a byte offset into ``bounds``), ``bounds`` (float32: the
+    """What the quantize kernel receives: ``bucket`` (the coarse layout: uint16, ``N_BUCKETS``,
+    4 x the rank of each bucket's smallest value, a byte offset into ``bounds``; the fine
+    layout, ``fine``: uint8, ``N_FINE``, the rank), ``bounds`` (float32: the
     bounds with the clamp folded in, then +inf up to ``K - 1 + 2**steps`` entries), ``order``
     (int32, 256: the code index of each rank), ``steps`` (compares a value needs), ``K``
     (reachable ranks: the table size less the bounds below -1) and ``ident`` (``order`` is
@@ -52,6 +68,7 @@ class EncoderTables:
     P: int
     K: int
     ident: bool
+    fine: bool
 
 
 #: tables by code table and P, at most _CACHE_SIZE of them (about 18 KB each)
@@ -64,8 +81,35 @@ def search_size(packing: int) -> int:
     return 1 << (8 if packing == 8 else packing)
 
 
-def _bucket_ranges() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(smallest, largest value, is-NaN-only) of every bucket, as float32."""
+def fine_layout(P: int) -> bool:
+    """Whether the tables of a kernel packing's ``P`` (:func:`search_size`) use the fine
+    layout: those of codes of a byte."""
+    return P == MAX_TABLE
+
+
+def bucket_index(y, fine: bool) -> np.ndarray:
+    """The bucket of float32 ``y`` in a layout (as the kernel computes it).  The fine layout
+    keeps the sign and drops the exponent's top bit, so it holds only ``|y| < 2`` (and NaN,
+    which lands in some bucket and is overridden): other ``y`` are an error here."""
+    bits = np.asarray(y, dtype=np.float32).view(np.uint32)
+    if not fine:
+        return bits >> np.uint32(BUCKET_SHIFT)
+    if np.any(((bits & np.uint32(0x7FFFFFFF)) >= np.uint32(0x40000000)) & ((bits & np.uint32(0x7FFFFFFF))
+                                                                           <= np.uint32(0x7F800000))):
+        raise ValueError("the fine bucket layout holds only |y| < 2 and NaN")
+    t, u = bits >> np.uint32(FINE_SHIFT), bits >> np.uint32(FINE_SHIFT + 1)
+    return (t & np.uint32(0x1FFF)) | (u & np.uint32(0x2000))
+
+
+def _bucket_ranges(fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(smallest, largest value, is-NaN-only) of every bucket of a layout, as float32."""
+    if fine:   # sign at bit 13 of the index, bit 31 of y; the exponent's top bit is 0
+        idx = np.arange(N_FINE, dtype=np.uint32)
+        lo_bits = ((idx >> np.uint32(13)) << np.uint32(31)) | ((idx & np.uint32(0x1FFF)) << np.uint32(FINE_SHIFT))
+        hi_bits = lo_bits | np.uint32((1 << FINE_SHIFT) - 1)
+        neg = (idx >> np.uint32(13)) == 1
+        a, b = lo_bits.view(np.float32), hi_bits.view(np.float32)
+        return np.where(neg, b, a), np.where(neg, a, b), np.zeros(idx.size, bool)
     idx = np.arange(N_BUCKETS, dtype=np.uint32)
     lo_bits = idx << np.uint32(BUCKET_SHIFT)
     hi_bits = lo_bits | np.uint32((1 << BUCKET_SHIFT) - 1)
@@ -101,7 +145,8 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
     # bounds >= 1 are above every clamped y: +inf.
     m = int(np.count_nonzero(bounds < -1))
     kept = np.where(bounds[m:] >= 1, np.float32(np.inf), bounds[m:]).astype(np.float32)
-    ymin, ymax, nan_only = _bucket_ranges()
+    fine = fine_layout(int(P))
+    ymin, ymax, nan_only = _bucket_ranges(fine)
     lo = np.searchsorted(kept, ymin, side="left")
     hi = np.searchsorted(kept, ymax, side="left")
     lo = np.where(nan_only, 0, lo)
@@ -111,11 +156,11 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
     b[: kept.size] = kept
     o = np.zeros(MAX_TABLE, dtype=np.int32)
     o[: k - m] = order[m:]
-    bucket = (4 * lo).astype(np.uint16)
+    bucket = lo.astype(np.uint8) if fine else (4 * lo).astype(np.uint16)
     for arr in (b, o, bucket):
         arr.setflags(write=False)
     ident = m == 0 and bool(np.array_equal(order, np.arange(k)))
-    tabs = EncoderTables(b, o, bucket, steps, int(P), int(k - m), ident)
+    tabs = EncoderTables(b, o, bucket, steps, int(P), int(k - m), ident, fine)
     if len(_CACHE) >= _CACHE_SIZE:   # many fitted codebooks: keep the memory bounded
         _CACHE.clear()
     _CACHE[key] = tabs
@@ -124,10 +169,11 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
 
 def encode_with_tables(y, tabs: EncoderTables) -> np.ndarray:
     """numpy emulation of the kernel's encoder on float32 ``y`` (scaled, NOT clamped: the
-    table does it): the bucket read, then ``steps`` compares of a branchless binary search.
-    Documents, and lets CPU tests check, what the device computes."""
+    table does it; the fine layout holds only ``|y| < 2`` and NaN): the bucket read, then
+    ``steps`` compares of a branchless binary search.  Documents, and lets CPU tests check,
+    what the device computes."""
     y = np.asarray(y, dtype=np.float32)
-    k = tabs.bucket[y.view(np.uint32) >> np.uint32(BUCKET_SHIFT)].astype(np.int64) // 4
+    k = tabs.bucket[bucket_index(y, tabs.fine)].astype(np.int64) // (1 if tabs.fine else 4)
     s = (1 << tabs.steps) >> 1
     with np.errstate(invalid="ignore"):
         while s > 0:
