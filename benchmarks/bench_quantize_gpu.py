@@ -24,7 +24,9 @@ status is 2 if any differ, 1 when no CUDA device is usable.
 Back-to-back calls let the host's work for a call (argument checks, allocation, the launch:
 printed first, per call, from calls on 2**12 values) overlap the previous call's kernel, as when
 a model's tensors are quantized one after another; ``--calls 1`` times a lone call, whose host
-work the GPU waits for (docs/benchmarks.md compares the two).
+work the GPU waits for (docs/benchmarks.md compares the two).  The public ``quantize()`` and
+``dequantize()`` are timed too, once per dtype (NF4, B = 64, all ``n`` values): their state
+is kept on the host, so the line shows what that costs against the kernels.
 
 ``--warmup`` seconds of device copies come first: on a fresh H100 the first configurations
 measured 5–10 % slower than the same ones a minute later (2026-11-26).
@@ -77,6 +79,45 @@ def _host_us(fn, sync) -> float:
     t = time.perf_counter() - t0
     sync()
     return 1e6 * t / calls
+
+
+def _end_to_end(x, dname: str, repeat: int, sync, make_events, calls: int, G) -> None:
+    """One line: the public ``quantize()``/``dequantize()`` (NF4, B = 64, lone calls: the state
+    and its absmax live on the host, so each call waits for a copy) against the kernels alone
+    (``calls`` back-to-back calls), on the same values.  bfloat16 goes through torch."""
+    import quantbook
+
+    from quantbook.codebooks import registry
+
+    xa = x
+    if dname == "bfloat16":
+        try:
+            import torch
+
+            xa = torch.from_dlpack(x).view(torch.bfloat16)
+            why = None if xa.is_cuda else "torch does not see the array on a GPU"
+        except Exception as exc:   # no torch: the raw bits are not a bfloat16 array
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if why:
+            print(f"{dname:9s} end to end: not measured ({why})")
+            return
+    code, st = registry.get("nf4").code_f32, {}
+
+    def q_api():
+        st["p"], st["s"] = quantbook.quantize(xa, "nf4", 64, backend="gpu")
+
+    def d_api():
+        quantbook.dequantize(st["p"], st["s"], backend="gpu")
+
+    def q_k():
+        st["kp"], st["ka"] = G.quantize_gpu(x, code, 4, 64, input_dtype="bfloat16" if dname == "bfloat16" else None)
+
+    def d_k():
+        G.dequantize_gpu(st["kp"], st["ka"], code, 4, 64, int(x.size), dname)
+
+    t = [_median_ms(f, repeat, sync, make_events, c) for f, c in ((q_api, 1), (d_api, 1), (q_k, calls), (d_k, calls))]
+    print(f"{dname:9s} end to end (NF4, B = 64): quantize() {t[0]:.3f} ms, dequantize() {t[1]:.3f} ms; "
+          f"the kernels {t[2]:.3f} ms, {t[3]:.3f} ms")
 
 
 def _csv(text: str, conv) -> list:
@@ -238,6 +279,7 @@ def main(argv=None) -> int:
             h_q = _host_us(q_small, sync)
             h_d = _host_us(lambda: G.dequantize_gpu(hs["p"], hs["a"], cs, bs0, 64, xs.size, dname), sync)
             print(f"{dname:9s} host work a call: quantize {h_q:.0f} us, dequantize {h_d:.0f} us")
+            _end_to_end(x, dname, args.repeat, sync, cp_events, args.calls, G)
         tx = None
         if bnbF is not None:
             tx = torch.from_dlpack(x)
