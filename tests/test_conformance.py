@@ -286,6 +286,11 @@ def test_eight_bit_table(be):
         _check_against_reference(be, adversarial_input(64 * 3 + 9, 64, code, rng).astype(dtype), code, 8, 64)
     _check_against_reference(be, adversarial_input(16 * 5 + 3, 16, code[:64], rng).astype(np.float16),
                              code[:64], 6, 16)
+    # unsorted (the order lookup after the rank) and reaching beyond [-1, 1] (the bounds
+    # below -1 fold into the first rank): the other encoder paths of codes of a byte
+    for table in (code[rng.permutation(code.size)], (code * np.float32(1.5))[::-1].copy()):
+        for dtype in (np.float32, np.float16):
+            _check_against_reference(be, adversarial_input(64 * 3 + 9, 64, table, rng).astype(dtype), table, 8, 64)
 
 
 def _division_sensitive_tail(code, rng):
