@@ -332,3 +332,21 @@ def test_qmax_outside_the_scaled_layouts_is_refused_not_ignored(scale):
     with pytest.raises(ValueError, match="qmax applies only with a rule of the scaled layouts"):
         qb.quantize(x, "nf4", 64, scale=scale, qmax=3.0, backend="numpy")
     qb.quantize(x, "nf4", 64, scale=scale, qmax=6.0, backend="numpy")   # the default, spelled out
+
+
+def test_nonfinite_error_names_the_first_nonfinite_scale():
+    """format.nonfinite_error (an integer maximum of the bits first) against numpy's isfinite,
+    over float32's special values: negative and negative-zero scales are finite, so no error."""
+    from quantbook.bulk.format import nonfinite_error
+
+    good = np.abs(np.random.default_rng(4).standard_normal(37)).astype(np.float32)
+    for v in np.array([0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38, -1.0, np.inf, -np.inf, np.nan, -np.nan],
+                      dtype=np.float32):
+        arr = good.copy()
+        arr[[5, 11]] = v
+        err = nonfinite_error(arr, 64, 37 * 64)
+        if np.isfinite(v):
+            assert err is None, v
+        else:
+            assert "first in block 5 (elements 320..383 " in str(err), v
+    assert nonfinite_error(good[:0], 64, 0) is None

@@ -14,7 +14,7 @@ from ..codebooks.blocks import MAX_BLOCK, MIN_BLOCK, check_block_size, is_int
 from ..codebooks.encoding import Encoder, encoder
 
 __all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int", "as_scalar", "as_int",
-           "check_bits", "nonfinite_error",
+           "check_bits", "nonfinite_error", "finite_nonnegative_bits",
            "check_code_table", "codes_per_byte", "packed_length", "n_blocks", "decode_table",
            "code_encoder", "scale_blocks", "pack_codes", "unpack_codes"]
 
@@ -63,9 +63,19 @@ def check_code_table(code: Any, bits: int | None = None) -> np.ndarray:
     return c
 
 
+def finite_nonnegative_bits(s: np.ndarray) -> bool:
+    """Whether every entry of a native float16/float32 array is finite and non-negative, by
+    one integer maximum: those are the floats whose bits lie below +inf's (-0.0 is not).  A
+    sufficient test, so a caller checks value by value only when it fails."""
+    inf = np.array(np.inf, dtype=s.dtype).view(f"u{s.dtype.itemsize}")
+    return not s.size or bool(s.view(inf.dtype).max() < inf)
+
+
 def nonfinite_error(scales: np.ndarray, block_size: int, n: int) -> ValueError | None:
     """The error for input with NaN or Inf, found by its non-finite block scales (host
     float32), naming the first bad block; None when every scale is finite."""
+    if finite_nonnegative_bits(scales):   # block maxima are never negative: the usual answer
+        return None
     bad = np.flatnonzero(~np.isfinite(scales))
     if not bad.size:
         return None

@@ -58,8 +58,7 @@ def first_bad_scale(s: np.ndarray) -> int | None:
     or negative, or None.  The bits of a finite non-negative float lie below those of +inf, so
     one integer maximum clears a good array (numpy's value checks of float16 are slow); only
     an array that fails it (-0.0 included) is checked value by value."""
-    inf = np.array(np.inf, dtype=s.dtype).view(f"u{s.dtype.itemsize}")
-    if not s.size or s.view(inf.dtype).max() < inf:
+    if F.finite_nonnegative_bits(s):
         return None
     bad = ~(np.isfinite(s) & (s >= 0))
     return int(bad.argmax()) if bad.any() else None
