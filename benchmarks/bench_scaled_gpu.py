@@ -11,7 +11,7 @@ warm-up, and a device-to-device copy of the input (``cudaMemcpyAsync``).
 Rows:
 * ``amax``: the block-maxima kernel (the maxima stay on the device);
 * ``scales``: the rule's stored scales and factors looked up in its step table on the
-  device (quantbook.scales.steps; CuPy's searchsorted and gathers; the table is built once,
+  device (quantbook.scales.steps; one kernel, ``qbs_steps``; the table is built once,
   before timing); ``host rule`` the same from the rule in numpy, the maxima copied to the
   host and the factors back (how the backend ran before), for the ratio;
 * ``encode``: the encode kernel with the factors already on the device (reads x and the

@@ -374,6 +374,7 @@ template <typename U> static inline U __shfl_xor_sync(unsigned, U v, int off) {
     std::memcpy(&v, &u, 4);
     return v;
 }
+template <typename U> static inline U atomicOr(U* p, U v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 template <typename U> static inline U atomicMax(U* p, U v) {
     U old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
     while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST,
@@ -417,6 +418,12 @@ def _scaled_launchers() -> str:
             f" qb_i64 n, int B, const float* v, const qb_u8* order, int nv, float delta, int ntry,"
             f" qb_u32 pad) {{ qb_run_grid(grid, block, [&] {{ {g}(x, dd, p, n, B, v, order, nv, delta,"
             f" ntry, pad); }}); }}")
+    out.append(
+        f'extern "C" void emu_{_SK.STEPS_NAME}(unsigned grid, unsigned block, const qb_u32* a, qb_i64 nb,'
+        " const qb_u32* starts, const int* buckets, int top, int shift, const void* stored, int sbytes,"
+        " const float* factor, const float* scale, const qb_u8* valid, void* so, float* fo, float* sco,"
+        f" int want, int* bad) {{ qb_run_grid(grid, block, [&] {{ {_SK.STEPS_NAME}(a, nb, starts, buckets, top,"
+        " shift, stored, sbytes, factor, scale, valid, so, fo, sco, want, bad); }); }")
     return "\n".join(out)
 
 
@@ -446,6 +453,9 @@ class ScaledEmulator:
             fg.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _F32, _I32, _U32]
             for fn in (fa, fe, fd, fg):
                 fn.restype = None
+        fs = getattr(self.lib, f"emu_{_SK.STEPS_NAME}")
+        fs.argtypes = [_U32, _U32, _P, _I64, _P, _P, _I32, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _I32, _P]
+        fs.restype = None
 
     def launch(self, name: str, grid: int, block: int, *args):
         conv = []

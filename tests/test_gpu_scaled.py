@@ -547,7 +547,36 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
                       scaled_decode_reference(p, s, table, 32, x.size, dtype).view(np.uint8))
     names = [n for n, _, _ in fake_cp.launches]
     key = G._dtype_key(dtype)
-    assert names == [SK.amax_name(key), SK.encode_name(key), SK.decode_name(key)]
+    assert names == [SK.amax_name(key), SK.STEPS_NAME, SK.encode_name(key), SK.decode_name(key)]
+
+
+@pytest.mark.parametrize("rule,ts", [("e4m3", 0.0123), ("e8m0:floor", None), ("e8m0:rceil", None),
+                                     ("float16", None), ("bfloat16", None)])
+def test_step_lookup_kernel_is_the_step_tables_search(fake_cp, rule, ts):
+    """qbs_steps against numpy's searchsorted over the step table: on every step's first
+    maximum and the float32 just below it, zero and float32's largest (the valid steps), the
+    stored bits, factors and decoded scales; a maximum on an invalid step gives None (the
+    rule raises)."""
+    from quantbook.scales.steps import step_table
+
+    r = get_rule(rule)
+    tsf = None if ts is None else np.float32(ts)
+    table = step_table(r, 6.0, tsf)
+    bits = np.unique(np.concatenate([table.starts, table.starts - 1, [0, 0x7F7FFFFF]]).astype(np.int64))
+    bits = bits[(bits >= 0) & (bits <= 0x7F7FFFFF)].astype(np.uint32)
+    idx = table.index(bits.view(np.float32))
+    ok = table.valid[idx]
+    assert ok.any() and ((~ok).any() or rule not in ("float16", "bfloat16"))   # overflow, underflow
+    a = bits[ok].view(np.float32)
+    _, f, div = GS.step_args(table)
+    for need in (False, True):
+        stored, factor, divide, scale = GS.scaled_scales_gpu(fake_device(a), r, 6.0, tsf, need_scale=need)
+        assert bits_equal(np.asarray(stored), table.stored[idx[ok]]) and divide == div
+        assert bits_equal(np.asarray(factor), f[idx[ok]])
+        assert (scale is None) if not need else bits_equal(np.asarray(scale), table.scale[idx[ok]])
+    if (~ok).any():
+        bad = np.concatenate([a[:5], bits[~ok][:1].view(np.float32), a[5:9]])
+        assert GS.scaled_scales_gpu(fake_device(bad), r, 6.0, tsf) is None
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -1,8 +1,8 @@
 """Host launchers of the scaled-layout kernels (:mod:`.scaled_kernels`): the ``scaled_*``
 hooks of :class:`quantbook.bulk.backend.Backend` on device arrays, byte-identical to the
 numpy reference.  Block maxima stay on the device: a deterministic rule is looked up in its
-step table (:mod:`quantbook.scales.steps`) with CuPy's ``searchsorted`` and gathers, and a
-search's errors stay there for its pick, so only the stored scales cross to the host.
+step table (:mod:`quantbook.scales.steps`) by a kernel, and a search's errors stay there for
+its pick, so only the stored scales cross to the host.
 
 The host side prepares what the kernels take, in numpy (no GPU needed, so the tests check
 it directly): the encoder as 16 thresholds and nibble tables (:func:`encoder_args`, checked
@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ...scales.steps import StepTable, step_table
+from ...scales.steps import BUCKET_SHIFT, StepTable, step_table
 from .. import format as F
 from .. import layouts as L
 from . import backend as G
@@ -161,14 +161,18 @@ def exact_multiplier(factor: np.ndarray, divide: bool) -> tuple[np.ndarray, bool
     return (_F(1) / f).astype(_F), False
 
 
+@lru_cache(maxsize=64)
 def step_args(table: StepTable) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(starts, factor, divide)`` of a step table for the device: the divisors of its valid
-    steps through :func:`exact_multiplier` (one decision for the whole table), NaN elsewhere."""
+    steps through :func:`exact_multiplier` (one decision for the whole table), NaN elsewhere.
+    Cached per table (the tables are cached too); the factors are read-only, so the device
+    copy is found by identity."""
     f = np.full(table.factor.size, np.nan, _F)
     div = table.divide
     if table.valid.any():
         fv, div = exact_multiplier(table.factor[table.valid], table.divide)
         f[table.valid] = fv
+    f.setflags(write=False)
     return table.starts, f, bool(div)
 
 
@@ -246,17 +250,27 @@ def scaled_amax_gpu(x, block_size: int):
 def scaled_scales_gpu(amax, rule, qmax: float, tensor_scale=None, need_scale: bool = False):
     """``(stored, factor, divide, scale)`` of a deterministic rule for device block maxima, as
     :meth:`quantbook.bulk.backend.Backend.scaled_scales` (CuPy arrays), or None when a block
-    lands on a step the rule refuses."""
+    lands on a step the rule refuses: one kernel looks every block up in the rule's step
+    table, and one flag comes back."""
     table = step_table(rule, qmax, tensor_scale)
-    starts, f, div = step_args(table)
+    _, f, div = step_args(table)
     cp = G._cupy()
     a = cp.ascontiguousarray(cp.asarray(amax, dtype=cp.float32)).reshape(-1)
-    idx = cp.searchsorted(G._device_const(starts), a.view(cp.uint32), side="right") - 1
-    if not bool(G._device_const(table.valid)[idx].all()):
-        return None
-    stored = G._device_const(table.stored)[idx]
-    scale = G._device_const(table.scale)[idx] if need_scale else None
-    return stored, G._device_const(f)[idx], div, scale
+    nb = int(a.size)
+    stored = cp.empty(nb, dtype=table.stored.dtype)
+    factor = cp.empty(nb, dtype=cp.float32)
+    scale = cp.empty(nb if need_scale else 1, dtype=cp.float32)
+    bad = cp.zeros(1, dtype=cp.int32)
+    if nb:
+        _kernel(SK.STEPS_NAME)(
+            (-(-nb // SK.CTA),), (SK.CTA,),
+            (a.view(cp.uint32), np.int64(nb), G._device_const(table.starts), G._device_const(table.buckets),
+             np.int32(table.buckets.size - 2), np.int32(BUCKET_SHIFT), G._device_const(table.stored),
+             np.int32(table.stored.itemsize), G._device_const(f), G._device_const(table.scale),
+             G._device_const(table.valid), stored, factor, scale, np.int32(need_scale), bad))
+        if int(cp.asnumpy(bad)[0]):
+            return None
+    return stored, factor, div, scale if need_scale else None
 
 
 def _device_factor(factor, divide: bool):

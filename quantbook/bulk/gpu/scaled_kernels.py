@@ -23,6 +23,11 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   ``>= 0x7f800000``, stored as the NaN 0x7fc00000, which is above every finite value).  Up
   to 32 chunks a block reduce with warp shuffles and one lane stores; larger blocks (> 256
   elements) use ``atomicMax`` into a zeroed output.
+* ``qbs_steps`` — a deterministic rule's step of each block (:mod:`quantbook.scales.steps`), a
+  thread a block: the last step whose start is at most the block maximum's bits, searched
+  between the steps of its bucket and the next one's (the cpu backend's ``step_index``); the
+  step's stored value (its 1 or 2 bytes), its factor and, when asked, its decoded scale are
+  written, and a block on a step the rule refuses sets a flag.
 * ``qbs_encode_<dt>`` — ``y = x * f[block]`` (or ``x / f``), the layout's encoder, two
   codes a byte, the first in the low nibble, the pad code after the last element.  The encoder is a count
   ``rank = #{k : t[k] < y}`` over 16 sorted thresholds (branchless binary search in
@@ -51,8 +56,8 @@ from __future__ import annotations
 
 from . import kernels as K
 
-__all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "elements_per_thread", "amax_name", "encode_name",
-           "decode_name", "errors_name", "ggml_name", "all_kernel_names", "source"]
+__all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "STEPS_NAME", "elements_per_thread", "amax_name",
+           "encode_name", "decode_name", "errors_name", "ggml_name", "all_kernel_names", "source"]
 
 DTYPES = ("f32", "f16", "bf16")
 #: elements a chunk (4 packed bytes)
@@ -93,8 +98,13 @@ def ggml_name(dtype: str) -> str:
     return f"qbs_ggml_{dtype}"
 
 
+#: the step-table lookup (one kernel for every dtype: it reads float32 block maxima)
+STEPS_NAME = "qbs_steps"
+
+
 def all_kernel_names() -> list[str]:
-    return [f(d) for f in (amax_name, encode_name, decode_name, errors_name, ggml_name) for d in DTYPES]
+    return [f(d) for f in (amax_name, encode_name, decode_name, errors_name, ggml_name) for d in DTYPES] \
+        + [STEPS_NAME]
 
 
 _SCALED = r"""
@@ -511,6 +521,36 @@ __device__ __forceinline__ void qbs_ggml(const typename T::storage* __restrict__
 }
 """
 
+_STEPS = r"""
+/* ---- a deterministic rule's step of each block --------------------------------------- */
+/* amax: the maxima's float32 bits (finite: quantize refuses or sanitizes NaN/Inf first);
+   starts, buckets (top = its size - 2), shift: the step table (quantbook/scales/steps.py);
+   stored (sbytes 1 or 2), factor, scale, valid: per step (scale read only if want_scale).
+   The search is the cpu backend's step_index, over integers only.                      */
+extern "C" __global__ void __launch_bounds__(256) qbs_steps(
+    const qb_u32* __restrict__ amax, qb_i64 nb, const qb_u32* __restrict__ starts,
+    const int* __restrict__ buckets, int top, int shift, const void* __restrict__ stored, int sbytes,
+    const float* __restrict__ factor, const float* __restrict__ scale, const qb_u8* __restrict__ valid,
+    void* __restrict__ stored_out, float* __restrict__ factor_out, float* __restrict__ scale_out,
+    int want_scale, int* __restrict__ bad) {
+    const qb_i64 b = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nb) return;
+    const qb_u32 v = amax[b];
+    const qb_u32 k = (v >> shift) < (qb_u32)top ? (v >> shift) : (qb_u32)top;
+    int lo = buckets[k], hi = buckets[k + 1] + 1;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) >> 1;
+        if (starts[mid] <= v) lo = mid;
+        else hi = mid;
+    }
+    if (!valid[lo]) atomicOr(bad, 1);   /* the host asks the rule for its error */
+    if (sbytes == 1) static_cast<qb_u8*>(stored_out)[b] = static_cast<const qb_u8*>(stored)[lo];
+    else static_cast<qb_u16*>(stored_out)[b] = static_cast<const qb_u16*>(stored)[lo];
+    factor_out[b] = factor[lo];
+    if (want_scale) scale_out[b] = scale[lo];
+}
+"""
+
 _T_PARAMS = ", ".join(f"float t{k}" for k in range(16))
 _T_INIT = ", ".join(f"t{k}" for k in range(16))
 
@@ -559,4 +599,6 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     parts = [K.source(()), _SCALED]   # the common helpers of kernels.py, no kernel
     for d in DTYPES:
         parts += [text for name, text in _wrappers(d).items() if name in wanted]
+    if STEPS_NAME in wanted:
+        parts.append(_STEPS)
     return "\n".join(parts)
