@@ -38,7 +38,7 @@ Kernels (``extern "C"``; one instantiation per name):
 
 from __future__ import annotations
 
-from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_SHIFT
+from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
 PACKINGS = (1, 2, 4, 8)
@@ -245,9 +245,9 @@ __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u8* s_bk, const fl
         const qb_u32 t = i >> QB_FINE_SHIFT, u = i >> (QB_FINE_SHIFT + 1);
         qb_u32 k;                                         /* u's sign over t's exponent top bit */
 #ifdef __CUDA_ARCH__   /* one bit select (NVVM would split it in two) */
-        asm("lop3.b32 %0, %1, 0x1fff, %2, 0xe2;" : "=r"(k) : "r"(t), "r"(u));
+        asm("lop3.b32 %0, %1, %3, %2, 0xe2;" : "=r"(k) : "r"(t), "r"(u), "n"(QB_FINE_LOW));
 #else
-        k = (t & 0x1fffu) | (u & ~0x1fffu);
+        k = (t & QB_FINE_LOW) | (u & ~QB_FINE_LOW);
 #endif
         qb_u32 r = s_bk[k];
 #pragma unroll
@@ -690,7 +690,7 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
     # the encoder tables' layout, from the one place that builds them
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
-             f"#define QB_BUCKET_BYTES {BUCKET_BYTES}\n", _COMMON]
+             f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
             for v in quantize_vecs(d, p):

@@ -33,8 +33,8 @@ import numpy as np
 from ..format import check_code_table, code_encoder
 
 __all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "bucket_index",
-           "fine_layout", "MAX_TABLE", "BUCKET_SHIFT", "N_BUCKETS", "FINE_SHIFT", "N_FINE", "BUCKET_BYTES",
-           "MAX_STEPS"]
+           "fine_layout", "MAX_TABLE", "BUCKET_SHIFT", "N_BUCKETS", "FINE_SHIFT", "N_FINE", "FINE_LOW",
+           "BUCKET_BYTES", "MAX_STEPS"]
 
 MAX_TABLE = 256
 #: coarse layout: ``y``'s float32 bits are shifted right by this much to index the table
@@ -43,6 +43,8 @@ N_BUCKETS = 1 << (32 - BUCKET_SHIFT)
 #: fine layout: the bits are shifted right by this much, and the exponent's top bit dropped
 FINE_SHIFT = 17
 N_FINE = 1 << (31 - FINE_SHIFT)
+#: fine layout: the index bits below the sign (the exponent's low seven, six of the mantissa)
+FINE_LOW = N_FINE // 2 - 1
 #: bytes of either layout's table (what a kernel copies to shared memory)
 BUCKET_BYTES = 2 * N_BUCKETS
 assert BUCKET_BYTES == N_FINE
@@ -98,16 +100,16 @@ def bucket_index(y, fine: bool) -> np.ndarray:
                                                                            <= np.uint32(0x7F800000))):
         raise ValueError("the fine bucket layout holds only |y| < 2 and NaN")
     t, u = bits >> np.uint32(FINE_SHIFT), bits >> np.uint32(FINE_SHIFT + 1)
-    return (t & np.uint32(0x1FFF)) | (u & np.uint32(0x2000))
+    return (t & np.uint32(FINE_LOW)) | (u & ~np.uint32(FINE_LOW))   # u: the sign, one bit higher
 
 
 def _bucket_ranges(fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(smallest, largest value, is-NaN-only) of every bucket of a layout, as float32."""
-    if fine:   # sign at bit 13 of the index, bit 31 of y; the exponent's top bit is 0
+    if fine:   # the index's top bit is y's sign; the exponent's top bit is 0
         idx = np.arange(N_FINE, dtype=np.uint32)
-        lo_bits = ((idx >> np.uint32(13)) << np.uint32(31)) | ((idx & np.uint32(0x1FFF)) << np.uint32(FINE_SHIFT))
+        neg = idx > FINE_LOW
+        lo_bits = (neg.astype(np.uint32) << np.uint32(31)) | ((idx & np.uint32(FINE_LOW)) << np.uint32(FINE_SHIFT))
         hi_bits = lo_bits | np.uint32((1 << FINE_SHIFT) - 1)
-        neg = (idx >> np.uint32(13)) == 1
         a, b = lo_bits.view(np.float32), hi_bits.view(np.float32)
         return np.where(neg, b, a), np.where(neg, a, b), np.zeros(idx.size, bool)
     idx = np.arange(N_BUCKETS, dtype=np.uint32)
