@@ -301,7 +301,7 @@ class NumbaVQ(VQBackend, name="cpu"):
 
     def decode(self, idx, scales, group, points):
         out = np.empty(idx.size * points.shape[1], _F)
-        _vq_kernels().decode(idx.astype(np.int64, copy=False), scales, group, points, out)
+        _vq_kernels().decode(idx, scales, group, points, out)   # compiled per index type: no int64 copy
         return out
 
 
