@@ -281,6 +281,10 @@ def main(argv=None) -> int:
             h_q = _host_us(q_small, sync)
             h_d = _host_us(lambda: G.dequantize_gpu(hs["p"], hs["a"], cs, bs0, 64, xs.size, dname), sync)
             print(f"{dname:9s} host work a call: quantize {h_q:.0f} us, dequantize {h_d:.0f} us")
+            # allow_nonfinite's input, made on the device: reads and writes what a copy does
+            t_san = _median_ms(lambda: G.sanitize_gpu(x, 64, input_dtype=in_dt), args.repeat, sync, cp_events,
+                               args.calls)
+            print(f"{dname:9s} sanitize (allow_nonfinite, B = 64) {t_san:.3f} ms, {t_copy / t_san:.2f} of copy")
             _end_to_end(x, dname, args.repeat, sync, cp_events, args.calls, G)
         tx = None
         if bnbF is not None:

@@ -31,13 +31,13 @@ from quantbook.bulk.backend import Backend
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
 from quantbook.bulk.gpu.backend import (_dtype_key, _log2_blocksize, dequantize_launch, nested_launch,
-                                        packing_for_bits, quantize_launch)
+                                        packing_for_bits, quantize_launch, sanitize_launch)
 from quantbook.bulk.gpu.compile import cache_dir
 from quantbook.bulk.gpu.tables import encoder_tables, search_size
 from quantbook.bulk.nested import dynamic_map, nested_lut
 
 __all__ = ["Emulator", "EmulatorUnavailable", "emulator", "quantize_emulated", "dequantize_emulated",
-           "quantize_absmax_nested_emulated", "dequantize_absmax_nested_emulated",
+           "quantize_absmax_nested_emulated", "dequantize_absmax_nested_emulated", "sanitize_emulated",
            "EmulatedCudaBackend"]
 
 
@@ -172,6 +172,12 @@ def _launchers() -> str:
         f" const float* nested, const float* code, float offset, float* o, qb_i64 n, int log2B)"
         f" {{ qb_run_grid(grid, block, [&] {{ {K.NESTED_DEQUANT_NAME}(q, nested, code, offset, o,"
         f" n, log2B); }}); }}")
+    for d in K.DTYPES:
+        u = "qb_u32" if d == "f32" else "qb_u16"
+        out.append(
+            f'extern "C" void emu_{K.sanitize_name(d)}(unsigned grid, unsigned block, const {u}* x, {u}* o,'
+            f" qb_i64 n, int log2B) {{ qb_run_grid(grid, block, [&] {{ {K.sanitize_name(d)}(x, o, n, log2B);"
+            f" }}); }}")
     return "\n".join(out)
 
 
@@ -210,6 +216,8 @@ class Emulator:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _P, _I32, _I32, _I32]
             elif name.startswith("qb_dequantize_") and name != K.NESTED_DEQUANT_NAME:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _I32, _I32, _I32]
+            elif name.startswith("qb_sanitize_"):
+                fn.argtypes = [_U32, _U32, _P, _P, _I64, _I32]
             elif name == K.NESTED_QUANT_NAME:
                 fn.argtypes = [_U32, _U32, _P, _F32, _P, _P, _P, _I64]
             else:
@@ -329,6 +337,19 @@ def dequantize_absmax_nested_emulated(q, nested, offset, code=None):
     return out
 
 
+def sanitize_emulated(x: np.ndarray, blocksize: int) -> np.ndarray:
+    """:func:`quantbook.bulk.gpu.backend.sanitize_gpu` run by the emulator on a numpy array."""
+    log2b = _log2_blocksize(blocksize)
+    key = _dtype_key(x.dtype)
+    xs = np.ascontiguousarray(x).reshape(-1)
+    bits = xs.view(np.uint32 if key == "f32" else np.uint16)
+    out = np.full(bits.shape, 0xEEEEEEEE if key == "f32" else 0xEEEE, bits.dtype)   # poison: all written?
+    if xs.size:
+        grid, cta = sanitize_launch(xs.size, blocksize)
+        emulator().launch(K.sanitize_name(key), grid, cta, bits, out, xs.size, log2b)
+    return out.view(xs.dtype)
+
+
 class EmulatedCudaBackend(Backend, name="gpu-emulated"):
     """The CUDA kernels, launched as the gpu backend launches them, on the CPU."""
 
@@ -344,6 +365,9 @@ class EmulatedCudaBackend(Backend, name="gpu-emulated"):
 
     def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
         return dequantize_emulated(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def sanitize_nonfinite(self, x, block_size):
+        return sanitize_emulated(x, block_size)
 
     def quantize_nested(self, deviations):
         # the kernel takes absmax and the offset; deviations = absmax - offset with offset 0
@@ -593,6 +617,9 @@ class EmulatedScaledBackend(Backend):
         except EmulatorUnavailable as exc:
             return f"host emulation of the scaled kernels unavailable: {exc}"
         return None
+
+    def sanitize_nonfinite(self, x, block_size):
+        return sanitize_emulated(x, block_size)
 
     def scaled_amax(self, x, block_size):
         return scaled_amax_emulated(x, block_size, vec=self.vec)

@@ -4,6 +4,8 @@ Behaviour shared by every backend is in tests/test_conformance.py.  Expected val
 from first principles and bitsandbytes' published table, not from the code's earlier output.
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -350,3 +352,36 @@ def test_nonfinite_error_names_the_first_nonfinite_scale():
         else:
             assert "first in block 5 (elements 320..383 " in str(err), v
     assert nonfinite_error(good[:0], 64, 0) is None
+
+
+def _sanitized_by_loop(x, block_size):
+    """allow_nonfinite's rule, value by value in Python floats: NaN -> 0, +-Inf -> +- the
+    largest finite magnitude of the block (0 when it has none)."""
+    vals = [float(v) for v in np.asarray(x, np.float32).reshape(-1)]
+    out = []
+    for b in range(0, len(vals), block_size):
+        block = vals[b:b + block_size]
+        top = max([abs(v) for v in block if math.isfinite(v)], default=0.0)
+        out += [0.0 if math.isnan(v) else math.copysign(top, v) if math.isinf(v) else v for v in block]
+    return np.array(out, np.float32).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_sanitize_nonfinite_is_the_documented_rule(dtype):
+    """format.sanitize_nonfinite against a loop over the blocks: the specials at the ends of
+    the dtype (largest finite, subnormal, -0), a block with no finite value (Inf -> +-0), a
+    NaN with its sign bit set, a ragged last block."""
+    dt = np.dtype(dtype) if dtype != "bfloat16" else pytest.importorskip("ml_dtypes").bfloat16
+    big = float(np.array(np.finfo(np.float32).max if dtype == "float32" else 60000.0, np.float32).astype(dt))
+    neg_nan = np.array(-np.nan, dt)
+    x = np.array([0.5, np.nan, np.inf, -np.inf, -0.25, -big, 1e-40, -0.0,       # block 0
+                  np.inf, -np.inf, np.nan, np.nan, np.inf, np.nan, -np.inf, np.inf,   # no finite
+                  3.0, -7.0, np.inf, 0.0, 2.0, -np.inf, 1.0, 6.0,
+                  np.inf, -np.inf, -2.0], np.float32).astype(dt)
+    x[13] = neg_nan
+    got = F.sanitize_nonfinite(x, 8)
+    want = _sanitized_by_loop(x, 8)
+    assert got.dtype == x.dtype and got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes()
+    assert got[8:16].view(np.uint16 if dt != np.float32 else np.uint32).tolist()[:2] == (
+        [0, 0x8000] if dt != np.float32 else [0, 0x80000000])               # +0 and -0
+    assert float(got[2]) == big and float(got[3]) == -big and float(got[26]) == -2.0

@@ -191,6 +191,41 @@ def test_allow_nonfinite_saturates(be):
     assert y[1] == 0 and y[2] == 0.5 and y[3] == -0.5 and y[0] == 0.5
 
 
+def _nonfinite_input(dtype, n, block_size, seed):
+    """Seeded values with NaN (either sign), +-Inf, a block with no finite value, the dtype's
+    largest finite value and subnormals; a ragged last block when n is not a multiple."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    k = rng.permutation(n)[:max(6, n // 16)]
+    x[k[0::3]], x[k[1::3]], x[k[2::3]] = np.nan, np.inf, -np.inf
+    x[block_size:block_size + min(block_size, 8)] = [np.inf, -np.inf, np.nan, -np.nan] * 2
+    x[1], x[2] = 1e-40, -3e-41
+    x = x.astype(dtype)
+    x[-1] = np.inf
+    x[3] = np.finfo(np.float16).max if dtype == np.float16 else -3e38
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size,n", [(16, 16 * 37 + 5), (32, 32 * 9), (128, 128 * 5 + 77), (4096, 8192 + 1000)])
+def test_allow_nonfinite_input_is_the_rule(be, dtype, block_size, n):
+    """The backend's sanitize hook (the gpu backends: a kernel) against format's rule, bit for
+    bit, the input left as it was; then quantize(allow_nonfinite=True) against the reference
+    on the sanitized values."""
+    x = _nonfinite_input(dtype, n, block_size, block_size)
+    if block_size == 16:   # only at 16 does a whole block fit before the ragged one
+        x[-21:-5] = np.inf
+    before = x.copy()
+    got = be.to_host(be.sanitize_nonfinite(be.from_host(x), block_size))
+    want = F.sanitize_nonfinite(x, block_size)
+    assert got.dtype == x.dtype and bits_equal(got, want), np.flatnonzero(got.view(np.uint8) != want.view(np.uint8))[:8]
+    assert bits_equal(x, before)
+    code = qb.get("nf4").code_f32
+    p_ref, a_ref = quantize_reference(want, code, 4, block_size)
+    p, st = quantize(be, x, "nf4", block_size, allow_nonfinite=True)
+    assert bits_equal(p, p_ref) and bits_equal(st.absmax, a_ref)
+
+
 def test_corrupt_codes_decode_to_nan_not_out_of_bounds(be):
     # 3 bits take a whole byte per code: a byte >= 8 is past the table -> NaN
     cb = Codebook(list(np.linspace(-1, 1, 8)), bits=3, name="t3")

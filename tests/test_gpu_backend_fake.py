@@ -220,6 +220,7 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     assert "bytes of 18 configurations: IDENTICAL to the numpy reference" in out
     assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype
     assert out.count("host work a call: quantize") == 3 and "runs of 2 calls" in out
+    assert out.count("sanitize (allow_nonfinite, B = 64) ") == 3
     # the public api against the kernels, a line per dtype (bfloat16 only through torch)
     assert out.count("end to end (NF4, B = 64): quantize() ") + out.count("end to end: not measured") == 3
     assert "float32   end to end (NF4" in out and "float16   end to end (NF4" in out
@@ -290,3 +291,28 @@ def test_nested_statistics_are_decoded_on_the_device(cp, monkeypatch, dtype):
     for backend in ("numpy", "gpu"):
         with pytest.raises(ValueError, match="decode to non-finite block scales"):
             qb.dequantize(fake_device(packed) if backend == "gpu" else packed, st, backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"), _BF16])
+@pytest.mark.parametrize("scale", [None, "e8m0"])
+def test_allow_nonfinite_stays_on_the_device(monkeypatch, dtype, scale):
+    """quantize(allow_nonfinite=True) of a device array: the sanitize kernel makes the input
+    (no copy of the values to the host and back), for both layouts; the bytes are the numpy
+    backend's."""
+    import quantbook as qb
+    from quantbook.bulk.gpu import scaled as GS
+
+    cp = use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.scaled_emulator()),
+                           caches=(GS,))
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal(32 * 40 + 11).astype(dtype)
+    x[[5, 70, 71, 600, -1]] = [np.nan, np.inf, -np.inf, np.nan, -np.inf]
+    to_host = G.CudaBackend.to_host
+    moved = []
+    monkeypatch.setattr(G.CudaBackend, "to_host", lambda self, a: (moved.append(np.size(a)), to_host(self, a))[1])
+    kw = {"scale": scale} if scale else {}
+    p, st = qb.quantize(fake_device(x), "e2m1" if scale else "nf4", 32, backend="gpu", allow_nonfinite=True, **kw)
+    rp, rst = qb.quantize(x, "e2m1" if scale else "nf4", 32, backend="numpy", allow_nonfinite=True, **kw)
+    assert bits_equal(np.asarray(p), rp) and bits_equal(st.absmax, rst.absmax)
+    assert K.sanitize_name(G._dtype_key(dtype)) in [n for n, _, _ in cp.launches]
+    assert x.size not in moved, moved

@@ -179,3 +179,29 @@ def test_vector_quantization_of_device_arrays(dtype):
     with np.errstate(invalid="ignore"):
         want = nans.astype(dt).view(np.uint16)
     assert bits_equal(_host(cast_gpu(cp.asarray(nans), dt)).view(np.uint16), want)
+
+
+def test_allow_nonfinite_of_a_torch_bfloat16_tensor(monkeypatch):
+    """The sanitize kernel on a torch bfloat16 tensor (no host copy), through quantize; and its
+    result as a torch tensor where CuPy cannot view bfloat16 (ml_dtypes hidden), the bits
+    unchanged either way."""
+    import sys
+
+    import cupy as cp
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    import quantbook as qb
+    from quantbook.bulk import format as F
+
+    x = np.random.default_rng(27).standard_normal(64 * 33 + 5).astype(ml_dtypes.bfloat16)
+    x[[3, 64, 65, 200, -1]] = [np.nan, np.inf, -np.inf, np.nan, np.inf]
+    t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16).cuda()
+    p, st = qb.quantize(t, "nf4", 64, backend="gpu", allow_nonfinite=True)
+    rp, rst = qb.quantize(x, "nf4", 64, backend="numpy", allow_nonfinite=True)
+    assert bits_equal(_host(p), rp) and bits_equal(st.absmax, rst.absmax)
+    raw = cp.asarray(F.sanitize_nonfinite(x, 64).view(np.uint16))
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    out = G._as_bfloat16(raw)
+    assert out.dtype == torch.bfloat16 and bits_equal(out.view(torch.int16).cpu().numpy(), _host(raw).view(np.int16))

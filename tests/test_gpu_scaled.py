@@ -24,7 +24,7 @@ import gpu_emulator as E
 import quantbook as qb
 from quantbook import Codebook
 from quantbook.bulk import layouts as L
-from quantbook.bulk.api import _sanitize, resolve_codebook
+from quantbook.bulk.api import resolve_codebook
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import scaled as GS
 from quantbook.bulk.gpu import scaled_kernels as SK
@@ -187,7 +187,7 @@ def _check_driver(be, x, codebook, bs, rule):
     r = get_rule(rule)
     flat = np.ascontiguousarray(x).reshape(-1)
     with np.errstate(over="ignore"):
-        p, st = quantize_scaled(flat, x.shape, x.dtype, cb, bs, r, 6.0, be, False, _sanitize)
+        p, st = quantize_scaled(flat, x.shape, x.dtype, cb, bs, r, 6.0, be, False)
         rp, rst = qb.quantize(x, cb, bs, scale=rule, backend="numpy")
     assert bits_equal(p, rp), np.flatnonzero(p != rp)[:8]
     assert bits_equal(st.absmax, rst.absmax) and st.tensor_scale == rst.tensor_scale
@@ -401,8 +401,8 @@ def test_nonfinite_input_through_the_driver(emu):
     x[70] = np.nan
     be = E.EmulatedScaledBackend()
     with pytest.raises(ValueError, match="block 1"):
-        quantize_scaled(x, x.shape, x.dtype, qb.get("e2m1"), 32, get_rule("e8m0"), 6.0, be, False, _sanitize)
-    p, st = quantize_scaled(x, x.shape, x.dtype, qb.get("e2m1"), 32, get_rule("e8m0"), 6.0, be, True, _sanitize)
+        quantize_scaled(x, x.shape, x.dtype, qb.get("e2m1"), 32, get_rule("e8m0"), 6.0, be, False)
+    p, st = quantize_scaled(x, x.shape, x.dtype, qb.get("e2m1"), 32, get_rule("e8m0"), 6.0, be, True)
     rp, rst = qb.quantize(x, "e2m1", 32, scale="e8m0", backend="numpy", allow_nonfinite=True)
     assert bits_equal(p, rp) and bits_equal(st.absmax, rst.absmax)
 
@@ -590,7 +590,7 @@ def test_gpu_backend_through_stand_in_cupy(fake_cp, rule):
     x = _nasty(1001, rule, rng, table)
     with np.errstate(over="ignore"):
         p, st = quantize_scaled(fake_device(x), x.shape, x.dtype, _codebook("e2m1"), bs, get_rule(rule),
-                                6.0, be, False, _sanitize)
+                                6.0, be, False)
         rp, rst = qb.quantize(x, _codebook("e2m1"), bs, scale=rule, backend="numpy")
     assert bits_equal(np.asarray(p), rp), np.flatnonzero(np.asarray(p) != rp)[:8]
     assert type(st.absmax) is np.ndarray and bits_equal(st.absmax, rst.absmax)
@@ -613,7 +613,7 @@ def test_gpu_backend_raises_the_rules_error(fake_cp, rule, big):
         qb.quantize(x, "e2m1", 32, scale=rule, backend="numpy")
     with pytest.raises(ValueError) as got:
         quantize_scaled(fake_device(x), x.shape, x.dtype, _codebook("e2m1"), 32, get_rule(rule), 6.0,
-                        BACKENDS["gpu"], False, _sanitize)
+                        BACKENDS["gpu"], False)
     assert "block 1" in str(want.value) and str(got.value) == str(want.value)
 
 

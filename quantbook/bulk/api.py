@@ -99,21 +99,6 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     return x.reshape(-1), shape, x.dtype
 
 
-def _sanitize(x: np.ndarray, block_size: int) -> np.ndarray:
-    """allow_nonfinite: NaN -> 0, +-Inf -> +-(largest finite |value| of its block)."""
-    xf = x.reshape(-1).astype(_F)
-    fin = np.isfinite(xf)
-    mag = np.where(fin, np.abs(xf), _F(0))
-    n = xf.size
-    pad = np.zeros(F.n_blocks(n, block_size) * block_size, dtype=_F)
-    pad[:n] = mag
-    per_elem = np.repeat(pad.reshape(-1, block_size).max(axis=1), block_size)[:n]
-    out = np.where(np.isnan(xf), _F(0), xf)
-    out = np.where(np.isposinf(xf), per_elem, out)
-    out = np.where(np.isneginf(xf), -per_elem, out)
-    return out.astype(x.dtype)
-
-
 def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool = False,
              backend: str = "auto", *, allow_nonfinite: bool = False, bits: int | None = None,
              torch_threads: int = 1, scale: Any = None, qmax: float = DEFAULT_QMAX) -> tuple[Any, QuantState]:
@@ -173,8 +158,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         if rule is not None:
             if nested:
                 raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
-            return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite,
-                                   _sanitize)
+            return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite)
         code = cb.code_f32
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         absmax_h = be.to_host(absmax).astype(_F, copy=False)
@@ -182,8 +166,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         if err is not None:
             if not allow_nonfinite:
                 raise err
-            xs = be.from_host(_sanitize(be.to_host(x), block_size))
-            packed, absmax = be.quantize_blocks(xs, code, bits, block_size)
+            packed, absmax = be.quantize_blocks(be.sanitize_nonfinite(x, block_size), code, bits, block_size)
             absmax_h = be.to_host(absmax).astype(_F, copy=False)
         state = QuantState(absmax=absmax_h, shape=shape, dtype=dtype, blocksize=block_size,
                            code=code.copy(), quant_type=cb.name, bits=bits)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .format import DTYPES
+from .format import DTYPES, sanitize_nonfinite
 
 __all__ = ["Backend", "BACKENDS", "get_backend", "is_device_array", "dtype_name_of", "check_input_dtype",
            "no_device_backend_error", "host_backend_error"]
@@ -129,6 +129,12 @@ class Backend:
         if not np.isfinite(scales).all():
             raise nonfinite_scales_error()
         return scales
+
+    def sanitize_nonfinite(self, x: Any, block_size: int) -> Any:
+        """What ``allow_nonfinite=True`` quantizes in place of ``x``: flat, of x's dtype, an
+        array of this backend's kind (:func:`quantbook.bulk.format.sanitize_nonfinite`).
+        Default: that function on a host copy."""
+        return self.from_host(sanitize_nonfinite(self.to_host(x), block_size))
 
     # the scaled layouts (NVFP4, MXFP4, float16 scales; quantbook.bulk.scaled drives them)
     def scaled_amax(self, x: Any, block_size: int) -> Any:

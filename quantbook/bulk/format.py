@@ -85,6 +85,23 @@ def nonfinite_error(scales: np.ndarray, block_size: int, n: int) -> ValueError |
                       "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
 
 
+def sanitize_nonfinite(x: np.ndarray, block_size: int) -> np.ndarray:
+    """What ``allow_nonfinite=True`` quantizes in place of ``x`` (host, any shape; returned
+    flat, in x's dtype): NaN -> +0, +-Inf -> +-(the largest finite ``|value|`` of its block,
+    0 in a block with none); every other value unchanged."""
+    xf = x.reshape(-1).astype(_F)
+    fin = np.isfinite(xf)
+    mag = np.where(fin, np.abs(xf), _F(0))
+    n = xf.size
+    pad = np.zeros(n_blocks(n, block_size) * block_size, dtype=_F)
+    pad[:n] = mag
+    per_elem = np.repeat(pad.reshape(-1, block_size).max(axis=1), block_size)[:n]
+    out = np.where(np.isnan(xf), _F(0), xf)
+    out = np.where(np.isposinf(xf), per_elem, out)
+    out = np.where(np.isneginf(xf), -per_elem, out)
+    return out.astype(x.dtype)
+
+
 def codes_per_byte(bits: int) -> int:
     """8/bits for 1, 2, 4 bits; one code a byte otherwise."""
     return 8 // bits if bits in (1, 2, 4) else 1

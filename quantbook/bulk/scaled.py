@@ -13,7 +13,7 @@ backend's ``scaled_ggml``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +46,7 @@ def _choose(pick: Any, options: list) -> Any:
 
 def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: Any,
                     block_size: int, rule: ScaleRule, qmax: float, be: Any,
-                    allow_nonfinite: bool,
-                    sanitize: Callable[[np.ndarray, int], np.ndarray]) -> tuple[np.ndarray, QuantState]:
+                    allow_nonfinite: bool) -> tuple[np.ndarray, QuantState]:
     """``(packed, state)`` of a checked flat array ``x`` of the backend's kind (host or device;
     see :func:`quantbook.quantize`).  Only per-block values cross to the host."""
     check_backend(be)
@@ -59,7 +58,7 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         err = F.nonfinite_error(be.to_host(amax), block_size, n)
         if not allow_nonfinite:
             raise err
-        x = be.from_host(sanitize(be.to_host(x), block_size))
+        x = be.sanitize_nonfinite(x, block_size)
         amax = be.scaled_amax(x, block_size)
         top = float(amax.max())
     ts = rule.tensor_scale(top, qmax)

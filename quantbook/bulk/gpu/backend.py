@@ -24,7 +24,7 @@ from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
 from .tables import encoder_tables, search_size
 
-__all__ = ["CudaBackend", "quantize_gpu", "dequantize_gpu", "quantize_absmax_nested",
+__all__ = ["CudaBackend", "quantize_gpu", "dequantize_gpu", "sanitize_gpu", "quantize_absmax_nested",
            "dequantize_absmax_nested", "packing_for_bits", "gpu_available", "GpuUnavailable"]
 
 
@@ -296,6 +296,12 @@ def dequantize_launch(n: int, dtype_key: str, packing: int) -> tuple[int, int]:
     return _blocks(n, per_cta), K.DEQ_CTA
 
 
+def sanitize_launch(n: int, blocksize: int) -> tuple[int, int]:
+    """(grid, block) of a sanitize kernel: ``min(blocksize, 32)`` threads a quantization
+    block, ``SANITIZE_CTA`` threads a CTA."""
+    return _blocks(F.n_blocks(n, blocksize) * min(blocksize, 32), K.SANITIZE_CTA), K.SANITIZE_CTA
+
+
 def nested_launch(n: int) -> tuple[int, int]:
     """(grid, block) of the nested-absmax kernels: one CTA of 256 threads per 256 values."""
     return _blocks(n, 256), 256
@@ -412,6 +418,33 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
     return out if view is None else view
 
 
+def sanitize_gpu(x, blocksize: int, *, input_dtype=None):
+    """:func:`quantbook.bulk.format.sanitize_nonfinite` on the device: a new flat array of
+    x's dtype (bfloat16 as :func:`_as_bfloat16` gives it); x is not written."""
+    log2b = _log2_blocksize(blocksize)
+    xd, key, keep = _as_device(x, input_dtype)
+    out = _cupy().empty(int(xd.size), dtype=xd.dtype)
+    if out.size:
+        grid, cta = sanitize_launch(int(xd.size), blocksize)
+        _kernel(K.sanitize_name(key))((grid,), (cta,), (xd, out, np.int64(xd.size), np.int32(log2b)))
+    del keep
+    return _as_bfloat16(out) if key == "bf16" else out
+
+
+def _as_bfloat16(raw):
+    """Device bfloat16 values from a CuPy array of their bits, as a quantize kernel takes
+    them: CuPy >= 14 views them as ``ml_dtypes.bfloat16``; older CuPy has no bfloat16 (a
+    bfloat16 input then came from torch), so a torch tensor shares the memory."""
+    try:
+        import ml_dtypes  # noqa: PLC0415
+
+        return raw.view(ml_dtypes.bfloat16)
+    except (ImportError, TypeError, ValueError):
+        import torch  # noqa: PLC0415
+
+        return torch.as_tensor(raw.view(np.int16), device=f"cuda:{raw.device.id}").view(torch.bfloat16)
+
+
 def quantize_absmax_nested(absmax, threads: int = 1):
     """Nested (double) quantization of a device float32 absmax array, as bitsandbytes'
     ``compress_statistics`` on CPU.  Returns ``(qabsmax uint8, nested_absmax float32,
@@ -486,6 +519,9 @@ class CudaBackend(Backend, name="gpu"):
 
     def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
         return dequantize_gpu(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def sanitize_nonfinite(self, x, block_size):
+        return sanitize_gpu(x, block_size)
 
     def nested_scales(self, qabsmax, nested_absmax, offset, nested_code, nested_blocksize):
         # the uint8 codes go to the device (a byte a block, not four) and are decoded there

@@ -34,6 +34,11 @@ Kernels (``extern "C"``; one instantiation per name):
   ``v = clamp(d * float32(1/a))``, ``i16 = trunc(((v + 1) * 0.5) * 65535 + 0.5)`` in
   float32, ``code = lut[i16]`` (the 65536-entry table from the dynamic map).
 * ``qb_dequantize_absmax_nested`` — ``float32(float32(code8[q] * nested_absmax[i // 256]) + offset)``.
+* ``qb_sanitize_{f32,f16,bf16}`` — what ``allow_nonfinite`` quantizes
+  (:func:`quantbook.bulk.format.sanitize_nonfinite`), on the values' bits: NaN -> +0, +-Inf
+  -> +- the block's largest finite magnitude.  ``min(B, 32)`` threads a block, strided so
+  that a warp's loads are contiguous: the maximum, by shuffles, then a second pass over
+  the block (from cache) writes a new array.
 """
 
 from __future__ import annotations
@@ -103,11 +108,20 @@ NESTED_QUANT_NAME = "qb_quantize_absmax_nested"
 NESTED_DEQUANT_NAME = "qb_dequantize_absmax_nested"
 
 
+def sanitize_name(dtype: str) -> str:
+    return f"qb_sanitize_{dtype}"
+
+
+#: threads of a sanitize CTA
+SANITIZE_CTA = 256
+
+
 def all_kernel_names() -> list[str]:
     names = [quantize_name(d, v, p, k) for d in DTYPES for p in PACKINGS for v in quantize_vecs(d, p)
              for k in range(max_steps(p) + 1)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
+    names += [sanitize_name(d) for d in DTYPES]
     return names
 
 
@@ -682,6 +696,51 @@ extern "C" __global__ void __launch_bounds__(256) qb_dequantize_absmax_nested(
 """
 
 
+_SANITIZE = r"""
+/* ---- allow_nonfinite's input (quantbook.bulk.format.sanitize_nonfinite), on the bits ---- */
+/* U holds a value's bits; SIGN is its sign bit, INF the bits of +inf.  The bits below the
+   sign are the magnitude, ordered as the values: below INF finite, INF infinite, above NaN.
+   G = min(B, 32) threads a block (B = 2^log2B); every thread runs the same shuffles, so
+   none returns early.                                                                     */
+template <typename U, qb_u32 SIGN, qb_u32 INF>
+__device__ __forceinline__ void qb_sanitize(const U* __restrict__ x, U* __restrict__ out, qb_i64 n,
+                                            int log2B) {
+    const int log2G = log2B < 5 ? log2B : 5;
+    const int G = 1 << log2G;
+    const qb_i64 t = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const qb_i64 e0 = (t >> log2G) << log2B;
+    const qb_i64 e1 = (e0 + ((qb_i64)1 << log2B) < n) ? e0 + ((qb_i64)1 << log2B) : n;
+    const qb_i64 first = e0 + (t & (G - 1));
+    qb_u32 m = 0u;
+    for (qb_i64 e = first; e < e1; e += G) {
+        const qb_u32 a = (qb_u32)x[e] & (SIGN - 1u);
+        if (a < INF && a > m) m = a;
+    }
+    for (int off = 1; off < G; off <<= 1) {
+        const qb_u32 o = __shfl_xor_sync(0xffffffffu, m, off);
+        m = o > m ? o : m;
+    }
+    for (qb_i64 e = first; e < e1; e += G) {
+        const qb_u32 v = x[e], a = v & (SIGN - 1u);
+        out[e] = (U)(a < INF ? v : (a == INF ? (v & SIGN) | m : 0u));
+    }
+}
+"""
+
+#: dtype -> (the C type of its bits, its sign bit, +inf's bits)
+_SANITIZE_BITS = {"f32": ("qb_u32", 0x80000000, 0x7F800000), "f16": ("qb_u16", 0x8000, 0x7C00),
+                  "bf16": ("qb_u16", 0x8000, 0x7F80)}
+
+
+def _sanitize_wrapper(dtype: str) -> str:
+    u, sign, inf = _SANITIZE_BITS[dtype]
+    return (
+        f'extern "C" __global__ void __launch_bounds__({SANITIZE_CTA}) {sanitize_name(dtype)}(\n'
+        f"    const {u}* x, {u}* out, qb_i64 n, int log2B) {{\n"
+        f"  qb_sanitize<{u}, {sign:#x}u, {inf:#x}u>(x, out, n, log2B);\n}}\n"
+    )
+
+
 def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     """CUDA source holding the kernels ``names`` (default: every kernel)."""
     wanted = set(all_kernel_names() if names is None else names)
@@ -701,4 +760,7 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
                 parts.append(_dequantize_wrapper(d, p))
     if wanted & {NESTED_QUANT_NAME, NESTED_DEQUANT_NAME}:
         parts.append(_NESTED)
+    sanitize = [_sanitize_wrapper(d) for d in DTYPES if sanitize_name(d) in wanted]
+    if sanitize:
+        parts += [_SANITIZE, *sanitize]
     return "\n".join(parts)
