@@ -85,6 +85,12 @@ def nonfinite_error(scales: np.ndarray, block_size: int, n: int) -> ValueError |
                       "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
 
 
+#: dtype name -> (its sign bit, +inf's bits): the bits below the sign bit are a value's
+#: magnitude, ordered as the magnitudes, so a magnitude below +inf's is finite, one above it NaN
+SIGN_INF_BITS = {"float32": (0x80000000, 0x7F800000), "float16": (0x8000, 0x7C00),
+                 "bfloat16": (0x8000, 0x7F80)}
+
+
 def sanitize_nonfinite(x: np.ndarray, block_size: int) -> np.ndarray:
     """What ``allow_nonfinite=True`` quantizes in place of ``x`` (host, any shape; returned
     flat, in x's dtype): NaN -> +0, +-Inf -> +-(the largest finite ``|value|`` of its block,

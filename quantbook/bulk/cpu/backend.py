@@ -111,6 +111,14 @@ class NumbaBackend(Backend, name="cpu"):
             K.dequantize_generic(packed, absmax, table, bits, block_size, n, ov)
         return out
 
+    def sanitize_nonfinite(self, x, block_size):
+        flat = x.reshape(-1)
+        bits = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint16)
+        out = np.empty_like(bits)
+        sign, inf = F.SIGN_INF_BITS[flat.dtype.name]
+        _kernels().sanitize_bits(bits, sign, inf, block_size, out)
+        return out.view(flat.dtype)
+
     def quantize_nested(self, deviations):
         d = np.ascontiguousarray(deviations, dtype=_F).reshape(-1)
         q = np.empty(d.size, dtype=np.uint8)

@@ -351,3 +351,26 @@ def quantize_nested_lut(d, lut, blocksize, q, nabs):
             t = np.float32(np.float32(np.float32(np.float32(v + np.float32(1.0)) * np.float32(0.5))
                                       * np.float32(65535.0)) + np.float32(0.5))
             q[i] = lut[np.int64(t)]
+
+
+# ------------------------------------------------------------------------- allow_nonfinite
+@njit(parallel=True, cache=True)
+def sanitize_bits(u, sign, inf, blocksize, out):
+    """format.sanitize_nonfinite on the values' bits ``u`` (uint32 or uint16; ``sign``,
+    ``inf``: format.SIGN_INF_BITS of the dtype) into ``out``."""
+    n = u.size
+    nb = (n + blocksize - 1) // blocksize
+    low = sign - 1
+    for b in prange(nb):
+        start = b * blocksize
+        stop = min(start + blocksize, n)
+        ub = u[start:stop]   # slices: provably in bounds, so the loops vectorise
+        ob = out[start:stop]
+        m = 0
+        for i in range(ub.size):
+            a = np.int64(ub[i]) & low
+            m = max(m, a if a < inf else 0)
+        for i in range(ub.size):
+            v = np.int64(ub[i])
+            a = v & low
+            ob[i] = v if a < inf else ((v & sign) | m if a == inf else 0)

@@ -43,6 +43,7 @@ Kernels (``extern "C"``; one instantiation per name):
 
 from __future__ import annotations
 
+from ..format import SIGN_INF_BITS
 from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
@@ -727,13 +728,9 @@ __device__ __forceinline__ void qb_sanitize(const U* __restrict__ x, U* __restri
 }
 """
 
-#: dtype -> (the C type of its bits, its sign bit, +inf's bits)
-_SANITIZE_BITS = {"f32": ("qb_u32", 0x80000000, 0x7F800000), "f16": ("qb_u16", 0x8000, 0x7C00),
-                  "bf16": ("qb_u16", 0x8000, 0x7F80)}
-
-
 def _sanitize_wrapper(dtype: str) -> str:
-    u, sign, inf = _SANITIZE_BITS[dtype]
+    u = "qb_u32" if dtype == "f32" else "qb_u16"
+    sign, inf = SIGN_INF_BITS[{"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]]
     return (
         f'extern "C" __global__ void __launch_bounds__({SANITIZE_CTA}) {sanitize_name(dtype)}(\n'
         f"    const {u}* x, {u}* out, qb_i64 n, int log2B) {{\n"
