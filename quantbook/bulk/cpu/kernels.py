@@ -16,6 +16,9 @@ slices so indices are provably non-negative (numba's negative-index wraparound o
 turns the vector loads into gathers).
 
 float16 input is read through a 65536-entry float32 table (exact); bfloat16 by a 16-bit shift.
+A table read is a gather, which keeps LLVM from vectorising the loop it is in, so the 4-bit
+kernel widens a float16 block into a float32 buffer first and compares from there
+(docs/benchmarks.md).
 float16/bfloat16 output is rounded to nearest even from the float32 product in integer
 arithmetic (bit-identical to numpy / ml_dtypes ``astype``).
 """
@@ -61,6 +64,18 @@ def _load_impl(x, i, f16tab):
     if dt == types.int16:
         return _ld_bf16
     return None
+
+
+def _gathers(x):  # pragma: no cover - replaced by the overload below inside numba
+    raise NotImplementedError
+
+
+@overload(_gathers)
+def _gathers_impl(x):
+    """Whether loading ``x`` is a table gather (float16), a compile-time constant: a loop
+    with a gather in it is not vectorised, so such values are widened into a buffer first."""
+    gathers = x.dtype == types.uint16
+    return lambda x: gathers
 
 
 @njit(cache=True)
@@ -127,13 +142,17 @@ def quantize_4bit_small(x, f16tab, bounds15, order, identity, blocksize, packed,
     one = np.float32(1.0)
     for t in prange(ntask):
         buf = np.empty(blocksize, dtype=np.int32)
+        fb = np.empty(blocksize if _gathers(x) else 0, dtype=np.float32)
         for blk in range(t * per_task, min(full, (t + 1) * per_task)):
             start = blk * blocksize
             # slices keep indices provably non-negative: no wraparound code, plain vector loads
             xb = x[start:start + blocksize]
             mb = np.int32(0)
             for i in range(blocksize):
-                u = np.float32(_load(xb, i, f16tab)).view(np.int32) & np.int32(0x7FFFFFFF)
+                v = _load(xb, i, f16tab)
+                if _gathers(x):
+                    fb[i] = v
+                u = np.float32(v).view(np.int32) & np.int32(0x7FFFFFFF)
                 mb = max(mb, u)
             if mb >= np.int32(0x7F800000):
                 absmax[blk] = np.float32(np.nan)
@@ -143,7 +162,7 @@ def quantize_4bit_small(x, f16tab, bounds15, order, identity, blocksize, packed,
             s = m if m > _TINY else _TINY
             inv = one / s
             for i in range(blocksize):
-                y = _load(xb, i, f16tab) * inv
+                y = (fb[i] if _gathers(x) else _load(xb, i, f16tab)) * inv
                 y = min(max(y, -one), one)
                 buf[i] = (b0 < y) + (b1 < y) + (b2 < y) + (b3 < y) + (b4 < y) + (b5 < y) + (b6 < y) + (b7 < y) + (b8 < y) + (b9 < y) + (b10 < y) + (b11 < y) + (b12 < y) + (b13 < y) + (b14 < y)
             pb = packed[blk * half:(blk + 1) * half]
