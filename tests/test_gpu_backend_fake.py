@@ -227,13 +227,16 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_evaluate_model_on_the_gpu_is_the_host_report(cp, tmp_path, nested):
+def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nested):
     """evaluate-model --backend gpu: each tensor goes to the device, the same bytes come out,
     so every number of the report is the numpy backend's (float32 and float16 tensors, a
-    ragged one, a Hadamard rotation)."""
+    ragged one, a Hadamard rotation, which runs on the device both ways)."""
+    from quantbook.bulk.gpu import vq as GV
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
 
+    cp = use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.vq_emulator()),
+                           caches=(GV,))
     path = weights_file(tmp_path / "m.safetensors", 21, 64, 128)
     kw = dict(block_size=64, nested=nested, rotations=("none", "hadamard"), tensors="*.weight")
     cbs = resolve_codebooks("nf4,nf2", 64)
@@ -242,6 +245,7 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(cp, tmp_path, nested):
     gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qb_quantize_") for n, _, _ in cp.launches)
     assert any(n.startswith("qb_dequantize_") for n, _, _ in cp.launches)
+    assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * 2 * 2   # 2 tensors, 2 codes, both ways
     assert gpu == host
     ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
     assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,

@@ -72,6 +72,11 @@ def test_rotation_is_the_reference_bit_for_bit(cp, monkeypatch, n, tile):
     with np.errstate(over="ignore", invalid="ignore"):   # the reference's inf - inf, and float32 casts
         back = REF.unrotate(want, hadamard.SEED)
     assert bits_equal(GPU.to_host(GPU.unrotate(want, hadamard.SEED)), back)
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = hadamard.unrotate(want, n, hadamard.SEED)
+    got = GPU.to_host(GPU.unrotate_wide(want, hadamard.SEED))   # not rounded: float64
+    nan = np.isnan(wide)
+    assert got.dtype == np.float64 and np.array_equal(np.isnan(got), nan) and bits_equal(got[~nan], wide[~nan])
 
 
 def test_a_nan_of_the_rotation_has_the_hosts_bits(cp, monkeypatch):

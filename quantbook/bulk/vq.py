@@ -91,6 +91,14 @@ class VQBackend:
         """``float32(y·Hₙᵀ·D/√n)`` of every row of float32 ``y`` (R, n)."""
         raise NotImplementedError
 
+    def unrotate_wide(self, y: Any, seed: int) -> Any:
+        """:meth:`unrotate` not rounded: the float64 ``y·Hₙᵀ·D/√n`` of every row of float32
+        ``y`` (R, n), :func:`quantbook.numerics.hadamard.unrotate` (which this default runs on
+        a host copy)."""
+        y = self.to_host(y)
+        with np.errstate(over="ignore", invalid="ignore"):   # decoded infinities: the caller names them
+            return hadamard.unrotate(y, y.shape[1], seed)
+
     def group_stat(self, v: np.ndarray, group: int, rule: str) -> np.ndarray:
         """float64 per group: ``sqrt(Σv²/group)`` (squares summed in index order) or ``max|v|``;
         non-finite for a group holding NaN/Inf."""
@@ -277,8 +285,15 @@ class NumbaVQ(VQBackend, name="cpu"):
         return out
 
     def unrotate(self, y, seed):
+        return self._unrotate(y, seed, _F)
+
+    def unrotate_wide(self, y, seed):
+        return self._unrotate(y, seed, np.float64)
+
+    @staticmethod
+    def _unrotate(y, seed, dtype):
         n = y.shape[1]
-        out = np.empty(y.shape, _F)
+        out = np.empty(y.shape, dtype)
         _vq_kernels().unrotate(np.ascontiguousarray(y, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n), out)
         return out
 
@@ -349,6 +364,12 @@ class CudaVQ(VQBackend, name="gpu"):
 
         n = y.shape[1]
         return rotate_gpu(y, _signs(n, seed), 1.0 / np.sqrt(n), inverse=True)
+
+    def unrotate_wide(self, y, seed):
+        from .gpu.vq import rotate_gpu
+
+        n = y.shape[1]
+        return rotate_gpu(y, _signs(n, seed), 1.0 / np.sqrt(n), inverse=True, wide=True)
 
     def group_stat(self, v, group, rule):
         from .gpu.vq import group_stat_gpu

@@ -277,23 +277,33 @@ class BlockLayout(Layout):
     def roundtrip(self, x, rotation, backend):
         from ..bulk.api import dequantize, quantize
         from ..bulk.backend import get_backend
+        from ..bulk.vq import VQ_BACKENDS
 
         n = rotation_size(rotation, x.shape[-1])
-        xr = x if n is None else hadamard.rotate(x.reshape(-1, x.shape[-1]), n).astype(np.float32)
         # a named backend gets the tensor where its kernels run (a GPU's memory: one upload, and
-        # the dequantized values come back once); for the host backends both moves are no-ops
+        # the dequantized values come back once); for the host backends both moves are no-ops.
+        # It rotates there too, with the Hadamard kernels of its vector-quantization namesake
+        # (the float64 operations of quantbook.numerics.hadamard), else numpy rotates.
         be = None if backend == "auto" else get_backend(backend)
-        packed, state = quantize(xr if be is None else be.from_host(np.ascontiguousarray(xr)), codebook=self.cb,
-                                 block_size=self.block_size, nested=self.nested, backend=backend,
-                                 scale=self.rule, qmax=self.qmax)
+        rot = None if n is None else VQ_BACKENDS.get(backend, VQ_BACKENDS["numpy"])
+        if n is not None and x.shape[-1] % n:
+            raise ValueError(f"the Hadamard size {n} does not divide the input dimension {x.shape[-1]}")
+        if rot is not None:
+            xr = rot.rotate(rot.load(x).reshape(-1, n), hadamard.SEED)      # float32
+            xr = xr if be is None or be.device == rot.device else be.from_host(rot.to_host(xr))
+        else:
+            xr = x if be is None else be.from_host(np.ascontiguousarray(x))
+        packed, state = quantize(xr, codebook=self.cb, block_size=self.block_size, nested=self.nested,
+                                 backend=backend, scale=self.rule, qmax=self.qmax)
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
             xhat = dequantize(packed, state, backend=backend)
+        if rot is not None:   # rotated back in float64, not rounded
+            return rot.to_host(rot.unrotate_wide(xhat.reshape(-1, n), hadamard.SEED)).reshape(x.shape), \
+                storage_bits(packed, state)
         if be is not None:
             xhat = be.to_host(xhat)
-            if xhat.dtype == np.uint16 and xhat.dtype != xr.dtype:   # a CuPy without bfloat16 gives its bits
-                xhat = xhat.view(xr.dtype)
-        if n is not None:
-            xhat = hadamard.unrotate(xhat, n).reshape(x.shape)
+            if xhat.dtype == np.uint16 and xhat.dtype != x.dtype:   # a CuPy without bfloat16 gives its bits
+                xhat = xhat.view(x.dtype)
         return xhat, storage_bits(packed, state)
 
 

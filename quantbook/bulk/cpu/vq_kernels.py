@@ -58,7 +58,8 @@ def rotate(x, signs, inv, out):
 
 @njit(parallel=True, cache=True)
 def unrotate(y, signs, inv, out):
-    """``out[r] = float32(fwht(y[r]) · inv · signs)``: the inverse of :func:`rotate`."""
+    """``out[r] = fwht(y[r]) · inv · signs``: the inverse of :func:`rotate`, rounded to
+    ``out``'s dtype (float32, or float64: not rounded)."""
     rows, n = y.shape
     for c in prange((rows + _ROWS - 1) // _ROWS):
         buf = np.empty(n, np.float64)
@@ -67,7 +68,7 @@ def unrotate(y, signs, inv, out):
                 buf[j] = np.float64(y[r, j])
             _fwht(buf, n)
             for j in range(n):
-                out[r, j] = np.float32(buf[j] * inv * signs[j])
+                out[r, j] = buf[j] * inv * signs[j]   # the store rounds to out's dtype
 
 
 @njit(parallel=True, cache=True)

@@ -45,31 +45,32 @@ def _device(a, dtype):
     return cp.ascontiguousarray(cp.asarray(a, dtype=dtype))
 
 
-def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False):
+def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False, wide: bool = False):
     """``float32(fwht(x · signs) · inv)`` of every row of the (R, n) float32 ``x``, or with
     ``inverse`` ``float32(fwht(x) · inv · signs)``; ``signs`` the n float64 ±1, ``inv`` the
-    float64 ``1/√n``."""
+    float64 ``1/√n``.  With ``wide`` the float64 values, not rounded (a NaN has the GPU's
+    bits)."""
     cp = G._cupy()
     xd = _device(x, cp.float32)
     rows, n = (int(s) for s in xd.shape)
-    out = cp.empty((rows, n), dtype=cp.float32)
-    if rows == 0:
-        return out
-    sg = G._device_const(signs)
-    tile = min(n, FWHT_TILE)
     total = rows * n
-    buf = cp.empty(total if tile < n else 1, dtype=cp.float64)
+    tile = min(n, FWHT_TILE)
+    buf = cp.empty(total if tile < n or wide else 1, dtype=cp.float64)
+    out = cp.empty((rows, n) if not wide else 1, dtype=cp.float32)
+    if rows == 0:
+        return buf.reshape(rows, n) if wide else out
+    sg = G._device_const(signs)
     args = (np.int64(total), np.int64(n))
-    nan = np.uint32(_HOST_NAN)
+    nan, w = np.uint32(_HOST_NAN), np.int32(wide)
     _kernel("qbv_fwht_tile")((max(1, min(-(-total // VK.TILE), _MAX_GRID)),), (VK.CTA,),
-                             (xd, sg, buf, out, *args, np.int32(tile), np.float64(inv), np.int32(inverse), nan))
+                             (xd, sg, buf, out, *args, np.int32(tile), np.float64(inv), np.int32(inverse), nan, w))
     h = tile
     while h < n:
         _kernel("qbv_butterfly")((_grid(total // 2),), (VK.CTA,),
                                  (buf, sg, out, *args, np.int64(h), np.float64(inv), np.int32(inverse),
-                                  np.int32(2 * h == n), nan))
+                                  np.int32(2 * h == n), nan, w))
         h *= 2
-    return out
+    return buf.reshape(rows, n) if wide else out
 
 
 def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):

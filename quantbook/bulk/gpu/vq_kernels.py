@@ -15,11 +15,11 @@ Kernels (``extern "C"``):
   two dividing the row's ``n``, at most :data:`TILE`); a CTA pass takes :data:`TILE` entries
   (whole tiles), in float64 (times the signs when rotating), and runs the butterflies of spans
   ``1 … T/2`` in shared memory, then writes either the result (``T == n``: scaled by ``inv``,
-  and by the signs when un-rotating, rounded to float32) or the float64 partial transform for
-  the next kernel.  A NaN result (only ``inf - inf``, of decoded infinities) is written with
+  and by the signs when un-rotating, rounded to float32; with ``wide``, in float64 into
+  ``buf``) or the float64 partial transform for the next kernel.  A NaN result (only ``inf - inf``, of decoded infinities) is written with
   the bits the host's arithmetic gives it (``nan_bits``), not the GPU's own, here and below;
 * ``qbv_butterfly`` — one butterfly span ``h >= T`` of every row in global memory, a thread
-  a pair; the last span writes the float32 result as above.  The spans run in the same
+  a pair; the last span writes the result as above (float32, or float64 with ``wide``).  The spans run in the same
   order as the reference's, so every output is the same float64 expression;
 * ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
   ``max |v|`` (NaN when the group holds one), and the scale as stored: that float64 rounded
@@ -57,9 +57,10 @@ _KEEP = 8
 PARAMS = {
     "qbv_fwht_tile": "const float* __restrict__ x, const double* __restrict__ sg, double* __restrict__ buf, "
                      "float* __restrict__ out, qbv_i64 total, qbv_i64 n, int T, double inv, int inverse, "
-                     "unsigned nan_bits",
+                     "unsigned nan_bits, int wide",
     "qbv_butterfly": "double* __restrict__ buf, const double* __restrict__ sg, float* __restrict__ out, "
-                     "qbv_i64 total, qbv_i64 n, qbv_i64 h, double inv, int inverse, int last, unsigned nan_bits",
+                     "qbv_i64 total, qbv_i64 n, qbv_i64 h, double inv, int inverse, int last, unsigned nan_bits, "
+                     "int wide",
     "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, float* __restrict__ scale, "
                       "qb_u16* __restrict__ half_bits, qbv_i64 groups, int group, int absmax, int half, int vec",
     "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
@@ -88,9 +89,12 @@ typedef long long qbv_i64;
 /* a transformed float64 entry as the reference rounds it: times inv, times the sign when
    un-rotating (exact), to float32; a NaN (inf - inf of decoded infinities) as the host's
    arithmetic makes it, whose bits differ from the GPU's */
+__device__ __forceinline__ double qbv_finish64(double a, double inv, double sign, int inverse) {
+    const double r = __dmul_rn(a, inv);
+    return inverse ? __dmul_rn(r, sign) : r;
+}
 __device__ __forceinline__ float qbv_finish(double a, double inv, double sign, int inverse, unsigned nan_bits) {
-    double r = __dmul_rn(a, inv);
-    if (inverse) r = __dmul_rn(r, sign);
+    const double r = qbv_finish64(a, inv, sign, inverse);
     return r != r ? __uint_as_float(nan_bits) : (float)r;
 }
 
@@ -204,8 +208,9 @@ _BODIES = {
         /* a thread reads back the entries it loaded, so the next pass needs no barrier first */
         for (int j = threadIdx.x; j < len; j += blockDim.x) {
             const qbv_i64 e = e0 + j;
-            if (T == n) out[e] = qbv_finish(s[j], inv, sg[e %% n], inverse, nan_bits);
-            else buf[e] = s[j];
+            if (T != n) buf[e] = s[j];
+            else if (wide) buf[e] = qbv_finish64(s[j], inv, sg[e %% n], inverse);
+            else out[e] = qbv_finish(s[j], inv, sg[e %% n], inverse, nan_bits);
         }
     }
 """,
@@ -216,7 +221,10 @@ _BODIES = {
         const qbv_i64 i = e %% n;
         const double a = buf[e], b = buf[e + h];
         const double u = __dadd_rn(a, b), w = __dsub_rn(a, b);
-        if (last) {
+        if (last && wide) {
+            buf[e] = qbv_finish64(u, inv, sg[i], inverse);
+            buf[e + h] = qbv_finish64(w, inv, sg[i + h], inverse);
+        } else if (last) {
             out[e] = qbv_finish(u, inv, sg[i], inverse, nan_bits);
             out[e + h] = qbv_finish(w, inv, sg[i + h], inverse, nan_bits);
         } else {
