@@ -205,3 +205,16 @@ def test_allow_nonfinite_of_a_torch_bfloat16_tensor(monkeypatch):
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
     out = G._as_bfloat16(raw)
     assert out.dtype == torch.bfloat16 and bits_equal(out.view(torch.int16).cpu().numpy(), _host(raw).view(np.int16))
+
+
+@pytest.mark.parametrize("n", [256, 4096])
+def test_the_wide_unrotation_is_the_hosts(n):
+    """``unrotate_wide`` on the device (rows of 4096 take the spans beyond a tile through
+    global memory): quantbook.numerics.hadamard's float64 values, bit for bit."""
+    from quantbook.bulk.vq import VQ_BACKENDS
+    from quantbook.numerics import hadamard
+
+    y = (np.random.default_rng(n).standard_normal((8, n)) * 3).astype(np.float32)
+    got = _host(VQ_BACKENDS["gpu"].unrotate_wide(y, hadamard.SEED))
+    want = hadamard.unrotate(y, n, hadamard.SEED)
+    assert got.dtype == np.float64 and bits_equal(got, want)
