@@ -47,6 +47,8 @@ from ..format import SIGN_INF_BITS
 from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
+#: each dtype key's numpy name
+DTYPE_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 PACKINGS = (1, 2, 4, 8)
 
 #: values a quantize thread may hold, by dtype (64 bytes of input; 32 bytes for the 16-bit
@@ -728,9 +730,10 @@ __device__ __forceinline__ void qb_sanitize(const U* __restrict__ x, U* __restri
 }
 """
 
+
 def _sanitize_wrapper(dtype: str) -> str:
     u = "qb_u32" if dtype == "f32" else "qb_u16"
-    sign, inf = SIGN_INF_BITS[{"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]]
+    sign, inf = SIGN_INF_BITS[DTYPE_NAMES[dtype]]
     return (
         f'extern "C" __global__ void __launch_bounds__({SANITIZE_CTA}) {sanitize_name(dtype)}(\n'
         f"    const {u}* x, {u}* out, qb_i64 n, int log2B) {{\n"

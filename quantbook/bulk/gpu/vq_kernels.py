@@ -16,11 +16,13 @@ Kernels (``extern "C"``):
   (whole tiles), in float64 (times the signs when rotating), and runs the butterflies of spans
   ``1 … T/2`` in shared memory, then writes either the result (``T == n``: scaled by ``inv``,
   and by the signs when un-rotating, rounded to float32; with ``wide``, in float64 into
-  ``buf``) or the float64 partial transform for the next kernel.  A NaN result (only ``inf - inf``, of decoded infinities) is written with
-  the bits the host's arithmetic gives it (``nan_bits``), not the GPU's own, here and below;
+  ``buf``) or the float64 partial transform for the next kernel.  A float32 NaN result (only
+  ``inf - inf``, of decoded infinities) is written with the bits the host's arithmetic gives
+  it (``nan_bits``), not the GPU's own, here and below;
 * ``qbv_butterfly`` — one butterfly span ``h >= T`` of every row in global memory, a thread
-  a pair; the last span writes the result as above (float32, or float64 with ``wide``).  The spans run in the same
-  order as the reference's, so every output is the same float64 expression;
+  a pair; the last span writes the result as above (float32, or float64 with ``wide``).
+  The spans run in the same order as the reference's, so every output is the same float64
+  expression;
 * ``qbv_group_stat`` — a thread a group: ``sqrt(Σ v² / group)`` (float64, in index order) or
   ``max |v|`` (NaN when the group holds one), and the scale as stored: that float64 rounded
   to nearest even to float16 (its bits; with ``half``) or float32, and as the float32 the
