@@ -37,7 +37,8 @@ from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
 from quantbook.scales.steps import decode_table
 
-from gpu_cases import FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device, weights_file
+from gpu_cases import (FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device,
+                       use_stand_in_cupy, weights_file)
 
 try:
     import ml_dtypes
@@ -461,18 +462,22 @@ def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
 
 
 @pytest.mark.parametrize("rule, B", [("e4m3", 16), ("e8m0:floor", 32)])
-def test_evaluate_model_on_the_gpu_is_the_host_report(fake_cp, tmp_path, rule, B):
+def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, emu, tmp_path, rule, B):
     """evaluate-model --backend gpu --scale RULE: the scaled layouts' report is the numpy
-    backend's, number for number."""
+    backend's, number for number (the rotation by the vector kernels, on the device)."""
+    from quantbook.bulk.gpu import vq as GV
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
 
+    fake_cp = use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.scaled_emulator(), E.vq_emulator()),
+                                caches=(GS, GV))
     path = weights_file(tmp_path / "m.safetensors", 22, 32, 128)
     cbs = resolve_codebooks("e2m1,nf4", B)
     kw = dict(block_size=B, scale=rule, rotations=("none", "hadamard"), tensors="*.weight")
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qbs_") for n, _, _ in fake_cp.launches) and gpu == host
+    assert any(n == "qbv_fwht_tile" for n, _, _ in fake_cp.launches)
 
 
 @pytest.mark.parametrize("rule", ["float16", "e4m3"])
