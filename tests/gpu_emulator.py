@@ -369,9 +369,8 @@ class EmulatedCudaBackend(Backend, name="gpu-emulated"):
     def sanitize_nonfinite(self, x, block_size):
         return sanitize_emulated(x, block_size)
 
-    def quantize_nested(self, deviations):
-        # the kernel takes absmax and the offset; deviations = absmax - offset with offset 0
-        return quantize_absmax_nested_emulated(deviations, np.float32(0))
+    def quantize_nested(self, absmax, offset):
+        return quantize_absmax_nested_emulated(absmax, offset)
 
 
 # ---- the scaled-layout kernels (quantbook/bulk/gpu/scaled_kernels.py) -------------------------

@@ -320,3 +320,21 @@ def test_allow_nonfinite_stays_on_the_device(monkeypatch, dtype, scale):
     assert bits_equal(np.asarray(p), rp) and bits_equal(st.absmax, rst.absmax)
     assert K.sanitize_name(G._dtype_key(dtype)) in [n for n, _, _ in cp.launches]
     assert x.size not in moved, moved
+
+
+def test_nested_quantize_keeps_the_block_maxima_on_the_device(cp, monkeypatch):
+    """quantize(nested=True) on the gpu backend: the block maxima come to the host (for the
+    offset, torch's mean) but do not go back up; the kernel subtracts the offset from the
+    device's copy.  The bytes are the numpy backend's."""
+    import quantbook as qb
+
+    x = np.random.default_rng(28).standard_normal(64 * 900 + 5).astype(np.float32)
+    sent = []
+    upload = cp.asarray
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
+        sent.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    p, st = qb.quantize(fake_device(x), "nf4", 64, nested=True, backend="gpu")
+    rp, rst = qb.quantize(x, "nf4", 64, nested=True, backend="numpy")
+    assert bits_equal(np.asarray(p), rp) and st.nested_offset == rst.nested_offset
+    assert bits_equal(st.absmax, rst.absmax) and bits_equal(st.nested_absmax, rst.nested_absmax)
+    assert st.n_blocks not in sent, sent

@@ -172,7 +172,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
                            code=code.copy(), quant_type=cb.name, bits=bits)
         if nested:
             offset = nested_offset(absmax_h, torch_threads)
-            state.absmax, state.nested_absmax = be.quantize_nested((absmax_h - offset).astype(_F))
+            state.absmax, state.nested_absmax = be.quantize_nested(absmax, offset)
             state.nested_quant_map = dynamic_map().copy()
             state.nested_blocksize = NESTED_BLOCKSIZE
             state.nested_offset = float(offset)

@@ -111,11 +111,12 @@ class Backend:
         """Flat array of ``n`` values of ``out_dtype``."""
         raise NotImplementedError
 
-    def quantize_nested(self, deviations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(codes uint8, nested_absmax float32)`` of ``absmax - offset`` (host arrays)."""
+    def quantize_nested(self, absmax: Any, offset: np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes uint8, nested_absmax float32)``, host arrays, of the float32 deviations
+        ``absmax - offset``; ``absmax`` as :meth:`quantize_blocks` returned it."""
         from .nested import quantize_nested_reference
 
-        return quantize_nested_reference(deviations)
+        return quantize_nested_reference(self.to_host(absmax) - np.float32(offset))
 
     def nested_scales(self, qabsmax: np.ndarray, nested_absmax: np.ndarray, offset: np.float32,
                       nested_code: np.ndarray, nested_blocksize: int) -> Any:

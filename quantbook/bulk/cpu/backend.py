@@ -119,8 +119,8 @@ class NumbaBackend(Backend, name="cpu"):
         _kernels().sanitize_bits(bits, sign, inf, block_size, out)
         return out.view(flat.dtype)
 
-    def quantize_nested(self, deviations):
-        d = np.ascontiguousarray(deviations, dtype=_F).reshape(-1)
+    def quantize_nested(self, absmax, offset):
+        d = np.ascontiguousarray(absmax - np.float32(offset), dtype=_F).reshape(-1)
         q = np.empty(d.size, dtype=np.uint8)
         nabs = np.empty(F.n_blocks(d.size, NESTED_BLOCKSIZE), dtype=_F)
         _kernels().quantize_nested_lut(d, nested_lut(), NESTED_BLOCKSIZE, q, nabs)

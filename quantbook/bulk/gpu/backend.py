@@ -530,10 +530,10 @@ class CudaBackend(Backend, name="gpu"):
             raise nonfinite_scales_error()
         return scales
 
-    def quantize_nested(self, deviations):
-        # absmax - offset is formed on the host (the offset is); the kernel subtracts 0 exactly
+    def quantize_nested(self, absmax, offset):
+        # the block maxima are still on the device: the kernel subtracts the offset there
         cp = _cupy()
-        q, nested = _nested_codes(cp.asarray(np.ascontiguousarray(deviations, dtype=np.float32)), 0.0)
+        q, nested = _nested_codes(cp.ascontiguousarray(cp.asarray(absmax, dtype=cp.float32)).reshape(-1), offset)
         return cp.asnumpy(q), cp.asnumpy(nested)
 
     # the scaled layouts: block maxima, the rule's step-table lookup, a search's candidate
