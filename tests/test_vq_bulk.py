@@ -239,6 +239,19 @@ def test_rotation_is_the_explicit_randomized_hadamard_matrix():
         np.testing.assert_allclose(back, x.reshape(-1, n), rtol=0, atol=1e-6)
 
 
+@needs_numba
+def test_the_rotation_runs_where_the_bulk_backend_quantizes(monkeypatch):
+    """evaluate-model's scalar layouts rotate with vq.rotation_backend: auto's host pick (numba
+    when it is there), a bulk backend's namesake, numpy for a bulk backend without one."""
+    assert vq.rotation_backend("cpu") is vq.VQ_BACKENDS["cpu"]
+    assert vq.rotation_backend("numpy") is vq.VQ_BACKENDS["numpy"]
+    assert vq.rotation_backend("no-such-backend") is vq.VQ_BACKENDS["numpy"]
+    assert vq.rotation_backend("auto") is vq.VQ_BACKENDS["cpu"]
+    monkeypatch.setattr(type(vq.VQ_BACKENDS["cpu"]), "unavailable", lambda self: "numba is not installed")
+    assert vq.rotation_backend("auto") is vq.VQ_BACKENDS["numpy"]
+    assert vq.rotation_backend("cpu") is vq.VQ_BACKENDS["numpy"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_wide_unrotation_is_hadamard_unrotate(backend):
     """``unrotate_wide`` (what evaluate-model's scalar layouts rotate back with) is the float64

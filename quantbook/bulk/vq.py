@@ -35,7 +35,7 @@ from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_gro
                        index_dtype)
 
 __all__ = ["quantize_vq", "dequantize_vq", "VQState", "VQBackend", "VQ_BACKENDS", "vq_backend_names",
-           "parse_rotate", "as_points"]
+           "parse_rotate", "as_points", "rotation_backend"]
 
 _F = np.float32
 
@@ -435,6 +435,17 @@ class CudaVQ(VQBackend, name="gpu"):
 def vq_backend_names() -> tuple[str, ...]:
     """``"auto"`` and every registered vector-quantization backend."""
     return ("auto", *VQ_BACKENDS)
+
+
+def rotation_backend(name: Any) -> VQBackend:
+    """The vector backend whose Hadamard kernels rotate for the bulk backend ``name`` (each
+    runs the float64 operations of :mod:`quantbook.numerics.hadamard`, so the choice changes
+    only where and how fast): ``auto``'s pick for host arrays, else a usable namesake, else
+    numpy."""
+    if name == "auto":
+        return _pick_backend("auto")
+    b = VQ_BACKENDS.get(name) if isinstance(name, str) else None
+    return b if b is not None and b.unavailable() is None else VQ_BACKENDS["numpy"]
 
 
 def _pick_backend(name: Any, device: bool = False) -> VQBackend:

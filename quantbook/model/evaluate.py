@@ -277,15 +277,14 @@ class BlockLayout(Layout):
     def roundtrip(self, x, rotation, backend):
         from ..bulk.api import dequantize, quantize
         from ..bulk.backend import get_backend
-        from ..bulk.vq import VQ_BACKENDS
+        from ..bulk.vq import rotation_backend
 
         n = rotation_size(rotation, x.shape[-1])
         # a named backend gets the tensor where its kernels run (a GPU's memory: one upload, and
         # the dequantized values come back once); for the host backends both moves are no-ops.
-        # It rotates there too, with the Hadamard kernels of its vector-quantization namesake
-        # (the float64 operations of quantbook.numerics.hadamard), else numpy rotates.
+        # It rotates there too, with the Hadamard kernels of its vector-quantization namesake.
         be = None if backend == "auto" else get_backend(backend)
-        rot = None if n is None else VQ_BACKENDS.get(backend, VQ_BACKENDS["numpy"])
+        rot = None if n is None else rotation_backend(backend)
         if n is not None and x.shape[-1] % n:
             raise ValueError(f"the Hadamard size {n} does not divide the input dimension {x.shape[-1]}")
         if rot is not None:
