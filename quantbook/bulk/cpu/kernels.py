@@ -84,8 +84,7 @@ def _rank_bsearch(y, b, nb_pow2):
     pos = 0
     step = nb_pow2 >> 1
     while step > 0:
-        if b[pos + step - 1] < y:
-            pos += step
+        pos += step if b[pos + step - 1] < y else 0   # a select, not a branch to mispredict
         step >>= 1
     return pos
 
