@@ -2,9 +2,11 @@
 
     python benchmarks/bench_quantize_cpu.py            # 2**26 float32 values, B=64, NF4
     python benchmarks/bench_quantize_cpu.py --log2n 24 --skip-numpy
+    python benchmarks/bench_quantize_cpu.py --dtype float16 --skip-bnb    # other input types
+    python benchmarks/bench_quantize_cpu.py --bits 8 --skip-bnb           # codes a byte each
 
 For each backend: quantize GB/s (bytes of input read per second) and dequantize GB/s (bytes of
-float32 output written per second), next to a numpy copy of the same array (np.copyto into a
+output, in the input's dtype, written per second), next to a numpy copy of the same array (np.copyto into a
 preallocated buffer, GB/s of input) and, when importable, bitsandbytes' CPU quantize_4bit /
 dequantize_4bit on the same data.  Best of --repeat runs after one warm-up.  Targets:
 numba quantize >= 0.4x copy and >= 20x bitsandbytes' quantize; numba dequantize >=
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--log2n", type=int, default=26)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--codebook", default="nf4")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    ap.add_argument("--bits", type=int, default=None, help="stored width (default: the codebook's)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy reference")
     ap.add_argument("--skip-bnb", action="store_true")
@@ -50,6 +54,10 @@ def main(argv=None) -> int:
     n = 2**args.log2n
     B = args.block_size
     x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    if args.dtype != "float32":
+        from quantbook.bulk.state import dtype_from_name
+
+        x = x.astype(dtype_from_name(args.dtype))
     gb = x.nbytes / 1e9
     dst = np.empty_like(x)
     t_copy = best(lambda: np.copyto(dst, x), args.repeat)
@@ -58,13 +66,15 @@ def main(argv=None) -> int:
     backends = ["cpu"] + ([] if args.skip_numpy else ["numpy"])
     for be in backends:
         rep = args.repeat if be == "cpu" else 1
-        tq = best(lambda: qb.quantize(x, args.codebook, B, backend=be), rep)
-        packed, st = qb.quantize(x, args.codebook, B, backend=be)
+        tq = best(lambda: qb.quantize(x, args.codebook, B, backend=be, bits=args.bits), rep)
+        packed, st = qb.quantize(x, args.codebook, B, backend=be, bits=args.bits)
         td = best(lambda: qb.dequantize(packed, st, backend=be), rep)
         results[be] = (tq, td, packed, st)
 
     bnb = None
-    if not args.skip_bnb:
+    if args.bits not in (None, 4):
+        print("(bitsandbytes not measured: its quantize_4bit stores 4 bits)", file=sys.stderr)
+    elif not args.skip_bnb:
         try:
             import torch
             import torch._dynamo
@@ -77,7 +87,7 @@ def main(argv=None) -> int:
             print(f"(bitsandbytes not measured: {exc})", file=sys.stderr)
     if bnb is not None:
         torch, F = bnb
-        t = torch.from_numpy(x)
+        t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if args.dtype == "bfloat16" else torch.from_numpy(x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tq = best(lambda: F.quantize_4bit(t, blocksize=B, quant_type=args.codebook), min(args.repeat, 2))
@@ -92,7 +102,8 @@ def main(argv=None) -> int:
         nthreads = numba.get_num_threads()
     except Exception:  # noqa: BLE001
         nthreads = "?"
-    print(f"n = 2**{args.log2n} float32 ({gb:.3f} GB), block {B}, {args.codebook}; "
+    print(f"n = 2**{args.log2n} {args.dtype} ({gb:.3f} GB), block {B}, {args.codebook}"
+          f"{'' if args.bits is None else f' as {args.bits} bits'}; "
           f"{os.cpu_count()} CPUs, numba threads {nthreads}, load avg {load:.2f}")
     if bnb is not None:
         print(f"bitsandbytes torch threads {bnb[0].get_num_threads()}; identical packed bytes "
@@ -112,8 +123,8 @@ def main(argv=None) -> int:
         cpu, ref = results["cpu"], results["numpy"]
         same_ref = (np.array_equal(cpu[2], ref[2])
                     and np.array_equal(cpu[3].absmax.view(np.uint32), ref[3].absmax.view(np.uint32))
-                    and np.array_equal(qb.dequantize(cpu[2], cpu[3], backend="cpu").view(np.uint32),
-                                       qb.dequantize(ref[2], ref[3], backend="numpy").view(np.uint32)))
+                    and np.array_equal(qb.dequantize(cpu[2], cpu[3], backend="cpu").view(np.uint8),
+                                       qb.dequantize(ref[2], ref[3], backend="numpy").view(np.uint8)))
         print(f"numba vs the numpy reference: {'IDENTICAL' if same_ref else 'DIFFER'}")
         status = 0 if same_ref else 2
     if bnb is not None and not same:
