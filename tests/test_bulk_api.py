@@ -385,3 +385,22 @@ def test_sanitize_nonfinite_is_the_documented_rule(dtype):
     assert got[8:16].view(np.uint16 if dt != np.float32 else np.uint32).tolist()[:2] == (
         [0, 0x8000] if dt != np.float32 else [0, 0x80000000])               # +0 and -0
     assert float(got[2]) == big and float(got[3]) == -big and float(got[26]) == -2.0
+
+
+@pytest.mark.parametrize("args", [["--dtype", "float16"], ["--dtype", "bfloat16"], ["--bits", "8"]])
+def test_cpu_benchmark_runs_and_checks_bytes(args, capsys):
+    """benchmarks/bench_quantize_cpu.py on a small input: numba against the numpy reference,
+    for each input dtype and a width stored a byte a code."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("numba")
+    if "bfloat16" in args:
+        pytest.importorskip("ml_dtypes")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_cpu.py"
+    spec = importlib.util.spec_from_file_location("bench_quantize_cpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--log2n", "12", "--repeat", "1", "--skip-bnb", *args]) == 0
+    out = capsys.readouterr().out
+    assert "numba vs the numpy reference: IDENTICAL" in out and args[-1] in out
