@@ -439,3 +439,35 @@ def test_agrees_with_reference_byte_for_byte(be, x, name, logb, dt, nested, bits
     if nested:
         assert bits_equal(s1.nested_absmax, s2.nested_absmax) and s1.nested_offset == s2.nested_offset
     assert bits_equal(dequantize(ref, p1, s1), dequantize(be, p2, s2))
+
+
+def test_the_cpu_kernels_round_to_16_bits_as_numpy():
+    """The numba kernels' float32 -> float16 / bfloat16 rounding (their dequantize output)
+    against numpy's and ml_dtypes' casts: every float16 value, every midpoint between two
+    and the float32 on either side of it (ties to even, the subnormal grid, the overflow at
+    65520), infinities, NaN, and a million seeded random bit patterns, both signs."""
+    numba = pytest.importorskip("numba")
+    from quantbook.bulk.cpu import kernels as K
+
+    @numba.njit
+    def convert(a, h, b):
+        for i in range(a.size):
+            h[i] = K._f32_to_f16_bits(a[i])
+            b[i] = K._f32_to_bf16_bits(a[i])
+
+    grid = np.arange(0, 0x7C01, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mid = grid[:-1] + (grid[1:] - grid[:-1]) / 2
+    rand = np.random.default_rng(29).integers(0, 2**32, 1_000_000, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate([grid, mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(1e9)),
+                        np.float32([65519.996, 65520, 65535.996, 65536, 3e38, np.inf, np.nan, 2**-25, 1e-40]),
+                        rand.view(np.float32)])
+    x = np.concatenate([x, -x])
+    h, b = np.empty(x.size, np.uint16), np.empty(x.size, np.uint16)
+    convert(x, h, b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want_h = x.astype(np.float16).view(np.uint16)
+        want_b = None if BF16 is None else x.astype(BF16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(h[~nan], want_h[~nan]) and np.isnan(h[nan].view(np.float16)).all()
+    if want_b is not None:
+        assert np.array_equal(b[~nan], want_b[~nan]) and np.isnan(b[nan].view(BF16)).all()

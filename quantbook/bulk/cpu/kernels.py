@@ -233,26 +233,21 @@ def quantize_generic(x, f16tab, bounds, nb_pow2, order, bits, zero_code, blocksi
 
 @njit(cache=True)
 def _f32_to_f16_bits(v):
-    """float32 -> IEEE half bits, round to nearest even (numpy's astype)."""
+    """float32 -> IEEE half bits, round to nearest even (numpy's astype); every case is
+    computed and one selected, so that the loops calling it have no branch."""
     u = np.int64(np.float32(v).view(np.uint32))
     sign = (u >> 16) & 0x8000
     a = u & 0x7FFFFFFF
-    if a >= 0x7F800000:  # inf / nan
-        if a > 0x7F800000:
-            return np.uint16(sign | 0x7E00)
-        return np.uint16(sign | 0x7C00)
-    if a >= 0x477FF000:  # >= 65520 rounds to inf
-        return np.uint16(sign | 0x7C00)
-    if a >= 0x38800000:  # normal half
-        h = (((a >> 23) - 112) << 10) | ((a & 0x7FFFFF) >> 13)
-        rem = a & 0x1FFF
-        if rem > 0x1000 or (rem == 0x1000 and (h & 1) == 1):
-            h += 1
-        return np.uint16(sign | h)
-    # subnormal half or zero: round(|v| * 2**24) to nearest even (the scaling is exact)
-    f = np.float32(abs(np.float32(v)) * np.float32(16777216.0))
-    r = np.float32(np.float32(f + np.float32(8388608.0)) - np.float32(8388608.0))
-    return np.uint16(sign | np.int64(r))
+    # a normal half: exponent rebiased by 112, then + 0xFFF + the kept lsb carries exactly when
+    # the dropped 13 bits round up (to even); a carry out of the top gives 0x7C00, inf
+    normal = (a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
+    # a subnormal half or zero: adding 0.5, whose ulp is 2**-24, rounds |v| to the half grid
+    f = np.float32(np.float32(abs(np.float32(v))) + np.float32(0.5))
+    sub = np.int64(f.view(np.uint32)) - 0x3F000000
+    h = sub if a < 0x38800000 else normal
+    h = 0x7C00 if a >= 0x47800000 else h   # from 65536 on (65520 up rounds to inf above)
+    h = 0x7E00 if a > 0x7F800000 else h    # NaN
+    return np.uint16(sign | h)
 
 
 @njit(cache=True)
