@@ -6,11 +6,11 @@
     python benchmarks/bench_quantize_cpu.py --bits 8 --skip-bnb           # codes a byte each
 
 For each backend: quantize GB/s (bytes of input read per second) and dequantize GB/s (bytes of
-output, in the input's dtype, written per second), next to a numpy copy of the same array (np.copyto into a
-preallocated buffer, GB/s of input) and, when importable, bitsandbytes' CPU quantize_4bit /
-dequantize_4bit on the same data.  Best of --repeat runs after one warm-up.  Targets:
-numba quantize >= 0.4x copy and >= 20x bitsandbytes' quantize; numba dequantize >=
-bitsandbytes' dequantize.  Also checks that numba gives the numpy reference's bytes, absmax
+output, in the input's dtype, written per second), next to a numpy copy of the same array
+(np.copyto into a preallocated buffer, GB/s of input) and, when importable, bitsandbytes'
+CPU quantize_4bit / dequantize_4bit on the same data.  Best of --repeat runs after one
+warm-up.  Targets: numba quantize >= 0.4x copy and >= 20x bitsandbytes' quantize; numba
+dequantize >= bitsandbytes' dequantize.  Also checks that numba gives the numpy reference's bytes, absmax
 and decoded values (unless --skip-numpy) and bitsandbytes' bytes (when measured); exit
 status 2 if either differs.
 """
@@ -87,7 +87,9 @@ def main(argv=None) -> int:
             print(f"(bitsandbytes not measured: {exc})", file=sys.stderr)
     if bnb is not None:
         torch, F = bnb
-        t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if args.dtype == "bfloat16" else torch.from_numpy(x)
+        t = torch.from_numpy(x.view(np.int16) if args.dtype == "bfloat16" else x)
+        if args.dtype == "bfloat16":
+            t = t.view(torch.bfloat16)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tq = best(lambda: F.quantize_4bit(t, blocksize=B, quant_type=args.codebook), min(args.repeat, 2))

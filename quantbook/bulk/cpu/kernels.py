@@ -245,7 +245,7 @@ def _f32_to_f16_bits(v):
     f = np.float32(np.float32(abs(np.float32(v))) + np.float32(0.5))
     sub = np.int64(f.view(np.uint32)) - 0x3F000000
     h = sub if a < 0x38800000 else normal
-    h = 0x7C00 if a >= 0x47800000 else h   # from 65536 on (65520 up rounds to inf above)
+    h = 0x7C00 if a >= 0x47800000 else h   # from 65536 on (65520 to 65536 carry to inf above)
     h = 0x7E00 if a > 0x7F800000 else h    # NaN
     return np.uint16(sign | h)
 
