@@ -192,8 +192,9 @@ def test_allow_nonfinite_saturates(be):
 
 
 def _nonfinite_input(dtype, n, block_size, seed):
-    """Seeded values with NaN (either sign), +-Inf, a block with no finite value, the dtype's
-    largest finite value and subnormals; a ragged last block when n is not a multiple."""
+    """Seeded values with NaN (either sign) and +-Inf scattered and eight in a row at the
+    start of the second block, the dtype's largest finite value, subnormals, and a ragged
+    last block when n is not a multiple of the block size."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(n) * 3).astype(np.float32)
     k = rng.permutation(n)[:max(6, n // 16)]
@@ -213,7 +214,7 @@ def test_allow_nonfinite_input_is_the_rule(be, dtype, block_size, n):
     bit, the input left as it was; then quantize(allow_nonfinite=True) against the reference
     on the sanitized values."""
     x = _nonfinite_input(dtype, n, block_size, block_size)
-    if block_size == 16:   # only at 16 does a whole block fit before the ragged one
+    if block_size == 16:   # a block with no finite value (±Inf -> ±0), before the ragged one
         x[-21:-5] = np.inf
     before = x.copy()
     got = be.to_host(be.sanitize_nonfinite(be.from_host(x), block_size))
