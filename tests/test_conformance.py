@@ -214,7 +214,7 @@ def test_allow_nonfinite_input_is_the_rule(be, dtype, block_size, n):
     bit, the input left as it was; then quantize(allow_nonfinite=True) against the reference
     on the sanitized values."""
     x = _nonfinite_input(dtype, n, block_size, block_size)
-    if block_size == 16:   # a block with no finite value (±Inf -> ±0), before the ragged one
+    if block_size == 16:   # a block of +Inf only (each -> +0), before the ragged one
         x[-21:-5] = np.inf
     before = x.copy()
     got = be.to_host(be.sanitize_nonfinite(be.from_host(x), block_size))
