@@ -573,7 +573,7 @@ def test_step_lookup_kernel_is_the_step_tables_search(fake_cp, rule, ts):
     ok = table.valid[idx]
     assert ok.any() and ((~ok).any() or rule not in ("float16", "bfloat16"))   # overflow, underflow
     a = bits[ok].view(np.float32)
-    _, f, div = GS.step_args(table)
+    f, div = GS.step_args(table)
     for need in (False, True):
         stored, factor, divide, scale = GS.scaled_scales_gpu(fake_device(a), r, 6.0, tsf, need_scale=need)
         assert bits_equal(np.asarray(stored), table.stored[idx[ok]]) and divide == div

@@ -63,12 +63,18 @@ def check_code_table(code: Any, bits: int | None = None) -> np.ndarray:
     return c
 
 
+#: dtype name -> (its sign bit, +inf's bits): the bits below the sign bit are a value's
+#: magnitude, ordered as the magnitudes, so a magnitude below +inf's is finite, one above it NaN
+SIGN_INF_BITS = {"float32": (0x80000000, 0x7F800000), "float16": (0x8000, 0x7C00),
+                 "bfloat16": (0x8000, 0x7F80)}
+
+
 def finite_nonnegative_bits(s: np.ndarray) -> bool:
     """Whether every entry of a native float16/float32 array is finite and non-negative, by
     one integer maximum: those are the floats whose bits lie below +inf's (-0.0 is not).  A
     sufficient test, so a caller checks value by value only when it fails."""
-    inf = np.array(np.inf, dtype=s.dtype).view(f"u{s.dtype.itemsize}")
-    return not s.size or bool(s.view(inf.dtype).max() < inf)
+    unsigned = np.dtype(f"u{s.dtype.itemsize}")
+    return not s.size or bool(s.view(unsigned).max() < SIGN_INF_BITS[s.dtype.name][1])
 
 
 def nonfinite_error(scales: np.ndarray, block_size: int, n: int) -> ValueError | None:
@@ -83,12 +89,6 @@ def nonfinite_error(scales: np.ndarray, block_size: int, n: int) -> ValueError |
     return ValueError(f"x holds NaN or Inf: first in block {b} (elements {b * block_size}.."
                       f"{min((b + 1) * block_size, n) - 1} of the flattened array); "
                       "pass allow_nonfinite=True to quantize NaN as 0 and saturate Inf")
-
-
-#: dtype name -> (its sign bit, +inf's bits): the bits below the sign bit are a value's
-#: magnitude, ordered as the magnitudes, so a magnitude below +inf's is finite, one above it NaN
-SIGN_INF_BITS = {"float32": (0x80000000, 0x7F800000), "float16": (0x8000, 0x7C00),
-                 "bfloat16": (0x8000, 0x7F80)}
 
 
 def sanitize_nonfinite(x: np.ndarray, block_size: int) -> np.ndarray:

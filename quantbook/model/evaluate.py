@@ -285,9 +285,8 @@ class BlockLayout(Layout):
         # It rotates there too, with the Hadamard kernels of its vector-quantization namesake.
         be = None if backend == "auto" else get_backend(backend)
         rot = None if n is None else rotation_backend(backend)
-        if n is not None and x.shape[-1] % n:
-            raise ValueError(f"the Hadamard size {n} does not divide the input dimension {x.shape[-1]}")
         if rot is not None:
+            hadamard.check_divides(n, x.shape[-1])
             xr = rot.rotate(rot.load(x).reshape(-1, n), hadamard.SEED)      # float32
             xr = xr if be is None or be.device == rot.device else be.from_host(rot.to_host(xr))
         else:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fwht", "signs", "rotate", "unrotate", "default_size", "check_size", "SEED"]
+__all__ = ["fwht", "signs", "rotate", "unrotate", "default_size", "check_size", "check_divides", "SEED"]
 
 #: the seed of the random signs: fixed, so that a rotation is the same in every run
 SEED = 0
@@ -62,13 +62,18 @@ def signs(n: int, seed: int = SEED) -> np.ndarray:
     return np.where(np.random.default_rng(seed).random(check_size(n)) < 0.5, -1.0, 1.0)
 
 
+def check_divides(n: int, columns: int) -> None:
+    """A one-line ValueError unless the Hadamard size ``n`` divides the input dimension."""
+    if columns % n:
+        raise ValueError(f"the Hadamard size {n} does not divide the input dimension {columns}")
+
+
 def _groups(w: np.ndarray, n: int | None) -> tuple[np.ndarray, int]:
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"rotate a 2-D weight matrix, got shape {w.shape}")
     n = default_size(w.shape[1]) if n is None else check_size(n)
-    if w.shape[1] % n:
-        raise ValueError(f"the Hadamard size {n} does not divide the input dimension {w.shape[1]}")
+    check_divides(n, w.shape[1])
     return w.reshape(w.shape[0], w.shape[1] // n, n), n
 
 

@@ -162,8 +162,8 @@ def exact_multiplier(factor: np.ndarray, divide: bool) -> tuple[np.ndarray, bool
 
 
 @lru_cache(maxsize=64)
-def step_args(table: StepTable) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(starts, factor, divide)`` of a step table for the device: the divisors of its valid
+def step_args(table: StepTable) -> tuple[np.ndarray, bool]:
+    """``(factor, divide)`` of a step table for the device: the divisors of its valid
     steps through :func:`exact_multiplier` (one decision for the whole table), NaN elsewhere.
     Cached per table (the tables are cached too); the factors are read-only, so the device
     copy is found by identity."""
@@ -173,7 +173,7 @@ def step_args(table: StepTable) -> tuple[np.ndarray, np.ndarray, bool]:
         fv, div = exact_multiplier(table.factor[table.valid], table.divide)
         f[table.valid] = fv
     f.setflags(write=False)
-    return table.starts, f, bool(div)
+    return f, bool(div)
 
 
 def _log2_or_neg(block_size: int) -> int:
@@ -253,7 +253,7 @@ def scaled_scales_gpu(amax, rule, qmax: float, tensor_scale=None, need_scale: bo
     lands on a step the rule refuses: one kernel looks every block up in the rule's step
     table, and one flag comes back."""
     table = step_table(rule, qmax, tensor_scale)
-    _, f, div = step_args(table)
+    f, div = step_args(table)
     cp = G._cupy()
     a = cp.ascontiguousarray(cp.asarray(amax, dtype=cp.float32)).reshape(-1)
     nb = int(a.size)

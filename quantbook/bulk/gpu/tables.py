@@ -70,7 +70,11 @@ class EncoderTables:
     P: int
     K: int
     ident: bool
-    fine: bool
+
+    @property
+    def fine(self) -> bool:
+        """The fine layout (:func:`fine_layout` of ``P``)."""
+        return fine_layout(self.P)
 
 
 #: tables by code table and P, at most _CACHE_SIZE of them (about 18 KB each)
@@ -96,8 +100,8 @@ def bucket_index(y, fine: bool) -> np.ndarray:
     bits = np.asarray(y, dtype=np.float32).view(np.uint32)
     if not fine:
         return bits >> np.uint32(BUCKET_SHIFT)
-    if np.any(((bits & np.uint32(0x7FFFFFFF)) >= np.uint32(0x40000000)) & ((bits & np.uint32(0x7FFFFFFF))
-                                                                           <= np.uint32(0x7F800000))):
+    mag = bits & np.uint32(0x7FFFFFFF)
+    if np.any((mag >= np.uint32(0x40000000)) & (mag <= np.uint32(0x7F800000))):
         raise ValueError("the fine bucket layout holds only |y| < 2 and NaN")
     t, u = bits >> np.uint32(FINE_SHIFT), bits >> np.uint32(FINE_SHIFT + 1)
     return (t & np.uint32(FINE_LOW)) | (u & ~np.uint32(FINE_LOW))   # u: the sign, one bit higher
@@ -162,7 +166,7 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
     for arr in (b, o, bucket):
         arr.setflags(write=False)
     ident = m == 0 and bool(np.array_equal(order, np.arange(k)))
-    tabs = EncoderTables(b, o, bucket, steps, int(P), int(k - m), ident, fine)
+    tabs = EncoderTables(b, o, bucket, steps, int(P), int(k - m), ident)
     if len(_CACHE) >= _CACHE_SIZE:   # many fitted codebooks: keep the memory bounded
         _CACHE.clear()
     _CACHE[key] = tabs
