@@ -1,12 +1,13 @@
 """Test infrastructure: run the CUDA kernels on the CPU, for machines without a GPU.
 
 The kernel source of :mod:`quantbook.bulk.gpu.kernels` is compiled *unchanged* as C++ with a
-small shim (``g++``, IEEE float32 with ``-ffp-contract=off``): every CUDA thread is an OS
-thread, the thread blocks run one after another, ``__shared__`` variables are shared by
-the threads of the running block, ``__syncthreads`` is a barrier and ``__shfl_xor_sync`` an
-exchange through memory between two barriers (the kernels call both uniformly, before any
-thread leaves).  float16 conversions use the compiler's ``_Float16`` (round to nearest
-even), bfloat16 the kernels' integer path for pre-sm_80 GPUs.
+small shim (``g++``, IEEE float32 with ``-ffp-contract=off``): every CUDA thread is a fiber
+(``ucontext``) on one OS thread, the thread blocks run one after another, ``__shared__``
+variables are shared by the threads of the running block, ``__syncthreads`` is a barrier
+(a thread that passes a different number of barriers than the others is an error) and
+``__shfl_xor_sync`` an exchange through memory between two barriers (the kernels call
+both uniformly, before any thread leaves).  float16 conversions use the compiler's
+``_Float16`` (round to nearest even), bfloat16 the kernels' integer path for pre-sm_80 GPUs.
 
 This checks the kernels' logic — indexing, reductions, tails, partial blocks, packing and
 every float32 operation — against the numpy reference without a device.  It does not check
@@ -49,14 +50,13 @@ _SHIM = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
+#include <cstdlib>
 #include <vector>
-#include <mutex>
-#include <condition_variable>
 #include <functional>
+#include <ucontext.h>
 
 struct qb_dim3 { unsigned x, y, z; };
-static thread_local qb_dim3 threadIdx, blockIdx, blockDim, gridDim;
+static qb_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 struct uint2 { unsigned x, y; };
 struct uint4 { unsigned x, y, z, w; };
@@ -91,17 +91,23 @@ static inline int __float2int_rz(float x) {
 static inline float qb_host_f16_to_f32(unsigned short h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
 static inline unsigned short qb_host_f32_to_f16(float f) { _Float16 v = (_Float16)f; unsigned short h; std::memcpy(&h, &v, 2); return h; }
 
-/* one thread block at a time; a reusable barrier for its threads */
-struct QbBarrier {
-    std::mutex m; std::condition_variable cv; unsigned count = 0, total = 0, gen = 0;
-    void reset(unsigned n) { count = 0; total = n; gen = 0; }
-    void wait() {
-        std::unique_lock<std::mutex> lk(m);
-        unsigned g = gen;
-        if (++count == total) { count = 0; ++gen; cv.notify_all(); }
-        else cv.wait(lk, [&] { return gen != g; });
-    }
-};
+/* The threads of a block are fibers (ucontext) on one OS thread; a barrier hands control
+   back to the scheduler, which runs every live fiber up to its next barrier before any
+   passes it.  Fibers run in descending thread order: a read that lacks its barrier then
+   tends to see an unwritten value (thread 0 writes last).  All threads must pass the same
+   number of barriers; a block where some finish while others still wait sets
+   qb_barrier_mismatch (the launcher raises). */
+struct QbFiber { ucontext_t ctx; unsigned t, b; bool done; };
+static ucontext_t qb_sched;
+static QbFiber* qb_fibers = nullptr;
+static unsigned qb_nfibers = 0;
+static QbFiber* qb_cur = nullptr;
+static std::vector<char*> qb_stacks;
+static const std::function<void()>* qb_body = nullptr;
+extern "C" { int qb_barrier_mismatch = 0; }
+static const size_t QB_STACK = 1u << 18;
+
+struct QbBarrier { void wait() { swapcontext(&qb_cur->ctx, &qb_sched); } };
 static QbBarrier qb_bar;
 static float qb_shfl_slot[1024];
 static inline void __syncthreads() { qb_bar.wait(); }
@@ -124,22 +130,55 @@ static inline unsigned __vmaxu2(unsigned a, unsigned b) {
 }
 using std::min;
 
-/* block-many OS threads walk the thread blocks in order, with a barrier between blocks
-   (the kernels have no barrier after a thread may return) */
+/* each fiber walks the thread blocks in order, with a barrier between blocks (the kernels
+   have no barrier after a thread may return) */
+static void qb_fiber_main(unsigned t) {
+    QbFiber& f = qb_fibers[t];
+    for (unsigned b = 0; b < gridDim.x; ++b) {
+        f.b = b;
+        blockIdx = qb_dim3{b, 0, 0};
+        (*qb_body)();
+        qb_bar.wait();
+    }
+    f.done = true;
+}
+
 static void qb_run_grid(unsigned grid, unsigned block, const std::function<void()>& body) {
-    qb_bar.reset(block);
-    std::vector<std::thread> ts;
-    ts.reserve(block);
-    for (unsigned t = 0; t < block; ++t)
-        ts.emplace_back([=, &body] {
-            threadIdx = qb_dim3{t, 0, 0}; blockDim = qb_dim3{block, 1, 1}; gridDim = qb_dim3{grid, 1, 1};
-            for (unsigned b = 0; b < grid; ++b) {
-                blockIdx = qb_dim3{b, 0, 0};
-                body();
-                qb_bar.wait();
-            }
-        });
-    for (auto& th : ts) th.join();
+    blockDim = qb_dim3{block, 1, 1}; gridDim = qb_dim3{grid, 1, 1};
+    qb_body = &body;
+    qb_barrier_mismatch = 0;
+    while (qb_stacks.size() < block) qb_stacks.push_back(static_cast<char*>(std::malloc(QB_STACK)));
+    if (qb_nfibers < block) {   /* never moved once made: a ucontext points into itself */
+        delete[] qb_fibers;
+        qb_fibers = new QbFiber[block];
+        qb_nfibers = block;
+    }
+    for (unsigned t = 0; t < block; ++t) {
+        QbFiber& f = qb_fibers[t];
+        f.t = t; f.b = 0; f.done = false;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = qb_stacks[t];
+        f.ctx.uc_stack.ss_size = QB_STACK;
+        f.ctx.uc_link = &qb_sched;
+        makecontext(&f.ctx, reinterpret_cast<void (*)()>(qb_fiber_main), 1, t);
+    }
+    for (;;) {
+        unsigned waiting = 0, finished = 0;
+        for (unsigned k = block; k-- > 0;) {
+            QbFiber& f = qb_fibers[k];
+            if (f.done) continue;
+            qb_cur = &f;
+            threadIdx = qb_dim3{f.t, 0, 0};
+            blockIdx = qb_dim3{f.b, 0, 0};
+            swapcontext(&qb_sched, &f.ctx);
+            if (f.done) ++finished; else ++waiting;
+        }
+        if (!waiting) break;
+        if (finished) {   /* the rest wait at a barrier no other thread reaches */
+            qb_barrier_mismatch = 1;
+            break;
+        }
+    }
 }
 """
 
@@ -203,6 +242,12 @@ def _ptr(a: np.ndarray):
     return a.ctypes.data_as(ctypes.c_void_p)
 
 
+def _check_barriers(lib, name: str) -> None:
+    """A kernel whose threads pass different numbers of barriers would hang a GPU."""
+    if ctypes.c_int.in_dll(lib, "qb_barrier_mismatch").value:
+        raise RuntimeError(f"{name}: the threads of a block passed different numbers of barriers")
+
+
 class Emulator:
     """The kernels compiled for the host; ``launch(name, grid, block, *args)`` with numpy
     arrays for pointers.  Use :func:`emulator` to get the shared instance."""
@@ -226,6 +271,7 @@ class Emulator:
     def launch(self, name: str, grid: int, block: int, *args):
         conv = [_ptr(a) if isinstance(a, np.ndarray) else a for a in args]
         getattr(self.lib, f"emu_{name}")(int(grid), int(block), *conv)
+        _check_barriers(self.lib, name)
 
 
 _EMU: Emulator | None = None
@@ -237,7 +283,7 @@ def _build_library(src: str, stem: str) -> Path:
     if cxx is None:
         raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
     flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
-             "-pthread", "-w"]
+             "-w"]
     h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
     lib = cache_dir() / f"{stem}_{h}.so"
     if not lib.exists():
@@ -491,6 +537,7 @@ class ScaledEmulator:
                 a = int(a)
             conv.append(a)
         getattr(self.lib, f"emu_{name}")(int(grid), int(block), *conv)
+        _check_barriers(self.lib, name)
 
 
 _SCALED_EMU: ScaledEmulator | None = None

@@ -1,0 +1,97 @@
+"""The host emulation of CUDA (tests/gpu_emulator.py) is the oracle of every GPU test without a
+device, so its own rules are checked here on small kernels with known answers: a barrier keeps
+the threads of a block in step, a shuffle exchanges the values of a warp, a barrier a kernel
+leaves out shows up, and threads that pass different numbers of barriers are an error."""
+
+from __future__ import annotations
+
+import ctypes
+
+import gpu_emulator as E
+import numpy as np
+import pytest
+
+_TOYS = r"""
+/* thread 0 hands its block's first value to the others through shared memory */
+template <bool SYNC>
+__global__ void toy_broadcast(const float* x, float* out) {
+    __shared__ float s;
+    const unsigned e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (threadIdx.x == 0) s = x[e];
+    if (SYNC) __syncthreads();
+    out[e] = s;
+}
+/* every lane gets its warp's sum */
+__global__ void toy_warp_sum(const float* x, float* out) {
+    const unsigned e = blockIdx.x * blockDim.x + threadIdx.x;
+    float a = x[e];
+    for (int off = 1; off < 32; off <<= 1) a += __shfl_xor_sync(0xffffffffu, a, off);
+    out[e] = a;
+}
+/* the threads past n leave before the barrier the others wait at */
+__global__ void toy_early_exit(const float* x, float* out, int n) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    __syncthreads();
+    out[e] = x[e];
+}
+extern "C" void emu_toy_broadcast(unsigned grid, unsigned block, const float* x, float* o, int sync) {
+    if (sync) qb_run_grid(grid, block, [&] { toy_broadcast<true>(x, o); });
+    else qb_run_grid(grid, block, [&] { toy_broadcast<false>(x, o); });
+}
+extern "C" void emu_toy_warp_sum(unsigned grid, unsigned block, const float* x, float* o) {
+    qb_run_grid(grid, block, [&] { toy_warp_sum(x, o); });
+}
+extern "C" void emu_toy_early_exit(unsigned grid, unsigned block, const float* x, float* o, int n) {
+    qb_run_grid(grid, block, [&] { toy_early_exit(x, o, n); });
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def toys():
+    try:
+        lib = ctypes.CDLL(str(E._build_library(E._SHIM + _TOYS, "emu_toys")))
+    except E.EmulatorUnavailable as exc:
+        pytest.skip(str(exc))
+
+    def launch(name, grid, block, *args):
+        conv = [E._ptr(a) if isinstance(a, np.ndarray) else ctypes.c_int(a) for a in args]
+        getattr(lib, f"emu_{name}")(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
+        E._check_barriers(lib, name)
+
+    return launch
+
+
+@pytest.mark.parametrize("block", [32, 256, 1024])
+def test_a_barrier_orders_the_threads_of_a_block(toys, block):
+    x = np.arange(3 * block, dtype=np.float32)
+    out = np.full_like(x, np.nan)
+    toys("toy_broadcast", 3, block, x, out, 1)
+    assert np.array_equal(out, np.repeat(x[::block], block))
+
+
+def test_a_missing_barrier_shows_up(toys):
+    """Thread 0 runs last between two barriers, so without the barrier the others read the
+    previous block's value (or none); were the fibers run in thread order, the kernel
+    would seem right."""
+    x = np.arange(2 * 256, dtype=np.float32)
+    out = np.full_like(x, np.nan)
+    toys("toy_broadcast", 2, 256, x, out, 0)
+    assert not np.array_equal(out, np.repeat(x[::256], 256))
+
+
+def test_a_shuffle_exchanges_the_values_of_a_warp(toys):
+    x = np.arange(4 * 128, dtype=np.float32) % 97   # integer sums: exact in any order
+    out = np.full_like(x, np.nan)
+    toys("toy_warp_sum", 4, 128, x, out)
+    assert np.array_equal(out, np.repeat(x.reshape(-1, 32).sum(axis=1), 32))
+
+
+def test_threads_that_pass_different_numbers_of_barriers_fail(toys):
+    x = np.ones(256, dtype=np.float32)
+    out = np.zeros_like(x)
+    with pytest.raises(RuntimeError, match="different numbers of barriers"):
+        toys("toy_early_exit", 1, 256, x, out, 200)
+    toys("toy_early_exit", 1, 256, x, out, 256)   # all threads pass it: no error
+    assert np.array_equal(out, x)
