@@ -322,6 +322,39 @@ def test_allow_nonfinite_stays_on_the_device(monkeypatch, dtype, scale):
     assert x.size not in moved, moved
 
 
+def test_block_scales_are_checked_on_the_device(cp, monkeypatch):
+    """quantize() checks the block maxima for NaN/Inf, and dequantize() the scales it uploaded,
+    on the gpu backend where they are: no host pass over a float32 a block.  A bad scale is
+    refused with the host's message, -0.0 is a good one, and the values are numpy's."""
+    import quantbook as qb
+    from quantbook.bulk import format as F
+
+    x = np.random.default_rng(29).standard_normal(64 * 500 + 3).astype(np.float16)
+    nb = -(-x.size // 64)
+    seen = []
+    check = F.finite_nonnegative_bits
+    monkeypatch.setattr(F, "finite_nonnegative_bits",
+                        lambda s: (seen.append((type(s), np.size(s))), check(s))[1])
+    p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
+    assert seen == [(FakeDeviceArray, nb)], seen
+    rp, rst = qb.quantize(x, "nf4", 64, backend="numpy")
+    assert bits_equal(np.asarray(p), rp) and bits_equal(st.absmax, rst.absmax)
+    del seen[:]
+    got = qb.dequantize(p, st, backend="gpu")
+    assert seen == [(FakeDeviceArray, nb)], seen
+    assert bits_equal(np.asarray(got), qb.dequantize(rp, rst, backend="numpy"))
+    st.absmax[7] = -0.0   # finite, not negative: decodes as on the host
+    assert bits_equal(np.asarray(qb.dequantize(p, st, backend="gpu")), qb.dequantize(rp, st, backend="numpy"))
+    for bad in (np.nan, -np.inf, -1.0):
+        st.absmax[nb - 1] = bad
+        msgs = []
+        for backend, packed in (("numpy", rp), ("gpu", p)):
+            with pytest.raises(ValueError, match="absmax must hold finite non-negative scales") as err:
+                qb.dequantize(packed, st, backend=backend)
+            msgs.append(str(err.value))
+        assert msgs[0] == msgs[1] and f"entry {nb - 1} is" in msgs[0]
+
+
 def test_nested_quantize_keeps_the_block_maxima_on_the_device(cp, monkeypatch):
     """quantize(nested=True) on the gpu backend: the block maxima come to the host (for the
     offset, torch's mean) but do not go back up; the kernel subtracts the offset from the

@@ -461,6 +461,30 @@ def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
     assert fake_cp.launch_devices and set(fake_cp.launch_devices) == {1}
 
 
+def test_stored_scales_are_checked_on_the_device(fake_cp, monkeypatch):
+    """dequantize() of a scaled state on the gpu backend checks the stored values it uploaded
+    for the decode kernel's lookup where they are, and refuses a bad one with the host's
+    message."""
+    from quantbook.bulk import state as S
+
+    x = np.random.default_rng(30).standard_normal(32 * 300 + 7).astype(np.float32)
+    seen = []
+    good = S._entries_good
+    monkeypatch.setattr(S, "_entries_good", lambda g, i: (seen.append(type(i)), good(g, i))[1])
+    packed, st = qb.quantize(fake_device(x), "e2m1", 32, scale="e8m0", backend="gpu")
+    rp, rst = qb.quantize(x, "e2m1", 32, scale="e8m0", backend="numpy")
+    got = qb.dequantize(packed, st, backend="gpu")
+    assert seen == [FakeDeviceArray], seen
+    assert bits_equal(np.asarray(got), qb.dequantize(rp, rst, backend="numpy"))
+    st.absmax[5] = 255   # E8M0's NaN
+    msgs = []
+    for backend, p in (("numpy", rp), ("gpu", packed)):
+        with pytest.raises(ValueError, match="decodes to a") as err:
+            qb.dequantize(p, st, backend=backend)
+        msgs.append(str(err.value))
+    assert msgs[0] == msgs[1] and "absmax entry 5" in msgs[0]
+
+
 @pytest.mark.parametrize("rule, B", [("e4m3", 16), ("e8m0:floor", 32)])
 def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, emu, tmp_path, rule, B):
     """evaluate-model --backend gpu --scale RULE: the scaled layouts' report is the numpy

@@ -162,7 +162,9 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         code = cb.code_f32
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         absmax_h = be.to_host(absmax).astype(_F, copy=False)
-        err = F.nonfinite_error(absmax_h, block_size, int(np.prod(shape, dtype=np.int64)))
+        # the usual answer (every block finite) from the maxima where they are: one reduction
+        err = None if be.scales_finite_nonnegative(absmax) else \
+            F.nonfinite_error(absmax_h, block_size, int(np.prod(shape, dtype=np.int64)))
         if err is not None:
             if not allow_nonfinite:
                 raise err
@@ -184,11 +186,12 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
 
     ``out = float32(code[index] * absmax[block])`` rounded (to nearest even) to ``state.dtype``;
     a code index beyond the code table (corrupt input) decodes to NaN on every backend.  The
-    state is validated first (:meth:`QuantState.validate`).
+    state is validated first (:meth:`QuantState.validate`; the per-block scales where the
+    backend reads them, so a GPU checks the scales it uploaded).
     """
     if not isinstance(state, QuantState):
         raise ValueError(f"state must be a QuantState, got {type(state).__name__}")
-    state.validate()
+    state._check_fields()
     device = is_device_array(packed)
     be = _pick_backend(backend, device)
     if str(getattr(packed, "dtype", "")).replace("torch.", "") != "uint8":
@@ -207,8 +210,9 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
         if state.nested:   # decoded where the kernels read them; the backend refuses an overflow
             absmax = be.nested_scales(state.absmax, state.nested_absmax, np.float32(state.nested_offset),
                                       state.nested_quant_map, state.nested_blocksize)
-        else:              # float32 scales that validate() has checked
-            absmax = np.ascontiguousarray(state.absmax, dtype=_F)
+        else:              # float32 scales, checked where the kernels read them
+            absmax = be.from_host(np.ascontiguousarray(state.absmax, dtype=_F))
+            state._check_scales(absmax, be)
         out_dtype = np.dtype(state.dtype)
         dtype_name(out_dtype)
         flat = be.dequantize_blocks(packed, absmax, np.asarray(state.code, _F), state.bits,

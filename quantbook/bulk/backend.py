@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import format as F
 from .format import DTYPES, sanitize_nonfinite
 
 __all__ = ["Backend", "BACKENDS", "get_backend", "is_device_array", "dtype_name_of", "check_input_dtype",
@@ -106,9 +107,10 @@ class Backend:
         """``(packed uint8, absmax float32)``; a block holding NaN/Inf gets a non-finite absmax."""
         raise NotImplementedError
 
-    def dequantize_blocks(self, packed: Any, absmax: np.ndarray, code: np.ndarray, bits: int,
+    def dequantize_blocks(self, packed: Any, absmax: Any, code: np.ndarray, bits: int,
                           block_size: int, n: int, out_dtype: np.dtype) -> Any:
-        """Flat array of ``n`` values of ``out_dtype``."""
+        """Flat array of ``n`` values of ``out_dtype``; ``absmax`` the float32 scales as
+        :meth:`from_host` or :meth:`nested_scales` made them."""
         raise NotImplementedError
 
     def quantize_nested(self, absmax: Any, offset: np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +210,12 @@ class Backend:
 
     def from_host(self, a: np.ndarray) -> Any:
         return a
+
+    def scales_finite_nonnegative(self, s: Any) -> bool:
+        """Whether every entry of the float32 scales ``s`` (an array of this backend's kind) is
+        finite and non-negative (:func:`quantbook.bulk.format.finite_nonnegative_bits`, a
+        sufficient test); a device backend answers on the device."""
+        return F.finite_nonnegative_bits(self.to_host(s))
 
 
 def get_backend(name: str) -> Backend:

@@ -85,6 +85,8 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
 
 
 def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndarray:
+    """Values of a scaled-layout state whose fields are checked (``QuantState._check_fields``);
+    its stored scales are checked here, where the backend reads them."""
     check_backend(be)
     n = state.size
     size = int(np.prod(packed.shape, dtype=np.int64))   # torch's .size is a method
@@ -94,7 +96,10 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
     lookup = state.scale_lookup()
     table, dtype = np.asarray(state.code, _F), np.dtype(state.dtype)
     if lookup is None:
+        state._check_scales()
         flat = be.scaled_decode(packed, state.absmax_f32(), table, state.blocksize, n, dtype)
-    else:   # the scales are looked up where the codes are decoded: a device gets the stored bytes
-        flat = be.scaled_decode_lookup(packed, lookup[0], lookup[1], table, state.blocksize, n, dtype)
+    else:   # the scales are looked up where the codes are decoded: a device gets the stored
+        index = be.from_host(lookup[1])   # bytes, and checks them there
+        state._check_scales(index, be)
+        flat = be.scaled_decode_lookup(packed, lookup[0], index, table, state.blocksize, n, dtype)
     return flat.reshape(state.shape)

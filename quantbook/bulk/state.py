@@ -47,28 +47,42 @@ def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = Fal
         raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {got}")
     if size is not None and a.size != size:
         raise ValueError(f"{what} has {a.size} entries, expected {size}")
-    bad = first_bad_scale(a) if scales else None
-    if bad is not None:
-        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is {a.reshape(-1)[bad]!r}")
+    if scales:
+        _expect_scales(what, a)
     return a
 
 
-def first_bad_scale(s: np.ndarray) -> int | None:
+def _expect_scales(what: str, a: Any, backend: Any = None) -> None:
+    bad = first_bad_scale(a, backend)
+    if bad is not None:
+        host = a if backend is None else backend.to_host(a)
+        raise ValueError(f"{what} must hold finite non-negative scales: entry {bad} is "
+                         f"{host.reshape(-1)[bad]!r}")
+
+
+def first_bad_scale(s: Any, backend: Any = None) -> int | None:
     """The index of the first entry of a native float16 or float32 array that is NaN, infinite
     or negative, or None.  The bits of a finite non-negative float lie below those of +inf, so
     one integer maximum clears a good array (numpy's value checks of float16 are slow); only
-    an array that fails it (-0.0 included) is checked value by value."""
-    if F.finite_nonnegative_bits(s):
-        return None
+    an array that fails it (-0.0 included) is checked value by value.  With a ``backend``,
+    ``s`` is an array of its kind (float32 scales), cleared where it lives
+    (``Backend.scales_finite_nonnegative``) and brought to the host only when that fails."""
+    if backend is None:
+        if F.finite_nonnegative_bits(s):
+            return None
+    else:
+        if backend.scales_finite_nonnegative(s):
+            return None
+        s = backend.to_host(s)
     bad = ~(np.isfinite(s) & (s >= 0))
     return int(bad.argmax()) if bad.any() else None
 
 
-def _entries_good(good: np.ndarray, index: np.ndarray) -> bool:
+def _entries_good(good: np.ndarray, index: Any) -> bool:
     """Whether every ``good`` entry from the smallest to the largest ``index`` below the sign
     bit, and likewise at or above it, is True: a sufficient test that every block's entry is
     good (a signed rule's codes lie on both sides of the sign bit), in four passes over the
-    stored bytes instead of a gather."""
+    stored bytes instead of a gather (where ``index`` lives: a host or a device array)."""
     if not index.size:
         return True
     half = 1 << (8 * index.itemsize - 1)
@@ -186,6 +200,11 @@ class QuantState:
         A tampered or damaged state must never decode silently to NaN, flipped signs or
         wrapped integers: scales must be finite and non-negative float32, nested codes uint8.
         """
+        return self._check_fields()._check_scales()
+
+    def _check_fields(self) -> "QuantState":
+        """:meth:`validate` but the values of the per-block scales (the plain layout's absmax,
+        a scaled state's stored values), which :meth:`_check_scales` checks."""
         F.check_bits(self.bits)
         F.check_block_size(self.blocksize)
         if not all(F.is_int(s) and s >= 0 for s in self.shape):
@@ -194,7 +213,7 @@ class QuantState:
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks
         if self.scaled:
-            return self._validate_scaled(nb)
+            return self._check_scaled_fields(nb)
         if self.tensor_scale is not None:
             raise ValueError("state has a tensor_scale but no scale_rule")
         if self.nested:
@@ -216,10 +235,10 @@ class QuantState:
         else:
             if self.nested_offset is not None or self.nested_quant_map is not None:
                 raise ValueError("state has nested fields but no nested_absmax")
-            _expect_array("absmax", self.absmax, np.float32, nb, scales=True)
+            _expect_array("absmax", self.absmax, np.float32, nb)
         return self
 
-    def _validate_scaled(self, nb: int) -> "QuantState":
+    def _check_scaled_fields(self, nb: int) -> "QuantState":
         rule = get_rule(self.scale_rule)
         if rule.layout != "scaled":
             raise ValueError(f"scale_rule {self.scale_rule!r} is not stored in the scaled layout")
@@ -235,6 +254,24 @@ class QuantState:
                 raise ValueError(f"scale rule {rule.name} needs a positive finite tensor_scale, got {ts!r}")
         elif ts is not None:
             raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
+        return self
+
+    def _check_scales(self, stored: Any = None, backend: Any = None) -> "QuantState":
+        """The values of the per-block scales of a state whose fields :meth:`_check_fields`
+        has checked: the plain layout's absmax must be finite and non-negative, a scaled
+        state's stored values must decode to valid scales (nested statistics are checked
+        with the fields).  ``stored``: the array ``backend`` reads, of its kind — the absmax,
+        or a lookup rule's stored bits (:meth:`scale_lookup`) — checked where it lives and
+        brought to the host only to name a bad entry; default the host field."""
+        if self.nested:
+            return self
+        if not self.scaled:
+            if stored is None:
+                _expect_scales("absmax", self.absmax)
+            else:
+                _expect_scales("absmax", stored, backend)
+            return self
+        rule = get_rule(self.scale_rule)
 
         def valid(v: np.ndarray) -> np.ndarray:
             return np.isfinite(v) & ((v >= 0) | rule.signed)
@@ -244,10 +281,11 @@ class QuantState:
             ok = valid(self.absmax_f32())
         else:   # the decode table's entries, and the blocks one by one only when a bad entry
             table, index = lookup   # lies within the stored values' ranges
+            index = index if stored is None else stored
             good = valid(table)
             if _entries_good(good, index):
                 return self
-            ok = good[index]
+            ok = good[index if stored is None else backend.to_host(index)]
         if ok.size and not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             what = "non-finite" if rule.signed else "negative or non-finite"

@@ -590,6 +590,11 @@ class CudaBackend(Backend, name="gpu"):
             return a.detach().cpu().numpy()
         return np.asarray(a)
 
+    def scales_finite_nonnegative(self, s):
+        if isinstance(s, _cupy().ndarray):   # one reduction where the scales are, one scalar back
+            return F.finite_nonnegative_bits(s)
+        return super().scales_finite_nonnegative(s)
+
     def from_host(self, a):
         try:
             return _cupy().asarray(a)
