@@ -465,11 +465,12 @@ def _scaled_launchers() -> str:
             f'extern "C" void emu_{a}(unsigned grid, unsigned block, const {st}* x, qb_u32* o,'
             f" qb_i64 n, int B, int log2B, int vec) {{ qb_run_grid(grid, block, [&] {{ {a}(x, o, n,"
             f" B, log2B, vec); }}); }}")
-        out.append(
-            f'extern "C" void emu_{e}(unsigned grid, unsigned block, const {st}* x, const float* f,'
-            f" qb_u8* p, qb_i64 n, int B, int log2B, int divide, int vec, qb_u32 pad, int sym, {_ENC_PARAMS},"
-            f" qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid, block, [&] {{"
-            f" {e}(x, f, p, n, B, log2B, divide, vec, pad, sym, {_ENC_ARGS}, lo, hi, j0, neg0, rnan); }}); }}")
+        for e in (e, _SK.encode_name(d, True)):
+            out.append(
+                f'extern "C" void emu_{e}(unsigned grid, unsigned block, const {st}* x, const float* f,'
+                f" qb_u8* p, qb_i64 n, int B, int log2B, int divide, int vec, qb_u32 pad, {_ENC_PARAMS},"
+                f" qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid, block, [&] {{"
+                f" {e}(x, f, p, n, B, log2B, divide, vec, pad, {_ENC_ARGS}, lo, hi, j0, neg0, rnan); }}); }}")
         out.append(
             f'extern "C" void emu_{dq}(unsigned grid, unsigned block, const qb_u8* p, const void* s,'
             f" const float* lut, int sbytes, const float* t, {st}* o, qb_i64 n, int B, int log2B, int vec) {{"
@@ -509,9 +510,11 @@ class ScaledEmulator:
         for d in _SK.DTYPES:
             fa = getattr(self.lib, f"emu_{_SK.amax_name(d)}")
             fa.argtypes = [_U32, _U32, _P, _P, _I64, _I32, _I32, _I32]
-            fe = getattr(self.lib, f"emu_{_SK.encode_name(d)}")
-            fe.argtypes = ([_U32, _U32, _P, _P, _P, _I64, _I32, _I32, _I32, _I32, _U32, _I32]
-                           + [_F32] * 16 + [_U32, _U32, _I32, _U32, _I32])
+            for sym in (False, True):
+                fe = getattr(self.lib, f"emu_{_SK.encode_name(d, sym)}")
+                fe.argtypes = ([_U32, _U32, _P, _P, _P, _I64, _I32, _I32, _I32, _I32, _U32]
+                               + [_F32] * 16 + [_U32, _U32, _I32, _U32, _I32])
+                fe.restype = None
             fd = getattr(self.lib, f"emu_{_SK.decode_name(d)}")
             fd.argtypes = [_U32, _U32, _P, _P, _P, _I32, _P, _P, _I64, _I32, _I32, _I32]
             fr = getattr(self.lib, f"emu_{_SK.errors_name(d)}")
@@ -520,7 +523,7 @@ class ScaledEmulator:
             fr.restype = None
             fg = getattr(self.lib, f"emu_{_SK.ggml_name(d)}")
             fg.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _P, _I32, _F32, _I32, _U32]
-            for fn in (fa, fe, fd, fg):
+            for fn in (fa, fd, fg):
                 fn.restype = None
         fs = getattr(self.lib, f"emu_{_SK.STEPS_NAME}")
         fs.argtypes = [_U32, _U32, _P, _I64, _P, _P, _I32, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _I32, _P]
@@ -583,7 +586,7 @@ def scaled_encode_emulated(x: np.ndarray, factor, divide: bool, table, block_siz
     packed = np.full(_L.packed_length(n), 0xEE, dtype=np.uint8)   # poison: all bytes written?
     grid, cta, v, log2b = _GS.launch_shape("encode", n, block_size,
                                            vec and _aligned(xs, 16) and not div, key)
-    scaled_emulator().launch(_SK.encode_name(key), grid, cta, xs, np.ascontiguousarray(f), packed,
+    scaled_emulator().launch(_SK.encode_name(key, args.sym), grid, cta, xs, np.ascontiguousarray(f), packed,
                              n, block_size, log2b, int(div), v, args.pad, *args.scalars())
     return packed
 
@@ -627,7 +630,7 @@ def scaled_errors_emulated(x: np.ndarray, factor, divide: bool, scale, table, bl
                                  np.ascontiguousarray(f, np.float32),
                                  np.ascontiguousarray(scale, np.float32).reshape(-1),
                                  F.decode_table(table, _L.SCALED_BITS), err, n, block_size, int(div),
-                                 int(loss == "l1"), *args.scalars())
+                                 int(loss == "l1"), int(args.sym), *args.scalars())
     return err
 
 

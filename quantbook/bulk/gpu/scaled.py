@@ -54,10 +54,10 @@ class EncoderArgs:
     sym: bool = False
 
     def scalars(self) -> tuple:
-        """The kernel's arguments after ``pad``: sym, 16 float32 thresholds, lo, hi, j0, neg0,
-        rnan."""
-        return (np.int32(self.sym), *(_F(v) for v in self.t), np.uint32(self.lo),
-                np.uint32(self.hi), np.int32(self.j0), np.uint32(self.neg0), np.int32(self.rnan))
+        """The encode kernel's arguments after ``pad`` (the errors kernel's after ``sym``): 16
+        float32 thresholds, lo, hi, j0, neg0, rnan."""
+        return (*(_F(v) for v in self.t), np.uint32(self.lo), np.uint32(self.hi), np.int32(self.j0),
+                np.uint32(self.neg0), np.int32(self.rnan))
 
 
 def _nibbles(codes) -> int:
@@ -300,7 +300,7 @@ def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
     if n:
         # the vector path multiplies; a division that stays one takes the scalar path
         grid, cta, vec, log2b = launch_shape("encode", n, b, xd.data.ptr % 16 == 0 and not div, key)
-        _kernel(SK.encode_name(key))(
+        _kernel(SK.encode_name(key, args.sym))(
             (grid,), (cta,),
             (xd, f, packed, np.int64(n), np.int32(b), np.int32(log2b), np.int32(div),
              np.int32(vec), np.uint32(args.pad), *args.scalars()))
@@ -392,6 +392,7 @@ def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, lo
         _kernel(SK.errors_name(key))(
             (-(-nb // SK.GGML_CTA),), (SK.GGML_CTA,),
             (xd, f, s, G._device_const(F.decode_table(table, L.SCALED_BITS)), err,
-             np.int64(n), np.int32(b), np.int32(div), np.int32(loss == "l1"), *args.scalars()))
+             np.int64(n), np.int32(b), np.int32(div), np.int32(loss == "l1"), np.int32(args.sym),
+             *args.scalars()))
     del keep
     return err

@@ -28,7 +28,7 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   between the steps of its bucket and the next one's (the cpu backend's ``step_index``); the
   step's stored value (its 1 or 2 bytes), its factor and, when asked, its decoded scale are
   written, and a block on a step the rule refuses sets a flag.
-* ``qbs_encode_<dt>`` — ``y = x * f[block]`` (or ``x / f``), the layout's encoder, two
+* ``qbs_encode_<dt>``, ``qbs_encode_sym_<dt>`` — ``y = x * f[block]`` (or ``x / f``), the layout's encoder, two
   codes a byte, the first in the low nibble, the pad code after the last element.  The encoder is a count
   ``rank = #{k : t[k] < y}`` over 16 sorted thresholds (branchless binary search in
   registers): ``t[k]`` is the midpoint ``mids[k]``, or the float just below it where a tie
@@ -36,7 +36,8 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   code of a rank comes from 16 nibbles; only the rank of ``0`` can have a second code, for
   ``y`` with the sign bit (E2M1's -0).  NaN takes the rank numpy's searchsorted gives it.
   A sign-symmetric table in E2M1's code layout (``sym``: code = magnitude rank | sign << 3)
-  is searched by ``|y|`` over 8 magnitude thresholds, with no lookup: half the comparisons.
+  is searched by ``|y|`` over 8 magnitude thresholds, with no lookup: half the comparisons,
+  in a kernel of its own (``qbs_encode_sym_<dt>``: fewer registers, more CTAs an SM).
   The vector path multiplies; a division (when the host could not make it an exact
   multiplication) takes the scalar path, which keeps the compiled code small.
 * ``qbs_decode_<dt>`` — ``out = T(float32(table[code] * scale[block]))``, the 16-entry
@@ -82,8 +83,17 @@ def amax_name(dtype: str) -> str:
     return f"qbs_amax_{dtype}"
 
 
-def encode_name(dtype: str) -> str:
-    return f"qbs_encode_{dtype}"
+def encode_name(dtype: str, sym: bool = False) -> str:
+    """The encoder for ``dtype``: the general one, or with ``sym`` the sign-symmetric one."""
+    return f"qbs_encode_sym_{dtype}" if sym else f"qbs_encode_{dtype}"
+
+
+def encode_ctas_per_sm(dtype: str, sym: bool) -> int:
+    """The CTAs an SM holds of an encode kernel (its launch bounds' minimum): as many as fit
+    without spilling (ptxas, sm_90: 3 CTAs of 256 threads leave 80 registers a thread).  The
+    general encoder of 16-bit input needs more (its 16 thresholds, lo/hi and 64 values in
+    flight) and keeps 2."""
+    return 2 if dtype != "f32" and not sym else 3
 
 
 def decode_name(dtype: str) -> str:
@@ -104,7 +114,7 @@ STEPS_NAME = "qbs_steps"
 
 def all_kernel_names() -> list[str]:
     return [f(d) for f in (amax_name, encode_name, decode_name, errors_name, ggml_name) for d in DTYPES] \
-        + [STEPS_NAME]
+        + [encode_name(d, True) for d in DTYPES] + [STEPS_NAME]
 
 
 _SCALED = r"""
@@ -306,16 +316,6 @@ __device__ __forceinline__ void qbs_encode_body(const typename T::storage* __res
         const qb_u32 hi = (e + 1 < n) ? qbs_code_any<SYM>(qbs_scale(qb_to_f32<T>(x[e + 1]), f, divide), E) : pad;
         packed[o] = (qb_u8)(lo | (hi << 4));
     }
-}
-
-template <typename T>
-__device__ __forceinline__ void qbs_encode(const typename T::storage* __restrict__ x,
-                                           const float* __restrict__ factor,
-                                           qb_u8* __restrict__ packed, qb_i64 n, int B, int log2B,
-                                           int divide, int vec, qb_u32 pad, int sym,
-                                           const QbsEnc& E) {
-    if (sym) qbs_encode_body<T, true>(x, factor, packed, n, B, log2B, divide, vec, pad, E);
-    else qbs_encode_body<T, false>(x, factor, packed, n, B, log2B, divide, vec, pad, E);
 }
 
 /* ---- decode ------------------------------------------------------------------------ */
@@ -555,6 +555,18 @@ _T_PARAMS = ", ".join(f"float t{k}" for k in range(16))
 _T_INIT = ", ".join(f"t{k}" for k in range(16))
 
 
+def _encode_wrapper(dtype: str, sym: bool) -> str:
+    """The general and the sign-symmetric encoder are separate kernels: together, the general
+    one's registers would set the occupancy of both."""
+    t, name = _TYPE[dtype], encode_name(dtype, sym)
+    return (f'extern "C" __global__ void __launch_bounds__({CTA}, {encode_ctas_per_sm(dtype, sym)}) {name}(\n'
+            f"    const {t}::storage* x, const float* factor, qb_u8* packed, qb_i64 n, int B,\n"
+            f"    int log2B, int divide, int vec, qb_u32 pad, {_T_PARAMS},\n"
+            f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
+            f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
+            f"  qbs_encode_body<{t}, {'true' if sym else 'false'}>(x, factor, packed, n, B, log2B, divide, vec, pad, E);\n}}\n")
+
+
 def _wrappers(dtype: str) -> dict[str, str]:
     """name -> the ``extern "C"`` kernel of that name for one dtype."""
     t = _TYPE[dtype]
@@ -575,13 +587,7 @@ def _wrappers(dtype: str) -> dict[str, str]:
         f'extern "C" __global__ void __launch_bounds__({CTA}) {amax_name(dtype)}(\n'
         f"    const {t}::storage* x, qb_u32* out, qb_i64 n, int B, int log2B, int vec) {{\n"
         f"  qbs_amax<{t}>(x, out, n, B, log2B, vec);\n}}\n",
-        encode_name(dtype):
-        f'extern "C" __global__ void __launch_bounds__({CTA}) {encode_name(dtype)}(\n'
-        f"    const {t}::storage* x, const float* factor, qb_u8* packed, qb_i64 n, int B,\n"
-        f"    int log2B, int divide, int vec, qb_u32 pad, int sym, {_T_PARAMS},\n"
-        f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
-        f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
-        f"  qbs_encode<{t}>(x, factor, packed, n, B, log2B, divide, vec, pad, sym, E);\n}}\n",
+        **{encode_name(dtype, sym): _encode_wrapper(dtype, sym) for sym in (False, True)},
         decode_name(dtype):
         f'extern "C" __global__ void __launch_bounds__({CTA}) {decode_name(dtype)}(\n'
         f"    const qb_u8* packed, const void* scale, const float* lut, int sbytes, const float* table,\n"
