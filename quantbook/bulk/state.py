@@ -266,10 +266,7 @@ class QuantState:
         if self.nested:
             return self
         if not self.scaled:
-            if stored is None:
-                _expect_scales("absmax", self.absmax)
-            else:
-                _expect_scales("absmax", stored, backend)
+            _expect_scales("absmax", self.absmax if stored is None else stored, backend)
             return self
         rule = get_rule(self.scale_rule)
 
