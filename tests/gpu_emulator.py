@@ -585,7 +585,7 @@ def scaled_encode_emulated(x: np.ndarray, factor, divide: bool, table, block_siz
     f, div = _GS.exact_multiplier(factor, divide)
     packed = np.full(_L.packed_length(n), 0xEE, dtype=np.uint8)   # poison: all bytes written?
     grid, cta, v, log2b = _GS.launch_shape("encode", n, block_size,
-                                           vec and _aligned(xs, 16) and not div, key)
+                                           vec and _aligned(xs, 16) and not div, key, args.sym)
     scaled_emulator().launch(_SK.encode_name(key, args.sym), grid, cta, xs, np.ascontiguousarray(f), packed,
                              n, block_size, log2b, int(div), v, args.pad, *args.scalars())
     return packed

@@ -142,7 +142,8 @@ def test_exact_multiplier_rounds_as_the_division():
 
 def test_launch_shape():
     assert GS.launch_shape("encode", 2**28, 16, True) == (2**28 // 8192, 256, 1, 4)
-    assert GS.launch_shape("encode", 2**28, 16, True, "bf16") == (2**28 // 16384, 256, 1, 4)
+    assert GS.launch_shape("encode", 2**28, 16, True, "bf16", sym=True) == (2**28 // 16384, 256, 1, 4)
+    assert GS.launch_shape("encode", 2**28, 16, True, "bf16") == (-(-2**28 // 12288), 256, 1, 4)   # 6 chunks
     assert GS.launch_shape("decode", 2**28, 32, True, "f16") == (2**28 // 8192, 256, 1, 5)
     assert GS.launch_shape("amax", 1000, 32, False)[2] == 0
     assert GS.launch_shape("decode", 1000, 18, True)[2:] == (0, -1)   # not a power of two
@@ -492,13 +493,14 @@ def test_scaled_kernels_run_on_the_device_that_holds_the_input(fake_cp):
 @pytest.mark.parametrize("codebook, sym", [("e2m1", True), ("nf4", False)])
 def test_each_encoder_has_its_kernel(fake_cp, codebook, sym):
     """A sign-symmetric table goes to the symmetric encoder's kernel, any other to the
-    general one's; the bytes are numpy's either way."""
-    x = np.random.default_rng(31).standard_normal(16 * 70 + 3).astype(np.float16)
+    general one's; the bytes are numpy's either way (several CTAs, a partial last one)."""
+    x = np.random.default_rng(31).standard_normal(16 * 1700 + 3).astype(np.float16)
     packed, _ = qb.quantize(fake_device(x), codebook, 16, scale="e4m3", backend="gpu")
     rp, _ = qb.quantize(x, codebook, 16, scale="e4m3", backend="numpy")
     assert bits_equal(np.asarray(packed), rp)
-    encoders = [n for n, _, _ in fake_cp.launches if n.startswith("qbs_encode_")]
-    assert encoders == [SK.encode_name("f16", sym)]
+    encoders = [(n, g[0]) for n, g, _ in fake_cp.launches if n.startswith("qbs_encode_")]
+    per_cta = SK.CHUNK * (8 if sym else 6) * SK.CTA   # 16-bit input: 128 or 96 bytes a thread
+    assert encoders == [(SK.encode_name("f16", sym), -(-x.size // per_cta))]
 
 
 def test_stored_scales_are_checked_on_the_device(fake_cp, monkeypatch):

@@ -182,15 +182,15 @@ def _log2_or_neg(block_size: int) -> int:
 
 
 def launch_shape(kind: str, n: int, block_size: int, aligned: bool,
-                 dtype: str = "f32") -> tuple[int, int, int, int]:
+                 dtype: str = "f32", sym: bool = False) -> tuple[int, int, int, int]:
     """``(grid, cta, vec, log2B)`` of a launch (``kind``: amax, encode, decode; ``dtype`` the
-    kernel's f32/f16/bf16).  The vector path needs a power-of-two block size of at least one
+    kernel's f32/f16/bf16; ``sym``: the symmetric encoder's).  The vector path needs a power-of-two block size of at least one
     chunk and aligned pointers (and, for encode, a multiplication: pass ``aligned`` False for
     a division); the scalar path takes a block (amax) or a byte (encode, decode) a thread."""
     log2b = _log2_or_neg(block_size)
     vec = int(bool(aligned) and log2b >= 3)
     if vec:
-        per = SK.elements_per_thread(kind, dtype) * SK.CTA
+        per = SK.elements_per_thread(kind, dtype, sym) * SK.CTA
         return max(1, -(-n // per)), SK.CTA, 1, log2b
     units = F.n_blocks(n, block_size) if kind == "amax" else L.packed_length(n)
     return max(1, -(-units // SK.CTA)), SK.CTA, 0, log2b
@@ -299,7 +299,7 @@ def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
     packed = cp.empty(L.packed_length(n), dtype=cp.uint8)
     if n:
         # the vector path multiplies; a division that stays one takes the scalar path
-        grid, cta, vec, log2b = launch_shape("encode", n, b, xd.data.ptr % 16 == 0 and not div, key)
+        grid, cta, vec, log2b = launch_shape("encode", n, b, xd.data.ptr % 16 == 0 and not div, key, args.sym)
         _kernel(SK.encode_name(key, args.sym))(
             (grid,), (cta,),
             (xd, f, packed, np.int64(n), np.int32(b), np.int32(log2b), np.int32(div),

@@ -9,7 +9,8 @@ contraction, no flush-to-zero), so each value is the numpy reference's bit for b
 
 Work split: a *chunk* is 8 consecutive elements, i.e. 4 packed bytes (a power-of-two block
 size >= 16 holds whole chunks).  An amax or encode thread takes 128 bytes of input (4 or 8
-chunks), a decode thread 32 outputs in 16-byte stores (:func:`elements_per_thread`), the
+chunks; 6 for the general encoder of 16-bit input, :func:`encode_chunks`), a decode thread
+32 outputs in 16-byte stores (:func:`elements_per_thread`), the
 steps strided by the CTA size so that each load / store instruction of a warp covers
 consecutive memory; a thread issues all its loads (data and per-block values) before
 computing, as the kernels are bound by memory latency.  Vector accesses (16-byte input, 4-byte packed, 16-byte output) need
@@ -71,12 +72,25 @@ GGML_CTA = 128
 _TYPE = {"f32": "QbF32", "f16": "QbF16", "bf16": "QbBF16"}
 
 
-def elements_per_thread(kind: str, dtype: str) -> int:
-    """Elements a thread of the ``kind`` (amax, encode, decode) vector kernel for ``dtype``:
-    amax and encode read 128 bytes a thread (4 or 8 chunks), decode writes 32 values."""
+def elements_per_thread(kind: str, dtype: str, sym: bool = False) -> int:
+    """Elements a thread of the ``kind`` (amax, encode, decode) vector kernel for ``dtype``
+    (``sym``: the symmetric encoder): amax and encode read 128 bytes a thread (4 or 8
+    chunks), but the general encoder of 16-bit input 96 (:func:`encode_chunks`); decode
+    writes 32 values."""
     if kind == "decode":
         return 32
+    if kind == "encode":
+        return CHUNK * encode_chunks(dtype, sym)
     return CHUNK * (4 if dtype == "f32" else 8)
+
+
+def encode_chunks(dtype: str, sym: bool) -> int:
+    """Chunks a thread of an encode kernel: 128 bytes of input, except for the general
+    encoder of 16-bit input, whose 6 chunks (96 bytes) leave it the registers of 3 CTAs an SM
+    (:func:`encode_ctas_per_sm`) without spilling; 8 would need 105 registers, 2 CTAs."""
+    if dtype == "f32":
+        return 4
+    return 8 if sym else 6
 
 
 def amax_name(dtype: str) -> str:
@@ -89,11 +103,10 @@ def encode_name(dtype: str, sym: bool = False) -> str:
 
 
 def encode_ctas_per_sm(dtype: str, sym: bool) -> int:
-    """The CTAs an SM holds of an encode kernel (its launch bounds' minimum): as many as fit
-    without spilling (ptxas, sm_90: 3 CTAs of 256 threads leave 80 registers a thread).  The
-    general encoder of 16-bit input needs more (its 16 thresholds, lo/hi and 64 values in
-    flight) and keeps 2."""
-    return 2 if dtype != "f32" and not sym else 3
+    """The CTAs an SM holds of an encode kernel (its launch bounds' minimum): 3 of 256
+    threads, which leave 80 registers a thread, as every encoder fits in that without
+    spilling (ptxas, sm_90) with its :func:`encode_chunks`."""
+    return 3
 
 
 def decode_name(dtype: str) -> str:
@@ -163,8 +176,8 @@ __device__ __forceinline__ void qbs_load_chunk(const typename T::storage* __rest
     }
 }
 
-/* chunks a thread for amax and encode: 128 bytes of input in flight (latency, not
-   arithmetic, limits these kernels) */
+/* chunks a thread for amax: 128 bytes of input in flight (latency, not arithmetic, limits
+   this kernel); encode's are a template argument (encode_chunks) */
 template <typename T> struct QbsCh { static const int v = 4 * QbWords<T>::per_word; };
 
 /* ---- block maxima ------------------------------------------------------------------ */
@@ -270,14 +283,13 @@ __device__ __forceinline__ float qbs_scale(float v, float f, int divide) {
     return divide ? __fdiv_rn(v, f) : __fmul_rn(v, f);
 }
 
-template <typename T, bool SYM>
+template <typename T, bool SYM, int CH>
 __device__ __forceinline__ void qbs_encode_body(const typename T::storage* __restrict__ x,
                                            const float* __restrict__ factor,
                                            qb_u8* __restrict__ packed, qb_i64 n, int B, int log2B,
                                            int divide, int vec, qb_u32 pad, const QbsEnc& E) {
     const qb_i64 nbytes = (n + 1) >> 1;
     if (vec) {                       /* B = 2^log2B >= 8; a multiplication (the host's choice) */
-        constexpr int CH = QbsCh<T>::v;
         QbsRaw<T> raw[CH];           /* raw words: fewer registers than floats */
         float fq[CH];                /* loaded with the data: one memory round trip */
 #pragma unroll
@@ -564,7 +576,8 @@ def _encode_wrapper(dtype: str, sym: bool) -> str:
             f"    int log2B, int divide, int vec, qb_u32 pad, {_T_PARAMS},\n"
             f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
             f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
-            f"  qbs_encode_body<{t}, {'true' if sym else 'false'}>(x, factor, packed, n, B, log2B, divide, vec, pad, E);\n}}\n")
+            f"  qbs_encode_body<{t}, {'true' if sym else 'false'}, {encode_chunks(dtype, sym)}>(x, factor, packed, n, B,"
+            f" log2B, divide, vec, pad, E);\n}}\n")
 
 
 def _wrappers(dtype: str) -> dict[str, str]:
