@@ -479,8 +479,8 @@ def _scaled_launchers() -> str:
         out.append(
             f'extern "C" void emu_{er}(unsigned grid, unsigned block, const {st}* x, const float* f,'
             f" const float* s, const float* t, double* err, qb_i64 n, int B, int divide, int l1, int sym,"
-            f" {_ENC_PARAMS}, qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid,"
-            f" block, [&] {{ {er}(x, f, s, t, err, n, B, divide, l1, sym, {_ENC_ARGS}, lo, hi, j0, neg0,"
+            f" int vec, {_ENC_PARAMS}, qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{ qb_run_grid(grid,"
+            f" block, [&] {{ {er}(x, f, s, t, err, n, B, divide, l1, sym, vec, {_ENC_ARGS}, lo, hi, j0, neg0,"
             f" rnan); }}); }}")
         g = _SK.ggml_name(d)
         out.append(
@@ -518,7 +518,7 @@ class ScaledEmulator:
             fd = getattr(self.lib, f"emu_{_SK.decode_name(d)}")
             fd.argtypes = [_U32, _U32, _P, _P, _P, _I32, _P, _P, _I64, _I32, _I32, _I32]
             fr = getattr(self.lib, f"emu_{_SK.errors_name(d)}")
-            fr.argtypes = [_U32, _U32, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I32] + [_F32] * 16 \
+            fr.argtypes = [_U32, _U32, _P, _P, _P, _P, _P, _I64, _I32, _I32, _I32, _I32, _I32] + [_F32] * 16 \
                 + [_U32, _U32, _I32, _U32, _I32]
             fr.restype = None
             fg = getattr(self.lib, f"emu_{_SK.ggml_name(d)}")
@@ -617,8 +617,10 @@ def scaled_decode_emulated(packed, scale, table, block_size: int, n: int, out_dt
     return out
 
 
-def scaled_errors_emulated(x: np.ndarray, factor, divide: bool, scale, table, block_size: int, loss: str):
-    """:func:`quantbook.bulk.gpu.scaled.scaled_errors_gpu` run by the emulator."""
+def scaled_errors_emulated(x: np.ndarray, factor, divide: bool, scale, table, block_size: int, loss: str,
+                           *, vec: bool = True):
+    """:func:`quantbook.bulk.gpu.scaled.scaled_errors_gpu` run by the emulator (``vec=False``
+    forces the element-by-element loads)."""
     args = _GS.encoder_args(table)
     xs, key = _kernel_input(x)
     n = xs.size
@@ -630,7 +632,8 @@ def scaled_errors_emulated(x: np.ndarray, factor, divide: bool, scale, table, bl
                                  np.ascontiguousarray(f, np.float32),
                                  np.ascontiguousarray(scale, np.float32).reshape(-1),
                                  F.decode_table(table, _L.SCALED_BITS), err, n, block_size, int(div),
-                                 int(loss == "l1"), int(args.sym), *args.scalars())
+                                 int(loss == "l1"), int(args.sym),
+                                 int(_GS.errors_vec(block_size, vec and _aligned(xs, 16))), *args.scalars())
     return err
 
 

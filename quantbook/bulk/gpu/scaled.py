@@ -196,6 +196,12 @@ def launch_shape(kind: str, n: int, block_size: int, aligned: bool,
     return max(1, -(-units // SK.CTA)), SK.CTA, 0, log2b
 
 
+def errors_vec(block_size: int, aligned: bool) -> bool:
+    """Whether the errors kernel reads a block in 16-byte chunks: whole chunks of 8 values
+    (a block size that is a multiple of 8) from a 16-byte aligned array."""
+    return bool(aligned) and block_size % SK.CHUNK == 0
+
+
 def amax_from_bits(bits: np.ndarray) -> np.ndarray:
     """The amax kernel's output (uint32: float32 bits, NaN already for a block with NaN/Inf)
     as float32."""
@@ -393,6 +399,6 @@ def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, lo
             (-(-nb // SK.GGML_CTA),), (SK.GGML_CTA,),
             (xd, f, s, G._device_const(F.decode_table(table, L.SCALED_BITS)), err,
              np.int64(n), np.int32(b), np.int32(div), np.int32(loss == "l1"), np.int32(args.sym),
-             *args.scalars()))
+             np.int32(errors_vec(b, xd.data.ptr % 16 == 0)), *args.scalars()))
     del keep
     return err

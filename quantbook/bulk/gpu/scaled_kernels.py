@@ -48,7 +48,8 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   aligned, the output 16-byte aligned.
 * ``qbs_errors_<dt>`` — a scale-search candidate's block errors (``block_errors`` of
   :mod:`quantbook.scales.search`), a thread a block: encode, decode, float64 sum in element
-  order; the per-block sums are all that the host needs to pick.
+  order; the per-block sums are all that the host needs to pick.  A block of whole chunks
+  in an aligned array is read in 16-byte loads (``vec``), else value by value.
 * ``qbs_ggml_<dt>`` — ggml's IQ4_NL search (:mod:`quantbook.scales.ggml`), a thread a
   block: the float32 scale of each block and its packed codes, every step in ggml's order
   with the ``_rn`` intrinsics.
@@ -416,13 +417,22 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
 /* ---- a search candidate's block errors (quantbook/scales/search.py: block_errors) --------- */
 /* a thread a block: encode with the candidate's factor, decode with its scale, add |x - x̂|
    (l1) or its square in float64 in element order; only the per-block sums leave the device */
+/* acc + the error of one value (block_errors of quantbook.scales.search, in element order) */
+template <bool SYM>
+__device__ __forceinline__ double qbs_add_error(double acc, float xv, float f, float s, const float* s_t,
+                                                int divide, int l1, const QbsEnc& E) {
+    const float dq = __fmul_rn(s_t[qbs_code_any<SYM>(qbs_scale(xv, f, divide), E)], s);
+    const double d = fabs(__dsub_rn((double)xv, (double)dq));
+    return __dadd_rn(acc, l1 ? d : __dmul_rn(d, d));
+}
+
 template <typename T, bool SYM>
 __device__ __forceinline__ void qbs_errors_body(const typename T::storage* __restrict__ x,
                                                 const float* __restrict__ factor,
                                                 const float* __restrict__ scale,
                                                 const float* __restrict__ table,
                                                 double* __restrict__ err, qb_i64 n, int B,
-                                                int divide, int l1, const QbsEnc& E) {
+                                                int divide, int l1, int vec, const QbsEnc& E) {
     __shared__ float s_t[16];
     if (threadIdx.x < 16) s_t[threadIdx.x] = table[threadIdx.x];
     __syncthreads();
@@ -432,11 +442,18 @@ __device__ __forceinline__ void qbs_errors_body(const typename T::storage* __res
     const qb_i64 e1 = (e0 + B < n) ? e0 + B : n;
     const float f = factor[b], s = scale[b];
     double acc = 0.0;
-    for (qb_i64 e = e0; e < e1; ++e) {
-        const float xv = qb_to_f32<T>(x[e]);
-        const float dq = __fmul_rn(s_t[qbs_code_any<SYM>(qbs_scale(xv, f, divide), E)], s);
-        const double d = fabs(__dsub_rn((double)xv, (double)dq));
-        acc = __dadd_rn(acc, l1 ? d : __dmul_rn(d, d));
+    if (vec) {   /* B a multiple of 8, x 16-byte aligned: a chunk a 16-byte load (or two), so a
+                    warp's request touches a sector a lane, not one for every element */
+        for (qb_i64 e = e0; e < e1; e += QBS_CE) {
+            QbsRaw<T> raw;
+            qbs_load_chunk<T>(x, e, n, raw);
+#pragma unroll
+            for (int j = 0; j < QBS_CE; ++j)
+                if (e + j < e1) acc = qbs_add_error<SYM>(acc, raw.get(j), f, s, s_t, divide, l1, E);
+        }
+    } else {
+        for (qb_i64 e = e0; e < e1; ++e)
+            acc = qbs_add_error<SYM>(acc, qb_to_f32<T>(x[e]), f, s, s_t, divide, l1, E);
     }
     err[b] = acc;
 }
@@ -447,9 +464,9 @@ __device__ __forceinline__ void qbs_errors(const typename T::storage* __restrict
                                            const float* __restrict__ scale,
                                            const float* __restrict__ table,
                                            double* __restrict__ err, qb_i64 n, int B, int divide,
-                                           int l1, int sym, const QbsEnc& E) {
-    if (sym) qbs_errors_body<T, true>(x, factor, scale, table, err, n, B, divide, l1, E);
-    else qbs_errors_body<T, false>(x, factor, scale, table, err, n, B, divide, l1, E);
+                                           int l1, int sym, int vec, const QbsEnc& E) {
+    if (sym) qbs_errors_body<T, true>(x, factor, scale, table, err, n, B, divide, l1, vec, E);
+    else qbs_errors_body<T, false>(x, factor, scale, table, err, n, B, divide, l1, vec, E);
 }
 
 /* ---- ggml's IQ4_NL search (quantbook/scales/ggml.py states each step) -------------------- */
@@ -587,10 +604,10 @@ def _wrappers(dtype: str) -> dict[str, str]:
         errors_name(dtype):
         f'extern "C" __global__ void __launch_bounds__({GGML_CTA}) {errors_name(dtype)}(\n'
         f"    const {t}::storage* x, const float* factor, const float* scale, const float* table,\n"
-        f"    double* err, qb_i64 n, int B, int divide, int l1, int sym, {_T_PARAMS},\n"
+        f"    double* err, qb_i64 n, int B, int divide, int l1, int sym, int vec, {_T_PARAMS},\n"
         f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
         f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
-        f"  qbs_errors<{t}>(x, factor, scale, table, err, n, B, divide, l1, sym, E);\n}}\n",
+        f"  qbs_errors<{t}>(x, factor, scale, table, err, n, B, divide, l1, sym, vec, E);\n}}\n",
         ggml_name(dtype):
         f'extern "C" __global__ void __launch_bounds__({GGML_CTA}) {ggml_name(dtype)}(\n'
         f"    const {t}::storage* x, float* d, qb_u8* packed, qb_i64 n, int B, const float* v,\n"
