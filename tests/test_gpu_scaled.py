@@ -427,8 +427,8 @@ def test_kernels_compile_to_sass(nvrtc, arch):
 
 def test_kernels_fit_their_registers(nvrtc):
     """ptxas' report for sm_90: every kernel compiles to SASS without spilling, and each
-    encoder fits the CTAs an SM is to hold (``encode_ctas_per_sm``: its launch bounds) in an
-    SM's 65536 registers."""
+    encoder fits the CTAs an SM is to hold (``ENCODE_CTAS``: its launch bounds) in an SM's
+    65536 registers."""
     from quantbook.bulk.gpu.compile import NVRTC_OPTIONS, load_nvrtc
 
     nv = load_nvrtc()
@@ -447,7 +447,7 @@ def test_kernels_fit_their_registers(nvrtc):
     assert {n: v for n, v in spills.items() if v} == {}
     for d in SK.DTYPES:
         for sym in (False, True):
-            name, ctas = SK.encode_name(d, sym), SK.encode_ctas_per_sm(d, sym)
+            name, ctas = SK.encode_name(d, sym), SK.ENCODE_CTAS
             assert -(-regs[name] // 8) * 8 * SK.CTA * ctas <= 65536, (name, regs[name], ctas)
     assert cubin[:4] == b"\x7fELF" and all(n.encode() in cubin for n in SK.all_kernel_names())
 

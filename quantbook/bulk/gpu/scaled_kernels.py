@@ -29,8 +29,9 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
   between the steps of its bucket and the next one's (the cpu backend's ``step_index``); the
   step's stored value (its 1 or 2 bytes), its factor and, when asked, its decoded scale are
   written, and a block on a step the rule refuses sets a flag.
-* ``qbs_encode_<dt>``, ``qbs_encode_sym_<dt>`` — ``y = x * f[block]`` (or ``x / f``), the layout's encoder, two
-  codes a byte, the first in the low nibble, the pad code after the last element.  The encoder is a count
+* ``qbs_encode_<dt>``, ``qbs_encode_sym_<dt>`` — ``y = x * f[block]`` (or ``x / f``), the
+  layout's encoder, two codes a byte, the first in the low nibble, the pad code after the
+  last element.  The encoder is a count
   ``rank = #{k : t[k] < y}`` over 16 sorted thresholds (branchless binary search in
   registers): ``t[k]`` is the midpoint ``mids[k]``, or the float just below it where a tie
   goes up (``y >= m`` is ``y > pred(m)`` for every float32 ``y``), padded with +inf.  The
@@ -59,8 +60,9 @@ from __future__ import annotations
 
 from . import kernels as K
 
-__all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "STEPS_NAME", "elements_per_thread", "amax_name",
-           "encode_name", "decode_name", "errors_name", "ggml_name", "all_kernel_names", "source"]
+__all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "ENCODE_CTAS", "STEPS_NAME", "elements_per_thread",
+           "encode_chunks", "amax_name", "encode_name", "decode_name", "errors_name", "ggml_name",
+           "all_kernel_names", "source"]
 
 DTYPES = ("f32", "f16", "bf16")
 #: elements a chunk (4 packed bytes)
@@ -88,7 +90,7 @@ def elements_per_thread(kind: str, dtype: str, sym: bool = False) -> int:
 def encode_chunks(dtype: str, sym: bool) -> int:
     """Chunks a thread of an encode kernel: 128 bytes of input, except for the general
     encoder of 16-bit input, whose 6 chunks (96 bytes) leave it the registers of 3 CTAs an SM
-    (:func:`encode_ctas_per_sm`) without spilling; 8 would need 105 registers, 2 CTAs."""
+    (:data:`ENCODE_CTAS`) without spilling; 8 would need 105 registers, 2 CTAs."""
     if dtype == "f32":
         return 4
     return 8 if sym else 6
@@ -103,11 +105,10 @@ def encode_name(dtype: str, sym: bool = False) -> str:
     return f"qbs_encode_sym_{dtype}" if sym else f"qbs_encode_{dtype}"
 
 
-def encode_ctas_per_sm(dtype: str, sym: bool) -> int:
-    """The CTAs an SM holds of an encode kernel (its launch bounds' minimum): 3 of 256
-    threads, which leave 80 registers a thread, as every encoder fits in that without
-    spilling (ptxas, sm_90) with its :func:`encode_chunks`."""
-    return 3
+#: CTAs an SM holds of each encode kernel (its launch bounds' minimum): 3 of 256 threads leave
+#: 80 registers a thread, which every encoder fits without spilling (ptxas, sm_90) with its
+#: :func:`encode_chunks`
+ENCODE_CTAS = 3
 
 
 def decode_name(dtype: str) -> str:
@@ -415,9 +416,7 @@ __device__ __forceinline__ void qbs_decode(const qb_u8* __restrict__ packed,
 }
 
 /* ---- a search candidate's block errors (quantbook/scales/search.py: block_errors) --------- */
-/* a thread a block: encode with the candidate's factor, decode with its scale, add |x - x̂|
-   (l1) or its square in float64 in element order; only the per-block sums leave the device */
-/* acc + the error of one value (block_errors of quantbook.scales.search, in element order) */
+/* acc + the error of one value */
 template <bool SYM>
 __device__ __forceinline__ double qbs_add_error(double acc, float xv, float f, float s, const float* s_t,
                                                 int divide, int l1, const QbsEnc& E) {
@@ -426,6 +425,8 @@ __device__ __forceinline__ double qbs_add_error(double acc, float xv, float f, f
     return __dadd_rn(acc, l1 ? d : __dmul_rn(d, d));
 }
 
+/* a thread a block: encode with the candidate's factor, decode with its scale, add |x - x̂|
+   (l1) or its square in float64 in element order; only the per-block sums leave the device */
 template <typename T, bool SYM>
 __device__ __forceinline__ void qbs_errors_body(const typename T::storage* __restrict__ x,
                                                 const float* __restrict__ factor,
@@ -588,7 +589,7 @@ def _encode_wrapper(dtype: str, sym: bool) -> str:
     """The general and the sign-symmetric encoder are separate kernels: together, the general
     one's registers would set the occupancy of both."""
     t, name = _TYPE[dtype], encode_name(dtype, sym)
-    return (f'extern "C" __global__ void __launch_bounds__({CTA}, {encode_ctas_per_sm(dtype, sym)}) {name}(\n'
+    return (f'extern "C" __global__ void __launch_bounds__({CTA}, {ENCODE_CTAS}) {name}(\n'
             f"    const {t}::storage* x, const float* factor, qb_u8* packed, qb_i64 n, int B,\n"
             f"    int log2B, int divide, int vec, qb_u32 pad, {_T_PARAMS},\n"
             f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
