@@ -483,23 +483,86 @@ __device__ __forceinline__ int qbs_ggml_nearest(float a, const float* v, int nv)
     return __fsub_rn(a, v[hi - 1]) < __fsub_rn(v[hi], a) ? hi - 1 : hi;
 }
 
+/* A block's values as the search reads them, in 17 passes: up to QBS_GGML_REGS of them in
+   registers, read from memory once (a thread's block lies 4 B bytes from its neighbour's, so
+   a warp's read from memory touches a sector a lane), or a block of any size from memory. */
+#define QBS_GGML_REGS 32
+template <typename T> struct QbsGgmlMem {
+    const typename T::storage* p;
+    __device__ __forceinline__ float operator[](int j) const { return qb_to_f32<T>(p[j]); }
+};
+struct QbsGgmlRegs {
+    float r[QBS_GGML_REGS];
+    __device__ __forceinline__ float operator[](int j) const { return r[j]; }
+};
+
+/* f(j) for j = 0 .. len-1 in order: unrolled to MAXB (> 0, so that registers can hold the
+   values), or a loop */
+template <int MAXB, typename Fn>
+__device__ __forceinline__ void qbs_each(int len, Fn f) {
+    if constexpr (MAXB > 0) {
+#pragma unroll
+        for (int j = 0; j < MAXB; ++j)
+            if (j < len) f(j);
+    } else {
+        for (int j = 0; j < len; ++j) f(j);
+    }
+}
+
 /* the sums of one fit: codes of id * x, S_qx = sum (x^2 v_q) x, S_qq = sum (x^2 v_q) v_q */
-template <typename T>
-__device__ __forceinline__ void qbs_ggml_fit(const typename T::storage* __restrict__ xb, int len,
-                                             float id, const float* v, int nv, float& sqx,
-                                             float& sqq) {
+template <int MAXB, typename X>
+__device__ __forceinline__ void qbs_ggml_fit(const X& xb, int len, float id, const float* v, int nv,
+                                             float& sqx, float& sqq) {
     sqx = 0.0f; sqq = 0.0f;
-    for (int j = 0; j < len; ++j) {
-        const float xv = qb_to_f32<T>(xb[j]);
+    qbs_each<MAXB>(len, [&](int j) {
+        const float xv = xb[j];
         const float q = v[qbs_ggml_nearest(__fmul_rn(id, xv), v, nv)];
         const float wq = __fmul_rn(__fmul_rn(xv, xv), q);
         sqx = __fadd_rn(sqx, __fmul_rn(wq, xv));
         sqq = __fadd_rn(sqq, __fmul_rn(wq, q));
-    }
+    });
 }
 
-/* a thread a block (the search is arithmetic, 17 passes over the block's values, which stay
-   in L1); values past n are absent, as the reference's zero padding adds nothing */
+/* one block b of len values xb: its float32 scale and packed codes */
+template <int MAXB, typename X>
+__device__ __forceinline__ void qbs_ggml_block(const X& xb, int len, qb_i64 b, qb_i64 e0,
+                                               float* __restrict__ d_out, qb_u8* __restrict__ packed,
+                                               const float* v, const qb_u32* order, int nv,
+                                               float delta, int ntry, qb_u32 pad) {
+    float m = 0.0f, am = 0.0f;
+    qbs_each<MAXB>(len, [&](int j) {
+        const float a = fabsf(xb[j]);
+        if (a > am) { am = a; m = xb[j]; }
+    });
+    float d = 0.0f, idf = 0.0f;
+    if (!(am < 1e-15f)) {
+        const float id0 = __fdiv_rn(1.0f, __fdiv_rn(ntry > 0 ? -m : m, v[0]));
+        float sqx, sqq;
+        qbs_ggml_fit<MAXB>(xb, len, id0, v, nv, sqx, sqq);
+        d = sqq > 0.0f ? __fdiv_rn(sqx, sqq) : 0.0f;
+        float best = __fmul_rn(d, sqx);
+        for (int t = -ntry; t <= ntry; ++t) {
+            qbs_ggml_fit<MAXB>(xb, len, __fdiv_rn(__fadd_rn(v[0], __fmul_rn((float)t, delta)), m), v, nv,
+                               sqx, sqq);
+            if (sqq > 0.0f && __fmul_rn(sqx, sqx) > __fmul_rn(best, sqq)) {
+                d = __fdiv_rn(sqx, sqq);
+                best = __fmul_rn(d, sqx);
+            }
+        }
+        /* the codes: of the kept scale (search), of the first fit (ggml's reference) */
+        idf = ntry > 0 ? (d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f) : id0;
+    }
+    d_out[b] = d;
+    qbs_each<MAXB / 2>((len + 1) >> 1, [&](int h) {
+        const int j = 2 * h;
+        const qb_u32 c0 = order[qbs_ggml_nearest(__fmul_rn(idf, xb[j]), v, nv)];
+        const qb_u32 c1 = j + 1 < len ? order[qbs_ggml_nearest(__fmul_rn(idf, xb[j + 1]), v, nv)] : pad;
+        packed[(e0 + j) >> 1] = (qb_u8)(c0 | (c1 << 4));
+    });
+}
+
+/* a thread a block (the search is arithmetic); values past n are absent, as the reference's
+   zero padding adds nothing */
 template <typename T>
 __device__ __forceinline__ void qbs_ggml(const typename T::storage* __restrict__ x,
                                          float* __restrict__ d_out, qb_u8* __restrict__ packed,
@@ -517,36 +580,14 @@ __device__ __forceinline__ void qbs_ggml(const typename T::storage* __restrict__
     const qb_i64 e0 = b * (qb_i64)B;
     if (e0 >= n) return;
     const int len = (int)((n - e0 < (qb_i64)B) ? n - e0 : (qb_i64)B);
-    const typename T::storage* xb = x + e0;
-    float m = 0.0f, am = 0.0f;
-    for (int j = 0; j < len; ++j) {
-        const float a = fabsf(qb_to_f32<T>(xb[j]));
-        if (a > am) { am = a; m = qb_to_f32<T>(xb[j]); }
-    }
-    float d = 0.0f, idf = 0.0f;
-    if (!(am < 1e-15f)) {
-        const float id0 = __fdiv_rn(1.0f, __fdiv_rn(ntry > 0 ? -m : m, v[0]));
-        float sqx, sqq;
-        qbs_ggml_fit<T>(xb, len, id0, v, nv, sqx, sqq);
-        d = sqq > 0.0f ? __fdiv_rn(sqx, sqq) : 0.0f;
-        float best = __fmul_rn(d, sqx);
-        for (int t = -ntry; t <= ntry; ++t) {
-            qbs_ggml_fit<T>(xb, len, __fdiv_rn(__fadd_rn(v[0], __fmul_rn((float)t, delta)), m), v, nv,
-                            sqx, sqq);
-            if (sqq > 0.0f && __fmul_rn(sqx, sqx) > __fmul_rn(best, sqq)) {
-                d = __fdiv_rn(sqx, sqq);
-                best = __fmul_rn(d, sqx);
-            }
-        }
-        /* the codes: of the kept scale (search), of the first fit (ggml's reference) */
-        idf = ntry > 0 ? (d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f) : id0;
-    }
-    d_out[b] = d;
-    for (int j = 0; j < len; j += 2) {
-        const qb_u32 c0 = order[qbs_ggml_nearest(__fmul_rn(idf, qb_to_f32<T>(xb[j])), v, nv)];
-        const qb_u32 c1 = j + 1 < len
-            ? order[qbs_ggml_nearest(__fmul_rn(idf, qb_to_f32<T>(xb[j + 1])), v, nv)] : pad;
-        packed[(e0 + j) >> 1] = (qb_u8)(c0 | (c1 << 4));
+    const typename T::storage* xp = x + e0;
+    if (B <= QBS_GGML_REGS) {   /* B is the same for the whole grid: no divergence */
+        QbsGgmlRegs xr;
+#pragma unroll
+        for (int j = 0; j < QBS_GGML_REGS; ++j) xr.r[j] = j < len ? qb_to_f32<T>(xp[j]) : 0.0f;
+        qbs_ggml_block<QBS_GGML_REGS>(xr, len, b, e0, d_out, packed, v, order, nv, delta, ntry, pad);
+    } else {
+        qbs_ggml_block<0>(QbsGgmlMem<T>{xp}, len, b, e0, d_out, packed, v, order, nv, delta, ntry, pad);
     }
 }
 """
