@@ -184,9 +184,10 @@ def _log2_or_neg(block_size: int) -> int:
 def launch_shape(kind: str, n: int, block_size: int, aligned: bool,
                  dtype: str = "f32", sym: bool = False) -> tuple[int, int, int, int]:
     """``(grid, cta, vec, log2B)`` of a launch (``kind``: amax, encode, decode; ``dtype`` the
-    kernel's f32/f16/bf16; ``sym``: the symmetric encoder's).  The vector path needs a power-of-two block size of at least one
-    chunk and aligned pointers (and, for encode, a multiplication: pass ``aligned`` False for
-    a division); the scalar path takes a block (amax) or a byte (encode, decode) a thread."""
+    kernel's f32/f16/bf16; ``sym``: the symmetric encoder's).  The vector path needs a
+    power-of-two block size of at least one chunk and aligned pointers (and, for encode, a
+    multiplication: pass ``aligned`` False for a division); the scalar path takes a block
+    (amax) or a byte (encode, decode) a thread."""
     log2b = _log2_or_neg(block_size)
     vec = int(bool(aligned) and log2b >= 3)
     if vec:

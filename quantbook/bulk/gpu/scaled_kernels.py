@@ -630,13 +630,13 @@ def _encode_wrapper(dtype: str, sym: bool) -> str:
     """The general and the sign-symmetric encoder are separate kernels: together, the general
     one's registers would set the occupancy of both."""
     t, name = _TYPE[dtype], encode_name(dtype, sym)
+    body = f"qbs_encode_body<{t}, {'true' if sym else 'false'}, {encode_chunks(dtype, sym)}>"
     return (f'extern "C" __global__ void __launch_bounds__({CTA}, {ENCODE_CTAS}) {name}(\n'
             f"    const {t}::storage* x, const float* factor, qb_u8* packed, qb_i64 n, int B,\n"
             f"    int log2B, int divide, int vec, qb_u32 pad, {_T_PARAMS},\n"
             f"    qb_u32 lo, qb_u32 hi, int j0, qb_u32 neg0, int rnan) {{\n"
             f"  const QbsEnc E = {{{{{_T_INIT}}}, lo, hi, j0, neg0, rnan}};\n"
-            f"  qbs_encode_body<{t}, {'true' if sym else 'false'}, {encode_chunks(dtype, sym)}>(x, factor, packed, n, B,"
-            f" log2B, divide, vec, pad, E);\n}}\n")
+            f"  {body}(x, factor, packed, n, B, log2B, divide, vec, pad, E);\n}}\n")
 
 
 def _wrappers(dtype: str) -> dict[str, str]:
