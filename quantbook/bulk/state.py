@@ -67,13 +67,9 @@ def first_bad_scale(s: Any, backend: Any = None) -> int | None:
     an array that fails it (-0.0 included) is checked value by value.  With a ``backend``,
     ``s`` is an array of its kind (float32 scales), cleared where it lives
     (``Backend.scales_finite_nonnegative``) and brought to the host only when that fails."""
-    if backend is None:
-        if F.finite_nonnegative_bits(s):
-            return None
-    else:
-        if backend.scales_finite_nonnegative(s):
-            return None
-        s = backend.to_host(s)
+    if F.finite_nonnegative_bits(s) if backend is None else backend.scales_finite_nonnegative(s):
+        return None
+    s = s if backend is None else backend.to_host(s)
     bad = ~(np.isfinite(s) & (s >= 0))
     return int(bad.argmax()) if bad.any() else None
 
