@@ -25,9 +25,11 @@ Rows:
   ``search:4over6`` runs it once per candidate, then ``encode`` once;
 * ``quantize()``: ``quantbook.quantize(x, codebook, B, scale=rule, backend="gpu")`` end to
   end, the stored scales copied to the host into the state;
-* ``dequantize()``: ``quantbook.dequantize`` of that result end to end (the state checked on
-  the host, the stored scales copied to the device, then ``decode lut``; the rule's decode
-  table is copied once and kept);
+* ``dequantize()``: ``quantbook.dequantize`` of that result end to end (the state's fields
+  checked on the host, the stored scales the GPU kept when it quantized them read as they
+  are, then ``decode lut``; the rule's decode table is copied once and kept);
+  ``dequantize() up`` the same state with a new host copy of its stored scales, which each
+  call uploads and checks on the device;
 * ``ggml search``: ggml's IQ4_NL quantizer (``search:ggml``, iq4_nl at qmax 127, block 32),
   the scale search and the codes on the device, the scales copied to the host (the
   float16 rounding runs in numpy).  It is arithmetic-bound (17 passes over each block), so
@@ -44,6 +46,7 @@ it says so and exits 1 (nothing measured), as bench_quantize_gpu.py does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -203,7 +206,11 @@ def main(argv=None) -> int:
             t = _median_ms(lambda: qb.dequantize(pq, sq, backend="gpu"), args.repeat, cp)
             bw = (n // 2 + nb + n * isz) / t / 1e6
             print(f"{fmt:6s} {dname:9s} {'dequantize()':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
-            del pq, sq
+            su = dataclasses.replace(sq, absmax=sq.absmax.copy())   # not the kept copy: uploaded
+            t = _median_ms(lambda: qb.dequantize(pq, su, backend="gpu"), args.repeat, cp)
+            bw = (n // 2 + nb + n * isz) / t / 1e6
+            print(f"{fmt:6s} {dname:9s} {'dequantize() up':12s} {t:9.3f} {bw:9.1f} {bw / bw_copy:8.2f}")
+            del pq, sq, su
             if args.check:
                 m = min(n, 1 << args.check) // B * B
                 xh = cp.asnumpy(raw[:m])

@@ -116,6 +116,9 @@ class FakeDeviceArray(np.ndarray):
     def device(self):   # CuPy's: the GPU that holds the array (set_device moves it there)
         return types.SimpleNamespace(id=getattr(self, "_device_id", 0))
 
+    def get(self):   # CuPy's: a fresh host array
+        return np.asarray(self).copy()
+
 
 def set_device(a, device_id):
     """``a`` as a stand-in array held by GPU ``device_id``."""

@@ -224,6 +224,7 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     # the public api against the kernels, a line per dtype (bfloat16 only through torch)
     assert out.count("end to end (NF4, B = 64): quantize() ") + out.count("end to end: not measured") == 3
     assert "float32   end to end (NF4" in out and "float16   end to end (NF4" in out
+    assert out.count("(uploaded ") == out.count("end to end (NF4")
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -340,6 +341,11 @@ def test_block_scales_are_checked_on_the_device(cp, monkeypatch):
     rp, rst = qb.quantize(x, "nf4", 64, backend="numpy")
     assert bits_equal(np.asarray(p), rp) and bits_equal(st.absmax, rst.absmax)
     del seen[:]
+    got = qb.dequantize(p, st, backend="gpu")   # the copy the backend kept, checked when made
+    assert seen == [], seen
+    assert bits_equal(np.asarray(got), qb.dequantize(rp, rst, backend="numpy"))
+    st.absmax = st.absmax.copy()   # a new array: uploaded, and checked where it went
+    del seen[:]
     got = qb.dequantize(p, st, backend="gpu")
     assert seen == [(FakeDeviceArray, nb)], seen
     assert bits_equal(np.asarray(got), qb.dequantize(rp, rst, backend="numpy"))
@@ -371,3 +377,52 @@ def test_nested_quantize_keeps_the_block_maxima_on_the_device(cp, monkeypatch):
     assert bits_equal(np.asarray(p), rp) and st.nested_offset == rst.nested_offset
     assert bits_equal(st.absmax, rst.absmax) and bits_equal(st.nested_absmax, rst.nested_absmax)
     assert st.n_blocks not in sent, sent
+
+
+def test_a_gpu_quantized_state_reads_the_scales_the_gpu_kept(cp, monkeypatch):
+    """quantize() on the gpu backend keeps the device copy of the block scales for as long
+    as the state's host copy lives, and makes that copy read-only: dequantize() on the same
+    GPU uploads nothing.  A host copy made writable (and frozen again), a new array or
+    another GPU is uploaded; a nested state keeps nothing; every decode is numpy's."""
+    import gc
+
+    import quantbook as qb
+    from quantbook.bulk.gpu import kept
+
+    x = np.random.default_rng(31).standard_normal(64 * 300 + 9).astype(np.float32)
+    nb = -(-x.size // 64)
+    sent = []
+    upload = cp.asarray
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
+        sent.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
+    rp, rst = qb.quantize(x, "nf4", 64, backend="numpy")
+    assert bits_equal(st.absmax, rst.absmax) and not st.absmax.flags.writeable and rst.absmax.flags.writeable
+
+    def decodes_as_numpy(moved):
+        del sent[:]
+        got = qb.dequantize(p, st, backend="gpu")
+        assert bits_equal(np.asarray(got), qb.dequantize(rp, st, backend="numpy"))
+        assert (nb in sent) == moved, sent
+
+    decodes_as_numpy(moved=False)
+    with pytest.raises(ValueError, match="read-only"):
+        st.absmax[3] = 2.0
+    st.absmax.setflags(write=True)
+    st.absmax[3] *= 2
+    decodes_as_numpy(moved=True)
+    st.absmax.setflags(write=False)   # frozen again after a change: still not the kept copy
+    decodes_as_numpy(moved=True)
+
+    p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
+    held = len(kept._KEPT)
+    with cp.cuda.Device(1):   # the packed bytes on another GPU: the scales go there
+        p = set_device(p, 1)
+        decodes_as_numpy(moved=True)
+    st.absmax = st.absmax * np.float32(0.5)
+    decodes_as_numpy(moved=True)
+    gc.collect()   # the replaced host copy is gone, and its device array with it
+    assert len(kept._KEPT) == held - 1
+
+    p, st = qb.quantize(fake_device(x), "nf4", 64, nested=True, backend="gpu")
+    assert st.absmax.flags.writeable and len(kept._KEPT) == held - 1

@@ -218,3 +218,23 @@ def test_the_wide_unrotation_is_the_hosts(n):
     got = _host(VQ_BACKENDS["gpu"].unrotate_wide(y, hadamard.SEED))
     want = hadamard.unrotate(y, n, hadamard.SEED)
     assert got.dtype == np.float64 and bits_equal(got, want)
+
+
+def test_a_state_reads_the_scales_its_gpu_kept():
+    """The device array of the block scales that quantize() kept decodes as the host copy
+    does, and is the one dequantize() reads while that copy is unchanged."""
+    import cupy as cp
+
+    import quantbook as qb
+    from quantbook.bulk.gpu import kept
+
+    x = np.random.default_rng(37).standard_normal(64 * 1000 + 5).astype(np.float16)
+    p, st = qb.quantize(cp.asarray(x), "nf4", 64, backend="gpu")
+    rp, rst = qb.quantize(x, "nf4", 64, backend="numpy")
+    dev = kept.kept(st.absmax, cp.cuda.Device().id)
+    assert dev is not None and bits_equal(_host(dev), rst.absmax) and not st.absmax.flags.writeable
+    want = qb.dequantize(rp, rst, backend="numpy")
+    assert bits_equal(_host(qb.dequantize(p, st, backend="gpu")), want)
+    st.absmax = st.absmax.copy()
+    assert kept.kept(st.absmax, cp.cuda.Device().id) is None
+    assert bits_equal(_host(qb.dequantize(p, st, backend="gpu")), want)

@@ -510,7 +510,7 @@ def test_each_encoder_has_its_kernel(fake_cp, codebook, sym):
 def test_stored_scales_are_checked_on_the_device(fake_cp, monkeypatch):
     """dequantize() of a scaled state on the gpu backend checks the stored values it uploaded
     for the decode kernel's lookup where they are, and refuses a bad one with the host's
-    message."""
+    message; the values that its quantize() made and kept on the device it reads as they are."""
     from quantbook.bulk import state as S
 
     x = np.random.default_rng(30).standard_normal(32 * 300 + 7).astype(np.float32)
@@ -519,9 +519,15 @@ def test_stored_scales_are_checked_on_the_device(fake_cp, monkeypatch):
     monkeypatch.setattr(S, "_entries_good", lambda g, i: (seen.append(type(i)), good(g, i))[1])
     packed, st = qb.quantize(fake_device(x), "e2m1", 32, scale="e8m0", backend="gpu")
     rp, rst = qb.quantize(x, "e2m1", 32, scale="e8m0", backend="numpy")
+    want = qb.dequantize(rp, rst, backend="numpy")
+    del seen[:]
+    got = qb.dequantize(packed, st, backend="gpu")   # the stored values the gpu kept
+    assert seen == [] and not st.absmax.flags.writeable, seen
+    assert bits_equal(np.asarray(got), want)
+    st.absmax = st.absmax.copy()   # a new array: uploaded and checked there
     got = qb.dequantize(packed, st, backend="gpu")
     assert seen == [FakeDeviceArray], seen
-    assert bits_equal(np.asarray(got), qb.dequantize(rp, rst, backend="numpy"))
+    assert bits_equal(np.asarray(got), want)
     st.absmax[5] = 255   # E8M0's NaN
     msgs = []
     for backend, p in (("numpy", rp), ("gpu", packed)):
@@ -806,6 +812,6 @@ def test_scaled_benchmark_runs_and_checks_bytes(fake_cp, monkeypatch, capsys):
     assert bench.main(["--log2n", "12", "--repeat", "1", "--check", "12"]) == 0
     out = capsys.readouterr().out
     for row in ("amax", "scales", "host rule", "quantize()", "encode+H2D", "errors", "decode", "decode lut",
-                "dequantize()", "ggml search"):
+                "dequantize()", "dequantize() up", "ggml search"):
         assert f" {row} " in out, row
     assert "DIFFER" not in out and out.count("IDENTICAL") == 3 * 3

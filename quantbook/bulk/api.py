@@ -161,15 +161,15 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
             return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite)
         code = cb.code_f32
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
-        absmax_h = be.to_host(absmax).astype(_F, copy=False)
         # the usual answer (every block finite) from the maxima where they are: one reduction
         err = None if be.scales_finite_nonnegative(absmax) else \
-            F.nonfinite_error(absmax_h, block_size, int(np.prod(shape, dtype=np.int64)))
+            F.nonfinite_error(be.to_host(absmax), block_size, int(np.prod(shape, dtype=np.int64)))
         if err is not None:
             if not allow_nonfinite:
                 raise err
             packed, absmax = be.quantize_blocks(be.sanitize_nonfinite(x, block_size), code, bits, block_size)
-            absmax_h = be.to_host(absmax).astype(_F, copy=False)
+        # checked scales the state holds: a device backend keeps its copy for dequantize()
+        absmax_h = (be.to_host if nested else be.to_host_kept)(absmax).astype(_F, copy=False)
         state = QuantState(absmax=absmax_h, shape=shape, dtype=dtype, blocksize=block_size,
                            code=code.copy(), quant_type=cb.name, bits=bits)
         if nested:
@@ -187,7 +187,8 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
     ``out = float32(code[index] * absmax[block])`` rounded (to nearest even) to ``state.dtype``;
     a code index beyond the code table (corrupt input) decodes to NaN on every backend.  The
     state is validated first (:meth:`QuantState.validate`; the per-block scales where the
-    backend reads them, so a GPU checks the scales it uploaded).
+    backend reads them, so a GPU checks the scales it uploaded, or reads the checked copy it
+    kept when it quantized the state: see :class:`QuantState`).
     """
     if not isinstance(state, QuantState):
         raise ValueError(f"state must be a QuantState, got {type(state).__name__}")
@@ -210,9 +211,11 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
         if state.nested:   # decoded where the kernels read them; the backend refuses an overflow
             absmax = be.nested_scales(state.absmax, state.nested_absmax, np.float32(state.nested_offset),
                                       state.nested_quant_map, state.nested_blocksize)
-        else:              # float32 scales, checked where the kernels read them
-            absmax = be.from_host(np.ascontiguousarray(state.absmax, dtype=_F))
-            state._check_scales(absmax, be)
+        else:   # float32 scales: the backend's checked copy, or uploaded and checked there
+            absmax = be.kept_copy(state.absmax)
+            if absmax is None:
+                absmax = be.from_host(np.ascontiguousarray(state.absmax, dtype=_F))
+                state._check_scales(absmax, be)
         out_dtype = np.dtype(state.dtype)
         dtype_name(out_dtype)
         flat = be.dequantize_blocks(packed, absmax, np.asarray(state.code, _F), state.bits,

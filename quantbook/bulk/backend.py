@@ -211,6 +211,16 @@ class Backend:
     def from_host(self, a: np.ndarray) -> Any:
         return a
 
+    def to_host_kept(self, a: Any) -> np.ndarray:
+        """:meth:`to_host` of checked scales that a state will hold: a device backend keeps
+        ``a`` for :meth:`kept_copy` (the host copy is then read-only); host backends: ``a``."""
+        return self.to_host(a)
+
+    def kept_copy(self, host: np.ndarray) -> Any | None:
+        """The array :meth:`to_host_kept` kept for ``host``, checked then and unchanged since,
+        for the current device; else None (host backends: always)."""
+        return None
+
     def scales_finite_nonnegative(self, s: Any) -> bool:
         """Whether every entry of the float32 scales ``s`` (an array of this backend's kind) is
         finite and non-negative (:func:`quantbook.bulk.format.finite_nonnegative_bits`, a

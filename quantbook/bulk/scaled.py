@@ -72,12 +72,12 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         divide = cands[0][2]
         errs = [be.scaled_errors(x, f, divide, s, table, block_size, rule.loss) for _, f, _, s in cands]
         pick = rule.pick(errs)                # where the errors are: no transfer
-        stored = be.to_host(_choose(pick, [c[0] for c in cands]))
+        stored = be.to_host_kept(_choose(pick, [c[0] for c in cands]))
         packed = be.scaled_encode(x, _choose(pick, [c[1] for c in cands]), divide, table, block_size)
     else:
         stored, f, divide, _ = be.scaled_scales(amax, rule, qmax, ts)
         packed = be.scaled_encode(x, f, divide, table, block_size)
-        stored = be.to_host(stored)
+        stored = be.to_host_kept(stored)   # a device backend keeps its copy for dequantize()
     state = QuantState(absmax=np.ascontiguousarray(stored), shape=shape, dtype=dtype,
                        blocksize=block_size, code=table, quant_type=cb.name, bits=SCALED_BITS,
                        scale_rule=rule.name, tensor_scale=None if ts is None else float(ts))
@@ -98,8 +98,12 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
     if lookup is None:
         state._check_scales()
         flat = be.scaled_decode(packed, state.absmax_f32(), table, state.blocksize, n, dtype)
-    else:   # the scales are looked up where the codes are decoded: a device gets the stored
-        index = be.from_host(lookup[1])   # bytes, and checks them there
-        state._check_scales(index, be)
+    else:   # the scales are looked up where the codes are decoded: a device reads the stored
+        index = be.kept_copy(state.absmax)   # bytes it kept when it made them, from the rule
+        if index is None:                    # (valid by its contract), else uploads and checks them
+            index = be.from_host(lookup[1])
+            state._check_scales(index, be)
+        else:
+            index = index.view(lookup[1].dtype)
         flat = be.scaled_decode_lookup(packed, lookup[0], index, table, state.blocksize, n, dtype)
     return flat.reshape(state.shape)

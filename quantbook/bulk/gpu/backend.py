@@ -22,6 +22,7 @@ from ..backend import Backend
 from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset, nonfinite_scales_error
 from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
+from .kept import keep, kept
 from .tables import encoder_tables, search_size
 
 __all__ = ["CudaBackend", "quantize_gpu", "dequantize_gpu", "sanitize_gpu", "quantize_absmax_nested",
@@ -589,6 +590,14 @@ class CudaBackend(Backend, name="gpu"):
         if hasattr(a, "cpu"):  # torch
             return a.detach().cpu().numpy()
         return np.asarray(a)
+
+    def to_host_kept(self, a):
+        host = self.to_host(a)
+        keep(host, a, device_of(a))
+        return host
+
+    def kept_copy(self, host):
+        return kept(host, _cupy().cuda.Device().id)
 
     def scales_finite_nonnegative(self, s):
         if isinstance(s, _cupy().ndarray):   # one reduction where the scales are, one scalar back
