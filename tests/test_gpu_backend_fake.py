@@ -383,7 +383,8 @@ def test_a_gpu_quantized_state_reads_the_scales_the_gpu_kept(cp, monkeypatch):
     """quantize() on the gpu backend keeps the device copy of the block scales for as long
     as the state's host copy lives, and makes that copy read-only: dequantize() on the same
     GPU uploads nothing.  A host copy made writable (and frozen again), a new array or
-    another GPU is uploaded; a nested state keeps nothing; every decode is numpy's."""
+    another GPU is uploaded; a nested state's codes are kept, its fields read on every call;
+    every decode is numpy's."""
     import gc
 
     import quantbook as qb
@@ -424,5 +425,12 @@ def test_a_gpu_quantized_state_reads_the_scales_the_gpu_kept(cp, monkeypatch):
     gc.collect()   # the replaced host copy is gone, and its device array with it
     assert len(kept._KEPT) == held - 1
 
+    # nested: the uint8 codes are kept, and decoded on every call with the state's fields
     p, st = qb.quantize(fake_device(x), "nf4", 64, nested=True, backend="gpu")
-    assert st.absmax.flags.writeable and len(kept._KEPT) == held - 1
+    rp = qb.quantize(x, "nf4", 64, nested=True, backend="numpy")[0]
+    assert st.absmax.dtype == np.uint8 and not st.absmax.flags.writeable and len(kept._KEPT) == held
+    decodes_as_numpy(moved=False)
+    st.nested_offset += 0.25
+    decodes_as_numpy(moved=False)
+    st.absmax = st.absmax.copy()
+    decodes_as_numpy(moved=True)

@@ -238,3 +238,7 @@ def test_a_state_reads_the_scales_its_gpu_kept():
     st.absmax = st.absmax.copy()
     assert kept.kept(st.absmax, cp.cuda.Device().id) is None
     assert bits_equal(_host(qb.dequantize(p, st, backend="gpu")), want)
+    p, st = qb.quantize(cp.asarray(x), "nf4", 64, nested=True, backend="gpu")
+    rp, rst = qb.quantize(x, "nf4", 64, nested=True, backend="numpy")
+    assert kept.kept(st.absmax, cp.cuda.Device().id) is not None
+    assert bits_equal(_host(qb.dequantize(p, st, backend="gpu")), qb.dequantize(rp, rst, backend="numpy"))

@@ -212,8 +212,9 @@ class Backend:
         return a
 
     def to_host_kept(self, a: Any) -> np.ndarray:
-        """:meth:`to_host` of checked scales that a state will hold: a device backend keeps
-        ``a`` for :meth:`kept_copy` (the host copy is then read-only); host backends: ``a``."""
+        """:meth:`to_host` of an array a state will hold (checked block scales, or nested
+        codes): a device backend keeps ``a`` for :meth:`kept_copy` (the host copy is then
+        read-only); host backends: ``a``."""
         return self.to_host(a)
 
     def kept_copy(self, host: np.ndarray) -> Any | None:

@@ -129,10 +129,10 @@ class QuantState:
     (docs/scales.md): ``scale_rule`` (the rule's name; ``absmax`` then holds its stored scales)
     and ``tensor_scale`` (the float32 per-tensor scale of a two-level rule, as a Python float).
 
-    A state that a GPU quantized (bitsandbytes' plain layout, or a scaled one but ggml's
-    search) holds a read-only ``absmax``: the backend keeps the device array it was copied
-    from, and :func:`quantbook.dequantize` on that GPU reads it instead of uploading and
-    checking the host copy again.  To change the scales, assign a new array (``st.absmax =
+    A state that a GPU quantized (any layout but ggml's search) holds a read-only
+    ``absmax``: the backend keeps the device array it was copied from, and
+    :func:`quantbook.dequantize` on that GPU reads it instead of uploading (and, but for
+    nested codes, checking) the host copy again.  To change the scales, assign a new array (``st.absmax =
     st.absmax.copy()``); that one is uploaded and checked as any other.
     """
 

@@ -525,8 +525,11 @@ class CudaBackend(Backend, name="gpu"):
         return sanitize_gpu(x, block_size)
 
     def nested_scales(self, qabsmax, nested_absmax, offset, nested_code, nested_blocksize):
-        # the uint8 codes go to the device (a byte a block, not four) and are decoded there
-        scales = dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code, nested_blocksize)
+        # the uint8 codes are decoded on the device: those this GPU kept when it made them,
+        # else uploaded (a byte a block, not four); the decoded scales are checked there
+        dev = self.kept_copy(qabsmax)
+        scales = dequantize_absmax_nested(qabsmax if dev is None else dev, nested_absmax, offset,
+                                          nested_code, nested_blocksize)
         if not bool(_cupy().isfinite(scales).all()):
             raise nonfinite_scales_error()
         return scales
@@ -535,7 +538,7 @@ class CudaBackend(Backend, name="gpu"):
         # the block maxima are still on the device: the kernel subtracts the offset there
         cp = _cupy()
         q, nested = _nested_codes(cp.ascontiguousarray(cp.asarray(absmax, dtype=cp.float32)).reshape(-1), offset)
-        return cp.asnumpy(q), cp.asnumpy(nested)
+        return self.to_host_kept(q), self.to_host(nested)
 
     # the scaled layouts: block maxima, the rule's step-table lookup, a search's candidate
     # errors and pick, and ggml's search on the device; only the stored scales (ggml's float32
