@@ -229,9 +229,10 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nested):
-    """evaluate-model --backend gpu: each tensor goes to the device, the same bytes come out,
-    so every number of the report is the numpy backend's (float32 and float16 tensors, a
-    ragged one, a Hadamard rotation, which runs on the device both ways)."""
+    """evaluate-model --backend gpu (and auto, which picks the GPU when one is usable): each
+    tensor goes to the device, the same bytes come out, so every number of the report is the
+    numpy backend's (float32 and float16 tensors, a ragged one, a Hadamard rotation, which
+    runs on the device both ways)."""
     from quantbook.bulk.gpu import vq as GV
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
@@ -243,7 +244,7 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
     cbs = resolve_codebooks("nf4,nf2", 64)
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     del cp.launches[:]
-    gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
+    gpu = evaluate_model(path, cbs, backend="gpu" if nested else "auto", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qb_quantize_") for n, _, _ in cp.launches)
     assert any(n.startswith("qb_dequantize_") for n, _, _ in cp.launches)
     assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * 2 * 2   # 2 tensors, 2 codes, both ways

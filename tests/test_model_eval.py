@@ -317,6 +317,29 @@ def test_a_backend_without_vector_kernels_is_refused_for_a_vector_codebook(synth
     assert err.count("\n") == 1
 
 
+def test_auto_picks_a_usable_device_backend_that_runs_every_code(monkeypatch):
+    """``backend="auto"`` quantizes on the first usable device backend that takes every
+    codebook (vector ones too) and the layout, else stays ``"auto"`` (the host's best)."""
+    from quantbook.bulk.backend import BACKENDS, Backend
+    from quantbook.model.evaluate import check_backend, resolve_model_codebooks
+
+    class Device(Backend):   # not registered by a name: only for this test
+        name, device, auto, scaled_layouts = "dev", True, True, False
+
+    scalar, both = resolve_model_codebooks("nf4", 64), resolve_model_codebooks("nf4,higgs-2d-256", 64)
+    monkeypatch.setattr(BACKENDS["gpu"], "unavailable", lambda: "no CUDA device (stand-in)")
+    assert check_backend("auto", both) == "auto"
+    monkeypatch.setitem(BACKENDS, "dev", Device())
+    assert check_backend("auto", scalar) == "dev" and check_backend("numpy", scalar) == "numpy"
+    assert check_backend("auto", scalar, scaled=True) == "auto"   # no scaled layouts
+    assert check_backend("auto", both) == "auto"                   # no vector kernels
+    monkeypatch.setattr(BACKENDS["gpu"], "unavailable", lambda: None)
+    assert check_backend("auto", both) == "gpu" and check_backend("auto", scalar, scaled=True) == "gpu"
+    monkeypatch.setattr(Device, "auto", False)   # a device backend that auto may not pick
+    monkeypatch.setattr(BACKENDS["gpu"], "unavailable", lambda: "no CUDA device (stand-in)")
+    assert check_backend("auto", scalar) == "auto"
+
+
 # ----------------------------------------------------------------------- fit to data
 def test_safetensors_source_spelling(synthetic):
     from quantbook.derive.sources import Empirical, parse_source

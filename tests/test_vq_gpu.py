@@ -412,6 +412,32 @@ def test_host_values_cross_as_they_are(cp, monkeypatch, dtype):
         assert back == [x.size * np.dtype(want_s.dtype).itemsize]
 
 
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+def test_a_gpu_made_state_decodes_with_the_scales_its_gpu_kept(cp, monkeypatch, scale_dtype):
+    """quantize_vq on the GPU keeps the float32 scales on the device while the state's
+    (read-only) stored scales live: dequantize_vq on that GPU uploads none of them.  A new
+    array of scales, or the stored ones made writable, crosses again; the values are numpy's."""
+    sent = []
+    asarray = cp.asarray
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: _counted(sent, a, asarray(a, dtype)))
+    x = (np.random.default_rng(5).standard_t(4, (8, 256)) * 0.02).astype(np.float32)
+    idx, st = quantize_vq(fake_device(x), _higgs(), group=64, scale_dtype=scale_dtype, backend="gpu")
+    want_i, want_s = quantize_vq(x, _higgs(), group=64, scale_dtype=scale_dtype, backend="numpy")
+    assert np.array_equal(idx, want_i) and bits_equal(st.scales, want_s.scales) and not st.scales.flags.writeable
+    want = dequantize_vq(want_i, want_s, backend="numpy")
+
+    def decodes(moved):
+        sent.clear()
+        assert bits_equal(dequantize_vq(idx, st, backend="gpu"), want)
+        assert (st.scales.nbytes in sent) == moved, sent
+
+    decodes(moved=False)
+    st.scales.setflags(write=True)
+    decodes(moved=True)
+    st.scales = st.scales.copy()
+    decodes(moved=True)
+
+
 def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
     """evaluate-model --backend gpu with scalar and vector codebooks: the numpy backend's
     report, number for number."""

@@ -378,17 +378,26 @@ class CudaVQ(VQBackend, name="gpu"):
 
     def group_scales(self, v, group, rule, scale_dtype):
         # rounded on the device: only the stored scales cross to the host
+        from .gpu.backend import device_of
+        from .gpu.kept import keep
         from .gpu.vq import group_stat_gpu
 
         stat, scales, bits = group_stat_gpu(v, group, rule == "absmax", scale_dtype == "float16")
-        stored = self.to_host(scales) if bits is None else self.to_host(bits).view(np.float16)
+        stored = self.to_host(scales if bits is None else bits.view(np.float16))
+        # the state's read-only copy stands for the float32 scales on the device (widened
+        # exactly, as widen_scales would): dequantize_vq on this GPU reads those
+        keep(stored, scales, device_of(scales))
         return stored, scales, lambda: self.to_host(stat)
 
     def widen_scales(self, stored):
-        # on the device: the stored bytes cross, and the host converts nothing
+        # on the device: those kept for these stored scales, else the stored bytes cross and
+        # the host converts nothing
+        from .gpu.backend import _cupy
+        from .gpu.kept import kept
         from .gpu.vq import load_gpu
 
-        return load_gpu(stored)
+        dev = kept(stored, _cupy().cuda.Device().id)
+        return load_gpu(stored) if dev is None else dev
 
     def encode(self, v, scales, group, points):
         from .gpu.vq import encode_gpu

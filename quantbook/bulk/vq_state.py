@@ -77,7 +77,9 @@ class VQState:
 
     ``points`` the (N, P) float32 table; ``scales`` one stored scale per group (flat, in
     ``scale_dtype``); ``shape``/``dtype`` the input's; ``rotate_size`` the Hadamard size (None:
-    not rotated) and ``rotate_seed`` its signs' seed.
+    not rotated) and ``rotate_seed`` its signs' seed.  A state that a GPU made holds read-only
+    ``scales``: the GPU keeps their float32 form while they live, and ``dequantize_vq`` there
+    reads it instead of uploading them; assign a new array to change them.
     """
 
     codebook: str

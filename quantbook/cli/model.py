@@ -214,8 +214,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also draw a picture (PNG, PDF, SVG ...: by extension; matplotlib): per-tensor SQNR, or "
                         "with --task the task's loss (KL, 1 − cosine) against bits per weight")
     s.add_argument("--backend", default="auto", metavar="NAME",
-                   help="bulk quantization backend: auto (default: cpu when numba is installed, else numpy), "
-                        "cpu (numba), numpy (the reference) or gpu (CuPy: each tensor goes to the GPU and its "
-                        "dequantized values come back, the same bytes; vector codebooks too)")
+                   help="bulk quantization backend: auto (default: gpu when CuPy sees a usable GPU, else cpu "
+                        "when numba is installed, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
+                        "each tensor goes to the GPU and its dequantized values come back, the same bytes; "
+                        "vector codebooks too)")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
     s.set_defaults(func=_cmd_evaluate_model)

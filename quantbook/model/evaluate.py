@@ -342,20 +342,28 @@ def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any =
     return BlockLayout(cb, block_size, nested, rule, qmax)
 
 
-def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]]) -> None:
-    """A ValueError before any work when ``backend`` is not ``"auto"`` and cannot run here
-    (:func:`quantbook.bulk.backend.get_backend`), or has no kernels for a vector codebook
-    among ``codebooks`` (it is not also a backend of :mod:`quantbook.bulk.vq`)."""
-    if backend == "auto":
-        return
+def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]], scaled: bool = False) -> str:
+    """The backend that quantizes ``codebooks`` (in a scaled layout with ``scaled``), before
+    any work.  ``"auto"`` is the first usable device backend that runs them all (a GPU: the
+    host backends' bytes, sooner), else ``"auto"`` (:func:`quantbook.quantize`'s: the host's
+    best).  A name is returned as given, or a ValueError when it cannot run here
+    (:func:`quantbook.bulk.backend.get_backend`) or has no kernels for a vector codebook among
+    ``codebooks`` (it is not also a backend of :mod:`quantbook.bulk.vq`)."""
     from ..bulk.backend import BACKENDS, get_backend
     from ..bulk.vq import vq_backend_names
 
     vector = any(is_vector_codebook(cb) for _, cb in codebooks)
+    if backend == "auto":
+        for b in BACKENDS.values():
+            if b.device and b.auto and (not vector or b.name in vq_backend_names()) \
+                    and (not scaled or b.scaled_layouts) and b.unavailable() is None:
+                return b.name
+        return "auto"
     if backend in BACKENDS and vector and backend not in vq_backend_names():
         raise ValueError(f"backend {backend!r} does not quantize vector codebooks (those take "
                          f"{', '.join(vq_backend_names())})")
     get_backend(backend)   # an unknown name, or one that cannot run here
+    return backend
 
 
 def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
@@ -482,10 +490,10 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     ``rotations``: :func:`parse_rotations` spellings, one row per codebook and rotation
     (labels ``LABEL`` and ``LABEL+hadamard[:N]``).  A tensor shape that a vector group or a
     rotation does not fit is an error before any tensor is read.  ``backend``: ``"auto"``
-    (the host's best) or a registered name; ``"gpu"`` quantizes each tensor on the GPU (the
-    same bytes, so the same report), and a backend that cannot run here, or cannot run a
-    vector codebook among ``codebooks``, is an error before any tensor is read
-    (:func:`check_backend`).
+    (the GPU when one is usable, else the host's best) or a registered name; ``"gpu"``
+    quantizes each tensor on the GPU (the same bytes, so the same report), and a backend
+    that cannot run here, or cannot run a vector codebook among ``codebooks``, is an error
+    before any tensor is read (:func:`check_backend`).
     """
     if str(path).lower().endswith(".gguf"):
         raise ValueError(f"{path}: a GGUF model's weights are not read here (safetensors only); measure what its "
@@ -496,10 +504,10 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
         raise ValueError(f"{path}: no floating tensors selected")
     _bulk()
     check_codebooks(codebooks)  # fail before reading any tensor
-    check_backend(backend, codebooks)
     rotations = parse_rotations(list(rotations))
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
+    backend = check_backend(backend, codebooks, scaled=rule is not None)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
     rows = [(row_label(label, rot), make_layout(cb, block_size, nested, rule, qmax, vq), rot)
             for rot in rotations for label, cb in codebooks]

@@ -19,8 +19,8 @@ weight are ``index_bits/P + scale bits/group``, so scalar and vector rows compar
 storage.
 
 The model runs on ``device`` (:func:`resolve_device`: ``auto`` is CUDA when torch sees a GPU);
-the weights are quantized by ``backend`` (host backends, or ``gpu``: the same bytes), from
-their host copy either way.
+the weights are quantized by ``backend`` (host backends, or ``gpu``: the same bytes; ``auto``
+is the GPU when one is usable), from their host copy either way.
 
 Tasks are registered :class:`Task` subclasses:
 
@@ -704,6 +704,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     restored on return), else ``path`` is loaded; ``device``: where the model runs
     (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``); ``backend``: what
     quantizes the weights, from their host copy (``"gpu"``: on the GPU, the same bytes;
+    ``"auto"``: the GPU when one is usable, else the host's best;
     :func:`~quantbook.model.evaluate.check_backend`).  Labels are ``LABEL`` and
     ``LABEL+hadamard[:N]``.
     ``scale``/``qmax``: the scale rule (:func:`quantbook.model.evaluate.resolve_scale`),
@@ -716,9 +717,9 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     task_cls.check_inputs(tokens, context)
     rotations = parse_rotations(list(rotations))
     check_codebooks(codebooks)
-    check_backend(backend, codebooks)
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
+    backend = check_backend(backend, codebooks, scaled=rule is not None)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
     if model is None:
         located = _locate(path)  # a path that holds no model is said before torch is needed
