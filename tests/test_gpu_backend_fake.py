@@ -227,6 +227,16 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     assert out.count("(uploaded ") == out.count("end to end (NF4")
 
 
+def test_host_work_benchmark_runs(cp, monkeypatch, capsys):
+    """benchmarks/bench_gpu_host_work.py: its own stand-in (launches that do nothing), put
+    back with the test's when the test ends."""
+    bench = load_benchmark(cp, monkeypatch, "bench_gpu_host_work")
+    assert bench.main(["--calls", "3", "--rounds", "1", "--log2n", "10"]) == 0
+    out = capsys.readouterr().out
+    for name in ("quantize_gpu", "dequantize_gpu", "quantbook.quantize", "quantbook.dequantize"):
+        assert f"  {name} " in out and out.count(" us\n") == 4, out
+
+
 @pytest.mark.parametrize("nested", [False, True])
 def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nested):
     """evaluate-model --backend gpu (and auto, which picks the GPU when one is usable): each

@@ -8,6 +8,7 @@ non-finite input, nested statistics and the :class:`QuantState`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,7 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
         x = np.asarray(x)
     name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
-    if int(np.prod(shape, dtype=np.int64)) == 0:
+    if math.prod(map(int, shape)) == 0:
         raise ValueError(f"cannot quantize an empty array (shape {shape})")
     if device:
         if callable(getattr(x, "stride", None)):   # torch: its interface refuses some tensors
@@ -163,7 +164,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         # the usual answer (every block finite) from the maxima where they are: one reduction
         err = None if be.scales_finite_nonnegative(absmax) else \
-            F.nonfinite_error(be.to_host(absmax), block_size, int(np.prod(shape, dtype=np.int64)))
+            F.nonfinite_error(be.to_host(absmax), block_size, math.prod(map(int, shape)))
         if err is not None:
             if not allow_nonfinite:
                 raise err
@@ -204,7 +205,7 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
             return dequantize_scaled(packed, state, be)
         n = state.size
         need = F.packed_length(n, state.bits)
-        have = int(np.prod(packed.shape, dtype=np.int64))   # torch's .size is a method
+        have = math.prod(map(int, packed.shape))   # torch's .size is a method
         if have != need:
             raise ValueError(f"packed has {have} bytes, expected {need} for {n} values of "
                              f"{state.bits} bits")

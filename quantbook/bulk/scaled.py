@@ -13,6 +13,7 @@ backend's ``scaled_ggml``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
     """``(packed, state)`` of a checked flat array ``x`` of the backend's kind (host or device;
     see :func:`quantbook.quantize`).  Only per-block values cross to the host."""
     check_backend(be)
-    n = int(np.prod(shape, dtype=np.int64))   # torch's .size is a method
+    n = math.prod(map(int, shape))   # torch's .size is a method
     table = scaled_table(cb.code, qmax)
     amax = be.scaled_amax(x, block_size)
     top = float(amax.max())                   # NaN when a block holds NaN/Inf
@@ -89,7 +90,7 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
     its stored scales are checked here, where the backend reads them."""
     check_backend(be)
     n = state.size
-    size = int(np.prod(packed.shape, dtype=np.int64))   # torch's .size is a method
+    size = math.prod(map(int, packed.shape))   # torch's .size is a method
     if size != packed_length(n):
         raise ValueError(f"packed has {size} bytes, expected {packed_length(n)} for {n} "
                          "values of 4 bits")

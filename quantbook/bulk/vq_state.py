@@ -105,7 +105,7 @@ class VQState:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(map(int, self.shape))
 
     @property
     def n_groups(self) -> int:
