@@ -99,9 +99,12 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
     if lookup is None:
         state._check_scales()
         flat = be.scaled_decode(packed, state.absmax_f32(), table, state.blocksize, n, dtype)
-    else:   # the scales are looked up where the codes are decoded: a device reads the stored
-        index = be.kept_copy(state.absmax)   # bytes it kept when it made them, from the rule
-        if index is None:                    # (valid by its contract), else uploads and checks them
+    else:
+        # the scales are looked up where the codes are decoded: a device reads the stored
+        # bytes it kept when its rule made them (valid by the rule's contract), else they
+        # are uploaded and checked there
+        index = be.kept_copy(state.absmax)
+        if index is None:
             index = be.from_host(lookup[1])
             state._check_scales(index, be)
         else:
