@@ -31,9 +31,9 @@ is kept on the host, so the line shows what that costs against the kernels.
 ``--warmup`` seconds of device copies come first: on a fresh H100 the first configurations
 measured 5–10 % slower than the same ones a minute later (2026-11-26).
 
-``--profile`` runs one configuration once after a warm-up (``2**26`` values, no checks, no
-bitsandbytes) and prints the Nsight Compute command that profiles its quantize and
-dequantize kernels.
+``--profile`` runs one configuration once after a warm-up (``2**26`` values, lone calls, no
+checks, no bitsandbytes) and prints the Nsight Compute command that profiles its quantize
+and dequantize kernels.
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def main(argv=None) -> int:
         raise ValueError(f"--bits must be among {sorted(_CODES)}, got {bad}")
     if args.profile:
         dtypes, blocks, bitss = dtypes[:1], blocks[:1], bitss[:1]
-        args.log2n, args.repeat, args.check, args.warmup = min(args.log2n, 26), 1, 0, 0.0
+        # lone calls: a warm-up and one timed call each of quantize and dequantize
+        args.log2n, args.repeat, args.check, args.warmup, args.calls = min(args.log2n, 26), 1, 0, 0.0, 1
     if args.calls < 1:
         raise ValueError(f"--calls must be >= 1, got {args.calls}")
     if args.warmup < 0:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run: the test suite (its device cases run, as they
-# cannot in CI), the benchmarks of docs/benchmarks.md, and one Nsight Compute profile.
+# cannot in CI), the benchmarks of docs/benchmarks.md, and Nsight Compute profiles of the
+# slowest quantize kernels.
 #
 #   benchmarks/gpu_check.sh [OUTDIR]          # from the repository's root; default $OUT or /tmp/gpu_check
 #
 # Made for a lent machine with a time budget (an H100 with CuPy, torch, numba and ncu, no
-# network): each stage has its own time limit in seconds (below; all of them together about
-# 15 minutes, so a machine that runs one command for at most 10 takes two calls, e.g.
-# STAGES="env tests sweep base", then the rest) and writes OUTDIR/<stage>.log; a stage that
-# fails or runs out of time does not stop the next one, and the end prints each stage's
-# exit status and seconds.
+# network): each stage has its own time limit in seconds (below; together about 20 minutes,
+# most stages ending well before theirs), and writes OUTDIR/<stage>.log; a stage that fails
+# or runs out of time does not stop the next one, and the end prints each stage's exit
+# status and seconds.  Where one command may run 10 minutes at most, split it, e.g.
+# STAGES="env tests sweep" and then STAGES="scaled stream ncu" (vq, evaluate and base when
+# there is time).
 # Optional, set in the environment:
 #   WHEELS=DIR      wheels to install first into /tmp/site (bitsandbytes for the `vs bnb`
 #                   columns and the byte comparisons against it: `pip download --no-deps
@@ -57,8 +59,12 @@ stage scaled 150 "$HERE" $PY benchmarks/bench_scaled_gpu.py --log2n "$LOG2N"
 stage stream 40 "$HERE" $PY benchmarks/bench_stream_gpu.py
 stage vq 60 "$HERE" $PY benchmarks/bench_quantize_vq.py --rotate hadamard --log2n 26
 stage evaluate 90 "$HERE" $PY benchmarks/bench_evaluate_model.py --synthetic --backends cpu,gpu
-stage ncu 90 "$HERE" ncu -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
-    $PY benchmarks/bench_quantize_gpu.py --profile --dtypes bfloat16 --blocksizes 1024 --bits 8
+# the quantize rows furthest below a copy in the last measured sweep: codes of a byte, 2-bit
+# codes at B = 4096, NF4 at B = 16 (16-bit input); the tables show shared-memory bank conflicts
+stage ncu 180 "$HERE" sh -c "for c in 'float16 1024 8' 'bfloat16 4096 2' 'bfloat16 16 4'; do set -- \$c;
+    ncu -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        --section MemoryWorkloadAnalysis_Tables \
+        $PY benchmarks/bench_quantize_gpu.py --profile --dtypes \$1 --blocksizes \$2 --bits \$3; done"
 
 echo "=== stages"
 printf '%s\n' "${status[@]}" | tee "$OUTDIR/stages.txt"

@@ -227,6 +227,18 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     assert out.count("(uploaded ") == out.count("end to end (NF4")
 
 
+def test_the_benchmark_profiles_the_kernels_its_hint_names(cp, monkeypatch, capsys):
+    """--profile launches a warm-up and one timed call each of quantize and dequantize, the
+    four ``qb_`` kernels that the printed ``ncu -k regex:qb_ -c 4`` command profiles."""
+    bench = load_benchmark(cp, monkeypatch, "bench_quantize_gpu")
+    assert bench.main(["--log2n", "12", "--profile", "--dtypes", "float16", "--blocksizes", "64",
+                       "--bits", "4", "--calls", "10"]) == 0
+    out = capsys.readouterr().out
+    names = [n for n, _, _ in cp.launches if n.startswith("qb_")]
+    assert [n.split("_")[1] for n in names] == ["quantize", "quantize", "dequantize", "dequantize"], names
+    assert "ncu --set full -k regex:qb_ -c 4 python benchmarks/bench_quantize_gpu.py --profile" in out
+
+
 def test_host_work_benchmark_runs(cp, monkeypatch, capsys):
     """benchmarks/bench_gpu_host_work.py: its own stand-in (launches that do nothing), put
     back with the test's when the test ends."""
