@@ -17,7 +17,9 @@
 #                   columns and the byte comparisons against it: `pip download --no-deps
 #                   --only-binary=:all: --python-version 3.12 ... bitsandbytes` where pip works)
 #   BASE=DIR        another checkout's root: the quantize sweep runs from it too, right
-#                   after this tree's, so the two tables compare kernels in one run
+#                   after this tree's, so the two tables compare kernels in one run (for a
+#                   lent machine: `git worktree add .base COMMIT` and `/.base/` in
+#                   .git/info/exclude here, `.base` carried, BASE=$PWD/.base there)
 #   STAGES="..."    the stages to run, of: env tests sweep base scaled stream vq evaluate ncu
 #   LOG2N=N         values of the sweeps (default 28)
 set -u
