@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run: the test suite (its device cases run, as they
-# cannot in CI), the benchmarks of docs/benchmarks.md, and Nsight Compute profiles of the
-# slowest quantize kernels.
+# cannot in CI), the benchmarks of docs/benchmarks.md, and Nsight Compute profiles of slow
+# quantize kernels.
 #
 #   benchmarks/gpu_check.sh [OUTDIR]          # from the repository's root; default $OUT or /tmp/gpu_check
 #
@@ -61,8 +61,8 @@ stage scaled 150 "$HERE" $PY benchmarks/bench_scaled_gpu.py --log2n "$LOG2N"
 stage stream 40 "$HERE" $PY benchmarks/bench_stream_gpu.py
 stage vq 60 "$HERE" $PY benchmarks/bench_quantize_vq.py --rotate hadamard --log2n 26
 stage evaluate 90 "$HERE" $PY benchmarks/bench_evaluate_model.py --synthetic --backends cpu,gpu
-# the quantize rows furthest below a copy in the last measured sweep: codes of a byte, 2-bit
-# codes at B = 4096, NF4 at B = 16 (16-bit input); the tables show shared-memory bank conflicts
+# a quantize row of each kind below 0.85 of a copy in the last measured sweep (16-bit input):
+# codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16; the tables show bank conflicts
 stage ncu 180 "$HERE" sh -c "for c in 'float16 1024 8' 'bfloat16 4096 2' 'bfloat16 16 4'; do set -- \$c;
     ncu -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
         --section MemoryWorkloadAnalysis_Tables \
