@@ -227,6 +227,36 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     assert out.count("(uploaded ") == out.count("end to end (NF4")
 
 
+def test_the_kept_scales_are_bounded(cp, monkeypatch):
+    """The device bytes kept are at most kept.KEEP_BYTES (the newest always kept), the least
+    recently used let go first: a state whose copy went is uploaded, and decodes the same."""
+    import gc
+
+    import quantbook as qb
+    from quantbook.bulk.gpu import kept
+
+    x = np.random.default_rng(33).standard_normal(64 * 100).astype(np.float32)
+    gc.collect()
+    monkeypatch.setattr(kept, "_KEPT", {})
+    monkeypatch.setattr(kept, "_held", [0])
+    monkeypatch.setattr(kept, "KEEP_BYTES", 2 * 100 * 4)   # two states' float32 scales
+    states = [qb.quantize(fake_device(x), "nf4", 64, backend="gpu") for _ in range(3)]
+    assert kept._held == [2 * 400] and len(kept._KEPT) == 2
+    assert kept.kept(states[0][1].absmax, 0) is None and kept.kept(states[1][1].absmax, 0) is not None
+    kept.kept(states[1][1].absmax, 0)   # the most recently used: the next to stay
+    states.append(qb.quantize(fake_device(x), "nf4", 64, backend="gpu"))
+    assert [kept.kept(st.absmax, 0) is not None for _, st in states] == [False, True, False, True]
+    want = qb.dequantize(*qb.quantize(x, "nf4", 64, backend="numpy"), backend="numpy")
+    for p, st in states:
+        assert bits_equal(np.asarray(qb.dequantize(p, st, backend="gpu")), want)
+    monkeypatch.setattr(kept, "KEEP_BYTES", 10)   # smaller than one: the newest is kept all the same
+    states.append(qb.quantize(fake_device(x), "nf4", 64, backend="gpu"))
+    assert len(kept._KEPT) == 1 and kept.kept(states[-1][1].absmax, 0) is not None
+    del states
+    gc.collect()
+    assert kept._KEPT == {} and kept._held == [0]
+
+
 def test_the_benchmark_profiles_the_kernels_its_hint_names(cp, monkeypatch, capsys):
     """--profile launches a warm-up and one timed call each of quantize and dequantize, the
     four ``qb_`` kernels that the printed ``ncu -k regex:qb_ -c 4`` command profiles."""

@@ -133,8 +133,9 @@ class QuantState:
     A state that a GPU quantized (any layout but ggml's search) holds a read-only
     ``absmax``: the backend keeps the device array it was copied from, and
     :func:`quantbook.dequantize` on that GPU reads it instead of uploading (and, but for
-    nested codes, checking) the host copy again.  To change the scales, assign a new array
-    (``st.absmax = st.absmax.copy()``); that one is uploaded and checked as any other.
+    nested codes, checking) the host copy again (up to a bound: :mod:`quantbook.bulk.gpu.kept`).
+    To change the scales, assign a new array (``st.absmax = st.absmax.copy()``); that one is
+    uploaded and checked as any other.
     """
 
     absmax: np.ndarray
