@@ -14,6 +14,7 @@ and checked as any other.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -22,19 +23,41 @@ import numpy as np
 __all__ = ["keep", "kept", "KEEP_BYTES"]
 
 #: device bytes kept at most, over every GPU (a 2**28-value tensor's float32 scales at
-#: B = 64 are 16 MiB)
+#: B = 64 are 16 MiB); the newest is kept whatever its size
 KEEP_BYTES = 256 << 20
 
 #: id(host) -> (weak reference to host, its data pointer and size, the device array, its GPU),
 #: least recently used first
 _KEPT: dict[int, tuple] = {}
 _held = [0]   # their device bytes
+_lock = threading.Lock()
+#: (key, weak reference) of host copies that went while the lock was held (a collection
+#: can run anywhere), dropped by the next call
+_gone: list[tuple[int, Any]] = []
 
 
-def _drop(key: int) -> None:
-    entry = _KEPT.pop(key, None)
-    if entry is not None:
+def _drop(key: int, ref: Any = None) -> None:
+    """Forget ``key`` (only while it is ``ref``'s, when given); the lock is held."""
+    entry = _KEPT.get(key)
+    if entry is not None and (ref is None or entry[0] is ref):
+        del _KEPT[key]
         _held[0] -= int(entry[3].nbytes)
+
+
+def _forget(key: int, ref: Any) -> None:
+    """A host copy went: so does its device array, to CuPy's pool."""
+    if _lock.acquire(blocking=False):
+        try:
+            _drop(key, ref)
+        finally:
+            _lock.release()
+    else:   # the lock is held, perhaps by the thread this collection interrupted
+        _gone.append((key, ref))
+
+
+def _tidy() -> None:
+    while _gone:
+        _drop(*_gone.pop())
 
 
 def keep(host: np.ndarray, dev: Any, device_id: int) -> None:
@@ -44,16 +67,14 @@ def keep(host: np.ndarray, dev: Any, device_id: int) -> None:
         return
     host.setflags(write=False)
     key = id(host)
-
-    def forget(ref, key=key):   # the host copy is gone: so is the device array, to CuPy's pool
-        if _KEPT.get(key, (None,))[0] is ref:
-            _drop(key)
-
-    _drop(key)
-    _KEPT[key] = (weakref.ref(host, forget), host.ctypes.data, host.size, dev, device_id)
-    _held[0] += int(dev.nbytes)
-    while _held[0] > KEEP_BYTES and len(_KEPT) > 1:
-        _drop(next(iter(_KEPT)))
+    ref = weakref.ref(host, lambda r, key=key: _forget(key, r))
+    with _lock:
+        _tidy()
+        _drop(key)
+        _KEPT[key] = (ref, host.ctypes.data, host.size, dev, device_id)
+        _held[0] += int(dev.nbytes)
+        while _held[0] > KEEP_BYTES and len(_KEPT) > 1:
+            _drop(next(iter(_KEPT)))
 
 
 def kept(host: Any, device_id: int) -> Any | None:
@@ -61,13 +82,15 @@ def kept(host: Any, device_id: int) -> Any | None:
     another GPU, let go for room, or ``host`` made writable or resized since: then it is
     forgotten)."""
     key = id(host)
-    hit = _KEPT.get(key)
-    if hit is None or hit[0]() is not host:
-        return None
-    if host.flags.writeable or host.ctypes.data != hit[1] or host.size != hit[2]:
-        _drop(key)
-        return None
-    if hit[4] != device_id:
-        return None
-    _KEPT[key] = _KEPT.pop(key)   # the most recently used now
-    return hit[3]
+    with _lock:
+        _tidy()
+        hit = _KEPT.get(key)
+        if hit is None or hit[0]() is not host:
+            return None
+        if host.flags.writeable or host.ctypes.data != hit[1] or host.size != hit[2]:
+            _drop(key)
+            return None
+        if hit[4] != device_id:
+            return None
+        _KEPT[key] = _KEPT.pop(key)   # the most recently used now
+        return hit[3]
