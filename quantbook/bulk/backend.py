@@ -213,8 +213,8 @@ class Backend:
 
     def to_host_kept(self, a: Any) -> np.ndarray:
         """:meth:`to_host` of an array a state will hold (checked block scales, or nested
-        codes): a device backend keeps ``a`` for :meth:`kept_copy` (the host copy is then
-        read-only); host backends: ``a``."""
+        codes): a device backend keeps ``a`` for :meth:`kept_copy` and returns a read-only
+        view that cannot be made writable; host backends: ``a``."""
         return self.to_host(a)
 
     def kept_copy(self, host: np.ndarray) -> Any | None:

@@ -383,10 +383,9 @@ class CudaVQ(VQBackend, name="gpu"):
         from .gpu.vq import group_stat_gpu
 
         stat, scales, bits = group_stat_gpu(v, group, rule == "absmax", scale_dtype == "float16")
-        stored = self.to_host(scales if bits is None else bits.view(np.float16))
         # the state's read-only copy stands for the float32 scales on the device (widened
         # exactly, as widen_scales would): dequantize_vq on this GPU reads those
-        keep(stored, scales, device_of(scales))
+        stored = keep(self.to_host(scales if bits is None else bits.view(np.float16)), scales, device_of(scales))
         return stored, scales, lambda: self.to_host(stat)
 
     def widen_scales(self, stored):

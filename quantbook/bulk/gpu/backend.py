@@ -595,9 +595,7 @@ class CudaBackend(Backend, name="gpu"):
         return np.asarray(a)
 
     def to_host_kept(self, a):
-        host = self.to_host(a)
-        keep(host, a, device_of(a))
-        return host
+        return keep(self.to_host(a), a, device_of(a))
 
     def kept_copy(self, host):
         return kept(host, _cupy().cuda.Device().id)

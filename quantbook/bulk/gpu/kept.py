@@ -4,8 +4,10 @@ A :class:`~quantbook.bulk.state.QuantState` holds host arrays, so a state quanti
 brings its block scales to the host, and dequantizing it on the GPU would upload them and
 check them again: an upload of a float32 a block and a reduction whose answer the host
 waits for.  Instead the backend keeps the checked device array the copy was made from, for
-as long as the host copy lives, and makes the host copy read-only, so that it cannot change
-under the kept one.  A host copy made writable again, replaced or resized is not used.
+as long as the host copy lives, and gives the state a read-only view of the host copy whose
+memory numpy will not write: the view's base is a read-only buffer, so numpy refuses to make
+it writable again or to resize it, and the values cannot change under the kept array.  An
+array assigned in its place is not the kept one's, and is uploaded.
 
 What is kept is bounded (:data:`KEEP_BYTES`, the least recently used go first), so states
 held on the host do not hold GPU memory without limit; a state whose copy went is uploaded
@@ -26,8 +28,8 @@ __all__ = ["keep", "kept", "KEEP_BYTES"]
 #: B = 64 are 16 MiB); the newest is kept whatever its size
 KEEP_BYTES = 256 << 20
 
-#: id(host) -> (weak reference to host, its data pointer and size, the device array, its GPU),
-#: least recently used first
+#: id(the state's array) -> (weak reference to it, the device array, its GPU), least recently
+#: used first
 _KEPT: dict[int, tuple] = {}
 _held = [0]   # their device bytes
 _lock = threading.Lock()
@@ -41,7 +43,7 @@ def _drop(key: int, ref: Any = None) -> None:
     entry = _KEPT.get(key)
     if entry is not None and (ref is None or entry[0] is ref):
         del _KEPT[key]
-        _held[0] -= int(entry[3].nbytes)
+        _held[0] -= int(entry[1].nbytes)
 
 
 def _forget(key: int, ref: Any) -> None:
@@ -60,37 +62,34 @@ def _tidy() -> None:
         _drop(*_gone.pop())
 
 
-def keep(host: np.ndarray, dev: Any, device_id: int) -> None:
-    """Make ``host`` (a fresh host copy of the device array ``dev`` on GPU ``device_id``)
-    read-only and keep ``dev`` for it; an array that does not own its memory is left as is."""
+def keep(host: np.ndarray, dev: Any, device_id: int) -> np.ndarray:
+    """The array a state holds for ``host``, a fresh host copy of the device array ``dev`` on
+    GPU ``device_id``: a read-only view of it that cannot be made writable, for which ``dev``
+    is kept.  An array that does not own its memory is returned as it is, and nothing kept."""
     if not isinstance(host, np.ndarray) or host.base is not None or not host.flags.owndata:
-        return
-    host.setflags(write=False)
-    key = id(host)
-    ref = weakref.ref(host, lambda r, key=key: _forget(key, r))
+        return host
+    frozen = np.frombuffer(memoryview(host.reshape(-1).view(np.uint8)).toreadonly(), np.uint8)
+    frozen = frozen.view(host.dtype).reshape(host.shape)
+    key = id(frozen)
+    ref = weakref.ref(frozen, lambda r, key=key: _forget(key, r))
     with _lock:
         _tidy()
         _drop(key)
-        _KEPT[key] = (ref, host.ctypes.data, host.size, dev, device_id)
+        _KEPT[key] = (ref, dev, device_id)
         _held[0] += int(dev.nbytes)
         while _held[0] > KEEP_BYTES and len(_KEPT) > 1:
             _drop(next(iter(_KEPT)))
+    return frozen
 
 
 def kept(host: Any, device_id: int) -> Any | None:
-    """The device array kept for ``host`` on GPU ``device_id``, or None (never kept, kept on
-    another GPU, let go for room, or ``host`` made writable or resized since: then it is
-    forgotten)."""
+    """The device array kept for ``host`` (an array :func:`keep` returned) on GPU
+    ``device_id``, or None (never kept, kept on another GPU, or let go for room)."""
     key = id(host)
     with _lock:
         _tidy()
         hit = _KEPT.get(key)
-        if hit is None or hit[0]() is not host:
-            return None
-        if host.flags.writeable or host.ctypes.data != hit[1] or host.size != hit[2]:
-            _drop(key)
-            return None
-        if hit[4] != device_id:
+        if hit is None or hit[0]() is not host or hit[2] != device_id:
             return None
         _KEPT[key] = _KEPT.pop(key)   # the most recently used now
-        return hit[3]
+        return hit[1]
