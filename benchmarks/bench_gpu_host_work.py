@@ -8,8 +8,8 @@ the launch: ``quantize_gpu``/``dequantize_gpu`` (the kernels' launchers) and the
 ``quantbook.quantize``/``quantbook.dequantize`` (float16, NF4, B = 64, 2**log2n values), best
 of ``rounds`` rounds of ``calls`` calls, in microseconds a call.  CuPy's own work (allocation,
 the launch, copies) is not in it: on a GPU machine ``bench_quantize_gpu.py`` prints the whole
-host work a call.  Needs NVRTC (``pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12``) and a
-C++ compiler, as the tests' emulator does.
+host work a call.  Needs what the tests' stand-in needs: the test extra (pytest), NVRTC
+(``pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12``) and a C++ compiler.
 """
 
 from __future__ import annotations
