@@ -218,8 +218,8 @@ class Backend:
         return self.to_host(a)
 
     def kept_copy(self, host: np.ndarray) -> Any | None:
-        """The array :meth:`to_host_kept` kept for ``host``, checked then and unchanged since,
-        for the current device; else None (host backends: always)."""
+        """The array :meth:`to_host_kept` kept for ``host`` (which cannot have changed since),
+        on the current device; else None (host backends: always)."""
         return None
 
     def scales_finite_nonnegative(self, s: Any) -> bool:

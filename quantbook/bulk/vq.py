@@ -391,11 +391,9 @@ class CudaVQ(VQBackend, name="gpu"):
     def widen_scales(self, stored):
         # on the device: those kept for these stored scales, else the stored bytes cross and
         # the host converts nothing
-        from .gpu.backend import _cupy
-        from .gpu.kept import kept
         from .gpu.vq import load_gpu
 
-        dev = kept(stored, _cupy().cuda.Device().id)
+        dev = BACKENDS["gpu"].kept_copy(stored)
         return load_gpu(stored) if dev is None else dev
 
     def encode(self, v, scales, group, points):
