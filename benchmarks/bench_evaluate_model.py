@@ -83,6 +83,7 @@ def main() -> None:
 
 
 def run(path: str, codebooks: str, block_size: int, backends: list[str], repeat: int, rotate: str = "none") -> None:
+    from quantbook.bulk.backend import BACKENDS
     from quantbook.model import evaluate_model, list_tensors, read_tensor
     from quantbook.model.evaluate import parse_rotations
     from quantbook.naming import resolve_codebooks
@@ -96,13 +97,18 @@ def run(path: str, codebooks: str, block_size: int, backends: list[str], repeat:
           f"rotations {','.join(rotations)}")
     print(f"read only          {t_read:7.3f} s")
     times = {}
-    for backend in backends:
+    for backend in dict.fromkeys(backends):   # each once, in the order given
+        why = BACKENDS[backend].unavailable() if backend in BACKENDS else f"no backend named {backend!r}"
+        if why is not None:   # name it and go on: the other backends' rows still count
+            print(f"evaluate {backend:<6}    skipped: {why}")
+            continue
         times[backend] = best(lambda: evaluate_model(path, cbs, block_size, backend=backend, rotations=rotations),
                               repeat)
         rate = n * len(cbs) * len(rotations) / times[backend] / 1e6
         print(f"evaluate {backend:<6}    {times[backend]:7.3f} s   {rate:8.1f} M weight-codebooks/s")
-    first = backends[0]
-    for backend in backends[1:]:
+    done = list(times)
+    for backend in done[1:]:
+        first = done[0]
         print(f"{backend} speed relative to {first}: {times[first] / times[backend]:.2f}x")
 
 

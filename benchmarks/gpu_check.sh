@@ -63,10 +63,11 @@ stage vq 60 "$HERE" $PY benchmarks/bench_quantize_vq.py --rotate hadamard --log2
 stage evaluate 90 "$HERE" $PY benchmarks/bench_evaluate_model.py --synthetic --backends cpu,gpu
 # a quantize row of each kind below 0.85 of a copy in the last measured sweep (16-bit input):
 # codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16; the tables show bank conflicts
-stage ncu 180 "$HERE" sh -c "for c in 'float16 1024 8' 'bfloat16 4096 2' 'bfloat16 16 4'; do set -- \$c;
+# (the stage fails when any of the three profiles does)
+stage ncu 180 "$HERE" sh -c "rc=0; for c in 'float16 1024 8' 'bfloat16 4096 2' 'bfloat16 16 4'; do set -- \$c;
     ncu -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
         --section MemoryWorkloadAnalysis_Tables \
-        $PY benchmarks/bench_quantize_gpu.py --profile --dtypes \$1 --blocksizes \$2 --bits \$3; done"
+        $PY benchmarks/bench_quantize_gpu.py --profile --dtypes \$1 --blocksizes \$2 --bits \$3 || rc=\$?; done; exit \$rc"
 
 echo "=== stages"
 printf '%s\n' "${status[@]}" | tee "$OUTDIR/stages.txt"

@@ -160,3 +160,64 @@ def test_benchmark_without_a_gpu_says_so():
     r = subprocess.run([sys.executable, str(bench), "--log2n", "10"], capture_output=True, text=True)
     assert r.returncode == 1
     assert "nothing measured" in r.stderr and "Traceback" not in r.stderr
+
+
+_PARSE_ONLY = r'''
+import argparse, runpy, sys
+args = sys.argv[1:]
+if not (args and args[0].endswith(".py")):
+    sys.exit(0)                 # -c, -m pytest: not what this dry run checks
+parse = argparse.ArgumentParser.parse_args
+def parsed(self, a=None, ns=None):
+    parse(self, a, ns)          # a flag the benchmark lacks exits 2 here
+    print("parsed:", " ".join(args))
+    raise SystemExit(0)
+argparse.ArgumentParser.parse_args = parsed
+sys.argv = args
+runpy.run_path(args[0], run_name="__main__")
+'''
+
+_FAKE_NCU = r'''
+import os, sys
+args = sys.argv[1:]
+i = next(i for i, a in enumerate(args) if a.endswith("parse_only.py"))   # ncu's own flags before it
+os.execv(sys.executable, [sys.executable, *args[i:]])
+'''
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_check_script_dry_run(tmp_path):
+    """benchmarks/gpu_check.sh, every stage, with each benchmark stopped right after its
+    arguments are parsed (and ncu standing in by running its command): the device time of a
+    lent machine is not spent on a flag a benchmark no longer takes, or a stage that names
+    a missing script."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "parse_only.py").write_text(_PARSE_ONLY)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ncu = bin_dir / "ncu"
+    ncu.write_text(f"#!{sys.executable}\n{_FAKE_NCU}")
+    ncu.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               PYTHON=f"{sys.executable} {tmp_path / 'parse_only.py'}", BASE=str(root), LOG2N="20")
+    env.pop("STAGES", None)
+    env.pop("WHEELS", None)
+    r = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(out)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    stages = (out / "stages.txt").read_text().split("\n")
+    names = [line.split()[0] for line in stages if line]
+    assert names == ["env", "tests", "sweep", "base", "scaled", "stream", "vq", "evaluate", "ncu"]
+    assert all(" rc=0 " in line for line in stages if line), stages
+    for name in ("sweep", "base", "scaled", "stream", "vq", "evaluate"):
+        assert (out / f"{name}.log").read_text().count("parsed: benchmarks/") == 1, name
+    assert (out / "sweep.log").read_text().strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
+    # the three profiled rows: codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16
+    assert (out / "ncu.log").read_text().count("parsed: benchmarks/bench_quantize_gpu.py --profile") == 3

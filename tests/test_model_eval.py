@@ -560,3 +560,21 @@ def test_evaluate_model_progress_bar_and_empty_codebook_list(synthetic, capsys):
     assert "evaluating" in err and "4/4" in err
     evaluate_model(str(path), [("nf4", REGISTRY["nf4"].codebook)])  # default: no progress
     assert capsys.readouterr().err == ""
+
+
+def test_evaluate_benchmark_names_and_skips_what_cannot_run(synthetic, capsys, monkeypatch):
+    """benchmarks/bench_evaluate_model.py on a tiny file: a backend that cannot run here (or
+    has no such name) gets a `skipped` line with the reason, and the others their rows."""
+    from quantbook.bulk.backend import BACKENDS
+
+    path, _ = synthetic
+    file = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_evaluate_model.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluate_model", file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(BACKENDS["cpu"], "unavailable", lambda: "numba is switched off here")
+    bench.run(str(path), "nf4,fp4", 64, ["numpy", "cpu", "nope", "numpy"], repeat=1)
+    out = capsys.readouterr().out
+    assert "evaluate cpu       skipped: numba is switched off here" in out
+    assert "evaluate nope      skipped: no backend named 'nope'" in out
+    assert out.count("M weight-codebooks/s") == 1   # numpy, named twice, timed once
