@@ -10,8 +10,9 @@
 # most stages ending well before theirs), and writes OUTDIR/<stage>.log; a stage that fails
 # or runs out of time does not stop the next one, and the end prints each stage's exit
 # status and seconds.  Where one command may run 10 minutes at most, split it, e.g.
-# STAGES="env tests sweep" and then STAGES="scaled stream ncu" (vq, evaluate and base when
-# there is time).
+# STAGES="env tests sweep" and then STAGES="ncu scaled stream" (vq, evaluate and base when
+# there is time); the limits are ceilings, not estimates, so with little device time run the
+# first call alone and look at stages.txt before the second.
 # Optional, set in the environment:
 #   WHEELS=DIR      wheels to install first into /tmp/site (bitsandbytes for the `vs bnb`
 #                   columns and the byte comparisons against it: `pip download --no-deps
