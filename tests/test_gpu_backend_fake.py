@@ -287,7 +287,9 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
     """evaluate-model --backend gpu (and auto, which picks the GPU when one is usable): each
     tensor goes to the device, the same bytes come out, so every number of the report is the
     numpy backend's (float32 and float16 tensors, a ragged one, a Hadamard rotation, which
-    runs on the device both ways)."""
+    runs on the device both ways).  A tensor is uploaded, and rotated, once for all its
+    scalar codebooks."""
+    from quantbook.bulk.backend import BACKENDS
     from quantbook.bulk.gpu import vq as GV
     from quantbook.model import evaluate_model
     from quantbook.naming import resolve_codebooks
@@ -299,10 +301,14 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
     cbs = resolve_codebooks("nf4,nf2", 64)
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     del cp.launches[:]
+    gpu_be, uploads = BACKENDS["gpu"], []
+    monkeypatch.setattr(gpu_be, "from_host", lambda x, real=gpu_be.from_host: uploads.append(x.shape) or real(x))
     gpu = evaluate_model(path, cbs, backend="gpu" if nested else "auto", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qb_quantize_") for n, _, _ in cp.launches)
     assert any(n.startswith("qb_dequantize_") for n, _, _ in cp.launches)
-    assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * 2 * 2   # 2 tensors, 2 codes, both ways
+    # 2 tensors, each rotated once for both codes and rotated back for each
+    assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * (1 + 2)
+    assert len(uploads) == 2   # the unrotated rows: one upload a tensor, not one a code
     assert gpu == host
     ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
     assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,

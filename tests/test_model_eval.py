@@ -578,3 +578,24 @@ def test_evaluate_benchmark_names_and_skips_what_cannot_run(synthetic, capsys, m
     assert "evaluate cpu       skipped: numba is switched off here" in out
     assert "evaluate nope      skipped: no backend named 'nope'" in out
     assert out.count("M weight-codebooks/s") == 1   # numpy, named twice, timed once
+
+
+def test_tensor_inputs_are_shared_by_one_tensors_rows_only(monkeypatch):
+    """A tensor's rotated rows are made once for its codebooks (the rotation counted), and
+    inputs made for another tensor are not used (the result is that tensor's own)."""
+    from quantbook.bulk import vq as V
+    from quantbook.model.evaluate import BlockLayout, TensorInputs
+
+    rng = np.random.default_rng(7)
+    x1, x2 = (rng.standard_normal((8, 128)).astype(np.float32) for _ in range(2))
+    nf4, nf2 = (BlockLayout(cb, 64) for _, cb in resolve_codebooks("nf4,nf2", 64))
+    want = nf4.roundtrip(x2, "hadamard", "numpy")[0]
+    rot, calls = type(V.rotation_backend("numpy")), []
+    monkeypatch.setattr(rot, "rotate", lambda self, x, seed, real=rot.rotate: calls.append(x.shape) or
+                        real(self, x, seed))
+    inputs = TensorInputs(x1)
+    nf4.roundtrip(x1, "hadamard", "numpy", inputs)
+    nf2.roundtrip(x1, "hadamard", "numpy", inputs)
+    assert len(calls) == 1
+    got = nf4.roundtrip(x2, "hadamard", "numpy", inputs)[0]
+    assert len(calls) == 2 and np.array_equal(got, want)

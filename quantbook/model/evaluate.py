@@ -53,8 +53,8 @@ from ..numerics import hadamard
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
-           "resolve_scale", "check_backend", "VQOptions", "Layout", "BlockLayout", "VectorLayout", "make_layout",
-           "resolve_model_codebooks", "is_vector_codebook", "parse_rotations", "rotation_size"]
+           "resolve_scale", "check_backend", "VQOptions", "TensorInputs", "Layout", "BlockLayout", "VectorLayout",
+           "make_layout", "resolve_model_codebooks", "is_vector_codebook", "parse_rotations", "rotation_size"]
 
 
 @dataclass
@@ -253,6 +253,21 @@ class VQOptions:
         return f"vector groups of {self.group}, {self.scale} {self.scale_dtype} scales"
 
 
+class TensorInputs:
+    """What the rows of one tensor start from, each made once however many rows use it: the
+    copy on a backend's device and the Hadamard-rotated rows (one per rotation and backend).
+    The scalar codebooks of a tensor then share one upload and one rotation."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self._made: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+
 class Layout:
     """One codebook in the layout that stores it: :meth:`check` refuses a tensor shape before
     any work, :meth:`roundtrip` quantizes and dequantizes one tensor and counts its bits."""
@@ -262,9 +277,11 @@ class Layout:
         if n is not None and shape[-1] % n:
             raise ValueError(f"tensor {name!r}: the Hadamard size {n} does not divide its last dimension {shape[-1]}")
 
-    def roundtrip(self, x: np.ndarray, rotation: str, backend: str) -> tuple[np.ndarray, int]:
+    def roundtrip(self, x: np.ndarray, rotation: str, backend: str,
+                  inputs: TensorInputs | None = None) -> tuple[np.ndarray, int]:
         """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype, or float64 when a scalar code
-        was rotated back."""
+        was rotated back.  ``inputs``: ``x``'s :class:`TensorInputs`, shared by the rows of
+        one tensor."""
         raise NotImplementedError
 
 
@@ -274,23 +291,32 @@ class BlockLayout(Layout):
     def __init__(self, cb: Any, block_size: int, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX):
         self.cb, self.block_size, self.nested, self.rule, self.qmax = cb, block_size, nested, rule, qmax
 
-    def roundtrip(self, x, rotation, backend):
+    def roundtrip(self, x, rotation, backend, inputs=None):
         from ..bulk.api import dequantize, quantize
         from ..bulk.backend import get_backend
         from ..bulk.vq import rotation_backend
 
         n = rotation_size(rotation, x.shape[-1])
-        # a named backend gets the tensor where its kernels run (a GPU's memory: one upload, and
-        # the dequantized values come back once); for the host backends both moves are no-ops.
-        # It rotates there too, with the Hadamard kernels of its vector-quantization namesake.
+        if inputs is None or inputs.x is not x:   # another tensor's inputs are not this one's
+            inputs = TensorInputs(x)
+        # a named backend gets the tensor where its kernels run (a GPU's memory: one upload for
+        # all the tensor's rows, and each row's dequantized values come back once); for the
+        # host backends both moves are no-ops.  It rotates there too, with the Hadamard kernels
+        # of its vector-quantization namesake.
         be = None if backend == "auto" else get_backend(backend)
         rot = None if n is None else rotation_backend(backend)
         if rot is not None:
             hadamard.check_divides(n, x.shape[-1])
-            xr = rot.rotate(rot.load(x).reshape(-1, n), hadamard.SEED)      # float32
-            xr = xr if be is None or be.device == rot.device else be.from_host(rot.to_host(xr))
+
+            def rotated():
+                xr = rot.rotate(rot.load(x).reshape(-1, n), hadamard.SEED)      # float32
+                return xr if be is None or be.device == rot.device else be.from_host(rot.to_host(xr))
+
+            xr = inputs.get(("rotated", n, backend), rotated)
+        elif be is None:
+            xr = x
         else:
-            xr = x if be is None else be.from_host(np.ascontiguousarray(x))
+            xr = inputs.get(("on", backend), lambda: be.from_host(np.ascontiguousarray(x)))
         packed, state = quantize(xr, codebook=self.cb, block_size=self.block_size, nested=self.nested,
                                  backend=backend, scale=self.rule, qmax=self.qmax)
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
@@ -321,7 +347,7 @@ class VectorLayout(Layout):
                              f"select tensors)") from None
         super().check(name, shape, rotation)
 
-    def roundtrip(self, x, rotation, backend):
+    def roundtrip(self, x, rotation, backend, inputs=None):   # quantize_vq rotates: nothing shared
         from ..bulk.vq import dequantize_vq, quantize_vq
 
         n = rotation_size(rotation, x.shape[-1])
@@ -553,10 +579,11 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
     if xq.ndim == 0:
         xq = xq.reshape(1)
     sums = {}
+    inputs = TensorInputs(xq)
     for label, layout, rot in rows:
         try:
             with np.errstate(over="ignore"):  # an overflow is reported below, once, by name
-                xhat, bits = layout.roundtrip(xq, rot, backend)
+                xhat, bits = layout.roundtrip(xq, rot, backend, inputs)
                 if xhat.dtype != xq.dtype:  # rotated back in float64: round as the tensor is stored
                     xhat = xhat.astype(xq.dtype)
         except ValueError as exc:  # say which tensor
