@@ -6,7 +6,8 @@ in memory at a time, the file's header parsed once), then for each codebook quan
 :mod:`quantbook.scales`: by default bitsandbytes' float32 absmax, optionally nested, else
 one of the scaled layouts of docs/scales.md) back to the tensor's own dtype (float64 tensors are
 quantized as float32, the format's working precision).  Errors are computed in float64
-against the stored values: ``e = dequantized - x``.
+against the stored values: ``e = dequantized - x``, each sum in the fixed order of
+:mod:`quantbook.model.sums` (the same numbers for any machine, thread count and backend).
 
 Metrics (per tensor, and for the whole selection by pooling the sums, i.e. weighted by
 element count):
@@ -51,6 +52,7 @@ from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
 from ..scales import DEFAULT_QMAX
+from .sums import error_sums_ordered, kernel_input, sum_squares_ordered
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
            "resolve_scale", "check_backend", "VQOptions", "TensorInputs", "Layout", "BlockLayout", "VectorLayout",
@@ -108,20 +110,17 @@ class ErrorSums:
 
 def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
                sx2: float | None = None) -> ErrorSums:
-    """Float64 error sums of ``xhat`` against ``x`` (bits left 0).
+    """Float64 error sums of ``xhat`` against ``x`` (bits left 0), each in the fixed order of
+    :mod:`quantbook.model.sums` (the same numbers on every machine and thread count).
 
-    ``x64`` (``x`` as a flat float64 array) and ``sx2`` (``Σx²``) may be passed to reuse them
-    across codebooks.
+    ``sx2`` (``Σx²``) may be passed to reuse it across codebooks, and ``x64`` (``x`` as a
+    float64 array, or any array of the same values) to use in place of ``x``.
     """
-    if x64 is None:
-        x64 = np.asarray(x).astype(np.float64).ravel()
+    xs = kernel_input(x if x64 is None else x64)
     if sx2 is None:
-        sx2 = float(np.dot(x64, x64))
-    e = np.asarray(xhat).astype(np.float64).ravel()
-    e -= x64
-    sse = float(np.dot(e, e))
-    sae = float(np.abs(e, out=e).sum())
-    return ErrorSums(n=int(x64.size), sse=sse, sae=sae, sx2=sx2)
+        sx2 = sum_squares_ordered(xs)
+    sse, sae = error_sums_ordered(xs, xhat)
+    return ErrorSums(n=int(xs.size), sse=sse, sae=sae, sx2=sx2)
 
 
 def _nbytes(a: Any) -> int:
@@ -565,15 +564,15 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
 def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult:
     path = f.path
     x = f.read(info.name)
-    x64 = x.astype(np.float64).ravel()
-    finite = np.isfinite(x64)
+    finite = np.isfinite(x)
     if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
+        bad = int(np.flatnonzero(~finite.ravel())[0])
         raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
     del finite
+    xs = kernel_input(x)   # x's values as the sums read them (16-bit types widened once)
+    sx2 = sum_squares_ordered(xs)
     with np.errstate(over="ignore"):
         xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
-        sx2 = float(np.dot(x64, x64))
     if xq is not x and not np.isfinite(xq).all():
         raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
     if xq.ndim == 0:
@@ -588,13 +587,14 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
                     xhat = xhat.astype(xq.dtype)
         except ValueError as exc:  # say which tensor
             raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
-        if not np.isfinite(xhat).all():
-            # level·scale beyond the dtype's range: every error metric would be inf or NaN
+        s = error_sums(xs, xhat, sx2=sx2)
+        if not math.isfinite(s.sse):
+            # x is finite and within float32, so Σe² is finite unless some xhat is not:
+            # level·scale beyond the dtype's range, where every error metric would be inf or NaN
             table = layout.cb.points if is_vector_codebook(layout.cb) else layout.cb.levels
             big = float(np.max(np.abs(table)))
             raise ValueError(f"{path}: tensor {info.name!r}: codebook {label!r} dequantizes it to values beyond "
                              f"the {xhat.dtype} range (its largest level magnitude is {big:.6g})")
-        s = error_sums(x, xhat, x64, sx2)
         s.bits = bits
         sums[label] = s
         totals[label].add(s)
