@@ -31,8 +31,9 @@ from quantbook.bulk import format as F
 from quantbook.bulk.backend import Backend
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
-from quantbook.bulk.gpu.backend import (_dtype_key, _log2_blocksize, dequantize_launch, nested_launch,
-                                        packing_for_bits, quantize_launch, sanitize_launch)
+from quantbook.bulk.gpu.backend import (_dtype_key, _log2_blocksize, dequantize_launch, error_chunks_kernel_takes,
+                                        error_chunks_launch, nested_launch, packing_for_bits, quantize_launch,
+                                        sanitize_launch)
 from quantbook.bulk.gpu.compile import cache_dir
 from quantbook.bulk.gpu.tables import encoder_tables, search_size
 from quantbook.bulk.nested import dynamic_map, nested_lut
@@ -217,6 +218,11 @@ def _launchers() -> str:
             f'extern "C" void emu_{K.sanitize_name(d)}(unsigned grid, unsigned block, const {u}* x, {u}* o,'
             f" qb_i64 n, int log2B) {{ qb_run_grid(grid, block, [&] {{ {K.sanitize_name(d)}(x, o, n, log2B);"
             f" }}); }}")
+        st = "float" if d == "f32" else "unsigned short"
+        out.append(
+            f'extern "C" void emu_{K.error_chunks_name(d)}(unsigned grid, unsigned block, const {st}* x,'
+            f" const {st}* xh, int has_xh, double* o, qb_i64 n, qb_i64 runs) {{ qb_run_grid(grid, block,"
+            f" [&] {{ {K.error_chunks_name(d)}(x, xh, has_xh, o, n, runs); }}); }}")
     return "\n".join(out)
 
 
@@ -263,6 +269,8 @@ class Emulator:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _I64, _I32, _P, _I32, _I32, _I32]
             elif name.startswith("qb_sanitize_"):
                 fn.argtypes = [_U32, _U32, _P, _P, _I64, _I32]
+            elif name.startswith("qb_error_chunks_"):
+                fn.argtypes = [_U32, _U32, _P, _P, _I32, _P, _I64, _I64]
             elif name == K.NESTED_QUANT_NAME:
                 fn.argtypes = [_U32, _U32, _P, _F32, _P, _P, _P, _I64]
             else:
@@ -396,6 +404,21 @@ def sanitize_emulated(x: np.ndarray, blocksize: int) -> np.ndarray:
     return out.view(xs.dtype)
 
 
+def error_chunks_emulated(x: np.ndarray, xhat: np.ndarray | None = None) -> np.ndarray:
+    """:func:`quantbook.bulk.gpu.backend.error_chunks_gpu` run by the emulator on numpy arrays."""
+    key = _dtype_key(x.dtype)
+    xs = np.ascontiguousarray(x).reshape(-1)
+    hs = xs if xhat is None else np.ascontiguousarray(xhat).reshape(-1)
+    assert _dtype_key(hs.dtype) == key and hs.size == xs.size
+    if key != "f32":
+        xs, hs = xs.view(np.uint16), hs.view(np.uint16)
+    grid, cta, runs = error_chunks_launch(xs.size)
+    out = np.full(2 * runs, np.nan)   # poison: every run written?
+    if runs:
+        emulator().launch(K.error_chunks_name(key), grid, cta, xs, hs, int(xhat is not None), out, xs.size, runs)
+    return out.reshape(2, runs)
+
+
 class EmulatedCudaBackend(Backend, name="gpu-emulated"):
     """The CUDA kernels, launched as the gpu backend launches them, on the CPU."""
 
@@ -417,6 +440,11 @@ class EmulatedCudaBackend(Backend, name="gpu-emulated"):
 
     def quantize_nested(self, absmax, offset):
         return quantize_absmax_nested_emulated(absmax, offset)
+
+    def _error_chunks(self, x, xhat):
+        if not error_chunks_kernel_takes(x, xhat):   # as the gpu backend: the host's sums
+            return super()._error_chunks(x, xhat)
+        return error_chunks_emulated(x, xhat)
 
 
 # ---- the scaled-layout kernels (quantbook/bulk/gpu/scaled_kernels.py) -------------------------

@@ -472,3 +472,44 @@ def test_the_cpu_kernels_round_to_16_bits_as_numpy():
     assert np.array_equal(h[~nan], want_h[~nan]) and np.isnan(h[nan].view(np.float16)).all()
     if want_b is not None:
         assert np.array_equal(b[~nan], want_b[~nan]) and np.isnan(b[nan].view(BF16)).all()
+
+
+# ------------------------------------------------------------------------- error sums
+def _serial_sums(e):
+    """quantbook.bulk.sums' order in plain Python floats: each run of CHUNK serially from 0,
+    then the runs' sums in order."""
+    from quantbook.bulk.sums import CHUNK
+
+    t2 = t1 = 0.0
+    for c in range(0, len(e), CHUNK):
+        s2 = s1 = 0.0
+        for v in e[c:c + CHUNK]:
+            s2 += v * v
+            s1 += abs(v)
+        t2 += s2
+        t1 += s1
+    return t2, t1
+
+
+@pytest.mark.parametrize("n", [1, 1023, 1024, 2 * 1024 + 977])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_error_sums_take_the_one_order(be, n, dtype):
+    """Backend.error_sums: (Σe², Σ|e|) of e = xhat - x, and (Σx², Σ|x|), bit for bit what a
+    plain Python loop in the order of quantbook.bulk.sums gives (float64 terms, runs of 1024
+    summed serially, then the runs in order)."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 0.05).astype(dtype)
+    xh = (x.astype(np.float32) + (rng.standard_normal(n) * 2e-3).astype(np.float32)).astype(dtype)
+    xv, hv = x.astype(np.float64).tolist(), xh.astype(np.float64).tolist()   # Python floats
+    e = [h - v for v, h in zip(xv, hv)]
+    assert be.error_sums(be.from_host(x), be.from_host(xh)) == _serial_sums(e)
+    assert be.error_sums(be.from_host(x)) == _serial_sums([-v for v in xv])
+
+
+def test_error_sums_refuse_what_they_cannot_sum():
+    be = BACKENDS["numpy"]
+    with pytest.raises(ValueError, match="differ in size: 3 and 2"):
+        be.error_sums(np.zeros(3, np.float32), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="float values, got dtype int64"):
+        be.error_sums(np.zeros(3, np.int64))
+    assert be.error_sums(np.zeros(0, np.float32)) == (0.0, 0.0)

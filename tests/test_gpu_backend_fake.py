@@ -301,14 +301,21 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
     cbs = resolve_codebooks("nf4,nf2", 64)
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
     del cp.launches[:]
-    gpu_be, uploads = BACKENDS["gpu"], []
-    monkeypatch.setattr(gpu_be, "from_host", lambda x, real=gpu_be.from_host: uploads.append(x.shape) or real(x))
+    gpu_be, uploads, downloads = type(BACKENDS["gpu"]), [], []   # the class: an instance's patch would outlive it
+    monkeypatch.setattr(gpu_be, "from_host", lambda self, x, real=gpu_be.from_host: uploads.append(x.shape) or
+                        real(self, x))
+    monkeypatch.setattr(gpu_be, "to_host", lambda self, a, real=gpu_be.to_host: downloads.append(a.size) or
+                        real(self, a))
     gpu = evaluate_model(path, cbs, backend="gpu" if nested else "auto", **kw).to_dict(per_tensor=True)
     assert any(n.startswith("qb_quantize_") for n, _, _ in cp.launches)
     assert any(n.startswith("qb_dequantize_") for n, _, _ in cp.launches)
     # 2 tensors, each rotated once for both codes and rotated back for each
     assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * (1 + 2)
     assert len(uploads) == 2   # the unrotated rows: one upload a tensor, not one a code
+    # their error sums are taken on the device (2 tensors x 2 codes): a tensor's values come
+    # back only rotated back (float64, for the host's rounding), once a code
+    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * 2
+    assert sorted(d for d in downloads if d in (32 * 64, 64 * 128)) == [32 * 64] * 2 + [64 * 128] * 2
     assert gpu == host
     ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
     assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,

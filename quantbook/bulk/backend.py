@@ -14,6 +14,7 @@ and is then reachable as ``quantize(..., backend="mine")`` and runs the conforma
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -204,6 +205,29 @@ class Backend:
         xb[:n] = xh
         d, codes = ggml_search(xb.reshape(nb, block_size), table, ntry)
         return d, self.from_host(pack_low_first(codes.reshape(-1)[:n], scaled_encoder(table).zero_index))
+
+    def error_sums(self, x: Any, xhat: Any = None) -> tuple[float, float]:
+        """``(Σe², Σ|e|)`` of ``e = xhat - x`` (``e = -x`` without ``xhat``: ``Σx²``, ``Σ|x|``)
+        in float64, in the fixed order of :mod:`quantbook.bulk.sums`: the same bits on every
+        backend.  ``x`` and ``xhat``: arrays of this backend's kind, of one size, float16,
+        bfloat16, float32 or (host backends) float64."""
+        from .sums import combine
+
+        for a in (x,) if xhat is None else (x, xhat):
+            name = dtype_name_of(a)
+            if name not in (*DTYPES, "float64"):
+                raise ValueError(f"error sums need float values, got dtype {name}")
+        size = math.prod(map(int, x.shape))
+        if xhat is not None and math.prod(map(int, xhat.shape)) != size:
+            raise ValueError(f"x and xhat differ in size: {size} and {math.prod(map(int, xhat.shape))}")
+        return combine(self._error_chunks(x, xhat))
+
+    def _error_chunks(self, x: Any, xhat: Any) -> np.ndarray:
+        """The runs' sums of :meth:`error_sums`, a host float64 ``(2, n_chunks)`` array.
+        Default: numpy on host copies."""
+        from .sums import error_chunks_reference
+
+        return error_chunks_reference(self.to_host(x), None if xhat is None else self.to_host(xhat))
 
     def to_host(self, a: Any) -> np.ndarray:
         return np.asarray(a)

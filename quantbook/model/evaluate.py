@@ -7,7 +7,7 @@ in memory at a time, the file's header parsed once), then for each codebook quan
 one of the scaled layouts of docs/scales.md) back to the tensor's own dtype (float64 tensors are
 quantized as float32, the format's working precision).  Errors are computed in float64
 against the stored values: ``e = dequantized - x``, each sum in the fixed order of
-:mod:`quantbook.model.sums` (the same numbers for any machine, thread count and backend).
+:mod:`quantbook.bulk.sums` (the same numbers for any machine, thread count and backend).
 
 Metrics (per tensor, and for the whole selection by pooling the sums, i.e. weighted by
 element count):
@@ -52,7 +52,6 @@ from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
 from ..scales import DEFAULT_QMAX
-from .sums import error_sums_ordered, kernel_input, sum_squares_ordered
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
            "resolve_scale", "check_backend", "VQOptions", "TensorInputs", "Layout", "BlockLayout", "VectorLayout",
@@ -108,18 +107,28 @@ class ErrorSums:
                 "rel_frobenius": self.rel_frobenius, "bits_per_weight": self.bits_per_weight}
 
 
+def _host_sums():
+    """The host backend that sums: numba where it runs, else numpy (the same bits)."""
+    from ..bulk.backend import BACKENDS
+
+    cpu = BACKENDS.get("cpu")
+    return cpu if cpu is not None and cpu.unavailable() is None else BACKENDS["numpy"]
+
+
 def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
                sx2: float | None = None) -> ErrorSums:
-    """Float64 error sums of ``xhat`` against ``x`` (bits left 0), each in the fixed order of
-    :mod:`quantbook.model.sums` (the same numbers on every machine and thread count).
+    """Float64 error sums of host ``xhat`` against host ``x`` (bits left 0), each in the fixed
+    order of :mod:`quantbook.bulk.sums` (the same numbers on every machine, thread count and
+    backend).
 
     ``sx2`` (``Σx²``) may be passed to reuse it across codebooks, and ``x64`` (``x`` as a
     float64 array, or any array of the same values) to use in place of ``x``.
     """
-    xs = kernel_input(x if x64 is None else x64)
+    be = _host_sums()
+    xs = np.asarray(x if x64 is None else x64)
     if sx2 is None:
-        sx2 = sum_squares_ordered(xs)
-    sse, sae = error_sums_ordered(xs, xhat)
+        sx2 = be.error_sums(xs)[0]
+    sse, sae = be.error_sums(xs, np.asarray(xhat))
     return ErrorSums(n=int(xs.size), sse=sse, sae=sae, sx2=sx2)
 
 
@@ -266,6 +275,10 @@ class TensorInputs:
             self._made[key] = make()
         return self._made[key]
 
+    def on(self, be: Any) -> Any:
+        """``x`` where backend ``be`` works (uploaded once to a device backend)."""
+        return self.get(("on", be.name), lambda: be.from_host(np.ascontiguousarray(self.x)))
+
 
 class Layout:
     """One codebook in the layout that stores it: :meth:`check` refuses a tensor shape before
@@ -277,10 +290,11 @@ class Layout:
             raise ValueError(f"tensor {name!r}: the Hadamard size {n} does not divide its last dimension {shape[-1]}")
 
     def roundtrip(self, x: np.ndarray, rotation: str, backend: str,
-                  inputs: TensorInputs | None = None) -> tuple[np.ndarray, int]:
+                  inputs: TensorInputs | None = None, keep: bool = False) -> tuple[Any, int]:
         """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype, or float64 when a scalar code
-        was rotated back.  ``inputs``: ``x``'s :class:`TensorInputs`, shared by the rows of
-        one tensor."""
+        was rotated back; a host array, or with ``keep`` where a device backend made it in
+        ``x``'s dtype (unrotated scalar codes).  ``inputs``: ``x``'s :class:`TensorInputs`,
+        shared by the rows of one tensor."""
         raise NotImplementedError
 
 
@@ -290,9 +304,9 @@ class BlockLayout(Layout):
     def __init__(self, cb: Any, block_size: int, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX):
         self.cb, self.block_size, self.nested, self.rule, self.qmax = cb, block_size, nested, rule, qmax
 
-    def roundtrip(self, x, rotation, backend, inputs=None):
+    def roundtrip(self, x, rotation, backend, inputs=None, keep=False):
         from ..bulk.api import dequantize, quantize
-        from ..bulk.backend import get_backend
+        from ..bulk.backend import dtype_name_of, get_backend
         from ..bulk.vq import rotation_backend
 
         n = rotation_size(rotation, x.shape[-1])
@@ -315,7 +329,7 @@ class BlockLayout(Layout):
         elif be is None:
             xr = x
         else:
-            xr = inputs.get(("on", backend), lambda: be.from_host(np.ascontiguousarray(x)))
+            xr = inputs.on(be)
         packed, state = quantize(xr, codebook=self.cb, block_size=self.block_size, nested=self.nested,
                                  backend=backend, scale=self.rule, qmax=self.qmax)
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
@@ -323,6 +337,8 @@ class BlockLayout(Layout):
         if rot is not None:   # rotated back in float64, not rounded
             return rot.to_host(rot.unrotate_wide(xhat.reshape(-1, n), hadamard.SEED)).reshape(x.shape), \
                 storage_bits(packed, state)
+        if keep and be is not None and be.device and dtype_name_of(xhat) == x.dtype.name:
+            return xhat, storage_bits(packed, state)
         if be is not None:
             xhat = be.to_host(xhat)
             if xhat.dtype == np.uint16 and xhat.dtype != x.dtype:   # a CuPy without bfloat16 gives its bits
@@ -346,7 +362,7 @@ class VectorLayout(Layout):
                              f"select tensors)") from None
         super().check(name, shape, rotation)
 
-    def roundtrip(self, x, rotation, backend, inputs=None):   # quantize_vq rotates: nothing shared
+    def roundtrip(self, x, rotation, backend, inputs=None, keep=False):   # quantize_vq rotates: nothing shared
         from ..bulk.vq import dequantize_vq, quantize_vq
 
         n = rotation_size(rotation, x.shape[-1])
@@ -562,6 +578,8 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
 
 
 def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult:
+    from ..bulk.backend import get_backend, is_device_array
+
     path = f.path
     x = f.read(info.name)
     finite = np.isfinite(x)
@@ -569,25 +587,30 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
         bad = int(np.flatnonzero(~finite.ravel())[0])
         raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
     del finite
-    xs = kernel_input(x)   # x's values as the sums read them (16-bit types widened once)
-    sx2 = sum_squares_ordered(xs)
+    host = _host_sums()
+    sx2 = host.error_sums(x)[0]
     with np.errstate(over="ignore"):
         xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
     if xq is not x and not np.isfinite(xq).all():
         raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
     if xq.ndim == 0:
         xq = xq.reshape(1)
+    dev = None if backend == "auto" else get_backend(backend)
+    # a device backend sums where it dequantized, against its copy of x: x itself, unless
+    # x is float64 (quantized as float32); the sums are the host's bits either way
+    keep = dev is not None and dev.device and xq.dtype == x.dtype
     sums = {}
     inputs = TensorInputs(xq)
     for label, layout, rot in rows:
         try:
             with np.errstate(over="ignore"):  # an overflow is reported below, once, by name
-                xhat, bits = layout.roundtrip(xq, rot, backend, inputs)
-                if xhat.dtype != xq.dtype:  # rotated back in float64: round as the tensor is stored
-                    xhat = xhat.astype(xq.dtype)
+                xhat, bits = layout.roundtrip(xq, rot, backend, inputs, keep=keep)
+                if not is_device_array(xhat) and xhat.dtype != xq.dtype:
+                    xhat = xhat.astype(xq.dtype)   # rotated back in float64: round as the tensor is stored
         except ValueError as exc:  # say which tensor
             raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
-        s = error_sums(xs, xhat, sx2=sx2)
+        sse, sae = dev.error_sums(inputs.on(dev), xhat) if is_device_array(xhat) else host.error_sums(x, xhat)
+        s = ErrorSums(n=int(x.size), sse=sse, sae=sae, sx2=sx2)
         if not math.isfinite(s.sse):
             # x is finite and within float32, so Σe² is finite unless some xhat is not:
             # level·scale beyond the dtype's range, where every error metric would be inf or NaN

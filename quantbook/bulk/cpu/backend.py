@@ -119,6 +119,15 @@ class NumbaBackend(Backend, name="cpu"):
         _kernels().sanitize_bits(bits, sign, inf, block_size, out)
         return out.view(flat.dtype)
 
+    def _error_chunks(self, x, xhat):
+        from ..sums import CHUNK, n_chunks
+
+        xv = _kernel_view(np.ascontiguousarray(x).reshape(-1))
+        hv = xv if xhat is None else _kernel_view(np.ascontiguousarray(xhat).reshape(-1))
+        out = np.empty((2, n_chunks(xv.size)), dtype=np.float64)
+        _kernels().error_chunks(xv, hv, xhat is not None, _f16_table(), CHUNK, out)
+        return out
+
     def quantize_nested(self, absmax, offset):
         d = np.ascontiguousarray(absmax - np.float32(offset), dtype=_F).reshape(-1)
         q = np.empty(d.size, dtype=np.uint8)

@@ -57,7 +57,7 @@ def _ld_bf16(x, i, f16tab):
 @overload(_load)
 def _load_impl(x, i, f16tab):
     dt = x.dtype
-    if dt == types.float32:
+    if dt == types.float32 or dt == types.float64:   # float64: only the error sums read it
         return _ld_f32
     if dt == types.uint16:
         return _ld_f16
@@ -387,3 +387,21 @@ def sanitize_bits(u, sign, inf, blocksize, out):
             v = np.int64(ub[i])
             a = v & low
             ob[i] = v if a < inf else ((v & sign) | m if a == inf else 0)
+
+
+@njit(parallel=True, cache=True)
+def error_chunks(x, xhat, has_xhat, f16tab, chunk, out):
+    """The runs' sums of :mod:`quantbook.bulk.sums`: ``out[0, c]`` and ``out[1, c]`` are
+    ``Σe²`` and ``Σ|e|`` over run ``c``, serially (``e = xhat - x``, or ``-x``)."""
+    n = x.size
+    for c in prange(out.shape[1]):
+        s2 = 0.0
+        s1 = 0.0
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            v = np.float64(_load(x, i, f16tab))
+            e = np.float64(_load(xhat, i, f16tab)) - v if has_xhat else -v
+            s2 += e * e
+            s1 += abs(e)
+        out[0, c] = s2
+        out[1, c] = s1
+

@@ -18,15 +18,16 @@ import sys
 import numpy as np
 
 from .. import format as F
-from ..backend import Backend
+from ..backend import Backend, dtype_name_of
 from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset, nonfinite_scales_error
 from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
 from .kept import keep, kept
 from .tables import encoder_tables, search_size
 
-__all__ = ["CudaBackend", "quantize_gpu", "dequantize_gpu", "sanitize_gpu", "quantize_absmax_nested",
-           "dequantize_absmax_nested", "packing_for_bits", "gpu_available", "GpuUnavailable"]
+__all__ = ["CudaBackend", "quantize_gpu", "dequantize_gpu", "sanitize_gpu", "error_chunks_gpu",
+           "quantize_absmax_nested", "dequantize_absmax_nested", "packing_for_bits", "gpu_available",
+           "GpuUnavailable"]
 
 
 class GpuUnavailable(RuntimeError):
@@ -432,6 +433,39 @@ def sanitize_gpu(x, blocksize: int, *, input_dtype=None):
     return _as_bfloat16(out) if key == "bf16" else out
 
 
+def error_chunks_gpu(x, xhat=None):
+    """The runs' sums of :mod:`quantbook.bulk.sums` on the device, for device arrays of one
+    size and dtype (float32, float16 or bfloat16): a host float64 ``(2, runs)`` array, the
+    only copy to the host (16 bytes a run)."""
+    xd, key, keep = _as_device(x)
+    hd, hkey, hkeep = (xd, key, None) if xhat is None else _as_device(xhat)
+    if hkey != key:
+        raise ValueError(f"x and xhat differ in dtype: {key} and {hkey}")
+    n = int(xd.size)
+    grid, cta, runs = error_chunks_launch(n)
+    out = _cupy().empty(2 * runs, dtype=np.float64)
+    if runs:
+        _kernel(K.error_chunks_name(key))((grid,), (cta,),
+                                          (xd, hd, np.int32(xhat is not None), out, np.int64(n), np.int64(runs)))
+    del keep, hkeep
+    return _cupy().asnumpy(out).reshape(2, runs)
+
+
+def error_chunks_kernel_takes(x, xhat=None) -> bool:
+    """Whether the error-sums kernel takes these arrays: one dtype, and not float64."""
+    names = {dtype_name_of(a) for a in ((x,) if xhat is None else (x, xhat))}
+    return len(names) == 1 and "float64" not in names
+
+
+def error_chunks_launch(n: int) -> tuple[int, int, int]:
+    """``(grid, cta, runs)`` of the error-sums kernel for ``n`` values: a thread a run,
+    grid-stride beyond 2**16 CTAs."""
+    from ..sums import n_chunks
+
+    runs = n_chunks(n)
+    return max(1, min(-(-runs // K.SUMS_CTA), 1 << 16)), K.SUMS_CTA, runs
+
+
 def _as_bfloat16(raw):
     """Device bfloat16 values from a CuPy array of their bits, as a quantize kernel takes
     them: CuPy >= 14 views them as ``ml_dtypes.bfloat16``; older CuPy has no bfloat16 (a
@@ -523,6 +557,11 @@ class CudaBackend(Backend, name="gpu"):
 
     def sanitize_nonfinite(self, x, block_size):
         return sanitize_gpu(x, block_size)
+
+    def _error_chunks(self, x, xhat):
+        if not error_chunks_kernel_takes(x, xhat):   # the host's sums
+            return super()._error_chunks(x, xhat)
+        return error_chunks_gpu(x, xhat)
 
     def nested_scales(self, qabsmax, nested_absmax, offset, nested_code, nested_blocksize):
         # the uint8 codes are decoded on the device: those this GPU kept when it made them,

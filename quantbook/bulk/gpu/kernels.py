@@ -34,6 +34,9 @@ Kernels (``extern "C"``; one instantiation per name):
   ``v = clamp(d * float32(1/a))``, ``i16 = trunc(((v + 1) * 0.5) * 65535 + 0.5)`` in
   float32, ``code = lut[i16]`` (the 65536-entry table from the dynamic map).
 * ``qb_dequantize_absmax_nested`` — ``float32(float32(code8[q] * nested_absmax[i // 256]) + offset)``.
+* ``qb_error_chunks_{f32,f16,bf16}`` — the runs' sums of :mod:`quantbook.bulk.sums`, a
+  thread a run of ``CHUNK`` values, serially in float64 (``e = xh - x`` or ``-x``; ``e*e``
+  and ``|e|``): ``out[c]`` is run ``c``'s ``Σe²``, ``out[runs + c]`` its ``Σ|e|``.
 * ``qb_sanitize_{f32,f16,bf16}`` — what ``allow_nonfinite`` quantizes
   (:func:`quantbook.bulk.format.sanitize_nonfinite`), on the values' bits: NaN -> +0, +-Inf
   -> +- the block's largest finite magnitude.  ``min(B, 32)`` threads a block, strided so
@@ -44,6 +47,7 @@ Kernels (``extern "C"``; one instantiation per name):
 from __future__ import annotations
 
 from ..format import SIGN_INF_BITS
+from ..sums import CHUNK as SUM_CHUNK
 from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
@@ -119,12 +123,21 @@ def sanitize_name(dtype: str) -> str:
 SANITIZE_CTA = 256
 
 
+def error_chunks_name(dtype: str) -> str:
+    return f"qb_error_chunks_{dtype}"
+
+
+#: threads of an error-sums CTA
+SUMS_CTA = 256
+
+
 def all_kernel_names() -> list[str]:
     names = [quantize_name(d, v, p, k) for d in DTYPES for p in PACKINGS for v in quantize_vecs(d, p)
              for k in range(max_steps(p) + 1)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
     names += [sanitize_name(d) for d in DTYPES]
+    names += [error_chunks_name(d) for d in DTYPES]
     return names
 
 
@@ -741,6 +754,39 @@ def _sanitize_wrapper(dtype: str) -> str:
     )
 
 
+_ERRORS = r"""
+/* ---- error sums (quantbook.bulk.sums): a thread a run of QB_SUM_CHUNK values, serially ---- */
+template <typename T>
+__device__ __forceinline__ void qb_error_chunks(const typename T::storage* __restrict__ x,
+                                                const typename T::storage* __restrict__ xh, int has_xh,
+                                                double* __restrict__ out, qb_i64 n, qb_i64 runs) {
+    for (qb_i64 c = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x; c < runs;
+         c += (qb_i64)gridDim.x * blockDim.x) {
+        const qb_i64 end = (c + 1) * QB_SUM_CHUNK < n ? (c + 1) * QB_SUM_CHUNK : n;
+        double s2 = 0.0, s1 = 0.0;
+        for (qb_i64 i = c * QB_SUM_CHUNK; i < end; ++i) {
+            const double v = (double)qb_to_f32<T>(x[i]);
+            const double e = has_xh ? __dsub_rn((double)qb_to_f32<T>(xh[i]), v) : -v;
+            s2 = __dadd_rn(s2, __dmul_rn(e, e));
+            s1 = __dadd_rn(s1, fabs(e));
+        }
+        out[c] = s2;
+        out[runs + c] = s1;
+    }
+}
+"""
+
+
+def _errors_wrapper(dtype: str) -> str:
+    t = _TYPE[dtype]
+    return (
+        f'extern "C" __global__ void __launch_bounds__({SUMS_CTA}) {error_chunks_name(dtype)}(\n'
+        f"    const {t}::storage* x, const {t}::storage* xh, int has_xh, double* out, qb_i64 n,"
+        f" qb_i64 runs) {{\n"
+        f"  qb_error_chunks<{t}>(x, xh, has_xh, out, n, runs);\n}}\n"
+    )
+
+
 def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     """CUDA source holding the kernels ``names`` (default: every kernel)."""
     wanted = set(all_kernel_names() if names is None else names)
@@ -749,7 +795,8 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
     # the encoder tables' layout, from the one place that builds them
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
-             f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n", _COMMON]
+             f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
+             f"#define QB_SUM_CHUNK {SUM_CHUNK}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
             for v in quantize_vecs(d, p):
@@ -763,4 +810,7 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     sanitize = [_sanitize_wrapper(d) for d in DTYPES if sanitize_name(d) in wanted]
     if sanitize:
         parts += [_SANITIZE, *sanitize]
+    errors = [_errors_wrapper(d) for d in DTYPES if error_chunks_name(d) in wanted]
+    if errors:
+        parts += [_ERRORS, *errors]
     return "\n".join(parts)
