@@ -404,4 +404,3 @@ def error_chunks(x, xhat, has_xhat, f16tab, chunk, out):
             s1 += abs(e)
         out[0, c] = s2
         out[1, c] = s1
-
