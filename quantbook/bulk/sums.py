@@ -16,8 +16,9 @@ import numpy as np
 
 __all__ = ["CHUNK", "n_chunks", "combine", "error_chunks_reference"]
 
-#: elements a run summed serially covers
-CHUNK = 1024
+#: elements a run summed serially covers (small enough that a GPU has a thread for each run
+#: of a weight matrix many times over: 65536 runs for 2**24 values)
+CHUNK = 256
 
 
 def n_chunks(n: int) -> int:
