@@ -28,6 +28,11 @@ work the GPU waits for (docs/benchmarks.md compares the two).  The public ``quan
 ``dequantize()`` are timed too, once per dtype (NF4, B = 64, all ``n`` values): their state
 is kept on the host, so the line shows what that costs against the kernels.
 
+Per dtype (not bfloat16, whose raw bits the sums would read as float16) the line ``error
+sums`` times :func:`quantbook.bulk.gpu.backend.error_chunks_gpu` of ``x`` against itself
+(evaluate-model's sums: two arrays read, the bytes a copy moves, and the runs' sums copied
+back, which waits for the kernel).
+
 ``--warmup`` seconds of device copies come first: on a fresh H100 the first configurations
 measured 5–10 % slower than the same ones a minute later (2026-11-26).
 
@@ -295,6 +300,9 @@ def main(argv=None) -> int:
             t_san = _median_ms(lambda: G.sanitize_gpu(x, 64, input_dtype=in_dt), args.repeat, sync, cp_events,
                                args.calls)
             print(f"{dname:9s} sanitize (allow_nonfinite, B = 64) {t_san:.3f} ms, {t_copy / t_san:.2f} of copy")
+            if key != "bf16":   # evaluate-model's error sums: two arrays read, as many bytes as the copy
+                t_sum = _median_ms(lambda: G.error_chunks_gpu(x, x), args.repeat, sync, cp_events, args.calls)
+                print(f"{dname:9s} error sums (evaluate-model) {t_sum:.3f} ms, {t_copy / t_sum:.2f} of copy")
             _end_to_end(x, dname, args.repeat, sync, cp_events, args.calls, G)
         tx = None
         if bnbF is not None:

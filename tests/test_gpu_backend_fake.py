@@ -221,6 +221,7 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     assert out.count(" GB/s (") == 3 and "lowest vs copy" in out   # a copy line per dtype
     assert out.count("host work a call: quantize") == 3 and "runs of 2 calls" in out
     assert out.count("sanitize (allow_nonfinite, B = 64) ") == 3
+    assert out.count("error sums (evaluate-model) ") == 2   # float32, float16
     # the public api against the kernels, a line per dtype (bfloat16 only through torch)
     assert out.count("end to end (NF4, B = 64): quantize() ") + out.count("end to end: not measured") == 3
     assert "float32   end to end (NF4" in out and "float16   end to end (NF4" in out
