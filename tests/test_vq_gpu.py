@@ -438,9 +438,12 @@ def test_a_gpu_made_state_decodes_with_the_scales_its_gpu_kept(cp, monkeypatch, 
     decodes(moved=True)
 
 
-def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
+def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, monkeypatch, tmp_path):
     """evaluate-model --backend gpu with scalar and vector codebooks: the numpy backend's
-    report, number for number."""
+    report, number for number.  The vector rows start from the tensor's one upload and are
+    summed on the device, as the unrotated scalar row: only the rotated scalar row's values
+    come back (rotated back in float64, for the host's rounding)."""
+    from quantbook.bulk.gpu.backend import CudaBackend
     from quantbook.model import evaluate_model
     from quantbook.model.evaluate import resolve_model_codebooks
 
@@ -448,9 +451,15 @@ def test_evaluate_model_with_a_vector_codebook_on_the_gpu(cp, tmp_path):
     cbs = resolve_model_codebooks("nf4,higgs-2d-256", 64)
     kw = dict(block_size=64, rotations=("none", "hadamard"), tensors="*.weight")
     host = evaluate_model(path, cbs, backend="numpy", **kw).to_dict(per_tensor=True)
+    back = []
+    to_host = CudaBackend.to_host
+    monkeypatch.setattr(CudaBackend, "to_host", lambda self, a: back.append(a.size) or to_host(self, a))
+    del cp.launches[:]
     gpu = evaluate_model(path, cbs, backend="gpu", **kw).to_dict(per_tensor=True)
-    names = set(_names(cp))
+    names = _names(cp)
     assert "qbv_encode_grid2" in names and any(n.startswith("qb_quantize_") for n in names)
+    assert sum(n.startswith("qb_error_chunks_") for n in names) == 2 * 3   # 2 tensors, 3 rows each
+    assert sorted(n for n in back if n in (32 * 128, 16 * 64)) == [16 * 64, 32 * 128]
     assert gpu == host
 
 

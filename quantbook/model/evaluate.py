@@ -280,6 +280,21 @@ class TensorInputs:
         return self.get(("on", be.name), lambda: be.from_host(np.ascontiguousarray(self.x)))
 
 
+def _kept_or_host(xhat: Any, x: np.ndarray, be: Any, keep: bool) -> Any:
+    """A backend's dequantized values: left on a device backend with ``keep`` when they have
+    ``x``'s dtype, else on the host in ``x``'s dtype."""
+    from ..bulk.backend import dtype_name_of
+
+    if be is None:
+        return xhat
+    if keep and be.device and dtype_name_of(xhat) == x.dtype.name:
+        return xhat
+    xhat = be.to_host(xhat)
+    if xhat.dtype == np.uint16 and xhat.dtype != x.dtype:   # a CuPy without bfloat16 gives its bits
+        xhat = xhat.view(x.dtype)
+    return xhat
+
+
 class Layout:
     """One codebook in the layout that stores it: :meth:`check` refuses a tensor shape before
     any work, :meth:`roundtrip` quantizes and dequantizes one tensor and counts its bits."""
@@ -306,7 +321,7 @@ class BlockLayout(Layout):
 
     def roundtrip(self, x, rotation, backend, inputs=None, keep=False):
         from ..bulk.api import dequantize, quantize
-        from ..bulk.backend import dtype_name_of, get_backend
+        from ..bulk.backend import get_backend
         from ..bulk.vq import rotation_backend
 
         n = rotation_size(rotation, x.shape[-1])
@@ -337,13 +352,7 @@ class BlockLayout(Layout):
         if rot is not None:   # rotated back in float64, not rounded
             return rot.to_host(rot.unrotate_wide(xhat.reshape(-1, n), hadamard.SEED)).reshape(x.shape), \
                 storage_bits(packed, state)
-        if keep and be is not None and be.device and dtype_name_of(xhat) == x.dtype.name:
-            return xhat, storage_bits(packed, state)
-        if be is not None:
-            xhat = be.to_host(xhat)
-            if xhat.dtype == np.uint16 and xhat.dtype != x.dtype:   # a CuPy without bfloat16 gives its bits
-                xhat = xhat.view(x.dtype)
-        return xhat, storage_bits(packed, state)
+        return _kept_or_host(xhat, x, be, keep), storage_bits(packed, state)
 
 
 class VectorLayout(Layout):
@@ -362,17 +371,24 @@ class VectorLayout(Layout):
                              f"select tensors)") from None
         super().check(name, shape, rotation)
 
-    def roundtrip(self, x, rotation, backend, inputs=None, keep=False):   # quantize_vq rotates: nothing shared
+    def roundtrip(self, x, rotation, backend, inputs=None, keep=False):
+        from ..bulk.backend import get_backend
         from ..bulk.vq import dequantize_vq, quantize_vq
 
         n = rotation_size(rotation, x.shape[-1])
         o = self.options
-        idx, state = quantize_vq(x, self.cb, group=o.group, scale=o.scale, scale_dtype=o.scale_dtype,
+        # quantize_vq rotates (its rotation is part of the state); with keep, a device backend
+        # starts from the tensor's one upload, and the values stay where they are decoded
+        be = get_backend(backend) if keep else None
+        if be is not None and (inputs is None or inputs.x is not x):
+            inputs = TensorInputs(x)
+        src = inputs.on(be) if be is not None and be.device else x
+        idx, state = quantize_vq(src, self.cb, group=o.group, scale=o.scale, scale_dtype=o.scale_dtype,
                                  rotate=None if n is None else f"hadamard:{n}", backend=backend)
         with np.errstate(over="ignore"):
             xhat = dequantize_vq(idx, state, backend=backend)
         bits = state.size // state.dim * state.index_bits + 8 * state.scales.nbytes
-        return xhat, bits
+        return _kept_or_host(xhat, x, be, keep), bits
 
 
 def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX,
