@@ -106,10 +106,9 @@ def run(path: str, codebooks: str, block_size: int, backends: list[str], repeat:
                               repeat)
         rate = n * len(cbs) * len(rotations) / times[backend] / 1e6
         print(f"evaluate {backend:<6}    {times[backend]:7.3f} s   {rate:8.1f} M weight-codebooks/s")
-    done = list(times)
+    done = list(times)   # the backends that ran, in order
     for backend in done[1:]:
-        first = done[0]
-        print(f"{backend} speed relative to {first}: {times[first] / times[backend]:.2f}x")
+        print(f"{backend} speed relative to {done[0]}: {times[done[0]] / times[backend]:.2f}x")
 
 
 if __name__ == "__main__":

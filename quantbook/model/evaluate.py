@@ -264,7 +264,7 @@ class VQOptions:
 class TensorInputs:
     """What the rows of one tensor start from, each made once however many rows use it: the
     copy on a backend's device and the Hadamard-rotated rows (one per rotation and backend).
-    The scalar codebooks of a tensor then share one upload and one rotation."""
+    The codebooks of a tensor then share one upload, and its scalar codebooks one rotation."""
 
     def __init__(self, x: np.ndarray):
         self.x = x
@@ -308,7 +308,7 @@ class Layout:
                   inputs: TensorInputs | None = None, keep: bool = False) -> tuple[Any, int]:
         """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype, or float64 when a scalar code
         was rotated back; a host array, or with ``keep`` where a device backend made it in
-        ``x``'s dtype (unrotated scalar codes).  ``inputs``: ``x``'s :class:`TensorInputs`,
+        ``x``'s dtype (vector codes, and scalar codes not rotated).  ``inputs``: ``x``'s :class:`TensorInputs`,
         shared by the rows of one tensor."""
         raise NotImplementedError
 
