@@ -22,7 +22,7 @@ from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 
-__all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names"]
+__all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names", "host_backend"]
 
 _F = np.float32
 
@@ -54,6 +54,11 @@ def _pick_backend(name: Any, device: bool) -> Backend:
     if backend is not None and not device and backend.device:
         raise ValueError(f"backend={name!r} needs a device array (e.g. cupy.asarray(x))")
     return get_backend(name)
+
+
+def host_backend() -> Backend:
+    """The backend ``"auto"`` picks for host arrays (numba where it runs, else numpy)."""
+    return _pick_backend("auto", False)
 
 
 def _itemsize(dt: Any) -> int:

@@ -218,8 +218,9 @@ class Backend:
             if name not in (*DTYPES, "float64"):
                 raise ValueError(f"error sums need float values, got dtype {name}")
         size = math.prod(map(int, x.shape))
-        if xhat is not None and math.prod(map(int, xhat.shape)) != size:
-            raise ValueError(f"x and xhat differ in size: {size} and {math.prod(map(int, xhat.shape))}")
+        other = size if xhat is None else math.prod(map(int, xhat.shape))
+        if other != size:
+            raise ValueError(f"x and xhat differ in size: {size} and {other}")
         return combine(self._error_chunks(x, xhat))
 
     def _error_chunks(self, x: Any, xhat: Any) -> np.ndarray:

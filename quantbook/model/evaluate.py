@@ -107,14 +107,6 @@ class ErrorSums:
                 "rel_frobenius": self.rel_frobenius, "bits_per_weight": self.bits_per_weight}
 
 
-def _host_sums():
-    """The host backend that sums: numba where it runs, else numpy (the same bits)."""
-    from ..bulk.backend import BACKENDS
-
-    cpu = BACKENDS.get("cpu")
-    return cpu if cpu is not None and cpu.unavailable() is None else BACKENDS["numpy"]
-
-
 def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
                sx2: float | None = None) -> ErrorSums:
     """Float64 error sums of host ``xhat`` against host ``x`` (bits left 0), each in the fixed
@@ -124,7 +116,9 @@ def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
     ``sx2`` (``Σx²``) may be passed to reuse it across codebooks, and ``x64`` (``x`` as a
     float64 array, or any array of the same values) to use in place of ``x``.
     """
-    be = _host_sums()
+    from ..bulk.api import host_backend
+
+    be = host_backend()   # any backend's sums are the same bits
     xs = np.asarray(x if x64 is None else x64)
     if sx2 is None:
         sx2 = be.error_sums(xs)[0]
@@ -594,6 +588,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
 
 
 def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult:
+    from ..bulk.api import host_backend
     from ..bulk.backend import get_backend, is_device_array
 
     path = f.path
@@ -603,7 +598,7 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
         bad = int(np.flatnonzero(~finite.ravel())[0])
         raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
     del finite
-    host = _host_sums()
+    host = host_backend()
     sx2 = host.error_sums(x)[0]
     with np.errstate(over="ignore"):
         xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
