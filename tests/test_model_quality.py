@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -137,13 +138,50 @@ def test_rotated_weights_lie_on_the_grid_after_rotation(minilm):
     nf4 = resolve_codebooks("nf4", 64)[0][1]
     with WeightSwap(linears) as swap:
         w = swap.original(0)
-        swap.apply(nf4, 64, rotation="hadamard")
+        sums = swap.apply(nf4, 64, rotation="hadamard")
         what = linears[0][1].weight.detach().numpy().astype(np.float64)
         assert not np.allclose(what, w)
+        # the errors are those of the float32 weights the model holds, not of their float64
+        # rotation (which differ by about 1e-9 of the sum here)
+        e = what - w
+        assert sums.sse == pytest.approx(math.fsum((e * e).ravel()), rel=1e-13, abs=0)
+        assert sums.sae == pytest.approx(math.fsum(np.abs(e).ravel()), rel=1e-13, abs=0)
+        assert sums.sx2 == pytest.approx(math.fsum((w.astype(np.float64) ** 2).ravel()), rel=1e-13, abs=0)
         v = hadamard.rotate(what).astype(np.float32)  # W·H of the quantized weights: on the grid
         packed, state = quantize(v, nf4, block_size=64)
         np.testing.assert_allclose(dequantize(packed, state), v, rtol=0, atol=2e-6 * np.abs(v).max())
     assert np.array_equal(linears[0][1].weight.detach().numpy(), w)  # restored on exit
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "gpu"])
+@pytest.mark.parametrize("bad", ["levels", "weights"])
+def test_weights_that_cannot_be_measured_are_a_named_error(monkeypatch, tmp_path, backend, bad):
+    """A codebook whose levels overflow float32 (1e38 x absmax) and a weight that holds NaN are
+    each refused with their own message naming the tensor, on the host and on the (stand-in)
+    GPU, where the dequantized values never come back to be looked at (an overflow is seen in
+    their error sums); the model is restored."""
+    if backend == "gpu":
+        import gpu_emulator as E
+        from gpu_cases import use_stand_in_cupy
+
+        use_stand_in_cupy(monkeypatch, E.emulator)
+    elif BACKENDS[backend].unavailable() is not None:
+        pytest.skip(f"the {backend} backend: {BACKENDS[backend].unavailable()}")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 8)
+    with torch.no_grad():
+        lin.weight.mul_(30)   # |w| up to 3.75: 1e38 x absmax overflows float32
+        if bad == "weights":
+            lin.weight[2, 5] = float("nan")
+    w0 = lin.weight.detach().numpy().copy()
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-1e38, 1e38]}))
+    cb = resolve_codebooks(str(path) if bad == "levels" else "nf4", 64)[0][1]
+    want = "dequantizes it to values beyond float32" if bad == "levels" else "holds NaN or Inf"
+    with WeightSwap([("l.weight", lin)]) as swap:
+        with pytest.raises(ValueError, match=f"tensor 'l.weight'.* {want}"):
+            swap.apply(cb, 64, backend=backend)
+    np.testing.assert_array_equal(lin.weight.detach().numpy(), w0)
 
 
 def test_block_that_straddles_rows_is_refused(minilm):
@@ -270,3 +308,35 @@ def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task
             assert abs(a["same_top_pct"] - b["same_top_pct"]) <= (0 if exact else 100 * 2 / 256), label
     nf4, nf2 = (host.rows[k]["kl_mean" if task == "lm" else "cosine_mean"] for k in ("nf4", "nf2"))
     assert (nf4 < nf2) if task == "lm" else (nf4 > nf2)   # the measure is not blind to the code
+
+
+def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, tmp_path):
+    """--task lm with the gpu backend, on the stand-in CuPy (the CUDA kernels emulated on the
+    CPU; its "device" arrays live in host memory, which DLPack hands to a model on the CPU as
+    a real GPU's arrays go to a model on CUDA): the report is the numpy backend's, bit for bit,
+    outputs included.  An unrotated row's weights never come back through the backend, and
+    their errors are summed where they were dequantized; a rotated row's come back once each
+    (they are rotated back on the host)."""
+    import gpu_emulator as E
+    from gpu_cases import use_stand_in_cupy
+
+    from quantbook.bulk.gpu import vq as GV
+
+    model, tok, text = _tiny_model("lm", tmp_path)
+    kw = dict(task="lm", text=text, tokens=128, context=64, rotations=("none", "hadamard"))
+    cbs = resolve_codebooks("nf4", 64)
+    host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="numpy", **kw)
+    cp = use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.vq_emulator()),
+                           caches=(GV,))
+    gpu_be, downloads = type(BACKENDS["gpu"]), []   # the class: an instance's patch would outlive it
+    monkeypatch.setattr(gpu_be, "to_host", lambda self, a, real=gpu_be.to_host: downloads.append(a.size) or
+                        real(self, a))
+    gpu = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="gpu", **kw)
+    sizes = sorted(m.weight.numel() for _, m in select_linears(model))
+    assert len(sizes) == 15
+    assert sorted(d for d in downloads if d in sizes) == sizes   # the rotated row's, once each
+    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == len(sizes)
+    for label in host.labels:
+        a, b = dict(host.rows[label]), dict(gpu.rows[label])
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b, label

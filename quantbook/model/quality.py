@@ -20,7 +20,11 @@ storage.
 
 The model runs on ``device`` (:func:`resolve_device`: ``auto`` is CUDA when torch sees a GPU);
 the weights are quantized by ``backend`` (host backends, or ``gpu``: the same bytes; ``auto``
-is the GPU when one is usable), from their host copy either way.
+is the GPU when one is usable), from their host copy either way.  A device backend's
+dequantized weights go to the model without a trip through the host where the model is on
+that kind of device (DLPack), and their errors are summed there; a rotated row is rotated
+back on the host (in float64, then rounded to float32).  The weight errors are those of the
+float32 values the model is given.
 
 Tasks are registered :class:`Task` subclasses:
 
@@ -56,8 +60,9 @@ import numpy as np
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
 from ..scales import DEFAULT_QMAX
-from .evaluate import (ErrorSums, VQOptions, check_backend, check_codebooks, error_sums, is_vector_codebook,
-                       make_layout, parse_rotations, resolve_scale, rotation_size, row_label, scale_label)
+from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, error_sums,
+                       is_vector_codebook, make_layout, parse_rotations, resolve_scale, rotation_size, row_label,
+                       scale_label)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
@@ -295,6 +300,7 @@ class WeightSwap:
                                 shape=(int(self.offsets[-1]),))
         for i, (_, m) in enumerate(self.linears):
             self._store[self.offsets[i]:self.offsets[i + 1]] = m.weight.detach().float().cpu().numpy().ravel()
+        self._sx2: list[float | None] = [None] * len(self.linears)
         self._dirty = False
 
     @property
@@ -327,27 +333,47 @@ class WeightSwap:
         codebook stores the weights."""
         import torch
 
+        from ..bulk.backend import get_backend, is_device_array
+
         self.check(block_size, rotation, codebook, vq)
         layout = make_layout(codebook, block_size, nested, scale, qmax, vq)
+        dev = None if backend == "auto" else get_backend(backend)
+        keep = dev is not None and dev.device   # a device backend's values stay where they are made
         total = ErrorSums()
         self._dirty = True
         for i, (name, mod) in enumerate(self.linears):
             if step is not None:
                 step(name)
             w = self.original(i)
+            inputs = TensorInputs(w)
             try:
                 with np.errstate(over="ignore"):
-                    what, bits = layout.roundtrip(w, rotation, backend)
+                    what, bits = layout.roundtrip(w, rotation, backend, inputs, keep=keep)
             except ValueError as exc:
                 raise ValueError(f"tensor {name!r}: {exc}") from None
-            if not np.isfinite(what).all():
+            if is_device_array(what):
+                sse, sae = dev.error_sums(inputs.on(dev), what)
+                s = ErrorSums(n=int(w.size), sse=sse, sae=sae, sx2=self._sum_squares(i, w))
+            else:
+                with np.errstate(over="ignore"):
+                    what = what.astype(np.float32, copy=False)   # rotated back in float64: as the model holds it
+                s = error_sums(w, what, sx2=self._sum_squares(i, w))
+            if not math.isfinite(s.sse):   # w is finite (quantize refuses NaN and Inf), so some value of what is not
                 raise ValueError(f"tensor {name!r}: the codebook dequantizes it to values beyond float32")
-            s = error_sums(w, what)
             s.bits = bits
             total.add(s)
             with torch.no_grad():
-                mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(what, dtype=np.float32)))
+                mod.weight.copy_(_as_weight(what, mod.weight, dev).reshape(mod.weight.shape))
+            del what
         return total
+
+    def _sum_squares(self, i: int, w: np.ndarray) -> float:
+        """``Σw²`` of weight ``i`` (its host copy ``w``), summed once for all rows."""
+        from ..bulk.api import host_backend
+
+        if self._sx2[i] is None:
+            self._sx2[i] = host_backend().error_sums(w)[0]
+        return self._sx2[i]
 
     def restore(self) -> None:
         import torch
@@ -371,6 +397,26 @@ class WeightSwap:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _as_weight(what: Any, weight: Any, dev: Any) -> Any:
+    """Dequantized values ``what`` as a torch tensor to copy into ``weight``: a device array
+    handed over by DLPack (no copy) where ``weight`` lives on its kind of device, else from a
+    host copy."""
+    import torch
+
+    from ..bulk.backend import is_device_array
+
+    if is_device_array(what):
+        cuda = what.__dlpack_device__()[0] == _DLPACK_CUDA
+        if cuda == (weight.device.type == "cuda"):
+            return torch.from_dlpack(what)
+        what = dev.to_host(what)
+    return torch.from_numpy(np.ascontiguousarray(what, dtype=np.float32))
+
+
+#: DLPack's device type of CUDA memory (``kDLCUDA``)
+_DLPACK_CUDA = 2
 
 
 # -- tasks -----------------------------------------------------------------------------------
