@@ -313,10 +313,11 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
     # 2 tensors, each rotated once for both codes and rotated back for each
     assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * (1 + 2)
     assert len(uploads) == 2   # the unrotated rows: one upload a tensor, not one a code
-    # their error sums are taken on the device (2 tensors x 2 codes): a tensor's values come
-    # back only rotated back (float64, for the host's rounding), once a code
-    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * 2
-    assert sorted(d for d in downloads if d in (32 * 64, 64 * 128)) == [32 * 64] * 2 + [64 * 128] * 2
+    # their error sums are taken on the device (2 tensors x 2 codes), as those of the float32
+    # tensor's rotated rows (rotated back and rounded there); only the float16 tensor's
+    # rotated rows come back (float64, for the host's rounding), once a code
+    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * 2 + 2
+    assert sorted(d for d in downloads if d in (32 * 64, 64 * 128)) == [32 * 64] * 2
     assert gpu == host
     ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
     assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,

@@ -314,9 +314,8 @@ def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, 
     """--task lm with the gpu backend, on the stand-in CuPy (the CUDA kernels emulated on the
     CPU; its "device" arrays live in host memory, which DLPack hands to a model on the CPU as
     a real GPU's arrays go to a model on CUDA): the report is the numpy backend's, bit for bit,
-    outputs included.  An unrotated row's weights never come back through the backend, and
-    their errors are summed where they were dequantized; a rotated row's come back once each
-    (they are rotated back on the host)."""
+    outputs included.  No row's weights come back through the backend, rotated or not: they
+    are rotated back, rounded and summed where they were dequantized."""
     import gpu_emulator as E
     from gpu_cases import use_stand_in_cupy
 
@@ -328,14 +327,20 @@ def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, 
     host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="numpy", **kw)
     cp = use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.vq_emulator()),
                            caches=(GV,))
-    gpu_be, downloads = type(BACKENDS["gpu"]), []   # the class: an instance's patch would outlive it
+    gpu_be, downloads, uploads = type(BACKENDS["gpu"]), [], []   # the class: an instance's patch would outlive it
     monkeypatch.setattr(gpu_be, "to_host", lambda self, a, real=gpu_be.to_host: downloads.append(a.size) or
                         real(self, a))
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None, real=cp.asarray: (
+        uploads.append(np.asarray(a).size) if not isinstance(a, cp.ndarray) and np.asarray(a).dtype == np.float32
+        else None) or real(a, dtype))
     gpu = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="gpu", **kw)
     sizes = sorted(m.weight.numel() for _, m in select_linears(model))
     assert len(sizes) == 15
-    assert sorted(d for d in downloads if d in sizes) == sizes   # the rotated row's, once each
-    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == len(sizes)
+    assert not [d for d in downloads if d in sizes]
+    # a layer goes up once a row: the rotated row's upload serves its rotation and its sums
+    assert sorted(u for u in uploads if u in sizes) == sorted(2 * sizes)
+    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * len(sizes)   # 2 rows
+    assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * len(sizes)   # there and back
     for label in host.labels:
         a, b = dict(host.rows[label]), dict(gpu.rows[label])
         a.pop("seconds"), b.pop("seconds")

@@ -37,7 +37,8 @@ float16/float32 scale); every tensor's last dimension must be a multiple of the 
 along its last axis, is rotated by the randomized Hadamard transform
 (:mod:`quantbook.numerics.hadamard`, N by default the largest power of two dividing the last
 dimension), quantized, dequantized and rotated back; for a vector codebook this is
-``quantize_vq``'s own rotation.  The errors are those of the rotated-back weights.
+``quantize_vq``'s own rotation.  The errors are those of the rotated-back weights, rounded
+once to the tensor's dtype (float32 where it is rotated back, 16-bit ones on the host).
 """
 
 from __future__ import annotations
@@ -301,9 +302,9 @@ class Layout:
     def roundtrip(self, x: np.ndarray, rotation: str, backend: str,
                   inputs: TensorInputs | None = None, keep: bool = False) -> tuple[Any, int]:
         """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype, or float64 when a scalar code
-        was rotated back; a host array, or with ``keep`` where a device backend made it in
-        ``x``'s dtype (vector codes, and scalar codes not rotated).  ``inputs``: ``x``'s :class:`TensorInputs`,
-        shared by the rows of one tensor."""
+        was rotated back for a 16-bit ``x`` (to be rounded once, by the caller); a host array,
+        or with ``keep`` where a device backend made it in ``x``'s dtype.  ``inputs``: ``x``'s
+        :class:`TensorInputs`, shared by the rows of one tensor."""
         raise NotImplementedError
 
 
@@ -330,8 +331,12 @@ class BlockLayout(Layout):
         if rot is not None:
             hadamard.check_divides(n, x.shape[-1])
 
+            together = be is not None and be.device and rot.device   # rotated where it is quantized
+
             def rotated():
-                xr = rot.rotate(rot.load(x).reshape(-1, n), hadamard.SEED)      # float32
+                # float32 x: the tensor's one upload serves the rotation too (load's widening is a copy)
+                src = inputs.on(be) if together and x.dtype == np.float32 else rot.load(x)
+                xr = rot.rotate(src.reshape(-1, n), hadamard.SEED)      # float32
                 return xr if be is None or be.device == rot.device else be.from_host(rot.to_host(xr))
 
             xr = inputs.get(("rotated", n, backend), rotated)
@@ -343,10 +348,13 @@ class BlockLayout(Layout):
                                  backend=backend, scale=self.rule, qmax=self.qmax)
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
             xhat = dequantize(packed, state, backend=backend)
-        if rot is not None:   # rotated back in float64, not rounded
-            return rot.to_host(rot.unrotate_wide(xhat.reshape(-1, n), hadamard.SEED)).reshape(x.shape), \
-                storage_bits(packed, state)
-        return _kept_or_host(xhat, x, be, keep), storage_bits(packed, state)
+        bits = storage_bits(packed, state)
+        if rot is not None and x.dtype == np.float32:   # rotated back and rounded where it was made
+            back = rot.unrotate(xhat.reshape(-1, n), hadamard.SEED).reshape(x.shape)
+            return (back if keep and together else rot.to_host(back)), bits
+        if rot is not None:   # rotated back in float64, rounded by the caller as the tensor is stored
+            return rot.to_host(rot.unrotate_wide(xhat.reshape(-1, n), hadamard.SEED)).reshape(x.shape), bits
+        return _kept_or_host(xhat, x, be, keep), bits
 
 
 class VectorLayout(Layout):
