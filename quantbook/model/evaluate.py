@@ -38,7 +38,8 @@ along its last axis, is rotated by the randomized Hadamard transform
 (:mod:`quantbook.numerics.hadamard`, N by default the largest power of two dividing the last
 dimension), quantized, dequantized and rotated back; for a vector codebook this is
 ``quantize_vq``'s own rotation.  The errors are those of the rotated-back weights, rounded
-once to the tensor's dtype (float32 where it is rotated back, 16-bit ones on the host).
+once to the tensor's dtype (a float32 tensor's where they were rotated back, a 16-bit
+tensor's on the host).
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ class BlockLayout(Layout):
             together = be is not None and be.device and rot.device   # rotated where it is quantized
 
             def rotated():
-                # float32 x: the tensor's one upload serves the rotation too (load's widening is a copy)
+                # float32 x: the tensor's one upload serves the rotation too (load would upload it again)
                 src = inputs.on(be) if together and x.dtype == np.float32 else rot.load(x)
                 xr = rot.rotate(src.reshape(-1, n), hadamard.SEED)      # float32
                 return xr if be is None or be.device == rot.device else be.from_host(rot.to_host(xr))
