@@ -281,18 +281,19 @@ _DEVICES = [pytest.param("cpu", "cpu", id="cpu-numba-backend"),
 @pytest.mark.parametrize("task", ["lm", "embed"])
 def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task, device, backend):
     """evaluate-model --device/--backend against the host run with the numpy reference: every
-    backend quantizes the weights to the same bytes, so the weight columns agree exactly; the
+    backend quantizes (and rotates back) the weights to the same bytes, so the weight columns
+    agree exactly (the gpu backend hands them to the model by DLPack, plain and rotated); the
     model's outputs agree to float32 rounding on a GPU, and exactly on the host (no
     randomness there).  The KL divergences are differences of nearly equal float32
     log-probabilities, whose rounding differs between devices by a few units in the last place
     of |log p| (about 1e-7 nats each): they get an absolute tolerance of 1e-6 nats."""
     model, tok, text = _tiny_model(task, tmp_path)
-    kw = dict(task=task, text=text, tokens=256, context=64)
+    kw = dict(task=task, text=text, tokens=256, context=64, rotations=("none", "hadamard"))
     cbs = resolve_codebooks("nf4,nf2", 64)
     host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="numpy", **kw)
     other = evaluate_quality("tiny", cbs, model=(model, tok), device=device, backend=backend, **kw)
     assert other.device == device and next(model.parameters()).device.type == device
-    assert host.labels == other.labels == ["unquantized", "nf4", "nf2"]
+    assert host.labels == other.labels == ["unquantized", "nf4", "nf2", "nf4+hadamard", "nf2+hadamard"]
     # two layers of 7 (Llama) or 6 (BERT) linears, and the output head or the pooler
     assert host.n_tensors == other.n_tensors == (15 if task == "lm" else 13)
     exact = device == "cpu"
