@@ -61,7 +61,7 @@ fi
 stage scaled 150 "$HERE" $PY benchmarks/bench_scaled_gpu.py --log2n "$LOG2N"
 stage stream 40 "$HERE" $PY benchmarks/bench_stream_gpu.py
 stage vq 60 "$HERE" $PY benchmarks/bench_quantize_vq.py --rotate hadamard --log2n 26
-stage evaluate 90 "$HERE" $PY benchmarks/bench_evaluate_model.py --synthetic --backends cpu,gpu
+stage evaluate 90 "$HERE" $PY benchmarks/bench_evaluate_model.py --synthetic --backends cpu,gpu --rotate none,hadamard
 # --task lm with the weights quantized on the GPU (handed to the model by DLPack) and on the host
 stage quality 120 "$HERE" $PY benchmarks/bench_model_quality.py --synthetic --device cuda --backends gpu,cpu \
     --codebooks nf4,e2m1 --tokens 512 --context 256
