@@ -28,6 +28,7 @@ from quantbook.cli import main  # noqa: E402
 from quantbook.model import hadamard  # noqa: E402
 from quantbook.model.quality import (CausalLM, SentenceEmbedding, WeightSwap, evaluate_quality,  # noqa: E402
                                      load_model, select_linears)
+from quantbook.model.evaluate import resolve_model_codebooks  # noqa: E402
 from quantbook.naming import resolve_codebooks  # noqa: E402
 
 
@@ -314,9 +315,10 @@ def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task
 def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, tmp_path):
     """--task lm with the gpu backend, on the stand-in CuPy (the CUDA kernels emulated on the
     CPU; its "device" arrays live in host memory, which DLPack hands to a model on the CPU as
-    a real GPU's arrays go to a model on CUDA): the report is the numpy backend's, bit for bit,
-    outputs included.  No row's weights come back through the backend, rotated or not: they
-    are rotated back, rounded and summed where they were dequantized."""
+    a real GPU's arrays go to a model on CUDA), a scalar and a vector code: the report is the
+    numpy backend's, bit for bit, outputs included.  No row's weights come back through the
+    backend, rotated or not: they are rotated back, rounded and summed where they were
+    dequantized."""
     import gpu_emulator as E
     from gpu_cases import use_stand_in_cupy
 
@@ -324,7 +326,7 @@ def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, 
 
     model, tok, text = _tiny_model("lm", tmp_path)
     kw = dict(task="lm", text=text, tokens=128, context=64, rotations=("none", "hadamard"))
-    cbs = resolve_codebooks("nf4", 64)
+    cbs = resolve_model_codebooks("nf4,higgs-2d-256", 64)
     host = evaluate_quality("tiny", cbs, model=(model, tok), device="cpu", backend="numpy", **kw)
     cp = use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.vq_emulator()),
                            caches=(GV,))
@@ -338,10 +340,11 @@ def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, 
     sizes = sorted(m.weight.numel() for _, m in select_linears(model))
     assert len(sizes) == 15
     assert not [d for d in downloads if d in sizes]
-    # a layer goes up once a row: the rotated row's upload serves its rotation and its sums
-    assert sorted(u for u in uploads if u in sizes) == sorted(2 * sizes)
-    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * len(sizes)   # 2 rows
-    assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * len(sizes)   # there and back
+    # a layer goes up once a row: a rotated row's upload serves its rotation and its sums
+    assert sorted(u for u in uploads if u in sizes) == sorted(4 * sizes)
+    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 4 * len(sizes)   # 4 rows
+    # there and back: the scalar code's rotation, and the vector code's
+    assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * 2 * len(sizes)
     for label in host.labels:
         a, b = dict(host.rows[label]), dict(gpu.rows[label])
         a.pop("seconds"), b.pop("seconds")
