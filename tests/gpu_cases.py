@@ -36,6 +36,24 @@ def weights_file(path, seed, rows, cols):
     return str(path)
 
 
+def float64_rounding_cases() -> np.ndarray:
+    """float64 values at the edges of rounding to float16 (once) and bfloat16 (through
+    float32, as ml_dtypes): ties, sticky bits beyond float32 (1 + 2^-11 + 2^-40 rounds up
+    once, to 1 through float32), subnormals of each type, overflow, values beyond float32,
+    ±0, ±inf, NaNs of either sign with payloads, seeded random magnitudes from 1e-50 to 1e50
+    and values near bfloat16's ties on float32's grid."""
+    rng = np.random.default_rng(5)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.99, 65520.0, -65520.0,
+                        1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 1.0 + 2.0**-11 + 2.0**-40, -(1.0 + 2.0**-11 + 2.0**-40),
+                        1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-8 + 2.0**-30, 1.0 + 2.0**-8 + 2.0**-20,
+                        2.0**-25, 2.0**-25 + 2.0**-60, 3 * 2.0**-26, 1e-8, 6.1e-5, 2.0**-24,
+                        1e-40, 1e-45, 2.0**-150, 2.0**-149, 1e-50, 3.4028235e38, 3.3961e38, 1e39, -1e300], np.float64)
+    nans = np.array([0x7FF8000000000000, 0xFFF8000000000000, 0x7FF0000000000001, 0x7FF0040000000000,
+                     0xFFF123456789ABCD], np.uint64).view(np.float64)
+    return np.concatenate([special, nans, rng.standard_normal(2000) * 10.0 ** rng.uniform(-50, 50, 2000),
+                           1.0 + rng.integers(0, 2**30, 500) * 2.0**-38])
+
+
 def scale_rounding_cases() -> list[tuple[np.ndarray, int, str]]:
     """``(v, group, rule)`` whose statistics sit at float16's rounding edges: float32 values
     one a group (absmax) — ties between neighbours, normal and subnormal, the largest finite,

@@ -313,11 +313,12 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
     # 2 tensors, each rotated once for both codes and rotated back for each
     assert sum(n == "qbv_fwht_tile" for n, _, _ in cp.launches) == 2 * (1 + 2)
     assert len(uploads) == 2   # the unrotated rows: one upload a tensor, not one a code
-    # their error sums are taken on the device (2 tensors x 2 codes), as those of the float32
-    # tensor's rotated rows (rotated back and rounded there); only the float16 tensor's
-    # rotated rows come back (float64, for the host's rounding), once a code
-    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * 2 + 2
-    assert sorted(d for d in downloads if d in (32 * 64, 64 * 128)) == [32 * 64] * 2
+    # every row's error sums are taken on the device (2 tensors x 2 codes x 2 rotations): a
+    # rotated row is rotated back and rounded there (qbv_cast64 for the float16 tensor's,
+    # once a code), and no tensor's values come back
+    assert sum(n.startswith("qb_error_chunks_") for n, _, _ in cp.launches) == 2 * 2 * 2
+    assert sum(n == "qbv_cast64" for n, _, _ in cp.launches) == 2
+    assert not [d for d in downloads if d in (32 * 64, 64 * 128)]
     assert gpu == host
     ragged = evaluate_model(path, cbs, backend="gpu", tensors="c.bias", block_size=16, nested=nested)
     assert ragged.to_dict() == evaluate_model(path, cbs, backend="numpy", tensors="c.bias", block_size=16,
@@ -326,20 +327,27 @@ def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nes
 
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
 @pytest.mark.parametrize("raw_bits", [False, True])
-def test_a_bfloat16_tensor_round_trips_through_the_gpu_as_on_the_host(cp, monkeypatch, raw_bits):
+@pytest.mark.parametrize("rotation", ["none", "hadamard"])
+def test_a_bfloat16_tensor_round_trips_through_the_gpu_as_on_the_host(monkeypatch, raw_bits, rotation):
     """evaluate-model's round trip of a bfloat16 tensor on the gpu backend equals the numpy
-    backend's, also where CuPy (before 14) hands back the bfloat16 outputs as uint16 bits."""
+    backend's, plain or rotated (rotated back in float64 and rounded to bfloat16 on the device,
+    as ml_dtypes rounds on the host), also where CuPy (before 14) hands back the bfloat16
+    outputs as uint16 bits.  Kept on the device where it can be (not as raw bits)."""
+    from quantbook.bulk.gpu import vq as GV
     from quantbook.model.evaluate import BlockLayout
     from quantbook.naming import resolve_codebooks
 
+    use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.vq_emulator()), caches=(GV,))
     if raw_bits:
         monkeypatch.setattr(G, "_empty_out", lambda n, key, real=G._empty_out:
                             real(n, key) if key != "bf16" else (lambda r: (r[0], r[0]))(real(n, key)))
     x = (np.random.default_rng(24).standard_normal((32, 128)) * 0.02).astype(ml_dtypes.bfloat16)
     layout = BlockLayout(resolve_codebooks("nf4", 64)[0][1], 64)
-    want, bits = layout.roundtrip(x, "none", "numpy")
-    got, gbits = layout.roundtrip(x, "none", "gpu")
+    want, bits = layout.roundtrip(x, rotation, "numpy")
+    got, gbits = layout.roundtrip(x, rotation, "gpu")
     assert got.dtype == want.dtype and bits_equal(got, want) and gbits == bits
+    kept, _ = layout.roundtrip(x, rotation, "gpu", keep=True)
+    assert isinstance(kept, FakeDeviceArray) != raw_bits and bits_equal(kept, want)
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16")])

@@ -14,7 +14,7 @@ from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset,
 from quantbook.bulk.reference import quantize_reference
 from quantbook.codebooks import registry
 
-from gpu_cases import bits_equal, scale_rounding_cases, weights_file
+from gpu_cases import bits_equal, float64_rounding_cases, scale_rounding_cases, weights_file
 
 _OK, _WHY = G.gpu_available()
 pytestmark = pytest.mark.skipif(not _OK, reason=f"needs a CUDA device and CuPy ({_WHY})")
@@ -179,6 +179,21 @@ def test_vector_quantization_of_device_arrays(dtype):
     with np.errstate(invalid="ignore"):
         want = nans.astype(dt).view(np.uint16)
     assert bits_equal(_host(cast_gpu(cp.asarray(nans), dt)).view(np.uint16), want)
+
+
+def test_the_rounding_of_float64_to_16_bits_on_the_device():
+    """qbv_cast64 on the hardware (what a rotated 16-bit tensor's values are rounded with):
+    numpy's float16 and ml_dtypes' bfloat16 bits, NaNs included."""
+    import cupy as cp
+
+    from quantbook.bulk.gpu.vq import cast_gpu
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    y = float64_rounding_cases()
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = y.astype(dt).view(np.uint16)
+        assert bits_equal(_host(cast_gpu(cp.asarray(y), dt)).view(np.uint16), want), dt
 
 
 def test_allow_nonfinite_of_a_torch_bfloat16_tensor(monkeypatch):

@@ -17,6 +17,11 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+try:
+    import ml_dtypes
+except ImportError:   # bfloat16 cases skip without it
+    ml_dtypes = None
+
 from quantbook.bulk import vq
 from quantbook.bulk.vq import VQState, dequantize_vq, quantize_vq
 from quantbook.numerics import hadamard
@@ -256,7 +261,8 @@ def test_the_rotation_runs_where_the_bulk_backend_quantizes(monkeypatch):
 def test_the_wide_unrotation_is_hadamard_unrotate(backend):
     """``unrotate_wide`` (what evaluate-model's scalar layouts rotate back with) is the float64
     un-rotation of quantbook.numerics.hadamard bit for bit, itself within 1e-12 of the
-    explicit matrix's product; rounded, it is ``unrotate``."""
+    explicit matrix's product; rounded, it is ``unrotate``, and rounded to 16 bits as numpy
+    (float16) and ml_dtypes (bfloat16) round it, ``unrotate_as``."""
     n = 256
     h = np.diag(hadamard.signs(n)) @ scipy.linalg.hadamard(n) / np.sqrt(n)
     y = (_rng(11).standard_normal((6, n)) * 10.0 ** _rng(12).uniform(-3, 3, (6, n))).astype(np.float32)
@@ -266,6 +272,12 @@ def test_the_wide_unrotation_is_hadamard_unrotate(backend):
     assert got.dtype == np.float64 and np.array_equal(got.view(np.uint64), want.view(np.uint64))
     np.testing.assert_allclose(got, y.astype(np.float64) @ h.T, rtol=1e-12, atol=0)
     assert np.array_equal(got.astype(np.float32), be.unrotate(y, hadamard.SEED))
+    dtypes = [np.float32, np.float16] + ([ml_dtypes.bfloat16] if ml_dtypes is not None else [])
+    for dt in dtypes:
+        with np.errstate(over="ignore"):
+            back = be.unrotate_as(y, hadamard.SEED, np.dtype(dt))
+            assert back.dtype == dt and back.shape == y.shape
+            assert np.array_equal(back.view(np.uint8), want.astype(dt).view(np.uint8)), dt
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

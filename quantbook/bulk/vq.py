@@ -99,6 +99,16 @@ class VQBackend:
         with np.errstate(over="ignore", invalid="ignore"):   # decoded infinities: the caller names them
             return hadamard.unrotate(y, y.shape[1], seed)
 
+    def unrotate_as(self, y: Any, seed: int, dtype: np.dtype) -> Any:
+        """:meth:`unrotate_wide` rounded to ``dtype`` (float32, float16 or bfloat16) as numpy's
+        ``astype`` rounds the float64 values (bfloat16: ml_dtypes', through float32), where
+        the backend works (a device backend's array stays on the device); float32 is
+        :meth:`unrotate`.  A NaN's bits may differ between backends."""
+        if np.dtype(dtype) == _F:
+            return self.unrotate(y, seed)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(self.unrotate_wide(y, seed)).astype(dtype)
+
     def group_stat(self, v: np.ndarray, group: int, rule: str) -> np.ndarray:
         """float64 per group: ``sqrt(Σv²/group)`` (squares summed in index order) or ``max|v|``;
         non-finite for a group holding NaN/Inf."""
@@ -159,7 +169,8 @@ class VQBackend:
         raise NotImplementedError
 
     def cast(self, y: Any, dtype: np.dtype) -> Any:
-        """The flat float32 result ``y`` rounded to nearest even to ``dtype``, on the device."""
+        """The flat float32 (or float64) result ``y`` rounded to ``dtype`` as the host's casts
+        round it (:meth:`unrotate_as`), on the device."""
         raise NotImplementedError
 
 
@@ -370,6 +381,12 @@ class CudaVQ(VQBackend, name="gpu"):
 
         n = y.shape[1]
         return rotate_gpu(y, _signs(n, seed), 1.0 / np.sqrt(n), inverse=True, wide=True)
+
+    def unrotate_as(self, y, seed, dtype):
+        # rounded on the device from the float64 values: a 16-bit result stays there
+        if np.dtype(dtype) == _F:
+            return self.unrotate(y, seed)
+        return self.cast(self.unrotate_wide(y, seed), dtype).reshape(y.shape)
 
     def group_stat(self, v, group, rule):
         from .gpu.vq import group_stat_gpu

@@ -37,9 +37,9 @@ float16/float32 scale); every tensor's last dimension must be a multiple of the 
 along its last axis, is rotated by the randomized Hadamard transform
 (:mod:`quantbook.numerics.hadamard`, N by default the largest power of two dividing the last
 dimension), quantized, dequantized and rotated back; for a vector codebook this is
-``quantize_vq``'s own rotation.  The errors are those of the rotated-back weights, rounded
-once to the tensor's dtype (a float32 tensor's where they were rotated back, a 16-bit
-tensor's on the host).
+``quantize_vq``'s own rotation.  The errors are those of the rotated-back weights, computed
+in float64 and rounded to the tensor's dtype where they were rotated back
+(:meth:`~quantbook.bulk.vq.VQBackend.unrotate_as`: numpy's rounding on every backend).
 """
 
 from __future__ import annotations
@@ -277,8 +277,8 @@ class TensorInputs:
 
 
 def _kept_or_host(xhat: Any, x: np.ndarray, be: Any, keep: bool) -> Any:
-    """A backend's dequantized values: left on a device backend with ``keep`` when they have
-    ``x``'s dtype, else on the host in ``x``'s dtype."""
+    """Values a backend (``be``: bulk or vector) made in ``x``'s dtype: left on a device
+    backend with ``keep`` (unless a CuPy without bfloat16 gives their bits), else on the host."""
     from ..bulk.backend import dtype_name_of
 
     if be is None:
@@ -302,10 +302,10 @@ class Layout:
 
     def roundtrip(self, x: np.ndarray, rotation: str, backend: str,
                   inputs: TensorInputs | None = None, keep: bool = False) -> tuple[Any, int]:
-        """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype, or float64 when a scalar code
-        was rotated back for a 16-bit ``x`` (to be rounded once, by the caller); a host array,
-        or with ``keep`` where a device backend made it in ``x``'s dtype.  ``inputs``: ``x``'s
-        :class:`TensorInputs`, shared by the rows of one tensor."""
+        """``(xhat, stored bits)``: ``xhat`` in ``x``'s dtype (rotated back, if rotated, in
+        float64 and rounded as numpy rounds to it); a host array, or with ``keep`` where a
+        device backend made it.  ``inputs``: ``x``'s :class:`TensorInputs`, shared by the rows
+        of one tensor."""
         raise NotImplementedError
 
 
@@ -350,11 +350,9 @@ class BlockLayout(Layout):
         with np.errstate(over="ignore"):  # an overflow is reported by the caller, by name
             xhat = dequantize(packed, state, backend=backend)
         bits = storage_bits(packed, state)
-        if rot is not None and x.dtype == np.float32:   # rotated back and rounded where it was made
-            back = rot.unrotate(xhat.reshape(-1, n), hadamard.SEED).reshape(x.shape)
-            return (back if keep and together else rot.to_host(back)), bits
-        if rot is not None:   # rotated back in float64, rounded by the caller as the tensor is stored
-            return rot.to_host(rot.unrotate_wide(xhat.reshape(-1, n), hadamard.SEED)).reshape(x.shape), bits
+        if rot is not None:   # rotated back in float64 and rounded to x's dtype where it was made
+            back = rot.unrotate_as(xhat.reshape(-1, n), hadamard.SEED, x.dtype).reshape(x.shape)
+            return _kept_or_host(back, x, rot, keep and together), bits
         return _kept_or_host(xhat, x, be, keep), bits
 
 
@@ -625,8 +623,6 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
         try:
             with np.errstate(over="ignore"):  # an overflow is reported below, once, by name
                 xhat, bits = layout.roundtrip(xq, rot, backend, inputs, keep=keep)
-                if not is_device_array(xhat) and xhat.dtype != xq.dtype:
-                    xhat = xhat.astype(xq.dtype)   # rotated back in float64: round as the tensor is stored
         except ValueError as exc:  # say which tensor
             raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
         sse, sae = dev.error_sums(inputs.on(dev), xhat) if is_device_array(xhat) else host.error_sums(x, xhat)

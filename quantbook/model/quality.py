@@ -22,8 +22,8 @@ The model runs on ``device`` (:func:`resolve_device`: ``auto`` is CUDA when torc
 the weights are quantized by ``backend`` (host backends, or ``gpu``: the same bytes; ``auto``
 is the GPU when one is usable), from their host copy either way.  A device backend's
 dequantized weights go to the model without a trip through the host where the model is on
-that kind of device (DLPack), rotated back there for a rotated row (in float64, rounded once
-to float32), and their errors are summed there.  The weight errors are those of the float32
+that kind of device (DLPack), rotated back there for a rotated row (in float64, rounded to
+float32), and their errors are summed there.  The weight errors are those of the float32
 values the model is given.
 
 Tasks are registered :class:`Task` subclasses:
@@ -355,8 +355,6 @@ class WeightSwap:
                 sse, sae = dev.error_sums(inputs.on(dev), what)
                 s = ErrorSums(n=int(w.size), sse=sse, sae=sae, sx2=self._sum_squares(i, w))
             else:
-                with np.errstate(over="ignore"):
-                    what = what.astype(np.float32, copy=False)   # as the model holds it
                 s = error_sums(w, what, sx2=self._sum_squares(i, w))
             if not math.isfinite(s.sse):   # w is finite (quantize refuses NaN and Inf), so some value of what is not
                 raise ValueError(f"tensor {name!r}: the codebook dequantizes it to values beyond float32")

@@ -166,16 +166,18 @@ def first_nonfinite(x) -> int | None:
 
 
 def cast_gpu(y, dtype):
-    """The flat float32 device array ``y`` rounded (to nearest even) to ``dtype`` (float32,
-    float16 or bfloat16: an ``ml_dtypes.bfloat16`` view with CuPy >= 14, else uint16 bits)."""
+    """The flat float32 or float64 device array ``y`` rounded to ``dtype`` (float32, float16
+    or bfloat16: an ``ml_dtypes.bfloat16`` view with CuPy >= 14, else uint16 bits) as the
+    host's casts round it: to nearest even, float64 to bfloat16 through float32 (ml_dtypes)."""
     cp = G._cupy()
     key = G._dtype_key(dtype)
-    yd = _device(y, cp.float32).reshape(-1)
+    wide = np.dtype(y.dtype) == np.float64
+    yd = _device(y, cp.float64 if wide else cp.float32).reshape(-1)
     if key == "f32":
-        return yd
+        return yd.astype(cp.float32) if wide else yd
     n = int(yd.size)
     raw, view = G._empty_out(n, key)
     if n:
-        _kernel("qbv_cast")((_grid(n),), (VK.CTA,),
-                            (yd, raw.view(cp.uint16), np.int64(n), np.int32(key == "bf16")))
+        _kernel("qbv_cast64" if wide else "qbv_cast")((_grid(n),), (VK.CTA,),
+                                                      (yd, raw.view(cp.uint16), np.int64(n), np.int32(key == "bf16")))
     return raw if view is None else view

@@ -38,7 +38,10 @@ Kernels (``extern "C"``):
 * ``qbv_decode`` — a thread an output value: ``float32(points[idx][q] · s[group])``;
 * ``qbv_cast`` — float32 to float16 or bfloat16, rounded to nearest even with the exact
   conversions of :mod:`.kernels` (for results that stay on the device); a NaN with the bits
-  numpy (float16) and ml_dtypes (bfloat16) give it.
+  numpy (float16) and ml_dtypes (bfloat16) give it;
+* ``qbv_cast64`` — float64 to float16 or bfloat16 as the host's casts round it: numpy's
+  float16 once, to nearest even; ml_dtypes' bfloat16 to float32 first, then to bfloat16
+  (twice, each to nearest even); a NaN with the bits each gives it.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ PARAMS = {
     "qbv_decode": "const int* __restrict__ idx, const float* __restrict__ s, const float* __restrict__ pts, "
                   "float* __restrict__ out, qbv_i64 n, int group, int p",
     "qbv_cast": "const float* __restrict__ y, qb_u16* __restrict__ out, qbv_i64 n, int bf16",
+    "qbv_cast64": "const double* __restrict__ y, qb_u16* __restrict__ out, qbv_i64 n, int bf16",
 }
 
 
@@ -348,6 +352,23 @@ _BODIES = {
             out[e] = (qb_u16)(sign | (bf16 ? 0x7fc0u : h == 0x7c00u ? 0x7c01u : h));
         } else {
             out[e] = bf16 ? qb_from_f32<QbBF16>(v) : qb_from_f32<QbF16>(v);
+        }
+    }
+""",
+    "qbv_cast64": r"""
+    for (qbv_i64 e = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (qbv_i64)gridDim.x * blockDim.x) {
+        const double d = y[e];
+        const unsigned long long u = (unsigned long long)__double_as_longlong(d);
+        const unsigned sign = (unsigned)(u >> 48) & 0x8000u;
+        if ((u & 0x7fffffffffffffffULL) > 0x7ff0000000000000ULL) {
+            /* a NaN: numpy keeps the top payload bits (kept a NaN), ml_dtypes gives the quiet NaN */
+            const unsigned h = 0x7c00u | (unsigned)((u & 0xfffffffffffffULL) >> 42);
+            out[e] = (qb_u16)(sign | (bf16 ? 0x7fc0u : h == 0x7c00u ? 0x7c01u : h));
+        } else if (bf16) {
+            out[e] = qb_from_f32<QbBF16>(__double2float_rn(d));   /* ml_dtypes: through float32 */
+        } else {
+            out[e] = qbv_f64_to_f16(d);
         }
     }
 """,
