@@ -26,9 +26,9 @@ from quantbook import dequantize, quantize  # noqa: E402
 from quantbook.bulk.backend import BACKENDS  # noqa: E402
 from quantbook.cli import main  # noqa: E402
 from quantbook.model import hadamard  # noqa: E402
+from quantbook.model.evaluate import resolve_model_codebooks  # noqa: E402
 from quantbook.model.quality import (CausalLM, SentenceEmbedding, WeightSwap, evaluate_quality,  # noqa: E402
                                      load_model, select_linears)
-from quantbook.model.evaluate import resolve_model_codebooks  # noqa: E402
 from quantbook.naming import resolve_codebooks  # noqa: E402
 
 
