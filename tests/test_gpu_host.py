@@ -221,3 +221,50 @@ def test_gpu_check_script_dry_run(tmp_path):
     assert (out / "sweep.log").read_text().strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
     # the three profiled rows: codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16
     assert (out / "ncu.log").read_text().count("parsed: benchmarks/bench_quantize_gpu.py --profile") == 3
+
+
+_FAKE_PIP = r'''
+import pathlib, sys
+args = sys.argv[1:]
+assert args[0] == "download" and "--no-deps" in args and args[args.index("--python-version") + 1] == "3.12", args
+out = pathlib.Path(args[args.index("-d") + 1])
+out.mkdir(exist_ok=True)
+(out / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl").write_bytes(b"w" * 1000)
+with open(out.parent / "pip_calls", "a") as f:
+    f.write(args[-1] + "\n")
+'''
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_prepare_script_makes_the_carried_folders_once(tmp_path):
+    """benchmarks/gpu_prepare.sh in a small repository, with a stand-in pip: the wheel folder
+    and the base worktree are made once (a second run downloads nothing), both are ignored by
+    git, and what would travel is counted against the 64 MiB a call carries."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("git") is None:
+        pytest.skip("needs bash and git")
+    root = Path(__file__).resolve().parents[1]
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    shutil.copy(root / "benchmarks" / "gpu_prepare.sh", repo / "benchmarks")
+    (repo / "a.txt").write_text("x" * 500)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "one"]):
+        subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "fake_pip.py").write_text(_FAKE_PIP)
+    env = dict(os.environ, PIP=f"{sys.executable} {tmp_path / 'fake_pip.py'}")
+    for _ in range(2):
+        r = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_prepare.sh"), "HEAD"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert (repo / "pip_calls").read_text() == "bitsandbytes==0.50.2\n"   # once
+    assert (repo / ".git" / "info" / "exclude").read_text().splitlines().count("/.whl/") == 1
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo / ".base", capture_output=True, text=True)
+    assert base.stdout.strip() == head
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    assert ".whl" not in status and ".base" not in status
+    assert "of the 67108864 a call may carry" in r.stdout and "WHEELS=.whl BASE=$PWD/.base" in r.stdout
