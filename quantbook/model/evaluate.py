@@ -56,8 +56,9 @@ from ..numerics import hadamard
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
-           "resolve_scale", "check_backend", "VQOptions", "TensorInputs", "Layout", "BlockLayout", "VectorLayout",
-           "make_layout", "resolve_model_codebooks", "is_vector_codebook", "parse_rotations", "rotation_size"]
+           "sums_where_made", "resolve_scale", "check_backend", "VQOptions", "TensorInputs", "Layout", "BlockLayout",
+           "VectorLayout", "make_layout", "resolve_model_codebooks", "is_vector_codebook", "parse_rotations",
+           "rotation_size"]
 
 
 @dataclass
@@ -126,6 +127,19 @@ def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
         sx2 = be.error_sums(xs)[0]
     sse, sae = be.error_sums(xs, np.asarray(xhat))
     return ErrorSums(n=int(xs.size), sse=sse, sae=sae, sx2=sx2)
+
+
+def sums_where_made(x: np.ndarray, xhat: Any, sx2: float, inputs: "TensorInputs | None" = None,
+                    dev: Any = None) -> ErrorSums:
+    """:func:`error_sums` of ``xhat`` against host ``x`` where ``xhat`` is: a device backend
+    ``dev``'s array against ``x``'s copy there (``inputs.on(dev)``, the one upload), else on
+    the host.  The same bits either way; only the runs' sums cross."""
+    from ..bulk.backend import is_device_array
+
+    if not is_device_array(xhat):
+        return error_sums(x, xhat, sx2=sx2)
+    sse, sae = dev.error_sums(inputs.on(dev), xhat)
+    return ErrorSums(n=int(x.size), sse=sse, sae=sae, sx2=sx2)
 
 
 def _nbytes(a: Any) -> int:
@@ -596,7 +610,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
 
 def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult:
     from ..bulk.api import host_backend
-    from ..bulk.backend import get_backend, is_device_array
+    from ..bulk.backend import get_backend
 
     path = f.path
     x = f.read(info.name)
@@ -605,8 +619,7 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
         bad = int(np.flatnonzero(~finite.ravel())[0])
         raise ValueError(f"{path}: tensor {info.name!r} holds NaN or Inf values (first at flat index {bad})")
     del finite
-    host = host_backend()
-    sx2 = host.error_sums(x)[0]
+    sx2 = host_backend().error_sums(x)[0]
     with np.errstate(over="ignore"):
         xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
     if xq is not x and not np.isfinite(xq).all():
@@ -625,8 +638,7 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
                 xhat, bits = layout.roundtrip(xq, rot, backend, inputs, keep=keep)
         except ValueError as exc:  # say which tensor
             raise ValueError(f"{path}: tensor {info.name!r}: {exc}") from None
-        sse, sae = dev.error_sums(inputs.on(dev), xhat) if is_device_array(xhat) else host.error_sums(x, xhat)
-        s = ErrorSums(n=int(x.size), sse=sse, sae=sae, sx2=sx2)
+        s = sums_where_made(x, xhat, sx2, inputs, dev)
         if not math.isfinite(s.sse):
             # x is finite and within float32, so Σe² is finite unless some xhat is not:
             # level·scale beyond the dtype's range, where every error metric would be inf or NaN

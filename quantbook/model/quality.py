@@ -60,9 +60,9 @@ import numpy as np
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
 from ..scales import DEFAULT_QMAX
-from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, error_sums,
-                       is_vector_codebook, make_layout, parse_rotations, resolve_scale, rotation_size, row_label,
-                       scale_label)
+from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
+                       make_layout, parse_rotations, resolve_scale, rotation_size, row_label, scale_label,
+                       sums_where_made)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
@@ -333,7 +333,7 @@ class WeightSwap:
         codebook stores the weights."""
         import torch
 
-        from ..bulk.backend import get_backend, is_device_array
+        from ..bulk.backend import get_backend
 
         self.check(block_size, rotation, codebook, vq)
         layout = make_layout(codebook, block_size, nested, scale, qmax, vq)
@@ -351,11 +351,7 @@ class WeightSwap:
                     what, bits = layout.roundtrip(w, rotation, backend, inputs, keep=keep)
             except ValueError as exc:
                 raise ValueError(f"tensor {name!r}: {exc}") from None
-            if is_device_array(what):
-                sse, sae = dev.error_sums(inputs.on(dev), what)
-                s = ErrorSums(n=int(w.size), sse=sse, sae=sae, sx2=self._sum_squares(i, w))
-            else:
-                s = error_sums(w, what, sx2=self._sum_squares(i, w))
+            s = sums_where_made(w, what, self._sum_squares(i, w), inputs, dev)
             if not math.isfinite(s.sse):   # w is finite (quantize refuses NaN and Inf), so some value of what is not
                 raise ValueError(f"tensor {name!r}: the codebook dequantizes it to values beyond float32")
             s.bits = bits
@@ -397,6 +393,10 @@ class WeightSwap:
         self.close()
 
 
+#: DLPack's device type of CUDA memory (``kDLCUDA``)
+_DLPACK_CUDA = 2
+
+
 def _as_weight(what: Any, weight: Any, dev: Any) -> Any:
     """Dequantized values ``what`` as a torch tensor to copy into ``weight``: a device array
     handed over by DLPack (no copy) where ``weight`` lives on its kind of device, else from a
@@ -411,10 +411,6 @@ def _as_weight(what: Any, weight: Any, dev: Any) -> Any:
             return torch.from_dlpack(what)
         what = dev.to_host(what)
     return torch.from_numpy(np.ascontiguousarray(what, dtype=np.float32))
-
-
-#: DLPack's device type of CUDA memory (``kDLCUDA``)
-_DLPACK_CUDA = 2
 
 
 # -- tasks -----------------------------------------------------------------------------------
