@@ -43,6 +43,65 @@ def test_errors_are_clear():
         qb.dequantize(packed[:-1], st)
     with pytest.raises((KeyError, ValueError), match="no-such-codebook"):
         qb.quantize(x, "no-such-codebook")
+    with pytest.raises(ValueError, match=r"np.asarray\(x, dtype=np.float32\)"):
+        qb.quantize([0.5, 0.25])   # a list has no astype: the message names a conversion that works
+    for flag in ("nested", "allow_nonfinite"):   # "no" is truthy: it must not switch the option on
+        with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'no'"):
+            qb.quantize(x, **{flag: "no"})
+    wide = Codebook(levels=np.linspace(-1, 1, 512), bits=9)
+    with pytest.raises(ValueError, match="has 9-bit codes; the byte format packs 1 to 8"):
+        qb.quantize(x, wide)
+
+
+def test_levels_beyond_the_absmax_range_are_warned_about():
+    """Absmax-normalised values lie in [-1, 1]; Max's N(0, 1) quantizer has levels at ±1.51, so
+    values above 0.981 of their block's absmax come back as 1.51 times it (a float16 maximum
+    becomes inf).  The bytes stay what the codebook says; the user is told."""
+    x = np.full(64, 65504.0, np.float16)
+    for be in ("numpy", "cpu"):
+        with pytest.warns(qb.bulk.CodebookRangeWarning, match=r"'max1960-n4' has levels up to 1\.51"):
+            packed, st = qb.quantize(x, "max1960-n4", 64, backend=be)
+        with np.errstate(over="ignore"):
+            assert np.isinf(qb.dequantize(packed, st, backend=be).astype(np.float32)).all()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("nf4", "fp4", "e2m1", "af4", "iq4_nl", "int4-sym", "nf3"):   # tables within [-1, 1]
+            qb.quantize(x, name, 64)
+        qb.quantize(x, "max1960-n4", 16, scale="float16")   # a scale rule rescales the table
+
+
+def test_the_command_line_passes_the_range_warning_on_once(tmp_path, capsys):
+    safetensors = pytest.importorskip("safetensors.numpy")
+    from quantbook.cli import main
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "w.safetensors"
+    safetensors.save_file({k: rng.standard_normal((4, 64)).astype(np.float32) for k in "ab"}, str(path))
+    assert main(["evaluate-model", str(path), "--codebooks", "nf4,max1960-n4"]) == 0
+    err = capsys.readouterr().err.splitlines()   # two tensors, one line
+    assert len(err) == 1 and err[0].startswith("quantbook: warning: codebook 'max1960-n4' has levels up to 1.51")
+
+
+def test_torch_cpu_tensors_are_read_as_their_numpy_values():
+    """A tensor that requires grad is read without its graph, and a bfloat16 one through its
+    bits (torch hands numpy no bfloat16): the bytes are those of the same values in numpy."""
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    t = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    ref = t.numpy().astype(ml_dtypes.bfloat16)
+    for be in ("numpy", "cpu"):
+        want, st_want = qb.quantize(ref, "nf4", 64, backend=be)
+        got, st = qb.quantize(t.bfloat16(), "nf4", 64, backend=be)
+        assert np.array_equal(got, want) and st.dtype == st_want.dtype == np.dtype(ml_dtypes.bfloat16)
+        got, _ = qb.quantize(t.clone().requires_grad_(True), "nf4", 64, backend=be)
+        assert np.array_equal(got, qb.quantize(t.numpy(), "nf4", 64, backend=be)[0])
+    fields = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in st.as_dict().items()}
+    fields["absmax"].requires_grad_(True)   # a stored state read back from tensors
+    assert np.array_equal(qb.dequantize(got, qb.QuantState.from_dict(fields)), qb.dequantize(got, st))
+    pts = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32)
+    idx, vst = qb.bulk.quantize_vq(t.bfloat16(), torch.from_numpy(pts).requires_grad_(True), rotate=None)
+    assert np.array_equal(idx, qb.bulk.quantize_vq(ref, pts, rotate=None)[0]) and vst.dtype == ref.dtype
 
 
 def test_quant_state_dict_roundtrip():
@@ -101,6 +160,10 @@ def _state(nested=False, n=300):
     ("bits", lambda s: 9, "bits must be"),
     ("blocksize", lambda s: 24, "power of two"),
     ("code", lambda s: np.full(16, np.nan, np.float32), "finite"),
+    ("code", lambda s: None, "code must be a table of float32 levels, got None"),
+    ("shape", lambda s: 100, "shape must be a tuple of non-negative integers, got 100"),
+    ("dtype", lambda s: None, "dtype must be one of float32, float16, bfloat16, got None"),
+    ("dtype", lambda s: "float64", "dtype must be one of .*got 'float64'"),
 ])
 def test_dequantize_rejects_a_tampered_state(field, value, match):
     packed, st = _state()

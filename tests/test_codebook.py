@@ -98,6 +98,9 @@ def test_code_order_differs_from_sorted_order():
     np.testing.assert_array_equal(cb.decode([5, 3, 2]), [-1.0, 0.0, 1.0])
     with pytest.raises(CodebookError):
         cb.decode([6])
+    assert cb.decode([]).shape == cb.encode([]).shape == (0,)   # an empty list, as encode takes it
+    with pytest.raises(CodebookError, match="integer indices"):
+        cb.decode([0.5])
 
 
 @settings(max_examples=200, deadline=None)

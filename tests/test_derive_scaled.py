@@ -67,12 +67,38 @@ def test_rvs_is_the_law_it_samples():
         p = float(d.cdf(y))
         assert abs((u <= y).mean() - p) < 4 * math.sqrt(p * (1 - p) / u.size)
     assert d.rvs((2, 3), random_state=0).shape == (2, 3)
-    assert isinstance(d.rvs((), random_state=0), float)      # size () is one value, as scipy's
-    for bad in (2.5, None, "5", (2, -1)):
+    for one in ((), None):      # one value, a numpy float, as scipy's
+        assert type(d.rvs(one, random_state=0)) is np.float64
+    for bad in (2.5, "5", (2, -1)):
         with pytest.raises(ValueError, match="size must be"):
             d.rvs(bad)
     e8 = ScaledBlockDistribution(32, "normal", "e8m0:floor")
     assert (e8.cdf(-np.inf), e8.sf(np.inf), e8.cdf(np.inf), e8.sf(-np.inf)) == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("B,rule,amax", [(16, "e4m3", None), (32, "e8m0:floor", None), (16, "e4m3", 3.0)])
+def test_the_scaled_law_has_the_scipy_methods_of_the_block_law(B, rule, amax):
+    """logpdf/logcdf/logsf are the logs of pdf/cdf/sf (-inf outside the support), isf inverts
+    sf from the upper tail (where ppf(1 - q) loses digits), median is ppf(1/2); NaN in, NaN
+    out; no atoms."""
+    d = ScaledBlockDistribution(B, "normal", rule, tensor_amax=amax)
+    lo, hi = d.support()
+    y = np.linspace(lo, hi, 41)[1:-1]
+    with np.errstate(divide="ignore"):
+        for name, base in (("logpdf", "pdf"), ("logcdf", "cdf"), ("logsf", "sf")):
+            assert np.allclose(getattr(d, name)(y), np.log(getattr(d, base)(y)), rtol=1e-15, atol=0), name
+            assert math.isnan(getattr(d, name)(np.nan)) and type(getattr(d, name)(0.2)) is np.float64
+    assert d.logcdf(lo - 1) == -np.inf and d.logsf(hi + 1) == -np.inf and d.logpdf(hi + 1) == -np.inf
+    q = np.array([1e-9, 1e-4, 0.02, 0.3, 0.5, 0.8, 0.999])
+    x = d.isf(q)
+    # sf(isf(q)) is q to the solver's tolerance in x (1e-15 relative) and sf's own rounding
+    # (a difference of two partial masses of order 1)
+    err = np.abs(d.sf(x) - q)
+    assert np.all(np.diff(x) < 0) and np.all(err <= 1e-12 * q + 2e-15 * np.maximum(1, np.abs(x)) * d.pdf(x) + 2e-16)
+    assert np.allclose(x[2:], d.ppf(1 - q[2:]), rtol=0, atol=1e-10)
+    assert (d.isf(0.0), d.isf(1.0)) == (hi, lo) and np.isnan(d.isf([-0.1, 1.1, np.nan])).all()
+    assert d.median() == float(d.ppf(0.5))
+    assert d.atoms[0].size == d.atoms[1].size == 0
 
 
 def _mc_mse(cb, B, rule, n, tensors, seed):

@@ -154,8 +154,8 @@ def test_sources_follow_scipy_conventions(src):
 def test_rvs_and_normalize_blocks_validate():
     d = BlockDistribution(8)
     assert d.rvs((3, 5), random_state=1).shape == (3, 5) and d.rvs(0, random_state=1).shape == (0,)
-    for bad in (-1, 2.5, "x"):
-        with pytest.raises(ValueError):
+    for bad in (-1, 2.5, "x", math.inf):
+        with pytest.raises(ValueError, match="size must be"):
             d.rvs(bad)
     # a block of zeros has no scale: its values stay 0 (they were 0/0 = NaN)
     with np.errstate(all="raise"):
@@ -167,3 +167,43 @@ def test_rvs_and_normalize_blocks_validate():
     for bad_x, norm in ((np.array([[np.nan, 1.0]]), "absmax"), (np.ones(3), "absmax"), (x, "max")):
         with pytest.raises(ValueError):
             normalize_blocks(bad_x, norm)
+
+
+@pytest.mark.parametrize("law", [Normal(), Laplace(), StudentT(5), ASYM, BlockDistribution(8),
+                                 BlockDistribution(16, Laplace(), "signed-absmax")], ids=repr)
+def test_rvs_sizes_are_scipys(law):
+    """``size`` as scipy.stats.norm.rvs takes it: None and () give one numpy float, an integer
+    or a tuple a shape; anything else is one ValueError naming ``size``."""
+    ref = stats.norm()
+    for size in (None, ()):
+        ours, theirs = law.rvs(size, random_state=0), ref.rvs(size=size, random_state=0)
+        assert type(ours) is type(theirs) is np.float64, size
+    for size in (0, 3, (2, 3)):
+        assert law.rvs(size, random_state=0).shape == ref.rvs(size=size, random_state=0).shape
+    for bad in (-1, 2.5, "5", (2, -1), math.inf, True):
+        with pytest.raises(ValueError, match="size must be"):
+            law.rvs(bad)
+
+
+def test_exotic_reals_are_numbers():
+    """Fractions and Decimals are real numbers, read as their nearest float64; an integer
+    beyond float64 is ±inf, not an OverflowError (scipy 1.17 raises on all three)."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for law in (Normal(), BlockDistribution(64)):
+        assert law.cdf(Fraction(1, 2)) == law.cdf(0.5) == law.cdf(Decimal("0.5"))
+        assert law.cdf([Fraction(1, 3), 0.25]).tolist() == law.cdf([1 / 3, 0.25]).tolist()
+        assert (law.cdf(10**400), law.cdf(-10**400), law.sf(10**400)) == (1.0, 0.0, 0.0)
+
+
+def test_a_divergent_moment_is_inf_when_even_and_undefined_when_odd():
+    """E|X|^k = inf: E[X^k] is +inf for an even k, and for an odd one the two halves are
+    +inf and -inf, so no value (scipy's Cauchy mean is NaN); the source and its plain block law
+    say the same."""
+    for nu, k in ((1, 1), (0.7, 1), (2, 2), (1, 2)):
+        src = StudentT(nu)
+        want = math.inf if k % 2 == 0 else math.nan
+        for got in (src.moment(k), BlockDistribution(None, src, "none").moment(k)):
+            assert got == want or (math.isnan(got) and math.isnan(want)), (nu, k, got)
+    assert math.isnan(stats.cauchy.mean())

@@ -512,3 +512,18 @@ def test_codebook_beyond_float32_cannot_be_exported(tmp_path, capsys):
         out = tmp_path / f"wide.{fmt}"
         assert "float32" in _err(capsys, ["export", str(src), "-f", fmt, "-o", str(out)])
         assert not out.exists()
+
+
+def test_the_library_functions_name_what_they_take():
+    """A name where a Codebook is wanted is a TypeError that says what to pass, not an
+    AttributeError from inside (the command line resolves names; the library does not guess
+    the block size a derived name would need)."""
+    from quantbook.verify import audit_one
+
+    with pytest.raises(TypeError, match=r"export needs a Codebook or a VectorCodebook .*got 'nf4'"):
+        export("nf4", "c")
+    with pytest.raises(TypeError, match="got int"):
+        export(3, "json")
+    with pytest.raises(TypeError, match=r"audit_one needs a registry entry .*got 'nf4'"):
+        audit_one("nf4")
+    assert audit_one(REGISTRY["nf4"]).reproduced

@@ -154,6 +154,7 @@ def test_rotated_weights_lie_on_the_grid_after_rotation(minilm):
     assert np.array_equal(linears[0][1].weight.detach().numpy(), w)  # restored on exit
 
 
+@pytest.mark.filterwarnings("ignore::quantbook.bulk.CodebookRangeWarning")   # levels far beyond ±1
 @pytest.mark.parametrize("backend", ["numpy", "cpu", "gpu"])
 @pytest.mark.parametrize("bad", ["levels", "weights"])
 def test_weights_that_cannot_be_measured_are_a_named_error(monkeypatch, tmp_path, backend, bad):

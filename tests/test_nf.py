@@ -59,6 +59,10 @@ def test_offset_identity_929_960():
     assert d.lower_position == Fraction(29, 30) and d.upper_position == Fraction(31, 32)
     assert d.lower_position < d.offset < d.upper_position
     assert default_offset(4) == Fraction(929, 960)
+    for bad, match in ((0, "2 to 8 bits, got 0"), (9, "2 to 8 bits"), (10**30, "2 to 8 bits"), (2.5, "integer"),
+                       (True, "integer")):   # 0 divided by zero, 10**30 never returned
+        with pytest.raises(ValueError, match=match):
+            default_offset(bad)
     assert d.bnb_literal == Fraction(9677083, 10**7)
     assert d.literal_minus_offset == Fraction(-1, 30000000)
     # in float32 the literal and 929/960 are different numbers

@@ -9,6 +9,7 @@ non-finite input, nested statistics and the :class:`QuantState`.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,29 @@ from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_ba
                       no_device_backend_error)
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
 from .scaled import dequantize_scaled, quantize_scaled
-from .state import QuantState, dtype_from_name, dtype_name
+from .state import QuantState, dtype_from_name, dtype_name, host_array
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 
-__all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names", "host_backend"]
+__all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names", "host_backend", "CodebookRangeWarning"]
 
 _F = np.float32
+
+
+class CodebookRangeWarning(UserWarning):
+    """A codebook with levels beyond ±1 stored in bitsandbytes' absmax layout."""
+
+
+def _warn_beyond_absmax(cb: Codebook) -> None:
+    """Absmax-normalised values lie in [-1, 1], so a level beyond it (an unnormalised table
+    such as Max's quantizers of N(0, 1)) dequantizes past its block's absmax: bytes that
+    are well defined, but rarely what was meant."""
+    top = float(np.max(np.abs(cb.code_f32)))
+    if top > 1:
+        warnings.warn(f"codebook {cb.name!r} has levels up to {top:.6g} in magnitude, beyond the [-1, 1] of "
+                      "absmax-normalised values: those codes dequantize past their block's absmax; divide its "
+                      "levels by the largest, or store it with a scale rule (scale=, --scale), which rescales "
+                      "the table",
+                      CodebookRangeWarning, stacklevel=3)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -82,7 +100,7 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     """``(x, shape, dtype)`` of a float32/float16/bfloat16 C-contiguous non-empty array."""
     device = is_device_array(x)
     if not device and not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        x = host_array(x)
     name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
     if math.prod(map(int, shape)) == 0:
@@ -157,6 +175,11 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         rule = None
     if rule is not None and bits not in (None, 4):
         raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits}")
+    for flag, value in (("nested", nested), ("allow_nonfinite", allow_nonfinite)):
+        if not (isinstance(value, (bool, np.bool_)) or (F.is_int(value) and value in (0, 1))):   # "no" is truthy
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    if bits is None and not 1 <= cb.bits <= 8:
+        raise ValueError(f"codebook {cb.name!r} has {cb.bits}-bit codes; the byte format packs 1 to 8 bits per code")
     bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
     x, shape, dtype = _check_input(x)
     be = _pick_backend(backend, is_device_array(x))
@@ -165,6 +188,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
             if nested:
                 raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
             return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite)
+        _warn_beyond_absmax(cb)
         code = cb.code_f32
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         # the usual answer (every block finite) from the maxima where they are: one reduction

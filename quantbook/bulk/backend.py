@@ -54,7 +54,7 @@ def check_input_dtype(x: Any) -> str:
     name = dtype_name_of(x)
     if name == "float64":
         raise ValueError("float64 input is not supported (the format scales in float32): "
-                         "convert with x.astype(np.float32)")
+                         "convert with np.asarray(x, dtype=np.float32)")
     if name not in DTYPES:
         raise ValueError(f"x must hold {', '.join(DTYPES)} values, got dtype {name}")
     return name

@@ -42,6 +42,19 @@ def dtype_from_name(name: Any) -> np.dtype:
     return np.dtype(name)
 
 
+def host_array(v: Any) -> np.ndarray:
+    """``v`` as a numpy array: a torch tensor detached and brought to the host (its bfloat16
+    read through its bits as ml_dtypes' bfloat16, which torch cannot hand to numpy), anything
+    else through ``np.asarray``.  One rule for every array a user hands the bulk API."""
+    if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
+        t = v.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+            return t.view(torch.int16).numpy().view(dtype_from_name("bfloat16"))
+        return t.numpy()
+    return np.asarray(v)
+
+
 def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
@@ -94,9 +107,7 @@ def _entries_good(good: np.ndarray, index: Any) -> bool:
 def _array(what: str, v: Any, dtype) -> np.ndarray:
     """A flat contiguous copy of a field, refusing casts that would change its values
     (float scales read as uint8 codes, or the reverse)."""
-    if hasattr(v, "detach"):  # a torch tensor
-        v = v.detach().cpu().numpy()
-    a = np.asarray(v)
+    a = host_array(v)
     kind = "u" if np.dtype(dtype).kind == "u" else "f"
     ok = a.dtype.kind in ("u", "i") if kind == "u" else a.dtype.kind == "f"
     if not ok:
@@ -108,9 +119,7 @@ def _array(what: str, v: Any, dtype) -> np.ndarray:
 
 def _stored_array(v: Any, dtype: np.dtype) -> np.ndarray:
     """A scale rule's stored scales, refusing casts that would change their values."""
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
-    a = np.asarray(v)
+    a = host_array(v)
     if a.dtype.kind != dtype.kind or (a.dtype.kind == "u" and a.dtype.itemsize > dtype.itemsize):
         raise ValueError(f"absmax must hold {dtype.name} values for this scale rule, got dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
@@ -211,9 +220,16 @@ class QuantState:
         a scaled state's stored values), which :meth:`_check_scales` checks."""
         F.check_bits(self.bits)
         F.check_block_size(self.blocksize)
-        if not all(F.is_int(s) and s >= 0 for s in self.shape):
-            raise ValueError(f"shape must hold non-negative integers, got {self.shape!r}")
-        dtype_name(self.dtype)
+        if not isinstance(self.shape, (tuple, list)) or not all(F.is_int(s) and s >= 0 for s in self.shape):
+            raise ValueError(f"shape must be a tuple of non-negative integers, got {self.shape!r}")
+        try:   # np.dtype(None) would be float64
+            ok = self.dtype is not None and dtype_name(self.dtype)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
+        if np.asarray(host_array(self.code)).dtype.kind not in "fiu":
+            raise ValueError(f"code must be a table of float32 levels, got {self.code!r}")
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks
         if self.scaled:

@@ -30,7 +30,7 @@ from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)
-from .state import dtype_from_name, dtype_name, first_bad_scale
+from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
 
@@ -495,9 +495,7 @@ def as_points(codebook: Any) -> tuple[str, np.ndarray]:
     (N, P) array; the points as a C-contiguous float32 (N, P) table, checked."""
     name = str(getattr(codebook, "name", "custom"))
     pts = getattr(codebook, "points", codebook)
-    if hasattr(pts, "detach"):
-        pts = pts.detach().cpu().numpy()
-    a = np.asarray(pts)
+    a = host_array(pts)
     if a.dtype.kind not in "fiu" or a.ndim != 2:
         raise ValueError(f"a vector codebook is an (N, P) table of numbers, got {a.dtype} of shape {a.shape}")
     if a.shape[0] > MAX_POINTS:
@@ -535,9 +533,7 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], str]:
     """``(x, shape, dtype name)``: a numpy array, or a device array as given (it is converted
     to float32, a copy, so any strides do)."""
     if not is_device_array(x):
-        if hasattr(x, "detach"):  # a torch CPU tensor
-            x = x.detach().numpy()
-        x = np.asarray(x)
+        x = host_array(x)
     name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
     if not shape or 0 in shape:
@@ -565,7 +561,9 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     ``"hadamard:N"`` or None.  ``backend``: ``"auto"``, ``"numpy"``, ``"cpu"`` or ``"gpu"``.
 
     Indices are uint8 for N <= 256, else uint16, of shape ``x.shape[:-1] + (last // P,)``.
-    NaN/Inf in ``x`` and a scale beyond its dtype's range are one-line ValueErrors.
+    NaN/Inf in ``x`` and a scale above its dtype's largest value are one-line ValueErrors; a
+    scale that rounds to zero (a float16 scale below about 3e-8) is stored as 0 and its group
+    decodes to zeros, as the layout (:mod:`.vq_state`) and ggml's float16 scales have it.
     """
     name, points = as_points(vq_codebook)
     x, shape, dtype = _check_input(x)

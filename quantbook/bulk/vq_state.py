@@ -27,7 +27,7 @@ import numpy as np
 
 from ..numerics.hadamard import check_size
 from . import format as F
-from .state import dtype_from_name, dtype_name, first_bad_scale
+from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
 
 __all__ = ["VQState", "SCALE_RULES", "SCALE_DTYPES", "MAX_POINTS", "index_dtype", "check_group"]
 
@@ -188,8 +188,7 @@ class VQState:
         extra = sorted(str(k) for k in d if k not in _KEYS)
         if extra:
             raise ValueError(f"vq state has unknown keys: {', '.join(extra)}")
-        points, scales = (np.asarray(d[k]) if not hasattr(d[k], "detach") else d[k].detach().cpu().numpy()
-                          for k in ("points", "scales"))
+        points, scales = (host_array(d[k]) for k in ("points", "scales"))
         if points.dtype != np.float32:
             raise ValueError(f"points must hold float32 values, got dtype {points.dtype}")
         sd = F.as_scalar(d["scale_dtype"])

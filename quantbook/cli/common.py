@@ -14,7 +14,10 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["UsageError", "Parser", "integer", "int_in", "add_json_flag", "json_safe", "print_json", "load_codebook",
-           "print_codebook", "output_path"]
+           "print_codebook", "output_path", "SOURCE_SPELLINGS"]
+
+#: the spellings of ``--source`` (quantbook.derive.parse_source, and the safetensors source's suffixes)
+SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS][@row|@tensor|@none]"
 
 
 class UsageError(Exception):

@@ -8,7 +8,8 @@ import math
 import re
 from typing import Any
 
-from .common import add_json_flag, integer, load_codebook, output_path, print_codebook, print_json
+from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, print_codebook,
+                     print_json)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -214,8 +215,7 @@ def _cmd_evaluate(args) -> int:
 def _add_block_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--block-size", type=integer, help="B (default 64)")
     s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
-    s.add_argument("--source", help="normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS] "
-                                    "(default normal)")
+    s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--scale", metavar="RULE",
                    help="block scale rule of the scaled layout: e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] (MXFP4), "
                         "float16, bfloat16, nested; for derive lloyd and evaluate also search:4over6|ggml|ggml-ref|"
@@ -281,8 +281,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "docs/vector-codebooks.md.")
     s.add_argument("--dim", "-P", type=integer, required=True, help="P, weights per index (1..64)")
     s.add_argument("--points", "-N", type=integer, required=True, help="N, points (2..65536)")
-    s.add_argument("--source", help="normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS] "
-                                    "(default normal; drawn i.i.d.)")
+    s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal; drawn i.i.d.)")
     s.add_argument("--scale", choices=("none", "rms", "absmax"),
                    help="divide each block of --block-size values by its RMS or absmax first (default none)")
     s.add_argument("--block-size", type=integer, help="B for --scale rms|absmax (a multiple of P)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import UsageError, add_json_flag, int_in, print_json
+from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, print_json
 
 __all__ = ["register"]
 
@@ -121,8 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("codebooks", nargs="+", metavar="NAME", help="registry names, FILE.json, nfK, lloyd-... "
                                                                 "(see evaluate-model)")
     s.add_argument("--block-size", "-B", type=int_in(2, 10**6), default=64, help="block size (default 64)")
-    s.add_argument("--source", default="normal", help="weight distribution: normal, laplace, student-t:NU, FILE.npy, "
-                                                      "FILE.safetensors[:GLOBS] (default normal)")
+    s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax")
     s.add_argument("-o", "--output", required=True, metavar="FILE")
     s.set_defaults(func=_cmd_plot)
@@ -134,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("codebooks", nargs="+", metavar="NAME")
     s.add_argument("--min-block", type=int_in(2, 10**6), default=16, help="smallest block size (default 16)")
     s.add_argument("--max-block", type=int_in(2, 10**6), default=16384, help="largest block size (default 16384)")
-    s.add_argument("--source", default="normal", help="weight distribution (default normal)")
+    s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax")
     s.add_argument("--domain", choices=("weight", "normalized"), default="weight",
                    help="errors of the weights in units of sigma (default) or of y = x/absmax")

@@ -200,6 +200,8 @@ class Codebook:
     def decode(self, indices: Any) -> np.ndarray:
         """Values (float64) of code indices."""
         idx = np.asarray(indices)
+        if idx.size == 0 and idx.dtype == np.float64:   # np.asarray([]) of an empty list
+            idx = idx.astype(np.intp)
         if not np.issubdtype(idx.dtype, np.integer):
             raise CodebookError(f"decode needs integer indices, got dtype {idx.dtype}")
         if idx.size and (idx.min() < 0 or idx.max() >= self.code.size):

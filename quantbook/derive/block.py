@@ -532,7 +532,7 @@ class BlockDistribution:
         aw = self.atoms[1]
         return float(h - np.sum(aw * np.log(aw)))
 
-    def rvs(self, size, random_state=None) -> np.ndarray:
+    def rvs(self, size=None, random_state=None) -> np.ndarray:
         """Exact Monte-Carlo draws: blocks of B source values normalised, flattened
         (``size`` values, the last block cut).  Values within one block are dependent."""
         shape = sample_shape(size)

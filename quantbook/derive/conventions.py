@@ -5,6 +5,9 @@ out."""
 
 from __future__ import annotations
 
+import math
+import numbers
+from decimal import Decimal
 from typing import Any, Callable
 
 import numpy as np
@@ -17,10 +20,19 @@ def real_array(x: Any, what: str) -> np.ndarray:
     raw = np.asarray(x)
     # strings, None, complex and the like are not real numbers (float() would accept "1.5")
     ok = raw.dtype.kind in "biuf" or (raw.dtype.kind == "O" and raw.size > 0 and all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in raw.flat))
+        isinstance(v, (numbers.Real, Decimal)) and not isinstance(v, bool) for v in raw.flat))
     if not ok:
         raise ValueError(f"{what} must be real numbers, got {x!r}")
+    if raw.dtype.kind == "O":   # Fractions, Decimals, integers beyond float64 (to ±inf)
+        return np.array([_float(v) for v in raw.flat], dtype=np.float64).reshape(raw.shape)
     return raw.astype(np.float64, copy=False)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
 
 
 def apply(hook: Callable[[np.ndarray], Any], x: Any, what: str,
@@ -49,12 +61,13 @@ def at_q(hook: Callable[[np.ndarray], Any], q: Any, what: str = "q") -> Any:
 
 
 def sample_shape(size: Any) -> tuple[int, ...]:
-    """The shape ``rvs`` returns for ``size`` (an integer or a tuple of them, all >= 0)."""
+    """The shape ``rvs`` returns for ``size`` (an integer or a tuple of them, all >= 0; None,
+    as scipy's, is one value: shape ``()``)."""
     if size is None:
-        raise ValueError("size must be a non-negative integer or a tuple of them, got None")
+        return ()
     try:
         shape = tuple(int(v) for v in np.atleast_1d(size))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"size must be a non-negative integer or a tuple of them, got {size!r}") from None
     if any(v < 0 for v in shape) or isinstance(size, (str, bytes, bool)) \
             or not np.all(np.atleast_1d(size) == np.asarray(shape)):

@@ -73,7 +73,7 @@ def default_offset(bits: int) -> Fraction:
 
     ``(1 - 1/(2(2**k - 1)) + 1 - 1/(2**(k+1))) / 2``; 929/960 for k = 4.
     """
-    n = 2**bits
+    n = 2**_check_bits(bits)
     return (1 - Fraction(1, 2 * (n - 1)) + 1 - Fraction(1, 2 * n)) / 2
 
 

@@ -538,10 +538,16 @@ def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e
                    _check_weight_power(weight_power), TensorModel(tensor_amax, tensor_size).key())
 
 
+def _log(p):
+    with np.errstate(divide="ignore"):   # log 0 = -inf, as scipy's
+        return np.log(p)
+
+
 class ScaledBlockDistribution:
     """The law of ``u`` (module docstring) in the codebook's units (largest level 1), with a
-    scipy-like subset: ``pdf``, ``cdf``, ``sf``, ``ppf``, ``support``, ``moment``, ``mean``,
-    ``var``, ``std``, ``rvs``.  NaN in, NaN out; a scalar gives a scalar."""
+    scipy-like subset: ``pdf``, ``logpdf``, ``cdf``, ``logcdf``, ``sf``, ``logsf``, ``ppf``,
+    ``isf``, ``median``, ``support``, ``moment``, ``mean``, ``var``, ``std``, ``rvs``.  NaN in,
+    NaN out; a scalar gives a scalar.  The law has no atoms (``atoms`` is empty)."""
 
     def __init__(self, block_size: int = 16, source: Any = "normal", scale: Any = "e4m3",
                  qmax: float = DEFAULT_QMAX, tensor_amax: Any = None, tensor_size: Any = None) -> None:
@@ -551,6 +557,7 @@ class ScaledBlockDistribution:
         self.qmax = check_qmax(qmax)
         self.tensor = TensorModel(tensor_amax, tensor_size)
         self._mu = scaled_measure(self.source, self.block_size, self.rule, self.qmax, 0, tensor_amax, tensor_size)
+        self.atoms = (np.empty(0), np.empty(0))   # BlockDistribution's (positions, probabilities)
 
     def __repr__(self) -> str:
         return (f"<ScaledBlockDistribution {self.source.spec}, B={self.block_size}, {self.rule.name}, "
@@ -559,17 +566,23 @@ class ScaledBlockDistribution:
     def pdf(self, y):
         return at_x(self._mu.dens, y, "y")
 
+    def logpdf(self, y):
+        return at_x(lambda v: _log(self._mu.dens(v)), y, "y")
+
     def cdf(self, y):
-        mu = self._mu  # exactly 0 below the support and 1 above it
-        return at_x(lambda v: np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(
-            mu.T(0, v) - mu.T(0, mu.lo), 0.0, 1.0))), y, "y")
+        return at_x(self._cdf, y, "y")
+
+    def logcdf(self, y):
+        return at_x(lambda v: _log(self._cdf(v)), y, "y")
 
     def sf(self, y):
-        mu = self._mu
-        return at_x(lambda v: np.where(v <= mu.lo, 1.0, np.where(v >= mu.hi, 0.0, np.clip(
-            mu.T(0, mu.hi) - mu.T(0, v), 0.0, 1.0))), y, "y")
+        return at_x(self._sf, y, "y")
+
+    def logsf(self, y):
+        return at_x(lambda v: _log(self._sf(v)), y, "y")
 
     def ppf(self, q):
+        """Inverse of :meth:`cdf`; NaN for ``q`` outside ``[0, 1]`` or NaN."""
         mu = self._mu
 
         def hook(p):
@@ -578,6 +591,28 @@ class ScaledBlockDistribution:
                                 np.full(n, mu.hi))
             return np.where(p <= 0, mu.lo, np.where(p >= 1, mu.hi, x))
         return at_q(hook, q)
+
+    def isf(self, q):
+        """Inverse of :meth:`sf`, solved on the upper tail's own mass (no ``1 - q`` cancellation)."""
+        mu = self._mu
+
+        def hook(p):
+            n = p.size
+            top = mu.T(0, mu.hi)
+            x = _monotone_solve(lambda v: mu.T(0, v) - top, mu.dens, -p, np.full(n, mu.lo), np.full(n, mu.hi))
+            return np.where(p <= 0, mu.hi, np.where(p >= 1, mu.lo, x))
+        return at_q(hook, q)
+
+    def median(self) -> float:
+        return float(self.ppf(0.5))
+
+    def _cdf(self, v):
+        mu = self._mu  # exactly 0 below the support and 1 above it
+        return np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(mu.T(0, v) - mu.T(0, mu.lo), 0.0, 1.0)))
+
+    def _sf(self, v):
+        mu = self._mu
+        return np.where(v <= mu.lo, 1.0, np.where(v >= mu.hi, 0.0, np.clip(mu.T(0, mu.hi) - mu.T(0, v), 0.0, 1.0)))
 
     def support(self) -> tuple[float, float]:
         return self._mu.lo, self._mu.hi
@@ -597,7 +632,7 @@ class ScaledBlockDistribution:
     def std(self) -> float:
         return math.sqrt(self.var())
 
-    def rvs(self, size, random_state=None) -> np.ndarray:
+    def rvs(self, size=None, random_state=None) -> np.ndarray:
         """Monte-Carlo draws of ``u`` with the rule's float32 scale (``size``: an integer or a
         shape; values in whole blocks, the last cut); the tensor scale as the model says
         (uniform phase: one random phase per block; ``tensor_amax=G``: blocks drawn until

@@ -3,7 +3,8 @@
 Every source is a continuous distribution on the real line with density ``g``.  Its
 ``pdf``/``cdf``/``sf``/``ppf``/``isf`` behave as scipy.stats' (NaN in, NaN out; no quantile
 outside [0, 1]; a scalar in, a scalar out): the base class checks and masks, and a source
-implements ``_pdf``/``_cdf``/``_sf``/``_ppf`` on float64 arrays.  Besides those and ``rvs``,
+implements ``_pdf``/``_cdf``/``_sf``/``_ppf`` on float64 arrays and ``_rvs(shape, rng)`` (``rvs``
+checks ``size`` as scipy does: None is one value).  Besides those,
 each one provides what the exact block computations (:mod:`quantbook.derive.block`) need in
 closed form:
 
@@ -55,7 +56,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ..io.npy import load_npy
-from .conventions import at_q, at_x
+from .conventions import at_q, at_x, sample_shape
 
 __all__ = ["Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "register_source_parser", "SourceError"]
@@ -80,7 +81,7 @@ class Source:
     def _ppf(self, p): raise NotImplementedError  # noqa: E704
     def partial_moment(self, k: int, x): raise NotImplementedError  # noqa: E704
     def abs_isf(self, s): raise NotImplementedError  # noqa: E704
-    def rvs(self, size, random_state=None): raise NotImplementedError  # noqa: E704
+    def _rvs(self, shape: tuple[int, ...], rng: np.random.Generator): raise NotImplementedError  # noqa: E704
 
     # ---- public, as scipy.stats: NaN in, NaN out; a probability outside [0, 1] has no
     # quantile (NaN); a scalar in, a scalar out
@@ -98,6 +99,11 @@ class Source:
 
     def isf(self, q):
         return at_q(self._isf, q)
+
+    def rvs(self, size=None, random_state=None):
+        """``size`` draws (None or ``()``: one, a float); ``random_state``: a seed or a Generator."""
+        shape = sample_shape(size)
+        return np.asarray(self._rvs(shape, _rng(random_state)), dtype=np.float64).reshape(shape)[()]
 
     # ---- generic
     def _isf(self, q):
@@ -132,10 +138,11 @@ class Source:
         return float(lower + upper)
 
     def moment(self, k: int) -> float:
-        """``E[X**k]`` (k = 0, 1, 2; ``inf`` where it diverges)."""
+        """``E[X**k]`` (k = 0, 1, 2).  Where ``E|X|**k`` diverges: ``inf`` for an even ``k``,
+        NaN for an odd one (both halves infinite: no value), as :class:`BlockDistribution`."""
         _check_order(k)
         if k >= self.moment_limit:
-            return math.inf
+            return math.inf if k % 2 == 0 else math.nan
         return float(self.partial_moment(k, np.inf) - self.partial_moment(k, -np.inf))
 
     @property
@@ -206,8 +213,8 @@ class Normal(Source):
     def abs_ppf(self, G):
         return math.sqrt(2) * special.erfinv(np.asarray(G, dtype=np.float64))
 
-    def rvs(self, size, random_state=None):
-        return _rng(random_state).standard_normal(size)
+    def _rvs(self, shape, rng):
+        return rng.standard_normal(shape)
 
 
 class Laplace(Source):
@@ -247,8 +254,8 @@ class Laplace(Source):
     def abs_ppf(self, G):
         return -self.b * np.log1p(-np.asarray(G, dtype=np.float64))
 
-    def rvs(self, size, random_state=None):
-        return _rng(random_state).laplace(0.0, self.b, size)
+    def _rvs(self, shape, rng):
+        return rng.laplace(0.0, self.b, shape)
 
 
 class StudentT(Source):
@@ -444,8 +451,8 @@ class StudentT(Source):
             tail = self._log_isf_unit(np.where(small, log_s, math.log(0.25))) + math.log(self.scale)
             return np.where(small, tail, np.log(self.abs_isf(np.exp(log_s))))
 
-    def rvs(self, size, random_state=None):
-        return self.scale * _rng(random_state).standard_t(self.nu, size)
+    def _rvs(self, shape, rng):
+        return self.scale * rng.standard_t(self.nu, shape)
 
 
 #: knots of an empirical source's interpolated cdf unless told otherwise
@@ -581,8 +588,8 @@ class Empirical(Source):
     def abs_ppf(self, G):
         return np.interp(np.asarray(G, dtype=np.float64), self._abs_G, self._abs_m)
 
-    def rvs(self, size, random_state=None):
-        return self.ppf(_rng(random_state).random(size))
+    def _rvs(self, shape, rng):
+        return self.ppf(rng.random(shape))
 
 
 def _rms(x: np.ndarray) -> float:

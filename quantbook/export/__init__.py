@@ -47,6 +47,9 @@ def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
     (c, cuda) adds a scaled layout's macros and table to the header."""
     if isinstance(cb, VectorCodebook):
         return _export_vector(cb, fmt, name, layout)
+    if not isinstance(cb, Codebook):
+        shown = repr(cb) if isinstance(cb, str) else type(cb).__name__
+        raise TypeError(f"export needs a Codebook or a VectorCodebook (e.g. quantbook.get('nf4')), got {shown}")
     if layout is not None and fmt not in ("c", "cuda"):
         raise ValueError(f"a scaled layout is written only into c and cuda headers, not format {fmt!r}")
     if fmt == "json":

@@ -119,6 +119,10 @@ def register_check(name: str, fn: _Check) -> None:
 
 
 def audit_one(entry: Published) -> AuditRow:
+    if not isinstance(entry, Published):
+        shown = repr(entry) if isinstance(entry, str) else type(entry).__name__
+        raise TypeError(f"audit_one needs a registry entry (quantbook.REGISTRY[name]; audit([name]) takes names), "
+                        f"got {shown}")
     cb = entry.codebook
     recipe = format_recipe(cb.recipe)
     if not cb.recipe:

@@ -20,6 +20,7 @@ import numpy as np
 from .. import format as F
 from ..backend import Backend, dtype_name_of
 from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset, nonfinite_scales_error
+from ..state import host_array
 from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
 from .kept import keep, kept
@@ -623,15 +624,7 @@ class CudaBackend(Backend, name="gpu"):
     def to_host(self, a):
         if hasattr(a, "get"):  # CuPy
             return a.get()
-        if str(getattr(a, "dtype", "")) == "torch.bfloat16":  # numpy has no bfloat16: go via bits
-            import torch
-
-            from ..state import dtype_from_name
-
-            return a.detach().view(torch.int16).cpu().numpy().view(dtype_from_name("bfloat16"))
-        if hasattr(a, "cpu"):  # torch
-            return a.detach().cpu().numpy()
-        return np.asarray(a)
+        return host_array(a)   # torch (bfloat16 through its bits) or numpy
 
     def to_host_kept(self, a):
         return keep(self.to_host(a), a, device_of(a))
