@@ -80,6 +80,14 @@ def _save(fig, out: str | os.PathLike) -> None:
     write_output(buf.getvalue(), out)  # atomic: a failed write leaves an existing file as it was
 
 
+def _plain(text: Any) -> str:
+    """A user's name (a file, a tensor, a label) as matplotlib draws it literally: ``$`` escaped
+    (an even number of them is otherwise TeX math, which may not parse) and bytes that are
+    not UTF-8 (a file name's, held as surrogates) shown as U+FFFD."""
+    t = os.fsdecode(text) if isinstance(text, (bytes, os.PathLike)) else str(text)
+    return t.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+
+
 def _colors(n: int) -> list:
     import matplotlib
 
@@ -118,7 +126,7 @@ def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str 
     top = float(np.max(pdf)) * 1.12
     ax.fill_between(y, pdf, color="0.85", lw=0)
     ax.plot(y, pdf, color="0.35", lw=1.2,
-            label=f"density of {_norm_text(normalization)}, B={block_size} ({dist.source.spec})")
+            label=f"density of {_norm_text(normalization)}, B={block_size} ({_plain(dist.source.spec)})")
     ax_x, ax_w = dist.atoms
     # a table beyond [-1, 1] (e.g. Max's, in units of σ) is shown whole, not cut at the density's
     # edge; the atoms' labels then go outside, where the axis has room
@@ -135,7 +143,7 @@ def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str 
         ax.axhline(row, color=color, lw=0.4, alpha=0.5)
         lv = np.asarray(cb.levels, dtype=np.float64)
         ax.plot(lv, np.full(lv.size, row), "|", ms=11, mew=2, color=color)
-        ax.text(-0.01, row, label, ha="right", va="center", fontsize=8, color=color,
+        ax.text(-0.01, row, _plain(label), ha="right", va="center", fontsize=8, color=color,
                 transform=ax.get_yaxis_transform())
     ax.set_xlim(-1.06 * reach, 1.06 * reach)
     ax.set_ylim(-(n + 0.8) * step, top)
@@ -189,8 +197,8 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
     for i, ((label, _), color) in enumerate(zip(codebooks, _colors(len(codebooks)))):
         marker, line = _style(i)
         for ax, key in zip(axes, ("mse", "mae")):
-            ax.plot(bs, errors[label][key], marker=marker, ls=line, ms=3, lw=1.3, color=color, label=label)
-    src = getattr(source, "spec", source)
+            ax.plot(bs, errors[label][key], marker=marker, ls=line, ms=3, lw=1.3, color=color, label=_plain(label))
+    src = _plain(getattr(source, "spec", source))
     # the layout is part of what the numbers mean
     layout = "" if scale is None else (f", scale {getattr(scale, 'name', scale)}, qmax "
                                        f"{DEFAULT_QMAX if qmax is None else qmax:g}")
@@ -249,14 +257,14 @@ def plot_model_report(report: Any, out: str | os.PathLike) -> None:
         total = report.totals[label].sqnr_db
         dx = (j - (k - 1) / 2) * min(0.6 / max(k, 1), 0.15)
         ax.plot(x + dx, v, _style(j)[0], ms=4, color=color, alpha=0.85,
-                label=f"{label} (all: {total:.2f} dB)")
+                label=f"{_plain(label)} (all: {total:.2f} dB)")
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=90, fontsize=7 if len(names) <= 80 else 5)
+    ax.set_xticklabels([_plain(n) for n in names], rotation=90, fontsize=7 if len(names) <= 80 else 5)
     ax.set_xlim(-0.7, len(names) - 0.3)
     ax.set_ylabel("SQNR (dB)")
     where = f", tensors {prefix}*" if prefix else ""
-    fig.suptitle(_wrap(f"{Path(report.path).name}: per-tensor SQNR, block size {report.block_size}, "
-                       f"{report.scale_text}{where}", int(width * 11)), fontsize=10)
+    fig.suptitle(_wrap(f"{_plain(Path(report.path).name)}: per-tensor SQNR, block size {report.block_size}, "
+                       f"{report.scale_text}{_plain(where)}", int(width * 11)), fontsize=10)
     ax.grid(True, axis="y", lw=0.3, alpha=0.5)
     ax.legend(fontsize=8, frameon=False, ncols=max(1, min(k, int(width // 3))), loc="lower center",
               bbox_to_anchor=(0.5, 1.0))
@@ -276,11 +284,11 @@ def plot_model_quality(report: Any, out: str | os.PathLike) -> None:
     for j, (label, color) in enumerate(zip(labels, _colors(len(labels)))):
         r = report.rows[label]
         y = max(float(r[key]), 1e-12)  # a log axis cannot show 0
-        ax.plot([r["bits_per_weight"]], [y], _style(j)[0], ms=6, color=color, label=label)
+        ax.plot([r["bits_per_weight"]], [y], _style(j)[0], ms=6, color=color, label=_plain(label))
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (scales included)")
     ax.set_ylabel(ylabel, fontsize=8)
-    fig.suptitle(f"{Path(report.path).name}: task {report.task}, block size {report.block_size}, "
+    fig.suptitle(f"{_plain(Path(report.path).name)}: task {report.task}, block size {report.block_size}, "
                  f"{report.scale_text}",
                  fontsize=10)
     ax.grid(True, lw=0.3, alpha=0.5)

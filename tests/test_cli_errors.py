@@ -74,10 +74,20 @@ def test_plot_sweep_of_a_source_without_variance_says_so(capsys, tmp_path):
     assert "log-scaled" not in err and not out.exists()
 
 
-@pytest.mark.parametrize("offset", ["1e-5000", "-0", "1/0", "0.5", "nan", "inf", ""])
+@pytest.mark.parametrize("offset", ["1e-5000", "-0", "1/0", "0.5", "nan", "inf", "", "-1/2"])
 def test_bad_offsets(capsys, offset):
     rc, _, err = run(capsys, "derive", "nf", "--offset", offset)
     assert_user_error(rc, err)
+
+
+@pytest.mark.parametrize("offset, bits", [("0.99999999999999999999999", 4), ("0.5000000000000001", 8)])
+def test_an_offset_float64_cannot_resolve_says_so(capsys, offset, bits):
+    """In the open interval, but 1 in float64 (an infinite quantile: 'entry 0 is nan') or so
+    near 1/2 that two positions meet ('duplicate levels'): the message names the offset."""
+    rc, _, err = run(capsys, "derive", "nf", "--offset", offset, "--bits", str(bits))
+    assert_user_error(rc, err, "is too close to 1/2 or 1 for float64 quantiles", "exact precision")
+    rc, out, _ = run(capsys, "derive", "nf", "--offset", offset, "--bits", str(bits), "--precision", "exact")
+    assert rc == 0 and out
 
 
 def test_an_offset_with_a_billion_digit_exponent_fails_fast():
@@ -229,3 +239,20 @@ def test_an_empty_codebook_list(capsys, tmp_path):
     st.save_file({"w": np.ones((4, 64), dtype=np.float32)}, str(model))
     rc, _, err = run(capsys, "evaluate-model", model, "-c", " , ")
     assert_user_error(rc, err, "no codebooks")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["export", "nf4", "-f", "json", "--name", "foo"], "--name names the C identifier"),    # it was dropped
+    (["export", "nf4", "-f", "npy", "--name", "foo"], "not of --format npy"),
+    (["evaluate-model", "W", "--scale", ""], "--scale is empty"),                         # it became float32
+    (["evaluate-model", "W", "--task", "embed", "--device", ""], "unknown device ''"),      # it became auto
+    (["derive", "vq", "-P", "2", "-N", "8", "--samples", "1000", "--init", "hexagonal", "--restarts", "50"],
+     "--restarts counts k-means++ starts"),                                               # recorded, unused
+])
+def test_an_option_that_would_be_ignored_is_an_error(capsys, tmp_path, argv, fragment):
+    safetensors = pytest.importorskip("safetensors.numpy")
+    w = tmp_path / "w.safetensors"
+    safetensors.save_file({"w": np.ones((4, 64), np.float32)}, str(w))
+    rc, out, err = run(capsys, *[str(w) if a == "W" else a for a in argv])
+    assert_user_error(rc, err, fragment)
+    assert out == ""

@@ -159,3 +159,11 @@ def test_a_closed_pipe_is_not_an_error():
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait(timeout=120) == 0 and err == b""
+
+
+def test_version(capsys):
+    import quantbook
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"quantbook {quantbook.__version__}\n"

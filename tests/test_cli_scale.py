@@ -147,3 +147,42 @@ def test_evaluate_search_rule_is_the_layouts_error(capsys, rule, B, qmax):
     assert got["mse_weight"] == pytest.approx(np.mean(e * e), rel=1e-12)
     assert got["mae_weight"] == pytest.approx(np.mean(np.abs(e)), rel=1e-12)
     assert got["bits_per_weight"] == 4.5   # a float16 scale per 32 values, an E4M3 byte per 16
+
+
+def test_a_table_the_scaled_layouts_cannot_store_is_refused_everywhere(capsys, tmp_path):
+    """The scaled layouts store 4-bit codes of a table rescaled to its largest magnitude: more
+    than 16 levels, or levels all 0, are one error, the same from quantize, the exact law,
+    a search rule's Monte Carlo and a derivation (nf8 under e4m3 used to be evaluated at
+    8.125 bits a weight, and an all-0 table under a search rule crashed after printing NaNs)."""
+    from quantbook.derive import evaluate, evaluate_search, lloyd
+
+    zero = tmp_path / "zero.json"
+    zero.write_text('{"bits": 4, "levels": [0]}')
+    x = np.ones(64, np.float32)
+    for cb, match in ((Codebook(levels=[0.0], bits=4), "levels are all 0"),
+                      (quantbook.bulk.resolve_codebook("nf8"), "the scaled layouts store 4-bit codes")):
+        for call in (lambda: quantbook.quantize(x, cb, 16, scale="e4m3"), lambda: evaluate(cb, 16, scale="e4m3"),
+                     lambda: evaluate_search(cb, 16, "search:4over6", samples=4096)):
+            with pytest.raises(ValueError, match=match):
+                call()
+    with pytest.raises(ValueError, match="the scaled layouts store 4-bit codes: bits must be 1 to 4, got 8"):
+        lloyd(8, 16, scale="e4m3")
+    for argv, msg in ((["evaluate", str(zero), "--scale", "search:4over6", "--samples", "4096"], "levels are all 0"),
+                      (["evaluate", "nf8", "--scale", "e4m3"], "at most 16 entries, got 256"),
+                      (["derive", "lloyd", "--bits", "8", "--scale", "e4m3"], "bits must be 1 to 4, got 8"),
+                      (["plot-sweep", "nf8", "--scale", "e4m3", "-o", str(tmp_path / "s.png")], "at most 16 entries")):
+        rc, out, err = run(capsys, *argv)
+        assert rc == 2 and out == "" and err.count("\n") == 1 and msg in err, (argv, err)
+
+
+def test_search_rule_defaults_on_the_command_line(capsys):
+    """--block-size defaults to 64 for a search rule as its help says (derive lloyd used the
+    library's 16, so deriving and then evaluating with the defaults measured two layouts), and
+    a block size that does not divide the default sample rounds the sample up to whole blocks
+    (it was an error about --samples, never given)."""
+    d = run_json(capsys, "derive", "lloyd", "--scale", "search:4over6", "--samples", "8192", "--json")
+    assert d["recipe"]["block_size"] == 64
+    e = run_json(capsys, "evaluate", "nf4", "--scale", "search:4over6", "--block-size", "48", "--json")
+    assert e["block_size"] == 48 and e["samples"] == -(-(1 << 22) // 48) * 48
+    rc, _, err = run(capsys, "evaluate", "nf4", "--scale", "search:4over6", "--block-size", "48", "--samples", "4096")
+    assert rc == 2 and "samples must be a positive multiple of block_size=48, got 4096" in err   # given: its error

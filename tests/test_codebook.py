@@ -138,3 +138,12 @@ def test_float32_midpoints_of_levels_near_the_maximum_do_not_overflow():
     t = cb.encoder("float32").bounds
     assert np.isfinite(t).all() and t[1] == np.float32(3.2e38)
     assert cb.encode(np.float32(3.3e38), "float32") == 2 and cb.encode(np.float32(3.1e38), "float32") == 1
+
+
+def test_levels_that_are_one_float32_number_are_duplicates():
+    """Every consumer of a table (the byte format, the kernels, the C header) works in float32:
+    1.0 and 1.00000001 were accepted, exported as {1.0f, 1.0f} and given an entropy of -0."""
+    with pytest.raises(CodebookError, match=r"distinct in float32: levels at positions 1 and 2 \(1\.0, 1\.00000001\)"):
+        Codebook(levels=[-1.0, 1.0, 1.00000001], bits=2)
+    nxt = float(np.nextafter(np.float32(1), np.float32(2)))
+    assert Codebook(levels=[-1.0, 1.0, nxt], bits=2).levels_f32.tolist() == [-1.0, 1.0, nxt]   # one ULP apart

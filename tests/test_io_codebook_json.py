@@ -24,6 +24,12 @@ from quantbook.cli import main
     ('{"bits": 2, "levels": [-1, 0, 1], "recipe": {"a": Infinity}}', "Infinity is not a JSON number"),
     ('{"bits": 2, "levels": [-1, NaN, 1]}', "NaN is not a JSON number"),
     ('{"bits": 2, "levels": [-1, 0, 1], "recipe": {"tol": 1e999}}', "1e999 is too large for a finite float"),
+    # deep enough for json, too deep for the code that reads a recipe (it recursed into it)
+    ('{"bits": 4, "levels": [0, 1], "recipe": ' + '{"a": ' * 400 + "1" + "}" * 401, "nested too deeply"),
+    ('{"bits": 4, "levels": [0, 1], "recipe": ' + '{"a": ' * 32 + "1" + "}" * 33, "more than 32 levels"),
+    # json keeps the last of two equal keys: this file was read as a 2-bit table
+    ('{"bits": 4, "levels": [-1, 0, 1], "bits": 2}', "the key 'bits' appears twice in one object"),
+    ('{"bits": 2, "levels": [-1, 1], "recipe": {"method": "nf", "method": "x"}}', "'method' appears twice"),
 ])
 def test_bad_json_is_one_codebook_error_line(text, msg):
     with pytest.raises(CodebookError) as info:
@@ -69,3 +75,18 @@ def test_load_rejects_directories_and_oversized_files(tmp_path):
 def test_round_trip_still_exact():
     cb = Codebook(levels=np.array([-1.0, -0.1234567890123, 0.0, 1.0]), bits=2, name="t", recipe={"a": [1, 2]})
     assert Codebook.from_json(cb.to_json()) == cb
+
+
+@pytest.mark.parametrize("argv", [["show", "F"], ["export", "F", "-f", "c"], ["evaluate", "F"], ["show", "V"]])
+def test_a_deep_recipe_is_one_line_from_every_command(tmp_path, capsys, argv):
+    """Each of these walked the recipe recursively and ended in an internal RecursionError."""
+    deep = '{"a": ' * 400 + "1" + "}" * 400
+    scalar, vector = tmp_path / "deep.json", tmp_path / "deepv.json"
+    scalar.write_text('{"bits": 4, "levels": [0, 1], "recipe": %s}' % deep)
+    vector.write_text('{"kind": "vector", "name": "v", "points": [[0, 1], [1, 0]], "recipe": %s}' % deep)
+    argv = [str(scalar) if a == "F" else str(vector) if a == "V" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deeply" in err and "internal" not in err, err
+    ok = '{"bits": 4, "levels": [0, 1], "recipe": %s}' % ('{"a": ' * 20 + "1" + "}" * 20)
+    assert Codebook.from_json(ok).recipe["a"]["a"]   # a nesting within the limit loads

@@ -151,6 +151,22 @@ def test_sample_weights_all_and_subsample(synthetic):
         sample_weights(path, "nothing*")
 
 
+def test_no_floating_tensors_says_which_were_left_out(tmp_path, capsys):
+    """A file of float8 weights (and an integer buffer) had 'no floating tensors', though the
+    help says every floating tensor is read: the message names what was left out."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "f8.safetensors"
+    w = np.ones((4, 64), np.float32).astype(ml_dtypes.float8_e4m3fn)
+    save_file({"a": w, "b": w, "ids": np.arange(3)}, str(path))
+    want = "(left out: 2 F8_E4M3, 1 I64; read: F16, BF16, F32, F64)"
+    with pytest.raises(ValueError) as info:
+        sample_weights(path)
+    assert str(info.value).endswith(want)
+    assert main(["evaluate-model", str(path)]) == 2 and want in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- error sums
 def test_error_sums_formulas():
     x = np.array([1.0, -2.0, 3.0, 0.0])

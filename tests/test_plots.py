@@ -181,7 +181,8 @@ def test_pictures_say_their_settings_and_show_every_series(monkeypatch, tmp_path
     from quantbook.naming import resolve_codebook
 
     figs = _drawn(monkeypatch)
-    names = ["nf4", "af4", "fp4", "e2m1", "iq4_nl", "int4-sym", "nf4-torchao", "nf3", "nf2", "nf5", "nf6"]
+    names = ["nf4", "af4", "fp4", "e2m1", "iq4_nl", "int4-sym", "nf4-torchao", "nf3", "nf2", "fp4-bnb-cpu",
+             "max1960-n16"]   # at most 16 entries: the scaled layouts store 4-bit codes
     plot_sweep([(n, resolve_codebook(n)) for n in names], tmp_path / "s.png", block_sizes=[16, 32],
                source="laplace", scale="e8m0:floor", qmax=4.0)
     fig = figs[-1]
@@ -194,3 +195,31 @@ def test_pictures_say_their_settings_and_show_every_series(monkeypatch, tmp_path
     lo, hi = figs[-1].axes[0].get_xlim()
     top = float(np.max(np.abs(REGISTRY["max1960-n16"].codebook.levels)))
     assert lo < -top and hi > top
+
+
+def test_names_are_drawn_as_they_are(tmp_path):
+    """A file name is a label, not TeX (``a$\\frac$.json`` ended in a mathtext parse error, a
+    name of two ``$`` was drawn as math), and one whose bytes are not UTF-8 is drawn with
+    U+FFFD where it made matplotlib raise a TypeError after the table was printed; printed,
+    it is its own bytes."""
+    import os
+    import subprocess
+    import sys
+
+    from quantbook.plots import _plain
+
+    assert _plain("a$\\frac$.json") == "a\\$\\frac\\$.json" and _plain(os.fsdecode(b"bad\xff.json")) == "bad\ufffd.json"
+    text = '{"bits": 2, "levels": [-1, 0, 1]}'
+    names = [os.fsencode(tmp_path / "a$\\frac$.json"), os.fsencode(tmp_path / "x$y$.json")]
+    if os.name == "posix":
+        names.append(os.fsencode(tmp_path) + b"/bad\xff.json")
+    for p in names:
+        with open(p, "w") as f:
+            f.write(text)
+    for cmd in ([b"plot", *names, b"nf4"], [b"plot-sweep", *names, b"--max-block", b"64"]):
+        out = tmp_path / f"{cmd[0].decode()}.png"
+        r = subprocess.run([sys.executable, "-m", "quantbook.cli", *cmd, b"-o", os.fsencode(out)],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0 and out.stat().st_size > 0, r.stderr
+        if cmd[0] == b"plot-sweep" and os.name == "posix":
+            assert b"bad\xff.json" in r.stdout   # the name's own bytes

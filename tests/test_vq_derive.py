@@ -155,6 +155,8 @@ def test_npy_source(tmp_path):
     (dict(restarts=0), "restarts"), (dict(source="nope"), "unknown source"),
     (dict(init="grid"), "init must be"), (dict(dim=3, points=256, init="hexagonal"), "2 dimensions"),
     (dict(symmetric=True, points=256, init="hexagonal"), "not symmetric"),
+    # a sample is drawn in whole blocks: a block of 2e9 values asked for 1e9 vectors (a MemoryError)
+    (dict(points=4, samples=1000, scale="absmax", block_size=2 * 10**9), r"whole blocks of 2000000000: 1000000000\)"),
 ])
 def test_bad_options(kw, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -192,3 +194,13 @@ def test_derive_vq_takes_every_field_of_its_recipe():
 
     options = set(inspect.signature(derive_vq).parameters) - {"progress"}
     assert options == {f.name for f in dataclasses.fields(VQRecipe)}
+
+
+def test_the_description_counts_the_vectors_drawn():
+    """With a block scale the sample is whole blocks: the text says how many vectors Lloyd saw
+    (it said the number asked, and the next line of `derive vq` the number drawn)."""
+    from quantbook.derive.vq import draw_vectors
+
+    r = VQRecipe(dim=2, points=4, samples=1000, scale="absmax", block_size=4096)
+    assert draw_vectors(r.source, 2, 1000, 0, "absmax", 4096).shape == (2048, 2)
+    assert "Lloyd on 2048 vectors (1000 asked, in whole blocks)" in r.derive().source

@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ..scales import check_qmax
+from ..scales import SCALED_BITS, check_qmax, scaled_peak
 from . import format as F
 
 __all__ = ["SCALED_BITS", "scaled_table", "ScaledEncoder", "scaled_encoder", "pack_low_first",
            "unpack_low_first", "implements"]
 
 _F = np.float32
-SCALED_BITS = 4
 
 
 def implements(backend: Any) -> bool:
@@ -40,13 +39,8 @@ def implements(backend: Any) -> bool:
 def scaled_table(code: Any, qmax: float) -> np.ndarray:
     """The float32 table of the layout: ``code * qmax / max|code|`` (float64, rounded once)."""
     c = np.asarray(code, dtype=np.float64).reshape(-1)
-    if not 1 <= c.size <= 2**SCALED_BITS:
-        raise ValueError(f"the scaled layouts store 4-bit codes: the codebook must have at most "
-                         f"16 entries, got {c.size}")
+    peak = scaled_peak(c)
     q = check_qmax(qmax)
-    peak = float(np.max(np.abs(c)))
-    if peak == 0:
-        raise ValueError("the codebook's largest magnitude is 0: it cannot be scaled")
     return F.check_code_table((c * (q / peak)).astype(_F), SCALED_BITS)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from typing import Sequence
 
 from .common import Parser, UsageError
@@ -42,7 +43,10 @@ def _command_modules():
 
 
 def build_parser() -> Parser:
+    from .. import __version__
+
     p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
+    p.add_argument("--version", action="version", version=f"quantbook {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in _command_modules():
@@ -77,7 +81,33 @@ def _silence_stdout() -> None:
         pass
 
 
+@contextmanager
+def _file_names_as_bytes():
+    """A file name that is not valid in the locale's encoding reaches Python as surrogates;
+    printed with ``surrogateescape`` it comes out as the bytes it was (stdout's default,
+    strict, would fail on it after the work is done)."""
+    out = sys.stdout
+    before = getattr(out, "errors", None)
+    try:
+        out.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):   # not a TextIOWrapper: leave it
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                out.reconfigure(errors=before)
+            except (AttributeError, ValueError, OSError):
+                pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _file_names_as_bytes():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     caught: dict[tuple[type, str], None] = {}
 
     def collect(message, category, filename, lineno, file=None, line=None):

@@ -88,6 +88,9 @@ def _cmd_export(args) -> int:
         cb = resolve_vector(args.codebook)
     else:
         cb = load_codebook(args.codebook, block_size)
+    if args.name is not None and args.format not in ("c", "cuda", "bnb"):
+        raise UsageError(f"--name names the C identifier of the c, cuda and bnb formats, not of "
+                         f"--format {args.format}")
     layout = None if args.scale is None else _header_layout(cb, args.scale, block_size, args.qmax)
     data = export(cb, args.format, name=args.name, layout=layout)
     if args.output is not None:

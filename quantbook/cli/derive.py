@@ -77,9 +77,21 @@ def _search_rule(spec: Any) -> bool:
     return not (rule.deterministic or rule.encodes_with_amax)
 
 
+def _search_defaults(opts: dict[str, Any], samples: int) -> dict[str, Any]:
+    """A search rule's options with the command line's defaults: block size 64, as every other
+    command's, and, when ``--samples`` is left out, ``samples`` rounded up to whole blocks (or
+    tensors): a block size that does not divide it must not be an error about an option never
+    given."""
+    out = {"block_size": 64, **opts}
+    unit = out.get("tensor_size") or out["block_size"]
+    if "samples" not in out and isinstance(unit, int) and unit > 0:
+        out["samples"] = -(-samples // unit) * unit
+    return out
+
+
 def _derive_search(args, given: dict[str, Any]) -> int:
     """A search rule has no 1-D law: Lloyd on a seeded sample with the search inside."""
-    from ..derive.search_lloyd import solve_search_lloyd
+    from ..derive.search_lloyd import FIT_SAMPLES, solve_search_lloyd
 
     bad = [f"--{k.replace('_', '-')}" for k in ("normalization", "symmetric", "domain") if k in given]
     if bad:
@@ -87,7 +99,7 @@ def _derive_search(args, given: dict[str, Any]) -> int:
                          "are fitted in the weight domain of the scaled layout")
     opts = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed", "source",
                                   "qmax", "tensor_size") if k in given}
-    res = solve_search_lloyd(**opts, progress=args.progress)
+    res = solve_search_lloyd(**_search_defaults(opts, FIT_SAMPLES), progress=args.progress)
     print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
                                              "change": res.change, "converged": res.converged})
     return 0
@@ -131,6 +143,9 @@ def _cmd_derive_vq(args) -> int:
             "block_size": args.block_size, "symmetric": args.symmetric, "seed": args.seed,
             "samples": args.samples, "restarts": args.restarts, "init": args.init}
     recipe = VQRecipe(**{k: v for k, v in opts.items() if v is not None})
+    if args.restarts is not None and recipe.init != "kmeans++":
+        raise ValueError(f"--restarts counts k-means++ starts; this fit starts once, from the {recipe.init} "
+                         "lattice (--init kmeans++ for restarts)")
     res = solve_vq(recipe, progress=args.progress)
     cb = res.codebook
     # the expected error on a fresh sample: another seed, as many vectors as the fit
@@ -168,13 +183,13 @@ def _cmd_derive_vq(args) -> int:
 
 def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
     """A search rule has no exact law: Monte Carlo on a seeded sample."""
-    from ..derive.search_lloyd import evaluate_search
+    from ..derive.search_lloyd import EVAL_SAMPLES, evaluate_search
 
     if "normalization" in given:
         raise ValueError(f"--normalization does not apply to a search rule ({given['scale']})")
     opts = {k: given[k] for k in ("block_size", "scale", "samples", "seed", "source", "qmax", "tensor_size")
             if k in given}
-    ev = evaluate_search(cb, **{"block_size": 64, **opts})
+    ev = evaluate_search(cb, **_search_defaults(opts, EVAL_SAMPLES))
     if args.json:
         print_json(ev)
         return 0
@@ -244,6 +259,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = d.add_subparsers(dest="method", metavar="METHOD", parser_class=Parser)
     dsub.required = True
     s = dsub.add_parser("nf", help="NormalFloat NFk from normal quantiles")
+    s._negative_number_matcher = re.compile(r"^-[\d.]")  # so that --offset -1/2 is a value (then refused)
     s.add_argument("--bits", type=integer, help="k, 2..8 (default 4)")
     s.add_argument("--offset",
                    help="outermost quantile position as an exact rational P/Q or decimal "

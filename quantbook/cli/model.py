@@ -109,6 +109,8 @@ def _scale_args(args) -> dict[str, Any]:
     where it means something (bitsandbytes' absmax maps each block to ±1)."""
     from ..scales import DEFAULT_QMAX, check_scaled_only, get_rule
 
+    if args.scale is not None and not args.scale.strip():
+        raise ValueError("--scale is empty: name a rule (float32, the default, is bitsandbytes' layout)")
     check_scaled_only(get_rule(args.scale or "float32"), **{"--qmax": args.qmax is not None})
     return {"scale": args.scale, "qmax": DEFAULT_QMAX if args.qmax is None else args.qmax}
 
@@ -132,8 +134,10 @@ def _cmd_model_quality(args) -> int:
     if args.per_tensor:
         raise ValueError("--per-tensor is for the weight-error table; leave out --task")
     _check_plot(args.plot)
-    from ..model.quality import default_text_path, evaluate_quality, parse_rotations, read_text
+    from ..model.quality import check_device, default_text_path, evaluate_quality, parse_rotations, read_text
 
+    if args.device is not None:
+        check_device(args.device)   # before the model loads (minutes for some)
     rotations = parse_rotations(args.rotate)
     codebooks, vq = _codebooks_and_vq(args)
     text_path = args.text if args.text is not None else default_text_path()
@@ -143,7 +147,7 @@ def _cmd_model_quality(args) -> int:
                               context=args.context if args.context is not None else 256,
                               block_size=args.block_size, nested=args.nested, rotations=rotations,
                               tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
-                              device=args.device or "auto", vq=vq, **_scale_args(args))
+                              device="auto" if args.device is None else args.device, vq=vq, **_scale_args(args))
     if args.json:
         d = report.to_dict()
         d["text"] = str(text_path)

@@ -127,12 +127,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_plot)
 
     s = sub.add_parser("plot-sweep", help="expected MSE/MAE vs block size for several codebooks (PNG, PDF ...)",
-                       description="Exact expected MSE and MAE of each codebook for block sizes MIN, 2·MIN, ... MAX; "
-                                   "a lloyd-LOSS spelling without a block size is re-derived at every block size. "
-                                   "Also prints the numbers.")
+                       description="Exact expected MSE and MAE of each codebook for block sizes MIN, 2·MIN, "
+                                   "4·MIN, ... up to MAX; a lloyd-LOSS spelling without a block size is re-derived "
+                                   "at every block size. Also prints the numbers.")
     s.add_argument("codebooks", nargs="+", metavar="NAME")
     s.add_argument("--min-block", type=int_in(2, 10**6), default=16, help="smallest block size (default 16)")
-    s.add_argument("--max-block", type=int_in(2, 10**6), default=16384, help="largest block size (default 16384)")
+    s.add_argument("--max-block", type=int_in(2, 10**6), default=16384,
+                   help="largest block size: the doublings of --min-block up to it (default 16384)")
     s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax")
     s.add_argument("--domain", choices=("weight", "normalized"), default="weight",

@@ -71,7 +71,8 @@ class Codebook:
     Parameters
     ----------
     levels:
-        Strictly increasing finite values (``-0.0`` and ``0.0`` count as duplicates).
+        Strictly increasing finite values, distinct in float32 too (``-0.0`` and ``0.0`` count as
+        duplicates).
     bits:
         Bit width; ``len(levels) <= 2**bits`` and ``len(code) <= 2**bits``.
     name, source:
@@ -107,6 +108,12 @@ class Codebook:
                 f"levels must be strictly increasing: {kind} levels at positions {i} and {i + 1} "
                 f"({float(levels[i])!r}, {float(levels[i + 1])!r})"
             )
+        f32 = levels.astype(np.float32)   # within float32's range (checked)
+        same = np.flatnonzero(f32[1:] == f32[:-1])
+        if same.size:   # every consumer (the byte format, the kernels, the exports) works in float32
+            i = int(same[0])
+            raise CodebookError(f"levels must be distinct in float32: levels at positions {i} and {i + 1} "
+                                f"({float(levels[i])!r}, {float(levels[i + 1])!r}) are the same float32 number")
         if levels.size > 2**bits:
             raise CodebookError(
                 f"{levels.size} levels do not fit in {bits} bits (at most {2**bits})"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import check_scaled_only
+from ..scales import check_scaled_only, scaled_peak
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
@@ -190,11 +190,8 @@ def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: A
     if normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
                          f"got {normalization!r}")
-    top = float(np.max(np.abs(cb.levels)))
-    if not top > 0:
-        raise ValueError("a codebook whose levels are all 0 has no largest magnitude to scale")
     # bitsandbytes' layout (nested statistics) does not rescale the code
-    levels = cb.levels if rule.encodes_with_amax else cb.levels / top
+    levels = cb.levels if rule.encodes_with_amax else cb.levels / scaled_peak(cb.levels)
 
     def measure(p):
         return scaled_measure(src, B, rule, qmax, p, tensor_amax, tensor_size)

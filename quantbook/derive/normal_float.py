@@ -225,6 +225,11 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
         vals = np.sort(np.concatenate([pos, [0.0], neg]).astype(np.float32))
         levels = (vals / vals.max()).astype(np.float64)
 
+    if not (np.all(np.isfinite(levels)) and np.all(np.diff(levels.astype(np.float32)) > 0)):
+        # the offset rounds to 1 (an infinite quantile) or its positions meet in float64/float32
+        raise ValueError(f"offset {recipe.offset} is too close to 1/2 or 1 for {precision} quantiles at "
+                         f"{bits} bits (its levels are not distinct and finite); the exact precision (mpmath) may "
+                         "resolve them")
     return Codebook(levels=levels, bits=bits, name=name or _name(recipe), source="derived",
                     recipe=recipe.to_dict())
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..codebooks.codebook import Codebook
-from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
+from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
@@ -321,7 +321,8 @@ def _check_moments(src: Any, loss: str | None, domain: str, normalization: str) 
             raise ValueError(f"{src.spec} has no finite mean: no L1 quantizer without normalisation")
     elif domain == "weight" and src.moment_limit <= 2:
         raise ValueError(f"{src.spec} has no finite variance, which the weight domain (errors in units "
-                         f"of the standard deviation) needs; use domain='normalized' (--domain normalized)")
+                         f"of the standard deviation) needs; use domain='normalized' (--domain normalized, or the "
+                         f"-normalized suffix of a lloyd-... name)")
 
 
 #: the fields a block-scale rule adds to Lloyd and quantile recipes, and their defaults (written
@@ -350,6 +351,7 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     if r.normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
                          f"got {r.normalization!r}")
+    check_scaled_bits(r.bits)
     if -1.0 not in r.fixed or 1.0 not in r.fixed:
         raise ValueError(f"a scale rule maps the block maximum to the table's largest magnitude: the fixed "
                          f"levels must include -1 and 1, got {list(r.fixed)}")
@@ -454,6 +456,10 @@ class QuantileRecipe(Recipe):
         return _quantile_codebook(self)
 
 
+#: a search rule's default fitting sample (values; the command line rounds it up to whole blocks)
+FIT_SAMPLES = 10**7
+
+
 @dataclass(frozen=True)
 class SearchLloydRecipe(Recipe):
     """Lloyd code fitted on a seeded sample under a scale-search rule
@@ -464,7 +470,7 @@ class SearchLloydRecipe(Recipe):
     bits: int = 4
     block_size: int = 16
     scale: str = "search:4over6"
-    samples: int = 10**7
+    samples: int = FIT_SAMPLES
     seed: int = 0
     loss: str = "l2"
     fixed: tuple[float, ...] = (-1.0, 0.0, 1.0)

@@ -35,17 +35,21 @@ import numpy as np
 
 from ..codebooks import Codebook
 from ..io.progress import progress_bar
-from ..scales import DEFAULT_QMAX, check_qmax, get_rule
+from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, get_rule, scaled_peak
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
-from .recipes import parse_fixed
+from .recipes import FIT_SAMPLES, parse_fixed
 from .sources import parse_source
 
-__all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult"]
+__all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult",
+           "FIT_SAMPLES", "EVAL_SAMPLES"]
 
 _F = np.float32
 #: the largest fitting sample (2**30 values: about 40 GiB of working memory)
 MAX_SAMPLES = 1 << 30
+#: the default sample of an evaluation (the command line rounds it, as :data:`FIT_SAMPLES`, up
+#: to whole blocks, or tensors, of the size it is given)
+EVAL_SAMPLES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,7 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
             raise ValueError(f"{k} must be a {'non-negative' if k == 'seed' else 'positive'} integer, got {v!r}")
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
-    if not 1 <= bits <= 4:
-        raise ValueError(f"the scaled layouts store at most 4-bit codes: bits must be 1..4, got {bits}")
+    check_scaled_bits(bits)
     if loss not in ("l1", "l2"):
         raise ValueError(f"loss must be l1 or l2, got {loss!r}")
     n = samples if tensor_size is None else tensor_size
@@ -222,14 +225,14 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"{rule.name!r} is not a search rule")
     lv = np.sort(np.asarray(levels, dtype=np.float64).reshape(-1))
-    lv = lv / np.max(np.abs(lv))  # as the layout's table: largest magnitude qmax
+    lv = lv / scaled_peak(lv)  # as the layout's table: largest magnitude qmax
     x = np.asarray(x, dtype=_F).reshape(-1)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
     deq = _assign(rule, smp, (lv * qmax).astype(_F), qmax)[0]
     return _block_error(smp, deq, "l2").reshape(-1), _block_error(smp, deq, "l1").reshape(-1)
 
 
-def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1 << 22, seed: int = 1,
+def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = EVAL_SAMPLES, seed: int = 1,
                     source: Any = "normal", qmax: float = DEFAULT_QMAX, tensor_size: int | None = None) -> dict[str, Any]:
     """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``
     (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``), the
@@ -255,7 +258,7 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = 1
 
 
 def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
-                       samples: int = 10**7, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
+                       samples: int = FIT_SAMPLES, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
                        max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                        tensor_size: int | None = None, name: str | None = None,
                        progress: bool = False) -> SearchLloydResult:
@@ -303,7 +306,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     return SearchLloydResult(cb, it, change, bool(done), err, params)
 
 
-def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int = 10**7,
+def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int = FIT_SAMPLES,
                  seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1), max_iter: int = 100,
                  tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                  tensor_size: int | None = None, name: str | None = None, progress: bool = False) -> Codebook:

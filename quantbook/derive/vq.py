@@ -142,9 +142,11 @@ class VQRecipe(Recipe):
         groups = n // orbit_size(p) if self.symmetric else n
         if m < 4 * groups:
             raise ValueError(f"samples must be at least 4 per point to fit ({4 * groups}), got {m}")
-        if m * p > MAX_SAMPLE_VALUES:
-            raise ValueError(f"samples={m} vectors of {p} values is more than {MAX_SAMPLE_VALUES} values (the "
-                             "sample is drawn in float64 and kept in float32: about 12 bytes a value)")
+        drawn = drawn_count(m, p, self.scale, self.block_size)
+        if drawn * p > MAX_SAMPLE_VALUES:
+            whole = "" if drawn == m else f" (whole blocks of {self.block_size}: {drawn})"
+            raise ValueError(f"samples={m} vectors{whole} of {p} values is more than {MAX_SAMPLE_VALUES} values "
+                             "(the sample is drawn in float64 and kept in float32: about 12 bytes a value)")
         restarts = _posint("restarts", self.restarts)
         coarse = _posint("coarse_samples", self.coarse_samples)
         max_iter = _posint("max_iter", self.max_iter)
@@ -201,6 +203,12 @@ class VQResult:
 
 
 # --------------------------------------------------------------------------------- sampling
+def drawn_count(count: int, dim: int, scale: str, block_size: int | None) -> int:
+    """The vectors :func:`draw_vectors` draws for ``count``: with a block scale, whole blocks."""
+    per_block = 1 if scale == "none" else block_size // dim
+    return -(-count // per_block) * per_block
+
+
 def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "none",
                  block_size: int | None = None) -> np.ndarray:
     """``count`` P-vectors (float32, shape (count, dim)) of the law in the module docstring.
@@ -214,8 +222,7 @@ def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "non
         if block_size % dim:
             raise ValueError(f"the dimension P={dim} must divide the block size {block_size}")
     src = parse_source(source)
-    per_block = 1 if scale == "none" else block_size // dim
-    count = -(-count // per_block) * per_block
+    count = drawn_count(count, dim, scale, block_size)
     x = np.asarray(src.rvs(count * dim, random_state=np.random.default_rng(seed)), dtype=np.float64)
     if scale != "none":
         blocks = x.reshape(-1, block_size)
@@ -557,7 +564,9 @@ def _describe(r: VQRecipe) -> str:
     law = "i.i.d. N(0,1)" if r.source == "normal" else f"i.i.d. draws of {r.source}"
     sc = "" if r.scale == "none" else f", blocks of {r.block_size} divided by their {r.scale}"
     sym = ", invariant under sign flips and coordinate permutations" if r.symmetric else ""
-    return (f"min-MSE {r.points} points in {r.dim}-D for {law}{sc}{sym}; Lloyd on {r.samples} vectors, "
+    drawn = drawn_count(r.samples, r.dim, r.scale, r.block_size)
+    whole = "" if drawn == r.samples else f" ({r.samples} asked, in whole blocks)"
+    return (f"min-MSE {r.points} points in {r.dim}-D for {law}{sc}{sym}; Lloyd on {drawn} vectors{whole}, "
             f"seed {r.seed}")
 
 

@@ -205,8 +205,16 @@ def parse_json(text: str | bytes, error: type[Exception], what: str = "codebook"
             raise error(f"{token[:40]} is too large for a finite float")
         return v
 
+    def unique(pairs: list) -> dict:
+        seen: set = set()
+        for key, _ in pairs:   # json keeps the last: a file that says two things says neither
+            if key in seen:
+                raise error(f"not a {what}: the key {key!r} appears twice in one object")
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        return json.loads(text, parse_constant=refuse, parse_float=finite)
+        value = json.loads(text, parse_constant=refuse, parse_float=finite, object_pairs_hook=unique)
     except error:
         raise
     except json.JSONDecodeError as exc:
@@ -217,3 +225,23 @@ def parse_json(text: str | bytes, error: type[Exception], what: str = "codebook"
         raise error(f"not valid JSON: not UTF-8 text ({exc.reason})") from None
     except ValueError:  # what json raises besides JSONDecodeError: Python's int digit limit
         raise error("not valid JSON: a number has too many digits") from None
+    if _depth(value) > MAX_JSON_DEPTH:   # the readers of a recipe recurse into it
+        raise error(f"not a {what}: the JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+#: deepest nesting a JSON input may have: recipes nest a few levels (a rounded table's base
+#: recipe); far below the depth at which Python's recursion in the code that reads them fails
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: object) -> int:
+    """How deep lists and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is not None:
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in items)
+    return deepest

@@ -171,6 +171,18 @@ class SafetensorsFile:
         return [e.info for e in self._entries.values()
                 if (e.info.floating or not floating_only) and _selected(e.info.name, pats)]
 
+    def left_out(self, globs: str | Iterable[str] | None = None) -> str:
+        """Why :meth:`tensors` may be empty: the dtypes of the selected tensors it leaves out,
+        as ``" (left out: 2 F8_E4M3, 1 I64; read: F16, BF16, F32, F64)"``, or ``""``."""
+        counts: dict[str, int] = {}
+        for t in self.tensors(globs, floating_only=False):
+            if not t.floating:
+                counts[t.dtype] = counts.get(t.dtype, 0) + 1
+        if not counts:
+            return ""
+        return (f" (left out: {', '.join(f'{n} {d}' for d, n in sorted(counts.items()))}; "
+                f"read: {', '.join(FLOAT_DTYPES)})")
+
     def read(self, name: str) -> np.ndarray:
         """One tensor as a numpy array of its stored dtype (bfloat16 via ``ml_dtypes``)."""
         entry = self._entries.get(name)
@@ -287,7 +299,7 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     infos = f.tensors(globs)
     if not infos:
         what = "" if split_globs(globs) is None else f" matching {','.join(split_globs(globs))}"
-        raise ValueError(f"{f.path} has no floating tensors{what}")
+        raise ValueError(f"{f.path} has no floating tensors{what}{f.left_out(globs)}")
     sizes = np.array([i.size for i in infos], dtype=np.int64)  # each at most the file's size
     total = int(sizes.sum())
     if max_samples is None or total <= max_samples:

@@ -573,7 +573,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     f = open_safetensors(path)  # the header is parsed once, whatever the number of tensors
     infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
-        raise ValueError(f"{path}: no floating tensors selected")
+        raise ValueError(f"{path}: no floating tensors selected{f.left_out(tensors)}")
     _bulk()
     check_codebooks(codebooks)  # fail before reading any tensor
     rotations = parse_rotations(list(rotations))

@@ -170,7 +170,9 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
             raise ValueError(f"{path}: its tokenizer knows {len(tokenizer)} tokens, the model {vocab}; the "
                              "model's own tokenizer files are missing")
         with _gguf_bar(progress_enabled(progress)):
-            model = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32, **kw)
+            model, info = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32,
+                                                                   output_loading_info=True, **kw)
+        _check_loading_info(path, info)
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
@@ -181,6 +183,17 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
                          f"{_first_line(exc)}") from None
     model.eval()
     return model, tokenizer
+
+
+def _check_loading_info(path: Any, info: dict) -> None:
+    """transformers fills weights the file lacks (or holds in another shape) with random values
+    and says so only in a log line: a model scored that way measures noise, so it is an error."""
+    for key, what in (("missing_keys", "lacks"), ("mismatched_keys", "holds in another shape")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise ValueError(f"{path}: the model file {what} {len(names)} weight(s) its config asks for ({shown}); "
+                             "transformers would make them up at random")
 
 
 @contextmanager
@@ -264,15 +277,22 @@ def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tupl
     return out
 
 
+def check_device(device: str | None) -> str:
+    """A ``--device`` spelling, normalised (None: ``"auto"``); a one-line ValueError for any
+    other.  Whether the GPU is there is :func:`resolve_device`'s question."""
+    text = "auto" if device is None else str(device).strip().lower()
+    if text not in DEVICES and not re.fullmatch(r"cuda:\d+", text):
+        raise ValueError(f"unknown device {device!r} (expected {', '.join(DEVICES)} or cuda:N)")
+    return text
+
+
 def resolve_device(device: str | None = "auto") -> str:
     """Where the model runs: ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` (a one-line ValueError when
     torch sees no such GPU), or ``"auto"`` (None too): ``"cuda"`` when
     ``torch.cuda.is_available()``, else ``"cpu"``."""
-    text = "auto" if device is None else str(device).strip().lower()
+    text = check_device(device)
     if text == "cpu":
         return "cpu"
-    if text not in DEVICES and not re.fullmatch(r"cuda:\d+", text):
-        raise ValueError(f"unknown device {device!r} (expected {', '.join(DEVICES)} or cuda:N)")
     import torch
 
     available = torch.cuda.is_available()

@@ -8,6 +8,8 @@ Families: ``float32`` (bitsandbytes' absmax), ``float16``, ``bfloat16`` (:mod:`.
 """
 
 from . import floats, e4m3, e8m0, nested, search  # noqa: F401,I001  (each registers its family)
-from .rule import DEFAULT_QMAX, FAMILIES, ScaleRule, check_qmax, check_scaled_only, get_rule, rule_names
+from .rule import (DEFAULT_QMAX, FAMILIES, SCALED_BITS, ScaleRule, check_qmax, check_scaled_bits, check_scaled_only,
+                   get_rule, rule_names, scaled_peak)
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "DEFAULT_QMAX"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "DEFAULT_QMAX",
+           "SCALED_BITS", "check_scaled_bits", "scaled_peak"]

@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "SCALED_BITS",
+           "check_scaled_bits", "scaled_peak"]
 
 #: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
 #: qmax of quantize, the derivations and the command line
@@ -195,6 +196,32 @@ def check_scaled_only(rule: "ScaleRule | None", **given: bool) -> None:
         verb = "applies" if len(named) == 1 else "apply"
         raise ValueError(f"{', '.join(named[:-1]) + ' and ' if len(named) > 1 else ''}{named[-1]} {verb} "
                          f"{_SCALED_ONLY}")
+
+
+#: the scaled layouts store 4-bit codes
+SCALED_BITS = 4
+
+
+def check_scaled_bits(bits: int) -> int:
+    """Bits a code of the scaled layouts: 1 to 4 (its 16 entries hold any narrower code)."""
+    if not 1 <= bits <= SCALED_BITS:
+        raise ValueError(f"the scaled layouts store {SCALED_BITS}-bit codes: bits must be 1 to {SCALED_BITS}, "
+                         f"got {bits}")
+    return bits
+
+
+def scaled_peak(levels: Any) -> float:
+    """The largest magnitude of a codebook the scaled layouts store (their table is the codebook
+    times ``qmax`` over it): one to 16 entries, not all 0.  The one check of it, for quantize,
+    the exact laws and the Monte Carlo of a search rule alike."""
+    c = np.asarray(levels, dtype=np.float64).reshape(-1)
+    if not 1 <= c.size <= 2**SCALED_BITS:
+        raise ValueError(f"the scaled layouts store {SCALED_BITS}-bit codes: the codebook must have at most "
+                         f"{2**SCALED_BITS} entries, got {c.size}")
+    peak = float(np.max(np.abs(c)))
+    if not peak > 0:
+        raise ValueError("a codebook whose levels are all 0 has no largest magnitude to scale")
+    return peak
 
 
 def check_qmax(qmax: Any) -> float:
