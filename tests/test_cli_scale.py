@@ -186,3 +186,14 @@ def test_search_rule_defaults_on_the_command_line(capsys):
     assert e["block_size"] == 48 and e["samples"] == -(-(1 << 22) // 48) * 48
     rc, _, err = run(capsys, "evaluate", "nf4", "--scale", "search:4over6", "--block-size", "48", "--samples", "4096")
     assert rc == 2 and "samples must be a positive multiple of block_size=48, got 4096" in err   # given: its error
+
+
+def test_block_size_has_its_short_flag_and_nested_names_no_qmax(capsys):
+    """-B is --block-size on every command that takes one (evaluate and derive said
+    'unrecognized arguments'); nested statistics encode with the exact absmax, so the line
+    names no qmax (--qmax is refused with them)."""
+    rc, out, err = run(capsys, "evaluate", "nf4", "-B", "16")
+    assert rc == 0 and "B=16" in out.splitlines()[0], err
+    assert run_json(capsys, "derive", "lloyd", "-B", "32", "--json")["recipe"]["block_size"] == 32
+    rc, out, err = run(capsys, "evaluate", "nf4", "--scale", "nested")
+    assert rc == 0 and out.splitlines()[0].endswith("(absmax, B=64, scale nested)"), out

@@ -217,7 +217,10 @@ def _cmd_evaluate(args) -> int:
         return 0
     where = "no normalisation" if ev.normalization == "none" else f"{ev.normalization}, B={ev.block_size}"
     if ev.scale is not None:
-        where += f", scale {ev.scale}, qmax {ev.qmax:g}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
+        from ..scales import get_rule
+
+        qmax = f", qmax {ev.qmax:g}" if get_rule(ev.scale).layout == "scaled" else ""   # nested: the exact absmax
+        where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
     print(f"  MSE  weight {ev.mse_weight:.6e}   normalised {ev.mse_normalized:.6e}")
     print(f"  MAE  weight {ev.mae_weight:.6e}   normalised {ev.mae_normalized:.6e}")
@@ -228,7 +231,7 @@ def _cmd_evaluate(args) -> int:
 
 # Defaults are left to the library (see _given); the help texts only say what they are.
 def _add_block_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--block-size", type=integer, help="B (default 64)")
+    s.add_argument("--block-size", "-B", type=integer, help="B (default 64)")
     s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
     s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--scale", metavar="RULE",
@@ -300,7 +303,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal; drawn i.i.d.)")
     s.add_argument("--scale", choices=("none", "rms", "absmax"),
                    help="divide each block of --block-size values by its RMS or absmax first (default none)")
-    s.add_argument("--block-size", type=integer, help="B for --scale rms|absmax (a multiple of P)")
+    s.add_argument("--block-size", "-B", type=integer, help="B for --scale rms|absmax (a multiple of P)")
     s.add_argument("--symmetric", action="store_const", const=True,
                    help="invariant under sign flips and coordinate permutations (N a multiple of 2^P P!)")
     s.add_argument("--seed", type=integer, help="seed of the fitting sample (default 0; the fresh "
