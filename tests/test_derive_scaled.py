@@ -344,3 +344,17 @@ def test_scaled_law_cache_survives_being_emptied():
     mu.T(0, np.linspace(r, mu.hi, 2999)[1:])             # the cache now holds more than 4096 values
     both = mu.T(0, np.concatenate([y, np.linspace(r, mu.hi, 2997)[1:]]))   # known and new ones at once
     assert np.allclose(both[:y.size], first, rtol=1e-14, atol=0)
+
+
+def test_a_tensor_smaller_than_a_block_is_refused():
+    """Its tensor-scale bytes would be spread over part of a block (tensors of 2 values at
+    B = 16 gave 20.5 bits a weight)."""
+    from quantbook import get
+    from quantbook.derive import evaluate, lloyd
+
+    for call in (lambda: evaluate(get("nf4"), 64, scale="e4m3", tensor_size=10),
+                 lambda: lloyd(4, 16, scale="e4m3", tensor_size=2),
+                 lambda: ScaledBlockDistribution(16, "normal", "e4m3", tensor_size=8)):
+        with pytest.raises(ValueError, match="holds less than one block of"):
+            call()
+    assert evaluate(get("nf4"), 64, scale="e4m3", tensor_size=64).mse_weight > 0   # one block: fine

@@ -30,6 +30,8 @@ from quantbook.cli import main
     # json keeps the last of two equal keys: this file was read as a 2-bit table
     ('{"bits": 4, "levels": [-1, 0, 1], "bits": 2}', "the key 'bits' appears twice in one object"),
     ('{"bits": 2, "levels": [-1, 1], "recipe": {"method": "nf", "method": "x"}}', "'method' appears twice"),
+    # a misspelt vector file was read as a scalar one ("lacks bits, levels")
+    ('{"kind": "Vector", "points": [[0, 1], [1, 0]]}', """kind is 'Vector': a scalar codebook has no kind"""),
 ])
 def test_bad_json_is_one_codebook_error_line(text, msg):
     with pytest.raises(CodebookError) as info:

@@ -269,6 +269,9 @@ class Codebook:
         """The Codebook of a :meth:`to_dict` mapping; bad data is a one-line :class:`CodebookError`."""
         if not isinstance(d, Mapping):
             raise CodebookError("a codebook must be a JSON object")
+        if "kind" in d:   # a scalar codebook's object has none: "Vector" is a misspelt vector file
+            raise CodebookError(f"kind is {d['kind']!r}: a scalar codebook has no kind, a vector codebook's "
+                                'is "vector"')
         missing = [k for k in ("bits", "levels") if k not in d]
         if missing:
             raise CodebookError(f"codebook object lacks {', '.join(missing)}")

@@ -534,8 +534,10 @@ def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e
     """The (cached) :class:`ScaledMeasure` for a source spelling, block size and rule."""
     rule = check_scale(scale, amax_encoded=True)
     q = check_qmax(qmax)
-    return _cached(parse_source(source), _check_block_size(block_size), rule, q,
-                   _check_weight_power(weight_power), TensorModel(tensor_amax, tensor_size).key())
+    B, tensor = _check_block_size(block_size), TensorModel(tensor_amax, tensor_size)
+    if tensor.size is not None and tensor.size < B:   # its scale bytes would be spread over a part of a block
+        raise ValueError(f"tensor_size={tensor.size} holds less than one block of {B} values")
+    return _cached(parse_source(source), B, rule, q, _check_weight_power(weight_power), tensor.key())
 
 
 def _log(p):
