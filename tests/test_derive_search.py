@@ -150,3 +150,25 @@ def test_ggml_search_in_the_loop():
     assert d.mean() > 3 * d.std() / np.sqrt(d.size)
     again = derive_from_recipe(r.codebook.recipe)
     assert np.array_equal(again.levels.view(np.int64), r.codebook.levels.view(np.int64))
+
+
+def test_a_source_without_the_moment_has_an_infinite_monte_carlo_error(capsys, tmp_path):
+    """As evaluate() says for the exact laws: Student-t with ν ≤ 2 has no finite expected
+    squared error (ν ≤ 1: absolute), and a sample's mean (46 ± 25 for ν = 1) does not estimate
+    it.  The command line printed that mean, and crashed on the missing SQNR."""
+    import math
+
+    from quantbook import get
+    from quantbook.cli import main
+    from quantbook.derive import evaluate_search
+
+    for nu, mae_finite in ((1.0, False), (1.5, True), (3.0, True)):
+        ev = evaluate_search(get("nf4"), 64, "search:4over6", samples=1 << 14, source=f"student-t:{nu}")
+        assert (ev["mse_weight"] == math.inf) == (nu <= 2) and math.isfinite(ev["mae_weight"]) == mae_finite
+        assert (ev["sqnr_db"] is None) == (nu <= 2)
+    assert main(["evaluate", "nf4", "--source", "student-t:1", "--scale", "search:4over6", "--samples", "16384"]) == 0
+    out = capsys.readouterr().out
+    assert "MSE  weight inf" in out and "SQNR nan dB" in out
+    (tmp_path / "d.npy").mkdir()
+    assert main(["evaluate", "nf4", "--source", str(tmp_path / "d.npy")]) == 2
+    assert "is a directory, not a sample file" in capsys.readouterr().err

@@ -197,7 +197,8 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
           f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
     print(f"  MSE  weight {ev['mse_weight']:.6e} ± {ev['mse_standard_error']:.1e}")
     print(f"  MAE  weight {ev['mae_weight']:.6e}")
-    print(f"  SQNR {ev['sqnr_db']:.3f} dB   {ev['bits_per_weight']:g} bits/weight")
+    sqnr = math.nan if ev["sqnr_db"] is None else ev["sqnr_db"]   # no finite error (or none at all)
+    print(f"  SQNR {sqnr:.3f} dB   {ev['bits_per_weight']:g} bits/weight")
     return 0
 
 

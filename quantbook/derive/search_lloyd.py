@@ -28,6 +28,7 @@ them); under ggml's search the codes are ggml's, as in its byte layout.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,14 +247,19 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = E
     src = parse_source(source)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
     e2, e1 = (e / block_size for e in search_block_errors(levels, block_size, rule, x, qmax, tensor_size))
-    mse = float(np.mean(e2))
+    mse, se = float(np.mean(e2)), float(np.std(e2, ddof=1) / np.sqrt(e2.size))
     power = float(np.mean(x.astype(np.float64) ** 2))
+    # a source without the moment has an infinite expected error, as evaluate() says: a
+    # sample's mean (finite, and larger the larger the sample) does not estimate it
+    mae = float(np.mean(e1)) if src.moment_limit > 1 else math.inf
+    if src.moment_limit <= 2:
+        mse, se, power = math.inf, math.nan, math.nan
     return {"codebook": getattr(codebook, "name", None), "block_size": int(block_size), "source": src.spec,
             "scale": rule.name, "qmax": float(qmax), "method": "monte-carlo", "samples": int(samples),
             "seed": int(seed), "mse_weight": mse,
-            "mse_standard_error": float(np.std(e2, ddof=1) / np.sqrt(e2.size)),
-            "mae_weight": float(np.mean(e1)),
-            "sqnr_db": float(10 * np.log10(power / mse)) if mse > 0 else None,
+            "mse_standard_error": se,
+            "mae_weight": mae,
+            "sqnr_db": float(10 * np.log10(power / mse)) if 0 < mse < math.inf else None,
             "bits_per_weight": rule.bits_per_weight(block_size, bits)}
 
 

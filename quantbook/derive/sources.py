@@ -641,6 +641,8 @@ def parse_source(spec: Any) -> Source:
             return StudentT(nu)
     if low.endswith(".npy"):
         path = Path(text)
+        if path.is_dir():
+            raise SourceError(f"{text} is a directory, not a sample file")
         if not path.is_file():
             raise SourceError(f"no such sample file: {text}")
         try:  # header checked before any data is read (an .npz in disguise, absurd shapes)

@@ -150,7 +150,8 @@ class SafetensorsFile:
         p = Path(path)
         if p.is_dir():
             raise ValueError(f"{path} is a directory; the weights' error is read from one .safetensors file "
-                             "(e.g. its model.safetensors); a model directory is measured with --task lm|embed")
+                             "(e.g. its model.safetensors); what a model directory's outputs lose is measured by "
+                             "evaluate-model --task lm|embed")
         if not p.is_file():
             raise FileNotFoundError(f"no such safetensors file: {path}")
         meta, n, size = _parse_header(p)
