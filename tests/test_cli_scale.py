@@ -106,6 +106,9 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("derive", "lloyd", "--scale", "float16", "--samples", "4096"), "apply only to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--symmetric"), "do not apply to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of block_size"),
+    # without block scaling there is no block: the value was ignored unchecked (0 and -3 passed)
+    (("evaluate", "nf4", "--normalization", "none", "--block-size", "0"), "--block-size does not apply"),
+    (("derive", "quantile", "--normalization", "none", "-B", "-3"), "--block-size does not apply"),
 ])
 def test_bad_scale_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)

@@ -45,6 +45,9 @@ def _given(args, *names: str) -> dict[str, Any]:
         given["source"] = parse_source(given["source"])  # parsed once, for the derivation and the metrics
     if "fix" in given:  # the engine reads "-1,0,1" and "none" itself
         given["fixed"] = given.pop("fix")
+    if given.get("normalization") == "none" and "block_size" in given:   # it would be ignored, unchecked
+        raise ValueError("--block-size does not apply with --normalization none: without block scaling the "
+                         "law is the source's own")
     from ..scales import check_scaled_only, get_rule
 
     check_scaled_only(get_rule(given["scale"]) if "scale" in given else None,
