@@ -92,7 +92,9 @@ def _cmd_export(args) -> int:
         raise UsageError(f"--name names the C identifier of the c, cuda and bnb formats, not of "
                          f"--format {args.format}")
     layout = None if args.scale is None else _header_layout(cb, args.scale, block_size, args.qmax)
-    data = export(cb, args.format, name=args.name, layout=layout)
+    # a file is named by its path in the header's command; a name by the codebook's (resolved) name
+    path = args.codebook if args.codebook.strip().lower().endswith(".json") else None
+    data = export(cb, args.format, name=args.name, layout=layout, spelling=path)
     if args.output is not None:
         write_output(data, args.output)
         print(f"wrote {args.output} ({args.format}, {len(data)} {'bytes' if isinstance(data, bytes) else 'chars'})",

@@ -42,11 +42,12 @@ VECTOR_FORMATS = ("json", "c", "cuda", "npy")
 
 
 def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
-           layout: HeaderLayout | None = None) -> str | bytes:
+           layout: HeaderLayout | None = None, spelling: str | None = None) -> str | bytes:
     """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb); ``layout``
-    (c, cuda) adds a scaled layout's macros and table to the header."""
+    (c, cuda) adds a scaled layout's macros and table to the header; ``spelling`` is how the
+    command line named the codebook, for the command a header says made it."""
     if isinstance(cb, VectorCodebook):
-        return _export_vector(cb, fmt, name, layout)
+        return _export_vector(cb, fmt, name, layout, spelling)
     if not isinstance(cb, Codebook):
         shown = repr(cb) if isinstance(cb, str) else type(cb).__name__
         raise TypeError(f"export needs a Codebook or a VectorCodebook (e.g. quantbook.get('nf4')), got {shown}")
@@ -55,7 +56,7 @@ def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
     if fmt == "json":
         return cb.to_json() + "\n"
     if fmt in ("c", "cuda"):
-        return c_header(cb, name=name, cuda=fmt == "cuda", layout=layout)
+        return c_header(cb, name=name, cuda=fmt == "cuda", layout=layout, spelling=spelling)
     if fmt == "npy":
         return npy_bytes(cb)
     if fmt == "bnb":
@@ -63,13 +64,14 @@ def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
     raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def _export_vector(cb: VectorCodebook, fmt: str, name: str | None, layout: HeaderLayout | None) -> str | bytes:
+def _export_vector(cb: VectorCodebook, fmt: str, name: str | None, layout: HeaderLayout | None,
+                   spelling: str | None) -> str | bytes:
     if layout is not None:
         raise ValueError("a scaled layout (--scale) applies to scalar codebooks, not to vector codebooks")
     if fmt == "json":
         return cb.to_json() + "\n"
     if fmt in ("c", "cuda"):
-        return vector_c_header(cb, name=name, cuda=fmt == "cuda")
+        return vector_c_header(cb, name=name, cuda=fmt == "cuda", spelling=spelling)
     if fmt == "npy":
         return vector_npy_bytes(cb)
     raise ValueError(f"a vector codebook exports as {', '.join(VECTOR_FORMATS)}, not {fmt!r}")
