@@ -128,7 +128,8 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     if text.lower().endswith(".json"):
         from .codebooks.registry import load
 
-        return load(text)
+        # the spelling is read without surrounding spaces; a file whose name has them is still that file
+        return load(spec if isinstance(spec, str) and spec != text and os.path.isfile(spec) else text)
     m = _NF.match(text)
     if m:
         k = _number(m.group("k"), "NormalFloat bits K", 2, 8, text)

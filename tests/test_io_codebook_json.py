@@ -92,3 +92,14 @@ def test_a_deep_recipe_is_one_line_from_every_command(tmp_path, capsys, argv):
     assert err.count("\n") == 1 and "nested too deeply" in err and "internal" not in err, err
     ok = '{"bits": 4, "levels": [0, 1], "recipe": %s}' % ('{"a": ' * 20 + "1" + "}" * 20)
     assert Codebook.from_json(ok).recipe["a"]["a"]   # a nesting within the limit loads
+
+
+def test_a_file_whose_name_ends_in_a_space_is_that_file(tmp_path, capsys):
+    """Spellings are read without surrounding spaces (" nf4 " is nf4), but a file named
+    "x.json " exists as it is named: it was 'no such codebook file: x.json'."""
+    ref = Codebook(levels=[-1.0, 0.0, 1.0], bits=2, name="spaced")
+    path = tmp_path / "x.json "
+    path.write_text(ref.to_json())
+    assert load(str(path)) == ref
+    assert main(["show", str(path)]) == 0 and capsys.readouterr().out.startswith("spaced:")
+    assert main(["show", " nf4 "]) == 0 and capsys.readouterr().out.startswith("nf4:")

@@ -204,7 +204,7 @@ def load(spec: str) -> Codebook:
     """
     if spec in REGISTRY:
         return REGISTRY[spec].codebook
-    if isinstance(spec, str) and spec.lower().endswith(".json"):
+    if isinstance(spec, str) and spec.rstrip().lower().endswith(".json"):   # "x.json " may name a file
         from .codebook import CodebookError
 
         # a 16-bit table (65536 levels and codes) is well under 8 MiB of JSON
