@@ -60,7 +60,13 @@ def test_command_modules_share_only_public_helpers():
 def test_usage_errors_name_the_sub_command(capsys):
     assert main(["derive", "nf", "--bits", "x"]) == 2
     err = capsys.readouterr().err
-    assert err == "quantbook derive nf: error: argument --bits: expected an integer, got 'x'\n"
+    assert err == ("quantbook derive nf: error: argument --bits: expected an integer, got 'x' "
+                   "(see quantbook derive nf --help)\n")
+    assert main(["evaluate", "nf4", "--bogus", "1"]) == 2   # the top parser's refusal named no command
+    assert capsys.readouterr().err == ("quantbook evaluate: error: unrecognized arguments: --bogus 1 "
+                                       "(see quantbook evaluate --help)\n")
+    assert main(["derive", "lloyd", "--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("quantbook derive lloyd: error: unrecognized arguments: --bogus (see")
 
 
 def test_an_internal_error_is_one_line_and_exit_1(capsys, monkeypatch):

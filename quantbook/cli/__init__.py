@@ -117,10 +117,14 @@ def _main(argv: Sequence[str] | None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = collect
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:   # argparse's own message names only "quantbook": name the command refused
+                prog = " ".join(["quantbook", *(v for v in (args.command, getattr(args, "method", None)) if v)])
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)}", prog, hint=True)
             status = int(args.func(args) or 0)
-    except UsageError as exc:
-        print(f"{exc.prog}: error: {_one_line(exc)}", file=sys.stderr)
+    except UsageError as exc:   # the parser's refusals point to the usage it did not print
+        hint = f" (see {exc.prog} --help)" if exc.hint else ""
+        print(f"{exc.prog}: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `quantbook audit --json | head`: not an error
         _silence_stdout()

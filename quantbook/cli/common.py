@@ -23,14 +23,14 @@ SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensor
 class UsageError(Exception):
     """A user error: printed as one line, exit status 2.  ``prog`` names the sub-command."""
 
-    def __init__(self, message: str, prog: str = "quantbook") -> None:
+    def __init__(self, message: str, prog: str = "quantbook", hint: bool = False) -> None:
         super().__init__(message)
-        self.prog = prog
+        self.prog, self.hint = prog, hint
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
-        raise UsageError(message, self.prog)
+        raise UsageError(message, self.prog, hint=True)
 
 
 def integer(text: str) -> int:
