@@ -82,10 +82,12 @@ def _save(fig, out: str | os.PathLike) -> None:
 
 def _plain(text: Any) -> str:
     """A user's name (a file, a tensor, a label) as matplotlib draws it literally: ``$`` escaped
-    (an even number of them is otherwise TeX math, which may not parse) and bytes that are
-    not UTF-8 (a file name's, held as surrogates) shown as U+FFFD."""
+    (an even number of them is otherwise TeX math, which may not parse), bytes that are
+    not UTF-8 (a file name's, held as surrogates) shown as U+FFFD, and a leading ``_`` (which
+    keeps a label out of a legend) behind a zero-width space."""
     t = os.fsdecode(text) if isinstance(text, (bytes, os.PathLike)) else str(text)
-    return t.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+    t = t.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+    return "\u200b" + t if t.startswith("_") else t   # a legend leaves out labels that begin with "_"
 
 
 def _colors(n: int) -> list:

@@ -43,13 +43,15 @@ def test_errors_are_clear():
         qb.dequantize(packed[:-1], st)
     with pytest.raises((KeyError, ValueError), match="no-such-codebook"):
         qb.quantize(x, "no-such-codebook")
-    with pytest.raises(ValueError, match=r"np.asarray\(x, dtype=np.float32\)"):
+    with pytest.raises(ValueError, match=r"np.asarray\(x, dtype=np.float32\) for a list"):
         qb.quantize([0.5, 0.25])   # a list has no astype: the message names a conversion that works
     for flag in ("nested", "allow_nonfinite"):   # "no" is truthy: it must not switch the option on
         with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'no'"):
             qb.quantize(x, **{flag: "no"})
+    with pytest.raises(ValueError, match="nested must be True or False, got None"):   # before scale= rewrites it
+        qb.quantize(x, nested=None, scale="float32")
     wide = Codebook(levels=np.linspace(-1, 1, 512), bits=9)
-    with pytest.raises(ValueError, match="has 9-bit codes; the byte format packs 1 to 8"):
+    with pytest.raises(ValueError, match="'unnamed' has 9-bit codes: bits must be an integer from 1 to 8"):
         qb.quantize(x, wide)
 
 

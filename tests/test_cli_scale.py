@@ -106,9 +106,11 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("derive", "lloyd", "--scale", "float16", "--samples", "4096"), "apply only to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--symmetric"), "do not apply to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of block_size"),
-    # without block scaling there is no block: the value was ignored unchecked (0 and -3 passed)
-    (("evaluate", "nf4", "--normalization", "none", "--block-size", "0"), "--block-size does not apply"),
-    (("derive", "quantile", "--normalization", "none", "-B", "-3"), "--block-size does not apply"),
+    # without block scaling a derivation has no block (its recipe dropped -B 64, -3 too); evaluate
+    # still reads it for a lloyd-... name, and checks it for any (0 passed)
+    (("evaluate", "nf4", "--normalization", "none", "--block-size", "0"), "block size must be between 2"),
+    (("derive", "quantile", "--normalization", "none", "-B", "-3"), "block size must be between 2"),
+    (("derive", "lloyd", "--normalization", "none", "-B", "64"), "--block-size does not apply"),
 ])
 def test_bad_scale_one_line_exit_2(capsys, argv, needle):
     rc, out, err = run(capsys, *argv)
@@ -200,3 +202,8 @@ def test_block_size_has_its_short_flag_and_nested_names_no_qmax(capsys):
     assert run_json(capsys, "derive", "lloyd", "-B", "32", "--json")["recipe"]["block_size"] == 32
     rc, out, err = run(capsys, "evaluate", "nf4", "--scale", "nested")
     assert rc == 0 and out.splitlines()[0].endswith("(absmax, B=64, scale nested)"), out
+    # without normalisation evaluate still fits a lloyd-... name at -B (it is not refused)
+    d = run_json(capsys, "evaluate", "lloyd-l2", "--normalization", "none", "-B", "128", "--json")
+    assert d["codebook"] == "lloyd-l2-128"
+    # nested statistics keep bitsandbytes' 1-8 bit codes: a 5-bit derivation under them is fine
+    assert run_json(capsys, "derive", "lloyd", "--bits", "5", "--scale", "nested", "--json")["bits"] == 5

@@ -172,3 +172,16 @@ def test_a_source_without_the_moment_has_an_infinite_monte_carlo_error(capsys, t
     (tmp_path / "d.npy").mkdir()
     assert main(["evaluate", "nf4", "--source", str(tmp_path / "d.npy")]) == 2
     assert "is a directory, not a sample file" in capsys.readouterr().err
+
+
+def test_default_samples_come_in_whole_blocks():
+    """A block size (or tensor size) that does not divide the default sample rounds it up; a
+    sample given is taken as given (and checked)."""
+    from quantbook.derive.search_lloyd import EVAL_SAMPLES, FIT_SAMPLES, default_samples, evaluate_search
+
+    assert default_samples(None, FIT_SAMPLES, 48) == 10**7 + 32 and default_samples(None, FIT_SAMPLES, 64) == 10**7
+    assert default_samples(None, EVAL_SAMPLES, 16, tensor_size=3 * 2**10) == 1366 * 3 * 2**10
+    assert default_samples(4096, EVAL_SAMPLES, 48) == 4096
+    assert evaluate_search(q.get("nf4"), 48, "search:4over6")["samples"] == -(-EVAL_SAMPLES // 48) * 48
+    with pytest.raises(ValueError, match="multiple of block_size=48, got 4096"):
+        evaluate_search(q.get("nf4"), 48, "search:4over6", samples=4096)

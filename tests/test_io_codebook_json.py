@@ -32,6 +32,7 @@ from quantbook.cli import main
     ('{"bits": 2, "levels": [-1, 1], "recipe": {"method": "nf", "method": "x"}}', "'method' appears twice"),
     # a misspelt vector file was read as a scalar one ("lacks bits, levels")
     ('{"kind": "Vector", "points": [[0, 1], [1, 0]]}', """kind is 'Vector': a scalar codebook has no kind"""),
+    ('{"kind": "vector", "points": [[0, 1], [1, 0]]}', "this is a vector codebook"),
 ])
 def test_bad_json_is_one_codebook_error_line(text, msg):
     with pytest.raises(CodebookError) as info:

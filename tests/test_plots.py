@@ -223,3 +223,15 @@ def test_names_are_drawn_as_they_are(tmp_path):
         assert r.returncode == 0 and out.stat().st_size > 0, r.stderr
         if cmd[0] == b"plot-sweep" and os.name == "posix":
             assert b"bad\xff.json" in r.stdout   # the name's own bytes
+
+
+def test_a_label_that_begins_with_an_underscore_is_in_the_legend(tmp_path, monkeypatch):
+    """matplotlib leaves labels that begin with "_" out of a legend: a file "_a.json" was drawn
+    without one."""
+    from quantbook.naming import resolve_codebook
+
+    figs = _drawn(monkeypatch)
+    plot_sweep([("_a.json", resolve_codebook("nf4")), ("nf4", resolve_codebook("nf4"))], tmp_path / "s.png",
+               block_sizes=[16, 32])
+    legend = [t.get_text() for t in figs[-1].axes[0].get_legend().get_texts()]
+    assert legend == ["\u200b_a.json", "nf4"]

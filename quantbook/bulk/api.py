@@ -166,6 +166,9 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     Returns ``(packed, state)``: 1-D uint8 bytes (:func:`quantbook.bulk.format.packed_length`)
     and a :class:`QuantState` with bitsandbytes' field names.
     """
+    for flag, value in (("nested", nested), ("allow_nonfinite", allow_nonfinite)):
+        if not (isinstance(value, (bool, np.bool_)) or (F.is_int(value) and value in (0, 1))):   # "no" is truthy
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
     block_size = F.check_block_size(block_size)
     cb = resolve_codebook(codebook, block_size)
     rule = None if scale is None else get_rule(scale)
@@ -175,12 +178,12 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         rule = None
     if rule is not None and bits not in (None, 4):
         raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits}")
-    for flag, value in (("nested", nested), ("allow_nonfinite", allow_nonfinite)):
-        if not (isinstance(value, (bool, np.bool_)) or (F.is_int(value) and value in (0, 1))):   # "no" is truthy
-            raise ValueError(f"{flag} must be True or False, got {value!r}")
-    if bits is None and not 1 <= cb.bits <= 8:
-        raise ValueError(f"codebook {cb.name!r} has {cb.bits}-bit codes; the byte format packs 1 to 8 bits per code")
-    bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
+    try:
+        bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
+    except ValueError as exc:
+        if bits is not None:
+            raise
+        raise ValueError(f"codebook {cb.name!r} has {cb.bits}-bit codes: {exc}") from None
     x, shape, dtype = _check_input(x)
     be = _pick_backend(backend, is_device_array(x))
     with be.on_device(x):   # a GPU backend: the device that holds x

@@ -53,8 +53,9 @@ def check_input_dtype(x: Any) -> str:
     ValueError (float64 with the conversion to make)."""
     name = dtype_name_of(x)
     if name == "float64":
-        raise ValueError("float64 input is not supported (the format scales in float32): "
-                         "convert with np.asarray(x, dtype=np.float32)")
+        raise ValueError("float64 input is not supported (the format scales in float32): convert it first, "
+                         "x.astype(np.float32) for a numpy or CuPy array, x.float() for a torch tensor, "
+                         "np.asarray(x, dtype=np.float32) for a list")
     if name not in DTYPES:
         raise ValueError(f"x must hold {', '.join(DTYPES)} values, got dtype {name}")
     return name

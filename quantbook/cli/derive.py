@@ -45,9 +45,10 @@ def _given(args, *names: str) -> dict[str, Any]:
         given["source"] = parse_source(given["source"])  # parsed once, for the derivation and the metrics
     if "fix" in given:  # the engine reads "-1,0,1" and "none" itself
         given["fixed"] = given.pop("fix")
-    if given.get("normalization") == "none" and "block_size" in given:   # it would be ignored, unchecked
-        raise ValueError("--block-size does not apply with --normalization none: without block scaling the "
-                         "law is the source's own")
+    if "block_size" in given:   # checked even where nothing is blocked (normalization none)
+        from ..derive.block import _check_block_size
+
+        _check_block_size(given["block_size"])
     from ..scales import check_scaled_only, get_rule
 
     check_scaled_only(get_rule(given["scale"]) if "scale" in given else None,
@@ -71,6 +72,15 @@ _LAYOUT = ("scale", "qmax", "tensor_size")
 _BLOCK = ("bits", "block_size", "normalization", "source", "fix", "symmetric", "domain", *_LAYOUT)
 
 
+def _block_needs_blocks(given: dict[str, Any]) -> None:
+    """A derivation without normalisation has no block: its recipe leaves ``--block-size`` out,
+    so a value given would be dropped.  (``evaluate`` still reads it: a lloyd-... name without
+    B is fitted at it.)"""
+    if given.get("normalization") == "none" and "block_size" in given:
+        raise ValueError("--block-size does not apply with --normalization none: without block scaling the "
+                         "law is the source's own")
+
+
 def _search_rule(spec: Any) -> bool:
     if spec is None:
         return False
@@ -80,21 +90,15 @@ def _search_rule(spec: Any) -> bool:
     return not (rule.deterministic or rule.encodes_with_amax)
 
 
-def _search_defaults(opts: dict[str, Any], samples: int) -> dict[str, Any]:
-    """A search rule's options with the command line's defaults: block size 64, as every other
-    command's, and, when ``--samples`` is left out, ``samples`` rounded up to whole blocks (or
-    tensors): a block size that does not divide it must not be an error about an option never
-    given."""
-    out = {"block_size": 64, **opts}
-    unit = out.get("tensor_size") or out["block_size"]
-    if "samples" not in out and isinstance(unit, int) and unit > 0:
-        out["samples"] = -(-samples // unit) * unit
-    return out
+def _search_defaults(opts: dict[str, Any]) -> dict[str, Any]:
+    """A search rule's options with the command line's block size, 64, as every other command's
+    (the library's sample defaults come in whole blocks of it)."""
+    return {"block_size": 64, **opts}
 
 
 def _derive_search(args, given: dict[str, Any]) -> int:
     """A search rule has no 1-D law: Lloyd on a seeded sample with the search inside."""
-    from ..derive.search_lloyd import FIT_SAMPLES, solve_search_lloyd
+    from ..derive.search_lloyd import solve_search_lloyd
 
     bad = [f"--{k.replace('_', '-')}" for k in ("normalization", "symmetric", "domain") if k in given]
     if bad:
@@ -102,7 +106,7 @@ def _derive_search(args, given: dict[str, Any]) -> int:
                          "are fitted in the weight domain of the scaled layout")
     opts = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed", "source",
                                   "qmax", "tensor_size") if k in given}
-    res = solve_search_lloyd(**_search_defaults(opts, FIT_SAMPLES), progress=args.progress)
+    res = solve_search_lloyd(**_search_defaults(opts), progress=args.progress)
     print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
                                              "change": res.change, "converged": res.converged})
     return 0
@@ -112,6 +116,7 @@ def _cmd_derive_lloyd(args) -> int:
     from ..derive.lloyd import solve_lloyd
 
     given = _given(args, "loss", "samples", "seed", *_BLOCK)
+    _block_needs_blocks(given)
     if _search_rule(given.get("scale")):
         return _derive_search(args, given)
     if "samples" in given or "seed" in given or args.progress:
@@ -128,6 +133,7 @@ def _cmd_derive_quantile(args) -> int:
     from ..derive.lloyd import quantile
 
     given = _given(args, *_BLOCK)
+    _block_needs_blocks(given)
     cb = quantile(**given)
     print_codebook(cb, args.json, _metrics(cb, given))
     return 0
@@ -186,13 +192,13 @@ def _cmd_derive_vq(args) -> int:
 
 def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
     """A search rule has no exact law: Monte Carlo on a seeded sample."""
-    from ..derive.search_lloyd import EVAL_SAMPLES, evaluate_search
+    from ..derive.search_lloyd import evaluate_search
 
     if "normalization" in given:
         raise ValueError(f"--normalization does not apply to a search rule ({given['scale']})")
     opts = {k: given[k] for k in ("block_size", "scale", "samples", "seed", "source", "qmax", "tensor_size")
             if k in given}
-    ev = evaluate_search(cb, **_search_defaults(opts, EVAL_SAMPLES))
+    ev = evaluate_search(cb, **_search_defaults(opts))
     if args.json:
         print_json(ev)
         return 0
@@ -200,7 +206,8 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
           f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
     print(f"  MSE  weight {ev['mse_weight']:.6e} ± {ev['mse_standard_error']:.1e}")
     print(f"  MAE  weight {ev['mae_weight']:.6e}")
-    sqnr = math.nan if ev["sqnr_db"] is None else ev["sqnr_db"]   # no finite error (or none at all)
+    # None: an infinite error (no variance), or none at all
+    sqnr = ev["sqnr_db"] if ev["sqnr_db"] is not None else math.inf if ev["mse_weight"] == 0 else math.nan
     print(f"  SQNR {sqnr:.3f} dB   {ev['bits_per_weight']:g} bits/weight")
     return 0
 

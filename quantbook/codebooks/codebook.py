@@ -269,6 +269,9 @@ class Codebook:
         """The Codebook of a :meth:`to_dict` mapping; bad data is a one-line :class:`CodebookError`."""
         if not isinstance(d, Mapping):
             raise CodebookError("a codebook must be a JSON object")
+        if d.get("kind") == "vector":
+            raise CodebookError("this is a vector codebook (kind \"vector\"): read it with "
+                                "VectorCodebook.from_json; show, export, evaluate-model and quantize_vq take it")
         if "kind" in d:   # a scalar codebook's object has none: "Vector" is a misspelt vector file
             raise CodebookError(f"kind is {d['kind']!r}: a scalar codebook has no kind, a vector codebook's "
                                 'is "vector"')

@@ -351,7 +351,8 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     if r.normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
                          f"got {r.normalization!r}")
-    check_scaled_bits(r.bits)
+    if rule.layout == "scaled":   # nested statistics keep bitsandbytes' 1-8 bit codes
+        check_scaled_bits(r.bits)
     if -1.0 not in r.fixed or 1.0 not in r.fixed:
         raise ValueError(f"a scale rule maps the block maximum to the table's largest magnitude: the fixed "
                          f"levels must include -1 and 1, got {list(r.fixed)}")

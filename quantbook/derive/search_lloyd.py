@@ -43,13 +43,13 @@ from .recipes import FIT_SAMPLES, parse_fixed
 from .sources import parse_source
 
 __all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult",
-           "FIT_SAMPLES", "EVAL_SAMPLES"]
+           "FIT_SAMPLES", "EVAL_SAMPLES", "default_samples"]
 
 _F = np.float32
 #: the largest fitting sample (2**30 values: about 40 GiB of working memory)
 MAX_SAMPLES = 1 << 30
-#: the default sample of an evaluation (the command line rounds it, as :data:`FIT_SAMPLES`, up
-#: to whole blocks, or tensors, of the size it is given)
+#: the default sample of an evaluation (as :data:`FIT_SAMPLES` of a fit: rounded up to whole
+#: blocks, or tensors, of the size it is given; :func:`default_samples`)
 EVAL_SAMPLES = 1 << 22
 
 
@@ -233,16 +233,29 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     return _block_error(smp, deq, "l2").reshape(-1), _block_error(smp, deq, "l1").reshape(-1)
 
 
-def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = EVAL_SAMPLES, seed: int = 1,
+def default_samples(samples: int | None, default: int, block_size: Any, tensor_size: Any = None) -> Any:
+    """``samples``, or when None ``default`` rounded up to whole blocks (or tensors): a block
+    size that does not divide the default must not be an error about a sample never given.
+    A size that is not a positive integer is left for the checks to name."""
+    unit = block_size if tensor_size is None else tensor_size
+    if samples is not None or isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or unit < 1:
+        return default if samples is None else samples
+    return -(-default // int(unit)) * int(unit)
+
+
+def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | None = None, seed: int = 1,
                     source: Any = "normal", qmax: float = DEFAULT_QMAX, tensor_size: int | None = None) -> dict[str, Any]:
     """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``
-    (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``), the
-    layout's own errors (:func:`search_block_errors`).  Returns the weight-domain MSE with its
-    standard error over blocks, the MAE, the SQNR against the sample's mean square, and the
-    bits per weight (codes and stored scales)."""
+    (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``;
+    default :data:`EVAL_SAMPLES` in whole blocks), the layout's own errors
+    (:func:`search_block_errors`).  Returns the weight-domain MSE with its standard error over
+    blocks, the MAE, the SQNR against the sample's mean square, and the bits per weight (codes
+    and stored scales)."""
     rule = get_rule(scale)
     levels = np.asarray(getattr(codebook, "levels", codebook), dtype=np.float64).reshape(-1)
+    scaled_peak(levels)   # the table the layout stores, as quantize() checks it
     bits = int(getattr(codebook, "bits", max(1, int(np.ceil(np.log2(levels.size))))))
+    samples = default_samples(samples, EVAL_SAMPLES, block_size, tensor_size)
     _check(bits, block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax)
     src = parse_source(source)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
@@ -264,7 +277,7 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int = E
 
 
 def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6",
-                       samples: int = FIT_SAMPLES, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
+                       samples: int | None = None, seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1),
                        max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                        tensor_size: int | None = None, name: str | None = None,
                        progress: bool = False) -> SearchLloydResult:
@@ -275,7 +288,8 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
 
     src = parse_source(source)
     recipe = SearchLloydRecipe(bits=bits, block_size=block_size, scale=getattr(scale, "name", scale),
-                               samples=samples, seed=seed, loss=loss, fixed=fixed, source=src, qmax=qmax,
+                               samples=default_samples(samples, FIT_SAMPLES, block_size, tensor_size),
+                               seed=seed, loss=loss, fixed=fixed, source=src, qmax=qmax,
                                tensor_size=tensor_size, max_iter=max_iter, tol=tol)   # checks them all
     rule, fx = get_rule(recipe.scale), recipe.fixed
     from .lloyd import lloyd  # the exact code under the base rule is the start
@@ -312,12 +326,13 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     return SearchLloydResult(cb, it, change, bool(done), err, params)
 
 
-def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int = FIT_SAMPLES,
+def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int | None = None,
                  seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1), max_iter: int = 100,
                  tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                  tensor_size: int | None = None, name: str | None = None, progress: bool = False) -> Codebook:
     """The Lloyd code for the scaled layout under a search rule, fitted on ``samples`` draws of
-    ``source`` (seed ``seed``) with the rule's search inside the loop (module docstring).
+    ``source`` (seed ``seed``; default :data:`~.recipes.FIT_SAMPLES` in whole blocks, or
+    tensors) with the rule's search inside the loop (module docstring).
 
     ``fixed`` levels stay (largest magnitude 1: ``-1`` or ``1`` must be among them); ``loss``
     ``"l2"``/``"l1"`` (the weight-domain error); ``tensor_size`` cuts the sample into tensors

@@ -172,7 +172,7 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
         with _gguf_bar(progress_enabled(progress)):
             model, info = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32,
                                                                    output_loading_info=True, **kw)
-        _check_loading_info(path, info)
+        _check_loading_info(path, info, TASKS[task].unused_weights)
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
@@ -185,11 +185,13 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
     return model, tokenizer
 
 
-def _check_loading_info(path: Any, info: dict) -> None:
+def _check_loading_info(path: Any, info: dict, unused: tuple[str, ...] = ()) -> None:
     """transformers fills weights the file lacks (or holds in another shape) with random values
-    and says so only in a log line: a model scored that way measures noise, so it is an error."""
+    and says so only in a log line: a model scored that way measures noise, so it is an error
+    (but for ``unused``, prefixes of weights the task never reads)."""
     for key, what in (("missing_keys", "lacks"), ("mismatched_keys", "holds in another shape")):
-        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+        names = sorted(n for n in (str(k if isinstance(k, str) else k[0]) for k in info.get(key) or ())
+                       if not n.startswith(unused))
         if names:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise ValueError(f"{path}: the model file {what} {len(names)} weight(s) its config asks for ({shown}); "
@@ -457,6 +459,9 @@ class Task:
     columns: ClassVar[dict[str, tuple[str, str]]] = {}
     #: the metric --plot draws against bits per weight, and how it is labelled
     plot_metric: ClassVar[tuple[str, str]] = ("", "")
+    #: name prefixes of weights the auto class builds but the task never reads: a file may
+    #: lack them (a sentence encoder saved without BERT's pooler)
+    unused_weights: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -623,6 +628,7 @@ def split_sentences(text: str, min_words: int = 3) -> list[str]:
 class SentenceEmbedding(Task, name="embed"):
     columns = {"cosine_mean": ("cos mean", "{:9.6f}"), "cosine_min": ("cos worst", "{:9.6f}")}
     plot_metric = ("one_minus_cosine", "1 − mean cosine similarity to the unquantized embeddings")
+    unused_weights = ("pooler.",)   # the embedding is the mean of the last hidden states
     batch = 32
 
     @staticmethod
