@@ -228,7 +228,7 @@ class QuantState:
             ok = False
         if not ok:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
-        if np.asarray(host_array(self.code)).dtype.kind not in "fiu":
+        if host_array(self.code).dtype.kind not in "fiu":
             raise ValueError(f"code must be a table of float32 levels, got {self.code!r}")
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks
