@@ -643,3 +643,17 @@ def test_tensor_inputs_are_shared_by_one_tensors_rows_only(monkeypatch):
     assert len(calls) == 1
     got = nf4.roundtrip(x2, "hadamard", "numpy", inputs)[0]
     assert len(calls) == 2 and np.array_equal(got, want)
+
+
+def test_a_codebook_wider_than_a_byte_is_refused_before_any_tensor(tmp_path):
+    """The byte format's width rule (bulk.format.check_bits), named with the codebook's label."""
+    from safetensors.numpy import save_file
+
+    from quantbook import Codebook
+    from quantbook.model import evaluate_model
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": np.ones((4, 64), np.float32)}, str(path))
+    wide = Codebook(levels=np.linspace(-1, 1, 300), bits=9)
+    with pytest.raises(ValueError, match=r"codebook 'wide' has 9 bits: bits must be an integer from 1 to 8"):
+        evaluate_model(str(path), [("wide", wide)])

@@ -110,19 +110,17 @@ class ErrorSums:
                 "rel_frobenius": self.rel_frobenius, "bits_per_weight": self.bits_per_weight}
 
 
-def error_sums(x: np.ndarray, xhat: np.ndarray, x64: np.ndarray | None = None,
-               sx2: float | None = None) -> ErrorSums:
+def error_sums(x: np.ndarray, xhat: np.ndarray, sx2: float | None = None) -> ErrorSums:
     """Float64 error sums of host ``xhat`` against host ``x`` (bits left 0), each in the fixed
     order of :mod:`quantbook.bulk.sums` (the same numbers on every machine, thread count and
     backend).
 
-    ``sx2`` (``Σx²``) may be passed to reuse it across codebooks, and ``x64`` (``x`` as a
-    float64 array, or any array of the same values) to use in place of ``x``.
+    ``sx2`` (``Σx²``) may be passed to reuse it across codebooks.
     """
     from ..bulk.api import host_backend
 
     be = host_backend()   # any backend's sums are the same bits
-    xs = np.asarray(x if x64 is None else x64)
+    xs = np.asarray(x)
     if sx2 is None:
         sx2 = be.error_sums(xs)[0]
     sse, sae = be.error_sums(xs, np.asarray(xhat))
@@ -446,8 +444,13 @@ def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
     if len(set(labels)) != len(labels):
         raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
     for label, cb in codebooks:
-        if not is_vector_codebook(cb) and not 1 <= cb.bits <= 8:
-            raise ValueError(f"codebook {label!r} has {cb.bits} bits; the block-wise format stores 1..8 bits per code")
+        if not is_vector_codebook(cb):
+            from ..bulk.format import check_bits
+
+            try:
+                check_bits(cb.bits)
+            except ValueError as exc:
+                raise ValueError(f"codebook {label!r} has {cb.bits} bits: {exc}") from None
 
 
 @dataclass
