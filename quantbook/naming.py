@@ -49,7 +49,7 @@ from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF
 from .errors import NotFoundError
 
-__all__ = ["resolve_codebook", "resolve_codebooks", "depends_on_block_size", "UnknownCodebookError",
+__all__ = ["resolve_codebook", "resolve_codebooks", "split_specs", "depends_on_block_size", "UnknownCodebookError",
            "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
 
 #: one line naming every accepted spelling (for error messages and help texts)
@@ -178,11 +178,18 @@ def depends_on_block_size(spec: Any) -> bool:
     return bool(m) and not m.group("B")
 
 
-def resolve_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[tuple[str, Codebook]]:
-    """``(label, Codebook)`` for a comma-separated string or a sequence of spellings / Codebooks.
+def split_specs(specs: str | Sequence[Any]) -> list[Any]:
+    """The items of a comma-separated string of codebook spellings, or of a sequence.  A string
+    that names an existing file is that one file, commas and all (a sequence can name several)."""
+    if not isinstance(specs, str):
+        return list(specs)
+    return [specs] if "," in specs and os.path.isfile(specs) else specs.split(",")
 
-    The label is the spelling as given (a Codebook's own name)."""
-    items = specs.split(",") if isinstance(specs, str) else list(specs)
+
+def resolve_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[tuple[str, Codebook]]:
+    """``(label, Codebook)`` for a comma-separated string (:func:`split_specs`) or a sequence of
+    spellings / Codebooks.  The label is the spelling as given (a Codebook's own name)."""
+    items = split_specs(specs)
     labelled = []
     for item in items:
         if isinstance(item, Codebook):

@@ -173,3 +173,23 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out == f"quantbook {quantbook.__version__}\n"
+
+
+def test_library_parameter_names_are_spelled_as_the_command_s_options(capsys, monkeypatch):
+    """The library names ``tensor_size=8``; the user typed ``--tensor-size 8`` (or ``-B``)."""
+    assert main(["evaluate", "nf4", "--scale", "e4m3", "-B", "16", "--tensor-size", "8"]) == 2
+    assert capsys.readouterr().err == "quantbook: error: --tensor-size 8 holds less than one block of 16 values\n"
+    assert main(["evaluate", "nf4", "--scale", "search:4over6", "-B", "16", "--samples", "64",
+                 "--tensor-size", "48"]) == 2
+    assert "--samples 64 must be a multiple of --tensor-size 48" in capsys.readouterr().err
+
+    def refuse(args):   # what a switch and options of this command look like in a library message
+        raise ValueError("nested=True does not combine with scale='e4m3'; block_size=64; a.block_size=1; "
+                         "max_block_size=2; rotate=")
+
+    parser = build_parser()
+    parser._subparsers._group_actions[0].choices["evaluate-model"].set_defaults(func=refuse)
+    monkeypatch.setattr(quantbook.cli, "build_parser", lambda: parser)
+    assert main(["evaluate-model", "m.safetensors"]) == 2
+    assert capsys.readouterr().err == ("quantbook: error: --nested does not combine with --scale 'e4m3'; "
+                                       "--block-size 64; a.block_size=1; max_block_size=2; rotate=\n")

@@ -102,10 +102,10 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("evaluate", "nf4", "--samples", "4096"), "apply only to a search rule"),
     (("evaluate", "nf4", "--scale", "search:ggml", "--normalization", "none"), "does not apply"),
     (("evaluate", "nf4", "--scale", "search:4over6", "--block-size", "16", "--samples", "100"),
-     "multiple of block_size"),
+     "multiple of --block-size"),
     (("derive", "lloyd", "--scale", "float16", "--samples", "4096"), "apply only to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--symmetric"), "do not apply to a search rule"),
-    (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of block_size"),
+    (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of --block-size"),
     # without block scaling a derivation has no block (its recipe dropped -B 64, -3 too); evaluate
     # still reads it for a lloyd-... name, and checks it for any (0 passed)
     (("evaluate", "nf4", "--normalization", "none", "--block-size", "0"), "block size must be between 2"),
@@ -190,7 +190,7 @@ def test_search_rule_defaults_on_the_command_line(capsys):
     e = run_json(capsys, "evaluate", "nf4", "--scale", "search:4over6", "--block-size", "48", "--json")
     assert e["block_size"] == 48 and e["samples"] == -(-(1 << 22) // 48) * 48
     rc, _, err = run(capsys, "evaluate", "nf4", "--scale", "search:4over6", "--block-size", "48", "--samples", "4096")
-    assert rc == 2 and "samples must be a positive multiple of block_size=48, got 4096" in err   # given: its error
+    assert rc == 2 and "samples must be a positive multiple of --block-size 48, got 4096" in err   # given: its error
 
 
 def test_block_size_has_its_short_flag_and_nested_names_no_qmax(capsys):

@@ -358,3 +358,23 @@ def test_a_tensor_smaller_than_a_block_is_refused():
         with pytest.raises(ValueError, match="holds less than one block of"):
             call()
     assert evaluate(get("nf4"), 64, scale="e4m3", tensor_size=64).mse_weight > 0   # one block: fine
+
+
+@pytest.mark.parametrize("rule", ["e4m3", "e8m0:floor", "float16", "search:4over6"])
+def test_a_code_declared_wider_than_4_bits_counts_the_4_the_layout_stores(rule):
+    """quantize() stores a 16-entry code in nibbles whatever width it declares: the bytes it
+    writes are the oracle for what evaluate and the search's Monte Carlo count."""
+    from quantbook.derive import evaluate_search
+    from quantbook.model.evaluate import storage_bits
+
+    nf4 = quantbook.get("nf4")
+    wide = quantbook.Codebook(levels=nf4.levels, bits=8, name="nf4-in-a-byte")
+    n, B = 1 << 16, 32
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    p, st = quantbook.quantize(x, wide, B, scale=rule, backend="numpy")
+    stored = (storage_bits(p, st) - 8 * get_rule(rule).tensor_bytes) / n
+    if get_rule(rule).deterministic:
+        got = [evaluate(c, B, scale=rule).bits_per_weight for c in (wide, nf4)]
+    else:
+        got = [evaluate_search(c, B, rule, samples=4096)["bits_per_weight"] for c in (wide, nf4)]
+    assert got == [stored, stored]

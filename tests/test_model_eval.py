@@ -222,6 +222,9 @@ def test_codebook_specs(tmp_path):
     with pytest.raises(ValueError):
         resolve_codebook("nf9")
     assert [label for label, _ in resolve_codebooks("nf4, fp4,,af4")] == ["nf4", "fp4", "af4"]
+    comma = tmp_path / "a,b.json"   # a file whose name holds a comma is still one codebook
+    comma.write_text(REGISTRY["af4"].codebook.to_json())
+    assert [(label, cb) for label, cb in resolve_codebooks(str(comma))] == [(str(comma), REGISTRY["af4"].codebook)]
 
 
 def test_lloyd_shorthand_is_fitted_at_its_block_size():
@@ -311,6 +314,9 @@ def test_cli_evaluate_model_errors(synthetic, tmp_path, capsys):
     for argv, msg in [
         (["evaluate-model", str(tmp_path / "none.safetensors")], "no such safetensors file"),
         (["evaluate-model", str(path), "-c", "nf4,bogus"], "unknown codebook"),
+        (["evaluate-model", str(path), "-c", "nf4,NF4"], "'nf4' and 'NF4' are the same codebook"),
+        (["evaluate-model", str(path), "-c", "higgs-2d-256,HIGGS-2d-256"], "are the same codebook"),
+        (["evaluate-model", str(path), "-c", "nf4,af4,nf4"], "codebook listed twice: nf4"),
         (["evaluate-model", str(path), "-B", "100"], "power of two"),
         (["evaluate-model", str(path), "--tensors", "nothing*"], "no floating tensors"),
         (["evaluate-model", str(path), "--plot", str(tmp_path / "no" / "p.png")], "does not exist"),

@@ -24,7 +24,9 @@ stays the one line.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -71,6 +73,33 @@ def _describe(exc: BaseException) -> str:
     return _one_line(exc)
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command (and sub-command) ``args`` ran."""
+    for name in (getattr(args, "command", None), getattr(args, "method", None)):
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or name not in sub.choices:
+            break
+        parser = sub.choices[name]
+    return parser
+
+
+def _as_options(message: str, parser: argparse.ArgumentParser | None, args: argparse.Namespace | None) -> str:
+    """The library names its parameters (``tensor_size=8``); on the command line they are the
+    command's options (``--tensor-size 8``), so a message names what the user can change."""
+    if parser is None or args is None:
+        return message
+    for action in _command_parser(parser, args)._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag is None or action.dest == "help":
+            continue
+        name = rf"(?<![\w.-]){re.escape(action.dest)}="
+        if action.nargs == 0:   # a switch: nested=True is the flag given
+            message = re.sub(name + r"True\b", flag, message)
+        else:
+            message = re.sub(name + r"(?=[^\s=])", f"{flag} ", message)
+    return message
+
+
 def _silence_stdout() -> None:
     """After a broken pipe: send what is left in stdout's buffer nowhere, so that Python's
     final flush does not complain."""
@@ -113,6 +142,7 @@ def _main(argv: Sequence[str] | None) -> int:
     def collect(message, category, filename, lineno, file=None, line=None):
         caught.setdefault((category, _one_line(message)), None)
 
+    parser = args = None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = collect
@@ -130,7 +160,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _silence_stdout()
         return 0
     except (ValueError, OSError) as exc:
-        print(f"quantbook: error: {_describe(exc)}", file=sys.stderr)
+        print(f"quantbook: error: {_as_options(_describe(exc), parser, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("quantbook: interrupted", file=sys.stderr)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..codebooks import Codebook
 from ..io.progress import progress_bar
-from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, get_rule, scaled_peak
+from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
 from .recipes import FIT_SAMPLES, parse_fixed
@@ -256,7 +256,8 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | N
     scaled_peak(levels)   # the table the layout stores, as quantize() checks it
     bits = int(getattr(codebook, "bits", max(1, int(np.ceil(np.log2(levels.size))))))
     samples = default_samples(samples, EVAL_SAMPLES, block_size, tensor_size)
-    _check(bits, block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax)
+    # scaled_peak checked the table; a code declared wider than 4 bits is stored in 4, as quantize does
+    _check(min(bits, SCALED_BITS), block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax)
     src = parse_source(source)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
     e2, e1 = (e / block_size for e in search_block_errors(levels, block_size, rule, x, qmax, tensor_size))

@@ -192,12 +192,11 @@ def resolve_model_codebooks(specs: str | Sequence[Any], block_size: int = 64) ->
     """``(label, codebook)`` of a comma-separated string or a sequence: vector codebooks
     (:func:`quantbook.naming.is_vector_spec`, resolved by ``resolve_vector``) and scalar ones
     (``resolve_codebook``, fitted to ``block_size`` where the name asks).  The label is the
-    spelling as given, or a codebook object's own name."""
-    from ..naming import is_vector_spec, resolve_codebook, resolve_vector
+    spelling as given, or a codebook object's own name (a string: :func:`quantbook.naming.split_specs`)."""
+    from ..naming import is_vector_spec, resolve_codebook, resolve_vector, split_specs
 
-    items = specs.split(",") if isinstance(specs, str) else list(specs)
     out = []
-    for item in items:
+    for item in split_specs(specs):
         if isinstance(item, str) and not item.strip():
             continue
         label = item.strip() if isinstance(item, str) else str(getattr(item, "name", item))
@@ -437,12 +436,16 @@ def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]], scaled: bo
 
 
 def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
-    """Labels distinct and at least one; scalar codebooks of 1..8 bits (before any work)."""
+    """Labels and codebooks distinct and at least one; scalar codebooks of 1..8 bits (before any work)."""
     labels = [label for label, _ in codebooks]
     if not labels:
         raise ValueError("no codebooks given")
     if len(set(labels)) != len(labels):
         raise ValueError(f"codebook listed twice: {', '.join(sorted({l for l in labels if labels.count(l) > 1}))}")
+    for i, (label, cb) in enumerate(codebooks):   # two spellings of one codebook (nf4, NF4): the same rows
+        twin = next((other for other, cb2 in codebooks[:i] if type(cb2) is type(cb) and cb2 == cb), None)
+        if twin is not None:
+            raise ValueError(f"codebook listed twice: {twin!r} and {label!r} are the same codebook")
     for label, cb in codebooks:
         if not is_vector_codebook(cb):
             from ..bulk.format import check_bits

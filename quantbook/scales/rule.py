@@ -172,7 +172,11 @@ class ScaleRule:
 
     def bits_per_weight(self, block_size: int, code_bits: int = 4, n: int | None = None) -> float:
         """Code bits plus the stored scales per weight; ``n`` (the tensor's size) adds the
-        per-tensor bytes, which vanish for large tensors when ``n`` is None."""
+        per-tensor bytes, which vanish for large tensors when ``n`` is None.  The scaled layouts
+        store any code of up to 16 entries in :data:`SCALED_BITS` bits, so a code declared wider
+        counts those; a narrower one counts its own width."""
+        if self.layout == "scaled":
+            code_bits = min(code_bits, SCALED_BITS)
         bpw = code_bits + 8.0 * self.stored_bytes / block_size
         if n:
             bpw += 8.0 * self.tensor_bytes / n
