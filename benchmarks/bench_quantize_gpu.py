@@ -143,6 +143,28 @@ def _csv(text: str, conv) -> list:
         raise ValueError(f"expected a comma-separated list, got {text!r}") from None
 
 
+def _side_lines(x, codes, bitss, in_dt, dname, key, t_copy, args, sync, cp_events, G):
+    """The lines printed before a dtype's table: host work a call (2**12 values, NF4 or the
+    first code, B = 64), sanitize, the error sums and the end-to-end quantize."""
+    xs, cs, bs0 = x[:4096], codes.get(4, codes[bitss[0]]), 4 if 4 in codes else bitss[0]
+    hs = {}
+
+    def q_small():
+        hs["p"], hs["a"] = G.quantize_gpu(xs, cs, bs0, 64, input_dtype=in_dt)
+
+    h_q = _host_us(q_small, sync)
+    h_d = _host_us(lambda: G.dequantize_gpu(hs["p"], hs["a"], cs, bs0, 64, xs.size, dname), sync)
+    print(f"{dname:9s} host work a call: quantize {h_q:.0f} us, dequantize {h_d:.0f} us")
+    # allow_nonfinite's input, made on the device: reads and writes what a copy does
+    t_san = _median_ms(lambda: G.sanitize_gpu(x, 64, input_dtype=in_dt), args.repeat, sync, cp_events,
+                       args.calls)
+    print(f"{dname:9s} sanitize (allow_nonfinite, B = 64) {t_san:.3f} ms, {t_copy / t_san:.2f} of copy")
+    if key != "bf16":   # evaluate-model's error sums: two arrays read, as many bytes as the copy
+        t_sum = _median_ms(lambda: G.error_chunks_gpu(x, x), args.repeat, sync, cp_events, args.calls)
+        print(f"{dname:9s} error sums (evaluate-model) {t_sum:.3f} ms, {t_copy / t_sum:.2f} of copy")
+    _end_to_end(x, dname, args.repeat, sync, cp_events, args.calls, G)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2n", type=int, default=28)
@@ -259,6 +281,7 @@ def main(argv=None) -> int:
     print(head)
     print("-" * len(head))
     status = checked = 0
+    bnb_errors: set[str] = set()
     worst = {"q": np.inf, "d": np.inf}
     for dname in dtypes:
         key = G._dtype_key(dname)
@@ -286,24 +309,11 @@ def main(argv=None) -> int:
         t_copy = _median_ms(copy, args.repeat, sync, cp_events, args.calls)
         bw_copy = 2 * n * isz / t_copy / 1e6
         print(f"{dname:9s} d2d copy {bw_copy:9.1f} GB/s ({t_copy:.3f} ms)")
-        if not args.profile:   # host work a call: 2**12 values, NF4 (or the first code), B = 64
-            xs, cs, bs0 = x[:4096], codes.get(4, codes[bitss[0]]), 4 if 4 in codes else bitss[0]
-            hs = {}
-
-            def q_small():
-                hs["p"], hs["a"] = G.quantize_gpu(xs, cs, bs0, 64, input_dtype=in_dt)
-
-            h_q = _host_us(q_small, sync)
-            h_d = _host_us(lambda: G.dequantize_gpu(hs["p"], hs["a"], cs, bs0, 64, xs.size, dname), sync)
-            print(f"{dname:9s} host work a call: quantize {h_q:.0f} us, dequantize {h_d:.0f} us")
-            # allow_nonfinite's input, made on the device: reads and writes what a copy does
-            t_san = _median_ms(lambda: G.sanitize_gpu(x, 64, input_dtype=in_dt), args.repeat, sync, cp_events,
-                               args.calls)
-            print(f"{dname:9s} sanitize (allow_nonfinite, B = 64) {t_san:.3f} ms, {t_copy / t_san:.2f} of copy")
-            if key != "bf16":   # evaluate-model's error sums: two arrays read, as many bytes as the copy
-                t_sum = _median_ms(lambda: G.error_chunks_gpu(x, x), args.repeat, sync, cp_events, args.calls)
-                print(f"{dname:9s} error sums (evaluate-model) {t_sum:.3f} ms, {t_copy / t_sum:.2f} of copy")
-            _end_to_end(x, dname, args.repeat, sync, cp_events, args.calls, G)
+        if not args.profile:   # lines beside the table: one that fails says so, and the table still comes
+            try:
+                _side_lines(x, codes, bitss, in_dt, dname, key, t_copy, args, sync, cp_events, G)
+            except Exception as exc:   # noqa: BLE001 - a benchmark reports and goes on
+                print(f"{dname:9s} side lines FAILED: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
         tx = None
         if bnbF is not None:
             tx = torch.from_dlpack(x)
@@ -361,8 +371,11 @@ def main(argv=None) -> int:
                                 bnbF.dequantize_blockwise(bs["p"], bs["s"])
                         r_q = _median_ms(bq, args.repeat, torch.cuda.synchronize, t_events, args.calls) / t_q
                         r_d = _median_ms(bd, args.repeat, torch.cuda.synchronize, t_events, args.calls) / t_d
-                    except Exception:   # a block size bitsandbytes does not support
-                        pass
+                    except Exception as exc:   # e.g. a block size bitsandbytes does not support: said once
+                        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                        if why not in bnb_errors:
+                            bnb_errors.add(why)
+                            print(f"bitsandbytes {dname} B={B} bits={bits} failed (its columns show -): {why}")
                 bw_q, bw_d = nbytes / t_q / 1e6, nbytes / t_d / 1e6
                 worst["q"] = min(worst["q"], bw_q / bw_copy)
                 worst["d"] = min(worst["d"], bw_d / bw_copy)

@@ -5,6 +5,7 @@ No GPU and no CuPy needed.  The encoder tables are checked against the format's 
 each bound and code value plus random values (seed 0): exact equality of code indices.
 """
 
+import re
 import subprocess
 import sys
 
@@ -163,10 +164,12 @@ def test_benchmark_without_a_gpu_says_so():
 
 
 _PARSE_ONLY = r'''
-import argparse, runpy, sys
+import argparse, os, runpy, sys
 args = sys.argv[1:]
 if not (args and args[0].endswith(".py")):
     sys.exit(0)                 # -c, -m pytest: not what this dry run checks
+if os.environ.get("FAIL_SCRIPT") and args[0].endswith(os.environ["FAIL_SCRIPT"]):
+    sys.exit(1)                 # this stage fails (e.g. env on a machine without a GPU)
 parse = argparse.ArgumentParser.parse_args
 def parsed(self, a=None, ns=None):
     parse(self, a, ns)          # a flag the benchmark lacks exits 2 here
@@ -185,12 +188,9 @@ os.execv(sys.executable, [sys.executable, *args[i:]])
 '''
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
-def test_gpu_check_script_dry_run(tmp_path):
-    """benchmarks/gpu_check.sh, every stage, with each benchmark stopped right after its
-    arguments are parsed (and ncu standing in by running its command): the device time of a
-    lent machine is not spent on a flag a benchmark no longer takes, or a stage that names
-    a missing script."""
+def _gpu_check(tmp_path, **env_extra):
+    """benchmarks/gpu_check.sh run dry: ``(completed process, OUTDIR)``, each benchmark stopped
+    right after its arguments are parsed and ncu standing in by running its command."""
     import os
     import shutil
     from pathlib import Path
@@ -200,27 +200,72 @@ def test_gpu_check_script_dry_run(tmp_path):
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "parse_only.py").write_text(_PARSE_ONLY)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     ncu = bin_dir / "ncu"
     ncu.write_text(f"#!{sys.executable}\n{_FAKE_NCU}")
     ncu.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               PYTHON=f"{sys.executable} {tmp_path / 'parse_only.py'}", BASE=str(root), LOG2N="20")
-    env.pop("STAGES", None)
-    env.pop("WHEELS", None)
+               PYTHON=f"{sys.executable} {tmp_path / 'parse_only.py'}", BASE=".", LOG2N="20")
+    for key in ("STAGES", "WHEELS", "BUDGET"):
+        env.pop(key, None)
+    env.update(env_extra)
     r = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(out)], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
+    return r, out
+
+
+def _sections(log: str) -> dict[str, str]:
+    """check.log's stages: the text behind each ``=== NAME`` line."""
+    parts = re.split(r"^=== (\w+) .*$", log, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_check_script_dry_run(tmp_path):
+    """Every stage, in the order of priority, with each benchmark stopped once its arguments
+    are parsed: the device time of a lent machine is not spent on a flag a benchmark no
+    longer takes, or a stage that names a missing script.  What comes back is two files
+    (a lent machine returns eight)."""
+    r, out = _gpu_check(tmp_path)
     assert r.returncode == 0, r.stderr
-    stages = (out / "stages.txt").read_text().split("\n")
-    names = [line.split()[0] for line in stages if line]
-    assert names == ["env", "tests", "sweep", "base", "scaled", "stream", "vq", "evaluate", "quality", "ncu"]
-    assert all(" rc=0 " in line for line in stages if line), stages
-    for name in ("sweep", "base", "scaled", "stream", "vq", "evaluate", "quality"):
-        assert (out / f"{name}.log").read_text().count("parsed: benchmarks/") == 1, name
-    assert (out / "sweep.log").read_text().strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
+    stages = (out / "stages.txt").read_text().splitlines()
+    assert [line.split()[0] for line in stages] == ["env", "sweep", "base", "tests", "ncu", "scaled", "stream",
+                                                    "quality", "evaluate", "vq"]
+    assert all(" rc=0 " in line for line in stages), stages
+    assert sorted(p.name for p in out.iterdir()) == ["check.log", "stages.txt"]
+    logs = _sections((out / "check.log").read_text())
+    for name in ("env", "sweep", "base", "scaled", "stream", "vq", "evaluate", "quality"):
+        assert logs[name].count("parsed: benchmarks/") == 1, name
+    assert logs["sweep"].strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
     # the three profiled rows: codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16
-    assert (out / "ncu.log").read_text().count("parsed: benchmarks/bench_quantize_gpu.py --profile") == 3
+    assert logs["ncu"].count("parsed: benchmarks/bench_quantize_gpu.py --profile") == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+@pytest.mark.parametrize("env, rc, said", [
+    (dict(STAGES="env sweeep"), 2, "unknown stage 'sweeep'"),
+    (dict(STAGES="sweep base", BASE=""), 2, "the base stage needs BASE=DIR"),
+    (dict(WHEELS="no-such-folder", PYTHON=sys.executable), 1, "installing the wheels in no-such-folder failed"),
+])
+def test_gpu_check_refuses_settings_that_would_waste_the_device(tmp_path, env, rc, said):
+    r, out = _gpu_check(tmp_path, **env)
+    assert r.returncode == rc and said in r.stderr, r.stderr
+    assert not (out / "stages.txt").exists() or (out / "stages.txt").read_text() == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_check_stops_without_a_gpu_and_keeps_its_budget(tmp_path):
+    r, out = _gpu_check(tmp_path, FAIL_SCRIPT="gpu_env.py")
+    assert r.returncode == 1
+    assert (out / "stages.txt").read_text().splitlines() == [
+        (out / "stages.txt").read_text().splitlines()[0], "gpu_check: stopped after env (no usable GPU, see above)"]
+    r, out = _gpu_check(tmp_path, BUDGET="24")   # under 20 s for a stage, less 5 to spare
+    stages = (out / "stages.txt").read_text().splitlines()
+    assert r.returncode == 0
+    assert [line.split()[0] for line in stages] == ["env", "sweep", "base", "tests", "ncu", "scaled", "stream",
+                                                    "quality", "evaluate", "vq"]
+    assert all(" skipped: " in line for line in stages), stages
 
 
 _FAKE_PIP = r'''
@@ -267,4 +312,4 @@ def test_gpu_prepare_script_makes_the_carried_folders_once(tmp_path):
     assert base.stdout.strip() == head
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert ".whl" not in status and ".base" not in status
-    assert "of the 67108864 a call may carry" in r.stdout and "WHEELS=.whl BASE=$PWD/.base" in r.stdout
+    assert "of the 67108864 a call may carry" in r.stdout and "WHEELS=.whl BASE=.base bash benchmarks/gpu_check.sh" in r.stdout
