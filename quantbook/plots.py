@@ -65,6 +65,8 @@ def plot_format(out: str | os.PathLike) -> str:
 
 def check_plot_path(out: str | os.PathLike) -> Path:
     """``out`` as a Path if a picture can be written there (path and extension checked), else ``ValueError``."""
+    if os.fspath(out) == "-":   # the usual spelling of standard output, which a picture does not go to
+        raise ValueError("a picture is written to a file, not to standard output (-): give e.g. plot.png")
     p = check_output_path(out)
     plot_format(out)
     return p

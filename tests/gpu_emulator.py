@@ -419,34 +419,6 @@ def error_chunks_emulated(x: np.ndarray, xhat: np.ndarray | None = None) -> np.n
     return out.reshape(2, runs)
 
 
-class EmulatedCudaBackend(Backend, name="gpu-emulated"):
-    """The CUDA kernels, launched as the gpu backend launches them, on the CPU."""
-
-    def unavailable(self):
-        try:
-            emulator()
-        except EmulatorUnavailable as exc:
-            return f"host emulation of the kernels unavailable: {exc}"
-        return None
-
-    def quantize_blocks(self, x, code, bits, block_size):
-        return quantize_emulated(x, code, bits, block_size)
-
-    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
-        return dequantize_emulated(packed, absmax, code, bits, block_size, n, out_dtype)
-
-    def sanitize_nonfinite(self, x, block_size):
-        return sanitize_emulated(x, block_size)
-
-    def quantize_nested(self, absmax, offset):
-        return quantize_absmax_nested_emulated(absmax, offset)
-
-    def _error_chunks(self, x, xhat):
-        if not error_chunks_kernel_takes(x, xhat):   # as the gpu backend: the host's sums
-            return super()._error_chunks(x, xhat)
-        return error_chunks_emulated(x, xhat)
-
-
 # ---- the scaled-layout kernels (quantbook/bulk/gpu/scaled_kernels.py) -------------------------
 # A separate library: its own source, the same shim plus the two intrinsics only these kernels
 # use.  The host side (encoder tables, exact multipliers, launch shapes) is the gpu backend's
@@ -719,6 +691,37 @@ class EmulatedScaledBackend(Backend):
 
     def scaled_ggml(self, x, table, block_size, ntry):
         return scaled_ggml_emulated(x, table, block_size, ntry)
+
+
+class EmulatedCudaBackend(EmulatedScaledBackend, name="gpu-emulated"):
+    """The CUDA kernels, launched as the gpu backend launches them, on the CPU: bitsandbytes'
+    layout and, as the gpu backend, the scaled layouts (the hooks above)."""
+
+    def unavailable(self):
+        try:
+            emulator()
+            scaled_emulator()
+        except EmulatorUnavailable as exc:
+            return f"host emulation of the kernels unavailable: {exc}"
+        return None
+
+    def quantize_blocks(self, x, code, bits, block_size):
+        return quantize_emulated(x, code, bits, block_size)
+
+    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+        return dequantize_emulated(packed, absmax, code, bits, block_size, n, out_dtype)
+
+    def sanitize_nonfinite(self, x, block_size):
+        return sanitize_emulated(x, block_size)
+
+    def quantize_nested(self, absmax, offset):
+        return quantize_absmax_nested_emulated(absmax, offset)
+
+    def _error_chunks(self, x, xhat):
+        if not error_chunks_kernel_takes(x, xhat):   # as the gpu backend: the host's sums
+            return super()._error_chunks(x, xhat)
+        return error_chunks_emulated(x, xhat)
+
 
 
 # ---- the vector-quantization kernels (quantbook/bulk/gpu/vq_kernels.py) -----------------------

@@ -1,6 +1,7 @@
 """Codebook value type: validation, encode/decode rule, JSON round trip."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -84,6 +85,20 @@ def test_ties_go_to_lower_level_and_thresholds():
     assert cb.encode(5.0) == 3 and cb.encode(-5.0) == 0
     with pytest.raises(CodebookError, match="NaN"):
         cb.encode([0.0, np.nan])
+
+
+def test_thresholds_near_float32_max_are_the_encoder_s():
+    """The midpoint of two levels near float32's maximum: a float32 sum overflows, the
+    encoder halves first.  The independent value: float64 (a + b) / 2 rounded to float32
+    (exact here: the float64 sum is exact and halving it is exact)."""
+    top = float(np.finfo(np.float32).max)
+    cb = Codebook([-top, 0.0, 3e38, top], bits=2)
+    a = cb.levels_f32.astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cb.thresholds_f32
+    assert got.tolist() == ((a[:-1] + a[1:]) / 2).astype(np.float32).tolist()
+    assert cb.encode(np.nextafter(got[2], np.float32(np.inf))) == 3 and cb.encode(got[2]) == 2
 
 
 def test_code_order_differs_from_sorted_order():

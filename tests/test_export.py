@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,17 @@ def test_c_identifier_sanitises(name, ident):
 def test_c_identifier_rejects(bad):
     with pytest.raises(IdentifierError):
         c_identifier(bad)
+
+
+@pytest.mark.parametrize("given", ["a b", "x.y", "x-", "x__y", "nf4_", "9a", "_a", "a\u00e9"])
+def test_a_given_identifier_is_used_as_it_stands_or_refused(given, capsys):
+    """A name derived from a codebook's is rewritten; one chosen with --name is not ("nf4_"
+    would have been nf4's own identifier)."""
+    with pytest.raises(IdentifierError, match="--name"):
+        c_identifier(given, given=True)
+    assert main(["export", "af4", "-f", "c", "--name", given]) == 2
+    assert capsys.readouterr().out == ""
+    assert c_identifier("Good_1a", given=True) == "Good_1a"
 
 
 def test_float_literals_round_trip_float32():
@@ -348,7 +360,7 @@ def test_npy_is_the_index_to_value_table(tmp_path):
 
 @pytest.mark.parametrize("name, quant_type, builtin", [
     ("nf4", "nf4", True), ("fp4", "fp4", True), ("fp4-bnb-cpu", "fp4", True),
-    ("af4", "af4", False), ("nf4-torchao", "nf4_torchao", False), ("int4-sym", "int4_sym", False),
+    ("af4", "af4", False), ("nf4-torchao", "nf4-torchao", False), ("int4-sym", "int4-sym", False),
 ])
 def test_bnb_quant_map(name, quant_type, builtin, tmp_path):
     path = tmp_path / "qm.npz"
@@ -421,6 +433,13 @@ def test_cli_errors(capsys, tmp_path):
     bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}))
     assert "--name" in _err(capsys, ["export", str(bad), "-f", "c"])
     assert "keyword" in _err(capsys, ["export", "nf4", "-f", "c", "--name", "float"])
+
+
+def test_a_dash_for_the_output_is_standard_output(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "nf4", "-f", "c", "-o", "-"]) == 0
+    assert "static const float nf4_code[16]" in capsys.readouterr().out
+    assert not (tmp_path / "-").exists()
 
 
 def test_cli_name_override_and_binary_stdout(capsys, tmp_path, monkeypatch):
@@ -544,3 +563,33 @@ def test_a_headers_command_can_be_run_again(tmp_path, capsys):
         assert f"(`{want}`)" in line, line
         cmd = shlex.split(want)[2:]   # the command it names gives the same header
         assert main(["export", *cmd]) == 0 and f"(`{want}`)" in capsys.readouterr().out
+
+
+def test_only_bitsandbytes_own_tables_are_named_as_its_built_in_types(tmp_path, capsys):
+    """bitsandbytes decodes quant_type nf4/fp4 with built-in tables, whatever quant map is
+    stored: a table that is not theirs must not carry the name, in a file or in a state."""
+    from quantbook.bulk import quantize
+
+    edited = quantbook.Codebook(levels=np.r_[REGISTRY["nf4"].codebook.levels[:-1], 0.999], bits=4, name="nf4")
+    path = tmp_path / "edited.json"
+    path.write_text(edited.to_json())
+    out = tmp_path / "e.npz"
+    assert main(["export", str(path), "-f", "bnb", "-o", str(out)]) == 0
+    d = np.load(out)
+    assert str(d["quant_type"]) == "custom-nf4" and not bool(d["bnb_builtin"])
+    assert main(["export", "af4", "-f", "bnb", "--name", "FP4", "-o", str(out)]) == 2
+    assert "--name 'FP4' is a type bitsandbytes decodes with its built-in table" in capsys.readouterr().err
+    x = np.linspace(-1, 1, 256, dtype=np.float32)
+    assert quantize(x, edited, 64)[1].as_dict()["quant_type"] == "custom-nf4"
+    assert quantize(x, "fp4-bnb-cpu", 64)[1].as_dict()["quant_type"] == "fp4"   # bitsandbytes' CPU table
+    assert quantize(x, "fp4", 16, scale="e4m3")[1].quant_type == "custom-fp4"   # not bitsandbytes' layout
+
+
+def test_a_bnb_quant_map_beyond_one_is_warned_about_as_quantize_warns(tmp_path):
+    from quantbook.bulk import CodebookRangeWarning
+
+    with pytest.warns(CodebookRangeWarning, match="'max1960-n16' has levels up to 2.73"):
+        export(REGISTRY["max1960-n16"].codebook, "bnb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export(REGISTRY["nf4"].codebook, "bnb")

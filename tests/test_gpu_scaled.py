@@ -16,6 +16,7 @@ import json
 import re
 import sys
 from pathlib import Path
+import zlib
 
 import numpy as np
 import pytest
@@ -204,7 +205,7 @@ def _check_driver(be, x, codebook, bs, rule):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("codebook", ["e2m1", "nf4", "signed16"])
 def test_driver_bytes_equal_numpy(emu, rule, codebook):
-    rng = np.random.default_rng(abs(hash((rule, codebook))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{rule} {codebook}".encode()))   # fixed across runs (hash() is not)
     be = E.EmulatedScaledBackend()
     bs = 16 if rule.startswith(("e4m3", "search:4over6")) else 32
     x = _nasty(1001, rule, rng, _table(codebook))          # odd: a pad nibble, a partial block

@@ -33,6 +33,13 @@ from quantbook.cli import main
     # a misspelt vector file was read as a scalar one ("lacks bits, levels")
     ('{"kind": "Vector", "points": [[0, 1], [1, 0]]}', """kind is 'Vector': a scalar codebook has no kind"""),
     ('{"kind": "vector", "points": [[0, 1], [1, 0]]}', "this is a vector codebook"),
+    # read as absent, a misspelt "code" stored the table in sorted order under its own name
+    ('{"bits": 2, "levels": [-1, 0, 1], "codes": [0, -1, 1]}', "the key 'codes'"),
+    ('{"bits": 2, "Levels": [-1, 0, 1], "levels": [-1, 1]}', "did you mean 'levels'?"),
+    # numpy reads strings and booleans as numbers
+    ('{"bits": 2, "levels": [" 0.5 ", "1_0"]}', "levels must be numbers: entry 0 is ' 0.5 '"),
+    ('{"bits": 2, "levels": [false, true]}', "levels must be numbers: entry 0 is False"),
+    ('{"bits": 2, "levels": [0, 1], "code": [1, "0"]}', "code must be numbers: entry 1 is '0'"),
 ])
 def test_bad_json_is_one_codebook_error_line(text, msg):
     with pytest.raises(CodebookError) as info:
@@ -104,3 +111,20 @@ def test_a_file_whose_name_ends_in_a_space_is_that_file(tmp_path, capsys):
     assert load(str(path)) == ref
     assert main(["show", str(path)]) == 0 and capsys.readouterr().out.startswith("spaced:")
     assert main(["show", " nf4 "]) == 0 and capsys.readouterr().out.startswith("nf4:")
+
+
+def test_a_derive_json_object_is_read_as_its_codebook(capsys):
+    """Its results (mse_weight, converged, ...) sit beside the codebook's keys; none is taken
+    for a misspelling of one."""
+    assert main(["derive", "lloyd", "--bits", "3", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert Codebook.from_json(out).levels.tolist() == json.loads(out)["levels"]
+
+
+def test_the_largest_float32_as_printed_is_a_level():
+    """3.4028235e38 is float32's maximum as numpy prints it; as a float64 it lies above that
+    maximum but rounds to it, as every float32 consumer reads the table."""
+    cb = Codebook.from_json('{"bits": 2, "levels": [-3.4028235e38, 0, 1]}')
+    assert cb.levels_f32[0] == -np.finfo(np.float32).max
+    with pytest.raises(CodebookError, match="round to a finite float32"):
+        Codebook.from_json('{"bits": 2, "levels": [-3.4028236e38, 0, 1]}')

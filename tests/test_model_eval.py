@@ -24,8 +24,12 @@ from quantbook.model import list_tensors, read_tensor, sample_weights
 from quantbook.naming import resolve_codebook, resolve_codebooks
 from quantbook.model.evaluate import ErrorSums, error_sums
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
+def _save_file(tensors, path) -> None:
+    """Write a test file with safetensors (quantbook reads them with its own code, so only the
+    tests that write one need the package)."""
+    st = pytest.importorskip("safetensors.numpy", reason="safetensors writes the test files: pip install safetensors")
+    st.save_file(tensors, str(path))
 
 
 def _minilm_path() -> Path | None:
@@ -74,7 +78,7 @@ def synthetic(tmp_path_factory):
         "empty": np.zeros((0, 8), dtype=np.float32),
     }
     path = tmp_path_factory.mktemp("st") / "tiny.safetensors"
-    safetensors_numpy.save_file(tensors, str(path))
+    _save_file(tensors, str(path))
     return path, tensors
 
 
@@ -266,7 +270,7 @@ def test_bits_per_weight_closed_forms(tmp_path):
 
     rng = np.random.default_rng(5)
     path = tmp_path / "w.safetensors"
-    safetensors_numpy.save_file({"w": rng.standard_normal((640, 64)).astype(np.float32),
+    _save_file({"w": rng.standard_normal((640, 64)).astype(np.float32),
                                  "odd": rng.standard_normal((3, 7)).astype(np.float32)}, str(path))
     cb = [("nf4", REGISTRY["nf4"].codebook)]
     plain = evaluate_model(str(path), cb, block_size=64, tensors="w")
@@ -285,7 +289,7 @@ def test_evaluate_float64_tensor_against_its_own_values(tmp_path):
 
     x = np.random.default_rng(8).standard_normal((16, 64))
     path = tmp_path / "f64.safetensors"
-    safetensors_numpy.save_file({"w": x}, str(path))
+    _save_file({"w": x}, str(path))
     cb = REGISTRY["nf4"].codebook
     rep = evaluate_model(str(path), [("nf4", cb)], block_size=64)
     ref = error_sums(x, _reference_dequantize(x.astype(np.float32), cb, 64))  # error vs the float64 values
@@ -491,14 +495,14 @@ def test_non_finite_weights_are_named_errors(tmp_path, capsys):
     x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
     x[1, 5] = np.nan
     path = tmp_path / "nan.safetensors"
-    safetensors_numpy.save_file({"ok": np.ones(64, np.float32), "bad": x}, str(path))
+    _save_file({"ok": np.ones(64, np.float32), "bad": x}, str(path))
     with pytest.raises(ValueError, match=r"tensor 'bad' holds NaN or Inf values \(first at flat index 69\)"):
         evaluate_model(str(path), [("nf4", REGISTRY["nf4"].codebook)], tensors="bad")
     # standardising per row would otherwise turn the NaN row into zeros without a word
     with pytest.raises(ValueError, match="tensor 'bad' holds NaN or Inf"):
         sample_weights(path, "bad", standardize="row")
     big = tmp_path / "big.safetensors"
-    safetensors_numpy.save_file({"w": np.full(64, 1e300)}, str(big))
+    _save_file({"w": np.full(64, 1e300)}, str(big))
     assert main(["evaluate-model", str(big)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "beyond the float32 range" in err, err  # no overflow warnings either
@@ -517,7 +521,7 @@ def test_evaluate_model_memory_does_not_grow_with_the_number_of_tensors(tmp_path
     peaks = {}
     for n in (4, 24):
         path = tmp_path / f"m{n}.safetensors"
-        safetensors_numpy.save_file({f"t{i}": rng.standard_normal((256, 256)).astype(np.float32)
+        _save_file({f"t{i}": rng.standard_normal((256, 256)).astype(np.float32)
                                      for i in range(n)}, str(path))
         evaluate_model(str(path), cbs, backend="numpy", tensors="t0")  # warm caches outside the trace
         tracemalloc.start()
@@ -581,7 +585,7 @@ def test_codebook_whose_levels_overflow_the_tensor_dtype_is_a_named_error(tmp_pa
     """Such a table used to end in `math domain error` (log10 of Σx²/inf)."""
     x = (np.random.default_rng(8).standard_normal((4, 64)) * 3).astype(dtype)
     path = tmp_path / "w.safetensors"
-    safetensors_numpy.save_file({"w": x}, str(path))
+    _save_file({"w": x}, str(path))
     cb = tmp_path / "huge.json"
     cb.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-level, level]}))
     assert main(["evaluate-model", str(path), "-c", f"nf4,{cb}"]) == 2

@@ -400,3 +400,73 @@ def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys):
     assert "backend numpy" in out and "backend cpu" in out
     for row in ("unquantized", "nf4 ", "nf4+hadamard"):
         assert out.count(f"\n{row}") == 2, (row, out)
+
+
+def _quantized_copy(model, codebook: str, B: int):
+    """The model with every nn.Linear weight replaced by its NF round trip (the numpy
+    reference), built here rather than by the code under test."""
+    import copy
+
+    q = copy.deepcopy(model)
+    n = 0
+    for mod in q.modules():
+        if isinstance(mod, torch.nn.Linear):
+            w = mod.weight.detach().numpy()
+            packed, st = quantize(np.ascontiguousarray(w), codebook, B, backend="numpy")
+            mod.weight.data = torch.from_numpy(dequantize(packed, st, backend="numpy"))
+            n += 1
+    return q, n
+
+
+def test_lm_metrics_against_an_independent_computation(tmp_path):
+    """Perplexity, KL(unquantized ‖ quantized) per token, its mean and 99th percentile and the
+    same-top share, recomputed in float64 with scipy from the two models' logits on the
+    task's windows.  nf2 on a random model: far enough apart that KL's direction shows."""
+    from scipy.special import log_softmax, rel_entr, softmax
+
+    model, tok, text = _tiny_model("lm", tmp_path)
+    lm = CausalLM(model, tok, text, tokens=256, context=64)
+    report = evaluate_quality("tiny", resolve_codebooks("nf2", 64), task="lm", text=text, tokens=256, context=64,
+                              model=(model, tok), device="cpu", backend="numpy")
+    quant, n = _quantized_copy(model, "nf2", 64)
+    assert n == report.n_tensors == 15
+    kl, nll, same = [], [], []
+    with torch.inference_mode():
+        for w in range(lm.n_windows):
+            ids = torch.from_numpy(lm.ids[w:w + 1])
+            a = model(input_ids=ids).logits[0, :-1].double().numpy()
+            b = quant(input_ids=ids).logits[0, :-1].double().numpy()
+            kl.append(rel_entr(softmax(a, axis=-1), softmax(b, axis=-1)).sum(-1))
+            nll.append(-log_softmax(b, axis=-1)[np.arange(len(b)), lm.ids[w, 1:]])
+            same.append(a.argmax(-1) == b.argmax(-1))
+    kl, nll, same = np.concatenate(kl), np.concatenate(nll), np.concatenate(same)
+    row = report.rows["nf2"]
+    assert kl.mean() > 1e-3   # a measurable divergence, or the test could not tell directions apart
+    assert row["kl_mean"] == pytest.approx(kl.mean(), rel=1e-4)
+    assert row["kl_p99"] == pytest.approx(np.percentile(kl, 99), rel=1e-4)
+    assert row["perplexity"] == pytest.approx(np.exp(nll.mean()), rel=1e-5)
+    assert row["same_top_pct"] == pytest.approx(100 * same.mean(), abs=1e-9)
+
+
+def test_embed_metrics_against_an_independent_computation(tmp_path):
+    """Mean and worst cosine between the quantized and unquantized embeddings, each sentence
+    embedded alone (no padding: the plain mean of its hidden states), in float64."""
+    model, tok, text = _tiny_model("embed", tmp_path)
+    task = SentenceEmbedding(model, tok, text, tokens=256, context=64)
+    report = evaluate_quality("tiny", resolve_codebooks("nf2", 64), task="embed", text=text, tokens=256,
+                              context=64, model=(model, tok), device="cpu", backend="numpy")
+    quant, n = _quantized_copy(model, "nf2", 64)
+    assert n == report.n_tensors == 13
+    cos = []
+    with torch.inference_mode():
+        for s in task.sentences:
+            enc = tok(s, truncation=True, max_length=64, return_tensors="pt")
+            a, b = (m(**enc).last_hidden_state[0].double().numpy().mean(0) for m in (model, quant))
+            cos.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    cos = np.array(cos)
+    row = report.rows["nf2"]
+    assert 1 - cos.mean() > 1e-4
+    assert 1 - row["cosine_mean"] == pytest.approx(1 - cos.mean(), rel=1e-4)
+    assert 1 - row["cosine_min"] == pytest.approx(1 - cos.min(), rel=1e-4)
+    worst = task.sentences[int(np.argmin(cos))]
+    assert row["worst_sentence"] == (worst if len(worst) <= 120 else worst[:117] + "...")

@@ -17,10 +17,16 @@ import pytest
 import quantbook
 from quantbook.cli import main
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 # even sizes (whole bytes of codes); 300 is not a multiple of 16 or 32 (a partial last block)
 SHAPES = {"a.weight": (64, 48), "b.weight": (10, 30)}
+
+
+def _save_file(tensors, path) -> None:
+    """Write a test file with safetensors (quantbook reads them with its own code, so only the
+    tests that write one need the package)."""
+    st = pytest.importorskip("safetensors.numpy", reason="safetensors writes the test files: pip install safetensors")
+    st.save_file(tensors, str(path))
 
 
 @pytest.fixture()
@@ -28,7 +34,7 @@ def model(tmp_path):
     rng = np.random.default_rng(20261125)
     tensors = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
     path = tmp_path / "m.safetensors"
-    safetensors_numpy.save_file(tensors, str(path))
+    _save_file(tensors, str(path))
     return path, tensors
 
 
@@ -98,7 +104,7 @@ def test_bad_scale_fails_before_reading(tmp_path):
     from quantbook.naming import resolve_codebooks
 
     path = tmp_path / "m.safetensors"
-    safetensors_numpy.save_file({"w": np.ones((4, 16), np.float32)}, str(path))
+    _save_file({"w": np.ones((4, 16), np.float32)}, str(path))
     with pytest.raises(ValueError, match="at most 16 entries"):
         evaluate_model(str(path), resolve_codebooks("nf5", 16), block_size=16, scale="e4m3")
 

@@ -92,6 +92,18 @@ def test_cli_audit_exit_status_follows_expectations(capsys, monkeypatch):
     assert rc == 1 and "zz-broken" in err
 
 
+def test_audit_named_tables_only(capsys):
+    assert [r.name for r in audit("af4")] == ["af4"]   # a name, not its letters
+    rc, out, _ = run_cli(capsys, "audit", "e2m1", "nf4", "--json")
+    assert rc == 0 and [r["name"] for r in json.loads(out)] == ["e2m1", "nf4"]
+    rc, _, err = run_cli(capsys, "audit", "nf4", "bogus")
+    assert rc == 2 and err == "quantbook: error: no published codebook 'bogus' (quantbook list names them)\n"
+    rc, out, _ = run_cli(capsys, "audit", "--layouts", "e2m1", "--json")
+    assert rc == 0 and [r["name"] for r in json.loads(out)] == ["e2m1"] and json.loads(out)[0]["details"]["layouts"]
+    rc, _, err = run_cli(capsys, "audit", "--vector", "higgs-2d-9")
+    assert rc == 2 and "no vector grid 'higgs-2d-9'; known: higgs-1d-4" in err
+
+
 def test_cli_audit_json_shape(capsys):
     rc, out, _ = run_cli(capsys, "audit", "--json")
     assert rc == 0

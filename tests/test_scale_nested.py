@@ -31,17 +31,29 @@ def _blocks(seed, n):
     return out
 
 
-def test_rule_codes_match_the_bulk_reference():
-    assert np.array_equal(dynamic_map(), bulk_nested.dynamic_map())
-    assert np.array_equal(nested_lut(), bulk_nested.nested_lut())
-    d = np.random.default_rng(3).standard_normal(256 * 50).astype(np.float32)
-    d[::97] = 0
-    q, nabs = bulk_nested.quantize_nested_reference(d)
-    rule = get_rule("nested")
-    assert np.array_equal(rule.codes(d.reshape(50, 256), nabs[:, None]).ravel(), q)
-    off = np.float32(2.5)
-    assert np.array_equal(rule.decoded((d + off).reshape(50, 256), off, nabs[:, None]).ravel(),
-                          bulk_nested.dequantize_nested(q, nabs, off, dynamic_map(), 256))
+def test_rule_codes_are_bitsandbytes_own():
+    """The rule's map, codes and decoded scales against bitsandbytes 0.50.2 itself
+    (tests/data/bnb_vectors.npz, written by tests/data/make_bnb_vectors.py): its
+    ``create_dynamic_map`` and, for every nested case, the uint8 codes it stored for the
+    blocks' absmax given its offset and 256-block maxima."""
+    import json
+    from pathlib import Path
+
+    data = np.load(Path(__file__).parent / "data" / "bnb_vectors.npz")
+    assert np.array_equal(dynamic_map().view(np.uint32), data["dynamic_map"].astype(np.float32).view(np.uint32))
+    rule, cases = get_rule("nested"), json.loads(bytes(data["meta"]).decode())["cases"]
+    nested = [(k, c) for k, c in enumerate(cases) if c["nested"]]
+    assert nested
+    for k, case in nested:
+        x, b = data[f"c{k}_x"].astype(np.float32), case["blocksize"]
+        m = np.abs(np.pad(x.reshape(-1), (0, -x.size % b)).reshape(-1, b)).max(1)
+        off = np.float32(data[f"c{k}_nested_offset"][0])
+        nabs = np.repeat(data[f"c{k}_nested_absmax"], 256)[: m.size]
+        assert np.array_equal(rule.codes((m - off).astype(np.float32), nabs), data[f"c{k}_absmax"]), case["name"]
+        # decoded as bitsandbytes decodes them: map[code] * 256-block maximum + offset, float32
+        want = (dynamic_map()[data[f"c{k}_absmax"]] * nabs).astype(np.float32) + off
+        assert np.array_equal(rule.decoded(m, off, nabs).view(np.uint32), want.astype(np.float32).view(np.uint32))
+    assert np.array_equal(nested_lut(), bulk_nested.nested_lut())   # one table, re-exported
 
 
 def test_scale_error_law_matches_monte_carlo():

@@ -112,6 +112,9 @@ def test_json_round_trip_is_exact_and_short():
     ('{"kind": "vector"}', "lacks points"),
     ('{"kind": "vector", "dim": 3, "points": [[0, 1], [1, 0]]}', "dim is 3"),
     ("[", "not valid JSON"),
+    ('{"kind": "vector", "point": [[0, 1], [1, 0]]}', "did you mean 'points'"),
+    ('{"kind": "vector", "points": [[0, 1], [1, "0"]]}', "points must be numbers: row 1, column 1 is '0'"),
+    ('{"kind": "vector", "points": [[0, true], [1, 0]]}', "row 0, column 1 is True"),
 ])
 def test_bad_json(text, fragment):
     with pytest.raises(VectorCodebookError, match=fragment):
@@ -130,6 +133,18 @@ def test_higgs_grids_are_registered_with_their_provenance():
     assert get_vector("higgs-2d-256").points[0].tolist() == [np.float32(-2.501467704772949), np.float32(0.17954708635807037)]
     assert get_vector("higgs-2d-16").points[13].tolist() == [np.float32(-0.0011779458727687597),
                                                              np.float32(0.00022069070837460458)]
+
+
+@pytest.mark.parametrize("p, n", [(1, 4), (1, 8), (1, 16), (2, 16), (2, 64), (2, 256)])
+def test_higgs_grids_are_transformers_own(p, n):
+    """Every point of every grid, bit for bit, against the installed transformers'
+    ``get_higgs_grid`` (the source the registry cites), where transformers is there."""
+    higgs = pytest.importorskip("transformers.integrations.higgs",
+                                reason="transformers (pip install 'quantbook[llm]') holds the HIGGS grids")
+    ref = higgs.get_higgs_grid(p, n).numpy()
+    assert ref.dtype == np.float32 and ref.shape == (n, p)
+    got = get_vector(f"higgs-{p}d-{n}").points
+    assert np.array_equal(got.astype(np.float32).view(np.uint32), ref.view(np.uint32))
 
 
 def test_higgs_1d_grids_are_lloyd_max_for_the_normal_law():

@@ -22,7 +22,12 @@ from quantbook.cli import main
 from quantbook.model.evaluate import VQOptions, evaluate_model, resolve_model_codebooks
 from quantbook.numerics import hadamard
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+def _save_file(tensors, path) -> None:
+    """Write a test file with safetensors (quantbook reads them with its own code, so only the
+    tests that write one need the package)."""
+    st = pytest.importorskip("safetensors.numpy", reason="safetensors writes the test files: pip install safetensors")
+    st.save_file(tensors, str(path))
 
 
 def grid(n=256, p=2, seed=1):
@@ -36,7 +41,7 @@ def model_file(tmp_path):
                "b.weight": (rng.standard_t(4, size=(4, 64)) * 0.02).astype(np.float16),
                "b.bias": (rng.standard_normal(64) * 0.1).astype(np.float32)}
     path = tmp_path / "m.safetensors"
-    safetensors_numpy.save_file(tensors, str(path))
+    _save_file(tensors, str(path))
     return path, tensors
 
 

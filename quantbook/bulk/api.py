@@ -9,12 +9,12 @@ non-finite input, nested statistics and the :class:`QuantState`.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
 from ..codebooks import Codebook
+from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
 from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,
                       no_device_backend_error)
@@ -26,23 +26,6 @@ from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 __all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names", "host_backend", "CodebookRangeWarning"]
 
 _F = np.float32
-
-
-class CodebookRangeWarning(UserWarning):
-    """A codebook with levels beyond ±1 stored in bitsandbytes' absmax layout."""
-
-
-def _warn_beyond_absmax(cb: Codebook) -> None:
-    """Absmax-normalised values lie in [-1, 1], so a level beyond it (an unnormalised table
-    such as Max's quantizers of N(0, 1)) dequantizes past its block's absmax: bytes that
-    are well defined, but rarely what was meant."""
-    top = float(np.max(np.abs(cb.code_f32)))
-    if top > 1:
-        warnings.warn(f"codebook {cb.name!r} has levels up to {top:.6g} in magnitude, beyond the [-1, 1] of "
-                      "absmax-normalised values: those codes dequantize past their block's absmax; divide its "
-                      "levels by the largest, or store it with a scale rule (scale=, --scale), which rescales "
-                      "the table",
-                      CodebookRangeWarning, stacklevel=3)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -191,7 +174,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
             if nested:
                 raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
             return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite)
-        _warn_beyond_absmax(cb)
+        warn_beyond_absmax(cb, stacklevel=2)
         code = cb.code_f32
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         # the usual answer (every block finite) from the maxima where they are: one reduction
@@ -204,7 +187,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         # checked scales the state holds: a device backend keeps its copy for dequantize()
         absmax_h = (be.to_host if nested else be.to_host_kept)(absmax).astype(_F, copy=False)
         state = QuantState(absmax=absmax_h, shape=shape, dtype=dtype, blocksize=block_size,
-                           code=code.copy(), quant_type=cb.name, bits=bits)
+                           code=code.copy(), quant_type=bnb_quant_type(cb)[0], bits=bits)
         if nested:
             offset = nested_offset(absmax_h, torch_threads)
             state.absmax, state.nested_absmax = be.quantize_nested(absmax, offset)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codebooks.bnb import bnb_quant_type
 from ..scales import ScaleRule
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale
@@ -80,7 +81,8 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         packed = be.scaled_encode(x, f, divide, table, block_size)
         stored = be.to_host_kept(stored)   # a device backend keeps its copy for dequantize()
     state = QuantState(absmax=np.ascontiguousarray(stored), shape=shape, dtype=dtype,
-                       blocksize=block_size, code=table, quant_type=cb.name, bits=SCALED_BITS,
+                       blocksize=block_size, code=table, quant_type=bnb_quant_type(cb, layout_bnb=False)[0],
+                       bits=SCALED_BITS,
                        scale_rule=rule.name, tensor_scale=None if ts is None else float(ts))
     return packed, state
 

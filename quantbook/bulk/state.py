@@ -132,8 +132,9 @@ class QuantState:
     ``absmax`` holds one float32 scale per block — or, when ``nested``, the uint8 codes of the
     double-quantized scales (as bitsandbytes stores them); :meth:`absmax_f32` always gives the
     float32 scales used for dequantization.  ``code`` is the index→value table (float32, stored
-    order, bitsandbytes' ``quant_map``); ``quant_type`` the codebook name; ``bits`` the packed
-    width.  Nested fields: ``nested_absmax`` (float32 per 256 blocks), ``nested_quant_map``
+    order, bitsandbytes' ``quant_map``); ``quant_type`` the codebook's name, or bitsandbytes'
+    ``nf4``/``fp4`` for its own tables (:func:`quantbook.codebooks.bnb.bnb_quant_type`);
+    ``bits`` the packed width.  Nested fields: ``nested_absmax`` (float32 per 256 blocks), ``nested_quant_map``
     (bitsandbytes' signed dynamic map), ``nested_blocksize`` (256), ``nested_offset`` (the
     float32 mean subtracted before quantizing, as a Python float).  Scaled layout
     (docs/scales.md): ``scale_rule`` (the rule's name; ``absmax`` then holds its stored scales)

@@ -96,7 +96,9 @@ def _as_options(message: str, parser: argparse.ArgumentParser | None, args: argp
         if action.nargs == 0:   # a switch: nested=True is the flag given
             message = re.sub(name + r"True\b", flag, message)
         else:
-            message = re.sub(name + r"(?=[^\s=])", f"{flag} ", message)
+            message = re.sub(name + r"(?=[\w'\"+.(\[-])", f"{flag} ", message)   # a value follows
+        if "_" in action.dest:   # block_size is a parameter's name, never a word of the sentence
+            message = re.sub(rf"(?<![\w.-]){re.escape(action.dest)}(?![\w=-])", flag, message)
     return message
 
 

@@ -29,9 +29,9 @@ def _cmd_audit_vector(args) -> int:
     seed = AUDIT_SEED if args.seed is None else args.seed
     from ..codebooks.vector_registry import vector_registry
 
-    n = sum(1 for e in vector_registry().values() if e.codebook.recipe is None)
+    n = sum(1 for e in vector_registry().values() if e.codebook.recipe is None) if not args.names else len(args.names)
     with progress_bar(total=n, desc="auditing", unit="grid") as bar:
-        rows = audit_vectors(samples=samples, seed=seed, progress=bar.step)
+        rows = audit_vectors(samples=samples, seed=seed, names=args.names or None, progress=bar.step)
     if args.json:
         print_json([r.to_dict() for r in rows])
     else:
@@ -55,12 +55,14 @@ def _cmd_audit(args) -> int:
     from ..verify.audit import audit
     from ..verify.layouts import format_finding
 
-    with progress_bar(total=len(REGISTRY), desc="auditing", unit="table") as bar:
-        rows = audit(progress=bar.step)
+    names = args.names or None
+    with progress_bar(total=len(names or REGISTRY), desc="auditing", unit="table") as bar:
+        rows = audit(names, progress=bar.step)
     if args.layouts:  # findings only: they never change a row's verdict or the exit status
         from ..verify.layouts import LAYOUTS, attach_layouts
 
-        with progress_bar(total=len({lay.codebook for lay in LAYOUTS}), desc="layouts", unit="table") as bar:
+        laid = {lay.codebook for lay in LAYOUTS} & {r.name for r in rows}
+        with progress_bar(total=len(laid), desc="layouts", unit="table") as bar:
             attach_layouts(rows, progress=bar.step)
     if args.json:
         print_json([_row_json(r) for r in rows])
@@ -82,8 +84,12 @@ def _cmd_audit(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("audit", help="re-derive every published table and compare bit for bit "
+    s = sub.add_parser("audit", help="re-derive the published tables (every one, or those named) and compare "
+                                     "bit for bit "
                                      "(--vector: audit the vector grids)")
+    s.add_argument("names", nargs="*", metavar="NAME",
+                   help="the tables to audit (default: every one `quantbook list` names; with --vector every "
+                        "published grid)")
     s.add_argument("--layouts", action="store_true",
                    help="also audit the 4-bit tables in the scaled layouts they were made for (NVFP4, MXFP4, "
                         "float16 block 32, bitsandbytes): expected MSE, the layout's optimum, the loss")

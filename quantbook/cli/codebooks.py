@@ -65,6 +65,8 @@ def _header_layout(cb, scale: str, block_size: int, qmax: float | None):
 def _cmd_export(args) -> int:
     from ..export import BINARY_FORMATS, export, write_output
 
+    if args.output == "-":   # the usual spelling of standard output, the default
+        args.output = None
     if args.output is not None:
         output_path(args.output)  # fail before doing any work
     from ..naming import depends_on_block_size
@@ -131,10 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("codebook", metavar="NAME|FILE.json",
                    help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; default B 64)")
     s.add_argument("--format", "-f", choices=FORMATS, default="json", help="output format (default json)")
-    s.add_argument("-o", "--output", metavar="PATH", default=None, help="file to write (default: standard output)")
+    s.add_argument("-o", "--output", metavar="PATH", default=None,
+                   help="file to write (default, or -: standard output)")
     s.add_argument("--name", default=None,
-                   help="C identifier for the tables (c, cuda, bnb); default: the codebook name with "
-                        "non-identifier characters replaced by '_'")
+                   help="C identifier for the tables (c, cuda; bnb: its quant_type), used as given; default: "
+                        "the codebook name with non-identifier characters replaced by '_'")
     s.add_argument("--scale", metavar="RULE",
                    help="c, cuda: describe the scaled layout of this block scale rule in the header (rule, block "
                         "size, qmax, scale bytes, rescaled table): e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] "

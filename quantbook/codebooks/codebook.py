@@ -17,6 +17,7 @@ value stored at several indices are defined once, in :mod:`quantbook.codebooks.e
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -34,7 +35,39 @@ class CodebookError(ValueError):
     """Invalid codebook data or invalid input to a codebook operation."""
 
 
+def check_numbers(values: Any, what: str, error: type[Exception] = ValueError) -> None:
+    """``error`` unless ``values`` (a sequence, a sequence of rows, or an array) holds numbers
+    only: numpy would read the strings ``" 0.5 "`` and ``"1_0"`` as 0.5 and 10, and True as 1."""
+    raw = values if isinstance(values, (list, tuple)) else np.asarray(values)
+    if isinstance(raw, np.ndarray):
+        if raw.dtype.kind in "bUS":
+            raise error(f"{what} must be numbers, got an array of {raw.dtype}")
+        if raw.dtype.kind != "O":
+            return
+        raw = raw.tolist()
+    for i, v in enumerate(raw):
+        for j, x in enumerate(v) if isinstance(v, (list, tuple)) else [(None, v)]:
+            if isinstance(x, (bool, np.bool_, str, bytes)) or x is None:
+                where = f"entry {i}" if j is None else f"row {i}, column {j}"
+                raise error(f"{what} must be numbers: {where} is {x!r}")
+
+
+def check_misspelt_keys(d: Mapping[str, Any], known: tuple[str, ...], what: str,
+                        error: type[Exception] = ValueError) -> None:
+    """``error`` for a key of ``d`` that is not one of ``known`` but looks like one (``codes``,
+    ``Levels``): read as absent, it would change the codebook silently (a ``code`` left out
+    is the sorted levels).  Other keys, such as the results a ``derive --json`` object
+    carries beside its codebook, are left alone."""
+    for key in d:
+        if key not in known and isinstance(key, str):
+            near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.75)
+            if near:
+                raise error(f"{what} has the key {key!r}, which is not one of its keys "
+                            f"({', '.join(known)}): did you mean {near[0]!r}?")
+
+
 def _as_float64_vector(values: Any, what: str) -> np.ndarray:
+    check_numbers(values, what, CodebookError)
     try:
         arr = np.array(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -44,10 +77,13 @@ def _as_float64_vector(values: Any, what: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         raise CodebookError(f"{what} must be finite: entry {bad[0]} is {float(arr[bad[0]])!r}")
-    # every consumer (byte format, exports, kernels) holds the table in float32
-    big = np.flatnonzero(np.abs(arr) > np.finfo(np.float32).max)
+    # every consumer (byte format, exports, kernels) holds the table in float32: each value
+    # must round to a finite one (3.4028235e38, float32's maximum as printed, does)
+    with np.errstate(over="ignore"):
+        big = np.flatnonzero(np.isinf(arr.astype(np.float32)))
     if big.size:
-        raise CodebookError(f"{what} must lie within float32's range (|v| <= 3.4028235e38): "
+        raise CodebookError(f"{what} must round to a finite float32, within float32's range "
+                            f"(|v| < 3.4028235677973366e38): "
                             f"entry {big[0]} is {float(arr[big[0]])!r}")
     return arr
 
@@ -162,10 +198,9 @@ class Codebook:
 
     @property
     def thresholds_f32(self) -> np.ndarray:
-        """The float32 decision thresholds of the byte format: ``float32(float32(a + b) / 2)``
-        of adjacent float32 levels (see :mod:`quantbook.codebooks.encoding`)."""
-        lv = self.levels_f32
-        return ((lv[:-1] + lv[1:]) / np.float32(2)).astype(np.float32)
+        """The float32 decision thresholds of the byte format: the float32 midpoints of adjacent
+        float32 levels, as :mod:`quantbook.codebooks.encoding` defines them."""
+        return encoder(self.levels, "float32").bounds
 
     def encoder(self, precision: str = "float32") -> Encoder:
         """The encoder of the stored code table (:mod:`quantbook.codebooks.encoding`)."""
@@ -275,6 +310,8 @@ class Codebook:
         if "kind" in d:   # a scalar codebook's object has none: "Vector" is a misspelt vector file
             raise CodebookError(f"kind is {d['kind']!r}: a scalar codebook has no kind, a vector codebook's "
                                 'is "vector"')
+        check_misspelt_keys(d, ("name", "bits", "levels", "code", "source", "recipe", "kind"), "a codebook object",
+                            CodebookError)
         missing = [k for k in ("bits", "levels") if k not in d]
         if missing:
             raise CodebookError(f"codebook object lacks {', '.join(missing)}")

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
+from .codebook import check_misspelt_keys, check_numbers
 from .frozen import freeze
 
 __all__ = ["VectorCodebook", "VectorCodebookError", "MAX_POINTS", "nearest_brute", "cell_candidates"]
@@ -42,6 +43,7 @@ def _freeze(a: np.ndarray) -> np.ndarray:
 
 
 def _as_points(points: Any) -> np.ndarray:
+    check_numbers(points, "points", VectorCodebookError)
     if isinstance(points, (list, tuple)):
         for i, row in enumerate(points):
             for x in (row if isinstance(row, (list, tuple)) else [row]):
@@ -267,6 +269,8 @@ class VectorCodebook:
         if d.get("kind") != "vector":
             what = f"kind is {d['kind']!r}" if "kind" in d else 'no "kind": "vector"'
             raise VectorCodebookError(f"not a vector codebook ({what})")
+        check_misspelt_keys(d, ("kind", "name", "dim", "size", "points", "source", "recipe"),
+                            "a vector codebook object", VectorCodebookError)
         if "points" not in d:
             raise VectorCodebookError("vector codebook object lacks points")
         cb = cls(name=d.get("name", "unnamed"), points=d["points"], source=d.get("source", ""),

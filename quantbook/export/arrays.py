@@ -14,7 +14,9 @@ stored order (``np.load(path)[index]`` decodes a code).
   ``create_dynamic_map`` pads with zeros and sorts, which would move the indices);
 * ``quant_type`` — 0-d unicode array: ``"nf4"`` / ``"fp4"`` when the float32 table is
   bit-identical to bitsandbytes' own NF4 / FP4 table (``get_4bit_type``, or the CPU
-  backend's rounded FP4), otherwise the codebook's C identifier;
+  backend's rounded FP4), otherwise the codebook's name or ``name``, as
+  :func:`quantbook.codebooks.bnb.bnb_quant_type` gives it (the same as a
+  :class:`quantbook.QuantState`'s); a table beyond ±1 is warned about as ``quantize`` does;
 * ``bnb_builtin`` — 0-d bool: whether ``quant_type`` names a bitsandbytes type;
 * ``name``, ``bits``.
 
@@ -38,8 +40,8 @@ import io
 
 import numpy as np
 
+from ..codebooks.bnb import BNB_TYPES, bnb_quant_type, warn_beyond_absmax
 from ..codebooks.codebook import Codebook
-from .identifiers import c_identifier
 
 __all__ = ["npy_bytes", "bnb_quant_map", "bnb_quant_type", "bnb_bytes", "vector_npy_bytes"]
 
@@ -57,19 +59,6 @@ def vector_npy_bytes(cb) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(cb.points, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
-
-
-def bnb_quant_type(cb: Codebook, name: str | None = None) -> tuple[str, bool]:
-    """``(quant_type, is_bitsandbytes_builtin)`` for ``cb`` (see the module docstring)."""
-    from ..codebooks.registry import REGISTRY
-
-    bits = cb.code_f32.view(np.uint32)
-    for qt, entries in (("nf4", ("nf4",)), ("fp4", ("fp4", "fp4-bnb-cpu"))):
-        for entry in entries:
-            ref = REGISTRY[entry].codebook.code_f32.view(np.uint32)
-            if ref.shape == bits.shape and np.array_equal(ref, bits):
-                return qt, True
-    return c_identifier(name if name is not None else cb.name), False
 
 
 def bnb_quant_map(cb: Codebook) -> np.ndarray:
@@ -93,6 +82,10 @@ def bnb_quant_map(cb: Codebook) -> np.ndarray:
 def bnb_bytes(cb: Codebook, name: str | None = None) -> bytes:
     """``.npz`` file contents for the ``bnb`` format (see the module docstring)."""
     quant_type, builtin = bnb_quant_type(cb, name)
+    if name is not None and not builtin and name.lower() in BNB_TYPES:
+        raise ValueError(f"--name {name!r} is a type bitsandbytes decodes with its built-in table, and "
+                         f"{cb.name!r} is not that table: give another name")
+    warn_beyond_absmax(cb)
     buf = io.BytesIO()
     np.savez(
         buf,

@@ -159,7 +159,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     if layout is not None and layout.table.size != cb.code.size:
         raise ValueError(f"the layout table has {layout.table.size} entries, the code {cb.code.size}")
     __version__ = _version()
-    ident = c_identifier(name if name is not None else cb.name)
+    ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = ident.upper()
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     index_t = "unsigned char" if cb.bits <= 8 else "unsigned short"
@@ -338,7 +338,7 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     ``<id>_decode(index, out)`` and ``<id>_encode(v)`` (nearest point by squared distance in
     double precision, the lowest index on a tie: the rule of ``VectorCodebook.nearest``)."""
     __version__ = _version()
-    ident = c_identifier(name if name is not None else cb.name)
+    ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = ident.upper()
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     pts = cb.points

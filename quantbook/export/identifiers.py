@@ -6,7 +6,9 @@ Rule (stated once): every run of characters outside ``[A-Za-z0-9]`` becomes one 
 ``"max1960-n16"`` → ``max1960_n16``).  The result is rejected — with a message that
 suggests ``--name`` — when it is empty, starts with a digit or an underscore (names
 starting with ``_`` are reserved in C at file scope), is a C/C++/CUDA keyword, or the
-name holds non-ASCII characters.
+name holds non-ASCII characters.  A name given for the identifier (``--name``) is used as
+it is, so it must already be one this rule gives: a letter, then letters, digits and single
+inner underscores (``a b``, ``x__y`` and ``nf4_`` are refused, not rewritten).
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ alignof thread_local char16_t char32_t wchar_t export
 """.split())
 
 
-def c_identifier(name: str) -> str:
-    """The C identifier for ``name`` (see the module docstring); raises :class:`IdentifierError`."""
+_GIVEN = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*")
+
+
+def c_identifier(name: str, given: bool = False) -> str:
+    """The C identifier for ``name`` (see the module docstring); ``given``: ``name`` was chosen
+    as the identifier, and is refused rather than rewritten.  Raises :class:`IdentifierError`."""
+    if given and isinstance(name, str) and name and not _GIVEN.fullmatch(name):
+        raise IdentifierError(f"--name {name!r} is not a C identifier as it stands: a letter, then letters, "
+                              "digits and single underscores between them")
     if not isinstance(name, str) or not name:
         raise IdentifierError("an empty name cannot be a C identifier; give one with --name")
     if not name.isascii():

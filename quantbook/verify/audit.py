@@ -187,12 +187,13 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
 
 
 def audit(names: Iterable[str] | None = None, progress: Callable[[str], None] | None = None) -> list[AuditRow]:
-    """Audit the named registry entries (all by default), in registry order."""
-    selected = list(REGISTRY) if names is None else list(names)
+    """Audit the named registry entries (a name or several; all by default), in the order given."""
+    selected = list(REGISTRY) if names is None else [names] if isinstance(names, str) else list(names)
+    for name in selected:   # every name before any work
+        if name not in REGISTRY:
+            raise NotFoundError(f"no published codebook {name!r} (quantbook list names them)")
     rows = []
     for name in selected:
-        if name not in REGISTRY:
-            raise NotFoundError(f"no published codebook {name!r}")
         if progress:
             progress(name)
         rows.append(audit_one(REGISTRY[name]))

@@ -32,6 +32,7 @@ from ..codebooks.codebook import Codebook
 from ..codebooks.vector import VectorCodebook
 from ..codebooks.vector_registry import vector_registry
 from ..derive.vq import cell_stats, draw_vectors, vector_errors
+from ..errors import NotFoundError
 
 __all__ = ["VectorAuditRow", "audit_vector", "audit_vectors", "AUDIT_SEED", "AUDIT_SAMPLES",
            "exact_mse_1d", "lloyd_max_mse", "derived_counterpart"]
@@ -147,10 +148,17 @@ def audit_vector(cb: VectorCodebook, samples: int = AUDIT_SAMPLES, seed: int = A
 
 def audit_vectors(samples: int = AUDIT_SAMPLES, seed: int = AUDIT_SEED, names: list[str] | None = None,
                   progress: Callable[[str], None] | None = None) -> list[VectorAuditRow]:
-    """:func:`audit_vector` for every published grid (``names``: a subset), in registry order.
+    """:func:`audit_vector` for every published grid, in registry order (``names``: a name or
+    several, in the order given).
     Derived grids in the registry are compared, not audited themselves."""
     reg = vector_registry()
-    chosen = [k for k, v in reg.items() if v.codebook.recipe is None] if names is None else list(names)
+    if names is None:
+        chosen = [k for k, v in reg.items() if v.codebook.recipe is None]
+    else:
+        chosen = [names] if isinstance(names, str) else list(names)
+    for name in chosen:   # every name before any work
+        if name not in reg:
+            raise NotFoundError(f"no vector grid {name!r}; known: {', '.join(reg)}")
     rows = []
     for name in chosen:
         if progress is not None:
