@@ -251,3 +251,17 @@ def test_sum_of_no_values():
 def test_bad_input_is_rejected(call):
     with pytest.raises(T.TorchF32Error):
         call()
+
+
+def test_sum_and_mean_match_the_torch_of_the_bitsandbytes_vectors():
+    """The ``torch.sum`` / ``.mean()`` that tests/data/make_bnb_vectors.py recorded beside
+    bitsandbytes' bytes (the nested offset is that mean), for 1 to 4 threads."""
+    spec = importlib.util.spec_from_file_location("make_bnb_vectors", DATA / "make_bnb_vectors.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    bnb = np.load(DATA / "bnb_vectors.npz")
+    assert bnb["sums"].shape[0] == bnb["sums_values"].shape[0] > 100
+    for (n, threads), (s, m) in zip(bnb["sums"], bnb["sums_values"]):
+        x = gen.sum_input(int(n))
+        assert _same_bits(T.sum(x, int(threads)), s), (n, threads)
+        assert _same_bits(T.mean(x, int(threads)), m), (n, threads)
