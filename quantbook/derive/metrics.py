@@ -204,4 +204,5 @@ def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: A
     mae_w = float(np.sum(cell_errors(measure(1), levels, "l1"))) if src.moment_limit > 1 else math.inf
     R = rule.bits_per_weight(B, cb.bits, tensor_size)
     tm = TensorModel(tensor_amax, tensor_size).describe() if rule.tensor_scale(1.0, qmax) is not None else None
-    return _evaluation(cb, B, src, normalization, mse_w, mae_w, mse_n, mae_n, probs, R, rule.name, float(qmax), tm)
+    q = None if rule.encodes_with_amax else float(qmax)   # nested statistics have no qmax
+    return _evaluation(cb, B, src, normalization, mse_w, mae_w, mse_n, mae_n, probs, R, rule.name, q, tm)

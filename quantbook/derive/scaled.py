@@ -67,8 +67,9 @@ phase ``log2 G mod 1`` matters.  Three models (:class:`TensorModel`):
 * ``tensor_size=n``: ``G`` the maximum of ``n`` i.i.d. values (cdf ``G(g)^n``), averaged by
   a midpoint rule on :data:`N_TENSOR` equal-probability values of ``G``, each as above.
 
-The last two neglect that one block of the tensor holds ``G`` itself (a ``1/blocks``
-effect).
+The last two neglect that one block of the tensor holds ``G`` itself: one block in
+``blocks``, but its error grows with ``G**2``, so a heavy tail shows it (measured in
+docs/scaled-derivation.md).
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ def _gauss_rule(x: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
     return ev, total * V[0] ** 2
 
 
+#: the largest share of E[M**p] that blocks whose scale overflows may carry for the law to
+#: leave them out (far below what any result is printed to)
+_STORE_SHARE = 1e-12
+
+
 def _K(source: Source, b: np.ndarray, power: int) -> np.ndarray:
     """``P(|X| <= b)**power`` (``b`` may be 0 or inf)."""
     b = np.asarray(b, dtype=np.float64)
@@ -181,15 +187,44 @@ def _K(source: Source, b: np.ndarray, power: int) -> np.ndarray:
         return np.exp(power * np.log1p(-S))
 
 
-def _m_range(source: Source, B: int, weight_power: int) -> tuple[float, float]:
+def _m_range(source: Source, B: int, weight_power: int, z: float = 45.0) -> tuple[float, float]:
     m_lo = float(source.abs_ppf(math.exp(math.log(_LOW_MASS) / B)))
     lim = source.moment_limit
     decay = 1.0 - weight_power / lim if math.isfinite(lim) else 1.0
-    z_hi = 45.0 if decay >= 1.0 else max(45.0, (40.0 + weight_power / lim * math.log(B)) / decay)
+    z_hi = z if decay >= 1.0 else max(z, (z - 5.0 + weight_power / lim * math.log(B)) / decay)
     m_hi = float(source.abs_isf(-math.expm1(-math.exp(-z_hi) / B)))
     if not (0 < m_lo < m_hi < math.inf):
         raise ValueError(f"{source.spec}: the block maximum's range at B={B} cannot be computed")
     return m_lo, m_hi
+
+
+def _storable_top(source: Source, B: int, rule: ScaleRule, qmax: float, weight_power: int, m_lo: float,
+                  m_hi: float) -> float:
+    """``m_hi``, or the largest block maximum whose scale the rule stores where that is smaller
+    (float16's, about 65520·qmax).  ``quantize`` refuses blocks beyond it, so the law leaves
+    them out (their mass goes to the last piece, as beyond ``m_hi``) only where their share of
+    ``E[M**weight_power]`` is below :data:`_STORE_SHARE`: bounded by
+    ``B·P(|X| > x)·(x / median M)**p`` times ``ν/(ν - p)`` for a tail of ``ν`` moments (2 for
+    light tails); otherwise an error."""
+    if rule.storable(m_hi, qmax)[()]:
+        return m_hi
+    if not rule.storable(m_lo, qmax)[()]:
+        raise ValueError(f"scale rule {rule.name!r} cannot store the scale of almost any block at qmax={qmax:g}")
+    lo, hi = m_lo, m_hi   # lo stores, hi does not
+    while True:
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if rule.storable(mid, qmax)[()] else (lo, mid)
+    p, lim = weight_power, source.moment_limit
+    tail = float(source.sf(lo) + source.cdf(-lo))
+    median = float(source.abs_ppf(0.5 ** (1.0 / B)))
+    share = B * tail * (lo / median) ** p * (lim / (lim - p) if math.isfinite(lim) else 2.0)
+    if share > _STORE_SHARE:
+        raise ValueError(f"{rule.name} scales overflow for block maxima beyond {lo:.6g} (qmax {qmax:g}), which "
+                         f"quantize() refuses, and under {source.spec} at B={B} such blocks carry about "
+                         f"{share:.2g} of E[M**{p}]: use a wider scale rule (bfloat16, e8m0) or a larger qmax")
+    return lo
 
 
 def _pieces(rule: ScaleRule, qmax: float, t: Any, lo: float, hi: float):
@@ -263,7 +298,8 @@ class ScaledMeasure(_Measure):
             if tensor.amax is not None or tensor.size is not None:
                 raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_amax and tensor_size "
                                  "do not apply")
-            parts.append(_terms(source, B, rule, qmax, None, m_lo, m_hi, False))
+            top = _storable_top(source, B, rule, qmax, weight_power, m_lo, m_hi)
+            parts.append(_terms(source, B, rule, qmax, None, m_lo, top, False))
             weights.append(1.0)
         elif tensor.amax is not None or tensor.size is not None:
             if tensor.amax is not None:

@@ -126,6 +126,13 @@ class ScaleRule:
         """The stored values, without checks (float32 ``amax``, a checked ``qmax``)."""
         raise NotImplementedError
 
+    def storable(self, amax: Any, qmax: float, tensor_scale: Any = None) -> np.ndarray:
+        """Per block maximum, whether its scale is one the format holds (:meth:`encode` refuses
+        the others)."""
+        with np.errstate(over="ignore"):
+            m = np.asarray(amax, dtype=np.float64).astype(_F)
+        return ~self.overflow(self._encode(m.reshape(-1), check_qmax(qmax), tensor_scale)).reshape(m.shape)
+
     def overflow(self, stored: np.ndarray) -> np.ndarray:
         """Per block, whether the stored value stands for no finite scale (:meth:`encode`
         refuses it).  Default: never."""

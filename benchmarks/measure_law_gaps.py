@@ -1,0 +1,52 @@
+"""Where the exact scaled-layout laws leave something out, against quantize()'s Monte Carlo:
+the NVFP4 tensor model under a heavy tail (one block of each tensor holds its maximum G),
+and the nested statistics' expected MAE (a lower bound), for a table with the levels ±1
+(NF4) and one without (IQ4_NL).  Seeds fixed; standard errors over tensors or blocks.
+
+    python benchmarks/measure_law_gaps.py
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+import quantbook
+from quantbook.derive import evaluate
+from quantbook.derive.sources import parse_source
+
+
+def main() -> None:
+    t0 = time.time()
+    cb, B, n = quantbook.get("nf4"), 16, 1 << 16
+    src, rng = parse_source("student-t:3"), np.random.default_rng(1)
+    whole, without = [], []
+    for _ in range(160):
+        x = np.asarray(src.rvs(n, random_state=rng), np.float32)
+        p, st = quantbook.quantize(x, cb, B, scale="e4m3", backend="cpu")
+        blocks = ((x.astype(np.float64) - quantbook.dequantize(p, st, backend="cpu")) ** 2).reshape(-1, B).mean(1)
+        whole.append(blocks.mean())
+        without.append(np.delete(blocks, int(np.argmax(np.abs(x))) // B).mean())
+    law = evaluate(cb, B, source="student-t:3", scale="e4m3", tensor_size=n).mse_weight
+    se = math.sqrt(len(whole))
+    print(f"NVFP4 (e4m3, B=16), student-t:3, 160 tensors of 2^16: law {law:.4e}; Monte Carlo "
+          f"{np.mean(whole):.4e} ± {np.std(whole, ddof=1) / se:.1e}; without the block of G "
+          f"{np.mean(without):.4e} ± {np.std(without, ddof=1) / se:.1e}")
+    for name, B in (("nf4", 64), ("iq4_nl", 16)):
+        cb = quantbook.get(name)
+        x = np.random.default_rng(13).standard_normal(1 << 23, dtype=np.float32)
+        mae = {}
+        for rule in ("float32", "nested"):
+            p, st = quantbook.quantize(x, cb, B, scale=rule, backend="cpu")
+            mae[rule] = np.abs(x.astype(np.float64) - quantbook.dequantize(p, st, backend="cpu")).reshape(-1, B).mean(1)
+        inc = mae["nested"] - mae["float32"]
+        law = evaluate(cb, B, scale="nested").mae_weight - evaluate(cb, B).mae_weight
+        print(f"nested statistics, {name} at B={B}, N(0,1), 2^23 values: MAE increment law {law:.3e}; "
+              f"Monte Carlo {inc.mean():.3e} ± {inc.std(ddof=1) / math.sqrt(inc.size):.1e}")
+    print(f"{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
