@@ -711,9 +711,6 @@ class EmulatedCudaBackend(EmulatedScaledBackend, name="gpu-emulated"):
     def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
         return dequantize_emulated(packed, absmax, code, bits, block_size, n, out_dtype)
 
-    def sanitize_nonfinite(self, x, block_size):
-        return sanitize_emulated(x, block_size)
-
     def quantize_nested(self, absmax, offset):
         return quantize_absmax_nested_emulated(absmax, offset)
 
@@ -721,7 +718,6 @@ class EmulatedCudaBackend(EmulatedScaledBackend, name="gpu-emulated"):
         if not error_chunks_kernel_takes(x, xhat):   # as the gpu backend: the host's sums
             return super()._error_chunks(x, xhat)
         return error_chunks_emulated(x, xhat)
-
 
 
 # ---- the vector-quantization kernels (quantbook/bulk/gpu/vq_kernels.py) -----------------------

@@ -196,3 +196,16 @@ def test_heavy_tail_second_partial_moment(nu):
     bm = (yb**2).mean(axis=1)
     z = (bm.mean() - d.moment(2)) / (bm.std(ddof=1) / math.sqrt(bm.size))
     assert math.isfinite(d.moment(2)) and abs(z) < 5.5, (d.moment(2), bm.mean())
+
+
+def test_sqnr_and_the_bound_of_weights_with_a_mean():
+    """SQNR is signal power over error, E[x²]/MSE, and D(R) uses the variance: on a sample
+    of N(1, 1) weights (a LayerNorm-like mean) the two differ by 3 dB, so swapping them shows.
+    E[x²] and the variance are the sample's own (the smoothed law's moments are within 1e-3)."""
+    from quantbook.derive import evaluate
+    from quantbook.codebooks.registry import REGISTRY
+
+    x = np.random.default_rng(21).standard_normal(200_000) + 1.0
+    ev = evaluate(REGISTRY["nf4"].codebook, 64, source=Empirical(x, standardize=False))
+    assert ev.sqnr_db == pytest.approx(10 * math.log10(np.mean(x**2) / ev.mse_weight), abs=0.01)
+    assert ev.rd_bound == pytest.approx(np.var(x) * 2.0 ** (-2 * ev.bits_per_weight), rel=0.01)

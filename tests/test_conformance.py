@@ -26,6 +26,7 @@ from quantbook.bulk import BACKENDS
 from quantbook.bulk import format as F
 from quantbook.bulk.nested import dynamic_map
 from quantbook.bulk.reference import dequantize_reference, quantize_reference
+from quantbook.naming import resolve_codebook
 
 from gpu_cases import adversarial_input, bits_equal, usable_backend
 
@@ -346,17 +347,35 @@ def _division_sensitive_tail(code, rng):
     raise AssertionError("no division-sensitive pair found")
 
 
-def test_partial_last_block_divides_and_stores_clamped_absmax(be):
+@pytest.mark.parametrize("name, bits", [("nf4", 4), ("int4-sym", 8), ("nf8", 8), ("nf2", 2)])
+def test_partial_last_block_divides_and_stores_clamped_absmax(be, name, bits):
+    """Every packing path (codes of a byte go through the generic kernel)."""
     rng = np.random.default_rng(11)
-    cb = qb.get("nf4")
+    cb = resolve_codebook(name, 64)
     for block_size in (16, 64):
         s, x = _division_sensitive_tail(cb.code_f32, rng)
         a = rng.standard_normal(2 * block_size + 6).astype(np.float32)
         a[2 * block_size:] = [s, x, -x, x, 0.0, x]     # partial last block: absmax s
-        _check_against_reference(be, a, cb, 4, block_size)
+        _check_against_reference(be, a, cb, bits, block_size)
         z = rng.standard_normal(block_size + 5).astype(np.float32)
         z[block_size:] = 0.0                              # all-zero PARTIAL block: absmax 1e-38
-        _check_against_reference(be, z, cb, 4, block_size)
+        _check_against_reference(be, z, cb, bits, block_size)
+
+
+def test_tiny_blocks_scale_as_the_reference(be):
+    """Full blocks whose absmax lies around bitsandbytes' clamp float32(1e-38) (normal,
+    subnormal, zero): the reciprocal of the clamped maximum, on every backend; the CUDA
+    source's copy of the clamp is float32(1e-38)'s bits."""
+    from quantbook.bulk.gpu import kernels as K
+
+    assert f"0x{np.float32(1e-38).view(np.uint32):08x}u" in K.source(())
+    rng = np.random.default_rng(12)
+    tops = [1e-30, 1e-35, 1e-37, 2e-38, 1e-38, 5e-39, 1e-40, 1e-45, 0.0]
+    blocks = rng.uniform(-1, 1, (len(tops), 64))
+    blocks[:, 0] = 1.0
+    a = (blocks * np.array(tops)[:, None]).astype(np.float32)
+    for cb in (qb.get("nf4"), resolve_codebook("nf8")):
+        _check_against_reference(be, a.reshape(-1), cb, cb.bits, 64)
 
 
 # --------------------------------------------------------------------- nested statistics

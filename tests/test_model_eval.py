@@ -294,6 +294,8 @@ def test_evaluate_float64_tensor_against_its_own_values(tmp_path):
     rep = evaluate_model(str(path), [("nf4", cb)], block_size=64)
     ref = error_sums(x, _reference_dequantize(x.astype(np.float32), cb, 64))  # error vs the float64 values
     assert math.isclose(rep.totals["nf4"].sse, ref.sse, rel_tol=1e-9)
+    # the signal power is that of the stored float64 values, not of their float32 copy
+    assert math.isclose(rep.totals["nf4"].sx2, math.fsum((x * x).ravel()), rel_tol=1e-13)
 
 
 def test_cli_evaluate_model_table_json_and_plot(synthetic, tmp_path, capsys):

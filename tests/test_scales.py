@@ -160,3 +160,33 @@ def test_search_pick_is_the_first_least_error():
 
     got = rule.pick([e.view(Other) for e in errs])
     assert type(got) is Other and np.array_equal(got, pick)
+
+
+def test_bfloat16_bits_round_as_ml_dtypes():
+    """``bf16_bits`` (the bfloat16 scale's rounding) against ml_dtypes' float32 → bfloat16
+    cast: exact ties (low half 0x8000) with even and odd upper halves, their neighbours, and
+    random finite values."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is the independent bfloat16 rounding")
+    from quantbook.scales.floats import bf16_bits
+
+    hi = np.random.default_rng(3).integers(0, 0x7F7F, 4000).astype(np.uint32) << 16
+    lows = np.array([0x8000, 0x7FFF, 0x8001, 0x0000, 0xFFFF], np.uint32)
+    bits = (hi[:, None] | lows[None, :]).ravel()
+    rand = np.random.default_rng(4).integers(0, 0x7F7F0000, 20000).astype(np.uint32)
+    v = np.concatenate([bits, rand]).view(np.float32)
+    want = v.astype(ml_dtypes.bfloat16).view(np.uint16)
+    assert np.array_equal(bf16_bits(v), want)
+
+
+def test_e4m3_tensor_scale_is_the_documented_float32_formula():
+    """docs/scales.md: ``t = G/(qmax·448)`` in float32 (qmax·448 rounded first), for tensor
+    maxima and qmax values where float64 arithmetic would round differently."""
+    rule = get_rule("e4m3")
+    rng = np.random.default_rng(7)
+    gs = np.exp(rng.uniform(-20, 20, 4000)).astype(np.float32)
+    qs = np.exp(rng.uniform(-3, 5, 4000)).astype(np.float32)
+    got = np.array([rule.tensor_scale(g, q) for g, q in zip(gs, qs)], np.float32)
+    want = gs / (qs * np.float32(448))   # float32 throughout: numpy keeps the dtype
+    assert want.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    f64 = (gs.astype(np.float64) / (qs.astype(np.float64) * 448)).astype(np.float32)
+    assert np.count_nonzero(f64 != want) > 100   # the test tells the two apart

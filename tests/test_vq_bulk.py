@@ -109,6 +109,25 @@ def test_ties_go_to_the_lowest_index(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_lowest_index_in_three_dimensions(backend):
+    """The generic scan (P = 3): a lattice of step 1/2 and values on the lattice of step 1/4,
+    each group of 6 holding a 1 (absmax scale exactly 1), against brute force (argmin's first
+    minimum), for the lattice in both orders."""
+    k = np.arange(-2, 3) / 2
+    lattice = np.array([(a, b, c) for a in k for b in k for c in k], np.float32)
+    x = _rng(4).integers(-4, 5, size=(64, 6)).astype(np.float32) / 4
+    x[:, 0] = 1.0
+    x = x.reshape(-1, 48)
+    for pts in (lattice, lattice[::-1].copy()):
+        idx, _ = quantize_vq(x, pts, group=6, scale="absmax", rotate=None, backend=backend, scale_dtype="float32")
+        want, _ = brute(x, pts, 6, "absmax", "float32")
+        np.testing.assert_array_equal(idx.reshape(-1), want)
+    y = x.reshape(-1, 3).astype(np.float64)
+    d = ((y[:, None, :] - lattice[None].astype(np.float64)) ** 2).sum(-1)
+    assert ((d == d.min(1, keepdims=True)).sum(1) > 1).mean() > 0.3   # ties are common
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_groups_and_underflowing_scales(backend):
     pts = gaussian_grid(16, 2)
     x = _rng(4).standard_normal((3, 16)).astype(np.float32)

@@ -43,6 +43,35 @@ def test_ties_go_to_the_lowest_index_in_the_kernels():
         np.testing.assert_array_equal(st.counts, np.bincount(ref, minlength=len(pts)))
 
 
+def test_cell_stats_against_brute_force_sums():
+    """Counts, centroids, spreads, the MSE per dimension and its standard error
+    (``std(ddof=1)/√m`` of the per-vector errors, per dimension), from brute force."""
+    rng = np.random.default_rng(9)
+    pts = rng.standard_normal((12, 2))
+    x = rng.standard_normal((5000, 2)).astype(np.float32)
+    ref = nearest_brute(pts, x)
+    e = np.sum((x.astype(np.float64) - pts[ref]) ** 2, axis=1)
+    st = cell_stats(pts, x)
+    np.testing.assert_array_equal(st.counts, np.bincount(ref, minlength=12))
+    for k in range(12):
+        mine = x[ref == k].astype(np.float64)
+        np.testing.assert_allclose(st.centroids[k], mine.mean(0), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(st.spread[k], np.mean(np.sum((mine - mine.mean(0)) ** 2, axis=1)), rtol=1e-9)
+    assert st.mse == pytest.approx(e.mean() / 2, rel=1e-12)
+    assert st.mse_se == pytest.approx(e.std(ddof=1) / np.sqrt(e.size) / 2, rel=1e-9)
+
+
+def test_ties_go_to_the_lowest_index_in_one_dimension():
+    """The 1-D fit's sums (a sorted sweep, not the kernels): a value exactly half-way between
+    two levels counts for the lower one, as brute force (argmin) says."""
+    from quantbook.derive.vq import _Sums1D
+
+    x = np.array([[-1.0], [0.0], [0.0], [1.0], [0.25], [0.75]], np.float32)
+    for c in (np.array([[-0.5], [0.5]]), np.array([[-0.5], [0.0], [0.5], [1.0]])):
+        counts = _Sums1D(x, c.shape[0]).run(c)[1]
+        np.testing.assert_array_equal(counts, np.bincount(nearest_brute(c, x), minlength=c.shape[0]))
+
+
 def test_one_dimension_reaches_the_exact_lloyd_max_code():
     """P = 1, N = 8 on N(0,1): the sample optimum is Max's quantizer up to sampling error."""
     from quantbook.derive import lloyd

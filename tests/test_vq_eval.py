@@ -241,3 +241,16 @@ def test_minilm_embeddings_with_a_higgs_grid():
         assert 0.95 < rep.rows[k]["cosine_mean"] < 1
         assert 15 < rep.rows[k]["sqnr_db"] < 30
     assert rep.to_dict()["device"] == "cpu"
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 64])
+def test_the_rotation_is_the_documented_matrix(n):
+    """``W·H`` with ``H = D·Hₙ/√n``: ``Hₙ`` scipy's Sylvester matrix, ``D`` -1 where
+    ``default_rng(0).random(n) < 0.5`` (the module's stated rule, restated here rather than
+    taken from ``hadamard.signs``), on a 3×2n matrix rotated in groups of n."""
+    d = np.where(np.random.default_rng(0).random(n) < 0.5, -1.0, 1.0)
+    h = (d[:, None] * scipy.linalg.hadamard(n)) / math.sqrt(n)
+    w = np.random.default_rng(5).standard_normal((3, 2 * n))
+    want = np.concatenate([w[:, :n] @ h, w[:, n:] @ h], axis=1)
+    np.testing.assert_allclose(hadamard.rotate(w, n), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hadamard.unrotate(want, n), w, rtol=0, atol=1e-12)

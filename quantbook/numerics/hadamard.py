@@ -5,7 +5,8 @@ quantization in bulk (:func:`quantbook.bulk.vq.quantize_vq`, whose numba and CUD
 float64 operations bit for bit) both use it.
 
 ``H = D·Hₙ/√n`` with ``Hₙ`` the Sylvester Hadamard matrix of order ``n`` (a power of two)
-and ``D`` a fixed-seed diagonal of random signs; for an input dimension that ``n`` divides,
+and ``D`` a fixed-seed diagonal of random signs (``-1`` where
+``numpy.random.default_rng(0).random(n) < 0.5``, else ``+1``); for an input dimension that ``n`` divides,
 the transform is block-diagonal (one ``H`` per group of ``n`` columns).  ``H`` is
 orthogonal, so ``W·H`` keeps every row's energy, and ``(W·H)·Hᵀ = W``.  Rotating makes the
 entries of a block close to Gaussian whatever the original outliers (QuaRot, Ashkboos et
