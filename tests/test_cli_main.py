@@ -188,6 +188,8 @@ def test_library_parameter_names_are_spelled_as_the_command_s_options(capsys, mo
     assert "--samples 64 must be a multiple of --tensor-size 48" in capsys.readouterr().err
     assert main(["export", "nf4", "-f", "c", "--scale", "e4m3", "-B", "24"]) == 2
     assert capsys.readouterr().err.startswith("quantbook: error: --block-size must be a power of two")
+    assert main(["evaluate", "/no/such/block_size.json", "-B", "16"]) == 2   # a path keeps its name
+    assert capsys.readouterr().err == "quantbook: error: no such codebook file: /no/such/block_size.json\n"
 
     def refuse(args):   # what a switch and options of this command look like in a library message
         raise ValueError("nested=True does not combine with scale='e4m3'; block_size=64; a.block_size=1; "

@@ -92,13 +92,13 @@ def _as_options(message: str, parser: argparse.ArgumentParser | None, args: argp
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
         if flag is None or action.dest == "help":
             continue
-        name = rf"(?<![\w.-]){re.escape(action.dest)}="
+        name = rf"(?<![\w./\\-]){re.escape(action.dest)}="   # not inside a path
         if action.nargs == 0:   # a switch: nested=True is the flag given
             message = re.sub(name + r"True\b", flag, message)
         else:
             message = re.sub(name + r"(?=[\w'\"+.(\[-])", f"{flag} ", message)   # a value follows
         if "_" in action.dest:   # block_size is a parameter's name, never a word of the sentence
-            message = re.sub(rf"(?<![\w.-]){re.escape(action.dest)}(?![\w=-])", flag, message)
+            message = re.sub(rf"(?<![\w./\\-]){re.escape(action.dest)}(?![\w=./\\-])", flag, message)
     return message
 
 
