@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from .codebook import Codebook
+from .registry import REGISTRY
 
 __all__ = ["BNB_TYPES", "bnb_quant_type", "CodebookRangeWarning", "warn_beyond_absmax"]
 
@@ -30,8 +31,6 @@ def bnb_quant_type(cb: Codebook, name: str | None = None, layout_bnb: bool = Tru
     would read as a built-in type."""
     if layout_bnb:
         bits = cb.code_f32.view(np.uint32)
-        from .registry import REGISTRY
-
         for qt, entries in BNB_TYPES.items():
             for entry in entries:
                 ref = REGISTRY[entry].codebook.code_f32.view(np.uint32)

@@ -179,19 +179,24 @@ def _gauss_rule(x: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
 _STORE_SHARE = 1e-12
 
 
+def _tail(source: Source, b: Any) -> np.ndarray:
+    """``P(|X| > b)``, summed from both tails (no cancellation where it is tiny)."""
+    b = np.asarray(b, dtype=np.float64)
+    return np.clip(source.sf(b) + source.cdf(-b), 0.0, 1.0)
+
+
 def _K(source: Source, b: np.ndarray, power: int) -> np.ndarray:
     """``P(|X| <= b)**power`` (``b`` may be 0 or inf)."""
-    b = np.asarray(b, dtype=np.float64)
-    S = np.clip(source.sf(b) + source.cdf(-b), 0.0, 1.0)
+    S = _tail(source, b)
     with np.errstate(divide="ignore"):
         return np.exp(power * np.log1p(-S))
 
 
-def _m_range(source: Source, B: int, weight_power: int, z: float = 45.0) -> tuple[float, float]:
+def _m_range(source: Source, B: int, weight_power: int) -> tuple[float, float]:
     m_lo = float(source.abs_ppf(math.exp(math.log(_LOW_MASS) / B)))
     lim = source.moment_limit
     decay = 1.0 - weight_power / lim if math.isfinite(lim) else 1.0
-    z_hi = z if decay >= 1.0 else max(z, (z - 5.0 + weight_power / lim * math.log(B)) / decay)
+    z_hi = 45.0 if decay >= 1.0 else max(45.0, (40.0 + weight_power / lim * math.log(B)) / decay)
     m_hi = float(source.abs_isf(-math.expm1(-math.exp(-z_hi) / B)))
     if not (0 < m_lo < m_hi < math.inf):
         raise ValueError(f"{source.spec}: the block maximum's range at B={B} cannot be computed")
@@ -217,7 +222,7 @@ def _storable_top(source: Source, B: int, rule: ScaleRule, qmax: float, weight_p
             break
         lo, hi = (mid, hi) if rule.storable(mid, qmax)[()] else (lo, mid)
     p, lim = weight_power, source.moment_limit
-    tail = float(source.sf(lo) + source.cdf(-lo))
+    tail = float(_tail(source, lo))
     median = float(source.abs_ppf(0.5 ** (1.0 / B)))
     share = B * tail * (lo / median) ** p * (lim / (lim - p) if math.isfinite(lim) else 2.0)
     if share > _STORE_SHARE:
