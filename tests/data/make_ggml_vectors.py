@@ -13,8 +13,10 @@ system C/C++ compiler (x86-64 baseline flags, no FMA contraction), and calls, th
 It stores the float32 inputs and, per case and quantizer, the float16 scale bits, the codes
 (unpacked from ggml's nibbles: code ``j`` of a block in the low nibble of byte ``j mod 16``
 for ``j < 16``, high nibble otherwise) and ggml's float32 dequantization.  Versions go into
-``meta``.  Run from the repository root (needs network access to the package index, gcc,
-g++):
+``meta``.  The ``trial`` case is chosen with quantbook (blocks where the trial step matters) and
+needs it importable.  ggml's reference quantizer leaves an all-zero block's codes unset (stack
+contents), so those codes differ from run to run; the tests compare such blocks as values.
+Run from the repository root (needs network access to the package index, gcc, g++):
 
     python tests/data/make_ggml_vectors.py
 """
@@ -79,7 +81,30 @@ def inputs() -> dict:
     e[:, 3], e[:, 7] = -2.0, 2.0
     e[2:, 3], e[2:, 7] = 2.0, -2.0
     cases["extremes"] = e
+    cases["trial"] = trial_blocks()
     return cases
+
+
+def trial_blocks(n: int = 64) -> np.ndarray:
+    """Normal blocks on which the size of the trial step decides the answer: those where
+    quantbook's search with a step of 1/128 instead of ggml's 1/127 (of the table's range)
+    picks another scale.  quantbook only chooses the inputs; ggml gives the expected bytes."""
+    from quantbook.codebooks.registry import IQ4_NL_INT
+    from quantbook.scales import ggml as search
+
+    x = rng.standard_normal((200_000, QK)).astype(np.float32)
+    table = np.array(IQ4_NL_INT, np.float32)
+    d = search.ggml_search_reference(x, table)[0]
+    keep = search.ggml_table
+    search.ggml_table = lambda t: (*keep(t)[:2], np.float32(keep(t)[2] * np.float32(127 / 128)))
+    try:
+        d128 = search.ggml_search_reference(x, table)[0]
+    finally:
+        search.ggml_table = keep
+    picked = np.flatnonzero(d != d128)
+    if picked.size < n:
+        raise SystemExit(f"only {picked.size} blocks depend on the trial step")
+    return x[picked[:n]].reshape(n // 8, 8 * QK)
 
 
 def main() -> None:

@@ -1,9 +1,15 @@
 """Generate tests/data/torchao_vectors.npz: MXFP4 (every ScaleCalculationMode) and NVFP4 bytes
 computed by torchao's prototype.mx_formats itself, for tests/test_layouts_torchao.py.
 
-Run with a Python that has torch and torchao (not quantbook's environment):
+Run with a Python that has torch and torchao 0.18, e.g. a virtual environment over the one
+that has torch:
 
-    /opt/torchenv/bin/python tests/data/make_torchao_vectors.py
+    python -m venv --system-site-packages /tmp/taoenv
+    /tmp/taoenv/bin/pip install --no-deps torchao==0.18.0
+    /tmp/taoenv/bin/python tests/data/make_torchao_vectors.py
+
+With torch 2.14.1 and torchao 0.18.0 every case but ``factor`` (added later) came out bit for
+bit as first committed.
 
 Each case stores the input (float32 values, or bfloat16 bit patterns for bf16 cases), the
 packed E2M1 codes (torchao's ``qdata``), the block scales (E8M0 or E4M3 bytes), the float32
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 import torchao
 from torchao.prototype.mx_formats.config import ScaleCalculationMode
+from torchao.prototype.mx_formats.kernels import f32_to_f4_unpacked
 from torchao.prototype.mx_formats.mx_tensor import to_dtype, to_mx
 from torchao.prototype.mx_formats.nvfp4_tensor import (NVFP4Tensor, nvfp4_quantize,
                                                        per_tensor_amax_to_scale)
@@ -63,12 +70,42 @@ def inputs(block):
     return cases
 
 
+def factor_blocks():
+    """NVFP4 blocks whose codes depend on how the value factor is rounded: torchao multiplies by
+    ``(1 / t) / e``; blocks where ``1 / (t * e)`` is another float32 hold values next to E2M1's
+    decision points on which the two factors pick different codes (by torchao's own encoder).
+    The first value of a block sets its E4M3 scale ``e``; the last block holds the tensor's
+    maximum, which sets ``t``."""
+    g = np.random.default_rng(20261127)
+    big = np.float32(g.uniform(1, 2))
+    t = np.float32(big / np.float32(448 * 6))
+    e = torch.arange(0x08, 0x7F, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
+    f = ((np.float32(1) / t) / e).astype(np.float32)
+    other = (np.float32(1) / (t * e).astype(np.float32)).astype(np.float32)
+    mids = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)
+    blocks = []
+    for ei, fi, oi in zip(e[f != other], f[f != other], other[f != other]):
+        near = (mids / fi).astype(np.float32)
+        x = np.concatenate([near + k * np.spacing(near) for k in range(-3, 4)]).astype(np.float32)
+        codes = [f32_to_f4_unpacked(torch.from_numpy((x * v).astype(np.float32))).numpy() for v in (fi, oi)]
+        x = x[codes[0] != codes[1]]
+        if x.size:
+            row = np.resize(x * g.choice([-1, 1], x.size).astype(np.float32), 15)
+            blocks.append(np.concatenate([[np.float32(6 * t * ei)], row]).astype(np.float32))
+    top = np.float32(big) * (g.uniform(-1, 1, 16)).astype(np.float32)
+    top[0] = big
+    return np.stack([*blocks, top]).astype(np.float32)
+
+
 def main():
     torch.manual_seed(0)
     arrays, meta = {}, {"torch": torch.__version__, "torchao": torchao.__version__,
                         "numpy": np.__version__, "python": sys.version.split()[0], "cases": []}
     for kind, block in (("mxfp4", 32), ("nvfp4", 16)):
-        for name, x in inputs(block).items():
+        cases = inputs(block)
+        if kind == "nvfp4":
+            cases["factor"] = factor_blocks()
+        for name, x in cases.items():
             for dt in ("float32", "bfloat16"):
                 xt = torch.from_numpy(x)
                 if dt == "bfloat16":
