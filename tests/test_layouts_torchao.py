@@ -110,7 +110,8 @@ def test_live_torchao_matches():
 
 # ------------------------------------------------------------------ across backends
 RULES = ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil", "float16", "bfloat16",
-         "search:4over6", "search:e8m0:floor@1,0.75/l1", "search:ggml", "search:ggml-ref"]
+         "search:4over6", "search:e8m0:floor@1,0.75/l1", "search:ggml", "search:ggml-ref", "fouroversix:6",
+         "search:fouroversix"]
 
 
 @pytest.mark.parametrize("rule", RULES)

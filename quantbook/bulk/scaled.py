@@ -68,7 +68,7 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         d, packed = be.scaled_ggml(x, table, block_size, rule.ntry)
         stored = rule.store(d)
     elif isinstance(rule, SearchScale):
-        cands = [be.scaled_scales(amax, rule.base, q, ts, need_scale=True) for q in rule.targets(qmax)]
+        cands = [be.scaled_scales(amax, r, q, ts, need_scale=True) for r, q in rule.candidate_rules(qmax)]
         if len({d for _, _, d, _ in cands}) != 1:
             raise AssertionError(f"{rule.name}: candidates scale differently (divide flags differ)")
         divide = cands[0][2]

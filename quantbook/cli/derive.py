@@ -246,8 +246,9 @@ def _add_block_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
     s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--scale", metavar="RULE",
-                   help="block scale rule of the scaled layout: e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] (MXFP4), "
-                        "float16, bfloat16, nested; for derive lloyd and evaluate also search:4over6|ggml|ggml-ref|"
+                   help="block scale rule of the scaled layout: e4m3 (NVFP4), fouroversix:6|4 (Four Over Six's "
+                        "NVFP4 candidates), e8m0[:floor|ceil|even|rceil] (MXFP4), float16, bfloat16, nested; for "
+                        "derive lloyd and evaluate also search:4over6|fouroversix|ggml|ggml-ref|"
                         "BASE@F1,F2, on a seeded sample (default: exact float32 absmax; docs/scales.md)")
     s.add_argument("--qmax", type=_positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")

@@ -273,7 +273,7 @@ def _layout_comment(layout: HeaderLayout | None, ident: str) -> str:
     if layout is None:
         return ""
     r = layout.rule
-    tensor = f"; each tensor a {r.tensor_bytes}-byte float32 tensor scale" if r.tensor_bytes else ""
+    tensor = f"; each tensor a {r.tensor_bytes}-byte {r.tensor_value}" if r.tensor_bytes else ""
     return (f" Scaled layout (docs/scales.md): scale rule {_comment_text(r.name)}, block size {layout.block_size}, "
             f"qmax {layout.qmax:g}.\n"
             f" * Each block of {layout.block_size} values stores a {r.stored_bytes}-byte scale ({r.stored_dtype}) "

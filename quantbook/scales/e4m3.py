@@ -26,7 +26,7 @@ import numpy as np
 
 from .rule import ScaleRule, check_qmax
 
-__all__ = ["E4M3Scale", "E4M3_MAX", "E4M3_MIN_NORMAL", "e4m3_round", "e4m3_bits", "e4m3_value",
+__all__ = ["E4M3Scale", "E4M3_MAX", "E4M3_MIN_NORMAL", "e4m3_round", "e4m3_encode", "e4m3_bits", "e4m3_value",
            "e4m3_grid"]
 
 _F = np.float32
@@ -39,6 +39,18 @@ def e4m3_round(v: np.ndarray) -> np.ndarray:
     u = np.asarray(v, dtype=_F).view(np.uint32).astype(np.uint64)
     u = (u + 0x7FFFF + ((u >> 20) & 1)) & 0xFFF00000
     return u.astype(np.uint32).view(_F)
+
+
+def e4m3_encode(s: np.ndarray) -> np.ndarray:
+    """E4M3 bytes of non-negative float32 values, rounded to nearest even as torch casts to
+    ``float8_e4m3fn``: subnormals (steps of 2**-9) and 0 included; beyond 464 the byte is
+    0x7F (NaN)."""
+    s = np.minimum(np.asarray(s, dtype=_F), _F(480))
+    sub = s < _F(2.0**-6)
+    k = np.rint(np.where(sub, s, _F(0)) * _F(2.0**9)).astype(np.uint8)   # exact scaling; ties to even
+    with np.errstate(invalid="ignore"):
+        normal = e4m3_bits(e4m3_round(np.where(sub, _F(1), s)))
+    return np.where(sub, k, normal).astype(np.uint8)
 
 
 def e4m3_bits(r: np.ndarray) -> np.ndarray:
@@ -101,7 +113,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
     def _encode(self, amax, qmax, tensor_scale):
         t = self._t(tensor_scale)
         r = ((np.asarray(amax, dtype=_F) / _F(qmax)).astype(_F) / t).astype(_F)
-        return e4m3_bits(e4m3_round(np.clip(r, _F(E4M3_MIN_NORMAL), _F(E4M3_MAX))))
+        return e4m3_encode(np.clip(r, _F(E4M3_MIN_NORMAL), _F(E4M3_MAX)))
 
     def decode(self, stored, tensor_scale=None):
         return (self._t(tensor_scale) * e4m3_value(stored)).astype(_F)

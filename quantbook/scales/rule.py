@@ -72,6 +72,11 @@ class ScaleRule:
     tensor_bytes: ClassVar[int] = 0
     #: ``s`` is constant on ``[b_i, b_i+1)`` ("left") or ``(b_i, b_i+1]`` ("right")
     closed: ClassVar[str] = "left"
+    #: what the ``tensor_bytes`` per tensor hold
+    tensor_value: ClassVar[str] = "float32 tensor scale"
+    #: the only ``qmax`` a rule takes whose arithmetic is written for one element format
+    #: (None: any)
+    fixed_qmax: ClassVar[float | None] = None
 
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -108,6 +113,11 @@ class ScaleRule:
         return hash(self.name)
 
     # ----------------------------------------------------------------- the rule
+    def candidate(self, qmax: float, factor: float) -> tuple["ScaleRule", float]:
+        """``(rule, qmax)`` that map a block's maximum to ``factor · qmax``: one candidate of a
+        search (:mod:`.search`).  Default: this rule with ``qmax`` scaled."""
+        return self, float(qmax) * float(factor)
+
     def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         """The float32 per-tensor scale of a two-level rule (None for one-level rules)."""
         return None

@@ -15,7 +15,10 @@ Spec: ``search:PRESET`` or ``search:BASE@f1,f2,...[/l1|/l2]``, e.g.
   only candidates from its amax.
 * ``4over6`` — "Four Over Six" (Cook et al., 2025, arXiv:2512.02010): per NVFP4 block, amax
   mapped to 6 or to 4, lower squared error kept: base ``e4m3``, targets {1, 4/6}, ``l2``.
-  The tensor scale is the base rule's (``G / (6 * 448)``).
+  The tensor scale is the base rule's (``G / (6 * 448)``, torchao's NVFP4), so a block near
+  the tensor's maximum cannot reach 4: its scale would pass E4M3's 448.
+* ``fouroversix`` — the same choice with the scales of the authors' package, byte for byte
+  (:mod:`.fouroversix`): base ``fouroversix:6``, targets {1, 4/6}, ``l2``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .ggml import GGML_PRESETS, GgmlSearch
-from .rule import ScaleRule, get_rule
+from .rule import DEFAULT_QMAX, ScaleRule, get_rule
 
 __all__ = ["SearchScale", "PRESETS", "block_errors"]
 
@@ -34,6 +37,7 @@ _F = np.float32
 #: preset name -> (base spec, target factors, loss)
 PRESETS: dict[str, tuple[str, tuple[float, ...], str]] = {
     "4over6": ("e4m3", (1.0, 4.0 / 6.0), "l2"),
+    "fouroversix": ("fouroversix:6", (1.0, 4.0 / 6.0), "l2"),
 }
 
 
@@ -65,6 +69,7 @@ class SearchScale(ScaleRule, family="search"):
         if loss not in ("l1", "l2"):
             raise ValueError(f"search loss must be l1 or l2, got {loss!r}")
         self.base, self.factors, self.loss, self.preset = base, f, loss, preset
+        self.candidate_rules(DEFAULT_QMAX)   # a base rule refuses targets it cannot map to, here
         self.stored_dtype, self.stored_bytes = base.stored_dtype, base.stored_bytes
         self.tensor_bytes = base.tensor_bytes
 
@@ -110,13 +115,15 @@ class SearchScale(ScaleRule, family="search"):
     def tensor_scale(self, global_amax, qmax):
         return self.base.tensor_scale(global_amax, qmax)
 
-    def targets(self, qmax: float) -> list[float]:
-        """The ``qmax`` the base rule maps each candidate's amax to, in order."""
-        return [float(qmax) * f for f in self.factors]
+    def candidate_rules(self, qmax: float) -> list[tuple[ScaleRule, float]]:
+        """Per candidate, in order, the deterministic rule and ``qmax`` that encode it
+        (:meth:`ScaleRule.candidate` of the base rule): they share the base rule's stored
+        values, decode and divisor."""
+        return [self.base.candidate(qmax, f) for f in self.factors]
 
     def candidates(self, amax: np.ndarray, qmax: float, tensor_scale=None) -> list[np.ndarray]:
         """The stored scales of every candidate, in order."""
-        return [self.base.encode(amax, q, tensor_scale) for q in self.targets(qmax)]
+        return [r.encode(amax, q, tensor_scale) for r, q in self.candidate_rules(qmax)]
 
     def pick(self, errors: Sequence[Any]) -> Any:
         """Per block, the index of the candidate with the least error, the first on a tie;

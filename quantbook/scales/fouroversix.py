@@ -1,0 +1,141 @@
+"""Four Over Six's NVFP4 scales as its authors' package computes them, byte for byte.
+
+Four Over Six (Cook et al., 2025, arXiv:2512.02010) quantizes each NVFP4 block twice, with
+the block maximum mapped to 6 and to 4, and keeps the one with the smaller squared error.
+Its package (``fouroversix`` 1.0.5, ``quantize/pytorch/reference.py``, ``scale_rule=mse``)
+computes the two E4M3 block scales differently from torchao's NVFP4 (:mod:`.e4m3`): the
+per-tensor scale leaves room for the factor 1.5 below E4M3's 448 by using 256 in its place,
+and nothing is clamped.  For a tensor of absolute maximum ``G`` and a block of maximum ``M``,
+all in float32, in this order:
+
+* ``enc = 1536 / G`` (``1536 = 6 · 256``);
+* ``s = (M / 6) · enc``, times 1.5 for the candidate that maps the block to 4;
+* ``e = e4m3(s)``, rounded to nearest even, subnormals and 0 included;
+* values are multiplied by ``1 / (d · e)`` with ``d = 1 / enc``; a block with ``e = 0``
+  stores zeros;
+* decoding: ``(e · G) / 1536``.
+
+The rules ``fouroversix:6`` and ``fouroversix:4`` are the two candidates; ``search:fouroversix``
+(:mod:`.search`) picks between them.  What the tensor stores besides the blocks is ``G``
+itself, as the package does (1 for an all-zero tensor, whose blocks all store scale 0; the
+package stores 0).  The arithmetic is NVFP4's, so ``qmax`` must be 6.  Where this
+differs from the package's bytes, and why, is in docs/scales.md; the vectors are from the
+package itself (tests/data/make_fouroversix_vectors.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .e4m3 import e4m3_encode, e4m3_value
+from .rule import ScaleRule, check_qmax
+
+__all__ = ["FourOverSixScale", "FOS_TARGETS"]
+
+_F = np.float32
+_QMAX = 6.0
+_SCALE_MAX = 256.0          # the package's E4M3 maximum for its mse/mae/abs_max rules
+_DENOM = _F(_QMAX * _SCALE_MAX)
+
+#: target -> factor on the block scale: the block maximum mapped to 6 or to 4
+FOS_TARGETS: dict[str, float] = {"6": 1.0, "4": 1.5}
+
+
+def _check_qmax(qmax: float) -> None:
+    if check_qmax(qmax) != FourOverSixScale.fixed_qmax:
+        raise ValueError(f"fouroversix computes NVFP4's scales: qmax must be {_QMAX:g} (E2M1's largest "
+                         f"magnitude), got {qmax:g}")
+
+
+class FourOverSixScale(ScaleRule, family="fouroversix"):
+    stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
+    tensor_value = "float32 tensor absolute maximum"
+    fixed_qmax = _QMAX
+
+    def __init__(self, target: str = "6") -> None:
+        if target not in FOS_TARGETS:
+            raise ValueError(f"fouroversix maps a block's maximum to {' or '.join(FOS_TARGETS)}, got {target!r}")
+        self.target = target
+        self.factor = _F(FOS_TARGETS[target])
+
+    @classmethod
+    def from_arg(cls, arg):
+        return cls("6" if arg is None else arg)
+
+    @classmethod
+    def variants(cls):
+        return tuple(f"fouroversix:{t}" for t in FOS_TARGETS)
+
+    @property
+    def name(self):
+        return f"fouroversix:{self.target}"
+
+    def candidate(self, qmax, factor):
+        _check_qmax(qmax)
+        for t in FOS_TARGETS:
+            if abs(float(factor) * _QMAX - float(t)) <= 1e-6 * _QMAX:
+                return FourOverSixScale(t), qmax
+        raise ValueError(f"fouroversix maps a block's maximum to 6 or 4: search targets 1 and 4/6, got {factor:g}")
+
+    def tensor_scale(self, global_amax, qmax):
+        _check_qmax(qmax)
+        g = _F(global_amax)
+        if not np.isfinite(g) or g < 0:
+            raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
+        if g == 0:
+            return _F(1)   # as e4m3: a tensor scale is positive; every block stores scale 0 anyway
+        with np.errstate(over="ignore", divide="ignore"):
+            # the smallest non-zero block scale (2**-9) multiplies by 1 / (d * 2**-9); the
+            # largest decodes through 448 * G: both must stay finite
+            d = _F(1) / (_DENOM / g).astype(_F)
+            small = not np.isfinite(_F(1) / (d * _F(2.0**-9)).astype(_F))
+            large = not np.isfinite(_F(448) * g)
+        if small:
+            raise ValueError(f"the tensor's amax {float(g):.3g} is too small for fouroversix's float32 scales "
+                             "(the smallest block scale's factor overflows); it may be exactly 0")
+        if large:
+            raise ValueError(f"the tensor's amax {float(g):.3g} is too large for fouroversix's float32 scales "
+                             "(448 · amax overflows)")
+        return g
+
+    def _g(self, tensor_scale):
+        if tensor_scale is None:
+            raise ValueError("the fouroversix rule needs the tensor's float32 absolute maximum")
+        return _F(tensor_scale)
+
+    def _encode(self, amax, qmax, tensor_scale):
+        _check_qmax(qmax)
+        g = self._g(tensor_scale)
+        m = np.asarray(amax, dtype=_F)
+        if g == 0:
+            return np.zeros(m.shape, np.uint8)
+        s = ((m / _F(_QMAX)).astype(_F) * (_DENOM / g).astype(_F)).astype(_F)
+        if self.factor != 1:
+            s = (s * self.factor).astype(_F)
+        return e4m3_encode(s)
+
+    def overflow(self, stored):
+        return np.asarray(stored) == 0x7F
+
+    def decode(self, stored, tensor_scale=None):
+        e = e4m3_value(stored)
+        return ((e * self._g(tensor_scale)).astype(_F) / _DENOM).astype(_F)
+
+    def _divisor(self, stored, tensor_scale):
+        g = self._g(tensor_scale)
+        e = e4m3_value(stored)
+        if g == 0:
+            return np.zeros(e.shape, _F), False
+        d = (_F(1) / (_DENOM / g).astype(_F)).astype(_F)
+        with np.errstate(divide="ignore"):
+            f = (_F(1) / (d * e).astype(_F)).astype(_F)
+        return np.where(e > 0, f, _F(0)).astype(_F), False
+
+    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+        _check_qmax(qmax)
+        g = float(self._g(tensor_scale))
+        if g == 0:
+            return np.zeros(0)
+        grid = e4m3_value(np.arange(0x00, 0x7F, dtype=np.uint8)).astype(np.float64)
+        b = (grid[:-1] + grid[1:]) / 2 * _QMAX * g / (float(_DENOM) * float(self.factor))
+        return b[(b >= lo) & (b <= hi)]
