@@ -347,6 +347,22 @@ def test_a_cuda_header_beyond_constant_memory_compiles_to_sass(nvrtc, bits):
     assert ("__constant__" in src) == (bits == 8)
 
 
+@pytest.mark.parametrize("points", [8192, 8193])
+def test_a_cuda_vector_table_of_exactly_64_kib_stays_in_constant_memory(nvrtc, points):
+    """Constant memory holds 64 KiB (CUDA C++ Programming Guide): a table of 8192 points of
+    two floats (65 536 bytes) fits there, and ptxas builds it; one more point goes to global
+    memory."""
+    from quantbook.bulk.gpu.compile import compile_source
+    from quantbook.codebooks.vector import VectorCodebook
+
+    pts = np.random.default_rng(0).standard_normal((points, 2))
+    src = export(VectorCodebook("v", pts), "cuda")
+    src += ('extern "C" __global__ void k(const float* y, unsigned* c, float* d) '
+            '{ c[threadIdx.x] = v_encode(y + 2 * threadIdx.x); v_decode(c[threadIdx.x], d + 2 * threadIdx.x); }\n')
+    assert compile_source(src, "sm_80", output="cubin")[:4] == b"\x7fELF"
+    assert ("static __constant__ float v_points" in src) == (points == 8192)
+
+
 # ---------------------------------------------------------------------------- npy / bnb
 def test_npy_is_the_index_to_value_table(tmp_path):
     path = tmp_path / "fp4.npy"
