@@ -103,14 +103,30 @@ def test_export_npy_and_headers(capsys, tmp_path):
         assert ("__constant__" in text) == (fmt == "cuda")
 
 
+def _float32_misorders(points, n=200_000, seed=0):
+    """Vectors a few float32 ulps from the midpoints of pairs of points on which distances
+    computed in float32 (differences, squares and sum) pick another point than float64 does."""
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(points), n), rng.integers(0, len(points), n)
+    m = ((points[i].astype(np.float64) + points[j]) / 2).astype(np.float32)
+    v = (m + rng.integers(-4, 5, m.shape) * np.spacing(m)).astype(np.float32)
+    t = (v[:, None, :] - points[None, :, :]).astype(np.float32)
+    d32 = (t * t).astype(np.float32).sum(axis=2, dtype=np.float32)
+    d64 = ((v[:, None, :].astype(np.float64) - points[None, :, :]) ** 2).sum(axis=2)
+    return v[np.argmin(d32, axis=1) != np.argmin(d64, axis=1)]
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_c_header_encodes_as_nearest(tmp_path, capsys):
-    """The header's encoder, compiled, gives VectorCodebook.nearest on random vectors and ties."""
+    """The header's encoder, compiled, gives VectorCodebook.nearest on random vectors, ties,
+    and near-ties that float32 distances would get wrong."""
     cb = resolve_vector("higgs-2d-64")
     h = tmp_path / "g.h"
     assert run(capsys, "export", "higgs-2d-64", "-f", "c", "-o", h)[0] == 0
     rng = np.random.default_rng(5)
-    v = np.concatenate([rng.standard_normal((500, 2)), cb.points[:10]]).astype(np.float32)
+    near = _float32_misorders(cb.points)
+    assert len(near) > 100
+    v = np.concatenate([rng.standard_normal((500, 2)), cb.points[:10], near]).astype(np.float32)
     src = tmp_path / "t.c"
     src.write_text('#include <stdio.h>\n#include "g.h"\nint main(void){float v[2];'
                    'while(scanf("%a %a",&v[0],&v[1])==2){float o[2];unsigned i=higgs_2d_64_encode(v);'
