@@ -83,6 +83,10 @@ def test_bad_settings_are_refused():
         qb.quantize(x, "nf4", 16, scale="search:fouroversix", qmax=4)
     with pytest.raises(ValueError, match="6 or 4"):
         get_rule("search:fouroversix:6@1,0.5")
+    with pytest.raises(ValueError, match="not 2.666667"):
+        get_rule("search:fouroversix:4@1,0.6666666666666666")
+    r4 = get_rule("search:fouroversix:4@1,1.5")   # targets relative to the base's 4
+    assert [c.name for c, _ in r4.candidate_rules(6.0)] == ["fouroversix:4", "fouroversix:6"]
     with pytest.raises(ValueError, match="6 or 4"):
         get_rule("fouroversix:5")
     r = get_rule("fouroversix:6")
@@ -90,7 +94,7 @@ def test_bad_settings_are_refused():
         r.tensor_scale(1e-37, 6.0)
     with pytest.raises(ValueError, match="too large"):
         r.tensor_scale(3e38, 6.0)
-    with pytest.raises(ValueError, match="must be finite"):
+    with pytest.raises(ValueError, match="must be finite and non-negative"):
         r.tensor_scale(float("nan"), 6.0)
 
 

@@ -182,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block scale rule (docs/scales.md): float32 (default, bitsandbytes' absmax), nested "
                         "(= --nested), or a scaled layout for codebooks of at most 16 entries: e4m3 (NVFP4 "
                         "with -B 16), e8m0[:floor|ceil|even|rceil] (MXFP4 with -B 32), float16, bfloat16, "
-                        "search:4over6, search:fouroversix (bit for bit Four Over Six's package), "
+                        "search:4over6, search:fouroversix (Four Over Six's package's scales), "
                         "search:ggml (llama.cpp's IQ4_NL quantizer; with iq4_nl and --qmax 127 "
                         "bit for bit ggml's) ...")
     s.add_argument("--qmax", type=_positive_float, default=None, metavar="Q",

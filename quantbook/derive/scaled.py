@@ -12,7 +12,7 @@ clipping error counts.  The weight-domain error of a value is ``σ(M)·(u - q(u)
 
 Unlike the exact absmax law (:mod:`.block`), ``u`` is not bounded by 1: the extreme value of
 a block is ``M / σ(M)``, a saw-tooth in ``M`` (E2M1 under MX's ``floor`` rounding: between
-4/6 and 8/6).  It has no atom.
+4/6 and 8/6).  It has no atom (but see ``tensor_size`` below).
 
 Closed form.  Pick one of the ``B`` values, ``x``, and let ``R`` be the largest magnitude of
 the other ``B - 1``, with cdf ``K(r) = G(r)^{B-1}``, ``G(r) = P(|X| <= r)``; ``x`` and ``R``
@@ -65,10 +65,13 @@ phase ``log2 G mod 1`` matters.  Three models (:class:`TensorModel`):
 * ``tensor_amax=G``: that tensor maximum (in units of the source), the blocks i.i.d. given
   ``M <= G``;
 * ``tensor_size=n``: ``G`` the maximum of ``n`` i.i.d. values (cdf ``G(g)^n``), averaged by
-  a midpoint rule on :data:`N_TENSOR` equal-probability values of ``G``, each as above.
+  a midpoint rule on :data:`N_TENSOR` equal-probability values of ``G``.  Given ``G``, one
+  block in ``n / B`` holds ``G`` itself: its scale is ``σ(G)``, one of its values is ``±G``
+  (masses at ``±G/σ(G)``) and the other ``B - 1`` are i.i.d. given ``|x| <= G``; the other
+  blocks are i.i.d. given ``M <= G``.  That is exact for a tensor of whole blocks.
 
-The last two neglect that one block of the tensor holds ``G`` itself: one block in
-``blocks``, but its error grows with ``G**2``, so a heavy tail shows it (measured in
+``tensor_amax`` alone does not say how many blocks share ``G``, so it leaves the block of
+``G`` out: its error grows with ``G**2``, and a heavy tail shows it (measured in
 docs/scaled-derivation.md).
 """
 
@@ -264,6 +267,25 @@ def _terms(source: Source, B: int, rule: ScaleRule, qmax: float, t: Any, m_lo: f
             float(np.max(edges[1:] / sig)))
 
 
+def _top_block(source: Source, B: int, rule: ScaleRule, qmax: float, t: Any, g: float, weight_power: int):
+    """The block that holds the tensor's maximum ``g``: its scale is ``σ(g)``; one of its
+    ``B`` values is ``±g`` (atoms at ``±g/σ(g)``, the sign by the density at ``±g``), the
+    other ``B - 1`` are i.i.d. given ``|x| <= g``: one piece of the sum in the module
+    docstring, ``K = 0`` below and ``(B - 1) / (B·P(|X| <= g))`` at ``g``.  Returns that
+    piece (as :func:`_terms`) and the atoms' positions and ``σ**weight_power``-weighted
+    masses."""
+    with np.errstate(over="ignore"):
+        sig = qmax * float(np.asarray(rule.scale(np.array([g]), qmax, t), dtype=np.float64)[0])
+    if not (math.isfinite(sig) and sig > 0):
+        raise ValueError(f"scale rule {rule.name!r} gives no finite positive scale for the tensor maximum {g:.3g}")
+    inside = float(_K(source, np.array([g]), 1)[0])
+    piece = (np.array([sig]), np.array([0.0]), np.array([g]), np.array([0.0]),
+             np.array([(B - 1) / (B * inside)]), g / sig)
+    dens = np.asarray(source.pdf(np.array([-g, g])), dtype=np.float64)
+    side = dens / dens.sum() if dens.sum() > 0 else np.array([0.5, 0.5])
+    return piece, np.array([-g / sig, g / sig]), side * sig**weight_power / B
+
+
 def _check_phase_model(source: Source, B: int, rule: ScaleRule, qmax: float, base: float,
                        weight_power: int) -> None:
     """Refuse the uniform-phase model where it does not hold: only the phase of the tensor
@@ -284,7 +306,8 @@ def _check_phase_model(source: Source, B: int, rule: ScaleRule, qmax: float, bas
 
 class ScaledMeasure(_Measure):
     """The ``σ(M)**weight_power``-weighted law of ``u`` (module docstring); ``total`` is
-    ``E[σ(M)**weight_power]``.  Same interface as :class:`~.block.BlockMeasure`, no atoms."""
+    ``E[σ(M)**weight_power]``.  Same interface as :class:`~.block.BlockMeasure`; atoms only
+    under ``tensor_size`` (the block of the tensor's maximum)."""
 
     def __init__(self, source: Source, block_size: int, rule: ScaleRule, qmax: float = DEFAULT_QMAX,
                  weight_power: int = 0, tensor: TensorModel | None = None) -> None:
@@ -297,7 +320,7 @@ class ScaledMeasure(_Measure):
         self.source, self.block_size, self.rule, self.qmax = source, B, rule, float(qmax)
         self.weight_power, self.tensor = weight_power, tensor
         m_lo, m_hi = _m_range(source, B, weight_power)
-        parts, weights = [], []
+        parts, weights, atoms = [], [], []
         two_level = rule.tensor_scale(1.0, qmax) is not None
         if not two_level:
             if tensor.amax is not None or tensor.size is not None:
@@ -312,11 +335,19 @@ class ScaledMeasure(_Measure):
             else:  # equal-probability values of the maximum of n values: P(max <= g) = G(g)**n
                 q = (np.arange(N_TENSOR) + 0.5) / N_TENSOR
                 gs = np.asarray(source.abs_isf(-np.expm1(np.log(q) / tensor.size)), dtype=np.float64)
+            # tensor_size: one block of the tensor's n / B holds G itself
+            share = 0.0 if tensor.size is None else min(1.0, B / tensor.size)
             for g in gs:
                 if g <= m_lo:
                     raise ValueError(f"tensor maximum {g:.3g} is below almost every block maximum at B={B}")
-                parts.append(_terms(source, B, rule, qmax, rule.tensor_scale(g, qmax), m_lo, float(g), True))
-                weights.append(1.0 / gs.size)
+                t = rule.tensor_scale(g, qmax)
+                parts.append(_terms(source, B, rule, qmax, t, m_lo, float(g), True))
+                weights.append((1.0 - share) / gs.size)
+                if share:
+                    part, ax, aw = _top_block(source, B, rule, qmax, t, float(g), weight_power)
+                    parts.append(part)
+                    weights.append(share / gs.size)
+                    atoms.append((ax, aw * share / gs.size))
         else:  # uniform phase: t = 2**phi times a tensor maximum above every block maximum considered
             base = 2.0 ** math.ceil(math.log2(m_hi))
             _check_phase_model(source, B, rule, qmax, base, weight_power)
@@ -330,16 +361,17 @@ class ScaledMeasure(_Measure):
         self.b_hi = np.concatenate([p[2] for p in parts])
         self.k_lo = np.concatenate([p[3] * w for p, w in zip(parts, weights)])
         self.dk = np.concatenate([(p[4] - p[3]) * w for p, w in zip(parts, weights)])
-        self.hi = float(max(p[5] for p in parts))
+        self.atoms_x = np.concatenate([a[0] for a in atoms]) if atoms else np.zeros(0)
+        self.atoms_w = np.concatenate([a[1] for a in atoms]) if atoms else np.zeros(0)
+        self.hi = float(max(max(p[5] for p in parts), np.max(np.abs(self.atoms_x), initial=0.0)))
         self.lo = -self.hi
-        self.atoms_x, self.atoms_w = np.zeros(0), np.zeros(0)
         self.n_pieces = self.sig.size
         sp = {k: self.sig ** (weight_power - k) for k in range(3)}
         self._ck = {k: (self.dk * sp[k], self.k_lo * sp[k]) for k in range(3)}
         self._cd = self.sig ** (weight_power + 1)
         self._fast, self._slow_cache = None, {}
         self._fast = self._compress()
-        self.total = float(self.T(0, self.hi) - self.T(0, self.lo))
+        self.total = float(self.T(0, self.hi) - self.T(0, self.lo) + self.atoms_w.sum())
 
     def _compress(self):
         """``(r, nodes, weights)`` of the Gauss rule that replaces the sum over the pieces for
@@ -590,7 +622,9 @@ class ScaledBlockDistribution:
     """The law of ``u`` (module docstring) in the codebook's units (largest level 1), with a
     scipy-like subset: ``pdf``, ``logpdf``, ``cdf``, ``logcdf``, ``sf``, ``logsf``, ``ppf``,
     ``isf``, ``median``, ``support``, ``moment``, ``mean``, ``var``, ``std``, ``rvs``.  NaN in,
-    NaN out; a scalar gives a scalar.  The law has no atoms (``atoms`` is empty)."""
+    NaN out; a scalar gives a scalar.  The law has no atoms (``atoms`` is empty), except with
+    ``tensor_size``: the block that holds the tensor's maximum ``G`` puts masses at
+    ``±G/σ(G)`` (``atoms``: positions and probabilities; ``pdf`` is the continuous part's)."""
 
     def __init__(self, block_size: int = 16, source: Any = "normal", scale: Any = "e4m3",
                  qmax: float = DEFAULT_QMAX, tensor_amax: Any = None, tensor_size: Any = None) -> None:
@@ -600,7 +634,7 @@ class ScaledBlockDistribution:
         self.qmax = check_qmax(qmax)
         self.tensor = TensorModel(tensor_amax, tensor_size)
         self._mu = scaled_measure(self.source, self.block_size, self.rule, self.qmax, 0, tensor_amax, tensor_size)
-        self.atoms = (np.empty(0), np.empty(0))   # BlockDistribution's (positions, probabilities)
+        self.atoms = (self._mu.atoms_x.copy(), self._mu.atoms_w.copy())   # as BlockDistribution's
 
     def __repr__(self) -> str:
         return (f"<ScaledBlockDistribution {self.source.spec}, B={self.block_size}, {self.rule.name}, "
@@ -630,8 +664,7 @@ class ScaledBlockDistribution:
 
         def hook(p):
             n = p.size
-            x = _monotone_solve(lambda v: mu.T(0, v) - mu.T(0, mu.lo), mu.dens, p, np.full(n, mu.lo),
-                                np.full(n, mu.hi))
+            x = _monotone_solve(mu.cum, mu.dens, p, np.full(n, mu.lo), np.full(n, mu.hi))
             return np.where(p <= 0, mu.lo, np.where(p >= 1, mu.hi, x))
         return at_q(hook, q)
 
@@ -641,21 +674,29 @@ class ScaledBlockDistribution:
 
         def hook(p):
             n = p.size
-            top = mu.T(0, mu.hi)
-            x = _monotone_solve(lambda v: mu.T(0, v) - top, mu.dens, -p, np.full(n, mu.lo), np.full(n, mu.hi))
+            x = _monotone_solve(lambda v: -self._upper(v), mu.dens, -p, np.full(n, mu.lo), np.full(n, mu.hi))
             return np.where(p <= 0, mu.hi, np.where(p >= 1, mu.lo, x))
         return at_q(hook, q)
 
     def median(self) -> float:
         return float(self.ppf(0.5))
 
+    def _upper(self, v):
+        """The mass above ``v``, from the upper tail's own terms (no ``1 - cdf`` cancellation)."""
+        mu = self._mu
+        v = np.asarray(v, dtype=np.float64)
+        up = mu.T(0, mu.hi) - mu.T(0, v)
+        for ax, aw in zip(mu.atoms_x, mu.atoms_w):
+            up = up + np.where(v < ax, aw, 0.0)
+        return up
+
     def _cdf(self, v):
         mu = self._mu  # exactly 0 below the support and 1 above it
-        return np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(mu.T(0, v) - mu.T(0, mu.lo), 0.0, 1.0)))
+        return np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(mu.cum(v), 0.0, 1.0)))
 
     def _sf(self, v):
         mu = self._mu
-        return np.where(v <= mu.lo, 1.0, np.where(v >= mu.hi, 0.0, np.clip(mu.T(0, mu.hi) - mu.T(0, v), 0.0, 1.0)))
+        return np.where(v <= mu.lo, 1.0, np.where(v >= mu.hi, 0.0, np.clip(self._upper(v), 0.0, 1.0)))
 
     def support(self) -> tuple[float, float]:
         return self._mu.lo, self._mu.hi
@@ -664,7 +705,7 @@ class ScaledBlockDistribution:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= 2:
             raise ValueError(f"moment order must be 0, 1 or 2, got {k!r}")
         mu = self._mu
-        return float(mu.T(k, mu.hi) - mu.T(k, mu.lo))
+        return float(mu.T(k, mu.hi) - mu.T(k, mu.lo) + np.sum(mu.atoms_w * mu.atoms_x**k))
 
     def mean(self) -> float:
         return self.moment(1)

@@ -1,4 +1,4 @@
-"""Four Over Six's NVFP4 scales as its authors' package computes them, byte for byte.
+"""Four Over Six's NVFP4 scales as its authors' package computes them.
 
 Four Over Six (Cook et al., 2025, arXiv:2512.02010) quantizes each NVFP4 block twice, with
 the block maximum mapped to 6 and to 4, and keeps the one with the smaller squared error.
@@ -19,8 +19,9 @@ The rules ``fouroversix:6`` and ``fouroversix:4`` are the two candidates; ``sear
 (:mod:`.search`) picks between them.  What the tensor stores besides the blocks is ``G``
 itself, as the package does (1 for an all-zero tensor, whose blocks all store scale 0; the
 package stores 0).  The arithmetic is NVFP4's, so ``qmax`` must be 6.  Where this
-differs from the package's bytes, and why, is in docs/scales.md; the vectors are from the
-package itself (tests/data/make_fouroversix_vectors.py).
+differs from the package's bytes, and why (its float32 arithmetic at the ends of the range,
+its packing of other shapes than 2-D with an even row length, its +0 codes), is in
+docs/scales.md; the vectors are from the package itself (tests/data/make_fouroversix_vectors.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ FOS_TARGETS: dict[str, float] = {"6": 1.0, "4": 1.5}
 def _check_qmax(qmax: float) -> None:
     if check_qmax(qmax) != FourOverSixScale.fixed_qmax:
         raise ValueError(f"fouroversix computes NVFP4's scales: qmax must be {_QMAX:g} (E2M1's largest "
-                         f"magnitude), got {qmax:g}")
+                         f"magnitude), got {float(qmax)!r}")
 
 
 class FourOverSixScale(ScaleRule, family="fouroversix"):
@@ -72,16 +73,18 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
 
     def candidate(self, qmax, factor):
         _check_qmax(qmax)
+        target = float(self.target) * float(factor)
         for t in FOS_TARGETS:
-            if abs(float(factor) * _QMAX - float(t)) <= 1e-6 * _QMAX:
+            if abs(target - float(t)) <= 1e-6 * _QMAX:
                 return FourOverSixScale(t), qmax
-        raise ValueError(f"fouroversix maps a block's maximum to 6 or 4: search targets 1 and 4/6, got {factor:g}")
+        raise ValueError(f"fouroversix maps a block's maximum to 6 or 4, not {target:.7g} "
+                         f"({self.name} with the search target {float(factor):.7g})")
 
     def tensor_scale(self, global_amax, qmax):
         _check_qmax(qmax)
         g = _F(global_amax)
         if not np.isfinite(g) or g < 0:
-            raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
+            raise ValueError(f"the tensor's amax must be finite and non-negative, got {float(g)!r}")
         if g == 0:
             return _F(1)   # as e4m3: a tensor scale is positive; every block stores scale 0 anyway
         with np.errstate(over="ignore", divide="ignore"):

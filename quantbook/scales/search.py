@@ -17,8 +17,9 @@ Spec: ``search:PRESET`` or ``search:BASE@f1,f2,...[/l1|/l2]``, e.g.
   mapped to 6 or to 4, lower squared error kept: base ``e4m3``, targets {1, 4/6}, ``l2``.
   The tensor scale is the base rule's (``G / (6 * 448)``, torchao's NVFP4), so a block near
   the tensor's maximum cannot reach 4: its scale would pass E4M3's 448.
-* ``fouroversix`` — the same choice with the scales of the authors' package, byte for byte
-  (:mod:`.fouroversix`): base ``fouroversix:6``, targets {1, 4/6}, ``l2``.
+* ``fouroversix`` — the same choice with the scales of the authors' package (:mod:`.fouroversix`;
+  its bytes but for the cases docs/scales.md lists): base ``fouroversix:6``, targets {1, 4/6},
+  ``l2``.
 """
 
 from __future__ import annotations
