@@ -18,6 +18,16 @@ def usable_backend(name):
     return backend
 
 
+def scaled_backend(name):
+    """:func:`usable_backend`, or a skip when it does not implement the scaled layouts."""
+    from quantbook.bulk.layouts import implements
+
+    backend = usable_backend(name)
+    if not implements(backend):
+        pytest.skip(f"backend {backend.name!r} does not implement the scaled layouts")
+    return backend
+
+
 def bits_equal(a, b):
     a, b = np.asarray(a), np.asarray(b)
     return a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize and \

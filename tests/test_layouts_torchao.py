@@ -13,11 +13,11 @@ import zlib
 import numpy as np
 import pytest
 
-from gpu_cases import usable_backend
+from gpu_cases import scaled_backend
 
 import quantbook as qb
 from quantbook.bulk import BACKENDS, QuantState
-from quantbook.bulk.layouts import implements, scaled_table
+from quantbook.bulk.layouts import scaled_table
 
 HERE = Path(__file__).parent
 DATA = np.load(HERE / "data" / "torchao_vectors.npz")
@@ -33,10 +33,7 @@ except ImportError:  # only the bfloat16-input cases need it
 
 @pytest.fixture(params=list(BACKENDS))
 def be(request):
-    backend = usable_backend(request.param)
-    if not implements(backend):
-        pytest.skip(f"backend {backend.name!r} does not implement the scaled layouts")
-    return backend
+    return scaled_backend(request.param)
 
 
 def _q(be, x, *args, **kw):

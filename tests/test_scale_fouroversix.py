@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_cases import usable_backend
+from gpu_cases import scaled_backend
 
 import quantbook as qb
 from quantbook.bulk import BACKENDS
-from quantbook.bulk.layouts import implements
 from quantbook.scales import get_rule, rule_names
 from quantbook.scales.e4m3 import e4m3_encode, e4m3_value
 
@@ -32,10 +31,7 @@ SPECS = {"mse": "search:fouroversix", "mae": "search:fouroversix:6@1,0.666666666
 
 @pytest.fixture(params=list(BACKENDS))
 def be(request):
-    backend = usable_backend(request.param)
-    if not implements(backend):
-        pytest.skip(f"backend {backend.name!r} does not implement the scaled layouts")
-    return backend
+    return scaled_backend(request.param)
 
 
 @pytest.mark.parametrize("rule", list(SPECS))

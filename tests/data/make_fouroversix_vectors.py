@@ -50,6 +50,17 @@ def inputs() -> dict:
     return cases
 
 
+def _kept(rows, scales, big, g, torch, quantize_to_fp4, ScaleRule, limit=None) -> np.ndarray:
+    """The crafted ``rows`` that the package stores with the intended ``scales`` (the first
+    ``limit``), then a last block that holds the tensor's maximum ``big``."""
+    top = (big * g.uniform(-1, 1, 16)).astype(np.float32)
+    top[0] = big
+    blocks = np.stack([*rows, top]).astype(np.float32)
+    _, s, _ = quantize_to_fp4(torch.from_numpy(blocks), scale_rule=ScaleRule.mse, use_blackwell_scale_layout=False)
+    kept = s.float().numpy().reshape(-1)[:-1] == np.array(scales, np.float32)
+    return np.concatenate([blocks[:-1][kept][:limit], blocks[-1:]])
+
+
 def factor_blocks(torch, quantize_to_fp4, fake_quantize_to_e2m1, ScaleRule) -> np.ndarray:
     """Blocks whose codes depend on how the value factor is rounded: the package multiplies by
     ``1 / (d · e)``; for block scales ``e`` where ``enc / e`` is another float32, values next to
@@ -78,12 +89,7 @@ def factor_blocks(torch, quantize_to_fp4, fake_quantize_to_e2m1, ScaleRule) -> n
             row = np.concatenate([[np.float32(6 * ei) * d], g.choice(x, 2), exact])
             rows.append(row * g.choice([-1, 1], 16))
             scales.append(ei)
-    top = (big * g.uniform(-1, 1, 16)).astype(np.float32)
-    top[0] = big
-    blocks = np.stack([*rows, top]).astype(np.float32)
-    _, s, _ = quantize_to_fp4(torch.from_numpy(blocks), scale_rule=ScaleRule.mse, use_blackwell_scale_layout=False)
-    kept = s.float().numpy().reshape(-1)[:-1] == np.array(scales, np.float32)
-    return np.concatenate([blocks[:-1][kept], blocks[-1:]])
+    return _kept(rows, scales, big, g, torch, quantize_to_fp4, ScaleRule)
 
 
 def four_blocks(torch, quantize_to_fp4, ScaleRule) -> np.ndarray:
@@ -114,12 +120,7 @@ def four_blocks(torch, quantize_to_fp4, ScaleRule) -> np.ndarray:
         row = np.concatenate([[mi], np.resize(exact, 15) if exact.size else np.zeros(15, np.float32)])
         rows.append(row * g.choice([-1, 1], 16))
         scales.append(si)
-    top = (big * g.uniform(-1, 1, 16)).astype(np.float32)
-    top[0] = big
-    blocks = np.stack([*rows, top]).astype(np.float32)
-    _, s, _ = quantize_to_fp4(torch.from_numpy(blocks), scale_rule=ScaleRule.mse, use_blackwell_scale_layout=False)
-    kept = s.float().numpy().reshape(-1)[:-1] == np.array(scales, np.float32)
-    return np.concatenate([blocks[:-1][kept][:64], blocks[-1:]])
+    return _kept(rows, scales, big, g, torch, quantize_to_fp4, ScaleRule, limit=64)
 
 
 def load_package(d: str) -> None:
