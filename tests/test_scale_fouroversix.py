@@ -77,8 +77,9 @@ def test_bad_settings_are_refused():
     x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
     with pytest.raises(ValueError, match="qmax must be 6"):
         qb.quantize(x, "nf4", 16, scale="search:fouroversix", qmax=4)
-    with pytest.raises(ValueError, match="6 or 4"):
-        get_rule("search:fouroversix:6@1,0.5")
+    for f in (0.5, 0.7, 0.95):
+        with pytest.raises(ValueError, match="6 or 4"):
+            get_rule(f"search:fouroversix:6@1,{f}")
     with pytest.raises(ValueError, match="not 2.666667"):
         get_rule("search:fouroversix:4@1,0.6666666666666666")
     r4 = get_rule("search:fouroversix:4@1,1.5")   # targets relative to the base's 4
@@ -86,10 +87,6 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="6 or 4"):
         get_rule("fouroversix:5")
     r = get_rule("fouroversix:6")
-    with pytest.raises(ValueError, match="too small"):
-        r.tensor_scale(1e-37, 6.0)
-    with pytest.raises(ValueError, match="too large"):
-        r.tensor_scale(3e38, 6.0)
     with pytest.raises(ValueError, match="must be finite and non-negative"):
         r.tensor_scale(float("nan"), 6.0)
 
@@ -109,6 +106,36 @@ def test_e4m3_rounding_equals_ml_dtypes():
                         np.random.default_rng(0).uniform(0, 464, 10_000).astype(np.float32)])
     want = v.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
     assert np.array_equal(e4m3_encode(v), want)
+    beyond = np.concatenate([[np.nextafter(np.float32(464), np.float32(1e9))], np.linspace(465, 1e6, 1000),
+                             [3e38, np.inf]]).astype(np.float32)
+    assert np.array_equal(e4m3_encode(beyond), beyond.astype(ml_dtypes.float8_e4m3fn).view(np.uint8))
+    assert e4m3_encode(np.float32(np.nan)) == 0x7F
+
+
+def test_tensor_maxima_at_the_ends_of_float32():
+    """The smallest non-zero scale, 2**-9, multiplies by about 1536·512/G, and the largest
+    decodes through 448·G: G is refused just where either leaves float32's range."""
+    r = get_rule("fouroversix:6")
+    fmax = float(np.finfo(np.float32).max)
+    small, large = 1536 * 512 / fmax, fmax / 448
+    for g, ok in ((0.99 * small, False), (1.01 * small, True), (0.99 * large, True), (1.01 * large, False)):
+        if ok:
+            assert r.tensor_scale(g, 6.0) == np.float32(g)
+        else:
+            with pytest.raises(ValueError, match="too small" if g < 1 else "too large"):
+                r.tensor_scale(g, 6.0)
+    assert np.all(r.encode(np.zeros(3, np.float32), 6.0, np.float32(0)) == 0)
+
+
+def test_search_candidates_are_the_two_rules():
+    """What the sample fit (search_lloyd) reads: the candidates' stored scales in order."""
+    m = np.abs(np.random.default_rng(0).standard_normal(4096)).astype(np.float32)
+    g = np.float32(m.max())
+    c = get_rule("search:fouroversix").candidates(m, 6.0, g)
+    assert np.array_equal(c[0], get_rule("fouroversix:6").encode(m, 6.0, g))
+    assert np.array_equal(c[1], get_rule("fouroversix:4").encode(m, 6.0, g))
+    assert not np.array_equal(c[0], c[1])
+
 
 
 def test_decoding_is_the_packages_up_to_rounding():

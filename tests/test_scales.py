@@ -190,3 +190,11 @@ def test_e4m3_tensor_scale_is_the_documented_float32_formula():
     assert want.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
     f64 = (gs.astype(np.float64) / (qs.astype(np.float64) * 448)).astype(np.float32)
     assert np.count_nonzero(f64 != want) > 100   # the test tells the two apart
+
+
+@pytest.mark.parametrize("qmax", [4.0, 1.0, 127.0])
+def test_a_search_of_one_target_is_its_base_rule(qmax):
+    x = np.random.default_rng(1).standard_normal(16 * 64).astype(np.float32)
+    p1, s1 = quantbook.quantize(x, "nf4", 16, scale="search:e4m3@1", qmax=qmax, backend="numpy")
+    p2, s2 = quantbook.quantize(x, "nf4", 16, scale="e4m3", qmax=qmax, backend="numpy")
+    assert np.array_equal(p1, p2) and np.array_equal(s1.absmax, s2.absmax)

@@ -42,10 +42,11 @@ def e4m3_round(v: np.ndarray) -> np.ndarray:
 
 
 def e4m3_encode(s: np.ndarray) -> np.ndarray:
-    """E4M3 bytes of non-negative float32 values, rounded to nearest even as torch casts to
-    ``float8_e4m3fn``: subnormals (steps of 2**-9) and 0 included; beyond 464 the byte is
-    0x7F (NaN)."""
-    s = np.minimum(np.asarray(s, dtype=_F), _F(480))
+    """E4M3 bytes of non-negative float32 values, rounded to nearest even as ml_dtypes'
+    ``float8_e4m3fn`` (and torch's cast, up to 464): subnormals (steps of 2**-9) and 0
+    included; beyond 464, and for NaN, the byte is 0x7F (NaN)."""
+    s = np.asarray(s, dtype=_F)
+    s = np.where(np.isnan(s), _F(480), np.minimum(s, _F(480)))
     sub = s < _F(2.0**-6)
     k = np.rint(np.where(sub, s, _F(0)) * _F(2.0**9)).astype(np.uint8)   # exact scaling; ties to even
     with np.errstate(invalid="ignore"):

@@ -67,11 +67,14 @@ def factor_blocks(torch, quantize_to_fp4, fake_quantize_to_e2m1, ScaleRule) -> n
     E2M1's decision points on which the two pick different codes (by the package's own
     rounding).  The first value of a block sets ``e``; blocks that the package then stores with
     that scale (the candidate mapping to 6) are kept.  The last block holds the tensor's
-    maximum."""
+    maximum, chosen so that ``d`` is not ``G / 1536``."""
     g = np.random.default_rng(20261128)
-    big = np.float32(g.uniform(1, 2))
-    enc = np.float32(np.float32(1536) / big)
-    d = np.float32(np.float32(1) / enc)
+    while True:   # a maximum for which d = 1 / (1536 / G) is not G / 1536 in float32
+        big = np.float32(g.uniform(1, 4))
+        enc = np.float32(np.float32(1536) / big)
+        d = np.float32(np.float32(1) / enc)
+        if d != np.float32(big / np.float32(1536)):
+            break
     e = torch.arange(0x08, 0x79, dtype=torch.uint8).view(torch.float8_e4m3fn).float().numpy()
     f = (np.float32(1) / (d * e).astype(np.float32)).astype(np.float32)
     other = (enc / e).astype(np.float32)
