@@ -166,6 +166,34 @@ def test_the_tensor_size_model_holds_the_block_of_the_maximum():
     assert math.isclose(d.moment(0), 1.0, rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("source", ["normal", "student-t:5"])
+@pytest.mark.parametrize("rule", ["e4m3", "fouroversix:6"])
+def test_a_tensor_of_one_block_has_the_absmax_law(source, rule):
+    """tensor_size=B: the one block holds G and its scale maps G to the table's end, so the
+    law is bitsandbytes' absmax law (quantbook.derive.block, another code path), up to the
+    quadrature over G (3e-7 relative) and σ(G)'s float32 rounding."""
+    cb = quantbook.get("nf4")
+    ev = evaluate(cb, 16, source=source, scale=rule, tensor_size=16)
+    ref = evaluate(cb, 16, source=source)
+    assert math.isclose(ev.mse_weight, ref.mse_weight, rel_tol=2e-6)
+    assert math.isclose(ev.mae_weight, ref.mae_weight, rel_tol=2e-6)
+
+
+def test_the_tensor_size_law_inverts_across_its_atoms():
+    d = ScaledBlockDistribution(16, "normal", "e4m3", tensor_size=32)
+    ax, aw = d.atoms
+    top = float(d.cdf(1 - 1e-6))
+    q = np.concatenate([np.linspace(1e-6, 1 - 1e-6, 501), top + aw[ax > 0].cumsum() * np.array([0.5] + [1.0] * 3)])
+    x = d.ppf(q)
+    assert np.all(d.cdf(x) >= q - 1e-15) and np.all(np.diff(x[:501]) >= 0)
+    xi = d.isf(1 - q)
+    assert np.all(d.sf(xi) <= 1 - q + 1e-15)
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        ScaledBlockDistribution(16, "normal", "e4m3", tensor_size=40)
+    # the recipe's qmax reaches the rule (fouroversix takes 6 only)
+    assert lloyd(4, 16, scale="fouroversix:4", tensor_size=32).recipe["tensor_size"] == 32
+
+
 def test_heavy_tails_need_the_tensor_maximum():
     """Under student-t:3 only a tensor's own maximum places the E4M3 grid: the uniform-phase
     model (a maximum above every block) is refused, and the tensor_amax model matches whole

@@ -361,9 +361,10 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
     from .scaled import TensorModel
 
     TensorModel(None, r.tensor_size)
-    if r.tensor_size is not None and rule.tensor_scale(1.0, 1.0) is None:
+    qmax = check_qmax(r.qmax)
+    if r.tensor_size is not None and rule.tensor_scale(1.0, qmax) is None:
         raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_size does not apply")
-    _set(r, scale=rule.name, qmax=check_qmax(r.qmax))
+    _set(r, scale=rule.name, qmax=qmax)
 
 
 def _scale_keys(r: "LloydRecipe | QuantileRecipe") -> list[str]:
