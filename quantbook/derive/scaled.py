@@ -66,10 +66,10 @@ phase ``log2 G mod 1`` matters.  Three models (:class:`TensorModel`):
   ``M <= G``;
 * ``tensor_size=n`` (a whole number of blocks): ``G`` the maximum of ``n`` i.i.d. values
   (cdf ``G(g)^n``), averaged by a quadrature graded towards both ends of its law
-  (:func:`_tensor_maxima`).  Given ``G``, one
-  block in ``n / B`` holds ``G`` itself: its scale is ``σ(G)``, one of its values is ``±G``
-  (masses at ``±G/σ(G)``) and the other ``B - 1`` are i.i.d. given ``|x| <= G``; the other
-  blocks are i.i.d. given ``M <= G``.  That is exact for a tensor of whole blocks.
+  (:func:`_tensor_maxima`).  Given ``G``, one block in ``n / B`` holds ``G`` itself: its
+  scale is ``σ(G)``, one of its values is ``±G`` (masses at ``±G/σ(G)``) and the other
+  ``B - 1`` are i.i.d. given ``|x| <= G``; the other blocks are i.i.d. given ``M <= G``.
+  That is exact for a tensor of whole blocks.
 
 ``tensor_amax`` alone does not say how many blocks share ``G``, so it leaves the block of
 ``G`` out: its error grows with ``G**2``, and a heavy tail shows it (measured in
