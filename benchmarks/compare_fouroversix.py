@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
-from make_fouroversix_vectors import load_package  # noqa: E402
+from make_fouroversix_vectors import load_package, reach_seven  # noqa: E402
 
 import quantbook as qb  # noqa: E402
 
@@ -47,11 +47,7 @@ def main() -> None:
             ref_s = sc.view(torch.uint8).numpy().reshape(-1)
             p, st = qb.quantize(x, "e2m1", 16, scale="search:fouroversix", backend="cpu")
             differ = (st.absmax != ref_s) | (p.reshape(-1, 8) != ref_p).any(axis=1)
-            blocks, amax = xt.reshape(-1, 16), xt.abs().max().float()
-            reach = np.zeros(ref_s.size, bool)
-            for factor in (None, 1.5):
-                y, _ = quantize_to_nvfp4(blocks, amax, scale_rule=ScaleRule.mse, scale_expansion_factor=factor)
-                reach |= (y.abs().max(dim=1).values >= 7).numpy()
+            reach = reach_seven(torch, quantize_to_nvfp4, ScaleRule, x)
             zero = differ & (ref_s == 0)
             r7 = differ & ~zero & reach
             print(f"{name:24} {ref_s.size:8d} {differ.sum():7d} {zero.sum():11d} {r7.sum():8d} "

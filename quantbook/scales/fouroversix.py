@@ -42,6 +42,13 @@ _DENOM = _F(_QMAX * _SCALE_MAX)
 FOS_TARGETS: dict[str, float] = {"6": 1.0, "4": 1.5}
 
 
+def _enc_dec(g: np.float32) -> tuple[np.float32, np.float32]:
+    """The package's ``enc = 1536 / G`` and ``d = 1 / enc`` (float32, ``G > 0``)."""
+    with np.errstate(over="ignore", divide="ignore"):
+        enc = _F(_DENOM / g)
+        return enc, _F(_F(1) / enc)
+
+
 def _check_qmax(qmax: float) -> None:
     if check_qmax(qmax) != FourOverSixScale.fixed_qmax:
         raise ValueError(f"fouroversix computes NVFP4's scales: qmax must be {_QMAX:g} (E2M1's largest "
@@ -90,7 +97,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
         with np.errstate(over="ignore", divide="ignore"):
             # the smallest non-zero block scale (2**-9) multiplies by 1 / (d * 2**-9); the
             # largest decodes through 448 * G: both must stay finite
-            d = _F(1) / (_DENOM / g).astype(_F)
+            d = _enc_dec(g)[1]
             small = not np.isfinite(_F(1) / (d * _F(2.0**-9)).astype(_F))
             large = not np.isfinite(_F(448) * g)
         if small:
@@ -112,7 +119,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
         m = np.asarray(amax, dtype=_F)
         if g == 0:
             return np.zeros(m.shape, np.uint8)
-        s = ((m / _F(_QMAX)).astype(_F) * (_DENOM / g).astype(_F)).astype(_F)
+        s = ((m / _F(_QMAX)).astype(_F) * _enc_dec(g)[0]).astype(_F)
         if self.factor != 1:
             s = (s * self.factor).astype(_F)
         return e4m3_encode(s)
@@ -129,7 +136,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
         e = e4m3_value(stored)
         if g == 0:
             return np.zeros(e.shape, _F), False
-        d = (_F(1) / (_DENOM / g).astype(_F)).astype(_F)
+        d = _enc_dec(g)[1]
         with np.errstate(divide="ignore"):
             f = (_F(1) / (d * e).astype(_F)).astype(_F)
         return np.where(e > 0, f, _F(0)).astype(_F), False

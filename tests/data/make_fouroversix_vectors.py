@@ -126,6 +126,18 @@ def four_blocks(torch, quantize_to_fp4, ScaleRule) -> np.ndarray:
     return _kept(rows, scales, big, g, torch, quantize_to_fp4, ScaleRule, limit=64)
 
 
+def reach_seven(torch, quantize_to_nvfp4, ScaleRule, x) -> np.ndarray:
+    """Per block of 16, whether either candidate's scaled values reach 7 in the package (which
+    then rounds them to 8, a value its packing cannot hold)."""
+    blocks = torch.from_numpy(np.ascontiguousarray(x, np.float32)).reshape(-1, 16)
+    amax = blocks.abs().max().float()
+    reach = torch.zeros(blocks.shape[0], dtype=torch.bool)
+    for factor in (None, 1.5):
+        scaled, _ = quantize_to_nvfp4(blocks, amax, scale_rule=ScaleRule.mse, scale_expansion_factor=factor)
+        reach |= scaled.abs().max(dim=1).values >= 7
+    return reach.numpy()
+
+
 def load_package(d: str) -> None:
     """Download the package's source distribution into ``d`` and put its ``src`` on the path."""
     subprocess.run([sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:",
@@ -151,13 +163,7 @@ def main() -> None:
         for name, x in cases.items():
             xt = torch.from_numpy(x)
             arrays[f"{name}/x"] = x
-            blocks = xt.reshape(-1, 16).float()
-            amax = xt.abs().max().float()
-            reach = torch.zeros(blocks.shape[0], dtype=torch.bool)
-            for factor in (None, 1.5):
-                scaled, _ = quantize_to_nvfp4(blocks, amax, scale_rule=ScaleRule.mse, scale_expansion_factor=factor)
-                reach |= scaled.abs().max(dim=1).values >= 7
-            arrays[f"{name}/reach7"] = reach.numpy()
+            arrays[f"{name}/reach7"] = reach_seven(torch, quantize_to_nvfp4, ScaleRule, x)
             for rule in ("mse", "mae"):
                 vals, scales, g = quantize_to_fp4(xt, scale_rule=ScaleRule(rule), use_blackwell_scale_layout=False)
                 arrays[f"{name}/{rule}/packed"] = vals.view(torch.uint8).numpy().reshape(-1).copy()
