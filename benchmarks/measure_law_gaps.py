@@ -1,7 +1,7 @@
 """The exact scaled-layout laws where they are hardest, against quantize()'s Monte Carlo:
 the NVFP4 tensor-size model under a heavy tail (one block of each tensor holds its maximum G,
 and the Monte Carlo without that block shows what it weighs), and the nested statistics'
-expected MAE (a lower bound), for a table with the levels ±1 (NF4) and one without (IQ4_NL).
+expected MAE, for a table with the levels ±1 (NF4) and one without (IQ4_NL).
 Seeds fixed; standard errors over tensors or blocks.
 
     python benchmarks/measure_law_gaps.py

@@ -99,19 +99,41 @@ class _Measure:
             c = c + np.where(y >= ax, aw, 0.0)
         return c
 
+    def atom_moments(self, k: int) -> np.ndarray:
+        """What each atom adds to the integral of ``t^k`` (a weighted measure may weight the
+        ``k``-th moment differently, see :class:`~.scaled.NestedMeasure`)."""
+        return self.atoms_w * self.atoms_x**k
+
+    def atom_cells(self, edges: np.ndarray) -> np.ndarray:
+        """The cell of each atom: the one whose (lower-exclusive) range holds it."""
+        e = np.clip(np.asarray(edges, dtype=np.float64), self.lo, self.hi)
+        return np.clip(np.searchsorted(e[1:-1], self.atoms_x, side="left"), 0, e.size - 2)
+
     def cells(self, edges: np.ndarray, kmax: int = 1) -> list[np.ndarray]:
         """Integrals of ``t^k`` (k = 0..kmax) over cells ``(e_j, e_{j+1}]``; the first cell
-        includes ``e_0``.  Atoms go to the cell whose (lower-exclusive) range holds them."""
+        includes ``e_0``.  Atoms go to :meth:`atom_cells`."""
         e = np.clip(np.asarray(edges, dtype=np.float64), self.lo, self.hi)
-        out = []
-        for k in range(kmax + 1):
-            t = self.T(k, e)
-            out.append(np.diff(t))
+        out = [np.diff(self.T(k, e)) for k in range(kmax + 1)]
         if self.atoms_x.size:
-            j = np.clip(np.searchsorted(e[1:-1], self.atoms_x, side="left"), 0, e.size - 2)
+            j = self.atom_cells(e)
             for k in range(kmax + 1):
-                np.add.at(out[k], j, self.atoms_w * self.atoms_x**k)
+                np.add.at(out[k], j, self.atom_moments(k))
         return out
+
+    def l1_cells(self, edges: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """``∫ |t - q_j|`` over each cell ``(e_j, e_{j+1}]``.  A level outside the support
+        ``[lo, hi]`` (a table beyond ±1 under absmax) has a cell holding only the support's
+        end: ``|t - q| = |t - q_c| + |q_c - q|`` with ``q_c`` the level clipped to it."""
+        e = np.clip(np.asarray(edges, dtype=np.float64), self.lo, self.hi)
+        qc = np.clip(levels, self.lo, self.hi)
+        fine = np.empty(2 * levels.size + 1)
+        fine[0::2] = e
+        fine[1::2] = np.maximum(np.minimum(qc, e[1:]), e[:-1])
+        M0, M1 = self.cells(fine, 1)
+        below = qc * M0[0::2] - M1[0::2]  # (e_j, q_j]: q - t
+        above = M1[1::2] - qc * M0[1::2]  # (q_j, e_{j+1}]: t - q
+        outside = np.abs(levels - qc) * (M0[0::2] + M0[1::2])  # 0 unless the level is off the support
+        return np.maximum(below + above, 0.0) + outside
 
 
 class SourceMeasure(_Measure):
@@ -275,9 +297,9 @@ class FoldedMeasure(_Measure):
         self.base = base
         self.lo, self.hi = 0.0, base.hi
         ax = np.abs(base.atoms_x)
-        ux = np.unique(ax)
-        self.atoms_x = ux
-        self.atoms_w = np.array([base.atoms_w[ax == u].sum() for u in ux])
+        self.atoms_x = np.unique(ax)
+        self._at = [ax == u for u in self.atoms_x]
+        self.atoms_w = self.atom_moments(0)
         self.total = base.total
         self.weight_power = getattr(base, "weight_power", 0)
 
@@ -289,14 +311,18 @@ class FoldedMeasure(_Measure):
         y = np.asarray(y, dtype=np.float64)
         return self.base.dens(y) + self.base.dens(-y)
 
+    def atom_moments(self, k: int) -> np.ndarray:
+        folded = self.base.atom_moments(k) * np.where(self.base.atoms_x < 0, (-1.0) ** k, 1.0)
+        return np.array([folded[at].sum() for at in self._at], dtype=np.float64)
+
 
 class RestrictedMeasure(_Measure):
     """The part of a measure on ``[lo, hi]`` (atoms outside dropped)."""
 
     def __init__(self, base: _Measure, lo: float, hi: float) -> None:
         self.base, self.lo, self.hi = base, float(lo), float(hi)
-        keep = (base.atoms_x >= lo) & (base.atoms_x <= hi)
-        self.atoms_x, self.atoms_w = base.atoms_x[keep], base.atoms_w[keep]
+        self._keep = (base.atoms_x >= lo) & (base.atoms_x <= hi)
+        self.atoms_x, self.atoms_w = base.atoms_x[self._keep], base.atoms_w[self._keep]
         self.total = base.total
         self.weight_power = getattr(base, "weight_power", 0)
 
@@ -306,6 +332,9 @@ class RestrictedMeasure(_Measure):
     def dens(self, y):
         y = np.asarray(y, dtype=np.float64)
         return np.where((y >= self.lo) & (y <= self.hi), self.base.dens(y), 0.0)
+
+    def atom_moments(self, k: int) -> np.ndarray:
+        return self.base.atom_moments(k)[self._keep]
 
 
 def _check_weight_power(weight_power: Any) -> int:

@@ -51,11 +51,9 @@ def cell_probabilities(mu, levels) -> np.ndarray:
 
 
 def cell_errors(mu, levels, loss: str) -> np.ndarray:
-    """Per-cell ``∫ |y - q|`` (L1) or ``∫ (y - q)²`` (L2) under the measure ``mu``.
-
-    Levels outside the support ``[mu.lo, mu.hi]`` (e.g. a table beyond ±1 under absmax) are
-    allowed: their cells hold only the support's end and ``|y - q| = |y - q_c| + |q_c - q|``
-    with ``q_c`` the level clipped to the support."""
+    """Per-cell ``∫ |y - q|`` (L1: the measure's ``l1_cells``) or ``∫ (y - q)²`` (L2) under the
+    measure ``mu``.  Levels outside the support ``[mu.lo, mu.hi]`` (e.g. a table beyond ±1
+    under absmax) are allowed: their cells hold only the support's end."""
     if loss not in ("l1", "l2"):
         raise ValueError(f"loss must be l1 or l2, got {loss!r}")
     levels = _check_levels(levels)
@@ -63,15 +61,7 @@ def cell_errors(mu, levels, loss: str) -> np.ndarray:
     if loss == "l2":
         M0, M1, M2 = mu.cells(e, 2)
         return np.maximum(M2 - 2 * levels * M1 + levels**2 * M0, 0.0)
-    qc = np.clip(levels, mu.lo, mu.hi)
-    fine = np.empty(2 * levels.size + 1)
-    fine[0::2] = e
-    fine[1::2] = np.maximum(np.minimum(qc, e[1:]), e[:-1])
-    M0, M1 = mu.cells(fine, 1)
-    below = qc * M0[0::2] - M1[0::2]  # (e_j, q_j]: q - y
-    above = M1[1::2] - qc * M0[1::2]  # (q_j, e_{j+1}]: y - q
-    outside = np.abs(levels - qc) * (M0[0::2] + M0[1::2])  # 0 unless the level is off the support
-    return np.maximum(below + above, 0.0) + outside
+    return mu.l1_cells(e, levels)
 
 
 @dataclass

@@ -499,12 +499,11 @@ class NestedMeasure(_Measure):
         E[(M y - S q)^2 1{y in cell}] = ∫ y^2 dμ_{M²} - 2 q ∫ y dμ_{M E[S|M]} + q^2 ∫ dμ_{E[S²|M]}
 
     where ``μ_w`` is the absmax law of ``y`` weighted by ``w(M)``: this measure's ``T(k, ·)``
-    carries the weight of the ``k``-th term (``S²``, ``M·S``, ``M²``), so the cell errors and
-    the Lloyd centroids ``∫ y dμ_{MS} / ∫ dμ_{S²}`` of the machinery are exact for L2.  For
-    L1 (``weight_power`` 1: ``T(0)`` weighted by ``S``, ``T(1)`` by ``M``) the sign of the
-    error is taken from ``y - q`` instead of ``y - q S/M``, which moves ``q·|S/M - 1|`` (a few
-    1e-3) of each cell; the atoms at ``±1`` are exact for the levels ``±1``, off by at most
-    ``E|M - S|/B`` for other end levels.
+    and :meth:`atom_moments` carry the weight of the ``k``-th term (``S²``, ``M·S``, ``M²``),
+    so the cell errors and the Lloyd centroids ``∫ y dμ_{MS} / ∫ dμ_{S²}`` of the machinery
+    are exact for L2.  For L1 (``weight_power`` 1) :meth:`l1_cells` is exact; ``T(0)`` is
+    weighted by ``S`` and ``T(1)`` by ``M``, the first-order split at ``y = q`` in place of
+    ``y = q S/M`` that Lloyd's L1 medians use.
 
     Model of ``S`` given ``M``: a tensor of many blocks, so the offset is ``E[M]`` (its
     spread, ``sd(M)/sqrt(blocks)``, is ignored), and ``S = offset + a·map[code((M - offset)/a)]``
@@ -550,9 +549,9 @@ class NestedMeasure(_Measure):
         s = s.astype(np.float64)
         self._omega, self._s = omega / np.sum(omega), s
         s1, s2 = s.mean(axis=1), (s * s).mean(axis=1)
-        smax, smin = np.maximum(s, m[:, None]).mean(axis=1), np.minimum(s, m[:, None]).mean(axis=1)
         self.s1, self.s2 = s1, s2
         c = omega * (B - 1) / B / G  # the continuous part of the absmax law, per node
+        self._c = c
         if weight_power == 2:
             phi = {0: s2, 1: m * s1, 2: m * m}
         else:
@@ -566,12 +565,12 @@ class NestedMeasure(_Measure):
             pplus = np.where(h > 0, gp / np.where(h > 0, h, 1.0), 0.5)
         wa = omega / B  # the node's value is the block's extreme one
         neg, pos = wa * (1 - pplus), wa * pplus
+        self._extreme = (neg, pos)
         if weight_power == 2:  # (M y - S q)^2 at y = ±1: weights S², ±M·S, M² by k
             atoms = {0: [neg @ s2, pos @ s2], 1: [-(neg @ (m * s1)), pos @ (m * s1)],
                      2: [neg @ (m * m), pos @ (m * m)]}
-        else:  # |M y - S q| at y = ±1, exact for q = ±1: min/max of M and S
-            atoms = {0: [neg @ smin, pos @ smax], 1: [-(neg @ smax), pos @ smin],
-                     2: [neg @ (m * s1), pos @ (m * s1)]}
+        else:  # the weights of the first-order L1 terms, which only Lloyd's medians use (l1_cells is exact)
+            atoms = {0: [neg @ s1, pos @ s1], 1: [-(neg @ m), pos @ m], 2: [neg @ (m * s1), pos @ (m * s1)]}
         self.atoms_x = np.array([-1.0, 1.0])
         self._atoms_k = {k: np.array(v, dtype=np.float64) for k, v in atoms.items()}
         self.atoms_w = self._atoms_k[0]
@@ -615,14 +614,32 @@ class NestedMeasure(_Measure):
         out = self.source.pdf(np.multiply.outer(y, self.m)) @ self._cd
         return np.where(np.abs(y) < 1, out, 0.0)
 
-    def cells(self, edges: np.ndarray, kmax: int = 1) -> list[np.ndarray]:
-        """As :meth:`_Measure.cells`, with the atoms' weight of each ``k`` (class docstring)."""
+    def atom_moments(self, k: int) -> np.ndarray:
+        return self._atoms_k[k]
+
+    def l1_cells(self, edges: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """The exact ``E[|M y - S q| 1{y in cell}]`` per cell (``weight_power`` 1): in the
+        weight domain ``x = M y`` the error is ``|x - q S|``, split at ``q S`` for each node
+        of ``M`` and value of ``S``; the extreme value ``x = ±M`` is the atom.  Other weights:
+        :meth:`_Measure.l1_cells`."""
+        if self.weight_power != 1:
+            return super().l1_cells(edges, levels)
+        src, m, s, c = self.source, self.m, self._s, self._c
         e = np.clip(np.asarray(edges, dtype=np.float64), self.lo, self.hi)
-        out = [np.diff(self.T(k, e)) for k in range(kmax + 1)]
-        j = np.clip(np.searchsorted(e[1:-1], self.atoms_x, side="left"), 0, e.size - 2)
-        for k in range(kmax + 1):
-            np.add.at(out[k], j, self._atoms_k[k])
-        return out
+        x = np.multiply.outer(e, m)   # the cell edges in the weight domain, per node of M
+        p0, p1 = src.partial_moment(0, x), src.partial_moment(1, x)
+        out = np.empty(levels.size)
+        for j, q in enumerate(levels):
+            qs = q * s
+            t = np.clip(qs, x[j][:, None], x[j + 1][:, None])
+            t0, t1 = src.partial_moment(0, t), src.partial_moment(1, t)
+            # ∫_a^t (qS - x) f + ∫_t^b (x - qS) f, a and b the cell's ends
+            v = qs * (2 * t0 - (p0[j] + p0[j + 1])[:, None]) - (2 * t1 - (p1[j] + p1[j + 1])[:, None])
+            out[j] = c @ v.mean(axis=1)
+        neg, pos = self._extreme
+        for at, w, sign in zip(self.atom_cells(e), (neg, pos), (-1.0, 1.0)):
+            out[at] += w @ np.abs(sign * m[:, None] - levels[at] * s).mean(axis=1)
+        return np.maximum(out, 0.0)
 
 
 @lru_cache(maxsize=64)

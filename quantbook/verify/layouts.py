@@ -16,8 +16,7 @@ statistics.  For each pair this computes, on Gaussian weights and exactly
 Nested statistics (bitsandbytes' ``compress_statistics``) encode the values with the exact
 maximum and round only the stored scale, whose law depends on the other blocks: their
 findings use :class:`quantbook.derive.scaled.NestedMeasure` (the model is in its docstring),
-the optimum by Lloyd steps on it from the float32 optimum; their MAE is the first-order
-value of that model (a lower bound, about 1e-4 below; the MSE is exact).  What the exact
+the optimum by Lloyd steps on it from the float32 optimum.  What the exact
 derivation cannot model is reported as not available with the reason
 (:func:`quantbook.derive.scaled.check_scale`).
 
