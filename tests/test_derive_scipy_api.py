@@ -116,8 +116,12 @@ def test_plain_source_matches_scipy():
         d = BlockDistribution(None, src or "normal", "none")
         x = np.array([-4.0, -1.0, 0.0, 0.5, 3.0])
         q = np.array([1e-6, 0.1, 0.5, 0.9])
-        for name, arg in (("pdf", x), ("logpdf", x), ("cdf", x), ("sf", x), ("ppf", q), ("isf", q)):
+        for name, arg in (("pdf", x), ("logpdf", x), ("cdf", x), ("sf", x)):
             assert np.allclose(getattr(d, name)(arg), getattr(ref, name)(arg), rtol=1e-12, atol=1e-300), name
+        # scipy's Student-t inverse (stdtrit) before 1.16 is good to about 2e-9 and gives 4e-17
+        # for the median; the inverse is checked against mpmath in test_derive_student_t.py
+        for name in ("ppf", "isf"):
+            assert np.allclose(getattr(d, name)(q), getattr(ref, name)(q), rtol=1e-8, atol=1e-15), name
         assert math.isclose(d.entropy(), ref.entropy(), rel_tol=1e-10)
         assert math.isclose(d.expect(lambda t: t**2), ref.var(), rel_tol=1e-9)
         assert d.support() == (-math.inf, math.inf)

@@ -74,6 +74,11 @@ def test_tail_quantiles_of_abs_x_match_mpmath(nu):
     assert np.all(np.isnan(src.ppf([-0.1, 1.1, np.nan])))
     x = float(src.ppf(1e-150))
     assert math.isclose(float(src.cdf(x)), 1e-150, rel_tol=1e-11)
+    for q in (1e-6, 0.1, 0.3, 0.7, 0.9, 1 - 1e-9):   # the body, where scipy's stdtrit is good to 2e-9
+        u = float(src.ppf(q)) / src.scale
+        with mp.workdps(30):
+            tail = mp.betainc(a, 0.5, 0, nu / (nu + mp.mpf(u) ** 2), regularized=True) / 2   # P(T > |u|)
+        assert math.isclose(float(tail), min(q, 1 - q), rel_tol=1e-12), (q, float(tail))
 
 
 def _mc_blocks(src, B, seed, n=2**20):

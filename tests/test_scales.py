@@ -198,3 +198,19 @@ def test_a_search_of_one_target_is_its_base_rule(qmax):
     p1, s1 = quantbook.quantize(x, "nf4", 16, scale="search:e4m3@1", qmax=qmax, backend="numpy")
     p2, s2 = quantbook.quantize(x, "nf4", 16, scale="e4m3", qmax=qmax, backend="numpy")
     assert np.array_equal(p1, p2) and np.array_equal(s1.absmax, s2.absmax)
+
+
+@pytest.mark.parametrize("name", [n for n in rule_names() if get_rule(n).layout == "scaled"
+                                  and not n.startswith("search:")])
+def test_a_scalar_block_maximum_gives_what_an_array_gives(name):
+    """0-d inputs: under numpy 1.x a 0-d uint64 mixed with a Python int became int64 (value-based
+    casting), so the bit tricks of the float8/bfloat16 roundings raised on scalars."""
+    rule, m = get_rule(name), np.float32(3.7)
+    t = rule.tensor_scale(3.7 * 64, 6.0)
+    stored = rule.encode(m, 6.0, t)
+    assert np.shape(stored) == ()
+    assert np.array_equal(stored, rule.encode(np.array([m]), 6.0, t)[0])
+    assert np.array_equal(rule.decode(stored, t), rule.decode(np.array([stored]), t)[0])
+    v = np.float32(3.7)
+    assert bf16_value(bf16_bits(v)) == bf16_value(bf16_bits(np.array([v])))[0]
+    assert e4m3_round(v) == e4m3_round(np.array([v]))[0]

@@ -37,7 +37,7 @@ E4M3_MIN_NORMAL = 2.0**-6
 def e4m3_round(v: np.ndarray) -> np.ndarray:
     """float32 in [2**-6, 448] rounded to E4M3 (nearest, ties to even), as float32."""
     u = np.asarray(v, dtype=_F).view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFFF + ((u >> 20) & 1)) & 0xFFF00000
+    u = (u + np.uint64(0x7FFFF) + ((u >> np.uint64(20)) & np.uint64(1))) & np.uint64(0xFFF00000)
     return u.astype(np.uint32).view(_F)
 
 

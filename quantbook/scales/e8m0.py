@@ -66,20 +66,21 @@ class E8M0Scale(ScaleRule, family="e8m0"):
 
     def exponent(self, amax: np.ndarray, qmax: float) -> np.ndarray:
         """The unclamped unbiased exponent of each block's scale (int64)."""
-        m = np.asarray(amax, dtype=_F).reshape(-1)
+        a = np.asarray(amax, dtype=_F)
+        m = a.reshape(-1)   # 1-D: a 0-d array cannot change its dtype by view
         if self.mode == "rceil":
             with np.errstate(divide="ignore", over="ignore"):
                 d = (m / _F(check_qmax(qmax))).astype(_F)
                 lg = np.log2(d.astype(np.float64)).astype(_F)  # torch's float32 log2
             # M / qmax overflows to inf for qmax < 1: beyond every exponent, so the largest
-            return np.where(d > 0, np.ceil(np.minimum(lg, 128)), -127).astype(np.int64)
+            return np.where(d > 0, np.ceil(np.minimum(lg, 128)), -127).astype(np.int64).reshape(a.shape)
         u = m.view(np.uint32).astype(np.int64)
         if self.mode == "even":
             u = (u + (1 << 21)) & 0xFF800000
         e = ((u >> 23) & 0xFF) - 127
         if self.mode == "ceil":
             e = e + ((m.view(np.uint32) & 0x7FFFFF) > 0)
-        return e - _emax(qmax)
+        return (e - _emax(qmax)).reshape(a.shape)
 
     def _encode(self, amax, qmax, tensor_scale):
         return (np.clip(self.exponent(amax, qmax), -127, 127) + 127).astype(np.uint8)

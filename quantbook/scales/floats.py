@@ -72,12 +72,12 @@ def _f16_grid() -> np.ndarray:
 def bf16_bits(v: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bit patterns, rounded to nearest even (finite inputs)."""
     u = np.asarray(v, dtype=_F).view(np.uint32).astype(np.uint64)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return ((u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)).astype(np.uint16)
 
 
 def bf16_value(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns -> float32 (exact)."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(_F)
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(_F)
 
 
 class BFloat16Scale(ScaleRule, family="bfloat16"):
