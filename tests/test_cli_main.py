@@ -164,11 +164,11 @@ def test_os_errors_are_user_errors(capsys, monkeypatch):
 
 def test_a_closed_pipe_is_not_an_error():
     # the reader goes away before quantbook writes: no error, no message
-    p = subprocess.Popen([sys.executable, "-m", "quantbook.cli", "export", "nf8", "-f", "c"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    p.stdout.close()
-    err = p.stderr.read()
-    assert p.wait(timeout=120) == 0 and err == b""
+    with subprocess.Popen([sys.executable, "-m", "quantbook.cli", "export", "nf8", "-f", "c"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()) as p:
+        p.stdout.close()
+        err = p.stderr.read()
+        assert p.wait(timeout=120) == 0 and err == b""
 
 
 def test_version(capsys):

@@ -217,13 +217,15 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
         pos = norm.ppf(np.linspace(o, 0.5, half + 1)[:-1])
         neg = -norm.ppf(np.linspace(o, 0.5, half)[:-1])
         vals = np.sort(np.concatenate([pos, [0.0], neg]))
-        levels = vals / vals[-1]
+        with np.errstate(invalid="ignore"):   # inf/inf where the offset rounds to 1: refused below
+            levels = vals / vals[-1]
     else:  # float32-bnb
         o = float(off)
         pos = norm.ppf(torch_f32.linspace(o, 0.5, half + 1)[:-1].astype(np.float64))
         neg = -norm.ppf(torch_f32.linspace(o, 0.5, half)[:-1].astype(np.float64))
         vals = np.sort(np.concatenate([pos, [0.0], neg]).astype(np.float32))
-        levels = (vals / vals.max()).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            levels = (vals / vals.max()).astype(np.float64)
 
     if not (np.all(np.isfinite(levels)) and np.all(np.diff(levels.astype(np.float32)) > 0)):
         # the offset rounds to 1 (an infinite quantile) or its positions meet in float64/float32
