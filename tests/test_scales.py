@@ -208,9 +208,44 @@ def test_a_scalar_block_maximum_gives_what_an_array_gives(name):
     rule, m = get_rule(name), np.float32(3.7)
     t = rule.tensor_scale(3.7 * 64, 6.0)
     stored = rule.encode(m, 6.0, t)
-    assert np.shape(stored) == ()
+    assert np.shape(stored) == () and not isinstance(stored, np.ndarray)
+    assert not isinstance(rule.scale(m, 6.0, t), np.ndarray) and not isinstance(rule.storable(m, 6.0, t), np.ndarray)
+    assert rule.scale(np.full((2, 3), m), 6.0, t).shape == (2, 3)
     assert np.array_equal(stored, rule.encode(np.array([m]), 6.0, t)[0])
     assert np.array_equal(rule.decode(stored, t), rule.decode(np.array([stored]), t)[0])
     v = np.float32(3.7)
     assert bf16_value(bf16_bits(v)) == bf16_value(bf16_bits(np.array([v])))[0]
     assert e4m3_round(v) == e4m3_round(np.array([v]))[0]
+
+
+@pytest.mark.parametrize("name", [n for n in rule_names() if get_rule(n).layout == "scaled"
+                                  and not n.startswith("search:")])
+def test_a_block_maximum_that_is_no_maximum_is_refused(name):
+    """NaN, a negative value or a string: e8m0 stored NaN as the byte of 8.5e37, e4m3 as its
+    NaN byte, float32 took -1.5 for a scale of -0.25, and '1.5' was read as 1.5."""
+    rule = get_rule(name)
+    t = rule.tensor_scale(100.0, 6.0)
+    for bad in (np.nan, -1.5, np.array([1.0, np.nan]), "1.5", [True]):
+        for f in (rule.encode, rule.scale, rule.storable):
+            with pytest.raises(ValueError, match="maxim"):
+                f(bad, 6.0, t)
+
+
+def test_rules_without_a_function_of_the_maximum_say_so():
+    # nested statistics depend on the other blocks; the base class's stubs raised a bare NotImplementedError
+    rule = get_rule("nested")
+    for f in (lambda: rule.encode(1.5, 6.0), lambda: rule.scale(1.5, 6.0), lambda: rule.storable(1.5, 6.0),
+              lambda: rule.decode(np.uint8(3)), lambda: rule.breakpoints(6.0)):
+        with pytest.raises(ValueError, match="nested"):
+            f()
+    with pytest.raises(ValueError, match="search:4over6"):
+        get_rule("search:4over6").storable(1.5, 6.0, 100.0)
+
+
+def test_a_subnormal_scale_is_named_whatever_the_shape_of_the_stored_scales():
+    # a 2-D array of stored bfloat16 scales indexed by a flat position raised IndexError
+    rule = get_rule("bfloat16")
+    small = int(bf16_bits(np.float32(1e-39)))
+    for stored in (np.array([[16000, small]], np.uint16), np.uint16(small)):
+        with pytest.raises(ValueError, match="subnormal"):
+            rule.divisor(stored)

@@ -40,6 +40,8 @@ def check_numbers(values: Any, what: str, error: type[Exception] = ValueError) -
     only: numpy would read the strings ``" 0.5 "`` and ``"1_0"`` as 0.5 and 10, and True as 1."""
     raw = values if isinstance(values, (list, tuple)) else np.asarray(values)
     if isinstance(raw, np.ndarray):
+        if raw.ndim == 0:
+            raise error(f"{what} must be a sequence of numbers, got {values!r}")
         if raw.dtype.kind in "bUS":
             raise error(f"{what} must be numbers, got an array of {raw.dtype}")
         if raw.dtype.kind != "O":

@@ -41,6 +41,7 @@ error.  Checked against adaptive quadrature in the original variable (tests).
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 from typing import Any
 
@@ -538,6 +539,9 @@ class BlockDistribution:
         if not callable(f):
             raise ValueError(f"func must be callable, got {func!r}")
         lo, hi = self.support()
+        for v, what in ((lb, "lb"), (ub, "ub")):
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_))):
+                raise ValueError(f"{what} must be a number or None, got {v!r}")
         lb = lo if lb is None else float(lb)
         ub = hi if ub is None else float(ub)
         if math.isnan(lb) or math.isnan(ub):

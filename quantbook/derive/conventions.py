@@ -17,7 +17,10 @@ __all__ = ["real_array", "apply", "at_x", "at_q", "sample_shape"]
 
 def real_array(x: Any, what: str) -> np.ndarray:
     """``x`` as float64; ValueError for anything that is not real numbers."""
-    raw = np.asarray(x)
+    try:
+        raw = np.asarray(x)
+    except ValueError:   # ragged nesting
+        raise ValueError(f"{what} must be real numbers in an array of one shape, got {x!r}") from None
     # strings, None, complex and the like are not real numbers (float() would accept "1.5")
     ok = raw.dtype.kind in "biuf" or (raw.dtype.kind == "O" and raw.size > 0 and all(
         isinstance(v, (numbers.Real, Decimal)) and not isinstance(v, bool) for v in raw.flat))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codebooks.codebook import Codebook
+from ..codebooks.codebook import Codebook, check_numbers
 from ..scales import check_scaled_only, scaled_peak
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
@@ -31,6 +31,7 @@ def _check_levels(levels: Any) -> np.ndarray:
     """Sorted finite levels as a float64 vector (one-line ValueError otherwise)."""
     if isinstance(levels, (str, bytes)):
         raise ValueError(f"levels must be a sequence of numbers, got {levels!r}")
+    check_numbers(levels, "levels")   # numpy would read '0.5' and True as numbers
     try:
         lv = np.asarray(levels, dtype=np.float64)
     except (TypeError, ValueError):

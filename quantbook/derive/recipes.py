@@ -265,6 +265,8 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
                                  f"got {fixed!r}") from None
     else:
         try:
+            if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in fixed):   # float() would read them
+                raise TypeError
             values = [float(v) for v in fixed]
         except (TypeError, ValueError):
             raise ValueError(f"fixed levels must be a sequence of numbers or a string like '-1,0,1', "

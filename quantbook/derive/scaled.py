@@ -79,6 +79,7 @@ docs/scaled-derivation.md).
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 from typing import Any
 
@@ -140,7 +141,8 @@ class TensorModel:
         if tensor_amax is not None and tensor_size is not None:
             raise ValueError("give tensor_amax or tensor_size, not both")
         if tensor_amax is not None:
-            a = float(tensor_amax) if not isinstance(tensor_amax, bool) else math.nan
+            real = isinstance(tensor_amax, numbers.Real) and not isinstance(tensor_amax, (bool, np.bool_))
+            a = float(tensor_amax) if real else math.nan
             if not (math.isfinite(a) and a > 0):
                 raise ValueError(f"tensor_amax must be a positive finite number, got {tensor_amax!r}")
             tensor_amax = a

@@ -4,9 +4,10 @@ Every source is a continuous distribution on the real line with density ``g``.  
 ``pdf``/``cdf``/``sf``/``ppf``/``isf`` behave as scipy.stats' (NaN in, NaN out; no quantile
 outside [0, 1]; a scalar in, a scalar out): the base class checks and masks, and a source
 implements ``_pdf``/``_cdf``/``_sf``/``_ppf`` on float64 arrays and ``_rvs(shape, rng)`` (``rvs``
-checks ``size`` as scipy does: None is one value).  Besides those,
-each one provides what the exact block computations (:mod:`quantbook.derive.block`) need in
-closed form:
+checks ``size`` as scipy does: None is one value).  Besides those, each one provides what the
+exact block computations (:mod:`quantbook.derive.block`) need in closed form, as the hooks
+``_partial_moment``, ``_abs_isf`` (and, where the generic ones lose digits, ``_abs_ppf``,
+``_abs_log_isf``) behind public methods that check and mask the same way:
 
 ``partial_moment(k, x)``
     ``Ψ_k(x) = ∫_0^x u**k g(u) du`` for k = 0, 1, 2 (signed: negative for x < 0 when k is
@@ -56,7 +57,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ..io.npy import load_npy
-from .conventions import at_q, at_x, sample_shape
+from .conventions import apply, at_q, at_x, sample_shape
 
 __all__ = ["Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "register_source_parser", "SourceError"]
@@ -79,8 +80,8 @@ class Source:
     def _cdf(self, x): raise NotImplementedError  # noqa: E704
     def _sf(self, x): raise NotImplementedError  # noqa: E704
     def _ppf(self, p): raise NotImplementedError  # noqa: E704
-    def partial_moment(self, k: int, x): raise NotImplementedError  # noqa: E704
-    def abs_isf(self, s): raise NotImplementedError  # noqa: E704
+    def _partial_moment(self, k: int, x): raise NotImplementedError  # noqa: E704
+    def _abs_isf(self, s): raise NotImplementedError  # noqa: E704
     def _rvs(self, shape: tuple[int, ...], rng: np.random.Generator): raise NotImplementedError  # noqa: E704
 
     # ---- public, as scipy.stats: NaN in, NaN out; a probability outside [0, 1] has no
@@ -100,6 +101,19 @@ class Source:
     def isf(self, q):
         return at_q(self._isf, q)
 
+    def partial_moment(self, k: int, x):
+        k = _check_order(k)
+        return at_x(lambda a: self._partial_moment(k, a), x)
+
+    def abs_isf(self, s):
+        return at_q(self._abs_isf, s, "s")
+
+    def abs_ppf(self, G):
+        return at_q(self._abs_ppf, G, "G")
+
+    def abs_log_isf(self, log_s):
+        return apply(self._abs_log_isf, log_s, "log_s", lambda a: a <= 0)
+
     def rvs(self, size=None, random_state=None):
         """``size`` draws (None or ``()``: one, a float); ``random_state``: a seed or a Generator."""
         shape = sample_shape(size)
@@ -110,14 +124,14 @@ class Source:
         """Inverse of :meth:`sf`; for a symmetric law ``-ppf(q)``, exact for small ``q``."""
         return -self._ppf(q) if self.symmetric else self._ppf(1.0 - q)
 
-    def abs_ppf(self, G):
-        return self.abs_isf(1.0 - np.asarray(G, dtype=np.float64))
+    def _abs_ppf(self, G):
+        return self._abs_isf(1.0 - np.asarray(G, dtype=np.float64))
 
-    def abs_log_isf(self, log_s):
+    def _abs_log_isf(self, log_s):
         """``log m`` with ``P(|X| > m) = exp(log_s)``: the block quadrature reaches tail
         probabilities below float range for heavy tails (overridden where that happens)."""
         with np.errstate(divide="ignore"):
-            return np.log(self.abs_isf(np.exp(np.asarray(log_s, dtype=np.float64))))
+            return np.log(self._abs_isf(np.exp(np.asarray(log_s, dtype=np.float64))))
 
     def _piecewise_density(self):
         """``(knots, values)`` when the density is constant between knots, else None."""
@@ -131,7 +145,9 @@ class Source:
         def piece(qf, a, b):
             if not a < b:
                 return 0.0
-            return integrate.quad(lambda u: float(f(np.atleast_1d(qf(u)))[0]), a, b, limit=200)[0]
+            out = integrate.quad(lambda u: float(f(np.atleast_1d(qf(u)))[0]), a, b, limit=200, full_output=1)
+            # QUADPACK's "probably divergent" (ier 5): the integral has no value, not the last sum
+            return math.nan if len(out) > 3 and "divergent" in out[3] else out[0]
 
         lower = piece(self.ppf, float(self.cdf(lb)), min(float(self.cdf(ub)), 0.5))
         upper = piece(self.isf, float(self.sf(ub)), min(float(self.sf(lb)), 0.5))
@@ -197,7 +213,7 @@ class Normal(Source):
     def _ppf(self, p):
         return special.ndtri(np.asarray(p, dtype=np.float64))
 
-    def partial_moment(self, k, x):
+    def _partial_moment(self, k, x):
         x = np.asarray(x, dtype=np.float64)
         if k == 0:
             return 0.5 * special.erf(x / math.sqrt(2))
@@ -207,10 +223,10 @@ class Normal(Source):
             return 0.5 * np.sign(x) * special.gammainc(1.5, 0.5 * x * x)
         raise ValueError(_order_error(k))
 
-    def abs_isf(self, s):
+    def _abs_isf(self, s):
         return math.sqrt(2) * special.erfcinv(np.asarray(s, dtype=np.float64))
 
-    def abs_ppf(self, G):
+    def _abs_ppf(self, G):
         return math.sqrt(2) * special.erfinv(np.asarray(G, dtype=np.float64))
 
     def _rvs(self, shape, rng):
@@ -237,7 +253,7 @@ class Laplace(Source):
         with np.errstate(divide="ignore", invalid="ignore"):  # both branches are evaluated
             return np.where(p < 0.5, self.b * np.log(2 * p), -self.b * np.log(2 * (1 - p)))
 
-    def partial_moment(self, k, x):
+    def _partial_moment(self, k, x):
         x = np.asarray(x, dtype=np.float64)
         t = np.abs(x) / self.b
         if k == 0:
@@ -248,10 +264,10 @@ class Laplace(Source):
             return np.sign(x) * self.b**2 * special.gammainc(3, t)
         raise ValueError(_order_error(k))
 
-    def abs_isf(self, s):
+    def _abs_isf(self, s):
         return -self.b * np.log(np.asarray(s, dtype=np.float64))
 
-    def abs_ppf(self, G):
+    def _abs_ppf(self, G):
         return -self.b * np.log1p(-np.asarray(G, dtype=np.float64))
 
     def _rvs(self, shape, rng):
@@ -320,7 +336,7 @@ class StudentT(Source):
         # (and gives +inf at p = 0)
         p = np.asarray(p, dtype=np.float64)
         lower = p < 0.5
-        m = self.abs_isf(np.where(lower, 2 * p, 2 * (1 - p)))
+        m = self._abs_isf(np.where(lower, 2 * p, 2 * (1 - p)))
         return np.where(lower, -m, m)
 
     def _beta_half(self, p, q, u):
@@ -335,7 +351,7 @@ class StudentT(Source):
                            0.5 - 0.5 * special.betainc(q, p, np.where(w < 0.5, 0.5, wc)))
         return np.sign(u) * val
 
-    def partial_moment(self, k, x):
+    def _partial_moment(self, k, x):
         nu, sc = self.nu, self.scale
         with np.errstate(over="ignore"):  # ±inf is a valid argument
             u = np.asarray(x, dtype=np.float64) / sc
@@ -431,25 +447,25 @@ class StudentT(Source):
             w = special.betaincinv(0.5, nu / 2, np.minimum(G, 0.5))
             return np.sqrt(nu * w / (1 - w))
 
-    def abs_isf(self, s):
+    def _abs_isf(self, s):
         s = np.asarray(s, dtype=np.float64)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             tail = np.exp(self._log_isf_unit(np.log(np.where(s < 0.5, s, 0.25))))
             # 1 - s is exact for s >= 1/2
             return self.scale * np.where(s < 0.5, tail, self._small_m(1.0 - s))
 
-    def abs_ppf(self, G):
+    def _abs_ppf(self, G):
         G = np.asarray(G, dtype=np.float64)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            tail = np.exp(self._log_isf_unit(np.log(np.where(G > 0.5, 1.0 - G, 0.25))))
+            tail = np.exp(self._log_isf_unit(np.log(np.where(G <= 0.5, 0.25, 1.0 - G))))
             return self.scale * np.where(G <= 0.5, self._small_m(G), tail)
 
-    def abs_log_isf(self, log_s):
+    def _abs_log_isf(self, log_s):
         log_s = np.asarray(log_s, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             small = log_s < math.log(0.5)
             tail = self._log_isf_unit(np.where(small, log_s, math.log(0.25))) + math.log(self.scale)
-            return np.where(small, tail, np.log(self.abs_isf(np.exp(log_s))))
+            return np.where(small, tail, np.log(self._abs_isf(np.exp(log_s))))
 
     def _rvs(self, shape, rng):
         return self.scale * rng.standard_t(self.nu, shape)
@@ -565,8 +581,8 @@ class Empirical(Source):
     def _ppf(self, p):
         return np.interp(np.asarray(p, dtype=np.float64), self._Fk, self._xk)
 
-    def partial_moment(self, k, x):
-        return self._from_left(_check_order(k), x) - self._P0[k]
+    def _partial_moment(self, k, x):
+        return self._from_left(k, x) - self._P0[k]
 
     def _piecewise_density(self):
         return self._xk, self._dens
@@ -581,11 +597,11 @@ class Empirical(Source):
         w = (0.5 * (b - a)[:, None] * _GL8_W * d[:, None]).ravel()
         return float(np.sum(w * np.asarray(f(x), dtype=np.float64)))
 
-    def abs_isf(self, s):
+    def _abs_isf(self, s):
         # S decreasing in m: interpolate on reversed arrays
         return np.interp(np.asarray(s, dtype=np.float64), self._abs_S[::-1], self._abs_m[::-1])
 
-    def abs_ppf(self, G):
+    def _abs_ppf(self, G):
         return np.interp(np.asarray(G, dtype=np.float64), self._abs_G, self._abs_m)
 
     def _rvs(self, shape, rng):

@@ -46,6 +46,20 @@ _F = np.float32
 FAMILIES: dict[str, type["ScaleRule"]] = {}
 
 
+
+def _maxima(amax: Any) -> np.ndarray:
+    """Block maxima as float32 (beyond float32's range: inf); NaN, a negative value or
+    anything but real numbers is an error naming the first such block."""
+    a = np.asarray(amax)
+    if a.dtype.kind not in "iuf":
+        raise ValueError(f"block maxima must be real numbers, got {amax!r}")
+    with np.errstate(over="ignore"):
+        m = a.astype(_F)
+    bad = np.flatnonzero(np.isnan(m) | (m < 0))
+    if bad.size:
+        raise ValueError(f"block {int(bad[0])}: its maximum {m.reshape(-1)[bad[0]]} is not a non-negative number")
+    return m
+
 class ScaleRule:
     """Base class of the scale rules (see the module docstring).
 
@@ -125,23 +139,23 @@ class ScaleRule:
     def encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> np.ndarray:
         """Stored block scales (``stored_dtype``) for block maxima ``amax``; a block whose
         scale the format cannot hold (:meth:`overflow`) is an error naming it."""
-        stored = self._encode(np.asarray(amax, dtype=_F), check_qmax(qmax), tensor_scale)
+        stored = self._encode(_maxima(amax), check_qmax(qmax), tensor_scale)
         bad = np.flatnonzero(self.overflow(stored))
         if bad.size:
             raise ValueError(f"block {int(bad[0])}: its scale overflows {self.name} (amax beyond the "
                              "scale format's range); use a wider scale rule such as bfloat16 or float32")
-        return stored
+        return stored[()]
 
     def _encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any) -> np.ndarray:
         """The stored values, without checks (float32 ``amax``, a checked ``qmax``)."""
-        raise NotImplementedError
+        raise ValueError(f"scale rule {self.name!r} has no stored scale that follows from a block's maximum "
+                         "alone; quantize through quantbook.quantize")
 
     def storable(self, amax: Any, qmax: float, tensor_scale: Any = None) -> np.ndarray:
         """Per block maximum, whether its scale is one the format holds (:meth:`encode` refuses
         the others)."""
-        with np.errstate(over="ignore"):
-            m = np.asarray(amax, dtype=np.float64).astype(_F)
-        return ~self.overflow(self._encode(m.reshape(-1), check_qmax(qmax), tensor_scale)).reshape(m.shape)
+        m = _maxima(amax)
+        return (~self.overflow(self._encode(m.reshape(-1), check_qmax(qmax), tensor_scale)).reshape(m.shape))[()]
 
     def overflow(self, stored: np.ndarray) -> np.ndarray:
         """Per block, whether the stored value stands for no finite scale (:meth:`encode`
@@ -156,14 +170,15 @@ class ScaleRule:
     def decode(self, stored: np.ndarray, tensor_scale: Any = None) -> np.ndarray:
         """The float32 scale each stored value stands for: decoding is
         ``float32(table[code] * decode(stored))``."""
-        raise NotImplementedError
+        raise ValueError(f"scale rule {self.name!r} has no stored scale to decode by itself; dequantize "
+                         "through quantbook.dequantize")
 
     def divisor(self, stored: np.ndarray, tensor_scale: Any = None) -> tuple[np.ndarray, bool]:
         """``(f, divide)``: values are scaled as ``float32(x / f)`` when ``divide``, else as
         ``float32(x * f)`` (float32 per block).  A block :meth:`underflow` names is an error."""
         bad = np.flatnonzero(self.underflow(stored, tensor_scale))
         if bad.size:
-            s = float(self.decode(np.asarray(stored)[bad[:1]], tensor_scale)[0])
+            s = float(self.decode(np.asarray(stored).reshape(-1)[bad[:1]], tensor_scale)[0])
             raise ValueError(f"block {int(bad[0])}: its {self.name} scale {s:.3g} is subnormal "
                              "(amax below the scale format's normal range)")
         return self._divisor(stored, tensor_scale)
@@ -178,14 +193,14 @@ class ScaleRule:
 
     def scale(self, amax: Any, qmax: float, tensor_scale: Any = None) -> np.ndarray:
         """``s(M)``: the effective float32 scale of blocks with maximum ``amax``."""
-        m = np.asarray(amax, dtype=_F)
-        return self.decode(self.encode(m.reshape(-1), qmax, tensor_scale), tensor_scale).reshape(m.shape)
+        m = _maxima(amax)
+        return self.decode(self.encode(m.reshape(-1), qmax, tensor_scale), tensor_scale).reshape(m.shape)[()]
 
     def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
                     hi: float = float(np.finfo(np.float32).max)) -> np.ndarray:
         """Sorted float64 values of ``M`` in ``[lo, hi]`` where ``s(M)`` changes; ``s`` is
         constant between neighbours (closed on the side :attr:`closed` names)."""
-        raise NotImplementedError
+        raise ValueError(f"scale rule {self.name!r} has no scale function s(M) of a block's maximum alone")
 
     def bits_per_weight(self, block_size: int, code_bits: int = 4, n: int | None = None) -> float:
         """Code bits plus the stored scales per weight; ``n`` (the tensor's size) adds the
