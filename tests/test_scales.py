@@ -211,6 +211,7 @@ def test_a_scalar_block_maximum_gives_what_an_array_gives(name):
     assert np.shape(stored) == () and not isinstance(stored, np.ndarray)
     assert not isinstance(rule.scale(m, 6.0, t), np.ndarray) and not isinstance(rule.storable(m, 6.0, t), np.ndarray)
     assert rule.scale(np.full((2, 3), m), 6.0, t).shape == (2, 3)
+    assert not isinstance(rule.decode(stored, t), np.ndarray) and not isinstance(rule.divisor(stored, t)[0], np.ndarray)
     assert np.array_equal(stored, rule.encode(np.array([m]), 6.0, t)[0])
     assert np.array_equal(rule.decode(stored, t), rule.decode(np.array([stored]), t)[0])
     v = np.float32(3.7)

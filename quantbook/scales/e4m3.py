@@ -116,7 +116,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
         r = ((np.asarray(amax, dtype=_F) / _F(qmax)).astype(_F) / t).astype(_F)
         return e4m3_encode(np.clip(r, _F(E4M3_MIN_NORMAL), _F(E4M3_MAX)))
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return (self._t(tensor_scale) * e4m3_value(stored)).astype(_F)
 
     def _divisor(self, stored, tensor_scale):

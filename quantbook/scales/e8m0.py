@@ -85,7 +85,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
     def _encode(self, amax, qmax, tensor_scale):
         return (np.clip(self.exponent(amax, qmax), -127, 127) + 127).astype(np.uint8)
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return e8m0_value(stored)
 
     def _divisor(self, stored, tensor_scale):

@@ -40,7 +40,7 @@ class Float32Scale(ScaleRule, family="float32"):
     def _encode(self, amax, qmax, tensor_scale):
         return _ratio(amax, qmax)
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return np.asarray(stored, dtype=_F)
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
@@ -57,7 +57,7 @@ class Float16Scale(ScaleRule, family="float16"):
     def overflow(self, stored):
         return ~np.isfinite(np.asarray(stored, dtype=np.float16))
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return np.asarray(stored, dtype=np.float16).astype(_F)
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
@@ -96,7 +96,7 @@ class BFloat16Scale(ScaleRule, family="bfloat16"):
         s = bf16_value(stored)
         return (s > 0) & (s < np.finfo(_F).tiny)
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return bf16_value(stored)
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):

@@ -127,7 +127,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
     def overflow(self, stored):
         return np.asarray(stored) == 0x7F
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         e = e4m3_value(stored)
         return ((e * self._g(tensor_scale)).astype(_F) / _DENOM).astype(_F)
 

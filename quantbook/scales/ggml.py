@@ -240,7 +240,7 @@ class GgmlSearch(ScaleRule):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
                          "quantize through quantbook.bulk")
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return self.base.decode(stored)
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):

@@ -170,6 +170,9 @@ class ScaleRule:
     def decode(self, stored: np.ndarray, tensor_scale: Any = None) -> np.ndarray:
         """The float32 scale each stored value stands for: decoding is
         ``float32(table[code] * decode(stored))``."""
+        return np.asarray(self._decode(stored, tensor_scale))[()]
+
+    def _decode(self, stored: np.ndarray, tensor_scale: Any) -> np.ndarray:
         raise ValueError(f"scale rule {self.name!r} has no stored scale to decode by itself; dequantize "
                          "through quantbook.dequantize")
 
@@ -181,7 +184,8 @@ class ScaleRule:
             s = float(self.decode(np.asarray(stored).reshape(-1)[bad[:1]], tensor_scale)[0])
             raise ValueError(f"block {int(bad[0])}: its {self.name} scale {s:.3g} is subnormal "
                              "(amax below the scale format's normal range)")
-        return self._divisor(stored, tensor_scale)
+        f, divide = self._divisor(stored, tensor_scale)
+        return np.asarray(f)[()], divide
 
     def _divisor(self, stored: np.ndarray, tensor_scale: Any) -> tuple[np.ndarray, bool]:
         """:meth:`divisor` without checks.  Default: multiply by the float32 reciprocal of the

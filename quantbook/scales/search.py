@@ -142,7 +142,7 @@ class SearchScale(ScaleRule, family="search"):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
                          "quantize through quantbook.bulk")
 
-    def decode(self, stored, tensor_scale=None):
+    def _decode(self, stored, tensor_scale):
         return self.base.decode(stored, tensor_scale)
 
     def divisor(self, stored, tensor_scale=None):
