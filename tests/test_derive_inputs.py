@@ -163,3 +163,36 @@ def test_what_is_not_a_number_is_refused_in_one_line(call):
     with pytest.raises(ValueError) as e:
         call()
     _one_line(e)
+
+
+def test_quadrature_trouble_other_than_divergence_still_warns():
+    # reading quad's message (to tell a divergent integral) must not swallow its other warnings
+    from scipy.integrate import IntegrationWarning
+
+    with pytest.warns(IntegrationWarning, match="subdivisions"):
+        BlockDistribution(None, "normal", "none").expect(lambda y: np.sin(1e3 * y))
+
+
+def test_a_source_that_overrides_the_public_abs_isf_keeps_its_other_quantiles():
+    from scipy import special
+
+    from quantbook.derive.sources import Source
+
+    class Halfnormal(Source):   # written before the hooks: public abs_isf only
+        spec = "old-style"
+
+        def abs_isf(self, s):
+            return math.sqrt(2) * special.erfcinv(np.asarray(s, dtype=np.float64))
+
+    src = Halfnormal()
+    assert math.isclose(src.abs_ppf(0.5), Normal().abs_ppf(0.5), rel_tol=1e-15)
+    assert math.isclose(src.abs_log_isf(-1.0), Normal().abs_log_isf(-1.0), rel_tol=1e-15)
+    with pytest.raises(NotImplementedError, match="_partial_moment"):
+        src.partial_moment(0, 1.0)
+
+
+def test_the_nested_law_of_a_laplace_source_is_quiet():
+    # its |X| quantile at G = 1 is log1p(-1): a divide warning the law does not use
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate(get("nf4"), 64, source="laplace", scale="nested").mae_weight > 0

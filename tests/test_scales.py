@@ -250,3 +250,11 @@ def test_a_subnormal_scale_is_named_whatever_the_shape_of_the_stored_scales():
     for stored in (np.array([[16000, small]], np.uint16), np.uint16(small)):
         with pytest.raises(ValueError, match="subnormal"):
             rule.divisor(stored)
+
+
+def test_block_maxima_beyond_float32_or_as_python_numbers_are_maxima():
+    from fractions import Fraction
+
+    assert not get_rule("float16").storable(10**30, 6.0)    # an integer beyond float32: not storable
+    assert get_rule("float32").scale(Fraction(3, 2), 6.0) == np.float32(0.25)
+    assert np.signbit(get_rule("float32").scale(-0.0, 6.0)) == False   # noqa: E712  (-0.0 is the maximum 0)

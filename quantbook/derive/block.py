@@ -35,7 +35,10 @@ below e^-40 of the total).  For a power tail ``P(|X| > M) ~ M^-ν`` the weighted
 like ``e^{-(1 - p/ν) z}``: as ν approaches the power ``p`` of the weight, ``z_hi`` reaches the
 thousands, and the nodes there are evaluated in logarithms (:class:`BlockMeasure`); closer than
 ``1 - p/ν = 1e-5`` the rounding of ``log M ≈ z/ν`` no longer allows a result and it is an
-error.  Checked against adaptive quadrature in the original variable (tests).
+error.  Checked against adaptive quadrature in the original variable (tests).  For a
+source with a piecewise-constant density (a sample), ``π₊`` jumps wherever ``M`` crosses a
+knot's absolute value, which no smooth rule resolves: the atoms' split by sign is then
+integrated knot segment by knot segment (:func:`_plus_share`).
 """
 
 from __future__ import annotations
@@ -229,6 +232,9 @@ class BlockMeasure(_Measure):
             ax = np.array([-1.0, 1.0])
             aw = np.array([np.sum(a * (1 - pplus)) + np.sum(a_e * (1 - pplus_e)),
                            np.sum(a * pplus) + np.sum(a_e * pplus_e)]) / B
+            share = _plus_share(source, B, weight_power)
+            if share is not None:   # the nodes cannot resolve a sign probability with jumps
+                aw = aw.sum() * np.array([1.0 - share, share])
         else:
             self._cp, self._cm = c * pplus, c * (1 - pplus)
             with np.errstate(divide="ignore"):
@@ -336,6 +342,37 @@ class RestrictedMeasure(_Measure):
 
     def atom_moments(self, k: int) -> np.ndarray:
         return self.base.atom_moments(k)[self._keep]
+
+
+def _plus_share(source: Source, B: int, weight_power: int) -> float | None:
+    """``E[M^p · P(the extreme value is positive | M)] / E[M^p]`` for an asymmetric source with
+    a piecewise-constant density (None otherwise).  That probability, ``g(M) / (g(M) +
+    g(-M))``, is constant between the knots' absolute values and jumps at them; between two
+    of them ``G(m) = P(|X| <= m)`` is linear, so ``M``'s law ``G^B`` is integrated there by
+    Gauss-Legendre in its own probability, ``m`` recovered from ``G``."""
+    pw = source._piecewise_density()
+    if pw is None or source.symmetric:
+        return None
+    knots = np.unique(np.abs(pw[0]))
+    m1, m2 = knots[:-1], knots[1:]
+    mid = 0.5 * (m1 + m2)
+    gp, gm = source.pdf(mid), source.pdf(-mid)
+    h = gp + gm
+    keep = h > 0
+    m1, m2, gp, h = m1[keep], m2[keep], gp[keep], h[keep]
+    G1 = np.clip(source.cdf(m1) - source.cdf(-m1), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        l1 = B * np.log(np.clip(source.cdf(m2) - source.cdf(-m2), 0.0, 1.0))
+        l0 = B * np.log(G1)
+    H1, H2 = np.exp(l0), np.exp(l1)   # P(M <= m1), P(M <= m2)
+    x, w = np.polynomial.legendre.leggauss(4)
+    H = 0.5 * (H2 - H1)[:, None] * x + 0.5 * (H1 + H2)[:, None]
+    with np.errstate(divide="ignore"):
+        m = m1[:, None] + (np.exp(np.log(H) / B) - G1[:, None]) / h[:, None]
+    m = np.clip(m, m1[:, None], m2[:, None])
+    seg = 0.5 * (H2 - H1) * (m**weight_power @ w)
+    total = float(np.sum(seg))
+    return float(np.sum(seg * gp / h) / total) if total > 0 else None
 
 
 def _check_weight_power(weight_power: Any) -> int:

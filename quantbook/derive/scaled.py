@@ -538,7 +538,7 @@ class NestedMeasure(_Measure):
         omega = wz * ez * np.exp(-ez)  # P(M in the node's share): Gumbel density × GL weight
         S = -np.expm1(-ez / B)
         G = np.exp(-ez / B)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
         keep = np.isfinite(m) & (m > 0) & (omega > 0)
         m, omega, G = m[keep], omega[keep], G[keep]

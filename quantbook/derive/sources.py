@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,8 +81,12 @@ class Source:
     def _cdf(self, x): raise NotImplementedError  # noqa: E704
     def _sf(self, x): raise NotImplementedError  # noqa: E704
     def _ppf(self, p): raise NotImplementedError  # noqa: E704
-    def _partial_moment(self, k: int, x): raise NotImplementedError  # noqa: E704
-    def _abs_isf(self, s): raise NotImplementedError  # noqa: E704
+    def _partial_moment(self, k: int, x):
+        raise NotImplementedError(f"{type(self).__name__} must implement _partial_moment(k, x)")
+
+    def _abs_isf(self, s):
+        raise NotImplementedError(f"{type(self).__name__} must implement _abs_isf(s)")
+
     def _rvs(self, shape: tuple[int, ...], rng: np.random.Generator): raise NotImplementedError  # noqa: E704
 
     # ---- public, as scipy.stats: NaN in, NaN out; a probability outside [0, 1] has no
@@ -125,13 +130,13 @@ class Source:
         return -self._ppf(q) if self.symmetric else self._ppf(1.0 - q)
 
     def _abs_ppf(self, G):
-        return self._abs_isf(1.0 - np.asarray(G, dtype=np.float64))
+        return self.abs_isf(1.0 - np.asarray(G, dtype=np.float64))
 
     def _abs_log_isf(self, log_s):
         """``log m`` with ``P(|X| > m) = exp(log_s)``: the block quadrature reaches tail
         probabilities below float range for heavy tails (overridden where that happens)."""
         with np.errstate(divide="ignore"):
-            return np.log(self._abs_isf(np.exp(np.asarray(log_s, dtype=np.float64))))
+            return np.log(self.abs_isf(np.exp(np.asarray(log_s, dtype=np.float64))))
 
     def _piecewise_density(self):
         """``(knots, values)`` when the density is constant between knots, else None."""
@@ -146,8 +151,12 @@ class Source:
             if not a < b:
                 return 0.0
             out = integrate.quad(lambda u: float(f(np.atleast_1d(qf(u)))[0]), a, b, limit=200, full_output=1)
-            # QUADPACK's "probably divergent" (ier 5): the integral has no value, not the last sum
-            return math.nan if len(out) > 3 and "divergent" in out[3] else out[0]
+            if len(out) > 3:   # full_output turns quad's warnings into this message
+                # "probably divergent" (ier 5): the integral has no value, not the last sum
+                if "divergent" in out[3]:
+                    return math.nan
+                warnings.warn(out[3], integrate.IntegrationWarning, stacklevel=4)
+            return out[0]
 
         lower = piece(self.ppf, float(self.cdf(lb)), min(float(self.cdf(ub)), 0.5))
         upper = piece(self.isf, float(self.sf(ub)), min(float(self.sf(lb)), 0.5))

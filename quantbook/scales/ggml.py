@@ -238,7 +238,7 @@ class GgmlSearch(ScaleRule):
 
     def encode(self, amax, qmax, tensor_scale=None):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
-                         "quantize through quantbook.bulk")
+                         "quantize through quantbook.quantize")
 
     def _decode(self, stored, tensor_scale):
         return self.base.decode(stored)

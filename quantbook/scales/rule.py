@@ -24,6 +24,7 @@ Families register by subclassing with ``family=`` (as the bulk backends do); a s
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,6 +52,9 @@ def _maxima(amax: Any) -> np.ndarray:
     """Block maxima as float32 (beyond float32's range: inf); NaN, a negative value or
     anything but real numbers is an error naming the first such block."""
     a = np.asarray(amax)
+    if a.dtype.kind == "O" and a.size and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                              for v in a.flat):   # big integers, Fractions
+        a = np.array([_float(v) for v in a.flat], dtype=np.float64).reshape(a.shape)
     if a.dtype.kind not in "iuf":
         raise ValueError(f"block maxima must be real numbers, got {amax!r}")
     with np.errstate(over="ignore"):
@@ -58,7 +62,14 @@ def _maxima(amax: Any) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(m) | (m < 0))
     if bad.size:
         raise ValueError(f"block {int(bad[0])}: its maximum {m.reshape(-1)[bad[0]]} is not a non-negative number")
-    return m
+    return np.abs(m)   # -0.0 is 0
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
 
 class ScaleRule:
     """Base class of the scale rules (see the module docstring).

@@ -140,7 +140,7 @@ class SearchScale(ScaleRule, family="search"):
 
     def encode(self, amax, qmax, tensor_scale=None):
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
-                         "quantize through quantbook.bulk")
+                         "quantize through quantbook.quantize")
 
     def _decode(self, stored, tensor_scale):
         return self.base.decode(stored, tensor_scale)
