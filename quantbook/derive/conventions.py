@@ -5,12 +5,13 @@ out."""
 
 from __future__ import annotations
 
-import math
 import numbers
 from decimal import Decimal
 from typing import Any, Callable
 
 import numpy as np
+
+from ..numerics.reals import float_or_inf
 
 __all__ = ["real_array", "apply", "at_x", "at_q", "sample_shape"]
 
@@ -27,15 +28,8 @@ def real_array(x: Any, what: str) -> np.ndarray:
     if not ok:
         raise ValueError(f"{what} must be real numbers, got {x!r}")
     if raw.dtype.kind == "O":   # Fractions, Decimals, integers beyond float64 (to ±inf)
-        return np.array([_float(v) for v in raw.flat], dtype=np.float64).reshape(raw.shape)
+        return np.array([float_or_inf(v) for v in raw.flat], dtype=np.float64).reshape(raw.shape)
     return raw.astype(np.float64, copy=False)
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf if v > 0 else -math.inf
 
 
 def apply(hook: Callable[[np.ndarray], Any], x: Any, what: str,

@@ -2,5 +2,6 @@
 arithmetic, bit for bit, and the Hadamard rotation.
 
 * :mod:`.torch_f32` — torch's float32 CPU ``linspace``, ``sum`` and ``mean``;
-* :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation.
+* :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation;
+* :mod:`.reals` — Python numbers as float64, ±inf beyond its range.
 """

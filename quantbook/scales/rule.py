@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..numerics.reals import float_or_inf
+
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "SCALED_BITS",
            "check_scaled_bits", "scaled_peak"]
 
@@ -54,7 +56,7 @@ def _maxima(amax: Any) -> np.ndarray:
     a = np.asarray(amax)
     if a.dtype.kind == "O" and a.size and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                                               for v in a.flat):   # big integers, Fractions
-        a = np.array([_float(v) for v in a.flat], dtype=np.float64).reshape(a.shape)
+        a = np.array([float_or_inf(v) for v in a.flat], dtype=np.float64).reshape(a.shape)
     if a.dtype.kind not in "iuf":
         raise ValueError(f"block maxima must be real numbers, got {amax!r}")
     with np.errstate(over="ignore"):
@@ -63,13 +65,6 @@ def _maxima(amax: Any) -> np.ndarray:
     if bad.size:
         raise ValueError(f"block {int(bad[0])}: its maximum {m.reshape(-1)[bad[0]]} is not a non-negative number")
     return np.abs(m)   # -0.0 is 0
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf
 
 class ScaleRule:
     """Base class of the scale rules (see the module docstring).
