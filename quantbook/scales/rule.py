@@ -49,7 +49,6 @@ _F = np.float32
 FAMILIES: dict[str, type["ScaleRule"]] = {}
 
 
-
 def _maxima(amax: Any) -> np.ndarray:
     """Block maxima as float32 (beyond float32's range: inf); NaN, a negative value or
     anything but real numbers is an error naming the first such block."""
