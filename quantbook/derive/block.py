@@ -354,21 +354,19 @@ def _plus_share(source: Source, B: int, weight_power: int) -> float | None:
     if pw is None or source.symmetric:
         return None
     knots = np.unique(np.abs(pw[0]))
-    m1, m2 = knots[:-1], knots[1:]
+    G = np.clip(source.cdf(knots) - source.cdf(-knots), 0.0, 1.0)   # P(|X| <= m) at the knots
+    with np.errstate(divide="ignore"):
+        H = np.exp(B * np.log(G))   # P(M <= m)
+    m1, m2, G1, H1, H2 = knots[:-1], knots[1:], G[:-1], H[:-1], H[1:]
     mid = 0.5 * (m1 + m2)
-    gp, gm = source.pdf(mid), source.pdf(-mid)
-    h = gp + gm
+    gp = source.pdf(mid)
+    h = gp + source.pdf(-mid)
     keep = h > 0
-    m1, m2, gp, h = m1[keep], m2[keep], gp[keep], h[keep]
-    G1 = np.clip(source.cdf(m1) - source.cdf(-m1), 0.0, 1.0)
-    with np.errstate(divide="ignore"):
-        l1 = B * np.log(np.clip(source.cdf(m2) - source.cdf(-m2), 0.0, 1.0))
-        l0 = B * np.log(G1)
-    H1, H2 = np.exp(l0), np.exp(l1)   # P(M <= m1), P(M <= m2)
+    m1, m2, G1, H1, H2, gp, h = m1[keep], m2[keep], G1[keep], H1[keep], H2[keep], gp[keep], h[keep]
     x, w = np.polynomial.legendre.leggauss(4)
-    H = 0.5 * (H2 - H1)[:, None] * x + 0.5 * (H1 + H2)[:, None]
+    u = 0.5 * (H2 - H1)[:, None] * x + 0.5 * (H1 + H2)[:, None]   # nodes in P(M <= m)
     with np.errstate(divide="ignore"):
-        m = m1[:, None] + (np.exp(np.log(H) / B) - G1[:, None]) / h[:, None]
+        m = m1[:, None] + (np.exp(np.log(u) / B) - G1[:, None]) / h[:, None]
     m = np.clip(m, m1[:, None], m2[:, None])
     seg = 0.5 * (H2 - H1) * (m**weight_power @ w)
     total = float(np.sum(seg))

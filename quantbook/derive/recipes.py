@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..codebooks.codebook import Codebook
+from ..codebooks.codebook import Codebook, check_numbers
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
@@ -265,8 +265,7 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
                                  f"got {fixed!r}") from None
     else:
         try:
-            if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in fixed):   # float() would read them
-                raise TypeError
+            check_numbers(fixed, "fixed levels")   # float() would read '0.5' and True
             values = [float(v) for v in fixed]
         except (TypeError, ValueError):
             raise ValueError(f"fixed levels must be a sequence of numbers or a string like '-1,0,1', "

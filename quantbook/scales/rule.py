@@ -24,12 +24,11 @@ Families register by subclassing with ``family=`` (as the bulk backends do); a s
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..numerics.reals import float_or_inf
+from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "SCALED_BITS",
            "check_scaled_bits", "scaled_peak"]
@@ -52,12 +51,9 @@ FAMILIES: dict[str, type["ScaleRule"]] = {}
 def _maxima(amax: Any) -> np.ndarray:
     """Block maxima as float32 (beyond float32's range: inf); NaN, a negative value or
     anything but real numbers is an error naming the first such block."""
-    a = np.asarray(amax)
-    if a.dtype.kind == "O" and a.size and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                                              for v in a.flat):   # big integers, Fractions
-        a = np.array([float_or_inf(v) for v in a.flat], dtype=np.float64).reshape(a.shape)
-    if a.dtype.kind not in "iuf":
+    if np.asarray(amax).dtype.kind == "b":   # True is not a maximum of 1
         raise ValueError(f"block maxima must be real numbers, got {amax!r}")
+    a = real_array(amax, "block maxima")
     with np.errstate(over="ignore"):
         m = a.astype(_F)
     bad = np.flatnonzero(np.isnan(m) | (m < 0))
