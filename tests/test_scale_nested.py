@@ -165,3 +165,29 @@ def test_derive_for_nested_statistics_on_the_command_line(capsys, tmp_path):
     assert got["mse_weight"] == evaluate(cb, 64, scale="nested").mse_weight
     assert derive_from_recipe({**got["recipe"], "qmax": 6.0}).levels.tolist() == got["levels"]   # older recipes
     assert main(["derive", "quantile", "--scale", "nested", "--json"]) == 0
+
+
+def test_a_samples_extreme_sign_is_integrated_between_its_knots():
+    """The M-weighted share of blocks whose extreme value is positive, ``E[M g(M)/(g(M) +
+    g(-M))] / E[M]``, for an asymmetric 1000-value sample (a density constant between knots),
+    in both the float32 absmax law and the nested one.  The oracle integrates ``m g(m) B
+    G(m)^(B-1)`` in ``m`` piece by piece between the knots, where ``G`` is linear: a
+    polynomial of degree B, which Gauss-Legendre with B nodes integrates exactly.  The laws'
+    Gumbel nodes read the jumping ratio where they fell: 0.2 % off under nested statistics,
+    which put IQ4_NL's nested MSE 4 standard errors off 2^26 quantized values."""
+    from quantbook.derive.sources import Empirical
+
+    rng = np.random.default_rng(7)
+    src = Empirical(rng.standard_normal(1000) + 0.3 * rng.exponential(1.0, 1000))
+    Bs = 16
+    edges = np.concatenate([[0.0], np.unique(np.abs(src._piecewise_density()[0]))])
+    x, w = np.polynomial.legendre.leggauss(Bs)
+    half = np.diff(edges)[:, None] / 2
+    m = (edges[:-1, None] + half) + half * x
+    f = m * Bs * (src.cdf(m) - src.cdf(-m)) ** (Bs - 1) * half * w
+    exact = np.sum(f * src.pdf(m)) / np.sum(f * (src.pdf(m) + src.pdf(-m)))
+    absmax = block_measure(src, Bs, "absmax", 1)
+    assert abs(absmax.atoms_w[1] / absmax.atoms_w.sum() - exact) < 1e-9
+    nested = scaled_measure(src, Bs, "nested", weight_power=1)
+    a1 = nested.atom_moments(1)   # -E[M 1{extreme < 0}]/B, E[M 1{extreme > 0}]/B
+    assert abs(a1[1] / (a1[1] - a1[0]) - exact) < 1e-9, (a1[1] / (a1[1] - a1[0]), exact)

@@ -37,8 +37,8 @@ thousands, and the nodes there are evaluated in logarithms (:class:`BlockMeasure
 ``1 - p/ν = 1e-5`` the rounding of ``log M ≈ z/ν`` no longer allows a result and it is an
 error.  Checked against adaptive quadrature in the original variable (tests).  For a
 source with a piecewise-constant density (a sample), ``π₊`` jumps wherever ``M`` crosses a
-knot's absolute value, which no smooth rule resolves: the atoms' split by sign is then
-integrated knot segment by knot segment (:func:`_plus_share`).
+knot's absolute value, which no smooth rule resolves: the integral over ``M`` is then taken
+knot segment by knot segment (:func:`_knot_nodes`), in place of the Gumbel grid.
 """
 
 from __future__ import annotations
@@ -60,13 +60,20 @@ NORMALIZATIONS = ("absmax", "signed-absmax", "none")
 
 _GL_N = 32
 _GL3_X, _GL3_W = np.polynomial.legendre.leggauss(3)
+#: the fewest Gauss-Legendre nodes on a piece of a panel split at a sample's knots, and the width
+#: below which a piece takes 2 (which hold it to 1e-14 of its mass)
+_KNOT_GL, _KNOT_NARROW = 4, 0.01
 #: smallest rate ``1 - p/nu`` at which the weight ``M**p`` times the Gumbel density may decay
 _MIN_DECAY = 1e-5
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 
 
+#: the Gumbel variable's panel edges up to z = 45 (the module docstring)
+_PANEL_EDGES = (-4.5, -1.0, 2.0, 6.0, 12.0, 20.0, 30.0, 45.0)
+
+
 def _z_grid(z_hi: float) -> tuple[np.ndarray, np.ndarray]:
-    edges = [-4.5, -1.0, 2.0, 6.0, 12.0, 20.0, 30.0, 45.0]
+    edges = list(_PANEL_EDGES)
     while edges[-1] < z_hi:
         edges.append(min(edges[-1] * 1.5, z_hi))
     zs, ws = [], []
@@ -190,6 +197,41 @@ class BlockMeasure(_Measure):
             raise ValueError(f"{source.spec}: E[scale**{weight_power}] converges too slowly to compute "
                              f"(needs a tail index above {weight_power / (1 - _MIN_DECAY):.6g}); "
                              f"use the normalised domain")
+        knot_nodes = _knot_nodes(source, B)
+        if knot_nodes is None:
+            m, a, c, G, pplus, logm, log_a, log_c, pplus_e = self._gumbel_nodes(source, B, decay)
+        else:   # a sample: bounded, so no extreme nodes
+            m, omega, G, pplus = knot_nodes
+            a = omega * m**weight_power
+            c = a * (B - 1) / B / G
+            logm = log_a = log_c = pplus_e = np.zeros(0)
+        self.m = m
+        self.lo, self.hi = -1.0, 1.0
+        with np.errstate(over="ignore"):
+            a_e = np.exp(log_a)
+        if not np.all(np.isfinite(a_e)):
+            raise ValueError(f"{source.spec}: E[scale**{weight_power}] overflows at B={B}")
+        self._e_logm = logm
+        if normalization == "absmax":
+            self._cp, self._cm = c, np.zeros_like(c)
+            self._e_lcp, self._e_lcm = log_c, np.full(log_c.shape, -np.inf)
+            ax = np.array([-1.0, 1.0])
+            aw = np.array([np.sum(a * (1 - pplus)) + np.sum(a_e * (1 - pplus_e)),
+                           np.sum(a * pplus) + np.sum(a_e * pplus_e)]) / B
+        else:
+            self._cp, self._cm = c * pplus, c * (1 - pplus)
+            with np.errstate(divide="ignore"):
+                self._e_lcp, self._e_lcm = log_c + np.log(pplus_e), log_c + np.log1p(-pplus_e)
+            ax, aw = np.array([1.0]), np.array([(np.sum(a) + np.sum(a_e)) / B])
+        nz = aw > 0
+        self.atoms_x, self.atoms_w = ax[nz], aw[nz]
+        self.total = float(np.sum(a)) + float(np.sum(a_e))
+        self._has_minus = bool(np.any(self._cm)) or bool(np.any(np.isfinite(self._e_lcm)))
+
+    def _gumbel_nodes(self, source: Source, B: int, decay: float):
+        """Nodes of ``M`` in the Gumbel variable: the regular ones ``(m, a, c, G, π₊)`` and the
+        extreme ones in logs ``(log M, log a, log c, π₊)``."""
+        weight_power = self.weight_power
         z_hi = 45.0 if decay >= 1.0 else max(45.0, (40.0 + weight_power / source.moment_limit
                                                       * math.log(B)) / decay)
         z, wz = _z_grid(z_hi)
@@ -207,9 +249,6 @@ class BlockMeasure(_Measure):
                 & (S > 1e-300)
         extreme = ~regular & (S < 0.5) & ~(m == 0)
         m, a, c, G = m[regular], a[regular], c[regular], G[regular]
-        self.m = m
-        pplus = self._p_plus(m)
-        self.lo, self.hi = -1.0, 1.0
         # the extreme nodes, in logs: log M, log a = log(omega M^p), log c = log a + log((B-1)/(B G))
         ze, eze, se = z[extreme], ez[extreme], S[extreme]
         # log P(|X| > M); below 1e-300 S = e^{-z}/B to rounding (and may underflow)
@@ -222,28 +261,7 @@ class BlockMeasure(_Measure):
         log_c = log_a + math.log((B - 1) / B) + eze / B
         with np.errstate(over="ignore"):
             pplus_e = self._p_plus(np.exp(logm))
-            a_e = np.exp(log_a)
-        if not np.all(np.isfinite(a_e)):
-            raise ValueError(f"{source.spec}: E[scale**{weight_power}] overflows at B={B}")
-        self._e_logm = logm
-        if normalization == "absmax":
-            self._cp, self._cm = c, np.zeros_like(c)
-            self._e_lcp, self._e_lcm = log_c, np.full(log_c.shape, -np.inf)
-            ax = np.array([-1.0, 1.0])
-            aw = np.array([np.sum(a * (1 - pplus)) + np.sum(a_e * (1 - pplus_e)),
-                           np.sum(a * pplus) + np.sum(a_e * pplus_e)]) / B
-            share = _plus_share(source, B, weight_power)
-            if share is not None:   # the nodes cannot resolve a sign probability with jumps
-                aw = aw.sum() * np.array([1.0 - share, share])
-        else:
-            self._cp, self._cm = c * pplus, c * (1 - pplus)
-            with np.errstate(divide="ignore"):
-                self._e_lcp, self._e_lcm = log_c + np.log(pplus_e), log_c + np.log1p(-pplus_e)
-            ax, aw = np.array([1.0]), np.array([(np.sum(a) + np.sum(a_e)) / B])
-        nz = aw > 0
-        self.atoms_x, self.atoms_w = ax[nz], aw[nz]
-        self.total = float(np.sum(a)) + float(np.sum(a_e))
-        self._has_minus = bool(np.any(self._cm)) or bool(np.any(np.isfinite(self._e_lcm)))
+        return m, a, c, G, self._p_plus(m), logm, log_a, log_c, pplus_e
 
     def _p_plus(self, m):
         """P(the extreme value is positive | M = m)."""
@@ -344,33 +362,55 @@ class RestrictedMeasure(_Measure):
         return self.base.atom_moments(k)[self._keep]
 
 
-def _plus_share(source: Source, B: int, weight_power: int) -> float | None:
-    """``E[M^p · P(the extreme value is positive | M)] / E[M^p]`` for an asymmetric source with
-    a piecewise-constant density (None otherwise).  That probability, ``g(M) / (g(M) +
-    g(-M))``, is constant between the knots' absolute values and jumps at them; between two
-    of them ``G(m) = P(|X| <= m)`` is linear, so ``M``'s law ``G^B`` is integrated there by
-    Gauss-Legendre in its own probability, ``m`` recovered from ``G``."""
+def _knot_nodes(source: Source, B: int, panels=_PANEL_EDGES, nodes=_GL_N):
+    """Nodes ``(m, P(M in the node's share), G(m), π₊)`` of ``M`` for a source with a
+    piecewise-constant density (None otherwise).  ``π₊ = g(M) / (g(M) + g(-M))`` is constant
+    between the knots' absolute values and jumps at them, and ``m(z)`` has a kink there, which
+    no smooth rule over all ``M`` resolves: the panels of a Gumbel grid (edges ``panels`` in
+    ``z``, ``nodes`` Gauss-Legendre nodes each, one number or one a panel) are split at the
+    knots' ``z``, each piece taking nodes in proportion to its width (at least
+    :data:`_KNOT_GL`; 2 on a piece narrower than :data:`_KNOT_NARROW`).  Between two knots
+    ``G(m) = P(|X| <= m)`` is linear, so ``m`` is recovered from ``G(z)`` exactly.  What the
+    rule cannot follow are the kinks of ``Ψ_k(y m)`` in ``m`` at ``m = knot / y``, which limit
+    its accuracy (``benchmarks/measure_sample_laws.py``)."""
     pw = source._piecewise_density()
-    if pw is None or source.symmetric:
+    if pw is None:
         return None
-    knots = np.unique(np.abs(pw[0]))
-    G = np.clip(source.cdf(knots) - source.cdf(-knots), 0.0, 1.0)   # P(|X| <= m) at the knots
+    knots = np.unique(np.abs(np.concatenate([pw[0], [0.0]])))   # |X| from 0, where the support holds 0
+    G_k = np.clip(source.cdf(knots) - source.cdf(-knots), 0.0, 1.0)   # P(|X| <= m) at the knots
     with np.errstate(divide="ignore"):
-        H = np.exp(B * np.log(G))   # P(M <= m)
-    m1, m2, G1, H1, H2 = knots[:-1], knots[1:], G[:-1], H[:-1], H[1:]
-    mid = 0.5 * (m1 + m2)
+        z_k = -np.log(-B * np.log(G_k))   # -inf at G = 0, +inf at G = 1
+    base = np.asarray(panels, dtype=np.float64)
+    cuts = z_k[(z_k > base[0]) & (z_k < base[-1])]
+    edges = np.unique(np.concatenate([base, cuts]))
+    a, b = edges[:-1], edges[1:]
+    # the panel each piece lies in, for its share of that panel's nodes
+    panel = np.clip(np.searchsorted(base, 0.5 * (a + b)) - 1, 0, base.size - 2)
+    density = (np.broadcast_to(nodes, (base.size - 1,)) / np.diff(base))[panel]
+    # twice the panel's density of nodes: a piece loses the whole panel's spectral accuracy
+    n = np.where(b - a <= _KNOT_NARROW, 2, np.maximum(_KNOT_GL, np.ceil(2 * density * (b - a)))).astype(int)
+    zs, ws = [], []
+    for k in np.unique(n):
+        x, w = (_GL_X, _GL_W) if k == _GL_N else np.polynomial.legendre.leggauss(k)
+        sel = n == k
+        zs.append((0.5 * (b - a)[sel, None] * x + 0.5 * (a + b)[sel, None]).ravel())
+        ws.append((0.5 * (b - a)[sel, None] * w).ravel())
+    z, wz = np.concatenate(zs), np.concatenate(ws)
+    ez = np.exp(-z)
+    omega = wz * ez * np.exp(-ez)   # Gumbel density × GL weight
+    G = np.exp(-ez / B)
+    seg = np.clip(np.searchsorted(z_k, z) - 1, 0, knots.size - 2)   # the knot segment of each node
+    m1, G1 = knots[seg], G_k[seg]
+    mid = 0.5 * (knots[seg] + knots[seg + 1])
     gp = source.pdf(mid)
     h = gp + source.pdf(-mid)
-    keep = h > 0
-    m1, m2, G1, H1, H2, gp, h = m1[keep], m2[keep], G1[keep], H1[keep], H2[keep], gp[keep], h[keep]
-    x, w = np.polynomial.legendre.leggauss(4)
-    u = 0.5 * (H2 - H1)[:, None] * x + 0.5 * (H1 + H2)[:, None]   # nodes in P(M <= m)
-    with np.errstate(divide="ignore"):
-        m = m1[:, None] + (np.exp(np.log(u) / B) - G1[:, None]) / h[:, None]
-    m = np.clip(m, m1[:, None], m2[:, None])
-    seg = 0.5 * (H2 - H1) * (m**weight_power @ w)
-    total = float(np.sum(seg))
-    return float(np.sum(seg * gp / h) / total) if total > 0 else None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # G - G1 = G1·expm1(log G - log G1): no cancellation where G is close to 1
+        dG = np.where(G1 > 0, G1 * np.expm1(-ez / B - np.log(G1)), G)
+        m = np.clip(m1 + dG / h, m1, knots[seg + 1])
+    keep = (h > 0) & (omega > 0)
+    omega = omega[keep] / np.sum(omega[keep])   # M's law has mass 1 (the rule holds it to 1e-12)
+    return m[keep], omega, G[keep], (gp / np.where(h > 0, h, 1.0))[keep]
 
 
 def _check_weight_power(weight_power: Any) -> int:

@@ -87,7 +87,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
-from .block import (_check_block_size, _check_weight_power, _GL_X, _GL_W,
+from .block import (_check_block_size, _check_weight_power, _GL_X, _GL_W, _knot_nodes,
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
@@ -515,7 +515,8 @@ class NestedMeasure(_Measure):
     block drawn uniformly from its 256-block (the block holding the maximum decodes exactly).
     ``E[S^j | M]`` is a midpoint rule on :data:`N_NESTED` equal-probability values of ``A``;
     the integral over ``M`` is Gauss-Legendre in the Gumbel variable of
-    :mod:`.block` on panels of width :data:`_NESTED_DZ`.
+    :mod:`.block` on panels of width :data:`_NESTED_DZ`, split at a sample source's knots
+    (:func:`~quantbook.derive.block._knot_nodes`).
     """
 
     def __init__(self, source: Source, block_size: int, rule: ScaleRule, weight_power: int) -> None:
@@ -526,22 +527,31 @@ class NestedMeasure(_Measure):
             raise ValueError(f"{source.spec}: nested statistics are modelled only for sources with a finite "
                              "variance")
         self.source, self.block_size, self.rule, self.weight_power = source, B, rule, int(weight_power)
-        fine = np.arange(-4.5, 12.0 + 1e-9, _NESTED_DZ)
-        zs, ws = [], []
-        for a, b, gl in [(a, b, 4) for a, b in zip(fine[:-1], fine[1:])] + [(12.0, 20.0, 32), (20.0, 30.0, 32),
-                                                                            (30.0, 45.0, 32)]:
-            x, w = np.polynomial.legendre.leggauss(gl) if gl != 32 else (_GL_X, _GL_W)
-            zs.append(0.5 * (b - a) * x + 0.5 * (a + b))
-            ws.append(0.5 * (b - a) * w)
-        z, wz = np.concatenate(zs), np.concatenate(ws)
-        ez = np.exp(-z)
-        omega = wz * ez * np.exp(-ez)  # P(M in the node's share): Gumbel density × GL weight
-        S = -np.expm1(-ez / B)
-        G = np.exp(-ez / B)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
-        keep = np.isfinite(m) & (m > 0) & (omega > 0)
-        m, omega, G = m[keep], omega[keep], G[keep]
+        panels = np.concatenate([np.arange(-4.5, 12.0 + 1e-9, _NESTED_DZ), [20.0, 30.0, 45.0]])
+        nodes = np.where(np.diff(panels) > 1.0, 32, 4)
+        knots = _knot_nodes(source, B, panels, nodes)   # a sample: the panels split at its knots
+        if knots is None:
+            zs, ws = [], []
+            for a, b, gl in zip(panels[:-1], panels[1:], nodes):
+                x, w = np.polynomial.legendre.leggauss(gl) if gl != 32 else (_GL_X, _GL_W)
+                zs.append(0.5 * (b - a) * x + 0.5 * (a + b))
+                ws.append(0.5 * (b - a) * w)
+            z, wz = np.concatenate(zs), np.concatenate(ws)
+            ez = np.exp(-z)
+            omega = wz * ez * np.exp(-ez)  # P(M in the node's share): Gumbel density × GL weight
+            S = -np.expm1(-ez / B)
+            G = np.exp(-ez / B)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
+            keep = np.isfinite(m) & (m > 0) & (omega > 0)
+            m, omega, G = m[keep], omega[keep], G[keep]
+            if source.symmetric:  # P(the extreme value is positive | M)
+                pplus = np.full(m.shape, 0.5)
+            else:
+                gp, h = source.pdf(m), source.pdf(m) + source.pdf(-m)
+                pplus = np.where(h > 0, gp / np.where(h > 0, h, 1.0), 0.5)
+        else:
+            m, omega, G, pplus = knots
         self.m = m
         self.offset = float(np.sum(omega * m) / np.sum(omega))
         alpha = self._deviation_nodes(B)
@@ -560,11 +570,6 @@ class NestedMeasure(_Measure):
             phi = {0: s1, 1: m, 2: m * s1}
         self._ck = {k: c * phi[k] / m**k for k in range(3)}
         self._cd = c * phi[0] * m
-        if source.symmetric:  # P(the extreme value is positive | M)
-            pplus = np.full(m.shape, 0.5)
-        else:
-            gp, h = source.pdf(m), source.pdf(m) + source.pdf(-m)
-            pplus = np.where(h > 0, gp / np.where(h > 0, h, 1.0), 0.5)
         wa = omega / B  # the node's value is the block's extreme one
         neg, pos = wa * (1 - pplus), wa * pplus
         self._extreme = (neg, pos)
