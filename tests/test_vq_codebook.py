@@ -76,6 +76,10 @@ def test_nearest_and_decode_reject_bad_input():
     for bad, frag in (([[np.nan, 0]], "NaN"), (np.zeros((2, 3)), "rows of 2"), ([["x", "y"]], "real")):
         with pytest.raises(VectorCodebookError, match=frag):
             cb.nearest(np.array(bad) if not isinstance(bad, list) or bad[0][0] != "x" else np.array(bad))
+    # every float64 distance to an infinite coordinate is inf: the "tie" would pick index 0 silently
+    for bad in ([[np.inf, 0]], [[0, -np.inf]]):
+        with pytest.raises(VectorCodebookError, match="Inf"):
+            cb.nearest(bad)
     with pytest.raises(VectorCodebookError, match=r"\[0, 1\]"):
         cb.decode([2])
     with pytest.raises(VectorCodebookError, match="integer"):

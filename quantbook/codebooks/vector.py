@@ -206,8 +206,8 @@ class VectorCodebook:
         if arr.ndim != 2 or arr.shape[1] != self.dim:
             raise VectorCodebookError(f"nearest needs rows of {self.dim} values (shape (M, {self.dim})), "
                                       f"got shape {arr.shape}")
-        if np.isnan(arr).any():
-            raise VectorCodebookError("nearest got NaN")
+        if not np.isfinite(arr).all():  # an infinite coordinate makes every distance inf: no nearest point
+            raise VectorCodebookError("nearest got NaN or Inf")
         return arr
 
     def nearest(self, v: Any) -> np.ndarray:
