@@ -71,6 +71,15 @@ def test_nearest_matches_a_loop_and_ties_go_to_the_lowest_index():
     np.testing.assert_array_equal(cb.decode(np.array([[1, 0]])), [[[1, 0], [-1, 0]]])
 
 
+def test_nearest_takes_16_bit_floats():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    cb = get_vector("higgs-2d-16")
+    v = np.random.default_rng(3).standard_normal((200, 2)).astype(np.float32)
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        low = v.astype(dt)
+        np.testing.assert_array_equal(cb.nearest(low), brute(cb.points, low.astype(np.float64)))
+
+
 def test_nearest_and_decode_reject_bad_input():
     cb = VectorCodebook("t", [[1, 0], [-1, 0]])
     for bad, frag in (([[np.nan, 0]], "NaN"), (np.zeros((2, 3)), "rows of 2"), ([["x", "y"]], "real")):

@@ -199,6 +199,8 @@ class VectorCodebook:
     # --------------------------------------------------------------- encoding
     def _rows(self, v: Any) -> np.ndarray:
         arr = np.asarray(v)
+        if arr.dtype.name == "bfloat16":  # ml_dtypes' type is no numpy floating subtype; widening is exact
+            arr = arr.astype(np.float32)
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise VectorCodebookError(f"nearest needs real numbers, got dtype {arr.dtype}")
         if arr.ndim == 1 and arr.shape[0] == self.dim:
