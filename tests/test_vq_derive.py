@@ -205,6 +205,21 @@ def test_helpers_check_their_arguments():
             call()
 
 
+def test_helpers_reject_non_finite_points_and_bad_seeds():
+    x = np.zeros((10, 2), np.float32)
+    for pts in ([[np.nan, 0.0], [1.0, 1.0]], [[np.inf, 0.0], [1.0, 1.0]], [[np.nan], [1.0]],
+                [[1.0, np.nan], [0.0, 0.0]]):
+        p = np.array(pts)
+        for call in (vq_mse, cell_stats, vector_errors):   # NaN points gave an MSE of 1.0, SE 0
+            with pytest.raises(ValueError, match="finite"):
+                call(p, x[:, :p.shape[1]])
+    with pytest.raises(ValueError, match=r"\(N, P\) array"):
+        vector_errors(np.array([0.0, 1.0]), x[:, :1])
+    for seed in (-1, 1.5, None):   # None drew an unseeded, unrepeatable sample
+        with pytest.raises(ValueError, match="seed"):
+            draw_vectors("normal", 2, 5, seed)
+
+
 def test_recipe_json_checks():
     with pytest.raises(RecipeError, match="vq"):
         VQRecipe.from_dict({"method": "lloyd"})

@@ -221,6 +221,7 @@ def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "non
         block_size = _posint("the block size", block_size, 2)
         if block_size % dim:
             raise ValueError(f"the dimension P={dim} must divide the block size {block_size}")
+    seed = _posint("seed", seed, 0)   # None would draw an unrepeatable sample
     src = parse_source(source)
     count = drawn_count(count, dim, scale, block_size)
     x = np.asarray(src.rvs(count * dim, random_state=np.random.default_rng(seed)), dtype=np.float64)
@@ -331,12 +332,23 @@ class _Sums1D:
         return sums, counts, cell_sse, sse, float("nan")  # the spread is not needed by Lloyd
 
 
+def _table(points: Any) -> np.ndarray:
+    """``points`` as a C-contiguous float64 (N, P) table, N, P >= 1, finite (a NaN point would
+    silently take no vectors, or all of them)."""
+    pts = np.ascontiguousarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] < 1:
+        raise ValueError(f"points must be an (N, P) array with N, P >= 1, got shape {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError("points must be finite")
+    return pts
+
+
 def vector_errors(points: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Squared distance (float64, (M,)) of every row of ``x`` to its nearest row of ``points``."""
     from .vq_kernels import assign
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    pts = np.ascontiguousarray(points, dtype=np.float64)
+    pts = _table(points)
     if x.ndim != 2 or x.shape[1] != pts.shape[1]:
         raise ValueError(f"need rows of {pts.shape[1]} values, got shape {x.shape}")
     if not np.isfinite(x).all():
@@ -377,9 +389,7 @@ def cell_stats(points: np.ndarray, x: np.ndarray) -> CellStats:
     """Per-cell counts, centroids and spreads of the rows of ``x`` (float32, (M, P)) under the
     nearest-point partition of ``points``, with the mean squared error per dimension."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] < 1:
-        raise ValueError(f"points must be an (N, P) array with N, P >= 1, got shape {pts.shape}")
+    pts = _table(points)
     if x.ndim != 2 or x.shape[1] != pts.shape[1] or x.shape[0] < 2:
         raise ValueError(f"need at least two rows of {pts.shape[1]} values, got shape {x.shape}")
     if not np.isfinite(x).all():
