@@ -155,8 +155,10 @@ def run(args, path: str, model, text: str, codebooks, backend: str, name: str, l
     print(f"{'row':<24} {'quantize s':>10} {'forward s':>10} {'tokens/s':>9} {'total s':>8}")
     fwd = iter(timings["forward"])
     for label in report.labels:
-        total = report.rows[label]["seconds"]
-        f = timings["reference"][0] if label == report.labels[0] else next(fwd)
+        if label == report.labels[0]:   # its seconds include the untimed warm-up passes, not quantizing
+            f = total = timings["reference"][0]
+        else:
+            f, total = next(fwd), report.rows[label]["seconds"]
         print(f"{label:<24} {total - f:>10.2f} {f:>10.2f} {scored / f:>9.1f} {total:>8.2f}")
 
 

