@@ -240,6 +240,19 @@ def test_gpt2_style_models_are_named_causal_and_their_conv1d_said():
         select_linears(transformers.GPT2LMHeadModel(config))
 
 
+def test_a_glob_naming_only_the_tied_output_head_says_it_is_tied():
+    """SmolLM2's lm_head is its input embedding: it stays unquantized, and --tensors naming it
+    alone says so rather than that nothing matched."""
+    transformers = _transformers()
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert "lm_head.weight" not in dict(select_linears(model, "*"))
+    with pytest.raises(ValueError, match=r"by lm_head\.weight \(lm_head\.weight is the input embedding, tied"):
+        select_linears(model, "lm_head.weight")
+
+
 def test_a_tokenizer_without_its_vocabulary_is_refused(tmp_path):
     """A vocab file of five tokens next to a model of 30522: transformers builds that tokenizer,
     and every word would be the unknown token (with no error but wrong numbers)."""

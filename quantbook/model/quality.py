@@ -262,12 +262,15 @@ def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tupl
     globs = split_globs(globs)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = emb.weight if emb is not None else None
-    out = []
+    out, tied_names = [], []
     for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear) or mod.weight is tied:
+        if not isinstance(mod, torch.nn.Linear):
             continue
         wname = f"{name}.weight"
         if globs and not any(fnmatchcase(wname, g) for g in globs):
+            continue
+        if mod.weight is tied:
+            tied_names.append(wname)
             continue
         out.append((wname, mod))
     if not out:
@@ -275,7 +278,9 @@ def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tupl
         if conv1d and not globs:
             raise ValueError(f"no nn.Linear weights: this model's projections are transformers' Conv1D (GPT-2 "
                              f"style, e.g. {conv1d[0]}), which are not quantized here")
-        raise ValueError("no linear weights selected" + (f" by {','.join(globs)}" if globs else ""))
+        # a glob naming only the tied head matched it: say why it is not quantized
+        why = f" ({tied_names[0]} is the input embedding, tied, and stays unquantized)" if tied_names else ""
+        raise ValueError("no linear weights selected" + (f" by {','.join(globs)}" if globs else "") + why)
     return out
 
 
