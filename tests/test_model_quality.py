@@ -354,6 +354,28 @@ def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task
     assert (nf4 < nf2) if task == "lm" else (nf4 > nf2)   # the measure is not blind to the code
 
 
+@pytest.mark.parametrize("task", ["lm", "embed"])
+def test_a_model_passed_in_training_mode_is_measured_without_dropout(tmp_path, task):
+    """A model built or fine-tuned in this process may come in training mode; its dropout
+    (BERT's 0.1; set for the Llama too) would be measured as quantization loss.  The report
+    is the eval-mode one, and each module's mode is put back."""
+    model, tok, text = _tiny_model(task, tmp_path)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.1
+        elif isinstance(getattr(m, "attention_dropout", None), float):   # Llama's attention
+            m.attention_dropout = 0.1
+    kw = dict(task=task, text=text, tokens=256, context=64, model=(model, tok), device="cpu")
+    want = evaluate_quality("tiny", resolve_codebooks("nf8", 64), **kw).rows["nf8"]
+    model.train()
+    model.get_input_embeddings().eval()
+    got = evaluate_quality("tiny", resolve_codebooks("nf8", 64), **kw).rows["nf8"]
+    for key in ("perplexity", "kl_mean", "cosine_mean"):
+        if key in want:
+            assert got[key] == want[key], key
+    assert model.training and not model.get_input_embeddings().training
+
+
 def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, tmp_path):
     """--task lm with the gpu backend, on the stand-in CuPy (the CUDA kernels emulated on the
     CPU; its "device" arrays live in host memory, which DLPack hands to a model on the CPU as

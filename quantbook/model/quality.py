@@ -762,6 +762,19 @@ def _db(v: float) -> str:
     return "inf" if v == math.inf else f"{v:.3f}"
 
 
+@contextmanager
+def _eval_mode(model):
+    """``model`` in eval mode (a model passed in training mode would measure its dropout's
+    noise), put back in the mode it was in."""
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in was:
+            m.training = training
+
+
 def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any]], task: str = "lm",
                      text: str = "", tokens: int = 1024, context: int = 256, block_size: int = 64,
                      nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
@@ -771,11 +784,11 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     """Measure ``task`` on the unquantized model, then with every codebook × rotation.
 
     ``codebooks``: ``(label, Codebook)`` pairs; ``rotations``: :func:`parse_rotations`
-    spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (its weights are
-    restored on return), else ``path`` is loaded; ``device``: where the model runs
-    (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``); ``backend``: what
-    quantizes the weights, from their host copy (``"gpu"``: on the GPU, the same bytes;
-    ``"auto"``: the GPU when one is usable, else the host's best;
+    spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (measured in eval mode;
+    its weights and its modules' modes are restored on return), else ``path`` is loaded;
+    ``device``: where the model runs (:func:`resolve_device`: ``"auto"``, ``"cpu"``,
+    ``"cuda[:N]"``); ``backend``: what quantizes the weights, from their host copy (``"gpu"``:
+    on the GPU, the same bytes; ``"auto"``: the GPU when one is usable, else the host's best;
     :func:`~quantbook.model.evaluate.check_backend`).  Labels are ``LABEL`` and
     ``LABEL+hadamard[:N]``.
     ``scale``/``qmax``: the scale rule (:func:`quantbook.model.evaluate.resolve_scale`),
@@ -803,7 +816,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     measure = task_cls(model, tokenizer, text, tokens, context)
     linears = select_linears(model, tensors)
     rows = [(label, cb, rot) for rot in rotations for label, cb in codebooks]
-    with WeightSwap(linears) as swap:
+    with WeightSwap(linears) as swap, _eval_mode(model):
         for rot in rotations:
             for _, cb in codebooks:
                 swap.check(block_size, rot, cb, vq)
