@@ -669,3 +669,18 @@ def test_a_codebook_wider_than_a_byte_is_refused_before_any_tensor(tmp_path):
     wide = Codebook(levels=np.linspace(-1, 1, 300), bits=9)
     with pytest.raises(ValueError, match=r"codebook 'wide' has 9 bits: bits must be an integer from 1 to 8"):
         evaluate_model(str(path), [("wide", wide)])
+
+
+def test_the_refusal_of_a_gguf_file_names_a_function_that_exists():
+    """evaluate_model reads safetensors only; its refusal of a .gguf file points to the function
+    that measures the outputs instead, by a dotted name that must import."""
+    import importlib
+    import re
+
+    from quantbook.model import evaluate_model
+
+    with pytest.raises(ValueError, match="--task lm") as exc:
+        evaluate_model("model.gguf", [("nf4", resolve_codebook("nf4"))])
+    dotted = re.search(r"\((quantbook\.[\w.]+)\)", str(exc.value)).group(1)
+    module, name = dotted.rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), name, None)), dotted

@@ -575,7 +575,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     """
     if str(path).lower().endswith(".gguf"):
         raise ValueError(f"{path}: a GGUF model's weights are not read here (safetensors only); measure what its "
-                         "outputs lose instead: --task lm (quantbook.model.evaluate_quality)")
+                         "outputs lose instead: --task lm (quantbook.model.quality.evaluate_quality)")
     f = open_safetensors(path)  # the header is parsed once, whatever the number of tensors
     infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
