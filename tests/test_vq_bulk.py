@@ -409,6 +409,26 @@ def test_vector_codebook_objects_are_accepted():
     np.testing.assert_array_equal(idx.reshape(-1), cb.nearest(v.reshape(-1, 2)))
 
 
+def test_vector_codebook_names_and_files_are_accepted(tmp_path):
+    """As quantize() takes a scalar code's name: a registry name or a FILE.json, read by
+    naming.resolve_vector; an unknown name is its one-line error."""
+    from quantbook.codebooks.vector import VectorCodebook
+    from quantbook.naming import UnknownCodebookError, resolve_vector
+
+    x = _rng(15).standard_normal((2, 64)).astype(np.float32)
+    want = quantize_vq(x, resolve_vector("higgs-2d-64"), group=32, backend="numpy")
+    got = quantize_vq(x, "higgs-2d-64", group=32, backend="numpy")
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1].codebook == "higgs-2d-64"
+    path = tmp_path / "grid.json"
+    path.write_text(VectorCodebook("mine", gaussian_grid(16, 2)).to_json())
+    idx, st = quantize_vq(x, str(path), group=32, backend="numpy")
+    assert st.codebook == "mine"
+    np.testing.assert_array_equal(idx, quantize_vq(x, gaussian_grid(16, 2), group=32, backend="numpy")[0])
+    with pytest.raises(UnknownCodebookError, match="unknown vector codebook"):
+        quantize_vq(x, "higgs-2d-65")
+
+
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(group=15), "not a multiple of the codebook's dimension P = 2"),
     (dict(group=48), "does not divide the last dimension 64"),

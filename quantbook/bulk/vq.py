@@ -20,6 +20,7 @@ else numpy; for device arrays, the first usable ``device`` backend (gpu).
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache, partial
 from typing import Any, Callable, ClassVar
@@ -491,8 +492,12 @@ def _pick_backend(name: Any, device: bool = False) -> VQBackend:
 
 
 def as_points(codebook: Any) -> tuple[str, np.ndarray]:
-    """``(name, points)`` of a vector codebook: anything with ``.points`` (and ``.name``), or an
+    """``(name, points)`` of a vector codebook: a name or ``FILE.json``
+    (:func:`quantbook.naming.resolve_vector`), anything with ``.points`` (and ``.name``), or an
     (N, P) array; the points as a C-contiguous float32 (N, P) table, checked."""
+    if isinstance(codebook, (str, os.PathLike)):   # as quantize() takes a scalar code's name
+        from ..naming import resolve_vector
+        codebook = resolve_vector(os.fspath(codebook))
     name = str(getattr(codebook, "name", "custom"))
     pts = getattr(codebook, "points", codebook)
     a = host_array(pts)
@@ -554,8 +559,9 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     ``x``: float32, float16 or bfloat16, any shape; groups and vectors run along the last
     axis.  A device array (CuPy, a torch CUDA tensor) goes to a GPU backend (``"auto"`` or
     ``"gpu"``) and its indices stay on the device; the state is on the host.
-    ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, anything with
-    ``.points``, or an (N, P) array.  ``group``: weights per scale, a multiple of P dividing
+    ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, its name or
+    ``FILE.json`` (:func:`quantbook.naming.resolve_vector`), anything with ``.points``, or an
+    (N, P) array.  ``group``: weights per scale, a multiple of P dividing
     the last dimension.  ``scale``: ``"rms"`` or ``"absmax"``; ``scale_dtype``: how the scale is
     stored (``"float16"``, HIGGS's 16 bits, or ``"float32"``).  ``rotate``: ``"hadamard"``,
     ``"hadamard:N"`` or None.  ``backend``: ``"auto"``, ``"numpy"``, ``"cpu"`` or ``"gpu"``.
