@@ -10,8 +10,10 @@ both uniformly, before any thread leaves).  float16 conversions use the compiler
 ``_Float16`` (round to nearest even), bfloat16 the kernels' integer path for pre-sm_80 GPUs.
 
 This checks the kernels' logic — indexing, reductions, tails, partial blocks, packing and
-every float32 operation — against the numpy reference without a device.  It does not check
-what only hardware shows (real warp lock-step, alignment faults, launch limits, speed).
+every float32 operation — against the numpy reference without a device, and that no access
+is misaligned for its type (``uint4`` and ``float4`` 16 bytes, as CUDA's; a GPU faults on
+one: the launch raises).  It does not check what only hardware shows (real warp lock-step,
+launch limits, speed) nor the code under ``__CUDA_ARCH__`` (inline PTX).
 Slow: meant for a few thousand elements.
 """
 
@@ -59,10 +61,21 @@ _SHIM = r"""
 struct qb_dim3 { unsigned x, y, z; };
 static qb_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-struct uint2 { unsigned x, y; };
-struct uint4 { unsigned x, y, z, w; };
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };
+/* aligned as CUDA's: a vector access through a misaligned pointer faults on a GPU, and here
+   the alignment sanitizer reports it (qb_misaligned, below) */
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+extern "C" {
+int qb_misaligned = 0;
+unsigned long long qb_misaligned_at = 0;
+/* the handler -fsanitize=alignment calls (recoverable): noted, and the launcher raises */
+void __ubsan_handle_type_mismatch_v1(void*, void* ptr) {
+    if (!qb_misaligned) qb_misaligned_at = (unsigned long long)ptr;
+    qb_misaligned = 1;
+}
+}
 static inline uint2 make_uint2(unsigned a, unsigned b) { uint2 r{a, b}; return r; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { uint4 r{a, b, c, d}; return r; }
 
@@ -148,6 +161,7 @@ static void qb_run_grid(unsigned grid, unsigned block, const std::function<void(
     blockDim = qb_dim3{block, 1, 1}; gridDim = qb_dim3{grid, 1, 1};
     qb_body = &body;
     qb_barrier_mismatch = 0;
+    qb_misaligned = 0;
     while (qb_stacks.size() < block) qb_stacks.push_back(static_cast<char*>(std::malloc(QB_STACK)));
     if (qb_nfibers < block) {   /* never moved once made: a ucontext points into itself */
         delete[] qb_fibers;
@@ -249,9 +263,13 @@ def _ptr(a: np.ndarray):
 
 
 def _check_barriers(lib, name: str) -> None:
-    """A kernel whose threads pass different numbers of barriers would hang a GPU."""
+    """A kernel whose threads pass different numbers of barriers would hang a GPU; one that
+    accesses memory through a misaligned pointer would fault there."""
     if ctypes.c_int.in_dll(lib, "qb_barrier_mismatch").value:
         raise RuntimeError(f"{name}: the threads of a block passed different numbers of barriers")
+    if ctypes.c_int.in_dll(lib, "qb_misaligned").value:
+        at = ctypes.c_ulonglong.in_dll(lib, "qb_misaligned_at").value
+        raise RuntimeError(f"{name}: misaligned memory access at {at:#x}")
 
 
 class Emulator:
@@ -290,8 +308,9 @@ def _build_library(src: str, stem: str) -> Path:
     cxx = _compiler()
     if cxx is None:
         raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
-    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
-             "-w"]
+    # the alignment checks call the shim's handler; linked without the sanitizer's runtime
+    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-w",
+             "-fsanitize=alignment", "-fsanitize-recover=alignment"]
     h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
     lib = cache_dir() / f"{stem}_{h}.so"
     if not lib.exists():
@@ -299,9 +318,10 @@ def _build_library(src: str, stem: str) -> Path:
         with tempfile.TemporaryDirectory() as td:
             cpp = Path(td) / "emu.cpp"
             cpp.write_text(src)
-            tmp = Path(td) / "emu.so"
-            r = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp)], capture_output=True,
-                               text=True)
+            obj, tmp = Path(td) / "emu.o", Path(td) / "emu.so"
+            r = subprocess.run([cxx, *flags, "-c", str(cpp), "-o", str(obj)], capture_output=True, text=True)
+            if r.returncode == 0:
+                r = subprocess.run([cxx, "-shared", str(obj), "-o", str(tmp)], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"building the host emulation failed:\n{r.stderr[-4000:]}")
             part = lib.with_suffix(f".tmp{os.getpid()}")

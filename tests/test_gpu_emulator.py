@@ -35,6 +35,14 @@ __global__ void toy_early_exit(const float* x, float* out, int n) {
     __syncthreads();
     out[e] = x[e];
 }
+/* a 16-byte load a thread: x must be 16-byte aligned, as on a GPU */
+__global__ void toy_vector_load(const float* x, float* out) {
+    const uint4 r = reinterpret_cast<const uint4*>(x)[threadIdx.x];
+    out[threadIdx.x] = __uint_as_float(r.y);
+}
+extern "C" void emu_toy_vector_load(unsigned grid, unsigned block, const float* x, float* o) {
+    qb_run_grid(grid, block, [&] { toy_vector_load(x, o); });
+}
 extern "C" void emu_toy_broadcast(unsigned grid, unsigned block, const float* x, float* o, int sync) {
     if (sync) qb_run_grid(grid, block, [&] { toy_broadcast<true>(x, o); });
     else qb_run_grid(grid, block, [&] { toy_broadcast<false>(x, o); });
@@ -95,3 +103,16 @@ def test_threads_that_pass_different_numbers_of_barriers_fail(toys):
         toys("toy_early_exit", 1, 256, x, out, 200)
     toys("toy_early_exit", 1, 256, x, out, 256)   # all threads pass it: no error
     assert np.array_equal(out, x)
+
+
+def test_a_misaligned_vector_access_is_an_error(toys):
+    """A 16-byte load through a pointer that is not 16-byte aligned faults on a GPU; here the
+    launch raises (on the CPU the load would just work), so a host side that asks for the
+    vector path on an offset array shows up."""
+    x = np.arange(4 * 32 + 4, dtype=np.float32)
+    out = np.full(32, np.nan, np.float32)
+    start = (-x.ctypes.data % 16) // 4           # the first 16-byte aligned element
+    toys("toy_vector_load", 1, 32, x[start:], out)
+    assert np.array_equal(out, x[start + 1:start + 4 * 32:4])
+    with pytest.raises(RuntimeError, match="misaligned"):
+        toys("toy_vector_load", 1, 32, x[start + 1:], out)
