@@ -107,11 +107,14 @@ static inline unsigned short qb_host_f32_to_f16(float f) { _Float16 v = (_Float1
 
 /* The threads of a block are fibers (ucontext) on one OS thread; a barrier hands control
    back to the scheduler, which runs every live fiber up to its next barrier before any
-   passes it.  Fibers run in descending thread order: a read that lacks its barrier then
-   tends to see an unwritten value (thread 0 writes last).  All threads must pass the same
-   number of barriers; a block where some finish while others still wait sets
-   qb_barrier_mismatch (the launcher raises). */
-struct QbFiber { ucontext_t ctx; unsigned t, b; bool done; };
+   passes it.  A shuffle is a barrier of the warp only: the scheduler runs one warp at a
+   time, from the last, on through its shuffles up to its next CTA barrier, so a warp
+   reads shared memory the warps after it may have written again since (as on a GPU,
+   where warps meet only at barriers).  Fibers run in descending thread order: a read that
+   lacks its barrier then tends to see an unwritten value (thread 0 writes last).  All
+   threads must pass the same barriers; a block where some finish or reach a CTA barrier
+   while others still wait sets qb_barrier_mismatch (the launcher raises). */
+struct QbFiber { ucontext_t ctx; unsigned t, b; bool done, at_warp; };
 static ucontext_t qb_sched;
 static QbFiber* qb_fibers = nullptr;
 static unsigned qb_nfibers = 0;
@@ -121,16 +124,19 @@ static const std::function<void()>* qb_body = nullptr;
 extern "C" { int qb_barrier_mismatch = 0; }
 static const size_t QB_STACK = 1u << 18;
 
-struct QbBarrier { void wait() { swapcontext(&qb_cur->ctx, &qb_sched); } };
+struct QbBarrier {
+    void wait() { qb_cur->at_warp = false; swapcontext(&qb_cur->ctx, &qb_sched); }
+    void warp_wait() { qb_cur->at_warp = true; swapcontext(&qb_cur->ctx, &qb_sched); }
+};
 static QbBarrier qb_bar;
 static float qb_shfl_slot[1024];
 static inline void __syncthreads() { qb_bar.wait(); }
 static inline float __shfl_xor_sync(unsigned, float v, int off) {
     const unsigned t = threadIdx.x;
     qb_shfl_slot[t] = v;
-    qb_bar.wait();
+    qb_bar.warp_wait();
     const float r = qb_shfl_slot[(t & ~31u) | ((t & 31u) ^ (unsigned)off)];
-    qb_bar.wait();
+    qb_bar.warp_wait();
     return r;
 }
 static inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int off) {
@@ -170,7 +176,7 @@ static void qb_run_grid(unsigned grid, unsigned block, const std::function<void(
     }
     for (unsigned t = 0; t < block; ++t) {
         QbFiber& f = qb_fibers[t];
-        f.t = t; f.b = 0; f.done = false;
+        f.t = t; f.b = 0; f.done = false; f.at_warp = false;
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = qb_stacks[t];
         f.ctx.uc_stack.ss_size = QB_STACK;
@@ -179,14 +185,25 @@ static void qb_run_grid(unsigned grid, unsigned block, const std::function<void(
     }
     for (;;) {
         unsigned waiting = 0, finished = 0;
-        for (unsigned k = block; k-- > 0;) {
-            QbFiber& f = qb_fibers[k];
-            if (f.done) continue;
-            qb_cur = &f;
-            threadIdx = qb_dim3{f.t, 0, 0};
-            blockIdx = qb_dim3{f.b, 0, 0};
-            swapcontext(&qb_sched, &f.ctx);
-            if (f.done) ++finished; else ++waiting;
+        for (unsigned w = (block + 31) / 32; w-- > 0;) {
+            for (;;) {   /* the warp, round after round while its threads meet at shuffles */
+                unsigned at_warp = 0, at_cta = 0, ended = 0;
+                for (unsigned k = min(block, 32 * w + 32); k-- > 32 * w;) {
+                    QbFiber& f = qb_fibers[k];
+                    if (f.done) continue;
+                    qb_cur = &f;
+                    threadIdx = qb_dim3{f.t, 0, 0};
+                    blockIdx = qb_dim3{f.b, 0, 0};
+                    swapcontext(&qb_sched, &f.ctx);
+                    if (f.done) ++ended; else if (f.at_warp) ++at_warp; else ++at_cta;
+                }
+                finished += ended;
+                if (!at_warp) { waiting += at_cta; break; }
+                if (at_cta || ended) {   /* a shuffle some lanes of the warp never reach */
+                    qb_barrier_mismatch = 1;
+                    return;
+                }
+            }
         }
         if (!waiting) break;
         if (finished) {   /* the rest wait at a barrier no other thread reaches */
@@ -457,9 +474,9 @@ template <typename U> static inline U __shfl_xor_sync(unsigned, U v, int off) {
     unsigned u;
     std::memcpy(&u, &v, 4);
     qbs_shfl_slot[t] = u;
-    qb_bar.wait();
+    qb_bar.warp_wait();
     u = qbs_shfl_slot[(t & ~31u) | ((t & 31u) ^ (unsigned)off)];
-    qb_bar.wait();
+    qb_bar.warp_wait();
     std::memcpy(&v, &u, 4);
     return v;
 }

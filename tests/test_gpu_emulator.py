@@ -35,6 +35,25 @@ __global__ void toy_early_exit(const float* x, float* out, int n) {
     __syncthreads();
     out[e] = x[e];
 }
+/* each warp publishes a shuffled value, and every thread reads the next warp's, twice;
+   without SYNC2 nothing keeps a warp's second write after the other warps' first reads */
+template <bool SYNC2>
+__global__ void toy_two_rounds(const float* x, float* out) {
+    __shared__ float s[32];
+    const unsigned w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (unsigned r = 0; r < 2; ++r) {
+        float a = x[r * blockDim.x + threadIdx.x];
+        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        if ((threadIdx.x & 31) == 0) s[w] = a;
+        __syncthreads();
+        out[r * blockDim.x + threadIdx.x] = s[(w + 1) % nw];
+        if (SYNC2) __syncthreads();
+    }
+}
+extern "C" void emu_toy_two_rounds(unsigned grid, unsigned block, const float* x, float* o, int sync) {
+    if (sync) qb_run_grid(grid, block, [&] { toy_two_rounds<true>(x, o); });
+    else qb_run_grid(grid, block, [&] { toy_two_rounds<false>(x, o); });
+}
 /* a 16-byte load a thread: x must be 16-byte aligned, as on a GPU */
 __global__ void toy_vector_load(const float* x, float* out) {
     const uint4 r = reinterpret_cast<const uint4*>(x)[threadIdx.x];
@@ -103,6 +122,21 @@ def test_threads_that_pass_different_numbers_of_barriers_fail(toys):
         toys("toy_early_exit", 1, 256, x, out, 200)
     toys("toy_early_exit", 1, 256, x, out, 256)   # all threads pass it: no error
     assert np.array_equal(out, x)
+
+
+def test_warps_meet_only_at_barriers(toys):
+    """A shuffle waits for its own warp only: a warp goes on to its next write while the
+    warps before it have not yet read the last value (a race on a GPU, where warps meet only
+    at barriers), so the missing second barrier shows up; were a shuffle a barrier of the
+    whole block, the race would stay hidden."""
+    x = np.arange(2 * 128, dtype=np.float32) % 97
+    pairs = (x[0::2] + x[1::2]).reshape(2, 4, 16)[:, :, 0]        # lane 0's value a warp and round
+    want = np.repeat(np.roll(pairs, -1, axis=1), 32, axis=1).reshape(-1)
+    out = np.full_like(x, np.nan)
+    toys("toy_two_rounds", 1, 128, x, out, 1)
+    assert np.array_equal(out, want)
+    toys("toy_two_rounds", 1, 128, x, out, 0)
+    assert not np.array_equal(out, want)
 
 
 def test_a_misaligned_vector_access_is_an_error(toys):
