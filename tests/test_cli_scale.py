@@ -207,3 +207,22 @@ def test_block_size_has_its_short_flag_and_nested_names_no_qmax(capsys):
     assert d["codebook"] == "lloyd-l2-128"
     # nested statistics keep bitsandbytes' 1-8 bit codes: a 5-bit derivation under them is fine
     assert run_json(capsys, "derive", "lloyd", "--bits", "5", "--scale", "nested", "--json")["bits"] == 5
+
+
+@pytest.mark.parametrize("argv", [("plot-sweep",), ("export",), ("derive", "lloyd"), ("evaluate",),
+                                  ("evaluate-model",)])
+def test_scale_help_lists_the_registered_families(capsys, argv):
+    """Every command's --scale help names the scaled layouts' families from the registry
+    (scales.rule_spellings), so a new rule cannot be left out of one; the four commands take
+    all of these (fouroversix was missing from three)."""
+    from quantbook.scales import rule_names, rule_spellings
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for family in ("e4m3", "e8m0[:floor|ceil|even|rceil]", "fouroversix[:6|4]", "float16", "bfloat16"):
+        assert family in text, (argv, family)
+    listed = rule_spellings()
+    for name in rule_names():
+        family, _, arg = name.partition(":")
+        assert family in listed and (not arg or arg in listed), name

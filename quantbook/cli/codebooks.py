@@ -113,6 +113,8 @@ def _cmd_export(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..scales import rule_spellings   # the rules' one list, for the help texts
+
     from ..export import FORMATS
 
     s = sub.add_parser("list", help="published codebooks with a one-line source")
@@ -140,8 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the codebook name with non-identifier characters replaced by '_'")
     s.add_argument("--scale", metavar="RULE",
                    help="c, cuda: describe the scaled layout of this block scale rule in the header (rule, block "
-                        "size, qmax, scale bytes, rescaled table): e4m3 (NVFP4), e8m0[:floor|ceil|even|rceil] "
-                        "(MXFP4), float16, bfloat16 (docs/scales.md)")
+                        f"size, qmax, scale bytes, rescaled table): {rule_spellings(lambda r: r.layout == 'scaled')} "
+                        "(docs/scales.md)")
     s.add_argument("--block-size", "-B", type=int_in(1, 2**31 - 1), default=None,
                    help="with --scale: block size of the layout (default 64); also the B of a lloyd-... spelling")
     s.add_argument("--qmax", type=float, default=None,

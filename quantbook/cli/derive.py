@@ -242,14 +242,16 @@ def _cmd_evaluate(args) -> int:
 
 # Defaults are left to the library (see _given); the help texts only say what they are.
 def _add_block_arguments(s: argparse.ArgumentParser) -> None:
+    from ..scales import rule_spellings   # the rules' one list, for the help texts
+
     s.add_argument("--block-size", "-B", type=integer, help="B (default 64)")
     s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
     s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--scale", metavar="RULE",
-                   help="block scale rule of the scaled layout: e4m3 (NVFP4), fouroversix:6|4 (Four Over Six's "
-                        "NVFP4 candidates), e8m0[:floor|ceil|even|rceil] (MXFP4), float16, bfloat16, nested; for "
-                        "derive lloyd and evaluate also search:4over6|fouroversix|ggml|ggml-ref|"
-                        "BASE@F1,F2, on a seeded sample (default: exact float32 absmax; docs/scales.md)")
+                   help="block scale rule: "
+                        f"{rule_spellings(lambda r: r.deterministic or r.encodes_with_amax)}; for derive lloyd "
+                        f"and evaluate also {rule_spellings(lambda r: not (r.deterministic or r.encodes_with_amax))}"
+                        ", on a seeded sample (default: exact float32 absmax; docs/scales.md)")
     s.add_argument("--qmax", type=_positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.add_argument("--tensor-size", type=integer, dest="tensor_size",

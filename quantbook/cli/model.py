@@ -163,6 +163,8 @@ def _cmd_model_quality(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..scales import rule_spellings   # the rules' one list, for the help texts
+
     s = sub.add_parser(
         "evaluate-model", help="quantization error of a .safetensors model's weights, per codebook",
         description="Quantize every floating tensor of FILE (one at a time) with each codebook through the "
@@ -179,12 +181,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block size of the scalar codebooks, power of 2 (default 64)")
     s.add_argument("--nested", action="store_true", help="double-quantize the absmax statistics (bnb nested)")
     s.add_argument("--scale", default=None, metavar="RULE",
-                   help="block scale rule (docs/scales.md): float32 (default, bitsandbytes' absmax), nested "
-                        "(= --nested), or a scaled layout for codebooks of at most 16 entries: e4m3 (NVFP4 "
-                        "with -B 16), e8m0[:floor|ceil|even|rceil] (MXFP4 with -B 32), float16, bfloat16, "
-                        "search:4over6, search:fouroversix (Four Over Six's package's scales), "
-                        "search:ggml (llama.cpp's IQ4_NL quantizer; with iq4_nl and --qmax 127 "
-                        "bit for bit ggml's) ...")
+                   help=f"block scale rule (docs/scales.md): {rule_spellings()}. The default is float32; "
+                        "nested is --nested; the others store the scaled layouts, for codebooks of at most 16 "
+                        "entries (NVFP4 with -B 16, MXFP4 with -B 32); search:ggml with iq4_nl and --qmax 127 is "
+                        "llama.cpp's IQ4_NL quantizer, bit for bit")
     s.add_argument("--qmax", type=_positive_float, default=None, metavar="Q",
                    help="scaled layouts: the largest code magnitude each block's maximum maps to (default 6, E2M1's)")
     s.add_argument("--tensors", default=None, metavar="GLOBS",

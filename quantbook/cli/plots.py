@@ -113,6 +113,8 @@ def _cmd_plot_sweep(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..scales import rule_spellings   # the rules' one list, for the help texts
+
     norms = ("absmax", "signed-absmax")
     s = sub.add_parser("plot", help="draw codebook levels over the block-B density (PNG, PDF, SVG ...)",
                        description="Draw each codebook's levels beneath the density of one normalised value "
@@ -139,9 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--domain", choices=("weight", "normalized"), default="weight",
                    help="errors of the weights in units of sigma (default) or of y = x/absmax")
     s.add_argument("--scale", metavar="RULE",
-                   help="evaluate every codebook in this block scale rule's scaled layout: e4m3 (NVFP4), "
-                        "e8m0[:floor|ceil|even|rceil] (MXFP4), float16, bfloat16 (default: exact float32 absmax; "
-                        "docs/scales.md)")
+                   help="evaluate every codebook in this block scale rule's scaled layout: "
+                        f"{rule_spellings(lambda r: r.layout == 'scaled' and r.deterministic)} "
+                        "(default: exact float32 absmax; docs/scales.md)")
     s.add_argument("--qmax", type=float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     add_json_flag(s)

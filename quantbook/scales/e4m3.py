@@ -84,6 +84,7 @@ def e4m3_grid() -> np.ndarray:
 
 class E4M3Scale(ScaleRule, family="e4m3"):
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
+    summary = "NVFP4"
 
     def tensor_scale(self, global_amax, qmax):
         g = _F(global_amax)

@@ -36,6 +36,7 @@ class Float32Scale(ScaleRule, family="float32"):
 
     layout = "bnb"
     stored_dtype, stored_bytes = "float32", 4
+    summary = "bitsandbytes' absmax"
 
     def _encode(self, amax, qmax, tensor_scale):
         return _ratio(amax, qmax)

@@ -59,6 +59,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
     tensor_value = "float32 tensor absolute maximum"
     fixed_qmax = _QMAX
+    summary = "Four Over Six's NVFP4 scales"
 
     def __init__(self, target: str = "6") -> None:
         if target not in FOS_TARGETS:

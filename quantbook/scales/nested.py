@@ -86,6 +86,7 @@ class NestedScale(ScaleRule, family="nested"):
     deterministic = False
     encodes_with_amax = True
     layout = "bnb"
+    summary = "bitsandbytes' nested statistics"
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4  # + the offset
 
     def codes(self, deviation: np.ndarray, nested_absmax: np.ndarray) -> np.ndarray:

@@ -30,17 +30,12 @@ import numpy as np
 
 from ..numerics.reals import real_array
 
-__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "check_qmax", "check_scaled_only", "SCALED_BITS",
-           "check_scaled_bits", "scaled_peak"]
+__all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
+           "SCALED_BITS", "check_scaled_bits", "scaled_peak"]
 
 #: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
 #: qmax of quantize, the derivations and the command line
 DEFAULT_QMAX = 6.0
-
-#: the end of the message for layout options (qmax, a tensor maximum or size) given without a
-#: rule of the scaled layouts
-_SCALED_ONLY = ("only with a rule of the scaled layouts (e4m3, e8m0:MODE, float16, bfloat16, search:...); "
-                "float32 and nested keep bitsandbytes' exact absmax")
 
 _F = np.float32
 
@@ -92,6 +87,8 @@ class ScaleRule:
     #: the only ``qmax`` a rule takes whose arithmetic is written for one element format
     #: (None: any)
     fixed_qmax: ClassVar[float | None] = None
+    #: what the family is, where rules are listed (help texts): ``"MXFP4"``
+    summary: ClassVar[str] = ""
 
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -236,7 +233,8 @@ def check_scaled_only(rule: "ScaleRule | None", **given: bool) -> None:
     if named:
         verb = "applies" if len(named) == 1 else "apply"
         raise ValueError(f"{', '.join(named[:-1]) + ' and ' if len(named) > 1 else ''}{named[-1]} {verb} "
-                         f"{_SCALED_ONLY}")
+                         f"only with a rule of the scaled layouts ({rule_spellings(lambda r: r.layout == 'scaled')});"
+                         " float32 and nested keep bitsandbytes' exact absmax")
 
 
 #: the scaled layouts store 4-bit codes
@@ -298,3 +296,22 @@ def get_rule(spec: Any) -> ScaleRule:
 def rule_names() -> tuple[str, ...]:
     """Every rule spec without free parameters, in registration order."""
     return tuple(v for cls in FAMILIES.values() for v in cls.variants())
+
+
+def rule_spellings(keep: Any = None) -> str:
+    """The rules that ``keep(rule)`` accepts (all by default), one entry a family in
+    registration order, for help texts and messages: ``e8m0[:floor|ceil|even|rceil] (MXFP4)``,
+    with brackets where the bare family name is a rule too."""
+    out = []
+    for family, cls in FAMILIES.items():
+        names = [v for v in cls.variants() if keep is None or keep(get_rule(v))]
+        if not names:
+            continue
+        args = "|".join(v.partition(":")[2] for v in names if ":" in v)
+        try:
+            bare = cls.from_arg(None).name in names
+        except ValueError:
+            bare = False
+        text = family if not args else f"{family}[:{args}]" if bare else f"{family}:{args}"
+        out.append(f"{text} ({cls.summary})" if cls.summary else text)
+    return ", ".join(out)

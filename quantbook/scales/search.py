@@ -58,6 +58,7 @@ def block_errors(x: np.ndarray, deq: np.ndarray, block_size: int, loss: str) -> 
 
 class SearchScale(ScaleRule, family="search"):
     deterministic = False
+    summary = "the best of several scales per block; also search:BASE@F1,F2,..."
 
     def __init__(self, base: ScaleRule | str, factors: Sequence[float], loss: str = "l2",
                  preset: str | None = None) -> None:
