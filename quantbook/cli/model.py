@@ -188,7 +188,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--qmax", type=_positive_float, default=None, metavar="Q",
                    help="scaled layouts: the largest code magnitude each block's maximum maps to (default 6, E2M1's)")
     s.add_argument("--tensors", default=None, metavar="GLOBS",
-                   help="comma-separated fnmatch patterns of tensor names (default: every floating tensor)")
+                   help="comma-separated fnmatch patterns of tensor names (default: every floating tensor; "
+                        "with --task, every nn.Linear weight)")
     s.add_argument("--per-tensor", action="store_true", help="also a table per tensor")
     s.add_argument("--task", choices=("lm", "embed"), default=None,
                    help="measure the model's outputs instead of the weights' error (torch + transformers: "
