@@ -63,6 +63,9 @@ _GL3_X, _GL3_W = np.polynomial.legendre.leggauss(3)
 #: the fewest Gauss-Legendre nodes on a piece of a panel split at a sample's knots, and the width
 #: below which a piece takes 2 (which hold it to 1e-14 of its mass)
 _KNOT_GL, _KNOT_NARROW = 4, 0.01
+#: the most knots the panels are split at (twice an Empirical's default knots): a sample kept
+#: whole (knots=None) is split at evenly spaced ones, its nodes reading the ratio where they fall
+_MAX_CUTS = 8192
 #: smallest rate ``1 - p/nu`` at which the weight ``M**p`` times the Gumbel density may decay
 _MIN_DECAY = 1e-5
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
@@ -372,7 +375,8 @@ def _knot_nodes(source: Source, B: int, panels=_PANEL_EDGES, nodes=_GL_N):
     :data:`_KNOT_GL`; 2 on a piece narrower than :data:`_KNOT_NARROW`).  Between two knots
     ``G(m) = P(|X| <= m)`` is linear, so ``m`` is recovered from ``G(z)`` exactly.  What the
     rule cannot follow are the kinks of ``Ψ_k(y m)`` in ``m`` at ``m = knot / y``, which limit
-    its accuracy (``benchmarks/measure_sample_laws.py``)."""
+    its accuracy (``benchmarks/measure_sample_laws.py``), nor the jumps beyond :data:`_MAX_CUTS`
+    knots."""
     pw = source._piecewise_density()
     if pw is None:
         return None
@@ -382,6 +386,8 @@ def _knot_nodes(source: Source, B: int, panels=_PANEL_EDGES, nodes=_GL_N):
         z_k = -np.log(-B * np.log(G_k))   # -inf at G = 0, +inf at G = 1
     base = np.asarray(panels, dtype=np.float64)
     cuts = z_k[(z_k > base[0]) & (z_k < base[-1])]
+    if cuts.size > _MAX_CUTS:   # time and memory grow with the nodes
+        cuts = cuts[np.linspace(0, cuts.size - 1, _MAX_CUTS).round().astype(int)]
     edges = np.unique(np.concatenate([base, cuts]))
     a, b = edges[:-1], edges[1:]
     # the panel each piece lies in, for its share of that panel's nodes
