@@ -376,6 +376,26 @@ def test_a_model_passed_in_training_mode_is_measured_without_dropout(tmp_path, t
     assert model.training and not model.get_input_embeddings().training
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_model_is_measured_on_the_weights_it_holds(tmp_path, dtype):
+    """A model given in bfloat16 or float16 holds the dequantized values rounded to its dtype:
+    the weight error is that of those values (by hand: numpy quantize/dequantize of each
+    linear's float32 copy, rounded by torch to the dtype), not of the float32 values, which
+    it was before.  Relative 1e-12 (sums in another order)."""
+    model, tok, text = _tiny_model("lm", tmp_path)
+    model = model.to(getattr(torch, dtype))
+    rows = evaluate_quality("tiny", resolve_codebooks("nf4", 64), task="lm", text=text, tokens=256, context=64,
+                            model=(model, tok), device="cpu", backend="numpy").rows
+    sse = sx2 = 0.0
+    for _, lin in select_linears(model):
+        w = lin.weight.detach().float().numpy()
+        packed, state = quantize(w, "nf4", 64, backend="numpy")
+        held = torch.from_numpy(dequantize(packed, state, backend="numpy")).to(lin.weight.dtype).float().numpy()
+        sse += float(np.sum((w.astype(np.float64) - held) ** 2))
+        sx2 += float(np.sum(w.astype(np.float64) ** 2))
+    assert math.isclose(rows["nf4"]["sqnr_db"], 10 * math.log10(sx2 / sse), rel_tol=1e-12)
+
+
 def test_the_gpu_backend_hands_the_model_its_weights_on_the_device(monkeypatch, tmp_path):
     """--task lm with the gpu backend, on the stand-in CuPy (the CUDA kernels emulated on the
     CPU; its "device" arrays live in host memory, which DLPack hands to a model on the CPU as

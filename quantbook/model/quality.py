@@ -23,8 +23,8 @@ the weights are quantized by ``backend`` (host backends, or ``gpu``: the same by
 is the GPU when one is usable), from their host copy either way.  A device backend's
 dequantized weights go to the model without a trip through the host where the model is on
 that kind of device (DLPack), rotated back there for a rotated row (in float64, rounded to
-float32), and their errors are summed there.  The weight errors are those of the float32
-values the model is given.
+float32), and their errors are summed there.  The weight errors are those of the values the
+model holds: float32, or a model's own dtype (bfloat16, float16) where it was given as such.
 
 Tasks are registered :class:`Task` subclasses:
 
@@ -378,13 +378,15 @@ class WeightSwap:
                     what, bits = layout.roundtrip(w, rotation, backend, inputs, keep=keep)
             except ValueError as exc:
                 raise ValueError(f"tensor {name!r}: {exc}") from None
+            with torch.no_grad():
+                mod.weight.copy_(_as_weight(what, mod.weight, dev).reshape(mod.weight.shape))
+            if mod.weight.dtype != torch.float32:   # the model holds these rounded to its dtype: measure those
+                what = mod.weight.detach().float().cpu().numpy().reshape(w.shape)
             s = sums_where_made(w, what, self._sum_squares(i, w), inputs, dev)
             if not math.isfinite(s.sse):   # w is finite (quantize refuses NaN and Inf), so some value of what is not
                 raise ValueError(f"tensor {name!r}: the codebook dequantizes it to values beyond float32")
             s.bits = bits
             total.add(s)
-            with torch.no_grad():
-                mod.weight.copy_(_as_weight(what, mod.weight, dev).reshape(mod.weight.shape))
             del what
         return total
 
