@@ -226,3 +226,24 @@ def test_a_sample_kept_whole_is_split_at_a_bounded_number_of_knots():
     yb = _mc_blocks(src, 64, "absmax", 4)
     bm = (yb**2).mean(axis=1)
     assert abs(bm.mean() - dist.moment(2)) < 5 * bm.std(ddof=1) / math.sqrt(bm.size)
+
+
+def test_a_samples_law_is_evaluated_in_chunks_of_bounded_size():
+    """A sample kept whole has ~2·10^4 nodes of M; Lloyd's starting density asks for 4097
+    values of y at once, which took 2 GB in one (y, node) array.  The measure evaluates the
+    source on at most block._CHUNK (2^21) pairs a call, with the same values."""
+    from quantbook.derive import block
+
+    rng = np.random.default_rng(5)
+    src = Empirical(rng.standard_normal(20_000) + 0.5 * rng.exponential(1.0, 20_000), knots=None)
+    mu = block.BlockMeasure(src, 64, "signed-absmax", 0)
+    y = np.linspace(-1.0, 1.0, 601)   # 10^7 pairs
+    want = [mu.dens(y[i:i + 64]) for i in range(0, y.size, 64)], [mu.T(1, y[i:i + 64]) for i in range(0, y.size, 64)]
+    largest = []
+    for name in ("pdf", "partial_moment"):
+        f = getattr(src, name)
+        setattr(src, name, lambda *a, _f=f: largest.append(np.size(a[-1])) or _f(*a))
+    np.testing.assert_allclose(mu.dens(y), np.concatenate(want[0]), rtol=1e-13)   # BLAS sums in its own order
+    np.testing.assert_allclose(mu.T(1, y), np.concatenate(want[1]), rtol=1e-13, atol=1e-16)
+    assert mu.T(1, 0.5) == pytest.approx(mu.T(1, np.array([0.5]))[0], rel=1e-14)
+    assert max(largest) <= 1 << 21   # block._CHUNK

@@ -68,6 +68,9 @@ _KNOT_GL, _KNOT_NARROW = 4, 0.01
 _MAX_CUTS = 8192
 #: smallest rate ``1 - p/nu`` at which the weight ``M**p`` times the Gumbel density may decay
 _MIN_DECAY = 1e-5
+#: the most (y, node of M) pairs evaluated at once: a sample's law has up to ~2·10^4 nodes, and
+#: Lloyd's starting density asks for 4097 values of y in one call (2 GB unchunked)
+_CHUNK = 1 << 21
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 
 
@@ -284,7 +287,22 @@ class BlockMeasure(_Measure):
         """(sign, log coefficients) of the extreme nodes' plus and minus parts."""
         return [(sign, lc) for sign, lc in ((1.0, self._e_lcp), (-1.0, self._e_lcm)) if np.any(np.isfinite(lc))]
 
+    def _by_chunks(self, f, y):
+        """``f(y)`` on pieces of ``y`` of at most :data:`_CHUNK` pairs with the nodes of ``M``."""
+        y = np.asarray(y, dtype=np.float64)
+        step = max(1, _CHUNK // max(1, self.m.size + self._e_logm.size))
+        if y.size <= step:
+            return f(y)
+        flat = y.reshape(-1)
+        return np.concatenate([f(flat[i:i + step]) for i in range(0, flat.size, step)]).reshape(y.shape)
+
     def T(self, k, y):
+        return self._by_chunks(lambda v: self._T(k, v), y)
+
+    def dens(self, y):
+        return self._by_chunks(self._dens, y)
+
+    def _T(self, k, y):
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
         m = self.m
         ym = np.multiply.outer(y, m)
@@ -302,7 +320,7 @@ class BlockMeasure(_Measure):
                 out = out + sign ** (k + 1) * terms.sum(axis=-1)
         return out
 
-    def dens(self, y):
+    def _dens(self, y):
         y = np.asarray(y, dtype=np.float64)
         m = self.m
         ym = np.multiply.outer(y, m)
