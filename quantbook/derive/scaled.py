@@ -87,7 +87,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
-from .block import (_check_block_size, _check_weight_power, _GL_X, _GL_W, _knot_nodes,
+from .block import (_by_chunks, _check_block_size, _check_weight_power, _GL_X, _GL_W, _knot_nodes,
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
@@ -115,8 +115,6 @@ _LOW_MASS = 1e-20
 #: the uniform-phase model is refused when more than this fraction of the blocks would sit
 #: on the rule's smallest scale (:func:`_check_phase_model`)
 _PHASE_MASS = 1e-12
-#: values x pieces evaluated at once (memory)
-_CHUNK = 1 << 21
 
 
 def check_scale(scale: Any, amax_encoded: bool = False) -> ScaleRule:
@@ -457,12 +455,7 @@ class ScaledMeasure(_Measure):
         return out
 
     def _chunked(self, f, y):
-        y = np.asarray(y, dtype=np.float64)
-        flat = y.reshape(-1)
-        step = max(1, _CHUNK // max(1, self.sig.size))
-        out = np.concatenate([f(flat[i:i + step]) for i in range(0, flat.size, step)]) if flat.size \
-            else np.zeros(0)
-        return out.reshape(y.shape)
+        return _by_chunks(f, y, self.sig.size)
 
     def T(self, k, y):
         def f(v):  # per piece ΔK Ψ(clip(vσ, b_hi)) + K_lo [Ψ(clip(vσ, b_hi)) - Ψ(clip(vσ, b_lo))]:
