@@ -10,17 +10,19 @@ both uniformly, before any thread leaves).  float16 conversions use the compiler
 ``_Float16`` (round to nearest even), bfloat16 the kernels' integer path for pre-sm_80 GPUs.
 
 This checks the kernels' logic — indexing, reductions, tails, partial blocks, packing and
-every float32 operation — against the numpy reference without a device, and that no access
+every float32 operation — against the numpy reference without a device, that no access
 is misaligned for its type (``uint4`` and ``float4`` 16 bytes, as CUDA's; a GPU faults on
-one: the launch raises).  It does not check what only hardware shows (real warp lock-step,
-launch limits, speed) nor the code under ``__CUDA_ARCH__`` (inline PTX).
-Slow: meant for a few thousand elements.
+one: the launch raises), and that none leaves its array (each array of a launch lies between
+inaccessible pages and canary bytes, :func:`call_guarded`: the launch raises).  It does not
+check what only hardware shows (real warp lock-step, launch limits, speed) nor the code
+under ``__CUDA_ARCH__`` (inline PTX).  Slow: meant for a few thousand elements.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import shutil
 import subprocess
@@ -56,6 +58,8 @@ _SHIM = r"""
 #include <cstdlib>
 #include <vector>
 #include <functional>
+#include <csetjmp>
+#include <csignal>
 #include <ucontext.h>
 
 struct qb_dim3 { unsigned x, y, z; };
@@ -163,7 +167,38 @@ static void qb_fiber_main(unsigned t) {
     f.done = true;
 }
 
+/* The launcher places every array between inaccessible pages (gpu_emulator.call_guarded):
+   an access past one faults, and the handler, armed only while a grid runs, leaves the
+   grid at once (its fibers are abandoned, made afresh by the next launch) and notes where. */
+static sigjmp_buf qb_fault_jmp;
+static struct sigaction qb_old_segv, qb_old_bus;
+extern "C" {
+int qb_faulted = 0;
+unsigned long long qb_fault_at = 0;
+}
+static void qb_on_fault(int, siginfo_t* si, void*) {
+    qb_faulted = 1;
+    qb_fault_at = (unsigned long long)si->si_addr;
+    siglongjmp(qb_fault_jmp, 1);
+}
+
+static void qb_run_fibers(unsigned grid, unsigned block, const std::function<void()>& body);
+
 static void qb_run_grid(unsigned grid, unsigned block, const std::function<void()>& body) {
+    qb_faulted = 0;
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = qb_on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &qb_old_segv);
+    sigaction(SIGBUS, &sa, &qb_old_bus);
+    if (!sigsetjmp(qb_fault_jmp, 1)) qb_run_fibers(grid, block, body);
+    sigaction(SIGSEGV, &qb_old_segv, nullptr);
+    sigaction(SIGBUS, &qb_old_bus, nullptr);
+}
+
+static void qb_run_fibers(unsigned grid, unsigned block, const std::function<void()>& body) {
     blockDim = qb_dim3{block, 1, 1}; gridDim = qb_dim3{grid, 1, 1};
     qb_body = &body;
     qb_barrier_mismatch = 0;
@@ -275,8 +310,120 @@ _U32 = ctypes.c_uint
 _F32 = ctypes.c_float
 
 
-def _ptr(a: np.ndarray):
-    return a.ctypes.data_as(ctypes.c_void_p)
+# ---- guarded arrays: an access out of an array's bounds is an error ---------------------------
+# For a launch, each array (or each set of overlapping ones) is copied between two inaccessible
+# guards (inaccessible pages), at its address modulo 16 (what the launchers test) and as close to the page after as
+# that allows; the up to 15 bytes between and the bytes before the array hold a canary.  A read
+# or write past a page faults (the shim leaves the grid, the launcher raises); a write into the
+# canary shows after the launch.  The bytes come back to the caller's arrays afterwards.
+
+_PAGE = mmap.PAGESIZE
+_GUARD = 16 * _PAGE   # inaccessible bytes on either side (address space only)
+_KEEP = 16
+_CANARY = 0xA5
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _extent(a: np.ndarray) -> tuple[int, int]:
+    """The bytes ``[lo, hi)`` an array's elements occupy (any strides)."""
+    lo = hi = a.ctypes.data
+    if a.size == 0:
+        return lo, lo
+    for n, st in zip(a.shape, a.strides):
+        (lo, hi) = (lo + st * (n - 1), hi) if st < 0 else (lo, hi + st * (n - 1))
+    return lo, hi + a.itemsize
+
+
+def _bytes_at(addr: int, n: int) -> np.ndarray:
+    return np.frombuffer((ctypes.c_char * n).from_address(addr), np.uint8) if n else np.zeros(0, np.uint8)
+
+
+class _Guarded:
+    """One span ``[lo, hi)`` of host memory copied between guard pages for a launch."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.n = lo, hi - lo
+        pages = -(-(self.n + _KEEP) // _PAGE)
+        self.size = pages * _PAGE + 2 * _GUARD
+        base = _libc.mmap(None, self.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                          -1, 0)
+        if base in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed for a guarded array")
+        self.base, self.end = base, base + _GUARD + pages * _PAGE
+        start = self.end - self.n
+        self.start = start - (start - lo) % _KEEP
+        _bytes_at(base + _GUARD, pages * _PAGE)[:] = _CANARY
+        ctypes.memmove(self.start, lo, self.n)
+        for at in (base, self.end):
+            _libc.mprotect(at, _GUARD, 0)   # PROT_NONE
+
+    def holds(self, addr: int) -> bool:
+        return self.base <= addr < self.base + self.size
+
+    def overwritten(self) -> tuple[int, int] | None:
+        """``(first, last)`` canary bytes written, as offsets from the array's start."""
+        lead = _bytes_at(self.base + _GUARD, self.start - self.base - _GUARD)
+        tail = _bytes_at(self.start + self.n, self.end - self.start - self.n)
+        bad = np.concatenate([np.flatnonzero(lead != _CANARY) - lead.size,
+                              np.flatnonzero(tail != _CANARY) + self.n])
+        return (int(bad.min()), int(bad.max())) if bad.size else None
+
+    def copy_back(self) -> None:
+        new, old = _bytes_at(self.start, self.n), _bytes_at(self.lo, self.n)
+        if not np.array_equal(new, old):   # only then: inputs may be read-only memory
+            old[:] = new
+
+    def free(self) -> None:
+        _libc.munmap(self.base, self.size)
+
+
+def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
+    """Launch kernel ``name`` of ``lib`` (its ``emu_`` function) with every numpy array in
+    ``args`` guarded: an access out of an array's bounds raises, naming the kernel and the
+    argument (its position in ``args``)."""
+    fn = getattr(lib, f"emu_{name}")
+    spans = sorted(((*_extent(a), i) for i, a in enumerate(args) if isinstance(a, np.ndarray)), key=lambda t: t[:2])
+    groups: list[list] = []   # overlapping arrays (in-place, aliases) share one copy
+    for lo, hi, i in spans:
+        if groups and lo < groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], hi)
+            groups[-1][2].append(i)
+        else:
+            groups.append([lo, hi, [i]])
+    guards: list[tuple[_Guarded, list[int]]] = []
+    try:
+        conv = list(args)
+        for lo, hi, idx in groups:
+            g = _Guarded(lo, hi)
+            guards.append((g, idx))
+            for i in idx:
+                conv[i] = ctypes.c_void_p(g.start + args[i].ctypes.data - lo)
+        fn(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
+        if ctypes.c_int.in_dll(lib, "qb_faulted").value:
+            at = ctypes.c_ulonglong.in_dll(lib, "qb_fault_at").value
+            where = [(g, idx) for g, idx in guards if g.holds(at)]
+            if where:
+                g, idx = where[0]
+                off = at - g.start
+                rel = f"{off - g.n} bytes past its end" if off >= g.n else f"{-off} bytes before its start"
+                raise RuntimeError(f"{name}: out-of-bounds access at {at:#x}: argument {idx[0]} "
+                                   f"({g.n} bytes), {rel}")
+            raise RuntimeError(f"{name}: invalid memory access at {at:#x}")
+        _check_barriers(lib, name)
+        for g, idx in guards:
+            bad = g.overwritten()
+            if bad:
+                raise RuntimeError(f"{name}: out-of-bounds write to argument {idx[0]} ({g.n} bytes): "
+                                   f"bytes {bad[0]}..{bad[1]} from its start")
+        for g, _ in guards:
+            g.copy_back()
+    finally:
+        for g, _ in guards:
+            g.free()
 
 
 def _check_barriers(lib, name: str) -> None:
@@ -312,9 +459,7 @@ class Emulator:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _F32, _P, _I64, _I32]
 
     def launch(self, name: str, grid: int, block: int, *args):
-        conv = [_ptr(a) if isinstance(a, np.ndarray) else a for a in args]
-        getattr(self.lib, f"emu_{name}")(int(grid), int(block), *conv)
-        _check_barriers(self.lib, name)
+        call_guarded(self.lib, name, int(grid), int(block), args)
 
 
 _EMU: Emulator | None = None
@@ -569,15 +714,12 @@ class ScaledEmulator:
     def launch(self, name: str, grid: int, block: int, *args):
         conv = []
         for a in args:
-            if isinstance(a, np.ndarray):
-                a = _ptr(a)
-            elif isinstance(a, np.floating):
+            if isinstance(a, np.floating):
                 a = float(a)
             elif isinstance(a, np.integer):
                 a = int(a)
             conv.append(a)
-        getattr(self.lib, f"emu_{name}")(int(grid), int(block), *conv)
-        _check_barriers(self.lib, name)
+        call_guarded(self.lib, name, int(grid), int(block), conv)
 
 
 _SCALED_EMU: ScaledEmulator | None = None

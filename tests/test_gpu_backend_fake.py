@@ -172,6 +172,21 @@ def test_every_vector_width_loops_over_tiles(cp, monkeypatch, dtype, name, bits,
     assert x.size > 3 * grid * tile           # each CTA takes at least three tiles
 
 
+@pytest.mark.parametrize("dtype, bits, j", [(np.float32, 4, 1), (np.float32, 4, 3), (np.float16, 4, 7),
+                                           (np.float16, 2, 5), (np.float32, 8, 2)])
+def test_dequantize_stops_at_n_inside_the_last_store(cp, dtype, bits, j):
+    """n a few outputs short of two CTA tiles (fewer than a thread writes a step): the last
+    tile must go element by element, and the emulator's guards catch any store past n."""
+    code = np.asarray(dynamic_map() if bits == 8 else registry.get({2: "max1960-n4", 4: "nf4"}[bits]).code,
+                      np.float32)
+    tile = K.DEQ_PER_THREAD * K.DEQ_CTA
+    assert j < K.dequantize_unit(G._dtype_key(dtype), G.packing_for_bits(bits))
+    x = np.random.default_rng(j).standard_normal(2 * tile - j).astype(dtype)
+    p_ref, a_ref = R.quantize_reference(x, code, bits, 64)
+    d = G.dequantize_gpu(fake_device(p_ref), fake_device(a_ref), code, bits, 64, x.size, dtype)
+    assert bits_equal(d, R.dequantize_reference(p_ref, a_ref, code, bits, 64, x.size, dtype))
+
+
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
 def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
     rng = np.random.default_rng(2)

@@ -69,6 +69,15 @@ extern "C" void emu_toy_broadcast(unsigned grid, unsigned block, const float* x,
 extern "C" void emu_toy_warp_sum(unsigned grid, unsigned block, const float* x, float* o) {
     qb_run_grid(grid, block, [&] { toy_warp_sum(x, o); });
 }
+/* out[e + shift] = x[e + skew]: an access out of bounds when shift or skew is not 0 */
+__global__ void toy_shifted_copy(const float* x, float* out, int shift, int skew) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    out[e + shift] = x[e + skew];
+}
+extern "C" void emu_toy_shifted_copy(unsigned grid, unsigned block, const float* x, float* o, int shift,
+                                     int skew) {
+    qb_run_grid(grid, block, [&] { toy_shifted_copy(x, o, shift, skew); });
+}
 extern "C" void emu_toy_early_exit(unsigned grid, unsigned block, const float* x, float* o, int n) {
     qb_run_grid(grid, block, [&] { toy_early_exit(x, o, n); });
 }
@@ -83,9 +92,8 @@ def toys():
         pytest.skip(str(exc))
 
     def launch(name, grid, block, *args):
-        conv = [E._ptr(a) if isinstance(a, np.ndarray) else ctypes.c_int(a) for a in args]
-        getattr(lib, f"emu_{name}")(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
-        E._check_barriers(lib, name)
+        conv = [a if isinstance(a, np.ndarray) else ctypes.c_int(a) for a in args]
+        E.call_guarded(lib, name, grid, block, conv)
 
     return launch
 
@@ -150,3 +158,22 @@ def test_a_misaligned_vector_access_is_an_error(toys):
     assert np.array_equal(out, x[start + 1:start + 4 * 32:4])
     with pytest.raises(RuntimeError, match="misaligned"):
         toys("toy_vector_load", 1, 32, x[start + 1:], out)
+
+
+@pytest.mark.parametrize("n, shift, skew, what", [
+    (62, 1, 0, "out-of-bounds write to argument 1 .*bytes 248..251"),
+    (62, -1, 0, "out-of-bounds write to argument 1 .*bytes -4..-1"),
+    (64, 1, 0, "out-of-bounds access .*argument 1 .*0 bytes past its end"),
+    (64, 0, 5000, "out-of-bounds access .*argument 0 .*past its end"),
+    (64, -5000, 0, "out-of-bounds access .*argument 1 .*before its start")])
+def test_an_access_out_of_bounds_fails(toys, n, shift, skew, what):
+    """A write just past an array's end (or before its start) lands in the canary bytes and an
+    access farther away (or, for an array that ends on a 16-byte boundary, any access past its
+    end) in an inaccessible page: either raises, naming the argument, and the next launch runs
+    as before."""
+    x = np.arange(n, dtype=np.float32)
+    out = np.zeros_like(x)
+    with pytest.raises(RuntimeError, match=f"toy_shifted_copy: {what}"):
+        toys("toy_shifted_copy", 2, n // 2, x, out, shift, skew)
+    toys("toy_shifted_copy", 2, n // 2, x, out, 0, 0)
+    assert np.array_equal(out, x)
