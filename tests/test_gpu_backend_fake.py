@@ -224,6 +224,16 @@ def test_nested_helpers(cp):
     assert np.array_equal(r.view(np.uint32), r_ref.view(np.uint32))
 
 
+def test_nested_quantize_of_a_nan_is_bitsandbytes():
+    """A NaN in one warp of a 256-block: its nested maximum is NaN (every warp's maximum
+    taken NaN-first, as numpy's) and its codes are those of -1 (bitsandbytes on x86)."""
+    a = np.abs(np.random.default_rng(9).standard_normal(600)).astype(np.float32)
+    a[256 + 100] = np.nan
+    q, nested = E.quantize_absmax_nested_emulated(a, np.float32(0.5))
+    q_ref, n_ref = quantize_nested_reference(a - np.float32(0.5))
+    assert np.array_equal(q, q_ref) and bits_equal(nested, n_ref)
+
+
 def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     """benchmarks/bench_quantize_gpu.py end to end on the stand-in (timings are fake)."""
     bench = load_benchmark(cp, monkeypatch, "bench_quantize_gpu")

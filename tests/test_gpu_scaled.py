@@ -349,10 +349,12 @@ def test_amax_hook(emu, dtype, bs):
 @pytest.mark.parametrize("name", TABLES)
 def test_encode_decode_hooks(emu, name):
     """Direct hooks: a true division (factors that are not powers of two), odd n, a view at a
-    2-byte offset (scalar path), every stored byte (corrupt codes decode to NaN)."""
+    2-byte offset (scalar path), every stored byte (corrupt codes decode to NaN); NaNs of
+    either sign and infinities code as numpy's searchsorted ranks them."""
     table = _table(name)
     rng = np.random.default_rng(len(name))
     x = (rng.standard_normal(1203) * 3).astype(np.float32)
+    x[[5, 300, 301, 1202]] = [np.nan, -np.nan, np.inf, -np.inf]
     nb = -(-x.size // 16)
     f = rng.uniform(0.3, 3, nb).astype(np.float32)
     for divide in (True, False):
