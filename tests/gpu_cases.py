@@ -164,15 +164,16 @@ def fake_cupy(emulator):
     :class:`FakeDeviceArray` in host memory, modules accept only real ELF cubins (NVRTC still
     compiles), and each launch runs the same kernel through ``emulator()`` (tests/gpu_emulator.py),
     recorded in ``launches`` as ``(name, grid, block)`` and the current device of each in
-    ``launch_devices``.  Fresh uint8 arrays hold 0xEE, so a byte a kernel never writes shows up."""
+    ``launch_devices``.  Fresh arrays (``empty``) hold 0xEE bytes, so a byte a kernel never
+    writes (or an array the host should have zeroed) shows up."""
     cp = types.ModuleType("cupy")
     cp.ndarray = FakeDeviceArray
     cp.uint8, cp.uint16, cp.uint32, cp.int32, cp.float16, cp.float32, cp.float64 = (
         np.uint8, np.uint16, np.uint32, np.int32, np.float16, np.float32, np.float64)
     cp.asarray = lambda a, dtype=None: fake_device(a, dtype)
     cp.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FakeDeviceArray)
-    cp.empty = lambda n, dtype: (np.full(n, 0xEE, np.uint8) if np.dtype(dtype).itemsize == 1
-                                 else np.empty(n, dtype)).view(dtype).view(FakeDeviceArray)
+    cp.empty = lambda n, dtype: np.full(np.empty(n, dtype).shape + (np.dtype(dtype).itemsize,), 0xEE,
+                                        np.uint8).view(dtype).reshape(n).view(FakeDeviceArray)
     cp.zeros = lambda n, dtype: np.zeros(n, dtype).view(FakeDeviceArray)
     cp.asnumpy = lambda a: np.asarray(a).view(np.ndarray).copy()
     cp.searchsorted = lambda a, v, side="left": np.searchsorted(a, v, side=side).view(FakeDeviceArray)

@@ -187,6 +187,21 @@ def test_dequantize_stops_at_n_inside_the_last_store(cp, dtype, bits, j):
     assert bits_equal(d, R.dequantize_reference(p_ref, a_ref, code, bits, 64, x.size, dtype))
 
 
+def test_word_aligned_and_strided_device_arrays(cp):
+    """Input 4 bytes off a 16-byte boundary (the element path: a 16-byte load there faults),
+    strided and Fortran-ordered input, and strided packed bytes (each copied contiguous)."""
+    code = np.asarray(registry.get("nf4").code, np.float32)
+    x = np.random.default_rng(11).standard_normal(1001).astype(np.float32)
+    p_ref, a_ref = R.quantize_reference(x, code, 4, 64)
+    shifted = fake_device(np.concatenate([[0], x]).astype(np.float32))[1:]
+    assert shifted.data.ptr % 16 == 4
+    for xd in (shifted, fake_device(np.repeat(x, 2))[::2], fake_device(np.asfortranarray(x.reshape(7, 143)))):
+        p, a = G.quantize_gpu(xd, code, 4, 64)
+        assert bits_equal(p, p_ref) and bits_equal(a, a_ref)
+    d = G.dequantize_gpu(fake_device(np.repeat(p_ref, 2))[::2], a_ref, code, 4, 64, x.size, np.float32)
+    assert bits_equal(d, R.dequantize_reference(p_ref, a_ref, code, 4, 64, x.size, np.float32))
+
+
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
 def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
     rng = np.random.default_rng(2)

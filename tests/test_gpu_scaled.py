@@ -725,6 +725,19 @@ def test_launchers_unaligned_and_errors(fake_cp):
     f = rng.uniform(0.5, 2, 63).astype(np.float32)
     p = GS.scaled_encode_gpu(x, f, False, table, 16)
     assert bits_equal(p, scaled_encode_reference(np.asarray(x), f, False, table, 16))
+    # an aligned input with a true division (the vector path only multiplies), a packed view
+    # at an odd offset (the decoder's 2-byte loads), errors of the misaligned input
+    xa = fake_device(np.asarray(x).copy())
+    assert xa.data.ptr % 16 == 0 and bits_equal(GS.scaled_encode_gpu(xa, f, True, table, 16),
+                      scaled_encode_reference(np.asarray(x), f, True, table, 16))
+    moved = fake_device(np.empty(p.size + 1, np.uint8))[1:]
+    moved[:] = p
+    assert bits_equal(GS.scaled_decode_gpu(moved, f, table, 16, 1000, np.float32),
+                      scaled_decode_reference(p, f, table, 16, 1000, np.float32))
+    assert bits_equal(np.asarray(GS.scaled_errors_gpu(x, f, False, f, table, 16, "l1")),
+                      BACKEND_NUMPY.scaled_errors(np.asarray(x), f, False, f, table, 16, "l1"))
+    # blocks of 512: several groups of lanes meet in atomicMax, over maxima the host zeroed
+    assert bits_equal(np.asarray(GS.scaled_amax_gpu(xa, 512)), scaled_amax_reference(np.asarray(xa), 512))
     with pytest.raises(ValueError, match="factor holds"):
         GS.scaled_encode_gpu(x, f[:10], False, table, 16)
     with pytest.raises(ValueError, match="even block size"):

@@ -107,11 +107,12 @@ def test_a_nan_of_the_rotation_has_the_hosts_bits(cp, monkeypatch):
 
 
 @pytest.mark.parametrize("rule", ["rms", "absmax"])
-@pytest.mark.parametrize("group", [2, 64, 96])
+@pytest.mark.parametrize("group", [2, 6, 64, 96])
 def test_group_statistics(cp, rule, group):
     """float64 per group, in index order; a group of zeros, one holding NaN and one holding
     Inf give the reference's 0, NaN and inf; the same from a view off 16-byte alignment (the
-    kernel's element-by-element loads)."""
+    kernel's element-by-element loads, as for groups of 6, whose odd groups start off it) and
+    from a strided view (copied contiguous)."""
     rng = np.random.default_rng(group)
     v = _spread(rng, 64 * group)   # enough groups that any other order of the sums shows
     v[:group] = 0.0
@@ -122,6 +123,8 @@ def test_group_statistics(cp, rule, group):
     np.testing.assert_array_equal(got, REF.group_stat(v, group, rule))
     shifted = fake_device(np.concatenate([[np.float32(7)], v]))[1:]   # 4 bytes past alignment
     assert shifted.data.ptr % 16 and np.array_equal(GPU.group_stat(shifted, group, rule), got, equal_nan=True)
+    strided = fake_device(np.repeat(v, 2))[::2]
+    assert np.array_equal(GPU.group_stat(strided, group, rule), got, equal_nan=True)
 
 
 @pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
