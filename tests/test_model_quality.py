@@ -226,6 +226,16 @@ def test_lm_context_beyond_the_models_positions(smol, text):
         CausalLM(model, tok, text, tokens=most + 1, context=most + 1)
 
 
+def test_embed_context_beyond_the_models_positions(tmp_path):
+    """As for a causal LM, a --context longer than the model's positions is refused; it was
+    shortened to them without a word."""
+    model, tok, text = _tiny_model("embed", tmp_path)
+    most = model.config.max_position_embeddings
+    assert SentenceEmbedding(model, tok, text, tokens=256, context=most).context == most
+    with pytest.raises(ValueError, match=f"longer than the model's {most} positions"):
+        SentenceEmbedding(model, tok, text, tokens=256, context=most + 1)
+
+
 def test_gpt2_style_models_are_named_causal_and_their_conv1d_said():
     """GPT2LMHeadModel is a causal LM (no ForCausalLM in its name); its projections are
     transformers' Conv1D, not nn.Linear, and the refusal says so (a tiny random GPT-2, built

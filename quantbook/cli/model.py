@@ -201,7 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tokens", type=integer, default=None, metavar="N",
                    help="tokens of the text to use (default 1024)")
     s.add_argument("--context", type=integer, default=None, metavar="N",
-                   help="lm: window length in tokens (stride = window); embed: the longest sentence (default 256)")
+                   help="lm: window length in tokens (stride = window); embed: the longest sentence (default 256; "
+                        "at most the model's positions)")
     s.add_argument("--rotate", default=None, metavar="SPEC",
                    help="none, hadamard or hadamard:N (N a power of two; default the largest dividing the "
                         "input dimension), comma-separated to compare: quantize W·H, use dequant(W·H)·Hᵀ "

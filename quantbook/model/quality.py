@@ -505,6 +505,13 @@ class Task:
     def prepare(self, text: str, tokens: int, context: int) -> None:
         raise NotImplementedError
 
+    def check_context(self, context: int) -> int:
+        """``context``, or a ValueError where the model's position table is shorter."""
+        most = self.positions()
+        if most is not None and context > most:
+            raise ValueError(f"--context {context} is longer than the model's {most} positions")
+        return context
+
     def positions(self) -> int | None:
         """The most tokens the model takes at once (its position table), or None if unknown."""
         config = getattr(self.model, "config", None)
@@ -557,9 +564,7 @@ class CausalLM(Task, name="lm"):
         return tokens, context
 
     def prepare(self, text: str, tokens: int, context: int) -> None:
-        most = self.positions()
-        if most is not None and context > most:
-            raise ValueError(f"--context {context} is longer than the model's {most} positions")
+        context = self.check_context(context)
         # tokenize a prefix: enough characters for the budget at any plausible rate, then all
         chars = 16 * tokens
         ids = self.tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
@@ -645,9 +650,10 @@ class SentenceEmbedding(Task, name="embed"):
         return AutoModel
 
     def prepare(self, text: str, tokens: int, context: int) -> None:
-        # the tokenizer's limit, which may be an "unset" huge default, and the model's positions
+        # as a causal LM's, beyond the model's positions is refused; the tokenizer's limit (which
+        # may be an "unset" huge default) shortens it, as the header shows
         limit = getattr(self.tokenizer, "model_max_length", context) or context
-        self.context = int(min(context, limit, self.positions() or context))
+        self.context = int(min(self.check_context(context), limit))
         chosen, used = [], 0
         for s in split_sentences(text):
             n = min(len(self.tokenizer(s)["input_ids"]), self.context)
