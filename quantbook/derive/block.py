@@ -90,15 +90,56 @@ def _by_chunks(f, y, width: int) -> np.ndarray:
     return np.concatenate([f(flat[i:i + step]) for i in range(0, flat.size, step)]).reshape(y.shape)
 
 
+def _panel_nodes(a, b, n) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on the panels ``[a_i, b_i]``, ``n_i`` nodes each (one
+    number or one a panel), in increasing order."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=int), a.shape)
+    zs, ws = [], []
+    for k in np.unique(n):
+        x, w = (_GL_X, _GL_W) if k == _GL_N else np.polynomial.legendre.leggauss(int(k))
+        sel = n == k
+        zs.append((0.5 * (b - a)[sel, None] * x + 0.5 * (a + b)[sel, None]).ravel())
+        ws.append((0.5 * (b - a)[sel, None] * w).ravel())
+    z, w = np.concatenate(zs), np.concatenate(ws)
+    order = np.argsort(z, kind="stable")
+    return z[order], w[order]
+
+
 def _z_grid(z_hi: float) -> tuple[np.ndarray, np.ndarray]:
     edges = list(_PANEL_EDGES)
     while edges[-1] < z_hi:
         edges.append(min(edges[-1] * 1.5, z_hi))
-    zs, ws = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        zs.append(0.5 * (b - a) * _GL_X + 0.5 * (a + b))
-        ws.append(0.5 * (b - a) * _GL_W)
-    return np.concatenate(zs), np.concatenate(ws)
+    return _panel_nodes(edges[:-1], edges[1:], _GL_N)
+
+
+def _p_plus(source: Source, m: np.ndarray) -> np.ndarray:
+    """P(the extreme value is positive | M = m): ``g(m) / (g(m) + g(-m))``."""
+    if source.symmetric:
+        return np.full(np.shape(m), 0.5)
+    with np.errstate(invalid="ignore"):
+        gp, gm = source.pdf(m), source.pdf(-m)
+        h = gp + gm
+        return np.where(h > 0, gp / np.where(h > 0, h, 1), 0.5)
+
+
+def _m_nodes(source: Source, B: int, panels, nodes) -> tuple[np.ndarray, ...]:
+    """``(m, P(M in the node's share), G(m), π₊)`` of the block maximum on the Gumbel grid's
+    panels (edges ``panels`` in ``z``, ``nodes`` Gauss-Legendre nodes each): a sample's split at
+    its knots (:func:`_knot_nodes`), else the panels' nodes where ``M`` is a positive float."""
+    knots = _knot_nodes(source, B, panels, nodes)
+    if knots is not None:
+        return knots
+    z, wz = _panel_nodes(panels[:-1], panels[1:], nodes)
+    ez = np.exp(-z)
+    omega = wz * ez * np.exp(-ez)  # P(M in the node's share): Gumbel density × GL weight
+    S = -np.expm1(-ez / B)  # P(|X| > M)
+    G = np.exp(-ez / B)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
+    keep = np.isfinite(m) & (m > 0) & (omega > 0)
+    m, omega, G = m[keep], omega[keep], G[keep]
+    return m, omega, G, _p_plus(source, m)
 
 
 class _Measure:
@@ -278,17 +319,8 @@ class BlockMeasure(_Measure):
         log_a = np.log(wz[extreme]) - ze - eze + weight_power * logm
         log_c = log_a + math.log((B - 1) / B) + eze / B
         with np.errstate(over="ignore"):
-            pplus_e = self._p_plus(np.exp(logm))
-        return m, a, c, G, self._p_plus(m), logm, log_a, log_c, pplus_e
-
-    def _p_plus(self, m):
-        """P(the extreme value is positive | M = m)."""
-        if self.source.symmetric:
-            return np.full(m.shape, 0.5)
-        with np.errstate(invalid="ignore"):
-            gp, gm = self.source.pdf(m), self.source.pdf(-m)
-            h = gp + gm
-            return np.where(h > 0, gp / np.where(h > 0, h, 1), 0.5)
+            pplus_e = _p_plus(source, np.exp(logm))
+        return m, a, c, G, _p_plus(source, m), logm, log_a, log_c, pplus_e
 
     def _extreme_ym(self, y):
         """``y·M`` for the extreme nodes, formed in logs (``M`` itself may overflow)."""
@@ -415,20 +447,14 @@ def _knot_nodes(source: Source, B: int, panels=_PANEL_EDGES, nodes=_GL_N):
     panel = np.clip(np.searchsorted(base, 0.5 * (a + b)) - 1, 0, base.size - 2)
     density = (np.broadcast_to(nodes, (base.size - 1,)) / np.diff(base))[panel]
     # twice the panel's density of nodes: a piece loses the whole panel's spectral accuracy
-    n = np.where(b - a <= _KNOT_NARROW, 2, np.maximum(_KNOT_GL, np.ceil(2 * density * (b - a)))).astype(int)
-    zs, ws = [], []
-    for k in np.unique(n):
-        x, w = (_GL_X, _GL_W) if k == _GL_N else np.polynomial.legendre.leggauss(k)
-        sel = n == k
-        zs.append((0.5 * (b - a)[sel, None] * x + 0.5 * (a + b)[sel, None]).ravel())
-        ws.append((0.5 * (b - a)[sel, None] * w).ravel())
-    z, wz = np.concatenate(zs), np.concatenate(ws)
+    n = np.where(b - a <= _KNOT_NARROW, 2, np.maximum(_KNOT_GL, np.ceil(2 * density * (b - a))))
+    z, wz = _panel_nodes(a, b, n)
     ez = np.exp(-z)
     omega = wz * ez * np.exp(-ez)   # Gumbel density × GL weight
     G = np.exp(-ez / B)
     seg = np.clip(np.searchsorted(z_k, z) - 1, 0, knots.size - 2)   # the knot segment of each node
     m1, G1 = knots[seg], G_k[seg]
-    mid = 0.5 * (knots[seg] + knots[seg + 1])
+    mid = 0.5 * (m1 + knots[seg + 1])
     gp = source.pdf(mid)
     h = gp + source.pdf(-mid)
     with np.errstate(divide="ignore", invalid="ignore"):

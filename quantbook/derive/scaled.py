@@ -87,7 +87,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
-from .block import (_by_chunks, _check_block_size, _check_weight_power, _GL_X, _GL_W, _knot_nodes,
+from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
@@ -522,29 +522,7 @@ class NestedMeasure(_Measure):
         self.source, self.block_size, self.rule, self.weight_power = source, B, rule, int(weight_power)
         panels = np.concatenate([np.arange(-4.5, 12.0 + 1e-9, _NESTED_DZ), [20.0, 30.0, 45.0]])
         nodes = np.where(np.diff(panels) > 1.0, 32, 4)
-        knots = _knot_nodes(source, B, panels, nodes)   # a sample: the panels split at its knots
-        if knots is None:
-            zs, ws = [], []
-            for a, b, gl in zip(panels[:-1], panels[1:], nodes):
-                x, w = np.polynomial.legendre.leggauss(gl) if gl != 32 else (_GL_X, _GL_W)
-                zs.append(0.5 * (b - a) * x + 0.5 * (a + b))
-                ws.append(0.5 * (b - a) * w)
-            z, wz = np.concatenate(zs), np.concatenate(ws)
-            ez = np.exp(-z)
-            omega = wz * ez * np.exp(-ez)  # P(M in the node's share): Gumbel density × GL weight
-            S = -np.expm1(-ez / B)
-            G = np.exp(-ez / B)
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                m = np.where(S < 0.5, source.abs_isf(S), source.abs_ppf(G))
-            keep = np.isfinite(m) & (m > 0) & (omega > 0)
-            m, omega, G = m[keep], omega[keep], G[keep]
-            if source.symmetric:  # P(the extreme value is positive | M)
-                pplus = np.full(m.shape, 0.5)
-            else:
-                gp, h = source.pdf(m), source.pdf(m) + source.pdf(-m)
-                pplus = np.where(h > 0, gp / np.where(h > 0, h, 1.0), 0.5)
-        else:
-            m, omega, G, pplus = knots
+        m, omega, G, pplus = _m_nodes(source, B, panels, nodes)   # a sample's split at its knots
         self.m = m
         self.offset = float(np.sum(omega * m) / np.sum(omega))
         alpha = self._deviation_nodes(B)
