@@ -263,6 +263,31 @@ def test_a_glob_naming_only_the_tied_output_head_says_it_is_tied():
         select_linears(model, "lm_head.weight")
 
 
+def test_embed_leaves_out_the_pooler_it_never_reads(tmp_path):
+    """The embedding is the mean of BERT's last hidden states: its pooler never reaches it
+    (scrambling the pooler leaves every cosine as it was, the oracle here), so --task embed
+    does not quantize it nor count it in the weight columns, and says so; a glob naming only
+    the pooler says why nothing is selected."""
+    model, tok, text = _tiny_model("embed", tmp_path)
+    kw = dict(task="embed", text=text, tokens=256, context=64, model=(model, tok), device="cpu", backend="numpy")
+    report = evaluate_quality("tiny", resolve_codebooks("nf2", 64), **kw)
+    with torch.no_grad():
+        model.pooler.dense.weight.mul_(-7.0)
+    scrambled = evaluate_quality("tiny", resolve_codebooks("nf2", 64), **kw)
+    for key in ("cosine_mean", "cosine_min", "sqnr_db", "mse_weight"):
+        assert scrambled.rows["nf2"][key] == report.rows["nf2"][key], key
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert report.n_tensors == len(linears) - 1 == 12
+    assert report.n_weights == sum(m.weight.numel() for n, m in linears if not n.startswith("pooler."))
+    assert report.unread == ["pooler.dense.weight"] and report.to_dict()["unread"] == ["pooler.dense.weight"]
+    assert "pooler.dense.weight left out, never read by the task" in report.format_table().splitlines()[0]
+    with pytest.raises(ValueError, match=r"by pooler\.\* \(pooler\.dense\.weight is never read by the task"):
+        evaluate_quality("tiny", resolve_codebooks("nf2", 64), tensors="pooler.*", **kw)
+    lm = evaluate_quality("tiny", resolve_codebooks("nf2", 64), **{**kw, "task": "lm", "model": _tiny_model(
+        "lm", tmp_path)[:2]})
+    assert lm.unread == [] and "left out" not in lm.format_table()
+
+
 def test_a_tokenizer_without_its_vocabulary_is_refused(tmp_path):
     """A vocab file of five tokens next to a model of 30522: transformers builds that tokenizer,
     and every word would be the unknown token (with no error but wrong numbers)."""
@@ -347,8 +372,8 @@ def test_a_run_on_the_device_measures_what_a_run_on_the_host_does(tmp_path, task
     other = evaluate_quality("tiny", cbs, model=(model, tok), device=device, backend=backend, **kw)
     assert other.device == device and next(model.parameters()).device.type == device
     assert host.labels == other.labels == ["unquantized", "nf4", "nf2", "nf4+hadamard", "nf2+hadamard"]
-    # two layers of 7 (Llama) or 6 (BERT) linears, and the output head or the pooler
-    assert host.n_tensors == other.n_tensors == (15 if task == "lm" else 13)
+    # two layers of 7 (Llama) or 6 (BERT) linears, and the output head (the pooler is never read)
+    assert host.n_tensors == other.n_tensors == (15 if task == "lm" else 12)
     exact = device == "cpu"
     for label in host.labels:
         a, b = host.rows[label], other.rows[label]
@@ -537,8 +562,8 @@ def test_embed_metrics_against_an_independent_computation(tmp_path):
     task = SentenceEmbedding(model, tok, text, tokens=256, context=64)
     report = evaluate_quality("tiny", resolve_codebooks("nf2", 64), task="embed", text=text, tokens=256,
                               context=64, model=(model, tok), device="cpu", backend="numpy")
-    quant, n = _quantized_copy(model, "nf2", 64)
-    assert n == report.n_tensors == 13
+    quant, n = _quantized_copy(model, "nf2", 64)   # the pooler too: it never reaches the embedding
+    assert n == report.n_tensors + 1 == 13
     cos = []
     with torch.inference_mode():
         for s in task.sentences:

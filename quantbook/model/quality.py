@@ -65,7 +65,7 @@ from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_
                        sums_where_made)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
-           "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
+           "select_linears", "unread_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
            "split_sentences", "resolve_device", "DEVICES"]
 
 #: the --device spellings (a CUDA device may also be named ``cuda:N``)
@@ -254,34 +254,46 @@ def read_text(path: str | os.PathLike) -> str:
 
 # -- weights ---------------------------------------------------------------------------------
 
-def select_linears(model, globs: str | Sequence[str] | None = None) -> list[tuple[str, Any]]:
-    """``(weight name, nn.Linear)`` of every linear layer whose ``NAME.weight`` matches one
-    of ``globs`` (default all), except one whose weight is the input embedding (tied)."""
+def _group_linears(model, globs: list[str], unused: tuple[str, ...]):
+    """``(weight name, nn.Linear)`` of the linear layers whose ``NAME.weight`` matches one of
+    ``globs`` (all when empty), in three lists: to quantize, tied to the input embedding, and
+    named by a prefix in ``unused``."""
     import torch
 
-    globs = split_globs(globs)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = emb.weight if emb is not None else None
-    out, tied_names = [], []
+    out, tied_out, unused_out = [], [], []
     for name, mod in model.named_modules():
-        if not isinstance(mod, torch.nn.Linear):
-            continue
         wname = f"{name}.weight"
-        if globs and not any(fnmatchcase(wname, g) for g in globs):
+        if not isinstance(mod, torch.nn.Linear) or (globs and not any(fnmatchcase(wname, g) for g in globs)):
             continue
-        if mod.weight is tied:
-            tied_names.append(wname)
-            continue
-        out.append((wname, mod))
+        (tied_out if mod.weight is tied else unused_out if wname.startswith(unused) else out).append((wname, mod))
+    return out, tied_out, unused_out
+
+
+def select_linears(model, globs: str | Sequence[str] | None = None,
+                   unused: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """``(weight name, nn.Linear)`` of every linear layer whose ``NAME.weight`` matches one
+    of ``globs`` (default all), except one whose weight is the input embedding (tied) or
+    whose name starts with one of ``unused`` (a task's :attr:`Task.unused_weights`)."""
+    globs = split_globs(globs)
+    out, tied, unread = _group_linears(model, globs, tuple(unused))
     if not out:
         conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
         if conv1d and not globs:
             raise ValueError(f"no nn.Linear weights: this model's projections are transformers' Conv1D (GPT-2 "
                              f"style, e.g. {conv1d[0]}), which are not quantized here")
-        # a glob naming only the tied head matched it: say why it is not quantized
-        why = f" ({tied_names[0]} is the input embedding, tied, and stays unquantized)" if tied_names else ""
+        # a glob naming only the tied head or weights the task never reads matched: say why
+        why = (f" ({tied[0][0]} is the input embedding, tied, and stays unquantized)" if tied
+               else f" ({unread[0][0]} is never read by the task's output, and stays unquantized)" if unread
+               else "")
         raise ValueError("no linear weights selected" + (f" by {','.join(globs)}" if globs else "") + why)
     return out
+
+
+def unread_linears(model, globs: str | Sequence[str] | None, unused: tuple[str, ...]) -> list[str]:
+    """Names of the linear weights :func:`select_linears` leaves out as ``unused``."""
+    return [n for n, _ in _group_linears(model, split_globs(globs), tuple(unused))[2]]
 
 
 def check_device(device: str | None) -> str:
@@ -724,6 +736,7 @@ class QualityReport:
     qmax: float = DEFAULT_QMAX
     device: str = "cpu"  # where the model ran
     vq: VQOptions | None = None  # how vector codebooks were stored (None: no vector codebook)
+    unread: list[str] = field(default_factory=list)  # linear weights left unquantized: the task never reads them
 
     @property
     def scale_text(self) -> str:
@@ -738,7 +751,7 @@ class QualityReport:
     def to_dict(self) -> dict[str, Any]:
         d = {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
              "scale": self.scale, **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
-             "load_seconds": self.load_seconds, "device": self.device}
+             "load_seconds": self.load_seconds, "device": self.device, "unread": list(self.unread)}
         if self.vq is not None:
             d["vq"] = self.vq.to_dict()
         d["codebooks"] = {k: self.rows[k] for k in self.labels}
@@ -747,7 +760,8 @@ class QualityReport:
     def format_table(self) -> str:
         cols = TASKS[self.task].columns
         what = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in self.inputs.items())
-        head = (f"{self.path}: task {self.task}, {self.n_tensors} linear weights ({self.n_weights:,}), "
+        unread = f"; {', '.join(self.unread)} left out, never read by the task" if self.unread else ""
+        head = (f"{self.path}: task {self.task}, {self.n_tensors} linear weights ({self.n_weights:,}{unread}), "
                 f"block size {self.block_size}, {self.scale_text}"
                 + (f", {self.vq.describe()}" if self.vq is not None else "") + f"; {what}; device {self.device}")
         width = max(len(k) for k in self.labels) + 1
@@ -822,14 +836,15 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     model = model.to(device)
     load_seconds = time.perf_counter() - t0
     measure = task_cls(model, tokenizer, text, tokens, context)
-    linears = select_linears(model, tensors)
+    linears = select_linears(model, tensors, task_cls.unused_weights)
     rows = [(label, cb, rot) for rot in rotations for label, cb in codebooks]
     with WeightSwap(linears) as swap, _eval_mode(model):
         for rot in rotations:
             for _, cb in codebooks:
                 swap.check(block_size, rot, cb, vq)
         report = QualityReport(str(path), task, block_size, nested, measure.inputs, len(linears), swap.n_weights,
-                               load_seconds=load_seconds, scale=scale_name, qmax=float(qmax), device=device, vq=vq)
+                               load_seconds=load_seconds, scale=scale_name, qmax=float(qmax), device=device, vq=vq,
+                               unread=unread_linears(model, tensors, task_cls.unused_weights))
         total = measure.steps * (1 + len(rows)) + len(linears) * len(rows)
         with progress_bar(total=total, desc=f"evaluating ({task})", unit="step", force=progress) as bar:
             t = time.perf_counter()
