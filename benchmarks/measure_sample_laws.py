@@ -13,6 +13,7 @@ errors over 256-block groups.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -37,7 +38,9 @@ def _metrics(src, B, norm):
     return np.array([getattr(ev, k) for k in KEYS])
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    # no options, but --help answers rather than starting the measurement
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     print("largest relative difference of MSE/MAE (weight and normalised) from 16 nodes a piece")
     print(f"{'sample':>7} {'B':>5} {'normalization':>14} {'difference':>11} {'seconds':>8}")
     for n in (300, 10_000, 200_000):
