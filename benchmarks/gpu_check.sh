@@ -91,7 +91,8 @@ stage tests 240 "$HERE" $PY -m pytest -q -p no:cacheprovider $workers $per_test 
 stage ncu 180 "$HERE" sh -c "rc=0; for c in 'float16 1024 8' 'bfloat16 4096 2' 'bfloat16 16 4'; do set -- \$c;
     ncu -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
         --section MemoryWorkloadAnalysis_Tables \
-        $PY benchmarks/bench_quantize_gpu.py --profile --dtypes \$1 --blocksizes \$2 --bits \$3 || rc=\$?; done; exit \$rc"
+        $PY benchmarks/bench_quantize_gpu.py --profile --dtypes \$1 --blocksizes \$2 --bits \$3 || rc=\$?; \
+    done; exit \$rc"
 stage scaled 150 "$HERE" $PY benchmarks/bench_scaled_gpu.py --log2n "$LOG2N"
 stage stream 40 "$HERE" $PY benchmarks/bench_stream_gpu.py
 # --task lm with the weights quantized on the GPU (handed to the model by DLPack) and on the host

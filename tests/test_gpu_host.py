@@ -166,8 +166,14 @@ def test_benchmark_without_a_gpu_says_so():
 _PARSE_ONLY = r'''
 import argparse, os, runpy, sys
 args = sys.argv[1:]
+if args[:2] == ["-m", "pytest"]:   # the tests stage: the files it names are there
+    named = [a for i, a in enumerate(args[2:], 2)
+             if not a.startswith("-") and args[i - 1] not in ("-p", "-n", "-k", "-m")]   # not an option's value
+    missing = [a for a in named if not os.path.isfile(a.split("::")[0])]
+    print("pytest files:", len(named), "missing:", missing)
+    sys.exit(4 if missing else 0)
 if not (args and args[0].endswith(".py")):
-    sys.exit(0)                 # -c, -m pytest: not what this dry run checks
+    sys.exit(0)                 # -c: not what this dry run checks
 if os.environ.get("FAIL_SCRIPT") and args[0].endswith(os.environ["FAIL_SCRIPT"]):
     sys.exit(1)                 # this stage fails (e.g. env on a machine without a GPU)
 parse = argparse.ArgumentParser.parse_args
@@ -238,6 +244,7 @@ def test_gpu_check_script_dry_run(tmp_path):
     for name in ("env", "sweep", "base", "scaled", "stream", "vq", "evaluate", "quality"):
         assert logs[name].count("parsed: benchmarks/") == 1, name
     assert logs["sweep"].strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
+    assert re.fullmatch(r"pytest files: [1-9]\d* missing: \[\]", logs["tests"].strip()), logs["tests"]
     # the three profiled rows: codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16
     assert logs["ncu"].count("parsed: benchmarks/bench_quantize_gpu.py --profile") == 3
 
