@@ -1,19 +1,123 @@
 """Test infrastructure: no access of an emulated kernel (tests/gpu_emulator.py) leaves its array.
 
-For a launch, each array (or each set of overlapping ones) is copied between two inaccessible
-guards (inaccessible pages), at its address modulo 16 (what the launchers test) and as close to
-the page after as that allows; the up to 15 bytes between and the bytes before the array hold a
-canary.  A read or write past a page faults (the shim leaves the grid, the launcher raises); a
-write into the canary shows after the launch.  The bytes come back to the caller's arrays
-afterwards.
+Every array a launch passes (or each set of overlapping ones) is copied between two inaccessible
+guards, at its address modulo 16 (what the launchers test) and as close to the guard after as
+that allows.  The bytes around an array that are still mapped (the up to 15 after it, those
+before it) hold a canary.  An access to a guard faults; and the library is built with
+``-fsanitize=kernel-address``, which calls the shim's check before every load and store, so an
+access to a canary byte, read or write, is an error too (a read there would otherwise see the
+canary and pass unnoticed).  Either leaves the grid at once, and the launcher raises, naming the
+kernel and the argument.  Accesses the compiler drops or narrows (a dead load, the used word of
+a vector load) are not seen: they cannot change an output.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
+import subprocess
 
 import numpy as np
+
+# The check of every access (the shim's tail: it leaves the grid through qb_fault_jmp, as a
+# fault does).  Not instrumented itself.
+SHIM = r"""
+#include <sys/mman.h>
+#include <unistd.h>
+#include <algorithm>
+#include <cstdio>
+#define QB_UNCHECKED __attribute__((no_sanitize_address, noinline))
+#define QB_HOOK extern "C" __attribute__((no_sanitize_address, visibility("hidden")))
+
+/* the canary bytes no access may touch: [lo, hi), of a launch's argument owner; disjoint,
+   sorted by address */
+struct QbWatch { unsigned long long lo, hi; long long owner; };
+static const int QB_MAX_WATCH = 1 << 14;
+static QbWatch qb_watch[QB_MAX_WATCH];
+static int qb_nwatch = 0;
+static unsigned long long qb_watch_lo = ~0ull, qb_watch_hi = 0;   /* all of them: a quick test */
+static int qb_armed = 0;
+extern "C" {
+int qb_oob = 0, qb_oob_write = 0;
+long long qb_oob_owner = 0;
+unsigned long long qb_oob_at = 0, qb_oob_size = 0;
+}
+
+static QB_UNCHECKED void qb_watch_sorted() {
+    std::sort(qb_watch, qb_watch + qb_nwatch, [](const QbWatch& a, const QbWatch& b) { return a.lo < b.lo; });
+    qb_watch_lo = ~0ull;
+    qb_watch_hi = 0;
+    for (int i = 0; i < qb_nwatch; ++i) {
+        qb_watch_lo = qb_watch[i].lo < qb_watch_lo ? qb_watch[i].lo : qb_watch_lo;
+        qb_watch_hi = qb_watch[i].hi > qb_watch_hi ? qb_watch[i].hi : qb_watch_hi;
+    }
+}
+
+static QB_UNCHECKED void qb_watch_add(unsigned long long lo, unsigned long long hi, long long owner) {
+    if (lo >= hi) return;
+    if (qb_nwatch == QB_MAX_WATCH) { std::fprintf(stderr, "emulator: too many arrays\n"); std::abort(); }
+    qb_watch[qb_nwatch++] = QbWatch{lo, hi, owner};
+}
+
+static void qb_bounds_arm(int on) { qb_armed = on; if (on) qb_oob = 0; }
+
+__attribute__((no_sanitize_address)) static inline void qb_access(const void* p, unsigned long long n, int write) {
+    const unsigned long long a = (unsigned long long)p;
+    if (!n || a + n <= qb_watch_lo || a >= qb_watch_hi) return;
+    int lo = 0, hi = qb_nwatch;   /* the first span that ends after a */
+    while (lo < hi) {
+        const int m = (lo + hi) / 2;
+        if (qb_watch[m].hi <= a) lo = m + 1; else hi = m;
+    }
+    if (lo == qb_nwatch || qb_watch[lo].lo >= a + n || qb_oob) return;
+    qb_oob = 1; qb_oob_write = write; qb_oob_owner = qb_watch[lo].owner; qb_oob_at = a; qb_oob_size = n;
+    if (qb_armed) { qb_faulted = 1; qb_fault_at = a; siglongjmp(qb_fault_jmp, 1); }
+}
+
+/* what -fsanitize=kernel-address calls (recoverable, out of line) */
+#define QB_HOOKS(n) \
+    QB_HOOK void __asan_load##n##_noabort(const void* p) { qb_access(p, n, 0); } \
+    QB_HOOK void __asan_store##n##_noabort(const void* p) { qb_access(p, n, 1); }
+QB_HOOKS(1) QB_HOOKS(2) QB_HOOKS(4) QB_HOOKS(8) QB_HOOKS(16)
+QB_HOOK void __asan_loadN_noabort(const void* p, unsigned long n) { qb_access(p, n, 0); }
+QB_HOOK void __asan_storeN_noabort(const void* p, unsigned long n) { qb_access(p, n, 1); }
+/* clang's may call these for memcpy and the like */
+QB_HOOK void* __asan_memcpy(void* d, const void* s, unsigned long n) {
+    qb_access(s, n, 0); qb_access(d, n, 1); return std::memcpy(d, s, n);
+}
+QB_HOOK void* __asan_memmove(void* d, const void* s, unsigned long n) {
+    qb_access(s, n, 0); qb_access(d, n, 1); return std::memmove(d, s, n);
+}
+QB_HOOK void* __asan_memset(void* d, int c, unsigned long n) { qb_access(d, n, 1); return std::memset(d, c, n); }
+QB_HOOK void __asan_handle_no_return() {}
+QB_HOOK void __asan_before_dynamic_init(const char*) {}
+QB_HOOK void __asan_after_dynamic_init() {}
+
+/* the arrays of the next launch: rows of (lo, hi, owner) */
+extern "C" QB_UNCHECKED void qb_watch_launch(int k, const unsigned long long* rows) {
+    qb_nwatch = 0;
+    for (int i = 0; i < k; ++i) qb_watch_add(rows[3 * i], rows[3 * i + 1], (long long)rows[3 * i + 2]);
+    qb_watch_sorted();
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def check_flags(cxx: str) -> tuple[str, ...]:
+    """The compiler's flags for a call to the shim's check before every load and store (no
+    shadow memory, no runtime: only the calls)."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    if "clang" in version:
+        opt = ["-mllvm", "-asan-instrumentation-with-call-threshold=0", "-mllvm", "-asan-stack=0",
+               "-mllvm", "-asan-globals=0"]
+    else:
+        opt = ["--param", "asan-instrumentation-with-call-threshold=0", "--param", "asan-stack=0",
+               "--param", "asan-globals=0"]
+    return ("-fsanitize=kernel-address", "-fno-sanitize-address-use-after-scope", *opt)
+
+
+# ---- the arrays of a launch -------------------------------------------------------------------
 
 _PAGE = mmap.PAGESIZE
 _GUARD = 16 * _PAGE   # inaccessible bytes on either side (address space only)
@@ -62,6 +166,10 @@ class _Guarded:
     def holds(self, addr: int) -> bool:
         return self.base <= addr < self.base + self.size
 
+    def canaries(self) -> list[tuple[int, int]]:
+        """The mapped bytes around the array: ``[lo, hi)`` before it and after it."""
+        return [(self.base + _GUARD, self.start), (self.start + self.n, self.end)]
+
     def overwritten(self) -> tuple[int, int] | None:
         """``(first, last)`` canary bytes written, as offsets from the array's start."""
         lead = _bytes_at(self.base + _GUARD, self.start - self.base - _GUARD)
@@ -77,6 +185,26 @@ class _Guarded:
 
     def free(self) -> None:
         _libc.munmap(self.base, self.size)
+
+
+def _fault(lib, name: str, guards) -> str:
+    """The message for a launch left at an access out of bounds."""
+    if ctypes.c_int.in_dll(lib, "qb_oob").value:   # a canary byte, by the check
+        at = ctypes.c_ulonglong.in_dll(lib, "qb_oob_at").value
+        size = ctypes.c_ulonglong.in_dll(lib, "qb_oob_size").value
+        owner = ctypes.c_longlong.in_dll(lib, "qb_oob_owner").value
+        how = "write to" if ctypes.c_int.in_dll(lib, "qb_oob_write").value else "read of"
+        g = next(g for g, idx in guards if idx[0] == owner)
+        return (f"{name}: out-of-bounds {how} argument {owner} ({g.n} bytes): "
+                f"bytes {at - g.start}..{at - g.start + size - 1} from its start")
+    at = ctypes.c_ulonglong.in_dll(lib, "qb_fault_at").value   # a guard page
+    where = [(g, idx) for g, idx in guards if g.holds(at)]
+    if not where:
+        return f"{name}: invalid memory access at {at:#x}"
+    g, idx = where[0]
+    off = at - g.start
+    rel = f"{off - g.n} bytes past its end" if off >= g.n else f"{-off} bytes before its start"
+    return f"{name}: out-of-bounds access at {at:#x}: argument {idx[0]} ({g.n} bytes), {rel}"
 
 
 def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
@@ -100,17 +228,11 @@ def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
             guards.append((g, idx))
             for i in idx:
                 conv[i] = ctypes.c_void_p(g.start + args[i].ctypes.data - lo)
+        rows = np.array([(a, b, idx[0]) for g, idx in guards for a, b in g.canaries()], np.uint64).reshape(-1)
+        lib.qb_watch_launch(ctypes.c_int(rows.size // 3), rows.ctypes.data_as(ctypes.c_void_p))
         fn(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
         if ctypes.c_int.in_dll(lib, "qb_faulted").value:
-            at = ctypes.c_ulonglong.in_dll(lib, "qb_fault_at").value
-            where = [(g, idx) for g, idx in guards if g.holds(at)]
-            if where:
-                g, idx = where[0]
-                off = at - g.start
-                rel = f"{off - g.n} bytes past its end" if off >= g.n else f"{-off} bytes before its start"
-                raise RuntimeError(f"{name}: out-of-bounds access at {at:#x}: argument {idx[0]} "
-                                   f"({g.n} bytes), {rel}")
-            raise RuntimeError(f"{name}: invalid memory access at {at:#x}")
+            raise RuntimeError(_fault(lib, name, guards))
         check_barriers(lib, name)
         for g, idx in guards:
             bad = g.overwritten()
@@ -120,6 +242,7 @@ def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
         for g, _ in guards:
             g.copy_back()
     finally:
+        lib.qb_watch_launch(ctypes.c_int(0), None)   # no check on memory given back
         for g, _ in guards:
             g.free()
 

@@ -13,9 +13,10 @@ This checks the kernels' logic — indexing, reductions, tails, partial blocks, 
 every float32 operation — against the numpy reference without a device, that no access
 is misaligned for its type (``uint4`` and ``float4`` 16 bytes, as CUDA's; a GPU faults on
 one: the launch raises), and that none leaves its array (each array of a launch lies between
-inaccessible pages and canary bytes, :mod:`gpu_bounds`: the launch raises).  It does not
-check what only hardware shows (real warp lock-step, launch limits, speed) nor the code
-under ``__CUDA_ARCH__`` (inline PTX).  Slow: meant for a few thousand elements.
+inaccessible pages and canary bytes that every load and store is checked against,
+:mod:`gpu_bounds`: the launch raises).  It does not check what only hardware shows (real warp
+lock-step, launch limits, speed) nor the code under ``__CUDA_ARCH__`` (inline PTX).  Slow:
+meant for a few thousand elements.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from gpu_bounds import call_guarded
+from gpu_bounds import SHIM as _BOUNDS_SHIM
+from gpu_bounds import call_guarded, check_flags
 
 from quantbook.bulk import format as F
 from quantbook.bulk.backend import Backend
@@ -183,6 +185,7 @@ static void qb_on_fault(int, siginfo_t* si, void*) {
 }
 
 static void qb_run_fibers(unsigned grid, unsigned block, const std::function<void()>& body);
+static void qb_bounds_arm(int on);
 
 static void qb_run_grid(unsigned grid, unsigned block, const std::function<void()>& body) {
     qb_faulted = 0;
@@ -193,7 +196,9 @@ static void qb_run_grid(unsigned grid, unsigned block, const std::function<void(
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &qb_old_segv);
     sigaction(SIGBUS, &sa, &qb_old_bus);
+    qb_bounds_arm(1);
     if (!sigsetjmp(qb_fault_jmp, 1)) qb_run_fibers(grid, block, body);
+    qb_bounds_arm(0);
     sigaction(SIGSEGV, &qb_old_segv, nullptr);
     sigaction(SIGBUS, &qb_old_bus, nullptr);
 }
@@ -247,7 +252,7 @@ static void qb_run_fibers(unsigned grid, unsigned block, const std::function<voi
         }
     }
 }
-"""
+""" + _BOUNDS_SHIM
 
 
 def _launchers() -> str:
@@ -344,9 +349,9 @@ def _build_library(src: str, stem: str) -> Path:
     cxx = _compiler()
     if cxx is None:
         raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
-    # the alignment checks call the shim's handler; linked without the sanitizer's runtime
+    # the alignment and bounds checks call the shim's handlers; linked without the sanitizers' runtimes
     flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-w",
-             "-fsanitize=alignment", "-fsanitize-recover=alignment"]
+             "-fsanitize=alignment", "-fsanitize-recover=alignment", *check_flags(cxx)]
     h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
     lib = cache_dir() / f"{stem}_{h}.so"
     if not lib.exists():

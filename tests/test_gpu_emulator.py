@@ -11,6 +11,8 @@ import gpu_emulator as E
 import numpy as np
 import pytest
 
+from quantbook.bulk.gpu import kernels as K
+
 _TOYS = r"""
 /* thread 0 hands its block's first value to the others through shared memory */
 template <bool SYNC>
@@ -160,20 +162,77 @@ def test_a_misaligned_vector_access_is_an_error(toys):
         toys("toy_vector_load", 1, 32, x[start + 1:], out)
 
 
+def _aligned(n: int) -> np.ndarray:
+    """``n`` float32 starting on a 16-byte boundary (so where an array's end lies is known)."""
+    buf = np.zeros(n + 4, np.float32)
+    start = (-buf.ctypes.data % 16) // 4
+    return buf[start:start + n]
+
+
 @pytest.mark.parametrize("n, shift, skew, what", [
     (62, 1, 0, "out-of-bounds write to argument 1 .*bytes 248..251"),
     (62, -1, 0, "out-of-bounds write to argument 1 .*bytes -4..-1"),
+    (62, 0, 1, "out-of-bounds read of argument 0 .*bytes 248..251"),
+    (62, 0, -1, "out-of-bounds read of argument 0 .*bytes -4..-1"),
     (64, 1, 0, "out-of-bounds access .*argument 1 .*0 bytes past its end"),
     (64, 0, 5000, "out-of-bounds access .*argument 0 .*past its end"),
     (64, -5000, 0, "out-of-bounds access .*argument 1 .*before its start")])
 def test_an_access_out_of_bounds_fails(toys, n, shift, skew, what):
-    """A write just past an array's end (or before its start) lands in the canary bytes and an
-    access farther away (or, for an array that ends on a 16-byte boundary, any access past its
-    end) in an inaccessible page: either raises, naming the argument, and the next launch runs
-    as before."""
-    x = np.arange(n, dtype=np.float32)
-    out = np.zeros_like(x)
+    """An access just past an array's end (62 float32 end 8 bytes short of a 16-byte boundary,
+    so 8 canary bytes lie between them and the next page) or before its start touches the
+    canary bytes, read or write; one farther away (or, for an array that ends on a 16-byte
+    boundary, any access past its end) an inaccessible page: either raises, naming the
+    argument, and the next launch runs as before.  A read of the canary would otherwise pass:
+    it just returns those bytes."""
+    x = _aligned(n)
+    x[:] = np.arange(n)
+    out = _aligned(n)
     with pytest.raises(RuntimeError, match=f"toy_shifted_copy: {what}"):
         toys("toy_shifted_copy", 2, n // 2, x, out, shift, skew)
     toys("toy_shifted_copy", 2, n // 2, x, out, 0, 0)
     assert np.array_equal(out, x)
+
+
+def _nested_dequantize_variants() -> str:
+    """The nested-absmax dequantize kernel as it is, and a copy reading one element past ``q``
+    (a launch's array, its end in the bytes before the next page)."""
+    name = K.NESTED_DEQUANT_NAME
+    src = K.source([name])
+    body = src[src.index('extern "C" __global__ void __launch_bounds__(256) ' + name):]
+    out = [src]
+    for tag, old, new in (("q", "s_t[q[i]]", "s_t[q[i + 1]]"),):
+        assert body.count(old) == 1
+        out.append(body.replace(name, f"{name}_{tag}").replace(old, new))
+    for tag in ("", "_q"):
+        out.append(f'extern "C" void emu_{name}{tag}(unsigned grid, unsigned block, const qb_u8* q, const float* m,'
+                   f" const float* code, float offset, float* o, qb_i64 n, int log2B) {{ qb_run_grid(grid, block,"
+                   f" [&] {{ {name}{tag}(q, m, code, offset, o, n, log2B); }}); }}")
+    return "\n".join(out)
+
+
+def test_a_real_kernel_reading_past_an_array_fails():
+    """A copy of a real kernel changed to read one element past a launch's array whose end lies
+    4 bytes short of a 16-byte boundary fails where the kernel as it is passes (before the
+    check, a read of the canary byte went unnoticed)."""
+    try:
+        lib = ctypes.CDLL(str(E._build_library(E._SHIM + _nested_dequantize_variants(), "emu_toys_nested")))
+    except E.EmulatorUnavailable as exc:
+        pytest.skip(str(exc))
+    n = 300                                              # 300 bytes: 4 short of a 16-byte boundary
+    buf = np.zeros(n + 16, np.uint8)
+    q = buf[-buf.ctypes.data % 16:][:n]
+    q[:] = np.arange(n) % 256                            # the last block's codes reach 255
+    nested = np.array([0.5, 2.0], np.float32)
+    code = np.linspace(-1, 1, 256, dtype=np.float32)
+    name = K.NESTED_DEQUANT_NAME
+
+    def launch(tag):
+        out = np.full(n, np.nan, np.float32)
+        E.call_guarded(lib, name + tag, 2, 256, [q, nested, code, ctypes.c_float(0.25), out,
+                                                  ctypes.c_longlong(n), ctypes.c_int(8)])
+        return out
+
+    assert np.array_equal(launch(""), code[q] * nested[np.arange(n) >> 8] + np.float32(0.25))
+    with pytest.raises(RuntimeError, match=f"{name}_q: out-of-bounds read of argument 0 \\(300 bytes\\): "
+                                           "bytes 300..300"):
+        launch("_q")
