@@ -2,13 +2,14 @@
 
 Every array a launch passes (or each set of overlapping ones) is copied between two inaccessible
 guards, at its address modulo 16 (what the launchers test) and as close to the guard after as
-that allows.  The bytes around an array that are still mapped (the up to 15 after it, those
-before it) hold a canary.  An access to a guard faults; and the library is built with
-``-fsanitize=kernel-address``, which calls the shim's check before every load and store, so an
-access to a canary byte, read or write, is an error too (a read there would otherwise see the
-canary and pass unnoticed).  Either leaves the grid at once, and the launcher raises, naming the
-kernel and the argument.  Accesses the compiler drops or narrows (a dead load, the used word of
-a vector load) are not seen: they cannot change an output.
+that allows; every ``__shared__`` array lies in memory of its own, the same way, ending as close
+to a guard as its alignment allows.  The bytes around an array that are still mapped (the up to
+15 after it, those before it) hold a canary.  An access to a guard faults; and the library is
+built with ``-fsanitize=kernel-address``, which calls the shim's check before every load and
+store, so an access to a canary byte, read or write, is an error too (a read there would
+otherwise see the canary and pass unnoticed).  Either leaves the grid at once, and the launcher
+raises, naming the kernel and the array.  Accesses the compiler drops or narrows (a dead load,
+the used word of a vector load) are not seen: they cannot change an output.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+import re
 import subprocess
 
 import numpy as np
 
-# The check of every access (the shim's tail: it leaves the grid through qb_fault_jmp, as a
-# fault does).  Not instrumented itself.
+# The check of every access, the shared arrays' memory and their list (the shim's tail: it
+# leaves the grid through qb_fault_jmp, as a fault does).  Not instrumented itself.
 SHIM = r"""
 #include <sys/mman.h>
 #include <unistd.h>
@@ -30,8 +32,8 @@ SHIM = r"""
 #define QB_UNCHECKED __attribute__((no_sanitize_address, noinline))
 #define QB_HOOK extern "C" __attribute__((no_sanitize_address, visibility("hidden")))
 
-/* the canary bytes no access may touch: [lo, hi), of a launch's argument owner; disjoint,
-   sorted by address */
+/* the canary bytes no access may touch: [lo, hi), of a launch's argument (owner >= 0) or of
+   shared array -1 - owner; disjoint, sorted by address */
 struct QbWatch { unsigned long long lo, hi; long long owner; };
 static const int QB_MAX_WATCH = 1 << 14;
 static QbWatch qb_watch[QB_MAX_WATCH];
@@ -96,11 +98,81 @@ QB_HOOK void __asan_after_dynamic_init() {}
 
 /* the arrays of the next launch: rows of (lo, hi, owner) */
 extern "C" QB_UNCHECKED void qb_watch_launch(int k, const unsigned long long* rows) {
-    qb_nwatch = 0;
+    int j = 0;
+    for (int i = 0; i < qb_nwatch; ++i)
+        if (qb_watch[i].owner < 0) qb_watch[j++] = qb_watch[i];
+    qb_nwatch = j;
     for (int i = 0; i < k; ++i) qb_watch_add(rows[3 * i], rows[3 * i + 1], (long long)rows[3 * i + 2]);
     qb_watch_sorted();
 }
+
+/* A shared-memory array (QB_SHARED below): zeroed memory of its own between guards, as a static
+   was, made when its kernel first runs and kept, as a static is. */
+struct QbShared { unsigned long long map, size, lo, n; const char* name; };
+static const int QB_MAX_SHARED = 4096;
+static QbShared qb_shared[QB_MAX_SHARED];
+static int qb_nshared = 0;
+static const unsigned long long QB_SHARED_GUARD = 16;   /* pages */
+
+static QB_UNCHECKED void* qb_shared_alloc(unsigned long long n, unsigned long long align, const char* name) {
+    const unsigned long long page = (unsigned long long)sysconf(_SC_PAGESIZE), guard = QB_SHARED_GUARD * page;
+    const unsigned long long data = (n + align + page - 1) / page * page;
+    const unsigned long long size = data + 2 * guard;
+    void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED || qb_nshared == QB_MAX_SHARED) {
+        std::fprintf(stderr, "emulator: no memory for shared array %s\n", name);
+        std::abort();
+    }
+    const unsigned long long base = (unsigned long long)m, end = base + guard + data;
+    mprotect(m, guard, PROT_NONE);
+    mprotect((void*)end, guard, PROT_NONE);
+    const unsigned long long lo = (end - n) / align * align;
+    std::memset((void*)(base + guard), 0xA5, data);   /* the canary around it */
+    std::memset((void*)lo, 0, n);
+    const long long owner = -1 - qb_nshared;
+    qb_shared[qb_nshared++] = QbShared{base, size, lo, n, name};
+    qb_watch_add(base + guard, lo, owner);
+    qb_watch_add(lo + n, end, owner);
+    qb_watch_sorted();
+    return (void*)lo;
+}
+
+/* shared array k's place and name, or those of the one whose memory (guards too) holds at */
+extern "C" QB_UNCHECKED int qb_shared_info(int k, unsigned long long at, unsigned long long* lo,
+                                          unsigned long long* n, const char** name) {
+    if (k < 0)
+        for (int i = 0; i < qb_nshared && k < 0; ++i)
+            if (at >= qb_shared[i].map && at < qb_shared[i].map + qb_shared[i].size) k = i;
+    if (k < 0 || k >= qb_nshared) return -1;
+    *lo = qb_shared[k].lo; *n = qb_shared[k].n; *name = qb_shared[k].name;
+    return k;
+}
+
+#define QB_ALIGN(T, A) ((A) > alignof(T) ? (A) : alignof(T))
+#define QB_SHARED(T, name, N, A) \
+    static T (&name)[N] = *static_cast<T (*)[N]>(qb_shared_alloc(sizeof(T[N]), QB_ALIGN(T, A), #name))
+#define QB_SHARED1(T, name, A) \
+    static T& name = *static_cast<T*>(qb_shared_alloc(sizeof(T), QB_ALIGN(T, A), #name))
 """
+
+_SHARED_DECL = re.compile(r"__shared__\s+(?:__align__\((?P<align>\d+)\)\s+)?(?P<type>\w+(?:\s+\w+)*?)\s+"
+                          r"(?P<name>\w+)\s*(?:\[(?P<count>[^\]\n]+)\])?\s*;")
+
+
+def guard_shared(src: str) -> str:
+    """``src`` with each ``__shared__`` declaration made a reference into memory of its own
+    (``QB_SHARED``); a form it cannot rewrite is an error rather than an unchecked array."""
+    def one(m: re.Match) -> str:
+        a = m["align"] or "0"
+        if m["count"] is None:
+            return f"QB_SHARED1({m['type']}, {m['name']}, {a});"
+        return f"QB_SHARED({m['type']}, {m['name']}, {m['count']}, {a});"
+
+    out = _SHARED_DECL.sub(one, src)
+    left = out.find("__shared__")
+    if left >= 0:
+        raise ValueError(f"a __shared__ declaration the emulator cannot guard: {out[left:left + 80]!r}")
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,6 +259,16 @@ class _Guarded:
         _libc.munmap(self.base, self.size)
 
 
+def _shared(lib, k: int, at: int = 0) -> tuple[int, int, str] | None:
+    """Shared array ``k``'s start, size and name (``k < 0``: the one whose memory holds ``at``)."""
+    lo, n, nm = ctypes.c_ulonglong(), ctypes.c_ulonglong(), ctypes.c_char_p()
+    f = lib.qb_shared_info
+    f.argtypes = [ctypes.c_int, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    if f(k, at, ctypes.byref(lo), ctypes.byref(n), ctypes.byref(nm)) < 0:
+        return None
+    return lo.value, n.value, nm.value.decode()
+
+
 def _fault(lib, name: str, guards) -> str:
     """The message for a launch left at an access out of bounds."""
     if ctypes.c_int.in_dll(lib, "qb_oob").value:   # a canary byte, by the check
@@ -194,23 +276,31 @@ def _fault(lib, name: str, guards) -> str:
         size = ctypes.c_ulonglong.in_dll(lib, "qb_oob_size").value
         owner = ctypes.c_longlong.in_dll(lib, "qb_oob_owner").value
         how = "write to" if ctypes.c_int.in_dll(lib, "qb_oob_write").value else "read of"
-        g = next(g for g, idx in guards if idx[0] == owner)
-        return (f"{name}: out-of-bounds {how} argument {owner} ({g.n} bytes): "
-                f"bytes {at - g.start}..{at - g.start + size - 1} from its start")
+        if owner >= 0:
+            g = next(g for g, idx in guards if idx[0] == owner)
+            what, lo, n = f"argument {owner}", g.start, g.n
+        else:
+            lo, n, nm = _shared(lib, -1 - owner)
+            what = f"shared array {nm}"
+        return (f"{name}: out-of-bounds {how} {what} ({n} bytes): "
+                f"bytes {at - lo}..{at - lo + size - 1} from its start")
     at = ctypes.c_ulonglong.in_dll(lib, "qb_fault_at").value   # a guard page
-    where = [(g, idx) for g, idx in guards if g.holds(at)]
+    where = [(g.start, g.n, f"argument {idx[0]}") for g, idx in guards if g.holds(at)]
+    sh = _shared(lib, -1, at)
+    if sh:
+        where.append((sh[0], sh[1], f"shared array {sh[2]}"))
     if not where:
         return f"{name}: invalid memory access at {at:#x}"
-    g, idx = where[0]
-    off = at - g.start
-    rel = f"{off - g.n} bytes past its end" if off >= g.n else f"{-off} bytes before its start"
-    return f"{name}: out-of-bounds access at {at:#x}: argument {idx[0]} ({g.n} bytes), {rel}"
+    lo, n, what = where[0]
+    off = at - lo
+    rel = f"{off - n} bytes past its end" if off >= n else f"{-off} bytes before its start"
+    return f"{name}: out-of-bounds access at {at:#x}: {what} ({n} bytes), {rel}"
 
 
 def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
     """Launch kernel ``name`` of ``lib`` (its ``emu_`` function) with every numpy array in
     ``args`` guarded: an access out of an array's bounds raises, naming the kernel and the
-    argument (its position in ``args``)."""
+    argument (its position in ``args``), or the shared array."""
     fn = getattr(lib, f"emu_{name}")
     spans = sorted(((*_extent(a), i) for i, a in enumerate(args) if isinstance(a, np.ndarray)), key=lambda t: t[:2])
     groups: list[list] = []   # overlapping arrays (in-place, aliases) share one copy

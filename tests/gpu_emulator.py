@@ -1,6 +1,6 @@
 """Test infrastructure: run the CUDA kernels on the CPU, for machines without a GPU.
 
-The kernel source of :mod:`quantbook.bulk.gpu.kernels` is compiled *unchanged* as C++ with a
+The kernel source of :mod:`quantbook.bulk.gpu.kernels` is compiled as C++ with a
 small shim (``g++``, IEEE float32 with ``-ffp-contract=off``): every CUDA thread is a fiber
 (``ucontext``) on one OS thread, the thread blocks run one after another, ``__shared__``
 variables are shared by the threads of the running block, ``__syncthreads`` is a barrier
@@ -12,11 +12,12 @@ both uniformly, before any thread leaves).  float16 conversions use the compiler
 This checks the kernels' logic — indexing, reductions, tails, partial blocks, packing and
 every float32 operation — against the numpy reference without a device, that no access
 is misaligned for its type (``uint4`` and ``float4`` 16 bytes, as CUDA's; a GPU faults on
-one: the launch raises), and that none leaves its array (each array of a launch lies between
-inaccessible pages and canary bytes that every load and store is checked against,
-:mod:`gpu_bounds`: the launch raises).  It does not check what only hardware shows (real warp
-lock-step, launch limits, speed) nor the code under ``__CUDA_ARCH__`` (inline PTX).  Slow:
-meant for a few thousand elements.
+one: the launch raises), and that none leaves its array, a launch's or a ``__shared__`` one
+(each lies between inaccessible pages and canary bytes that every load and store is checked
+against, :mod:`gpu_bounds`: the launch raises).  The source is unchanged but for the
+``__shared__`` declarations, made references to that memory.  It does not check what only
+hardware shows (real warp lock-step, launch limits, speed) nor the code under
+``__CUDA_ARCH__`` (inline PTX).  Slow: meant for a few thousand elements.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from gpu_bounds import SHIM as _BOUNDS_SHIM
-from gpu_bounds import call_guarded, check_flags
+from gpu_bounds import call_guarded, check_flags, guard_shared
 
 from quantbook.bulk import format as F
 from quantbook.bulk.backend import Backend
@@ -90,7 +91,6 @@ static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) {
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-#define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -345,10 +345,12 @@ _EMU: Emulator | None = None
 
 
 def _build_library(src: str, stem: str) -> Path:
-    """Compile ``src`` as a shared library for the host (cached on disk by its hash)."""
+    """Compile ``src`` as a shared library for the host (cached on disk by its hash), its
+    ``__shared__`` arrays guarded (:func:`gpu_bounds.guard_shared`)."""
     cxx = _compiler()
     if cxx is None:
         raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
+    src = guard_shared(src)
     # the alignment and bounds checks call the shim's handlers; linked without the sanitizers' runtimes
     flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-w",
              "-fsanitize=alignment", "-fsanitize-recover=alignment", *check_flags(cxx)]

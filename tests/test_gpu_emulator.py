@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from quantbook.bulk.gpu import kernels as K
+from quantbook.bulk.gpu import scaled_kernels as SK
+from quantbook.bulk.gpu import vq_kernels as VK
 
 _TOYS = r"""
 /* thread 0 hands its block's first value to the others through shared memory */
@@ -82,6 +84,20 @@ extern "C" void emu_toy_shifted_copy(unsigned grid, unsigned block, const float*
 }
 extern "C" void emu_toy_early_exit(unsigned grid, unsigned block, const float* x, float* o, int n) {
     qb_run_grid(grid, block, [&] { toy_early_exit(x, o, n); });
+}
+/* a block's values go through shared memory, written at t + wshift and read at t + rshift:
+   out of its bounds unless both are 0 */
+__global__ void toy_shared_shift(const float* x, float* out, int wshift, int rshift) {
+    __shared__ float s[64];
+    const int t = threadIdx.x, e = blockIdx.x * blockDim.x + t;
+    s[t + wshift] = x[e];
+    __syncthreads();
+    out[e] = s[t + rshift];
+    __syncthreads();
+}
+extern "C" void emu_toy_shared_shift(unsigned grid, unsigned block, const float* x, float* o, int wshift,
+                                     int rshift) {
+    qb_run_grid(grid, block, [&] { toy_shared_shift(x, o, wshift, rshift); });
 }
 """
 
@@ -193,17 +209,48 @@ def test_an_access_out_of_bounds_fails(toys, n, shift, skew, what):
     assert np.array_equal(out, x)
 
 
+@pytest.mark.parametrize("wshift, rshift, what", [
+    (1, 0, "out-of-bounds access .*: shared array s \\(256 bytes\\), 0 bytes past its end"),
+    (-1, 0, "out-of-bounds write to shared array s \\(256 bytes\\): bytes -4..-1"),
+    (0, 1, "out-of-bounds access .*: shared array s \\(256 bytes\\), 0 bytes past its end"),
+    (0, -1, "out-of-bounds read of shared array s \\(256 bytes\\): bytes -4..-1"),
+    (0, 5000, "out-of-bounds access .*: shared array s \\(256 bytes\\), \\d+ bytes past its end")])
+def test_a_shared_access_out_of_bounds_fails(toys, wshift, rshift, what):
+    """A ``__shared__`` array is checked as a launch's are: an access one element past either
+    end, read or write, raises, naming the kernel and the array (on a GPU it would read or
+    clobber whatever lies next to it in shared memory).  This one ends where an inaccessible
+    page begins, so past its end an access faults; before its start it touches the canary
+    bytes.  In bounds, the values go through."""
+    x = np.arange(2 * 64, dtype=np.float32)
+    out = np.full_like(x, np.nan)
+    with pytest.raises(RuntimeError, match=f"toy_shared_shift: {what}"):
+        toys("toy_shared_shift", 2, 64, x, out, wshift, rshift)
+    toys("toy_shared_shift", 2, 64, x, out, 0, 0)
+    assert np.array_equal(out, x)
+
+
+def test_every_shared_array_of_the_kernels_is_guarded():
+    """Each ``__shared__`` declaration of the three kernel sources becomes guarded memory; one
+    the rewrite does not know is an error, not an unchecked array."""
+    for src in (K.source(), SK.source(), VK.source()):
+        out = E.guard_shared(src)
+        assert out.count("QB_SHARED") == src.count("__shared__") > 0
+    with pytest.raises(ValueError, match="cannot guard"):
+        E.guard_shared("__shared__ float a[4], b[4];")
+
+
 def _nested_dequantize_variants() -> str:
-    """The nested-absmax dequantize kernel as it is, and a copy reading one element past ``q``
-    (a launch's array, its end in the bytes before the next page)."""
+    """The nested-absmax dequantize kernel as it is, and two copies each reading one element
+    past an array: ``q`` (a launch's, its end in the bytes before the next page) and ``s_t``
+    (shared)."""
     name = K.NESTED_DEQUANT_NAME
     src = K.source([name])
     body = src[src.index('extern "C" __global__ void __launch_bounds__(256) ' + name):]
     out = [src]
-    for tag, old, new in (("q", "s_t[q[i]]", "s_t[q[i + 1]]"),):
+    for tag, old, new in (("q", "s_t[q[i]]", "s_t[q[i + 1]]"), ("s", "s_t[q[i]]", "s_t[q[i] + 1]")):
         assert body.count(old) == 1
         out.append(body.replace(name, f"{name}_{tag}").replace(old, new))
-    for tag in ("", "_q"):
+    for tag in ("", "_q", "_s"):
         out.append(f'extern "C" void emu_{name}{tag}(unsigned grid, unsigned block, const qb_u8* q, const float* m,'
                    f" const float* code, float offset, float* o, qb_i64 n, int log2B) {{ qb_run_grid(grid, block,"
                    f" [&] {{ {name}{tag}(q, m, code, offset, o, n, log2B); }}); }}")
@@ -211,9 +258,10 @@ def _nested_dequantize_variants() -> str:
 
 
 def test_a_real_kernel_reading_past_an_array_fails():
-    """A copy of a real kernel changed to read one element past a launch's array whose end lies
-    4 bytes short of a 16-byte boundary fails where the kernel as it is passes (before the
-    check, a read of the canary byte went unnoticed)."""
+    """Copies of a real kernel, each changed to read one element past an array, fail where the
+    kernel as it is passes: past a launch's array whose end lies 4 bytes short of a 16-byte
+    boundary (before the check, a read of the canary byte went unnoticed) and past a shared
+    array."""
     try:
         lib = ctypes.CDLL(str(E._build_library(E._SHIM + _nested_dequantize_variants(), "emu_toys_nested")))
     except E.EmulatorUnavailable as exc:
@@ -236,3 +284,6 @@ def test_a_real_kernel_reading_past_an_array_fails():
     with pytest.raises(RuntimeError, match=f"{name}_q: out-of-bounds read of argument 0 \\(300 bytes\\): "
                                            "bytes 300..300"):
         launch("_q")
+    with pytest.raises(RuntimeError, match=f"{name}_s: out-of-bounds access .*: shared array s_t "
+                                           "\\(1024 bytes\\), 0 bytes past its end"):
+        launch("_s")
