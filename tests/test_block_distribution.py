@@ -228,10 +228,13 @@ def test_a_sample_kept_whole_is_split_at_a_bounded_number_of_knots():
     assert abs(bm.mean() - dist.moment(2)) < 5 * bm.std(ddof=1) / math.sqrt(bm.size)
 
 
-def test_a_samples_law_is_evaluated_in_chunks_of_bounded_size():
+def test_a_samples_law_is_evaluated_in_bounded_memory():
     """A sample kept whole has ~2·10^4 nodes of M; Lloyd's starting density asks for 4097
-    values of y at once, which took 2 GB in one (y, node) array.  The measure evaluates the
-    source on at most block._CHUNK (2^21) pairs a call, with the same values."""
+    values of y at once, which took 2 GB in one (y, node) array.  A sample's sums over the
+    nodes are taken by its kernel as the values come, with no such array, and a value does not
+    depend on the others asked with it."""
+    import tracemalloc
+
     from quantbook.derive import block
 
     rng = np.random.default_rng(5)
@@ -239,11 +242,152 @@ def test_a_samples_law_is_evaluated_in_chunks_of_bounded_size():
     mu = block.BlockMeasure(src, 64, "signed-absmax", 0)
     y = np.linspace(-1.0, 1.0, 601)   # 10^7 pairs
     want = [mu.dens(y[i:i + 64]) for i in range(0, y.size, 64)], [mu.T(1, y[i:i + 64]) for i in range(0, y.size, 64)]
+    tracemalloc.start()
+    try:
+        got = mu.dens(y), mu.T(1, y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak   # 80 MB as a (y, node) table
+    np.testing.assert_array_equal(got[0], np.concatenate(want[0]))
+    np.testing.assert_array_equal(got[1], np.concatenate(want[1]))
+    assert mu.T(1, 0.5) == mu.T(1, np.array([0.5]))[0]
+
+
+def test_a_laws_table_of_values_is_evaluated_in_chunks_of_bounded_size(monkeypatch):
+    """A source without a kernel for its sums over the nodes fills the (y, node) table, on at
+    most block._CHUNK pairs a call, with the same values up to the order of BLAS's sums."""
+    from quantbook.derive import block
+
+    mu = block.BlockMeasure(Laplace(), 64, "signed-absmax", 0)
+    y = np.linspace(-1.0, 1.0, 601)
+    want = mu.dens(y), mu.T(1, y)
+    monkeypatch.setattr(block, "_CHUNK", 4096)
     largest = []
     for name in ("pdf", "partial_moment"):
-        f = getattr(src, name)
-        setattr(src, name, lambda *a, _f=f: largest.append(np.size(a[-1])) or _f(*a))
-    np.testing.assert_allclose(mu.dens(y), np.concatenate(want[0]), rtol=1e-13)   # BLAS sums in its own order
-    np.testing.assert_allclose(mu.T(1, y), np.concatenate(want[1]), rtol=1e-13, atol=1e-16)
-    assert mu.T(1, 0.5) == pytest.approx(mu.T(1, np.array([0.5]))[0], rel=1e-14)
-    assert max(largest) <= 1 << 21   # block._CHUNK
+        f = getattr(mu.source, name)
+        monkeypatch.setattr(mu.source, name, lambda *a, _f=f: largest.append(np.size(a[-1])) or _f(*a))
+    np.testing.assert_allclose(mu.dens(y), want[0], rtol=1e-13)
+    np.testing.assert_allclose(mu.T(1, y), want[1], rtol=1e-13, atol=1e-16)
+    assert 0 < max(largest) <= 4096
+
+
+def _knot_tables(src):
+    """The knots and the density on each knot segment, from the sample's Voronoi cdf (knots
+    and cumulative probabilities) alone."""
+    xk, Fk = src._xk, src._Fk
+    return xk, np.diff(Fk) / np.diff(xk)
+
+
+def _psi_reference(src, k, x):
+    """``∫_0^x t^k g(t) dt`` for a piecewise-constant density: each knot segment's share of
+    ``[0, x]`` (or ``[x, 0]``, negative for even k) integrated exactly, added up segment by
+    segment (no table of Ψ at the knots, no search); 256 points at a time."""
+    xk, d = _knot_tables(src)
+    out = []
+    for v in np.array_split(np.asarray(x, dtype=np.float64), max(1, np.size(x) // 256)):
+        lo, hi = np.minimum(v, 0.0)[:, None], np.maximum(v, 0.0)[:, None]
+        a, b = np.clip(xk[:-1], lo, hi), np.clip(xk[1:], lo, hi)
+        out.append(np.where(v >= 0, 1.0, -1.0) * (d * (b ** (k + 1) - a ** (k + 1)) / (k + 1)).sum(axis=1))
+    return np.concatenate(out)
+
+
+def _pdf_reference(src, x):
+    xk, d = _knot_tables(src)
+    out = []
+    for v in np.array_split(np.asarray(x, dtype=np.float64), max(1, np.size(x) // 256)):
+        out.append((((v[:, None] >= xk[:-1]) & (v[:, None] < xk[1:])) * d).sum(axis=1))
+    return np.concatenate(out)
+
+
+def _points(src, rng):
+    """Points where a lookup can go wrong: the knots, next to them, the edges of the kernel's
+    grid cells and next to them, beyond both ends, ±inf, and random ones."""
+    from quantbook.derive import sample_kernels
+
+    xk = src._xk
+    _, start, x0, inv_h, _ = sample_kernels.grid(xk)
+    edges = x0 + np.arange(start.size) / inv_h
+    pts = np.concatenate([xk, edges, [-np.inf, np.inf, 0.0, xk[0] - 1.0, xk[-1] + 1.0],
+                          rng.uniform(xk[0] - 0.5, xk[-1] + 0.5, 1000)])
+    return np.concatenate([pts, np.nextafter(pts, -np.inf), np.nextafter(pts, np.inf)])
+
+
+@pytest.mark.parametrize("case", ["normal", "outlier", "ties", "raw"])
+def test_a_samples_kernel_gives_the_values_of_a_direct_computation(case):
+    """An empirical source looks its points up with a numba kernel (a grid over the knots, then
+    halvings within a cell): on samples whose cells hold one knot or hundreds (a far outlier),
+    rounded values with many ties, and an unstandardised one, at the knots, next to them, at
+    the grid's cell edges and beyond the ends, the density and Ψ_0, Ψ_1 equal numpy's search
+    and formula bit for bit, and a direct integration of the density within rounding; the
+    points looked up one at a time (numpy's search) give the same values."""
+    rng = np.random.default_rng(11)
+    x = {"normal": rng.standard_normal(1000),
+         "outlier": np.concatenate([rng.standard_normal(1000), [4.0e4]]),
+         "ties": np.round(rng.standard_normal(5000), 2),
+         "raw": 1e-3 * rng.standard_t(3, 1000)}[case]
+    src = Empirical(x, knots=None, standardize=case != "raw")
+    pts = _points(src, rng)
+    xk, d = _knot_tables(src)
+    finite = np.isfinite(pts)
+    scale = np.max(np.abs(xk))
+    seg = np.clip(np.searchsorted(xk, np.clip(pts, xk[0], xk[-1]), side="right") - 1, 0, d.size - 1)
+    np.testing.assert_array_equal(src._seg(pts), seg)
+    np.testing.assert_array_equal(src.pdf(pts), np.where((pts >= xk[0]) & (pts < xk[-1]), src._dens[seg], 0.0))
+    some = pts[finite][::7]   # the direct integration takes a (point, knot) table
+    np.testing.assert_allclose(src.pdf(some), _pdf_reference(src, some), rtol=1e-14, atol=0)
+    for k in (0, 1):
+        got = src.partial_moment(k, pts)
+        xc = np.clip(pts, xk[0], xk[-1])
+        numpy_formula = (src._Pk[k][seg] + src._dens[seg] * (xc ** (k + 1) - xk[seg] ** (k + 1)) / (k + 1)
+                         - src._P0[k])
+        np.testing.assert_array_equal(got, numpy_formula)
+        np.testing.assert_allclose(got[finite][::7], _psi_reference(src, k, some), rtol=0, atol=1e-13 * scale**k)
+        one_by_one = np.array([src.partial_moment(k, v) for v in pts[::97]])
+        np.testing.assert_array_equal(one_by_one, got[::97])
+    np.testing.assert_array_equal(np.array([src.pdf(v) for v in pts[::97]]), src.pdf(pts)[::97])
+
+
+def test_a_sample_too_uneven_for_the_kernels_grid_is_searched_by_numpy(monkeypatch):
+    """A grid cell of 2^20 knots or more (millions of values and far outliers) is more than the
+    kernel's halvings reach: the source then searches with numpy, with the same values (its
+    block law's sums in BLAS's order)."""
+    from quantbook.derive import block, sample_kernels
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(2000) + 0.5 * rng.exponential(1.0, 2000)
+    fast = Empirical(x, knots=None)
+    assert fast._kernel_grid() is not None   # built now, at the grid's real bound
+    monkeypatch.setattr(sample_kernels, "MAX_WIDTH", 1)
+    slow = Empirical(x, knots=None)
+    assert slow._kernel_grid() is None
+    pts = rng.uniform(-6.0, 6.0, 1000)
+    np.testing.assert_array_equal(slow.pdf(pts), fast.pdf(pts))
+    for k in (0, 1, 2):
+        np.testing.assert_array_equal(slow.partial_moment(k, pts), fast.partial_moment(k, pts))
+    mu_fast, mu_slow = (block.BlockMeasure(src, 16, "signed-absmax", 1) for src in (fast, slow))
+    y = np.linspace(-1.0, 1.0, 33)
+    np.testing.assert_allclose(mu_slow.dens(y), mu_fast.dens(y), rtol=1e-13)
+    for k in (0, 1):
+        np.testing.assert_allclose(mu_slow.T(k, y), mu_fast.T(k, y), rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.parametrize("normalization", ["absmax", "signed-absmax"])
+def test_a_samples_law_sums_its_nodes_as_the_table_does(normalization):
+    """The block law of a sample sums ``c_j f(y m_j)`` over the nodes of M in its kernel; the
+    same sums over the table of ``f(y m_j)``, each value from a direct integration of the
+    density, agree within rounding (and with the kernel's values looked up one by one)."""
+    rng = np.random.default_rng(12)
+    src = Empirical(rng.standard_normal(400) + 0.8 * rng.exponential(1.0, 400), knots=None)
+    mu = block_measure(src, 16, normalization, 1)
+    y = np.concatenate([np.linspace(-1.0, 1.0, 11), [-0.999, 0.3333, 0.999]])
+    m = mu.m
+    ym = np.multiply.outer(y, m).ravel()
+    for k in (0, 1):
+        psi, psi_minus = (_psi_reference(src, k, v).reshape(y.size, m.size) for v in (ym, -ym))
+        want = psi @ (mu._cp / m**k) + (-1) ** (k + 1) * psi_minus @ (mu._cm / m**k)
+        np.testing.assert_allclose(mu.T(k, y), want, rtol=1e-13, atol=1e-15)
+    g = _pdf_reference(src, ym).reshape(y.size, m.size)
+    g_minus = _pdf_reference(src, -ym).reshape(y.size, m.size)
+    want = np.where(np.abs(y) < 1, g @ (mu._cp * m) + g_minus @ (mu._cm * m), 0.0)
+    np.testing.assert_allclose(mu.dens(y), want, rtol=1e-13, atol=1e-15)

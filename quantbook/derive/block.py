@@ -70,7 +70,8 @@ _MAX_CUTS = 8192
 #: smallest rate ``1 - p/nu`` at which the weight ``M**p`` times the Gumbel density may decay
 _MIN_DECAY = 1e-5
 #: the most (value, node) pairs a law evaluates at once (memory): a sample's law has up to
-#: ~2·10^4 nodes of M, and Lloyd's starting density asks for 4097 values of y in one call
+#: ~2·10^4 nodes of M, and Lloyd's starting density asks for 4097 values of y in one call (a
+#: sample's kernel sums over the nodes without a table of the pairs; other sources fill one)
 _CHUNK = 1 << 21
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 
@@ -340,11 +341,9 @@ class BlockMeasure(_Measure):
     def _T(self, k, y):
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
         m = self.m
-        ym = np.multiply.outer(y, m)
-        psi = self.source.partial_moment(k, ym)
-        out = psi @ (self._cp / m**k)
+        out = self.source._node_sums("psi", k, y, m, self._cp / m**k)
         if self._has_minus:
-            out = out + (-1) ** (k + 1) * (self.source.partial_moment(k, -ym) @ (self._cm / m**k))
+            out = out + (-1) ** (k + 1) * self.source._node_sums("psi", k, -y, m, self._cm / m**k)
         if self._e_logm.size:
             ym = self._extreme_ym(y)
             for sign, lc in self._extreme_parts():
@@ -358,10 +357,9 @@ class BlockMeasure(_Measure):
     def _dens(self, y):
         y = np.asarray(y, dtype=np.float64)
         m = self.m
-        ym = np.multiply.outer(y, m)
-        out = self.source.pdf(ym) @ (self._cp * m)
+        out = self.source._node_sums("pdf", 0, y, m, self._cp * m)
         if self._has_minus:
-            out = out + self.source.pdf(-ym) @ (self._cm * m)
+            out = out + self.source._node_sums("pdf", 0, -y, m, self._cm * m)
         if self._e_logm.size:
             ym = self._extreme_ym(y)
             for sign, lc in self._extreme_parts():

@@ -142,6 +142,14 @@ class Source:
         """``(knots, values)`` when the density is constant between knots, else None."""
         return None
 
+    def _node_sums(self, what: str, k: int, y: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """``Σ_j c_j f(y_i m_j)`` for each ``y_i`` (1-D arrays), ``f`` the density (``what="pdf"``)
+        or ``Ψ_k`` (``"psi"``): the sums over the nodes ``m_j`` of the block maximum that a block
+        law is made of (:mod:`.block`).  A source may take them without the table of all
+        ``f(y_i m_j)`` (:class:`Empirical`)."""
+        ym = np.multiply.outer(y, m)
+        return (self.pdf(ym) if what == "pdf" else self.partial_moment(k, ym)) @ c
+
     def _integrate(self, f, lb: float, ub: float) -> float:
         """``∫_[lb, ub] f(x) g(x) dx`` (``f`` maps arrays elementwise) as ``∫ f(x(u)) du`` over
         the probabilities of ``[lb, ub]``, by adaptive quadrature: ``x = ppf(u)`` below the
@@ -486,6 +494,12 @@ DEFAULT_KNOTS = 4096
 EMPIRICAL_PREFIX = "empirical:"
 
 
+#: the fewest points an empirical source looks up with its kernels (:mod:`.sample_kernels`, the
+#: same values): below, numpy's binary search costs no more than a call, and needs no numba
+_KERNEL_FROM = 256
+_ONE = np.ones(1)
+
+
 class Empirical(Source):
     """A sample as a continuous distribution (see the module docstring).
 
@@ -494,10 +508,11 @@ class Empirical(Source):
     factor.  ``knots``: the Voronoi cdf is interpolated through about this many knots
     (uniform in probability in the bulk, geometric in the tails down to the extreme values;
     ``None`` keeps every distinct value), which smooths the density and keeps evaluation
-    cheap.  ``spec`` is ``label`` if given (e.g. the file it came from), else
-    ``empirical:<sha256 of the float64 sample, 12 hex digits>`` (and ``:knots=N`` or
-    ``:knots=all`` when not :data:`DEFAULT_KNOTS`, ``:raw`` unstandardised): it tells samples apart
-    but cannot be read back (:data:`EMPIRICAL_PREFIX`).
+    cheap.  A block law's many lookups of the knots run in a numba kernel
+    (:mod:`.sample_kernels`), with numpy's values.  ``spec`` is ``label`` if given (e.g. the
+    file it came from), else ``empirical:<sha256 of the float64 sample, 12 hex digits>`` (and
+    ``:knots=N`` or ``:knots=all`` when not :data:`DEFAULT_KNOTS`, ``:raw`` unstandardised): it
+    tells samples apart but cannot be read back (:data:`EMPIRICAL_PREFIX`).
     """
 
     moment_limit = math.inf
@@ -548,6 +563,7 @@ class Empirical(Source):
             keep = np.concatenate([[True], np.diff(xk_new) > 0])
             xk, Fk = xk_new[keep], p[keep]
         self._xk, self._Fk = xk, Fk
+        self._grid, self._grid_built = None, False   # the knots' grid for the kernels (_kernel_grid)
         self._dens = np.diff(Fk) / np.diff(xk)  # density on segment i = [xk_i, xk_{i+1}]
         # Ψ_k at the knots, measured from -inf; Ψ_k(x) = P_k(x) - P_k(0)
         xl, xr = self._xk[:-1], self._xk[1:]
@@ -567,7 +583,43 @@ class Empirical(Source):
     def _key(self):
         return ("Empirical", self.spec, self.digest, self.knots)
 
+    def _kernel_grid(self):
+        """The knots' grid for :mod:`.sample_kernels` (built at the first large lookup), or
+        None where a cell of it holds too many knots (numpy's search then)."""
+        if not self._grid_built:
+            from .sample_kernels import grid
+
+            self._grid, self._grid_built = grid(self._xk), True
+        return self._grid
+
+    def _node_sums(self, what: str, k: int, y: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """:func:`.sample_kernels.sums`: ``Σ_j c_j f(y_i m_j)`` for each ``y_i``, ``f`` the knot
+        segment (``what="segment"``), the density (``"pdf"``) or ``Ψ_k`` (``"psi"``), summed in
+        the order of ``j`` as the values come.  ``Ψ_2`` keeps numpy's power, whose rounding a
+        kernel need not share (it is rare: losses, not Lloyd's cells)."""
+        if (what == "psi" and k == 2) or self._kernel_grid() is None:
+            return super()._node_sums(what, k, y, m, c)
+        from . import sample_kernels as kernels
+
+        y = np.asarray(y, dtype=np.float64)
+        out = np.empty(y.shape)
+        code = {"segment": kernels.SEGMENT, "pdf": kernels.PDF, "psi": kernels.PSI0 + k}[what]
+        kernels.sums(code, *self._grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1),
+                     np.asarray(m, dtype=np.float64), np.asarray(c, dtype=np.float64), out.reshape(-1))
+        return out
+
+    def _kernel(self, x: np.ndarray) -> bool:
+        """Whether the points ``x`` are looked up by the kernel (:meth:`_lookup`)."""
+        return x.size >= _KERNEL_FROM and self._kernel_grid() is not None
+
+    def _lookup(self, what: str, x: np.ndarray, k: int = 0) -> np.ndarray:
+        """:meth:`_node_sums` over the single node ``m = 1``: ``f(x)`` itself, in the shape of ``x``."""
+        return self._node_sums(what, k, x, _ONE, _ONE)
+
     def _seg(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        if self._kernel(x):
+            return self._lookup("segment", x).astype(np.int64)
         return np.clip(np.searchsorted(self._xk, x, side="right") - 1, 0, self._dens.size - 1)
 
     def _from_left(self, k, x):
@@ -578,6 +630,8 @@ class Empirical(Source):
 
     def _pdf(self, x):
         x = np.asarray(x, dtype=np.float64)
+        if self._kernel(x):
+            return self._lookup("pdf", x)
         inside = (x >= self._xk[0]) & (x < self._xk[-1])
         return np.where(inside, self._dens[self._seg(x)], 0.0)
 
@@ -591,6 +645,10 @@ class Empirical(Source):
         return np.interp(np.asarray(p, dtype=np.float64), self._Fk, self._xk)
 
     def _partial_moment(self, k, x):
+        x = np.asarray(x, dtype=np.float64)
+        # k = 2 (losses, not Lloyd's cells) keeps numpy's power, whose rounding a kernel need not share
+        if k < 2 and self._kernel(x):
+            return self._lookup("psi", x, k)
         return self._from_left(k, x) - self._P0[k]
 
     def _piecewise_density(self):
