@@ -1,6 +1,8 @@
-"""Benchmark: exact Lloyd-Max derivation vs a Monte-Carlo Lloyd, in one run.
+"""Benchmark: exact Lloyd-Max derivation vs a Monte-Carlo Lloyd, in one run; or, with
+``--samples``, Lloyd-Max on sample sources.
 
     python benchmarks/bench_derive.py [--mc-samples 4000000] [--repeat 3]
+    python benchmarks/bench_derive.py --samples [--sample-size 200000] [--repeat 1]
 
 Derives 4-bit weight-domain L1 and L2 codes (normal source, absmax, -1/0/1 fixed) for
 B = 16, 32, ..., 16384 and prints the time per code (best of --repeat, measure cache cleared
@@ -9,12 +11,23 @@ plain Monte-Carlo Lloyd (4e6 normal samples in blocks of 64, weighted centroids 
 bincount, from the same starting code, until the change is below 1e-6 or 500 iterations)
 for the B=64 L2 code and prints its time, its distance from the exact code, and the ratio
 of the two times.  Target: <= 50 ms per code and >= 20x faster than Monte Carlo.
+
+``--samples``: 4-bit weight-domain L2 and L1 codes (absmax, -1/0/1 fixed, as NF4) of
+``--sample-size`` seeded values (seed 0) of a normal and a Student-t(5), kept whole
+(``Empirical(x, knots=None)``) and at the default knots, for B = 16 and 64: wall and CPU
+seconds per code (best of --repeat, measure cache cleared), iterations, final Lloyd change,
+the traced peak of memory (tracemalloc, numpy's arrays included) and a digest of the levels
+(to compare two checkouts: run this script with PYTHONPATH at each).  The load average is
+printed before and after, since the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -55,11 +68,49 @@ def monte_carlo_lloyd(B, n, seed=0, tol=1e-6, max_iter=500):
     return q, it, change, time.perf_counter() - t0
 
 
+def samples(n, repeat):
+    from quantbook.derive.sources import Empirical
+
+    print(f"load average {os.getloadavg()[0]:.2f}; {n} values, seed 0")
+    t = time.perf_counter()   # the first lookups import numba and load the compiled kernels
+    Empirical(np.arange(3.0)).pdf(np.zeros(1024))
+    print(f"first use of a sample source: {time.perf_counter() - t:.2f} s (not in the rows)")
+    print(f"{'sample':>8} {'knots':>6} {'B':>3} {'loss':>4} {'wall s':>7} {'cpu s':>7} {'iters':>5} "
+          f"{'change':>8} {'peak MB':>8}  levels")
+    for kind in ("normal", "t5"):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(n) if kind == "normal" else rng.standard_t(5, n)
+        for knots in (None, "default"):
+            src = Empirical(x) if knots == "default" else Empirical(x, knots=None)
+            for B in (16, 64):
+                for loss in ("l2", "l1"):
+                    best = (float("inf"), 0.0, 0)
+                    for _ in range(repeat):
+                        _cached_measure.cache_clear()
+                        tracemalloc.start()
+                        t, c = time.perf_counter(), time.process_time()
+                        res = solve_lloyd(4, B, loss, "weight", source=src)
+                        wall, cpu = time.perf_counter() - t, time.process_time() - c
+                        peak = tracemalloc.get_traced_memory()[1]
+                        tracemalloc.stop()
+                        best = min(best, (wall, cpu, peak))
+                    digest = hashlib.sha256(res.codebook.levels.tobytes()).hexdigest()[:10]
+                    print(f"{kind:>8} {knots or 'all':>6} {B:>3} {loss:>4} {best[0]:7.2f} {best[1]:7.2f} "
+                          f"{res.iterations:>5} {res.change:8.1e} {best[2] / 2**20:8.1f}  {digest}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mc-samples", type=int, default=4_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=None, help="3, or 1 with --samples")
+    ap.add_argument("--samples", action="store_true", help="Lloyd-Max on sample sources (module docstring)")
+    ap.add_argument("--sample-size", type=int, default=200_000)
     args = ap.parse_args()
+    if args.samples:
+        samples(args.sample_size, args.repeat or 1)
+        return
+    args.repeat = args.repeat or 3
     print(f"{'B':>6} {'loss':>4} {'ms/code':>8} {'iters':>5} {'change':>9}")
     worst = 0.0
     for loss in ("l1", "l2"):
