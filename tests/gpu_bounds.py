@@ -10,6 +10,12 @@ store, so an access to a canary byte, read or write, is an error too (a read the
 otherwise see the canary and pass unnoticed).  Either leaves the grid at once, and the launcher
 raises, naming the kernel and the array.  Accesses the compiler drops or narrows (a dead load,
 the used word of a vector load) are not seen: they cannot change an output.
+
+A GPU's shared memory holds no defined value when a CTA starts, so a ``__shared__`` array starts
+each block as poison (all ones, 0x7f bytes or noise, in turn), never the zeros or the previous
+block's values a kept array would hold; and the check notes which of its bytes the block has
+written, so a read of one no thread of the block has written raises too, naming the kernel, the
+array and the block.
 """
 
 from __future__ import annotations
@@ -33,18 +39,20 @@ SHIM = r"""
 #define QB_HOOK extern "C" __attribute__((no_sanitize_address, visibility("hidden")))
 
 /* the canary bytes no access may touch: [lo, hi), of a launch's argument (owner >= 0) or of
-   shared array -1 - owner; disjoint, sorted by address */
-struct QbWatch { unsigned long long lo, hi; long long owner; };
+   shared array -1 - owner; and each shared array's own bytes (data), whose reads are checked
+   against what its CTA wrote; disjoint, sorted by address */
+struct QbWatch { unsigned long long lo, hi; long long owner; int data; };
 static const int QB_MAX_WATCH = 1 << 14;
 static QbWatch qb_watch[QB_MAX_WATCH];
 static int qb_nwatch = 0;
 static unsigned long long qb_watch_lo = ~0ull, qb_watch_hi = 0;   /* all of them: a quick test */
 static int qb_armed = 0;
 extern "C" {
-int qb_oob = 0, qb_oob_write = 0;
+int qb_oob = 0, qb_oob_write = 0, qb_oob_unset = 0;   /* unset: a shared read before any write */
 long long qb_oob_owner = 0;
-unsigned long long qb_oob_at = 0, qb_oob_size = 0;
+unsigned long long qb_oob_at = 0, qb_oob_size = 0, qb_oob_block = 0;
 }
+static QB_UNCHECKED int qb_shared_read_unset(int k, unsigned long long lo, unsigned long long hi, int write);
 
 static QB_UNCHECKED void qb_watch_sorted() {
     std::sort(qb_watch, qb_watch + qb_nwatch, [](const QbWatch& a, const QbWatch& b) { return a.lo < b.lo; });
@@ -56,10 +64,11 @@ static QB_UNCHECKED void qb_watch_sorted() {
     }
 }
 
-static QB_UNCHECKED void qb_watch_add(unsigned long long lo, unsigned long long hi, long long owner) {
+static QB_UNCHECKED void qb_watch_add(unsigned long long lo, unsigned long long hi, long long owner,
+                                      int data = 0) {
     if (lo >= hi) return;
     if (qb_nwatch == QB_MAX_WATCH) { std::fprintf(stderr, "emulator: too many arrays\n"); std::abort(); }
-    qb_watch[qb_nwatch++] = QbWatch{lo, hi, owner};
+    qb_watch[qb_nwatch++] = QbWatch{lo, hi, owner, data};
 }
 
 static void qb_bounds_arm(int on) { qb_armed = on; if (on) qb_oob = 0; }
@@ -72,9 +81,16 @@ __attribute__((no_sanitize_address)) static inline void qb_access(const void* p,
         const int m = (lo + hi) / 2;
         if (qb_watch[m].hi <= a) lo = m + 1; else hi = m;
     }
-    if (lo == qb_nwatch || qb_watch[lo].lo >= a + n || qb_oob) return;
-    qb_oob = 1; qb_oob_write = write; qb_oob_owner = qb_watch[lo].owner; qb_oob_at = a; qb_oob_size = n;
-    if (qb_armed) { qb_faulted = 1; qb_fault_at = a; siglongjmp(qb_fault_jmp, 1); }
+    for (; lo < qb_nwatch && qb_watch[lo].lo < a + n; ++lo) {   /* the spans it touches */
+        const QbWatch& w = qb_watch[lo];
+        const unsigned long long b = a > w.lo ? a : w.lo, e = a + n < w.hi ? a + n : w.hi;
+        if (w.data && !qb_shared_read_unset((int)(-1 - w.owner), b, e, write)) continue;
+        if (qb_oob) return;
+        qb_oob = 1; qb_oob_write = write; qb_oob_unset = w.data; qb_oob_owner = w.owner;
+        qb_oob_at = w.data ? b : a; qb_oob_size = w.data ? e - b : n; qb_oob_block = blockIdx.x;
+        if (qb_armed) { qb_faulted = 1; qb_fault_at = a; siglongjmp(qb_fault_jmp, 1); }
+        return;
+    }
 }
 
 /* what -fsanitize=kernel-address calls (recoverable, out of line) */
@@ -106,20 +122,25 @@ extern "C" QB_UNCHECKED void qb_watch_launch(int k, const unsigned long long* ro
     qb_watch_sorted();
 }
 
-/* A shared-memory array (QB_SHARED below): zeroed memory of its own between guards, as a static
-   was, made when its kernel first runs and kept, as a static is. */
-struct QbShared { unsigned long long map, size, lo, n; const char* name; };
+/* A shared-memory array (QB_SHARED below): memory of its own between guards, made when its kernel
+   first runs.  A GPU's shared memory holds no defined value when a CTA starts, so the first of a
+   CTA's threads to reach the declaration fills it with poison (a pattern that changes from CTA to
+   CTA: NaN / all ones, huge values, noise) and forgets which bytes were written: a read of a byte
+   no thread of the CTA has written raises, and one the check misses still sees poison, never the
+   zeros or the previous CTA's values a kept array would hold. */
+struct QbShared { unsigned long long map, size, lo, n, cta; const char* name; unsigned char* written; };
 static const int QB_MAX_SHARED = 4096;
 static QbShared qb_shared[QB_MAX_SHARED];
 static int qb_nshared = 0;
 static const unsigned long long QB_SHARED_GUARD = 16;   /* pages */
 
-static QB_UNCHECKED void* qb_shared_alloc(unsigned long long n, unsigned long long align, const char* name) {
+static QB_UNCHECKED int qb_shared_alloc(unsigned long long n, unsigned long long align, const char* name) {
     const unsigned long long page = (unsigned long long)sysconf(_SC_PAGESIZE), guard = QB_SHARED_GUARD * page;
     const unsigned long long data = (n + align + page - 1) / page * page;
     const unsigned long long size = data + 2 * guard;
     void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED || qb_nshared == QB_MAX_SHARED) {
+    unsigned char* written = static_cast<unsigned char*>(std::calloc(n, 1));
+    if (m == MAP_FAILED || !written || qb_nshared == QB_MAX_SHARED) {
         std::fprintf(stderr, "emulator: no memory for shared array %s\n", name);
         std::abort();
     }
@@ -128,13 +149,59 @@ static QB_UNCHECKED void* qb_shared_alloc(unsigned long long n, unsigned long lo
     mprotect((void*)end, guard, PROT_NONE);
     const unsigned long long lo = (end - n) / align * align;
     std::memset((void*)(base + guard), 0xA5, data);   /* the canary around it */
-    std::memset((void*)lo, 0, n);
     const long long owner = -1 - qb_nshared;
-    qb_shared[qb_nshared++] = QbShared{base, size, lo, n, name};
+    qb_shared[qb_nshared++] = QbShared{base, size, lo, n, ~0ull, name, written};
     qb_watch_add(base + guard, lo, owner);
+    qb_watch_add(lo, lo + n, owner, 1);
     qb_watch_add(lo + n, end, owner);
     qb_watch_sorted();
-    return (void*)lo;
+    return qb_nshared - 1;
+}
+
+/* the poison of CTA number cta (counted over launches): each pattern in turn, so a read whose
+   result one of them leaves unchanged (fmaxf of NaN, a sum with 0) shows up with another */
+static QB_UNCHECKED void qb_shared_poison(const QbShared& s, unsigned long long cta) {
+    unsigned char* p = reinterpret_cast<unsigned char*>(s.lo);
+    switch (cta % 3) {
+    case 0: std::memset(p, 0xFF, s.n); break;   /* NaN of either float width, integers all ones */
+    case 1: std::memset(p, 0x7F, s.n); break;   /* 3.4e38f, 1.4e306, large positive integers */
+    default: {                                  /* noise, different each time */
+        unsigned long long z = cta * 0x9E3779B97F4A7C15ull + s.lo;
+        for (unsigned long long i = 0; i < s.n; i += 8) {
+            z += 0x9E3779B97F4A7C15ull;
+            unsigned long long r = z;
+            r = (r ^ (r >> 30)) * 0xBF58476D1CE4E5B9ull;
+            r = (r ^ (r >> 27)) * 0x94D049BB133111EBull;
+            r ^= r >> 31;
+            std::memcpy(p + i, &r, s.n - i < 8 ? s.n - i : 8);
+        }
+    }
+    }
+}
+
+/* what a QB_SHARED declaration runs, in every thread of every CTA: the array (made on the
+   first call; *k caches its index), poisoned and unwritten once a CTA */
+static QB_UNCHECKED void* qb_shared_enter(int* k, unsigned long long n, unsigned long long align,
+                                          const char* name) {
+    if (*k < 0) *k = qb_shared_alloc(n, align, name);
+    QbShared& s = qb_shared[*k];
+    if (s.cta != qb_cta_seq) {
+        s.cta = qb_cta_seq;
+        qb_shared_poison(s, s.cta);
+        std::memset(s.written, 0, s.n);
+    }
+    return (void*)s.lo;
+}
+
+/* bytes [lo, hi) of shared array k accessed: a write marks them, a read of one not marked
+   since its CTA began is the error (returns 1) */
+static QB_UNCHECKED int qb_shared_read_unset(int k, unsigned long long lo, unsigned long long hi, int write) {
+    unsigned char* w = qb_shared[k].written + (lo - qb_shared[k].lo);
+    const unsigned long long n = hi - lo;
+    if (write) { std::memset(w, 1, n); return 0; }
+    for (unsigned long long i = 0; i < n; ++i)
+        if (!w[i]) return 1;
+    return 0;
 }
 
 /* shared array k's place and name, or those of the one whose memory (guards too) holds at */
@@ -150,9 +217,11 @@ extern "C" QB_UNCHECKED int qb_shared_info(int k, unsigned long long at, unsigne
 
 #define QB_ALIGN(T, A) ((A) > alignof(T) ? (A) : alignof(T))
 #define QB_SHARED(T, name, N, A) \
-    static T (&name)[N] = *static_cast<T (*)[N]>(qb_shared_alloc(sizeof(T[N]), QB_ALIGN(T, A), #name))
+    static int qb_shared_slot_##name = -1; \
+    T (&name)[N] = *static_cast<T (*)[N]>(qb_shared_enter(&qb_shared_slot_##name, sizeof(T[N]), QB_ALIGN(T, A), #name))
 #define QB_SHARED1(T, name, A) \
-    static T& name = *static_cast<T*>(qb_shared_alloc(sizeof(T), QB_ALIGN(T, A), #name))
+    static int qb_shared_slot_##name = -1; \
+    T& name = *static_cast<T*>(qb_shared_enter(&qb_shared_slot_##name, sizeof(T), QB_ALIGN(T, A), #name))
 """
 
 _SHARED_DECL = re.compile(r"__shared__\s+(?:__align__\((?P<align>\d+)\)\s+)?(?P<type>\w+(?:\s+\w+)*?)\s+"
@@ -161,8 +230,11 @@ _SHARED_DECL = re.compile(r"__shared__\s+(?:__align__\((?P<align>\d+)\)\s+)?(?P<
 
 def guard_shared(src: str) -> str:
     """``src`` with each ``__shared__`` declaration made a reference into memory of its own
-    (``QB_SHARED``); a form it cannot rewrite is an error rather than an unchecked array."""
+    (``QB_SHARED``); a form it cannot rewrite is an error rather than an unchecked array, and so
+    is one outside a function (run once, at load, it could not start each CTA afresh)."""
     def one(m: re.Match) -> str:
+        if src.count("{", 0, m.start()) <= src.count("}", 0, m.start()):
+            raise ValueError(f"a __shared__ declaration outside a function: {m[0]!r}")
         a = m["align"] or "0"
         if m["count"] is None:
             return f"QB_SHARED1({m['type']}, {m['name']}, {a});"
@@ -271,10 +343,15 @@ def _shared(lib, k: int, at: int = 0) -> tuple[int, int, str] | None:
 
 def _fault(lib, name: str, guards) -> str:
     """The message for a launch left at an access out of bounds."""
-    if ctypes.c_int.in_dll(lib, "qb_oob").value:   # a canary byte, by the check
+    if ctypes.c_int.in_dll(lib, "qb_oob").value:   # a canary byte, or an unwritten shared one, by the check
         at = ctypes.c_ulonglong.in_dll(lib, "qb_oob_at").value
         size = ctypes.c_ulonglong.in_dll(lib, "qb_oob_size").value
         owner = ctypes.c_longlong.in_dll(lib, "qb_oob_owner").value
+        if ctypes.c_int.in_dll(lib, "qb_oob_unset").value:
+            lo, n, nm = _shared(lib, -1 - owner)
+            block = ctypes.c_ulonglong.in_dll(lib, "qb_oob_block").value
+            return (f"{name}: read of shared array {nm} ({n} bytes) before any write in this block "
+                    f"(block {block}): bytes {at - lo}..{at - lo + size - 1} from its start")
         how = "write to" if ctypes.c_int.in_dll(lib, "qb_oob_write").value else "read of"
         if owner >= 0:
             g = next(g for g, idx in guards if idx[0] == owner)

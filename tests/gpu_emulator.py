@@ -3,7 +3,8 @@
 The kernel source of :mod:`quantbook.bulk.gpu.kernels` is compiled as C++ with a
 small shim (``g++``, IEEE float32 with ``-ffp-contract=off``): every CUDA thread is a fiber
 (``ucontext``) on one OS thread, the thread blocks run one after another, ``__shared__``
-variables are shared by the threads of the running block, ``__syncthreads`` is a barrier
+variables are shared by the threads of the running block (and start it as poison: a read of
+one before any thread of the block wrote it raises), ``__syncthreads`` is a barrier
 (a thread that passes a different number of barriers than the others is an error) and
 ``__shfl_xor_sync`` an exchange through memory between two barriers (the kernels call
 both uniformly, before any thread leaves).  float16 conversions use the compiler's
@@ -157,12 +158,15 @@ static inline unsigned __vmaxu2(unsigned a, unsigned b) {
 using std::min;
 
 /* each fiber walks the thread blocks in order, with a barrier between blocks (the kernels
-   have no barrier after a thread may return) */
+   have no barrier after a thread may return); the first to start a block counts a new CTA,
+   whose shared arrays start over (gpu_bounds: poisoned, unwritten) */
+static unsigned long long qb_cta_seq = 0, qb_cta_block = ~0ull;
 static void qb_fiber_main(unsigned t) {
     QbFiber& f = qb_fibers[t];
     for (unsigned b = 0; b < gridDim.x; ++b) {
         f.b = b;
         blockIdx = qb_dim3{b, 0, 0};
+        if (qb_cta_block != b) { qb_cta_block = b; ++qb_cta_seq; }
         (*qb_body)();
         qb_bar.wait();
     }
@@ -206,6 +210,7 @@ static void qb_run_grid(unsigned grid, unsigned block, const std::function<void(
 static void qb_run_fibers(unsigned grid, unsigned block, const std::function<void()>& body) {
     blockDim = qb_dim3{block, 1, 1}; gridDim = qb_dim3{grid, 1, 1};
     qb_body = &body;
+    qb_cta_block = ~0ull;   /* block 0 of this launch is a new CTA too */
     qb_barrier_mismatch = 0;
     qb_misaligned = 0;
     while (qb_stacks.size() < block) qb_stacks.push_back(static_cast<char*>(std::malloc(QB_STACK)));

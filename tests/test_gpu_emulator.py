@@ -99,6 +99,45 @@ extern "C" void emu_toy_shared_shift(unsigned grid, unsigned block, const float*
                                      int rshift) {
     qb_run_grid(grid, block, [&] { toy_shared_shift(x, o, wshift, rshift); });
 }
+/* a table meant to be loaded once a CTA but loaded by block 0 only: the later blocks rely on
+   block 0's values still being there */
+__global__ void toy_table_once(const float* table, const int* idx, float* out) {
+    __shared__ float s_t[16];
+    if (blockIdx.x == 0 && threadIdx.x < 16) s_t[threadIdx.x] = table[threadIdx.x];
+    __syncthreads();
+    const unsigned e = blockIdx.x * blockDim.x + threadIdx.x;
+    out[e] = s_t[idx[e]];
+}
+extern "C" void emu_toy_table_once(unsigned grid, unsigned block, const float* t, const int* idx, float* o) {
+    qb_run_grid(grid, block, [&] { toy_table_once(t, idx, o); });
+}
+/* a flag set by any thread that sees a negative value, never cleared: it relies on shared
+   memory starting at zero */
+__global__ void toy_negate_if_any(const float* x, float* out) {
+    __shared__ int s_neg;
+    const unsigned e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (x[e] < 0.0f) s_neg = 1;
+    __syncthreads();
+    out[e] = s_neg ? -x[e] : x[e];
+}
+extern "C" void emu_toy_negate_if_any(unsigned grid, unsigned block, const float* x, float* o) {
+    qb_run_grid(grid, block, [&] { toy_negate_if_any(x, o); });
+}
+/* the bytes a shared array holds as each block begins, copied out unchecked by thread 0 (what
+   a read before any write sees), then written by the block */
+static QB_UNCHECKED void toy_copy_unchecked(const void* s, unsigned n, unsigned char* to) {
+    for (unsigned i = 0; i < n; ++i) to[i] = static_cast<const volatile unsigned char*>(s)[i];
+}
+__global__ void toy_peek(unsigned char* seen) {
+    __shared__ float s[8];
+    if (threadIdx.x == 0) toy_copy_unchecked(s, sizeof s, seen + blockIdx.x * sizeof s);
+    __syncthreads();
+    if (threadIdx.x < 8) s[threadIdx.x] = 1.0f;
+    __syncthreads();
+}
+extern "C" void emu_toy_peek(unsigned grid, unsigned block, unsigned char* seen) {
+    qb_run_grid(grid, block, [&] { toy_peek(seen); });
+}
 """
 
 
@@ -125,13 +164,14 @@ def test_a_barrier_orders_the_threads_of_a_block(toys, block):
 
 
 def test_a_missing_barrier_shows_up(toys):
-    """Thread 0 runs last between two barriers, so without the barrier the others read the
-    previous block's value (or none); were the fibers run in thread order, the kernel
-    would seem right."""
+    """Thread 0 runs last between two barriers, so without the barrier the others read ``s``
+    before any thread of their block has written it, and the launch raises; were the fibers
+    run in thread order, the kernel would seem right."""
     x = np.arange(2 * 256, dtype=np.float32)
     out = np.full_like(x, np.nan)
-    toys("toy_broadcast", 2, 256, x, out, 0)
-    assert not np.array_equal(out, np.repeat(x[::256], 256))
+    with pytest.raises(RuntimeError, match="toy_broadcast: read of shared array s \\(4 bytes\\) before any "
+                                           "write in this block \\(block 0\\): bytes 0..3"):
+        toys("toy_broadcast", 2, 256, x, out, 0)
 
 
 def test_a_shuffle_exchanges_the_values_of_a_warp(toys):
@@ -229,6 +269,43 @@ def test_a_shared_access_out_of_bounds_fails(toys, wshift, rshift, what):
     assert np.array_equal(out, x)
 
 
+def test_a_shared_read_before_any_write_in_its_block_fails(toys):
+    """On a GPU a CTA's shared memory starts undefined, so a kernel that reads a shared byte no
+    thread of its block has written (the table block 0 loaded, a flag it never clears) works
+    only by accident; here the launch raises, naming the kernel, the array and the block.  A
+    write by one thread and reads by the others after a barrier are fine (the tests above)."""
+    table = np.arange(16, dtype=np.float32) * 0.5
+    idx = (np.arange(3 * 64) * 7 % 16).astype(np.int32)
+    out = np.full(idx.size, np.nan, np.float32)
+    with pytest.raises(RuntimeError, match="toy_table_once: read of shared array s_t \\(64 bytes\\) before any "
+                                           "write in this block \\(block 1\\): bytes \\d+..\\d+ from its start"):
+        toys("toy_table_once", 3, 64, table, idx, out)
+    x = np.arange(2 * 64, dtype=np.float32)   # no negative value: no thread sets the flag
+    with pytest.raises(RuntimeError, match="toy_negate_if_any: read of shared array s_neg \\(4 bytes\\) before "
+                                           "any write in this block \\(block 0\\): bytes 0..3"):
+        toys("toy_negate_if_any", 2, 64, x, out)
+
+
+def test_a_blocks_shared_memory_starts_as_poison(toys):
+    """What a read the check misses would see: each block's shared array starts as poison,
+    never zeros nor the previous block's values (as a kept array would hold), and the poison
+    changes from block to block and from launch to launch (all ones, so NaN; 0x7f bytes, so
+    huge; noise), so a read one pattern leaves harmless shows up with another."""
+    grid, width = 6, 32
+    launches = []
+    for _ in range(2):
+        seen = np.zeros(grid * width, np.uint8)
+        toys("toy_peek", grid, 32, seen)
+        launches.append(seen.reshape(grid, width))
+    written = np.full(8, 1.0, np.float32).view(np.uint8)
+    for seen in launches:
+        assert not any(np.array_equal(b, written) or not b.any() for b in seen)
+        patterns = {b.tobytes() for b in seen}
+        assert len(patterns) >= 3 and {b"\xff" * width, b"\x7f" * width} <= patterns
+        assert np.isnan(seen.view(np.float32)).any()
+    assert not np.array_equal(launches[0], launches[1])
+
+
 def test_every_shared_array_of_the_kernels_is_guarded():
     """Each ``__shared__`` declaration of the three kernel sources becomes guarded memory; one
     the rewrite does not know is an error, not an unchecked array."""
@@ -237,6 +314,8 @@ def test_every_shared_array_of_the_kernels_is_guarded():
         assert out.count("QB_SHARED") == src.count("__shared__") > 0
     with pytest.raises(ValueError, match="cannot guard"):
         E.guard_shared("__shared__ float a[4], b[4];")
+    with pytest.raises(ValueError, match="outside a function"):
+        E.guard_shared("__shared__ float a[4];\n__global__ void k() { a[0] = 1.0f; }")
 
 
 def _nested_dequantize_variants() -> str:
@@ -247,10 +326,12 @@ def _nested_dequantize_variants() -> str:
     src = K.source([name])
     body = src[src.index('extern "C" __global__ void __launch_bounds__(256) ' + name):]
     out = [src]
-    for tag, old, new in (("q", "s_t[q[i]]", "s_t[q[i + 1]]"), ("s", "s_t[q[i]]", "s_t[q[i] + 1]")):
+    load = "for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_t[i] = code[i];"
+    for tag, old, new in (("q", "s_t[q[i]]", "s_t[q[i + 1]]"), ("s", "s_t[q[i]]", "s_t[q[i] + 1]"),
+                          ("once", load, "if (blockIdx.x == 0) " + load)):
         assert body.count(old) == 1
         out.append(body.replace(name, f"{name}_{tag}").replace(old, new))
-    for tag in ("", "_q", "_s"):
+    for tag in ("", "_q", "_s", "_once"):
         out.append(f'extern "C" void emu_{name}{tag}(unsigned grid, unsigned block, const qb_u8* q, const float* m,'
                    f" const float* code, float offset, float* o, qb_i64 n, int log2B) {{ qb_run_grid(grid, block,"
                    f" [&] {{ {name}{tag}(q, m, code, offset, o, n, log2B); }}); }}")
@@ -261,7 +342,7 @@ def test_a_real_kernel_reading_past_an_array_fails():
     """Copies of a real kernel, each changed to read one element past an array, fail where the
     kernel as it is passes: past a launch's array whose end lies 4 bytes short of a 16-byte
     boundary (before the check, a read of the canary byte went unnoticed) and past a shared
-    array."""
+    array; so does one that loads its shared table in block 0 only (a kept array held it)."""
     try:
         lib = ctypes.CDLL(str(E._build_library(E._SHIM + _nested_dequantize_variants(), "emu_toys_nested")))
     except E.EmulatorUnavailable as exc:
@@ -287,3 +368,6 @@ def test_a_real_kernel_reading_past_an_array_fails():
     with pytest.raises(RuntimeError, match=f"{name}_s: out-of-bounds access .*: shared array s_t "
                                            "\\(1024 bytes\\), 0 bytes past its end"):
         launch("_s")
+    with pytest.raises(RuntimeError, match=f"{name}_once: read of shared array s_t \\(1024 bytes\\) before any "
+                                           "write in this block \\(block 1\\)"):
+        launch("_once")
