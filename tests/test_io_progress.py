@@ -8,10 +8,14 @@ import pytest
 
 from quantbook.io import progress as pg
 
-pytest.importorskip("tqdm")
+
+@pytest.fixture
+def tqdm():
+    """The bars need tqdm; that they are silently off without it does not."""
+    return pytest.importorskip("tqdm")
 
 
-def test_off_when_not_a_terminal_unless_forced(capsys):
+def test_off_when_not_a_terminal_unless_forced(tqdm, capsys):
     assert not pg.progress_enabled()  # pytest's captured stderr is not a terminal
     with pg.progress_bar(total=3, desc="work") as bar:
         assert not bar.enabled
@@ -20,7 +24,7 @@ def test_off_when_not_a_terminal_unless_forced(capsys):
     assert pg.progress_enabled(force=True)
 
 
-def test_forced_bar_counts_finished_items(capsys):
+def test_forced_bar_counts_finished_items(tqdm, capsys):
     with pg.progress_bar(total=3, desc="work", unit="item", force=True) as bar:
         for name in ("alpha", "beta", "gamma"):
             bar.step(name)
@@ -28,7 +32,7 @@ def test_forced_bar_counts_finished_items(capsys):
     assert "work" in err and "3/3" in err and "gamma" in err
 
 
-def test_an_exception_does_not_count_the_item_in_progress(capsys):
+def test_an_exception_does_not_count_the_item_in_progress(tqdm, capsys):
     with pytest.raises(RuntimeError):
         with pg.progress_bar(total=3, desc="work", force=True) as bar:
             bar.step("a")

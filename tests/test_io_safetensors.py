@@ -18,7 +18,11 @@ import quantbook.io.safetensors as st
 from quantbook.cli import main
 from quantbook.codebooks.registry import REGISTRY
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+@pytest.fixture
+def safetensors_numpy():
+    """The safetensors package, the independent writer; the raw-byte tests do without it."""
+    return pytest.importorskip("safetensors.numpy")
 
 
 def _raw(path: Path, header: dict | bytes, data: bytes = b"", length: int | None = None) -> Path:
@@ -28,7 +32,7 @@ def _raw(path: Path, header: dict | bytes, data: bytes = b"", length: int | None
 
 
 @pytest.fixture
-def many(tmp_path):
+def many(tmp_path, safetensors_numpy):
     rng = np.random.default_rng(11)
     tensors = {f"t{i:03d}": rng.standard_normal((2, 32)).astype(np.float32) for i in range(60)}
     path = tmp_path / "many.safetensors"
@@ -146,7 +150,7 @@ def test_unknown_dtype_is_listed_but_not_read(tmp_path):
         st.read_tensor(path, "q")
 
 
-def test_file_shrunk_after_opening_is_an_error(tmp_path):
+def test_file_shrunk_after_opening_is_an_error(tmp_path, safetensors_numpy):
     x = np.arange(8, dtype=np.float32)
     path = tmp_path / "s.safetensors"
     safetensors_numpy.save_file({"x": x}, str(path))
