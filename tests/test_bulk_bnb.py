@@ -1,4 +1,5 @@
-"""Live comparison with bitsandbytes (skipped when it is not installed).
+"""Live comparison with bitsandbytes (skipped when it is not installed; the live torch checks
+of quantbook.numerics.torch_f32 need torch alone).
 
 bitsandbytes' CPU ``quantize_4bit`` / ``dequantize_4bit`` (pure torch + its C++ CPU library) is
 an independent implementation of the format; quantbook must give identical bytes, absmax,
@@ -15,17 +16,28 @@ import warnings
 import numpy as np
 import pytest
 
-bnb = pytest.importorskip("bitsandbytes")
 torch = pytest.importorskip("torch")
-import torch._dynamo  # noqa: E402
-
-import bitsandbytes.functional as F  # noqa: E402
 
 import quantbook as qb  # noqa: E402
 from quantbook.bulk.nested import dynamic_map  # noqa: E402
 from quantbook.numerics import torch_f32  # noqa: E402
 
-torch._dynamo.config.disable = True  # bnb's compiled fallbacks run eagerly (same math, fast tests)
+try:
+    import bitsandbytes.functional as _bnb_functional
+except ImportError:
+    _bnb_functional = None
+
+
+@pytest.fixture
+def F():
+    """bitsandbytes.functional, its compiled fallbacks run eagerly (same math, fast tests);
+    dynamo's switch is process-wide, so it is put back after the test."""
+    if _bnb_functional is None:
+        pytest.skip("bitsandbytes is not installed")
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(disable=True):
+        yield _bnb_functional
 
 try:
     import ml_dtypes
@@ -58,7 +70,7 @@ def _shapes(rng, B):
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("blocksize", [32, 64, 128, 256, 512, 1024, 2048, 4096])
-def test_live_against_bitsandbytes(quant_type, blocksize):
+def test_live_against_bitsandbytes(F, quant_type, blocksize):
     rng = np.random.default_rng(blocksize * 7 + (quant_type == "fp4"))
     for shape in _shapes(rng, blocksize):
         for dt in DTYPES:
@@ -96,7 +108,7 @@ def test_live_against_bitsandbytes(quant_type, blocksize):
                     assert np.array_equal(_bits(y32[nz]), _bits(ref[nz])), info
 
 
-def test_state_dict_roundtrip_with_bitsandbytes():
+def test_state_dict_roundtrip_with_bitsandbytes(F):
     """Our as_dict() loads into bitsandbytes' QuantState.from_dict and vice versa."""
     x = np.random.default_rng(3).standard_normal((40, 128)).astype(np.float32)
     packed, qs = qb.quantize(x, "nf4", 64, nested=True)
@@ -109,8 +121,11 @@ def test_state_dict_roundtrip_with_bitsandbytes():
     assert np.array_equal(qb.dequantize(packed, back), ref)
 
 
-def test_dynamic_map_and_linspace():
+def test_dynamic_map(F):
     assert np.array_equal(_bits(dynamic_map()), _bits(F.create_dynamic_map().numpy()))
+
+
+def test_linspace():
     rng = np.random.default_rng(0)
     for _ in range(50):
         a, b, n = float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5)), int(rng.integers(1, 3000))
@@ -132,7 +147,7 @@ def test_torch_mean_emulation_live():
         torch.set_num_threads(old)
 
 
-def test_nested_offset_with_many_blocks_and_threads():
+def test_nested_offset_with_many_blocks_and_threads(F):
     """>= 32768 blocks: torch sums over its threads; torch_threads reproduces each count."""
     x = np.random.default_rng(5).standard_normal(33000 * 32 + 17).astype(np.float32) ** 3
     old = torch.get_num_threads()
