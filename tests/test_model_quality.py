@@ -77,8 +77,12 @@ def smol():
     for mod in ("gguf", "accelerate"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"loading a .gguf file needs {mod}: pip install 'quantbook[llm]'")
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    return load_model(GGUF, "lm")
+    threads = torch.get_num_threads()   # process-wide: put back for the modules after this one
+    torch.set_num_threads(max(1, min(4, threads)))
+    try:
+        yield load_model(GGUF, "lm")
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
