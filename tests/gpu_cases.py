@@ -223,8 +223,8 @@ def use_stand_in_cupy(monkeypatch, emulator, build=None, caches=()):
     """:func:`fake_cupy` of ``emulator`` installed as ``cupy`` for one test: NVRTC loaded
     first (the stand-in cannot load it), the emulation built (``build()``, default
     ``emulator()``), the compiled-module caches of the gpu backend and of the modules in
-    ``caches`` and its device-table and launch-plan caches emptied.  Skips, with the reason,
-    without NVRTC or a C++ compiler."""
+    ``caches`` and its device-table, launch-plan and device-property caches emptied.  Skips,
+    with the reason, without NVRTC or a C++ compiler."""
     import sys
 
     import gpu_emulator as E
@@ -242,6 +242,10 @@ def use_stand_in_cupy(monkeypatch, emulator, build=None, caches=()):
         monkeypatch.setattr(mod, "_MODULES", {})
     monkeypatch.setattr(G, "_CONSTS", {})
     monkeypatch.setattr(G, "_PLANS", {})
+    # kept after the test, the stand-in's 2 SMs and its dead kernels' ids would size a real
+    # device's later launches
+    for cache in ("_SMS", "_RESIDENT", "_NAMES"):
+        monkeypatch.setattr(G, cache, {})
     return fake
 
 
