@@ -1,6 +1,7 @@
 """The package's layers point down (pyproject.toml's import-linter contracts): no module imports
 a higher layer, lazily or not, so there is no import circle to break later."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -25,3 +26,25 @@ def test_importing_quantbook_loads_no_heavy_optional_dependency():
             "print(sorted(m for m in ('numba', 'cupy', 'torch', 'matplotlib', 'safetensors') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _cached_njit(dec) -> bool:
+    """Whether a decorator is numba's ``njit``/``jit`` asked to cache on disk."""
+    if not isinstance(dec, ast.Call):
+        return False
+    name = dec.func.attr if isinstance(dec.func, ast.Attribute) else getattr(dec.func, "id", "")
+    return name in ("njit", "jit") and any(k.arg == "cache" and getattr(k.value, "value", False) for k in dec.keywords)
+
+
+def test_numba_kernels_cached_on_disk_are_defined_at_module_level():
+    """numba keys its disk cache by the function's closure: a cached kernel defined inside
+    another function is compiled anew in every process and adds a cache file each time."""
+    nested = []
+    for path in sorted((ROOT / "quantbook").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for outer in ast.walk(tree):
+            if isinstance(outer, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                nested += [f"{path.relative_to(ROOT)}:{f.lineno} {f.name}" for f in ast.walk(outer)
+                           if f is not outer and isinstance(f, ast.FunctionDef)
+                           and any(_cached_njit(d) for d in f.decorator_list)]
+    assert nested == []

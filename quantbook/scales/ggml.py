@@ -37,8 +37,6 @@ checked against it.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from .floats import Float16Scale
@@ -128,65 +126,6 @@ def ggml_search_reference(blocks: np.ndarray, table: np.ndarray, ntry: int = _NT
     return d, order[np.asarray(q).T]
 
 
-@lru_cache(maxsize=1)
-def _kernel():
-    import numba
-
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def nearest(a, v):
-        n = v.size
-        if a <= v[0]:
-            return 0
-        if a >= v[n - 1]:
-            return n - 1
-        lo, hi = 0, n - 1
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if a < v[mid]:
-                hi = mid
-            else:
-                lo = mid
-        return hi - 1 if a - v[hi - 1] < v[hi] - a else hi
-
-    @numba.njit(cache=True, nogil=True, inline="always")
-    def fit(x, b, idv, v):
-        sqx, sqq = np.float32(0), np.float32(0)
-        for j in range(x.shape[1]):
-            k = nearest(idv * x[b, j], v)
-            wq = (x[b, j] * x[b, j]) * v[k]
-            sqx += wq * x[b, j]
-            sqq += wq * v[k]
-        return sqx, sqq
-
-    @numba.njit(cache=True, nogil=True, parallel=True)
-    def search(x, v, delta, ntry, d_out, q_out):
-        nb, bs = x.shape
-        zero, one = np.float32(0), np.float32(1)
-        for b in numba.prange(nb):
-            m, am = zero, zero
-            for j in range(bs):
-                if abs(x[b, j]) > am:
-                    am, m = abs(x[b, j]), x[b, j]
-            d, idf = zero, zero
-            if not am < np.float32(1e-15):
-                id0 = one / (-m / v[0] if ntry > 0 else m / v[0])
-                sqx, sqq = fit(x, b, id0, v)
-                d = sqx / sqq if sqq > zero else zero
-                best = d * sqx
-                for t in range(-ntry, ntry + 1):
-                    sqx, sqq = fit(x, b, (v[0] + np.float32(t) * delta) / m, v)
-                    if sqq > zero and sqx * sqx > best * sqq:
-                        d = sqx / sqq
-                        best = d * sqx
-                # the codes: of the kept scale (search), of the first fit (ggml's reference)
-                idf = (one / d if d != zero else zero) if ntry > 0 else id0
-            d_out[b] = d
-            for j in range(bs):
-                q_out[b, j] = nearest(idf * x[b, j], v)
-
-    return search
-
-
 def ggml_search(blocks: np.ndarray, table: np.ndarray, ntry: int = _NTRY) -> tuple[np.ndarray, np.ndarray]:
     """:func:`ggml_search_reference`, compiled (numba, parallel over blocks)."""
     x = np.ascontiguousarray(blocks, dtype=_F)
@@ -196,7 +135,9 @@ def ggml_search(blocks: np.ndarray, table: np.ndarray, ntry: int = _NTRY) -> tup
     d = np.empty(x.shape[0], _F)
     q = np.empty(x.shape, np.uint8)
     if x.size:
-        _kernel()(x, v, delta, int(ntry), d, q)
+        from .ggml_kernel import search   # numba is imported at the first search, not with the rules
+
+        search(x, v, delta, int(ntry), d, q)
     return d, order[q]
 
 
