@@ -18,7 +18,7 @@ order.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 __all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1"]
 
@@ -57,7 +57,7 @@ def grid(xk: np.ndarray) -> tuple | None:
     return np.concatenate([xk, np.full(width, np.inf)]), start, x0, inv_h, width
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def sums(what, xk, start, x0, inv_h, width, dens, P, P0, y, m, c, out):
     """``out[i] = Σ_j c[j]·f(y[i]·m[j])`` in the order of ``j``, ``f(x)`` the knot segment
     ``s`` of ``x`` (``[xk[s], xk[s+1])``, clipped to the first and last), the density, or
@@ -66,7 +66,7 @@ def sums(what, xk, start, x0, inv_h, width, dens, P, P0, y, m, c, out):
     last = start.size - 2   # the last cell
     n = xk.size - width
     lo, hi = xk[0], xk[n - 1]
-    for i in range(y.size):
+    for i in prange(y.size):   # each out[i] on its own: the same sums on any number of threads
         if np.isnan(y[i]):
             out[i] = np.nan
             continue
