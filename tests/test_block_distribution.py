@@ -348,6 +348,28 @@ def test_a_samples_kernel_gives_the_values_of_a_direct_computation(case):
     np.testing.assert_array_equal(np.array([src.pdf(v) for v in pts[::97]]), src.pdf(pts)[::97])
 
 
+def test_a_samples_block_law_is_the_same_on_one_thread_as_on_all():
+    """The kernel splits its rows over numba's threads: each row's sum over the nodes is taken
+    by one thread in the nodes' order, so a block law's values do not depend on how many."""
+    import numba
+
+    from quantbook.derive import block
+
+    src = Empirical(np.random.default_rng(17).standard_normal(5000), knots=None)
+    y = np.linspace(-1.0, 1.0, 4097)
+    mu = block.BlockMeasure(src, 64, "signed-absmax", 1)
+    saved = numba.get_num_threads()
+    try:
+        got = []
+        for n in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(n)
+            got.append((mu.dens(y), mu.T(0, y), mu.T(1, y)))
+    finally:
+        numba.set_num_threads(saved)
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_sample_too_uneven_for_the_kernels_grid_is_searched_by_numpy(monkeypatch):
     """A grid cell of 2^20 knots or more (millions of values and far outliers) is more than the
     kernel's halvings reach: the source then searches with numpy, with the same values (its
