@@ -55,9 +55,11 @@ unsigned long long qb_oob_at = 0, qb_oob_size = 0, qb_oob_block = 0;
 static QB_UNCHECKED int qb_shared_read_unset(int k, unsigned long long lo, unsigned long long hi, int write);
 
 static QB_UNCHECKED void qb_watch_sorted() {
-    std::sort(qb_watch, qb_watch + qb_nwatch, [](const QbWatch& a, const QbWatch& b) { return a.lo < b.lo; });
+    /* no check while std::sort (a template: compiled with the checks) moves the entries a field at
+       a time: one may then run from a span below this library's memory to one above it */
     qb_watch_lo = ~0ull;
     qb_watch_hi = 0;
+    std::sort(qb_watch, qb_watch + qb_nwatch, [](const QbWatch& a, const QbWatch& b) { return a.lo < b.lo; });
     for (int i = 0; i < qb_nwatch; ++i) {
         qb_watch_lo = qb_watch[i].lo < qb_watch_lo ? qb_watch[i].lo : qb_watch_lo;
         qb_watch_hi = qb_watch[i].hi > qb_watch_hi ? qb_watch[i].hi : qb_watch_hi;
