@@ -370,6 +370,28 @@ def test_a_samples_block_law_is_the_same_on_one_thread_as_on_all():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_grid_cell_of_half_a_million_knots_takes_every_halving():
+    """A far outlier puts 6·10^5 distinct values in one cell of the kernel's grid, whose window
+    is then the widest (2^20): each of the twenty unrolled halvings decides some points, and at
+    every knot and next to it the segment, density and Ψ_0, Ψ_1 are still numpy's search and
+    formula, bit for bit.  (The cases above reach windows of 2^10 at most.)"""
+    from quantbook.derive import sample_kernels
+
+    rng = np.random.default_rng(14)
+    src = Empirical(np.concatenate([rng.standard_normal(600_000), [1e9]]), knots=None)
+    assert src._kernel_grid()[4] == sample_kernels.MAX_WIDTH
+    xk = src._xk   # every knot and its neighbours: a halving that compares with the wrong knot shows
+    pts = np.concatenate([xk, np.nextafter(xk, -np.inf), np.nextafter(xk, np.inf), [-np.inf, np.inf],
+                          rng.uniform(xk[0], xk[-2], 20_000)])
+    xc = np.clip(pts, xk[0], xk[-1])
+    seg = np.clip(np.searchsorted(xk, xc, side="right") - 1, 0, xk.size - 2)
+    np.testing.assert_array_equal(src._seg(pts), seg)
+    np.testing.assert_array_equal(src.pdf(pts), np.where((pts >= xk[0]) & (pts < xk[-1]), src._dens[seg], 0.0))
+    for k in (0, 1):
+        np.testing.assert_array_equal(src.partial_moment(k, pts), src._Pk[k][seg] + src._dens[seg] * (
+            xc ** (k + 1) - xk[seg] ** (k + 1)) / (k + 1) - src._P0[k])
+
+
 def test_a_sample_too_uneven_for_the_kernels_grid_is_searched_by_numpy(monkeypatch):
     """A grid cell of 2^20 knots or more (millions of values and far outliers) is more than the
     kernel's halvings reach: the source then searches with numpy, with the same values (its
