@@ -196,3 +196,32 @@ def test_the_nested_law_of_a_laplace_source_is_quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert evaluate(get("nf4"), 64, source="laplace", scale="nested").mae_weight > 0
+
+
+@pytest.mark.parametrize("case", ["two adjacent floats", "adjacent floats in a sample", "coarsened"])
+def test_a_samples_knots_never_coincide(case):
+    """Voronoi midpoints of adjacent floats round onto a value or onto each other: no segment
+    of the sample's cdf may then have zero width (an infinite density, NaN partial moments).
+    Oracle: the density's mass over the segments is 1, and the first moment is the sample's
+    mean within the Voronoi construction's spread."""
+    u = np.spacing(1.0)
+    rng = np.random.default_rng(3)
+    x = {"two adjacent floats": np.array([1 + u, 1 + 2 * u]),
+         "adjacent floats in a sample": np.concatenate([rng.standard_normal(500), 1 + u * np.arange(1, 6)]),
+         "coarsened": np.concatenate([rng.standard_normal(5000), 1 + u * np.arange(1, 200)])}[case]
+    src = Empirical(x, standardize=False, knots=64 if case == "coarsened" else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.all(np.diff(src._xk) > 0) and np.all(np.isfinite(src._dens))
+        assert np.sum(src._dens * np.diff(src._xk)) == pytest.approx(1.0, rel=1e-12)
+        mean = src.partial_moment(1, np.inf) - src.partial_moment(1, -np.inf)
+    assert math.isfinite(mean) and abs(mean - x.mean()) <= np.ptp(x) + 4 * u
+
+
+def test_a_sample_spanning_too_many_magnitudes_is_refused():
+    """Standardised, values from 1e-300 to 1e300 leave gaps so small that a segment's density
+    overflows float64: a one-line SourceError, not infinite densities and NaN moments."""
+    rng = np.random.default_rng(0)
+    x = 10.0 ** rng.uniform(-300, 300, 2000) * rng.choice([-1, 1], 2000)
+    with pytest.raises(SourceError, match="too close for its density in float64"):
+        Empirical(x, knots=None)

@@ -500,6 +500,20 @@ _KERNEL_FROM = 256
 _ONE = np.ones(1)
 
 
+def _distinct_knots(xk: np.ndarray, Fk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The knots of a piecewise-linear cdf without repeats: midpoints of adjacent floats (or of
+    a standardised sample spanning 1e-300 to 1e300), and interpolated knots, can round onto
+    each other, and a segment of no width would have an infinite density.  Of a run of equal
+    knots the last stays (its mass goes to the segment before), but for the first run, where
+    the first knot stays (F = 0; its mass goes to the segment after)."""
+    keep = np.concatenate([np.diff(xk) > 0, [True]])
+    if not keep[0]:
+        keep[np.argmax(keep)], keep[0] = False, True
+    if np.count_nonzero(keep) < 2:
+        raise SourceError("an empirical sample's values are too close together to tell apart in float64")
+    return xk[keep], Fk[keep]
+
+
 class Empirical(Source):
     """A sample as a continuous distribution (see the module docstring).
 
@@ -559,12 +573,14 @@ class Empirical(Source):
             bulk = np.linspace(0.0, 1.0, knots // 2 + 1)
             tail = 0.5 ** np.arange(np.log2(knots // 2) + 1, np.log2(n) + 1)
             p = np.unique(np.concatenate([bulk, tail, 1.0 - tail, Fk[:1], Fk[1:2], Fk[-2:-1], Fk[-1:]]))
-            xk_new = np.interp(p, Fk, xk)
-            keep = np.concatenate([[True], np.diff(xk_new) > 0])
-            xk, Fk = xk_new[keep], p[keep]
-        self._xk, self._Fk = xk, Fk
+            xk, Fk = np.interp(p, Fk, xk), p
+        self._xk, self._Fk = xk, Fk = _distinct_knots(xk, Fk)
         self._grid, self._grid_built = None, False   # the knots' grid for the kernels (_kernel_grid)
-        self._dens = np.diff(Fk) / np.diff(xk)  # density on segment i = [xk_i, xk_{i+1}]
+        with np.errstate(over="ignore"):
+            self._dens = np.diff(Fk) / np.diff(xk)  # density on segment i = [xk_i, xk_{i+1}]
+        if not np.all(np.isfinite(self._dens)):
+            raise SourceError("an empirical sample's closest values are too close for its density in float64 "
+                              "(it spans too many orders of magnitude)")
         # Ψ_k at the knots, measured from -inf; Ψ_k(x) = P_k(x) - P_k(0)
         xl, xr = self._xk[:-1], self._xk[1:]
         self._Pk = {}
