@@ -107,6 +107,10 @@ def main():
     ap.add_argument("--samples", action="store_true", help="Lloyd-Max on sample sources (module docstring)")
     ap.add_argument("--sample-size", type=int, default=200_000)
     args = ap.parse_args()
+    if args.repeat is not None and args.repeat < 1:
+        ap.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.sample_size < 2:
+        ap.error(f"--sample-size must be at least 2, got {args.sample_size}")
     if args.samples:
         samples(args.sample_size, args.repeat or 1)
         return

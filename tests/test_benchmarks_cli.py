@@ -33,6 +33,13 @@ def test_vq_benchmark_refuses_a_tensor_under_a_row(monkeypatch, capsys):
     assert "--log2n must be at least 12, got 10" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, said", [(["--repeat", "0"], "--repeat must be at least 1, got 0"),
+                                        (["--samples", "--sample-size", "1"], "--sample-size must be at least 2")])
+def test_derive_benchmark_refuses_what_would_measure_nothing(monkeypatch, capsys, args, said):
+    assert _run(monkeypatch, "bench_derive.py", *args) == 2   # --repeat 0 was taken for the default
+    assert said in capsys.readouterr().err
+
+
 def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_the_model(monkeypatch):
     """gpu_check.sh's `quality` stage (--device cuda) on a machine where torch sees no GPU: one
     line, before the seconds spent building the model, not a traceback after them."""

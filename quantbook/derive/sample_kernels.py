@@ -26,7 +26,8 @@ __all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1"]
 _CELLS_PER_KNOT, _MAX_CELLS = 4, 1 << 22
 #: what :func:`sums` adds up: the knot segment, the density, the partial moment Ψ_0 or Ψ_1
 SEGMENT, PDF, PSI0, PSI1 = 0, 1, 2, 3
-#: the widest cell :func:`sums` halves (its unrolled halvings)
+#: the widest cell :func:`sums` halves: its halvings are written out down from 2^19, so this
+#: and they change together
 MAX_WIDTH = 1 << 20
 
 

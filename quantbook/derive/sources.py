@@ -147,6 +147,8 @@ class Source:
         or ``Ψ_k`` (``"psi"``): the sums over the nodes ``m_j`` of the block maximum that a block
         law is made of (:mod:`.block`).  A source may take them without the table of all
         ``f(y_i m_j)`` (:class:`Empirical`)."""
+        if what not in ("pdf", "psi"):   # a segment is a sample's notion (Empirical)
+            raise ValueError(f"no node sums of {what!r} for {self.spec}")
         ym = np.multiply.outer(y, m)
         return (self.pdf(ym) if what == "pdf" else self.partial_moment(k, ym)) @ c
 
@@ -494,9 +496,13 @@ DEFAULT_KNOTS = 4096
 EMPIRICAL_PREFIX = "empirical:"
 
 
-#: the fewest points an empirical source looks up with its kernels (:mod:`.sample_kernels`, the
-#: same values): below, numpy's binary search costs no more than a call, and needs no numba
+#: the fewest points an empirical source's pdf, cdf and partial moments look up with its kernel
+#: (:mod:`.sample_kernels`, the same values): below, numpy's binary search costs no more than a
+#: call, and needs no numba.  A block law's sums over its nodes always take the kernel
 _KERNEL_FROM = 256
+#: the partial moments Ψ_k the kernel takes: Ψ_2 (losses, not Lloyd's cells) keeps numpy's
+#: power, whose rounding a kernel need not share
+_KERNEL_PSI = (0, 1)
 _ONE = np.ones(1)
 
 
@@ -600,7 +606,7 @@ class Empirical(Source):
         return ("Empirical", self.spec, self.digest, self.knots)
 
     def _kernel_grid(self):
-        """The knots' grid for :mod:`.sample_kernels` (built at the first large lookup), or
+        """The knots' grid for :mod:`.sample_kernels` (built at the first block law or large lookup), or
         None where a cell of it holds too many knots (numpy's search then)."""
         if not self._grid_built:
             from .sample_kernels import grid
@@ -611,9 +617,9 @@ class Empirical(Source):
     def _node_sums(self, what: str, k: int, y: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
         """:func:`.sample_kernels.sums`: ``Σ_j c_j f(y_i m_j)`` for each ``y_i``, ``f`` the knot
         segment (``what="segment"``), the density (``"pdf"``) or ``Ψ_k`` (``"psi"``), summed in
-        the order of ``j`` as the values come.  ``Ψ_2`` keeps numpy's power, whose rounding a
-        kernel need not share (it is rare: losses, not Lloyd's cells)."""
-        if (what == "psi" and k == 2) or self._kernel_grid() is None:
+        the order of ``j`` as the values come (numpy's, :meth:`Source._node_sums`, for a ``Ψ_k``
+        not in :data:`_KERNEL_PSI` or a sample too uneven for the grid)."""
+        if (what == "psi" and k not in _KERNEL_PSI) or self._kernel_grid() is None:
             return super()._node_sums(what, k, y, m, c)
         from . import sample_kernels as kernels
 
@@ -662,8 +668,7 @@ class Empirical(Source):
 
     def _partial_moment(self, k, x):
         x = np.asarray(x, dtype=np.float64)
-        # k = 2 (losses, not Lloyd's cells) keeps numpy's power, whose rounding a kernel need not share
-        if k < 2 and self._kernel(x):
+        if k in _KERNEL_PSI and self._kernel(x):
             return self._lookup("psi", x, k)
         return self._from_left(k, x) - self._P0[k]
 

@@ -478,8 +478,9 @@ class Task:
     columns: ClassVar[dict[str, tuple[str, str]]] = {}
     #: the metric --plot draws against bits per weight, and how it is labelled
     plot_metric: ClassVar[tuple[str, str]] = ("", "")
-    #: name prefixes of weights the auto class builds but the task never reads: a file may
-    #: lack them (a sentence encoder saved without BERT's pooler)
+    #: name prefixes of weights the auto class builds but the task never reads: they are not
+    #: quantized (nor counted), and a file may lack them (a sentence encoder saved without
+    #: BERT's pooler)
     unused_weights: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
