@@ -65,7 +65,7 @@ from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_
                        sums_where_made)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
-           "select_linears", "unread_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
+           "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
            "split_sentences", "resolve_device", "DEVICES"]
 
 #: the --device spellings (a CUDA device may also be named ``cuda:N``)
@@ -276,6 +276,11 @@ def select_linears(model, globs: str | Sequence[str] | None = None,
     """``(weight name, nn.Linear)`` of every linear layer whose ``NAME.weight`` matches one
     of ``globs`` (default all), except one whose weight is the input embedding (tied) or
     whose name starts with one of ``unused`` (a task's :attr:`Task.unused_weights`)."""
+    return _select(model, globs, unused)[0]
+
+
+def _select(model, globs: str | Sequence[str] | None, unused: tuple[str, ...]):
+    """:func:`select_linears`, and the names of the weights it leaves out as ``unused``."""
     globs = split_globs(globs)
     out, tied, unread = _group_linears(model, globs, tuple(unused))
     if not out:
@@ -288,12 +293,7 @@ def select_linears(model, globs: str | Sequence[str] | None = None,
                else f" ({unread[0][0]} is never read by the task's output, and stays unquantized)" if unread
                else "")
         raise ValueError("no linear weights selected" + (f" by {','.join(globs)}" if globs else "") + why)
-    return out
-
-
-def unread_linears(model, globs: str | Sequence[str] | None, unused: tuple[str, ...]) -> list[str]:
-    """Names of the linear weights :func:`select_linears` leaves out as ``unused``."""
-    return [n for n, _ in _group_linears(model, split_globs(globs), tuple(unused))[2]]
+    return out, [n for n, _ in unread]
 
 
 def check_device(device: str | None) -> str:
@@ -837,7 +837,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     model = model.to(device)
     load_seconds = time.perf_counter() - t0
     measure = task_cls(model, tokenizer, text, tokens, context)
-    linears = select_linears(model, tensors, task_cls.unused_weights)
+    linears, unread = _select(model, tensors, task_cls.unused_weights)
     rows = [(label, cb, rot) for rot in rotations for label, cb in codebooks]
     with WeightSwap(linears) as swap, _eval_mode(model):
         for rot in rotations:
@@ -845,7 +845,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                 swap.check(block_size, rot, cb, vq)
         report = QualityReport(str(path), task, block_size, nested, measure.inputs, len(linears), swap.n_weights,
                                load_seconds=load_seconds, scale=scale_name, qmax=float(qmax), device=device, vq=vq,
-                               unread=unread_linears(model, tensors, task_cls.unused_weights))
+                               unread=unread)
         total = measure.steps * (1 + len(rows)) + len(linears) * len(rows)
         with progress_bar(total=total, desc=f"evaluating ({task})", unit="step", force=progress) as bar:
             t = time.perf_counter()
