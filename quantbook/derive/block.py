@@ -709,6 +709,8 @@ class BlockDistribution:
         return self.source.pdf(y) if self._plain else self._mu.dens(y)
 
     def _logpdf(self, y):
+        if self._plain:   # the source's own logs: its far tails underflow long before their logs
+            return self.source.logpdf(y)
         with np.errstate(divide="ignore"):
             return np.log(self._pdf(y))
 
@@ -718,6 +720,8 @@ class BlockDistribution:
         return np.where(y >= 1.0, 1.0, np.clip(self._mu.cum(y), 0.0, 1.0))  # exact 1 above the support
 
     def _logcdf(self, y):
+        if self._plain:
+            return self.source.logcdf(y)
         with np.errstate(divide="ignore"):
             return np.log(self._cdf(y))
 
@@ -731,6 +735,8 @@ class BlockDistribution:
         return np.where(y < -1.0, 1.0, np.clip(cont + atoms, 0.0, 1.0))  # exact 1 below the support
 
     def _logsf(self, y):
+        if self._plain:
+            return self.source.logsf(y)
         with np.errstate(divide="ignore"):
             return np.log(self._sf(y))
 

@@ -1,10 +1,12 @@
 """Source distributions of the weights, before block scaling.
 
 Every source is a continuous distribution on the real line with density ``g``.  Its
-``pdf``/``cdf``/``sf``/``ppf``/``isf`` behave as scipy.stats' (NaN in, NaN out; no quantile
-outside [0, 1]; a scalar in, a scalar out): the base class checks and masks, and a source
-implements ``_pdf``/``_cdf``/``_sf``/``_ppf`` on float64 arrays and ``_rvs(shape, rng)`` (``rvs``
-checks ``size`` as scipy does: None is one value).  Besides those, each one provides what the
+``pdf``/``cdf``/``sf``/``ppf``/``isf`` (and ``logpdf``/``logcdf``/``logsf``) behave as
+scipy.stats' (NaN in, NaN out; no quantile outside [0, 1]; a scalar in, a scalar out): the base
+class checks and masks, and a source implements ``_pdf``/``_cdf``/``_sf``/``_ppf`` on float64
+arrays and ``_rvs(shape, rng)`` (``rvs`` checks ``size`` as scipy does: None is one value); the
+logs default to the log of those and are overridden where the value underflows long before its
+log does (the far tails of the parametric sources).  Besides those, each one provides what the
 exact block computations (:mod:`quantbook.derive.block`) need in closed form, as the hooks
 ``_partial_moment``, ``_abs_isf`` (and, where the generic ones lose digits, ``_abs_ppf``,
 ``_abs_log_isf``) behind public methods that check and mask the same way:
@@ -100,6 +102,15 @@ class Source:
     def sf(self, x):
         return at_x(self._sf, x)
 
+    def logpdf(self, x):
+        return at_x(self._logpdf, x)
+
+    def logcdf(self, x):
+        return at_x(self._logcdf, x)
+
+    def logsf(self, x):
+        return at_x(self._logsf, x)
+
     def ppf(self, q):
         return at_q(self._ppf, q)
 
@@ -125,6 +136,18 @@ class Source:
         return np.asarray(self._rvs(shape, _rng(random_state)), dtype=np.float64).reshape(shape)[()]
 
     # ---- generic
+    def _logpdf(self, x):
+        with np.errstate(divide="ignore"):
+            return np.log(self._pdf(x))
+
+    def _logcdf(self, x):
+        with np.errstate(divide="ignore"):
+            return np.log(self._cdf(x))
+
+    def _logsf(self, x):
+        with np.errstate(divide="ignore"):
+            return np.log(self._sf(x))
+
     def _isf(self, q):
         """Inverse of :meth:`sf`; for a symmetric law ``-ppf(q)``, exact for small ``q``."""
         return -self._ppf(q) if self.symmetric else self._ppf(1.0 - q)
@@ -216,6 +239,14 @@ def _rng(random_state):
     return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
 
 
+def _ndtr(x):
+    """Φ(x): scipy's ``ndtr`` is 0 below about -37.5, where Φ is still subnormal (down to
+    -38.5); there from its log."""
+    p = special.ndtr(x)
+    with np.errstate(under="ignore"):
+        return np.where(p == 0, np.exp(special.log_ndtr(x)), p)
+
+
 class Normal(Source):
     spec = "normal"
 
@@ -224,10 +255,20 @@ class Normal(Source):
         return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
     def _cdf(self, x):
-        return special.ndtr(np.asarray(x, dtype=np.float64))
+        return _ndtr(np.asarray(x, dtype=np.float64))
 
     def _sf(self, x):
-        return special.ndtr(-np.asarray(x, dtype=np.float64))
+        return _ndtr(-np.asarray(x, dtype=np.float64))
+
+    def _logpdf(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        return -0.5 * x * x - 0.5 * math.log(2 * math.pi)
+
+    def _logcdf(self, x):
+        return special.log_ndtr(np.asarray(x, dtype=np.float64))
+
+    def _logsf(self, x):
+        return special.log_ndtr(-np.asarray(x, dtype=np.float64))
 
     def _ppf(self, p):
         return special.ndtri(np.asarray(p, dtype=np.float64))
@@ -266,6 +307,17 @@ class Laplace(Source):
 
     def _sf(self, x):
         return self._cdf(-np.asarray(x, dtype=np.float64))
+
+    def _logpdf(self, x):
+        return -np.abs(np.asarray(x, dtype=np.float64)) / self.b - math.log(2 * self.b)
+
+    def _logcdf(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        log_h = -np.abs(x) / self.b - math.log(2)   # log of the smaller tail, exact
+        return np.where(x < 0, log_h, np.log1p(-np.exp(log_h)))
+
+    def _logsf(self, x):
+        return self._logcdf(-np.asarray(x, dtype=np.float64))
 
     def _ppf(self, p):
         p = np.asarray(p, dtype=np.float64)
@@ -332,11 +384,32 @@ class StudentT(Source):
         with np.errstate(over="ignore"):  # x/scale and x² overflow where the density is 0 anyway
             return stats.t.pdf(np.asarray(x, dtype=np.float64) / self.scale, self.nu) / self.scale
 
+    def _logpdf(self, x):
+        # log c - (ν+1)/2·log(1 + u²/ν) with the log in logaddexp form: scipy's t.logpdf is -inf
+        # where u² overflows (|u| > 1e154) and loses digits where the density underflows
+        with np.errstate(over="ignore", divide="ignore"):
+            L = 2 * np.log(np.abs(np.asarray(x, dtype=np.float64) / self.scale)) - math.log(self.nu)
+        return math.log(self._c / self.scale) - (self.nu + 1) / 2 * np.logaddexp(0.0, L)
+
+    def _log_half_tail(self, u):
+        """``log P(T > |u|)`` for the unit-scale ``T``."""
+        with np.errstate(divide="ignore"):
+            return self._log_abs_sf(np.log(np.abs(u))) - math.log(2)
+
     def _half_tail(self, u):
         """``P(T > |u|)`` for the unit-scale ``T`` (scipy's stdtr underflows to 0 in far tails
         that are still representable, e.g. ν = 0.5 at 1e299)."""
         with np.errstate(divide="ignore"):
             return 0.5 * np.exp(self._log_abs_sf(np.log(np.abs(u))))
+
+    def _logcdf(self, x):
+        return self._logsf(-np.asarray(x, dtype=np.float64))
+
+    def _logsf(self, x):
+        with np.errstate(over="ignore"):
+            u = np.asarray(x, dtype=np.float64) / self.scale
+        log_tail = self._log_half_tail(u)
+        return np.where(u > 0, log_tail, np.log1p(-np.exp(log_tail)))
 
     def _cdf(self, x):
         with np.errstate(over="ignore"):

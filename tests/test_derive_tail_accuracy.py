@@ -1,0 +1,66 @@
+"""Far tails of the sources and the block laws against mpmath (50 digits): values that
+underflow in float64 while their logs do not, and tail masses that a difference of two
+values near 1/2 would cancel."""
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+from quantbook.derive.block import BlockDistribution
+from quantbook.derive.sources import Laplace, Normal, StudentT
+
+
+def _t_tail(nu, u):
+    """P(T > u) for u > 0, unit-scale Student-t: ½ I_{ν/(ν+u²)}(ν/2, 1/2)."""
+    nu, u = mp.mpf(nu), mp.mpf(u)
+    return mp.betainc(nu / 2, mp.mpf(1) / 2, 0, nu / (nu + u * u), regularized=True) / 2
+
+
+def _t_logpdf(nu, u):
+    nu, u = mp.mpf(nu), mp.mpf(u)
+    return mp.loggamma((nu + 1) / 2) - mp.loggamma(nu / 2) - mp.log(nu * mp.pi) / 2 - (nu + 1) / 2 * mp.log1p(u * u / nu)
+
+
+def _log_cases():
+    """(source, method, x, mpmath value): each value is finite and its exponent underflows
+    (or, for a log of a value near 1, rounds to 0) in float64."""
+    b = 1 / mp.sqrt(2)
+    out = [(Normal(), "logpdf", 40.0, -mp.mpf(800) - mp.log(2 * mp.pi) / 2),
+           (Normal(), "logsf", 40.0, mp.log(mp.ncdf(-40))),
+           (Normal(), "logcdf", -1e3, mp.log(mp.ncdf(-1000))),
+           (Laplace(), "logpdf", -600.0, -600 / b - mp.log(2 * b)),
+           (Laplace(), "logsf", 600.0, -600 / b - mp.log(2)),
+           (Laplace(), "logcdf", -1e4, -10000 / b - mp.log(2))]
+    for nu, x in ((3.0, 1e300), (30.0, 1e30), (1e6, 1e11)):
+        src = StudentT(nu)
+        u = mp.mpf(x) / mp.sqrt(mp.mpf(nu - 2) / nu)
+        out += [(src, "logpdf", x, _t_logpdf(nu, u) - mp.log(mp.sqrt(mp.mpf(nu - 2) / nu))),
+                (src, "logsf", x, mp.log(_t_tail(nu, u))),
+                (src, "logcdf", -x, mp.log(_t_tail(nu, u)))]
+    # the log of a cdf next to 1: -P(T > x), not 0
+    u = mp.mpf(1e30) / mp.sqrt(mp.mpf(1) / 3)
+    out.append((StudentT(3.0), "logcdf", 1e30, mp.log1p(-_t_tail(3.0, u))))
+    return out
+
+
+@pytest.mark.parametrize("src, name, x, ref", _log_cases(), ids=lambda v: getattr(v, "spec", None))
+def test_logs_of_underflowing_tails_match_mpmath(src, name, x, ref):
+    # the logs were those of the values: -inf where pdf, cdf or sf underflow (Normal beyond
+    # 38.6, Laplace beyond 527, Student-t where u² overflows), and 0 for logcdf next to 1
+    with mp.workdps(50):
+        ref = float(ref)
+    for law in (src, BlockDistribution(None, src, "none")):
+        got = float(getattr(law, name)(x))
+        assert abs(got - ref) <= 1e-13 * abs(ref), (src.spec, name, x, got, ref)
+
+
+def test_normal_tail_is_subnormal_not_zero():
+    # scipy's ndtr is 0 below -37.5 (it was Normal's sf there); the tail is representable down to -38.5
+    for x in (37.6, 38.0, 38.4):
+        with mp.workdps(50):
+            ref = float(mp.ncdf(-x))
+        assert ref > 0
+        for got in (Normal().sf(x), Normal().cdf(-x)):
+            assert abs(got - ref) <= max(1e-12 * ref, 5e-324), (x, got, ref)   # 5e-324: one subnormal step
