@@ -20,7 +20,8 @@ def _t_tail(nu, u):
 
 def _t_logpdf(nu, u):
     nu, u = mp.mpf(nu), mp.mpf(u)
-    return mp.loggamma((nu + 1) / 2) - mp.loggamma(nu / 2) - mp.log(nu * mp.pi) / 2 - (nu + 1) / 2 * mp.log1p(u * u / nu)
+    log_c = mp.loggamma((nu + 1) / 2) - mp.loggamma(nu / 2) - mp.log(nu * mp.pi) / 2
+    return log_c - (nu + 1) / 2 * mp.log1p(u * u / nu)
 
 
 def _log_cases():
@@ -64,3 +65,22 @@ def test_normal_tail_is_subnormal_not_zero():
         assert ref > 0
         for got in (Normal().sf(x), Normal().cdf(-x)):
             assert abs(got - ref) <= max(1e-12 * ref, 5e-324), (x, got, ref)   # 5e-324: one subnormal step
+
+
+def _signed_absmax_lower_tail(B, y):
+    """Normal source, signed absmax: P(y' <= y) for y near -1, all of it continuous (no atom
+    at -1): (B - 1) ∫ 2φ(m) erf(m/√2)^(B-2) [Φ(y m) - Φ(-m)] dm, by mpmath on pieces of m."""
+    with mp.workdps(30):
+        y = mp.mpf(y)
+        f = lambda m: 2 * mp.npdf(m) * mp.erf(m / mp.sqrt(2)) ** (B - 2) * (mp.ncdf(y * m) - mp.ncdf(-m))  # noqa: E731
+        return float((B - 1) * mp.quad(f, [0, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 40]))
+
+
+def test_signed_absmax_lower_tail_keeps_its_digits():
+    # the mass below y was T(0, y) - T(0, -1), two values near -1/2: relative 2e-8 at y = -1 + 1e-9
+    # and 0 (logcdf -inf) next to -1, where it is about 5e-18
+    d = BlockDistribution(64, "normal", "signed-absmax")
+    for y in (-1 + 1e-9, float(np.nextafter(-1.0, 0.0))):
+        ref = _signed_absmax_lower_tail(64, y)
+        assert abs(float(d.cdf(y)) - ref) <= 1e-12 * ref, (y, float(d.cdf(y)), ref)
+        assert math.isclose(float(d.logcdf(y)), math.log(ref), rel_tol=1e-13)
