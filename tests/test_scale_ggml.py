@@ -21,6 +21,8 @@ from quantbook.codebooks.registry import IQ4_NL_INT
 from quantbook.scales import get_rule, rule_names
 from quantbook.scales.ggml import GgmlSearch, ggml_search, ggml_search_reference
 
+from gpu_cases import usable_backend
+
 DATA = np.load(Path(__file__).parent / "data" / "ggml_vectors.npz")
 META = json.loads(bytes(DATA["meta"]).decode())
 TABLE = np.array(IQ4_NL_INT, np.float32)
@@ -133,6 +135,41 @@ def test_bad_tables_and_inputs():
         qb.quantize(np.full(32, 1e7, np.float32), "iq4_nl", 32, scale="search:ggml", qmax=127)
     with pytest.raises(ValueError, match="NaN|Inf|finite"):
         qb.quantize(np.array([np.nan] * 32, np.float32), "iq4_nl", 32, scale="search:ggml")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "gpu-emulated"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("qmax,amp", [(1e-17, 1e-14), (2e11, 2e8), (1e8, 3e10), (1e8, 1e11)])
+def test_a_search_float32_cannot_carry_is_refused(backend, mode, qmax, amp):
+    """Far from ggml's qmax of 127 the search's float32 sums underflow (d = 0) or overflow
+    (d = inf or NaN) while each block's scale, about amax / qmax, is a float16 number: an
+    error naming the block, not a block stored as 0 (it would decode to zeros) nor a float16
+    overflow the scale does not have."""
+    usable_backend(backend)
+    x = (np.random.default_rng(4).standard_normal(64) * amp).astype(np.float32)
+    ref = (np.abs(x.reshape(2, 32)).max(axis=1) / np.float32(qmax)).astype(np.float16)
+    assert np.isfinite(ref).all() and (ref > 0).all()     # the scales float16 holds
+    with pytest.raises(ValueError, match="block 0: ggml's search leaves float32's range"):
+        qb.quantize(x, "iq4_nl", 32, scale=f"search:{mode}", qmax=qmax, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "gpu-emulated"])
+def test_search_sums_beyond_float32_and_dead_blocks(backend):
+    """Values far beyond ggml's take the sums to inf - inf = NaN: the error says so, neither
+    that a block's maximum is NaN nor by storing a scale of 0.  Blocks below ggml's 1e-15
+    store 0 at any qmax."""
+    usable_backend(backend)
+    big = np.tile(np.float32([3e38, -3e38]), 16)
+    with pytest.raises(ValueError, match="block 0: ggml's search leaves float32's range"):
+        qb.quantize(big, "iq4_nl", 32, scale="search:ggml", qmax=127, backend=backend)
+    # a NaN sum fails S_qq > 0, so d = 0: the block must not be stored as zeros
+    big = np.random.default_rng(6).uniform(-1e30, 1e30, 64).astype(np.float32)
+    for mode in MODES:
+        with pytest.raises(ValueError, match="block 0: ggml's search leaves float32's range"):
+            qb.quantize(big, "e2m1", 32, scale=f"search:{mode}", backend=backend)
+    dead = np.full(64, 9e-16, np.float32)
+    p, st = qb.quantize(dead, "iq4_nl", 32, scale="search:ggml", qmax=1e-17, backend=backend)
+    assert (st.absmax == 0).all() and (qb.dequantize(p, st, backend=backend) == 0).all()
 
 
 def test_negative_scales_only_where_the_rule_is_signed():

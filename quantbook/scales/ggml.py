@@ -170,10 +170,24 @@ class GgmlSearch(ScaleRule):
         d, q = (ggml_search_reference if reference else ggml_search)(blocks, table, self.ntry)
         return self.store(d), q
 
-    def store(self, d: np.ndarray) -> np.ndarray:
+    def store(self, d: np.ndarray, amax: np.ndarray | None = None, qmax: float | None = None) -> np.ndarray:
         """The stored float16 scales of the searched float32 scales ``d``; one beyond float16's
-        range is an error."""
+        range is an error.  Given the blocks' maxima ``amax`` and the layout's ``qmax``, so is a
+        block whose sums leave float32's range (values far beyond ggml's, or a qmax far from its
+        127): ``d`` NaN (inf - inf, inf / inf), infinite where the block's scale, about
+        ``amax / qmax``, is a float16 number, or 0 (an underflow, or a NaN sum failing
+        ``S_qq > 0``) for a block above ggml's 1e-15 whose scale does not round to 0."""
         d = np.asarray(d, dtype=_F)
+        if amax is not None:
+            a = np.asarray(amax, dtype=_F).reshape(d.shape)
+            with np.errstate(over="ignore"):
+                ref = (a / _F(qmax)).astype(_F).astype(np.float16)
+            bad = np.flatnonzero(np.isnan(d) | (np.isinf(d) & np.isfinite(ref)) | ((d == 0) & (a >= _EPS) & (ref != 0)))
+            if bad.size:
+                b = int(bad[0])
+                raise ValueError(f"block {b}: ggml's search leaves float32's range at qmax={qmax:g} (its sums "
+                                 f"over- or underflow for the block's maximum {float(a[b]):.3g}); use another "
+                                 "scale rule, or a qmax nearer ggml's 127")
         s = self.base.encode(np.abs(d), 1.0)     # float16 rounding is symmetric
         return np.where(np.signbit(d), -s, s)
 
