@@ -172,6 +172,17 @@ def test_search_sums_beyond_float32_and_dead_blocks(backend):
     assert (st.absmax == 0).all() and (qb.dequantize(p, st, backend=backend) == 0).all()
 
 
+def test_the_rules_own_search_refuses_sums_beyond_float32():
+    """The host search the derivation runs (``GgmlSearch.search``) keeps the same rule as
+    ``quantize``: a block whose sums overflow is an error, not a stored scale of 0 or NaN."""
+    big = np.tile(np.float32([3e38, -3e38]), 16).reshape(1, 32)
+    for reference in (False, True):
+        with pytest.raises(ValueError, match="block 0: ggml's search leaves float32's range"):
+            GgmlSearch().search(big, TABLE, reference=reference)
+    stored, _ = GgmlSearch().search(np.zeros((1, 32), np.float32), TABLE)
+    assert (stored == 0).all()
+
+
 def test_negative_scales_only_where_the_rule_is_signed():
     x = np.random.default_rng(2).standard_normal(320).astype(np.float32)
     p, st = qb.quantize(x, "iq4_nl", 32, scale="search:ggml", qmax=127)

@@ -66,7 +66,7 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
     ts = rule.tensor_scale(top, qmax)
     if isinstance(rule, GgmlSearch):
         d, packed = be.scaled_ggml(x, table, block_size, rule.ntry)
-        stored = rule.store(d, be.to_host(amax), qmax)
+        stored = rule.store(d, lambda: be.to_host(amax), qmax)
     elif isinstance(rule, SearchScale):
         cands = [be.scaled_scales(amax, r, q, ts, need_scale=True) for r, q in rule.candidate_rules(qmax)]
         if len({d for _, _, d, _ in cands}) != 1:

@@ -548,7 +548,7 @@ _Y_EDGES = _graded_edges()
 #: lower tail under signed absmax (no atom at -1), cancels (relative 1e-5 at a mass of 1e-12).
 #: The density is smooth there (a normal ``g(y·m)`` varies on a scale of ``1/m²`` in ``y``, and
 #: ``m <= 12`` up to B = 10^7; a power tail's on the scale of ``y`` itself), so the rule is exact
-#: to rounding (tests compare with mpmath).  A sample's density jumps: its law keeps the difference
+#: to rounding (tests compare with mpmath).  A sample's density jumps: its law keeps the difference.
 _EDGE, _EDGE_GL = 1.0 / 16, 20
 _EDGE_X, _EDGE_W = np.polynomial.legendre.leggauss(_EDGE_GL)
 _INSIDE_LO = float(np.nextafter(-1.0, 0.0))

@@ -37,6 +37,8 @@ checked against it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .floats import Float16Scale
@@ -101,7 +103,8 @@ def ggml_search_reference(blocks: np.ndarray, table: np.ndarray, ntry: int = _NT
     v, order, delta = ggml_table(table)
     x = np.ascontiguousarray(xb.T)
     nb = x.shape[1]
-    w = (x * x).astype(_F)
+    with np.errstate(over="ignore"):     # as C: inf, refused by store
+        w = (x * x).astype(_F)
     j = np.argmax(np.abs(x), axis=0)
     m = x[j, np.arange(nb)]
     live = np.abs(m) >= _EPS
@@ -168,18 +171,19 @@ class GgmlSearch(ScaleRule):
                ) -> tuple[np.ndarray, np.ndarray]:
         """``(stored float16 scales, uint8 codes)`` of float32 ``blocks`` (blocks, B)."""
         d, q = (ggml_search_reference if reference else ggml_search)(blocks, table, self.ntry)
-        return self.store(d), q
+        return self.store(d, lambda: np.max(np.abs(blocks), axis=1), float(np.max(np.abs(table)))), q
 
-    def store(self, d: np.ndarray, amax: np.ndarray | None = None, qmax: float | None = None) -> np.ndarray:
+    def store(self, d: np.ndarray, amax: Any = None, qmax: float | None = None) -> np.ndarray:
         """The stored float16 scales of the searched float32 scales ``d``; one beyond float16's
-        range is an error.  Given the blocks' maxima ``amax`` and the layout's ``qmax``, so is a
-        block whose sums leave float32's range (values far beyond ggml's, or a qmax far from its
-        127): ``d`` NaN (inf - inf, inf / inf), infinite where the block's scale, about
+        range is an error.  Given the blocks' maxima ``amax`` (or a function returning them on
+        the host, called only when some ``d`` is 0 or not finite) and the layout's ``qmax``, so
+        is a block whose sums leave float32's range (values far beyond ggml's, or a qmax far
+        from its 127): ``d`` NaN (inf - inf, inf / inf), infinite where the block's scale, about
         ``amax / qmax``, is a float16 number, or 0 (an underflow, or a NaN sum failing
         ``S_qq > 0``) for a block above ggml's 1e-15 whose scale does not round to 0."""
         d = np.asarray(d, dtype=_F)
-        if amax is not None:
-            a = np.asarray(amax, dtype=_F).reshape(d.shape)
+        if amax is not None and not np.all(np.isfinite(d) & (d != 0)):
+            a = np.asarray(amax() if callable(amax) else amax, dtype=_F).reshape(d.shape)
             with np.errstate(over="ignore"):
                 ref = (a / _F(qmax)).astype(_F).astype(np.float16)
             bad = np.flatnonzero(np.isnan(d) | (np.isinf(d) & np.isfinite(ref)) | ((d == 0) & (a >= _EPS) & (ref != 0)))
