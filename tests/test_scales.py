@@ -43,7 +43,8 @@ def test_tensor_scales_at_the_ends_of_float32(backend):
     """e4m3: a tensor maximum so small that a clamped block's factor (1/t)/2**-6 overflows, or
     so large that t*448 does, is refused (an all-zero block would decode to NaN, the largest
     scale to inf); just inside, an all-zero block still decodes to +0 on every backend.
-    e8m0:rceil with qmax < 1: M/qmax overflows to inf, which saturates to the largest byte."""
+    e8m0:rceil with qmax < 1: M/qmax overflows to inf, an exponent beyond 127, which is refused
+    (torchao's ``to_mx`` stores the NaN byte 255 there), not saturated to the largest scale."""
     rule = get_rule("e4m3")
     fmax = float(np.finfo(np.float32).max)
     edge = 448 * 6 * 64 / fmax                     # t = 2**6 / fmax
@@ -58,11 +59,14 @@ def test_tensor_scales_at_the_ends_of_float32(backend):
     x[0] = np.float32(0.5 * edge)
     with pytest.raises(ValueError, match="too small"):
         quantbook.quantize(x, "e2m1", block_size=16, scale="e4m3", backend=backend)
-    assert list(get_rule("e8m0:rceil").encode(np.array([3e38, 1.0], np.float32), 0.5)) == [254, 128]
+    top = np.float32(2.0**126)                     # M / qmax = 2**127, the largest E8M0 scale
+    assert list(get_rule("e8m0:rceil").encode(np.array([top, 1.0], np.float32), 0.5)) == [254, 128]
+    above = np.array([1.001 * 2.0**126, 3e38], np.float32)   # float32 log2 past 127 (module docstring)
+    assert not get_rule("e8m0:rceil").storable(above, 0.5).any()
     y = np.random.default_rng(0).standard_normal(64).astype(np.float32)
     y[0] = 2e38
-    packed, st = quantbook.quantize(y, "e2m1", block_size=32, scale="e8m0:rceil", qmax=0.5, backend=backend)
-    assert st.absmax[0] == 254 and packed[0] & 0xF == 7    # saturated at the largest scale
+    with pytest.raises(ValueError, match="block 0: its scale overflows e8m0:rceil"):
+        quantbook.quantize(y, "e2m1", block_size=32, scale="e8m0:rceil", qmax=0.5, backend=backend)
 
 
 @_need_ml
@@ -123,6 +127,28 @@ def test_e8m0_spec_range_for_e2m1():
     m = np.exp2(np.random.default_rng(3).uniform(-50, 50, 5000)).astype(np.float32)
     r = m / get_rule("e8m0:floor").scale(m, 6.0)
     assert (r >= 4).all() and (r < 8).all()
+
+
+@pytest.mark.parametrize("mode", ["floor", "ceil", "even", "rceil"])
+def test_e8m0_refuses_an_exponent_above_127_rather_than_clamp_it(mode):
+    """Only qmax < 2 reaches it.  The exponents from the definition (``_ocp``; rceil:
+    ceil(log2(M / qmax))): above 127 the block is refused, not stored as 2**127 with its
+    values clipped (at qmax = 1e-30 a block of 1e20 decoded to about 1.7e8)."""
+    rule = get_rule(f"e8m0:{mode}")
+    with pytest.raises(ValueError, match=f"block 0: its scale overflows e8m0:{mode}"):
+        rule.encode(np.float32([1e20]), 1e-30)
+    with pytest.raises(ValueError, match=f"block 0: its scale overflows e8m0:{mode}"):
+        quantbook.quantize(np.full(32, 1e20, np.float32), "e2m1", 32, scale=f"e8m0:{mode}", qmax=1e-30)
+    # qmax = 1 (emax 0): the largest float32 is 2**127 by floor, 2**128 by the others
+    top = np.float32(np.finfo(np.float32).max)
+    want = 127 if mode == "floor" else 128
+    assert (_ocp(float(top), 0, mode) if mode != "rceil" else math.ceil(math.log2(float(top)))) == want
+    if want > 127:
+        assert not rule.storable(top, 1.0)
+    else:
+        assert rule.encode(top, 1.0) == 254 and rule.storable(top, 1.0)
+    # qmax = 2 (emax 1): every float32 maximum is held
+    assert rule.storable(np.float32([top, 1e-30, 0.0]), 2.0).all()
 
 
 @pytest.mark.parametrize("name", ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil",

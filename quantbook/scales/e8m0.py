@@ -11,7 +11,10 @@ rounding modes are those of torchao's ``ScaleCalculationMode`` (0.18, ``mx_tenso
   the CPU), which is not the exact ceiling just above powers of two; NVIDIA's
   ``cvt.rp.satfinite.ue8m0`` rounds exactly.
 
-The exponent is clamped to [-127, 127] (byte 0..254).  ``floor``/``ceil``/``even`` divide
+The exponent is clamped below at -127 (byte 0).  One above 127 (byte 255 is NaN) is a scale
+the format cannot hold, an error (:meth:`ScaleRule.encode`), not a clamp to 2**127 that would
+clip the whole block: for ``qmax >= 2`` no float32 maximum reaches it, so only a ``qmax`` below
+that does (below 1 for ``floor``).  ``floor``/``ceil``/``even`` divide
 the values by ``max(2**e, 2**-126)`` (torchao keeps the divisor normal, so byte 0 stands for
 2**-127 but divides by 2**-126); ``rceil`` multiplies them by ``2**-e``, or by 1 for byte 0.
 Decoding multiplies by ``2**(byte - 127)``.  An all-zero block stores byte 0.
@@ -73,7 +76,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
             with np.errstate(divide="ignore", over="ignore"):
                 d = (m / _F(check_qmax(qmax))).astype(_F)
                 lg = np.log2(d.astype(np.float64)).astype(_F)  # torch's float32 log2
-            # M / qmax overflows to inf for qmax < 1: beyond every exponent, so the largest
+            # M / qmax overflows to inf for qmax < 1: beyond every exponent (128, which encode refuses)
             return np.where(d > 0, np.ceil(np.minimum(lg, 128)), -127).astype(np.int64).reshape(a.shape)
         u = m.view(np.uint32).astype(np.int64)
         if self.mode == "even":
@@ -84,7 +87,11 @@ class E8M0Scale(ScaleRule, family="e8m0"):
         return (e - _emax(qmax)).reshape(a.shape)
 
     def _encode(self, amax, qmax, tensor_scale):
-        return (np.clip(self.exponent(amax, qmax), -127, 127) + 127).astype(np.uint8)
+        e = self.exponent(amax, qmax)
+        return np.where(e > 127, 255, np.maximum(e, -127) + 127).astype(np.uint8)
+
+    def overflow(self, stored):
+        return np.asarray(stored) == 255
 
     def _decode(self, stored, tensor_scale):
         return e8m0_value(stored)
@@ -109,6 +116,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
             kf = k.astype(np.float64)
             half_gap = (np.nextafter(kf.astype(_F), _F(np.inf)).astype(np.float64) - kf) / 2
             b, after = q * np.exp2(kf + half_gap), k + 1
-        # the clamp to bytes 0..254 flattens s beyond the extreme exponents
+        # the clamp to byte 0 flattens s below the smallest exponent; beyond the largest the
+        # rule refuses the block
         b = b[(after >= -126) & (after <= 127) & np.isfinite(b)]
         return b[(b >= lo) & (b <= hi)]
