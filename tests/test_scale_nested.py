@@ -56,6 +56,22 @@ def test_rule_codes_are_bitsandbytes_own():
     assert np.array_equal(nested_lut(), bulk_nested.nested_lut())   # one table, re-exported
 
 
+def test_a_decoded_nested_scale_can_be_negative_as_in_bitsandbytes():
+    """docs/format.md's example: one maximum of 1e3 among 256 blocks of scale 1e-4 leaves the
+    other 255 blocks a decoded scale below zero, by bitsandbytes' own map (committed from
+    bitsandbytes) and decoding formula; quantbook stores it as bitsandbytes would, unrefused."""
+    from pathlib import Path
+
+    bnb_map = np.load(Path(__file__).parent / "data" / "bnb_vectors.npz")["dynamic_map"].astype(np.float32)
+    x = (np.random.default_rng(0).standard_normal((256, 64)) * 1e-4).astype(np.float32)
+    x[0, 0] = 1e3
+    packed, st = quantbook.quantize(x.reshape(-1), "nf4", 64, nested=True)
+    want = (bnb_map[st.absmax] * np.float32(st.nested_absmax[0])).astype(np.float32) + np.float32(st.nested_offset)
+    assert np.array_equal(st.absmax_f32(), want)
+    assert (want[1:] < 0).all() and want[0] > 0
+    assert np.abs(quantbook.dequantize(packed, st)[64:]).max() > 300 * np.abs(x[1:]).max()
+
+
 def test_scale_error_law_matches_monte_carlo():
     """KS and the first two moments of S - M per block, on 2**23 values (131072 blocks, 512
     256-blocks), seed 13, through the bulk reference of the statistics.  Blocks of one
