@@ -280,6 +280,27 @@ def test_from_dict_refuses_what_it_cannot_represent():
             qb.QuantState.from_dict(dict(d, **{key: value}))
 
 
+@pytest.mark.parametrize("layout", [dict(), dict(nested=True), dict(scale="e4m3"), dict(scale="e8m0"),
+                                    dict(scale="bfloat16"), dict(scale="float16")])
+def test_a_state_survives_json(layout):
+    """A state written as JSON (lists of Python ints and floats) reads back to the same
+    dequantized values in every layout: integer stored bytes (uint8 codes, E4M3/E8M0 bytes,
+    bfloat16 bits) arrive as int64 and are taken when they fit; ones that do not are refused."""
+    import json
+
+    x = np.random.default_rng(1).standard_normal(16 * 300).astype(np.float32)
+    packed, st = qb.quantize(x, "e2m1" if "scale" in layout else "nf4", block_size=16, **layout)
+    d = json.loads(json.dumps({k: (np.asarray(v).tolist() if isinstance(v, np.ndarray) else v)
+                               for k, v in st.as_dict().items()}))
+    back = qb.QuantState.from_dict(d)
+    assert np.array_equal(qb.dequantize(packed, back).view(np.uint32), qb.dequantize(packed, st).view(np.uint32))
+    if np.asarray(st.absmax).dtype.kind == "u":
+        top = np.iinfo(np.asarray(st.absmax).dtype).max
+        for bad in (-1, top + 1):
+            with pytest.raises(ValueError, match=rf"absmax must hold .* \(0\.\.{top}\)"):
+                qb.QuantState.from_dict(dict(d, absmax=[bad] + d["absmax"][1:]))
+
+
 def test_a_scaled_state_survives_np_savez(tmp_path):
     """np.savez hands scalars back as 0-d arrays: the rule's name among them."""
     x = np.random.default_rng(0).standard_normal(256).astype(np.float32)

@@ -104,25 +104,30 @@ def _entries_good(good: np.ndarray, index: Any) -> bool:
     return not (umax >= half and not good[smin + 2 * half:umax + 1].all())
 
 
-def _array(what: str, v: Any, dtype) -> np.ndarray:
-    """A flat contiguous copy of a field, refusing casts that would change its values
-    (float scales read as uint8 codes, or the reverse)."""
-    a = host_array(v)
-    kind = "u" if np.dtype(dtype).kind == "u" else "f"
-    ok = a.dtype.kind in ("u", "i") if kind == "u" else a.dtype.kind == "f"
-    if not ok:
-        raise ValueError(f"{what} must hold {np.dtype(dtype).name} values, got dtype {a.dtype}")
-    if kind == "u" and a.size and (a.min() < 0 or a.max() > 255):
-        raise ValueError(f"{what} must hold 8-bit codes (0..255)")
+def _exact(what: str, v: Any, dtype: np.dtype, expected: str) -> np.ndarray:
+    """A flat contiguous copy of a field as ``dtype``, refusing casts that would change its
+    values: floats read as integer codes or the reverse, and integers (a JSON list, int64)
+    outside the unsigned type's range."""
+    a, dtype = host_array(v), np.dtype(dtype)
+    if dtype.kind == "u":
+        if a.dtype.kind not in ("u", "i"):
+            raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")
+        top = np.iinfo(dtype).max
+        if a.size and (a.min() < 0 or a.max() > top):
+            raise ValueError(f"{what} must hold {expected} (0..{top})")
+    elif a.dtype.kind != "f":
+        raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+def _array(what: str, v: Any, dtype) -> np.ndarray:
+    """A field of the bitsandbytes layout (:func:`_exact`)."""
+    return _exact(what, v, dtype, f"{np.dtype(dtype).name} values")
 
 
 def _stored_array(v: Any, dtype: np.dtype) -> np.ndarray:
-    """A scale rule's stored scales, refusing casts that would change their values."""
-    a = host_array(v)
-    if a.dtype.kind != dtype.kind or (a.dtype.kind == "u" and a.dtype.itemsize > dtype.itemsize):
-        raise ValueError(f"absmax must hold {dtype.name} values for this scale rule, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    """A scale rule's stored scales (:func:`_exact`)."""
+    return _exact("absmax", v, dtype, f"{np.dtype(dtype).name} values for this scale rule")
 
 
 @dataclass(eq=False)
