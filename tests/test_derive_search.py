@@ -185,3 +185,24 @@ def test_default_samples_come_in_whole_blocks():
     assert evaluate_search(q.get("nf4"), 48, "search:4over6")["samples"] == -(-EVAL_SAMPLES // 48) * 48
     with pytest.raises(ValueError, match="multiple of block_size=48, got 4096"):
         evaluate_search(q.get("nf4"), 48, "search:4over6", samples=4096)
+
+
+def test_a_fit_without_a_sample_draws_the_default_in_whole_blocks(monkeypatch, capsys):
+    """No sample given: the fit draws the default (here made small), rounded up to whole
+    blocks, the same values as that sample given explicitly; on the command line too (the
+    docs' `derive lloyd --scale search:4over6` without --samples).  It drew rvs(None), a
+    single value, and failed on it with a TypeError."""
+    import importlib
+    import json
+
+    from quantbook.cli import main
+
+    # the module, not the function of the same name that quantbook.derive exports
+    monkeypatch.setattr(importlib.import_module("quantbook.derive.search_lloyd"), "FIT_SAMPLES", 3000)
+    whole = -(-3000 // 48) * 48
+    got = solve_search_lloyd(4, 48, "search:4over6", max_iter=3)
+    given = solve_search_lloyd(4, 48, "search:4over6", samples=whole, max_iter=3)
+    assert got.params["samples"] == whole
+    assert got.codebook.levels.tolist() == given.codebook.levels.tolist() and got.mse == given.mse
+    assert main(["derive", "lloyd", "--scale", "search:4over6", "-B", "48", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["samples"] == whole

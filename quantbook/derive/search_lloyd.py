@@ -292,7 +292,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
                                samples=default_samples(samples, FIT_SAMPLES, block_size, tensor_size),
                                seed=seed, loss=loss, fixed=fixed, source=src, qmax=qmax,
                                tensor_size=tensor_size, max_iter=max_iter, tol=tol)   # checks them all
-    rule, fx = get_rule(recipe.scale), recipe.fixed
+    rule, fx, samples = get_rule(recipe.scale), recipe.fixed, recipe.samples   # the sample drawn is the recipe's
     from .lloyd import lloyd  # the exact code under the base rule is the start
 
     # the base rule's exact code needs both ends fixed; an end left free here moves from it
