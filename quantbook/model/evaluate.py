@@ -335,7 +335,7 @@ class BlockLayout(Layout):
         if inputs is None or inputs.x is not x:   # another tensor's inputs are not this one's
             inputs = TensorInputs(x)
         # a named backend gets the tensor where its kernels run (a GPU's memory: one upload for
-        # all the tensor's rows, and each row's dequantized values come back once); for the
+        # all the tensor's rows; with keep, each row's values stay there to be summed); for the
         # host backends both moves are no-ops.  It rotates there too, with the Hadamard kernels
         # of its vector-quantization namesake.
         be = None if backend == "auto" else get_backend(backend)
