@@ -195,3 +195,24 @@ def test_bit_exact_means_the_stored_table_in_its_order(name):
     sorted_only = dataclasses.replace(entry, codebook=entry.codebook.replace(code=entry.codebook.levels))
     row = audit_one(sorted_only)
     assert row.reproduced is False and "stored entries" in row.explanation
+
+
+@pytest.mark.parametrize("derived, published", [([1.0, 2.0], [1.0]), ([1.0], [1.0, 2.0, 3.0]), ([], [])])
+def test_compare_refuses_tables_of_different_lengths(derived, published):
+    # numpy broadcast a one-entry table against the other: compare([1, 2], [1]) read "1 entry differs"
+    from quantbook.verify import compare
+
+    with pytest.raises(ValueError, match="two non-empty tables of equal length"):
+        compare(np.array(derived), np.array(published))
+
+
+def test_register_check_refuses_unknown_names_and_non_callables():
+    from quantbook.verify import register_check
+    from quantbook.verify.audit import _CHECKS
+
+    before = {k: list(v) for k, v in _CHECKS.items()}
+    with pytest.raises(ValueError, match="no published codebook 'nf44'"):
+        register_check("nf44", lambda entry, derived, row: None)   # a check that would never run
+    with pytest.raises(ValueError, match="needs a callable"):
+        register_check("nf4", 3)   # failed only inside a later audit
+    assert _CHECKS == before

@@ -73,6 +73,7 @@ _MUST_REPRODUCE = ("bit-exact", "decimals")
 
 
 def format_recipe(recipe: Any) -> str:
+    """A recipe mapping as one line, ``method(key=value, ...)``; ``"(none)"`` for no recipe."""
     if not recipe:
         return "(none)"
     parts = [f"{k}={_fmt(v)}" for k, v in recipe.items() if k != "method"]
@@ -97,9 +98,14 @@ class Comparison:
 
 
 def compare(derived: np.ndarray, published: np.ndarray) -> Comparison:
-    """Element-wise comparison of two equally long float64 tables at float32 precision."""
-    d32 = np.asarray(derived, dtype=np.float32)
-    p32 = np.asarray(published, dtype=np.float32)
+    """Element-wise comparison of two equally long float64 tables at float32 precision;
+    returns a :class:`Comparison`.  Tables of different lengths, or empty ones, are a ValueError
+    (numpy would broadcast a table of one entry against every entry of the other)."""
+    d32 = np.asarray(derived, dtype=np.float32).reshape(-1)
+    p32 = np.asarray(published, dtype=np.float32).reshape(-1)
+    if d32.size != p32.size or d32.size == 0:
+        raise ValueError(f"compare needs two non-empty tables of equal length, got {d32.size} derived "
+                         f"and {p32.size} published entries")
     bits_differ = d32.view(np.uint32) != p32.view(np.uint32)
     ulp = float32_ulp_distance(d32, p32)
     absd = np.abs(np.asarray(derived, np.float64) - np.asarray(published, np.float64))
@@ -114,11 +120,19 @@ _CHECKS: dict[str, list[_Check]] = {}
 
 
 def register_check(name: str, fn: _Check) -> None:
-    """Run ``fn(entry, derived, row)`` for registry entry ``name`` (``"*"``: every entry)."""
+    """Run ``fn(entry, derived, row)`` for registry entry ``name`` (``"*"``: every entry).
+    A name the registry lacks, or an ``fn`` that is not callable, is a ValueError here rather
+    than a check that never runs or an error in the middle of an audit."""
+    if name != "*" and name not in REGISTRY:
+        raise NotFoundError(f"register_check: no published codebook {name!r} (quantbook list names them; "
+                            "'*' is every entry)")
+    if not callable(fn):
+        raise ValueError(f"register_check needs a callable fn(entry, derived, row), got {type(fn).__name__}")
     _CHECKS.setdefault(name, []).append(fn)
 
 
 def audit_one(entry: Published) -> AuditRow:
+    """The :class:`AuditRow` of one registry entry (``quantbook.REGISTRY[name]``)."""
     if not isinstance(entry, Published):
         shown = repr(entry) if isinstance(entry, str) else type(entry).__name__
         raise TypeError(f"audit_one needs a registry entry (quantbook.REGISTRY[name]; audit([name]) takes names), "
