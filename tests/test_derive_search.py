@@ -5,6 +5,8 @@ sample, and the exact derivation (lloyd(..., scale="e4m3")) for a search with on
 Samples are N(0, 1) from numpy.random.default_rng(seed); tolerances are stated per test.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -206,3 +208,33 @@ def test_a_fit_without_a_sample_draws_the_default_in_whole_blocks(monkeypatch, c
     assert got.codebook.levels.tolist() == given.codebook.levels.tolist() and got.mse == given.mse
     assert main(["derive", "lloyd", "--scale", "search:4over6", "-B", "48", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["recipe"]["samples"] == whole
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(block_size=0), "block_size must be an integer >= 2"),                 # was ZeroDivisionError
+    (dict(block_size=16.0), "block_size must be an integer >= 2"),
+    (dict(n=40), "x must hold a positive multiple of block_size=16 values, got 40"),   # was a reshape error
+    (dict(n=0), "x must hold a positive multiple of block_size=16 values, got 0"),
+    (dict(tensor_size=24), "tensor_size must be a positive multiple of block_size=16"),
+    (dict(tensor_size=48), "x must hold a positive multiple of tensor_size=48 values, got 64"),
+])
+def test_search_block_errors_checks_its_sizes(kwargs, msg):
+    from quantbook.derive import search_block_errors
+
+    x = np.random.default_rng(0).standard_normal(kwargs.pop("n", 64)).astype(np.float32)
+    args = dict(block_size=16, tensor_size=None) | kwargs
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        search_block_errors([-1, 0, 0.5, 1], args["block_size"], "search:4over6", x, tensor_size=args["tensor_size"])
+
+
+def test_search_errors_take_a_codebook_and_refuse_a_name():
+    from quantbook.derive import evaluate_search, search_block_errors
+
+    e2m1 = q.get("e2m1")
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    # a Codebook was a TypeError from float(); it is its levels
+    got = search_block_errors(e2m1, 16, "search:4over6", x)
+    want = search_block_errors(e2m1.levels, 16, "search:4over6", x)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match=r"evaluate_search needs a Codebook .*quantbook\.get\('e2m1'\)"):
+        evaluate_search("e2m1", 16, "search:4over6", samples=4096)   # was "could not convert string to float"

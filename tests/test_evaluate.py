@@ -185,3 +185,16 @@ def test_the_sign_of_the_extreme_value_of_a_sample_source(src):
         se = np.std(w * (plus - share_mc), ddof=1) / w.mean() / math.sqrt(w.size)
         aw = block_measure(src, B, "absmax", p).atoms_w
         assert abs(aw[1] / aw.sum() - share_mc) < 4 * se, (p, aw[1] / aw.sum(), share_mc, se)
+
+
+@pytest.mark.parametrize("spec", ["NF4", "lloyd-l2-64", "nf3"])
+def test_evaluate_by_name_hints_at_a_call_that_resolves_that_name(spec):
+    # the hint was quantbook.get(spec) for every string, which refuses these three
+    import quantbook
+
+    with pytest.raises(ValueError, match=r"quantbook\.bulk\.resolve_codebook") as exc:
+        evaluate(spec, 64)
+    assert "quantbook.get(" not in str(exc.value)
+    assert quantbook.bulk.resolve_codebook(spec, 64).bits >= 3   # the hinted call works
+    with pytest.raises(ValueError, match=r"quantbook\.get\('nf4'\)"):
+        evaluate("nf4", 64)

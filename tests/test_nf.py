@@ -141,3 +141,19 @@ def test_huge_offsets_are_refused_quickly_in_one_line():
     assert "set_int_max_str_digits" not in r.stdout and all(len(line) < 200 for line in lines)
     assert all("between 1/2 and 1" in line for line in lines[:3]), lines
     assert all("digits" in line for line in lines[3:]), lines
+
+
+@pytest.mark.parametrize("bits", [0, 1, -3, 9, 4.0, "4", True])
+def test_derive_offset_checks_bits_as_default_offset(bits):
+    # bits 0 gave offset zoo, -3 a negative "offset", 4.0 floats, "4" a sympy TypeError
+    with pytest.raises(ValueError, match="bits must be an integer|NF codebooks are defined for 2 to 8 bits"):
+        derive_offset(bits)
+    with pytest.raises(ValueError):
+        default_offset(bits)
+
+
+@pytest.mark.parametrize("dps", [0, -1, 2.0, True])
+def test_nf_exact_refuses_a_precision_that_is_not_positive(dps):
+    # mpmath took dps=0 and gave levels rounded to a few bits (-0.75 for -0.6961928...)
+    with pytest.raises(ValueError, match=r"dps \(significant digits\) must be a positive integer"):
+        nf_exact(4, dps=dps)

@@ -284,3 +284,12 @@ def test_block_maxima_beyond_float32_or_as_python_numbers_are_maxima():
     assert not get_rule("float16").storable(10**30, 6.0)    # an integer beyond float32: not storable
     assert get_rule("float32").scale(Fraction(3, 2), 6.0) == np.float32(0.25)
     assert np.signbit(get_rule("float32").scale(-0.0, 6.0)) == False   # noqa: E712  (-0.0 is the maximum 0)
+
+
+@pytest.mark.parametrize("bits", ["4", 4.0, True, None])
+def test_check_scaled_bits_refuses_what_is_not_an_integer(bits):
+    from quantbook.scales import check_scaled_bits
+
+    # "4" and None were TypeErrors from the comparison, 4.0 and True were taken
+    with pytest.raises(ValueError, match="bits must be an integer from 1 to 4"):
+        check_scaled_bits(bits)

@@ -95,13 +95,24 @@ class Evaluation:
         return d
 
 
+def refuse_name(codebook: Any, who: str) -> None:
+    """The error for a codebook given by name to ``who`` (the derivation layer reads no names):
+    the call that resolves that name, so the hint works for every spelling."""
+    if not isinstance(codebook, (str, bytes)):
+        return
+    from ..codebooks.registry import REGISTRY
+
+    # quantbook.get takes only exact registry names; resolve_codebook reads the whole grammar
+    how = (f"quantbook.get({codebook!r})" if codebook in REGISTRY
+           else f"quantbook.bulk.resolve_codebook({codebook!r}, block_size)")
+    raise ValueError(f"{who} needs a Codebook (e.g. {how}) or a sequence of levels, got the string {codebook!r}")
+
+
 def _as_codebook(codebook: Any) -> Codebook:
     """A Codebook, or one built from a sequence of level values (one-line errors)."""
     if isinstance(codebook, Codebook):
         return codebook
-    if isinstance(codebook, (str, bytes)):
-        raise ValueError(f"evaluate needs a Codebook (e.g. quantbook.get({codebook!r})) or a sequence of "
-                         f"levels, got the string {codebook!r}")
+    refuse_name(codebook, "evaluate")
     try:
         levels = _check_levels(codebook)
     except ValueError as exc:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from .normal_float import _check_bits
+
 __all__ = ["OffsetDerivation", "derive_offset"]
 
 
@@ -53,7 +55,9 @@ class OffsetDerivation:
 
 
 def derive_offset(bits: int = 4) -> OffsetDerivation:
-    """Symbolic derivation of the default NFk offset (see the module docstring)."""
+    """Symbolic derivation of the default NFk offset (see the module docstring), for ``bits``
+    2..8 as :func:`~.normal_float.default_offset`; returns an :class:`OffsetDerivation`."""
+    bits = _check_bits(bits)   # bits 0 gave offset zoo, 4.0 floats, "4" a sympy TypeError
     n = sp.Integer(2) ** bits
     lower = 1 - sp.Rational(1, 2) / (n - 1)
     upper = 1 - sp.Rational(1, 2) / n

@@ -180,8 +180,12 @@ def _positions_exact(offset: Fraction, n: int) -> list[Fraction]:
 
 
 def nf_exact(bits: int, offset: Any = None, dps: int = _EXACT_DPS) -> list[mpmath.mpf]:
-    """The NFk levels as mpmath numbers with ``dps`` significant digits, sorted."""
+    """The NFk levels as mpmath numbers with ``dps`` significant digits (a positive integer),
+    sorted; ``offset`` as :func:`nf`'s."""
     bits = _check_bits(bits)
+    if isinstance(dps, bool) or not isinstance(dps, (int, np.integer)) or dps < 1:
+        # mpmath takes dps=0 and returns levels rounded to a few bits, silently
+        raise ValueError(f"dps (significant digits) must be a positive integer, got {dps!r}")
     off = default_offset(bits) if offset is None else parse_offset(offset)
     half = 2 ** (bits - 1)
     with mpmath.workdps(dps + 10):

@@ -39,6 +39,7 @@ from ..io.progress import progress_bar
 from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
+from .metrics import refuse_name
 from .recipes import FIT_SAMPLES, parse_fixed
 from .sources import parse_source
 
@@ -90,6 +91,19 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
     if not (_real(tol) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     check_qmax(qmax)
+
+
+def _check_blocks(n: int, block_size: Any, tensor_size: Any) -> None:
+    """``n`` values in whole blocks (and whole tensors): a bad size was a reshape or a division
+    by zero deep in the search."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 2:
+        raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
+    unit = block_size if tensor_size is None else tensor_size
+    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or unit < 1 or unit % block_size:
+        raise ValueError(f"tensor_size must be a positive multiple of block_size={block_size}, got {unit!r}")
+    if n == 0 or n % unit:
+        what = "block_size" if tensor_size is None else "tensor_size"
+        raise ValueError(f"x must hold a positive multiple of {what}={unit} values, got {n}")
 
 
 def _real(v: Any) -> bool:
@@ -225,9 +239,12 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     rule = get_rule(scale)
     if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"{rule.name!r} is not a search rule")
-    lv = np.sort(np.asarray(levels, dtype=np.float64).reshape(-1))
+    refuse_name(levels, "search_block_errors")
+    lv = np.sort(np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1))
     lv = lv / scaled_peak(lv)  # as the layout's table: largest magnitude qmax
     x = np.asarray(x, dtype=_F).reshape(-1)
+    _check_blocks(x.size, block_size, tensor_size)
+    check_qmax(qmax)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
     deq = _assign(rule, smp, (lv * qmax).astype(_F), qmax)[0]
     return _block_error(smp, deq, "l2").reshape(-1), _block_error(smp, deq, "l1").reshape(-1)
@@ -252,6 +269,7 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | N
     blocks, the MAE, the SQNR against the sample's mean square, and the bits per weight (codes
     and stored scales)."""
     rule = get_rule(scale)
+    refuse_name(codebook, "evaluate_search")
     levels = np.asarray(getattr(codebook, "levels", codebook), dtype=np.float64).reshape(-1)
     scaled_peak(levels)   # the table the layout stores, as quantize() checks it
     bits = int(getattr(codebook, "bits", max(1, int(np.ceil(np.log2(levels.size))))))

@@ -243,17 +243,20 @@ SCALED_BITS = 4
 
 def check_scaled_bits(bits: int) -> int:
     """Bits a code of the scaled layouts: 1 to 4 (its 16 entries hold any narrower code)."""
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)):
+        raise ValueError(f"bits must be an integer from 1 to {SCALED_BITS}, got {bits!r}")
     if not 1 <= bits <= SCALED_BITS:
         raise ValueError(f"the scaled layouts store {SCALED_BITS}-bit codes: bits must be 1 to {SCALED_BITS}, "
                          f"got {bits}")
-    return bits
+    return int(bits)
 
 
 def scaled_peak(levels: Any) -> float:
     """The largest magnitude of a codebook the scaled layouts store (their table is the codebook
     times ``qmax`` over it): one to 16 entries, not all 0.  The one check of it, for quantize,
-    the exact laws and the Monte Carlo of a search rule alike."""
-    c = np.asarray(levels, dtype=np.float64).reshape(-1)
+    the exact laws and the Monte Carlo of a search rule alike.  ``levels``: the values, or a
+    Codebook."""
+    c = np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1)
     if not 1 <= c.size <= 2**SCALED_BITS:
         raise ValueError(f"the scaled layouts store {SCALED_BITS}-bit codes: the codebook must have at most "
                          f"{2**SCALED_BITS} entries, got {c.size}")
