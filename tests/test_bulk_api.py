@@ -490,3 +490,18 @@ def test_cpu_benchmark_runs_and_checks_bytes(args, capsys):
     assert bench.main(["--log2n", "12", "--repeat", "1", "--skip-bnb", *args]) == 0
     out = capsys.readouterr().out
     assert "numba vs the numpy reference: IDENTICAL" in out and args[-1] in out
+
+
+@pytest.mark.parametrize("threads", [0, "2", 2.0, True])
+@pytest.mark.parametrize("nested", [False, True])
+def test_torch_threads_is_checked_by_name(threads, nested):
+    # it was checked only with nested=True, as "threads must ..." from the torch emulation
+    x = np.ones(64, np.float32)
+    with pytest.raises(ValueError, match=r"^torch_threads must be a positive integer"):
+        qb.quantize(x, "nf4", 64, nested=nested, torch_threads=threads)
+
+
+def test_scaled_bits_error_shows_the_argument_as_given():
+    x = np.ones(64, np.float32)
+    with pytest.raises(ValueError, match=r"got bits='4'"):   # read "got bits=4", as if 4 were refused
+        qb.quantize(x, "e2m1", 16, scale="e4m3", bits="4")

@@ -128,3 +128,13 @@ def test_the_largest_float32_as_printed_is_a_level():
     assert cb.levels_f32[0] == -np.finfo(np.float32).max
     with pytest.raises(CodebookError, match="round to a finite float32"):
         Codebook.from_json('{"bits": 2, "levels": [-3.4028236e38, 0, 1]}')
+
+
+def test_load_takes_a_path_object(tmp_path):
+    # a pathlib.Path was "no published codebook PosixPath(...) (and not a .json file)"
+    path = tmp_path / "mine.json"
+    path.write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
+    cb = load(path)
+    assert cb.name == "mine" and cb.levels.tolist() == [-1, -0.25, 0.5, 1]
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.json")

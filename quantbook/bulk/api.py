@@ -152,6 +152,8 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     for flag, value in (("nested", nested), ("allow_nonfinite", allow_nonfinite)):
         if not (isinstance(value, (bool, np.bool_)) or (F.is_int(value) and value in (0, 1))):   # "no" is truthy
             raise ValueError(f"{flag} must be True or False, got {value!r}")
+    if not F.is_int(torch_threads) or torch_threads < 1:   # checked even where unused, as every argument
+        raise ValueError(f"torch_threads must be a positive integer (torch.get_num_threads()), got {torch_threads!r}")
     block_size = F.check_block_size(block_size)
     cb = resolve_codebook(codebook, block_size)
     rule = None if scale is None else get_rule(scale)
@@ -160,7 +162,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
         nested = nested or rule.family == "nested"
         rule = None
     if rule is not None and bits not in (None, 4):
-        raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits}")
+        raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits!r}")
     try:
         bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
     except ValueError as exc:

@@ -18,6 +18,7 @@ says how far the audit (:mod:`quantbook.verify.audit`) must reproduce it:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -184,6 +185,7 @@ REGISTRY: dict[str, Published] = _build()
 
 
 def names() -> list[str]:
+    """The registry's names, in registration order (:func:`get` takes each)."""
     return list(REGISTRY)
 
 
@@ -195,14 +197,17 @@ def get(name: str) -> Codebook:
         raise NotFoundError(f"no published codebook {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
-def load(spec: str) -> Codebook:
-    """A registry name, or the path of a codebook JSON file (as written by ``--json``).
+def load(spec: str | os.PathLike) -> Codebook:
+    """The Codebook ``spec`` names: a registry name, or the path (a string or a
+    :class:`pathlib.Path`) of a codebook JSON file (as written by ``--json``).
 
     The ``.json`` extension is matched case-insensitively.  Raises ``KeyError`` for an unknown
     name, ``FileNotFoundError`` for a missing file and :class:`CodebookError` (one line) for a
     file that cannot be read or holds no valid codebook.
     """
-    if spec in REGISTRY:
+    if isinstance(spec, os.PathLike):   # a Path is the file it names, as open() takes it
+        spec = os.fspath(spec)
+    if isinstance(spec, str) and spec in REGISTRY:
         return REGISTRY[spec].codebook
     if isinstance(spec, str) and spec.rstrip().lower().endswith(".json"):   # "x.json " may name a file
         from .codebook import CodebookError
