@@ -684,3 +684,43 @@ def test_the_refusal_of_a_gguf_file_names_a_function_that_exists():
     dotted = re.search(r"\((quantbook\.[\w.]+)\)", str(exc.value)).group(1)
     module, name = dotted.rsplit(".", 1)
     assert callable(getattr(importlib.import_module(module), name, None)), dotted
+
+
+# ------------------------------------------------------------------- API argument checks
+@pytest.mark.parametrize("codebooks", [["nf4"], [REGISTRY["nf4"].codebook], [("a", "nf4")], {"nf4": None}],
+                         ids=["names", "bare-codebooks", "label-and-name", "dict"])
+def test_evaluate_model_codebooks_must_be_pairs(synthetic, codebooks):
+    # these failed as "too many values to unpack", "cannot unpack" or "'str' has no attribute 'bits'"
+    from quantbook.model import evaluate_model
+
+    with pytest.raises(ValueError, match=r"codebooks must be (a list of )?\(label, codebook\) pairs"):
+        evaluate_model(synthetic[0], codebooks)
+
+
+def test_evaluate_model_rotations_string_is_one_spelling(synthetic):
+    # a string was iterated by letter: "unknown rotation 'h'"
+    from quantbook.model import evaluate_model
+
+    report = evaluate_model(synthetic[0], [("nf4", REGISTRY["nf4"].codebook)], tensors="layer.0.weight",
+                            rotations="none,hadamard")
+    assert report.codebooks == ["nf4", "nf4+hadamard"]
+
+
+@pytest.mark.parametrize("block_size", [0, 64.0])
+def test_evaluate_model_checks_block_size_before_any_tensor(synthetic, block_size):
+    # the error came from the first tensor's quantize, prefixed with the file and tensor
+    from quantbook.model import evaluate_model
+
+    with pytest.raises(ValueError, match=r"^block_size must be"):
+        evaluate_model(synthetic[0], [("nf4", REGISTRY["nf4"].codebook)], block_size=block_size)
+
+
+def test_storage_bits_refuses_what_is_not_a_quant_state():
+    from quantbook.bulk import quantize_vq
+    from quantbook.model import storage_bits
+
+    x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    idx, vstate = quantize_vq(x, "higgs-2d-256")
+    for state in (vstate, None):   # an AttributeError ('VQState' object has no attribute 'absmax') before
+        with pytest.raises(ValueError, match="storage_bits needs quantbook.quantize's QuantState"):
+            storage_bits(idx, state)

@@ -148,7 +148,13 @@ def _nbytes(a: Any) -> int:
 
 
 def storage_bits(packed: np.ndarray, state: Any) -> int:
-    """Bits stored for one quantized tensor: packed codes + block statistics (see module doc)."""
+    """Bits stored for one quantized tensor, ``quantbook.quantize``'s ``(packed, state)``: packed
+    codes + block statistics (see module doc)."""
+    from ..bulk.state import QuantState
+
+    if not isinstance(state, QuantState):   # a VQState has no absmax: an AttributeError before
+        hint = " (a VQState: its bits_per_weight times the size)" if hasattr(state, "points") else ""
+        raise ValueError(f"storage_bits needs quantbook.quantize's QuantState, got {type(state).__name__}{hint}")
     bits = 8 * _nbytes(packed) + 8 * _nbytes(state.absmax)
     if getattr(state, "nested", False):
         bits += 8 * _nbytes(state.nested_absmax) + 32  # + float32 offset
@@ -437,6 +443,17 @@ def check_backend(backend: Any, codebooks: Sequence[tuple[str, Any]], scaled: bo
 
 def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
     """Labels and codebooks distinct and at least one; scalar codebooks of 1..8 bits (before any work)."""
+    from ..codebooks.codebook import Codebook
+
+    if isinstance(codebooks, (str, bytes)) or not isinstance(codebooks, Sequence):
+        raise ValueError(f"codebooks must be a list of (label, codebook) pairs, got {type(codebooks).__name__}")
+    for item in codebooks:   # names or bare Codebooks failed as an unpacking or attribute error
+        ok = isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) \
+            and (isinstance(item[1], Codebook) or is_vector_codebook(item[1]))
+        if not ok:
+            raise ValueError(f"codebooks must be (label, codebook) pairs such as ('nf4', quantbook.get('nf4')); "
+                             f"got {item!r:.80}: a name resolves with quantbook.bulk.resolve_codebook(name, "
+                             "block_size), a vector one with quantbook.naming.resolve_vector(name)")
     labels = [label for label, _ in codebooks]
     if not labels:
         raise ValueError("no codebooks given")
@@ -582,8 +599,12 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
         raise ValueError(f"{path}: no floating tensors selected{f.left_out(tensors)}")
     _bulk()
     check_codebooks(codebooks)  # fail before reading any tensor
-    rotations = parse_rotations(list(rotations))
+    rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
+    if scalar:   # the block size, before any tensor rather than at each
+        from ..codebooks.blocks import check_block_size
+
+        check_block_size(block_size)
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     backend = check_backend(backend, codebooks, scaled=rule is not None)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
