@@ -538,7 +538,9 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     :func:`default_fixed`; ``()`` or ``"none"`` frees all; a string ``"-1,0,1"`` is read as
     numbers); ``tol`` the convergence threshold on the Lloyd change; ``max_iter`` and
     ``max_time`` (seconds, ``None``: unlimited) the budget; ``partition`` ``"nearest"`` (the
-    optimum) or ``"halves"`` (AF4's construction, see the module docstring).  The returned
+    optimum) or ``"halves"`` (AF4's construction, see the module docstring); ``symmetric``
+    levels symmetric about 0 (module docstring); ``name`` the Codebook's name (default: one
+    spelled from the arguments, in the codebook-name grammar where it can say them).  The returned
     Codebook's ``recipe`` re-derives it bit for bit (unless the time budget stopped it), where
     the source is a spelling or a file; an in-memory sample is named in the recipe only by a
     digest (``empirical:…``), which :func:`~.recipes.derive_from_recipe` cannot read back

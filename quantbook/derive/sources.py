@@ -248,6 +248,8 @@ def _ndtr(x):
 
 
 class Normal(Source):
+    """The standard normal N(0, 1) (``parse_source("normal")``)."""
+
     spec = "normal"
 
     def _pdf(self, x):
@@ -294,6 +296,8 @@ class Normal(Source):
 
 
 class Laplace(Source):
+    """The Laplace law of unit variance, scale ``b = 1/sqrt(2)`` (``parse_source("laplace")``)."""
+
     spec = "laplace"
     b = 1 / math.sqrt(2)  # unit variance: 2 b**2 = 1
 
