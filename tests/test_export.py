@@ -564,6 +564,39 @@ def test_the_library_functions_name_what_they_take():
     assert audit_one(REGISTRY["nf4"]).reproduced
 
 
+_SCALAR_HELPERS = ("c_header", "npy_bytes", "bnb_bytes", "bnb_quant_map", "bnb_quant_type")
+_VECTOR_HELPERS = ("vector_c_header", "vector_npy_bytes")
+
+
+@pytest.mark.parametrize("helper", _SCALAR_HELPERS + _VECTOR_HELPERS)
+@pytest.mark.parametrize("given", ["nf4", "lloyd-l2", "higgs-2d-16", "other-kind", 3])
+def test_the_export_helpers_refuse_what_is_not_their_codebook_in_one_line(helper, given):
+    """A name, the other kind of codebook or any other object is one TypeError naming the
+    helper and what it got (it was an AttributeError from inside); for a name, the call it
+    suggests really makes a codebook of that name, and the helper takes it where it is its kind."""
+    import quantbook.bulk
+    import quantbook.naming
+    from quantbook.codebooks.vector_registry import get_vector
+
+    fn = getattr(quantbook.export, helper)
+    vector = helper in _VECTOR_HELPERS
+    if given == "other-kind":
+        given = quantbook.get("nf4") if vector else get_vector("higgs-2d-16")
+    with pytest.raises(TypeError) as info:
+        fn(given)
+    msg = str(info.value)
+    assert msg.startswith(f"{helper} needs a {'VectorCodebook' if vector else 'Codebook'} object, got ")
+    assert "\n" not in msg
+    if not isinstance(given, str):
+        assert (type(given).__name__ + (f" {given.name!r}" if hasattr(given, "name") else "")) in msg
+        return
+    call = re.search(r"(quantbook\.\S+\(.*\)) gives", msg).group(1)
+    cb = eval(call, {"quantbook": quantbook, "block_size": 64})
+    assert cb.name.startswith(given)
+    if isinstance(cb, quantbook.codebooks.vector.VectorCodebook) == vector:
+        fn(cb)
+
+
 def test_a_headers_command_can_be_run_again(tmp_path, capsys):
     """The header says the command that made it: a file by its path (quoted for a shell; it
     said `quantbook export unnamed`), a name by the resolved name (lloyd-l2 at -B 32 is

@@ -16,6 +16,7 @@ import numpy as np
 
 from .codebook import Codebook
 from .registry import REGISTRY
+from .require import require_codebook
 
 __all__ = ["BNB_TYPES", "bnb_quant_type", "CodebookRangeWarning", "warn_beyond_absmax"]
 
@@ -29,6 +30,7 @@ def bnb_quant_type(cb: Codebook, name: str | None = None, layout_bnb: bool = Tru
     bitsandbytes' own and it is stored in bitsandbytes' layout (``layout_bnb``); otherwise
     ``name`` (default the codebook's) and False, with ``custom-`` before a name bitsandbytes
     would read as a built-in type."""
+    require_codebook(cb, "bnb_quant_type")
     if layout_bnb:
         bits = cb.code_f32.view(np.uint32)
         for qt, entries in BNB_TYPES.items():

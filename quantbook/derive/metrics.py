@@ -100,12 +100,10 @@ def refuse_name(codebook: Any, who: str) -> None:
     the call that resolves that name, so the hint works for every spelling."""
     if not isinstance(codebook, (str, bytes)):
         return
-    from ..codebooks.registry import REGISTRY
+    from ..codebooks.require import name_call
 
-    # quantbook.get takes only exact registry names; resolve_codebook reads the whole grammar
-    how = (f"quantbook.get({codebook!r})" if codebook in REGISTRY
-           else f"quantbook.bulk.resolve_codebook({codebook!r}, block_size)")
-    raise ValueError(f"{who} needs a Codebook (e.g. {how}) or a sequence of levels, got the string {codebook!r}")
+    raise ValueError(f"{who} needs a Codebook (e.g. {name_call(codebook)}) or a sequence of levels, "
+                     f"got the string {codebook!r}")
 
 
 def _as_codebook(codebook: Any) -> Codebook:

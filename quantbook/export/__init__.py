@@ -25,6 +25,7 @@ has no vector form.
 from __future__ import annotations
 
 from ..codebooks.codebook import Codebook
+from ..codebooks.require import require_codebook
 from ..codebooks.vector import VectorCodebook
 from ..io.files import OutputPathError, check_output_path, write_output
 from .arrays import bnb_bytes, bnb_quant_map, bnb_quant_type, npy_bytes, vector_npy_bytes
@@ -46,11 +47,8 @@ def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
     """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb); ``layout``
     (c, cuda) adds a scaled layout's macros and table to the header; ``spelling`` is how the
     command line named the codebook, for the command a header says made it."""
-    if isinstance(cb, VectorCodebook):
+    if isinstance(require_codebook(cb, "export", vector=None), VectorCodebook):
         return _export_vector(cb, fmt, name, layout, spelling)
-    if not isinstance(cb, Codebook):
-        shown = repr(cb) if isinstance(cb, str) else type(cb).__name__
-        raise TypeError(f"export needs a Codebook or a VectorCodebook (e.g. quantbook.get('nf4')), got {shown}")
     if layout is not None and fmt not in ("c", "cuda"):
         raise ValueError(f"a scaled layout is written only into c and cuda headers, not format {fmt!r}")
     if fmt == "json":

@@ -42,12 +42,14 @@ import numpy as np
 
 from ..codebooks.bnb import BNB_TYPES, bnb_quant_type, warn_beyond_absmax
 from ..codebooks.codebook import Codebook
+from ..codebooks.require import require_codebook
 
 __all__ = ["npy_bytes", "bnb_quant_map", "bnb_quant_type", "bnb_bytes", "vector_npy_bytes"]
 
 
 def npy_bytes(cb: Codebook) -> bytes:
     """``.npy`` file contents: the float32 index→value table of ``cb``."""
+    require_codebook(cb, "npy_bytes")
     buf = io.BytesIO()
     np.save(buf, cb.code_f32, allow_pickle=False)
     return buf.getvalue()
@@ -56,6 +58,7 @@ def npy_bytes(cb: Codebook) -> bytes:
 def vector_npy_bytes(cb) -> bytes:
     """``.npy`` file contents: the float32 ``(N, P)`` points of a vector codebook
     (``np.load(path)[index]`` decodes an index)."""
+    require_codebook(cb, "vector_npy_bytes", vector=True)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(cb.points, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
@@ -63,6 +66,7 @@ def vector_npy_bytes(cb) -> bytes:
 
 def bnb_quant_map(cb: Codebook) -> np.ndarray:
     """The float32 quant map of ``cb``: ``2**bits`` entries (``bits`` must be 4 or 8)."""
+    require_codebook(cb, "bnb_quant_map")
     if cb.bits not in (4, 8):
         raise ValueError(
             f"bnb format needs a 4-bit or 8-bit codebook (bitsandbytes quant maps have 16 or 256 "
@@ -81,6 +85,7 @@ def bnb_quant_map(cb: Codebook) -> np.ndarray:
 
 def bnb_bytes(cb: Codebook, name: str | None = None) -> bytes:
     """``.npz`` file contents for the ``bnb`` format (see the module docstring)."""
+    require_codebook(cb, "bnb_bytes")
     quant_type, builtin = bnb_quant_type(cb, name)
     if name is not None and not builtin and name.lower() in BNB_TYPES:
         raise ValueError(f"--name {name!r} is a type bitsandbytes decodes with its built-in table, and "

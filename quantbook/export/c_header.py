@@ -42,6 +42,7 @@ import numpy as np
 
 from ..codebooks.blocks import check_block_size
 from ..codebooks.codebook import Codebook
+from ..codebooks.require import require_codebook
 from ..scales import check_qmax, get_rule
 from .identifiers import c_identifier
 
@@ -154,6 +155,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     to the command line (a FILE.json), for the command the header says made it (default:
     ``cb.name``).
     """
+    require_codebook(cb, "c_header")
     if layout is not None and not isinstance(layout, HeaderLayout):
         raise ValueError(f"layout must be a HeaderLayout, got {type(layout).__name__}")
     if layout is not None and layout.table.size != cb.code.size:
@@ -337,6 +339,7 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     in comments), macros ``<ID>_DIM``, ``<ID>_SIZE``, ``<ID>_INDEX_BITS``, and inline
     ``<id>_decode(index, out)`` and ``<id>_encode(v)`` (nearest point by squared distance in
     double precision, the lowest index on a tie: the rule of ``VectorCodebook.nearest``)."""
+    require_codebook(cb, "vector_c_header", vector=True)
     __version__ = _version()
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = ident.upper()
