@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
+from ..codebooks.blocks import check_flag
 from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
 from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,
@@ -149,9 +150,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     Returns ``(packed, state)``: 1-D uint8 bytes (:func:`quantbook.bulk.format.packed_length`)
     and a :class:`QuantState` with bitsandbytes' field names.
     """
-    for flag, value in (("nested", nested), ("allow_nonfinite", allow_nonfinite)):
-        if not (isinstance(value, (bool, np.bool_)) or (F.is_int(value) and value in (0, 1))):   # "no" is truthy
-            raise ValueError(f"{flag} must be True or False, got {value!r}")
+    nested, allow_nonfinite = check_flag(nested, "nested"), check_flag(allow_nonfinite, "allow_nonfinite")
     if not F.is_int(torch_threads) or torch_threads < 1:   # checked even where unused, as every argument
         raise ValueError(f"torch_threads must be a positive integer (torch.get_num_threads()), got {torch_threads!r}")
     block_size = F.check_block_size(block_size)

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from .blocks import check_flag
 from .codebook import Codebook
 from .registry import REGISTRY
 from .require import require_codebook
@@ -31,7 +32,7 @@ def bnb_quant_type(cb: Codebook, name: str | None = None, layout_bnb: bool = Tru
     ``name`` (default the codebook's) and False, with ``custom-`` before a name bitsandbytes
     would read as a built-in type."""
     require_codebook(cb, "bnb_quant_type")
-    if layout_bnb:
+    if check_flag(layout_bnb, "layout_bnb"):
         bits = cb.code_f32.view(np.uint32)
         for qt, entries in BNB_TYPES.items():
             for entry in entries:

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from ..codebooks.blocks import check_flag
 from ..codebooks.codebook import Codebook, check_numbers
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
 
@@ -287,8 +288,7 @@ def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> 
     bits = _check_bits(r.bits, 1, 8)
     _choice("domain", r.domain, DOMAINS)
     normalization = _choice("normalization", r.normalization, NORMALIZATIONS)
-    if not isinstance(r.symmetric, (bool, np.bool_)):
-        raise ValueError(f"symmetric must be true or false, got {r.symmetric!r}")
+    symmetric = check_flag(r.symmetric, "symmetric")
     if normalization == "none":
         block_size, domain = None, type(r).domain  # neither applies without normalisation
     else:
@@ -296,7 +296,7 @@ def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> 
     src = parse_source(r.source)
     fx = parse_fixed(r.fixed, normalization)
     n_levels = 2**bits
-    if r.symmetric:
+    if symmetric:
         if any(-v not in fx for v in fx):
             raise ValueError(f"symmetric codebooks need symmetric fixed levels, got {list(fx)}")
         n_levels -= 1 if 0.0 in fx else 0
@@ -307,7 +307,7 @@ def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> 
         raise ValueError(f"all {n_levels} levels are fixed; nothing to derive")
     _check_moments(src, loss, domain, normalization)
     _set(r, bits=bits, block_size=block_size, domain=domain, source=src, fixed=fx,
-         symmetric=bool(r.symmetric))
+         symmetric=symmetric)
 
 
 def _check_moments(src: Any, loss: str | None, domain: str, normalization: str) -> None:
@@ -505,9 +505,7 @@ class E2M1Recipe(Recipe):
     normalise: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.normalise, (bool, np.bool_)):
-            raise ValueError(f"normalise must be true or false, got {self.normalise!r}")
-        _set(self, normalise=bool(self.normalise))
+        _set(self, normalise=check_flag(self.normalise, "normalise"))
 
     def derive(self) -> Codebook:
         from .formats import e2m1

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
+from ..codebooks.blocks import check_flag
 from ..io.progress import progress_bar
 from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak
 from ..scales.ggml import GgmlSearch
@@ -305,6 +306,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     iteration, up to ``max_iter``; drawn on a terminal anyway)."""
     from .recipes import SearchLloydRecipe
 
+    progress = check_flag(progress, "progress")
     src = parse_source(source)
     recipe = SearchLloydRecipe(bits=bits, block_size=block_size, scale=getattr(scale, "name", scale),
                                samples=default_samples(samples, FIT_SAMPLES, block_size, tensor_size),

@@ -59,6 +59,7 @@ import mpmath
 import numpy as np
 from scipy import integrate, special, stats
 
+from ..codebooks.blocks import check_flag
 from ..io.npy import load_npy
 from .conventions import apply, at_q, at_x, sample_shape
 
@@ -616,6 +617,7 @@ class Empirical(Source):
 
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
                  knots: int | None = DEFAULT_KNOTS) -> None:
+        standardize = check_flag(standardize, "standardize")
         raw = np.asarray(sample)
         if raw.dtype.kind not in "biuf":
             raise SourceError(f"an empirical sample must be real numbers, got dtype {raw.dtype}")

@@ -54,6 +54,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
+from ..codebooks.blocks import check_flag
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
 from ..io.progress import progress_bar
 from .lloyd import DerivationError, LloydWarning
@@ -132,8 +133,7 @@ class VQRecipe(Recipe):
             if b % p:
                 raise ValueError(f"the dimension P={p} must divide the block size {b}")
             _set(self, block_size=b)
-        if not isinstance(self.symmetric, (bool, np.bool_)):
-            raise ValueError(f"symmetric must be true or false, got {self.symmetric!r}")
+        _set(self, symmetric=check_flag(self.symmetric, "symmetric"))
         if self.symmetric and n % orbit_size(p):
             raise ValueError(f"a symmetric codebook in {p} dimensions is a union of full orbits of "
                              f"{orbit_size(p)} points: N={n} is not a multiple of {orbit_size(p)}")
@@ -516,6 +516,7 @@ def _levels(m: int, first: int) -> list[int]:
 def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **options: Any) -> VQResult:
     """Derive the codebook of ``recipe`` (or of ``VQRecipe(**options)``): the module's algorithm,
     with the details of the run."""
+    progress = check_flag(progress, "progress")
     r = recipe if recipe is not None else VQRecipe(**options)
     if recipe is not None and options:
         raise TypeError("give a recipe or options, not both")

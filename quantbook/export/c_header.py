@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codebooks.blocks import check_block_size
+from ..codebooks.blocks import check_block_size, check_flag
 from ..codebooks.codebook import Codebook
 from ..codebooks.require import require_codebook
 from ..scales import check_qmax, get_rule
@@ -156,6 +156,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     ``cb.name``).
     """
     require_codebook(cb, "c_header")
+    cuda = check_flag(cuda, "cuda")
     if layout is not None and not isinstance(layout, HeaderLayout):
         raise ValueError(f"layout must be a HeaderLayout, got {type(layout).__name__}")
     if layout is not None and layout.table.size != cb.code.size:
@@ -340,6 +341,7 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     ``<id>_decode(index, out)`` and ``<id>_encode(v)`` (nearest point by squared distance in
     double precision, the lowest index on a tie: the rule of ``VectorCodebook.nearest``)."""
     require_codebook(cb, "vector_c_header", vector=True)
+    cuda = check_flag(cuda, "cuda")
     __version__ = _version()
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = ident.upper()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from ..codebooks.blocks import check_flag
+
 __all__ = ["c_identifier", "IdentifierError"]
 
 
@@ -38,6 +40,7 @@ _GIVEN = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*")
 def c_identifier(name: str, given: bool = False) -> str:
     """The C identifier for ``name`` (see the module docstring); ``given``: ``name`` was chosen
     as the identifier, and is refused rather than rewritten.  Raises :class:`IdentifierError`."""
+    given = check_flag(given, "given")
     if given and isinstance(name, str) and name and not _GIVEN.fullmatch(name):
         raise IdentifierError(f"--name {name!r} is not a C identifier as it stands: a letter, then letters, "
                               "digits and single underscores between them")

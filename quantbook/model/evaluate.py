@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..codebooks.blocks import check_flag
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
@@ -504,6 +505,8 @@ class ModelReport:
         return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors)
 
     def to_dict(self, per_tensor: bool = False) -> dict[str, Any]:
+        per_tensor = check_flag(per_tensor, "per_tensor")
+
         def clean(m: dict[str, float]) -> dict[str, float | None]:
             return {k: (None if not math.isfinite(v) else v) for k, v in m.items()}
 
@@ -525,6 +528,7 @@ class ModelReport:
         return d
 
     def format_table(self, per_tensor: bool = False) -> str:
+        per_tensor = check_flag(per_tensor, "per_tensor")
         nt = len(self.tensors)
         head = (f"{self.path}: {nt} tensor{'s' if nt != 1 else ''}, {self.n_params:,} weights, block size "
                 f"{self.block_size}, {self.scale_text}")
@@ -590,6 +594,9 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     that cannot run here, or cannot run a vector codebook among ``codebooks``, is an error
     before any tensor is read (:func:`check_backend`).
     """
+    nested = check_flag(nested, "nested")
+    if progress is not None and not callable(progress):
+        progress = check_flag(progress, "progress", ", None or a callable")
     if str(path).lower().endswith(".gguf"):
         raise ValueError(f"{path}: a GGUF model's weights are not read here (safetensors only); measure what its "
                          "outputs lose instead: --task lm (quantbook.model.quality.evaluate_quality)")
