@@ -162,3 +162,15 @@ def test_levels_that_are_one_float32_number_are_duplicates():
         Codebook(levels=[-1.0, 1.0, 1.00000001], bits=2)
     nxt = float(np.nextafter(np.float32(1), np.float32(2)))
     assert Codebook(levels=[-1.0, 1.0, nxt], bits=2).levels_f32.tolist() == [-1.0, 1.0, nxt]   # one ULP apart
+
+
+def test_a_name_that_is_not_a_string_is_said_to_be_one():
+    """It said "name must be a non-empty string" for 3, as for ""; the vector class says the same."""
+    from quantbook.codebooks.vector import VectorCodebook, VectorCodebookError
+
+    with pytest.raises(CodebookError, match="^name must be a string, got int$"):
+        Codebook([0.0, 1.0], bits=1, name=3)
+    with pytest.raises(CodebookError, match="^name must not be empty$"):
+        Codebook([0.0, 1.0], bits=1, name="")
+    with pytest.raises(VectorCodebookError, match="^name must be a string, got int$"):
+        VectorCodebook(name=3, points=[[0.0], [1.0]])

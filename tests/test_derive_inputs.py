@@ -225,3 +225,26 @@ def test_a_sample_spanning_too_many_magnitudes_is_refused():
     x = 10.0 ** rng.uniform(-300, 300, 2000) * rng.choice([-1, 1], 2000)
     with pytest.raises(SourceError, match="too close for its density in float64"):
         Empirical(x, knots=None)
+
+
+def test_student_t_takes_a_number_and_points_a_string_to_parse_source():
+    """float("5") read a string silently; spellings are parse_source's."""
+    from quantbook.derive.sources import parse_source
+
+    for bad, spelled in (("5", "student-t:5"), (" 5 ", "student-t:5"), (b"5", "student-t:NU")):
+        with pytest.raises(SourceError) as info:
+            StudentT(bad)
+        msg = _one_line(info)
+        assert msg.startswith(f"StudentT takes the degrees of freedom as a number, got the string {bad!r}")
+        assert f"parse_source({spelled!r})" in msg
+    assert parse_source("student-t:5").nu == StudentT(np.float64(5)).nu == StudentT(5).nu == 5.0
+
+
+def test_parse_fixed_refuses_an_unknown_normalization():
+    """"abs" was ignored (fixed levels checked against no range, defaults a KeyError)."""
+    from quantbook.derive import parse_fixed
+
+    for fixed in ("-1,0,1", (-1, 0, 1), None, "none"):
+        with pytest.raises(ValueError, match="^normalization must be one of absmax, signed-absmax, none, got 'abs'$"):
+            parse_fixed(fixed, "abs")
+    assert parse_fixed(None, "signed-absmax") == (0.0, 1.0)

@@ -238,3 +238,12 @@ def test_search_errors_take_a_codebook_and_refuse_a_name():
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
     with pytest.raises(ValueError, match=r"evaluate_search needs a Codebook .*quantbook\.get\('e2m1'\)"):
         evaluate_search("e2m1", 16, "search:4over6", samples=4096)   # was "could not convert string to float"
+
+
+def test_evaluate_search_names_itself_for_a_deterministic_rule():
+    """It said "search_lloyd needs a search rule"; the exact alternative is evaluate's."""
+    from quantbook.derive import evaluate_search
+
+    with pytest.raises(ValueError, match=r"^evaluate_search needs a search rule .*got 'e4m3'; .*"
+                                         r"evaluate\(codebook, block_size, scale=RULE\)$"):
+        evaluate_search(q.get("e2m1"), 16, "e4m3", samples=4096)

@@ -74,6 +74,15 @@ def test_c_identifier_rejects(bad):
         c_identifier(bad)
 
 
+@pytest.mark.parametrize("given", [False, True])
+def test_c_identifier_says_a_name_must_be_a_string(given):
+    """3 was "an empty name cannot be a C identifier"."""
+    with pytest.raises(IdentifierError, match="^a name must be a string to make a C identifier from, got int$"):
+        c_identifier(3, given=given)
+    with pytest.raises(IdentifierError, match="empty name"):
+        c_identifier("", given=given)
+
+
 @pytest.mark.parametrize("given", ["a b", "x.y", "x-", "x__y", "nf4_", "9a", "_a", "a\u00e9"])
 def test_a_given_identifier_is_used_as_it_stands_or_refused(given, capsys):
     """A name derived from a codebook's is rewritten; one chosen with --name is not ("nf4_"

@@ -167,3 +167,15 @@ def test_tensor_patterns():
     for empty in ("", ",", " , "):
         with pytest.raises(ValueError, match="no tensor name pattern"):
             st.split_globs(empty)
+
+
+@pytest.mark.parametrize("bad", [1.5, 2.5, 1, True, "100"])
+def test_sample_weights_max_samples_is_an_integer(tmp_path, bad):
+    """1.5 was "at least 2", 2.5 drew a sample of floats' rounding; checked before the file is read."""
+    header = {"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}
+    path = _raw(tmp_path / "w.safetensors", header, np.arange(8, dtype="<f4").tobytes())
+    with pytest.raises(ValueError, match=r"^max_samples must be an integer >= 2 or None, got "):
+        st.sample_weights(path, max_samples=bad)
+    with pytest.raises(ValueError, match="max_samples must be an integer"):
+        st.sample_weights(tmp_path / "missing.safetensors", max_samples=bad)
+    assert st.sample_weights(path, max_samples=np.int64(3)).size == 3

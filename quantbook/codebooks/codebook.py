@@ -54,6 +54,14 @@ def check_numbers(values: Any, what: str, error: type[Exception] = ValueError) -
                 raise error(f"{what} must be numbers: {where} is {x!r}")
 
 
+def check_name(name: Any, error: type[Exception] = ValueError) -> None:
+    """``error`` unless ``name`` is a non-empty string (a codebook's, scalar or vector)."""
+    if not isinstance(name, str):
+        raise error(f"name must be a string, got {type(name).__name__}")
+    if not name:
+        raise error("name must not be empty")
+
+
 def check_misspelt_keys(d: Mapping[str, Any], known: tuple[str, ...], what: str,
                         error: type[Exception] = ValueError) -> None:
     """``error`` for a key of ``d`` that is not one of ``known`` but looks like one (``codes``,
@@ -178,8 +186,7 @@ class Codebook:
         if not seen.all():
             i = int(np.flatnonzero(~seen)[0])
             raise CodebookError(f"level {float(levels[i])!r} does not appear in code")
-        if not isinstance(self.name, str) or not self.name:
-            raise CodebookError("name must be a non-empty string")
+        check_name(self.name, CodebookError)
         if not isinstance(self.source, str):
             raise CodebookError(f"source must be a string, got {type(self.source).__name__}")
         object.__setattr__(self, "bits", bits)

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
-from .codebook import check_misspelt_keys, check_numbers
+from .codebook import check_misspelt_keys, check_name, check_numbers
 from .frozen import freeze
 
 __all__ = ["VectorCodebook", "VectorCodebookError", "MAX_POINTS", "nearest_brute", "cell_candidates"]
@@ -154,8 +154,7 @@ class VectorCodebook:
     recipe: dict | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise VectorCodebookError("name must be a non-empty string")
+        check_name(self.name, VectorCodebookError)
         if not isinstance(self.source, str):
             raise VectorCodebookError(f"source must be a string, got {type(self.source).__name__}")
         if self.recipe is not None and not isinstance(self.recipe, Mapping):

@@ -251,6 +251,9 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
     """Fixed levels from ``None`` (:func:`default_fixed`), a sequence of numbers or a
     comma-separated string (``"-1,0,1"``; ``"none"`` or ``""`` for no fixed level): sorted,
     without duplicates, finite, and within [-1, 1] under a normalisation."""
+    from .block import NORMALIZATIONS
+
+    _choice("normalization", normalization, NORMALIZATIONS)
     if fixed is None:
         return default_fixed(normalization)
     if isinstance(fixed, str):

@@ -65,10 +65,15 @@ class SearchLloydResult:
     params: dict[str, Any] = field(default_factory=dict)  # the arguments that re-derive it
 
 
-def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax):
+#: what a deterministic rule takes instead, by who asked for a search rule
+_EXACT = {"search_lloyd": "an exact derivation: lloyd(..., scale=RULE)",
+          "evaluate_search": "an exact evaluation: evaluate(codebook, block_size, scale=RULE)"}
+
+
+def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax, who="search_lloyd"):
     if not isinstance(rule, (SearchScale, GgmlSearch)):
-        raise ValueError(f"search_lloyd needs a search rule (e.g. search:4over6), got {rule.name!r}; "
-                         "deterministic rules have an exact derivation: lloyd(..., scale=RULE)")
+        raise ValueError(f"{who} needs a search rule (e.g. search:4over6), got {rule.name!r}; "
+                         f"deterministic rules have {_EXACT[who]}")
     for k, v in (("bits", bits), ("block_size", block_size), ("samples", samples), ("seed", seed),
                  ("max_iter", max_iter)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 0 if k == "seed" else v < 1):
@@ -276,7 +281,8 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | N
     bits = int(getattr(codebook, "bits", max(1, int(np.ceil(np.log2(levels.size))))))
     samples = default_samples(samples, EVAL_SAMPLES, block_size, tensor_size)
     # scaled_peak checked the table; a code declared wider than 4 bits is stored in 4, as quantize does
-    _check(min(bits, SCALED_BITS), block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax)
+    _check(min(bits, SCALED_BITS), block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax,
+           who="evaluate_search")
     src = parse_source(source)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
     e2, e1 = (e / block_size for e in search_block_errors(levels, block_size, rule, x, qmax, tensor_size))

@@ -369,6 +369,10 @@ class StudentT(Source):
     NU_MIN, NU_MAX = 0.5, 1e6
 
     def __init__(self, nu: float) -> None:
+        if isinstance(nu, (str, bytes)):   # float() would read "5": spellings are parse_source's
+            spelled = f"student-t:{nu.strip() if isinstance(nu, str) else 'NU'}"
+            raise SourceError(f"StudentT takes the degrees of freedom as a number, got the string {nu!r}; "
+                              f"parse_source({spelled!r}) reads a spelling")
         try:
             nu = float(nu)
         except (TypeError, ValueError):

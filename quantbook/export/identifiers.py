@@ -44,7 +44,9 @@ def c_identifier(name: str, given: bool = False) -> str:
     if given and isinstance(name, str) and name and not _GIVEN.fullmatch(name):
         raise IdentifierError(f"--name {name!r} is not a C identifier as it stands: a letter, then letters, "
                               "digits and single underscores between them")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise IdentifierError(f"a name must be a string to make a C identifier from, got {type(name).__name__}")
+    if not name:
         raise IdentifierError("an empty name cannot be a C identifier; give one with --name")
     if not name.isascii():
         raise IdentifierError(f"name {name!r} has non-ASCII characters; give a C identifier with --name")

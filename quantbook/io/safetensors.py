@@ -296,6 +296,9 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     """
     if standardize not in STANDARDIZE:
         raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {standardize!r}")
+    if max_samples is not None and (isinstance(max_samples, (bool, np.bool_))
+                                    or not isinstance(max_samples, (int, np.integer)) or max_samples < 2):
+        raise ValueError(f"max_samples must be an integer >= 2 or None, got {max_samples!r}")
     f = open_safetensors(path)
     infos = f.tensors(globs)
     if not infos:
@@ -305,8 +308,6 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     total = int(sizes.sum())
     if max_samples is None or total <= max_samples:
         return np.concatenate([_standardized_tensor(f, i.name, standardize).ravel() for i in infos])
-    if max_samples < 2:
-        raise ValueError(f"max_samples must be at least 2, got {max_samples}")
     share = sizes * (max_samples / total)
     take = np.floor(share).astype(np.int64)
     rest = max_samples - int(take.sum())
