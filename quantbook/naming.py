@@ -1,7 +1,7 @@
 """Names of codebooks: one grammar for the Python API and the command line.
 
-Grammar (keywords and the ``.json`` suffix case-insensitive; ``resolve_codebooks`` takes a
-comma-separated list)::
+Grammar (published names, keywords and the ``.json`` suffix case-insensitive, as
+:func:`quantbook.get` reads names; ``resolve_codebooks`` takes a comma-separated list)::
 
     SPEC   := NAME                 a registry entry (`quantbook list`), e.g. nf4, af4, iq4_nl
             | PATH.json            a codebook file (`quantbook export ... --format json`)
@@ -46,7 +46,7 @@ from numbers import Integral
 from typing import Any, Sequence
 
 from .codebooks.codebook import Codebook, CodebookError
-from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF
+from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF, published_name
 from .errors import NotFoundError
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "split_specs", "depends_on_block_size", "UnknownCodebookError",
@@ -84,15 +84,6 @@ def _lloyd(options: tuple[tuple[str, Any], ...]) -> Codebook:
     return lloyd(**dict(options))
 
 
-def _registry_name(text: str) -> str | None:
-    from .codebooks.registry import REGISTRY
-
-    if text in REGISTRY:
-        return text
-    folded = [name for name in REGISTRY if name.lower() == text.lower()]
-    return folded[0] if len(folded) == 1 else None
-
-
 def _spec_text(spec: Any, error: type[Exception], kind: str, grammar: str, also: str = "") -> str:
     """The stripped text of a name or path ``spec``; ``error`` for anything else (``also``
     names the objects accepted as they are) or an empty one."""
@@ -120,10 +111,10 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     if is_vector_spec(spec):
         raise CodebookError(f"{text!r} is a vector codebook; this takes a scalar one ({GRAMMAR}). Vector codebooks "
                             "go to show, export, evaluate-model and quantbook.bulk.vq.quantize_vq")
-    name = _registry_name(text)
-    if name is not None:
-        from .codebooks.registry import REGISTRY
+    from .codebooks.registry import REGISTRY
 
+    name = published_name(text, REGISTRY)
+    if name is not None:
         return REGISTRY[name].codebook
     if text.lower().endswith(".json"):
         from .codebooks.registry import load
@@ -220,7 +211,7 @@ def is_vector_spec(spec: Any) -> bool:
     text = spec.strip()
     from .codebooks.vector_registry import json_is_vector, vector_registry
 
-    if text.lower() in (k.lower() for k in vector_registry()):
+    if published_name(text, vector_registry()) is not None:
         return True
     return text.lower().endswith(".json") and json_is_vector(text)
 

@@ -147,3 +147,28 @@ def test_the_api_and_the_command_line_accept_the_same_names(capsys, tmp_path):
     with pytest.raises(ValueError, match="unknown codebook"):
         quantbook.quantize(x, "no-such-codebook")
     assert isinstance(resolve_codebook("nf3"), Codebook)
+
+
+def test_one_rule_for_the_case_of_published_names(capsys):
+    """quantize, show and resolve_codebook read NF4 as nf4; get, load, audit and register_check
+    refused it.  Every entry in any case is the same table through each, and the one rule
+    (the name itself, else the only name equal to it ignoring case) is what decides."""
+    from quantbook.codebooks.vector_registry import get_vector
+    from quantbook.naming import is_vector_spec, resolve_vector
+    from quantbook.verify import audit
+
+    for name, entry in REGISTRY.items():
+        for spelled in (name.upper(), name.title(), name):
+            assert quantbook.get(spelled) is quantbook.load(spelled) is resolve_codebook(spelled) is entry.codebook
+    assert [row.name for row in audit(["NF4", "Int4-Sym"])] == ["nf4", "int4-sym"]
+    assert main(["audit", "IQ4_NL"]) == 0
+    assert "iq4_nl" in capsys.readouterr().out
+    assert get_vector("HIGGS-2D-16") is resolve_vector("Higgs-2d-16") is get_vector("higgs-2d-16")
+    assert is_vector_spec("HIGGS-2D-16")
+    for bad in ("nf4 ", "NF4X", "nf-4"):
+        with pytest.raises(KeyError):
+            quantbook.get(bad)
+    from quantbook.codebooks.spelling import published_name
+
+    assert published_name("AB", ["ab", "Ab"]) is None   # two names fold alike: neither is guessed
+    assert published_name("Ab", ["ab", "Ab"]) == "Ab" and published_name(3, ["ab"]) is None

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import NotFoundError
 from ..io.files import read_small_file
 from .codebook import Codebook
+from .spelling import published_name
 
 __all__ = ["Published", "REGISTRY", "EXPECTATIONS", "get", "names", "load"]
 
@@ -190,25 +191,27 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Codebook:
-    """The published codebook called ``name`` (see :func:`names`)."""
-    try:
-        return REGISTRY[name].codebook
-    except KeyError:
-        raise NotFoundError(f"no published codebook {name!r}; known: {', '.join(REGISTRY)}") from None
+    """The published codebook called ``name`` (see :func:`names`; case-insensitive, as every
+    codebook name: :func:`~quantbook.codebooks.spelling.published_name`)."""
+    found = published_name(name, REGISTRY)
+    if found is None:
+        raise NotFoundError(f"no published codebook {name!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[found].codebook
 
 
 def load(spec: str | os.PathLike) -> Codebook:
     """The Codebook ``spec`` names: a registry name, or the path (a string or a
     :class:`pathlib.Path`) of a codebook JSON file (as written by ``--json``).
 
-    The ``.json`` extension is matched case-insensitively.  Raises ``KeyError`` for an unknown
+    Registry names and the ``.json`` extension are matched case-insensitively.  Raises ``KeyError`` for an unknown
     name, ``FileNotFoundError`` for a missing file and :class:`CodebookError` (one line) for a
     file that cannot be read or holds no valid codebook.
     """
     if isinstance(spec, os.PathLike):   # a Path is the file it names, as open() takes it
         spec = os.fspath(spec)
-    if isinstance(spec, str) and spec in REGISTRY:
-        return REGISTRY[spec].codebook
+    name = published_name(spec, REGISTRY)
+    if name is not None:
+        return REGISTRY[name].codebook
     if isinstance(spec, str) and spec.rstrip().lower().endswith(".json"):   # "x.json " may name a file
         from .codebook import CodebookError
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .codebook import Codebook
 from .registry import REGISTRY
-from .spelling import LLOYD, NF
+from .spelling import LLOYD, NF, published_name
 from .vector import VectorCodebook
 
 __all__ = ["require_codebook", "name_call"]
@@ -25,11 +25,11 @@ def name_call(name: Any, vector: bool = False) -> str:
     from .vector_registry import vector_registry
 
     text = name if isinstance(name, str) else ""
-    if text in REGISTRY:
+    if published_name(text, REGISTRY) is not None:
         return f"quantbook.get({name!r})"
     if NF.match(text) or LLOYD.match(text):
         return f"quantbook.bulk.resolve_codebook({name!r}, block_size)"
-    if vector or text.lower() in (k.lower() for k in vector_registry()):
+    if vector or published_name(text, vector_registry()) is not None:
         return f"quantbook.naming.resolve_vector({name!r})"
     return f"quantbook.bulk.resolve_codebook({name!r}, block_size)"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import NotFoundError
 from ..io.files import read_small_file
+from .spelling import published_name
 from .vector import VectorCodebook, VectorCodebookError
 
 __all__ = ["PublishedVector", "vector_registry", "vector_names", "get_vector", "load_vector"]
@@ -86,11 +87,9 @@ def vector_names() -> list[str]:
 def get_vector(name: str) -> VectorCodebook:
     """The published vector codebook ``name`` (case-insensitive); ``KeyError`` if unknown."""
     reg = vector_registry()
-    if name in reg:
-        return reg[name].codebook
-    folded = [k for k in reg if k.lower() == str(name).lower()]
-    if len(folded) == 1:
-        return reg[folded[0]].codebook
+    found = published_name(name, reg)
+    if found is not None:
+        return reg[found].codebook
     raise NotFoundError(f"no published vector codebook {name!r}; known: {', '.join(reg)}")
 
 

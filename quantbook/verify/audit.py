@@ -29,6 +29,7 @@ import numpy as np
 
 from ..codebooks.codebook import Codebook, float32_ulp_distance
 from ..codebooks.registry import REGISTRY, Published
+from ..codebooks.spelling import published_name
 from ..derive.recipes import derive_from_recipe
 from ..errors import NotFoundError
 
@@ -123,6 +124,8 @@ def register_check(name: str, fn: _Check) -> None:
     """Run ``fn(entry, derived, row)`` for registry entry ``name`` (``"*"``: every entry).
     A name the registry lacks, or an ``fn`` that is not callable, is a ValueError here rather
     than a check that never runs or an error in the middle of an audit."""
+    if name != "*":
+        name = published_name(name, REGISTRY) or name
     if name != "*" and name not in REGISTRY:
         raise NotFoundError(f"register_check: no published codebook {name!r} (quantbook list names them; "
                             "'*' is every entry)")
@@ -203,9 +206,10 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
 def audit(names: Iterable[str] | None = None, progress: Callable[[str], None] | None = None) -> list[AuditRow]:
     """Audit the named registry entries (a name or several; all by default), in the order given."""
     selected = list(REGISTRY) if names is None else [names] if isinstance(names, str) else list(names)
-    for name in selected:   # every name before any work
-        if name not in REGISTRY:
+    for i, name in enumerate(selected):   # every name before any work
+        if published_name(name, REGISTRY) is None:
             raise NotFoundError(f"no published codebook {name!r} (quantbook list names them)")
+        selected[i] = published_name(name, REGISTRY)
     rows = []
     for name in selected:
         if progress:
