@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook, check_numbers
+from ..numerics.losses import check_loss
 from ..scales import check_scaled_only, scaled_peak
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
@@ -53,8 +54,7 @@ def cell_errors(mu, levels, loss: str) -> np.ndarray:
     """Per-cell ``∫ |y - q|`` (L1: the measure's ``l1_cells``) or ``∫ (y - q)²`` (L2) under the
     measure ``mu``.  Levels outside the support ``[mu.lo, mu.hi]`` (e.g. a table beyond ±1
     under absmax) are allowed: their cells hold only the support's end."""
-    if loss not in ("l1", "l2"):
-        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    check_loss(loss)
     levels = _check_levels(levels)
     e = _edges(mu, levels)
     if loss == "l2":

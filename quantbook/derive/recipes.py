@@ -28,6 +28,7 @@ import numpy as np
 
 from ..codebooks.blocks import check_flag
 from ..codebooks.codebook import Codebook, check_numbers
+from ..numerics.losses import LOSSES, check_loss
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
 
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
@@ -35,7 +36,6 @@ __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe",
            "derive_from_recipe", "available_methods", "default_fixed", "parse_fixed", "LOSSES",
            "DOMAINS", "PARTITIONS"]
 
-LOSSES = ("l1", "l2")
 DOMAINS = ("weight", "normalized")
 PARTITIONS = ("nearest", "halves")
 
@@ -400,7 +400,7 @@ class LloydRecipe(Recipe):
     tensor_size: int | None = None
 
     def __post_init__(self) -> None:
-        _choice("loss", self.loss, LOSSES)
+        check_loss(self.loss)
         _choice("partition", self.partition, PARTITIONS)
         _check_block_recipe(self, self.loss)
         if self.partition == "halves" and (0.0 not in self.fixed or self.symmetric):
@@ -489,7 +489,7 @@ class SearchLloydRecipe(Recipe):
     def __post_init__(self) -> None:
         from .search_lloyd import check_recipe
 
-        _choice("loss", self.loss, LOSSES)
+        check_loss(self.loss)
         _set(self, **check_recipe(self))
 
     def derive(self) -> Codebook:

@@ -37,6 +37,7 @@ import numpy as np
 from ..codebooks import Codebook
 from ..codebooks.blocks import check_flag
 from ..io.progress import progress_bar
+from ..numerics.losses import check_loss
 from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
@@ -81,8 +82,7 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
     check_scaled_bits(bits)
-    if loss not in ("l1", "l2"):
-        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    check_loss(loss)
     n = samples if tensor_size is None else tensor_size
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n % block_size:
         what = "samples" if tensor_size is None else "the tensor size"

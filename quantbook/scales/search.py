@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..numerics.losses import check_loss
 from .ggml import GGML_PRESETS, GgmlSearch
 from .rule import DEFAULT_QMAX, ScaleRule, get_rule
 
@@ -68,8 +69,7 @@ class SearchScale(ScaleRule, family="search"):
         f = tuple(float(v) for v in factors)
         if not f or not all(np.isfinite(v) and v > 0 for v in f):
             raise ValueError(f"search targets must be positive finite factors, got {factors!r}")
-        if loss not in ("l1", "l2"):
-            raise ValueError(f"search loss must be l1 or l2, got {loss!r}")
+        check_loss(loss, "search loss")
         self.base, self.factors, self.loss, self.preset = base, f, loss, preset
         self.candidate_rules(DEFAULT_QMAX)   # a base rule refuses targets it cannot map to, here
         self.stored_dtype, self.stored_bytes = base.stored_dtype, base.stored_bytes

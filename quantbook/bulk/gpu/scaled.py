@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ...numerics.losses import check_loss
 from ...scales.steps import BUCKET_SHIFT, StepTable, step_table
 from .. import format as F
 from .. import layouts as L
@@ -383,8 +384,7 @@ def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, lo
     :meth:`quantbook.bulk.backend.Backend.scaled_errors`; ``factor`` and ``scale`` on the host
     or the device."""
     b = _check_block_size(block_size)
-    if loss not in ("l1", "l2"):
-        raise ValueError(f"loss must be l1 or l2, got {loss!r}")
+    check_loss(loss)
     args = encoder_args(table)
     xd, key, keep = G._as_device(x)
     cp = G._cupy()
