@@ -435,3 +435,45 @@ def test_a_samples_law_sums_its_nodes_as_the_table_does(normalization):
     g_minus = _pdf_reference(src, -ym).reshape(y.size, m.size)
     want = np.where(np.abs(y) < 1, g @ (mu._cp * m) + g_minus @ (mu._cm * m), 0.0)
     np.testing.assert_allclose(mu.dens(y), want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("normalization", ["absmax", "signed-absmax"])
+def test_a_samples_law_gives_its_mass_and_density_in_one_pass(normalization, monkeypatch):
+    """A Newton step of Lloyd's medians asks for a block law's mass and density at the same
+    points, and a sample's kernel takes both in one pass over the nodes: at points inside, at
+    ±1, beyond and NaN, they are the direct integration's (within rounding) and the two
+    separate calls' (bit for bit), on the kernel and on numpy's search (a sample too uneven
+    for the grid); the kernel's pairs in either order, and with Ψ_1 or the segment, are its
+    single sums'."""
+    from quantbook.derive import sample_kernels
+
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(400) + 0.8 * rng.exponential(1.0, 400)
+    src = Empirical(x, knots=None)
+    mu = block_measure(src, 16, normalization, 1)
+    m = mu.m
+    y = np.concatenate([np.linspace(-1.0, 1.0, 41), [-0.999, 0.3333, 0.999, -1.5, 2.0, np.nan]])
+    t0, d = mu.T0_dens(y)
+    inner = np.abs(y) < 1
+    ym = np.multiply.outer(y[inner], m).ravel()
+    psi, psi_minus = (_psi_reference(src, 0, v).reshape(-1, m.size) for v in (ym, -ym))
+    g, g_minus = (_pdf_reference(src, v).reshape(-1, m.size) for v in (ym, -ym))
+    np.testing.assert_allclose(t0[inner], psi @ mu._cp - psi_minus @ mu._cm, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(d[inner], g @ (mu._cp * m) + g_minus @ (mu._cm * m), rtol=1e-13, atol=1e-15)
+    np.testing.assert_array_equal(d[~inner], 0.0)
+    np.testing.assert_array_equal(t0, mu.T(0, y))
+    np.testing.assert_array_equal(d, mu.dens(y))
+    cum, d2 = mu.cum_dens(y)
+    np.testing.assert_array_equal(cum, mu.cum(y))
+    np.testing.assert_array_equal(d2, d)
+    a, b = mu._cp, mu._cp * m
+    for k, parts in [(0, [("psi", a), ("pdf", b)]), (0, [("pdf", b), ("psi", a)]), (1, [("psi", a / m), ("pdf", b)]),
+                     (0, [("segment", a), ("psi", a)])]:
+        for (what, c), got in zip(parts, src._node_sums_of(parts, k, y, m)):
+            np.testing.assert_array_equal(got, src._node_sums(what, k, y, m, c))
+    monkeypatch.setattr(sample_kernels, "MAX_WIDTH", 1)
+    slow = block_measure(Empirical(x, knots=None, label="too uneven"), 16, normalization, 1)
+    assert slow.source._kernel_grid() is None
+    t0, d = slow.T0_dens(y)
+    np.testing.assert_array_equal(t0, slow.T(0, y))
+    np.testing.assert_array_equal(d, slow.dens(y))

@@ -80,15 +80,19 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 _PANEL_EDGES = (-4.5, -1.0, 2.0, 6.0, 12.0, 20.0, 30.0, 45.0)
 
 
-def _by_chunks(f, y, width: int) -> np.ndarray:
+def _by_chunks(f, y, width: int, outputs: int = 1):
     """``f`` of the values ``y`` (any shape), each of which ``f`` pairs with ``width`` nodes,
-    in pieces of at most :data:`_CHUNK` pairs; ``f`` takes and gives 1-D arrays."""
+    in pieces of at most :data:`_CHUNK` pairs; ``f`` takes 1-D arrays and gives one, or a tuple
+    of ``outputs`` of them (then so does this)."""
     y = np.asarray(y, dtype=np.float64)
     flat = y.reshape(-1)
     if not flat.size:
-        return np.zeros(y.shape)
+        return np.zeros(y.shape) if outputs == 1 else tuple(np.zeros(y.shape) for _ in range(outputs))
     step = max(1, _CHUNK // max(1, width))
-    return np.concatenate([f(flat[i:i + step]) for i in range(0, flat.size, step)]).reshape(y.shape)
+    pieces = [f(flat[i:i + step]) for i in range(0, flat.size, step)]
+    if outputs == 1:
+        return np.concatenate(pieces).reshape(y.shape)
+    return tuple(np.concatenate(p).reshape(y.shape) for p in zip(*pieces))
 
 
 def _panel_nodes(a, b, n) -> tuple[np.ndarray, np.ndarray]:
@@ -162,10 +166,25 @@ class _Measure:
     def dens(self, y):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def T0_dens(self, y):
+        """``(T(0, y), dens(y))``: a measure may take both in one pass (:class:`BlockMeasure`)."""
+        return self.T(0, y), self.dens(y)
+
     def cum(self, y):
         """Mass of ``(-inf, y]`` (atoms at ``y`` included)."""
         y = np.asarray(y, dtype=np.float64)
-        c = self.T(0, y) - self.T(0, self.lo)
+        return self._cum(y, self.T(0, y))
+
+    def cum_dens(self, y):
+        """``(cum(y), dens(y))``, the function and derivative of a Newton step, from
+        :meth:`T0_dens`."""
+        y = np.asarray(y, dtype=np.float64)
+        t0, d = self.T0_dens(y)
+        return self._cum(y, t0), d
+
+    def _cum(self, y, t0):
+        """:meth:`cum` from ``t0 = T(0, y)``."""
+        c = t0 - self.T(0, self.lo)
         for ax, aw in zip(self.atoms_x, self.atoms_w):
             c = c + np.where(y >= ax, aw, 0.0)
         return c
@@ -338,12 +357,38 @@ class BlockMeasure(_Measure):
     def dens(self, y):
         return _by_chunks(self._dens, y, self.m.size + self._e_logm.size)
 
+    def T0_dens(self, y):
+        return _by_chunks(self._T0_dens, y, self.m.size + self._e_logm.size, outputs=2)
+
+    def _regular(self, k, y, *whats):
+        """The sums over the regular nodes of M at ``y`` of ``Ψ_k(y m)/m^k`` (``"psi"``) or ``m
+        g(y m)`` (``"pdf"``), one for each of ``whats`` (the source may take two in one pass):
+        the plus part's, and under signed absmax the minus part's at ``-y``, with ``Ψ_k``'s sign
+        ``(-1)^(k+1)``."""
+        m = self.m
+        coef = {"psi": lambda c: c / m**k, "pdf": lambda c: c * m}
+        out = self.source._node_sums_of([(w, coef[w](self._cp)) for w in whats], k, y, m)
+        if self._has_minus:
+            minus = self.source._node_sums_of([(w, coef[w](self._cm)) for w in whats], k, -y, m)
+            out = [o + ((-1) ** (k + 1) if w == "psi" else 1) * s for w, o, s in zip(whats, out, minus)]
+        return out
+
     def _T(self, k, y):
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
-        m = self.m
-        out = self.source._node_sums("psi", k, y, m, self._cp / m**k)
-        if self._has_minus:
-            out = out + (-1) ** (k + 1) * self.source._node_sums("psi", k, -y, m, self._cm / m**k)
+        return self._T_extreme(k, y, *self._regular(k, y, "psi"))
+
+    def _dens(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        return self._dens_extreme(y, *self._regular(0, y, "pdf"))
+
+    def _T0_dens(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        yc = np.clip(y, -1.0, 1.0)   # the density at |y| >= 1 is 0, whatever the sums there
+        t, d = self._regular(0, yc, "psi", "pdf")
+        return self._T_extreme(0, yc, t), self._dens_extreme(y, d)
+
+    def _T_extreme(self, k, y, out):
+        """``T(k, y)`` from the regular nodes' sums ``out``: the extreme nodes' added."""
         if self._e_logm.size:
             ym = self._extreme_ym(y)
             for sign, lc in self._extreme_parts():
@@ -354,12 +399,8 @@ class BlockMeasure(_Measure):
                 out = out + sign ** (k + 1) * terms.sum(axis=-1)
         return out
 
-    def _dens(self, y):
-        y = np.asarray(y, dtype=np.float64)
-        m = self.m
-        out = self.source._node_sums("pdf", 0, y, m, self._cp * m)
-        if self._has_minus:
-            out = out + self.source._node_sums("pdf", 0, -y, m, self._cm * m)
+    def _dens_extreme(self, y, out):
+        """``dens(y)`` from the regular nodes' sums ``out``: the extreme nodes' added, 0 off ``(-1, 1)``."""
         if self._e_logm.size:
             ym = self._extreme_ym(y)
             for sign, lc in self._extreme_parts():
@@ -500,8 +541,10 @@ def block_measure(source: Any = "normal", block_size: int | None = 64, normaliza
     return _cached_measure(src, _check_block_size(block_size), normalization, _check_weight_power(weight_power))
 
 
-def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200):
-    """Vectorised safeguarded Newton for increasing ``f(x) = targets`` on brackets [lo, hi].
+def _monotone_solve(f_df, targets, lo, hi, x0=None, tol=1e-15, max_iter=200):
+    """Vectorised safeguarded Newton for increasing ``f(x) = targets`` on brackets [lo, hi];
+    ``f_df(x)`` gives ``(f(x), f'(x))`` (a measure's :meth:`~_Measure.cum_dens` takes both in
+    one pass).
 
     A tiny Newton step ends the search only where the residual is tiny too: next to a
     singular density (student-t with ν < 1 at 0) the step is tiny far from the root, and
@@ -512,10 +555,10 @@ def _monotone_solve(f, fprime, targets, lo, hi, x0=None, tol=1e-15, max_iter=200
     hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), targets.shape).copy()
     x = 0.5 * (lo + hi) if x0 is None else np.clip(np.asarray(x0, dtype=np.float64), lo, hi).copy()
     for _ in range(max_iter):
-        r = f(x) - targets
+        fx, d = f_df(x)
+        r = fx - targets
         lo = np.where(r <= 0, x, lo)
         hi = np.where(r >= 0, x, hi)
-        d = fprime(x)
         with np.errstate(divide="ignore", invalid="ignore"):
             xn = x - r / d
         bad = ~np.isfinite(xn) | (xn <= lo) | (xn >= hi)
@@ -764,7 +807,7 @@ class BlockDistribution:
         if self._plain:
             return self.source.ppf(q)
         mu = self._mu
-        x = _monotone_solve(mu.cum, mu.dens, q, np.full(q.shape, -1.0), np.full(q.shape, 1.0))
+        x = _monotone_solve(mu.cum_dens, q, np.full(q.shape, -1.0), np.full(q.shape, 1.0))
         x = np.where(q <= self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 0)
         return np.where(q > 1.0 - self._w_plus, 1.0, x)  # inside the jump at +1
 
@@ -774,8 +817,10 @@ class BlockDistribution:
         mu = self._mu
         top = mu.T(0, mu.hi)
         # continuous mass above y equals q - w_plus; solved on -(that mass), increasing in y
-        x = _monotone_solve(lambda y: mu.T(0, y) - top, mu.dens, self._w_plus - q,
-                            np.full(q.shape, -1.0), np.full(q.shape, 1.0))
+        def f_df(y):
+            t0, d = mu.T0_dens(y)
+            return t0 - top, d
+        x = _monotone_solve(f_df, self._w_plus - q, np.full(q.shape, -1.0), np.full(q.shape, 1.0))
         x = np.where(q <= self._w_plus, 1.0, x)  # inside the jump at +1 (and q = 0)
         return np.where(q >= 1.0 - self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 1)
 

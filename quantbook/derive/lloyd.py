@@ -144,7 +144,12 @@ def _describe(r) -> str:
 
 # ---------------------------------------------------------------------------- the machinery
 def _cont_cum(mu, y):
-    return mu.T(0, y) - mu.T(0, mu.lo)
+    return _above_lo(mu, mu.T(0, y))
+
+
+def _above_lo(mu, t0):
+    """The continuous mass from ``mu.lo`` up to the point where ``T(0, ·)`` is ``t0``."""
+    return t0 - mu.T(0, mu.lo)
 
 
 def _inverse_cont(mu, p):
@@ -160,7 +165,11 @@ def _inverse_cont(mu, p):
         while not math.isfinite(hi) and np.any(_cont_cum(mu, b) < p.max()):
             b *= 2
         lo, hi = a, b
-    return _monotone_solve(lambda y: _cont_cum(mu, y), mu.dens, p, lo, hi)
+
+    def f_df(y):
+        t0, d = mu.T0_dens(y)
+        return _above_lo(mu, t0), d
+    return _monotone_solve(f_df, p, lo, hi)
 
 
 def _quantile_levels(mu, n_levels: int, fixed: Sequence[float]) -> np.ndarray:
@@ -290,7 +299,7 @@ def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bo
             while np.any(mu.cum(hi) < target) and step < 1e300:
                 step *= 2
                 hi = np.where(mu.cum(hi) < target, base + step, hi)
-        med = _monotone_solve(mu.cum, mu.dens, target, lo, hi, x0=levels[fi])
+        med = _monotone_solve(mu.cum_dens, target, lo, hi, x0=levels[fi])
         new[fi] = np.where(occupied, med, levels[fi])
     if not want_jac:
         return new, None

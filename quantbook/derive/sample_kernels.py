@@ -1,6 +1,6 @@
 """The numba kernel of a sample source's lookups (:class:`~.sources.Empirical`): the knot
 segment of a point, the density there and the partial moments ``Ψ_0``, ``Ψ_1``, one at a time
-or summed over the nodes of a block law.
+or summed over the nodes of a block law (one or two of them from each lookup).
 
 A block law is a sum over the nodes ``m_j`` of the block maximum of ``c_j·f(y·m_j)`` (``f`` the
 density or ``Ψ_k``), asked for at up to about 10^8 pairs ``(y, m_j)`` in one derivation,
@@ -58,20 +58,38 @@ def grid(xk: np.ndarray) -> tuple | None:
     return np.concatenate([xk, np.full(width, np.inf)]), start, x0, inv_h, width
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _value(what, s, x, v, xk, dens, P, P0, lo, hi):
+    """``f`` of :func:`sums` at ``x`` (``v`` clipped to the knots) in the segment ``s``."""
+    if what == SEGMENT:
+        return float(s)
+    if what == PDF:
+        return dens[s] if lo <= x < hi else 0.0
+    if what == PSI0:
+        return P[s] + dens[s] * (v - xk[s]) - P0   # numpy's "/ 1" changes no bit
+    return P[s] + dens[s] * (v * v - xk[s] * xk[s]) / 2 - P0
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def sums(what, xk, start, x0, inv_h, width, dens, P, P0, y, m, c, out):
-    """``out[i] = Σ_j c[j]·f(y[i]·m[j])`` in the order of ``j``, ``f(x)`` the knot segment
-    ``s`` of ``x`` (``[xk[s], xk[s+1])``, clipped to the first and last), the density, or
-    ``Ψ_k = P[s] + dens[s]·(v^(k+1) - xk[s]^(k+1))/(k+1) - P0`` with ``v`` the point clipped
-    to the knots, in the numpy formula's order.  NaN for a NaN ``y[i]``."""
+    """``out[r, i] = Σ_j c[r, j]·f_r(y[i]·m[j])`` in the order of ``j``, for the tuple of one
+    or two codes ``f_r = what[r]``: ``f(x)`` the knot segment ``s`` of ``x`` (``[xk[s],
+    xk[s+1])``, clipped to the first and last), the density, or ``Ψ_k = P[s] +
+    dens[s]·(v^(k+1) - xk[s]^(k+1))/(k+1) - P0`` with ``v`` the point clipped to the knots, in
+    the numpy formula's order (one ``k``: its ``P`` and ``P0``).  Two codes share each point's
+    lookup (a Newton step asks for Ψ_0 and the density at the same points).  NaN for a NaN
+    ``y[i]``."""
+    # a tuple: numba compiles each length on its own, so one code's loop carries no second sum
+    two = len(what) > 1
+    w0, w1 = what[0], what[len(what) - 1]
     last = start.size - 2   # the last cell
     n = xk.size - width
     lo, hi = xk[0], xk[n - 1]
-    for i in prange(y.size):   # each out[i] on its own: the same sums on any number of threads
+    for i in prange(y.size):   # each out[:, i] on its own: the same sums on any number of threads
         if np.isnan(y[i]):
-            out[i] = np.nan
+            out[:, i] = np.nan
             continue
-        acc = 0.0
+        acc = acc1 = 0.0
         for q in range(m.size):
             x = y[i] * m[q]
             v = min(max(x, lo), hi)
@@ -120,13 +138,9 @@ def sums(what, xk, start, x0, inv_h, width, dens, P, P0, y, m, c, out):
             if width > 1:
                 j += 1 if xk[j] <= v else 0
             s = min(max(j - 1, 0), n - 2)
-            if what == SEGMENT:
-                f = float(s)
-            elif what == PDF:
-                f = dens[s] if lo <= x < hi else 0.0
-            elif what == PSI0:
-                f = P[s] + dens[s] * (v - xk[s]) - P0   # numpy's "/ 1" changes no bit
-            else:
-                f = P[s] + dens[s] * (v * v - xk[s] * xk[s]) / 2 - P0
-            acc += c[q] * f
-        out[i] = acc
+            acc += c[0, q] * _value(w0, s, x, v, xk, dens, P, P0, lo, hi)
+            if two:
+                acc1 += c[1, q] * _value(w1, s, x, v, xk, dens, P, P0, lo, hi)
+        out[0, i] = acc
+        if two:
+            out[1, i] = acc1

@@ -695,7 +695,7 @@ class ScaledBlockDistribution:
 
         def hook(p):
             n = p.size
-            x = _monotone_solve(mu.cum, mu.dens, p, np.full(n, mu.lo), np.full(n, mu.hi))
+            x = _monotone_solve(mu.cum_dens, p, np.full(n, mu.lo), np.full(n, mu.hi))
             x = self._onto_atoms(x, lambda v: mu.cum(v) < p)
             return np.where(p <= 0, mu.lo, np.where(p >= 1, mu.hi, x))
         return at_q(hook, q)
@@ -721,7 +721,8 @@ class ScaledBlockDistribution:
 
         def hook(p):
             n = p.size
-            x = _monotone_solve(lambda v: -self._upper(v), mu.dens, -p, np.full(n, mu.lo), np.full(n, mu.hi))
+            x = _monotone_solve(lambda v: (-self._upper(v), mu.dens(v)), -p, np.full(n, mu.lo),
+                                np.full(n, mu.hi))
             x = self._onto_atoms(x, lambda v: self._upper(v) > p)
             return np.where(p <= 0, mu.hi, np.where(p >= 1, mu.lo, x))
         return at_q(hook, q)

@@ -176,6 +176,12 @@ class Source:
         ym = np.multiply.outer(y, m)
         return (self.pdf(ym) if what == "pdf" else self.partial_moment(k, ym)) @ c
 
+    def _node_sums_of(self, parts, k: int, y: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
+        """:meth:`_node_sums` of each ``(what, c)`` in ``parts`` at the same points (a block law's
+        ``Ψ_0`` and density for a Newton step).  A source may take them in one pass over the
+        pairs ``(y_i, m_j)`` (:class:`Empirical`)."""
+        return [self._node_sums(what, k, y, m, c) for what, c in parts]
+
     def _integrate(self, f, lb: float, ub: float) -> float:
         """``∫_[lb, ub] f(x) g(x) dx`` (``f`` maps arrays elementwise) as ``∫ f(x(u)) du`` over
         the probabilities of ``[lb, ub]``, by adaptive quadrature: ``x = ppf(u)`` below the
@@ -698,20 +704,28 @@ class Empirical(Source):
         return self._grid
 
     def _node_sums(self, what: str, k: int, y: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """:func:`.sample_kernels.sums`: ``Σ_j c_j f(y_i m_j)`` for each ``y_i``, ``f`` the knot
-        segment (``what="segment"``), the density (``"pdf"``) or ``Ψ_k`` (``"psi"``), summed in
-        the order of ``j`` as the values come (numpy's, :meth:`Source._node_sums`, for a ``Ψ_k``
-        not in :data:`_KERNEL_PSI` or a sample too uneven for the grid)."""
-        if (what == "psi" and k not in _KERNEL_PSI) or self._kernel_grid() is None:
-            return super()._node_sums(what, k, y, m, c)
+        return self._node_sums_of([(what, c)], k, y, m)[0]
+
+    def _node_sums_of(self, parts, k: int, y: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
+        """:func:`.sample_kernels.sums`: ``Σ_j c_j f(y_i m_j)`` for each ``y_i`` and each ``(what,
+        c)`` of ``parts`` (one or two, looked up once for both), ``f`` the knot segment
+        (``what="segment"``), the density (``"pdf"``) or ``Ψ_k`` (``"psi"``), summed in the order
+        of ``j`` as the values come (numpy's, :meth:`Source._node_sums`, for a ``Ψ_k`` not in
+        :data:`_KERNEL_PSI` or a sample too uneven for the grid)."""
+        if ((k not in _KERNEL_PSI and any(what == "psi" for what, _ in parts)) or len(parts) > 2
+                or self._kernel_grid() is None):
+            numpy_sums = super()._node_sums   # numpy's; Source._node_sums_of would call back here
+            return [numpy_sums(what, k, y, m, c) for what, c in parts]
         from . import sample_kernels as kernels
 
         y = np.asarray(y, dtype=np.float64)
-        out = np.empty(y.shape)
-        code = {"segment": kernels.SEGMENT, "pdf": kernels.PDF, "psi": kernels.PSI0 + k}[what]
-        kernels.sums(code, *self._grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1),
-                     np.asarray(m, dtype=np.float64), np.asarray(c, dtype=np.float64), out.reshape(-1))
-        return out
+        code = {"segment": kernels.SEGMENT, "pdf": kernels.PDF, "psi": kernels.PSI0 + k}
+        what = tuple(code[w] for w, _ in parts)
+        coef = np.array([np.asarray(c, dtype=np.float64) for _, c in parts])
+        out = np.empty((len(parts), y.size))
+        kernels.sums(what, *self._grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1),
+                     np.asarray(m, dtype=np.float64), coef, out)
+        return [row.reshape(y.shape) for row in out]
 
     def _kernel(self, x: np.ndarray) -> bool:
         """Whether the points ``x`` are looked up by the kernel (:meth:`_lookup`)."""
