@@ -706,6 +706,17 @@ def test_evaluate_model_rotations_string_is_one_spelling(synthetic):
     assert report.codebooks == ["nf4", "nf4+hadamard"]
 
 
+@pytest.mark.parametrize("rotations, msg", [("none,bogus", "unknown rotation 'bogus'"),
+                                            ("hadamard", "no-such-model")])
+def test_evaluate_quality_rotations_string_is_one_spelling(rotations, msg):
+    # as evaluate_model's: a string was iterated by letter ("unknown rotation 'n'", 'h'); it is
+    # checked before the model is located, so a good one gets as far as the missing model
+    from quantbook.model.quality import evaluate_quality
+
+    with pytest.raises(ValueError, match=msg):
+        evaluate_quality("no-such-model", [("nf4", REGISTRY["nf4"].codebook)], rotations=rotations)
+
+
 @pytest.mark.parametrize("block_size", [0, 64.0])
 def test_evaluate_model_checks_block_size_before_any_tensor(synthetic, block_size):
     # the error came from the first tensor's quantize, prefixed with the file and tensor

@@ -827,7 +827,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     nested, progress = check_flag(nested, "nested"), check_flag(progress, "progress")
     task_cls = get_task(task)
     task_cls.check_inputs(tokens, context)
-    rotations = parse_rotations(list(rotations))
+    rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
     check_codebooks(codebooks)
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
