@@ -200,3 +200,14 @@ def test_evaluate_by_name_hints_at_a_call_that_resolves_that_name(spec, call):
         evaluate(spec, 64)
     hinted = re.search(r"e\.g\. (quantbook\.\S+\(.*?\))\)", str(exc.value)).group(1)
     assert eval(hinted, {"quantbook": quantbook, "block_size": 64}).bits >= 3   # the hinted call works
+
+
+def test_evaluate_by_a_vector_name_says_it_is_one():
+    # the hint was quantbook.naming.resolve_vector(...), whose VectorCodebook evaluate refuses in turn
+    from quantbook.derive import evaluate_search
+
+    for call in (lambda s: evaluate(s, 64), lambda s: evaluate_search(s, 16, "search:4over6", samples=4096)):
+        with pytest.raises(ValueError, match=r"got the string 'HIGGS-2d-16', the name of a vector codebook: "
+                                             r"this takes a scalar one$") as exc:
+            call("HIGGS-2d-16")
+        assert "resolve_vector" not in str(exc.value)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.codebook import Codebook, check_numbers
+from ..codebooks.require import refuse_name
 from ..numerics.losses import check_loss
 from ..scales import check_scaled_only, scaled_peak
 from .block import NORMALIZATIONS, _check_block_size, block_measure
@@ -93,17 +94,6 @@ class Evaluation:
             if d[key] is None:
                 del d[key]  # the absmax law's vocabulary is unchanged
         return d
-
-
-def refuse_name(codebook: Any, who: str) -> None:
-    """The error for a codebook given by name to ``who`` (the derivation layer reads no names):
-    the call that resolves that name, so the hint works for every spelling."""
-    if not isinstance(codebook, (str, bytes)):
-        return
-    from ..codebooks.require import name_call
-
-    raise ValueError(f"{who} needs a Codebook (e.g. {name_call(codebook)}) or a sequence of levels, "
-                     f"got the string {codebook!r}")
 
 
 def _as_codebook(codebook: Any) -> Codebook:

@@ -36,12 +36,12 @@ import numpy as np
 
 from ..codebooks import Codebook
 from ..codebooks.blocks import check_flag
+from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
 from ..numerics.losses import check_loss
 from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
-from .metrics import refuse_name
 from .recipes import FIT_SAMPLES, parse_fixed
 from .sources import parse_source
 
