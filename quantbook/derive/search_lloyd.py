@@ -239,9 +239,10 @@ def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: f
 def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray, qmax: float = DEFAULT_QMAX,
                         tensor_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per block of ``x`` (float32, a multiple of ``block_size`` values), the sums of squared
-    and of absolute weight-domain errors of the code ``levels`` in the scaled layout under
-    the search rule ``scale``: the error the fit measures, and the layout's own (the tests
-    check it against :func:`quantbook.quantize`).  One search serves both."""
+    and of absolute weight-domain errors of the code ``levels`` (its values, or a Codebook) in
+    the scaled layout under the search rule ``scale``: the error the fit measures, and the
+    layout's own (the tests check it against :func:`quantbook.quantize`).  One search serves
+    both."""
     rule = get_rule(scale)
     if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"{rule.name!r} is not a search rule")
