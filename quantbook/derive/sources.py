@@ -249,9 +249,12 @@ def _rng(random_state):
 def _ndtr(x):
     """Φ(x): scipy's ``ndtr`` is 0 below about -37.5, where Φ is still subnormal (down to
     -38.5); there from its log."""
-    p = special.ndtr(x)
-    with np.errstate(under="ignore"):
-        return np.where(p == 0, np.exp(special.log_ndtr(x)), p)
+    p = np.asarray(special.ndtr(x), dtype=np.float64)
+    zero = p == 0
+    if zero.any():   # log_ndtr costs twice ndtr: only where it is needed
+        with np.errstate(under="ignore"):
+            p = np.where(zero, np.exp(special.log_ndtr(x)), p)
+    return p
 
 
 class Normal(Source):
