@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
 from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,

@@ -1,5 +1,5 @@
 """The block sizes the byte layouts store (docs/format.md, "Arrays and blocks"): powers of two from
-``MIN_BLOCK`` to ``MAX_BLOCK``, and what counts as an integer argument and as a flag.  Stated here, below
+``MIN_BLOCK`` to ``MAX_BLOCK``.  Stated here, below
 both :mod:`quantbook.bulk` (which stores the blocks) and :mod:`quantbook.export` (whose C
 headers describe them), so the two agree.
 """
@@ -8,26 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from ..numerics.arguments import is_int
 
-__all__ = ["MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int", "check_flag"]
+__all__ = ["MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int"]
 
 MIN_BLOCK, MAX_BLOCK = 16, 4096
-
-
-def is_int(v: Any) -> bool:
-    """Whether ``v`` is an integer argument (a block size, a width): a Python or numpy
-    integer, not a bool, and not an integral float."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def check_flag(value: Any, what: str, also: str = "") -> bool:
-    """``value`` as a bool: True, False, a numpy bool or the integer 0 or 1; a ValueError
-    naming ``what`` (and ``also``, what else the caller takes) otherwise: a string such as
-    ``"no"`` is truthy, and would switch it on."""
-    if not (isinstance(value, (bool, np.bool_)) or (is_int(value) and value in (0, 1))):
-        raise ValueError(f"{what} must be True or False{also}, got {value!r}")
-    return bool(value)
 
 
 def check_block_size(block_size: Any) -> int:

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from .blocks import check_flag
+from ..numerics.arguments import check_flag
 from .codebook import Codebook
 from .registry import REGISTRY
 from .require import require_codebook

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 from ..codebooks.codebook import Codebook, check_numbers
 from ..numerics.losses import LOSSES, check_loss
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
 from ..numerics.losses import check_loss

@@ -59,7 +59,7 @@ import mpmath
 import numpy as np
 from scipy import integrate, special, stats
 
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 from ..io.npy import load_npy
 from .conventions import apply, at_q, at_x, sample_shape
 

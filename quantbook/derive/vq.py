@@ -54,7 +54,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
 from ..io.progress import progress_bar
 from .lloyd import DerivationError, LloydWarning

@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codebooks.blocks import check_block_size, check_flag
+from ..codebooks.blocks import check_block_size
+from ..numerics.arguments import check_flag
 from ..codebooks.codebook import Codebook
 from ..codebooks.require import require_codebook
 from ..scales import check_qmax, get_rule

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 
 __all__ = ["c_identifier", "IdentifierError"]
 

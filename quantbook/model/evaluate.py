@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..codebooks.blocks import check_flag
+from ..numerics.arguments import check_flag
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard

@@ -148,7 +148,7 @@ def load_model(path: str | os.PathLike, task: str, progress: bool = False):
     """``(model, tokenizer)`` of ``path`` for ``task`` (see the module doc), float32, eval mode.
     ``progress``: transformers' bar over a GGUF file's tensors (its long part) even when
     standard error is not a terminal; without it, and not on a terminal, that bar is off."""
-    from ..codebooks.blocks import check_flag
+    from ..numerics.arguments import check_flag
 
     progress = check_flag(progress, "progress")
     get_task(task)
@@ -821,7 +821,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     checked before the model is loaded; ``vq``: how vector codebooks store the weights.
     """
     from ..bulk.format import check_block_size
-    from ..codebooks.blocks import check_flag
+    from ..numerics.arguments import check_flag
 
     check_block_size(block_size)
     nested, progress = check_flag(nested, "nested"), check_flag(progress, "progress")

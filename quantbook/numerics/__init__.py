@@ -4,5 +4,6 @@ arithmetic, bit for bit, and the Hadamard rotation.
 * :mod:`.torch_f32` — torch's float32 CPU ``linspace``, ``sum`` and ``mean``;
 * :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation;
 * :mod:`.reals` — what counts as real numbers, as float64 (±inf beyond its range);
-* :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument.
+* :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument;
+* :mod:`.arguments` — what counts as an integer argument and as a True/False flag.
 """
