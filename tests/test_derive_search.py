@@ -213,10 +213,10 @@ def test_a_fit_without_a_sample_draws_the_default_in_whole_blocks(monkeypatch, c
 @pytest.mark.parametrize("kwargs, msg", [
     (dict(block_size=0), "block_size must be an integer >= 2"),                 # was ZeroDivisionError
     (dict(block_size=16.0), "block_size must be an integer >= 2"),
-    (dict(n=40), "x must hold a positive multiple of block_size=16 values, got 40"),   # was a reshape error
-    (dict(n=0), "x must hold a positive multiple of block_size=16 values, got 0"),
+    (dict(n=40), "the size of x must be a positive multiple of block_size=16, got 40"),   # was a reshape error
+    (dict(n=0), "the size of x must be a positive multiple of block_size=16, got 0"),
     (dict(tensor_size=24), "tensor_size must be a positive multiple of block_size=16"),
-    (dict(tensor_size=48), "x must hold a positive multiple of tensor_size=48 values, got 64"),
+    (dict(tensor_size=48), "the size of x must be a positive multiple of tensor_size=48, got 64"),
 ])
 def test_search_block_errors_checks_its_sizes(kwargs, msg):
     from quantbook.derive import search_block_errors

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, is_int
 from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
 from ..numerics.losses import check_loss
@@ -83,12 +83,7 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
         raise ValueError(f"block_size must be at least 2, got {block_size}")
     check_scaled_bits(bits)
     check_loss(loss)
-    n = samples if tensor_size is None else tensor_size
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n % block_size:
-        what = "samples" if tensor_size is None else "the tensor size"
-        raise ValueError(f"{what} must be a positive multiple of block_size={block_size}, got {n!r}")
-    if samples % n:
-        raise ValueError(f"samples={samples} must be a multiple of tensor_size={n}")
+    _check_whole("samples", samples, block_size, tensor_size)
     if samples // block_size < 2:
         raise ValueError("samples must hold at least two blocks")
     if samples > MAX_SAMPLES:
@@ -99,17 +94,15 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
     check_qmax(qmax)
 
 
-def _check_blocks(n: int, block_size: Any, tensor_size: Any) -> None:
-    """``n`` values in whole blocks (and whole tensors): a bad size was a reshape or a division
-    by zero deep in the search."""
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 2:
-        raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
-    unit = block_size if tensor_size is None else tensor_size
-    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or unit < 1 or unit % block_size:
-        raise ValueError(f"tensor_size must be a positive multiple of block_size={block_size}, got {unit!r}")
-    if n == 0 or n % unit:
-        what = "block_size" if tensor_size is None else "tensor_size"
-        raise ValueError(f"x must hold a positive multiple of {what}={unit} values, got {n}")
+def _check_whole(what: str, n: int, block_size: int, tensor_size: Any) -> None:
+    """``n`` values (``what``: the sample, or a tensor given) in whole blocks, and in whole
+    tensors of ``tensor_size`` values when it is given: the one rule of the fit and of
+    :func:`search_block_errors`."""
+    if tensor_size is not None and (not is_int(tensor_size) or tensor_size < 1 or tensor_size % block_size):
+        raise ValueError(f"tensor_size must be a positive multiple of block_size={block_size}, got {tensor_size!r}")
+    unit, name = (block_size, "block_size") if tensor_size is None else (tensor_size, "tensor_size")
+    if n < 1 or n % unit:
+        raise ValueError(f"{what} must be a positive multiple of {name}={unit}, got {n}")
 
 
 def _real(v: Any) -> bool:
@@ -250,7 +243,9 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     lv = np.sort(np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1))
     lv = lv / scaled_peak(lv)  # as the layout's table: largest magnitude qmax
     x = np.asarray(x, dtype=_F).reshape(-1)
-    _check_blocks(x.size, block_size, tensor_size)
+    if not is_int(block_size) or block_size < 2:   # a ZeroDivisionError deep in the search
+        raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
+    _check_whole("the size of x", x.size, block_size, tensor_size)
     check_qmax(qmax)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
     deq = _assign(rule, smp, (lv * qmax).astype(_F), qmax)[0]
