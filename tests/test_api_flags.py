@@ -89,3 +89,12 @@ def test_a_flag_takes_bools_and_the_integers_0_and_1():
     assert bnb_quant_type(nf4, layout_bnb=0) == ("custom-nf4", False)   # not read as the built-in table
     with pytest.raises(ValueError, match="progress must be True or False, None or a callable, got 'x'"):
         evaluate_model("m.safetensors", _PAIRS, progress="x")
+
+
+def test_a_flag_is_read_as_a_python_bool():
+    # what a flag becomes is stored (a recipe's symmetric, written to JSON): 1 and numpy's True are True
+    from quantbook.numerics.arguments import check_flag
+
+    for value, want in ((1, True), (0, False), (np.True_, True), (np.False_, False)):
+        got = check_flag(value, "flag")
+        assert type(got) is bool and got is want

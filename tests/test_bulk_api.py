@@ -505,3 +505,14 @@ def test_scaled_bits_error_shows_the_argument_as_given():
     x = np.ones(64, np.float32)
     with pytest.raises(ValueError, match=r"got bits='4'"):   # read "got bits=4", as if 4 were refused
         qb.quantize(x, "e2m1", 16, scale="e4m3", bits="4")
+
+
+@pytest.mark.parametrize("layout", [dict(), dict(scale="float16")])
+def test_from_dict_refuses_integer_codes_as_float_scales(layout):
+    """The reverse of float scales read as codes: integer bytes (another layout's uint8 codes or
+    E8M0 bytes) given where the layout stores float scales would be read as scales of 0..255."""
+    x = np.random.default_rng(2).standard_normal(16 * 20).astype(np.float32)
+    _, st = qb.quantize(x, "e2m1" if layout else "nf4", block_size=16, **layout)
+    d = st.as_dict()
+    with pytest.raises(ValueError, match="absmax must hold float"):
+        qb.QuantState.from_dict(dict(d, absmax=np.arange(20, dtype=np.uint8)))

@@ -41,6 +41,8 @@ def _log_cases():
                 (src, "logsf", x, mp.log(_t_tail(nu, u))),
                 (src, "logcdf", -x, mp.log(_t_tail(nu, u)))]
     # the log of a cdf next to 1: -P(T > x), not 0
+    out += [(Laplace(), "logcdf", 40.0, mp.log1p(-mp.exp(-40 / b) / 2)),
+            (Laplace(), "logsf", -40.0, mp.log1p(-mp.exp(-40 / b) / 2))]
     u = mp.mpf(1e30) / mp.sqrt(mp.mpf(1) / 3)
     out.append((StudentT(3.0), "logcdf", 1e30, mp.log1p(-_t_tail(3.0, u))))
     return out
@@ -84,3 +86,30 @@ def test_signed_absmax_lower_tail_keeps_its_digits():
         ref = _signed_absmax_lower_tail(64, y)
         assert abs(float(d.cdf(y)) - ref) <= 1e-12 * ref, (y, float(d.cdf(y)), ref)
         assert math.isclose(float(d.logcdf(y)), math.log(ref), rel_tol=1e-13)
+
+
+def _block_tail(B, y, normalization, upper):
+    """Normal source, absmax or signed absmax: P(y' <= y) (``upper``: P(y' > y)) for y inside
+    (-1, 1), from the definition: the atom at -1 (+1) that the block's maximum puts there,
+    1/(2B) each under absmax, 1/B at +1 under signed absmax, plus the continuous part,
+    (B - 1) ∫ 2φ(m) erf(m/√2)^(B-2) P(x in the tail, |x| < m) dm, by mpmath on pieces of m."""
+    with mp.workdps(30):
+        y, B = mp.mpf(y), int(B)
+        atom = (mp.mpf(1) / (2 * B) if normalization == "absmax" else
+                (mp.mpf(1) / B if upper else mp.mpf(0)))
+        part = (lambda m: mp.ncdf(-y * m) - mp.ncdf(-m)) if upper else (lambda m: mp.ncdf(y * m) - mp.ncdf(-m))
+        f = lambda m: 2 * mp.npdf(m) * mp.erf(m / mp.sqrt(2)) ** (B - 2) * part(m)  # noqa: E731
+        return float(atom + (B - 1) * mp.quad(f, [0, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 40]))
+
+
+@pytest.mark.parametrize("B, normalization, y, upper", [
+    (10**7, "absmax", 1 - 1e-9, True), (10**7, "signed-absmax", 0.95, True),
+    (10**7, "absmax", -1 + 1e-9, False), (10**7, "signed-absmax", -1 + 1 / 16 - 1e-4, False)])
+def test_block_law_tails_at_both_ends_keep_their_digits_at_a_large_block(B, normalization, y, upper):
+    # at B = 10^7 the atoms are 5e-8 to 1e-7 and the continuous mass next to them comes from
+    # T(0, ·) values near 1/2: their difference kept 1e-10 of relative accuracy, the integral of
+    # the density over the window keeps 1e-15 at its far end (m up to 5.5 there)
+    d = BlockDistribution(B, "normal", normalization)
+    ref = _block_tail(B, y, normalization, upper)
+    got = float(d.sf(y) if upper else d.cdf(y))
+    assert abs(got - ref) <= 1e-13 * ref, (B, normalization, y, got, ref)

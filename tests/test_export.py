@@ -656,3 +656,11 @@ def test_a_bnb_quant_map_beyond_one_is_warned_about_as_quantize_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export(REGISTRY["nf4"].codebook, "bnb")
+
+
+def test_a_file_name_given_to_a_vector_helper_points_to_the_vector_reader():
+    # a name that is neither grammar's (a file) is read as the kind the helper wants, not as a scalar name
+    from quantbook.export.arrays import vector_npy_bytes
+
+    with pytest.raises(TypeError, match=re.escape("quantbook.naming.resolve_vector('my_grid.json') gives its")):
+        vector_npy_bytes("my_grid.json")

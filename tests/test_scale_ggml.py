@@ -232,3 +232,13 @@ def test_the_compiled_search_is_found_in_numbas_disk_cache_by_the_next_process(t
             for _ in range(2)]
     assert "data saved" in runs[0]
     assert "data loaded" in runs[1] and "data saved" not in runs[1], runs[1][-2000:]
+
+
+def test_a_block_whose_scale_rounds_to_float16_zero_stores_zero_not_an_error():
+    """Above ggml's 1e-15 but with its sums Σ w·x·q underflowing (x³·qmax below float32's
+    smallest subnormal), the search gives d = 0; the block's scale, amax / qmax = 1.1e-14, is
+    0 in float16 anyway, so storing 0 is the rule's answer, not an error."""
+    assert np.float16(np.float32(1.1e-15) / np.float32(0.1)) == 0
+    x = np.tile(np.float32([1.1e-15, -1.1e-15, 5e-16, 0]), 16)
+    p, st = qb.quantize(x, "iq4_nl", 32, scale="search:ggml", qmax=0.1)
+    assert (st.absmax == 0).all() and (qb.dequantize(p, st) == 0).all()

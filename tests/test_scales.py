@@ -298,3 +298,13 @@ def test_check_scaled_bits_refuses_what_is_not_an_integer(bits):
     # "4" and None were TypeErrors from the comparison, 4.0 and True were taken
     with pytest.raises(ValueError, match="bits must be an integer from 1 to 4"):
         check_scaled_bits(bits)
+
+
+def test_scaled_bits_refuses_a_bool():
+    # True is an int to isinstance: it was read as a 1-bit code
+    from quantbook.scales import check_scaled_bits
+
+    for bad in (True, np.True_, 4.0):
+        with pytest.raises(ValueError, match="bits must be an integer"):
+            check_scaled_bits(bad)
+    assert check_scaled_bits(np.int64(4)) == 4
