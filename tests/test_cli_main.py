@@ -185,7 +185,7 @@ def test_library_parameter_names_are_spelled_as_the_command_s_options(capsys, mo
     assert capsys.readouterr().err == "quantbook: error: --tensor-size 8 holds less than one block of 16 values\n"
     assert main(["evaluate", "nf4", "--scale", "search:4over6", "-B", "16", "--samples", "64",
                  "--tensor-size", "48"]) == 2
-    assert "--samples 64 must be a multiple of --tensor-size 48" in capsys.readouterr().err
+    assert "--samples 64 must be a positive multiple of --tensor-size 48" in capsys.readouterr().err
     assert main(["export", "nf4", "-f", "c", "--scale", "e4m3", "-B", "24"]) == 2
     assert capsys.readouterr().err.startswith("quantbook: error: --block-size must be a power of two")
     assert main(["evaluate", "/no/such/block_size.json", "-B", "16"]) == 2   # a path keeps its name

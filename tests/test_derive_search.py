@@ -185,7 +185,7 @@ def test_default_samples_come_in_whole_blocks():
     assert default_samples(None, EVAL_SAMPLES, 16, tensor_size=3 * 2**10) == 1366 * 3 * 2**10
     assert default_samples(4096, EVAL_SAMPLES, 48) == 4096
     assert evaluate_search(q.get("nf4"), 48, "search:4over6")["samples"] == -(-EVAL_SAMPLES // 48) * 48
-    with pytest.raises(ValueError, match="multiple of block_size=48, got 4096"):
+    with pytest.raises(ValueError, match="samples=4096 must be a positive multiple of block_size=48"):
         evaluate_search(q.get("nf4"), 48, "search:4over6", samples=4096)
 
 
@@ -213,10 +213,10 @@ def test_a_fit_without_a_sample_draws_the_default_in_whole_blocks(monkeypatch, c
 @pytest.mark.parametrize("kwargs, msg", [
     (dict(block_size=0), "block_size must be an integer >= 2"),                 # was ZeroDivisionError
     (dict(block_size=16.0), "block_size must be an integer >= 2"),
-    (dict(n=40), "the size of x must be a positive multiple of block_size=16, got 40"),   # was a reshape error
-    (dict(n=0), "the size of x must be a positive multiple of block_size=16, got 0"),
+    (dict(n=40), "x.size=40 must be a positive multiple of block_size=16"),   # was a reshape error
+    (dict(n=0), "x.size=0 must be a positive multiple of block_size=16"),
     (dict(tensor_size=24), "tensor_size must be a positive multiple of block_size=16"),
-    (dict(tensor_size=48), "the size of x must be a positive multiple of tensor_size=48, got 64"),
+    (dict(tensor_size=48), "x.size=64 must be a positive multiple of tensor_size=48"),
 ])
 def test_search_block_errors_checks_its_sizes(kwargs, msg):
     from quantbook.derive import search_block_errors

@@ -95,14 +95,14 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
 
 
 def _check_whole(what: str, n: int, block_size: int, tensor_size: Any) -> None:
-    """``n`` values (``what``: the sample, or a tensor given) in whole blocks, and in whole
+    """``n`` values (``what`` names them: ``samples``, ``x.size``) in whole blocks, and in whole
     tensors of ``tensor_size`` values when it is given: the one rule of the fit and of
     :func:`search_block_errors`."""
     if tensor_size is not None and (not is_int(tensor_size) or tensor_size < 1 or tensor_size % block_size):
         raise ValueError(f"tensor_size must be a positive multiple of block_size={block_size}, got {tensor_size!r}")
     unit, name = (block_size, "block_size") if tensor_size is None else (tensor_size, "tensor_size")
     if n < 1 or n % unit:
-        raise ValueError(f"{what} must be a positive multiple of {name}={unit}, got {n}")
+        raise ValueError(f"{what}={n} must be a positive multiple of {name}={unit}")
 
 
 def _real(v: Any) -> bool:
@@ -245,7 +245,7 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     x = np.asarray(x, dtype=_F).reshape(-1)
     if not is_int(block_size) or block_size < 2:   # a ZeroDivisionError deep in the search
         raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
-    _check_whole("the size of x", x.size, block_size, tensor_size)
+    _check_whole("x.size", x.size, block_size, tensor_size)
     check_qmax(qmax)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
     deq = _assign(rule, smp, (lv * qmax).astype(_F), qmax)[0]
