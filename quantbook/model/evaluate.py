@@ -50,10 +50,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..numerics.arguments import check_flag
+from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
+from ..numerics.arguments import check_flag
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
@@ -609,8 +610,6 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     if scalar:   # the block size, before any tensor rather than at each
-        from ..codebooks.blocks import check_block_size
-
         check_block_size(block_size)
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     backend = check_backend(backend, codebooks, scaled=rule is not None)

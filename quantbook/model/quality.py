@@ -57,8 +57,10 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
+from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
+from ..numerics.arguments import check_flag
 from ..scales import DEFAULT_QMAX
 from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
                        make_layout, parse_rotations, resolve_scale, rotation_size, row_label, scale_label,
@@ -148,8 +150,6 @@ def load_model(path: str | os.PathLike, task: str, progress: bool = False):
     """``(model, tokenizer)`` of ``path`` for ``task`` (see the module doc), float32, eval mode.
     ``progress``: transformers' bar over a GGUF file's tensors (its long part) even when
     standard error is not a terminal; without it, and not on a terminal, that bar is off."""
-    from ..numerics.arguments import check_flag
-
     progress = check_flag(progress, "progress")
     get_task(task)
     return _load(path, *_locate(path), task, progress)
@@ -820,9 +820,6 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     ``scale``/``qmax``: the scale rule (:func:`quantbook.model.evaluate.resolve_scale`),
     checked before the model is loaded; ``vq``: how vector codebooks store the weights.
     """
-    from ..bulk.format import check_block_size
-    from ..numerics.arguments import check_flag
-
     check_block_size(block_size)
     nested, progress = check_flag(nested, "nested"), check_flag(progress, "progress")
     task_cls = get_task(task)
