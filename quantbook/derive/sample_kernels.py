@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..numerics.parallel import parallel_njit
+
 __all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1"]
 
 #: grid cells per knot (a cell of the bulk then holds a few knots at most), and the most cells
@@ -70,7 +72,7 @@ def _value(what, s, x, v, xk, dens, P, P0, lo, hi):
     return P[s] + dens[s] * (v * v - xk[s] * xk[s]) / 2 - P0
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@parallel_njit(nogil=True)
 def sums(what, xk, start, x0, inv_h, width, dens, P, P0, y, m, c, out):
     """``out[r, i] = Σ_j c[r, j]·f_r(y[i]·m[j])`` in the order of ``j``, for the tuple of one
     or two codes ``f_r = what[r]``: ``f(x)`` the knot segment ``s`` of ``x`` (``[xk[s],

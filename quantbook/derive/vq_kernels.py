@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..codebooks.vector import cell_candidates
+from ..numerics.parallel import parallel_njit
 
 __all__ = ["assign_accumulate", "chunk_size", "assign"]
 
@@ -166,13 +167,13 @@ def _assign_grid_py(x, c, order, c0, lo, w, g, start, cand, out):
 # result: the chunks and their order do not depend on the build.
 PARALLEL_MIN = 1 << 17
 
-assign_accumulate = njit(cache=True, parallel=True)(_assign_accumulate_py)
+assign_accumulate = parallel_njit()(_assign_accumulate_py)
 assign_accumulate_serial = njit(cache=True)(_assign_accumulate_py)
-assign = njit(cache=True, parallel=True)(_assign_py)
+assign = parallel_njit()(_assign_py)
 assign_serial = njit(cache=True)(_assign_py)
-assign_accumulate_grid = njit(cache=True, parallel=True)(_assign_accumulate_grid_py)
+assign_accumulate_grid = parallel_njit()(_assign_accumulate_grid_py)
 assign_accumulate_grid_serial = njit(cache=True)(_assign_accumulate_grid_py)
-assign_grid = njit(cache=True, parallel=True)(_assign_grid_py)
+assign_grid = parallel_njit()(_assign_grid_py)
 assign_grid_serial = njit(cache=True)(_assign_grid_py)
 
 

@@ -5,5 +5,6 @@ arithmetic, bit for bit, and the Hadamard rotation.
 * :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation;
 * :mod:`.reals` — what counts as real numbers, as float64 (±inf beyond its range);
 * :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument;
-* :mod:`.arguments` — what counts as an integer argument and as a True/False flag.
+* :mod:`.arguments` — what counts as an integer argument and as a True/False flag;
+* :mod:`.parallel` — numba's multi-threaded kernels, launched one at a time per process.
 """

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..numerics.parallel import parallel_njit
+
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def nearest(a, v):
@@ -39,7 +41,7 @@ def fit(x, b, idv, v):
     return sqx, sqq
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@parallel_njit(nogil=True)
 def search(x, v, delta, ntry, d_out, q_out):
     """Each block's scale into ``d_out`` and its codes (indices into ``v``) into ``q_out``."""
     nb, bs = x.shape

@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ...numerics.parallel import parallel_njit
 from ..format import TINY as _TINY
 
 _F = np.float32
@@ -122,7 +123,7 @@ def _rank15_scalar(y, b):
     return r
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def quantize_4bit_small(x, f16tab, bounds15, order, identity, blocksize, packed, absmax):
     """Codebooks with <= 16 entries and 4-bit packing (two codes per byte, first high).
 
@@ -189,7 +190,7 @@ def quantize_4bit_small(x, f16tab, bounds15, order, identity, blocksize, packed,
             packed[o + j] = np.uint8((order[_rank15_scalar(y0, bounds15)] << 4) | c1)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def quantize_generic(x, f16tab, bounds, nb_pow2, order, bits, zero_code, blocksize,
                      packed, absmax):
     """Any codebook of 1..8 bits; bounds padded with +inf to ``nb_pow2 - 1`` entries.
@@ -289,7 +290,7 @@ def _store_impl(out, i, v):
     return None
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def dequantize_4bit(packed, absmax, code, blocksize, n, out):
     """Two codes per byte (first in the high nibble); ``out[i] = code[c] * absmax[i // B]``."""
     nblocks = (n + blocksize - 1) // blocksize
@@ -312,7 +313,7 @@ def dequantize_4bit(packed, absmax, code, blocksize, n, out):
                 _store(out, i, code[c] * s)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def dequantize_generic(packed, absmax, code, bits, blocksize, n, out):
     """Any width: 1/2/4 bits packed (first element in the most significant bits), else bytes."""
     nblocks = (n + blocksize - 1) // blocksize
@@ -335,7 +336,7 @@ def dequantize_generic(packed, absmax, code, bits, blocksize, n, out):
 
 
 # ------------------------------------------------------------------------- nested statistics
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def quantize_nested_lut(d, lut, blocksize, q, nabs):
     n = d.size
     nb = (n + blocksize - 1) // blocksize
@@ -367,7 +368,7 @@ def quantize_nested_lut(d, lut, blocksize, q, nabs):
 
 
 # ------------------------------------------------------------------------- allow_nonfinite
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def sanitize_bits(u, sign, inf, blocksize, out):
     """format.sanitize_nonfinite on the values' bits ``u`` (uint32 or uint16; ``sign``,
     ``inf``: format.SIGN_INF_BITS of the dtype) into ``out``."""
@@ -389,7 +390,7 @@ def sanitize_bits(u, sign, inf, blocksize, out):
             ob[i] = v if a < inf else ((v & sign) | m if a == inf else 0)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def error_chunks(x, xhat, has_xhat, f16tab, chunk, out):
     """The runs' sums of :mod:`quantbook.bulk.sums`: ``out[0, c]`` and ``out[1, c]`` are
     ``Σe²`` and ``Σ|e|`` over run ``c``, serially (``e = xhat - x``, or ``-x``)."""

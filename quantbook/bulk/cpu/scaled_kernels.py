@@ -13,10 +13,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ...numerics.parallel import parallel_njit
 from .kernels import _block_absmax, _load, _store
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def scaled_amax(x, f16tab, blocksize, amax):
     """``amax[b] = max |x|`` over block ``b``; NaN when the block holds NaN/Inf."""
     n = x.size
@@ -24,7 +25,7 @@ def scaled_amax(x, f16tab, blocksize, amax):
         amax[b] = _block_absmax(x, b * blocksize, min((b + 1) * blocksize, n), f16tab)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def step_index(bits, starts, buckets, shift, idx):
     """``idx[b]``: the last ``i`` with ``starts[i] <= bits[b]`` (``starts[0]`` is 0, sorted),
     searched between the steps of ``bits[b]``'s bucket and the next one's."""
@@ -55,7 +56,7 @@ def _encode_one(v, f, divide, mids, up, pos, neg):
     return pos[r]
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def scaled_encode(x, f16tab, factor, divide, mids, up, pos, neg, pad, blocksize, packed):
     """Two codes a byte, the first in the low nibble; a block size is even, so a byte never
     straddles two blocks.  A thread takes whole blocks (one factor, no index division)."""
@@ -73,7 +74,7 @@ def scaled_encode(x, f16tab, factor, divide, mids, up, pos, neg, pad, blocksize,
             packed[j] = np.uint8(lo | (hi << 4))
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def scaled_decode(packed, scale, table, blocksize, n, out):
     """``out[i] = table[code] * scale[i // B]`` (float32 product, then the output type); a
     thread takes whole blocks, as in :func:`scaled_encode`."""

@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ...numerics.parallel import parallel_njit
+
 _ROWS = 64  # rows of a rotation handled per parallel task (amortizes its buffer)
 _GROUPS = 256  # groups per parallel task of the generic scan
 
@@ -42,7 +44,7 @@ def _fwht(buf, n):
         h *= 2
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def rotate(x, signs, inv, out):
     """``out[r] = float32(fwht(x[r] · signs) · inv)`` for every row of ``x`` (R, n), float32."""
     rows, n = x.shape
@@ -56,7 +58,7 @@ def rotate(x, signs, inv, out):
                 out[r, j] = np.float32(buf[j] * inv)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def unrotate(y, signs, inv, out):
     """``out[r] = fwht(y[r]) · inv · signs``: the inverse of :func:`rotate`, rounded to
     ``out``'s dtype (float32, or float64: not rounded)."""
@@ -71,7 +73,7 @@ def unrotate(y, signs, inv, out):
                 out[r, j] = buf[j] * inv * signs[j]   # the store rounds to out's dtype
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def group_rms(v, group, out):
     """``out[g] = sqrt(Σ v² / group)`` over group ``g`` of flat float32 ``v`` (float64, in order)."""
     for g in prange(out.size):
@@ -83,7 +85,7 @@ def group_rms(v, group, out):
         out[g] = math.sqrt(acc / group)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def group_absmax(v, group, out):
     """``out[g] = max |v|`` over group ``g``; NaN when the group holds NaN."""
     for g in prange(out.size):
@@ -136,7 +138,7 @@ def _scan(y, c0s, order, pts):
     return bi
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def encode_scan(v, s, group, c0s, order, pts, out):
     """Indices of flat float32 ``v`` with float32 group scales ``s`` (any P)."""
     p = pts.shape[1]
@@ -153,7 +155,7 @@ def encode_scan(v, s, group, c0s, order, pts, out):
                 out[g * per + t] = _scan(y, c0s, order, pts)
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def encode_grid2(v, s, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, out):
     """Indices of flat float32 ``v`` with float32 group scales ``s`` for P = 2 (``zero``: the
     index of ``y = 0``, for groups whose scale is 0).
@@ -218,7 +220,7 @@ def encode_grid2(v, s, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s
                 out[g * per + t] = bi
 
 
-@njit(parallel=True, cache=True)
+@parallel_njit()
 def decode(idx, s, group, pts, out):
     """``out = float32(pts[idx] · s[group])`` (flat float32; indices already checked)."""
     p = pts.shape[1]
