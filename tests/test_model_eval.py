@@ -726,6 +726,15 @@ def test_evaluate_model_checks_block_size_before_any_tensor(synthetic, block_siz
         evaluate_model(synthetic[0], [("nf4", REGISTRY["nf4"].codebook)], block_size=block_size)
 
 
+def test_evaluate_model_checks_block_size_with_vector_codebooks_only(synthetic):
+    # as evaluate_quality does: the report records the block size, so a nonsense one is refused
+    from quantbook.model import evaluate_model
+    from quantbook.naming import resolve_vector
+
+    with pytest.raises(ValueError, match=r"^block_size must be"):
+        evaluate_model(synthetic[0], [("higgs", resolve_vector("higgs-2d-256"))], block_size=0)
+
+
 def test_storage_bits_refuses_what_is_not_a_quant_state():
     from quantbook.bulk import quantize_vq
     from quantbook.model import storage_bits

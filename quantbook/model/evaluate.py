@@ -608,9 +608,8 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     _bulk()
     check_codebooks(codebooks)  # fail before reading any tensor
     rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
+    check_block_size(block_size)   # before any tensor rather than at each; the report records it either way
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
-    if scalar:   # the block size, before any tensor rather than at each
-        check_block_size(block_size)
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     backend = check_backend(backend, codebooks, scaled=rule is not None)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
