@@ -4,6 +4,7 @@ every bad input is one CodebookError line, never a RecursionError, OverflowError
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,13 @@ def test_load_takes_a_path_object(tmp_path):
     assert cb.name == "mine" and cb.levels.tolist() == [-1, -0.25, 0.5, 1]
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.json")
+
+
+def test_a_path_object_is_always_a_file_never_a_registry_name(tmp_path, monkeypatch):
+    # Path("nf4") gave the published NF4, though no such file exists; a Path names a file, whatever its suffix
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nf4"):
+        load(Path("nf4"))
+    Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
+    assert load(Path("nf4")).name == "mine"
+    assert load("nf4").name == "nf4"   # the string is still the registry's name

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import NotFoundError
 from ..io.files import read_small_file
-from .codebook import Codebook
+from .codebook import Codebook, CodebookError
 from .spelling import published_name
 
 __all__ = ["Published", "REGISTRY", "EXPECTATIONS", "get", "names", "load"]
@@ -199,26 +199,29 @@ def get(name: str) -> Codebook:
     return REGISTRY[found].codebook
 
 
+def _load_file(path: str) -> Codebook:
+    """The Codebook in the JSON file ``path`` (:func:`load`)."""
+    # a 16-bit table (65536 levels and codes) is well under 8 MiB of JSON
+    data = read_small_file(path, CodebookError, 16 * 2**20)
+    try:
+        return Codebook.from_json(data)
+    except CodebookError as exc:
+        raise CodebookError(f"{path}: {exc}") from None
+
+
 def load(spec: str | os.PathLike) -> Codebook:
-    """The Codebook ``spec`` names: a registry name, or the path (a string or a
-    :class:`pathlib.Path`) of a codebook JSON file (as written by ``--json``).
+    """The Codebook ``spec`` names: a registry name, or the path of a codebook JSON file (as
+    written by ``--json``): a string ending in ``.json``, or any :class:`os.PathLike`.
 
     Registry names and the ``.json`` extension are matched case-insensitively.  Raises ``KeyError`` for an unknown
     name, ``FileNotFoundError`` for a missing file and :class:`CodebookError` (one line) for a
     file that cannot be read or holds no valid codebook.
     """
-    if isinstance(spec, os.PathLike):   # a Path is the file it names, as open() takes it
-        spec = os.fspath(spec)
+    if isinstance(spec, os.PathLike):   # a Path is the file it names, as open() takes it, never a registry name
+        return _load_file(os.fspath(spec))
     name = published_name(spec, REGISTRY)
     if name is not None:
         return REGISTRY[name].codebook
     if isinstance(spec, str) and spec.rstrip().lower().endswith(".json"):   # "x.json " may name a file
-        from .codebook import CodebookError
-
-        # a 16-bit table (65536 levels and codes) is well under 8 MiB of JSON
-        data = read_small_file(spec, CodebookError, 16 * 2**20)
-        try:
-            return Codebook.from_json(data)
-        except CodebookError as exc:
-            raise CodebookError(f"{spec}: {exc}") from None
+        return _load_file(spec)
     raise NotFoundError(f"no published codebook {spec!r} (and not a .json file); known: {', '.join(REGISTRY)}")
