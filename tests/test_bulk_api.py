@@ -275,6 +275,12 @@ def test_from_dict_refuses_what_it_cannot_represent():
     with pytest.raises(ValueError, match="finite number"):
         qb.QuantState.from_dict(dict(d, nested_offset=float("inf")))
     assert np.array_equal(qb.dequantize(packed, qb.QuantState.from_dict(d)), qb.dequantize(packed, st))
+    # a float64 that is not a float32 was rounded to one in silence; one that is, is taken
+    inexact = np.asarray(d["nested_absmax"], np.float64) * (1 + 2**-40)
+    with pytest.raises(ValueError, match=r"nested_absmax must hold float32 values: its float64 value .* \(entry 0\)"):
+        qb.QuantState.from_dict(dict(d, nested_absmax=inexact))
+    wide = dict(d, nested_absmax=np.asarray(d["nested_absmax"], np.float64), quant_map=np.float64(st.code))
+    assert np.array_equal(qb.dequantize(packed, qb.QuantState.from_dict(wide)), qb.dequantize(packed, st))
     for key, value in (("blocksize", 64.9), ("bits", 4.5), ("shape", (4800.5,)), ("nested_blocksize", 256.5)):
         with pytest.raises(ValueError, match="must be an integer|must be integers"):   # not cut to 64, 4, ...
             qb.QuantState.from_dict(dict(d, **{key: value}))

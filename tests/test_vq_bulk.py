@@ -340,8 +340,10 @@ def test_bits_per_weight_and_state_round_trip():
     np.testing.assert_array_equal(dequantize_vq(idx, st2, backend="numpy"), dequantize_vq(idx, st, backend="numpy"))
     for bad, msg in (({**d, "extra": 1}, "unknown keys: extra"),
                      ({k: v for k, v in d.items() if k != "group"}, "lacks group"),
-                     ({**d, "scales": d["scales"].astype(np.float32)}, "scales must hold float16"),
-                     ({**d, "points": d["points"].astype(np.float64)}, "points must hold float32"),
+                     ({**d, "scales": d["scales"].astype(np.float32) * np.float32(1 + 2**-20)},
+                      "scales must hold float16 values: its float32 value"),
+                     ({**d, "points": d["points"].astype(np.float64) + 2**-40}, "points must hold float32 values"),
+                     ({**d, "scales": d["scales"].astype(np.int64)}, "scales must hold float16 values, got dtype"),
                      ({**d, "scales": -d["scales"]}, "finite and non-negative"),
                      ({**d, "group": 48}, "does not divide the last dimension"),
                      ({**d, "rotate_size": 3}, "power of two"),
@@ -548,3 +550,18 @@ def test_the_transform_lives_in_one_place():
 
     for name in ("fwht", "signs", "rotate", "unrotate", "check_size", "default_size", "SEED"):
         assert getattr(model_hadamard, name) is getattr(hadamard, name)
+
+
+def test_state_round_trips_through_json():
+    # a JSON list comes back as float64: taken where it holds the float32 points and float16 scales exactly
+    # (it was refused for its dtype); values that would round are refused above
+    import json
+
+    x = _rng(14).standard_normal((2, 128)).astype(np.float32)
+    idx, st = quantize_vq(x, "higgs-2d-256", group=64, backend="numpy")
+    d = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in st.to_dict().items()}
+    st2 = VQState.from_dict(json.loads(json.dumps(d)))
+    assert st2.points.dtype == np.float32 and st2.scales.dtype == np.float16
+    np.testing.assert_array_equal(st2.points, st.points)
+    np.testing.assert_array_equal(dequantize_vq(idx, st2, backend="numpy"), dequantize_vq(idx, st, backend="numpy"))
+

@@ -104,10 +104,11 @@ def _entries_good(good: np.ndarray, index: Any) -> bool:
     return not (umax >= half and not good[smin + 2 * half:umax + 1].all())
 
 
-def _exact(what: str, v: Any, dtype: np.dtype, expected: str) -> np.ndarray:
-    """A flat contiguous copy of a field as ``dtype``, refusing casts that would change its
-    values: floats read as integer codes or the reverse, and integers (a JSON list, int64)
-    outside the unsigned type's range."""
+def exact_array(what: str, v: Any, dtype: Any, expected: str) -> np.ndarray:
+    """A contiguous copy of a stored field as ``dtype``, refusing casts that would change its
+    values: floats read as integer codes or the reverse, integers (a JSON list, int64) outside
+    the unsigned type's range, and floats that do not round-trip (a float64 from JSON is
+    taken as float32 or float16 only when it holds such a value exactly)."""
     a, dtype = host_array(v), np.dtype(dtype)
     if dtype.kind == "u":
         if a.dtype.kind not in ("u", "i"):
@@ -117,17 +118,25 @@ def _exact(what: str, v: Any, dtype: np.dtype, expected: str) -> np.ndarray:
             raise ValueError(f"{what} must hold {expected} (0..{top})")
     elif a.dtype.kind != "f":
         raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    out = np.ascontiguousarray(a, dtype=dtype)
+    if dtype.kind == "f" and a.dtype != dtype:
+        with np.errstate(over="ignore"):
+            back = out.astype(a.dtype)
+        if not np.array_equal(back, a, equal_nan=True):
+            i = int(np.flatnonzero(~((back == a) | (np.isnan(back) & np.isnan(a))))[0])
+            raise ValueError(f"{what} must hold {expected}: its {a.dtype} value {a.reshape(-1)[i]!r} "
+                             f"(entry {i}) is not one")
+    return out
 
 
 def _array(what: str, v: Any, dtype) -> np.ndarray:
-    """A field of the bitsandbytes layout (:func:`_exact`)."""
-    return _exact(what, v, dtype, f"{np.dtype(dtype).name} values")
+    """A field of the bitsandbytes layout, flat (:func:`exact_array`)."""
+    return exact_array(what, v, dtype, f"{np.dtype(dtype).name} values").reshape(-1)
 
 
 def _stored_array(v: Any, dtype: np.dtype) -> np.ndarray:
-    """A scale rule's stored scales (:func:`_exact`)."""
-    return _exact("absmax", v, dtype, f"{np.dtype(dtype).name} values for this scale rule")
+    """A scale rule's stored scales, flat (:func:`exact_array`)."""
+    return exact_array("absmax", v, dtype, f"{np.dtype(dtype).name} values for this scale rule").reshape(-1)
 
 
 @dataclass(eq=False)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..numerics.hadamard import check_size
 from . import format as F
-from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
+from .state import dtype_from_name, dtype_name, exact_array, first_bad_scale
 
 __all__ = ["VQState", "SCALE_RULES", "SCALE_DTYPES", "MAX_POINTS", "index_dtype", "check_group"]
 
@@ -178,8 +178,9 @@ class VQState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VQState":
-        """Inverse of :meth:`to_dict`: exactly its keys; arrays must already hold their dtypes
-        (no cast that could change a value), then the state is validated."""
+        """Inverse of :meth:`to_dict`: exactly its keys; arrays of another float dtype (a JSON
+        list) are taken only where they hold their dtype's values exactly (no cast that could
+        change a value, :func:`~.state.exact_array`), then the state is validated."""
         if not isinstance(d, Mapping):
             raise ValueError("VQState.from_dict needs a mapping")
         missing = [k for k in _KEYS if k not in d]
@@ -188,14 +189,11 @@ class VQState:
         extra = sorted(str(k) for k in d if k not in _KEYS)
         if extra:
             raise ValueError(f"vq state has unknown keys: {', '.join(extra)}")
-        points, scales = (host_array(d[k]) for k in ("points", "scales"))
-        if points.dtype != np.float32:
-            raise ValueError(f"points must hold float32 values, got dtype {points.dtype}")
+        points = exact_array("points", d["points"], np.float32, "float32 values")
         sd = F.as_scalar(d["scale_dtype"])
         if not isinstance(sd, str) or sd not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {sd!r}")
-        if scales.dtype != np.dtype(sd):
-            raise ValueError(f"scales must hold {sd} values, got dtype {scales.dtype}")
+        scales = exact_array("scales", d["scales"], sd, f"{sd} values")
         try:   # the integer fields as QuantState.from_dict reads them (format.as_int)
             shape = tuple(F.as_int(v) for v in d["shape"])
             group = F.as_int(d["group"])
