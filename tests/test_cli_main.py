@@ -171,6 +171,21 @@ def test_a_closed_pipe_is_not_an_error():
         assert p.wait(timeout=120) == 0 and err == b""
 
 
+@pytest.mark.parametrize("argv", [["show", "nf4"], ["list", "--json"], ["--help"], ["--version"]])
+def test_a_closed_pipe_after_a_short_output_is_not_an_error(argv):
+    # output shorter than stdout's buffer reaches the pipe only at the final flush; Python's own
+    # flush at exit would print "Exception ignored ... BrokenPipeError" and exit 120
+    env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}   # stdout buffered, as for a user
+    r, w = os.pipe()
+    os.close(r)   # the reader is gone before quantbook writes
+    try:
+        p = subprocess.run([sys.executable, "-m", "quantbook.cli", *argv], stdout=w, stderr=subprocess.PIPE,
+                           env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (0, b"")
+
+
 def test_version(capsys):
     import quantbook
 

@@ -135,7 +135,21 @@ def _file_names_as_bytes():
 
 def main(argv: Sequence[str] | None = None) -> int:
     with _file_names_as_bytes():
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:   # --help and --version leave by SystemExit: their text is flushed here too
+            _flush_stdout()
+
+
+def _flush_stdout() -> None:
+    """Flush what the command printed while a closed pipe can still be caught: left to the
+    interpreter's exit, it would print "Exception ignored ... BrokenPipeError" and exit 120."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except (OSError, ValueError, AttributeError):   # a closed or replaced stdout: nothing to flush
+        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:
