@@ -118,3 +118,16 @@ def test_file_size_limit_leaves_the_existing_header_intact(tmp_path):
     assert "too large" in r.stderr
     assert target.read_bytes() == b"/* precious */\n"
     assert os.listdir(tmp_path) == ["precious.h"]  # the temporary file is gone too
+
+
+def test_a_long_non_ascii_name_that_fits_is_written(tmp_path):
+    # 80 three-byte characters: 245 bytes, under the 255-byte limit on a name; the temporary
+    # file's name is cut in bytes, not in characters, so it fits too
+    name = "\u91cf" * 80 + ".json"
+    try:
+        (tmp_path / name).write_bytes(b"old")   # the file system's own verdict on the name
+    except OSError:
+        pytest.skip("the file system refuses this name itself")
+    write_output("new", tmp_path / name)
+    assert (tmp_path / name).read_text() == "new"
+    assert os.listdir(tmp_path) == [name]

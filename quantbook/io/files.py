@@ -127,7 +127,7 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
         except OSError as exc:
             raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
         return
-    tmp = target.with_name(f".{target.name[:200]}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f".{_prefix(target.name, 200)}.{secrets.token_hex(4)}.tmp")
     try:
         # a new file gets 0o666 less the umask, as open() would give it; an existing one its own mode
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if st is None else 0o600)
@@ -150,6 +150,15 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _prefix(name: str, limit: int) -> str:
+    """The longest start of ``name`` whose file-system encoding has at most ``limit`` bytes: a
+    name's limit (255) is in bytes, and a non-ASCII character takes several."""
+    name = name[:limit]   # every character takes at least one byte
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 def write_output(data: str | bytes, path: str | os.PathLike) -> Path:
