@@ -217,3 +217,12 @@ def test_library_parameter_names_are_spelled_as_the_command_s_options(capsys, mo
     assert capsys.readouterr().err == ("quantbook: error: --nested does not combine with --scale 'e4m3'; "
                                        "--block-size 64; a.block_size=1; max_block_size=2; rotate=; "
                                        "--block-size is\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="no /dev/stdout")
+def test_output_to_dev_stdout_on_a_closed_pipe_is_not_an_error():
+    with subprocess.Popen([sys.executable, "-m", "quantbook.cli", "export", "nf4", "-f", "c", "-o", "/dev/stdout"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()) as p:
+        p.stdout.close()
+        err = p.stderr.read()
+        assert p.wait(timeout=120) == 0 and err == b""

@@ -131,3 +131,18 @@ def test_a_long_non_ascii_name_that_fits_is_written(tmp_path):
     write_output("new", tmp_path / name)
     assert (tmp_path / name).read_text() == "new"
     assert os.listdir(tmp_path) == [name]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="no /dev/stdout")
+@pytest.mark.parametrize("mode", ["ab", "wb"])
+def test_dev_stdout_into_a_file_writes_the_stream_itself(tmp_path, mode):
+    """``-o /dev/stdout >> log``: the data is appended to ``log``; replacing ``log`` (or reopening
+    it, which truncates) would lose what it held, and what is printed afterwards."""
+    log = tmp_path / "log"
+    log.write_bytes(b"kept\n")
+    code = ("import sys; from quantbook.io.files import write_output; write_output(b'data\\n', '/dev/stdout'); "
+            "print('after', flush=True)")
+    with open(log, mode) as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120)
+    assert log.read_bytes() == (b"kept\n" if mode == "ab" else b"") + b"data\nafter\n"
+    assert os.listdir(tmp_path) == ["log"]

@@ -12,7 +12,9 @@ Rules (stated once, used by ``export``, the plots and every ``-o PATH``):
   replaces the target with :func:`os.replace`.  A write that fails half-way leaves an
   existing file untouched and no temporary file behind.  An existing file keeps its
   permission bits; a symbolic link keeps pointing at its (replaced) target.  Special
-  files (``/dev/stdout``, a FIFO) cannot be replaced and are written in place.
+  files (a FIFO, a device) cannot be replaced and are written in place; ``/dev/stdout``
+  (``/dev/fd/N``) is written through that open descriptor, even when it is a file: after
+  ``>> log`` it appends to ``log``, which it neither replaces nor truncates.
 """
 
 from __future__ import annotations
@@ -117,12 +119,25 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
     """
     p = check_output_path(path)
     shown = _describe(path)
+    mode, text = ("wb", {}) if binary else ("w", {"encoding": encoding})
+    stream = _descriptor(p)
+    if stream is not None:
+        # the stream itself, where it stands (appending if it appends); its file, if it has one, must
+        # not be replaced (the stream would go on into the old one) nor reopened (that truncates it)
+        try:
+            with os.fdopen(os.dup(stream), mode, **text) as f:
+                yield f
+        except BrokenPipeError:   # the reader has gone, as after `| head`: the caller's to take quietly
+            raise
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
+        return
     target = Path(os.path.realpath(p))  # write through a symbolic link, keep the link
     st = _stat(target, shown)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        # /dev/stdout, a FIFO, a terminal: nothing to replace, write in place
+        # a FIFO, a device (/dev/null, a terminal): nothing to replace, write in place
         try:
-            with open(target, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as f:
+            with open(target, mode, **text) as f:
                 yield f
         except OSError as exc:
             raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
@@ -136,7 +151,7 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
     done = False
     try:
         try:
-            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": encoding})) as f:
+            with os.fdopen(fd, mode, **text) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
@@ -150,6 +165,21 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
         if not done:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _descriptor(path: Path) -> int | None:
+    """``N`` when ``path``, or a symbolic link on the way to it, is ``/proc/self/fd/N`` or
+    ``/dev/fd/N`` (``/dev/stdout`` is such a link): an open file descriptor of this process."""
+    fd_dirs = {os.path.realpath("/proc/self/fd"), os.path.realpath("/dev/fd")}
+    current = os.path.abspath(path)
+    for _ in range(40):   # the kernel's own limit on the links it follows
+        parent, name = os.path.split(current)
+        if name.isascii() and name.isdigit() and os.path.realpath(parent) in fd_dirs:
+            return int(name)
+        if not os.path.islink(current):
+            return None
+        current = os.path.join(parent, os.readlink(current))   # a relative link is relative to its directory
+    return None
 
 
 def _prefix(name: str, limit: int) -> str:
