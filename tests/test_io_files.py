@@ -146,3 +146,36 @@ def test_dev_stdout_into_a_file_writes_the_stream_itself(tmp_path, mode):
         subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120)
     assert log.read_bytes() == (b"kept\n" if mode == "ab" else b"") + b"data\nafter\n"
     assert os.listdir(tmp_path) == ["log"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_a_fifo_codebook_is_refused_not_waited_on(tmp_path):
+    """A FIFO named like a codebook: read once to see whether it holds a vector codebook, it
+    was empty (or, with no writer, blocked) when read again to load it; now refused at once."""
+    fifo = tmp_path / "cb.json"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "quantbook.cli", "show", str(fifo)], capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stderr) == (2, f"quantbook: error: {fifo} is a FIFO, not a codebook file\n")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_a_fifo_or_directory_of_weights_is_named_for_what_it_is(tmp_path):
+    from quantbook.derive.sources import SourceError, parse_source
+    from quantbook.io.npy import NpyError, load_npy
+    from quantbook.io.safetensors import SafetensorsError, SafetensorsFile
+
+    for name in ("w.npy", "w.safetensors"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / "d.npy").mkdir()
+    # these said "no such file" of a file that is there
+    with pytest.raises(NpyError, match="w.npy is a FIFO, not a .npy file"):
+        load_npy(tmp_path / "w.npy")
+    with pytest.raises(NpyError, match="d.npy is a directory, not a .npy file"):
+        load_npy(tmp_path / "d.npy")
+    with pytest.raises(SafetensorsError, match="w.safetensors is a FIFO, not a safetensors file"):
+        SafetensorsFile(tmp_path / "w.safetensors")
+    with pytest.raises(SourceError, match="w.npy is a FIFO, not a sample file"):
+        parse_source(str(tmp_path / "w.npy"))
+    with pytest.raises(SourceError, match="no such sample file"):
+        parse_source(str(tmp_path / "missing.npy"))

@@ -109,10 +109,8 @@ def load_vector(path: str | os.PathLike) -> VectorCodebook:
 
 def json_is_vector(path: str | os.PathLike) -> bool:
     """Whether a JSON file declares ``"kind": "vector"`` (False when unreadable or not JSON)."""
-    try:
-        with open(os.fspath(path), "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-        d = json.loads(data)
+    try:   # read as the loaders read it: a FIFO, read here, would be empty (or block) for them
+        d = json.loads(read_small_file(path, ValueError, MAX_FILE_BYTES))
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(d, dict) and d.get("kind") == "vector"

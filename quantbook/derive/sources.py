@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 import mpmath
@@ -60,6 +59,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ..numerics.arguments import check_flag
+from ..io.files import check_input_file
 from ..io.npy import load_npy
 from .conventions import apply, at_q, at_x, sample_shape
 
@@ -844,11 +844,10 @@ def parse_source(spec: Any) -> Source:
                 raise SourceError(f"bad degrees of freedom in {text!r} (expected e.g. student-t:5)") from None
             return StudentT(nu)
     if low.endswith(".npy"):
-        path = Path(text)
-        if path.is_dir():
-            raise SourceError(f"{text} is a directory, not a sample file")
-        if not path.is_file():
-            raise SourceError(f"no such sample file: {text}")
+        try:
+            path = check_input_file(text, SourceError, "sample file")
+        except FileNotFoundError as exc:   # a SourceError, as for every spelling that names nothing
+            raise SourceError(str(exc)) from None
         try:  # header checked before any data is read (an .npz in disguise, absurd shapes)
             arr = load_npy(path)
         except (OSError, ValueError) as exc:

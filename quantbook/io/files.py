@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
-           "read_small_file", "parse_json"]
+           "check_input_file", "read_small_file", "parse_json"]
 
 
 class OutputPathError(ValueError):
@@ -204,11 +204,11 @@ def write_output(data: str | bytes, path: str | os.PathLike) -> Path:
     return Path(os.fspath(path))
 
 
-def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: int,
-                    what: str = "codebook file") -> bytes:
-    """The bytes of a small input file.  ``FileNotFoundError`` when it is missing; ``error``
-    (one line) for a directory, an unreadable file or one over ``max_bytes`` (read up to the
-    limit: a FIFO or device has no size to check first)."""
+def check_input_file(path: str | os.PathLike, error: type[Exception], what: str = "file") -> Path:
+    """``path`` as a :class:`Path` if it names a regular file.  ``FileNotFoundError`` when
+    nothing is there; ``error`` (one line) for a directory, a FIFO, a device or a socket: the
+    readers size their input before reading it, or read it twice (a FIFO is empty the second
+    time, and one without a writer blocks forever)."""
     shown = os.fspath(path)
     try:
         st = os.stat(shown)
@@ -216,8 +216,20 @@ def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: 
         raise FileNotFoundError(f"no such {what}: {shown}") from None
     except OSError as exc:
         raise error(f"cannot read {shown}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise error(f"{shown} is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+        raise error(f"{shown} is {kind}, not a {what}")
+    return Path(shown)
+
+
+def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: int,
+                    what: str = "codebook file") -> bytes:
+    """The bytes of a small input file.  ``FileNotFoundError`` when it is missing; ``error``
+    (one line) for anything but a regular file (:func:`check_input_file`), an unreadable file
+    or one over ``max_bytes`` (read up to the limit: it may grow while it is read)."""
+    shown = os.fspath(path)
+    check_input_file(shown, error, what)
     try:
         with open(shown, "rb") as f:
             data = f.read(max_bytes + 1)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
+
+from .files import check_input_file
 
 __all__ = ["NpyError", "load_npy", "DEFAULT_MAX_VALUES"]
 
@@ -35,9 +36,7 @@ def load_npy(path: str | os.PathLike, max_values: int | None = DEFAULT_MAX_VALUE
     anything else: not a ``.npy`` file (an ``.npz`` archive, text), an unsupported format
     version, an object or structured dtype, too many values, or truncated data.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such .npy file: {path}")
+    p = check_input_file(path, NpyError, ".npy file")
     fmt = np.lib.format
     try:
         with open(p, "rb") as f:

@@ -37,6 +37,7 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 from ..errors import NotFoundError
+from .files import check_input_file
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
            "read_tensor", "iter_tensors", "split_globs", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
@@ -152,8 +153,7 @@ class SafetensorsFile:
             raise ValueError(f"{path} is a directory; the weights' error is read from one .safetensors file "
                              "(e.g. its model.safetensors); what a model directory's outputs lose is measured by "
                              "evaluate-model --task lm|embed")
-        if not p.is_file():
-            raise FileNotFoundError(f"no such safetensors file: {path}")
+        check_input_file(p, SafetensorsError, "safetensors file")
         meta, n, size = _parse_header(p)
         self.path = p
         self.metadata = meta.get("__metadata__") if isinstance(meta.get("__metadata__"), dict) else {}
