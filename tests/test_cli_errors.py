@@ -261,3 +261,20 @@ def test_an_option_that_would_be_ignored_is_an_error(capsys, tmp_path, argv, fra
     rc, out, err = run(capsys, *[str(w) if a == "W" else a for a in argv])
     assert_user_error(rc, err, fragment)
     assert out == ""
+
+
+@pytest.mark.parametrize("fmt", ["c", "json"])
+def test_export_onto_its_own_input_is_refused(capsys, tmp_path, monkeypatch, fmt):
+    """``export cb.json -f c -o cb.json`` replaced the only copy of a codebook with a C header."""
+    monkeypatch.chdir(tmp_path)
+    before = '{"bits": 1, "levels": [-1, 1]}'
+    (tmp_path / "cb.json").write_text(before)
+    os.symlink("cb.json", tmp_path / "link.json")
+    for source, out in (("cb.json", "cb.json"), ("cb.json", "./link.json"), ("link.json", str(tmp_path / "cb.json"))):
+        assert main(["export", source, "-f", fmt, "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"quantbook: error: output path '{out}' is the input '{source}'") and err.count("\n") == 1
+    assert (tmp_path / "cb.json").read_text() == before
+    assert sorted(os.listdir(tmp_path)) == ["cb.json", "link.json"]
+    (tmp_path / "nf4").write_text("x")   # a registry name is not a file, even where a file has its name
+    assert main(["export", "nf4", "-f", fmt, "-o", "nf4"]) == 0

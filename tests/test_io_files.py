@@ -179,3 +179,14 @@ def test_a_fifo_or_directory_of_weights_is_named_for_what_it_is(tmp_path):
         parse_source(str(tmp_path / "w.npy"))
     with pytest.raises(SourceError, match="no such sample file"):
         parse_source(str(tmp_path / "missing.npy"))
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path):
+    src = tmp_path / "in.json"
+    src.write_text("kept")
+    os.link(src, tmp_path / "hard.json")
+    for out in (src, tmp_path / "hard.json", str(tmp_path / "." / "in.json")):
+        with pytest.raises(OutputPathError, match="is the input"):
+            check_output_path(out, inputs=["normal", tmp_path / "missing.json", src])
+    assert check_output_path(tmp_path / "new.json", inputs=[src]) == tmp_path / "new.json"
+    assert src.read_text() == "kept"

@@ -67,8 +67,10 @@ def _cmd_export(args) -> int:
 
     if args.output == "-":   # the usual spelling of standard output, the default
         args.output = None
+    # a file is named by its path in the header's command; a name by the codebook's (resolved) name
+    path = args.codebook if args.codebook.strip().lower().endswith(".json") else None
     if args.output is not None:
-        output_path(args.output)  # fail before doing any work
+        output_path(args.output, (path,) if path else ())  # fail before doing any work
     from ..naming import depends_on_block_size
     from ..scales import check_scaled_only, get_rule
 
@@ -94,8 +96,6 @@ def _cmd_export(args) -> int:
         raise UsageError(f"--name names the C identifier of the c, cuda and bnb formats, not of "
                          f"--format {args.format}")
     layout = None if args.scale is None else _header_layout(cb, args.scale, block_size, args.qmax)
-    # a file is named by its path in the header's command; a name by the codebook's (resolved) name
-    path = args.codebook if args.codebook.strip().lower().endswith(".json") else None
     data = export(cb, args.format, name=args.name, layout=layout, spelling=path)
     if args.output is not None:
         write_output(data, args.output)

@@ -105,9 +105,10 @@ def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> No
         print(f"{key}: {value}")
 
 
-def output_path(path: str) -> str:
-    """Check an ``-o PATH`` before any work is done (:func:`quantbook.io.files.check_output_path`)."""
+def output_path(path: str, inputs: tuple[str, ...] = ()) -> str:
+    """Check an ``-o PATH`` before any work is done (:func:`quantbook.io.files.check_output_path`);
+    ``inputs``: the command's input files, which it must not overwrite."""
     from ..io.files import check_output_path
 
-    check_output_path(path)
+    check_output_path(path, inputs)
     return path

@@ -5,7 +5,8 @@ Rules (stated once, used by ``export``, the plots and every ``-o PATH``):
 * the path must name a file: empty, ending in a path separator, or naming an existing
   directory is an :class:`OutputPathError` (:func:`check_output_dir` is for the rare API
   that wants a directory);
-* its directory must exist and be writable; an existing file must be writable;
+* its directory must exist and be writable; an existing file must be writable, and not
+  one of the inputs the caller names (writing it would replace what the output is made from);
 * operating-system errors (a name too long, no permission, disk full, file size limit)
   become one-line :class:`OutputPathError` messages;
 * writes are atomic: the data goes to a temporary file in the same directory, which then
@@ -27,7 +28,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
            "check_input_file", "read_small_file", "parse_json"]
@@ -61,8 +62,13 @@ def _stat(p: Path, shown: str) -> os.stat_result | None:
         raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """``path`` as a :class:`Path` if a file can be written there, else :class:`OutputPathError`."""
+def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """``path`` as a :class:`Path` if a file can be written there, else :class:`OutputPathError`.
+
+    ``inputs``: the files the output is made from; ``path`` naming one of them (by any name:
+    a link, another spelling) is refused, since writing it would replace the input.  Entries
+    that name no file are passed over.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise OutputPathError(f"output path must be a string or a path, got {type(path).__name__}")
     text = os.fspath(path)
@@ -85,11 +91,24 @@ def check_output_path(path: str | os.PathLike) -> Path:
     pst = _stat(parent, shown)
     if pst is None or not stat.S_ISDIR(pst.st_mode):
         raise OutputPathError(f"cannot write {shown}: directory {str(parent)!r} does not exist")
+    if st is not None and stat.S_ISREG(st.st_mode):
+        for source in inputs:
+            if _same_file(st, source):
+                raise OutputPathError(f"output path {shown} is the input {_describe(source)}: writing it would "
+                                      "replace what it is made from")
     if st is not None and not os.access(p, os.W_OK):
         raise OutputPathError(f"cannot write {shown}: the file is not writable")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {shown}: directory {str(parent)!r} is not writable")
     return p
+
+
+def _same_file(st: os.stat_result, path: str | os.PathLike) -> bool:
+    try:
+        other = os.stat(path)
+    except (OSError, TypeError, ValueError):   # not a file (a source's name, a spelling with a suffix)
+        return False
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
