@@ -91,3 +91,21 @@ def test_dimensions_must_be_integers_of_at_least_zero(tmp_path, shape):
     whole file; a bool or float dimension is no dimension either."""
     path = _header_only(tmp_path / "neg.npy", shape, data=b"\0" * 800)
     assert "bad shape" in _err(path, max_values=10) or "shape is not valid" in _err(path, max_values=10)
+
+
+def test_a_version_2_header_claiming_4_gib_is_refused_before_it_is_read(tmp_path):
+    """numpy reads the header whole before checking its length: a version 2 header may claim
+    2**32 - 1 bytes, and reading it asked for a 4 GiB buffer (under a memory limit the
+    MemoryError read "bad header: )")."""
+    import tracemalloc
+
+    path = tmp_path / "h.npy"
+    path.write_bytes(np.lib.format.magic(2, 0) + (2**32 - 1).to_bytes(4, "little") + b"{}")
+    tracemalloc.start()
+    try:
+        err = _err(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "claims 4,294,967,295 bytes" in err
+    assert peak < 2**26

@@ -24,6 +24,11 @@ __all__ = ["NpyError", "load_npy", "DEFAULT_MAX_VALUES"]
 DEFAULT_MAX_VALUES = 2**27
 
 
+#: the longest header read, in bytes: numpy's own limit (``max_header_size``, whose default
+#: numpy.lib.format.read_array_header_1_0 and _2_0 apply after reading the header)
+MAX_HEADER_BYTES = 10000
+
+
 class NpyError(ValueError):
     """A file that is not a usable ``.npy`` array, with a one-line reason naming it."""
 
@@ -47,16 +52,21 @@ def load_npy(path: str | os.PathLike, max_values: int | None = DEFAULT_MAX_VALUE
             f.seek(0)
             try:
                 version = fmt.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
-                else:  # 3.0 only adds UTF-8 field names, i.e. structured dtypes, not read here
+                if version not in ((1, 0), (2, 0)):  # 3.0 only adds UTF-8 field names (structured dtypes)
                     raise NpyError(f"{path}: .npy format version {version[0]}.{version[1]} is not supported")
+                # numpy reads the whole header before it checks its length, and version 2 may claim 4 GiB
+                width = 2 if version == (1, 0) else 4
+                claim = int.from_bytes(f.read(width), "little")
+                if claim > MAX_HEADER_BYTES:
+                    raise NpyError(f"{path} is not a valid .npy file (bad header: it claims {claim:,} bytes, more "
+                                   f"than the {MAX_HEADER_BYTES:,} numpy reads)")
+                f.seek(-width, os.SEEK_CUR)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(f, max_header_size=MAX_HEADER_BYTES)
             except NpyError:
                 raise
             except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError) as exc:
-                reason = " ".join(str(exc).split())[:160]
+                reason = " ".join(str(exc).split())[:160] or type(exc).__name__
                 raise NpyError(f"{path} is not a valid .npy file (bad header: {reason})") from None
             if dtype.hasobject:
                 raise NpyError(f"{path} holds Python objects, which are not read (allow_pickle is off)")
