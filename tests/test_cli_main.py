@@ -186,6 +186,18 @@ def test_a_closed_pipe_after_a_short_output_is_not_an_error(argv):
     assert (p.returncode, p.stderr) == (0, b"")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("argv", [["show", "nf4"], ["--version"]])
+def test_a_full_disk_behind_standard_output_is_an_error(argv):
+    # the output waits in stdout's buffer until the end: the failed write is still one error line,
+    # not Python's "Exception ignored ... OSError" (status 120), and never a silent success
+    env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "quantbook.cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                           env=env, timeout=120, text=True)
+    assert (p.returncode, p.stderr) == (2, "quantbook: error: standard output: No space left on device\n")
+
+
 def test_version(capsys):
     import quantbook
 

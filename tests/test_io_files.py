@@ -69,13 +69,14 @@ def test_new_file_mode_follows_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "a.bin").st_mode) == 0o666 & ~0o027
 
 
-def test_a_failure_inside_the_block_leaves_the_old_file(tmp_path):
+@pytest.mark.parametrize("stop", [RuntimeError, KeyboardInterrupt])   # an error, or Ctrl-C half-way
+def test_a_failure_inside_the_block_leaves_the_old_file(tmp_path, stop):
     target = tmp_path / "keep.txt"
     target.write_bytes(b"precious")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(stop):
         with atomic_output(target) as f:
             f.write(b"half")
-            raise RuntimeError("stop")
+            raise stop("stop")
     assert target.read_bytes() == b"precious"
     assert os.listdir(tmp_path) == ["keep.txt"]
 

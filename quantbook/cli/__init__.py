@@ -136,20 +136,33 @@ def _file_names_as_bytes():
 def main(argv: Sequence[str] | None = None) -> int:
     with _file_names_as_bytes():
         try:
-            return _main(argv)
-        finally:   # --help and --version leave by SystemExit: their text is flushed here too
-            _flush_stdout()
+            status = _main(argv)
+        except SystemExit:   # --help and --version: argparse has printed its text, and leaves
+            if _flush_stdout(report=True):
+                raise SystemExit(2) from None
+            raise
+        return _flush_stdout(report=status == 0) or status
 
 
-def _flush_stdout() -> None:
-    """Flush what the command printed while a closed pipe can still be caught: left to the
-    interpreter's exit, it would print "Exception ignored ... BrokenPipeError" and exit 120."""
+def _flush_stdout(report: bool) -> int:
+    """Flush what the command printed while its failure can still be reported: left to the
+    interpreter's exit, a closed pipe or a full disk is "Exception ignored ..." and status 120.
+    A closed pipe is no error (0); any other failure is one error line (if ``report``; after
+    an error, that error stays the one line) and status 2."""
     try:
         sys.stdout.flush()
+        return 0
     except BrokenPipeError:
         _silence_stdout()
-    except (OSError, ValueError, AttributeError):   # a closed or replaced stdout: nothing to flush
-        pass
+        return 0
+    except OSError as exc:
+        _silence_stdout()   # the interpreter's own flush would fail again
+        if not report:
+            return 0
+        print(f"quantbook: error: standard output: {_describe(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, AttributeError):   # a closed or replaced stdout: nothing to flush
+        return 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
