@@ -49,3 +49,28 @@ def test_silently_off_without_tqdm(monkeypatch, capsys):
         bar.step("x")
         bar.update()
     assert capsys.readouterr().err == ""
+
+
+def test_a_standard_error_that_fails_stops_the_bar_not_the_work(tqdm, monkeypatch):
+    # a closed pipe on stderr (`derive ... --progress 2>&1 | head`) raised BrokenPipeError out of the bar,
+    # which ended the command before it wrote its output file
+    class Closed:
+        writes = 0
+
+        def write(self, text):
+            Closed.writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self):
+            return False
+
+    monkeypatch.setattr(sys, "stderr", Closed())
+    done = []
+    with pg.progress_bar(total=3, desc="work", force=True) as bar:
+        for name in ("a", "b", "c"):
+            bar.step(name)
+            done.append(name)
+    assert done == ["a", "b", "c"] and Closed.writes == 1   # the first failure turned the drawing off

@@ -3,7 +3,9 @@
 ``tqdm`` is optional: without it every bar is silently off.  A bar is drawn when standard
 error is a terminal, or when the caller forces it (``--progress``) — then it is drawn to
 whatever standard error is (a log file gets the bar's final state on its own line).  On a
-terminal the bar is erased when it closes, so only the command's own output remains.
+terminal the bar is erased when it closes, so only the command's own output remains.  A bar
+whose standard error can no longer be written (a reader that closed the pipe, a full disk)
+stops drawing; the work it reports on goes on.
 
 Typical use (a callback per item, e.g. :func:`quantbook.verify.audit`'s ``progress``)::
 
@@ -41,6 +43,33 @@ def progress_enabled(force: bool = False) -> bool:
     return (bool(force) or _isatty(sys.stderr)) and _tqdm() is not None
 
 
+class _Stderr:
+    """The stream a bar draws on: once a write to it fails, the bar draws no more.  A bar is
+    only a view of the work, and stopping the work there (``derive ... --progress 2>&1 | head``)
+    would lose an output file the command was about to write."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+            except OSError:
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except OSError:
+                self.broken = True
+
+    def __getattr__(self, name: str) -> Any:   # isatty, encoding, ... as the stream has them
+        return getattr(self._stream, name)
+
+
 class Progress:
     """A progress bar over items, or a no-op one; a context manager (closing it ends the bar).
 
@@ -55,7 +84,7 @@ class Progress:
         if progress_enabled(force):
             tty = _isatty(sys.stderr)
             # looked up now, not at import: the CLI's tests replace sys.stderr
-            self._bar = _tqdm()(total=total, desc=desc, unit=unit, file=sys.stderr, leave=not tty,
+            self._bar = _tqdm()(total=total, desc=desc, unit=unit, file=_Stderr(sys.stderr), leave=not tty,
                                 dynamic_ncols=tty, mininterval=0.1)
 
     @property
