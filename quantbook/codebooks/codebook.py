@@ -279,6 +279,11 @@ class Codebook:
     def __hash__(self) -> int:
         return hash((self.name, self.bits, self.levels.tobytes(), self.code.tobytes()))
 
+    def __reduce__(self):
+        # rebuilt by the constructor, read-only: numpy unpickles arrays writable below protocol 5
+        # (multiprocessing's default is 4), and deepcopy copies them writable
+        return (type(self), (self.levels, self.bits, self.name, self.source, self.recipe, self.code))
+
     def __repr__(self) -> str:
         lv = ", ".join(f"{v:.6g}" for v in self.levels)
         return f"Codebook(name={self.name!r}, bits={self.bits}, levels=[{lv}])"

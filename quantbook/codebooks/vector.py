@@ -240,6 +240,10 @@ class VectorCodebook:
     def __hash__(self) -> int:
         return hash((self.name, self.points.shape, self.points.tobytes()))
 
+    def __reduce__(self):
+        # rebuilt by the constructor, read-only (see Codebook.__reduce__)
+        return (type(self), (self.name, self.points, self.source, self.recipe))
+
     def __repr__(self) -> str:
         return f"VectorCodebook(name={self.name!r}, dim={self.dim}, size={self.size})"
 

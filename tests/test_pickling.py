@@ -1,0 +1,50 @@
+"""Public objects as values across copies and processes: pickling (what multiprocessing does to
+arguments and results), deep and shallow copies, equality and hashing, and worker pools of each
+start method.  The oracle is always the object or the run that did not travel."""
+
+import copy
+import multiprocessing
+import pickle
+
+import numpy as np
+import pytest
+
+import quantbook as qb
+from quantbook.codebooks.vector_registry import get_vector
+
+PROTOCOLS = range(2, pickle.HIGHEST_PROTOCOL + 1)
+
+
+def _copies(obj):
+    """``(how, copy)`` for every pickle protocol from 2 and both copy functions."""
+    out = [(f"pickle protocol {p}", pickle.loads(pickle.dumps(obj, protocol=p))) for p in PROTOCOLS]
+    return out + [("deepcopy", copy.deepcopy(obj)), ("copy", copy.copy(obj))]
+
+
+@pytest.mark.parametrize("name", ["nf4", "fp4", "af4"])
+def test_codebook_copies_stay_read_only_and_equal(name):
+    """Below protocol 5 (multiprocessing's default is 4) numpy unpickles arrays writable, and
+    deepcopy copies them writable: a copy's levels could then change under its hash, out of
+    step with its code table, and its recipe become a plain dict."""
+    cb = qb.get(name)
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    want = qb.quantize(x, cb, 64, backend="numpy")[0]
+    for how, c in _copies(cb):
+        assert c == cb and hash(c) == hash(cb), how
+        for field in ("levels", "code", "level_to_code"):
+            with pytest.raises(ValueError, match="read-only"):
+                getattr(c, field)[0] = 7.0
+        with pytest.raises(TypeError, match="read-only"):
+            c.recipe["bits"] = 1
+        assert np.array_equal(c.code.view(np.int64), cb.code.view(np.int64)), how   # fp4's -0.0 kept
+        assert np.array_equal(qb.quantize(x, c, 64, backend="numpy")[0], want), how
+
+
+def test_vector_codebook_copies_stay_read_only_and_equal():
+    vc = get_vector("higgs-2d-256")
+    v = np.random.default_rng(1).standard_normal((500, 2))
+    for how, c in _copies(vc):
+        assert c == vc and hash(c) == hash(vc), how
+        with pytest.raises(ValueError, match="read-only"):
+            c.points[0, 0] = 7.0
+        assert np.array_equal(c.nearest(v), vc.nearest(v)), how
