@@ -48,3 +48,20 @@ def test_vector_codebook_copies_stay_read_only_and_equal():
         with pytest.raises(ValueError, match="read-only"):
             c.points[0, 0] = 7.0
         assert np.array_equal(c.nearest(v), vc.nearest(v)), how
+
+
+def test_search_rules_that_choose_differently_are_not_equal():
+    """A rule's name is its identity (==, hash, a state's scale_rule, a recipe's scale): a search
+    rule must spell its factors exactly, or two rules that pick different scales compare equal
+    and a state names a rule that did not make it.  The block is one where they differ."""
+    from quantbook.scales import get_rule
+
+    x = np.random.default_rng(0).standard_normal(1 << 18).astype(np.float32)[6784 * 16:6785 * 16]
+    a, b = get_rule("search:float16@1,0.75"), get_rule("search:float16@1,0.7500004")
+    sa = qb.quantize(x, "e2m1", 16, scale=a, backend="numpy")[1]
+    sb = qb.quantize(x, "e2m1", 16, scale=b, backend="numpy")[1]
+    assert not np.array_equal(sa.absmax, sb.absmax)
+    assert a != b and a.name == "search:float16@1,0.75/l2"   # short where short is exact
+    for st in (sa, sb):
+        again = qb.quantize(x, "e2m1", 16, scale=st.scale_rule, backend="numpy")[1]
+        assert np.array_equal(again.absmax, st.absmax), st.scale_rule

@@ -57,6 +57,13 @@ def block_errors(x: np.ndarray, deq: np.ndarray, block_size: int, loss: str) -> 
     return np.ascontiguousarray(np.cumsum(pad.reshape(nb, block_size), axis=1)[:, -1])
 
 
+def _spelled(factor: float) -> str:
+    """``factor`` as the name writes it: short, unless that reads back as another number (the name
+    is the rule's identity: equality, a state's scale_rule, a recipe's scale)."""
+    short = f"{factor:g}"
+    return short if float(short) == factor else repr(factor)
+
+
 class SearchScale(ScaleRule, family="search"):
     deterministic = False
     summary = "the best of several scales per block; also search:BASE@F1,F2,..."
@@ -108,7 +115,7 @@ class SearchScale(ScaleRule, family="search"):
     def name(self):
         if self.preset:
             return f"search:{self.preset}"
-        return f"search:{self.base.name}@{','.join(f'{v:g}' for v in self.factors)}/{self.loss}"
+        return f"search:{self.base.name}@{','.join(_spelled(v) for v in self.factors)}/{self.loss}"
 
     @property
     def closed(self):  # type: ignore[override]
