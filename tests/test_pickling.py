@@ -65,3 +65,15 @@ def test_search_rules_that_choose_differently_are_not_equal():
     for st in (sa, sb):
         again = qb.quantize(x, "e2m1", 16, scale=st.scale_rule, backend="numpy")[1]
         assert np.array_equal(again.absmax, st.absmax), st.scale_rule
+
+
+def test_reprs_stay_short_for_big_objects():
+    """A repr names the object without dumping it: a 16-bit codebook shows its ends and count,
+    a state its shape; a 4-bit codebook still shows every level."""
+    levels = np.linspace(-1.0, 1.0, 65536)
+    text = repr(qb.Codebook(levels, 16, name="wide"))
+    assert len(text) < 200 and "n_levels=65536" in text and text.count(", ") < 12
+    assert f"{levels[1]:.6g}" in text and f"{levels[-2]:.6g}" in text
+    assert repr(qb.get("nf4")).count(", ") == 15 + 2    # 16 levels, then name and bits
+    x = np.zeros((1024, 1024), np.float32)
+    assert len(repr(qb.quantize(x, "nf4", 64, backend="numpy")[1])) < 200
