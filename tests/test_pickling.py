@@ -77,3 +77,69 @@ def test_reprs_stay_short_for_big_objects():
     assert repr(qb.get("nf4")).count(", ") == 15 + 2    # 16 levels, then name and bits
     x = np.zeros((1024, 1024), np.float32)
     assert len(repr(qb.quantize(x, "nf4", 64, backend="numpy")[1])) < 200
+
+
+def _job(kind, seed, codebook, backend):
+    """One quantization a worker runs and the parent checks: ``(packed, state)``."""
+    x = np.random.default_rng(seed).standard_normal((8, 256)).astype(np.float32)
+    if kind == "vq":
+        from quantbook.bulk.vq import quantize_vq
+
+        return quantize_vq(x, codebook, group=64, backend=backend)
+    kw = {"nested": {"scale": "nested"}, "e4m3": {"scale": "e4m3", "block_size": 16}}.get(kind, {})
+    return qb.quantize(x, codebook, **({"block_size": 64} | kw), backend=backend)
+
+
+def _jobs():
+    return [("plain", 1, "nf4", "cpu"), ("plain", 2, qb.get("fp4"), "numpy"), ("nested", 3, "af4", "cpu"),
+            ("e4m3", 4, "e2m1", "cpu"), ("e4m3", 5, "e2m1", "numpy"),
+            ("vq", 6, get_vector("higgs-2d-256"), "cpu"), ("vq", 7, "higgs-2d-256", "numpy")]
+
+
+def _undo(kind, packed, state, backend):
+    from quantbook.bulk.vq import dequantize_vq
+
+    return (dequantize_vq if kind == "vq" else qb.dequantize)(packed, state, backend=backend)
+
+
+def _same_results(jobs, got):
+    """Each worker's bytes and state, dequantized here by each host backend, equal this process's."""
+    for job, (packed, state) in zip(jobs, got):
+        want_packed, want_state = _job(*job)
+        assert np.array_equal(packed, want_packed), job
+        for backend in ("numpy", "cpu"):
+            want = _undo(job[0], want_packed, want_state, backend)
+            assert np.array_equal(_undo(job[0], packed, state, backend).view(np.uint32), want.view(np.uint32)), job
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_worker_pools_quantize_as_this_process_does(method):
+    """States made in workers of a fresh interpreter (codebook objects sent there, states sent
+    back) dequantize here to the bits of a single-process run."""
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    jobs = _jobs()
+    with multiprocessing.get_context(method).Pool(2) as pool:
+        got = pool.starmap_async(_job, jobs).get(timeout=240)
+    _same_results(jobs, got)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork start method here")
+def test_forked_workers_after_parallel_kernels_do_not_hang():
+    """numba ends a process forked after its GNU OpenMP threading layer started (libgomp is not
+    fork-safe) at that process's first parallel kernel, and a Pool whose worker dies waits for
+    it forever.  Forked workers must quantize all the same: ``backend="auto"`` passes over the
+    numba backends there (numpy gives the same bits), and ``backend="cpu"`` either runs (a
+    fork-safe layer) or says why not; never a hang (the timeout)."""
+    _job("plain", 0, "nf4", "cpu")   # the parallel kernels have run in this process
+    auto = [job[:3] + ("auto",) for job in _jobs()]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = pool.starmap_async(_job, auto).get(timeout=60)
+        try:
+            cpu = [pool.apply_async(_job, ("plain", 1, "nf4", "cpu")).get(timeout=60)]
+        except ValueError as exc:
+            assert "backend='cpu' is unavailable" in str(exc) and "spawn" in str(exc)
+            cpu = []
+    _same_results(auto, got)
+    _same_results([("plain", 1, "nf4", "cpu")] * len(cpu), cpu)
+

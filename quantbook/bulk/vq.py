@@ -31,6 +31,7 @@ from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)
+from .cpu.backend import numba_unavailable
 from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
@@ -285,9 +286,7 @@ class NumbaVQ(VQBackend, name="cpu"):
     auto = True
 
     def unavailable(self):
-        import importlib.util
-
-        return None if importlib.util.find_spec("numba") else "numba is not installed"
+        return numba_unavailable()
 
     def rotate(self, x, seed):
         n = x.shape[1]
