@@ -143,3 +143,41 @@ def test_forked_workers_after_parallel_kernels_do_not_hang():
     _same_results(auto, got)
     _same_results([("plain", 1, "nf4", "cpu")] * len(cpu), cpu)
 
+
+@pytest.fixture
+def stand_in_gpu(monkeypatch):
+    """The gpu backends on a stand-in ``cupy`` (tests/gpu_cases.py): kernels emulated on the host."""
+    import gpu_emulator as E
+    from gpu_cases import use_stand_in_cupy
+    from quantbook.bulk.gpu import scaled as GS
+    from quantbook.bulk.gpu import vq as GV
+
+    return use_stand_in_cupy(monkeypatch, E.any_emulator, build=lambda: (E.emulator(), E.vq_emulator()),
+                             caches=(GS, GV))
+
+
+@pytest.mark.parametrize("kind", ["plain", "nested", "vq"])
+def test_states_a_gpu_made_travel_as_host_arrays(stand_in_gpu, kind):
+    """A state a GPU made holds host arrays, the scales read-only with the device copy kept
+    for them: a pickled or copied state is a plain host state, which the GPU uploads and
+    checks again (nothing of the original's kept copy is reused), and every backend decodes it
+    to the numpy reference's bits."""
+    from gpu_cases import fake_device
+    from quantbook.bulk.gpu.kept import kept
+
+    x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
+    if kind == "vq":
+        from quantbook.bulk.vq import quantize_vq
+
+        packed, state = quantize_vq(fake_device(x), "higgs-2d-256", group=64, backend="gpu")
+        field = "scales"
+    else:
+        packed, state = qb.quantize(fake_device(x), "nf4", 64, nested=kind == "nested", backend="gpu")
+        field = "absmax"
+    host_packed = np.asarray(packed).view(np.ndarray)
+    want = _undo(kind, host_packed, state, "numpy")
+    for how, c in _copies(state)[:-1]:   # copy.copy shares the kept array itself
+        assert type(getattr(c, field)) is np.ndarray and kept(getattr(c, field), 0) is None, how
+        for backend, p in (("numpy", host_packed), ("cpu", host_packed), ("gpu", packed)):
+            got = np.asarray(_undo(kind, p, c, backend)).view(np.ndarray)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (how, backend)
