@@ -181,3 +181,20 @@ def test_states_a_gpu_made_travel_as_host_arrays(stand_in_gpu, kind):
         for backend, p in (("numpy", host_packed), ("cpu", host_packed), ("gpu", packed)):
             got = np.asarray(_undo(kind, p, c, backend)).view(np.ndarray)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (how, backend)
+
+
+def test_the_shared_scaled_encoder_is_read_only():
+    """scaled_encoder hands every caller the one encoder it cached for a table, as the scalar
+    encoder and the step tables are shared: its arrays must refuse changes, or one caller's edit
+    would change every later quantization in the process."""
+    from quantbook.bulk.layouts import scaled_encoder, scaled_table
+
+    table = scaled_table(qb.get("e2m1").code, 6.0)
+    x = np.random.default_rng(4).standard_normal(4096).astype(np.float32)
+    want = qb.quantize(x, "e2m1", 32, scale="e8m0", backend="numpy")[0]
+    enc = scaled_encoder(table)
+    for field in ("values", "mids", "up", "pos", "neg"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(enc, field)[0] = 1
+    assert scaled_encoder(table) is enc
+    assert np.array_equal(qb.quantize(x, "e2m1", 32, scale="e8m0", backend="numpy")[0], want)

@@ -67,6 +67,8 @@ class ScaledEncoder:
         self.mids = ((vals[:-1] + vals[1:]).astype(_F) / _F(2)).astype(_F)
         self.up = (low[1:] % 2 == 0) & (low[:-1] % 2 == 1)
         self.pos, self.neg = pos, neg
+        for a in (self.values, self.mids, self.up, pos, neg):   # scaled_encoder shares one per table
+            a.setflags(write=False)
         self.zero_index = int(self(np.zeros(1, _F))[0])
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
