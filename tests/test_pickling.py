@@ -5,6 +5,7 @@ start method.  The oracle is always the object or the run that did not travel.""
 import copy
 import multiprocessing
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -143,6 +144,34 @@ def test_forked_workers_after_parallel_kernels_do_not_hang():
     _same_results(auto, got)
     _same_results([("plain", 1, "nf4", "cpu")] * len(cpu), cpu)
 
+
+
+def _derive_from_sample(seed):
+    """A derivation whose numba kernel is no backend's (the sample law's sums)."""
+    from quantbook.derive.lloyd import LloydWarning, lloyd
+    from quantbook.derive.sources import Empirical
+
+    sample = np.random.default_rng(seed).standard_normal(1 << 12)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LloydWarning)   # two iterations are enough to run the kernel
+            return lloyd(4, 64, source=Empirical(sample), max_iter=2).levels
+    except ValueError as exc:
+        return str(exc)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork start method here")
+def test_forked_workers_get_an_error_from_other_parallel_kernels_not_an_ended_process():
+    """Past the backends: any parallel kernel in a child forked after GNU OpenMP started says
+    why it cannot run (the process ended and the pool hung before); elsewhere it runs as here."""
+    want = _derive_from_sample(0)
+    assert not isinstance(want, str)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_derive_from_sample, (0,)).get(timeout=60)
+    if isinstance(got, str):
+        assert "cannot run" in got and "spawn" in got
+    else:
+        assert np.array_equal(got, want)
 
 @pytest.fixture
 def stand_in_gpu(monkeypatch):

@@ -28,10 +28,9 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from ..codebooks.vector import cell_candidates, nearest_brute
-from ..numerics import hadamard
+from ..numerics import hadamard, parallel
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)
-from .cpu.backend import numba_unavailable
 from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
@@ -286,7 +285,7 @@ class NumbaVQ(VQBackend, name="cpu"):
     auto = True
 
     def unavailable(self):
-        return numba_unavailable()
+        return parallel.unavailable()
 
     def rotate(self, x, seed):
         n = x.shape[1]

@@ -5,8 +5,6 @@ numba is imported on first use, so importing quantbook never needs it.
 
 from __future__ import annotations
 
-import os
-import sys
 from functools import lru_cache
 
 import numpy as np
@@ -15,9 +13,10 @@ from .. import format as F
 from .. import layouts as L
 from ..backend import Backend
 from ..nested import NESTED_BLOCKSIZE, nested_lut
+from ...numerics import parallel
 from ...scales.steps import BUCKET_SHIFT, step_table
 
-__all__ = ["NumbaBackend", "numba_unavailable"]
+__all__ = ["NumbaBackend"]
 
 _F = np.float32
 
@@ -32,46 +31,6 @@ def _scaled_kernels():
     from . import scaled_kernels
 
     return scaled_kernels
-
-
-def _gnu_openmp_started() -> bool:
-    """Whether numba's threading layer has started in this process on GNU OpenMP."""
-    numba = sys.modules.get("numba")
-    if numba is None:
-        return False
-    try:
-        layer = numba.threading_layer()
-    except ValueError:   # not started
-        return False
-    return layer == "omp" and getattr(sys.modules.get("numba.np.ufunc.omppool"), "openmp_vendor", "GNU") == "GNU"
-
-
-#: whether this process was forked from one whose GNU OpenMP layer had started (inherited)
-_forked_after_openmp = [False]
-
-
-def _after_fork() -> None:
-    _forked_after_openmp[0] = _forked_after_openmp[0] or _gnu_openmp_started()
-
-
-if hasattr(os, "register_at_fork"):
-    # libgomp is not fork-safe: numba ends such a process at its first parallel kernel, and a
-    # multiprocessing.Pool whose worker ends so waits for it forever
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-def numba_unavailable() -> str | None:
-    """Why numba's parallel kernels cannot run in this process, or None: the ``unavailable``
-    of the numba backends (``backend="auto"`` passes over them to numpy, the same bits)."""
-    try:
-        import numba  # noqa: F401
-    except ImportError as exc:
-        return f"numba is not installed ({exc})"
-    if _forked_after_openmp[0]:
-        return ("this process was forked after numba's GNU OpenMP threading layer started in its parent, and numba "
-                "ends such a process at its first parallel kernel; start workers with the spawn or forkserver "
-                "method, or set NUMBA_THREADING_LAYER=workqueue (or tbb) before numba starts")
-    return None
 
 
 @lru_cache(maxsize=1)
@@ -121,7 +80,7 @@ class NumbaBackend(Backend, name="cpu"):
     scaled_layouts = True
 
     def unavailable(self):
-        return numba_unavailable()
+        return parallel.unavailable()
 
     def quantize_blocks(self, x, code, bits, block_size):
         K = _kernels()
