@@ -95,21 +95,27 @@ __attribute__((no_sanitize_address)) static inline void qb_access(const void* p,
     }
 }
 
-/* what -fsanitize=kernel-address calls (recoverable, out of line) */
+/* what -fsanitize=kernel-address calls (recoverable, out of line); a measuring build
+   (gpu_traffic) defines QB_TRACE to note each access and the site that made it */
+#ifndef QB_TRACE
+#define QB_TRACE(p, n, write)
+#endif
 #define QB_HOOKS(n) \
-    QB_HOOK void __asan_load##n##_noabort(const void* p) { qb_access(p, n, 0); } \
-    QB_HOOK void __asan_store##n##_noabort(const void* p) { qb_access(p, n, 1); }
+    QB_HOOK void __asan_load##n##_noabort(const void* p) { QB_TRACE(p, n, 0); qb_access(p, n, 0); } \
+    QB_HOOK void __asan_store##n##_noabort(const void* p) { QB_TRACE(p, n, 1); qb_access(p, n, 1); }
 QB_HOOKS(1) QB_HOOKS(2) QB_HOOKS(4) QB_HOOKS(8) QB_HOOKS(16)
-QB_HOOK void __asan_loadN_noabort(const void* p, unsigned long n) { qb_access(p, n, 0); }
-QB_HOOK void __asan_storeN_noabort(const void* p, unsigned long n) { qb_access(p, n, 1); }
+QB_HOOK void __asan_loadN_noabort(const void* p, unsigned long n) { QB_TRACE(p, n, 0); qb_access(p, n, 0); }
+QB_HOOK void __asan_storeN_noabort(const void* p, unsigned long n) { QB_TRACE(p, n, 1); qb_access(p, n, 1); }
 /* clang's may call these for memcpy and the like */
 QB_HOOK void* __asan_memcpy(void* d, const void* s, unsigned long n) {
-    qb_access(s, n, 0); qb_access(d, n, 1); return std::memcpy(d, s, n);
+    QB_TRACE(s, n, 0); QB_TRACE(d, n, 1); qb_access(s, n, 0); qb_access(d, n, 1); return std::memcpy(d, s, n);
 }
 QB_HOOK void* __asan_memmove(void* d, const void* s, unsigned long n) {
-    qb_access(s, n, 0); qb_access(d, n, 1); return std::memmove(d, s, n);
+    QB_TRACE(s, n, 0); QB_TRACE(d, n, 1); qb_access(s, n, 0); qb_access(d, n, 1); return std::memmove(d, s, n);
 }
-QB_HOOK void* __asan_memset(void* d, int c, unsigned long n) { qb_access(d, n, 1); return std::memset(d, c, n); }
+QB_HOOK void* __asan_memset(void* d, int c, unsigned long n) {
+    QB_TRACE(d, n, 1); qb_access(d, n, 1); return std::memset(d, c, n);
+}
 QB_HOOK void __asan_handle_no_return() {}
 QB_HOOK void __asan_before_dynamic_init(const char*) {}
 QB_HOOK void __asan_after_dynamic_init() {}
@@ -376,10 +382,12 @@ def _fault(lib, name: str, guards) -> str:
     return f"{name}: out-of-bounds access at {at:#x}: {what} ({n} bytes), {rel}"
 
 
-def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
+def call_guarded(lib, name: str, grid: int, block: int, args, trace=None) -> None:
     """Launch kernel ``name`` of ``lib`` (its ``emu_`` function) with every numpy array in
     ``args`` guarded: an access out of an array's bounds raises, naming the kernel and the
-    argument (its position in ``args``), or the shared array."""
+    argument (its position in ``args``), or the shared array.  ``trace`` (a measuring build's
+    :class:`gpu_traffic.Recorder`) is told the arrays' places before the launch, and takes the
+    accesses noted after it."""
     fn = getattr(lib, f"emu_{name}")
     spans = sorted(((*_extent(a), i) for i, a in enumerate(args) if isinstance(a, np.ndarray)), key=lambda t: t[:2])
     groups: list[list] = []   # overlapping arrays (in-place, aliases) share one copy
@@ -399,6 +407,8 @@ def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
                 conv[i] = ctypes.c_void_p(g.start + args[i].ctypes.data - lo)
         rows = np.array([(a, b, idx[0]) for g, idx in guards for a, b in g.canaries()], np.uint64).reshape(-1)
         lib.qb_watch_launch(ctypes.c_int(rows.size // 3), rows.ctypes.data_as(ctypes.c_void_p))
+        if trace is not None:
+            trace.begin(lib, [(g.start, g.n, idx) for g, idx in guards])
         fn(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
         if ctypes.c_int.in_dll(lib, "qb_faulted").value:
             raise RuntimeError(_fault(lib, name, guards))
@@ -408,6 +418,8 @@ def call_guarded(lib, name: str, grid: int, block: int, args) -> None:
             if bad:
                 raise RuntimeError(f"{name}: out-of-bounds write to argument {idx[0]} ({g.n} bytes): "
                                    f"bytes {bad[0]}..{bad[1]} from its start")
+        if trace is not None:
+            trace.end(lib, name, grid, block)
         for g, _ in guards:
             g.copy_back()
     finally:

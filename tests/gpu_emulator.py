@@ -19,10 +19,15 @@ against, :mod:`gpu_bounds`: the launch raises).  The source is unchanged but for
 ``__shared__`` declarations, made references to that memory.  It does not check what only
 hardware shows (real warp lock-step, launch limits, speed) nor the code under
 ``__CUDA_ARCH__`` (inline PTX).  Slow: meant for a few thousand elements.
+
+Within :func:`recording`, launches run on a measuring build of each library instead, which
+notes every access to a launch's arrays (:mod:`gpu_traffic`: the warp-wide requests and the
+32-byte sectors they touch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -31,6 +36,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import gpu_traffic
 import numpy as np
 from gpu_bounds import SHIM as _BOUNDS_SHIM
 from gpu_bounds import call_guarded, check_flags, guard_shared
@@ -48,7 +54,7 @@ from quantbook.bulk.nested import dynamic_map, nested_lut
 
 __all__ = ["Emulator", "EmulatorUnavailable", "emulator", "quantize_emulated", "dequantize_emulated",
            "quantize_absmax_nested_emulated", "dequantize_absmax_nested_emulated", "sanitize_emulated",
-           "EmulatedCudaBackend"]
+           "EmulatedCudaBackend", "recording"]
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -324,8 +330,9 @@ class Emulator:
     """The kernels compiled for the host; ``launch(name, grid, block, *args)`` with numpy
     arrays for pointers.  Use :func:`emulator` to get the shared instance."""
 
-    def __init__(self, lib_path: Path):
+    def __init__(self, lib_path: Path, measure: bool = False):
         self.lib = ctypes.CDLL(str(lib_path))
+        self.measure = measure
         for name in K.all_kernel_names():
             fn = getattr(self.lib, f"emu_{name}")
             fn.restype = None
@@ -343,22 +350,73 @@ class Emulator:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _F32, _P, _I64, _I32]
 
     def launch(self, name: str, grid: int, block: int, *args):
-        call_guarded(self.lib, name, int(grid), int(block), args)
+        call_guarded(self.lib, name, int(grid), int(block), args, trace=_trace(self))
 
 
-_EMU: Emulator | None = None
+# ---- the measuring builds (gpu_traffic): every access to a launch's arrays noted ------------
+
+_RECORDER: gpu_traffic.Recorder | None = None
 
 
-def _build_library(src: str, stem: str) -> Path:
+def _trace(emu) -> gpu_traffic.Recorder | None:
+    return _RECORDER if emu.measure else None
+
+
+def kernel_params(name: str) -> list[str]:
+    """The parameter names of any emulated kernel, from its library's source."""
+    src = _VK.source() if name.startswith("qbv_") else _SK.source() if name.startswith("qbs_") else K.source()
+    return gpu_traffic.kernel_params(src, name)
+
+
+@contextlib.contextmanager
+def recording():
+    """Within it, every launch runs on the measuring build of its library (built once, cached
+    apart from the plain one) and is noted in the :class:`gpu_traffic.Recorder` it yields."""
+    global _RECORDER
+    outer, _RECORDER = _RECORDER, gpu_traffic.Recorder(kernel_params)
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER = outer
+
+
+_EMU: dict[bool, Emulator] = {}
+
+
+def _flags(cxx: str, measure: bool) -> list[str]:
+    # the alignment and bounds checks call the shim's handlers; linked without the sanitizers' runtimes
+    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-w",
+             "-fsanitize=alignment", "-fsanitize-recover=alignment", *check_flags(cxx)]
+    return flags + gpu_traffic.FLAGS if measure else flags
+
+
+def measuring_unavailable() -> str | None:
+    """Why no measuring build (:func:`recording`) can be made here, or None: no compiler, or
+    one that lacks an option it needs."""
+    cxx = _compiler()
+    if cxx is None:
+        return "no C++ compiler (g++/c++/clang++) found"
+    with tempfile.TemporaryDirectory() as td:
+        cpp = Path(td) / "probe.cpp"
+        cpp.write_text("int qb_probe(const int* p) { return *p; }\n")
+        r = subprocess.run([cxx, *_flags(cxx, True), "-c", str(cpp), "-o", str(Path(td) / "probe.o")],
+                           capture_output=True, text=True)
+    if r.returncode:
+        return f"{cxx} cannot build the measuring emulator: {r.stderr.strip()[-300:]}"
+    return None
+
+
+def _build_library(src: str, stem: str, measure: bool = False) -> Path:
     """Compile ``src`` as a shared library for the host (cached on disk by its hash), its
-    ``__shared__`` arrays guarded (:func:`gpu_bounds.guard_shared`)."""
+    ``__shared__`` arrays guarded (:func:`gpu_bounds.guard_shared`); with ``measure``, each
+    access to a launch's arrays noted too (:mod:`gpu_traffic`)."""
     cxx = _compiler()
     if cxx is None:
         raise EmulatorUnavailable("no C++ compiler (g++/c++/clang++) found")
     src = guard_shared(src)
-    # the alignment and bounds checks call the shim's handlers; linked without the sanitizers' runtimes
-    flags = ["-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-w",
-             "-fsanitize=alignment", "-fsanitize-recover=alignment", *check_flags(cxx)]
+    if measure:
+        src, stem = gpu_traffic.HEAD + src + gpu_traffic.TAIL, stem + "_measure"
+    flags = _flags(cxx, measure)
     h = hashlib.sha256((src + repr(flags) + cxx).encode()).hexdigest()[:24]
     lib = cache_dir() / f"{stem}_{h}.so"
     if not lib.exists():
@@ -379,13 +437,12 @@ def _build_library(src: str, stem: str) -> Path:
 
 
 def emulator() -> Emulator:
-    """Build (once; cached on disk) and load the host emulation library."""
-    global _EMU
-    if _EMU is not None:
-        return _EMU
-    lib = _build_library(emulator_source(), "emu")
-    _EMU = Emulator(lib)
-    return _EMU
+    """Build (once; cached on disk) and load the host emulation library (its measuring build
+    within :func:`recording`)."""
+    m = _RECORDER is not None
+    if m not in _EMU:
+        _EMU[m] = Emulator(_build_library(emulator_source(), "emu", m), m)
+    return _EMU[m]
 
 
 # ---- host-array versions of the backend functions (same launch configuration) ---------------
@@ -573,8 +630,9 @@ class ScaledEmulator:
     """The scaled kernels compiled for the host; ``launch(name, grid, block, *args)`` with
     numpy arrays for pointers.  Use :func:`scaled_emulator` for the shared instance."""
 
-    def __init__(self, lib_path: Path):
+    def __init__(self, lib_path: Path, measure: bool = False):
         self.lib = ctypes.CDLL(str(lib_path))
+        self.measure = measure
         for d in _SK.DTYPES:
             fa = getattr(self.lib, f"emu_{_SK.amax_name(d)}")
             fa.argtypes = [_U32, _U32, _P, _P, _I64, _I32, _I32, _I32]
@@ -605,20 +663,19 @@ class ScaledEmulator:
             elif isinstance(a, np.integer):
                 a = int(a)
             conv.append(a)
-        call_guarded(self.lib, name, int(grid), int(block), conv)
+        call_guarded(self.lib, name, int(grid), int(block), conv, trace=_trace(self))
 
 
-_SCALED_EMU: ScaledEmulator | None = None
+_SCALED_EMU: dict[bool, ScaledEmulator] = {}
 
 
 def scaled_emulator() -> ScaledEmulator:
-    """Build (once; cached on disk) and load the host emulation of the scaled kernels."""
-    global _SCALED_EMU
-    if _SCALED_EMU is not None:
-        return _SCALED_EMU
-    lib = _build_library(scaled_emulator_source(), "emu_scaled")
-    _SCALED_EMU = ScaledEmulator(lib)
-    return _SCALED_EMU
+    """Build (once; cached on disk) and load the host emulation of the scaled kernels (its
+    measuring build within :func:`recording`)."""
+    m = _RECORDER is not None
+    if m not in _SCALED_EMU:
+        _SCALED_EMU[m] = ScaledEmulator(_build_library(scaled_emulator_source(), "emu_scaled", m), m)
+    return _SCALED_EMU[m]
 
 
 def _kernel_input(x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -827,8 +884,9 @@ def vq_emulator_source() -> str:
 class VQEmulator(ScaledEmulator):
     """The vector-quantization kernels compiled for the host (``launch`` as the others')."""
 
-    def __init__(self, lib_path: Path):
+    def __init__(self, lib_path: Path, measure: bool = False):
         self.lib = ctypes.CDLL(str(lib_path))
+        self.measure = measure
         for name in _VK.all_kernel_names():
             fn = getattr(self.lib, f"emu_{name}")
             fn.argtypes = [_U32, _U32] + [_P if t.endswith("*") else _VQ_CTYPES[t] for t, _ in _vq_params(name)]
@@ -848,15 +906,16 @@ class VQEmulator(ScaledEmulator):
                 assert type(a) is want, (name, pname, type(a))
 
 
-_VQ_EMU: VQEmulator | None = None
+_VQ_EMU: dict[bool, VQEmulator] = {}
 
 
 def vq_emulator() -> VQEmulator:
-    """Build (once; cached on disk) and load the host emulation of the VQ kernels."""
-    global _VQ_EMU
-    if _VQ_EMU is None:
-        _VQ_EMU = VQEmulator(_build_library(vq_emulator_source(), "emu_vq"))
-    return _VQ_EMU
+    """Build (once; cached on disk) and load the host emulation of the VQ kernels (its
+    measuring build within :func:`recording`)."""
+    m = _RECORDER is not None
+    if m not in _VQ_EMU:
+        _VQ_EMU[m] = VQEmulator(_build_library(vq_emulator_source(), "emu_vq", m), m)
+    return _VQ_EMU[m]
 
 
 class AnyEmulator:

@@ -28,7 +28,8 @@ Kernels (``extern "C"``; one instantiation per name):
   time; CTAs loop over tiles (grid-stride).
 * ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``;
   a packed byte's table values come from one shared load (a per-CTA table by byte), and
-  each warp-wide store writes one contiguous run (16 bytes a thread).
+  each warp-wide store writes one contiguous run (16 bytes a thread; float32 from 1-bit
+  codes: a thread's two stores lie 32 bytes apart, so each uses half of every sector it touches).
 * ``qb_quantize_absmax_nested`` — bitsandbytes' CPU 8-bit blockwise quantizer for the
   nested absmax: blocks of 256 over ``d = absmax - offset``, ``a = max|d|`` (0 -> codes 0),
   ``v = clamp(d * float32(1/a))``, ``i16 = trunc(((v + 1) * 0.5) * 65535 + 0.5)`` in
@@ -515,7 +516,9 @@ __device__ __forceinline__ void qb_quantize(
 /* ---- dequantize ------------------------------------------------------------------ */
 /* Coalesced: a thread handles U consecutive outputs a step (one 16-byte store: 4 float32
    or 8 float16/bfloat16; 8 float32 for 1-bit codes, whose byte holds 8), and the threads
-   of a warp hold consecutive units, so each warp-wide store writes one contiguous run.
+   of a warp hold consecutive units, so each warp-wide store writes one contiguous run (not
+   for float32 from 1-bit codes: a thread's two stores lie 32 bytes apart, each warp-wide
+   one using half of every sector it touches; tests/test_gpu_coalescing.py).
    A CTA covers STEPS * blockDim units; the loads of all steps are issued before the
    first store.  U <= 8 <= B, so a unit lies in one quantization block: one absmax.   */
 template <typename T> struct QbPack;     /* two float32 -> two outputs in one 32-bit word */
