@@ -113,3 +113,40 @@ def test_block_law_tails_at_both_ends_keep_their_digits_at_a_large_block(B, norm
     ref = _block_tail(B, y, normalization, upper)
     got = float(d.sf(y) if upper else d.cdf(y))
     assert abs(got - ref) <= 1e-13 * ref, (B, normalization, y, got, ref)
+
+
+def _t_log_tail_quad(nu, u):
+    """log P(T > u) for u > 0, unit-scale Student-t, from the density: c ∫_u^∞ (1 + t²/ν)^-(ν+1)/2 dt
+    with t = u e^w, on pieces of w from 1/u² (a light tail's scale) to 2^10 (a power tail's), each
+    value relative to the one at u (mpmath's betainc does not converge at ν = 10^6)."""
+    with mp.workdps(40):
+        nu, u = mp.mpf(nu), mp.mpf(u)
+        log_c = mp.loggamma((nu + 1) / 2) - mp.loggamma(nu / 2) - mp.log(nu * mp.pi) / 2
+        lg = lambda t: -(nu + 1) / 2 * mp.log1p(t * t / nu)  # noqa: E731
+        ws = sorted({mp.mpf(k) / (u * u) for k in (1, 4, 16, 64, 256)} | {mp.mpf(2) ** j for j in range(-8, 11)})
+        body = mp.quad(lambda w: mp.exp(lg(u * mp.exp(w)) - lg(u) + w), [0] + ws + [mp.inf])
+        return log_c + lg(u) + mp.log(u) + mp.log(body)
+
+
+@pytest.mark.parametrize("nu", [1e4, 1e6])
+def test_large_nu_tails_below_the_normal_range_keep_their_digits(nu):
+    # for large ν and u² <= ν the tail came from scipy's stdtr, whose value loses its digits as it
+    # nears the subnormal range and then is 0: logsf was -inf (ν = 10^6 at x = 40, far below
+    # u = 1000 where the tail formula took over) and isf(5e-324) was 4.5e-4 off
+    src = StudentT(nu)
+    sc = mp.sqrt(mp.mpf(nu - 2) / nu)
+    for x in (36.0, 40.0, 60.0):
+        with mp.workdps(40):
+            ref = float(_t_log_tail_quad(nu, mp.mpf(x) / sc))
+        assert abs(float(src.logsf(x)) - ref) <= 1e-14 * abs(ref), (x, float(src.logsf(x)), ref)
+        assert abs(float(src.logcdf(-x)) - ref) <= 1e-14 * abs(ref)
+    for q in (1e-300, 1e-310, 5e-324):
+        x = float(src.isf(q))
+        with mp.workdps(40):
+            lq = mp.log(q)
+            lu = mp.findroot(lambda v: _t_log_tail_quad(nu, mp.exp(v)) - lq, mp.log(x / sc), tol=mp.mpf(10) ** -30)
+            ref = float(mp.exp(lu) * sc)
+        # the quantile is solved for log u through log(u²/ν), whose rounding (an ulp of log ν)
+        # moves u by up to 1e-15 of itself
+        assert abs(x - ref) <= 2e-15 * ref, (q, x, ref)
+        assert float(src.ppf(q)) == -x

@@ -228,6 +228,10 @@ class Source:
 
 
 _GL8_X, _GL8_W = np.polynomial.legendre.leggauss(8)
+#: Gauss-Laguerre nodes of the Student-t's far tail for large ν (StudentT._log_abs_sf_deep)
+_LAGUERRE_X, _LAGUERRE_W = np.polynomial.laguerre.laggauss(16)
+#: log of the smallest P(|T| > u) taken from scipy's stdtr (StudentT._log_abs_sf)
+_LOG_STDTR_MIN = math.log(1e-300)
 
 
 
@@ -514,7 +518,8 @@ class StudentT(Source):
         """``log P(|T| > e^t)`` for the unit-scale ``T``, ``t`` any real: with
         ``x = ν/(ν + u²)``, ``P(|T| > u) = I_x(ν/2, 1/2) = x^a (1-x)^(1/2) F(a+1/2, 1; a+1; x) /
         (a B(a, 1/2))`` (DLMF 8.17.8, ``a = ν/2``), all in logs, for ``x < 1/2``; the cdf
-        elsewhere."""
+        elsewhere, but where that nears the subnormal range (large ν, ``u² <= ν``):
+        :meth:`_log_abs_sf_deep`."""
         nu, a = self.nu, self.nu / 2
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             L = 2 * t - math.log(nu)  # log(u²/ν)
@@ -522,8 +527,24 @@ class StudentT(Source):
             x = np.exp(lx)
             tail = (a * lx + 0.5 * (L + lx) - math.log(a) - special.betaln(a, 0.5)
                     + np.log(special.hyp2f1(a + 0.5, 1.0, a + 1.0, np.minimum(x, 0.5))))
-            bulk = np.log(2 * special.stdtr(nu, -np.exp(t)))
+            bulk = np.array(np.log(2 * special.stdtr(nu, -np.exp(t))))
+            # stdtr keeps its digits down to about 1e-300, then loses them and underflows to 0
+            deep = (x >= 0.5) & ~(bulk >= _LOG_STDTR_MIN)
+            if deep.any():
+                bulk[deep] = self._log_abs_sf_deep(lx[deep], L[deep])
             return np.where(t == np.inf, -np.inf, np.where(x < 0.5, tail, bulk))
+
+    def _log_abs_sf_deep(self, lx, L):
+        """``log I_x(a, 1/2)`` (``a = ν/2``) from ``log x`` and ``L = log(1/x - 1)`` where
+        ``x^a`` is far below 1: by DLMF 8.17.7 and Euler's integral,
+        ``I_x(a, 1/2) = x^a / (a B(a, 1/2)) ∫_0^∞ e^-v (1 - x e^(-v/a))^(-1/2) dv``, whose
+        integrand's singularity lies at ``v = a log x``, hundreds of units from the weight
+        ``e^-v``: Gauss-Laguerre is exact to rounding.  ``1/(a B(a, 1/2)) = 2c/√ν`` from the
+        normalising constant (``betaln`` loses 1e-9 at ν = 10^6)."""
+        a = self.nu / 2
+        x, wc = np.exp(lx), np.exp(L + lx)   # 1 - x = u²/(ν + u²), without cancellation
+        f = (wc[:, None] + x[:, None] * -np.expm1(-_LAGUERRE_X / a)) ** -0.5
+        return a * lx + math.log(2 * self._c / math.sqrt(self.nu)) + np.log(f @ _LAGUERRE_W)
 
     def _log_isf_unit(self, log_s):
         """``t = log u`` with ``P(|T| > u) = exp(log_s)``, by Newton's method on
