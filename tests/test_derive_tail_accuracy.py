@@ -115,6 +115,19 @@ def test_block_law_tails_at_both_ends_keep_their_digits_at_a_large_block(B, norm
     assert abs(got - ref) <= 1e-13 * ref, (B, normalization, y, got, ref)
 
 
+@pytest.mark.parametrize("normalization", ["absmax", "signed-absmax"])
+@pytest.mark.parametrize("B", [64, 4096, 10**7])
+def test_block_law_quantiles_next_to_the_ends_keep_their_digits(B, normalization):
+    # ppf and isf solved on T(0, ·) differences near ±1/2, which lose the digits of the mass
+    # next to ±1: 8 to 10 ulp of y at B = 64, 200 at 4096, 2e5 at 10^7; the rounding of the
+    # mpmath probability moves y by under 0.2 ulp here
+    d = BlockDistribution(B, "normal", normalization)
+    for y, upper in ((-1 + 1e-7, False), (1 - 1e-11, True)):
+        q = _block_tail(B, y, normalization, upper)
+        got = float(d.isf(q) if upper else d.ppf(q))
+        assert abs(got - y) <= 2 * math.ulp(y), (B, normalization, y, upper, got)
+
+
 def _t_log_tail_quad(nu, u):
     """log P(T > u) for u > 0, unit-scale Student-t, from the density: c ∫_u^∞ (1 + t²/ν)^-(ν+1)/2 dt
     with t = u e^w, on pieces of w from 1/u² (a light tail's scale) to 2^10 (a power tail's), each

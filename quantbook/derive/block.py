@@ -587,13 +587,15 @@ _Y_EDGES = _graded_edges()
 
 #: within this distance of ±1 a block law's cdf and sf take the continuous mass between the
 #: point and the support's end as a Gauss-Legendre integral of the density (:data:`_EDGE_GL`
-#: nodes), not as ``T(0, y) - T(0, ∓1)``: those are near ±1/2 and their difference, the whole
-#: lower tail under signed absmax (no atom at -1), cancels (relative 1e-5 at a mass of 1e-12).
-#: The density is smooth there (a normal ``g(y·m)`` varies on a scale of ``1/m²`` in ``y``, and
-#: ``m <= 12`` up to B = 10^7; a power tail's on the scale of ``y`` itself), so the rule is exact
-#: to rounding (tests compare with mpmath).  A sample's density jumps: its law keeps the difference.
+#: nodes), and ppf and isf solve for the point's distance to the end on that integral, not on
+#: ``T(0, y) - T(0, ∓1)``: those are near ±1/2 and their difference, the whole lower tail under
+#: signed absmax (no atom at -1), cancels (relative 1e-5 at a mass of 1e-12).  The density is
+#: smooth there (a normal ``g(y·m)`` varies on a scale of ``1/m²`` in ``y``, and ``m <= 12`` up
+#: to B = 10^7; a power tail's on the scale of ``y`` itself), so the rule is exact to rounding
+#: (tests compare with mpmath).  A sample's density jumps: its law keeps the difference.
 _EDGE, _EDGE_GL = 1.0 / 16, 20
 _EDGE_X, _EDGE_W = np.polynomial.legendre.leggauss(_EDGE_GL)
+_EDGE_S = 0.5 * (1.0 + _EDGE_X)   # the nodes on [0, 1] of the distance from the end
 _INSIDE_LO = float(np.nextafter(-1.0, 0.0))
 
 
@@ -620,10 +622,11 @@ class BlockDistribution:
     (nats) — the differential entropy of the continuous part plus the discrete entropy of the
     atoms.  Absolute accuracy of ``cdf`` ≲1e-13 for the parametric sources (tests compare
     with adaptive quadrature and Monte Carlo); within :data:`_EDGE` of ``±1``, where the
-    tails are, ``cdf`` and ``sf`` keep their relative accuracy too (tests compare with
-    mpmath).  ``normalization="none"`` gives the source itself (then ``expect``/``entropy``
-    use adaptive quadrature over its probabilities, ``x = ppf(u)``, or exact segment-by-segment
-    rules for an empirical source).
+    tails are, ``cdf`` and ``sf`` keep their relative accuracy too, and ``ppf`` and ``isf``
+    invert them there to an ulp or two of ``y`` (tests compare with mpmath).
+    ``normalization="none"`` gives the source itself (then ``expect``/``entropy`` use adaptive
+    quadrature over its probabilities, ``x = ppf(u)``, or exact segment-by-segment rules for an
+    empirical source).
     """
 
     def __init__(self, block_size: int = 64, source: Any = "normal", normalization: str = "absmax") -> None:
@@ -640,6 +643,7 @@ class BlockDistribution:
         self._w_plus = float(aw[ax == 1.0].sum())  # mass at +1
         self._pieces_done, self._pieces_val = False, None
         self._rules: dict = {}  # (lb, ub) -> quadrature nodes, weights and density values
+        self._window: dict = {}  # ±1 -> continuous mass within _EDGE of that end
 
     def __repr__(self) -> str:
         b = "" if self._plain else f", B={self.block_size}"
@@ -776,7 +780,7 @@ class BlockDistribution:
         c = self._mu.cum(y)
         edge = (y > -1.0) & (y < _EDGE - 1.0)
         if edge.any() and self._pieces() is None:
-            c[edge] = self._w_minus + self._edge_mass(np.full(np.count_nonzero(edge), -1.0), y[edge])
+            c[edge] = self._w_minus + self._edge_mass(-1.0, y[edge] + 1.0)   # y + 1: exact
         return np.where(y >= 1.0, 1.0, np.clip(c, 0.0, 1.0))  # exact 1 above the support
 
     def _logcdf(self, y):
@@ -793,7 +797,7 @@ class BlockDistribution:
         cont = mu.T(0, mu.hi) - mu.T(0, np.clip(y, mu.lo, mu.hi))
         edge = (y > 1.0 - _EDGE) & (y < 1.0)
         if edge.any() and self._pieces() is None:
-            cont[edge] = self._edge_mass(y[edge], np.full(np.count_nonzero(edge), 1.0))
+            cont[edge] = self._edge_mass(1.0, 1.0 - y[edge])
         atoms = np.where(y < 1.0, self._w_plus, 0.0)
         return np.where(y < -1.0, 1.0, np.clip(cont + atoms, 0.0, 1.0))  # exact 1 below the support
 
@@ -807,7 +811,8 @@ class BlockDistribution:
         if self._plain:
             return self.source.ppf(q)
         mu = self._mu
-        x = _monotone_solve(mu.cum_dens, q, np.full(q.shape, -1.0), np.full(q.shape, 1.0))
+        x = self._invert(q - self._w_minus, (1.0 - q) - self._w_plus,
+                         lambda sel, lo, hi: _monotone_solve(mu.cum_dens, q[sel], lo, hi))
         x = np.where(q <= self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 0)
         return np.where(q > 1.0 - self._w_plus, 1.0, x)  # inside the jump at +1
 
@@ -820,18 +825,55 @@ class BlockDistribution:
         def f_df(y):
             t0, d = mu.T0_dens(y)
             return t0 - top, d
-        x = _monotone_solve(f_df, self._w_plus - q, np.full(q.shape, -1.0), np.full(q.shape, 1.0))
+        x = self._invert((1.0 - q) - self._w_minus, q - self._w_plus,
+                         lambda sel, lo, hi: _monotone_solve(f_df, self._w_plus - q[sel], lo, hi))
         x = np.where(q <= self._w_plus, 1.0, x)  # inside the jump at +1 (and q = 0)
         return np.where(q >= 1.0 - self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 1)
 
-    def _edge_mass(self, a, b):
-        """The continuous mass of ``[a, b]`` for each pair of the 1-D arrays (intervals of at
-        most :data:`_EDGE` at the support's ends, where the density is smooth): Gauss-Legendre."""
-        half = 0.5 * (b - a)
-        y = (half[:, None] * _EDGE_X + 0.5 * (a + b)[:, None]).ravel()
+    def _edge_mass(self, end, t):
+        """The continuous mass between the support's end ``end`` (±1) and each point at a
+        distance ``t`` (a 1-D array, at most :data:`_EDGE`) inside it, where the density is
+        smooth: Gauss-Legendre over the distance, which keeps its digits however small."""
+        y = (end * (1.0 - np.multiply.outer(t, _EDGE_S))).ravel()
         # nodes of an interval a few ulps wide round onto ±1, where dens is 0: the limit inside
         y = np.clip(y, _INSIDE_LO, -_INSIDE_LO)
-        return (self._mu.dens(y).reshape(half.size, _EDGE_GL) @ _EDGE_W) * half
+        return (self._mu.dens(y).reshape(t.size, _EDGE_GL) @ _EDGE_W) * (0.5 * t)
+
+    def _edge_dens(self, end, t):
+        """The density at the distance ``t`` inside the end ``end``, as :meth:`_edge_mass` takes it."""
+        return self._mu.dens(np.clip(end * (1.0 - t), _INSIDE_LO, -_INSIDE_LO))
+
+    def _invert(self, below, above, solve):
+        """The points with continuous masses ``below`` between -1 and them and ``above`` between
+        them and +1 (1-D arrays): where one of those is within the mass of :data:`_EDGE` at its
+        end, the distance to that end solved on :meth:`_edge_mass` (as :meth:`_cdf` and
+        :meth:`_sf` take the mass there; ``T(0, ·)`` differences lose its digits), elsewhere
+        ``solve(selection, lo, hi)`` between the windows (the two rules differ by a rounding of
+        the mass, which must not reorder the points).  A mass of 0 or less (an atom's jump) is
+        the end, and the caller's."""
+        x = np.zeros(below.shape)
+        rest = np.ones(below.shape, dtype=bool)
+        lo, hi = -1.0, 1.0
+        if self._pieces() is None:
+            lo, hi = _EDGE - 1.0, 1.0 - _EDGE
+            for end, mass in ((-1.0, below), (1.0, above)):
+                if end not in self._window:
+                    self._window[end] = float(self._edge_mass(end, np.array([_EDGE]))[0])
+                x[rest & (mass <= 0)] = end
+                sel = rest & (mass > 0) & (mass <= self._window[end])
+                rest &= mass > self._window[end]
+                if not sel.any():
+                    continue
+                m = mass[sel]
+                t0 = m / self._edge_dens(end, np.zeros(m.size))   # the density is about flat there
+                # width tol·max(1, t): 2e-17 is over an ulp of t <= 1/16 and under one of y near ±1
+                t = _monotone_solve(lambda v, e=end: (self._edge_mass(e, v), self._edge_dens(e, v)),
+                                    m, 0.0, _EDGE, x0=t0, tol=2e-17)
+                # a positive mass lies strictly inside: the nearest float to ±1 at least
+                x[sel] = np.clip(end * (1.0 - t), _INSIDE_LO, -_INSIDE_LO)
+        if rest.any():
+            x[rest] = solve(rest, lo, hi)
+        return x
 
     def _integrate_cont(self, f, lb, ub, with_density=True) -> float:
         """``∫_[lb, ub] f(y) p(y) dy`` over the continuous part (``with_density=False``:
