@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from quantbook.derive.block import BlockDistribution
+from quantbook.derive.scaled import ScaledBlockDistribution
 from quantbook.derive.sources import Laplace, Normal, StudentT
 
 
@@ -163,3 +164,28 @@ def test_large_nu_tails_below_the_normal_range_keep_their_digits(nu):
         # moves u by up to 1e-15 of itself
         assert abs(x - ref) <= 2e-15 * ref, (q, x, ref)
         assert float(src.ppf(q)) == -x
+
+
+def _mx_floor_sf(B, v):
+    """Normal source, e8m0:floor scales, qmax 6 (the OCP MX rule: a block maximum in [2^k, 2^(k+1))
+    has the scale 2^(k-2), so u = x / (6·2^(k-2))): P(u > v) for 2/3 < v < 4/3, where only the
+    block's largest value reaches: Σ_k P(|X| < 2^(k+1))^(B-1) P(1.5·v·2^k < X < 2^(k+1))."""
+    with mp.workdps(40):
+        v, total = mp.mpf(v), mp.mpf(0)
+        for k in range(-70, 6):
+            top = mp.mpf(2) ** (k + 1)
+            total += mp.erf(top / mp.sqrt(2)) ** (B - 1) * (mp.ncdf(top) - mp.ncdf(mp.mpf(1.5) * v * mp.mpf(2) ** k))
+        return total
+
+
+def test_scaled_law_tails_next_to_the_ends_are_exact_for_a_neighbouring_point():
+    # sf just below the upper end was T(0, hi) - T(0, v), two values near 1/2: 2e-5 off at hi - 1e-10,
+    # the value at a point some 10 ulp away.  sf there moves by about ulp(v)/(hi - v) relative per
+    # ulp of v, so the test asks for the value at a point within one ulp of v.
+    d = ScaledBlockDistribution(32, "normal", "e8m0:floor")
+    hi = d.support()[1]
+    for dist in (1e-8, 1e-10):
+        v = hi - dist
+        lo_ref, hi_ref = (float(_mx_floor_sf(32, w)) for w in (math.nextafter(v, 2.0), math.nextafter(v, 0.0)))
+        for got in (float(d.sf(v)), float(d.cdf(-v))):   # the normal source is symmetric
+            assert lo_ref <= got <= hi_ref, (dist, got, lo_ref, hi_ref)

@@ -400,18 +400,21 @@ class ScaledMeasure(_Measure):
         self.hi = float(max(max(p[5] for p in parts), np.max(np.abs(self.atoms_x), initial=0.0)))
         self.lo = -self.hi
         self.n_pieces = self.sig.size
+        lo_clips = self.k_lo > 0  # a piece whose K_lo is 0 (M from 0) clips only at b_hi
+        #: no piece clips for |u| <= r: the sum is smooth there (module docstring, "Speed")
+        self.r = float(min(np.min(self.b_hi / self.sig), np.min((self.b_lo / self.sig)[lo_clips], initial=np.inf)))
         sp = {k: self.sig ** (weight_power - k) for k in range(3)}
         self._ck = {k: (self.dk * sp[k], self.k_lo * sp[k]) for k in range(3)}
         self._cd = self.sig ** (weight_power + 1)
         self._fast, self._slow_cache = None, {}
+        self._tails: dict = {}   # ±1 -> the source's tail beyond each piece's b_lo and b_hi (tail)
         self._fast = self._compress()
         self.total = float(self.T(0, self.hi) - self.T(0, self.lo) + self.atoms_w.sum())
 
     def _compress(self):
         """``(r, nodes, weights)`` of the Gauss rule that replaces the sum over the pieces for
         ``|u| <= r``, or None (module docstring, "Speed")."""
-        lo_clips = self.k_lo > 0  # a piece whose K_lo is 0 (M from 0) clips only at b_hi
-        r = float(min(np.min(self.b_hi / self.sig), np.min((self.b_lo / self.sig)[lo_clips], initial=np.inf)))
+        r = self.r
         su, inv = np.unique(self.sig, return_inverse=True)
         if not _GAUSS_NODES or su.size <= _GAUSS_NODES[0] or not r > 0:
             return None
@@ -469,6 +472,30 @@ class ScaledMeasure(_Measure):
             _, nodes, weights = self._fast
             return self.source.partial_moment(k, np.multiply.outer(v, nodes)) @ (weights * nodes ** -float(k))
         return self._split(y, fast, lambda v: self._chunked(f, v), k)
+
+    def tail(self, y):
+        """The continuous mass beyond each ``y != 0`` on its side of 0 (``(y, hi]`` or ``[lo,
+        y)``), piece by piece: with ``a = min(|y| σ_j, b_hi)`` and ``D(a, b)`` the source's mass
+        between ``±a`` and ``±b``, ``ΔK D(a, b_hi) + K_lo D(max(a, b_lo), b_hi)`` (the terms of
+        :meth:`T` from the other end; both are positive).  ``D`` is a difference of the
+        source's own tail (its ``sf``, its ``cdf`` below 0), which keeps the digits of a small
+        mass next to ``±hi``, where ``T(0, hi) - T(0, y)`` of two values near 1/2 cancels."""
+        y = np.asarray(y, dtype=np.float64)
+        out = np.zeros(y.shape)
+        for sign, tail in ((1.0, self.source.sf), (-1.0, lambda x: self.source.cdf(-x))):
+            side = sign * y > 0
+            if not side.any():
+                continue
+            if sign not in self._tails:
+                self._tails[sign] = (tail(self.b_lo), tail(self.b_hi))
+            at_lo, at_hi = self._tails[sign]
+
+            def f(v, tail=tail, at_lo=at_lo, at_hi=at_hi):
+                ta = tail(np.minimum(np.multiply.outer(np.abs(v), self.sig), self.b_hi))
+                # the tail decreases: at max(a, b_lo) it is the smaller of its values at a and b_lo
+                return (ta - at_hi) @ self._ck[0][0] + (np.minimum(ta, at_lo) - at_hi) @ self._ck[0][1]
+            out[side] = self._chunked(f, y[side])
+        return out
 
     def dens(self, y):
         def f(v):
@@ -666,6 +693,7 @@ class ScaledBlockDistribution:
         self.tensor = TensorModel(tensor_amax, tensor_size)
         self._mu = scaled_measure(self.source, self.block_size, self.rule, self.qmax, 0, tensor_amax, tensor_size)
         self.atoms = (self._mu.atoms_x.copy(), self._mu.atoms_w.copy())   # as BlockDistribution's
+        self._at_r: dict = {}   # ±1 -> the mass beyond ±r and T(0, ±r) (_beyond)
 
     def __repr__(self) -> str:
         return (f"<ScaledBlockDistribution {self.source.spec}, B={self.block_size}, {self.rule.name}, "
@@ -690,13 +718,14 @@ class ScaledBlockDistribution:
         return at_x(lambda v: _log(self._sf(v)), y, "y")
 
     def ppf(self, q):
-        """Inverse of :meth:`cdf`; NaN for ``q`` outside ``[0, 1]`` or NaN."""
+        """Inverse of :meth:`cdf`, solved on the lower tail's own mass (as :meth:`isf`); NaN for
+        ``q`` outside ``[0, 1]`` or NaN."""
         mu = self._mu
 
         def hook(p):
             n = p.size
-            x = _monotone_solve(mu.cum_dens, p, np.full(n, mu.lo), np.full(n, mu.hi))
-            x = self._onto_atoms(x, lambda v: mu.cum(v) < p)
+            x = _monotone_solve(lambda v: (self._lower(v), mu.dens(v)), p, np.full(n, mu.lo), np.full(n, mu.hi))
+            x = self._onto_atoms(x, lambda v: self._lower(v) < p)
             return np.where(p <= 0, mu.lo, np.where(p >= 1, mu.hi, x))
         return at_q(hook, q)
 
@@ -731,17 +760,35 @@ class ScaledBlockDistribution:
         return float(self.ppf(0.5))
 
     def _upper(self, v):
-        """The mass above ``v``, from the upper tail's own terms (no ``1 - cdf`` cancellation)."""
+        """The mass above ``v``, from the upper tail's own terms (no ``1 - cdf`` cancellation):
+        beyond ``r`` the pieces' tails (:meth:`ScaledMeasure.tail`), below it theirs at ``r``
+        plus ``T(0, r) - T(0, v)``."""
+        return self._beyond(v, 1.0)
+
+    def _lower(self, v):
+        """The mass at or below ``v``, as :meth:`_upper` from the lower end."""
+        return self._beyond(v, -1.0)
+
+    def _beyond(self, v, side):
+        """The mass above ``v`` (``side`` 1) or at or below it (-1), atoms included; continuous
+        at ``±r``, where the two rules meet."""
         mu = self._mu
         v = np.asarray(v, dtype=np.float64)
-        up = mu.T(0, mu.hi) - mu.T(0, v)
+        edge = side * mu.r
+        near = side * v > mu.r
+        if side not in self._at_r:
+            self._at_r[side] = (float(mu.tail(np.array([edge]))[0]), float(mu.T(0, np.array([edge]))[0]))
+        tail_r, t_r = self._at_r[side]
+        out = tail_r + side * (t_r - mu.T(0, np.where(near, edge, v)))
+        if near.any():
+            out[near] = mu.tail(v[near])
         for ax, aw in zip(mu.atoms_x, mu.atoms_w):
-            up = up + np.where(v < ax, aw, 0.0)
-        return up
+            out = out + np.where(v < ax if side > 0 else v >= ax, aw, 0.0)
+        return out
 
     def _cdf(self, v):
         mu = self._mu  # exactly 0 below the support and 1 above it
-        return np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(mu.cum(v), 0.0, 1.0)))
+        return np.where(v <= mu.lo, 0.0, np.where(v >= mu.hi, 1.0, np.clip(self._lower(v), 0.0, 1.0)))
 
     def _sf(self, v):
         mu = self._mu
