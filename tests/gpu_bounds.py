@@ -136,13 +136,14 @@ extern "C" QB_UNCHECKED void qb_watch_launch(int k, const unsigned long long* ro
    CTA: NaN / all ones, huge values, noise) and forgets which bytes were written: a read of a byte
    no thread of the CTA has written raises, and one the check misses still sees poison, never the
    zeros or the previous CTA's values a kept array would hold. */
-struct QbShared { unsigned long long map, size, lo, n, cta; const char* name; unsigned char* written; };
+struct QbShared { unsigned long long map, size, lo, n, cta; const char* name; unsigned char* written; const int* key; };
 static const int QB_MAX_SHARED = 4096;
 static QbShared qb_shared[QB_MAX_SHARED];
 static int qb_nshared = 0;
 static const unsigned long long QB_SHARED_GUARD = 16;   /* pages */
 
-static QB_UNCHECKED int qb_shared_alloc(unsigned long long n, unsigned long long align, const char* name) {
+static QB_UNCHECKED int qb_shared_alloc(unsigned long long n, unsigned long long align, const char* name,
+                                        const int* key) {
     const unsigned long long page = (unsigned long long)sysconf(_SC_PAGESIZE), guard = QB_SHARED_GUARD * page;
     const unsigned long long data = (n + align + page - 1) / page * page;
     const unsigned long long size = data + 2 * guard;
@@ -158,7 +159,7 @@ static QB_UNCHECKED int qb_shared_alloc(unsigned long long n, unsigned long long
     const unsigned long long lo = (end - n) / align * align;
     std::memset((void*)(base + guard), 0xA5, data);   /* the canary around it */
     const long long owner = -1 - qb_nshared;
-    qb_shared[qb_nshared++] = QbShared{base, size, lo, n, ~0ull, name, written};
+    qb_shared[qb_nshared++] = QbShared{base, size, lo, n, ~0ull, name, written, key};
     qb_watch_add(base + guard, lo, owner);
     qb_watch_add(lo, lo + n, owner, 1);
     qb_watch_add(lo + n, end, owner);
@@ -188,10 +189,16 @@ static QB_UNCHECKED void qb_shared_poison(const QbShared& s, unsigned long long 
 }
 
 /* what a QB_SHARED declaration runs, in every thread of every CTA: the array (made on the
-   first call; *k caches its index), poisoned and unwritten once a CTA */
+   first call; *k caches its index), poisoned and unwritten once a CTA.  g++ makes the slot *k of
+   a template kernel one variable for every library loaded (a unique symbol), so the index is
+   trusted only where this library's array of that slot holds it. */
 static QB_UNCHECKED void* qb_shared_enter(int* k, unsigned long long n, unsigned long long align,
                                           const char* name) {
-    if (*k < 0) *k = qb_shared_alloc(n, align, name);
+    if (*k < 0 || *k >= qb_nshared || qb_shared[*k].key != k) {
+        int i = 0;
+        while (i < qb_nshared && qb_shared[i].key != k) ++i;
+        *k = i < qb_nshared ? i : qb_shared_alloc(n, align, name, k);
+    }
     QbShared& s = qb_shared[*k];
     if (s.cta != qb_cta_seq) {
         s.cta = qb_cta_seq;

@@ -330,6 +330,23 @@ def test_sorting_the_watched_spans_is_not_taken_for_an_access_out_of_bounds():
         lib.qb_watch_launch(ctypes.c_int(0), None)
 
 
+def test_two_builds_loaded_together_keep_their_own_shared_arrays(toys):
+    """A kernel's shared array in two libraries loaded in one process (the plain and the
+    measuring emulator, as one test run loads them): g++ makes a static local of a template
+    one symbol for every library, so the slot one library made must not lead the other to an
+    array it never made (there it read address 0 + offset and the launch faulted)."""
+    lib = ctypes.CDLL(str(E._build_library(E._SHIM + _TOYS + "/* a second build */\n", "emu_toys")))
+
+    def other(name, grid, block, *args):
+        E.call_guarded(lib, name, grid, block, [a if isinstance(a, np.ndarray) else ctypes.c_int(a) for a in args])
+
+    x = np.arange(2 * 64, dtype=np.float32)
+    for launch in (toys, other, toys):
+        out = np.full_like(x, np.nan)
+        launch("toy_broadcast", 2, 64, x, out, 1)
+        assert np.array_equal(out, np.repeat(x[::64], 64))
+
+
 def test_every_shared_array_of_the_kernels_is_guarded():
     """Each ``__shared__`` declaration of the three kernel sources becomes guarded memory; one
     the rewrite does not know is an error, not an unchecked array."""
