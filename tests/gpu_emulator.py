@@ -303,8 +303,8 @@ def _launchers() -> str:
         st = "float" if d == "f32" else "unsigned short"
         out.append(
             f'extern "C" void emu_{K.error_chunks_name(d)}(unsigned grid, unsigned block, const {st}* x,'
-            f" const {st}* xh, int has_xh, double* o, qb_i64 n, qb_i64 runs) {{ qb_run_grid(grid, block,"
-            f" [&] {{ {K.error_chunks_name(d)}(x, xh, has_xh, o, n, runs); }}); }}")
+            f" const {st}* xh, int has_xh, double* o, qb_i64 n, qb_i64 runs, int vec_in) {{ qb_run_grid(grid,"
+            f" block, [&] {{ {K.error_chunks_name(d)}(x, xh, has_xh, o, n, runs, vec_in); }}); }}")
     return "\n".join(out)
 
 
@@ -343,7 +343,7 @@ class Emulator:
             elif name.startswith("qb_sanitize_"):
                 fn.argtypes = [_U32, _U32, _P, _P, _I64, _I32]
             elif name.startswith("qb_error_chunks_"):
-                fn.argtypes = [_U32, _U32, _P, _P, _I32, _P, _I64, _I64]
+                fn.argtypes = [_U32, _U32, _P, _P, _I32, _P, _I64, _I64, _I32]
             elif name == K.NESTED_QUANT_NAME:
                 fn.argtypes = [_U32, _U32, _P, _F32, _P, _P, _P, _I64]
             else:
@@ -529,18 +529,22 @@ def sanitize_emulated(x: np.ndarray, blocksize: int) -> np.ndarray:
     return out.view(xs.dtype)
 
 
-def error_chunks_emulated(x: np.ndarray, xhat: np.ndarray | None = None) -> np.ndarray:
-    """:func:`quantbook.bulk.gpu.backend.error_chunks_gpu` run by the emulator on numpy arrays."""
+def error_chunks_emulated(x: np.ndarray, xhat: np.ndarray | None = None, *, vec_in: bool = True,
+                          grid: int | None = None) -> np.ndarray:
+    """:func:`quantbook.bulk.gpu.backend.error_chunks_gpu` run by the emulator on numpy arrays
+    (``vec_in=False`` forces the element-by-element loads; ``grid`` fewer CTAs, which then loop)."""
     key = _dtype_key(x.dtype)
     xs = np.ascontiguousarray(x).reshape(-1)
     hs = xs if xhat is None else np.ascontiguousarray(xhat).reshape(-1)
     assert _dtype_key(hs.dtype) == key and hs.size == xs.size
     if key != "f32":
         xs, hs = xs.view(np.uint16), hs.view(np.uint16)
-    grid, cta, runs = error_chunks_launch(xs.size)
+    full, cta, runs = error_chunks_launch(xs.size)
     out = np.full(2 * runs, np.nan)   # poison: every run written?
     if runs:
-        emulator().launch(K.error_chunks_name(key), grid, cta, xs, hs, int(xhat is not None), out, xs.size, runs)
+        vec = int(vec_in and _aligned(xs, 16) and _aligned(hs, 16))   # as the gpu backend tests it
+        emulator().launch(K.error_chunks_name(key), grid or full, cta, xs, hs, int(xhat is not None), out,
+                          xs.size, runs, vec)
     return out.reshape(2, runs)
 
 

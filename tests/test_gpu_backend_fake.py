@@ -202,6 +202,32 @@ def test_word_aligned_and_strided_device_arrays(cp):
     assert bits_equal(d, R.dequantize_reference(p_ref, a_ref, code, 4, 64, x.size, np.float32))
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16"), _BF16])
+def test_error_sums_over_tiles_tails_and_unaligned_arrays(cp, monkeypatch, dtype):
+    """The error-sums kernel's runs bit for bit numpy's (quantbook.bulk.sums), with and
+    without xhat: two CTA tiles of runs and part of a third, the last run ragged; arrays an
+    element off a 16-byte boundary (the element path: a 16-byte load there faults); and a
+    grid of one CTA, which loops over the tiles."""
+    from quantbook.bulk.sums import error_chunks_reference
+
+    rng = np.random.default_rng(7)
+    n = 2 * K.SUMS_CTA * 256 + 300
+    x = (rng.standard_normal(n + 1) * 0.05).astype(dtype)
+    xh = (x.astype(np.float32) + (rng.standard_normal(n + 1) * 2e-3).astype(np.float32)).astype(dtype)
+    cases = [(fake_device(x[:n]), fake_device(xh[:n])), (fake_device(x)[1:], fake_device(xh)[1:])]
+    assert cases[0][0].data.ptr % 16 == 0 and cases[1][0].data.ptr % 16 != 0
+    for xd, hd in cases:
+        for h in (hd, None):
+            got = G.error_chunks_gpu(xd, h)
+            want = error_chunks_reference(np.asarray(xd), None if h is None else np.asarray(h))
+            assert got.shape == want.shape == (2, 2 * K.SUMS_CTA + 2) and bits_equal(got, want)
+    launch = G.error_chunks_launch
+    monkeypatch.setattr(G, "error_chunks_launch", lambda n: (1, *launch(n)[1:]))
+    xd, hd = cases[0]
+    assert bits_equal(G.error_chunks_gpu(xd, hd), error_chunks_reference(np.asarray(xd), np.asarray(hd)))
+    assert [g for name, g, _ in cp.launches if name.startswith("qb_error_chunks_")] == [(3,)] * 4 + [(1,)]
+
+
 @pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 needs ml_dtypes")
 def test_bfloat16_as_raw_bits_and_unaligned_views(cp):
     rng = np.random.default_rng(2)

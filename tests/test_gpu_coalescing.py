@@ -191,8 +191,8 @@ EXPECT = [
     (K.NESTED_DEQUANT_NAME, "code", "load", {"coalescing": 0.95}, "the code table, copied to shared memory"),
     (rf"qb_sanitize_{_D}", "x", "load", _STREAM, "a block's values strided over its lanes"),
     (rf"qb_sanitize_{_D}", "out", "store", _STREAM, "a block's values strided over its lanes"),
-    (r"qb_error_chunks_f32", "x|xh|x\\|xh", "load", _lane_runs(4 / 32), "a thread a run of 256 values, serially"),
-    (rf"qb_error_chunks_{_HALF}", "x|xh|x\\|xh", "load", _lane_runs(2 / 32), "a thread a run of 256 values, serially"),
+    (rf"qb_error_chunks_{_D}", "x|xh|x\\|xh", "load", _STREAM,
+     "64 bytes of each of 8 runs a warp, in 16-byte loads, staged in shared memory"),
     (rf"qb_error_chunks_{_D}", "out", "store", _STREAM, "a run's two sums, consecutive runs"),
     # the scaled layouts (scaled_kernels.py)
     (r"qbs_(amax|encode|encode_sym)_f32", "x", "load", _lane_runs(0.5), "a chunk of 8 float32 a lane, 2 loads"),

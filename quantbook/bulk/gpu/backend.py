@@ -446,8 +446,10 @@ def error_chunks_gpu(x, xhat=None):
     grid, cta, runs = error_chunks_launch(n)
     out = _cupy().empty(2 * runs, dtype=np.float64)
     if runs:
+        vec_in = int(xd.data.ptr % 16 == 0 and hd.data.ptr % 16 == 0)
         _kernel(K.error_chunks_name(key))((grid,), (cta,),
-                                          (xd, hd, np.int32(xhat is not None), out, np.int64(n), np.int64(runs)))
+                                          (xd, hd, np.int32(xhat is not None), out, np.int64(n), np.int64(runs),
+                                           np.int32(vec_in)))
     del keep, hkeep
     return _cupy().asnumpy(out).reshape(2, runs)
 
@@ -460,7 +462,8 @@ def error_chunks_kernel_takes(x, xhat=None) -> bool:
 
 def error_chunks_launch(n: int) -> tuple[int, int, int]:
     """``(grid, cta, runs)`` of the error-sums kernel for ``n`` values: a thread a run,
-    grid-stride beyond 2**16 CTAs."""
+    ``SUMS_CTA`` runs a CTA (the kernel's shared tile is sized for it), grid-stride beyond
+    2**16 CTAs."""
     from ..sums import n_chunks
 
     runs = n_chunks(n)

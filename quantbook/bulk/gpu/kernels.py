@@ -37,7 +37,10 @@ Kernels (``extern "C"``; one instantiation per name):
 * ``qb_dequantize_absmax_nested`` — ``float32(float32(code8[q] * nested_absmax[i // 256]) + offset)``.
 * ``qb_error_chunks_{f32,f16,bf16}`` — the runs' sums of :mod:`quantbook.bulk.sums`, a
   thread a run of ``CHUNK`` values, serially in float64 (``e = xh - x`` or ``-x``; ``e*e``
-  and ``|e|``): ``out[c]`` is run ``c``'s ``Σe²``, ``out[runs + c]`` its ``Σ|e|``.
+  and ``|e|``): ``out[c]`` is run ``c``'s ``Σe²``, ``out[runs + c]`` its ``Σ|e|``.  The
+  CTA's ``SUMS_CTA`` runs reach shared memory 64 bytes of each at a time, in coalesced
+  16-byte loads (element by element for the tail and unaligned arrays); CTAs loop over
+  tiles of runs.
 * ``qb_sanitize_{f32,f16,bf16}`` — what ``allow_nonfinite`` quantizes
   (:func:`quantbook.bulk.format.sanitize_nonfinite`), on the values' bits: NaN -> +0, +-Inf
   -> +- the block's largest finite magnitude.  ``min(B, 32)`` threads a block, strided so
@@ -759,22 +762,70 @@ def _sanitize_wrapper(dtype: str) -> str:
 
 _ERRORS = r"""
 /* ---- error sums (quantbook.bulk.sums): a thread a run of QB_SUM_CHUNK values, serially ---- */
+/* A CTA's QB_SUMS_CTA runs lie QB_SUM_CHUNK values apart, so a thread reading its own run
+   would touch a sector a lane each request.  They go through shared memory instead, a slab
+   at a time: QB_SUM_SLAB words (64 bytes) of every run, loaded 16 bytes a lane (a warp
+   instruction: the slabs of 8 runs, 16 whole sectors); after a barrier each thread adds up
+   its own run's slab, in order, so each run's sum is the serial one.  A row is padded to an
+   odd number of words, so the threads of a warp reading word j of their rows hit 32 banks;
+   a warp's load puts its 8 rows at r..r+3 and r+16..r+19 (r a multiple of 4), so its 32
+   stores of one word hit 32 banks too.                                                    */
+#define QB_SUM_SLAB 16
+#define QB_SUM_ROW (QB_SUM_SLAB + 1)
+/* a thread a run and row: launched with blockDim.x == QB_SUMS_CTA, whole warps of rows */
+static_assert(QB_SUMS_CTA % 32 == 0, "the load's row order needs whole warps");
 template <typename T>
 __device__ __forceinline__ void qb_error_chunks(const typename T::storage* __restrict__ x,
                                                 const typename T::storage* __restrict__ xh, int has_xh,
-                                                double* __restrict__ out, qb_i64 n, qb_i64 runs) {
-    for (qb_i64 c = (qb_i64)blockIdx.x * blockDim.x + threadIdx.x; c < runs;
-         c += (qb_i64)gridDim.x * blockDim.x) {
+                                                double* __restrict__ out, qb_i64 n, qb_i64 runs, int vec_in) {
+    constexpr int PW = QbWords<T>::per_word;
+    constexpr int SV = QB_SUM_SLAB * PW;                  /* values of a run a slab */
+    __shared__ qb_u32 s_x[QB_SUMS_CTA * QB_SUM_ROW];
+    __shared__ qb_u32 s_h[QB_SUMS_CTA * QB_SUM_ROW];
+    const qb_i64 tiles = (runs + QB_SUMS_CTA - 1) / QB_SUMS_CTA;
+    for (qb_i64 tile = blockIdx.x; tile < tiles; tile += gridDim.x) {   /* uniform: barriers inside */
+        const qb_i64 c = tile * QB_SUMS_CTA + threadIdx.x;
         const qb_i64 end = (c + 1) * QB_SUM_CHUNK < n ? (c + 1) * QB_SUM_CHUNK : n;
         double s2 = 0.0, s1 = 0.0;
-        for (qb_i64 i = c * QB_SUM_CHUNK; i < end; ++i) {
-            const double v = (double)qb_to_f32<T>(x[i]);
-            const double e = has_xh ? __dsub_rn((double)qb_to_f32<T>(xh[i]), v) : -v;
-            s2 = __dadd_rn(s2, __dmul_rn(e, e));
-            s1 = __dadd_rn(s1, fabs(e));
+        for (int j0 = 0; j0 < QB_SUM_CHUNK; j0 += SV) {
+#pragma unroll
+            for (int k = 0; k < QB_SUM_SLAB / 4; ++k) {       /* the slab's 16-byte pieces */
+                const int i = k * QB_SUMS_CTA + (int)threadIdx.x, q = i & 3, a = (i >> 2) & 7, g = i >> 5;
+                const int r = (g & ~3) * 8 + (g & 3) * 4 + (a & 3) + (a >> 2) * 16;
+                const qb_i64 e = (tile * QB_SUMS_CTA + r) * QB_SUM_CHUNK + j0 + q * 4 * PW;
+                qb_u32 w[4];
+                qb_load<T, 4 * PW>(x, n, vec_in, e, w);       /* zeros past n: every word written */
+#pragma unroll
+                for (int m = 0; m < 4; ++m) s_x[r * QB_SUM_ROW + 4 * q + m] = w[m];
+                if (has_xh) {
+                    qb_load<T, 4 * PW>(xh, n, vec_in, e, w);
+#pragma unroll
+                    for (int m = 0; m < 4; ++m) s_h[r * QB_SUM_ROW + 4 * q + m] = w[m];
+                }
+            }
+            __syncthreads();
+            const qb_i64 left = end - (c * QB_SUM_CHUNK + j0);   /* values of the run in this slab */
+            const qb_u32* rx = s_x + threadIdx.x * QB_SUM_ROW;
+            const qb_u32* rh = s_h + threadIdx.x * QB_SUM_ROW;
+#pragma unroll
+            for (int j = 0; j < QB_SUM_SLAB; ++j) {
+                const qb_u32 xw = rx[j], hw = has_xh ? rh[j] : 0u;
+#pragma unroll
+                for (int h = 0; h < PW; ++h) {
+                    if (j * PW + h < left) {
+                        const double v = (double)QbWords<T>::get(xw, h);
+                        const double e = has_xh ? __dsub_rn((double)QbWords<T>::get(hw, h), v) : -v;
+                        s2 = __dadd_rn(s2, __dmul_rn(e, e));
+                        s1 = __dadd_rn(s1, fabs(e));
+                    }
+                }
+            }
+            __syncthreads();                                  /* before the next slab overwrites */
         }
-        out[c] = s2;
-        out[runs + c] = s1;
+        if (c < runs) {
+            out[c] = s2;
+            out[runs + c] = s1;
+        }
     }
 }
 """
@@ -785,8 +836,8 @@ def _errors_wrapper(dtype: str) -> str:
     return (
         f'extern "C" __global__ void __launch_bounds__({SUMS_CTA}) {error_chunks_name(dtype)}(\n'
         f"    const {t}::storage* x, const {t}::storage* xh, int has_xh, double* out, qb_i64 n,"
-        f" qb_i64 runs) {{\n"
-        f"  qb_error_chunks<{t}>(x, xh, has_xh, out, n, runs);\n}}\n"
+        f" qb_i64 runs, int vec_in) {{\n"
+        f"  qb_error_chunks<{t}>(x, xh, has_xh, out, n, runs, vec_in);\n}}\n"
     )
 
 
@@ -799,7 +850,7 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     # the encoder tables' layout, from the one place that builds them
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
              f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
-             f"#define QB_SUM_CHUNK {SUM_CHUNK}\n", _COMMON]
+             f"#define QB_SUM_CHUNK {SUM_CHUNK}\n#define QB_SUMS_CTA {SUMS_CTA}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
             for v in quantize_vecs(d, p):
