@@ -6,8 +6,8 @@ small shim (``g++``, IEEE float32 with ``-ffp-contract=off``): every CUDA thread
 variables are shared by the threads of the running block (and start it as poison: a read of
 one before any thread of the block wrote it raises), ``__syncthreads`` is a barrier
 (a thread that passes a different number of barriers than the others is an error) and
-``__shfl_xor_sync`` an exchange through memory between two barriers (the kernels call
-both uniformly, before any thread leaves).  float16 conversions use the compiler's
+``__shfl_xor_sync`` / ``__shfl_sync`` an exchange through memory between two barriers (the
+kernels call them uniformly, before any thread leaves).  float16 conversions use the compiler's
 ``_Float16`` (round to nearest even), bfloat16 the kernels' integer path for pre-sm_80 GPUs.
 
 This checks the kernels' logic — indexing, reductions, tails, partial blocks, packing and
@@ -154,6 +154,17 @@ static inline float __shfl_xor_sync(unsigned, float v, int off) {
 }
 static inline unsigned __shfl_xor_sync(unsigned mask, unsigned v, int off) {
     return __float_as_uint(__shfl_xor_sync(mask, __uint_as_float(v), off));
+}
+static inline float __shfl_sync(unsigned, float v, int src) {
+    const unsigned t = threadIdx.x;
+    qb_shfl_slot[t] = v;
+    qb_bar.warp_wait();
+    const float r = qb_shfl_slot[(t & ~31u) | ((unsigned)src & 31u)];
+    qb_bar.warp_wait();
+    return r;
+}
+static inline unsigned __shfl_sync(unsigned mask, unsigned v, int src) {
+    return __float_as_uint(__shfl_sync(mask, __uint_as_float(v), src));
 }
 /* lane-wise unsigned max of two 16-bit halves */
 static inline unsigned __vmaxu2(unsigned a, unsigned b) {

@@ -32,6 +32,13 @@ __global__ void toy_warp_sum(const float* x, float* out) {
     for (int off = 1; off < 32; off <<= 1) a += __shfl_xor_sync(0xffffffffu, a, off);
     out[e] = a;
 }
+/* lane l gets lane (7 l + 3) mod 32's float and lane (l + 5) mod 32's bits (a source lane
+   past 31 wraps, as on a GPU) */
+__global__ void toy_shfl_from(const float* x, const unsigned* u, float* out, unsigned* uout) {
+    const unsigned e = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x & 31u;
+    out[e] = __shfl_sync(0xffffffffu, x[e], (int)((7u * lane + 3u) & 31u));
+    uout[e] = __shfl_sync(0xffffffffu, u[e], (int)lane + 37);
+}
 /* the threads past n leave before the barrier the others wait at */
 __global__ void toy_early_exit(const float* x, float* out, int n) {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
@@ -69,6 +76,10 @@ extern "C" void emu_toy_vector_load(unsigned grid, unsigned block, const float* 
 extern "C" void emu_toy_broadcast(unsigned grid, unsigned block, const float* x, float* o, int sync) {
     if (sync) qb_run_grid(grid, block, [&] { toy_broadcast<true>(x, o); });
     else qb_run_grid(grid, block, [&] { toy_broadcast<false>(x, o); });
+}
+extern "C" void emu_toy_shfl_from(unsigned grid, unsigned block, const float* x, const unsigned* u, float* o,
+                                  unsigned* uo) {
+    qb_run_grid(grid, block, [&] { toy_shfl_from(x, u, o, uo); });
 }
 extern "C" void emu_toy_warp_sum(unsigned grid, unsigned block, const float* x, float* o) {
     qb_run_grid(grid, block, [&] { toy_warp_sum(x, o); });
@@ -179,6 +190,19 @@ def test_a_shuffle_exchanges_the_values_of_a_warp(toys):
     out = np.full_like(x, np.nan)
     toys("toy_warp_sum", 4, 128, x, out)
     assert np.array_equal(out, np.repeat(x.reshape(-1, 32).sum(axis=1), 32))
+
+
+def test_a_shuffle_from_a_lane_reads_that_lane_of_the_same_warp(toys):
+    """``__shfl_sync``: every lane reads the value its source lane holds, within its own
+    warp; the unsigned overload keeps every bit (a NaN payload too)."""
+    x = np.arange(3 * 64, dtype=np.float32)
+    u = np.arange(3 * 64, dtype=np.uint32) | np.uint32(0x7FA00000)   # signalling NaNs, each its own payload
+    out, uout = np.full_like(x, np.nan), np.zeros_like(u)
+    toys("toy_shfl_from", 3, 64, x, u, out, uout)
+    lane = np.arange(x.size) % 32
+    base = np.arange(x.size) - lane
+    assert np.array_equal(out, x[base + (7 * lane + 3) % 32])
+    assert np.array_equal(uout, u[base + (lane + 5) % 32])
 
 
 def test_threads_that_pass_different_numbers_of_barriers_fail(toys):

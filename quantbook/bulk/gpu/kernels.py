@@ -29,7 +29,7 @@ Kernels (``extern "C"``; one instantiation per name):
 * ``qb_dequantize_{f32,f16,bf16}_p{1,2,4,8}`` — ``out = T(float32(code[idx] * absmax))``;
   a packed byte's table values come from one shared load (a per-CTA table by byte), and
   each warp-wide store writes one contiguous run (16 bytes a thread; float32 from 1-bit
-  codes: a thread's two stores lie 32 bytes apart, so each uses half of every sector it touches).
+  codes, 8 outputs a byte: the lanes of a warp trade halves of their bytes by shuffles).
 * ``qb_quantize_absmax_nested`` — bitsandbytes' CPU 8-bit blockwise quantizer for the
   nested absmax: blocks of 256 over ``d = absmax - offset``, ``a = max|d|`` (0 -> codes 0),
   ``v = clamp(d * float32(1/a))``, ``i16 = trunc(((v + 1) * 0.5) * 65535 + 0.5)`` in
@@ -519,9 +519,8 @@ __device__ __forceinline__ void qb_quantize(
 /* ---- dequantize ------------------------------------------------------------------ */
 /* Coalesced: a thread handles U consecutive outputs a step (one 16-byte store: 4 float32
    or 8 float16/bfloat16; 8 float32 for 1-bit codes, whose byte holds 8), and the threads
-   of a warp hold consecutive units, so each warp-wide store writes one contiguous run (not
-   for float32 from 1-bit codes: a thread's two stores lie 32 bytes apart, each warp-wide
-   one using half of every sector it touches; tests/test_gpu_coalescing.py).
+   of a warp hold consecutive units, so each warp-wide store writes one contiguous run (for
+   float32 from 1-bit codes, by lanes trading halves of their bytes; see there).
    A CTA covers STEPS * blockDim units; the loads of all steps are issued before the
    first store.  U <= 8 <= B, so a unit lies in one quantization block: one absmax.   */
 template <typename T> struct QbPack;     /* two float32 -> two outputs in one 32-bit word */
@@ -592,43 +591,65 @@ __device__ __forceinline__ void qb_dequantize(
             }
             a[q] = absmax[e >> log2B];
         }
+        if constexpr (sizeof(S) == 4 && CPB == 8) {
+            /* float32 from 1-bit codes: a byte is 8 outputs, two 16-byte stores.  So that each
+               warp-wide store is one contiguous run, lane l stores half (l & 1) of the warp's
+               bytes l / 2 and 16 + l / 2, each shuffled with its absmax from the lane that
+               loaded it (the warp's loads stay one contiguous run too).                  */
+            const int lane = threadIdx.x & 31;
 #pragma unroll
-        for (int q = 0; q < STEPS; ++q) {
-            const qb_i64 e = (u0 + (qb_i64)q * blockDim.x) * U;
-            float r[U];
+            for (int q = 0; q < STEPS; ++q) {
+                const qb_i64 e = (u0 - lane + (qb_i64)q * blockDim.x) * U;   /* the warp's first output */
 #pragma unroll
-            for (int i = 0; i < IB; ++i) {                 /* byte i holds values i*CPB.. */
-                const qb_u32 byte = (w[q][i / 4] >> (8 * (i % 4))) & 0xffu;
-                float t[CPB];
-                if constexpr (CPB == 1) {
-                    t[0] = s_tv[byte];
-                } else if constexpr (CPB == 2) {
-                    const float2 t2 = reinterpret_cast<const float2*>(s_tv)[byte];
-                    t[0] = t2.x; t[1] = t2.y;
-                } else {
+                for (int v = 0; v < 2; ++v) {
+                    const int src = 16 * v + (lane >> 1);
+                    const qb_u32 byte = __shfl_sync(0xffffffffu, w[q][0], src);
+                    const float am = __shfl_sync(0xffffffffu, a[q], src);
+                    const float4 t4 = reinterpret_cast<const float4*>(s_tv)[byte * 2 + (lane & 1)];
+                    reinterpret_cast<uint4*>(out + e + 16 * U * v)[lane] = make_uint4(
+                        __float_as_uint(__fmul_rn(t4.x, am)), __float_as_uint(__fmul_rn(t4.y, am)),
+                        __float_as_uint(__fmul_rn(t4.z, am)), __float_as_uint(__fmul_rn(t4.w, am)));
+                }
+            }
+        } else {
 #pragma unroll
-                    for (int v = 0; v < CPB / 4; ++v) {
-                        const float4 t4 = reinterpret_cast<const float4*>(s_tv)[byte * (CPB / 4) + v];
-                        t[4 * v] = t4.x; t[4 * v + 1] = t4.y; t[4 * v + 2] = t4.z; t[4 * v + 3] = t4.w;
+            for (int q = 0; q < STEPS; ++q) {
+                const qb_i64 e = (u0 + (qb_i64)q * blockDim.x) * U;
+                float r[U];
+#pragma unroll
+                for (int i = 0; i < IB; ++i) {                 /* byte i holds values i*CPB.. */
+                    const qb_u32 byte = (w[q][i / 4] >> (8 * (i % 4))) & 0xffu;
+                    float t[CPB];
+                    if constexpr (CPB == 1) {
+                        t[0] = s_tv[byte];
+                    } else if constexpr (CPB == 2) {
+                        const float2 t2 = reinterpret_cast<const float2*>(s_tv)[byte];
+                        t[0] = t2.x; t[1] = t2.y;
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < CPB / 4; ++v) {
+                            const float4 t4 = reinterpret_cast<const float4*>(s_tv)[byte * (CPB / 4) + v];
+                            t[4 * v] = t4.x; t[4 * v + 1] = t4.y; t[4 * v + 2] = t4.z; t[4 * v + 3] = t4.w;
+                        }
+                    }
+#pragma unroll
+                    for (int k = 0; k < CPB; ++k) r[i * CPB + k] = __fmul_rn(t[k], a[q]);
+                }
+                qb_u32 o[U * (int)sizeof(S) / 4];
+#pragma unroll
+                for (int i = 0; i < U; i += 2) {
+                    if constexpr (sizeof(S) == 4) {
+                        o[i] = __float_as_uint(r[i]);
+                        o[i + 1] = __float_as_uint(r[i + 1]);
+                    } else {
+                        o[i / 2] = QbPack<T>::two(r[i], r[i + 1]);
                     }
                 }
+                uint4* dst = reinterpret_cast<uint4*>(out + e);
 #pragma unroll
-                for (int k = 0; k < CPB; ++k) r[i * CPB + k] = __fmul_rn(t[k], a[q]);
+                for (int v = 0; v < U * (int)sizeof(S) / 16; ++v)
+                    dst[v] = make_uint4(o[4 * v], o[4 * v + 1], o[4 * v + 2], o[4 * v + 3]);
             }
-            qb_u32 o[U * (int)sizeof(S) / 4];
-#pragma unroll
-            for (int i = 0; i < U; i += 2) {
-                if constexpr (sizeof(S) == 4) {
-                    o[i] = __float_as_uint(r[i]);
-                    o[i + 1] = __float_as_uint(r[i + 1]);
-                } else {
-                    o[i / 2] = QbPack<T>::two(r[i], r[i + 1]);
-                }
-            }
-            uint4* dst = reinterpret_cast<uint4*>(out + e);
-#pragma unroll
-            for (int v = 0; v < U * (int)sizeof(S) / 16; ++v)
-                dst[v] = make_uint4(o[4 * v], o[4 * v + 1], o[4 * v + 2], o[4 * v + 3]);
         }
         return;
     }
