@@ -183,13 +183,21 @@ class Backend:
                       block_size: int, loss: str) -> np.ndarray:
         """Per block (float64, an array of this backend's kind), the error of encoding with
         ``factor`` and decoding with ``scale`` (:func:`quantbook.scales.search.block_errors`).
-        Default: this backend's encode and decode, the decoded values copied to the host."""
+        Default: this backend's encode and decode, the decoded values copied to the host, on
+        :func:`~quantbook.bulk.format.pieces` of whole blocks (block_errors' float64
+        temporaries would be several times the tensor)."""
         from ..scales.search import block_errors
 
-        p = self.scaled_encode(x, factor, divide, table, block_size)
-        xh = self.to_host(x).reshape(-1)
-        deq = self.to_host(self.scaled_decode(p, scale, table, block_size, xh.size, np.dtype(np.float32)))
-        return self.from_host(block_errors(xh.astype(np.float32), deq, block_size, loss))
+        x = x.reshape(-1)
+        n = math.prod(map(int, x.shape))
+        out = np.empty(F.n_blocks(n, block_size))
+        for s in F.pieces(n, block_size):
+            b = F.block_slice(s, block_size)
+            p = self.scaled_encode(x[s], factor[b], divide, table, block_size)
+            deq = self.to_host(self.scaled_decode(p, scale[b], table, block_size, s.stop - s.start,
+                                                  np.dtype(np.float32)))
+            out[b] = block_errors(self.to_host(x[s]), deq, block_size, loss)
+        return self.from_host(out)
 
     def scaled_ggml(self, x: Any, table: np.ndarray, block_size: int, ntry: int) -> tuple[np.ndarray, Any]:
         """``(d, packed)``: ggml's search (:mod:`quantbook.scales.ggml`) over the blocks of ``x``,

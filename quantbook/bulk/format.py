@@ -6,7 +6,7 @@ bit).  The encoder is :mod:`quantbook.codebooks.encoding`, nested statistics
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from ..codebooks.encoding import Encoder, encoder
 __all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int", "as_scalar", "as_int",
            "check_bits", "nonfinite_error", "finite_nonnegative_bits",
            "check_code_table", "codes_per_byte", "packed_length", "n_blocks", "decode_table",
-           "code_encoder", "scale_blocks", "pack_codes", "unpack_codes"]
+           "code_encoder", "scale_blocks", "pack_codes", "unpack_codes", "PIECE", "pieces", "block_slice"]
 
 _F = np.float32
 #: bitsandbytes divides by ``absmax.clamp(min=1e-38)``: 1e-38 rounded to float32 (a subnormal)
@@ -120,6 +120,25 @@ def packed_length(n: int, bits: int) -> int:
 
 def n_blocks(n: int, block_size: int) -> int:
     return -(-int(n) // int(block_size))
+
+
+#: values a host computation takes at a time where the rule is per block: its temporaries
+#: (float64 included) stay a few MB, not multiples of a multi-GB tensor
+PIECE = 1 << 18
+
+
+def pieces(n: int, unit: int) -> Iterator[slice]:
+    """Consecutive slices of ``range(n)`` of about :data:`PIECE` values, each a whole number of
+    ``unit`` values (a block, a run of sums) but the last: a per-block rule computed piece by
+    piece gives what it gives on the whole array."""
+    step = max(1, PIECE // int(unit)) * int(unit)
+    for start in range(0, int(n), step):
+        yield slice(start, min(start + step, int(n)))
+
+
+def block_slice(piece: slice, block_size: int) -> slice:
+    """The blocks (their scales) of a piece of :func:`pieces`."""
+    return slice(piece.start // block_size, n_blocks(piece.stop, block_size))
 
 
 def decode_table(code: Any, bits: int) -> np.ndarray:

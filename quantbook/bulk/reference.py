@@ -65,21 +65,53 @@ def scaled_decode_reference(packed: np.ndarray, scale: np.ndarray, table: np.nda
 
 
 class NumpyBackend(Backend, name="numpy"):
-    """Plain numpy; slow, but every line is a rule of the format."""
+    """Plain numpy; slow, but every line is a rule of the format.  The functions above take a
+    whole array; the backend runs them on :func:`~quantbook.bulk.format.pieces` of whole
+    blocks (the same bytes), so that their temporaries do not grow with the tensor."""
 
     scaled_layouts = True
 
     def quantize_blocks(self, x, code, bits, block_size):
-        return quantize_reference(x, code, bits, block_size)
+        x = x.reshape(-1)
+        packed = np.empty(F.packed_length(x.size, bits), dtype=np.uint8)
+        absmax = np.empty(F.n_blocks(x.size, block_size), dtype=_F)
+        for s in F.pieces(x.size, block_size):
+            packed[_bytes(s, bits)], absmax[F.block_slice(s, block_size)] = \
+                quantize_reference(x[s], code, bits, block_size)
+        return packed, absmax
 
     def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
-        return dequantize_reference(packed, absmax, code, bits, block_size, n, out_dtype)
+        absmax = np.asarray(absmax).reshape(-1)
+        out = np.empty(n, dtype=out_dtype)
+        for s in F.pieces(n, block_size):
+            out[s] = dequantize_reference(packed[_bytes(s, bits)], absmax[F.block_slice(s, block_size)], code,
+                                          bits, block_size, s.stop - s.start, out_dtype)
+        return out
 
     def scaled_amax(self, x, block_size):
-        return scaled_amax_reference(x, block_size)
+        x = x.reshape(-1)
+        amax = np.empty(F.n_blocks(x.size, block_size), dtype=_F)
+        for s in F.pieces(x.size, block_size):
+            amax[F.block_slice(s, block_size)] = scaled_amax_reference(x[s], block_size)
+        return amax
 
     def scaled_encode(self, x, factor, divide, table, block_size):
-        return scaled_encode_reference(x, factor, divide, table, block_size)
+        x, factor = x.reshape(-1), np.asarray(factor).reshape(-1)
+        packed = np.empty(L.packed_length(x.size), dtype=np.uint8)
+        for s in F.pieces(x.size, block_size):
+            packed[_bytes(s, L.SCALED_BITS)] = scaled_encode_reference(x[s], factor[F.block_slice(s, block_size)],
+                                                                       divide, table, block_size)
+        return packed
 
     def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
-        return scaled_decode_reference(packed, scale, table, block_size, n, out_dtype)
+        scale = np.asarray(scale).reshape(-1)
+        out = np.empty(n, dtype=out_dtype)
+        for s in F.pieces(n, block_size):
+            out[s] = scaled_decode_reference(packed[_bytes(s, L.SCALED_BITS)], scale[F.block_slice(s, block_size)],
+                                             table, block_size, s.stop - s.start, out_dtype)
+        return out
+
+
+def _bytes(piece: slice, bits: int) -> slice:
+    """The packed bytes of a piece of whole blocks (a byte never straddles two blocks)."""
+    return slice(F.packed_length(piece.start, bits), F.packed_length(piece.stop, bits))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .format import pieces
+
 __all__ = ["CHUNK", "n_chunks", "combine", "error_chunks_reference"]
 
 #: elements a run summed serially covers (small enough that a GPU has a thread for each run
@@ -43,7 +45,18 @@ def _widen(a: np.ndarray) -> np.ndarray:
 
 def error_chunks_reference(x: np.ndarray, xhat: np.ndarray | None = None) -> np.ndarray:
     """The runs' sums, float64 ``(2, n_chunks)``, in numpy: ``x`` and ``xhat`` host arrays of
-    one size (float16, bfloat16, float32 or float64)."""
+    one size (float16, bfloat16, float32 or float64).  Whole runs at a time
+    (:func:`~quantbook.bulk.format.pieces`): the float64 terms of a whole tensor would be
+    several times its size."""
+    x = np.asarray(x).reshape(-1)
+    xhat = None if xhat is None else np.asarray(xhat).reshape(-1)
+    out = np.empty((2, n_chunks(x.size)))
+    for s in pieces(x.size, CHUNK):
+        out[:, s.start // CHUNK:n_chunks(s.stop)] = _runs(x[s], None if xhat is None else xhat[s])
+    return out
+
+
+def _runs(x: np.ndarray, xhat: np.ndarray | None) -> np.ndarray:
     xs = _widen(x)
     e = -xs if xhat is None else _widen(xhat) - xs
     runs = np.zeros(n_chunks(e.size) * CHUNK)   # zeros after the end add nothing

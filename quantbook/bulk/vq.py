@@ -29,6 +29,7 @@ import numpy as np
 
 from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard, parallel
+from . import format as F
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)
 from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
@@ -83,13 +84,15 @@ class VQBackend:
         the backend's own array, any shape that reshapes as ``x`` does)."""
         return np.ascontiguousarray(x, dtype=_F)
 
-    def rotate(self, x: np.ndarray, seed: int) -> np.ndarray:
+    def rotate(self, x: np.ndarray, seed: int, overwrite_x: bool = False) -> np.ndarray:
         """``float32(x·D·Hₙ/√n)`` of every row of the float32 ``x`` (R, n), ``D`` the signs of
-        ``seed``."""
+        ``seed``.  ``overwrite_x``: ``x`` is the caller's scratch, which the result may be
+        written over (as scipy.fft's ``overwrite_x``: no second array of the tensor's size)."""
         raise NotImplementedError
 
-    def unrotate(self, y: np.ndarray, seed: int) -> np.ndarray:
-        """``float32(y·Hₙᵀ·D/√n)`` of every row of float32 ``y`` (R, n)."""
+    def unrotate(self, y: np.ndarray, seed: int, overwrite_x: bool = False) -> np.ndarray:
+        """``float32(y·Hₙᵀ·D/√n)`` of every row of float32 ``y`` (R, n); ``overwrite_x`` as
+        :meth:`rotate`'s."""
         raise NotImplementedError
 
     def unrotate_wide(self, y: Any, seed: int) -> Any:
@@ -176,14 +179,22 @@ class VQBackend:
 
 
 class NumpyVQ(VQBackend, name="numpy"):
-    """The reference."""
+    """The reference.  Rows and groups are independent, so each hook takes them
+    :func:`~quantbook.bulk.format.pieces` at a time: the float64 temporaries of a whole
+    tensor would be several times its size."""
 
-    def rotate(self, x, seed):
+    def rotate(self, x, seed, overwrite_x=False):
+        out = x if overwrite_x and x.dtype == _F else np.empty(x.shape, _F)
         with np.errstate(over="ignore", invalid="ignore"):   # non-finite input is named afterwards
-            return hadamard.rotate(x.astype(_F), x.shape[1], seed).astype(_F)
+            for r in _row_pieces(x):
+                out[r] = hadamard.rotate(x[r].astype(_F), x.shape[1], seed)   # rounded to float32
+        return out
 
-    def unrotate(self, y, seed):
-        return hadamard.unrotate(y, y.shape[1], seed).astype(_F)
+    def unrotate(self, y, seed, overwrite_x=False):
+        out = y if overwrite_x and y.dtype == _F else np.empty(y.shape, _F)
+        for r in _row_pieces(y):
+            out[r] = hadamard.unrotate(y[r], y.shape[1], seed)
+        return out
 
     def group_stat(self, v, group, rule):
         g = v.reshape(-1, group)
@@ -196,14 +207,28 @@ class NumpyVQ(VQBackend, name="numpy"):
         return np.sqrt(acc / group)
 
     def encode(self, v, scales, group, points):
-        g = v.reshape(-1, group)
-        y = np.zeros_like(g)
-        s = scales[:, None]
-        np.divide(g, s, out=y, where=s != 0)
-        return nearest_brute(points, y.reshape(-1, points.shape[1]))
+        p = points.shape[1]
+        out = np.empty(v.size // p, index_dtype(points.shape[0]))
+        for piece in F.pieces(v.size, group):
+            g = v[piece].reshape(-1, group)
+            y = np.zeros_like(g)
+            s = scales[F.block_slice(piece, group)][:, None]
+            np.divide(g, s, out=y, where=s != 0)
+            out[piece.start // p:piece.stop // p] = nearest_brute(points, y.reshape(-1, p))
+        return out
 
     def decode(self, idx, scales, group, points):
-        return (points[idx].reshape(-1, group) * scales[:, None]).reshape(-1)
+        p = points.shape[1]
+        out = np.empty(idx.size * p, _F)
+        for piece in F.pieces(out.size, group):
+            i = idx[piece.start // p:piece.stop // p]
+            out[piece] = (points[i].reshape(-1, group) * scales[F.block_slice(piece, group)][:, None]).reshape(-1)
+        return out
+
+
+def _row_pieces(x: np.ndarray) -> Any:
+    """Slices of whole rows of the 2-D ``x``, :func:`~quantbook.bulk.format.pieces` at a time."""
+    return (F.block_slice(s, x.shape[1]) for s in F.pieces(x.size, x.shape[1]))
 
 
 @lru_cache(maxsize=16)
@@ -287,24 +312,27 @@ class NumbaVQ(VQBackend, name="cpu"):
     def unavailable(self):
         return parallel.unavailable()
 
-    def rotate(self, x, seed):
+    def rotate(self, x, seed, overwrite_x=False):
         n = x.shape[1]
-        out = np.empty(x.shape, _F)
+        x = np.ascontiguousarray(x, dtype=_F)
+        # the kernel reads a whole row before it writes it, so out may be x itself
+        out = x if overwrite_x else np.empty(x.shape, _F)
         # 1/sqrt(n) rounded once, as the reference's fwht scales
-        _vq_kernels().rotate(np.ascontiguousarray(x, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n), out)
+        _vq_kernels().rotate(x, _signs(n, seed), 1.0 / np.sqrt(n), out)
         return out
 
-    def unrotate(self, y, seed):
-        return self._unrotate(y, seed, _F)
+    def unrotate(self, y, seed, overwrite_x=False):
+        return self._unrotate(y, seed, _F, overwrite_x)
 
     def unrotate_wide(self, y, seed):
-        return self._unrotate(y, seed, np.float64)
+        return self._unrotate(y, seed, np.float64, False)
 
     @staticmethod
-    def _unrotate(y, seed, dtype):
+    def _unrotate(y, seed, dtype, overwrite_x):
         n = y.shape[1]
-        out = np.empty(y.shape, dtype)
-        _vq_kernels().unrotate(np.ascontiguousarray(y, dtype=_F), _signs(n, seed), 1.0 / np.sqrt(n), out)
+        y = np.ascontiguousarray(y, dtype=_F)
+        out = y if overwrite_x and dtype == _F else np.empty(y.shape, dtype)   # as rotate's
+        _vq_kernels().unrotate(y, _signs(n, seed), 1.0 / np.sqrt(n), out)
         return out
 
     def group_stat(self, v, group, rule):
@@ -363,13 +391,13 @@ class CudaVQ(VQBackend, name="gpu"):
 
         return load_gpu(x)
 
-    def rotate(self, x, seed):
+    def rotate(self, x, seed, overwrite_x=False):   # a new device array either way
         from .gpu.vq import rotate_gpu
 
         n = x.shape[1]
         return rotate_gpu(x, _signs(n, seed), 1.0 / np.sqrt(n))
 
-    def unrotate(self, y, seed):
+    def unrotate(self, y, seed, overwrite_x=False):
         from .gpu.vq import rotate_gpu
 
         n = y.shape[1]
@@ -585,11 +613,14 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
         if device:   # float32 on the device, whatever the input's type (keep: the caller's tensor)
             xf, keep = be.as_float32(x)
             first_bad = partial(be.first_nonfinite, xf)
+            scratch = False
         else:
             xf = be.load(x)
             first_bad = partial(_first_nonfinite, x)
+            # a copy that load made (16-bit values widened) is rotated in place, not beside itself
+            scratch = not (isinstance(xf, np.ndarray) and np.may_share_memory(xf, x))
         seed = None if size is None else hadamard.SEED
-        v = (xf if size is None else be.rotate(xf.reshape(-1, size), seed)).reshape(-1)
+        v = (xf if size is None else be.rotate(xf.reshape(-1, size), seed, overwrite_x=scratch)).reshape(-1)
         stored, scales, stat_of = be.group_scales(v, group, scale, scale_dtype)
         # x is searched for NaN and Inf only when a statistic is not finite: a rotated row
         # holding one is NaN or Inf throughout, so every group it touches shows it
@@ -646,7 +677,8 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
         y = be.decode(flat, be.widen_scales(state.scales), state.group, state.points)
         if state.rotate_size is not None:
             with np.errstate(over="ignore"):
-                y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed)
+                # the decoded values are this call's own: rotated back in place
+                y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed, overwrite_x=True)
         if device:
             return be.cast(y, dt).reshape(state.shape)
         return be.to_host_as(y, dt).reshape(state.shape)

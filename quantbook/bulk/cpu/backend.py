@@ -158,6 +158,17 @@ class NumbaBackend(Backend, name="cpu"):
                                         np.int64(enc.zero_index), block_size, packed)
         return packed
 
+    def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
+        # one pass, encode and decode fused: no codes, decoded values or float64 terms of the tensor
+        enc = L.scaled_encoder(table)
+        mids, up, pos, neg = enc.padded()
+        xv = _kernel_view(x.reshape(-1))
+        out = np.empty(F.n_blocks(xv.size, block_size))
+        _scaled_kernels().scaled_errors(xv, _f16_table(), np.ascontiguousarray(factor, _F), bool(divide),
+                                        mids, up, pos, neg, F.decode_table(table, L.SCALED_BITS),
+                                        np.ascontiguousarray(scale, _F).reshape(-1), loss == "l2", block_size, out)
+        return out
+
     def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
         out = np.empty(n, dtype=out_dtype)
         _scaled_kernels().scaled_decode(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1),

@@ -88,3 +88,20 @@ def scaled_decode(packed, scale, table, blocksize, n, out):
             _store(out, i, table[p & 15] * s)
             if i + 1 < n:
                 _store(out, i + 1, table[p >> 4] * s)
+
+
+@parallel_njit()
+def scaled_errors(x, f16tab, factor, divide, mids, up, pos, neg, table, scale, l2, blocksize, out):
+    """``out[b]``: block ``b``'s float64 sum, in element order, of ``|x - deq|`` or its square
+    (quantbook.scales.search.block_errors), ``deq = float32(table[code] * scale[b])`` of the
+    code :func:`scaled_encode` gives; no code or decoded value is stored."""
+    n = x.size
+    for b in prange(out.size):
+        f = factor[b]
+        s = scale[b]
+        acc = 0.0
+        for i in range(b * blocksize, min((b + 1) * blocksize, n)):
+            v = _load(x, i, f16tab)
+            d = abs(np.float64(v) - np.float64(table[_encode_one(v, f, divide, mids, up, pos, neg)] * s))
+            acc += d * d if l2 else d
+        out[b] = acc
