@@ -265,6 +265,20 @@ def test_dequantize_rejects_a_tampered_nested_state(field, value, match):
         qb.dequantize(packed, st)
 
 
+def test_from_dict_names_a_scale_beyond_float32_without_a_warning():
+    # the cast to float32 overflowed first: a RuntimeWarning (an error under -W error) before the
+    # refusal, whose message then showed numpy's repr of the value (np.float64(1e+300))
+    import warnings
+
+    d = _state(nested=False, n=16 * 300)[1].as_dict()
+    wide = np.asarray(d["absmax"], np.float64)
+    wide[2] = 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^absmax must hold float32 values: its float64 value 1e\+300 \(entry 2"):
+            qb.QuantState.from_dict(dict(d, absmax=wide))
+
+
 def test_from_dict_refuses_what_it_cannot_represent():
     packed, st = _state(nested=True, n=16 * 300)
     d = st.as_dict()

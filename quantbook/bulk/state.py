@@ -118,13 +118,13 @@ def exact_array(what: str, v: Any, dtype: Any, expected: str) -> np.ndarray:
             raise ValueError(f"{what} must hold {expected} (0..{top})")
     elif a.dtype.kind != "f":
         raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")
-    out = np.ascontiguousarray(a, dtype=dtype)
+    with np.errstate(over="ignore"):   # a value beyond the type's range is refused below, not warned about
+        out = np.ascontiguousarray(a, dtype=dtype)
     if dtype.kind == "f" and a.dtype != dtype:
-        with np.errstate(over="ignore"):
-            back = out.astype(a.dtype)
+        back = out.astype(a.dtype)
         if not np.array_equal(back, a, equal_nan=True):
             i = int(np.flatnonzero(~((back == a) | (np.isnan(back) & np.isnan(a))))[0])
-            raise ValueError(f"{what} must hold {expected}: its {a.dtype} value {a.reshape(-1)[i]!r} "
+            raise ValueError(f"{what} must hold {expected}: its {a.dtype} value {a.reshape(-1)[i].item()!r} "
                              f"(entry {i}) is not one")
     return out
 
