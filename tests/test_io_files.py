@@ -149,6 +149,19 @@ def test_dev_stdout_into_a_file_writes_the_stream_itself(tmp_path, mode):
     assert os.listdir(tmp_path) == ["log"]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/stdout"), reason="no /dev/stdout")
+def test_dev_stdout_comes_after_what_was_printed_before_it(tmp_path):
+    # print() holds its text in sys.stdout's buffer (a file or a pipe, not a terminal): data written to
+    # the descriptor itself came first, before text printed earlier
+    log = tmp_path / "log"
+    code = ("from quantbook.io.files import write_output; print('before'); write_output(b'data\\n', '/dev/stdout'); "
+            "print('after')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(log, "wb") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120, env=env)
+    assert log.read_bytes() == b"before\ndata\nafter\n"
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
 def test_a_fifo_codebook_is_refused_not_waited_on(tmp_path):
     """A FIFO named like a codebook: read once to see whether it holds a vector codebook, it

@@ -15,7 +15,8 @@ Rules (stated once, used by ``export``, the plots and every ``-o PATH``):
   permission bits; a symbolic link keeps pointing at its (replaced) target.  Special
   files (a FIFO, a device) cannot be replaced and are written in place; ``/dev/stdout``
   (``/dev/fd/N``) is written through that open descriptor, even when it is a file: after
-  ``>> log`` it appends to ``log``, which it neither replaces nor truncates.
+  ``>> log`` it appends to ``log``, which it neither replaces nor truncates; what the process
+  printed there before comes first.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import math
 import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
@@ -143,6 +145,7 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
     if stream is not None:
         # the stream itself, where it stands (appending if it appends); its file, if it has one, must
         # not be replaced (the stream would go on into the old one) nor reopened (that truncates it)
+        _flush_own_streams(stream)
         try:
             with os.fdopen(os.dup(stream), mode, **text) as f:
                 yield f
@@ -199,6 +202,17 @@ def _descriptor(path: Path) -> int | None:
             return None
         current = os.path.join(parent, os.readlink(current))   # a relative link is relative to its directory
     return None
+
+
+def _flush_own_streams(fd: int) -> None:
+    """Send on what this process printed to descriptor ``fd`` and ``sys.stdout`` or ``sys.stderr``
+    still holds, so that data written to the descriptor directly follows it, in the order written."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+        except (AttributeError, OSError, ValueError):   # captured, closed or failing: the write itself reports that
+            pass
 
 
 def _prefix(name: str, limit: int) -> str:
