@@ -168,6 +168,24 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
     assert err.count("\n") == 1 and err.startswith("quantbook") and fragment in err, err
 
 
+@pytest.mark.parametrize("spelling", ["w.npy", "m.safetensors", "m.safetensors:w*@tensor"])
+def test_derive_vq_does_not_write_onto_its_sample(capsys, tmp_path, monkeypatch, spelling):
+    # -o naming the --source file replaced the weights the codebook was fitted to with its JSON
+    import safetensors.numpy
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("w.npy", rng.standard_normal(4096))
+    safetensors.numpy.save_file({"w": rng.standard_normal((64, 64)).astype(np.float32)}, "m.safetensors")
+    before = {p: Path(p).read_bytes() for p in ("w.npy", "m.safetensors")}
+    target = spelling.split(":")[0]
+    code, out, err = run(capsys, "derive", "vq", "--dim", "2", "--points", "4", "--samples", "2000", "--restarts", "1",
+                         "--source", spelling, "-o", target)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"quantbook: error: output path '{target}' is the input")
+    assert {p: Path(p).read_bytes() for p in before} == before
+
+
 def test_nan_in_a_sample_file(capsys, tmp_path):
     f = tmp_path / "w.npy"
     np.save(f, np.array([0.5, np.nan, -1.0, 2.0] * 100))

@@ -146,8 +146,11 @@ def _cmd_derive_vq(args) -> int:
     from ..derive.vq import VQRecipe, draw_vectors, solve_vq, vq_mse
     from ..io.files import write_output
 
-    if args.output is not None:
-        output_path(args.output)  # fail before doing any work
+    if args.output is not None:   # fail before doing any work, and never replace the sample's own file
+        from ..derive.model_source import safetensors_file
+
+        source = (args.source or "").strip()
+        output_path(args.output, tuple(p for p in (source, safetensors_file(source)) if p))
     opts = {"dim": args.dim, "points": args.points, "source": args.source, "scale": args.scale,
             "block_size": args.block_size, "symmetric": args.symmetric, "seed": args.seed,
             "samples": args.samples, "restarts": args.restarts, "init": args.init}

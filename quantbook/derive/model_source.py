@@ -27,7 +27,7 @@ import re
 from ..io.safetensors import STANDARDIZE, sample_weights, split_globs
 from .sources import Empirical, SourceError, register_source_parser
 
-__all__ = ["MAX_SAMPLES", "safetensors_source", "parse_safetensors_source"]
+__all__ = ["MAX_SAMPLES", "safetensors_source", "parse_safetensors_source", "safetensors_file"]
 
 #: values pooled at most (2**21 ≈ 2.1 M: ~17 MB as float64)
 MAX_SAMPLES = 2**21
@@ -42,6 +42,12 @@ def safetensors_source(path: str, globs: str | None = None, standardize: str = "
     pats = split_globs(globs)
     label = (str(path) if pats is None else f"{path}:{','.join(pats)}") + f"@{standardize}"
     return Empirical(sample, label=label)
+
+
+def safetensors_file(spec: str) -> str | None:
+    """The file a ``FILE.safetensors[:GLOBS][@STD]`` spelling reads, or ``None`` for any other spelling."""
+    m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
+    return None if m is None else m.group("path")
 
 
 def parse_safetensors_source(spec: str) -> Empirical | None:
