@@ -33,6 +33,9 @@ their own, separate grammar, read by :func:`resolve_vector`::
     VSPEC  := NAME                 a published vector grid, e.g. higgs-2d-256, higgs-1d-16
             | PATH.json            a file holding ``"kind": "vector"`` (``derive vq --json``)
 
+A path object (:class:`os.PathLike`) always names a file, whatever its suffix, never a name:
+``Path("nf4")`` is the file ``nf4``, as :func:`quantbook.load` reads it.
+
 :func:`is_vector_spec` tells the two grammars apart.  The derivation engine is imported only when a
 derived name is asked for, so resolving a registry name or a file stays light.
 """
@@ -111,6 +114,10 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     if is_vector_spec(spec):
         raise CodebookError(f"{text!r} is a vector codebook; this takes a scalar one ({GRAMMAR}). Vector codebooks "
                             "go to show, export, evaluate-model and quantbook.bulk.vq.quantize_vq")
+    if isinstance(spec, os.PathLike):   # a file, never a name (module docstring)
+        from .codebooks.registry import load
+
+        return load(spec)
     from .codebooks.registry import REGISTRY
 
     name = published_name(text, REGISTRY)
@@ -204,12 +211,13 @@ def is_vector_spec(spec: Any) -> bool:
 
     if isinstance(spec, VectorCodebook):
         return True
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
+    from .codebooks.vector_registry import json_is_vector, vector_registry
+
+    if isinstance(spec, os.PathLike):   # a file, never a name (module docstring)
+        return json_is_vector(spec)
     if not isinstance(spec, str):
         return False
     text = spec.strip()
-    from .codebooks.vector_registry import json_is_vector, vector_registry
 
     if published_name(text, vector_registry()) is not None:
         return True
@@ -230,6 +238,8 @@ def resolve_vector(spec: Any):
     text = _spec_text(spec, VectorCodebookError, "vector codebook", VECTOR_GRAMMAR)
     from .codebooks.vector_registry import get_vector, load_vector, vector_names
 
+    if isinstance(spec, os.PathLike):   # a file, never a name (module docstring)
+        return load_vector(spec)
     try:
         return get_vector(text)
     except KeyError:

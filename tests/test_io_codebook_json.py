@@ -149,3 +149,28 @@ def test_a_path_object_is_always_a_file_never_a_registry_name(tmp_path, monkeypa
     Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
     assert load(Path("nf4")).name == "mine"
     assert load("nf4").name == "nf4"   # the string is still the registry's name
+
+
+def test_every_resolver_reads_a_path_object_as_a_file(tmp_path, monkeypatch):
+    # load(Path("nf4")) read the file, while quantize, resolve_codebook and resolve_vector took the Path's
+    # text as a published name: the published table, though the user's file of that name differs
+    import quantbook as qb
+    from quantbook.codebooks.vector import VectorCodebook
+    from quantbook.naming import is_vector_spec, resolve_codebook, resolve_vector
+
+    monkeypatch.chdir(tmp_path)
+    x = np.linspace(-1.0, 1.0, 64, dtype=np.float32)
+    for resolve in (resolve_codebook, lambda p: qb.quantize(x, p, 64, backend="numpy"), resolve_vector):
+        for name in ("nf4", "higgs-2d-256"):
+            with pytest.raises(FileNotFoundError, match=name):
+                resolve(Path(name))
+    Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
+    assert resolve_codebook(Path("nf4")) == load(Path("nf4")) and load(Path("nf4")).name == "mine"
+    assert qb.quantize(x, Path("nf4"), 64, backend="numpy")[1].code.tolist() == [-1, -0.25, 0.5, 1]
+    assert resolve_codebook("nf4").name == "nf4"   # the string is still the registry's name
+    grid = VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]), "test")
+    Path("higgs-2d-256").write_text(grid.to_json())
+    assert is_vector_spec(Path("higgs-2d-256")) and resolve_vector(Path("higgs-2d-256")) == grid
+    assert resolve_vector("higgs-2d-256").name == "higgs-2d-256"
+    with pytest.raises(CodebookError, match="is a vector codebook"):
+        resolve_codebook(Path("higgs-2d-256"))
