@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,3 +79,76 @@ def test_concurrent_threads_on_the_workqueue_layer_neither_abort_nor_change_a_by
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-c", _CONCURRENT], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
+
+
+
+_FORK = textwrap.dedent("""
+    import os, sys, threading, time
+    import numpy as np
+    import quantbook as qb
+    from quantbook.numerics import parallel
+
+    started, holding = sys.argv[1] == "1", sys.argv[2] == "1"
+    x = np.random.default_rng(0).standard_normal(1 << 14).astype(np.float32)
+    want = qb.quantize(x, "nf4", 64, backend="numpy")[0]
+    if started:   # the parent's threading layer has started
+        assert np.array_equal(qb.quantize(x, "nf4", 64, backend="cpu")[0], want)
+    else:   # numba imported (its kernels declared), none run
+        import quantbook.bulk.cpu.kernels
+    held, done = threading.Event(), threading.Event()
+
+    def launcher():   # a thread inside a launch (holding the lock) when the process forks
+        with parallel._LAUNCH:
+            held.set()
+            done.wait()
+
+    if holding:
+        threading.Thread(target=launcher, daemon=True).start()
+        held.wait()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if np.array_equal(qb.quantize(x, "nf4", 64, backend="cpu")[0], want) else 3)
+        except BaseException as exc:
+            print(f"child: {exc}", flush=True)
+            os._exit(4)
+    deadline = time.monotonic() + 30
+    while True:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            print("ok" if status == 0 else f"child status {status}")
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("the child hung")
+            break
+        time.sleep(0.05)
+    done.set()
+""")
+
+
+def _fork(started: bool, holding: bool, layer: str | None = None) -> str:
+    """What a child forked as said reports of its own cpu quantization (the numpy reference's bytes)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")   # Python warns of a fork beside a thread: the case tested
+    env.pop("NUMBA_THREADING_LAYER", None)
+    if layer:
+        env["NUMBA_THREADING_LAYER"] = layer
+    r = subprocess.run([sys.executable, "-c", _FORK, str(int(started)), str(int(holding))], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r.stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_while_a_thread_holds_the_launch_lock_has_its_own():
+    # the lock is copied held into the child, where the thread holding it does not run: every kernel
+    # the child launched waited forever (workqueue is fork-safe, so the child may run kernels)
+    assert _fork(started=True, holding=True, layer="workqueue") == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_before_any_parallel_kernel_ran_runs_them():
+    # only a fork after GNU OpenMP started is refused: a worker forked before any kernel ran (a data
+    # loader started first) runs the numba backends on whatever layer numba picks
+    assert _fork(started=False, holding=False) == "ok"
