@@ -198,6 +198,22 @@ def test_a_full_disk_behind_standard_output_is_an_error(argv):
     assert (p.returncode, p.stderr) == (2, "quantbook: error: standard output: No space left on device\n")
 
 
+def test_a_failed_flush_after_an_error_leaves_that_error_the_one_line(capsys, monkeypatch):
+    # the command's own error is the line to read, and its status the one to keep; the output that
+    # could not be flushed after it (a full disk) adds nothing
+    import errno
+    import io
+
+    class Full(io.StringIO):
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert main(["show", "no-such-codebook"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("quantbook: error: ") and "no-such-codebook" in err and err.count("\n") == 1
+
+
 def test_version(capsys):
     import quantbook
 

@@ -7,6 +7,7 @@ References are the operating system's own view: file contents read back byte for
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -162,6 +163,22 @@ def test_dev_stdout_comes_after_what_was_printed_before_it(tmp_path):
     assert log.read_bytes() == b"before\ndata\nafter\n"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_a_relative_link_to_a_descriptor_is_read_from_its_own_directory(tmp_path):
+    # d/out -> fd/1 and d/fd -> /proc/self/fd: "fd/1" is d/fd/1, not ./fd/1 of the working directory
+    # (read so, the link was taken for a file and the log it ends at replaced)
+    (tmp_path / "d").mkdir()
+    os.symlink("/proc/self/fd", tmp_path / "d" / "fd")
+    os.symlink("fd/1", tmp_path / "d" / "out")
+    log = tmp_path / "log"
+    log.write_bytes(b"kept\n")
+    code = "from quantbook.io.files import write_output; write_output(b'data\\n', 'd/out')"
+    with open(log, "ab") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120, cwd=tmp_path)
+    assert log.read_bytes() == b"kept\ndata\n"
+    assert sorted(os.listdir(tmp_path)) == ["d", "log"]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
 def test_a_fifo_codebook_is_refused_not_waited_on(tmp_path):
     """A FIFO named like a codebook: read once to see whether it holds a vector codebook, it
@@ -193,6 +210,17 @@ def test_a_fifo_or_directory_of_weights_is_named_for_what_it_is(tmp_path):
         parse_source(str(tmp_path / "w.npy"))
     with pytest.raises(SourceError, match="no such sample file"):
         parse_source(str(tmp_path / "missing.npy"))
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_a_socket_is_named_for_what_it_is(tmp_path, monkeypatch):
+    from quantbook.io.npy import NpyError, load_npy
+
+    monkeypatch.chdir(tmp_path)   # a socket's path is short (108 bytes): name it from its directory
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("s.npy")
+        with pytest.raises(NpyError, match="s.npy is a socket, not a .npy file"):
+            load_npy("s.npy")
 
 
 def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path):

@@ -109,3 +109,26 @@ def test_a_version_2_header_claiming_4_gib_is_refused_before_it_is_read(tmp_path
         tracemalloc.stop()
     assert "claims 4,294,967,295 bytes" in err
     assert peak < 2**26
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_the_header_limit_is_numpy_s_own(tmp_path, version):
+    """The longest header read is the one ``numpy.load`` reads by default: a header of that many
+    bytes (padded with spaces) loads as numpy loads it, one byte more is refused as numpy refuses it."""
+    arr = np.arange(5, dtype=np.float64)
+    head = str({"descr": "<f8", "fortran_order": False, "shape": (5,)}).encode()
+    width = 2 if version == (1, 0) else 4
+    for length in (10000, 10001):
+        path = tmp_path / f"h{length}.npy"
+        padded = head + b" " * (length - len(head) - 1) + b"\n"
+        path.write_bytes(np.lib.format.magic(*version) + length.to_bytes(width, "little") + padded + arr.tobytes())
+        try:
+            want = np.load(path)
+        except ValueError:
+            want = None
+        if want is None:
+            with pytest.raises(NpyError, match="bad header"):
+                load_npy(path)
+        else:
+            assert np.array_equal(load_npy(path), want)
+        assert (want is None) == (length > 10000)   # the case is the one meant: numpy's limit lies between

@@ -51,18 +51,22 @@ def test_silently_off_without_tqdm(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_standard_error_that_fails_stops_the_bar_not_the_work(tqdm, monkeypatch):
+@pytest.mark.parametrize("error,in_flush", [(BrokenPipeError(32, "Broken pipe"), True),
+                                            (OSError(28, "No space left on device"), False)])
+def test_a_standard_error_that_fails_stops_the_bar_not_the_work(tqdm, monkeypatch, error, in_flush):
     # a closed pipe on stderr (`derive ... --progress 2>&1 | head`) raised BrokenPipeError out of the bar,
-    # which ended the command before it wrote its output file
+    # which ended the command before it wrote its output file; a full disk (2> log) is the same, and
+    # an unbuffered stream fails in write alone
     class Closed:
         writes = 0
 
         def write(self, text):
             Closed.writes += 1
-            raise BrokenPipeError(32, "Broken pipe")
+            raise error
 
         def flush(self):
-            raise BrokenPipeError(32, "Broken pipe")
+            if in_flush:
+                raise error
 
         def isatty(self):
             return False

@@ -41,14 +41,22 @@ def test_codebook_copies_stay_read_only_and_equal(name):
         assert np.array_equal(qb.quantize(x, c, 64, backend="numpy")[0], want), how
 
 
-def test_vector_codebook_copies_stay_read_only_and_equal():
-    vc = get_vector("higgs-2d-256")
+@pytest.mark.parametrize("recipe", [None, {"dim": 2, "points": 3, "source": "normal"}])
+def test_vector_codebook_copies_stay_read_only_and_equal(recipe):
+    from quantbook.codebooks.vector import VectorCodebook
+
+    vc = get_vector("higgs-2d-256") if recipe is None else VectorCodebook(
+        "mine", np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]]), "derived", recipe)
     v = np.random.default_rng(1).standard_normal((500, 2))
     for how, c in _copies(vc):
         assert c == vc and hash(c) == hash(vc), how
         with pytest.raises(ValueError, match="read-only"):
             c.points[0, 0] = 7.0
         assert np.array_equal(c.nearest(v), vc.nearest(v)), how
+        if recipe is not None:   # a derived grid's recipe travels with it, read-only
+            assert dict(c.recipe) == recipe, how
+            with pytest.raises(TypeError, match="read-only"):
+                c.recipe["dim"] = 3
 
 
 def test_search_rules_that_choose_differently_are_not_equal():
@@ -66,6 +74,26 @@ def test_search_rules_that_choose_differently_are_not_equal():
     for st in (sa, sb):
         again = qb.quantize(x, "e2m1", 16, scale=st.scale_rule, backend="numpy")[1]
         assert np.array_equal(again.absmax, st.absmax), st.scale_rule
+
+
+@pytest.mark.parametrize("n", [32, 33, 65536])
+def test_a_repr_shows_up_to_32_levels_and_else_three_at_each_end(n):
+    levels = np.linspace(-1.0, 1.0, n)
+    text = repr(qb.Codebook(levels, int(np.ceil(np.log2(n))), name="wide"))
+    shown = text[text.index("levels=[") + len("levels=["):text.index("]")].split(", ")
+    fmt = [f"{v:.6g}" for v in levels]
+    assert shown == (fmt if n <= 32 else fmt[:3] + ["..."] + fmt[-3:])
+    assert text.endswith(f", n_levels={n})" if n > 32 else "])")
+
+
+def test_a_search_rule_name_reads_back_as_its_factors():
+    # a factor is spelled short only where the short form is the same float; 0.1 + 0.2 needs 17 digits
+    from quantbook.scales import get_rule
+
+    for spelled in ("float16@1,0.30000000000000004", "float16@0.1,1e-05,1.0000000000000002"):
+        rule = get_rule(f"search:{spelled}")
+        assert get_rule(rule.name).factors == rule.factors and get_rule(rule.name) == rule, rule.name
+    assert get_rule("search:float16@1,0.30000000000000004") != get_rule("search:float16@1,0.3")
 
 
 def test_reprs_stay_short_for_big_objects():
