@@ -123,10 +123,26 @@ def test_block_law_quantiles_next_to_the_ends_keep_their_digits(B, normalization
     # next to ±1: 8 to 10 ulp of y at B = 64, 200 at 4096, 2e5 at 10^7; the rounding of the
     # mpmath probability moves y by under 0.2 ulp here
     d = BlockDistribution(B, "normal", normalization)
-    for y, upper in ((-1 + 1e-7, False), (1 - 1e-11, True)):
+    # the last two lie in the windows' far halves (1/32 to 1/16 from the ends)
+    for y, upper in ((-1 + 1e-7, False), (1 - 1e-11, True), (-1 + 0.04, False), (1 - 0.05, True)):
         q = _block_tail(B, y, normalization, upper)
         got = float(d.isf(q) if upper else d.ppf(q))
         assert abs(got - y) <= 2 * math.ulp(y), (B, normalization, y, upper, got)
+
+
+@pytest.mark.parametrize("normalization", ["absmax", "signed-absmax"])
+@pytest.mark.parametrize("B", [64, 10**7])
+def test_block_law_quantiles_of_a_mass_beside_an_atom_lie_inside_the_support(B, normalization):
+    # by the definition ppf(q) = min{y: cdf(y) >= q}: for q just above cdf(-1) (the atom at -1, or 0)
+    # the point lies strictly inside (-1, 1), and likewise isf next to the atom at +1
+    d = BlockDistribution(B, "normal", normalization)
+    q = math.nextafter(float(d.cdf(-1.0)), 1.0)
+    x = float(d.ppf(q))
+    assert -1.0 < x and float(d.cdf(x)) >= q, (x, q)
+    ax, aw = d.atoms
+    q = math.nextafter(float(aw[ax == 1.0].sum()), 1.0)
+    x = float(d.isf(q))
+    assert x < 1.0 and float(d.sf(x)) >= q, (x, q)
 
 
 def _t_log_tail_quad(nu, u):
@@ -176,6 +192,19 @@ def _mx_floor_sf(B, v):
             top = mp.mpf(2) ** (k + 1)
             total += mp.erf(top / mp.sqrt(2)) ** (B - 1) * (mp.ncdf(top) - mp.ncdf(mp.mpf(1.5) * v * mp.mpf(2) ** k))
         return total
+
+
+def test_scaled_law_quantiles_next_to_the_ends_keep_their_digits():
+    # ppf solved on cum, T(0, v) - T(0, lo) next to -hi: up to 11 ulp off where isf, solved on the upper
+    # tail's own mass, is within 3; the law of a symmetric source is symmetric, so ppf(q) = -isf(q)
+    d = ScaledBlockDistribution(32, "normal", "e8m0:floor")
+    hi = d.support()[1]
+    for dist in (1e-5, 1e-7, 3e-9, 1e-11):
+        v = hi - dist
+        q = float(_mx_floor_sf(32, v))
+        lo_x, hi_x = float(d.ppf(q)), float(d.isf(q))
+        assert abs(lo_x + v) <= 4 * math.ulp(v) and abs(hi_x - v) <= 4 * math.ulp(v), (dist, lo_x, hi_x, v)
+        assert abs(lo_x + hi_x) <= 2 * math.ulp(v), (dist, lo_x, hi_x)
 
 
 def test_scaled_law_tails_next_to_the_ends_are_exact_for_a_neighbouring_point():
