@@ -271,8 +271,11 @@ def check_flags(cxx: str) -> tuple[str, ...]:
         opt = ["-mllvm", "-asan-instrumentation-with-call-threshold=0", "-mllvm", "-asan-stack=0",
                "-mllvm", "-asan-globals=0"]
     else:
+        # -fno-gnu-unique: a template's statics (a __shared__ array's slot) stay this library's own;
+        # g++ binds them process-wide (STB_GNU_UNIQUE) even under RTLD_LOCAL, and a plain and a
+        # measuring build of one library are loaded side by side (gpu_emulator.recording)
         opt = ["--param", "asan-instrumentation-with-call-threshold=0", "--param", "asan-stack=0",
-               "--param", "asan-globals=0"]
+               "--param", "asan-globals=0", "-fno-gnu-unique"]
     return ("-fsanitize=kernel-address", "-fno-sanitize-address-use-after-scope", *opt)
 
 

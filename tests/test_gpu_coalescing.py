@@ -252,6 +252,29 @@ def stand_in(measuring):
         yield
 
 
+def test_a_kernel_the_plain_build_ran_first_is_measured_all_the_same(stand_in):
+    """The plain and the measuring build of a library run side by side in one process.  g++
+    bound a template's statics (a ``__shared__`` array's slot) to one object for both
+    (STB_GNU_UNIQUE, even under RTLD_LOCAL): a kernel the plain build had run faulted when
+    measured, and every emulator test after it in the process failed."""
+    from gpu_cases import fake_device
+    from quantbook.bulk import reference as R
+    from quantbook.bulk.gpu import backend as G
+
+    x = np.random.default_rng(0).standard_normal(8192).astype(np.float32)
+    code = np.linspace(-1, 1, 4).astype(np.float32)
+    want = R.quantize_reference(x, code, 2, 32)
+
+    def same_as_the_reference():
+        p, a = G.quantize_gpu(fake_device(x), code, 2, 32)
+        return np.array_equal(np.asarray(p), want[0]) and np.array_equal(np.asarray(a), want[1])
+
+    assert same_as_the_reference()   # the plain build first
+    rows = C.measure(C.Run("blockwise", "float32", "2-bit", 32))
+    assert {r.kernel for r in rows} >= {"qb_quantize_f32_v16_p2_s1"}
+    assert same_as_the_reference()   # and again after the measuring one
+
+
 @pytest.mark.parametrize("run", C.runs(), ids=lambda r: r.id)
 def test_global_accesses_are_as_coalesced_as_the_kernel_design_allows(stand_in, run):
     rows = C.measure(run)
