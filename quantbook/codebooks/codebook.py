@@ -285,11 +285,13 @@ class Codebook:
         return (type(self), (self.levels, self.bits, self.name, self.source, self.recipe, self.code))
 
     def __repr__(self) -> str:
-        n, shown = self.levels.size, [f"{v:.6g}" for v in self.levels[:32]]
-        if n > 32:   # a 16-bit table's 65536 levels would make a repr of most of a megabyte
-            shown = shown[:3] + ["..."] + [f"{v:.6g}" for v in self.levels[-3:]]
-        more = f", n_levels={n}" if n > 32 else ""
-        return f"Codebook(name={self.name!r}, bits={self.bits}, levels=[{', '.join(shown)}]{more})"
+        def listed(levels):
+            return ", ".join(f"{v:.6g}" for v in levels)
+
+        lv, more = listed(self.levels) if self.levels.size <= 32 else "", ""
+        if self.levels.size > 32:   # a 16-bit table's 65536 levels would make a repr of most of a megabyte
+            lv, more = f"{listed(self.levels[:3])}, ..., {listed(self.levels[-3:])}", f", n_levels={self.levels.size}"
+        return f"Codebook(name={self.name!r}, bits={self.bits}, levels=[{lv}]{more})"
 
     def replace(self, **changes: Any) -> "Codebook":
         """A copy with some fields changed (``levels``, ``name``, ``source``, ...)."""

@@ -23,6 +23,7 @@ derived codebook's recipe.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ..io.safetensors import STANDARDIZE, sample_weights, split_globs
 from .sources import Empirical, SourceError, register_source_parser
@@ -44,17 +45,20 @@ def safetensors_source(path: str, globs: str | None = None, standardize: str = "
     return Empirical(sample, label=label)
 
 
+def _match(spec: Any) -> re.Match | None:
+    """The parts of a ``FILE.safetensors[:GLOBS][@STD]`` spelling, or ``None`` for any other."""
+    return _SPEC.match(spec.strip()) if isinstance(spec, str) else None
+
+
 def safetensors_file(spec: str) -> str | None:
     """The file a ``FILE.safetensors[:GLOBS][@STD]`` spelling reads, or ``None`` for any other spelling."""
-    m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
+    m = _match(spec)
     return None if m is None else m.group("path")
 
 
 def parse_safetensors_source(spec: str) -> Empirical | None:
     """A Source for ``FILE.safetensors[:GLOBS][@STD]``, or ``None`` for any other spelling."""
-    if not isinstance(spec, str):
-        return None
-    m = _SPEC.match(spec.strip())
+    m = _match(spec)
     if m is None:
         return None
     std = (m.group("std") or "row").lower()
