@@ -392,13 +392,26 @@ def _fault(lib, name: str, guards) -> str:
     return f"{name}: out-of-bounds access at {at:#x}: {what} ({n} bytes), {rel}"
 
 
-def call_guarded(lib, name: str, grid: int, block: int, args, trace=None) -> None:
+class Window:
+    """A launch argument standing for the elements ``[at, at + array.size)`` of an array too large
+    to hold (past 2**31 or 2**32 values): the kernel's pointer lies ``at`` elements before
+    ``array``'s first, so a launch whose blocks touch only those elements works on ``array``,
+    guarded as any other argument; an access outside the window leaves it and raises."""
+
+    def __init__(self, array: np.ndarray, at: int):
+        self.array, self.at = array, int(at)
+
+
+def call_guarded(lib, name: str, grid: int, block: int, args, trace=None, first_block: int = 0) -> None:
     """Launch kernel ``name`` of ``lib`` (its ``emu_`` function) with every numpy array in
     ``args`` guarded: an access out of an array's bounds raises, naming the kernel and the
     argument (its position in ``args``), or the shared array.  ``trace`` (a measuring build's
     :class:`gpu_traffic.Recorder`) is told the arrays' places before the launch, and takes the
-    accesses noted after it."""
+    accesses noted after it.  A :class:`Window` argument is guarded as its array; the blocks
+    before ``first_block`` do not run."""
     fn = getattr(lib, f"emu_{name}")
+    shift = [a.at * a.array.itemsize if isinstance(a, Window) else 0 for a in args]
+    args = [a.array if isinstance(a, Window) else a for a in args]
     spans = sorted(((*_extent(a), i) for i, a in enumerate(args) if isinstance(a, np.ndarray)), key=lambda t: t[:2])
     groups: list[list] = []   # overlapping arrays (in-place, aliases) share one copy
     for lo, hi, i in spans:
@@ -414,12 +427,16 @@ def call_guarded(lib, name: str, grid: int, block: int, args, trace=None) -> Non
             g = _Guarded(lo, hi)
             guards.append((g, idx))
             for i in idx:
-                conv[i] = ctypes.c_void_p(g.start + args[i].ctypes.data - lo)
+                conv[i] = ctypes.c_void_p(g.start + args[i].ctypes.data - lo - shift[i])
         rows = np.array([(a, b, idx[0]) for g, idx in guards for a, b in g.canaries()], np.uint64).reshape(-1)
         lib.qb_watch_launch(ctypes.c_int(rows.size // 3), rows.ctypes.data_as(ctypes.c_void_p))
         if trace is not None:
             trace.begin(lib, [(g.start, g.n, idx) for g, idx in guards])
-        fn(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
+        ctypes.c_uint.in_dll(lib, "qb_block0").value = first_block
+        try:
+            fn(ctypes.c_uint(grid), ctypes.c_uint(block), *conv)
+        finally:
+            ctypes.c_uint.in_dll(lib, "qb_block0").value = 0
         if ctypes.c_int.in_dll(lib, "qb_faulted").value:
             raise RuntimeError(_fault(lib, name, guards))
         check_barriers(lib, name)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -178,9 +180,11 @@ using std::min;
    have no barrier after a thread may return); the first to start a block counts a new CTA,
    whose shared arrays start over (gpu_bounds: poisoned, unwritten) */
 static unsigned long long qb_cta_seq = 0, qb_cta_block = ~0ull;
+/* the first block a launch runs: a test of a grid's last blocks skips the others */
+extern "C" { unsigned qb_block0 = 0; }
 static void qb_fiber_main(unsigned t) {
     QbFiber& f = qb_fibers[t];
-    for (unsigned b = 0; b < gridDim.x; ++b) {
+    for (unsigned b = qb_block0; b < gridDim.x; ++b) {
         f.b = b;
         blockIdx = qb_dim3{b, 0, 0};
         if (qb_cta_block != b) { qb_cta_block = b; ++qb_cta_seq; }
@@ -337,9 +341,48 @@ _U32 = ctypes.c_uint
 _F32 = ctypes.c_float
 
 
+#: the numpy scalar a launch passes for each scalar parameter type: real CuPy packs a numpy
+#: scalar by its own width and a Python int as 8 bytes, so any other type shifts the later
+#: arguments on a device, and a 32-bit one cuts a count past 2**31
+_SCALAR_NUMPY = {"qb_i64": np.int64, "qbv_i64": np.int64, "int": np.int32, "unsigned": np.uint32,
+                 "qb_u32": np.uint32, "float": np.float32, "double": np.float64}
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_signature(name: str) -> tuple[tuple[str, str], ...]:
+    """``(type, name)`` of each parameter of any kernel of the three libraries, pointers as
+    ``T*``, from the source the device compiles."""
+    if name.startswith("qbv_"):
+        return tuple(_vq_params(name))
+    src = _SK.source([name]) if name.startswith("qbs_") else K.source([name])
+    m = re.search(rf"\b{re.escape(name)}\(([^)]*)\)\s*\{{", src)
+    out = []
+    for part in m[1].split(","):
+        toks = part.replace("const ", "").replace("__restrict__", "").split()
+        out.append(("".join(toks[:-1]), toks[-1]))
+    return tuple(out)
+
+
+def check_launch(name: str, args) -> None:
+    """What a launch passes, as kernel ``name`` declares it: an array for each pointer, a numpy
+    scalar of the exact width for each scalar parameter (:data:`_SCALAR_NUMPY`)."""
+    params = kernel_signature(name)
+    if len(args) != len(params):
+        raise TypeError(f"{name}: {len(args)} arguments, the kernel takes {len(params)}")
+    for (typ, pname), a in zip(params, args):
+        if typ.endswith("*"):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{name}: {pname} ({typ}) given {type(a).__name__}, not an array")
+        elif type(a) is not _SCALAR_NUMPY[typ]:
+            raise TypeError(f"{name}: {pname} ({typ}) given {type(a).__name__}, not "
+                            f"numpy.{_SCALAR_NUMPY[typ].__name__}")
+
+
 class Emulator:
     """The kernels compiled for the host; ``launch(name, grid, block, *args)`` with numpy
     arrays for pointers.  Use :func:`emulator` to get the shared instance."""
+
+    check = staticmethod(check_launch)
 
     def __init__(self, lib_path: Path, measure: bool = False):
         self.lib = ctypes.CDLL(str(lib_path))
@@ -360,8 +403,9 @@ class Emulator:
             else:
                 fn.argtypes = [_U32, _U32, _P, _P, _P, _F32, _P, _I64, _I32]
 
-    def launch(self, name: str, grid: int, block: int, *args):
-        call_guarded(self.lib, name, int(grid), int(block), args, trace=_trace(self))
+    def launch(self, name: str, grid: int, block: int, *args, first_block: int = 0):
+        """``first_block``: the grid's blocks before it do not run (a test of its last blocks)."""
+        call_guarded(self.lib, name, int(grid), int(block), args, trace=_trace(self), first_block=first_block)
 
 
 # ---- the measuring builds (gpu_traffic): every access to a launch's arrays noted ------------
@@ -645,6 +689,8 @@ class ScaledEmulator:
     """The scaled kernels compiled for the host; ``launch(name, grid, block, *args)`` with
     numpy arrays for pointers.  Use :func:`scaled_emulator` for the shared instance."""
 
+    check = staticmethod(check_launch)
+
     def __init__(self, lib_path: Path, measure: bool = False):
         self.lib = ctypes.CDLL(str(lib_path))
         self.measure = measure
@@ -670,7 +716,7 @@ class ScaledEmulator:
         fs.argtypes = [_U32, _U32, _P, _I64, _P, _P, _I32, _I32, _P, _I32, _P, _P, _P, _P, _P, _P, _I32, _P]
         fs.restype = None
 
-    def launch(self, name: str, grid: int, block: int, *args):
+    def launch(self, name: str, grid: int, block: int, *args, first_block: int = 0):
         conv = []
         for a in args:
             if isinstance(a, np.floating):
@@ -678,7 +724,7 @@ class ScaledEmulator:
             elif isinstance(a, np.integer):
                 a = int(a)
             conv.append(a)
-        call_guarded(self.lib, name, int(grid), int(block), conv, trace=_trace(self))
+        call_guarded(self.lib, name, int(grid), int(block), conv, trace=_trace(self), first_block=first_block)
 
 
 _SCALED_EMU: dict[bool, ScaledEmulator] = {}
@@ -938,13 +984,12 @@ class AnyEmulator:
     every backend at once, e.g. evaluate-model with scalar and vector codebooks)."""
 
     def check(self, name: str, args) -> None:
-        if name.startswith("qbv_"):
-            VQEmulator.check(name, args)
+        (VQEmulator.check if name.startswith("qbv_") else check_launch)(name, args)
 
-    def launch(self, name: str, grid: int, block: int, *args):
+    def launch(self, name: str, grid: int, block: int, *args, first_block: int = 0):
         lib = vq_emulator() if name.startswith("qbv_") else \
             scaled_emulator() if name.startswith("qbs_") else emulator()
-        lib.launch(name, grid, block, *args)
+        lib.launch(name, grid, block, *args, first_block=first_block)
 
 
 def any_emulator() -> AnyEmulator:
