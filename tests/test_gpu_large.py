@@ -34,6 +34,7 @@ from quantbook.bulk.nested import dynamic_map, nested_lut, quantize_nested_refer
 from quantbook.bulk.reference import (dequantize_reference, quantize_reference, scaled_amax_reference,
                                       scaled_decode_reference, scaled_encode_reference)
 from quantbook.bulk.sums import CHUNK, error_chunks_reference
+from quantbook.codebooks.vector import nearest_brute
 from quantbook.numerics import hadamard
 from quantbook.scales import get_rule
 from quantbook.scales.steps import BUCKET_SHIFT, step_table
@@ -499,3 +500,49 @@ def test_vq_rotate_tail(vemu, total, n):
         vemu.launch("qbv_butterfly", grid, VK.CTA, Window(buf, e0), sg, Window(out, e0), *common, tile, inv, 0, 1,
                     GV._HOST_NAN, 0, first_block=grid - n // VK.CTA)
     assert bits_equal(out.reshape(2, n), _NUMPY_VQ.rotate(x, hadamard.SEED))
+
+
+#: a group of more than 2**31 weights (one scale for a row of 3·2**30 values, as the numpy
+#: and cpu backends take it)
+_BIG_GROUP = 3 * 2**30
+
+
+@pytest.mark.parametrize("p,grid2", [(4, False), (2, False), (2, True)])
+def test_vq_encode_group_past_2_31(vemu, p, grid2):
+    pts = _points(p, 40, p)
+    vectors = SIZES[1] // p
+    grid = -(-vectors // VK.CTA)
+    t0 = (grid - 2) * VK.CTA
+    v = np.random.default_rng(8).standard_normal((vectors - t0) * p).astype(np.float32)
+    g0 = t0 * p // _BIG_GROUP
+    s = np.array([0.75, 1.5], np.float32)[: (vectors * p - 1) // _BIG_GROUP - g0 + 1]
+    out = np.full(vectors - t0, -1, np.int32)
+    pd, c0s, order = VQ._device_scan_tables(pts.tobytes(), *pts.shape)
+    scan = (c0s, order, pd, pts.shape[0], Window(out, t0))
+    head = (Window(v, t0 * p), Window(s, g0), vectors, _BIG_GROUP)
+    if grid2:
+        zero, lo0, lo1, inv0, inv1, cells, lut, multi = VQ._grid_tables(pts.tobytes(), pts.shape[0])
+        vemu.launch("qbv_encode_grid2", grid, VK.CTA, *head, zero, lo0, lo1, inv0, inv1, cells, lut, multi, *scan,
+                    first_block=grid - 2)
+    else:
+        vemu.launch("qbv_encode", grid, VK.CTA, *head, p, *scan, first_block=grid - 2)
+    e = np.arange(t0, vectors) * p
+    y = (v.reshape(-1, p) / s[e // _BIG_GROUP - g0][:, None]).astype(np.float32)
+    assert np.array_equal(out, nearest_brute(pts.astype(np.float64), y.astype(np.float64)))
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_vq_decode_group_past_2_31(vemu, p):
+    pts = _points(p, 300, 9)
+    n = SIZES[1] - SIZES[1] % p
+    grid = -(-n // VK.CTA)
+    e0 = (grid - 2) * VK.CTA
+    rng = np.random.default_rng(10)
+    idx = rng.integers(0, pts.shape[0], (n - e0) // p).astype(np.int32)
+    g0 = e0 // _BIG_GROUP
+    s = np.array([0.75, 1.5], np.float32)[: (n - 1) // _BIG_GROUP - g0 + 1]
+    out = np.full(n - e0, np.nan, np.float32)
+    vemu.launch("qbv_decode", grid, VK.CTA, Window(idx, e0 // p), Window(s, g0), pts, Window(out, e0), n,
+                _BIG_GROUP, p, first_block=grid - 2)
+    want = pts[idx].reshape(-1) * s[np.arange(e0, n) // _BIG_GROUP - g0]   # float32 products
+    assert bits_equal(out, want)

@@ -85,7 +85,7 @@ def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):
     bits = cp.empty(groups if half else 1, dtype=cp.uint16)   # never written without half
     if groups:
         _kernel("qbv_group_stat")((_grid(groups),), (VK.CTA,),
-                                  (vd, out, scale, bits, np.int64(groups), np.int32(group), np.int32(absmax),
+                                  (vd, out, scale, bits, np.int64(groups), np.int64(group), np.int32(absmax),
                                    np.int32(half), np.int32(group % 4 == 0 and vd.data.ptr % 16 == 0)))
     return out, scale, (bits if half else None)
 
@@ -107,11 +107,11 @@ def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: n
     scan = (G._device_const(c0s), G._device_const(order), G._device_const(pts), np.int32(npts), out)
     if grid is None:
         _kernel("qbv_encode")((_grid(vectors),), (VK.CTA,),
-                              (vd, sd, np.int64(vectors), np.int32(group), np.int32(p), *scan))
+                              (vd, sd, np.int64(vectors), np.int64(group), np.int32(p), *scan))
     else:
         zero, lo0, lo1, inv0, inv1, cells, lut, multi = grid
         _kernel("qbv_encode_grid2")((_grid(vectors),), (VK.CTA,),
-                                    (vd, sd, np.int64(vectors), np.int32(group), np.int32(zero),
+                                    (vd, sd, np.int64(vectors), np.int64(group), np.int32(zero),
                                      *(np.float64(a) for a in (lo0, lo1, inv0, inv1)), np.int32(cells),
                                      G._device_const(lut), G._device_const(multi), *scan))
     return out
@@ -129,7 +129,7 @@ def decode_gpu(idx, scales, group: int, points: np.ndarray):
     out = cp.empty(n, dtype=cp.float32)
     if n:
         _kernel("qbv_decode")((_grid(n),), (VK.CTA,),
-                              (idd, sd, G._device_const(points), out, np.int64(n), np.int32(group), np.int32(p)))
+                              (idd, sd, G._device_const(points), out, np.int64(n), np.int64(group), np.int32(p)))
     return out
 
 

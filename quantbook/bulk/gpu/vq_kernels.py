@@ -67,17 +67,17 @@ PARAMS = {
                      "qbv_i64 total, qbv_i64 n, qbv_i64 h, double inv, int inverse, int last, unsigned nan_bits, "
                      "int wide",
     "qbv_group_stat": "const float* __restrict__ v, double* __restrict__ out, float* __restrict__ scale, "
-                      "qb_u16* __restrict__ half_bits, qbv_i64 groups, int group, int absmax, int half, int vec",
-    "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
+                      "qb_u16* __restrict__ half_bits, qbv_i64 groups, qbv_i64 group, int absmax, int half, int vec",
+    "qbv_encode": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, qbv_i64 group, "
                   "int p, const double* __restrict__ c0s, const int* __restrict__ order, "
                   "const double* __restrict__ pts, int npts, int* __restrict__ out",
-    "qbv_encode_grid2": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, int group, "
+    "qbv_encode_grid2": "const float* __restrict__ v, const float* __restrict__ s, qbv_i64 vectors, qbv_i64 group, "
                         "int zero, double lo0, double lo1, double inv0, double inv1, int cells, "
                         "const int* __restrict__ lut, const int* __restrict__ multi, const double* __restrict__ c0s, "
                         "const int* __restrict__ order, const double* __restrict__ pts, int npts, "
                         "int* __restrict__ out",
     "qbv_decode": "const int* __restrict__ idx, const float* __restrict__ s, const float* __restrict__ pts, "
-                  "float* __restrict__ out, qbv_i64 n, int group, int p",
+                  "float* __restrict__ out, qbv_i64 n, qbv_i64 group, int p",
     "qbv_cast": "const float* __restrict__ y, qb_u16* __restrict__ out, qbv_i64 n, int bf16",
     "qbv_cast64": "const double* __restrict__ y, qb_u16* __restrict__ out, qbv_i64 n, int bf16",
 }
@@ -245,26 +245,26 @@ _BODIES = {
         const float* w = v + g * group;
         /* a thread reads its own group, so its loads are far from its neighbours': 16-byte
            loads, several in flight, where alignment allows; the order of the sums is kept */
-        const int nv = vec ? group / 4 : 0;
+        const qbv_i64 nv = vec ? group / 4 : 0;
         const float4* w4 = reinterpret_cast<const float4*>(w);
         double r;
         if (absmax) {
             float m = 0.0f;
 #pragma unroll 4
-            for (int j = 0; j < nv; ++j) {
+            for (qbv_i64 j = 0; j < nv; ++j) {
                 const float4 q = w4[j];
                 m = qbv_absmax_step(qbv_absmax_step(qbv_absmax_step(qbv_absmax_step(m, q.x), q.y), q.z), q.w);
             }
-            for (int j = 4 * nv; j < group; ++j) m = qbv_absmax_step(m, w[j]);
+            for (qbv_i64 j = 4 * nv; j < group; ++j) m = qbv_absmax_step(m, w[j]);
             r = (double)m;
         } else {
             double acc = 0.0;
 #pragma unroll 4
-            for (int j = 0; j < nv; ++j) {
+            for (qbv_i64 j = 0; j < nv; ++j) {
                 const float4 q = w4[j];
                 acc = qbv_sq_step(qbv_sq_step(qbv_sq_step(qbv_sq_step(acc, q.x), q.y), q.z), q.w);
             }
-            for (int j = 4 * nv; j < group; ++j) acc = qbv_sq_step(acc, w[j]);
+            for (qbv_i64 j = 4 * nv; j < group; ++j) acc = qbv_sq_step(acc, w[j]);
             r = __dsqrt_rn(__ddiv_rn(acc, (double)group));
         }
         out[g] = r;
@@ -278,7 +278,7 @@ _BODIES = {
     }
 """,
     "qbv_encode": r"""
-    const int per = group / p;
+    const qbv_i64 per = group / p;
     for (qbv_i64 t = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; t < vectors;
          t += (qbv_i64)gridDim.x * blockDim.x) {
         const float sc = s[t / per];
@@ -289,7 +289,7 @@ _BODIES = {
     }
 """,
     "qbv_encode_grid2": r"""
-    const int per = group / 2;
+    const qbv_i64 per = group / 2;
     const double top = (double)(cells - 1);
     for (qbv_i64 t = (qbv_i64)blockIdx.x * blockDim.x + threadIdx.x; t < vectors;
          t += (qbv_i64)gridDim.x * blockDim.x) {
