@@ -546,3 +546,29 @@ def test_vq_decode_group_past_2_31(vemu, p):
                 _BIG_GROUP, p, first_block=grid - 2)
     want = pts[idx].reshape(-1) * s[np.arange(e0, n) // _BIG_GROUP - g0]   # float32 products
     assert bits_equal(out, want)
+
+
+@pytest.mark.parametrize("n", [*SIZES, 2**36 + 7])
+def test_launch_grids_cover_n_within_cudas_limit(n):
+    """Every launcher's grid for ``n`` values (2**36: 128 GiB of 16-bit values, beyond any GPU's
+    memory) is below CUDA's 2**31 - 1 blocks and its CTAs reach the last value."""
+    limit = 2**31 - 1
+    for key in K.DTYPES:
+        for packing, block in [(1, 64), (4, 16), (4, 4096), (8, 64)]:
+            grid, cta = quantize_launch(n, key, block, packing)
+            assert grid <= limit and grid * cta * K.quantize_vec(key, block, packing) >= n
+            grid, cta = dequantize_launch(n, key, packing)
+            assert grid <= limit and grid * cta * K.DEQ_PER_THREAD >= n
+        for kind, block, vec in [("amax", 2, False), ("amax", 16, True), ("encode", 2, False), ("encode", 16, True),
+                                 ("decode", 2, False), ("decode", 16, True)]:
+            grid, cta, _, start = _scaled_start(kind, n, block, vec, key)
+            assert grid <= limit and grid * (start // (grid - 2)) >= n   # start: where CTA grid - 2 begins
+    for block in (16, 4096):
+        grid, cta = sanitize_launch(n, block)
+        assert grid <= limit and grid * cta // min(block, 32) * block >= n
+    grid, cta = nested_launch(n)
+    assert grid <= limit and grid * cta >= n
+    grid, cta, runs = error_chunks_launch(n)
+    assert grid <= limit and runs * CHUNK >= n
+    for b in (2, 32):   # a thread a block: the search kernels, and the steps lookup of n blocks
+        assert -(-F.n_blocks(n, b) // SK.GGML_CTA) <= limit and -(-n // SK.CTA) <= limit
