@@ -918,10 +918,8 @@ static inline float __double2float_rn(double d) { volatile float r = (float)d; r
 """
 
 _VQ_CTYPES = {"qbv_i64": _I64, "int": _I32, "unsigned": _U32, "double": ctypes.c_double, "float": _F32}
-#: what a launch must pass for each C type: real CuPy packs a numpy scalar by its own width,
-#: so a wrong one would shift every later argument on a device
-_VQ_NUMPY = {"qbv_i64": np.int64, "int": np.int32, "unsigned": np.uint32, "double": np.float64, "float": np.float32,
-             "float*": np.float32, "double*": np.float64, "int*": np.int32, "qb_u16*": np.uint16}
+#: the element type of each pointer a VQ kernel takes (its scalars: :data:`_SCALAR_NUMPY`)
+_VQ_POINTERS = {"float*": np.float32, "double*": np.float64, "int*": np.int32, "qb_u16*": np.uint16}
 
 
 def _vq_params(name: str) -> list[tuple[str, str]]:
@@ -955,16 +953,11 @@ class VQEmulator(ScaledEmulator):
 
     @staticmethod
     def check(name: str, args) -> None:
-        """Each argument of a launch as the kernel's parameter list declares it: arrays of the
-        pointer's element type, numpy scalars of the exact width."""
-        params = _vq_params(name)
-        assert len(args) == len(params), (name, len(args), len(params))
-        for (typ, pname), a in zip(params, args):
-            want = _VQ_NUMPY[typ]
+        """:func:`check_launch`, and each array of the pointer's element type, C-contiguous."""
+        check_launch(name, args)
+        for (typ, pname), a in zip(kernel_signature(name), args):
             if typ.endswith("*"):
-                assert isinstance(a, np.ndarray) and a.dtype == want and a.flags.c_contiguous, (name, pname, a)
-            else:
-                assert type(a) is want, (name, pname, type(a))
+                assert a.dtype == _VQ_POINTERS[typ] and a.flags.c_contiguous, (name, pname, a)
 
 
 _VQ_EMU: dict[bool, VQEmulator] = {}
