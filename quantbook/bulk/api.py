@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, host_array
 from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
 from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,
                       no_device_backend_error)
 from .nested import NESTED_BLOCKSIZE, dynamic_map, nested_offset
 from .scaled import dequantize_scaled, quantize_scaled
-from .state import QuantState, dtype_from_name, dtype_name, host_array
+from .state import QuantState, dtype_from_name, dtype_name
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 
 __all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names", "host_backend", "CodebookRangeWarning"]
@@ -83,8 +83,8 @@ def _c_contiguous(shape: tuple[int, ...], strides: Any, itemsize: int) -> bool:
 def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     """``(x, shape, dtype)`` of a float32/float16/bfloat16 C-contiguous non-empty array."""
     device = is_device_array(x)
-    if not device and not isinstance(x, np.ndarray):
-        x = host_array(x)
+    if not device:
+        x = host_array(x, "x")
     name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
     if math.prod(map(int, shape)) == 0:
@@ -212,6 +212,8 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
     state._check_fields()
     device = is_device_array(packed)
     be = _pick_backend(backend, device)
+    if not device:
+        packed = host_array(packed, "packed")
     if str(getattr(packed, "dtype", "")).replace("torch.", "") != "uint8":
         raise ValueError(f"packed must be a uint8 array, got dtype {getattr(packed, 'dtype', type(packed).__name__)}")
     if not device:

@@ -61,6 +61,14 @@ def check_input_dtype(x: Any) -> str:
     return name
 
 
+def _native(a: Any) -> Any:
+    """A host array in native byte order (the same values; the kernels read native bits); any
+    other array as it is."""
+    if isinstance(a, np.ndarray) and not a.dtype.isnative:
+        return a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
 def no_device_backend_error(registry: dict) -> ValueError:
     """``backend="auto"`` with a device array and no usable device backend in ``registry``."""
     return ValueError("no GPU backend is usable for this device array: "
@@ -219,7 +227,7 @@ class Backend:
         """``(Σe², Σ|e|)`` of ``e = xhat - x`` (``e = -x`` without ``xhat``: ``Σx²``, ``Σ|x|``)
         in float64, in the fixed order of :mod:`quantbook.bulk.sums`: the same bits on every
         backend.  ``x`` and ``xhat``: arrays of this backend's kind, of one size, float16,
-        bfloat16, float32 or (host backends) float64."""
+        bfloat16, float32 or (host backends) float64, in either byte order."""
         from .sums import combine
 
         for a in (x,) if xhat is None else (x, xhat):
@@ -230,6 +238,7 @@ class Backend:
         other = size if xhat is None else math.prod(map(int, xhat.shape))
         if other != size:
             raise ValueError(f"x and xhat differ in size: {size} and {other}")
+        x, xhat = (None if a is None else _native(a) for a in (x, xhat))
         return combine(self._error_chunks(x, xhat))
 
     def _error_chunks(self, x: Any, xhat: Any) -> np.ndarray:

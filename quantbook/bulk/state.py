@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..numerics.arguments import bfloat16, host_array, real_kind
 from ..scales import get_rule
 from ..scales.steps import decode_table
 from . import format as F
@@ -32,33 +33,17 @@ def dtype_from_name(name: Any) -> np.dtype:
         name = getattr(name, "name", None) or str(name)
     name = name.replace("torch.", "")
     if name == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError:  # pragma: no cover - depends on the environment
-            raise ValueError("bfloat16 needs the ml_dtypes package: pip install 'quantbook[bf16]'") from None
-        return np.dtype(ml_dtypes.bfloat16)
+        return bfloat16()
     if name not in _DTYPE_NAMES:
         raise ValueError(f"unsupported dtype {name!r}; expected one of {', '.join(_DTYPE_NAMES)}")
     return np.dtype(name)
-
-
-def host_array(v: Any) -> np.ndarray:
-    """``v`` as a numpy array: a torch tensor detached and brought to the host (its bfloat16
-    read through its bits as ml_dtypes' bfloat16, which torch cannot hand to numpy), anything
-    else through ``np.asarray``.  One rule for every array a user hands the bulk API."""
-    if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
-        t = v.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            import torch
-            return t.view(torch.int16).numpy().view(dtype_from_name("bfloat16"))
-        return t.numpy()
-    return np.asarray(v)
 
 
 def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {got}")
+    host_array(a, what)   # refuses a masked entry, which every decode would read through
     if size is not None and a.size != size:
         raise ValueError(f"{what} has {a.size} entries, expected {size}")
     if scales:
@@ -109,14 +94,14 @@ def exact_array(what: str, v: Any, dtype: Any, expected: str) -> np.ndarray:
     values: floats read as integer codes or the reverse, integers (a JSON list, int64) outside
     the unsigned type's range, and floats that do not round-trip (a float64 from JSON is
     taken as float32 or float16 only when it holds such a value exactly)."""
-    a, dtype = host_array(v), np.dtype(dtype)
+    a, dtype = host_array(v, what), np.dtype(dtype)
     if dtype.kind == "u":
-        if a.dtype.kind not in ("u", "i"):
+        if real_kind(a.dtype) not in ("u", "i"):
             raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")
         top = np.iinfo(dtype).max
         if a.size and (a.min() < 0 or a.max() > top):
             raise ValueError(f"{what} must hold {expected} (0..{top})")
-    elif a.dtype.kind != "f":
+    elif real_kind(a.dtype) != "f":
         raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")
     with np.errstate(over="ignore"):   # a value beyond the type's range is refused below, not warned about
         out = np.ascontiguousarray(a, dtype=dtype)
@@ -243,7 +228,7 @@ class QuantState:
             ok = False
         if not ok:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
-        if host_array(self.code).dtype.kind not in "fiu":
+        if host_array(self.code, "code").dtype.kind not in "fiu":
             raise ValueError(f"code must be a table of float32 levels, got {self.code!r}")
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks

@@ -29,10 +29,11 @@ import numpy as np
 
 from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard, parallel
+from ..numerics.arguments import host_array, real_kind
 from . import format as F
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)
-from .state import dtype_from_name, dtype_name, first_bad_scale, host_array
+from .state import dtype_from_name, dtype_name, first_bad_scale
 from .vq_state import (MAX_POINTS, SCALE_DTYPES, SCALE_RULES, VQState, check_group, check_points,
                        index_dtype)
 
@@ -524,10 +525,11 @@ def as_points(codebook: Any) -> tuple[str, np.ndarray]:
     if isinstance(codebook, (str, os.PathLike)):   # as quantize() takes a scalar code's name
         from ..naming import resolve_vector
         codebook = resolve_vector(os.fspath(codebook))
-    name = str(getattr(codebook, "name", "custom"))
+    name = getattr(codebook, "name", None)   # a torch tensor's is None
+    name = name if isinstance(name, str) else "custom"
     pts = getattr(codebook, "points", codebook)
-    a = host_array(pts)
-    if a.dtype.kind not in "fiu" or a.ndim != 2:
+    a = host_array(pts, "vq_codebook")
+    if not real_kind(a.dtype) or a.ndim != 2:
         raise ValueError(f"a vector codebook is an (N, P) table of numbers, got {a.dtype} of shape {a.shape}")
     if a.shape[0] > MAX_POINTS:
         raise ValueError(f"a vector codebook has at most {MAX_POINTS} points (16-bit indices), got {a.shape[0]}")
@@ -564,7 +566,7 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], str]:
     """``(x, shape, dtype name)``: a numpy array, or a device array as given (it is converted
     to float32, a copy, so any strides do)."""
     if not is_device_array(x):
-        x = host_array(x)
+        x = host_array(x, "x")
     name = check_input_dtype(x)
     shape = tuple(int(s) for s in x.shape)
     if not shape or 0 in shape:
@@ -661,7 +663,7 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
     be = _pick_backend(backend, device)
     with be.on_device(indices):
         if not device:
-            indices = np.asarray(indices)
+            indices = host_array(indices, "indices")
         name = dtype_name_of(indices)
         if name.rstrip("0123456789") not in ("int", "uint"):
             raise ValueError(f"indices must be integers, got dtype {name}")

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..numerics.arguments import host_array
 from ..numerics.hadamard import check_size
 from . import format as F
 from .state import dtype_from_name, dtype_name, exact_array, first_bad_scale
@@ -63,6 +64,7 @@ def check_points(points: Any) -> np.ndarray:
         got = f"{points.dtype} array of shape {points.shape}" if isinstance(points, np.ndarray) \
             else type(points).__name__
         raise ValueError(f"points must be a 2-D float32 array (N, P), got {got}")
+    host_array(points, "points")   # refuses a masked entry, which every decode would read through
     n, p = points.shape
     if p < 1 or not 2 <= n <= MAX_POINTS:
         raise ValueError(f"a vector codebook has 2 to {MAX_POINTS} points of P >= 1 values, got shape {points.shape}")
@@ -148,6 +150,7 @@ class VQState:
         if not isinstance(s, np.ndarray) or s.dtype != np.dtype(self.scale_dtype) or s.ndim != 1:
             got = f"{s.dtype} array of shape {s.shape}" if isinstance(s, np.ndarray) else type(s).__name__
             raise ValueError(f"scales must be a flat {self.scale_dtype} array, got {got}")
+        host_array(s, "scales")   # refuses a masked entry, which every decode would read through
         if s.size != self.n_groups:
             raise ValueError(f"scales has {s.size} entries, expected {self.n_groups} (one per group)")
         bad = first_bad_scale(s)

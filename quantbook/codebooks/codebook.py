@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
+from ..numerics.arguments import host_array, real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
 
@@ -35,23 +36,31 @@ class CodebookError(ValueError):
     """Invalid codebook data or invalid input to a codebook operation."""
 
 
-def check_numbers(values: Any, what: str, error: type[Exception] = ValueError) -> None:
-    """``error`` unless ``values`` (a sequence, a sequence of rows, or an array) holds numbers
-    only: numpy would read the strings ``" 0.5 "`` and ``"1_0"`` as 0.5 and 10, and True as 1."""
-    raw = values if isinstance(values, (list, tuple)) else np.asarray(values)
-    if isinstance(raw, np.ndarray):
+def check_numbers(values: Any, what: str, error: type[Exception] = ValueError) -> Any:
+    """``values`` to read as float64 (``np.array(v, dtype=np.float64)``): a list or tuple as it
+    is, anything else as :func:`~quantbook.numerics.arguments.host_array` makes it (a tensor,
+    a masked array with nothing masked); ``error`` unless it holds numbers only: numpy would
+    read the strings ``" 0.5 "`` and ``"1_0"`` as 0.5 and 10, True as 1, a date as its count of
+    seconds, and drop a complex number's imaginary part with a mere warning."""
+    raw = values
+    if not isinstance(values, (list, tuple)):
+        try:
+            values = raw = host_array(values, what)
+        except ValueError as exc:
+            raise error(str(exc)) from None
         if raw.ndim == 0:
             raise error(f"{what} must be a sequence of numbers, got {values!r}")
-        if raw.dtype.kind in "bUS":
-            raise error(f"{what} must be numbers, got an array of {raw.dtype}")
         if raw.dtype.kind != "O":
-            return
+            if not real_kind(raw.dtype):
+                raise error(f"{what} must be numbers, got an array of {raw.dtype}")
+            return values
         raw = raw.tolist()
     for i, v in enumerate(raw):
         for j, x in enumerate(v) if isinstance(v, (list, tuple)) else [(None, v)]:
             if isinstance(x, (bool, np.bool_, str, bytes)) or x is None:
                 where = f"entry {i}" if j is None else f"row {i}, column {j}"
                 raise error(f"{what} must be numbers: {where} is {x!r}")
+    return values
 
 
 def check_name(name: Any, error: type[Exception] = ValueError) -> None:
@@ -77,7 +86,7 @@ def check_misspelt_keys(d: Mapping[str, Any], known: tuple[str, ...], what: str,
 
 
 def _as_float64_vector(values: Any, what: str) -> np.ndarray:
-    check_numbers(values, what, CodebookError)
+    values = check_numbers(values, what, CodebookError)
     try:
         arr = np.array(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -96,6 +105,14 @@ def _as_float64_vector(values: Any, what: str) -> np.ndarray:
                             f"(|v| < 3.4028235677973366e38): "
                             f"entry {big[0]} is {float(arr[big[0]])!r}")
     return arr
+
+
+def _host(v: Any, what: str) -> np.ndarray:
+    """:func:`~quantbook.numerics.arguments.host_array`, its error a CodebookError."""
+    try:
+        return host_array(v, what)
+    except ValueError as exc:
+        raise CodebookError(str(exc)) from None
 
 
 def _freeze(a: np.ndarray) -> np.ndarray:
@@ -238,9 +255,11 @@ class Codebook:
         (float32 ``y`` against :attr:`thresholds_f32`); ``"float64"`` uses the float64
         midpoints.  NaN is rejected.
         """
-        arr = np.asarray(y)
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        arr = _host(y, "y")
+        if not real_kind(arr.dtype):
             raise CodebookError(f"encode needs real numbers, got dtype {arr.dtype}")
+        if arr.dtype.kind == "V":   # ml_dtypes' (bfloat16, float8): float64 holds each exactly
+            arr = arr.astype(np.float64)
         if np.isnan(arr).any():
             raise CodebookError("encode got NaN")
         if thresholds not in ("float64", "float32"):
@@ -250,7 +269,7 @@ class Codebook:
 
     def decode(self, indices: Any) -> np.ndarray:
         """Values (float64) of code indices."""
-        idx = np.asarray(indices)
+        idx = _host(indices, "indices")
         if idx.size == 0 and idx.dtype == np.float64:   # np.asarray([]) of an empty list
             idx = idx.astype(np.intp)
         if not np.issubdtype(idx.dtype, np.integer):

@@ -43,7 +43,7 @@ def _freeze(a: np.ndarray) -> np.ndarray:
 
 
 def _as_points(points: Any) -> np.ndarray:
-    check_numbers(points, "points", VectorCodebookError)
+    points = check_numbers(points, "points", VectorCodebookError)
     if isinstance(points, (list, tuple)):
         for i, row in enumerate(points):
             for x in (row if isinstance(row, (list, tuple)) else [row]):

@@ -31,7 +31,7 @@ def _edges(mu, levels):
 
 def _check_levels(levels: Any) -> np.ndarray:
     """Sorted finite levels as a float64 vector (one-line ValueError otherwise)."""
-    check_numbers(levels, "levels")   # numpy would read '0.5' and True as numbers, and a string as one
+    levels = check_numbers(levels, "levels")   # numpy would read '0.5' and True as numbers, and a string as one
     try:
         lv = np.asarray(levels, dtype=np.float64)
     except (TypeError, ValueError):

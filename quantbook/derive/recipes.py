@@ -269,8 +269,7 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
                                  f"got {fixed!r}") from None
     else:
         try:
-            check_numbers(fixed, "fixed levels")   # float() would read '0.5' and True
-            values = [float(v) for v in fixed]
+            values = [float(v) for v in check_numbers(fixed, "fixed levels")]   # float() would read '0.5' and True
         except (TypeError, ValueError):
             raise ValueError(f"fixed levels must be a sequence of numbers or a string like '-1,0,1', "
                              f"got {fixed!r}") from None

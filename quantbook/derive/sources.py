@@ -58,7 +58,7 @@ import mpmath
 import numpy as np
 from scipy import integrate, special, stats
 
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, host_array, real_kind
 from ..io.files import check_input_file
 from ..io.npy import load_npy
 from .conventions import apply, at_q, at_x, sample_shape
@@ -635,7 +635,7 @@ def _distinct_knots(xk: np.ndarray, Fk: np.ndarray) -> tuple[np.ndarray, np.ndar
 class Empirical(Source):
     """A sample as a continuous distribution (see the module docstring).
 
-    ``sample``: any array of finite numbers (flattened), at least 2 distinct values.
+    ``sample``: any array of finite real numbers (flattened; not bool), at least 2 distinct values.
     ``standardize``: divide by the RMS (default) so that ``E[X**2] = 1``; ``rms`` keeps the
     factor.  ``knots``: the Voronoi cdf is interpolated through about this many knots
     (uniform in probability in the bulk, geometric in the tails down to the extreme values;
@@ -652,8 +652,11 @@ class Empirical(Source):
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
                  knots: int | None = DEFAULT_KNOTS) -> None:
         standardize = check_flag(standardize, "standardize")
-        raw = np.asarray(sample)
-        if raw.dtype.kind not in "biuf":
+        try:
+            raw = host_array(sample, "sample")
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+        if not real_kind(raw.dtype):
             raise SourceError(f"an empirical sample must be real numbers, got dtype {raw.dtype}")
         if knots is not None and (isinstance(knots, bool) or not isinstance(knots, (int, np.integer))
                                   or knots < 2):
@@ -873,7 +876,7 @@ def parse_source(spec: Any) -> Source:
             arr = load_npy(path)
         except (OSError, ValueError) as exc:
             raise SourceError(" ".join(str(exc).split())) from None
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        if not real_kind(arr.dtype):
             raise SourceError(f"{text}: expected a numeric array, got dtype {arr.dtype}")
         return Empirical(arr, label=text)
     raise SourceError(f"unknown source {text!r} (expected normal, laplace, student-t:NU, FILE.npy "

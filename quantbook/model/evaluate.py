@@ -54,7 +54,7 @@ from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, host_array
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
@@ -122,10 +122,10 @@ def error_sums(x: np.ndarray, xhat: np.ndarray, sx2: float | None = None) -> Err
     from ..bulk.api import host_backend
 
     be = host_backend()   # any backend's sums are the same bits
-    xs = np.asarray(x)
+    xs = host_array(x, "x")
     if sx2 is None:
         sx2 = be.error_sums(xs)[0]
-    sse, sae = be.error_sums(xs, np.asarray(xhat))
+    sse, sae = be.error_sums(xs, host_array(xhat, "xhat"))
     return ErrorSums(n=int(xs.size), sse=sse, sae=sae, sx2=sx2)
 
 

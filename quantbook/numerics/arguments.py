@@ -1,5 +1,5 @@
-"""What counts as an integer argument and as a True/False flag, for every layer's public
-functions: below all of them, so that each reads its arguments by the same rule."""
+"""What counts as an integer argument, a True/False flag and an array, for every layer's
+public functions: below all of them, so that each reads its arguments by the same rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_flag"]
+__all__ = ["is_int", "check_flag", "host_array", "real_kind", "bfloat16"]
 
 
 def is_int(v: Any) -> bool:
@@ -23,3 +23,52 @@ def check_flag(value: Any, what: str, also: str = "") -> bool:
     if not (isinstance(value, (bool, np.bool_)) or (is_int(value) and value in (0, 1))):
         raise ValueError(f"{what} must be True or False{also}, got {value!r}")
     return bool(value)
+
+
+def bfloat16() -> np.dtype:
+    """ml_dtypes' bfloat16, or a ValueError saying how to install it."""
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ValueError("bfloat16 needs the ml_dtypes package: pip install 'quantbook[bf16]'") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def host_array(v: Any, what: str = "x") -> np.ndarray:
+    """``v`` as a plain numpy array: the one rule for every array a user hands a public function.
+
+    * a torch tensor: detached and brought to the host, its lazy conjugate and negative views
+      resolved (torch hands neither to numpy), its bfloat16 read through its bits as ml_dtypes'
+      bfloat16 (which torch cannot hand to numpy);
+    * a masked array: its data when no entry is masked, else a ValueError naming ``what``:
+      every computation here would read a masked entry's hidden value, a silent wrong answer;
+    * anything else through ``np.asarray``: an ndarray subclass (``np.matrix``, ``np.memmap``,
+      a user's) becomes a plain ndarray view, as the kernels and the reshapes take it (a
+      matrix stays 2-D when flattened).
+    """
+    if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
+        t = v.detach().cpu().resolve_conj().resolve_neg()
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+            return t.view(torch.int16).numpy().view(bfloat16())
+        return t.numpy()
+    if isinstance(v, np.ma.MaskedArray):
+        masked = int(np.ma.count_masked(v))
+        if masked:
+            entries = "entry" if masked == 1 else "entries"
+            raise ValueError(f"{what} is a masked array with {masked} masked {entries}, which would be read as "
+                             f"the values under the mask; pass {what}.filled(value) or {what}.compressed()")
+        v = np.ma.getdata(v)
+    return np.asarray(v)
+
+
+def real_kind(dtype: Any) -> str:
+    """``"f"``, ``"i"`` or ``"u"`` for a dtype of real numbers — numpy's floats and integers and
+    ml_dtypes' (bfloat16, float8, int4, whose numpy kind is ``"V"``) — else ``""``: bool
+    (True is not the number 1), complex, dates, strings, objects and records."""
+    dt = np.dtype(dtype)
+    if dt.kind in "fiu":
+        return dt.kind
+    if dt.kind == "V" and dt.names is None and dt.subdtype is None and dt.type.__module__ == "ml_dtypes":
+        return "u" if dt.name.startswith("uint") else "i" if dt.name.startswith("int") else "f"
+    return ""

@@ -1,0 +1,216 @@
+"""What kinds of arrays the public entry points take: each (entry point, kind of input) either
+gives what the plain ndarray of the same values gives, bit for bit, or a one-line
+ValueError naming the argument.  Never a silent wrong answer: a masked array's mask, a
+complex number's imaginary part or a date read as seconds."""
+
+import re
+
+import numpy as np
+import pytest
+
+import quantbook as qb
+from quantbook import Codebook
+from quantbook.bulk import QuantState, VQState, dequantize, dequantize_vq, quantize_vq
+from quantbook.derive import Empirical
+from quantbook.model.evaluate import error_sums
+
+torch = pytest.importorskip("torch")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+_RNG = np.random.default_rng(7)
+#: values bfloat16 holds exactly, so that a bfloat16 input's plain equivalent has them too
+X = _RNG.standard_normal((4, 64)).astype(ml_dtypes.bfloat16).astype(np.float32)
+LEVELS = np.array([-1.0, -0.5, 0.0, 0.25, 1.0])
+
+
+def _quantize(**kw):
+    def run(x):
+        packed, state = qb.quantize(x, **kw)
+        return packed, state.as_dict(), dequantize(packed, state, backend=kw["backend"])
+    return run
+
+
+_P, _S = qb.quantize(X, backend="numpy")
+_I, _V = quantize_vq(X, "higgs-2d-256", backend="numpy")
+
+#: entry point -> (its family, the plain array it is fed, the call)
+ENTRIES = {
+    "quantize-numpy": ("float", X, _quantize(backend="numpy")),
+    "quantize-cpu": ("float", X, _quantize(backend="cpu")),
+    "quantize-nested-cpu": ("float", X, _quantize(backend="cpu", nested=True)),
+    "quantize-e8m0-cpu": ("float", X, _quantize(codebook="e2m1", backend="cpu", scale="e8m0", block_size=32)),
+    "quantize-e4m3-numpy": ("float", X, _quantize(codebook="e2m1", backend="numpy", scale="e4m3", block_size=16)),
+    "quantize-float16-cpu": ("float", X, _quantize(codebook="e2m1", backend="cpu", scale="float16", block_size=32)),
+    "quantize-search-cpu": ("float", X,
+                            _quantize(codebook="e2m1", backend="cpu", scale="search:4over6", block_size=16)),
+    "dequantize-packed-cpu": ("int", _P, lambda p: dequantize(p, _S, backend="cpu")),
+    "quantize_vq-numpy": ("float", X, lambda x: quantize_vq(x, "higgs-2d-256", backend="numpy")),
+    "quantize_vq-cpu": ("float", X, lambda x: quantize_vq(x, "higgs-2d-256", backend="cpu")),
+    "dequantize_vq-indices": ("int", _I, lambda i: dequantize_vq(i, _V, backend="numpy")),
+    "vq-points": ("real", _V.points, lambda p: quantize_vq(X, p, backend="numpy")),
+    "error_sums-x": ("real", X, lambda x: vars(error_sums(x, X[::-1]))),
+    "error_sums-xhat": ("real", X, lambda x: vars(error_sums(X[::-1], x))),
+    "Empirical": ("real", X, lambda x: (Empirical(x).digest, Empirical(x).rms)),
+    "Codebook-levels": ("real", LEVELS, lambda v: Codebook(levels=v, bits=3, name="t")),
+    "Codebook.encode": ("real", X, lambda y: qb.get("nf4").encode(y, "float32")),
+    "Codebook.decode": ("int", _P & 15, lambda i: qb.get("nf4").decode(i)),
+    "QuantState.from_dict-absmax": ("real", _S.absmax, lambda a: QuantState.from_dict({**_S.as_dict(), "absmax": a})),
+    "VQState.from_dict-points": ("real", _V.points, lambda p: VQState.from_dict({**_V.to_dict(), "points": p})),
+}
+
+
+class _Sub(np.ndarray):
+    """A subclass that adds nothing: it must work as an ndarray does."""
+
+
+def _masked(a):
+    mask = np.zeros(a.shape, bool)
+    mask.flat[3] = True
+    return np.ma.masked_array(a, mask=mask)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
+def _memmap(a, tmp_path):
+    m = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype=a.dtype, shape=a.shape)
+    m[...] = a
+    return m
+
+
+#: kind -> (make it from the plain array, the plain array it stands for (None: that one), families)
+KINDS = {
+    "masked, nothing masked": (lambda a, _: np.ma.masked_array(a, mask=np.zeros(a.shape, bool)), None,
+                               "float int real"),
+    "masked, one entry masked": (lambda a, _: _masked(a), None, "float int real"),
+    "np.matrix": (lambda a, _: np.asmatrix(a), lambda a: np.asarray(np.asmatrix(a)), "float int"),
+    "trivial subclass": (lambda a, _: a.view(_Sub), None, "float int real"),
+    "memmap": (_memmap, None, "float int real"),
+    "read-only": (lambda a, _: _read_only(a), None, "float int real"),
+    "torch, requires grad": (lambda a, _: torch.from_numpy(a.copy()).requires_grad_(), None, "float real"),
+    "torch bfloat16": (lambda a, _: torch.from_numpy(np.asarray(a, np.float32)).bfloat16(),
+                       lambda a: a.astype(ml_dtypes.bfloat16), "float real"),
+    "big-endian": (lambda a, _: a.astype(a.dtype.newbyteorder(">")), None, "float real"),
+    "complex": (lambda a, _: a.astype(np.complex64), None, "float int real"),
+    "datetime": (lambda a, _: a.astype(np.int64).astype("datetime64[s]"), None, "float int real"),
+    "bool": (lambda a, _: a > 0, None, "float int real"),
+}
+
+#: what a kind of input gives where it is not the plain array's result: (family, kind) -> message
+ERRORS = {
+    ("*", "masked, one entry masked"): r"is a masked array with 1 masked entry",
+    ("float", "big-endian"): r"x has non-native byte order",
+    ("float", "complex"): r"x must hold float32, float16, bfloat16 values, got dtype complex64",
+    ("float", "datetime"): r"x must hold float32, float16, bfloat16 values, got dtype datetime64",
+    ("float", "bool"): r"x must hold float32, float16, bfloat16 values, got dtype bool",
+    ("int", "complex"): r"(packed must be a uint8 array|integer)",
+    ("int", "datetime"): r"(packed must be a uint8 array|integer)",
+    ("int", "bool"): r"(packed must be a uint8 array|integer|unsupported operand)",
+    ("real", "complex"): r"(real numbers|numbers, got|float values|must hold float|table of numbers)",
+    ("real", "datetime"): r"(real numbers|numbers, got|float values|must hold float|table of numbers)",
+    ("real", "bool"): r"(real numbers|numbers, got|float values|must hold float|table of numbers)",
+}
+#: the exceptions to a family's rule
+ERRORS_BY_ENTRY = {
+    # a masked argument is named: the packed bytes, the indices, the sample, the table
+    ("dequantize-packed-cpu", "masked, one entry masked"): r"packed is a masked array",
+    ("dequantize_vq-indices", "masked, one entry masked"): r"indices is a masked array",
+    ("Empirical", "masked, one entry masked"): r"sample is a masked array",
+    ("error_sums-xhat", "masked, one entry masked"): r"xhat is a masked array",
+    ("vq-points", "masked, one entry masked"): r"vq_codebook is a masked array",
+    ("Codebook-levels", "masked, one entry masked"): r"levels is a masked array",
+    ("Codebook.encode", "masked, one entry masked"): r"y is a masked array",
+    ("Codebook.decode", "masked, one entry masked"): r"indices is a masked array",
+    ("QuantState.from_dict-absmax", "masked, one entry masked"): r"absmax is a masked array",
+    ("VQState.from_dict-points", "masked, one entry masked"): r"points is a masked array",
+    ("quantize-numpy", "masked, one entry masked"): r"x is a masked array",
+    # quantize_vq converts every input to float32 (a copy): byte order is no reason to refuse
+    ("quantize_vq-numpy", "big-endian"): None,
+    ("quantize_vq-cpu", "big-endian"): None,
+}
+
+
+def _canon(v):
+    """A result as comparable plain data: arrays by type, dtype, shape and bytes."""
+    if isinstance(v, (tuple, list)):
+        return [_canon(e) for e in v]
+    if isinstance(v, dict):
+        return {k: _canon(e) for k, e in v.items()}
+    if isinstance(v, QuantState):
+        return _canon(v.as_dict())
+    if isinstance(v, VQState):
+        return _canon(v.to_dict())
+    if isinstance(v, Codebook):
+        return _canon([v.levels, v.code, v.bits])
+    if isinstance(v, np.ndarray):
+        return (type(v).__name__, v.dtype.str, v.shape, v.tobytes())
+    return repr(v)
+
+
+def _expected_error(entry, family, kind):
+    if (entry, kind) in ERRORS_BY_ENTRY:
+        return ERRORS_BY_ENTRY[entry, kind]
+    return ERRORS.get((family, kind), ERRORS.get(("*", kind)))
+
+
+CASES = [(e, k) for e, (fam, _, _) in ENTRIES.items() for k, (_, _, fams) in KINDS.items()
+         if fam in fams.split()]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("entry, kind", CASES, ids=[f"{e}|{k}" for e, k in CASES])
+def test_an_input_works_as_its_plain_array_or_is_refused_in_one_line(entry, kind, tmp_path):
+    family, plain, call = ENTRIES[entry]
+    make, equivalent, _ = KINDS[kind]
+    x = make(plain, tmp_path)
+    want_error = _expected_error(entry, family, kind)
+    if want_error is None:
+        oracle = call(plain if equivalent is None else equivalent(plain))
+        assert _canon(call(x)) == _canon(oracle)
+    else:
+        with pytest.raises(ValueError) as info:
+            call(x)
+        message = str(info.value)
+        assert re.search(want_error, message), message
+        assert "\n" not in message
+
+
+def test_the_mask_is_not_read_through_by_the_numpy_reference():
+    # the numpy backend would quantize the hidden values as if no mask were there
+    x = np.ma.masked_array(np.ones(64, np.float32), mask=np.arange(64) == 5)
+    with pytest.raises(ValueError, match=r"x is a masked array with 1 masked entry.*x\.filled"):
+        qb.quantize(x, backend="numpy")
+
+
+def test_a_torch_view_with_the_negative_bit_is_read_as_its_values():
+    # torch's lazy negation (the imaginary part of a conjugate) cannot go to numpy as it is
+    z = torch.tensor([1 + 2j, 3 - 4j] * 32, dtype=torch.complex64)
+    view = z.conj().imag
+    assert view.is_neg()
+    want = np.asarray([-2.0, 4.0] * 32, np.float32)
+    assert _canon(qb.quantize(view, backend="numpy")[0]) == _canon(qb.quantize(want, backend="numpy")[0])
+
+
+def _mask_first(a):
+    return np.ma.masked_array(a, mask=np.arange(a.size).reshape(a.shape) == 0)
+
+
+@pytest.mark.parametrize("field", ["absmax", "nested_absmax", "vq scales", "vq points"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_a_state_with_a_masked_field_is_refused(field, backend):
+    # a state built by hand: every decode would read the hidden value of the masked entry
+    x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
+    if field.startswith("vq"):
+        idx, st = quantize_vq(x, "higgs-2d-256", backend=backend)
+        name = field.split()[1]
+        setattr(st, name, _mask_first(getattr(st, name)))
+        with pytest.raises(ValueError, match=f"{name} is a masked array with 1 masked entry"):
+            dequantize_vq(idx, st, backend=backend)
+        return
+    packed, st = qb.quantize(x, backend=backend, nested=field == "nested_absmax")
+    setattr(st, field, _mask_first(getattr(st, field)))
+    with pytest.raises(ValueError, match=f"{field} is a masked array with 1 masked entry"):
+        dequantize(packed, st, backend=backend)
