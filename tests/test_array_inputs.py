@@ -11,7 +11,7 @@ import pytest
 import quantbook as qb
 from quantbook import Codebook
 from quantbook.bulk import QuantState, VQState, dequantize, dequantize_vq, quantize_vq
-from quantbook.derive import Empirical
+from quantbook.derive import Empirical, parse_source
 from quantbook.model.evaluate import error_sums
 
 torch = pytest.importorskip("torch")
@@ -51,6 +51,7 @@ ENTRIES = {
     "error_sums-x": ("real", X, lambda x: vars(error_sums(x, X[::-1]))),
     "error_sums-xhat": ("real", X, lambda x: vars(error_sums(X[::-1], x))),
     "Empirical": ("real", X, lambda x: (Empirical(x).digest, Empirical(x).rms)),
+    "parse_source": ("real", X, lambda x: (parse_source(x).digest, parse_source(x).rms)),
     "Codebook-levels": ("real", LEVELS, lambda v: Codebook(levels=v, bits=3, name="t")),
     "Codebook.encode": ("real", X, lambda y: qb.get("nf4").encode(y, "float32")),
     "Codebook.decode": ("int", _P & 15, lambda i: qb.get("nf4").decode(i)),
@@ -119,6 +120,7 @@ ERRORS_BY_ENTRY = {
     ("dequantize-packed-cpu", "masked, one entry masked"): r"packed is a masked array",
     ("dequantize_vq-indices", "masked, one entry masked"): r"indices is a masked array",
     ("Empirical", "masked, one entry masked"): r"sample is a masked array",
+    ("parse_source", "masked, one entry masked"): r"sample is a masked array",
     ("error_sums-xhat", "masked, one entry masked"): r"xhat is a masked array",
     ("vq-points", "masked, one entry masked"): r"vq_codebook is a masked array",
     ("Codebook-levels", "masked, one entry masked"): r"levels is a masked array",
@@ -214,3 +216,10 @@ def test_a_state_with_a_masked_field_is_refused(field, backend):
     setattr(st, field, _mask_first(getattr(st, field)))
     with pytest.raises(ValueError, match=f"{field} is a masked array with 1 masked entry"):
         dequantize(packed, st, backend=backend)
+
+
+def test_a_list_is_not_a_source_and_the_error_stays_short():
+    # a list is neither a spelling nor an array; its repr (a million numbers) is not the message
+    with pytest.raises(ValueError, match=r"^a source must be a name or a file, got \[0\.5, 0\.5.*\.\.\.$") as info:
+        parse_source([0.5] * 100_000)
+    assert len(str(info.value)) < 160

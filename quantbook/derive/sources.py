@@ -842,14 +842,16 @@ def register_source_parser(fn: Callable[[str], "Source | None"]) -> None:
 
 def parse_source(spec: Any) -> Source:
     """A Source from a spelling: ``normal``, ``laplace``, ``student-t:NU`` (also ``t:NU``),
-    ``FILE.npy`` (an empirical sample), or a Source / 1-D array passed through.  Raises
+    ``FILE.npy`` (an empirical sample), a Source passed through, or an array (numpy, a torch
+    tensor: anything with ``__array__``) as its :class:`Empirical` sample.  Raises
     :class:`SourceError` (a ValueError) with a one-line message for anything else."""
     if isinstance(spec, Source):
         return spec
-    if isinstance(spec, np.ndarray):
+    if hasattr(spec, "__array__"):
         return Empirical(spec)
     if not isinstance(spec, str) or not spec.strip():
-        raise SourceError(f"a source must be a name or a file, got {spec!r}")
+        shown = " ".join(repr(spec).split())   # a long list's repr spans lines
+        raise SourceError(f"a source must be a name or a file, got {shown[:80]}{'...' if len(shown) > 80 else ''}")
     text = spec.strip()
     for fn in _PARSERS:
         src = fn(text)
