@@ -11,7 +11,7 @@ import pytest
 import quantbook as qb
 from quantbook import Codebook
 from quantbook.bulk import QuantState, VQState, dequantize, dequantize_vq, quantize_vq
-from quantbook.derive import Empirical, parse_source
+from quantbook.derive import Empirical, Normal, parse_source
 from quantbook.model.evaluate import error_sums
 
 torch = pytest.importorskip("torch")
@@ -223,3 +223,20 @@ def test_a_list_is_not_a_source_and_the_error_stays_short():
     with pytest.raises(ValueError, match=r"^a source must be a name or a file, got \[0\.5, 0\.5.*\.\.\.$") as info:
         parse_source([0.5] * 100_000)
     assert len(str(info.value)) < 160
+
+
+@pytest.mark.parametrize("method", ["pdf", "cdf", "sf", "logpdf"])
+def test_a_law_reads_ml_dtypes_floats_as_scipy_does(method):
+    # scipy.stats widens a bfloat16 array to float64; the laws here follow it
+    import scipy.stats
+
+    x = np.linspace(-3, 3, 101).astype(ml_dtypes.bfloat16)
+    got = getattr(Normal(), method)(x)
+    want = getattr(scipy.stats.norm, method)(x.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("bad", [np.linspace(-3, 3, 1000).astype(np.complex128), np.zeros(500, "datetime64[s]")])
+def test_a_law_names_a_bad_array_by_its_dtype_on_one_line(bad):
+    with pytest.raises(ValueError, match=r"^x must be real numbers, got an array of (complex128|datetime64\[s\])$"):
+        Normal().pdf(bad)

@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import bfloat16, host_array, real_kind
+from ..numerics.arguments import bfloat16, host_array
+from ..numerics.reals import real_kind
 from ..scales import get_rule
 from ..scales.steps import decode_table
 from . import format as F

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard, parallel
-from ..numerics.arguments import host_array, real_kind
+from ..numerics.arguments import host_array
+from ..numerics.reals import real_kind
 from . import format as F
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
                       no_device_backend_error)

@@ -25,7 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
-from ..numerics.arguments import host_array, real_kind
+from ..numerics.arguments import host_array
+from ..numerics.reals import real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
 

@@ -58,7 +58,8 @@ import mpmath
 import numpy as np
 from scipy import integrate, special, stats
 
-from ..numerics.arguments import check_flag, host_array, real_kind
+from ..numerics.arguments import check_flag, host_array
+from ..numerics.reals import real_kind
 from ..io.files import check_input_file
 from ..io.npy import load_npy
 from .conventions import apply, at_q, at_x, sample_shape

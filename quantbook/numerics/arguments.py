@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_flag", "host_array", "real_kind", "bfloat16"]
+__all__ = ["is_int", "check_flag", "host_array", "bfloat16"]
 
 
 def is_int(v: Any) -> bool:
@@ -61,14 +61,3 @@ def host_array(v: Any, what: str = "x") -> np.ndarray:
         v = np.ma.getdata(v)
     return np.asarray(v)
 
-
-def real_kind(dtype: Any) -> str:
-    """``"f"``, ``"i"`` or ``"u"`` for a dtype of real numbers — numpy's floats and integers and
-    ml_dtypes' (bfloat16, float8, int4, whose numpy kind is ``"V"``) — else ``""``: bool
-    (True is not the number 1), complex, dates, strings, objects and records."""
-    dt = np.dtype(dtype)
-    if dt.kind in "fiu":
-        return dt.kind
-    if dt.kind == "V" and dt.names is None and dt.subdtype is None and dt.type.__module__ == "ml_dtypes":
-        return "u" if dt.name.startswith("uint") else "i" if dt.name.startswith("int") else "f"
-    return ""

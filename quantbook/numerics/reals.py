@@ -10,7 +10,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["float_or_inf", "real_array"]
+__all__ = ["float_or_inf", "real_kind", "real_array"]
+
+
+def real_kind(dtype: Any) -> str:
+    """``"f"``, ``"i"`` or ``"u"`` for a dtype of real numbers — numpy's floats and integers and
+    ml_dtypes' (bfloat16, float8, int4, whose numpy kind is ``"V"``) — else ``""``: bool
+    (True is not the number 1), complex, dates, strings, objects and records."""
+    dt = np.dtype(dtype)
+    if dt.kind in "fiu":
+        return dt.kind
+    if dt.kind == "V" and dt.names is None and dt.subdtype is None and dt.type.__module__ == "ml_dtypes":
+        return "u" if dt.name.startswith("uint") else "i" if dt.name.startswith("int") else "f"
+    return ""
 
 
 def float_or_inf(v: Any) -> float:
@@ -26,11 +38,15 @@ def real_array(x: Any, what: str) -> np.ndarray:
         raw = np.asarray(x)
     except ValueError:   # ragged nesting
         raise ValueError(f"{what} must be real numbers in an array of one shape, got {x!r}") from None
-    # strings, None, complex and the like are not real numbers (float() would accept "1.5")
-    ok = raw.dtype.kind in "biuf" or (raw.dtype.kind == "O" and raw.size > 0 and all(
+    # strings, None, complex and the like are not real numbers (float() would accept "1.5");
+    # a bool array is, as scipy.stats reads it (0 and 1)
+    ok = raw.dtype.kind == "b" or real_kind(raw.dtype) or (raw.dtype.kind == "O" and raw.size > 0 and all(
         isinstance(v, (numbers.Real, Decimal)) and not isinstance(v, bool) for v in raw.flat))
-    if not ok:
-        raise ValueError(f"{what} must be real numbers, got {x!r}")
+    if not ok:   # an array by its dtype, anything else on one line: a repr may span many
+        shown = " ".join(repr(x).split())
+        got = f"an array of {raw.dtype}" if isinstance(x, np.ndarray) else \
+            shown if len(shown) <= 80 else shown[:80] + "..."
+        raise ValueError(f"{what} must be real numbers, got {got}")
     if raw.dtype.kind == "O":   # Fractions, Decimals, integers beyond float64 (to ±inf)
         return np.array([float_or_inf(v) for v in raw.flat], dtype=np.float64).reshape(raw.shape)
     return raw.astype(np.float64, copy=False)
