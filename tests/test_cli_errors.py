@@ -278,3 +278,37 @@ def test_export_onto_its_own_input_is_refused(capsys, tmp_path, monkeypatch, fmt
     assert sorted(os.listdir(tmp_path)) == ["cb.json", "link.json"]
     (tmp_path / "nf4").write_text("x")   # a registry name is not a file, even where a file has its name
     assert main(["export", "nf4", "-f", fmt, "-o", "nf4"]) == 0
+
+
+_SAMPLE = np.random.default_rng(11).standard_normal(1000).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, array, fragment", [
+    ("object", _SAMPLE.astype(object), "Python objects"),
+    ("complex", _SAMPLE.astype(np.complex64), "got dtype complex64"),
+    ("structured", np.zeros(10, [("a", "<f4")]), "structured"),
+    ("bool", _SAMPLE > 0, "got dtype bool"),
+    ("datetime", np.zeros(10, "datetime64[s]"), "got dtype datetime64"),
+    ("0-d", np.array(1.5), "at least 2 values"),
+    ("empty", np.zeros(0, np.float32), "at least 2 values"),
+])
+def test_a_sample_file_that_is_not_real_numbers_is_one_line(capsys, tmp_path, name, array, fragment):
+    path = tmp_path / f"{name}.npy"
+    np.save(path, array, allow_pickle=True)
+    rc, _, err = run(capsys, "derive", "lloyd", "--bits", "2", "--source", path)
+    assert_user_error(rc, err, fragment)
+
+
+@pytest.mark.parametrize("name, stored", [("big-endian", _SAMPLE.astype(">f4")),
+                                          ("fortran", np.asfortranarray(_SAMPLE.reshape(20, 50))),
+                                          ("float64 of float32 values", _SAMPLE.astype(np.float64))])
+def test_a_sample_file_is_read_as_its_values_whatever_its_layout(capsys, tmp_path, name, stored):
+    # the levels depend on the values only: the native C-order float32 file is the oracle
+    np.save(tmp_path / "plain.npy", _SAMPLE)
+    np.save(tmp_path / "odd.npy", stored)
+    outs = []
+    for f in ("plain.npy", "odd.npy"):
+        rc, out, err = run(capsys, "derive", "lloyd", "--bits", "2", "--source", tmp_path / f, "--json")
+        assert rc == 0, err
+        outs.append(json.loads(out)["levels"])
+    assert outs[0] == outs[1]
