@@ -240,3 +240,9 @@ def test_a_law_reads_ml_dtypes_floats_as_scipy_does(method):
 def test_a_law_names_a_bad_array_by_its_dtype_on_one_line(bad):
     with pytest.raises(ValueError, match=r"^x must be real numbers, got an array of (complex128|datetime64\[s\])$"):
         Normal().pdf(bad)
+
+
+def test_error_sums_refuse_an_xhat_of_another_shape():
+    # a transpose has the size of x but pairs each value with another's estimate
+    with pytest.raises(ValueError, match=r"x and xhat differ in shape: \(4, 64\) and \(64, 4\)"):
+        error_sums(X, X.T.copy())

@@ -113,19 +113,21 @@ class ErrorSums:
 
 
 def error_sums(x: np.ndarray, xhat: np.ndarray, sx2: float | None = None) -> ErrorSums:
-    """Float64 error sums of host ``xhat`` against host ``x`` (bits left 0), each in the fixed
-    order of :mod:`quantbook.bulk.sums` (the same numbers on every machine, thread count and
-    backend).
+    """Float64 error sums of host ``xhat`` against host ``x`` of the same shape (bits left 0),
+    each in the fixed order of :mod:`quantbook.bulk.sums` (the same numbers on every machine,
+    thread count and backend).
 
     ``sx2`` (``Σx²``) may be passed to reuse it across codebooks.
     """
     from ..bulk.api import host_backend
 
     be = host_backend()   # any backend's sums are the same bits
-    xs = host_array(x, "x")
+    xs, xh = host_array(x, "x"), host_array(xhat, "xhat")
+    if xs.shape != xh.shape:   # one size in another shape (a transpose) pairs the wrong values
+        raise ValueError(f"x and xhat differ in shape: {xs.shape} and {xh.shape}")
     if sx2 is None:
         sx2 = be.error_sums(xs)[0]
-    sse, sae = be.error_sums(xs, host_array(xhat, "xhat"))
+    sse, sae = be.error_sums(xs, xh)
     return ErrorSums(n=int(xs.size), sse=sse, sae=sae, sx2=sx2)
 
 
