@@ -27,19 +27,30 @@ def check_flag(value: Any, what: str, also: str = "") -> bool:
 
 def bfloat16() -> np.dtype:
     """ml_dtypes' bfloat16, or a ValueError saying how to install it."""
+    return _ml_dtype("bfloat16")
+
+
+def _ml_dtype(name: str) -> np.dtype:
     try:
         import ml_dtypes
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ValueError("bfloat16 needs the ml_dtypes package: pip install 'quantbook[bf16]'") from None
-    return np.dtype(ml_dtypes.bfloat16)
+        raise ValueError(f"{name} needs the ml_dtypes package: pip install 'quantbook[bf16]'") from None
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+#: torch dtypes numpy has no type for -> the integer dtype of their bits; ml_dtypes has each,
+#: under torch's name
+_TORCH_BITS = {"bfloat16": "int16", "float8_e4m3fn": "uint8", "float8_e5m2": "uint8",
+               "float8_e4m3fnuz": "uint8", "float8_e5m2fnuz": "uint8"}
 
 
 def host_array(v: Any, what: str = "x") -> np.ndarray:
     """``v`` as a plain numpy array: the one rule for every array a user hands a public function.
 
     * a torch tensor: detached and brought to the host, its lazy conjugate and negative views
-      resolved (torch hands neither to numpy), its bfloat16 read through its bits as ml_dtypes'
-      bfloat16 (which torch cannot hand to numpy);
+      resolved (torch hands neither to numpy), its bfloat16 and float8 read through their bits
+      as ml_dtypes' types of the same names (torch cannot hand them to numpy); one it cannot
+      read at all (sparse, on the meta device) is a ValueError naming ``what``;
     * a masked array: its data when no entry is masked, else a ValueError naming ``what``:
       every computation here would read a masked entry's hidden value, a silent wrong answer;
     * anything else through ``np.asarray``: an ndarray subclass (``np.matrix``, ``np.memmap``,
@@ -47,11 +58,15 @@ def host_array(v: Any, what: str = "x") -> np.ndarray:
       matrix stays 2-D when flattened).
     """
     if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
-        t = v.detach().cpu().resolve_conj().resolve_neg()
-        if str(t.dtype) == "torch.bfloat16":
-            import torch
-            return t.view(torch.int16).numpy().view(bfloat16())
-        return t.numpy()
+        try:
+            t = v.detach().cpu().resolve_conj().resolve_neg()
+            name = str(t.dtype).replace("torch.", "")
+            if name in _TORCH_BITS:
+                import torch
+                return t.view(getattr(torch, _TORCH_BITS[name])).numpy().view(_ml_dtype(name))
+            return t.numpy()
+        except (TypeError, RuntimeError, NotImplementedError) as exc:   # sparse, meta, quantized...
+            raise ValueError(f"{what} is a torch tensor that numpy cannot read: {' '.join(str(exc).split())}") from None
     if isinstance(v, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(v))
         if masked:
