@@ -116,9 +116,9 @@ ERRORS = {
     ("int", "complex"): r"(packed must be a uint8 array|integer)",
     ("int", "datetime"): r"(packed must be a uint8 array|integer)",
     ("int", "bool"): r"(packed must be a uint8 array|integer|unsupported operand)",
-    ("real", "complex"): r"(real numbers|numbers, got|float values|must hold float|table of numbers)",
-    ("real", "datetime"): r"(real numbers|numbers, got|float values|must hold float|table of numbers)",
-    ("real", "bool"): r"(real numbers|numbers, got|float values|must hold float|table of numbers)",
+    ("real", "complex"): r"(real numbers|numbers, got|float64 values|must hold float|table of numbers)",
+    ("real", "datetime"): r"(real numbers|numbers, got|float64 values|must hold float|table of numbers)",
+    ("real", "bool"): r"(real numbers|numbers, got|float64 values|must hold float|table of numbers)",
 }
 #: the exceptions to a family's rule
 ERRORS_BY_ENTRY = {
@@ -265,3 +265,10 @@ def test_error_sums_refuse_an_xhat_of_another_shape():
 def test_a_torch_tensor_numpy_cannot_read_is_named(make):
     with pytest.raises(ValueError, match=r"^x is a torch tensor that numpy cannot read: "):
         qb.quantize(make(), backend="numpy")
+
+
+def test_error_sums_name_the_dtypes_they_take():
+    # longdouble is a float too: the message says which floats
+    with pytest.raises(ValueError, match=r"^error sums need float32, float16, bfloat16 or float64 values, got dtype "
+                                         r"float(96|128)$"):
+        error_sums(X.astype(np.longdouble), X)

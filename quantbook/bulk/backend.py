@@ -233,7 +233,7 @@ class Backend:
         for a in (x,) if xhat is None else (x, xhat):
             name = dtype_name_of(a)
             if name not in (*DTYPES, "float64"):
-                raise ValueError(f"error sums need float values, got dtype {name}")
+                raise ValueError(f"error sums need {', '.join(DTYPES)} or float64 values, got dtype {name}")
         size = math.prod(map(int, x.shape))
         other = size if xhat is None else math.prod(map(int, xhat.shape))
         if other != size:
