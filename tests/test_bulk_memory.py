@@ -24,7 +24,7 @@ from quantbook.bulk.reference import (dequantize_reference, quantize_reference, 
                                       scaled_decode_reference, scaled_encode_reference)
 from quantbook.bulk.layouts import scaled_table
 from quantbook.bulk.sums import CHUNK
-from quantbook.bulk.vq import VQ_BACKENDS, as_points, dequantize_vq, quantize_vq
+from quantbook.bulk.vq import VQ_BACKENDS, VQState, as_points, dequantize_vq, quantize_vq
 from quantbook.naming import resolve_codebook
 from quantbook.numerics import hadamard
 from quantbook.scales.search import block_errors
@@ -168,6 +168,83 @@ def test_the_cpu_vq_rotates_the_decoded_values_back_in_place():
     assert np.array_equal(out[rows], want)
 
 
+def _dequantized(idx, state, dtype):
+    """dequantize_vq's values by numpy on the whole array: ``float32(points[i] · s)``, rotated
+    back in float64 by quantbook.numerics.hadamard and rounded to float32, then to ``dtype``."""
+    s = np.repeat(state.scales.astype(np.float32), state.group // state.dim)
+    y = (state.points[idx.reshape(-1)] * s[:, None]).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if state.rotate_size is not None:
+            n = state.rotate_size
+            y = hadamard.unrotate(y.reshape(-1, n), n, state.rotate_seed).astype(np.float32)
+        return y.astype(dtype).reshape(state.shape)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float16, pytest.param(BF16, marks=pytest.mark.skipif(
+    BF16 is None, reason="bfloat16 needs ml_dtypes"))], ids=["f16", "bf16"])
+def test_a_16bit_dequantize_vq_holds_no_float32_tensor(backend, dtype):
+    """The decoded float32 values (twice a 16-bit result's bytes) lived beside the result they
+    were rounded to; the cpu backend's kernel now writes the 16 bits itself, the numpy backend
+    rounds pieces of rows as it makes them."""
+    x = _x(dtype).reshape(-1, ROW)
+    idx, state = quantize_vq(x, "higgs-2d-256", backend="cpu")
+    dequantize_vq(idx[:1], quantize_vq(x[:1], "higgs-2d-256", backend="cpu")[1], backend=backend)   # kernels load
+    out, peak = _peak(lambda: dequantize_vq(idx, state, backend=backend))
+    # twice the result before; a piece's float64 rotation in numpy is a few MB of it
+    bound = {"cpu": 0.25, "numpy": 1.5}[backend]
+    assert out.dtype == dtype and peak - out.nbytes < bound * out.nbytes, (peak - out.nbytes) / out.nbytes
+    rows = slice(0, 64)
+    sub = VQState(**{**vars(state), "shape": (64, ROW), "scales": state.scales[: 64 * ROW // state.group]})
+    assert np.array_equal(out[rows].view(np.uint16), _dequantized(idx[rows], sub, dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, pytest.param(BF16, marks=pytest.mark.skipif(
+    BF16 is None, reason="bfloat16 needs ml_dtypes"))], ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("group,rotate,p", [(48, "hadamard:32", 3), (128, "hadamard:32", 2), (16, "hadamard", 4),
+                                            (48, None, 3)])
+@pytest.mark.parametrize("piece", [None, 200], ids=["whole", "pieces"])
+def test_dequantize_vq_where_groups_and_vectors_span_rows(dtype, group, rotate, p, piece, monkeypatch):
+    """Groups longer than a rotated row, or not dividing it, vectors of 3 across rows of 32,
+    and values beyond float32's range (inf, and NaN where the rotation meets inf - inf): every
+    backend gives the values of the numpy formula on the whole array (a NaN's bits may
+    differ), the numpy backend's pieces too (small ones: a few rows and groups each)."""
+    if piece:
+        monkeypatch.setattr(F, "PIECE", piece)
+    rng = np.random.default_rng(p + group)
+    pts = rng.standard_normal((64, p)).astype(np.float32)
+    x = rng.standard_normal((5, 96 * 4)).astype(dtype)
+    idx, state = quantize_vq(x, pts, group=group, rotate=rotate, scale_dtype="float32", backend="numpy")
+    state.scales[[1, 7]] = np.float32(3e38)   # |point| above 1.14 decodes to inf
+    want = _dequantized(idx, state, dtype)
+    assert np.isinf(want).any() if rotate is None else np.isnan(want).any()
+    for backend in VQ_BACKENDS:
+        if VQ_BACKENDS[backend].unavailable() is not None:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            got = dequantize_vq(idx, state, backend=backend)
+        assert got.dtype == dtype and np.array_equal(np.isnan(got), np.isnan(want)), backend
+        assert np.array_equal(got[~np.isnan(got)].view(np.uint8), want[~np.isnan(want)].view(np.uint8)), backend
+
+
+@pytest.mark.parametrize("layout", [dict(codebook="nf4", block_size=64),
+                                    dict(codebook="e2m1", block_size=16, scale="e4m3")], ids=["nf4", "nvfp4"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_the_numpy_backend_sanitizes_nonfinite_values_in_pieces(layout, dtype):
+    """allow_nonfinite=True: format.sanitize_nonfinite's float32 copy, masks and per-value
+    block maxima of the whole tensor were 7.6 (float32) and 15 (float16) times the input; the
+    numpy backend now runs it on pieces of whole blocks.  What stays: the sanitized copy (the
+    input's bytes) and the quantize's own."""
+    x = _x(dtype)
+    x[[5, 70, 4097]], x[[6, 100_000]], x[-1] = np.nan, np.inf, -np.inf
+    (packed, state), peak = _peak(lambda: qb.quantize(x, backend="numpy", allow_nonfinite=True, **layout))
+    assert peak < 3.5 * x.nbytes, peak / x.nbytes
+    want_p, want_s = qb.quantize(F.sanitize_nonfinite(x, layout["block_size"]), backend="numpy", **layout)
+    assert np.array_equal(packed, want_p) and np.array_equal(state.absmax, want_s.absmax)
+    got_p, got_s = qb.quantize(x, backend="cpu", allow_nonfinite=True, **layout)   # the kernel's sanitized bits
+    assert np.array_equal(packed, got_p) and np.array_equal(state.absmax, got_s.absmax)
+
+
 def test_the_numpy_vq_takes_rows_and_groups_in_pieces():
     """The reference rotated, searched and rotated back the whole tensor in float64 (10 times
     a float32 input to quantize, 5 to dequantize, beside the result)."""
@@ -214,6 +291,17 @@ def test_pieces_of_the_scaled_layout_join_as_the_whole(small_pieces):
     assert np.array_equal(d.view(np.uint32), scaled_decode_reference(p, f, table, B, n, np.float32).view(np.uint32))
     errs = be.scaled_errors(x, f, True, f, table, B, "l1")
     assert np.array_equal(errs, block_errors(x, d, B, "l1"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
+def test_pieces_of_the_sanitized_input_join_as_the_whole(small_pieces, dtype):
+    n = 64 * 13 + 9   # a partial last block
+    x = _x(dtype, n)
+    x[[3, 190, 191, 192, n - 2]] = np.inf   # blocks at a piece's end and the next's start, the last
+    x[[0, 64 * 6 + 1]], x[64 * 3:64 * 4] = np.nan, -np.inf   # a block with no finite value
+    got = BACKENDS["numpy"].sanitize_nonfinite(x, 64)
+    want = F.sanitize_nonfinite(x, 64)
+    assert got.dtype == x.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
 def test_pieces_of_the_error_sums_join_as_the_whole(small_pieces):

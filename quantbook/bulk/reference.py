@@ -88,6 +88,13 @@ class NumpyBackend(Backend, name="numpy"):
                                           bits, block_size, s.stop - s.start, out_dtype)
         return out
 
+    def sanitize_nonfinite(self, x, block_size):
+        x = x.reshape(-1)
+        out = np.empty(x.size, dtype=x.dtype)
+        for s in F.pieces(x.size, block_size):   # the largest finite magnitude is per block
+            out[s] = F.sanitize_nonfinite(x[s], block_size)
+        return out
+
     def scaled_amax(self, x, block_size):
         x = x.reshape(-1)
         amax = np.empty(F.n_blocks(x.size, block_size), dtype=_F)

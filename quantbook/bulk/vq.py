@@ -20,6 +20,7 @@ else numpy; for device arrays, the first usable ``device`` backend (gpu).
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache, partial
@@ -144,15 +145,29 @@ class VQBackend:
         """Flat float32 ``points[idx] · s`` (``idx`` flat, of any integer dtype, in range)."""
         raise NotImplementedError
 
+    def decode_unrotated(self, idx: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray,
+                         size: int | None, seed: int | None, dtype: np.dtype) -> Any:
+        """The flat values of :meth:`decode`, rotated back by :meth:`unrotate` on rows of
+        ``size`` (None: not rotated): float32, or already rounded to ``dtype`` (float32,
+        float16 or bfloat16) as :meth:`to_host_as` rounds, where a backend writes that type
+        directly; :meth:`to_host_as` and :meth:`cast` take either.  Default: the two hooks,
+        the decoded values rotated back in place (they are this call's own)."""
+        y = self.decode(idx, scales, group, points)
+        if size is None:
+            return y
+        with np.errstate(over="ignore"):
+            return self.unrotate(y.reshape(-1, size), seed, overwrite_x=True).reshape(-1)
+
     def to_host(self, a: Any) -> np.ndarray:
         """A result of :meth:`rotate`, :meth:`unrotate`, :meth:`encode` or :meth:`decode` as a
         numpy array."""
         return np.asarray(a)
 
     def to_host_as(self, y: Any, dtype: np.dtype) -> np.ndarray:
-        """The flat float32 result ``y`` as a numpy array of ``dtype``, rounded to nearest even."""
+        """The flat float32 result ``y`` as a numpy array of ``dtype``, rounded to nearest even
+        (``y`` already of ``dtype``: as it is)."""
         out = self.to_host(y)
-        if dtype != _F:
+        if out.dtype != dtype:
             with np.errstate(over="ignore"):
                 out = out.astype(dtype)
         return out
@@ -219,12 +234,31 @@ class NumpyVQ(VQBackend, name="numpy"):
             out[piece.start // p:piece.stop // p] = nearest_brute(points, y.reshape(-1, p))
         return out
 
-    def decode(self, idx, scales, group, points):
+    def decode(self, idx, scales, group, points, out=None):
+        # out: where to write (the pieces of decode_unrotated reuse one buffer)
         p = points.shape[1]
-        out = np.empty(idx.size * p, _F)
+        out = np.empty(idx.size * p, _F) if out is None else out
         for piece in F.pieces(out.size, group):
             i = idx[piece.start // p:piece.stop // p]
             out[piece] = (points[i].reshape(-1, group) * scales[F.block_slice(piece, group)][:, None]).reshape(-1)
+        return out
+
+    def decode_unrotated(self, idx, scales, group, points, size, seed, dtype):
+        if dtype == _F:   # the decoded values are the result, rotated back in place
+            return super().decode_unrotated(idx, scales, group, points, size, seed, dtype)
+        # pieces of whole rows and groups, each rounded to dtype as it is made: no float32
+        # tensor beside the result
+        p = points.shape[1]
+        out = np.empty(idx.size * p, dtype)
+        buf = None   # one float32 piece, reused: a fresh one a piece was slower
+        for piece in F.pieces(out.size, math.lcm(group, size or group)):
+            buf = np.empty(piece.stop - piece.start, _F) if buf is None else buf[:piece.stop - piece.start]
+            y = self.decode(idx[piece.start // p:piece.stop // p], scales[F.block_slice(piece, group)], group,
+                            points, out=buf)
+            if size is not None:
+                with np.errstate(over="ignore"):
+                    y = self.unrotate(y.reshape(-1, size), seed, overwrite_x=True)
+            out[piece] = self.to_host_as(y.reshape(-1), dtype)
         return out
 
 
@@ -357,6 +391,24 @@ class NumbaVQ(VQBackend, name="cpu"):
     def decode(self, idx, scales, group, points):
         out = np.empty(idx.size * points.shape[1], _F)
         _vq_kernels().decode(idx, scales, group, points, out)   # compiled per index type: no int64 copy
+        return out
+
+    def decode_unrotated(self, idx, scales, group, points, size, seed, dtype):
+        if dtype == _F:   # the decoded values are the result, rotated back in place: the fused
+            # kernel saves nothing there, and it was slower (docs/benchmarks.md)
+            return super().decode_unrotated(idx, scales, group, points, size, seed, dtype)
+        # one kernel writes the 16 bits itself (kernels._store rounds as numpy and ml_dtypes
+        # do): no float32 tensor beside the result; decode_unrotate rotates each row back as
+        # it decodes it
+        from .cpu.backend import _kernel_view
+
+        out = np.empty(idx.size * points.shape[1], dtype)
+        k, view = _vq_kernels(), _kernel_view(out)
+        if size is None:
+            k.decode(idx, scales, group, points, view)
+        else:
+            k.decode_unrotate(idx, scales, group, points, _signs(size, seed), 1.0 / np.sqrt(size),
+                              view.reshape(-1, size))
         return out
 
 
@@ -677,11 +729,8 @@ def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
             if lo < 0 or hi >= state.n_points:
                 raise ValueError(f"indices must lie in [0, {state.n_points - 1}], found {lo if lo < 0 else hi}")
         flat = idx.reshape(-1) if device else np.ascontiguousarray(idx, dtype=kind.newbyteorder("=")).reshape(-1)
-        y = be.decode(flat, be.widen_scales(state.scales), state.group, state.points)
-        if state.rotate_size is not None:
-            with np.errstate(over="ignore"):
-                # the decoded values are this call's own: rotated back in place
-                y = be.unrotate(y.reshape(-1, state.rotate_size), state.rotate_seed, overwrite_x=True)
+        y = be.decode_unrotated(flat, be.widen_scales(state.scales), state.group, state.points, state.rotate_size,
+                                state.rotate_seed, dt)
         if device:
             return be.cast(y, dt).reshape(state.shape)
         return be.to_host_as(y, dt).reshape(state.shape)

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...numerics.parallel import parallel_njit
+from .kernels import _store
 
 _ROWS = 64  # rows of a rotation handled per parallel task (amortizes its buffer)
 _GROUPS = 256  # groups per parallel task of the generic scan
@@ -222,7 +223,8 @@ def encode_grid2(v, s, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s
 
 @parallel_njit()
 def decode(idx, s, group, pts, out):
-    """``out = float32(pts[idx] · s[group])`` (flat float32; indices already checked)."""
+    """``out = float32(pts[idx] · s[group])``, rounded to ``out``'s type (flat; float32, or the
+    16-bit kinds of ``kernels._store``; indices already checked)."""
     p = pts.shape[1]
     per = group // p
     for g in prange(s.size):
@@ -231,4 +233,32 @@ def decode(idx, s, group, pts, out):
             i = idx[g * per + t]
             b = g * group + t * p
             for q in range(p):
-                out[b + q] = pts[i, q] * sc
+                _store(out, b + q, pts[i, q] * sc)
+
+
+@parallel_njit()
+def decode_unrotate(idx, s, group, pts, signs, inv, out):
+    """:func:`decode` then :func:`unrotate` of each row of ``out`` (R, n), without the decoded
+    tensor: ``float32(fwht(float32(pts[idx] · s)) · inv · signs)``, rounded to ``out``'s type
+    as :func:`decode` rounds.  A group or a vector may span rows."""
+    rows, n = out.shape
+    p = pts.shape[1]
+    for c in prange((rows + _ROWS - 1) // _ROWS):
+        buf = np.empty(n, np.float64)
+        for r in range(c * _ROWS, min(rows, (c + 1) * _ROWS)):
+            f = r * n   # the flat index of the row's first value: its group, vector and coordinate
+            g, in_g = f // group, f % group
+            t, q = f // p, f % p
+            for j in range(n):
+                buf[j] = np.float64(pts[idx[t], q] * s[g])
+                q += 1
+                if q == p:
+                    q = 0
+                    t += 1
+                in_g += 1
+                if in_g == group:
+                    in_g = 0
+                    g += 1
+            _fwht(buf, n)
+            for j in range(n):
+                _store(out[r], j, np.float32(buf[j] * inv * signs[j]))
