@@ -3,6 +3,7 @@
     python benchmarks/bench_memory.py                      # 2**24 values, every case
     python benchmarks/bench_memory.py --log2n 26 --backends cpu
     python benchmarks/bench_memory.py --ops quantize --layouts nf4,nvfp4 --dtypes float16
+    python benchmarks/bench_memory.py --ops nonfinite --layouts nf4,nvfp4
 
 Each case runs in a fresh Python process (``--one``), so that one case's memory cannot hide
 in another's.  The process makes a seeded normal input of 2**log2n values (``--dtypes``),
@@ -18,7 +19,8 @@ peak resident set (``/proc/self/clear_refs``) and runs it once more, measuring:
 
 Both count what the call returns (the packed codes and scales of quantize, the values of
 dequantize), shown as ``out``.  Cases: ``quantize`` and ``dequantize`` (quantbook.quantize /
-dequantize) of the layouts ``nf4`` (bitsandbytes' layout), ``nf4-nested`` (nested=True),
+dequantize) and ``nonfinite`` (quantize with ``allow_nonfinite=True`` of the input with a NaN
+and an Inf in it; not ``vq``, which has no such option) of the layouts ``nf4`` (bitsandbytes' layout), ``nf4-nested`` (nested=True),
 ``mxfp4`` (e2m1, scale e8m0, B = 32), ``nvfp4`` (e2m1, scale e4m3, B = 16), ``4over6``
 (NVFP4 with the search:4over6 scales) and ``vq`` (quantize_vq / dequantize_vq,
 higgs-2d-256, group 64, Hadamard rotation, rows of 4096); ``sums`` (Backend.error_sums of
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-OPS = ("quantize", "dequantize", "sums", "sums-x")
+OPS = ("quantize", "dequantize", "nonfinite", "sums", "sums-x")
 LAYOUTS = ("nf4", "nf4-nested", "mxfp4", "nvfp4", "4over6", "vq")
 BACKENDS = ("numpy", "cpu")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -103,6 +105,12 @@ def _case(op: str, layout: str, backend: str):
           "4over6": dict(codebook="e2m1", block_size=16, scale="search:4over6")}[layout]
     if op == "quantize":
         return (lambda x: (x,)), lambda x: qb.quantize(x, backend=backend, **kw)
+    if op == "nonfinite":
+        def with_nonfinite(x):
+            y = x.copy()
+            y[[1, y.size // 2]] = (np.nan, np.inf)
+            return (y,)
+        return with_nonfinite, lambda x: qb.quantize(x, backend=backend, allow_nonfinite=True, **kw)
     return (lambda x: qb.quantize(x, backend=backend, **kw)), lambda p, st: qb.dequantize(p, st, backend=backend)
 
 
@@ -174,7 +182,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log2n", type=int, default=24, help="values in the input (default 2**24)")
     ap.add_argument("--ops", default=",".join(OPS))
-    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="for quantize and dequantize")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="for quantize, dequantize and nonfinite")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--repeat", type=int, default=3, help="timed calls a case (the best is printed)")
@@ -202,7 +210,9 @@ def main(argv=None) -> int:
     print("| case | backend | " + " | ".join(f"{d} traced / rss (out), s" for d in dtypes) + " |")
     print("|---|---|" + "---|" * len(dtypes))
     for op in ops:
-        for layout in (layouts if op in ("quantize", "dequantize") else ["-"]):
+        for layout in (layouts if op in ("quantize", "dequantize", "nonfinite") else ["-"]):
+            if op == "nonfinite" and layout == "vq":
+                continue
             for backend in backends:
                 cells = []
                 for dtype in dtypes:
