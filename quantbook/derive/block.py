@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.dots import row_dot
 from .conventions import at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
 
@@ -837,7 +838,7 @@ class BlockDistribution:
         y = (end * (1.0 - np.multiply.outer(t, _EDGE_S))).ravel()
         # nodes of an interval a few ulps wide round onto ±1, where dens is 0: the limit inside
         y = np.clip(y, _INSIDE_LO, -_INSIDE_LO)
-        return (self._mu.dens(y).reshape(t.size, _EDGE_GL) @ _EDGE_W) * (0.5 * t)
+        return row_dot(self._mu.dens(y).reshape(t.size, _EDGE_GL), _EDGE_W) * (0.5 * t)
 
     def _edge_dens(self, end, t):
         """The density at the distance ``t`` inside the end ``end``, as :meth:`_edge_mass` takes it."""

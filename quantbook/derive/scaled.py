@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
+from ..numerics.dots import row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure)
@@ -423,8 +424,8 @@ class ScaledMeasure(_Measure):
 
         def sums(x, c):  # T(0..2) and the density for |y| <= r, where no piece clips
             ym = np.multiply.outer(y, x)
-            return [self.source.partial_moment(k, ym) @ (c * x ** -float(k)) for k in range(3)] \
-                + [self.source.pdf(ym) @ (c * x)]
+            return [row_dot(self.source.partial_moment(k, ym), c * x ** -float(k)) for k in range(3)] \
+                + [row_dot(self.source.pdf(ym), c * x)]
         exact = sums(su, w)
         scale = [float(np.max(np.abs(e))) for e in exact]
         for n in _GAUSS_NODES:
@@ -466,11 +467,11 @@ class ScaledMeasure(_Measure):
             a = np.multiply.outer(v, self.sig)
             hi = self.source.partial_moment(k, np.clip(a, -self.b_hi, self.b_hi))
             lo = self.source.partial_moment(k, np.clip(a, -self.b_lo, self.b_lo))
-            return hi @ self._ck[k][0] + (hi - lo) @ self._ck[k][1]
+            return row_dot(hi, self._ck[k][0]) + row_dot(hi - lo, self._ck[k][1])
 
         def fast(v):
             _, nodes, weights = self._fast
-            return self.source.partial_moment(k, np.multiply.outer(v, nodes)) @ (weights * nodes ** -float(k))
+            return row_dot(self.source.partial_moment(k, np.multiply.outer(v, nodes)), weights * nodes ** -float(k))
         return self._split(y, fast, lambda v: self._chunked(f, v), k)
 
     def tail(self, y):
@@ -493,7 +494,7 @@ class ScaledMeasure(_Measure):
             def f(v, tail=tail, at_lo=at_lo, at_hi=at_hi):
                 ta = tail(np.minimum(np.multiply.outer(np.abs(v), self.sig), self.b_hi))
                 # the tail decreases: at max(a, b_lo) it is the smaller of its values at a and b_lo
-                return (ta - at_hi) @ self._ck[0][0] + (np.minimum(ta, at_lo) - at_hi) @ self._ck[0][1]
+                return row_dot(ta - at_hi, self._ck[0][0]) + row_dot(np.minimum(ta, at_lo) - at_hi, self._ck[0][1])
             out[side] = self._chunked(f, y[side])
         return out
 
@@ -502,11 +503,12 @@ class ScaledMeasure(_Measure):
             a = np.multiply.outer(v, self.sig)
             inside = np.abs(a) < self.b_hi
             g = np.where(inside, self.source.pdf(np.where(inside, a, 0.0)), 0.0)
-            return g @ (self._cd * self.dk) + np.where(np.abs(a) >= self.b_lo, g, 0.0) @ (self._cd * self.k_lo)
+            return row_dot(g, self._cd * self.dk) \
+                + row_dot(np.where(np.abs(a) >= self.b_lo, g, 0.0), self._cd * self.k_lo)
 
         def fast(v):
             _, nodes, weights = self._fast
-            return self.source.pdf(np.multiply.outer(v, nodes)) @ (weights * nodes)
+            return row_dot(self.source.pdf(np.multiply.outer(v, nodes)), weights * nodes)
         return self._split(y, fast, lambda v: self._chunked(f, v), "d")
 
 
@@ -612,11 +614,11 @@ class NestedMeasure(_Measure):
 
     def T(self, k, y):
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
-        return self.source.partial_moment(k, np.multiply.outer(y, self.m)) @ self._ck[k]
+        return row_dot(self.source.partial_moment(k, np.multiply.outer(y, self.m)), self._ck[k])
 
     def dens(self, y):
         y = np.asarray(y, dtype=np.float64)
-        out = self.source.pdf(np.multiply.outer(y, self.m)) @ self._cd
+        out = row_dot(self.source.pdf(np.multiply.outer(y, self.m)), self._cd)
         return np.where(np.abs(y) < 1, out, 0.0)
 
     def atom_moments(self, k: int) -> np.ndarray:

@@ -59,6 +59,7 @@ import numpy as np
 from scipy import integrate, special, stats
 
 from ..numerics.arguments import check_flag, host_array
+from ..numerics.dots import row_dot
 from ..numerics.reals import real_kind
 from ..io.files import check_input_file
 from ..io.npy import load_npy
@@ -175,7 +176,7 @@ class Source:
         if what not in ("pdf", "psi"):   # a segment is a sample's notion (Empirical)
             raise ValueError(f"no node sums of {what!r} for {self.spec}")
         ym = np.multiply.outer(y, m)
-        return (self.pdf(ym) if what == "pdf" else self.partial_moment(k, ym)) @ c
+        return row_dot(self.pdf(ym) if what == "pdf" else self.partial_moment(k, ym), c)
 
     def _node_sums_of(self, parts, k: int, y: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
         """:meth:`_node_sums` of each ``(what, c)`` in ``parts`` at the same points (a block law's
@@ -545,7 +546,7 @@ class StudentT(Source):
         a = self.nu / 2
         x, wc = np.exp(lx), np.exp(L + lx)   # 1 - x = u²/(ν + u²), without cancellation
         f = (wc[:, None] + x[:, None] * -np.expm1(-_LAGUERRE_X / a)) ** -0.5
-        return a * lx + math.log(2 * self._c / math.sqrt(self.nu)) + np.log(f @ _LAGUERRE_W)
+        return a * lx + math.log(2 * self._c / math.sqrt(self.nu)) + np.log(row_dot(f, _LAGUERRE_W))
 
     def _log_isf_unit(self, log_s):
         """``t = log u`` with ``P(|T| > u) = exp(log_s)``, by Newton's method on

@@ -4,6 +4,7 @@ arithmetic, bit for bit, and the Hadamard rotation.
 * :mod:`.torch_f32` — torch's float32 CPU ``linspace``, ``sum`` and ``mean``;
 * :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation;
 * :mod:`.reals` — what counts as real numbers, as float64 (±inf beyond its range);
+* :mod:`.dots` — weighted sums along a row that round the same in any piece, on any threads;
 * :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument;
 * :mod:`.arguments` — what counts as an integer argument and as a True/False flag;
 * :mod:`.parallel` — numba's multi-threaded kernels, launched one at a time per process.
