@@ -320,3 +320,52 @@ def test_fixed_levels_from_a_string_or_a_clear_error():
                        ((0, float("nan")), "finite"), ("0,2", r"\[-1, 1\]")):
         with pytest.raises(ValueError, match=words):
             lloyd(4, 64, fixed=bad)
+
+
+def test_the_newton_correction_is_the_dense_systems_solution():
+    """Lloyd's Newton step solves ``(I - J) d = r`` on the free levels as a tridiagonal system;
+    numpy's dense solve of the same system agrees within rounding."""
+    import sys
+
+    from quantbook.derive.block import block_measure
+    lloyd_module = sys.modules["quantbook.derive.lloyd"]
+
+    mu = block_measure("normal", 64, "absmax", 2)
+    q = np.sort(np.concatenate([[-1.0, 0.0, 1.0], np.random.default_rng(4).uniform(-0.98, 0.98, 61)]))
+    free = ~np.isin(q, [-1.0, 0.0, 1.0])
+    new, J = lloyd_module.lloyd_step(mu, q, free, "l2", want_jac=True)
+    fi = np.flatnonzero(free)
+    assert np.count_nonzero(np.triu(J, 2)) == 0 and np.count_nonzero(np.tril(J, -2)) == 0
+    r = (q - new)[fi]
+    want = np.linalg.solve(np.eye(fi.size) - J[np.ix_(fi, fi)], r)
+    np.testing.assert_allclose(lloyd_module.newton_correction(J, fi, r), want, rtol=1e-12, atol=1e-15)
+
+
+_ON_BLAS_THREADS = """
+import numpy as np
+from quantbook.derive import BlockDistribution, lloyd
+y = np.linspace(-0.999, 0.999, 20001)
+for a in (lloyd(8, 64).levels, lloyd(8, 64, scale="nested").levels,
+          BlockDistribution(64, "normal", "absmax").pdf(y)):
+    print(a.tobytes().hex())
+"""
+
+
+def test_a_derived_code_does_not_depend_on_blas_threads():
+    """An 8-bit code's Newton steps (a 253-level system) and a law's values at 20001 points were
+    rounded by how many threads OpenBLAS split them over (LAPACK's blocked solve, BLAS's
+    matrix-vector products): one thread and four give the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    out = []
+    for threads in ("1", "4"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        r = subprocess.run([sys.executable, "-c", _ON_BLAS_THREADS], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out.append(r.stdout.split())
+    assert len(out[0]) == 3
+    for what, a, b in zip(("lloyd(8, 64)", "nested", "pdf"), *out):
+        assert a == b, what

@@ -56,6 +56,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
+from scipy.linalg import solve_banded
 
 from ..codebooks.codebook import Codebook
 from ..codebooks.spelling import lloyd_spelling
@@ -327,6 +328,21 @@ def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bo
     return new, J
 
 
+def newton_correction(J: np.ndarray, fi: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``(I - J_ff)⁻¹ r``: the Newton correction of ``q = step(q)`` on the free levels ``fi``,
+    given the step's Jacobian ``J`` (:func:`lloyd_step`).  ``J`` is tridiagonal (a cell ends at
+    the midpoints to the two neighbours), so the system is solved as a banded one: LAPACK's
+    general solver rounds by how many BLAS threads share its blocks, and a derived code would
+    change with the machine's core count.  LinAlgError when the system is singular."""
+    a = J[np.ix_(fi, fi)]
+    ab = np.zeros((3, fi.size))
+    ab[0, 1:] = -np.diagonal(a, 1)
+    ab[1] = 1.0 - np.diagonal(a)
+    ab[2, :-1] = -np.diagonal(a, -1)
+    # check_finite=False: a non-finite system gives a non-finite correction, as np.linalg.solve's
+    return solve_banded((1, 1), ab, r, check_finite=False)
+
+
 def _expected_loss(mu, levels, loss):
     return float(np.sum(cell_errors(mu, levels, loss)))
 
@@ -361,9 +377,8 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
             if res <= max(tol, _CONVERGED_AT) and res >= prev:
                 break  # converged to round-off
             continue
-        A = np.eye(fi.size) - J[np.ix_(fi, fi)]
         try:
-            delta = np.linalg.solve(A, r)
+            delta = newton_correction(J, fi, r)
         except np.linalg.LinAlgError:
             delta = r
         if not np.all(np.isfinite(delta)):

@@ -174,7 +174,7 @@ def _lloyd_on(mu, start: Any, fixed: tuple[float, ...], tol: float = 1e-12, max_
     import numpy as np
 
     from ..derive.block import RestrictedMeasure
-    from ..derive.lloyd import lloyd_step
+    from ..derive.lloyd import lloyd_step, newton_correction
 
     solve = RestrictedMeasure(mu, -1.0, 1.0)
     q = np.asarray(start, dtype=np.float64)
@@ -186,7 +186,7 @@ def _lloyd_on(mu, start: Any, fixed: tuple[float, ...], tol: float = 1e-12, max_
         if float(np.max(np.abs(r))) <= tol:
             break
         cand = q.copy()
-        cand[fi] = q[fi] - np.linalg.solve(np.eye(fi.size) - J[np.ix_(fi, fi)], r)
+        cand[fi] = q[fi] - newton_correction(J, fi, r)
         ok = np.all(np.diff(cand) > 0)
         if ok:
             new_c, J_c = lloyd_step(solve, cand, free, "l2", want_jac=True)
