@@ -560,15 +560,19 @@ class StudentT(Source):
             deep = 0.5 * (math.log(nu) - lx)
             t = np.where(np.isfinite(guess) & (lx > -40), guess, deep)  # deep: exact to O(x)
             log_c = math.log(self._c)
+            found = np.zeros(t.shape, dtype=bool)
             for _ in range(60):
                 F = self._log_abs_sf(t)
                 L = 2 * t - math.log(nu)
                 # d/dt log P(|T| > e^t) = -2 u g(u) / P(|T| > u), g(u) = c (1 + u²/ν)^-(ν+1)/2
                 dF = -np.exp(t + math.log(2) + log_c - (nu + 1) / 2 * np.logaddexp(0.0, L) - F)
                 step = np.clip((F - log_s) / dF, -50.0, 50.0)
-                step = np.where(np.isfinite(step), step, 0.0)
+                # a value found stays: further steps would move it by as many ulps as its
+                # neighbours in the call take steps
+                step = np.where(np.isfinite(step) & ~found, step, 0.0)
                 t = t - step
-                if np.all(np.abs(step) <= 4e-16 * np.maximum(1.0, np.abs(t))):
+                found |= np.abs(step) <= 4e-16 * np.maximum(1.0, np.abs(t))
+                if np.all(found):
                     break
             return np.where(log_s < math.log(0.5), t, np.nan)
 
