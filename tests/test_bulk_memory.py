@@ -172,8 +172,8 @@ def _dequantized(idx, state, dtype):
     """dequantize_vq's values by numpy on the whole array: ``float32(points[i] · s)``, rotated
     back in float64 by quantbook.numerics.hadamard and rounded to float32, then to ``dtype``."""
     s = np.repeat(state.scales.astype(np.float32), state.group // state.dim)
-    y = (state.points[idx.reshape(-1)] * s[:, None]).reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):   # the cases with huge scales overflow, as the backends do
+        y = (state.points[idx.reshape(-1)] * s[:, None]).reshape(-1)
         if state.rotate_size is not None:
             n = state.rotate_size
             y = hadamard.unrotate(y.reshape(-1, n), n, state.rotate_seed).astype(np.float32)
