@@ -45,12 +45,17 @@ SIZES = (2**31 + 4096 + 37, 2**32 + 4096 + 37)
 _STORAGE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}
 
 
-@pytest.fixture(scope="module")
-def emu():
+def _built(make):
+    """``make()``, one of the emulator's libraries; skips where it cannot be built here."""
     try:
-        return E.emulator()
+        return make()
     except E.EmulatorUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return _built(E.emulator)
 
 
 def _dtype(key: str) -> np.dtype:
@@ -91,11 +96,8 @@ extern "C" void emu_toy_copy64(unsigned grid, unsigned block, const float* x, fl
 def test_a_tail_launch_catches_a_32_bit_index(bits):
     """The check itself: a kernel whose index wraps at 2**32 leaves the window and raises; its
     64-bit twin copies the tail."""
-    try:
-        lib = ctypes.CDLL(str(E._build_library(E._SHIM + "typedef unsigned int qb_u32;\ntypedef long long qb_i64;\n"
-                                               + _TOY, "emu_toy_large")))
-    except E.EmulatorUnavailable as exc:
-        pytest.skip(str(exc))
+    lib = ctypes.CDLL(str(_built(lambda: E._build_library(
+        E._SHIM + "typedef unsigned int qb_u32;\ntypedef long long qb_i64;\n" + _TOY, "emu_toy_large"))))
     lib.emu_toy_copy32.argtypes = lib.emu_toy_copy64.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
                                                                  ctypes.c_void_p, ctypes.c_longlong]
     n = SIZES[1]
@@ -245,10 +247,7 @@ _TABLES = {"e2m1": np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, 
 
 @pytest.fixture(scope="module")
 def semu():
-    try:
-        return E.scaled_emulator()
-    except E.EmulatorUnavailable as exc:
-        pytest.skip(str(exc))
+    return _built(E.scaled_emulator)
 
 
 def _scaled_start(kind: str, n: int, block: int, vec: bool, key: str, sym: bool = False) -> tuple[int, int, int, int]:
@@ -390,10 +389,7 @@ _NUMPY_VQ = VQ.VQ_BACKENDS["numpy"]
 
 @pytest.fixture(scope="module")
 def vemu():
-    try:
-        return E.vq_emulator()
-    except E.EmulatorUnavailable as exc:
-        pytest.skip(str(exc))
+    return _built(E.vq_emulator)
 
 
 def _points(p: int, count: int, seed: int) -> np.ndarray:
