@@ -415,6 +415,19 @@ def test_vq_group_stat_tail(vemu, groups, rule, half):
     assert not half or bits_equal(bits, stored)
 
 
+def _encode_tail(vemu, grid2, grid, pts, head, out):
+    """The last two CTAs of a ``grid``-CTA launch of ``qbv_encode`` (``grid2``: the 2-D grid
+    search) on ``head`` = (values, scales, vectors, group), indices to ``out``."""
+    pd, c0s, order = VQ._device_scan_tables(pts.tobytes(), *pts.shape)
+    scan = (c0s, order, pd, pts.shape[0], out)
+    if grid2:
+        zero, lo0, lo1, inv0, inv1, cells, lut, multi = VQ._grid_tables(pts.tobytes(), pts.shape[0])
+        vemu.launch("qbv_encode_grid2", grid, VK.CTA, *head, zero, lo0, lo1, inv0, inv1, cells, lut, multi, *scan,
+                    first_block=grid - 2)
+    else:
+        vemu.launch("qbv_encode", grid, VK.CTA, *head, pts.shape[1], *scan, first_block=grid - 2)
+
+
 @pytest.mark.parametrize("vectors", SIZES)
 @pytest.mark.parametrize("p,grid2", [(4, False), (2, False), (2, True)])
 def test_vq_encode_tail(vemu, vectors, p, grid2):
@@ -428,15 +441,8 @@ def test_vq_encode_tail(vemu, vectors, p, grid2):
     s = rng.uniform(0.5, 2, -(-(vectors - t0) * p // group)).astype(np.float32)
     s[3] = 0   # a group of scale 0: the index of y = 0
     out = np.full(vectors - t0, -1, np.int32)
-    pd, c0s, order = VQ._device_scan_tables(pts.tobytes(), *pts.shape)
-    scan = (c0s, order, pd, pts.shape[0], Window(out, t0))
-    head = (Window(v, t0 * p), Window(s, t0 * p // group), vectors, group)
-    if grid2:
-        zero, lo0, lo1, inv0, inv1, cells, lut, multi = VQ._grid_tables(pts.tobytes(), pts.shape[0])
-        vemu.launch("qbv_encode_grid2", grid, VK.CTA, *head, zero, lo0, lo1, inv0, inv1, cells, lut, multi, *scan,
-                    first_block=grid - 2)
-    else:
-        vemu.launch("qbv_encode", grid, VK.CTA, *head, p, *scan, first_block=grid - 2)
+    _encode_tail(vemu, grid2, grid, pts, (Window(v, t0 * p), Window(s, t0 * p // group), vectors, group),
+                 Window(out, t0))
     assert np.array_equal(out, _NUMPY_VQ.encode(v, s, group, pts).astype(np.int32))
 
 
@@ -513,15 +519,7 @@ def test_vq_encode_group_past_2_31(vemu, p, grid2):
     g0 = t0 * p // _BIG_GROUP
     s = np.array([0.75, 1.5], np.float32)[: (vectors * p - 1) // _BIG_GROUP - g0 + 1]
     out = np.full(vectors - t0, -1, np.int32)
-    pd, c0s, order = VQ._device_scan_tables(pts.tobytes(), *pts.shape)
-    scan = (c0s, order, pd, pts.shape[0], Window(out, t0))
-    head = (Window(v, t0 * p), Window(s, g0), vectors, _BIG_GROUP)
-    if grid2:
-        zero, lo0, lo1, inv0, inv1, cells, lut, multi = VQ._grid_tables(pts.tobytes(), pts.shape[0])
-        vemu.launch("qbv_encode_grid2", grid, VK.CTA, *head, zero, lo0, lo1, inv0, inv1, cells, lut, multi, *scan,
-                    first_block=grid - 2)
-    else:
-        vemu.launch("qbv_encode", grid, VK.CTA, *head, p, *scan, first_block=grid - 2)
+    _encode_tail(vemu, grid2, grid, pts, (Window(v, t0 * p), Window(s, g0), vectors, _BIG_GROUP), Window(out, t0))
     e = np.arange(t0, vectors) * p
     y = (v.reshape(-1, p) / s[e // _BIG_GROUP - g0][:, None]).astype(np.float32)
     assert np.array_equal(out, nearest_brute(pts.astype(np.float64), y.astype(np.float64)))
