@@ -227,6 +227,28 @@ def test_dequantize_vq_where_groups_and_vectors_span_rows(dtype, group, rotate, 
         assert np.array_equal(got[~np.isnan(got)].view(np.uint8), want[~np.isnan(want)].view(np.uint8)), backend
 
 
+@pytest.mark.parametrize("dtype", [np.float16, pytest.param(BF16, marks=pytest.mark.skipif(
+    BF16 is None, reason="bfloat16 needs ml_dtypes"))], ids=["f16", "bf16"])
+def test_a_16bit_dequantize_vq_of_a_million_values_is_the_numpy_formula(dtype):
+    """A million values rotated back on rows of 32 (1/√32 is no float32: a scale rounded to
+    float32 moves a value's rounding about one time in ten thousand), in the numpy backend's
+    pieces with a last piece shorter than the others: every backend gives the formula's bits."""
+    rng = np.random.default_rng(21)
+    pts = rng.standard_normal((64, 3)).astype(np.float32)
+    x = rng.standard_normal((2, 96)).astype(dtype)
+    state = quantize_vq(x, pts, group=48, rotate="hadamard:32", scale_dtype="float32", backend="numpy")[1]
+    rows = 11_000   # 1 056 000 values: four pieces of 262 080 and one of 7 680
+    assert rows * 96 % (F.PIECE // 96 * 96) != 0
+    state = VQState(**{**vars(state), "shape": (rows, 96),
+                       "scales": rng.uniform(0.5, 2.0, rows * 2).astype(np.float32)})
+    idx = rng.integers(0, 64, (rows, 32)).astype(np.uint8)
+    want = _dequantized(idx, state, dtype)
+    for backend in VQ_BACKENDS:
+        if VQ_BACKENDS[backend].unavailable() is None:
+            got = dequantize_vq(idx, state, backend=backend)
+            assert got.dtype == dtype and np.array_equal(got.view(np.uint16), want.view(np.uint16)), backend
+
+
 @pytest.mark.parametrize("layout", [dict(codebook="nf4", block_size=64),
                                     dict(codebook="e2m1", block_size=16, scale="e4m3")], ids=["nf4", "nvfp4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
