@@ -369,3 +369,18 @@ def test_a_derived_code_does_not_depend_on_blas_threads():
     assert len(out[0]) == 3
     for what, a, b in zip(("lloyd(8, 64)", "nested", "pdf"), *out):
         assert a == b, what
+
+
+def test_a_non_finite_newton_system_gives_a_non_finite_correction():
+    """Lloyd takes the plain step where the correction is not finite: a NaN in the Jacobian
+    gives a NaN correction, as numpy's dense solve of the same system does, not an error."""
+    import sys
+
+    lloyd_module = sys.modules["quantbook.derive.lloyd"]
+    J = np.diag([0.2, np.nan, 0.3]) + np.diag([0.1, 0.1], 1) + np.diag([0.1, 0.1], -1)
+    r = np.array([1e-3, -2e-3, 5e-4])
+    fi = np.arange(3)
+    with np.errstate(invalid="ignore"):
+        want = np.linalg.solve(np.eye(3) - J, r)
+        got = lloyd_module.newton_correction(J, fi, r)
+    assert not np.all(np.isfinite(want)) and not np.all(np.isfinite(got))
