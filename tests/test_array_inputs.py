@@ -272,3 +272,38 @@ def test_error_sums_name_the_dtypes_they_take():
     with pytest.raises(ValueError, match=r"^error sums need float32, float16, bfloat16 or float64 values, got dtype "
                                          r"float(96|128)$"):
         error_sums(X.astype(np.longdouble), X)
+
+
+def test_what_counts_as_a_real_dtype():
+    # ml_dtypes' types are numbers of numpy's kinds; raw bytes, records and bool are not
+    from quantbook.numerics.reals import real_kind
+
+    for dt, kind in [(ml_dtypes.bfloat16, "f"), (ml_dtypes.float8_e4m3fn, "f"), (ml_dtypes.int4, "i"),
+                     (ml_dtypes.uint4, "u"), (np.float16, "f"), (np.int8, "i"), (np.uint64, "u"), (np.dtype("V4"), ""),
+                     (np.dtype([("a", np.float32)]), ""), (np.dtype((np.void, 2)), ""), (bool, ""),
+                     (np.complex64, "")]:
+        assert real_kind(dt) == kind, dt
+    with pytest.raises(ValueError, match=r"must be real numbers, got dtype \|V4"):
+        Empirical(np.zeros(8, "V4"))
+
+
+def test_a_states_float_field_refuses_ml_dtypes_integers_as_numpys():
+    # an int4 array is integers, as an int8 one: not float32 scales
+    d = _S.as_dict()
+    for ints in (np.int8, ml_dtypes.int4):
+        with pytest.raises(ValueError, match="absmax must hold float32 values"):
+            QuantState.from_dict({**d, "absmax": np.ones(np.size(d["absmax"]), ints)})
+
+
+def test_a_law_reads_bool_as_scipy_does():
+    import scipy.stats
+
+    x = np.array([True, False, True])
+    np.testing.assert_allclose(Normal().pdf(x), scipy.stats.norm.pdf(x), rtol=1e-14)
+
+
+def test_a_table_without_a_name_is_custom():
+    # a torch tensor has a name attribute, None
+    pts = np.asarray(_V.points)
+    for table in (pts, torch.from_numpy(pts.copy())):
+        assert quantize_vq(X, table, backend="numpy")[1].codebook == "custom"
