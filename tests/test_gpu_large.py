@@ -507,21 +507,24 @@ def test_vq_rotate_tail(vemu, total, n):
 #: a group of more than 2**31 weights (one scale for a row of 3·2**30 values, as the numpy
 #: and cpu backends take it)
 _BIG_GROUP = 3 * 2**30
+#: a group of more than 2**31 vectors (of 2 or 4 values): its count of vectors is past an int
+_HUGE_GROUP = 5 * 2**31
 
 
+@pytest.mark.parametrize("group", [_BIG_GROUP, _HUGE_GROUP], ids=["big", "huge"])
 @pytest.mark.parametrize("p,grid2", [(4, False), (2, False), (2, True)])
-def test_vq_encode_group_past_2_31(vemu, p, grid2):
+def test_vq_encode_group_past_2_31(vemu, p, grid2, group):
     pts = _points(p, 40, p)
-    vectors = SIZES[1] // p
+    vectors = (SIZES[1] if group < SIZES[1] else 2 * group) // p   # the last blocks in the second group
     grid = -(-vectors // VK.CTA)
     t0 = (grid - 2) * VK.CTA
     v = np.random.default_rng(8).standard_normal((vectors - t0) * p).astype(np.float32)
-    g0 = t0 * p // _BIG_GROUP
-    s = np.array([0.75, 1.5], np.float32)[: (vectors * p - 1) // _BIG_GROUP - g0 + 1]
+    g0 = t0 * p // group
+    s = np.array([0.75, 1.5], np.float32)[: (vectors * p - 1) // group - g0 + 1]
     out = np.full(vectors - t0, -1, np.int32)
-    _encode_tail(vemu, grid2, grid, pts, (Window(v, t0 * p), Window(s, g0), vectors, _BIG_GROUP), Window(out, t0))
+    _encode_tail(vemu, grid2, grid, pts, (Window(v, t0 * p), Window(s, g0), vectors, group), Window(out, t0))
     e = np.arange(t0, vectors) * p
-    y = (v.reshape(-1, p) / s[e // _BIG_GROUP - g0][:, None]).astype(np.float32)
+    y = (v.reshape(-1, p) / s[e // group - g0][:, None]).astype(np.float32)
     assert np.array_equal(out, nearest_brute(pts.astype(np.float64), y.astype(np.float64)))
 
 
