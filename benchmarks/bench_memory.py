@@ -20,10 +20,10 @@ peak resident set (``/proc/self/clear_refs``) and runs it once more, measuring:
 Both count what the call returns (the packed codes and scales of quantize, the values of
 dequantize), shown as ``out``.  Cases: ``quantize`` and ``dequantize`` (quantbook.quantize /
 dequantize) and ``nonfinite`` (quantize with ``allow_nonfinite=True`` of the input with a NaN
-and an Inf in it; not ``vq``, which has no such option) of the layouts ``nf4`` (bitsandbytes' layout), ``nf4-nested`` (nested=True),
-``mxfp4`` (e2m1, scale e8m0, B = 32), ``nvfp4`` (e2m1, scale e4m3, B = 16), ``4over6``
-(NVFP4 with the search:4over6 scales) and ``vq`` (quantize_vq / dequantize_vq,
-higgs-2d-256, group 64, Hadamard rotation, rows of 4096); ``sums`` (Backend.error_sums of
+and an Inf in it; not ``vq``, which has no such option) of the layouts ``nf4`` (bitsandbytes'
+layout), ``nf4-nested`` (nested=True), ``mxfp4`` (e2m1, scale e8m0, B = 32), ``nvfp4`` (e2m1,
+scale e4m3, B = 16), ``4over6`` (NVFP4 with the search:4over6 scales) and ``vq`` (quantize_vq /
+dequantize_vq, higgs-2d-256, group 64, Hadamard rotation, rows of 4096); ``sums`` (Backend.error_sums of
 x against a decoded copy, as evaluation calls it) and ``sums-x`` (error_sums of x alone); on
 the backends ``numpy`` and ``cpu``.  Linux with glibc only (it reads /proc/self and sets
 glibc's mmap threshold for the measured call).
