@@ -287,12 +287,31 @@ def test_what_counts_as_a_real_dtype():
         Empirical(np.zeros(8, "V4"))
 
 
-def test_a_states_float_field_refuses_ml_dtypes_integers_as_numpys():
-    # an int4 array is integers, as an int8 one: not float32 scales
+def test_a_states_float_field_reads_ml_dtypes_as_numpys():
+    # an int4 array is integers, as an int8 one: not float32 scales; a bfloat16 one is floats,
+    # each a float32, as a float16 one
     d = _S.as_dict()
     for ints in (np.int8, ml_dtypes.int4):
         with pytest.raises(ValueError, match="absmax must hold float32 values"):
             QuantState.from_dict({**d, "absmax": np.ones(np.size(d["absmax"]), ints)})
+    scales = np.linspace(0.5, 2.0, np.size(d["absmax"])).astype(ml_dtypes.bfloat16)
+    for floats in (np.float16, ml_dtypes.bfloat16):
+        got = QuantState.from_dict({**d, "absmax": scales.astype(floats)}).absmax
+        assert got.dtype == np.float32 and np.array_equal(got, scales.astype(np.float32))
+
+
+def test_a_law_shows_a_long_bad_list_on_one_short_line():
+    with pytest.raises(ValueError, match=r"^x must be real numbers, got \['a', 'a'.{60,}\.\.\.$") as info:
+        Normal().pdf(["a"] * 100_000)
+    assert len(str(info.value)) < 160
+
+
+def test_a_strided_torch_bfloat16_tensor_is_read_as_its_values():
+    # a transpose: its bits are read in the tensor's own strides
+    t = torch.from_numpy(X.T.copy()).to(torch.bfloat16).T
+    assert not t.is_contiguous()
+    got = error_sums(t, X)
+    assert got.sse == 0.0 and got.sx2 == error_sums(X, X).sx2
 
 
 def test_a_law_reads_bool_as_scipy_does():
