@@ -174,3 +174,9 @@ def test_a_name_that_is_not_a_string_is_said_to_be_one():
         Codebook([0.0, 1.0], bits=1, name="")
     with pytest.raises(VectorCodebookError, match="^name must be a string, got int$"):
         VectorCodebook(name=3, points=[[0.0], [1.0]])
+
+
+def test_a_number_for_levels_is_shown_as_given():
+    # the message showed the array numpy made of it, array(3.)
+    with pytest.raises(CodebookError, match=r"^levels must be a sequence of numbers, got 3\.0$"):
+        Codebook(name="t", bits=2, levels=3.0)

@@ -107,7 +107,8 @@ def test_bad_input(kw, msg):
 @pytest.mark.parametrize("kw, msg", [
     (dict(bits=99), "bits must be"), (dict(block_size=1), "at least 2"), (dict(samples=-5), "samples must be"),
     (dict(scale="bogus"), "unknown scale rule"), (dict(source="bogus"), "unknown source"),
-    (dict(fixed=(5.0,)), r"\[-1, 1\]"), (dict(fixed=("a",)), "sequence of numbers"), (dict(tol="x"), "tol must be"),
+    (dict(fixed=(5.0,)), r"\[-1, 1\]"), (dict(fixed=("a",)), "fixed levels must be numbers: entry 0 is 'a'"),
+    (dict(tol="x"), "tol must be"),
 ])
 def test_a_recipe_is_checked_when_made(kw, msg):
     """A recipe that exists has valid parameters: made directly or read from JSON."""

@@ -384,3 +384,17 @@ def test_a_non_finite_newton_system_gives_a_non_finite_correction():
         want = np.linalg.solve(np.eye(3) - J, r)
         got = lloyd_module.newton_correction(J, fi, r)
     assert not np.all(np.isfinite(want)) and not np.all(np.isfinite(got))
+
+
+def test_bad_fixed_levels_are_named_on_one_line():
+    """A masked entry among the fixed levels is named (the generic message hid it, over three
+    lines), a table of them is shown on one line, and a number as given."""
+    masked = np.ma.masked_array([-1.0, 0.0, 1.0], mask=[False, True, False])
+    with pytest.raises(ValueError, match=r"^fixed levels is a masked array with 1 masked entry"):
+        lloyd(4, 64, fixed=masked)
+    with pytest.raises(ValueError, match=r"^fixed levels must be a sequence of numbers or a string like '-1,0,1', "
+                                         r"got array\(\[\[0\., 0\., 0\.\], \[0\.") as info:
+        lloyd(4, 64, fixed=np.zeros((40, 3)))
+    assert len(str(info.value)) < 200
+    with pytest.raises(ValueError, match=r"^fixed levels must be a sequence of numbers, got 5$"):
+        lloyd(4, 64, fixed=5)

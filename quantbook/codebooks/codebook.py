@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
-from ..numerics.arguments import host_array
+from ..numerics.arguments import host_array, one_line
 from ..numerics.reals import real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
@@ -46,11 +46,12 @@ def check_numbers(values: Any, what: str, error: type[Exception] = ValueError) -
     raw = values
     if not isinstance(values, (list, tuple)):
         try:
-            values = raw = host_array(values, what)
+            raw = host_array(values, what)
         except ValueError as exc:
             raise error(str(exc)) from None
-        if raw.ndim == 0:
-            raise error(f"{what} must be a sequence of numbers, got {values!r}")
+        if raw.ndim == 0:   # shown as given (5, not array(5))
+            raise error(f"{what} must be a sequence of numbers, got {one_line(values)}")
+        values = raw
         if raw.dtype.kind != "O":
             if not real_kind(raw.dtype):
                 raise error(f"{what} must be numbers, got an array of {raw.dtype}")

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, one_line
 from ..codebooks.codebook import Codebook, check_numbers
 from ..numerics.losses import LOSSES, check_loss
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
@@ -268,11 +268,13 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
                 raise ValueError(f"fixed levels must be comma-separated numbers like -1,0,1 (or none), "
                                  f"got {fixed!r}") from None
     else:
+        # its own one-line errors name what is wrong (a masked entry, '0.5', True: float() reads them)
+        values = check_numbers(fixed, "fixed levels")
         try:
-            values = [float(v) for v in check_numbers(fixed, "fixed levels")]   # float() would read '0.5' and True
+            values = [float(v) for v in values]
         except (TypeError, ValueError):
             raise ValueError(f"fixed levels must be a sequence of numbers or a string like '-1,0,1', "
-                             f"got {fixed!r}") from None
+                             f"got {one_line(fixed)}") from None
     fx = tuple(sorted(set(v + 0.0 for v in values)))  # + 0.0: -0.0 is 0.0
     if any(not math.isfinite(v) for v in fx):
         raise ValueError(f"fixed levels must be finite, got {fixed!r}")

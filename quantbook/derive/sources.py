@@ -58,7 +58,7 @@ import mpmath
 import numpy as np
 from scipy import integrate, special, stats
 
-from ..numerics.arguments import check_flag, host_array
+from ..numerics.arguments import check_flag, host_array, one_line
 from ..numerics.dots import row_dot
 from ..numerics.reals import real_kind
 from ..io.files import check_input_file
@@ -856,8 +856,7 @@ def parse_source(spec: Any) -> Source:
     if hasattr(spec, "__array__"):
         return Empirical(spec)
     if not isinstance(spec, str) or not spec.strip():
-        shown = " ".join(repr(spec).split())   # a long list's repr spans lines
-        raise SourceError(f"a source must be a name or a file, got {shown[:80]}{'...' if len(shown) > 80 else ''}")
+        raise SourceError(f"a source must be a name or a file, got {one_line(spec)}")
     text = spec.strip()
     for fn in _PARSERS:
         src = fn(text)

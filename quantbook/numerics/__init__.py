@@ -6,6 +6,7 @@ arithmetic, bit for bit, and the Hadamard rotation.
 * :mod:`.reals` — what counts as real numbers, as float64 (±inf beyond its range);
 * :mod:`.dots` — weighted sums along a row that round the same in any piece, on any threads;
 * :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument;
-* :mod:`.arguments` — what counts as an integer argument and as a True/False flag;
+* :mod:`.arguments` — what counts as an integer argument, a True/False flag and an array, and
+  how an argument is shown in an error;
 * :mod:`.parallel` — numba's multi-threaded kernels, launched one at a time per process.
 """

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_flag", "host_array", "bfloat16"]
+__all__ = ["is_int", "check_flag", "host_array", "bfloat16", "one_line"]
 
 
 def is_int(v: Any) -> bool:
@@ -23,6 +23,13 @@ def check_flag(value: Any, what: str, also: str = "") -> bool:
     if not (isinstance(value, (bool, np.bool_)) or (is_int(value) and value in (0, 1))):
         raise ValueError(f"{what} must be True or False{also}, got {value!r}")
     return bool(value)
+
+
+def one_line(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` as an error message shows it: on one line (an array's or a long list's repr
+    spans many), clipped to ``limit`` characters."""
+    shown = " ".join(repr(v).split())
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def bfloat16() -> np.dtype:

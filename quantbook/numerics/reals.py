@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import one_line
+
 __all__ = ["float_or_inf", "real_kind", "real_array"]
 
 
@@ -43,9 +45,7 @@ def real_array(x: Any, what: str) -> np.ndarray:
     ok = raw.dtype.kind == "b" or real_kind(raw.dtype) or (raw.dtype.kind == "O" and raw.size > 0 and all(
         isinstance(v, (numbers.Real, Decimal)) and not isinstance(v, bool) for v in raw.flat))
     if not ok:   # an array by its dtype, anything else on one line: a repr may span many
-        shown = " ".join(repr(x).split())
-        got = f"an array of {raw.dtype}" if isinstance(x, np.ndarray) else \
-            shown if len(shown) <= 80 else shown[:80] + "..."
+        got = f"an array of {raw.dtype}" if isinstance(x, np.ndarray) else one_line(x)
         raise ValueError(f"{what} must be real numbers, got {got}")
     if raw.dtype.kind == "O":   # Fractions, Decimals, integers beyond float64 (to ±inf)
         return np.array([float_or_inf(v) for v in raw.flat], dtype=np.float64).reshape(raw.shape)
