@@ -398,3 +398,18 @@ def test_bad_fixed_levels_are_named_on_one_line():
     assert len(str(info.value)) < 200
     with pytest.raises(ValueError, match=r"^fixed levels must be a sequence of numbers, got 5$"):
         lloyd(4, 64, fixed=5)
+
+
+def test_a_singular_newton_system_falls_back_to_the_plain_step(monkeypatch):
+    """Where ``I - J`` is singular Lloyd takes the plain step, and plain steps still reach the
+    code Newton's steps reach."""
+    import sys
+
+    lloyd_module = sys.modules["quantbook.derive.lloyd"]
+    want = lloyd(3, 64).levels
+
+    def singular(*args):
+        raise np.linalg.LinAlgError("singular matrix")
+
+    monkeypatch.setattr(lloyd_module, "newton_correction", singular)
+    np.testing.assert_allclose(lloyd(3, 64).levels, want, atol=1e-10)
