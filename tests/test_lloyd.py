@@ -398,6 +398,9 @@ def test_bad_fixed_levels_are_named_on_one_line():
     assert len(str(info.value)) < 200
     with pytest.raises(ValueError, match=r"^fixed levels must be a sequence of numbers, got 5$"):
         lloyd(4, 64, fixed=5)
+    with pytest.raises(ValueError, match=r"^fixed levels must be finite, got array\(\[-inf, ") as info:
+        lloyd(4, 64, fixed=np.concatenate([[-np.inf], np.zeros(100)]))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
 
 
 def test_a_singular_newton_system_falls_back_to_the_plain_step(monkeypatch):

@@ -277,7 +277,7 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
                              f"got {one_line(fixed)}") from None
     fx = tuple(sorted(set(v + 0.0 for v in values)))  # + 0.0: -0.0 is 0.0
     if any(not math.isfinite(v) for v in fx):
-        raise ValueError(f"fixed levels must be finite, got {fixed!r}")
+        raise ValueError(f"fixed levels must be finite, got {one_line(fixed)}")
     if normalization != "none" and any(abs(v) > 1 for v in fx):
         raise ValueError(f"fixed levels must lie in [-1, 1] under {normalization}, got {list(fx)}")
     return fx
