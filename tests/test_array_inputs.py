@@ -304,6 +304,8 @@ def test_a_law_shows_a_long_bad_list_on_one_short_line():
     with pytest.raises(ValueError, match=r"^x must be real numbers, got \['a', 'a'.{60,}\.\.\.$") as info:
         Normal().pdf(["a"] * 100_000)
     assert len(str(info.value)) < 160
+    with pytest.raises(ValueError, match=r"^x must be real numbers in an array of one shape, got \[\[1\.0, .*\.\.\.$"):
+        Normal().pdf([[1.0] * 100_000, [2.0]])   # ragged
 
 
 def test_a_strided_torch_bfloat16_tensor_is_read_as_its_values():

@@ -163,6 +163,9 @@ def _state(nested=False, n=300):
     ("blocksize", lambda s: 24, "power of two"),
     ("code", lambda s: np.full(16, np.nan, np.float32), "finite"),
     ("code", lambda s: None, "code must be a table of float32 levels, got None"),
+    # a long table is shown on one line, clipped (its repr spans lines)
+    ("code", lambda s: np.arange(16) * 1j,
+     r"code must be a table of float32 levels, got array\(\[0\. \+0\.j, [^\n]*\.\.\.$"),
     ("shape", lambda s: 100, "shape must be a tuple of non-negative integers, got 100"),
     ("dtype", lambda s: None, "dtype must be one of float32, float16, bfloat16, got None"),
     ("dtype", lambda s: "float64", "dtype must be one of .*got 'float64'"),

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import bfloat16, host_array
+from ..numerics.arguments import bfloat16, host_array, one_line
 from ..numerics.reals import real_kind
 from ..scales import get_rule
 from ..scales.steps import decode_table
@@ -230,7 +230,7 @@ class QuantState:
         if not ok:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
         if host_array(self.code, "code").dtype.kind not in "fiu":
-            raise ValueError(f"code must be a table of float32 levels, got {self.code!r}")
+            raise ValueError(f"code must be a table of float32 levels, got {one_line(self.code)}")
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks
         if self.scaled:

@@ -39,7 +39,7 @@ def real_array(x: Any, what: str) -> np.ndarray:
     try:
         raw = np.asarray(x)
     except ValueError:   # ragged nesting
-        raise ValueError(f"{what} must be real numbers in an array of one shape, got {x!r}") from None
+        raise ValueError(f"{what} must be real numbers in an array of one shape, got {one_line(x)}") from None
     # strings, None, complex and the like are not real numbers (float() would accept "1.5");
     # a bool array is, as scipy.stats reads it (0 and 1)
     ok = raw.dtype.kind == "b" or real_kind(raw.dtype) or (raw.dtype.kind == "O" and raw.size > 0 and all(
