@@ -400,10 +400,10 @@ class NumbaVQ(VQBackend, name="cpu"):
         # one kernel writes the 16 bits itself (kernels._store rounds as numpy and ml_dtypes
         # do): no float32 tensor beside the result; decode_unrotate rotates each row back as
         # it decodes it
-        from .cpu.backend import _kernel_view
+        from .cpu.backend import kernel_view
 
         out = np.empty(idx.size * points.shape[1], dtype)
-        k, view = _vq_kernels(), _kernel_view(out)
+        k, view = _vq_kernels(), kernel_view(out)
         if size is None:
             k.decode(idx, scales, group, points, view)
         else:

@@ -16,7 +16,7 @@ from ..nested import NESTED_BLOCKSIZE, nested_lut
 from ...numerics import parallel
 from ...scales.steps import BUCKET_SHIFT, step_table
 
-__all__ = ["NumbaBackend"]
+__all__ = ["NumbaBackend", "kernel_view"]
 
 _F = np.float32
 
@@ -40,8 +40,9 @@ def _f16_table() -> np.ndarray:
     return t
 
 
-def _kernel_view(x: np.ndarray) -> np.ndarray:
-    """float32 as is; float16 bits as uint16; bfloat16 bits as int16 (see kernels.py)."""
+def kernel_view(x: np.ndarray) -> np.ndarray:
+    """The array as the numba kernels take it (the one rule for every cpu kernel, the vector
+    codebooks' too): float32 as is; float16 bits as uint16; bfloat16 bits as int16 (see kernels.py)."""
     if x.dtype.name == "float16":
         return x.view(np.uint16)
     if x.dtype.name == "bfloat16":
@@ -85,7 +86,7 @@ class NumbaBackend(Backend, name="cpu"):
     def quantize_blocks(self, x, code, bits, block_size):
         K = _kernels()
         b15, o16, identity, bp, nb_pow2, op, zero = _tables(np.ascontiguousarray(code, _F).tobytes())
-        xv = _kernel_view(x.reshape(-1))
+        xv = kernel_view(x.reshape(-1))
         n = xv.size
         packed = np.empty(F.packed_length(n, bits), dtype=np.uint8)
         absmax = np.empty(F.n_blocks(n, block_size), dtype=_F)
@@ -99,7 +100,7 @@ class NumbaBackend(Backend, name="cpu"):
         K = _kernels()
         table = F.decode_table(code, bits)
         out = np.empty(n, dtype=out_dtype)
-        ov = _kernel_view(out)
+        ov = kernel_view(out)
         packed = np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
         absmax = np.ascontiguousarray(absmax, dtype=_F).reshape(-1)
         if bits == 4:
@@ -119,8 +120,8 @@ class NumbaBackend(Backend, name="cpu"):
     def _error_chunks(self, x, xhat):
         from ..sums import CHUNK, n_chunks
 
-        xv = _kernel_view(np.ascontiguousarray(x).reshape(-1))
-        hv = xv if xhat is None else _kernel_view(np.ascontiguousarray(xhat).reshape(-1))
+        xv = kernel_view(np.ascontiguousarray(x).reshape(-1))
+        hv = xv if xhat is None else kernel_view(np.ascontiguousarray(xhat).reshape(-1))
         out = np.empty((2, n_chunks(xv.size)), dtype=np.float64)
         _kernels().error_chunks(xv, hv, xhat is not None, _f16_table(), CHUNK, out)
         return out
@@ -134,7 +135,7 @@ class NumbaBackend(Backend, name="cpu"):
 
     # ------------------------------------------------------------- the scaled layout
     def scaled_amax(self, x, block_size):
-        xv = _kernel_view(x.reshape(-1))
+        xv = kernel_view(x.reshape(-1))
         amax = np.empty(F.n_blocks(xv.size, block_size), dtype=_F)
         _scaled_kernels().scaled_amax(xv, _f16_table(), block_size, amax)
         return amax
@@ -151,7 +152,7 @@ class NumbaBackend(Backend, name="cpu"):
     def scaled_encode(self, x, factor, divide, table, block_size):
         enc = L.scaled_encoder(table)
         mids, up, pos, neg = enc.padded()
-        xv = _kernel_view(x.reshape(-1))
+        xv = kernel_view(x.reshape(-1))
         packed = np.empty(L.packed_length(xv.size), dtype=np.uint8)
         _scaled_kernels().scaled_encode(xv, _f16_table(), np.ascontiguousarray(factor, _F),
                                         bool(divide), mids, up, pos, neg,
@@ -162,7 +163,7 @@ class NumbaBackend(Backend, name="cpu"):
         # one pass, encode and decode fused: no codes, decoded values or float64 terms of the tensor
         enc = L.scaled_encoder(table)
         mids, up, pos, neg = enc.padded()
-        xv = _kernel_view(x.reshape(-1))
+        xv = kernel_view(x.reshape(-1))
         out = np.empty(F.n_blocks(xv.size, block_size))
         _scaled_kernels().scaled_errors(xv, _f16_table(), np.ascontiguousarray(factor, _F), bool(divide),
                                         mids, up, pos, neg, F.decode_table(table, L.SCALED_BITS),
@@ -174,5 +175,5 @@ class NumbaBackend(Backend, name="cpu"):
         _scaled_kernels().scaled_decode(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1),
                                         np.ascontiguousarray(scale, _F).reshape(-1),
                                         F.decode_table(table, L.SCALED_BITS), block_size, n,
-                                        _kernel_view(out))
+                                        kernel_view(out))
         return out
