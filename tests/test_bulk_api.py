@@ -177,6 +177,23 @@ def test_dequantize_rejects_a_tampered_state(field, value, match):
         qb.dequantize(packed, st)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("table", ["float16", "bfloat16", "float64"])
+def test_a_state_code_table_of_any_real_float_dtype_decodes_as_its_values(table, backend):
+    """A code table held in another float dtype (bfloat16 from ml_dtypes, as float16 and
+    float64 were) decodes as the float32 table of its values; the oracle is the state with
+    that widened table."""
+    if backend == "cpu":
+        pytest.importorskip("numba", reason="the cpu backend needs numba")
+    dt = np.dtype(table) if table != "bfloat16" else pytest.importorskip("ml_dtypes").bfloat16
+    packed, st = _state(nested=True)
+    narrow = st.code.astype(dt)
+    st.code = narrow
+    got = qb.dequantize(packed, st, backend=backend)
+    st.code = narrow.astype(np.float32)
+    np.testing.assert_array_equal(got, qb.dequantize(packed, st, backend="numpy"))
+
+
 @pytest.mark.parametrize("cb,scale,B,bad", [
     ("e2m1", "e4m3", 16, 0x7F), ("e2m1", "e4m3", 16, 0xFF), ("e2m1", "e8m0:floor", 32, 0xFF),
     ("e2m1", "float16", 16, 0x7C00), ("e2m1", "float16", 16, 0xBC00),

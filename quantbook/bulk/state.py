@@ -229,7 +229,7 @@ class QuantState:
             ok = False
         if not ok:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
-        if host_array(self.code, "code").dtype.kind not in "fiu":
+        if not real_kind(host_array(self.code, "code").dtype):
             raise ValueError(f"code must be a table of float32 levels, got {one_line(self.code)}")
         F.check_code_table(self.code, self.bits)
         nb = self.n_blocks
