@@ -174,3 +174,23 @@ def test_every_resolver_reads_a_path_object_as_a_file(tmp_path, monkeypatch):
     assert resolve_vector("higgs-2d-256").name == "higgs-2d-256"
     with pytest.raises(CodebookError, match="is a vector codebook"):
         resolve_codebook(Path("higgs-2d-256"))
+
+
+def test_quantize_vq_reads_a_path_object_as_a_file(tmp_path, monkeypatch):
+    # quantize_vq turned a Path into its text: Path("higgs-2d-256") gave the published grid though no such
+    # file existed, and a vector codebook file without .json was unknown
+    from quantbook.bulk import dequantize_vq, quantize_vq
+    from quantbook.codebooks.vector import VectorCodebook
+
+    monkeypatch.chdir(tmp_path)
+    x = np.linspace(-1.0, 1.0, 64, dtype=np.float32)
+    with pytest.raises(FileNotFoundError, match="higgs-2d-256"):
+        quantize_vq(x, Path("higgs-2d-256"), group=64, backend="numpy")
+    grid = VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]), "test")
+    Path("higgs-2d-256").write_text(grid.to_json())
+    idx, state = quantize_vq(x, Path("higgs-2d-256"), group=64, rotate=None, backend="numpy")
+    assert state.codebook == "grid" and np.array_equal(state.points, grid.points.astype(np.float32))
+    # the oracle: the grid given as an array of its points
+    ref_idx, ref = quantize_vq(x, grid.points, group=64, rotate=None, backend="numpy")
+    assert np.array_equal(idx, ref_idx)
+    assert np.array_equal(dequantize_vq(idx, state, backend="numpy"), dequantize_vq(ref_idx, ref, backend="numpy"))

@@ -577,7 +577,7 @@ def as_points(codebook: Any) -> tuple[str, np.ndarray]:
     (N, P) array; the points as a C-contiguous float32 (N, P) table, checked."""
     if isinstance(codebook, (str, os.PathLike)):   # as quantize() takes a scalar code's name
         from ..naming import resolve_vector
-        codebook = resolve_vector(os.fspath(codebook))
+        codebook = resolve_vector(codebook)   # a path object stays one: a file, never a published name
     name = getattr(codebook, "name", None)   # a torch tensor's is None
     name = name if isinstance(name, str) else "custom"
     pts = getattr(codebook, "points", codebook)
@@ -640,9 +640,9 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     ``x``: float32, float16 or bfloat16, any shape; groups and vectors run along the last
     axis.  A device array (CuPy, a torch CUDA tensor) goes to a GPU backend (``"auto"`` or
     ``"gpu"``) and its indices stay on the device; the state is on the host.
-    ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, its name or
-    ``FILE.json`` (:func:`quantbook.naming.resolve_vector`), anything with ``.points``, or an
-    (N, P) array.  ``group``: weights per scale, a multiple of P dividing
+    ``vq_codebook``: a :class:`~quantbook.codebooks.vector.VectorCodebook`, its name,
+    ``FILE.json`` or a path object (always a file; :func:`quantbook.naming.resolve_vector`),
+    anything with ``.points``, or an (N, P) array.  ``group``: weights per scale, a multiple of P dividing
     the last dimension.  ``scale``: ``"rms"`` or ``"absmax"``; ``scale_dtype``: how the scale is
     stored (``"float16"``, HIGGS's 16 bits, or ``"float32"``).  ``rotate``: ``"hadamard"``,
     ``"hadamard:N"`` or None.  ``backend``: ``"auto"``, ``"numpy"``, ``"cpu"`` or ``"gpu"``.
