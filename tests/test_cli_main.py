@@ -198,6 +198,32 @@ def test_a_full_disk_behind_standard_output_is_an_error(argv):
     assert (p.returncode, p.stderr) == (2, "quantbook: error: standard output: No space left on device\n")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("argv", [["show", "nf4"], ["--version"], ["--help"], ["show", "--help"]])
+def test_a_full_disk_behind_unbuffered_standard_output_is_an_error(argv):
+    # unbuffered (python -u, PYTHONUNBUFFERED=1) the write itself fails; argparse dropped that failure
+    # for --help and --version, which then succeeded in silence with status 0
+    env = dict(_env(), PYTHONUNBUFFERED="1")
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "quantbook.cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                           env=env, timeout=120, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("quantbook: error: ") and p.stderr.count("\n") == 1
+    assert "No space left on device" in p.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"]])
+def test_a_closed_pipe_behind_unbuffered_standard_output_is_not_an_error(argv):
+    env = dict(_env(), PYTHONUNBUFFERED="1")
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "quantbook.cli", *argv], stdout=w, stderr=subprocess.PIPE,
+                           env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (0, b"")
+
+
 def test_a_failed_flush_after_an_error_leaves_that_error_the_one_line(capsys, monkeypatch):
     # the command's own error is the line to read, and its status the one to keep; the output that
     # could not be flushed after it (a full disk) adds nothing

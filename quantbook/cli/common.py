@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +32,13 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
         raise UsageError(message, self.prog, hint=True)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse drops a failed write: with standard output unbuffered (python -u), --help and
+        # --version into a full disk succeeded in silence; raised, main reports it (a closed pipe quietly)
+        file = file or sys.stderr
+        if message and file is not None:   # no stream at all (pythonw): nothing to write to
+            file.write(message)
 
 
 def integer(text: str) -> int:
