@@ -35,8 +35,9 @@ def backend_names() -> tuple[str, ...]:
 
 
 def resolve_codebook(codebook: Any, block_size: int = 64) -> Codebook:
-    """A :class:`Codebook` from a Codebook or any name of the codebook-name grammar
-    (:mod:`quantbook.naming`: registry names, FILE.json, nfK, lloyd-...)."""
+    """A :class:`Codebook` from a Codebook, any name of the codebook-name grammar
+    (:mod:`quantbook.naming`: registry names, FILE.json, nfK, lloyd-...) or a path object,
+    which always names a codebook file."""
     from ..naming import resolve_codebook as resolve
 
     return resolve(codebook, block_size)
@@ -121,7 +122,8 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     codebook:
         A Codebook or a name: registry names (``"nf4"``, ``"fp4"``, ``"af4"``, ...),
         ``FILE.json``, ``nfK``, ``lloyd-...`` (:mod:`quantbook.naming`; a derived
-        shorthand without a block size is fitted to ``block_size``).
+        shorthand without a block size is fitted to ``block_size``); a path object always
+        names a codebook file.
     block_size:
         Values per scale: a power of two from 16 to 4096; the last block may be partial.
     nested:
