@@ -401,6 +401,13 @@ def test_bad_fixed_levels_are_named_on_one_line():
     with pytest.raises(ValueError, match=r"^fixed levels must be finite, got array\(\[-inf, ") as info:
         lloyd(4, 64, fixed=np.concatenate([[-np.inf], np.zeros(100)]))
     assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    # out of range and unparsable: a long table or string is clipped too (either ran to megabytes)
+    with pytest.raises(ValueError, match=r"^fixed levels must lie in \[-1, 1\] under absmax, got \[-2\.0, ") as info:
+        lloyd(4, 64, fixed=np.linspace(-2.0, 2.0, 10**5))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    with pytest.raises(ValueError, match=r"^fixed levels must be comma-separated numbers like -1,0,1") as info:
+        lloyd(4, 64, fixed="-1,0,x" + ",1" * 10**5)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
 
 
 def test_a_singular_newton_system_falls_back_to_the_plain_step(monkeypatch):

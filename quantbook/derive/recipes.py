@@ -266,7 +266,7 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
                 values.append(float(part))
             except ValueError:
                 raise ValueError(f"fixed levels must be comma-separated numbers like -1,0,1 (or none), "
-                                 f"got {fixed!r}") from None
+                                 f"got {one_line(fixed)}") from None
     else:
         # its own one-line errors name what is wrong (a masked entry, '0.5', True: float() reads them)
         values = check_numbers(fixed, "fixed levels")
@@ -279,7 +279,7 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
     if any(not math.isfinite(v) for v in fx):
         raise ValueError(f"fixed levels must be finite, got {one_line(fixed)}")
     if normalization != "none" and any(abs(v) > 1 for v in fx):
-        raise ValueError(f"fixed levels must lie in [-1, 1] under {normalization}, got {list(fx)}")
+        raise ValueError(f"fixed levels must lie in [-1, 1] under {normalization}, got {one_line(list(fx))}")
     return fx
 
 
@@ -302,7 +302,7 @@ def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> 
     n_levels = 2**bits
     if symmetric:
         if any(-v not in fx for v in fx):
-            raise ValueError(f"symmetric codebooks need symmetric fixed levels, got {list(fx)}")
+            raise ValueError(f"symmetric codebooks need symmetric fixed levels, got {one_line(list(fx))}")
         n_levels -= 1 if 0.0 in fx else 0
     if len(fx) > n_levels:
         raise ValueError(f"{len(fx)} fixed levels {list(fx)} do not fit in {bits} bit(s); free them with "
