@@ -280,6 +280,23 @@ def test_export_onto_its_own_input_is_refused(capsys, tmp_path, monkeypatch, fmt
     assert main(["export", "nf4", "-f", fmt, "-o", "nf4"]) == 0
 
 
+@pytest.mark.parametrize("source", ["cb.json ", " cb.json", "grid.json "])
+def test_export_onto_its_own_input_spelled_with_spaces_is_refused(capsys, tmp_path, monkeypatch, source):
+    """The codebook is read without the spaces around its spelling, but the check looked for a file with them
+    (none) and let ``export 'cb.json ' -f c -o cb.json`` replace the only copy of the codebook."""
+    from quantbook.codebooks.vector import VectorCodebook
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cb.json").write_text('{"bits": 1, "levels": [-1, 1]}')
+    (tmp_path / "grid.json").write_text(VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0]]), "test").to_json())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    target = source.strip()
+    assert main(["export", source, "-f", "c", "-o", target]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"quantbook: error: output path '{target}' is the input") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 _SAMPLE = np.random.default_rng(11).standard_normal(1000).astype(np.float32)
 
 

@@ -69,8 +69,8 @@ def _cmd_export(args) -> int:
         args.output = None
     # a file is named by its path in the header's command; a name by the codebook's (resolved) name
     path = args.codebook if args.codebook.strip().lower().endswith(".json") else None
-    if args.output is not None:
-        output_path(args.output, (path,) if path else ())  # fail before doing any work
+    if args.output is not None:   # fail before doing any work; the file is read without surrounding spaces
+        output_path(args.output, (path, path.strip()) if path else ())
     from ..naming import depends_on_block_size
     from ..scales import check_scaled_only, get_rule
 
