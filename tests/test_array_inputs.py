@@ -12,6 +12,8 @@ import quantbook as qb
 from quantbook import Codebook
 from quantbook.bulk import QuantState, VQState, dequantize, dequantize_vq, quantize_vq
 from quantbook.derive import Empirical, Normal, parse_source
+from quantbook.derive.vq import vector_errors, vq_mse
+from quantbook.naming import resolve_vector
 from quantbook.model.evaluate import error_sums
 
 torch = pytest.importorskip("torch")
@@ -30,6 +32,7 @@ def _quantize(**kw):
     return run
 
 
+_GRID = resolve_vector("higgs-2d-256")
 _P, _S = qb.quantize(X, backend="numpy")
 _I, _V = quantize_vq(X, "higgs-2d-256", backend="numpy")
 
@@ -57,6 +60,11 @@ ENTRIES = {
     "Codebook.decode": ("int", _P & 15, lambda i: qb.get("nf4").decode(i)),
     "QuantState.from_dict-absmax": ("real", _S.absmax, lambda a: QuantState.from_dict({**_S.as_dict(), "absmax": a})),
     "VQState.from_dict-points": ("real", _V.points, lambda p: VQState.from_dict({**_V.to_dict(), "points": p})),
+    "VectorCodebook.nearest": ("real", X.reshape(-1, 2), lambda v: _GRID.nearest(v)),
+    "VectorCodebook.decode": ("int", _I, lambda i: _GRID.decode(i)),
+    "vq_mse-x": ("real", X.reshape(-1, 2), lambda v: vq_mse(_GRID.points, v)),
+    "vq_mse-points": ("real", _GRID.points.copy(), lambda p: vq_mse(p, X.reshape(-1, 2))),
+    "vector_errors-x": ("real", X.reshape(-1, 2), lambda v: vector_errors(_GRID.points, v)),
 }
 
 
@@ -134,6 +142,11 @@ ERRORS_BY_ENTRY = {
     ("Codebook.decode", "masked, one entry masked"): r"indices is a masked array",
     ("QuantState.from_dict-absmax", "masked, one entry masked"): r"absmax is a masked array",
     ("VQState.from_dict-points", "masked, one entry masked"): r"points is a masked array",
+    ("VectorCodebook.nearest", "masked, one entry masked"): r"v is a masked array",
+    ("VectorCodebook.decode", "masked, one entry masked"): r"idx is a masked array",
+    ("vq_mse-x", "masked, one entry masked"): r"x is a masked array",
+    ("vector_errors-x", "masked, one entry masked"): r"x is a masked array",
+    ("vq_mse-points", "masked, one entry masked"): r"points is a masked array",
     ("quantize-numpy", "masked, one entry masked"): r"x is a masked array",
     # quantize_vq converts every input to float32 (a copy): byte order is no reason to refuse
     ("quantize_vq-numpy", "big-endian"): None,

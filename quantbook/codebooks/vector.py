@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import parse_json
+from ..numerics.arguments import host_array
+from ..numerics.reals import real_kind
 from .codebook import check_misspelt_keys, check_name, check_numbers
 from .frozen import freeze
 
@@ -116,6 +118,14 @@ def cell_candidates(points: np.ndarray, lo: Any, hi: Any, cells: int) -> tuple[n
     return np.concatenate(counts), np.concatenate(lists).astype(np.int64)
 
 
+def _host(v: Any, what: str) -> np.ndarray:
+    """``v`` read by the one rule for arrays (a masked entry, a tensor), its errors as this module's."""
+    try:
+        return host_array(v, what)
+    except ValueError as exc:
+        raise VectorCodebookError(str(exc)) from None
+
+
 def nearest_brute(points: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Index of the nearest row of ``points`` (N, P) for every row of ``v`` (M, P): squared
     Euclidean distance in float64, ties to the lowest index (``argmin``'s first minimum).
@@ -197,11 +207,11 @@ class VectorCodebook:
 
     # --------------------------------------------------------------- encoding
     def _rows(self, v: Any) -> np.ndarray:
-        arr = np.asarray(v)
-        if arr.dtype.name == "bfloat16":  # ml_dtypes' type is no numpy floating subtype; widening is exact
-            arr = arr.astype(np.float32)
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        arr = _host(v, "v")
+        if not real_kind(arr.dtype):
             raise VectorCodebookError(f"nearest needs real numbers, got dtype {arr.dtype}")
+        if not np.issubdtype(arr.dtype, np.number):  # ml_dtypes' floats are no numpy subtype; widening is exact
+            arr = arr.astype(np.float32)
         if arr.ndim == 1 and arr.shape[0] == self.dim:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.dim:
@@ -218,7 +228,7 @@ class VectorCodebook:
 
     def decode(self, idx: Any) -> np.ndarray:
         """``points[idx]`` (float32), for integer indices of any shape."""
-        i = np.asarray(idx)
+        i = _host(idx, "idx")
         if not np.issubdtype(i.dtype, np.integer):
             raise VectorCodebookError(f"decode needs integer indices, got dtype {i.dtype}")
         if i.size and (i.min() < 0 or i.max() >= self.size):

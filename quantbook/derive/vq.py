@@ -54,7 +54,8 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, host_array
+from ..numerics.reals import real_kind
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
 from ..io.progress import progress_bar
 from .lloyd import DerivationError, LloydWarning
@@ -332,10 +333,20 @@ class _Sums1D:
         return sums, counts, cell_sse, sse, float("nan")  # the spread is not needed by Lloyd
 
 
+def _real(a: Any, what: str, dtype: Any) -> np.ndarray:
+    """``a`` read by the one rule for arrays (a masked entry, a tensor), as a C-contiguous
+    ``dtype`` array of its values; a ValueError for what is not real numbers (complex would
+    lose its imaginary part, bool and dates would be read as numbers)."""
+    arr = host_array(a, what)
+    if not real_kind(arr.dtype):
+        raise ValueError(f"{what} must be real numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
 def _table(points: Any) -> np.ndarray:
     """``points`` as a C-contiguous float64 (N, P) table, N, P >= 1, finite (a NaN point would
     silently take no vectors, or all of them)."""
-    pts = np.ascontiguousarray(points, dtype=np.float64)
+    pts = _real(points, "points", np.float64)
     if pts.ndim != 2 or pts.shape[0] < 1 or pts.shape[1] < 1:
         raise ValueError(f"points must be an (N, P) array with N, P >= 1, got shape {pts.shape}")
     if not np.isfinite(pts).all():
@@ -347,7 +358,7 @@ def vector_errors(points: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Squared distance (float64, (M,)) of every row of ``x`` to its nearest row of ``points``."""
     from .vq_kernels import assign
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = _real(x, "x", np.float32)
     pts = _table(points)
     if x.ndim != 2 or x.shape[1] != pts.shape[1]:
         raise ValueError(f"need rows of {pts.shape[1]} values, got shape {x.shape}")
@@ -388,7 +399,7 @@ class CellStats:
 def cell_stats(points: np.ndarray, x: np.ndarray) -> CellStats:
     """Per-cell counts, centroids and spreads of the rows of ``x`` (float32, (M, P)) under the
     nearest-point partition of ``points``, with the mean squared error per dimension."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = _real(x, "x", np.float32)
     pts = _table(points)
     if x.ndim != 2 or x.shape[1] != pts.shape[1] or x.shape[0] < 2:
         raise ValueError(f"need at least two rows of {pts.shape[1]} values, got shape {x.shape}")
