@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -63,13 +63,27 @@ def plot_format(out: str | os.PathLike) -> str:
     return suffix
 
 
-def check_plot_path(out: str | os.PathLike) -> Path:
-    """``out`` as a Path if a picture can be written there (path and extension checked), else ``ValueError``."""
+def check_plot_path(out: str | os.PathLike, inputs: Iterable[Any] = ()) -> Path:
+    """``out`` as a Path if a picture can be written there (path and extension checked), else
+    ``ValueError``; ``inputs``: the files the picture is made from, which it must not replace
+    (entries that name no file are passed over)."""
     if os.fspath(out) == "-":   # the usual spelling of standard output, which a picture does not go to
         raise ValueError("a picture is written to a file, not to standard output (-): give e.g. plot.png")
-    p = check_output_path(out)
+    p = check_output_path(out, _input_files(inputs))
     plot_format(out)
     return p
+
+
+def _input_files(inputs: Iterable[Any]) -> list[str | os.PathLike]:
+    """The entries of ``inputs`` that may name a file: strings (as given and without surrounding
+    spaces, as names are read) and path objects; codebook objects and None are not files."""
+    out: list[str | os.PathLike] = []
+    for item in inputs:
+        if isinstance(item, str):
+            out.extend((item, item.strip()) if item.strip() else ())
+        elif isinstance(item, os.PathLike):
+            out.append(item)
+    return out
 
 
 def _save(fig, out: str | os.PathLike) -> None:

@@ -297,6 +297,26 @@ def test_export_onto_its_own_input_spelled_with_spaces_is_refused(capsys, tmp_pa
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["evaluate-model", "in.png", "-c", "nf4", "--plot", "in.png"],                 # the model
+    ["evaluate-model", "m.safetensors", "-c", " in.png,nf4", "--plot", "in.png"],   # a codebook file
+    ["evaluate-model", "m.safetensors", "--task", "lm", "--text", "in.png", "--plot", "in.png"],
+    ["plot", "nf4", "in.png", "-o", "in.png"],
+    ["plot", "nf4", "--source", "in.png", "-o", "in.png"],
+    ["plot-sweep", "nf4", "--source", " in.png", "-o", "in.png"],
+])
+def test_a_picture_onto_one_of_its_inputs_is_refused(capsys, tmp_path, monkeypatch, argv):
+    """--plot / -o naming a file the picture is made from (the model, the text, a codebook
+    file, a sample source) is refused before any work, as export and derive refuse theirs;
+    the picture replaced the input."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.png").write_bytes(b"the only copy")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("quantbook: error: output path 'in.png' is the input") and err.count("\n") == 1
+    assert (tmp_path / "in.png").read_bytes() == b"the only copy"
+
+
 _SAMPLE = np.random.default_rng(11).standard_normal(1000).astype(np.float32)
 
 

@@ -86,7 +86,7 @@ def _cmd_evaluate_model(args) -> int:
                         ("--device", args.device)):
         if value is not None:
             raise ValueError(f"{flag} needs --task lm or --task embed")
-    _check_plot(args.plot)  # fail before doing any work
+    _check_plot(args)  # fail before doing any work
     rotations = parse_rotations(args.rotate)
     codebooks, vq = _codebooks_and_vq(args)
     report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
@@ -115,14 +115,17 @@ def _scale_args(args) -> dict[str, Any]:
     return {"scale": args.scale, "qmax": DEFAULT_QMAX if args.qmax is None else args.qmax}
 
 
-def _check_plot(path: str | None) -> None:
-    if path is None:
+def _check_plot(args) -> None:
+    """``--plot PATH``, checked before any work: a picture that would replace the model, the
+    text or a codebook file it is made from is refused."""
+    if args.plot is None:
         return
     import importlib.util
 
+    from ..naming import split_specs
     from ..plots import check_plot_path
 
-    check_plot_path(path)
+    check_plot_path(args.plot, (args.file, getattr(args, "text", None), *split_specs(args.codebooks)))
     if importlib.util.find_spec("matplotlib") is None:
         raise ValueError("--plot needs matplotlib: pip install 'quantbook[plot]'")
 
@@ -133,7 +136,7 @@ def _cmd_model_quality(args) -> int:
 
     if args.per_tensor:
         raise ValueError("--per-tensor is for the weight-error table; leave out --task")
-    _check_plot(args.plot)
+    _check_plot(args)
     from ..model.quality import check_device, default_text_path, evaluate_quality, parse_rotations, read_text
 
     if args.device is not None:

@@ -11,20 +11,24 @@ from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, print_j
 __all__ = ["register"]
 
 
+def _specs(specs: list[str]) -> list[str]:
+    """The codebook spellings of ``--codebooks``' arguments, each split at its commas."""
+    return [one for spec in specs for one in spec.split(",")]
+
+
 def _resolve(specs: list[str], block_size: int):
     """``(label, Codebook | B -> Codebook)``: a ``lloyd-...`` without ``B`` is re-fitted at each B."""
     from ..naming import depends_on_block_size, resolve_codebook
 
     out = []
-    for spec in specs:
-        for one in (t.strip() for t in spec.split(",")):
-            if not one:
-                continue
-            if depends_on_block_size(one):
-                resolve_codebook(one, block_size)  # a bad spelling fails now, not inside the plot
-                out.append((f"{one} (fit at each B)", lambda B, _s=one: resolve_codebook(_s, B)))
-            else:
-                out.append((one, resolve_codebook(one, block_size)))
+    for one in (t.strip() for t in _specs(specs)):
+        if not one:
+            continue
+        if depends_on_block_size(one):
+            resolve_codebook(one, block_size)  # a bad spelling fails now, not inside the plot
+            out.append((f"{one} (fit at each B)", lambda B, _s=one: resolve_codebook(_s, B)))
+        else:
+            out.append((one, resolve_codebook(one, block_size)))
     if not out:
         raise UsageError("no codebooks given")
     labels = [label for label, _ in out]
@@ -37,7 +41,7 @@ def _resolve(specs: list[str], block_size: int):
 def _cmd_plot(args) -> int:
     from ..plots import check_plot_path, plot_levels
 
-    check_plot_path(args.output)  # before any work
+    check_plot_path(args.output, (*_specs(args.codebooks), args.source))  # before any work
     cbs = [(label, cb(args.block_size) if callable(cb) else cb)
            for label, cb in _resolve(args.codebooks, args.block_size)]
     plot_levels(cbs, args.block_size, args.output, source=args.source, normalization=args.normalization)
@@ -81,7 +85,7 @@ def _check_layout(scale: str | None, qmax: float | None) -> dict:
 def _cmd_plot_sweep(args) -> int:
     from ..plots import check_plot_path, plot_sweep
 
-    check_plot_path(args.output)  # before any work
+    check_plot_path(args.output, (*_specs(args.codebooks), args.source))  # before any work
     if args.min_block > args.max_block:
         raise UsageError(f"--min-block {args.min_block} is larger than --max-block {args.max_block}")
     _check_finite_errors(args.source, args.domain)
