@@ -127,6 +127,18 @@ def test_quant_state_dict_roundtrip():
         qb.QuantState.from_dict(bad)
 
 
+@pytest.mark.parametrize("field", ["blocksize", "shape", "bits", "nested_blocksize"])
+def test_from_dict_shows_a_bad_integer_field_on_one_clipped_line(field):
+    """A long value (an array where an integer belongs) is shown on one line, clipped, as the
+    other refused arguments are; its repr spanned many lines and ran as long as the array."""
+    x = np.random.default_rng(2).standard_normal(512).astype(np.float32)
+    d = qb.quantize(x, "nf4", 64, nested=True)[1].as_dict()
+    d[field] = np.linspace(0.5, 9.5, 2000)
+    with pytest.raises(ValueError, match="must be (an )?integer") as info:
+        qb.QuantState.from_dict(d)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
 def test_fp4_is_bitsandbytes_050_table():
     # bitsandbytes 0.50.2 get_4bit_type("fp4"): raw / 12 in float32, +0.0 at index 8
     raw = np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3], np.float32)

@@ -363,7 +363,8 @@ class QuantState:
             shape = tuple(F.as_int(v) for v in d["shape"])
         except (TypeError, ValueError):
             raise ValueError(f"quant state: bits, blocksize and shape must be integers, got bits="
-                             f"{d.get('bits', 4)!r}, blocksize={d['blocksize']!r}, shape={d['shape']!r}") from None
+                             f"{one_line(d.get('bits', 4))}, blocksize={one_line(d['blocksize'])}, "
+                             f"shape={one_line(d['shape'])}") from None
         scale_rule = F.as_scalar(d.get("scale_rule"))
         rule = get_rule(scale_rule) if scale_rule is not None else None
         if rule is not None:
@@ -389,7 +390,7 @@ class QuantState:
                 st.nested_blocksize = F.as_int(d["nested_blocksize"])
             except (TypeError, ValueError):
                 raise ValueError(f"quant state: nested_blocksize must be an integer, got "
-                                 f"{d['nested_blocksize']!r}") from None
+                                 f"{one_line(d['nested_blocksize'])}") from None
             st.nested_offset = F.as_scalar(d["nested_offset"])
         return st.validate()
 
