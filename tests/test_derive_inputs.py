@@ -248,3 +248,23 @@ def test_parse_fixed_refuses_an_unknown_normalization():
         with pytest.raises(ValueError, match="^normalization must be one of absmax, signed-absmax, none, got 'abs'$"):
             parse_fixed(fixed, "abs")
     assert parse_fixed(None, "signed-absmax") == (0.0, 1.0)
+
+
+def test_a_path_object_source_is_a_sample_file_never_a_law(tmp_path, monkeypatch):
+    """``source=Path("w.npy")`` is the file's sample, as the string spelling is (oracle:
+    ``Empirical`` of the saved values); ``Path("normal")`` names a file, not the law."""
+    from pathlib import Path
+
+    from quantbook.derive.sources import Empirical, SourceError, parse_source
+
+    monkeypatch.chdir(tmp_path)
+    w = np.random.default_rng(4).standard_normal(3000).astype(np.float32)
+    np.save("w.npy", w)
+    for spec in (Path("w.npy"), tmp_path / "w.npy"):
+        src = parse_source(spec)
+        assert isinstance(src, Empirical)
+        np.testing.assert_array_equal(src.cdf([-1.0, 0.0, 0.5]), Empirical(w).cdf([-1.0, 0.0, 0.5]))
+    for spec, fragment in ((Path("normal"), "expected FILE.npy"), (Path("x.npy"), "no such sample file"),
+                           (Path("student-t:5"), "expected FILE.npy")):
+        with pytest.raises(SourceError, match=fragment):
+            parse_source(spec)

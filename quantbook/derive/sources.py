@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from typing import Any, Callable
 
@@ -849,20 +850,26 @@ def register_source_parser(fn: Callable[[str], "Source | None"]) -> None:
 def parse_source(spec: Any) -> Source:
     """A Source from a spelling: ``normal``, ``laplace``, ``student-t:NU`` (also ``t:NU``),
     ``FILE.npy`` (an empirical sample), a Source passed through, or an array (numpy, a torch
-    tensor: anything with ``__array__``) as its :class:`Empirical` sample.  Raises
-    :class:`SourceError` (a ValueError) with a one-line message for anything else."""
+    tensor: anything with ``__array__``) as its :class:`Empirical` sample.  A path object
+    (``pathlib.Path``) is always a file, never a law's name.  Raises :class:`SourceError` (a
+    ValueError) with a one-line message for anything else."""
     if isinstance(spec, Source):
         return spec
     if hasattr(spec, "__array__"):
         return Empirical(spec)
+    is_path = isinstance(spec, os.PathLike)
+    if is_path:   # the name as given: no spaces stripped, no law names
+        spec = os.fsdecode(os.fspath(spec))
     if not isinstance(spec, str) or not spec.strip():
         raise SourceError(f"a source must be a name or a file, got {one_line(spec)}")
-    text = spec.strip()
+    text = spec if is_path else spec.strip()
     for fn in _PARSERS:
         src = fn(text)
         if src is not None:
             return src
     low = text.lower()
+    if is_path and not low.endswith(".npy"):
+        raise SourceError(f"sample file {text!r}: expected FILE.npy or FILE.safetensors")
     if low in ("normal", "gaussian"):
         return Normal()
     if low == "laplace":
