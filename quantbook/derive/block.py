@@ -542,37 +542,167 @@ def block_measure(source: Any = "normal", block_size: int | None = 64, normaliza
     return _cached_measure(src, _check_block_size(block_size), normalization, _check_weight_power(weight_power))
 
 
-def _monotone_solve(f_df, targets, lo, hi, x0=None, tol=1e-15, max_iter=200):
-    """Vectorised safeguarded Newton for increasing ``f(x) = targets`` on brackets [lo, hi];
-    ``f_df(x)`` gives ``(f(x), f'(x))`` (a measure's :meth:`~_Measure.cum_dens` takes both in
-    one pass).
+#: bound on the error of an evaluated ``f`` in :func:`_monotone_solve`, in units of
+#: ``eps·max(|target|, fscale)``: the block laws' cum and tail masses scatter by up to 15 around
+#: a quadratic fit near their roots (docs/derivation.md)
+_F_NOISE = 32.0
+#: the solver's lattice is finer than its tolerance by this power of two
+_LATTICE_BELOW_TOL = 10
+#: the solver's bisection tree covers the lattice numbers in ``(-_ROOT, _ROOT]``
+_ROOT = 1 << 62
+
+
+class _Lattice:
+    """The floats ``x`` with ``|x| >= 2**52·h`` and the multiples of ``h`` below that, numbered
+    in order by integers (``h`` a power of two): every float near ``±1`` and a fixed step of
+    ``h`` near 0, where the floats crowd far below any solver's tolerance."""
+
+    def __init__(self, h: float) -> None:
+        self.h = h
+        self.top = 2.0**52 * h
+        self.top_bits = int(np.float64(self.top).view(np.int64))
+
+    def index(self, x):
+        """The number of each finite float's lattice point, rounded toward 0 off the lattice."""
+        ax = np.abs(x)
+        big = ax >= self.top
+        k = np.where(big, ax.view(np.int64) - self.top_bits + (1 << 52),
+                     np.trunc(np.where(big, 0.0, ax) / self.h).astype(np.int64))
+        return np.where(x < 0, -k, k)
+
+    def value(self, k):
+        a = np.abs(k)
+        big = a >= (1 << 52)
+        v = np.where(big, (np.where(big, a, 0) + (self.top_bits - (1 << 52))).view(np.float64), a * self.h)
+        return np.where(k < 0, -v, v)
+
+
+def _midpoint(lo, hi):
+    """``floor((lo + hi) / 2)`` of int64 arrays without overflowing."""
+    return (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+
+
+def _bit_length(v):
+    """``int.bit_length`` of positive int64 values."""
+    e = np.frexp(v.astype(np.float64))[1].astype(np.int64)
+    return e - ((v >> (e - 1)) == 0)   # the float may round up to the next power of two
+
+
+def _monotone_solve(f_df, targets, lo, hi, x0=None, tol=1e-15, max_iter=200, fscale=1.0, f=None):
+    """The least point ``x`` of a lattice in ``[lo, hi]`` with ``f(x) >= target`` for an
+    increasing ``f``, per target (``hi`` if there is none); ``f_df(x)`` gives ``(f(x), f'(x))``
+    (a measure's :meth:`~_Measure.cum_dens` takes both in one pass).  The lattice
+    (:class:`_Lattice`) is the floats down to ``|x| = 2**42·tol``, a step of ``tol/2**10`` below.
+
+    Each answer is a function of its own target and bracket alone, bit for bit, whatever else the
+    call holds, and is non-decreasing in the target, although ``f`` as evaluated is not monotone
+    from float to float (its rounding scatters it by some ulps of the masses near a root).  The
+    answer is that of a bisection of all lattice numbers from the top (``f`` taken as below the
+    target under ``lo`` and above it from ``hi`` on), which compares ``f`` with the target at
+    fixed points only: monotone for any ``f``.  A safeguarded
+    Newton search, each point stopped once its own step is within ``tol·max(1, |x|)``, finds a band
+    around the root whose ends lie beyond ``2·E`` of the target in ``f``, with ``E =``
+    :data:`_F_NOISE` ``· eps · max(|target|, fscale)`` (``fscale``: the size of the terms ``f``
+    cancels; 0 where its error is relative); the bisection evaluates ``f`` inside that band only
+    and takes the band's side outside it.  That is the full bisection, hence exactly monotone,
+    wherever ``f``'s evaluation error is within ``E``.  ``f`` alone, where it is cheaper than
+    ``f_df`` (the same function, perhaps rounded otherwise), serves the band and the bisection.
 
     A tiny Newton step ends the search only where the residual is tiny too: next to a
     singular density (student-t with ν < 1 at 0) the step is tiny far from the root, and
     there the search bisects instead."""
     targets = np.asarray(targets, dtype=np.float64)
-    ftol = 1e-10 * float(np.max(np.abs(targets), initial=0.0))
-    lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), targets.shape).copy()
-    hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), targets.shape).copy()
-    x = 0.5 * (lo + hi) if x0 is None else np.clip(np.asarray(x0, dtype=np.float64), lo, hi).copy()
+    shape = targets.shape
+    t = targets.ravel()
+    lo0 = np.broadcast_to(np.asarray(lo, dtype=np.float64), shape).ravel().copy()
+    hi0 = np.broadcast_to(np.asarray(hi, dtype=np.float64), shape).ravel().copy()
+    lo, hi = lo0.copy(), hi0.copy()
+    x = 0.5 * (lo + hi) if x0 is None else np.clip(np.broadcast_to(np.asarray(x0, dtype=np.float64), shape).ravel(),
+                                                  lo, hi)
+    out = np.full(t.shape, np.nan)
+    act = np.flatnonzero(np.isfinite(t))   # a NaN target has no root
+    ftol = 1e-10 * np.abs(t)
+    slope = np.zeros(t.shape)
     for _ in range(max_iter):
-        fx, d = f_df(x)
-        r = fx - targets
-        lo = np.where(r <= 0, x, lo)
-        hi = np.where(r >= 0, x, hi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xn = x - r / d
-        bad = ~np.isfinite(xn) | (xn <= lo) | (xn >= hi)
-        xn = np.where(bad, 0.5 * (lo + hi), xn)
-        width = tol * np.maximum(1.0, np.abs(x))
-        small = np.abs(xn - x) <= width
-        stalled = small & (np.abs(r) > ftol)
-        xn = np.where(stalled, 0.5 * (lo + hi), xn)
-        done = (small & ~stalled) | (hi - lo <= width)
-        x = xn
-        if np.all(done):
+        if not act.size:
             break
-    return x
+        xa, la, ha = x[act], lo[act], hi[act]
+        fx, d = f_df(xa)
+        r = fx - t[act]
+        la = np.where(r <= 0, xa, la)
+        ha = np.where(r >= 0, xa, ha)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xn = xa - r / d
+        bad = ~np.isfinite(xn) | (xn <= la) | (xn >= ha)
+        xn = np.where(bad, 0.5 * (la + ha), xn)
+        width = tol * np.maximum(1.0, np.abs(xa))
+        small = np.abs(xn - xa) <= width
+        stalled = small & (np.abs(r) > ftol[act])
+        xn = np.where(stalled, 0.5 * (la + ha), xn)
+        done = (small & ~stalled) | (ha - la <= width)
+        x[act], lo[act], hi[act], slope[act] = xn, la, ha, d
+        act = act[~done]   # a converged point stays where it is: the others' steps do not move it
+    ok = np.flatnonzero(np.isfinite(t))
+    f = (lambda v: f_df(v)[0]) if f is None else f
+    out[ok] = _on_the_lattice(f, t[ok], lo0[ok], hi0[ok], x[ok], slope[ok], tol, fscale)
+    return out.reshape(shape)
+
+
+def _on_the_lattice(f, t, lo, hi, x, slope, tol, fscale):
+    """:func:`_monotone_solve`'s answers on its lattice from Newton's ``x`` and ``f'`` there."""
+    lat = _Lattice(2.0 ** (math.floor(math.log2(tol)) - _LATTICE_BELOW_TOL))
+    k_lo, k_hi = lat.index(lo), lat.index(hi)
+    k_lo = np.maximum(k_lo + (lat.value(k_lo) < lo), 1 - _ROOT)   # beyond ±2**1000: no matter
+    k_hi = np.minimum(k_hi - (lat.value(k_hi) > hi), _ROOT)
+    # a bracket narrower than the lattice's step holds no point of it: Newton's answer stands
+    empty = k_hi < k_lo
+    L, H = k_lo - 1, np.maximum(k_hi, k_lo)   # the answer is in (L, H]; H when f < t throughout
+    kx = np.clip(lat.index(x), k_lo, H)
+    e = _F_NOISE * np.finfo(np.float64).eps * np.maximum(np.abs(t), fscale)
+    step = np.maximum(lat.h, np.spacing(np.abs(x)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        w = 2.25 * e / slope / step   # the ends clear of the target by 2E where f's error is small
+    w = (np.where(np.isfinite(w) & (w > 0), np.minimum(w, 2.0**60), 0.0) + 1).astype(np.int64)
+    # the band (a, b): f < t - 2E at a, f >= t + 2E at b, then no float beyond lies on the wrong side
+    wa, wb = w.copy(), w.copy()
+    a, b = kx - np.minimum(wa, kx - L), kx + np.minimum(wb, H - kx)
+    check_a, check_b = a > L, b < H
+    while check_a.any() or check_b.any():
+        ia, ib = np.flatnonzero(check_a), np.flatnonzero(check_b)
+        fv = f(lat.value(np.concatenate([a[ia], b[ib]])))
+        short_a = fv[:ia.size] >= t[ia] - 2 * e[ia]   # not yet clear of the target: widen
+        short_b = fv[ia.size:] < t[ib] + 2 * e[ib]
+        check_a[ia[~short_a]], check_b[ib[~short_b]] = False, False
+        ia, ib = ia[short_a], ib[short_b]
+        wa[ia], wb[ib] = np.minimum(wa[ia], 1 << 61) * 2, np.minimum(wb[ib], 1 << 61) * 2
+        a[ia] = kx[ia] - np.minimum(wa[ia], kx[ia] - L[ia])
+        b[ib] = kx[ib] + np.minimum(wb[ib], H[ib] - kx[ib])
+        check_a[ia], check_b[ib] = a[ia] > L[ia], b[ib] < H[ib]
+    # bisect the lattice numbers (-2**62, 2**62] from the top: f at the midpoints inside the band
+    # (a, b), the band's side outside it.  Down to the node whose midpoint first falls inside it
+    # every step is the band's: the node where a + 1 and b part, found at once
+    u1, u2 = a + _ROOT, b + (_ROOT - 1)   # a + 1 and b counted from the root's first number
+    s = _bit_length(np.where(b > a + 1, u1 ^ u2, 1))
+    L = np.where(b > a + 1, ((u1 >> s) << s) - _ROOT, a)
+    half = np.int64(1) << np.maximum(s - 1, 0)
+    H = np.where(b > a + 1, L + half + half, b)   # 2**63 itself is past int64
+    while True:
+        m = _midpoint(L, H)
+        live = H > L + 1   # H - L may be 2**63
+        outside = live & ((m <= a) | (m >= b))
+        while outside.any():
+            L = np.where(outside & (m <= a), m, L)
+            H = np.where(outside & (m >= b), m, H)
+            m = _midpoint(L, H)
+            live = H > L + 1   # H - L may be 2**63
+            outside = live & ((m <= a) | (m >= b))
+        i = np.flatnonzero(live)
+        if not i.size:
+            break
+        up = f(lat.value(m[i])) >= t[i]
+        H[i] = np.where(up, m[i], H[i])
+        L[i] = np.where(up, L[i], m[i])
+    return np.where(empty, x, lat.value(H))
 
 
 def _graded_edges() -> np.ndarray:
@@ -813,7 +943,7 @@ class BlockDistribution:
             return self.source.ppf(q)
         mu = self._mu
         x = self._invert(q - self._w_minus, (1.0 - q) - self._w_plus,
-                         lambda sel, lo, hi: _monotone_solve(mu.cum_dens, q[sel], lo, hi))
+                         lambda sel, lo, hi: _monotone_solve(mu.cum_dens, q[sel], lo, hi, f=mu.cum))
         x = np.where(q <= self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 0)
         return np.where(q > 1.0 - self._w_plus, 1.0, x)  # inside the jump at +1
 
@@ -827,7 +957,8 @@ class BlockDistribution:
             t0, d = mu.T0_dens(y)
             return t0 - top, d
         x = self._invert((1.0 - q) - self._w_minus, q - self._w_plus,
-                         lambda sel, lo, hi: _monotone_solve(f_df, self._w_plus - q[sel], lo, hi))
+                         lambda sel, lo, hi: _monotone_solve(f_df, self._w_plus - q[sel], lo, hi,
+                                                             f=lambda y: mu.T(0, y) - top))
         x = np.where(q <= self._w_plus, 1.0, x)  # inside the jump at +1 (and q = 0)
         return np.where(q >= 1.0 - self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 1)
 
@@ -868,8 +999,10 @@ class BlockDistribution:
                 m = mass[sel]
                 t0 = m / self._edge_dens(end, np.zeros(m.size))   # the density is about flat there
                 # width tol·max(1, t): 2e-17 is over an ulp of t <= 1/16 and under one of y near ±1
+                # the mass is a sum of positive terms: its error is relative (fscale 0)
                 t = _monotone_solve(lambda v, e=end: (self._edge_mass(e, v), self._edge_dens(e, v)),
-                                    m, 0.0, _EDGE, x0=t0, tol=2e-17)
+                                    m, 0.0, _EDGE, x0=t0, tol=2e-17, fscale=0.0,
+                                    f=lambda v, e=end: self._edge_mass(e, v))
                 # a positive mass lies strictly inside: the nearest float to ±1 at least
                 x[sel] = np.clip(end * (1.0 - t), _INSIDE_LO, -_INSIDE_LO)
         if rest.any():

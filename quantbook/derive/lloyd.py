@@ -170,7 +170,7 @@ def _inverse_cont(mu, p):
     def f_df(y):
         t0, d = mu.T0_dens(y)
         return _above_lo(mu, t0), d
-    return _monotone_solve(f_df, p, lo, hi)
+    return _monotone_solve(f_df, p, lo, hi, f=lambda y: _cont_cum(mu, y))
 
 
 def _quantile_levels(mu, n_levels: int, fixed: Sequence[float]) -> np.ndarray:
@@ -300,7 +300,7 @@ def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bo
             while np.any(mu.cum(hi) < target) and step < 1e300:
                 step *= 2
                 hi = np.where(mu.cum(hi) < target, base + step, hi)
-        med = _monotone_solve(mu.cum_dens, target, lo, hi, x0=levels[fi])
+        med = _monotone_solve(mu.cum_dens, target, lo, hi, x0=levels[fi], f=mu.cum)
         new[fi] = np.where(occupied, med, levels[fi])
     if not want_jac:
         return new, None
