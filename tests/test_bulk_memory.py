@@ -128,19 +128,24 @@ def test_the_numpy_error_sums_take_whole_runs_in_pieces(dtype):
         assert got == BACKENDS["cpu"].error_sums(*args)   # the kernel's sums, bit for bit
 
 
-def test_the_cpu_vq_rotates_a_16bit_input_over_its_float32_copy():
-    """A float16 input's float32 copy (twice its bytes) lived beside its rotation (twice
-    again): 4.4 times the input.  The copy is the call's own, so it is rotated in place."""
-    x = _x(np.float16).reshape(-1, ROW)
+@pytest.mark.parametrize("dtype", [np.float16, pytest.param(BF16, marks=pytest.mark.skipif(
+    BF16 is None, reason="bfloat16 needs ml_dtypes"))], ids=["f16", "bf16"])
+@pytest.mark.parametrize("rotate", ["hadamard", None])
+def test_the_cpu_vq_quantizes_a_16bit_input_without_a_float32_copy(dtype, rotate):
+    """A 16-bit input's float32 copy (twice its bytes) was rotated in place, measured and
+    searched: 2.36 times the input.  One kernel now reads the 16 bits and writes the indices
+    (a quarter of the input's bytes here) and the scales (1/64); nothing of the tensor's size
+    beside them."""
+    x = _x(dtype).reshape(-1, ROW)
     kept = x.copy()
-    quantize_vq(x[:1], "higgs-2d-256", backend="cpu")   # the grid's tables, built once and kept
-    (idx, state), peak = _peak(lambda: quantize_vq(x, "higgs-2d-256", backend="cpu"))
-    assert peak < 3.0 * x.nbytes, peak / x.nbytes
+    quantize_vq(x[:1], "higgs-2d-256", rotate=rotate, backend="cpu")   # the grid's tables, built once and kept
+    (idx, state), peak = _peak(lambda: quantize_vq(x, "higgs-2d-256", rotate=rotate, backend="cpu"))
+    assert peak < 0.35 * x.nbytes, peak / x.nbytes
     assert np.array_equal(x.view(np.uint16), kept.view(np.uint16))
     rows = slice(0, 16)   # the reference's brute force, on whole rows
-    want_idx, want = quantize_vq(x[rows], "higgs-2d-256", backend="numpy")
+    want_idx, want = quantize_vq(x[rows], "higgs-2d-256", rotate=rotate, backend="numpy")
     assert np.array_equal(idx[rows], want_idx)
-    assert np.array_equal(state.scales[: want.scales.size], want.scales)
+    assert np.array_equal(state.scales[: want.scales.size].view(np.uint16), want.scales.view(np.uint16))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])

@@ -497,6 +497,42 @@ def test_the_cpu_kernels_round_to_16_bits_as_numpy():
         assert np.array_equal(b[~nan], want_b[~nan]) and np.isnan(b[nan].view(BF16)).all()
 
 
+def test_the_cpu_kernels_round_float64_to_float16_as_numpy():
+    """The float64 -> float16 rounding of the vector codebooks' fused kernel (their stored
+    scales) against numpy's cast, which rounds once: every float16 value, every midpoint
+    between two, the float64 on either side of it and those a quarter, a half and one float32
+    step away (a float32 in between would round them to the midpoint, then to even), the
+    overflow at 65520, float32's and float64's subnormals and extremes, infinities, NaN, a
+    million random float64 in float16's range and a million random bit patterns, both signs."""
+    numba = pytest.importorskip("numba")
+    from quantbook.bulk.cpu import kernels as K
+
+    @numba.njit
+    def convert(a, h):
+        for i in range(a.size):
+            h[i] = K._f64_to_f16_bits(a[i])
+
+    grid = np.arange(0, 0x7C01, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mid = grid[:-1] + (grid[1:] - grid[:-1]) / 2
+    step = np.maximum(mid, 2.0**-126) * 2.0**-24   # about a float32 step at the midpoint
+    near = [mid + f * step for f in (-1, -0.5, -0.25, 0.25, 0.5, 1)]
+    rng = np.random.default_rng(31)
+    wide = rng.uniform(1, 2, 1_000_000) * 2.0 ** rng.integers(-27, 17, 1_000_000)
+    rand = rng.integers(0, 2**64, 1_000_000, dtype=np.uint64).view(np.float64)
+    special = [65519.99999999999, 65520, 65536, 3.4028234663852886e38, 3.5e38, 1e300, np.finfo(np.float64).max,
+               np.inf, np.nan, 2.0**-25, 2.0**-25 + 2.0**-60, 2.0**-149, 2.0**-150, 1e-40, 1e-320, 5e-324]
+    x = np.concatenate([grid, mid, np.nextafter(mid, 0), np.nextafter(mid, np.inf), *near, special, wide, rand])
+    x = np.concatenate([x, -x])
+    h = np.empty(x.size, np.uint16)
+    convert(x, h)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+        twice = x.astype(np.float32).astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    assert (twice[~nan] != want[~nan]).sum() > 10_000   # the cases that rounding through float32 gets wrong
+    assert np.array_equal(h[~nan], want[~nan]) and np.isnan(h[nan].view(np.float16)).all()
+
+
 # ------------------------------------------------------------------------- error sums
 def _serial_sums(e):
     """quantbook.bulk.sums' order in plain Python floats: each run of CHUNK serially from 0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import warnings
 
 import numpy as np
@@ -196,6 +197,88 @@ def test_numba_equals_numpy_bit_for_bit(dtype, rotate, rule):
         ya, yb = dequantize_vq(a, sa, backend="numpy"), dequantize_vq(b, sb, backend="cpu")
         assert ya.dtype == dt and ya.shape == x.shape
         np.testing.assert_array_equal(ya.view(np.uint8), yb.view(np.uint8))
+
+
+def _as_dtype(dtype):
+    if dtype == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes").bfloat16)
+    return np.dtype(dtype)
+
+
+def _same_bytes(x, pts, **kw):
+    """The cpu backend's indices and stored scales are the numpy reference's, byte for byte."""
+    a, sa = quantize_vq(x, pts, backend="numpy", **kw)
+    b, sb = quantize_vq(x, pts, backend="cpu", **kw)
+    assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert sa.scales.dtype == sb.scales.dtype and np.array_equal(sa.scales.view(np.uint8), sb.scales.view(np.uint8))
+    return sa.scales
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("group,rotate,p", [(128, "hadamard:32", 2), (48, "hadamard:32", 3), (16, "hadamard", 4),
+                                            (96, "hadamard:32", 1), (6, None, 3), (2, None, 1), (64, None, 2)])
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("rule", ["rms", "absmax"])
+def test_a_16bit_input_in_one_numba_pass_is_the_numpy_reference(dtype, group, rotate, p, scale_dtype, rule):
+    """The cpu backend rotates, measures, rounds the scales and searches a 16-bit input in one
+    kernel: groups longer than a rotated row, or not dividing it, odd groups, vectors of 1 to 4
+    (the scan) and of 2 (the grid), a zero group, a group whose float16 scale underflows to 0,
+    outliers beyond the grid: the numpy reference's bytes."""
+    dt = _as_dtype(dtype)
+    rng = _rng(group + p)
+    x = (rng.standard_t(4, size=(24, 384)) * 0.05).astype(dt)
+    x[1] = 0
+    x[2] = np.float32(1e-30)   # bfloat16 holds it: a scale below float16's smallest subnormal
+    x[3, 5] = 40
+    pts = gaussian_grid(256 if p == 2 else 64, p, seed=p)
+    scales = _same_bytes(x, pts, group=group, scale=rule, rotate=rotate, scale_dtype=scale_dtype)
+    # the zero row, and the tiny one unless bfloat16 keeps it and float32 scales hold it
+    assert (scales == 0).sum() == 384 // group * (1 if dtype == "bfloat16" and scale_dtype == "float32" else 2)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_numba_rounds_a_16bit_inputs_scales_once_as_numpy(dtype):
+    """numpy rounds a group's float64 statistic to float16 once; through float32 it would
+    round twice, and differ where the float32 falls on a midpoint between two float16 values.
+    Groups of two with such statistics (found among two million random pairs, by
+    quantbook.numerics.hadamard's rotation and numpy's casts) keep numpy's scales."""
+    dt = _as_dtype(dtype)
+    pairs = _rng(17).standard_normal((1 << 21, 2)).astype(dt)
+    # rotated on rows of 2 (bfloat16 pairs' own squares have too few bits to fall near a midpoint)
+    v = hadamard.rotate(pairs.astype(np.float32), 2).astype(np.float32).astype(np.float64)
+    stat = np.sqrt((v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1]) / 2)   # the layout's rms, summed in order
+    twice = np.flatnonzero(stat.astype(np.float32).astype(np.float16) != stat.astype(np.float16))
+    assert twice.size >= 16
+    twice = twice[: twice.size // 8 * 8]
+    scales = _same_bytes(pairs[twice].reshape(-1, 16), gaussian_grid(16, 2), group=2, rotate="hadamard:2")
+    assert np.array_equal(scales, stat[twice].astype(np.float16))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("rotate", [None, "hadamard", "hadamard:16"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "huge"])
+def test_a_16bit_inputs_bad_scales_are_named_as_numpy_names_them(dtype, rotate, bad):
+    """NaN and Inf in a 16-bit input, and a scale beyond float16's range (bfloat16's 1e30;
+    float16's largest values, whose rms exceeds nothing but whose rotation may): the cpu
+    backend's fused kernel raises numpy's one-line error, or gives its bytes."""
+    dt = _as_dtype(dtype)
+    x = _rng(9).standard_normal((3, 64)).astype(dt)
+    x.reshape(-1)[64 + 37] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf,
+                              "huge": 1e30 if dtype == "bfloat16" else 65504}[bad]
+    kw = dict(group=16, rotate=rotate)
+    try:
+        want = quantize_vq(x, gaussian_grid(16, 2), backend="numpy", **kw)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=f"^{re.escape(str(e))}$"):
+            quantize_vq(x, gaussian_grid(16, 2), backend="cpu", **kw)
+        assert bad != "huge" or dtype == "bfloat16" or rotate is not None
+    else:
+        assert bad == "huge" and dtype == "float16"
+        _same_bytes(x, gaussian_grid(16, 2), **kw)
+        assert np.isfinite(want[1].scales).all()
 
 
 def _small_tables():

@@ -57,7 +57,8 @@ class VQBackend:
     backend's own arrays (a GPU backend keeps them on the device), which the other hooks take
     back and :meth:`to_host` brings to the host; :meth:`group_stat` returns numpy, and
     :meth:`group_scales` (by default :meth:`group_stat` rounded on the host) the stored
-    scales in numpy.
+    scales in numpy.  :meth:`quantize_host` runs them for a host input (:meth:`encode_loaded`
+    for a loaded one), or in its own way (the cpu backend, one kernel for 16-bit input).
 
     A ``device`` backend also takes device arrays (``x`` and indices), through
     :meth:`as_float32`, :meth:`first_nonfinite`, :meth:`device_indices` and :meth:`cast`, and
@@ -115,6 +116,28 @@ class VQBackend:
             return self.unrotate(y, seed)
         with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(self.unrotate_wide(y, seed)).astype(dtype)
+
+    def quantize_host(self, x: np.ndarray, size: int | None, seed: int | None, group: int, rule: str,
+                      scale_dtype: str, points: np.ndarray, check: Callable) -> tuple[Any, np.ndarray]:
+        """``(indices, stored scales)`` of the host float32, float16 or bfloat16 ``x``: rotated on
+        rows of ``size`` (None: not rotated) with the signs of ``seed``, its groups' statistics
+        by ``rule`` rounded to ``scale_dtype`` (numpy's), ``check(stored, stat)`` (``stat()``:
+        the float64 statistics) raising for stored scales that are not finite, and the search;
+        any integer indices.  Default: :meth:`load`, then :meth:`encode_loaded` (a copy that
+        load made is its scratch, rotated in place, not beside itself)."""
+        xf = self.load(x)
+        scratch = not (isinstance(xf, np.ndarray) and np.may_share_memory(xf, x))
+        return self.encode_loaded(xf, size, seed, group, rule, scale_dtype, points, check, overwrite_x=scratch)
+
+    def encode_loaded(self, xf: Any, size: int | None, seed: int | None, group: int, rule: str, scale_dtype: str,
+                      points: np.ndarray, check: Callable, overwrite_x: bool = False) -> tuple[Any, np.ndarray]:
+        """:meth:`quantize_host` of the float32 that the hooks take (:meth:`load`'s, or a device
+        backend's :meth:`as_float32`): :meth:`rotate` (``overwrite_x`` as its), :meth:`group_scales`,
+        ``check`` and :meth:`encode`."""
+        v = (xf if size is None else self.rotate(xf.reshape(-1, size), seed, overwrite_x=overwrite_x)).reshape(-1)
+        stored, scales, stat_of = self.group_scales(v, group, rule, scale_dtype)
+        check(stored, stat_of)
+        return self.encode(v, scales, group, points), stored
 
     def group_stat(self, v: np.ndarray, group: int, rule: str) -> np.ndarray:
         """float64 per group: ``sqrt(Σv²/group)`` (squares summed in index order) or ``max|v|``;
@@ -371,6 +394,34 @@ class NumbaVQ(VQBackend, name="cpu"):
         _vq_kernels().unrotate(y, _signs(n, seed), 1.0 / np.sqrt(n), out)
         return out
 
+    def quantize_host(self, x, size, seed, group, rule, scale_dtype, points, check):
+        if x.dtype.itemsize == 4:   # float32 is read as it is (docs/benchmarks.md: fused, not faster)
+            return super().quantize_host(x, size, seed, group, rule, scale_dtype, points, check)
+        # 16 bits: one kernel reads them and writes the indices and stored scales, without the
+        # widened float32 copy; it rounds the statistics to float16 as numpy rounds a float64
+        # (kernels._f64_to_f16_bits)
+        from .cpu.backend import _f16_table, kernel_view
+
+        xv = kernel_view(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))).reshape(-1)
+        n, p = points.shape
+        pts, c0s, order = _scan_tables(points.tobytes(), n, p)
+        grid = _grid_tables(points.tobytes(), n) if p == 2 else _no_grid()
+        signs = _signs(size, seed) if size is not None else np.empty(0)
+        half = scale_dtype == "float16"
+        scales = np.empty(xv.size // group, np.uint16 if half else _F)
+        out = np.empty(xv.size // p, index_dtype(n))
+        _vq_kernels().quantize_rows(xv, _f16_table(), signs, 1.0 / np.sqrt(size or 1), math.lcm(group, size or 1),
+                                    group, rule == "absmax", p == 2, *grid, c0s, order, pts, scales, out)
+        stored = scales.view(np.float16) if half else scales
+
+        def stat():   # the error's statistics (rarely): by the hooks, on a float32 copy
+            xf = self.load(x)
+            v = xf if size is None else self.rotate(xf.reshape(-1, size), seed, overwrite_x=xf is not x)
+            return self.group_stat(v.reshape(-1), group, rule)
+
+        check(stored, stat)
+        return out, stored
+
     def group_stat(self, v, group, rule):
         out = np.empty(v.size // group)
         k = _vq_kernels()
@@ -410,6 +461,15 @@ class NumbaVQ(VQBackend, name="cpu"):
             k.decode_unrotate(idx, scales, group, points, _signs(size, seed), 1.0 / np.sqrt(size),
                               view.reshape(-1, size))
         return out
+
+
+@lru_cache(maxsize=1)
+def _no_grid():
+    """:func:`_grid_tables`' arguments where the cpu's fused kernel searches by the scan (P != 2)."""
+    lut, multi = np.zeros((1, _SLOTS), np.int32), np.zeros(1, np.int32)
+    for t in (lut, multi):
+        t.setflags(write=False)
+    return (0, 0.0, 0.0, 1.0, 1.0, 1, lut, multi)
 
 
 @lru_cache(maxsize=8)
@@ -633,6 +693,29 @@ def _first_nonfinite(x: np.ndarray) -> int | None:
     return int(bad.argmax()) if bad.any() else None
 
 
+def _check_scales(first_bad: Callable[[], int | None], size: int | None, scale: str, scale_dtype: str,
+                  stored: np.ndarray, stat_of: Callable[[], np.ndarray]) -> None:
+    """The one-line ValueError of stored scales that are not finite: NaN or Inf in ``x`` (by
+    ``first_bad()``, its first flat index), a rotation beyond float32's range, or a statistic
+    beyond ``scale_dtype``'s range."""
+    # x is searched for NaN and Inf only when a statistic is not finite: a rotated row
+    # holding one is NaN or Inf throughout, so every group it touches shows it
+    if first_bad_scale(stored) is None:   # the statistics are >= 0 or NaN
+        return
+    stat = stat_of()
+    bad = np.flatnonzero(~np.isfinite(stat))
+    if bad.size:
+        g, bad_at = int(bad[0]), first_bad()
+        if size is None:
+            raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {bad_at})")
+        if bad_at is not None:
+            raise ValueError(f"x holds NaN or Inf: first at flat index {bad_at}")
+        raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
+    g = first_bad_scale(stored)   # the statistics are finite: an overflow to inf
+    raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
+                     f"pass scale_dtype='float32'")
+
+
 def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms", rotate: Any = "hadamard",
                 backend: str = "auto", scale_dtype: str = "float16") -> tuple[np.ndarray, VQState]:
     """Vector-quantize ``x``; returns ``(indices, state)`` (layout: :mod:`.vq_state`).
@@ -664,35 +747,16 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
     size = parse_rotate(rotate, last)
     device = is_device_array(x)
     be = _pick_backend(backend, device)
+    seed = None if size is None else hadamard.SEED
     with be.on_device(x):
         if device:   # float32 on the device, whatever the input's type (keep: the caller's tensor)
             xf, keep = be.as_float32(x)
-            first_bad = partial(be.first_nonfinite, xf)
-            scratch = False
+            check = partial(_check_scales, partial(be.first_nonfinite, xf), size, scale, scale_dtype)
+            idx, stored = be.encode_loaded(xf, size, seed, group, scale, scale_dtype, points, check)
         else:
-            xf = be.load(x)
-            first_bad = partial(_first_nonfinite, x)
-            # a copy that load made (16-bit values widened) is rotated in place, not beside itself
-            scratch = not (isinstance(xf, np.ndarray) and np.may_share_memory(xf, x))
-        seed = None if size is None else hadamard.SEED
-        v = (xf if size is None else be.rotate(xf.reshape(-1, size), seed, overwrite_x=scratch)).reshape(-1)
-        stored, scales, stat_of = be.group_scales(v, group, scale, scale_dtype)
-        # x is searched for NaN and Inf only when a statistic is not finite: a rotated row
-        # holding one is NaN or Inf throughout, so every group it touches shows it
-        if first_bad_scale(stored) is not None:   # the statistics are >= 0 or NaN
-            stat = stat_of()
-            bad = np.flatnonzero(~np.isfinite(stat))
-            if bad.size:
-                g, bad_at = int(bad[0]), first_bad()
-                if size is None:
-                    raise ValueError(f"x holds NaN or Inf: first in group {g} (flat index {bad_at})")
-                if bad_at is not None:
-                    raise ValueError(f"x holds NaN or Inf: first at flat index {bad_at}")
-                raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
-            g = first_bad_scale(stored)   # the statistics are finite: an overflow to inf
-            raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
-                             f"pass scale_dtype='float32'")
-        idx = be.encode(v, scales, group, points).astype(index_dtype(n_pts), copy=False)   # before any copy
+            check = partial(_check_scales, partial(_first_nonfinite, x), size, scale, scale_dtype)
+            idx, stored = be.quantize_host(x, size, seed, group, scale, scale_dtype, points, check)
+        idx = idx.astype(index_dtype(n_pts), copy=False)   # before any copy
         if not device:
             idx = be.to_host(idx)
         state = VQState(codebook=name, points=points.copy(), scales=stored, shape=shape,

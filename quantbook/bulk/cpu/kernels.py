@@ -252,6 +252,22 @@ def _f32_to_f16_bits(v):
 
 
 @njit(cache=True)
+def _f64_to_f16_bits(d):
+    """float64 -> IEEE half bits, round to nearest even as numpy's astype rounds a float64 (once:
+    through a float32 rounded to nearest it would round twice).  The float32 is rounded to odd
+    instead (toward zero, the last bit set when inexact), which keeps what decides the second
+    rounding: 24 bits >= the half's 11 + 2 (Boldo and Melquiond, IEEE Trans. Comput. 57(4), 2008)."""
+    f = np.float32(d)
+    w = np.float64(f)
+    if w != d and d == d:
+        u = np.int64(f.view(np.uint32))
+        if abs(w) > abs(d):   # rounded away from zero (to inf too): one float32 step back toward it
+            u -= 1
+        f = np.uint32(u | 1).view(np.float32)
+    return _f32_to_f16_bits(f)
+
+
+@njit(cache=True)
 def _f32_to_bf16_bits(v):
     """float32 -> bfloat16 bits, round to nearest even (ml_dtypes' astype)."""
     u = np.int64(np.float32(v).view(np.uint32))

@@ -23,13 +23,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ...numerics.parallel import parallel_njit
-from .kernels import _store
+from .kernels import _f64_to_f16_bits, _load, _store
 
 _ROWS = 64  # rows of a rotation handled per parallel task (amortizes its buffer)
 _GROUPS = 256  # groups per parallel task of the generic scan
+_VALUES = 1 << 14  # values per parallel task of quantize_rows, in whole spans
 
 
 @njit(cache=True)
@@ -74,31 +76,41 @@ def unrotate(y, signs, inv, out):
                 out[r, j] = buf[j] * inv * signs[j]   # the store rounds to out's dtype
 
 
+@njit(cache=True)
+def _rms(v, b, group):
+    """``sqrt(Σ v² / group)`` of ``v[b:b + group]`` (float32), the squares summed in float64 in order."""
+    acc = 0.0
+    for j in range(group):
+        t = np.float64(v[b + j])
+        acc += t * t
+    return math.sqrt(acc / group)
+
+
+@njit(cache=True)
+def _absmax(v, b, group):
+    """``max |v|`` of ``v[b:b + group]`` as float64; NaN when the group holds NaN."""
+    m = np.float32(0.0)
+    for j in range(group):
+        a = abs(v[b + j])
+        if a > m or a != a:
+            m = a
+        if m != m:
+            break
+    return np.float64(m)
+
+
 @parallel_njit()
 def group_rms(v, group, out):
     """``out[g] = sqrt(Σ v² / group)`` over group ``g`` of flat float32 ``v`` (float64, in order)."""
     for g in prange(out.size):
-        acc = 0.0
-        b = g * group
-        for j in range(group):
-            t = np.float64(v[b + j])
-            acc += t * t
-        out[g] = math.sqrt(acc / group)
+        out[g] = _rms(v, g * group, group)
 
 
 @parallel_njit()
 def group_absmax(v, group, out):
     """``out[g] = max |v|`` over group ``g``; NaN when the group holds NaN."""
     for g in prange(out.size):
-        m = np.float32(0.0)
-        b = g * group
-        for j in range(group):
-            a = abs(v[b + j])
-            if a > m or a != a:
-                m = a
-            if m != m:
-                break
-        out[g] = np.float64(m)
+        out[g] = _absmax(v, g * group, group)
 
 
 @njit(cache=True)
@@ -139,6 +151,17 @@ def _scan(y, c0s, order, pts):
     return bi
 
 
+@njit(cache=True)
+def _encode_scan_group(v, b, sc, per, y, c0s, order, pts, out, o):
+    """``out[o:o + per]``: the indices of the ``per`` vectors of ``v`` from ``b`` with scale
+    ``sc`` (any P; ``y`` a float64 buffer of P)."""
+    p = pts.shape[1]
+    for t in range(per):
+        for q in range(p):
+            y[q] = 0.0 if sc == 0 else np.float64(v[b + t * p + q] / sc)
+        out[o + t] = _scan(y, c0s, order, pts)
+
+
 @parallel_njit()
 def encode_scan(v, s, group, c0s, order, pts, out):
     """Indices of flat float32 ``v`` with float32 group scales ``s`` (any P)."""
@@ -148,12 +171,61 @@ def encode_scan(v, s, group, c0s, order, pts, out):
     for c in prange((ng + _GROUPS - 1) // _GROUPS):
         y = np.empty(p, np.float64)
         for g in range(c * _GROUPS, min(ng, (c + 1) * _GROUPS)):
-            sc = s[g]
-            for t in range(per):
-                b = g * group + t * p
-                for q in range(p):
-                    y[q] = 0.0 if sc == 0 else np.float64(v[b + q] / sc)
-                out[g * per + t] = _scan(y, c0s, order, pts)
+            _encode_scan_group(v, g * group, s[g], per, y, c0s, order, pts, out, g * per)
+
+
+@njit(cache=True)
+def _encode_grid2_group(v, b, sc, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, y,
+                        out, o):
+    """``out[o:o + per]``: the indices of the ``per`` vectors of ``v`` from ``b`` with scale
+    ``sc`` for P = 2 (the tables: :func:`encode_grid2`'s; ``y`` a float64 buffer of 2)."""
+    if sc == 0:
+        for t in range(per):
+            out[o + t] = zero
+        return
+    top = cells - 1.0
+    for t in range(per):
+        y0 = np.float64(v[b + 2 * t] / sc)
+        y1 = np.float64(v[b + 2 * t + 1] / sc)
+        fx = min(max((y0 - lo0) * inv0, 0.0), top)
+        fy = min(max((y1 - lo1) * inv1, 0.0), top)
+        cell = int(fx) * cells + int(fy)
+        e = lut[cell, 0]
+        if e >= 0:  # most vectors: up to three candidates, compared without a branch
+            f = lut[cell, 1]
+            h = lut[cell, 2]
+            a0 = y0 - pts[e, 0]
+            a1 = y1 - pts[e, 1]
+            b0 = y0 - pts[f, 0]
+            b1 = y1 - pts[f, 1]
+            c0 = y0 - pts[h, 0]
+            c1 = y1 - pts[h, 1]
+            da = a0 * a0 + a1 * a1
+            db = b0 * b0 + b1 * b1
+            dc = c0 * c0 + c1 * c1
+            # ascending candidates, strict <: at equal distances the lower index stays
+            lt = db < da
+            bi = f if lt else e
+            best = db if lt else da
+            out[o + t] = h if dc < best else bi
+            continue
+        k = -1 - e
+        if multi[k] == 0:  # beyond the grid, or on its outer ring
+            y[0] = y0
+            y[1] = y1
+            out[o + t] = _scan(y, c0s, order, pts)
+            continue
+        best = np.inf
+        bi = 0
+        for q in range(k + 1, k + 1 + multi[k]):
+            i = multi[q]
+            d0 = y0 - pts[i, 0]
+            d1 = y1 - pts[i, 1]
+            d = d0 * d0 + d1 * d1
+            if d < best:  # candidates in index order: a tie keeps the lower index
+                best = d
+                bi = i
+        out[o + t] = bi
 
 
 @parallel_njit()
@@ -167,58 +239,82 @@ def encode_grid2(v, s, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s
     cells, whose count 0 sends the vector to the exact scan."""
     per = group // 2
     ng = s.size
-    top = cells - 1.0
     for c in prange((ng + _GROUPS - 1) // _GROUPS):
         y = np.empty(2, np.float64)
         for g in range(c * _GROUPS, min(ng, (c + 1) * _GROUPS)):
-            sc = s[g]
-            if sc == 0:
-                for t in range(per):
-                    out[g * per + t] = zero
-                continue
-            for t in range(per):
-                b = g * group + 2 * t
-                y0 = np.float64(v[b] / sc)
-                y1 = np.float64(v[b + 1] / sc)
-                fx = min(max((y0 - lo0) * inv0, 0.0), top)
-                fy = min(max((y1 - lo1) * inv1, 0.0), top)
-                cell = int(fx) * cells + int(fy)
-                e = lut[cell, 0]
-                if e >= 0:  # most vectors: up to three candidates, compared without a branch
-                    f = lut[cell, 1]
-                    h = lut[cell, 2]
-                    a0 = y0 - pts[e, 0]
-                    a1 = y1 - pts[e, 1]
-                    b0 = y0 - pts[f, 0]
-                    b1 = y1 - pts[f, 1]
-                    c0 = y0 - pts[h, 0]
-                    c1 = y1 - pts[h, 1]
-                    da = a0 * a0 + a1 * a1
-                    db = b0 * b0 + b1 * b1
-                    dc = c0 * c0 + c1 * c1
-                    # ascending candidates, strict <: at equal distances the lower index stays
-                    lt = db < da
-                    bi = f if lt else e
-                    best = db if lt else da
-                    out[g * per + t] = h if dc < best else bi
-                    continue
-                k = -1 - e
-                if multi[k] == 0:  # beyond the grid, or on its outer ring
-                    y[0] = y0
-                    y[1] = y1
-                    out[g * per + t] = _scan(y, c0s, order, pts)
-                    continue
-                best = np.inf
-                bi = 0
-                for q in range(k + 1, k + 1 + multi[k]):
-                    i = multi[q]
-                    d0 = y0 - pts[i, 0]
-                    d1 = y1 - pts[i, 1]
-                    d = d0 * d0 + d1 * d1
-                    if d < best:  # candidates in index order: a tie keeps the lower index
-                        best = d
-                        bi = i
-                out[g * per + t] = bi
+            _encode_grid2_group(v, g * group, s[g], per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order,
+                                pts, y, out, g * per)
+
+
+def _put_scale(scales, g, stat, f16tab):  # pragma: no cover - replaced by the overload below inside numba
+    raise NotImplementedError
+
+
+def _put_f32(scales, g, stat, f16tab):
+    scales[g] = np.float32(stat)
+    return scales[g]
+
+
+def _put_f16(scales, g, stat, f16tab):
+    h = _f64_to_f16_bits(stat)
+    scales[g] = h
+    return f16tab[h]
+
+
+@overload(_put_scale)
+def _put_scale_impl(scales, g, stat, f16tab):
+    """``scales[g]`` = the float64 ``stat`` rounded to nearest even to the stored type (float32,
+    or float16 bits in uint16) as numpy's astype rounds it; returns the stored value as float32."""
+    if scales.dtype == types.float32:
+        return _put_f32
+    if scales.dtype == types.uint16:
+        return _put_f16
+    return None
+
+
+@parallel_njit()
+def quantize_rows(x, f16tab, signs, inv, span, group, absmax, grid, zero, lo0, lo1, inv0, inv1, cells, lut, multi,
+                  c0s, order, pts, scales, out):
+    """:func:`rotate`, :func:`group_rms` or :func:`group_absmax`, the statistics rounded to
+    ``scales``' type as numpy rounds them, and :func:`encode_grid2` (``grid``) or
+    :func:`encode_scan`, in one pass over flat ``x`` (float32, or 16-bit bits as ``kernels``
+    reads them), without the rotated tensor: each task rotates ``span`` values at a time
+    (whole rows of ``signs.size`` and whole groups; no signs: not rotated) into its own
+    float32 buffer.  A group whose stored scale is not finite gets indices 0: the caller
+    raises."""
+    n = signs.size
+    p = pts.shape[1]
+    per = group // p
+    spans = x.size // span
+    each = max(1, _VALUES // span)
+    for c in prange((spans + each - 1) // each):
+        v = np.empty(span, np.float32)
+        buf = np.empty(n, np.float64)
+        y = np.empty(p, np.float64)
+        for sp in range(c * each, min(spans, (c + 1) * each)):
+            b = sp * span
+            if n == 0:
+                for j in range(span):
+                    v[j] = _load(x, b + j, f16tab)
+            else:
+                for r in range(0, span, n):
+                    for j in range(n):
+                        buf[j] = np.float64(_load(x, b + r + j, f16tab)) * signs[j]
+                    _fwht(buf, n)
+                    for j in range(n):
+                        v[r + j] = np.float32(buf[j] * inv)
+            for k in range(span // group):
+                g = b // group + k
+                stat = _absmax(v, k * group, group) if absmax else _rms(v, k * group, group)
+                sc = _put_scale(scales, g, stat, f16tab)
+                if not math.isfinite(sc):
+                    for t in range(per):
+                        out[g * per + t] = 0
+                elif grid:
+                    _encode_grid2_group(v, k * group, sc, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s,
+                                        order, pts, y, out, g * per)
+                else:
+                    _encode_scan_group(v, k * group, sc, per, y, c0s, order, pts, out, g * per)
 
 
 @parallel_njit()
