@@ -293,16 +293,20 @@ def quantize_rows(x, f16tab, signs, inv, span, group, absmax, grid, zero, lo0, l
         y = np.empty(p, np.float64)
         for sp in range(c * each, min(spans, (c + 1) * each)):
             b = sp * span
+            # read through slices: indices provably non-negative, so the loops vectorize (kernels.py)
             if n == 0:
+                xs = x[b:b + span]
                 for j in range(span):
-                    v[j] = _load(x, b + j, f16tab)
+                    v[j] = _load(xs, j, f16tab)
             else:
                 for r in range(0, span, n):
+                    xs = x[b + r:b + r + n]
                     for j in range(n):
-                        buf[j] = np.float64(_load(x, b + r + j, f16tab)) * signs[j]
+                        buf[j] = np.float64(_load(xs, j, f16tab)) * signs[j]
                     _fwht(buf, n)
+                    vs = v[r:r + n]
                     for j in range(n):
-                        v[r + j] = np.float32(buf[j] * inv)
+                        vs[j] = np.float32(buf[j] * inv)
             for k in range(span // group):
                 g = b // group + k
                 stat = _absmax(v, k * group, group) if absmax else _rms(v, k * group, group)
