@@ -152,3 +152,52 @@ def test_a_child_forked_before_any_parallel_kernel_ran_runs_them():
     # only a fork after GNU OpenMP started is refused: a worker forked before any kernel ran (a data
     # loader started first) runs the numba backends on whatever layer numba picks
     assert _fork(started=False, holding=False) == "ok"
+
+
+_FORK_COMPILING = textwrap.dedent("""
+    import os, threading, time
+    import numba
+    from numba.core.compiler_lock import global_compiler_lock
+    import quantbook.bulk.cpu.kernels   # quantbook declares its kernels: numba is in use
+
+    def compiling():   # another thread compiling all the time (a fresh function: nothing cached)
+        i = 0
+        while True:
+            i += 1
+            numba.njit(lambda x, i=i: x + i)(1.0)
+
+    def child_compiles() -> str:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if numba.njit(lambda x: 2 * x)(3.0) == 6.0 else 3)
+        deadline = time.monotonic() + 60
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                return "ok" if status == 0 else f"child status {status}"
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                return "the child hung"
+            time.sleep(0.02)
+
+    with global_compiler_lock:   # the forking thread itself compiling: the lock is reentrant
+        print(child_compiles())
+    threading.Thread(target=compiling, daemon=True).start()
+    time.sleep(0.5)
+    for _ in range(3):
+        print(said := child_compiles())
+        if said != "ok":
+            break
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_while_another_thread_compiles_can_compile():
+    # numba compiles under one global lock; a child forked while another thread held it inherited it
+    # held, and its first compilation (a kernel's first call on new types) waited forever
+    env = dict(os.environ, PYTHONWARNINGS="ignore")   # Python warns of a fork beside a thread: the case tested
+    r = subprocess.run([sys.executable, "-c", _FORK_COMPILING], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.splitlines() == ["ok"] * 4, r.stdout
