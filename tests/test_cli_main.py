@@ -3,6 +3,7 @@
 import ast
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -27,7 +28,9 @@ def test_console_script_and_module_entry_points():
     except importlib.metadata.PackageNotFoundError:   # e.g. a checkout on PYTHONPATH, as on a lent GPU
         pytest.skip("quantbook is on the path but not installed (pip install -e .): no entry points to check")
     scripts = importlib.metadata.entry_points(group="console_scripts")
-    assert [e.value for e in scripts if e.name == "quantbook"] == ["quantbook.cli:main"]
+    declared = re.search(r'^quantbook = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert declared == "quantbook.console:main"
+    assert [e.value for e in scripts if e.name == "quantbook"] == [declared], "reinstall: pip install -e ."
     r = subprocess.run([sys.executable, "-m", "quantbook.cli", "list"], capture_output=True, text=True,
                        env=_env(), timeout=120)
     assert r.returncode == 0 and "nf4" in r.stdout and r.stderr == ""
@@ -120,6 +123,31 @@ def test_interrupt_exits_130(capsys, monkeypatch):
     monkeypatch.setattr(codebooks, "_cmd_list", interrupted)
     assert main(["list"]) == 130
     assert capsys.readouterr().err == "quantbook: interrupted\n"
+
+
+# Ctrl-C while the command line imports numpy: Python's own SIGINT handler raises KeyboardInterrupt there
+_CTRL_C_IN_IMPORT = """
+import signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+def test_interrupt_while_the_console_script_imports_the_command_line_exits_130():
+    # the script pip writes for pyproject.toml's entry point imports it, then calls it: an entry point that
+    # imports the command line (numpy, ...) as it is imported left a traceback, not the line and status 130
+    module, function = re.search(r'^quantbook = "([\w.]+):(\w+)"$', (ROOT / "pyproject.toml").read_text(),
+                                 re.M).groups()
+    script = f"{_CTRL_C_IN_IMPORT}\nfrom {module} import {function}\nsys.exit({function}())\n"
+    r = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=_env(),
+                       timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "quantbook: interrupted\n")
 
 
 def test_warnings_follow_a_success_and_vanish_behind_an_error(capsys, monkeypatch):

@@ -28,6 +28,32 @@ def test_importing_quantbook_loads_no_heavy_optional_dependency():
     assert out.stdout.strip() == "[]"
 
 
+_LAZY_NAMES = """
+import sys
+import quantbook
+loaded = sorted(m for m in ('numpy', 'quantbook.codebooks', 'quantbook.bulk') if m in sys.modules)
+assert loaded == [], loaded   # the console script must be running before these load (its Ctrl-C)
+from quantbook.bulk import QuantState, dequantize, quantize
+from quantbook.codebooks import REGISTRY, Codebook, CodebookError, get, load, names
+for name in quantbook.__all__:
+    assert name == "__version__" or getattr(quantbook, name) is globals()[name], name
+star = {}
+exec("from quantbook import *", star)
+assert sorted(n for n in star if n != "__builtins__") == sorted(quantbook.__all__)
+assert set(quantbook.__all__) <= set(dir(quantbook))
+import quantbook.errors as errors
+assert quantbook.errors is errors and quantbook.scales is sys.modules["quantbook.scales"]
+for missing in ("no_such_name", "_private"):
+    assert not hasattr(quantbook, missing), missing
+print("ok")
+"""
+
+
+def test_importing_quantbook_loads_its_names_at_first_use():
+    out = subprocess.run([sys.executable, "-c", _LAZY_NAMES], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def _cached_njit(dec) -> bool:
     """Whether a decorator is numba's ``njit``/``jit`` asked to cache on disk."""
     if not isinstance(dec, ast.Call):

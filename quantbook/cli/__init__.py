@@ -32,6 +32,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Sequence
 
+from ..console import interrupted
 from .common import Parser, UsageError
 from .derive import PRECISIONS as _PRECISIONS  # noqa: F401 - a test checks it against the engine's
 
@@ -192,8 +193,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"quantbook: error: {_as_options(_describe(exc), parser, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("quantbook: interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     except Exception as exc:  # noqa: BLE001 - the command line never shows a traceback
         print(f"quantbook: internal error: {type(exc).__name__}: {_describe(exc)}", file=sys.stderr)
         return 1

@@ -1,4 +1,6 @@
-"""``python -m quantbook.cli``: the same ``main`` as the installed ``quantbook`` command."""
+"""``python -m quantbook.cli``: the same ``main`` as the installed ``quantbook`` command runs
+(:mod:`quantbook.console`), imported before it can catch a Ctrl-C: during that import a Ctrl-C
+still ends in Python's traceback here."""
 
 import sys
 

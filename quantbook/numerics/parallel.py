@@ -16,7 +16,7 @@ them to numpy, the same bits), and any other kernel (a derivation from a sample,
 vq``, ggml's search) raises it as a ValueError instead of ending the process.
 
 A fork also waits for a numba compilation in flight in another thread: numba compiles under
-one global lock, and a child forked while another thread held it inherits it held, by a
+one global lock, and a child forked while another thread held it inherited it held, by a
 thread that does not exist there, so the child's first compilation waited forever.
 
 numba itself is imported only when a kernel is declared, so importing quantbook never needs it.
