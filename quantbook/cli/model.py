@@ -225,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with --task the task's loss (KL, 1 − cosine) against bits per weight")
     s.add_argument("--backend", default="auto", metavar="NAME",
                    help="bulk quantization backend: auto (default: gpu when CuPy sees a usable GPU, else cpu "
-                        "when numba is installed, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
+                        "when numba can run here, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
                         "each tensor goes to the GPU once and its errors are summed there, the same bytes and report; "
                         "vector codebooks too)")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
