@@ -580,11 +580,12 @@ class StudentT(Source):
     def _polish_isf_unit(self, u, s):
         """``u`` (from :meth:`_log_isf_unit`) after one Newton step on ``log u`` for ``P(|T| > u) =
         s`` where ``u² > ν``, with the ratio ``P/s`` taken from powers, not logs: ``log P`` near
-        ``log s`` carries an error of some ulps of ``|log s|``, which is ``1/ν`` of itself
-        relative in ``u`` (1e-13 at ν = 0.5, s = 1e-100).  With ``z = u/√ν``, ``a = ν/2`` and
+        ``log s`` carries an error of some ulps of ``|log s|`` (up to 745), which is ``1/ν`` of
+        itself relative in ``u``.  With ``z = u/√ν``, ``a = ν/2`` and
         ``x = 1/(1 + z²)``, DLMF 8.17.8 reads ``P = 2c/√ν · z^-ν (1 + 1/z²)^-(a+1/2) ·
-        F(a + 1/2, 1; a + 1; x)`` and ``d log P / d log u = -ν/F``.  Its power is taken in two
-        halves, each over ``√s`` (normal when ``s`` is subnormal)."""
+        F(a + 1/2, 1; a + 1; x)`` and ``d log P / d log u = -ν/F``.  The power is taken as two
+        halves of about ``√s`` each, ``s`` dividing between them: none underflows where ``s`` is
+        subnormal."""
         nu, a = self.nu, self.nu / 2
         with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
             z = u / math.sqrt(nu)
