@@ -236,3 +236,18 @@ def test_small_nu_far_quantiles_keep_their_digits(nu):
             ref = float(mp.exp(lu) * sc)
         assert abs(x - ref) <= 2e-15 * ref, (q, x, ref)
         assert float(src.ppf(q)) == -x
+
+
+@pytest.mark.parametrize("normalization", ["absmax", "signed-absmax"])
+@pytest.mark.parametrize("B", [4096, 10**7])
+def test_block_law_quantiles_beyond_the_first_window_keep_their_digits(B, normalization):
+    # beyond 1/16 of the ends cdf, sf, ppf and isf took the mass from T(0, ·) differences near ±1/2,
+    # some ulps of 1/2 off: cdf 4e-13 relative and ppf 200 ulp of y off at B = 4096 (5e4 at 10^7),
+    # where the density is small (4e-3 at B = 4096 and y = -15/16)
+    d = BlockDistribution(B, "normal", normalization)
+    for dist in (0.08, 0.15, 0.3):
+        for y, upper in ((-1 + dist, False), (1 - dist, True)):
+            q = _block_tail(B, y, normalization, upper)
+            assert abs(float(d.sf(y) if upper else d.cdf(y)) - q) <= 2e-14 * q, (B, y, q)
+            got = float(d.isf(q) if upper else d.ppf(q))
+            assert abs(got - y) <= 2 * math.ulp(y), (B, normalization, y, upper, got)

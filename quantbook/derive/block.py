@@ -716,15 +716,18 @@ def _graded_edges() -> np.ndarray:
 
 _Y_EDGES = _graded_edges()
 
-#: within this distance of ±1 a block law's cdf and sf take the continuous mass between the
+#: within a window of ±1 a block law's cdf and sf take the continuous mass between the
 #: point and the support's end as a Gauss-Legendre integral of the density (:data:`_EDGE_GL`
-#: nodes), and ppf and isf solve for the point's distance to the end on that integral, not on
-#: ``T(0, y) - T(0, ∓1)``: those are near ±1/2 and their difference, the whole lower tail under
-#: signed absmax (no atom at -1), cancels (relative 1e-5 at a mass of 1e-12).  The density is
-#: smooth there (a normal ``g(y·m)`` varies on a scale of ``1/m²`` in ``y``, and ``m <= 12`` up
-#: to B = 10^7; a power tail's on the scale of ``y`` itself), so the rule is exact to rounding
+#: nodes a panel), and ppf and isf solve for the point's distance to the end on that integral, not
+#: on ``T(0, y) - T(0, ∓1)``: those are near ±1/2 and their difference, the whole lower tail under
+#: signed absmax (no atom at -1), cancels (relative 1e-5 at a mass of 1e-12).  The window is
+#: :data:`_EDGE` wide, doubled by a panel as wide as the window so far while the mass it holds is
+#: under :data:`_EDGE_MASS` (below that the difference's rounding, some ulps of 1/2, exceeds 1e-14
+#: of the mass) and it is narrower than :data:`_EDGE_MAX`.  The density is smooth there (a normal
+#: ``g(y·m)`` varies on a scale of ``1/m²`` in ``y``, and ``m <= 12`` up to B = 10^7; a power
+#: tail's on the scale of ``y`` itself), so the rule is exact to rounding
 #: (tests compare with mpmath).  A sample's density jumps: its law keeps the difference.
-_EDGE, _EDGE_GL = 1.0 / 16, 20
+_EDGE, _EDGE_GL, _EDGE_MASS, _EDGE_MAX = 1.0 / 16, 20, 1.0 / 64, 0.5
 _EDGE_X, _EDGE_W = np.polynomial.legendre.leggauss(_EDGE_GL)
 _EDGE_S = 0.5 * (1.0 + _EDGE_X)   # the nodes on [0, 1] of the distance from the end
 _INSIDE_LO = float(np.nextafter(-1.0, 0.0))
@@ -752,9 +755,9 @@ class BlockDistribution:
     Lebesgue measure plus counting measure on the atoms, ``-∫ p log p dy - Σ w_i log w_i``
     (nats) — the differential entropy of the continuous part plus the discrete entropy of the
     atoms.  Absolute accuracy of ``cdf`` ≲1e-13 for the parametric sources (tests compare
-    with adaptive quadrature and Monte Carlo); within :data:`_EDGE` of ``±1``, where the
-    tails are, ``cdf`` and ``sf`` keep their relative accuracy too, and ``ppf`` and ``isf``
-    invert them there to an ulp or two of ``y`` (tests compare with mpmath).
+    with adaptive quadrature and Monte Carlo); within a window of ``±1`` (:data:`_EDGE` and
+    wider), where the tails are, ``cdf`` and ``sf`` keep their relative accuracy too, and
+    ``ppf`` and ``isf`` invert them there to an ulp or two of ``y`` (tests compare with mpmath).
     ``normalization="none"`` gives the source itself (then ``expect``/``entropy`` use adaptive
     quadrature over its probabilities, ``x = ppf(u)``, or exact segment-by-segment rules for an
     empirical source).
@@ -774,7 +777,7 @@ class BlockDistribution:
         self._w_plus = float(aw[ax == 1.0].sum())  # mass at +1
         self._pieces_done, self._pieces_val = False, None
         self._rules: dict = {}  # (lb, ub) -> quadrature nodes, weights and density values
-        self._window: dict = {}  # ±1 -> continuous mass within _EDGE of that end
+        self._window: dict = {}  # ±1 -> the window's panel edges and the masses within them
 
     def __repr__(self) -> str:
         b = "" if self._plain else f", B={self.block_size}"
@@ -909,8 +912,9 @@ class BlockDistribution:
         if self._plain:
             return self.source.cdf(y)
         c = self._mu.cum(y)
-        edge = (y > -1.0) & (y < _EDGE - 1.0)
+        edge = (y > -1.0) & (y < 0.0)
         if edge.any() and self._pieces() is None:
+            edge &= y < self._edges(-1.0)[0][-1] - 1.0   # the window's width is dyadic: exact
             c[edge] = self._w_minus + self._edge_mass(-1.0, y[edge] + 1.0)   # y + 1: exact
         return np.where(y >= 1.0, 1.0, np.clip(c, 0.0, 1.0))  # exact 1 above the support
 
@@ -926,8 +930,9 @@ class BlockDistribution:
         mu = self._mu
         # mass of (y, 1]: from the top, so that small upper tails keep their digits
         cont = mu.T(0, mu.hi) - mu.T(0, np.clip(y, mu.lo, mu.hi))
-        edge = (y > 1.0 - _EDGE) & (y < 1.0)
+        edge = (y > 0.0) & (y < 1.0)
         if edge.any() and self._pieces() is None:
+            edge &= y > 1.0 - self._edges(1.0)[0][-1]
             cont[edge] = self._edge_mass(1.0, 1.0 - y[edge])
         atoms = np.where(y < 1.0, self._w_plus, 0.0)
         return np.where(y < -1.0, 1.0, np.clip(cont + atoms, 0.0, 1.0))  # exact 1 below the support
@@ -964,12 +969,33 @@ class BlockDistribution:
 
     def _edge_mass(self, end, t):
         """The continuous mass between the support's end ``end`` (±1) and each point at a
-        distance ``t`` (a 1-D array, at most :data:`_EDGE`) inside it, where the density is
-        smooth: Gauss-Legendre over the distance, which keeps its digits however small."""
-        y = (end * (1.0 - np.multiply.outer(t, _EDGE_S))).ravel()
+        distance ``t`` (a 1-D array, within the end's window) inside it, where the density is
+        smooth: the masses of the window's panels below ``t`` and Gauss-Legendre over the rest of
+        the distance, which keep their digits however small."""
+        edges, masses = self._edges(end)
+        j = np.clip(np.searchsorted(edges, t) - 1, 0, edges.size - 2)
+        return masses[j] + self._gl_mass(end, edges[j], t)
+
+    def _gl_mass(self, end, a, t):
+        """Gauss-Legendre of the density over the distances ``(a, t)`` from the end ``end``."""
+        y = (end * (1.0 - (a[:, None] + np.multiply.outer(t - a, _EDGE_S)))).ravel()
         # nodes of an interval a few ulps wide round onto ±1, where dens is 0: the limit inside
         y = np.clip(y, _INSIDE_LO, -_INSIDE_LO)
-        return row_dot(self._mu.dens(y).reshape(t.size, _EDGE_GL), _EDGE_W) * (0.5 * t)
+        return row_dot(self._mu.dens(y).reshape(t.size, _EDGE_GL), _EDGE_W) * (0.5 * (t - a))
+
+    def _edges(self, end):
+        """The window at ``end`` (:data:`_EDGE`): its panels' edges (distances from the end) and
+        the masses between the end and each."""
+        if end not in self._window:
+            edges, masses = [0.0, _EDGE], [0.0]
+            while True:
+                a, b = np.array(edges[-2:-1]), np.array(edges[-1:])
+                masses.append(masses[-1] + float(self._gl_mass(end, a, b)[0]))
+                if masses[-1] >= _EDGE_MASS or edges[-1] >= _EDGE_MAX:
+                    break
+                edges.append(2 * edges[-1])
+            self._window[end] = (np.array(edges), np.array(masses))
+        return self._window[end]
 
     def _edge_dens(self, end, t):
         """The density at the distance ``t`` inside the end ``end``, as :meth:`_edge_mass` takes it."""
@@ -977,7 +1003,7 @@ class BlockDistribution:
 
     def _invert(self, below, above, solve):
         """The points with continuous masses ``below`` between -1 and them and ``above`` between
-        them and +1 (1-D arrays): where one of those is within the mass of :data:`_EDGE` at its
+        them and +1 (1-D arrays): where one of those is within the mass of the window at its
         end, the distance to that end solved on :meth:`_edge_mass` (as :meth:`_cdf` and
         :meth:`_sf` take the mass there; ``T(0, ·)`` differences lose its digits), elsewhere
         ``solve(selection, lo, hi)`` between the windows (the two rules differ by a rounding of
@@ -987,21 +1013,21 @@ class BlockDistribution:
         rest = np.ones(below.shape, dtype=bool)
         lo, hi = -1.0, 1.0
         if self._pieces() is None:
-            lo, hi = _EDGE - 1.0, 1.0 - _EDGE
+            lo, hi = self._edges(-1.0)[0][-1] - 1.0, 1.0 - self._edges(1.0)[0][-1]
             for end, mass in ((-1.0, below), (1.0, above)):
-                if end not in self._window:
-                    self._window[end] = float(self._edge_mass(end, np.array([_EDGE]))[0])
+                width, window = self._edges(end)[0][-1], self._edges(end)[1][-1]
                 x[rest & (mass <= 0)] = end
-                sel = rest & (mass > 0) & (mass <= self._window[end])
-                rest &= mass > self._window[end]
+                sel = rest & (mass > 0) & (mass <= window)
+                rest &= mass > window
                 if not sel.any():
                     continue
                 m = mass[sel]
                 t0 = m / self._edge_dens(end, np.zeros(m.size))   # the density is about flat there
-                # width tol·max(1, t): 2e-17 is over an ulp of t <= 1/16 and under one of y near ±1
+                # width tol·max(1, t): 2e-17 is under an ulp of y near ±1 and over one of t <= 1/16;
+                # farther in Newton stops where its step rounds to 0
                 # the mass is a sum of positive terms: its error is relative (fscale 0)
                 t = _monotone_solve(lambda v, e=end: (self._edge_mass(e, v), self._edge_dens(e, v)),
-                                    m, 0.0, _EDGE, x0=t0, tol=2e-17, fscale=0.0,
+                                    m, 0.0, width, x0=t0, tol=2e-17, fscale=0.0,
                                     f=lambda v, e=end: self._edge_mass(e, v))
                 # a positive mass lies strictly inside: the nearest float to ±1 at least
                 x[sel] = np.clip(end * (1.0 - t), _INSIDE_LO, -_INSIDE_LO)
