@@ -166,10 +166,17 @@ _FORK_COMPILING = textwrap.dedent("""
             i += 1
             numba.njit(lambda x, i=i: x + i)(1.0)
 
-    def child_compiles() -> str:
+    def child_compiles(in_thread=False) -> str:
         pid = os.fork()
         if pid == 0:
-            os._exit(0 if numba.njit(lambda x: 2 * x)(3.0) == 6.0 else 3)
+            if not in_thread:
+                os._exit(0 if numba.njit(lambda x: 2 * x)(3.0) == 6.0 else 3)
+            # a thread of the child's own: the lock must be free, not held by the forking thread
+            got = []
+            t = threading.Thread(target=lambda: got.append(numba.njit(lambda x: 2 * x)(3.0)), daemon=True)
+            t.start()
+            t.join(50)
+            os._exit(0 if got == [6.0] else 3)
         deadline = time.monotonic() + 60
         while True:
             got, status = os.waitpid(pid, os.WNOHANG)
@@ -185,8 +192,8 @@ _FORK_COMPILING = textwrap.dedent("""
         print(child_compiles())
     threading.Thread(target=compiling, daemon=True).start()
     time.sleep(0.5)
-    for _ in range(3):
-        print(said := child_compiles())
+    for k in range(3):
+        print(said := child_compiles(in_thread=k == 2))
         if said != "ok":
             break
 """)
