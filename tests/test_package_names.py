@@ -1,0 +1,55 @@
+"""``import quantbook`` loads its public names at first use (PEP 562): they are listed, found and
+absent as eagerly imported names were, in a fresh process where none has loaded yet."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import quantbook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fresh(code: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip()
+
+
+def test_names_are_listed_before_they_load():
+    # dir() and inspect.getmembers see every public name before its first use (completion, pydoc)
+    out = _fresh("import sys, quantbook; print(sorted(set(quantbook.__all__) - set(dir(quantbook))), "
+                 "'numpy' in sys.modules)")
+    assert out == "[] False"
+
+
+def test_a_missing_name_is_an_attribute_error():
+    assert not hasattr(quantbook, "no_such_name")
+    assert getattr(quantbook, "no_such_subpackage", 7) == 7
+    assert _fresh("import quantbook; print(hasattr(quantbook, 'no_such_name'))") == "False"
+
+
+def test_star_import_and_threads_in_a_fresh_process():
+    code = ("import threading, quantbook\n"
+            "got = []\n"
+            "ts = [threading.Thread(target=lambda n=n: got.append(getattr(quantbook, n)))\n"
+            "      for n in quantbook.__all__ * 2]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "ns = {}\nexec('from quantbook import *', ns)\n"
+            "print(len(got) == 2 * len(quantbook.__all__),\n"
+            "      all(ns[n] is getattr(quantbook, n) for n in quantbook.__all__))")
+    assert _fresh(code) == "True True"
+
+
+def test_the_type_checkers_names_are_the_loaded_ones():
+    tree = ast.parse((ROOT / "quantbook" / "__init__.py").read_text(encoding="utf-8"))
+    seen = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for imp in node.body:
+                for alias in imp.names:
+                    seen[alias.name] = imp.module
+    assert seen == quantbook._HOMES
+    assert set(seen) | {"__version__"} == set(quantbook.__all__)
