@@ -32,7 +32,8 @@ def _line(x):
 
 
 @pytest.mark.parametrize("lo, hi", [(-1.0, 1.0), (-3e-9 - 7e-20, 5e-9 + 3e-20), (0.3 + 1e-17, 0.7),
-                                    (-2.5e-3, 2.5e-3), (-40.0, 1e-18 / 3)])
+                                    (-2.5e-3, 2.5e-3), (-40.0, 1e-18 / 3), (1e-9 + 3e-20, 0.7),
+                                    (-0.7, -1e-9 - 3e-20)])
 def test_the_answer_is_the_least_lattice_point_reaching_the_target(lo, hi):
     rng = np.random.default_rng(3)
     t = np.concatenate([rng.uniform(lo, hi, 300), [lo, hi, 0.5 * (lo + hi), lo - 1.0, hi + 1.0]])
