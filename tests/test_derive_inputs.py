@@ -268,3 +268,12 @@ def test_a_path_object_source_is_a_sample_file_never_a_law(tmp_path, monkeypatch
                            (Path("student-t:5"), "expected FILE.npy")):
         with pytest.raises(SourceError, match=fragment):
             parse_source(spec)
+
+
+def test_a_path_object_source_keeps_its_spaces(tmp_path):
+    # the name as given: 's.npy ' is not the sample s.npy beside it
+    from quantbook.derive.sources import parse_source
+
+    np.save(tmp_path / "s.npy", np.arange(10.0))
+    with pytest.raises(SourceError, match="expected FILE.npy"):
+        parse_source(tmp_path / "s.npy ")

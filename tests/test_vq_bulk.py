@@ -13,6 +13,7 @@ import importlib.util
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -648,3 +649,10 @@ def test_state_round_trips_through_json():
     np.testing.assert_array_equal(st2.points, st.points)
     np.testing.assert_array_equal(dequantize_vq(idx, st2, backend="numpy"), dequantize_vq(idx, st, backend="numpy"))
 
+
+
+def test_a_path_object_naming_a_published_grid_is_a_missing_file(tmp_path, monkeypatch):
+    # a path object is always a file: Path('higgs-2d-256') is no published grid
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="higgs-2d-256"):
+        quantize_vq(np.ones((1, 64), np.float32), Path("higgs-2d-256"), backend="numpy")
