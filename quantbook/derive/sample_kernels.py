@@ -18,8 +18,9 @@ order.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..numerics.kernel_cache import cached_njit
 from ..numerics.parallel import parallel_njit
 
 __all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1"]
@@ -60,7 +61,7 @@ def grid(xk: np.ndarray) -> tuple | None:
     return np.concatenate([xk, np.full(width, np.inf)]), start, x0, inv_h, width
 
 
-@njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def _value(what, s, x, v, xk, dens, P, P0, lo, hi):
     """``f`` of :func:`sums` at ``x`` (``v`` clipped to the knots) in the segment ``s``."""
     if what == SEGMENT:

@@ -15,9 +15,10 @@ number of threads (the derivation is bit-for-bit reproducible).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ..codebooks.vector import cell_candidates
+from ..numerics.kernel_cache import cached_njit
 from ..numerics.parallel import parallel_njit
 
 __all__ = ["assign_accumulate", "chunk_size", "assign"]
@@ -28,7 +29,7 @@ def chunk_size(m: int) -> int:
     return max(1 << 14, -(-m // 64))
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _nearest_one(x, i, c, order, c0, n, p):
     x0 = np.float64(x[i, 0])
     # first sorted position with c0 >= x0
@@ -114,7 +115,7 @@ def cell_lists(c: np.ndarray):
     return lo, w, g, start, cand
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _nearest_grid(x, i, c, order, c0, n, lo, w, g, start, cand):
     fa = (np.float64(x[i, 0]) - lo) / w
     fb = (np.float64(x[i, 1]) - lo) / w
@@ -168,13 +169,13 @@ def _assign_grid_py(x, c, order, c0, lo, w, g, start, cand, out):
 PARALLEL_MIN = 1 << 17
 
 assign_accumulate = parallel_njit()(_assign_accumulate_py)
-assign_accumulate_serial = njit(cache=True)(_assign_accumulate_py)
+assign_accumulate_serial = cached_njit()(_assign_accumulate_py)
 assign = parallel_njit()(_assign_py)
-assign_serial = njit(cache=True)(_assign_py)
+assign_serial = cached_njit()(_assign_py)
 assign_accumulate_grid = parallel_njit()(_assign_accumulate_grid_py)
-assign_accumulate_grid_serial = njit(cache=True)(_assign_accumulate_grid_py)
+assign_accumulate_grid_serial = cached_njit()(_assign_accumulate_grid_py)
 assign_grid = parallel_njit()(_assign_grid_py)
-assign_grid_serial = njit(cache=True)(_assign_grid_py)
+assign_grid_serial = cached_njit()(_assign_grid_py)
 
 
 def pick(kernel, m: int):

@@ -87,13 +87,17 @@ def unavailable() -> str | None:
 
 
 def parallel_njit(**options):
-    """``numba.njit(parallel=True, cache=True, **options)``, each call holding the launch lock
+    """``numba.njit(parallel=True, cache=True, **options)`` (its cache keyed as
+    :mod:`.kernel_cache` keys it), each call holding the launch lock
     and refused (ValueError) where :func:`unavailable` says why.
 
     The returned function keeps numba's attributes a caller reads: ``py_func`` (the Python
     function) and ``dispatcher`` (the compiled kernel, for numba's own introspection).
     """
     import numba
+
+    from .kernel_cache import install
+    install()   # the cache key of every quantbook kernel module
     _hold_compiler_lock_across_fork()
 
     def declare(fn):

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..numerics.kernel_cache import cached_njit
 from ..numerics.parallel import parallel_njit
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def nearest(a, v):
     """The index of the level nearest ``a`` in the ascending ``v``, a tie going up (:mod:`.ggml`)."""
     n = v.size
@@ -29,7 +30,7 @@ def nearest(a, v):
     return hi - 1 if a - v[hi - 1] < v[hi] - a else hi
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@cached_njit(nogil=True, inline="always")
 def fit(x, b, idv, v):
     """The sums ``S_qx``, ``S_qq`` of block ``b`` fitted at ``idv`` (:mod:`.ggml`)."""
     sqx, sqq = np.float32(0), np.float32(0)

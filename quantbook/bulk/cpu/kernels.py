@@ -26,9 +26,10 @@ arithmetic (bit-identical to numpy / ml_dtypes ``astype``).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
+from ...numerics.kernel_cache import cached_njit
 from ...numerics.parallel import parallel_njit
 from ..format import TINY as _TINY
 
@@ -79,7 +80,7 @@ def _gathers_impl(x):
     return lambda x: gathers
 
 
-@njit(cache=True)
+@cached_njit()
 def _rank_bsearch(y, b, nb_pow2):
     # b has nb_pow2 - 1 sorted bounds padded with +inf; count of b[k] < y
     pos = 0
@@ -90,7 +91,7 @@ def _rank_bsearch(y, b, nb_pow2):
     return pos
 
 
-@njit(cache=True)
+@cached_njit()
 def _scaled(v, inv, s, division):
     y = v / s if division else v * inv
     if y > np.float32(1.0):
@@ -100,7 +101,7 @@ def _scaled(v, inv, s, division):
     return y
 
 
-@njit(cache=True)
+@cached_njit()
 def _block_absmax(x, start, stop, f16tab):
     m = np.float32(0.0)
     chk = np.float32(0.0)
@@ -115,7 +116,7 @@ def _block_absmax(x, start, stop, f16tab):
     return m
 
 
-@njit(cache=True)
+@cached_njit()
 def _rank15_scalar(y, b):
     r = 0
     for k in range(15):
@@ -232,7 +233,7 @@ def quantize_generic(x, f16tab, bounds, nb_pow2, order, bits, zero_code, blocksi
                 packed[o + j] = np.uint8(byte)
 
 
-@njit(cache=True)
+@cached_njit()
 def _f32_to_f16_bits(v):
     """float32 -> IEEE half bits, round to nearest even (numpy's astype); every case is
     computed and one selected, so that the loops calling it have no branch."""
@@ -251,7 +252,7 @@ def _f32_to_f16_bits(v):
     return np.uint16(sign | h)
 
 
-@njit(cache=True)
+@cached_njit()
 def _f64_to_f16_bits(d):
     """float64 -> IEEE half bits, round to nearest even as numpy's astype rounds a float64 (once:
     through a float32 rounded to nearest it would round twice).  The float32 is rounded to odd
@@ -267,7 +268,7 @@ def _f64_to_f16_bits(d):
     return _f32_to_f16_bits(f)
 
 
-@njit(cache=True)
+@cached_njit()
 def _f32_to_bf16_bits(v):
     """float32 -> bfloat16 bits, round to nearest even (ml_dtypes' astype)."""
     u = np.int64(np.float32(v).view(np.uint32))

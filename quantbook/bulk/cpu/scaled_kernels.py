@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ...numerics.kernel_cache import cached_njit
 from ...numerics.parallel import parallel_njit
 from .kernels import _block_absmax, _load, _store
 
@@ -43,7 +44,7 @@ def step_index(bits, starts, buckets, shift, idx):
         idx[b] = lo
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _encode_one(v, f, divide, mids, up, pos, neg):
     y = v / f if divide else v * f
     r = 0

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
 
+from ...numerics.kernel_cache import cached_njit
 from ...numerics.parallel import parallel_njit
 from .kernels import _f64_to_f16_bits, _load, _store
 
@@ -34,7 +35,7 @@ _GROUPS = 256  # groups per parallel task of the generic scan
 _VALUES = 1 << 14  # values per parallel task of quantize_rows, in whole spans
 
 
-@njit(cache=True)
+@cached_njit()
 def _fwht(buf, n):
     h = 1
     while h < n:
@@ -76,7 +77,7 @@ def unrotate(y, signs, inv, out):
                 out[r, j] = buf[j] * inv * signs[j]   # the store rounds to out's dtype
 
 
-@njit(cache=True)
+@cached_njit()
 def _rms(v, b, group):
     """``sqrt(Σ v² / group)`` of ``v[b:b + group]`` (float32), the squares summed in float64 in order."""
     acc = 0.0
@@ -86,7 +87,7 @@ def _rms(v, b, group):
     return math.sqrt(acc / group)
 
 
-@njit(cache=True)
+@cached_njit()
 def _absmax(v, b, group):
     """``max |v|`` of ``v[b:b + group]`` as float64; NaN when the group holds NaN."""
     m = np.float32(0.0)
@@ -113,7 +114,7 @@ def group_absmax(v, group, out):
         out[g] = _absmax(v, g * group, group)
 
 
-@njit(cache=True)
+@cached_njit()
 def _lower(c0s, y0):
     lo, hi = 0, c0s.size
     while lo < hi:
@@ -125,7 +126,7 @@ def _lower(c0s, y0):
     return lo
 
 
-@njit(cache=True)
+@cached_njit()
 def _scan(y, c0s, order, pts):
     """The nearest point to ``y`` (float64, P values) by the sorted first-coordinate scan."""
     n, p = pts.shape
@@ -151,7 +152,7 @@ def _scan(y, c0s, order, pts):
     return bi
 
 
-@njit(cache=True)
+@cached_njit()
 def _encode_scan_group(v, b, sc, per, y, c0s, order, pts, out, o):
     """``out[o:o + per]``: the indices of the ``per`` vectors of ``v`` from ``b`` with scale
     ``sc`` (any P; ``y`` a float64 buffer of P)."""
@@ -174,7 +175,7 @@ def encode_scan(v, s, group, c0s, order, pts, out):
             _encode_scan_group(v, g * group, s[g], per, y, c0s, order, pts, out, g * per)
 
 
-@njit(cache=True)
+@cached_njit()
 def _encode_grid2_group(v, b, sc, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, y,
                         out, o):
     """``out[o:o + per]``: the indices of the ``per`` vectors of ``v`` from ``b`` with scale

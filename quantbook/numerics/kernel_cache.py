@@ -1,0 +1,86 @@
+"""numba's on-disk cache of quantbook's kernels, kept fresh across modules.
+
+numba keys a cached kernel by its own source file only.  A kernel that calls (or inlines) a
+compiled helper of another module kept the helper's old code after that module alone changed
+(a ``git checkout`` or an edit in a source checkout: a pip upgrade rewrites every file): it
+ran stale, a silent wrong answer.  Here every quantbook kernel's cache key also holds a digest
+of every quantbook module that compiles with numba, so a change to any of them recompiles them
+all on first use.
+
+:func:`cached_njit` declares a single-threaded kernel (``numba.njit(cache=True)``);
+:mod:`quantbook.numerics.parallel` declares the multi-threaded ones through :func:`install`.
+The key is set through numba's cache locators (``numba.core.caching``); where a numba version
+lacks them, numba's own key stands.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from pathlib import Path
+
+__all__ = ["cached_njit", "install", "kernel_sources_digest"]
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+_USES_NUMBA = re.compile(rb"^\s*(?:from numba\b|import numba\b)", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_sources_digest() -> str:
+    """SHA-256 over the path and bytes of every quantbook module that imports numba, read once
+    per process."""
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        data = path.read_bytes()
+        if _USES_NUMBA.search(data):
+            h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def _in_package(py_file: str) -> bool:
+    try:
+        return Path(py_file).resolve().is_relative_to(_PACKAGE)
+    except (OSError, ValueError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def install() -> bool:
+    """Put quantbook's cache key in front of numba's file-backed cache locators (once); whether
+    that was possible."""
+    try:
+        from numba.core import caching
+    except ImportError:
+        return False
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    mixin = getattr(caching, "_SourceFileBackedLocatorMixin", None)
+    classes = getattr(impl, "_locator_classes", None)
+    if mixin is None or not isinstance(classes, list):
+        return False
+    for i, base in reversed(list(enumerate(classes))):
+        if issubclass(base, mixin):
+            classes.insert(i, _keyed(base))
+    return True
+
+
+def _keyed(base: type) -> type:
+    class Keyed(base):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            return super().from_function(py_func, py_file) if _in_package(py_file) else None
+
+        def get_source_stamp(self):
+            return (super().get_source_stamp(), kernel_sources_digest())
+
+    Keyed.__name__ = Keyed.__qualname__ = f"Quantbook{base.__name__}"
+    return Keyed
+
+
+def cached_njit(**options):
+    """``numba.njit(cache=True, **options)``, its cache keyed by every quantbook kernel module."""
+    import numba
+
+    install()
+    return numba.njit(cache=True, **options)
