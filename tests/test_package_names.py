@@ -53,3 +53,12 @@ def test_the_type_checkers_names_are_the_loaded_ones():
                     seen[alias.name] = imp.module
     assert seen == quantbook._HOMES
     assert set(seen) | {"__version__"} == set(quantbook.__all__)
+
+
+def test_a_subpackage_is_an_attribute_before_it_is_imported():
+    # eager imports made quantbook.derive, quantbook.export ... attributes of the package; a
+    # private name is never looked for as a module (quantbook._x is an AttributeError, not an import)
+    out = _fresh("import sys, quantbook\n"
+                 "before = 'quantbook.export' in sys.modules\n"
+                 "print(before, quantbook.export.__name__, quantbook.derive.__name__, hasattr(quantbook, '_HOMESX'))")
+    assert out == "False quantbook.export quantbook.derive False"

@@ -261,3 +261,19 @@ def test_a_label_that_begins_with_an_underscore_is_in_the_legend(tmp_path, monke
                block_sizes=[16, 32])
     legend = [t.get_text() for t in figs[-1].axes[0].get_legend().get_texts()]
     assert legend == ["\u200b_a.json", "nf4"]
+
+
+def test_a_picture_is_not_written_over_an_input_named_by_a_path_object(tmp_path, monkeypatch):
+    """The Python API's inputs may be path objects as well as strings (the command line's are strings)."""
+    from pathlib import Path
+
+    from quantbook.plots import check_plot_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.png").write_bytes(b"the only copy")
+    for inputs in ([Path("in.png")], [tmp_path / "in.png"], ["in.png "], [None, Path("other.png")]):
+        if inputs[0] is None:
+            assert check_plot_path("in.png", inputs) == Path("in.png")
+            continue
+        with pytest.raises(ValueError, match="is the input"):
+            check_plot_path("in.png", inputs)
