@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -281,6 +284,41 @@ def test_a_16bit_inputs_bad_scales_are_named_as_numpy_names_them(dtype, rotate, 
         _same_bytes(x, gaussian_grid(16, 2), **kw)
         assert np.isfinite(want[1].scales).all()
 
+
+_PER_GROUP = re.compile(r"call [^\n]*@_ZN\w*?vq_kernels\d+(_rms|_absmax|_encode_grid2_group|_encode_scan_group|_scan)B")
+
+
+@needs_numba
+def test_the_kernels_per_group_helpers_are_compiled_into_their_loops(tmp_path):
+    """The group statistics and the per-group searches are shared helpers; called as functions,
+    once per group of 64 values (seventy-odd arguments each), they made the searches about 15%
+    slower (docs/benchmarks.md).  No compiled kernel calls them; the exact scan, rare, is still
+    called (which shows that the check sees calls).  Fresh compilations in a child process:
+    numba shows no code it loaded from its cache."""
+    code = """if True:
+        import sys, numpy as np, ml_dtypes
+        from quantbook.bulk.cpu import vq_kernels as k
+        from quantbook.bulk.vq import quantize_vq
+        x = np.random.default_rng(0).standard_normal((4, 384)).astype(np.float32)
+        for p in (2, 3):
+            pts = np.random.default_rng(p).standard_normal((64, p))
+            for dt in (np.float32, ml_dtypes.bfloat16):
+                for rule in ("rms", "absmax"):
+                    quantize_vq(x.astype(dt), pts, group=48, scale=rule, rotate=None, backend="cpu")
+        for name in ("quantize_rows", "encode_grid2", "encode_scan", "group_rms", "group_absmax"):
+            for ir in getattr(k, name).dispatcher.inspect_llvm().values():
+                sys.stdout.write(name + "\\n" + ir + "\\n")
+    """
+    pytest.importorskip("ml_dtypes")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    kernels = re.split(r"^(quantize_rows|encode_grid2|encode_scan|group_rms|group_absmax)$", out, flags=re.M)[1:]
+    calls = {}
+    for name, ir in zip(kernels[::2], kernels[1::2]):
+        calls.setdefault(name, set()).update(_PER_GROUP.findall(ir))
+    assert set(calls) == {"quantize_rows", "encode_grid2", "encode_scan", "group_rms", "group_absmax"}
+    assert {name: c - {"_scan"} for name, c in calls.items()} == {name: set() for name in calls}
+    assert "_scan" in calls["quantize_rows"] and "_scan" in calls["encode_grid2"]
 
 def _small_tables():
     from quantbook.codebooks.vector_registry import vector_registry

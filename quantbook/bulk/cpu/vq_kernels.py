@@ -77,7 +77,7 @@ def unrotate(y, signs, inv, out):
                 out[r, j] = buf[j] * inv * signs[j]   # the store rounds to out's dtype
 
 
-@cached_njit()
+@cached_njit(inline="always")
 def _rms(v, b, group):
     """``sqrt(Σ v² / group)`` of ``v[b:b + group]`` (float32), the squares summed in float64 in order."""
     acc = 0.0
@@ -87,7 +87,7 @@ def _rms(v, b, group):
     return math.sqrt(acc / group)
 
 
-@cached_njit()
+@cached_njit(inline="always")
 def _absmax(v, b, group):
     """``max |v|`` of ``v[b:b + group]`` as float64; NaN when the group holds NaN."""
     m = np.float32(0.0)
@@ -152,7 +152,7 @@ def _scan(y, c0s, order, pts):
     return bi
 
 
-@cached_njit()
+@cached_njit(inline="always")
 def _encode_scan_group(v, b, sc, per, y, c0s, order, pts, out, o):
     """``out[o:o + per]``: the indices of the ``per`` vectors of ``v`` from ``b`` with scale
     ``sc`` (any P; ``y`` a float64 buffer of P)."""
@@ -161,6 +161,17 @@ def _encode_scan_group(v, b, sc, per, y, c0s, order, pts, out, o):
         for q in range(p):
             y[q] = 0.0 if sc == 0 else np.float64(v[b + t * p + q] / sc)
         out[o + t] = _scan(y, c0s, order, pts)
+
+
+@cached_njit()
+def _encode_scan_groups(v, s, ng, per, y, c0s, order, pts, out, o):
+    """:func:`_encode_scan_group` of the first ``ng`` groups of ``v`` in turn, ``s`` their
+    scales, from ``out[o]`` on: for :func:`quantize_rows`, a function of its own, called once
+    per task, so that its search loop is compiled alone, as in :func:`encode_scan` (inlined
+    into the larger kernel, the loop's constants were spilled to the stack)."""
+    group = per * pts.shape[1]
+    for k in range(ng):
+        _encode_scan_group(v, k * group, s[k], per, y, c0s, order, pts, out, o + k * per)
 
 
 @parallel_njit()
@@ -175,7 +186,7 @@ def encode_scan(v, s, group, c0s, order, pts, out):
             _encode_scan_group(v, g * group, s[g], per, y, c0s, order, pts, out, g * per)
 
 
-@cached_njit()
+@cached_njit(inline="always")
 def _encode_grid2_group(v, b, sc, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, y,
                         out, o):
     """``out[o:o + per]``: the indices of the ``per`` vectors of ``v`` from ``b`` with scale
@@ -229,6 +240,14 @@ def _encode_grid2_group(v, b, sc, per, zero, lo0, lo1, inv0, inv1, cells, lut, m
         out[o + t] = bi
 
 
+@cached_njit()
+def _encode_grid2_groups(v, s, ng, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, y, out, o):
+    """:func:`_encode_grid2_group` of the first ``ng`` groups of ``v``: as :func:`_encode_scan_groups`."""
+    for k in range(ng):
+        _encode_grid2_group(v, k * 2 * per, s[k], per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts,
+                            y, out, o + k * per)
+
+
 @parallel_njit()
 def encode_grid2(v, s, group, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, out):
     """Indices of flat float32 ``v`` with float32 group scales ``s`` for P = 2 (``zero``: the
@@ -279,47 +298,47 @@ def quantize_rows(x, f16tab, signs, inv, span, group, absmax, grid, zero, lo0, l
     """:func:`rotate`, :func:`group_rms` or :func:`group_absmax`, the statistics rounded to
     ``scales``' type as numpy rounds them, and :func:`encode_grid2` (``grid``) or
     :func:`encode_scan`, in one pass over flat ``x`` (float32, or 16-bit bits as ``kernels``
-    reads them), without the rotated tensor: each task rotates ``span`` values at a time
-    (whole rows of ``signs.size`` and whole groups; no signs: not rotated) into its own
-    float32 buffer.  A group whose stored scale is not finite gets indices 0: the caller
-    raises."""
+    reads them), without the rotated tensor: each task rotates a whole number of spans of
+    ``span`` values (whole rows of ``signs.size`` and whole groups; no signs: not rotated)
+    into its own float32 buffer, measures its groups, then searches them all.  A group whose
+    stored scale is not finite is searched as a zero group: the caller raises."""
     n = signs.size
     p = pts.shape[1]
     per = group // p
     spans = x.size // span
     each = max(1, _VALUES // span)
     for c in prange((spans + each - 1) // each):
-        v = np.empty(span, np.float32)
+        v = np.empty(each * span, np.float32)
+        s = np.empty(each * span // group, np.float32)
         buf = np.empty(n, np.float64)
         y = np.empty(p, np.float64)
-        for sp in range(c * each, min(spans, (c + 1) * each)):
-            b = sp * span
-            # read through slices: indices provably non-negative, so the loops vectorize (kernels.py)
-            if n == 0:
-                xs = x[b:b + span]
-                for j in range(span):
-                    v[j] = _load(xs, j, f16tab)
-            else:
-                for r in range(0, span, n):
-                    xs = x[b + r:b + r + n]
-                    for j in range(n):
-                        buf[j] = np.float64(_load(xs, j, f16tab)) * signs[j]
-                    _fwht(buf, n)
-                    vs = v[r:r + n]
-                    for j in range(n):
-                        vs[j] = np.float32(buf[j] * inv)
-            for k in range(span // group):
-                g = b // group + k
-                stat = _absmax(v, k * group, group) if absmax else _rms(v, k * group, group)
-                sc = _put_scale(scales, g, stat, f16tab)
-                if not math.isfinite(sc):
-                    for t in range(per):
-                        out[g * per + t] = 0
-                elif grid:
-                    _encode_grid2_group(v, k * group, sc, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s,
-                                        order, pts, y, out, g * per)
-                else:
-                    _encode_scan_group(v, k * group, sc, per, y, c0s, order, pts, out, g * per)
+        b = c * each * span
+        m = min(spans - c * each, each) * span
+        # read through slices: indices provably non-negative, so the loops vectorize (kernels.py)
+        if n == 0:
+            xs = x[b:b + m]
+            for j in range(m):
+                v[j] = _load(xs, j, f16tab)
+        else:
+            for r in range(0, m, n):
+                xs = x[b + r:b + r + n]
+                for j in range(n):
+                    buf[j] = np.float64(_load(xs, j, f16tab)) * signs[j]
+                _fwht(buf, n)
+                vs = v[r:r + n]
+                for j in range(n):
+                    vs[j] = np.float32(buf[j] * inv)
+        g0, ng = b // group, m // group
+        for k in range(ng):
+            stat = _absmax(v, k * group, group) if absmax else _rms(v, k * group, group)
+            sc = _put_scale(scales, g0 + k, stat, f16tab)
+            s[k] = sc if math.isfinite(sc) else np.float32(0.0)
+        # the searches after the statistics, not group by group: their loop runs as fast as encode_grid2's
+        if grid:
+            _encode_grid2_groups(v, s, ng, per, zero, lo0, lo1, inv0, inv1, cells, lut, multi, c0s, order, pts, y,
+                                 out, g0 * per)
+        else:
+            _encode_scan_groups(v, s, ng, per, y, c0s, order, pts, out, g0 * per)
 
 
 @parallel_njit()
