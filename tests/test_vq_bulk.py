@@ -320,6 +320,7 @@ def test_the_kernels_per_group_helpers_are_compiled_into_their_loops(tmp_path):
     assert {name: c - {"_scan"} for name, c in calls.items()} == {name: set() for name in calls}
     assert "_scan" in calls["quantize_rows"] and "_scan" in calls["encode_grid2"]
 
+
 def _small_tables():
     from quantbook.codebooks.vector_registry import vector_registry
 
