@@ -77,3 +77,42 @@ def test_answers_keep_their_order_where_f_scatters():
         # and each answer is its own target's, computed alone or among the others
         assert np.array_equal(x[::97], [_monotone_solve(lambda v: (_noisy(v), np.ones_like(v)), v, 0.0, 1.0,
                                                         f=_noisy) for v in t[::97]])
+
+
+def _lattice_value(k: int) -> float:
+    """The docstring's lattice numbered in order: multiples of H below TOP, every float above."""
+    if abs(k) < 2**52:
+        return k * H
+    top_bits = int(np.float64(TOP).view(np.int64))
+    v = float(np.int64(top_bits + abs(k) - 2**52).view(np.float64))
+    return v if k > 0 else -v
+
+
+def _full_bisection(f, t: float, lo: float, hi: float) -> float:
+    """The answer the docstring defines: a bisection of every lattice number in (-2**62, 2**62]
+    from the top, f taken as below the target under ``lo`` and above it from the bracket's last
+    lattice point on, evaluated everywhere else (about 62 evaluations)."""
+    last = hi if abs(hi) >= TOP else math.floor(hi / H) * H
+    L, R = -(2**62), 2**62
+    while R - L > 1:
+        m = (L + R) // 2
+        v = _lattice_value(m)
+        if v < lo:
+            L = m
+        elif v >= last or f(np.float64(v)) >= t:
+            R = m
+        else:
+            L = m
+    return _lattice_value(R)
+
+
+@pytest.mark.parametrize("slope", [1.0, 300.0])
+def test_where_f_scatters_within_the_bound_the_answer_is_the_full_bisections(slope):
+    """The solver evaluates f only in a band Newton finds; where f's error stays within the
+    solver's bound (here 8 eps of 32), that is the same answer as the whole bisection's.  A
+    derivative 300 times too steep makes Newton's first band too narrow: it must widen until
+    its ends clear the target by the bound, not merely reach the other side."""
+    for s in (0.25, 0.5, 0.7, 0.9):
+        t = s + np.arange(-400, 401, 20) * np.spacing(s)
+        x = _monotone_solve(lambda v: (_noisy(v), np.full_like(v, slope)), t, 0.0, 1.0, f=_noisy)
+        assert x.tolist() == [_full_bisection(_noisy, v, 0.0, 1.0) for v in t]
