@@ -341,3 +341,23 @@ def test_a_table_without_a_name_is_custom():
     pts = np.asarray(_V.points)
     for table in (pts, torch.from_numpy(pts.copy())):
         assert quantize_vq(X, table, backend="numpy")[1].codebook == "custom"
+
+
+def test_each_refusal_is_its_modules_error():
+    """A refused array (masked entry, complex) is the error class the entry point raises for
+    every other bad input, so a caller catching CodebookError or SourceError catches it."""
+    from quantbook.codebooks.codebook import CodebookError
+    from quantbook.codebooks.vector import VectorCodebookError
+    from quantbook.derive.sources import Empirical, SourceError
+    from quantbook.naming import resolve_vector
+
+    masked = np.ma.array([[0.5, 0.25]], mask=[[1, 0]])
+    grid = resolve_vector("higgs-2d-256")
+    cases = [(lambda a: qb.get("nf4").encode(a), CodebookError), (lambda a: qb.get("nf4").decode(a), CodebookError),
+             (grid.nearest, VectorCodebookError), (grid.decode, VectorCodebookError),
+             (Empirical, SourceError)]
+    for call, error in cases:
+        for bad in (masked.astype(np.int64) if call in (cases[1][0], grid.decode) else masked,
+                    np.array([[1 + 2j, 3.0]])):
+            with pytest.raises(error):
+                call(bad)

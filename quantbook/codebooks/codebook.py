@@ -26,7 +26,7 @@ import numpy as np
 
 from ..io.files import parse_json
 from ..numerics.arguments import host_array, one_line
-from ..numerics.reals import real_kind
+from ..numerics.reals import real_host_array, real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
 
@@ -107,14 +107,6 @@ def _as_float64_vector(values: Any, what: str) -> np.ndarray:
                             f"(|v| < 3.4028235677973366e38): "
                             f"entry {big[0]} is {float(arr[big[0]])!r}")
     return arr
-
-
-def _host(v: Any, what: str) -> np.ndarray:
-    """:func:`~quantbook.numerics.arguments.host_array`, its error a CodebookError."""
-    try:
-        return host_array(v, what)
-    except ValueError as exc:
-        raise CodebookError(str(exc)) from None
 
 
 def _freeze(a: np.ndarray) -> np.ndarray:
@@ -257,9 +249,7 @@ class Codebook:
         (float32 ``y`` against :attr:`thresholds_f32`); ``"float64"`` uses the float64
         midpoints.  NaN is rejected.
         """
-        arr = _host(y, "y")
-        if not real_kind(arr.dtype):
-            raise CodebookError(f"encode needs real numbers, got dtype {arr.dtype}")
+        arr = real_host_array(y, "y", CodebookError)
         if arr.dtype.kind == "V":   # ml_dtypes' (bfloat16, float8): float64 holds each exactly
             arr = arr.astype(np.float64)
         if np.isnan(arr).any():
@@ -271,7 +261,7 @@ class Codebook:
 
     def decode(self, indices: Any) -> np.ndarray:
         """Values (float64) of code indices."""
-        idx = _host(indices, "indices")
+        idx = host_array(indices, "indices", CodebookError)
         if idx.size == 0 and idx.dtype == np.float64:   # np.asarray([]) of an empty list
             idx = idx.astype(np.intp)
         if not np.issubdtype(idx.dtype, np.integer):

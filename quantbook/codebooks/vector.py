@@ -21,7 +21,7 @@ import numpy as np
 
 from ..io.files import parse_json
 from ..numerics.arguments import host_array
-from ..numerics.reals import real_kind
+from ..numerics.reals import real_host_array
 from .codebook import check_misspelt_keys, check_name, check_numbers
 from .frozen import freeze
 
@@ -118,14 +118,6 @@ def cell_candidates(points: np.ndarray, lo: Any, hi: Any, cells: int) -> tuple[n
     return np.concatenate(counts), np.concatenate(lists).astype(np.int64)
 
 
-def _host(v: Any, what: str) -> np.ndarray:
-    """``v`` read by the one rule for arrays (a masked entry, a tensor), its errors as this module's."""
-    try:
-        return host_array(v, what)
-    except ValueError as exc:
-        raise VectorCodebookError(str(exc)) from None
-
-
 def nearest_brute(points: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Index of the nearest row of ``points`` (N, P) for every row of ``v`` (M, P): squared
     Euclidean distance in float64, ties to the lowest index (``argmin``'s first minimum).
@@ -207,9 +199,7 @@ class VectorCodebook:
 
     # --------------------------------------------------------------- encoding
     def _rows(self, v: Any) -> np.ndarray:
-        arr = _host(v, "v")
-        if not real_kind(arr.dtype):
-            raise VectorCodebookError(f"nearest needs real numbers, got dtype {arr.dtype}")
+        arr = real_host_array(v, "v", VectorCodebookError)
         if not np.issubdtype(arr.dtype, np.number):  # ml_dtypes' floats are no numpy subtype; widening is exact
             arr = arr.astype(np.float32)
         if arr.ndim == 1 and arr.shape[0] == self.dim:
@@ -228,7 +218,7 @@ class VectorCodebook:
 
     def decode(self, idx: Any) -> np.ndarray:
         """``points[idx]`` (float32), for integer indices of any shape."""
-        i = _host(idx, "idx")
+        i = host_array(idx, "idx", VectorCodebookError)
         if not np.issubdtype(i.dtype, np.integer):
             raise VectorCodebookError(f"decode needs integer indices, got dtype {i.dtype}")
         if i.size and (i.min() < 0 or i.max() >= self.size):

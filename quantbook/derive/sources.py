@@ -59,9 +59,9 @@ import mpmath
 import numpy as np
 from scipy import integrate, special, stats
 
-from ..numerics.arguments import check_flag, host_array, one_line
+from ..numerics.arguments import check_flag, one_line
 from ..numerics.dots import row_dot
-from ..numerics.reals import real_kind
+from ..numerics.reals import real_host_array, real_kind
 from ..io.files import check_input_file
 from ..io.npy import load_npy
 from .conventions import apply, at_q, at_x, sample_shape
@@ -680,12 +680,7 @@ class Empirical(Source):
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
                  knots: int | None = DEFAULT_KNOTS) -> None:
         standardize = check_flag(standardize, "standardize")
-        try:
-            raw = host_array(sample, "sample")
-        except ValueError as exc:
-            raise SourceError(str(exc)) from None
-        if not real_kind(raw.dtype):
-            raise SourceError(f"an empirical sample must be real numbers, got dtype {raw.dtype}")
+        raw = real_host_array(sample, "sample", SourceError)
         if knots is not None and (isinstance(knots, bool) or not isinstance(knots, (int, np.integer))
                                   or knots < 2):
             raise SourceError(f"knots must be an integer >= 2 or None, got {knots!r}")

@@ -54,8 +54,8 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import check_flag, host_array
-from ..numerics.reals import real_kind
+from ..numerics.arguments import check_flag
+from ..numerics.reals import real_host_array
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
 from ..io.progress import progress_bar
 from .lloyd import DerivationError, LloydWarning
@@ -334,13 +334,8 @@ class _Sums1D:
 
 
 def _real(a: Any, what: str, dtype: Any) -> np.ndarray:
-    """``a`` read by the one rule for arrays (a masked entry, a tensor), as a C-contiguous
-    ``dtype`` array of its values; a ValueError for what is not real numbers (complex would
-    lose its imaginary part, bool and dates would be read as numbers)."""
-    arr = host_array(a, what)
-    if not real_kind(arr.dtype):
-        raise ValueError(f"{what} must be real numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    """``a`` as a C-contiguous ``dtype`` array of its real values (:func:`real_host_array`)."""
+    return np.ascontiguousarray(real_host_array(a, what), dtype=dtype)
 
 
 def _table(points: Any) -> np.ndarray:

@@ -51,7 +51,7 @@ _TORCH_BITS = {"bfloat16": "int16", "float8_e4m3fn": "uint8", "float8_e5m2": "ui
                "float8_e4m3fnuz": "uint8", "float8_e5m2fnuz": "uint8"}
 
 
-def host_array(v: Any, what: str = "x") -> np.ndarray:
+def host_array(v: Any, what: str = "x", error: type[ValueError] = ValueError) -> np.ndarray:
     """``v`` as a plain numpy array: the one rule for every array a user hands a public function.
 
     * a torch tensor: detached and brought to the host, its lazy conjugate and negative views
@@ -63,6 +63,8 @@ def host_array(v: Any, what: str = "x") -> np.ndarray:
     * anything else through ``np.asarray``: an ndarray subclass (``np.matrix``, ``np.memmap``,
       a user's) becomes a plain ndarray view, as the kernels and the reshapes take it (a
       matrix stays 2-D when flattened).
+
+    ``error``: the ValueError subclass the caller raises (a CodebookError, a SourceError).
     """
     if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
         try:
@@ -73,12 +75,12 @@ def host_array(v: Any, what: str = "x") -> np.ndarray:
                 return t.view(getattr(torch, _TORCH_BITS[name])).numpy().view(_ml_dtype(name))
             return t.numpy()
         except (TypeError, RuntimeError, NotImplementedError) as exc:   # sparse, meta, quantized...
-            raise ValueError(f"{what} is a torch tensor that numpy cannot read: {' '.join(str(exc).split())}") from None
+            raise error(f"{what} is a torch tensor that numpy cannot read: {' '.join(str(exc).split())}") from None
     if isinstance(v, np.ma.MaskedArray):
         masked = int(np.ma.count_masked(v))
         if masked:
             entries = "entry" if masked == 1 else "entries"
-            raise ValueError(f"{what} is a masked array with {masked} masked {entries}, which would be read as "
+            raise error(f"{what} is a masked array with {masked} masked {entries}, which would be read as "
                              f"the values under the mask; pass {what}.filled(value) or {what}.compressed()")
         v = np.ma.getdata(v)
     return np.asarray(v)

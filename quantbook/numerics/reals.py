@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .arguments import one_line
+from .arguments import host_array, one_line
 
-__all__ = ["float_or_inf", "real_kind", "real_array"]
+__all__ = ["float_or_inf", "real_kind", "real_array", "real_host_array"]
 
 
 def real_kind(dtype: Any) -> str:
@@ -25,6 +25,16 @@ def real_kind(dtype: Any) -> str:
     if dt.kind == "V" and dt.names is None and dt.subdtype is None and dt.type.__module__ == "ml_dtypes":
         return "u" if dt.name.startswith("uint") else "i" if dt.name.startswith("int") else "f"
     return ""
+
+
+def real_host_array(v: Any, what: str, error: type[ValueError] = ValueError) -> np.ndarray:
+    """``v`` read by the one rule for arrays (:func:`~.arguments.host_array`), refused unless
+    its dtype holds real numbers (:func:`real_kind`): complex would lose its imaginary part,
+    bool and dates would be read as numbers.  ``error``: the caller's ValueError subclass."""
+    arr = host_array(v, what, error)
+    if not real_kind(arr.dtype):
+        raise error(f"{what} must be real numbers, got dtype {arr.dtype}")
+    return arr
 
 
 def float_or_inf(v: Any) -> float:
