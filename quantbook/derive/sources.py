@@ -464,8 +464,13 @@ class StudentT(Source):
             s = u * u / self.nu
             w = s / (1 + s)
             wc = 1 / (1 + s)
-            val = np.where(w < 0.5, 0.5 * special.betainc(p, q, np.where(w < 0.5, w, 0.0)),
-                           0.5 - 0.5 * special.betainc(q, p, np.where(w < 0.5, 0.5, wc)))
+            # each value through its own branch only: betainc is most of a heavy-tailed block
+            # law's cost, and a placeholder argument in the other branch costs as much as a value
+            head = w < 0.5
+            val = np.empty(np.shape(w))
+            val[head] = 0.5 * special.betainc(p, q, w[head])
+            tail = ~head
+            val[tail] = 0.5 - 0.5 * special.betainc(q, p, wc[tail])
         return np.sign(u) * val
 
     def _partial_moment(self, k, x):
