@@ -778,6 +778,7 @@ class BlockDistribution:
         self._pieces_done, self._pieces_val = False, None
         self._rules: dict = {}  # (lb, ub) -> quadrature nodes, weights and density values
         self._window: dict = {}  # ±1 -> the window's panel edges and the masses within them
+        self._starts: dict = {}  # (lo, hi) -> the cdf on the graded edges there and those edges (_start)
 
     def __repr__(self) -> str:
         b = "" if self._plain else f", B={self.block_size}"
@@ -948,7 +949,8 @@ class BlockDistribution:
             return self.source.ppf(q)
         mu = self._mu
         x = self._invert(q - self._w_minus, (1.0 - q) - self._w_plus,
-                         lambda sel, lo, hi: _monotone_solve(mu.cum_dens, q[sel], lo, hi, f=mu.cum))
+                         lambda sel, lo, hi: _monotone_solve(mu.cum_dens, q[sel], lo, hi, f=mu.cum,
+                                                             x0=self._start(q[sel], lo, hi)))
         x = np.where(q <= self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 0)
         return np.where(q > 1.0 - self._w_plus, 1.0, x)  # inside the jump at +1
 
@@ -963,9 +965,22 @@ class BlockDistribution:
             return t0 - top, d
         x = self._invert((1.0 - q) - self._w_minus, q - self._w_plus,
                          lambda sel, lo, hi: _monotone_solve(f_df, self._w_plus - q[sel], lo, hi,
-                                                             f=lambda y: mu.T(0, y) - top))
+                                                             f=lambda y: mu.T(0, y) - top,
+                                                             x0=self._start(1.0 - q[sel], lo, hi)))
         x = np.where(q <= self._w_plus, 1.0, x)  # inside the jump at +1 (and q = 0)
         return np.where(q >= 1.0 - self._w_minus, -1.0, x)  # inside the jump at -1 (and q = 1)
+
+    def _start(self, c, lo, hi):
+        """Where the solver starts for the cdf values ``c`` (a 1-D array) between ``lo`` and
+        ``hi``: the cdf interpolated linearly on the graded edges, kept for the law's later calls.
+        From the bracket's middle Newton took twice the steps for heavy tails, whose cdf rises
+        steeply next to 0; a start moves no answer (the solver's lattice search fixes it)."""
+        key = (lo, hi)
+        if key not in self._starts:
+            y = np.concatenate([[lo], _Y_EDGES[(_Y_EDGES > lo) & (_Y_EDGES < hi)], [hi]])
+            # the masses' rounding may reorder neighbours next to 0: interp needs them sorted
+            self._starts[key] = (np.maximum.accumulate(self._mu.cum(y)), y)
+        return np.interp(c, *self._starts[key])
 
     def _edge_mass(self, end, t):
         """The continuous mass between the support's end ``end`` (±1) and each point at a
