@@ -723,11 +723,15 @@ _Y_EDGES = _graded_edges()
 #: signed absmax (no atom at -1), cancels (relative 1e-5 at a mass of 1e-12).  The window is
 #: :data:`_EDGE` wide, doubled by a panel as wide as the window so far while the mass it holds is
 #: under :data:`_EDGE_MASS` (below that the difference's rounding, some ulps of 1/2, exceeds 1e-14
-#: of the mass) and it is narrower than :data:`_EDGE_MAX`.  The density is smooth there (a normal
+#: of the mass).  Past half the support (the whole window ``|y| >= 1/2`` holding under
+#: :data:`_EDGE_MASS`: heavy tails at large B, where the density is 1e-4 and less there) the
+#: panels halve toward 0 instead, ``[1/4, 1/2]``, ``[1/8, 1/4]``... down to :data:`_EDGE_INNER`, and
+#: the points there are taken by their position ``|y|`` (their distance to the end would round),
+#: ppf and isf solving for it.  The density is smooth there (a normal
 #: ``g(y·m)`` varies on a scale of ``1/m²`` in ``y``, and ``m <= 12`` up to B = 10^7; a power
 #: tail's on the scale of ``y`` itself), so the rule is exact to rounding
 #: (tests compare with mpmath).  A sample's density jumps: its law keeps the difference.
-_EDGE, _EDGE_GL, _EDGE_MASS, _EDGE_MAX = 1.0 / 16, 20, 1.0 / 64, 0.5
+_EDGE, _EDGE_GL, _EDGE_MASS, _EDGE_INNER = 1.0 / 16, 20, 1.0 / 64, 2.0**-12
 _EDGE_X, _EDGE_W = np.polynomial.legendre.leggauss(_EDGE_GL)
 _EDGE_S = 0.5 * (1.0 + _EDGE_X)   # the nodes on [0, 1] of the distance from the end
 _INSIDE_LO = float(np.nextafter(-1.0, 0.0))
@@ -916,7 +920,7 @@ class BlockDistribution:
         edge = (y > -1.0) & (y < 0.0)
         if edge.any() and self._pieces() is None:
             edge &= y < self._edges(-1.0)[0][-1] - 1.0   # the window's width is dyadic: exact
-            c[edge] = self._w_minus + self._edge_mass(-1.0, y[edge] + 1.0)   # y + 1: exact
+            c[edge] = self._w_minus + self._window_mass(-1.0, y[edge])
         return np.where(y >= 1.0, 1.0, np.clip(c, 0.0, 1.0))  # exact 1 above the support
 
     def _logcdf(self, y):
@@ -934,7 +938,7 @@ class BlockDistribution:
         edge = (y > 0.0) & (y < 1.0)
         if edge.any() and self._pieces() is None:
             edge &= y > 1.0 - self._edges(1.0)[0][-1]
-            cont[edge] = self._edge_mass(1.0, 1.0 - y[edge])
+            cont[edge] = self._window_mass(1.0, y[edge])
         atoms = np.where(y < 1.0, self._w_plus, 0.0)
         return np.where(y < -1.0, 1.0, np.clip(cont + atoms, 0.0, 1.0))  # exact 1 below the support
 
@@ -982,6 +986,35 @@ class BlockDistribution:
             self._starts[key] = (np.maximum.accumulate(self._mu.cum(y)), y)
         return np.interp(c, *self._starts[key])
 
+    def _window_mass(self, end, y):
+        """The continuous mass between the support's end ``end`` (±1) and each point ``y`` (a 1-D
+        array within the end's window): by the distance ``1 - |y|`` (exact) in the window's outer
+        half (:meth:`_edge_mass`), by ``|y|`` itself past it (:meth:`_inner_mass`)."""
+        v = np.abs(y)
+        out = np.empty(v.shape)
+        outer = v >= 0.5
+        out[outer] = self._edge_mass(end, 1.0 - v[outer])
+        out[~outer] = self._inner_mass(end, v[~outer])
+        return out
+
+    def _inner_mass(self, end, v):
+        """The continuous mass between the end ``end`` and the points ``end·v`` (``v`` a 1-D array
+        in the window's inner panels, ``|y| < 1/2``): the masses of the panels beyond the one holding
+        ``v`` and Gauss-Legendre from ``v`` to that panel's outer edge (a power of two, within a
+        factor 2 of ``v``: the width is exact)."""
+        if not v.size:
+            return np.zeros(0)
+        edges, masses = self._edges(end)
+        inner = edges >= 0.5
+        ve, me = 1.0 - edges[inner], masses[inner]   # outer edges in |y|, decreasing; 1 - edge is exact
+        j = np.clip(np.searchsorted(-ve, -v, side="right") - 1, 0, ve.size - 2)
+        return me[j] + self._gl_inner(end, v, ve[j])
+
+    def _gl_inner(self, end, a, b):
+        """Gauss-Legendre of the density over the positions ``end·(a, b)`` (``0 < a <= b``)."""
+        y = end * (a[:, None] + np.multiply.outer(b - a, _EDGE_S)).ravel()
+        return row_dot(self._mu.dens(y).reshape(a.size, _EDGE_GL), _EDGE_W) * (0.5 * (b - a))
+
     def _edge_mass(self, end, t):
         """The continuous mass between the support's end ``end`` (±1) and each point at a
         distance ``t`` (a 1-D array, within the end's window) inside it, where the density is
@@ -1005,10 +1038,12 @@ class BlockDistribution:
             edges, masses = [0.0, _EDGE], [0.0]
             while True:
                 a, b = np.array(edges[-2:-1]), np.array(edges[-1:])
-                masses.append(masses[-1] + float(self._gl_mass(end, a, b)[0]))
-                if masses[-1] >= _EDGE_MASS or edges[-1] >= _EDGE_MAX:
+                # the inner panels by position: 1 - b and 1 - a are exact
+                piece = self._gl_mass(end, a, b) if b[0] <= 0.5 else self._gl_inner(end, 1.0 - b, 1.0 - a)
+                masses.append(masses[-1] + float(piece[0]))
+                if masses[-1] >= _EDGE_MASS or 1.0 - edges[-1] <= _EDGE_INNER:
                     break
-                edges.append(2 * edges[-1])
+                edges.append(2 * edges[-1] if edges[-1] < 0.5 else 0.5 * (1.0 + edges[-1]))
             self._window[end] = (np.array(edges), np.array(masses))
         return self._window[end]
 
@@ -1020,7 +1055,8 @@ class BlockDistribution:
         """The points with continuous masses ``below`` between -1 and them and ``above`` between
         them and +1 (1-D arrays): where one of those is within the mass of the window at its
         end, the distance to that end solved on :meth:`_edge_mass` (as :meth:`_cdf` and
-        :meth:`_sf` take the mass there; ``T(0, ·)`` differences lose its digits), elsewhere
+        :meth:`_sf` take the mass there; ``T(0, ·)`` differences lose its digits), or past half
+        the support the point itself on :meth:`_inner_mass`, elsewhere
         ``solve(selection, lo, hi)`` between the windows (the two rules differ by a rounding of
         the mass, which must not reorder the points).  A mass of 0 or less (an atom's jump) is
         the end, and the caller's."""
@@ -1030,10 +1066,15 @@ class BlockDistribution:
         if self._pieces() is None:
             lo, hi = self._edges(-1.0)[0][-1] - 1.0, 1.0 - self._edges(1.0)[0][-1]
             for end, mass in ((-1.0, below), (1.0, above)):
-                width, window = self._edges(end)[0][-1], self._edges(end)[1][-1]
+                edges, masses = self._edges(end)
+                width, window = edges[-1], masses[-1]
+                half = masses[np.flatnonzero(edges <= 0.5)[-1]]   # the mass of the window's outer half
                 x[rest & (mass <= 0)] = end
-                sel = rest & (mass > 0) & (mass <= window)
+                inner = rest & (mass > half) & (mass <= window)
+                sel = rest & (mass > 0) & (mass <= half)
                 rest &= mass > window
+                if inner.any():
+                    x[inner] = self._solve_inner(end, mass[inner])
                 if not sel.any():
                     continue
                 m = mass[sel]
@@ -1049,6 +1090,23 @@ class BlockDistribution:
         if rest.any():
             x[rest] = solve(rest, lo, hi)
         return x
+
+    def _solve_inner(self, end, m):
+        """The points whose continuous masses between them and the end ``end`` are ``m`` (a 1-D
+        array, within the window's inner panels): the least point ``y`` in them where ``-end``
+        times that mass reaches ``-end·m`` (increasing in ``y``: ppf's rule at -1, isf's at +1)."""
+        edges, masses = self._edges(end)
+        inner = edges >= 0.5
+        ve, me = 1.0 - edges[inner], masses[inner]
+        lo, hi = sorted((end * 0.5, end * ve[-1]))
+        y0 = end * np.interp(m, me, ve)   # the mass about linear between the panels' edges
+
+        def f(y):
+            return -end * self._inner_mass(end, end * y)
+        # the mass is a sum of positive terms: its error is relative (fscale 0); 2e-17 puts the
+        # solver's lattice on the floats down to 2**-14, below _EDGE_INNER
+        return _monotone_solve(lambda y: (f(y), self._mu.dens(y)), -end * m, lo, hi, x0=y0, tol=2e-17,
+                               fscale=0.0, f=f)
 
     def _integrate_cont(self, f, lb, ub, with_density=True) -> float:
         """``∫_[lb, ub] f(y) p(y) dy`` over the continuous part (``with_density=False``:
