@@ -79,3 +79,18 @@ def test_a_steep_cdf_is_inverted_from_a_start_near_each_root(method, monkeypatch
         ref = _monotone_solve(lambda y: (lambda t, dd: (t - top, dd))(*T0_dens(y)), d._w_plus - q[inside],
                               lo, hi, f=lambda y: mu.T(0, y) - top)
     assert np.array_equal(_bits(x[inside]), _bits(ref))
+
+
+@pytest.mark.parametrize("normalization", ["absmax", "signed-absmax"])
+def test_quantiles_keep_their_order_where_the_windows_change_their_rule(normalization):
+    # a heavy-tailed law at a large block: the windows at ±1 pass half the support, where the points
+    # are solved by position, not distance, and end at 1/128, where T(0, ·) differences take over
+    d = BlockDistribution(10**7, "student-t:3", normalization)
+    for y in (0.5, 1.0 - d._edges(1.0)[0][-1]):
+        q0 = float(d.sf(y))
+        x = d.isf(q0 + np.arange(-200, 201) * np.spacing(q0))
+        assert np.all(np.diff(x) <= 0) and x[0] > y > x[-1]
+    for y in (-0.5, d._edges(-1.0)[0][-1] - 1.0):
+        q0 = float(d.cdf(y))
+        x = d.ppf(q0 + np.arange(-200, 201) * np.spacing(q0))
+        assert np.all(np.diff(x) >= 0) and x[0] < y < x[-1]

@@ -1067,8 +1067,9 @@ class BlockDistribution:
             lo, hi = self._edges(-1.0)[0][-1] - 1.0, 1.0 - self._edges(1.0)[0][-1]
             for end, mass in ((-1.0, below), (1.0, above)):
                 edges, masses = self._edges(end)
-                width, window = edges[-1], masses[-1]
-                half = masses[np.flatnonzero(edges <= 0.5)[-1]]   # the mass of the window's outer half
+                window = masses[-1]
+                k = np.flatnonzero(edges <= 0.5)[-1]
+                width, half = edges[k], masses[k]   # the window's outer half (all of it up to 1/2 wide)
                 x[rest & (mass <= 0)] = end
                 inner = rest & (mass > half) & (mass <= window)
                 sel = rest & (mass > 0) & (mass <= half)
