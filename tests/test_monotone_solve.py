@@ -116,3 +116,18 @@ def test_where_f_scatters_within_the_bound_the_answer_is_the_full_bisections(slo
         t = s + np.arange(-400, 401, 20) * np.spacing(s)
         x = _monotone_solve(lambda v: (_noisy(v), np.full_like(v, slope)), t, 0.0, 1.0, f=_noisy)
         assert x.tolist() == [_full_bisection(_noisy, v, 0.0, 1.0) for v in t]
+
+
+def test_a_newton_step_that_rounds_to_zero_ends_the_search():
+    # Newton's step rounding to 0 lands on the end of the bracket it came from: that counted as a
+    # step out of the bracket and restarted a bisection of the whole bracket (some 50 more steps)
+    calls = []
+
+    def f_df(x):
+        calls.append(x.size)
+        # above the target at 0.3 by 1e-15, steep: the step there, 1e-18, rounds to 0
+        return 1.0 + 1e-15 + 1e3 * (x - 0.3), np.full(x.shape, 1e3)
+
+    x = _monotone_solve(f_df, np.ones(1), 0.0, 1.0, x0=0.3)
+    assert x[0] == 0.3
+    assert len(calls) <= 3, len(calls)

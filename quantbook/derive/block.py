@@ -633,7 +633,9 @@ def _monotone_solve(f_df, targets, lo, hi, x0=None, tol=1e-15, max_iter=200, fsc
         ha = np.where(r >= 0, xa, ha)
         with np.errstate(divide="ignore", invalid="ignore"):
             xn = xa - r / d
-        bad = ~np.isfinite(xn) | (xn <= la) | (xn >= ha)
+        # a step that rounds to 0 lands on the bracket's end it came from: that is convergence,
+        # not a step out of the bracket (which restarted a bisection of all of it)
+        bad = ~np.isfinite(xn) | (((xn <= la) | (xn >= ha)) & (xn != xa))
         xn = np.where(bad, 0.5 * (la + ha), xn)
         width = tol * np.maximum(1.0, np.abs(xa))
         small = np.abs(xn - xa) <= width
@@ -1100,13 +1102,16 @@ class BlockDistribution:
         inner = edges >= 0.5
         ve, me = 1.0 - edges[inner], masses[inner]
         lo, hi = sorted((end * 0.5, end * ve[-1]))
-        y0 = end * np.interp(m, me, ve)   # the mass about linear between the panels' edges
+        # a power of |y| between the panels' edges (a power tail's mass, nearly): Newton from a
+        # linear guess overshot the root on the convex side, and the safeguard halved its way back
+        y0 = end * np.exp(np.interp(np.log(m), np.log(me), np.log(ve)))
 
         def f(y):
             return -end * self._inner_mass(end, end * y)
-        # the mass is a sum of positive terms: its error is relative (fscale 0); 2e-17 puts the
-        # solver's lattice on the floats down to 2**-14, below _EDGE_INNER
-        return _monotone_solve(lambda y: (f(y), self._mu.dens(y)), -end * m, lo, hi, x0=y0, tol=2e-17,
+        # the mass is a sum of positive terms: its error is relative (fscale 0); 1e-16 puts the
+        # solver's lattice on the floats down to 2**-12 (_EDGE_INNER) and lets Newton stop at an
+        # ulp or two of y (below that its steps are the mass's rounding)
+        return _monotone_solve(lambda y: (f(y), self._mu.dens(y)), -end * m, lo, hi, x0=y0, tol=1e-16,
                                fscale=0.0, f=f)
 
     def _integrate_cont(self, f, lb, ub, with_density=True) -> float:
