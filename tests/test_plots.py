@@ -277,3 +277,13 @@ def test_a_picture_is_not_written_over_an_input_named_by_a_path_object(tmp_path,
             continue
         with pytest.raises(ValueError, match="is the input"):
             check_plot_path("in.png", inputs)
+
+
+def test_cli_plot_reads_a_codebook_file_with_a_comma_in_its_name(tmp_path, monkeypatch):
+    """The list grammar is quantbook.naming.split_specs' for every command: an argument that names
+    a file is that file, commas and all, as evaluate-model -c reads it (plot split it)."""
+    pytest.importorskip("matplotlib", reason="plot draws with matplotlib")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a,b.json").write_text('{"bits": 2, "levels": [-1, -0.3, 0.3, 1]}')
+    assert main(["plot", "a,b.json", "nf4,af4", "-o", "p.png"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0

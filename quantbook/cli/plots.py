@@ -12,8 +12,11 @@ __all__ = ["register"]
 
 
 def _specs(specs: list[str]) -> list[str]:
-    """The codebook spellings of ``--codebooks``' arguments, each split at its commas."""
-    return [one for spec in specs for one in spec.split(",")]
+    """The codebook spellings of the arguments, each read by the list grammar
+    (:func:`quantbook.naming.split_specs`: split at its commas unless it names a file)."""
+    from ..naming import split_specs
+
+    return [one for spec in specs for one in split_specs(spec)]
 
 
 def _resolve(specs: list[str], block_size: int):
