@@ -9,7 +9,6 @@ before they load, and answers a Ctrl-C during that import as any other of its Ct
 """
 
 import importlib as _importlib
-from importlib import metadata as _metadata
 import typing as _typing
 
 if _typing.TYPE_CHECKING:   # what type checkers see; at run time __getattr__ loads each name
@@ -20,16 +19,25 @@ if _typing.TYPE_CHECKING:   # what type checkers see; at run time __getattr__ lo
 _HOMES = {"Codebook": "codebooks", "CodebookError": "codebooks", "REGISTRY": "codebooks", "get": "codebooks",
           "load": "codebooks", "names": "codebooks", "quantize": "bulk", "dequantize": "bulk", "QuantState": "bulk"}
 
-try:  # one version number: pyproject.toml's
-    __version__ = _metadata.version("quantbook")
-except _metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "unknown"
-
 __all__ = ["Codebook", "CodebookError", "REGISTRY", "get", "load", "names", "__version__",
            "quantize", "dequantize", "QuantState"]
 
 
+def _version() -> str:
+    """One version number: pyproject.toml's, from the installed metadata (importlib.metadata takes
+    about as long to import as the rest of the command's start-up, hence at first use)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("quantbook")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name in _HOMES:
         value = getattr(_importlib.import_module(f".{_HOMES[name]}", __name__), name)
         globals()[name] = value   # loaded once

@@ -1,10 +1,11 @@
 """The ``quantbook`` console script: the command line (:func:`quantbook.cli.main`), imported inside
 :func:`main`.
 
-That import (numpy, the registry, the command modules) is the command's first fraction of a
-second; a Ctrl-C during it ends as a Ctrl-C during the command does, one line and status 130,
-where the script's own ``from quantbook.cli import main`` left Python's traceback.  This module
-and ``quantbook/__init__.py`` import nothing heavy, so that :func:`main` is running by then.
+A Ctrl-C during the command's first fraction of a second ends as one during the command does,
+one line and status 130, where the script's own ``from quantbook.cli import main`` left Python's
+traceback.  This module, ``quantbook/__init__.py`` and the ``quantbook.cli`` package import
+nothing heavy; :func:`quantbook.cli.main` loads numpy, the registry and the command modules
+inside its own handling of a Ctrl-C.
 """
 
 import sys

@@ -150,6 +150,15 @@ def test_interrupt_while_the_console_script_imports_the_command_line_exits_130()
     assert (r.returncode, r.stdout, r.stderr) == (130, "", "quantbook: interrupted\n")
 
 
+def test_interrupt_while_python_m_loads_the_commands_exits_130():
+    # `python -m quantbook.cli` imports the package before its __main__ can catch anything: a package that
+    # imported numpy as it was imported left Python's traceback, not the line and status 130
+    script = f"{_CTRL_C_IN_IMPORT}\nimport runpy\nrunpy.run_module('quantbook.cli', run_name='__main__', alter_sys=True)\n"
+    r = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=_env(),
+                       timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "quantbook: interrupted\n")
+
+
 def test_warnings_follow_a_success_and_vanish_behind_an_error(capsys, monkeypatch):
     from quantbook.cli import codebooks
 

@@ -554,10 +554,10 @@ def test_cli_loads_the_engine_only_when_needed_and_still_reads_safetensors_sourc
     import subprocess
     import sys
 
-    from quantbook.cli import _PRECISIONS
+    from quantbook.cli.derive import PRECISIONS as CLI_PRECISIONS
     from quantbook.derive.normal_float import PRECISIONS
 
-    assert _PRECISIONS == PRECISIONS
+    assert CLI_PRECISIONS == PRECISIONS
     path, _ = synthetic
     code = f"""
 import contextlib, io, json, sys

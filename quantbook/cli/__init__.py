@@ -30,13 +30,24 @@ import re
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..console import interrupted
-from .common import Parser, UsageError
-from .derive import PRECISIONS as _PRECISIONS  # noqa: F401 - a test checks it against the engine's
+
+if TYPE_CHECKING:
+    from .common import Parser
 
 __all__ = ["main", "build_parser", "UsageError"]
+
+
+def __getattr__(name: str):
+    # the command modules (numpy, the registry) load inside main, where a Ctrl-C is caught: `python -m
+    # quantbook.cli` imports this package before it can catch anything
+    if name == "UsageError":
+        from .common import UsageError
+
+        return UsageError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _command_modules():
@@ -47,6 +58,7 @@ def _command_modules():
 
 def build_parser() -> Parser:
     from .. import __version__
+    from .common import Parser
 
     p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
     p.add_argument("--version", action="version", version=f"quantbook {__version__}")
@@ -167,6 +179,10 @@ def _flush_stdout(report: bool) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    try:
+        from .common import UsageError
+    except KeyboardInterrupt:
+        return interrupted()
     caught: dict[tuple[type, str], None] = {}
 
     def collect(message, category, filename, lineno, file=None, line=None):

@@ -1,6 +1,6 @@
-"""``python -m quantbook.cli``: the same ``main`` as the installed ``quantbook`` command runs
-(:mod:`quantbook.console`), imported before it can catch a Ctrl-C: during that import a Ctrl-C
-still ends in Python's traceback here."""
+"""``python -m quantbook.cli``: the same ``main`` as the installed ``quantbook`` command runs.
+The package imports nothing heavy, so a Ctrl-C while the commands load (numpy, the registry)
+reaches :func:`quantbook.cli.main`, which answers it."""
 
 import sys
 
