@@ -209,41 +209,49 @@ def _as_dtype(dtype):
     return np.dtype(dtype)
 
 
+def _hooks_search(*args):
+    raise AssertionError("the cpu backend searched through its encode hook, not its one kernel")
+
+
 def _same_bytes(x, pts, **kw):
-    """The cpu backend's indices and stored scales are the numpy reference's, byte for byte."""
+    """The cpu backend's indices and stored scales, from its one kernel (its encode hook is not
+    called), are the numpy reference's, byte for byte."""
     a, sa = quantize_vq(x, pts, backend="numpy", **kw)
-    b, sb = quantize_vq(x, pts, backend="cpu", **kw)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(vq.VQ_BACKENDS["cpu"], "encode", _hooks_search)
+        b, sb = quantize_vq(x, pts, backend="cpu", **kw)
     assert a.dtype == b.dtype and np.array_equal(a, b)
     assert sa.scales.dtype == sb.scales.dtype and np.array_equal(sa.scales.view(np.uint8), sb.scales.view(np.uint8))
     return sa.scales
 
 
 @needs_numba
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("group,rotate,p", [(128, "hadamard:32", 2), (48, "hadamard:32", 3), (16, "hadamard", 4),
                                             (96, "hadamard:32", 1), (6, None, 3), (2, None, 1), (64, None, 2)])
 @pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
 @pytest.mark.parametrize("rule", ["rms", "absmax"])
-def test_a_16bit_input_in_one_numba_pass_is_the_numpy_reference(dtype, group, rotate, p, scale_dtype, rule):
-    """The cpu backend rotates, measures, rounds the scales and searches a 16-bit input in one
-    kernel: groups longer than a rotated row, or not dividing it, odd groups, vectors of 1 to 4
-    (the scan) and of 2 (the grid), a zero group, a group whose float16 scale underflows to 0,
-    outliers beyond the grid: the numpy reference's bytes."""
+def test_an_input_in_one_numba_pass_is_the_numpy_reference(dtype, group, rotate, p, scale_dtype, rule):
+    """The cpu backend rotates, measures, rounds the scales and searches its input (float32 or
+    16 bits) in one kernel: groups longer than a rotated row, or not dividing it, odd groups,
+    vectors of 1 to 4 (the scan) and of 2 (the grid), a zero group, a group whose float16
+    scale underflows to 0, outliers beyond the grid: the numpy reference's bytes."""
     dt = _as_dtype(dtype)
     rng = _rng(group + p)
     x = (rng.standard_t(4, size=(24, 384)) * 0.05).astype(dt)
     x[1] = 0
-    x[2] = np.float32(1e-30)   # bfloat16 holds it: a scale below float16's smallest subnormal
+    x[2] = np.float32(1e-30)   # float32 and bfloat16 hold it: a scale below float16's smallest subnormal
     x[3, 5] = 40
     pts = gaussian_grid(256 if p == 2 else 64, p, seed=p)
     scales = _same_bytes(x, pts, group=group, scale=rule, rotate=rotate, scale_dtype=scale_dtype)
-    # the zero row, and the tiny one unless bfloat16 keeps it and float32 scales hold it
-    assert (scales == 0).sum() == 384 // group * (1 if dtype == "bfloat16" and scale_dtype == "float32" else 2)
+    # the zero row, and the tiny one unless the input keeps it and float32 scales hold it
+    kept = dtype != "float16" and scale_dtype == "float32"
+    assert (scales == 0).sum() == 384 // group * (1 if kept else 2)
 
 
 @needs_numba
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_numba_rounds_a_16bit_inputs_scales_once_as_numpy(dtype):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_numba_rounds_the_scales_once_as_numpy(dtype):
     """numpy rounds a group's float64 statistic to float16 once; through float32 it would
     round twice, and differ where the float32 falls on a midpoint between two float16 values.
     Groups of two with such statistics (found among two million random pairs, by
@@ -261,24 +269,27 @@ def test_numba_rounds_a_16bit_inputs_scales_once_as_numpy(dtype):
 
 
 @needs_numba
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("rotate", [None, "hadamard", "hadamard:16"])
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "huge"])
-def test_a_16bit_inputs_bad_scales_are_named_as_numpy_names_them(dtype, rotate, bad):
-    """NaN and Inf in a 16-bit input, and a scale beyond float16's range (bfloat16's 1e30;
-    float16's largest values, whose rms exceeds nothing but whose rotation may): the cpu
-    backend's fused kernel raises numpy's one-line error, or gives its bytes."""
+def test_bad_scales_are_named_as_numpy_names_them(dtype, rotate, bad):
+    """NaN and Inf in the input, and a scale beyond float16's range (float32's and bfloat16's
+    1e30; float16's largest values, whose rms exceeds nothing but whose rotation may): the cpu
+    backend's fused kernel raises numpy's one-line error, or gives its bytes; the input is
+    left as it was (the error's statistics are measured again without writing it)."""
     dt = _as_dtype(dtype)
     x = _rng(9).standard_normal((3, 64)).astype(dt)
     x.reshape(-1)[64 + 37] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf,
-                              "huge": 1e30 if dtype == "bfloat16" else 65504}[bad]
+                              "huge": 65504 if dtype == "float16" else 1e30}[bad]
+    kept = x.copy()
     kw = dict(group=16, rotate=rotate)
     try:
         want = quantize_vq(x, gaussian_grid(16, 2), backend="numpy", **kw)
     except ValueError as e:
         with pytest.raises(ValueError, match=f"^{re.escape(str(e))}$"):
             quantize_vq(x, gaussian_grid(16, 2), backend="cpu", **kw)
-        assert bad != "huge" or dtype == "bfloat16" or rotate is not None
+        assert np.array_equal(x.view(np.uint8), kept.view(np.uint8))
+        assert bad != "huge" or dtype != "float16" or rotate is not None
     else:
         assert bad == "huge" and dtype == "float16"
         _same_bytes(x, gaussian_grid(16, 2), **kw)
@@ -298,13 +309,16 @@ def test_the_kernels_per_group_helpers_are_compiled_into_their_loops(tmp_path):
     code = """if True:
         import sys, numpy as np, ml_dtypes
         from quantbook.bulk.cpu import vq_kernels as k
-        from quantbook.bulk.vq import quantize_vq
+        from quantbook.bulk.vq import VQ_BACKENDS, quantize_vq
         x = np.random.default_rng(0).standard_normal((4, 384)).astype(np.float32)
         for p in (2, 3):
-            pts = np.random.default_rng(p).standard_normal((64, p))
-            for dt in (np.float32, ml_dtypes.bfloat16):
-                for rule in ("rms", "absmax"):
+            pts = np.random.default_rng(p).standard_normal((64, p)).astype(np.float32)
+            for rule in ("rms", "absmax"):
+                for dt in (np.float32, ml_dtypes.bfloat16):
                     quantize_vq(x.astype(dt), pts, group=48, scale=rule, rotate=None, backend="cpu")
+                # the hooks' kernels (quantize_vq of a host array runs quantize_rows alone)
+                VQ_BACKENDS["cpu"].encode_loaded(x.reshape(-1), None, None, 48, rule, "float16", pts,
+                                                 lambda stored, stat: None)
         for name in ("quantize_rows", "encode_grid2", "encode_scan", "group_rms", "group_absmax"):
             for ir in getattr(k, name).dispatcher.inspect_llvm().values():
                 sys.stdout.write(name + "\\n" + ir + "\\n")

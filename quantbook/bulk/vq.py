@@ -58,7 +58,7 @@ class VQBackend:
     back and :meth:`to_host` brings to the host; :meth:`group_stat` returns numpy, and
     :meth:`group_scales` (by default :meth:`group_stat` rounded on the host) the stored
     scales in numpy.  :meth:`quantize_host` runs them for a host input (:meth:`encode_loaded`
-    for a loaded one), or in its own way (the cpu backend, one kernel for 16-bit input).
+    for a loaded one), or in its own way (the cpu backend, one kernel).
 
     A ``device`` backend also takes device arrays (``x`` and indices), through
     :meth:`as_float32`, :meth:`first_nonfinite`, :meth:`device_indices` and :meth:`cast`, and
@@ -123,11 +123,16 @@ class VQBackend:
         rows of ``size`` (None: not rotated) with the signs of ``seed``, its groups' statistics
         by ``rule`` rounded to ``scale_dtype`` (numpy's), ``check(stored, stat)`` (``stat()``:
         the float64 statistics) raising for stored scales that are not finite, and the search;
-        any integer indices.  Default: :meth:`load`, then :meth:`encode_loaded` (a copy that
-        load made is its scratch, rotated in place, not beside itself)."""
-        xf = self.load(x)
-        scratch = not (isinstance(xf, np.ndarray) and np.may_share_memory(xf, x))
+        any integer indices.  Default: :meth:`load_scratch`, then :meth:`encode_loaded` (a copy
+        that load made is its scratch, rotated in place, not beside itself)."""
+        xf, scratch = self.load_scratch(x)
         return self.encode_loaded(xf, size, seed, group, rule, scale_dtype, points, check, overwrite_x=scratch)
+
+    def load_scratch(self, x: np.ndarray) -> tuple[Any, bool]:
+        """``(load(x), scratch)``: ``scratch`` when the loaded array is a copy of its own, which
+        the hooks may write over (the caller's ``x`` is never written)."""
+        xf = self.load(x)
+        return xf, not (isinstance(xf, np.ndarray) and np.may_share_memory(xf, x))
 
     def encode_loaded(self, xf: Any, size: int | None, seed: int | None, group: int, rule: str, scale_dtype: str,
                       points: np.ndarray, check: Callable, overwrite_x: bool = False) -> tuple[Any, np.ndarray]:
@@ -395,11 +400,10 @@ class NumbaVQ(VQBackend, name="cpu"):
         return out
 
     def quantize_host(self, x, size, seed, group, rule, scale_dtype, points, check):
-        if x.dtype.itemsize == 4:   # float32 is read as it is (docs/benchmarks.md: fused, not faster)
-            return super().quantize_host(x, size, seed, group, rule, scale_dtype, points, check)
-        # 16 bits: one kernel reads them and writes the indices and stored scales, without the
-        # widened float32 copy; it rounds the statistics to float16 as numpy rounds a float64
-        # (kernels._f64_to_f16_bits)
+        # one kernel reads the input (float32 or 16 bits) and writes the indices and stored
+        # scales: no widened or rotated copy of the tensor (float32 too: as fast as the hooks or
+        # faster, docs/benchmarks.md); it rounds the statistics to float16 as numpy rounds a
+        # float64 (kernels._f64_to_f16_bits)
         from .cpu.backend import _f16_table, kernel_view
 
         xv = kernel_view(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))).reshape(-1)
@@ -414,9 +418,9 @@ class NumbaVQ(VQBackend, name="cpu"):
                                     group, rule == "absmax", p == 2, *grid, c0s, order, pts, scales, out)
         stored = scales.view(np.float16) if half else scales
 
-        def stat():   # the error's statistics (rarely): by the hooks, on a float32 copy
-            xf = self.load(x)
-            v = xf if size is None else self.rotate(xf.reshape(-1, size), seed, overwrite_x=xf is not x)
+        def stat():   # the error's statistics (rarely): by the hooks, never writing the caller's x
+            xf, scratch = self.load_scratch(x)
+            v = xf if size is None else self.rotate(xf.reshape(-1, size), seed, overwrite_x=scratch)
             return self.group_stat(v.reshape(-1), group, rule)
 
         check(stored, stat)
