@@ -6,8 +6,8 @@ to the docs is checked without editing this file:
 * indented code blocks (outside ``` fences): the lines that run ``quantbook``, a benchmark or
   ``python -c``, with ``\\`` continuations joined, and the shell variables the page sets before
   them (``M=$(python -c "...")``);
-* inline spans that begin with ``quantbook `` or ``python benchmarks/``, and spans that begin with a
-  sub-command and name its options (``evaluate-model --rotate``);
+* inline spans that begin with ``quantbook``, ``python -m quantbook.cli`` or ``python benchmarks/``,
+  and spans that begin with a sub-command and name its options (``evaluate-model --rotate``);
 * the ```` ```python ```` blocks.
 
 A synopsis (``[--json]``, ``NAME|FILE.json``, ``--loss l1|l2``, ``…``) must name a command and its
@@ -112,8 +112,8 @@ def _assignments(line: str) -> dict[str, tuple[str, str]]:
 
 
 def _kind(text: str) -> str | None:
-    if text.startswith("quantbook ") and not re.match(r"quantbook \S+:(\s|$)", text):   # not a message
-        return "cli"
+    if re.match(r"(quantbook|python3? -m quantbook\.cli)( |$)", text) and not re.match(r"quantbook \S+:(\s|$)", text):
+        return "cli"                 # (that second kind is a message: `quantbook COMMAND: error: ...`)
     if re.match(r"python3? benchmarks/\w+\.py\b", text):
         return "benchmark"
     if re.match(r"python3? -c ", text):
@@ -167,13 +167,14 @@ def collect() -> list[Snippet]:
 
 
 def _words(text: str) -> list[str]:
-    """Shell words of a command up to a pipe, without ``quantbook`` and a ``> FILE``."""
+    """Shell words of a command up to a pipe, without ``quantbook`` (``python -m quantbook.cli``)
+    and a ``> FILE``."""
     words = shlex.split(text, comments=True)
     if "|" in words:                 # `quantbook show nf4 | true`: the command is the pipe's first part
         words = words[:words.index("|")]
     if ">" in words:
         words = words[:words.index(">")]
-    return words[1:]
+    return words[3 if words[0].startswith("python") else 1:]
 
 
 def _is_synopsis(text: str) -> bool:
@@ -299,7 +300,8 @@ def test_every_line_of_the_tour_is_a_command():
     found = {int(s.where.split(":")[1]) for s in _of("cli") if s.where.startswith("README.md:")}
     assert len(lines) >= 10 and set(lines) <= found
     assert {s.kind for s in SNIPPETS} == {"cli", "option", "benchmark", "python"}
-    assert "README.md:405" in [s.where for s in _of("cli") if s.output]   # its output is shown
+    shown = [s.text for s in _of("cli") if s.output and s.where.startswith("README.md:")]
+    assert any(t.startswith("quantbook evaluate-model $M") for t in shown), shown   # the output it shows
 
 
 @pytest.mark.parametrize("snippet", [s for s in _of("cli") + _of("option") if _is_synopsis(s.text)], ids=str)
