@@ -251,7 +251,7 @@ def _expanded(snippet: Snippet) -> str:
                 with contextlib.redirect_stdout(out):
                     exec(value, {})
             except ImportError as exc:
-                pytest.skip(f"${name} names what {exc.name or exc} holds, which is not installed")
+                pytest.skip(f"${name} is found through {exc.name or exc}, which is not installed")
             value = out.getvalue().strip()
         values[name] = value
     text = re.sub(r"\$\(dirname \$(\w+)\)", lambda m: str(Path(values[m.group(1)]).parent), snippet.text)
