@@ -110,15 +110,20 @@ def test_which_tables_are_symmetric():
     assert [GS.encoder_args(_table(n)).sym for n in TABLES] == [True] + [False] * 6
 
 
-def test_extreme_table_is_refused_not_miscoded():
-    # midpoints of two entries near -FLT_MAX overflow to -inf: no threshold can express the tie
-    # and the tie there goes up (the lower entry at an odd index, the upper at an even one)
+def test_entries_near_float32s_maximum_have_finite_midpoints_on_the_gpu_encoder():
+    # the float32 sum of two entries near -FLT_MAX overflows; their midpoint is still the finite
+    # -2.95e38, so a threshold expresses the tie there, which goes up (the lower entry at an
+    # odd index, the upper at an even one), and the gpu encoder takes the table
     big = np.float32(3.0e38)
-    table = np.array([0.0, -big, np.float32(-2.9e38), big], np.float32)
-    with np.errstate(over="ignore"), pytest.raises(ValueError, match="too extreme for the gpu encoder"):
-        GS.encoder_args(table)
-    with np.errstate(over="ignore"):                  # the same midpoint without a tie going up
-        GS.encoder_args(np.array([-big, np.float32(-2.9e38), 0.0, big], np.float32))
+    for table in (np.array([0.0, -big, np.float32(-2.9e38), big], np.float32),
+                  np.array([-big, np.float32(-2.9e38), 0.0, big], np.float32)):
+        args = GS.encoder_args(table)
+        mid = np.float32(-2.95e38)
+        y = np.array([mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, -big), -big, big, 2.9e38, 0.0],
+                     np.float32)
+        assert np.array_equal(GS.encode_with_args(y, args), L.scaled_encoder(table)(y))
+        lo, hi = (1, 2) if table[0] == 0 else (0, 1)          # indices of -3e38 and -2.9e38
+        assert L.scaled_encoder(table)(y[:3]).tolist() == [hi if hi % 2 == 0 else lo, hi, lo]
 
 
 def test_exact_multiplier_rounds_as_the_division():

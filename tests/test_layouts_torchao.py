@@ -17,7 +17,7 @@ from gpu_cases import scaled_backend
 
 import quantbook as qb
 from quantbook.bulk import BACKENDS, QuantState
-from quantbook.bulk.layouts import scaled_table
+from quantbook.bulk.layouts import scaled_table, unpack_low_first
 
 HERE = Path(__file__).parent
 DATA = np.load(HERE / "data" / "torchao_vectors.npz")
@@ -160,6 +160,54 @@ def test_default_keeps_the_bitsandbytes_bytes():
     p3, s3 = qb.quantize(x, "nf4", 64, scale="nested", backend="numpy")
     p4, s4 = qb.quantize(x, "nf4", 64, nested=True, backend="numpy")
     assert np.array_equal(p3, p4) and np.array_equal(s3.absmax, s4.absmax)
+
+
+def _nearest_by_the_rule(table, y):
+    """The encoder of docs/scales.md rebuilt by hand, value by value: the nearest entries in
+    float64; a value stored twice is coded by its lowest index whose sign bit matches ``y``'s;
+    half-way between two values, the one coded at an even index when exactly one is, else the
+    lower."""
+    t = np.asarray(table, np.float64)
+
+    def code(value, v):
+        idx = [int(i) for i in np.flatnonzero(t == value)]
+        same = [i for i in idx if np.signbit(table[i]) == np.signbit(v)]
+        return (same or idx)[0]
+
+    out = []
+    for v in np.asarray(y, np.float64):
+        d = np.abs(t - v)
+        near = np.unique(t[d == d.min()])
+        if near.size == 1:
+            out.append(code(near[0], v))
+        else:
+            lo, hi = code(near[0], v), code(near[1], v)
+            out.append(hi if hi % 2 == 0 and lo % 2 == 1 else lo)
+    return np.array(out)
+
+
+def test_entries_near_the_float32_maximum_keep_their_nearest(be):
+    """With qmax near float32's maximum the sum of two neighbouring entries overflows; a value
+    between them still goes to the nearer (their float32 midpoint is taken half by half)."""
+    q = 3e38     # e8m0: emax = 127, and a block maximum in [2**127, 2**128) stores byte 127 (scale 1)
+    x = np.zeros(32, np.float32)
+    x[:8] = [2.9e38, -2.9e38, 2.6e38, 2.4e38, 1.8e38, 1.7e38, -1.3e38, 1.2e38]
+    p, s = _q(be, x, "e2m1", 32, scale="e8m0:floor", qmax=q)
+    assert s.absmax.tolist() == [127]
+    table = scaled_table(qb.get("e2m1").code, q)
+    assert unpack_low_first(p, x.size).tolist() == _nearest_by_the_rule(table, x).tolist()
+
+
+def test_a_scaled_value_that_overflows_saturates(be):
+    """A float16 scale that rounds down to a float16 subnormal can take ``x / s`` past float32's
+    maximum (qmax near it): the value saturates to the table's end, as any value beyond it."""
+    q = 3e38
+    m = np.float32(1.4 * 2.0**-24 * q)         # s = float16(m / q) = 2**-24: m / s = 1.4 q = inf
+    x = np.array([m, -m, m / 2, 0] * 4, np.float32)
+    with np.errstate(over="ignore"):
+        p, s = _q(be, x, "e2m1", 16, scale="float16", qmax=q)
+        assert np.isinf(x[0] / s.absmax.astype(np.float32)[0])
+    assert unpack_low_first(p, 4).tolist()[:2] == [7, 15]      # E2M1's +6 and -6
 
 
 # ------------------------------------------------------------------ bad inputs and states

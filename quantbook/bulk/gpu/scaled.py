@@ -134,8 +134,8 @@ def _encoder_args(table_bytes: bytes, allow_symmetric: bool) -> EncoderArgs:
     with np.errstate(invalid="ignore"):
         sorted_t = bool(np.all(t[1:] >= t[:-1]))
     if differ.size > 1 or not sorted_t or not np.array_equal(encode_with_args(y, general), ref):
-        raise ValueError("this code table is too extreme for the gpu encoder (its midpoints "
-                         "overflow float32); use backend='numpy' or 'cpu'")
+        raise ValueError("this code table is too extreme for the gpu encoder (its thresholds do not "
+                         "reproduce the encoder's); use backend='numpy' or 'cpu'")
     return general
 
 
