@@ -186,6 +186,29 @@ def _nearest_by_the_rule(table, y):
     return np.array(out)
 
 
+@pytest.mark.parametrize("code", [[0.0, 1.0, 0.5, -1.0], [-1.0, 0.0, 1.0, 1.0]],
+                         ids=["shuffled", "repeated"])
+def test_ties_follow_the_stored_indices_of_any_table(be, code):
+    """Tables not in ascending order: half-way between two entries both at even indices goes to
+    the lower one (not up to an even index), and a value stored twice counts by its lowest
+    index.  E2M1 and NF4 store their values in order, where neither case arises."""
+    cb = qb.Codebook(np.unique(code), bits=2, code=np.array(code), name="order")
+    table = scaled_table(cb.code, 6.0)      # the code times 6: an e8m0 scale of 1 leaves y = x
+    x = np.zeros(32, np.float32)
+    x[:11] = [6, 1.5, 4.5, -3, 3, 0.75, -4.5, -1.5, 5.25, -6, 0]
+    p, s = _q(be, x, cb, 32, scale="e8m0:floor")
+    assert s.absmax.tolist() == [127]
+    assert unpack_low_first(p, x.size).tolist() == _nearest_by_the_rule(table, x).tolist()
+
+
+def test_an_odd_count_pads_with_the_code_of_plus_zero(be):
+    """E2M1 stores +0 at code 0 and -0 at code 8 (OCP MX v1.0): the last byte's high nibble
+    of an odd count is 0."""
+    x = np.array([-1.0, 2.0, -0.0, 3.0, -6.0], np.float32)
+    p, s = _q(be, x, "e2m1", 32, scale="e8m0:floor")
+    assert p.size == 3 and p[-1] >> 4 == 0 and unpack_low_first(p, 5).tolist() == [10, 4, 8, 5, 15]
+
+
 def test_entries_near_the_float32_maximum_keep_their_nearest(be):
     """With qmax near float32's maximum the sum of two neighbouring entries overflows; a value
     between them still goes to the nearer (their float32 midpoint is taken half by half)."""
