@@ -147,6 +147,27 @@ def test_torch_mean_emulation_live():
         torch.set_num_threads(old)
 
 
+def test_nested_offset_is_torchs_mean_at_each_thread_count():
+    """Without bitsandbytes: the nested offset is torch's float32 mean of the block maxima as
+    torch computes it with ``torch_threads`` threads (70001 blocks: split over the threads)."""
+    rng = np.random.default_rng(8)
+    x = (rng.random((70001, 16)) * 100).astype(np.float32)
+    amax = np.abs(x).max(axis=1)
+    old = torch.get_num_threads()
+    got = {}
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            want = np.float32(torch.from_numpy(amax).mean().item())
+            for backend in ("numpy", "cpu"):
+                _, qs = qb.quantize(x, "nf4", 16, nested=True, backend=backend, torch_threads=threads)
+                assert np.float32(qs.nested_offset) == want, (threads, backend)
+            got[threads] = want
+    finally:
+        torch.set_num_threads(old)
+    assert len(set(got.values())) > 1   # the thread count changes torch's mean here
+
+
 def test_nested_offset_with_many_blocks_and_threads(F):
     """>= 32768 blocks: torch sums over its threads; torch_threads reproduces each count."""
     x = np.random.default_rng(5).standard_normal(33000 * 32 + 17).astype(np.float32) ** 3

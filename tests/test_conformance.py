@@ -362,6 +362,22 @@ def test_partial_last_block_divides_and_stores_clamped_absmax(be, name, bits):
         _check_against_reference(be, z, cb, bits, block_size)
 
 
+def test_scaled_values_are_clamped_to_one(be):
+    """Above 2**126 the float32 reciprocal of a block's maximum is subnormal and
+    ``x * (1/absmax)`` can land past 1 (1 + 2**-22 for this maximum, checked here): the clamp
+    to [-1, 1] takes it back, so on a table holding 1 and the float just past it the maximum
+    is coded as 1 and decodes to itself."""
+    a = np.float32(2.5524776e+38)
+    assert a * (np.float32(1) / a) == np.float32(1 + 2.0**-22)
+    code = np.array([-1.0, 0.0, 1.0, 1 + 2.0**-22], np.float32)
+    cb = Codebook(np.unique(code), bits=2, code=code, name="past-one")
+    x = np.zeros(64, np.float32)
+    x[:3] = [a, -a, a / 4]
+    p, st = quantize(be, x, cb, 64)
+    assert F.unpack_codes(p, 2, 4).tolist() == [2, 0, 1, 1]      # 1, -1, 0, 0
+    assert dequantize(be, p, st)[:2].tolist() == [a, -a]
+
+
 def test_tiny_blocks_scale_as_the_reference(be):
     """Full blocks whose absmax lies around bitsandbytes' clamp float32(1e-38) (normal,
     subnormal, zero): the reciprocal of the clamped maximum, on every backend; the CUDA
