@@ -111,6 +111,56 @@ def test_unsorted_table_with_repeats():
     assert np.array_equal(t[q], srt[q1]) and np.array_equal(d, d1)
 
 
+def _best_index_int8(val, x):
+    """ggml's ``best_index_int8`` (ggml-quants.c) rebuilt by hand: the nearest of the ascending
+    ``val``, ``0`` at or below the first, a tie going up."""
+    if x <= val[0]:
+        return 0
+    if x >= val[-1]:
+        return len(val) - 1
+    ml, mu = 0, len(val) - 1
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if x < val[mav]:
+            mu = mav
+        else:
+            ml = mav
+    return mu - 1 if x - val[mu - 1] < val[mu] - x else mu
+
+
+@pytest.mark.parametrize("fn", [ggml_search_reference, ggml_search])
+def test_a_value_on_a_lowest_entry_stored_twice_takes_the_first(fn):
+    """ggml returns 0 for ``x <= val[0]``: a value exactly on a lowest entry that the table
+    stores twice is coded as the first of the two, not as the second a search would reach."""
+    table = TABLE.copy()
+    table[1] = -127                                        # -127 at indices 0 and 1
+    x = np.random.default_rng(2).uniform(-0.9, 0.9, (4, 32)).astype(np.float32)
+    x[:, 3] = 1.0                                          # each block's maximum
+    d, q = fn(x, table, -1)                                # ggml-ref: the codes of the first fit
+    v = np.sort(table)
+    order = np.argsort(table, kind="stable")
+    for b in range(len(x)):
+        idv = np.float32(1) / (np.float32(1.0) / v[0])     # 1 / d0 with d0 = m / v[0]
+        y = (idv * x[b]).astype(np.float32)
+        assert y[3] == v[0]
+        assert q[b].tolist() == [int(order[_best_index_int8(v, yj)]) for yj in y]
+    assert (q[:, 3] == 0).all()
+
+
+@pytest.mark.parametrize("fn", [ggml_search_reference, ggml_search])
+@pytest.mark.parametrize("ntry", [7, -1])
+def test_a_block_whose_maximum_is_exactly_the_threshold_is_searched(fn, ntry):
+    """ggml skips a block when ``amax < GROUP_MAX_EPS`` (1e-15f): one whose maximum is
+    float32(1e-15) itself gets a scale, one a float below it stores 0."""
+    eps = np.float32(1e-15)
+    x = np.zeros((2, 32), np.float32)
+    x[0] = np.linspace(-1, 1, 32).astype(np.float32) * eps
+    x[1] = x[0] * np.float32(0.999)
+    assert np.abs(x[0]).max() == eps
+    d, _ = fn(x, TABLE / np.float32(127), ntry)
+    assert d[0] != 0 and d[1] == 0
+
+
 def test_rule_names_and_cost():
     r = get_rule("search:ggml")
     assert isinstance(r, GgmlSearch) and r.name == "search:ggml" and r.signed

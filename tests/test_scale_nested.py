@@ -56,6 +56,23 @@ def test_rule_codes_are_bitsandbytes_own():
     assert np.array_equal(nested_lut(), bulk_nested.nested_lut())   # one table, re-exported
 
 
+def test_lut_bins_count_the_midpoints_strictly_below_them():
+    """The module's rule, counted by hand: bin ``j`` (the value ``-1 + 2j/65535`` in float32)
+    gets ``#{i : mid[i] < value}``.  The dynamic map has no midpoint on a bin; a map whose
+    repeated ends put midpoints on the first and last bins tells ``<`` from ``<=``."""
+    f = np.float32
+    code = np.array([-1.0, -1.0, -0.25, 0.5, 1.0, 1.0], f)
+    mid = (f(0.5) * (code[:-1] + code[1:])).astype(f)
+    j = np.arange(65536)
+    val = (f(-1) + (f(2) * j.astype(f)) / f(65535)).astype(f)
+    assert val[0] == mid[0] and val[-1] == mid[-1]
+    want = (mid[None, :] < val[:, None]).sum(axis=1)
+    assert np.array_equal(nested_lut(code), want)
+    assert nested_lut(code)[[0, -1]].tolist() == [0, 4]
+    dm = dynamic_map()
+    assert not np.isin((f(0.5) * (dm[:-1] + dm[1:])).astype(f), val).any()
+
+
 def test_a_decoded_nested_scale_can_be_negative_as_in_bitsandbytes():
     """docs/format.md's example: one maximum of 1e3 among 256 blocks of scale 1e-4 leaves the
     other 255 blocks a decoded scale below zero, by bitsandbytes' own map (committed from

@@ -4,7 +4,7 @@ rules' own breakpoints (the exact math of where each rule steps)."""
 import numpy as np
 import pytest
 
-from quantbook.scales import FAMILIES, get_rule, rule_names
+from quantbook.scales import FAMILIES, ScaleRule, get_rule, rule_names
 from quantbook.scales.steps import BUCKET_SHIFT, decode_table, step_table
 
 _F = np.float32
@@ -98,6 +98,28 @@ def test_every_deterministic_scaled_family_is_covered():
     fams = {get_rule(n).family for n in DETERMINISTIC}
     want = {f for f, c in FAMILIES.items() if c.deterministic and c.layout == "scaled"}
     assert fams == want and {"e4m3", "e8m0", "float16", "bfloat16"} <= fams
+
+
+class _Halves(ScaleRule):
+    """A made-up rule whose stored value steps at M = 1, 2, 3 while the scale it decodes to
+    steps only at 2: stored 0 and 1 both stand for the scale 1."""
+
+    family = "test-halves"
+    stored_dtype, stored_bytes = "uint8", 1
+
+    def _encode(self, amax, qmax, tensor_scale):
+        return np.minimum(np.floor(np.asarray(amax, _F)), 3).astype(np.uint8)
+
+    def _decode(self, stored, tensor_scale):
+        return (np.asarray(stored) // 2 + 1).astype(_F)
+
+
+def test_a_scale_that_does_not_increase_with_its_stored_value_has_no_step_table(monkeypatch):
+    """The module's check: the decoded scales of the steps must increase, so two steps that
+    decode to the same scale are refused, not tabled."""
+    monkeypatch.setitem(FAMILIES, _Halves.family, _Halves)
+    with pytest.raises(ValueError, match="not increasing"):
+        step_table(_Halves.family, 6.0)
 
 
 @pytest.mark.parametrize("name", ["e4m3", "float16", "e8m0:even"])

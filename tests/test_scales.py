@@ -209,6 +209,24 @@ def test_bfloat16_bits_round_as_ml_dtypes():
     assert np.array_equal(bf16_bits(v), want)
 
 
+@pytest.mark.parametrize("qmax", [6.0, 7.0])
+def test_half_precision_scales_are_the_float32_quotient_rounded_once(qmax):
+    """docs/scales.md: float16 and bfloat16 scales are ``M / qmax`` in float32, then rounded to
+    nearest even, against torch's float32 division and casts; maxima where multiplying by the
+    float32 reciprocal would store another scale included."""
+    torch = pytest.importorskip("torch", reason="torch is the independent float32 division and casts")
+    rng = np.random.default_rng(13)
+    m = np.concatenate([[883.12494, 794.62494, 878.62494, 968.99994, 956.99994],
+                        rng.uniform(0, 1000, 200000)]).astype(np.float32)
+    t = torch.from_numpy(m) / torch.full((m.size,), qmax, dtype=torch.float32)
+    f16 = t.to(torch.float16).numpy().view(np.uint16)
+    bf16 = t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(get_rule("float16").encode(m, qmax).view(np.uint16), f16)
+    assert np.array_equal(get_rule("bfloat16").encode(m, qmax), bf16)
+    by_reciprocal = (m * (np.float32(1) / np.float32(qmax))).astype(np.float16).view(np.uint16)
+    assert np.count_nonzero(by_reciprocal != f16) >= 3   # the test tells the two apart
+
+
 def test_e4m3_tensor_scale_is_the_documented_float32_formula():
     """docs/scales.md: ``t = G/(qmax·448)`` in float32 (qmax·448 rounded first), for tensor
     maxima and qmax values where float64 arithmetic would round differently."""
