@@ -75,6 +75,19 @@ def test_nf_k_is_normalfloat_with_k_bits():
     np.testing.assert_allclose(cb.levels, ref, atol=1e-12)
 
 
+def test_nf4_however_k_is_written_is_bitsandbytes_table():
+    """nfK at K = 4 is bitsandbytes' float32 NF4 (the registry's nf4) in every spelling of 4,
+    not the float64 quantiles the other K get: against bitsandbytes' published table
+    (bitsandbytes/functional.py, get_4bit_type('nf4'))."""
+    published = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                          -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                          0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                          0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], np.float32)
+    for spelling in ("nf4", "NF4", "nf04", "Nf004"):
+        cb = resolve_codebook(spelling)
+        assert np.array_equal(cb.code_f32.view(np.uint32), published.view(np.uint32)), spelling
+
+
 def test_lloyd_shorthand_uses_the_engine_defaults():
     from quantbook.derive import lloyd
 

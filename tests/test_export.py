@@ -63,6 +63,7 @@ def _ref_encoder(cb) -> tuple[list[float], list[int]]:
     ("nf4", "nf4"), ("nf4-torchao", "nf4_torchao"), ("max1960-n16", "max1960_n16"),
     ("fp4-bnb-cpu", "fp4_bnb_cpu"), ("my table v2.1", "my_table_v2_1"), ("iq4_nl", "iq4_nl"),
     ("a_-b", "a_b"), ("x__y", "x_y"),   # no "__": reserved in C++
+    ("nf4-", "nf4"), ("lloyd(l2)", "lloyd_l2"),   # no trailing "_"
 ])
 def test_c_identifier_sanitises(name, ident):
     assert c_identifier(name) == ident
@@ -94,15 +95,20 @@ def test_a_given_identifier_is_used_as_it_stands_or_refused(given, capsys):
     assert c_identifier("Good_1a", given=True) == "Good_1a"
 
 
+# C99 6.4.4.2: a decimal floating constant has a point, or an exponent, or both
+_C_FLOAT = re.compile(r"-?(?:(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+)f")
+
+
 def test_float_literals_round_trip_float32():
-    vals = np.concatenate([[1.0, -1.0, 0.0, 0.07958029955625534, 1e-40, 3.4e38, 2**-149],
+    vals = np.concatenate([[1.0, -1.0, 0.0, 0.07958029955625534, 1e-40, 3.4e38, 2**-149, 1e10, -4e9],
                            np.random.default_rng(3).standard_normal(2000)]).astype(np.float32)
     for v in vals:
         lit = c_float_literal(v)
-        assert lit.endswith("f") and ("." in lit or "e" in lit)
+        assert _C_FLOAT.fullmatch(lit), lit
         assert np.float32(lit[:-1]).view(np.uint32) == v.view(np.uint32), lit
     assert c_float_literal(-0.0) == "-0.0f"
     assert c_float_literal(1.0) == "1.0f"
+    assert c_float_literal(1e10) == "1e+10f"    # nine digits write it without a point
 
 
 # ------------------------------------------------------------------------------------ json
