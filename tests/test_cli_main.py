@@ -129,6 +129,10 @@ def test_interrupt_exits_130(capsys, monkeypatch):
 _CTRL_C_IN_IMPORT = """
 import signal, sys
 
+# a Ctrl-C reaches Python as KeyboardInterrupt even where this process was started with SIGINT ignored
+# (a background job of a shell without job control)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 class CtrlC:
     def find_spec(self, name, path=None, target=None):
         if name == "numpy":
