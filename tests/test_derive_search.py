@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import quantbook as q
-from quantbook.derive import lloyd, search_lloyd, solve_search_lloyd
+from quantbook.derive import lloyd, search_block_errors, search_lloyd, solve_search_lloyd
 
 N = 2**18
 
@@ -248,3 +248,19 @@ def test_evaluate_search_names_itself_for_a_deterministic_rule():
     with pytest.raises(ValueError, match=r"^evaluate_search needs a search rule .*got 'e4m3'; .*"
                                          r"evaluate\(codebook, block_size, scale=RULE\)$"):
         evaluate_search(q.get("e2m1"), 16, "e4m3", samples=4096)
+
+
+@pytest.mark.parametrize("rule", ["search:4over6", "search:ggml"])
+def test_search_block_errors_measure_the_table_quantize_stores(rule):
+    # c·(qmax/peak) and (c/peak)·qmax round to different float32 values for this entry (found by a search
+    # of random codes); the errors must be those of quantize's own table: the layout's errors of values it
+    # decoded itself (zero for every block under ggml's search), summed in float64 (1e-12 relative)
+    peak, c, qmax = 1.4554425309821815, 0.10035150660286198, 3.4280803203582764
+    lv = np.array([-peak, -0.7, -3 * c, 0.0, c, 0.5, 0.9, peak])
+    cb = q.Codebook(levels=lv, bits=3, name="probe", source="test")
+    x0 = np.random.default_rng(0).standard_normal(16 * 256).astype(np.float32)
+    x = q.dequantize(*q.quantize(x0, cb, 16, scale=rule, qmax=qmax, backend="numpy"), backend="numpy")
+    d = q.dequantize(*q.quantize(x, cb, 16, scale=rule, qmax=qmax, backend="numpy"), backend="numpy") - x
+    want = (d.astype(np.float64) ** 2).reshape(-1, 16).sum(axis=1)
+    got = search_block_errors(lv, 16, rule, x, qmax=qmax)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)

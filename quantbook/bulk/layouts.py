@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..scales import SCALED_BITS, check_qmax, scaled_peak
+from ..scales import SCALED_BITS, scaled_values
 from . import format as F
 
 __all__ = ["SCALED_BITS", "scaled_table", "ScaledEncoder", "scaled_encoder", "pack_low_first",
@@ -37,11 +37,9 @@ def implements(backend: Any) -> bool:
 
 
 def scaled_table(code: Any, qmax: float) -> np.ndarray:
-    """The float32 table of the layout: ``code * qmax / max|code|`` (float64, rounded once)."""
-    c = np.asarray(code, dtype=np.float64).reshape(-1)
-    peak = scaled_peak(c)
-    q = check_qmax(qmax)
-    return F.check_code_table((c * (q / peak)).astype(_F), SCALED_BITS)
+    """The float32 table of the layout (:func:`quantbook.scales.scaled_values`), checked as a
+    code table."""
+    return F.check_code_table(scaled_values(np.asarray(code, dtype=np.float64), qmax), SCALED_BITS)
 
 
 class ScaledEncoder:

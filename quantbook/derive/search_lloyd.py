@@ -39,7 +39,7 @@ from ..numerics.arguments import check_flag, is_int
 from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
 from ..numerics.losses import check_loss
-from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak
+from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak, scaled_values
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
 from .recipes import FIT_SAMPLES, parse_fixed
@@ -205,7 +205,7 @@ def _assign(rule: Any, smp: _Sample, table: np.ndarray, qmax: float):
 
 def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: float, loss: str):
     """``(new levels, mean error at ``levels``)``: one iteration (module docstring)."""
-    deq, u, idx, sig = _assign(rule, smp, (levels * qmax).astype(_F), qmax)
+    deq, u, idx, sig = _assign(rule, smp, scaled_values(levels, qmax), qmax)   # the table quantize stores
     best = _block_error(smp, deq, loss)
     w = np.broadcast_to((sig * sig if loss == "l2" else np.abs(sig))[..., None], u.shape).ravel()
     u, idx = u.ravel(), idx.ravel()
@@ -240,15 +240,13 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"{rule.name!r} is not a search rule")
     refuse_name(levels, "search_block_errors")
-    lv = np.sort(np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1))
-    lv = lv / scaled_peak(lv)  # as the layout's table: largest magnitude qmax
+    table = scaled_values(np.sort(np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1)), qmax)
     x = np.asarray(x, dtype=_F).reshape(-1)
     if not is_int(block_size) or block_size < 2:   # a ZeroDivisionError deep in the search
         raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
     _check_whole("x.size", x.size, block_size, tensor_size)
-    check_qmax(qmax)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
-    deq = _assign(rule, smp, (lv * qmax).astype(_F), qmax)[0]
+    deq = _assign(rule, smp, table, qmax)[0]
     return _block_error(smp, deq, "l2").reshape(-1), _block_error(smp, deq, "l1").reshape(-1)
 
 

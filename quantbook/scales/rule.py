@@ -31,7 +31,7 @@ import numpy as np
 from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
-           "SCALED_BITS", "check_scaled_bits", "scaled_peak"]
+           "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_values"]
 
 #: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
 #: qmax of quantize, the derivations and the command line
@@ -264,6 +264,15 @@ def scaled_peak(levels: Any) -> float:
     if not peak > 0:
         raise ValueError("a codebook whose levels are all 0 has no largest magnitude to scale")
     return peak
+
+
+def scaled_values(levels: Any, qmax: Any) -> np.ndarray:
+    """The float32 values the scaled layouts store for a codebook, in its order: ``levels ·
+    (qmax / max|levels|)`` in float64, rounded once.  The one rule, for the layout's table and
+    for the fits and errors that measure it.  ``levels``: the values, or a Codebook."""
+    c = np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1)
+    peak = scaled_peak(c)
+    return (c * (check_qmax(qmax) / peak)).astype(np.float32)
 
 
 def check_qmax(qmax: Any) -> float:
