@@ -57,7 +57,7 @@ from typing import Any, Callable
 
 import mpmath
 import numpy as np
-from scipy import integrate, special, stats
+from scipy import integrate, special
 
 from ..numerics.arguments import check_flag, one_line
 from ..numerics.dots import row_dot
@@ -406,8 +406,11 @@ class StudentT(Source):
             self._c = float(mpmath.gamma((nu + 1) / 2) / mpmath.gamma(nu / 2) / mpmath.sqrt(nu * mpmath.pi))
 
     def _pdf(self, x):
-        with np.errstate(over="ignore"):  # x/scale and x² overflow where the density is 0 anyway
-            return stats.t.pdf(np.asarray(x, dtype=np.float64) / self.scale, self.nu) / self.scale
+        # c·(1 + u²/ν)^(-(ν+1)/2), the power through log1p: scipy's t.pdf takes the gamma functions at
+        # every point (half of a heavy-tailed block law's time), and loses digits to them for large ν
+        with np.errstate(over="ignore"):  # x/scale and u² overflow where the density is 0 anyway
+            u = np.asarray(x, dtype=np.float64) / self.scale
+            return self._c / self.scale * np.exp(-(self.nu + 1) / 2 * np.log1p(u * u / self.nu))
 
     def _logpdf(self, x):
         # log c - (ν+1)/2·log(1 + u²/ν) with the log in logaddexp form: scipy's t.logpdf is -inf
