@@ -568,3 +568,17 @@ def test_from_dict_refuses_integer_codes_as_float_scales(layout):
     d = st.as_dict()
     with pytest.raises(ValueError, match="absmax must hold float"):
         qb.QuantState.from_dict(dict(d, absmax=np.arange(20, dtype=np.uint8)))
+
+
+@pytest.mark.parametrize("field", ["absmax", "quant_map"])
+@pytest.mark.parametrize("scalar", [1.5, -0.0, np.float64(4.0), np.array(6.0)])
+def test_from_dict_reads_a_scalar_array_field_as_one_entry(field, scalar):
+    # a scalar is a one-entry array: the entry count is then checked, not an IndexError raised
+    x = np.linspace(-1, 1, 256, dtype=np.float32)
+    packed, st = qb.quantize(x, "nf4", 64, backend="numpy")
+    d = {**st.as_dict(), field: scalar}
+    if field == "absmax":
+        with pytest.raises(ValueError, match="absmax has 1 entries, expected 4"):
+            qb.dequantize(packed, qb.QuantState.from_dict(d), "numpy")
+    else:
+        assert qb.QuantState.from_dict(d).code.tolist() == [np.float32(float(scalar))]

@@ -709,3 +709,23 @@ def test_a_path_object_naming_a_published_grid_is_a_missing_file(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="higgs-2d-256"):
         quantize_vq(np.ones((1, 64), np.float32), Path("higgs-2d-256"), backend="numpy")
+
+
+@pytest.mark.parametrize("field", ["points", "scales"])
+def test_vq_from_dict_reads_a_scalar_array_field_as_one_entry(field):
+    x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(4, 64)
+    _, st = quantize_vq(x, "higgs-2d-16", backend="numpy")
+    with pytest.raises(ValueError, match=field):
+        VQState.from_dict({**st.to_dict(), field: 1.5})
+
+
+@pytest.mark.parametrize("narrow", [np.int8, np.uint8, np.int16])
+def test_a_narrow_numpy_integer_group_is_its_value(narrow):
+    # size // np.int8(64) overflows int8 under numpy 2's rules: validate keeps a Python int
+    x = np.linspace(-1, 1, 1024, dtype=np.float32).reshape(4, 256)
+    idx, st = quantize_vq(x, "higgs-2d-16", backend="numpy")
+    want = dequantize_vq(idx, st, "numpy")
+    fields = {k: getattr(st, k) for k in ("codebook", "points", "scales", "shape", "dtype", "scale_rule",
+                                          "scale_dtype", "rotate_size", "rotate_seed")}
+    got = dequantize_vq(idx, VQState(**fields, group=narrow(64)), "numpy")
+    assert np.array_equal(got, want)

@@ -95,7 +95,8 @@ def exact_array(what: str, v: Any, dtype: Any, expected: str) -> np.ndarray:
     values: floats read as integer codes or the reverse, integers (a JSON list, int64) outside
     the unsigned type's range, and floats that do not round-trip (a float64 from JSON is
     taken as float32 or float16 only when it holds such a value exactly)."""
-    a, dtype = host_array(v, what), np.dtype(dtype)
+    # at least 1-D, as the array returned is: a scalar compared with it would match no entry
+    a, dtype = np.atleast_1d(host_array(v, what)), np.dtype(dtype)
     if dtype.kind == "u":
         if real_kind(a.dtype) not in ("u", "i"):
             raise ValueError(f"{what} must hold {expected}, got dtype {a.dtype}")

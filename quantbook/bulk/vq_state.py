@@ -141,7 +141,8 @@ class VQState:
                 or not all(F.is_int(s) and s > 0 for s in self.shape):
             raise ValueError(f"shape must be a non-empty tuple of positive integers, got {self.shape!r}")
         dtype_name(self.dtype)
-        check_group(self.group, self.dim, int(self.shape[-1]))
+        # a Python int: an int8 group would overflow size // group
+        self.group = check_group(self.group, self.dim, int(self.shape[-1]))
         if self.scale_rule not in SCALE_RULES:
             raise ValueError(f"scale_rule must be one of {', '.join(SCALE_RULES)}, got {self.scale_rule!r}")
         if self.scale_dtype not in SCALE_DTYPES:
