@@ -6,6 +6,7 @@ Samples are N(0, 1) from numpy.random.default_rng(seed); tolerances are stated p
 """
 
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -264,3 +265,26 @@ def test_search_block_errors_measure_the_table_quantize_stores(rule):
     want = (d.astype(np.float64) ** 2).reshape(-1, 16).sum(axis=1)
     got = search_block_errors(lv, 16, rule, x, qmax=qmax)[0]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("narrow", [np.int8, np.uint8])
+def test_a_narrow_numpy_integer_block_size_is_its_value(narrow):
+    # 4096 // np.int8(16) overflows int8 under numpy 2's rules: the block size is read as a Python int
+    from quantbook.derive import evaluate_search
+
+    nf4 = q.get("nf4")
+    assert np.array_equal(search_lloyd(block_size=narrow(16), samples=4096, max_iter=1).levels,
+                          search_lloyd(block_size=16, samples=4096, max_iter=1).levels)
+    assert evaluate_search(nf4, narrow(16), "search:4over6", samples=4096) == \
+        evaluate_search(nf4, 16, "search:4over6", samples=4096)
+    x = np.linspace(-1, 1, 256, dtype=np.float32)
+    got, want = (search_block_errors(nf4, b, "search:4over6", x) for b in (narrow(16), 16))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("bad", [0.5, np.float64(1.0), np.int8(1), Fraction(1, 3)])
+def test_evaluate_search_refuses_a_number_for_a_codebook(bad):
+    from quantbook.derive import evaluate_search
+
+    with pytest.raises(ValueError, match="evaluate_search needs a Codebook or a sequence of levels"):
+        evaluate_search(bad, 16, "search:4over6", samples=4096)

@@ -96,15 +96,15 @@ class Evaluation:
         return d
 
 
-def _as_codebook(codebook: Any) -> Codebook:
-    """A Codebook, or one built from a sequence of level values (one-line errors)."""
+def as_codebook(codebook: Any, who: str = "evaluate") -> Codebook:
+    """A Codebook, or one built from a sequence of level values (one-line errors naming ``who``)."""
     if isinstance(codebook, Codebook):
         return codebook
-    refuse_name(codebook, "evaluate")
+    refuse_name(codebook, who)
     try:
         levels = _check_levels(codebook)
     except ValueError as exc:
-        raise ValueError(f"evaluate needs a Codebook or a sequence of levels: {exc}") from None
+        raise ValueError(f"{who} needs a Codebook or a sequence of levels: {exc}") from None
     return Codebook(levels=levels, bits=max(1, math.ceil(math.log2(levels.size))))
 
 
@@ -125,7 +125,7 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any 
     then in units of the table's largest magnitude, ``R`` is the rule's bits per weight, and
     ``tensor_amax``/``tensor_size`` model a two-level rule's tensor scale (default: its phase
     averaged)."""
-    cb = _as_codebook(codebook)
+    cb = as_codebook(codebook)
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     src = parse_source(source)

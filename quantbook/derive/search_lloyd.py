@@ -42,6 +42,7 @@ from ..numerics.losses import check_loss
 from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, get_rule, scaled_peak, scaled_values
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
+from .metrics import as_codebook
 from .recipes import FIT_SAMPLES, parse_fixed
 from .sources import parse_source
 
@@ -79,6 +80,7 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
                  ("max_iter", max_iter)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 0 if k == "seed" else v < 1):
             raise ValueError(f"{k} must be a {'non-negative' if k == 'seed' else 'positive'} integer, got {v!r}")
+    block_size, samples = int(block_size), int(samples)   # an int8 block size would overflow samples // block_size
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
     check_scaled_bits(bits)
@@ -244,6 +246,7 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     x = np.asarray(x, dtype=_F).reshape(-1)
     if not is_int(block_size) or block_size < 2:   # a ZeroDivisionError deep in the search
         raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
+    block_size = int(block_size)   # an int8 one would overflow the block arithmetic
     _check_whole("x.size", x.size, block_size, tensor_size)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
     deq = _assign(rule, smp, table, qmax)[0]
@@ -269,10 +272,10 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | N
     blocks, the MAE, the SQNR against the sample's mean square, and the bits per weight (codes
     and stored scales)."""
     rule = get_rule(scale)
-    refuse_name(codebook, "evaluate_search")
-    levels = np.asarray(getattr(codebook, "levels", codebook), dtype=np.float64).reshape(-1)
+    cb = as_codebook(codebook, "evaluate_search")   # a number would be read as a table of one level
+    levels = np.asarray(cb.levels, dtype=np.float64)
     scaled_peak(levels)   # the table the layout stores, as quantize() checks it
-    bits = int(getattr(codebook, "bits", max(1, int(np.ceil(np.log2(levels.size))))))
+    bits = int(cb.bits)
     samples = default_samples(samples, EVAL_SAMPLES, block_size, tensor_size)
     # scaled_peak checked the table; a code declared wider than 4 bits is stored in 4, as quantize does
     _check(min(bits, SCALED_BITS), block_size, rule, samples, seed, "l2", tensor_size, 1, 0.0, qmax,
@@ -313,6 +316,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
                                seed=seed, loss=loss, fixed=fixed, source=src, qmax=qmax,
                                tensor_size=tensor_size, max_iter=max_iter, tol=tol)   # checks them all
     rule, fx, samples = get_rule(recipe.scale), recipe.fixed, recipe.samples   # the sample drawn is the recipe's
+    block_size = recipe.block_size   # checked, a Python int (an int8 one would overflow the block arithmetic)
     from .lloyd import lloyd  # the exact code under the base rule is the start
 
     # the base rule's exact code needs both ends fixed; an end left free here moves from it
