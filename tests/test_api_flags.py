@@ -98,3 +98,14 @@ def test_a_flag_is_read_as_a_python_bool():
     for value, want in ((1, True), (0, False), (np.True_, True), (np.False_, False)):
         got = check_flag(value, "flag")
         assert type(got) is bool and got is want
+
+
+def test_block_distribution_expect_conditional_is_a_flag():
+    from quantbook.derive import BlockDistribution
+
+    bd = BlockDistribution(16)
+    for bad in ("no", None, 2, 0.5):
+        with pytest.raises(ValueError, match="conditional must be True or False"):
+            bd.expect(conditional=bad)
+    # conditional on the whole support divides by a mass of 1: the plain expectation
+    assert bd.expect(lambda y: y * y, conditional=np.True_) == pytest.approx(bd.var() + bd.mean() ** 2)

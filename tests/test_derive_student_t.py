@@ -253,3 +253,12 @@ def test_smallest_supported_nu_matches_adaptive_quadrature():
             ref = sum(integrate.quad(f, a, b, args=(y,), epsrel=1e-12, epsabs=1e-18, limit=200)[0]
                       for a, b in zip(pts[:-1], pts[1:]))
         assert abs(float(mu.T(0, y) - mu.T(0, -1.0)) - ref) < 1e-13, (y, ref)
+
+
+@pytest.mark.parametrize("bad", [True, np.True_, np.complex128(4), np.complex64(5)])
+def test_student_t_refuses_a_bool_or_complex_nu(bad):
+    from quantbook.derive import StudentT
+    from quantbook.derive.sources import SourceError
+
+    with pytest.raises(SourceError, match="must be a real number"):
+        StudentT(bad)

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.arguments import check_flag
 from ..numerics.dots import row_dot
 from .conventions import at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
@@ -862,6 +863,7 @@ class BlockDistribution:
         """``E[func(y)]`` over ``lb <= y <= ub`` (default: the support), atoms included when
         they lie in ``[lb, ub]``; ``conditional=True`` divides by ``P(lb <= y <= ub)``.
         ``func`` is called on arrays when it accepts them, else value by value."""
+        conditional = check_flag(conditional, "conditional")
         f = (lambda y: y) if func is None else func
         if not callable(f):
             raise ValueError(f"func must be callable, got {func!r}")

@@ -389,6 +389,8 @@ class StudentT(Source):
             spelled = f"student-t:{nu.strip() if isinstance(nu, str) else 'NU'}"
             raise SourceError(f"StudentT takes the degrees of freedom as a number, got the string {nu!r}; "
                               f"parse_source({spelled!r}) reads a spelling")
+        if isinstance(nu, (bool, np.bool_, np.complexfloating)):   # float() takes True as 1, a complex's real part
+            raise SourceError(f"student-t degrees of freedom must be a real number, got {nu!r}")
         try:
             nu = float(nu)
         except (TypeError, ValueError):
