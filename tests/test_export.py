@@ -670,3 +670,13 @@ def test_a_file_name_given_to_a_vector_helper_points_to_the_vector_reader():
 
     with pytest.raises(TypeError, match=re.escape("quantbook.naming.resolve_vector('my_grid.json') gives its")):
         vector_npy_bytes("my_grid.json")
+
+
+@pytest.mark.parametrize("bad", [b"nf4", 0, False, {}, ["nf4"], 1.5])
+@pytest.mark.parametrize("vector", [False, True])
+def test_a_header_spelling_is_a_str(bad, vector):
+    from quantbook.codebooks.vector_registry import get_vector
+
+    cb = get_vector("higgs-2d-16") if vector else quantbook.get("nf4")
+    with pytest.raises(ValueError, match="spelling must be a str"):
+        export(cb, "c", spelling=bad)

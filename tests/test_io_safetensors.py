@@ -179,3 +179,25 @@ def test_sample_weights_max_samples_is_an_integer(tmp_path, bad):
     with pytest.raises(ValueError, match="max_samples must be an integer"):
         st.sample_weights(tmp_path / "missing.safetensors", max_samples=bad)
     assert st.sample_weights(path, max_samples=np.int64(3)).size == 3
+
+
+def _one_tensor(tmp_path):
+    data = np.linspace(-1, 1, 64, dtype=np.float32)
+    header = {"w": {"dtype": "F32", "shape": [8, 8], "data_offsets": [0, data.nbytes]}}
+    return _raw(tmp_path / "one.safetensors", header, data.tobytes()), data
+
+
+@pytest.mark.parametrize("bad", [b"w*", [1], np.array(["w"]), 5, ["w", None]])
+def test_globs_are_a_str_or_a_sequence_of_str(tmp_path, bad):
+    path, _ = _one_tensor(tmp_path)
+    with pytest.raises(ValueError, match="globs must be a str such as 'a\\*,b\\*' or a sequence of str"):
+        st.list_tensors(path, bad)
+    assert [t.name for t in st.list_tensors(path, ("w",))] == ["w"]
+
+
+@pytest.mark.parametrize("bad", ["1", None, 1.5, True, -1, [1, 2]])
+def test_sample_weights_checks_its_seed_even_when_no_draw_is_made(tmp_path, bad):
+    path, data = _one_tensor(tmp_path)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        st.sample_weights(path, seed=bad)
+    assert np.array_equal(st.sample_weights(path, seed=np.int64(3)), data.astype(np.float64))

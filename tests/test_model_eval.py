@@ -744,3 +744,12 @@ def test_storage_bits_refuses_what_is_not_a_quant_state():
     for state in (vstate, None):   # an AttributeError ('VQState' object has no attribute 'absmax') before
         with pytest.raises(ValueError, match="storage_bits needs quantbook.quantize's QuantState"):
             storage_bits(idx, state)
+
+
+@pytest.mark.parametrize("bad", [b"none", [1], np.array(["none"]), 5])
+def test_rotations_are_a_str_or_a_sequence_of_str(bad):
+    from quantbook.model.evaluate import parse_rotations
+
+    with pytest.raises(ValueError, match="rotations must be a str such as 'none,hadamard' or a sequence of str"):
+        parse_rotations(bad)
+    assert parse_rotations(("none", " Hadamard")) == ["none", "hadamard"]

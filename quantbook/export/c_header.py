@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks.blocks import check_block_size
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, one_line
 from ..codebooks.codebook import Codebook
 from ..codebooks.require import require_codebook
 from ..scales import check_qmax, get_rule
@@ -121,6 +121,8 @@ def _command_name(cb: Any, spelling: str | None) -> str:
     quoted for a shell), else its name."""
     import shlex
 
+    if spelling is not None and not isinstance(spelling, str):
+        raise ValueError(f"spelling must be a str (how the codebook was named) or None, got {one_line(spelling)}")
     return _comment_text(cb.name if spelling is None else shlex.quote(spelling))
 
 

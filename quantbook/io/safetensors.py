@@ -32,7 +32,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from ..errors import NotFoundError
 from .files import check_input_file
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
-           "read_tensor", "iter_tensors", "split_globs", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
+           "read_tensor", "iter_tensors", "split_globs", "check_names", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
            "MAX_HEADER_BYTES"]
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -216,13 +216,25 @@ def open_safetensors(path: Source) -> SafetensorsFile:
     return path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
 
 
+def check_names(v: Any, what: str, example: str) -> list[str]:
+    """A comma-separated str, or a sequence of str, as a list of its (unstripped) items; a
+    ValueError naming ``what`` otherwise: bytes or an array would be iterated as numbers."""
+    items = v.split(",") if isinstance(v, str) else v
+    items = None if isinstance(items, (bytes, bytearray, np.ndarray)) or not hasattr(items, "__iter__") \
+        else list(items)
+    if items is None or not all(isinstance(s, str) for s in items):
+        shown = " ".join(repr(v).split())[:80]
+        raise ValueError(f"{what} must be a str such as {example!r} or a sequence of str, got {shown}")
+    return items
+
+
 def split_globs(globs: str | Iterable[str] | None) -> list[str] | None:
     """``"a*,b*"`` → ``["a*", "b*"]``; ``None`` or a ``"*"`` among them → ``None``
     (everything); a spelling with no pattern at all (``""``, ``","``) is a ValueError, not
     everything."""
     if globs is None:
         return None
-    items = [g.strip() for g in (globs.split(",") if isinstance(globs, str) else globs)]
+    items = [g.strip() for g in check_names(globs, "globs", "a*,b*")]
     items = [g for g in items if g]
     if not items:
         raise ValueError(f"no tensor name pattern in {globs!r} (give GLOB[,GLOB...], or * for every tensor)")
@@ -296,6 +308,9 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     """
     if standardize not in STANDARDIZE:
         raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {standardize!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        # checked even where every value is kept and no draw is made, as every argument
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if max_samples is not None and (isinstance(max_samples, (bool, np.bool_))
                                     or not isinstance(max_samples, (int, np.integer)) or max_samples < 2):
         raise ValueError(f"max_samples must be an integer >= 2 or None, got {max_samples!r}")

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar
-from ..io.safetensors import TensorInfo, open_safetensors
+from ..io.safetensors import TensorInfo, check_names, open_safetensors
 from ..numerics import hadamard
 from ..numerics.arguments import check_flag, host_array
 from ..scales import DEFAULT_QMAX
@@ -221,7 +221,7 @@ def parse_rotations(text: str | Sequence[str] | None) -> list[str]:
     """Rotation spellings, e.g. ``"none,hadamard,hadamard:128"`` → ``["none", "hadamard", "hadamard:128"]``."""
     if text is None:
         return ["none"]
-    items = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text)]
+    items = [t.strip().lower() for t in check_names(text, "rotations", "none,hadamard")]
     out = []
     for t in items:
         if t == "none" or t == "hadamard":
