@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator, Union
 import numpy as np
 
 from ..errors import NotFoundError
+from ..numerics.arguments import is_int, one_line
 from .files import check_input_file
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
@@ -223,8 +224,7 @@ def check_names(v: Any, what: str, example: str) -> list[str]:
     items = None if isinstance(items, (bytes, bytearray, np.ndarray)) or not hasattr(items, "__iter__") \
         else list(items)
     if items is None or not all(isinstance(s, str) for s in items):
-        shown = " ".join(repr(v).split())[:80]
-        raise ValueError(f"{what} must be a str such as {example!r} or a sequence of str, got {shown}")
+        raise ValueError(f"{what} must be a str such as {example!r} or a sequence of str, got {one_line(v)}")
     return items
 
 
@@ -308,11 +308,9 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     """
     if standardize not in STANDARDIZE:
         raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {standardize!r}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        # checked even where every value is kept and no draw is made, as every argument
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if max_samples is not None and (isinstance(max_samples, (bool, np.bool_))
-                                    or not isinstance(max_samples, (int, np.integer)) or max_samples < 2):
+    if not (is_int(seed) and seed >= 0):   # checked even where every value is kept and no draw is made
+        raise ValueError(f"seed must be a non-negative integer, got {one_line(seed)}")
+    if max_samples is not None and not (is_int(max_samples) and max_samples >= 2):
         raise ValueError(f"max_samples must be an integer >= 2 or None, got {max_samples!r}")
     f = open_safetensors(path)
     infos = f.tensors(globs)
