@@ -88,6 +88,20 @@ def test_round_trip_still_exact():
     assert Codebook.from_json(cb.to_json()) == cb
 
 
+@pytest.mark.parametrize("indent", ["abc", " ", 1.5, True, -1, np.float64(2.0), [2]])
+def test_to_json_takes_an_integer_indent_or_none(indent):
+    # json takes a str as the indent itself ("abc" wrote text that is not JSON), True as 1 and a float
+    # or a list to a TypeError inside it
+    from quantbook.codebooks.vector_registry import get_vector
+
+    for cb in (Codebook(levels=[-1.0, 0.0, 1.0], bits=2, name="t"), get_vector("higgs-2d-256")):
+        with pytest.raises(ValueError, match=r"^indent must be a non-negative integer or None, got "):
+            cb.to_json(indent=indent)
+        for fine in (None, 0, np.int8(3)):
+            assert type(cb).from_json(cb.to_json(indent=fine)) == cb
+        assert json.loads(cb.to_json(indent=np.int8(3))) == json.loads(cb.to_json(indent=3))
+
+
 @pytest.mark.parametrize("argv", [["show", "F"], ["export", "F", "-f", "c"], ["evaluate", "F"], ["show", "V"]])
 def test_a_deep_recipe_is_one_line_from_every_command(tmp_path, capsys, argv):
     """Each of these walked the recipe recursively and ended in an internal RecursionError."""

@@ -18,13 +18,12 @@ value stored at several indices are defined once, in :mod:`quantbook.codebooks.e
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..io.files import parse_json
+from ..io.files import dump_json, parse_json
 from ..numerics.arguments import host_array, one_line
 from ..numerics.reals import real_host_array, real_kind
 from .encoding import Encoder, encoder
@@ -365,7 +364,7 @@ class Codebook:
         )
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dump_json(self.to_dict(), indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Codebook":

@@ -12,14 +12,13 @@ quantization, the derivation's assignment step, the audit) must agree with :meth
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..io.files import parse_json
+from ..io.files import dump_json, parse_json
 from ..numerics.arguments import host_array
 from ..numerics.reals import real_host_array
 from .codebook import check_misspelt_keys, check_name, check_numbers
@@ -286,7 +285,7 @@ class VectorCodebook:
         return cb
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dump_json(self.to_dict(), indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "VectorCodebook":
