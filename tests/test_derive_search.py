@@ -288,3 +288,19 @@ def test_evaluate_search_refuses_a_number_for_a_codebook(bad):
 
     with pytest.raises(ValueError, match="evaluate_search needs a Codebook or a sequence of levels"):
         evaluate_search(bad, 16, "search:4over6", samples=4096)
+
+
+def test_search_block_errors_near_float32s_maximum_take_the_nearest_entry():
+    # qmax 3e38: the float32 sum of the table's top neighbours overflows, and the search's own midpoints were
+    # inf, so 2.6e38 went to 1.5e38 (not 3e38); the layout's encoder takes the nearest.  Independent errors:
+    # the nearest entry of levels * (qmax / 6) in float64, the block's e8m0 scale being 1 (byte 127)
+    qmax, levels = 3e38, np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6]) * np.array([[1], [-1]])
+    table = (np.unique(levels) * (qmax / 6)).astype(np.float32).astype(np.float64)
+    x = np.array([2.9e38, 2.6e38, -2.3e38, 1.8e38, 1.6e38, -1.3e38, 0.9e38, 0.3e38] * 2, np.float32)
+    rule = "search:e8m0:floor@1"
+    assert q.quantize(x, "e2m1", 16, scale=rule, qmax=qmax, backend="numpy")[1].absmax.tolist() == [127]
+    d = np.abs(x.astype(np.float64)[:, None] - table[None, :])
+    err = d.min(axis=1)
+    assert (np.sort(d, axis=1)[:, 1] > err).all()          # no value half-way
+    e2, e1 = search_block_errors(q.get("e2m1"), 16, rule, x, qmax=qmax)
+    np.testing.assert_allclose([e2[0], e1[0]], [np.sum(err**2), np.sum(err)], rtol=1e-6)   # float32 differences

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codebooks.encoding import midpoints
 from ..scales import SCALED_BITS, scaled_values
 from . import format as F
 
@@ -62,11 +63,7 @@ class ScaledEncoder:
             pos[j] = p[0] if p.size else idx[0]
             neg[j] = n[0] if n.size else idx[0]
         self.values = vals
-        with np.errstate(over="ignore"):
-            total = (vals[:-1] + vals[1:]).astype(_F)
-        # near float32's maximum (qmax above about 2e38) the sum overflows; halving first is exact
-        # there and rounds once, to the midpoint the sum would give with a wider exponent
-        self.mids = np.where(np.isfinite(total), total / _F(2), vals[:-1] / _F(2) + vals[1:] / _F(2)).astype(_F)
+        self.mids = midpoints(vals)   # the encoders' one rule (halved first where the sum overflows)
         self.up = (low[1:] % 2 == 0) & (low[:-1] % 2 == 1)
         self.pos, self.neg = pos, neg
         for a in (self.values, self.mids, self.up, pos, neg):   # scaled_encoder shares one per table

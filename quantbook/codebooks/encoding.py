@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Encoder", "encoder", "PRECISIONS"]
+__all__ = ["Encoder", "encoder", "midpoints", "PRECISIONS"]
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
 
@@ -49,18 +49,25 @@ def encoder(code, precision: str = "float32") -> Encoder:
     return _encoder(c.tobytes(), precision)
 
 
+def midpoints(s: np.ndarray) -> np.ndarray:
+    """The midpoints of neighbouring entries of the ascending ``s``, in its own precision: the
+    sum halved, rounded once (the rule of every encoder's thresholds, the scaled layouts' too)."""
+    dt = s.dtype.type
+    with np.errstate(over="ignore"):
+        m = ((s[:-1] + s[1:]) / dt(2)).astype(dt)
+    # the sum of two entries near the type's maximum overflows; halving first gives the same
+    # rounded midpoint there (the halves are exact away from the subnormal range)
+    big = ~np.isfinite(m)
+    m[big] = s[:-1][big] / dt(2) + s[1:][big] / dt(2)
+    return m
+
+
 @lru_cache(maxsize=256)
 def _encoder(raw: bytes, precision: str) -> Encoder:
     dt = PRECISIONS[precision]
     c = np.frombuffer(raw, dtype=dt)
     order = np.argsort(c, kind="stable")
-    s = c[order]
-    with np.errstate(over="ignore"):
-        bounds = ((s[:-1] + s[1:]) / dt(2)).astype(dt)
-    # the sum of two levels near the type's maximum overflows; halving first gives the same
-    # rounded midpoint there (the halves are exact away from the subnormal range)
-    big = ~np.isfinite(bounds)
-    bounds[big] = s[:-1][big] / dt(2) + s[1:][big] / dt(2)
+    bounds = midpoints(c[order])
     order = order.astype(np.int64)
     bounds.setflags(write=False)
     order.setflags(write=False)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
+from ..codebooks.encoding import midpoints
 from ..numerics.arguments import check_flag, is_int
 from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
@@ -168,7 +169,7 @@ def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax:
     """The layout's decoded values; per value its cell and ``u = y / qmax``; per block its scale
     ``σ = qmax·s``: the candidate search with the table's nearest-value encoder, each block
     keeping the candidate of least error in the rule's own loss."""
-    mids = ((table[:-1] + table[1:]) / _F(2)).astype(_F)
+    mids = midpoints(table)   # the layout's: table is ascending here
     errs, ys, idxs, deqs = [], [], [], []
     for y, s in smp.cands:
         idx = np.searchsorted(mids, y, side="left")
