@@ -62,3 +62,11 @@ def test_a_subpackage_is_an_attribute_before_it_is_imported():
                  "before = 'quantbook.export' in sys.modules\n"
                  "print(before, quantbook.export.__name__, quantbook.derive.__name__, hasattr(quantbook, '_HOMESX'))")
     assert out == "False quantbook.export quantbook.derive False"
+
+
+def test_the_command_lines_names_are_listed_before_they_load():
+    # the quantbook.cli package loads UsageError at first use (its Ctrl-C): dir() lists it before, as when the
+    # package imported it eagerly
+    out = _fresh("import sys, quantbook.cli as c; print(sorted(set(c.__all__) - set(dir(c))), 'numpy' in sys.modules, "
+                 "c.UsageError.__module__)")
+    assert out == "[] False quantbook.cli.common"

@@ -50,6 +50,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))   # UsageError too, before it loads
+
+
 def _command_modules():
     from . import audit, codebooks, derive, model, plots
 
