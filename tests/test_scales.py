@@ -326,3 +326,18 @@ def test_scaled_bits_refuses_a_bool():
         with pytest.raises(ValueError, match="bits must be an integer"):
             check_scaled_bits(bad)
     assert check_scaled_bits(np.int64(4)) == 4
+
+
+def test_scaled_values_are_the_code_times_qmax_over_its_peak():
+    """docs/scales.md's table rebuilt by hand (``qmax / peak`` in float64, times each level, then
+    float32), for an entry where ``(c / peak) * qmax`` rounds to another float32; and for a
+    Codebook, E2M1's own values in bit-pattern order (OCP MX v1.0, -0 at code 8)."""
+    from quantbook.scales import scaled_values
+
+    peak, c, qmax = 1.4554425309821815, 0.10035150660286198, 3.4280803203582764
+    lv = np.array([-peak, -0.7, -3 * c, 0.0, c, 0.5, 0.9, peak])
+    want = np.array([v * (qmax / peak) for v in lv.tolist()], np.float32)
+    assert np.array_equal(scaled_values(lv, qmax).view(np.uint32), want.view(np.uint32))
+    assert ((lv / peak) * qmax).astype(np.float32)[4] != want[4]   # the test tells the two apart
+    e2m1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+    assert np.array_equal(scaled_values(quantbook.get("e2m1"), 6).view(np.uint32), e2m1.view(np.uint32))

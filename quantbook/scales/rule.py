@@ -269,8 +269,9 @@ def scaled_peak(levels: Any) -> float:
 def scaled_values(levels: Any, qmax: Any) -> np.ndarray:
     """The float32 values the scaled layouts store for a codebook, in its order: ``levels ·
     (qmax / max|levels|)`` in float64, rounded once.  The one rule, for the layout's table and
-    for the fits and errors that measure it.  ``levels``: the values, or a Codebook."""
-    c = np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1)
+    for the fits and errors that measure it.  ``levels``: the values, or a Codebook (its stored
+    code, as the layout stores it: its sorted levels lack E2M1's -0)."""
+    c = np.asarray(getattr(levels, "code", levels), dtype=np.float64).reshape(-1)
     peak = scaled_peak(c)
     return (c * (check_qmax(qmax) / peak)).astype(np.float32)
 
