@@ -304,3 +304,14 @@ def test_search_block_errors_near_float32s_maximum_take_the_nearest_entry():
     assert (np.sort(d, axis=1)[:, 1] > err).all()          # no value half-way
     e2, e1 = search_block_errors(q.get("e2m1"), 16, rule, x, qmax=qmax)
     np.testing.assert_allclose([e2[0], e1[0]], [np.sum(err**2), np.sum(err)], rtol=1e-6)   # float32 differences
+
+
+def test_search_block_errors_take_levels_in_any_order():
+    # the levels as a Codebook stores its code (not ascending): the layout's errors all the same, the values
+    # decoded by quantize itself (see the test above)
+    lv = np.array([0.0, 0.5, 1.0, -0.25, -1.0, 0.25, -0.5, 0.75])
+    cb = q.Codebook(levels=np.sort(lv), bits=3, name="probe", source="test")
+    x = np.random.default_rng(1).standard_normal(16 * 64).astype(np.float32)
+    d = q.dequantize(*q.quantize(x, cb, 16, scale="search:4over6", backend="numpy"), backend="numpy") - x
+    want = (d.astype(np.float64) ** 2).reshape(-1, 16).sum(axis=1)
+    np.testing.assert_allclose(search_block_errors(lv, 16, "search:4over6", x)[0], want, rtol=1e-12, atol=0)

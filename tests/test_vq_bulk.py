@@ -729,3 +729,16 @@ def test_a_narrow_numpy_integer_group_is_its_value(narrow):
                                           "scale_dtype", "rotate_size", "rotate_seed")}
     got = dequantize_vq(idx, VQState(**fields, group=narrow(64)), "numpy")
     assert np.array_equal(got, want)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [">f4", ">f2"])
+@pytest.mark.parametrize("rotate", [None, "hadamard"])
+def test_big_endian_input_on_the_cpu_backend_is_quantized_as_its_values(dtype, rotate):
+    # the fused kernel reads the bytes as they lie: a big-endian input is made native first (float32 crashed
+    # numba's typing without it, float16 read swapped bytes); the numpy reference of the native array
+    x = (_rng(4).standard_normal((4, 128)) * 0.05).astype(dtype)
+    pts = gaussian_grid(16, 2)
+    a, sa = quantize_vq(x.astype(x.dtype.newbyteorder("=")), pts, rotate=rotate, backend="numpy")
+    b, sb = quantize_vq(x, pts, rotate=rotate, backend="cpu")
+    assert np.array_equal(a, b) and np.array_equal(sa.scales.view(np.uint8), sb.scales.view(np.uint8))
