@@ -315,3 +315,15 @@ def test_search_block_errors_take_levels_in_any_order():
     d = q.dequantize(*q.quantize(x, cb, 16, scale="search:4over6", backend="numpy"), backend="numpy") - x
     want = (d.astype(np.float64) ** 2).reshape(-1, 16).sum(axis=1)
     np.testing.assert_allclose(search_block_errors(lv, 16, "search:4over6", x)[0], want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("qmax", [-6.0, 0.0, float("nan"), 1e39])
+def test_search_block_errors_and_the_table_refuse_a_qmax_the_layout_refuses(qmax):
+    # the table's rule checks qmax, once: ggml's search would take a negative one (a flipped table) in silence
+    from quantbook.bulk.layouts import scaled_table
+
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    for call in (lambda: search_block_errors([-1.0, 0.0, 1.0], 16, "search:ggml", x, qmax=qmax),
+                 lambda: scaled_table([-1.0, 0.0, 1.0], qmax)):
+        with pytest.raises(ValueError, match=r"^qmax \(the codebook's largest magnitude\) must be"):
+            call()
