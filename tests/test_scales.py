@@ -241,6 +241,20 @@ def test_e4m3_tensor_scale_is_the_documented_float32_formula():
     assert np.count_nonzero(f64 != want) > 100   # the test tells the two apart
 
 
+@pytest.mark.parametrize("qmax", [7.6e35, 1e36, 3e38])
+def test_e4m3_names_a_qmax_too_large_for_its_tensor_scale(qmax):
+    # qmax·448 past float32's maximum leaves t = amax / inf = 0 for every amax: it said "the tensor's amax
+    # 1e+05 is too small ... (needs about 8.43e+03 or more)", naming an amax above the bound
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.float32(qmax) * np.float32(448))
+    with pytest.raises(ValueError, match=r"^qmax=\S+ is too large for the e4m3 rule: qmax·448 must be a finite"):
+        get_rule("e4m3").tensor_scale(1e5, qmax)
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    with pytest.raises(ValueError, match="too large for the e4m3 rule"):
+        quantbook.quantize(x, "e2m1", 16, scale="e4m3", qmax=qmax, backend="numpy")
+    assert get_rule("e4m3").tensor_scale(1e5, 7.5e35) > 0   # qmax·448 = 3.4e38 is finite
+
+
 @pytest.mark.parametrize("qmax", [4.0, 1.0, 127.0])
 def test_a_search_of_one_target_is_its_base_rule(qmax):
     x = np.random.default_rng(1).standard_normal(16 * 64).astype(np.float32)

@@ -90,11 +90,16 @@ class E4M3Scale(ScaleRule, family="e4m3"):
         g = _F(global_amax)
         if not np.isfinite(g) or g < 0:
             raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
-        if g == 0:
-            return _F(1)
         qmax = check_qmax(qmax)
         with np.errstate(over="ignore"):
-            t = _F(g / _F(_F(qmax) * _F(E4M3_MAX)))
+            top = _F(_F(qmax) * _F(E4M3_MAX))
+        if not np.isfinite(top):   # every amax would be "too small" for a scale of amax / inf
+            raise ValueError(f"qmax={qmax:g} is too large for the e4m3 rule: qmax·448 must be a finite float32 "
+                             f"(qmax at most about {float(np.finfo(_F).max) / E4M3_MAX:.4g})")
+        if g == 0:
+            return _F(1)
+        with np.errstate(over="ignore"):
+            t = _F(g / top)
             # a block on the clamp 2**-6 multiplies by (1/t)/2**-6; the largest block scale
             # decodes to t*448: both must stay finite
             small = not (t >= np.finfo(_F).tiny and np.isfinite((_F(1) / t) / _F(E4M3_MIN_NORMAL)))
