@@ -32,16 +32,16 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Iterable, Iterator, Union
 
 import numpy as np
 
 from ..errors import NotFoundError
-from ..numerics.arguments import is_int, one_line
+from ..numerics.arguments import check_names, is_int, one_line
 from .files import check_input_file
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
-           "read_tensor", "iter_tensors", "split_globs", "check_names", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
+           "read_tensor", "iter_tensors", "split_globs", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
            "MAX_HEADER_BYTES"]
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -215,17 +215,6 @@ Source = Union[str, os.PathLike, SafetensorsFile]
 def open_safetensors(path: Source) -> SafetensorsFile:
     """``path`` opened (header parsed and checked), or an open file passed through."""
     return path if isinstance(path, SafetensorsFile) else SafetensorsFile(path)
-
-
-def check_names(v: Any, what: str, example: str) -> list[str]:
-    """A comma-separated str, or a sequence of str, as a list of its (unstripped) items; a
-    ValueError naming ``what`` otherwise: bytes or an array would be iterated as numbers."""
-    items = v.split(",") if isinstance(v, str) else v
-    items = None if isinstance(items, (bytes, bytearray, np.ndarray)) or not hasattr(items, "__iter__") \
-        else list(items)
-    if items is None or not all(isinstance(s, str) for s in items):
-        raise ValueError(f"{what} must be a str such as {example!r} or a sequence of str, got {one_line(v)}")
-    return items
 
 
 def split_globs(globs: str | Iterable[str] | None) -> list[str] | None:

@@ -52,9 +52,9 @@ import numpy as np
 
 from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar
-from ..io.safetensors import TensorInfo, check_names, open_safetensors
+from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
-from ..numerics.arguments import check_flag, host_array
+from ..numerics.arguments import check_flag, check_names, host_array
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",

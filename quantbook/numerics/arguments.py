@@ -1,4 +1,4 @@
-"""What counts as an integer argument, a True/False flag and an array, for every layer's
+"""What counts as an integer argument, a True/False flag, a list of names and an array, for every layer's
 public functions: below all of them, so that each reads its arguments by the same rule."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_flag", "host_array", "bfloat16", "one_line"]
+__all__ = ["is_int", "check_flag", "check_names", "host_array", "bfloat16", "one_line"]
 
 
 def is_int(v: Any) -> bool:
@@ -23,6 +23,17 @@ def check_flag(value: Any, what: str, also: str = "") -> bool:
     if not (isinstance(value, (bool, np.bool_)) or (is_int(value) and value in (0, 1))):
         raise ValueError(f"{what} must be True or False{also}, got {value!r}")
     return bool(value)
+
+
+def check_names(v: Any, what: str, example: str) -> list[str]:
+    """A comma-separated str, or a sequence of str, as a list of its (unstripped) items; a
+    ValueError naming ``what`` otherwise: bytes or an array would be iterated as numbers."""
+    items = v.split(",") if isinstance(v, str) else v
+    items = None if isinstance(items, (bytes, bytearray, np.ndarray)) or not hasattr(items, "__iter__") \
+        else list(items)
+    if items is None or not all(isinstance(s, str) for s in items):
+        raise ValueError(f"{what} must be a str such as {example!r} or a sequence of str, got {one_line(v)}")
+    return items
 
 
 def one_line(v: Any, limit: int = 80) -> str:
