@@ -277,3 +277,21 @@ def test_a_path_object_source_keeps_its_spaces(tmp_path):
     np.save(tmp_path / "s.npy", np.arange(10.0))
     with pytest.raises(SourceError, match="expected FILE.npy"):
         parse_source(tmp_path / "s.npy ")
+
+
+@pytest.mark.parametrize("derive", ["nf", "lloyd", "quantile", "uniform_symmetric", "search_lloyd"])
+@pytest.mark.parametrize("bad", [0, False, "", {}])
+def test_a_name_that_is_not_a_name_is_refused_not_replaced(derive, bad):
+    # `name or default` took a falsy name (0, False, "", {}) for no name and named the codebook itself;
+    # quantile's suffix then failed on it with a TypeError
+    from quantbook.codebooks import CodebookError
+    from quantbook.derive import lloyd, nf, quantile, search_lloyd
+    from quantbook.derive.formats import uniform_symmetric
+
+    f = {"nf": nf, "lloyd": lloyd, "quantile": quantile, "uniform_symmetric": uniform_symmetric,
+         "search_lloyd": search_lloyd}[derive]
+    kwargs = {"lloyd": dict(bits=2, block_size=16), "quantile": dict(bits=2, block_size=16),
+              "search_lloyd": dict(samples=4096, max_iter=1)}.get(derive, {})
+    with pytest.raises(CodebookError, match=r"^name must (be a string|not be empty)"):
+        f(name=bad, **kwargs)
+    assert f(name="mine", **kwargs).name == "mine"

@@ -64,8 +64,8 @@ def uniform_symmetric(bits: int = UniformSymmetricRecipe.bits, name: str | None 
     recipe = UniformSymmetricRecipe(bits)
     m = 2 ** (recipe.bits - 1) - 1
     levels = np.arange(-m, m + 1, dtype=np.float64) / m
-    return Codebook(levels=levels, bits=recipe.bits, name=name or f"int{recipe.bits}-sym", source="derived",
-                    recipe=recipe.to_dict())
+    return Codebook(levels=levels, bits=recipe.bits, name=f"int{recipe.bits}-sym" if name is None else name,
+                    source="derived", recipe=recipe.to_dict())
 
 
 def scaled_integers(integers, divisor: int, bits: int, name: str = "scaled") -> Codebook:

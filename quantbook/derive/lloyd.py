@@ -500,7 +500,7 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
     if not converged:
         why = ("the time budget" if time.monotonic() >= deadline else
                "the iteration budget" if it >= max_iter else "no further progress")
-    nm = name or _lloyd_name(r)
+    nm = _lloyd_name(r) if name is None else name
     cb = Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
     return LloydResult(cb, it, res, converged, loss_value), why
 
@@ -631,6 +631,7 @@ def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
         levels = np.concatenate([-pos[::-1], [0.0] if 0.0 in fx else [], pos])
     else:
         levels = _quantile_levels(mu, n_levels, fx)
-    nm = name or f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
-    nm += f"-{r.scale.replace(':', '-')}" if r.scale is not None and not name else ""
-    return Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
+    if name is None:   # a name given is the name as given (the Codebook checks it)
+        name = f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+        name += f"-{r.scale.replace(':', '-')}" if r.scale is not None else ""
+    return Codebook(levels=levels, bits=r.bits, name=name, source="derived", recipe=r.to_dict())

@@ -236,7 +236,7 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
         raise ValueError(f"offset {recipe.offset} is too close to 1/2 or 1 for {precision} quantiles at "
                          f"{bits} bits (its levels are not distinct and finite); the exact precision (mpmath) may "
                          "resolve them")
-    return Codebook(levels=levels, bits=bits, name=name or _name(recipe), source="derived",
+    return Codebook(levels=levels, bits=bits, name=_name(recipe) if name is None else name, source="derived",
                     recipe=recipe.to_dict())
 
 

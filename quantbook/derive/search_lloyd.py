@@ -347,7 +347,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     if np.unique(levels).size != levels.size:
         raise ValueError("two levels met: the sample is too small for this many levels")
     params = recipe.to_dict()
-    nm = name or f"lloyd{bits}_{rule.name.replace(':', '_')}_b{block_size}"
+    nm = f"lloyd{bits}_{rule.name.replace(':', '_')}_b{block_size}" if name is None else name
     cb = Codebook(levels=levels, bits=bits, name=nm, source="derived", recipe=params)
     return SearchLloydResult(cb, it, change, bool(done), err, params)
 
