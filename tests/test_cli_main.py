@@ -157,7 +157,8 @@ def test_interrupt_while_the_console_script_imports_the_command_line_exits_130()
 def test_interrupt_while_python_m_loads_the_commands_exits_130():
     # `python -m quantbook.cli` imports the package before its __main__ can catch anything: a package that
     # imported numpy as it was imported left Python's traceback, not the line and status 130
-    script = f"{_CTRL_C_IN_IMPORT}\nimport runpy\nrunpy.run_module('quantbook.cli', run_name='__main__', alter_sys=True)\n"
+    run = "runpy.run_module('quantbook.cli', run_name='__main__', alter_sys=True)"
+    script = f"{_CTRL_C_IN_IMPORT}\nimport runpy\n{run}\n"
     r = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=_env(),
                        timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (130, "", "quantbook: interrupted\n")
