@@ -158,7 +158,7 @@ _FORK_COMPILING = textwrap.dedent("""
     import os, threading, time
     import numba
     from numba.core.compiler_lock import global_compiler_lock
-    import quantbook.bulk.cpu.kernels   # quantbook declares its kernels: numba is in use
+    DECLARE   # quantbook declares a kernel: numba is in use
 
     def compiling():   # another thread compiling all the time (a fresh function: nothing cached)
         i = 0
@@ -200,11 +200,14 @@ _FORK_COMPILING = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
-def test_a_child_forked_while_another_thread_compiles_can_compile():
+@pytest.mark.parametrize("declare", ["import quantbook.bulk.cpu.kernels",
+                                     "from quantbook.numerics.kernel_cache import cached_njit; cached_njit()"])
+def test_a_child_forked_while_another_thread_compiles_can_compile(declare):
     # numba compiles under one global lock; a child forked while another thread held it inherited it
-    # held, and its first compilation (a kernel's first call on new types) waited forever
+    # held, and its first compilation (a kernel's first call on new types) waited forever.  Declaring a
+    # single-threaded kernel alone sets the wait up too (it came with the first parallel kernel only)
     env = dict(os.environ, PYTHONWARNINGS="ignore")   # Python warns of a fork beside a thread: the case tested
-    r = subprocess.run([sys.executable, "-c", _FORK_COMPILING], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", _FORK_COMPILING.replace("DECLARE", declare)], capture_output=True,
+                       text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.splitlines() == ["ok"] * 4, r.stdout

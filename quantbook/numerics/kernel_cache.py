@@ -8,7 +8,8 @@ of every quantbook module that compiles with numba, so a change to any of them r
 all on first use.
 
 :func:`cached_njit` declares a single-threaded kernel (``numba.njit(cache=True)``);
-:mod:`quantbook.numerics.parallel` declares the multi-threaded ones through :func:`install`.
+:mod:`quantbook.numerics.parallel` declares the multi-threaded ones through :func:`install`,
+which also makes a fork wait for a compilation in flight in another thread.
 The key is set through numba's cache locators (``numba.core.caching``); where a numba version
 lacks them, numba's own key stands.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -48,8 +50,10 @@ def _in_package(py_file: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def install() -> bool:
-    """Put quantbook's cache key in front of numba's file-backed cache locators (once); whether
-    that was possible."""
+    """What declaring any quantbook kernel sets up, once: every later fork waits for a numba
+    compilation in flight (:func:`_hold_compiler_lock_across_fork`), and quantbook's cache key
+    goes in front of numba's file-backed cache locators; whether the key could be set."""
+    _hold_compiler_lock_across_fork()
     try:
         from numba.core import caching
     except ImportError:
@@ -63,6 +67,18 @@ def install() -> bool:
         if issubclass(base, mixin):
             classes.insert(i, _keyed(base))
     return True
+
+
+def _hold_compiler_lock_across_fork() -> None:
+    """Make every later fork take numba's compiler lock first: numba compiles under one global
+    lock, and a child forked while another thread held it inherited it held, by a thread that
+    does not exist there, so the child's first compilation waited forever.  The lock is
+    reentrant, so a thread forking in the middle of a compilation of its own does not wait on
+    itself."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    from numba.core.compiler_lock import global_compiler_lock as lock
+    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release)
 
 
 def _keyed(base: type) -> type:

@@ -15,9 +15,8 @@ waiting on such a worker waits forever.  A child forked so is recorded at the fo
 them to numpy, the same bits), and any other kernel (a derivation from a sample, ``derive
 vq``, ggml's search) raises it as a ValueError instead of ending the process.
 
-A fork also waits for a numba compilation in flight in another thread: numba compiles under
-one global lock, and a child forked while another thread held it inherited it held, by a
-thread that does not exist there, so the child's first compilation waited forever.
+A fork also waits for a numba compilation in flight in another thread, for every kernel
+declared (:func:`.kernel_cache.install`).
 
 numba itself is imported only when a kernel is declared, so importing quantbook never needs it.
 """
@@ -57,20 +56,6 @@ def _after_fork() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
-_compiler_lock_held_across_fork = False
-
-
-def _hold_compiler_lock_across_fork() -> None:
-    """Make every later fork take numba's compiler lock first (installed with the first kernel,
-    as numba is imported only then).  The lock is reentrant, so a thread forking in the middle
-    of a compilation of its own does not wait on itself."""
-    global _compiler_lock_held_across_fork
-    if _compiler_lock_held_across_fork or not hasattr(os, "register_at_fork"):
-        return
-    from numba.core.compiler_lock import global_compiler_lock as lock
-    os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release)
-    _compiler_lock_held_across_fork = True
-
 
 def unavailable() -> str | None:
     """Why numba's parallel kernels cannot run in this process, or None (the ``unavailable``
@@ -97,8 +82,7 @@ def parallel_njit(**options):
     import numba
 
     from .kernel_cache import install
-    install()   # the cache key of every quantbook kernel module
-    _hold_compiler_lock_across_fork()
+    install()   # the cache key of every quantbook kernel module, and forks wait for a compilation
 
     def declare(fn):
         kernel = numba.njit(parallel=True, cache=True, **options)(fn)
