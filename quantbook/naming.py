@@ -45,12 +45,12 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from numbers import Integral
 from typing import Any, Sequence
 
 from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF, published_name
 from .errors import NotFoundError
+from .numerics.arguments import is_int
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "split_specs", "depends_on_block_size", "UnknownCodebookError",
            "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
@@ -148,7 +148,7 @@ def _lloyd_options(text: str, m: re.Match, block_size: Any) -> tuple[tuple[str, 
     """The keyword arguments of :func:`quantbook.derive.lloyd` a ``lloyd-...`` match spells."""
     if m.group("B"):
         B = _number(m.group("B"), "block size B", 2, MAX_BLOCK_SIZE, text)
-    elif isinstance(block_size, Integral) and not isinstance(block_size, bool):
+    elif is_int(block_size):
         B = _in_range(int(block_size), "block size", 2, MAX_BLOCK_SIZE, text)
     else:
         raise CodebookError(f"{text}: the block size must be an integer, got {block_size!r}")

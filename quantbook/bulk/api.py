@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..numerics.arguments import check_flag, host_array
+from ..numerics.arguments import check_flag, check_int, host_array
 from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
 from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,
@@ -153,8 +153,8 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool =
     and a :class:`QuantState` with bitsandbytes' field names.
     """
     nested, allow_nonfinite = check_flag(nested, "nested"), check_flag(allow_nonfinite, "allow_nonfinite")
-    if not F.is_int(torch_threads) or torch_threads < 1:   # checked even where unused, as every argument
-        raise ValueError(f"torch_threads must be a positive integer (torch.get_num_threads()), got {torch_threads!r}")
+    # checked even where unused, as every argument
+    check_int(torch_threads, "torch_threads", 1, also=" (torch.get_num_threads())")
     block_size = F.check_block_size(block_size)
     cb = resolve_codebook(codebook, block_size)
     rule = None if scale is None else get_rule(scale)

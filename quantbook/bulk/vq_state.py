@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import host_array
+from ..numerics.arguments import check_int, host_array
 from ..numerics.hadamard import check_size
 from . import format as F
 from .state import dtype_from_name, dtype_name, exact_array, first_bad_scale
@@ -48,9 +48,7 @@ def index_dtype(n_points: int) -> np.dtype:
 
 def check_group(group: Any, dim: int, last: int) -> int:
     """A group size that is a multiple of ``dim`` (P) and divides the last dimension ``last``."""
-    if not F.is_int(group) or group < 1:
-        raise ValueError(f"group must be a positive integer, got {group!r}")
-    group = int(group)
+    group = check_int(group, "group", 1)
     if group % dim:
         raise ValueError(f"the group of {group} weights is not a multiple of the codebook's dimension P = {dim}")
     if last % group:
@@ -167,8 +165,7 @@ class VQState:
             if self.shape[-1] % self.rotate_size:
                 raise ValueError(f"the Hadamard size {self.rotate_size} does not divide the last dimension "
                                  f"{self.shape[-1]}")
-            if not F.is_int(self.rotate_seed) or self.rotate_seed < 0:
-                raise ValueError(f"rotate_seed must be a non-negative integer, got {self.rotate_seed!r}")
+            check_int(self.rotate_seed, "rotate_seed", 0)
         return self
 
     # --------------------------------------------------------------- (de)serialise

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import dump_json, parse_json
-from ..numerics.arguments import host_array, one_line
+from ..numerics.arguments import host_array, is_int, one_line
 from ..numerics.reals import real_host_array, real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
@@ -150,7 +150,7 @@ class Codebook:
     _code_index: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)):
+        if not is_int(self.bits):
             raise CodebookError(f"bits must be an integer, got {self.bits!r}")
         bits = int(self.bits)
         if not 1 <= bits <= 16:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import dump_json, parse_json
-from ..numerics.arguments import host_array
+from ..numerics.arguments import host_array, is_int
 from ..numerics.reals import real_host_array
 from .codebook import check_misspelt_keys, check_name, check_numbers
 from .frozen import freeze
@@ -187,7 +187,7 @@ class VectorCodebook:
         ``scale_bits=0`` counts the indices alone.
         """
         for what, val in (("scale_bits", scale_bits),) + ((("group", group),) if group is not None else ()):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
+            if not is_int(val):
                 raise VectorCodebookError(f"{what} must be an integer, got {val!r}")
         if scale_bits < 0:
             raise VectorCodebookError(f"scale_bits must be >= 0, got {scale_bits}")

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, check_int, is_int
 from ..numerics.dots import row_dot
 from .conventions import at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
@@ -508,14 +508,11 @@ def _knot_nodes(source: Source, B: int, panels=_PANEL_EDGES, nodes=_GL_N):
 
 
 def _check_weight_power(weight_power: Any) -> int:
-    if isinstance(weight_power, bool) or not isinstance(weight_power, (int, np.integer)) \
-            or not 0 <= weight_power <= 2:
-        raise ValueError(f"weight_power must be 0, 1 or 2, got {weight_power!r}")
-    return int(weight_power)
+    return check_int(weight_power, "weight_power", 0, 2)
 
 
 def _check_block_size(block_size: Any) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+    if not is_int(block_size):
         raise ValueError(f"block size must be an integer, got {block_size!r}")
     if not 2 <= block_size <= 10**7:
         raise ValueError(f"block size must be between 2 and 10**7, got {block_size}")
@@ -838,8 +835,7 @@ class BlockDistribution:
         """``E[y**k]``: closed form for k = 0, 1, 2, quadrature (:meth:`expect`) above.  Where
         ``E|y|**k`` diverges (plain heavy tails): inf for an even ``k``, NaN for an odd one
         (both halves infinite: no value)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"moment order must be a non-negative integer, got {k!r}")
+        check_int(k, "moment order", 0)
         if self._plain and k >= self.source.moment_limit:
             return math.inf if k % 2 == 0 else math.nan
         if k > 2:

@@ -65,6 +65,7 @@ from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
 from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
 from .sources import EMPIRICAL_PREFIX
+from ..numerics.arguments import check_int
 
 __all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "LloydWarning", "DerivationError",
            "default_fixed", "parse_fixed", "lloyd_step", "weight_power", "LOSSES", "DOMAINS", "TOL", "MAX_ITER",
@@ -454,8 +455,7 @@ def _check_budget(tol: Any, max_iter: Any, max_time: Any) -> float:
     """Validates the solver settings; returns the deadline (time.monotonic() units)."""
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    check_int(max_iter, "max_iter", 0)
     if max_time is None:
         return math.inf
     if isinstance(max_time, bool) or not isinstance(max_time, numbers.Real) or not max_time > 0:

@@ -48,6 +48,7 @@ from scipy.stats import norm
 from ..codebooks.codebook import Codebook
 from ..numerics import torch_f32
 from .recipes import NFRecipe
+from ..numerics.arguments import check_int, is_int
 
 __all__ = [
     "BNB_OFFSET_LITERAL",
@@ -156,7 +157,7 @@ def parse_offset(offset: Any) -> Fraction:
 
 
 def _check_bits(bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+    if not is_int(bits):
         raise ValueError(f"bits must be an integer, got {bits!r}")
     if not 2 <= bits <= 8:
         raise ValueError(f"NF codebooks are defined for 2 to 8 bits, got {bits}")
@@ -183,9 +184,8 @@ def nf_exact(bits: int, offset: Any = None, dps: int = _EXACT_DPS) -> list[mpmat
     """The NFk levels as mpmath numbers with ``dps`` significant digits (a positive integer),
     sorted; ``offset`` as :func:`nf`'s."""
     bits = _check_bits(bits)
-    if isinstance(dps, bool) or not isinstance(dps, (int, np.integer)) or dps < 1:
-        # mpmath takes dps=0 and returns levels rounded to a few bits, silently
-        raise ValueError(f"dps (significant digits) must be a positive integer, got {dps!r}")
+    # mpmath takes dps=0 and returns levels rounded to a few bits, silently
+    check_int(dps, "dps (significant digits)", 1)
     off = default_offset(bits) if offset is None else parse_offset(offset)
     half = 2 ** (bits - 1)
     with mpmath.workdps(dps + 10):

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import check_flag, one_line
+from ..numerics.arguments import check_flag, check_int, is_int, one_line
 from ..codebooks.codebook import Codebook, check_numbers
 from ..numerics.losses import LOSSES, check_loss
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
@@ -63,9 +63,7 @@ def derive_from_recipe(recipe: Mapping[str, Any]) -> Codebook:
 # ------------------------------------------------------------------------ JSON value checks
 # A recipe read from JSON must hold exactly these types: the field annotations name the check.
 def _want_int(key, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise RecipeError(f"parameter {key!r} must be an integer, got {v!r}")
-    return int(v)
+    return check_int(v, f"parameter {key!r}", error=RecipeError)
 
 
 def _want_str(key, v):
@@ -200,9 +198,7 @@ def _jsonable(v: Any) -> Any:
 
 
 def _check_bits(bits: Any, lo: int, hi: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not lo <= bits <= hi:
-        raise ValueError(f"bits must be an integer from {lo} to {hi}, got {bits!r}")
-    return int(bits)
+    return check_int(bits, "bits", lo, hi)
 
 
 def _choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -557,11 +553,10 @@ class ScaledIntegersRecipe(Recipe):
 
     def __post_init__(self) -> None:
         ints = tuple(self.integers) if isinstance(self.integers, (list, tuple, np.ndarray)) else ()
-        if not ints or any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in ints):
+        if not ints or any(not is_int(i) for i in ints):
             raise ValueError(f"integers must be a non-empty list of integers, got {self.integers!r}")
         ints = tuple(int(i) for i in ints)
-        if isinstance(self.divisor, bool) or not isinstance(self.divisor, numbers.Integral) or self.divisor <= 0:
-            raise ValueError(f"divisor must be a positive integer, got {self.divisor!r}")
+        check_int(self.divisor, "divisor", 1)
         bits = _check_bits(self.bits, 1, 8)
         if len(ints) > 2**bits:
             raise ValueError(f"{len(ints)} integers do not fit in {bits} bits")
@@ -590,9 +585,7 @@ class RoundedRecipe(Recipe):
             base = Recipe.from_dict(base)
         if not isinstance(base, Recipe):
             raise ValueError(f"base must be a recipe, got {self.base!r}")
-        if isinstance(self.decimals, bool) or not isinstance(self.decimals, numbers.Integral) \
-                or not 0 <= self.decimals <= 17:
-            raise ValueError(f"decimals must be an integer from 0 to 17, got {self.decimals!r}")
+        check_int(self.decimals, "decimals", 0, 17)
         _set(self, base=base, decimals=int(self.decimals))
 
     def derive(self) -> Codebook:

@@ -92,6 +92,7 @@ from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
+from ..numerics.arguments import check_int
 
 __all__ = ["ScaledMeasure", "NestedMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale",
            "TensorModel", "N_PHASE", "N_TENSOR", "N_NESTED", "DEFAULT_QMAX"]
@@ -146,9 +147,7 @@ class TensorModel:
                 raise ValueError(f"tensor_amax must be a positive finite number, got {tensor_amax!r}")
             tensor_amax = a
         if tensor_size is not None:
-            if isinstance(tensor_size, bool) or not isinstance(tensor_size, (int, np.integer)) or tensor_size < 2:
-                raise ValueError(f"tensor_size must be an integer >= 2, got {tensor_size!r}")
-            tensor_size = int(tensor_size)
+            tensor_size = check_int(tensor_size, "tensor_size", 2)
         self.amax, self.size = tensor_amax, tensor_size
 
     def key(self):
@@ -800,8 +799,7 @@ class ScaledBlockDistribution:
         return self._mu.lo, self._mu.hi
 
     def moment(self, k: int) -> float:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= 2:
-            raise ValueError(f"moment order must be 0, 1 or 2, got {k!r}")
+        check_int(k, "moment order", 0, 2)
         mu = self._mu
         return float(mu.T(k, mu.hi) - mu.T(k, mu.lo) + np.sum(mu.atoms_w * mu.atoms_x**k))
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..codebooks import Codebook
 from ..codebooks.encoding import midpoints
-from ..numerics.arguments import check_flag, is_int
+from ..numerics.arguments import check_flag, check_int, is_int
 from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
 from ..numerics.losses import check_loss
@@ -79,8 +79,7 @@ def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, t
                          f"deterministic rules have {_EXACT[who]}")
     for k, v in (("bits", bits), ("block_size", block_size), ("samples", samples), ("seed", seed),
                  ("max_iter", max_iter)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or (v < 0 if k == "seed" else v < 1):
-            raise ValueError(f"{k} must be a {'non-negative' if k == 'seed' else 'positive'} integer, got {v!r}")
+        check_int(v, k, 0 if k == "seed" else 1)
     block_size, samples = int(block_size), int(samples)   # an int8 block size would overflow samples // block_size
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
@@ -245,9 +244,8 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     refuse_name(levels, "search_block_errors")
     table = scaled_values(np.sort(np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1)), qmax)
     x = np.asarray(x, dtype=_F).reshape(-1)
-    if not is_int(block_size) or block_size < 2:   # a ZeroDivisionError deep in the search
-        raise ValueError(f"block_size must be an integer >= 2, got {block_size!r}")
-    block_size = int(block_size)   # an int8 one would overflow the block arithmetic
+    # below 2: a ZeroDivisionError deep in the search; an int8 one would overflow the block arithmetic
+    block_size = check_int(block_size, "block_size", 2)
     _check_whole("x.size", x.size, block_size, tensor_size)
     smp = _Sample(rule, x, block_size, x.size if tensor_size is None else tensor_size, qmax)
     deq = _assign(rule, smp, table, qmax)[0]
@@ -259,7 +257,7 @@ def default_samples(samples: int | None, default: int, block_size: Any, tensor_s
     size that does not divide the default must not be an error about a sample never given.
     A size that is not a positive integer is left for the checks to name."""
     unit = block_size if tensor_size is None else tensor_size
-    if samples is not None or isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or unit < 1:
+    if samples is not None or not is_int(unit) or unit < 1:
         return default if samples is None else samples
     return -(-default // int(unit)) * int(unit)
 

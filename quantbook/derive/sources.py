@@ -59,7 +59,7 @@ import mpmath
 import numpy as np
 from scipy import integrate, special
 
-from ..numerics.arguments import check_flag, one_line
+from ..numerics.arguments import check_flag, check_int, is_int, one_line
 from ..numerics.dots import row_dot
 from ..numerics.reals import real_host_array, real_kind
 from ..io.files import check_input_file
@@ -244,7 +244,7 @@ def _order_error(k: Any) -> str:
 
 
 def _check_order(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= 2:
+    if not is_int(k) or not 0 <= k <= 2:
         raise ValueError(_order_error(k))
     return int(k)
 
@@ -691,9 +691,8 @@ class Empirical(Source):
                  knots: int | None = DEFAULT_KNOTS) -> None:
         standardize = check_flag(standardize, "standardize")
         raw = real_host_array(sample, "sample", SourceError)
-        if knots is not None and (isinstance(knots, bool) or not isinstance(knots, (int, np.integer))
-                                  or knots < 2):
-            raise SourceError(f"knots must be an integer >= 2 or None, got {knots!r}")
+        if knots is not None:
+            check_int(knots, "knots", 2, also=" or None", error=SourceError)
         x = raw.astype(np.float64).ravel()
         if x.size < 2:
             raise SourceError("an empirical source needs at least 2 values")

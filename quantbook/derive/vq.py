@@ -54,7 +54,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, check_int
 from ..numerics.reals import real_host_array
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
 from ..io.progress import progress_bar
@@ -85,9 +85,7 @@ MAX_SAMPLE_VALUES = 1 << 29
 
 
 def _posint(what: str, v: Any, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{what} must be an integer >= {lo}, got {v!r}")
-    return int(v)
+    return check_int(v, what, lo)
 
 
 @dataclass(frozen=True)

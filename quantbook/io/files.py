@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from ..numerics.arguments import is_int, one_line
+from ..numerics.arguments import check_int
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
            "check_input_file", "read_small_file", "parse_json", "dump_json"]
@@ -279,9 +279,7 @@ def dump_json(obj: object, indent: int | None) -> str:
     """``json.dumps(obj, indent=indent)`` for an ``indent`` that is None or a non-negative integer:
     json takes a str as the indent itself (``"abc"`` writes text that is not JSON) and fails inside
     on a float."""
-    if not (indent is None or (is_int(indent) and indent >= 0)):
-        raise ValueError(f"indent must be a non-negative integer or None, got {one_line(indent)}")
-    return json.dumps(obj, indent=None if indent is None else int(indent))
+    return json.dumps(obj, indent=None if indent is None else check_int(indent, "indent", 0, also=" or None"))
 
 
 def parse_json(text: str | bytes, error: type[Exception], what: str = "codebook") -> object:

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from ..numerics.arguments import is_int
 from .files import check_input_file
 
 __all__ = ["NpyError", "load_npy", "DEFAULT_MAX_VALUES"]
@@ -72,7 +73,7 @@ def load_npy(path: str | os.PathLike, max_values: int | None = DEFAULT_MAX_VALUE
                 raise NpyError(f"{path} holds Python objects, which are not read (allow_pickle is off)")
             if dtype.names is not None or dtype.subdtype is not None:
                 raise NpyError(f"{path}: structured or sub-array dtype {dtype} is not supported")
-            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            if not all(is_int(d) and d >= 0 for d in shape):
                 raise NpyError(f"{path}: bad shape {shape!r} in the header (dimensions must be integers >= 0)")
             count = math.prod(shape)
             if max_values is not None and count > max_values:

@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 from ..errors import NotFoundError
-from ..numerics.arguments import check_names, is_int, one_line
+from ..numerics.arguments import check_int, check_names
 from .files import check_input_file
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
@@ -297,10 +297,9 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     """
     if standardize not in STANDARDIZE:
         raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {standardize!r}")
-    if not (is_int(seed) and seed >= 0):   # checked even where every value is kept and no draw is made
-        raise ValueError(f"seed must be a non-negative integer, got {one_line(seed)}")
-    if max_samples is not None and not (is_int(max_samples) and max_samples >= 2):
-        raise ValueError(f"max_samples must be an integer >= 2 or None, got {max_samples!r}")
+    check_int(seed, "seed", 0)   # checked even where every value is kept and no draw is made
+    if max_samples is not None:
+        check_int(max_samples, "max_samples", 2, also=" or None")
     f = open_safetensors(path)
     infos = f.tensors(globs)
     if not infos:

@@ -54,7 +54,7 @@ from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..numerics import hadamard
-from ..numerics.arguments import check_flag, check_names, host_array
+from ..numerics.arguments import check_flag, check_int, check_names, host_array
 from ..scales import DEFAULT_QMAX
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
@@ -263,8 +263,7 @@ class VQOptions:
     def __post_init__(self) -> None:
         from ..bulk.vq_state import SCALE_DTYPES, SCALE_RULES
 
-        if isinstance(self.group, bool) or not isinstance(self.group, (int, np.integer)) or self.group < 1:
-            raise ValueError(f"the vector group must be a positive integer, got {self.group!r}")
+        check_int(self.group, "the vector group", 1)
         if self.scale not in SCALE_RULES:
             raise ValueError(f"unknown vector scale rule {self.scale!r} (expected {' or '.join(SCALE_RULES)})")
         if self.scale_dtype not in SCALE_DTYPES:

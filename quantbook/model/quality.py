@@ -60,7 +60,7 @@ import numpy as np
 from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
-from ..numerics.arguments import check_flag
+from ..numerics.arguments import check_flag, is_int
 from ..scales import DEFAULT_QMAX
 from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
                        make_layout, parse_rotations, resolve_scale, rotation_size, row_label, scale_label,
@@ -506,7 +506,7 @@ class Task:
     def check_inputs(cls, tokens: Any, context: Any) -> tuple[int, int]:
         """``tokens`` and ``context`` as integers, or a ValueError (before a model is loaded)."""
         for flag, v in (("--tokens", tokens), ("--context", context)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if not is_int(v):
                 raise ValueError(f"{flag} must be an integer, got {v!r}")
         if context < 2:
             raise ValueError(f"--context must be at least 2 tokens, got {context}")

@@ -7,13 +7,29 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_flag", "check_names", "host_array", "bfloat16", "one_line"]
+__all__ = ["is_int", "check_int", "check_flag", "check_names", "host_array", "bfloat16", "one_line"]
 
 
 def is_int(v: Any) -> bool:
     """Whether ``v`` is an integer argument (a block size, a width): a Python or numpy
     integer, not a bool, and not an integral float."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(value: Any, what: str, minimum: int | None = None, maximum: int | None = None, *,
+              also: str = "", error: type[Exception] = ValueError) -> int:
+    """``value`` as an int: an integer argument (:func:`is_int`) from ``minimum`` to ``maximum``
+    (each bound optional); an ``error`` naming ``what`` (and ``also``, what else the caller
+    takes) otherwise."""
+    if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            wanted = f"an integer from {minimum} to {maximum}"
+        elif minimum is not None:
+            wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        else:
+            wanted = "an integer" if maximum is None else f"an integer <= {maximum}"
+        raise error(f"{what} must be {wanted}{also}, got {one_line(value)}")
+    return int(value)
 
 
 def check_flag(value: Any, what: str, also: str = "") -> bool:

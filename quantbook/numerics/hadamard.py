@@ -20,6 +20,7 @@ Walsh–Hadamard transform (``n·log2 n`` additions per group), in float64.
 from __future__ import annotations
 
 import numpy as np
+from .arguments import is_int
 
 __all__ = ["fwht", "signs", "rotate", "unrotate", "default_size", "check_size", "check_divides", "SEED"]
 
@@ -29,7 +30,7 @@ SEED = 0
 
 def check_size(n: int) -> int:
     """``n`` when it is a power of two ≥ 1, else a one-line ValueError."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n & (n - 1):
+    if not is_int(n) or n < 1 or n & (n - 1):
         raise ValueError(f"the Hadamard size must be a power of two, got {n}")
     return int(n)
 

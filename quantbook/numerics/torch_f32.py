@@ -40,6 +40,7 @@ and compilers).
 from __future__ import annotations
 
 import numpy as np
+from .arguments import check_int
 
 __all__ = ["CAPABILITIES", "TorchF32Error", "linspace", "sum", "mean"]
 
@@ -215,11 +216,7 @@ def _check_capability(capability: object) -> str:
 
 
 def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TorchF32Error(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise TorchF32Error(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
+    return check_int(value, name, minimum, error=TorchF32Error)
 
 
 def _to_f32(value: object, name: str) -> np.float32:

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..numerics.reals import real_array
+from ..numerics.arguments import is_int
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
            "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_values"]
@@ -243,7 +244,7 @@ SCALED_BITS = 4
 
 def check_scaled_bits(bits: int) -> int:
     """Bits a code of the scaled layouts: 1 to 4 (its 16 entries hold any narrower code)."""
-    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)):
+    if not is_int(bits):
         raise ValueError(f"bits must be an integer from 1 to {SCALED_BITS}, got {bits!r}")
     if not 1 <= bits <= SCALED_BITS:
         raise ValueError(f"the scaled layouts store {SCALED_BITS}-bit codes: bits must be 1 to {SCALED_BITS}, "

@@ -33,6 +33,7 @@ from ..codebooks.vector import VectorCodebook
 from ..codebooks.vector_registry import vector_registry
 from ..derive.vq import cell_stats, draw_vectors, vector_errors
 from ..errors import NotFoundError
+from ..numerics.arguments import check_int
 
 __all__ = ["VectorAuditRow", "audit_vector", "audit_vectors", "AUDIT_SEED", "AUDIT_SAMPLES",
            "exact_mse_1d", "lloyd_max_mse", "derived_counterpart"]
@@ -108,10 +109,8 @@ def audit_vector(cb: VectorCodebook, samples: int = AUDIT_SAMPLES, seed: int = A
                  derived: VectorCodebook | None | bool = True) -> VectorAuditRow:
     """The findings of the module docstring for one grid.  ``derived``: the grid to compare
     with (True: :func:`derived_counterpart`; None/False: none)."""
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 100:
-        raise ValueError(f"samples must be an integer >= 100, got {samples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_int(samples, "samples", 100)
+    check_int(seed, "seed", 0)
     p, n = cb.dim, cb.size
     x = draw_vectors("normal", p, int(samples), int(seed))
     err = vector_errors(cb.points, x)
