@@ -269,7 +269,8 @@ def scaled_peak(levels: Any) -> float:
 
 def scaled_values(levels: Any, qmax: Any) -> np.ndarray:
     """The float32 values the scaled layouts store for a codebook, in its order: ``levels ·
-    (qmax / max|levels|)`` in float64, rounded once.  The one rule, for the layout's table and
+    (qmax / max|levels|)``, quotient and product in float64, the product rounded to float32
+    (not always the correctly rounded value; the stored bytes keep it).  The one rule, for the layout's table and
     for the fits and errors that measure it.  ``levels``: the values, or a Codebook (its stored
     code, as the layout stores it: its sorted levels lack E2M1's -0)."""
     c = np.asarray(getattr(levels, "code", levels), dtype=np.float64).reshape(-1)
