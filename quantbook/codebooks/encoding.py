@@ -4,6 +4,10 @@ Used by :meth:`Codebook.encode`, by every bulk backend and by the exported C/CUD
 so that all of them give the same code for the same value: float32 midpoints of the stably
 sorted table, ``index = order[#{bounds < y}]`` (a value on a midpoint goes to the lower
 value), with a ``float64`` variant for exact-arithmetic uses.
+
+The scaled layouts' encoder (:class:`ScaledEncoder`, docs/scales.md) breaks a tie by the
+stored index instead; it is defined here too, below the derivations, so that the search fits
+(:mod:`quantbook.derive.search_lloyd`) encode as the layout does, ties included.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["Encoder", "encoder", "midpoints", "PRECISIONS"]
+__all__ = ["Encoder", "encoder", "midpoints", "PRECISIONS", "ScaledEncoder", "scaled_encoder"]
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
+_F = np.float32
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,3 +77,62 @@ def _encoder(raw: bytes, precision: str) -> Encoder:
     bounds.setflags(write=False)
     order.setflags(write=False)
     return Encoder(bounds, order)
+
+
+class ScaledEncoder:
+    """The encoder of a scaled-layout table (docs/scales.md, "Encoder"), as arrays the kernels use:
+    ``mids`` (float32 midpoints of the sorted distinct values), ``up`` (a tie at ``mids[j]``
+    goes up), ``pos``/``neg`` (the index of each distinct value for ``y`` without/with the
+    sign bit)."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        t = np.asarray(table, dtype=_F)
+        vals = np.unique(t)  # -0.0 and +0.0 are one value
+        sign = np.signbit(t)
+        pos = np.empty(vals.size, np.uint8)
+        neg = np.empty(vals.size, np.uint8)
+        low = np.empty(vals.size, np.int64)
+        for j, v in enumerate(vals):
+            idx = np.flatnonzero(t == v)
+            low[j] = idx[0]
+            p, n = idx[~sign[idx]], idx[sign[idx]]
+            pos[j] = p[0] if p.size else idx[0]
+            neg[j] = n[0] if n.size else idx[0]
+        self.values = vals
+        self.mids = midpoints(vals)   # the encoders' one rule (halved first where the sum overflows)
+        self.up = (low[1:] % 2 == 0) & (low[:-1] % 2 == 1)
+        self.pos, self.neg = pos, neg
+        for a in (self.values, self.mids, self.up, pos, neg):   # scaled_encoder shares one per table
+            a.setflags(write=False)
+        self.zero_index = int(self(np.zeros(1, _F))[0])
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=_F)
+        r = np.searchsorted(self.mids, y, side="left")
+        if self.mids.size:
+            rc = np.minimum(r, self.mids.size - 1)
+            r = r + ((r < self.mids.size) & (y == self.mids[rc]) & self.up[rc])
+        return np.where(np.signbit(y), self.neg[r], self.pos[r]).astype(np.uint8)
+
+    def padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(mids, up, pos, neg)`` padded to 15/15/16/16 entries (``+inf`` midpoints never
+        count) for the register kernels."""
+        m = np.full(15, np.inf, _F)
+        m[: self.mids.size] = self.mids
+        u = np.zeros(15, np.bool_)
+        u[: self.up.size] = self.up
+        p = np.zeros(16, np.uint8)
+        p[: self.pos.size] = self.pos
+        n = np.zeros(16, np.uint8)
+        n[: self.neg.size] = self.neg
+        return m, u, p, n
+
+
+@lru_cache(maxsize=32)
+def _scaled_encoder(table_bytes: bytes) -> ScaledEncoder:
+    return ScaledEncoder(np.frombuffer(table_bytes, dtype=_F))
+
+
+def scaled_encoder(table: np.ndarray) -> ScaledEncoder:
+    """The :class:`ScaledEncoder` of a table in stored order, one shared per table."""
+    return _scaled_encoder(np.ascontiguousarray(table, dtype=_F).tobytes())
