@@ -165,8 +165,8 @@ def test_default_keeps_the_bitsandbytes_bytes():
 def _nearest_by_the_rule(table, y):
     """The encoder of docs/scales.md rebuilt by hand, value by value: the nearest entries in
     float64; a value stored twice is coded by its lowest index whose sign bit matches ``y``'s;
-    half-way between two values, the one coded at an even index when exactly one is, else the
-    lower."""
+    half-way between two values, the one first stored at an even index when exactly one is (a
+    value stored twice counts by its lowest index, whatever its sign), else the lower."""
     t = np.asarray(table, np.float64)
 
     def code(value, v):
@@ -181,9 +181,34 @@ def _nearest_by_the_rule(table, y):
         if near.size == 1:
             out.append(code(near[0], v))
         else:
-            lo, hi = code(near[0], v), code(near[1], v)
-            out.append(hi if hi % 2 == 0 and lo % 2 == 1 else lo)
+            first = [int(np.flatnonzero(t == value)[0]) for value in near]
+            out.append(code(near[1], v) if first[1] % 2 == 0 and first[0] % 2 == 1 else code(near[0], v))
     return np.array(out)
+
+
+@pytest.mark.parametrize("code", [[0.0, 1.0, 0.5, -1.0], [-1.0, 0.0, 1.0, 1.0], "e2m1", "fp4", "dyadic"])
+def test_the_layout_encoder_is_the_rule_by_hand(code):
+    """The encoder itself (the numpy backend's and the search fits') against the rule rebuilt by
+    hand, on every midpoint (exact in float32 for these tables), its float32 neighbours, the values,
+    both zeros and a random sample; infinities and NaN saturate (NaN to the top, as sorted last)."""
+    from quantbook.codebooks.encoding import scaled_encoder
+
+    rng = np.random.default_rng(5)
+    if code == "dyadic":   # eighths up to 6 (the table is the code), one value twice and -0 beside +0
+        eighths = rng.choice(np.setdiff1d(np.arange(-47, 48), [0]), 12, replace=False) / 8
+        code = list(rng.permutation(np.append(eighths, [6.0, -0.0, 0.0])))
+        code.append(code[3])
+    table = scaled_table(qb.get(code).code if isinstance(code, str) else np.array(code), 6.0)
+    v = np.unique(table.astype(np.float64))
+    mids = ((v[:-1] + v[1:]) / 2).astype(np.float32)
+    assert np.array_equal(mids, (v[:-1] + v[1:]) / 2)   # exact: the by-hand rule sees the ties
+    y = np.concatenate([mids, np.nextafter(mids, np.float32(-np.inf)), np.nextafter(mids, np.float32(np.inf)),
+                        table, -table, [0.0, -0.0, 1e-45, -1e-45], rng.uniform(-8, 8, 4000)]).astype(np.float32)
+    enc = scaled_encoder(table)
+    assert enc(y).tolist() == _nearest_by_the_rule(table, y).tolist()
+    top, bottom = _nearest_by_the_rule(table, [v[-1], v[0]])
+    assert enc(np.array([np.inf, -np.inf, np.nan], np.float32)).tolist() == [top, bottom, top]
+    assert enc(np.float32(v[0])).shape == ()   # a 0-d value is a 0-d array of codes
 
 
 @pytest.mark.parametrize("code", [[0.0, 1.0, 0.5, -1.0], [-1.0, 0.0, 1.0, 1.0]],

@@ -102,16 +102,21 @@ class ScaledEncoder:
         self.mids = midpoints(vals)   # the encoders' one rule (halved first where the sum overflows)
         self.up = (low[1:] % 2 == 0) & (low[:-1] % 2 == 1)
         self.pos, self.neg = pos, neg
+        self.signed = not np.array_equal(pos, neg)
         for a in (self.values, self.mids, self.up, pos, neg):   # scaled_encoder shares one per table
             a.setflags(write=False)
         self.zero_index = int(self(np.zeros(1, _F))[0])
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y, dtype=_F)
-        r = np.searchsorted(self.mids, y, side="left")
-        if self.mids.size:
-            rc = np.minimum(r, self.mids.size - 1)
-            r = r + ((r < self.mids.size) & (y == self.mids[rc]) & self.up[rc])
+        # y's rank among the distinct values: the midpoints it is past, one whose tie goes up counting
+        # when y is on it (a compare per midpoint beats searchsorted on a table this small).  Counted
+        # as "not below", NaN is past every midpoint: it saturates, as sorted last
+        r = np.zeros(y.shape, np.uint8)
+        for m, up in zip(self.mids, self.up):
+            r += ~(y < m) if up else ~(y <= m)
+        if not self.signed:   # no value stored twice: y's sign bit picks nothing
+            return np.asarray(self.pos[r])   # an array for a 0-d y too
         return np.where(np.signbit(y), self.neg[r], self.pos[r]).astype(np.uint8)
 
     def padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
