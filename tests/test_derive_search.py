@@ -327,3 +327,42 @@ def test_search_block_errors_and_the_table_refuse_a_qmax_the_layout_refuses(qmax
                  lambda: scaled_table([-1.0, 0.0, 1.0], qmax)):
         with pytest.raises(ValueError, match=r"^qmax \(the codebook's largest magnitude\) must be"):
             call()
+
+
+def test_a_value_half_way_between_two_entries_goes_where_the_layout_sends_it():
+    # under search:float16@1 the layout multiplies a block by float32(1/s), s its float16 scale (docs/scales.md):
+    # with max 5.358, s = float16(5.358/6) and 0.66979986 scales to exactly 0.75, half-way between E2M1's 0.5
+    # (code 1) and 1 (code 2); the layout sends it to the even code 2, and as 0.66979986 is not 0.75·s the two
+    # entries are not equally far from it in the weight domain.  The fit's errors are quantize's own
+    from quantbook.bulk.layouts import unpack_low_first
+    from quantbook.derive import evaluate_search
+    from quantbook.derive.sources import Source
+
+    rule, e2m1 = "search:float16@1", q.get("e2m1")
+    x = np.zeros(16, np.float32)
+    x[:3] = [5.358, 0.66979986, -1.25]
+    p, st = q.quantize(x, e2m1, 16, scale=rule, backend="numpy")
+    s = np.float32(st.absmax.view(np.float16)[0])
+    assert np.float32(x[1] * (np.float32(1) / s)) == np.float32(0.75) and float(x[1]) != 0.75 * float(s)
+    assert unpack_low_first(p, 16)[1] == 2
+    errors = q.dequantize(p, st, backend="numpy").astype(np.float64) - x
+    assert abs(errors[1]) != abs(float(x[1]) - float(np.float32(0.5 * s)))   # the lower entry's error differs
+    e2, e1 = search_block_errors(e2m1, 16, rule, x)
+    np.testing.assert_allclose([e2[0], e1[0]], [np.sum(errors**2), np.sum(np.abs(errors))], rtol=1e-12, atol=0)
+    # levels given as values are the Codebook of them, stored ascending: there 0.5 and 1 are codes 8 and 9,
+    # and the tie goes to the lower (even) one, as quantize does
+    sorted_cb = q.Codebook(levels=e2m1.levels, bits=4, name="sorted", source="test")
+    d = q.dequantize(*q.quantize(x, sorted_cb, 16, scale=rule, backend="numpy"), backend="numpy") - x
+    assert d[1] != errors[1]
+    np.testing.assert_allclose(search_block_errors(e2m1.levels, 16, rule, x)[0], np.sum(d.astype(np.float64)**2),
+                               rtol=1e-12, atol=0)
+
+    class Blocks(Source):   # a sample that is this block over and over
+        spec = "tie-blocks"
+
+        def _rvs(self, shape, rng):
+            return np.resize(x, shape)
+
+    got = evaluate_search(e2m1, 16, rule, samples=64, source=Blocks())
+    assert got["mse_weight"] == pytest.approx(np.mean(errors**2), rel=1e-12, abs=0)
+    assert got["mae_weight"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-12, abs=0)

@@ -7,7 +7,8 @@ the loop.  Each iteration, for the current levels ``L`` (largest magnitude 1, ta
 ``qmax·L``):
 
 1. per block, every candidate of the rule (:meth:`SearchScale.candidates`) scales the block,
-   encodes each value as the nearest table entry and decodes it; the rule picks the candidate
+   encodes each value with the layout's encoder (the nearest table entry, a tie broken as
+   the layout breaks it) and decodes it; the rule picks the candidate
    of least block error in its own loss (:meth:`SearchScale.pick`), as the layout does.  Under ggml's search
    (``search:ggml``, :mod:`quantbook.scales.ggml`) the search itself gives each block its
    signed scale and codes;
@@ -20,10 +21,8 @@ the loop.  Each iteration, for the current levels ``L`` (largest magnitude 1, ta
 The sample is ``samples`` draws of the source (``numpy.random.default_rng(seed)``), cut into
 tensors of ``tensor_size`` values (default: one tensor), each with its own tensor scale as
 the scaled layout takes it (docs/scales.md).  The same arguments give the same code bit for
-bit.  The start is the Lloyd code of the base rule (:func:`~.lloyd.lloyd`).  Under a
-candidate search, values exactly half-way between two table entries go to the lower one
-(probability 0 for continuous sources, so ties are not modelled as the byte layout breaks
-them); under ggml's search the codes are ggml's, as in its byte layout.
+bit.  The start is the Lloyd code of the base rule (:func:`~.lloyd.lloyd`).  Under ggml's
+search the codes are ggml's, as in its byte layout.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..codebooks.encoding import midpoints
+from ..codebooks.encoding import scaled_encoder
 from ..numerics.arguments import check_flag, check_int, is_int
 from ..codebooks.require import refuse_name
 from ..io.progress import progress_bar
@@ -165,13 +164,13 @@ def _block_error(smp: _Sample, deq: np.ndarray, loss: str) -> np.ndarray:
 
 
 def _assign_candidates(rule: SearchScale, smp: _Sample, table: np.ndarray, qmax: float):
-    """The layout's decoded values; per value its cell and ``u = y / qmax``; per block its scale
-    ``σ = qmax·s``: the candidate search with the table's nearest-value encoder, each block
-    keeping the candidate of least error in the rule's own loss."""
-    mids = midpoints(table)   # the layout's: table is ascending here
+    """The layout's decoded values; per value its cell (its index in ``table``, the stored
+    order) and ``u = y / qmax``; per block its scale ``σ = qmax·s``: the candidate search with
+    the layout's encoder, each block keeping the candidate of least error in the rule's own loss."""
+    enc = scaled_encoder(table)   # the layout's own, ties included
     errs, ys, idxs, deqs = [], [], [], []
     for y, s in smp.cands:
-        idx = np.searchsorted(mids, y, side="left")
+        idx = enc(y)
         deqs.append((table[idx] * s[..., None]).astype(_F))
         errs.append(_block_error(smp, deqs[-1], rule.loss))
         ys.append(y)
@@ -242,7 +241,10 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"{rule.name!r} is not a search rule")
     refuse_name(levels, "search_block_errors")
-    table = scaled_values(np.sort(np.asarray(getattr(levels, "levels", levels), dtype=np.float64).reshape(-1)), qmax)
+    # a Codebook's table is its stored code, as the layout stores it (the encoder breaks a tie by the
+    # stored index); levels given as values are the code of the Codebook of them, ascending
+    code = levels if isinstance(levels, Codebook) else np.sort(np.asarray(levels, dtype=np.float64).reshape(-1))
+    table = scaled_values(code, qmax)
     x = np.asarray(x, dtype=_F).reshape(-1)
     # below 2: a ZeroDivisionError deep in the search; an int8 one would overflow the block arithmetic
     block_size = check_int(block_size, "block_size", 2)
@@ -281,7 +283,7 @@ def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | N
            who="evaluate_search")
     src = parse_source(source)
     x = np.asarray(src.rvs(samples, random_state=np.random.default_rng(seed)), dtype=_F)
-    e2, e1 = (e / block_size for e in search_block_errors(levels, block_size, rule, x, qmax, tensor_size))
+    e2, e1 = (e / block_size for e in search_block_errors(cb, block_size, rule, x, qmax, tensor_size))
     mse, se = float(np.mean(e2)), float(np.std(e2, ddof=1) / np.sqrt(e2.size))
     power = float(np.mean(x.astype(np.float64) ** 2))
     # a source without the moment has an infinite expected error, as evaluate() says: a
