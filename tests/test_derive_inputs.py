@@ -1,7 +1,9 @@
 """Inputs of the derivation engine that used to give NaN/inf silently or a raw numpy/scipy
 error: each now works or raises a one-line ValueError (SourceError for sources)."""
 
+import importlib
 import math
+import re
 import warnings
 
 import numpy as np
@@ -295,3 +297,29 @@ def test_a_name_that_is_not_a_name_is_refused_not_replaced(derive, bad):
     with pytest.raises(CodebookError, match=r"^name must (be a string|not be empty)"):
         f(name=bad, **kwargs)
     assert f(name="mine", **kwargs).name == "mine"
+
+
+@pytest.mark.parametrize("derive, work", [
+    ("nf", "quantbook.derive.normal_float._nf"), ("lloyd", "quantbook.derive.lloyd._measure"),
+    ("solve_lloyd", "quantbook.derive.lloyd._measure"), ("quantile", "quantbook.derive.lloyd._measure"),
+    ("uniform_symmetric", "quantbook.derive.formats.UniformSymmetricRecipe"),
+    ("search_lloyd", "quantbook.derive.lloyd._measure"), ("solve_search_lloyd", "quantbook.derive.lloyd._measure")])
+@pytest.mark.parametrize("bad", [3, "", b"nf4"])
+def test_a_bad_name_is_refused_before_the_work(monkeypatch, derive, work, bad):
+    # the name was checked only by the Codebook built at the end, after the derivation's work (seconds for
+    # lloyd); it is refused first, with the Codebook's own error
+    import quantbook.derive as D
+    from quantbook.codebooks import Codebook, CodebookError
+    from quantbook.derive.formats import uniform_symmetric
+
+    with pytest.raises(CodebookError) as want:
+        Codebook([0.0, 1.0], bits=1, name=bad)
+
+    def ran(*args, **kwargs):
+        raise AssertionError(f"{derive} did its work before checking its name")
+
+    module, attr = work.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), attr, ran)   # quantbook.derive.lloyd is also a function
+    f = uniform_symmetric if derive == "uniform_symmetric" else getattr(D, derive)
+    with pytest.raises(CodebookError, match=f"^{re.escape(str(want.value))}$"):
+        f(name=bad)

@@ -72,6 +72,14 @@ def check_name(name: Any, error: type[Exception] = ValueError) -> None:
         raise error("name must not be empty")
 
 
+def check_given_name(name: Any) -> None:
+    """The CodebookError a :class:`Codebook` raises for ``name`` (its rule: :func:`check_name`);
+    None passes (no name given: a derivation spells one).  A derivation checks the name it was
+    given with it before its work, not only in the Codebook it builds at the end."""
+    if name is not None:
+        check_name(name, CodebookError)
+
+
 def check_misspelt_keys(d: Mapping[str, Any], known: tuple[str, ...], what: str,
                         error: type[Exception] = ValueError) -> None:
     """``error`` for a key of ``d`` that is not one of ``known`` but looks like one (``codes``,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codebooks.codebook import Codebook
+from ..codebooks.codebook import Codebook, check_given_name
 from .recipes import BnbFP4Recipe, E2M1Recipe, ScaledIntegersRecipe, UniformSymmetricRecipe
 
 __all__ = ["e2m1", "bnb_fp4", "uniform_symmetric", "scaled_integers"]
@@ -61,6 +61,7 @@ def bnb_fp4(name: str = "fp4") -> Codebook:
 def uniform_symmetric(bits: int = UniformSymmetricRecipe.bits, name: str | None = None) -> Codebook:
     """Symmetric uniform integers j/(2**(k-1) - 1), j = -(2**(k-1) - 1) … 2**(k-1) - 1
     (2**k - 1 levels; the two's-complement minimum is unused), sorted order."""
+    check_given_name(name)
     recipe = UniformSymmetricRecipe(bits)
     m = 2 ** (recipe.bits - 1) - 1
     levels = np.arange(-m, m + 1, dtype=np.float64) / m

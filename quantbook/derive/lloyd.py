@@ -58,7 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.linalg import solve_banded
 
-from ..codebooks.codebook import Codebook
+from ..codebooks.codebook import Codebook, check_given_name
 from ..codebooks.spelling import lloyd_spelling
 from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
@@ -538,6 +538,7 @@ def solve_lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, los
                 tensor_size: int | None = _L.tensor_size) -> LloydResult:
     """Lloyd-Max codebook with convergence information; see :func:`lloyd`.  Warns
     (:class:`LloydWarning`) when the result did not converge."""
+    check_given_name(name)
     r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition,
                     _scale_spec(scale), qmax, tensor_size)
     res, why = _solve_recipe(r, tol, max_iter, max_time, name)
@@ -581,6 +582,7 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     (:mod:`.scaled`).  ``tensor_size`` models the tensor scale of a two-level rule (``e4m3``)
     as that of tensors of that many values; None averages over its phase.
     """
+    check_given_name(name)
     r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition,
                     _scale_spec(scale), qmax, tensor_size)
     res, why = _solve_recipe(r, tol, max_iter, max_time, name)
@@ -616,6 +618,7 @@ def quantile(bits: int = _Q.bits, block_size: int | None = _Q.block_size, normal
     ``scale``, ``qmax`` and ``tensor_size`` as in :func:`lloyd` (the probabilities are those of
     the values inside [-1, 1]).
     """
+    check_given_name(name)
     return _quantile_codebook(QuantileRecipe(bits, block_size, normalization, source, fixed, symmetric, domain,
                                              _scale_spec(scale), qmax, tensor_size), name)
 

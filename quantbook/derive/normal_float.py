@@ -45,7 +45,7 @@ import mpmath
 import numpy as np
 from scipy.stats import norm
 
-from ..codebooks.codebook import Codebook
+from ..codebooks.codebook import Codebook, check_given_name
 from ..numerics import torch_f32
 from .recipes import NFRecipe
 from ..numerics.arguments import check_int, is_int
@@ -207,6 +207,7 @@ def nf(bits: int = NFRecipe.bits, offset: Any = NFRecipe.offset, precision: str 
     """The NFk codebook.  ``offset``: exact rational (see :func:`parse_offset`); default
     :func:`default_offset` for ``exact``/``float64`` and bitsandbytes' literal 0.9677083 for
     ``float32-bnb``.  ``precision``: one of :data:`PRECISIONS` (see the module docstring)."""
+    check_given_name(name)
     return _nf(NFRecipe(bits, offset, precision), name)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
+from ..codebooks.codebook import check_given_name
 from ..codebooks.encoding import scaled_encoder
 from ..numerics.arguments import check_flag, check_int, is_int
 from ..codebooks.require import refuse_name
@@ -310,6 +311,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     iteration, up to ``max_iter``; drawn on a terminal anyway)."""
     from .recipes import SearchLloydRecipe
 
+    check_given_name(name)
     progress = check_flag(progress, "progress")
     src = parse_source(source)
     recipe = SearchLloydRecipe(bits=bits, block_size=block_size, scale=getattr(scale, "name", scale),
