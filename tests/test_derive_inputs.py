@@ -5,6 +5,7 @@ import importlib
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +57,16 @@ def test_empirical_bad_knots():
     for knots in (1, 2.5, True):
         with pytest.raises(SourceError, match="knots"):
             Empirical([0.0, 1.0, 2.0], knots=knots)
+
+
+@pytest.mark.parametrize("bad", [3, b"w.npy", ["w.npy"], Path("w.npy"), ""])
+def test_empirical_label_is_a_str(bad):
+    # the label is the source's spec, shown in names and JSON: any object was taken as it (and "" for none)
+    with pytest.raises(SourceError, match=r"^label must be a non-empty str or None, got ") as ei:
+        Empirical([0.0, 1.0, 2.0], label=bad)
+    _one_line(ei)
+    assert Empirical([0.0, 1.0, 2.0], label="w.npy").spec == "w.npy"
+    assert Empirical([0.0, 1.0, 2.0]).spec.startswith("empirical:")
 
 
 def test_evaluate_needs_a_codebook():

@@ -679,10 +679,10 @@ class Empirical(Source):
     (uniform in probability in the bulk, geometric in the tails down to the extreme values;
     ``None`` keeps every distinct value), which smooths the density and keeps evaluation
     cheap.  A block law's many lookups of the knots run in a numba kernel
-    (:mod:`.sample_kernels`), with numpy's values.  ``spec`` is ``label`` if given (e.g. the
-    file it came from), else ``empirical:<sha256 of the float64 sample, 12 hex digits>`` (and
-    ``:knots=N`` or ``:knots=all`` when not :data:`DEFAULT_KNOTS`, ``:raw`` unstandardised): it
-    tells samples apart but cannot be read back (:data:`EMPIRICAL_PREFIX`).
+    (:mod:`.sample_kernels`), with numpy's values.  ``spec`` is ``label`` if given (a non-empty
+    str, e.g. the file it came from), else ``empirical:<sha256 of the float64 sample, 12 hex
+    digits>`` (and ``:knots=N`` or ``:knots=all`` when not :data:`DEFAULT_KNOTS`, ``:raw``
+    unstandardised): it tells samples apart but cannot be read back (:data:`EMPIRICAL_PREFIX`).
     """
 
     moment_limit = math.inf
@@ -690,6 +690,8 @@ class Empirical(Source):
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
                  knots: int | None = DEFAULT_KNOTS) -> None:
         standardize = check_flag(standardize, "standardize")
+        if label is not None and not (isinstance(label, str) and label):   # it is the source's name in JSON
+            raise SourceError(f"label must be a non-empty str or None, got {one_line(label)}")
         raw = real_host_array(sample, "sample", SourceError)
         if knots is not None:
             check_int(knots, "knots", 2, also=" or None", error=SourceError)
@@ -711,7 +713,7 @@ class Empirical(Source):
         if v.size < 2:
             raise SourceError("an empirical sample needs at least 2 distinct values")
         self.digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:12]
-        self.spec = label or (EMPIRICAL_PREFIX + self.digest
+        self.spec = label if label is not None else (EMPIRICAL_PREFIX + self.digest
                               + ("" if knots == DEFAULT_KNOTS else f":knots={'all' if knots is None else knots}")
                               + ("" if standardize else ":raw"))
         self.knots = knots
