@@ -7,6 +7,7 @@ built from numpy's own header writer (``numpy.lib.format.write_array_header_1_0`
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -132,3 +133,11 @@ def test_the_header_limit_is_numpy_s_own(tmp_path, version):
         else:
             assert np.array_equal(load_npy(path), want)
         assert (want is None) == (length > 10000)   # the case is the one meant: numpy's limit lies between
+
+
+@pytest.mark.parametrize("bad", [3, b"a.npy", None])
+def test_a_path_that_is_not_a_str_or_path_is_named(bad):
+    # os.stat's TypeError ("expected str, bytes or os.PathLike object, not int"), or pathlib's for bytes
+    want = f"path must be a str or os.PathLike naming a .npy file, got {type(bad).__name__}"
+    with pytest.raises(TypeError, match=f"^{re.escape(want)}$"):
+        load_npy(bad)

@@ -201,3 +201,24 @@ def test_sample_weights_checks_its_seed_even_when_no_draw_is_made(tmp_path, bad)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         st.sample_weights(path, seed=bad)
     assert np.array_equal(st.sample_weights(path, seed=np.int64(3)), data.astype(np.float64))
+
+
+class _BytesPath:
+    def __fspath__(self):
+        return b"one.safetensors"
+
+
+@pytest.mark.parametrize("reader", ["SafetensorsFile", "open_safetensors", "list_tensors", "read_tensor",
+                                    "iter_tensors", "sample_weights"])
+@pytest.mark.parametrize("bad", [3, b"one.safetensors", ["one.safetensors"], None, _BytesPath()])
+def test_every_reader_names_its_path_argument(tmp_path, reader, bad):
+    # pathlib's TypeError ("argument should be a str or an os.PathLike object where __fspath__ returns a str,
+    # not 'int'") named neither the argument nor the file it should name
+    path, data = _one_tensor(tmp_path)
+    call = {"read_tensor": lambda p: st.read_tensor(p, "w")}.get(reader, getattr(st, reader))
+    with pytest.raises(TypeError, match=f"^path must be a str or os.PathLike naming a safetensors file, "
+                                        f"got {type(bad).__name__}$"):
+        call(bad)
+    for good in (path, str(path)):   # a Path and a str still read
+        call(good)
+        assert np.array_equal(st.read_tensor(good, "w"), data.reshape(8, 8))

@@ -35,7 +35,7 @@ from typing import IO, Iterable, Iterator
 from ..numerics.arguments import check_int
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
-           "check_input_file", "read_small_file", "parse_json", "dump_json"]
+           "check_input_path", "check_input_file", "read_small_file", "parse_json", "dump_json"]
 
 
 class OutputPathError(ValueError):
@@ -239,11 +239,22 @@ def write_output(data: str | bytes, path: str | os.PathLike) -> Path:
     return Path(os.fspath(path))
 
 
+def check_input_path(path: object, what: str = "file") -> Path:
+    """``path`` (a reader's argument of that name) as a :class:`Path`: a str or an os.PathLike
+    that gives one, else a one-line TypeError saying so (pathlib's own, or os.stat's for an int,
+    a file descriptor, names neither the argument nor the file it should name)."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise TypeError(f"path must be a str or os.PathLike naming a {what}, got {type(path).__name__}")
+    return Path(text)
+
+
 def check_input_file(path: str | os.PathLike, error: type[Exception], what: str = "file") -> Path:
-    """``path`` as a :class:`Path` if it names a regular file.  ``FileNotFoundError`` when
-    nothing is there; ``error`` (one line) for a directory, a FIFO, a device or a socket: the
-    readers size their input before reading it, or read it twice (a FIFO is empty the second
-    time, and one without a writer blocks forever)."""
+    """``path`` as a :class:`Path` if it names a regular file (:func:`check_input_path`).
+    ``FileNotFoundError`` when nothing is there; ``error`` (one line) for a directory, a FIFO, a
+    device or a socket: the readers size their input before reading it, or read it twice (a FIFO
+    is empty the second time, and one without a writer blocks forever)."""
+    check_input_path(path, what)
     shown = os.fspath(path)
     try:
         st = os.stat(shown)

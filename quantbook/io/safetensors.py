@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import NotFoundError
 from ..numerics.arguments import check_int, check_names
-from .files import check_input_file
+from .files import check_input_file, check_input_path
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
            "read_tensor", "iter_tensors", "split_globs", "sample_weights", "FLOAT_DTYPES", "STANDARDIZE",
@@ -149,7 +149,7 @@ class SafetensorsFile:
     """A safetensors file whose header has been parsed and checked (once)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        p = Path(path)
+        p = check_input_path(path, "safetensors file")   # every reader opens the file here
         if p.is_dir():
             raise ValueError(f"{path} is a directory; the weights' error is read from one .safetensors file "
                              "(e.g. its model.safetensors); what a model directory's outputs lose is measured by "
