@@ -317,8 +317,8 @@ def test_a_name_that_is_not_a_name_is_refused_not_replaced(derive, bad):
     ("search_lloyd", "quantbook.derive.lloyd._measure"), ("solve_search_lloyd", "quantbook.derive.lloyd._measure")])
 @pytest.mark.parametrize("bad", [3, "", b"nf4"])
 def test_a_bad_name_is_refused_before_the_work(monkeypatch, derive, work, bad):
-    # the name was checked only by the Codebook built at the end, after the derivation's work (seconds for
-    # lloyd); it is refused first, with the Codebook's own error
+    # the name was checked only by the Codebook built at the end, after the derivation's work (a minute for
+    # search_lloyd()); it is refused first, with the Codebook's own error
     import quantbook.derive as D
     from quantbook.codebooks import Codebook, CodebookError
     from quantbook.derive.formats import uniform_symmetric
