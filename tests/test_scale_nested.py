@@ -7,6 +7,8 @@ expected values within 4 standard errors, the law of the scale error by a KS tes
 of the MSE, so it is tested as the paired difference from float32 statistics on the same
 values, not through the MSE itself."""
 
+import typing
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,15 @@ def test_law_of_the_values_is_the_absmax_law():
     assert isinstance(dist, BlockDistribution)
     assert dist.cdf(0.3) == BlockDistribution(B).cdf(0.3)
     assert scaled_measure("normal", B, "nested", weight_power=0) is block_measure("normal", B, "absmax", 0)
+
+
+def test_scaled_measure_return_annotation_holds_for_nested_statistics():
+    # the annotation is what a caller may rely on: it must cover the nested rule's measures,
+    # which are not ScaledMeasures
+    want = typing.get_type_hints(scaled_measure)["return"]
+    for p in (0, 1, 2):
+        assert isinstance(scaled_measure("normal", B, "nested", weight_power=p), want), p
+    assert isinstance(scaled_measure("normal", 16, "e4m3", weight_power=2), want)
 
 
 def test_bad_input_is_one_line():

@@ -660,8 +660,10 @@ def _cached(source: Source, B: int, rule: ScaleRule, qmax: float, weight_power: 
 
 
 def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e4m3", qmax: float = DEFAULT_QMAX,
-                   weight_power: int = 0, tensor_amax: Any = None, tensor_size: Any = None) -> ScaledMeasure:
-    """The (cached) :class:`ScaledMeasure` for a source spelling, block size and rule."""
+                   weight_power: int = 0, tensor_amax: Any = None, tensor_size: Any = None) -> _Measure:
+    """The (cached) measure for a source spelling, block size and rule: a :class:`ScaledMeasure`;
+    for a rule encoded with the exact absmax (nested statistics) a :class:`NestedMeasure`, or at
+    ``weight_power=0`` the absmax law itself (:func:`~.block.block_measure`)."""
     rule = check_scale(scale, amax_encoded=True)
     q = check_qmax(qmax)
     B, tensor = _check_block_size(block_size), TensorModel(tensor_amax, tensor_size)
