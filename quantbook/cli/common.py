@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse would print the usage too)
         raise UsageError(message, self.prog, hint=True)
 
     def _print_message(self, message: str, file: Any = None) -> None:

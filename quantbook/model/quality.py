@@ -257,9 +257,9 @@ def read_text(path: str | os.PathLike) -> str:
 
 # -- weights ---------------------------------------------------------------------------------
 
-def _group_linears(model, globs: list[str], unused: tuple[str, ...]):
+def _group_linears(model, globs: list[str] | None, unused: tuple[str, ...]):
     """``(weight name, nn.Linear)`` of the linear layers whose ``NAME.weight`` matches one of
-    ``globs`` (all when empty), in three lists: to quantize, tied to the input embedding, and
+    ``globs`` (all when None), in three lists: to quantize, tied to the input embedding, and
     named by a prefix in ``unused``."""
     import torch
 
