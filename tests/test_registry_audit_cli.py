@@ -216,3 +216,44 @@ def test_register_check_refuses_unknown_names_and_non_callables():
     with pytest.raises(ValueError, match="needs a callable"):
         register_check("nf4", 3)   # failed only inside a later audit
     assert _CHECKS == before
+
+
+def _near_integers():
+    """[-1, 0, 1] published; its recipe gives [-1, 0.1, 1]: equal once rounded to 0 decimals."""
+    from quantbook.codebooks.codebook import Codebook
+
+    recipe = {"method": "scaled-integers", "integers": [-10, 1, 10], "divisor": 10, "bits": 2}
+    return Codebook(np.array([-1.0, 0.0, 1.0]), 2, "near-integers", recipe=recipe)
+
+
+@pytest.mark.parametrize("expect", ["report", "decimals"])
+def test_zero_decimals_is_a_number_of_decimals(expect):
+    """0 decimals is a criterion like any other (it was read as "no criterion" for a report)."""
+    from quantbook.codebooks.registry import Published
+    from quantbook.verify.audit import audit_one
+
+    row = audit_one(Published(_near_integers(), "t", expect=expect, decimals=0))
+    assert row.reproduced is True and row.status == "ok"
+    assert row.explanation == "published rounded to 0 decimals; the recipe rounded likewise matches every entry"
+    row = audit_one(Published(_near_integers(), "t", expect=expect, decimals=1))
+    assert row.reproduced is False and "differs in 1 entries" in row.explanation
+
+
+def test_a_difference_shows_plain_numbers():
+    from quantbook.codebooks.registry import Published
+    from quantbook.verify.audit import audit_one
+
+    row = audit_one(Published(_near_integers(), "t", expect="report"))
+    assert row.reproduced is None
+    assert row.explanation == "1 of 3 entries differ, worst at index 1 (0.1 derived vs 0.0 published)"
+
+
+@pytest.mark.parametrize("decimals, said", [(-1, "decimals must be an integer from 0 to 17 or None, got -1"),
+                                            (2.5, "decimals must be an integer from 0 to 17 or None, got 2.5"),
+                                            (True, "decimals must be an integer from 0 to 17 or None, got True"),
+                                            (None, "expect='decimals' needs the number of decimals")])
+def test_a_published_entrys_decimals_are_checked(decimals, said):
+    from quantbook.codebooks.registry import Published
+
+    with pytest.raises(ValueError, match=re.escape(said)):
+        Published(_near_integers(), "t", expect="decimals", decimals=decimals)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import NotFoundError
 from ..io.files import read_small_file
+from ..numerics.arguments import check_int
 from .codebook import Codebook, CodebookError
 from .spelling import published_name
 
@@ -47,6 +48,10 @@ class Published:
     def __post_init__(self) -> None:
         if self.expect not in EXPECTATIONS:
             raise ValueError(f"expect must be one of {', '.join(EXPECTATIONS)}, got {self.expect!r}")
+        if self.decimals is not None:   # np.round's places; 17 is float64's last significant digit
+            check_int(self.decimals, "decimals", 0, 17, also=" or None")
+        elif self.expect == "decimals":
+            raise ValueError("expect='decimals' needs the number of decimals the table was published to")
 
     @property
     def name(self) -> str:

@@ -168,16 +168,16 @@ def audit_one(entry: Published) -> AuditRow:
     elif entry.expect == "decimals":
         reproduced = bool(np.all(np.round(der, entry.decimals) == pub))
     else:
-        reproduced = bool(np.all(np.round(der, entry.decimals) == pub)) if entry.decimals else None
+        reproduced = None if entry.decimals is None else bool(np.all(np.round(der, entry.decimals) == pub))
     if c.bit_exact:
         text = "reproduced bit for bit by the recipe"
-    elif entry.expect == "decimals" or (entry.expect == "report" and entry.decimals):
+    elif entry.expect == "decimals" or (entry.expect == "report" and entry.decimals is not None):
         n_bad = int(np.sum(np.round(der, entry.decimals) != pub))
         text = (f"published rounded to {entry.decimals} decimals; the recipe rounded likewise "
                 + ("matches every entry" if n_bad == 0 else f"differs in {n_bad} entries"))
     else:
         text = (f"{c.n_differ} of {pub.size} entries differ, worst at index {c.worst_index} "
-                f"({der[c.worst_index]!r} derived vs {pub[c.worst_index]!r} published)")
+                f"({float(der[c.worst_index])!r} derived vs {float(pub[c.worst_index])!r} published)")
     row = AuditRow(cb.name, recipe, entry.expect, reproduced, c.bit_exact, c.max_ulp,
                    c.max_abs_diff, text)
     for fn in _CHECKS.get(cb.name, []) + _CHECKS.get("*", []):
