@@ -127,6 +127,21 @@ def test_quant_state_dict_roundtrip():
         qb.QuantState.from_dict(bad)
 
 
+@pytest.mark.parametrize("field, value, said", [("nested_blocksize", None, "nested_blocksize must be a power of two"),
+                                                ("nested_offset", None, "nested_offset must be a finite number"),
+                                                ("blocksize", 64.0, "block_size must be an integer"),
+                                                ("shape", None, "shape must be a tuple")])
+def test_as_dict_of_a_state_put_together_by_hand_names_the_bad_field(field, value, said):
+    """``as_dict`` converts the fields (``int(nested_blocksize)``, ...): a state built field by
+    field with one left out or of the wrong type is refused in one line naming it."""
+    import dataclasses
+
+    x = np.random.default_rng(2).standard_normal(512).astype(np.float32)
+    st = dataclasses.replace(qb.quantize(x, "nf4", 64, nested=True)[1], **{field: value})
+    with pytest.raises(ValueError, match=said):
+        st.as_dict()
+
+
 @pytest.mark.parametrize("field", ["blocksize", "shape", "bits", "nested_blocksize"])
 def test_from_dict_shows_a_bad_integer_field_on_one_clipped_line(field):
     """A long value (an array where an integer belongs) is shown on one line, clipped, as the

@@ -318,8 +318,11 @@ class QuantState:
 
         Keys: ``quant_type, absmax, blocksize, quant_map, dtype, shape`` and, when nested,
         ``nested_absmax, nested_blocksize, nested_quant_map, nested_dtype, nested_offset``.
-        ``bits`` is added only when it is not 4 (bitsandbytes has no such key).
+        ``bits`` is added only when it is not 4 (bitsandbytes has no such key).  The fields are
+        checked first (:meth:`validate` but the scales' values): a state put together by hand
+        gets one line naming a bad field, not an error from inside the conversion.
         """
+        self._check_fields()
         d: dict[str, Any] = {
             "quant_type": self.quant_type,
             "absmax": self.absmax,
