@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 import quantbook
+from _cli import check_floors, run
 from quantbook.derive import evaluate, solve_lloyd
 from quantbook.derive.scaled import _cached, scaled_measure
 
@@ -109,6 +110,15 @@ def main() -> None:
     ap.add_argument("--readme", action="store_true", help="the README's per-layout tables")
     ap.add_argument("--samples", type=int, default=10**7, help="--readme: fitting and test sample size")
     args = ap.parse_args()
+    check_floors(ap, args, repeat=1)
+    if args.readme:   # the fits' own checks of --samples, before any table is printed
+        from quantbook.derive.recipes import SearchLloydRecipe
+
+        for _, _, B, search in [case for case in README if case[3] is not None]:
+            try:
+                SearchLloydRecipe(bits=4, block_size=B, scale=search, samples=args.samples)
+            except ValueError as exc:
+                ap.error(f"--samples: {exc}")
     if args.table:
         table()
         return
@@ -154,4 +164,4 @@ def nested(repeat: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,14 +25,20 @@ import math
 import platform
 import time
 
-
+from _cli import check_floors, run
 from quantbook.codebooks.vector_registry import vector_registry
 from quantbook.derive.vq import VQRecipe, draw_vectors, solve_vq, vector_errors
 from quantbook.verify.vq import lloyd_max_mse
 
 
-def _cases(text: str) -> list[tuple[int, int]]:
-    return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+def _cases(ap: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    try:
+        cases = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        cases = []
+    if not cases or any(len(c) != 2 for c in cases):
+        ap.error(f"--cases takes comma-separated PxN such as 2x256, got {text!r}")
+    return cases
 
 
 def main() -> None:
@@ -43,6 +49,13 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the docs table (gap to D(R), scalar code)")
     ap.add_argument("-o", "--output", help="write the derived grids as a vq_derived.json file")
     args = ap.parse_args()
+    check_floors(ap, args, eval_samples=2)   # a standard error needs two vectors
+    cases = _cases(ap, args.cases)
+    for p, n in cases:   # the recipes' own checks, before any case is derived
+        try:
+            VQRecipe(dim=p, points=n, samples=args.samples)
+        except ValueError as exc:
+            ap.error(str(exc))
     print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     reg = vector_registry()
@@ -51,7 +64,7 @@ def main() -> None:
         print("| P | N | bits/w | derived MSE/dim | gap to D(R) | HIGGS MSE/dim | derived vs HIGGS | "
               "scalar Lloyd-Max MSE | scalar gap | time (wall, CPU) |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for p, n in _cases(args.cases):
+    for p, n in cases:
         r = VQRecipe(dim=p, points=n, samples=args.samples)
         t0, c0 = time.perf_counter(), time.process_time()
         res = solve_vq(r)
@@ -87,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

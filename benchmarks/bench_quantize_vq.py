@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import check_floors, run
+
 
 def best(fn, repeat, cpu=None):
     """Best wall-clock seconds of ``repeat`` runs after a warm-up; ``cpu`` (a list) receives
@@ -58,7 +60,11 @@ def higgs_points(dim: int, size: int) -> np.ndarray:
 
         path = Path(quantbook.__file__).parent / "codebooks" / "data" / "higgs_grids.json"
         grids = json.loads(path.read_text())["grids"]
-        return np.array(next(g["points"] for g in grids if g["dim"] == dim and g["size"] == size), np.float32)
+        points = next((g["points"] for g in grids if g["dim"] == dim and g["size"] == size), None)
+        if points is None:
+            have = ", ".join(f"{g['dim']}x{g['size']}" for g in grids)
+            raise ValueError(f"no HIGGS grid of --dim {dim} and --size {size} (P x N: {have})")
+        return np.array(points, np.float32)
 
 
 def main(argv=None) -> int:
@@ -73,8 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--numpy-log2n", type=int, default=20, help="weights the numpy reference quantizes")
     ap.add_argument("--no-gpu", action="store_true", help="skip the gpu backend even when it can run")
     args = ap.parse_args(argv)
-    if args.log2n < 12:   # rows of 4096 values: fewer would leave an empty tensor
-        ap.error(f"--log2n must be at least 12, got {args.log2n}")
+    check_floors(ap, args, log2n=12, repeat=1)   # rows of 4096 values: fewer would leave an empty tensor
 
     from quantbook.bulk.vq import VQ_BACKENDS, dequantize_vq, quantize_vq
 
@@ -152,4 +157,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

@@ -20,10 +20,11 @@ numpy backend's on the first 2**20 values; exit status 2 if anything differs.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
+
+from _cli import check_floors, run
 
 LAYOUTS = (("NVFP4", "e2m1", "e4m3", 16, 6.0), ("MXFP4", "e2m1", "e8m0:floor", 32, 6.0),
            ("MX rceil", "e2m1", "e8m0:rceil", 32, 6.0), ("f16 scale", "iq4_nl", "float16", 32, 127.0),
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--log2n", type=int, default=26)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
+    check_floors(ap, args, log2n=0, repeat=1)
 
     import numba
 
@@ -89,4 +91,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -10,6 +10,7 @@ that tie to float32 precision).
 """
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,18 +18,29 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
-from make_fouroversix_vectors import load_package, reach_seven  # noqa: E402
+from make_fouroversix_vectors import SDIST, load_package, reach_seven  # noqa: E402
 
 import quantbook as qb  # noqa: E402
+from _cli import check_floors  # noqa: E402
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=256, help="rows of 1024 values per case (default 256)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        load_package(d)
+    check_floors(ap, args, rows=1)
+    try:
         import torch
+    except ImportError as exc:
+        print(f"compare_fouroversix: needs torch ({exc}); nothing compared", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            load_package(d)
+        except subprocess.CalledProcessError as exc:   # no package index here: pip's last line says why
+            why = (exc.stderr or b"").decode(errors="replace").strip().splitlines() or [f"status {exc.returncode}"]
+            print(f"compare_fouroversix: pip download {SDIST} failed: {why[-1]}; nothing compared", file=sys.stderr)
+            return 1
         from fouroversix.quantize.pytorch.reference import quantize_to_fp4, quantize_to_nvfp4
         from fouroversix.utils import ScaleRule
 
@@ -52,7 +64,8 @@ def main() -> None:
             r7 = differ & ~zero & reach
             print(f"{name:24} {ref_s.size:8d} {differ.sum():7d} {zero.sum():11d} {r7.sum():8d} "
                   f"{(differ & ~zero & ~reach).sum():6d}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -277,6 +277,7 @@ def load_benchmark(cp, monkeypatch, script):
     monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
         ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    monkeypatch.syspath_prepend(str(path.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location(script, path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

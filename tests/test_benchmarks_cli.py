@@ -22,7 +22,8 @@ def _run(monkeypatch, script: str, *args: str) -> int:
     return exc.value.code
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")))
+# _cli.py is the scripts' shared argument helper, not a script
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_")))
 def test_every_benchmark_answers_help(monkeypatch, capsys, script):
     assert _run(monkeypatch, script, "--help") == 0
     assert capsys.readouterr().out.startswith(f"usage: {script}")
@@ -56,3 +57,42 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     with pytest.raises(SystemExit, match=r"^bench_model_quality: --device cuda: torch sees no CUDA GPU"):
         runpy.run_path(str(BENCHMARKS / "bench_model_quality.py"), run_name="bench_model_quality")["main"](
             ["--synthetic", "--layers", "1", "--device", "cuda", "--backends", "numpy", "--codebooks", "nf4"])
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("bench_derive_scaled.py", ["--repeat", "0"], "--repeat must be at least 1, got 0"),
+    # the README tables' fits at B = 16, 32 and 64: refused before the first table, not after it
+    ("bench_derive_scaled.py", ["--readme", "--samples", "10000"],
+     "--samples: samples=10000 must be a positive multiple of block_size=32"),
+    ("bench_derive_vq.py", ["--cases", "2x"], "--cases takes comma-separated PxN such as 2x256, got '2x'"),
+    ("bench_derive_vq.py", ["--samples", "0"], "samples must be an integer >= 1, got 0"),
+    ("bench_derive_vq.py", ["--eval-samples", "1"], "--eval-samples must be at least 2, got 1"),
+    ("bench_evaluate_model.py", ["--repeat", "0", "--synthetic"], "--repeat must be at least 1, got 0"),
+    ("bench_evaluate_model.py", ["--file", "no-such.safetensors"], "no such safetensors file: no-such.safetensors"),
+    ("bench_evaluate_model.py", ["--synthetic", "--codebooks", "nope"], "unknown codebook 'nope'"),
+    ("bench_gpu_host_work.py", ["--calls", "0"], "--calls must be at least 1, got 0"),
+    ("bench_model_quality.py", ["--synthetic", "--layers", "1", "--device", "cpu", "--tokens", "0"],
+     "--tokens must be at least 1, got 0"),
+    ("bench_model_quality.py", ["--synthetic", "--layers", "1", "--device", "cpu", "--rotate", "nope"],
+     "unknown rotation 'nope'"),
+    ("bench_quantize_cpu.py", ["--log2n", "12", "--repeat", "0"], "--repeat must be at least 1, got 0"),
+    ("bench_quantize_vq.py", ["--size", "7"], "no HIGGS grid of --dim 2 and --size 7 (P x N: 1x4, "),
+    ("bench_quantize_vq.py", ["--log2n", "12", "--repeat", "0"], "--repeat must be at least 1, got 0"),
+    ("bench_scaled_cpu.py", ["--log2n", "12", "--repeat", "0"], "--repeat must be at least 1, got 0"),   # inf
+    ("compare_fouroversix.py", ["--rows", "0"], "--rows must be at least 1, got 0"),
+])
+def test_a_bad_argument_is_refused_in_a_line_before_anything_runs(monkeypatch, capsys, script, args, said):
+    """Status 2 and the reason, from the parser or the library's own check, before a table
+    starts; they were tracebacks, a table of inf, or a run on an empty sample."""
+    assert _run(monkeypatch, script, *args) == 2
+    err = capsys.readouterr().err
+    assert said in err.splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_fouroversix_comparison_without_the_package_index_says_so_in_a_line(monkeypatch, capsys):
+    """pip cannot download the reference package (no index here): one line and status 1."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    assert _run(monkeypatch, "compare_fouroversix.py", "--rows", "1") == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("compare_fouroversix: "), err
+    assert "nothing compared" in err

@@ -541,7 +541,7 @@ def test_sanitize_nonfinite_is_the_documented_rule(dtype):
 
 
 @pytest.mark.parametrize("args", [["--dtype", "float16"], ["--dtype", "bfloat16"], ["--bits", "8"]])
-def test_cpu_benchmark_runs_and_checks_bytes(args, capsys):
+def test_cpu_benchmark_runs_and_checks_bytes(args, capsys, monkeypatch):
     """benchmarks/bench_quantize_cpu.py on a small input: numba against the numpy reference,
     for each input dtype and a width stored a byte a code."""
     import importlib.util
@@ -551,6 +551,7 @@ def test_cpu_benchmark_runs_and_checks_bytes(args, capsys):
     if "bfloat16" in args:
         pytest.importorskip("ml_dtypes")
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_cpu.py"
+    monkeypatch.syspath_prepend(str(path.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location("bench_quantize_cpu", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -183,6 +183,7 @@ def parsed(self, a=None, ns=None):
     raise SystemExit(0)
 argparse.ArgumentParser.parse_args = parsed
 sys.argv = args
+sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))   # as `python SCRIPT` has it: its folder first
 runpy.run_path(args[0], run_name="__main__")
 '''
 

@@ -625,6 +625,7 @@ def test_evaluate_benchmark_names_and_skips_what_cannot_run(synthetic, capsys, m
 
     path, _ = synthetic
     file = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_evaluate_model.py"
+    monkeypatch.syspath_prepend(str(file.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location("bench_evaluate_model", file)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -1,0 +1,39 @@
+"""What the scripts in benchmarks/ do with a bad argument, in one place: a count below what a
+run needs is refused by the script's parser, and an argument the library refuses (a codebook
+name, a block size, a missing file) ends the run in one line on stderr, status 2, rather than
+a traceback or a table of nothing.  Not a benchmark: the scripts import it from this folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def check_floors(ap: argparse.ArgumentParser, args: argparse.Namespace, **floors: int) -> None:
+    """``ap.error`` (status 2) for the first option below its floor; ``floors`` maps an option's
+    dest to its least value, and an option left at None (the script's default) passes."""
+    for dest, low in floors.items():
+        value = getattr(args, dest)
+        if value is not None and value < low:
+            ap.error(f"--{dest.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def int_list(ap: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
+    """A comma-separated list of integers, or ``ap.error`` naming ``flag``."""
+    try:
+        items = [int(v) for v in text.split(",")]
+    except ValueError:
+        ap.error(f"{flag} takes comma-separated integers, got {text!r}")
+    return items
+
+
+def run(main) -> None:
+    """``sys.exit(main())``; a ValueError or OSError out of it (what the library raises for a
+    bad name, size or file; an unknown name is a ValueError too) as one line
+    ``SCRIPT: error: ...``, status 2.  A bare KeyError is a bug, and keeps its traceback."""
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)
