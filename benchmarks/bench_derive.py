@@ -1,8 +1,8 @@
 """Benchmark: exact Lloyd-Max derivation vs a Monte-Carlo Lloyd, in one run; or, with
 ``--samples``, Lloyd-Max on sample sources.
 
-    python benchmarks/bench_derive.py [--mc-samples 4000000] [--repeat 3]
-    python benchmarks/bench_derive.py --samples [--sample-size 200000] [--repeat 1]
+    python benchmarks/bench_derive.py [--mc-samples 4000000] [--repeat 3] [--blocksizes 16,64] [--losses l2]
+    python benchmarks/bench_derive.py --samples [--sample-size 200000] [--repeat 1] [--blocksizes 16] [--losses l2]
 
 Derives 4-bit weight-domain L1 and L2 codes (normal source, absmax, -1/0/1 fixed) for
 B = 16, 32, ..., 16384 and prints the time per code (best of --repeat, measure cache cleared
@@ -11,6 +11,7 @@ plain Monte-Carlo Lloyd (4e6 normal samples in blocks of 64, weighted centroids 
 bincount, from the same starting code, until the change is below 1e-6 or 500 iterations)
 for the B=64 L2 code and prints its time, its distance from the exact code, and the ratio
 of the two times.  Target: <= 50 ms per code and >= 20x faster than Monte Carlo.
+``--blocksizes`` and ``--losses`` keep some of the codes (of either run) for a short run.
 
 ``--samples``: 4-bit weight-domain L2 and L1 codes (absmax, -1/0/1 fixed, as NF4) of
 ``--sample-size`` seeded values (seed 0) of a normal and a Student-t(5), kept whole
@@ -31,8 +32,12 @@ import tracemalloc
 
 import numpy as np
 
+from _cli import check_floors, int_list, run
 from quantbook.derive.block import _cached_measure
 from quantbook.derive.lloyd import solve_lloyd, quantile
+from quantbook.derive.recipes import LloydRecipe
+
+MC_BLOCK = 64   # the Monte-Carlo Lloyd's block size
 
 
 def exact(bits, B, loss, repeat):
@@ -68,7 +73,7 @@ def monte_carlo_lloyd(B, n, seed=0, tol=1e-6, max_iter=500):
     return q, it, change, time.perf_counter() - t0
 
 
-def samples(n, repeat):
+def samples(n, repeat, blocks, losses):
     from quantbook.derive.sources import Empirical
 
     print(f"load average {os.getloadavg()[0]:.2f}; {n} values, seed 0")
@@ -82,8 +87,8 @@ def samples(n, repeat):
         x = rng.standard_normal(n) if kind == "normal" else rng.standard_t(5, n)
         for knots in (None, "default"):
             src = Empirical(x) if knots == "default" else Empirical(x, knots=None)
-            for B in (16, 64):
-                for loss in ("l2", "l1"):
+            for B in blocks:
+                for loss in losses:
                     best = (float("inf"), 0.0, 0)
                     for _ in range(repeat):
                         _cached_measure.cache_clear()
@@ -106,31 +111,40 @@ def main():
     ap.add_argument("--repeat", type=int, default=None, help="3, or 1 with --samples")
     ap.add_argument("--samples", action="store_true", help="Lloyd-Max on sample sources (module docstring)")
     ap.add_argument("--sample-size", type=int, default=200_000)
+    ap.add_argument("--blocksizes", default=None,
+                    help="comma-separated B (default 16,32,...,16384; 16,64 with --samples)")
+    ap.add_argument("--losses", default=None, help="comma-separated l1, l2 (default both)")
     args = ap.parse_args()
-    if args.repeat is not None and args.repeat < 1:
-        ap.error(f"--repeat must be at least 1, got {args.repeat}")
-    if args.sample_size < 2:
-        ap.error(f"--sample-size must be at least 2, got {args.sample_size}")
+    # the Monte-Carlo Lloyd needs one block: with none it would compare an empty sample
+    check_floors(ap, args, repeat=1, sample_size=2, mc_samples=MC_BLOCK)
+    default = "16,64" if args.samples else ",".join(str(2**k) for k in range(4, 15))
+    blocks = int_list(ap, args.blocksizes or default, "--blocksizes")
+    losses = (args.losses or ("l2,l1" if args.samples else "l1,l2")).split(",")
+    for B in blocks:   # the recipe's own checks, before any code is timed
+        for loss in losses:
+            try:
+                LloydRecipe(4, B, loss, "weight")
+            except ValueError as exc:
+                ap.error(str(exc))
     if args.samples:
-        samples(args.sample_size, args.repeat or 1)
+        samples(args.sample_size, args.repeat or 1, blocks, losses)
         return
     args.repeat = args.repeat or 3
     print(f"{'B':>6} {'loss':>4} {'ms/code':>8} {'iters':>5} {'change':>9}")
     worst = 0.0
-    for loss in ("l1", "l2"):
-        for k in range(4, 15):
-            B = 2**k
+    for loss in losses:
+        for B in blocks:
             res, dt = exact(4, B, loss, args.repeat)
             worst = max(worst, dt)
             print(f"{B:>6} {loss:>4} {dt * 1e3:8.2f} {res.iterations:>5} {res.change:9.1e}")
     print(f"slowest code: {worst * 1e3:.2f} ms (target <= 50 ms)")
-    res, dt = exact(4, 64, "l2", args.repeat)
-    q_mc, it, change, t_mc = monte_carlo_lloyd(64, args.mc_samples)
+    res, dt = exact(4, MC_BLOCK, "l2", args.repeat)
+    q_mc, it, change, t_mc = monte_carlo_lloyd(MC_BLOCK, args.mc_samples)
     diff = np.max(np.abs(q_mc - res.codebook.levels))
-    print(f"Monte-Carlo Lloyd, B=64 L2 weight domain, {args.mc_samples:.0e} samples: {t_mc:.2f} s, "
+    print(f"Monte-Carlo Lloyd, B={MC_BLOCK} L2 weight domain, {args.mc_samples:.0e} samples: {t_mc:.2f} s, "
           f"{it} iterations (last change {change:.1e}); max |MC - exact| = {diff:.1e}")
-    print(f"exact B=64 L2: {dt * 1e3:.2f} ms, change {res.change:.1e};  speed-up exact/MC = {t_mc / dt:.0f}x")
+    print(f"exact B={MC_BLOCK} L2: {dt * 1e3:.2f} ms, change {res.change:.1e};  speed-up exact/MC = {t_mc / dt:.0f}x")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
