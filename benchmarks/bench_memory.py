@@ -43,11 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import check_floors, run
+
 OPS = ("quantize", "dequantize", "nonfinite", "sums", "sums-x")
 LAYOUTS = ("nf4", "nf4-nested", "mxfp4", "nvfp4", "4over6", "vq")
 BACKENDS = ("numpy", "cpu")
 DTYPES = ("float32", "float16", "bfloat16")
 ROW = 4096   # vq: the rows the Hadamard rotation runs along
+LOG2_ROW = ROW.bit_length() - 1   # the smallest input: one row
 
 
 def _status(key: str) -> int:
@@ -180,7 +183,7 @@ def _list(s: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--log2n", type=int, default=24, help="values in the input (default 2**24)")
+    ap.add_argument("--log2n", type=int, default=24, help="2**LOG2N values in the input, 12 to 30 (default 24)")
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help="for quantize, dequantize and nonfinite")
     ap.add_argument("--backends", default=",".join(BACKENDS))
@@ -188,10 +191,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed calls a case (the best is printed)")
     ap.add_argument("--one", help=argparse.SUPPRESS)   # OP/LAYOUT/BACKEND/DTYPE: one case, JSON out
     args = ap.parse_args(argv)
-    if not 14 <= args.log2n <= 30 or (args.log2n < 16 and not args.one):
-        raise ValueError(f"--log2n must be from 16 to 30 (vq needs rows of {ROW}), got {args.log2n}")
-    if args.repeat < 1:
-        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    if not LOG2_ROW <= args.log2n <= 30:
+        raise ValueError(f"--log2n must be from {LOG2_ROW} to 30 (vq takes rows of {ROW} values), got {args.log2n}")
+    check_floors(ap, args, repeat=1)
     if args.one:
         op, layout, backend, dtype = args.one.split("/")
         print(json.dumps(measure(op, layout, backend, dtype, args.log2n, args.repeat)))
@@ -206,9 +208,16 @@ def main(argv=None) -> int:
     print(f"n = 2^{args.log2n} values; {os.cpu_count()} CPUs, load avg {load:.2f}; peak extra bytes over the "
           "input's bytes: traced (tracemalloc) / rss (VmHWM), out = what the call returns; seconds of the "
           f"best of {args.repeat} untraced calls; quantbook from {Path(_qb_path()).parent}")
+    from quantbook.bulk.format import PIECE
+
+    if (1 << args.log2n) < 16 * PIECE:   # the host paths work in pieces of PIECE values
+        print(f"note: under 2^{(16 * PIECE).bit_length() - 1} values the host paths' pieces of 2^"
+              f"{PIECE.bit_length() - 1} values and fixed allocations are a large share of the input: these "
+              "multiples are not a large tensor's (docs/benchmarks.md: 2^24)")
     print()
     print("| case | backend | " + " | ".join(f"{d} traced / rss (out), s" for d in dtypes) + " |")
     print("|---|---|" + "---|" * len(dtypes))
+    failed = False
     for op in ops:
         for layout in (layouts if op in ("quantize", "dequantize", "nonfinite") else ["-"]):
             if op == "nonfinite" and layout == "vq":
@@ -217,17 +226,14 @@ def main(argv=None) -> int:
                 cells = []
                 for dtype in dtypes:
                     r = _one(f"{op}/{layout}/{backend}/{dtype}", args.log2n, args.repeat)
+                    failed = failed or "error" in r
                     cells.append(r["error"] if "error" in r else
                                  f"{r['traced']:.2f} / {r['rss']:.2f} ({r['out']:.2f}), {r['seconds']:.2f}")
                 name = op if layout == "-" else f"{op} {layout}"
                 print(f"| {name} | {backend} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nload avg at the end {os.getloadavg()[0]:.2f}")
-    return 0
+    return 1 if failed else 0   # a case that failed shows its error in its cell
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as exc:   # a bad list or size: one line, status 2
-        print(f"{Path(__file__).name}: error: {exc}".splitlines()[0], file=sys.stderr)
-        sys.exit(2)
+    run(main)

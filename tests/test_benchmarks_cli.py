@@ -82,6 +82,7 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     ("bench_quantize_vq.py", ["--size", "7"], "no HIGGS grid of --dim 2 and --size 7 (P x N: 1x4, "),
     ("bench_quantize_vq.py", ["--log2n", "12", "--repeat", "0"], "--repeat must be at least 1, got 0"),
     ("bench_scaled_cpu.py", ["--log2n", "12", "--repeat", "0"], "--repeat must be at least 1, got 0"),   # inf
+    ("bench_memory.py", ["--log2n", "11"], "--log2n must be from 12 to 30 (vq takes rows of 4096 values), got 11"),
     ("compare_fouroversix.py", ["--rows", "0"], "--rows must be at least 1, got 0"),
 ])
 def test_a_bad_argument_is_refused_in_a_line_before_anything_runs(monkeypatch, capsys, script, args, said):
@@ -90,6 +91,16 @@ def test_a_bad_argument_is_refused_in_a_line_before_anything_runs(monkeypatch, c
     assert _run(monkeypatch, script, *args) == 2
     err = capsys.readouterr().err
     assert said in err.splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_memory_benchmark_fails_when_a_case_does(monkeypatch, capsys):
+    """A case whose process failed shows its error in its cell, and the run's status says so."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("bench_memory.py reads /proc/self (Linux)")
+    bench = runpy.run_path(str(BENCHMARKS / "bench_memory.py"), run_name="bench_memory")
+    monkeypatch.setitem(bench["main"].__globals__, "_one", lambda spec, log2n, repeat: {"error": "MemoryError"})
+    assert bench["main"](["--ops", "sums", "--backends", "numpy", "--dtypes", "float32"]) == 1
+    assert "| sums | numpy | MemoryError |" in capsys.readouterr().out
 
 
 def test_fouroversix_comparison_without_the_package_index_says_so_in_a_line(monkeypatch, capsys):
