@@ -68,7 +68,7 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     ("bench_derive_scaled.py", ["--readme", "--samples", "10000"],
      "--samples: samples=10000 must be a positive multiple of block_size=32"),
     ("bench_derive_vq.py", ["--cases", "2x"], "--cases takes comma-separated PxN such as 2x256, got '2x'"),
-    ("bench_derive_vq.py", ["--samples", "0"], "samples must be an integer >= 1, got 0"),
+    ("bench_derive_vq.py", ["--samples", "0"], "samples must be a positive integer, got 0"),
     ("bench_derive_vq.py", ["--eval-samples", "1"], "--eval-samples must be at least 2, got 1"),
     ("bench_evaluate_model.py", ["--repeat", "0", "--synthetic"], "--repeat must be at least 1, got 0"),
     ("bench_evaluate_model.py", ["--file", "no-such.safetensors"], "no such safetensors file: no-such.safetensors"),
