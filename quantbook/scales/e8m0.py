@@ -64,10 +64,6 @@ class E8M0Scale(ScaleRule, family="e8m0"):
     def name(self):
         return f"e8m0:{self.mode}"
 
-    @property
-    def closed(self):  # type: ignore[override]
-        return "right" if self.mode in ("ceil", "rceil") else "left"
-
     def exponent(self, amax: np.ndarray, qmax: float) -> np.ndarray:
         """The unclamped unbiased exponent of each block's scale (int64)."""
         a = np.asarray(amax, dtype=_F)

@@ -81,8 +81,6 @@ class ScaleRule:
     stored_dtype: ClassVar[str]
     stored_bytes: ClassVar[int]
     tensor_bytes: ClassVar[int] = 0
-    #: ``s`` is constant on ``[b_i, b_i+1)`` ("left") or ``(b_i, b_i+1]`` ("right")
-    closed: ClassVar[str] = "left"
     #: what the ``tensor_bytes`` per tensor hold
     tensor_value: ClassVar[str] = "float32 tensor scale"
     #: the only ``qmax`` a rule takes whose arithmetic is written for one element format
@@ -202,7 +200,9 @@ class ScaleRule:
     def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
                     hi: float = float(np.finfo(np.float32).max)) -> np.ndarray:
         """Sorted float64 values of ``M`` in ``[lo, hi]`` where ``s(M)`` changes; ``s`` is
-        constant between neighbours (closed on the side :attr:`closed` names)."""
+        constant between neighbours.  The side a breakpoint itself belongs to is the rule's
+        rounding (float16 and bfloat16 round a tie to even, so it alternates): the laws built on
+        these pieces are continuous, where a single point carries no mass."""
         raise ValueError(f"scale rule {self.name!r} has no scale function s(M) of a block's maximum alone")
 
     def bits_per_weight(self, block_size: int, code_bits: int = 4, n: int | None = None) -> float:

@@ -117,10 +117,6 @@ class SearchScale(ScaleRule, family="search"):
             return f"search:{self.preset}"
         return f"search:{self.base.name}@{','.join(_spelled(v) for v in self.factors)}/{self.loss}"
 
-    @property
-    def closed(self):  # type: ignore[override]
-        return self.base.closed
-
     def tensor_scale(self, global_amax, qmax):
         return self.base.tensor_scale(global_amax, qmax)
 
