@@ -220,6 +220,25 @@ def test_plot_to_an_unknown_image_extension_is_refused(capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value, fragment", [
+    ("abc", "--qmax: expected a number, got 'abc'"),
+    ("x" * 300, "got '" + "x" * 40 + "...'"),   # clipped: the value is the user's, of any length
+    ("0", "--qmax: must be a positive finite number, got '0'"),
+    ("-6", "must be a positive finite number, got '-6'"),
+    ("inf", "must be a positive finite number, got 'inf'"),
+    ("nan", "must be a positive finite number, got 'nan'"),
+], ids=["abc", "300-chars", "0", "-6", "inf", "nan"])
+@pytest.mark.parametrize("command", [["derive", "lloyd", "--scale", "e4m3"],
+                                     ["evaluate-model", "W", "--scale", "e4m3"]], ids=["derive", "evaluate-model"])
+def test_qmax_is_read_by_one_rule_everywhere(capsys, tmp_path, command, value, fragment):
+    # --qmax of derive/evaluate and of evaluate-model: the same parse, the same one-line refusal
+    w = tmp_path / "w.npy"
+    np.save(w, np.ones(64, np.float32))
+    rc, out, err = run(capsys, *[str(w) if a == "W" else a for a in command], "--qmax", value)
+    assert_user_error(rc, err, fragment)
+    assert out == "" and len(err) < 200
+
+
 # ---------------------------------------------------------------------- codebook spellings
 @pytest.mark.parametrize("spec, fragment", [
     ("lloyd-l1-100000000-8bit@student-t:3", "block size"),  # B beyond the engine's 10**7

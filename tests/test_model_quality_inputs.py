@@ -100,6 +100,7 @@ def run(capsys, *argv):
     (["x.safetensors", "--task", "embed", "--tokens", "0"], "--tokens must be at least 1"),
     (["x.safetensors", "--task", "lm", "--tokens", "64", "--context", "128"], "less than one context"),
     (["model.gguf"], "--task lm"),
+    (["x.safetensors", "--task", "lm", "--per-tensor"], "--per-tensor is for the weight-error table"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, msg):
     text = tmp_path / "t.txt"

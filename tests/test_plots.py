@@ -124,6 +124,10 @@ def test_cli_plot_and_sweep(tmp_path, capsys):
     pytest.param(["plot-sweep", "nf4", "--min-block", "64", "--max-block", "16", "-o", "{tmp}/x.png"], "larger than",
                  marks=needs_mpl),
     pytest.param(["plot", "nf4", "--source", "cauchy", "-o", "{tmp}/x.png"], "unknown source", marks=needs_mpl),
+    pytest.param(["plot", " , ", "-o", "{tmp}/x.png"], "no codebooks given", marks=needs_mpl),
+    pytest.param(["plot", "nf4,af4", "nf4", "-o", "{tmp}/x.png"], "codebook listed twice: nf4", marks=needs_mpl),
+    pytest.param(["plot-sweep", "nf4", "e2m1,nf4", "--min-block", "16", "--max-block", "32", "-o", "{tmp}/x.png"],
+                 "codebook listed twice: nf4", marks=needs_mpl),
 ])
 def test_cli_plot_errors(argv, msg, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -59,6 +60,17 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
         return v
 
     return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a positive finite number (``--qmax``)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {_clip(text)!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {_clip(text)!r}")
+    return v
 
 
 def _clip(text: str, n: int = 40) -> str:

@@ -8,8 +8,8 @@ import math
 import re
 from typing import Any
 
-from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, print_codebook,
-                     print_json)
+from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, positive_float,
+                     print_codebook, print_json)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -255,21 +255,11 @@ def _add_block_arguments(s: argparse.ArgumentParser) -> None:
                         f"{rule_spellings(lambda r: r.deterministic or r.encodes_with_amax)}; for derive lloyd "
                         f"and evaluate also {rule_spellings(lambda r: not (r.deterministic or r.encodes_with_amax))}"
                         ", on a seeded sample (default: exact float32 absmax; docs/scales.md)")
-    s.add_argument("--qmax", type=_positive_float,
+    s.add_argument("--qmax", type=positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.add_argument("--tensor-size", type=integer, dest="tensor_size",
                    help="with --scale e4m3: model the tensor scale of tensors of N values (default: its phase "
                         "averaged)")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text[:40]!r}")
-    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:

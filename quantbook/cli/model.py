@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_json_flag, integer, print_json
+from .common import add_json_flag, integer, positive_float, print_json
 
 __all__ = ["register", "METRIC_NAMES"]
 
@@ -35,16 +35,6 @@ def _block_size(text: str) -> int:
         return check_block_size(integer(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("block_size ", "")) from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        q = float(text)
-    except ValueError:
-        q = float("nan")
-    if not (q > 0 and q < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return q
 
 
 def _codebooks_and_vq(args):
@@ -188,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "nested is --nested; the others store the scaled layouts, for codebooks of at most 16 "
                         "entries (NVFP4 with -B 16, MXFP4 with -B 32); search:ggml with iq4_nl and --qmax 127 is "
                         "llama.cpp's IQ4_NL quantizer, bit for bit")
-    s.add_argument("--qmax", type=_positive_float, default=None, metavar="Q",
+    s.add_argument("--qmax", type=positive_float, default=None, metavar="Q",
                    help="scaled layouts: the largest code magnitude each block's maximum maps to (default 6, E2M1's)")
     s.add_argument("--tensors", default=None, metavar="GLOBS",
                    help="comma-separated fnmatch patterns of tensor names (default: every floating tensor; "
