@@ -142,6 +142,82 @@ def test_as_dict_of_a_state_put_together_by_hand_names_the_bad_field(field, valu
         st.as_dict()
 
 
+def test_a_3_bit_state_keeps_its_width_through_its_dict():
+    # bitsandbytes' dict has no "bits" (its codes are 4 bits): the dict of a narrower code must say it, and
+    # read back it must give bitsandbytes' values, rebuilt by hand here: code[nearest] * block absmax
+    cb = qb.get("max1960-n8")   # 8 levels: 3 bits
+    levels = np.asarray(cb.code, np.float64) / np.max(np.abs(cb.code))
+    cb = Codebook(levels=levels, bits=3, name="n8-unit")
+    x = np.random.default_rng(5).standard_normal(64 * 8).astype(np.float32)
+    packed, st = qb.quantize(x, cb, 64)
+    d = st.as_dict()
+    assert d["bits"] == 3 and F.packed_length(x.size, 3) == packed.size
+    st2 = qb.QuantState.from_dict(d)
+    assert st2.bits == 3
+    blocks = x.reshape(-1, 64).astype(np.float64)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    code = np.asarray(cb.code, np.float32)
+    idx = np.argmin(np.abs((blocks / amax)[..., None] - code.astype(np.float64)), axis=-1)
+    want = (code[idx] * amax.astype(np.float32)).astype(np.float32).ravel()
+    np.testing.assert_array_equal(qb.dequantize(packed, st2), want)
+    # the same dict without its "bits" is a 4-bit state, which these bytes are not
+    with pytest.raises(ValueError, match="packed"):
+        qb.dequantize(packed, qb.QuantState.from_dict({k: v for k, v in d.items() if k != "bits"}))
+
+
+@pytest.mark.parametrize("rule, decode", [
+    ("e8m0:floor", lambda b: np.ldexp(np.float32(1), b.astype(np.int32) - 127)),
+    ("float16", lambda h: h.astype(np.float32)),
+    ("bfloat16", lambda u: (u.astype(np.uint32) << 16).view(np.float32)),
+    ("e4m3", lambda b: b.view(pytest.importorskip("ml_dtypes").float8_e4m3fn).astype(np.float32)),
+])
+def test_absmax_f32_of_a_scaled_state_decodes_its_stored_scales(rule, decode):
+    # the per-block float32 scales of NVFP4/MXFP4-style states, against each stored format decoded by hand
+    # (e4m3 with a tensor scale: the stored value times the float32 tensor scale)
+    x = np.random.default_rng(6).standard_normal(32 * 40).astype(np.float32) * 3
+    packed, st = qb.quantize(x, "e2m1", 32, scale=rule)
+    want = decode(np.asarray(st.absmax))
+    if st.tensor_scale is not None:
+        want = want * np.float32(st.tensor_scale)
+    got = st.absmax_f32()
+    assert got.dtype == np.float32 and got.shape == (40,)
+    np.testing.assert_array_equal(got, want)
+    assert f"scale {rule}" in repr(st)
+
+
+def _edit(st, **fields):
+    for k, v in fields.items():
+        setattr(st, k, v)
+    return st
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda st, sc: _edit(st, tensor_scale=1.0), "state has a tensor_scale but no scale_rule"),
+    (lambda st, sc: _edit(st, nested_offset=0.5), "state has nested fields but no nested_absmax"),
+    (lambda st, sc: _edit(sc, nested_offset=0.5), "a scaled-layout state has no nested statistics"),
+    (lambda st, sc: _edit(sc, bits=3, code=sc.code[::2].copy()), "the scaled layouts store 4-bit codes, got bits=3"),
+    (lambda st, sc: _edit(sc, scale_rule="float32"), "scale_rule 'float32' is not stored in the scaled layout"),
+    (lambda st, sc: _edit(sc, tensor_scale=2.0), "scale rule e8m0:floor has no tensor scale, got tensor_scale=2.0"),
+])
+def test_a_state_whose_fields_contradict_each_other_is_refused(make, message):
+    x = np.random.default_rng(7).standard_normal(256).astype(np.float32)
+    st = qb.quantize(x, "nf4", 64)[1]
+    sc = qb.quantize(x, "e2m1", 32, scale="e8m0")[1]
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+        make(st, sc).validate()
+
+
+def test_from_dict_names_what_is_missing_or_not_a_mapping():
+    x = np.random.default_rng(8).standard_normal(256).astype(np.float32)
+    d = qb.quantize(x, "nf4", 64, nested=True)[1].as_dict()
+    with pytest.raises(ValueError, match="^QuantState.from_dict needs a mapping$"):
+        qb.QuantState.from_dict(list(d.items()))
+    with pytest.raises(ValueError, match="^nested quant state lacks nested_quant_map, nested_offset$"):
+        qb.QuantState.from_dict({k: v for k, v in d.items() if k not in ("nested_quant_map", "nested_offset")})
+    with pytest.raises(ValueError, match="^unsupported dtype 'int8'; expected one of"):
+        qb.QuantState.from_dict(dict(d, dtype="int8"))
+
+
 @pytest.mark.parametrize("field", ["blocksize", "shape", "bits", "nested_blocksize"])
 def test_from_dict_shows_a_bad_integer_field_on_one_clipped_line(field):
     """A long value (an array where an integer belongs) is shown on one line, clipped, as the

@@ -180,3 +180,40 @@ def test_a_number_for_levels_is_shown_as_given():
     # the message showed the array numpy made of it, array(3.)
     with pytest.raises(CodebookError, match=r"^levels must be a sequence of numbers, got 3\.0$"):
         Codebook(name="t", bits=2, levels=3.0)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Codebook([-1.0, 1.0], bits=17), "bits must be between 1 and 16, got 17"),
+    (lambda: Codebook([-1.0, 1.0], bits=0), "bits must be between 1 and 16, got 0"),
+    (lambda: Codebook([-1.0, 1.0], bits=1, code=[-1.0, 1.0, 1.0]), r"code has 3 entries, more than 2\*\*1"),
+    (lambda: Codebook([[0.1, 0.2]], bits=1), r"levels must be a non-empty 1-D sequence, got shape \(1, 2\)"),
+    (lambda: Codebook(np.array(["a", 1.0], dtype=object), bits=1), "levels must be numbers: entry 0 is 'a'"),
+    (lambda: Codebook([-1.0, 1.0], bits=1).encode([0.2], thresholds="f16"),
+     "thresholds must be 'float64' or 'float32', got 'f16'"),
+    (lambda: Codebook.from_dict({"levels": [-1.0, 1.0]}), "codebook object lacks bits"),
+])
+def test_more_validation_errors(make, message):
+    with pytest.raises(CodebookError, match="^" + message + "$"):
+        make()
+
+
+def test_levels_given_as_an_object_array_are_read_as_numbers():
+    cb = Codebook(np.array([-1, 0.25, 1.0], dtype=object), bits=2)
+    assert cb.levels.dtype == np.float64 and cb.levels.tolist() == [-1.0, 0.25, 1.0]
+
+
+def test_replace_keeps_the_code_order_unless_the_levels_change():
+    cb = Codebook([-1.0, 0.0, 0.5, 1.0], bits=2, code=[0.5, -1.0, 1.0, 0.0], name="perm")
+    renamed = cb.replace(name="perm2")
+    assert renamed.name == "perm2" and renamed.code.tolist() == [0.5, -1.0, 1.0, 0.0]
+    # new levels: the old code order named values that are gone, so the code is the levels in order
+    moved = cb.replace(levels=[-1.0, -0.25, 0.25, 1.0])
+    assert moved.code.tolist() == [-1.0, -0.25, 0.25, 1.0] and moved.name == "perm"
+    # both given: taken as given
+    both = cb.replace(levels=[-1.0, -0.25, 0.25, 1.0], code=[0.25, -1.0, 1.0, -0.25])
+    assert both.code.tolist() == [0.25, -1.0, 1.0, -0.25]
+
+
+def test_a_codebook_is_not_equal_to_another_type():
+    cb = Codebook([-1.0, 1.0], bits=1)
+    assert cb.__eq__([-1.0, 1.0]) is NotImplemented and cb != [-1.0, 1.0] and cb != "x"

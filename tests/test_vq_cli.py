@@ -66,6 +66,35 @@ def test_derive_vq_json_fields_and_recipe(capsys, tmp_path):
     assert d["bits_per_weight"] == 2.0
 
 
+def test_derive_vq_text_output_is_the_json_run_in_words(capsys, tmp_path):
+    argv = ["derive", "vq", "--dim", "2", "--points", "16", "--samples", "20000", "--restarts", "1"]
+    code, out, _ = run(capsys, *argv, "--json")
+    assert code == 0
+    d = json.loads(out)
+    code, text, _ = run(capsys, *argv)
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0] == f"{d['name']}: 16 points in 2-D, 2 bits/weight (index)"
+    assert lines[1] == f"source: {d['source']}"
+    m = re.match(r"MSE/dim (\S+) ± (\S+) \(fresh sample: (\d+) vectors, seed (\d+)\); on the fitting sample (\S+)$",
+                 lines[2])
+    assert m and float(m[1]) == pytest.approx(d["mse"], rel=1e-6) and int(m[3]) == d["eval_samples"]
+    assert int(m[4]) == d["eval_seed"] and float(m[5]) == pytest.approx(d["fit_mse"], rel=1e-6)
+    # the gap to the Gaussian distortion-rate bound D(R) = 2^-2R at R = 2 bits, by hand
+    gap = float(re.fullmatch(r"gap to D\(R\)=2\^-2R: (\S+) dB", lines[3])[1])
+    assert gap == pytest.approx(10 * np.log10(d["mse"] / 2.0 ** -4), abs=1e-3)
+    assert lines[4].startswith(f"Lloyd passes on the whole sample {d['iterations']}, converged {d['converged']}")
+    # the points, each float32 written as its shortest float64 repr, in the codebook's order
+    assert lines[5] == "points:" and len(lines) == 6 + 16
+    got = np.array([[float(v) for v in line.split()] for line in lines[6:]], dtype=np.float32)
+    np.testing.assert_array_equal(got, np.array(d["points"], dtype=np.float32))
+    # with -o the file holds the points and the listing is left out
+    f = tmp_path / "g.json"
+    code, text, err = run(capsys, *argv, "-o", f)
+    assert code == 0 and "points:" not in text and err == f"wrote {f}\n"
+    np.testing.assert_array_equal(VectorCodebook.from_json(f.read_text()).points, got)
+
+
 def test_show_and_export_json(capsys, tmp_path):
     code, out, _ = run(capsys, "show", "higgs-2d-64", "--json")
     d = json.loads(out)

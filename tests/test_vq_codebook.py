@@ -197,3 +197,40 @@ def test_naming(tmp_path):
         resolve_vector(str(tmp_path / "missing.json"))
     # the scalar grammar is untouched
     assert quantbook.naming.resolve_codebook("nf4") is quantbook.get("nf4")
+
+
+def test_quantize_is_the_nearest_point_by_brute_force():
+    rng = np.random.default_rng(12)
+    cb = VectorCodebook(name="rand-3d", points=rng.standard_normal((40, 3)))
+    v = rng.standard_normal((300, 3)).astype(np.float32)
+    want = np.asarray(cb.points)[brute(cb.points, v)]
+    got = cb.quantize(v)
+    assert got.dtype == np.float32 and got.shape == (300, 3)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(cb.quantize(v[7]), want[7:8])   # a single row of P values is M = 1
+
+
+def test_replace_repr_and_equality():
+    cb = VectorCodebook(name="sq", points=[[0.0, 1.0], [1.0, 2.0]], source="hand")
+    other = cb.replace(name="sq2")
+    assert other.name == "sq2" and other.source == "hand" and np.array_equal(other.points, cb.points)
+    assert other != cb and cb.replace() == cb
+    assert repr(cb) == "VectorCodebook(name='sq', dim=2, size=2)"
+    assert cb.__eq__(cb.points) is NotImplemented and cb != "sq"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: VectorCodebook(name="v", points=[[0, 10**400], [1, 2]]), "points row 0 holds an integer too large"),
+    (lambda: VectorCodebook(name="v", points=[[0, 1], [1]]), r"points must be an \(N, P\) array of numbers"),
+    (lambda: VectorCodebook(name="v", points=[[0, 1], [1, 2]], source=3), "source must be a string, got int"),
+    (lambda: VectorCodebook(name="v", points=[[0, 1], [1, 2]], recipe=[1]),
+     r"recipe must be a mapping \(a JSON object\) or None, got list"),
+    (lambda: VectorCodebook(name="v", points=[[0, 1], [1, 2]]).bits_per_weight(scale_bits=1.5),
+     "scale_bits must be an integer, got 1.5"),
+    (lambda: VectorCodebook(name="v", points=[[0, 1], [1, 2]]).bits_per_weight(scale_bits=-1),
+     "scale_bits must be >= 0, got -1"),
+    (lambda: VectorCodebook.from_dict([1]), "a vector codebook must be a JSON object"),
+])
+def test_more_validation_errors(make, message):
+    with pytest.raises(VectorCodebookError, match="^" + message):
+        make()
