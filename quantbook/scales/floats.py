@@ -103,6 +103,3 @@ class BFloat16Scale(ScaleRule, family="bfloat16"):
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
         grid = bf16_value(np.arange(0x7F80, dtype=np.uint16)).astype(np.float64)
         return _grid_breakpoints(grid, check_qmax(qmax), lo, hi)
-
-    def describe(self):
-        return f"{self.name}: bfloat16 bits as uint16 ({self.stored_bytes} B) per block"

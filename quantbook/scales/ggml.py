@@ -204,8 +204,3 @@ class GgmlSearch(ScaleRule):
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
         raise ValueError(f"{self.name} has no scale function s(M): its law is not 1-D")
-
-    def describe(self):
-        how = ("least-squares fit over 15 trial scales" if self.ntry > 0
-               else "one least-squares fit (ggml's reference quantizer)")
-        return f"{self.name}: signed float16 (2 B) per block, ggml's IQ4_NL {how}"

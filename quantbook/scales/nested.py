@@ -114,7 +114,3 @@ class NestedScale(ScaleRule, family="nested"):
         if n:
             bpw += 32.0 / n
         return bpw
-
-    def describe(self):
-        return (f"{self.name}: uint8 code per block + float32 per {NESTED_BLOCKS} blocks "
-                "+ float32 offset (bitsandbytes compress_statistics)")

@@ -217,11 +217,6 @@ class ScaleRule:
             bpw += 8.0 * self.tensor_bytes / n
         return bpw
 
-    def describe(self) -> str:
-        """One line: what is stored and what it costs."""
-        t = f" + {self.tensor_bytes}-byte tensor scale" if self.tensor_bytes else ""
-        return f"{self.name}: {self.stored_dtype} ({self.stored_bytes} B) per block{t}"
-
 
 def check_scaled_only(rule: "ScaleRule | None", **given: bool) -> None:
     """The layout options (qmax, a tensor maximum or size) mean something only under a rule of

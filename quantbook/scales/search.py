@@ -154,7 +154,3 @@ class SearchScale(ScaleRule, family="search"):
 
     def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
         raise ValueError(f"{self.name} has no scale function s(M): its law is not 1-D")
-
-    def describe(self):
-        return (f"{self.name}: {self.base.name} scales, best of targets "
-                f"{{{', '.join(f'{v:g}' for v in self.factors)}}}·qmax by {self.loss}")
