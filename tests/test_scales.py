@@ -355,3 +355,59 @@ def test_scaled_values_are_the_code_times_qmax_over_its_peak():
     assert ((lv / peak) * qmax).astype(np.float32)[4] != want[4]   # the test tells the two apart
     e2m1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
     assert np.array_equal(scaled_values(quantbook.get("e2m1"), 6).view(np.uint32), e2m1.view(np.uint32))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "scale must be a rule name such as float32, float16, bfloat16, e4m3, got ''"),
+    (3, "scale must be a rule name such as float32, float16, bfloat16, e4m3, got 3"),
+    ("e4m3:2", "scale rule 'e4m3' takes no argument, got '2'"),
+    ("float16:x", "scale rule 'float16' takes no argument, got 'x'"),
+    ("search:e4m3", r"search rule 'e4m3': expected a preset \(4over6, fouroversix, ggml, ggml-ref\) or "
+                    r"BASE@f1,f2,...\[/l1\|/l2\]"),
+    ("search:e4m3@a,b", "search rule 'e4m3@a,b': targets must be numbers"),
+    ("search:e4m3@", "search rule 'e4m3@': targets must be numbers"),
+    ("search:e4m3@6,-1", r"search targets must be positive finite factors, got \[6.0, -1.0\]"),
+    ("search:e4m3@6,inf", r"search targets must be positive finite factors, got \[6.0, inf\]"),
+    ("search:nested@6", "a search needs a deterministic base rule of the scaled layout, got 'nested'"),
+])
+def test_a_bad_rule_spelling_is_one_clear_error(spec, message):
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        get_rule(spec)
+
+
+def test_a_search_rule_has_no_scale_from_the_maximum_alone():
+    with pytest.raises(ValueError, match="^search:e4m3@6,4/l2 chooses its scales from the values, not from amax "
+                                         "alone; quantize through quantbook.quantize$"):
+        get_rule("search:e4m3@6,4").encode(np.float32([1.0]), 6.0)
+
+
+@pytest.mark.parametrize("name", ["e4m3", "fouroversix:6"])
+@pytest.mark.parametrize("amax", [-1.0, -np.inf, np.inf, np.nan])
+def test_a_tensor_amax_that_no_tensor_has_is_named_as_such(name, amax):
+    # an absolute maximum is finite and never negative; -1 was refused as "must be finite"
+    with pytest.raises(ValueError, match=r"^the tensor's amax must be finite and non-negative, got "):
+        get_rule(name).tensor_scale(np.float32(amax), 6.0)
+
+
+def test_fouroversix_at_tensor_scale_zero_is_the_zero_scale_everywhere():
+    # the rule's formulas at G = 0 (its own tensor_scale gives 1 for an all-zero tensor): every block's scale is
+    # 0, so there is no breakpoint, and without G there is no scale at all
+    rule = get_rule("fouroversix:6")
+    m = np.float32([0.0, 1e-6, 1.0, 3e38])
+    assert np.array_equal(rule.scale(m, 6.0, np.float32(0)), np.zeros(4, np.float32))
+    assert rule.breakpoints(6.0, np.float32(0)).size == 0
+    with pytest.raises(ValueError, match="^the fouroversix rule needs the tensor's float32 absolute maximum$"):
+        rule.breakpoints(6.0, None)
+    x = np.zeros(64, np.float32)
+    packed, st = quantbook.quantize(x, "e2m1", 16, scale="fouroversix:6")
+    assert st.tensor_scale == 1.0 and not np.signbit(quantbook.dequantize(packed, st)).any()
+    assert np.array_equal(quantbook.dequantize(packed, st), x)
+
+
+def test_nested_bits_per_weight_counts_its_offset_when_the_size_is_given():
+    # bitsandbytes' compress_statistics, by hand: a uint8 per block, a float32 per 256 blocks, one float32 offset
+    B, n = 64, 4096
+    want = 4 + 8 / B + 32 / (256 * B) + 32 / n
+    assert get_rule("nested").bits_per_weight(B, 4, n=n) == pytest.approx(want, rel=1e-15)
+    assert get_rule("nested").bits_per_weight(B, 4) == pytest.approx(want - 32 / n, rel=1e-15)
+    assert repr(get_rule("e4m3")) == "ScaleRule('e4m3')"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rule import ScaleRule, check_qmax
+from .rule import ScaleRule, check_qmax, check_tensor_amax
 
 __all__ = ["E4M3Scale", "E4M3_MAX", "E4M3_MIN_NORMAL", "e4m3_round", "e4m3_encode", "e4m3_bits", "e4m3_value",
            "e4m3_grid"]
@@ -87,9 +87,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
     summary = "NVFP4"
 
     def tensor_scale(self, global_amax, qmax):
-        g = _F(global_amax)
-        if not np.isfinite(g) or g < 0:
-            raise ValueError(f"the tensor's amax must be finite, got {float(g)!r}")
+        g = check_tensor_amax(global_amax)
         qmax = check_qmax(qmax)
         with np.errstate(over="ignore"):
             top = _F(_F(qmax) * _F(E4M3_MAX))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .e4m3 import e4m3_encode, e4m3_value
-from .rule import ScaleRule, check_qmax
+from .rule import ScaleRule, check_qmax, check_tensor_amax
 
 __all__ = ["FourOverSixScale", "FOS_TARGETS"]
 
@@ -90,9 +90,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
 
     def tensor_scale(self, global_amax, qmax):
         _check_qmax(qmax)
-        g = _F(global_amax)
-        if not np.isfinite(g) or g < 0:
-            raise ValueError(f"the tensor's amax must be finite and non-negative, got {float(g)!r}")
+        g = check_tensor_amax(global_amax)
         if g == 0:
             return _F(1)   # as e4m3: a tensor scale is positive; every block stores scale 0 anyway
         with np.errstate(over="ignore", divide="ignore"):

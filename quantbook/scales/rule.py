@@ -273,6 +273,15 @@ def scaled_values(levels: Any, qmax: Any) -> np.ndarray:
     return (c * (check_qmax(qmax) / peak)).astype(np.float32)
 
 
+def check_tensor_amax(global_amax: Any) -> np.float32:
+    """A tensor's absolute maximum as the float32 a tensor scale is made from; a ValueError
+    unless it is finite and non-negative (an absolute maximum is never below 0)."""
+    g = np.float32(global_amax)
+    if not np.isfinite(g) or g < 0:
+        raise ValueError(f"the tensor's amax must be finite and non-negative, got {float(g)!r}")
+    return g
+
+
 def check_qmax(qmax: Any) -> float:
     """``qmax`` (the table's largest magnitude in the units the scale multiplies) as a float:
     a real number that the rules, which compute in float32, can use: a positive normal
