@@ -680,3 +680,27 @@ def test_a_header_spelling_is_a_str(bad, vector):
     cb = get_vector("higgs-2d-16") if vector else quantbook.get("nf4")
     with pytest.raises(ValueError, match="spelling must be a str"):
         export(cb, "c", spelling=bad)
+
+
+def test_export_refuses_a_layout_or_format_it_cannot_write():
+    from quantbook.codebooks.vector_registry import get_vector
+    from quantbook.export import HeaderLayout
+
+    cb = quantbook.get("e2m1")
+    layout = HeaderLayout("e4m3", 16, 6.0, np.asarray(cb.code, np.float32))
+    for fmt in ("json", "npy", "bnb"):   # the layout would be dropped in silence
+        with pytest.raises(ValueError, match=f"^a scaled layout is written only into c and cuda headers, not format "
+                                             f"'{fmt}'$"):
+            export(cb, fmt, layout=layout)
+    grid = get_vector("higgs-2d-16")
+    with pytest.raises(ValueError, match="^a scaled layout .* applies to scalar codebooks, not to vector codebooks$"):
+        export(grid, "c", layout=layout)
+    with pytest.raises(ValueError, match="^a vector codebook exports as json, c, cuda, npy, not 'bnb'$"):
+        export(grid, "bnb")
+    with pytest.raises(ValueError, match="^layout must be a HeaderLayout, got str$"):
+        c_header(cb, layout="e4m3")
+    with pytest.raises(ValueError, match="^the layout table has 8 entries, the code 16$"):
+        c_header(cb, layout=HeaderLayout("e4m3", 16, 6.0, np.ones(8, np.float32)))
+    for table in (np.ones(16), np.ones((4, 4), np.float32), np.array([1.0, np.inf], np.float32)):
+        with pytest.raises(ValueError, match="^the layout table must be a 1-D array of finite float32 values$"):
+            HeaderLayout("e4m3", 16, 6.0, table)
