@@ -526,3 +526,15 @@ def test_a_samples_law_gives_its_mass_and_density_in_one_pass(normalization, mon
     t0, d = slow.T0_dens(y)
     np.testing.assert_array_equal(t0, slow.T(0, y))
     np.testing.assert_array_equal(d, slow.dens(y))
+
+
+def test_signed_absmax_std_and_ppf_match_blocks_normalised_by_hand():
+    # y = x / x[argmax |x|] (the extreme value becomes +1) on normal blocks of 64
+    d = BlockDistribution(64, "normal", "signed-absmax")
+    x = np.random.default_rng(4).standard_normal((1 << 15, 64))
+    y = x / np.take_along_axis(x, np.argmax(np.abs(x), axis=1)[:, None], axis=1)
+    per_block = (y * y).mean(axis=1)
+    assert abs(d.std() ** 2 + d.mean() ** 2 - per_block.mean()) < 4 * per_block.std() / math.sqrt(per_block.size)
+    assert d.std() == math.sqrt(d.var())
+    for p in (0.1, 0.5, 0.9):
+        assert d.ppf(p) == pytest.approx(np.quantile(y, p), abs=2e-3)

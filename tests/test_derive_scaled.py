@@ -468,3 +468,18 @@ def test_nested_statistics_report_no_qmax():
     d = evaluate(quantbook.get("nf4"), 64, scale="nested").to_dict()
     assert d["scale"] == "nested" and "qmax" not in d
     assert evaluate(quantbook.get("nf4"), 32, scale="e8m0:floor").to_dict()["qmax"] == 6.0
+
+
+def test_moments_of_the_mxfp4_law_match_blocks_scaled_by_hand():
+    # y = x / (qmax · 2**(floor(log2 M) - emax)) with emax = floor(log2 6) = 2 (OCP MX v1.0, 6.3), on normal
+    # blocks of 32: the law's mean, variance and standard deviation against the sample's
+    d = ScaledBlockDistribution(32, "normal", "e8m0:floor")
+    x = np.random.default_rng(3).standard_normal((1 << 15, 32))
+    m = np.abs(x).max(axis=1).astype(np.float32)
+    y = x / (6.0 * 2.0 ** (np.floor(np.log2(m)) - 2))[:, None]
+    per_block = (y * y).mean(axis=1)   # blocks are independent; values within one are not
+    se = per_block.std() / math.sqrt(per_block.size)
+    assert d.mean() == 0.0 and abs(y.mean()) < 4 * y.mean(axis=1).std() / math.sqrt(per_block.size)
+    assert abs(d.var() - per_block.mean()) < 4 * se
+    assert d.std() == math.sqrt(d.var())
+    assert repr(d) == "<ScaledBlockDistribution normal, B=32, e8m0:floor, qmax=6>"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from quantbook import REGISTRY, get
+from quantbook import REGISTRY, get, names
 from quantbook.cli import main
 from quantbook.verify import audit
 
@@ -257,3 +257,14 @@ def test_a_published_entrys_decimals_are_checked(decimals, said):
 
     with pytest.raises(ValueError, match=re.escape(said)):
         Published(_near_integers(), "t", expect="decimals", decimals=decimals)
+
+
+def test_names_is_the_published_list_in_its_order():
+    # quantbook.names(): the twelve published tables in registration order (the order `quantbook list` prints),
+    # written out here; a copy, so that a caller's edit cannot change the registry
+    want = ["nf4", "fp4", "fp4-bnb-cpu", "af4", "nf4-torchao", "iq4_nl", "e2m1", "int4-sym",
+            "max1960-n2", "max1960-n4", "max1960-n8", "max1960-n16"]
+    got = names()
+    assert got == want and all(get(n).name == n for n in got)
+    got.clear()
+    assert names() == want
