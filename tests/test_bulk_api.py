@@ -245,8 +245,6 @@ def test_fp4_zero_neighbourhood_rule():
     assert enc(y).tolist() == [0, 0, 0, 8, 8, 1]
 
 
-
-
 def _state(nested=False, n=300):
     x = np.random.default_rng(8).standard_normal(n).astype(np.float32)
     return qb.quantize(x, "nf4", 16, nested=nested)
