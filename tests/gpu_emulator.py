@@ -118,7 +118,9 @@ static inline int __float2int_rz(float x) {
     return (int)x;
 }
 static inline float qb_host_f16_to_f32(unsigned short h) { _Float16 v; std::memcpy(&v, &h, 2); return (float)v; }
-static inline unsigned short qb_host_f32_to_f16(float f) { _Float16 v = (_Float16)f; unsigned short h; std::memcpy(&h, &v, 2); return h; }
+static inline unsigned short qb_host_f32_to_f16(float f) {
+    _Float16 v = (_Float16)f; unsigned short h; std::memcpy(&h, &v, 2); return h;
+}
 
 /* The threads of a block are fibers (ucontext) on one OS thread; a barrier hands control
    back to the scheduler, which runs every live fiber up to its next barrier before any

@@ -106,7 +106,8 @@ def test_attach_keeps_verdicts():
     assert [(r.status, r.failed) for r in rows] == before
     got = {r.name: [d["scale"] for d in r.details.get("layouts", [])] for r in rows}
     assert got == {"nf4": ["float32", "nested"], "fp4": [],
-                   "iq4_nl": ["float16", "search:ggml-ref", "search:ggml"], "e2m1": ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil"]}
+                   "iq4_nl": ["float16", "search:ggml-ref", "search:ggml"],
+                   "e2m1": ["e4m3", "e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil"]}
 
 
 def test_cli_audit_layouts(capsys):

@@ -146,14 +146,22 @@ _C_MAIN = r"""
 static unsigned bits_of(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 #define DUMP(id, ID) do { \
     printf("%%s bits %%d sizes %%d %%d %%d\n", #id, ID##_BITS, ID##_CODE_SIZE, ID##_N_LEVELS, ID##_N_THRESHOLDS); \
-    printf("%%s code", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_code[i])); puts(""); \
-    printf("%%s levels", #id); for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%08x", bits_of(id##_levels[i])); puts(""); \
-    printf("%%s thresholds", #id); for (int i = 0; i < ID##_N_THRESHOLDS; ++i) printf(" %%08x", bits_of(id##_thresholds[i])); puts(""); \
+    printf("%%s code", #id); \
+    for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_code[i])); \
+    puts(""); \
+    printf("%%s levels", #id); \
+    for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%08x", bits_of(id##_levels[i])); \
+    puts(""); \
+    printf("%%s thresholds", #id); \
+    for (int i = 0; i < ID##_N_THRESHOLDS; ++i) printf(" %%08x", bits_of(id##_thresholds[i])); \
+    puts(""); \
     printf("%%s order", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%d", id##_order[i]); puts(""); \
     printf("%%s c2l", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%d", id##_code_to_level[i]); puts(""); \
     printf("%%s l2c", #id); for (int i = 0; i < ID##_N_LEVELS; ++i) printf(" %%d", id##_level_to_code[i]); puts(""); \
     printf("%%s encode", #id); for (int i = 0; i < n_probe; ++i) printf(" %%u", id##_encode(probe[i])); puts(""); \
-    printf("%%s decode", #id); for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_decode(i))); puts(""); \
+    printf("%%s decode", #id); \
+    for (int i = 0; i < ID##_CODE_SIZE; ++i) printf(" %%08x", bits_of(id##_decode(i))); \
+    puts(""); \
 } while (0)
 int main(void) {
     static const float probe[] = { %(probe)s };

@@ -636,7 +636,8 @@ def test_launchers_through_stand_in_cupy(fake_cp, dtype):
                       scaled_decode_reference(p, s, table, 32, x.size, dtype).view(np.uint8))
     names = [n for n, _, _ in fake_cp.launches]
     key = G._dtype_key(dtype)
-    assert names == [SK.amax_name(key), SK.STEPS_NAME, SK.encode_name(key, True), SK.decode_name(key)]   # E2M1: symmetric
+    # E2M1: symmetric
+    assert names == [SK.amax_name(key), SK.STEPS_NAME, SK.encode_name(key, True), SK.decode_name(key)]
 
 
 @pytest.mark.parametrize("rule,ts", [("e4m3", 0.0123), ("e8m0:floor", None), ("e8m0:rceil", None),

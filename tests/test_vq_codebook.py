@@ -143,7 +143,8 @@ def test_higgs_grids_are_registered_with_their_provenance():
         assert cb.recipe is None
         assert f"higgs-{p}d-{n}" in names
     # spot values transcribed from the source file (first row of each 2-D grid)
-    assert get_vector("higgs-2d-256").points[0].tolist() == [np.float32(-2.501467704772949), np.float32(0.17954708635807037)]
+    first = [np.float32(-2.501467704772949), np.float32(0.17954708635807037)]
+    assert get_vector("higgs-2d-256").points[0].tolist() == first
     assert get_vector("higgs-2d-16").points[13].tolist() == [np.float32(-0.0011779458727687597),
                                                              np.float32(0.00022069070837460458)]
 

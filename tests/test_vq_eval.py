@@ -68,7 +68,8 @@ def reference_vq(x, pts, group, rotate_n=None):
         for t in v[g]:
             acc += float(t) * float(t)
         s = np.float32(np.float16(math.sqrt(acc / group)))
-        y = (v[g] / s).astype(np.float32).reshape(-1, pts.shape[1]) if s else np.zeros((group // pts.shape[1], pts.shape[1]), np.float32)
+        p = pts.shape[1]
+        y = (v[g] / s).astype(np.float32).reshape(-1, p) if s else np.zeros((group // p, p), np.float32)
         d = ((y.astype(np.float64)[:, None, :] - c[None]) ** 2).sum(-1)
         out[g] = (pts[np.argmin(d, axis=1)] * s).reshape(-1)
     out = out.reshape(rows.shape).astype(np.float64)

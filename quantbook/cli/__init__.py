@@ -16,10 +16,10 @@ Errors: a user error — bad arguments, a bad input file, an invalid codebook, a
 cannot be written — ends with one line ``quantbook[ SUBCMD]: error: ...`` on stderr and exit
 status 2.  The library reports those as ValueError (its error classes derive from it, a
 name that is not there too: :class:`quantbook.errors.NotFoundError`) or OSError (the
-operating system refused a file).  Anything else, a bare KeyError included, is a bug: one line ``quantbook: internal error: ...`` and exit status 1.  Never
-a traceback.  Warnings raised during a command that succeeds follow its output as one line
-each (``quantbook: warning: ...``); after an error only the error line is printed, so that it
-stays the one line.
+operating system refused a file).  Anything else, a bare KeyError included, is a bug: one
+line ``quantbook: internal error: ...`` and exit status 1.  Never a traceback.  Warnings
+raised during a command that succeeds follow its output as one line each (``quantbook:
+warning: ...``); after an error only the error line is printed, so that it stays the one line.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Read-only copies of a codebook's recipe: a JSON object whose dicts and lists refuse
 changes.  They are ``dict`` and ``list`` subclasses, so they compare equal to plain ones
 and ``json.dumps`` writes them unchanged; ``copy.deepcopy(recipe)`` gives a plain, writable
-copy (``dict(recipe)`` only a shallow one: its lists stay read-only).  Codebooks are shared (the registry, cached derivations), so a change
-through one holder would reach every other."""
+copy (``dict(recipe)`` only a shallow one: its lists stay read-only).  Codebooks are shared
+(the registry, cached derivations), so a change through one holder would reach every other."""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def _as_points(points: Any) -> np.ndarray:
     big = np.argwhere(np.abs(arr) > np.finfo(np.float32).max)
     if big.size:
         i, j = big[0]
-        raise VectorCodebookError(f"points must lie within float32's range: row {i}, column {j} is {float(arr[i, j])!r}")
+        raise VectorCodebookError(f"points must lie within float32's range: row {i}, column {j} is "
+                                  f"{float(arr[i, j])!r}")
     f32 = arr.astype(np.float32) + np.float32(0.0)  # -0.0 -> +0.0, so duplicates compare by value
     # duplicates are checked on the float32 rows, the table every consumer holds
     _, first, counts = np.unique(f32.view(np.dtype((np.void, 4 * p))).ravel(), return_index=True,

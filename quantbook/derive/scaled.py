@@ -129,7 +129,8 @@ def check_scale(scale: Any, amax_encoded: bool = False) -> ScaleRule:
                          f"quantbook.derive.scaled.scaled_measure(..., scale={rule.name!r}), used by audit --layouts)")
     if not (rule.deterministic or rule.encodes_with_amax):
         raise ValueError(f"scale rule {rule.name!r} is not a function of the block maximum: its law is not "
-                         "1-D (fit codes for it on a sample: quantbook derive lloyd --scale RULE, or quantbook.derive.search_lloyd)")
+                         "1-D (fit codes for it on a sample: quantbook derive lloyd --scale RULE, or "
+                         "quantbook.derive.search_lloyd)")
     return rule
 
 

@@ -266,7 +266,8 @@ def default_samples(samples: int | None, default: int, block_size: Any, tensor_s
 
 
 def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | None = None, seed: int = 1,
-                    source: Any = "normal", qmax: float = DEFAULT_QMAX, tensor_size: int | None = None) -> dict[str, Any]:
+                    source: Any = "normal", qmax: float = DEFAULT_QMAX,
+                    tensor_size: int | None = None) -> dict[str, Any]:
     """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``
     (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``;
     default :data:`EVAL_SAMPLES` in whole blocks), the layout's own errors

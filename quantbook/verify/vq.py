@@ -169,8 +169,9 @@ def audit_vectors(samples: int = AUDIT_SAMPLES, seed: int = AUDIT_SEED, names: l
 def format_row(r: VectorAuditRow) -> list[str]:
     """Text lines of one row (``quantbook audit --vector``)."""
     exact = "" if r.mse_exact is None else f"  exact {r.mse_exact:.6e}"
-    scalar = "" if r.scalar_mse is None else (f"  scalar Lloyd-Max at {r.bits_per_weight:g} bits "
-                                              f"{r.scalar_mse:.4e} ({10 * math.log10(r.scalar_mse / r.rd_bound):.2f} dB)")
+    scalar = "" if r.scalar_mse is None else (
+        f"  scalar Lloyd-Max at {r.bits_per_weight:g} bits "
+        f"{r.scalar_mse:.4e} ({10 * math.log10(r.scalar_mse / r.rd_bound):.2f} dB)")
     lines = [f"[     vector] {r.name}: {r.size} points in {r.dim}-D, {r.bits_per_weight:g} bits/weight (index)",
              f"         MSE/dim {r.mse:.6e} ± {r.mse_se:.1e} (MC, {r.samples} vectors, seed {r.seed}){exact}",
              f"         gap to D(R)=2^-2R: {r.gap_db:.2f} dB{scalar}",

@@ -165,7 +165,8 @@ def quantize_4bit_small(x, f16tab, bounds15, order, identity, blocksize, packed,
             for i in range(blocksize):
                 y = (fb[i] if _gathers(x) else _load(xb, i, f16tab)) * inv
                 y = min(max(y, -one), one)
-                buf[i] = (b0 < y) + (b1 < y) + (b2 < y) + (b3 < y) + (b4 < y) + (b5 < y) + (b6 < y) + (b7 < y) + (b8 < y) + (b9 < y) + (b10 < y) + (b11 < y) + (b12 < y) + (b13 < y) + (b14 < y)
+                buf[i] = ((b0 < y) + (b1 < y) + (b2 < y) + (b3 < y) + (b4 < y) + (b5 < y) + (b6 < y) + (b7 < y)
+                          + (b8 < y) + (b9 < y) + (b10 < y) + (b11 < y) + (b12 < y) + (b13 < y) + (b14 < y))
             pb = packed[blk * half:(blk + 1) * half]
             if identity:
                 for j in range(half):

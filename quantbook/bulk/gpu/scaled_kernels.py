@@ -13,9 +13,9 @@ chunks; 6 for the general encoder of 16-bit input, :func:`encode_chunks`), a dec
 32 outputs in 16-byte stores (:func:`elements_per_thread`), the
 steps strided by the CTA size so that each load / store instruction of a warp covers
 consecutive memory; a thread issues all its loads (data and per-block values) before
-computing, as the kernels are bound by memory latency.  Vector accesses (16-byte input, 4-byte packed, 16-byte output) need
-aligned pointers and a power-of-two block size (``vec``); otherwise a scalar kernel path
-handles any even block size and any alignment.
+computing, as the kernels are bound by memory latency.  Vector accesses (16-byte input,
+4-byte packed, 16-byte output) need aligned pointers and a power-of-two block size
+(``vec``); otherwise a scalar kernel path handles any even block size and any alignment.
 
 Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
 
