@@ -370,6 +370,27 @@ def test_a_samples_block_law_is_the_same_on_one_thread_as_on_all():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_laws_mass_below_its_support_is_taken_once(monkeypatch):
+    """``cum`` subtracts ``T(0, lo)`` at every call, and Lloyd's medians ask for ``cum`` thousands of
+    times: it is taken once per law, so a later ``cum`` of a sample's law launches one kernel, and
+    its values are still the continuous mass from -1 plus the atom there."""
+    from quantbook.derive import block, sample_kernels
+
+    src = Empirical(np.random.default_rng(19).standard_normal(1000))
+    mu = block.BlockMeasure(src, 16, "absmax", 0)
+    y = np.array([-0.5, 0.0, 0.25, 0.999])
+    mu.cum(y)
+    launches, sums = [], sample_kernels.sums
+
+    def counting(*args, **kwargs):
+        launches.append(1)
+        return sums(*args, **kwargs)
+    monkeypatch.setattr(sample_kernels, "sums", counting)
+    got = mu.cum(y)
+    assert len(launches) == 1
+    np.testing.assert_array_equal(got, mu.T(0, y) - mu.T(0, -1.0) + mu.atoms_w[0])   # the atom at -1
+
+
 def _fresh_law(kind):
     """A law built anew (no values remembered from an earlier call)."""
     from quantbook.derive import block, scaled
