@@ -370,6 +370,43 @@ def test_a_samples_block_law_is_the_same_on_one_thread_as_on_all():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_samples_small_lookups_run_on_one_thread_with_the_values_of_all(monkeypatch):
+    """A Lloyd step asks a sample's law for a few dozen points at a time, thousands of times, and
+    on a busy machine each launch of the kernel on all threads waited milliseconds for them: a
+    lookup of fewer (point, node) pairs than ONE_THREAD_PAIRS runs on the calling thread alone
+    and leaves numba's thread count as it was; a larger one is not limited.  The values are those
+    of all threads, bit for bit, and within rounding of a direct integration."""
+    import numba
+
+    from quantbook.derive import block, sample_kernels
+
+    src = Empirical(np.random.default_rng(18).standard_normal(1000))
+    mu = block.BlockMeasure(src, 64, "absmax", 1)
+    few = np.array([-0.71, -0.2, 0.0, 0.33, 0.9])
+    many = np.linspace(-1.0, 1.0, sample_kernels.ONE_THREAD_PAIRS // mu.m.size + 1)
+    assert few.size * mu.m.size < sample_kernels.ONE_THREAD_PAIRS <= many.size * mu.m.size
+    set_to, setter = [], numba.set_num_threads
+
+    def recording(n):
+        set_to.append(n)
+        setter(n)
+    monkeypatch.setattr(numba, "set_num_threads", recording)
+    saved = numba.get_num_threads()
+    small = (mu.T(0, few), mu.T(1, few), mu.dens(few))
+    assert set_to == [1, saved] * 3 and numba.get_num_threads() == saved
+    set_to.clear()
+    large = mu.T(0, many)
+    assert set_to == []
+    monkeypatch.setattr(sample_kernels, "ONE_THREAD_PAIRS", 0)   # every lookup on all threads
+    for got, want in zip(small + (large,), (mu.T(0, few), mu.T(1, few), mu.dens(few), mu.T(0, many))):
+        np.testing.assert_array_equal(got, want)
+    assert set_to == []
+    ym = np.multiply.outer(few, mu.m).ravel()
+    for k in (0, 1):
+        direct = _psi_reference(src, k, ym).reshape(few.size, mu.m.size) @ (mu._cp / mu.m**k)
+        np.testing.assert_allclose(small[k], direct, rtol=1e-13, atol=1e-15)
+
+
 def test_a_laws_mass_below_its_support_is_taken_once(monkeypatch):
     """``cum`` subtracts ``T(0, lo)`` at every call, and Lloyd's medians ask for ``cum`` thousands of
     times: it is taken once per law, so a later ``cum`` of a sample's law launches one kernel, and

@@ -23,7 +23,7 @@ from numba import prange
 from ..numerics.kernel_cache import cached_njit
 from ..numerics.parallel import parallel_njit
 
-__all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1"]
+__all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1", "ONE_THREAD_PAIRS"]
 
 #: grid cells per knot (a cell of the bulk then holds a few knots at most), and the most cells
 _CELLS_PER_KNOT, _MAX_CELLS = 4, 1 << 22
@@ -32,6 +32,12 @@ SEGMENT, PDF, PSI0, PSI1 = 0, 1, 2, 3
 #: the widest cell :func:`sums` halves: its halvings are written out down from 2^19, so this
 #: and they change together
 MAX_WIDTH = 1 << 20
+#: :func:`sums` of fewer (point, node) pairs runs on the calling thread alone (``one_thread`` of
+#: :func:`~quantbook.numerics.parallel.parallel_njit`): about a millisecond of work.  A Lloyd step
+#: asks for a few dozen points at a time (its medians, its cells), thousands of times in a
+#: derivation, and on a machine whose cores were busy each such launch waited milliseconds for
+#: the other threads (docs/benchmarks.md)
+ONE_THREAD_PAIRS = 1 << 16
 
 
 def _cell(x, x0: float, inv_h: float, nb: int) -> np.ndarray:

@@ -784,8 +784,9 @@ class Empirical(Source):
         what = tuple(code[w] for w, _ in parts)
         coef = np.array([np.asarray(c, dtype=np.float64) for _, c in parts])
         out = np.empty((len(parts), y.size))
-        kernels.sums(what, *self._grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1),
-                     np.asarray(m, dtype=np.float64), coef, out)
+        m = np.asarray(m, dtype=np.float64)
+        kernels.sums(what, *self._grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1), m, coef, out,
+                     one_thread=y.size * m.size < kernels.ONE_THREAD_PAIRS)
         return [row.reshape(y.shape) for row in out]
 
     def _kernel(self, x: np.ndarray) -> bool:

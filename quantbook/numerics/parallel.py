@@ -18,6 +18,10 @@ vq``, ggml's search) raises it as a ValueError instead of ending the process.
 A fork also waits for a numba compilation in flight in another thread, for every kernel
 declared (:func:`.kernel_cache.install`).
 
+**Small launches.** A launch of little work may run on the calling thread alone
+(``one_thread=True``): waking the other threads costs more than such work, and on a machine
+whose cores are busy the launch waited for them, milliseconds each time.
+
 numba itself is imported only when a kernel is declared, so importing quantbook never needs it.
 """
 
@@ -74,7 +78,9 @@ def unavailable() -> str | None:
 def parallel_njit(**options):
     """``numba.njit(parallel=True, cache=True, **options)`` (its cache keyed as
     :mod:`.kernel_cache` keys it), each call holding the launch lock
-    and refused (ValueError) where :func:`unavailable` says why.
+    and refused (ValueError) where :func:`unavailable` says why.  A call with ``one_thread=True``
+    runs on the calling thread alone (numba's thread count is restored after it): for a kernel
+    whose results do not depend on the number of threads, and little work.
 
     The returned function keeps numba's attributes a caller reads: ``py_func`` (the Python
     function) and ``dispatcher`` (the compiled kernel, for numba's own introspection).
@@ -88,11 +94,18 @@ def parallel_njit(**options):
         kernel = numba.njit(parallel=True, cache=True, **options)(fn)
 
         @functools.wraps(fn)
-        def launch(*args, **kwargs):
+        def launch(*args, one_thread=False, **kwargs):
             if _forked_after_openmp:
                 raise ValueError(f"numba's parallel kernel {fn.__name__} cannot run: {unavailable()}")
             with _LAUNCH:
-                return kernel(*args, **kwargs)
+                if not one_thread:
+                    return kernel(*args, **kwargs)
+                threads = numba.get_num_threads()   # the calling thread's setting (numba keeps one per thread)
+                numba.set_num_threads(1)
+                try:
+                    return kernel(*args, **kwargs)
+                finally:
+                    numba.set_num_threads(threads)
 
         launch.py_func = fn
         launch.dispatcher = kernel
