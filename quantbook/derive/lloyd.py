@@ -389,12 +389,15 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
         gaps = np.diff(q)
         room = 0.5 * np.minimum(np.concatenate([[np.inf], gaps])[fi], np.concatenate([gaps, [np.inf]])[fi])
         step = np.clip(delta, -room, room)
-        best = None
+        best, tried = None, None
         for t in (None, 1.0, 0.5, 0.25, 0.125, 0.0625):  # None: the full Newton step
             cand = q.copy()
             cand[fi] = np.clip(q[fi] - (delta if t is None else t * step), mu.lo, mu.hi)
             if not np.all(np.diff(cand) > 0):
                 continue
+            if tried is not None and cand.tobytes() == tried:
+                continue  # the full step within the trust region again: the same residual, not better
+            tried = cand.tobytes()
             new_c, J_c = lloyd_step(mu, cand, free, loss, want_jac=True)
             r_c = (cand - new_c)[fi]
             nrm_c = float(np.linalg.norm(r_c))
