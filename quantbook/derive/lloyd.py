@@ -60,12 +60,12 @@ from scipy.linalg import solve_banded
 
 from ..codebooks.codebook import Codebook, check_given_name
 from ..codebooks.spelling import lloyd_spelling
+from ..numerics.arguments import check_int
 from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
 from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
 from .sources import EMPIRICAL_PREFIX
-from ..numerics.arguments import check_int
 
 __all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "LloydWarning", "DerivationError",
            "default_fixed", "parse_fixed", "lloyd_step", "weight_power", "LOSSES", "DOMAINS", "TOL", "MAX_ITER",

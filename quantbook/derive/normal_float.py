@@ -47,8 +47,8 @@ from scipy.stats import norm
 
 from ..codebooks.codebook import Codebook, check_given_name
 from ..numerics import torch_f32
-from .recipes import NFRecipe
 from ..numerics.arguments import check_int, is_int
+from .recipes import NFRecipe
 
 __all__ = [
     "BNB_OFFSET_LITERAL",

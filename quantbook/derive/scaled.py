@@ -86,13 +86,13 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
+from ..numerics.arguments import check_int
 from ..numerics.dots import row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure)
 from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
-from ..numerics.arguments import check_int
 
 __all__ = ["ScaledMeasure", "NestedMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale",
            "TensorModel", "N_PHASE", "N_TENSOR", "N_NESTED", "DEFAULT_QMAX"]

@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..numerics.reals import real_array
 from ..numerics.arguments import is_int
+from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
            "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_values"]
@@ -265,9 +265,9 @@ def scaled_peak(levels: Any) -> float:
 def scaled_values(levels: Any, qmax: Any) -> np.ndarray:
     """The float32 values the scaled layouts store for a codebook, in its order: ``levels ·
     (qmax / max|levels|)``, quotient and product in float64, the product rounded to float32
-    (not always the correctly rounded value; the stored bytes keep it).  The one rule, for the layout's table and
-    for the fits and errors that measure it.  ``levels``: the values, or a Codebook (its stored
-    code, as the layout stores it: its sorted levels lack E2M1's -0)."""
+    (not always the correctly rounded value; the stored bytes keep it).  The one rule, for the
+    layout's table and for the fits and errors that measure it.  ``levels``: the values, or a
+    Codebook (its stored code, as the layout stores it: its sorted levels lack E2M1's -0)."""
     c = np.asarray(getattr(levels, "code", levels), dtype=np.float64).reshape(-1)
     peak = scaled_peak(c)
     return (c * (check_qmax(qmax) / peak)).astype(np.float32)
