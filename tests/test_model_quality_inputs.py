@@ -157,6 +157,15 @@ def test_cli_weight_error_of_a_directory_says_what_to_do(capsys, tmp_path):
     assert rc == 2 and "is a directory" in err and "--task" in err
 
 
+def test_a_directory_given_as_a_sample_file_is_named_without_evaluate_models_advice(capsys, tmp_path):
+    """The reader's own message is about the file; the hint to measure a model's outputs is
+    evaluate-model's, and meant nothing to derive (it told derive's user to pass --task)."""
+    (tmp_path / "m.safetensors").mkdir()
+    rc, _, err = run(capsys, "derive", "lloyd", "--source", str(tmp_path / "m.safetensors"))
+    assert rc == 2 and err.count("\n") == 1
+    assert "m.safetensors is a directory, not a safetensors file" in err and "--task" not in err
+
+
 def test_cli_scalar_layout_options_need_a_scalar_codebook(capsys, tmp_path):
     rc, _, err = run(capsys, "evaluate-model", str(tmp_path / "m.safetensors"), "-c", "higgs-2d-16",
                      "--scale", "e4m3", "-B", "16")

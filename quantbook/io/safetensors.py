@@ -151,9 +151,8 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike) -> None:
         p = check_input_path(path, "safetensors file")   # every reader opens the file here
         if p.is_dir():
-            raise ValueError(f"{path} is a directory; the weights' error is read from one .safetensors file "
-                             "(e.g. its model.safetensors); what a model directory's outputs lose is measured by "
-                             "evaluate-model --task lm|embed")
+            raise ValueError(f"{path} is a directory, not a safetensors file (a model directory holds its "
+                             "weights in one, e.g. its model.safetensors)")
         check_input_file(p, SafetensorsError, "safetensors file")
         meta, n, size = _parse_header(p)
         self.path = p

@@ -45,6 +45,7 @@ in float64 and rounded to the tensor's dtype where they were rotated back
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -602,6 +603,10 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     if str(path).lower().endswith(".gguf"):
         raise ValueError(f"{path}: a GGUF model's weights are not read here (safetensors only); measure what its "
                          "outputs lose instead: --task lm (quantbook.model.quality.evaluate_quality)")
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
+        raise ValueError(f"{path} is a directory; the weights' error is read from one .safetensors file (e.g. its "
+                         "model.safetensors); what a model directory's outputs lose is measured by --task lm|embed "
+                         "(quantbook.model.quality.evaluate_quality)")
     f = open_safetensors(path)  # the header is parsed once, whatever the number of tensors
     infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
