@@ -77,6 +77,26 @@ def test_rvs_is_the_law_it_samples():
     assert (e8.cdf(-np.inf), e8.sf(np.inf), e8.cdf(np.inf), e8.sf(-np.inf)) == (0.0, 0.0, 1.0, 1.0)
 
 
+@pytest.mark.parametrize("rule", ["e4m3", "fouroversix:6"])
+def test_rvs_under_the_tensor_scales_phase_is_the_law_it_samples(rule):
+    """A two-level rule with no tensor maximum given: the law averages the tensor scale over its
+    phase, and rvs draws one phase a block; the law's cdf (quadrature) and moments hold the
+    draws within 4 standard errors (2^22 draws: the phase shows past |u| = 1, where a block's
+    maximum lands when its scale rounds down; a fixed phase is 5.6-9 errors off there).  With
+    tensor_size the law models whole tensors, which rvs does not draw: it says so."""
+    d = ScaledBlockDistribution(16, "normal", rule)
+    u = d.rvs(1 << 22, random_state=2)
+    lo, hi = d.support()
+    assert lo <= u.min() and u.max() <= hi
+    for y in (-1.03, -0.4, 0.05, 0.98, 1.02, 1.03, 1.04):
+        p = float(d.cdf(y))
+        assert abs((u <= y).mean() - p) < 4 * math.sqrt(p * (1 - p) / u.size)
+    for k in (1, 2):
+        assert abs((u**k).mean() - d.moment(k)) < 4 * (u**k).std() / math.sqrt(u.size)
+    with pytest.raises(ValueError, match="rvs with tensor_size: quantize whole tensors instead"):
+        ScaledBlockDistribution(16, "normal", rule, tensor_size=1 << 12).rvs(16)
+
+
 @pytest.mark.parametrize("B,rule,amax", [(16, "e4m3", None), (32, "e8m0:floor", None), (16, "e4m3", 3.0)])
 def test_the_scaled_law_has_the_scipy_methods_of_the_block_law(B, rule, amax):
     """logpdf/logcdf/logsf are the logs of pdf/cdf/sf (-inf outside the support), isf inverts
