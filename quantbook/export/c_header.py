@@ -134,8 +134,9 @@ def _generated_by(cb: Any, spelling: str | None, cuda: bool, name: str | None, i
 
 
 def _comment_text(text: str) -> str:
-    """Text safe inside a ``/* */`` comment on one line."""
-    return " ".join(str(text).replace("*/", "* /").replace("/*", "/ *").split())
+    """Text safe inside a ``/* */`` comment on one line.  ``??/`` is a trigraph for a backslash in
+    C99 and before C++17: at the end of a line it splices the next one, and gcc -Wall warns."""
+    return " ".join(str(text).replace("*/", "* /").replace("/*", "/ *").replace("??/", "?? /").split())
 
 
 def _float_rows(values: np.ndarray, per_line: int = 2) -> str:
