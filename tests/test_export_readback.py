@@ -36,8 +36,9 @@ import numpy as np
 import pytest
 
 from quantbook import Codebook
+from quantbook.codebooks.codebook import CodebookError
 from quantbook.codebooks.registry import REGISTRY
-from quantbook.codebooks.vector import VectorCodebook
+from quantbook.codebooks.vector import VectorCodebook, VectorCodebookError
 from quantbook.naming import resolve_vector
 from quantbook.export import export
 from test_export import _ptx_const_arrays, _ref_encoder
@@ -318,6 +319,17 @@ def test_json_reads_back_in_node(tmp_path):
         refs.append(_bits(cb.points.reshape(-1)))
     r = subprocess.run(["node", "-e", _NODE, *paths], capture_output=True, text=True, check=True)
     assert json.loads(r.stdout) == refs
+
+
+@pytest.mark.parametrize("recipe", [{"nu": float("inf")}, {"fit": [0.5, float("nan")]}, {"a": {"b": -float("inf")}},
+                                    {1: "a"}, {"x": {1, 2}}, {"x": np.int64(3)}])
+def test_a_recipe_json_cannot_hold_is_refused(recipe):
+    """``json.dumps`` wrote NaN and Infinity as tokens no JSON parser takes (quantbook's own
+    refused the file it had written), turned an int key into a string and failed on a set."""
+    with pytest.raises(CodebookError, match="recipe.*(JSON|string)"):
+        Codebook([-1.0, 1.0], bits=1, name="r", recipe=recipe)
+    with pytest.raises(VectorCodebookError, match="recipe.*(JSON|string)"):
+        VectorCodebook("v", [[0.0, 0.0], [1.0, 1.0]], recipe=recipe)
 
 
 # ------------------------------------------------------------------------------------ npy

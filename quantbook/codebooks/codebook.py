@@ -125,7 +125,7 @@ def _freeze(a: np.ndarray) -> np.ndarray:
 def _freeze_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if recipe is not None and not isinstance(recipe, Mapping):
         raise CodebookError(f"recipe must be a mapping (a JSON object) or None, got {type(recipe).__name__}")
-    return None if recipe is None else freeze(recipe)
+    return None if recipe is None else freeze(recipe, CodebookError)
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,9 +6,12 @@ copy (``dict(recipe)`` only a shallow one: its lists stay read-only).  Codebooks
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
-__all__ = ["FrozenDict", "FrozenList", "freeze"]
+from ..numerics.arguments import one_line
+
+__all__ = ["FrozenDict", "FrozenList", "freeze", "check_json"]
 
 
 def _refuse(self, *args, **kwargs):
@@ -56,12 +59,42 @@ class FrozenList(_Frozen, list):
         reverse = sort = _refuse
 
 
-def freeze(obj: Any) -> Any:
-    """``obj`` with every mapping and list (at any depth) replaced by a read-only copy."""
+def freeze(obj: Any, error: type[Exception] = ValueError) -> Any:
+    """``obj`` with every mapping and list (at any depth) replaced by a read-only copy; ``error``
+    unless it is a JSON value (:func:`check_json`)."""
+    check_json(obj, error)
+    return _freeze(obj)
+
+
+def _freeze(obj: Any) -> Any:
     if isinstance(obj, Mapping):
-        return FrozenDict({k: freeze(v) for k, v in obj.items()})
+        return FrozenDict({k: _freeze(v) for k, v in obj.items()})
     if isinstance(obj, list):
-        return FrozenList(freeze(v) for v in obj)
+        return FrozenList(_freeze(v) for v in obj)
     if isinstance(obj, tuple):
-        return tuple(freeze(v) for v in obj)
+        return tuple(_freeze(v) for v in obj)
     return obj
+
+
+def check_json(obj: Any, error: type[Exception] = ValueError, where: str = "recipe") -> None:
+    """``error`` unless ``obj`` is what JSON can hold and read back: objects with string keys,
+    arrays (lists, tuples), strings, ints, bools, None and finite floats.  ``json.dumps`` writes
+    NaN and infinities as tokens no JSON parser takes (quantbook's own refuses them), turns other
+    keys into strings and fails on other types."""
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise error(f"{where} holds {obj!r}, which JSON cannot hold (finite numbers only)")
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise error(f"{where} has the key {k!r}: JSON object keys are strings")
+            check_json(v, error, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_json(v, error, f"{where}[{i}]")
+        return
+    raise error(f"{where} holds a {type(obj).__name__} ({one_line(obj)}), which JSON cannot hold")

@@ -163,7 +163,7 @@ class VectorCodebook:
             raise VectorCodebookError(f"recipe must be a mapping (a JSON object) or None, "
                                       f"got {type(self.recipe).__name__}")
         object.__setattr__(self, "points", _freeze(_as_points(self.points)))
-        object.__setattr__(self, "recipe", None if self.recipe is None else freeze(self.recipe))
+        object.__setattr__(self, "recipe", None if self.recipe is None else freeze(self.recipe, VectorCodebookError))
 
     # ------------------------------------------------------------------ views
     @property
