@@ -240,7 +240,7 @@ def _globals_as_const(ptx: str) -> str:
 
 @pytest.fixture(scope="module")
 def ptx(tmp_path_factory):
-    nvcc = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None)
+    nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not found")
     d = tmp_path_factory.mktemp("cuda")
