@@ -322,7 +322,7 @@ def test_json_reads_back_in_node(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", [{"nu": float("inf")}, {"fit": [0.5, float("nan")]}, {"a": {"b": -float("inf")}},
-                                    {1: "a"}, {"x": {1, 2}}, {"x": np.int64(3)}])
+                                    {1: "a"}, {"x": {1, 2}}, {"x": np.complex64(3)}, {"x": np.datetime64(1, "s")}])
 def test_a_recipe_json_cannot_hold_is_refused(recipe):
     """``json.dumps`` wrote NaN and Infinity as tokens no JSON parser takes (quantbook's own
     refused the file it had written), turned an int key into a string and failed on a set."""
@@ -330,6 +330,20 @@ def test_a_recipe_json_cannot_hold_is_refused(recipe):
         Codebook([-1.0, 1.0], bits=1, name="r", recipe=recipe)
     with pytest.raises(VectorCodebookError, match="recipe.*(JSON|string)"):
         VectorCodebook("v", [[0.0, 0.0], [1.0, 1.0]], recipe=recipe)
+
+
+def test_numpy_scalars_in_a_recipe_are_held_as_python_values():
+    """A derivation given numpy scalars (``tensor_size=np.int64(2**20)``) put them in its recipe
+    as they came: the JSON export failed on them, and refusing them would end a long derivation
+    in an error.  They become the Python values (float32's exactly) and the file reads back."""
+    given = {"n": np.int64(3), "u": np.uint8(7), "x": np.float32(0.1), "y": np.float64(0.25),
+             "b": np.bool_(True), "deep": [{"m": np.int32(-2)}]}
+    want = {"n": 3, "u": 7, "x": float(np.float32(0.1)), "y": 0.25, "b": True, "deep": [{"m": -2}]}
+    for cb in (Codebook([-1.0, 1.0], bits=1, name="r", recipe=given),
+               VectorCodebook("v", [[0.0, 0.0], [1.0, 1.0]], recipe=given)):
+        assert cb.recipe == want
+        assert type(cb.recipe["n"]) is int and type(cb.recipe["x"]) is float and type(cb.recipe["b"]) is bool
+        assert json.loads(export(cb, "json"))["recipe"] == want
 
 
 # ------------------------------------------------------------------------------------ npy

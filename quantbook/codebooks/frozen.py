@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import numpy as np
+
 from ..numerics.arguments import one_line
 
 __all__ = ["FrozenDict", "FrozenList", "freeze", "check_json"]
@@ -60,10 +62,12 @@ class FrozenList(_Frozen, list):
 
 
 def freeze(obj: Any, error: type[Exception] = ValueError) -> Any:
-    """``obj`` with every mapping and list (at any depth) replaced by a read-only copy; ``error``
-    unless it is a JSON value (:func:`check_json`)."""
-    check_json(obj, error)
-    return _freeze(obj)
+    """``obj`` with every mapping and list (at any depth) replaced by a read-only copy and every
+    numpy bool, integer or float by the Python value (a derivation given ``np.int64(64)`` still
+    makes a recipe JSON holds); ``error`` unless the result is a JSON value (:func:`check_json`)."""
+    frozen = _freeze(obj)
+    check_json(frozen, error)
+    return frozen
 
 
 def _freeze(obj: Any) -> Any:
@@ -73,6 +77,8 @@ def _freeze(obj: Any) -> Any:
         return FrozenList(_freeze(v) for v in obj)
     if isinstance(obj, tuple):
         return tuple(_freeze(v) for v in obj)
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+        return obj.item()
     return obj
 
 
