@@ -16,11 +16,14 @@ reasons a plain float64 derivation misses bitsandbytes' table by a few ULPs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sympy as sp
 
 from .normal_float import _check_bits
+
+if TYPE_CHECKING:   # sympy is imported at first use: it costs more than the rest of quantbook.derive
+    import sympy as sp
 
 __all__ = ["OffsetDerivation", "derive_offset"]
 
@@ -35,6 +38,8 @@ class OffsetDerivation:
     literal_minus_offset: sp.Rational
 
     def lines(self) -> list[str]:
+        import sympy as sp
+
         k = self.bits
         f32 = lambda r: np.float32(float(r)).view(np.uint32)  # noqa: E731
         out = [
@@ -57,6 +62,8 @@ class OffsetDerivation:
 def derive_offset(bits: int = 4) -> OffsetDerivation:
     """Symbolic derivation of the default NFk offset (see the module docstring), for ``bits``
     2..8 as :func:`~.normal_float.default_offset`; returns an :class:`OffsetDerivation`."""
+    import sympy as sp
+
     bits = _check_bits(bits)   # bits 0 gave offset zoo, 4.0 floats, "4" a sympy TypeError
     n = sp.Integer(2) ** bits
     lower = 1 - sp.Rational(1, 2) / (n - 1)
