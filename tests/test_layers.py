@@ -21,11 +21,55 @@ def test_import_linter_contracts_hold():
     assert "broken" not in r.stdout.lower().replace("0 broken", "")
 
 
+#: what a user pays for only when a command uses it (numpy, scipy and numba are the core)
+_HEAVY = ("torch", "transformers", "cupy", "matplotlib", "safetensors", "tqdm", "sympy", "ml_dtypes")
+
+
+def _loaded_after(code: str) -> list[str]:
+    code += f"\nimport sys; print(sorted(m for m in {_HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
 def test_importing_quantbook_loads_no_heavy_optional_dependency():
-    code = ("import sys, quantbook; "
-            "print(sorted(m for m in ('numba', 'cupy', 'torch', 'matplotlib', 'safetensors') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _loaded_after("import sys, quantbook; assert 'numba' not in sys.modules") == []
+
+
+@pytest.mark.parametrize("package", ["quantbook.derive", "quantbook.verify", "quantbook.bulk", "quantbook.model",
+                                     "quantbook.plots", "quantbook.export", "quantbook.naming"])
+def test_importing_a_subpackage_loads_no_heavy_optional_dependency(package):
+    # sympy (half a second and more) is for derive_offset alone, scipy.stats' and numba's cost is the core's
+    assert _loaded_after(f"import {package}") == []
+
+
+_EVERY_HELP = """
+import argparse, contextlib, io, sys
+from quantbook.cli import build_parser, main
+
+def commands(parser, words):
+    yield words
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from commands(sub, words + [name])
+
+seen = list(commands(build_parser(), []))
+assert len(seen) > 10, seen
+for words in seen:
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main(words + ["--help"])
+        except SystemExit as exc:
+            assert exc.code == 0, (words, exc.code)
+    assert "usage:" in out.getvalue(), words
+# reading the package metadata is for --version alone (a tenth of the start-up)
+assert "importlib.metadata" not in sys.modules
+"""
+
+
+def test_help_of_every_command_loads_no_heavy_optional_dependency():
+    assert _loaded_after(_EVERY_HELP) == []
 
 
 _LAZY_NAMES = """

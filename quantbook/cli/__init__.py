@@ -60,12 +60,25 @@ def _command_modules():
     return (codebooks, derive, audit, model, plots)
 
 
+class _Version(argparse.Action):
+    """``--version``, whose number is looked up when asked for: reading the package metadata
+    (importlib.metadata) would add a tenth to the start-up of every command and of ``--help``."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .. import __version__
+
+        parser._print_message(f"quantbook {__version__}\n", sys.stdout)
+        parser.exit()
+
+
 def build_parser() -> Parser:
-    from .. import __version__
     from .common import Parser
 
     p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
-    p.add_argument("--version", action="version", version=f"quantbook {__version__}")
+    p.add_argument("--version", action=_Version, help="show program's version number and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in _command_modules():
