@@ -27,6 +27,14 @@ def test_importing_quantbook_gpu_does_not_import_cupy():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("P", [2, 16, 256])
+def test_either_layouts_table_is_the_size_the_kernel_copies(P):
+    # the kernel copies QB_BUCKET_BYTES to shared memory whichever layout it reads
+    t = encoder_tables(np.linspace(-1, 1, P, dtype=np.float32), P)
+    assert t.bucket.nbytes == K.BUCKET_BYTES == 16384 and t.fine == (P == 256)
+    assert re.search(r"#define QB_BUCKET_BYTES (\d+)", K.source()).group(1) == "16384"
+
+
 @pytest.mark.parametrize("bits,packing", [(1, 1), (2, 2), (3, 8), (4, 4), (5, 8), (8, 8)])
 def test_packing_for_bits(bits, packing):
     assert G.packing_for_bits(bits) == packing

@@ -47,7 +47,8 @@ N_FINE = 1 << (31 - FINE_SHIFT)
 FINE_LOW = N_FINE // 2 - 1
 #: bytes of either layout's table (what a kernel copies to shared memory)
 BUCKET_BYTES = 2 * N_BUCKETS
-assert BUCKET_BYTES == N_FINE
+if BUCKET_BYTES != N_FINE:   # the kernel copies BUCKET_BYTES of either table; not an assert, which -O strips
+    raise ImportError(f"the fine table ({N_FINE} bytes) and the coarse one ({BUCKET_BYTES}) must be the same size")
 #: the most compares a value can need: a table of 256 codes
 MAX_STEPS = 8
 
