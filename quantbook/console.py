@@ -21,6 +21,7 @@ def interrupted() -> int:
 
 
 def main() -> int:
+    """The ``quantbook`` console script: :func:`quantbook.cli.main`'s exit status."""
     try:
         from .cli import main as command_line
     except KeyboardInterrupt:

@@ -1,10 +1,16 @@
 """``import quantbook`` loads its public names at first use (PEP 562): they are listed, found and
 absent as eagerly imported names were, in a fresh process where none has loaded yet."""
 import ast
+import importlib
+import inspect
 import os
+import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import quantbook
 
@@ -70,3 +76,63 @@ def test_the_command_lines_names_are_listed_before_they_load():
     out = _fresh("import sys, quantbook.cli as c; print(sorted(set(c.__all__) - set(dir(c))), 'numpy' in sys.modules, "
                  "c.UsageError.__module__)")
     assert out == "[] False quantbook.cli.common"
+
+
+def _modules():
+    """Every module of the package (the command line's ``__main__`` runs it, so it is left out)."""
+    found = {"quantbook": quantbook}
+    for info in pkgutil.walk_packages(quantbook.__path__, "quantbook."):
+        if not info.name.endswith(".__main__"):
+            found[info.name] = importlib.import_module(info.name)
+    return found
+
+
+def _undocumented(obj) -> bool:
+    if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)):
+        return False   # a constant: documented where it is assigned
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    # a dataclass without a docstring gets its signature as one
+    return not doc or (inspect.isclass(obj) and doc.startswith(f"{obj.__name__}("))
+
+
+@pytest.mark.skipif(sys.flags.optimize >= 2, reason="python -OO strips docstrings")
+def test_every_listed_name_exists_and_has_a_docstring():
+    missing, undocumented = [], []
+    for name, module in _modules().items():
+        if not module.__doc__:
+            undocumented.append(name)
+        for attr in getattr(module, "__all__", ()):
+            if not hasattr(module, attr):
+                missing.append(f"{name}.{attr}")
+            elif _undocumented(getattr(module, attr)):
+                undocumented.append(f"{name}.{attr}")
+    assert missing == [] and undocumented == []
+
+
+def test_the_packages_list_their_public_names():
+    packages = [n for n, m in _modules().items() if hasattr(m, "__path__")]
+    # numerics is a namespace of modules a star-import should not load (numba's threads among them)
+    assert [n for n in packages if not hasattr(sys.modules[n], "__all__")] == ["quantbook.numerics"]
+
+
+def test_the_documented_api_names_exist():
+    # `quantbook.x.y` and `quantbook.x.y(...)` in the README and docs/ name something that is there
+    def found(path: str) -> bool:
+        parts = path.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for part in parts[i:]:
+                if not hasattr(obj, part):
+                    return False
+                obj = getattr(obj, part)
+            return True
+        return False
+
+    names = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+        names |= set(re.findall(r"`(quantbook(?:\.\w+)+)(?:\(.*?\))?`", text))
+    assert len(names) > 20 and sorted(n for n in names if not found(n)) == []

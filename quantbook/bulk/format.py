@@ -119,6 +119,7 @@ def packed_length(n: int, bits: int) -> int:
 
 
 def n_blocks(n: int, block_size: int) -> int:
+    """Blocks of ``block_size`` that hold ``n`` values (the last one may be partial)."""
     return -(-int(n) // int(block_size))
 
 

@@ -52,6 +52,7 @@ def pack_low_first(idx: np.ndarray, pad: int) -> np.ndarray:
 
 
 def unpack_low_first(packed: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` 4-bit codes of ``packed``, low nibble first (uint8)."""
     p = np.asarray(packed, dtype=np.uint8).reshape(-1)
     out = np.empty((p.size, 2), np.uint8)
     out[:, 0] = p & np.uint8(0x0F)

@@ -32,6 +32,7 @@ _F = np.float32
 
 
 def check_backend(be: Any) -> None:
+    """ValueError unless backend ``be`` implements the scaled layouts."""
     if not implements(be):
         raise ValueError(f"backend {be.name!r} does not implement the scaled layouts "
                          "(NVFP4/MXFP4/float16 scales); use backend='numpy' or 'cpu'")

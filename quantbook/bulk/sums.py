@@ -24,6 +24,7 @@ CHUNK = 256
 
 
 def n_chunks(n: int) -> int:
+    """Chunks of :data:`CHUNK` values that hold ``n`` values (the last one may be partial)."""
     return -(-int(n) // CHUNK)
 
 

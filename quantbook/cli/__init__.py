@@ -75,6 +75,7 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> Parser:
+    """The ``quantbook`` argument parser, with every command module's sub-commands."""
     from .common import Parser
 
     p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
@@ -164,6 +165,8 @@ def _file_names_as_bytes():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit status:
+    0, 2 for a user error, 1 for an internal one, 130 for a Ctrl-C (the module docstring)."""
     with _file_names_as_bytes():
         try:
             status = _main(argv)

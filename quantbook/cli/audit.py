@@ -84,6 +84,7 @@ def _cmd_audit(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``audit`` to the command line's sub-commands ``sub``."""
     s = sub.add_parser("audit", help="re-derive the published tables (every one, or those named) and compare "
                                      "bit for bit "
                                      "(--vector: audit the vector grids)")

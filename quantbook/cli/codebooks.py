@@ -113,6 +113,7 @@ def _cmd_export(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``list``, ``show`` and ``export`` to the command line's sub-commands ``sub``."""
     from ..scales import rule_spellings   # the rules' one list, for the help texts
 
     from ..export import FORMATS

@@ -31,6 +31,8 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line and whose writes fail loudly."""
+
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse would print the usage too)
         raise UsageError(message, self.prog, hint=True)
 
@@ -78,6 +80,7 @@ def _clip(text: str, n: int = 40) -> str:
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json`` to a command's parser."""
     parser.add_argument("--json", action="store_true", help="JSON output (fields: docs/json.md)")
 
 
@@ -96,6 +99,7 @@ def json_safe(obj: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
+    """Print ``obj`` as standard JSON (:func:`json_safe`), indented."""
     print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 

@@ -263,6 +263,8 @@ def _add_block_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``derive`` (``nf``, ``lloyd``, ``quantile``, ``vq``) and ``evaluate`` to the command line's
+    sub-commands ``sub``."""
     from .common import Parser
 
     d = sub.add_parser("derive", help="derive a codebook")

@@ -156,6 +156,7 @@ def _cmd_model_quality(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate-model`` to the command line's sub-commands ``sub``."""
     from ..scales import rule_spellings   # the rules' one list, for the help texts
 
     s = sub.add_parser(

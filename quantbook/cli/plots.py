@@ -120,6 +120,7 @@ def _cmd_plot_sweep(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``plot`` and ``plot-sweep`` to the command line's sub-commands ``sub``."""
     from ..scales import rule_spellings   # the rules' one list, for the help texts
 
     norms = ("absmax", "signed-absmax")

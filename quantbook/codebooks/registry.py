@@ -38,6 +38,9 @@ EXPECTATIONS = ("bit-exact", "decimals", "report", "transcribed")
 
 @dataclass(frozen=True)
 class Published:
+    """A registry entry: a published table, where it comes from and how :mod:`quantbook.verify`
+    judges its re-derivation (``expect``: one of :data:`EXPECTATIONS`)."""
+
     codebook: Codebook
     summary: str  # one line for `quantbook list`
     expect: str = "bit-exact"  # bit-exact | decimals | report | transcribed

@@ -30,6 +30,8 @@ MAX_FILE_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class PublishedVector:
+    """A published vector codebook and where it comes from."""
+
     codebook: VectorCodebook
     summary: str  # one line for listings
     notes: str = ""
@@ -81,6 +83,7 @@ def vector_registry() -> dict[str, PublishedVector]:
 
 
 def vector_names() -> list[str]:
+    """The names of the published vector codebooks."""
     return list(vector_registry())
 
 

@@ -104,6 +104,8 @@ def weight_power(loss: str, domain: str, normalization: str) -> int:
 
 @dataclass(frozen=True)
 class LloydResult:
+    """What :func:`solve_lloyd` returns: the codebook and how its iteration ended."""
+
     codebook: Codebook
     iterations: int
     change: float  # max |step(q) - q| at the returned levels (the optimality residual)

@@ -30,6 +30,8 @@ __all__ = ["OffsetDerivation", "derive_offset"]
 
 @dataclass(frozen=True)
 class OffsetDerivation:
+    """The steps of :func:`derive_offset`, as exact rationals; :meth:`lines` prints them."""
+
     bits: int
     lower_position: sp.Rational  # 1 - 1/(2(2**k - 1))
     upper_position: sp.Rational  # 1 - 1/(2·2**k)

@@ -48,6 +48,7 @@ _METHODS: dict[str, type["Recipe"]] = {}
 
 
 def available_methods() -> list[str]:
+    """The ``method`` names a recipe may give, sorted."""
     return sorted(_METHODS)
 
 

@@ -60,6 +60,9 @@ EVAL_SAMPLES = 1 << 22
 
 @dataclass(frozen=True)
 class SearchLloydResult:
+    """What :func:`solve_search_lloyd` returns: the codebook, how its iteration ended and the
+    arguments that re-derive it."""
+
     codebook: Codebook
     iterations: int
     change: float  # max |step(L) - L| of the last step taken

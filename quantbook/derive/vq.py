@@ -192,6 +192,8 @@ VQRecipe.method = "vq"
 
 @dataclass(frozen=True)
 class VQResult:
+    """A derived vector codebook and how its fit went."""
+
     codebook: VectorCodebook
     mse: float            # mean squared error per dimension on the fitting sample
     iterations: int       # Lloyd passes on the whole sample (the last level of the schedule)

@@ -65,6 +65,8 @@ class SafetensorsError(ValueError):
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """A tensor of a ``.safetensors`` file as its header describes it."""
+
     name: str
     dtype: str  # safetensors dtype string: F32, BF16, ...
     shape: tuple[int, ...]

@@ -479,6 +479,8 @@ def check_codebooks(codebooks: Sequence[tuple[str, Any]]) -> None:
 
 @dataclass
 class TensorResult:
+    """One tensor of a :class:`ModelReport`: its error sums per codebook."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -487,6 +489,9 @@ class TensorResult:
 
 @dataclass
 class ModelReport:
+    """What :func:`evaluate_model` returns: the error sums of each codebook over the whole
+    model and per tensor, and the settings they were measured with."""
+
     path: str
     block_size: int
     nested: bool

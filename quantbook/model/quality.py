@@ -726,6 +726,9 @@ REFERENCE = "unquantized"
 
 @dataclass
 class QualityReport:
+    """The task metrics of a model run with its weights quantized by each codebook, next to
+    the unquantized reference (``labels[0]``)."""
+
     path: str
     task: str
     block_size: int

@@ -8,5 +8,7 @@ arithmetic, bit for bit, and the Hadamard rotation.
 * :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument;
 * :mod:`.arguments` — what counts as an integer argument, a True/False flag and an array, and
   how an argument is shown in an error;
-* :mod:`.parallel` — numba's multi-threaded kernels, launched one at a time per process.
+* :mod:`.parallel` — numba's multi-threaded kernels, launched one at a time per process;
+* :mod:`.kernel_cache` — numba's on-disk cache of the kernels (:func:`~.kernel_cache.cached_njit`), kept
+  fresh when any module that compiles with numba changes.
 """

@@ -38,6 +38,7 @@ def real_host_array(v: Any, what: str, error: type[ValueError] = ValueError) -> 
 
 
 def float_or_inf(v: Any) -> float:
+    """``float(v)``, or ±inf where ``v`` is beyond float64's range (a large int)."""
     try:
         return float(v)
     except OverflowError:

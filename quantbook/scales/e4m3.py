@@ -83,6 +83,8 @@ def e4m3_grid() -> np.ndarray:
 
 
 class E4M3Scale(ScaleRule, family="e4m3"):
+    """``e4m3``: NVFP4's E4M3 block scale under a float32 tensor scale (module docstring)."""
+
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
     summary = "NVFP4"
 

@@ -44,6 +44,8 @@ def _emax(qmax: float) -> int:
 
 
 class E8M0Scale(ScaleRule, family="e8m0"):
+    """``e8m0:MODE``: MX's power-of-two block scale, rounded by ``MODE`` (module docstring)."""
+
     stored_dtype, stored_bytes = "uint8", 1
     summary = "MXFP4"
 

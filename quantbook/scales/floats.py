@@ -49,6 +49,8 @@ class Float32Scale(ScaleRule, family="float32"):
 
 
 class Float16Scale(ScaleRule, family="float16"):
+    """``float16``: ``M / qmax`` rounded to float16, as ggml's block formats store it."""
+
     stored_dtype, stored_bytes = "float16", 2
 
     def _encode(self, amax, qmax, tensor_scale):

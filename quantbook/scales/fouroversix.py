@@ -56,6 +56,9 @@ def _check_qmax(qmax: float) -> None:
 
 
 class FourOverSixScale(ScaleRule, family="fouroversix"):
+    """``fouroversix:6`` / ``fouroversix:4``: the two candidate scales of the Four Over Six package
+    (module docstring)."""
+
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
     tensor_value = "float32 tensor absolute maximum"
     fixed_qmax = _QMAX

@@ -83,6 +83,8 @@ def nested_lut(code: np.ndarray | None = None) -> np.ndarray:
 
 
 class NestedScale(ScaleRule, family="nested"):
+    """``nested``: bitsandbytes' nested statistics (module docstring)."""
+
     deterministic = False
     encodes_with_amax = True
     layout = "bnb"

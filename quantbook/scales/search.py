@@ -65,6 +65,8 @@ def _spelled(factor: float) -> str:
 
 
 class SearchScale(ScaleRule, family="search"):
+    """``search:...``: per block, the best of several scales of a base rule (module docstring)."""
+
     deterministic = False
     summary = "the best of several scales per block; also search:BASE@F1,F2,..."
 

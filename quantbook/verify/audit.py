@@ -38,6 +38,8 @@ __all__ = ["AuditRow", "audit", "audit_one", "compare", "format_recipe", "regist
 
 @dataclass
 class AuditRow:
+    """The audit of one published table: its re-derivation compared with the table."""
+
     name: str
     recipe: str
     expect: str

@@ -46,6 +46,9 @@ AUDIT_SAMPLES = 10**6
 
 @dataclass(frozen=True)
 class VectorAuditRow:
+    """The audit of one vector codebook: its Monte Carlo error, the bounds it is compared
+    with and the derived grid of the same shape."""
+
     name: str
     dim: int
     size: int

@@ -78,6 +78,7 @@ def load_nvrtc():
 
 
 def nvrtc_version() -> tuple[int, int]:
+    """NVRTC's version, ``(major, minor)``."""
     return tuple(load_nvrtc().getVersion())
 
 
@@ -87,6 +88,8 @@ def supported_archs() -> list[int]:
 
 
 def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$QUANTBOOK_CACHE`` or the user's cache directory, then
+    ``gpu``."""
     root = os.environ.get("QUANTBOOK_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quantbook")
     return Path(root) / "gpu"

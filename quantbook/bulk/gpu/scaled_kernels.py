@@ -97,6 +97,7 @@ def encode_chunks(dtype: str, sym: bool) -> int:
 
 
 def amax_name(dtype: str) -> str:
+    """The block-maximum kernel for ``dtype``."""
     return f"qbs_amax_{dtype}"
 
 
@@ -112,14 +113,17 @@ ENCODE_CTAS = 3
 
 
 def decode_name(dtype: str) -> str:
+    """The decoder for ``dtype``."""
     return f"qbs_decode_{dtype}"
 
 
 def errors_name(dtype: str) -> str:
+    """The scale-search candidates' block-errors kernel for ``dtype``."""
     return f"qbs_errors_{dtype}"
 
 
 def ggml_name(dtype: str) -> str:
+    """ggml's IQ4_NL scale search for ``dtype``."""
     return f"qbs_ggml_{dtype}"
 
 
@@ -128,6 +132,7 @@ STEPS_NAME = "qbs_steps"
 
 
 def all_kernel_names() -> list[str]:
+    """Every kernel of the scaled layouts, as the source defines them."""
     return [f(d) for f in (amax_name, encode_name, decode_name, errors_name, ggml_name) for d in DTYPES] \
         + [encode_name(d, True) for d in DTYPES] + [STEPS_NAME]
 

@@ -84,6 +84,7 @@ PARAMS = {
 
 
 def all_kernel_names() -> list[str]:
+    """Every vector-codebook kernel (one per :data:`PARAMS` entry)."""
     return list(PARAMS)
 
 
