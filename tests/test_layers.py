@@ -118,3 +118,21 @@ def test_numba_kernels_cached_on_disk_are_defined_at_module_level():
                            if f is not outer and isinstance(f, ast.FunctionDef)
                            and any(_cached_njit(d) for d in f.decorator_list)]
     assert nested == []
+
+
+_SHOW = """
+import contextlib, io, sys
+from quantbook.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    assert main(["show", "nf4"]) == 0 and main(["list"]) == 0
+assert "recipe: nf(bits=4, offset=0.9677083, precision=float32-bnb)" in out.getvalue(), out.getvalue()[:500]
+print(sorted(m for m in ("quantbook.derive", "quantbook.verify", "scipy.stats", "sympy") if m in sys.modules))
+"""
+
+
+def test_showing_a_published_table_loads_no_derivation():
+    # `show` prints the recipe of a table; the derivations (scipy.stats, over a second to import) are not needed
+    out = subprocess.run([sys.executable, "-c", _SHOW], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"

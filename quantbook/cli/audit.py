@@ -15,7 +15,7 @@ def _row_json(row) -> dict[str, Any]:
     """An audit row in the JSON vocabulary: ``recipe`` is the recipe object, as in every other
     command's output; its one-line form is ``recipe_text``."""
     from ..codebooks.registry import REGISTRY
-    from ..verify.audit import format_recipe
+    from ..codebooks.codebook import format_recipe
 
     recipe = REGISTRY[row.name].codebook.recipe
     return {**row.to_dict(), "recipe": recipe, "recipe_text": format_recipe(recipe)}

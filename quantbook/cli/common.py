@@ -119,7 +119,7 @@ def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> No
         return
     print(f"{cb.name}: {cb.bits}-bit, {cb.n_levels} levels")
     print(f"source: {cb.source}")
-    from ..verify.audit import format_recipe
+    from ..codebooks.codebook import format_recipe
 
     print(f"recipe: {format_recipe(cb.recipe)}")
     print(f"{'index':>5}  {'value (float64 repr)':<24}  {'float32 hex':<10}")

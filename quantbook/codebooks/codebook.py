@@ -29,7 +29,7 @@ from ..numerics.reals import real_host_array, real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
 
-__all__ = ["Codebook", "CodebookError", "float32_ulp_distance"]
+__all__ = ["Codebook", "CodebookError", "float32_ulp_distance", "format_recipe"]
 
 
 class CodebookError(ValueError):
@@ -126,6 +126,23 @@ def _freeze_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if recipe is not None and not isinstance(recipe, Mapping):
         raise CodebookError(f"recipe must be a mapping (a JSON object) or None, got {type(recipe).__name__}")
     return None if recipe is None else freeze(recipe, CodebookError)
+
+
+def format_recipe(recipe: Any) -> str:
+    """A recipe mapping as one line, ``method(key=value, ...)``; ``"(none)"`` for no recipe.  Here, not
+    in the audit that prints it too, so that ``quantbook show`` does not load the derivations."""
+    if not recipe:
+        return "(none)"
+    parts = [f"{k}={_fmt(v)}" for k, v in recipe.items() if k != "method"]
+    return f"{recipe.get('method', '?')}({', '.join(parts)})"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return format_recipe(v)
+    if isinstance(v, (list, tuple)) and len(v) > 6:
+        return f"[{len(v)} values]"
+    return str(v)
 
 
 @dataclass(frozen=True, eq=False)

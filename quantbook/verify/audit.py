@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..codebooks.codebook import Codebook, float32_ulp_distance
+from ..codebooks.codebook import Codebook, float32_ulp_distance, format_recipe
 from ..codebooks.registry import REGISTRY, Published
 from ..codebooks.spelling import published_name
 from ..derive.recipes import derive_from_recipe
@@ -73,22 +73,6 @@ class AuditRow:
 
 #: expectations under which a table that does not reproduce fails the audit
 _MUST_REPRODUCE = ("bit-exact", "decimals")
-
-
-def format_recipe(recipe: Any) -> str:
-    """A recipe mapping as one line, ``method(key=value, ...)``; ``"(none)"`` for no recipe."""
-    if not recipe:
-        return "(none)"
-    parts = [f"{k}={_fmt(v)}" for k, v in recipe.items() if k != "method"]
-    return f"{recipe.get('method', '?')}({', '.join(parts)})"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, dict):
-        return format_recipe(v)
-    if isinstance(v, (list, tuple)) and len(v) > 6:
-        return f"[{len(v)} values]"
-    return str(v)
 
 
 @dataclass(frozen=True)
