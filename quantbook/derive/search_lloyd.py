@@ -336,6 +336,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     # the levels creep on for long (linearly, and blocks that flip candidate keep them
     # jittering) while the error has long stopped falling: stop on the error
     change, it, err, prev, done = np.inf, 0, np.nan, np.inf, False
+    last = levels   # never returned: the first step cannot stop (prev is inf)
     with progress_bar(total=max_iter, desc=f"fitting ({rule.name})", unit="iter", force=progress) as bar:
         while it < max_iter:
             bar.step(f"error {prev:.4e}" if np.isfinite(prev) else None)
