@@ -23,20 +23,11 @@ __all__ = ["Codebook", "CodebookError", "REGISTRY", "get", "load", "names", "__v
            "quantize", "dequantize", "QuantState"]
 
 
-def _version() -> str:
-    """One version number: pyproject.toml's, from the installed metadata (importlib.metadata takes
-    about as long to import as the rest of the command's start-up, hence at first use)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("quantbook")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
-
-
 def __getattr__(name: str):
     if name == "__version__":
-        globals()[name] = value = _version()
+        from .version import installed_version
+
+        globals()[name] = value = installed_version()
         return value
     if name in _HOMES:
         value = getattr(_importlib.import_module(f".{_HOMES[name]}", __name__), name)
