@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from ..codebooks.vector import cell_candidates, nearest_brute
-from ..numerics import hadamard, parallel
+from ..numerics import hadamard
 from ..numerics.arguments import host_array
 from ..numerics.reals import real_kind
 from . import format as F
@@ -374,7 +374,9 @@ class NumbaVQ(VQBackend, name="cpu"):
     auto = True
 
     def unavailable(self):
-        return parallel.unavailable()
+        from .cpu.backend import unavailable
+
+        return unavailable()
 
     def rotate(self, x, seed, overwrite_x=False):
         n = x.shape[1]

@@ -16,9 +16,25 @@ from ..nested import NESTED_BLOCKSIZE, nested_lut
 from ...numerics import parallel
 from ...scales.steps import BUCKET_SHIFT, step_table
 
-__all__ = ["NumbaBackend", "kernel_view"]
+__all__ = ["NumbaBackend", "kernel_view", "unavailable"]
 
 _F = np.float32
+
+
+def unavailable() -> str | None:
+    """Why the numba kernels of the cpu backends (block-wise and vector) cannot run here, or None:
+    :func:`.parallel.unavailable`, or numba's compiler switched off.  The kernels read and store
+    16-bit values through overloads that exist only compiled, and their 4-bit encoder counts
+    ``bounds < y`` by adding comparisons, which numba types as integers and numpy's booleans
+    would OR: run as Python they would not give the format's bytes."""
+    why = parallel.unavailable()
+    if why is None:
+        import numba
+
+        if numba.config.DISABLE_JIT:
+            why = ("numba's compiler is switched off (NUMBA_DISABLE_JIT is set), and the cpu kernels run only "
+                   "compiled; use backend='numpy' (the same bytes) or unset NUMBA_DISABLE_JIT")
+    return why
 
 
 def _kernels():
@@ -81,7 +97,7 @@ class NumbaBackend(Backend, name="cpu"):
     scaled_layouts = True
 
     def unavailable(self):
-        return parallel.unavailable()
+        return unavailable()
 
     def quantize_blocks(self, x, code, bits, block_size):
         K = _kernels()
