@@ -11,6 +11,7 @@ import pytest
 from scipy import integrate, stats
 
 from quantbook.derive.block import BlockDistribution, normalize_blocks
+from quantbook.derive.scaled import ScaledBlockDistribution
 from quantbook.derive.sources import Empirical, Laplace, Normal, StudentT
 
 _rng = np.random.default_rng(99)
@@ -197,6 +198,28 @@ def test_rvs_sizes_are_scipys(law):
     for bad in (-1, 2.5, "5", (2, -1), math.inf, True):
         with pytest.raises(ValueError, match="size must be"):
             law.rvs(bad)
+
+
+@pytest.mark.parametrize("law", [Normal(), StudentT(5), ASYM, BlockDistribution(8),
+                                 ScaledBlockDistribution(16, "normal", "e4m3", tensor_amax=3.0)], ids=repr)
+def test_rvs_seeds(law):
+    """An integer ``random_state`` is the Generator ``numpy.random.default_rng`` makes of it
+    (the same draws, a numpy integer too), a Generator is used as it is (two calls continue
+    one stream); anything numpy refuses, or a bool, is one ValueError naming
+    ``random_state`` (it was numpy's TypeError for 2.5, and ``True`` drew as seed 1)."""
+    a = law.rvs(7, random_state=5)
+    assert np.array_equal(a, law.rvs(7, random_state=np.random.default_rng(5)))
+    assert np.array_equal(a, law.rvs(7, random_state=np.int64(5)))
+    g = np.random.default_rng(5)
+    assert np.array_equal(law.rvs(3, random_state=g), a[:3]) and not np.array_equal(law.rvs(3, random_state=g), a[:3])
+    for bad in (-1, 2.5, "5", True, np.True_, np.float64(3.0), object()):
+        with pytest.raises(ValueError, match=r"^random_state must be None, a non-negative integer seed"):
+            law.rvs(3, random_state=bad)
+
+
+def test_an_integer_seed_draws_numpys_stream():
+    """The independent oracle of the rule: numpy's own draws from ``default_rng(seed)``."""
+    assert np.array_equal(Normal().rvs(9, random_state=11), np.random.default_rng(11).standard_normal(9))
 
 
 def test_exotic_reals_are_numbers():

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..numerics.arguments import check_flag, check_int, is_int
+from ..numerics.arguments import check_flag, check_int, is_int, random_generator
 from ..numerics.dots import row_dot
 from .conventions import at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
@@ -900,7 +900,7 @@ class BlockDistribution:
         """Exact Monte-Carlo draws: blocks of B source values normalised, flattened
         (``size`` values, the last block cut).  Values within one block are dependent."""
         shape = sample_shape(size)
-        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+        rng = random_generator(random_state)
         n = int(np.prod(shape))
         if self._plain:
             return self.source.rvs(n, rng).reshape(shape)[()]

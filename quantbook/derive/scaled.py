@@ -86,7 +86,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
-from ..numerics.arguments import check_int
+from ..numerics.arguments import check_int, random_generator
 from ..numerics.dots import row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
@@ -823,7 +823,7 @@ class ScaledBlockDistribution:
         under a two-level rule: quantize whole tensors instead."""
         shape = sample_shape(size)
         n = int(np.prod(shape))
-        rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+        rng = random_generator(random_state)
         B = self.block_size
         nb = -(-n // B)
         if self.tensor.size is not None and self.rule.tensor_scale(1.0, self.qmax) is not None:

@@ -59,7 +59,7 @@ import mpmath
 import numpy as np
 from scipy import integrate, special
 
-from ..numerics.arguments import check_flag, check_int, is_int, one_line
+from ..numerics.arguments import check_flag, check_int, is_int, one_line, random_generator
 from ..numerics.dots import row_dot
 from ..numerics.reals import real_host_array, real_kind
 from ..io.files import check_input_file
@@ -137,7 +137,7 @@ class Source:
     def rvs(self, size=None, random_state=None):
         """``size`` draws (None or ``()``: one, a float); ``random_state``: a seed or a Generator."""
         shape = sample_shape(size)
-        return np.asarray(self._rvs(shape, _rng(random_state)), dtype=np.float64).reshape(shape)[()]
+        return np.asarray(self._rvs(shape, random_generator(random_state)), dtype=np.float64).reshape(shape)[()]
 
     # ---- generic
     def _logpdf(self, x):
@@ -247,10 +247,6 @@ def _check_order(k: Any) -> int:
     if not is_int(k) or not 0 <= k <= 2:
         raise ValueError(_order_error(k))
     return int(k)
-
-
-def _rng(random_state):
-    return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
 
 
 def _ndtr(x):

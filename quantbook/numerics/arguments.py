@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_int", "check_flag", "check_names", "host_array", "bfloat16", "one_line"]
+__all__ = ["is_int", "check_int", "check_flag", "check_names", "random_generator", "host_array", "bfloat16",
+           "one_line"]
 
 
 def is_int(v: Any) -> bool:
@@ -50,6 +51,22 @@ def check_names(v: Any, what: str, example: str) -> list[str]:
     if items is None or not all(isinstance(s, str) for s in items):
         raise ValueError(f"{what} must be a str such as {example!r} or a sequence of str, got {one_line(v)}")
     return items
+
+
+def random_generator(random_state: Any, what: str = "random_state") -> np.random.Generator:
+    """``random_state`` as a numpy Generator: a Generator as it is, None a fresh one, anything
+    else what ``numpy.random.default_rng`` makes of it (an integer seed: ``random_state=5`` and
+    ``random_state=numpy.random.default_rng(5)`` draw the same numbers); a ValueError naming
+    ``what`` for a bool (``True`` would be seed 1) or what numpy refuses."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if not isinstance(random_state, (bool, np.bool_)):
+        try:
+            return np.random.default_rng(random_state)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{what} must be None, a non-negative integer seed or a numpy.random.Generator, "
+                     f"got {one_line(random_state)}")
 
 
 def one_line(v: Any, limit: int = 80) -> str:
