@@ -2,10 +2,12 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import quantbook
 from quantbook.codebooks.vector import MAX_POINTS, VectorCodebook, VectorCodebookError
 from quantbook.codebooks.vector_registry import get_vector, load_vector, vector_names
 from quantbook.naming import is_vector_spec, resolve_vector
@@ -235,3 +237,21 @@ def test_replace_repr_and_equality():
 def test_more_validation_errors(make, message):
     with pytest.raises(VectorCodebookError, match="^" + message):
         make()
+
+
+def test_the_registry_is_read_only():
+    """vector_registry() is one mapping every caller shares (cached): an entry a caller removed
+    or replaced was gone for the rest of the process.  The oracle: the data file's grid."""
+    from quantbook.codebooks.vector_registry import vector_registry
+
+    reg = vector_registry()
+    with pytest.raises(TypeError):
+        reg["higgs-2d-16"] = reg["higgs-2d-64"]
+    with pytest.raises((TypeError, AttributeError)):
+        reg.pop("higgs-2d-16")
+    with pytest.raises((TypeError, AttributeError)):
+        reg.clear()
+    data = json.loads((Path(quantbook.__file__).parent / "codebooks" / "data" / "higgs_grids.json").read_text())
+    grid = next(g for g in data["grids"] if g["dim"] == 2 and g["size"] == 16)
+    assert "higgs-2d-16" in vector_names()
+    assert np.array_equal(get_vector("higgs-2d-16").points, np.asarray(grid["points"], np.float32))

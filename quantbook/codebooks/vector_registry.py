@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
 
 from ..errors import NotFoundError
 from ..io.files import read_small_file
@@ -76,10 +78,11 @@ def _derived() -> list[PublishedVector]:
 
 
 @lru_cache(maxsize=1)
-def vector_registry() -> dict[str, PublishedVector]:
+def vector_registry() -> Mapping[str, PublishedVector]:
     """Every registered vector codebook by name (loaded on first use): the published grids,
-    then the derived grids stored with their recipes (``data/vq_derived.json``)."""
-    return {p.name: p for p in _higgs() + _derived()}
+    then the derived grids stored with their recipes (``data/vq_derived.json``).  Read-only:
+    every caller shares it, so an entry one of them removed was gone for the rest."""
+    return MappingProxyType({p.name: p for p in _higgs() + _derived()})
 
 
 def vector_names() -> list[str]:
