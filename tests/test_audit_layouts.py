@@ -14,7 +14,7 @@ import pytest
 import quantbook
 from quantbook import Codebook
 from quantbook.cli import main
-from quantbook.verify.layouts import LAYOUTS, attach_layouts, layout_findings
+from quantbook.verify.layouts import LAYOUTS, attach_layouts, audit_layout, layout_findings
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,17 @@ def test_cli_audit_layouts(capsys):
     out = capsys.readouterr().out
     assert "layout NVFP4 (e4m3, B16, 4.5 bits/w): MSE" in out and "not available" not in out
     assert "bitsandbytes nested (nested, B64, 4.12695 bits/w): MSE" in out
+
+
+def test_a_caller_changing_a_search_finding_leaves_the_next_callers(findings):
+    """A search layout's finding is cached (its samples are fixed): the one returned is a
+    copy, so a caller that changes it (its levels sorted in place, a field overwritten) does not
+    change what the next caller gets.  The oracle: the values read before the change."""
+    lay = next(lay for lay in LAYOUTS if lay.scale == "search:ggml")
+    first = audit_layout(lay)
+    want = (first.mse_weight, list(first.optimum_levels))
+    first.mse_weight = -1.0
+    first.optimum_levels.reverse()
+    again = audit_layout(lay)
+    assert (again.mse_weight, again.optimum_levels) == want
+    assert findings[("iq4_nl", "search:ggml")].optimum_levels == want[1]

@@ -39,7 +39,7 @@ The findings join the audit rows only when asked (:func:`attach_layouts`, ``quan
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
@@ -147,8 +147,9 @@ def audit_layout(layout: Layout) -> LayoutFinding:
                 bits_per_weight=bpw, note=layout.note)
     if rule.encodes_with_amax:
         return _nested_finding(cb, layout, base)
-    if not rule.deterministic:
-        return _search_finding(layout, rule.name, cb.bits)
+    if not rule.deterministic:   # a copy: the cached finding is every later caller's too
+        found = _search_finding(layout, rule.name, cb.bits)
+        return replace(found, optimum_levels=list(found.optimum_levels))
     try:
         check_scale(rule)
     except ValueError as exc:
