@@ -1,4 +1,5 @@
-"""Results independent of how the process runs: numba's thread count and compiler switch.
+"""Results independent of how the process runs: numba's thread count, Python's hash seed and
+numba's compiler switch.
 
 The oracles: the same work under another environment in a fresh process (the bytes must be
 equal), and the numpy reference backend (:mod:`quantbook.bulk.reference`) for the bytes of the
@@ -37,3 +38,46 @@ def test_numba_switched_off_quantizes_with_the_numpy_reference():
     r = subprocess.run([sys.executable, "-c", _QUANTIZE], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("backend='cpu' is unavailable: numba's compiler is switched off (NUMBA_DISABLE_JIT")
+
+
+_WORK = textwrap.dedent("""
+    import contextlib, hashlib, io, warnings
+    import numpy as np
+    import quantbook
+    from quantbook.bulk import dequantize_vq, quantize_vq
+    from quantbook.cli import main
+    from quantbook.derive import Empirical, lloyd, search_lloyd
+    from quantbook.derive.vq import VQRecipe, solve_vq
+    warnings.simplefilter("ignore")
+    h = hashlib.sha256()
+    x = np.random.default_rng(0).standard_normal((16, 4096)).astype(np.float32)
+    for cb, scale, bs in (("nf4", None, 64), ("nf5", None, 64), ("e2m1", "e4m3", 16), ("iq4_nl", "search:ggml", 32)):
+        p, s = quantbook.quantize(x, cb, bs, scale=scale)
+        h.update(p.tobytes() + quantbook.dequantize(p, s).tobytes())
+    i, s = quantize_vq(x, "higgs-2d-256")
+    h.update(i.tobytes() + dequantize_vq(i, s).tobytes())
+    # above the parallel kernel's sample size; the fitting error shows the order of its sums
+    vq = solve_vq(VQRecipe(dim=2, points=16, samples=140_000, coarse_samples=20_000, restarts=1, max_iter=5))
+    h.update(vq.codebook.points.tobytes() + repr(vq.mse).encode())
+    h.update(search_lloyd(4, 32, "search:ggml", samples=32 * 2000, max_iter=3).levels.tobytes())
+    h.update(lloyd(3, 64, source=Empirical(np.random.default_rng(1).standard_t(5, 4000))).levels.tobytes())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        for argv in (["list", "--json"], ["show", "nf4", "--json"], ["audit", "nf4", "af4", "--json"]):
+            main(argv)
+    h.update(out.getvalue().encode())
+    print(h.hexdigest())
+""")
+
+
+def test_results_do_not_depend_on_the_thread_count_or_the_hash_seed():
+    """Quantized bytes (block-wise, scaled, a search rule, vector), derivations on a sample
+    (vector Lloyd over the chunks of its sample, a search fit, Lloyd on a sample's block law) and --json output: the same on one numba thread as on three (more than this
+    machine may have: an uneven split), under two hash seeds (set order must not leak)."""
+    digests = []
+    for threads, seed in (("1", "0"), ("3", "12345")):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads, PYTHONHASHSEED=seed, PYTHONWARNINGS="ignore")
+        r = subprocess.run([sys.executable, "-c", _WORK], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        digests.append(r.stdout.split()[-1])
+    assert digests[0] == digests[1]
