@@ -72,8 +72,9 @@ _WORK = textwrap.dedent("""
 
 def test_results_do_not_depend_on_the_thread_count_or_the_hash_seed():
     """Quantized bytes (block-wise, scaled, a search rule, vector), derivations on a sample
-    (vector Lloyd over the chunks of its sample, a search fit, Lloyd on a sample's block law) and --json output: the same on one numba thread as on three (more than this
-    machine may have: an uneven split), under two hash seeds (set order must not leak)."""
+    (vector Lloyd over the chunks of its sample, a search fit, Lloyd on a sample's block law)
+    and --json output: the same on one numba thread as on three (more than this machine may
+    have: an uneven split), under two hash seeds (set order must not leak)."""
     digests = []
     for threads, seed in (("1", "0"), ("3", "12345")):
         env = dict(os.environ, NUMBA_NUM_THREADS=threads, PYTHONHASHSEED=seed, PYTHONWARNINGS="ignore")
