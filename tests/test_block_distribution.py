@@ -596,3 +596,20 @@ def test_signed_absmax_std_and_ppf_match_blocks_normalised_by_hand():
     assert d.std() == math.sqrt(d.var())
     for p in (0.1, 0.5, 0.9):
         assert d.ppf(p) == pytest.approx(np.quantile(y, p), abs=2e-3)
+
+
+def test_a_cached_measures_arrays_are_read_only():
+    """The measures are cached and shared by every later derivation of the same law: a caller
+    that changed one's atoms in place (``atoms_w *= 2``) changed what every later caller got."""
+    from quantbook.derive.scaled import scaled_measure
+
+    measures = [block_measure("normal", 64), block_measure("normal", None, "none"),
+                scaled_measure("normal", 16, "e4m3", tensor_size=2**16), scaled_measure("normal", 32, "nested", 2)]
+    for m in measures:
+        arrays = {k: v for k, v in vars(m).items() if isinstance(v, np.ndarray) and not k.startswith("_")}
+        assert arrays, type(m).__name__
+        for name, a in arrays.items():
+            assert not a.flags.writeable, (type(m).__name__, name)
+    with pytest.raises(ValueError, match="read-only"):
+        measures[0].atoms_w *= 2
+    assert measures[2].atoms_x.size > 0   # the block of the tensor's maximum

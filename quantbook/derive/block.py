@@ -525,11 +525,21 @@ def _check_block_size(block_size: Any) -> int:
     return int(block_size)
 
 
+def read_only_arrays(measure: _Measure) -> _Measure:
+    """``measure`` with its array attributes read-only: a cached measure is every later caller's,
+    and one that changed its atoms in place would change their derivations (arrays it makes
+    later are its own caches, never handed out)."""
+    for v in vars(measure).values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
+    return measure
+
+
 @lru_cache(maxsize=64)
 def _cached_measure(source: Source, block_size: int, normalization: str, weight_power: int) -> _Measure:
     if normalization == "none":
-        return SourceMeasure(source)
-    return BlockMeasure(source, block_size, normalization, weight_power)
+        return read_only_arrays(SourceMeasure(source))
+    return read_only_arrays(BlockMeasure(source, block_size, normalization, weight_power))
 
 
 def block_measure(source: Any = "normal", block_size: int | None = 64, normalization: str = "absmax",

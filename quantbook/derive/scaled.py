@@ -90,7 +90,7 @@ from ..numerics.arguments import check_int, random_generator
 from ..numerics.dots import row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
-                    _Measure, _monotone_solve, block_measure)
+                    _Measure, _monotone_solve, block_measure, read_only_arrays)
 from .conventions import at_q, at_x, sample_shape
 from .sources import Source, parse_source
 
@@ -656,8 +656,8 @@ def _cached(source: Source, B: int, rule: ScaleRule, qmax: float, weight_power: 
             raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_amax and tensor_size do not apply")
         if weight_power == 0:  # the values are normalised by the exact maximum: the absmax law
             return block_measure(source, B, "absmax", 0)
-        return NestedMeasure(source, B, rule, weight_power)
-    return ScaledMeasure(source, B, rule, qmax, weight_power, TensorModel(*tkey))
+        return read_only_arrays(NestedMeasure(source, B, rule, weight_power))
+    return read_only_arrays(ScaledMeasure(source, B, rule, qmax, weight_power, TensorModel(*tkey)))
 
 
 def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e4m3", qmax: float = DEFAULT_QMAX,
