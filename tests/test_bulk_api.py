@@ -268,7 +268,7 @@ def _state(nested=False, n=300):
     ("code", lambda s: np.arange(16) * 1j,
      r"code must be a table of float32 levels, got array\(\[0\. \+0\.j, [^\n]*\.\.\.$"),
     ("shape", lambda s: 100, "shape must be a tuple of non-negative integers, got 100"),
-    ("dtype", lambda s: None, "dtype must be one of float32, float16, bfloat16, got None"),
+    ("dtype", lambda s: None, "dtype must be one of float32, float16, bfloat16 in native byte order, got None"),
     ("dtype", lambda s: "float64", "dtype must be one of .*got 'float64'"),
 ])
 def test_dequantize_rejects_a_tampered_state(field, value, match):

@@ -277,6 +277,20 @@ def test_dtype_and_shape_preserved(be, dtype):
     assert y.dtype == x.dtype and y.shape == x.shape
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", [{}, {"nested": True}, {"codebook": "e2m1", "block_size": 16, "scale": "e4m3"}],
+                         ids=["float32", "nested", "e4m3"])
+def test_a_state_dtype_in_the_other_byte_order_is_refused(be, dtype, layout):
+    """quantize refuses byte-swapped input, so such a dtype comes only from a state made or
+    edited by hand: one line, not byte-swapped values on one backend and a numba TypingError
+    on another."""
+    x = np.random.default_rng(4).standard_normal((4, 48)).astype(dtype)
+    packed, st = quantize(be, x, **{"codebook": "nf4", **layout})
+    st.dtype = np.dtype(dtype).newbyteorder("S")
+    with pytest.raises(ValueError, match=r"^dtype must be one of float32, float16, bfloat16 in native byte order"):
+        dequantize(be, packed, st)
+
+
 def test_derived_names_quantize_like_their_codebook(be):
     """One name grammar: ``nf3`` and ``lloyd-l2`` mean the same table here as on the CLI."""
     from quantbook.derive import nf

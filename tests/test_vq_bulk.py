@@ -168,6 +168,18 @@ def test_huge_values_and_outliers(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_state_dtype_in_the_other_byte_order_is_refused(backend, dtype):
+    """A byte-swapped dtype (a state edited by hand) is one line on every backend, not
+    byte-swapped values on one and a numba TypingError on another."""
+    x = _rng(6).standard_normal((2, 64)).astype(dtype)
+    idx, st = quantize_vq(x, gaussian_grid(16, 2), group=32, backend=backend)
+    st.dtype = np.dtype(dtype).newbyteorder("S")
+    with pytest.raises(ValueError, match=r"non-native byte order"):
+        dequantize_vq(idx, st, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n,p", [(16, 1), (300, 2), (64, 4), (1000, 2)])
 def test_dimensions_and_index_dtypes(backend, n, p):
     pts = gaussian_grid(n, p, seed=n)

@@ -21,11 +21,15 @@ _DTYPE_NAMES = F.DTYPES
 
 
 def dtype_name(dtype: Any) -> str:
-    """``"float32"``, ``"float16"`` or ``"bfloat16"`` (bitsandbytes spells dtypes this way)."""
-    name = np.dtype(dtype).name
-    if name not in _DTYPE_NAMES:
-        raise ValueError(f"unsupported dtype {name}; expected one of {', '.join(_DTYPE_NAMES)}")
-    return name
+    """``"float32"``, ``"float16"`` or ``"bfloat16"`` (bitsandbytes spells dtypes this way), in
+    native byte order: the kernels write a state's output in that order, as quantize reads its
+    input (``>f4`` is refused, not decoded as float32 by one backend and as ``>f4`` by another)."""
+    dt = np.dtype(dtype)
+    if dt.name not in _DTYPE_NAMES:
+        raise ValueError(f"unsupported dtype {dt.name}; expected one of {', '.join(_DTYPE_NAMES)}")
+    if not dt.isnative:
+        raise ValueError(f"unsupported dtype {dt.str} (non-native byte order); expected {dt.name} in native order")
+    return dt.name
 
 
 def dtype_from_name(name: Any) -> np.dtype:
@@ -229,7 +233,8 @@ class QuantState:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPE_NAMES)} in native byte order, "
+                             f"got {self.dtype!r}")
         if not real_kind(host_array(self.code, "code").dtype):
             raise ValueError(f"code must be a table of float32 levels, got {one_line(self.code)}")
         F.check_code_table(self.code, self.bits)
