@@ -45,7 +45,6 @@ from gpu_bounds import call_guarded, check_flags, guard_shared
 
 from quantbook.bulk import format as F
 from quantbook.bulk.backend import Backend
-from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
 from quantbook.bulk.gpu.backend import (_dtype_key, _log2_blocksize, dequantize_launch, error_chunks_kernel_takes,
                                         error_chunks_launch, nested_launch, packing_for_bits, quantize_launch,
@@ -525,7 +524,7 @@ def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec
                       packed, absmax, n,
                       log2b, np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
                       int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K,
-                      int(tabs.ident), int(vec_in))
+                      int(tabs.ident), int(vec_in and _aligned(xs, 16)))   # as the gpu backend tests it
     return packed, absmax
 
 
@@ -540,10 +539,10 @@ def dequantize_emulated(packed, absmax, code_f32, bits: int, blocksize: int, n: 
     out = np.full(n, np.nan, np.float32) if key == "f32" else np.full(n, 0x7E7E, np.uint16).view(st)
     if n:
         grid, cta = dequantize_launch(n, key, packing)
-        emulator().launch(K.dequantize_name(key, packing), grid, cta,
-                          np.ascontiguousarray(packed, dtype=np.uint8),
-                          np.ascontiguousarray(absmax, dtype=np.float32), out, n, log2b,
-                          code, int(code.size), int(vec_in), int(vec_out))
+        pk = np.ascontiguousarray(packed, dtype=np.uint8)
+        emulator().launch(K.dequantize_name(key, packing), grid, cta, pk,
+                          np.ascontiguousarray(absmax, dtype=np.float32), out, n, log2b, code, int(code.size),
+                          int(vec_in and _aligned(pk, 16)), int(vec_out and _aligned(out, 16)))   # as the gpu backend
     if key == "bf16":
         import ml_dtypes
 

@@ -291,6 +291,26 @@ def test_a_state_dtype_in_the_other_byte_order_is_refused(be, dtype, layout):
         dequantize(be, packed, st)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", [{"codebook": "nf4"}, {"codebook": "nf8"},
+                                    {"codebook": "e2m1", "block_size": 16, "scale": "e4m3"}],
+                         ids=["nf4", "nf8", "e4m3"])
+def test_views_that_start_off_a_16_byte_boundary_are_read_as_their_values(be, dtype, layout):
+    """A contiguous view at an element offset (``x[1:]`` of a device array, bytes read at an odd
+    offset of a file) cannot take 16-byte vector loads: values and bytes are those of the
+    plain arrays.  Every offset within 16 bytes, so that all but one start off the boundary."""
+    kw = {"block_size": 64, **layout}
+    x = np.random.default_rng(5).standard_normal(16 + 3 * 64 + 5).astype(dtype)
+    held = be.from_host(x)
+    for k in range(16 // np.dtype(dtype).itemsize):
+        p_ref, s_ref = qb.quantize(x[k:], backend="numpy", **kw)
+        packed, st = qb.quantize(held[k:], backend=be.name, **kw)
+        assert bits_equal(be.to_host(packed), p_ref) and bits_equal(st.absmax, s_ref.absmax), k
+        stored = be.from_host(np.concatenate([np.zeros(k, np.uint8), p_ref]))[k:]
+        y = be.to_host(qb.dequantize(stored, s_ref, backend=be.name))
+        assert bits_equal(y, qb.dequantize(p_ref, s_ref, backend="numpy")), k
+
+
 def test_derived_names_quantize_like_their_codebook(be):
     """One name grammar: ``nf3`` and ``lloyd-l2`` mean the same table here as on the CLI."""
     from quantbook.derive import nf
