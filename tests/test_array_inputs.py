@@ -112,11 +112,13 @@ KINDS = {
     "complex": (lambda a, _: a.astype(np.complex64), None, "float int real"),
     "datetime": (lambda a, _: a.astype(np.int64).astype("datetime64[s]"), None, "float int real"),
     "bool": (lambda a, _: a > 0, None, "float int real"),
+    "ragged list": (lambda a, _: [np.asarray(a).ravel().tolist(), [0]], None, "float int real"),
 }
 
 #: what a kind of input gives where it is not the plain array's result: (family, kind) -> message
 ERRORS = {
     ("*", "masked, one entry masked"): r"is a masked array with 1 masked entry",
+    ("*", "ragged list"): r"^\w+ cannot be read as an array \(",
     ("float", "big-endian"): r"x has non-native byte order",
     ("float", "complex"): r"x must hold float32, float16, bfloat16 values, got dtype complex64",
     ("float", "datetime"): r"x must hold float32, float16, bfloat16 values, got dtype datetime64",
@@ -137,6 +139,8 @@ ERRORS_BY_ENTRY = {
     ("parse_source", "masked, one entry masked"): r"sample is a masked array",
     ("error_sums-xhat", "masked, one entry masked"): r"xhat is a masked array",
     ("vq-points", "masked, one entry masked"): r"vq_codebook is a masked array",
+    ("parse_source", "ragged list"): r"a source must be a name or a file",   # a list is not a sample
+    ("Codebook-levels", "ragged list"): r"^levels must be a sequence of numbers",
     ("Codebook-levels", "masked, one entry masked"): r"levels is a masked array",
     ("Codebook.encode", "masked, one entry masked"): r"y is a masked array",
     ("Codebook.decode", "masked, one entry masked"): r"indices is a masked array",

@@ -106,7 +106,8 @@ def host_array(v: Any, what: str = "x", error: type[ValueError] = ValueError) ->
       every computation here would read a masked entry's hidden value, a silent wrong answer;
     * anything else through ``np.asarray``: an ndarray subclass (``np.matrix``, ``np.memmap``,
       a user's) becomes a plain ndarray view, as the kernels and the reshapes take it (a
-      matrix stays 2-D when flattened).
+      matrix stays 2-D when flattened); what numpy cannot read (a ragged nested list) is a
+      ValueError naming ``what``.
 
     ``error``: the ValueError subclass the caller raises (a CodebookError, a SourceError).
     """
@@ -127,5 +128,8 @@ def host_array(v: Any, what: str = "x", error: type[ValueError] = ValueError) ->
             raise error(f"{what} is a masked array with {masked} masked {entries}, which would be read as "
                              f"the values under the mask; pass {what}.filled(value) or {what}.compressed()")
         v = np.ma.getdata(v)
-    return np.asarray(v)
+    try:
+        return np.asarray(v)
+    except ValueError as exc:   # a ragged nested list: numpy's message names no argument
+        raise error(f"{what} cannot be read as an array ({' '.join(str(exc).split())})") from None
 
