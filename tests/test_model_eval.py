@@ -754,3 +754,68 @@ def test_rotations_are_a_str_or_a_sequence_of_str(bad):
     with pytest.raises(ValueError, match="rotations must be a str such as 'none,hadamard' or a sequence of str"):
         parse_rotations(bad)
     assert parse_rotations(("none", " Hadamard")) == ["none", "hadamard"]
+
+
+class _HostHeldDevice:
+    """Stands in for a device array: ``__cuda_array_interface__`` and a shape, its values on the host."""
+
+    def __init__(self, a):
+        self.a = np.ascontiguousarray(a)
+        self.shape, self.dtype = self.a.shape, self.a.dtype
+        self.__cuda_array_interface__ = {"shape": self.a.shape, "typestr": self.a.dtype.str}
+
+
+class _HostHeldBackend:
+    """A device backend whose sums are computed on the host; counts the uploads."""
+
+    name, device = "host-held", True
+
+    def __init__(self):
+        self.uploads = 0
+
+    def from_host(self, a):
+        self.uploads += 1
+        return _HostHeldDevice(a)
+
+    def error_sums(self, x, xhat):
+        from quantbook.bulk import BACKENDS
+
+        return BACKENDS["numpy"].error_sums(x.a, xhat.a)
+
+
+def test_sums_where_made_of_a_device_array_without_inputs_and_without_dev():
+    """Without inputs, x is uploaded for the call; without dev a device xhat is refused by name
+    (these failed as AttributeErrors on None); a shape that only shares the size is refused as
+    on the host.  Eighths: every sum is exact, so numpy's float64 sums are the reference."""
+    from quantbook.model.evaluate import TensorInputs, sums_where_made
+
+    rng = np.random.default_rng(3)
+    x = (rng.integers(-64, 64, (6, 10)) / 8).astype(np.float32)
+    xhat = (x + rng.integers(-3, 4, x.shape) / 8).astype(np.float32)
+    e = xhat.astype(np.float64) - x.astype(np.float64)
+    sx2 = float(np.sum(x.astype(np.float64) ** 2))
+    dev = _HostHeldBackend()
+    s = sums_where_made(x, _HostHeldDevice(xhat), sx2, dev=dev)
+    assert (s.n, s.sse, s.sae, s.sx2) == (x.size, np.sum(e * e), np.sum(np.abs(e)), sx2) and dev.uploads == 1
+    inputs = TensorInputs(x)   # given inputs: their one upload serves every call
+    for _ in range(2):
+        assert sums_where_made(x, _HostHeldDevice(xhat), sx2, inputs, dev).sse == s.sse
+    assert dev.uploads == 2
+    with pytest.raises(ValueError, match=r"^xhat is a device array: pass dev, the device backend that made it$"):
+        sums_where_made(x, _HostHeldDevice(xhat), sx2)
+    with pytest.raises(ValueError, match=r"^x and xhat differ in shape: \(6, 10\) and \(10, 6\)$"):
+        sums_where_made(x, _HostHeldDevice(xhat.reshape(10, 6)), sx2, dev=dev)
+
+
+def test_a_scalar_tensor_is_evaluated(tmp_path):
+    """A 0-d tensor (CLIP's logit_scale) is one block of one value: absmax scaling maps it to
+    ±1, a level of nf4, so it comes back exactly (this failed: x () and xhat (1,) differ in shape)."""
+    from quantbook.model import evaluate_model
+
+    path = tmp_path / "s.safetensors"
+    _save_file({"logit_scale": np.array(4.6052, np.float32), "neg": np.array(-0.75, np.float16)}, path)
+    rep = evaluate_model(str(path), [("nf4", resolve_codebook("nf4"))])
+    assert len(rep.tensors) == 2
+    for t in rep.tensors:
+        s = t.sums["nf4"]
+        assert (s.n, s.sse, s.sae) == (1, 0.0, 0.0) and s.sqnr_db == math.inf

@@ -135,12 +135,21 @@ def error_sums(x: np.ndarray, xhat: np.ndarray, sx2: float | None = None) -> Err
 def sums_where_made(x: np.ndarray, xhat: Any, sx2: float, inputs: "TensorInputs | None" = None,
                     dev: Any = None) -> ErrorSums:
     """:func:`error_sums` of ``xhat`` against host ``x`` where ``xhat`` is: a device backend
-    ``dev``'s array against ``x``'s copy there (``inputs.on(dev)``, the one upload), else on
-    the host.  The same bits either way; only the runs' sums cross."""
+    ``dev``'s array against ``x``'s copy there (``inputs.on(dev)``, the one upload; without
+    ``inputs``, a copy made for this call), else on the host.  The same bits either way; only
+    the runs' sums cross."""
     from ..bulk.backend import is_device_array
 
     if not is_device_array(xhat):
         return error_sums(x, xhat, sx2=sx2)
+    if dev is None:   # which device holds xhat is not ours to guess
+        raise ValueError("xhat is a device array: pass dev, the device backend that made it")
+    x = host_array(x, "x")
+    shape = tuple(map(int, xhat.shape))
+    if x.shape != shape:   # as on the host: one size in another shape (a transpose) pairs the wrong values
+        raise ValueError(f"x and xhat differ in shape: {x.shape} and {shape}")
+    if inputs is None:
+        inputs = TensorInputs(x)
     sse, sae = dev.error_sums(inputs.on(dev), xhat)
     return ErrorSums(n=int(x.size), sse=sse, sae=sae, sx2=sx2)
 
@@ -667,8 +676,8 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
         xq = x.astype(np.float32) if x.dtype == np.float64 else x  # the format scales in float32
     if xq is not x and not np.isfinite(xq).all():
         raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
-    if xq.ndim == 0:
-        xq = xq.reshape(1)
+    if x.ndim == 0:   # quantize takes a dimension; x too, so that the errors pair the same shapes
+        x, xq = x.reshape(1), xq.reshape(1)
     dev = None if backend == "auto" else get_backend(backend)
     # a device backend sums where it dequantized, against its copy of x: x itself, unless
     # x is float64 (quantized as float32); the sums are the host's bits either way
