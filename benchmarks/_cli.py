@@ -19,6 +19,16 @@ def check_floors(ap: argparse.ArgumentParser, args: argparse.Namespace, **floors
             ap.error(f"--{dest.replace('_', '-')} must be at least {low}, got {value}")
 
 
+def only_in(ap: argparse.ArgumentParser, args: argparse.Namespace, mode: str, **readers: str | tuple[str, ...]) -> None:
+    """``ap.error`` (status 2) for the first option given (not None) that this run's ``mode``
+    does not read: a run that ignored it would look as if it had taken it.  ``readers`` maps an
+    option's dest to the mode, or modes, that read it."""
+    for dest, modes in readers.items():
+        modes = (modes,) if isinstance(modes, str) else modes
+        if getattr(args, dest) is not None and mode not in modes:
+            ap.error(f"--{dest.replace('_', '-')} is read by {' and '.join(modes)} only, not by {mode}")
+
+
 def int_list(ap: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
     """A comma-separated list of integers, or ``ap.error`` naming ``flag``."""
     try:

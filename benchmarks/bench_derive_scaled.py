@@ -1,6 +1,6 @@
 """Benchmark: exact Lloyd-Max derivation under a scale rule, per code.
 
-    python benchmarks/bench_derive_scaled.py [--repeat 3]
+    python benchmarks/bench_derive_scaled.py [--repeat 3] [--rules e4m3,nested]
 
 Derives 4-bit weight-domain L2 and L1 codes (normal source, -1/0/1 fixed, qmax 6) for the
 NVFP4 layout (e4m3, B=16, tensor scale phase averaged), MXFP4 (e8m0 in each rounding mode,
@@ -10,13 +10,15 @@ the number of pieces of the scale function (nodes of the Gauss rule that replace
 the sum, where one is used), and the expected MSE against E2M1 in the same layout.
 Target: <= 100 ms per code.  bitsandbytes' nested statistics (B=64, L2 only) are timed as
 the audit derives them: the law (NestedMeasure) and Lloyd steps on it from the float32
-optimum (quantbook.verify.layouts).
+optimum (quantbook.verify.layouts).  ``--rules`` keeps some of the rows (``nested`` is that
+last one) for a short run.
 
-    python benchmarks/bench_derive_scaled.py --table
+    python benchmarks/bench_derive_scaled.py --table [--rules e4m3] [--mc-log2n 20]
 
 prints instead the results table of docs/scaled-derivation.md: exact expected MSE/MAE of
-E2M1, NF4, IQ4_NL and the derived L2/L1 codes per layout, against quantbook.quantize on two
-tensors of 2**20 float32 normals (seed 7).
+E2M1, NF4, IQ4_NL and the derived L2/L1 codes per layout (every rule above but bfloat16 and
+nested, unless ``--rules`` names them), against quantbook.quantize on two tensors of
+2**mc-log2n float32 normals (seed 7); e4m3's tensor-size column is the law at that size.
 
     python benchmarks/bench_derive_scaled.py --readme [--samples 10000000]
 
@@ -31,12 +33,13 @@ import time
 import numpy as np
 
 import quantbook
-from _cli import check_floors, run
+from _cli import check_floors, only_in, run
 from quantbook.derive import evaluate, solve_lloyd
 from quantbook.derive.scaled import _cached, scaled_measure
 
 CASES = [("e4m3", 16), ("e8m0:floor", 32), ("e8m0:ceil", 32), ("e8m0:even", 32), ("e8m0:rceil", 32),
          ("float16", 32), ("bfloat16", 32)]
+RULES = [rule for rule, _ in CASES] + ["nested"]   # the timing run's last row: nested statistics at B=64
 
 
 def _mc(cb, B, rule, n=1 << 20, tensors=2, seed=7):
@@ -50,18 +53,19 @@ def _mc(cb, B, rule, n=1 << 20, tensors=2, seed=7):
     return np.concatenate(out)
 
 
-def table() -> None:
+def table(cases=CASES[:-1], log2n: int = 20) -> None:
     from quantbook.derive import lloyd
 
-    for rule, B in CASES[:-1]:
+    n = 1 << log2n
+    for rule, B in cases:
         rows = [(n, quantbook.get(n)) for n in ("e2m1", "nf4", "iq4_nl")]
         rows += [("lloyd-l2", lloyd(4, B, scale=rule)), ("lloyd-l1", lloyd(4, B, "l1", scale=rule))]
         ref = evaluate(rows[0][1], B, scale=rule).mse_weight
-        ref_mc = _mc(rows[0][1], B, rule).mean()
-        kw = {"tensor_size": 1 << 20} if rule == "e4m3" else {}
+        ref_mc = _mc(rows[0][1], B, rule, n).mean()
+        kw = {"tensor_size": n} if rule == "e4m3" else {}
         print(f"### {rule} B={B}")
         for name, cb in rows:
-            e, e2, m = evaluate(cb, B, scale=rule), evaluate(cb, B, scale=rule, **kw), _mc(cb, B, rule)
+            e, e2, m = evaluate(cb, B, scale=rule), evaluate(cb, B, scale=rule, **kw), _mc(cb, B, rule, n)
             print(f"| {name} | {e.mse_weight:.5e} | {e.mae_weight:.5e} | {e.mse_weight / ref:.4f} | "
                   f"{e2.mse_weight:.5e} | {m.mean():.5e} ± {m.std() / np.sqrt(m.size):.1e} | "
                   f"{m.mean() / ref_mc:.4f} |")
@@ -105,33 +109,49 @@ def readme(samples: int = 10**7) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--table", action="store_true")
-    ap.add_argument("--readme", action="store_true", help="the README's per-layout tables")
-    ap.add_argument("--samples", type=int, default=10**7, help="--readme: fitting and test sample size")
+    mode = ap.add_mutually_exclusive_group()   # each prints its own tables: together, one would be lost
+    mode.add_argument("--table", action="store_true", help="the results table of docs/scaled-derivation.md")
+    mode.add_argument("--readme", action="store_true", help="the README's per-layout tables")
+    ap.add_argument("--repeat", type=int, default=None, help="timing runs: best of (default 3)")
+    ap.add_argument("--rules", default=None,
+                    help=f"timing runs and --table: comma-separated of {', '.join(RULES)} (default all; "
+                         "--table: all but bfloat16 and nested)")
+    ap.add_argument("--mc-log2n", type=int, default=None, help="--table: 2**N values a Monte-Carlo tensor (20)")
+    ap.add_argument("--samples", type=int, default=None, help="--readme: fitting and test sample size (10**7)")
     args = ap.parse_args()
-    check_floors(ap, args, repeat=1)
+    check_floors(ap, args, repeat=1, mc_log2n=5)   # 2**5: one block of the largest B, 32
+    run_mode = "--table" if args.table else "--readme" if args.readme else "a timing run"
+    only_in(ap, args, run_mode, repeat="a timing run", mc_log2n="--table", samples="--readme",
+            rules=("a timing run", "--table"))
+    rules = None if args.rules is None else args.rules.split(",")
+    for rule in rules or ():
+        if rule not in RULES or (args.table and rule == "nested"):
+            where, takes = (" with --table", RULES[:-1]) if args.table else ("", RULES)
+            ap.error(f"--rules{where} takes {', '.join(takes)}, got {rule!r}")
     if args.readme:   # the fits' own checks of --samples, before any table is printed
         from quantbook.derive.recipes import SearchLloydRecipe
 
         for _, _, B, search in [case for case in README if case[3] is not None]:
             try:
-                SearchLloydRecipe(bits=4, block_size=B, scale=search, samples=args.samples)
+                SearchLloydRecipe(bits=4, block_size=B, scale=search, samples=args.samples or 10**7)
             except ValueError as exc:
                 ap.error(f"--samples: {exc}")
     if args.table:
-        table()
+        table(CASES[:-1] if rules is None else [c for c in CASES if c[0] in rules], args.mc_log2n or 20)
         return
     if args.readme:
-        readme(args.samples)
+        readme(args.samples or 10**7)
         return
+    repeat = args.repeat or 3
     e2m1 = quantbook.get("e2m1")
     print(f"{'rule':12} {'B':>3} {'loss':4} {'ms/code':>8} {'iter':>4} {'change':>8} {'pieces':>11} "
           f"{'MSE/E2M1':>8}")
     for rule, B in CASES:
+        if rules is not None and rule not in rules:
+            continue
         for loss in ("l2", "l1"):
             best = float("inf")
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 _cached.cache_clear()
                 t = time.perf_counter()
                 res = solve_lloyd(4, B, loss, scale=rule)
@@ -142,7 +162,8 @@ def main() -> None:
             pieces = f"{mu.n_pieces}" + (f" ({mu._fast[1].size})" if getattr(mu, "_fast", None) else "")
             print(f"{rule:12} {B:3d} {loss:4} {best * 1e3:8.1f} {res.iterations:4d} {res.change:8.1e} "
                   f"{pieces:>11} {ratio:8.4f}")
-    nested(args.repeat)
+    if rules is None or "nested" in rules:
+        nested(repeat)
 
 
 def nested(repeat: int) -> None:

@@ -8,7 +8,11 @@ a block's extreme value matters) at B=16 under nested statistics, on a sample of
 normal values (seed 7), against quantize() on 4 × 2^24 values (seeds 100-103), standard
 errors over 256-block groups.
 
-    python benchmarks/measure_sample_laws.py
+    python benchmarks/measure_sample_laws.py [--sizes 300,10000,200000] [--blocksizes 2,16,256,4096]
+                                             [--mc-log2n 22] [--nested-log2n 24]
+
+``--sizes`` and ``--blocksizes``: the samples and block sizes of the first table; 2**mc-log2n
+Monte-Carlo values a seed for the 40-value sample, 2**nested-log2n for IQ4_NL.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 
 import quantbook
 import quantbook.derive.block as block
+from _cli import check_floors, int_list, run
 from quantbook.derive import evaluate
 from quantbook.derive.sources import Empirical
 
@@ -28,7 +33,7 @@ KEYS = ("mse_weight", "mae_weight", "mse_normalized", "mae_normalized")
 
 
 def _sample(n: int) -> Empirical:
-    rng = np.random.default_rng(7)
+    rng, n = np.random.default_rng(7), max(n, 0)   # a negative size: Empirical's refusal of an empty sample
     return Empirical(rng.standard_normal(n) + 0.8 * rng.exponential(1.0, n))
 
 
@@ -39,13 +44,28 @@ def _metrics(src, B, norm):
 
 
 def main(argv=None) -> None:
-    # no options, but --help answers rather than starting the measurement
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="300,10000,200000", help="comma-separated sample sizes of the first table")
+    ap.add_argument("--blocksizes", default="2,16,256,4096", help="comma-separated B of the first table")
+    ap.add_argument("--mc-log2n", type=int, default=22, help="2**N Monte-Carlo values a seed, 40-value sample")
+    ap.add_argument("--nested-log2n", type=int, default=24, help="2**N Monte-Carlo values a seed, IQ4_NL")
+    args = ap.parse_args(argv)
+    # two blocks of B=2 a seed; one 256-block group of B=16 a seed (four seeds: a spread)
+    check_floors(ap, args, mc_log2n=2, nested_log2n=12)
+    sizes, blocks = int_list(ap, args.sizes, "--sizes"), int_list(ap, args.blocksizes, "--blocksizes")
+    samples = {}
+    for flag, items, check in (("--sizes", sizes, lambda n: samples.setdefault(n, _sample(n))),
+                               ("--blocksizes", blocks, block._check_block_size)):
+        for v in items:   # the law's own checks, before the table starts
+            try:
+                check(v)
+            except ValueError as exc:
+                ap.error(f"{flag}: {exc}")
     print("largest relative difference of MSE/MAE (weight and normalised) from 16 nodes a piece")
     print(f"{'sample':>7} {'B':>5} {'normalization':>14} {'difference':>11} {'seconds':>8}")
-    for n in (300, 10_000, 200_000):
-        src = _sample(n)
-        for B in (2, 16, 256, 4096):
+    for n in sizes:
+        src = samples[n]
+        for B in blocks:
             for norm in ("absmax", "signed-absmax"):
                 t = time.perf_counter()
                 law = _metrics(src, B, norm)
@@ -62,7 +82,7 @@ def main(argv=None) -> None:
     print(f"\n40-value sample, B={B}, {norm}: (law - Monte Carlo) / standard error")
     for seed in (1, 2, 3, 4):
         rng = np.random.default_rng(seed)
-        x = src.rvs((2**22 // B, B), rng)
+        x = src.rvs((2**args.mc_log2n // B, B), rng)
         s = x[np.arange(x.shape[0]), np.argmax(np.abs(x), axis=1)][:, None]
         y = x / s
         q = quantbook.get("nf4").quantize(y.ravel()).reshape(y.shape)
@@ -73,7 +93,7 @@ def main(argv=None) -> None:
     ev = evaluate(cb, B, src, scale="nested")
     sq, ab = [], []
     for seed in range(100, 104):
-        x = np.asarray(src.rvs(1 << 24, random_state=np.random.default_rng(seed)), np.float32)
+        x = np.asarray(src.rvs(1 << args.nested_log2n, random_state=np.random.default_rng(seed)), np.float32)
         p, st = quantbook.quantize(x, cb, B, backend="cpu", nested=True)
         d = x.astype(np.float64) - quantbook.dequantize(p, st, backend="cpu")
         sq.append((d**2).reshape(-1, 256 * B).mean(1))
@@ -86,4 +106,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -67,6 +67,17 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     # the README tables' fits at B = 16, 32 and 64: refused before the first table, not after it
     ("bench_derive_scaled.py", ["--readme", "--samples", "10000"],
      "--samples: samples=10000 must be a positive multiple of block_size=32"),
+    # --table and --readme each print their own tables: --readme beside --table was ignored, as
+    # was an option the run does not read
+    ("bench_derive_scaled.py", ["--table", "--readme"], "argument --readme: not allowed with argument --table"),
+    ("bench_derive_scaled.py", ["--table", "--samples", "1024"], "--samples is read by --readme only, not by --table"),
+    ("bench_derive_scaled.py", ["--readme", "--repeat", "1"], "--repeat is read by a timing run only, not by --readme"),
+    ("bench_derive_scaled.py", ["--mc-log2n", "12"], "--mc-log2n is read by --table only, not by a timing run"),
+    ("bench_derive_scaled.py", ["--table", "--mc-log2n", "4"], "--mc-log2n must be at least 5, got 4"),
+    ("bench_derive_scaled.py", ["--rules", "e4m3,e5m2"], "--rules takes e4m3, e8m0:floor, e8m0:ceil, e8m0:even, "
+     "e8m0:rceil, float16, bfloat16, nested, got 'e5m2'"),
+    ("bench_derive_scaled.py", ["--table", "--rules", "nested"], "--rules with --table takes e4m3, e8m0:floor, "
+     "e8m0:ceil, e8m0:even, e8m0:rceil, float16, bfloat16, got 'nested'"),
     ("bench_derive_vq.py", ["--cases", "2x"], "--cases takes comma-separated PxN such as 2x256, got '2x'"),
     ("bench_derive_vq.py", ["--samples", "0"], "samples must be a positive integer, got 0"),
     ("bench_derive_vq.py", ["--eval-samples", "1"], "--eval-samples must be at least 2, got 1"),
@@ -84,6 +95,13 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     ("bench_scaled_cpu.py", ["--log2n", "12", "--repeat", "0"], "--repeat must be at least 1, got 0"),   # inf
     ("bench_memory.py", ["--log2n", "11"], "--log2n must be from 12 to 30 (vq takes rows of 4096 values), got 11"),
     ("compare_fouroversix.py", ["--rows", "0"], "--rows must be at least 1, got 0"),
+    ("measure_law_gaps.py", ["--tensors", "1"], "--tensors must be at least 2, got 1"),
+    ("measure_law_gaps.py", ["--log2n", "4"], "--log2n must be at least 5, got 4"),
+    ("measure_law_gaps.py", ["--source", "nope"], "unknown source 'nope'"),
+    ("measure_sample_laws.py", ["--sizes", "300,1"], "--sizes: an empirical source needs at least 2 values"),
+    ("measure_sample_laws.py", ["--sizes", "300,-3"], "--sizes: an empirical source needs at least 2 values"),
+    ("measure_sample_laws.py", ["--blocksizes", "16,1"], "--blocksizes: block size must be between 2 and 10**7, got 1"),
+    ("measure_sample_laws.py", ["--nested-log2n", "11"], "--nested-log2n must be at least 12, got 11"),
 ])
 def test_a_bad_argument_is_refused_in_a_line_before_anything_runs(monkeypatch, capsys, script, args, said):
     """Status 2 and the reason, from the parser or the library's own check, before a table

@@ -6,10 +6,9 @@ stderr and status 1.
 In this process (the imports paid once), but for bench_gpu_host_work.py, which puts a stand-in
 ``cupy`` in ``sys.modules``, and bench_memory.py, which runs each case in a process of its own.
 Not run here, for their time: bench_model_quality.py (a model of SmolLM2's vocabulary, 15-20 s
-on 2 cores; tests/test_model_quality.py runs it on one layer), measure_law_gaps.py and
-measure_sample_laws.py (no option makes them small: about 20 s of CPU each) and
-compare_fouroversix.py (it downloads its reference package); tests/test_benchmarks_cli.py asks
-each for ``--help`` and checks the refusals of bad arguments.
+on 2 cores; tests/test_model_quality.py runs it on one layer) and compare_fouroversix.py (it
+downloads its reference package); tests/test_benchmarks_cli.py asks each for ``--help`` and
+checks the refusals of bad arguments.
 """
 
 from __future__ import annotations
@@ -59,8 +58,11 @@ CPU = [
     _case("bench_derive.py --samples --sample-size 20000 --blocksizes 16 --losses l2",
           r"^\s+sample\s+knots\s+B loss\s+wall s\s+cpu s", rf"^\s+normal\s+all\s+16\s+l2\s+{NUM}\s+{NUM}\s+\d+",
           "derive-samples"),
-    _case("bench_derive_scaled.py --repeat 1", r"^rule\s+B loss\s+ms/code", rf"^e4m3\s+16 l2\s+{NUM}\s+\d+",
-          "derive_scaled"),
+    _case("bench_derive_scaled.py --repeat 1 --rules e4m3,nested", r"^rule\s+B loss\s+ms/code",
+          rf"^nested\s+64 l2\s+{NUM}\s+\d+\s+{NUM}$", "derive_scaled"),
+    _case("bench_derive_scaled.py --table --rules e4m3 --mc-log2n 12", r"^### e4m3 B=16$",
+          rf"^\| lloyd-l1 \| {NUM}e-\d\d \| {NUM}e-\d\d \| {NUM} \| {NUM}e-\d\d \| {NUM}e-\d\d ± ",
+          "derive_scaled-table"),
     _case("bench_derive_scaled.py --readme --samples 1024", r"^### NVFP4 \(e4m3, B16\)$",
           rf"^\| search optimum, search:4over6 \| {NUM}e-\d\d ± ", "derive_scaled-readme"),
     _case("bench_derive_vq.py --table --cases 1x4 --samples 2000 --eval-samples 100", r"^\| P \| N \| bits/w \|",
@@ -75,6 +77,13 @@ CPU = [
     _case("bench_memory.py --log2n 12 --repeat 1 --ops quantize --layouts nf4 --backends cpu --dtypes float32",
           r"^\| case \| backend \| float32 traced / rss \(out\), s \|$",
           rf"^\| quantize nf4 \| cpu \| {NUM} / {NUM} \(0\.14\), {NUM} \|$", "memory"),
+    # the heavy tail's law (student-t:3) is most of measure_law_gaps' time: a light one here
+    _case("measure_law_gaps.py --tensors 2 --log2n 10 --source normal --nested-log2n 12",
+          r"^NVFP4 \(e4m3, B=16\), normal, 2 tensors of 2\^10: law ",
+          r"^nested statistics, iq4_nl at B=16, N\(0,1\), 2\^12 values: MAE increment law ", "law_gaps"),
+    _case("measure_sample_laws.py --sizes 300 --blocksizes 16 --mc-log2n 12 --nested-log2n 12",
+          r"^\s+sample\s+B\s+normalization\s+difference\s+seconds$", rf"^  MAE: law {NUM}e-\d\d, Monte Carlo ",
+          "sample_laws"),
     _case("emulated_coalescing.py --summary --family sanitize", r"^family\s+kernel\s+array\s+dir\s+runs\s+eff",
           r"^sanitize\s+qb_sanitize\s+x\s+load\s+\d+ \d\.\d{3}-", "emulated_coalescing"),
 ]
