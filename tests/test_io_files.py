@@ -6,6 +6,7 @@ References are the operating system's own view: file contents read back byte for
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -232,3 +233,99 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path):
             check_output_path(out, inputs=["normal", tmp_path / "missing.json", src])
     assert check_output_path(tmp_path / "new.json", inputs=[src]) == tmp_path / "new.json"
     assert src.read_text() == "kept"
+
+
+# ------------------------------------------------------------- the operating system's errors
+def _cli_error(capsys, *args: str) -> str:
+    """What ``quantbook ARGS`` says on stderr when it refuses them (status 2, one line)."""
+    from quantbook.cli import main
+
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.rstrip("\n")
+
+
+def _shortened(text: str) -> str:
+    return text[:60] + "..." + text[-40:]   # the start and end of a name over 120 characters, by hand
+
+
+def test_an_input_the_system_cannot_stat_or_read_is_one_line(tmp_path, capsys):
+    """A parent that is a file, a missing parent, a directory, a name too long and a file that
+    fails to read, through the codebook reader (`show`): each named with the system's reason
+    (os.strerror) and the name, a long one cut in the middle.  The long name was printed whole
+    (300 characters in a one-line message), with another spelling of the reason than outputs."""
+    (tmp_path / "f.json").write_text("{}")
+    (tmp_path / "d.json").mkdir()
+    under_file, long = tmp_path / "f.json" / "x.json", str(tmp_path / ("n" * 300 + ".json"))
+    assert _cli_error(capsys, "show", str(under_file)) == \
+        f"quantbook: error: cannot read {under_file}: {os.strerror(errno.ENOTDIR)}"
+    assert _cli_error(capsys, "show", str(tmp_path / "no" / "x.json")) == \
+        f"quantbook: error: no such codebook file: {tmp_path / 'no' / 'x.json'}"
+    assert _cli_error(capsys, "show", str(tmp_path / "d.json")) == \
+        f"quantbook: error: {tmp_path / 'd.json'} is a directory, not a codebook file"
+    assert _cli_error(capsys, "show", long) == f"quantbook: error: cannot read {_shortened(long)}: file name too long"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux's /proc/self/mem")
+def test_a_file_that_fails_to_read_is_one_line(tmp_path, capsys):
+    """A regular file whose read fails (/proc/self/mem at offset 0: an I/O error, for root too)."""
+    link = tmp_path / "mem.json"
+    link.symlink_to("/proc/self/mem")
+    assert _cli_error(capsys, "show", str(link)) == f"quantbook: error: cannot read {link}: {os.strerror(errno.EIO)}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file without read permission")
+def test_a_file_without_read_permission_is_one_line(tmp_path, capsys):
+    path = tmp_path / "cb.json"
+    path.write_text("{}")
+    os.chmod(path, 0)
+    assert _cli_error(capsys, "show", str(path)) == f"quantbook: error: cannot read {path}: {os.strerror(errno.EACCES)}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root searches a directory without search permission")
+def test_a_file_in_a_directory_without_search_permission_is_one_line(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cb.json").write_text("{}")
+    os.chmod(tmp_path / "d", 0o600)
+    try:
+        assert _cli_error(capsys, "show", str(tmp_path / "d" / "cb.json")) == \
+            f"quantbook: error: cannot read {tmp_path / 'd' / 'cb.json'}: {os.strerror(errno.EACCES)}"
+    finally:
+        os.chmod(tmp_path / "d", 0o700)
+
+
+def test_a_safetensors_name_too_long_is_the_readers_error(tmp_path):
+    """It was a bare OSError out of Path.is_dir (which passes over only some errors)."""
+    from quantbook.io.safetensors import SafetensorsError, SafetensorsFile
+
+    long = str(tmp_path / ("w" * 300 + ".safetensors"))
+    with pytest.raises(SafetensorsError) as info:
+        SafetensorsFile(long)
+    assert _one_line(info.value) == f"cannot read {_shortened(long)}: file name too long"
+
+
+def test_an_output_the_system_cannot_write_is_one_line(tmp_path, capsys):
+    """Under a file, under a missing directory, and (where it exists) /dev/full, whose writes
+    fail for want of space: the output's rules (quoted name, the system's reason)."""
+    (tmp_path / "f.json").write_text("{}")
+    out = tmp_path / "f.json" / "out.json"
+    assert _cli_error(capsys, "export", "nf4", "-o", str(out)) == \
+        f"quantbook: error: cannot write {str(out)!r}: {os.strerror(errno.ENOTDIR)}"
+    out = tmp_path / "no" / "out.json"
+    assert _cli_error(capsys, "export", "nf4", "-o", str(out)) == \
+        f"quantbook: error: cannot write {str(out)!r}: directory {str(out.parent)!r} does not exist"
+    if os.path.exists("/dev/full"):
+        assert _cli_error(capsys, "export", "nf4", "-o", "/dev/full") == \
+            f"quantbook: error: cannot write '/dev/full': {os.strerror(errno.ENOSPC)}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a directory without write permission")
+def test_an_output_in_a_read_only_directory_is_one_line(tmp_path, capsys):
+    os.chmod(tmp_path, 0o500)
+    try:
+        out = str(tmp_path / "out.json")
+        assert _cli_error(capsys, "export", "nf4", "-o", out) == \
+            f"quantbook: error: cannot write {out!r}: directory {str(tmp_path)!r} is not writable"
+    finally:
+        os.chmod(tmp_path, 0o700)

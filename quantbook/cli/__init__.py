@@ -96,10 +96,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and not isinstance(exc, ValueError) and exc.args:
         return _one_line(exc.args[0])  # str(KeyError) would quote the message
     if isinstance(exc, OSError) and exc.strerror:
-        name = exc.filename if exc.filename is not None else ""
-        name = os.fsdecode(name) if isinstance(name, bytes) else str(name)
-        if len(name) > 120:  # a name too long to open would flood the line
-            name = name[:60] + "..." + name[-40:]
+        from ..io.files import short_name
+
+        name = "" if exc.filename is None else short_name(exc.filename)
         return _one_line(f"{name}: {exc.strerror}" if name else exc.strerror)
     return _one_line(exc)
 

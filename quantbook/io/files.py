@@ -35,7 +35,7 @@ from typing import IO, Iterable, Iterator
 from ..numerics.arguments import check_int
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
-           "check_input_path", "check_input_file", "read_small_file", "parse_json", "dump_json"]
+           "check_input_path", "check_input_file", "read_small_file", "parse_json", "dump_json", "short_name"]
 
 
 class OutputPathError(ValueError):
@@ -50,10 +50,17 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def short_name(path: object) -> str:
+    """``path`` (an OSError's filename: a str, bytes, a path or a descriptor) as text for a
+    one-line message, its middle left out past 120 characters: a name long enough to be the
+    problem (too long to open) would flood the line."""
+    text = os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    text = os.fsdecode(text) if isinstance(text, bytes) else text
+    return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
+
+
 def _describe(path: str | os.PathLike) -> str:
-    text = os.fspath(path)
-    # a name long enough to be the problem would flood the one-line message
-    return repr(text if len(text) <= 120 else text[:60] + "..." + text[-40:])
+    return repr(short_name(path))
 
 
 def _stat(p: Path, shown: str) -> os.stat_result | None:
@@ -255,18 +262,18 @@ def check_input_file(path: str | os.PathLike, error: type[Exception], what: str 
     device or a socket: the readers size their input before reading it, or read it twice (a FIFO
     is empty the second time, and one without a writer blocks forever)."""
     check_input_path(path, what)
-    shown = os.fspath(path)
+    name, shown = os.fspath(path), short_name(path)
     try:
-        st = os.stat(shown)
+        st = os.stat(name)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such {what}: {shown}") from None
-    except OSError as exc:
-        raise error(f"cannot read {shown}: {exc.strerror or exc}") from None
+    except OSError as exc:   # a parent that is a file, a name too long, a directory not searchable
+        raise error(f"cannot read {shown}: {_os_reason(exc)}") from None
     if not stat.S_ISREG(st.st_mode):
         kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
                 else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
         raise error(f"{shown} is {kind}, not a {what}")
-    return Path(shown)
+    return Path(name)
 
 
 def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: int,
@@ -274,13 +281,13 @@ def read_small_file(path: str | os.PathLike, error: type[Exception], max_bytes: 
     """The bytes of a small input file.  ``FileNotFoundError`` when it is missing; ``error``
     (one line) for anything but a regular file (:func:`check_input_file`), an unreadable file
     or one over ``max_bytes`` (read up to the limit: it may grow while it is read)."""
-    shown = os.fspath(path)
-    check_input_file(shown, error, what)
+    name, shown = os.fspath(path), short_name(path)
+    check_input_file(name, error, what)
     try:
-        with open(shown, "rb") as f:
+        with open(name, "rb") as f:
             data = f.read(max_bytes + 1)
-    except OSError as exc:
-        raise error(f"cannot read {shown}: {exc.strerror or exc}") from None
+    except OSError as exc:   # no permission to read, an I/O error
+        raise error(f"cannot read {shown}: {_os_reason(exc)}") from None
     if len(data) > max_bytes:
         raise error(f"{shown} is larger than {max_bytes // 2**20} MiB: not a {what}")
     return data

@@ -152,7 +152,7 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         p = check_input_path(path, "safetensors file")   # every reader opens the file here
-        if p.is_dir():
+        if os.path.isdir(p):   # Path.is_dir raises for a name too long: check_input_file says so
             raise ValueError(f"{path} is a directory, not a safetensors file (a model directory holds its "
                              "weights in one, e.g. its model.safetensors)")
         check_input_file(p, SafetensorsError, "safetensors file")
