@@ -582,3 +582,45 @@ def test_embed_metrics_against_an_independent_computation(tmp_path):
     assert 1 - row["cosine_min"] == pytest.approx(1 - cos.min(), rel=1e-4)
     worst = task.sentences[int(np.argmin(cos))]
     assert row["worst_sentence"] == (worst if len(worst) <= 120 else worst[:117] + "...")
+
+
+@pytest.mark.parametrize("task", ["lm", "embed"])
+def test_cli_task_table(tmp_path, capsys, task):
+    """`evaluate-model --task` without --json prints the table: the header (what was read), one
+    row per codebook in its columns, and for embed the worst sentence.  Independent facts: the
+    model's own nn.Linear count and size (BERT's pooler never read), the unquantized row stores
+    float32 (32 bits a weight, no error: SQNR inf, KL 0, the same top token, cosine 1), nf4 at
+    B=64 stores 4 bits and a float32 absmax a block (4.5); the measured columns are the --json
+    run's numbers as the table rounds them."""
+    model, tok, text = _tiny_model(task, tmp_path)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "t.txt").write_text(text)
+    argv = ["evaluate-model", str(tmp_path / "m"), "--task", task, "--text", str(tmp_path / "t.txt"), "-c", "nf4",
+            "--tokens", "256", "--context", "64", "--device", "cpu", "--backend", "numpy"]
+    assert main(argv + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["codebooks"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    read = [m.weight.numel() for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not n.startswith("pooler.")]
+    unread = "; pooler.dense.weight left out, never read by the task" if task == "embed" else ""
+    assert lines[0].startswith(f"{tmp_path / 'm'}: task {task}, {len(read)} linear weights ({sum(read):,}{unread}), "
+                               "block size 64, float32 absmax; ")
+    assert lines[0].endswith("; device cpu") and lines[1] == ""
+    cols = ["PPL", "KL mean", "KL p99", "same top %"] if task == "lm" else ["cos mean", "cos worst"]
+    assert [w.strip() for w in lines[2].split("  ") if w.strip()] == ["codebook", "bits/w", "SQNR dB", *cols, "s"]
+    rows = {line.split()[0]: line.split() for line in lines[3:5]}
+    assert list(rows) == ["unquantized", "nf4"]
+    assert rows["unquantized"][1:3] == ["32.0000", "inf"] and rows["nf4"][1] == "4.5000"
+    keys = ["perplexity", "kl_mean", "kl_p99", "same_top_pct"] if task == "lm" else ["cosine_mean", "cosine_min"]
+    for label, row in rows.items():
+        assert len(row) == 3 + len(keys) + 1
+        assert float(row[2]) == pytest.approx(d[label]["sqnr_db"] or math.inf, abs=5e-4)   # JSON's null: inf
+        for key, cell in zip(keys, row[3:]):
+            assert float(cell) == pytest.approx(d[label][key], rel=1e-4, abs=1e-5), (label, key)
+    if task == "lm":
+        assert rows["unquantized"][4:7] == ["0.00000", "0.00000", "100.00"] and len(lines) == 5
+    else:
+        assert rows["unquantized"][3:5] == ["1.000000", "1.000000"]
+        assert lines[5] == "" and lines[6].startswith("worst sentence (nf4): ") and len(lines) == 7
