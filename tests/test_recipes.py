@@ -153,3 +153,44 @@ def test_a_transcription_never_fails_the_audit():
     assert row.status == "transcribed" and not row.failed and "differs" in row.explanation
     with pytest.raises(ValueError, match="expect must be one of"):
         Published(cb, "test", expect="roughly")
+
+
+@pytest.mark.parametrize("kw, said", [
+    (dict(fixed="-1,a,1"), "fixed levels must be comma-separated numbers like -1,0,1 (or none), got '-1,a,1'"),
+    (dict(fixed=[float("nan")]), "fixed levels must be finite, got [nan]"),
+    (dict(fixed=[2.0]), "fixed levels must lie in [-1, 1] under absmax, got [2.0]"),
+    (dict(fixed=[-1, 0.5, 1], symmetric=True), "symmetric codebooks need symmetric fixed levels, got [-1.0, 0.5, 1.0]"),
+    (dict(bits=1), "3 fixed levels [-1.0, 0.0, 1.0] do not fit in 1 bit(s); free them with fixed=() (--fix none)"),
+    (dict(bits=2, fixed=[-1, -0.5, 0.5, 1]), "all 4 levels are fixed; nothing to derive"),
+    (dict(normalization="none", source="student-t:2", fixed=()),
+     "student-t:2 has infinite variance: no L2 quantizer without normalisation"),
+    (dict(loss="l1", normalization="none", source="student-t:1", fixed=()),
+     "student-t:1 has no finite mean: no L1 quantizer without normalisation"),
+    (dict(scale=3), "scale must be a rule name such as e4m3 or e8m0:floor, got 3"),
+    (dict(scale="e4m3", normalization="signed-absmax"),
+     "a scale rule maps the block's absolute maximum: normalization must be absmax, got 'signed-absmax'"),
+    (dict(scale="e4m3", fixed=[0]), "a scale rule maps the block maximum to the table's largest magnitude: the "
+                                    "fixed levels must include -1 and 1, got [0.0]"),
+    (dict(scale="e8m0:floor", tensor_size=1024), "scale rule 'e8m0:floor' has no tensor scale: tensor_size does "
+                                                 "not apply"),
+    (dict(bits=8, scale="e4m3"), "the scaled layouts store 4-bit codes: bits must be 1 to 4, got 8"),
+])
+def test_lloyd_recipe_refusals_say_what_is_wrong(kw, said):
+    """Each refusal of a Lloyd recipe's parameters, word for word (4-bit L2 at B=64 unless given)."""
+    args = {"bits": 4, "block_size": 64, "loss": "l2", **kw}
+    with pytest.raises(ValueError) as info:
+        LloydRecipe(**args)
+    assert str(info.value) == said
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"loss": 3}, "recipe for 'lloyd': parameter 'loss' must be a string, got 3"),
+    ({"bits": "4"}, "recipe for 'lloyd': parameter 'bits' must be an integer, got '4'"),
+    ({"fixed": [1, "a"]}, "recipe for 'lloyd': parameter 'fixed' must be a list of numbers, got the entry 'a'"),
+    ({"qmax": "6"}, "recipe for 'lloyd': parameter 'qmax' must be a number, got '6'"),
+])
+def test_a_recipe_file_with_a_wrong_type_names_the_parameter(change, said):
+    d = {**LloydRecipe(4, 64, "l2").to_dict(), **change}
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_dict(d)
+    assert str(info.value) == said

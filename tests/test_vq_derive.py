@@ -248,3 +248,22 @@ def test_the_description_counts_the_vectors_drawn():
     r = VQRecipe(dim=2, points=4, samples=1000, scale="absmax", block_size=4096)
     assert draw_vectors(r.source, 2, 1000, 0, "absmax", 4096).shape == (2048, 2)
     assert "Lloyd on 2048 vectors (1000 asked, in whole blocks)" in r.derive().source
+
+
+PLUS = np.array([[0.0, 0.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
+
+
+@pytest.mark.parametrize("call, error, said", [
+    (lambda: vector_errors(PLUS, np.zeros((3, 3))), ValueError, "need rows of 2 values, got shape (3, 3)"),
+    (lambda: vector_errors(PLUS, np.array([[np.nan, 0.0]])), ValueError, "the sample holds non-finite values"),
+    (lambda: cell_stats(PLUS, np.zeros((1, 2))), ValueError, "need at least two rows of 2 values, got shape (1, 2)"),
+    (lambda: cell_stats(PLUS, np.array([[np.inf, 0.0], [0.0, 0.0]])), ValueError, "the sample holds non-finite values"),
+    (lambda: solve_vq(VQRecipe(dim=2, points=4, samples=1000), dim=2), TypeError, "give a recipe or options, not both"),
+    # a dict or a name was an AttributeError on its .dim
+    (lambda: solve_vq({"dim": 2}), TypeError, "recipe must be a VQRecipe (or leave it out and give its options), "
+     "got dict"),
+])
+def test_vq_derivation_refusals_say_what_is_wrong(call, error, said):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == said

@@ -523,9 +523,12 @@ def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **option
     """Derive the codebook of ``recipe`` (or of ``VQRecipe(**options)``): the module's algorithm,
     with the details of the run."""
     progress = check_flag(progress, "progress")
-    r = recipe if recipe is not None else VQRecipe(**options)
+    if recipe is not None and not isinstance(recipe, VQRecipe):   # a dict or a name failed on r.dim
+        raise TypeError(f"recipe must be a VQRecipe (or leave it out and give its options), got "
+                        f"{type(recipe).__name__}")
     if recipe is not None and options:
         raise TypeError("give a recipe or options, not both")
+    r = recipe if recipe is not None else VQRecipe(**options)
     t0 = time.perf_counter()
     p = r.dim
     groups = r.points // orbit_size(p) if r.symmetric else r.points
