@@ -672,3 +672,38 @@ def test_from_dict_reads_a_scalar_array_field_as_one_entry(field, scalar):
             qb.dequantize(packed, qb.QuantState.from_dict(d), "numpy")
     else:
         assert qb.QuantState.from_dict(d).code.tolist() == [np.float32(float(scalar))]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("narrow", [np.int16, np.uint16, np.int32])
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_numpy_integer_block_size_in_a_state_is_its_value(backend, narrow, nested):
+    """A state built field by field with numpy integer block sizes decodes as with Python ints:
+    numpy 2 kept their width in the counts, so size // np.int16(64) overflowed at 40000 values
+    (any size for an unsigned one).  The reference is the format's rule, by hand."""
+    if BACKENDS[backend].unavailable():
+        pytest.skip(BACKENDS[backend].unavailable())
+    n = 40000
+    x = np.random.default_rng(11).standard_normal(n).astype(np.float32)
+    packed, st = qb.quantize(x, "nf4", 64, nested=nested, backend="numpy")
+    if nested:   # float32(float32(map[q] * nested_absmax[i // 256]) + offset)
+        s = np.repeat(st.nested_absmax, 256)[: st.absmax.size]
+        scales = ((st.nested_quant_map[st.absmax] * s).astype(np.float32) + np.float32(st.nested_offset))
+        st.nested_blocksize = narrow(256)
+    else:
+        scales = st.absmax
+    want = np.repeat(scales.astype(np.float32), 64)[:n] * st.code[F.unpack_codes(packed, 4, n)]
+    st.blocksize = narrow(64)
+    got = qb.dequantize(packed, st, backend=backend)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.astype(np.float32).view(np.uint32))
+    assert type(st.blocksize) is int and (not nested or type(st.nested_blocksize) is int)
+
+
+def test_a_state_of_more_than_2_31_values_counts_its_blocks_in_python_ints():
+    """2**31 + 64 values in blocks of np.int32(64): 2**25 + 1 blocks, and a short absmax is
+    named as such (the count overflowed int32 before)."""
+    st = qb.QuantState(absmax=np.ones(3, np.float32), shape=(2**25 + 1, 64), dtype=np.dtype(np.float16),
+                       blocksize=np.int32(64), code=qb.get("nf4").code_f32, quant_type="nf4")
+    assert st.n_blocks == 2**25 + 1
+    with pytest.raises(ValueError, match=f"^absmax has 3 entries, expected {2**25 + 1}$"):
+        st.validate()

@@ -184,7 +184,7 @@ class QuantState:
 
     @property
     def n_blocks(self) -> int:
-        return -(-self.size // self.blocksize)
+        return F.n_blocks(self.size, self.blocksize)
 
     def absmax_f32(self) -> np.ndarray:
         """Per-block float32 scales (dequantizing the nested statistics, or decoding the
@@ -225,7 +225,9 @@ class QuantState:
         """:meth:`validate` but the values of the per-block scales (the plain layout's absmax,
         a scaled state's stored values), which :meth:`_check_scales` checks."""
         F.check_bits(self.bits)
-        F.check_block_size(self.blocksize)
+        # Python ints: a numpy integer block size would carry its width into every count
+        # (size // np.int16(64) overflows int16 under numpy 2's rules)
+        self.blocksize = F.check_block_size(self.blocksize)
         if not isinstance(self.shape, (tuple, list)) or not all(F.is_int(s) and s >= 0 for s in self.shape):
             raise ValueError(f"shape must be a tuple of non-negative integers, got {self.shape!r}")
         try:   # np.dtype(None) would be float64
@@ -246,7 +248,7 @@ class QuantState:
         if self.nested:
             _expect_array("absmax", self.absmax, np.uint8, nb)
             try:   # the byte format's block sizes: every backend's nested decode takes them
-                F.check_block_size(self.nested_blocksize)
+                self.nested_blocksize = F.check_block_size(self.nested_blocksize)
             except ValueError:
                 raise ValueError(f"nested_blocksize must be a power of two from {F.MIN_BLOCK} to {F.MAX_BLOCK}, "
                                  f"got {self.nested_blocksize!r}") from None
