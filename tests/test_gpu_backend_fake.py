@@ -265,6 +265,24 @@ def test_nested_helpers(cp):
     assert np.array_equal(r.view(np.uint32), r_ref.view(np.uint32))
 
 
+
+@pytest.mark.parametrize("narrow", [np.int16, np.uint16])
+def test_the_launchers_count_blocks_of_a_numpy_integer_size_in_python_ints(cp, narrow):
+    """quantize_gpu, dequantize_gpu and the nested decode with a numpy integer block size
+    (40000 values): their counts of blocks overflowed its width under numpy 2's rules."""
+    x = np.random.default_rng(9).standard_normal(40000).astype(np.float32)
+    code = np.asarray(registry.get("nf4").code, np.float32)
+    p, a = G.quantize_gpu(fake_device(x), code, 4, narrow(64))
+    p_ref, a_ref = R.quantize_reference(x, code, 4, 64)
+    assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
+    d = G.dequantize_gpu(p, a, code, 4, narrow(64), x.size, np.float32)
+    assert np.array_equal(d.view(np.uint32), R.dequantize_reference(p_ref, a_ref, code, 4, 64, x.size,
+                                                                   np.float32).view(np.uint32))
+    q, nested, off = G.quantize_absmax_nested(fake_device(a_ref))
+    r = G.dequantize_absmax_nested(q, nested, off, nested_blocksize=narrow(256))
+    r_ref = dequantize_nested(q, nested, off, dynamic_map(), 256)
+    assert np.array_equal(r.view(np.uint32), r_ref.view(np.uint32))
+
 def test_nested_quantize_of_a_nan_is_bitsandbytes():
     """A NaN in one warp of a 256-block: its nested maximum is NaN (every warp's maximum
     taken NaN-first, as numpy's) and its codes are those of -1 (bitsandbytes on x86)."""

@@ -327,7 +327,7 @@ def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
     xd, key, keep = _as_device(x, input_dtype)  # rejects host arrays before needing CuPy
     cp = _cupy()
     n = int(xd.size)
-    nblocks = -(-n // blocksize)
+    nblocks = F.n_blocks(n, blocksize)
     packed = cp.empty(F.packed_length(n, bits), dtype=cp.uint8)
     absmax = cp.empty(nblocks, dtype=cp.float32)
     if n == 0:
@@ -405,8 +405,8 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
     need = F.packed_length(n, bits)
     if pk.size < need:
         raise ValueError(f"packed holds {pk.size} bytes, {need} needed for n={n}, bits={bits}")
-    if am.size < -(-n // blocksize):
-        raise ValueError(f"absmax holds {am.size} values, {-(-n // blocksize)} needed")
+    if am.size < F.n_blocks(n, blocksize):
+        raise ValueError(f"absmax holds {am.size} values, {F.n_blocks(n, blocksize)} needed")
     out, view = _empty_out(n, key)
     if n == 0:
         return out if view is None else view
@@ -525,7 +525,7 @@ def dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code=None,
     q = cp.ascontiguousarray(cp.asarray(qabsmax)).reshape(-1).view(cp.uint8)
     na = cp.ascontiguousarray(cp.asarray(nested_absmax, dtype=cp.float32)).reshape(-1)
     n = int(q.size)
-    if na.size < -(-n // nested_blocksize):
+    if na.size < F.n_blocks(n, nested_blocksize):
         raise ValueError("nested_absmax is too short for qabsmax")
     out = cp.empty(n, dtype=cp.float32)
     if n == 0:
