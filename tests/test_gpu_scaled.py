@@ -754,6 +754,25 @@ def test_launchers_unaligned_and_errors(fake_cp):
         GS.scaled_amax_gpu(np.ones(8, np.float32), 16)
 
 
+
+@pytest.mark.parametrize("b", [2**31, 2**32])
+def test_launchers_refuse_a_block_past_the_kernels_int(fake_cp, b):
+    """The kernels take the block size as an int: 2**31 and more are refused by name (numpy 2
+    raised its OverflowError at the launch; numpy 1 cut 2**32 to a block size of 0)."""
+    table = _table("nf4")
+    x = fake_device(np.linspace(-3, 2, 1000, dtype=np.float32))
+    f = np.ones(1, np.float32)
+    p = fake_device(np.zeros(500, np.uint8))
+    for call in (lambda: GS.scaled_amax_gpu(x, b), lambda: GS.scaled_encode_gpu(x, f, False, table, b),
+                 lambda: GS.scaled_decode_gpu(p, f, table, b, 1000, np.float32),
+                 lambda: GS.scaled_errors_gpu(x, f, False, f, table, b, "l1"),
+                 lambda: GS.scaled_ggml_gpu(x, table, b, 7)):
+        with pytest.raises(ValueError, match=f"^the gpu's scaled-layout kernels take block sizes up to "
+                                             f"{2**31 - 2}, got {b}$"):
+            call()
+    # the largest one still runs: one block, its maximum |x| = 3
+    assert np.asarray(GS.scaled_amax_gpu(x, 2**31 - 2)).tolist() == [3.0]
+
 # ------------------------------------------------------------------ a real device
 _OK, _WHY = G.gpu_available()
 needs_gpu = pytest.mark.skipif(not _OK, reason=f"needs a CUDA device and CuPy ({_WHY})")

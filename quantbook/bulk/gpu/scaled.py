@@ -224,7 +224,13 @@ def _check_block_size(block_size: int) -> int:
     b = int(block_size)
     if b < 2 or b % 2:
         raise ValueError(f"the scaled layouts need an even block size >= 2, got {block_size!r}")
+    if b > _MAX_BLOCK:   # the kernels take it as an int: refused, never cut to 32 bits
+        raise ValueError(f"the gpu's scaled-layout kernels take block sizes up to {_MAX_BLOCK}, got {b}")
     return b
+
+
+#: the largest even block size an ``int B`` kernel argument holds
+_MAX_BLOCK = 2**31 - 2
 
 
 # ---- device launches -------------------------------------------------------------------------
