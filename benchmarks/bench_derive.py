@@ -32,7 +32,7 @@ import tracemalloc
 
 import numpy as np
 
-from _cli import check_floors, int_list, run
+from _cli import check_floors, int_list, only_in, run
 from quantbook.derive.block import _cached_measure
 from quantbook.derive.lloyd import solve_lloyd, quantile
 from quantbook.derive.recipes import LloydRecipe
@@ -107,16 +107,18 @@ def samples(n, repeat, blocks, losses):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mc-samples", type=int, default=4_000_000)
+    ap.add_argument("--mc-samples", type=int, default=None, help="the Monte-Carlo Lloyd's sample (4000000)")
     ap.add_argument("--repeat", type=int, default=None, help="3, or 1 with --samples")
     ap.add_argument("--samples", action="store_true", help="Lloyd-Max on sample sources (module docstring)")
-    ap.add_argument("--sample-size", type=int, default=200_000)
+    ap.add_argument("--sample-size", type=int, default=None, help="--samples: values a source (200000)")
     ap.add_argument("--blocksizes", default=None,
                     help="comma-separated B (default 16,32,...,16384; 16,64 with --samples)")
     ap.add_argument("--losses", default=None, help="comma-separated l1, l2 (default both)")
     args = ap.parse_args()
     # the Monte-Carlo Lloyd needs one block: with none it would compare an empty sample
     check_floors(ap, args, repeat=1, sample_size=2, mc_samples=MC_BLOCK)
+    only_in(ap, args, "--samples" if args.samples else "a timing run",
+            sample_size="--samples", mc_samples="a timing run")
     default = "16,64" if args.samples else ",".join(str(2**k) for k in range(4, 15))
     blocks = int_list(ap, args.blocksizes or default, "--blocksizes")
     losses = (args.losses or ("l2,l1" if args.samples else "l1,l2")).split(",")
@@ -127,9 +129,10 @@ def main():
             except ValueError as exc:
                 ap.error(str(exc))
     if args.samples:
-        samples(args.sample_size, args.repeat or 1, blocks, losses)
+        samples(args.sample_size or 200_000, args.repeat or 1, blocks, losses)
         return
     args.repeat = args.repeat or 3
+    args.mc_samples = args.mc_samples or 4_000_000
     print(f"{'B':>6} {'loss':>4} {'ms/code':>8} {'iters':>5} {'change':>9}")
     worst = 0.0
     for loss in losses:

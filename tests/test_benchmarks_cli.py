@@ -63,6 +63,10 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     ("bench_derive.py", ["--mc-samples", "10"], "--mc-samples must be at least 64, got 10"),   # an empty sample
     ("bench_derive.py", ["--blocksizes", "16,x"], "--blocksizes takes comma-separated integers, got '16,x'"),
     ("bench_derive.py", ["--losses", "l3"], "loss must be one of l1, l2, got 'l3'"),
+    # each run reads one of the two sample sizes: the other was ignored
+    ("bench_derive.py", ["--sample-size", "1000"], "--sample-size is read by --samples only, not by a timing run"),
+    ("bench_derive.py", ["--samples", "--mc-samples", "1000"],
+     "--mc-samples is read by a timing run only, not by --samples"),
     ("bench_derive_scaled.py", ["--repeat", "0"], "--repeat must be at least 1, got 0"),
     # the README tables' fits at B = 16, 32 and 64: refused before the first table, not after it
     ("bench_derive_scaled.py", ["--readme", "--samples", "10000"],
