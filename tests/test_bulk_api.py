@@ -5,6 +5,7 @@ from first principles and bitsandbytes' published table, not from the code's ear
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -104,6 +105,25 @@ def test_torch_cpu_tensors_are_read_as_their_numpy_values():
     pts = np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32)
     idx, vst = qb.bulk.quantize_vq(t.bfloat16(), torch.from_numpy(pts).requires_grad_(True), rotate=None)
     assert np.array_equal(idx, qb.bulk.quantize_vq(ref, pts, rotate=None)[0]) and vst.dtype == ref.dtype
+
+
+def test_a_non_contiguous_input_is_refused_with_a_copy_that_works_for_it():
+    """The copy the error names is made as named and quantized: numpy cannot copy a torch
+    bfloat16 tensor (torch hands it no bfloat16), so a tensor is told to copy itself."""
+    torch = pytest.importorskip("torch")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    t = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    ref = np.ascontiguousarray(t.numpy().T)
+    with pytest.raises(TypeError):   # what the numpy advice did with a bfloat16 tensor
+        np.ascontiguousarray(t.bfloat16().T)
+    for x, copy, make, want in [(t.numpy().T, "np.ascontiguousarray(x)", np.ascontiguousarray, ref),
+                                (t.T, "x.contiguous()", torch.Tensor.contiguous, ref),
+                                (t.bfloat16().T, "x.contiguous()", torch.Tensor.contiguous,
+                                 ref.astype(ml_dtypes.bfloat16))]:
+        with pytest.raises(ValueError, match=r"^x is not C-contiguous \(shape \(32, 64\), strides .*\); pass "
+                           + re.escape(copy) + " — quantize does not copy silently$"):
+            qb.quantize(x, "nf4", 64)
+        assert np.array_equal(qb.quantize(make(x), "nf4", 64)[0], qb.quantize(want, "nf4", 64)[0])
 
 
 def test_quant_state_dict_roundtrip():

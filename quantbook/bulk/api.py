@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
-from ..numerics.arguments import check_flag, check_int, host_array
+from ..numerics.arguments import check_flag, check_int, host_array, is_torch_tensor
 from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
 from .backend import (BACKENDS, Backend, check_input_dtype, get_backend, host_backend_error, is_device_array,
@@ -84,6 +84,8 @@ def _c_contiguous(shape: tuple[int, ...], strides: Any, itemsize: int) -> bool:
 def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     """``(x, shape, dtype)`` of a float32/float16/bfloat16 C-contiguous non-empty array."""
     device = is_device_array(x)
+    # numpy cannot copy a torch bfloat16 tensor, and a device array is not numpy's to copy
+    copy = "x.contiguous()" if is_torch_tensor(x) else "a contiguous copy" if device else "np.ascontiguousarray(x)"
     if not device:
         x = host_array(x, "x")
     name = check_input_dtype(x)
@@ -95,17 +97,16 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
             strides = tuple(int(v) * _itemsize(x.dtype) for v in x.stride())
         else:
             strides = x.__cuda_array_interface__.get("strides")
-        if not _c_contiguous(shape, strides, _itemsize(x.dtype)):
-            raise ValueError(f"x is not C-contiguous (shape {shape}, strides {tuple(strides)}); "
-                             "pass a contiguous copy — quantize does not copy silently")
-        return x, shape, dtype_from_name(name)
-    if not x.dtype.isnative:  # the kernels read the bits in native order
-        raise ValueError(f"x has non-native byte order (dtype {x.dtype.str}); "
-                         f"convert with x.astype(np.{name})")
-    if not x.flags.c_contiguous:
-        raise ValueError(f"x is not C-contiguous (shape {shape}, strides {x.strides}); "
-                         "pass np.ascontiguousarray(x) — quantize does not copy silently")
-    return x.reshape(-1), shape, x.dtype
+        contiguous = _c_contiguous(shape, strides, _itemsize(x.dtype))
+    else:
+        if not x.dtype.isnative:  # the kernels read the bits in native order
+            raise ValueError(f"x has non-native byte order (dtype {x.dtype.str}); "
+                             f"convert with x.astype(np.{name})")
+        strides, contiguous = x.strides, x.flags.c_contiguous
+    if not contiguous:
+        raise ValueError(f"x is not C-contiguous (shape {shape}, strides {tuple(strides)}); "
+                         f"pass {copy} — quantize does not copy silently")
+    return (x, shape, dtype_from_name(name)) if device else (x.reshape(-1), shape, x.dtype)
 
 
 def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool = False,

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_int", "check_flag", "check_names", "random_generator", "host_array", "bfloat16",
-           "one_line"]
+__all__ = ["is_int", "check_int", "check_flag", "check_names", "random_generator", "is_torch_tensor", "host_array",
+           "bfloat16", "one_line"]
 
 
 def is_int(v: Any) -> bool:
@@ -95,6 +95,11 @@ _TORCH_BITS = {"bfloat16": "int16", "float8_e4m3fn": "uint8", "float8_e5m2": "ui
                "float8_e4m3fnuz": "uint8", "float8_e5m2fnuz": "uint8"}
 
 
+def is_torch_tensor(v: Any) -> bool:
+    """``v`` is a torch tensor (on any device), told without importing torch."""
+    return hasattr(v, "detach") and hasattr(v, "numpy")
+
+
 def host_array(v: Any, what: str = "x", error: type[ValueError] = ValueError) -> np.ndarray:
     """``v`` as a plain numpy array: the one rule for every array a user hands a public function.
 
@@ -111,7 +116,7 @@ def host_array(v: Any, what: str = "x", error: type[ValueError] = ValueError) ->
 
     ``error``: the ValueError subclass the caller raises (a CodebookError, a SourceError).
     """
-    if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
+    if is_torch_tensor(v):
         try:
             t = v.detach().cpu().resolve_conj().resolve_neg()
             name = str(t.dtype).replace("torch.", "")
