@@ -227,6 +227,42 @@ def test_a_state_whose_fields_contradict_each_other_is_refused(make, message):
         make(st, sc).validate()
 
 
+def test_a_state_shape_is_a_tuple_as_a_vq_state_shape_is():
+    """Both states hold a tuple (as their dicts give and ``from_dict`` makes of a stored list):
+    a list put in by hand is refused, as a VQState refused it, not carried into repr and dicts."""
+    from quantbook.bulk.vq import quantize_vq
+
+    x = np.random.default_rng(7).standard_normal((4, 64)).astype(np.float32)
+    packed, st = qb.quantize(x, "nf4", 64)
+    vst = quantize_vq(x, np.random.default_rng(0).standard_normal((16, 2)).astype(np.float32), rotate=None)[1]
+    for state, said in [(st, "a tuple of non-negative"), (vst, "a non-empty tuple of positive")]:
+        state.shape = [4, 64]
+        with pytest.raises(ValueError, match=rf"^shape must be {said} integers, got \[4, 64\]$"):
+            state.validate()
+    assert qb.QuantState.from_dict(dict(_edit(st, shape=(4, 64)).as_dict(), shape=[4, 64])).shape == (4, 64)
+
+
+def test_a_scalar_field_is_one_number_rule_and_a_stored_0d_array_is_read_by_from_dict():
+    """``nested_offset`` and ``tensor_scale`` take the same numbers (a numpy integer too, as
+    ``from_dict`` reads one); a 0-d array is a stored form that ``from_dict`` reads, not a
+    field's value, for these as for ``blocksize``."""
+    x = np.random.default_rng(7).standard_normal(256).astype(np.float32)
+    packed, st = qb.quantize(x, "e2m1", 16, scale="e4m3")
+    want = qb.dequantize(packed, _edit(st, tensor_scale=2.0))   # the same scale as a Python float
+    assert not np.array_equal(want, qb.dequantize(packed, _edit(st, tensor_scale=4.0)))
+    np.testing.assert_array_equal(qb.dequantize(packed, _edit(st, tensor_scale=np.int64(2))), want)
+    for stored in (np.int64(2), np.array(2.0, np.float32)):
+        back = qb.QuantState.from_dict(dict(_edit(st, tensor_scale=2.0).as_dict(), tensor_scale=stored))
+        assert type(back.tensor_scale) in (int, float) and back.tensor_scale == 2
+    with pytest.raises(ValueError, match=r"^scale rule e4m3 needs a tensor_scale that is a positive finite number, "
+                       r"got array\(2\., dtype=float32\)$"):
+        _edit(st, tensor_scale=np.array(2.0, np.float32)).validate()
+    _, nst = qb.quantize(x, "nf4", 64, nested=True)
+    _edit(nst, nested_offset=np.int64(1)).validate()
+    with pytest.raises(ValueError, match=r"^nested_offset must be a finite number, got array\(1\.\)$"):
+        _edit(nst, nested_offset=np.array(1.0)).validate()
+
+
 def test_from_dict_names_what_is_missing_or_not_a_mapping():
     x = np.random.default_rng(8).standard_normal(256).astype(np.float32)
     d = qb.quantize(x, "nf4", 64, nested=True)[1].as_dict()

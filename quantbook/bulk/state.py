@@ -15,7 +15,7 @@ from ..scales.steps import decode_table
 from . import format as F
 from .nested import dequantize_nested
 
-__all__ = ["QuantState", "dtype_name", "dtype_from_name", "first_bad_scale"]
+__all__ = ["QuantState", "dtype_name", "dtype_from_name", "first_bad_scale", "check_shape"]
 
 _DTYPE_NAMES = F.DTYPES
 
@@ -42,6 +42,23 @@ def dtype_from_name(name: Any) -> np.dtype:
     if name not in _DTYPE_NAMES:
         raise ValueError(f"unsupported dtype {name!r}; expected one of {', '.join(_DTYPE_NAMES)}")
     return np.dtype(name)
+
+
+def check_shape(shape: Any, positive: bool = False) -> None:
+    """A state's ``shape``: a tuple (``from_dict`` makes one of a stored list) of non-negative
+    integers; with ``positive`` (a VQ state reads rows along the last axis) a non-empty tuple of
+    positive ones."""
+    low = 1 if positive else 0
+    if not isinstance(shape, tuple) or (positive and not shape) or not all(F.is_int(s) and s >= low for s in shape):
+        what = "a non-empty tuple of positive" if positive else "a tuple of non-negative"
+        raise ValueError(f"shape must be {what} integers, got {shape!r}")
+
+
+def _finite_number(v: Any) -> bool:
+    """A state's scalar field (``nested_offset``, ``tensor_scale``) is a finite real number, as
+    ``from_dict`` makes it of a stored one (a 0-d array or tensor there, ``format.as_scalar``)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and bool(np.isfinite(np.float32(v)))
 
 
 def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = False) -> np.ndarray:
@@ -228,8 +245,7 @@ class QuantState:
         # Python ints: a numpy integer block size would carry its width into every count
         # (size // np.int16(64) overflows int16 under numpy 2's rules)
         self.blocksize = F.check_block_size(self.blocksize)
-        if not isinstance(self.shape, (tuple, list)) or not all(F.is_int(s) and s >= 0 for s in self.shape):
-            raise ValueError(f"shape must be a tuple of non-negative integers, got {self.shape!r}")
+        check_shape(self.shape)
         try:   # np.dtype(None) would be float64
             ok = self.dtype is not None and dtype_name(self.dtype)
         except (TypeError, ValueError):
@@ -257,10 +273,8 @@ class QuantState:
             qmap = _expect_array("nested_quant_map", self.nested_quant_map, np.float32, None)
             if qmap.size != 256 or not np.isfinite(qmap).all():
                 raise ValueError(f"nested_quant_map must hold 256 finite float32 values, got {qmap.size}")
-            off = self.nested_offset
-            if isinstance(off, bool) or not isinstance(off, (int, float, np.floating, np.integer)) \
-                    or not np.isfinite(np.float32(off)):
-                raise ValueError(f"nested_offset must be a finite number, got {off!r}")
+            if not _finite_number(self.nested_offset):
+                raise ValueError(f"nested_offset must be a finite number, got {self.nested_offset!r}")
         else:
             if self.nested_offset is not None or self.nested_quant_map is not None:
                 raise ValueError("state has nested fields but no nested_absmax")
@@ -278,9 +292,9 @@ class QuantState:
         _expect_array("absmax", self.absmax, np.dtype(rule.stored_dtype), nb)
         ts = self.tensor_scale
         if rule.tensor_bytes:
-            if isinstance(ts, bool) or not isinstance(ts, (int, float, np.floating)) \
-                    or not np.isfinite(np.float32(ts)) or np.float32(ts) <= 0:
-                raise ValueError(f"scale rule {rule.name} needs a positive finite tensor_scale, got {ts!r}")
+            if not _finite_number(ts) or np.float32(ts) <= 0:
+                raise ValueError(f"scale rule {rule.name} needs a tensor_scale that is a positive finite number, "
+                                 f"got {ts!r}")
         elif ts is not None:
             raise ValueError(f"scale rule {rule.name} has no tensor scale, got tensor_scale={ts!r}")
         return self

@@ -28,7 +28,7 @@ import numpy as np
 from ..numerics.arguments import check_int, host_array
 from ..numerics.hadamard import check_size
 from . import format as F
-from .state import dtype_from_name, dtype_name, exact_array, first_bad_scale
+from .state import check_shape, dtype_from_name, dtype_name, exact_array, first_bad_scale
 
 __all__ = ["VQState", "SCALE_RULES", "SCALE_DTYPES", "MAX_POINTS", "index_dtype", "check_group"]
 
@@ -135,9 +135,7 @@ class VQState:
         if not isinstance(self.codebook, str):
             raise ValueError(f"codebook must be a name (str), got {type(self.codebook).__name__}")
         check_points(self.points)
-        if not isinstance(self.shape, tuple) or not self.shape \
-                or not all(F.is_int(s) and s > 0 for s in self.shape):
-            raise ValueError(f"shape must be a non-empty tuple of positive integers, got {self.shape!r}")
+        check_shape(self.shape, positive=True)
         dtype_name(self.dtype)
         # a Python int: an int8 group would overflow size // group
         self.group = check_group(self.group, self.dim, int(self.shape[-1]))
