@@ -211,6 +211,31 @@ def test_a_trigraph_at_the_end_of_a_comment_line_is_broken(tmp_path):
     assert cc.returncode == 0, cc.stderr
 
 
+def test_headers_of_names_that_differ_only_in_case_include_together(tmp_path):
+    """``nf4``, ``NF4`` and ``Nf4`` are three C identifiers: their guards and macros are three too
+    (one guard silently skipped the second header; one macro would be redefined), and a
+    program including all three reads each table and its sizes (-Werror: no redefinition)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found")
+    cbs = {"nf4": REGISTRY["nf4"].codebook, "NF4": Codebook([-1.0, -0.5, 0.0, 0.5, 1.0], bits=3, name="NF4"),
+           "Nf4": Codebook([-1.0, 0.0, 1.0], bits=2, name="Nf4")}
+    macros = {"nf4": "NF4", "NF4": "nf4", "Nf4": "Nf4"}   # the spelling identifiers.py states
+    for i, cb in enumerate(cbs.values()):
+        (tmp_path / f"h{i}.h").write_text(export(cb, "c"))
+    rows = "\n".join(f'    printf("{ident} %d %d %a\\n", {m}_BITS, {m}_N_LEVELS, (double){ident}_decode(0));'
+                     for ident, m in macros.items())
+    (tmp_path / "t.c").write_text('#include <stdio.h>\n#include "h0.h"\n#include "h1.h"\n#include "h2.h"\n'
+                                  f"int main(void)\n{{\n{rows}\n    return 0;\n}}\n")
+    cc = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(tmp_path / "t"),
+                         str(tmp_path / "t.c")], capture_output=True, text=True)
+    assert cc.returncode == 0, cc.stderr[-4000:]
+    out = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout.split("\n")
+    for line, (ident, cb) in zip(out, cbs.items()):
+        name, bits, n_levels, first = line.split()
+        assert (name, int(bits), int(n_levels)) == (ident, cb.bits, len(_ref_levels(cb)))
+        assert np.float32(float.fromhex(first)) == np.float32(cb.code[0])
+
+
 # ------------------------------------------------------------------------------------ CUDA
 _CU = """
 %(includes)s

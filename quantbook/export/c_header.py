@@ -12,7 +12,9 @@ C99 and every C++ standard) with the exact C99 hexadecimal value in a comment be
   (a value stored twice, as FP4's zero, has a bound at the value itself);
 * ``<id>_code_to_level[CODE_SIZE]`` / ``<id>_level_to_code[N_LEVELS]`` — the code order
   (stored index → sorted level position, and back; the lowest index for a repeated value);
-* macros ``<ID>_BITS``, ``<ID>_CODE_SIZE``, ``<ID>_N_LEVELS``, ``<ID>_N_THRESHOLDS``;
+* macros ``<ID>_BITS``, ``<ID>_CODE_SIZE``, ``<ID>_N_LEVELS``, ``<ID>_N_THRESHOLDS``
+  (``<ID>``: :func:`~quantbook.export.identifiers.c_macro`, the identifier in capitals
+  unless it has capitals of its own);
 * inline helpers ``<id>_rank_of(y)`` (number of thresholds ``t`` with ``!(y <= t)``: ties
   go to the lower rank, NaN past every bound, as the encoding module says),
   ``<id>_encode(y)`` (``order[rank]``, the code :meth:`Codebook.encode` gives with float32
@@ -45,7 +47,7 @@ from ..numerics.arguments import check_flag, one_line
 from ..codebooks.codebook import Codebook
 from ..codebooks.require import require_codebook
 from ..scales import check_qmax, get_rule
-from .identifiers import c_identifier
+from .identifiers import c_identifier, c_macro
 from ..version import installed_version
 
 __all__ = ["c_header", "c_float_literal", "c_float_hex", "HeaderLayout", "vector_c_header"]
@@ -163,7 +165,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     if layout is not None and layout.table.size != cb.code.size:
         raise ValueError(f"the layout table has {layout.table.size} entries, the code {cb.code.size}")
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
-    macro = ident.upper()
+    macro = c_macro(ident)
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     index_t = "unsigned char" if cb.bits <= 8 else "unsigned short"
     code = cb.code_f32
@@ -344,7 +346,7 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     require_codebook(cb, "vector_c_header", vector=True)
     cuda = check_flag(cuda, "cuda")
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
-    macro = ident.upper()
+    macro = c_macro(ident)
     guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     pts = cb.points
     arr = _cuda_array(4 * pts.size) if cuda else "static const"

@@ -9,6 +9,12 @@ starting with ``_`` are reserved in C at file scope), is a C/C++/CUDA keyword, o
 name holds non-ASCII characters.  A name given for the identifier (``--name``) is used as
 it is, so it must already be one this rule gives: a letter, then letters, digits and single
 inner underscores (``a b``, ``x__y`` and ``nf4_`` are refused, not rewritten).
+
+A header's macros and include guard are spelled with :func:`c_macro` of the identifier: in
+capitals (``nf4`` → ``NF4``) when it has none of its own; one with capitals keeps its case
+(``MyCb``), and one with no small letters is written in them (``NF4`` → ``nf4``).  Identifiers
+that differ only in case so keep distinct guards and macros: with one guard, including both
+headers would silently skip the second.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 
 from ..numerics.arguments import check_flag
 
-__all__ = ["c_identifier", "IdentifierError"]
+__all__ = ["c_identifier", "c_macro", "IdentifierError"]
 
 
 class IdentifierError(ValueError):
@@ -60,3 +66,11 @@ def c_identifier(name: str, given: bool = False) -> str:
     if ident in _KEYWORDS or ident.startswith("__"):
         raise IdentifierError(f"name {name!r} is a C/C++ keyword; give another with --name")
     return ident
+
+
+def c_macro(ident: str) -> str:
+    """The spelling of a header's macros and include guard for the C identifier ``ident`` (the
+    module docstring): one to one, and in capitals for an identifier without any."""
+    if not any(c.isupper() for c in ident):
+        return ident.upper()
+    return ident.lower() if not any(c.islower() for c in ident) else ident
