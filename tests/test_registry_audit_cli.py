@@ -27,6 +27,21 @@ def test_every_registry_table_loads_with_source():
         assert cb.n_levels <= 2**cb.bits
 
 
+def test_the_registry_is_read_only():
+    """REGISTRY is one mapping every caller shares, and no way to register a table (a table of
+    one's own is a Codebook or its JSON file): an entry a caller replaced or removed was so
+    for the rest of the process.  The oracle: bitsandbytes' NF4 value, as published."""
+    import quantbook
+
+    with pytest.raises(TypeError):
+        REGISTRY["nf4"] = REGISTRY["fp4"]
+    with pytest.raises((TypeError, AttributeError)):
+        REGISTRY.pop("nf4")
+    with pytest.raises((TypeError, AttributeError)):
+        REGISTRY.clear()
+    assert quantbook.REGISTRY is REGISTRY and get("nf4").code[1] == -0.6961928009986877
+
+
 def test_published_values_against_independent_literals():
     # spot checks typed from the sources, independent of the registry module's lists
     assert get("nf4").code[8] == np.float32(0.07958029955625534)
@@ -71,23 +86,25 @@ def _entry(name, code, recipe, **kw):
 
 
 def test_cli_audit_exit_status_follows_expectations(capsys, monkeypatch):
+    from quantbook.codebooks.registry import _ENTRIES   # what the read-only REGISTRY shows
+
     nf4 = REGISTRY["nf4"].codebook
     off = nf4.code.copy()
     off[9] = float(np.nextafter(np.float32(off[9]), np.float32(1)))  # one float32 ULP off
     # report-only rows never fail the audit, even when they differ or their recipe cannot run
-    monkeypatch.setitem(REGISTRY, "zz-report", _entry("zz-report", off, nf4.recipe, expect="report"))
-    monkeypatch.setitem(REGISTRY, "zz-norecipe", _entry("zz-norecipe", off, {"method": "no-such"},
+    monkeypatch.setitem(_ENTRIES, "zz-report", _entry("zz-report", off, nf4.recipe, expect="report"))
+    monkeypatch.setitem(_ENTRIES, "zz-norecipe", _entry("zz-norecipe", off, {"method": "no-such"},
                                                         expect="report"))
     rc, _, err = run_cli(capsys, "audit")
     assert rc == 0, err
     # a table expected bit for bit that is one ULP off fails: exit status 1, named on stderr
-    monkeypatch.setitem(REGISTRY, "zz-off", _entry("zz-off", off, nf4.recipe))
+    monkeypatch.setitem(_ENTRIES, "zz-off", _entry("zz-off", off, nf4.recipe))
     rc, out, err = run_cli(capsys, "audit")
     assert rc == 1 and "zz-off" in err and "zz-report" not in err
     assert re.search(r"\[ *FAIL\] zz-off", out)
-    monkeypatch.delitem(REGISTRY, "zz-off")
+    monkeypatch.delitem(_ENTRIES, "zz-off")
     # ... and so does one whose recipe cannot be run
-    monkeypatch.setitem(REGISTRY, "zz-broken", _entry("zz-broken", nf4.code, {"method": "no-such"}))
+    monkeypatch.setitem(_ENTRIES, "zz-broken", _entry("zz-broken", nf4.code, {"method": "no-such"}))
     rc, _, err = run_cli(capsys, "audit", "--json")
     assert rc == 1 and "zz-broken" in err
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
@@ -190,7 +191,10 @@ def _build() -> dict[str, Published]:
     return reg
 
 
-REGISTRY: dict[str, Published] = _build()
+_ENTRIES: dict[str, Published] = _build()
+#: every published codebook by name; read-only: every caller shares it (an entry one replaced or
+#: removed was so for the rest), and a table of the user's own is a Codebook or its JSON file
+REGISTRY: Mapping[str, Published] = MappingProxyType(_ENTRIES)
 
 
 def names() -> list[str]:
