@@ -807,6 +807,24 @@ def test_sums_where_made_of_a_device_array_without_inputs_and_without_dev():
         sums_where_made(x, _HostHeldDevice(xhat.reshape(10, 6)), sx2, dev=dev)
 
 
+def test_sums_where_made_with_another_tensors_inputs_sums_against_x():
+    """Inputs made of another array of the same shape are not x's: their upload would pair its
+    values with xhat (Layout.roundtrip's rule, TensorInputs.of).  Eighths: numpy's float64
+    sums of x are exact, the reference."""
+    from quantbook.model.evaluate import TensorInputs, sums_where_made
+
+    rng = np.random.default_rng(4)
+    x = (rng.integers(-64, 64, (6, 10)) / 8).astype(np.float32)
+    xhat = (x + rng.integers(-3, 4, x.shape) / 8).astype(np.float32)
+    e = xhat.astype(np.float64) - x.astype(np.float64)
+    sx2 = float(np.sum(x.astype(np.float64) ** 2))
+    dev = _HostHeldBackend()
+    for other in (TensorInputs(np.zeros_like(x)), TensorInputs(x.copy())):   # another array, equal or not
+        s = sums_where_made(x, _HostHeldDevice(xhat), sx2, other, dev)
+        assert (s.sse, s.sae) == (np.sum(e * e), np.sum(np.abs(e)))
+    assert dev.uploads == 2
+
+
 def test_a_scalar_tensor_is_evaluated(tmp_path):
     """A 0-d tensor (CLIP's logit_scale) is one block of one value: absmax scaling maps it to
     ±1, a level of nf4, so it comes back exactly (this failed: x () and xhat (1,) differ in shape)."""

@@ -136,8 +136,8 @@ def sums_where_made(x: np.ndarray, xhat: Any, sx2: float, inputs: "TensorInputs 
                     dev: Any = None) -> ErrorSums:
     """:func:`error_sums` of ``xhat`` against host ``x`` where ``xhat`` is: a device backend
     ``dev``'s array against ``x``'s copy there (``inputs.on(dev)``, the one upload; without
-    ``inputs``, a copy made for this call), else on the host.  The same bits either way; only
-    the runs' sums cross."""
+    ``inputs``, or with another array's (:meth:`TensorInputs.of`), a copy made for this call),
+    else on the host.  The same bits either way; only the runs' sums cross."""
     from ..bulk.backend import is_device_array
 
     if not is_device_array(xhat):
@@ -148,9 +148,7 @@ def sums_where_made(x: np.ndarray, xhat: Any, sx2: float, inputs: "TensorInputs 
     shape = tuple(map(int, xhat.shape))
     if x.shape != shape:   # as on the host: one size in another shape (a transpose) pairs the wrong values
         raise ValueError(f"x and xhat differ in shape: {x.shape} and {shape}")
-    if inputs is None:
-        inputs = TensorInputs(x)
-    sse, sae = dev.error_sums(inputs.on(dev), xhat)
+    sse, sae = dev.error_sums(TensorInputs.of(x, inputs).on(dev), xhat)
     return ErrorSums(n=int(x.size), sse=sse, sae=sae, sx2=sx2)
 
 
@@ -296,6 +294,12 @@ class TensorInputs:
         self.x = x
         self._made: dict[tuple, Any] = {}
 
+    @staticmethod
+    def of(x: np.ndarray, inputs: "TensorInputs | None") -> "TensorInputs":
+        """``inputs`` when they are ``x``'s (made of this very array), else new ones: another
+        tensor's upload and rotations would pair its values with ``x``'s."""
+        return inputs if inputs is not None and inputs.x is x else TensorInputs(x)
+
     def get(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self._made:
             self._made[key] = make()
@@ -351,8 +355,7 @@ class BlockLayout(Layout):
         from ..bulk.vq import rotation_backend
 
         n = rotation_size(rotation, x.shape[-1])
-        if inputs is None or inputs.x is not x:   # another tensor's inputs are not this one's
-            inputs = TensorInputs(x)
+        inputs = TensorInputs.of(x, inputs)
         # a named backend gets the tensor where its kernels run (a GPU's memory: one upload for
         # all the tensor's rows; with keep, each row's values stay there to be summed); for the
         # host backends both moves are no-ops.  It rotates there too, with the Hadamard kernels
@@ -411,9 +414,7 @@ class VectorLayout(Layout):
         # quantize_vq rotates (its rotation is part of the state); with keep, a device backend
         # starts from the tensor's one upload, and the values stay where they are decoded
         be = get_backend(backend) if keep else None
-        if be is not None and (inputs is None or inputs.x is not x):
-            inputs = TensorInputs(x)
-        src = inputs.on(be) if be is not None and be.device else x
+        src = TensorInputs.of(x, inputs).on(be) if be is not None and be.device else x
         idx, state = quantize_vq(src, self.cb, group=o.group, scale=o.scale, scale_dtype=o.scale_dtype,
                                  rotate=None if n is None else f"hadamard:{n}", backend=backend)
         with np.errstate(over="ignore"):
@@ -677,7 +678,8 @@ def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult
     if xq is not x and not np.isfinite(xq).all():
         raise ValueError(f"{path}: tensor {info.name!r} (float64) has values beyond the float32 range")
     if x.ndim == 0:   # quantize takes a dimension; x too, so that the errors pair the same shapes
-        x, xq = x.reshape(1), xq.reshape(1)
+        # one array when xq is x: the rows' inputs are then x's own, and its upload serves the sums
+        x, xq = (x.reshape(1),) * 2 if xq is x else (x.reshape(1), xq.reshape(1))
     dev = None if backend == "auto" else get_backend(backend)
     # a device backend sums where it dequantized, against its copy of x: x itself, unless
     # x is float64 (quantized as float32); the sums are the host's bits either way
