@@ -335,8 +335,8 @@ class WeightSwap:
     def __init__(self, linears: Sequence[tuple[str, Any]]):
         self.linears = list(linears)
         self.shapes = [tuple(m.weight.shape) for _, m in self.linears]
-        sizes = [int(np.prod(s)) for s in self.shapes]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        sizes = [math.prod(s) for s in self.shapes]   # Python ints: numpy's default int is 32-bit on some
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])   # platforms (numpy 1 on Windows)
         self._dir = tempfile.TemporaryDirectory(prefix="quantbook-weights-")
         self._store = np.memmap(os.path.join(self._dir.name, "w.f32"), dtype=np.float32, mode="w+",
                                 shape=(int(self.offsets[-1]),))
