@@ -50,7 +50,7 @@ from typing import Any, Sequence
 from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF, published_name
 from .errors import NotFoundError
-from .numerics.arguments import is_int
+from .numerics.arguments import did_you_mean, is_int
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "split_specs", "depends_on_block_size", "UnknownCodebookError",
            "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
@@ -141,7 +141,7 @@ def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
     m = _LLOYD.match(text)
     if m:
         return _lloyd(_lloyd_options(text, m, block_size))   # named in full: lloyd-l2 at B = 64 is lloyd-l2-64
-    raise UnknownCodebookError(f"unknown codebook {text!r}: expected {GRAMMAR}")
+    raise UnknownCodebookError(f"unknown codebook {text!r}{did_you_mean(text, REGISTRY)}: expected {GRAMMAR}")
 
 
 def _lloyd_options(text: str, m: re.Match, block_size: Any) -> tuple[tuple[str, Any], ...]:
@@ -246,5 +246,6 @@ def resolve_vector(spec: Any):
         pass
     if text.lower().endswith(".json"):
         return load_vector(text)
-    raise UnknownCodebookError(f"unknown vector codebook {text!r}: expected {VECTOR_GRAMMAR} "
+    raise UnknownCodebookError(f"unknown vector codebook {text!r}{did_you_mean(text, vector_names())}: "
+                               f"expected {VECTOR_GRAMMAR} "
                                f"(published: {', '.join(vector_names())})")

@@ -185,3 +185,35 @@ def test_one_rule_for_the_case_of_published_names(capsys):
 
     assert published_name("AB", ["ab", "Ab"]) is None   # two names fold alike: neither is guessed
     assert published_name("Ab", ["ab", "Ab"]) == "Ab" and published_name(3, ["ab"]) is None
+
+
+def test_a_name_that_is_not_there_suggests_the_nearest_one(capsys, tmp_path):
+    """A misspelt name is told the published one it looks like (difflib's ratio >= 0.75 without
+    case: 'iq4nl' -> 'iq4_nl' is 10/11), and nothing when none is near."""
+    from quantbook.naming import resolve_vector
+    from quantbook.numerics.arguments import did_you_mean
+
+    assert did_you_mean("IQ4NL", ["nf4", "iq4_nl"]) == " (did you mean 'iq4_nl'?)"
+    assert did_you_mean("zzz", ["nf4", "iq4_nl"]) == ""
+    with pytest.raises(UnknownCodebookError, match=r"'iq4nl' \(did you mean 'iq4_nl'\?\)"):
+        resolve_codebook("iq4nl")
+    with pytest.raises(UnknownCodebookError, match=r"unknown codebook 'qqqq': expected"):
+        resolve_codebook("qqqq")
+    with pytest.raises(UnknownCodebookError, match=r"'higgs-2d-265' \(did you mean 'higgs-2d-256'\?\)"):
+        resolve_vector("higgs-2d-265")
+    for argv in (["show", "fp44"], ["audit", "fp44"], ["export", "iq4nl", "-f", "json"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "(did you mean 'fp4'?)" in err or "(did you mean 'iq4_nl'?)" in err, err
+        assert err.count("\n") == 1
+
+
+def test_a_tensor_that_is_not_there_suggests_the_nearest_one(tmp_path):
+    from quantbook.io.safetensors import SafetensorsFile
+
+    save_file = pytest.importorskip("safetensors.numpy", reason="safetensors writes the file").save_file
+    path = tmp_path / "m.safetensors"
+    save_file({"model.layers.0.mlp.up_proj.weight": np.zeros(4, np.float32)}, str(path))
+    with pytest.raises(KeyError, match=r"has no tensor 'model.layers.0.mlp.up_prj.weight' "
+                                       r"\(did you mean 'model.layers.0.mlp.up_proj.weight'\?\)"):
+        SafetensorsFile(path).read("model.layers.0.mlp.up_prj.weight")

@@ -118,7 +118,7 @@ def test_audit_named_tables_only(capsys):
     rc, out, _ = run_cli(capsys, "audit", "--layouts", "e2m1", "--json")
     assert rc == 0 and [r["name"] for r in json.loads(out)] == ["e2m1"] and json.loads(out)[0]["details"]["layouts"]
     rc, _, err = run_cli(capsys, "audit", "--vector", "higgs-2d-9")
-    assert rc == 2 and "no vector grid 'higgs-2d-9'; known: higgs-1d-4" in err
+    assert rc == 2 and "no vector grid 'higgs-2d-9' (did you mean 'higgs-2d-64'?); known: higgs-1d-4" in err
 
 
 def test_cli_audit_json_shape(capsys):

@@ -17,14 +17,13 @@ value stored at several indices are defined once, in :mod:`quantbook.codebooks.e
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..io.files import dump_json, parse_json
-from ..numerics.arguments import host_array, is_int, one_line
+from ..numerics.arguments import did_you_mean, host_array, is_int, one_line
 from ..numerics.reals import real_host_array, real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
@@ -88,10 +87,9 @@ def check_misspelt_keys(d: Mapping[str, Any], known: tuple[str, ...], what: str,
     carries beside its codebook, are left alone."""
     for key in d:
         if key not in known and isinstance(key, str):
-            near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.75)
-            if near:
-                raise error(f"{what} has the key {key!r}, which is not one of its keys "
-                            f"({', '.join(known)}): did you mean {near[0]!r}?")
+            hint = did_you_mean(key, known)
+            if hint:
+                raise error(f"{what} has the key {key!r}, which is not one of its keys ({', '.join(known)}){hint}")
 
 
 def _as_float64_vector(values: Any, what: str) -> np.ndarray:

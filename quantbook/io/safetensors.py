@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 from ..errors import NotFoundError
-from ..numerics.arguments import check_int, check_names
+from ..numerics.arguments import check_int, check_names, did_you_mean
 from .files import check_input_file, check_input_path
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
@@ -190,7 +190,7 @@ class SafetensorsFile:
         """One tensor as a numpy array of its stored dtype (bfloat16 via ``ml_dtypes``)."""
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFoundError(f"{self.path} has no tensor {name!r}")
+            raise NotFoundError(f"{self.path} has no tensor {name!r}{did_you_mean(name, self._entries)}")
         info = entry.info
         dtype = _numpy_dtype(info.dtype, self.path, name)
         count = info.size  # checked: the entry holds exactly itemsize·count bytes inside the file

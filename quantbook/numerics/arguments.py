@@ -3,12 +3,13 @@ public functions: below all of them, so that each reads its arguments by the sam
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Iterable
 
 import numpy as np
 
 __all__ = ["is_int", "check_int", "check_flag", "check_names", "random_generator", "is_torch_tensor", "host_array",
-           "bfloat16", "one_line"]
+           "bfloat16", "one_line", "did_you_mean"]
 
 
 def is_int(v: Any) -> bool:
@@ -67,6 +68,17 @@ def random_generator(random_state: Any, what: str = "random_state") -> np.random
             pass
     raise ValueError(f"{what} must be None, a non-negative integer seed or a numpy.random.Generator, "
                      f"got {one_line(random_state)}")
+
+
+def did_you_mean(word: str, known: Iterable[str], cutoff: float = 0.75) -> str:
+    """`` (did you mean 'x'?)`` for the entry of ``known`` that ``word`` looks most like, by
+    difflib's ratio at ``cutoff`` or above, compared without case; else ``""``.  For error
+    messages about a name that is not there (``iq4nl`` for ``iq4_nl``)."""
+    by_lower: dict[str, str] = {}
+    for k in known:
+        by_lower.setdefault(str(k).lower(), str(k))
+    near = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=cutoff)
+    return f" (did you mean {by_lower[near[0]]!r}?)" if near else ""
 
 
 def one_line(v: Any, limit: int = 80) -> str:

@@ -32,6 +32,7 @@ from ..codebooks.registry import REGISTRY, Published
 from ..codebooks.spelling import published_name
 from ..derive.recipes import derive_from_recipe
 from ..errors import NotFoundError
+from ..numerics.arguments import did_you_mean
 
 __all__ = ["AuditRow", "audit", "audit_one", "compare", "format_recipe", "register_check"]
 
@@ -113,8 +114,8 @@ def register_check(name: str, fn: _Check) -> None:
     if name != "*":
         name = published_name(name, REGISTRY) or name
     if name != "*" and name not in REGISTRY:
-        raise NotFoundError(f"register_check: no published codebook {name!r} (quantbook list names them; "
-                            "'*' is every entry)")
+        raise NotFoundError(f"register_check: no published codebook {name!r}{did_you_mean(name, REGISTRY)} "
+                            "(quantbook list names them; '*' is every entry)")
     if not callable(fn):
         raise ValueError(f"register_check needs a callable fn(entry, derived, row), got {type(fn).__name__}")
     _CHECKS.setdefault(name, []).append(fn)
@@ -194,7 +195,8 @@ def audit(names: Iterable[str] | None = None, progress: Callable[[str], None] | 
     selected = list(REGISTRY) if names is None else [names] if isinstance(names, str) else list(names)
     for i, name in enumerate(selected):   # every name before any work
         if published_name(name, REGISTRY) is None:
-            raise NotFoundError(f"no published codebook {name!r} (quantbook list names them)")
+            raise NotFoundError(f"no published codebook {name!r}{did_you_mean(name, REGISTRY)} "
+                                "(quantbook list names them)")
         selected[i] = published_name(name, REGISTRY)
     rows = []
     for name in selected:

@@ -33,7 +33,7 @@ from ..codebooks.vector import VectorCodebook
 from ..codebooks.vector_registry import vector_registry
 from ..derive.vq import cell_stats, draw_vectors, vector_errors
 from ..errors import NotFoundError
-from ..numerics.arguments import check_int
+from ..numerics.arguments import check_int, did_you_mean
 
 __all__ = ["VectorAuditRow", "audit_vector", "audit_vectors", "AUDIT_SEED", "AUDIT_SAMPLES",
            "exact_mse_1d", "lloyd_max_mse", "derived_counterpart"]
@@ -160,7 +160,7 @@ def audit_vectors(samples: int = AUDIT_SAMPLES, seed: int = AUDIT_SEED, names: l
         chosen = [names] if isinstance(names, str) else list(names)
     for name in chosen:   # every name before any work
         if name not in reg:
-            raise NotFoundError(f"no vector grid {name!r}; known: {', '.join(reg)}")
+            raise NotFoundError(f"no vector grid {name!r}{did_you_mean(name, reg)}; known: {', '.join(reg)}")
     rows = []
     for name in chosen:
         if progress is not None:
