@@ -54,7 +54,7 @@ LOG2_ROW = ROW.bit_length() - 1   # the smallest input: one row
 
 
 def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
@@ -145,7 +145,7 @@ def measure(op: str, layout: str, backend: str, dtype: str, log2n: int, repeat: 
         del r
     gc.collect()
     _fixed_mmap_threshold()
-    with open("/proc/self/clear_refs", "w") as f:
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
         f.write("5")   # resets VmHWM to the current resident set
     rss0 = _status("VmRSS")
     tracemalloc.start()

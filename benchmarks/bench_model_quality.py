@@ -61,7 +61,7 @@ def synthetic_model(layers: int, words: int, directory: str, seed: int = 0):
 
     vocab = [*_SPECIAL, *(f"w{i}" for i in range(SMOLLM2["vocab_size"] - len(_SPECIAL)))]
     path = Path(directory) / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tok = transformers.BertTokenizer(str(path))
     text = " ".join(np.random.default_rng(seed).choice(vocab[len(_SPECIAL):], size=words))
     torch.manual_seed(seed)

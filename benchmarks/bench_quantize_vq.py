@@ -59,7 +59,7 @@ def higgs_points(dim: int, size: int) -> np.ndarray:
         import quantbook
 
         path = Path(quantbook.__file__).parent / "codebooks" / "data" / "higgs_grids.json"
-        grids = json.loads(path.read_text())["grids"]
+        grids = json.loads(path.read_text(encoding="utf-8"))["grids"]
         points = next((g["points"] for g in grids if g["dim"] == dim and g["size"] == size), None)
         if points is None:
             have = ", ".join(f"{g['dim']}x{g['size']}" for g in grids)

@@ -89,7 +89,7 @@ def test_the_integer_rule_is_written_once():
     home = ROOT / "quantbook" / "numerics" / "arguments.py"
     found = [f"{path.relative_to(ROOT)}:{line}"
              for path in sorted((ROOT / "quantbook").rglob("*.py")) if path != home
-             for line in _inline_integer_tests(ast.parse(path.read_text()))]
+             for line in _inline_integer_tests(ast.parse(path.read_text(encoding="utf-8")))]
     assert not found, f"integer tests written inline (use numerics.arguments.is_int / check_int): {found}"
 
 

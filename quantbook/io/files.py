@@ -149,14 +149,14 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
     """
     p = check_output_path(path)
     shown = _describe(path)
-    mode, text = ("wb", {}) if binary else ("w", {"encoding": encoding})
+    mode, coding = ("wb", None) if binary else ("w", encoding)   # a text file's encoding is named, never the locale's
     stream = _descriptor(p)
     if stream is not None:
         # the stream itself, where it stands (appending if it appends); its file, if it has one, must
         # not be replaced (the stream would go on into the old one) nor reopened (that truncates it)
         _flush_own_streams(stream)
         try:
-            with os.fdopen(os.dup(stream), mode, **text) as f:
+            with os.fdopen(os.dup(stream), mode, encoding=coding) as f:
                 yield f
         except BrokenPipeError:   # the reader has gone, as after `| head`: the caller's to take quietly
             raise
@@ -168,7 +168,7 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
     if st is not None and not stat.S_ISREG(st.st_mode):
         # a FIFO, a device (/dev/null, a terminal): nothing to replace, write in place
         try:
-            with open(target, mode, **text) as f:
+            with open(target, mode, encoding=coding) as f:
                 yield f
         except OSError as exc:
             raise OutputPathError(f"cannot write {shown}: {_os_reason(exc)}") from None
@@ -182,7 +182,7 @@ def atomic_output(path: str | os.PathLike, binary: bool = True, encoding: str = 
     done = False
     try:
         try:
-            with os.fdopen(fd, mode, **text) as f:
+            with os.fdopen(fd, mode, encoding=coding) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())

@@ -47,7 +47,7 @@ def build(tmp: Path) -> Path:
     inc = tmp / "inc"
     inc.mkdir()
     (inc / "ggml-version.h").write_text('#pragma once\n#define GGML_VERSION "vendored"\n'
-                                        '#define GGML_COMMIT "llama-cpp-python-0.3.36"\n')
+                                        '#define GGML_COMMIT "llama-cpp-python-0.3.36"\n', encoding="utf-8")
     objs = []
     for f in ["ggml.c", "ggml-alloc.c", "ggml-quants.c", "ggml.cpp", "ggml-backend.cpp",
               "ggml-backend-meta.cpp", "ggml-opt.cpp", "ggml-threading.cpp", "gguf.cpp"]:

@@ -228,7 +228,7 @@ def measure(out_path: str) -> None:
 
 def cpu_flags() -> list[str]:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         return []
     for line in text.splitlines():
