@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from quantbook.console import printable_streams
+
 
 def check_floors(ap: argparse.ArgumentParser, args: argparse.Namespace, **floors: int) -> None:
     """``ap.error`` (status 2) for the first option below its floor; ``floors`` maps an option's
@@ -41,9 +43,12 @@ def int_list(ap: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
 def run(main) -> None:
     """``sys.exit(main())``; a ValueError or OSError out of it (what the library raises for a
     bad name, size or file; an unknown name is a ValueError too) as one line
-    ``SCRIPT: error: ...``, status 2.  A bare KeyError is a bug, and keeps its traceback."""
+    ``SCRIPT: error: ...``, status 2.  A bare KeyError is a bug, and keeps its traceback.  What
+    standard output cannot encode (``±`` into an ASCII pipe) is written as the command line
+    writes it, not a failure after the measurement."""
     try:
-        sys.exit(main())
+        with printable_streams():
+            sys.exit(main())
     except (ValueError, OSError) as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}".splitlines()[0], file=sys.stderr)
         sys.exit(2)

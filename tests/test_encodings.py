@@ -8,9 +8,99 @@ bytes as the system holds them."""
 from __future__ import annotations
 
 import ast
+import io
+import json
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+import quantbook
+from quantbook.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
+SIGMA = "\u03c3"   # σ: two bytes in UTF-8, none in ASCII or Latin-1
+NAME, SOURCE = f"nf4-{SIGMA}", "M\u00fcller \u2014 0 \u00b1 1"   # "Müller — 0 ± 1"
+
+
+def _codebook_file(tmp_path: Path) -> Path:
+    d = tmp_path / f"dir with space {SIGMA}"
+    d.mkdir(exist_ok=True)
+    path = d / f"cb {SIGMA}.json"
+    path.write_text(quantbook.get("nf4").replace(name=NAME, source=SOURCE).to_json(), encoding="utf-8")
+    return path
+
+
+def _run(monkeypatch, argv: list[str], encoding: str) -> tuple[int, bytes, bytes]:
+    """``main(argv)`` with standard output and error in ``encoding``, as Python opens them for a
+    pipe in that locale (stdout strict, stderr backslashreplace); the bytes written."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    try:
+        status = main(argv)
+    except SystemExit as exc:   # --help
+        status = exc.code
+    assert (out.errors, err.errors) == ("strict", "backslashreplace")   # set back after the command
+    return status, out.buffer.getvalue(), err.buffer.getvalue()
+
+
+SEARCH = ["evaluate", "nf4", "-B", "16", "--scale", "search:4over6", "--samples", "1024"]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1", "cp1252"])
+def test_output_the_stream_cannot_encode_is_spelled_in_ascii(monkeypatch, tmp_path, encoding):
+    """What the stream's encoding has is itself; quantbook's symbols it lacks in ASCII (``±``
+    ``+/-``, ``—`` ``--``, ``·`` ``*``, ``²`` ``^2``, ``ᵀ`` ``^T``); any other character as Python's
+    escape.  Before, the strict stream failed after the work was done (status 2)."""
+    own = {"\u00b1": "+/-", "\u2014": "--", "\u00b7": "*", "\u00b2": "^2", "\u1d40": "^T", "\u2212": "-"}
+    letters = {SIGMA: "\\u03c3", "\u00fc": "\\xfc"}
+
+    def spelled(text: str) -> bytes:   # the UTF-8 run's output, spelled by hand for the encoding
+        b = b""
+        for c in text:
+            try:
+                b += c.encode(encoding)
+            except UnicodeEncodeError:
+                b += (own.get(c) or letters[c]).encode("ascii")
+        return b
+
+    path = _codebook_file(tmp_path)
+    for argv in (SEARCH, ["show", str(path)], ["evaluate-model", "--help"], ["plot-sweep", "--help"]):
+        status, utf8, err = _run(monkeypatch, argv, "utf-8")
+        assert (status, err) == (0, b"")
+        status, out, err = _run(monkeypatch, argv, encoding)
+        assert (status, err) == (0, b"")
+        assert out == spelled(utf8.decode("utf-8")), argv
+    assert b" +/- " in _run(monkeypatch, SEARCH, "ascii")[1]
+    assert b"\nsource: M\\xfcller -- 0 +/- 1\n" in _run(monkeypatch, ["show", str(path)], "ascii")[1]
+
+
+def test_an_error_naming_a_non_ascii_path_is_one_line(monkeypatch, tmp_path):
+    missing = tmp_path / f"dir with space {SIGMA}" / f"missing {SIGMA}.json"
+    status, out, err = _run(monkeypatch, ["show", str(missing)], "ascii")
+    assert (status, out) == (2, b"")
+    shown = str(missing).replace(SIGMA, "\\u03c3").encode("ascii")
+    assert err == b"quantbook: error: no such codebook file: " + shown + b"\n"
+
+
+def test_names_with_spaces_and_non_ascii_characters_round_trip(tmp_path, capsys):
+    path = _codebook_file(tmp_path)
+    d = path.parent
+    for fmt, suffix in (("json", "json"), ("npy", "npy"), ("bnb", "bin")):
+        out = d / f"out {SIGMA}.{suffix}"
+        assert main(["export", str(path), "--format", fmt, "-o", str(out)]) == 0
+        assert capsys.readouterr().err == f"wrote {out} ({fmt}, {out.stat().st_size} " \
+            f"{'chars' if fmt == 'json' else 'bytes'})\n"
+    assert quantbook.load(str(d / f"out {SIGMA}.json")).name == NAME
+    np.testing.assert_array_equal(np.load(d / f"out {SIGMA}.npy"), quantbook.get("nf4").code.astype(np.float32))
+    assert main(["show", str(d / f"out {SIGMA}.json"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["name"], shown["source"]) == (NAME, SOURCE)
+
+
 # -- every text file is opened with its encoding named ------------------------------------------------
 
 def _text_opens_without_encoding(tree: ast.AST):

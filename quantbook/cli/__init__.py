@@ -20,6 +20,10 @@ operating system refused a file).  Anything else, a bare KeyError included, is a
 line ``quantbook: internal error: ...`` and exit status 1.  Never a traceback.  Warnings
 raised during a command that succeeds follow its output as one line each (``quantbook:
 warning: ...``); after an error only the error line is printed, so that it stays the one line.
+
+Output: what standard output or error cannot encode (a pipe or terminal in ASCII or Latin-1, a
+Windows code page) is written by one rule (:func:`quantbook.console.printable_streams`), never a
+failure after the work is done.
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ import os
 import re
 import sys
 import warnings
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Sequence
 
-from ..console import interrupted
+from ..console import interrupted, printable_streams
 
 if TYPE_CHECKING:
     from .common import Parser
@@ -142,31 +145,10 @@ def _silence_stdout() -> None:
         pass
 
 
-@contextmanager
-def _file_names_as_bytes():
-    """A file name that is not valid in the locale's encoding reaches Python as surrogates;
-    printed with ``surrogateescape`` it comes out as the bytes it was (stdout's default,
-    strict, would fail on it after the work is done)."""
-    out = sys.stdout
-    before = getattr(out, "errors", None)
-    try:
-        out.reconfigure(errors="surrogateescape")
-    except (AttributeError, ValueError, OSError):   # not a TextIOWrapper: leave it
-        before = None
-    try:
-        yield
-    finally:
-        if before is not None:
-            try:
-                out.reconfigure(errors=before)
-            except (AttributeError, ValueError, OSError):
-                pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit status:
     0, 2 for a user error, 1 for an internal one, 130 for a Ctrl-C (the module docstring)."""
-    with _file_names_as_bytes():
+    with printable_streams():
         try:
             status = _main(argv)
         except SystemExit:   # --help and --version: argparse has printed its text, and leaves
