@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .io.files import check_output_path, write_output
+from .io.files import check_output_path, name_text, write_output
 from .scales import DEFAULT_QMAX
 
 __all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_model_quality", "plot_format",
@@ -101,8 +101,7 @@ def _plain(text: Any) -> str:
     (an even number of them is otherwise TeX math, which may not parse), bytes that are
     not UTF-8 (a file name's, held as surrogates) shown as U+FFFD, and a leading ``_`` (which
     keeps a label out of a legend) behind a zero-width space."""
-    t = os.fsdecode(text) if isinstance(text, (bytes, os.PathLike)) else str(text)
-    t = t.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+    t = name_text(text).replace("$", r"\$")
     return "\u200b" + t if t.startswith("_") else t   # a legend leaves out labels that begin with "_"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,6 +86,85 @@ def test_an_error_naming_a_non_ascii_path_is_one_line(monkeypatch, tmp_path):
     assert (status, out) == (2, b"")
     shown = str(missing).replace(SIGMA, "\\u03c3").encode("ascii")
     assert err == b"quantbook: error: no such codebook file: " + shown + b"\n"
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIOENCODING", "PYTHONUTF8"))}
+    return dict(env, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **values)
+
+
+#: one process per environment runs the commands (the start-up, numpy's import, is most of the time); their
+#: arguments are bytes, read as the locale reads a command line's (os.fsdecode)
+_DRIVER = """
+import os, sys
+from quantbook.cli import main
+for argv in ARGV:
+    try:
+        status = main([os.fsdecode(a) for a in argv])
+    except SystemExit as exc:   # --help
+        status = exc.code
+    sys.stdout.flush()
+    sys.stdout.buffer.write(b"<<%d>>\\n" % status)
+    sys.stdout.buffer.flush()
+    sys.stderr.write("<<>>\\n")
+"""
+
+_ENVIRONMENTS = {"PYTHONIOENCODING=ascii": {"PYTHONIOENCODING": "ascii"},
+                 "PYTHONIOENCODING=latin-1": {"PYTHONIOENCODING": "latin-1"},
+                 "LC_ALL=C PYTHONUTF8=0": {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}}
+
+
+@pytest.mark.parametrize("setting", list(_ENVIRONMENTS))
+def test_the_command_line_in_a_locale_that_is_not_utf8(tmp_path, setting):
+    """The interpreter's own streams for the environment (a C locale: ASCII, and file names'
+    non-ASCII bytes held as surrogates), and files written there."""
+    path = _codebook_file(tmp_path)
+    d = path.parent
+    argv = [["evaluate-model", "--help"], SEARCH, ["show", str(path)], ["show", str(d / f"missing {SIGMA}.json")],
+            ["export", str(path), "--format", "c", "--name", "nf4s", "-o", str(d / f"out {SIGMA}.h")],
+            ["export", str(path), "--format", "json", "-o", str(d / f"out {SIGMA}.json")]]
+    code = _DRIVER.replace("ARGV", repr([[os.fsencode(a) for a in args] for args in argv]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=_env(**_ENVIRONMENTS[setting]),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    outs, errs = r.stdout.split(b"<<"), r.stderr.split(b"<<>>\n")
+    statuses = [int(o.split(b">>")[0]) for o in outs[1:]]
+    outs = [outs[0]] + [o.split(b">>\n", 1)[1] for o in outs[1:]]
+    assert statuses == [0, 0, 0, 2, 0, 0], r.stderr.decode("utf-8", "replace")
+    latin = setting.endswith("latin-1")
+    assert (b"dequant(W\xb7H)\xb7H^T" if latin else b"dequant(W*H)*H^T") in outs[0] and errs[0] == b""
+    assert (b" \xb1 " if latin else b" +/- ") in outs[1] and errs[1] == b""
+    assert outs[2].startswith(b"nf4-\\u03c3: 4-bit, 16 levels\n") and errs[2] == b""
+    # a path is written as it was given: its own bytes where the locale could not decode them
+    given = os.fsencode(d / f"missing {SIGMA}.json")
+    shown = given if setting.startswith("LC_ALL") else given.replace(SIGMA.encode(), b"\\u03c3")
+    assert errs[3] == b"quantbook: error: no such codebook file: " + shown + b"\n"
+    # the header (the command that wrote it, the name and source in its comments) is UTF-8
+    header = (d / f"out {SIGMA}.h").read_bytes().decode("utf-8")
+    assert f"/* {NAME}: 4-bit codebook" in header and f" * Source: {SOURCE}\n" in header
+    assert f"(`quantbook export '{path}' --format c --name nf4s`)" in header
+    back = quantbook.Codebook.from_json((d / f"out {SIGMA}.json").read_text(encoding="utf-8"))
+    assert (back.name, back.source) == (NAME, SOURCE)
+    assert back.levels.tobytes() == quantbook.get("nf4").levels.tobytes()
+
+
+def test_a_header_names_a_file_by_its_bytes_read_as_utf8():
+    """In a C locale a file name's non-ASCII bytes reach Python as surrogates, which no UTF-8
+    writer takes: the header names the file as a UTF-8 terminal shows it (a byte that is not
+    UTF-8 as U+FFFD); the codebook's name, made from a file's, too."""
+    from quantbook.export import export
+    from quantbook.naming import resolve_vector
+
+    cb = quantbook.get("nf4")
+    held = "dir \udccf\udc83/cb \udcff.json"   # os.fsdecode(b"dir \xcf\x83/cb \xff.json") in a C locale
+    for fmt in ("c", "cuda"):
+        text = export(cb.replace(name="lloyd@" + held), fmt, name="nf4s", spelling=held)
+        assert f"(`quantbook export 'dir {SIGMA}/cb \ufffd.json' --format {fmt} --name nf4s`)" in text
+        assert text.startswith(f"/* lloyd@dir {SIGMA}/cb \ufffd.json: 4-bit codebook")
+        text.encode("utf-8")
+    # a lone surrogate that is no byte (JSON's "\\ud800" in a name) is U+FFFD too
+    assert export(cb.replace(name="x\ud800"), "c", name="nf4s").startswith("/* x\ufffd: 4-bit codebook")
+    assert f"'dir {SIGMA}/cb \ufffd.json'" in export(resolve_vector("higgs-2d-256"), "c", spelling=held)
 
 
 def test_names_with_spaces_and_non_ascii_characters_round_trip(tmp_path, capsys):

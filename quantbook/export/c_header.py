@@ -46,6 +46,7 @@ from ..codebooks.blocks import check_block_size
 from ..numerics.arguments import check_flag, one_line
 from ..codebooks.codebook import Codebook
 from ..codebooks.require import require_codebook
+from ..io.files import name_text
 from ..scales import check_qmax, get_rule
 from .identifiers import c_identifier, c_macro
 from ..version import installed_version
@@ -126,9 +127,10 @@ def _generated_by(cb: Any, spelling: str | None, cuda: bool, name: str | None, i
 
 
 def _comment_text(text: str) -> str:
-    """Text safe inside a ``/* */`` comment on one line.  ``??/`` is a trigraph for a backslash in
-    C99 and before C++17: at the end of a line it splices the next one, and gcc -Wall warns."""
-    return " ".join(str(text).replace("*/", "* /").replace("/*", "/ *").replace("??/", "?? /").split())
+    """Text safe inside a ``/* */`` comment on one line, in UTF-8 (a file name's bytes that are not
+    UTF-8 as U+FFFD).  ``??/`` is a trigraph for a backslash in C99 and before C++17: at the end
+    of a line it splices the next one, and gcc -Wall warns."""
+    return " ".join(name_text(text).replace("*/", "* /").replace("/*", "/ *").replace("??/", "?? /").split())
 
 
 def _float_rows(values: np.ndarray, per_line: int = 2) -> str:

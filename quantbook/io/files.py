@@ -26,6 +26,7 @@ import errno
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import sys
@@ -35,7 +36,8 @@ from typing import IO, Iterable, Iterator
 from ..numerics.arguments import check_int
 
 __all__ = ["OutputPathError", "check_output_path", "check_output_dir", "write_output", "atomic_output",
-           "check_input_path", "check_input_file", "read_small_file", "parse_json", "dump_json", "short_name"]
+           "check_input_path", "check_input_file", "read_small_file", "parse_json", "dump_json", "short_name",
+           "name_text"]
 
 
 class OutputPathError(ValueError):
@@ -57,6 +59,16 @@ def short_name(path: object) -> str:
     text = os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
     text = os.fsdecode(text) if isinstance(text, bytes) else text
     return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
+
+
+def name_text(name: object) -> str:
+    """A name the system gave (a file's, or text made from one) as Unicode text to write into a
+    UTF-8 file or draw: its bytes read as UTF-8, those that are not UTF-8 as U+FFFD.  Python
+    holds such a byte as a lone surrogate (in a C or POSIX locale every non-ASCII byte of a
+    name), which a UTF-8 writer refuses."""
+    text = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+    text = re.sub("[\ud800-\udc7f\udd00-\udfff]", "\ufffd", text)   # not a byte surrogateescape holds
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _describe(path: str | os.PathLike) -> str:
