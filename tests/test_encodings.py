@@ -88,6 +88,19 @@ def test_an_error_naming_a_non_ascii_path_is_one_line(monkeypatch, tmp_path):
     assert err == b"quantbook: error: no such codebook file: " + shown + b"\n"
 
 
+def test_a_benchmark_prints_by_the_same_rule(monkeypatch):
+    # the benchmarks' ± of a Monte Carlo mean failed after the measurement (status 2)
+    import runpy
+
+    run = runpy.run_path(str(ROOT / "benchmarks" / "_cli.py"))["run"]
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as exc:
+        run(lambda: print(f"6.7e-03 \u00b1 2.1e-04 {SIGMA}") or 0)
+    assert (exc.value.code, out.buffer.getvalue()) == (0, b"6.7e-03 +/- 2.1e-04 \\u03c3\n")
+    assert out.errors == "strict"
+
+
 def _env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIOENCODING", "PYTHONUTF8"))}
     return dict(env, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **values)
