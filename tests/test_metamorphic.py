@@ -293,9 +293,9 @@ def test_negated_input_decodes_negated_on_a_symmetric_table(backend_name, layout
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_scaling_by_a_power_of_two_scales_only_the_scales(backend_name, layout, k):
     """x · 2**k (exact in float32, no value or float16 scale leaving the normal range): the same
-    codes, every decoded scale (but an all-zero block's) and value times 2**k exactly (e8m0: its byte plus k; a tensor scale times
-    2**k).  rceil's float32 log2 can break this just above a power of two (docs/scales.md);
-    these seeded maxima (seed 5) are not there."""
+    codes, every decoded scale (but an all-zero block's) and value times 2**k exactly (e8m0:
+    its byte plus k; a tensor scale times 2**k).  rceil's float32 log2 can break this just
+    above a power of two (docs/scales.md); these seeded maxima (seed 5) are not there."""
     be = _backend(backend_name, layout)
     rng = np.random.default_rng(5)
     B = _kw(layout)["block_size"]
