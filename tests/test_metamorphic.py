@@ -263,7 +263,6 @@ def test_values_half_way_between_levels_take_the_documented_one(backend_name, la
         mids, lo, hi = mids[keep], lv[:-1][keep], lv[1:][keep]
         x = np.zeros(B * -(-(mids.size + 1) // B), _F)
         x[:mids.size] = mids * s
-        x[mids.size:] = 0
         x.reshape(-1, B)[:, -1] = top
         p, st = _q(be, x, cb, layout)
         y = _dq(be, p, st)[:mids.size]
