@@ -186,16 +186,17 @@ class _Measure:
 
     def _cum(self, y, t0):
         """:meth:`cum` from ``t0 = T(0, y)``."""
-        c = t0 - self._t0_lo
+        c = t0 - self.t0_lo
         for ax, aw in zip(self.atoms_x, self.atoms_w):
             c = c + np.where(y >= ax, aw, 0.0)
         return c
 
     @cached_property
-    def _t0_lo(self):
-        """``T(0, lo)``, which every :meth:`cum` subtracts: taken once (a solver asks for ``cum`` thousands
-        of times, and a sample's law took a kernel launch for it each time)."""
-        return self.T(0, self.lo)
+    def t0_lo(self) -> float:
+        """``T(0, lo)``, which every :meth:`cum` (and the Lloyd start's continuous mass) subtracts:
+        taken once (a solver asks for ``cum`` thousands of times, and a sample's law took a kernel
+        launch for it each time)."""
+        return float(self.T(0, self.lo))
 
     def atom_moments(self, k: int) -> np.ndarray:
         """What each atom adds to the integral of ``t^k`` (a weighted measure may weight the

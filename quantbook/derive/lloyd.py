@@ -153,7 +153,7 @@ def _cont_cum(mu, y):
 
 def _above_lo(mu, t0):
     """The continuous mass from ``mu.lo`` up to the point where ``T(0, ·)`` is ``t0``."""
-    return t0 - mu.T(0, mu.lo)
+    return t0 - mu.t0_lo
 
 
 def _inverse_cont(mu, p):
@@ -263,6 +263,10 @@ class _Tabulated:
 
     def T(self, k, y):
         return np.interp(np.asarray(y, dtype=np.float64), self.y, self.c)
+
+    @property
+    def t0_lo(self) -> float:
+        return float(self.T(0, self.lo))
 
     def dens(self, y):
         return np.interp(np.asarray(y, dtype=np.float64), self.y, self.g)
