@@ -243,3 +243,15 @@ def test_the_open_scan_finds_the_spellings_it_is_for():
                  "p.open('wb')", "p.read_text('utf-8')", "p.write_text(s, encoding='utf-8')", "os.open(p, flags)",
                  "tarfile.open(p)", "read_text(p)", "p.read_bytes()", "open(p, mode='ab')"):
         assert not list(_text_opens_without_encoding(ast.parse(text))), text
+
+
+def test_json_output_writes_a_file_names_bytes_as_unicode(capsys):
+    """In a C locale Python holds a file name's non-ASCII bytes as lone surrogates; json.dumps
+    wrote them as \\udccf escapes, which strict JSON readers refuse (they are no characters).
+    The --json output reads them as UTF-8, as the headers and plots do."""
+    from quantbook.cli.common import print_json
+
+    print_json({"label": "cb \udccf\udc83.json", "cb \udccf\udc83": [1.5, "\udcff"]})
+    out = capsys.readouterr().out
+    assert "\\udc" not in out.lower()
+    assert json.loads(out) == {"label": f"cb {SIGMA}.json", f"cb {SIGMA}": [1.5, "\ufffd"]}

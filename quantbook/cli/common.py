@@ -15,6 +15,8 @@ from typing import Any, Callable, NoReturn
 
 import numpy as np
 
+from ..io.files import name_text
+
 __all__ = ["UsageError", "Parser", "integer", "int_in", "add_json_flag", "json_safe", "print_json", "load_codebook",
            "print_codebook", "output_path", "SOURCE_SPELLINGS"]
 
@@ -86,13 +88,17 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 def json_safe(obj: Any) -> Any:
     """Standard JSON has no inf/NaN: non-finite floats become null (e.g. the MSE of a source
-    without a variance)."""
+    without a variance).  Text is written as Unicode (:func:`~quantbook.io.files.name_text`):
+    a file name's non-UTF-8 bytes, which Python holds as lone surrogates in a C locale, would be
+    written as ``\\udccf`` escapes that strict JSON readers refuse."""
+    if isinstance(obj, str):
+        return name_text(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {name_text(k) if isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
