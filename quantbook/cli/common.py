@@ -16,6 +16,7 @@ from typing import Any, Callable, NoReturn
 import numpy as np
 
 from ..io.files import name_text
+from ..io.text import number
 
 __all__ = ["UsageError", "Parser", "integer", "int_in", "add_json_flag", "json_safe", "print_json", "load_codebook",
            "print_codebook", "output_path", "SOURCE_SPELLINGS"]
@@ -132,7 +133,19 @@ def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> No
     for i, v in enumerate(cb.code):
         print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
     for key, value in (extra or {}).items():
-        print(f"{key}: {value}")
+        print(f"{key}: {_text(value)}")
+
+
+def _text(value: Any) -> str:
+    """An ``extra`` value in the text output: the JSON field's value as a reader reads it (a
+    float as its shortest repr, a switch as yes/no, a list as its items)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return number(float(value), "")   # float(): numpy 2's str is np.float64(...) inside containers
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value)
+    return str(value)
 
 
 def output_path(path: str, inputs: tuple[str, ...] = ()) -> str:

@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+from ..io.text import number
 from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, positive_float,
                      print_codebook, print_json)
 
@@ -207,11 +208,11 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
         return 0
     print(f"{cb.name} on {ev['source']} (B={ev['block_size']}, scale {ev['scale']}, qmax {ev['qmax']:g}; "
           f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
-    print(f"  MSE  weight {ev['mse_weight']:.6e} ± {ev['mse_standard_error']:.1e}")
-    print(f"  MAE  weight {ev['mae_weight']:.6e}")
+    print(f"  MSE  weight {number(ev['mse_weight'], '.6e')} ± {number(ev['mse_standard_error'], '.1e')}")
+    print(f"  MAE  weight {number(ev['mae_weight'], '.6e')}")
     # None: an infinite error (no variance), or none at all
     sqnr = ev["sqnr_db"] if ev["sqnr_db"] is not None else math.inf if ev["mse_weight"] == 0 else math.nan
-    print(f"  SQNR {sqnr:.3f} dB   {ev['bits_per_weight']:g} bits/weight")
+    print(f"  SQNR {number(sqnr, '.3f')} dB   {ev['bits_per_weight']:g} bits/weight")
     return 0
 
 
@@ -236,10 +237,11 @@ def _cmd_evaluate(args) -> int:
         qmax = f", qmax {ev.qmax:g}" if get_rule(ev.scale).layout == "scaled" else ""   # nested: the exact absmax
         where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
-    print(f"  MSE  weight {ev.mse_weight:.6e}   normalised {ev.mse_normalized:.6e}")
-    print(f"  MAE  weight {ev.mae_weight:.6e}   normalised {ev.mae_normalized:.6e}")
-    print(f"  SQNR {ev.sqnr_db:.3f} dB   code-usage entropy {ev.entropy_bits:.4f} bits")
-    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {ev.rd_bound:.6e}   gap {ev.gap_db:.3f} dB")
+    print(f"  MSE  weight {number(ev.mse_weight, '.6e')}   normalised {number(ev.mse_normalized, '.6e')}")
+    print(f"  MAE  weight {number(ev.mae_weight, '.6e')}   normalised {number(ev.mae_normalized, '.6e')}")
+    print(f"  SQNR {number(ev.sqnr_db, '.3f')} dB   code-usage entropy {ev.entropy_bits:.4f} bits")
+    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')}   "
+          f"gap {number(ev.gap_db, '.3f')} dB")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..io.text import label_width, number
 from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, print_json
 
 __all__ = ["register"]
@@ -108,13 +109,13 @@ def _cmd_plot_sweep(args) -> int:
                     "normalization": args.normalization, **layout,
                     "codebooks": {k: {keys[m]: v.tolist() for m, v in e.items()} for k, e in errors.items()}})
     else:
-        width = max(len(k) for k in errors)
+        width = label_width("codebook", errors)
         where = "".join(f", {k} {v:g}" if k == "qmax" else f", {k} {v}" for k, v in layout.items() if v is not None)
         print(f"expected error ({args.domain} domain, {args.source} source{where}) by block size")
         print(f"{'codebook':<{width}}  metric  " + "  ".join(f"{b:>9}" for b in sizes))
         for label, e in errors.items():
             for m in ("mse", "mae"):
-                print(f"{label:<{width}}  {m:<6}  " + "  ".join(f"{v:>9.3e}" for v in e[m]))
+                print(f"{label:<{width}}  {m:<6}  " + "  ".join(number(v, ">9.3e") for v in e[m]))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -3,11 +3,12 @@
 * :mod:`.files` — the one place that writes user output files (path checks, atomic writes);
 * :mod:`.safetensors` — reading ``.safetensors`` model files (header parsed once per file);
 * :mod:`.npy` — reading ``.npy`` arrays with the header checked before any data is read;
-* :mod:`.progress` — progress bars on standard error (``tqdm``, optional).
+* :mod:`.progress` — progress bars on standard error (``tqdm``, optional);
+* :mod:`.text` — numbers and table columns as the command line prints them.
 
 The submodules are imported on use so that ``import quantbook.io.files`` stays cheap.
 """
 
 from __future__ import annotations
 
-__all__ = ["files", "safetensors", "npy", "progress"]
+__all__ = ["files", "safetensors", "npy", "progress", "text"]

@@ -54,6 +54,7 @@ import numpy as np
 from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
+from ..io.text import label_width, number
 from ..numerics import hadamard
 from ..numerics.arguments import check_flag, check_int, check_names, host_array
 from ..scales import DEFAULT_QMAX
@@ -554,17 +555,18 @@ class ModelReport:
             head += f"; {self.vq.describe()}"
         if self.rotations != ["none"]:
             head += f"; rotations {', '.join(self.rotations)}"
-        width = max([len(c) for c in self.codebooks] + [8])
+        width = label_width("codebook", self.codebooks)
         cols = f"{'MSE':>11}  {'MAE':>11}  {'SQNR dB':>8}  {'rel. Frob.':>10}  {'bits/w':>7}"
 
         def row(label: str, s: ErrorSums, w: int) -> str:
-            return (f"{label:<{w}}  {s.mse:>11.4e}  {s.mae:>11.4e}  {s.sqnr_db:>8.3f}  "
-                    f"{s.rel_frobenius:>10.5f}  {s.bits_per_weight:>7.4f}")
+            return (f"{label:<{w}}  {number(s.mse, '>11.4e')}  {number(s.mae, '>11.4e')}  "
+                    f"{number(s.sqnr_db, '>8.3f')}  {number(s.rel_frobenius, '>10.5f')}  "
+                    f"{number(s.bits_per_weight, '>7.4f')}")
 
         lines = [head, "", f"{'codebook':<{width}}  {cols}"]
         lines += [row(c, self.totals[c], width) for c in self.codebooks]
         if per_tensor:
-            tw = max([len(t.name) for t in self.tensors] + [6])
+            tw = label_width("tensor", (t.name for t in self.tensors))
             for c in self.codebooks:
                 lines += ["", f"{c}:", f"{'tensor':<{tw}}  {cols}"]
                 lines += [row(t.name, t.sums[c], tw) for t in self.tensors]

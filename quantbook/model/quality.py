@@ -60,6 +60,7 @@ import numpy as np
 from ..codebooks.blocks import check_block_size
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
+from ..io.text import number
 from ..numerics.arguments import check_flag, is_int
 from ..scales import DEFAULT_QMAX
 from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
@@ -477,7 +478,7 @@ class Task:
     """
 
     name: ClassVar[str]
-    #: metric key -> (column title, format) for the table
+    #: metric key -> (column title, format spec) for the table
     columns: ClassVar[dict[str, tuple[str, str]]] = {}
     #: the metric --plot draws against bits per weight, and how it is labelled
     plot_metric: ClassVar[tuple[str, str]] = ("", "")
@@ -555,8 +556,8 @@ class Task:
 
 
 class CausalLM(Task, name="lm"):
-    columns = {"perplexity": ("PPL", "{:10.5g}"), "kl_mean": ("KL mean", "{:9.5f}"),
-               "kl_p99": ("KL p99", "{:9.5f}"), "same_top_pct": ("same top %", "{:10.2f}")}
+    columns = {"perplexity": ("PPL", "10.5g"), "kl_mean": ("KL mean", "9.5f"),
+               "kl_p99": ("KL p99", "9.5f"), "same_top_pct": ("same top %", "10.2f")}
     plot_metric = ("kl_mean", "mean KL divergence to the unquantized model (nats/token)")
 
     @staticmethod
@@ -654,7 +655,7 @@ def split_sentences(text: str, min_words: int = 3) -> list[str]:
 
 
 class SentenceEmbedding(Task, name="embed"):
-    columns = {"cosine_mean": ("cos mean", "{:9.6f}"), "cosine_min": ("cos worst", "{:9.6f}")}
+    columns = {"cosine_mean": ("cos mean", "9.6f"), "cosine_min": ("cos worst", "9.6f")}
     plot_metric = ("one_minus_cosine", "1 − mean cosine similarity to the unquantized embeddings")
     unused_weights = ("pooler.",)   # the embedding is the mean of the last hidden states
     batch = 32
@@ -773,22 +774,18 @@ class QualityReport:
                 + (f", {self.vq.describe()}" if self.vq is not None else "") + f"; {what}; device {self.device}")
         width = max(len(k) for k in self.labels) + 1
         title = f"{'codebook':<{width}}  {'bits/w':>7}  {'SQNR dB':>8}  " + "  ".join(
-            f"{t:>{len(fmt.format(0.0))}}" for t, fmt in cols.values()) + f"  {'s':>6}"
+            f"{t:>{len(format(0.0, spec))}}" for t, spec in cols.values()) + f"  {'s':>6}"
         lines = [head, "", title]
         for k in self.labels:
             r = self.rows[k]
-            vals = "  ".join(fmt.format(r[m]) for m, (_, fmt) in cols.items())
-            lines.append(f"{k:<{width}}  {r['bits_per_weight']:>7.4f}  {_db(r['sqnr_db']):>8}  {vals}  "
+            vals = "  ".join(number(r[m], spec) for m, (_, spec) in cols.items())
+            lines.append(f"{k:<{width}}  {r['bits_per_weight']:>7.4f}  {number(r['sqnr_db'], '>8.3f')}  {vals}  "
                          f"{r['seconds']:>6.1f}")
         if self.task == "embed":
             worst = min(self.labels[1:], key=lambda k: self.rows[k]["cosine_min"], default=None)
             if worst is not None:
                 lines += ["", f"worst sentence ({worst}): {self.rows[worst]['worst_sentence']}"]
         return "\n".join(lines)
-
-
-def _db(v: float) -> str:
-    return "inf" if v == math.inf else f"{v:.3f}"
 
 
 @contextmanager
