@@ -116,3 +116,188 @@ def test_evaluate_model_columns_line_up_for_long_names_and_a_path_with_spaces(ca
         header = lines[i]
         for row in lines[i + 1:i + 3]:
             assert ends(row)[-5:] == ends(header)[-5:], (header, row)
+
+
+# ------------------------------------------------------------------------ stated defaults
+def _options():
+    """``{(command, option): argparse action}`` of every sub-command, ``option`` its long flag
+    (or the positional's dest)."""
+    import argparse
+
+    from quantbook.cli import build_parser
+
+    out = {}
+
+    def walk(parser, words):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*words, name])
+            elif a.dest not in ("help", "version"):
+                flag = next((o for o in a.option_strings if o.startswith("--")), a.dest)
+                out[(" ".join(words), flag)] = a
+
+    walk(build_parser(), [])
+    return out
+
+
+def _effective_defaults():
+    """What each option left out really is, read from where the command fills it in: the
+    argparse default where there is one, else the library's (recipe fields, signatures,
+    constants): ``{(command, option): value}``."""
+    import dataclasses
+    import inspect
+
+    import quantbook
+    from quantbook.derive.lloyd import solve_lloyd
+    from quantbook.derive.metrics import evaluate
+    from quantbook.derive.recipes import FIT_SAMPLES, LloydRecipe, NFRecipe, QuantileRecipe, default_fixed
+    from quantbook.derive.search_lloyd import EVAL_SAMPLES, evaluate_search, solve_search_lloyd
+    from quantbook.derive.vq import VQRecipe
+    from quantbook.model.evaluate import ModelReport, VQOptions, evaluate_model
+    from quantbook.model.quality import evaluate_quality
+    from quantbook.scales import DEFAULT_QMAX
+    from quantbook.verify.vq import AUDIT_SAMPLES, AUDIT_SEED
+
+    def sig(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    def fields(cls):
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    out = {("export", "--block-size"): sig(quantbook.quantize, "block_size"), ("export", "--qmax"): DEFAULT_QMAX}
+    nf = fields(NFRecipe)
+    out.update({("derive nf", "--bits"): nf["bits"], ("derive nf", "--precision"): nf["precision"]})
+    for meth, cls in (("lloyd", LloydRecipe), ("quantile", QuantileRecipe)):
+        f = fields(cls)
+        for key in ("bits", "block_size", "normalization", "source", "qmax", "domain"):
+            out[(f"derive {meth}", "--" + key.replace("_", "-"))] = f[key]
+        out[(f"derive {meth}", "--fix")] = ",".join(f"{v:g}" for v in default_fixed(f["normalization"]))
+    out[("derive lloyd", "--loss")] = fields(LloydRecipe)["loss"]
+    assert sig(solve_lloyd, "loss") == fields(LloydRecipe)["loss"]
+    out[("derive lloyd", "--samples")] = FIT_SAMPLES      # search_lloyd's default sample
+    out[("derive lloyd", "--seed")] = sig(solve_search_lloyd, "seed")
+    vq = fields(VQRecipe)
+    for key in ("source", "scale", "seed", "samples", "restarts", "init"):
+        out[("derive vq", "--" + key)] = vq[key]
+    out.update({("evaluate", "--block-size"): sig(evaluate, "block_size"),
+                ("evaluate", "--normalization"): sig(evaluate, "normalization"),
+                ("evaluate", "--source"): sig(evaluate, "source"), ("evaluate", "--qmax"): DEFAULT_QMAX,
+                ("evaluate", "--samples"): EVAL_SAMPLES, ("evaluate", "--seed"): sig(evaluate_search, "seed")})
+    out.update({("audit", "--samples"): AUDIT_SAMPLES, ("audit", "--seed"): AUDIT_SEED})
+    v = fields(VQOptions)
+    out.update({("evaluate-model", "--block-size"): sig(evaluate_model, "block_size"),
+                ("evaluate-model", "--scale"): fields(ModelReport)["scale"],
+                ("evaluate-model", "--qmax"): sig(evaluate_model, "qmax"),
+                ("evaluate-model", "--tokens"): sig(evaluate_quality, "tokens"),
+                ("evaluate-model", "--context"): sig(evaluate_quality, "context"),
+                ("evaluate-model", "--device"): sig(evaluate_quality, "device"),
+                ("evaluate-model", "--rotate"): ",".join(sig(evaluate_model, "rotations")),
+                ("evaluate-model", "--vq-group"): v["group"], ("evaluate-model", "--vq-scale"): v["scale"],
+                ("evaluate-model", "--vq-scale-dtype"): v["scale_dtype"],
+                ("plot-sweep", "--qmax"): DEFAULT_QMAX})
+    return out
+
+
+#: options whose help describes what happens without them rather than naming a value; each is
+#: None on the parser, so the command decides (checked by the tests of those commands)
+DESCRIBED = {("export", "--output"), ("export", "--name"), ("derive nf", "--offset"), ("audit", "names"),
+             ("evaluate-model", "--tensors"), ("evaluate-model", "--text"), ("plot-sweep", "--scale"),
+             *((cmd, flag) for cmd in ("derive lloyd", "derive quantile", "evaluate")
+               for flag in ("--scale", "--tensor-size"))}
+
+_STATED = re.compile(r"\bdefault(?: is|:)? ([^\s;)]+)")
+
+
+def _stated(text: str):
+    """The value after the first "default" of a help text: a number (10^7 too) or a word."""
+    token = _STATED.search(text).group(1).rstrip(",:.")
+    power = re.fullmatch(r"(\d+)\^(\d+)", token)
+    if power:
+        return int(power.group(1)) ** int(power.group(2))
+    return float(token) if re.fullmatch(r"-?\d+(\.\d+)?", token) else token
+
+
+def test_every_stated_default_is_the_one_used():
+    effective = _effective_defaults()
+    checked = set()
+    for key, action in _options().items():
+        text = action.help or ""
+        has_default = action.default not in (None, False) and action.nargs != 0
+        if key in DESCRIBED:
+            assert "default" in text and action.default is None, key
+            continue
+        if "default" not in text:
+            assert not has_default, f"{key}: default {action.default!r} not stated in its help"
+            assert key not in effective, f"{key}: default {effective[key]!r} not stated in its help"
+            continue
+        want = action.default if action.default is not None else effective[key]
+        assert action.default is None or key not in effective or effective[key] == action.default, key
+        got = _stated(text)
+        if isinstance(got, (int, float)):
+            assert float(want) == got, (key, text, want)
+        else:
+            assert str(want) == got, (key, text, want)
+        checked.add(key)
+    assert set(effective) <= checked | DESCRIBED, set(effective) - checked
+    assert len(checked) > 50
+
+
+def test_the_described_defaults_are_those_documented():
+    from fractions import Fraction
+
+    from quantbook.derive.normal_float import BNB_OFFSET_LITERAL, default_offset
+
+    help_of = {key: a.help for key, a in _options().items()}
+    offset = help_of[("derive nf", "--offset")]
+    # the offset of NF4 is the mean of the two centre positions (docs/derivation.md): (1 - 1/30 + 1 - 1/32) / 2
+    assert default_offset(4) == (1 - Fraction(1, 30) + 1 - Fraction(1, 32)) / 2 == Fraction(929, 960)
+    assert "929/960 for k=4" in offset and f"{float(BNB_OFFSET_LITERAL)} with float32-bnb" in offset
+    assert "default 0,1 signed-absmax" not in help_of[("derive lloyd", "--fix")]  # the form is "0,1 signed-absmax"
+    assert "0,1 signed-absmax; none: none" in help_of[("derive lloyd", "--fix")]
+
+
+# ------------------------------------------------------------------------------ exit statuses
+def test_exit_statuses_are_documented_and_returned(capsys, monkeypatch):
+    from pathlib import Path
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    listed = dict(re.findall(r"(\d+) ([^;.]+)", help_text.split("Exit status: ")[1]))
+    assert set(listed) == {"0", "1", "2", "130"}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert set(re.findall(r"^- (\d+): ", readme, re.M)) >= set(listed)
+
+    assert main(["list"]) == 0                                   # success
+    assert main(["evaluate", "nf4", "--block-size", "x"]) == 2   # the parser refuses a usage
+    assert main(["show", "no-such-table"]) == 2                  # an input the library refuses
+    capsys.readouterr()
+    # a failed check: a table expected bit for bit, one float32 ULP off its recipe's output
+    from quantbook import Codebook
+    from quantbook.codebooks.registry import _ENTRIES, REGISTRY, Published
+
+    nf4 = REGISTRY["nf4"].codebook
+    off = nf4.code.copy()
+    off[9] = float(np.nextafter(np.float32(off[9]), np.float32(1)))
+    monkeypatch.setitem(_ENTRIES, "zz-off", Published(Codebook(np.unique(off), bits=4, name="zz-off", source="test",
+                                                               recipe=nf4.recipe, code=off), "test entry"))
+    assert main(["audit", "nf4", "zz-off"]) == 1
+    assert "not reproduced: zz-off" in capsys.readouterr().err
+    assert main(["audit", "nf4"]) == 0
+    capsys.readouterr()
+    # an internal error (a bug) and an interrupt
+    from quantbook.cli import codebooks
+
+    def fail(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(codebooks, "_cmd_list", fail)
+    assert main(["list"]) == 1 and "internal error" in capsys.readouterr().err
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(codebooks, "_cmd_list", interrupt)
+    assert main(["list"]) == 130

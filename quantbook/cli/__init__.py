@@ -40,7 +40,11 @@ from ..console import interrupted, printable_streams
 if TYPE_CHECKING:
     from .common import Parser
 
-__all__ = ["main", "build_parser", "UsageError"]
+__all__ = ["main", "build_parser", "UsageError", "EXIT_STATUSES"]
+
+#: what each exit status of :func:`main` means, as ``quantbook --help`` lists them
+EXIT_STATUSES = {0: "success", 1: "a failed check (audit: a table not reproduced) or an internal error (a bug)",
+                 2: "a usage or input error", 130: "interrupted (Ctrl-C)"}
 
 
 def __getattr__(name: str):
@@ -81,7 +85,9 @@ def build_parser() -> Parser:
     """The ``quantbook`` argument parser, with every command module's sub-commands."""
     from .common import Parser
 
-    p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.")
+    statuses = "; ".join(f"{code} {meaning}" for code, meaning in EXIT_STATUSES.items())
+    p = Parser(prog="quantbook", description="Design, derive, audit and use k-bit quantization codebooks.",
+               epilog=f"Exit status: {statuses}.")
     p.add_argument("--version", action=_Version, help="show program's version number and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True

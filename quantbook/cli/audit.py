@@ -87,7 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``audit`` to the command line's sub-commands ``sub``."""
     s = sub.add_parser("audit", help="re-derive the published tables (every one, or those named) and compare "
                                      "bit for bit "
-                                     "(--vector: audit the vector grids)")
+                                     "(--vector: audit the vector grids)",
+                       description="Re-derive the published tables (every one, or those named) from their recipes "
+                                   "and compare them bit for bit. Exit status 1 when a table expected to reproduce "
+                                   "(bit-exact or decimals) does not, with its name on standard error; the vector "
+                                   "grids' findings (--vector) and --layouts never fail.")
     s.add_argument("names", nargs="*", metavar="NAME",
                    help="the tables to audit (default: every one `quantbook list` names; with --vector every "
                         "published grid)")
@@ -99,6 +103,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Lloyd fixed point, gain of the derived grid (docs/vector-codebooks.md)")
     s.add_argument("--samples", type=int_in(100, 10**9),
                    help="with --vector: Monte-Carlo vectors per grid (default 10^6)")
-    s.add_argument("--seed", type=int_in(0, 2**63 - 1), help="with --vector: seed of the Monte-Carlo sample")
+    s.add_argument("--seed", type=int_in(0, 2**63 - 1), help="with --vector: seed of the Monte-Carlo sample (default 20241126)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_audit)

@@ -134,10 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "json/c/cuda are text; npy/bnb are binary (written to standard output only when "
                     "it is not a terminal).")
     s.add_argument("codebook", metavar="NAME|FILE.json",
-                   help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; default B 64)")
+                   help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; without B, --block-size)")
     s.add_argument("--format", "-f", choices=FORMATS, default="json", help="output format (default json)")
     s.add_argument("-o", "--output", metavar="PATH", default=None,
-                   help="file to write (default, or -: standard output)")
+                   help="file to write (default: standard output, which - also names)")
     s.add_argument("--name", default=None,
                    help="C identifier for the tables (c, cuda; bnb: its quant_type), used as given; default: "
                         "the codebook name with non-identifier characters replaced by '_'")

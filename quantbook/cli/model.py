@@ -60,8 +60,9 @@ def _codebooks_and_vq(args):
             raise ValueError(f"{next(iter(given))} applies to vector codebooks (e.g. higgs-2d-256); "
                              f"--codebooks lists none")
         return codebooks, None
-    vq = VQOptions(group=64 if args.vq_group is None else args.vq_group, scale=args.vq_scale or "rms",
-                   scale_dtype=args.vq_scale_dtype or "float16")
+    # the options not given are VQOptions' defaults, which the help states
+    vq = VQOptions(**{k: v for k, v in (("group", args.vq_group), ("scale", args.vq_scale),
+                                        ("scale_dtype", args.vq_scale_dtype)) if v is not None})
     return codebooks, vq
 
 
@@ -135,12 +136,12 @@ def _cmd_model_quality(args) -> int:
     codebooks, vq = _codebooks_and_vq(args)
     text_path = args.text if args.text is not None else default_text_path()
     text = read_text(text_path)
-    report = evaluate_quality(args.file, codebooks, task=args.task, text=text,
-                              tokens=args.tokens if args.tokens is not None else 1024,
-                              context=args.context if args.context is not None else 256,
-                              block_size=args.block_size, nested=args.nested, rotations=rotations,
-                              tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
-                              device="auto" if args.device is None else args.device, vq=vq, **_scale_args(args))
+    # the inputs not given are evaluate_quality's defaults, which the help states
+    given = {k: v for k, v in (("tokens", args.tokens), ("context", args.context), ("device", args.device))
+             if v is not None}
+    report = evaluate_quality(args.file, codebooks, task=args.task, text=text, block_size=args.block_size,
+                              nested=args.nested, rotations=rotations, tensors=args.tensors, backend=args.backend,
+                              progress=progress_enabled(args.progress), vq=vq, **given, **_scale_args(args))
     if args.json:
         d = report.to_dict()
         d["text"] = str(text_path)
@@ -198,25 +199,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lm: window length in tokens (stride = window); embed: the longest sentence (default 256; "
                         "at most the model's positions)")
     s.add_argument("--rotate", default=None, metavar="SPEC",
-                   help="none, hadamard or hadamard:N (N a power of two; default the largest dividing the "
+                   help="none, hadamard or hadamard:N (N a power of two; hadamard alone: the largest dividing the "
                         "input dimension), comma-separated to compare: quantize W·H, use dequant(W·H)·Hᵀ "
-                        "(HIGGS's vector grids are made for --rotate hadamard)")
+                        "(default none; HIGGS's vector grids are made for --rotate hadamard)")
     s.add_argument("--vq-group", type=integer, default=None, metavar="G",
                    help="vector codebooks: weights per stored scale, a multiple of P dividing every row (default 64)")
     s.add_argument("--vq-scale", choices=("rms", "absmax"), default=None,
-                   help="vector codebooks: the group scale, sqrt(mean x²) (default, HIGGS's) or max |x|")
+                   help="vector codebooks: the group scale, rms = sqrt(mean x²) (HIGGS's) or absmax = max |x| "
+                        "(default rms)")
     s.add_argument("--vq-scale-dtype", choices=("float16", "float32"), default=None,
                    help="vector codebooks: how the group scale is stored (default float16: 16/G bits per weight)")
     s.add_argument("--device", default=None, metavar="DEV",
-                   help="with --task: where torch runs the model: auto (default: cuda when torch sees a GPU), "
-                        "cpu, cuda or cuda:N")
+                   help="with --task: where torch runs the model: auto (cuda when torch sees a GPU), cpu, cuda or "
+                        "cuda:N (default auto)")
     add_json_flag(s)
     s.add_argument("--plot", metavar="FILE", default=None,
                    help="also draw a picture (PNG, PDF, SVG ...: by extension; matplotlib): per-tensor SQNR, or "
                         "with --task the task's loss (KL, 1 − cosine) against bits per weight")
     s.add_argument("--backend", default="auto", metavar="NAME",
-                   help="bulk quantization backend: auto (default: gpu when CuPy sees a usable GPU, else cpu "
-                        "when numba can run here, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
+                   help="bulk quantization backend (default auto): auto (gpu when CuPy sees a usable GPU, else "
+                        "cpu when numba can run here, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
                         "each tensor goes to the GPU once and its errors are summed there, the same bytes and report; "
                         "vector codebooks too)")
     s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")

@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                 "(see evaluate-model)")
     s.add_argument("--block-size", "-B", type=int_in(2, 10**6), default=64, help="block size (default 64)")
     s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
-    s.add_argument("--normalization", choices=norms, default="absmax")
+    s.add_argument("--normalization", choices=norms, default="absmax", help="block normalisation (default absmax)")
     s.add_argument("-o", "--output", required=True, metavar="FILE")
     s.set_defaults(func=_cmd_plot)
 
@@ -146,9 +146,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-block", type=int_in(2, 10**6), default=16384,
                    help="largest block size: the doublings of --min-block up to it (default 16384)")
     s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
-    s.add_argument("--normalization", choices=norms, default="absmax")
+    s.add_argument("--normalization", choices=norms, default="absmax", help="block normalisation (default absmax)")
     s.add_argument("--domain", choices=("weight", "normalized"), default="weight",
-                   help="errors of the weights in units of sigma (default) or of y = x/absmax")
+                   help="errors of the weights in units of sigma, or of y = x/absmax (default weight)")
     s.add_argument("--scale", metavar="RULE",
                    help="evaluate every codebook in this block scale rule's scaled layout: "
                         f"{rule_spellings(lambda r: r.layout == 'scaled' and r.deterministic)} "
