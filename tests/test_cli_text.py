@@ -301,3 +301,152 @@ def test_exit_statuses_are_documented_and_returned(capsys, monkeypatch):
 
     monkeypatch.setattr(codebooks, "_cmd_list", interrupt)
     assert main(["list"]) == 130
+
+
+def test_vector_points_line_up(capsys):
+    out = run(capsys, "derive", "vq", "--dim", "2", "--points", "4", "--samples", "2000", "--restarts", "1")
+    rows = out.split("points:\n")[1].splitlines()
+    assert len(rows) == 4 and len({tuple(ends(r)) for r in rows}) == 1, rows
+    assert re.search(r"converged (yes|no),", out)
+    rows = run(capsys, "show", "higgs-2d-16").splitlines()[3:]
+    assert len(rows) == 16 and len({tuple(ends(r)) for r in rows}) == 1, rows
+
+
+# -------------------------------------------------------------------------- text vs --json
+def same(token: str, value, spec: str) -> bool:
+    """The text's ``token`` is the JSON ``value`` printed at the text's precision: the same
+    quantity, units and rounding (JSON's null is a value that is not finite)."""
+    if value is None:
+        return token in ("inf", "-inf", "undefined")
+    return format(value, spec) == token
+
+
+def both(capsys, *argv):
+    text = run(capsys, *argv)
+    return text, json.loads(run(capsys, *argv, "--json"))
+
+
+def fields(pattern: str, text: str) -> dict:
+    m = re.search(pattern, text)
+    assert m, (pattern, text)
+    return m.groupdict()
+
+
+@pytest.mark.parametrize("argv", [["nf4"], ["nf4", "--source", "student-t:2"], ["af4", "-B", "32"],
+                                  ["e2m1", "-B", "16", "--scale", "e4m3"]], ids=" ".join)
+def test_evaluate_text_is_its_json(capsys, argv):
+    text, d = both(capsys, "evaluate", *argv)
+    n = r"(?:-?[\d.]+(?:e[-+]\d+)?|inf|-inf|undefined)"
+    got = fields(rf"MSE  weight (?P<mse_weight>{n})   normalised (?P<mse_normalized>{n})\n"
+                 rf"  MAE  weight (?P<mae_weight>{n})   normalised (?P<mae_normalized>{n})\n"
+                 rf"  SQNR (?P<sqnr_db>{n}) dB   code-usage entropy (?P<entropy_bits>{n}) bits\n"
+                 rf"  D\(R\) at R = (?P<bits_per_weight>{n}) bits/weight: (?P<rd_bound>{n})   gap (?P<gap_db>{n}) dB",
+                 text)
+    specs = {"mse_weight": ".6e", "mse_normalized": ".6e", "mae_weight": ".6e", "mae_normalized": ".6e",
+             "sqnr_db": ".3f", "entropy_bits": ".4f", "bits_per_weight": "g", "rd_bound": ".6e", "gap_db": ".3f"}
+    for key, spec in specs.items():
+        assert same(got[key], d[key], spec), (key, got[key], d[key])
+
+
+def test_evaluate_search_text_is_its_json(capsys):
+    text, d = both(capsys, "evaluate", "e2m1", "-B", "16", "--scale", "search:4over6", "--samples", "16000")
+    got = fields(r"Monte Carlo: (?P<samples>\d+) values, seed (?P<seed>\d+)\)\n"
+                 r"  MSE  weight (?P<mse_weight>\S+) ± (?P<mse_standard_error>\S+)\n"
+                 r"  MAE  weight (?P<mae_weight>\S+)\n"
+                 r"  SQNR (?P<sqnr_db>\S+) dB   (?P<bits_per_weight>\S+) bits/weight",
+                 text)
+    specs = {"samples": "d", "seed": "d", "mse_weight": ".6e", "mse_standard_error": ".1e", "mae_weight": ".6e",
+             "sqnr_db": ".3f", "bits_per_weight": "g"}
+    for key, spec in specs.items():
+        assert same(got[key], d[key], spec), (key, got[key], d[key])
+
+
+@pytest.mark.parametrize("method", ["lloyd", "quantile"])
+def test_derive_text_is_its_json(capsys, method):
+    # without a finite variance the weight-domain errors are infinite: Lloyd minimises the normalised ones
+    text, d = both(capsys, "derive", method, "--bits", "2", "--source", "student-t:2", "--domain", "normalized")
+    extra = dict(re.findall(r"^(\w+): (.*)$", text, re.M))
+    for key in ("mse_weight", "mae_weight", "mse_normalized", "mae_normalized", "sqnr_db", "iterations",
+                "change"):
+        if key in d:   # the text shows the float in full: it reads back as the JSON's
+            assert (float(extra[key]) == d[key]) if d[key] is not None else extra[key] in ("inf", "undefined")
+    assert d["mse_weight"] is None and extra["mse_weight"] == "inf"
+    if method == "lloyd":
+        assert extra["converged"] == ("yes" if d["converged"] else "no")
+    table = re.findall(r"^ +(\d+)  (\S+) +0x([0-9a-f]{8})$", text, re.M)
+    code = d.get("code", d["levels"])
+    assert [float(v) for _, v, _ in table] == code
+    assert [int(h, 16) for _, _, h in table] == [int(np.float32(v).view(np.uint32)) for v in code]
+
+
+def test_audit_text_is_its_json(capsys):
+    text, rows = both(capsys, "audit", "nf4", "max1960-n8", "iq4_nl")
+    got = re.findall(r"\] (\S+): .*\n +bit_exact=(\S+)  max_ulp=(\S+)  max_abs_diff=(\S+)  expect=(\S+)", text)
+    assert [g[0] for g in got] == [r["name"] for r in rows]
+    for (name, bit_exact, ulp, diff, expect), r in zip(got, rows):
+        assert bit_exact == {None: "-", True: "yes", False: "no"}[r["bit_exact"]]
+        assert ulp == ("-" if r["max_ulp"] is None else str(r["max_ulp"]))
+        assert diff == ("-" if r["max_abs_diff"] is None else format(r["max_abs_diff"], ".3g"))
+        assert expect == r["expect"]
+
+
+def test_audit_vector_text_is_its_json(capsys):
+    text, (r,) = both(capsys, "audit", "--vector", "higgs-2d-16", "--samples", "20000")
+    got = fields(r"(?P<size>\d+) points in (?P<dim>\d+)-D, (?P<bits_per_weight>\S+) bits/weight \(index\)\n"
+                 r" +MSE/dim (?P<mse>\S+) ± (?P<mse_se>\S+) \(MC, (?P<samples>\d+) vectors, seed (?P<seed>\d+)\)\n"
+                 r" +gap to D\(R\)=2\^-2R: (?P<gap_db>\S+) dB  scalar Lloyd-Max at \S+ bits (?P<scalar_mse>\S+) "
+                 r"\((?P<scalar_db>\S+) dB\)\n"
+                 r" +Lloyd fixed point: max \|centroid - point\| (?P<centroid_max>\S+) "
+                 r"\(max z (?P<centroid_max_z>\S+); "
+                 r"(?P<empty_cells>\d+) empty cells\)\n"
+                 r" +derived (?P<derived>\S+): MSE/dim (?P<derived_mse>\S+), gain (?P<gain_pct>\S+) % ± "
+                 r"(?P<gain_se_pct>\S+) % \(paired\)", text)
+    specs = {"size": "d", "dim": "d", "bits_per_weight": "g", "mse": ".6e", "mse_se": ".1e", "samples": "d",
+             "seed": "d", "gap_db": ".2f", "scalar_mse": ".4e", "centroid_max": ".2e", "centroid_max_z": ".1f",
+             "empty_cells": "d", "derived_mse": ".6e", "gain_pct": "+.3f", "gain_se_pct": ".3f"}
+    for key, spec in specs.items():
+        assert same(got[key], r[key], spec), (key, got[key], r[key])
+    assert got["derived"] == r["derived"]
+    import math   # the scalar code's gap to the bound, from the JSON's two MSEs
+
+    assert same(got["scalar_db"], 10 * math.log10(r["scalar_mse"] / r["rd_bound"]), ".2f")
+
+
+def test_evaluate_model_text_is_its_json(capsys, tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(0)
+    model = tmp_path / "m.safetensors"
+    st.save_file({"a": rng.standard_normal((16, 64)).astype(np.float32),
+                  "zero": np.zeros((2, 64), np.float32)}, str(model))
+    text, d = both(capsys, "evaluate-model", model, "-c", "nf4,int4-sym", "--per-tensor")
+    keys, specs = ("mse_weight", "mae_weight", "sqnr_db", "rel_frobenius", "bits_per_weight"), \
+        (".4e", ".4e", ".3f", ".5f", ".4f")
+    tables = {None: d["codebooks"], **{t["name"]: t["codebooks"] for t in d["per_tensor"]}}
+    seen = 0
+    block = None
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\S+):", line)
+        if m:
+            block = m.group(1)
+        parts = line.split()
+        if len(parts) == 6 and not line.startswith(("codebook", "tensor")):
+            label, values = parts[0], parts[1:]
+            row = d["codebooks"][label] if block is None else tables[label][block]
+            for key, spec, token in zip(keys, specs, values):
+                assert same(token, row[key], spec), (label, block, key, token, row[key])
+            seen += 1
+    assert seen == 2 + 2 * 2
+    # the all-zero tensor is quantized without error: SQNR inf in the text, null in the JSON
+    assert tables["zero"]["nf4"]["sqnr_db"] is None
+
+
+def test_plot_sweep_text_is_its_json(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    text, d = both(capsys, "plot-sweep", "nf4", "af4", "--min-block", "16", "--max-block", "64", "-o",
+                   tmp_path / "s.png")
+    lines = text.splitlines()
+    assert [int(b) for b in lines[1].split()[2:]] == d["block_sizes"]
+    for line in lines[2:]:
+        label, metric, *values = line.split()
+        want = d["codebooks"][label][f"{metric}_{d['domain']}"]
+        assert len(values) == len(want) and all(same(t, v, ".3e") for t, v in zip(values, want)), line

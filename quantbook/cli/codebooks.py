@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from .common import UsageError, add_json_flag, int_in, load_codebook, output_path, print_codebook, print_json
+from .common import (UsageError, add_json_flag, int_in, load_codebook, output_path, point_rows, print_codebook,
+                     print_json)
 
 __all__ = ["register"]
 
@@ -47,8 +48,8 @@ def _print_vector(spec: str, as_json: bool) -> None:
           f"({cb.index_bits / cb.dim:g} bits/weight before the group scale)")
     print(f"source: {cb.source}")
     print(f"recipe: {'none' if cb.recipe is None else json.dumps(cb.recipe, sort_keys=True)}")
-    for i, row in enumerate(cb.points):
-        print(f"{i:>5}  " + "  ".join(f"{float(v)!r:>22}" for v in row))
+    for i, row in enumerate(point_rows(cb.points)):
+        print(f"{i:>5}  {row}")
 
 
 def _header_layout(cb, scale: str, block_size: int, qmax: float | None):

@@ -19,7 +19,7 @@ from ..io.files import name_text
 from ..io.text import number
 
 __all__ = ["UsageError", "Parser", "integer", "int_in", "add_json_flag", "json_safe", "print_json", "load_codebook",
-           "print_codebook", "output_path", "SOURCE_SPELLINGS"]
+           "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value"]
 
 #: the spellings of ``--source`` (quantbook.derive.parse_source, and the safetensors source's suffixes)
 SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS][@row|@tensor|@none]"
@@ -133,10 +133,18 @@ def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> No
     for i, v in enumerate(cb.code):
         print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
     for key, value in (extra or {}).items():
-        print(f"{key}: {_text(value)}")
+        print(f"{key}: {text_value(value)}")
 
 
-def _text(value: Any) -> str:
+def point_rows(points: Any) -> list[str]:
+    """The rows of a vector codebook's points, each coordinate its float64 repr, right-aligned to
+    the longest so that the columns line up."""
+    cells = [[repr(float(v)) for v in row] for row in np.asarray(points, dtype=np.float64)]
+    width = max((len(c) for row in cells for c in row), default=0)
+    return ["  ".join(f"{c:>{width}}" for c in row) for row in cells]
+
+
+def text_value(value: Any) -> str:
     """An ``extra`` value in the text output: the JSON field's value as a reader reads it (a
     float as its shortest repr, a switch as yes/no, a list as its items)."""
     if isinstance(value, (bool, np.bool_)):
@@ -144,7 +152,7 @@ def _text(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return number(float(value), "")   # float(): numpy 2's str is np.float64(...) inside containers
     if isinstance(value, (list, tuple)):
-        return ", ".join(_text(v) for v in value)
+        return ", ".join(text_value(v) for v in value)
     return str(value)
 
 

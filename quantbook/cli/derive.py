@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 from ..io.text import number
-from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, positive_float,
-                     print_codebook, print_json)
+from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, point_rows,
+                     positive_float, print_codebook, print_json, text_value)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -186,11 +186,12 @@ def _cmd_derive_vq(args) -> int:
           f"on the fitting sample {res.mse:.6e}")
     if extra["gap_db"] is not None:
         print(f"gap to D(R)=2^-2R: {extra['gap_db']:.3f} dB")
-    print(f"Lloyd passes on the whole sample {res.iterations}, converged {res.converged}, {res.seconds:.1f} s")
+    print(f"Lloyd passes on the whole sample {res.iterations}, converged {text_value(res.converged)}, "
+          f"{res.seconds:.1f} s")
     if args.output is None:
         print("points:")
-        for row in cb.points:
-            print("  " + " ".join(f"{float(v)!r:>12}" for v in row))
+        for row in point_rows(cb.points):
+            print(f"  {row}")
     return 0
 
 
