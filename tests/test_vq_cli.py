@@ -83,7 +83,8 @@ def test_derive_vq_text_output_is_the_json_run_in_words(capsys, tmp_path):
     # the gap to the Gaussian distortion-rate bound D(R) = 2^-2R at R = 2 bits, by hand
     gap = float(re.fullmatch(r"gap to D\(R\)=2\^-2R: (\S+) dB", lines[3])[1])
     assert gap == pytest.approx(10 * np.log10(d["mse"] / 2.0 ** -4), abs=1e-3)
-    assert lines[4].startswith(f"Lloyd passes on the whole sample {d['iterations']}, converged {'yes' if d['converged'] else 'no'}")
+    converged = "yes" if d["converged"] else "no"
+    assert lines[4].startswith(f"Lloyd passes on the whole sample {d['iterations']}, converged {converged}")
     # the points, each float32 written as its shortest float64 repr, in the codebook's order
     assert lines[5] == "points:" and len(lines) == 6 + 16
     got = np.array([[float(v) for v in line.split()] for line in lines[6:]], dtype=np.float32)
