@@ -10,6 +10,7 @@ with ``torch.cuda.is_available`` monkeypatched (no GPU needed).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import math
 from pathlib import Path
@@ -192,6 +193,7 @@ def test_cli_passes_the_device(monkeypatch, model_file, capsys, tmp_path):
     from quantbook.model import quality
 
     seen = {}
+    default = inspect.signature(quality.evaluate_quality).parameters["device"].default
 
     def fake_evaluate_quality(path, codebooks, **kw):
         seen.update(kw, codebooks=codebooks)
@@ -206,8 +208,10 @@ def test_cli_passes_the_device(monkeypatch, model_file, capsys, tmp_path):
     assert "stopped here" in capsys.readouterr().err
     assert seen["device"] == "cuda" and seen["vq"] == VQOptions(group=128)
     assert [label for label, _ in seen["codebooks"]] == ["nf4", "higgs-2d-256"]
+    seen.clear()
     main(["evaluate-model", str(path), "--task", "embed", "--text", str(text), "-c", "nf4"])
-    assert seen["device"] == "auto" and seen["vq"] is None
+    # no --device: evaluate_quality's own default, which --help states (auto)
+    assert seen.get("device", default) == "auto" and seen["vq"] is None
 
 
 # -- a real model (small), skipped when it is not installed -----------------------------------
