@@ -28,6 +28,26 @@ def scaled_backend(name):
     return backend
 
 
+def quantize_on(be, x, codebook="nf4", block_size=64, **kw):
+    """``quantbook.quantize`` of host ``x`` on backend ``be`` (uploaded where it works), the
+    packed codes back on the host."""
+    import quantbook as qb
+
+    packed, state = qb.quantize(be.from_host(np.ascontiguousarray(x)), codebook, block_size,
+                                backend=be.name, **kw)
+    return be.to_host(packed), state
+
+
+def dequantize_on(be, packed, state):
+    """``quantbook.dequantize`` on backend ``be``, the values back on the host in the state's dtype."""
+    import quantbook as qb
+
+    out = be.to_host(qb.dequantize(be.from_host(np.asarray(packed)), state, backend=be.name))
+    if out.dtype == np.uint16 and np.dtype(state.dtype).name == "bfloat16":  # old CuPy: raw bits
+        out = out.view(state.dtype)
+    return out
+
+
 def bits_equal(a, b):
     a, b = np.asarray(a), np.asarray(b)
     return a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize and \

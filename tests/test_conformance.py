@@ -29,7 +29,7 @@ from quantbook.bulk.nested import dynamic_map
 from quantbook.bulk.reference import dequantize_reference, quantize_reference
 from quantbook.naming import resolve_codebook
 
-from gpu_cases import adversarial_input, bits_equal, usable_backend
+from gpu_cases import adversarial_input, bits_equal, dequantize_on, quantize_on, usable_backend
 
 try:
     import ml_dtypes
@@ -56,17 +56,7 @@ def be(request):
     return usable_backend(request.param)
 
 
-def quantize(be, x, codebook="nf4", block_size=64, **kw):
-    packed, state = qb.quantize(be.from_host(np.ascontiguousarray(x)), codebook, block_size,
-                                backend=be.name, **kw)
-    return be.to_host(packed), state
-
-
-def dequantize(be, packed, state):
-    out = be.to_host(qb.dequantize(be.from_host(np.asarray(packed)), state, backend=be.name))
-    if out.dtype == np.uint16 and np.dtype(state.dtype).name == "bfloat16":  # old CuPy: raw bits
-        out = out.view(state.dtype)
-    return out
+quantize, dequantize = quantize_on, dequantize_on
 
 
 def _bits(a):

@@ -44,7 +44,7 @@ from quantbook.bulk import BACKENDS
 from quantbook.bulk.vq import VQ_BACKENDS, dequantize_vq, quantize_vq
 from quantbook.scales import get_rule, rule_names
 
-from gpu_cases import scaled_backend, usable_backend
+from gpu_cases import dequantize_on, quantize_on, scaled_backend, usable_backend
 
 try:
     import ml_dtypes
@@ -85,15 +85,10 @@ def backend_name(request):
 
 
 def _q(be, x, cb, layout):
-    p, st = qb.quantize(be.from_host(np.ascontiguousarray(x)), cb, backend=be.name, **_kw(layout))
-    return be.to_host(p), st
+    return quantize_on(be, x, cb, **_kw(layout))
 
 
-def _dq(be, p, st):
-    out = be.to_host(qb.dequantize(be.from_host(np.asarray(p)), st, backend=be.name))
-    if out.dtype == np.uint16 and np.dtype(st.dtype).name == "bfloat16":  # old CuPy: raw bits
-        out = out.view(st.dtype)
-    return out
+_dq = dequantize_on
 
 
 def _table(rng, symmetric=False, dyadic=False):

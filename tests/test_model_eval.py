@@ -783,17 +783,22 @@ class _HostHeldBackend:
         return BACKENDS["numpy"].error_sums(x.a, xhat.a)
 
 
+def _eighths(seed):
+    """x and xhat in eighths (every sum of their squares and errors is exact in float64), the
+    errors and the sum of x squared."""
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-64, 64, (6, 10)) / 8).astype(np.float32)
+    xhat = (x + rng.integers(-3, 4, x.shape) / 8).astype(np.float32)
+    return x, xhat, xhat.astype(np.float64) - x.astype(np.float64), float(np.sum(x.astype(np.float64) ** 2))
+
+
 def test_sums_where_made_of_a_device_array_without_inputs_and_without_dev():
     """Without inputs, x is uploaded for the call; without dev a device xhat is refused by name
     (these failed as AttributeErrors on None); a shape that only shares the size is refused as
     on the host.  Eighths: every sum is exact, so numpy's float64 sums are the reference."""
     from quantbook.model.evaluate import TensorInputs, sums_where_made
 
-    rng = np.random.default_rng(3)
-    x = (rng.integers(-64, 64, (6, 10)) / 8).astype(np.float32)
-    xhat = (x + rng.integers(-3, 4, x.shape) / 8).astype(np.float32)
-    e = xhat.astype(np.float64) - x.astype(np.float64)
-    sx2 = float(np.sum(x.astype(np.float64) ** 2))
+    x, xhat, e, sx2 = _eighths(3)
     dev = _HostHeldBackend()
     s = sums_where_made(x, _HostHeldDevice(xhat), sx2, dev=dev)
     assert (s.n, s.sse, s.sae, s.sx2) == (x.size, np.sum(e * e), np.sum(np.abs(e)), sx2) and dev.uploads == 1
@@ -813,11 +818,7 @@ def test_sums_where_made_with_another_tensors_inputs_sums_against_x():
     sums of x are exact, the reference."""
     from quantbook.model.evaluate import TensorInputs, sums_where_made
 
-    rng = np.random.default_rng(4)
-    x = (rng.integers(-64, 64, (6, 10)) / 8).astype(np.float32)
-    xhat = (x + rng.integers(-3, 4, x.shape) / 8).astype(np.float32)
-    e = xhat.astype(np.float64) - x.astype(np.float64)
-    sx2 = float(np.sum(x.astype(np.float64) ** 2))
+    x, xhat, e, sx2 = _eighths(4)
     dev = _HostHeldBackend()
     for other in (TensorInputs(np.zeros_like(x)), TensorInputs(x.copy())):   # another array, equal or not
         s = sums_where_made(x, _HostHeldDevice(xhat), sx2, other, dev)
