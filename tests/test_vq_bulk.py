@@ -754,3 +754,18 @@ def test_big_endian_input_on_the_cpu_backend_is_quantized_as_its_values(dtype, r
     a, sa = quantize_vq(x.astype(x.dtype.newbyteorder("=")), pts, rotate=rotate, backend="numpy")
     b, sb = quantize_vq(x, pts, rotate=rotate, backend="cpu")
     assert np.array_equal(a, b) and np.array_equal(sa.scales.view(np.uint8), sb.scales.view(np.uint8))
+
+
+def test_the_cached_encoder_tables_are_read_only():
+    """The encoders' tables are cached by the table's bytes and shared by every later call: one
+    a caller (or a kernel) changed in place would change every later encoding of that table."""
+    from quantbook.bulk.cpu.backend import _tables
+    from quantbook.bulk.vq import _scan_tables
+    from quantbook.scales.floats import _f16_grid
+
+    code = np.linspace(-1, 1, 16, dtype=np.float32)
+    points = np.arange(8, dtype=np.float32)
+    arrays = [a for a in _tables(code.tobytes()) if isinstance(a, np.ndarray)]
+    arrays += list(_scan_tables(points.tobytes(), 4, 2)) + [_f16_grid()]
+    assert len(arrays) == 8
+    assert not any(a.flags.writeable for a in arrays)

@@ -313,7 +313,10 @@ def _scan_tables(points_bytes: bytes, n: int, p: int):
     """The points (float64), and their first coordinates sorted with the permutation."""
     pts = np.frombuffer(points_bytes, dtype=_F).reshape(n, p).astype(np.float64)
     order = np.argsort(pts[:, 0], kind="stable").astype(np.int64)
-    return pts, np.ascontiguousarray(pts[order, 0]), order
+    tables = pts, np.ascontiguousarray(pts[order, 0]), order
+    for t in tables:   # cached: every caller's
+        t.setflags(write=False)
+    return tables
 
 
 #: cells × cells × N distance pairs evaluated when building a grid, at most

@@ -69,7 +69,9 @@ class Float16Scale(ScaleRule, family="float16"):
 
 @lru_cache(maxsize=1)
 def _f16_grid() -> np.ndarray:
-    return np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    g = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    g.setflags(write=False)   # cached: every caller's
+    return g
 
 
 def bf16_bits(v: np.ndarray) -> np.ndarray:

@@ -87,6 +87,9 @@ def _tables(code_bytes: bytes):
     bp[: bounds.size] = bounds
     op = np.zeros(nb_pow2, dtype=np.uint8)
     op[:k] = order
+    for t in (b15, o16, bp, op):   # cached: every caller's
+        if t is not None:
+            t.setflags(write=False)
     return b15, o16, identity, bp, nb_pow2, op, enc.zero_index
 
 
