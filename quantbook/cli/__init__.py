@@ -152,8 +152,9 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit status:
-    0, 2 for a user error, 1 for an internal one, 130 for a Ctrl-C (the module docstring)."""
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit status
+    (:data:`EXIT_STATUSES`: 0, 1 for a failed check or an internal error, 2 for a user error, 130
+    for a Ctrl-C; the module docstring)."""
     with printable_streams():
         try:
             status = _main(argv)
