@@ -226,3 +226,28 @@ def test_scale_help_lists_the_registered_families(capsys, argv):
     for name in rule_names():
         family, _, arg = name.partition(":")
         assert family in listed and (not arg or arg in listed), name
+
+
+def test_every_command_reads_qmax_by_one_rule(capsys):
+    """--qmax is one rule (cli.common.positive_float) in every command that takes it: export and
+    plot-sweep read a plain float, so '-3' or 'nan' reached the library and its message."""
+    import argparse
+
+    from quantbook.cli import build_parser
+    from quantbook.cli.common import positive_float
+
+    def walk(parser, path=()):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, p in a.choices.items():
+                    yield from walk(p, path + (name,))
+            elif "--qmax" in a.option_strings:
+                yield " ".join(path), a
+
+    takers = dict(walk(build_parser()))
+    assert {"derive lloyd", "evaluate", "evaluate-model", "export", "plot-sweep"} <= set(takers), set(takers)
+    assert all(a.type is positive_float for a in takers.values()), {n: a.type for n, a in takers.items()}
+    for argv in (["export", "nf4", "--scale", "e4m3", "--qmax", "-3"],
+                 ["plot-sweep", "nf4", "--scale", "e4m3", "--qmax", "nan", "-o", "x.png"]):
+        assert main(argv) == 2
+        assert "argument --qmax: must be a positive finite number" in capsys.readouterr().err

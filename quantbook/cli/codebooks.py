@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .common import (UsageError, add_json_flag, int_in, load_codebook, output_path, point_rows, print_codebook,
-                     print_json)
+from .common import (UsageError, add_json_flag, int_in, load_codebook, output_path, point_rows, positive_float,
+                     print_codebook, print_json)
 
 __all__ = ["register"]
 
@@ -148,6 +148,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(docs/scales.md)")
     s.add_argument("--block-size", "-B", type=int_in(1, 2**31 - 1), default=None,
                    help="with --scale: block size of the layout (default 64); also the B of a lloyd-... spelling")
-    s.add_argument("--qmax", type=float, default=None,
+    s.add_argument("--qmax", type=positive_float, default=None,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.set_defaults(func=_cmd_export)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..io.text import label_width, number
-from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, print_json
+from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, positive_float, print_json
 
 __all__ = ["register"]
 
@@ -153,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluate every codebook in this block scale rule's scaled layout: "
                         f"{rule_spellings(lambda r: r.layout == 'scaled' and r.deterministic)} "
                         "(default: exact float32 absmax; docs/scales.md)")
-    s.add_argument("--qmax", type=float,
+    s.add_argument("--qmax", type=positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     add_json_flag(s)
     s.add_argument("-o", "--output", required=True, metavar="FILE")
