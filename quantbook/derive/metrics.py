@@ -68,7 +68,8 @@ def cell_errors(mu, levels, loss: str) -> np.ndarray:
 class Evaluation:
     """Exact expected errors.  Weight domain: the error of a weight is ``scale·(y - q)``, in
     units of the source (unit variance for the parametric sources, unit RMS for samples).
-    ``normalized``: the error ``y - q`` of the normalised value."""
+    Normalised domain (``mse_normalized``, ``mae_normalized``): the error ``y - q`` of the
+    normalised value."""
 
     codebook: str
     block_size: int | None

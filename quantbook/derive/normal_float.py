@@ -204,9 +204,11 @@ def nf_exact(bits: int, offset: Any = None, dps: int = _EXACT_DPS) -> list[mpmat
 
 def nf(bits: int = NFRecipe.bits, offset: Any = NFRecipe.offset, precision: str = NFRecipe.precision,
        name: str | None = None) -> Codebook:
-    """The NFk codebook.  ``offset``: exact rational (see :func:`parse_offset`); default
-    :func:`default_offset` for ``exact``/``float64`` and bitsandbytes' literal 0.9677083 for
-    ``float32-bnb``.  ``precision``: one of :data:`PRECISIONS` (see the module docstring)."""
+    """The NFk codebook.  ``bits``: k, 2 to 8.  ``offset``: exact rational (see
+    :func:`parse_offset`); default :func:`default_offset` for ``exact``/``float64`` and
+    bitsandbytes' literal 0.9677083 for ``float32-bnb``.  ``precision``: one of
+    :data:`PRECISIONS` (see the module docstring).  ``name``: the Codebook's name (default:
+    ``nfK`` for the table that name stands for, else a name that says how this one differs)."""
     check_given_name(name)
     return _nf(NFRecipe(bits, offset, precision), name)
 

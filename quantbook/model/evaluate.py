@@ -597,7 +597,8 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
                    vq: VQOptions | None = None) -> ModelReport:
     """Quantize every selected floating tensor of ``path`` with each codebook; see the module doc.
 
-    ``codebooks``: ``(label, Codebook)`` pairs.  ``tensors``: glob(s) selecting tensors by
+    ``codebooks``: ``(label, Codebook)`` pairs.  ``block_size``, ``nested``: the scalar codes'
+    layout, as :func:`quantbook.quantize` takes them.  ``tensors``: glob(s) selecting tensors by
     name (default all floating tensors; empty ones are skipped).  ``progress``: ``True`` draws
     a bar on standard error (:mod:`quantbook.io.progress`, needs ``tqdm``), or a callable
     ``progress(i, count, info)`` is called before tensor ``i`` (0-based).  Raises ``ValueError``

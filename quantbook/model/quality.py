@@ -10,7 +10,7 @@ rotation, each selected weight is replaced in place by ``dequantize(quantize(W))
 measured, and the next row starts again from the spilled originals; the model is restored
 at the end, errors included.  Memory: one model, one tensor, plus the reference outputs.
 
-``rotate="hadamard[:N]"`` quantizes ``W·H`` and puts back ``dequant(W·H)·Hᵀ``
+The rotation ``"hadamard[:N]"`` (``rotations``) quantizes ``W·H`` and puts back ``dequant(W·H)·Hᵀ``
 (:mod:`quantbook.numerics.hadamard`; ``N`` defaults to the largest power of two dividing the
 input dimension).  Vector codebooks (HIGGS grids, ``FILE.json``) are quantized with
 :func:`quantbook.bulk.vq.quantize_vq` in groups along each row (``vq``:
@@ -372,8 +372,11 @@ class WeightSwap:
               backend: str = "auto", step: Callable[[str], None] | None = None, scale: Any = None,
               qmax: float = DEFAULT_QMAX, vq: VQOptions | None = None) -> ErrorSums:
         """Replace every selected weight by its quantized value; the pooled weight errors.
-        ``scale``/``qmax``: :func:`quantbook.quantize`'s scale rule; ``vq``: how a vector
-        codebook stores the weights."""
+        ``codebook``: a scalar or vector codebook; ``block_size``, ``nested``, ``scale``/``qmax``:
+        :func:`quantbook.quantize`'s layout and scale rule; ``rotation``: one
+        :func:`parse_rotations` spelling; ``backend``: what quantizes the weights; ``step``:
+        called with each weight's name before it is quantized; ``vq``: how a vector codebook
+        stores the weights."""
         import torch
 
         from ..bulk.backend import get_backend
@@ -809,9 +812,15 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                      vq: VQOptions | None = None) -> QualityReport:
     """Measure ``task`` on the unquantized model, then with every codebook × rotation.
 
-    ``codebooks``: ``(label, Codebook)`` pairs; ``rotations``: :func:`parse_rotations`
-    spellings; ``model``: an already loaded ``(model, tokenizer)`` pair (measured in eval mode;
-    its weights and its modules' modes are restored on return), else ``path`` is loaded;
+    ``codebooks``: ``(label, Codebook)`` pairs; ``task``: a registered :class:`Task` (``"lm"``,
+    ``"embed"``); ``text``: the text measured on, itself (not a path: :func:`read_text` reads a
+    file, :func:`default_text_path` is Hamlet); ``tokens``, ``context``: the task's token budget
+    and window (module docstring); ``block_size``, ``nested``: the scalar codes' layout, as
+    :func:`quantbook.quantize` takes them; ``tensors``: glob(s) of the weights to quantize
+    (:func:`select_linears`; default all); ``progress``: a bar on standard error even when it is
+    not a terminal; ``rotations``: :func:`parse_rotations` spellings; ``model``: an already
+    loaded ``(model, tokenizer)`` pair (measured in eval mode; its weights and its modules' modes
+    are restored on return), else ``path`` is loaded;
     ``device``: where the model runs (:func:`resolve_device`: ``"auto"``, ``"cpu"``,
     ``"cuda[:N]"``); ``backend``: what quantizes the weights, from their host copy (``"gpu"``:
     on the GPU, the same bytes; ``"auto"``: the GPU when one is usable, else the host's best;

@@ -43,10 +43,12 @@ def optimality_report(levels: Sequence[float], loss: str, block_size: int | None
                       fixed: Sequence[float] | None = None) -> dict[str, Any]:
     """Optimality conditions and lost expected error of ``levels`` under the stated model.
 
-    Returns a dict: ``max_violation`` (max over free levels of ``|step(q) - q|``, in level
-    units), ``worst_level`` (its value), ``violations`` (per free level), ``loss_table`` and
-    ``loss_optimum`` (expected L1/L2 error, weight-domain errors in unit-variance units),
-    ``excess_percent`` (100·(table/optimum - 1)), ``optimum_levels``, ``max_level_diff``.
+    Returns a dict: ``objective`` (the model, in words), ``max_violation`` (max over free
+    levels of ``|step(q) - q|``, in level units), ``worst_level`` (its value), ``violations``
+    (per free level), ``loss_table`` and ``loss_optimum`` (expected L1/L2 error, weight-domain
+    errors in unit-variance units), ``excess_percent`` (100·(table/optimum - 1)),
+    ``optimum_levels``, ``optimum_change`` (the optimum's last Lloyd change),
+    ``max_level_diff`` (None when the optimum has another number of levels).
     """
     fx = list(parse_fixed(fixed, normalization))
     mu = block_measure(source, block_size, normalization, weight_power(loss, domain, normalization))

@@ -1,0 +1,187 @@
+"""The docstrings of the public API say what the signatures say.
+
+Every public callable (each name in a module's ``__all__``, and the public methods of the public
+classes) is read with :mod:`inspect`.  Where its docstring lists parameters (a numpydoc
+``Parameters`` section, or entries ``name``: ... as this project writes them, two or more), it
+lists only parameters the signature has, and mentions every one; an entry's stated default
+(``(default 64)``, ``default: None``) is the signature's.  A function annotated to return a
+dataclass names only its fields in the sentences that say what it returns, and a documented dict
+has exactly the keys it is said to have.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import re
+import typing
+
+import pytest
+
+from test_package_names import _modules
+
+_CONSTANTS = {"None", "True", "False"}
+
+
+def public_callables() -> dict[str, object]:
+    """``{qualified name: callable}``: what every ``__all__`` lists, and the public methods of the
+    classes among them (each object once, under the first name that lists it)."""
+    found: dict[str, object] = {}
+    seen: set[int] = set()
+    for name, module in sorted(_modules().items()):
+        for attr in getattr(module, "__all__", ()):
+            obj = getattr(module, attr)
+            if not callable(obj) or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            found[f"{name}.{attr}"] = obj
+            if inspect.isclass(obj):
+                for meth, value in vars(obj).items():
+                    value = getattr(value, "__func__", value)   # classmethod, staticmethod
+                    if not meth.startswith("_") and inspect.isfunction(value) and id(value) not in seen:
+                        seen.add(id(value))
+                        found[f"{name}.{attr}.{meth}"] = value
+    return found
+
+
+def parameters(obj) -> dict[str, inspect.Parameter]:
+    """The named parameters a caller passes (no ``self``, ``*args``, ``**kwargs``)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):   # a builtin or a numba dispatcher without one
+        return {}
+    return {n: p for n, p in sig.parameters.items()
+            if n not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def docstring(obj) -> str:
+    """The object's own docstring (a class's, not one inherited or made up by dataclasses)."""
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    return inspect.cleandoc(doc or "")
+
+
+#: an entry where a sentence or the docstring begins: ``name``, ``a``/``b`` or ``a``, ``b``, a type
+#: in brackets, a colon
+_ENTRY = re.compile(r"(?:^|(?<=[.;:]\s)|(?<=\n\n))\s*(``\w+``(?:(?:/|, | and )``\w+``)*)(?: \([^()]*\))?:(?!:)")
+
+
+def entries(doc: str) -> tuple[list[tuple[list[str], str]], bool]:
+    """The docstring's parameter entries, ``[(names, text up to the next entry)]`` in order, and
+    whether it has a ``Parameters`` section."""
+    found: list[tuple[list[str], int, int]] = []
+    m = re.search(r"^(Parameters|Args|Arguments):?\n(-+\n)?", doc, re.M)
+    if m:   # `name:` or `name : type` lines at the section's indent, up to the first other line
+        section = doc[m.end():]
+        indent = re.match(r"[ \t]*", section).group(0)
+        pos = m.end()
+        for line in section.splitlines(keepends=True):
+            head = re.match(re.escape(indent) + r"(\w+(?:, \w+)*)\s*(?:\([^()]*\))?\s*:", line)
+            if head:
+                found.append(([n.strip() for n in head.group(1).split(",")], pos, pos + len(line)))
+            elif line.strip() and not line.startswith((indent + " ", indent + "\t")):
+                break
+            pos += len(line)
+    for e in _ENTRY.finditer(doc):
+        found.append((re.findall(r"``(\w+)``", e.group(1)), e.start(1), e.end()))
+    found.sort(key=lambda f: f[1])
+    out = []
+    for i, (names, _, end) in enumerate(found):
+        stop = found[i + 1][1] if i + 1 < len(found) else len(doc)
+        out.append(([n for n in names if n not in _CONSTANTS], doc[end:stop]))
+    return out, m is not None
+
+
+_DEFAULT = re.compile(r"\(default:? (``[^`]+``|[-\w.]+)\)|default(?: is|:)? (``[^`]+``|-?\d[\w.]*|None|True|False)\b")
+
+
+def stated_default(text: str):
+    """The literal an entry states as its default, or ``...`` where it states none (or a word)."""
+    m = _DEFAULT.search(text)
+    if not m:
+        return ...
+    try:
+        return ast.literal_eval((m.group(1) or m.group(2)).strip("`"))
+    except (ValueError, SyntaxError):
+        return ...
+
+
+CALLABLES = public_callables()
+LISTING = {q: obj for q, obj in CALLABLES.items() if entries(docstring(obj))[0] and parameters(obj)}
+
+
+def test_the_walk_finds_the_api():
+    assert {"quantbook.quantize", "quantbook.bulk.quantize_vq", "quantbook.Codebook.encode",
+            "quantbook.derive.nf", "quantbook.model.quality.WeightSwap.apply"} <= set(CALLABLES)
+    assert {"quantbook.quantize", "quantbook.Codebook", "quantbook.bulk.quantize_vq"} <= set(LISTING)
+
+
+def test_entries_are_read_as_written():
+    doc = ("What it does.  ``a``: one; ``b``/``c``: two (default 64).\n\n"
+           "Parameters\n----------\nd, e:\n    three (default: ``\"x\"``)\nf : int\n    four\n\nReturns it.")
+    found, section = entries(doc)
+    assert section and [names for names, _ in found] == [["a"], ["b", "c"], ["d", "e"], ["f"]]
+    assert [stated_default(text) for _, text in found] == [..., 64, "x", ...]
+    assert entries("``float8_e4m3fn`` (and torch's cast): a dtype\nnamed mid-sentence")[0] == [
+        (["float8_e4m3fn"], " a dtype\nnamed mid-sentence")]   # where a docstring begins, it is an entry
+    assert entries("as ml_dtypes'\n``float8_e4m3fn`` (and torch's cast): no entry")[0] == []
+
+
+@pytest.mark.parametrize("qualname", sorted(LISTING))
+def test_documented_parameters_are_the_signature_s(qualname):
+    obj = LISTING[qualname]
+    params, doc = parameters(obj), docstring(obj)
+    found, section = entries(doc)
+    named = {n for names, _ in found for n in names}
+    assert sorted(named - set(params)) == [], f"{qualname} documents parameters it does not take"
+    if section or len(found) >= 2:   # a list of the parameters: all of them
+        mentioned = named | set(re.findall(r"``(\w+)``", doc))
+        assert sorted(set(params) - mentioned) == [], f"{qualname} lists its parameters but not these"
+    for names, text in found:
+        want = stated_default(text)
+        for name in names:
+            if want is not ... and params[name].default is not inspect.Parameter.empty:
+                assert params[name].default == want, f"{qualname}: the default {name} is said to have"
+
+
+def _returned_dataclass(obj):
+    try:
+        kind = typing.get_type_hints(obj).get("return")
+    except Exception:   # an annotation that names what only a type checker imports
+        return None
+    return kind if inspect.isclass(kind) and dataclasses.is_dataclass(kind) else None
+
+
+RETURNING = {q: obj for q, obj in CALLABLES.items() if not inspect.isclass(obj) and _returned_dataclass(obj)}
+
+
+def test_the_walk_finds_dataclass_returns():
+    assert {"quantbook.derive.evaluate", "quantbook.model.evaluate_model"} <= set(RETURNING)
+
+
+@pytest.mark.parametrize("qualname", sorted(RETURNING))
+def test_what_is_said_to_be_returned_is_a_field(qualname):
+    obj = RETURNING[qualname]
+    kind = _returned_dataclass(obj)
+    said = {n for sentence in re.findall(r"[^.]*\b[Rr]eturns?\b[^.]*\.", docstring(obj))
+            for n in re.findall(r"``(\w+)``", sentence)}
+    known = {f.name for f in dataclasses.fields(kind)} | set(dir(kind)) | set(parameters(obj))
+    assert sorted(said - known) == [], f"{qualname} returns a {kind.__name__}, which has no such field"
+
+
+def _dict_keys(doc: str) -> set[str]:
+    """The keys a "Returns a dict: ``k`` (...), ``k2``" paragraph names (outside its brackets)."""
+    text = doc.split("Returns a dict:", 1)[1].split("\n\n")[0]
+    while re.search(r"\([^()]*\)", text):
+        text = re.sub(r"\([^()]*\)", "", text)
+    return set(re.findall(r"``(\w+)``", text))
+
+
+def test_a_documented_dict_has_the_documented_keys():
+    from quantbook import get
+    from quantbook.verify.optimality import optimality_report
+
+    said = [q for q, obj in CALLABLES.items() if "Returns a dict:" in docstring(obj)]
+    assert said == ["quantbook.verify.optimality.optimality_report"]   # the one; another needs a case here
+    got = optimality_report(get("max1960-n4").levels, "l2", None, "none", "normalized", "normal", [])
+    assert set(got) == _dict_keys(docstring(optimality_report))
