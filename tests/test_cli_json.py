@@ -118,6 +118,26 @@ def test_evaluate(capsys):
     assert d["block_size"] is None
 
 
+def test_evaluate_in_a_scaled_layout(capsys):
+    fields = section("quantbook evaluate NAME") | section("scaled layouts")
+    d = run_json(capsys, "evaluate", "nf4", "--scale", "e4m3", "--block-size", "16", "--json")
+    assert paths(d) == fields   # a two-level rule: its tensor model too
+    d = run_json(capsys, "evaluate", "nf4", "--scale", "nested", "--json")
+    assert paths(d) == fields - {"qmax", "tensor_model"}   # nested maps each block to ±1, with no tensor scale
+    assert d["bits_per_weight"] == 4 + (8 + 32 / 256) / 64   # a uint8 code a block, a float32 a 256-block
+
+
+def test_audit_layout_findings():
+    # `audit --layouts` takes 15-30 s: its rows are LayoutFinding.to_dict(), read from the class
+    from quantbook.verify.layouts import LayoutFinding
+
+    text = DOC.read_text(encoding="utf-8").split("With `--layouts`")[1].split("Layout findings never")[0]
+    heads = {name for head in re.findall(r"^- (.*?): ", text, re.M) for name in re.findall(r"`(\w+)`", head)}
+    fields = set(LayoutFinding("nf4", "bitsandbytes", "float32", 64, 4.5, True).to_dict())
+    assert fields == {f.name for f in dataclasses.fields(LayoutFinding)}
+    assert heads <= fields and fields <= set(re.findall(r"`(\w+)`", text))   # each listed, as a bullet or in one
+
+
 def test_audit(capsys):
     rows = run_json(capsys, "audit", "--json")
     got = set().union(*(paths(r, opaque={"recipe", "details"}) for r in rows))
