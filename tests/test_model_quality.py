@@ -624,3 +624,21 @@ def test_cli_task_table(tmp_path, capsys, task):
     else:
         assert rows["unquantized"][3:5] == ["1.000000", "1.000000"]
         assert lines[5] == "" and lines[6].startswith("worst sentence (nf4): ") and len(lines) == 7
+
+
+def test_cli_task_json_has_the_documented_fields(tmp_path, capsys):
+    """docs/json.md's --task section lists exactly the fields the two tasks write, a vector
+    codebook's `vq` and rotated rows included."""
+    from test_cli_json import paths, section
+
+    got = set()
+    for task in ("lm", "embed"):
+        model, tok, text = _tiny_model(task, tmp_path)
+        model.save_pretrained(tmp_path / task)
+        tok.save_pretrained(tmp_path / task)
+        (tmp_path / "t.txt").write_text(text)
+        assert main(["evaluate-model", str(tmp_path / task), "--task", task, "--text", str(tmp_path / "t.txt"),
+                     "-c", "nf4,higgs-2d-16", "--rotate", "none,hadamard", "--tokens", "128", "--context", "64",
+                     "--device", "cpu", "--backend", "numpy", "--json"]) == 0
+        got |= paths(json.loads(capsys.readouterr().out), keyed={"codebooks"})
+    assert got == section("Model quality")
