@@ -119,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from ..export import FORMATS
 
-    s = sub.add_parser("list", help="published codebooks with a one-line source")
+    s = sub.add_parser("list", help="published codebooks, one line each (--json: with their citations)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_list)
 

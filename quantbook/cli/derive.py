@@ -329,7 +329,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_flag(s)
     s.set_defaults(func=_cmd_derive_vq)
 
-    s = sub.add_parser("evaluate", help="exact expected errors of a codebook under the block model")
+    s = sub.add_parser("evaluate", help="expected errors of a codebook under the block model (exact; Monte "
+                                        "Carlo under a search rule)")
     s.add_argument("name", metavar="NAME|FILE.json")
     _add_block_arguments(s)
     s.add_argument("--samples", type=integer,

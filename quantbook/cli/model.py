@@ -1,4 +1,5 @@
-"""``evaluate-model``: the quantization error of a .safetensors model's weights, per codebook."""
+"""``evaluate-model``: the quantization error of a .safetensors model's weights, per codebook, or with
+``--task`` what it does to the model's outputs."""
 
 from __future__ import annotations
 
@@ -161,13 +162,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..scales import rule_spellings   # the rules' one list, for the help texts
 
     s = sub.add_parser(
-        "evaluate-model", help="quantization error of a .safetensors model's weights, per codebook",
-        description="Quantize every floating tensor of FILE (one at a time) with each codebook through the "
+        "evaluate-model", help="quantization error of a .safetensors model's weights, per codebook "
+                               "(--task lm|embed: what it does to the model's outputs)",
+        description="Quantize every floating tensor of MODEL (one at a time) with each codebook through the "
                     "bulk API and print MSE, MAE, SQNR (dB), relative Frobenius error and bits per weight "
                     "including the block statistics.  Codebooks: registry NAMEs, FILE.json, nfK, or "
                     "lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE] (derived for block size B, default --block-size); "
                     "vector codebooks (e.g. higgs-2d-256, or FILE.json holding one) store one index per P weights "
-                    "and one scale per --vq-group weights along each row.")
+                    "and one scale per --vq-group weights along each row.  With --task lm|embed, measure "
+                    "what each codebook does to the model's outputs instead (docs/model-quality.md).")
     s.add_argument("file", metavar="MODEL",
                    help="FILE.safetensors; with --task also a Hugging Face model directory or a .gguf file")
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
