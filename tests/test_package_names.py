@@ -5,7 +5,6 @@ import importlib
 import inspect
 import os
 import pkgutil
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,25 +113,3 @@ def test_the_packages_list_their_public_names():
     # numerics is a namespace of modules a star-import should not load (numba's threads among them)
     assert [n for n in packages if not hasattr(sys.modules[n], "__all__")] == ["quantbook.numerics"]
 
-
-def test_the_documented_api_names_exist():
-    # `quantbook.x.y` and `quantbook.x.y(...)` in the README and docs/ name something that is there
-    def found(path: str) -> bool:
-        parts = path.split(".")
-        for i in range(len(parts), 0, -1):
-            try:
-                obj = importlib.import_module(".".join(parts[:i]))
-            except ImportError:
-                continue
-            for part in parts[i:]:
-                if not hasattr(obj, part):
-                    return False
-                obj = getattr(obj, part)
-            return True
-        return False
-
-    names = set()
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
-        names |= set(re.findall(r"`(quantbook(?:\.\w+)+)(?:\(.*?\))?`", text))
-    assert len(names) > 20 and sorted(n for n in names if not found(n)) == []
