@@ -185,3 +185,44 @@ def test_a_documented_dict_has_the_documented_keys():
     assert said == ["quantbook.verify.optimality.optimality_report"]   # the one; another needs a case here
     got = optimality_report(get("max1960-n4").levels, "l2", None, "none", "normalized", "normal", [])
     assert set(got) == _dict_keys(docstring(optimality_report))
+
+
+# --------------------------------------------------------------------------- cross-references
+_ROLE = re.compile(r":(?:func|class|meth|data|mod|attr|exc):`([^`]+)`")
+
+
+def _quantbook_names() -> set[str]:
+    """Every name a quantbook module or class holds (dataclass fields too), and the modules' own."""
+    names: set[str] = set()
+    for name, module in _modules().items():
+        names |= set(name.split(".")) | set(vars(module))
+        for value in vars(module).values():
+            if inspect.isclass(value) and value.__module__.startswith("quantbook"):
+                names |= set(vars(value)) | set(getattr(value, "__annotations__", {}))
+    return names
+
+
+def _docstrings(module) -> list[tuple[int, str]]:
+    """``(line, docstring)`` of a module and of every class and function in its source."""
+    tree = ast.parse(inspect.getsource(module))
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    return [(getattr(n, "lineno", 1), ast.get_docstring(n, clean=False) or "") for n in nodes]
+
+
+def test_cross_references_name_what_is_there():
+    """``:meth:`reference_metrics``` in a docstring names something: each part of the target a
+    name that quantbook defines (where it is the project's), or a library that imports."""
+    import importlib.util
+
+    names = _quantbook_names()
+    stale, seen = [], 0
+    for module_name, module in _modules().items():
+        for line, doc in _docstrings(module):
+            for target in _ROLE.findall(doc):
+                parts = target.split("<")[-1].rstrip(">").lstrip("~!.").split(".")
+                seen += 1
+                if parts[0] != "quantbook" and importlib.util.find_spec(parts[0]):
+                    continue   # numpy.ndarray, scipy.stats, os.PathLike
+                if not all(p in names for p in parts if p != "quantbook"):
+                    stale.append(f"{module_name}:{line}: {target}")
+    assert seen > 500 and stale == []

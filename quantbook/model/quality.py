@@ -476,8 +476,8 @@ class Task:
     """One way of measuring a model: a subclass registers itself by naming itself.
 
     :meth:`prepare` reads the inputs from the text; :meth:`reference` runs the unquantized
-    model once and keeps what :meth:`compare` needs; :meth:`compare` runs the current model
-    and returns its metrics; :attr:`reference_metrics` are the unquantized row's.
+    model once, keeps what :meth:`compare` needs and returns the unquantized row's metrics;
+    :meth:`compare` runs the current model and returns its metrics.
     """
 
     name: ClassVar[str]
