@@ -239,6 +239,40 @@ def test_qmax_is_read_by_one_rule_everywhere(capsys, tmp_path, command, value, f
     assert out == "" and len(err) < 200
 
 
+def test_seed_is_read_by_the_library_s_rule_everywhere(capsys):
+    """Every --seed takes what the API takes (numpy.random.default_rng: any non-negative integer,
+    past 2**63 too) and refuses the rest in the parser, by one rule: audit --vector stopped at
+    2**63 - 1, and the other commands left a negative seed to the library's message."""
+    import argparse
+
+    from quantbook.cli import build_parser
+    from quantbook.cli.common import random_seed
+    from quantbook.verify.vq import audit_vectors
+
+    def walk(parser, path=()):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, p in a.choices.items():
+                    yield from walk(p, path + (name,))
+            elif "--seed" in a.option_strings:
+                yield " ".join(path), a
+
+    takers = dict(walk(build_parser()))
+    assert set(takers) == {"derive lloyd", "derive vq", "evaluate", "audit"}, set(takers)
+    assert all(a.type is random_seed for a in takers.values()), {n: a.type for n, a in takers.items()}
+    big = 2**64 + 1
+    np.random.default_rng(big)   # numpy's own rule: past 2**63 is a seed
+    rc, out, err = run(capsys, "audit", "--vector", "higgs-2d-16", "--samples", 1000, "--seed", big, "--json")
+    assert rc == 0, err
+    (row,) = json.loads(out)
+    want = audit_vectors(samples=1000, seed=big, names=["higgs-2d-16"])[0]
+    assert (row["seed"], row["mse"]) == (big, want.mse)
+    for argv in (["audit", "--vector"], ["derive", "vq", "-P", "1", "-N", "2"], ["evaluate", "e2m1", "-B", "16",
+                 "--scale", "search:4over6"], ["derive", "lloyd", "--bits", "2", "--scale", "search:4over6"]):
+        rc, out, err = run(capsys, *argv, "--seed", -1)
+        assert_user_error(rc, err, "argument --seed: must be a non-negative integer, got -1")
+
+
 # ---------------------------------------------------------------------- codebook spellings
 @pytest.mark.parametrize("spec, fragment", [
     ("lloyd-l1-100000000-8bit@student-t:3", "block size"),  # B beyond the engine's 10**7

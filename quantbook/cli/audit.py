@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_json_flag, int_in, print_json
+from .common import add_json_flag, int_in, print_json, random_seed
 
 __all__ = ["register"]
 
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Lloyd fixed point, gain of the derived grid (docs/vector-codebooks.md)")
     s.add_argument("--samples", type=int_in(100, 10**9),
                    help="with --vector: Monte-Carlo vectors per grid (default 10^6)")
-    s.add_argument("--seed", type=int_in(0, 2**63 - 1),
+    s.add_argument("--seed", type=random_seed,
                    help="with --vector: seed of the Monte-Carlo sample (default 20241126)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_audit)

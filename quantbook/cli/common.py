@@ -18,8 +18,8 @@ import numpy as np
 from ..io.files import name_text
 from ..io.text import number
 
-__all__ = ["UsageError", "Parser", "integer", "int_in", "add_json_flag", "json_safe", "print_json", "load_codebook",
-           "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value"]
+__all__ = ["UsageError", "Parser", "integer", "int_in", "random_seed", "add_json_flag", "json_safe", "print_json",
+           "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value"]
 
 #: the spellings of ``--source`` (quantbook.derive.parse_source, and the safetensors source's suffixes)
 SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS][@row|@tensor|@none]"
@@ -65,6 +65,19 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
         return v
 
     return parse
+
+
+def random_seed(text: str) -> int:
+    """An argparse type: a seed, by the library's rule for one
+    (:func:`quantbook.numerics.arguments.random_generator`: any non-negative integer, however large)."""
+    from ..numerics.arguments import random_generator
+
+    v = integer(text)
+    try:
+        random_generator(v, "seed")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {_clip(text)}") from None
+    return v
 
 
 def positive_float(text: str) -> float:

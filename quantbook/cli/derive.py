@@ -10,7 +10,7 @@ from typing import Any
 
 from ..io.text import number
 from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, point_rows,
-                     positive_float, print_codebook, print_json, text_value)
+                     positive_float, print_codebook, print_json, random_seed, text_value)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -293,7 +293,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--samples", type=integer,
                            help="with a search rule (--scale search:...): values in the seeded fitting sample "
                                 "(default 10^7)")
-            s.add_argument("--seed", type=integer, help="with a search rule: the fitting sample's seed (default 0)")
+            s.add_argument("--seed", type=random_seed, help="with a search rule: the fitting sample's seed (default 0)")
             s.add_argument("--progress", action="store_true",
                            help="with a search rule: a progress bar on standard error even when it is not a "
                                 "terminal (drawn on a terminal anyway)")
@@ -318,7 +318,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--block-size", "-B", type=integer, help="B for --scale rms|absmax (a multiple of P)")
     s.add_argument("--symmetric", action="store_const", const=True,
                    help="invariant under sign flips and coordinate permutations (N a multiple of 2^P P!)")
-    s.add_argument("--seed", type=integer, help="seed of the fitting sample (default 0; the fresh "
+    s.add_argument("--seed", type=random_seed, help="seed of the fitting sample (default 0; the fresh "
                                                  "evaluation sample uses seed+1)")
     s.add_argument("--samples", type=integer, help="vectors in the fitting sample (default 10^7)")
     s.add_argument("--restarts", type=integer, help="k-means++ starts on the coarse sample (default 4)")
@@ -336,6 +336,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--samples", type=integer,
                    help="with a search rule (--scale search:...), whose errors are Monte Carlo: values in the "
                         "seeded sample (default 2^22)")
-    s.add_argument("--seed", type=integer, help="with a search rule: the sample's seed (default 1)")
+    s.add_argument("--seed", type=random_seed, help="with a search rule: the sample's seed (default 1)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_evaluate)
