@@ -47,6 +47,7 @@ import re
 from functools import lru_cache
 from typing import Any, Sequence
 
+from .codebooks.blocks import DEFAULT_BLOCK_SIZE
 from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF, published_name
 from .errors import NotFoundError
@@ -100,7 +101,7 @@ def _spec_text(spec: Any, error: type[Exception], kind: str, grammar: str, also:
     return text
 
 
-def resolve_codebook(spec: Any, block_size: int = 64) -> Codebook:
+def resolve_codebook(spec: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> Codebook:
     """The Codebook that ``spec`` names (see the module grammar); a Codebook is returned as is.
 
     ``block_size`` is the ``B`` of a ``lloyd-...`` spelling that gives none.  Raises
@@ -184,7 +185,7 @@ def split_specs(specs: str | Sequence[Any]) -> list[Any]:
     return [specs] if "," in specs and os.path.isfile(specs) else specs.split(",")
 
 
-def resolve_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[tuple[str, Codebook]]:
+def resolve_codebooks(specs: str | Sequence[Any], block_size: int = DEFAULT_BLOCK_SIZE) -> list[tuple[str, Codebook]]:
     """``(label, Codebook)`` for a comma-separated string (:func:`split_specs`) or a sequence of
     spellings / Codebooks.  The label is the spelling as given (a Codebook's own name)."""
     items = split_specs(specs)

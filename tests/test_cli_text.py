@@ -257,6 +257,36 @@ def test_the_described_defaults_are_those_documented():
     assert "0,1 signed-absmax; none: none" in help_of[("derive lloyd", "--fix")]
 
 
+def test_every_block_size_option_has_the_one_default(capsys, tmp_path):
+    """-B left out is one block size in every command, and the API's: the one constant (export,
+    evaluate-model and the search rules' defaults each spelled 64)."""
+    import inspect
+
+    import quantbook
+    from quantbook.codebooks.blocks import DEFAULT_BLOCK_SIZE
+
+    options = {cmd: a for (cmd, flag), a in _options().items() if flag == "--block-size"}
+    assert set(options) == {"export", "derive lloyd", "derive quantile", "derive vq", "evaluate", "evaluate-model",
+                            "plot"}, set(options)
+    vq = options.pop("derive vq")   # the block of --scale rms|absmax, which it needs: no default
+    assert vq.default is None and "default" not in vq.help
+    for cmd, action in options.items():   # the parser's default, else the one its help states
+        default = action.default if action.default is not None else _stated(action.help)
+        assert default == DEFAULT_BLOCK_SIZE, (cmd, default)
+    assert inspect.signature(quantbook.quantize).parameters["block_size"].default == DEFAULT_BLOCK_SIZE
+    # what each command does without -B
+    assert json.loads(run(capsys, "evaluate", "nf4", "--json"))["block_size"] == DEFAULT_BLOCK_SIZE
+    d = json.loads(run(capsys, "evaluate", "e2m1", "--scale", "search:4over6", "--samples", 2 * DEFAULT_BLOCK_SIZE,
+                       "--json"))
+    assert d["block_size"] == DEFAULT_BLOCK_SIZE
+    header = run(capsys, "export", "nf4", "-f", "c", "--scale", "e4m3")
+    assert f"#define NF4_BLOCK_SIZE {DEFAULT_BLOCK_SIZE}\n" in header
+    st = pytest.importorskip("safetensors.numpy")
+    model = tmp_path / "m.safetensors"
+    st.save_file({"w": np.ones((2, 128), np.float32)}, str(model))
+    assert json.loads(run(capsys, "evaluate-model", model, "-c", "nf4", "--json"))["block_size"] == DEFAULT_BLOCK_SIZE
+
+
 # ------------------------------------------------------------------------------ exit statuses
 def test_exit_statuses_are_documented_and_returned(capsys, monkeypatch):
     from pathlib import Path

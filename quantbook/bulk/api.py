@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..codebooks import Codebook
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..numerics.arguments import check_flag, check_int, host_array, is_torch_tensor
 from ..codebooks.bnb import CodebookRangeWarning, bnb_quant_type, warn_beyond_absmax
 from . import format as F
@@ -34,7 +35,7 @@ def backend_names() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 
 
-def resolve_codebook(codebook: Any, block_size: int = 64) -> Codebook:
+def resolve_codebook(codebook: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> Codebook:
     """A :class:`Codebook` from a Codebook, any name of the codebook-name grammar
     (:mod:`quantbook.naming`: registry names, FILE.json, nfK, lloyd-...) or a path object,
     which always names a codebook file."""
@@ -109,7 +110,7 @@ def _check_input(x: Any) -> tuple[Any, tuple[int, ...], np.dtype]:
     return (x, shape, dtype_from_name(name)) if device else (x.reshape(-1), shape, x.dtype)
 
 
-def quantize(x: Any, codebook: Any = "nf4", block_size: int = 64, nested: bool = False,
+def quantize(x: Any, codebook: Any = "nf4", block_size: int = DEFAULT_BLOCK_SIZE, nested: bool = False,
              backend: str = "auto", *, allow_nonfinite: bool = False, bits: int | None = None,
              torch_threads: int = 1, scale: Any = None, qmax: float = DEFAULT_QMAX) -> tuple[Any, QuantState]:
     """Block-wise quantize ``x`` with a codebook; returns ``(packed, state)``.

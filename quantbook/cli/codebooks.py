@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from .common import (UsageError, add_json_flag, int_in, load_codebook, output_path, point_rows, positive_float,
                      print_codebook, print_json)
 
@@ -80,7 +81,7 @@ def _cmd_export(args) -> int:
     if args.scale is not None and args.format not in ("c", "cuda"):
         raise UsageError(f"--scale is written only into c and cuda headers, not --format {args.format}")
     check_scaled_only(None if args.scale is None else get_rule(args.scale), **{"--qmax": args.qmax is not None})
-    block_size = 64 if args.block_size is None else args.block_size  # quantbook.quantize's default
+    block_size = DEFAULT_BLOCK_SIZE if args.block_size is None else args.block_size
     from ..naming import is_vector_spec, resolve_vector
 
     if is_vector_spec(args.codebook):
@@ -147,7 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"size, qmax, scale bytes, rescaled table): {rule_spellings(lambda r: r.layout == 'scaled')} "
                         "(docs/scales.md)")
     s.add_argument("--block-size", "-B", type=int_in(1, 2**31 - 1), default=None,
-                   help="with --scale: block size of the layout (default 64); also the B of a lloyd-... spelling")
+                   help=f"with --scale: block size of the layout (default {DEFAULT_BLOCK_SIZE}); also the B of a "
+                        "lloyd-... spelling")
     s.add_argument("--qmax", type=positive_float, default=None,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     s.set_defaults(func=_cmd_export)

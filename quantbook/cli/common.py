@@ -123,11 +123,11 @@ def print_json(obj: Any) -> None:
     print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
-def load_codebook(spec: str, block_size: int = 64):
-    """The Codebook a command-line spelling names (:mod:`quantbook.naming`)."""
+def load_codebook(spec: str, block_size: int | None = None):
+    """The Codebook a command-line spelling names (:mod:`quantbook.naming`; ``block_size`` None: its default)."""
     from ..naming import resolve_codebook
 
-    return resolve_codebook(spec, block_size)
+    return resolve_codebook(spec) if block_size is None else resolve_codebook(spec, block_size)
 
 
 def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> None:

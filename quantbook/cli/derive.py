@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import number
 from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, point_rows,
                      positive_float, print_codebook, print_json, random_seed, text_value)
@@ -92,9 +93,9 @@ def _search_rule(spec: Any) -> bool:
 
 
 def _search_defaults(opts: dict[str, Any]) -> dict[str, Any]:
-    """A search rule's options with the command line's block size, 64, as every other command's
-    (the library's sample defaults come in whole blocks of it)."""
-    return {"block_size": 64, **opts}
+    """A search rule's options with the block size every other command takes by default (the
+    library's sample defaults come in whole blocks of it)."""
+    return {"block_size": DEFAULT_BLOCK_SIZE, **opts}
 
 
 def _derive_search(args, given: dict[str, Any]) -> int:
@@ -220,7 +221,7 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
 def _cmd_evaluate(args) -> int:
     from ..derive.metrics import evaluate
 
-    cb = load_codebook(args.name, *([args.block_size] if args.block_size is not None else []))
+    cb = load_codebook(args.name, args.block_size)
     given = _given(args, "block_size", "source", "normalization", "samples", "seed", *_LAYOUT)
     if _search_rule(given.get("scale")):
         return _evaluate_search(args, cb, given)
@@ -250,7 +251,7 @@ def _cmd_evaluate(args) -> int:
 def _add_block_arguments(s: argparse.ArgumentParser) -> None:
     from ..scales import rule_spellings   # the rules' one list, for the help texts
 
-    s.add_argument("--block-size", "-B", type=integer, help="B (default 64)")
+    s.add_argument("--block-size", "-B", type=integer, help=f"B (default {DEFAULT_BLOCK_SIZE})")
     s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
     s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--scale", metavar="RULE",

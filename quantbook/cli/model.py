@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from .common import add_json_flag, integer, positive_float, print_json
 
 __all__ = ["register", "METRIC_NAMES"]
@@ -42,11 +43,11 @@ def _codebooks_and_vq(args):
     """``(codebooks, VQOptions or None)``: scalar and vector codebooks of ``--codebooks``; the
     ``--vq-*`` options only where a vector codebook is listed, and the scalar layout's options
     (``-B``, ``--scale``, ``--qmax``, ``--nested``) only where a scalar one is, where they mean
-    something.  Sets ``args.block_size`` to its default (64) when it was not given."""
+    something.  Sets ``args.block_size`` to its default (``DEFAULT_BLOCK_SIZE``) when it was not given."""
     from ..model.evaluate import VQOptions, is_vector_codebook, resolve_model_codebooks
 
     given_b = args.block_size is not None
-    args.block_size = args.block_size if given_b else 64
+    args.block_size = args.block_size if given_b else DEFAULT_BLOCK_SIZE
     codebooks = resolve_model_codebooks(args.codebooks, args.block_size)
     if all(is_vector_codebook(cb) for _, cb in codebooks):
         scalar_only = [flag for flag, on in (("-B", given_b), ("--scale", args.scale is not None),
@@ -176,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
                    help="comma-separated codebooks (default nf4,af4,fp4)")
     s.add_argument("--block-size", "-B", type=_block_size, default=None,
-                   help="block size of the scalar codebooks, power of 2 (default 64)")
+                   help=f"block size of the scalar codebooks, power of 2 (default {DEFAULT_BLOCK_SIZE})")
     s.add_argument("--nested", action="store_true", help="double-quantize the absmax statistics (bnb nested)")
     s.add_argument("--scale", default=None, metavar="RULE",
                    help=f"block scale rule (docs/scales.md): {rule_spellings()}. The default is float32; "

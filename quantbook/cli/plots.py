@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import label_width, number
 from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, positive_float, print_json
 
@@ -131,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "names the image format (PNG without one).")
     s.add_argument("codebooks", nargs="+", metavar="NAME", help="registry names, FILE.json, nfK, lloyd-... "
                                                                 "(see evaluate-model)")
-    s.add_argument("--block-size", "-B", type=int_in(2, 10**6), default=64, help="block size (default 64)")
+    s.add_argument("--block-size", "-B", type=int_in(2, 10**6), default=DEFAULT_BLOCK_SIZE,
+                   help=f"block size (default {DEFAULT_BLOCK_SIZE})")
     s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax", help="block normalisation (default absmax)")
     s.add_argument("-o", "--output", required=True, metavar="FILE")

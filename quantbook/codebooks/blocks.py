@@ -1,5 +1,5 @@
 """The block sizes the byte layouts store (docs/format.md, "Arrays and blocks"): powers of two from
-``MIN_BLOCK`` to ``MAX_BLOCK``.  Stated here, below
+``MIN_BLOCK`` to ``MAX_BLOCK``, ``DEFAULT_BLOCK_SIZE`` where none is given.  Stated here, below
 both :mod:`quantbook.bulk` (which stores the blocks) and :mod:`quantbook.export` (whose C
 headers describe them), so the two agree.
 """
@@ -10,9 +10,12 @@ from typing import Any
 
 from ..numerics.arguments import is_int
 
-__all__ = ["MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int"]
+__all__ = ["MIN_BLOCK", "MAX_BLOCK", "DEFAULT_BLOCK_SIZE", "check_block_size", "is_int"]
 
 MIN_BLOCK, MAX_BLOCK = 16, 4096
+#: the block size where none is given: of quantize, the derivations, the model reports and every
+#: command's --block-size
+DEFAULT_BLOCK_SIZE = 64
 
 
 def check_block_size(block_size: Any) -> int:

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..numerics.arguments import check_flag, check_int, is_int, random_generator
 from ..numerics.dots import row_dot
 from .conventions import at_q, at_x, real_array, sample_shape
@@ -543,7 +544,7 @@ def _cached_measure(source: Source, block_size: int, normalization: str, weight_
     return read_only_arrays(BlockMeasure(source, block_size, normalization, weight_power))
 
 
-def block_measure(source: Any = "normal", block_size: int | None = 64, normalization: str = "absmax",
+def block_measure(source: Any = "normal", block_size: int | None = DEFAULT_BLOCK_SIZE, normalization: str = "absmax",
                   weight_power: int = 0) -> _Measure:
     """The (cached) measure for a source spelling or Source, block size and normalisation."""
     src = parse_source(source)
@@ -784,7 +785,8 @@ class BlockDistribution:
     empirical source).
     """
 
-    def __init__(self, block_size: int = 64, source: Any = "normal", normalization: str = "absmax") -> None:
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, source: Any = "normal",
+                 normalization: str = "absmax") -> None:
         self.source = parse_source(source)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
@@ -1227,7 +1229,7 @@ def normalize_blocks(x: np.ndarray, normalization: str) -> np.ndarray:
     return x / np.where(s == 0, 1.0, s)
 
 
-def block_distribution(block_size: int = 64, source: Any = "normal", normalization: str = "absmax",
+def block_distribution(block_size: int = DEFAULT_BLOCK_SIZE, source: Any = "normal", normalization: str = "absmax",
                        scale: Any = None, **scale_model: Any) -> Any:
     """Shorthand for :class:`BlockDistribution`; with ``scale`` (a rule of
     :mod:`quantbook.scales`) the law under that rule, :class:`~.scaled.ScaledBlockDistribution`

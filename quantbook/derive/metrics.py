@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..codebooks.codebook import Codebook, check_numbers
 from ..codebooks.require import refuse_name
 from ..numerics.losses import check_loss
@@ -109,7 +110,7 @@ def as_codebook(codebook: Any, who: str = "evaluate") -> Codebook:
     return Codebook(levels=levels, bits=max(1, math.ceil(math.log2(levels.size))))
 
 
-def evaluate(codebook: Codebook | Any, block_size: int | None = 64, source: Any = "normal",
+def evaluate(codebook: Codebook | Any, block_size: int | None = DEFAULT_BLOCK_SIZE, source: Any = "normal",
              normalization: str = "absmax", scale: Any = None, qmax: float | None = None,
              tensor_amax: Any = None, tensor_size: Any = None) -> Evaluation:
     """Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..numerics.arguments import check_flag, check_int, is_int, one_line
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..codebooks.codebook import Codebook, check_numbers
 from ..numerics.losses import LOSSES, check_loss
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
@@ -385,7 +386,7 @@ class LloydRecipe(Recipe):
 
     method: ClassVar[str] = "lloyd"
     bits: int = 4
-    block_size: int | None = 64
+    block_size: int | None = DEFAULT_BLOCK_SIZE
     loss: str = "l2"
     domain: str = "weight"
     normalization: str = "absmax"
@@ -429,7 +430,7 @@ class QuantileRecipe(Recipe):
 
     method: ClassVar[str] = "quantile"
     bits: int = 4
-    block_size: int | None = 64
+    block_size: int | None = DEFAULT_BLOCK_SIZE
     normalization: str = "absmax"
     source: Any = "normal"
     fixed: tuple[float, ...] | None = None

@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..codebooks.blocks import check_block_size
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, check_block_size
 from ..io.progress import progress_bar
 from ..io.safetensors import TensorInfo, open_safetensors
 from ..io.text import label_width, number
@@ -207,7 +207,7 @@ def is_vector_codebook(cb: Any) -> bool:
     return hasattr(cb, "points") and not hasattr(cb, "levels")
 
 
-def resolve_model_codebooks(specs: str | Sequence[Any], block_size: int = 64) -> list[tuple[str, Any]]:
+def resolve_model_codebooks(specs: str | Sequence[Any], block_size: int = DEFAULT_BLOCK_SIZE) -> list[tuple[str, Any]]:
     """``(label, codebook)`` of a comma-separated string or a sequence: vector codebooks
     (:func:`quantbook.naming.is_vector_spec`, resolved by ``resolve_vector``) and scalar ones
     (``resolve_codebook``, fitted to ``block_size`` where the name asks).  The label is the
@@ -424,8 +424,8 @@ class VectorLayout(Layout):
         return _kept_or_host(xhat, x, be, keep), bits
 
 
-def make_layout(cb: Any, block_size: int = 64, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX,
-                vq: "VQOptions | None" = None) -> Layout:
+def make_layout(cb: Any, block_size: int = DEFAULT_BLOCK_SIZE, nested: bool = False, rule: Any = None,
+                qmax: float = DEFAULT_QMAX, vq: "VQOptions | None" = None) -> Layout:
     """The :class:`Layout` of a scalar or vector codebook."""
     if is_vector_codebook(cb):
         return VectorLayout(cb, vq)
@@ -590,8 +590,8 @@ def _bulk():
     return quantize, dequantize
 
 
-def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = 64, nested: bool = False,
-                   tensors: str | Iterable[str] | None = None, backend: str = "auto",
+def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = DEFAULT_BLOCK_SIZE,
+                   nested: bool = False, tensors: str | Iterable[str] | None = None, backend: str = "auto",
                    progress: bool | Callable[[int, int, TensorInfo], None] | None = None,
                    scale: Any = None, qmax: float = DEFAULT_QMAX, rotations: Sequence[str] = ("none",),
                    vq: VQOptions | None = None) -> ModelReport:

@@ -57,7 +57,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from ..codebooks.blocks import check_block_size
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, check_block_size
 from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
 from ..io.text import number
@@ -805,7 +805,7 @@ def _eval_mode(model):
 
 
 def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any]], task: str = "lm",
-                     text: str = "", tokens: int = 1024, context: int = 256, block_size: int = 64,
+                     text: str = "", tokens: int = 1024, context: int = 256, block_size: int = DEFAULT_BLOCK_SIZE,
                      nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
                      backend: str = "auto", progress: bool = False, model=None,
                      device: str | None = "auto", scale: Any = None, qmax: float = DEFAULT_QMAX,
