@@ -236,6 +236,44 @@ def test_headers_of_names_that_differ_only_in_case_include_together(tmp_path):
         assert np.float32(float.fromhex(first)) == np.float32(cb.code[0])
 
 
+@pytest.mark.parametrize("same", [False, True], ids=["other-tables", "same-tables"])
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_headers_of_names_that_give_one_identifier_never_stand_in_for_each_other(tmp_path, kind, same):
+    """``nf4-x`` and ``nf4_x`` give one C identifier, ``nf4_x``.  A program that includes both headers
+    and reads the tables of the one it includes last either fails to compile (the symbols are
+    defined twice) or reads that header's own values (the same tables): one include guard for both
+    skipped the second header, and the program compiled against the first one's values."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not found")
+    if kind == "scalar":
+        tables = [[-1.0, -0.5, 0.0, 0.5, 1.0], [-1.0, -0.5, 0.0, 0.5, 1.0] if same else [-1.0, -0.25, 0.0, 0.25, 1.0]]
+        cbs = [Codebook(t, bits=3, name=n) for t, n in zip(tables, ("nf4-x", "nf4_x"))]
+        first, count = "nf4_x_code[0]", "NF4_X_CODE_SIZE"
+    else:
+        rng = np.random.default_rng(3)
+        pts = rng.standard_normal((4, 2))
+        cbs = [VectorCodebook("nf4-x", pts), VectorCodebook("nf4_x", pts if same else rng.standard_normal((4, 2)))]
+        first, count = "nf4_x_points[0][0]", "NF4_X_SIZE * NF4_X_DIM"
+    for i, cb in enumerate(cbs):
+        (tmp_path / f"h{i}.h").write_text(export(cb, "c"), encoding="utf-8")
+    for order in ((0, 1), (1, 0)):
+        meant = cbs[order[1]]
+        includes = "".join(f'#include "h{i}.h"\n' for i in order)
+        (tmp_path / "t.c").write_text(f"#include <stdio.h>\n{includes}int main(void)\n{{\n"
+                                      f"    const float *v = &{first};\n"
+                                      f'    for (int i = 0; i < {count}; ++i) printf("%a\\n", (double)v[i]);\n'
+                                      "    return 0;\n}\n", encoding="utf-8")
+        exe = tmp_path / "t"
+        cc = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(exe),
+                             str(tmp_path / "t.c")], capture_output=True, text=True)
+        if cc.returncode != 0:
+            assert not same and "redefinition of" in cc.stderr, cc.stderr[-4000:]
+            continue
+        out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+        want = meant.code if kind == "scalar" else meant.points.reshape(-1)
+        assert [float.fromhex(v) for v in out] == [float(np.float32(v)) for v in want], (order, same)
+
+
 # ------------------------------------------------------------------------------------ CUDA
 _CU = """
 %(includes)s

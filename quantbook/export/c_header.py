@@ -27,6 +27,11 @@ scaled layout of docs/scales.md: a comment naming the rule, block size and ``qma
 ``<id>_layout_table[CODE_SIZE]``, the float32 table that layout decodes with (the code
 rescaled to largest magnitude ``qmax``).  Without one the header is unchanged.
 
+The include guard is ``QUANTBOOK_<ID>_<HASH>_H`` (``_CUH`` for CUDA), ``<HASH>`` the first 12
+hexadecimal digits of the SHA-256 of the definitions it guards: a header included twice is read
+once, and two headers that define one identifier's symbols otherwise (``nf4-x`` and ``nf4_x``)
+are both read, so that the program fails to compile instead of using the first one's tables.
+
 The C flavour uses ``static const`` arrays and ``static inline`` functions (C99, no
 includes); the CUDA flavour ``static __constant__`` arrays and ``static __device__``
 functions (no includes, so NVRTC compiles it as is).  Constant memory holds 64 KiB, so a
@@ -36,6 +41,7 @@ global memory (``static __device__ const``) instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +174,6 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
         raise ValueError(f"the layout table has {layout.table.size} entries, the code {cb.code.size}")
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = c_macro(ident)
-    guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     index_t = "unsigned char" if cb.bits <= 8 else "unsigned short"
     code = cb.code_f32
     levels = cb.levels_f32
@@ -195,7 +200,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
                      f"        rank += !(y <= {ident}_thresholds[i]);\n    return rank;")
     else:  # one code: no loop (`i < 0` is a -Wtype-limits warning)
         rank_body = f"    (void)y;\n    (void){ident}_thresholds;\n    return 0;"
-    out = f"""/* {_comment_text(cb.name)}: {cb.bits}-bit codebook, {cb.n_levels} levels, {code.size} codes.
+    comment = f"""/* {_comment_text(cb.name)}: {cb.bits}-bit codebook, {cb.n_levels} levels, {code.size} codes.
  * Source: {_comment_text(cb.source)}
  * Recipe: {_comment_text(recipe)}
  * {_generated_by(cb, spelling, cuda, name, ident, _layout_flags(layout))}
@@ -208,10 +213,8 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
  * without a scale rule, docs/format.md) y = x * (1.0f / absmax) in a full block and x / absmax in
  * the partial last one: the two can round differently, and only these give quantize's bytes.
  */
-#ifndef {guard}
-#define {guard}
-
-#define {macro}_BITS {cb.bits}
+"""
+    body = f"""#define {macro}_BITS {cb.bits}
 #define {macro}_CODE_SIZE {code.size}
 #define {macro}_N_LEVELS {levels.size}
 #define {macro}_N_THRESHOLDS {thresholds.size}
@@ -264,9 +267,19 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     return {ident}_code[index];
 }}
 
-{_layout_block(layout, macro, ident, arr)}#endif /* {guard} */
-"""
-    return out
+{_layout_block(layout, macro, ident, arr)}"""
+    return comment + _guarded(body, macro, cuda)
+
+
+def _guarded(body: str, macro: str, cuda: bool) -> str:
+    """``body`` inside its include guard, spelled from the identifier's macro and a hash of ``body``
+    itself: a second header that defines the same symbols otherwise (two names that give one
+    identifier, as ``nf4-x`` and ``nf4_x`` do) is then read, and its definitions fail to compile,
+    where one guard for both skipped it and left the first one's values in its place.  A header
+    with the same definitions keeps the guard, so including it twice is harmless."""
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12].upper()
+    guard = f"QUANTBOOK_{macro}_{digest}_{'CUH' if cuda else 'H'}"
+    return f"#ifndef {guard}\n#define {guard}\n\n{body}#endif /* {guard} */\n"
 
 
 def _layout_flags(layout: HeaderLayout | None) -> str:
@@ -349,7 +362,6 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     cuda = check_flag(cuda, "cuda")
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = c_macro(ident)
-    guard = f"QUANTBOOK_{macro}_{'CUH' if cuda else 'H'}"
     pts = cb.points
     arr = _cuda_array(4 * pts.size) if cuda else "static const"
     fn = "static __device__ __forceinline__" if cuda else "static inline"
@@ -362,7 +374,7 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     table = "\n".join(rows)
     title = (f"{_comment_text(cb.name)}: vector codebook, {cb.size} points in {cb.dim} dimensions, "
              f"{cb.index_bits}-bit index")
-    return f"""/* {title}.
+    comment = f"""/* {title}.
  * Source: {_comment_text(cb.source)}
  * Recipe: {_comment_text(recipe)}
  * {_generated_by(cb, spelling, cuda, name, ident)}
@@ -374,10 +386,8 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
  * Values are float32 literals with 9 significant digits (they round-trip float32 exactly);
  * the comments give their exact C99 hexadecimal value.
  */
-#ifndef {guard}
-#define {guard}
-
-#define {macro}_DIM {cb.dim}
+"""
+    body = f"""#define {macro}_DIM {cb.dim}
 #define {macro}_SIZE {cb.size}
 #define {macro}_INDEX_BITS {cb.index_bits}
 
@@ -412,5 +422,5 @@ def vector_c_header(cb: Any, name: str | None = None, cuda: bool = False, spelli
     return best_j;
 }}
 
-#endif /* {guard} */
 """
+    return comment + _guarded(body, macro, cuda)

@@ -14,7 +14,10 @@ A header's macros and include guard are spelled with :func:`c_macro` of the iden
 capitals (``nf4`` → ``NF4``) when it has none of its own; one with capitals keeps its case
 (``MyCb``), and one with no small letters is written in them (``NF4`` → ``nf4``).  Identifiers
 that differ only in case so keep distinct guards and macros: with one guard, including both
-headers would silently skip the second.
+headers would silently skip the second.  The rule above is not one to one (``nf4-x`` and
+``nf4_x`` give ``nf4_x``), and the registry's names keep their identifiers, so the guard also
+holds a hash of the definitions it guards (:mod:`.c_header`): two different tables under one
+identifier fail to compile together rather than one standing in for the other.
 """
 
 from __future__ import annotations
