@@ -55,7 +55,7 @@ def test_an_infinite_or_undefined_value_is_a_word_not_nan(capsys):
     assert "SQNR undefined dB" in out and "gap undefined dB" in out
     assert not re.search(r"\bnan\b", out, re.I)
     # the normalised errors stay finite numbers
-    assert re.search(r"normalised \d\.\d{6}e-\d\d\n", out)
+    assert re.search(r"normalised \d\.\d{6}e-\d\d absmax\n", out)
 
 
 def test_derive_extras_print_words_not_python_reprs(capsys):
@@ -82,6 +82,57 @@ def test_number_words():
     assert number(math.inf, ">8.3f") == "     inf" and number(-math.inf, "8.3f") == "    -inf"
     assert number(math.nan, ">11.4e") == "  undefined" and number(None, "") == "undefined"
     assert number(np.float64(math.nan), "<10") == "undefined "
+
+
+# ------------------------------------------------------------------------------------ units
+def test_evaluate_states_its_units_and_they_are_the_ones_measured(capsys, tmp_path):
+    """evaluate's weight errors are in units of σ, the source's RMS (a sample is divided by it), and
+    its normalised errors in units of the block's absmax: each number says its unit, and a sample of
+    RMS about 3, quantized by hand in blocks of 64 (nearest NF4 level of x/absmax), gives the
+    printed numbers in those units."""
+    import quantbook
+
+    x = 3 * np.random.default_rng(5).standard_normal(2**18)
+    np.save(tmp_path / "x.npy", x)
+    out = run(capsys, "evaluate", "nf4", "--source", tmp_path / "x.npy")
+    n = r"(\d\.\d{6}e-\d\d)"
+    mse_w, mse_n, mae_w, mae_n = map(float, re.search(rf"MSE  weight {n} σ²   normalised {n} absmax²\n"
+                                                     rf"  MAE  weight {n} σ    normalised {n} absmax\n", out).groups())
+    assert re.search(r"D\(R\) at R = 4.5 bits/weight: \S+ σ²   gap", out)
+    assert "σ = the source's RMS" in out and "absmax = the block's largest |x|" in out
+    blocks = x.reshape(-1, 64)
+    m = np.abs(blocks).max(axis=1, keepdims=True)
+    levels = quantbook.get("nf4").levels
+    y = blocks / m
+    e = y - levels[np.abs(y[..., None] - levels).argmin(-1)]
+    sigma = np.sqrt(np.mean(x**2))
+    assert mse_w == pytest.approx(np.mean((m * e) ** 2) / sigma**2, rel=0.01)   # not the raw 9x
+    assert mae_w == pytest.approx(np.mean(np.abs(m * e)) / sigma, rel=0.01)
+    assert mse_n == pytest.approx(np.mean(e**2), rel=0.01) and mae_n == pytest.approx(np.mean(np.abs(e)), rel=0.01)
+    # no normalisation: the levels are in σ, and both domains are the weights'; a scaled layout's
+    # normalised unit is what the block's largest entry decodes to
+    out = run(capsys, "evaluate", "nf4", "--normalization", "none")
+    w, v = re.search(rf"MSE  weight {n} σ²   normalised {n} σ²\n", out).groups()
+    assert w == v and "absmax" not in out
+    out = run(capsys, "evaluate", "e2m1", "-B", "16", "--scale", "e4m3")
+    assert re.search(rf"normalised {n} \(qmax·s\)²\n.*normalised {n} qmax·s\n", out, re.S)
+    assert "qmax·s = the block's largest decoded magnitude" in out
+
+
+def test_evaluate_model_states_its_units_and_they_are_the_weights(capsys, tmp_path):
+    """evaluate-model's errors are in the weights' own units (MSE: weight²): the table's header says
+    so, and the same tensor times 10 has 100 times the MSE and 10 times the MAE (the blocks' absmax
+    scales with it; powers of two would hide a wrong exponent less well than 10)."""
+    st = pytest.importorskip("safetensors.numpy")
+    w = np.random.default_rng(1).standard_normal((8, 256)).astype(np.float32)
+    model = tmp_path / "m.safetensors"
+    st.save_file({"w": w, "w10": w * np.float32(10)}, str(model))
+    out = run(capsys, "evaluate-model", model, "-c", "nf4", "--per-tensor")
+    header = next(v for v in out.splitlines() if v.startswith("tensor "))
+    assert re.fullmatch(r"tensor +MSE weight²  +MAE weight  +SQNR dB  +rel\. Frob\.  +bits/w", header), header
+    rows = {v.split()[0]: [float(t) for t in v.split()[1:3]] for v in out.splitlines() if v.startswith("w")}
+    assert rows["w10"][0] == pytest.approx(100 * rows["w"][0], rel=1e-3)
+    assert rows["w10"][1] == pytest.approx(10 * rows["w"][1], rel=1e-3)
 
 
 # ------------------------------------------------------------------------------ alignment
@@ -367,11 +418,12 @@ def fields(pattern: str, text: str) -> dict:
 def test_evaluate_text_is_its_json(capsys, argv):
     text, d = both(capsys, "evaluate", *argv)
     n = r"(?:-?[\d.]+(?:e[-+]\d+)?|inf|-inf|undefined)"
-    got = fields(rf"MSE  weight (?P<mse_weight>{n})   normalised (?P<mse_normalized>{n})\n"
-                 rf"  MAE  weight (?P<mae_weight>{n})   normalised (?P<mae_normalized>{n})\n"
+    u2, u = r"(?:absmax|\(qmax·s\))²", r"(?:absmax|qmax·s)"   # the normalised errors' units
+    got = fields(rf"MSE  weight (?P<mse_weight>{n}) σ²   normalised (?P<mse_normalized>{n}) {u2}\n"
+                 rf"  MAE  weight (?P<mae_weight>{n}) σ    normalised (?P<mae_normalized>{n}) {u}\n"
                  rf"  SQNR (?P<sqnr_db>{n}) dB   code-usage entropy (?P<entropy_bits>{n}) bits\n"
-                 rf"  D\(R\) at R = (?P<bits_per_weight>{n}) bits/weight: (?P<rd_bound>{n})   gap (?P<gap_db>{n}) dB",
-                 text)
+                 rf"  D\(R\) at R = (?P<bits_per_weight>{n}) bits/weight: (?P<rd_bound>{n}) σ²   "
+                 rf"gap (?P<gap_db>{n}) dB", text)
     specs = {"mse_weight": ".6e", "mse_normalized": ".6e", "mae_weight": ".6e", "mae_normalized": ".6e",
              "sqnr_db": ".3f", "entropy_bits": ".4f", "bits_per_weight": "g", "rd_bound": ".6e", "gap_db": ".3f"}
     for key, spec in specs.items():
@@ -381,8 +433,8 @@ def test_evaluate_text_is_its_json(capsys, argv):
 def test_evaluate_search_text_is_its_json(capsys):
     text, d = both(capsys, "evaluate", "e2m1", "-B", "16", "--scale", "search:4over6", "--samples", "16000")
     got = fields(r"Monte Carlo: (?P<samples>\d+) values, seed (?P<seed>\d+)\)\n"
-                 r"  MSE  weight (?P<mse_weight>\S+) ± (?P<mse_standard_error>\S+)\n"
-                 r"  MAE  weight (?P<mae_weight>\S+)\n"
+                 r"  MSE  weight (?P<mse_weight>\S+) ± (?P<mse_standard_error>\S+) σ²\n"
+                 r"  MAE  weight (?P<mae_weight>\S+) σ\n"
                  r"  SQNR (?P<sqnr_db>\S+) dB   (?P<bits_per_weight>\S+) bits/weight",
                  text)
     specs = {"samples": "d", "seed": "d", "mse_weight": ".6e", "mse_standard_error": ".1e", "mae_weight": ".6e",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -608,8 +609,11 @@ def test_cli_task_table(tmp_path, capsys, task):
     assert lines[0].startswith(f"{tmp_path / 'm'}: task {task}, {len(read)} linear weights ({sum(read):,}{unread}), "
                                "block size 64, float32 absmax; ")
     assert lines[0].endswith("; device cpu") and lines[1] == ""
-    cols = ["PPL", "KL mean", "KL p99", "same top %"] if task == "lm" else ["cos mean", "cos worst"]
+    # KL in nats per scored token: natural logs, averaged over tokens (test_lm_metrics_against_an_independent_...)
+    cols = ["PPL", "KL mean nats/tok", "KL p99 nats/tok", "same top %"] if task == "lm" else ["cos mean", "cos worst"]
     assert [w.strip() for w in lines[2].split("  ") if w.strip()] == ["codebook", "bits/w", "SQNR dB", *cols, "s"]
+    ends = [m.end() for m in re.finditer(r"\S+(?: \S+)*", lines[2])][1:]   # right-aligned under their titles
+    assert all([m.end() for m in re.finditer(r"\S+", line)][1:] == ends for line in lines[3:5]), lines[2:5]
     rows = {line.split()[0]: line.split() for line in lines[3:5]}
     assert list(rows) == ["unquantized", "nf4"]
     assert rows["unquantized"][1:3] == ["32.0000", "inf"] and rows["nf4"][1] == "4.5000"

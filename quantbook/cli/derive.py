@@ -196,6 +196,24 @@ def _cmd_derive_vq(args) -> int:
     return 0
 
 
+#: what evaluate's units are: the weight domain's and (without normalisation) the normalised one's
+_SIGMA = "σ = the source's RMS, 1 as scaled (student-t with ν ≤ 2: its scale)"
+
+
+def _normalised_unit(normalization: str, scale: Any) -> tuple[str, str | None]:
+    """The unit of ``evaluate``'s normalised errors and what it is: the block's absmax, or in a scaled
+    layout what the table's largest entry decodes to (``qmax·s``); without normalisation the weights'
+    own, σ (None: said already)."""
+    if normalization == "none":
+        return "σ", None
+    if scale is not None:
+        from ..scales import get_rule
+
+        if get_rule(scale).layout == "scaled":   # nested statistics encode with the exact absmax
+            return "(qmax·s)", "qmax·s = the block's largest decoded magnitude (s: the block's scale)"
+    return "absmax", "absmax = the block's largest |x|"
+
+
 def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
     """A search rule has no exact law: Monte Carlo on a seeded sample."""
     from ..derive.search_lloyd import evaluate_search
@@ -210,11 +228,12 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
         return 0
     print(f"{cb.name} on {ev['source']} (B={ev['block_size']}, scale {ev['scale']}, qmax {ev['qmax']:g}; "
           f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
-    print(f"  MSE  weight {number(ev['mse_weight'], '.6e')} ± {number(ev['mse_standard_error'], '.1e')}")
-    print(f"  MAE  weight {number(ev['mae_weight'], '.6e')}")
+    print(f"  MSE  weight {number(ev['mse_weight'], '.6e')} ± {number(ev['mse_standard_error'], '.1e')} σ²")
+    print(f"  MAE  weight {number(ev['mae_weight'], '.6e')} σ")
     # None: an infinite error (no variance), or none at all
     sqnr = ev["sqnr_db"] if ev["sqnr_db"] is not None else math.inf if ev["mse_weight"] == 0 else math.nan
     print(f"  SQNR {number(sqnr, '.3f')} dB   {ev['bits_per_weight']:g} bits/weight")
+    print(f"  units: {_SIGMA}")
     return 0
 
 
@@ -239,11 +258,14 @@ def _cmd_evaluate(args) -> int:
         qmax = f", qmax {ev.qmax:g}" if get_rule(ev.scale).layout == "scaled" else ""   # nested: the exact absmax
         where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
-    print(f"  MSE  weight {number(ev.mse_weight, '.6e')}   normalised {number(ev.mse_normalized, '.6e')}")
-    print(f"  MAE  weight {number(ev.mae_weight, '.6e')}   normalised {number(ev.mae_normalized, '.6e')}")
+    unit, meaning = _normalised_unit(ev.normalization, ev.scale)
+    print(f"  MSE  weight {number(ev.mse_weight, '.6e')} σ²   normalised {number(ev.mse_normalized, '.6e')} {unit}²")
+    print(f"  MAE  weight {number(ev.mae_weight, '.6e')} σ    normalised {number(ev.mae_normalized, '.6e')} "
+          f"{unit.strip('()')}")
     print(f"  SQNR {number(ev.sqnr_db, '.3f')} dB   code-usage entropy {ev.entropy_bits:.4f} bits")
-    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')}   "
+    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')} σ²   "
           f"gap {number(ev.gap_db, '.3f')} dB")
+    print(f"  units: {'; '.join(v for v in (_SIGMA, meaning) if v)}")
     return 0
 
 

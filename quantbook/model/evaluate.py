@@ -13,7 +13,7 @@ Metrics (per tensor, and for the whole selection by pooling the sums, i.e. weigh
 element count):
 
 ``mse``          mean of ``e**2`` (units: the weights' units squared);
-``mae``          mean of ``|e|``;
+``mae``          mean of ``|e|`` (units: the weights' units);
 ``sqnr_db``      ``10·log10(Σx² / Σe²)`` (``inf`` when there is no error);
 ``rel_frobenius``  ``‖e‖_F / ‖x‖_F``;
 ``bits_per_weight``  ``8·(bytes of the packed codes + bytes of the statistics) / n``:
@@ -556,7 +556,8 @@ class ModelReport:
         if self.rotations != ["none"]:
             head += f"; rotations {', '.join(self.rotations)}"
         width = label_width("codebook", self.codebooks)
-        cols = f"{'MSE':>11}  {'MAE':>11}  {'SQNR dB':>8}  {'rel. Frob.':>10}  {'bits/w':>7}"
+        # each column's unit in its header: the errors are in the weights' own units
+        cols = f"{'MSE weight²':>11}  {'MAE weight':>11}  {'SQNR dB':>8}  {'rel. Frob.':>10}  {'bits/w':>7}"
 
         def row(label: str, s: ErrorSums, w: int) -> str:
             return (f"{label:<{w}}  {number(s.mse, '>11.4e')}  {number(s.mae, '>11.4e')}  "

@@ -481,7 +481,7 @@ class Task:
     """
 
     name: ClassVar[str]
-    #: metric key -> (column title, format spec) for the table
+    #: metric key -> (column title, with its unit where it has one, and format spec) for the table
     columns: ClassVar[dict[str, tuple[str, str]]] = {}
     #: the metric --plot draws against bits per weight, and how it is labelled
     plot_metric: ClassVar[tuple[str, str]] = ("", "")
@@ -559,8 +559,9 @@ class Task:
 
 
 class CausalLM(Task, name="lm"):
-    columns = {"perplexity": ("PPL", "10.5g"), "kl_mean": ("KL mean", "9.5f"),
-               "kl_p99": ("KL p99", "9.5f"), "same_top_pct": ("same top %", "10.2f")}
+    # KL of each scored position's next-token distributions (natural log): its mean and 99th percentile
+    columns = {"perplexity": ("PPL", "10.5g"), "kl_mean": ("KL mean nats/tok", "9.5f"),
+               "kl_p99": ("KL p99 nats/tok", "9.5f"), "same_top_pct": ("same top %", "10.2f")}
     plot_metric = ("kl_mean", "mean KL divergence to the unquantized model (nats/token)")
 
     @staticmethod
@@ -776,12 +777,13 @@ class QualityReport:
                 f"block size {self.block_size}, {self.scale_text}"
                 + (f", {self.vq.describe()}" if self.vq is not None else "") + f"; {what}; device {self.device}")
         width = max(len(k) for k in self.labels) + 1
+        wide = {m: max(len(t), len(format(0.0, spec))) for m, (t, spec) in cols.items()}   # a title with its unit
         title = f"{'codebook':<{width}}  {'bits/w':>7}  {'SQNR dB':>8}  " + "  ".join(
-            f"{t:>{len(format(0.0, spec))}}" for t, spec in cols.values()) + f"  {'s':>6}"
+            f"{t:>{wide[m]}}" for m, (t, _) in cols.items()) + f"  {'s':>6}"
         lines = [head, "", title]
         for k in self.labels:
             r = self.rows[k]
-            vals = "  ".join(number(r[m], spec) for m, (_, spec) in cols.items())
+            vals = "  ".join(f"{number(r[m], spec):>{wide[m]}}" for m, (_, spec) in cols.items())
             lines.append(f"{k:<{width}}  {r['bits_per_weight']:>7.4f}  {number(r['sqnr_db'], '>8.3f')}  {vals}  "
                          f"{r['seconds']:>6.1f}")
         if self.task == "embed":
