@@ -197,7 +197,7 @@ def _cmd_derive_vq(args) -> int:
 
 
 #: what evaluate's units are: the weight domain's and (without normalisation) the normalised one's
-_SIGMA = "σ = the source's RMS, 1 as scaled (student-t with ν ≤ 2: its scale)"
+_SIGMA = "σ = the source's RMS, 1 as scaled (student-t:NU with NU at most 2: its scale)"
 
 
 def _normalised_unit(normalization: str, scale: Any) -> tuple[str, str | None]:
