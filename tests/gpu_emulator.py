@@ -454,7 +454,7 @@ def measuring_unavailable() -> str | None:
         return "no C++ compiler (g++/c++/clang++) found"
     with tempfile.TemporaryDirectory() as td:
         cpp = Path(td) / "probe.cpp"
-        cpp.write_text("int qb_probe(const int* p) { return *p; }\n")
+        cpp.write_text("int qb_probe(const int* p) { return *p; }\n", encoding="utf-8")
         r = subprocess.run([cxx, *_flags(cxx, True), "-c", str(cpp), "-o", str(Path(td) / "probe.o")],
                            capture_output=True, text=True)
     if r.returncode:
@@ -479,7 +479,7 @@ def _build_library(src: str, stem: str, measure: bool = False) -> Path:
         lib.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as td:
             cpp = Path(td) / "emu.cpp"
-            cpp.write_text(src)
+            cpp.write_text(src, encoding="utf-8")
             obj, tmp = Path(td) / "emu.o", Path(td) / "emu.so"
             r = subprocess.run([cxx, *flags, "-c", str(cpp), "-o", str(obj)], capture_output=True, text=True)
             if r.returncode == 0:

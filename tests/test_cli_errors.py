@@ -145,14 +145,14 @@ def test_samples_near_1e200_give_the_scale_free_answer(capsys, tmp_path):
 # --------------------------------------------------------------------------- codebook files
 def test_deeply_nested_json_codebook(capsys, tmp_path):
     p = tmp_path / "deep.json"
-    p.write_text('{"bits": 2, "levels": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    p.write_text('{"bits": 2, "levels": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
     rc, _, err = run(capsys, "show", p)
     assert_user_error(rc, err, "deep.json")
 
 
 def test_json_level_beyond_float64(capsys, tmp_path):
     p = tmp_path / "big.json"
-    p.write_text('{"bits": 2, "levels": [-1, 0, 1' + "0" * 400 + "]}")
+    p.write_text('{"bits": 2, "levels": [-1, 0, 1' + "0" * 400 + "]}", encoding="utf-8")
     rc, _, err = run(capsys, "show", p)
     assert_user_error(rc, err, "big.json")
 
@@ -161,7 +161,7 @@ def test_show_accepts_an_upper_case_json_suffix(capsys, tmp_path):
     from quantbook import get
 
     p = tmp_path / "AF4.JSON"
-    p.write_text(get("af4").to_json())
+    p.write_text(get("af4").to_json(), encoding="utf-8")
     rc, out, err = run(capsys, "show", p, "--json")
     assert rc == 0, err
     assert json.loads(out)["levels"] == [float(v) for v in get("af4").levels]
@@ -172,7 +172,7 @@ def test_evaluate_model_with_huge_levels(capsys, tmp_path):
     model = tmp_path / "m.safetensors"
     st.save_file({"w": np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)}, str(model))
     cb = tmp_path / "huge.json"
-    cb.write_text('{"bits": 2, "levels": [-1e308, 0, 1e308]}')
+    cb.write_text('{"bits": 2, "levels": [-1e308, 0, 1e308]}', encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", model, "-c", cb)
     assert_user_error(rc, err, "huge.json")
 
@@ -321,15 +321,16 @@ def test_export_onto_its_own_input_is_refused(capsys, tmp_path, monkeypatch, fmt
     """``export cb.json -f c -o cb.json`` replaced the only copy of a codebook with a C header."""
     monkeypatch.chdir(tmp_path)
     before = '{"bits": 1, "levels": [-1, 1]}'
-    (tmp_path / "cb.json").write_text(before)
+    (tmp_path / "cb.json").write_text(before, encoding="utf-8")
     os.symlink("cb.json", tmp_path / "link.json")
     for source, out in (("cb.json", "cb.json"), ("cb.json", "./link.json"), ("link.json", str(tmp_path / "cb.json"))):
         assert main(["export", source, "-f", fmt, "-o", out]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"quantbook: error: output path '{out}' is the input '{source}'") and err.count("\n") == 1
-    assert (tmp_path / "cb.json").read_text() == before
+    assert (tmp_path / "cb.json").read_text(encoding="utf-8") == before
     assert sorted(os.listdir(tmp_path)) == ["cb.json", "link.json"]
-    (tmp_path / "nf4").write_text("x")   # a registry name is not a file, even where a file has its name
+    # a registry name is not a file, even where a file has its name
+    (tmp_path / "nf4").write_text("x", encoding="utf-8")
     assert main(["export", "nf4", "-f", fmt, "-o", "nf4"]) == 0
 
 
@@ -340,8 +341,9 @@ def test_export_onto_its_own_input_spelled_with_spaces_is_refused(capsys, tmp_pa
     from quantbook.codebooks.vector import VectorCodebook
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "cb.json").write_text('{"bits": 1, "levels": [-1, 1]}')
-    (tmp_path / "grid.json").write_text(VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0]]), "test").to_json())
+    (tmp_path / "cb.json").write_text('{"bits": 1, "levels": [-1, 1]}', encoding="utf-8")
+    (tmp_path / "grid.json").write_text(VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0]]), "test").to_json(),
+                                        encoding="utf-8")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     target = source.strip()
     assert main(["export", source, "-f", "c", "-o", target]) == 2

@@ -62,7 +62,7 @@ def test_codebook_objects_show_and_export(capsys, tmp_path):
     assert paths(d, opaque={"recipe"}) == section("Codebook objects")
     run_json_file = tmp_path / "fp4.json"
     assert main(["export", "fp4", "-f", "json", "-o", str(run_json_file)]) == 0
-    assert json.loads(run_json_file.read_text()) == d
+    assert json.loads(run_json_file.read_text(encoding="utf-8")) == d
 
 
 def test_list(capsys):

@@ -28,7 +28,7 @@ def test_console_script_and_module_entry_points():
     except importlib.metadata.PackageNotFoundError:   # e.g. a checkout on PYTHONPATH, as on a lent GPU
         pytest.skip("quantbook is on the path but not installed (pip install -e .): no entry points to check")
     scripts = importlib.metadata.entry_points(group="console_scripts")
-    declared = re.search(r'^quantbook = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    declared = re.search(r'^quantbook = "(.+)"$', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
     assert declared == "quantbook.console:main"
     assert [e.value for e in scripts if e.name == "quantbook"] == [declared], "reinstall: pip install -e ."
     r = subprocess.run([sys.executable, "-m", "quantbook.cli", "list"], capture_output=True, text=True,
@@ -146,8 +146,8 @@ sys.meta_path.insert(0, CtrlC())
 def test_interrupt_while_the_console_script_imports_the_command_line_exits_130():
     # the script pip writes for pyproject.toml's entry point imports it, then calls it: an entry point that
     # imports the command line (numpy, ...) as it is imported left a traceback, not the line and status 130
-    module, function = re.search(r'^quantbook = "([\w.]+):(\w+)"$', (ROOT / "pyproject.toml").read_text(),
-                                 re.M).groups()
+    module, function = re.search(r'^quantbook = "([\w.]+):(\w+)"$',
+                                 (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).groups()
     script = f"{_CTRL_C_IN_IMPORT}\nfrom {module} import {function}\nsys.exit({function}())\n"
     r = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=_env(),
                        timeout=120)
@@ -238,7 +238,7 @@ def test_a_full_disk_behind_standard_output_is_an_error(argv):
     # the output waits in stdout's buffer until the end: the failed write is still one error line,
     # not Python's "Exception ignored ... OSError" (status 120), and never a silent success
     env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}
-    with open("/dev/full", "w") as full:
+    with open("/dev/full", "w", encoding="utf-8") as full:
         p = subprocess.run([sys.executable, "-m", "quantbook.cli", *argv], stdout=full, stderr=subprocess.PIPE,
                            env=env, timeout=120, text=True)
     assert (p.returncode, p.stderr) == (2, "quantbook: error: standard output: No space left on device\n")
@@ -250,7 +250,7 @@ def test_a_full_disk_behind_unbuffered_standard_output_is_an_error(argv):
     # unbuffered (python -u, PYTHONUNBUFFERED=1) the write itself fails; argparse dropped that failure
     # for --help and --version, which then succeeded in silence with status 0
     env = dict(_env(), PYTHONUNBUFFERED="1")
-    with open("/dev/full", "w") as full:
+    with open("/dev/full", "w", encoding="utf-8") as full:
         p = subprocess.run([sys.executable, "-m", "quantbook.cli", *argv], stdout=full, stderr=subprocess.PIPE,
                            env=env, timeout=120, text=True)
     assert p.returncode == 2 and p.stderr.startswith("quantbook: error: ") and p.stderr.count("\n") == 1

@@ -46,7 +46,7 @@ def test_different_tables_never_share_a_name():
 @pytest.mark.parametrize("suffix", [".json", ".JSON", ".Json"])
 def test_json_files_with_any_case_of_suffix(tmp_path, suffix):
     p = tmp_path / ("t" + suffix)
-    p.write_text(REGISTRY["af4"].codebook.to_json())
+    p.write_text(REGISTRY["af4"].codebook.to_json(), encoding="utf-8")
     assert resolve_codebook(str(p)) == REGISTRY["af4"].codebook
     assert resolve_codebook(p) == REGISTRY["af4"].codebook  # a Path too
 
@@ -151,7 +151,7 @@ def test_resolve_codebooks_labels():
 def test_the_api_and_the_command_line_accept_the_same_names(capsys, tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     p = tmp_path / "T.JSON"
-    p.write_text(REGISTRY["af4"].codebook.to_json())
+    p.write_text(REGISTRY["af4"].codebook.to_json(), encoding="utf-8")
     for spec in ("nf3", "NF4", "lloyd-l2-64-3bit", str(p)):
         _, state = quantbook.quantize(x, spec, block_size=64)
         assert main(["show", spec, "--json"]) == 0

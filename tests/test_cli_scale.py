@@ -162,7 +162,7 @@ def test_a_table_the_scaled_layouts_cannot_store_is_refused_everywhere(capsys, t
     from quantbook.derive import evaluate, evaluate_search, lloyd
 
     zero = tmp_path / "zero.json"
-    zero.write_text('{"bits": 4, "levels": [0]}')
+    zero.write_text('{"bits": 4, "levels": [0]}', encoding="utf-8")
     x = np.ones(64, np.float32)
     for cb, match in ((Codebook(levels=[0.0], bits=4), "levels are all 0"),
                       (quantbook.bulk.resolve_codebook("nf8"), "the scaled layouts store 4-bit codes")):

@@ -345,7 +345,7 @@ def test_command_runs_as_written(snippet, scratch, monkeypatch, capsys):
     shell = shlex.split(snippet.text, comments=True)
     if ">" in shell:
         name = shell[shell.index(">") + 1]
-        (scratch / name).write_text(out)
+        (scratch / name).write_text(out, encoding="utf-8")
         if name.endswith(".json"):
             json.loads(out)
     if "-o" in words:

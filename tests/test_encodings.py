@@ -228,8 +228,7 @@ def _text_opens_without_encoding(tree: ast.AST):
 def test_every_text_file_is_opened_with_its_encoding_named():
     # without it Python takes the locale's (a Windows code page, ASCII in a C locale): a name with
     # a non-ASCII character fails to write, or is read back as other characters
-    paths = [*(ROOT / "quantbook").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"),
-             *(ROOT / "tests" / "data").rglob("*.py")]
+    paths = [*(ROOT / "quantbook").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
     found = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(paths)
              for line in _text_opens_without_encoding(ast.parse(p.read_text(encoding="utf-8")))]
     assert not found, f"text files opened without encoding= (name it, or open in binary): {found}"

@@ -124,7 +124,7 @@ def test_cli_quantile_and_evaluate(capsys, tmp_path):
     rc, out, _ = run(capsys, "derive", "quantile", "--bits", "3", "--block-size", "128", "--json")
     assert rc == 0
     f = tmp_path / "q.json"
-    f.write_text(out)
+    f.write_text(out, encoding="utf-8")
     rc, out, _ = run(capsys, "evaluate", str(f), "--block-size", "128", "--json")
     assert rc == 0 and json.loads(out)["bits_per_weight"] == 3 + 32 / 128
     rc, out, _ = run(capsys, "evaluate", "nf4", "--block-size", "64")

@@ -117,7 +117,7 @@ def test_json_round_trips_float64(name, tmp_path):
     cb = REGISTRY[name].codebook
     path = tmp_path / f"{name}.json"
     assert main(["export", name, "--format", "json", "-o", str(path)]) == 0
-    back = quantbook.Codebook.from_json(path.read_text())
+    back = quantbook.Codebook.from_json(path.read_text(encoding="utf-8"))
     assert back == cb  # bitwise float64 levels and code, recipe, source, name
     assert quantbook.load(str(path)).levels.tobytes() == cb.levels.tobytes()
 
@@ -226,8 +226,8 @@ def headers(tmp_path_factory):
     d = tmp_path_factory.mktemp("headers")
     for name in NAMES:
         cb = REGISTRY[name].codebook
-        (d / f"{_ident(name)}.h").write_text(c_header(cb))
-        (d / f"{_ident(name)}.cuh").write_text(c_header(cb, cuda=True))
+        (d / f"{_ident(name)}.h").write_text(c_header(cb), encoding="utf-8")
+        (d / f"{_ident(name)}.cuh").write_text(c_header(cb, cuda=True), encoding="utf-8")
     return d
 
 
@@ -245,7 +245,7 @@ def test_c_headers_compile_and_hold_exact_bits(headers, compiler, flags):
         probe=", ".join(c_float_literal(v) for v in probe),
         dumps="\n".join(f"    DUMP({i}, {i.upper()});" for i in idents),
     )
-    (headers / "main.c").write_text(src)
+    (headers / "main.c").write_text(src, encoding="utf-8")
     exe = headers / f"dump-{compiler}"
     cc = subprocess.run([compiler, *flags, "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1",
                          "-o", str(exe), str(headers / "main.c")], capture_output=True, text=True)
@@ -268,7 +268,7 @@ def test_threshold_ties_go_to_the_lower_rank_and_nan_past_every_bound_in_c(heade
     src = (f'#include <stdio.h>\n#include "{headers}/{i}.h"\nint main(void){{volatile float z = 0.0f;'
            f'for(int k=0;k<{I}_N_THRESHOLDS;++k) printf("%u ", {i}_rank_of({i}_thresholds[k]));'
            f'printf("%u", {i}_rank_of(z / z));return 0;}}\n')
-    (tmp_path / "t.c").write_text(src)
+    (tmp_path / "t.c").write_text(src, encoding="utf-8")
     subprocess.run(["gcc", "-std=c99", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
     out = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout
     ranks = [int(v) for v in out.split()]
@@ -326,11 +326,11 @@ def _check_ptx(ptx: str) -> None:
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
 def test_cuda_headers_compile_with_nvcc_and_hold_exact_bits(headers):
     idents = [_ident(n) for n in NAMES]
-    (headers / "k.cu").write_text(_cuda_source(idents))
+    (headers / "k.cu").write_text(_cuda_source(idents), encoding="utf-8")
     r = subprocess.run(["nvcc", "-ptx", "-arch=compute_75", "-std=c++14", "-Werror", "all-warnings", "-o",
                         str(headers / "k.ptx"), str(headers / "k.cu")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    _check_ptx((headers / "k.ptx").read_text())
+    _check_ptx((headers / "k.ptx").read_text(encoding="utf-8"))
 
 
 def test_cuda_headers_compile_with_nvrtc_and_hold_exact_bits(headers):
@@ -340,7 +340,7 @@ def test_cuda_headers_compile_with_nvrtc_and_hold_exact_bits(headers):
         pytest.skip(f"NVRTC not importable through cupy: {exc}")
     idents = [_ident(n) for n in NAMES]
     src = _cuda_source(idents)
-    hdr_src = [(headers / f"{i}.cuh").read_text().encode() for i in idents]
+    hdr_src = [(headers / f"{i}.cuh").read_text(encoding="utf-8").encode() for i in idents]
     hdr_names = [f"{i}.cuh".encode() for i in idents]
     try:
         prog = nvrtc.createProgram(src, "k.cu", hdr_src, hdr_names)
@@ -469,7 +469,7 @@ def test_cli_errors(capsys, tmp_path):
     assert "invalid choice" in _err(capsys, ["export", "nf4", "-f", "xml"])
     assert "bnb format needs" in _err(capsys, ["export", "max1960-n8", "-f", "bnb", "-o", str(tmp_path / "a.npz")])
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}))
+    bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}), encoding="utf-8")
     assert "--name" in _err(capsys, ["export", str(bad), "-f", "c"])
     assert "keyword" in _err(capsys, ["export", "nf4", "-f", "c", "--name", "float"])
 
@@ -483,7 +483,7 @@ def test_a_dash_for_the_output_is_standard_output(capsys, tmp_path, monkeypatch)
 
 def test_cli_name_override_and_binary_stdout(capsys, tmp_path, monkeypatch):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}))
+    bad.write_text(json.dumps({"name": "4bit table", "bits": 2, "levels": [-1, 0, 1]}), encoding="utf-8")
     assert main(["export", str(bad), "-f", "c", "--name", "t4"]) == 0
     assert "static const float t4_code[3]" in capsys.readouterr().out
     # binary to a non-terminal stdout goes to its byte buffer
@@ -512,7 +512,7 @@ def test_export_function_types():
 def test_export_derived_shorthand_keeps_recipe(tmp_path):
     path = tmp_path / "l.json"
     assert main(["export", "lloyd-l2-64", "-o", str(path)]) == 0
-    cb = quantbook.Codebook.from_json(path.read_text())
+    cb = quantbook.Codebook.from_json(path.read_text(encoding="utf-8"))
     assert cb.name == "lloyd-l2-64" and cb.recipe["method"] == "lloyd" and cb.recipe["block_size"] == 64
     from quantbook.derive import derive_from_recipe
 
@@ -543,10 +543,10 @@ def test_one_level_header_compiles_without_warnings(tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found")
     cb = quantbook.Codebook(levels=[0.25], bits=1, name="one")
-    (tmp_path / "one.h").write_text(c_header(cb))
+    (tmp_path / "one.h").write_text(c_header(cb), encoding="utf-8")
     (tmp_path / "m.c").write_text('#include <stdio.h>\n#include "one.h"\n'
                                   'int main(void){printf("%u %u %g", ONE_N_THRESHOLDS, one_encode(0.9f), '
-                                  '(double)one_decode(0));return 0;}\n')
+                                  '(double)one_decode(0));return 0;}\n', encoding="utf-8")
     subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(tmp_path / "m"),
                     str(tmp_path / "m.c")], check=True, capture_output=True)
     out = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout
@@ -565,7 +565,7 @@ def test_codebook_beyond_float32_cannot_be_exported(tmp_path, capsys):
     with pytest.raises(quantbook.CodebookError, match="float32"):
         quantbook.Codebook(levels=[-1e39, 0.0, 1e39], bits=2)
     src = tmp_path / "wide.json"
-    src.write_text(json.dumps({"name": "wide", "bits": 2, "levels": [-1e39, 0.0, 1.0]}))
+    src.write_text(json.dumps({"name": "wide", "bits": 2, "levels": [-1e39, 0.0, 1.0]}), encoding="utf-8")
     for fmt in ("npy", "bnb", "c"):
         out = tmp_path / f"wide.{fmt}"
         assert "float32" in _err(capsys, ["export", str(src), "-f", fmt, "-o", str(out)])
@@ -632,7 +632,7 @@ def test_a_headers_command_can_be_run_again(tmp_path, capsys):
     import shlex
 
     f = tmp_path / "my cb.json"
-    f.write_text('{"bits": 2, "levels": [-1, 0, 1]}')
+    f.write_text('{"bits": 2, "levels": [-1, 0, 1]}', encoding="utf-8")
     for spec, argv, want in ((str(f), [], f"quantbook export {shlex.quote(str(f))} --format c"),
                              ("lloyd-l2", ["-B", "32"], "quantbook export lloyd-l2-32 --format c")):
         assert main(["export", spec, "-f", "c", *argv]) == 0
@@ -649,7 +649,7 @@ def test_only_bitsandbytes_own_tables_are_named_as_its_built_in_types(tmp_path, 
 
     edited = quantbook.Codebook(levels=np.r_[REGISTRY["nf4"].codebook.levels[:-1], 0.999], bits=4, name="nf4")
     path = tmp_path / "edited.json"
-    path.write_text(edited.to_json())
+    path.write_text(edited.to_json(), encoding="utf-8")
     out = tmp_path / "e.npz"
     assert main(["export", str(path), "-f", "bnb", "-o", str(out)]) == 0
     d = np.load(out)

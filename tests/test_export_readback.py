@@ -96,10 +96,10 @@ def _ref_levels(cb: Codebook) -> list[float]:
 def _write_headers(d: Path, suffix: str, cuda: bool) -> list[str]:
     names = []
     for ident, (cb, given) in SCALAR.items():
-        (d / f"{ident}{suffix}").write_text(export(cb, "cuda" if cuda else "c", name=given))
+        (d / f"{ident}{suffix}").write_text(export(cb, "cuda" if cuda else "c", name=given), encoding="utf-8")
         names.append(f"{ident}{suffix}")
     for ident, cb in VECTOR.items():
-        (d / f"{ident}{suffix}").write_text(export(cb, "cuda" if cuda else "c"))
+        (d / f"{ident}{suffix}").write_text(export(cb, "cuda" if cuda else "c"), encoding="utf-8")
         names.append(f"{ident}{suffix}")
     return names
 
@@ -152,11 +152,12 @@ def c_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("c")
     names = _write_headers(d, ".h", cuda=False)
     # two tables in one header: the concatenation of two exports
-    (d / "both.h").write_text((d / "nf4.h").read_text() + (d / "fp4.h").read_text())
+    (d / "both.h").write_text((d / "nf4.h").read_text(encoding="utf-8") + (d / "fp4.h").read_text(encoding="utf-8"),
+                              encoding="utf-8")
     includes = "\n".join(f'#include "{n}"' for n in ["both.h"] + names + names)   # each header twice
     dumps = [f"    SCALAR({i}, {i.upper()});" for i in SCALAR] + [f"    VECTOR({i}, {i.upper()});" for i in VECTOR]
-    (d / "main.c").write_text(_C_MAIN % dict(includes=includes, dumps="\n".join(dumps)))
-    (d / "other.c").write_text(_C_OTHER % dict(includes=includes))
+    (d / "main.c").write_text(_C_MAIN % dict(includes=includes, dumps="\n".join(dumps)), encoding="utf-8")
+    (d / "other.c").write_text(_C_OTHER % dict(includes=includes), encoding="utf-8")
     return d
 
 
@@ -204,8 +205,9 @@ def test_a_trigraph_at_the_end_of_a_comment_line_is_broken(tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found")
     cb, _ = SCALAR["trigraph"]
-    (tmp_path / "t.h").write_text(export(cb, "c"))
-    (tmp_path / "t.c").write_text('#include "t.h"\nint main(void) { return (int)trigraph_decode(1); }\n')
+    (tmp_path / "t.h").write_text(export(cb, "c"), encoding="utf-8")
+    (tmp_path / "t.c").write_text('#include "t.h"\nint main(void) { return (int)trigraph_decode(1); }\n',
+                                  encoding="utf-8")
     cc = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(tmp_path / "t"),
                          str(tmp_path / "t.c")], capture_output=True, text=True)
     assert cc.returncode == 0, cc.stderr
@@ -221,11 +223,11 @@ def test_headers_of_names_that_differ_only_in_case_include_together(tmp_path):
            "Nf4": Codebook([-1.0, 0.0, 1.0], bits=2, name="Nf4")}
     macros = {"nf4": "NF4", "NF4": "nf4", "Nf4": "Nf4"}   # the spelling identifiers.py states
     for i, cb in enumerate(cbs.values()):
-        (tmp_path / f"h{i}.h").write_text(export(cb, "c"))
+        (tmp_path / f"h{i}.h").write_text(export(cb, "c"), encoding="utf-8")
     rows = "\n".join(f'    printf("{ident} %d %d %a\\n", {m}_BITS, {m}_N_LEVELS, (double){ident}_decode(0));'
                      for ident, m in macros.items())
     (tmp_path / "t.c").write_text('#include <stdio.h>\n#include "h0.h"\n#include "h1.h"\n#include "h2.h"\n'
-                                  f"int main(void)\n{{\n{rows}\n    return 0;\n}}\n")
+                                  f"int main(void)\n{{\n{rows}\n    return 0;\n}}\n", encoding="utf-8")
     cc = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(tmp_path / "t"),
                          str(tmp_path / "t.c")], capture_output=True, text=True)
     assert cc.returncode == 0, cc.stderr[-4000:]
@@ -316,14 +318,14 @@ def ptx(tmp_path_factory):
     for ident in VECTOR:
         body.append(f"    {ident}_decode(i, p); f[i] += p[0]; u[i] += {ident}_encode(y + 4 * i);")
     (d / "k.cu").write_text(_CU % dict(includes="\n".join(f'#include "{n}"' for n in names + names),
-                                       body="\n".join(body)))
+                                       body="\n".join(body)), encoding="utf-8")
     flags = ["-arch=sm_90", "-std=c++17", "-Werror", "all-warnings"]
     for out, mode in (("k.o", "-c"), ("k.ptx", "--ptx")):
         r = subprocess.run([nvcc, mode, *flags, "-o", str(d / out), str(d / "k.cu")], capture_output=True,
                            text=True, cwd=d)
         assert r.returncode == 0, f"nvcc {mode}: {r.stderr[-4000:]}"
     assert (d / "k.o").stat().st_size > 0
-    return _ptx_arrays((d / "k.ptx").read_text())
+    return _ptx_arrays((d / "k.ptx").read_text(encoding="utf-8"))
 
 
 def test_cuda_headers_read_back_from_ptx(ptx):
@@ -373,11 +375,11 @@ console.log(JSON.stringify(out));
 def test_json_reads_back_in_node(tmp_path):
     paths, refs = [], []
     for ident, (cb, _) in SCALAR.items():
-        (tmp_path / f"{ident}.json").write_text(export(cb, "json"))
+        (tmp_path / f"{ident}.json").write_text(export(cb, "json"), encoding="utf-8")
         paths.append(str(tmp_path / f"{ident}.json"))
         refs.append(_bits(cb.code))
     for ident, cb in VECTOR.items():
-        (tmp_path / f"{ident}.json").write_text(export(cb, "json"))
+        (tmp_path / f"{ident}.json").write_text(export(cb, "json"), encoding="utf-8")
         paths.append(str(tmp_path / f"{ident}.json"))
         refs.append(_bits(cb.points.reshape(-1)))
     r = subprocess.run(["node", "-e", _NODE, *paths], capture_output=True, text=True, check=True)

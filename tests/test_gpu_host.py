@@ -213,11 +213,11 @@ def _gpu_check(tmp_path, **env_extra):
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     root = Path(__file__).resolve().parents[1]
-    (tmp_path / "parse_only.py").write_text(_PARSE_ONLY)
+    (tmp_path / "parse_only.py").write_text(_PARSE_ONLY, encoding="utf-8")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     ncu = bin_dir / "ncu"
-    ncu.write_text(f"#!{sys.executable}\n{_FAKE_NCU}")
+    ncu.write_text(f"#!{sys.executable}\n{_FAKE_NCU}", encoding="utf-8")
     ncu.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -244,12 +244,12 @@ def test_gpu_check_script_dry_run(tmp_path):
     (a lent machine returns eight)."""
     r, out = _gpu_check(tmp_path)
     assert r.returncode == 0, r.stderr
-    stages = (out / "stages.txt").read_text().splitlines()
+    stages = (out / "stages.txt").read_text(encoding="utf-8").splitlines()
     assert [line.split()[0] for line in stages] == ["env", "sweep", "base", "tests", "ncu", "scaled", "stream",
                                                     "quality", "evaluate", "vq"]
     assert all(" rc=0 " in line for line in stages), stages
     assert sorted(p.name for p in out.iterdir()) == ["check.log", "stages.txt"]
-    logs = _sections((out / "check.log").read_text())
+    logs = _sections((out / "check.log").read_text(encoding="utf-8"))
     for name in ("env", "sweep", "base", "scaled", "stream", "vq", "evaluate", "quality"):
         assert logs[name].count("parsed: benchmarks/") == 1, name
     assert logs["sweep"].strip() == "parsed: benchmarks/bench_quantize_gpu.py --log2n 20"
@@ -267,17 +267,18 @@ def test_gpu_check_script_dry_run(tmp_path):
 def test_gpu_check_refuses_settings_that_would_waste_the_device(tmp_path, env, rc, said):
     r, out = _gpu_check(tmp_path, **env)
     assert r.returncode == rc and said in r.stderr, r.stderr
-    assert not (out / "stages.txt").exists() or (out / "stages.txt").read_text() == ""
+    assert not (out / "stages.txt").exists() or (out / "stages.txt").read_text(encoding="utf-8") == ""
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_gpu_check_stops_without_a_gpu_and_keeps_its_budget(tmp_path):
     r, out = _gpu_check(tmp_path, FAIL_SCRIPT="gpu_env.py")
     assert r.returncode == 1
-    assert (out / "stages.txt").read_text().splitlines() == [
-        (out / "stages.txt").read_text().splitlines()[0], "gpu_check: stopped after env (no usable GPU, see above)"]
+    assert (out / "stages.txt").read_text(encoding="utf-8").splitlines() == [
+        (out / "stages.txt").read_text(encoding="utf-8").splitlines()[0],
+        "gpu_check: stopped after env (no usable GPU, see above)"]
     r, out = _gpu_check(tmp_path, BUDGET="24")   # under 20 s for a stage, less 5 to spare
-    stages = (out / "stages.txt").read_text().splitlines()
+    stages = (out / "stages.txt").read_text(encoding="utf-8").splitlines()
     assert r.returncode == 0
     assert [line.split()[0] for line in stages] == ["env", "sweep", "base", "tests", "ncu", "scaled", "stream",
                                                     "quality", "evaluate", "vq"]
@@ -311,19 +312,19 @@ def test_gpu_prepare_script_makes_the_carried_folders_once(tmp_path):
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
     shutil.copy(root / "benchmarks" / "gpu_prepare.sh", repo / "benchmarks")
-    (repo / "a.txt").write_text("x" * 500)
+    (repo / "a.txt").write_text("x" * 500, encoding="utf-8")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "one"]):
         subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    (tmp_path / "fake_pip.py").write_text(_FAKE_PIP)
+    (tmp_path / "fake_pip.py").write_text(_FAKE_PIP, encoding="utf-8")
     env = dict(os.environ, PIP=f"{sys.executable} {tmp_path / 'fake_pip.py'}")
     for _ in range(2):
         r = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_prepare.sh"), "HEAD"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-    assert (repo / "pip_calls").read_text() == "bitsandbytes==0.50.2\n"   # once
-    assert (repo / ".git" / "info" / "exclude").read_text().splitlines().count("/.whl/") == 1
+    assert (repo / "pip_calls").read_text(encoding="utf-8") == "bitsandbytes==0.50.2\n"   # once
+    assert (repo / ".git" / "info" / "exclude").read_text(encoding="utf-8").splitlines().count("/.whl/") == 1
     base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo / ".base", capture_output=True, text=True)
     assert base.stdout.strip() == head
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout

@@ -59,12 +59,12 @@ def test_largest_integer_level_that_fits():
 def test_load_accepts_upper_case_extension_and_names_the_file(tmp_path, capsys):
     ref = Codebook(levels=[-1.0, 0.0, 0.5, 1.0], bits=2, name="mine")
     up = tmp_path / "MINE.JSON"
-    up.write_text(ref.to_json())
+    up.write_text(ref.to_json(), encoding="utf-8")
     assert load(str(up)) == ref
     assert main(["show", str(up), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["levels"] == [-1.0, 0.0, 0.5, 1.0]
     deep = tmp_path / "deep.json"
-    deep.write_text("[" * 100_000)
+    deep.write_text("[" * 100_000, encoding="utf-8")
     assert main(["show", str(deep)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "deep.json" in err and "nested too deeply" in err, err
@@ -107,8 +107,9 @@ def test_a_deep_recipe_is_one_line_from_every_command(tmp_path, capsys, argv):
     """Each of these walked the recipe recursively and ended in an internal RecursionError."""
     deep = '{"a": ' * 400 + "1" + "}" * 400
     scalar, vector = tmp_path / "deep.json", tmp_path / "deepv.json"
-    scalar.write_text('{"bits": 4, "levels": [0, 1], "recipe": %s}' % deep)
-    vector.write_text('{"kind": "vector", "name": "v", "points": [[0, 1], [1, 0]], "recipe": %s}' % deep)
+    scalar.write_text('{"bits": 4, "levels": [0, 1], "recipe": %s}' % deep, encoding="utf-8")
+    vector.write_text('{"kind": "vector", "name": "v", "points": [[0, 1], [1, 0]], "recipe": %s}' % deep,
+                      encoding="utf-8")
     argv = [str(scalar) if a == "F" else str(vector) if a == "V" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -122,7 +123,7 @@ def test_a_file_whose_name_ends_in_a_space_is_that_file(tmp_path, capsys):
     "x.json " exists as it is named: it was 'no such codebook file: x.json'."""
     ref = Codebook(levels=[-1.0, 0.0, 1.0], bits=2, name="spaced")
     path = tmp_path / "x.json "
-    path.write_text(ref.to_json())
+    path.write_text(ref.to_json(), encoding="utf-8")
     assert load(str(path)) == ref
     assert main(["show", str(path)]) == 0 and capsys.readouterr().out.startswith("spaced:")
     assert main(["show", " nf4 "]) == 0 and capsys.readouterr().out.startswith("nf4:")
@@ -148,7 +149,7 @@ def test_the_largest_float32_as_printed_is_a_level():
 def test_load_takes_a_path_object(tmp_path):
     # a pathlib.Path was "no published codebook PosixPath(...) (and not a .json file)"
     path = tmp_path / "mine.json"
-    path.write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
+    path.write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}', encoding="utf-8")
     cb = load(path)
     assert cb.name == "mine" and cb.levels.tolist() == [-1, -0.25, 0.5, 1]
     with pytest.raises(FileNotFoundError):
@@ -160,7 +161,7 @@ def test_a_path_object_is_always_a_file_never_a_registry_name(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="nf4"):
         load(Path("nf4"))
-    Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
+    Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}', encoding="utf-8")
     assert load(Path("nf4")).name == "mine"
     assert load("nf4").name == "nf4"   # the string is still the registry's name
 
@@ -178,12 +179,12 @@ def test_every_resolver_reads_a_path_object_as_a_file(tmp_path, monkeypatch):
         for name in ("nf4", "higgs-2d-256"):
             with pytest.raises(FileNotFoundError, match=name):
                 resolve(Path(name))
-    Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}')
+    Path("nf4").write_text('{"name": "mine", "bits": 2, "levels": [-1, -0.25, 0.5, 1]}', encoding="utf-8")
     assert resolve_codebook(Path("nf4")) == load(Path("nf4")) and load(Path("nf4")).name == "mine"
     assert qb.quantize(x, Path("nf4"), 64, backend="numpy")[1].code.tolist() == [-1, -0.25, 0.5, 1]
     assert resolve_codebook("nf4").name == "nf4"   # the string is still the registry's name
     grid = VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]), "test")
-    Path("higgs-2d-256").write_text(grid.to_json())
+    Path("higgs-2d-256").write_text(grid.to_json(), encoding="utf-8")
     assert is_vector_spec(Path("higgs-2d-256")) and resolve_vector(Path("higgs-2d-256")) == grid
     assert resolve_vector("higgs-2d-256").name == "higgs-2d-256"
     with pytest.raises(CodebookError, match="is a vector codebook"):
@@ -201,7 +202,7 @@ def test_quantize_vq_reads_a_path_object_as_a_file(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="higgs-2d-256"):
         quantize_vq(x, Path("higgs-2d-256"), group=64, backend="numpy")
     grid = VectorCodebook("grid", np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]), "test")
-    Path("higgs-2d-256").write_text(grid.to_json())
+    Path("higgs-2d-256").write_text(grid.to_json(), encoding="utf-8")
     idx, state = quantize_vq(x, Path("higgs-2d-256"), group=64, rotate=None, backend="numpy")
     assert state.codebook == "grid" and np.array_equal(state.points, grid.points.astype(np.float32))
     # the oracle: the grid given as an array of its points

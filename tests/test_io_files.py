@@ -50,13 +50,13 @@ def test_bad_output_paths_are_one_line_errors(tmp_path, make, msg):
 
 def test_write_replaces_contents_and_keeps_mode_and_links(tmp_path):
     target = tmp_path / "t.h"
-    target.write_text("old")
+    target.write_text("old", encoding="utf-8")
     os.chmod(target, 0o640)
     link = tmp_path / "link.h"
     link.symlink_to(target)
     write_output("new text", link)
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link is kept
-    assert target.read_text() == "new text"
+    assert target.read_text(encoding="utf-8") == "new text"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
     assert sorted(os.listdir(tmp_path)) == ["link.h", "t.h"]
 
@@ -86,11 +86,11 @@ def test_a_failure_inside_the_block_leaves_the_old_file(tmp_path, stop):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
 def test_read_only_file_is_refused(tmp_path):
     target = tmp_path / "ro.txt"
-    target.write_text("x")
+    target.write_text("x", encoding="utf-8")
     os.chmod(target, 0o444)
     with pytest.raises(OutputPathError, match="not writable"):
         write_output("y", target)
-    assert target.read_text() == "x"
+    assert target.read_text(encoding="utf-8") == "x"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
@@ -101,7 +101,7 @@ def test_special_files_are_written_in_place():
 
 def test_check_output_dir(tmp_path):
     assert check_output_dir(tmp_path) == tmp_path
-    (tmp_path / "f").write_text("")
+    (tmp_path / "f").write_text("", encoding="utf-8")
     for bad, msg in ((tmp_path / "nope", "does not exist"), (tmp_path / "f", "not a directory")):
         with pytest.raises(OutputPathError, match=msg):
             check_output_dir(bad)
@@ -132,7 +132,7 @@ def test_a_long_non_ascii_name_that_fits_is_written(tmp_path):
     except OSError:
         pytest.skip("the file system refuses this name itself")
     write_output("new", tmp_path / name)
-    assert (tmp_path / name).read_text() == "new"
+    assert (tmp_path / name).read_text(encoding="utf-8") == "new"
     assert os.listdir(tmp_path) == [name]
 
 
@@ -145,7 +145,7 @@ def test_dev_stdout_into_a_file_writes_the_stream_itself(tmp_path, mode):
     log.write_bytes(b"kept\n")
     code = ("import sys; from quantbook.io.files import write_output; write_output(b'data\\n', '/dev/stdout'); "
             "print('after', flush=True)")
-    with open(log, mode) as out:
+    with open(log, mode, encoding=None) as out:
         subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=120)
     assert log.read_bytes() == (b"kept\n" if mode == "ab" else b"") + b"data\nafter\n"
     assert os.listdir(tmp_path) == ["log"]
@@ -226,13 +226,13 @@ def test_a_socket_is_named_for_what_it_is(tmp_path, monkeypatch):
 
 def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path):
     src = tmp_path / "in.json"
-    src.write_text("kept")
+    src.write_text("kept", encoding="utf-8")
     os.link(src, tmp_path / "hard.json")
     for out in (src, tmp_path / "hard.json", str(tmp_path / "." / "in.json")):
         with pytest.raises(OutputPathError, match="is the input"):
             check_output_path(out, inputs=["normal", tmp_path / "missing.json", src])
     assert check_output_path(tmp_path / "new.json", inputs=[src]) == tmp_path / "new.json"
-    assert src.read_text() == "kept"
+    assert src.read_text(encoding="utf-8") == "kept"
 
 
 # ------------------------------------------------------------- the operating system's errors
@@ -255,7 +255,7 @@ def test_an_input_the_system_cannot_stat_or_read_is_one_line(tmp_path, capsys):
     fails to read, through the codebook reader (`show`): each named with the system's reason
     (os.strerror) and the name, a long one cut in the middle.  The long name was printed whole
     (300 characters in a one-line message), with another spelling of the reason than outputs."""
-    (tmp_path / "f.json").write_text("{}")
+    (tmp_path / "f.json").write_text("{}", encoding="utf-8")
     (tmp_path / "d.json").mkdir()
     under_file, long = tmp_path / "f.json" / "x.json", str(tmp_path / ("n" * 300 + ".json"))
     assert _cli_error(capsys, "show", str(under_file)) == \
@@ -278,7 +278,7 @@ def test_a_file_that_fails_to_read_is_one_line(tmp_path, capsys):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file without read permission")
 def test_a_file_without_read_permission_is_one_line(tmp_path, capsys):
     path = tmp_path / "cb.json"
-    path.write_text("{}")
+    path.write_text("{}", encoding="utf-8")
     os.chmod(path, 0)
     assert _cli_error(capsys, "show", str(path)) == f"quantbook: error: cannot read {path}: {os.strerror(errno.EACCES)}"
 
@@ -286,7 +286,7 @@ def test_a_file_without_read_permission_is_one_line(tmp_path, capsys):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root searches a directory without search permission")
 def test_a_file_in_a_directory_without_search_permission_is_one_line(tmp_path, capsys):
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "cb.json").write_text("{}")
+    (tmp_path / "d" / "cb.json").write_text("{}", encoding="utf-8")
     os.chmod(tmp_path / "d", 0o600)
     try:
         assert _cli_error(capsys, "show", str(tmp_path / "d" / "cb.json")) == \
@@ -308,7 +308,7 @@ def test_a_safetensors_name_too_long_is_the_readers_error(tmp_path):
 def test_an_output_the_system_cannot_write_is_one_line(tmp_path, capsys):
     """Under a file, under a missing directory, and (where it exists) /dev/full, whose writes
     fail for want of space: the output's rules (quoted name, the system's reason)."""
-    (tmp_path / "f.json").write_text("{}")
+    (tmp_path / "f.json").write_text("{}", encoding="utf-8")
     out = tmp_path / "f.json" / "out.json"
     assert _cli_error(capsys, "export", "nf4", "-o", str(out)) == \
         f"quantbook: error: cannot write {str(out)!r}: {os.strerror(errno.ENOTDIR)}"

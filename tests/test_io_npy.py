@@ -68,7 +68,7 @@ def test_header_claiming_a_trillion_values_reads_nothing(tmp_path):
 
 
 def test_other_bad_files(tmp_path):
-    (tmp_path / "t.npy").write_text("1 2 3\n")
+    (tmp_path / "t.npy").write_text("1 2 3\n", encoding="utf-8")
     assert "not a .npy file" in _err(tmp_path / "t.npy")
     obj = tmp_path / "o.npy"
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)

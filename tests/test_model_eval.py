@@ -219,7 +219,7 @@ def test_codebook_specs(tmp_path):
     assert resolve_codebook("nf4") is REGISTRY["nf4"].codebook
     assert resolve_codebook("nf3").bits == 3 and resolve_codebook("nf3").n_levels == 8
     p = tmp_path / "t.json"
-    p.write_text(REGISTRY["af4"].codebook.to_json())
+    p.write_text(REGISTRY["af4"].codebook.to_json(), encoding="utf-8")
     assert resolve_codebook(str(p)) == REGISTRY["af4"].codebook
     with pytest.raises(KeyError, match="unknown codebook"):
         resolve_codebook("nf4x")
@@ -227,7 +227,7 @@ def test_codebook_specs(tmp_path):
         resolve_codebook("nf9")
     assert [label for label, _ in resolve_codebooks("nf4, fp4,,af4")] == ["nf4", "fp4", "af4"]
     comma = tmp_path / "a,b.json"   # a file whose name holds a comma is still one codebook
-    comma.write_text(REGISTRY["af4"].codebook.to_json())
+    comma.write_text(REGISTRY["af4"].codebook.to_json(), encoding="utf-8")
     assert [(label, cb) for label, cb in resolve_codebooks(str(comma))] == [(str(comma), REGISTRY["af4"].codebook)]
 
 
@@ -540,7 +540,7 @@ def test_codebook_with_too_many_bits_fails_before_reading(synthetic, tmp_path, c
     from quantbook import Codebook
 
     big = tmp_path / "b10.json"
-    big.write_text(Codebook(levels=np.linspace(-1, 1, 600), bits=10, name="b10").to_json())
+    big.write_text(Codebook(levels=np.linspace(-1, 1, 600), bits=10, name="b10").to_json(), encoding="utf-8")
     path, _ = synthetic
     assert main(["evaluate-model", str(path), "-c", f"nf4,{big}"]) == 2
     err = capsys.readouterr().err
@@ -589,7 +589,7 @@ def test_codebook_whose_levels_overflow_the_tensor_dtype_is_a_named_error(tmp_pa
     path = tmp_path / "w.safetensors"
     _save_file({"w": x}, str(path))
     cb = tmp_path / "huge.json"
-    cb.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-level, level]}))
+    cb.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-level, level]}), encoding="utf-8")
     assert main(["evaluate-model", str(path), "-c", f"nf4,{cb}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"beyond the {where} range" in err and "'w'" in err, err

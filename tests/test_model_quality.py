@@ -188,7 +188,7 @@ def test_weights_that_cannot_be_measured_are_a_named_error(monkeypatch, tmp_path
             lin.weight[2, 5] = float("nan")
     w0 = lin.weight.detach().numpy().copy()
     path = tmp_path / "huge.json"
-    path.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-1e38, 1e38]}))
+    path.write_text(json.dumps({"name": "huge", "bits": 1, "levels": [-1e38, 1e38]}), encoding="utf-8")
     cb = resolve_codebooks(str(path) if bad == "levels" else "nf4", 64)[0][1]
     want = "dequantizes it to values beyond float32" if bad == "levels" else "holds NaN or Inf"
     with WeightSwap([("l.weight", lin)]) as swap:
@@ -299,7 +299,7 @@ def test_a_tokenizer_without_its_vocabulary_is_refused(tmp_path):
     transformers = _transformers()
 
     transformers.BertConfig(vocab_size=30522, architectures=["BertModel"]).to_json_file(tmp_path / "config.json")
-    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="its tokenizer knows 5 tokens, the model 30522"):
         load_model(tmp_path, "embed")
@@ -340,7 +340,7 @@ def _tiny_model(task: str, tmp_path: Path):
     rng = np.random.default_rng(7)
     text = " ".join(" ".join(rng.choice(_WORDS, size=rng.integers(4, 12))) + "." for _ in range(400))
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *_WORDS]) + "\n")
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *_WORDS]) + "\n", encoding="utf-8")
     tok = transformers.BertTokenizer(str(vocab))
     shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=128)
@@ -596,7 +596,7 @@ def test_cli_task_table(tmp_path, capsys, task):
     model, tok, text = _tiny_model(task, tmp_path)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    (tmp_path / "t.txt").write_text(text)
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
     argv = ["evaluate-model", str(tmp_path / "m"), "--task", task, "--text", str(tmp_path / "t.txt"), "-c", "nf4",
             "--tokens", "256", "--context", "64", "--device", "cpu", "--backend", "numpy"]
     assert main(argv + ["--json"]) == 0

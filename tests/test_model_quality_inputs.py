@@ -104,7 +104,7 @@ def run(capsys, *argv):
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, msg):
     text = tmp_path / "t.txt"
-    text.write_text("Some words to read here.")
+    text.write_text("Some words to read here.", encoding="utf-8")
     if "--task" in argv:
         argv = [*argv, "--text", str(text)]
     rc, out, err = run(capsys, "evaluate-model", *argv, "-c", "nf4")
@@ -113,7 +113,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, msg):
 
 
 def test_cli_directory_without_a_model(capsys, tmp_path):
-    (tmp_path / "t.txt").write_text("Some words to read here.")
+    (tmp_path / "t.txt").write_text("Some words to read here.", encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", str(tmp_path), "--task", "lm", "--text", str(tmp_path / "t.txt"))
     assert rc == 2 and "neither a Hugging Face model directory" in err and err.count("\n") == 1
 
@@ -128,9 +128,9 @@ def test_cli_safetensors_without_config_next_to_it(capsys, tmp_path):
 def test_cli_a_model_directory_must_hold_its_tokenizer(capsys, tmp_path):
     """Without its vocabulary transformers builds an empty tokenizer (every word unknown) and
     the numbers come out wrong with no error."""
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "t.txt").write_text("Some words to read here.")
+    (tmp_path / "t.txt").write_text("Some words to read here.", encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", str(tmp_path), "--task", "embed", "--text", str(tmp_path / "t.txt"))
     assert rc == 2 and "no tokenizer in" in err and err.count("\n") == 1
 
@@ -138,16 +138,16 @@ def test_cli_a_model_directory_must_hold_its_tokenizer(capsys, tmp_path):
 def test_cli_task_refuses_a_weights_file_transformers_would_not_read(capsys, tmp_path):
     """from_pretrained reads model.safetensors: another file in the directory would be ignored."""
     for name in ("config.json", "vocab.txt"):
-        (tmp_path / name).write_text("{}")
+        (tmp_path / name).write_text("{}", encoding="utf-8")
     (tmp_path / "model.safetensors").write_bytes(b"")
     other = tmp_path / "finetuned.safetensors"
     other.write_bytes(b"")
-    (tmp_path / "t.txt").write_text("Some words to read here.")
+    (tmp_path / "t.txt").write_text("Some words to read here.", encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", str(other), "--task", "embed", "--text", str(tmp_path / "t.txt"))
     assert rc == 2 and "not from finetuned.safetensors" in err and err.count("\n") == 1
 
     # a misshapen shard index (lists, not file names) counts as none: the same one-line error
-    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": ["x"]}}')
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": ["x"]}}', encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", str(other), "--task", "embed", "--text", str(tmp_path / "t.txt"))
     assert rc == 2 and "not from finetuned.safetensors" in err and err.count("\n") == 1
 

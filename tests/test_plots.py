@@ -243,7 +243,7 @@ def test_names_are_drawn_as_they_are(tmp_path):
     if os.name == "posix":
         names.append(os.fsencode(tmp_path) + b"/bad\xff.json")
     for p in names:
-        with open(p, "w") as f:
+        with open(p, "w", encoding="utf-8") as f:
             f.write(text)
     for cmd in ([b"plot", *names, b"nf4"], [b"plot-sweep", *names, b"--max-block", b"64"]):
         out = tmp_path / f"{cmd[0].decode()}.png"
@@ -288,6 +288,6 @@ def test_cli_plot_reads_a_codebook_file_with_a_comma_in_its_name(tmp_path, monke
     a file is that file, commas and all, as evaluate-model -c reads it (plot split it)."""
     pytest.importorskip("matplotlib", reason="plot draws with matplotlib")
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "a,b.json").write_text('{"bits": 2, "levels": [-1, -0.3, 0.3, 1]}')
+    (tmp_path / "a,b.json").write_text('{"bits": 2, "levels": [-1, -0.3, 0.3, 1]}', encoding="utf-8")
     assert main(["plot", "a,b.json", "nf4,af4", "-o", "p.png"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0

@@ -149,7 +149,7 @@ def test_cli_list_show_derive(capsys):
 def test_cli_show_loads_json_file(capsys, tmp_path):
     rc, out, _ = run_cli(capsys, "derive", "nf", "--bits", "5", "--json")
     path = tmp_path / "nf5.json"
-    path.write_text(out)
+    path.write_text(out, encoding="utf-8")
     rc, out2, _ = run_cli(capsys, "show", str(path), "--json")
     assert rc == 0 and json.loads(out2)["levels"] == json.loads(out)["levels"]
 
@@ -168,10 +168,10 @@ def test_cli_bad_input_one_line_exit_2(capsys, argv):
 
 def test_cli_bad_json_file(capsys, tmp_path):
     p = tmp_path / "bad.json"
-    p.write_text('{"bits": 2, "levels": [0.5, 0.1]}')
+    p.write_text('{"bits": 2, "levels": [0.5, 0.1]}', encoding="utf-8")
     rc, _, err = run_cli(capsys, "show", str(p))
     assert rc == 2 and "increasing" in err
-    p.write_text("{not json")
+    p.write_text("{not json", encoding="utf-8")
     rc, _, err = run_cli(capsys, "show", str(p))
     assert rc == 2 and "JSON" in err
 

@@ -104,8 +104,8 @@ int main(void) {
 
 
 def _compile_and_dump(tmp_path, header_text: str, ident: str) -> dict[str, list[str]]:
-    (tmp_path / "h.h").write_text(header_text)
-    (tmp_path / "main.c").write_text(_MAIN % dict(header="h.h", I=ident.upper(), i=ident))
+    (tmp_path / "h.h").write_text(header_text, encoding="utf-8")
+    (tmp_path / "main.c").write_text(_MAIN % dict(header="h.h", I=ident.upper(), i=ident), encoding="utf-8")
     exe = tmp_path / "dump"
     cc = subprocess.run(["gcc", "-x", "c", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1",
                          "-o", str(exe), str(tmp_path / "main.c")], capture_output=True, text=True)

@@ -572,7 +572,7 @@ def test_vector_codebook_names_and_files_are_accepted(tmp_path):
     np.testing.assert_array_equal(got[0], want[0])
     assert got[1].codebook == "higgs-2d-64"
     path = tmp_path / "grid.json"
-    path.write_text(VectorCodebook("mine", gaussian_grid(16, 2)).to_json())
+    path.write_text(VectorCodebook("mine", gaussian_grid(16, 2)).to_json(), encoding="utf-8")
     idx, st = quantize_vq(x, str(path), group=32, backend="numpy")
     assert st.codebook == "mine"
     np.testing.assert_array_equal(idx, quantize_vq(x, gaussian_grid(16, 2), group=32, backend="numpy")[0])

@@ -57,7 +57,7 @@ def test_derive_vq_json_fields_and_recipe(capsys, tmp_path):
     assert paths(d) - {p for p in paths(d) if p.startswith("recipe.")} == \
         (grid - {p for p in grid if p.startswith("recipe.")}) | section("quantbook derive vq")
     assert {p for p in paths(d) if p.startswith("recipe.")} == {p for p in grid if p.startswith("recipe.")}
-    cb = VectorCodebook.from_json(f.read_text())
+    cb = VectorCodebook.from_json(f.read_text(encoding="utf-8"))
     assert np.array_equal(cb.points, np.array(d["points"], dtype=np.float32)) and d["kind"] == "vector"
     # the fresh-sample MSE is an honest estimate: recompute it with a brute-force search
     x = np.random.default_rng(d["eval_seed"]).standard_normal((d["eval_samples"], 2)).astype(np.float32)
@@ -93,7 +93,7 @@ def test_derive_vq_text_output_is_the_json_run_in_words(capsys, tmp_path):
     f = tmp_path / "g.json"
     code, text, err = run(capsys, *argv, "-o", f)
     assert code == 0 and "points:" not in text and err == f"wrote {f}\n"
-    np.testing.assert_array_equal(VectorCodebook.from_json(f.read_text()).points, got)
+    np.testing.assert_array_equal(VectorCodebook.from_json(f.read_text(encoding="utf-8")).points, got)
 
 
 def test_show_and_export_json(capsys, tmp_path):
@@ -103,7 +103,7 @@ def test_show_and_export_json(capsys, tmp_path):
         {p for p in section("Vector grids") if "." not in p}
     f = tmp_path / "h.json"
     assert run(capsys, "export", "higgs-2d-64", "-f", "json", "-o", f)[0] == 0
-    assert json.loads(f.read_text()) == d
+    assert json.loads(f.read_text(encoding="utf-8")) == d
     assert run(capsys, "show", f)[0] == 0
     code, out, _ = run(capsys, "show", "higgs-1d-4")
     assert "4 points in 1-D" in out and "c223ef09" in out
@@ -128,7 +128,7 @@ def test_export_npy_and_headers(capsys, tmp_path):
     for fmt in ("c", "cuda"):
         h = tmp_path / f"g.{fmt}"
         assert run(capsys, "export", "higgs-2d-16", "-f", fmt, "-o", h)[0] == 0
-        text = h.read_text()
+        text = h.read_text(encoding="utf-8")
         assert "float higgs_2d_16_points[16][2]" in text and "#define HIGGS_2D_16_INDEX_BITS 4" in text
         assert ("__constant__" in text) == (fmt == "cuda")
 
@@ -160,7 +160,8 @@ def test_c_header_encodes_as_nearest(tmp_path, capsys):
     src = tmp_path / "t.c"
     src.write_text('#include <stdio.h>\n#include "g.h"\nint main(void){float v[2];'
                    'while(scanf("%a %a",&v[0],&v[1])==2){float o[2];unsigned i=higgs_2d_64_encode(v);'
-                   'higgs_2d_64_decode(i,o);printf("%u %a %a\\n",i,(double)o[0],(double)o[1]);}return 0;}\n')
+                   'higgs_2d_64_decode(i,o);printf("%u %a %a\\n",i,(double)o[0],(double)o[1]);}return 0;}\n',
+                   encoding="utf-8")
     exe = tmp_path / "t"
     subprocess.run(["cc", "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-o", str(exe), str(src)],
                    check=True, cwd=tmp_path)
@@ -236,12 +237,13 @@ def test_c_header_breaks_exact_ties_to_the_lowest_index(tmp_path, capsys):
     v = np.array([(a, b) for a in np.arange(-4, 5) / 4 for b in np.arange(-4, 5) / 4], np.float32)
     for name, pts in (("up", lattice), ("down", lattice[::-1].copy())):
         f = tmp_path / f"{name}.json"
-        f.write_text(VectorCodebook(name, pts).to_json())
+        f.write_text(VectorCodebook(name, pts).to_json(), encoding="utf-8")
         h = tmp_path / f"{name}.h"
         assert run(capsys, "export", str(f), "-f", "c", "-o", h)[0] == 0
         src = tmp_path / f"{name}.c"
         src.write_text(f'#include <stdio.h>\n#include "{name}.h"\nint main(void){{float v[2];'
-                       f'while(scanf("%a %a",&v[0],&v[1])==2)printf("%u\\n",{name}_encode(v));return 0;}}\n')
+                       f'while(scanf("%a %a",&v[0],&v[1])==2)printf("%u\\n",{name}_encode(v));return 0;}}\n',
+                       encoding="utf-8")
         exe = tmp_path / name
         subprocess.run(["cc", "-std=c99", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-o", str(exe), str(src)],
                        check=True, cwd=tmp_path)

@@ -185,12 +185,12 @@ def test_naming(tmp_path):
     cb = VectorCodebook("mine", [[0, 1], [1, 0]])
     assert resolve_vector(cb) is cb and is_vector_spec(cb)
     f = tmp_path / "v.json"
-    f.write_text(cb.to_json())
+    f.write_text(cb.to_json(), encoding="utf-8")
     assert is_vector_spec(str(f)) and resolve_vector(str(f)) == cb and load_vector(f) == cb
     scalar = tmp_path / "s.json"
     import quantbook
 
-    scalar.write_text(quantbook.get("nf4").to_json())
+    scalar.write_text(quantbook.get("nf4").to_json(), encoding="utf-8")
     assert not is_vector_spec(str(scalar))
     with pytest.raises(VectorCodebookError, match="s.json: not a vector codebook"):
         resolve_vector(str(scalar))
@@ -251,7 +251,8 @@ def test_the_registry_is_read_only():
         reg.pop("higgs-2d-16")
     with pytest.raises((TypeError, AttributeError)):
         reg.clear()
-    data = json.loads((Path(quantbook.__file__).parent / "codebooks" / "data" / "higgs_grids.json").read_text())
+    data = json.loads((Path(quantbook.__file__).parent / "codebooks" / "data" / "higgs_grids.json")
+                      .read_text(encoding="utf-8"))
     grid = next(g for g in data["grids"] if g["dim"] == 2 and g["size"] == 16)
     assert "higgs-2d-16" in vector_names()
     assert np.array_equal(get_vector("higgs-2d-16").points, np.asarray(grid["points"], np.float32))

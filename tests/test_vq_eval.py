@@ -51,7 +51,8 @@ def vector_json(tmp_path):
     pts = grid()
     path = tmp_path / "grid.json"
     path.write_text(json.dumps({"kind": "vector", "name": "grid", "dim": 2, "size": 256,
-                                "points": pts.astype(np.float64).tolist(), "source": "test", "recipe": None}))
+                                "points": pts.astype(np.float64).tolist(), "source": "test", "recipe": None}),
+                    encoding="utf-8")
     return path, pts
 
 
@@ -201,7 +202,7 @@ def test_cli_passes_the_device(monkeypatch, model_file, capsys, tmp_path):
 
     monkeypatch.setattr(quality, "evaluate_quality", fake_evaluate_quality)
     text = tmp_path / "t.txt"
-    text.write_text("Some words to read here.")
+    text.write_text("Some words to read here.", encoding="utf-8")
     path, _ = model_file
     assert main(["evaluate-model", str(path), "--task", "embed", "--text", str(text), "-c", "nf4,higgs-2d-256",
                  "--vq-group", "128", "--device", "cuda"]) == 2
