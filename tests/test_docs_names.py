@@ -96,7 +96,8 @@ def test_paths_and_links_named_in_the_docs_exist():
             where = f"{path.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(1)}"
             if not page.exists():
                 missing.append(where)
-            elif anchor and anchor not in {_slug(h) for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)}:
+            elif anchor and anchor not in {_slug(h) for h in re.findall(r"^#+ (.*)$", page.read_text(encoding="utf-8"),
+                                                                        re.M)}:
                 missing.append(where + " (no such heading)")
     assert checked > 100 and missing == []
 

@@ -640,7 +640,7 @@ def test_cli_task_json_has_the_documented_fields(tmp_path, capsys):
         model, tok, text = _tiny_model(task, tmp_path)
         model.save_pretrained(tmp_path / task)
         tok.save_pretrained(tmp_path / task)
-        (tmp_path / "t.txt").write_text(text)
+        (tmp_path / "t.txt").write_text(text, encoding="utf-8")
         assert main(["evaluate-model", str(tmp_path / task), "--task", task, "--text", str(tmp_path / "t.txt"),
                      "-c", "nf4,higgs-2d-16", "--rotate", "none,hadamard", "--tokens", "128", "--context", "64",
                      "--device", "cpu", "--backend", "numpy", "--json"]) == 0
