@@ -63,6 +63,16 @@ def test_scaled_mse_and_bits(capsys, model, scale, block, tensor_bits):
     assert sse > 0
 
 
+def test_json_records_the_qmax_it_ran(capsys, model):
+    """The JSON says which qmax made its errors (the table is rescaled to it), and null where
+    bitsandbytes' layouts have none."""
+    path, _ = model
+    assert _run(capsys, str(path), "-c", "e2m1", "-B", "16", "--scale", "e4m3", "--qmax", "3")["qmax"] == 3.0
+    assert _run(capsys, str(path), "-c", "e2m1", "-B", "16", "--scale", "e4m3")["qmax"] == 6.0
+    assert _run(capsys, str(path), "-c", "nf4")["qmax"] is None
+    assert _run(capsys, str(path), "-c", "nf4", "--nested")["qmax"] is None
+
+
 def test_nested_rule_is_the_nested_flag(capsys, model):
     path, tensors = model
     a = _run(capsys, str(path), "-c", "nf4", "--scale", "nested")

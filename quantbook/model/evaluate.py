@@ -531,7 +531,7 @@ class ModelReport:
 
         d: dict[str, Any] = {
             "file": self.path, "block_size": self.block_size, "nested": self.nested, "scale": self.scale,
-            "tensors": len(self.tensors), "parameters": self.n_params,
+            "qmax": layout_qmax(self.scale, self.qmax), "tensors": len(self.tensors), "parameters": self.n_params,
             "codebooks": {c: clean(self.totals[c].metrics()) for c in self.codebooks},
         }
         if self.rotations != ["none"]:
@@ -581,6 +581,12 @@ def scale_label(scale: str, qmax: float) -> str:
     if scale == "float32":
         return "float32 absmax"
     return f"{scale} scales (qmax {qmax:g})"
+
+
+def layout_qmax(scale: str, qmax: float) -> float | None:
+    """A report's ``qmax`` as its JSON writes it: None under bitsandbytes' layouts (``float32``,
+    ``nested``), which map each block to ±1 and have no qmax."""
+    return None if scale in ("float32", "nested") else float(qmax)
 
 
 def _bulk():

@@ -64,8 +64,8 @@ from ..io.text import number
 from ..numerics.arguments import check_flag, is_int
 from ..scales import DEFAULT_QMAX
 from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
-                       make_layout, parse_rotations, resolve_scale, rotation_size, row_label, scale_label,
-                       sums_where_made)
+                       layout_qmax, make_layout, parse_rotations, resolve_scale, rotation_size, row_label,
+                       scale_label, sums_where_made)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
@@ -762,7 +762,7 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
-             "scale": self.scale, **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
+             "scale": self.scale, "qmax": layout_qmax(self.scale, self.qmax), **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
              "load_seconds": self.load_seconds, "device": self.device, "unread": list(self.unread)}
         if self.vq is not None:
             d["vq"] = self.vq.to_dict()
