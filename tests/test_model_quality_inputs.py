@@ -84,6 +84,23 @@ def test_read_text_errors(tmp_path):
         read_text(tmp_path / "missing.txt")
 
 
+@pytest.mark.parametrize("text, error, msg", [("", ValueError, "text is empty"), (" \n\t", ValueError, "text is empty"),
+                                              (b"Who's there?", TypeError, "text must be the text itself")])
+def test_a_text_with_nothing_to_measure_is_refused_before_the_model_loads(text, error, msg):
+    """Refused before anything reads the model (a missing one would be named first otherwise)."""
+    from quantbook import get
+    from quantbook.model.quality import evaluate_quality
+
+    with pytest.raises(error, match=msg):
+        evaluate_quality("/no/such/model", [("nf4", get("nf4"))], text=text)
+
+
+def test_cli_empty_text_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    rc, _, err = run(capsys, "evaluate-model", "/no/such/model", "--task", "lm", "--text", str(tmp_path / "empty.txt"))
+    assert rc == 2 and "text is empty" in err and len(err.strip().splitlines()) == 1
+
+
 def run(capsys, *argv):
     rc = main(list(argv))
     out = capsys.readouterr()
@@ -121,7 +138,8 @@ def test_cli_directory_without_a_model(capsys, tmp_path):
 def test_cli_safetensors_without_config_next_to_it(capsys, tmp_path):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"")
-    rc, _, err = run(capsys, "evaluate-model", str(f), "--task", "embed", "--text", str(f))
+    (tmp_path / "t.txt").write_text("Some words to read here.", encoding="utf-8")
+    rc, _, err = run(capsys, "evaluate-model", str(f), "--task", "embed", "--text", str(tmp_path / "t.txt"))
     assert rc == 2 and "no config.json" in err and err.count("\n") == 1
 
 

@@ -184,9 +184,9 @@ def test_device_auto_is_cuda_when_torch_sees_a_gpu(monkeypatch, cuda):
 
     fake = FakeModel()
     nf4 = resolve_model_codebooks("nf4")
-    # the empty text stops the run right after the model was placed
+    # a text without a sentence of three words stops the run right after the model was placed
     with pytest.raises(ValueError, match="no sentence"):
-        quality.evaluate_quality("m", nf4, task="embed", text="", model=(fake, None))
+        quality.evaluate_quality("m", nf4, task="embed", text="Too short.", model=(fake, None))
     assert fake.moved == ["cuda" if cuda else "cpu"]
 
 

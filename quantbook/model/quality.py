@@ -835,6 +835,10 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     nested, progress = check_flag(nested, "nested"), check_flag(progress, "progress")
     task_cls = get_task(task)
     task_cls.check_inputs(tokens, context)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the text itself (a str; read_text reads a file), got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("the text is empty: there is nothing to measure the model on")
     rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
     check_codebooks(codebooks)
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
