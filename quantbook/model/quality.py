@@ -762,8 +762,9 @@ class QualityReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {"file": self.path, "task": self.task, "block_size": self.block_size, "nested": self.nested,
-             "scale": self.scale, "qmax": layout_qmax(self.scale, self.qmax), **self.inputs, "tensors": self.n_tensors, "parameters": self.n_weights,
-             "load_seconds": self.load_seconds, "device": self.device, "unread": list(self.unread)}
+             "scale": self.scale, "qmax": layout_qmax(self.scale, self.qmax), **self.inputs,
+             "tensors": self.n_tensors, "parameters": self.n_weights, "load_seconds": self.load_seconds,
+             "device": self.device, "unread": list(self.unread)}
         if self.vq is not None:
             d["vq"] = self.vq.to_dict()
         d["codebooks"] = {k: self.rows[k] for k in self.labels}
