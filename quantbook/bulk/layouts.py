@@ -29,8 +29,6 @@ from . import format as F
 __all__ = ["SCALED_BITS", "scaled_table", "ScaledEncoder", "scaled_encoder", "pack_low_first",
            "unpack_low_first", "implements"]
 
-_F = np.float32
-
 
 def implements(backend: Any) -> bool:
     """Whether a backend computes the scaled layout."""

@@ -33,7 +33,6 @@ from ...numerics.kernel_cache import cached_njit
 from ...numerics.parallel import parallel_njit
 from ..format import TINY as _TINY
 
-_F = np.float32
 
 # Input/output element types are told apart by the array dtype (numba has no float16):
 # float32 arrays hold float32, uint16 arrays hold float16 bits, int16 arrays hold bfloat16 bits.
