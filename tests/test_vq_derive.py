@@ -68,7 +68,7 @@ def test_ties_go_to_the_lowest_index_in_one_dimension():
 
     x = np.array([[-1.0], [0.0], [0.0], [1.0], [0.25], [0.75]], np.float32)
     for c in (np.array([[-0.5], [0.5]]), np.array([[-0.5], [0.0], [0.5], [1.0]])):
-        counts = _Sums1D(x, c.shape[0]).run(c)[1]
+        counts = _Sums1D(x).run(c)[1]
         np.testing.assert_array_equal(counts, np.bincount(nearest_brute(c, x), minlength=c.shape[0]))
 
 

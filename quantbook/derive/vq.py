@@ -295,7 +295,7 @@ class _Sums1D:
     and prefix sums, O(N log M) instead of O(M).  The boundaries follow the nearest-point
     rule exactly (each is checked against its neighbouring sample values)."""
 
-    def __init__(self, x: np.ndarray, n: int):
+    def __init__(self, x: np.ndarray):
         xs = np.sort(x[:, 0].astype(np.float64))
         self.xs = xs
         self.s1 = np.concatenate([[0.0], np.cumsum(xs)])
@@ -475,7 +475,7 @@ def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int, tol: float, symmetric: b
     it) and ``w`` starts again from 1.  Stops when a step lowers the error by less than ``tol``
     times itself, after a plain step, so the result satisfies the centroid condition to
     within that step."""
-    acc = _Sums1D(x, c.shape[0]) if x.shape[1] == 1 else _Sums(x, c.shape[0])
+    acc = _Sums1D(x) if x.shape[1] == 1 else _Sums(x, c.shape[0])
     m = x.shape[0]
     fold = _fold if symmetric else (lambda a: a)  # centroids of folded cells stay in the chamber
 
