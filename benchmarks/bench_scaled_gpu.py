@@ -170,7 +170,7 @@ def main(argv=None) -> int:
 
             def host_rule():
                 st_h = rule.encode(cp.asnumpy(amax), 6.0, ts)
-                fh, dv = GS.exact_multiplier(*rule.divisor(st_h, ts))
+                fh, _ = GS.exact_multiplier(*rule.divisor(st_h, ts))
                 return cp.asarray(fh)
 
             rows = [

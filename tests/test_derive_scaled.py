@@ -19,8 +19,6 @@ from quantbook.derive.scaled import ScaledBlockDistribution, scaled_measure
 from quantbook.derive.sources import parse_source
 from quantbook.scales import get_rule, rule_names
 
-E8M0 = ["e8m0:floor", "e8m0:ceil", "e8m0:even", "e8m0:rceil"]
-
 
 def _sample_u(rule, B, n_blocks, seed, qmax=6.0, tensor_amax=None):
     """One value per block (independent draws) of u = x / (qmax s(M)), the value's block
