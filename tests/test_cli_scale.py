@@ -13,11 +13,7 @@ import quantbook
 from quantbook import Codebook
 from quantbook.cli import main
 
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from test_cli_errors import run
 
 
 def run_json(capsys, *argv):

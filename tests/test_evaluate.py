@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from quantbook import Codebook, get
-from quantbook.cli import main
 from quantbook.derive import evaluate, lloyd
 from quantbook.derive.sources import Empirical, Laplace, Normal
+
+from test_cli_errors import run
 
 # an asymmetric sample (normal + exponential): the sign of the block's extreme then matters
 _rng = np.random.default_rng(2024)
@@ -100,12 +101,6 @@ def test_audit_reports_optimality():
     assert "0.3881" in rows["max1960-n16"].explanation
     assert not rows["max1960-n16"].reproduced and not rows["max1960-n2"].reproduced  # at 4 significant digits
     assert audit(["max1960-n4"])[0].reproduced  # every N=4 number agrees at Max's precision
-
-
-def run(capsys, *argv):
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def test_cli_derive_lloyd_json(capsys):

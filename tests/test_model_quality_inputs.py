@@ -14,9 +14,10 @@ import pytest
 import scipy.linalg
 import scipy.stats
 
-from quantbook.cli import main
 from quantbook.model import hadamard
 from quantbook.model.quality import parse_rotations, read_text, split_sentences
+
+from test_cli_errors import run
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64, 512])
@@ -99,12 +100,6 @@ def test_cli_empty_text_file_is_refused_before_the_model_loads(tmp_path, capsys)
     (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", "/no/such/model", "--task", "lm", "--text", str(tmp_path / "empty.txt"))
     assert rc == 2 and "text is empty" in err and len(err.strip().splitlines()) == 1
-
-
-def run(capsys, *argv):
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize("argv, msg", [

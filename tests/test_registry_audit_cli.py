@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 
 from quantbook import REGISTRY, get, names
-from quantbook.cli import main
 from quantbook.verify import audit
 
-
-def run_cli(capsys, *argv):
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from test_cli_errors import run as run_cli
 
 
 def test_every_registry_table_loads_with_source():

@@ -17,18 +17,12 @@ import pytest
 
 import quantbook
 from quantbook.bulk.layouts import scaled_table
-from quantbook.cli import main
 from quantbook.scales import get_rule
 
+from test_cli_errors import run as _run
 from test_cli_json import paths, section
 
 SEED = 20261125
-
-
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbook.cli import main
 from quantbook.codebooks.vector import VectorCodebook
 from quantbook.naming import resolve_vector
+
+from test_cli_errors import run
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
 
@@ -39,12 +40,6 @@ def paths(obj, prefix=""):
             out.add(p)
             out |= paths(v, p)
     return out
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_derive_vq_json_fields_and_recipe(capsys, tmp_path):
