@@ -21,7 +21,7 @@ import numpy as np
 from ..io.files import dump_json, parse_json
 from ..numerics.arguments import host_array, is_int
 from ..numerics.reals import real_host_array
-from .codebook import check_misspelt_keys, check_name, check_numbers
+from .codebook import _freeze, check_misspelt_keys, check_name, check_numbers
 from .frozen import freeze
 
 __all__ = ["VectorCodebook", "VectorCodebookError", "MAX_POINTS", "nearest_brute", "cell_candidates"]
@@ -35,12 +35,6 @@ _CHUNK_ELEMS = 1 << 22
 
 class VectorCodebookError(ValueError):
     """Invalid vector-codebook data or invalid input to a vector-codebook operation."""
-
-
-def _freeze(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
 
 
 def _as_points(points: Any) -> np.ndarray:
