@@ -589,14 +589,6 @@ def layout_qmax(scale: str, qmax: float) -> float | None:
     return None if scale in ("float32", "nested") else float(qmax)
 
 
-def _bulk():
-    try:
-        from ..bulk.api import dequantize, quantize
-    except ImportError as exc:  # pragma: no cover - only before the bulk API exists
-        raise RuntimeError(f"the bulk quantization API (quantbook.bulk) is not available: {exc}") from None
-    return quantize, dequantize
-
-
 def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = DEFAULT_BLOCK_SIZE,
                    nested: bool = False, tensors: str | Iterable[str] | None = None, backend: str = "auto",
                    progress: bool | Callable[[int, int, TensorInfo], None] | None = None,
@@ -636,7 +628,6 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
     infos = [i for i in f.tensors(tensors) if i.size > 0]  # empty tensors hold no weights
     if not infos:
         raise ValueError(f"{path}: no floating tensors selected{f.left_out(tensors)}")
-    _bulk()
     check_codebooks(codebooks)  # fail before reading any tensor
     rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
     check_block_size(block_size)   # before any tensor rather than at each; the report records it either way
