@@ -538,7 +538,7 @@ def dequantize_emulated(packed, absmax, code_f32, bits: int, blocksize: int, n: 
     # poison (a NaN bit pattern) so that an element the kernel does not write shows up
     out = np.full(n, np.nan, np.float32) if key == "f32" else np.full(n, 0x7E7E, np.uint16).view(st)
     if n:
-        grid, cta = dequantize_launch(n, key, packing)
+        grid, cta = dequantize_launch(n)
         pk = np.ascontiguousarray(packed, dtype=np.uint8)
         emulator().launch(K.dequantize_name(key, packing), grid, cta, pk,
                           np.ascontiguousarray(absmax, dtype=np.float32), out, n, log2b, code, int(code.size),

@@ -167,7 +167,7 @@ def test_dequantize_tail(emu, n, key, bits, block):
     packing = packing_for_bits(bits)
     cpb = F.codes_per_byte(bits)
     code = _code(bits, 7)[: 2**bits - 1]   # one code past the table: NaN
-    grid, cta = dequantize_launch(n, key, packing)
+    grid, cta = dequantize_launch(n)
     start = (grid - 2) * K.DEQ_PER_THREAD * K.DEQ_CTA
     assert start % block == 0
     rng = np.random.default_rng(bits)
@@ -554,12 +554,12 @@ def test_launch_grids_cover_n_within_cudas_limit(n):
         for packing, block in [(1, 64), (4, 16), (4, 4096), (8, 64)]:
             grid, cta = quantize_launch(n, key, block, packing)
             assert grid <= limit and grid * cta * K.quantize_vec(key, block, packing) >= n
-            grid, cta = dequantize_launch(n, key, packing)
-            assert grid <= limit and grid * cta * K.DEQ_PER_THREAD >= n
         for kind, block, vec in [("amax", 2, False), ("amax", 16, True), ("encode", 2, False), ("encode", 16, True),
                                  ("decode", 2, False), ("decode", 16, True)]:
             grid, cta, _, start = _scaled_start(kind, n, block, vec, key)
             assert grid <= limit and grid * (start // (grid - 2)) >= n   # start: where CTA grid - 2 begins
+    grid, cta = dequantize_launch(n)   # one shape for every dtype and packing
+    assert grid <= limit and grid * cta * K.DEQ_PER_THREAD >= n
     for block in (16, 4096):
         grid, cta = sanitize_launch(n, block)
         assert grid <= limit and grid * cta // min(block, 32) * block >= n

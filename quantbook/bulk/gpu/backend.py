@@ -292,7 +292,7 @@ _RESIDENT: dict[tuple, int | None] = {}
 _SMS: dict[int, int] = {}
 
 
-def dequantize_launch(n: int, dtype_key: str, packing: int) -> tuple[int, int]:
+def dequantize_launch(n: int) -> tuple[int, int]:
     """(grid, block) of a dequantize kernel: ``DEQ_PER_THREAD`` outputs a thread (in steps of
     one 16-byte store), ``DEQ_CTA`` threads a CTA."""
     per_cta = K.DEQ_PER_THREAD * K.DEQ_CTA
@@ -414,7 +414,7 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
                       lambda: (_kernel(K.dequantize_name(key, packing)), _device_const(code)))
     vec_in = int(pk.data.ptr % 16 == 0)
     vec_out = int(out.data.ptr % 16 == 0)
-    grid, cta = dequantize_launch(n, key, packing)
+    grid, cta = dequantize_launch(n)
     fn((grid,), (cta,),
        (pk, am, out, np.int64(n), np.int32(log2b), table, np.int32(code.size),
         np.int32(vec_in), np.int32(vec_out)))
