@@ -715,7 +715,8 @@ def test_evaluate_quality_rotations_string_is_one_spelling(rotations, msg):
     from quantbook.model.quality import evaluate_quality
 
     with pytest.raises(ValueError, match=msg):
-        evaluate_quality("no-such-model", [("nf4", REGISTRY["nf4"].codebook)], rotations=rotations)
+        evaluate_quality("no-such-model", [("nf4", REGISTRY["nf4"].codebook)], rotations=rotations,
+                         text="Some words to read here.")
 
 
 @pytest.mark.parametrize("block_size", [0, 64.0])

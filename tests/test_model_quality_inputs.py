@@ -96,6 +96,17 @@ def test_a_text_with_nothing_to_measure_is_refused_before_the_model_loads(text, 
         evaluate_quality("/no/such/model", [("nf4", get("nf4"))], text=text)
 
 
+def test_no_text_is_the_default_text(tmp_path, monkeypatch):
+    """``text=None`` reads the command line's default text (an empty one stands in, to be seen)."""
+    from quantbook import get
+    from quantbook.model import quality
+
+    (tmp_path / "blank.txt").write_text(" \n", encoding="utf-8")
+    monkeypatch.setattr(quality, "default_text_path", lambda: tmp_path / "blank.txt")
+    with pytest.raises(ValueError, match="text is empty"):
+        quality.evaluate_quality("/no/such/model", [("nf4", get("nf4"))])
+
+
 def test_cli_empty_text_file_is_refused_before_the_model_loads(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
     rc, _, err = run(capsys, "evaluate-model", "/no/such/model", "--task", "lm", "--text", str(tmp_path / "empty.txt"))

@@ -807,9 +807,21 @@ def _eval_mode(model):
             m.training = training
 
 
+def _check_text(text: Any) -> str:
+    """``text``, or Hamlet for None; refused where there is nothing to measure on (before the model loads)."""
+    if text is None:
+        text = read_text(default_text_path())
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the text itself (a str; read_text reads a file), got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("the text is empty: there is nothing to measure the model on")
+    return text
+
+
 def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any]], task: str = "lm",
-                     text: str = "", tokens: int = 1024, context: int = 256, block_size: int = DEFAULT_BLOCK_SIZE,
-                     nested: bool = False, rotations: Sequence[str] = ("none",), tensors: Any = None,
+                     text: str | None = None, tokens: int = 1024, context: int = 256,
+                     block_size: int = DEFAULT_BLOCK_SIZE, nested: bool = False,
+                     rotations: Sequence[str] = ("none",), tensors: Any = None,
                      backend: str = "auto", progress: bool = False, model=None,
                      device: str | None = "auto", scale: Any = None, qmax: float = DEFAULT_QMAX,
                      vq: VQOptions | None = None) -> QualityReport:
@@ -817,8 +829,8 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
 
     ``codebooks``: ``(label, Codebook)`` pairs; ``task``: a registered :class:`Task` (``"lm"``,
     ``"embed"``); ``text``: the text measured on, itself (not a path: :func:`read_text` reads a
-    file, :func:`default_text_path` is Hamlet); ``tokens``, ``context``: the task's token budget
-    and window (module docstring); ``block_size``, ``nested``: the scalar codes' layout, as
+    file; None: :func:`default_text_path`'s Hamlet, as the command line); ``tokens``, ``context``:
+    the task's token budget and window (module docstring); ``block_size``, ``nested``: the scalar codes' layout, as
     :func:`quantbook.quantize` takes them; ``tensors``: glob(s) of the weights to quantize
     (:func:`select_linears`; default all); ``progress``: a bar on standard error even when it is
     not a terminal; ``rotations``: :func:`parse_rotations` spellings; ``model``: an already
@@ -836,16 +848,13 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     nested, progress = check_flag(nested, "nested"), check_flag(progress, "progress")
     task_cls = get_task(task)
     task_cls.check_inputs(tokens, context)
-    if not isinstance(text, str):
-        raise TypeError(f"text must be the text itself (a str; read_text reads a file), got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError("the text is empty: there is nothing to measure the model on")
     rotations = parse_rotations(rotations)   # a string is one comma-separated spelling, not its letters
     check_codebooks(codebooks)
     scalar = [(label, cb) for label, cb in codebooks if not is_vector_codebook(cb)]
     scale_name, rule, nested = resolve_scale(scale, nested, scalar, qmax)
     backend = check_backend(backend, codebooks, scaled=rule is not None)
     vq = (vq or VQOptions()) if len(scalar) < len(codebooks) else None
+    text = _check_text(text)
     if model is None:
         located = _locate(path)  # a path that holds no model is said before torch is needed
         _require()  # before asking torch about devices
