@@ -1,11 +1,14 @@
 """numba's on-disk cache of quantbook's kernels follows every kernel module, not only the
-kernel's own file (``quantbook.numerics.kernel_cache``).
+kernel's own file (``quantbook.numerics.kernel_cache``), and keeps each build of a kernel apart.
 
 The oracle of the end-to-end case is the changed source itself: after a helper in another
 module changes, a kernel that calls it must compute with the new helper.
 """
 
 import ast
+import importlib
+import inspect
+import os
 import shutil
 import subprocess
 import sys
@@ -74,3 +77,76 @@ def test_a_kernel_recompiles_when_a_helper_in_another_module_changes(tmp_path):
     assert changed != text
     helper.write_text(changed, encoding="utf-8")
     assert run() == "[9.0, 8.0]"
+
+
+def _modules_naming_numba():
+    """Every quantbook module whose source names numba (a superset of those that declare kernels)."""
+    import quantbook
+
+    package = Path(quantbook.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        if "numba" in path.read_text(encoding="utf-8"):
+            name = ".".join(("quantbook",) + path.relative_to(package).with_suffix("").parts)
+            yield importlib.import_module(name.removesuffix(".__init__"))
+
+
+def test_each_build_of_a_kernel_has_cache_files_of_its_own():
+    """numba names a kernel's cache files ``<module file stem>.<qualified name>-<first line>``
+    (numba.core.caching) and keys their entries by argument types alone: two builds of one
+    function under one name (vq_kernels' parallel ``assign`` and single-threaded ``assign_serial``)
+    loaded each other's code."""
+    pytest.importorskip("numba", reason="the kernels need numba")
+    from numba.core.dispatcher import Dispatcher
+
+    names = {}   # cache file name: {dispatcher: where it is declared}
+    for module in _modules_naming_numba():
+        for attr, obj in vars(module).items():
+            d = getattr(obj, "dispatcher", obj)
+            if isinstance(d, Dispatcher):
+                f = d.py_func
+                name = f"{Path(inspect.getfile(f)).stem}.{f.__qualname__}-{f.__code__.co_firstlineno}"
+                names.setdefault(name, {}).setdefault(d, f"{module.__name__}.{attr}")
+    assert len(names) > 40, sorted(names)   # every module's kernels were found
+    assert {n: sorted(a.values()) for n, a in names.items() if len(a) > 1} == {}
+
+
+_BUILDS = textwrap.dedent("""
+    import sys
+    import numba
+    import numpy as np
+    from quantbook.derive import vq_kernels as k
+
+    def parallel_ran():
+        try:
+            numba.threading_layer()
+            return True
+        except ValueError:   # no parallel region has run in this process
+            return False
+
+    x = np.random.default_rng(0).standard_normal((256, 2))
+    c = np.random.default_rng(1).standard_normal((16, 2))
+    order = np.argsort(c[:, 0], kind="stable")
+    c0 = np.ascontiguousarray(c[order, 0])
+    want = np.argmin(((x[:, None, :] - c[None]) ** 2).sum(axis=2), axis=1)
+    builds = {"serial": k.assign_serial, "parallel": k.assign.dispatcher}
+    for name in sys.argv[1:]:
+        out = np.empty(len(x), np.int64)
+        builds[name](x, c, order, c0, out)
+        assert np.array_equal(out, want)
+        assert parallel_ran() == (name == "parallel" or sys.argv[1] == "parallel"), name
+        assert not builds[name].stats.cache_hits, f"{name} loaded the other build's cached code"
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("first", ["serial", "parallel"])
+def test_the_parallel_and_single_threaded_builds_of_a_kernel_do_not_load_each_others_code(tmp_path, first):
+    """With an empty cache, each build compiles its own code: the one built second loaded the first
+    one's (a single-threaded build that ran threads outside the launch lock aborts the process on
+    numba's workqueue layer; a parallel one that ran on one thread lost its speed)."""
+    pytest.importorskip("numba", reason="the kernels need numba")
+    second = {"serial": "parallel", "parallel": "serial"}[first]
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", _BUILDS, first, second], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-3000:]

@@ -12,6 +12,11 @@ all on first use.
 which also makes a fork wait for a compilation in flight in another thread.
 The key is set through numba's cache locators (``numba.core.caching``); where a numba version
 lacks them, numba's own key stands.
+
+numba names a kernel's cache files after its function (module, qualified name, first line) and
+keys their entries by argument types, not by the build's options: two builds of one function
+shared one entry, and each loaded the code the other had saved.  A build other than the plain
+single-threaded one compiles a copy of the function named after the build (:func:`build_copy`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import functools
 import hashlib
 import os
 import re
+import types
 from pathlib import Path
 
-__all__ = ["cached_njit", "install", "kernel_sources_digest"]
+__all__ = ["cached_njit", "install", "kernel_sources_digest", "build_copy"]
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 _USES_NUMBA = re.compile(rb"^\s*(?:from numba\b|import numba\b)", re.MULTILINE)
@@ -92,6 +98,18 @@ def _keyed(base: type) -> type:
 
     Keyed.__name__ = Keyed.__qualname__ = f"Quantbook{base.__name__}"
     return Keyed
+
+
+def build_copy(fn: types.FunctionType, build: str) -> types.FunctionType:
+    """A copy of ``fn`` whose qualified name ends in ``__build``, so that numba caches the build
+    in files of its own (a single-threaded build of a parallel kernel's function loaded the
+    parallel code, and ran threads outside the launch lock)."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    copy.__qualname__ = f"{fn.__qualname__}__{build}"
+    return copy
 
 
 def cached_njit(**options):

@@ -77,7 +77,7 @@ def unavailable() -> str | None:
 
 def parallel_njit(**options):
     """``numba.njit(parallel=True, cache=True, **options)`` (its cache keyed as
-    :mod:`.kernel_cache` keys it), each call holding the launch lock
+    :mod:`.kernel_cache` keys it, in files of its own), each call holding the launch lock
     and refused (ValueError) where :func:`unavailable` says why.  A call with ``one_thread=True``
     runs on the calling thread alone (numba's thread count is restored after it): for a kernel
     whose results do not depend on the number of threads, and little work.
@@ -87,11 +87,11 @@ def parallel_njit(**options):
     """
     import numba
 
-    from .kernel_cache import install
+    from .kernel_cache import build_copy, install
     install()   # the cache key of every quantbook kernel module, and forks wait for a compilation
 
     def declare(fn):
-        kernel = numba.njit(parallel=True, cache=True, **options)(fn)
+        kernel = numba.njit(parallel=True, cache=True, **options)(build_copy(fn, "parallel"))
 
         @functools.wraps(fn)
         def launch(*args, one_thread=False, **kwargs):
