@@ -8,6 +8,7 @@ module changes, a kernel that calls it must compute with the new helper.
 import ast
 import importlib
 import inspect
+import json
 import os
 import shutil
 import subprocess
@@ -150,3 +151,45 @@ def test_the_parallel_and_single_threaded_builds_of_a_kernel_do_not_load_each_ot
     r = subprocess.run([sys.executable, "-c", _BUILDS, first, second], capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-3000:]
+
+
+_NOWHERE = textwrap.dedent("""
+    import sys, warnings
+    from numba.core import caching
+
+    def unwritable(self):   # what every cache directory raised: a read-only install, no writable home
+        raise PermissionError(13, "Permission denied", self.get_cache_path())
+
+    caching._CacheLocator.ensure_cache_path = unwritable
+    if sys.argv[1] == "cli":
+        from quantbook.cli import main
+        sys.exit(main(["derive", "vq", "--dim", "2", "--points", "16", "--samples", "4096", "--json"]))
+    import numpy as np
+    import quantbook
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+        cpu = quantbook.quantize(x, "nf4", 64, backend="cpu")[0]
+    assert np.array_equal(cpu, quantbook.quantize(x, "nf4", 64, backend="numpy")[0])
+    print(*{str(w.message) for w in caught if w.category is RuntimeWarning}, sep="\\n")
+""")
+
+
+def test_the_kernels_run_uncached_where_numba_can_write_no_cache(tmp_path):
+    """A user who cannot write to the installed package nor has a writable home (HOME=/nonexistent,
+    a read-only container) and has no NUMBA_CACHE_DIR: numba refused to declare a cached kernel
+    ("cannot cache function ...: no locator available"), so importing the kernels failed and
+    `derive vq` was an internal error.  Now they compile uncached, and one warning says how to
+    cache them."""
+    pytest.importorskip("numba", reason="the kernels need numba")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    r = subprocess.run([sys.executable, "-c", _NOWHERE, "api"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 and "NUMBA_CACHE_DIR" in lines[0] and "compile again in every process" in lines[0]
+    r = subprocess.run([sys.executable, "-c", _NOWHERE, "cli"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["dim"] == 2
+    assert r.stderr.count("quantbook: warning: numba finds no writable directory") == 1, r.stderr

@@ -8,8 +8,9 @@ of every quantbook module that compiles with numba, so a change to any of them r
 all on first use.
 
 :func:`cached_njit` declares a single-threaded kernel (``numba.njit(cache=True)``);
-:mod:`quantbook.numerics.parallel` declares the multi-threaded ones through :func:`install`,
-which also makes a fork wait for a compilation in flight in another thread.
+:mod:`quantbook.numerics.parallel` declares the multi-threaded ones through :func:`compile_cached`
+(uncached where numba can write its cache nowhere) and :func:`install`, which also makes a fork
+wait for a compilation in flight in another thread.
 The key is set through numba's cache locators (``numba.core.caching``); where a numba version
 lacks them, numba's own key stands.
 
@@ -28,7 +29,7 @@ import re
 import types
 from pathlib import Path
 
-__all__ = ["cached_njit", "install", "kernel_sources_digest", "build_copy"]
+__all__ = ["cached_njit", "compile_cached", "install", "kernel_sources_digest", "build_copy"]
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 _USES_NUMBA = re.compile(rb"^\s*(?:from numba\b|import numba\b)", re.MULTILINE)
@@ -112,9 +113,33 @@ def build_copy(fn: types.FunctionType, build: str) -> types.FunctionType:
     return copy
 
 
-def cached_njit(**options):
-    """``numba.njit(cache=True, **options)``, its cache keyed by every quantbook kernel module."""
+def compile_cached(fn, **options):
+    """``numba.njit(cache=True, **options)(fn)``, its cache keyed by every quantbook kernel module.
+    Where numba has no directory it can write the cache to (a read-only install run by a user
+    without a writable home, NUMBA_CACHE_DIR unset), the kernel uncached, with one warning:
+    numba refused to declare it, and importing the kernels failed."""
     import numba
 
     install()
-    return numba.njit(cache=True, **options)
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError as exc:
+        if "cannot cache function" not in str(exc):
+            raise
+    _warn_uncached()
+    return numba.njit(**options)(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_uncached() -> None:
+    import warnings
+
+    warnings.warn("numba finds no writable directory to cache quantbook's compiled kernels in (the package's "
+                  "__pycache__ or the user's cache directory), so they compile again in every process; set "
+                  "NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
+
+
+def cached_njit(**options):
+    """The decorator ``numba.njit(cache=True, **options)``, by :func:`compile_cached`."""
+    install()
+    return functools.partial(compile_cached, **options)

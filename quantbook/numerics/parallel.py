@@ -87,11 +87,11 @@ def parallel_njit(**options):
     """
     import numba
 
-    from .kernel_cache import build_copy, install
+    from .kernel_cache import build_copy, compile_cached, install
     install()   # the cache key of every quantbook kernel module, and forks wait for a compilation
 
     def declare(fn):
-        kernel = numba.njit(parallel=True, cache=True, **options)(build_copy(fn, "parallel"))
+        kernel = compile_cached(build_copy(fn, "parallel"), parallel=True, **options)
 
         @functools.wraps(fn)
         def launch(*args, one_thread=False, **kwargs):
