@@ -20,7 +20,8 @@ def checkout_path(*parts: str) -> Path:
     """``ROOT/parts``; outside a checkout, a skip of the calling test (of the whole module when
     called as the module is imported)."""
     if not (ROOT / "pyproject.toml").is_file():
-        pytest.skip(f"needs the repository checkout ({'/'.join(parts)}): {ROOT} is not one", allow_module_level=True)
+        what = f" ({'/'.join(parts)})" if parts else ""
+        pytest.skip(f"needs the repository checkout{what}: {ROOT} is not one", allow_module_level=True)
     return ROOT.joinpath(*parts)
 
 

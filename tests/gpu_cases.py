@@ -8,6 +8,8 @@ import pytest
 from quantbook.bulk import BACKENDS
 from quantbook.bulk.format import code_encoder
 
+from checkout import checkout_path
+
 
 def usable_backend(name):
     """The registered backend ``name``, or a skip naming why it cannot run here."""
@@ -274,7 +276,6 @@ def load_benchmark(cp, monkeypatch, script):
     run needs (events whose times are all 1 ms, seeded ``random``, device copies, a memory
     pool), so the script can run end to end on the emulator."""
     import importlib.util
-    from pathlib import Path
 
     class Event:
         def record(self):
@@ -296,7 +297,7 @@ def load_benchmark(cp, monkeypatch, script):
     cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
     monkeypatch.setattr(FakeDeviceArray, "data", property(lambda self: types.SimpleNamespace(
         ptr=self.ctypes.data, copy_from_device_async=lambda src, size: None)))
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    path = checkout_path("benchmarks", f"{script}.py")
     monkeypatch.syspath_prepend(str(path.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location(script, path)
     bench = importlib.util.module_from_spec(spec)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import ast
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from quantbook.numerics.arguments import check_int, is_int
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, checkout_path
+
 
 INTEGERS = [0, 7, -3, 2**70, np.int8(5), np.uint64(2**63), np.int64(-1), np.intp(64)]
 NOT_INTEGERS = [True, False, np.bool_(True), 2.0, np.float32(3), Fraction(4), "4", b"4", None, [4],
@@ -86,9 +86,9 @@ def _inline_integer_tests(tree):
 
 
 def test_the_integer_rule_is_written_once():
-    home = ROOT / "quantbook" / "numerics" / "arguments.py"
+    home = checkout_path("quantbook", "numerics", "arguments.py")
     found = [f"{path.relative_to(ROOT)}:{line}"
-             for path in sorted((ROOT / "quantbook").rglob("*.py")) if path != home
+             for path in sorted(checkout_path("quantbook").rglob("*.py")) if path != home
              for line in _inline_integer_tests(ast.parse(path.read_text(encoding="utf-8")))]
     assert not found, f"integer tests written inline (use numerics.arguments.is_int / check_int): {found}"
 

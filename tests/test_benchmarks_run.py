@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from checkout import checkout_path
+
+BENCHMARKS = checkout_path("benchmarks")
 
 
 def _run(monkeypatch, script: str, *args: str) -> int:

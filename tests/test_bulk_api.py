@@ -16,6 +16,8 @@ from quantbook.bulk import BACKENDS, Backend
 from quantbook.bulk import format as F
 from quantbook.bulk.reference import dequantize_reference, quantize_reference
 
+from checkout import checkout_path
+
 
 def test_errors_are_clear():
     x = np.ones((4, 64), dtype=np.float32)
@@ -675,12 +677,11 @@ def test_cpu_benchmark_runs_and_checks_bytes(args, capsys, monkeypatch):
     """benchmarks/bench_quantize_cpu.py on a small input: numba against the numpy reference,
     for each input dtype and a width stored a byte a code."""
     import importlib.util
-    from pathlib import Path
 
     pytest.importorskip("numba")
     if "bfloat16" in args:
         pytest.importorskip("ml_dtypes")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_cpu.py"
+    path = checkout_path("benchmarks", "bench_quantize_cpu.py")
     monkeypatch.syspath_prepend(str(path.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location("bench_quantize_cpu", path)
     bench = importlib.util.module_from_spec(spec)

@@ -4,21 +4,22 @@ import dataclasses
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from quantbook.cli import main
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
+from checkout import checkout_path
+
+DOC = ("docs", "json.md")
 
 
 def documented() -> dict[str, set[str]]:
     """``{section heading: {field path}}`` from the tables of docs/json.md."""
     sections: dict[str, set[str]] = {}
     current = None
-    for line in DOC.read_text(encoding="utf-8").splitlines():
+    for line in checkout_path(*DOC).read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             current = line[3:].strip()
             sections[current] = set()
@@ -190,7 +191,7 @@ def test_recipe_parameters_are_documented():
     from quantbook.derive import recipes
 
     rows = {}
-    for line in DOC.read_text(encoding="utf-8").split("## Recipe objects")[1].splitlines():
+    for line in checkout_path(*DOC).read_text(encoding="utf-8").split("## Recipe objects")[1].splitlines():
         m = re.match(r"\| `([^`]+)` \| (.*) \|$", line)
         if m:
             rows[m.group(1)] = set(re.findall(r"`([a-z_]+)`", m.group(2)))

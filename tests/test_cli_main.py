@@ -3,7 +3,6 @@
 import ast
 import importlib.metadata
 import os
-import re
 import subprocess
 import sys
 import warnings
@@ -14,8 +13,11 @@ import pytest
 import quantbook.cli
 from quantbook.cli import build_parser, main
 
+from checkout import pyproject
+
 CLI_DIR = Path(quantbook.cli.__file__).parent
-ROOT = CLI_DIR.parent.parent
+ROOT = CLI_DIR.parent.parent   # where the quantbook under test is imported from, for the subprocesses
+CONSOLE_SCRIPT = "quantbook.console:main"
 
 
 def _env():
@@ -28,12 +30,14 @@ def test_console_script_and_module_entry_points():
     except importlib.metadata.PackageNotFoundError:   # e.g. a checkout on PYTHONPATH, as on a lent GPU
         pytest.skip("quantbook is on the path but not installed (pip install -e .): no entry points to check")
     scripts = importlib.metadata.entry_points(group="console_scripts")
-    declared = re.search(r'^quantbook = "(.+)"$', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
-    assert declared == "quantbook.console:main"
-    assert [e.value for e in scripts if e.name == "quantbook"] == [declared], "reinstall: pip install -e ."
+    assert [e.value for e in scripts if e.name == "quantbook"] == [CONSOLE_SCRIPT], "reinstall: pip install -e ."
     r = subprocess.run([sys.executable, "-m", "quantbook.cli", "list"], capture_output=True, text=True,
                        env=_env(), timeout=120)
     assert r.returncode == 0 and "nf4" in r.stdout and r.stderr == ""
+
+
+def test_pyproject_declares_the_console_script():
+    assert pyproject()["project"]["scripts"] == {"quantbook": CONSOLE_SCRIPT}
 
 
 def test_every_command_is_registered_by_its_group_module():
@@ -146,8 +150,7 @@ sys.meta_path.insert(0, CtrlC())
 def test_interrupt_while_the_console_script_imports_the_command_line_exits_130():
     # the script pip writes for pyproject.toml's entry point imports it, then calls it: an entry point that
     # imports the command line (numpy, ...) as it is imported left a traceback, not the line and status 130
-    module, function = re.search(r'^quantbook = "([\w.]+):(\w+)"$',
-                                 (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).groups()
+    module, function = pyproject()["project"]["scripts"]["quantbook"].split(":")
     script = f"{_CTRL_C_IN_IMPORT}\nfrom {module} import {function}\nsys.exit({function}())\n"
     r = subprocess.run([sys.executable, "-c", script, "list"], capture_output=True, text=True, env=_env(),
                        timeout=120)

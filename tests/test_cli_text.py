@@ -10,6 +10,8 @@ import pytest
 
 from quantbook.cli import main
 
+from checkout import checkout_path
+
 LONG_NAME = "a-codebook-named-with-exactly-forty-char"   # 40 characters
 assert len(LONG_NAME) == 40
 
@@ -340,15 +342,13 @@ def test_every_block_size_option_has_the_one_default(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------ exit statuses
 def test_exit_statuses_are_documented_and_returned(capsys, monkeypatch):
-    from pathlib import Path
-
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     listed = dict(re.findall(r"(\d+) ([^;.]+)", help_text.split("Exit status: ")[1]))
     assert set(listed) == {"0", "1", "2", "130"}
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = checkout_path("README.md").read_text(encoding="utf-8")
     assert set(re.findall(r"^- (\d+): ", readme, re.M)) >= set(listed)
 
     assert main(["list"]) == 0                                   # success

@@ -43,7 +43,9 @@ import pytest
 
 from quantbook.cli import UsageError, build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import checkout_path
+
+ROOT = checkout_path()
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: spans that quote a line instead of giving a command: an old header's comment named this command

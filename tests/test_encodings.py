@@ -21,7 +21,8 @@ import pytest
 import quantbook
 from quantbook.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, checkout_path
+
 SIGMA = "\u03c3"   # σ: two bytes in UTF-8, none in ASCII or Latin-1
 NAME, SOURCE = f"nf4-{SIGMA}", "M\u00fcller \u2014 0 \u00b1 1"   # "Müller — 0 ± 1"
 
@@ -92,7 +93,7 @@ def test_a_benchmark_prints_by_the_same_rule(monkeypatch):
     # the benchmarks' ± of a Monte Carlo mean failed after the measurement (status 2)
     import runpy
 
-    run = runpy.run_path(str(ROOT / "benchmarks" / "_cli.py"))["run"]
+    run = runpy.run_path(str(checkout_path("benchmarks", "_cli.py")))["run"]
     out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict", write_through=True)
     monkeypatch.setattr(sys, "stdout", out)
     with pytest.raises(SystemExit) as exc:
@@ -228,7 +229,8 @@ def _text_opens_without_encoding(tree: ast.AST):
 def test_every_text_file_is_opened_with_its_encoding_named():
     # without it Python takes the locale's (a Windows code page, ASCII in a C locale): a name with
     # a non-ASCII character fails to write, or is read back as other characters
-    paths = [*(ROOT / "quantbook").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
+    paths = [*checkout_path("quantbook").rglob("*.py"), *checkout_path("benchmarks").rglob("*.py"),
+             *checkout_path("tests").rglob("*.py")]
     found = [f"{p.relative_to(ROOT)}:{line}" for p in sorted(paths)
              for line in _text_opens_without_encoding(ast.parse(p.read_text(encoding="utf-8")))]
     assert not found, f"text files opened without encoding= (name it, or open in binary): {found}"

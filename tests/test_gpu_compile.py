@@ -17,7 +17,7 @@ import pytest
 from quantbook.bulk.gpu import kernels as K
 from quantbook.bulk.gpu.compile import compile_source
 
-
+from checkout import checkout_path
 
 
 SAMPLE = sorted({K.quantize_name(d, v, p, 1) for d in K.DTYPES for p in K.PACKINGS for v in K.quantize_vecs(d, p)}
@@ -116,9 +116,8 @@ def test_kernel_source_subset_and_unknown_names():
 def test_the_streaming_benchmarks_kernels_compile(nvrtc):
     """benchmarks/bench_stream_gpu.py's kernels (CuPy compiles them at run time on a GPU)."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stream_gpu.py"
+    path = checkout_path("benchmarks", "bench_stream_gpu.py")
     spec = importlib.util.spec_from_file_location("bench_stream_gpu", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -19,6 +19,8 @@ from quantbook.bulk.gpu.tables import encode_with_tables, encoder_tables, search
 from quantbook.bulk.nested import dynamic_map
 from quantbook.codebooks import registry
 
+from checkout import checkout_path
+
 
 def test_importing_quantbook_gpu_does_not_import_cupy():
     code = ("import sys, quantbook, quantbook.bulk.gpu.backend, quantbook.bulk.gpu.compile; "
@@ -163,9 +165,8 @@ def test_benchmark_without_a_gpu_says_so():
     ok, _ = G.gpu_available()
     if ok:
         pytest.skip("a GPU is present: the benchmark would run")
-    from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quantize_gpu.py"
+    bench = checkout_path("benchmarks", "bench_quantize_gpu.py")
     r = subprocess.run([sys.executable, str(bench), "--log2n", "10"], capture_output=True, text=True)
     assert r.returncode == 1
     assert "nothing measured" in r.stderr and "Traceback" not in r.stderr
@@ -208,11 +209,10 @@ def _gpu_check(tmp_path, **env_extra):
     right after its arguments are parsed and ncu standing in by running its command."""
     import os
     import shutil
-    from pathlib import Path
 
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
-    root = Path(__file__).resolve().parents[1]
+    root = checkout_path()
     (tmp_path / "parse_only.py").write_text(_PARSE_ONLY, encoding="utf-8")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -304,11 +304,10 @@ def test_gpu_prepare_script_makes_the_carried_folders_once(tmp_path):
     git, and what would travel is counted against the 64 MiB a call carries."""
     import os
     import shutil
-    from pathlib import Path
 
     if shutil.which("bash") is None or shutil.which("git") is None:
         pytest.skip("needs bash and git")
-    root = Path(__file__).resolve().parents[1]
+    root = checkout_path()
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
     shutil.copy(root / "benchmarks" / "gpu_prepare.sh", repo / "benchmarks")

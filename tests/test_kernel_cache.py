@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, checkout_path
 
 
 def _cache_keyword(node) -> bool:
@@ -26,9 +26,9 @@ def _cache_keyword(node) -> bool:
 
 
 def test_every_cached_kernel_is_declared_through_the_keyed_cache():
-    homes = {ROOT / "quantbook" / "numerics" / name for name in ("parallel.py", "kernel_cache.py")}
+    homes = {checkout_path("quantbook", "numerics") / name for name in ("parallel.py", "kernel_cache.py")}
     direct = []
-    for path in sorted((ROOT / "quantbook").rglob("*.py")):
+    for path in sorted(checkout_path("quantbook").rglob("*.py")):
         if path in homes:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -62,7 +62,7 @@ def test_a_kernel_recompiles_when_a_helper_in_another_module_changes(tmp_path):
     """scaled_amax (scaled_kernels.py) calls _block_absmax (kernels.py).  With numba's own key,
     a cached scaled_amax kept the old _block_absmax after kernels.py alone changed."""
     pytest.importorskip("numba", reason="the kernels need numba")
-    shutil.copytree(ROOT / "quantbook", tmp_path / "quantbook", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(checkout_path("quantbook"), tmp_path / "quantbook", ignore=shutil.ignore_patterns("__pycache__"))
 
     def run():
         p = subprocess.run([sys.executable, "-c", _RUN], cwd=tmp_path, capture_output=True, text=True,

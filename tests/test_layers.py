@@ -5,18 +5,17 @@ import ast
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, checkout_path
 
 
 def test_import_linter_contracts_hold():
     exe = shutil.which("lint-imports")
     if exe is None:
         pytest.skip("import-linter is not installed (it is in the [test] extra)")
-    r = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([exe, "--no-cache"], cwd=checkout_path(), capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "broken" not in r.stdout.lower().replace("0 broken", "")
 
@@ -110,7 +109,7 @@ def test_numba_kernels_cached_on_disk_are_defined_at_module_level():
     """numba keys its disk cache by the function's closure: a cached kernel defined inside
     another function is compiled anew in every process and adds a cache file each time."""
     nested = []
-    for path in sorted((ROOT / "quantbook").rglob("*.py")):
+    for path in sorted(checkout_path("quantbook").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for outer in ast.walk(tree):
             if isinstance(outer, (ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -24,6 +24,8 @@ from quantbook.model import list_tensors, read_tensor, sample_weights
 from quantbook.naming import resolve_codebook, resolve_codebooks
 from quantbook.model.evaluate import ErrorSums, error_sums
 
+from checkout import checkout_path
+
 
 def _save_file(tensors, path) -> None:
     """Write a test file with safetensors (quantbook reads them with its own code, so only the
@@ -624,7 +626,7 @@ def test_evaluate_benchmark_names_and_skips_what_cannot_run(synthetic, capsys, m
     from quantbook.bulk.backend import BACKENDS
 
     path, _ = synthetic
-    file = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_evaluate_model.py"
+    file = checkout_path("benchmarks", "bench_evaluate_model.py")
     monkeypatch.syspath_prepend(str(file.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location("bench_evaluate_model", file)
     bench = importlib.util.module_from_spec(spec)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from checkout import checkout_path
+
 torch = pytest.importorskip("torch", reason="model tasks need torch: pip install 'quantbook[llm]'")
 
 from quantbook import dequantize, quantize  # noqa: E402
@@ -488,7 +490,7 @@ def test_the_benchmark_times_a_synthetic_model_of_smollm2s_shape(capsys, monkeyp
     slow = CausalLM.reference
     monkeypatch.setattr(CausalLM, "reference", lambda self, step=None: time.sleep(0.05) or slow(self, step))
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model_quality.py"
+    path = checkout_path("benchmarks", "bench_model_quality.py")
     monkeypatch.syspath_prepend(str(path.parent))   # its folder's _cli, as `python SCRIPT` finds it
     spec = importlib.util.spec_from_file_location("bench_model_quality", path)
     bench = importlib.util.module_from_spec(spec)

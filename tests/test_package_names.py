@@ -7,13 +7,12 @@ import os
 import pkgutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import quantbook
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, checkout_path
 
 
 def _fresh(code: str) -> str:
@@ -49,7 +48,7 @@ def test_star_import_and_threads_in_a_fresh_process():
 
 
 def test_the_type_checkers_names_are_the_loaded_ones():
-    tree = ast.parse((ROOT / "quantbook" / "__init__.py").read_text(encoding="utf-8"))
+    tree = ast.parse(checkout_path("quantbook", "__init__.py").read_text(encoding="utf-8"))
     seen = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):

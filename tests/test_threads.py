@@ -11,11 +11,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, checkout_path
 
 
 def _parallel_keyword(node) -> bool:
@@ -23,9 +22,9 @@ def _parallel_keyword(node) -> bool:
 
 
 def test_every_multithreaded_kernel_is_declared_through_parallel_njit():
-    home = ROOT / "quantbook" / "numerics" / "parallel.py"
+    home = checkout_path("quantbook", "numerics", "parallel.py")
     direct = []
-    for path in sorted((ROOT / "quantbook").rglob("*.py")):
+    for path in sorted(checkout_path("quantbook").rglob("*.py")):
         if path == home:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -79,7 +78,6 @@ def test_concurrent_threads_on_the_workqueue_layer_neither_abort_nor_change_a_by
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-c", _CONCURRENT], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout[-2000:] + r.stderr[-4000:]
-
 
 
 _FORK = textwrap.dedent("""

@@ -13,14 +13,15 @@ import pytest
 from quantbook.codebooks.vector import VectorCodebook
 from quantbook.naming import resolve_vector
 
+from checkout import checkout_path
 from test_cli_errors import run
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
+DOC = ("docs", "json.md")
 
 
 def section(title_fragment):
     fields, current, found = {}, None, []
-    for line in DOC.read_text(encoding="utf-8").splitlines():
+    for line in checkout_path(*DOC).read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             current = line[3:].strip()
             fields[current] = set()
