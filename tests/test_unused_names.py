@@ -11,9 +11,10 @@ Decorated functions and classes given keywords are left out: a decorator (numba'
 import ast
 import re
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import checkout_path
+
+ROOT = checkout_path()  # the source tree it reads; outside a checkout the module skips
 
 
 def _private_definitions(tree: ast.Module):
