@@ -132,7 +132,8 @@ def test_audit_layout_findings():
     # `audit --layouts` takes 15-30 s: its rows are LayoutFinding.to_dict(), read from the class
     from quantbook.verify.layouts import LayoutFinding
 
-    text = DOC.read_text(encoding="utf-8").split("With `--layouts`")[1].split("Layout findings never")[0]
+    text = checkout_path(*DOC).read_text(encoding="utf-8")
+    text = text.split("With `--layouts`")[1].split("Layout findings never")[0]
     heads = {name for head in re.findall(r"^- (.*?): ", text, re.M) for name in re.findall(r"`(\w+)`", head)}
     fields = set(LayoutFinding("nf4", "bitsandbytes", "float32", 64, 4.5, True).to_dict())
     assert fields == {f.name for f in dataclasses.fields(LayoutFinding)}
