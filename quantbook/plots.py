@@ -220,12 +220,14 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
     layout = "" if scale is None else (f", scale {getattr(scale, 'name', scale)}, qmax "
                                        f"{DEFAULT_QMAX if qmax is None else qmax:g}")
     norm = "" if normalization == "absmax" else f", {normalization}"
+    from .derive.metrics import normalized_unit
+
     if domain == "weight":
         units = {"mse": "MSE of the weights (σ²)", "mae": "MAE of the weights (σ)"}
-    elif scale is None:
-        units = {k: f"{k.upper()} of y = {_norm_text(normalization)}" for k in ("mse", "mae")}
-    else:   # the scaled layouts' normalised values are in units of the table's largest magnitude
+    elif normalized_unit(normalization, scale) == "qmax·s":   # the table's largest magnitude, decoded
         units = {k: f"{k.upper()} of x / (qmax · scale)" for k in ("mse", "mae")}
+    else:   # float32 and nested statistics encode with the exact absmax
+        units = {k: f"{k.upper()} of y = {_norm_text(normalization)}" for k in ("mse", "mae")}
     for ax, key, title in zip(axes, ("mse", "mae"), ("expected squared error", "expected absolute error")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -62,7 +62,7 @@ def test_an_infinite_or_undefined_value_is_a_word_not_nan(capsys):
 
 def test_derive_extras_print_words_not_python_reprs(capsys):
     out = run(capsys, "derive", "quantile", "--bits", "2", "--source", "student-t:2")
-    assert "mse_weight: inf\n" in out and "sqnr_db: undefined\n" in out
+    assert "mse_weight: inf σ²\n" in out and "sqnr_db: undefined dB\n" in out
     assert not re.search(r"\bnan\b", out, re.I)
     out = run(capsys, "derive", "lloyd", "--bits", "2")
     assert re.search(r"^converged: (yes|no)$", out, re.M) and "True" not in out
@@ -137,14 +137,94 @@ def test_evaluate_model_states_its_units_and_they_are_the_weights(capsys, tmp_pa
     assert rows["w10"][1] == pytest.approx(10 * rows["w"][1], rel=1e-3)
 
 
+def _blocks_by_hand(x, levels, block_size, scale_of=None):
+    """The blocks of ``x``, each block's unit (its absmax, or ``scale_of(absmax)``) and the error of
+    the nearest level to ``x / unit``, in that unit."""
+    blocks = x.reshape(-1, block_size)
+    m = np.abs(blocks).max(axis=1, keepdims=True)
+    unit = m if scale_of is None else scale_of(m)
+    y = blocks / unit
+    return unit, y - levels[np.abs(y[..., None] - levels).argmin(-1)]
+
+
+def test_plot_sweep_states_its_units_and_they_are_the_ones_measured(capsys, tmp_path):
+    """plot-sweep prints evaluate's errors: in σ (the source's RMS) in the weight domain, in the block's
+    absmax in the normalised one, and in qmax·s in a scaled layout.  A sample of RMS about 3 quantized
+    by hand gives the printed numbers in those units; under e8m0:floor the block's scale is
+    s = 2^(floor(log2 absmax) - 2) (OCP MX v1.0 with E2M1's largest exponent, 2), so that qmax·s is
+    from 0.75 to 1.5 absmax: a normalised error in absmax would be off by far more than the tolerance."""
+    pytest.importorskip("matplotlib")
+    import quantbook
+
+    x = 3 * np.random.default_rng(5).standard_normal(2**18)
+    np.save(tmp_path / "x.npy", x)
+    sweep = ("--source", tmp_path / "x.npy", "--min-block", "64", "--max-block", "64", "-o", tmp_path / "s.png")
+    n = r"(\d\.\d{3}e-\d\d)"
+
+    def printed(out, mse_unit, mae_unit):
+        got = re.search(rf"^nf4 +mse {re.escape(mse_unit)} +{n}\nnf4 +mae {re.escape(mae_unit)} +{n}\n", out, re.M)
+        assert got, out
+        return map(float, got.groups())
+
+    unit, e = _blocks_by_hand(x, quantbook.get("nf4").levels, 64)
+    sigma = np.sqrt(np.mean(x**2))
+    out = run(capsys, "plot-sweep", "nf4", *sweep)
+    mse, mae = printed(out, "σ²", "σ")
+    assert mse == pytest.approx(np.mean((unit * e) ** 2) / sigma**2, rel=0.01)   # not the raw 9x
+    assert mae == pytest.approx(np.mean(np.abs(unit * e)) / sigma, rel=0.01)
+    assert out.splitlines()[-1] == ("units: σ = the source's RMS, 1 as scaled (student-t:NU with NU at most 2: "
+                                    "its scale)")
+    out = run(capsys, "plot-sweep", "nf4", *sweep, "--domain", "normalized")
+    mse, mae = printed(out, "absmax²", "absmax")
+    assert mse == pytest.approx(np.mean(e**2), rel=0.01) and mae == pytest.approx(np.mean(np.abs(e)), rel=0.01)
+    assert out.splitlines()[-1] == "units: absmax = the block's largest |x|"
+    # the table is E2M1's, largest magnitude 1 (qmax·L in units of s); the rule scales the source's values,
+    # which are in σ
+    e2m1 = quantbook.get("e2m1").levels
+    unit, e = _blocks_by_hand(x / sigma, e2m1 / np.abs(e2m1).max(), 64,
+                              lambda m: 6 * 2.0 ** (np.floor(np.log2(m)) - 2))
+    out = run(capsys, "plot-sweep", "e2m1", *sweep, "--domain", "normalized", "--scale", "e8m0:floor")
+    mse, mae = printed(out.replace("e2m1", "nf4"), "(qmax·s)²", "qmax·s")
+    assert mse == pytest.approx(np.mean(e**2), rel=0.01) and mae == pytest.approx(np.mean(np.abs(e)), rel=0.01)
+    assert out.splitlines()[-1] == "units: qmax·s = the block's largest decoded magnitude (s: the block's scale)"
+
+
+def test_derive_states_its_units_and_they_are_the_ones_measured(capsys, tmp_path):
+    """derive lloyd|quantile print evaluate's errors of the derived table, each with evaluate's unit: a
+    sample of RMS about 3 quantized by hand with the printed levels (blocks of 64) gives the numbers
+    in σ and in the block's absmax; a scaled layout's normalised unit is qmax·s, and a search rule's
+    fitted error is in σ² (l2) or σ (l1)."""
+    x = 3 * np.random.default_rng(5).standard_normal(2**18)
+    np.save(tmp_path / "x.npy", x)
+    out = run(capsys, "derive", "quantile", "--bits", "2", "--source", tmp_path / "x.npy", "--block-size", "64")
+    levels = np.array([float(v) for v in re.findall(r"^ +\d+  (\S+) +0x", out, re.M)])
+    got = {k: (float(v), u) for k, v, u in re.findall(r"^(\w+): (\S+) (\S+)$", out, re.M)}
+    unit, e = _blocks_by_hand(x, levels, 64)
+    sigma = np.sqrt(np.mean(x**2))
+    want = {"mse_weight": (np.mean((unit * e) ** 2) / sigma**2, "σ²"),
+            "mae_weight": (np.mean(np.abs(unit * e)) / sigma, "σ"),
+            "mse_normalized": (np.mean(e**2), "absmax²"), "mae_normalized": (np.mean(np.abs(e)), "absmax")}
+    for key, (value, u) in want.items():
+        assert got[key][1] == u and got[key][0] == pytest.approx(value, rel=0.01), key
+    assert got["sqnr_db"][1] == "dB"
+    assert "units: σ = the source's RMS" in out and "absmax = the block's largest |x|" in out
+    out = run(capsys, "derive", "quantile", "--bits", "2", "--block-size", "16", "--scale", "e4m3")
+    assert re.search(r"^mse_normalized: \S+ \(qmax·s\)²\nmae_normalized: \S+ qmax·s$", out, re.M)
+    assert "qmax·s = the block's largest decoded magnitude" in out
+    for loss, u in (("l2", "σ²"), ("l1", "σ")):
+        out = run(capsys, "derive", "lloyd", "--bits", "2", "--block-size", "16", "--scale", "search:4over6",
+                  "--samples", 1 << 12, "--loss", loss)
+        assert re.search(rf"^mse_weight_fitting_sample: \S+ {u}$", out, re.M) and "units: σ = " in out
+
+
 # ------------------------------------------------------------------------------ alignment
 def test_plot_sweep_columns_line_up_for_short_and_long_names(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     cb = long_named_codebook(tmp_path)
     for specs in (["nf4"], ["nf4", str(cb)]):
         out = run(capsys, "plot-sweep", *specs, "--min-block", "16", "--max-block", "32", "-o", tmp_path / "s.png")
-        header, *rows = out.splitlines()[1:]
-        assert len(rows) == 2 * len(specs)
+        header, *rows, units = out.splitlines()[1:]
+        assert len(rows) == 2 * len(specs) and units.startswith("units: ")
         for row in rows:
             assert ends(row)[-2:] == ends(header)[-2:], (header, row)   # the block-size columns
             metric = re.search(r"  (mse|mae) ", row).start() + 2
@@ -447,7 +527,7 @@ def test_evaluate_search_text_is_its_json(capsys):
 def test_derive_text_is_its_json(capsys, method):
     # without a finite variance the weight-domain errors are infinite: Lloyd minimises the normalised ones
     text, d = both(capsys, "derive", method, "--bits", "2", "--source", "student-t:2", "--domain", "normalized")
-    extra = dict(re.findall(r"^(\w+): (.*)$", text, re.M))
+    extra = {k: v.split()[0] for k, v in re.findall(r"^(\w+): (.*)$", text, re.M)}   # the value, not its unit
     for key in ("mse_weight", "mae_weight", "mse_normalized", "mae_normalized", "sqnr_db", "iterations",
                 "change"):
         if key in d:   # the text shows the float in full: it reads back as the JSON's
@@ -528,7 +608,8 @@ def test_plot_sweep_text_is_its_json(capsys, tmp_path):
                    tmp_path / "s.png")
     lines = text.splitlines()
     assert [int(b) for b in lines[1].split()[2:]] == d["block_sizes"]
-    for line in lines[2:]:
-        label, metric, *values = line.split()
+    assert lines[-1].startswith("units: ")
+    for line in lines[2:-1]:
+        label, metric, _unit, *values = line.split()
         want = d["codebooks"][label][f"{metric}_{d['domain']}"]
         assert len(values) == len(want) and all(same(t, v, ".3e") for t, v in zip(values, want)), line

@@ -226,6 +226,26 @@ def test_pictures_say_their_settings_and_show_every_series(monkeypatch, tmp_path
 
 
 @needs_mpl
+def test_a_sweep_s_normalised_axis_names_evaluate_s_unit(monkeypatch, tmp_path):
+    """The normalised errors are x over the block's absmax, or over qmax·s in a scaled layout, as
+    evaluate's are: float32 and nested statistics encode with the exact absmax, so their axis is
+    y = x/absmax (it said x / (qmax · scale) for any rule).  The oracle: float32's numbers are those
+    without a rule."""
+    from quantbook.naming import resolve_codebook
+
+    figs = _drawn(monkeypatch)
+    cbs = [("nf4", resolve_codebook("nf4"))]
+    labels = {}
+    for scale in (None, "float32", "nested", "e4m3"):
+        got = plot_sweep(cbs, tmp_path / "s.png", block_sizes=[16, 64], domain="normalized", scale=scale)
+        labels[scale] = [ax.get_ylabel() for ax in figs[-1].axes]
+        if scale == "float32":
+            assert np.array_equal(got["nf4"]["mse"], sweep_errors(cbs[0][1], [16, 64], domain="normalized")["mse"])
+    assert labels[None] == labels["float32"] == labels["nested"] == ["MSE of y = x/absmax", "MAE of y = x/absmax"]
+    assert labels["e4m3"] == ["MSE of x / (qmax · scale)", "MAE of x / (qmax · scale)"]
+
+
+@needs_mpl
 def test_names_are_drawn_as_they_are(tmp_path):
     """A file name is a label, not TeX (``a$\\frac$.json`` ended in a mathtext parse error, a
     name of two ``$`` was drawn as math), and one whose bytes are not UTF-8 is drawn with

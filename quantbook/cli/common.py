@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from ..io.files import name_text
 from ..io.text import number
 
 __all__ = ["UsageError", "Parser", "integer", "int_in", "random_seed", "add_json_flag", "json_safe", "print_json",
-           "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value"]
+           "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value",
+           "error_units", "units_line"]
 
 #: the spellings of ``--source`` (quantbook.derive.parse_source, and the safetensors source's suffixes)
 SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS][@row|@tensor|@none]"
@@ -130,8 +131,34 @@ def load_codebook(spec: str, block_size: int | None = None):
     return resolve_codebook(spec) if block_size is None else resolve_codebook(spec, block_size)
 
 
-def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> None:
-    """``show``'s output: the codebook's fields, then ``extra`` (JSON: merged into one object)."""
+#: what each unit of the expected errors is (derive, evaluate, plot-sweep): every source is scaled to RMS 1
+_MEANINGS = {"σ": "σ = the source's RMS, 1 as scaled (student-t:NU with NU at most 2: its scale)",
+             "absmax": "absmax = the block's largest |x|",
+             "qmax·s": "qmax·s = the block's largest decoded magnitude (s: the block's scale)"}
+
+
+def error_units(normalization: str = "none", scale: Any = None) -> dict[str, str]:
+    """``{field: unit}`` of the errors of an evaluation (:func:`quantbook.derive.metrics.evaluate`'s
+    fields) under ``normalization`` and the rule ``scale``: the weight domain's in σ, the normalised
+    domain's in :func:`quantbook.derive.metrics.normalized_unit`; an MSE's unit is the square."""
+    from ..derive.metrics import normalized_unit
+
+    norm = normalized_unit(normalization, scale)
+    squared = f"({norm})²" if "·" in norm else f"{norm}²"
+    return {"mse_weight": "σ²", "mae_weight": "σ", "rd_bound": "σ²", "mse_normalized": squared,
+            "mae_normalized": norm, "sqnr_db": "dB"}
+
+
+def units_line(units: Iterable[str]) -> str:
+    """``units: ...``: what each unit among ``units`` (as :func:`error_units` writes them) is, once each."""
+    said = dict.fromkeys(_MEANINGS[base] for base in (u.strip("()²") for u in units) if base in _MEANINGS)
+    return "units: " + "; ".join(said)
+
+
+def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None, units: dict[str, str] | None = None) -> None:
+    """``show``'s output: the codebook's fields, then ``extra`` (JSON: merged into one object); in
+    the text each value of ``extra`` that ``units`` names is followed by its unit, and a
+    :func:`units_line` says what they are."""
     if as_json:
         d = cb.to_dict()
         d.update(extra or {})
@@ -145,8 +172,11 @@ def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None) -> No
     print(f"{'index':>5}  {'value (float64 repr)':<24}  {'float32 hex':<10}")
     for i, v in enumerate(cb.code):
         print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
+    units = units or {}
     for key, value in (extra or {}).items():
-        print(f"{key}: {text_value(value)}")
+        print(f"{key}: {text_value(value)}" + (f" {units[key]}" if key in units else ""))
+    if units:
+        print(units_line(units[key] for key in extra or {} if key in units))
 
 
 def point_rows(points: Any) -> list[str]:

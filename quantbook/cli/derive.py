@@ -10,8 +10,8 @@ from typing import Any
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import number
-from .common import (SOURCE_SPELLINGS, add_json_flag, integer, load_codebook, output_path, point_rows,
-                     positive_float, print_codebook, print_json, random_seed, text_value)
+from .common import (SOURCE_SPELLINGS, add_json_flag, error_units, integer, load_codebook, output_path, point_rows,
+                     positive_float, print_codebook, print_json, random_seed, text_value, units_line)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -58,15 +58,17 @@ def _given(args, *names: str) -> dict[str, Any]:
     return given
 
 
-def _metrics(cb, given: dict[str, Any]) -> dict[str, Any]:
-    """The expected errors of a derived codebook under the block model it was derived for."""
+def _metrics(cb, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The expected errors of a derived codebook under the block model it was derived for, and
+    their units (:func:`~quantbook.cli.common.error_units`)."""
     from ..derive.metrics import evaluate
 
     recipe = cb.recipe
     layout = {key: recipe[key] for key in _LAYOUT if key in recipe}
     ev = evaluate(cb, recipe.get("block_size"), given.get("source", recipe["source"]),
-                  recipe["normalization"], **layout).to_dict()
-    return {key: ev[key] for key in METRICS}
+                  recipe["normalization"], **layout)
+    d = ev.to_dict()
+    return {key: d[key] for key in METRICS}, error_units(ev.normalization, ev.scale)
 
 
 #: the scaled layout: the rule, the table's largest magnitude, the NVFP4 tensor model
@@ -109,8 +111,11 @@ def _derive_search(args, given: dict[str, Any]) -> int:
     opts = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed", "source",
                                   "qmax", "tensor_size") if k in given}
     res = solve_search_lloyd(**_search_defaults(opts), progress=args.progress)
+    # the fitted loss: the squared weight error under l2, the absolute one under l1
+    unit = error_units()["mse_weight" if res.codebook.recipe["loss"] == "l2" else "mae_weight"]
     print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
-                                             "change": res.change, "converged": res.converged})
+                                             "change": res.change, "converged": res.converged},
+                   {"mse_weight_fitting_sample": unit})
     return 0
 
 
@@ -125,9 +130,9 @@ def _cmd_derive_lloyd(args) -> int:
         raise ValueError("--samples, --seed and --progress apply only to a search rule (--scale search:...): "
                          "the other rules have an exact derivation")
     res = solve_lloyd(**given)
-    extra = _metrics(res.codebook, given)
+    extra, units = _metrics(res.codebook, given)
     extra.update(iterations=res.iterations, change=res.change, converged=res.converged)
-    print_codebook(res.codebook, args.json, extra)
+    print_codebook(res.codebook, args.json, extra, units)
     return 0
 
 
@@ -137,7 +142,7 @@ def _cmd_derive_quantile(args) -> int:
     given = _given(args, *_BLOCK)
     _block_needs_blocks(given)
     cb = quantile(**given)
-    print_codebook(cb, args.json, _metrics(cb, given))
+    print_codebook(cb, args.json, *_metrics(cb, given))
     return 0
 
 
@@ -196,24 +201,6 @@ def _cmd_derive_vq(args) -> int:
     return 0
 
 
-#: what evaluate's units are: the weight domain's and (without normalisation) the normalised one's
-_SIGMA = "σ = the source's RMS, 1 as scaled (student-t:NU with NU at most 2: its scale)"
-
-
-def _normalised_unit(normalization: str, scale: Any) -> tuple[str, str | None]:
-    """The unit of ``evaluate``'s normalised errors and what it is: the block's absmax, or in a scaled
-    layout what the table's largest entry decodes to (``qmax·s``); without normalisation the weights'
-    own, σ (None: said already)."""
-    if normalization == "none":
-        return "σ", None
-    if scale is not None:
-        from ..scales import get_rule
-
-        if get_rule(scale).layout == "scaled":   # nested statistics encode with the exact absmax
-            return "(qmax·s)", "qmax·s = the block's largest decoded magnitude (s: the block's scale)"
-    return "absmax", "absmax = the block's largest |x|"
-
-
 def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
     """A search rule has no exact law: Monte Carlo on a seeded sample."""
     from ..derive.search_lloyd import evaluate_search
@@ -228,12 +215,14 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
         return 0
     print(f"{cb.name} on {ev['source']} (B={ev['block_size']}, scale {ev['scale']}, qmax {ev['qmax']:g}; "
           f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
-    print(f"  MSE  weight {number(ev['mse_weight'], '.6e')} ± {number(ev['mse_standard_error'], '.1e')} σ²")
-    print(f"  MAE  weight {number(ev['mae_weight'], '.6e')} σ")
+    unit = error_units()   # the weight domain's: a search rule has no normalised law
+    print(f"  MSE  weight {number(ev['mse_weight'], '.6e')} ± {number(ev['mse_standard_error'], '.1e')} "
+          f"{unit['mse_weight']}")
+    print(f"  MAE  weight {number(ev['mae_weight'], '.6e')} {unit['mae_weight']}")
     # None: an infinite error (no variance), or none at all
     sqnr = ev["sqnr_db"] if ev["sqnr_db"] is not None else math.inf if ev["mse_weight"] == 0 else math.nan
     print(f"  SQNR {number(sqnr, '.3f')} dB   {ev['bits_per_weight']:g} bits/weight")
-    print(f"  units: {_SIGMA}")
+    print(f"  {units_line([unit['mse_weight']])}")
     return 0
 
 
@@ -258,14 +247,15 @@ def _cmd_evaluate(args) -> int:
         qmax = f", qmax {ev.qmax:g}" if get_rule(ev.scale).layout == "scaled" else ""   # nested: the exact absmax
         where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
-    unit, meaning = _normalised_unit(ev.normalization, ev.scale)
-    print(f"  MSE  weight {number(ev.mse_weight, '.6e')} σ²   normalised {number(ev.mse_normalized, '.6e')} {unit}²")
-    print(f"  MAE  weight {number(ev.mae_weight, '.6e')} σ    normalised {number(ev.mae_normalized, '.6e')} "
-          f"{unit.strip('()')}")
-    print(f"  SQNR {number(ev.sqnr_db, '.3f')} dB   code-usage entropy {ev.entropy_bits:.4f} bits")
-    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')} σ²   "
+    unit = error_units(ev.normalization, ev.scale)
+    print(f"  MSE  weight {number(ev.mse_weight, '.6e')} {unit['mse_weight']}   "
+          f"normalised {number(ev.mse_normalized, '.6e')} {unit['mse_normalized']}")
+    print(f"  MAE  weight {number(ev.mae_weight, '.6e')} {unit['mae_weight']:<2}   "
+          f"normalised {number(ev.mae_normalized, '.6e')} {unit['mae_normalized']}")
+    print(f"  SQNR {number(ev.sqnr_db, '.3f')} {unit['sqnr_db']}   code-usage entropy {ev.entropy_bits:.4f} bits")
+    print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')} {unit['rd_bound']}   "
           f"gap {number(ev.gap_db, '.3f')} dB")
-    print(f"  units: {'; '.join(v for v in (_SIGMA, meaning) if v)}")
+    print(f"  {units_line(unit.values())}")
     return 0
 
 

@@ -8,7 +8,8 @@ import sys
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import label_width, number
-from .common import SOURCE_SPELLINGS, UsageError, add_json_flag, int_in, positive_float, print_json
+from .common import (SOURCE_SPELLINGS, UsageError, add_json_flag, error_units, int_in, positive_float, print_json,
+                     units_line)
 
 __all__ = ["register"]
 
@@ -112,11 +113,17 @@ def _cmd_plot_sweep(args) -> int:
     else:
         width = label_width("codebook", errors)
         where = "".join(f", {k} {v:g}" if k == "qmax" else f", {k} {v}" for k, v in layout.items() if v is not None)
+        # evaluate's units: the plotted numbers are its errors of the domain
+        unit_of = error_units(args.normalization, layout["scale"])
+        units = {m: unit_of[key] for m, key in keys.items()}
+        metrics = {m: f"{m} {units[m]}" for m in keys}
+        m_width = label_width("metric", metrics.values())
         print(f"expected error ({args.domain} domain, {args.source} source{where}) by block size")
-        print(f"{'codebook':<{width}}  metric  " + "  ".join(f"{b:>9}" for b in sizes))
+        print(f"{'codebook':<{width}}  {'metric':<{m_width}}  " + "  ".join(f"{b:>9}" for b in sizes))
         for label, e in errors.items():
-            for m in ("mse", "mae"):
-                print(f"{label:<{width}}  {m:<6}  " + "  ".join(number(v, ">9.3e") for v in e[m]))
+            for m in keys:
+                print(f"{label:<{width}}  {metrics[m]:<{m_width}}  " + "  ".join(number(v, ">9.3e") for v in e[m]))
+        print(units_line(units.values()))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -18,12 +18,12 @@ from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..codebooks.codebook import Codebook, check_numbers
 from ..codebooks.require import refuse_name
 from ..numerics.losses import check_loss
-from ..scales import check_scaled_only, scaled_peak
+from ..scales import check_scaled_only, get_rule, scaled_peak
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
 
-__all__ = ["Evaluation", "evaluate", "cell_errors", "cell_probabilities"]
+__all__ = ["Evaluation", "evaluate", "normalized_unit", "cell_errors", "cell_probabilities"]
 
 
 def _edges(mu, levels):
@@ -96,6 +96,20 @@ class Evaluation:
             if d[key] is None:
                 del d[key]  # the absmax law's vocabulary is unchanged
         return d
+
+
+def normalized_unit(normalization: str, scale: Any = None) -> str:
+    """The unit of :func:`evaluate`'s normalised errors (an MSE's is its square) under ``normalization``
+    and the scale rule ``scale``: ``"σ"`` without normalisation (``y`` is the weight itself),
+    ``"qmax·s"`` in a scaled layout (the table is rescaled to largest magnitude ``qmax``, so ``y`` is
+    in units of what its largest entry decodes to, ``qmax`` times the block's scale ``s``), else
+    ``"absmax"`` (the block's largest ``|x|``: also under ``float32`` and nested statistics, which
+    encode with it)."""
+    if normalization == "none":
+        return "σ"
+    if scale is not None and get_rule(scale).layout == "scaled":
+        return "qmax·s"
+    return "absmax"
 
 
 def as_codebook(codebook: Any, who: str = "evaluate") -> Codebook:
