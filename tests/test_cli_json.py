@@ -148,6 +148,15 @@ def test_audit(capsys):
 
     for r in rows:  # `recipe` is the recipe object, as in a codebook object
         assert r["recipe"] == REGISTRY[r["name"]].codebook.recipe
+    # `details`: its fields are named in the row's cell, and float64_variants is keyed by the labels it lists
+    cell = next(line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| `details` |"))
+    keyed = {"float64_variants"}
+    got = set().union(*(paths(r["details"], keyed=keyed) for r in rows))
+    named = set(re.findall(r"`([^`]+)`", cell))
+    assert {"optimality.printed_vs_exact[].exact_4sig", "float64_variants.LABEL.max_ulp"} <= got   # the walk sees them
+    assert sorted({part.removesuffix("[]") for p in got for part in p.split(".")} - named - {"LABEL"}) == []
+    labels = {label for r in rows for label in r["details"].get("float64_variants", {})}
+    assert labels and labels <= named and "keyed by the variant's label" in cell
 
 
 def test_evaluate_model(capsys, tmp_path):
