@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
+import importlib.util
 import inspect
 import re
 import typing
@@ -191,38 +193,89 @@ def test_a_documented_dict_has_the_documented_keys():
 _ROLE = re.compile(r":(?:func|class|meth|data|mod|attr|exc):`([^`]+)`")
 
 
-def _quantbook_names() -> set[str]:
-    """Every name a quantbook module or class holds (dataclass fields too), and the modules' own."""
-    names: set[str] = set()
-    for name, module in _modules().items():
-        names |= set(name.split(".")) | set(vars(module))
-        for value in vars(module).values():
-            if inspect.isclass(value) and value.__module__.startswith("quantbook"):
-                names |= set(vars(value)) | set(getattr(value, "__annotations__", {}))
-    return names
-
-
-def _docstrings(module) -> list[tuple[int, str]]:
-    """``(line, docstring)`` of a module and of every class and function in its source."""
+def _docstrings(module) -> list[tuple[int, str, tuple[str, ...]]]:
+    """``(line, docstring, classes)`` of a module and of every class and function in its source,
+    ``classes`` the names of the classes it is in (a class's own included), outermost first."""
     tree = ast.parse(inspect.getsource(module))
-    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
-    return [(getattr(n, "lineno", 1), ast.get_docstring(n, clean=False) or "") for n in nodes]
+    found = [(1, ast.get_docstring(tree, clean=False) or "", ())]
+
+    def visit(node, classes):
+        for n in ast.iter_child_nodes(node):
+            inner = classes
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                inner = (*classes, n.name) if isinstance(n, ast.ClassDef) else classes
+                found.append((n.lineno, ast.get_docstring(n, clean=False) or "", inner))
+            visit(n, inner)
+
+    visit(tree, ())
+    return found
+
+
+def _walk(obj, parts: list[str]) -> bool:
+    """Whether ``obj.a.b...`` is there: an attribute, a submodule, or a dataclass field or annotation
+    (which a class need not hold as an attribute)."""
+    for part in parts:
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+        elif hasattr(obj, "__path__") and importlib.util.find_spec(f"{obj.__name__}.{part}"):
+            obj = importlib.import_module(f"{obj.__name__}.{part}")   # a package's submodule not yet loaded
+        elif inspect.isclass(obj) and (part in getattr(obj, "__dataclass_fields__", {}) or
+                                       part in vars(obj).get("__annotations__", {})):
+            obj = None   # a field's value: nothing further to walk
+        else:
+            return False
+    return True
+
+
+def _resolves(module, classes: tuple[str, ...], target: str) -> bool:
+    """Whether a reference resolves as Sphinx reads it here: a full dotted path ``quantbook.x.y``, a
+    path relative to the module's package (``.sibling.name``, ``..parent.name``, as an import
+    reads it), or a name the enclosing classes or the module itself hold."""
+    dots = len(target) - len(target.lstrip("."))
+    parts = target.lstrip(".").split(".")
+    if dots:
+        package = module.__name__ if hasattr(module, "__path__") else module.__name__.rpartition(".")[0]
+        parts = package.split(".")[:len(package.split(".")) - (dots - 1)] + parts
+    if parts[0] == "quantbook":   # the longest module of the path, then its attributes
+        # (quantbook.derive.lloyd is a module, though the package quantbook.derive holds the function lloyd)
+        k = 1
+        while k < len(parts) and hasattr(importlib.import_module(".".join(parts[:k])), "__path__") \
+                and importlib.util.find_spec(".".join(parts[:k + 1])):
+            k += 1
+        return _walk(importlib.import_module(".".join(parts[:k])), parts[k:])
+    scopes, obj = [], module
+    for name in classes:   # a method's docstring may name its class's other members
+        obj = getattr(obj, name, None)
+        scopes.append(obj)
+    return any(_walk(scope, parts) for scope in (*reversed(scopes), module) if scope is not None)
+
+
+def test_the_reading_of_references():
+    from quantbook.bulk.cpu import backend as cpu_backend
+    from quantbook.derive import metrics
+
+    assert _resolves(cpu_backend, (), "quantbook.numerics.parallel.unavailable")
+    assert _resolves(cpu_backend, (), "parallel.unavailable")             # the module imports parallel
+    assert not _resolves(cpu_backend, (), ".parallel.unavailable")        # quantbook.bulk.cpu has none
+    assert _resolves(cpu_backend, (), "..layouts") and _resolves(metrics, (), ".scaled.check_scale")
+    assert _resolves(metrics, ("Evaluation",), "mse_weight")              # a dataclass field, no attribute
+    assert not _resolves(metrics, (), "BlockDistribution")                # quantbook.derive's, not imported here
 
 
 def test_cross_references_name_what_is_there():
-    """``:meth:`reference_metrics``` in a docstring names something: each part of the target a
-    name that quantbook defines (where it is the project's), or a library that imports."""
-    import importlib.util
-
-    names = _quantbook_names()
+    """``:meth:`reference_metrics``` in a docstring names something, where it is written: a full
+    dotted path (``quantbook.x.y``), a path relative to its module's package, or a name its module
+    or class holds (a name that only some other module holds resolves nowhere); or a library that
+    imports (``numpy.ndarray``)."""
     stale, seen = [], 0
     for module_name, module in _modules().items():
-        for line, doc in _docstrings(module):
+        for line, doc, classes in _docstrings(module):
             for target in _ROLE.findall(doc):
-                parts = target.split("<")[-1].rstrip(">").lstrip("~!.").split(".")
+                target = target.split("<")[-1].rstrip(">").lstrip("~!")
                 seen += 1
-                if parts[0] != "quantbook" and importlib.util.find_spec(parts[0]):
+                head = target.split(".")[0]
+                if head and head != "quantbook" and head not in vars(module) and importlib.util.find_spec(head):
                     continue   # numpy.ndarray, scipy.stats, os.PathLike
-                if not all(p in names for p in parts if p != "quantbook"):
+                if not _resolves(module, classes, target):
                     stale.append(f"{module_name}:{line}: {target}")
     assert seen > 500 and stale == []

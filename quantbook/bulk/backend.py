@@ -1,7 +1,7 @@
 """The backend seam: one interface, registered implementations.
 
 A backend computes the bytes of :mod:`quantbook.bulk.format` and nothing else; checks,
-codebook names, non-finite handling, nested statistics and the :class:`QuantState` live in
+codebook names, non-finite handling, nested statistics and the :class:`quantbook.bulk.state.QuantState` live in
 :mod:`quantbook.bulk.api`.  A subclass registers itself by naming itself::
 
     class MyBackend(Backend, name="mine"):

@@ -2,7 +2,7 @@
 layout of :mod:`.layouts`, computed by a backend that implements it (docs/scales.md).
 
 Steps: the backend's block maxima; the rule's tensor scale (from their maximum); the
-backend's stored block scales and divisors (:meth:`Backend.scaled_scales`: the rule itself, or
+backend's stored block scales and divisors (:meth:`quantbook.bulk.backend.Backend.scaled_scales`: the rule itself, or
 its step table, :mod:`quantbook.scales.steps`); the backend's encode.  A search rule has the
 backend measure every candidate's block errors (:func:`quantbook.scales.search.block_errors`, so every
 backend picks alike), keeps per block the candidate the rule picks, and encodes once with

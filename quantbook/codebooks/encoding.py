@@ -1,6 +1,6 @@
 """The encoder of a code table, defined once (the rule is stated in docs/format.md, "Encoder").
 
-Used by :meth:`Codebook.encode`, by every bulk backend and by the exported C/CUDA headers,
+Used by :meth:`quantbook.codebooks.codebook.Codebook.encode`, by every bulk backend and by the exported C/CUDA headers,
 so that all of them give the same code for the same value: float32 midpoints of the stably
 sorted table, ``index = order[#{bounds < y}]`` (a value on a midpoint goes to the lower
 value), with a ``float64`` variant for exact-arithmetic uses.

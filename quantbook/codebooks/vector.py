@@ -7,7 +7,8 @@ scalar table held in this shape.
 
 Nearest means least squared Euclidean distance, computed in float64 from the float32 points;
 a tie goes to the lowest index.  The rule is stated here once; every consumer (bulk
-quantization, the derivation's assignment step, the audit) must agree with :meth:`nearest`.
+quantization, the derivation's assignment step, the audit) must agree with
+:meth:`quantbook.codebooks.vector.VectorCodebook.nearest`.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ class Source:
 
     def moment(self, k: int) -> float:
         """``E[X**k]`` (k = 0, 1, 2).  Where ``E|X|**k`` diverges: ``inf`` for an even ``k``,
-        NaN for an odd one (both halves infinite: no value), as :class:`BlockDistribution`."""
+        NaN for an odd one (both halves infinite: no value), as :class:`quantbook.derive.block.BlockDistribution`."""
         _check_order(k)
         if k >= self.moment_limit:
             return math.inf if k % 2 == 0 else math.nan

@@ -23,7 +23,7 @@ _F = np.float32
 
 def unavailable() -> str | None:
     """Why the numba kernels of the cpu backends (block-wise and vector) cannot run here, or None:
-    :func:`.parallel.unavailable`, or numba's compiler switched off.  The kernels read and store
+    :func:`quantbook.numerics.parallel.unavailable`, or numba's compiler switched off.  The kernels read and store
     16-bit values through overloads that exist only compiled, and their 4-bit encoder counts
     ``bounds < y`` by adding comparisons, which numba types as integers and numpy's booleans
     would OR: run as Python they would not give the format's bytes."""
