@@ -192,7 +192,7 @@ def test_a_number_for_levels_is_shown_as_given():
      "thresholds must be 'float64' or 'float32', got 'f16'"),
     (lambda: Codebook.from_dict({"levels": [-1.0, 1.0]}), "codebook object lacks bits"),
 ])
-def test_more_validation_errors(make, message):
+def test_more_codebook_validation_errors(make, message):
     with pytest.raises(CodebookError, match="^" + message + "$"):
         make()
 

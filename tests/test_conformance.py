@@ -270,7 +270,7 @@ def test_dtype_and_shape_preserved(be, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", [{}, {"nested": True}, {"codebook": "e2m1", "block_size": 16, "scale": "e4m3"}],
                          ids=["float32", "nested", "e4m3"])
-def test_a_state_dtype_in_the_other_byte_order_is_refused(be, dtype, layout):
+def test_a_block_state_dtype_in_the_other_byte_order_is_refused(be, dtype, layout):
     """quantize refuses byte-swapped input, so such a dtype comes only from a state made or
     edited by hand: one line, not byte-swapped values on one backend and a numba TypingError
     on another."""

@@ -142,7 +142,7 @@ def test_cli_quantile_and_evaluate(capsys, tmp_path):
     ["evaluate", "nosuch"],
     ["evaluate", "nf4", "--normalization", "max"],
 ])
-def test_cli_errors_are_one_line(capsys, argv):
+def test_evaluate_s_errors_are_one_line(capsys, argv):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
 

@@ -368,7 +368,7 @@ def test_host_work_benchmark_runs(cp, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, tmp_path, nested):
+def test_evaluate_model_on_the_emulated_gpu_is_the_host_report(monkeypatch, tmp_path, nested):
     """evaluate-model --backend gpu (and auto, which picks the GPU when one is usable): each
     tensor goes to the device, the same bytes come out, so every number of the report is the
     numpy backend's (float32 and float16 tensors, a ragged one, a Hadamard rotation, which

@@ -51,7 +51,7 @@ def test_every_kernel_compiles_to_sass(nvrtc, arch):
         assert name.encode() in cubin, name
 
 
-def test_ptx_is_plain_ieee_float32(nvrtc):
+def test_the_block_kernels_ptx_is_plain_ieee_float32(nvrtc):
     """No FMA contraction, no flush-to-zero, IEEE division only, no local-memory spills."""
     ptx = compile_source(K.source(SAMPLE), "compute_90", output="ptx").decode()
     entries = re.split(r"\.entry ", ptx)[1:]

@@ -70,7 +70,7 @@ def test_torch_cuda_tensors_without_host_copy():
 
 @pytest.mark.parametrize("scale, B, names", [(None, 64, "nf4,nf2,nf8"), ("e4m3", 16, "e2m1,nf4"),
                                             (None, 64, "nf4,higgs-2d-256")])
-def test_evaluate_model_on_the_gpu_is_the_host_report(tmp_path, scale, B, names):
+def test_evaluate_model_on_a_real_device_is_the_host_report(tmp_path, scale, B, names):
     """evaluate-model --backend gpu on the real device: the report of the numpy backend,
     number for number (tests/test_gpu_backend_fake.py, test_gpu_scaled.py and test_vq_gpu.py
     check the same through the emulator)."""
@@ -108,7 +108,7 @@ def test_vector_quantization_is_the_host_result(rotate):
 
 
 @pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
-def test_scales_are_rounded_on_the_device(scale_dtype):
+def test_vector_group_scales_are_rounded_on_a_real_device(scale_dtype):
     """The group statistics and their stored scales, rounded by the kernel: numpy's."""
     import cupy as cp
 
@@ -181,7 +181,7 @@ def test_vector_quantization_of_device_arrays(dtype):
     assert bits_equal(_host(cast_gpu(cp.asarray(nans), dt)).view(np.uint16), want)
 
 
-def test_the_rounding_of_float64_to_16_bits_on_the_device():
+def test_the_rounding_of_float64_to_16_bits_on_a_real_device():
     """qbv_cast64 on the hardware (what a rotated 16-bit tensor's values are rounded with):
     numpy's float16 and ml_dtypes' bfloat16 bits, NaNs included."""
     import cupy as cp

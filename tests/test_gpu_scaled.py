@@ -460,7 +460,7 @@ def test_kernels_fit_their_registers(nvrtc):
     assert cubin[:4] == b"\x7fELF" and all(n.encode() in cubin for n in SK.all_kernel_names())
 
 
-def test_ptx_is_plain_ieee_float32(nvrtc):
+def test_the_scaled_kernels_ptx_is_plain_ieee_float32(nvrtc):
     """No FMA contraction, no flush-to-zero, IEEE division only, no local memory (the
     thresholds stay in registers)."""
     ptx = compile_source(SK.source(), "compute_90", output="ptx", use_cache=True).decode()
@@ -474,7 +474,7 @@ def test_ptx_is_plain_ieee_float32(nvrtc):
             assert "div.rn.f32" in body, name
 
 
-def test_source_subset_and_unknown_names():
+def test_scaled_kernel_source_subset_and_unknown_names():
     src = SK.source([SK.decode_name("f16")])
     assert "qbs_decode_f16(" in src and "qbs_encode_f16(" not in src
     with pytest.raises(ValueError, match="unknown kernel"):
@@ -546,7 +546,7 @@ def test_stored_scales_are_checked_on_the_device(fake_cp, monkeypatch):
 
 
 @pytest.mark.parametrize("rule, B", [("e4m3", 16), ("e8m0:floor", 32)])
-def test_evaluate_model_on_the_gpu_is_the_host_report(monkeypatch, emu, tmp_path, rule, B):
+def test_evaluate_model_in_a_scaled_layout_on_the_emulated_gpu_is_the_host_report(monkeypatch, emu, tmp_path, rule, B):
     """evaluate-model --backend gpu --scale RULE: the scaled layouts' report is the numpy
     backend's, number for number (the rotation by the vector kernels, on the device)."""
     from quantbook.bulk.gpu import vq as GV

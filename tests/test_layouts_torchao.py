@@ -289,7 +289,7 @@ def test_scale_overflow_and_underflow():
         qb.quantize(np.full(32, 1e-39, np.float32), "e2m1", 32, scale="bfloat16")
 
 
-def test_bad_arguments():
+def test_bad_scale_rule_arguments_of_quantize():
     x = np.ones(64, np.float32)
     with pytest.raises(ValueError, match="unknown scale rule"):
         qb.quantize(x, "e2m1", 32, scale="e5m2")

@@ -181,7 +181,7 @@ def test_quantile_code_shares_levels_like_nf4_and_has_equal_mc_probabilities():
     assert np.allclose(frac, np.arange(1, 8) / 8, atol=3e-3)
 
 
-def test_bad_arguments():
+def test_bad_arguments_of_lloyd():
     for kw in (dict(bits=0), dict(bits=9), dict(loss="l3"), dict(domain="x"), dict(normalization="max"),
                dict(block_size=1), dict(bits=1), dict(fixed=(2.0,)), dict(source="cauchy"),
                dict(symmetric=True, fixed=(0, 1)), dict(source="student-t:1.5")):

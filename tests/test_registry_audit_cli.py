@@ -22,7 +22,7 @@ def test_every_registry_table_loads_with_source():
         assert cb.n_levels <= 2**cb.bits
 
 
-def test_the_registry_is_read_only():
+def test_the_scalar_registry_is_read_only():
     """REGISTRY is one mapping every caller shares, and no way to register a table (a table of
     one's own is a Codebook or its JSON file): an entry a caller replaced or removed was so
     for the rest of the process.  The oracle: bitsandbytes' NF4 value, as published."""

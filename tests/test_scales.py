@@ -35,7 +35,7 @@ def test_registry_and_names():
 @pytest.mark.parametrize("name,block,bpw", [("e4m3", 16, 4.5), ("e8m0:floor", 32, 4.25),
                                             ("float16", 32, 4.5), ("float32", 64, 4.5),
                                             ("search:4over6", 16, 4.5)])
-def test_bits_per_weight(name, block, bpw):
+def test_a_scale_rule_s_bits_per_weight(name, block, bpw):
     # NVFP4 4.5, MXFP4 4.25 (OCP MX v1.0), ggml IQ4_NL 4.5, bitsandbytes NF4 at 64: 4.5
     assert get_rule(name).bits_per_weight(block) == bpw
 

@@ -169,7 +169,7 @@ def test_huge_values_and_outliers(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_a_state_dtype_in_the_other_byte_order_is_refused(backend, dtype):
+def test_a_vector_state_dtype_in_the_other_byte_order_is_refused(backend, dtype):
     """A byte-swapped dtype (a state edited by hand) is one line on every backend, not
     byte-swapped values on one and a numba TypingError on another."""
     x = _rng(6).standard_normal((2, 64)).astype(dtype)

@@ -97,7 +97,7 @@ def test_nearest_and_decode_reject_bad_input():
         cb.decode([0.5])
 
 
-def test_bits_per_weight():
+def test_a_vector_codebook_s_bits_per_weight():
     cb = get_vector("higgs-2d-256")
     assert cb.index_bits == 8
     assert cb.bits_per_weight(scale_bits=0) == 4.0
@@ -234,12 +234,12 @@ def test_replace_repr_and_equality():
      "scale_bits must be >= 0, got -1"),
     (lambda: VectorCodebook.from_dict([1]), "a vector codebook must be a JSON object"),
 ])
-def test_more_validation_errors(make, message):
+def test_more_vector_codebook_validation_errors(make, message):
     with pytest.raises(VectorCodebookError, match="^" + message):
         make()
 
 
-def test_the_registry_is_read_only():
+def test_the_vector_registry_is_read_only():
     """vector_registry() is one mapping every caller shares (cached): an entry a caller removed
     or replaced was gone for the rest of the process.  The oracle: the data file's grid."""
     from quantbook.codebooks.vector_registry import vector_registry

@@ -145,7 +145,7 @@ def test_cli_json_and_table(model_file, capsys):
     (["-c", "higgs-2d-256", "--rotate", "hadamard:256"], "the Hadamard size 256 does not divide"),
     (["-c", "higgs-9d-1"], "unknown codebook"),
 ])
-def test_cli_errors_are_one_line(model_file, capsys, argv, msg):
+def test_evaluate_model_s_vector_errors_are_one_line(model_file, capsys, argv, msg):
     path, _ = model_file
     assert main(["evaluate-model", str(path), *argv]) == 2
     captured = capsys.readouterr()

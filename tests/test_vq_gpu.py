@@ -128,7 +128,7 @@ def test_group_statistics(cp, rule, group):
 
 
 @pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
-def test_scales_are_rounded_on_the_device(cp, scale_dtype):
+def test_vector_group_scales_are_rounded_on_the_emulated_device(cp, scale_dtype):
     """The stored scale is numpy's rounding of the float64 statistic, once, at float16's
     rounding edges (:func:`gpu_cases.scale_rounding_cases`)."""
     for v, group, rule in scale_rounding_cases():
@@ -388,7 +388,7 @@ def test_the_rounding_to_16_bits_on_the_device(cp):
     assert bits_equal(GV.cast_gpu(fake_device(y), np.float32), y)
 
 
-def test_the_rounding_of_float64_to_16_bits_on_the_device(cp):
+def test_the_rounding_of_float64_to_16_bits_on_the_emulated_device(cp):
     """float64 to float16 as numpy rounds it (once, to nearest even) and to bfloat16 as
     ml_dtypes does (to float32 first: 1 + 2^-8 + 2^-30 lands on a tie there and goes to 1,
     where one rounding would go up): ties, sticky bits beyond float32, subnormals of each
@@ -537,7 +537,7 @@ def test_the_kernels_compile_to_sass(nvrtc, arch):
     assert cubin[:4] == b"\x7fELF" and all(n.encode() in cubin for n in VK.all_kernel_names())
 
 
-def test_source_subset_and_unknown_names():
+def test_vector_kernel_source_subset_and_unknown_names():
     src = VK.source(["qbv_decode"])
     assert "qbv_decode(" in src and "qbv_encode(" not in src
     with pytest.raises(ValueError, match="unknown kernel"):
