@@ -12,10 +12,10 @@
 """
 
 from . import reference, cpu, gpu  # noqa: F401,I001  (each registers its backend)
-from .api import CodebookRangeWarning, backend_names, dequantize, quantize, resolve_codebook
+from .api import CodebookRangeWarning, dequantize, quantize, resolve_codebook
 from .backend import BACKENDS, Backend
 from .state import QuantState
 from .vq import VQState, dequantize_vq, quantize_vq
 
 __all__ = ["quantize", "dequantize", "QuantState", "resolve_codebook", "Backend", "BACKENDS",
-           "backend_names", "quantize_vq", "dequantize_vq", "VQState", "CodebookRangeWarning"]
+           "quantize_vq", "dequantize_vq", "VQState", "CodebookRangeWarning"]

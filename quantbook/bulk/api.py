@@ -25,14 +25,9 @@ from .scaled import dequantize_scaled, quantize_scaled
 from .state import QuantState, dtype_from_name, dtype_name
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, get_rule
 
-__all__ = ["quantize", "dequantize", "resolve_codebook", "backend_names", "host_backend", "CodebookRangeWarning"]
+__all__ = ["quantize", "dequantize", "resolve_codebook", "host_backend", "CodebookRangeWarning"]
 
 _F = np.float32
-
-
-def backend_names() -> tuple[str, ...]:
-    """``"auto"`` and every registered backend."""
-    return ("auto", *BACKENDS)
 
 
 def resolve_codebook(codebook: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> Codebook:

@@ -23,12 +23,12 @@ from numba import prange
 from ..numerics.kernel_cache import cached_njit
 from ..numerics.parallel import parallel_njit
 
-__all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "PSI1", "ONE_THREAD_PAIRS"]
+__all__ = ["grid", "sums", "SEGMENT", "PDF", "PSI0", "ONE_THREAD_PAIRS"]
 
 #: grid cells per knot (a cell of the bulk then holds a few knots at most), and the most cells
 _CELLS_PER_KNOT, _MAX_CELLS = 4, 1 << 22
-#: what :func:`sums` adds up: the knot segment, the density, the partial moment Ψ_0 or Ψ_1
-SEGMENT, PDF, PSI0, PSI1 = 0, 1, 2, 3
+#: what :func:`sums` adds up: the knot segment, the density, the partial moment Ψ_k (k = 0, 1) at PSI0 + k
+SEGMENT, PDF, PSI0 = 0, 1, 2
 #: the widest cell :func:`sums` halves: its halvings are written out down from 2^19, so this
 #: and they change together
 MAX_WIDTH = 1 << 20
@@ -76,7 +76,7 @@ def _value(what, s, x, v, xk, dens, P, P0, lo, hi):
         return dens[s] if lo <= x < hi else 0.0
     if what == PSI0:
         return P[s] + dens[s] * (v - xk[s]) - P0   # numpy's "/ 1" changes no bit
-    return P[s] + dens[s] * (v * v - xk[s] * xk[s]) / 2 - P0
+    return P[s] + dens[s] * (v * v - xk[s] * xk[s]) / 2 - P0   # PSI0 + 1: Ψ_1
 
 
 @parallel_njit(nogil=True)

@@ -18,8 +18,7 @@ import os
 import struct
 from pathlib import Path
 
-__all__ = ["NVRTC_OPTIONS", "NvrtcUnavailable", "load_nvrtc", "nvrtc_version", "compile_source",
-           "cache_dir"]
+__all__ = ["NVRTC_OPTIONS", "NvrtcUnavailable", "load_nvrtc", "compile_source", "cache_dir"]
 
 #: Options every kernel is compiled with: one IEEE float32 operation per source operation
 #: (no FMA contraction, no flush-to-zero, correctly rounded division), as numpy computes.
@@ -75,11 +74,6 @@ def load_nvrtc():
     raise NvrtcUnavailable(
         "cannot load NVRTC through CuPy (pip install cupy-cuda12x nvidia-cuda-nvrtc-cu12): "
         f"{type(first_error).__name__}: {first_error}")
-
-
-def nvrtc_version() -> tuple[int, int]:
-    """NVRTC's version, ``(major, minor)``."""
-    return tuple(load_nvrtc().getVersion())
 
 
 def supported_archs() -> list[int]:

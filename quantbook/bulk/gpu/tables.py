@@ -34,7 +34,7 @@ from ..format import check_code_table, code_encoder
 
 __all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "bucket_index",
            "fine_layout", "MAX_TABLE", "BUCKET_SHIFT", "N_BUCKETS", "FINE_SHIFT", "N_FINE", "FINE_LOW",
-           "BUCKET_BYTES", "MAX_STEPS"]
+           "BUCKET_BYTES"]
 
 MAX_TABLE = 256
 #: coarse layout: ``y``'s float32 bits are shifted right by this much to index the table
@@ -49,8 +49,6 @@ FINE_LOW = N_FINE // 2 - 1
 BUCKET_BYTES = 2 * N_BUCKETS
 if BUCKET_BYTES != N_FINE:   # the kernel copies BUCKET_BYTES of either table; not an assert, which -O strips
     raise ImportError(f"the fine table ({N_FINE} bytes) and the coarse one ({BUCKET_BYTES}) must be the same size")
-#: the most compares a value can need: a table of 256 codes
-MAX_STEPS = 8
 
 
 @dataclass(frozen=True)
