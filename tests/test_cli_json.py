@@ -149,7 +149,8 @@ def test_audit(capsys):
     for r in rows:  # `recipe` is the recipe object, as in a codebook object
         assert r["recipe"] == REGISTRY[r["name"]].codebook.recipe
     # `details`: its fields are named in the row's cell, and float64_variants is keyed by the labels it lists
-    cell = next(line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| `details` |"))
+    lines = checkout_path(*DOC).read_text(encoding="utf-8").splitlines()
+    cell = next(line for line in lines if line.startswith("| `details` |"))
     keyed = {"float64_variants"}
     got = set().union(*(paths(r["details"], keyed=keyed) for r in rows))
     named = set(re.findall(r"`([^`]+)`", cell))
