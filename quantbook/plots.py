@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .io.files import check_output_path, name_text, write_output
-from .scales import DEFAULT_QMAX
+from .scales import DEFAULT_QMAX, layout_qmax
 
 __all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_model_quality", "plot_format",
            "check_plot_path", "SWEEP_BLOCK_SIZES"]
@@ -217,8 +217,9 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
             ax.plot(bs, errors[label][key], marker=marker, ls=line, ms=3, lw=1.3, color=color, label=_plain(label))
     src = _plain(getattr(source, "spec", source))
     # the layout is part of what the numbers mean
-    layout = "" if scale is None else (f", scale {getattr(scale, 'name', scale)}, qmax "
-                                       f"{DEFAULT_QMAX if qmax is None else qmax:g}")
+    shown_qmax = layout_qmax(scale, DEFAULT_QMAX if qmax is None else qmax)
+    layout = "" if scale is None else (f", scale {getattr(scale, 'name', scale)}"
+                                       + ("" if shown_qmax is None else f", qmax {shown_qmax:g}"))
     norm = "" if normalization == "absmax" else f", {normalization}"
     from .derive.metrics import normalized_unit
 

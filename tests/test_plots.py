@@ -235,14 +235,17 @@ def test_a_sweep_s_normalised_axis_names_evaluate_s_unit(monkeypatch, tmp_path):
 
     figs = _drawn(monkeypatch)
     cbs = [("nf4", resolve_codebook("nf4"))]
-    labels = {}
+    labels, titles = {}, {}
     for scale in (None, "float32", "nested", "e4m3"):
         got = plot_sweep(cbs, tmp_path / "s.png", block_sizes=[16, 64], domain="normalized", scale=scale)
         labels[scale] = [ax.get_ylabel() for ax in figs[-1].axes]
+        titles[scale] = figs[-1]._suptitle.get_text()
         if scale == "float32":
             assert np.array_equal(got["nf4"]["mse"], sweep_errors(cbs[0][1], [16, 64], domain="normalized")["mse"])
     assert labels[None] == labels["float32"] == labels["nested"] == ["MSE of y = x/absmax", "MAE of y = x/absmax"]
     assert labels["e4m3"] == ["MSE of x / (qmax · scale)", "MAE of x / (qmax · scale)"]
+    # a qmax only where the layout has one (bitsandbytes' layouts map each block to ±1)
+    assert [("qmax" in titles[s]) for s in (None, "float32", "nested", "e4m3")] == [False, False, False, True]
 
 
 @needs_mpl

@@ -72,7 +72,7 @@ def _check_layout(scale: str | None, qmax: float | None) -> dict:
     nested statistics, not search rules).  ``None`` stands for what does not apply (no rule:
     the exact float32 absmax; no qmax for it), so the JSON keeps one vocabulary."""
     from ..derive.scaled import check_scale
-    from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only
+    from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_only, layout_qmax
 
     try:
         rule = None if scale is None else check_scale(scale)
@@ -83,9 +83,7 @@ def _check_layout(scale: str | None, qmax: float | None) -> dict:
         q = DEFAULT_QMAX if qmax is None else check_qmax(qmax)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if rule is None or rule.layout == "bnb":  # float32: the exact absmax, the default sweep
-        return {"scale": None if rule is None else rule.name, "qmax": None}
-    return {"scale": rule.name, "qmax": q}
+    return {"scale": None if rule is None else rule.name, "qmax": layout_qmax(rule, q)}
 
 
 def _cmd_plot_sweep(args) -> int:

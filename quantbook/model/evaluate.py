@@ -57,7 +57,7 @@ from ..io.safetensors import TensorInfo, open_safetensors
 from ..io.text import label_width, number
 from ..numerics import hadamard
 from ..numerics.arguments import check_flag, check_int, check_names, host_array
-from ..scales import DEFAULT_QMAX
+from ..scales import DEFAULT_QMAX, layout_qmax
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
            "sums_where_made", "resolve_scale", "check_backend", "VQOptions", "TensorInputs", "Layout", "BlockLayout",
@@ -581,12 +581,6 @@ def scale_label(scale: str, qmax: float) -> str:
     if scale == "float32":
         return "float32 absmax"
     return f"{scale} scales (qmax {qmax:g})"
-
-
-def layout_qmax(scale: str, qmax: float) -> float | None:
-    """A report's ``qmax`` as its JSON writes it: None under bitsandbytes' layouts (``float32``,
-    ``nested``), which map each block to ±1 and have no qmax."""
-    return None if scale in ("float32", "nested") else float(qmax)
 
 
 def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: int = DEFAULT_BLOCK_SIZE,

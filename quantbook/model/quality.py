@@ -62,9 +62,9 @@ from ..io.progress import progress_bar, progress_enabled
 from ..io.safetensors import split_globs
 from ..io.text import number
 from ..numerics.arguments import check_flag, is_int
-from ..scales import DEFAULT_QMAX
+from ..scales import DEFAULT_QMAX, layout_qmax
 from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
-                       layout_qmax, make_layout, parse_rotations, resolve_scale, rotation_size, row_label,
+                       make_layout, parse_rotations, resolve_scale, rotation_size, row_label,
                        scale_label, sums_where_made)
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",

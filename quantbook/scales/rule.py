@@ -32,6 +32,7 @@ from ..numerics.arguments import is_int
 from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
+           "layout_qmax",
            "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_values"]
 
 #: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
@@ -231,6 +232,13 @@ def check_scaled_only(rule: "ScaleRule | None", **given: bool) -> None:
         raise ValueError(f"{', '.join(named[:-1]) + ' and ' if len(named) > 1 else ''}{named[-1]} {verb} "
                          f"only with a rule of the scaled layouts ({rule_spellings(lambda r: r.layout == 'scaled')});"
                          " float32 and nested keep bitsandbytes' exact absmax")
+
+
+def layout_qmax(rule: Any, qmax: float = DEFAULT_QMAX) -> float | None:
+    """The qmax a result under ``rule`` (a rule, its name, or None) states: ``qmax`` under a rule of
+    the scaled layouts, None under bitsandbytes' layout (no rule, float32, nested), which maps
+    each block to ±1 and has none."""
+    return float(qmax) if rule is not None and get_rule(rule).layout == "scaled" else None
 
 
 #: the scaled layouts store 4-bit codes
