@@ -2,6 +2,7 @@
 
 import ast
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import quantbook.cli
+from quantbook.codebooks import REGISTRY
 from quantbook.cli import build_parser, main
 
 from checkout import pyproject
@@ -34,6 +36,20 @@ def test_console_script_and_module_entry_points():
     r = subprocess.run([sys.executable, "-m", "quantbook.cli", "list"], capture_output=True, text=True,
                        env=_env(), timeout=120)
     assert r.returncode == 0 and "nf4" in r.stdout and r.stderr == ""
+
+
+@pytest.mark.parametrize("module", ["quantbook", "quantbook.cli"])
+def test_python_m_runs_the_command_line(module):
+    """``python -m quantbook`` and ``python -m quantbook.cli`` are the ``quantbook`` command:
+    its output, its one-line errors and exit statuses."""
+    ok = subprocess.run([sys.executable, "-m", module, "show", "nf4", "--json"], capture_output=True, text=True,
+                        env=_env(), timeout=120)
+    assert ok.returncode == 0 and ok.stderr == ""
+    assert json.loads(ok.stdout)["levels"] == [float(v) for v in REGISTRY["nf4"].codebook.levels]
+    bad = subprocess.run([sys.executable, "-m", module, "show", "no-such-table"], capture_output=True, text=True,
+                         env=_env(), timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("quantbook: error:") \
+        and bad.stderr.count("\n") == 1
 
 
 def test_pyproject_declares_the_console_script():
