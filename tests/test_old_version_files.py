@@ -155,3 +155,19 @@ def test_old_state_decoded_by_hand(name):
     values = (d["quant_map"][index[:n]] * d["absmax"][block]).astype(np.float32).astype(str(d["dtype"]))
     y = dequantize(z["packed"], QuantState.from_dict(d)).reshape(-1)
     np.testing.assert_array_equal(y.view(np.uint8), values.view(np.uint8))
+
+
+@pytest.mark.parametrize("name, builtin", [("6e32536/state_nf4_float64.npz", False),
+                                           ("e6a7d06/state_nf4_e8m0.npz", False),
+                                           ("6e32536/state_nf4_nested.npz", True)])
+def test_an_old_state_keeps_bitsandbytes_type_name_only_for_its_table_and_layout(name, builtin):
+    # bitsandbytes decodes quant_type nf4 with its own table, whatever quant map is stored: an
+    # old state said nf4 for a float64 NF4 derived as "nf4", and for NF4 in E8M0's scaled layout
+    # (its map is NF4 times qmax = 6, its absmax E8M0 bytes)
+    z, d = _state(DATA / name)
+    assert str(d["quant_type"]) == "nf4"
+    nf4 = BNB_NF4 * np.float32(6 if "scale_rule" in d else 1)
+    is_nf4 = np.array_equal(np.asarray(d["quant_map"], np.float32).view(np.uint32), nf4.view(np.uint32))
+    assert is_nf4 == (name != "6e32536/state_nf4_float64.npz")
+    st = QuantState.from_dict(d)
+    assert st.quant_type == st.as_dict()["quant_type"] == ("nf4" if builtin else "custom-nf4")

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..codebooks.bnb import stored_quant_type
 from ..numerics.arguments import bfloat16, host_array, one_line
 from ..numerics.reals import real_kind
 from ..scales import get_rule
@@ -371,7 +372,9 @@ class QuantState:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantState":
         """Inverse of :meth:`as_dict`; also accepts bitsandbytes' unpacked ``as_dict()``
-        (torch tensors, ``"torch.float16"``-style dtypes)."""
+        (torch tensors, ``"torch.float16"``-style dtypes).  A ``quant_type`` that names a
+        bitsandbytes type the stored table is not is read as ``custom-`` before it
+        (:func:`quantbook.codebooks.bnb.stored_quant_type`)."""
         if not isinstance(d, Mapping):
             raise ValueError("QuantState.from_dict needs a mapping")
         missing = [k for k in ("absmax", "blocksize", "quant_map", "dtype", "shape") if k not in d]
@@ -396,13 +399,14 @@ class QuantState:
             absmax = _stored_array(d["absmax"], np.dtype(rule.stored_dtype))
         else:
             absmax = _array("absmax", d["absmax"], np.uint8 if nested else np.float32)
+        code = _array("quant_map", d["quant_map"], np.float32)
         st = cls(
             absmax=absmax,
             shape=shape,
             dtype=dtype_from_name(d["dtype"]),
             blocksize=blocksize,
-            code=_array("quant_map", d["quant_map"], np.float32),
-            quant_type=str(d.get("quant_type") or "custom"),
+            code=code,
+            quant_type=stored_quant_type(str(d.get("quant_type") or "custom"), code, layout_bnb=rule is None),
             bits=bits,
         )
         if rule is not None:

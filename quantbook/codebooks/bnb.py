@@ -19,7 +19,7 @@ from .codebook import Codebook
 from .registry import REGISTRY
 from .require import require_codebook
 
-__all__ = ["BNB_TYPES", "bnb_quant_type", "CodebookRangeWarning", "warn_beyond_absmax"]
+__all__ = ["BNB_TYPES", "bnb_quant_type", "stored_quant_type", "CodebookRangeWarning", "warn_beyond_absmax"]
 
 #: bitsandbytes' built-in 4-bit types and the registry tables bit-identical to each (its CUDA
 #: table, and the FP4 its CPU backend rounds)
@@ -32,15 +32,34 @@ def bnb_quant_type(cb: Codebook, name: str | None = None, layout_bnb: bool = Tru
     ``name`` (default the codebook's) and False, with ``custom-`` before a name bitsandbytes
     would read as a built-in type."""
     require_codebook(cb, "bnb_quant_type")
-    if check_flag(layout_bnb, "layout_bnb"):
-        bits = cb.code_f32.view(np.uint32)
-        for qt, entries in BNB_TYPES.items():
-            for entry in entries:
-                ref = REGISTRY[entry].codebook.code_f32.view(np.uint32)
-                if ref.shape == bits.shape and np.array_equal(ref, bits):
-                    return qt, True
+    builtin = _builtin_type(cb.code_f32) if check_flag(layout_bnb, "layout_bnb") else None
+    if builtin is not None:
+        return builtin, True
     label = cb.name if name is None else name
     return (f"custom-{label}" if label.lower() in BNB_TYPES else label), False
+
+
+def stored_quant_type(quant_type: str, code_f32: np.ndarray, layout_bnb: bool) -> str:
+    """The ``quant_type`` a stored state is read with: ``quant_type`` itself, unless it names a
+    built-in type (any case) that the float32 table ``code_f32`` in this layout is not, which
+    gets ``custom-`` before it, as :func:`bnb_quant_type` names such a table.  quantbook's
+    states before that rule named any table called ``nf4`` or ``fp4`` so (a float64 NF4, a
+    scaled layout's table), and bitsandbytes decodes those names with its own tables."""
+    if quant_type.lower() not in BNB_TYPES:
+        return quant_type
+    builtin = _builtin_type(code_f32) if layout_bnb else None
+    return quant_type if builtin == quant_type else f"custom-{quant_type}"
+
+
+def _builtin_type(code_f32: np.ndarray) -> str | None:
+    """The built-in type whose table ``code_f32`` (float32, stored order) is bit for bit, or None."""
+    bits = np.ascontiguousarray(code_f32, dtype=np.float32).view(np.uint32)
+    for qt, entries in BNB_TYPES.items():
+        for entry in entries:
+            ref = REGISTRY[entry].codebook.code_f32.view(np.uint32)
+            if ref.shape == bits.shape and np.array_equal(ref, bits):
+                return qt
+    return None
 
 
 class CodebookRangeWarning(UserWarning):
