@@ -1,13 +1,14 @@
-"""Every quantbook command in README.md and docs/*.md runs as written.
+"""Every quantbook command in README.md, docs/*.md and the command line's ``--help`` runs as written.
 
-The commands are read from the markdown itself, so a flag renamed in the code or a command added
-to the docs is checked without editing this file:
+The commands are read from the markdown and the help texts themselves, so a flag renamed in the
+code or a command added to the docs is checked without editing this file:
 
 * indented code blocks (outside ``` fences): the lines that run ``quantbook``, a benchmark or
   ``python -c``, with ``\\`` continuations joined, and the shell variables the page sets before
   them (``M=$(python -c "...")``);
 * inline spans that begin with ``quantbook``, ``python -m quantbook.cli`` or ``python benchmarks/``,
-  and spans that begin with a sub-command and name its options (``evaluate-model --rotate``);
+  and spans that begin with a sub-command and name its options (``evaluate-model --rotate``),
+  in the markdown and in every command's ``--help`` text (its description, epilog and options);
 * the ```` ```python ```` blocks.
 
 A synopsis (``[--json]``, ``NAME|FILE.json``, ``--loss l1|l2``, ``…``) must name a command and its
@@ -154,17 +155,38 @@ def collect() -> list[Snippet]:
                 kind = _kind(line)
                 for variant in _variants(line) if kind == "cli" else [line] if kind else []:
                     page.append(Snippet(f"{path.name}:{n}", kind, variant, env=tuple(env.items())))
-        for m in re.finditer(r"`([^`\n]+(?:\n[^`\n]+)*)`", text):
-            span, n = " ".join(m.group(1).split()), text.count("\n", 0, m.start()) + 1
-            if span in QUOTED:
-                continue
-            if span.split(" ", 1)[0] in subcommands and " -" in span:
-                page.append(Snippet(f"{path.name}:{n}", "option", "quantbook " + span, inline=True))
-            elif _kind(span) in ("cli", "benchmark"):
-                page += [Snippet(f"{path.name}:{n}", _kind(span), v, inline=True) for v in _variants(span)]
+        page += _inline(text, path.name, subcommands)
         for s in sorted(page, key=lambda s: int(s.where.split(":")[1])):
             if all((s.kind, s.text) != (f.kind, f.text) for f in found):   # each once
                 found.append(s)
+    for s in help_snippets():
+        if all((s.kind, s.text) != (f.kind, f.text) for f in found):
+            found.append(s)
+    return found
+
+
+def _inline(text: str, name: str, subcommands: set[str]) -> list[Snippet]:
+    """The commands of ``text``'s inline spans (``name``: where it is, for the snippets' FILE)."""
+    found = []
+    for m in re.finditer(r"`([^`\n]+(?:\n[^`\n]+)*)`", text):
+        span, n = " ".join(m.group(1).split()), text.count("\n", 0, m.start()) + 1
+        if span in QUOTED:
+            continue
+        if span.split(" ", 1)[0] in subcommands and " -" in span:
+            found.append(Snippet(f"{name}:{n}", "option", "quantbook " + span, inline=True))
+        elif _kind(span) in ("cli", "benchmark"):
+            found += [Snippet(f"{name}:{n}", _kind(span), v, inline=True) for v in _variants(span)]
+    return found
+
+
+def help_snippets() -> list[Snippet]:
+    """The commands that every command's ``--help`` shows, as a user reads them (``format_help``)."""
+    found, parsers = [], [build_parser()]
+    subcommands = set(_subparsers(parsers[0]))
+    while parsers:
+        parser = parsers.pop(0)
+        found += _inline(parser.format_help(), f"{parser.prog} --help", subcommands)
+        parsers += _subparsers(parser).values()
     return found
 
 
@@ -304,6 +326,14 @@ def test_every_line_of_the_tour_is_a_command():
     assert {s.kind for s in SNIPPETS} == {"cli", "option", "benchmark", "python"}
     shown = [s.text for s in _of("cli") if s.output and s.where.startswith("README.md:")]
     assert any(t.startswith("quantbook evaluate-model $M") for t in shown), shown   # the output it shows
+
+
+def test_the_help_texts_commands_are_read():
+    # audit's NAME help names `quantbook list`: run here, as README's spans are
+    found = help_snippets()
+    shown = [(s.where.split(":")[0], s.kind, s.text) for s in found]
+    assert ("quantbook audit --help", "cli", "quantbook list") in shown, shown
+    assert all(any((s.kind, s.text) == (f.kind, f.text) for f in SNIPPETS) for s in found)
 
 
 @pytest.mark.parametrize("snippet", [s for s in _of("cli") + _of("option") if _is_synopsis(s.text)], ids=str)
