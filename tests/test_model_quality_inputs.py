@@ -97,12 +97,35 @@ def test_a_text_with_nothing_to_measure_is_refused_before_the_model_loads(text, 
 
 
 def test_no_text_is_the_default_text(tmp_path, monkeypatch):
-    """``text=None`` reads the command line's default text (an empty one stands in, to be seen)."""
+    """``text=None`` measures on the command line's default text: a stand-in play reaches the task
+    as written (an empty text refused as "text is empty" would pass for it), and a blank one is
+    refused as an empty text is."""
     from quantbook import get
     from quantbook.model import quality
 
-    (tmp_path / "blank.txt").write_text(" \n", encoding="utf-8")
-    monkeypatch.setattr(quality, "default_text_path", lambda: tmp_path / "blank.txt")
+    class Reached(Exception):
+        pass
+
+    class Task:   # a task that stops where the measurement would start, with the text it was given
+        @staticmethod
+        def check_inputs(tokens, context):
+            pass
+
+        def __init__(self, model, tokenizer, text, tokens, context):
+            raise Reached(text)
+
+    class Model:
+        def to(self, device):
+            return self
+
+    play = "Who's there?\nNay, answer me: stand, and unfold yourself.\n"
+    (tmp_path / "play.txt").write_text(play, encoding="utf-8")
+    monkeypatch.setattr(quality, "default_text_path", lambda: tmp_path / "play.txt")
+    monkeypatch.setattr(quality, "get_task", lambda name: Task)
+    with pytest.raises(Reached) as got:
+        quality.evaluate_quality("unused", [("nf4", get("nf4"))], model=(Model(), None), device="cpu")
+    assert got.value.args == (play,)
+    (tmp_path / "play.txt").write_text(" \n", encoding="utf-8")
     with pytest.raises(ValueError, match="text is empty"):
         quality.evaluate_quality("/no/such/model", [("nf4", get("nf4"))])
 
