@@ -171,3 +171,20 @@ def test_an_old_state_keeps_bitsandbytes_type_name_only_for_its_table_and_layout
     assert is_nf4 == (name != "6e32536/state_nf4_float64.npz")
     st = QuantState.from_dict(d)
     assert st.quant_type == st.as_dict()["quant_type"] == ("nf4" if builtin else "custom-nf4")
+
+
+@pytest.mark.parametrize("stored, table, want", [("NF4", "bnb", "nf4"), ("Nf4", "bnb", "nf4"), ("nf4", "bnb", "nf4"),
+                                                 ("NF4", "edited", "custom-NF4"), ("FP4", "bnb", "custom-FP4")])
+def test_a_stored_type_name_in_capitals_is_read_as_its_table_is_named(stored, table, want):
+    """A state written before the rule named its type after the codebook, capitals and all (a table
+    called ``NF4``).  bitsandbytes' own NF4 table (the published one) is ``nf4`` whatever the stored
+    spelling, as quantize names it; another table under that name is ``custom-`` it, as is NF4's
+    table under FP4's name.  The capitals made bitsandbytes' own table ``custom-NF4``."""
+    code = BNB_NF4.copy()
+    if table == "edited":
+        code[-2] = np.float32(0.75)
+    x = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    _, st = quantbook.quantize(x, Codebook(code, bits=4, name="t"), 64)
+    assert st.code.view(np.uint32).tolist() == code.view(np.uint32).tolist()
+    d = dict(st.as_dict(), quant_type=stored)
+    assert QuantState.from_dict(d).quant_type == want

@@ -41,14 +41,15 @@ def bnb_quant_type(cb: Codebook, name: str | None = None, layout_bnb: bool = Tru
 
 def stored_quant_type(quant_type: str, code_f32: np.ndarray, layout_bnb: bool) -> str:
     """The ``quant_type`` a stored state is read with: ``quant_type`` itself, unless it names a
-    built-in type (any case) that the float32 table ``code_f32`` in this layout is not, which
-    gets ``custom-`` before it, as :func:`bnb_quant_type` names such a table.  quantbook's
-    states before that rule named any table called ``nf4`` or ``fp4`` so (a float64 NF4, a
-    scaled layout's table), and bitsandbytes decodes those names with its own tables."""
+    built-in type (any case): then that type where the float32 table ``code_f32`` in this layout
+    is its table, spelt as bitsandbytes reads it, else ``custom-`` before it, as
+    :func:`bnb_quant_type` names such a table.  quantbook's states before that rule named any
+    table after its codebook (a float64 NF4 called ``nf4``, a scaled layout's table, one called
+    ``NF4``), and bitsandbytes decodes ``nf4``/``fp4`` with its own tables."""
     if quant_type.lower() not in BNB_TYPES:
         return quant_type
     builtin = _builtin_type(code_f32) if layout_bnb else None
-    return quant_type if builtin == quant_type else f"custom-{quant_type}"
+    return builtin if builtin == quant_type.lower() else f"custom-{quant_type}"
 
 
 def _builtin_type(code_f32: np.ndarray) -> str | None:
