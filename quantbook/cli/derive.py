@@ -242,9 +242,9 @@ def _cmd_evaluate(args) -> int:
         return 0
     where = "no normalisation" if ev.normalization == "none" else f"{ev.normalization}, B={ev.block_size}"
     if ev.scale is not None:
-        from ..scales import get_rule
+        from ..scales import layout_qmax
 
-        qmax = f", qmax {ev.qmax:g}" if get_rule(ev.scale).layout == "scaled" else ""   # nested: the exact absmax
+        qmax = "" if layout_qmax(ev.scale) is None else f", qmax {ev.qmax:g}"   # nested: the exact absmax
         where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
     unit = error_units(ev.normalization, ev.scale)

@@ -18,7 +18,7 @@ from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..codebooks.codebook import Codebook, check_numbers
 from ..codebooks.require import refuse_name
 from ..numerics.losses import check_loss
-from ..scales import check_scaled_only, get_rule, scaled_peak
+from ..scales import check_scaled_only, layout_qmax, scaled_peak
 from .block import NORMALIZATIONS, _check_block_size, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
@@ -107,7 +107,7 @@ def normalized_unit(normalization: str, scale: Any = None) -> str:
     encode with it)."""
     if normalization == "none":
         return "σ"
-    if scale is not None and get_rule(scale).layout == "scaled":
+    if layout_qmax(scale) is not None:
         return "qmax·s"
     return "absmax"
 
