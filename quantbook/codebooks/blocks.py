@@ -13,8 +13,8 @@ from ..numerics.arguments import is_int
 __all__ = ["MIN_BLOCK", "MAX_BLOCK", "DEFAULT_BLOCK_SIZE", "check_block_size", "is_int"]
 
 MIN_BLOCK, MAX_BLOCK = 16, 4096
-#: the block size where none is given: of quantize, the derivations, the model reports and every
-#: command's --block-size
+#: the block size where none is given: of quantize, the exact derivations, the model reports and every
+#: command's --block-size (the search-rule fit's recipe keeps NVFP4's 16)
 DEFAULT_BLOCK_SIZE = 64
 
 
