@@ -18,8 +18,8 @@ status 0, its ``> FILE`` or ``-o FILE`` written, and where the page shows its ou
 that begins with ``...``, after the command) every line of it.  Those in ``_slow`` are only parsed,
 with the values the parser leaves to the library (a scale rule, the codebook names) resolved.  The
 user's own files are stand-ins: ``model.safetensors``, and ``MODEL`` where only its weights are
-read, are a small random file (``_user_model``).  A benchmark's arguments go through the script's
-own parser, which stops it before it measures.  A Python snippet must compile, and every
+read, are a small random file (``user_model.user_model``).  A benchmark's arguments go through the
+script's own parser, which stops it before it measures.  A Python snippet must compile, and every
 quantbook name it uses must exist.
 """
 
@@ -35,16 +35,15 @@ import json
 import re
 import runpy
 import shlex
-import struct
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from quantbook.cli import UsageError, build_parser, main
 
 from checkout import checkout_path
+from user_model import user_model
 
 ROOT = checkout_path()
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -282,23 +281,6 @@ def _expanded(snippet: Snippet) -> str:
     return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], text)
 
 
-def _user_model(path: Path) -> Path:
-    """A stand-in for the user's model: a safetensors file of two float32 weights whose rows fit
-    every block size, vector group and Hadamard span the docs use (written by hand: the format is
-    a length, a JSON header and the raw bytes)."""
-    rng = np.random.default_rng(0)
-    tensors = {"layer.0.weight": rng.standard_normal((64, 256)),
-               "layer.1.weight": 0.02 * rng.standard_normal((32, 512))}
-    header, data = {}, b""
-    for name, value in tensors.items():
-        raw = value.astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(value.shape), "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    head = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
-    return path
-
-
 SNIPPETS = collect()
 
 
@@ -312,7 +294,7 @@ def scratch(tmp_path_factory) -> Path:
     file), with the repository's `docs/` folder that some of them write into."""
     d = tmp_path_factory.mktemp("docs_commands")
     (d / "docs").mkdir()
-    _user_model(d / "model.safetensors")
+    user_model(d / "model.safetensors")
     return d
 
 

@@ -26,8 +26,8 @@ from quantbook.codebooks.vector_registry import load_vector
 from quantbook.derive.recipes import derive_from_recipe
 from quantbook.derive.vq import VQRecipe
 from test_cli_errors import run
-from test_docs_commands import _user_model
 from test_nf import BNB_NF4
+from user_model import user_model
 
 DATA = Path(__file__).parent / "data" / "old_versions"
 JSON_FILES = sorted(DATA.glob("*/*.json"))
@@ -93,7 +93,7 @@ def test_codebook_file_through_the_command_line(path, capsys, tmp_path):
     assert rc == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "table.npy").view(np.uint32),
                                   _bits32(raw.get("code", raw["levels"])))
-    rc, out, err = run(capsys, "evaluate-model", _user_model(tmp_path / "m.safetensors"), "-c", path, "--json")
+    rc, out, err = run(capsys, "evaluate-model", user_model(tmp_path / "m.safetensors"), "-c", path, "--json")
     assert rc == 0 and list(json.loads(out)["codebooks"]) == [str(path)], err
 
 
