@@ -102,11 +102,7 @@ def test_evaluate_states_its_units_and_they_are_the_ones_measured(capsys, tmp_pa
                                                      rf"  MAE  weight {n} σ    normalised {n} absmax\n", out).groups())
     assert re.search(r"D\(R\) at R = 4.5 bits/weight: \S+ σ²   gap", out)
     assert "σ = the source's RMS" in out and "absmax = the block's largest |x|" in out
-    blocks = x.reshape(-1, 64)
-    m = np.abs(blocks).max(axis=1, keepdims=True)
-    levels = quantbook.get("nf4").levels
-    y = blocks / m
-    e = y - levels[np.abs(y[..., None] - levels).argmin(-1)]
+    m, e = _blocks_by_hand(x, quantbook.get("nf4").levels, 64)
     sigma = np.sqrt(np.mean(x**2))
     assert mse_w == pytest.approx(np.mean((m * e) ** 2) / sigma**2, rel=0.01)   # not the raw 9x
     assert mae_w == pytest.approx(np.mean(np.abs(m * e)) / sigma, rel=0.01)
