@@ -238,6 +238,36 @@ def test_headers_of_names_that_differ_only_in_case_include_together(tmp_path):
         assert np.float32(float.fromhex(first)) == np.float32(cb.code[0])
 
 
+@pytest.mark.parametrize("cuda", [False, True], ids=["c", "cuda"])
+def test_the_include_guard_is_the_hash_of_the_definitions_it_guards(cuda, monkeypatch):
+    """The guard rebuilt from the header's own text as c_header.py states it: the first 12 hex
+    digits (capitals) of the SHA-256 of the UTF-8 lines it guards with \\n line ends.  What it
+    hashes holds neither the version nor the codebook's name: one table exported by another
+    version, or under another name that gives the same identifier, keeps the guard."""
+    import hashlib
+    import importlib
+    import re
+
+    c_header = importlib.import_module("quantbook.export.c_header")   # the module, not its function
+
+    suffix = "CUH" if cuda else "H"
+    flavour = "cuda" if cuda else "c"
+    for cb, macro in ((SCALAR["nf4"][0], "NF4"), (VECTOR[next(iter(VECTOR))], None)):
+        text = export(cb, flavour)
+        guard, rest = re.search(r"^#ifndef (\w+)\n#define \1\n\n(.*)\Z", text, re.M | re.S).groups()
+        body, end = rest.rsplit("#endif", 1)
+        assert end == f" /* {guard} */\n"
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12].upper()
+        macro = macro or re.search(r"^#define (\w+)_DIM ", body, re.M).group(1)
+        assert guard == f"QUANTBOOK_{macro}_{digest}_{suffix}"
+    tables = [Codebook([-1.0, 0.0, 1.0], bits=2, name=n, source=s) for n, s in (("nf4-x", "one"), ("nf4_x", "two"))]
+    guards = {re.search(r"#ifndef (\w+)", export(t, flavour)).group(1) for t in tables}
+    monkeypatch.setattr(c_header, "installed_version", lambda: "0.0.0-other")
+    assert "quantbook 0.0.0-other" in export(tables[0], flavour)
+    guards.add(re.search(r"#ifndef (\w+)", export(tables[0], flavour)).group(1))
+    assert len(guards) == 1
+
+
 @pytest.mark.parametrize("same", [False, True], ids=["other-tables", "same-tables"])
 @pytest.mark.parametrize("kind", ["scalar", "vector"])
 def test_headers_of_names_that_give_one_identifier_never_stand_in_for_each_other(tmp_path, kind, same):

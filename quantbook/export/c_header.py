@@ -28,9 +28,12 @@ scaled layout of docs/scales.md: a comment naming the rule, block size and ``qma
 rescaled to largest magnitude ``qmax``).  Without one the header is unchanged.
 
 The include guard is ``QUANTBOOK_<ID>_<HASH>_H`` (``_CUH`` for CUDA), ``<HASH>`` the first 12
-hexadecimal digits of the SHA-256 of the definitions it guards: a header included twice is read
-once, and two headers that define one identifier's symbols otherwise (``nf4-x`` and ``nf4_x``)
-are both read, so that the program fails to compile instead of using the first one's tables.
+hexadecimal digits (capitals) of the SHA-256 of the definitions it guards: their UTF-8 text with
+``\\n`` line ends (whatever a file stores), from the line after the guard's ``#define`` to its
+``#endif``, which holds neither the version nor the codebook's name.  A header included twice is
+read once, and two headers that define one identifier's symbols otherwise (``nf4-x`` and
+``nf4_x``) are both read, so that the program fails to compile instead of using the first one's
+tables.
 
 The C flavour uses ``static const`` arrays and ``static inline`` functions (C99, no
 includes); the CUDA flavour ``static __constant__`` arrays and ``static __device__``
