@@ -15,9 +15,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+import quantbook.cli
 from quantbook.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# where the quantbook under test is imported from, for the subprocesses (a copy of tests/ run
+# against an installed wheel has no package beside it)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(quantbook.cli.__file__)))
 
 
 def run(capsys, *argv):
@@ -270,7 +273,7 @@ def test_seed_is_read_by_the_library_s_rule_everywhere(capsys):
     for argv in (["audit", "--vector"], ["derive", "vq", "-P", "1", "-N", "2"], ["evaluate", "e2m1", "-B", "16",
                  "--scale", "search:4over6"], ["derive", "lloyd", "--bits", "2", "--scale", "search:4over6"]):
         rc, out, err = run(capsys, *argv, "--seed", -1)
-        assert_user_error(rc, err, "argument --seed: must be a non-negative integer, got -1")
+        assert_user_error(rc, err, "argument --seed: must be a non-negative integer, got '-1'")
 
 
 # ---------------------------------------------------------------------- codebook spellings

@@ -77,7 +77,7 @@ def random_seed(text: str) -> int:
     try:
         random_generator(v, "seed")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {_clip(text)}") from None
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {_clip(text)!r}") from None
     return v
 
 

