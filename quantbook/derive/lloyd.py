@@ -61,6 +61,7 @@ from scipy.linalg import solve_banded
 from ..codebooks.codebook import Codebook, check_given_name
 from ..codebooks.spelling import lloyd_spelling
 from ..numerics.arguments import check_int
+from ..numerics.dots import norm
 from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
@@ -369,7 +370,7 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
     new, J = lloyd_step(mu, q, free, loss, want_jac=True)
     r = (q - new)[fi]
     res = float(np.max(np.abs(r))) if r.size else 0.0
-    nrm = float(np.linalg.norm(r))
+    nrm = norm(r)
     best_q, best_res = q.copy(), res
     while res > tol and it < max_iter and time.monotonic() < deadline:
         if it == give_up_after and res > max(tol, _CONVERGED_AT):
@@ -406,7 +407,7 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
             tried = cand.tobytes()
             new_c, J_c = lloyd_step(mu, cand, free, loss, want_jac=True)
             r_c = (cand - new_c)[fi]
-            nrm_c = float(np.linalg.norm(r_c))
+            nrm_c = norm(r_c)
             if best is None or nrm_c < best[0]:
                 best = (nrm_c, cand, new_c, J_c, r_c)
             if nrm_c < 0.5 * nrm:
@@ -415,7 +416,7 @@ def _solve(mu, init: np.ndarray, fixed: Sequence[float], loss: str, tol: float, 
             cand = new.copy()
             new_c, J_c = lloyd_step(mu, cand, free, loss, want_jac=True)
             r_c = (cand - new_c)[fi]
-            nrm_c = float(np.linalg.norm(r_c))
+            nrm_c = norm(r_c)
             lloyd_cand = (nrm_c, cand, new_c, J_c, r_c)
             if best is None or nrm_c < best[0] or best[0] >= nrm:
                 best = lloyd_cand  # the Lloyd update never increases the expected loss

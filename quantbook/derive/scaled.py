@@ -87,7 +87,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from ..numerics.arguments import check_int, random_generator
-from ..numerics.dots import row_dot
+from ..numerics.dots import norm, row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure, read_only_arrays)
@@ -169,15 +169,17 @@ def _gauss_rule(x: np.ndarray, w: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
     Q = np.zeros((n, x.size))
     a, b = np.zeros(n), np.zeros(n)
     Q[0] = np.sqrt(w / total)
-    for i in range(n):
+    for i in range(n):   # products by row_dot, not BLAS, whose kernels round by the CPU
         v = x * Q[i]
-        a[i] = v @ Q[i]
+        a[i] = row_dot(v, Q[i])
         for _ in range(2):  # twice is enough (Kahan)
-            v -= Q[:i + 1].T @ (Q[:i + 1] @ v)
+            v -= row_dot(Q[:i + 1].T, row_dot(Q[:i + 1], v))
         if i + 1 < n:
-            b[i] = np.linalg.norm(v)
+            b[i] = norm(v)
             Q[i + 1] = v / b[i]
-    ev, V = eigh_tridiagonal(a, b[:-1])
+    # QR (LAPACK's steqr) rather than scipy's default divide and conquer, whose merges are BLAS
+    # products: rounded by the CPU's kernels
+    ev, V = eigh_tridiagonal(a, b[:-1], lapack_driver="stev")
     return ev, total * V[0] ** 2
 
 
@@ -574,10 +576,10 @@ class NestedMeasure(_Measure):
         neg, pos = wa * (1 - pplus), wa * pplus
         self._extreme = (neg, pos)
         if weight_power == 2:  # (M y - S q)^2 at y = ±1: weights S², ±M·S, M² by k
-            atoms = {0: [neg @ s2, pos @ s2], 1: [-(neg @ (m * s1)), pos @ (m * s1)],
-                     2: [neg @ (m * m), pos @ (m * m)]}
+            terms = {0: s2, 1: m * s1, 2: m * m}
         else:  # the weights of the first-order L1 terms, which only Lloyd's medians use (l1_cells is exact)
-            atoms = {0: [neg @ s1, pos @ s1], 1: [-(neg @ m), pos @ m], 2: [neg @ (m * s1), pos @ (m * s1)]}
+            terms = {0: s1, 1: m, 2: m * s1}
+        atoms = {k: [(-1.0) ** k * row_dot(neg, t), row_dot(pos, t)] for k, t in terms.items()}
         self.atoms_x = np.array([-1.0, 1.0])
         self._atoms_k = {k: np.array(v, dtype=np.float64) for k, v in atoms.items()}
         self.atoms_w = self._atoms_k[0]
@@ -642,10 +644,10 @@ class NestedMeasure(_Measure):
             t0, t1 = src.partial_moment(0, t), src.partial_moment(1, t)
             # ∫_a^t (qS - x) f + ∫_t^b (x - qS) f, a and b the cell's ends
             v = qs * (2 * t0 - (p0[j] + p0[j + 1])[:, None]) - (2 * t1 - (p1[j] + p1[j + 1])[:, None])
-            out[j] = c @ v.mean(axis=1)
+            out[j] = row_dot(c, v.mean(axis=1))
         neg, pos = self._extreme
         for at, w, sign in zip(self.atom_cells(e), (neg, pos), (-1.0, 1.0)):
-            out[at] += w @ np.abs(sign * m[:, None] - levels[at] * s).mean(axis=1)
+            out[at] += row_dot(w, np.abs(sign * m[:, None] - levels[at] * s).mean(axis=1))
         return np.maximum(out, 0.0)
 
 
