@@ -104,6 +104,7 @@ def test_model_quality_benchmark_on_cuda_without_a_gpu_says_so_before_building_t
     ("measure_law_gaps.py", ["--tensors", "1"], "--tensors must be at least 2, got 1"),
     ("measure_law_gaps.py", ["--log2n", "4"], "--log2n must be at least 5, got 4"),
     ("measure_law_gaps.py", ["--source", "nope"], "unknown source 'nope'"),
+    ("measure_cpu_bits.py", ["--settings", "nope"], "unknown setting 'nope' (known: native, numpy-avx2, "),
     ("measure_sample_laws.py", ["--sizes", "300,1"], "--sizes: an empirical source needs at least 2 values"),
     ("measure_sample_laws.py", ["--sizes", "300,-3"], "--sizes: an empirical source needs at least 2 values"),
     ("measure_sample_laws.py", ["--blocksizes", "16,1"], "--blocksizes: block size must be between 2 and 10**7, got 1"),

@@ -86,6 +86,8 @@ CPU = [
     _case("measure_sample_laws.py --sizes 300 --blocksizes 16 --mc-log2n 12 --nested-log2n 12",
           r"^\s+sample\s+B\s+normalization\s+difference\s+seconds$", rf"^  MAE: law {NUM}e-\d\d, Monte Carlo ",
           "sample_laws"),
+    _case("measure_cpu_bits.py --settings numba-generic --only nf4", r"^native: 4 results \(\d+ s\)$",
+          r"^numba-generic: 0 of 4 results differ \(\d+ s\)$", "cpu_bits"),
     _case("emulated_coalescing.py --summary --family sanitize", r"^family\s+kernel\s+array\s+dir\s+runs\s+eff",
           r"^sanitize\s+qb_sanitize\s+x\s+load\s+\d+ \d\.\d{3}-", "emulated_coalescing"),
 ]
