@@ -89,6 +89,66 @@ def test_results_do_not_depend_on_the_thread_count_or_the_hash_seed():
     assert digests[0] == digests[1]
 
 
+# what a table or a byte format holds, in float32 and bytes; float64 results differ from one CPU
+# to another in their last bits (docs/derivation.md, "Reproducibility across CPUs")
+_FLOAT32_WORK = textwrap.dedent("""
+    import hashlib, json, warnings
+    import numpy as np
+    import quantbook
+    from quantbook.derive import lloyd, nf, quantile
+    from quantbook.verify.audit import audit
+
+    def results():
+        warnings.simplefilter("ignore")
+        out = {}
+        for name, cb in (("lloyd l2", lloyd(4, 64, "l2")), ("lloyd l1", lloyd(4, 64, "l1")),
+                         ("lloyd laplace", lloyd(3, 16, source="laplace")), ("quantile", quantile(4, 64)),
+                         ("nf4", nf(4, precision="float32-bnb")), ("lloyd e4m3", lloyd(4, 16, scale="e4m3"))):
+            out[name] = cb.code_f32.tobytes().hex()
+        for row in audit(["nf4", "af4", "max1960-n16"]):
+            d = row.to_dict()
+            out["audit " + row.name] = [d[k] for k in ("status", "reproduced", "bit_exact", "max_ulp", "explanation")]
+        x = np.random.default_rng(0).standard_normal(1 << 12).astype(np.float32)
+        for scale, bs in ((None, 64), ("e4m3", 16)):
+            p, s = quantbook.quantize(x, "nf4", bs, scale=scale, backend="cpu")
+            y = quantbook.dequantize(p, s, backend="cpu")
+            out[f"quantize {scale}"] = hashlib.sha256(p.tobytes() + s.absmax.tobytes() + y.tobytes()).hexdigest()
+        return out
+""")
+
+
+def _numpy_dispatched_features() -> list[str]:
+    """The features numpy dispatches to (its loops beyond its baseline) that this CPU has."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:   # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    return [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+
+
+def test_float32_tables_audit_and_bytes_are_the_same_on_another_cpu(tmp_path):
+    """A process made to look like an old x86-64 CPU: numpy's loops at its baseline (its exp and
+    log are then libm's, not its AVX-512 ones), glibc's libm without its FMA build, numba compiling
+    for a generic x86-64 into an empty cache, OpenBLAS's SSE3 kernels.  The float32 tables of
+    derived codebooks, the audit's verdicts and text and quantize's bytes are the same as here;
+    the float64 levels underneath differ (by up to 275 ulp on an AVX-512 machine)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"the emulated CPU is an x86-64; this is {platform.machine()}")
+    features = _numpy_dispatched_features()
+    if not features:
+        pytest.skip("this CPU has none of the features numpy dispatches to: nothing to turn off")
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(features), GLIBC_TUNABLES="glibc.cpu.hwcaps=-AVX2,-FMA",
+               NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path), OPENBLAS_CORETYPE="Prescott",
+               PYTHONWARNINGS="ignore")
+    env.pop("NUMBA_CPU_FEATURES", None)
+    code = _FLOAT32_WORK + "print(json.dumps(results()))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    here = {}
+    exec(_FLOAT32_WORK, here)
+    assert json.loads(r.stdout) == json.loads(json.dumps(here["results"]()))
+
+
 _BLAS_WORK = textwrap.dedent("""
     import json, warnings
     from quantbook.derive import lloyd
@@ -127,3 +187,78 @@ def test_derivations_do_not_depend_on_the_blas_kernels():
     exec(_BLAS_WORK, here)
     assert json.loads(r.stdout) == here["results"]()
 
+
+#: a bound on how far a float64 result moves from one CPU to another, relative: the largest move
+#: measured is 8.5e-13 (an 8-bit Lloyd code), 3.6e-14 for 4-bit codes (docs/derivation.md)
+_CPU_SPREAD = 1e-10
+
+
+def _float32_edge_distance(x) -> np.ndarray:
+    """How far each float64 ``x`` lies from the nearest point where its float32 rounding changes
+    (the midpoints between neighbouring float32 numbers), relative to ``|x|``; inf at 0."""
+    x = np.asarray(x, dtype=np.float64)
+    f = x.astype(np.float32)
+    here = f.astype(np.float64)
+    edges = [(here + np.nextafter(f, np.float32(s)).astype(np.float64)) / 2 for s in (np.inf, -np.inf)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0, np.inf, np.minimum(*[np.abs(x - e) for e in edges]) / np.abs(x))
+
+
+def _decimal_edge_distance(x, decimals) -> np.ndarray:
+    """How far each ``x`` lies from the nearest point where its rounding to ``decimals`` places
+    changes (``k + 1/2`` units of the last place), relative to ``|x|``; inf at 0."""
+    x = np.asarray(x, dtype=np.float64)
+    d = np.broadcast_to(np.asarray(decimals), x.shape)
+    scaled = np.abs(x) * 10.0 ** d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0, np.inf, np.abs(scaled - np.floor(scaled) - 0.5) / scaled)
+
+
+def _significant(x, digits=4) -> np.ndarray:
+    """The decimals that round ``x`` to ``digits`` significant digits."""
+    return digits - 1 - np.floor(np.log10(np.abs(np.where(x == 0, 1.0, x)))).astype(int)
+
+
+def test_audit_verdicts_stay_clear_of_the_rounding_edges_that_decide_them():
+    """What the audit decides from float64 numbers (float32 patterns, published decimals, Max's 4
+    significant digits) is decided far from any rounding edge: every such number lies further than
+    ``_CPU_SPREAD`` (relative) from an edge, so no CPU's last-bit differences can change a verdict,
+    a ULP count or the text.  The edges are rebuilt by hand here (neighbouring float32 numbers,
+    half units of the last decimal)."""
+    import warnings
+
+    from scipy.stats import norm
+
+    from quantbook import REGISTRY
+    from quantbook.derive import nf
+    from quantbook.derive.recipes import derive_from_recipe
+    from quantbook.numerics import torch_f32
+    from quantbook.verify.optimality import optimality_report
+
+    close = []
+
+    def check(what, values, distance):
+        d = distance(np.asarray(values, dtype=np.float64))
+        close.extend(f"{what}[{i}] = {float(values[i])!r}: {d[i]:.1e}" for i in np.flatnonzero(d <= _CPU_SPREAD))
+
+    for name, entry in REGISTRY.items():
+        cb = entry.codebook
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            derived = derive_from_recipe(cb.recipe)
+        for table in (derived.code, derived.levels):
+            check(f"{name} float32", table, _float32_edge_distance)
+        if entry.expect == "decimals":
+            check(f"{name} decimals", derived.levels, lambda v: _decimal_edge_distance(v, entry.decimals))
+        if name.startswith("max1960-"):   # levels, end points and the error at 4 significant digits
+            y = derived.levels
+            mse = optimality_report(cb.levels, "l2", None, "none", "normalized", "normal", [])["loss_optimum"]
+            for what, v in (("levels", y), ("ends", (y[:-1] + y[1:]) / 2), ("mse", np.array([mse]))):
+                check(f"{name} {what}", v, lambda u: _decimal_edge_distance(u, _significant(u)))
+            check(f"{name} decimals", y, lambda v: _decimal_edge_distance(v, entry.decimals))
+    for offset in ("929/960", "0.9677083"):   # the audit's breakdown of NF4
+        check(f"nf4 float64 {offset}", nf(4, offset, "float64").code, _float32_edge_distance)
+    for n in (9, 8):   # bitsandbytes' quantiles, float64, before they are stored as float32
+        p = norm.ppf(torch_f32.linspace(0.9677083, 0.5, n)[:-1].astype(np.float64))
+        check(f"nf4 quantiles of {n}", p, _float32_edge_distance)
+    assert close == []
