@@ -577,7 +577,8 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     levels symmetric about 0 (module docstring); ``name`` the Codebook's name (default: one
     spelled from the arguments, in the codebook-name grammar where it can say them).  The returned
     Codebook's ``recipe`` re-derives it bit for bit (unless the time budget stopped it), where
-    the source is a spelling or a file; an in-memory sample is named in the recipe only by a
+    the source is a spelling or a file (on another CPU: its float32 table, docs/derivation.md);
+    an in-memory sample is named in the recipe only by a
     digest (``empirical:…``), which :func:`~.recipes.derive_from_recipe` cannot read back
     (save the sample as FILE.npy and derive from the file to get a recipe that re-derives).
     Raises ValueError for bad arguments and :class:`DerivationError` when no valid table results;
