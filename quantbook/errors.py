@@ -1,6 +1,6 @@
-"""Error classes shared by every layer (this module imports nothing)."""
+"""Error and warning classes shared by every layer (this module imports nothing)."""
 
-__all__ = ["NotFoundError"]
+__all__ = ["NotFoundError", "RoundingEdgeWarning"]
 
 
 class NotFoundError(KeyError, ValueError):
@@ -9,3 +9,8 @@ class NotFoundError(KeyError, ValueError):
     error; a bare KeyError is a bug."""
 
     __str__ = BaseException.__str__  # KeyError's own str() would quote the message
+
+
+class RoundingEdgeWarning(UserWarning):
+    """A derived float64 level so close to a float32 rounding edge that the last-digit
+    differences of another CPU's exp and log could round it to the neighbouring float32."""

@@ -262,3 +262,51 @@ def test_audit_verdicts_stay_clear_of_the_rounding_edges_that_decide_them():
         p = norm.ppf(torch_f32.linspace(0.9677083, 0.5, n)[:-1].astype(np.float64))
         check(f"nf4 quantiles of {n}", p, _float32_edge_distance)
     assert close == []
+
+
+def test_a_derived_level_near_a_float32_rounding_edge_warns(monkeypatch, capsys):
+    """A derived float64 level closer than 1e-11 (relative, docs/derivation.md) to a float32
+    rounding edge may round to the neighbouring float32 on another CPU: the derivation says so
+    (RoundingEdgeWarning), naming the level; a level further away, or a float32 number, does not.
+    The edges are those rebuilt by hand above (``_float32_edge_distance``)."""
+    import warnings
+
+    from quantbook.cli import main
+    from quantbook.codebooks.codebook import FLOAT32_EDGE_BOUND, warn_float32_edges
+    from quantbook.derive import RoundingEdgeWarning, lloyd
+
+    assert FLOAT32_EDGE_BOUND == 1e-11 and issubclass(RoundingEdgeWarning, UserWarning)
+    f = np.float32(0.3)
+    mid = (float(f) + float(np.nextafter(f, np.float32(1)))) / 2   # exact in float64: a round-half-even tie
+    for rel in (0.0, 1e-13, -5e-12, 9e-12, 1.2e-11, -3e-11, 1e-9):
+        x = mid * (1 + rel)
+        near = _float32_edge_distance([x])[0] < 1e-11
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warn_float32_edges([0.0, 0.1, x], "codes")
+        assert [w.category for w in caught] == ([RoundingEdgeWarning] if near else []), rel
+        if near:
+            assert f"level 2 ({x!r})" in str(caught[0].message) and "another CPU" in str(caught[0].message)
+    with warnings.catch_warnings():   # float32 numbers, as published tables and bnb's NF4 hold
+        warnings.simplefilter("error")
+        warn_float32_edges(np.float32([-1, -0.6961928, 0, 1e-40, 3.4028235e38]), "a float32 table")
+
+    lloyd_module = sys.modules["quantbook.derive.lloyd"]
+    solve = lloyd_module._solve_levels
+
+    def on_an_edge(*args):   # the solver's levels with the one nearest 0.3 moved onto its float32 tie
+        levels, it, res = solve(*args)
+        levels = levels.copy()
+        levels[np.argmin(np.abs(levels - 0.3))] = mid
+        return levels, it, res
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RoundingEdgeWarning)
+        safe = lloyd(4, 64)
+    assert _float32_edge_distance(safe.levels).min() > 1e-11
+    monkeypatch.setattr(lloyd_module, "_solve_levels", on_an_edge)
+    with pytest.warns(RoundingEdgeWarning) as caught:
+        cb = lloyd(4, 64)
+    assert f"level {np.flatnonzero(cb.levels == mid)[0]} ({mid!r})" in str(caught[0].message)
+    assert main(["derive", "lloyd", "--bits", "4"]) == 0
+    assert "quantbook: warning: the 4-bit l2 code of normal" in capsys.readouterr().err

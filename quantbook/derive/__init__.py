@@ -1,5 +1,6 @@
 """Derivation of codebooks: distributions and methods.  Data flows distributions → methods → Codebook."""
 
+from ..errors import RoundingEdgeWarning
 from .normal_float import PRECISIONS, default_offset, nf, nf_exact, parse_offset
 from .nf_offset import derive_offset
 from .recipes import (LloydRecipe, NFRecipe, QuantileRecipe, Recipe, RecipeError, derive_from_recipe,
@@ -16,5 +17,5 @@ __all__ = ["PRECISIONS", "default_offset", "nf", "nf_exact", "parse_offset", "de
            "derive_from_recipe", "Recipe", "RecipeError", "NFRecipe", "LloydRecipe", "QuantileRecipe",
            "parse_fixed", "Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "BlockDistribution", "block_distribution", "lloyd", "solve_lloyd", "quantile", "LloydResult",
-           "LloydWarning", "DerivationError", "evaluate", "Evaluation", "search_lloyd",
+           "LloydWarning", "RoundingEdgeWarning", "DerivationError", "evaluate", "Evaluation", "search_lloyd",
            "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult"]

@@ -58,7 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.linalg import solve_banded
 
-from ..codebooks.codebook import Codebook, check_given_name
+from ..codebooks.codebook import Codebook, check_given_name, warn_float32_edges
 from ..codebooks.spelling import lloyd_spelling
 from ..numerics.arguments import check_int
 from ..numerics.dots import norm
@@ -512,6 +512,7 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
                "the iteration budget" if it >= max_iter else "no further progress")
     nm = _lloyd_name(r) if name is None else name
     cb = Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
+    warn_float32_edges(cb.levels, f"the {_describe(r)}", stacklevel=3)
     return LloydResult(cb, it, res, converged, loss_value), why
 
 
@@ -648,4 +649,6 @@ def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
     if name is None:   # a name given is the name as given (the Codebook checks it)
         name = f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
         name += f"-{r.scale.replace(':', '-')}" if r.scale is not None else ""
-    return Codebook(levels=levels, bits=r.bits, name=name, source="derived", recipe=r.to_dict())
+    cb = Codebook(levels=levels, bits=r.bits, name=name, source="derived", recipe=r.to_dict())
+    warn_float32_edges(cb.levels, f"the {_describe(r)}", stacklevel=3)
+    return cb

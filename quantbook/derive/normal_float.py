@@ -45,7 +45,7 @@ import mpmath
 import numpy as np
 from scipy.stats import norm
 
-from ..codebooks.codebook import Codebook, check_given_name
+from ..codebooks.codebook import Codebook, check_given_name, warn_float32_edges
 from ..numerics import torch_f32
 from ..numerics.arguments import check_int, is_int
 from .recipes import NFRecipe
@@ -217,20 +217,22 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
     bits, off, precision = recipe.bits, Fraction(recipe.offset), recipe.precision
     half = 2 ** (bits - 1)
 
-    if precision == "exact":
+    if precision == "exact":   # mpmath's arithmetic is the same on every CPU
         levels = np.array([float(v) for v in nf_exact(bits, off)], dtype=np.float64)
+        rounded = np.zeros(0)
     elif precision == "float64":
         o = float(off)
         pos = norm.ppf(np.linspace(o, 0.5, half + 1)[:-1])
         neg = -norm.ppf(np.linspace(o, 0.5, half)[:-1])
         vals = np.sort(np.concatenate([pos, [0.0], neg]))
         with np.errstate(invalid="ignore"):   # inf/inf where the offset rounds to 1: refused below
-            levels = vals / vals[-1]
+            levels = rounded = vals / vals[-1]
     else:  # float32-bnb
         o = float(off)
         pos = norm.ppf(torch_f32.linspace(o, 0.5, half + 1)[:-1].astype(np.float64))
         neg = -norm.ppf(torch_f32.linspace(o, 0.5, half)[:-1].astype(np.float64))
-        vals = np.sort(np.concatenate([pos, [0.0], neg]).astype(np.float32))
+        rounded = np.sort(np.concatenate([pos, [0.0], neg]))   # the float64 quantiles stored as float32
+        vals = rounded.astype(np.float32)
         with np.errstate(invalid="ignore"):
             levels = (vals / vals.max()).astype(np.float64)
 
@@ -239,8 +241,10 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
         raise ValueError(f"offset {recipe.offset} is too close to 1/2 or 1 for {precision} quantiles at "
                          f"{bits} bits (its levels are not distinct and finite); the exact precision (mpmath) may "
                          "resolve them")
-    return Codebook(levels=levels, bits=bits, name=_name(recipe) if name is None else name, source="derived",
-                    recipe=recipe.to_dict())
+    cb = Codebook(levels=levels, bits=bits, name=_name(recipe) if name is None else name, source="derived",
+                  recipe=recipe.to_dict())
+    warn_float32_edges(rounded, f"the {precision} code {cb.name!r}", stacklevel=3)
+    return cb
 
 
 def _name(recipe: NFRecipe) -> str:
