@@ -20,7 +20,7 @@ from quantbook.cli import main
 
 # where the quantbook under test is imported from, for the subprocesses (a copy of tests/ run
 # against an installed wheel has no package beside it)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(quantbook.cli.__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(quantbook.cli.__file__))))
 
 
 def run(capsys, *argv):
@@ -37,6 +37,12 @@ def assert_user_error(rc, err, *fragments):
     assert lines[0].startswith("quantbook") and ": error: " in lines[0], err
     for f in fragments:
         assert f in lines[0], (f, err)
+
+
+def test_the_subprocesses_import_the_quantbook_under_test():
+    # a wrong ROOT put quantbook/ itself on the path, whose io/ hid the standard library's on Python 3.10
+    assert os.path.samefile(os.path.join(ROOT, "quantbook", "__init__.py"), quantbook.cli.__file__.replace(
+        os.path.join("cli", "__init__.py"), "__init__.py"))
 
 
 def run_subprocess(argv, timeout=120, limit_file_size=None, cwd=None):
