@@ -252,21 +252,11 @@ def test_seed_is_read_by_the_library_s_rule_everywhere(capsys):
     """Every --seed takes what the API takes (numpy.random.default_rng: any non-negative integer,
     past 2**63 too) and refuses the rest in the parser, by one rule: audit --vector stopped at
     2**63 - 1, and the other commands left a negative seed to the library's message."""
-    import argparse
-
-    from quantbook.cli import build_parser
     from quantbook.cli.common import random_seed
     from quantbook.verify.vq import audit_vectors
+    from test_cli_text import _options
 
-    def walk(parser, path=()):
-        for a in parser._actions:
-            if isinstance(a, argparse._SubParsersAction):
-                for name, p in a.choices.items():
-                    yield from walk(p, path + (name,))
-            elif "--seed" in a.option_strings:
-                yield " ".join(path), a
-
-    takers = dict(walk(build_parser()))
+    takers = {command: a for (command, flag), a in _options().items() if flag == "--seed"}
     assert set(takers) == {"derive lloyd", "derive vq", "evaluate", "audit"}, set(takers)
     assert all(a.type is random_seed for a in takers.values()), {n: a.type for n, a in takers.items()}
     big = 2**64 + 1

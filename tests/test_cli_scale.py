@@ -227,20 +227,10 @@ def test_scale_help_lists_the_registered_families(capsys, argv):
 def test_every_command_reads_qmax_by_one_rule(capsys):
     """--qmax is one rule (cli.common.positive_float) in every command that takes it: export and
     plot-sweep read a plain float, so '-3' or 'nan' reached the library and its message."""
-    import argparse
-
-    from quantbook.cli import build_parser
     from quantbook.cli.common import positive_float
+    from test_cli_text import _options
 
-    def walk(parser, path=()):
-        for a in parser._actions:
-            if isinstance(a, argparse._SubParsersAction):
-                for name, p in a.choices.items():
-                    yield from walk(p, path + (name,))
-            elif "--qmax" in a.option_strings:
-                yield " ".join(path), a
-
-    takers = dict(walk(build_parser()))
+    takers = {command: a for (command, flag), a in _options().items() if flag == "--qmax"}
     assert {"derive lloyd", "evaluate", "evaluate-model", "export", "plot-sweep"} <= set(takers), set(takers)
     assert all(a.type is positive_float for a in takers.values()), {n: a.type for n, a in takers.items()}
     for argv in (["export", "nf4", "--scale", "e4m3", "--qmax", "-3"],
