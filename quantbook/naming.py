@@ -59,6 +59,10 @@ __all__ = ["resolve_codebook", "resolve_codebooks", "split_specs", "depends_on_b
 #: one line naming every accepted spelling (for error messages and help texts)
 GRAMMAR = "a registry name, FILE.json, nfK (K = 2..8) or lloyd-l1|l2[-B][-Kbit][-normalized][@SOURCE]"
 
+#: the start of the labels the derivations give tables this grammar cannot spell (lloyd-l2-4b-B32-e8m0-floor,
+#: quantile-3b-B128, nf4-float64, lloyd4_search_4over6_b16)
+_LABEL = re.compile(r"^(?:lloyd|quantile|nf\d)", re.IGNORECASE)
+
 #: the largest block size of the derivation engine (quantbook.derive.block checks the same bound)
 MAX_BLOCK_SIZE = 10**7
 
@@ -142,7 +146,12 @@ def resolve_codebook(spec: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> Codeboo
     m = _LLOYD.match(text)
     if m:
         return _lloyd(_lloyd_options(text, m, block_size))   # named in full: lloyd-l2 at B = 64 is lloyd-l2-64
-    raise UnknownCodebookError(f"unknown codebook {text!r}{did_you_mean(text, REGISTRY)}: expected {GRAMMAR}")
+    hint = ""
+    if _LABEL.match(text):   # the derivations print such a label, so it must say why it does not read back
+        hint = ("; a derived table the grammar cannot spell (a --scale, --fix or --symmetric derivation, a "
+                "quantile or NF variant) is named by a label that does not read back: save the table with "
+                "`quantbook derive ... --json > FILE.json` (Codebook.to_json()) and name FILE.json")
+    raise UnknownCodebookError(f"unknown codebook {text!r}{did_you_mean(text, REGISTRY)}: expected {GRAMMAR}{hint}")
 
 
 def _lloyd_options(text: str, m: re.Match, block_size: Any) -> tuple[tuple[str, Any], ...]:

@@ -217,3 +217,22 @@ def test_a_tensor_that_is_not_there_suggests_the_nearest_one(tmp_path):
     with pytest.raises(KeyError, match=r"has no tensor 'model.layers.0.mlp.up_prj.weight' "
                                        r"\(did you mean 'model.layers.0.mlp.up_proj.weight'\?\)"):
         SafetensorsFile(path).read("model.layers.0.mlp.up_prj.weight")
+
+
+def test_a_derivations_label_says_how_to_use_its_table(capsys, tmp_path):
+    """A table the grammar cannot spell gets a label that does not read back; naming it again (as
+    derive printed it) says to save the table as FILE.json, which then reads back."""
+    from quantbook.derive import lloyd, nf
+
+    labels = [lloyd(fixed="none").name, lloyd(bits=3, symmetric=True).name, nf(4).name]
+    assert labels == ["lloyd-l2-4b-B64", "lloyd-l2-3b-B64", "nf4-float64"]   # as the derivations name them
+    for label in labels:
+        with pytest.raises(UnknownCodebookError, match=r"save the table with `quantbook derive \.\.\. --json > "
+                                                       r"FILE\.json`"):
+            resolve_codebook(label)
+    with pytest.raises(UnknownCodebookError) as info:
+        resolve_codebook("qqqq")
+    assert "FILE.json`" not in str(info.value)   # a name nothing printed gets only the grammar
+    assert main(["show", "quantile-3b-B128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--json > FILE.json" in err
