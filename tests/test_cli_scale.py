@@ -5,6 +5,7 @@ E4M3 or E8M0 byte per block of 16 or 32), and Monte Carlo through ``quantbook.qu
 whose bytes are checked against torchao elsewhere (tests/test_layouts_torchao.py)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -237,3 +238,18 @@ def test_every_command_reads_qmax_by_one_rule(capsys):
                  ["plot-sweep", "nf4", "--scale", "e4m3", "--qmax", "nan", "-o", "x.png"]):
         assert main(argv) == 2
         assert "argument --qmax: must be a positive finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, hint", [
+    ("mxfp4", "(mxfp4 is a format; its block scale rule is 'e8m0')"),
+    ("NVFP4", "(NVFP4 is a format; its block scale rule is 'e4m3')"),
+    ("e4m4", "(did you mean 'e4m3'?)"),
+    ("e8mo", "(did you mean 'e8m0'?)"),
+])
+def test_a_format_or_a_misspelt_rule_is_pointed_at_the_rule(capsys, spec, hint):
+    """A user who knows the formats types their names; the rule each uses is named (MXFP4's block
+    scale is E8M0, NVFP4's E4M3: the OCP MX and NVIDIA specifications), and a near miss is told."""
+    rc, _, err = run(capsys, "evaluate", "nf4", "--scale", spec)
+    assert rc == 2 and hint in err and err.count("\n") == 1, err
+    with pytest.raises(ValueError, match=re.escape(hint)):
+        quantbook.quantize(np.ones(32, np.float32), "e2m1", 32, scale=spec)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..numerics.arguments import is_int
+from ..numerics.arguments import did_you_mean, is_int
 from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
@@ -316,7 +316,11 @@ def get_rule(spec: Any) -> ScaleRule:
     family, _, arg = spec.strip().lower().partition(":")
     cls = FAMILIES.get(family)
     if cls is None:
-        raise ValueError(f"unknown scale rule {spec!r}; known: {', '.join(rule_names())}")
+        # a format's name (mxfp4, nvfp4) is what users type: point it at its family by the family's summary
+        formats = {c.summary.lower(): f for f, c in FAMILIES.items() if c.summary}
+        hint = (f" ({spec.strip()} is a format; its block scale rule is {formats[family]!r})" if family in formats
+                else did_you_mean(spec.strip(), rule_names()) or did_you_mean(family, FAMILIES))
+        raise ValueError(f"unknown scale rule {spec!r}{hint}; known: {', '.join(rule_names())}")
     return cls.from_arg(arg or None)
 
 
