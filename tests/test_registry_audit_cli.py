@@ -109,7 +109,8 @@ def test_audit_named_tables_only(capsys):
     rc, out, _ = run_cli(capsys, "audit", "e2m1", "nf4", "--json")
     assert rc == 0 and [r["name"] for r in json.loads(out)] == ["e2m1", "nf4"]
     rc, _, err = run_cli(capsys, "audit", "nf4", "bogus")
-    assert rc == 2 and err == "quantbook: error: no published codebook 'bogus' (quantbook list names them)\n"
+    assert rc == 2 and err == ("quantbook: error: no published codebook 'bogus' (quantbook list names them; "
+                                 "a codebook file is FILE.json)\n")
     rc, out, _ = run_cli(capsys, "audit", "--layouts", "e2m1", "--json")
     assert rc == 0 and [r["name"] for r in json.loads(out)] == ["e2m1"] and json.loads(out)[0]["details"]["layouts"]
     rc, _, err = run_cli(capsys, "audit", "--vector", "higgs-2d-9")
@@ -280,3 +281,54 @@ def test_names_is_the_published_list_in_its_order():
     assert got == want and all(get(n).name == n for n in got)
     got.clear()
     assert names() == want
+
+
+def _codebook_file(path, cb, **change):
+    d = json.loads(cb.to_json())
+    d.update(change)
+    path.write_text(json.dumps(d), encoding="utf-8")
+    return path
+
+
+def test_audit_a_codebook_file_against_its_own_recipe(capsys, tmp_path):
+    """A table of one's own, in a file with its recipe, is audited like a published one: its
+    recipe re-derived and compared bit for bit (the file was named "no published codebook").
+    The oracle for the failing case is a level moved by hand one float32 ULP."""
+    from quantbook.derive import nf
+
+    cb = nf(3)
+    good = _codebook_file(tmp_path / "mine.json", cb)
+    rc, out, err = run_cli(capsys, "audit", good)
+    assert rc == 0 and re.search(r"\[ *ok\] nf3: nf\(", out) and "reproduced bit for bit" in out, (out, err)
+    off = [float(v) for v in cb.levels]
+    off[1] = float(np.nextafter(np.float32(off[1]), np.float32(1)))
+    bad = _codebook_file(tmp_path / "off.json", cb, name="mine-off", levels=off)
+    rc, out, err = run_cli(capsys, "audit", "e2m1", bad)
+    assert rc == 1 and re.search(r"\[ *FAIL\] mine-off", out) and "mine-off" in err
+    assert "max_ulp=1 " in out and "1 of 8 entries differ, worst at index 1" in out
+    rows = {r.name: r for r in audit(["E2M1", str(bad)])}
+    assert rows["e2m1"].status == "ok" and rows["mine-off"].max_ulp == 1 and rows["mine-off"].failed
+    # a misspelt recipe key, which reading the file cannot see, is what the audit names
+    recipe = {**cb.recipe, "precison": cb.recipe["precision"]}
+    del recipe["precision"]
+    typo = _codebook_file(tmp_path / "typo.json", cb, recipe=recipe)
+    rc, out, _ = run_cli(capsys, "audit", typo)
+    assert rc == 1 and "unknown parameter 'precison'" in out
+    rc, _, err = run_cli(capsys, "audit", tmp_path / "none.json")
+    assert rc == 2 and "no such codebook file" in err and err.count("\n") == 1
+    rc, _, err = run_cli(capsys, "audit", "mine.jsn")
+    assert rc == 2 and "a codebook file is FILE.json" in err
+
+
+def test_a_file_audit_takes_none_of_the_registry_tables_findings(capsys, tmp_path):
+    """A file's table named like a published one is the file's: the registry's NF4 breakdown and
+    layouts are not added to it, and its JSON row carries its own recipe."""
+    from quantbook.derive import nf
+
+    cb = nf(3)
+    f = _codebook_file(tmp_path / "nf4.json", cb, name="nf4")
+    rc, out, _ = run_cli(capsys, "audit", f, "--layouts", "--json")
+    assert rc == 0
+    [row] = json.loads(out)
+    assert row["name"] == "nf4" and row["recipe"] == cb.recipe and row["status"] == "ok"
+    assert "929/960" not in row["explanation"] and "layouts" not in row["details"]

@@ -11,13 +11,12 @@ from .common import add_json_flag, int_in, print_json, random_seed
 __all__ = ["register"]
 
 
-def _row_json(row) -> dict[str, Any]:
-    """An audit row in the JSON vocabulary: ``recipe`` is the recipe object, as in every other
-    command's output; its one-line form is ``recipe_text``."""
-    from ..codebooks.registry import REGISTRY
+def _row_json(row, entry) -> dict[str, Any]:
+    """An audit row in the JSON vocabulary: ``recipe`` is the recipe object of the audited
+    ``entry``, as in every other command's output; its one-line form is ``recipe_text``."""
     from ..codebooks.codebook import format_recipe
 
-    recipe = REGISTRY[row.name].codebook.recipe
+    recipe = entry.codebook.recipe
     return {**row.to_dict(), "recipe": recipe, "recipe_text": format_recipe(recipe)}
 
 
@@ -41,8 +40,6 @@ def _cmd_audit_vector(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    from ..codebooks.registry import REGISTRY
-
     from .common import UsageError
 
     if args.vector:
@@ -52,20 +49,25 @@ def _cmd_audit(args) -> int:
     if args.samples is not None or args.seed is not None:
         raise UsageError("--samples and --seed apply only with --vector")
     from ..io.progress import progress_bar
-    from ..verify.audit import audit
+    from ..verify.audit import audit_entries, audit_one, is_registry_entry
     from ..verify.layouts import format_finding
 
-    names = args.names or None
-    with progress_bar(total=len(names or REGISTRY), desc="auditing", unit="table") as bar:
-        rows = audit(names, progress=bar.step)
+    entries = audit_entries(args.names or None)   # every name and file read before any work
+    rows = []
+    with progress_bar(total=len(entries), desc="auditing", unit="table") as bar:
+        for entry in entries:
+            bar.step(entry.name)
+            rows.append(audit_one(entry))
     if args.layouts:  # findings only: they never change a row's verdict or the exit status
         from ..verify.layouts import LAYOUTS, attach_layouts
 
-        laid = {lay.codebook for lay in LAYOUTS} & {r.name for r in rows}
+        # the layouts are the registry's tables': a file's table of the same name is not one of them
+        laid_rows = [r for r, e in zip(rows, entries) if is_registry_entry(e)]
+        laid = {lay.codebook for lay in LAYOUTS} & {r.name for r in laid_rows}
         with progress_bar(total=len(laid), desc="layouts", unit="table") as bar:
-            attach_layouts(rows, progress=bar.step)
+            attach_layouts(laid_rows, progress=bar.step)
     if args.json:
-        print_json([_row_json(r) for r in rows])
+        print_json([_row_json(r, e) for r, e in zip(rows, entries)])
     else:
         for r in rows:
             fields = (f"bit_exact={'-' if r.bit_exact is None else ('yes' if r.bit_exact else 'no')}"
@@ -89,12 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "bit for bit "
                                      "(--vector: audit the vector grids)",
                        description="Re-derive the published tables (every one, or those named) from their recipes "
-                                   "and compare them bit for bit. Exit status 1 when a table expected to reproduce "
+                                   "and compare them bit for bit; a FILE.json is judged against its own recipe, "
+                                   "bit for bit. Exit status 1 when a table expected to reproduce "
                                    "(bit-exact or decimals) does not, with its name on standard error; the vector "
                                    "grids' findings (--vector) and --layouts never fail.")
-    s.add_argument("names", nargs="*", metavar="NAME",
+    s.add_argument("names", nargs="*", metavar="NAME|FILE.json",
                    help="the tables to audit (default: every one `quantbook list` names; with --vector every "
-                        "published grid)")
+                        "published grid); a codebook file is re-derived from its own recipe and must match it "
+                        "bit for bit")
     s.add_argument("--layouts", action="store_true",
                    help="also audit the 4-bit tables in the scaled layouts they were made for (NVFP4, MXFP4, "
                         "float16 block 32, bitsandbytes): expected MSE, the layout's optimum, the loss")

@@ -22,19 +22,21 @@ Further checks (e.g. optimality of tables that claim an objective) register with
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..codebooks.codebook import Codebook, float32_ulp_distance, format_recipe
-from ..codebooks.registry import REGISTRY, Published
+from ..codebooks.registry import REGISTRY, Published, load
 from ..codebooks.spelling import published_name
 from ..derive.recipes import derive_from_recipe
 from ..errors import NotFoundError
 from ..numerics.arguments import did_you_mean
 
-__all__ = ["AuditRow", "audit", "audit_one", "compare", "format_recipe", "register_check"]
+__all__ = ["AuditRow", "audit", "audit_entries", "audit_one", "compare", "format_recipe", "is_registry_entry",
+           "register_check"]
 
 
 @dataclass
@@ -167,8 +169,9 @@ def audit_one(entry: Published) -> AuditRow:
                 f"({float(der[c.worst_index])!r} derived vs {float(pub[c.worst_index])!r} published)")
     row = AuditRow(cb.name, recipe, entry.expect, reproduced, c.bit_exact, c.max_ulp,
                    c.max_abs_diff, text)
-    for fn in _CHECKS.get(cb.name, []) + _CHECKS.get("*", []):
-        fn(entry, derived, row)
+    if is_registry_entry(entry):   # the checks are written for the registry's tables, not for a file's
+        for fn in _CHECKS.get(cb.name, []) + _CHECKS.get("*", []):
+            fn(entry, derived, row)
     return row
 
 
@@ -190,19 +193,40 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
                     f"not a reproduction)")
 
 
-def audit(names: Iterable[str] | None = None, progress: Callable[[str], None] | None = None) -> list[AuditRow]:
-    """Audit the named registry entries (a name or several; all by default), in the order given."""
-    selected = list(REGISTRY) if names is None else [names] if isinstance(names, str) else list(names)
-    for i, name in enumerate(selected):   # every name before any work
-        if published_name(name, REGISTRY) is None:
-            raise NotFoundError(f"no published codebook {name!r}{did_you_mean(name, REGISTRY)} "
-                                "(quantbook list names them)")
-        selected[i] = published_name(name, REGISTRY)
-    rows = []
+def is_registry_entry(entry: Published) -> bool:
+    """Whether ``entry`` is the registry's own entry of its name, whose further checks and
+    layouts apply (a file's table may carry a published name)."""
+    return REGISTRY.get(entry.name) is entry
+
+
+def audit_entries(names: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Published]:
+    """The entries ``names`` name (a name or several; every registry entry by default), in the
+    order given, each read before any work.  A ``FILE.json`` (or a path object) is a codebook
+    file, read by :func:`quantbook.load`: its table is expected to be its own recipe's bit for bit."""
+    single = isinstance(names, (str, os.PathLike))
+    selected = list(REGISTRY) if names is None else [names] if single else list(names)
+    entries = []
     for name in selected:
+        published = published_name(name, REGISTRY)
+        if published is not None:
+            entries.append(REGISTRY[published])
+        elif isinstance(name, os.PathLike) or (isinstance(name, str) and name.rstrip().lower().endswith(".json")):
+            entries.append(Published(load(name), f"codebook file {os.fspath(name)}"))
+        else:
+            raise NotFoundError(f"no published codebook {name!r}{did_you_mean(str(name), REGISTRY)} "
+                                "(quantbook list names them; a codebook file is FILE.json)")
+    return entries
+
+
+def audit(names: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
+          progress: Callable[[str], None] | None = None) -> list[AuditRow]:
+    """Audit the entries :func:`audit_entries` reads from ``names`` (every registry entry by
+    default), in the order given."""
+    rows = []
+    for entry in audit_entries(names):
         if progress:
-            progress(name)
-        rows.append(audit_one(REGISTRY[name]))
+            progress(entry.name)
+        rows.append(audit_one(entry))
     return rows
 
 
