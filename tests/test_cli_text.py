@@ -372,6 +372,13 @@ def test_every_stated_default_is_the_one_used():
     assert len(checked) > 50
 
 
+def test_every_argument_says_what_it_is():
+    """``--help`` lists each option and positional with a line that says what it is (plot's and
+    plot-sweep's ``-o FILE`` and evaluate's ``NAME|FILE.json`` had none)."""
+    bare = sorted(key for key, action in _options().items() if not (action.help or "").strip())
+    assert not bare, bare
+
+
 def test_the_described_defaults_are_those_documented():
     from fractions import Fraction
 

@@ -126,7 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("show", help="print a codebook (registry NAME, FILE.json, nfK or lloyd-...; "
                                     "vector grids such as higgs-2d-256)")
-    s.add_argument("name", metavar="NAME|FILE.json")
+    s.add_argument("name", metavar="NAME|FILE.json",
+                   help="registry name, FILE.json, nfK, lloyd-... or a vector grid (e.g. higgs-2d-256)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_show)
 

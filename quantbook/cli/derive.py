@@ -344,7 +344,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("evaluate", help="expected errors of a codebook under the block model (exact; Monte "
                                         "Carlo under a search rule)")
-    s.add_argument("name", metavar="NAME|FILE.json")
+    s.add_argument("name", metavar="NAME|FILE.json",
+                   help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; without B, --block-size)")
     _add_block_arguments(s)
     s.add_argument("--samples", type=integer,
                    help="with a search rule (--scale search:...), whose errors are Monte Carlo: values in the "

@@ -13,6 +13,8 @@ from .common import (SOURCE_SPELLINGS, UsageError, add_json_flag, error_units, i
 
 __all__ = ["register"]
 
+_OUTPUT_HELP = "the picture to write; its extension names the format (PNG, PDF, SVG ...)"
+
 
 def _specs(specs: list[str]) -> list[str]:
     """The codebook spellings of the arguments, each read by the list grammar
@@ -141,14 +143,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"block size (default {DEFAULT_BLOCK_SIZE})")
     s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
     s.add_argument("--normalization", choices=norms, default="absmax", help="block normalisation (default absmax)")
-    s.add_argument("-o", "--output", required=True, metavar="FILE")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help=_OUTPUT_HELP)
     s.set_defaults(func=_cmd_plot)
 
     s = sub.add_parser("plot-sweep", help="expected MSE/MAE vs block size for several codebooks (PNG, PDF ...)",
                        description="Exact expected MSE and MAE of each codebook for block sizes MIN, 2·MIN, "
                                    "4·MIN, ... up to MAX; a lloyd-LOSS spelling without a block size is re-derived "
                                    "at every block size. Also prints the numbers.")
-    s.add_argument("codebooks", nargs="+", metavar="NAME")
+    s.add_argument("codebooks", nargs="+", metavar="NAME",
+                   help="registry names, FILE.json, nfK, lloyd-... (see evaluate-model; lloyd-LOSS without B: "
+                        "fitted at each block size)")
     s.add_argument("--min-block", type=int_in(2, 10**6), default=16, help="smallest block size (default 16)")
     s.add_argument("--max-block", type=int_in(2, 10**6), default=16384,
                    help="largest block size: the doublings of --min-block up to it (default 16384)")
@@ -163,5 +167,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--qmax", type=positive_float,
                    help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
     add_json_flag(s)
-    s.add_argument("-o", "--output", required=True, metavar="FILE")
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help=_OUTPUT_HELP)
     s.set_defaults(func=_cmd_plot_sweep)
