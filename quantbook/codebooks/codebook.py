@@ -412,9 +412,11 @@ def float32_ulp_distance(a: Any, b: Any) -> np.ndarray:
     return np.abs(ia - ib)
 
 
-#: how close (relative) a derived float64 level may come to a float32 rounding edge before
-#: :func:`warn_float32_edges` warns: the largest move between CPUs measured is 8.5e-13 (an 8-bit Lloyd
-#: code, docs/derivation.md); 12 times that leaves room for CPUs not measured, and warns for few codes
+#: how close (relative) a float64 number whose last digits differ between CPUs may come to a rounding
+#: edge: :func:`warn_float32_edges` warns within it, and the tests hold what the audit decides (float32
+#: tables, published decimals) further away.  The largest move between CPUs measured is 8.5e-13 (an
+#: 8-bit Lloyd code, docs/derivation.md); 12 times that leaves room for CPUs not measured, and warns
+#: for few codes
 FLOAT32_EDGE_BOUND = 1e-11
 
 
