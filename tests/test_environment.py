@@ -362,6 +362,51 @@ def test_every_registered_table_clears_the_float32_rounding_edges():
     assert min(margins.values()) > FLOAT32_EDGE_BOUND, margins
 
 
+def test_quantile_and_scaled_codes_near_a_float32_rounding_edge_warn(monkeypatch):
+    """The quantile code checks its levels as the Lloyd code does; under a rule of the scaled
+    layout, whose table is the levels times qmax rounded to float32 (other rounding edges), both
+    check that table too: a level whose product with qmax lies 1e-13 from a float32 rounding edge
+    warns, naming the scaled table, though the level itself lies clear of its own edges."""
+    from quantbook.codebooks.codebook import FLOAT32_EDGE_BOUND
+    from quantbook.derive import lloyd, quantile
+
+    lloyd_module = sys.modules["quantbook.derive.lloyd"]
+    quantiles, solve = lloyd_module._quantile_levels, lloyd_module._solve_levels
+
+    def moved(levels, target):   # the level nearest 0.3 replaced by target(that level)
+        levels = np.array(levels, dtype=np.float64)
+        i = np.argmin(np.abs(levels - 0.3))
+        levels[i] = target(levels[i])
+        return levels
+
+    def force(m, target):   # both derivations' levels with one moved
+        def solved(*args):
+            levels, it, res = solve(*args)
+            return moved(levels, target), it, res
+
+        m.setattr(lloyd_module, "_quantile_levels", lambda mu, n, fx: moved(quantiles(mu, n, fx), target))
+        m.setattr(lloyd_module, "_solve_levels", solved)
+
+    with monkeypatch.context() as m:
+        force(m, _on_an_edge)
+        cb, said = _edge_warnings(lambda: quantile(4, 64))
+    assert len(said) == 1 and "quantile code of normal" in said[0], said
+    i = int(np.argmin(_float32_edge_distance(cb.levels)))
+    assert f"level {i} ({float(cb.levels[i])!r})" in said[0]
+
+    for derive in (lloyd, quantile):
+        with monkeypatch.context() as m:
+            force(m, lambda v: _on_an_edge(6 * v) / 6)   # its product with qmax = 6 on an edge
+            cb, said = _edge_warnings(lambda: derive(4, 32, scale="e8m0:floor"))
+            plain = _edge_warnings(lambda: derive(4, 32))[1]   # the same level in the plain layout
+        products = cb.levels * 6
+        assert _float32_edge_distance(cb.levels).min() > FLOAT32_EDGE_BOUND   # the level itself lies clear
+        assert _float32_edge_distance(products).min() < 1e-12 and plain == []
+        assert len(said) == 1 and "scaled layout's table (levels x 6)" in said[0] and "e8m0:floor" in said[0], said
+        j = int(np.argmin(_float32_edge_distance(products)))
+        assert f"level {j} ({float(products[j])!r})" in said[0]
+
+
 def test_nf_codes_warn_where_a_float64_number_they_round_to_float32_lies_on_an_edge(monkeypatch):
     """NF's float64 levels and the float64 quantiles float32-bnb stores as float32 come from
     scipy's normal quantile, whose last digits differ between CPUs: one forced 1e-13 from a

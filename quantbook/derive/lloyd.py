@@ -62,6 +62,7 @@ from ..codebooks.codebook import Codebook, check_given_name, warn_float32_edges
 from ..codebooks.spelling import lloyd_spelling
 from ..numerics.arguments import check_int
 from ..numerics.dots import norm
+from ..scales import get_rule, scaled_products
 from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
@@ -512,8 +513,18 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
                "the iteration budget" if it >= max_iter else "no further progress")
     nm = _lloyd_name(r) if name is None else name
     cb = Codebook(levels=levels, bits=r.bits, name=nm, source="derived", recipe=r.to_dict())
-    warn_float32_edges(cb.levels, f"the {_describe(r)}", stacklevel=3)
+    _warn_edges(cb, r)
     return LloydResult(cb, it, res, converged, loss_value), why
+
+
+def _warn_edges(cb: Codebook, r: LloydRecipe | QuantileRecipe) -> None:
+    """:func:`~quantbook.codebooks.codebook.warn_float32_edges` for every float32 table made from
+    the derived levels: the code's own (the byte format's, the kernels') and, under a rule of
+    the scaled layout, the table that layout stores (levels times qmax, other rounding edges)."""
+    warn_float32_edges(cb.levels, f"the {_describe(r)}", stacklevel=4)
+    if r.scale is not None and get_rule(r.scale).layout == "scaled":
+        warn_float32_edges(scaled_products(cb, r.qmax), f"the scaled layout's table (levels x {r.qmax:g}) of the "
+                           f"{_describe(r)} under {r.scale}", stacklevel=4)
 
 
 def _lloyd_name(r: LloydRecipe) -> str:
@@ -650,5 +661,5 @@ def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
         name = f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
         name += f"-{r.scale.replace(':', '-')}" if r.scale is not None else ""
     cb = Codebook(levels=levels, bits=r.bits, name=name, source="derived", recipe=r.to_dict())
-    warn_float32_edges(cb.levels, f"the {_describe(r)}", stacklevel=3)
+    _warn_edges(cb, r)
     return cb

@@ -10,8 +10,9 @@ scales; :mod:`.fouroversix`), ``e8m0:floor|ceil|even|rceil`` (MX;
 
 from . import floats, e4m3, e8m0, fouroversix, nested, search  # noqa: F401,I001  (each registers its family)
 from .rule import (DEFAULT_QMAX, FAMILIES, SCALED_BITS, ScaleRule, check_qmax, check_scaled_bits, check_scaled_only,
-                   get_rule, layout_qmax, rule_names, rule_spellings, scaled_peak, scaled_values)
+                   get_rule, layout_qmax, rule_names, rule_spellings, scaled_peak, scaled_products,
+                   scaled_values)
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
            "layout_qmax",
-           "DEFAULT_QMAX", "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_values"]
+           "DEFAULT_QMAX", "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_products", "scaled_values"]

@@ -33,7 +33,7 @@ from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
            "layout_qmax",
-           "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_values"]
+           "SCALED_BITS", "check_scaled_bits", "scaled_peak", "scaled_products", "scaled_values"]
 
 #: the codebook's largest magnitude in the units the scale multiplies (E2M1's 6), the default
 #: qmax of quantize, the derivations and the command line
@@ -276,9 +276,15 @@ def scaled_values(levels: Any, qmax: Any) -> np.ndarray:
     (not always the correctly rounded value; the stored bytes keep it).  The one rule, for the
     layout's table and for the fits and errors that measure it.  ``levels``: the values, or a
     Codebook (its stored code, as the layout stores it: its sorted levels lack E2M1's -0)."""
+    return scaled_products(levels, qmax).astype(np.float32)
+
+
+def scaled_products(levels: Any, qmax: Any) -> np.ndarray:
+    """The float64 products that :func:`scaled_values` rounds to float32 (a derivation checks
+    them for float32 rounding edges)."""
     c = np.asarray(getattr(levels, "code", levels), dtype=np.float64).reshape(-1)
     peak = scaled_peak(c)
-    return (c * (check_qmax(qmax) / peak)).astype(np.float32)
+    return c * (check_qmax(qmax) / peak)
 
 
 def check_tensor_amax(global_amax: Any) -> np.float32:
