@@ -135,3 +135,13 @@ def test_fouroversix_comparison_without_the_package_index_says_so_in_a_line(monk
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("compare_fouroversix: "), err
     assert "nothing compared" in err
+
+
+@pytest.mark.parametrize("args, said", [(["--bits", "5"], "--bits takes widths from 2 to 4"),
+                                        (["--block-sizes", "1"], "--block-sizes must be at least 2"),
+                                        (["--sources", "nromal"], "nromal")])
+def test_edge_margin_measurement_refuses_what_every_derivation_would_refuse(monkeypatch, capsys, args, said):
+    """Each derivation the library refuses counts as refused: arguments that would make every one
+    refused are refused first, in one line."""
+    assert _run(monkeypatch, "measure_edge_margins.py", *args) == 2
+    assert said in capsys.readouterr().err

@@ -88,6 +88,9 @@ CPU = [
           "sample_laws"),
     _case("measure_cpu_bits.py --settings numba-generic --only nf4", r"^native: 4 results \(\d+ s\)$",
           r"^numba-generic: 0 of 4 results differ \(\d+ s\)$", "cpu_bits"),
+    _case("measure_edge_margins.py --bits 2 --block-sizes 64 --sources normal",
+          r"^bound 1e-11; 30 codes derived, 0 refused$",
+          r"^scaled table: 27 codes, \d+ warn; smallest margin of the rest \d\.\d\de-\d\d$", "edge_margins"),
     _case("emulated_coalescing.py --summary --family sanitize", r"^family\s+kernel\s+array\s+dir\s+runs\s+eff",
           r"^sanitize\s+qb_sanitize\s+x\s+load\s+\d+ \d\.\d{3}-", "emulated_coalescing"),
 ]
