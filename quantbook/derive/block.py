@@ -46,14 +46,15 @@ from __future__ import annotations
 import math
 import numbers
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Callable, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
-from ..numerics.arguments import check_flag, check_int, is_int, random_generator
+from ..numerics.arguments import Seed, check_flag, check_int, is_int, random_generator
 from ..numerics.dots import row_dot
-from .conventions import at_q, at_x, real_array, sample_shape
+from .conventions import FloatOrArray, Size, at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
 
 __all__ = ["BlockDistribution", "BlockMeasure", "SourceMeasure", "FoldedMeasure", "RestrictedMeasure",
@@ -163,13 +164,13 @@ class _Measure:
     atoms_w: np.ndarray
     total: float
 
-    def T(self, k: int, y):  # pragma: no cover - abstract
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def dens(self, y):  # pragma: no cover - abstract
+    def dens(self, y: ArrayLike) -> FloatOrArray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def T0_dens(self, y):
+    def T0_dens(self, y: ArrayLike) -> tuple[FloatOrArray, FloatOrArray]:
         """``(T(0, y), dens(y))``: a measure may take both in one pass (:class:`BlockMeasure`)."""
         return self.T(0, y), self.dens(y)
 
@@ -247,13 +248,13 @@ class SourceMeasure(_Measure):
         self.total = 1.0
         self.weight_power = 0
 
-    def T(self, k, y):
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:
         return self.source.partial_moment(k, y)
 
-    def dens(self, y):
+    def dens(self, y: ArrayLike) -> FloatOrArray:
         return self.source.pdf(y)
 
-    def ppf(self, p):
+    def ppf(self, p: ArrayLike) -> FloatOrArray:
         return self.source.ppf(p)
 
 
@@ -361,13 +362,13 @@ class BlockMeasure(_Measure):
         """(sign, log coefficients) of the extreme nodes' plus and minus parts."""
         return [(sign, lc) for sign, lc in ((1.0, self._e_lcp), (-1.0, self._e_lcm)) if np.any(np.isfinite(lc))]
 
-    def T(self, k, y):
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:
         return _by_chunks(lambda v: self._T(k, v), y, self.m.size + self._e_logm.size)
 
-    def dens(self, y):
+    def dens(self, y: ArrayLike) -> FloatOrArray:
         return _by_chunks(self._dens, y, self.m.size + self._e_logm.size)
 
-    def T0_dens(self, y):
+    def T0_dens(self, y: ArrayLike) -> tuple[FloatOrArray, FloatOrArray]:
         return _by_chunks(self._T0_dens, y, self.m.size + self._e_logm.size, outputs=2)
 
     def _regular(self, k, y, *whats):
@@ -433,11 +434,11 @@ class FoldedMeasure(_Measure):
         self.total = base.total
         self.weight_power = getattr(base, "weight_power", 0)
 
-    def T(self, k, y):
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:
         y = np.asarray(y, dtype=np.float64)
         return self.base.T(k, y) - (-1) ** k * self.base.T(k, -y)
 
-    def dens(self, y):
+    def dens(self, y: ArrayLike) -> FloatOrArray:
         y = np.asarray(y, dtype=np.float64)
         return self.base.dens(y) + self.base.dens(-y)
 
@@ -456,10 +457,10 @@ class RestrictedMeasure(_Measure):
         self.total = base.total
         self.weight_power = getattr(base, "weight_power", 0)
 
-    def T(self, k, y):
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:
         return self.base.T(k, np.clip(np.asarray(y, dtype=np.float64), self.lo, self.hi))
 
-    def dens(self, y):
+    def dens(self, y: ArrayLike) -> FloatOrArray:
         y = np.asarray(y, dtype=np.float64)
         return np.where((y >= self.lo) & (y <= self.hi), self.base.dens(y), 0.0)
 
@@ -814,30 +815,30 @@ class BlockDistribution:
     def _at_q(self, hook, q):
         return at_q(hook, q)
 
-    def pdf(self, y):
+    def pdf(self, y: ArrayLike) -> FloatOrArray:
         """Density of the continuous part (the atoms are not in it)."""
         return self._at_y(self._pdf, y)
 
-    def logpdf(self, y):
+    def logpdf(self, y: ArrayLike) -> FloatOrArray:
         return self._at_y(self._logpdf, y)
 
-    def cdf(self, y):
+    def cdf(self, y: ArrayLike) -> FloatOrArray:
         return self._at_y(self._cdf, y)
 
-    def logcdf(self, y):
+    def logcdf(self, y: ArrayLike) -> FloatOrArray:
         return self._at_y(self._logcdf, y)
 
-    def sf(self, y):
+    def sf(self, y: ArrayLike) -> FloatOrArray:
         return self._at_y(self._sf, y)
 
-    def logsf(self, y):
+    def logsf(self, y: ArrayLike) -> FloatOrArray:
         return self._at_y(self._logsf, y)
 
-    def ppf(self, q):
+    def ppf(self, q: ArrayLike) -> FloatOrArray:
         """Left-continuous inverse of :meth:`cdf`; NaN for ``q`` outside ``[0, 1]`` or NaN."""
         return self._at_q(self._ppf, q)
 
-    def isf(self, q):
+    def isf(self, q: ArrayLike) -> FloatOrArray:
         """Inverse of :meth:`sf` (``inf{y: sf(y) <= q}``); NaN for ``q`` outside ``[0, 1]``."""
         return self._at_q(self._isf, q)
 
@@ -874,7 +875,8 @@ class BlockDistribution:
     def std(self) -> float:
         return math.sqrt(self.var())
 
-    def expect(self, func=None, lb=None, ub=None, conditional: bool = False) -> float:
+    def expect(self, func: Callable[[Any], ArrayLike] | None = None, lb: float | None = None, ub: float | None = None,
+               conditional: bool = False) -> float:
         """``E[func(y)]`` over ``lb <= y <= ub`` (default: the support), atoms included when
         they lie in ``[lb, ub]``; ``conditional=True`` divides by ``P(lb <= y <= ub)``.
         ``func`` is called on arrays when it accepts them, else value by value."""
@@ -909,17 +911,17 @@ class BlockDistribution:
         aw = self.atoms[1]
         return float(h - np.sum(aw * np.log(aw)))
 
-    def rvs(self, size=None, random_state=None) -> np.ndarray:
+    def rvs(self, size: Size = None, random_state: Seed = None) -> FloatOrArray:
         """Exact Monte-Carlo draws: blocks of B source values normalised, flattened
         (``size`` values, the last block cut).  Values within one block are dependent."""
         shape = sample_shape(size)
         rng = random_generator(random_state)
         n = int(np.prod(shape))
-        if self._plain:
-            return self.source.rvs(n, rng).reshape(shape)[()]
-        B = self.block_size
+        if self._plain:   # n draws are an array (rvs gives a float for size () alone)
+            return np.asarray(self.source.rvs(n, rng)).reshape(shape)[()]
+        B = cast(int, self.block_size)   # only the plain law has none
         nb = -(-n // B)
-        x = self.source.rvs((nb, B), rng)
+        x = np.asarray(self.source.rvs((nb, B), rng))
         return normalize_blocks(x, self.normalization).ravel()[:n].reshape(shape)[()]   # size=() -> a float
 
     # ------------------------------------------------------------------ private: compute
@@ -1156,7 +1158,7 @@ class BlockDistribution:
         if key not in self._rules:  # the density at the nodes is the costly part: keep it
             y = (0.5 * (b - a)[:, None] * gx + 0.5 * (a + b)[:, None]).ravel()
             w = (0.5 * (b - a)[:, None] * gw).ravel()
-            p = self._mu.dens(y) if pv is None else np.repeat(pv, gx.size)
+            p = np.asarray(self._mu.dens(y)) if pv is None else np.repeat(pv, gx.size)
             keep = p > 0
             if len(self._rules) > 8:
                 self._rules.clear()

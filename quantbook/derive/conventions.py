@@ -5,17 +5,25 @@ out."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import Any, Callable, SupportsIndex, TypeAlias
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ..numerics.reals import real_array
 
-__all__ = ["real_array", "apply", "at_x", "at_q", "sample_shape"]
+__all__ = ["real_array", "apply", "at_x", "at_q", "sample_shape", "FloatOrArray", "Size"]
+
+#: what a public method returns: a float (``numpy.float64``) for a scalar argument, a float64
+#: array of the argument's shape for an array
+FloatOrArray: TypeAlias = float | NDArray[np.float64]
+#: the ``size`` of ``rvs``, as numpy's and scipy's (:func:`sample_shape`)
+Size: TypeAlias = SupportsIndex | Sequence[SupportsIndex] | None
 
 
-def apply(hook: Callable[[np.ndarray], Any], x: Any, what: str,
-          valid: Callable[[np.ndarray], np.ndarray]) -> Any:
+def apply(hook: Callable[[np.ndarray], Any], x: ArrayLike, what: str,
+          valid: Callable[[np.ndarray], np.ndarray]) -> FloatOrArray:
     """``hook`` on the valid entries of ``x`` (as a 1-D array), NaN elsewhere; 0-d in ->
     float out."""
     arr = real_array(x, what)
@@ -29,12 +37,12 @@ def apply(hook: Callable[[np.ndarray], Any], x: Any, what: str,
     return out[()]
 
 
-def at_x(hook: Callable[[np.ndarray], Any], x: Any, what: str = "x") -> Any:
+def at_x(hook: Callable[[np.ndarray], Any], x: ArrayLike, what: str = "x") -> FloatOrArray:
     """A function of a point: NaN where the point is NaN."""
     return apply(hook, x, what, lambda a: ~np.isnan(a))
 
 
-def at_q(hook: Callable[[np.ndarray], Any], q: Any, what: str = "q") -> Any:
+def at_q(hook: Callable[[np.ndarray], Any], q: ArrayLike, what: str = "q") -> FloatOrArray:
     """A function of a probability: NaN outside [0, 1] (and at NaN)."""
     return apply(hook, q, what, lambda a: (a >= 0) & (a <= 1))
 

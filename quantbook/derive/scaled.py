@@ -84,14 +84,15 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.linalg import eigh_tridiagonal
 
-from ..numerics.arguments import check_int, random_generator
+from ..numerics.arguments import Seed, check_int, random_generator
 from ..numerics.dots import norm, row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
 from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure, read_only_arrays)
-from .conventions import at_q, at_x, sample_shape
+from .conventions import FloatOrArray, Size, at_q, at_x, sample_shape
 from .sources import Source, parse_source
 
 __all__ = ["ScaledMeasure", "NestedMeasure", "ScaledBlockDistribution", "scaled_measure", "check_scale",
@@ -151,7 +152,7 @@ class TensorModel:
             tensor_size = check_int(tensor_size, "tensor_size", 2)
         self.amax, self.size = tensor_amax, tensor_size
 
-    def key(self):
+    def key(self) -> tuple[float | None, int | None]:
         return (self.amax, self.size)
 
     def describe(self) -> str:
@@ -463,7 +464,7 @@ class ScaledMeasure(_Measure):
     def _chunked(self, f, y):
         return _by_chunks(f, y, self.sig.size)
 
-    def T(self, k, y):
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:
         def f(v):  # per piece ΔK Ψ(clip(vσ, b_hi)) + K_lo [Ψ(clip(vσ, b_hi)) - Ψ(clip(vσ, b_lo))]:
             # the second term is 0 unless vσ is beyond b_lo, so nothing large cancels
             a = np.multiply.outer(v, self.sig)
@@ -476,7 +477,7 @@ class ScaledMeasure(_Measure):
             return row_dot(self.source.partial_moment(k, np.multiply.outer(v, nodes)), weights * nodes ** -float(k))
         return self._split(y, fast, lambda v: self._chunked(f, v), k)
 
-    def tail(self, y):
+    def tail(self, y: ArrayLike) -> np.ndarray:
         """The continuous mass beyond each ``y != 0`` on its side of 0 (``(y, hi]`` or ``[lo,
         y)``), piece by piece: with ``a = min(|y| σ_j, b_hi)`` and ``D(a, b)`` the source's mass
         between ``±a`` and ``±b``, ``ΔK D(a, b_hi) + K_lo D(max(a, b_lo), b_hi)`` (the terms of
@@ -500,7 +501,7 @@ class ScaledMeasure(_Measure):
             out[side] = self._chunked(f, y[side])
         return out
 
-    def dens(self, y):
+    def dens(self, y: ArrayLike) -> FloatOrArray:
         def f(v):
             a = np.multiply.outer(v, self.sig)
             inside = np.abs(a) < self.b_hi
@@ -614,11 +615,11 @@ class NestedMeasure(_Measure):
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         return 0.5 * (lo + hi)
 
-    def T(self, k, y):
+    def T(self, k: int, y: ArrayLike) -> FloatOrArray:
         y = np.clip(np.asarray(y, dtype=np.float64), -1.0, 1.0)
         return row_dot(self.source.partial_moment(k, np.multiply.outer(y, self.m)), self._ck[k])
 
-    def dens(self, y):
+    def dens(self, y: ArrayLike) -> FloatOrArray:
         y = np.asarray(y, dtype=np.float64)
         out = row_dot(self.source.pdf(np.multiply.outer(y, self.m)), self._cd)
         return np.where(np.abs(y) < 1, out, 0.0)
@@ -636,7 +637,7 @@ class NestedMeasure(_Measure):
         src, m, s, c = self.source, self.m, self._s, self._c
         e = np.clip(np.asarray(edges, dtype=np.float64), self.lo, self.hi)
         x = np.multiply.outer(e, m)   # the cell edges in the weight domain, per node of M
-        p0, p1 = src.partial_moment(0, x), src.partial_moment(1, x)
+        p0, p1 = np.asarray(src.partial_moment(0, x)), np.asarray(src.partial_moment(1, x))
         out = np.empty(levels.size)
         for j, q in enumerate(levels):
             qs = q * s
@@ -705,25 +706,25 @@ class ScaledBlockDistribution:
         return (f"<ScaledBlockDistribution {self.source.spec}, B={self.block_size}, {self.rule.name}, "
                 f"qmax={self.qmax:g}>")
 
-    def pdf(self, y):
+    def pdf(self, y: ArrayLike) -> FloatOrArray:
         return at_x(self._mu.dens, y, "y")
 
-    def logpdf(self, y):
+    def logpdf(self, y: ArrayLike) -> FloatOrArray:
         return at_x(lambda v: _log(self._mu.dens(v)), y, "y")
 
-    def cdf(self, y):
+    def cdf(self, y: ArrayLike) -> FloatOrArray:
         return at_x(self._cdf, y, "y")
 
-    def logcdf(self, y):
+    def logcdf(self, y: ArrayLike) -> FloatOrArray:
         return at_x(lambda v: _log(self._cdf(v)), y, "y")
 
-    def sf(self, y):
+    def sf(self, y: ArrayLike) -> FloatOrArray:
         return at_x(self._sf, y, "y")
 
-    def logsf(self, y):
+    def logsf(self, y: ArrayLike) -> FloatOrArray:
         return at_x(lambda v: _log(self._sf(v)), y, "y")
 
-    def ppf(self, q):
+    def ppf(self, q: ArrayLike) -> FloatOrArray:
         """Inverse of :meth:`cdf`, solved on the lower tail's own mass (as :meth:`isf`); NaN for
         ``q`` outside ``[0, 1]`` or NaN."""
         mu = self._mu
@@ -750,7 +751,7 @@ class ScaledBlockDistribution:
             x = np.where(move, nxt, x)
         return x
 
-    def isf(self, q):
+    def isf(self, q: ArrayLike) -> FloatOrArray:
         """Inverse of :meth:`sf`, solved on the upper tail's own mass (no ``1 - q`` cancellation)."""
         mu = self._mu
 
@@ -817,7 +818,7 @@ class ScaledBlockDistribution:
     def std(self) -> float:
         return math.sqrt(self.var())
 
-    def rvs(self, size=None, random_state=None) -> np.ndarray:
+    def rvs(self, size: Size = None, random_state: Seed = None) -> FloatOrArray:
         """Monte-Carlo draws of ``u`` with the rule's float32 scale (``size``: an integer or a
         shape; values in whole blocks, the last cut); the tensor scale as the model says
         (uniform phase: one random phase per block; ``tensor_amax=G``: blocks drawn until
@@ -846,7 +847,7 @@ class ScaledBlockDistribution:
     def _blocks(self, nb: int, rng) -> np.ndarray:
         """``nb`` blocks of source draws; under ``tensor_amax=G`` only blocks with ``M <= G``."""
         B, G = self.block_size, self.tensor.amax
-        x = self.source.rvs((nb, B), rng)
+        x = np.asarray(self.source.rvs((nb, B), rng))   # blocks: an array
         if G is None:
             return x
         keep = x[np.abs(x).max(axis=1) <= G]
@@ -854,7 +855,7 @@ class ScaledBlockDistribution:
         while keep.shape[0] < nb:
             if tries >= 1000:
                 raise ValueError(f"tensor_amax={G:g}: too few blocks of {B} have their maximum below it to sample")
-            more = self.source.rvs((nb, B), rng)
+            more = np.asarray(self.source.rvs((nb, B), rng))
             keep = np.concatenate([keep, more[np.abs(more).max(axis=1) <= G]])
             tries += 1
         return keep[:nb]

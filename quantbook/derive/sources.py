@@ -57,14 +57,15 @@ from typing import Any, Callable
 
 import mpmath
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import integrate, special
 
-from ..numerics.arguments import check_flag, check_int, is_int, one_line, random_generator
+from ..numerics.arguments import Seed, check_flag, check_int, is_int, one_line, random_generator
 from ..numerics.dots import row_dot
 from ..numerics.reals import real_host_array, real_kind
 from ..io.files import check_input_file
 from ..io.npy import load_npy
-from .conventions import apply, at_q, at_x, sample_shape
+from .conventions import FloatOrArray, Size, apply, at_q, at_x, sample_shape
 
 __all__ = ["Source", "Normal", "Laplace", "StudentT", "Empirical", "parse_source",
            "register_source_parser", "SourceError"]
@@ -97,44 +98,44 @@ class Source:
 
     # ---- public, as scipy.stats: NaN in, NaN out; a probability outside [0, 1] has no
     # quantile (NaN); a scalar in, a scalar out
-    def pdf(self, x):
+    def pdf(self, x: ArrayLike) -> FloatOrArray:
         return at_x(self._pdf, x)
 
-    def cdf(self, x):
+    def cdf(self, x: ArrayLike) -> FloatOrArray:
         return at_x(self._cdf, x)
 
-    def sf(self, x):
+    def sf(self, x: ArrayLike) -> FloatOrArray:
         return at_x(self._sf, x)
 
-    def logpdf(self, x):
+    def logpdf(self, x: ArrayLike) -> FloatOrArray:
         return at_x(self._logpdf, x)
 
-    def logcdf(self, x):
+    def logcdf(self, x: ArrayLike) -> FloatOrArray:
         return at_x(self._logcdf, x)
 
-    def logsf(self, x):
+    def logsf(self, x: ArrayLike) -> FloatOrArray:
         return at_x(self._logsf, x)
 
-    def ppf(self, q):
+    def ppf(self, q: ArrayLike) -> FloatOrArray:
         return at_q(self._ppf, q)
 
-    def isf(self, q):
+    def isf(self, q: ArrayLike) -> FloatOrArray:
         return at_q(self._isf, q)
 
-    def partial_moment(self, k: int, x):
+    def partial_moment(self, k: int, x: ArrayLike) -> FloatOrArray:
         k = _check_order(k)
         return at_x(lambda a: self._partial_moment(k, a), x)
 
-    def abs_isf(self, s):
+    def abs_isf(self, s: ArrayLike) -> FloatOrArray:
         return at_q(self._abs_isf, s, "s")
 
-    def abs_ppf(self, G):
+    def abs_ppf(self, G: ArrayLike) -> FloatOrArray:
         return at_q(self._abs_ppf, G, "G")
 
-    def abs_log_isf(self, log_s):
+    def abs_log_isf(self, log_s: ArrayLike) -> FloatOrArray:
         return apply(self._abs_log_isf, log_s, "log_s", lambda a: a <= 0)
 
-    def rvs(self, size=None, random_state=None):
+    def rvs(self, size: Size = None, random_state: Seed = None) -> FloatOrArray:
         """``size`` draws (None or ``()``: one, a float); ``random_state``: a seed or a Generator."""
         shape = sample_shape(size)
         return np.asarray(self._rvs(shape, random_generator(random_state)), dtype=np.float64).reshape(shape)[()]

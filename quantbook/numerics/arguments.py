@@ -4,12 +4,18 @@ public functions: below all of them, so that each reads its arguments by the sam
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from collections.abc import Sequence
+from typing import Any, Iterable, TypeAlias
 
 import numpy as np
 
 __all__ = ["is_int", "check_int", "check_flag", "check_names", "random_generator", "is_torch_tensor", "host_array",
-           "bfloat16", "one_line", "did_you_mean"]
+           "bfloat16", "one_line", "did_you_mean", "Seed"]
+
+#: what a ``random_state`` may be (:func:`random_generator`): None, a seed numpy.random.default_rng takes, or a
+#: Generator
+Seed: TypeAlias = (int | np.integer | Sequence[int] | np.random.SeedSequence | np.random.BitGenerator
+                   | np.random.Generator | None)
 
 
 def is_int(v: Any) -> bool:
