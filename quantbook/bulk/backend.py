@@ -168,12 +168,12 @@ class Backend:
         f, divide = rule.divisor(stored, tensor_scale)
         return stored, f, divide, rule.decode(stored, tensor_scale) if need_scale else None
 
-    def scaled_encode(self, x: Any, factor: np.ndarray, divide: bool, table: np.ndarray,
-                      block_size: int) -> np.ndarray:
+    def scaled_encode(self, x: Any, factor: Any, divide: bool, table: np.ndarray,
+                      block_size: int) -> Any:
         """Packed 4-bit codes of ``y = x / factor`` (``divide``) or ``x * factor`` per block."""
         raise NotImplementedError
 
-    def scaled_decode(self, packed: Any, scale: np.ndarray, table: np.ndarray, block_size: int,
+    def scaled_decode(self, packed: Any, scale: Any, table: np.ndarray, block_size: int,
                       n: int, out_dtype: np.dtype) -> Any:
         """``float32(table[code] * scale[block])`` cast to ``out_dtype``."""
         raise NotImplementedError
@@ -187,8 +187,8 @@ class Backend:
         return self.scaled_decode(packed, self.from_host(lut)[self.from_host(index)], table, block_size, n,
                                   out_dtype)
 
-    def scaled_errors(self, x: Any, factor: np.ndarray, divide: bool, scale: np.ndarray, table: np.ndarray,
-                      block_size: int, loss: str) -> np.ndarray:
+    def scaled_errors(self, x: Any, factor: Any, divide: bool, scale: Any, table: np.ndarray,
+                      block_size: int, loss: str) -> Any:
         """Per block (float64, an array of this backend's kind), the error of encoding with
         ``factor`` and decoding with ``scale`` (:func:`quantbook.scales.search.block_errors`).
         Default: this backend's encode and decode, the decoded values copied to the host, on

@@ -5,7 +5,10 @@ Every other backend must return exactly these bytes (tests/test_conformance.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import format as F
 from . import layouts as L
@@ -26,7 +29,7 @@ def quantize_reference(x: np.ndarray, code: np.ndarray, bits: int,
 
 
 def dequantize_reference(packed: np.ndarray, absmax: np.ndarray, code: np.ndarray, bits: int,
-                         block_size: int, n: int, out_dtype) -> np.ndarray:
+                         block_size: int, n: int, out_dtype: DTypeLike) -> np.ndarray:
     """Flat array of ``n`` values: ``float32(table[idx] * absmax)`` cast to ``out_dtype``."""
     idx = F.unpack_codes(packed, bits, n)
     scale = np.repeat(np.asarray(absmax, dtype=_F), block_size)[:n]
@@ -55,7 +58,7 @@ def scaled_encode_reference(x: np.ndarray, factor: np.ndarray, divide: bool, tab
 
 
 def scaled_decode_reference(packed: np.ndarray, scale: np.ndarray, table: np.ndarray,
-                            block_size: int, n: int, out_dtype) -> np.ndarray:
+                            block_size: int, n: int, out_dtype: DTypeLike) -> np.ndarray:
     """``float32(table[code] * scale[block])`` cast to ``out_dtype``; NaN for codes beyond
     the table."""
     idx = L.unpack_low_first(packed, n)
@@ -71,7 +74,8 @@ class NumpyBackend(Backend, name="numpy"):
 
     scaled_layouts = True
 
-    def quantize_blocks(self, x, code, bits, block_size):
+    def quantize_blocks(self, x: Any, code: np.ndarray, bits: int,
+                        block_size: int) -> tuple[Any, Any]:
         x = x.reshape(-1)
         packed = np.empty(F.packed_length(x.size, bits), dtype=np.uint8)
         absmax = np.empty(F.n_blocks(x.size, block_size), dtype=_F)
@@ -80,7 +84,8 @@ class NumpyBackend(Backend, name="numpy"):
                 quantize_reference(x[s], code, bits, block_size)
         return packed, absmax
 
-    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+    def dequantize_blocks(self, packed: Any, absmax: Any, code: np.ndarray, bits: int,
+                          block_size: int, n: int, out_dtype: np.dtype) -> Any:
         absmax = np.asarray(absmax).reshape(-1)
         out = np.empty(n, dtype=out_dtype)
         for s in F.pieces(n, block_size):
@@ -88,21 +93,22 @@ class NumpyBackend(Backend, name="numpy"):
                                           bits, block_size, s.stop - s.start, out_dtype)
         return out
 
-    def sanitize_nonfinite(self, x, block_size):
+    def sanitize_nonfinite(self, x: Any, block_size: int) -> Any:
         x = x.reshape(-1)
         out = np.empty(x.size, dtype=x.dtype)
         for s in F.pieces(x.size, block_size):   # the largest finite magnitude is per block
             out[s] = F.sanitize_nonfinite(x[s], block_size)
         return out
 
-    def scaled_amax(self, x, block_size):
+    def scaled_amax(self, x: Any, block_size: int) -> Any:
         x = x.reshape(-1)
         amax = np.empty(F.n_blocks(x.size, block_size), dtype=_F)
         for s in F.pieces(x.size, block_size):
             amax[F.block_slice(s, block_size)] = scaled_amax_reference(x[s], block_size)
         return amax
 
-    def scaled_encode(self, x, factor, divide, table, block_size):
+    def scaled_encode(self, x: Any, factor: Any, divide: bool, table: np.ndarray,
+                      block_size: int) -> Any:
         x, factor = x.reshape(-1), np.asarray(factor).reshape(-1)
         packed = np.empty(L.packed_length(x.size), dtype=np.uint8)
         for s in F.pieces(x.size, block_size):
@@ -110,7 +116,8 @@ class NumpyBackend(Backend, name="numpy"):
                                                                        divide, table, block_size)
         return packed
 
-    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+    def scaled_decode(self, packed: Any, scale: Any, table: np.ndarray, block_size: int,
+                      n: int, out_dtype: np.dtype) -> Any:
         scale = np.asarray(scale).reshape(-1)
         out = np.empty(n, dtype=out_dtype)
         for s in F.pieces(n, block_size):

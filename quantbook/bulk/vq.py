@@ -24,7 +24,7 @@ import math
 import os
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache, partial
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, cast
 
 import numpy as np
 
@@ -88,13 +88,13 @@ class VQBackend:
         the backend's own array, any shape that reshapes as ``x`` does)."""
         return np.ascontiguousarray(x, dtype=_F)
 
-    def rotate(self, x: np.ndarray, seed: int, overwrite_x: bool = False) -> np.ndarray:
+    def rotate(self, x: Any, seed: int, overwrite_x: bool = False) -> Any:
         """``float32(x·D·Hₙ/√n)`` of every row of the float32 ``x`` (R, n), ``D`` the signs of
         ``seed``.  ``overwrite_x``: ``x`` is the caller's scratch, which the result may be
         written over (as scipy.fft's ``overwrite_x``: no second array of the tensor's size)."""
         raise NotImplementedError
 
-    def unrotate(self, y: np.ndarray, seed: int, overwrite_x: bool = False) -> np.ndarray:
+    def unrotate(self, y: Any, seed: int, overwrite_x: bool = False) -> Any:
         """``float32(y·Hₙᵀ·D/√n)`` of every row of float32 ``y`` (R, n); ``overwrite_x`` as
         :meth:`rotate`'s."""
         raise NotImplementedError
@@ -144,12 +144,12 @@ class VQBackend:
         check(stored, stat_of)
         return self.encode(v, scales, group, points), stored
 
-    def group_stat(self, v: np.ndarray, group: int, rule: str) -> np.ndarray:
+    def group_stat(self, v: Any, group: int, rule: str) -> np.ndarray:
         """float64 per group: ``sqrt(Σv²/group)`` (squares summed in index order) or ``max|v|``;
         non-finite for a group holding NaN/Inf."""
         raise NotImplementedError
 
-    def group_scales(self, v: np.ndarray, group: int, rule: str,
+    def group_scales(self, v: Any, group: int, rule: str,
                      scale_dtype: str) -> tuple[np.ndarray, Any, Callable[[], np.ndarray]]:
         """``(stored, scales, stat)``: the :meth:`group_stat` of each group rounded to nearest
         even to ``scale_dtype`` (numpy; non-finite where the statistic is, or beyond the
@@ -165,15 +165,15 @@ class VQBackend:
         :meth:`decode` take (exact; the backend's own array)."""
         return stored.astype(_F)
 
-    def encode(self, v: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
+    def encode(self, v: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         """Flat indices (any integer dtype) of ``y = float32(v / s)`` (0 where ``s = 0``)."""
         raise NotImplementedError
 
-    def decode(self, idx: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray) -> np.ndarray:
+    def decode(self, idx: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         """Flat float32 ``points[idx] · s`` (``idx`` flat, of any integer dtype, in range)."""
         raise NotImplementedError
 
-    def decode_unrotated(self, idx: np.ndarray, scales: np.ndarray, group: int, points: np.ndarray,
+    def decode_unrotated(self, idx: Any, scales: Any, group: int, points: np.ndarray,
                          size: int | None, seed: int | None, dtype: np.dtype) -> Any:
         """The flat values of :meth:`decode`, rotated back by :meth:`unrotate` on rows of
         ``size`` (None: not rotated): float32, or already rounded to ``dtype`` (float32,
@@ -228,20 +228,20 @@ class NumpyVQ(VQBackend, name="numpy"):
     :func:`~quantbook.bulk.format.pieces` at a time: the float64 temporaries of a whole
     tensor would be several times its size."""
 
-    def rotate(self, x, seed, overwrite_x=False):
+    def rotate(self, x: Any, seed: int, overwrite_x: bool = False) -> Any:
         out = x if overwrite_x and x.dtype == _F else np.empty(x.shape, _F)
         with np.errstate(over="ignore", invalid="ignore"):   # non-finite input is named afterwards
             for r in _row_pieces(x):
                 out[r] = hadamard.rotate(x[r].astype(_F), x.shape[1], seed)   # rounded to float32
         return out
 
-    def unrotate(self, y, seed, overwrite_x=False):
+    def unrotate(self, y: Any, seed: int, overwrite_x: bool = False) -> Any:
         out = y if overwrite_x and y.dtype == _F else np.empty(y.shape, _F)
         for r in _row_pieces(y):
             out[r] = hadamard.unrotate(y[r], y.shape[1], seed)
         return out
 
-    def group_stat(self, v, group, rule):
+    def group_stat(self, v: Any, group: int, rule: str) -> np.ndarray:
         g = v.reshape(-1, group)
         if rule == "absmax":
             return np.abs(g).max(axis=1).astype(np.float64)
@@ -251,7 +251,7 @@ class NumpyVQ(VQBackend, name="numpy"):
             acc += t * t
         return np.sqrt(acc / group)
 
-    def encode(self, v, scales, group, points):
+    def encode(self, v: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         p = points.shape[1]
         out = np.empty(v.size // p, index_dtype(points.shape[0]))
         for piece in F.pieces(v.size, group):
@@ -262,7 +262,8 @@ class NumpyVQ(VQBackend, name="numpy"):
             out[piece.start // p:piece.stop // p] = nearest_brute(points, y.reshape(-1, p))
         return out
 
-    def decode(self, idx, scales, group, points, out=None):
+    def decode(self, idx: Any, scales: Any, group: int, points: np.ndarray,
+               out: np.ndarray | None = None) -> Any:
         # out: where to write (the pieces of decode_unrotated reuse one buffer)
         p = points.shape[1]
         out = np.empty(idx.size * p, _F) if out is None else out
@@ -271,7 +272,8 @@ class NumpyVQ(VQBackend, name="numpy"):
             out[piece] = (points[i].reshape(-1, group) * scales[F.block_slice(piece, group)][:, None]).reshape(-1)
         return out
 
-    def decode_unrotated(self, idx, scales, group, points, size, seed, dtype):
+    def decode_unrotated(self, idx: Any, scales: Any, group: int, points: np.ndarray,
+                         size: int | None, seed: int | None, dtype: np.dtype) -> Any:
         if dtype == _F:   # the decoded values are the result, rotated back in place
             return super().decode_unrotated(idx, scales, group, points, size, seed, dtype)
         # pieces of whole rows and groups, each rounded to dtype as it is made: no float32
@@ -285,7 +287,7 @@ class NumpyVQ(VQBackend, name="numpy"):
                             points, out=buf)
             if size is not None:
                 with np.errstate(over="ignore"):
-                    y = self.unrotate(y.reshape(-1, size), seed, overwrite_x=True)
+                    y = self.unrotate(y.reshape(-1, size), cast(int, seed), overwrite_x=True)   # set with size
             out[piece] = self.to_host_as(y.reshape(-1), dtype)
         return out
 
@@ -376,12 +378,12 @@ class NumbaVQ(VQBackend, name="cpu"):
 
     auto = True
 
-    def unavailable(self):
+    def unavailable(self) -> str | None:
         from .cpu.backend import unavailable
 
         return unavailable()
 
-    def rotate(self, x, seed, overwrite_x=False):
+    def rotate(self, x: Any, seed: int, overwrite_x: bool = False) -> Any:
         n = x.shape[1]
         x = np.ascontiguousarray(x, dtype=_F)
         # the kernel reads a whole row before it writes it, so out may be x itself
@@ -390,10 +392,10 @@ class NumbaVQ(VQBackend, name="cpu"):
         _vq_kernels().rotate(x, _signs(n, seed), 1.0 / np.sqrt(n), out)
         return out
 
-    def unrotate(self, y, seed, overwrite_x=False):
+    def unrotate(self, y: Any, seed: int, overwrite_x: bool = False) -> Any:
         return self._unrotate(y, seed, _F, overwrite_x)
 
-    def unrotate_wide(self, y, seed):
+    def unrotate_wide(self, y: Any, seed: int) -> Any:
         return self._unrotate(y, seed, np.float64, False)
 
     @staticmethod
@@ -404,7 +406,8 @@ class NumbaVQ(VQBackend, name="cpu"):
         _vq_kernels().unrotate(y, _signs(n, seed), 1.0 / np.sqrt(n), out)
         return out
 
-    def quantize_host(self, x, size, seed, group, rule, scale_dtype, points, check):
+    def quantize_host(self, x: np.ndarray, size: int | None, seed: int | None, group: int, rule: str,
+                      scale_dtype: str, points: np.ndarray, check: Callable) -> tuple[Any, np.ndarray]:
         # one kernel reads the input (float32 or 16 bits) and writes the indices and stored
         # scales: no widened or rotated copy of the tensor (float32 too: as fast as the hooks or
         # faster, docs/benchmarks.md); it rounds the statistics to float16 as numpy rounds a
@@ -431,13 +434,13 @@ class NumbaVQ(VQBackend, name="cpu"):
         check(stored, stat)
         return out, stored
 
-    def group_stat(self, v, group, rule):
+    def group_stat(self, v: Any, group: int, rule: str) -> np.ndarray:
         out = np.empty(v.size // group)
         k = _vq_kernels()
         (k.group_absmax if rule == "absmax" else k.group_rms)(v, group, out)
         return out
 
-    def encode(self, v, scales, group, points):
+    def encode(self, v: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         k = _vq_kernels()
         n, p = points.shape
         pts, c0s, order = _scan_tables(points.tobytes(), n, p)
@@ -448,12 +451,13 @@ class NumbaVQ(VQBackend, name="cpu"):
             k.encode_scan(v, scales, group, c0s, order, pts, out)
         return out
 
-    def decode(self, idx, scales, group, points):
+    def decode(self, idx: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         out = np.empty(idx.size * points.shape[1], _F)
         _vq_kernels().decode(idx, scales, group, points, out)   # compiled per index type: no int64 copy
         return out
 
-    def decode_unrotated(self, idx, scales, group, points, size, seed, dtype):
+    def decode_unrotated(self, idx: Any, scales: Any, group: int, points: np.ndarray,
+                         size: int | None, seed: int | None, dtype: np.dtype) -> Any:
         if dtype == _F:   # the decoded values are the result, rotated back in place: the fused
             # kernel saves nothing there, and it was slower (docs/benchmarks.md)
             return super().decode_unrotated(idx, scales, group, points, size, seed, dtype)
@@ -482,7 +486,7 @@ def _no_grid():
 
 
 @lru_cache(maxsize=8)
-def _device_scan_tables(points_bytes: bytes, n: int, p: int):
+def _device_scan_tables(points_bytes: bytes, n: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_scan_tables` with a 32-bit permutation, read-only (the GPU keeps one device
     copy of each, known by identity)."""
     pts, c0s, order = _scan_tables(points_bytes, n, p)
@@ -499,51 +503,52 @@ class CudaVQ(VQBackend, name="gpu"):
 
     device = True
 
-    def unavailable(self):
+    def unavailable(self) -> str | None:
         from .gpu.backend import gpu_available
 
         ok, why = gpu_available()
         return None if ok else why
 
-    def on_device(self, a):
+    def on_device(self, a: Any) -> AbstractContextManager:
         return BACKENDS["gpu"].on_device(a) if is_device_array(a) else nullcontext()
 
-    def load(self, x):
+    def load(self, x: np.ndarray) -> Any:
         # 16-bit values cross as they are and are widened on the device
         from .gpu.vq import load_gpu
 
         return load_gpu(x)
 
-    def rotate(self, x, seed, overwrite_x=False):   # a new device array either way
+    def rotate(self, x: Any, seed: int, overwrite_x: bool = False) -> Any:   # a new device array either way
         from .gpu.vq import rotate_gpu
 
         n = x.shape[1]
         return rotate_gpu(x, _signs(n, seed), 1.0 / np.sqrt(n))
 
-    def unrotate(self, y, seed, overwrite_x=False):
+    def unrotate(self, y: Any, seed: int, overwrite_x: bool = False) -> Any:
         from .gpu.vq import rotate_gpu
 
         n = y.shape[1]
         return rotate_gpu(y, _signs(n, seed), 1.0 / np.sqrt(n), inverse=True)
 
-    def unrotate_wide(self, y, seed):
+    def unrotate_wide(self, y: Any, seed: int) -> Any:
         from .gpu.vq import rotate_gpu
 
         n = y.shape[1]
         return rotate_gpu(y, _signs(n, seed), 1.0 / np.sqrt(n), inverse=True, wide=True)
 
-    def unrotate_as(self, y, seed, dtype):
+    def unrotate_as(self, y: Any, seed: int, dtype: np.dtype) -> Any:
         # rounded on the device from the float64 values: a 16-bit result stays there
         if np.dtype(dtype) == _F:
             return self.unrotate(y, seed)
         return self.cast(self.unrotate_wide(y, seed), dtype).reshape(y.shape)
 
-    def group_stat(self, v, group, rule):
+    def group_stat(self, v: Any, group: int, rule: str) -> np.ndarray:
         from .gpu.vq import group_stat_gpu
 
         return self.to_host(group_stat_gpu(v, group, rule == "absmax")[0])
 
-    def group_scales(self, v, group, rule, scale_dtype):
+    def group_scales(self, v: Any, group: int, rule: str,
+                     scale_dtype: str) -> tuple[np.ndarray, Any, Callable[[], np.ndarray]]:
         # rounded on the device: only the stored scales cross to the host
         from .gpu.backend import device_of
         from .gpu.kept import keep
@@ -555,7 +560,7 @@ class CudaVQ(VQBackend, name="gpu"):
         stored = keep(self.to_host(scales if bits is None else bits.view(np.float16)), scales, device_of(scales))
         return stored, scales, lambda: self.to_host(stat)
 
-    def widen_scales(self, stored):
+    def widen_scales(self, stored: np.ndarray) -> Any:
         # on the device: those kept for these stored scales, else the stored bytes cross and
         # the host converts nothing
         from .gpu.vq import load_gpu
@@ -563,7 +568,7 @@ class CudaVQ(VQBackend, name="gpu"):
         dev = BACKENDS["gpu"].kept_copy(stored)
         return load_gpu(stored) if dev is None else dev
 
-    def encode(self, v, scales, group, points):
+    def encode(self, v: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         from .gpu.vq import encode_gpu
 
         n, p = points.shape
@@ -571,35 +576,35 @@ class CudaVQ(VQBackend, name="gpu"):
         grid = _grid_tables(raw, n) if p == 2 else None
         return encode_gpu(v, scales, group, *_device_scan_tables(raw, n, p), grid=grid)
 
-    def decode(self, idx, scales, group, points):
+    def decode(self, idx: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         from .gpu.vq import decode_gpu
 
         return decode_gpu(idx, scales, group, points)
 
-    def to_host(self, a):
+    def to_host(self, a: Any) -> np.ndarray:
         return BACKENDS["gpu"].to_host(a)
 
-    def to_host_as(self, y, dtype):
+    def to_host_as(self, y: Any, dtype: np.dtype) -> np.ndarray:
         # rounded on the device: 16-bit results cross at 2 bytes a value
         out = self.to_host(self.cast(y, dtype))
         return out if out.dtype == dtype else out.view(dtype)   # bfloat16 bits (CuPy < 14)
 
-    def as_float32(self, x):
+    def as_float32(self, x: Any) -> tuple[Any, Any]:
         from .gpu.vq import as_float32
 
         return as_float32(x)
 
-    def first_nonfinite(self, v):
+    def first_nonfinite(self, v: Any) -> int | None:
         from .gpu.vq import first_nonfinite
 
         return first_nonfinite(v)
 
-    def device_indices(self, indices):
+    def device_indices(self, indices: Any) -> Any:
         from .gpu.backend import _cupy
 
         return _cupy().asarray(indices)
 
-    def cast(self, y, dtype):
+    def cast(self, y: Any, dtype: np.dtype) -> Any:
         from .gpu.vq import cast_gpu
 
         return cast_gpu(y, dtype)

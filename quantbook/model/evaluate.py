@@ -350,7 +350,8 @@ class BlockLayout(Layout):
     def __init__(self, cb: Any, block_size: int, nested: bool = False, rule: Any = None, qmax: float = DEFAULT_QMAX):
         self.cb, self.block_size, self.nested, self.rule, self.qmax = cb, block_size, nested, rule, qmax
 
-    def roundtrip(self, x, rotation, backend, inputs=None, keep=False):
+    def roundtrip(self, x: np.ndarray, rotation: str, backend: str,
+                  inputs: TensorInputs | None = None, keep: bool = False) -> tuple[Any, int]:
         from ..bulk.api import dequantize, quantize
         from ..bulk.backend import get_backend
         from ..bulk.vq import rotation_backend
@@ -363,7 +364,7 @@ class BlockLayout(Layout):
         # of its vector-quantization namesake.
         be = None if backend == "auto" else get_backend(backend)
         rot = None if n is None else rotation_backend(backend)
-        if rot is not None:
+        if rot is not None and n is not None:
             hadamard.check_divides(n, x.shape[-1])
 
             together = be is not None and be.device and rot.device   # rotated where it is quantized
@@ -396,7 +397,7 @@ class VectorLayout(Layout):
     def __init__(self, cb: Any, options: "VQOptions | None" = None):
         self.cb, self.options = cb, options or VQOptions()
 
-    def check(self, name, shape, rotation):
+    def check(self, name: str, shape: tuple[int, ...], rotation: str) -> None:
         from ..bulk.vq_state import check_group
 
         try:
@@ -406,7 +407,8 @@ class VectorLayout(Layout):
                              f"select tensors)") from None
         super().check(name, shape, rotation)
 
-    def roundtrip(self, x, rotation, backend, inputs=None, keep=False):
+    def roundtrip(self, x: np.ndarray, rotation: str, backend: str,
+                  inputs: TensorInputs | None = None, keep: bool = False) -> tuple[Any, int]:
         from ..bulk.backend import get_backend
         from ..bulk.vq import dequantize_vq, quantize_vq
 

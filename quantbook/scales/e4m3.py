@@ -22,6 +22,8 @@ in the clamped range; tests/test_scales.py checks it against ml_dtypes' ``float8
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .rule import ScaleRule, check_qmax, check_tensor_amax
@@ -88,7 +90,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
     summary = "NVFP4"
 
-    def tensor_scale(self, global_amax, qmax):
+    def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         g = check_tensor_amax(global_amax)
         qmax = check_qmax(qmax)
         with np.errstate(over="ignore"):
@@ -129,7 +131,8 @@ class E4M3Scale(ScaleRule, family="e4m3"):
         t = self._t(tensor_scale)
         return ((_F(1) / t) / e4m3_value(stored)).astype(_F), False
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = float(np.finfo(_F).max)) -> np.ndarray:
         g = e4m3_grid()
         b = float(check_qmax(qmax)) * float(self._t(tensor_scale)) * (g[:-1] + g[1:]) / 2
         return b[(b >= lo) & (b <= hi)]

@@ -22,6 +22,8 @@ Decoding multiplies by ``2**(byte - 127)``.  An all-zero block stores byte 0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .rule import ScaleRule, check_qmax
@@ -55,15 +57,15 @@ class E8M0Scale(ScaleRule, family="e8m0"):
         self.mode = mode
 
     @classmethod
-    def from_arg(cls, arg):
+    def from_arg(cls, arg: str | None) -> "ScaleRule":
         return cls("floor" if arg is None else arg)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[str, ...]:
         return tuple(f"e8m0:{m}" for m in E8M0_MODES)
 
     @property
-    def name(self):
+    def name(self) -> str:
         return f"e8m0:{self.mode}"
 
     def exponent(self, amax: np.ndarray, qmax: float) -> np.ndarray:
@@ -88,7 +90,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
         e = self.exponent(amax, qmax)
         return np.where(e > 127, 255, np.maximum(e, -127) + 127).astype(np.uint8)
 
-    def overflow(self, stored):
+    def overflow(self, stored: np.ndarray) -> np.ndarray:
         return np.asarray(stored) == 255
 
     def _decode(self, stored, tensor_scale):
@@ -100,7 +102,8 @@ class E8M0Scale(ScaleRule, family="e8m0"):
             return np.where(b == 0, 1.0, np.ldexp(1.0, 127 - b)).astype(_F), False
         return np.maximum(np.ldexp(1.0, b - 127), _TINY).astype(_F), True
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = float(np.finfo(_F).max)) -> np.ndarray:
         q = check_qmax(qmax)
         k = np.arange(-160, 160)
         if self.mode == "floor":  # s jumps at 2**k to exponent k - emax

@@ -9,6 +9,7 @@ block then decodes to zeros (ggml's ``id = d ? 1/d : 0``).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,8 @@ class Float32Scale(ScaleRule, family="float32"):
     def _decode(self, stored, tensor_scale):
         return np.asarray(stored, dtype=_F)
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = _FMAX) -> np.ndarray:
         return np.empty(0)
 
 
@@ -57,13 +59,14 @@ class Float16Scale(ScaleRule, family="float16"):
         with np.errstate(over="ignore"):
             return _ratio(amax, qmax).astype(np.float16)
 
-    def overflow(self, stored):
+    def overflow(self, stored: np.ndarray) -> np.ndarray:
         return ~np.isfinite(np.asarray(stored, dtype=np.float16))
 
     def _decode(self, stored, tensor_scale):
         return np.asarray(stored, dtype=np.float16).astype(_F)
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = _FMAX) -> np.ndarray:
         return _grid_breakpoints(_f16_grid(), check_qmax(qmax), lo, hi)
 
 
@@ -94,16 +97,17 @@ class BFloat16Scale(ScaleRule, family="bfloat16"):
     def _encode(self, amax, qmax, tensor_scale):
         return bf16_bits(_ratio(amax, qmax))
 
-    def overflow(self, stored):
+    def overflow(self, stored: np.ndarray) -> np.ndarray:
         return ~np.isfinite(bf16_value(stored))
 
-    def underflow(self, stored, tensor_scale=None):
+    def underflow(self, stored: np.ndarray, tensor_scale: Any = None) -> np.ndarray:
         s = bf16_value(stored)
         return (s > 0) & (s < np.finfo(_F).tiny)
 
     def _decode(self, stored, tensor_scale):
         return bf16_value(stored)
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=_FMAX):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = _FMAX) -> np.ndarray:
         grid = bf16_value(np.arange(0x7F80, dtype=np.uint16)).astype(np.float64)
         return _grid_breakpoints(grid, check_qmax(qmax), lo, hi)

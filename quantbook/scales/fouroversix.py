@@ -26,6 +26,8 @@ docs/scales.md; the vectors are from the package itself (tests/data/make_fourove
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .e4m3 import e4m3_encode, e4m3_value
@@ -71,18 +73,18 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
         self.factor = _F(FOS_TARGETS[target])
 
     @classmethod
-    def from_arg(cls, arg):
+    def from_arg(cls, arg: str | None) -> "ScaleRule":
         return cls("6" if arg is None else arg)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[str, ...]:
         return tuple(f"fouroversix:{t}" for t in FOS_TARGETS)
 
     @property
-    def name(self):
+    def name(self) -> str:
         return f"fouroversix:{self.target}"
 
-    def candidate(self, qmax, factor):
+    def candidate(self, qmax: float, factor: float) -> tuple["ScaleRule", float]:
         _check_qmax(qmax)
         target = float(self.target) * float(factor)
         for t in FOS_TARGETS:
@@ -91,7 +93,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
         raise ValueError(f"fouroversix maps a block's maximum to 6 or 4, not {target:.7g} "
                          f"({self.name} with the search target {float(factor):.7g})")
 
-    def tensor_scale(self, global_amax, qmax):
+    def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         _check_qmax(qmax)
         g = check_tensor_amax(global_amax)
         if g == 0:
@@ -126,7 +128,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
             s = (s * self.factor).astype(_F)
         return e4m3_encode(s)
 
-    def overflow(self, stored):
+    def overflow(self, stored: np.ndarray) -> np.ndarray:
         return np.asarray(stored) == 0x7F
 
     def _decode(self, stored, tensor_scale):
@@ -143,7 +145,8 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
             f = (_F(1) / (d * e).astype(_F)).astype(_F)
         return np.where(e > 0, f, _F(0)).astype(_F), False
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = float(np.finfo(_F).max)) -> np.ndarray:
         _check_qmax(qmax)
         g = float(self._g(tensor_scale))
         if g == 0:

@@ -164,7 +164,7 @@ class GgmlSearch(ScaleRule):
         self.base = Float16Scale()
 
     @property
-    def name(self):
+    def name(self) -> str:
         return f"search:{self.preset}"
 
     def search(self, blocks: np.ndarray, table: np.ndarray, reference: bool = False
@@ -195,12 +195,13 @@ class GgmlSearch(ScaleRule):
         s = self.base.encode(np.abs(d), 1.0)     # float16 rounding is symmetric
         return np.where(np.signbit(d), -s, s)
 
-    def encode(self, amax, qmax, tensor_scale=None):
+    def encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> np.ndarray:
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
                          "quantize through quantbook.quantize")
 
     def _decode(self, stored, tensor_scale):
         return self.base.decode(stored)
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = float(np.finfo(_F).max)) -> np.ndarray:
         raise ValueError(f"{self.name} has no scale function s(M): its law is not 1-D")

@@ -110,7 +110,7 @@ class NestedScale(ScaleRule, family="nested"):
         q = self.codes((m - _F(offset)).astype(_F), a)
         return ((dynamic_map()[q] * a).astype(_F) + _F(offset)).astype(_F)
 
-    def bits_per_weight(self, block_size, code_bits=4, n=None):
+    def bits_per_weight(self, block_size: int, code_bits: int = 4, n: int | None = None) -> float:
         # a uint8 code per block and a float32 maximum per 256 blocks (+ the float32 offset)
         bpw = code_bits + 8.0 / block_size + 32.0 / (NESTED_BLOCKS * block_size)
         if n:

@@ -85,7 +85,7 @@ class SearchScale(ScaleRule, family="search"):
         self.tensor_bytes, self.tensor_value, self.fixed_qmax = base.tensor_bytes, base.tensor_value, base.fixed_qmax
 
     @classmethod
-    def from_arg(cls, arg):
+    def from_arg(cls, arg: str | None) -> "ScaleRule":
         if arg is None:
             raise ValueError("a search rule needs a preset or BASE@f1,f2[/l1|/l2], "
                              f"e.g. search:4over6 (presets: {', '.join(cls.presets())})")
@@ -110,16 +110,16 @@ class SearchScale(ScaleRule, family="search"):
         return (*PRESETS, *GGML_PRESETS)
 
     @classmethod
-    def variants(cls):
+    def variants(cls) -> tuple[str, ...]:
         return tuple(f"search:{p}" for p in cls.presets())
 
     @property
-    def name(self):
+    def name(self) -> str:
         if self.preset:
             return f"search:{self.preset}"
         return f"search:{self.base.name}@{','.join(_spelled(v) for v in self.factors)}/{self.loss}"
 
-    def tensor_scale(self, global_amax, qmax):
+    def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         return self.base.tensor_scale(global_amax, qmax)
 
     def candidate_rules(self, qmax: float) -> list[tuple[ScaleRule, float]]:
@@ -128,7 +128,7 @@ class SearchScale(ScaleRule, family="search"):
         values, decode and divisor."""
         return [self.base.candidate(qmax, f) for f in self.factors]
 
-    def candidates(self, amax: np.ndarray, qmax: float, tensor_scale=None) -> list[np.ndarray]:
+    def candidates(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> list[np.ndarray]:
         """The stored scales of every candidate, in order."""
         return [r.encode(amax, q, tensor_scale) for r, q in self.candidate_rules(qmax)]
 
@@ -144,15 +144,16 @@ class SearchScale(ScaleRule, family="search"):
             pick[better] = k
         return pick
 
-    def encode(self, amax, qmax, tensor_scale=None):
+    def encode(self, amax: np.ndarray, qmax: float, tensor_scale: Any = None) -> np.ndarray:
         raise ValueError(f"{self.name} chooses its scales from the values, not from amax alone; "
                          "quantize through quantbook.quantize")
 
     def _decode(self, stored, tensor_scale):
         return self.base.decode(stored, tensor_scale)
 
-    def divisor(self, stored, tensor_scale=None):
+    def divisor(self, stored: np.ndarray, tensor_scale: Any = None) -> tuple[np.ndarray, bool]:
         return self.base.divisor(stored, tensor_scale)
 
-    def breakpoints(self, qmax, tensor_scale=None, lo=0.0, hi=float(np.finfo(_F).max)):
+    def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
+                    hi: float = float(np.finfo(_F).max)) -> np.ndarray:
         raise ValueError(f"{self.name} has no scale function s(M): its law is not 1-D")

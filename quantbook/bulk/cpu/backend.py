@@ -6,6 +6,7 @@ numba is imported on first use, so importing quantbook never needs it.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -99,10 +100,11 @@ class NumbaBackend(Backend, name="cpu"):
     auto = True
     scaled_layouts = True
 
-    def unavailable(self):
+    def unavailable(self) -> str | None:
         return unavailable()
 
-    def quantize_blocks(self, x, code, bits, block_size):
+    def quantize_blocks(self, x: Any, code: np.ndarray, bits: int,
+                        block_size: int) -> tuple[Any, Any]:
         K = _kernels()
         b15, o16, identity, bp, nb_pow2, op, zero = _tables(np.ascontiguousarray(code, _F).tobytes())
         xv = kernel_view(x.reshape(-1))
@@ -115,7 +117,8 @@ class NumbaBackend(Backend, name="cpu"):
             K.quantize_generic(xv, _f16_table(), bp, nb_pow2, op, bits, zero, block_size, packed, absmax)
         return packed, absmax
 
-    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+    def dequantize_blocks(self, packed: Any, absmax: Any, code: np.ndarray, bits: int,
+                          block_size: int, n: int, out_dtype: np.dtype) -> Any:
         K = _kernels()
         table = F.decode_table(code, bits)
         out = np.empty(n, dtype=out_dtype)
@@ -128,7 +131,7 @@ class NumbaBackend(Backend, name="cpu"):
             K.dequantize_generic(packed, absmax, table, bits, block_size, n, ov)
         return out
 
-    def sanitize_nonfinite(self, x, block_size):
+    def sanitize_nonfinite(self, x: Any, block_size: int) -> Any:
         flat = x.reshape(-1)
         bits = flat.view(np.uint32 if flat.dtype.itemsize == 4 else np.uint16)
         out = np.empty_like(bits)
@@ -145,7 +148,7 @@ class NumbaBackend(Backend, name="cpu"):
         _kernels().error_chunks(xv, hv, xhat is not None, _f16_table(), CHUNK, out)
         return out
 
-    def quantize_nested(self, absmax, offset):
+    def quantize_nested(self, absmax: Any, offset: np.float32) -> tuple[np.ndarray, np.ndarray]:
         d = np.ascontiguousarray(absmax - np.float32(offset), dtype=_F).reshape(-1)
         q = np.empty(d.size, dtype=np.uint8)
         nabs = np.empty(F.n_blocks(d.size, NESTED_BLOCKSIZE), dtype=_F)
@@ -153,13 +156,14 @@ class NumbaBackend(Backend, name="cpu"):
         return q, nabs
 
     # ------------------------------------------------------------- the scaled layout
-    def scaled_amax(self, x, block_size):
+    def scaled_amax(self, x: Any, block_size: int) -> Any:
         xv = kernel_view(x.reshape(-1))
         amax = np.empty(F.n_blocks(xv.size, block_size), dtype=_F)
         _scaled_kernels().scaled_amax(xv, _f16_table(), block_size, amax)
         return amax
 
-    def scaled_scales(self, amax, rule, qmax, tensor_scale=None, need_scale=False):
+    def scaled_scales(self, amax: Any, rule: Any, qmax: float, tensor_scale: Any = None,
+                      need_scale: bool = False) -> tuple[Any, Any, bool, Any]:
         st = step_table(rule, qmax, tensor_scale)
         a = np.ascontiguousarray(amax, dtype=_F).reshape(-1)
         idx = np.empty(a.size, dtype=np.int64)
@@ -168,7 +172,8 @@ class NumbaBackend(Backend, name="cpu"):
             return super().scaled_scales(a, rule, qmax, tensor_scale, need_scale)
         return st.stored[idx], st.factor[idx], st.divide, st.scale[idx] if need_scale else None
 
-    def scaled_encode(self, x, factor, divide, table, block_size):
+    def scaled_encode(self, x: Any, factor: Any, divide: bool, table: np.ndarray,
+                      block_size: int) -> Any:
         enc = L.scaled_encoder(table)
         mids, up, pos, neg = enc.padded()
         xv = kernel_view(x.reshape(-1))
@@ -178,7 +183,8 @@ class NumbaBackend(Backend, name="cpu"):
                                         np.int64(enc.zero_index), block_size, packed)
         return packed
 
-    def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
+    def scaled_errors(self, x: Any, factor: Any, divide: bool, scale: Any, table: np.ndarray,
+                      block_size: int, loss: str) -> Any:
         # one pass, encode and decode fused: no codes, decoded values or float64 terms of the tensor
         enc = L.scaled_encoder(table)
         mids, up, pos, neg = enc.padded()
@@ -189,7 +195,8 @@ class NumbaBackend(Backend, name="cpu"):
                                         np.ascontiguousarray(scale, _F).reshape(-1), loss == "l2", block_size, out)
         return out
 
-    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+    def scaled_decode(self, packed: Any, scale: Any, table: np.ndarray, block_size: int,
+                      n: int, out_dtype: np.dtype) -> Any:
         out = np.empty(n, dtype=out_dtype)
         _scaled_kernels().scaled_decode(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1),
                                         np.ascontiguousarray(scale, _F).reshape(-1),

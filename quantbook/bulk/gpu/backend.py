@@ -14,8 +14,11 @@ CuPy's current stream; results are ready when that stream is.
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
+from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import format as F
 from ..backend import Backend, dtype_name_of
@@ -110,7 +113,7 @@ _KEYS: dict = {}
 
 # ---- device arrays -----------------------------------------------------------------------
 
-def device_of(a) -> int:
+def device_of(a: Any) -> int:
     """The CUDA device that holds the device array ``a`` (CuPy, a torch CUDA tensor, anything
     with ``__cuda_array_interface__``)."""
     cp = _cupy()
@@ -195,7 +198,7 @@ def _kernel(name: str):
     return hit[1]
 
 
-def module_kernel(modules: dict, source, filename: str, name: str):
+def module_kernel(modules: dict, source: Callable[[], str], filename: str, name: str) -> Any:
     """The kernel ``name`` of a whole kernel module for the current device: ``source()`` is
     compiled once per device (NVRTC, cached on disk as the other kernels) into ``modules``
     (device -> (module, functions)), so one compile serves every kernel of the module."""
@@ -312,7 +315,8 @@ def nested_launch(n: int) -> tuple[int, int]:
 
 # ---- public functions ----------------------------------------------------------------------
 
-def quantize_gpu(x, code_f32, bits: int, blocksize: int, *, input_dtype=None):
+def quantize_gpu(x: Any, code_f32: ArrayLike, bits: int, blocksize: int, *,
+                 input_dtype: Any = None) -> tuple[Any, Any]:
     """Block-wise quantize a device array (flattened in C order).
 
     Returns ``(packed, absmax)``: CuPy uint8 ``[packed_length(n, bits)]`` and float32
@@ -385,7 +389,8 @@ def _empty_out(n: int, key: str):
         return raw, raw
 
 
-def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, out_dtype):
+def dequantize_gpu(packed: Any, absmax: Any, code_f32: ArrayLike, bits: int, blocksize: int, n: int,
+                   out_dtype: Any) -> Any:
     """Inverse of :func:`quantize_gpu`: ``out = dtype(float32(code[idx] * absmax[block]))``.
 
     Returns a flat CuPy array of ``out_dtype`` (float32, float16, or bfloat16 — an
@@ -421,7 +426,7 @@ def dequantize_gpu(packed, absmax, code_f32, bits: int, blocksize: int, n: int, 
     return out if view is None else view
 
 
-def sanitize_gpu(x, blocksize: int, *, input_dtype=None):
+def sanitize_gpu(x: Any, blocksize: int, *, input_dtype: Any = None) -> Any:
     """:func:`quantbook.bulk.format.sanitize_nonfinite` on the device: a new flat array of
     x's dtype (bfloat16 as :func:`_as_bfloat16` gives it); x is not written."""
     log2b = _log2_blocksize(blocksize)
@@ -434,7 +439,7 @@ def sanitize_gpu(x, blocksize: int, *, input_dtype=None):
     return _as_bfloat16(out) if key == "bf16" else out
 
 
-def error_chunks_gpu(x, xhat=None):
+def error_chunks_gpu(x: Any, xhat: Any = None) -> np.ndarray:
     """The runs' sums of :mod:`quantbook.bulk.sums` on the device, for device arrays of one
     size and dtype (float32, float16 or bfloat16): a host float64 ``(2, runs)`` array, the
     only copy to the host (16 bytes a run)."""
@@ -454,7 +459,7 @@ def error_chunks_gpu(x, xhat=None):
     return _cupy().asnumpy(out).reshape(2, runs)
 
 
-def error_chunks_kernel_takes(x, xhat=None) -> bool:
+def error_chunks_kernel_takes(x: Any, xhat: Any = None) -> bool:
     """Whether the error-sums kernel takes these arrays: one dtype, and not float64."""
     names = {dtype_name_of(a) for a in ((x,) if xhat is None else (x, xhat))}
     return len(names) == 1 and "float64" not in names
@@ -484,7 +489,7 @@ def _as_bfloat16(raw):
         return torch.as_tensor(raw.view(np.int16), device=f"cuda:{raw.device.id}").view(torch.bfloat16)
 
 
-def quantize_absmax_nested(absmax, threads: int = 1):
+def quantize_absmax_nested(absmax: Any, threads: int = 1) -> tuple[Any, Any, np.float32]:
     """Nested (double) quantization of a device float32 absmax array, as bitsandbytes'
     ``compress_statistics`` on CPU.  Returns ``(qabsmax uint8, nested_absmax float32,
     offset np.float32)`` (CuPy arrays), bit-identical to the numpy reference.
@@ -513,8 +518,8 @@ def _nested_codes(am, offset):
     return q, nested
 
 
-def dequantize_absmax_nested(qabsmax, nested_absmax, offset, nested_code=None,
-                             nested_blocksize: int = NESTED_BLOCKSIZE):
+def dequantize_absmax_nested(qabsmax: Any, nested_absmax: Any, offset: float | np.float32,
+                             nested_code: ArrayLike | None = None, nested_blocksize: int = NESTED_BLOCKSIZE) -> Any:
     """``float32(float32(code[q] * nested_absmax[i // nested_blocksize]) + offset)`` on the
     device; ``nested_code`` defaults to bitsandbytes' dynamic map (256 float32)."""
     cp = _cupy()
@@ -546,20 +551,22 @@ class CudaBackend(Backend, name="gpu"):
 
     scaled_layouts = True
 
-    def unavailable(self):
+    def unavailable(self) -> str | None:
         ok, why = gpu_available()
         return None if ok else why
 
-    def on_device(self, a):
+    def on_device(self, a: Any) -> AbstractContextManager:
         return _cupy().cuda.Device(device_of(a))
 
-    def quantize_blocks(self, x, code, bits, block_size):
+    def quantize_blocks(self, x: Any, code: np.ndarray, bits: int,
+                        block_size: int) -> tuple[Any, Any]:
         return quantize_gpu(x, code, bits, block_size)
 
-    def dequantize_blocks(self, packed, absmax, code, bits, block_size, n, out_dtype):
+    def dequantize_blocks(self, packed: Any, absmax: Any, code: np.ndarray, bits: int,
+                          block_size: int, n: int, out_dtype: np.dtype) -> Any:
         return dequantize_gpu(packed, absmax, code, bits, block_size, n, out_dtype)
 
-    def sanitize_nonfinite(self, x, block_size):
+    def sanitize_nonfinite(self, x: Any, block_size: int) -> Any:
         return sanitize_gpu(x, block_size)
 
     def _error_chunks(self, x, xhat):
@@ -567,7 +574,8 @@ class CudaBackend(Backend, name="gpu"):
             return super()._error_chunks(x, xhat)
         return error_chunks_gpu(x, xhat)
 
-    def nested_scales(self, qabsmax, nested_absmax, offset, nested_code, nested_blocksize):
+    def nested_scales(self, qabsmax: np.ndarray, nested_absmax: np.ndarray, offset: np.float32,
+                      nested_code: np.ndarray, nested_blocksize: int) -> Any:
         # the uint8 codes are decoded on the device: those this GPU kept when it made them,
         # else uploaded (a byte a block, not four); the decoded scales are checked there
         dev = self.kept_copy(qabsmax)
@@ -577,7 +585,7 @@ class CudaBackend(Backend, name="gpu"):
             raise nonfinite_scales_error()
         return scales
 
-    def quantize_nested(self, absmax, offset):
+    def quantize_nested(self, absmax: Any, offset: np.float32) -> tuple[np.ndarray, np.ndarray]:
         # the block maxima are still on the device: the kernel subtracts the offset there
         cp = _cupy()
         q, nested = _nested_codes(cp.ascontiguousarray(cp.asarray(absmax, dtype=cp.float32)).reshape(-1), offset)
@@ -586,12 +594,13 @@ class CudaBackend(Backend, name="gpu"):
     # the scaled layouts: block maxima, the rule's step-table lookup, a search's candidate
     # errors and pick, and ggml's search on the device; only the stored scales (ggml's float32
     # scales, for their float16 rounding) reach the host
-    def scaled_amax(self, x, block_size):
+    def scaled_amax(self, x: Any, block_size: int) -> Any:
         from .scaled import scaled_amax_gpu  # noqa: PLC0415 - gpu/scaled imports this module
 
         return scaled_amax_gpu(x, block_size)
 
-    def scaled_scales(self, amax, rule, qmax, tensor_scale=None, need_scale=False):
+    def scaled_scales(self, amax: Any, rule: Any, qmax: float, tensor_scale: Any = None,
+                      need_scale: bool = False) -> tuple[Any, Any, bool, Any]:
         from .scaled import scaled_scales_gpu  # noqa: PLC0415
 
         out = scaled_scales_gpu(amax, rule, qmax, tensor_scale, need_scale)
@@ -599,48 +608,52 @@ class CudaBackend(Backend, name="gpu"):
             return super().scaled_scales(amax, rule, qmax, tensor_scale, need_scale)
         return out
 
-    def scaled_encode(self, x, factor, divide, table, block_size):
+    def scaled_encode(self, x: Any, factor: Any, divide: bool, table: np.ndarray,
+                      block_size: int) -> Any:
         from .scaled import scaled_encode_gpu  # noqa: PLC0415
 
         return scaled_encode_gpu(x, factor, divide, table, block_size)
 
-    def scaled_decode(self, packed, scale, table, block_size, n, out_dtype):
+    def scaled_decode(self, packed: Any, scale: Any, table: np.ndarray, block_size: int,
+                      n: int, out_dtype: np.dtype) -> Any:
         from .scaled import scaled_decode_gpu  # noqa: PLC0415
 
         return scaled_decode_gpu(packed, scale, table, block_size, n, out_dtype)
 
-    def scaled_decode_lookup(self, packed, lut, index, table, block_size, n, out_dtype):
+    def scaled_decode_lookup(self, packed: Any, lut: np.ndarray, index: np.ndarray, table: np.ndarray,
+                             block_size: int, n: int, out_dtype: np.dtype) -> Any:
         from .scaled import scaled_decode_gpu  # noqa: PLC0415
 
         return scaled_decode_gpu(packed, index, table, block_size, n, out_dtype, lut=lut)
 
-    def scaled_errors(self, x, factor, divide, scale, table, block_size, loss):
+    def scaled_errors(self, x: Any, factor: Any, divide: bool, scale: Any, table: np.ndarray,
+                      block_size: int, loss: str) -> Any:
         from .scaled import scaled_errors_gpu  # noqa: PLC0415
 
         return scaled_errors_gpu(x, factor, divide, scale, table, block_size, loss)
 
-    def scaled_ggml(self, x, table, block_size, ntry):
+    def scaled_ggml(self, x: Any, table: np.ndarray, block_size: int, ntry: int) -> tuple[np.ndarray, Any]:
         from .scaled import scaled_ggml_gpu  # noqa: PLC0415
 
         return scaled_ggml_gpu(x, table, block_size, ntry)
 
-    def to_host(self, a):
+    def to_host(self, a: Any) -> np.ndarray:
         if hasattr(a, "get"):  # CuPy
             return a.get()
         return host_array(a)   # torch (bfloat16 through its bits) or numpy
 
-    def to_host_kept(self, a):
+    def to_host_kept(self, a: Any) -> np.ndarray:
         return keep(self.to_host(a), a, device_of(a))
 
-    def kept_copy(self, host):
+    def kept_copy(self, host: np.ndarray) -> Any | None:
         return kept(host, _cupy().cuda.Device().id)
 
-    def scales_finite_nonnegative(self, s):
+    def scales_finite_nonnegative(self, s: Any) -> bool:
         if isinstance(s, _cupy().ndarray):   # one reduction where the scales are, one scalar back
             return F.finite_nonnegative_bits(s)
         return super().scales_finite_nonnegative(s)
 
-    def from_host(self, a):
+    def from_host(self, a: np.ndarray) -> Any:
         try:
             return _cupy().asarray(a)
         except (TypeError, ValueError) as exc:  # bfloat16 before CuPy 14: a torch tensor holds it
