@@ -45,13 +45,16 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .codebooks.blocks import DEFAULT_BLOCK_SIZE
 from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF, published_name
 from .errors import NotFoundError
 from .numerics.arguments import did_you_mean, is_int
+
+if TYPE_CHECKING:   # loaded where a vector codebook is named
+    from .codebooks.vector import VectorCodebook
 
 __all__ = ["resolve_codebook", "resolve_codebooks", "split_specs", "depends_on_block_size", "UnknownCodebookError",
            "GRAMMAR", "MAX_BLOCK_SIZE", "resolve_vector", "is_vector_spec", "VECTOR_GRAMMAR"]
@@ -234,7 +237,7 @@ def is_vector_spec(spec: Any) -> bool:
     return text.lower().endswith(".json") and json_is_vector(text)
 
 
-def resolve_vector(spec: Any):
+def resolve_vector(spec: Any) -> VectorCodebook:
     """The :class:`~quantbook.codebooks.vector.VectorCodebook` that ``spec`` names (see the
     module grammar); a VectorCodebook is returned as is.
 

@@ -43,7 +43,7 @@ def quantize_nested_reference(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, nabs
 
 
-def dequantize_nested(q: np.ndarray, nested_absmax: np.ndarray, offset, nested_code: np.ndarray,
+def dequantize_nested(q: np.ndarray, nested_absmax: np.ndarray, offset: float | np.float32, nested_code: np.ndarray,
                       nested_blocksize: int) -> np.ndarray:
     """The float32 block scales of nested statistics (module docstring)."""
     code = np.asarray(nested_code, dtype=_F)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from .common import (UsageError, add_json_flag, int_in, load_codebook, output_path, point_rows, positive_float,
                      print_codebook, print_json)
+
+if TYPE_CHECKING:
+    from ..codebooks.codebook import Codebook
+    from ..codebooks.vector import VectorCodebook
 
 __all__ = ["register"]
 
@@ -84,6 +89,7 @@ def _cmd_export(args) -> int:
     block_size = DEFAULT_BLOCK_SIZE if args.block_size is None else args.block_size
     from ..naming import is_vector_spec, resolve_vector
 
+    cb: Codebook | VectorCodebook
     if is_vector_spec(args.codebook):
         from ..export import VECTOR_FORMATS
 

@@ -11,12 +11,15 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, Callable, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, cast
 
 import numpy as np
 
 from ..io.files import name_text
 from ..io.text import number
+
+if TYPE_CHECKING:   # loaded where a command reads a codebook
+    from ..codebooks.codebook import Codebook
 
 __all__ = ["UsageError", "Parser", "integer", "int_in", "random_seed", "add_json_flag", "json_safe", "print_json",
            "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value",
@@ -124,7 +127,7 @@ def print_json(obj: Any) -> None:
     print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
 
 
-def load_codebook(spec: str, block_size: int | None = None):
+def load_codebook(spec: str, block_size: int | None = None) -> Codebook:
     """The Codebook a command-line spelling names (:mod:`quantbook.naming`; ``block_size`` None: its default)."""
     from ..naming import resolve_codebook
 
@@ -155,7 +158,8 @@ def units_line(units: Iterable[str]) -> str:
     return "units: " + "; ".join(said)
 
 
-def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None, units: dict[str, str] | None = None) -> None:
+def print_codebook(cb: Codebook, as_json: bool, extra: dict[str, Any] | None = None,
+                   units: dict[str, str] | None = None) -> None:
     """``show``'s output: the codebook's fields, then ``extra`` (JSON: merged into one object); in
     the text each value of ``extra`` that ``units`` names is followed by its unit, and a
     :func:`units_line` says what they are."""
@@ -170,7 +174,7 @@ def print_codebook(cb, as_json: bool, extra: dict[str, Any] | None = None, units
 
     print(f"recipe: {format_recipe(cb.recipe)}")
     print(f"{'index':>5}  {'value (float64 repr)':<24}  {'float32 hex':<10}")
-    for i, v in enumerate(cb.code):
+    for i, v in enumerate(cast(np.ndarray, cb.code)):   # set by the Codebook (None only before)
         print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
     units = units or {}
     for key, value in (extra or {}).items():

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from .common import add_json_flag, integer, positive_float, print_json
+
+if TYPE_CHECKING:
+    from ..model.evaluate import ModelReport
 
 __all__ = ["register", "METRIC_NAMES"]
 
@@ -21,7 +24,7 @@ def _metrics(m: dict[str, Any]) -> dict[str, Any]:
     return {METRIC_NAMES.get(k, k): v for k, v in m.items()}
 
 
-def report_json(report, per_tensor: bool) -> dict[str, Any]:
+def report_json(report: ModelReport, per_tensor: bool) -> dict[str, Any]:
     d = report.to_dict(per_tensor=per_tensor)
     d["codebooks"] = {label: _metrics(m) for label, m in d["codebooks"].items()}
     for t in d.get("per_tensor", []):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
@@ -249,7 +249,7 @@ class Codebook:
 
     def encoder(self, precision: str = "float32") -> Encoder:
         """The encoder of the stored code table (:mod:`quantbook.codebooks.encoding`)."""
-        return encoder(self.code, precision)
+        return encoder(cast(np.ndarray, self.code), precision)   # set by __post_init__ (None only before)
 
     @property
     def levels_f32(self) -> np.ndarray:

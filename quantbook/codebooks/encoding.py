@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Encoder", "encoder", "midpoints", "PRECISIONS", "ScaledEncoder", "scaled_encoder"]
 
@@ -30,11 +31,11 @@ class Encoder:
     bounds: np.ndarray
     order: np.ndarray
 
-    def ranks(self, y) -> np.ndarray:
+    def ranks(self, y: ArrayLike) -> np.ndarray:
         """``#{k : bounds[k] < y}`` of values already in the working precision."""
         return np.searchsorted(self.bounds, y, side="left")
 
-    def __call__(self, y) -> np.ndarray:
+    def __call__(self, y: ArrayLike) -> np.ndarray:
         """Code indices of ``y`` (converted to the bounds' precision first)."""
         return self.order[self.ranks(np.asarray(y, dtype=self.bounds.dtype))]
 
@@ -44,7 +45,7 @@ class Encoder:
         return int(self(np.zeros(1))[0])
 
 
-def encoder(code, precision: str = "float32") -> Encoder:
+def encoder(code: ArrayLike, precision: str = "float32") -> Encoder:
     """The :class:`Encoder` of an index→value table (rule in the module docstring)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -7,7 +7,7 @@ copy (``dict(recipe)`` only a shallow one: its lists stay read-only).  Codebooks
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from ..numerics.arguments import one_line
 __all__ = ["FrozenDict", "FrozenList", "freeze", "check_json"]
 
 
-def _refuse(self, *args, **kwargs):
+def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
     raise TypeError("a codebook's recipe is read-only; change a copy (copy.deepcopy(cb.recipe))")
 
 

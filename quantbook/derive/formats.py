@@ -6,6 +6,8 @@ packed nibble indexes it directly; the sign bit is the top bit and ``-0.0`` is k
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from ..codebooks.codebook import Codebook, check_given_name
@@ -69,7 +71,7 @@ def uniform_symmetric(bits: int = UniformSymmetricRecipe.bits, name: str | None 
                     source="derived", recipe=recipe.to_dict())
 
 
-def scaled_integers(integers, divisor: int, bits: int, name: str = "scaled") -> Codebook:
+def scaled_integers(integers: Iterable[int], divisor: int, bits: int, name: str = "scaled") -> Codebook:
     """A published integer table divided by ``divisor`` in float64 (e.g. ggml's IQ4_NL/127): a
     transcription of the integers, not a derivation."""
     recipe = ScaledIntegersRecipe(tuple(integers), divisor, bits)

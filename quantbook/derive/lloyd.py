@@ -53,7 +53,7 @@ import numbers
 import time
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 from scipy.linalg import solve_banded
@@ -63,7 +63,7 @@ from ..codebooks.spelling import lloyd_spelling
 from ..numerics.arguments import check_int
 from ..numerics.dots import norm
 from ..scales import get_rule, scaled_products
-from .block import FoldedMeasure, RestrictedMeasure, _monotone_solve, block_measure
+from .block import FoldedMeasure, RestrictedMeasure, _Measure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
 from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
@@ -277,7 +277,20 @@ class _Tabulated:
         return np.interp(p, self.c, self.y)
 
 
-def lloyd_step(mu, levels: np.ndarray, free: np.ndarray, loss: str, want_jac: bool = False):
+@overload
+def lloyd_step(mu: _Measure, levels: np.ndarray, free: np.ndarray, loss: str,
+               want_jac: Literal[False] = False) -> tuple[np.ndarray, None]:
+    ...
+
+
+@overload
+def lloyd_step(mu: _Measure, levels: np.ndarray, free: np.ndarray, loss: str,
+               want_jac: Literal[True]) -> tuple[np.ndarray, np.ndarray]:
+    ...
+
+
+def lloyd_step(mu: _Measure, levels: np.ndarray, free: np.ndarray, loss: str,
+               want_jac: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """One Lloyd update of the free levels (centroids for L2, medians for L1) and, if asked,
     its Jacobian with respect to all levels (n×n)."""
     levels = np.asarray(levels, dtype=np.float64)

@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..codebooks.codebook import Codebook, check_numbers
 from ..codebooks.require import refuse_name
 from ..numerics.losses import check_loss
 from ..scales import check_scaled_only, layout_qmax, scaled_peak
-from .block import NORMALIZATIONS, _check_block_size, block_measure
+from .block import NORMALIZATIONS, _check_block_size, _Measure, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
 
@@ -46,13 +47,13 @@ def _check_levels(levels: Any) -> np.ndarray:
     return lv
 
 
-def cell_probabilities(mu, levels) -> np.ndarray:
+def cell_probabilities(mu: _Measure, levels: ArrayLike) -> np.ndarray:
     """Mass of each level's cell under the measure ``mu`` (atoms included)."""
     levels = _check_levels(levels)
     return mu.cells(_edges(mu, levels), 0)[0]
 
 
-def cell_errors(mu, levels, loss: str) -> np.ndarray:
+def cell_errors(mu: _Measure, levels: ArrayLike, loss: str) -> np.ndarray:
     """Per-cell ``∫ |y - q|`` (L1: the measure's ``l1_cells``) or ``∫ (y - q)²`` (L2) under the
     measure ``mu``.  Levels outside the support ``[mu.lo, mu.hi]`` (e.g. a table beyond ±1
     under absmax) are allowed: their cells hold only the support's end."""

@@ -43,6 +43,7 @@ import numpy as np
 from ..codebooks.bnb import BNB_TYPES, bnb_quant_type, warn_beyond_absmax
 from ..codebooks.codebook import Codebook
 from ..codebooks.require import require_codebook
+from ..codebooks.vector import VectorCodebook
 
 __all__ = ["npy_bytes", "bnb_quant_map", "bnb_quant_type", "bnb_bytes", "vector_npy_bytes"]
 
@@ -55,7 +56,7 @@ def npy_bytes(cb: Codebook) -> bytes:
     return buf.getvalue()
 
 
-def vector_npy_bytes(cb) -> bytes:
+def vector_npy_bytes(cb: VectorCodebook) -> bytes:
     """``.npy`` file contents: the float32 ``(N, P)`` points of a vector codebook
     (``np.load(path)[index]`` decodes an index)."""
     require_codebook(cb, "vector_npy_bytes", vector=True)

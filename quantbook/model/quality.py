@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -66,6 +66,13 @@ from ..scales import DEFAULT_QMAX, layout_qmax
 from .evaluate import (ErrorSums, TensorInputs, VQOptions, check_backend, check_codebooks, is_vector_codebook,
                        make_layout, parse_rotations, resolve_scale, rotation_size, row_label,
                        scale_label, sums_where_made)
+
+if TYPE_CHECKING:   # the optional packages a task needs, imported where a model is loaded
+    import torch
+    import transformers
+
+    from ..codebooks.codebook import Codebook
+    from ..codebooks.vector import VectorCodebook
 
 __all__ = ["Task", "TASKS", "QualityReport", "evaluate_quality", "load_model", "parse_rotations",
            "select_linears", "WeightSwap", "missing_packages", "default_text_path", "read_text",
@@ -147,7 +154,8 @@ def _hf_directory(directory: Path, path: str | os.PathLike) -> Path:
     return directory
 
 
-def load_model(path: str | os.PathLike, task: str, progress: bool = False):
+def load_model(path: str | os.PathLike, task: str,
+               progress: bool = False) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` of ``path`` for ``task`` (see the module doc), float32, eval mode.
     ``progress``: transformers' bar over a GGUF file's tensors (its long part) even when
     standard error is not a terminal; without it, and not on a terminal, that bar is off."""
@@ -276,7 +284,7 @@ def _group_linears(model, globs: list[str] | None, unused: tuple[str, ...]):
     return out, tied_out, unused_out
 
 
-def select_linears(model, globs: str | Sequence[str] | None = None,
+def select_linears(model: torch.nn.Module, globs: str | Sequence[str] | None = None,
                    unused: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """``(weight name, nn.Linear)`` of every linear layer whose ``NAME.weight`` matches one
     of ``globs`` (default all), except one whose weight is the input embedding (tied) or
@@ -369,7 +377,7 @@ class WeightSwap:
             if vector:
                 make_layout(codebook, vq=vq).check(name, shape, rotation)
 
-    def apply(self, codebook, block_size: int, nested: bool = False, rotation: str = "none",
+    def apply(self, codebook: Codebook | VectorCodebook, block_size: int, nested: bool = False, rotation: str = "none",
               backend: str = "auto", step: Callable[[str], None] | None = None, scale: Any = None,
               qmax: float = DEFAULT_QMAX, vq: VQOptions | None = None) -> ErrorSums:
         """Replace every selected weight by its quantized value; the pooled weight errors.
@@ -500,11 +508,12 @@ class Task:
             TASKS[name] = cls
 
     @staticmethod
-    def auto_class():
+    def auto_class() -> type[Any]:
+        """The transformers auto class that loads the task's model (``AutoModelForCausalLM``)."""
         raise NotImplementedError
 
     @classmethod
-    def check_config(cls, config, path) -> None:
+    def check_config(cls, config: transformers.PretrainedConfig, path: str | os.PathLike) -> None:
         """Refuse a model the task cannot measure (a ValueError naming ``path``)."""
 
     @classmethod
@@ -519,7 +528,8 @@ class Task:
             raise ValueError(f"--tokens must be at least 1, got {tokens}")
         return int(tokens), int(context)
 
-    def __init__(self, model, tokenizer, text: str, tokens: int, context: int):
+    def __init__(self, model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
+                 text: str, tokens: int, context: int):
         self.model, self.tokenizer = model, tokenizer
         self.prepare(text, *self.check_inputs(tokens, context))
 
@@ -566,13 +576,13 @@ class CausalLM(Task, name="lm"):
     plot_metric = ("kl_mean", "mean KL divergence to the unquantized model (nats/token)")
 
     @staticmethod
-    def auto_class():
+    def auto_class() -> type[Any]:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM
 
     @classmethod
-    def check_config(cls, config, path) -> None:
+    def check_config(cls, config: transformers.PretrainedConfig, path: str | os.PathLike) -> None:
         archs = getattr(config, "architectures", None) or []
         if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):  # GPT2LMHeadModel too
             raise ValueError(f"{path}: not a causal language model (architectures: {', '.join(archs)}); "
@@ -621,7 +631,7 @@ class CausalLM(Task, name="lm"):
         target = torch.from_numpy(self.ids[w, 1:]).to(logp.device)
         return (-logp.gather(1, target[:, None])[:, 0]).double().cpu().numpy()
 
-    def reference(self, step=None) -> dict[str, Any]:
+    def reference(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
         self._ref, nll = [], []
         for w in range(self.n_windows):
             if step is not None:
@@ -632,7 +642,7 @@ class CausalLM(Task, name="lm"):
         nll = np.concatenate(nll)
         return {"perplexity": float(np.exp(nll.mean())), "kl_mean": 0.0, "kl_p99": 0.0, "same_top_pct": 100.0}
 
-    def compare(self, step=None) -> dict[str, Any]:
+    def compare(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
         import torch
 
         nll, kl, same = [], [], 0
@@ -666,7 +676,7 @@ class SentenceEmbedding(Task, name="embed"):
     batch = 32
 
     @staticmethod
-    def auto_class():
+    def auto_class() -> type[Any]:
         from transformers import AutoModel
 
         return AutoModel
@@ -710,11 +720,11 @@ class SentenceEmbedding(Task, name="embed"):
             out.append(((h * mask).sum(1) / mask.sum(1)).cpu().numpy())
         return np.concatenate(out)
 
-    def reference(self, step=None) -> dict[str, Any]:
+    def reference(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
         self._ref = self._embed(step)
         return {"cosine_mean": 1.0, "cosine_min": 1.0, "one_minus_cosine": 0.0}
 
-    def compare(self, step=None) -> dict[str, Any]:
+    def compare(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
         e = self._embed(step)
         r = self._ref
         cos = (e * r).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(r, axis=1))
@@ -823,7 +833,8 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
                      text: str | None = None, tokens: int = 1024, context: int = 256,
                      block_size: int = DEFAULT_BLOCK_SIZE, nested: bool = False,
                      rotations: Sequence[str] = ("none",), tensors: Any = None,
-                     backend: str = "auto", progress: bool = False, model=None,
+                     backend: str = "auto", progress: bool = False,
+                     model: tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase] | None = None,
                      device: str | None = "auto", scale: Any = None, qmax: float = DEFAULT_QMAX,
                      vq: VQOptions | None = None) -> QualityReport:
     """Measure ``task`` on the unquantized model, then with every codebook × rotation.
@@ -861,13 +872,14 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
         _require()  # before asking torch about devices
     device = resolve_device(device)
     t0 = time.perf_counter()
-    model, tokenizer = _load(path, *located, task, progress) if model is None else model
-    model = model.to(device)
+    net, tokenizer = _load(path, *located, task, progress) if model is None else model
+    # transformers declares PreTrainedModel.to through functools.wraps, which mypy reads as unbound
+    net = net.to(device)  # type: ignore[arg-type]
     load_seconds = time.perf_counter() - t0
-    measure = task_cls(model, tokenizer, text, tokens, context)
-    linears, unread = _select(model, tensors, task_cls.unused_weights)
+    measure = task_cls(net, tokenizer, text, tokens, context)
+    linears, unread = _select(net, tensors, task_cls.unused_weights)
     rows = [(label, cb, rot) for rot in rotations for label, cb in codebooks]
-    with WeightSwap(linears) as swap, _eval_mode(model):
+    with WeightSwap(linears) as swap, _eval_mode(net):
         for rot in rotations:
             for _, cb in codebooks:
                 swap.check(block_size, rot, cb, vq)

@@ -28,6 +28,7 @@ import os
 import re
 import types
 from pathlib import Path
+from typing import Any, Callable
 
 __all__ = ["cached_njit", "compile_cached", "install", "kernel_sources_digest", "build_copy"]
 
@@ -113,7 +114,7 @@ def build_copy(fn: types.FunctionType, build: str) -> types.FunctionType:
     return copy
 
 
-def compile_cached(fn, **options):
+def compile_cached(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
     """``numba.njit(cache=True, **options)(fn)``, its cache keyed by every quantbook kernel module.
     Where numba has no directory it can write the cache to (a read-only install run by a user
     without a writable home, NUMBA_CACHE_DIR unset), the kernel uncached, with one warning:
@@ -139,7 +140,7 @@ def _warn_uncached() -> None:
                   "NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
 
 
-def cached_njit(**options):
+def cached_njit(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The decorator ``numba.njit(cache=True, **options)``, by :func:`compile_cached`."""
     install()
     return functools.partial(compile_cached, **options)

@@ -31,6 +31,7 @@ import functools
 import os
 import sys
 import threading
+from typing import Any, Callable
 
 __all__ = ["parallel_njit", "unavailable"]
 
@@ -75,7 +76,7 @@ def unavailable() -> str | None:
     return None
 
 
-def parallel_njit(**options):
+def parallel_njit(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``numba.njit(parallel=True, cache=True, **options)`` (its cache keyed as
     :mod:`.kernel_cache` keys it, in files of its own), each call holding the launch lock
     and refused (ValueError) where :func:`unavailable` says why.  A call with ``one_thread=True``

@@ -17,6 +17,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
+from types import ModuleType
 
 __all__ = ["NVRTC_OPTIONS", "NvrtcUnavailable", "load_nvrtc", "compile_source", "cache_dir"]
 
@@ -30,7 +31,7 @@ class NvrtcUnavailable(RuntimeError):
     """CuPy or the NVRTC library cannot be loaded on this machine."""
 
 
-_NVRTC = None
+_NVRTC: ModuleType | None = None
 
 
 def _preload_from_wheel() -> list[str]:
@@ -53,7 +54,7 @@ def _preload_from_wheel() -> list[str]:
     return loaded
 
 
-def load_nvrtc():
+def load_nvrtc() -> ModuleType:
     """The ``cupy_backends.cuda.libs.nvrtc`` module with a working library, or raise
     :class:`NvrtcUnavailable` (one line saying why)."""
     global _NVRTC

@@ -15,11 +15,14 @@ imported on first use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from functools import lru_cache
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ...numerics.losses import check_loss
+from ...scales.rule import ScaleRule
 from ...scales.steps import BUCKET_SHIFT, StepTable, step_table
 from .. import format as F
 from .. import layouts as L
@@ -210,7 +213,7 @@ def amax_from_bits(bits: np.ndarray) -> np.ndarray:
     return np.asarray(bits, dtype=np.uint32).view(_F)
 
 
-def ggml_args(table) -> tuple[np.ndarray, np.ndarray, int, np.float32, int]:
+def ggml_args(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.float32, int]:
     """``(v, order, nv, delta, pad)`` of the ggml search kernel: the ascending table, the stored
     index of each entry, their count, the trial step (:func:`quantbook.scales.ggml.ggml_table`)
     and the code of +0 that pads an odd count."""
@@ -244,7 +247,7 @@ def _kernel(name: str):
     return G.module_kernel(_MODULES, SK.source, "qbs_scaled.cu", name)
 
 
-def scaled_amax_gpu(x, block_size: int):
+def scaled_amax_gpu(x: Any, block_size: int) -> Any:
     """Per-block ``max |x|`` of a device array (CuPy float32); NaN for a block holding
     NaN/Inf."""
     b = _check_block_size(block_size)
@@ -261,7 +264,8 @@ def scaled_amax_gpu(x, block_size: int):
     return bits.view(cp.float32)
 
 
-def scaled_scales_gpu(amax, rule, qmax: float, tensor_scale=None, need_scale: bool = False):
+def scaled_scales_gpu(amax: Any, rule: ScaleRule | str, qmax: float, tensor_scale: Any = None,
+                      need_scale: bool = False) -> tuple[Any, Any, bool, Any] | None:
     """``(stored, factor, divide, scale)`` of a deterministic rule for device block maxima, as
     :meth:`quantbook.bulk.backend.Backend.scaled_scales` (CuPy arrays), or None when a block
     lands on a step the rule refuses: one kernel looks every block up in the rule's step
@@ -297,7 +301,7 @@ def _device_factor(factor, divide: bool):
     return cp.asarray(f), div
 
 
-def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
+def scaled_encode_gpu(x: Any, factor: Any, divide: bool, table: np.ndarray, block_size: int) -> Any:
     """Packed 4-bit codes (CuPy uint8, ``ceil(n / 2)`` bytes, the first code in the low
     nibble) of ``y = x / factor[block]`` (``divide``) or ``x * factor[block]``.  A host
     ``factor`` is prepared by :func:`exact_multiplier` and copied to the device; a device one
@@ -322,7 +326,8 @@ def scaled_encode_gpu(x, factor, divide: bool, table, block_size: int):
     return packed
 
 
-def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype, lut=None):
+def scaled_decode_gpu(packed: Any, scale: Any, table: np.ndarray, block_size: int, n: int, out_dtype: DTypeLike,
+                      lut: np.ndarray | None = None) -> Any:
     """``out_dtype(float32(table[code] * scale[block]))`` for ``n`` values (a flat CuPy array;
     bfloat16 as in :func:`quantbook.bulk.gpu.backend.dequantize_gpu`); ``scale`` on the host
     or the device.  With ``lut`` (a host float32 decode table of 256 or 65536 entries,
@@ -364,7 +369,7 @@ def scaled_decode_gpu(packed, scale, table, block_size: int, n: int, out_dtype, 
     return out if view is None else view
 
 
-def scaled_ggml_gpu(x, table, block_size: int, ntry: int):
+def scaled_ggml_gpu(x: Any, table: np.ndarray, block_size: int, ntry: int) -> tuple[np.ndarray, Any]:
     """``(d, packed)`` of ggml's search on a device array: the float32 scale of each block (host)
     and the packed codes (CuPy uint8), as :meth:`quantbook.bulk.backend.Backend.scaled_ggml`."""
     b = _check_block_size(block_size)
@@ -385,7 +390,8 @@ def scaled_ggml_gpu(x, table, block_size: int, ntry: int):
     return cp.asnumpy(d), packed
 
 
-def scaled_errors_gpu(x, factor, divide: bool, scale, table, block_size: int, loss: str) -> np.ndarray:
+def scaled_errors_gpu(x: Any, factor: Any, divide: bool, scale: Any, table: np.ndarray, block_size: int,
+                      loss: str) -> Any:
     """Per-block errors (CuPy float64) of one search candidate on a device array, as
     :meth:`quantbook.bulk.backend.Backend.scaled_errors`; ``factor`` and ``scale`` on the host
     or the device."""

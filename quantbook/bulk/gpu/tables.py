@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..format import check_code_table, code_encoder
 
@@ -92,7 +93,7 @@ def fine_layout(P: int) -> bool:
     return P == MAX_TABLE
 
 
-def bucket_index(y, fine: bool) -> np.ndarray:
+def bucket_index(y: ArrayLike, fine: bool) -> np.ndarray:
     """The bucket of float32 ``y`` in a layout (as the kernel computes it).  The fine layout
     keeps the sign and drops the exponent's top bit, so it holds only ``|y| < 2`` (and NaN,
     which lands in some bucket and is overridden): other ``y`` are an error here."""
@@ -130,7 +131,7 @@ def _bucket_ranges(fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ymin, ymax, exp_all_ones & ~top_mant_zero
 
 
-def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
+def encoder_tables(code_f32: ArrayLike, P: int | None = None) -> EncoderTables:
     """Tables for a table of ``K`` codes; ``P`` (default: the next power of two >= K) only
     bounds the table size, as the kernels' packing does (:func:`search_size`)."""
     c = check_code_table(code_f32)
@@ -172,7 +173,7 @@ def encoder_tables(code_f32, P: int | None = None) -> EncoderTables:
     return tabs
 
 
-def encode_with_tables(y, tabs: EncoderTables) -> np.ndarray:
+def encode_with_tables(y: ArrayLike, tabs: EncoderTables) -> np.ndarray:
     """numpy emulation of the kernel's encoder on float32 ``y`` (scaled, NOT clamped: the
     table does it; the fine layout holds only ``|y| < 2`` and NaN): the bucket read, then
     ``steps`` compares of a branchless binary search.  Documents, and lets CPU tests check,

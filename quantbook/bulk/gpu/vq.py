@@ -11,7 +11,10 @@ imported on first use.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import backend as G
 from . import vq_kernels as VK
@@ -45,7 +48,7 @@ def _device(a, dtype):
     return cp.ascontiguousarray(cp.asarray(a, dtype=dtype))
 
 
-def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False, wide: bool = False):
+def rotate_gpu(x: Any, signs: np.ndarray, inv: float, inverse: bool = False, wide: bool = False) -> Any:
     """``float32(fwht(x · signs) · inv)`` of every row of the (R, n) float32 ``x``, or with
     ``inverse`` ``float32(fwht(x) · inv · signs)``; ``signs`` the n float64 ±1, ``inv`` the
     float64 ``1/√n``.  With ``wide`` the float64 values, not rounded (a NaN has the GPU's
@@ -73,7 +76,7 @@ def rotate_gpu(x, signs: np.ndarray, inv: float, inverse: bool = False, wide: bo
     return buf.reshape(rows, n) if wide else out
 
 
-def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):
+def group_stat_gpu(v: Any, group: int, absmax: bool, half: bool = False) -> tuple[Any, Any, Any | None]:
     """Per group of the flat float32 ``v``: ``(stat, scale, bits)``, the float64
     ``sqrt(Σv²/group)`` or ``max |v|``, that rounded to the stored scale (float16 with ``half``,
     else float32) as float32, and with ``half`` its float16 bits (uint16; else None)."""
@@ -90,7 +93,8 @@ def group_stat_gpu(v, group: int, absmax: bool, half: bool = False):
     return out, scale, (bits if half else None)
 
 
-def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: np.ndarray, grid=None):
+def encode_gpu(v: Any, scales: Any, group: int, pts: np.ndarray, c0s: np.ndarray, order: np.ndarray,
+               grid: tuple[Any, ...] | None = None) -> Any:
     """int32 index of the nearest point to each ``y = float32(v / s)`` (0 where ``s = 0``):
     ``pts`` the (N, P) points in float64, ``c0s`` their first coordinates sorted stably,
     ``order`` that permutation (int32); for P = 2, ``grid`` the cell grid ``(zero, lo0, lo1,
@@ -117,7 +121,7 @@ def encode_gpu(v, scales, group: int, pts: np.ndarray, c0s: np.ndarray, order: n
     return out
 
 
-def decode_gpu(idx, scales, group: int, points: np.ndarray):
+def decode_gpu(idx: ArrayLike, scales: Any, group: int, points: np.ndarray) -> Any:
     """Flat float32 ``points[idx] · s`` (indices already checked to lie below N)."""
     cp = G._cupy()
     idd = cp.ascontiguousarray(cp.asarray(idx)).reshape(-1)   # host indices cross as they are
@@ -144,14 +148,14 @@ def _widen(xd, key: str):
     return xd
 
 
-def as_float32(x):
+def as_float32(x: Any) -> tuple[Any, Any]:
     """``(flat float32 CuPy array, keep-alive)`` of a float32, float16 or bfloat16 device array
     (CuPy, torch CUDA tensors; exact conversions, on the device)."""
     xd, key, keep = G._as_device(x)
     return _widen(xd, key), keep
 
 
-def load_gpu(x: np.ndarray):
+def load_gpu(x: np.ndarray) -> Any:
     """A host float32, float16 or bfloat16 array (any byte order) as a flat float32 device
     array: its own bytes cross (2 a value for the 16-bit types) and are widened on the device."""
     a = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("=")).reshape(-1)
@@ -159,13 +163,13 @@ def load_gpu(x: np.ndarray):
     return _widen(G._cupy().asarray(a if key == "f32" else a.view(np.uint16)), key)
 
 
-def first_nonfinite(x) -> int | None:
+def first_nonfinite(x: Any) -> int | None:
     """The flat index of the first NaN or Inf of a device array, or None."""
     bad = ~G._cupy().isfinite(x.reshape(-1))
     return int(bad.argmax()) if bool(bad.any()) else None
 
 
-def cast_gpu(y, dtype):
+def cast_gpu(y: Any, dtype: DTypeLike) -> Any:
     """The flat float32 or float64 device array ``y`` rounded to ``dtype`` (float32, float16
     or bfloat16: an ``ml_dtypes.bfloat16`` view with CuPy >= 14, else uint16 bits) as the
     host's casts round it: to nearest even, float64 to bfloat16 through float32 (ml_dtypes)."""
