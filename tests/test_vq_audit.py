@@ -101,6 +101,26 @@ def test_bad_audit_arguments():
         audit_vector(h, seed=-1)
 
 
+def test_a_sample_too_large_is_refused_before_any_draw(monkeypatch):
+    """The audit's sample has derive vq's bound, 2**29 values (12 bytes each): past it audit_vectors
+    drew until memory ran out.  Checked for every grid before the first is drawn."""
+    from quantbook.derive.vq import MAX_SAMPLE_VALUES
+    from quantbook.verify import vq
+
+    def no_draw(*args, **kwargs):
+        raise AssertionError("a sample was drawn")
+
+    monkeypatch.setattr(vq, "draw_vectors", no_draw)
+    assert MAX_SAMPLE_VALUES == 2**29
+    too_many = 2**28 + 1   # vectors of 2 values
+    with pytest.raises(ValueError, match=f"samples={too_many} vectors of 2 values is more than {2**29} values"):
+        audit_vectors(samples=too_many, names=["higgs-1d-4", "higgs-2d-16"])
+    with pytest.raises(ValueError, match="samples must be an integer >= 100"):
+        audit_vectors(samples=99, names=["higgs-2d-16"])
+    with pytest.raises(ValueError, match=f"samples={too_many} vectors"):
+        audit_vector(resolve_vector("higgs-2d-16"), samples=too_many)
+
+
 def test_registered_derived_grids_against_higgs():
     """The derived grids shipped in the registry (quantbook/codebooks/data/vq_derived.json,
     written by benchmarks/bench_derive_vq.py) against HIGGS on an independent sample with a

@@ -62,7 +62,7 @@ from .lloyd import DerivationError, LloydWarning
 from .recipes import Recipe, RecipeError, _set
 from .sources import parse_source
 
-__all__ = ["VQRecipe", "VQResult", "derive_vq", "solve_vq", "draw_vectors", "vq_mse", "SCALES",
+__all__ = ["VQRecipe", "VQResult", "derive_vq", "solve_vq", "draw_vectors", "check_sample_size", "vq_mse", "SCALES",
            "MAX_DIM", "orbit_size", "cell_stats", "CellStats", "vector_errors"]
 
 #: block scalings of the sample (module docstring)
@@ -141,11 +141,7 @@ class VQRecipe(Recipe):
         groups = n // orbit_size(p) if self.symmetric else n
         if m < 4 * groups:
             raise ValueError(f"samples must be at least 4 per point to fit ({4 * groups}), got {m}")
-        drawn = drawn_count(m, p, self.scale, self.block_size)
-        if drawn * p > MAX_SAMPLE_VALUES:
-            whole = "" if drawn == m else f" (whole blocks of {self.block_size}: {drawn})"
-            raise ValueError(f"samples={m} vectors{whole} of {p} values is more than {MAX_SAMPLE_VALUES} values "
-                             "(the sample is drawn in float64 and kept in float32: about 12 bytes a value)")
+        check_sample_size(m, p, self.scale, self.block_size)
         restarts = _posint("restarts", self.restarts)
         coarse = _posint("coarse_samples", self.coarse_samples)
         max_iter = _posint("max_iter", self.max_iter)
@@ -210,6 +206,17 @@ def drawn_count(count: int, dim: int, scale: str, block_size: int | None) -> int
     return -(-count // per_block) * per_block
 
 
+def check_sample_size(count: int, dim: int, scale: str = "none", block_size: int | None = None) -> int:
+    """:func:`drawn_count`, refused past ``MAX_SAMPLE_VALUES`` values (a ValueError naming ``samples``):
+    the one bound of every sample of P-vectors, checked before any work."""
+    drawn = drawn_count(count, dim, scale, block_size)
+    if drawn * dim > MAX_SAMPLE_VALUES:
+        whole = "" if drawn == count else f" (whole blocks of {block_size}: {drawn})"
+        raise ValueError(f"samples={count} vectors{whole} of {dim} values is more than {MAX_SAMPLE_VALUES} values "
+                         "(the sample is drawn in float64 and kept in float32: about 12 bytes a value)")
+    return drawn
+
+
 def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "none",
                  block_size: int | None = None) -> np.ndarray:
     """``count`` P-vectors (float32, shape (count, dim)) of the law in the module docstring.
@@ -224,7 +231,7 @@ def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "non
             raise ValueError(f"the dimension P={dim} must divide the block size {block_size}")
     seed = _posint("seed", seed, 0)   # None would draw an unrepeatable sample
     src = parse_source(source)
-    count = drawn_count(count, dim, scale, block_size)
+    count = check_sample_size(count, dim, scale, block_size)
     x = np.asarray(src.rvs(count * dim, random_state=np.random.default_rng(seed)), dtype=np.float64)
     if scale != "none":
         blocks = x.reshape(-1, block_size)

@@ -31,7 +31,7 @@ import numpy as np
 from ..codebooks.codebook import Codebook
 from ..codebooks.vector import VectorCodebook
 from ..codebooks.vector_registry import vector_registry
-from ..derive.vq import cell_stats, draw_vectors, vector_errors
+from ..derive.vq import cell_stats, check_sample_size, draw_vectors, vector_errors
 from ..errors import NotFoundError
 from ..numerics.arguments import check_int, did_you_mean
 
@@ -115,6 +115,7 @@ def audit_vector(cb: VectorCodebook, samples: int = AUDIT_SAMPLES, seed: int = A
     check_int(samples, "samples", 100)
     check_int(seed, "seed", 0)
     p, n = cb.dim, cb.size
+    check_sample_size(int(samples), p)
     x = draw_vectors("normal", p, int(samples), int(seed))
     err = vector_errors(cb.points, x)
     mse = float(err.mean()) / p
@@ -161,6 +162,8 @@ def audit_vectors(samples: int = AUDIT_SAMPLES, seed: int = AUDIT_SEED, names: l
     for name in chosen:   # every name before any work
         if name not in reg:
             raise NotFoundError(f"no vector grid {name!r}{did_you_mean(name, reg)}; known: {', '.join(reg)}")
+    check_int(samples, "samples", 100)   # and the sample: audit_vector's rules, for the largest grid
+    check_sample_size(int(samples), max((reg[name].codebook.dim for name in chosen), default=1))
     rows = []
     for name in chosen:
         if progress is not None:
