@@ -104,9 +104,9 @@ def test_derive_quantile_scale_and_qmax(capsys):
     (("derive", "lloyd", "--scale", "search:ggml", "--symmetric"), "do not apply to a search rule"),
     (("derive", "lloyd", "--scale", "search:ggml", "--samples", "100"), "multiple of --block-size"),
     # without block scaling a derivation has no block (its recipe dropped -B 64, -3 too); evaluate
-    # still reads it for a lloyd-... name, and checks it for any (0 passed)
-    (("evaluate", "nf4", "--normalization", "none", "--block-size", "0"), "block size must be between 2"),
-    (("derive", "quantile", "--normalization", "none", "-B", "-3"), "block size must be between 2"),
+    # still reads it for a lloyd-... name, and the parser checks it for any (0 passed)
+    (("evaluate", "nf4", "--normalization", "none", "--block-size", "0"), "-B: must be between 2"),
+    (("derive", "quantile", "--normalization", "none", "-B", "-3"), "-B: must be between 2"),
     (("derive", "lloyd", "--normalization", "none", "-B", "64"), "--block-size does not apply"),
 ])
 def test_bad_scale_one_line_exit_2(capsys, argv, needle):

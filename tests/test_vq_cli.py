@@ -181,7 +181,7 @@ def test_c_header_encodes_as_nearest(tmp_path, capsys):
     (["derive", "vq", "--dim", "x", "--points", "16"], "integer"),
     (["derive", "vq", "--points", "16"], "--dim"),
     (["audit", "--samples", "1000"], "only with --vector"),
-    (["audit", "--vector", "--samples", "10"], "between 100"),
+    (["audit", "--vector", "--samples", "10"], "samples must be an integer >= 100"),
     (["audit", "--vector", "--layouts"], "not --vector"),
     (["export", "higgs-2d-16", "-f", "bnb"], "exports as json, c, cuda, npy"),
     (["export", "higgs-2d-16", "-f", "c", "--scale", "e4m3"], "scalar codebooks"),

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_json_flag, int_in, print_json, random_seed
+from .common import add_json_flag, add_sample, print_json
 
 __all__ = ["register"]
 
@@ -105,9 +105,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--vector", action="store_true",
                    help="audit the vector grids instead (HIGGS): MSE per dimension on N(0,1), gap to D(R), "
                         "Lloyd fixed point, gain of the derived grid (docs/vector-codebooks.md)")
-    s.add_argument("--samples", type=int_in(100, 10**9),
-                   help="with --vector: Monte-Carlo vectors per grid (default 10^6)")
-    s.add_argument("--seed", type=random_seed,
-                   help="with --vector: seed of the Monte-Carlo sample (default 20241126)")
+    add_sample(s, "with --vector: ", "vectors", "Monte-Carlo sample of each grid", "10^6", "20241126")
     add_json_flag(s)
     s.set_defaults(func=_cmd_audit)

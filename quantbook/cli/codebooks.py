@@ -7,9 +7,9 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
-from .common import (UsageError, add_json_flag, int_in, load_codebook, output_path, point_rows, positive_float,
-                     print_codebook, print_json)
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, MAX_BLOCK, MIN_BLOCK
+from .common import (UsageError, add_block_size, add_json_flag, add_output, add_qmax, add_scale, integer, load_codebook,
+                     output_path, point_rows, print_codebook, print_json)
 
 if TYPE_CHECKING:
     from ..codebooks.codebook import Codebook
@@ -112,7 +112,7 @@ def _cmd_export(args) -> int:
         return 0
     if args.format in BINARY_FORMATS:
         if sys.stdout.isatty():
-            raise UsageError(f"format {args.format} is binary: give -o PATH or redirect standard output")
+            raise UsageError(f"format {args.format} is binary: give -o FILE or redirect standard output")
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return 0
@@ -139,24 +139,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser(
         "export", help="write a codebook as JSON, a C/CUDA header, .npy or a bitsandbytes quant map",
-        description="Write a codebook (registry NAME or FILE.json) to standard output or -o PATH. "
+        description="Write a codebook (registry NAME or FILE.json) to standard output or -o FILE. "
                     "json/c/cuda are text; npy/bnb are binary (written to standard output only when "
                     "it is not a terminal).")
     s.add_argument("codebook", metavar="NAME|FILE.json",
                    help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; without B, --block-size)")
     s.add_argument("--format", "-f", choices=FORMATS, default="json", help="output format (default json)")
-    s.add_argument("-o", "--output", metavar="PATH", default=None,
-                   help="file to write (default: standard output, which - also names)")
+    add_output(s, "the codebook (default: standard output, which - also names)")
     s.add_argument("--name", default=None,
                    help="C identifier for the tables (c, cuda; bnb: its quant_type), used as given; default: "
                         "the codebook name with non-identifier characters replaced by '_'")
-    s.add_argument("--scale", metavar="RULE",
-                   help="c, cuda: describe the scaled layout of this block scale rule in the header (rule, block "
-                        f"size, qmax, scale bytes, rescaled table): {rule_spellings(lambda r: r.layout == 'scaled')} "
-                        "(docs/scales.md)")
-    s.add_argument("--block-size", "-B", type=int_in(1, 2**31 - 1), default=None,
-                   help=f"with --scale: block size of the layout (default {DEFAULT_BLOCK_SIZE}); also the B of a "
-                        "lloyd-... spelling")
-    s.add_argument("--qmax", type=positive_float, default=None,
-                   help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
+    add_scale(s, "rule whose scaled layout the c and cuda headers describe (rule, block size, qmax, scale bytes, "
+                 f"rescaled table): {rule_spellings(lambda r: r.layout == 'scaled')} (docs/scales.md)")
+    # two rules: the layout's (checked with --scale) and the derivation's (a lloyd-... spelling)
+    add_block_size(s, f": with --scale the layout's, a power of two from {MIN_BLOCK} to {MAX_BLOCK} (default "
+                      f"{DEFAULT_BLOCK_SIZE}); also the B of a lloyd-... spelling", type=integer)
+    add_qmax(s)
     s.set_defaults(func=_cmd_export)

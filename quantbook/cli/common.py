@@ -21,12 +21,31 @@ from ..io.text import number
 if TYPE_CHECKING:   # loaded where a command reads a codebook
     from ..codebooks.codebook import Codebook
 
-__all__ = ["UsageError", "Parser", "integer", "int_in", "random_seed", "add_json_flag", "json_safe", "print_json",
-           "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows", "text_value",
-           "error_units", "units_line"]
+__all__ = ["UsageError", "Parser", "integer", "int_in", "random_seed", "block_size", "layout_block_size",
+           "add_json_flag", "add_block_size", "add_bits", "add_source", "add_normalization", "add_domain", "add_scale",
+           "add_qmax", "add_sample", "add_symmetric", "add_progress", "add_output", "OPTION_WORDS", "json_safe",
+           "print_json", "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows",
+           "text_value", "error_units", "units_line"]
 
 #: the spellings of ``--source`` (quantbook.derive.parse_source, and the safetensors source's suffixes)
 SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS][@row|@tensor|@none]"
+
+#: what an option is that several commands take with helps of their own (they differ on purpose): each of
+#: those helps says these words, so that the option keeps one meaning; any other shared option has one help
+#: (tests/test_cli_options.py)
+OPTION_WORDS = {
+    "--block-size": "block size B",
+    "--bits": "bits k",
+    "--source": f"weight distribution: {SOURCE_SPELLINGS}",
+    "--normalization": "block normalisation",
+    "--domain": "domain of the",
+    "--scale": "block scale",
+    "--samples": "in the seeded",
+    "--seed": "seed of the",
+    "--symmetric": "invariant under sign flips",
+    "--progress": "a progress bar on standard error even when it is not a terminal",
+    "--output": "file to write",
+}
 
 
 class UsageError(Exception):
@@ -84,6 +103,30 @@ def random_seed(text: str) -> int:
     return v
 
 
+def block_size(text: str) -> int:
+    """An argparse type: a block size of the exact derivations, by their rule
+    (:func:`quantbook.derive.block._check_block_size`)."""
+    from ..derive.block import _check_block_size
+
+    return _by_rule(integer(text), _check_block_size, "block size ")
+
+
+def layout_block_size(text: str) -> int:
+    """An argparse type: a block size the byte layouts store, by their rule
+    (:func:`quantbook.codebooks.blocks.check_block_size`)."""
+    from ..codebooks.blocks import check_block_size
+
+    return _by_rule(integer(text), check_block_size, "block_size ")
+
+
+def _by_rule(value: int, check: Callable[[int], int], name: str) -> int:
+    """``check(value)``, its refusal an argparse error (which names the option itself, not ``name``)."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace(name, "", 1)) from None
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a positive finite number (``--qmax``)."""
     try:
@@ -102,6 +145,87 @@ def _clip(text: str, n: int = 40) -> str:
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Add ``--json`` to a command's parser."""
     parser.add_argument("--json", action="store_true", help="JSON output (fields: docs/json.md)")
+
+
+# The options several commands take, each defined here once.  Where commands differ on purpose (the
+# block sizes a command can use, its sample's default, ...) the caller says how in the help, which
+# begins or goes on with the option's OPTION_WORDS; defaults are left to the library (None) unless the
+# caller gives one.
+def add_block_size(parser: argparse.ArgumentParser, rest: str, type: Callable[[str], int] = block_size,
+                   default: int | None = None) -> None:
+    """``--block-size B``/``-B``, its help ``block size B`` + ``rest``; ``type``: the rule of the block
+    sizes the command's library takes (the exact derivations', the byte layouts' or, checked later, its own)."""
+    parser.add_argument("--block-size", "-B", type=type, default=default, metavar="B",
+                        help=f"{OPTION_WORDS['--block-size']}{rest}")
+
+
+def add_bits(parser: argparse.ArgumentParser, lo: int) -> None:
+    """``--bits K``, ``lo`` .. 8 (the library checks the range, which differs by derivation)."""
+    parser.add_argument("--bits", type=integer, metavar="K", help=f"{OPTION_WORDS['--bits']}, {lo}..8 (default 4)")
+
+
+def add_source(parser: argparse.ArgumentParser, default: str | None = None, note: str = "") -> None:
+    """``--source SOURCE`` (:data:`SOURCE_SPELLINGS`)."""
+    parser.add_argument("--source", default=default, metavar="SOURCE",
+                        help=f"{OPTION_WORDS['--source']} (default normal{note})")
+
+
+def add_normalization(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("absmax", "signed-absmax", "none"),
+                      default: str | None = None, note: str = "") -> None:
+    """``--normalization``; ``choices`` without ``none`` where the command needs blocks, which ``note`` says."""
+    parser.add_argument("--normalization", choices=choices, default=default,
+                        help=f"{OPTION_WORDS['--normalization']} (default absmax{note})")
+
+
+def add_domain(parser: argparse.ArgumentParser, what: str, default_text: str, default: str | None = None,
+               law: bool = False) -> None:
+    """``--domain``: the domain of ``what``, an error or (``law``) the law split into equal probabilities;
+    ``default_text``: the default and, where it is not weight, why."""
+    domains = ("weight (y's law weighted by the block's scale) or normalized (y's own, y = x/absmax)" if law else
+               "weight (the error scale·(y - q), in units of σ) or normalized (y - q, y = x/absmax)")
+    parser.add_argument("--domain", choices=("weight", "normalized"), default=default,
+                        help=f"{OPTION_WORDS['--domain']} {what}: {domains} (default {default_text})")
+
+
+def add_scale(parser: argparse.ArgumentParser, rest: str, choices: tuple[str, ...] | None = None) -> None:
+    """``--scale RULE``: a block scale rule (:mod:`quantbook.scales`), its help ``block scale`` + ``rest``;
+    with ``choices``, derive vq's division of each block of vectors, which its help tells apart."""
+    parser.add_argument("--scale", choices=choices, metavar=None if choices else "RULE",
+                        help=f"{OPTION_WORDS['--scale']} {rest}")
+
+
+def add_qmax(parser: argparse.ArgumentParser) -> None:
+    """``--qmax Q`` (:func:`positive_float`)."""
+    parser.add_argument("--qmax", type=positive_float, metavar="Q",
+                        help="with --scale: the table's largest magnitude in the units the scale multiplies "
+                             "(default 6, E2M1's)")
+
+
+def add_sample(parser: argparse.ArgumentParser, when: str, unit: str, sample: str, samples: str, seed: str) -> None:
+    """``--samples M`` and ``--seed S`` of a seeded sample: ``when`` they apply, the ``unit`` counted in
+    which ``sample``, and the defaults' text (the seed by :func:`random_seed`, the API's rule)."""
+    parser.add_argument("--samples", type=integer, metavar="M",
+                        help=f"{when}{unit} {OPTION_WORDS['--samples']} {sample} (default {samples})")
+    parser.add_argument("--seed", type=random_seed, metavar="S",
+                        help=f"{when}{OPTION_WORDS['--seed']} {sample} (default {seed})")
+
+
+def add_symmetric(parser: argparse.ArgumentParser, what: str, more: str = "") -> None:
+    """``--symmetric``: ``what`` is invariant under sign flips (and ``more``); the library's default: not."""
+    parser.add_argument("--symmetric", action="store_const", const=True,
+                        help=f"{what} {OPTION_WORDS['--symmetric']}{more}")
+
+
+def add_progress(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """``--progress`` (:func:`quantbook.io.progress.progress_enabled`: a terminal draws one anyway)."""
+    parser.add_argument("--progress", action="store_true",
+                        help=f"{when}{OPTION_WORDS['--progress']} (drawn on a terminal anyway)")
+
+
+def add_output(parser: argparse.ArgumentParser, what: str, required: bool = False) -> None:
+    """``-o FILE``/``--output FILE``: ``what`` says what is written there, and what without it."""
+    parser.add_argument("-o", "--output", metavar="FILE", default=None, required=required,
+                        help=f"{OPTION_WORDS['--output']}: {what}")
 
 
 def json_safe(obj: Any) -> Any:
@@ -204,7 +328,7 @@ def text_value(value: Any) -> str:
 
 
 def output_path(path: str, inputs: tuple[str, ...] = ()) -> str:
-    """Check an ``-o PATH`` before any work is done (:func:`quantbook.io.files.check_output_path`);
+    """Check an ``-o FILE`` before any work is done (:func:`quantbook.io.files.check_output_path`);
     ``inputs``: the command's input files, which it must not overwrite."""
     from ..io.files import check_output_path
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import number
-from .common import (SOURCE_SPELLINGS, add_json_flag, error_units, integer, load_codebook, output_path, point_rows,
-                     positive_float, print_codebook, print_json, random_seed, text_value, units_line)
+from .common import (add_bits, add_block_size, add_domain, add_json_flag, add_normalization, add_output, add_progress,
+                     add_qmax, add_sample, add_scale, add_source, add_symmetric, error_units, integer, load_codebook,
+                     output_path, point_rows, print_codebook, print_json, text_value, units_line)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -47,10 +48,6 @@ def _given(args, *names: str) -> dict[str, Any]:
         given["source"] = parse_source(given["source"])  # parsed once, for the derivation and the metrics
     if "fix" in given:  # the engine reads "-1,0,1" and "none" itself
         given["fixed"] = given.pop("fix")
-    if "block_size" in given:   # checked even where nothing is blocked (normalization none)
-        from ..derive.block import _check_block_size
-
-        _check_block_size(given["block_size"])
     from ..scales import check_scaled_only, get_rule
 
     check_scaled_only(get_rule(given["scale"]) if "scale" in given else None,
@@ -260,20 +257,19 @@ def _cmd_evaluate(args) -> int:
 
 
 # Defaults are left to the library (see _given); the help texts only say what they are.
-def _add_block_arguments(s: argparse.ArgumentParser) -> None:
+def _add_block_arguments(s: argparse.ArgumentParser, search: bool, block_note: str = "") -> None:
+    """The block model's options; ``search``: the command takes the search rules too."""
     from ..scales import rule_spellings   # the rules' one list, for the help texts
 
-    s.add_argument("--block-size", "-B", type=integer, help=f"B (default {DEFAULT_BLOCK_SIZE})")
-    s.add_argument("--normalization", choices=("absmax", "signed-absmax", "none"), help="default absmax")
-    s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal)")
-    s.add_argument("--scale", metavar="RULE",
-                   help="block scale rule: "
-                        f"{rule_spellings(lambda r: r.deterministic or r.encodes_with_amax)}; for derive lloyd "
-                        f"and evaluate also {rule_spellings(lambda r: not (r.deterministic or r.encodes_with_amax))}"
-                        ", on a seeded sample (default: exact float32 absmax; docs/scales.md)")
-    s.add_argument("--qmax", type=positive_float,
-                   help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
-    s.add_argument("--tensor-size", type=integer, dest="tensor_size",
+    add_block_size(s, f" (default {DEFAULT_BLOCK_SIZE}{block_note})")
+    add_normalization(s)
+    add_source(s)
+    exact = rule_spellings(lambda r: r.deterministic or r.encodes_with_amax)
+    searched = rule_spellings(lambda r: not (r.deterministic or r.encodes_with_amax))
+    add_scale(s, f"rule: {exact}" + (f", and {searched}, on a seeded sample" if search else "")
+              + " (default: exact float32 absmax; docs/scales.md)")
+    add_qmax(s)
+    s.add_argument("--tensor-size", type=integer, dest="tensor_size", metavar="N",
                    help="with --scale e4m3: model the tensor scale of tensors of N values (default: its phase "
                         "averaged)")
 
@@ -288,7 +284,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub.required = True
     s = dsub.add_parser("nf", help="NormalFloat NFk from normal quantiles")
     s._negative_number_matcher = re.compile(r"^-[\d.]")  # so that --offset -1/2 is a value (then refused)
-    s.add_argument("--bits", type=integer, help="k, 2..8 (default 4)")
+    add_bits(s, 2)
     s.add_argument("--offset",
                    help="outermost quantile position as an exact rational P/Q or decimal "
                         "(default: 929/960 for k=4; 0.9677083 with float32-bnb)")
@@ -299,23 +295,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                            ("quantile", "equal-probability codebook of the exact block distribution")):
         s = dsub.add_parser(meth, help=helptext)
         s._negative_number_matcher = re.compile(r"^-[\d.]")  # so that --fix -1,0,1 is a value
-        s.add_argument("--bits", type=integer, help="1..8 (default 4)")
-        _add_block_arguments(s)
+        add_bits(s, 1)
+        # the search fit's own default is NVFP4's block (solve_search_lloyd); the command line keeps one
+        _add_block_arguments(s, search=meth == "lloyd", block_note=", with a search rule too: the API's "
+                             "solve_search_lloyd defaults to NVFP4's 16" if meth == "lloyd" else "")
         if meth == "lloyd":
             s.add_argument("--loss", choices=("l1", "l2"), help="default l2")
-            s.add_argument("--samples", type=integer,
-                           help="with a search rule (--scale search:...): values in the seeded fitting sample "
-                                "(default 10^7)")
-            s.add_argument("--seed", type=random_seed, help="with a search rule: the fitting sample's seed (default 0)")
-            s.add_argument("--progress", action="store_true",
-                           help="with a search rule: a progress bar on standard error even when it is not a "
-                                "terminal (drawn on a terminal anyway)")
-        s.add_argument("--domain", choices=("weight", "normalized"),
-                       help="error measured on weights (scale*(y-q)) or normalised values (default "
-                            + ("weight)" if meth == "lloyd" else "normalized)"))
+            add_sample(s, "with a search rule (--scale search:...): ", "values", "fitting sample", "10^7", "0")
+            add_progress(s, "with a search rule: ")
+        # the classical quantile code splits y's own law; Lloyd fits the weights' error
+        add_domain(s, "error minimised" if meth == "lloyd" else "equal probabilities",
+                   "weight" if meth == "lloyd" else "normalized, the classical quantile code", law=meth != "lloyd")
         s.add_argument("--fix", metavar="V1,V2,...",
                        help="fixed levels (default -1,0,1 absmax; 0,1 signed-absmax; none: none)")
-        s.add_argument("--symmetric", action="store_const", const=True, help="levels symmetric about 0")
+        add_symmetric(s, "levels symmetric about 0,")
         add_json_flag(s)
         s.set_defaults(func=_cmd_derive_lloyd if meth == "lloyd" else _cmd_derive_quantile)
 
@@ -325,20 +318,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "docs/vector-codebooks.md.")
     s.add_argument("--dim", "-P", type=integer, required=True, help="P, weights per index (1..64)")
     s.add_argument("--points", "-N", type=integer, required=True, help="N, points (2..65536)")
-    s.add_argument("--source", help=f"{SOURCE_SPELLINGS} (default normal; drawn i.i.d.)")
-    s.add_argument("--scale", choices=("none", "rms", "absmax"),
-                   help="divide each block of --block-size values by its RMS or absmax first (default none)")
-    s.add_argument("--block-size", "-B", type=integer, help="B for --scale rms|absmax (a multiple of P)")
-    s.add_argument("--symmetric", action="store_const", const=True,
-                   help="invariant under sign flips and coordinate permutations (N a multiple of 2^P P!)")
-    s.add_argument("--seed", type=random_seed, help="seed of the fitting sample (default 0; the fresh "
-                                                 "evaluation sample uses seed+1)")
-    s.add_argument("--samples", type=integer, help="vectors in the fitting sample (default 10^7)")
+    add_source(s, note="; drawn i.i.d.")
+    # not a scalar rule: what evaluate-model calls --vq-scale, over blocks of -B values
+    add_scale(s, "of the vectors, not a rule of the scalar codebooks' --scale (evaluate-model's --vq-scale): "
+                 "divide each block of --block-size values by its RMS or absmax first (default none)",
+              choices=("none", "rms", "absmax"))
+    add_block_size(s, " of --scale rms|absmax, a multiple of P", type=integer)
+    add_symmetric(s, "points", " and coordinate permutations (N a multiple of 2^P P!)")
+    add_sample(s, "", "vectors", "fitting sample", "10^7", "0; the fresh evaluation sample uses seed+1")
     s.add_argument("--restarts", type=integer, help="k-means++ starts on the coarse sample (default 4)")
     s.add_argument("--init", choices=("auto", "hexagonal", "kmeans++"),
                    help="Lloyd's start (default auto: hexagonal for P = 2 and N >= 256, else kmeans++)")
-    s.add_argument("--progress", action="store_true", help="draw a progress bar on standard error")
-    s.add_argument("-o", "--output", metavar="FILE.json", help="also write the codebook as JSON")
+    add_progress(s)
+    add_output(s, "the codebook as JSON, besides the output (whose text then leaves out the points)")
     add_json_flag(s)
     s.set_defaults(func=_cmd_derive_vq)
 
@@ -346,10 +338,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "Carlo under a search rule)")
     s.add_argument("name", metavar="NAME|FILE.json",
                    help="registry name, FILE.json, nfK or lloyd-... (see evaluate-model; without B, --block-size)")
-    _add_block_arguments(s)
-    s.add_argument("--samples", type=integer,
-                   help="with a search rule (--scale search:...), whose errors are Monte Carlo: values in the "
-                        "seeded sample (default 2^22)")
-    s.add_argument("--seed", type=random_seed, help="with a search rule: the sample's seed (default 1)")
+    _add_block_arguments(s, search=True)
+    # another seed than the fit's 0: a fitted codebook is measured on a fresh sample
+    add_sample(s, "with a search rule (--scale search:...), whose errors are Monte Carlo: ", "values", "sample",
+               "2^22", "1, not the fit's 0: a fresh sample")
     add_json_flag(s)
     s.set_defaults(func=_cmd_evaluate)

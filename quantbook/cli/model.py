@@ -7,8 +7,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
-from .common import add_json_flag, integer, positive_float, print_json
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, MAX_BLOCK, MIN_BLOCK
+from .common import (add_block_size, add_json_flag, add_progress, add_qmax, add_scale, integer, layout_block_size,
+                     print_json)
 
 if TYPE_CHECKING:
     from ..model.evaluate import ModelReport
@@ -30,16 +31,6 @@ def report_json(report: ModelReport, per_tensor: bool) -> dict[str, Any]:
     for t in d.get("per_tensor", []):
         t["codebooks"] = {label: _metrics(m) for label, m in t["codebooks"].items()}
     return d
-
-
-def _block_size(text: str) -> int:
-    """``-B``: the block-wise format's block sizes (quantbook.bulk.format.check_block_size)."""
-    from ..bulk.format import check_block_size
-
-    try:
-        return check_block_size(integer(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("block_size ", "")) from None
 
 
 def _codebooks_and_vq(args):
@@ -179,16 +170,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FILE.safetensors; with --task also a Hugging Face model directory or a .gguf file")
     s.add_argument("--codebooks", "-c", default="nf4,af4,fp4",
                    help="comma-separated codebooks (default nf4,af4,fp4)")
-    s.add_argument("--block-size", "-B", type=_block_size, default=None,
-                   help=f"block size of the scalar codebooks, power of 2 (default {DEFAULT_BLOCK_SIZE})")
+    add_block_size(s, f" of the scalar codebooks, a power of two from {MIN_BLOCK} to {MAX_BLOCK} as the byte layouts "
+                      f"store (default {DEFAULT_BLOCK_SIZE})", type=layout_block_size)
     s.add_argument("--nested", action="store_true", help="double-quantize the absmax statistics (bnb nested)")
-    s.add_argument("--scale", default=None, metavar="RULE",
-                   help=f"block scale rule (docs/scales.md): {rule_spellings()}. The default is float32; "
-                        "nested is --nested; the others store the scaled layouts, for codebooks of at most 16 "
-                        "entries (NVFP4 with -B 16, MXFP4 with -B 32); search:ggml with iq4_nl and --qmax 127 is "
-                        "llama.cpp's IQ4_NL quantizer, bit for bit")
-    s.add_argument("--qmax", type=positive_float, default=None, metavar="Q",
-                   help="scaled layouts: the largest code magnitude each block's maximum maps to (default 6, E2M1's)")
+    add_scale(s, f"rule (docs/scales.md): {rule_spellings()}. The default is float32; "
+                 "nested is --nested; the others store the scaled layouts, for codebooks of at most 16 "
+                 "entries (NVFP4 with -B 16, MXFP4 with -B 32); search:ggml with iq4_nl and --qmax 127 is "
+                 "llama.cpp's IQ4_NL quantizer, bit for bit")
+    add_qmax(s)
     s.add_argument("--tensors", default=None, metavar="GLOBS",
                    help="comma-separated fnmatch patterns of tensor names (default: every floating tensor; "
                         "with --task, every nn.Linear weight the task reads)")
@@ -228,5 +217,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "cpu when numba can run here, else numpy), cpu (numba), numpy (the reference) or gpu (CuPy: "
                         "each tensor goes to the GPU once and its errors are summed there, the same bytes and report; "
                         "vector codebooks too)")
-    s.add_argument("--progress", action="store_true", help="progress on stderr even when it is not a terminal")
+    add_progress(s)
     s.set_defaults(func=_cmd_evaluate_model)

@@ -8,8 +8,8 @@ import sys
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import label_width, number
-from .common import (SOURCE_SPELLINGS, UsageError, add_json_flag, error_units, int_in, positive_float, print_json,
-                     units_line)
+from .common import (UsageError, add_block_size, add_domain, add_json_flag, add_normalization, add_output, add_qmax,
+                     add_scale, add_source, block_size, error_units, print_json, units_line)
 
 __all__ = ["register"]
 
@@ -139,11 +139,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "names the image format (PNG without one).")
     s.add_argument("codebooks", nargs="+", metavar="NAME", help="registry names, FILE.json, nfK, lloyd-... "
                                                                 "(see evaluate-model)")
-    s.add_argument("--block-size", "-B", type=int_in(2, 10**6), default=DEFAULT_BLOCK_SIZE,
-                   help=f"block size (default {DEFAULT_BLOCK_SIZE})")
-    s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
-    s.add_argument("--normalization", choices=norms, default="absmax", help="block normalisation (default absmax)")
-    s.add_argument("-o", "--output", required=True, metavar="FILE", help=_OUTPUT_HELP)
+    add_block_size(s, f" (default {DEFAULT_BLOCK_SIZE})", default=DEFAULT_BLOCK_SIZE)
+    add_source(s, default="normal")
+    add_normalization(s, norms, default="absmax", note="; not none: without blocks there is no block density")
+    add_output(s, _OUTPUT_HELP, required=True)
     s.set_defaults(func=_cmd_plot)
 
     s = sub.add_parser("plot-sweep", help="expected MSE/MAE vs block size for several codebooks (PNG, PDF ...)",
@@ -153,19 +152,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("codebooks", nargs="+", metavar="NAME",
                    help="registry names, FILE.json, nfK, lloyd-... (see evaluate-model; lloyd-LOSS without B: "
                         "fitted at each block size)")
-    s.add_argument("--min-block", type=int_in(2, 10**6), default=16, help="smallest block size (default 16)")
-    s.add_argument("--max-block", type=int_in(2, 10**6), default=16384,
+    # the ends of the sweep, by the derivations' rule of a block size as every -B of theirs
+    s.add_argument("--min-block", type=block_size, default=16, help="smallest block size (default 16)")
+    s.add_argument("--max-block", type=block_size, default=16384,
                    help="largest block size: the doublings of --min-block up to it (default 16384)")
-    s.add_argument("--source", default="normal", help=f"weight distribution: {SOURCE_SPELLINGS} (default normal)")
-    s.add_argument("--normalization", choices=norms, default="absmax", help="block normalisation (default absmax)")
-    s.add_argument("--domain", choices=("weight", "normalized"), default="weight",
-                   help="errors of the weights in units of sigma, or of y = x/absmax (default weight)")
-    s.add_argument("--scale", metavar="RULE",
-                   help="evaluate every codebook in this block scale rule's scaled layout: "
-                        f"{rule_spellings(lambda r: r.layout == 'scaled' and r.deterministic)} "
-                        "(default: exact float32 absmax; docs/scales.md)")
-    s.add_argument("--qmax", type=positive_float,
-                   help="with --scale: the table's largest magnitude in the units the scale multiplies (default 6)")
+    add_source(s, default="normal")
+    add_normalization(s, norms, default="absmax", note="; not none: without blocks there is no block size to sweep")
+    add_domain(s, "errors shown", "weight", default="weight")
+    add_scale(s, "rule in whose scaled layout every codebook is evaluated: "
+                 f"{rule_spellings(lambda r: r.layout == 'scaled' and r.deterministic)} "
+                 "(default: exact float32 absmax; docs/scales.md)")
+    add_qmax(s)
     add_json_flag(s)
-    s.add_argument("-o", "--output", required=True, metavar="FILE", help=_OUTPUT_HELP)
+    add_output(s, _OUTPUT_HELP, required=True)
     s.set_defaults(func=_cmd_plot_sweep)
