@@ -49,15 +49,12 @@ def _cmd_audit(args) -> int:
     if args.samples is not None or args.seed is not None:
         raise UsageError("--samples and --seed apply only with --vector")
     from ..io.progress import progress_bar
-    from ..verify.audit import audit_entries, audit_one, is_registry_entry
+    from ..verify.audit import audit, audit_entries, is_registry_entry
     from ..verify.layouts import format_finding
 
     entries = audit_entries(args.names or None)   # every name and file read before any work
-    rows = []
     with progress_bar(total=len(entries), desc="auditing", unit="table") as bar:
-        for entry in entries:
-            bar.step(entry.name)
-            rows.append(audit_one(entry))
+        rows = audit(entries, progress=bar.step)
     if args.layouts:  # findings only: they never change a row's verdict or the exit status
         from ..verify.layouts import LAYOUTS, attach_layouts
 

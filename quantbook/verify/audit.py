@@ -35,8 +35,8 @@ from ..derive.recipes import derive_from_recipe
 from ..errors import NotFoundError
 from ..numerics.arguments import did_you_mean
 
-__all__ = ["AuditRow", "audit", "audit_entries", "audit_one", "compare", "format_recipe", "is_registry_entry",
-           "register_check"]
+__all__ = ["AuditRow", "Audited", "audit", "audit_entries", "audit_one", "compare", "format_recipe",
+           "is_registry_entry", "register_check"]
 
 
 @dataclass
@@ -199,14 +199,22 @@ def is_registry_entry(entry: Published) -> bool:
     return REGISTRY.get(entry.name) is entry
 
 
-def audit_entries(names: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Published]:
+#: what :func:`audit` and :func:`audit_entries` take: a name, a codebook file's path, or an entry itself
+Audited = str | os.PathLike | Published
+
+
+def audit_entries(names: Iterable[Audited] | Audited | None = None) -> list[Published]:
     """The entries ``names`` name (a name or several; every registry entry by default), in the
     order given, each read before any work.  A ``FILE.json`` (or a path object) is a codebook
-    file, read by :func:`quantbook.load`: its table is expected to be its own recipe's bit for bit."""
-    single = isinstance(names, (str, os.PathLike))
+    file, read by :func:`quantbook.load`: its table is expected to be its own recipe's bit for bit.
+    An entry (:class:`~quantbook.codebooks.registry.Published`) is taken as it is."""
+    single = isinstance(names, (str, os.PathLike, Published))
     selected = list(REGISTRY) if names is None else [names] if single else list(names)
     entries = []
     for name in selected:
+        if isinstance(name, Published):
+            entries.append(name)
+            continue
         published = published_name(name, REGISTRY)
         if published is not None:
             entries.append(REGISTRY[published])
@@ -218,7 +226,7 @@ def audit_entries(names: Iterable[str | os.PathLike] | str | os.PathLike | None 
     return entries
 
 
-def audit(names: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
+def audit(names: Iterable[Audited] | Audited | None = None,
           progress: Callable[[str], None] | None = None) -> list[AuditRow]:
     """Audit the entries :func:`audit_entries` reads from ``names`` (every registry entry by
     default), in the order given."""
