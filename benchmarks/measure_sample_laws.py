@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 import quantbook
+from quantbook.codebooks.blocks import check_derived_block_size
 import quantbook.derive.block as block
 from _cli import check_floors, int_list, run
 from quantbook.derive import evaluate
@@ -55,7 +56,7 @@ def main(argv=None) -> None:
     sizes, blocks = int_list(ap, args.sizes, "--sizes"), int_list(ap, args.blocksizes, "--blocksizes")
     samples = {}
     for flag, items, check in (("--sizes", sizes, lambda n: samples.setdefault(n, _sample(n))),
-                               ("--blocksizes", blocks, block._check_block_size)):
+                               ("--blocksizes", blocks, check_derived_block_size)):
         for v in items:   # the law's own checks, before the table starts
             try:
                 check(v)

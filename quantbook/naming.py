@@ -45,13 +45,13 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .codebooks.blocks import DEFAULT_BLOCK_SIZE
+from .codebooks.blocks import DEFAULT_BLOCK_SIZE, MAX_DERIVED_BLOCK_SIZE, check_derived_block_size
 from .codebooks.codebook import Codebook, CodebookError
 from .codebooks.spelling import LLOYD as _LLOYD, NF as _NF, published_name
 from .errors import NotFoundError
-from .numerics.arguments import did_you_mean, is_int
+from .numerics.arguments import did_you_mean
 
 if TYPE_CHECKING:   # loaded where a vector codebook is named
     from .codebooks.vector import VectorCodebook
@@ -66,8 +66,8 @@ GRAMMAR = "a registry name, FILE.json, nfK (K = 2..8) or lloyd-l1|l2[-B][-Kbit][
 #: quantile-3b-B128, nf4-float64, lloyd4_search_4over6_b16)
 _LABEL = re.compile(r"^(?:lloyd|quantile|nf\d)", re.IGNORECASE)
 
-#: the largest block size of the derivation engine (quantbook.derive.block checks the same bound)
-MAX_BLOCK_SIZE = 10**7
+#: the largest block size B of the derivation engine (its rule: quantbook.codebooks.blocks.check_derived_block_size)
+MAX_BLOCK_SIZE = MAX_DERIVED_BLOCK_SIZE
 
 
 class UnknownCodebookError(CodebookError, NotFoundError):
@@ -76,16 +76,23 @@ class UnknownCodebookError(CodebookError, NotFoundError):
 
 
 
-def _in_range(value: int, what: str, lo: int, hi: int, spec: str) -> int:
-    if not lo <= value <= hi:
-        raise CodebookError(f"{spec}: {what} must be from {lo} to {hi}, got {value}")
-    return value
+def _in_range(what: str, lo: int, hi: int) -> Callable[[int, str | None], int]:
+    """The rule of a number from ``lo`` to ``hi`` (as :func:`_number` calls it)."""
+    def check(value: int, shown: str | None) -> int:
+        if not lo <= value <= hi:
+            raise ValueError(f"{what} must be from {lo} to {hi}, got {value if shown is None else shown}")
+        return value
+
+    return check
 
 
-def _number(digits: str, what: str, lo: int, hi: int, spec: str) -> int:
-    if len(digits) > 12:  # int() of a huge digit string is slow, and the value out of range anyway
-        raise CodebookError(f"{spec}: {what} must be from {lo} to {hi}, got a {len(digits)}-digit number")
-    return _in_range(int(digits), what, lo, hi, spec)
+def _number(digits: str, check: Callable[[int, str | None], int], spec: str) -> int:
+    """``check(value, shown)`` of the number a name spells, its refusal a CodebookError naming the name."""
+    huge = len(digits) > 12   # int() of a huge digit string is slow, and the value out of range anyway
+    try:
+        return check(10**12 if huge else int(digits), f"a {len(digits)}-digit number" if huge else None)
+    except ValueError as exc:
+        raise CodebookError(f"{spec}: {exc}") from None
 
 
 @lru_cache(maxsize=32)
@@ -138,7 +145,7 @@ def resolve_codebook(spec: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> Codeboo
         return load(spec if isinstance(spec, str) and spec != text and os.path.isfile(spec) else text)
     m = _NF.match(text)
     if m:
-        k = _number(m.group("k"), "NormalFloat bits K", 2, 8, text)
+        k = _number(m.group("k"), _in_range("NormalFloat bits K", 2, 8), text)
         if k == 4:
             from .codebooks.registry import REGISTRY
 
@@ -160,17 +167,18 @@ def resolve_codebook(spec: Any, block_size: int = DEFAULT_BLOCK_SIZE) -> Codeboo
 def _lloyd_options(text: str, m: re.Match, block_size: Any) -> tuple[tuple[str, Any], ...]:
     """The keyword arguments of :func:`quantbook.derive.lloyd` a ``lloyd-...`` match spells."""
     if m.group("B"):
-        B = _number(m.group("B"), "block size B", 2, MAX_BLOCK_SIZE, text)
-    elif is_int(block_size):
-        B = _in_range(int(block_size), "block size", 2, MAX_BLOCK_SIZE, text)
+        B = _number(m.group("B"), lambda v, shown: check_derived_block_size(v, "block size B", shown), text)
     else:
-        raise CodebookError(f"{text}: the block size must be an integer, got {block_size!r}")
+        try:
+            B = check_derived_block_size(block_size)
+        except ValueError as exc:
+            raise CodebookError(f"{text}: {exc}") from None
     options: dict[str, Any] = {"loss": m.group("loss").lower(), "block_size": B}
     if m.group("k"):
         if m.group("k").lstrip("0") == "1":  # 2 levels: fewer than the default fixed -1, 0, +1
             raise CodebookError(f"{text}: a 1-bit table's 2 levels cannot hold the fixed -1, 0 and +1 a name "
                                 "implies; derive it with free levels: quantbook derive lloyd --bits 1 --fix none")
-        options["bits"] = _number(m.group("k"), "bits K", 2, 8, text)
+        options["bits"] = _number(m.group("k"), _in_range("bits K", 2, 8), text)
     if m.group("norm"):
         options["domain"] = "normalized"
     if m.group("src") is not None:

@@ -113,7 +113,7 @@ def test_block_size_fills_in_a_missing_b():
 
 
 @pytest.mark.parametrize("spec, match", [
-    (f"lloyd-l2-{MAX_BLOCK_SIZE + 1}", "block size B must be from 2"),
+    (f"lloyd-l2-{MAX_BLOCK_SIZE + 1}", "block size B must be between 2 and 10\\*\\*7"),
     ("lloyd-l2-64-9bit", "bits K must be from 2 to 8"),
     ("lloyd-l2-64-1bit", "--bits 1 --fix none"),
     ("nf1", "NormalFloat bits K must be from 2 to 8"),

@@ -271,3 +271,66 @@ def test_audit_samples_is_read_by_the_library_s_rule(monkeypatch, capsys):
     assert main(["audit", "--vector", "higgs-2d-16", "--samples", str(10**9)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--samples {10**9} vectors of 2 values is more than {2**29} values" in err, err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["audit", "--vector", "higgs-2d-16", "--samples", "10"], "--samples"),
+    (["derive", "vq", "--dim", "2", "--points", "64", "--restarts", "0"], "--restarts"),
+    (["derive", "lloyd", "--bits", "9"], "--bits"),
+])
+def test_a_library_error_names_the_option_the_user_typed(argv, option, monkeypatch, capsys):
+    """The library words a broken rule by its parameter (``samples must be ...``); on the command line
+    the subject is the option the user typed, by the one rewriting of library messages (cli._as_options)."""
+    from quantbook.verify import vq
+
+    monkeypatch.setattr(vq, "draw_vectors", lambda *a, **k: pytest.fail("a sample was drawn"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"quantbook: error: {option} must be "), err
+
+
+def test_a_word_that_is_not_the_option_typed_is_left_alone():
+    from quantbook.cli import _as_options
+
+    parser = build_parser()
+    args = parser.parse_args(["audit", "--vector", "--samples", "10"])
+    # the subject of another sentence, and an option the user did not type, stay words
+    assert _as_options("the samples must be drawn", parser, args) == "the samples must be drawn"
+    args = parser.parse_args(["audit", "--vector"])
+    assert _as_options("samples must be an integer", parser, args) == "samples must be an integer"
+
+
+def test_the_derivations_block_size_is_one_rule():
+    """The derivations, the name grammar (a lloyd-... name's B) and the command line's -B refuse a block
+    size by one rule (quantbook.codebooks.blocks), in its words."""
+    from quantbook import naming
+    from quantbook.codebooks.blocks import MAX_DERIVED_BLOCK_SIZE
+    from quantbook.derive import lloyd
+
+    assert naming.MAX_BLOCK_SIZE == MAX_DERIVED_BLOCK_SIZE
+    too_big = MAX_DERIVED_BLOCK_SIZE + 1
+    with pytest.raises(ValueError) as derived:
+        lloyd(block_size=too_big)
+    with pytest.raises(ValueError) as named:
+        naming.resolve_codebook(f"lloyd-l2-{too_big}")
+    with pytest.raises(ValueError) as context:
+        naming.resolve_codebook("lloyd-l2", block_size=too_big)
+    rule = f"must be between 2 and 10**7, got {too_big}"
+    assert str(derived.value) == f"block size {rule}"
+    assert str(named.value) == f"lloyd-l2-{too_big}: block size B {rule}"
+    assert str(context.value) == f"lloyd-l2: block size {rule}"
+
+
+def test_the_command_line_uses_no_private_name_of_the_library():
+    """A rule the command line needs is public where it lives (cli.common read -B by a private
+    function of quantbook.derive.block)."""
+    cli = checkout_path() / "quantbook" / "cli"
+    private = []
+    for path in sorted(cli.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 or \
+                    isinstance(node, ast.ImportFrom) and (node.module or "").startswith("quantbook.") \
+                    and not (node.module or "").startswith("quantbook.cli"):
+                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, private

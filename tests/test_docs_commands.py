@@ -243,6 +243,11 @@ def _check_options(parsers: list[argparse.ArgumentParser], words: list[str], eac
                   or set(listed) <= set(p._option_string_actions[flag].choices)]
         assert taking == having if each else taking, \
             f"{' / '.join(p.prog for p in having)} {flag}: not every one of {listed} is a choice"
+        metavars = {p._option_string_actions[flag].metavar for p in having} - {None}
+        placeholder = value.strip("[]")
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*", placeholder) and metavars:   # the name --help gives the value
+            assert placeholder in metavars, f"{' / '.join(p.prog for p in having)} {flag} {placeholder}: " \
+                                            f"the help calls its value {' or '.join(sorted(metavars))}"
         if "=" not in word and i + 2 < len(words) and words[i + 2].strip("[]") in ("...", "…"):
             one = [p.prog for p in having if p._option_string_actions[flag].nargs in (None, "?")]
             assert not one, f"{' / '.join(one)} {flag} takes one value: repeat the option for more"

@@ -138,6 +138,10 @@ def _as_options(message: str, parser: argparse.ArgumentParser | None, args: argp
             message = re.sub(name + r"(?=[\w'\"+.(\[-])", f"{flag} ", message)   # a value follows
         if "_" in action.dest:   # block_size is a parameter's name, never a word of the sentence
             message = re.sub(rf"(?<![\w./\\-]){re.escape(action.dest)}(?![\w=./\\-])", flag, message)
+        elif action.nargs != 0 and getattr(args, action.dest, None) not in (None, action.default):
+            # a word such as samples is the parameter where it is the subject of the rule it broke
+            # ("samples must be ..."), and the user typed its option
+            message = re.sub(rf"(^|[:;] ){re.escape(action.dest)}(?= must\b)", rf"\g<1>{flag}", message)
     return message
 
 

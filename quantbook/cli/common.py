@@ -105,10 +105,10 @@ def random_seed(text: str) -> int:
 
 def block_size(text: str) -> int:
     """An argparse type: a block size of the exact derivations, by their rule
-    (:func:`quantbook.derive.block._check_block_size`)."""
-    from ..derive.block import _check_block_size
+    (:func:`quantbook.codebooks.blocks.check_derived_block_size`)."""
+    from ..codebooks.blocks import check_derived_block_size
 
-    return _by_rule(integer(text), _check_block_size, "block size ")
+    return _by_rule(integer(text), check_derived_block_size, "block size ")
 
 
 def layout_block_size(text: str) -> int:

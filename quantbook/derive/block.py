@@ -51,8 +51,8 @@ from typing import Any, Callable, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
-from ..numerics.arguments import Seed, check_flag, check_int, is_int, random_generator
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, check_derived_block_size
+from ..numerics.arguments import Seed, check_flag, check_int, random_generator
 from ..numerics.dots import row_dot
 from .conventions import FloatOrArray, Size, at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
@@ -270,7 +270,7 @@ class BlockMeasure(_Measure):
 
     def __init__(self, source: Source, block_size: int, normalization: str = "absmax",
                  weight_power: int = 0) -> None:
-        B = _check_block_size(block_size)
+        B = check_derived_block_size(block_size)
         if normalization not in ("absmax", "signed-absmax"):
             raise ValueError(f"normalization must be absmax or signed-absmax here, got {normalization!r}")
         weight_power = _check_weight_power(weight_power)
@@ -520,14 +520,6 @@ def _check_weight_power(weight_power: Any) -> int:
     return check_int(weight_power, "weight_power", 0, 2)
 
 
-def _check_block_size(block_size: Any) -> int:
-    if not is_int(block_size):
-        raise ValueError(f"block size must be an integer, got {block_size!r}")
-    if not 2 <= block_size <= 10**7:
-        raise ValueError(f"block size must be between 2 and 10**7, got {block_size}")
-    return int(block_size)
-
-
 def read_only_arrays(measure: _Measure) -> _Measure:
     """``measure`` with its array attributes read-only: a cached measure is every later caller's,
     and one that changed its atoms in place would change their derivations (arrays it makes
@@ -556,7 +548,7 @@ def block_measure(source: Any = "normal", block_size: int | None = DEFAULT_BLOCK
         if weight_power >= src.moment_limit:
             raise ValueError(f"{src.spec}: E|X|**{weight_power} is infinite")
         return _cached_measure(src, 0, "none", 0)
-    return _cached_measure(src, _check_block_size(block_size), normalization, _check_weight_power(weight_power))
+    return _cached_measure(src, check_derived_block_size(block_size), normalization, _check_weight_power(weight_power))
 
 
 #: bound on the error of an evaluated ``f`` in :func:`_monotone_solve`, in units of
@@ -792,7 +784,7 @@ class BlockDistribution:
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
         self.normalization = normalization
-        self.block_size = None if normalization == "none" else _check_block_size(block_size)
+        self.block_size = None if normalization == "none" else check_derived_block_size(block_size)
         self._mu = block_measure(self.source, self.block_size, normalization, 0)
         self._plain = normalization == "none"
         self.atoms = (self._mu.atoms_x.copy(), self._mu.atoms_w.copy())

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, check_derived_block_size
 from ..codebooks.codebook import Codebook, check_numbers
 from ..codebooks.require import refuse_name
 from ..numerics.losses import check_loss
 from ..scales import check_scaled_only, layout_qmax, scaled_peak
-from .block import NORMALIZATIONS, _check_block_size, _Measure, block_measure
+from .block import NORMALIZATIONS, _Measure, block_measure
 from .scaled import DEFAULT_QMAX, TensorModel, check_scale, scaled_measure
 from .sources import parse_source
 
@@ -147,7 +147,7 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = DEFAULT_BLOCK_SI
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     src = parse_source(source)
     levels = cb.levels
-    B = None if normalization == "none" else _check_block_size(block_size)
+    B = None if normalization == "none" else check_derived_block_size(block_size)
     rule = None if scale is None else check_scale(scale, amax_encoded=True)
     if rule is not None and rule.layout == "bnb" and not rule.encodes_with_amax:
         rule = None  # float32: bitsandbytes' exact absmax

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..numerics.arguments import check_flag, check_int, is_int, one_line
-from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
+from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, check_derived_block_size
 from ..codebooks.codebook import Codebook, check_numbers
 from ..numerics.losses import LOSSES, check_loss
 from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_only, get_rule
@@ -284,7 +284,7 @@ def parse_fixed(fixed: Any, normalization: str = "absmax") -> tuple[float, ...]:
 def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> None:
     """The rules shared by Lloyd and quantile recipes; normalises ``source``, ``fixed``,
     ``block_size`` (None without normalisation) and ``domain`` (its default there)."""
-    from .block import NORMALIZATIONS, _check_block_size
+    from .block import NORMALIZATIONS
     from .sources import parse_source
 
     bits = _check_bits(r.bits, 1, 8)
@@ -294,7 +294,7 @@ def _check_block_recipe(r: "LloydRecipe | QuantileRecipe", loss: str | None) -> 
     if normalization == "none":
         block_size, domain = None, type(r).domain  # neither applies without normalisation
     else:
-        block_size, domain = _check_block_size(r.block_size), r.domain
+        block_size, domain = check_derived_block_size(r.block_size), r.domain
     src = parse_source(r.source)
     fx = parse_fixed(r.fixed, normalization)
     n_levels = 2**bits

@@ -87,10 +87,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.linalg import eigh_tridiagonal
 
+from ..codebooks.blocks import check_derived_block_size
 from ..numerics.arguments import Seed, check_int, random_generator
 from ..numerics.dots import norm, row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
-from .block import (_by_chunks, _check_block_size, _check_weight_power, _m_nodes,
+from .block import (_by_chunks, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure, read_only_arrays)
 from .conventions import FloatOrArray, Size, at_q, at_x, sample_shape
 from .sources import Source, parse_source
@@ -346,7 +347,7 @@ class ScaledMeasure(_Measure):
 
     def __init__(self, source: Source, block_size: int, rule: ScaleRule, qmax: float = DEFAULT_QMAX,
                  weight_power: int = 0, tensor: TensorModel | None = None) -> None:
-        B = _check_block_size(block_size)
+        B = check_derived_block_size(block_size)
         weight_power = _check_weight_power(weight_power)
         if weight_power >= source.moment_limit:
             raise ValueError(f"{source.spec}: E[scale**{weight_power}] is infinite "
@@ -545,7 +546,7 @@ class NestedMeasure(_Measure):
     """
 
     def __init__(self, source: Source, block_size: int, rule: ScaleRule, weight_power: int) -> None:
-        B = _check_block_size(block_size)
+        B = check_derived_block_size(block_size)
         if weight_power not in (1, 2):
             raise ValueError(f"weight_power must be 1 or 2 here, got {weight_power!r}")
         if not source.moment_limit > 2:
@@ -670,7 +671,7 @@ def scaled_measure(source: Any = "normal", block_size: int = 16, scale: Any = "e
     ``weight_power=0`` the absmax law itself (:func:`~.block.block_measure`)."""
     rule = check_scale(scale, amax_encoded=True)
     q = check_qmax(qmax)
-    B, tensor = _check_block_size(block_size), TensorModel(tensor_amax, tensor_size)
+    B, tensor = check_derived_block_size(block_size), TensorModel(tensor_amax, tensor_size)
     if tensor.size is not None and tensor.size < B:   # its scale bytes would be spread over a part of a block
         raise ValueError(f"tensor_size={tensor.size} holds less than one block of {B} values")
     if tensor.size is not None and tensor.size % B:   # a short last block has a law of its own
@@ -695,7 +696,7 @@ class ScaledBlockDistribution:
                  qmax: float = DEFAULT_QMAX, tensor_amax: Any = None, tensor_size: Any = None) -> None:
         self.source = parse_source(source)
         self.rule = check_scale(scale)  # nested statistics: the absmax law (block_distribution)
-        self.block_size = _check_block_size(block_size)
+        self.block_size = check_derived_block_size(block_size)
         self.qmax = check_qmax(qmax)
         self.tensor = TensorModel(tensor_amax, tensor_size)
         self._mu = scaled_measure(self.source, self.block_size, self.rule, self.qmax, 0, tensor_amax, tensor_size)
