@@ -225,7 +225,8 @@ def test_a_derivations_label_says_how_to_use_its_table(capsys, tmp_path):
     from quantbook.derive import lloyd, nf
 
     labels = [lloyd(fixed="none").name, lloyd(bits=3, symmetric=True).name, nf(4).name]
-    assert labels == ["lloyd-l2-4b-B64", "lloyd-l2-3b-B64", "nf4-float64"]   # as the derivations name them
+    # as the derivations name them: what the grammar cannot say is said after the bits and B
+    assert labels == ["lloyd-l2-4b-B64-fixed=none", "lloyd-l2-3b-B64-symmetric", "nf4-float64"]
     for label in labels:
         with pytest.raises(UnknownCodebookError, match=r"save the table with `quantbook derive \.\.\. --json > "
                                                        r"FILE\.json`"):
@@ -236,3 +237,71 @@ def test_a_derivations_label_says_how_to_use_its_table(capsys, tmp_path):
     assert main(["show", "quantile-3b-B128"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--json > FILE.json" in err
+
+
+def _grid(cls, **axes):
+    """Every valid recipe of ``cls`` over the product of ``axes`` (an invalid combination is skipped)."""
+    import itertools
+
+    out = []
+    for values in itertools.product(*axes.values()):
+        try:
+            out.append(cls(**dict(zip(axes, values))))
+        except ValueError:
+            pass
+    return out
+
+
+def _one_to_one(recipes, name_of):
+    """Each distinct recipe (its JSON form) has its own name, and the same recipe the same name."""
+    names = {}
+    for r in recipes:
+        names.setdefault(json.dumps(r.to_dict(), sort_keys=True), set()).add(name_of(r))
+    assert all(len(n) == 1 for n in names.values())
+    by_name = {}
+    for key, (name,) in names.items():
+        by_name.setdefault(name, []).append(key)
+    shared = {name: keys for name, keys in by_name.items() if len(keys) > 1}
+    assert not shared, list(shared.items())[:3]
+    return len(names)
+
+
+def test_different_recipes_get_different_names():
+    """A derivation's name or label says every recipe field that differs from its default: `derive lloyd
+    --scale e8m0 -B 32 --fix -1,0,1` and `... --fix -1,1` were both lloyd-l2-4b-B32-e8m0-floor."""
+    from quantbook.derive import lloyd as derive_lloyd
+    from quantbook.derive.lloyd import _lloyd_name
+    from quantbook.derive.recipes import LloydRecipe, QuantileRecipe, SearchLloydRecipe
+
+    layouts = [(None, 6, None), ("e8m0", 6, None), ("e8m0:rceil", 4, None), ("e4m3", 6, None), ("e4m3", 6, 2**20)]
+    common = dict(bits=(3, 4), block_size=(32, 64), normalization=("absmax", "signed-absmax", "none"),
+                  fixed=(None, "-1,1", "none", "-1,0,1", "-1,-0.5,0,1"), symmetric=(False, True),
+                  source=("normal", "laplace"), layout=layouts)
+
+    def make(cls):
+        def build(layout, **kw):
+            scale, qmax, tensor_size = layout
+            return cls(scale=scale, qmax=qmax, tensor_size=tensor_size, **kw)
+        return build
+
+    lloyds = _grid(make(LloydRecipe), loss=("l1", "l2"), domain=("weight", "normalized"),
+                   partition=("nearest", "halves"), **common)
+    assert _one_to_one(lloyds, _lloyd_name) > 1000
+    from quantbook.derive.lloyd import _label
+    from quantbook.derive.search_lloyd import _name as _search_name, default_samples
+
+    quantiles = _grid(make(QuantileRecipe), domain=("weight", "normalized"), **common)
+    assert _one_to_one(quantiles, lambda r: _label("quantile", r)) > 500
+    searches = _grid(SearchLloydRecipe, block_size=(16, 48), samples=(10**7, 10**7 + 32, 48 * 1000), seed=(0, 1),
+                     loss=("l1", "l2"), fixed=((-1, 0, 1), (-1, 1)), tol=(1e-6, 1e-5), source=("normal", "laplace"))
+    # the name of a search fit: its head and every field away from the default (samples: whole blocks of 10**7)
+    for r in searches:
+        assert (r.samples == default_samples(None, 10**7, r.block_size)) == ("samples=" not in _search_name(r))
+    assert _one_to_one(searches, _search_name) > 100
+    # the labels are the tables' names, and none reads back as a name of the grammar (which would be another table)
+    for kwargs in (dict(scale="e8m0", block_size=32), dict(scale="e8m0", block_size=32, fixed="-1,1")):
+        name = derive_lloyd(bits=3, **kwargs).name
+        assert name == _lloyd_name(LloydRecipe(bits=3, **kwargs))
+        with pytest.raises(UnknownCodebookError):
+            resolve_codebook(name)
+

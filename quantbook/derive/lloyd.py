@@ -66,7 +66,7 @@ from ..scales import get_rule, scaled_products
 from .block import FoldedMeasure, RestrictedMeasure, _Measure, _monotone_solve, block_measure
 from .metrics import _edges, cell_errors
 from .scaled import scaled_measure
-from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed
+from .recipes import DOMAINS, LOSSES, LloydRecipe, QuantileRecipe, default_fixed, parse_fixed, recipe_label
 from .sources import EMPIRICAL_PREFIX
 
 __all__ = ["lloyd", "solve_lloyd", "quantile", "LloydResult", "LloydWarning", "DerivationError",
@@ -543,7 +543,7 @@ def _warn_edges(cb: Codebook, r: LloydRecipe | QuantileRecipe) -> None:
 def _lloyd_name(r: LloydRecipe) -> str:
     """The ``lloyd-…`` name quantbook.naming reads back as ``r`` where the grammar can say
     ``r`` (normalisation, fixed levels, symmetry, partition and scale at their defaults, a
-    source given by a spelling), else a label."""
+    source given by a spelling), else a label (:func:`_label`)."""
     source = getattr(r.source, "spec", r.source)
     said = ("bits", "block_size", "loss", "domain", "source")
     unsaid = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in said}
@@ -551,8 +551,14 @@ def _lloyd_name(r: LloydRecipe) -> str:
     defaults["fixed"] = default_fixed(defaults["normalization"])
     if unsaid == defaults and not source.startswith(EMPIRICAL_PREFIX):
         return lloyd_spelling(r.loss, r.block_size, r.bits, r.domain, source, LloydRecipe.bits, LloydRecipe.source)
-    nm = f"lloyd-{r.loss}-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
-    return nm + (f"-{r.scale.replace(':', '-')}" if r.scale is not None else "")
+    return _label(f"lloyd-{r.loss}", r)
+
+
+def _label(kind: str, r: LloydRecipe | QuantileRecipe) -> str:
+    """The label of a table the name grammar cannot spell (naming refuses it with how to use the
+    table): ``KIND-Kb[-BN]`` and what :func:`~.recipes.recipe_label` adds."""
+    head = f"{kind}-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
+    return recipe_label(head, r, ("bits", "block_size", "loss"), {"fixed": default_fixed(r.normalization)})
 
 
 def _warn_unconverged(res: LloydResult, why: str, tol: float, r: LloydRecipe, stacklevel: int) -> None:
@@ -671,8 +677,7 @@ def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
     else:
         levels = _quantile_levels(mu, n_levels, fx)
     if name is None:   # a name given is the name as given (the Codebook checks it)
-        name = f"quantile-{r.bits}b" + (f"-B{r.block_size}" if r.normalization != "none" else "")
-        name += f"-{r.scale.replace(':', '-')}" if r.scale is not None else ""
+        name = _label("quantile", r)
     cb = Codebook(levels=levels, bits=r.bits, name=name, source="derived", recipe=r.to_dict())
     _warn_edges(cb, r)
     return cb

@@ -35,7 +35,7 @@ from ..scales import DEFAULT_QMAX, check_qmax, check_scaled_bits, check_scaled_o
 __all__ = ["RecipeError", "Recipe", "NFRecipe", "LloydRecipe", "QuantileRecipe", "E2M1Recipe",
            "BnbFP4Recipe", "UniformSymmetricRecipe", "ScaledIntegersRecipe", "RoundedRecipe",
            "derive_from_recipe", "available_methods", "default_fixed", "parse_fixed", "LOSSES",
-           "DOMAINS", "PARTITIONS"]
+           "DOMAINS", "PARTITIONS", "recipe_label"]
 
 DOMAINS = ("weight", "normalized")
 PARTITIONS = ("nearest", "halves")
@@ -212,6 +212,42 @@ def _choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
 def _set(obj: Any, **values: Any) -> None:
     for k, v in values.items():
         object.__setattr__(obj, k, v)
+
+
+def _number_text(v: float) -> str:
+    """A float as the shortest text that reads back as it (``-1``, ``0.5``): distinct floats, distinct texts."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
+#: how a label says a recipe field that is not at its default (any other field: ``-NAME=VALUE``)
+_SAID = {
+    "normalization": lambda v: "unnormalized" if v == "none" else v,
+    "domain": str,
+    "fixed": lambda v: "fixed=" + (",".join(_number_text(x) for x in v) if v else "none"),
+    "symmetric": lambda v: "symmetric",
+    "partition": str,
+    "scale": lambda v: v.replace(":", "-"),
+    "qmax": lambda v: f"qmax={_number_text(v)}",
+    "tol": lambda v: f"tol={_number_text(v)}",
+}
+
+
+def recipe_label(head: str, recipe: Recipe, said: tuple[str, ...], defaults: Mapping[str, Any] | None = None) -> str:
+    """The label of a derived table that the name grammar cannot spell: ``head`` (which says the
+    fields ``said``), then each other field of ``recipe`` that is not at its default (the class's,
+    or the one ``defaults`` gives where it depends on other fields), in the recipe's order, then
+    ``@SOURCE`` as the grammar writes a source.  Different recipes get different labels."""
+    defaults = defaults or {}
+    parts = [head]
+    for f in dataclasses.fields(recipe):
+        value = getattr(recipe, f.name)
+        if f.name in said or f.name == "source" or value == defaults.get(f.name, f.default):
+            continue
+        parts.append(_SAID.get(f.name, lambda v, _n=f.name: f"{_n.replace('_', '-')}={v}")(value))
+    source = getattr(recipe, "source", None)
+    source = getattr(source, "spec", source)
+    return "-".join(parts) + ("" if source in (None, getattr(type(recipe), "source", None)) else f"@{source}")
 
 
 # --------------------------------------------------------------------------------------- NF

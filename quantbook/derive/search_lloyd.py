@@ -44,7 +44,7 @@ from ..scales import DEFAULT_QMAX, SCALED_BITS, check_qmax, check_scaled_bits, g
 from ..scales.ggml import GgmlSearch
 from ..scales.search import SearchScale, block_errors
 from .metrics import as_codebook
-from .recipes import FIT_SAMPLES, parse_fixed
+from .recipes import FIT_SAMPLES, parse_fixed, recipe_label
 from .sources import parse_source
 
 __all__ = ["search_lloyd", "solve_search_lloyd", "search_block_errors", "evaluate_search", "SearchLloydResult",
@@ -354,9 +354,17 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
     if np.unique(levels).size != levels.size:
         raise ValueError("two levels met: the sample is too small for this many levels")
     params = recipe.to_dict()
-    nm = f"lloyd{bits}_{rule.name.replace(':', '_')}_b{block_size}" if name is None else name
+    nm = _name(recipe) if name is None else name
     cb = Codebook(levels=levels, bits=bits, name=nm, source="derived", recipe=params)
     return SearchLloydResult(cb, it, change, bool(done), err, params)
+
+
+def _name(r: Any) -> str:
+    """The label of a fit (:class:`~.recipes.SearchLloydRecipe` ``r``): ``lloydK_RULE_bB`` and what
+    :func:`~.recipes.recipe_label` adds (the sample's default size: whole blocks of ``FIT_SAMPLES``)."""
+    head = f"lloyd{r.bits}_{r.scale.replace(':', '_')}_b{r.block_size}"
+    return recipe_label(head, r, ("bits", "block_size", "scale"),
+                        {"samples": default_samples(None, FIT_SAMPLES, r.block_size, r.tensor_size)})
 
 
 def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over6", samples: int | None = None,
