@@ -43,6 +43,33 @@ def test_every_registry_recipe_reads():
         r = Recipe.from_dict(entry.codebook.recipe)
         assert r.method == entry.codebook.recipe["method"], name
         assert Recipe.from_dict(r.to_dict()) == r
+        # written as a derivation writes it, so that `show` and `derive` print one recipe alike
+        assert r.to_dict() == entry.codebook.recipe, name
+
+
+def test_an_nf_offset_has_one_spelling_wherever_it_is_shown(capsys):
+    """bitsandbytes' literal is 0.9677083 in the registry, in a derivation's recipe and in its text
+    (derive nf printed 9677083/10000000); an offset without a short decimal stays P/Q."""
+    from fractions import Fraction
+
+    from quantbook.cli import main
+    from quantbook.derive.normal_float import parse_offset
+
+    recipe_lines = []
+    for argv in (["derive", "nf", "--bits", "4", "--precision", "float32-bnb"], ["show", "nf4"],
+                 ["derive", "nf", "--bits", "4", "--precision", "float32-bnb", "--offset", "9677083/10000000"]):
+        assert main(argv) == 0
+        recipe_lines.append(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("recipe:")))
+    assert recipe_lines == ["recipe: nf(bits=4, offset=0.9677083, precision=float32-bnb)"] * 3
+    assert main(["derive", "nf", "--bits", "4", "--precision", "float32-bnb", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["offset"] == "0.9677083" == REGISTRY["nf4"].codebook.recipe[
+        "offset"]
+    # the shorter of the decimal and the fraction (the fraction on a tie, or where the decimal has no end)
+    for given, text in (("929/960", "929/960"), ("15/16", "15/16"), (0.9375, "15/16"), ("0.96770830", "0.9677083"),
+                        ("0.96875", "31/32"), ("0.95", "0.95"), ("19/20", "0.95"),
+                        (0.96, f"{Fraction(0.96).numerator}/{Fraction(0.96).denominator}")):
+        assert NFRecipe(4, given).offset == text, given
+        assert parse_offset(text) == parse_offset(given)
 
 
 def test_recipes_written_by_earlier_versions_still_derive():
@@ -121,7 +148,7 @@ def test_recipes_are_frozen_and_normalised():
     assert LloydRecipe(2, 64, normalization="none", domain="normalized") == LloydRecipe(2, None, normalization="none")
     with pytest.raises(AttributeError):
         r.bits = 3
-    assert NFRecipe(4, "0.9677083").offset == "9677083/10000000"
+    assert NFRecipe(4, "0.9677083").offset == "0.9677083" == NFRecipe(4, "9677083/10000000").offset
 
 
 # ------------------------------------------------------------------------------- the audit

@@ -55,6 +55,7 @@ __all__ = [
     "PRECISIONS",
     "default_offset",
     "parse_offset",
+    "offset_text",
     "resolve_nf",
     "MAX_OFFSET_DIGITS",
     "nf",
@@ -154,6 +155,25 @@ def parse_offset(offset: Any) -> Fraction:
     if not Fraction(1, 2) < value < 1:
         raise ValueError(f"{_OFFSET_RANGE}, got {shown}")
     return value
+
+
+def offset_text(offset: Fraction) -> str:
+    """The one spelling of an offset wherever it is shown (a recipe, a name): the shorter of its
+    exact decimal and ``P/Q``, ``P/Q`` where they tie or the decimal does not end (bitsandbytes'
+    literal ``0.9677083``, not ``9677083/10000000``; ``929/960``, ``15/16``).  :func:`parse_offset`
+    reads both back exactly."""
+    fraction = f"{offset.numerator}/{offset.denominator}"
+    den, places = offset.denominator, 0
+    for p in (2, 5):
+        n = 0
+        while den % p == 0:
+            den, n = den // p, n + 1
+        places = max(places, n)
+    if den != 1 or places >= len(fraction):   # no end, or the decimal is longer anyway
+        return fraction
+    whole, part = divmod(abs(offset.numerator) * 10**places // offset.denominator, 10**places)
+    decimal = ("-" if offset < 0 else "") + f"{whole}" + (f".{part:0{places}d}" if places else "")
+    return decimal if len(decimal) < len(fraction) else fraction
 
 
 def _check_bits(bits: Any) -> int:

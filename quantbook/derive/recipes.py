@@ -255,7 +255,8 @@ def recipe_label(head: str, recipe: Recipe, said: tuple[str, ...], defaults: Map
 class NFRecipe(Recipe):
     """NormalFloat NFk (:func:`~.normal_float.nf`).  ``offset`` is an exact rational (text,
     ``Fraction``, int or float); ``None`` picks the precision's default.  After construction
-    it is the canonical text ``"P/Q"`` of the offset used."""
+    it is the one text of the offset used (:func:`~.normal_float.offset_text`: ``"0.9677083"``,
+    ``"929/960"``)."""
 
     method: ClassVar[str] = "nf"
     bits: int = 4
@@ -263,10 +264,10 @@ class NFRecipe(Recipe):
     precision: str = "float64"
 
     def __post_init__(self) -> None:
-        from .normal_float import resolve_nf
+        from .normal_float import offset_text, resolve_nf
 
         bits, offset = resolve_nf(self.bits, self.offset, self.precision)
-        _set(self, bits=bits, offset=str(offset))
+        _set(self, bits=bits, offset=offset_text(offset))
 
     def derive(self) -> Codebook:
         from .normal_float import _nf
