@@ -25,8 +25,8 @@ import numpy as np
 from .io.files import check_output_path, name_text, write_output
 from .scales import DEFAULT_QMAX, layout_qmax
 
-__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "plot_model_report", "plot_model_quality", "plot_format",
-           "check_plot_path", "SWEEP_BLOCK_SIZES"]
+__all__ = ["plot_levels", "plot_sweep", "sweep_errors", "sweep_table", "plot_model_report", "plot_model_quality",
+           "plot_format", "check_plot_path", "SWEEP_BLOCK_SIZES"]
 
 SWEEP_BLOCK_SIZES = tuple(2**k for k in range(4, 15))  # 16 .. 16384
 
@@ -197,6 +197,15 @@ def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "norma
     return {"mse": np.array(mse), "mae": np.array(mae)}
 
 
+def sweep_table(codebooks: Sequence[tuple[str, Any]], block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES,
+                source: Any = "normal", normalization: str = "absmax", domain: str = "weight", scale: Any = None,
+                qmax: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The numbers :func:`plot_sweep` draws, without drawing (no matplotlib needed):
+    ``{label: {"mse": array, "mae": array}}`` of :func:`sweep_errors` for each ``(label, Codebook | B -> Codebook)``."""
+    bs = np.asarray(block_sizes, dtype=np.int64)
+    return {label: sweep_errors(cb, bs, source, normalization, domain, scale, qmax) for label, cb in codebooks}
+
+
 def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
                block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES, source: Any = "normal",
                normalization: str = "absmax", domain: str = "weight", scale: Any = None,
@@ -204,11 +213,11 @@ def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
     """Expected MSE and MAE against block size for each ``(label, Codebook | B -> Codebook)``,
     under the scale rule ``scale`` (with ``qmax``) when one is given.
 
-    Returns the plotted numbers ``{label: {"mse": array, "mae": array}}`` (see :func:`sweep_errors`).
+    Returns the plotted numbers ``{label: {"mse": array, "mae": array}}`` (:func:`sweep_table`).
     """
     check_plot_path(out)  # before any work
     bs = np.asarray(block_sizes, dtype=np.int64)
-    errors = {label: sweep_errors(cb, bs, source, normalization, domain, scale, qmax) for label, cb in codebooks}
+    errors = sweep_table(codebooks, bs, source, normalization, domain, scale, qmax)
     fig = _figure(9.5, 4.3)
     axes = fig.subplots(1, 2)
     for i, ((label, _), color) in enumerate(zip(codebooks, _colors(len(codebooks)))):

@@ -36,7 +36,8 @@ DELIBERATE = {
     ("--scale", "choices"), ("--scale", "metavar"), ("--scale", "default"),
     # each command's sample is its own: a fit's (seed 0), a fresh evaluation's (1), the vector audit's
     ("--samples", "default"), ("--seed", "default"),
-    # a picture needs a file; export prints the codebook to standard output without one, derive vq its text
+    # a picture needs a file; export prints the codebook to standard output without one, derive vq its text,
+    # plot-sweep its numbers
     ("--output", "required"), ("--output", "default"),
 }
 

@@ -314,3 +314,66 @@ def test_cli_plot_reads_a_codebook_file_with_a_comma_in_its_name(tmp_path, monke
     (tmp_path / "a,b.json").write_text('{"bits": 2, "levels": [-1, -0.3, 0.3, 1]}', encoding="utf-8")
     assert main(["plot", "a,b.json", "nf4,af4", "-o", "p.png"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def _without_matplotlib(monkeypatch):
+    """As if matplotlib were not installed: its modules, loaded or not, fail to import."""
+    import sys
+
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_plot_sweep_prints_its_numbers_without_a_picture_or_matplotlib(monkeypatch, capsys):
+    """-o is optional: without it plot-sweep prints the numbers only (a user wanted the numbers and had
+    no matplotlib); a picture asked for still needs it, and says so before any work."""
+    from quantbook.derive import evaluate
+
+    _without_matplotlib(monkeypatch)
+    assert main(["plot-sweep", "nf4", "--min-block", "16", "--max-block", "32", "--json"]) == 0
+    out, err = capsys.readouterr()
+    want = [evaluate(REGISTRY["nf4"].codebook, B).mse_weight for B in (16, 32)]
+    assert json.loads(out)["codebooks"]["nf4"]["mse_weight"] == pytest.approx(want, rel=1e-12) and err == ""
+    assert main(["plot-sweep", "nf4", "--min-block", "16", "--max-block", "32"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{want[1]:.3e}" in out and err == ""
+    assert main(["plot-sweep", "nf4", "--min-block", "16", "--max-block", "32", "-o", "s.png"]) == 2
+    assert "plots need matplotlib" in capsys.readouterr().err
+
+
+def test_a_refitted_row_says_what_it_was_fitted_for(monkeypatch, capsys):
+    """A lloyd-LOSS name without B is the table the name says (fitted for its source, absmax and the
+    exact float32 absmax) at each B, as in every command; where the sweep's law is another, the text,
+    the JSON and the picture's legend all say what it was fitted for (it read "(fit at each B)" under
+    --scale e8m0, whose own optimum is lower)."""
+    import quantbook.plots as plots
+    from quantbook.derive import evaluate, lloyd
+
+    drawn = {}
+
+    def draw(codebooks, out, block_sizes, **law):   # the picture's labels, without drawing it
+        drawn[out] = [label for label, _ in codebooks]
+        return {label: plots.sweep_errors(cb, block_sizes, **law) for label, cb in codebooks}
+
+    monkeypatch.setattr(plots, "plot_sweep", draw)
+    monkeypatch.setattr(plots, "check_plot_path", lambda *a, **k: None)
+    sweep = ["plot-sweep", "nf4", "lloyd-l2", "lloyd-l2@laplace", "--min-block", "32", "--max-block", "32"]
+    cases = {("--scale", "e8m0"): {"lloyd-l2": "lloyd-l2 (fit at each B for float32 absmax)",
+                                    "lloyd-l2@laplace": "lloyd-l2@laplace (fit at each B for laplace weights, "
+                                                        "float32 absmax)"},
+             ("--source", "laplace"): {"lloyd-l2": "lloyd-l2 (fit at each B for normal weights)",
+                                       "lloyd-l2@laplace": "lloyd-l2@laplace (fit at each B)"}}
+    for option, labels in cases.items():
+        assert main([*sweep, *option, "--json", "-o", "j.png"]) == 0
+        got = json.loads(capsys.readouterr().out)["codebooks"]
+        assert list(got) == ["nf4", *labels.values()] == drawn["j.png"]
+        assert main([*sweep, *option, "-o", "t.png"]) == 0
+        text = capsys.readouterr().out
+        rows = [line.split("  mse ")[0].rstrip() for line in text.splitlines() if "  mse " in line]
+        assert rows == list(got) == drawn["t.png"]
+        # the row is the named table's: fitted for normal (or laplace) and float32, measured in the sweep's law
+        law = {"--scale": {"scale": "e8m0"}, "--source": {"source": "laplace"}}[option[0]]
+        named = evaluate(lloyd(4, 32), 32, **law).mse_weight
+        assert got[labels["lloyd-l2"]]["mse_weight"] == [pytest.approx(named, rel=1e-12)]
+    optimum = evaluate(lloyd(4, 32, scale="e8m0"), 32, scale="e8m0").mse_weight
+    assert optimum < evaluate(lloyd(4, 32), 32, scale="e8m0").mse_weight   # what the old label let one assume

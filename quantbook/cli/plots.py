@@ -24,8 +24,26 @@ def _specs(specs: list[str]) -> list[str]:
     return [one for spec in specs for one in split_specs(spec)]
 
 
-def _resolve(specs: list[str], block_size: int):
-    """``(label, Codebook | B -> Codebook)``: a ``lloyd-...`` without ``B`` is re-fitted at each B."""
+def _fitted_for(recipe: dict, source: str, normalization: str, scale: str | None) -> str:
+    """What a table was fitted for that the picture's law is not (its weights, normalisation,
+    scale), as a label says it: `` for normal weights, float32 absmax``, or ''.  A name means one
+    table in every command (quantbook.naming): only B is the picture's, and the label says the rest."""
+    from ..derive.sources import parse_source
+
+    said = []
+    if recipe["source"] != parse_source(source).spec:
+        said.append(f"{recipe['source']} weights")
+    if recipe["normalization"] != normalization:
+        said.append(f"{recipe['normalization']} normalisation")
+    if recipe.get("scale") != scale:
+        said.append("float32 absmax" if recipe.get("scale") is None else f"scale {recipe['scale']}")
+    return f" for {', '.join(said)}" if said else ""
+
+
+def _resolve(specs: list[str], block_size: int, source: str, normalization: str, scale: str | None = None):
+    """``(label, Codebook | B -> Codebook)``: a ``lloyd-...`` without ``B`` is re-fitted at each B,
+    its label saying what it is fitted for where that is not the picture's ``source``,
+    ``normalization`` and ``scale`` (:func:`_fitted_for`)."""
     from ..naming import depends_on_block_size, resolve_codebook
 
     out = []
@@ -33,8 +51,9 @@ def _resolve(specs: list[str], block_size: int):
         if not one:
             continue
         if depends_on_block_size(one):
-            resolve_codebook(one, block_size)  # a bad spelling fails now, not inside the plot
-            out.append((f"{one} (fit at each B)", lambda B, _s=one: resolve_codebook(_s, B)))
+            first = resolve_codebook(one, block_size)  # a bad spelling fails now, not inside the plot
+            fitted = _fitted_for(first.recipe, source, normalization, scale)
+            out.append((f"{one} (fit at each B{fitted})", lambda B, _s=one: resolve_codebook(_s, B)))
         else:
             out.append((one, resolve_codebook(one, block_size)))
     if not out:
@@ -51,7 +70,7 @@ def _cmd_plot(args) -> int:
 
     check_plot_path(args.output, (*_specs(args.codebooks), args.source))  # before any work
     cbs = [(label, cb(args.block_size) if callable(cb) else cb)
-           for label, cb in _resolve(args.codebooks, args.block_size)]
+           for label, cb in _resolve(args.codebooks, args.block_size, args.source, args.normalization)]
     plot_levels(cbs, args.block_size, args.output, source=args.source, normalization=args.normalization)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -89,9 +108,10 @@ def _check_layout(scale: str | None, qmax: float | None) -> dict:
 
 
 def _cmd_plot_sweep(args) -> int:
-    from ..plots import check_plot_path, plot_sweep
+    from ..plots import check_plot_path, plot_sweep, sweep_table
 
-    check_plot_path(args.output, (*_specs(args.codebooks), args.source))  # before any work
+    if args.output is not None:   # without a picture only the numbers: no matplotlib needed
+        check_plot_path(args.output, (*_specs(args.codebooks), args.source))  # before any work
     if args.min_block > args.max_block:
         raise UsageError(f"--min-block {args.min_block} is larger than --max-block {args.max_block}")
     _check_finite_errors(args.source, args.domain)
@@ -101,9 +121,9 @@ def _cmd_plot_sweep(args) -> int:
     while B <= args.max_block:
         sizes.append(B)
         B *= 2
-    cbs = _resolve(args.codebooks, args.min_block)
-    errors = plot_sweep(cbs, args.output, sizes, source=args.source, normalization=args.normalization,
-                        domain=args.domain, **layout)
+    cbs = _resolve(args.codebooks, args.min_block, args.source, args.normalization, layout["scale"])
+    law = dict(source=args.source, normalization=args.normalization, domain=args.domain, **layout)
+    errors = sweep_table(cbs, sizes, **law) if args.output is None else plot_sweep(cbs, args.output, sizes, **law)
     # the JSON vocabulary names the domain in the key: mse_weight or mse_normalized (docs/json.md)
     keys = {m: f"{m}_{args.domain}" for m in ("mse", "mae")}
     if args.json:
@@ -124,7 +144,8 @@ def _cmd_plot_sweep(args) -> int:
             for m in keys:
                 print(f"{label:<{width}}  {metrics[m]:<{m_width}}  " + "  ".join(number(v, ">9.3e") for v in e[m]))
         print(units_line(units.values()))
-    print(f"wrote {args.output}", file=sys.stderr)
+    if args.output is not None:
+        print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -148,10 +169,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("plot-sweep", help="expected MSE/MAE vs block size for several codebooks (PNG, PDF ...)",
                        description="Exact expected MSE and MAE of each codebook for block sizes MIN, 2·MIN, "
                                    "4·MIN, ... up to MAX; a lloyd-LOSS spelling without a block size is re-derived "
-                                   "at every block size. Also prints the numbers.")
+                                   "at every block size. Prints the numbers, and with -o draws them.")
     s.add_argument("codebooks", nargs="+", metavar="NAME",
                    help="registry names, FILE.json, nfK, lloyd-... (see evaluate-model; lloyd-LOSS without B: "
-                        "fitted at each block size)")
+                        "fitted at each block size for what the name says, whose label says it where that is not "
+                        "--source, --normalization or --scale: lloyd-l2 is fitted for normal weights and float32 "
+                        "absmax, lloyd-l2@laplace for laplace)")
     # the ends of the sweep, by the derivations' rule of a block size as every -B of theirs
     s.add_argument("--min-block", type=block_size, default=16, help="smallest block size (default 16)")
     s.add_argument("--max-block", type=block_size, default=16384,
@@ -164,5 +187,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "(default: exact float32 absmax; docs/scales.md)")
     add_qmax(s)
     add_json_flag(s)
-    add_output(s, _OUTPUT_HELP, required=True)
+    add_output(s, f"{_OUTPUT_HELP}; without it no picture, only the numbers (text or --json; matplotlib not "
+                  "needed)")
     s.set_defaults(func=_cmd_plot_sweep)
