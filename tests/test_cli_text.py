@@ -307,8 +307,8 @@ def _effective_defaults():
     out[("derive lloyd", "--samples")] = FIT_SAMPLES      # search_lloyd's default sample
     out[("derive lloyd", "--seed")] = sig(solve_search_lloyd, "seed")
     vq = fields(VQRecipe)
-    for key in ("source", "scale", "seed", "samples", "restarts", "init"):
-        out[("derive vq", "--" + key)] = vq[key]
+    for key in ("source", "scale", "seed", "samples", "restarts", "init", "final_passes"):
+        out[("derive vq", "--" + key.replace("_", "-"))] = vq[key]
     out.update({("evaluate", "--block-size"): sig(evaluate, "block_size"),
                 ("evaluate", "--normalization"): sig(evaluate, "normalization"),
                 ("evaluate", "--source"): sig(evaluate, "source"), ("evaluate", "--qmax"): DEFAULT_QMAX,

@@ -157,7 +157,7 @@ def _cmd_derive_vq(args) -> int:
         output_path(args.output, tuple(p for p in (source, safetensors_file(source)) if p))
     opts = {"dim": args.dim, "points": args.points, "source": args.source, "scale": args.scale,
             "block_size": args.block_size, "symmetric": args.symmetric, "seed": args.seed,
-            "samples": args.samples, "restarts": args.restarts, "init": args.init}
+            "samples": args.samples, "restarts": args.restarts, "init": args.init, "final_passes": args.final_passes}
     recipe = VQRecipe(**{k: v for k, v in opts.items() if v is not None})
     if args.restarts is not None and recipe.init != "kmeans++":
         raise ValueError(f"--restarts counts k-means++ starts; this fit starts once, from the {recipe.init} "
@@ -170,7 +170,7 @@ def _cmd_derive_vq(args) -> int:
     mse, se = vq_mse(cb.points, x)
     r_bits = cb.index_bits / cb.dim
     extra = {"mse": mse, "mse_se": se, "eval_samples": int(x.shape[0]), "eval_seed": eval_seed,
-             "fit_mse": res.mse, "iterations": res.iterations, "converged": res.converged,
+             "fit_mse": res.mse, "iterations": res.iterations, "converged": res.converged, "change": res.change,
              "restart_mse": list(res.restart_mse), "bits_per_weight": r_bits,
              "gap_db": 10 * _math.log10(mse / 2.0 ** (-2 * r_bits)) if recipe.scale == "none" and
              recipe.source == "normal" else None,
@@ -191,6 +191,11 @@ def _cmd_derive_vq(args) -> int:
         print(f"gap to D(R)=2^-2R: {extra['gap_db']:.3f} dB")
     print(f"Lloyd passes on the whole sample {res.iterations}, converged {text_value(res.converged)}, "
           f"{res.seconds:.1f} s")
+    if not res.converged:   # the passes ran out while the error still fell
+        more = (f"; --final-passes N allows more than {recipe.final_passes}" if recipe.dim > 1 else
+                f" after {recipe.max_iter} passes")   # P = 1: every level may take max_iter
+        print(f"  not converged: the last pass still lowered the error by {res.change:.1e} of itself "
+              f"(tol {recipe.tol:g}){more}")
     if args.output is None:
         print("points:")
         for row in point_rows(cb.points):
@@ -329,6 +334,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--restarts", type=integer, help="k-means++ starts on the coarse sample (default 4)")
     s.add_argument("--init", choices=("auto", "hexagonal", "kmeans++"),
                    help="Lloyd's start (default auto: hexagonal for P = 2 and N >= 256, else kmeans++)")
+    s.add_argument("--final-passes", type=integer, metavar="N",
+                   help="most Lloyd passes on the whole sample, the last level of the schedule (P >= 2; default 10, "
+                        "after which some fits end unconverged, as the output says: docs/vector-codebooks.md)")
     add_progress(s)
     add_output(s, "the codebook as JSON, besides the output (whose text then leaves out the points)")
     add_json_flag(s)

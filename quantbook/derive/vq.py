@@ -197,6 +197,7 @@ class VQResult:
     restart_mse: tuple[float, ...] = ()  # per restart, on the coarse sample
     seconds: float = 0.0
     details: dict = field(default_factory=dict)
+    change: float = math.nan  # the relative fall of the error in the last pass (converged: at most tol)
 
 
 # --------------------------------------------------------------------------------- sampling
@@ -473,9 +474,9 @@ def _centroids(c: np.ndarray, sums, counts, cell_sse) -> np.ndarray:
 
 
 def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int, tol: float, symmetric: bool,
-           tick: Callable[[], None] | None = None) -> tuple[np.ndarray, float, int, bool]:
+           tick: Callable[[], None] | None = None) -> tuple[np.ndarray, float, int, bool, float]:
     """Lloyd from ``c`` on ``x``: (points, mean squared error per vector at them, passes,
-    converged).
+    converged, the relative fall of the error in the last pass).
 
     Over-relaxed: each step tries ``c + w·(centroids - c)`` with ``w`` growing while the error
     falls; a step that raises the error is replaced by the plain Lloyd step (which never raises
@@ -493,7 +494,7 @@ def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int, tol: float, symmetric: b
         return sse / m, (sums.copy(), counts.copy(), cell_sse.copy())
 
     err, stats = measure(c)
-    w, passes = 1.0, 1
+    w, passes, change = 1.0, 1, math.inf
     while passes < max_iter:
         cent = fold(_centroids(c, *stats))
         if w > 1.0:
@@ -501,6 +502,7 @@ def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int, tol: float, symmetric: b
             t_err, t_stats = measure(trial)
             passes += 1
             if t_err < err:
+                change = (err - t_err) / t_err if t_err > 0 else 0.0
                 done = err - t_err <= tol * t_err
                 c, err, stats = trial, t_err, t_stats
                 w = min(w * 1.2, 1.9)
@@ -510,12 +512,13 @@ def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int, tol: float, symmetric: b
             w = 1.0
         n_err, n_stats = measure(cent)
         passes += 1
+        change = (err - n_err) / n_err if n_err > 0 else 0.0
         done = err - n_err <= tol * n_err
         c, err, stats = cent, n_err, n_stats
         if done:
-            return c, err, passes, True
+            return c, err, passes, True, change
         w = 1.2
-    return c, err, passes, False
+    return c, err, passes, False, change
 
 
 def _levels(m: int, first: int) -> list[int]:
@@ -561,17 +564,16 @@ def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **option
             c0 = _kmeanspp(coarse, groups, rng)
             if r.symmetric:
                 c0 = _fold(c0)
-            c, err, passes, conv = _lloyd(coarse, c0, r.max_iter, r.tol, r.symmetric, bar.update)
-            restart_mse.append(err / p)
-            if best is None or err < best[1]:
-                best = (c, err, passes, conv)
-        c, err, iters, converged = best
+            run = _lloyd(coarse, c0, r.max_iter, r.tol, r.symmetric, bar.update)
+            restart_mse.append(run[1] / p)
+            if best is None or run[1] < best[1]:
+                best = run
+        c, err, iters, converged, change = best
         unsettled = [] if converged else [sizes[first]]
         for i, size in enumerate(sizes[first + 1:], first + 1):  # warm-started on ever larger leading parts
             last = i == len(sizes) - 1
             cap = r.final_passes if last and p > 1 else r.max_iter  # P = 1 passes cost O(N log M)
-            c, err, iters, converged = _lloyd(x[:size], c, cap, r.tol,
-                                              r.symmetric, bar.update)
+            c, err, iters, converged, change = _lloyd(x[:size], c, cap, r.tol, r.symmetric, bar.update)
             if not converged and (not last or p == 1):
                 unsettled.append(size)
     if unsettled:  # the last level's pass budget is part of the schedule, not a failure
@@ -584,7 +586,7 @@ def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **option
         raise DerivationError("two points met after rounding to float32: the sample is too small for "
                               "this many points")
     cb = VectorCodebook(name=r.name, points=pts, source=f"derived: {_describe(r)}", recipe=r.to_dict())
-    return VQResult(cb, err / p, iters, converged, tuple(restart_mse), time.perf_counter() - t0)
+    return VQResult(cb, err / p, iters, converged, tuple(restart_mse), time.perf_counter() - t0, change=change)
 
 
 def _describe(r: VQRecipe) -> str:
