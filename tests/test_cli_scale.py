@@ -253,3 +253,23 @@ def test_a_format_or_a_misspelt_rule_is_pointed_at_the_rule(capsys, spec, hint):
     assert rc == 2 and hint in err and err.count("\n") == 1, err
     with pytest.raises(ValueError, match=re.escape(hint)):
         quantbook.quantize(np.ones(32, np.float32), "e2m1", 32, scale=spec)
+
+
+@pytest.mark.parametrize("scale, note", [
+    ("e4m3", "NVFP4 stores blocks of 16: -B 16"), ("search:4over6", "NVFP4 stores blocks of 16: -B 16"),
+    ("e8m0:rceil", "MXFP4 stores blocks of 32: -B 32"), ("float16", None), (None, None)])
+def test_evaluate_model_notes_a_default_block_size_that_is_not_the_format_s(scale, note, capsys, tmp_path):
+    """--scale e4m3 with -B left at 64 is not NVFP4 (blocks of 16): the text says so in a note, not an
+    error; a -B given, --json and rules of no one format say nothing."""
+    from user_model import user_model
+
+    model = str(user_model(tmp_path / "m.safetensors"))
+    argv = ["evaluate-model", model, "-c", "nf4"] + ([] if scale is None else ["--scale", scale])
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    last = out.rstrip("\n").splitlines()[-1]
+    assert last == (f"note: blocks of 64 (the -B default); {note}" if note else last) and \
+        (note is not None) == last.startswith("note:")
+    for more in (["-B", "64"], ["--json"]):
+        code, out, _ = run(capsys, *argv, *more)
+        assert code == 0 and "note:" not in out

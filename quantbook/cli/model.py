@@ -75,6 +75,7 @@ def _cmd_evaluate_model(args) -> int:
             raise ValueError(f"{flag} needs --task lm or --task embed")
     _check_plot(args)  # fail before doing any work
     rotations = parse_rotations(args.rotate)
+    note = _format_note(args)
     codebooks, vq = _codebooks_and_vq(args)
     report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
                             tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
@@ -82,7 +83,7 @@ def _cmd_evaluate_model(args) -> int:
     if args.json:
         print_json(report_json(report, args.per_tensor))
     else:
-        print(report.format_table(per_tensor=args.per_tensor))
+        print(report.format_table(per_tensor=args.per_tensor) + note)
     if args.plot is not None:
         from ..plots import plot_model_report
 
@@ -100,6 +101,20 @@ def _scale_args(args) -> dict[str, Any]:
         raise ValueError("--scale is empty: name a rule (float32, the default, is bitsandbytes' layout)")
     check_scaled_only(get_rule(args.scale or "float32"), **{"--qmax": args.qmax is not None})
     return {"scale": args.scale, "qmax": DEFAULT_QMAX if args.qmax is None else args.qmax}
+
+
+def _format_note(args) -> str:
+    """A line for the text output where ``--scale`` is the rule of one format and ``-B`` was left at
+    its default, which is not that format's block size (e4m3 with blocks of 64 is not NVFP4); '' else."""
+    if args.block_size is not None or args.scale is None or not args.scale.strip():
+        return ""
+    from ..scales import get_rule
+
+    blocks = get_rule(args.scale).format_blocks
+    if blocks is None or blocks[1] == DEFAULT_BLOCK_SIZE:
+        return ""
+    fmt, size = blocks
+    return f"\nnote: blocks of {DEFAULT_BLOCK_SIZE} (the -B default); {fmt} stores blocks of {size}: -B {size}"
 
 
 def _check_plot(args) -> None:
@@ -129,6 +144,7 @@ def _cmd_model_quality(args) -> int:
     if args.device is not None:
         check_device(args.device)   # before the model loads (minutes for some)
     rotations = parse_rotations(args.rotate)
+    note = _format_note(args)
     codebooks, vq = _codebooks_and_vq(args)
     text_path = args.text if args.text is not None else default_text_path()
     text = read_text(text_path)
@@ -143,7 +159,7 @@ def _cmd_model_quality(args) -> int:
         d["text"] = str(text_path)
         print_json(d)
     else:
-        print(report.format_table())
+        print(report.format_table() + note)
     if args.plot is not None:
         from ..plots import plot_model_quality
 
@@ -175,7 +191,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--nested", action="store_true", help="double-quantize the absmax statistics (bnb nested)")
     add_scale(s, f"rule (docs/scales.md): {rule_spellings()}. The default is float32; "
                  "nested is --nested; the others store the scaled layouts, for codebooks of at most 16 "
-                 "entries (NVFP4 with -B 16, MXFP4 with -B 32); search:ggml with iq4_nl and --qmax 127 is "
+                 "entries (NVFP4 with -B 16, MXFP4 with -B 32: the text output notes a -B left at its default "
+                 "64); search:ggml with iq4_nl and --qmax 127 is "
                  "llama.cpp's IQ4_NL quantizer, bit for bit")
     add_qmax(s)
     s.add_argument("--tensors", default=None, metavar="GLOBS",

@@ -89,6 +89,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
 
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4
     summary = "NVFP4"
+    format_blocks = ("NVFP4", 16)
 
     def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         g = check_tensor_amax(global_amax)

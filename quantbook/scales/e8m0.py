@@ -50,6 +50,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
 
     stored_dtype, stored_bytes = "uint8", 1
     summary = "MXFP4"
+    format_blocks = ("MXFP4", 32)
 
     def __init__(self, mode: str = "floor") -> None:
         if mode not in E8M0_MODES:

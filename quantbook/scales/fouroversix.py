@@ -65,6 +65,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
     tensor_value = "float32 tensor absolute maximum"
     fixed_qmax = _QMAX
     summary = "Four Over Six's NVFP4 scales"
+    format_blocks = ("NVFP4", 16)
 
     def __init__(self, target: str = "6") -> None:
         if target not in FOS_TARGETS:

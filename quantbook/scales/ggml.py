@@ -153,6 +153,7 @@ class GgmlSearch(ScaleRule):
     signed = True
     stored_dtype, stored_bytes = "float16", 2
     loss = "l2"
+    format_blocks = ("llama.cpp's IQ4_NL", 32)   # ggml's QK4_NL
 
     def __init__(self, ntry: int = _NTRY) -> None:
         names = {n: k for k, n in GGML_PRESETS.items()}

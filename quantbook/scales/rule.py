@@ -89,6 +89,9 @@ class ScaleRule:
     fixed_qmax: ClassVar[float | None] = None
     #: what the family is, where rules are listed (help texts): ``"MXFP4"``
     summary: ClassVar[str] = ""
+    #: the format whose block scales these are and the block size it stores (``("NVFP4", 16)``), where
+    #: one format uses the rule: a layout of another block size is not that format
+    format_blocks: ClassVar[tuple[str, int] | None] = None
 
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

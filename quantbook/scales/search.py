@@ -83,6 +83,7 @@ class SearchScale(ScaleRule, family="search"):
         self.candidate_rules(DEFAULT_QMAX)   # a base rule refuses targets it cannot map to, here
         self.stored_dtype, self.stored_bytes = base.stored_dtype, base.stored_bytes
         self.tensor_bytes, self.tensor_value, self.fixed_qmax = base.tensor_bytes, base.tensor_value, base.fixed_qmax
+        self.format_blocks = base.format_blocks
 
     @classmethod
     def from_arg(cls, arg: str | None) -> "ScaleRule":
