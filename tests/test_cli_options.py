@@ -290,13 +290,19 @@ def test_a_library_error_names_the_option_the_user_typed(argv, option, monkeypat
     assert err.startswith(f"quantbook: error: {option} must be "), err
 
 
-def test_a_word_that_is_not_the_option_typed_is_left_alone():
+def test_a_word_that_is_not_the_option_typed_is_left_alone(capsys, tmp_path):
     from quantbook.cli import _as_options
+
+    bad = tmp_path / "x.json"   # a codebook file's own field, named like an option the user typed
+    bad.write_text('{"name": "x", "bits": 2, "levels": [-1, 0, 0.5, 1], "source": 1}', encoding="utf-8")
+    assert main(["evaluate", str(bad), "--source", "laplace"]) == 2
+    assert "x.json: source must be a string" in capsys.readouterr().err
 
     parser = build_parser()
     args = parser.parse_args(["audit", "--vector", "--samples", "10"])
-    # the subject of another sentence, and an option the user did not type, stay words
+    # the subject of another sentence or of a file's rule, and an option the user did not type, stay words
     assert _as_options("the samples must be drawn", parser, args) == "the samples must be drawn"
+    assert _as_options("g.json: samples must be an integer", parser, args) == "g.json: samples must be an integer"
     args = parser.parse_args(["audit", "--vector"])
     assert _as_options("samples must be an integer", parser, args) == "samples must be an integer"
 

@@ -139,9 +139,9 @@ def _as_options(message: str, parser: argparse.ArgumentParser | None, args: argp
         if "_" in action.dest:   # block_size is a parameter's name, never a word of the sentence
             message = re.sub(rf"(?<![\w./\\-]){re.escape(action.dest)}(?![\w=./\\-])", flag, message)
         elif action.nargs != 0 and getattr(args, action.dest, None) not in (None, action.default):
-            # a word such as samples is the parameter where it is the subject of the rule it broke
-            # ("samples must be ..."), and the user typed its option
-            message = re.sub(rf"(^|[:;] ){re.escape(action.dest)}(?= must\b)", rf"\g<1>{flag}", message)
+            # a word such as samples is the parameter where the message begins with the rule it broke
+            # ("samples must be ...") and the user typed its option (after "FILE.json: " it is the file's)
+            message = re.sub(rf"^{re.escape(action.dest)}(?= must\b)", flag, message)
     return message
 
 
