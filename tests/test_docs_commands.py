@@ -46,7 +46,7 @@ from checkout import checkout_path
 from user_model import user_model
 
 ROOT = checkout_path()
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: spans that quote a line instead of giving a command: an old header's comment named this command
 QUOTED = {"quantbook export unnamed"}

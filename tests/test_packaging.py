@@ -59,7 +59,8 @@ def test_the_licence_is_the_apache_text_and_pyproject_names_it():
 
 
 # what the build reads; the rest of a checkout (.git, caches, local wheel folders) stays behind
-_BUILD_INPUTS = ["pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "quantbook", "tests", "docs", "benchmarks"]
+_BUILD_INPUTS = ["pyproject.toml", "MANIFEST.in", "README.md", "CHANGELOG.md", "LICENSE", "quantbook", "tests", "docs",
+                 "benchmarks"]
 # what no wheel or sdist may carry: Python's and numba's caches, a stray build product
 _JUNK = ["quantbook/__pycache__/naming.cpython-311.pyc", "quantbook/bulk/cpu/__pycache__/kernels.f-1.py311.nbi",
          "quantbook/bulk/cpu/__pycache__/kernels.f-1.py311.1.nbc", "quantbook/bulk/cpu/stray.so",
