@@ -28,7 +28,8 @@ from .scales import DEFAULT_QMAX, layout_qmax
 __all__ = ["plot_levels", "plot_sweep", "sweep_errors", "sweep_table", "plot_model_report", "plot_model_quality",
            "plot_format", "check_plot_path", "SWEEP_BLOCK_SIZES"]
 
-SWEEP_BLOCK_SIZES = tuple(2**k for k in range(4, 15))  # 16 .. 16384
+#: the block sizes `plot_sweep` and `sweep_table` take by default: the powers of two 16 .. 16384
+SWEEP_BLOCK_SIZES = tuple(2**k for k in range(4, 15))
 
 
 def _figure(width: float, height: float):

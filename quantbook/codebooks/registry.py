@@ -192,8 +192,8 @@ def _build() -> dict[str, Published]:
 
 
 _ENTRIES: dict[str, Published] = _build()
-#: every published codebook by name; read-only: every caller shares it (an entry one replaced or
-#: removed was so for the rest), and a table of the user's own is a Codebook or its JSON file
+#: Every published codebook by name, read-only.  Every caller shares it (an entry one replaced or
+#: removed was so for the rest), and a table of the user's own is a Codebook or its JSON file.
 REGISTRY: Mapping[str, Published] = MappingProxyType(_ENTRIES)
 
 

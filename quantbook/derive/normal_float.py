@@ -62,6 +62,7 @@ __all__ = [
     "nf_exact",
 ]
 
+#: the values of `nf`'s `precision`, the arithmetic the levels are computed in (module docstring)
 PRECISIONS = ("exact", "float64", "float32-bnb")
 
 #: bitsandbytes' default ``offset`` argument of ``create_normal_map`` (a decimal literal).

@@ -36,7 +36,9 @@ __all__ = ["FORMATS", "BINARY_FORMATS", "export", "write_output", "check_output_
            "c_header", "HeaderLayout", "c_float_literal", "c_identifier", "IdentifierError", "npy_bytes", "bnb_bytes",
            "bnb_quant_map", "bnb_quant_type", "vector_c_header", "vector_npy_bytes", "VECTOR_FORMATS"]
 
+#: the formats `export` writes for a codebook
 FORMATS = ("json", "c", "cuda", "npy", "bnb")
+#: the formats whose output is bytes (the others are text)
 BINARY_FORMATS = frozenset({"npy", "bnb"})
 #: the formats a vector codebook has
 VECTOR_FORMATS = ("json", "c", "cuda", "npy")

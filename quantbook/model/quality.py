@@ -472,6 +472,7 @@ def _as_weight(what: Any, weight: Any, dev: Any) -> Any:
 
 # -- tasks -----------------------------------------------------------------------------------
 
+#: task name (`lm`, `embed`) -> Task subclass, in registration order (a subclass registers itself)
 TASKS: dict[str, type["Task"]] = {}
 
 
