@@ -198,7 +198,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = DEFAULT_BLOCK_SIZE
 
 
 def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
-    """Values of ``state.shape`` and ``state.dtype`` from ``packed`` bytes.
+    """The array that ``packed`` bytes and their ``state`` stand for, of the state's shape and dtype.
 
     ``out = float32(code[index] * absmax[block])`` rounded (to nearest even) to ``state.dtype``;
     a code index beyond the code table (corrupt input) decodes to NaN on every backend.  The

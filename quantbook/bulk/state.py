@@ -187,6 +187,7 @@ class QuantState:
 
     @property
     def nested(self) -> bool:
+        """Whether the block scales are stored as nested statistics (``nested_absmax`` is set)."""
         return self.nested_absmax is not None
 
     @property
@@ -198,10 +199,12 @@ class QuantState:
 
     @property
     def size(self) -> int:
+        """How many values the array holds (the product of ``shape``)."""
         return math.prod(map(int, self.shape))
 
     @property
     def n_blocks(self) -> int:
+        """How many blocks of ``blocksize`` values the array is stored in (the last may be short)."""
         return F.n_blocks(self.size, self.blocksize)
 
     def absmax_f32(self) -> np.ndarray:

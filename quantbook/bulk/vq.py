@@ -616,10 +616,11 @@ def vq_backend_names() -> tuple[str, ...]:
 
 
 def rotation_backend(name: Any) -> VQBackend:
-    """The vector backend whose Hadamard kernels rotate for the bulk backend ``name`` (each
-    runs the float64 operations of :mod:`quantbook.numerics.hadamard`, so the choice changes
-    only where and how fast): ``auto``'s pick for host arrays, else a usable namesake, else
-    numpy."""
+    """The vector backend whose Hadamard kernels rotate for the bulk backend ``name``.
+
+    That is ``auto``'s pick for host arrays, else a usable namesake, else numpy.  Each runs the
+    float64 operations of :mod:`quantbook.numerics.hadamard`, so the choice changes only where and
+    how fast."""
     if name == "auto":
         return _pick_backend("auto")
     b = VQ_BACKENDS.get(name) if isinstance(name, str) else None
@@ -780,8 +781,9 @@ def quantize_vq(x: Any, vq_codebook: Any, *, group: int = 64, scale: str = "rms"
 
 
 def dequantize_vq(indices: Any, state: VQState, backend: str = "auto") -> Any:
-    """The array of ``state.shape`` and ``state.dtype`` that ``indices`` stand for:
-    ``float32(points[i] · s)``, un-rotated (float64, rounded to float32) when the state is
+    """The array that ``indices`` and their ``state`` stand for, of the state's shape and dtype.
+
+    Its values are ``float32(points[i] · s)``, un-rotated (float64, rounded to float32) when the state is
     rotated, then rounded to the state's dtype.  The state is validated first; indices must
     have the state's index shape and lie below N.  Device indices (a GPU backend) give a
     device array (bfloat16 as uint16 bits with a CuPy before 14)."""

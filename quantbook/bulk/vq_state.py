@@ -105,18 +105,22 @@ class VQState:
 
     @property
     def size(self) -> int:
+        """How many weights the array holds (the product of ``shape``)."""
         return math.prod(map(int, self.shape))
 
     @property
     def n_groups(self) -> int:
+        """How many groups of ``group`` weights share a scale."""
         return self.size // self.group
 
     @property
     def index_shape(self) -> tuple[int, ...]:
+        """The shape of the indices: ``shape`` with its last dimension divided by P."""
         return tuple(self.shape[:-1]) + (self.shape[-1] // self.dim,)
 
     @property
     def index_dtype(self) -> np.dtype:
+        """The indices' dtype: uint8 for tables of up to 256 points, else uint16."""
         return index_dtype(self.n_points)
 
     @property

@@ -234,6 +234,7 @@ class Codebook:
     # ------------------------------------------------------------------ views
     @property
     def n_levels(self) -> int:
+        """How many levels the table holds (``2**bits`` or fewer)."""
         return int(self.levels.size)
 
     @property
@@ -253,6 +254,7 @@ class Codebook:
 
     @property
     def levels_f32(self) -> np.ndarray:
+        """The sorted levels as float32."""
         return self.levels.astype(np.float32)
 
     @property
@@ -390,6 +392,7 @@ class Codebook:
         )
 
     def to_json(self, indent: int | None = 2) -> str:
+        """The JSON text of :meth:`to_dict` (``indent`` as :func:`json.dumps` takes it)."""
         return dump_json(self.to_dict(), indent)
 
     @classmethod

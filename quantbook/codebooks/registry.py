@@ -59,6 +59,7 @@ class Published:
 
     @property
     def name(self) -> str:
+        """The registry name: the codebook's."""
         return self.codebook.name
 
 

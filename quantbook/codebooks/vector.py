@@ -243,6 +243,7 @@ class VectorCodebook:
         return f"VectorCodebook(name={self.name!r}, dim={self.dim}, size={self.size})"
 
     def replace(self, **changes: Any) -> "VectorCodebook":
+        """A copy with some fields changed (``points``, ``name``, ``source``, ``recipe``)."""
         fields = dict(name=self.name, points=self.points, source=self.source, recipe=self.recipe)
         fields.update(changes)
         return VectorCodebook(**fields)
@@ -281,10 +282,12 @@ class VectorCodebook:
         return cb
 
     def to_json(self, indent: int | None = 2) -> str:
+        """The JSON text of :meth:`to_dict` (``indent`` as :func:`json.dumps` takes it)."""
         return dump_json(self.to_dict(), indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "VectorCodebook":
+        """The VectorCodebook of :meth:`to_json` text; bad input is a one-line error."""
         d = parse_json(text, VectorCodebookError, "vector codebook")
         return cls.from_dict(d)
 

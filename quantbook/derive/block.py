@@ -749,8 +749,9 @@ _INSIDE_LO = float(np.nextafter(-1.0, 0.0))
 
 
 class BlockDistribution:
-    """The law of one normalised value ``y`` (see the module docstring), usable where a
-    frozen scipy.stats distribution is: ``pdf``, ``logpdf``, ``cdf``, ``logcdf``, ``sf``,
+    """The law of one normalised value ``y`` (see the module docstring).
+
+    It is usable where a frozen scipy.stats distribution is: ``pdf``, ``logpdf``, ``cdf``, ``logcdf``, ``sf``,
     ``logsf``, ``ppf``, ``isf``, ``support``, ``mean``, ``var``, ``std``, ``median``,
     ``moment``, ``entropy``, ``expect``, ``rvs``.
 

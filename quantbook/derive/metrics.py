@@ -128,7 +128,9 @@ def as_codebook(codebook: Any, who: str = "evaluate") -> Codebook:
 def evaluate(codebook: Codebook | Any, block_size: int | None = DEFAULT_BLOCK_SIZE, source: Any = "normal",
              normalization: str = "absmax", scale: Any = None, qmax: float | None = None,
              tensor_amax: Any = None, tensor_size: Any = None) -> Evaluation:
-    """Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap
+    """The exact expected errors of ``codebook`` under the block-B law of a source.
+
+    Exact expected MSE/MAE (both domains), SQNR (dB), code-usage entropy (bits), and the gap
     (dB) to the Gaussian rate-distortion bound ``D(R) = σ²·2**(-2R)`` at ``R = bits + 32/B``
     bits per weight (``R = bits`` with ``normalization="none"``, where the levels are in source
     units and both domains coincide).  Accuracy ≲1e-12 relative for the parametric sources.

@@ -236,7 +236,9 @@ def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: f
 
 def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray, qmax: float = DEFAULT_QMAX,
                         tensor_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per block of ``x`` (float32, a multiple of ``block_size`` values), the sums of squared
+    """Per block of ``x``, the squared and absolute errors of ``levels`` in the scaled layout under a search rule.
+
+    Per block of ``x`` (float32, a multiple of ``block_size`` values), the sums of squared
     and of absolute weight-domain errors of the code ``levels`` (its values, or a Codebook) in
     the scaled layout under the search rule ``scale``: the error the fit measures, and the
     layout's own (the tests check it against :func:`quantbook.quantize`).  One search serves
@@ -271,8 +273,9 @@ def default_samples(samples: int | None, default: int, block_size: Any, tensor_s
 def evaluate_search(codebook: Any, block_size: int, scale: Any, samples: int | None = None, seed: int = 1,
                     source: Any = "normal", qmax: float = DEFAULT_QMAX,
                     tensor_size: int | None = None) -> dict[str, Any]:
-    """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``
-    (a search has no exact law): ``samples`` draws of ``source`` (``default_rng(seed)``;
+    """Monte-Carlo errors of ``codebook`` in the scaled layout under the search rule ``scale``.
+
+    A search has no exact law: ``samples`` draws of ``source`` (``default_rng(seed)``;
     default :data:`EVAL_SAMPLES` in whole blocks), the layout's own errors
     (:func:`search_block_errors`).  Returns the weight-domain MSE with its standard error over
     blocks, the MAE, the SQNR against the sample's mean square, and the bits per weight (codes
@@ -310,7 +313,8 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
                        max_iter: int = 100, tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                        tensor_size: int | None = None, name: str | None = None,
                        progress: bool = False) -> SearchLloydResult:
-    """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error;
+    """:func:`search_lloyd` with its iterations, last change, convergence and fitting-sample error.
+
     ``progress``: a bar on standard error even when it is not a terminal (one step an
     iteration, up to ``max_iter``; drawn on a terminal anyway)."""
     from .recipes import SearchLloydRecipe
@@ -371,7 +375,9 @@ def search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search:4over
                  seed: int = 0, loss: str = "l2", fixed: Any = (-1, 0, 1), max_iter: int = 100,
                  tol: float = 1e-6, source: Any = "normal", qmax: float = DEFAULT_QMAX,
                  tensor_size: int | None = None, name: str | None = None, progress: bool = False) -> Codebook:
-    """The Lloyd code for the scaled layout under a search rule, fitted on ``samples`` draws of
+    """The Lloyd code for the scaled layout under a search rule, fitted on a seeded sample.
+
+    It is fitted on ``samples`` draws of
     ``source`` (seed ``seed``; default :data:`~.recipes.FIT_SAMPLES` in whole blocks, or
     tensors) with the rule's search inside the loop (module docstring).
 

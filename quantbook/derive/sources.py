@@ -76,7 +76,8 @@ class SourceError(ValueError):
 
 
 class Source:
-    """Base class; see the module docstring for the contract."""
+    """A distribution of weights that the derivations take (base class; the module docstring
+    states the contract)."""
 
     spec: str = "?"
     symmetric: bool = True
