@@ -77,9 +77,9 @@ def default_text(value, param_name: str = "") -> str:
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if isinstance(value, list):
         return "[" + ", ".join(default_text(v) for v in value) + "]"
-    if isinstance(value, (frozenset, set)):
-        return (type(value).__name__ + "(" if isinstance(value, frozenset) else "") + \
-            "{" + ", ".join(sorted(default_text(v) for v in value)) + "}" + (")" if isinstance(value, frozenset) else "")
+    if isinstance(value, (frozenset, set)):   # sorted: a set of strings iterates in a per-process order
+        items = "{" + ", ".join(sorted(default_text(v) for v in value)) + "}"
+        return f"frozenset({items})" if isinstance(value, frozenset) else items
     if inspect.isclass(value) or inspect.isfunction(value) or inspect.isbuiltin(value):
         return value.__name__
     if type(value).__module__ == "numpy":   # numpy 2 writes np.float64(1.0), numpy 1 writes 1.0
