@@ -305,3 +305,40 @@ def test_different_recipes_get_different_names():
         with pytest.raises(UnknownCodebookError):
             resolve_codebook(name)
 
+
+
+def test_different_vector_recipes_get_different_names():
+    """A derived vector codebook's name says every recipe field away from its default, as the scalar labels do:
+    `derive vq -P 2 -N 64 --seed 3` and `--samples 20000` were both vq-2d-64, the registry's grid."""
+    from quantbook.codebooks.vector_registry import vector_registry
+    from quantbook.derive.vq import VQRecipe, derive_vq
+    from quantbook.naming import resolve_vector
+
+    def build(layout, **kw):
+        scale, block_size = layout
+        return VQRecipe(scale=scale, block_size=block_size, **kw)
+
+    recipes = _grid(build, dim=(1, 2), points=(16, 256), symmetric=(False, True),
+                    layout=(("none", None), ("rms", 32), ("absmax", 32), ("rms", 64)), seed=(0, 1),
+                    samples=(10**7, 20000), restarts=(4, 2), coarse_samples=(10**5, 1000), max_iter=(500, 50),
+                    tol=(1e-6, 1e-5), final_passes=(10, 20), init=("auto", "kmeans++", "hexagonal"),
+                    source=("normal", "laplace"))
+    assert _one_to_one(recipes, lambda r: r.name) > 10000
+    # a name the registry holds is its own recipe's: the grids derived at the defaults keep their names
+    registry = vector_registry()
+    for r in recipes:
+        entry = registry.get(r.name)
+        assert entry is None or entry.codebook.recipe == r.to_dict()
+    for name, entry in registry.items():
+        if entry.codebook.recipe is not None:
+            assert VQRecipe.from_dict(entry.codebook.recipe).name == name
+    assert {"vq-2d-16", "vq-2d-64", "vq-2d-256", "higgs-2d-256"} <= set(registry)
+    # spelled by hand: the head, then each field away from its default in the recipe's order, then the source
+    assert VQRecipe(points=64, init="kmeans++").name == "vq-2d-64"   # what auto picks for 64 points
+    assert VQRecipe(init="kmeans++", restarts=2).name == "vq-2d-256-restarts=2-init=kmeans++"
+    assert VQRecipe(dim=4, points=16, scale="rms", block_size=32, seed=3, tol=1e-5, source="laplace").name == \
+        "vq-4d-16-rms32-seed=3-tol=1e-05@laplace"
+    cb = derive_vq(dim=1, points=4, samples=20000, final_passes=20)
+    assert cb.name == "vq-1d-4-samples=20000-final-passes=20"
+    with pytest.raises(UnknownCodebookError):
+        resolve_vector(cb.name)

@@ -160,7 +160,8 @@ def test_block_scaled_samples():
     assert x.shape == (1000, 2)
     np.testing.assert_allclose(np.mean(x.reshape(-1, 4).astype(np.float64) ** 2, axis=1), 1.0, rtol=1e-6)
     cb = derive_vq(2, 16, scale="rms", block_size=64, **SMALL)
-    assert cb.recipe["scale"] == "rms" and cb.recipe["block_size"] == 64 and cb.name == "vq-2d-16-rms64"
+    assert cb.recipe["scale"] == "rms" and cb.recipe["block_size"] == 64 and cb.name == (
+        "vq-2d-16-rms64-samples=30000-restarts=2-coarse-samples=10000-max-iter=100-final-passes=5")
 
 
 def test_npy_source(tmp_path):

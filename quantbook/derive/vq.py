@@ -59,7 +59,7 @@ from ..numerics.reals import real_host_array
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
 from ..io.progress import progress_bar
 from .lloyd import DerivationError, LloydWarning
-from .recipes import Recipe, RecipeError, _set
+from .recipes import Recipe, RecipeError, _set, recipe_label
 from .sources import parse_source
 
 __all__ = ["VQRecipe", "VQResult", "derive_vq", "solve_vq", "draw_vectors", "check_sample_size", "vq_mse", "SCALES",
@@ -149,9 +149,7 @@ class VQRecipe(Recipe):
         tol = float(self.tol) if isinstance(self.tol, numbers.Real) and not isinstance(self.tol, bool) else math.nan
         if not (math.isfinite(tol) and tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
-        # measured: the lattice start wins for 256 points, k-means++ restarts for 16 and 64
-        init = "hexagonal" if self.init == "auto" and p == 2 and n >= 256 and not self.symmetric else self.init
-        init = "kmeans++" if init == "auto" else init
+        init = _auto_init(p, n, self.symmetric) if self.init == "auto" else self.init
         if init not in INITS:
             raise ValueError(f"init must be auto or one of {', '.join(INITS)}, got {self.init!r}")
         if init == "hexagonal" and (p != 2 or self.symmetric):
@@ -177,13 +175,22 @@ class VQRecipe(Recipe):
 
     @property
     def name(self) -> str:
+        """``vq-Pd-N[-sym][-SCALEB]`` (at the other defaults: the registry's names), then what
+        :func:`~.recipes.recipe_label` adds: each other field away from its default, and ``@SOURCE``."""
         sym = "-sym" if self.symmetric else ""
         sc = "" if self.scale == "none" else f"-{self.scale}{self.block_size}"
-        src = "" if self.source == "normal" else f"@{self.source}"
-        return f"vq-{self.dim}d-{self.points}{sym}{sc}{src}"
+        return recipe_label(f"vq-{self.dim}d-{self.points}{sym}{sc}", self,
+                            ("dim", "points", "symmetric", "scale", "block_size"),
+                            {"init": _auto_init(self.dim, self.points, self.symmetric)})
 
 
 VQRecipe.method = "vq"
+
+
+def _auto_init(dim: int, points: int, symmetric: bool) -> str:
+    """The start ``init="auto"`` picks (module docstring)."""
+    # measured: the lattice start wins for 256 points, k-means++ restarts for 16 and 64
+    return "hexagonal" if dim == 2 and points >= 256 and not symmetric else "kmeans++"
 
 
 @dataclass(frozen=True)
