@@ -255,21 +255,49 @@ def test_a_format_or_a_misspelt_rule_is_pointed_at_the_rule(capsys, spec, hint):
         quantbook.quantize(np.ones(32, np.float32), "e2m1", 32, scale=spec)
 
 
+#: every command that takes a scale rule and -B: its arguments without them (MODEL: a small model file)
+_SCALED_COMMANDS = {
+    "evaluate-model": ["evaluate-model", "MODEL", "-c", "nf4"],
+    "derive lloyd": ["derive", "lloyd", "--bits", "3"],
+    "derive quantile": ["derive", "quantile", "--bits", "3"],
+    "evaluate": ["evaluate", "e2m1"],
+}
+
+
+def test_every_command_with_a_scale_rule_and_a_block_size_is_checked_for_the_note():
+    from test_cli_text import _options
+
+    options = _options()
+    takers = {command for (command, flag), a in options.items() if flag == "--scale" and not a.choices
+              and (command, "--block-size") in options}
+    # export writes a file format (a C header on standard output), not a text report: no line is added to it
+    assert takers - {"export"} == set(_SCALED_COMMANDS), takers
+
+
+@pytest.mark.parametrize("command", list(_SCALED_COMMANDS))
 @pytest.mark.parametrize("scale, note", [
     ("e4m3", "NVFP4 stores blocks of 16: -B 16"), ("search:4over6", "NVFP4 stores blocks of 16: -B 16"),
     ("e8m0:rceil", "MXFP4 stores blocks of 32: -B 32"), ("float16", None), (None, None)])
-def test_evaluate_model_notes_a_default_block_size_that_is_not_the_format_s(scale, note, capsys, tmp_path):
-    """--scale e4m3 with -B left at 64 is not NVFP4 (blocks of 16): the text says so in a note, not an
-    error; a -B given, --json and rules of no one format say nothing."""
+def test_a_default_block_size_that_is_not_the_format_s_is_noted(command, scale, note, capsys, tmp_path):
+    """--scale e4m3 with -B left at 64 is not NVFP4 (blocks of 16): every command that takes both says so in
+    the last line of its text, a note, not an error (derive and evaluate said nothing); a -B given, --json and
+    rules of no one format say nothing."""
     from user_model import user_model
 
-    model = str(user_model(tmp_path / "m.safetensors"))
-    argv = ["evaluate-model", model, "-c", "nf4"] + ([] if scale is None else ["--scale", scale])
-    code, out, _ = run(capsys, *argv)
-    assert code == 0
+    if scale == "search:4over6" and command == "derive quantile":
+        pytest.skip("quantile has no search rules")
+    argv = [str(user_model(tmp_path / "m.safetensors")) if a == "MODEL" else a for a in _SCALED_COMMANDS[command]]
+    argv += [] if scale is None else ["--scale", scale]
+    if scale == "search:4over6" and command != "evaluate-model":
+        argv += ["--samples", "16000"]   # Monte Carlo: a small sample
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
     last = out.rstrip("\n").splitlines()[-1]
     assert last == (f"note: blocks of 64 (the -B default); {note}" if note else last) and \
         (note is not None) == last.startswith("note:")
+    assert "note:" not in err
     for more in (["-B", "64"], ["--json"]):
-        code, out, _ = run(capsys, *argv, *more)
-        assert code == 0 and "note:" not in out
+        code, out, err = run(capsys, *argv, *more)
+        assert code == 0 and "note:" not in out + err, err
+        if more == ["--json"]:
+            json.loads(out)

@@ -25,7 +25,7 @@ __all__ = ["UsageError", "Parser", "integer", "int_in", "random_seed", "block_si
            "add_json_flag", "add_block_size", "add_bits", "add_source", "add_normalization", "add_domain", "add_scale",
            "add_qmax", "add_sample", "add_symmetric", "add_progress", "add_output", "OPTION_WORDS", "json_safe",
            "print_json", "load_codebook", "print_codebook", "output_path", "SOURCE_SPELLINGS", "point_rows",
-           "text_value", "error_units", "units_line"]
+           "text_value", "error_units", "units_line", "block_size_note"]
 
 #: the spellings of ``--source`` (quantbook.derive.parse_source, and the safetensors source's suffixes)
 SOURCE_SPELLINGS = "normal | laplace | student-t:NU | FILE.npy | FILE.safetensors[:GLOBS][@row|@tensor|@none]"
@@ -325,6 +325,23 @@ def text_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(text_value(v) for v in value)
     return str(value)
+
+
+def block_size_note(args: argparse.Namespace) -> str:
+    """The line that ends a command's text output where ``--scale`` is the rule of one format and ``-B`` was
+    left at its default, which is not that format's block size (e4m3 in blocks of 64 is not NVFP4): a note,
+    not an error, since other block sizes are layouts of their own; '' otherwise and under ``--json``."""
+    scale = args.scale
+    if args.block_size is not None or getattr(args, "json", False) or scale is None or not scale.strip():
+        return ""
+    from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
+    from ..scales import get_rule
+
+    blocks = get_rule(scale).format_blocks
+    if blocks is None or blocks[1] == DEFAULT_BLOCK_SIZE:
+        return ""
+    fmt, size = blocks
+    return f"note: blocks of {DEFAULT_BLOCK_SIZE} (the -B default); {fmt} stores blocks of {size}: -B {size}"
 
 
 def output_path(path: str, inputs: tuple[str, ...] = ()) -> str:

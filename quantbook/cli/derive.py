@@ -11,8 +11,8 @@ from typing import Any
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import number
 from .common import (add_bits, add_block_size, add_domain, add_json_flag, add_normalization, add_output, add_progress,
-                     add_qmax, add_sample, add_scale, add_source, add_symmetric, error_units, integer, load_codebook,
-                     output_path, point_rows, print_codebook, print_json, text_value, units_line)
+                     add_qmax, add_sample, add_scale, add_source, add_symmetric, block_size_note, error_units, integer,
+                     load_codebook, output_path, point_rows, print_codebook, print_json, text_value, units_line)
 
 __all__ = ["register", "PRECISIONS", "METRICS"]
 
@@ -97,7 +97,7 @@ def _search_defaults(opts: dict[str, Any]) -> dict[str, Any]:
     return {"block_size": DEFAULT_BLOCK_SIZE, **opts}
 
 
-def _derive_search(args, given: dict[str, Any]) -> int:
+def _derive_search(args, given: dict[str, Any]) -> None:
     """A search rule has no 1-D law: Lloyd on a seeded sample with the search inside."""
     from ..derive.search_lloyd import solve_search_lloyd
 
@@ -113,7 +113,6 @@ def _derive_search(args, given: dict[str, Any]) -> int:
     print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
                                              "change": res.change, "converged": res.converged},
                    {"mse_weight_fitting_sample": unit})
-    return 0
 
 
 def _cmd_derive_lloyd(args) -> int:
@@ -121,15 +120,19 @@ def _cmd_derive_lloyd(args) -> int:
 
     given = _given(args, "loss", "samples", "seed", *_BLOCK)
     _block_needs_blocks(given)
+    note = block_size_note(args)
     if _search_rule(given.get("scale")):
-        return _derive_search(args, given)
-    if "samples" in given or "seed" in given or args.progress:
-        raise ValueError("--samples, --seed and --progress apply only to a search rule (--scale search:...): "
-                         "the other rules have an exact derivation")
-    res = solve_lloyd(**given)
-    extra, units = _metrics(res.codebook, given)
-    extra.update(iterations=res.iterations, change=res.change, converged=res.converged)
-    print_codebook(res.codebook, args.json, extra, units)
+        _derive_search(args, given)
+    else:
+        if "samples" in given or "seed" in given or args.progress:
+            raise ValueError("--samples, --seed and --progress apply only to a search rule (--scale search:...): "
+                             "the other rules have an exact derivation")
+        res = solve_lloyd(**given)
+        extra, units = _metrics(res.codebook, given)
+        extra.update(iterations=res.iterations, change=res.change, converged=res.converged)
+        print_codebook(res.codebook, args.json, extra, units)
+    if note:
+        print(note)
     return 0
 
 
@@ -138,8 +141,11 @@ def _cmd_derive_quantile(args) -> int:
 
     given = _given(args, *_BLOCK)
     _block_needs_blocks(given)
+    note = block_size_note(args)
     cb = quantile(**given)
     print_codebook(cb, args.json, *_metrics(cb, given))
+    if note:
+        print(note)
     return 0
 
 
@@ -203,7 +209,7 @@ def _cmd_derive_vq(args) -> int:
     return 0
 
 
-def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
+def _evaluate_search(args, cb, given: dict[str, Any]) -> None:
     """A search rule has no exact law: Monte Carlo on a seeded sample."""
     from ..derive.search_lloyd import evaluate_search
 
@@ -214,7 +220,7 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
     ev = evaluate_search(cb, **_search_defaults(opts))
     if args.json:
         print_json(ev)
-        return 0
+        return
     print(f"{cb.name} on {ev['source']} (B={ev['block_size']}, scale {ev['scale']}, qmax {ev['qmax']:g}; "
           f"Monte Carlo: {ev['samples']} values, seed {ev['seed']})")
     unit = error_units()   # the weight domain's: a search rule has no normalised law
@@ -225,23 +231,31 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> int:
     sqnr = ev["sqnr_db"] if ev["sqnr_db"] is not None else math.inf if ev["mse_weight"] == 0 else math.nan
     print(f"  SQNR {number(sqnr, '.3f')} dB   {ev['bits_per_weight']:g} bits/weight")
     print(f"  {units_line([unit['mse_weight']])}")
-    return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from ..derive.metrics import evaluate
-
     cb = load_codebook(args.name, args.block_size)
     given = _given(args, "block_size", "source", "normalization", "samples", "seed", *_LAYOUT)
+    note = block_size_note(args)
     if _search_rule(given.get("scale")):
-        return _evaluate_search(args, cb, given)
+        _evaluate_search(args, cb, given)
+    else:
+        _evaluate_exact(args, cb, given)
+    if note:
+        print(note)
+    return 0
+
+
+def _evaluate_exact(args, cb, given: dict[str, Any]) -> None:
+    from ..derive.metrics import evaluate
+
     if "samples" in given or "seed" in given:
         raise ValueError("--samples and --seed apply only to a search rule (--scale search:...): the other "
                          "rules are evaluated exactly")
     ev = evaluate(cb, **given)
     if args.json:
         print_json(ev.to_dict())
-        return 0
+        return
     where = "no normalisation" if ev.normalization == "none" else f"{ev.normalization}, B={ev.block_size}"
     if ev.scale is not None:
         from ..scales import layout_qmax
@@ -258,7 +272,6 @@ def _cmd_evaluate(args) -> int:
     print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')} {unit['rd_bound']}   "
           f"gap {number(ev.gap_db, '.3f')} dB")
     print(f"  {units_line(unit.values())}")
-    return 0
 
 
 # Defaults are left to the library (see _given); the help texts only say what they are.
@@ -272,7 +285,8 @@ def _add_block_arguments(s: argparse.ArgumentParser, search: bool, block_note: s
     exact = rule_spellings(lambda r: r.deterministic or r.encodes_with_amax)
     searched = rule_spellings(lambda r: not (r.deterministic or r.encodes_with_amax))
     add_scale(s, f"rule: {exact}" + (f", and {searched}, on a seeded sample" if search else "")
-              + " (default: exact float32 absmax; docs/scales.md)")
+              + " (default: exact float32 absmax; docs/scales.md). NVFP4 is e4m3 with -B 16, MXFP4 e8m0 with -B 32: "
+              "the text output notes a -B left at its default 64")
     add_qmax(s)
     s.add_argument("--tensor-size", type=integer, dest="tensor_size", metavar="N",
                    help="with --scale e4m3: model the tensor scale of tensors of N values (default: its phase "

@@ -8,8 +8,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, MAX_BLOCK, MIN_BLOCK
-from .common import (add_block_size, add_json_flag, add_progress, add_qmax, add_scale, integer, layout_block_size,
-                     print_json)
+from .common import (add_block_size, add_json_flag, add_progress, add_qmax, add_scale, block_size_note, integer,
+                     layout_block_size, print_json)
 
 if TYPE_CHECKING:
     from ..model.evaluate import ModelReport
@@ -75,7 +75,7 @@ def _cmd_evaluate_model(args) -> int:
             raise ValueError(f"{flag} needs --task lm or --task embed")
     _check_plot(args)  # fail before doing any work
     rotations = parse_rotations(args.rotate)
-    note = _format_note(args)
+    note = block_size_note(args)
     codebooks, vq = _codebooks_and_vq(args)
     report = evaluate_model(args.file, codebooks, block_size=args.block_size, nested=args.nested,
                             tensors=args.tensors, backend=args.backend, progress=progress_enabled(args.progress),
@@ -83,7 +83,9 @@ def _cmd_evaluate_model(args) -> int:
     if args.json:
         print_json(report_json(report, args.per_tensor))
     else:
-        print(report.format_table(per_tensor=args.per_tensor) + note)
+        print(report.format_table(per_tensor=args.per_tensor))
+        if note:
+            print(note)
     if args.plot is not None:
         from ..plots import plot_model_report
 
@@ -101,20 +103,6 @@ def _scale_args(args) -> dict[str, Any]:
         raise ValueError("--scale is empty: name a rule (float32, the default, is bitsandbytes' layout)")
     check_scaled_only(get_rule(args.scale or "float32"), **{"--qmax": args.qmax is not None})
     return {"scale": args.scale, "qmax": DEFAULT_QMAX if args.qmax is None else args.qmax}
-
-
-def _format_note(args) -> str:
-    """A line for the text output where ``--scale`` is the rule of one format and ``-B`` was left at
-    its default, which is not that format's block size (e4m3 with blocks of 64 is not NVFP4); '' else."""
-    if args.block_size is not None or args.scale is None or not args.scale.strip():
-        return ""
-    from ..scales import get_rule
-
-    blocks = get_rule(args.scale).format_blocks
-    if blocks is None or blocks[1] == DEFAULT_BLOCK_SIZE:
-        return ""
-    fmt, size = blocks
-    return f"\nnote: blocks of {DEFAULT_BLOCK_SIZE} (the -B default); {fmt} stores blocks of {size}: -B {size}"
 
 
 def _check_plot(args) -> None:
@@ -144,7 +132,7 @@ def _cmd_model_quality(args) -> int:
     if args.device is not None:
         check_device(args.device)   # before the model loads (minutes for some)
     rotations = parse_rotations(args.rotate)
-    note = _format_note(args)
+    note = block_size_note(args)
     codebooks, vq = _codebooks_and_vq(args)
     text_path = args.text if args.text is not None else default_text_path()
     text = read_text(text_path)
@@ -159,7 +147,9 @@ def _cmd_model_quality(args) -> int:
         d["text"] = str(text_path)
         print_json(d)
     else:
-        print(report.format_table() + note)
+        print(report.format_table())
+        if note:
+            print(note)
     if args.plot is not None:
         from ..plots import plot_model_quality
 
