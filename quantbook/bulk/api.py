@@ -174,7 +174,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = DEFAULT_BLOCK_SIZE
             if nested:
                 raise ValueError(f"nested=True is bitsandbytes' layout; it does not combine with scale={rule.name!r}")
             return quantize_scaled(x, shape, dtype, cb, block_size, rule, qmax, be, allow_nonfinite)
-        warn_beyond_absmax(cb, stacklevel=2)
+        warn_beyond_absmax(cb)
         code = cb.code_f32
         packed, absmax = be.quantize_blocks(x, code, bits, block_size)
         # the usual answer (every block finite) from the maxima where they are: one reduction

@@ -10,10 +10,9 @@ tables bit-identical to bitsandbytes' own; any other table keeps its name, prefi
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
+from ..errors import warn
 from ..numerics.arguments import check_flag
 from .codebook import Codebook
 from .registry import REGISTRY
@@ -67,14 +66,14 @@ class CodebookRangeWarning(UserWarning):
     """A codebook with levels beyond ±1 stored in bitsandbytes' absmax layout."""
 
 
-def warn_beyond_absmax(cb: Codebook, stacklevel: int = 2) -> None:
+def warn_beyond_absmax(cb: Codebook) -> None:
     """Absmax-normalised values lie in [-1, 1], so a level beyond it (an unnormalised table
     such as Max's quantizers of N(0, 1)) dequantizes past its block's absmax: bytes that
-    are well defined, but rarely what was meant.  ``stacklevel`` counts from the caller."""
+    are well defined, but rarely what was meant."""
     top = float(np.max(np.abs(cb.code_f32)))
     if top > 1:
-        warnings.warn(f"codebook {cb.name!r} has levels up to {top:.6g} in magnitude, beyond the [-1, 1] of "
-                      "absmax-normalised values: those codes dequantize past their block's absmax; divide its "
-                      "levels by the largest, or store it with a scale rule (scale=, --scale), which rescales "
-                      "the table",
-                      CodebookRangeWarning, stacklevel=stacklevel + 1)
+        warn(f"codebook {cb.name!r} has levels up to {top:.6g} in magnitude, beyond the [-1, 1] of "
+             "absmax-normalised values: those codes dequantize past their block's absmax; divide its "
+             "levels by the largest, or store it with a scale rule (scale=, --scale), which rescales "
+             "the table",
+             CodebookRangeWarning)

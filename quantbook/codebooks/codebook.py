@@ -17,13 +17,12 @@ value stored at several indices are defined once, in :mod:`quantbook.codebooks.e
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, cast
 
 import numpy as np
 
-from ..errors import RoundingEdgeWarning
+from ..errors import RoundingEdgeWarning, warn
 from ..io.files import dump_json, parse_json
 from ..numerics.arguments import did_you_mean, host_array, is_int, one_line
 from ..numerics.reals import real_host_array, real_kind
@@ -423,7 +422,7 @@ def float32_ulp_distance(a: Any, b: Any) -> np.ndarray:
 FLOAT32_EDGE_BOUND = 1e-11
 
 
-def warn_float32_edges(values: Any, what: str, stacklevel: int = 2) -> float:
+def warn_float32_edges(values: Any, what: str) -> float:
     """Warn (:class:`~quantbook.errors.RoundingEdgeWarning`) when a float64 value that is about to
     be rounded to float32 lies within :data:`FLOAT32_EDGE_BOUND` (relative) of a rounding edge: the
     midpoint of its two float32 neighbours, where round-half-even decides a tie.  For derived levels,
@@ -440,9 +439,9 @@ def warn_float32_edges(values: Any, what: str, stacklevel: int = 2) -> float:
     if close.size:
         i = int(close[np.argmin(margin[close])])
         more = f" (and {close.size - 1} more)" if close.size > 1 else ""
-        warnings.warn(f"{what}: level {i} ({float(x[i])!r}) lies {margin[i]:.1e} (relative) from a float32 rounding "
-                      f"edge{more}, closer than {FLOAT32_EDGE_BOUND:g}, a margin over the last digits that another "
-                      "CPU's exp and log change: this table may round to other float32 numbers on another CPU; its "
-                      "float32 bits are this machine's (keep its float32 table, not only its recipe)",
-                      RoundingEdgeWarning, stacklevel=stacklevel + 1)
+        warn(f"{what}: level {i} ({float(x[i])!r}) lies {margin[i]:.1e} (relative) from a float32 rounding "
+             f"edge{more}, closer than {FLOAT32_EDGE_BOUND:g}, a margin over the last digits that another "
+             "CPU's exp and log change: this table may round to other float32 numbers on another CPU; its "
+             "float32 bits are this machine's (keep its float32 table, not only its recipe)",
+             RoundingEdgeWarning)
     return float(margin.min()) if margin.size else np.inf

@@ -51,7 +51,6 @@ from __future__ import annotations
 import math
 import numbers
 import time
-import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Sequence, overload
 
@@ -60,6 +59,7 @@ from scipy.linalg import solve_banded
 
 from ..codebooks.codebook import Codebook, check_given_name, warn_float32_edges
 from ..codebooks.spelling import lloyd_spelling
+from ..errors import warn
 from ..numerics.arguments import check_int
 from ..numerics.dots import norm
 from ..scales import get_rule, scaled_products
@@ -534,10 +534,10 @@ def _warn_edges(cb: Codebook, r: LloydRecipe | QuantileRecipe) -> None:
     """:func:`~quantbook.codebooks.codebook.warn_float32_edges` for every float32 table made from
     the derived levels: the code's own (the byte format's, the kernels') and, under a rule of
     the scaled layout, the table that layout stores (levels times qmax, other rounding edges)."""
-    warn_float32_edges(cb.levels, f"the {_describe(r)}", stacklevel=4)
+    warn_float32_edges(cb.levels, f"the {_describe(r)}")
     if r.scale is not None and get_rule(r.scale).layout == "scaled":
         warn_float32_edges(scaled_products(cb, r.qmax), f"the scaled layout's table (levels x {r.qmax:g}) of the "
-                           f"{_describe(r)} under {r.scale}", stacklevel=4)
+                           f"{_describe(r)} under {r.scale}")
 
 
 def _lloyd_name(r: LloydRecipe) -> str:
@@ -561,14 +561,14 @@ def _label(kind: str, r: LloydRecipe | QuantileRecipe) -> str:
     return recipe_label(head, r, ("bits", "block_size", "loss"), {"fixed": default_fixed(r.normalization)})
 
 
-def _warn_unconverged(res: LloydResult, why: str, tol: float, r: LloydRecipe, stacklevel: int) -> None:
+def _warn_unconverged(res: LloydResult, why: str, tol: float, r: LloydRecipe) -> None:
     if res.converged:
         return
     tail = ("; a time-limited result may not re-derive bit for bit from its recipe"
             if why == "the time budget" else "")
-    warnings.warn(f"Lloyd-Max iteration for the {_describe(r)} stopped by {why} after {res.iterations} "
-                  f"iterations with change {res.change:.1e} (> {max(tol, _CONVERGED_AT):.0e}): the table is "
-                  f"not optimal{tail}", LloydWarning, stacklevel=stacklevel + 1)
+    warn(f"Lloyd-Max iteration for the {_describe(r)} stopped by {why} after {res.iterations} "
+         f"iterations with change {res.change:.1e} (> {max(tol, _CONVERGED_AT):.0e}): the table is "
+         f"not optimal{tail}", LloydWarning)
 
 
 def solve_lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str = _L.loss,
@@ -583,7 +583,7 @@ def solve_lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, los
     r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition,
                     _scale_spec(scale), qmax, tensor_size)
     res, why = _solve_recipe(r, tol, max_iter, max_time, name)
-    _warn_unconverged(res, why, tol, r, stacklevel=2)
+    _warn_unconverged(res, why, tol, r)
     return res
 
 
@@ -628,7 +628,7 @@ def lloyd(bits: int = _L.bits, block_size: int | None = _L.block_size, loss: str
     r = LloydRecipe(bits, block_size, loss, domain, normalization, source, fixed, symmetric, partition,
                     _scale_spec(scale), qmax, tensor_size)
     res, why = _solve_recipe(r, tol, max_iter, max_time, name)
-    _warn_unconverged(res, why, tol, r, stacklevel=2)
+    _warn_unconverged(res, why, tol, r)
     return res.codebook
 
 
@@ -640,7 +640,7 @@ def _scale_spec(scale: Any) -> Any:
 def _lloyd_codebook(r: LloydRecipe) -> Codebook:
     """:meth:`LloydRecipe.derive`: the default solver settings."""
     res, why = _solve_recipe(r)
-    _warn_unconverged(res, why, TOL, r, stacklevel=3)
+    _warn_unconverged(res, why, TOL, r)
     return res.codebook
 
 

@@ -264,7 +264,7 @@ def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
                          "resolve them")
     cb = Codebook(levels=levels, bits=bits, name=_name(recipe) if name is None else name, source="derived",
                   recipe=recipe.to_dict())
-    warn_float32_edges(rounded, f"the {precision} code {cb.name!r}", stacklevel=3)
+    warn_float32_edges(rounded, f"the {precision} code {cb.name!r}")
     return cb
 
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 from typing import Any, Callable
 
 import mpmath
@@ -60,6 +59,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import integrate, special
 
+from ..errors import warn
 from ..numerics.arguments import Seed, check_flag, check_int, is_int, one_line, random_generator
 from ..numerics.dots import row_dot
 from ..numerics.reals import real_host_array, real_kind
@@ -200,7 +200,7 @@ class Source:
                 # "probably divergent" (ier 5): the integral has no value, not the last sum
                 if "divergent" in out[3]:
                     return math.nan
-                warnings.warn(out[3], integrate.IntegrationWarning, stacklevel=4)
+                warn(out[3], integrate.IntegrationWarning)
             return out[0]
 
         lower = piece(self.ppf, float(self.cdf(lb)), min(float(self.cdf(ub)), 0.5))

@@ -48,12 +48,12 @@ import itertools
 import math
 import numbers
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
+from ..errors import warn
 from ..numerics.arguments import check_flag, check_int
 from ..numerics.reals import real_host_array
 from ..codebooks.vector import MAX_POINTS, VectorCodebook
@@ -584,8 +584,8 @@ def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **option
             if not converged and (not last or p == 1):
                 unsettled.append(size)
     if unsettled:  # the last level's pass budget is part of the schedule, not a failure
-        warnings.warn(f"vector Lloyd for {r.name} used all {r.max_iter} passes on {unsettled[0]} vectors before "
-                      f"the mean error settled to a relative {r.tol:g}", LloydWarning, stacklevel=2)
+        warn(f"vector Lloyd for {r.name} used all {r.max_iter} passes on {unsettled[0]} vectors before "
+             f"the mean error settled to a relative {r.tol:g}", LloydWarning)
     pts = _unfold(c) if r.symmetric else c
     pts = pts.astype(np.float32)
     pts = pts[np.lexsort(pts.T[::-1])]

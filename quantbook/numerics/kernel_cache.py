@@ -133,11 +133,11 @@ def compile_cached(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]
 
 @functools.lru_cache(maxsize=None)
 def _warn_uncached() -> None:
-    import warnings
+    from ..errors import warn
 
-    warnings.warn("numba finds no writable directory to cache quantbook's compiled kernels in (the package's "
-                  "__pycache__ or the user's cache directory), so they compile again in every process; set "
-                  "NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
+    warn("numba finds no writable directory to cache quantbook's compiled kernels in (the package's "
+         "__pycache__ or the user's cache directory), so they compile again in every process; set "
+         "NUMBA_CACHE_DIR to a writable directory", RuntimeWarning)
 
 
 def cached_njit(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
