@@ -12,6 +12,7 @@ import numpy as np
 
 from ..codebooks.blocks import MAX_BLOCK, MIN_BLOCK, check_block_size, is_int
 from ..codebooks.encoding import Encoder, encoder
+from ..numerics.fpstate import ignore_underflow
 
 __all__ = ["TINY", "DTYPES", "MIN_BLOCK", "MAX_BLOCK", "check_block_size", "is_int", "as_scalar", "as_int",
            "check_bits", "nonfinite_error", "finite_nonnegative_bits",
@@ -157,6 +158,7 @@ def code_encoder(code: Any) -> Encoder:
 
 
 # ------------------------------------------------------------------ reference computations
+@ignore_underflow
 def scale_blocks(xf: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(y, absmax)`` of a flat float32 array: per-block absmax and the clamped scaled values
     (docs/format.md, "Scale").  A block holding NaN/Inf gets a non-finite absmax."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ..numerics.fpstate import ignore_underflow
 from . import format as F
 from . import layouts as L
 from .backend import Backend
@@ -28,6 +29,7 @@ def quantize_reference(x: np.ndarray, code: np.ndarray, bits: int,
     return F.pack_codes(enc(y), bits, enc.zero_index), absmax
 
 
+@ignore_underflow
 def dequantize_reference(packed: np.ndarray, absmax: np.ndarray, code: np.ndarray, bits: int,
                          block_size: int, n: int, out_dtype: DTypeLike) -> np.ndarray:
     """Flat array of ``n`` values: ``float32(table[idx] * absmax)`` cast to ``out_dtype``."""
@@ -47,6 +49,7 @@ def scaled_amax_reference(x: np.ndarray, block_size: int) -> np.ndarray:
     return np.where(np.isfinite(blocks).all(axis=1), amax, _F(np.nan)).astype(_F)
 
 
+@ignore_underflow
 def scaled_encode_reference(x: np.ndarray, factor: np.ndarray, divide: bool, table: np.ndarray,
                             block_size: int) -> np.ndarray:
     """Packed codes of the scaled layout: ``y = x / f`` or ``x * f`` per block (float32)."""
@@ -57,6 +60,7 @@ def scaled_encode_reference(x: np.ndarray, factor: np.ndarray, divide: bool, tab
     return L.pack_low_first(enc(y), enc.zero_index)
 
 
+@ignore_underflow
 def scaled_decode_reference(packed: np.ndarray, scale: np.ndarray, table: np.ndarray,
                             block_size: int, n: int, out_dtype: DTypeLike) -> np.ndarray:
     """``float32(table[code] * scale[block])`` cast to ``out_dtype``; NaN for codes beyond

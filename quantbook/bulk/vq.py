@@ -31,6 +31,7 @@ import numpy as np
 from ..codebooks.vector import cell_candidates, nearest_brute
 from ..numerics import hadamard
 from ..numerics.arguments import host_array
+from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_kind
 from . import format as F
 from .backend import (BACKENDS, check_input_dtype, dtype_name_of, host_backend_error, is_device_array,
@@ -107,6 +108,7 @@ class VQBackend:
         with np.errstate(over="ignore", invalid="ignore"):   # decoded infinities: the caller names them
             return hadamard.unrotate(y, y.shape[1], seed)
 
+    @ignore_underflow
     def unrotate_as(self, y: Any, seed: int, dtype: np.dtype) -> Any:
         """:meth:`unrotate_wide` rounded to ``dtype`` (float32, float16 or bfloat16) as numpy's
         ``astype`` rounds the float64 values (bfloat16: ml_dtypes', through float32), where
@@ -149,6 +151,7 @@ class VQBackend:
         non-finite for a group holding NaN/Inf."""
         raise NotImplementedError
 
+    @ignore_underflow
     def group_scales(self, v: Any, group: int, rule: str,
                      scale_dtype: str) -> tuple[np.ndarray, Any, Callable[[], np.ndarray]]:
         """``(stored, scales, stat)``: the :meth:`group_stat` of each group rounded to nearest
@@ -191,6 +194,7 @@ class VQBackend:
         numpy array."""
         return np.asarray(a)
 
+    @ignore_underflow
     def to_host_as(self, y: Any, dtype: np.dtype) -> np.ndarray:
         """The flat float32 result ``y`` as a numpy array of ``dtype``, rounded to nearest even
         (``y`` already of ``dtype``: as it is)."""
@@ -251,6 +255,7 @@ class NumpyVQ(VQBackend, name="numpy"):
             acc += t * t
         return np.sqrt(acc / group)
 
+    @ignore_underflow
     def encode(self, v: Any, scales: Any, group: int, points: np.ndarray) -> Any:
         p = points.shape[1]
         out = np.empty(v.size // p, index_dtype(points.shape[0]))
@@ -262,6 +267,7 @@ class NumpyVQ(VQBackend, name="numpy"):
             out[piece.start // p:piece.stop // p] = nearest_brute(points, y.reshape(-1, p))
         return out
 
+    @ignore_underflow
     def decode(self, idx: Any, scales: Any, group: int, points: np.ndarray,
                out: np.ndarray | None = None) -> Any:
         # out: where to write (the pieces of decode_unrotated reuse one buffer)

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import RoundingEdgeWarning, warn
 from ..io.files import dump_json, parse_json
 from ..numerics.arguments import did_you_mean, host_array, is_int, one_line
+from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_host_array, real_kind
 from .encoding import Encoder, encoder
 from .frozen import freeze
@@ -174,6 +175,7 @@ class Codebook:
     code: np.ndarray | None = None
     _code_index: np.ndarray = field(init=False, repr=False)
 
+    @ignore_underflow
     def __post_init__(self) -> None:
         if not is_int(self.bits):
             raise CodebookError(f"bits must be an integer, got {self.bits!r}")
@@ -252,11 +254,13 @@ class Codebook:
         return encoder(cast(np.ndarray, self.code), precision)   # set by __post_init__ (None only before)
 
     @property
+    @ignore_underflow
     def levels_f32(self) -> np.ndarray:
         """The sorted levels as float32."""
         return self.levels.astype(np.float32)
 
     @property
+    @ignore_underflow
     def code_f32(self) -> np.ndarray:
         """The index→value table as float32 (what a kernel or bitsandbytes holds)."""
         return self.code.astype(np.float32)
@@ -422,6 +426,7 @@ def float32_ulp_distance(a: Any, b: Any) -> np.ndarray:
 FLOAT32_EDGE_BOUND = 1e-11
 
 
+@ignore_underflow
 def warn_float32_edges(values: Any, what: str) -> float:
     """Warn (:class:`~quantbook.errors.RoundingEdgeWarning`) when a float64 value that is about to
     be rounded to float32 lies within :data:`FLOAT32_EDGE_BOUND` (relative) of a rounding edge: the

@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..numerics.fpstate import ignore_underflow
+
 __all__ = ["Encoder", "encoder", "midpoints", "PRECISIONS", "ScaledEncoder", "scaled_encoder"]
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
@@ -35,9 +37,11 @@ class Encoder:
         """``#{k : bounds[k] < y}`` of values already in the working precision."""
         return np.searchsorted(self.bounds, y, side="left")
 
+    @ignore_underflow
     def __call__(self, y: ArrayLike) -> np.ndarray:
         """Code indices of ``y`` (converted to the bounds' precision first)."""
-        return self.order[self.ranks(np.asarray(y, dtype=self.bounds.dtype))]
+        with np.errstate(over="ignore"):   # beyond float32's range: ±inf, past every bound (the end levels)
+            return self.order[self.ranks(np.asarray(y, dtype=self.bounds.dtype))]
 
     @property
     def zero_index(self) -> int:
@@ -45,6 +49,7 @@ class Encoder:
         return int(self(np.zeros(1))[0])
 
 
+@ignore_underflow
 def encoder(code: ArrayLike, precision: str = "float32") -> Encoder:
     """The :class:`Encoder` of an index→value table (rule in the module docstring)."""
     if precision not in PRECISIONS:
@@ -55,6 +60,7 @@ def encoder(code: ArrayLike, precision: str = "float32") -> Encoder:
     return _encoder(c.tobytes(), precision)
 
 
+@ignore_underflow
 def midpoints(s: np.ndarray) -> np.ndarray:
     """The midpoints of neighbouring entries of the ascending ``s``, in its own precision: the
     sum halved, rounded once (the rule of every encoder's thresholds, the scaled layouts' too)."""
@@ -86,6 +92,7 @@ class ScaledEncoder:
     goes up), ``pos``/``neg`` (the index of each distinct value for ``y`` without/with the
     sign bit)."""
 
+    @ignore_underflow
     def __init__(self, table: np.ndarray) -> None:
         t = np.asarray(table, dtype=_F)
         vals = np.unique(t)  # -0.0 and +0.0 are one value
@@ -108,6 +115,7 @@ class ScaledEncoder:
             a.setflags(write=False)
         self.zero_index = int(self(np.zeros(1, _F))[0])
 
+    @ignore_underflow
     def __call__(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y, dtype=_F)
         # y's rank among the distinct values: the midpoints it is past, one whose tie goes up counting
@@ -139,6 +147,7 @@ def _scaled_encoder(table_bytes: bytes) -> ScaledEncoder:
     return ScaledEncoder(np.frombuffer(table_bytes, dtype=_F))
 
 
+@ignore_underflow
 def scaled_encoder(table: np.ndarray) -> ScaledEncoder:
     """The :class:`ScaledEncoder` of a table in stored order, one shared per table."""
     return _scaled_encoder(np.ascontiguousarray(table, dtype=_F).tobytes())

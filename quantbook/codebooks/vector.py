@@ -21,6 +21,7 @@ import numpy as np
 
 from ..io.files import dump_json, parse_json
 from ..numerics.arguments import host_array, is_int
+from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_host_array
 from .codebook import _freeze, check_misspelt_keys, check_name, check_numbers
 from .frozen import freeze
@@ -38,6 +39,7 @@ class VectorCodebookError(ValueError):
     """Invalid vector-codebook data or invalid input to a vector-codebook operation."""
 
 
+@ignore_underflow
 def _as_points(points: Any) -> np.ndarray:
     points = check_numbers(points, "points", VectorCodebookError)
     if isinstance(points, (list, tuple)):

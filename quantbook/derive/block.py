@@ -54,6 +54,7 @@ from numpy.typing import ArrayLike
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, check_derived_block_size
 from ..numerics.arguments import Seed, check_flag, check_int, random_generator
 from ..numerics.dots import row_dot
+from ..numerics.fpstate import ignore_underflow
 from .conventions import FloatOrArray, Size, at_q, at_x, real_array, sample_shape
 from .sources import Source, parse_source
 
@@ -84,6 +85,7 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_N)
 _PANEL_EDGES = (-4.5, -1.0, 2.0, 6.0, 12.0, 20.0, 30.0, 45.0)
 
 
+@ignore_underflow
 def _by_chunks(f, y, width: int, outputs: int = 1):
     """``f`` of the values ``y`` (any shape), each of which ``f`` pairs with ``width`` nodes,
     in pieces of at most :data:`_CHUNK` pairs; ``f`` takes 1-D arrays and gives one, or a tuple
@@ -318,6 +320,7 @@ class BlockMeasure(_Measure):
         self.total = float(np.sum(a)) + float(np.sum(a_e))
         self._has_minus = bool(np.any(self._cm)) or bool(np.any(np.isfinite(self._e_lcm)))
 
+    @ignore_underflow
     def _gumbel_nodes(self, source: Source, B: int, decay: float):
         """Nodes of ``M`` in the Gumbel variable: the regular ones ``(m, a, c, G, π₊)`` and the
         extreme ones in logs ``(log M, log a, log c, π₊)``."""
@@ -390,7 +393,8 @@ class BlockMeasure(_Measure):
 
     def _dens(self, y):
         y = np.asarray(y, dtype=np.float64)
-        return self._dens_extreme(y, *self._regular(0, y, "pdf"))
+        # the density at |y| >= 1 is 0 (_dens_extreme), and the sums at a huge y would overflow
+        return self._dens_extreme(y, *self._regular(0, np.clip(y, -1.0, 1.0), "pdf"))
 
     def _T0_dens(self, y):
         y = np.asarray(y, dtype=np.float64)
@@ -597,6 +601,7 @@ def _bit_length(v):
     return e - ((v >> (e - 1)) == 0)   # the float may round up to the next power of two
 
 
+@ignore_underflow
 def _monotone_solve(f_df, targets, lo, hi, x0=None, tol=1e-15, max_iter=200, fscale=1.0, f=None):
     """The least point ``x`` of a lattice in ``[lo, hi]`` with ``f(x) >= target`` for an
     increasing ``f``, per target (``hi`` if there is none); ``f_df(x)`` gives ``(f(x), f'(x))``

@@ -11,6 +11,7 @@ from typing import Any, Callable, SupportsIndex, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_array
 
 __all__ = ["real_array", "apply", "at_x", "at_q", "sample_shape", "FloatOrArray", "Size"]
@@ -22,6 +23,7 @@ FloatOrArray: TypeAlias = float | NDArray[np.float64]
 Size: TypeAlias = SupportsIndex | Sequence[SupportsIndex] | None
 
 
+@ignore_underflow
 def apply(hook: Callable[[np.ndarray], Any], x: ArrayLike, what: str,
           valid: Callable[[np.ndarray], np.ndarray]) -> FloatOrArray:
     """``hook`` on the valid entries of ``x`` (as a 1-D array), NaN elsewhere; 0-d in ->

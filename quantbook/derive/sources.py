@@ -62,6 +62,7 @@ from scipy import integrate, special
 from ..errors import warn
 from ..numerics.arguments import Seed, check_flag, check_int, is_int, one_line, random_generator
 from ..numerics.dots import row_dot
+from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_host_array, real_kind
 from ..io.files import check_input_file
 from ..io.npy import load_npy
@@ -269,7 +270,8 @@ class Normal(Source):
 
     def _pdf(self, x):
         x = np.asarray(x, dtype=np.float64)
-        return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        with np.errstate(over="ignore"):   # x² overflows where the density is 0 anyway
+            return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
     def _cdf(self, x):
         return _ndtr(np.asarray(x, dtype=np.float64))
@@ -279,7 +281,8 @@ class Normal(Source):
 
     def _logpdf(self, x):
         x = np.asarray(x, dtype=np.float64)
-        return -0.5 * x * x - 0.5 * math.log(2 * math.pi)
+        with np.errstate(over="ignore"):   # -inf where x² overflows: below any float
+            return -0.5 * x * x - 0.5 * math.log(2 * math.pi)
 
     def _logcdf(self, x):
         return special.log_ndtr(np.asarray(x, dtype=np.float64))
@@ -294,10 +297,11 @@ class Normal(Source):
         x = np.asarray(x, dtype=np.float64)
         if k == 0:
             return 0.5 * special.erf(x / math.sqrt(2))
-        if k == 1:
-            return -np.expm1(-0.5 * x * x) / math.sqrt(2 * math.pi)
-        if k == 2:
-            return 0.5 * np.sign(x) * special.gammainc(1.5, 0.5 * x * x)
+        with np.errstate(over="ignore"):   # x² overflows where Ψ_k has reached its limit
+            if k == 1:
+                return -np.expm1(-0.5 * x * x) / math.sqrt(2 * math.pi)
+            if k == 2:
+                return 0.5 * np.sign(x) * special.gammainc(1.5, 0.5 * x * x)
         raise ValueError(_order_error(k))
 
     def _abs_isf(self, s):
@@ -355,10 +359,12 @@ class Laplace(Source):
         raise ValueError(_order_error(k))
 
     def _abs_isf(self, s):
-        return -self.b * np.log(np.asarray(s, dtype=np.float64))
+        with np.errstate(divide="ignore"):   # s = 0: the support's end, inf
+            return -self.b * np.log(np.asarray(s, dtype=np.float64))
 
     def _abs_ppf(self, G):
-        return -self.b * np.log1p(-np.asarray(G, dtype=np.float64))
+        with np.errstate(divide="ignore"):   # G = 1: the support's end, inf
+            return -self.b * np.log1p(-np.asarray(G, dtype=np.float64))
 
     def _rvs(self, shape, rng):
         return rng.laplace(0.0, self.b, shape)
@@ -685,6 +691,7 @@ class Empirical(Source):
 
     moment_limit = math.inf
 
+    @ignore_underflow
     def __init__(self, sample: Any, standardize: bool = True, label: str | None = None,
                  knots: int | None = DEFAULT_KNOTS) -> None:
         standardize = check_flag(standardize, "standardize")
@@ -853,6 +860,7 @@ class Empirical(Source):
         return self.ppf(rng.random(shape))
 
 
+@ignore_underflow
 def _rms(x: np.ndarray) -> float:
     """``sqrt(mean(x**2))`` without overflow or underflow of the squares."""
     amax = float(np.max(np.abs(x)))

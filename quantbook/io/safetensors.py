@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import NotFoundError
 from ..numerics.arguments import check_int, check_names, did_you_mean
+from ..numerics.fpstate import ignore_underflow
 from .files import check_input_file, check_input_path
 
 __all__ = ["SafetensorsError", "SafetensorsFile", "TensorInfo", "open_safetensors", "list_tensors",
@@ -257,6 +258,7 @@ def iter_tensors(path: Source, globs: str | Iterable[str] | None = None) -> Iter
 STANDARDIZE = ("row", "tensor", "none")
 
 
+@ignore_underflow
 def _standardized(x: np.ndarray, standardize: str) -> np.ndarray:
     """``x`` (float64) divided by the RMS of its rows (last axis), of the whole tensor, or not at all.
 

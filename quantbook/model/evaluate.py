@@ -57,6 +57,7 @@ from ..io.safetensors import TensorInfo, open_safetensors
 from ..io.text import label_width, number
 from ..numerics import hadamard
 from ..numerics.arguments import check_flag, check_int, check_names, host_array
+from ..numerics.fpstate import ignore_underflow
 from ..scales import DEFAULT_QMAX, layout_qmax
 
 __all__ = ["ErrorSums", "TensorResult", "ModelReport", "evaluate_model", "storage_bits", "error_sums",
@@ -658,6 +659,7 @@ def evaluate_model(path: str, codebooks: Sequence[tuple[str, Any]], block_size: 
                        list(rotations), vq)
 
 
+@ignore_underflow
 def _evaluate_tensor(f, info: TensorInfo, rows, totals, backend) -> TensorResult:
     from ..bulk.api import host_backend
     from ..bulk.backend import get_backend

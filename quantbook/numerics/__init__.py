@@ -4,6 +4,8 @@ arithmetic, bit for bit, and the Hadamard rotation.
 * :mod:`.torch_f32` — torch's float32 CPU ``linspace``, ``sum`` and ``mean``;
 * :mod:`.hadamard` — the fixed-seed randomized Walsh–Hadamard rotation;
 * :mod:`.reals` — what counts as real numbers, as float64 (±inf beyond its range);
+* :mod:`.fpstate` — numpy's floating-point error state inside quantbook (the caller's, underflow
+  aside: :func:`~.fpstate.ignore_underflow`);
 * :mod:`.dots` — weighted sums along a row that round the same in any piece, on any threads;
 * :mod:`.losses` — the names of the two losses (L1, L2) and the check of a ``loss`` argument;
 * :mod:`.arguments` — what counts as an integer argument, a True/False flag and an array, and

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from .fpstate import ignore_underflow
+
 __all__ = ["row_dot", "norm"]
 
 
+@ignore_underflow
 def row_dot(a: Any, w: Any) -> Any:
     """``Σ_j a[..., j]·w[j]`` for every row of ``a`` (``a @ w`` for 1-D ``w``), each row summed
     in an order fixed by its length (module docstring)."""

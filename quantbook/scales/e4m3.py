@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.fpstate import ignore_underflow
 from .rule import ScaleRule, check_qmax, check_tensor_amax
 
 __all__ = ["E4M3Scale", "E4M3_MAX", "E4M3_MIN_NORMAL", "e4m3_round", "e4m3_encode", "e4m3_bits", "e4m3_value",
@@ -91,6 +92,7 @@ class E4M3Scale(ScaleRule, family="e4m3"):
     summary = "NVFP4"
     format_blocks = ("NVFP4", 16)
 
+    @ignore_underflow
     def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         g = check_tensor_amax(global_amax)
         qmax = check_qmax(qmax)
@@ -120,11 +122,14 @@ class E4M3Scale(ScaleRule, family="e4m3"):
             raise ValueError("the e4m3 rule needs the float32 tensor scale")
         return _F(tensor_scale)
 
+    @ignore_underflow
     def _encode(self, amax, qmax, tensor_scale):
         t = self._t(tensor_scale)
-        r = ((np.asarray(amax, dtype=_F) / _F(qmax)).astype(_F) / t).astype(_F)
+        with np.errstate(over="ignore"):   # a block beyond the tensor's amax: inf, saturated by the clip
+            r = ((np.asarray(amax, dtype=_F) / _F(qmax)).astype(_F) / t).astype(_F)
         return e4m3_encode(np.clip(r, _F(E4M3_MIN_NORMAL), _F(E4M3_MAX)))
 
+    @ignore_underflow
     def _decode(self, stored, tensor_scale):
         return (self._t(tensor_scale) * e4m3_value(stored)).astype(_F)
 

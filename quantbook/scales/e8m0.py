@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.fpstate import ignore_underflow
 from .rule import ScaleRule, check_qmax
 
 __all__ = ["E8M0Scale", "E8M0_MODES", "e8m0_value"]
@@ -69,6 +70,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
     def name(self) -> str:
         return f"e8m0:{self.mode}"
 
+    @ignore_underflow
     def exponent(self, amax: np.ndarray, qmax: float) -> np.ndarray:
         """The unclamped unbiased exponent of each block's scale (int64)."""
         a = np.asarray(amax, dtype=_F)
@@ -103,6 +105,7 @@ class E8M0Scale(ScaleRule, family="e8m0"):
             return np.where(b == 0, 1.0, np.ldexp(1.0, 127 - b)).astype(_F), False
         return np.maximum(np.ldexp(1.0, b - 127), _TINY).astype(_F), True
 
+    @ignore_underflow
     def breakpoints(self, qmax: float, tensor_scale: Any = None, lo: float = 0.0,
                     hi: float = float(np.finfo(_F).max)) -> np.ndarray:
         q = check_qmax(qmax)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.fpstate import ignore_underflow
 from .rule import ScaleRule, check_qmax
 
 __all__ = ["Float32Scale", "Float16Scale", "BFloat16Scale", "bf16_bits", "bf16_value"]
@@ -21,6 +22,7 @@ _F = np.float32
 _FMAX = float(np.finfo(np.float32).max)
 
 
+@ignore_underflow
 def _ratio(amax: np.ndarray, qmax: float) -> np.ndarray:
     return (np.asarray(amax, dtype=_F) / _F(check_qmax(qmax))).astype(_F)
 
@@ -55,6 +57,7 @@ class Float16Scale(ScaleRule, family="float16"):
 
     stored_dtype, stored_bytes = "float16", 2
 
+    @ignore_underflow
     def _encode(self, amax, qmax, tensor_scale):
         with np.errstate(over="ignore"):
             return _ratio(amax, qmax).astype(np.float16)

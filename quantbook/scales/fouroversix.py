@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.fpstate import ignore_underflow
 from .e4m3 import e4m3_encode, e4m3_value
 from .rule import ScaleRule, check_qmax, check_tensor_amax
 
@@ -94,6 +95,7 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
         raise ValueError(f"fouroversix maps a block's maximum to 6 or 4, not {target:.7g} "
                          f"({self.name} with the search target {float(factor):.7g})")
 
+    @ignore_underflow
     def tensor_scale(self, global_amax: float, qmax: float) -> np.float32 | None:
         _check_qmax(qmax)
         g = check_tensor_amax(global_amax)
@@ -118,15 +120,17 @@ class FourOverSixScale(ScaleRule, family="fouroversix"):
             raise ValueError("the fouroversix rule needs the tensor's float32 absolute maximum")
         return _F(tensor_scale)
 
+    @ignore_underflow
     def _encode(self, amax, qmax, tensor_scale):
         _check_qmax(qmax)
         g = self._g(tensor_scale)
         m = np.asarray(amax, dtype=_F)
         if g == 0:
             return np.zeros(m.shape, np.uint8)
-        s = ((m / _F(_QMAX)).astype(_F) * _enc_dec(g)[0]).astype(_F)
-        if self.factor != 1:
-            s = (s * self.factor).astype(_F)
+        with np.errstate(over="ignore"):   # inf: stored as 0x7F, which encode refuses by name
+            s = ((m / _F(_QMAX)).astype(_F) * _enc_dec(g)[0]).astype(_F)
+            if self.factor != 1:
+                s = (s * self.factor).astype(_F)
         return e4m3_encode(s)
 
     def overflow(self, stored: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics.fpstate import ignore_underflow
 from .floats import Float16Scale
 from .rule import ScaleRule
 
@@ -94,6 +95,7 @@ def _refit(sqx, sqq):
         return np.where(sqq > 0, sqx / np.where(sqq > 0, sqq, _F(1)), _F(0)).astype(_F)
 
 
+@ignore_underflow
 def ggml_search_reference(blocks: np.ndarray, table: np.ndarray, ntry: int = _NTRY
                           ) -> tuple[np.ndarray, np.ndarray]:
     """``(d, codes)`` of ggml's search (module docstring) for float32 ``blocks`` of shape
@@ -174,6 +176,7 @@ class GgmlSearch(ScaleRule):
         d, q = (ggml_search_reference if reference else ggml_search)(blocks, table, self.ntry)
         return self.store(d, lambda: np.max(np.abs(blocks), axis=1), float(np.max(np.abs(table)))), q
 
+    @ignore_underflow
     def store(self, d: np.ndarray, amax: Any = None, qmax: float | None = None) -> np.ndarray:
         """The stored float16 scales of the searched float32 scales ``d``; one beyond float16's
         range is an error.  Given the blocks' maxima ``amax`` (or a function returning them on

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..numerics import torch_f32
+from ..numerics.fpstate import ignore_underflow
 from .rule import ScaleRule
 
 __all__ = ["NestedScale", "NESTED_BLOCKS", "LUT_SIZE", "dynamic_map", "nested_lut"]
@@ -91,6 +92,7 @@ class NestedScale(ScaleRule, family="nested"):
     summary = "bitsandbytes' nested statistics"
     stored_dtype, stored_bytes, tensor_bytes = "uint8", 1, 4  # + the offset
 
+    @ignore_underflow
     def codes(self, deviation: np.ndarray, nested_absmax: np.ndarray) -> np.ndarray:
         """uint8 codes of ``d = absmax - offset`` given the 256-block maxima ``a = max |d|``
         (broadcast against ``d``; ``a >= |d|``): docs/format.md, "Nested statistics"."""

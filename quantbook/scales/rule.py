@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..numerics.arguments import did_you_mean, is_int
+from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_array
 
 __all__ = ["ScaleRule", "FAMILIES", "get_rule", "rule_names", "rule_spellings", "check_qmax", "check_scaled_only",
@@ -188,6 +189,7 @@ class ScaleRule:
         f, divide = self._divisor(stored, tensor_scale)
         return np.asarray(f)[()], divide
 
+    @ignore_underflow
     def _divisor(self, stored: np.ndarray, tensor_scale: Any) -> tuple[np.ndarray, bool]:
         """:meth:`divisor` without checks.  Default: multiply by the float32 reciprocal of the
         decoded scale, 0 for a zero scale (the block then encodes as zeros)."""
