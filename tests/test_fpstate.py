@@ -405,11 +405,19 @@ def test_valid_input_gives_the_same_bits_under_errstate_raise_and_warnings_as_er
     it gives under numpy's defaults.  Before, a far tail's density underflowing (a derivation,
     any law's pdf at 40) raised FloatingPointError, and so did a tiny weight in quantize."""
     runs = {mode: _in_a_new_process(mode) for mode in ("strict", "default")}
+    done = {}
+    try:
+        for mode, proc in runs.items():
+            done[mode] = proc.communicate(timeout=900)
+    finally:   # a failure leaves no process running
+        for proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     got = {}
     for mode, proc in runs.items():
-        out, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err[-3000:]
-        got[mode] = json.loads(out)
+        assert proc.returncode == 0, done[mode][1][-3000:]
+        got[mode] = json.loads(done[mode][0])
     strict, default = got["strict"], got["default"]
     assert set(strict) == set(default)
     broken = {k: v["answer"] for k, v in default.items() if ":" in v["answer"]}
