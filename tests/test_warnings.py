@@ -4,6 +4,7 @@ whichever public entry point it came through: filters by module or line (``-W``,
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import warnings
@@ -11,6 +12,8 @@ import warnings
 import numpy as np
 
 import quantbook
+
+from checkout import checkout_path
 
 
 def _warnings_through(category, call):
@@ -122,3 +125,36 @@ def test_a_numba_cache_warning_names_the_line_that_compiled(monkeypatch):
 
     call = lambda: kernel_cache.cached_njit()(f)  # noqa: E731
     assert _warnings_through(RuntimeWarning, call) == [_line(call)]
+
+
+def _warning_calls(tree: ast.AST):
+    """``(line, what)`` of each call that warns: ``warnings.warn``/``warn_explicit`` (as
+    ``warnings.x`` or imported from ``warnings``), and quantbook's ``warn`` without a category."""
+    from_warnings = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module == "warnings" for a in node.names if a.name in ("warn", "warn_explicit")}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "warnings" \
+                and f.attr in ("warn", "warn_explicit") or isinstance(f, ast.Name) and f.id in from_warnings:
+            yield node.lineno, "warnings.warn"
+        elif isinstance(f, ast.Name) and f.id == "warn" and len(node.args) < 2 \
+                and not any(k.arg == "category" for k in node.keywords):
+            yield node.lineno, "warn without a category"
+
+
+def test_quantbook_warns_only_through_errors_warn_with_a_category():
+    """One rule for where a warning points: every warning of the package goes through
+    :func:`quantbook.errors.warn` (the one ``warnings.warn``), with its category named."""
+    root = checkout_path("quantbook")
+    found = [f"{p.relative_to(root.parent)}:{line} {what}" for p in sorted(root.rglob("*.py"))
+             for line, what in _warning_calls(ast.parse(p.read_text(encoding="utf-8")))
+             if p != root / "errors.py"]
+    assert not found, found
+    spellings = ["import warnings\nwarnings.warn('x', UserWarning, stacklevel=2)",
+                 "from warnings import warn as w\nw('x')", "warn('x')",
+                 "import warnings\nwarnings.warn_explicit(1, 2, 3, 4)"]
+    assert [len(list(_warning_calls(ast.parse(s)))) for s in spellings] == [1, 1, 1, 1]
+    assert not list(_warning_calls(ast.parse("warn('x', UserWarning)\nwarn('x', category=UserWarning)\n"
+                                             "from warnings import catch_warnings\ncatch_warnings()")))
