@@ -158,3 +158,24 @@ def test_quantbook_warns_only_through_errors_warn_with_a_category():
     assert [len(list(_warning_calls(ast.parse(s)))) for s in spellings] == [1, 1, 1, 1]
     assert not list(_warning_calls(ast.parse("warn('x', UserWarning)\nwarn('x', category=UserWarning)\n"
                                              "from warnings import catch_warnings\ncatch_warnings()")))
+
+
+def test_a_warning_made_an_error_by_the_filter_is_one_error_line_on_the_command_line(capsys, tmp_path):
+    """``python -W error`` (or PYTHONWARNINGS) turns quantbook's warning into an exception: the
+    command line reports it as the error the user asked for, not as a bug ("internal error")."""
+    from quantbook.cli import main
+    from quantbook.codebooks.bnb import CodebookRangeWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CodebookRangeWarning)
+        status = main(["export", "max1960-n16", "--format", "bnb", "-o", str(tmp_path / "a")])   # levels reach 2.733
+    out, err = capsys.readouterr()
+    assert (status, out) == (1, "")
+    assert err.startswith("quantbook: error: codebook 'max1960-n16' has levels up to 2.733 in magnitude")
+    assert err.endswith(" (CodebookRangeWarning made an error by the warnings filter)\n") and err.count("\n") == 1
+    with warnings.catch_warnings():   # under the default filter the same command warns and succeeds
+        warnings.simplefilter("default")
+        assert main(["export", "max1960-n16", "--format", "bnb", "-o", str(tmp_path / "b")]) == 0
+    out, err = capsys.readouterr()
+    assert (tmp_path / "b").stat().st_size > 0 and not (tmp_path / "a").exists()
+    assert "\nquantbook: warning: codebook 'max1960-n16' has levels up to 2.733" in err

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["main", "build_parser", "UsageError", "EXIT_STATUSES"]
 
 #: what each exit status of :func:`main` means, as ``quantbook --help`` lists them
-EXIT_STATUSES = {0: "success", 1: "a failed check (audit: a table not reproduced) or an internal error (a bug)",
+EXIT_STATUSES = {0: "success", 1: "a failed check (audit: a table not reproduced; a warning that the warnings filter "
+                                    "makes an error) or an internal error (a bug)",
                  2: "a usage or input error", 130: "interrupted (Ctrl-C)"}
 
 
@@ -222,6 +223,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return interrupted()
+    except Warning as exc:   # a warnings filter (-W error, PYTHONWARNINGS) asked for it: not a bug
+        print(f"quantbook: error: {_describe(exc)} ({type(exc).__name__} made an error by the warnings filter)",
+              file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the command line never shows a traceback
         print(f"quantbook: internal error: {type(exc).__name__}: {_describe(exc)}", file=sys.stderr)
         return 1
