@@ -328,6 +328,27 @@ def test_a_model_file_without_all_its_weights_is_refused(tmp_path):
     assert load_model(tmp_path, "embed")[0] is not None
 
 
+@pytest.mark.parametrize("task", ["lm", "embed"])
+def test_loading_a_model_reads_its_config_once(monkeypatch, tmp_path, task):
+    """The config is read to check the task before the weights load; transformers read it again
+    for the weights, which for a GGUF file parsed all its metadata (SmolLM2's vocabulary of
+    49152 tokens: seconds) a second time.  Counted here: the config reads of loading the model
+    are those of its tokenizer alone, plus one."""
+    transformers = _transformers()
+    model, tok, _ = _tiny_model(task, tmp_path)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    reads = []
+    real = transformers.PretrainedConfig.get_config_dict.__func__
+    monkeypatch.setattr(transformers.PretrainedConfig, "get_config_dict",
+                        classmethod(lambda cls, *a, **k: reads.append(a) or real(cls, *a, **k)))
+    transformers.AutoTokenizer.from_pretrained(tmp_path / "m")
+    by_tokenizer = len(reads)
+    reads.clear()
+    assert load_model(tmp_path / "m", task)[0] is not None
+    assert len(reads) == by_tokenizer + 1
+
+
 # -- the GPU: a small random model built here, so the check needs no model package -------------
 
 _WORDS = ("the king queen ghost castle night sword poison player grave skull court letter ship "

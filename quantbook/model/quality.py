@@ -181,8 +181,10 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
         if isinstance(vocab, int) and len(tokenizer) < vocab // 2:   # an empty vocabulary: every word unknown
             raise ValueError(f"{path}: its tokenizer knows {len(tokenizer)} tokens, the model {vocab}; the "
                              "model's own tokenizer files are missing")
+        # the config read above: without it transformers reads it again, which for a GGUF file
+        # parses all its metadata (the tokenizer's vocabulary too) once more
         with _gguf_bar(progress_enabled(progress)):
-            model, info = TASKS[task].auto_class().from_pretrained(directory, dtype=torch.float32,
+            model, info = TASKS[task].auto_class().from_pretrained(directory, config=config, dtype=torch.float32,
                                                                    output_loading_info=True, **kw)
         _check_loading_info(path, info, TASKS[task].unused_weights)
     except ValueError as exc:
