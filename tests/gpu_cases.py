@@ -56,6 +56,24 @@ def bits_equal(a, b):
         np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
+def ptxas_build(src, name):
+    """``src`` compiled by NVRTC for sm_90 with ptxas' verbose report: ``(log, cubin, ptx)``.
+    The PTX is the one NVRTC hands ptxas, the same bytes a compile for compute_90 gives, so a
+    test of the PTX and one of the SASS share one compile (each takes seconds on two cores)."""
+    from quantbook.bulk.gpu.compile import NVRTC_OPTIONS, load_nvrtc
+
+    nv = load_nvrtc()
+    prog = nv.createProgram(src, name, [], [])
+    try:
+        nv.compileProgram(prog, ["--gpu-architecture=sm_90", *NVRTC_OPTIONS, "--ptxas-options=-v"])
+        log, cubin, ptx = nv.getProgramLog(prog), bytes(nv.getCUBIN(prog)), nv.getPTX(prog)
+    finally:
+        nv.destroyProgram(prog)
+    log = (log.decode() if isinstance(log, bytes) else log).replace("\0", "")
+    ptx = (ptx.decode() if isinstance(ptx, bytes) else ptx).rstrip("\0")
+    return log, cubin, ptx
+
+
 def weights_file(path, seed, rows, cols):
     """A seeded safetensors file for evaluate-model: ``a.weight`` (float32, rows x cols),
     ``b.weight`` (float16, Student-t, rows/2 x cols/2) and ``c.bias`` (37 values, a ragged

@@ -18,6 +18,7 @@ from quantbook.bulk.gpu import kernels as K
 from quantbook.bulk.gpu.compile import compile_source
 
 from checkout import checkout_path
+from gpu_cases import ptxas_build
 
 
 SAMPLE = sorted({K.quantize_name(d, v, p, 1) for d in K.DTYPES for p in K.PACKINGS for v in K.quantize_vecs(d, p)}
@@ -39,6 +40,12 @@ def test_sample_covers_every_kernel_family():
     assert not any("_v32_p8_" in n for n in K.all_kernel_names())   # never launched
 
 
+@pytest.fixture(scope="module")
+def sm_90(nvrtc):
+    """SAMPLE for sm_90, once for the PTX and the SASS tests: ``(ptxas' log, cubin, PTX)``."""
+    return ptxas_build(K.source(SAMPLE), "spills.cu")
+
+
 @pytest.mark.parametrize("arch", ["sm_80"])     # sm_90: test_no_kernel_spills_registers
 def test_every_kernel_compiles_to_sass(nvrtc, arch):
     cubin = compile_source(K.source(SAMPLE), arch, output="cubin")
@@ -51,9 +58,9 @@ def test_every_kernel_compiles_to_sass(nvrtc, arch):
         assert name.encode() in cubin, name
 
 
-def test_the_block_kernels_ptx_is_plain_ieee_float32(nvrtc):
+def test_the_block_kernels_ptx_is_plain_ieee_float32(sm_90):
     """No FMA contraction, no flush-to-zero, IEEE division only, no local-memory spills."""
-    ptx = compile_source(K.source(SAMPLE), "compute_90", output="ptx").decode()
+    ptx = sm_90[2]
     entries = re.split(r"\.entry ", ptx)[1:]
     assert sorted(e.split("(")[0].strip() for e in entries) == SAMPLE
     for body in entries:
@@ -79,20 +86,10 @@ def test_quantize_groups_meet_at_their_own_barriers(nvrtc):
     assert len(bars) == 3                      # the table barrier; a group's, sorted and not
 
 
-def test_no_kernel_spills_registers(nvrtc):
+def test_no_kernel_spills_registers(sm_90):
     """ptxas' report for sm_90: every sampled kernel compiles to SASS and fits the registers
     its launch bounds leave (a spill would go through local memory for every value)."""
-    from quantbook.bulk.gpu.compile import NVRTC_OPTIONS, load_nvrtc
-
-    nv = load_nvrtc()
-    prog = nv.createProgram(K.source(SAMPLE), "spills.cu", [], [])
-    try:
-        nv.compileProgram(prog, ["--gpu-architecture=sm_90", *NVRTC_OPTIONS, "--ptxas-options=-v"])
-        log = nv.getProgramLog(prog)
-        cubin = nv.getCUBIN(prog)
-    finally:
-        nv.destroyProgram(prog)
-    log = (log.decode() if isinstance(log, bytes) else log).replace("\0", "")
+    log, cubin, _ = sm_90
     found = re.findall(r"Function properties for (\w+)\n.*?(\d+) bytes spill stores, (\d+) bytes spill loads",
                        log)
     assert sorted(name for name, _, _ in found) == SAMPLE

@@ -38,8 +38,8 @@ from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
 from quantbook.scales.steps import decode_table
 
-from gpu_cases import (FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, set_device,
-                       use_stand_in_cupy, weights_file)
+from gpu_cases import (FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, ptxas_build,
+                       set_device, use_stand_in_cupy, weights_file)
 
 try:
     import ml_dtypes
@@ -433,20 +433,17 @@ def test_kernels_compile_to_sass(nvrtc, arch):
         assert name.encode() in cubin, name
 
 
-def test_kernels_fit_their_registers(nvrtc):
+@pytest.fixture(scope="module")
+def sm_90(nvrtc):
+    """The scaled kernels for sm_90, once for the PTX and the SASS tests: ``(ptxas' log, cubin, PTX)``."""
+    return ptxas_build(SK.source(), "scaled.cu")
+
+
+def test_kernels_fit_their_registers(sm_90):
     """ptxas' report for sm_90: every kernel compiles to SASS without spilling, and each
     encoder fits the CTAs an SM is to hold (``ENCODE_CTAS``: its launch bounds) in an SM's
     65536 registers."""
-    from quantbook.bulk.gpu.compile import NVRTC_OPTIONS, load_nvrtc
-
-    nv = load_nvrtc()
-    prog = nv.createProgram(SK.source(), "scaled.cu", [], [])
-    try:
-        nv.compileProgram(prog, ["--gpu-architecture=sm_90", *NVRTC_OPTIONS, "--ptxas-options=-v"])
-        log, cubin = nv.getProgramLog(prog), bytes(nv.getCUBIN(prog))
-    finally:
-        nv.destroyProgram(prog)
-    log = (log.decode() if isinstance(log, bytes) else log).replace("\0", "")
+    log, cubin, _ = sm_90
     spills = {name: int(st) + int(ld) for name, st, ld in re.findall(
         r"Function properties for (\w+)\n.*?(\d+) bytes spill stores, (\d+) bytes spill loads", log)}
     regs = {m.group(1): int(m.group(2))
@@ -460,10 +457,10 @@ def test_kernels_fit_their_registers(nvrtc):
     assert cubin[:4] == b"\x7fELF" and all(n.encode() in cubin for n in SK.all_kernel_names())
 
 
-def test_the_scaled_kernels_ptx_is_plain_ieee_float32(nvrtc):
+def test_the_scaled_kernels_ptx_is_plain_ieee_float32(sm_90):
     """No FMA contraction, no flush-to-zero, IEEE division only, no local memory (the
     thresholds stay in registers)."""
-    ptx = compile_source(SK.source(), "compute_90", output="ptx", use_cache=True).decode()
+    ptx = sm_90[2]
     entries = re.split(r"\.entry ", ptx)[1:]
     assert sorted(e.split("(")[0].strip() for e in entries) == sorted(SK.all_kernel_names())
     for body in entries:
