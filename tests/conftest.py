@@ -1,9 +1,19 @@
-"""Shared test set-up: the test-only backends join the registry so that every suite that
-loops over ``quantbook.bulk.BACKENDS`` runs them too; the NVRTC fixture of the compile tests."""
+"""Shared test set-up: OpenMP's waiting threads sleep; the test-only backends join the registry
+so that every suite that loops over ``quantbook.bulk.BACKENDS`` runs them too; the NVRTC fixture
+of the compile tests."""
 
-import pytest
+import os
 
-import gpu_emulator  # noqa: F401  (registers the "gpu-emulated" backend)
+# Set before numba or torch loads GNU OpenMP, which reads it once: a thread waiting at a barrier
+# sleeps instead of spinning.  On two cores shared with other work, threads spinning at a
+# barrier held the cores that the threads they waited for needed: a SmolLM2 forward pass took
+# ten times as long (docs/benchmarks.md, "The test suite's time").  No values change; a run
+# that sets OMP_WAIT_POLICY keeps its own.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import pytest  # noqa: E402
+
+import gpu_emulator  # noqa: E402,F401  (registers the "gpu-emulated" backend)
 
 
 @pytest.fixture(scope="module")
