@@ -79,7 +79,8 @@ fi
 stage sweep 240 "$HERE" $PY benchmarks/bench_quantize_gpu.py --log2n "$LOG2N"
 stage base 150 "${BASE:-$HERE}" $PY benchmarks/bench_quantize_gpu.py --log2n "$LOG2N" --no-bnb --check 0
 # the test files with device cases; the rest of the suite is CI's
-workers=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8")   # pytest-xdist, where it is there
+# pytest-xdist where it is there; without it, the project's addopts (-n auto) would be refused
+workers=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "-o addopts=-ra")
 per_test=$($PY -c 'import pytest_timeout' 2>/dev/null && echo "--timeout=120")
 stage tests 240 "$HERE" $PY -m pytest -q -p no:cacheprovider $workers $per_test -rs \
     tests/test_gpu_device.py tests/test_gpu_scaled.py tests/test_vq_gpu.py tests/test_gpu_host.py \

@@ -177,7 +177,7 @@ import argparse, os, runpy, sys
 args = sys.argv[1:]
 if args[:2] == ["-m", "pytest"]:   # the tests stage: the files it names are there
     named = [a for i, a in enumerate(args[2:], 2)
-             if not a.startswith("-") and args[i - 1] not in ("-p", "-n", "-k", "-m")]   # not an option's value
+             if not a.startswith("-") and args[i - 1] not in ("-p", "-n", "-k", "-m", "-o")]   # not an option's value
     missing = [a for a in named if not os.path.isfile(a.split("::")[0])]
     print("pytest files:", len(named), "missing:", missing)
     sys.exit(4 if missing else 0)
