@@ -270,8 +270,30 @@ def test_every_command_with_a_scale_rule_and_a_block_size_is_checked_for_the_not
     options = _options()
     takers = {command for (command, flag), a in options.items() if flag == "--scale" and not a.choices
               and (command, "--block-size") in options}
-    # export writes a file format (a C header on standard output), not a text report: no line is added to it
+    # export writes a file format (a C header on standard output), not a text report: its note goes to
+    # standard error (test_export_notes_a_default_block_size_on_standard_error)
     assert takers - {"export"} == set(_SCALED_COMMANDS), takers
+
+
+@pytest.mark.parametrize("scale, note", [("e4m3", "NVFP4 stores blocks of 16: -B 16"),
+                                         ("e8m0", "MXFP4 stores blocks of 32: -B 32"), ("float16", None)])
+@pytest.mark.parametrize("output", [None, "h.h"])
+def test_export_notes_a_default_block_size_on_standard_error(scale, note, output, capsys, tmp_path, monkeypatch):
+    """A header for --scale e4m3 with -B left at 64 describes blocks of 64, not NVFP4's 16: export says so on
+    standard error, and writes the header it writes for -B 64 given."""
+    monkeypatch.chdir(tmp_path)
+
+    def header(*more):
+        code, out, err = run(capsys, "export", "nf4", "--format", "c", "--scale", scale, *more,
+                             *(["-o", output] if output else []))
+        assert code == 0, err
+        return (tmp_path / output).read_text(encoding="utf-8") if output else out, err
+
+    noted, err = header()
+    assert [line for line in err.splitlines() if line.startswith("note:")] == \
+        ([f"note: blocks of 64 (the -B default); {note}"] if note else [])
+    given, err = header("-B", "64")
+    assert given == noted and "note:" not in err
 
 
 @pytest.mark.parametrize("command", list(_SCALED_COMMANDS))

@@ -8,8 +8,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE, MAX_BLOCK, MIN_BLOCK
-from .common import (UsageError, add_block_size, add_json_flag, add_output, add_qmax, add_scale, integer, load_codebook,
-                     output_path, point_rows, print_codebook, print_json)
+from .common import (UsageError, add_block_size, add_json_flag, add_output, add_qmax, add_scale, block_size_note,
+                     integer, load_codebook, output_path, point_rows, print_codebook, print_json)
 
 if TYPE_CHECKING:
     from ..codebooks.codebook import Codebook
@@ -105,6 +105,9 @@ def _cmd_export(args) -> int:
                          f"--format {args.format}")
     layout = None if args.scale is None else _header_layout(cb, args.scale, block_size, args.qmax)
     data = export(cb, args.format, name=args.name, layout=layout, spelling=path)
+    note = block_size_note(args)
+    if note:   # the output is a file format (a header): the note goes beside it, to standard error
+        print(note, file=sys.stderr)
     if args.output is not None:
         write_output(data, args.output)
         print(f"wrote {args.output} ({args.format}, {len(data)} {'bytes' if isinstance(data, bytes) else 'chars'})",
