@@ -6,8 +6,8 @@ import os
 
 # Set before numba or torch loads GNU OpenMP, which reads it once: a thread waiting at a barrier
 # sleeps instead of spinning.  On two cores shared with other work, threads spinning at a
-# barrier held the cores that the threads they waited for needed: a SmolLM2 forward pass took
-# ten times as long (docs/benchmarks.md, "The test suite's time").  No values change; a run
+# barrier held the cores that the threads they waited for needed: SmolLM2's forward passes took
+# several times as long (docs/benchmarks.md, "The test suite's time").  No values change; a run
 # that sets OMP_WAIT_POLICY keeps its own.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
