@@ -10,6 +10,7 @@ import pytest
 import quantbook
 from quantbook.codebooks.vector import MAX_POINTS, VectorCodebook, VectorCodebookError
 from quantbook.codebooks.vector_registry import get_vector, load_vector, vector_names
+from quantbook.io.versions import FORMAT_KEY
 from quantbook.naming import is_vector_spec, resolve_vector
 from quantbook.naming import UnknownCodebookError
 
@@ -112,7 +113,7 @@ def test_json_round_trip_is_exact_and_short():
     rng = np.random.default_rng(1)
     cb = VectorCodebook("t", rng.standard_normal((64, 3)), source="s", recipe={"method": "vq", "dim": 3})
     d = json.loads(cb.to_json())
-    assert set(d) == {"kind", "name", "dim", "size", "points", "source", "recipe"}
+    assert set(d) == {FORMAT_KEY, "kind", "name", "dim", "size", "points", "source", "recipe"}
     assert d["kind"] == "vector" and d["dim"] == 3 and d["size"] == 64
     back = VectorCodebook.from_json(cb.to_json())
     assert back == cb and np.array_equal(back.points.view(np.uint32), cb.points.view(np.uint32))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import RoundingEdgeWarning, warn
 from ..io.files import dump_json, parse_json
+from ..io.versions import FORMAT_KEY, check_format_version, stamped
 from ..numerics.arguments import did_you_mean, host_array, is_int, one_line
 from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_host_array, real_kind
@@ -347,7 +348,8 @@ class Codebook:
 
     # ----------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict; floats are Python floats, whose repr round-trips float64."""
+        """JSON-able dict; floats are Python floats, whose repr round-trips float64.  It says its
+        format's version (:mod:`quantbook.io.versions`), which :meth:`from_dict` checks."""
         d: dict[str, Any] = {
             "name": self.name,
             "bits": self.bits,
@@ -357,21 +359,22 @@ class Codebook:
         }
         if not np.array_equal(self.code.view(np.int64), self.levels.view(np.int64)):
             d["code"] = [float(v) for v in self.code]
-        return d
+        return stamped(d, "codebook file")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Codebook":
         """The Codebook of a :meth:`to_dict` mapping; bad data is a one-line :class:`CodebookError`."""
         if not isinstance(d, Mapping):
             raise CodebookError("a codebook must be a JSON object")
+        check_format_version(d, "codebook file", CodebookError)
         if d.get("kind") == "vector":
             raise CodebookError("this is a vector codebook (kind \"vector\"): read it with "
                                 "VectorCodebook.from_json; show, export, evaluate-model and quantize_vq take it")
         if "kind" in d:   # a scalar codebook's object has none: "Vector" is a misspelt vector file
             raise CodebookError(f"kind is {d['kind']!r}: a scalar codebook has no kind, a vector codebook's "
                                 'is "vector"')
-        check_misspelt_keys(d, ("name", "bits", "levels", "code", "source", "recipe", "kind"), "a codebook object",
-                            CodebookError)
+        check_misspelt_keys(d, (FORMAT_KEY, "name", "bits", "levels", "code", "source", "recipe", "kind"),
+                            "a codebook object", CodebookError)
         missing = [k for k in ("bits", "levels") if k not in d]
         if missing:
             raise CodebookError(f"codebook object lacks {', '.join(missing)}")

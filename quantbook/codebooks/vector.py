@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..io.files import dump_json, parse_json
+from ..io.versions import FORMAT_KEY, check_format_version, stamped
 from ..numerics.arguments import host_array, is_int
 from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_host_array
@@ -253,8 +254,9 @@ class VectorCodebook:
     # ----------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict.  Each coordinate is written as the shortest decimal that reads back
-        as the same float32 (so the file is exact and short)."""
-        return {
+        as the same float32 (so the file is exact and short).  It says its format's version
+        (:mod:`quantbook.io.versions`), which :meth:`from_dict` checks."""
+        return stamped({
             "kind": "vector",
             "name": self.name,
             "dim": self.dim,
@@ -262,17 +264,18 @@ class VectorCodebook:
             "points": [[_f32_decimal(x) for x in row] for row in self.points],
             "source": self.source,
             "recipe": self.recipe,
-        }
+        }, "vector codebook file")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VectorCodebook":
         """The VectorCodebook of a :meth:`to_dict` mapping; bad data is a one-line error."""
         if not isinstance(d, Mapping):
             raise VectorCodebookError("a vector codebook must be a JSON object")
+        check_format_version(d, "vector codebook file", VectorCodebookError)
         if d.get("kind") != "vector":
             what = f"kind is {d['kind']!r}" if "kind" in d else 'no "kind": "vector"'
             raise VectorCodebookError(f"not a vector codebook ({what})")
-        check_misspelt_keys(d, ("kind", "name", "dim", "size", "points", "source", "recipe"),
+        check_misspelt_keys(d, (FORMAT_KEY, "kind", "name", "dim", "size", "points", "source", "recipe"),
                             "a vector codebook object", VectorCodebookError)
         if "points" not in d:
             raise VectorCodebookError("vector codebook object lacks points")

@@ -4,11 +4,12 @@
 * :mod:`.safetensors` — reading ``.safetensors`` model files (header parsed once per file);
 * :mod:`.npy` — reading ``.npy`` arrays with the header checked before any data is read;
 * :mod:`.progress` — progress bars on standard error (``tqdm``, optional);
-* :mod:`.text` — numbers and table columns as the command line prints them.
+* :mod:`.text` — numbers and table columns as the command line prints them;
+* :mod:`.versions` — the format version every file quantbook writes and reads back says.
 
 The submodules are imported on use so that ``import quantbook.io.files`` stays cheap.
 """
 
 from __future__ import annotations
 
-__all__ = ["files", "safetensors", "npy", "progress", "text"]
+__all__ = ["files", "safetensors", "npy", "progress", "text", "versions"]
