@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..codebooks.bnb import stored_quant_type
+from ..io.versions import check_format_version, stamped
 from ..numerics.arguments import bfloat16, host_array, one_line
 from ..numerics.reals import real_kind
 from ..scales import get_rule
@@ -343,8 +344,9 @@ class QuantState:
 
         Keys: ``quant_type, absmax, blocksize, quant_map, dtype, shape`` and, when nested,
         ``nested_absmax, nested_blocksize, nested_quant_map, nested_dtype, nested_offset``.
-        ``bits`` is added only when it is not 4 (bitsandbytes has no such key).  The fields are
-        checked first (:meth:`validate` but the scales' values): a state put together by hand
+        ``bits`` is added only when it is not 4 (bitsandbytes has no such key), and with it or a
+        scale rule the format's version (:mod:`quantbook.io.versions`, checked by :meth:`from_dict`).
+        The fields are checked first (:meth:`validate` but the scales' values): a state put together by hand
         gets one line naming a bad field, not an error from inside the conversion.
         """
         self._check_fields()
@@ -370,7 +372,9 @@ class QuantState:
             d["scale_rule"] = self.scale_rule
             if self.tensor_scale is not None:
                 d["tensor_scale"] = float(self.tensor_scale)
-        return d
+        # bitsandbytes' own layout is bitsandbytes' format, and its from_dict refuses any key it
+        # does not know; a state with quantbook's keys, which bitsandbytes cannot read, says its version
+        return d if self.bits == 4 and not self.scaled else stamped(d, "quantization state")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantState":
@@ -380,6 +384,7 @@ class QuantState:
         (:func:`quantbook.codebooks.bnb.stored_quant_type`)."""
         if not isinstance(d, Mapping):
             raise ValueError("QuantState.from_dict needs a mapping")
+        check_format_version(d, "quantization state", ValueError, F.as_scalar)
         missing = [k for k in ("absmax", "blocksize", "quant_map", "dtype", "shape") if k not in d]
         if missing:
             raise ValueError(f"quant state lacks {', '.join(missing)}")

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..io.versions import FORMAT_KEY, check_format_version, stamped
 from ..numerics.arguments import check_int, host_array
 from ..numerics.hadamard import check_size
 from . import format as F
@@ -172,12 +173,13 @@ class VQState:
 
     # --------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        """Every field: numpy arrays for ``points``/``scales``, str dtypes, tuple shape."""
-        return {"codebook": self.codebook, "points": self.points, "scales": self.scales,
-                "shape": tuple(int(v) for v in self.shape), "dtype": dtype_name(self.dtype),
-                "group": int(self.group), "scale_rule": self.scale_rule, "scale_dtype": self.scale_dtype,
-                "rotate_size": None if self.rotate_size is None else int(self.rotate_size),
-                "rotate_seed": None if self.rotate_seed is None else int(self.rotate_seed)}
+        """Every field: numpy arrays for ``points``/``scales``, str dtypes, tuple shape; and the
+        format's version (:mod:`quantbook.io.versions`), which :meth:`from_dict` checks."""
+        return stamped({"codebook": self.codebook, "points": self.points, "scales": self.scales,
+                        "shape": tuple(int(v) for v in self.shape), "dtype": dtype_name(self.dtype),
+                        "group": int(self.group), "scale_rule": self.scale_rule, "scale_dtype": self.scale_dtype,
+                        "rotate_size": None if self.rotate_size is None else int(self.rotate_size),
+                        "rotate_seed": None if self.rotate_seed is None else int(self.rotate_seed)}, "VQ state")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VQState":
@@ -186,10 +188,11 @@ class VQState:
         change a value, :func:`~.state.exact_array`), then the state is validated."""
         if not isinstance(d, Mapping):
             raise ValueError("VQState.from_dict needs a mapping")
+        check_format_version(d, "VQ state", ValueError, F.as_scalar)
         missing = [k for k in _KEYS if k not in d]
         if missing:
             raise ValueError(f"vq state lacks {', '.join(missing)}")
-        extra = sorted(str(k) for k in d if k not in _KEYS)
+        extra = sorted(str(k) for k in d if k not in _KEYS and k != FORMAT_KEY)
         if extra:
             raise ValueError(f"vq state has unknown keys: {', '.join(extra)}")
         points = exact_array("points", d["points"], np.float32, "float32 values")
