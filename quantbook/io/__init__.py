@@ -1,4 +1,5 @@
-"""Files in and out: the bottom layer, importing nothing else from quantbook.
+"""Files in and out: the layer above :mod:`quantbook.numerics`.  From quantbook it imports only that,
+:mod:`quantbook.errors` and :mod:`quantbook.version`.
 
 * :mod:`.files` — the one place that writes user output files (path checks, atomic writes);
 * :mod:`.safetensors` — reading ``.safetensors`` model files (header parsed once per file);
