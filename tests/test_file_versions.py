@@ -198,3 +198,14 @@ def test_the_command_line_refuses_a_later_version_in_one_line(fmt, tmp_path, cap
         assert "Traceback" not in err and err.count("\n") == 1, err
         assert re.fullmatch("quantbook: error: " + re.escape(str(path)) + ": "
                             + _TOO_NEW.format(fmt=fmt, v=current + 1, current=current), err.rstrip("\n")), err
+
+
+def test_a_later_file_of_the_other_kind_is_named_as_the_other_kind():
+    """A vector codebook file of a later version given to the scalar reader (and a scalar one to the vector
+    reader) is named for its kind, whose reader then says what its version needs: the version is the format's."""
+    later = {name: dict(CASES[name].write()[1], **{FORMAT_KEY: FORMATS[name] + 1})
+             for name in ("codebook file", "vector codebook file")}
+    with pytest.raises(CodebookError, match="this is a vector codebook"):
+        Codebook.from_dict(later["vector codebook file"])
+    with pytest.raises(VectorCodebookError, match="not a vector codebook"):
+        VectorCodebook.from_dict(later["codebook file"])

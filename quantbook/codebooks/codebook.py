@@ -366,13 +366,13 @@ class Codebook:
         """The Codebook of a :meth:`to_dict` mapping; bad data is a one-line :class:`CodebookError`."""
         if not isinstance(d, Mapping):
             raise CodebookError("a codebook must be a JSON object")
-        check_format_version(d, "codebook file", CodebookError)
-        if d.get("kind") == "vector":
+        if d.get("kind") == "vector":   # before the version, which is the vector format's
             raise CodebookError("this is a vector codebook (kind \"vector\"): read it with "
                                 "VectorCodebook.from_json; show, export, evaluate-model and quantize_vq take it")
         if "kind" in d:   # a scalar codebook's object has none: "Vector" is a misspelt vector file
             raise CodebookError(f"kind is {d['kind']!r}: a scalar codebook has no kind, a vector codebook's "
                                 'is "vector"')
+        check_format_version(d, "codebook file", CodebookError)
         check_misspelt_keys(d, (FORMAT_KEY, "name", "bits", "levels", "code", "source", "recipe", "kind"),
                             "a codebook object", CodebookError)
         missing = [k for k in ("bits", "levels") if k not in d]

@@ -271,10 +271,10 @@ class VectorCodebook:
         """The VectorCodebook of a :meth:`to_dict` mapping; bad data is a one-line error."""
         if not isinstance(d, Mapping):
             raise VectorCodebookError("a vector codebook must be a JSON object")
-        check_format_version(d, "vector codebook file", VectorCodebookError)
-        if d.get("kind") != "vector":
+        if d.get("kind") != "vector":   # before the version: another kind's is its own format's
             what = f"kind is {d['kind']!r}" if "kind" in d else 'no "kind": "vector"'
             raise VectorCodebookError(f"not a vector codebook ({what})")
+        check_format_version(d, "vector codebook file", VectorCodebookError)
         check_misspelt_keys(d, (FORMAT_KEY, "kind", "name", "dim", "size", "points", "source", "recipe"),
                             "a vector codebook object", VectorCodebookError)
         if "points" not in d:
