@@ -50,18 +50,21 @@ def printable_streams() -> Iterator[None]:
     The command line and the benchmarks' scripts print through it."""
     before = []
     for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)   # a TextIOWrapper's, not every TextIO's
+        if reconfigure is None:   # not a TextIOWrapper (or none, pythonw): leave it
+            continue
         try:
             errors = stream.errors
-            stream.reconfigure(errors=_STREAM_ERRORS)
-        except (AttributeError, ValueError, OSError):   # not a TextIOWrapper (or none, pythonw): leave it
+            reconfigure(errors=_STREAM_ERRORS)
+        except (AttributeError, ValueError, OSError):
             continue
-        before.append((stream, errors))
+        before.append((reconfigure, errors))
     try:
         yield
     finally:
-        for stream, errors in before:
+        for reconfigure, errors in before:
             try:
-                stream.reconfigure(errors=errors)
+                reconfigure(errors=errors)
             except (AttributeError, ValueError, OSError):
                 pass
 

@@ -5,6 +5,7 @@ import importlib
 import os
 import sys
 import warnings
+from types import FrameType
 
 __all__ = ["NotFoundError", "RoundingEdgeWarning", "warn"]
 
@@ -48,7 +49,8 @@ def warn(message: str, category: type[Warning]) -> None:
     line of the default action) and the report read that line; a fixed ``stacklevel`` named one of
     quantbook's own lines whenever a warning came through another path (a derivation inside a search,
     a name resolved to a derived codebook, a module that warns as it loads)."""
-    frame, level = sys._getframe(1), 2   # stacklevel 2: warn's caller
+    frame: FrameType | None = sys._getframe(1)
+    level = 2   # stacklevel 2: warn's caller
     while frame is not None and _passed(frame):
         frame = frame.f_back
         while frame is not None and _bootstrap(frame):
