@@ -79,20 +79,22 @@ class ScaleRule:
     signed: ClassVar[bool] = False
     #: the byte layout that stores this rule's scales (:mod:`quantbook.bulk`)
     layout: ClassVar[str] = "scaled"
+    # stored_dtype to fixed_qmax and format_blocks: a class's, or an instance's where a rule stores
+    # as the rule it wraps does (a search as its base), hence no ClassVar
     #: numpy dtype name of one stored block scale, its bytes, and the per-tensor bytes
-    stored_dtype: ClassVar[str]
-    stored_bytes: ClassVar[int]
-    tensor_bytes: ClassVar[int] = 0
+    stored_dtype: str
+    stored_bytes: int
+    tensor_bytes: int = 0
     #: what the ``tensor_bytes`` per tensor hold
-    tensor_value: ClassVar[str] = "float32 tensor scale"
+    tensor_value: str = "float32 tensor scale"
     #: the only ``qmax`` a rule takes whose arithmetic is written for one element format
     #: (None: any)
-    fixed_qmax: ClassVar[float | None] = None
+    fixed_qmax: float | None = None
     #: what the family is, where rules are listed (help texts): ``"MXFP4"``
     summary: ClassVar[str] = ""
     #: the format whose block scales these are and the block size it stores (``("NVFP4", 16)``), where
     #: one format uses the rule: a layout of another block size is not that format
-    format_blocks: ClassVar[tuple[str, int] | None] = None
+    format_blocks: tuple[str, int] | None = None
 
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
