@@ -60,7 +60,7 @@ def error_chunks_reference(x: np.ndarray, xhat: np.ndarray | None = None) -> np.
 def _runs(x: np.ndarray, xhat: np.ndarray | None) -> np.ndarray:
     xs = _widen(x)
     e = -xs if xhat is None else _widen(xhat) - xs
-    runs = np.zeros(n_chunks(e.size) * CHUNK)   # zeros after the end add nothing
+    runs: np.ndarray = np.zeros(n_chunks(e.size) * CHUNK)   # zeros after the end add nothing
     runs[:e.size] = e
     runs = runs.reshape(-1, CHUNK)
     out = np.empty((2, runs.shape[0]))

@@ -16,6 +16,7 @@ and checked as any other.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from typing import Any
@@ -68,10 +69,10 @@ def keep(host: np.ndarray, dev: Any, device_id: int) -> np.ndarray:
     is kept.  An array that does not own its memory is returned as it is, and nothing kept."""
     if not isinstance(host, np.ndarray) or host.base is not None or not host.flags.owndata:
         return host
-    frozen = np.frombuffer(memoryview(host.reshape(-1).view(np.uint8)).toreadonly(), np.uint8)
+    frozen = np.frombuffer(host.reshape(-1).view(np.uint8).data.toreadonly(), np.uint8)
     frozen = frozen.view(host.dtype).reshape(host.shape)
     key = id(frozen)
-    ref = weakref.ref(frozen, lambda r, key=key: _forget(key, r))
+    ref = weakref.ref(frozen, functools.partial(_forget, key))
     with _lock:
         _tidy()
         _drop(key)
