@@ -162,7 +162,7 @@ def _as_device(x, input_dtype=None):
     return x, key, keep
 
 
-_MODULES: dict[tuple, object] = {}
+_MODULES: dict[tuple[str, int], tuple[Any, Any]] = {}   # (kernel, device) -> (module, function)
 
 
 def _device_arch() -> tuple[str, str]:
@@ -203,7 +203,7 @@ def module_kernel(modules: dict, source: Callable[[], str], filename: str, name:
     compiled once per device (NVRTC, cached on disk as the other kernels) into ``modules``
     (device -> (module, functions)), so one compile serves every kernel of the module."""
     dev = _cupy().cuda.Device().id
-    hit = modules.get(dev)
+    hit: tuple[Any, dict[str, Any]] | None = modules.get(dev)
     if hit is None:
         hit = modules[dev] = (_load_module(source(), filename), {})
     mod, fns = hit
@@ -228,6 +228,7 @@ def _device_const(host: np.ndarray):
     dev = cp.cuda.Device().id
     by_id = (isinstance(host, np.ndarray) and not host.flags.writeable and host.base is None
              and host.flags.c_contiguous)   # the kernels read C order; cp.asarray keeps the host's
+    key: tuple[Any, ...]
     if by_id:
         key = (dev, id(host))
     else:
