@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict
 
 import numpy as np
 
@@ -96,10 +96,17 @@ _E2M1_MAGS = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 E2M1 = [float(np.float32(m) / np.float32(6.0)) for m in _E2M1_MAGS] + \
        [-float(np.float32(m) / np.float32(6.0)) for m in _E2M1_MAGS]
 
+
+class _MaxTable(TypedDict):
+    y: list[float]
+    x: list[float]
+    mse: float
+
+
 # J. Max, "Quantizing for Minimum Distortion", IRE Trans. Inf. Theory IT-6(1):7-12, 1960,
 # Table I (unit-variance Gaussian, minimum mean-squared error): positive output levels y_j,
 # positive interval end points x_j (0 is an end point for even N) and the printed error.
-MAX1960 = {
+MAX1960: dict[int, _MaxTable] = {
     2: dict(y=[0.7980], x=[], mse=0.3634),
     4: dict(y=[0.4528, 1.510], x=[0.9816], mse=0.1175),
     8: dict(y=[0.2451, 0.7560, 1.344, 2.152], x=[0.5006, 1.050, 1.748], mse=0.03454),
