@@ -736,7 +736,8 @@ class Empirical(Source):
             p = np.unique(np.concatenate([bulk, tail, 1.0 - tail, Fk[:1], Fk[1:2], Fk[-2:-1], Fk[-1:]]))
             xk, Fk = np.interp(p, Fk, xk), p
         self._xk, self._Fk = xk, Fk = _distinct_knots(xk, Fk)
-        self._grid, self._grid_built = None, False   # the knots' grid for the kernels (_kernel_grid)
+        self._grid: tuple | None = None   # the knots' grid for the kernels (_kernel_grid)
+        self._grid_built = False
         with np.errstate(over="ignore"):
             self._dens = np.diff(Fk) / np.diff(xk)  # density on segment i = [xk_i, xk_{i+1}]
         if not np.all(np.isfinite(self._dens)):
@@ -760,7 +761,7 @@ class Empirical(Source):
     def _key(self):
         return ("Empirical", self.spec, self.digest, self.knots)
 
-    def _kernel_grid(self):
+    def _kernel_grid(self) -> tuple | None:
         """The knots' grid for :mod:`.sample_kernels` (built at the first block law or large lookup), or
         None where a cell of it holds too many knots (numpy's search then)."""
         if not self._grid_built:
@@ -778,8 +779,9 @@ class Empirical(Source):
         (``what="segment"``), the density (``"pdf"``) or ``Ψ_k`` (``"psi"``), summed in the order
         of ``j`` as the values come (numpy's, :meth:`Source._node_sums`, for a ``Ψ_k`` not in
         :data:`_KERNEL_PSI` or a sample too uneven for the grid)."""
-        if ((k not in _KERNEL_PSI and any(what == "psi" for what, _ in parts)) or len(parts) > 2
-                or self._kernel_grid() is None):
+        numpy_only = (k not in _KERNEL_PSI and any(what == "psi" for what, _ in parts)) or len(parts) > 2
+        grid = None if numpy_only else self._kernel_grid()   # built only where the kernels may use it
+        if grid is None:
             numpy_sums = super()._node_sums   # numpy's; Source._node_sums_of would call back here
             return [numpy_sums(what, k, y, m, c) for what, c in parts]
         from . import sample_kernels as kernels
@@ -790,7 +792,7 @@ class Empirical(Source):
         coef = np.array([np.asarray(c, dtype=np.float64) for _, c in parts])
         out = np.empty((len(parts), y.size))
         m = np.asarray(m, dtype=np.float64)
-        kernels.sums(what, *self._grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1), m, coef, out,
+        kernels.sums(what, *grid, self._dens, self._Pk[k], self._P0[k], y.reshape(-1), m, coef, out,
                      one_thread=y.size * m.size < kernels.ONE_THREAD_PAIRS)
         return [row.reshape(y.shape) for row in out]
 
