@@ -52,7 +52,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Sequence, overload
+from typing import Any, Literal, Sequence, cast, overload
 
 import numpy as np
 from scipy.linalg import solve_banded
@@ -124,7 +124,8 @@ def _measure(recipe: "LloydRecipe | QuantileRecipe"):
     else:
         power = weight_power(r.loss, r.domain, r.normalization)
     if r.scale is not None:
-        mu = scaled_measure(r.source, r.block_size, r.scale, r.qmax, power, tensor_size=r.tensor_size)
+        B = cast(int, r.block_size)   # a scale rule normalises by absmax: a block size
+        mu = scaled_measure(r.source, B, r.scale, r.qmax, power, tensor_size=r.tensor_size)
     else:
         mu = block_measure(r.source, r.block_size, r.normalization, power)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -132,7 +133,8 @@ def _measure(recipe: "LloydRecipe | QuantileRecipe"):
     if not np.all(np.isfinite(probe)) or not probe[-1] > 0:
         raise DerivationError(f"the law of the values for the {_describe(r)} has non-finite or no mass: its "
                               f"quadrature failed for this source")
-    n_levels = 2**r.bits - (1 if r.symmetric and 0.0 in r.fixed else 0)
+    fixed = cast("tuple[float, ...]", r.fixed)   # set by the recipe (None only before)
+    n_levels = 2**r.bits - (1 if r.symmetric and 0.0 in fixed else 0)
     return mu, n_levels
 
 
@@ -217,15 +219,15 @@ def _quantile_levels(mu, n_levels: int, fixed: Sequence[float]) -> np.ndarray:
     for (g, mass, c, lo_level, hi_level), n in zip(gaps, counts):
         if n == 0:
             continue
-        i = np.arange(1, n + 1, dtype=np.float64)
+        rank = np.arange(1, n + 1, dtype=np.float64)
         if lo_level and hi_level:
-            pos = i / (n + 1)
+            pos = rank / (n + 1)
         elif lo_level:  # open upper end
-            pos = i / (n + 0.5)
+            pos = rank / (n + 0.5)
         elif hi_level:  # open lower end
-            pos = (i - 0.5) / (n + 0.5)
+            pos = (rank - 0.5) / (n + 0.5)
         else:
-            pos = (i - 0.5) / n
+            pos = (rank - 0.5) / n
         probs.append(Fb[g] + mass * pos)
     p = np.concatenate(probs) if probs else np.zeros(0)
     free = _inverse_cont(mu, p)
@@ -477,12 +479,14 @@ def _solve_levels(mu, n_levels: int, fixed: Sequence[float], loss: str, tol: flo
 
 def _check_budget(tol: Any, max_iter: Any, max_time: Any) -> float:
     """Validates the solver settings; returns the deadline (time.monotonic() units)."""
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
+    # typeshed's numbers.Real declares only < and <= (a Real's own > answers 0 < tol)
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:  # type: ignore[operator]
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
     check_int(max_iter, "max_iter", 0)
     if max_time is None:
         return math.inf
-    if isinstance(max_time, bool) or not isinstance(max_time, numbers.Real) or not max_time > 0:
+    if (isinstance(max_time, bool) or not isinstance(max_time, numbers.Real)
+            or not max_time > 0):  # type: ignore[operator]
         raise ValueError(f"max_time must be a positive number of seconds or None, got {max_time!r}")
     return time.monotonic() + float(max_time)
 
@@ -493,7 +497,7 @@ def _solve_recipe(r: LloydRecipe, tol: float = TOL, max_iter: int = MAX_ITER, ma
     deadline = _check_budget(tol, max_iter, max_time)
     full, n_levels = _measure(r)
     mu = _solve_measure(full, r)
-    fx = list(r.fixed)
+    fx = list(cast("tuple[float, ...]", r.fixed))   # set by the recipe (None only before)
     if r.partition == "halves":
         neg_fx, pos_fx = [v for v in fx if v < 0], [v for v in fx if v > 0]
         n_neg = (n_levels - 1) // 2  # the extra level goes to the positive half, as NF4/AF4
@@ -548,9 +552,10 @@ def _lloyd_name(r: LloydRecipe) -> str:
     said = ("bits", "block_size", "loss", "domain", "source")
     unsaid = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in said}
     defaults = {f.name: f.default for f in fields(LloydRecipe) if f.name not in said}
-    defaults["fixed"] = default_fixed(defaults["normalization"])
+    defaults["fixed"] = default_fixed(LloydRecipe.normalization)
     if unsaid == defaults and not source.startswith(EMPIRICAL_PREFIX):
-        return lloyd_spelling(r.loss, r.block_size, r.bits, r.domain, source, LloydRecipe.bits, LloydRecipe.source)
+        B = cast(int, r.block_size)   # normalised (the default): a block size
+        return lloyd_spelling(r.loss, B, r.bits, r.domain, source, LloydRecipe.bits, LloydRecipe.source)
     return _label(f"lloyd-{r.loss}", r)
 
 
@@ -668,7 +673,7 @@ def quantile(bits: int = _Q.bits, block_size: int | None = _Q.block_size, normal
 def _quantile_codebook(r: QuantileRecipe, name: str | None = None) -> Codebook:
     mu, n_levels = _measure(r)
     mu = _solve_measure(mu, r)
-    fx = list(r.fixed)
+    fx = list(cast("tuple[float, ...]", r.fixed))   # set by the recipe (None only before)
     if r.symmetric:
         pos_fixed = [v for v in fx if v >= 0]
         half = _quantile_levels(FoldedMeasure(mu), n_levels // 2 + (1 if 0.0 in fx else 0), pos_fixed)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import mpmath
 import numpy as np
@@ -235,7 +235,8 @@ def nf(bits: int = NFRecipe.bits, offset: Any = NFRecipe.offset, precision: str 
 
 
 def _nf(recipe: NFRecipe, name: str | None = None) -> Codebook:
-    bits, off, precision = recipe.bits, Fraction(recipe.offset), recipe.precision
+    offset = cast(str, recipe.offset)   # set by the recipe (None only before)
+    bits, off, precision = recipe.bits, Fraction(offset), recipe.precision
     half = 2 ** (bits - 1)
 
     if precision == "exact":   # mpmath's arithmetic is the same on every CPU

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, cast
 
 import numpy as np
 
@@ -178,7 +178,7 @@ class Recipe:
                     raise RecipeError(f"recipe for {cls.method!r} lacks the parameter {name!r}")
                 continue
             try:
-                kwargs[name] = _JSON_CHECKS[f.type](name, mapping[name])
+                kwargs[name] = _JSON_CHECKS[str(f.type)](name, mapping[name])   # the annotation's text (PEP 563)
             except RecipeError as exc:
                 raise RecipeError(f"recipe for {cls.method!r}: {exc}") from None
         try:
@@ -221,7 +221,7 @@ def _number_text(v: float) -> str:
 
 
 #: how a label says a recipe field that is not at its default (any other field: ``-NAME=VALUE``)
-_SAID = {
+_SAID: dict[str, Callable[[Any], str]] = {
     "normalization": lambda v: "unnormalized" if v == "none" else v,
     "domain": str,
     "fixed": lambda v: "fixed=" + (",".join(_number_text(x) for x in v) if v else "none"),
@@ -384,18 +384,19 @@ def _check_scale_fields(r: "LloydRecipe | QuantileRecipe") -> None:
         if rule.layout == "bnb" and not rule.encodes_with_amax:  # float32: exact absmax, today's law
             _set(r, scale=None)
     check_scaled_only(rule, qmax=check_qmax(r.qmax) != DEFAULT_QMAX, tensor_size=r.tensor_size is not None)
-    if r.scale is None or rule.layout == "bnb":   # float32, or nested: encoded with the exact absmax
+    if rule is None or rule.layout == "bnb":   # none, float32 (its scale dropped above), or nested: the exact absmax
         _set(r, qmax=DEFAULT_QMAX)
-        if r.scale is None:
-            return
+    if rule is None or r.scale is None:
+        return
     if r.normalization != "absmax":
         raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
                          f"got {r.normalization!r}")
     if rule.layout == "scaled":   # nested statistics keep bitsandbytes' 1-8 bit codes
         check_scaled_bits(r.bits)
-    if -1.0 not in r.fixed or 1.0 not in r.fixed:
+    fixed = cast("tuple[float, ...]", r.fixed)   # set by _check_block_recipe (None only before)
+    if -1.0 not in fixed or 1.0 not in fixed:
         raise ValueError(f"a scale rule maps the block maximum to the table's largest magnitude: the fixed "
-                         f"levels must include -1 and 1, got {list(r.fixed)}")
+                         f"levels must include -1 and 1, got {list(fixed)}")
     if getattr(r, "partition", "nearest") != "nearest":
         raise ValueError("partition='halves' is not available with a scale rule")
     from .scaled import TensorModel
@@ -439,7 +440,8 @@ class LloydRecipe(Recipe):
         check_loss(self.loss)
         _choice("partition", self.partition, PARTITIONS)
         _check_block_recipe(self, self.loss)
-        if self.partition == "halves" and (0.0 not in self.fixed or self.symmetric):
+        fixed = cast("tuple[float, ...]", self.fixed)   # set by _check_block_recipe (None only before)
+        if self.partition == "halves" and (0.0 not in fixed or self.symmetric):
             raise ValueError("partition='halves' needs 0 among the fixed levels and symmetric=False")
         _check_scale_fields(self)
 
@@ -629,7 +631,8 @@ class RoundedRecipe(Recipe):
 
     def derive(self) -> Codebook:
         base = self.base.derive()
-        code = np.array([round(float(v), self.decimals) for v in base.code])
+        base_code = cast(np.ndarray, base.code)   # set by the Codebook (None only before)
+        code = np.array([round(float(v), self.decimals) for v in base_code])
         return Codebook(levels=np.unique(code), bits=base.bits, name=f"{base.name}-r{self.decimals}",
                         source="derived", recipe=self.to_dict(), code=code)
 
