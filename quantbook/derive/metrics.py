@@ -156,6 +156,9 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = DEFAULT_BLOCK_SI
     check_scaled_only(rule, qmax=qmax is not None, tensor_amax=tensor_amax is not None,
                       tensor_size=tensor_size is not None)
     if rule is not None:
+        if normalization != "absmax" or B is None:
+            raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
+                             f"got {normalization!r}")
         return _evaluate_scaled(cb, B, src, normalization, rule, DEFAULT_QMAX if qmax is None else qmax,
                                 tensor_amax, tensor_size)
     mu0 = block_measure(src, B, normalization, 0)
@@ -165,7 +168,7 @@ def evaluate(codebook: Codebook | Any, block_size: int | None = DEFAULT_BLOCK_SI
     mse_n = float(np.sum(cell_errors(mu0, levels, "l2"))) if finite2 else math.inf
     mae_n = float(np.sum(cell_errors(mu0, levels, "l1"))) if finite1 else math.inf
     probs = cell_probabilities(mu0, levels) / mu0.total
-    if normalization == "none":
+    if B is None:   # no normalisation
         mse_w, mae_w = mse_n, mae_n
         R = float(cb.bits)
     else:
@@ -193,10 +196,8 @@ def _evaluation(cb: Codebook, B: Any, src: Any, normalization: str, mse_w: float
 
 def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: Any, qmax: float,
                      tensor_amax: Any, tensor_size: Any) -> Evaluation:
-    """:func:`evaluate` in the scaled layout (levels rescaled to largest magnitude 1)."""
-    if normalization != "absmax":
-        raise ValueError(f"a scale rule maps the block's absolute maximum: normalization must be absmax, "
-                         f"got {normalization!r}")
+    """:func:`evaluate` in the scaled layout (levels rescaled to largest magnitude 1); ``normalization``
+    is absmax."""
     # bitsandbytes' layout (nested statistics) does not rescale the code
     levels = cb.levels if rule.encodes_with_amax else cb.levels / scaled_peak(cb.levels)
 
