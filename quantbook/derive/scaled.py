@@ -91,6 +91,7 @@ from ..codebooks.blocks import check_derived_block_size
 from ..numerics.arguments import Seed, check_int, random_generator
 from ..numerics.dots import norm, row_dot
 from ..scales import DEFAULT_QMAX, ScaleRule, check_qmax, get_rule
+from ..scales.nested import NestedScale
 from .block import (_by_chunks, _check_weight_power, _m_nodes,
                     _Measure, _monotone_solve, block_measure, read_only_arrays)
 from .conventions import FloatOrArray, Size, at_q, at_x, sample_shape
@@ -411,7 +412,8 @@ class ScaledMeasure(_Measure):
         sp = {k: self.sig ** (weight_power - k) for k in range(3)}
         self._ck = {k: (self.dk * sp[k], self.k_lo * sp[k]) for k in range(3)}
         self._cd = self.sig ** (weight_power + 1)
-        self._fast, self._slow_cache = None, {}
+        self._fast = None
+        self._slow_cache: dict[tuple[Any, float], float] = {}   # (key, y) -> value, outside the Gauss rule (_split)
         self._tails: dict = {}   # ±1 -> the source's tail beyond each piece's b_lo and b_hi (tail)
         self._fast = self._compress()
         self.total = float(self.T(0, self.hi) - self.T(0, self.lo) + self.atoms_w.sum())
@@ -545,7 +547,7 @@ class NestedMeasure(_Measure):
     (:func:`~quantbook.derive.block._knot_nodes`).
     """
 
-    def __init__(self, source: Source, block_size: int, rule: ScaleRule, weight_power: int) -> None:
+    def __init__(self, source: Source, block_size: int, rule: NestedScale, weight_power: int) -> None:
         B = check_derived_block_size(block_size)
         if weight_power not in (1, 2):
             raise ValueError(f"weight_power must be 1 or 2 here, got {weight_power!r}")
@@ -660,6 +662,8 @@ def _cached(source: Source, B: int, rule: ScaleRule, qmax: float, weight_power: 
             raise ValueError(f"scale rule {rule.name!r} has no tensor scale: tensor_amax and tensor_size do not apply")
         if weight_power == 0:  # the values are normalised by the exact maximum: the absmax law
             return block_measure(source, B, "absmax", 0)
+        if not isinstance(rule, NestedScale):   # the one such rule: NestedMeasure models its statistics
+            raise NotImplementedError(f"no law of the values under scale rule {rule.name!r}")
         return read_only_arrays(NestedMeasure(source, B, rule, weight_power))
     return read_only_arrays(ScaledMeasure(source, B, rule, qmax, weight_power, TensorModel(*tkey)))
 
