@@ -76,10 +76,15 @@ _EXACT = {"search_lloyd": "an exact derivation: lloyd(..., scale=RULE)",
           "evaluate_search": "an exact evaluation: evaluate(codebook, block_size, scale=RULE)"}
 
 
-def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax, who="search_lloyd"):
+def _search_rule(rule: Any, who: str = "search_lloyd") -> SearchScale | GgmlSearch:
     if not isinstance(rule, (SearchScale, GgmlSearch)):
         raise ValueError(f"{who} needs a search rule (e.g. search:4over6), got {rule.name!r}; "
                          f"deterministic rules have {_EXACT[who]}")
+    return rule
+
+
+def _check(bits, block_size, rule, samples, seed, loss, tensor_size, max_iter, tol, qmax, who="search_lloyd"):
+    _search_rule(rule, who)
     for k, v in (("bits", bits), ("block_size", block_size), ("samples", samples), ("seed", seed),
                  ("max_iter", max_iter)):
         check_int(v, k, 0 if k == "seed" else 1)
@@ -326,7 +331,7 @@ def solve_search_lloyd(bits: int = 4, block_size: int = 16, scale: Any = "search
                                samples=default_samples(samples, FIT_SAMPLES, block_size, tensor_size),
                                seed=seed, loss=loss, fixed=fixed, source=src, qmax=qmax,
                                tensor_size=tensor_size, max_iter=max_iter, tol=tol)   # checks them all
-    rule, fx, samples = get_rule(recipe.scale), recipe.fixed, recipe.samples   # the sample drawn is the recipe's
+    rule, fx, samples = _search_rule(get_rule(recipe.scale)), recipe.fixed, recipe.samples   # the recipe's sample
     block_size = recipe.block_size   # checked, a Python int (an int8 one would overflow the block arithmetic)
     from .lloyd import lloyd  # the exact code under the base rule is the start
 
