@@ -194,7 +194,7 @@ def depends_on_block_size(spec: Any) -> bool:
     if not isinstance(spec, str):
         return False
     m = _LLOYD.match(spec.strip())
-    return bool(m) and not m.group("B")
+    return m is not None and not m.group("B")
 
 
 def split_specs(specs: str | Sequence[Any]) -> list[Any]:

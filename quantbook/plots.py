@@ -174,7 +174,7 @@ def plot_levels(codebooks: Sequence[tuple[str, Any]], block_size: int, out: str 
     _save(fig, out)
 
 
-def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "normal",
+def sweep_errors(codebook: Any, block_sizes: Sequence[int] | np.ndarray, source: Any = "normal",
                  normalization: str = "absmax", domain: str = "weight", scale: Any = None,
                  qmax: float | None = None) -> dict[str, np.ndarray]:
     """Exact expected ``{"mse": ..., "mae": ...}`` at each block size (:func:`quantbook.derive.metrics.evaluate`).
@@ -198,7 +198,7 @@ def sweep_errors(codebook: Any, block_sizes: Sequence[int], source: Any = "norma
     return {"mse": np.array(mse), "mae": np.array(mae)}
 
 
-def sweep_table(codebooks: Sequence[tuple[str, Any]], block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES,
+def sweep_table(codebooks: Sequence[tuple[str, Any]], block_sizes: Sequence[int] | np.ndarray = SWEEP_BLOCK_SIZES,
                 source: Any = "normal", normalization: str = "absmax", domain: str = "weight", scale: Any = None,
                 qmax: float | None = None) -> dict[str, dict[str, np.ndarray]]:
     """The numbers :func:`plot_sweep` draws, without drawing (no matplotlib needed):
@@ -208,7 +208,7 @@ def sweep_table(codebooks: Sequence[tuple[str, Any]], block_sizes: Sequence[int]
 
 
 def plot_sweep(codebooks: Sequence[tuple[str, Any]], out: str | os.PathLike,
-               block_sizes: Sequence[int] = SWEEP_BLOCK_SIZES, source: Any = "normal",
+               block_sizes: Sequence[int] | np.ndarray = SWEEP_BLOCK_SIZES, source: Any = "normal",
                normalization: str = "absmax", domain: str = "weight", scale: Any = None,
                qmax: float | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Expected MSE and MAE against block size for each ``(label, Codebook | B -> Codebook)``,
