@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import numpy as np
 
@@ -144,24 +144,27 @@ def audit_one(entry: Published) -> AuditRow:
         return _transcription_row(entry, derived, recipe)
     # bit-exact means the stored table, in its order; the other verdicts compare the levels
     # when the stored tables differ in size (e.g. a published table without its -0.0)
-    use_code = entry.expect == "bit-exact" or (derived.code.size == cb.code.size and entry.expect != "report")
-    pub = cb.code if use_code else cb.levels
-    der = derived.code if use_code else derived.levels
+    pub_code, der_code = _code(cb), _code(derived)
+    use_code = entry.expect == "bit-exact" or (der_code.size == pub_code.size and entry.expect != "report")
+    pub = pub_code if use_code else cb.levels
+    der = der_code if use_code else derived.levels
     if der.size != pub.size:
         what = "stored entries" if use_code else "values"
         return AuditRow(cb.name, recipe, entry.expect, False, False, None, None,
                         f"recipe gives {der.size} {what}, the table has {pub.size}")
     c = compare(der, pub)
+    decimals = entry.decimals   # given wherever expect is "decimals" (Published checks it)
+    reproduced: bool | None
     if entry.expect == "bit-exact":
         reproduced = c.bit_exact
-    elif entry.expect == "decimals":
-        reproduced = bool(np.all(np.round(der, entry.decimals) == pub))
+    elif decimals is None:
+        reproduced = None
     else:
-        reproduced = None if entry.decimals is None else bool(np.all(np.round(der, entry.decimals) == pub))
+        reproduced = bool(np.all(np.round(der, decimals) == pub))
     if c.bit_exact:
         text = "reproduced bit for bit by the recipe"
-    elif entry.expect == "decimals" or (entry.expect == "report" and entry.decimals is not None):
-        n_bad = int(np.sum(np.round(der, entry.decimals) != pub))
+    elif decimals is not None and entry.expect in ("decimals", "report"):
+        n_bad = int(np.sum(np.round(der, decimals) != pub))
         text = (f"published rounded to {entry.decimals} decimals; the recipe rounded likewise "
                 + ("matches every entry" if n_bad == 0 else f"differs in {n_bad} entries"))
     else:
@@ -179,8 +182,8 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
     """A transcribed table: its recipe restates the copied values, so agreeing with it proves
     only that the copy and its restatement match; reported as such, never judged."""
     cb = entry.codebook
-    same_size = derived.code.size == cb.code.size
-    pub, der = (cb.code, derived.code) if same_size else (cb.levels, derived.levels)
+    same_size = _code(derived).size == _code(cb).size
+    pub, der = (_code(cb), _code(derived)) if same_size else (cb.levels, derived.levels)
     if der.size != pub.size:
         return AuditRow(cb.name, recipe, entry.expect, None, False, None, None,
                         f"transcribed, not derived ({entry.notes or cb.source}); its recipe gives {der.size} "
@@ -191,6 +194,10 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
     return AuditRow(cb.name, recipe, entry.expect, None, c.bit_exact, c.max_ulp, c.max_abs_diff,
                     f"transcribed, not derived: {entry.notes or cb.source}; {agree} (a consistency check, "
                     f"not a reproduction)")
+
+
+def _code(cb: Codebook) -> np.ndarray:
+    return cast(np.ndarray, cb.code)   # set by the Codebook (None only before)
 
 
 def is_registry_entry(entry: Published) -> bool:
@@ -208,9 +215,14 @@ def audit_entries(names: Iterable[Audited] | Audited | None = None) -> list[Publ
     order given, each read before any work.  A ``FILE.json`` (or a path object) is a codebook
     file, read by :func:`quantbook.load`: its table is expected to be its own recipe's bit for bit.
     An entry (:class:`~quantbook.codebooks.registry.Published`) is taken as it is."""
-    single = isinstance(names, (str, os.PathLike, Published))
-    selected = list(REGISTRY) if names is None else [names] if single else list(names)
-    entries = []
+    selected: list[Audited]
+    if names is None:
+        selected = list(REGISTRY)
+    elif isinstance(names, (str, os.PathLike, Published)):
+        selected = [names]
+    else:
+        selected = list(names)
+    entries: list[Published] = []
     for name in selected:
         if isinstance(name, Published):
             entries.append(name)
@@ -243,7 +255,7 @@ def _nf4_breakdown(entry: Published, derived: Codebook, row: AuditRow) -> None:
     """Why a straightforward float64 derivation misses bitsandbytes' float32 NF4 table."""
     from ..derive.normal_float import nf
 
-    pub = entry.codebook.code
+    pub = _code(entry.codebook)
     variants = {
         "float64, offset 929/960": nf(4, "929/960", "float64"),
         "float64, offset 0.9677083": nf(4, "0.9677083", "float64"),
@@ -251,7 +263,7 @@ def _nf4_breakdown(entry: Published, derived: Codebook, row: AuditRow) -> None:
     }
     found = {}
     for label, cb in variants.items():
-        c = compare(cb.code, pub)
+        c = compare(_code(cb), pub)
         found[label] = {"n_differ": c.n_differ, "max_ulp": c.max_ulp}
     row.details["float64_variants"] = found
     f = found["float64, offset 929/960"]
