@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypedDict
 
 from ..codebooks.registry import REGISTRY
 from ..scales import DEFAULT_QMAX
@@ -89,6 +89,17 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("nf4", "bitsandbytes", "float32", 64, "compress_statistics=False"),
     Layout("nf4", "bitsandbytes nested", "nested", 64, "compress_statistics=True"),
 )
+
+
+class _Named(TypedDict):
+    """The fields of a :class:`LayoutFinding` that name its table and layout."""
+
+    codebook: str
+    layout: str
+    scale: str
+    block_size: int
+    bits_per_weight: float
+    note: str
 
 
 @dataclass
@@ -143,8 +154,8 @@ def audit_layout(layout: Layout) -> LayoutFinding:
     cb = REGISTRY[layout.codebook].codebook
     rule = get_rule(layout.scale)
     bpw = rule.bits_per_weight(layout.block_size, cb.bits)
-    base = dict(codebook=cb.name, layout=layout.label, scale=rule.name, block_size=layout.block_size,
-                bits_per_weight=bpw, note=layout.note)
+    base = _Named(codebook=cb.name, layout=layout.label, scale=rule.name, block_size=layout.block_size,
+                  bits_per_weight=bpw, note=layout.note)
     if rule.encodes_with_amax:
         return _nested_finding(cb, layout, base)
     if not rule.deterministic:   # a copy: the cached finding is every later caller's too
@@ -199,7 +210,7 @@ def _lloyd_on(mu, start: Any, fixed: tuple[float, ...], tol: float = 1e-12, max_
     return q
 
 
-def _nested_finding(cb: Any, layout: Layout, base: dict[str, Any]) -> LayoutFinding:
+def _nested_finding(cb: Any, layout: Layout, base: _Named) -> LayoutFinding:
     """The finding under nested statistics (module docstring)."""
     from ..derive.lloyd import lloyd
     from ..derive.metrics import cell_errors

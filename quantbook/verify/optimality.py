@@ -38,7 +38,7 @@ def sig_round(x: float, digits: int = 4) -> float:
     return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
 
 
-def optimality_report(levels: Sequence[float], loss: str, block_size: int | None, normalization: str,
+def optimality_report(levels: Sequence[float] | np.ndarray, loss: str, block_size: int | None, normalization: str,
                       domain: str = "normalized", source: Any = "normal",
                       fixed: Sequence[float] | None = None) -> dict[str, Any]:
     """Optimality conditions and lost expected error of ``levels`` under the stated model.

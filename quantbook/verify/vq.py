@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -149,7 +149,7 @@ def audit_vector(cb: VectorCodebook, samples: int = AUDIT_SAMPLES, seed: int = A
         source=cb.source)
 
 
-def audit_vectors(samples: int = AUDIT_SAMPLES, seed: int = AUDIT_SEED, names: list[str] | None = None,
+def audit_vectors(samples: int = AUDIT_SAMPLES, seed: int = AUDIT_SEED, names: str | Sequence[str] | None = None,
                   progress: Callable[[str], None] | None = None) -> list[VectorAuditRow]:
     """:func:`audit_vector` for every published grid, in registry order (``names``: a name or
     several, in the order given).
