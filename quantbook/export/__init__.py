@@ -49,7 +49,8 @@ def export(cb: Codebook | VectorCodebook, fmt: str, name: str | None = None,
     """``cb`` in format ``fmt``; ``name`` overrides the C identifier (c, cuda, bnb); ``layout``
     (c, cuda) adds a scaled layout's macros and table to the header; ``spelling`` is how the
     command line named the codebook, for the command a header says made it."""
-    if isinstance(require_codebook(cb, "export", vector=None), VectorCodebook):
+    require_codebook(cb, "export", vector=None)
+    if isinstance(cb, VectorCodebook):
         return _export_vector(cb, fmt, name, layout, spelling)
     if layout is not None and fmt not in ("c", "cuda"):
         raise ValueError(f"a scaled layout is written only into c and cuda headers, not format {fmt!r}")

@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -170,11 +170,12 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     ``cb.name``).
     """
     require_codebook(cb, "c_header")
+    cb_code = cast(np.ndarray, cb.code)   # set by the Codebook (None only before)
     cuda = check_flag(cuda, "cuda")
     if layout is not None and not isinstance(layout, HeaderLayout):
         raise ValueError(f"layout must be a HeaderLayout, got {type(layout).__name__}")
-    if layout is not None and layout.table.size != cb.code.size:
-        raise ValueError(f"the layout table has {layout.table.size} entries, the code {cb.code.size}")
+    if layout is not None and layout.table.size != cb_code.size:
+        raise ValueError(f"the layout table has {layout.table.size} entries, the code {cb_code.size}")
     ident = c_identifier(cb.name) if name is None else c_identifier(name, given=True)
     macro = c_macro(ident)
     index_t = "unsigned char" if cb.bits <= 8 else "unsigned short"
@@ -183,7 +184,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     enc = cb.encoder("float32")  # the one encoding rule: bounds and rank -> code index
     thresholds = np.asarray(enc.bounds, dtype=np.float32)
     order = np.asarray(enc.order)
-    code_to_level = np.searchsorted(cb.levels, cb.code)  # code entries are levels (zero sign aside)
+    code_to_level = np.searchsorted(cb.levels, cb_code)  # code entries are levels (zero sign aside)
     if cuda:
         index_bytes = 1 if cb.bits <= 8 else 2
         nbytes = (4 * (code.size + levels.size + max(thresholds.size, 1) + (0 if layout is None else code.size))
