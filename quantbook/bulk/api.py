@@ -9,7 +9,7 @@ non-finite input, nested statistics and the :class:`QuantState`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -162,7 +162,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = DEFAULT_BLOCK_SIZE
     if rule is not None and bits not in (None, 4):
         raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits!r}")
     try:
-        bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
+        bits = F.check_bits(cb.bits if bits is None else bits, cast(np.ndarray, cb.code).size)   # set by the Codebook
     except ValueError as exc:
         if bits is not None:
             raise
@@ -227,8 +227,10 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
             raise ValueError(f"packed has {have} bytes, expected {need} for {n} values of "
                              f"{state.bits} bits")
         if state.nested:   # decoded where the kernels read them; the backend refuses an overflow
-            absmax = be.nested_scales(state.absmax, state.nested_absmax, np.float32(state.nested_offset),
-                                      state.nested_quant_map, state.nested_blocksize)
+            # a nested state holds its statistics (None only in a plain one)
+            absmax = be.nested_scales(state.absmax, cast(np.ndarray, state.nested_absmax),
+                                      np.float32(state.nested_offset), cast(np.ndarray, state.nested_quant_map),
+                                      cast(int, state.nested_blocksize))
         else:   # float32 scales: the backend's checked copy, or uploaded and checked there
             absmax = be.kept_copy(state.absmax)
             if absmax is None:

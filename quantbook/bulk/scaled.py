@@ -59,7 +59,7 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
     top = float(amax.max())                   # NaN when a block holds NaN/Inf
     if not np.isfinite(top):
         err = F.nonfinite_error(be.to_host(amax), block_size, n)
-        if not allow_nonfinite:
+        if err is not None and not allow_nonfinite:
             raise err
         x = be.sanitize_nonfinite(x, block_size)
         amax = be.scaled_amax(x, block_size)

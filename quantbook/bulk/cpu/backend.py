@@ -32,7 +32,7 @@ def unavailable() -> str | None:
     if why is None:
         import numba
 
-        if numba.config.DISABLE_JIT:
+        if numba.config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba's config sets its names at import
             why = ("numba's compiler is switched off (NUMBA_DISABLE_JIT is set), and the cpu kernels run only "
                    "compiled; use backend='numpy' (the same bytes) or unset NUMBA_DISABLE_JIT")
     return why
@@ -74,6 +74,8 @@ def _tables(code_bytes: bytes):
     enc = F.code_encoder(np.frombuffer(code_bytes, dtype=_F))
     bounds, order = enc.bounds, enc.order.astype(np.uint8)
     k = order.size
+    b15: np.ndarray | None
+    o16: np.ndarray | None
     if k <= 16:
         b15 = np.full(15, np.inf, dtype=_F)
         b15[: bounds.size] = bounds
