@@ -70,7 +70,7 @@ def _header_layout(cb, scale: str, block_size: int, qmax: float | None):
 
 
 def _cmd_export(args) -> int:
-    from ..export import BINARY_FORMATS, export, write_output
+    from ..export import export, write_output
 
     if args.output == "-":   # the usual spelling of standard output, the default
         args.output = None
@@ -113,7 +113,7 @@ def _cmd_export(args) -> int:
         print(f"wrote {args.output} ({args.format}, {len(data)} {'bytes' if isinstance(data, bytes) else 'chars'})",
               file=sys.stderr)
         return 0
-    if args.format in BINARY_FORMATS:
+    if isinstance(data, bytes):   # a binary format (export's BINARY_FORMATS)
         if sys.stdout.isatty():
             raise UsageError(f"format {args.format} is binary: give -o FILE or redirect standard output")
         sys.stdout.buffer.write(data)

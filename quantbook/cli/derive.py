@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import Any
+from typing import Any, Mapping, cast
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import number
@@ -28,11 +28,12 @@ def _cmd_derive_nf(args) -> int:
     from ..derive.normal_float import nf, nf_exact
 
     cb = nf(**_given(args, "bits", "offset", "precision"))
+    recipe = cast(Mapping[str, Any], cb.recipe)   # a derived table carries its recipe
     extra = None
-    if cb.recipe["precision"] == "exact":
+    if recipe["precision"] == "exact":
         import mpmath
 
-        exact = nf_exact(cb.recipe["bits"], cb.recipe["offset"], dps=40)
+        exact = nf_exact(recipe["bits"], recipe["offset"], dps=40)
         extra = {"levels_exact": [mpmath.nstr(v, 32) for v in exact]}
     print_codebook(cb, args.json, extra)
     return 0
@@ -105,11 +106,12 @@ def _derive_search(args, given: dict[str, Any]) -> None:
     if bad:
         raise ValueError(f"{', '.join(bad)} do not apply to a search rule ({given['scale']}): its codes "
                          "are fitted in the weight domain of the scaled layout")
-    opts = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed", "source",
-                                  "qmax", "tensor_size") if k in given}
+    opts: dict[str, Any] = {k: given[k] for k in ("bits", "block_size", "scale", "samples", "seed", "loss", "fixed",
+                                                  "source", "qmax", "tensor_size") if k in given}
     res = solve_search_lloyd(**_search_defaults(opts), progress=args.progress)
     # the fitted loss: the squared weight error under l2, the absolute one under l1
-    unit = error_units()["mse_weight" if res.codebook.recipe["loss"] == "l2" else "mae_weight"]
+    loss = cast(Mapping[str, Any], res.codebook.recipe)["loss"]   # a derived table carries its recipe
+    unit = error_units()["mse_weight" if loss == "l2" else "mae_weight"]
     print_codebook(res.codebook, args.json, {"mse_weight_fitting_sample": res.mse, "iterations": res.iterations,
                                              "change": res.change, "converged": res.converged},
                    {"mse_weight_fitting_sample": unit})
@@ -215,8 +217,8 @@ def _evaluate_search(args, cb, given: dict[str, Any]) -> None:
 
     if "normalization" in given:
         raise ValueError(f"--normalization does not apply to a search rule ({given['scale']})")
-    opts = {k: given[k] for k in ("block_size", "scale", "samples", "seed", "source", "qmax", "tensor_size")
-            if k in given}
+    opts: dict[str, Any] = {k: given[k] for k in ("block_size", "scale", "samples", "seed", "source", "qmax",
+                                                  "tensor_size") if k in given}
     ev = evaluate_search(cb, **_search_defaults(opts))
     if args.json:
         print_json(ev)

@@ -4,12 +4,17 @@ against the block size (matplotlib, ``quantbook[plot]``)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
 from ..io.text import label_width, number
 from .common import (UsageError, add_block_size, add_domain, add_json_flag, add_normalization, add_output, add_qmax,
                      add_scale, add_source, block_size, error_units, print_json, units_line)
+
+if TYPE_CHECKING:   # loaded where a command reads a codebook
+    from ..codebooks.codebook import Codebook
 
 __all__ = ["register"]
 
@@ -24,7 +29,7 @@ def _specs(specs: list[str]) -> list[str]:
     return [one for spec in specs for one in split_specs(spec)]
 
 
-def _fitted_for(recipe: dict, source: str, normalization: str, scale: str | None) -> str:
+def _fitted_for(recipe: Mapping[str, Any], source: str, normalization: str, scale: str | None) -> str:
     """What a table was fitted for that the picture's law is not (its weights, normalisation,
     scale), as a label says it: `` for normal weights, float32 absmax``, or ''.  A name means one
     table in every command (quantbook.naming): only B is the picture's, and the label says the rest."""
@@ -46,14 +51,15 @@ def _resolve(specs: list[str], block_size: int, source: str, normalization: str,
     ``normalization`` and ``scale`` (:func:`_fitted_for`)."""
     from ..naming import depends_on_block_size, resolve_codebook
 
-    out = []
+    out: list[tuple[str, Codebook | Callable[[int], Codebook]]] = []
     for one in (t.strip() for t in _specs(specs)):
         if not one:
             continue
         if depends_on_block_size(one):
             first = resolve_codebook(one, block_size)  # a bad spelling fails now, not inside the plot
-            fitted = _fitted_for(first.recipe, source, normalization, scale)
-            out.append((f"{one} (fit at each B{fitted})", lambda B, _s=one: resolve_codebook(_s, B)))
+            recipe = cast(Mapping[str, Any], first.recipe)   # a derived table carries its recipe
+            fitted = _fitted_for(recipe, source, normalization, scale)
+            out.append((f"{one} (fit at each B{fitted})", functools.partial(resolve_codebook, one)))
         else:
             out.append((one, resolve_codebook(one, block_size)))
     if not out:
