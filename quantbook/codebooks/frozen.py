@@ -50,7 +50,10 @@ class FrozenDict(_Frozen, dict):
     """A dict that refuses changes."""
 
     _plain = dict
-    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = _refuse
+    # mypy 1.10 holds update to MutableMapping's overloads, which _refuse's signature does not match (newer mypy
+    # accepts it)
+    update = _refuse  # type: ignore[assignment, unused-ignore]
 
 
 class FrozenList(_Frozen, list):

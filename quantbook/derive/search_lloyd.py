@@ -210,7 +210,9 @@ def _assign_ggml(rule: GgmlSearch, smp: _Sample, table: np.ndarray, qmax: float)
 
 
 def _assign(rule: Any, smp: _Sample, table: np.ndarray, qmax: float):
-    return (_assign_ggml if isinstance(rule, GgmlSearch) else _assign_candidates)(rule, smp, table, qmax)
+    if isinstance(rule, GgmlSearch):
+        return _assign_ggml(rule, smp, table, qmax)
+    return _assign_candidates(rule, smp, table, qmax)
 
 
 def _step(rule: Any, smp: _Sample, levels: np.ndarray, free: np.ndarray, qmax: float, loss: str):
@@ -265,7 +267,7 @@ def search_block_errors(levels: Any, block_size: int, scale: Any, x: np.ndarray,
     return _block_error(smp, deq, "l2").reshape(-1), _block_error(smp, deq, "l1").reshape(-1)
 
 
-def default_samples(samples: int | None, default: int, block_size: Any, tensor_size: Any = None) -> Any:
+def default_samples(samples: int | None, default: int, block_size: Any, tensor_size: Any = None) -> int:
     """``samples``, or when None ``default`` rounded up to whole blocks (or tensors): a block
     size that does not divide the default must not be an error about a sample never given.
     A size that is not a positive integer is left for the checks to name."""

@@ -191,8 +191,7 @@ def _load(path: str | os.PathLike, directory: Path, gguf: str | None, task: str,
         if str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot load it as a model for --task {task}: {_first_line(exc)}") from None
-    except (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError) \
-            + _safetensors_errors() as exc:
+    except _load_errors() as exc:
         raise ValueError(f"{path}: cannot load it as a model for --task {task}: {type(exc).__name__}: "
                          f"{_first_line(exc)}") from None
     model.eval()
@@ -231,13 +230,15 @@ def _gguf_bar(show: bool):
             gguf_utils.tqdm = saved
 
 
-def _safetensors_errors() -> tuple[type[BaseException], ...]:
-    """safetensors' own error class (a corrupt file), where the package has one."""
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What else than a ValueError a model that cannot be loaded raises: the usual kinds, and
+    safetensors' own error class (a corrupt file) where the package has one."""
+    usual = (OSError, KeyError, TypeError, RuntimeError, NotImplementedError, AttributeError)
     try:
         from safetensors import SafetensorError
     except ImportError:
-        return ()
-    return (SafetensorError,)
+        return usual
+    return usual + (SafetensorError,)
 
 
 def _first_line(exc: BaseException) -> str:

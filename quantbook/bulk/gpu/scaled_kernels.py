@@ -58,6 +58,8 @@ Kernels (``extern "C"``, one per dtype ``f32`` / ``f16`` / ``bf16``):
 
 from __future__ import annotations
 
+from typing import Callable
+
 from . import kernels as K
 
 __all__ = ["DTYPES", "CHUNK", "CTA", "GGML_CTA", "ENCODE_CTAS", "STEPS_NAME", "elements_per_thread",
@@ -133,7 +135,8 @@ STEPS_NAME = "qbs_steps"
 
 def all_kernel_names() -> list[str]:
     """Every kernel of the scaled layouts, as the source defines them."""
-    return [f(d) for f in (amax_name, encode_name, decode_name, errors_name, ggml_name) for d in DTYPES] \
+    per_dtype: tuple[Callable[[str], str], ...] = (amax_name, encode_name, decode_name, errors_name, ggml_name)
+    return [f(d) for f in per_dtype for d in DTYPES] \
         + [encode_name(d, True) for d in DTYPES] + [STEPS_NAME]
 
 
