@@ -882,8 +882,7 @@ def evaluate_quality(path: str | os.PathLike, codebooks: Sequence[tuple[str, Any
     device = resolve_device(device)
     t0 = time.perf_counter()
     net, tokenizer = _load(path, *located, task, progress) if model is None else model
-    # transformers declares PreTrainedModel.to through functools.wraps, which mypy reads as unbound
-    net = net.to(device)  # type: ignore[arg-type]
+    net = net.to(device)
     load_seconds = time.perf_counter() - t0
     measure = task_cls(net, tokenizer, text, tokens, context)
     linears, unread = _select(net, tensors, task_cls.unused_weights)
