@@ -33,7 +33,8 @@ from test_docs_commands import DOCS, ROOT, _fences_blanked, _of, _subparsers
 from test_package_names import _modules
 
 _GONE = re.compile(r"\b(gone|removed)\b")
-_OTHER_PROGRAMS = ("pip ", "ncu ", "nvcc ", "pytest ", "python -m pytest", "python -m build", "bash ", "gcc ", "node ")
+_OTHER_PROGRAMS = ("pip ", "ncu ", "nvcc ", "pytest ", "python -m pytest", "python -m build", "bash ", "gcc ", "node ",
+                   "mypy ")
 #: options of other programs that the prose names alone
 _FOREIGN = {"--no-deps"}   # pip's
 
