@@ -162,7 +162,7 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = DEFAULT_BLOCK_SIZE
     if rule is not None and bits not in (None, 4):
         raise ValueError(f"the scaled layouts store 4-bit codes, got bits={bits!r}")
     try:
-        bits = F.check_bits(cb.bits if bits is None else bits, cast(np.ndarray, cb.code).size)   # set by the Codebook
+        bits = F.check_bits(cb.bits if bits is None else bits, cb.code.size)
     except ValueError as exc:
         if bits is not None:
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import numpy as np
 
@@ -220,14 +220,20 @@ class QuantState:
             return table[index]
         if not self.nested:
             return self.absmax
-        return dequantize_nested(self.absmax, self.nested_absmax, np.float32(self.nested_offset),
-                                 self.nested_quant_map, self.nested_blocksize)
+        stats, qmap, blocksize, offset = self._nested_fields()
+        return dequantize_nested(self.absmax, stats, np.float32(offset), qmap, blocksize)
+
+    def _nested_fields(self) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """``nested_absmax, nested_quant_map, nested_blocksize, nested_offset`` of a nested state,
+        which :meth:`_check_fields` holds set together."""
+        return cast(tuple[np.ndarray, np.ndarray, int, float],
+                    (self.nested_absmax, self.nested_quant_map, self.nested_blocksize, self.nested_offset))
 
     def scale_lookup(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(table, index)`` with block ``b``'s float32 scale ``table[index[b]]``: the rule's
         decode table (:func:`quantbook.scales.steps.decode_table`) and the stored values' bits,
         for a scaled state whose stored values have at most 16 bits; else None."""
-        if not self.scaled:
+        if self.scale_rule is None:   # not scaled
             return None
         ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
         table = decode_table(self.scale_rule, ts)
@@ -252,7 +258,7 @@ class QuantState:
         self.blocksize = F.check_block_size(self.blocksize)
         check_shape(self.shape)
         try:   # np.dtype(None) would be float64
-            ok = self.dtype is not None and dtype_name(self.dtype)
+            ok = self.dtype is not None and bool(dtype_name(self.dtype))
         except (TypeError, ValueError):
             ok = False
         if not ok:
@@ -359,12 +365,13 @@ class QuantState:
             "shape": tuple(int(s) for s in self.shape),
         }
         if self.nested:
+            stats, qmap, blocksize, offset = self._nested_fields()
             d.update(
-                nested_absmax=self.nested_absmax,
-                nested_blocksize=int(self.nested_blocksize),
-                nested_quant_map=self.nested_quant_map,
+                nested_absmax=stats,
+                nested_blocksize=int(blocksize),
+                nested_quant_map=qmap,
                 nested_dtype="float32",
-                nested_offset=float(self.nested_offset),
+                nested_offset=float(offset),
             )
         if self.bits != 4:
             d["bits"] = int(self.bits)

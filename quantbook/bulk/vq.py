@@ -141,7 +141,9 @@ class VQBackend:
         """:meth:`quantize_host` of the float32 that the hooks take (:meth:`load`'s, or a device
         backend's :meth:`as_float32`): :meth:`rotate` (``overwrite_x`` as its), :meth:`group_scales`,
         ``check`` and :meth:`encode`."""
-        v = (xf if size is None else self.rotate(xf.reshape(-1, size), seed, overwrite_x=overwrite_x)).reshape(-1)
+        # a rotated layout has both its size and its seed
+        v = (xf if size is None else self.rotate(xf.reshape(-1, size), cast(int, seed), overwrite_x=overwrite_x)
+             ).reshape(-1)
         stored, scales, stat_of = self.group_scales(v, group, rule, scale_dtype)
         check(stored, stat_of)
         return self.encode(v, scales, group, points), stored
@@ -187,7 +189,7 @@ class VQBackend:
         if size is None:
             return y
         with np.errstate(over="ignore"):
-            return self.unrotate(y.reshape(-1, size), seed, overwrite_x=True).reshape(-1)
+            return self.unrotate(y.reshape(-1, size), cast(int, seed), overwrite_x=True).reshape(-1)   # as above
 
     def to_host(self, a: Any) -> np.ndarray:
         """A result of :meth:`rotate`, :meth:`unrotate`, :meth:`encode` or :meth:`decode` as a
@@ -354,9 +356,9 @@ def _grid_tables(points_bytes: bytes, n: int):
     count, cols = cell_candidates(c, lo, hi, cells)
     # the outer ring of cells also stands for everything beyond the grid (the kernel clamps
     # its lookup): those cells send their vectors to the exact scan, flagged by a count of 0
-    ring = np.zeros((cells, cells), bool)
-    ring[[0, -1], :] = ring[:, [0, -1]] = True
-    ring = ring.reshape(-1)
+    square = np.zeros((cells, cells), bool)
+    square[[0, -1], :] = square[:, [0, -1]] = True
+    ring = square.reshape(-1)
     first = np.concatenate([[0], np.cumsum(count)[:-1]])
     # one lookup per vector: a cell of at most _SLOTS candidates holds them ascending, padded
     # with its first (a repeat never wins a tie against it), so the kernel compares them
@@ -641,15 +643,15 @@ def _pick_backend(name: Any, device: bool = False) -> VQBackend:
         if device:
             raise no_device_backend_error(VQ_BACKENDS)
         return VQ_BACKENDS["numpy"]
-    b = VQ_BACKENDS.get(name) if isinstance(name, str) else None
-    if b is None:
+    named = VQ_BACKENDS.get(name) if isinstance(name, str) else None
+    if named is None:
         raise ValueError(f"unknown vector-quantization backend {name!r} (expected {', '.join(vq_backend_names())})")
-    if device and not b.device:
+    if device and not named.device:
         raise host_backend_error(name)
-    why = b.unavailable()
+    why = named.unavailable()
     if why is not None:
         raise ValueError(f"backend {name!r} cannot run here: {why}")
-    return b
+    return named
 
 
 def as_points(codebook: Any) -> tuple[str, np.ndarray]:
@@ -732,8 +734,8 @@ def _check_scales(first_bad: Callable[[], int | None], size: int | None, scale: 
         if bad_at is not None:
             raise ValueError(f"x holds NaN or Inf: first at flat index {bad_at}")
         raise ValueError(f"the Hadamard rotation takes group {g} beyond float32's range")
-    g = first_bad_scale(stored)   # the statistics are finite: an overflow to inf
-    raise ValueError(f"group {g}'s {scale} scale {stat[g]:.6g} exceeds {scale_dtype}'s range; "
+    over = cast(int, first_bad_scale(stored))   # the statistics are finite: an overflow to inf (checked above)
+    raise ValueError(f"group {over}'s {scale} scale {stat[over]:.6g} exceeds {scale_dtype}'s range; "
                      f"pass scale_dtype='float32'")
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn
 
 import numpy as np
 
@@ -298,7 +298,7 @@ def print_codebook(cb: Codebook, as_json: bool, extra: dict[str, Any] | None = N
 
     print(f"recipe: {format_recipe(cb.recipe)}")
     print(f"{'index':>5}  {'value (float64 repr)':<24}  {'float32 hex':<10}")
-    for i, v in enumerate(cast(np.ndarray, cb.code)):   # set by the Codebook (None only before)
+    for i, v in enumerate(cb.code):
         print(f"{i:>5}  {float(v)!r:<24}  0x{np.float32(v).view(np.uint32):08x}")
     units = units or {}
     for key, value in (extra or {}).items():

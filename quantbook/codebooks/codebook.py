@@ -18,9 +18,10 @@ value stored at several indices are defined once, in :mod:`quantbook.codebooks.e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, cast
+from typing import Any, Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import RoundingEdgeWarning, warn
 from ..io.files import dump_json, parse_json
@@ -147,7 +148,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Codebook:
     """Immutable k-bit codebook.  See the module docstring for the encoding rule.
 
@@ -168,22 +169,25 @@ class Codebook:
         ``levels`` (the sign of a zero is kept).  Defaults to ``levels``.
     """
 
+    # the fields as the object holds them: read-only float64 arrays (``code`` always one: the
+    # constructor's None is the levels), checked and set by __init__ alone
     levels: np.ndarray
     bits: int
-    name: str = "unnamed"
-    source: str = "derived"
-    recipe: Mapping[str, Any] | None = None
-    code: np.ndarray | None = None
-    _code_index: np.ndarray = field(init=False, repr=False)
+    name: str
+    source: str
+    recipe: Mapping[str, Any] | None
+    code: np.ndarray
+    _code_index: np.ndarray = field(repr=False)
 
     @ignore_underflow
-    def __post_init__(self) -> None:
-        if not is_int(self.bits):
-            raise CodebookError(f"bits must be an integer, got {self.bits!r}")
-        bits = int(self.bits)
+    def __init__(self, levels: ArrayLike, bits: int, name: str = "unnamed", source: str = "derived",
+                 recipe: Mapping[str, Any] | None = None, code: ArrayLike | None = None) -> None:
+        if not is_int(bits):
+            raise CodebookError(f"bits must be an integer, got {bits!r}")
+        bits = int(bits)
         if not 1 <= bits <= 16:
             raise CodebookError(f"bits must be between 1 and 16, got {bits}")
-        levels = _as_float64_vector(self.levels, "levels") + 0.0  # -0.0 -> +0.0
+        levels = _as_float64_vector(levels, "levels") + 0.0  # -0.0 -> +0.0
         steps = np.diff(levels)
         if np.any(steps <= 0):
             i = int(np.flatnonzero(steps <= 0)[0])
@@ -202,10 +206,10 @@ class Codebook:
             raise CodebookError(
                 f"{levels.size} levels do not fit in {bits} bits (at most {2**bits})"
             )
-        if self.code is None:
+        if code is None:
             code = levels.copy()
         else:
-            code = _as_float64_vector(self.code, "code")
+            code = _as_float64_vector(code, "code")
             if code.size > 2**bits:
                 raise CodebookError(f"code has {code.size} entries, more than 2**{bits}")
         # level position of every code index; every level must be reachable
@@ -224,14 +228,13 @@ class Codebook:
         if not seen.all():
             i = int(np.flatnonzero(~seen)[0])
             raise CodebookError(f"level {float(levels[i])!r} does not appear in code")
-        check_name(self.name, CodebookError)
-        if not isinstance(self.source, str):
-            raise CodebookError(f"source must be a string, got {type(self.source).__name__}")
-        object.__setattr__(self, "bits", bits)
-        object.__setattr__(self, "levels", _freeze(levels))
-        object.__setattr__(self, "code", _freeze(code))
-        object.__setattr__(self, "_code_index", _freeze(code_index))
-        object.__setattr__(self, "recipe", _freeze_recipe(self.recipe))
+        check_name(name, CodebookError)
+        if not isinstance(source, str):
+            raise CodebookError(f"source must be a string, got {type(source).__name__}")
+        for key, value in (("levels", _freeze(levels)), ("bits", bits), ("name", name), ("source", source),
+                           ("recipe", _freeze_recipe(recipe)), ("code", _freeze(code)),
+                           ("_code_index", _freeze(code_index))):
+            object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------ views
     @property
@@ -252,7 +255,7 @@ class Codebook:
 
     def encoder(self, precision: str = "float32") -> Encoder:
         """The encoder of the stored code table (:mod:`quantbook.codebooks.encoding`)."""
-        return encoder(cast(np.ndarray, self.code), precision)   # set by __post_init__ (None only before)
+        return encoder(self.code, precision)
 
     @property
     @ignore_underflow
@@ -337,7 +340,7 @@ class Codebook:
 
     def replace(self, **changes: Any) -> "Codebook":
         """A copy with some fields changed (``levels``, ``name``, ``source``, ...)."""
-        fields = dict(
+        fields: dict[str, Any] = dict(
             levels=self.levels, bits=self.bits, name=self.name, source=self.source,
             recipe=self.recipe, code=self.code,
         )
@@ -378,7 +381,7 @@ class Codebook:
         missing = [k for k in ("bits", "levels") if k not in d]
         if missing:
             raise CodebookError(f"codebook object lacks {', '.join(missing)}")
-        values = {}
+        values: dict[str, Any] = {}
         for key in ("levels", "code"):
             v = d.get(key)
             if isinstance(v, (list, tuple)):
@@ -405,7 +408,8 @@ class Codebook:
     def from_json(cls, text: str | bytes) -> "Codebook":
         """The Codebook of :meth:`to_json` text; bad input is a one-line :class:`CodebookError`."""
         d = parse_json(text, CodebookError, "codebook")
-        return cls.from_dict(d)
+        # any JSON value: from_dict names one that is not an object
+        return cls.from_dict(d)   # type: ignore[arg-type]
 
 
 def float32_ulp_distance(a: Any, b: Any) -> np.ndarray:

@@ -631,8 +631,7 @@ class RoundedRecipe(Recipe):
 
     def derive(self) -> Codebook:
         base = self.base.derive()
-        base_code = cast(np.ndarray, base.code)   # set by the Codebook (None only before)
-        code = np.array([round(float(v), self.decimals) for v in base_code])
+        code = np.array([round(float(v), self.decimals) for v in base.code])
         return Codebook(levels=np.unique(code), bits=base.bits, name=f"{base.name}-r{self.decimals}",
                         source="derived", recipe=self.to_dict(), code=code)
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -170,7 +170,7 @@ def c_header(cb: Codebook, name: str | None = None, cuda: bool = False,
     ``cb.name``).
     """
     require_codebook(cb, "c_header")
-    cb_code = cast(np.ndarray, cb.code)   # set by the Codebook (None only before)
+    cb_code = cb.code
     cuda = check_flag(cuda, "cuda")
     if layout is not None and not isinstance(layout, HeaderLayout):
         raise ValueError(f"layout must be a HeaderLayout, got {type(layout).__name__}")

@@ -116,15 +116,16 @@ def _parse_header(path: Path) -> tuple[dict, int, int]:
 
 def _entry(path: Path, name: str, entry: object, data_start: int, data_size: int) -> _Entry:
     """The checked entry of tensor ``name`` (``SafetensorsError`` unless it lies inside the file)."""
-    ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
-    shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if ok else (None, None)
-    ok = (ok and isinstance(shape, list) and len(shape) <= _MAX_NDIM
-          and all(type(s) is int and s >= 0 for s in shape)
-          and math.prod(max(s, 1) for s in shape) < 2**60  # numpy cannot even shape an empty array beyond
-          and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-          and 0 <= offsets[0] <= offsets[1] <= data_size)
-    if not ok:
-        raise SafetensorsError(f"{path} is not a valid safetensors file: bad or truncated entry for tensor {name!r}")
+    bad = f"{path} is not a valid safetensors file: bad or truncated entry for tensor {name!r}"
+    if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)):
+        raise SafetensorsError(bad)
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM
+            and all(type(s) is int and s >= 0 for s in shape)
+            and math.prod(max(s, 1) for s in shape) < 2**60  # numpy cannot even shape an empty array beyond
+            and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size):
+        raise SafetensorsError(bad)
     dtype = entry["dtype"]
     width = _DTYPES[dtype][1] if dtype in _DTYPES else None
     count = math.prod(shape)
@@ -306,7 +307,8 @@ def sample_weights(path: Source, globs: str | Iterable[str] | None = None, max_s
     f = open_safetensors(path)
     infos = f.tensors(globs)
     if not infos:
-        what = "" if split_globs(globs) is None else f" matching {','.join(split_globs(globs))}"
+        patterns = split_globs(globs)
+        what = "" if patterns is None else f" matching {','.join(patterns)}"
         raise ValueError(f"{f.path} has no floating tensors{what}{f.left_out(globs)}")
     sizes = np.array([i.size for i in infos], dtype=np.int64)  # each at most the file's size
     total = int(sizes.sum())

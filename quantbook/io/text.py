@@ -32,7 +32,8 @@ def number(value: Any, spec: str = "") -> str:
         if math.isfinite(v):
             return format(value, spec)
         word = UNDEFINED if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    align, width = _ALIGN_WIDTH.match(spec).groups()
+    m = _ALIGN_WIDTH.match(spec)
+    align, width = m.groups() if m else ("", "")   # each part of the pattern is optional: it matches every spec
     if not width:
         return word
     if not align or align.endswith("="):   # a string cannot pad after its sign

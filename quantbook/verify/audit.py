@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -144,7 +144,7 @@ def audit_one(entry: Published) -> AuditRow:
         return _transcription_row(entry, derived, recipe)
     # bit-exact means the stored table, in its order; the other verdicts compare the levels
     # when the stored tables differ in size (e.g. a published table without its -0.0)
-    pub_code, der_code = _code(cb), _code(derived)
+    pub_code, der_code = cb.code, derived.code
     use_code = entry.expect == "bit-exact" or (der_code.size == pub_code.size and entry.expect != "report")
     pub = pub_code if use_code else cb.levels
     der = der_code if use_code else derived.levels
@@ -182,8 +182,8 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
     """A transcribed table: its recipe restates the copied values, so agreeing with it proves
     only that the copy and its restatement match; reported as such, never judged."""
     cb = entry.codebook
-    same_size = _code(derived).size == _code(cb).size
-    pub, der = (_code(cb), _code(derived)) if same_size else (cb.levels, derived.levels)
+    same_size = derived.code.size == cb.code.size
+    pub, der = (cb.code, derived.code) if same_size else (cb.levels, derived.levels)
     if der.size != pub.size:
         return AuditRow(cb.name, recipe, entry.expect, None, False, None, None,
                         f"transcribed, not derived ({entry.notes or cb.source}); its recipe gives {der.size} "
@@ -194,10 +194,6 @@ def _transcription_row(entry: Published, derived: Codebook, recipe: str) -> Audi
     return AuditRow(cb.name, recipe, entry.expect, None, c.bit_exact, c.max_ulp, c.max_abs_diff,
                     f"transcribed, not derived: {entry.notes or cb.source}; {agree} (a consistency check, "
                     f"not a reproduction)")
-
-
-def _code(cb: Codebook) -> np.ndarray:
-    return cast(np.ndarray, cb.code)   # set by the Codebook (None only before)
 
 
 def is_registry_entry(entry: Published) -> bool:
@@ -255,7 +251,7 @@ def _nf4_breakdown(entry: Published, derived: Codebook, row: AuditRow) -> None:
     """Why a straightforward float64 derivation misses bitsandbytes' float32 NF4 table."""
     from ..derive.normal_float import nf
 
-    pub = _code(entry.codebook)
+    pub = entry.codebook.code
     variants = {
         "float64, offset 929/960": nf(4, "929/960", "float64"),
         "float64, offset 0.9677083": nf(4, "0.9677083", "float64"),
@@ -263,7 +259,7 @@ def _nf4_breakdown(entry: Published, derived: Codebook, row: AuditRow) -> None:
     }
     found = {}
     for label, cb in variants.items():
-        c = compare(_code(cb), pub)
+        c = compare(cb.code, pub)
         found[label] = {"n_differ": c.n_differ, "max_ulp": c.max_ulp}
     row.details["float64_variants"] = found
     f = found["float64, offset 929/960"]
