@@ -288,7 +288,7 @@ class NumpyVQ(VQBackend, name="numpy"):
         # tensor beside the result
         p = points.shape[1]
         out = np.empty(idx.size * p, dtype)
-        buf = None   # one float32 piece, reused: a fresh one a piece was slower
+        buf: np.ndarray | None = None   # one float32 piece, reused: a fresh one a piece was slower
         for piece in F.pieces(out.size, math.lcm(group, size or group)):
             buf = np.empty(piece.stop - piece.start, _F) if buf is None else buf[:piece.stop - piece.start]
             y = self.decode(idx[piece.start // p:piece.stop // p], scales[F.block_slice(piece, group)], group,

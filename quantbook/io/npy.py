@@ -63,7 +63,9 @@ def load_npy(path: str | os.PathLike, max_values: int | None = DEFAULT_MAX_VALUE
                                    f"than the {MAX_HEADER_BYTES:,} numpy reads)")
                 f.seek(-width, os.SEEK_CUR)
                 read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                shape, fortran, dtype = read_header(f, max_header_size=MAX_HEADER_BYTES)
+                # numpy 1.24's hints lack the argument its code takes
+                shape, fortran, dtype = read_header(  # type: ignore[call-arg, unused-ignore]
+                    f, max_header_size=MAX_HEADER_BYTES)
             except NpyError:
                 raise
             except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError) as exc:

@@ -32,7 +32,8 @@ def unavailable() -> str | None:
     if why is None:
         import numba
 
-        if numba.config.DISABLE_JIT:  # type: ignore[attr-defined]  # numba's config sets its names at import
+        # numba's config sets its names at import (an untyped numba, before 0.59, needs no ignore)
+        if numba.config.DISABLE_JIT:  # type: ignore[attr-defined, unused-ignore]
             why = ("numba's compiler is switched off (NUMBA_DISABLE_JIT is set), and the cpu kernels run only "
                    "compiled; use backend='numpy' (the same bytes) or unset NUMBA_DISABLE_JIT")
     return why
