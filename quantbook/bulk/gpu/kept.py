@@ -69,8 +69,8 @@ def keep(host: np.ndarray, dev: Any, device_id: int) -> np.ndarray:
     is kept.  An array that does not own its memory is returned as it is, and nothing kept."""
     if not isinstance(host, np.ndarray) or host.base is not None or not host.flags.owndata:
         return host
-    frozen = np.frombuffer(host.reshape(-1).view(np.uint8).data.toreadonly(), np.uint8)
-    frozen = frozen.view(host.dtype).reshape(host.shape)
+    flat = np.frombuffer(host.reshape(-1).view(np.uint8).data.toreadonly(), np.uint8)
+    frozen = flat.view(host.dtype).reshape(host.shape)
     key = id(frozen)
     ref = weakref.ref(frozen, functools.partial(_forget, key))
     with _lock:
