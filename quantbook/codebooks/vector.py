@@ -82,7 +82,8 @@ def _as_points(points: Any) -> np.ndarray:
     return f32
 
 
-def cell_candidates(points: np.ndarray, lo: Any, hi: Any, cells: int) -> tuple[np.ndarray, np.ndarray]:
+def cell_candidates(points: np.ndarray, lo: Any, hi: Any, cells: int,
+                    beyond: bool = False) -> tuple[np.ndarray, ...]:
     """For a ``cells`` x ``cells`` grid over the box ``lo``..``hi`` (two coordinates each) and
     2-D ``points``: ``(count, cols)``, the number of candidates of every cell (cell ``i·cells
     + j``: ``i`` along the first coordinate) and, cell after cell, their indices ascending.
@@ -94,26 +95,38 @@ def cell_candidates(points: np.ndarray, lo: Any, hi: Any, cells: int) -> tuple[n
     lookup and of a float64 distance, so a list never misses the true nearest point (ties
     included); extra candidates cost only time.  The one statement of this rule: the
     derivation's and the bulk quantizer's exact searches both build on it.
+
+    With ``beyond``, a third array: per cell, the least squared distance of a point left out to
+    the widened cell (inf where none is), as computed (a relative 1e-9 below it bounds every
+    left-out point's squared distance to any vector that the cell's lookup finds in the cell).
     """
     c = np.asarray(points, dtype=np.float64)
     lo = np.asarray(lo, dtype=np.float64)
     width = (np.asarray(hi, dtype=np.float64) - lo) / cells
     m = 1e-6 * width
     edges = [lo[k] + np.arange(cells + 1) * width[k] for k in range(2)]
-    b0, b1 = edges[1][:-1, None] - m[1], edges[1][1:, None] + m[1]  # (cells, 1) along y
-    dy_min = np.maximum(0.0, np.maximum(b0 - c[None, :, 1], c[None, :, 1] - b1))
-    dy_max = np.maximum(np.abs(c[None, :, 1] - b0), np.abs(c[None, :, 1] - b1))
-    lists, counts = [], []
-    for i in range(cells):
-        a0, a1 = edges[0][i] - m[0], edges[0][i + 1] + m[0]
-        dx_min = np.maximum(0.0, np.maximum(a0 - c[:, 0], c[:, 0] - a1))
-        dx_max = np.maximum(np.abs(c[:, 0] - a0), np.abs(c[:, 0] - a1))
-        dmin = dx_min[None, :] ** 2 + dy_min ** 2  # (cells, N)
-        bound = (dx_max[None, :] ** 2 + dy_max ** 2).min(axis=1) * (1 + 1e-9)
-        rows, cols = np.nonzero(dmin <= bound[:, None])  # row-major: each cell's points ascending
+
+    def squares(k):  # (cells, N): least and greatest squared gap along axis k, widened cells
+        e0, e1 = edges[k][:-1, None] - m[k], edges[k][1:, None] + m[k]
+        near = np.maximum(0.0, np.maximum(e0 - c[None, :, k], c[None, :, k] - e1))
+        return near ** 2, np.maximum(np.abs(c[None, :, k] - e0), np.abs(c[None, :, k] - e1)) ** 2
+
+    (x_min, x_max), (y_min, y_max) = squares(0), squares(1)
+    n = c.shape[0]
+    rows = max(1, (1 << 17) // (cells * max(n, 1)))   # cell columns a step: temporaries that stay in cache
+    lists, counts, far = [], [], []
+    for i in range(0, cells, rows):
+        part = slice(i, min(cells, i + rows))
+        dmin = x_min[part, None, :] + y_min[None]   # (columns, cells, N)
+        bound = (x_max[part, None, :] + y_max[None]).min(axis=2) * (1 + 1e-9)
+        keep = dmin <= bound[..., None]
+        cell, cols = np.nonzero(keep.reshape(-1, n))  # row-major: each cell's points ascending
         lists.append(cols)
-        counts.append(np.bincount(rows, minlength=cells))
-    return np.concatenate(counts), np.concatenate(lists).astype(np.int64)
+        counts.append(np.bincount(cell, minlength=keep.shape[0] * cells))
+        if beyond:
+            far.append(np.where(keep, np.inf, dmin).min(axis=2).reshape(-1))
+    out = (np.concatenate(counts), np.concatenate(lists).astype(np.int64))
+    return out + (np.concatenate(far),) if beyond else out
 
 
 def nearest_brute(points: np.ndarray, v: np.ndarray) -> np.ndarray:
