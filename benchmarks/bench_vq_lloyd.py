@@ -9,7 +9,9 @@ into a temporary folder and derives each case (P x N, the default recipe but its
 after a warm-up run that compiles its kernels.  It prints each tree's best wall time of
 --repeat (and the CPU time of that run, all threads), new/old, the passes on the whole sample
 and whether the two trees' results are the same bits: points, MSE, passes, convergence, the
-last pass's change and the restarts' errors.
+last pass's change and the restarts' errors.  ``--profile`` adds, for each tree's best run,
+where its time went: drawing the sample, the Lloyd passes at each sample size (calls, time,
+per pass) and, within them, building the 2-D cell lists.
 
     python benchmarks/bench_vq_lloyd.py --baseline REV --bits [--registry]
 
@@ -37,11 +39,29 @@ from _cli import check_floors, int_list, run
 
 #: the child: derive each recipe (JSON on the command line) after a warm-up, one JSON line each
 _CHILD = r"""
-import hashlib, json, sys, time, warnings
+import collections, hashlib, json, sys, time, warnings
 warnings.simplefilter("ignore")   # an unconverged coarse level is part of some recipes
 import quantbook
+import quantbook.derive.vq as V
+import quantbook.derive.vq_kernels as K
 from quantbook.derive.vq import VQRecipe, solve_vq
 print(json.dumps({"quantbook": quantbook.__file__}), flush=True)
+spent, calls = collections.defaultdict(float), collections.Counter()
+
+def timed(owner, name, key):   # wall time of every call, by key (a few microseconds a call)
+    f = getattr(owner, name)
+    def g(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return f(*a, **kw)
+        finally:
+            spent[key(*a)] += time.perf_counter() - t
+            calls[key(*a)] += 1
+    setattr(owner, name, g)
+
+timed(V._Sums, "run", lambda acc, c: f"passes on {acc.x.shape[0]} vectors")
+timed(K, "cell_lists", lambda *a: "their 2-D cell lists")
+timed(V, "draw_vectors", lambda *a: "drawing the sample")
 warm = set()
 for spec in sys.argv[1:]:
     r = VQRecipe(**json.loads(spec))
@@ -49,6 +69,7 @@ for spec in sys.argv[1:]:
         solve_vq(dim=r.dim, points=16, samples=1 << 18, coarse_samples=1 << 17, restarts=1, max_iter=3,
                  final_passes=2)
         warm.add(r.dim)
+    spent.clear(), calls.clear()
     t0, c0 = time.perf_counter(), time.process_time()
     res = solve_vq(r)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -56,7 +77,8 @@ for spec in sys.argv[1:]:
                                                    res.restart_mse)).encode()
     print(json.dumps({"wall": wall, "cpu": cpu, "passes": res.iterations, "converged": res.converged,
                       "mse": res.mse, "bits": hashlib.sha256(result).hexdigest(),
-                      "points": res.codebook.points.tolist()}), flush=True)
+                      "points": res.codebook.points.tolist(),
+                      "profile": {k: [calls[k], spent[k]] for k in sorted(spent)}}), flush=True)
 """
 
 #: --bits: recipes that exercise every search (2-D cell lists, the strip search for P > 2,
@@ -150,12 +172,15 @@ def main() -> int:
     ap.add_argument("--final-passes", default="10,100", help="final_passes of each case (default 10,100)")
     ap.add_argument("--samples", type=int, default=None, help="fitting vectors (default the recipe's, 10^7)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per tree and case, alternating (default 2)")
+    ap.add_argument("--profile", action="store_true", help="where each tree's best run spent its time")
     ap.add_argument("--bits", action="store_true", help="only compare the results of a spread of recipes")
     ap.add_argument("--registry", action="store_true", help="with --bits: also the registry's derived grids")
     args = ap.parse_args()
     check_floors(ap, args, repeat=1, samples=1)
     if args.registry and not args.bits:
         ap.error("--registry is read by --bits only")
+    if args.profile and args.bits:
+        ap.error("--profile is read by a timing run only, not by --bits")
     cases = _cases(ap, args.cases)
     finals = int_list(ap, args.final_passes, "--final-passes")
     from quantbook.derive.vq import VQRecipe
@@ -181,6 +206,7 @@ def main() -> int:
             return _bits(trees, args.registry)
         print("| P | N | final passes | passes run | converged | old wall (CPU) | new wall (CPU) | new/old | bits |")
         print("|---:|---:|---:|---:|---|---:|---:|---:|---|")
+        profiles = []
         for spec in specs:
             runs = {"old": [], "new": []}
             for _ in range(args.repeat):
@@ -193,6 +219,13 @@ def main() -> int:
                   f"{'yes' if w['converged'] else 'no'} | {o['wall']:.1f} s ({o['cpu']:.1f} s) | "
                   f"{w['wall']:.1f} s ({w['cpu']:.1f} s) | {w['wall'] / o['wall']:.2f} | "
                   f"{'same' if same else 'DIFFERENT'} |", flush=True)
+            profiles.append((spec, best))
+        for spec, best in profiles if args.profile else ():
+            print(f"\nwhere the time went, P={spec['dim']} N={spec['points']} final_passes={spec['final_passes']}:")
+            for side in ("old", "new"):
+                print(f"  {side} ({best[side]['wall']:.1f} s):")
+                for key, (k, sec) in best[side]["profile"].items():
+                    print(f"    {key:32s} {k:5d} calls {sec:7.2f} s {1e3 * sec / k:9.2f} ms a call")
     return 0
 
 
