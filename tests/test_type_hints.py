@@ -214,16 +214,9 @@ def test_mypy_reads_the_package_s_hints_in_a_user_s_script(tmp_path):
     assert errors == [("13", 'Argument 1 to "get" has incompatible type "int"; expected "str"  [arg-type]')], out
 
 
-#: files whose mypy errors are let through for now, as another change is rewriting them: this list is to
-#: shrink to nothing (take a file out once mypy reads it clean)
-MYPY_PENDING = frozenset({
-    "quantbook/codebooks/vector.py", "quantbook/derive/vq.py", "quantbook/derive/vq_kernels.py",
-})
-
-
 def test_mypy_reads_the_package_clean(tmp_path):
-    """``mypy quantbook`` in the checkout, with pyproject.toml's ``[tool.mypy]``, reports no error
-    (but in :data:`MYPY_PENDING`), each named.  A fresh cache each run: its time is in
+    """``mypy quantbook`` in the checkout, with pyproject.toml's ``[tool.mypy]``, reports no error;
+    each one found is named.  A fresh cache each run: its time is in
     docs/benchmarks.md, "mypy over the package"."""
     pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy)")
     config = checkout_path("pyproject.toml")
@@ -236,5 +229,4 @@ def test_mypy_reads_the_package_clean(tmp_path):
     errors = [(m.group(1).replace(os.sep, "/"), m.group(0)) for m in re.finditer(r"^(\S+?):\d+: error: .*$", out, re.M)]
     # status 1 with errors, 0 without; 2 (or a crash): mypy could not check, and says why
     assert r.returncode == (1 if errors else 0), out
-    found = [line for path, line in errors if path not in MYPY_PENDING]
-    assert found == [], "mypy reports:\n" + "\n".join(found)
+    assert errors == [], "mypy reports:\n" + "\n".join(line for _, line in errors)

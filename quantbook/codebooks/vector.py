@@ -260,7 +260,7 @@ class VectorCodebook:
 
     def replace(self, **changes: Any) -> "VectorCodebook":
         """A copy with some fields changed (``points``, ``name``, ``source``, ``recipe``)."""
-        fields = dict(name=self.name, points=self.points, source=self.source, recipe=self.recipe)
+        fields: dict[str, Any] = dict(name=self.name, points=self.points, source=self.source, recipe=self.recipe)
         fields.update(changes)
         return VectorCodebook(**fields)
 
@@ -307,7 +307,8 @@ class VectorCodebook:
     def from_json(cls, text: str | bytes) -> "VectorCodebook":
         """The VectorCodebook of :meth:`to_json` text; bad input is a one-line error."""
         d = parse_json(text, VectorCodebookError, "vector codebook")
-        return cls.from_dict(d)
+        # any JSON value: from_dict names one that is not an object
+        return cls.from_dict(d)   # type: ignore[arg-type]
 
 
 def _f32_decimal(x: np.float32) -> float:

@@ -51,7 +51,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, cast
 
 import numpy as np
 
@@ -164,7 +164,8 @@ class VQRecipe(Recipe):
     def _dict_keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self)]
 
-    def derive(self) -> VectorCodebook:
+    # a vector recipe derives a vector codebook, where the scalar recipes derive a Codebook
+    def derive(self) -> VectorCodebook:  # type: ignore[override]
         return solve_vq(self).codebook
 
     @classmethod
@@ -173,7 +174,7 @@ class VQRecipe(Recipe):
         :class:`~.recipes.RecipeError`."""
         if not isinstance(mapping, Mapping) or mapping.get("method") != "vq":
             raise RecipeError("a vector-codebook recipe must be a mapping with \"method\": \"vq\"")
-        return cls._read(mapping)
+        return cast("VQRecipe", cls._read(mapping))   # an instance of cls
 
     @property
     def name(self) -> str:
@@ -212,7 +213,7 @@ class VQResult:
 # --------------------------------------------------------------------------------- sampling
 def drawn_count(count: int, dim: int, scale: str, block_size: int | None) -> int:
     """The vectors :func:`draw_vectors` draws for ``count``: with a block scale, whole blocks."""
-    per_block = 1 if scale == "none" else block_size // dim
+    per_block = 1 if scale == "none" else cast(int, block_size) // dim   # a block scale has its block size
     return -(-count // per_block) * per_block
 
 
@@ -244,18 +245,18 @@ def draw_vectors(source: Any, dim: int, count: int, seed: int, scale: str = "non
     count = check_sample_size(count, dim, scale, block_size)
     x = np.asarray(src.rvs(count * dim, random_state=np.random.default_rng(seed)), dtype=np.float64)
     if scale != "none":
-        blocks = x.reshape(-1, block_size)
+        blocks = x.reshape(-1, cast(int, block_size))   # checked above
         if scale == "rms":
             s = np.sqrt(np.mean(blocks * blocks, axis=1))
         else:
             s = np.max(np.abs(blocks), axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             x = (blocks / s[:, None]).reshape(-1)
-    x = x.astype(np.float32).reshape(count, dim)
-    if not np.isfinite(x).all():
+    sample = x.astype(np.float32).reshape(count, dim)
+    if not np.isfinite(sample).all():
         raise DerivationError(f"the sample of {source} holds non-finite values (NaN, or a block of zeros "
                               "under a block scale)")
-    return x
+    return sample
 
 
 def _fold(x: np.ndarray) -> np.ndarray:
@@ -596,7 +597,7 @@ def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **option
             restart_mse.append(run[1] / p)
             if best is None or run[1] < best[1]:
                 best = run
-        c, err, iters, converged, change = best
+        c, err, iters, converged, change = cast(tuple, best)   # a lattice start or restarts >= 1 (checked)
         unsettled = [] if converged else [sizes[first]]
         for i, size in enumerate(sizes[first + 1:], first + 1):  # warm-started on ever larger leading parts
             last = i == len(sizes) - 1
