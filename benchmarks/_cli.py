@@ -40,6 +40,17 @@ def int_list(ap: argparse.ArgumentParser, text: str, flag: str) -> list[int]:
     return items
 
 
+def vq_cases(ap: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    """``--cases`` of the vector-codebook benchmarks: comma-separated ``PxN`` (dimension x points)."""
+    try:
+        cases = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        cases = []
+    if not cases or any(len(c) != 2 for c in cases):
+        ap.error(f"--cases takes comma-separated PxN such as 2x256, got {text!r}")
+    return cases
+
+
 def run(main) -> None:
     """``sys.exit(main())``; a ValueError or OSError out of it (what the library raises for a
     bad name, size or file; an unknown name is a ValueError too) as one line

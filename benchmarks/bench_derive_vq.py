@@ -25,20 +25,10 @@ import math
 import platform
 import time
 
-from _cli import check_floors, run
+from _cli import check_floors, run, vq_cases
 from quantbook.codebooks.vector_registry import vector_registry
 from quantbook.derive.vq import VQRecipe, draw_vectors, solve_vq, vector_errors
 from quantbook.verify.vq import lloyd_max_mse
-
-
-def _cases(ap: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
-    try:
-        cases = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
-    except ValueError:
-        cases = []
-    if not cases or any(len(c) != 2 for c in cases):
-        ap.error(f"--cases takes comma-separated PxN such as 2x256, got {text!r}")
-    return cases
 
 
 def main() -> None:
@@ -50,7 +40,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", help="write the derived grids as a vq_derived.json file")
     args = ap.parse_args()
     check_floors(ap, args, eval_samples=2)   # a standard error needs two vectors
-    cases = _cases(ap, args.cases)
+    cases = vq_cases(ap, args.cases)
     for p, n in cases:   # the recipes' own checks, before any case is derived
         try:
             VQRecipe(dim=p, points=n, samples=args.samples)

@@ -35,7 +35,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from _cli import check_floors, int_list, run
+from _cli import check_floors, int_list, run, vq_cases
 
 #: the child: derive each recipe (JSON on the command line) after a warm-up, one JSON line each
 _CHILD = r"""
@@ -127,16 +127,6 @@ def _derive(tree: Path, specs: list[dict]) -> list[dict]:
     return rows
 
 
-def _cases(ap: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
-    try:
-        cases = [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
-    except ValueError:
-        cases = []
-    if not cases or any(len(c) != 2 for c in cases):
-        ap.error(f"--cases takes comma-separated PxN such as 2x256, got {text!r}")
-    return cases
-
-
 def _bits(trees: dict[str, Path], registry: bool) -> int:
     specs = list(_SPREAD)
     stored = []
@@ -181,7 +171,7 @@ def main() -> int:
         ap.error("--registry is read by --bits only")
     if args.profile and args.bits:
         ap.error("--profile is read by a timing run only, not by --bits")
-    cases = _cases(ap, args.cases)
+    cases = vq_cases(ap, args.cases)
     finals = int_list(ap, args.final_passes, "--final-passes")
     from quantbook.derive.vq import VQRecipe
 
