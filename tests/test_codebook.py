@@ -217,3 +217,16 @@ def test_replace_keeps_the_code_order_unless_the_levels_change():
 def test_a_codebook_is_not_equal_to_another_type():
     cb = Codebook([-1.0, 1.0], bits=1)
     assert cb.__eq__([-1.0, 1.0]) is NotImplemented and cb != [-1.0, 1.0] and cb != "x"
+
+
+def test_dataclasses_replace_rebuilds_a_codebook_as_its_own_replace_does():
+    """A Codebook is a dataclass: ``dataclasses.replace`` goes through the constructor (its checks,
+    the stored order kept) and agrees with :meth:`Codebook.replace`."""
+    import dataclasses
+
+    import quantbook
+
+    cb = quantbook.get("fp4")   # a stored order of its own
+    assert dataclasses.replace(cb, name="fp4-copy") == cb.replace(name="fp4-copy")
+    with pytest.raises(CodebookError):
+        dataclasses.replace(cb, bits=3)   # 15 levels do not fit in 3 bits

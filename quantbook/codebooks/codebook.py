@@ -177,7 +177,7 @@ class Codebook:
     source: str
     recipe: Mapping[str, Any] | None
     code: np.ndarray
-    _code_index: np.ndarray = field(repr=False)
+    _code_index: np.ndarray = field(init=False, repr=False)
 
     @ignore_underflow
     def __init__(self, levels: ArrayLike, bits: int, name: str = "unnamed", source: str = "derived",
