@@ -48,8 +48,10 @@ def chunk_size(m: int) -> int:
     return max(1 << 14, -(-m // 64))
 
 
+@cached_njit()
 def no_bounds():
-    """The ``near`` and ``bound`` arguments of a pass that keeps no bounds (empty arrays)."""
+    """The ``near`` and ``bound`` arguments of a pass that keeps no bounds (empty arrays); compiled,
+    so that the assignment-only kernels take theirs from here too."""
     return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
 
 
@@ -179,7 +181,7 @@ def _assign_py(x, c, order, c0, out):
     m = x.shape[0]
     per = -(-m // (_PARTS * BLOCK)) * BLOCK
     dist = np.empty((_PARTS, BLOCK))
-    near, bound = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
+    near, bound = no_bounds()
     for t in prange(_PARTS):
         stop = min(m, (t + 1) * per)
         for s0 in range(t * per, stop, BLOCK):
@@ -277,7 +279,7 @@ def _assign_grid_py(x, c, order, c0, lo, w, g, start, cand, far, out):
     m = x.shape[0]
     per = -(-m // (_PARTS * BLOCK)) * BLOCK
     dist = np.empty((_PARTS, BLOCK))
-    near, bound = np.empty(0, dtype=np.int32), np.empty(0, dtype=np.float32)
+    near, bound = no_bounds()
     for t in prange(_PARTS):
         stop = min(m, (t + 1) * per)
         for s0 in range(t * per, stop, BLOCK):
