@@ -244,3 +244,50 @@ def test_a_divergent_moment_is_inf_when_even_and_undefined_when_odd():
         for got in (src.moment(k), BlockDistribution(None, src, "none").moment(k)):
             assert got == want or (math.isnan(got) and math.isnan(want)), (nu, k, got)
     assert math.isnan(stats.cauchy.mean())
+
+
+def _same_state(a, b):
+    """Two RandomStates at the same point of their streams (the Gaussian cache included)."""
+    sa, sb = a.get_state(), b.get_state()
+    return np.array_equal(sa[1], sb[1]) and sa[2:] == sb[2:]
+
+
+@pytest.mark.parametrize("law, ref", [(Normal(), stats.norm()), (Laplace(), stats.laplace(scale=Laplace.b)),
+                                      (StudentT(5), stats.t(5, scale=math.sqrt(3 / 5)))],
+                         ids=["normal", "laplace", "t5"])
+def test_a_randomstate_draws_what_scipy_draws_from_it(law, ref):
+    """A RandomState is used as scipy.stats uses it, with its own (legacy) methods: where the law's draw
+    is scipy's transformation, the same state gives scipy's numbers, and leaves the state where scipy's
+    draw leaves it (``default_rng`` of it drew normals and t by other algorithms)."""
+    ours, theirs = np.random.RandomState(17), np.random.RandomState(17)
+    for size in ((3, 4), 5, None):
+        a, b = law.rvs(size, random_state=ours), ref.rvs(size=size, random_state=theirs)
+        assert np.array_equal(a, b) and np.shape(a) == np.shape(b), size
+        assert _same_state(ours, theirs), size
+
+
+def _blocks(rs, n, B):
+    return rs.standard_normal((-(-n // B), B))
+
+
+@pytest.mark.parametrize("law, draw", [
+    (ASYM, lambda rs, n: ASYM.ppf(rs.random(n))),
+    (BlockDistribution(normalization="none"), lambda rs, n: rs.standard_normal(n)),
+    (BlockDistribution(8), lambda rs, n: normalize_blocks(_blocks(rs, n, 8), "absmax").ravel()[:n]),
+    (ScaledBlockDistribution(16, "normal", "e8m0:floor"),
+     lambda rs, n: _scaled_by_hand(ScaledBlockDistribution(16, "normal", "e8m0:floor"), _blocks(rs, n, 16))[:n]),
+], ids=["empirical", "plain", "absmax-8", "e8m0-16"])
+def test_a_randomstate_is_drawn_from_with_its_own_methods(law, draw):
+    """Where quantbook draws by its own transformation, a RandomState feeds it from its own methods:
+    the draws are that transformation of a copy's ``rs.random``/``rs.standard_normal``, and the state
+    ends where the copy's does."""
+    ours, copy = np.random.RandomState(23), np.random.RandomState(23)
+    for n in (37, 64):
+        assert np.array_equal(law.rvs(n, random_state=ours), draw(copy, n)), n
+        assert _same_state(ours, copy), n
+
+
+def _scaled_by_hand(d, x):
+    """The model of ScaledBlockDistribution for a one-level rule: ``u = x / (qmax · s(M))``."""
+    m = np.abs(x).max(axis=1)
+    return (x / (d.qmax * np.asarray(d.rule.scale(m, d.qmax), dtype=np.float64))[:, None]).ravel()

@@ -60,7 +60,7 @@ from numpy.typing import ArrayLike
 from scipy import integrate, special
 
 from ..errors import warn
-from ..numerics.arguments import Seed, check_flag, check_int, is_int, one_line, random_generator
+from ..numerics.arguments import RandomSource, Seed, check_flag, check_int, is_int, one_line, random_generator
 from ..numerics.dots import row_dot
 from ..numerics.fpstate import ignore_underflow
 from ..numerics.reals import real_host_array, real_kind
@@ -96,7 +96,7 @@ class Source:
     def _abs_isf(self, s):
         raise NotImplementedError(f"{type(self).__name__} must implement _abs_isf(s)")
 
-    def _rvs(self, shape: tuple[int, ...], rng: np.random.Generator): raise NotImplementedError  # noqa: E704
+    def _rvs(self, shape: tuple[int, ...], rng: RandomSource): raise NotImplementedError  # noqa: E704
 
     # ---- public, as scipy.stats: NaN in, NaN out; a probability outside [0, 1] has no
     # quantile (NaN); a scalar in, a scalar out
@@ -138,7 +138,9 @@ class Source:
         return apply(self._abs_log_isf, log_s, "log_s", lambda a: a <= 0)
 
     def rvs(self, size: Size = None, random_state: Seed = None) -> FloatOrArray:
-        """``size`` draws (None or ``()``: one, a float); ``random_state``: a seed or a Generator."""
+        """``size`` draws (None or ``()``: one, a float); ``random_state``: a seed, a Generator or a
+        RandomState, which draws with its own methods as in scipy.stats
+        (:func:`~quantbook.numerics.arguments.random_generator`)."""
         shape = sample_shape(size)
         return np.asarray(self._rvs(shape, random_generator(random_state)), dtype=np.float64).reshape(shape)[()]
 

@@ -10,12 +10,15 @@ from typing import Any, Iterable, TypeAlias
 import numpy as np
 
 __all__ = ["is_int", "check_int", "check_flag", "check_names", "random_generator", "is_torch_tensor", "host_array",
-           "bfloat16", "one_line", "did_you_mean", "Seed"]
+           "bfloat16", "one_line", "did_you_mean", "Seed", "RandomSource"]
 
-#: what a ``random_state`` may be (:func:`random_generator`): None, a seed numpy.random.default_rng takes, or a
-#: Generator
+#: what a ``random_state`` may be (:func:`random_generator`): None, a seed numpy.random.default_rng takes, a
+#: Generator or a RandomState
 Seed: TypeAlias = (int | np.integer | Sequence[int] | np.random.SeedSequence | np.random.BitGenerator
-                   | np.random.Generator | None)
+                   | np.random.Generator | np.random.RandomState | None)
+#: what :func:`random_generator` returns: the draws' methods (``random``, ``standard_normal``, ``laplace``,
+#: ``standard_t``) have the same signatures on both
+RandomSource: TypeAlias = np.random.Generator | np.random.RandomState
 
 
 def is_int(v: Any) -> bool:
@@ -60,19 +63,26 @@ def check_names(v: Any, what: str, example: str) -> list[str]:
     return items
 
 
-def random_generator(random_state: Any, what: str = "random_state") -> np.random.Generator:
-    """``random_state`` as a numpy Generator: a Generator as it is, None a fresh one, anything
-    else what ``numpy.random.default_rng`` makes of it (an integer seed: ``random_state=5`` and
-    ``random_state=numpy.random.default_rng(5)`` draw the same numbers); a ValueError naming
-    ``what`` for a bool (``True`` would be seed 1) or what numpy refuses."""
-    if isinstance(random_state, np.random.Generator):
+def random_generator(random_state: Any, what: str = "random_state") -> RandomSource:
+    """``random_state`` as what draws: a Generator or a RandomState as it is, None a fresh Generator,
+    anything else the Generator ``numpy.random.default_rng`` makes of it (an integer seed:
+    ``random_state=5`` and ``random_state=numpy.random.default_rng(5)`` draw the same numbers); a
+    ValueError naming ``what`` for a bool (``True`` would be seed 1) or what numpy refuses.
+
+    A RandomState draws with its own (legacy) methods, as scipy.stats' ``rvs`` does: where a law's
+    draw is scipy's transformation, the same RandomState state gives scipy's numbers (``default_rng`` of
+    it would share its bits but draw normal and t variates by other algorithms).  Unlike scipy
+    (``scipy._lib._util.check_random_state``), an integer seeds ``default_rng``, not a RandomState,
+    and None is a fresh Generator, not numpy's global RandomState: the seeded recipes of the docs
+    draw what they always drew."""
+    if isinstance(random_state, (np.random.Generator, np.random.RandomState)):
         return random_state
     if not isinstance(random_state, (bool, np.bool_)):
         try:
             return np.random.default_rng(random_state)
         except (TypeError, ValueError):
             pass
-    raise ValueError(f"{what} must be None, a non-negative integer seed or a numpy.random.Generator, "
+    raise ValueError(f"{what} must be None, a non-negative integer seed, a numpy.random.Generator or RandomState, "
                      f"got {one_line(random_state)}")
 
 
