@@ -55,6 +55,16 @@ def test_non_power_of_two_size_is_refused(bad):
         hadamard.check_size(bad)
 
 
+def test_the_signs_seed_is_an_integer():
+    """The signs' seed is numpy's (``default_rng(seed)``, any non-negative integer, however large); a bool or
+    a RandomState, which numpy would take (as seed 1, as its current bits), is refused, not drawn from."""
+    big = 2**70 + 1
+    assert np.array_equal(hadamard.signs(8, big), np.where(np.random.default_rng(big).random(8) < 0.5, -1.0, 1.0))
+    for bad in (True, np.random.RandomState(0), -1, 1.0):
+        with pytest.raises(ValueError, match="^seed must be a non-negative integer"):
+            hadamard.signs(8, bad)
+
+
 def test_size_that_does_not_divide_the_input_dimension_is_refused():
     with pytest.raises(ValueError, match="does not divide the input dimension 384"):
         hadamard.rotate(np.ones((2, 384)), 256)

@@ -20,7 +20,7 @@ Walsh–Hadamard transform (``n·log2 n`` additions per group), in float64.
 from __future__ import annotations
 
 import numpy as np
-from .arguments import is_int
+from .arguments import check_int, is_int
 
 __all__ = ["fwht", "signs", "rotate", "unrotate", "default_size", "check_size", "check_divides", "SEED"]
 
@@ -61,6 +61,8 @@ def fwht(x: np.ndarray) -> np.ndarray:
 
 def signs(n: int, seed: int = SEED) -> np.ndarray:
     """The ``n`` fixed-seed random signs (±1.0) of ``D``."""
+    # an integer alone: default_rng took True as seed 1 and drew a RandomState's current bits, not fixed signs
+    check_int(seed, "seed", 0)
     return np.where(np.random.default_rng(seed).random(check_size(n)) < 0.5, -1.0, 1.0)
 
 
