@@ -1,17 +1,26 @@
 """quantbook.io.files: output path checks and atomic writes.
 
 References are the operating system's own view: file contents read back byte for byte,
-``os.stat`` modes, the directory listing (no temporary file left behind).
+``os.stat`` modes, the directory listing (no temporary file left behind).  The permission
+tests run as root too (here and in CI): the checked operation runs in a forked child that drops to
+an unprivileged uid (:func:`_unprivileged`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pickle
+import select
+import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +37,96 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc)
     assert "\n" not in text and text
     return text
+
+
+# ---------------------------------------------------------------------- permissions, as root too
+#: the uid and gid a root test process drops to (nobody's on most systems): root passes over file permissions
+_NOBODY = 65534
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture
+def own_dir(tmp_path):
+    """A directory for a permission test: ``tmp_path``, or as root a fresh one in the system's temporary
+    directory, which :func:`_unprivileged`'s uid can reach (pytest's directories are root's, mode 0700: that uid
+    would be refused on the way in, whatever the permission under test)."""
+    if not _is_root():
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="quantbook-permissions-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def _unprivileged(fn, home: Path):
+    """``fn()`` by a process that file permissions bind: this one, unless it is root; as root, a forked child
+    that drops to :data:`_NOBODY`, which first gets ``home`` and all in it, and sends back what ``fn`` returns
+    or raises.  Forked, not a new interpreter: the interpreter may lie where that uid cannot read (/root).
+    A skip only where root cannot drop its privileges (no CAP_SETUID, CAP_SETGID or CAP_CHOWN) or that uid
+    cannot reach ``home``."""
+    if not _is_root():
+        return fn()
+    try:
+        for p in (home, *home.rglob("*")):
+            os.chown(p, _NOBODY, _NOBODY, follow_symlinks=False)
+    except PermissionError as exc:
+        pytest.skip(f"root cannot give uid {_NOBODY} its files here: {exc.strerror}")
+    r, w = os.pipe()
+    with warnings.catch_warnings():   # Python 3.12 warns of forking with threads: the child starts none
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:   # the child never returns into pytest
+        data = b""
+        try:
+            os.close(r)
+            try:
+                os.setgroups([])
+                os.setgid(_NOBODY)
+                os.setuid(_NOBODY)
+            except OSError as exc:
+                out: tuple = ("skip", f"root cannot drop to uid {_NOBODY} here: {exc.strerror}")
+            else:
+                if not os.access(home, os.X_OK):
+                    out = ("skip", f"uid {_NOBODY} cannot reach {home}")
+                else:
+                    try:
+                        out = ("ok", fn())
+                    except BaseException as exc:   # sent back to be raised in the test
+                        out = ("raised", exc)
+            data = pickle.dumps(out)
+        except BaseException as exc:
+            data = pickle.dumps(("raised", RuntimeError(f"the unprivileged child failed: {exc!r}")))
+        finally:
+            try:
+                while data:
+                    data = data[os.write(w, data):]
+            finally:
+                os._exit(0)
+    os.close(w)
+    chunks = []
+    try:
+        while select.select([r], [], [], 120)[0]:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the unprivileged child did not answer within 120 s")
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "skip":
+        pytest.skip(value)
+    if kind == "raised":
+        raise value
+    return value
 
 
 @pytest.mark.parametrize("make, msg", [
@@ -83,13 +182,13 @@ def test_a_failure_inside_the_block_leaves_the_old_file(tmp_path, stop):
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
-def test_read_only_file_is_refused(tmp_path):
-    target = tmp_path / "ro.txt"
+def test_read_only_file_is_refused(own_dir):
+    """In a directory it may write in, where the new file could replace it: the file's own mode refuses."""
+    target = own_dir / "ro.txt"
     target.write_text("x", encoding="utf-8")
     os.chmod(target, 0o444)
     with pytest.raises(OutputPathError, match="not writable"):
-        write_output("y", target)
+        _unprivileged(lambda: write_output("y", target), own_dir)
     assert target.read_text(encoding="utf-8") == "x"
 
 
@@ -275,24 +374,23 @@ def test_a_file_that_fails_to_read_is_one_line(tmp_path, capsys):
     assert _cli_error(capsys, "show", str(link)) == f"quantbook: error: cannot read {link}: {os.strerror(errno.EIO)}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file without read permission")
-def test_a_file_without_read_permission_is_one_line(tmp_path, capsys):
-    path = tmp_path / "cb.json"
+def test_a_file_without_read_permission_is_one_line(own_dir, capsys):
+    path = own_dir / "cb.json"
     path.write_text("{}", encoding="utf-8")
     os.chmod(path, 0)
-    assert _cli_error(capsys, "show", str(path)) == f"quantbook: error: cannot read {path}: {os.strerror(errno.EACCES)}"
+    assert _unprivileged(lambda: _cli_error(capsys, "show", str(path)), own_dir) == \
+        f"quantbook: error: cannot read {path}: {os.strerror(errno.EACCES)}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root searches a directory without search permission")
-def test_a_file_in_a_directory_without_search_permission_is_one_line(tmp_path, capsys):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "cb.json").write_text("{}", encoding="utf-8")
-    os.chmod(tmp_path / "d", 0o600)
+def test_a_file_in_a_directory_without_search_permission_is_one_line(own_dir, capsys):
+    (own_dir / "d").mkdir()
+    (own_dir / "d" / "cb.json").write_text("{}", encoding="utf-8")
+    os.chmod(own_dir / "d", 0o600)
     try:
-        assert _cli_error(capsys, "show", str(tmp_path / "d" / "cb.json")) == \
-            f"quantbook: error: cannot read {tmp_path / 'd' / 'cb.json'}: {os.strerror(errno.EACCES)}"
+        assert _unprivileged(lambda: _cli_error(capsys, "show", str(own_dir / "d" / "cb.json")), own_dir) == \
+            f"quantbook: error: cannot read {own_dir / 'd' / 'cb.json'}: {os.strerror(errno.EACCES)}"
     finally:
-        os.chmod(tmp_path / "d", 0o700)
+        os.chmod(own_dir / "d", 0o700)
 
 
 def test_a_safetensors_name_too_long_is_the_readers_error(tmp_path):
@@ -320,12 +418,12 @@ def test_an_output_the_system_cannot_write_is_one_line(tmp_path, capsys):
             f"quantbook: error: cannot write '/dev/full': {os.strerror(errno.ENOSPC)}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a directory without write permission")
-def test_an_output_in_a_read_only_directory_is_one_line(tmp_path, capsys):
-    os.chmod(tmp_path, 0o500)
+def test_an_output_in_a_read_only_directory_is_one_line(own_dir, capsys):
+    os.chmod(own_dir, 0o500)
     try:
-        out = str(tmp_path / "out.json")
-        assert _cli_error(capsys, "export", "nf4", "-o", out) == \
-            f"quantbook: error: cannot write {out!r}: directory {str(tmp_path)!r} is not writable"
+        out = str(own_dir / "out.json")
+        assert _unprivileged(lambda: _cli_error(capsys, "export", "nf4", "-o", out), own_dir) == \
+            f"quantbook: error: cannot write {out!r}: directory {str(own_dir)!r} is not writable"
+        assert not os.path.exists(out)
     finally:
-        os.chmod(tmp_path, 0o700)
+        os.chmod(own_dir, 0o700)
