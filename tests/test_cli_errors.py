@@ -266,6 +266,17 @@ def test_seed_is_read_by_the_library_s_rule_everywhere(capsys):
     (row,) = json.loads(out)
     want = audit_vectors(samples=1000, seed=big, names=["higgs-2d-16"])[0]
     assert (row["seed"], row["mse"]) == (big, want.mse)
+    # every JSON output carries the seed as given, an integer (a float would have cut it to 53 bits)
+    for argv, where in ((["derive", "vq", "-P", "1", "-N", "2", "--samples", 1000], ("recipe", "seed")),
+                        (["derive", "lloyd", "--bits", "2", "--scale", "search:4over6", "--samples", 1024],
+                         ("recipe", "seed")),
+                        (["evaluate", "e2m1", "-B", "16", "--scale", "search:4over6", "--samples", 1024], ("seed",))):
+        rc, out, err = run(capsys, *argv, "--seed", big, "--json")
+        assert rc == 0, err
+        got = json.loads(out)
+        for key in where:
+            got = got[key]
+        assert type(got) is int and got == big, (argv, got)
     for argv in (["audit", "--vector"], ["derive", "vq", "-P", "1", "-N", "2"], ["evaluate", "e2m1", "-B", "16",
                  "--scale", "search:4over6"], ["derive", "lloyd", "--bits", "2", "--scale", "search:4over6"]):
         rc, out, err = run(capsys, *argv, "--seed", -1)
