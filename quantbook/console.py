@@ -18,10 +18,10 @@ from typing import Iterator
 __all__ = ["main", "interrupted", "printable_streams"]
 
 
-#: quantbook's own typographic symbols (help texts, `±` of a Monte Carlo error) in ASCII, for a
-#: stream whose encoding lacks them
+#: quantbook's own typographic symbols (help texts, `±` of a Monte Carlo error, the unit `σ` of the
+#: weight errors) in ASCII, for a stream whose encoding lacks them
 _ASCII_SPELLINGS = {"±": "+/-", "·": "*", "×": "x", "−": "-", "–": "-", "—": "--", "…": "...", "≤": "<=",
-                    "≥": ">=", "≈": "~", "→": "->", "²": "^2", "ᵀ": "^T", "‖": "||"}
+                    "≥": ">=", "≈": "~", "→": "->", "²": "^2", "ᵀ": "^T", "‖": "||", "σ": "sigma"}
 _STREAM_ERRORS = "quantbook.unencodable"
 
 
@@ -29,7 +29,9 @@ def _unencodable(exc: UnicodeError) -> tuple[str | bytes, int]:
     """The rule for a character that standard output or error cannot encode (a pipe or a terminal
     in ASCII, Latin-1, a Windows code page), where the strict default failed after the work was
     done: a file name's undecodable byte (held as a surrogate) is written as the byte it was, one
-    of quantbook's symbols as its ASCII spelling, anything else as a Python escape (``\\u03c3``)."""
+    of quantbook's symbols as its ASCII spelling (``σ²`` as ``sigma^2``), anything else as a Python
+    escape (``\\xfc``).  The rule cannot tell quantbook's text from a user's (a file or codebook
+    name), so a user's ``σ`` reads ``sigma`` too."""
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
     c = exc.object[exc.start]

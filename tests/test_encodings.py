@@ -2,8 +2,8 @@
 files written in UTF-8 whatever the locale, and names with spaces and non-ASCII characters.
 
 The expected bytes are written out by hand here: the ASCII spellings of quantbook's symbols
-(``±`` as ``+/-``), Python's escape of a character (``σ`` as ``\\u03c3``) and a file name's
-bytes as the system holds them."""
+(``±`` as ``+/-``, ``σ`` as ``sigma``), Python's escape of a character (``λ`` as ``\\u03bb``) and
+a file name's bytes as the system holds them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import ast
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,15 @@ from quantbook.cli import main
 
 from checkout import ROOT, checkout_path
 
-SIGMA = "\u03c3"   # σ: two bytes in UTF-8, none in ASCII or Latin-1
-NAME, SOURCE = f"nf4-{SIGMA}", "M\u00fcller \u2014 0 \u00b1 1"   # "Müller — 0 ± 1"
+LETTER = "\u03bb"   # λ: two bytes in UTF-8, none in ASCII or Latin-1, and no ASCII spelling of quantbook's
+SIGMA = "\u03c3"   # σ: its UTF-8 bytes CF 83, held as the surrogates DCCF DC83 in a C locale
+NAME, SOURCE = f"nf4-{LETTER}", "M\u00fcller \u2014 0 \u00b1 1"   # "Müller — 0 ± 1"
 
 
 def _codebook_file(tmp_path: Path) -> Path:
-    d = tmp_path / f"dir with space {SIGMA}"
+    d = tmp_path / f"dir with space {LETTER}"
     d.mkdir(exist_ok=True)
-    path = d / f"cb {SIGMA}.json"
+    path = d / f"cb {LETTER}.json"
     path.write_text(quantbook.get("nf4").replace(name=NAME, source=SOURCE).to_json(), encoding="utf-8")
     return path
 
@@ -56,10 +58,11 @@ SEARCH = ["evaluate", "nf4", "-B", "16", "--scale", "search:4over6", "--samples"
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1", "cp1252"])
 def test_output_the_stream_cannot_encode_is_spelled_in_ascii(monkeypatch, tmp_path, encoding):
     """What the stream's encoding has is itself; quantbook's symbols it lacks in ASCII (``±``
-    ``+/-``, ``—`` ``--``, ``·`` ``*``, ``²`` ``^2``, ``ᵀ`` ``^T``); any other character as Python's
-    escape.  Before, the strict stream failed after the work was done (status 2)."""
-    own = {"\u00b1": "+/-", "\u2014": "--", "\u00b7": "*", "\u00b2": "^2", "\u1d40": "^T", "\u2212": "-"}
-    letters = {SIGMA: "\\u03c3", "\u00fc": "\\xfc"}
+    ``+/-``, ``—`` ``--``, ``·`` ``*``, ``²`` ``^2``, ``ᵀ`` ``^T``, ``σ`` ``sigma``); any other
+    character as Python's escape.  Before, the strict stream failed after the work was done (status 2)."""
+    own = {"\u00b1": "+/-", "\u2014": "--", "\u00b7": "*", "\u00b2": "^2", "\u1d40": "^T", "\u2212": "-",
+           "\u03c3": "sigma"}
+    letters = {LETTER: "\\u03bb", "\u00fc": "\\xfc"}
 
     def spelled(text: str) -> bytes:   # the UTF-8 run's output, spelled by hand for the encoding
         b = b""
@@ -82,10 +85,10 @@ def test_output_the_stream_cannot_encode_is_spelled_in_ascii(monkeypatch, tmp_pa
 
 
 def test_an_error_naming_a_non_ascii_path_is_one_line(monkeypatch, tmp_path):
-    missing = tmp_path / f"dir with space {SIGMA}" / f"missing {SIGMA}.json"
+    missing = tmp_path / f"dir with space {LETTER}" / f"missing {LETTER}.json"
     status, out, err = _run(monkeypatch, ["show", str(missing)], "ascii")
     assert (status, out) == (2, b"")
-    shown = str(missing).replace(SIGMA, "\\u03c3").encode("ascii")
+    shown = str(missing).replace(LETTER, "\\u03bb").encode("ascii")
     assert err == b"quantbook: error: no such codebook file: " + shown + b"\n"
 
 
@@ -97,8 +100,8 @@ def test_a_benchmark_prints_by_the_same_rule(monkeypatch):
     out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict", write_through=True)
     monkeypatch.setattr(sys, "stdout", out)
     with pytest.raises(SystemExit) as exc:
-        run(lambda: print(f"6.7e-03 \u00b1 2.1e-04 {SIGMA}") or 0)
-    assert (exc.value.code, out.buffer.getvalue()) == (0, b"6.7e-03 +/- 2.1e-04 \\u03c3\n")
+        run(lambda: print("6.7e-03 \u00b1 2.1e-04 \u03c3") or 0)
+    assert (exc.value.code, out.buffer.getvalue()) == (0, b"6.7e-03 +/- 2.1e-04 sigma\n")
     assert out.errors == "strict"
 
 
@@ -134,9 +137,9 @@ def test_the_command_line_in_a_locale_that_is_not_utf8(tmp_path, setting):
     non-ASCII bytes held as surrogates), and files written there."""
     path = _codebook_file(tmp_path)
     d = path.parent
-    argv = [["evaluate-model", "--help"], SEARCH, ["show", str(path)], ["show", str(d / f"missing {SIGMA}.json")],
-            ["export", str(path), "--format", "c", "--name", "nf4s", "-o", str(d / f"out {SIGMA}.h")],
-            ["export", str(path), "--format", "json", "-o", str(d / f"out {SIGMA}.json")]]
+    argv = [["evaluate-model", "--help"], SEARCH, ["show", str(path)], ["show", str(d / f"missing {LETTER}.json")],
+            ["export", str(path), "--format", "c", "--name", "nf4s", "-o", str(d / f"out {LETTER}.h")],
+            ["export", str(path), "--format", "json", "-o", str(d / f"out {LETTER}.json")]]
     code = _DRIVER.replace("ARGV", repr([[os.fsencode(a) for a in args] for args in argv]))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=_env(**_ENVIRONMENTS[setting]),
                        timeout=300)
@@ -148,18 +151,37 @@ def test_the_command_line_in_a_locale_that_is_not_utf8(tmp_path, setting):
     latin = setting.endswith("latin-1")
     assert (b"dequant(W\xb7H)\xb7H^T" if latin else b"dequant(W*H)*H^T") in outs[0] and errs[0] == b""
     assert (b" \xb1 " if latin else b" +/- ") in outs[1] and errs[1] == b""
-    assert outs[2].startswith(b"nf4-\\u03c3: 4-bit, 16 levels\n") and errs[2] == b""
+    assert outs[2].startswith(b"nf4-\\u03bb: 4-bit, 16 levels\n") and errs[2] == b""
     # a path is written as it was given: its own bytes where the locale could not decode them
-    given = os.fsencode(d / f"missing {SIGMA}.json")
-    shown = given if setting.startswith("LC_ALL") else given.replace(SIGMA.encode(), b"\\u03c3")
+    given = os.fsencode(d / f"missing {LETTER}.json")
+    shown = given if setting.startswith("LC_ALL") else given.replace(LETTER.encode(), b"\\u03bb")
     assert errs[3] == b"quantbook: error: no such codebook file: " + shown + b"\n"
     # the header (the command that wrote it, the name and source in its comments) is UTF-8
-    header = (d / f"out {SIGMA}.h").read_bytes().decode("utf-8")
+    header = (d / f"out {LETTER}.h").read_bytes().decode("utf-8")
     assert f"/* {NAME}: 4-bit codebook" in header and f" * Source: {SOURCE}\n" in header
     assert f"(`quantbook export '{path}' --format c --name nf4s`)" in header
-    back = quantbook.Codebook.from_json((d / f"out {SIGMA}.json").read_text(encoding="utf-8"))
+    back = quantbook.Codebook.from_json((d / f"out {LETTER}.json").read_text(encoding="utf-8"))
     assert (back.name, back.source) == (NAME, SOURCE)
     assert back.levels.tobytes() == quantbook.get("nf4").levels.tobytes()
+
+
+def test_quantbooks_own_text_is_readable_on_an_ascii_stream():
+    """Every command's help and the errors' units (``σ²`` of the weight domain, what ``σ`` is) on a
+    pipe in ASCII: quantbook's own text has an ASCII spelling for each of its symbols, so no escape
+    (``\\u03c3``) is left where no user's text is printed.  Before, ``σ`` was written ``\\u03c3``."""
+    from test_cli_text import _options
+
+    commands = {tuple(words.split()[:n]) for words, _ in _options() for n in range(len(words.split()) + 1)}
+    argv = [[*words, "--help"] for words in sorted(commands)]
+    argv += [["evaluate", "nf4"], ["derive", "lloyd", "--bits", "2", "-B", "16"]]
+    code = _DRIVER.replace("ARGV", repr([[os.fsencode(a) for a in args] for args in argv]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=_env(PYTHONIOENCODING="ascii"),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr.decode("ascii", "replace")
+    assert r.stdout.count(b"<<0>>") == len(argv) and r.stderr == b"<<>>\n" * len(argv)
+    escapes = sorted(set(re.findall(rb"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})", r.stdout)))
+    assert escapes == [], escapes
+    assert b" sigma^2 " in r.stdout and b"units: sigma = the source's RMS" in r.stdout
 
 
 def test_a_header_names_a_file_by_its_bytes_read_as_utf8():
@@ -185,13 +207,13 @@ def test_names_with_spaces_and_non_ascii_characters_round_trip(tmp_path, capsys)
     path = _codebook_file(tmp_path)
     d = path.parent
     for fmt, suffix in (("json", "json"), ("npy", "npy"), ("bnb", "bin")):
-        out = d / f"out {SIGMA}.{suffix}"
+        out = d / f"out {LETTER}.{suffix}"
         assert main(["export", str(path), "--format", fmt, "-o", str(out)]) == 0
         assert capsys.readouterr().err == f"wrote {out} ({fmt}, {out.stat().st_size} " \
             f"{'chars' if fmt == 'json' else 'bytes'})\n"
-    assert quantbook.load(str(d / f"out {SIGMA}.json")).name == NAME
-    np.testing.assert_array_equal(np.load(d / f"out {SIGMA}.npy"), quantbook.get("nf4").code.astype(np.float32))
-    assert main(["show", str(d / f"out {SIGMA}.json"), "--json"]) == 0
+    assert quantbook.load(str(d / f"out {LETTER}.json")).name == NAME
+    np.testing.assert_array_equal(np.load(d / f"out {LETTER}.npy"), quantbook.get("nf4").code.astype(np.float32))
+    assert main(["show", str(d / f"out {LETTER}.json"), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["name"], shown["source"]) == (NAME, SOURCE)
 
