@@ -206,6 +206,16 @@ def test_block_size_has_its_short_flag_and_nested_names_no_qmax(capsys):
     assert run_json(capsys, "derive", "lloyd", "--bits", "5", "--scale", "nested", "--json")["bits"] == 5
 
 
+@pytest.mark.parametrize("layout, qmax", [((), None), (("--scale", "float32"), None), (("--scale", "nested"), None),
+                                          (("--scale", "e8m0:floor"), 6.0), (("--scale", "e4m3", "--qmax", "3"), 3.0)])
+def test_evaluate_json_always_carries_qmax(capsys, layout, qmax):
+    """``qmax`` is in every exact evaluation's JSON, null where the layout has none (the exact absmax
+    maps each block to ±1), as evaluate-model's JSON writes it; it was left out but for the scaled
+    layouts."""
+    d = run_json(capsys, "evaluate", "nf4", "-B", "32", *layout, "--json")
+    assert "qmax" in d and d["qmax"] == qmax
+
+
 @pytest.mark.parametrize("argv", [("plot-sweep",), ("export",), ("derive", "lloyd"), ("evaluate",),
                                   ("evaluate-model",)])
 def test_scale_help_lists_the_registered_families(capsys, argv):

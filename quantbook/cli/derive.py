@@ -260,9 +260,7 @@ def _evaluate_exact(args, cb, given: dict[str, Any]) -> None:
         return
     where = "no normalisation" if ev.normalization == "none" else f"{ev.normalization}, B={ev.block_size}"
     if ev.scale is not None:
-        from ..scales import layout_qmax
-
-        qmax = "" if layout_qmax(ev.scale) is None else f", qmax {ev.qmax:g}"   # nested: the exact absmax
+        qmax = "" if ev.qmax is None else f", qmax {ev.qmax:g}"   # nested: the exact absmax
         where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
     unit = error_units(ev.normalization, ev.scale)

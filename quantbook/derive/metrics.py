@@ -88,12 +88,14 @@ class Evaluation:
     gap_db: float  # 10·log10(mse_weight / D(R))
     usage: list[float] = field(default_factory=list)  # probability of each sorted level
     scale: str | None = None  # the scale rule (None: the exact float32 absmax)
-    qmax: float | None = None  # the table's largest magnitude in the units the scale multiplies
+    qmax: float | None = None  # the table's largest magnitude in the units the scale multiplies (None: none)
     tensor_model: str | None = None  # how a two-level rule's tensor scale is modelled
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON: ``qmax`` always (null where the layout has none, as evaluate-model's
+        and plot-sweep's JSON write it); ``scale`` and ``tensor_model`` only where they apply."""
         d = asdict(self)
-        for key in ("scale", "qmax", "tensor_model"):
+        for key in ("scale", "tensor_model"):
             if d[key] is None:
                 del d[key]  # the absmax law's vocabulary is unchanged
         return d
@@ -212,5 +214,5 @@ def _evaluate_scaled(cb: Codebook, B: int, src: Any, normalization: str, rule: A
     mae_w = float(np.sum(cell_errors(measure(1), levels, "l1"))) if src.moment_limit > 1 else math.inf
     R = rule.bits_per_weight(B, cb.bits, tensor_size)
     tm = TensorModel(tensor_amax, tensor_size).describe() if rule.tensor_scale(1.0, qmax) is not None else None
-    q = None if rule.encodes_with_amax else float(qmax)   # nested statistics have no qmax
-    return _evaluation(cb, B, src, normalization, mse_w, mae_w, mse_n, mae_n, probs, R, rule.name, q, tm)
+    return _evaluation(cb, B, src, normalization, mse_w, mae_w, mse_n, mae_n, probs, R, rule.name,
+                       layout_qmax(rule, qmax), tm)
