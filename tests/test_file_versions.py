@@ -178,6 +178,18 @@ def test_every_command_that_writes_a_codebook_file_says_its_version(fmt, argv, c
     CASES[fmt].read(d)   # and it reads back, results beside the codebook and all
 
 
+def test_the_packages_derived_grids_say_their_version():
+    """The derived grids shipped with quantbook (``data/vq_derived.json``, written by
+    benchmarks/bench_derive_vq.py -o) are vector codebook objects: each says the version docs/json.md
+    states, as the generator's ``VectorCodebook.to_dict`` writes it.  The file around them, like
+    ``higgs_grids.json`` (published numbers, no codebook object), is not a versioned format."""
+    data = json.loads(checkout_path("quantbook", "codebooks", "data", "vq_derived.json").read_text(encoding="utf-8"))
+    assert data["codebooks"] and FORMAT_KEY not in data
+    for d in data["codebooks"]:
+        assert d[FORMAT_KEY] == documented_versions()["vector codebook file"], d["name"]
+        assert get_vector(d["name"]).to_dict() == d   # the registry reads it, and writes it back as it is
+
+
 #: the commands that read a codebook file, scalar and vector
 _READERS = {
     "codebook file": [["show", "{}"], ["export", "{}", "--format", "c"], ["evaluate", "{}"], ["audit", "{}"]],
