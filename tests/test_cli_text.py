@@ -307,7 +307,7 @@ def _effective_defaults():
     out[("derive lloyd", "--samples")] = FIT_SAMPLES      # search_lloyd's default sample
     out[("derive lloyd", "--seed")] = sig(solve_search_lloyd, "seed")
     vq = fields(VQRecipe)
-    for key in ("source", "scale", "seed", "samples", "restarts", "init", "final_passes"):
+    for key in ("source", "scale", "seed", "samples", "restarts", "init"):
         out[("derive vq", "--" + key.replace("_", "-"))] = vq[key]
     out.update({("evaluate", "--block-size"): sig(evaluate, "block_size"),
                 ("evaluate", "--normalization"): sig(evaluate, "normalization"),
@@ -332,6 +332,7 @@ def _effective_defaults():
 #: None on the parser, so the command decides (checked by the tests of those commands)
 DESCRIBED = {("export", "--output"), ("export", "--name"), ("derive nf", "--offset"), ("audit", "names"),
              ("evaluate-model", "--tensors"), ("evaluate-model", "--text"), ("plot-sweep", "--scale"),
+             ("derive vq", "--final-passes"),
              *((cmd, flag) for cmd in ("derive lloyd", "derive quantile", "evaluate")
                for flag in ("--scale", "--tensor-size"))}
 

@@ -121,6 +121,25 @@ def test_recipe_re_derives_bit_for_bit():
     assert np.all(np.lexsort(a.points.T[::-1]) == np.arange(32))
 
 
+def test_max_iter_running_out_on_the_whole_sample_warns_and_a_cap_asked_for_does_not():
+    """By default the whole sample is bounded by max_iter like every other level, and running out of it is a
+    LloydWarning there too; a final_passes cap is the user's choice, said by converged alone.  (16 points from one
+    start on 3*10**5 vectors: the 10**5-vector level converges in 96 passes, the whole sample needs 139.)"""
+    import warnings
+
+    from quantbook.derive.lloyd import LloydWarning
+
+    kw = dict(dim=2, points=16, samples=300_000, restarts=1, max_iter=120)
+    with pytest.warns(LloydWarning, match="used all 120 passes on 300000 vectors before"):
+        res = solve_vq(**kw)
+    assert res.iterations == 120 and not res.converged and res.change > res.codebook.recipe["tol"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        capped = solve_vq(**kw, final_passes=120)
+    assert capped.iterations == 120 and not capped.converged
+    assert np.array_equal(capped.codebook.points.view(np.uint32), res.codebook.points.view(np.uint32))
+
+
 def test_result_is_a_lloyd_fixed_point_on_its_sample():
     r = VQRecipe(dim=2, points=16, samples=50_000, coarse_samples=50_000, restarts=1, max_iter=2000, tol=1e-12)
     res = solve_vq(r)

@@ -200,8 +200,9 @@ def _cmd_derive_vq(args) -> int:
     print(f"Lloyd passes on the whole sample {res.iterations}, converged {text_value(res.converged)}, "
           f"{res.seconds:.1f} s")
     if not res.converged:   # the passes ran out while the error still fell
-        more = (f"; --final-passes N allows more than {recipe.final_passes}" if recipe.dim > 1 else
-                f" after {recipe.max_iter} passes")   # P = 1: every level may take max_iter
+        # the user's --final-passes cap ran out, or else max_iter (said by a LloydWarning too)
+        more = (f"; --final-passes N allows more than {recipe.final_passes}"
+                if recipe.dim > 1 and recipe.final_passes is not None else f" after {recipe.max_iter} passes")
         print(f"  not converged: the last pass still lowered the error by {res.change:.1e} of itself "
               f"(tol {recipe.tol:g}){more}")
     if args.output is None:
@@ -349,8 +350,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--init", choices=("auto", "hexagonal", "kmeans++"),
                    help="Lloyd's start (default auto: hexagonal for P = 2 and N >= 256, else kmeans++)")
     s.add_argument("--final-passes", type=integer, metavar="N",
-                   help="most Lloyd passes on the whole sample, the last level of the schedule (P >= 2; default 10, "
-                        "after which some fits end unconverged, as the output says: docs/vector-codebooks.md)")
+                   help="most Lloyd passes on the whole sample, the last level of the schedule (P >= 2): a faster "
+                        "fit that may end unconverged, as the output says (default: no cap, up to 500 passes like every "
+                        "level; the registry's vq-2d-N grids used 10: docs/vector-codebooks.md)")
     add_progress(s)
     add_output(s, "the codebook as JSON, besides the output (whose text then leaves out the points)")
     add_json_flag(s)

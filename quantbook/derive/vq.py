@@ -20,9 +20,10 @@ The algorithm
        start seeded by ``(seed, restart)``, random distinct sample vectors when N > 4096;
        the run with the lowest error is kept).
     3. Lloyd from there on ten times as many of the vectors, and again, up to the whole
-       sample, with the same stopping rule, except that the whole sample gets at most
-       ``final_passes`` passes (most of the work is done on the small samples).  For P = 1
-       a pass works on the sorted sample in O(N log M), and every level may take ``max_iter``.  Steps are
+       sample, with the same stopping rule (most of the work is done on the small samples).
+       For P >= 2 ``final_passes``, when given, caps the whole sample's passes instead of
+       ``max_iter``: a faster fit that may end unconverged, as its result says.  (For P = 1 a pass
+       works on the sorted sample in O(N log M), and every level takes up to ``max_iter``.)  Steps are
        over-relaxed while that lowers the error (see ``_lloyd``).
     Assignments are exact (:mod:`quantbook.derive.vq_kernels`; from one pass to the next a
     vector keeps its point without a search where a bound shows that no other point can have
@@ -73,6 +74,8 @@ SCALES = ("none", "rms", "absmax")
 INITS = ("kmeans++", "hexagonal")
 #: the largest dimension P (the search prunes on one coordinate; far beyond this it is brute force)
 MAX_DIM = 64
+#: the whole-sample passes the registry's derived grids were fitted with (their names leave them out)
+REGISTRY_FINAL_PASSES = 10
 #: largest N for a k-means++ start (beyond it: random distinct sample vectors)
 _KMEANSPP_MAX = 4096
 
@@ -112,7 +115,7 @@ class VQRecipe(Recipe):
     coarse_samples: int = 10**5
     max_iter: int = 500
     tol: float = 1e-6
-    final_passes: int = 10
+    final_passes: int | None = None   # None: up to max_iter, like every other level
     init: str = "auto"
 
     def __post_init__(self) -> None:
@@ -147,7 +150,8 @@ class VQRecipe(Recipe):
         restarts = _posint("restarts", self.restarts)
         coarse = _posint("coarse_samples", self.coarse_samples)
         max_iter = _posint("max_iter", self.max_iter)
-        _set(self, final_passes=_posint("final_passes", self.final_passes))
+        if self.final_passes is not None:
+            _set(self, final_passes=_posint("final_passes", self.final_passes))
         tol = float(self.tol) if isinstance(self.tol, numbers.Real) and not isinstance(self.tol, bool) else math.nan
         if not (math.isfinite(tol) and tol >= 0):
             raise ValueError(f"tol must be a non-negative number, got {self.tol!r}")
@@ -179,12 +183,15 @@ class VQRecipe(Recipe):
     @property
     def name(self) -> str:
         """``vq-Pd-N[-sym][-SCALEB]`` (at the other defaults: the registry's names), then what
-        :func:`~.recipes.recipe_label` adds: each other field away from its default, and ``@SOURCE``."""
+        :func:`~.recipes.recipe_label` adds: each other field away from its default, and ``@SOURCE``.
+        ``final_passes`` is named unless it is the registry grids' 10, so that they keep their names
+        and no other recipe takes them (the default, no cap, is ``final-passes=max-iter``)."""
         sym = "-sym" if self.symmetric else ""
         sc = "" if self.scale == "none" else f"-{self.scale}{self.block_size}"
         return recipe_label(f"vq-{self.dim}d-{self.points}{sym}{sc}", self,
                             ("dim", "points", "symmetric", "scale", "block_size"),
-                            {"init": _auto_init(self.dim, self.points, self.symmetric)})
+                            {"init": _auto_init(self.dim, self.points, self.symmetric),
+                             "final_passes": REGISTRY_FINAL_PASSES})
 
 
 VQRecipe.method = "vq"
@@ -203,7 +210,7 @@ class VQResult:
     codebook: VectorCodebook
     mse: float            # mean squared error per dimension on the fitting sample
     iterations: int       # Lloyd passes on the whole sample (the last level of the schedule)
-    converged: bool       # the whole-sample level met tol within final_passes
+    converged: bool       # the whole-sample level met tol within its cap (final_passes, else max_iter)
     restart_mse: tuple[float, ...] = ()  # per restart, on the coarse sample
     seconds: float = 0.0
     details: dict = field(default_factory=dict)
@@ -600,12 +607,13 @@ def solve_vq(recipe: VQRecipe | None = None, *, progress: bool = False, **option
         c, err, iters, converged, change = cast(tuple, best)   # a lattice start or restarts >= 1 (checked)
         unsettled = [] if converged else [sizes[first]]
         for i, size in enumerate(sizes[first + 1:], first + 1):  # warm-started on ever larger leading parts
-            last = i == len(sizes) - 1
-            cap = r.final_passes if last and p > 1 else r.max_iter  # P = 1 passes cost O(N log M)
+            # the user's cap on the whole sample (P = 1 passes cost O(N log M): max_iter there too)
+            capped = i == len(sizes) - 1 and p > 1 and r.final_passes is not None
+            cap = cast(int, r.final_passes) if capped else r.max_iter
             c, err, iters, converged, change = _lloyd(x[:size], c, cap, r.tol, r.symmetric, bar.update)
-            if not converged and (not last or p == 1):
+            if not converged and not capped:
                 unsettled.append(size)
-    if unsettled:  # the last level's pass budget is part of the schedule, not a failure
+    if unsettled:  # a final_passes cap asked for is the user's choice, reported by converged, not warned
         warn(f"vector Lloyd for {r.name} used all {r.max_iter} passes on {unsettled[0]} vectors before "
              f"the mean error settled to a relative {r.tol:g}", LloydWarning)
     pts = _unfold(c) if r.symmetric else c
@@ -633,7 +641,7 @@ def derive_vq(dim: int = VQRecipe.dim, points: int = VQRecipe.points, source: An
               symmetric: bool = VQRecipe.symmetric, seed: int = VQRecipe.seed,
               samples: int = VQRecipe.samples, restarts: int = VQRecipe.restarts,
               coarse_samples: int = VQRecipe.coarse_samples, max_iter: int = VQRecipe.max_iter,
-              tol: float = VQRecipe.tol, final_passes: int = VQRecipe.final_passes,
+              tol: float = VQRecipe.tol, final_passes: int | None = VQRecipe.final_passes,
               init: str = VQRecipe.init, progress: bool = False) -> VectorCodebook:
     """The min-MSE codebook of ``points`` points in ``dim`` dimensions (module docstring).
 
