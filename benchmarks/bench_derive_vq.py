@@ -10,11 +10,13 @@ Lloyd passes, and the MSE per dimension on a fresh sample (seed 1 + the recipe's
 to the HIGGS grid of the same (P, N) on the same sample (paired difference and its standard
 error).
 
-    python benchmarks/bench_derive_vq.py --table [--cases 1x256,2x16,2x64,2x256,4x256,8x256] [-o vq_derived.json]
+    python benchmarks/bench_derive_vq.py --table [--cases 1x256,2x16,2x64,2x256,4x256,8x256] [--final-passes N]
+                                         [-o vq_derived.json]
 
 prints the table of docs/vector-codebooks.md for every case: MSE per dimension, the gap to
 D(R) = 2^(-2R) in dB, and the exact scalar Lloyd-Max code at the same R; ``-o`` writes the
-derived grids (with their recipes) in the format of quantbook/codebooks/data/vq_derived.json.
+derived grids (with their recipes) in the format of quantbook/codebooks/data/vq_derived.json
+(the registry's grids: ``--cases 2x16,2x64,2x256 --final-passes 10``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--cases", default="2x256", help="comma-separated PxN (default 2x256)")
     ap.add_argument("--samples", type=int, default=VQRecipe.samples, help="fitting vectors (default 10^7)")
     ap.add_argument("--eval-samples", type=int, default=10**7, help="fresh vectors for the MSE (default 10^7)")
+    ap.add_argument("--final-passes", type=int, help="cap on the whole sample's passes (default: none below "
+                    "max_iter; the registry's vq-2d-N grids were derived with 10)")
     ap.add_argument("--table", action="store_true", help="print the docs table (gap to D(R), scalar code)")
     ap.add_argument("-o", "--output", help="write the derived grids as a vq_derived.json file")
     args = ap.parse_args()
@@ -43,7 +47,7 @@ def main() -> None:
     cases = vq_cases(ap, args.cases)
     for p, n in cases:   # the recipes' own checks, before any case is derived
         try:
-            VQRecipe(dim=p, points=n, samples=args.samples)
+            VQRecipe(dim=p, points=n, samples=args.samples, final_passes=args.final_passes)
         except ValueError as exc:
             ap.error(str(exc))
     print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, "
@@ -55,7 +59,7 @@ def main() -> None:
               "scalar Lloyd-Max MSE | scalar gap | time (wall, CPU) |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p, n in cases:
-        r = VQRecipe(dim=p, points=n, samples=args.samples)
+        r = VQRecipe(dim=p, points=n, samples=args.samples, final_passes=args.final_passes)
         t0, c0 = time.perf_counter(), time.process_time()
         res = solve_vq(r)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
