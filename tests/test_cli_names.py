@@ -334,12 +334,11 @@ def test_different_vector_recipes_get_different_names():
             assert VQRecipe.from_dict(entry.codebook.recipe).name == name
     assert {"vq-2d-16", "vq-2d-64", "vq-2d-256", "higgs-2d-256"} <= set(registry)
     # spelled by hand: the head, then each field away from its default in the recipe's order, then the source
-    # final_passes is named unless it is the registry grids' 10: the default (no cap) does not take their names
-    assert VQRecipe(points=64, init="kmeans++", final_passes=10).name == "vq-2d-64"   # what auto picks for 64 points
-    assert VQRecipe(points=64).name == "vq-2d-64-final-passes=max-iter"
-    assert VQRecipe(init="kmeans++", restarts=2, final_passes=10).name == "vq-2d-256-restarts=2-init=kmeans++"
-    assert VQRecipe(dim=4, points=16, scale="rms", block_size=32, seed=3, tol=1e-5, source="laplace",
-                    final_passes=10).name == "vq-4d-16-rms32-seed=3-tol=1e-05@laplace"
+    assert VQRecipe(points=64, init="kmeans++").name == "vq-2d-64"   # what auto picks for 64 points
+    assert VQRecipe(points=64, final_passes=10).name == "vq-2d-64-final-passes=10"   # the former default's cap
+    assert VQRecipe(init="kmeans++", restarts=2).name == "vq-2d-256-restarts=2-init=kmeans++"
+    assert VQRecipe(dim=4, points=16, scale="rms", block_size=32, seed=3, tol=1e-5,
+                    source="laplace").name == "vq-4d-16-rms32-seed=3-tol=1e-05@laplace"
     assert VQRecipe(dim=4, points=16, final_passes=30).name == "vq-4d-16-final-passes=30"
     cb = derive_vq(dim=1, points=4, samples=20000, final_passes=20)
     assert cb.name == "vq-1d-4-samples=20000-final-passes=20"

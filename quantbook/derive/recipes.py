@@ -230,7 +230,6 @@ _SAID: dict[str, Callable[[Any], str]] = {
     "scale": lambda v: v.replace(":", "-"),
     "qmax": lambda v: f"qmax={_number_text(v)}",
     "tol": lambda v: f"tol={_number_text(v)}",
-    "final_passes": lambda v: f"final-passes={'max-iter' if v is None else v}",   # None: no cap below max_iter
 }
 
 

@@ -74,8 +74,6 @@ SCALES = ("none", "rms", "absmax")
 INITS = ("kmeans++", "hexagonal")
 #: the largest dimension P (the search prunes on one coordinate; far beyond this it is brute force)
 MAX_DIM = 64
-#: the whole-sample passes the registry's derived grids were fitted with (their names leave them out)
-REGISTRY_FINAL_PASSES = 10
 #: largest N for a k-means++ start (beyond it: random distinct sample vectors)
 _KMEANSPP_MAX = 4096
 
@@ -183,15 +181,12 @@ class VQRecipe(Recipe):
     @property
     def name(self) -> str:
         """``vq-Pd-N[-sym][-SCALEB]`` (at the other defaults: the registry's names), then what
-        :func:`~.recipes.recipe_label` adds: each other field away from its default, and ``@SOURCE``.
-        ``final_passes`` is named unless it is the registry grids' 10, so that they keep their names
-        and no other recipe takes them (the default, no cap, is ``final-passes=max-iter``)."""
+        :func:`~.recipes.recipe_label` adds: each other field away from its default, and ``@SOURCE``."""
         sym = "-sym" if self.symmetric else ""
         sc = "" if self.scale == "none" else f"-{self.scale}{self.block_size}"
         return recipe_label(f"vq-{self.dim}d-{self.points}{sym}{sc}", self,
                             ("dim", "points", "symmetric", "scale", "block_size"),
-                            {"init": _auto_init(self.dim, self.points, self.symmetric),
-                             "final_passes": REGISTRY_FINAL_PASSES})
+                            {"init": _auto_init(self.dim, self.points, self.symmetric)})
 
 
 VQRecipe.method = "vq"
