@@ -16,7 +16,7 @@ error).
 prints the table of docs/vector-codebooks.md for every case: MSE per dimension, the gap to
 D(R) = 2^(-2R) in dB, and the exact scalar Lloyd-Max code at the same R; ``-o`` writes the
 derived grids (with their recipes) in the format of quantbook/codebooks/data/vq_derived.json
-(the registry's grids: ``--cases 2x16,2x64,2x256 --final-passes 10``).
+(the registry's grids: ``--cases 2x16,2x64,2x256``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=VQRecipe.samples, help="fitting vectors (default 10^7)")
     ap.add_argument("--eval-samples", type=int, default=10**7, help="fresh vectors for the MSE (default 10^7)")
     ap.add_argument("--final-passes", type=int, help="cap on the whole sample's passes (default: none below "
-                    "max_iter; the registry's vq-2d-N grids were derived with 10)")
+                    "max_iter, as the registry's vq-2d-N grids were derived)")
     ap.add_argument("--table", action="store_true", help="print the docs table (gap to D(R), scalar code)")
     ap.add_argument("-o", "--output", help="write the derived grids as a vq_derived.json file")
     args = ap.parse_args()

@@ -352,7 +352,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--final-passes", type=integer, metavar="N",
                    help="most Lloyd passes on the whole sample, the last level of the schedule (P >= 2): a "
                         "faster fit that may end unconverged, as the output says (default: no cap, up to 500 "
-                        "passes like every level; the registry's vq-2d-N grids used 10: docs/vector-codebooks.md)")
+                        "passes like every level: docs/vector-codebooks.md)")
     add_progress(s)
     add_output(s, "the codebook as JSON, besides the output (whose text then leaves out the points)")
     add_json_flag(s)
