@@ -132,7 +132,7 @@ _BUILDS = textwrap.dedent("""
     builds = {"serial": k.assign_serial, "parallel": k.assign.dispatcher}
     for name in sys.argv[1:]:
         out = np.empty(len(x), np.int64)
-        builds[name](x, c, order, c0, out)
+        builds[name](x, c, order, c0, k.search_grid(c), out)
         assert np.array_equal(out, want)
         assert parallel_ran() == (name == "parallel" or sys.argv[1] == "parallel"), name
         assert not builds[name].stats.cache_hits, f"{name} loaded the other build's cached code"

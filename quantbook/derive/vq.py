@@ -302,7 +302,7 @@ class _Sums:
 
     def run(self, c: np.ndarray):
         """(sums (N,P), counts (N,), cell_sse (N,), sse, sse2) of the sample against ``c``."""
-        from .vq_kernels import assign_accumulate, assign_accumulate_grid, cell_lists, pick
+        from .vq_kernels import assign_accumulate, pick, search_grid
 
         for a in (self.sums, self.counts, self.cell_sse, self.sse, self.sse2):
             a[...] = 0
@@ -318,12 +318,8 @@ class _Sums:
         c0 = np.ascontiguousarray(c[order, 0])
         m = self.x.shape[0]
         bounds = (self.drift, self.near, self.bound)
-        if c.shape[1] == 2:
-            pick(assign_accumulate_grid, m)(self.x, c, order, c0, *cell_lists(c, beyond=keep), *bounds, self.chunk,
-                                            self.sums, self.counts, self.cell_sse, self.sse, self.sse2)
-        else:
-            pick(assign_accumulate, m)(self.x, c, order, c0, *bounds, self.chunk, self.sums, self.counts,
-                                       self.cell_sse, self.sse, self.sse2)
+        pick(assign_accumulate, m)(self.x, c, order, c0, search_grid(c, beyond=keep), *bounds, self.chunk,
+                                   self.sums, self.counts, self.cell_sse, self.sse, self.sse2)
         # combined in chunk order: independent of the thread count
         return (self.sums.sum(axis=0), self.counts.sum(axis=0), self.cell_sse.sum(axis=0),
                 float(self.sse.sum()), float(self.sse2.sum()))
@@ -390,7 +386,7 @@ def _table(points: Any) -> np.ndarray:
 
 def vector_errors(points: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Squared distance (float64, (M,)) of every row of ``x`` to its nearest row of ``points``."""
-    from .vq_kernels import assign
+    from .vq_kernels import assign, pick, search_grid
 
     x = _real(x, "x", np.float32)
     pts = _table(points)
@@ -401,14 +397,7 @@ def vector_errors(points: np.ndarray, x: np.ndarray) -> np.ndarray:
     order = np.argsort(pts[:, 0], kind="stable")
     c0 = np.ascontiguousarray(pts[order, 0])
     idx = np.empty(x.shape[0], dtype=np.int64)
-    from .vq_kernels import pick
-
-    if pts.shape[1] == 2:
-        from .vq_kernels import assign_grid, cell_lists
-
-        pick(assign_grid, x.shape[0])(x, pts, order, c0, *cell_lists(pts), idx)
-    else:
-        pick(assign, x.shape[0])(x, pts, order, c0, idx)
+    pick(assign, x.shape[0])(x, pts, order, c0, search_grid(pts), idx)
     return np.sum((x.astype(np.float64) - pts[idx]) ** 2, axis=1)
 
 

@@ -33,7 +33,7 @@ from ..codebooks.vector import cell_candidates
 from ..numerics.kernel_cache import cached_njit
 from ..numerics.parallel import parallel_njit
 
-__all__ = ["assign_accumulate", "chunk_size", "assign", "no_bounds"]
+__all__ = ["assign_accumulate", "chunk_size", "assign", "no_bounds", "search_grid"]
 
 #: rows searched per call of a row helper.  A call of a compiled helper with array arguments
 #: (inlined or not) costs numba a reference-count update per array; made per vector, that was
@@ -151,24 +151,24 @@ def _add_rows(x, s0, s1, idx, dist, k, sums, counts, cell_sse, sse, sse2):
         sse2[k] += best * best
 
 
-def _assign_accumulate_py(x, c, order, c0, drift, near, bound, chunk, sums, counts, cell_sse, sse, sse2):
+def _assign_accumulate_py(x, c, order, c0, grid, drift, near, bound, chunk, sums, counts, cell_sse, sse, sse2):
     """For every row of ``x`` (M, P float32) find its nearest row of ``c`` (N, P float64) and
     add, per chunk ``k`` of ``chunk`` rows: the vector to ``sums[k, j]``, 1 to ``counts[k, j]``,
     the squared distance to ``cell_sse[k, j]`` and ``sse[k]``, its square to ``sse2[k]``.
-    ``order`` sorts ``c`` by its first coordinate, ``c0`` is that sorted coordinate.
+    ``order`` sorts ``c`` by its first coordinate, ``c0`` is that sorted coordinate; ``grid``
+    is :func:`search_grid`'s (with ``beyond`` where bounds are kept).
     ``near`` (int32, -1: none yet) and ``bound`` (float32) are each row's kept point and bound,
     ``drift`` the bounds' offset (module docstring): read, and written where a row was
     searched; empty arrays (:func:`no_bounds`) keep none.  The sums must be zeroed by the caller."""
     m = x.shape[0]
     nchunks = sums.shape[0]
-    keep = near.shape[0] > 0
     idx = np.empty((nchunks, BLOCK), dtype=np.int64)
     dist = np.empty((nchunks, BLOCK))
     for k in prange(nchunks):
         stop = min(m, (k + 1) * chunk)
         for s0 in range(k * chunk, stop, BLOCK):
             s1 = min(stop, s0 + BLOCK)
-            _strip_rows(x, s0, s1, c, order, c0, idx[k], dist[k], False, drift, near, bound, keep)
+            _search_rows(x, s0, s1, c, order, c0, grid, idx[k], dist[k], drift, near, bound)
             _add_rows(x, s0, s1, idx[k], dist[k], k, sums, counts, cell_sse, sse, sse2)
 
 
@@ -176,7 +176,7 @@ def _assign_accumulate_py(x, c, order, c0, drift, near, bound, chunk, sums, coun
 _PARTS = 64
 
 
-def _assign_py(x, c, order, c0, out):
+def _assign_py(x, c, order, c0, grid, out):
     """Nearest row of ``c`` for every row of ``x`` into ``out`` (int64), as above."""
     m = x.shape[0]
     per = -(-m // (_PARTS * BLOCK)) * BLOCK
@@ -186,7 +186,7 @@ def _assign_py(x, c, order, c0, out):
         stop = min(m, (t + 1) * per)
         for s0 in range(t * per, stop, BLOCK):
             s1 = min(stop, s0 + BLOCK)
-            _strip_rows(x, s0, s1, c, order, c0, out[s0:s1], dist[t], False, 0.0, near, bound, False)
+            _search_rows(x, s0, s1, c, order, c0, grid, out[s0:s1], dist[t], 0.0, near, bound)
 
 
 # ------------------------------------------------------------------ 2-D cell lists (P = 2)
@@ -259,32 +259,25 @@ def _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, d
         _strip_rows(x, s0, s1, c, order, c0, idx, dist, True, drift, near, bound, False)
 
 
-def _assign_accumulate_grid_py(x, c, order, c0, lo, w, g, start, cand, far, drift, near, bound, chunk, sums, counts,
-                               cell_sse, sse, sse2):
-    """:func:`assign_accumulate` for P = 2 with the cell lists of :func:`cell_lists` (``far``
-    needed where bounds are kept)."""
-    m = x.shape[0]
-    nchunks = sums.shape[0]
-    idx = np.empty((nchunks, BLOCK), dtype=np.int64)
-    dist = np.empty((nchunks, BLOCK))
-    for k in prange(nchunks):
-        stop = min(m, (k + 1) * chunk)
-        for s0 in range(k * chunk, stop, BLOCK):
-            s1 = min(stop, s0 + BLOCK)
-            _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx[k], dist[k], drift, near, bound)
-            _add_rows(x, s0, s1, idx[k], dist[k], k, sums, counts, cell_sse, sse, sse2)
+def search_grid(c: np.ndarray, beyond: bool = False):
+    """The ``grid`` argument of the kernels for the points ``c``: :func:`cell_lists` for P = 2,
+    else a grid of no cells (every row by the strip search)."""
+    if c.shape[1] == 2:
+        return cell_lists(c, beyond=beyond)
+    # the types of cell_lists' answer, so that every P runs the same compiled kernel
+    return 0.0, 1.0, 0, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
 
 
-def _assign_grid_py(x, c, order, c0, lo, w, g, start, cand, far, out):
-    m = x.shape[0]
-    per = -(-m // (_PARTS * BLOCK)) * BLOCK
-    dist = np.empty((_PARTS, BLOCK))
-    near, bound = no_bounds()
-    for t in prange(_PARTS):
-        stop = min(m, (t + 1) * per)
-        for s0 in range(t * per, stop, BLOCK):
-            s1 = min(stop, s0 + BLOCK)
-            _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, out[s0:s1], dist[t], 0.0, near, bound)
+@cached_njit()
+def _search_rows(x, s0, s1, c, order, c0, grid, idx, dist, drift, near, bound):
+    """Rows ``s0 .. s1`` of ``x`` (all of them, reusing kept points): :func:`_grid_rows` where
+    ``grid`` has cells, else :func:`_strip_rows`.  Chosen once a block: a branch per row would
+    cost the search loops their tight code."""
+    lo, w, g, start, cand, far = grid
+    if g > 0:
+        _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, drift, near, bound)
+    else:
+        _strip_rows(x, s0, s1, c, order, c0, idx, dist, False, drift, near, bound, near.shape[0] > 0)
 
 
 # Each kernel in two builds: threads pay off only on large samples (a parallel launch costs
@@ -296,10 +289,6 @@ assign_accumulate = parallel_njit()(_assign_accumulate_py)
 assign_accumulate_serial = cached_njit()(_assign_accumulate_py)
 assign = parallel_njit()(_assign_py)
 assign_serial = cached_njit()(_assign_py)
-assign_accumulate_grid = parallel_njit()(_assign_accumulate_grid_py)
-assign_accumulate_grid_serial = cached_njit()(_assign_accumulate_grid_py)
-assign_grid = parallel_njit()(_assign_grid_py)
-assign_grid_serial = cached_njit()(_assign_grid_py)
 
 
 def pick(kernel, m: int):
