@@ -164,11 +164,18 @@ def _assign_accumulate_py(x, c, order, c0, grid, drift, near, bound, chunk, sums
     nchunks = sums.shape[0]
     idx = np.empty((nchunks, BLOCK), dtype=np.int64)
     dist = np.empty((nchunks, BLOCK))
+    # unpacked once, and the search chosen once a block in the kernel itself: a helper that chose it
+    # (called, or inlined by numba) slowed the passes where most rows keep their point (docs/vector-codebooks.md)
+    lo, w, g, start, cand, far = grid
+    keep = near.shape[0] > 0
     for k in prange(nchunks):
         stop = min(m, (k + 1) * chunk)
         for s0 in range(k * chunk, stop, BLOCK):
             s1 = min(stop, s0 + BLOCK)
-            _search_rows(x, s0, s1, c, order, c0, grid, idx[k], dist[k], drift, near, bound)
+            if g > 0:
+                _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx[k], dist[k], drift, near, bound)
+            else:
+                _strip_rows(x, s0, s1, c, order, c0, idx[k], dist[k], False, drift, near, bound, keep)
             _add_rows(x, s0, s1, idx[k], dist[k], k, sums, counts, cell_sse, sse, sse2)
 
 
@@ -182,11 +189,15 @@ def _assign_py(x, c, order, c0, grid, out):
     per = -(-m // (_PARTS * BLOCK)) * BLOCK
     dist = np.empty((_PARTS, BLOCK))
     near, bound = no_bounds()
+    lo, w, g, start, cand, far = grid   # as in _assign_accumulate_py
     for t in prange(_PARTS):
         stop = min(m, (t + 1) * per)
         for s0 in range(t * per, stop, BLOCK):
             s1 = min(stop, s0 + BLOCK)
-            _search_rows(x, s0, s1, c, order, c0, grid, out[s0:s1], dist[t], 0.0, near, bound)
+            if g > 0:
+                _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, out[s0:s1], dist[t], 0.0, near, bound)
+            else:
+                _strip_rows(x, s0, s1, c, order, c0, out[s0:s1], dist[t], False, 0.0, near, bound, False)
 
 
 # ------------------------------------------------------------------ 2-D cell lists (P = 2)
@@ -266,18 +277,6 @@ def search_grid(c: np.ndarray, beyond: bool = False):
         return cell_lists(c, beyond=beyond)
     # the types of cell_lists' answer, so that every P runs the same compiled kernel
     return 0.0, 1.0, 0, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
-
-
-@cached_njit()
-def _search_rows(x, s0, s1, c, order, c0, grid, idx, dist, drift, near, bound):
-    """Rows ``s0 .. s1`` of ``x`` (all of them, reusing kept points): :func:`_grid_rows` where
-    ``grid`` has cells, else :func:`_strip_rows`.  Chosen once a block: a branch per row would
-    cost the search loops their tight code."""
-    lo, w, g, start, cand, far = grid
-    if g > 0:
-        _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, drift, near, bound)
-    else:
-        _strip_rows(x, s0, s1, c, order, c0, idx, dist, False, drift, near, bound, near.shape[0] > 0)
 
 
 # Each kernel in two builds: threads pay off only on large samples (a parallel launch costs
