@@ -42,7 +42,7 @@ def _lattice_and_sample(p, m, rng):
     """Points on a lattice of spacing 1/2 (exact in float32) and vectors: Gaussian ones, some
     far outside the points' box, and lattice midpoints and centres, equally near two or more
     points (ties)."""
-    axis = np.arange(-1.25, 1.3, 0.5) if p == 2 else np.arange(-0.75, 0.8, 0.5)
+    axis = {2: np.arange(-1.25, 1.3, 0.5), 8: np.array([-0.25, 0.25])}.get(p, np.arange(-0.75, 0.8, 0.5))
     pts = np.array(list(itertools.product(axis, repeat=p)))
     x = rng.standard_normal((m, p)).astype(np.float32)
     x[: m // 50] *= 3   # beyond the grid: the strip search's rows
@@ -51,16 +51,19 @@ def _lattice_and_sample(p, m, rng):
     return pts, x
 
 
-@pytest.mark.parametrize("p, m", [(2, 40_000), (2, PARALLEL_MIN + 5_000), (3, 40_000)])
+@pytest.mark.parametrize("p, m", [(2, 40_000), (2, PARALLEL_MIN + 5_000), (3, 40_000), (4, 20_000), (8, 8_000)])
 def test_passes_with_kept_bounds_are_the_numpy_pass_bit_for_bit(p, m):
-    """The kernels (2-D cell lists or the strip search, the serial and the parallel build)
-    keep a vector's point without a search where its bound allows; every pass is still the
-    numpy pass to the bit: through Lloyd steps, the same points again (ties must be searched
-    again), a move of 1e-13 that turns ties the other way, an over-relaxed step and a jump."""
+    """The kernels (2-D cell lists or the strip search, the serial and the parallel build;
+    for P > 2 the search from a kept point that fails its bound) keep a vector's point without
+    a search where its bound allows; every pass is still the numpy pass to the bit: through
+    Lloyd steps, the same points again (ties must be searched again), a move of 1e-13 that
+    turns ties the other way and back (a kept point tied with a lower-indexed one), an over-relaxed
+    step and a jump."""
     rng = np.random.default_rng(p * 1000 + m)
     c, x = _lattice_and_sample(p, m, rng)
     acc = _Sums(x, c.shape[0], keep=True)
-    steps = ["lloyd", "same", "nudge", "lloyd", "lloyd", "relaxed", "same", "jump", "lloyd", "lloyd"]
+    steps = ["same", "nudge", "back", "lloyd", "same", "nudge", "lloyd", "lloyd", "relaxed", "same", "jump", "lloyd",
+             "lloyd"]
     kept = []
     for step in steps + ["end"]:
         got = acc.run(c)
@@ -81,7 +84,9 @@ def test_passes_with_kept_bounds_are_the_numpy_pass_bit_for_bit(p, m):
         if step == "lloyd":
             c = cent
         elif step == "nudge":   # the lower-indexed of each tied pair moves off by 1e-13
-            c = c + 1e-13 * np.arange(c.shape[0])[:, None]
+            c, before = c + 1e-13 * np.arange(c.shape[0])[:, None], c
+        elif step == "back":
+            c = before
         elif step == "relaxed":
             c = c + 1.8 * (cent - c)
         elif step == "jump":

@@ -19,6 +19,17 @@ kept point is therefore nearer than any other by far more than the rounding, so 
 would find it (no tie can decide) and computes its distance by the same operations: the sums
 are the same bits.
 
+For P > 2 a row whose kept point ``b`` fails that test is searched from ``b`` instead: the
+points in order of their distance ``e`` from ``b`` (:func:`neighbours`, up to
+:data:`NEIGHBOURS_MAX` points), until ``e`` exceeds ``|x - b|`` plus the second-nearest
+distance found so far, the two taken a relative 1e-9 up and ``e`` 1e-9 down: by the triangle
+inequality every point further on is then farther from ``x`` than that second-nearest point
+by far more than the rounding.  Every point that can be the nearest, tie with it or be the
+second-nearest is therefore visited, each distance by the same operations, with the same
+tie rule: the same point, distance and bound as the strip search.  (A partial distance
+search, stopping a point's sum once it passes the bound, gives the same bits too but made
+the strip search about twice as slow: its branch is unpredictable.)
+
 Work is split into fixed chunks of the sample and each chunk accumulates its own partial
 sums, row after row; the chunks are combined in order afterwards, so the result does not
 depend on the number of threads (the derivation is bit-for-bit reproducible).
@@ -71,12 +82,14 @@ def _kept_bound(second, drift):
 
 
 @cached_njit()
-def _strip_rows(x, s0, s1, c, order, c0, idx, dist, only_missing, drift, near, bound, reuse):
+def _strip_rows(x, s0, s1, c, order, c0, idx, dist, only_missing, drift, near, bound, reuse, nbr, nbr_d):
     """Rows ``s0 .. s1`` of ``x``: the nearest row of ``c`` by the strip search into
     ``idx[i - s0]`` and its squared distance into ``dist[i - s0]``; with ``only_missing``, only
     the rows whose ``idx`` is negative.  Where bounds are kept (``near`` not empty), a searched
     row's walk goes on past the second-nearest point, and its point and bound are stored; with
-    ``reuse`` too, a row whose kept point passes :func:`_reusable` keeps it without a search."""
+    ``reuse`` too, a row whose kept point passes :func:`_reusable` keeps it without a search,
+    and one whose kept point fails it is searched from that point by :func:`neighbours`'
+    ``nbr``, ``nbr_d`` where they are not empty."""
     n, p = c.shape
     keep = near.shape[0] > 0
     reuse = reuse and keep
@@ -94,6 +107,30 @@ def _strip_rows(x, s0, s1, c, order, c0, idx, dist, only_missing, drift, near, b
                 if _reusable(d, drift, bound[i]):
                     idx[r] = j
                     dist[r] = d
+                    continue
+                if nbr.shape[0] > 0:
+                    # the points in order of their distance from the kept one, up to the last that
+                    # can be within the second-nearest distance (module docstring)
+                    best, second, bj = d, np.inf, j
+                    rb = np.sqrt(d)
+                    for k in range(nbr.shape[1]):
+                        if nbr_d[j, k] * (1.0 - _MARGIN) > (rb + np.sqrt(second)) * (1.0 + _MARGIN):
+                            break
+                        jj = nbr[j, k]
+                        if jj == j:
+                            continue
+                        d = 0.0
+                        for q in range(p):
+                            t = np.float64(x[i, q]) - c[jj, q]
+                            d += t * t
+                        second = min(second, max(d, best))
+                        if d < best or (d == best and jj < bj):
+                            best = d
+                            bj = jj
+                    idx[r] = bj
+                    dist[r] = best
+                    near[i] = bj
+                    bound[i] = _kept_bound(second, drift)
                     continue
         x0 = np.float64(x[i, 0])
         # first sorted position with c0 >= x0
@@ -166,16 +203,17 @@ def _assign_accumulate_py(x, c, order, c0, grid, drift, near, bound, chunk, sums
     dist = np.empty((nchunks, BLOCK))
     # unpacked once, and the search chosen once a block in the kernel itself: a helper that chose it
     # (called, or inlined by numba) slowed the passes where most rows keep their point (docs/vector-codebooks.md)
-    lo, w, g, start, cand, far = grid
+    lo, w, g, start, cand, far, nbr, nbr_d = grid
     keep = near.shape[0] > 0
     for k in prange(nchunks):
         stop = min(m, (k + 1) * chunk)
         for s0 in range(k * chunk, stop, BLOCK):
             s1 = min(stop, s0 + BLOCK)
             if g > 0:
-                _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx[k], dist[k], drift, near, bound)
+                _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx[k], dist[k], drift, near, bound,
+                           nbr, nbr_d)
             else:
-                _strip_rows(x, s0, s1, c, order, c0, idx[k], dist[k], False, drift, near, bound, keep)
+                _strip_rows(x, s0, s1, c, order, c0, idx[k], dist[k], False, drift, near, bound, keep, nbr, nbr_d)
             _add_rows(x, s0, s1, idx[k], dist[k], k, sums, counts, cell_sse, sse, sse2)
 
 
@@ -189,15 +227,16 @@ def _assign_py(x, c, order, c0, grid, out):
     per = -(-m // (_PARTS * BLOCK)) * BLOCK
     dist = np.empty((_PARTS, BLOCK))
     near, bound = no_bounds()
-    lo, w, g, start, cand, far = grid   # as in _assign_accumulate_py
+    lo, w, g, start, cand, far, nbr, nbr_d = grid   # as in _assign_accumulate_py
     for t in prange(_PARTS):
         stop = min(m, (t + 1) * per)
         for s0 in range(t * per, stop, BLOCK):
             s1 = min(stop, s0 + BLOCK)
             if g > 0:
-                _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, out[s0:s1], dist[t], 0.0, near, bound)
+                _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, out[s0:s1], dist[t], 0.0, near, bound,
+                           nbr, nbr_d)
             else:
-                _strip_rows(x, s0, s1, c, order, c0, out[s0:s1], dist[t], False, 0.0, near, bound, False)
+                _strip_rows(x, s0, s1, c, order, c0, out[s0:s1], dist[t], False, 0.0, near, bound, False, nbr, nbr_d)
 
 
 # ------------------------------------------------------------------ 2-D cell lists (P = 2)
@@ -218,11 +257,11 @@ def cell_lists(c: np.ndarray, beyond: bool = False):
     counts, cand, *far = cell_candidates(c, (lo, lo), (hi, hi), g, beyond=beyond)
     start = np.zeros(g * g + 1, dtype=np.int64)
     np.cumsum(counts, out=start[1:])
-    return lo, w, g, start, cand, (far[0] if far else np.empty(0))
+    return lo, w, g, start, cand, (far[0] if far else np.empty(0)), *_NO_NEIGHBOURS
 
 
 @cached_njit()
-def _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, drift, near, bound):
+def _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, drift, near, bound, nbr, nbr_d):
     """:func:`_strip_rows` (all rows, reusing kept points) for P = 2 by the cell lists of
     :func:`cell_lists` (the strip search for the rows outside the grid).  A searched row's
     bound is the least of its other candidates' distances and its cell's ``far``."""
@@ -267,16 +306,32 @@ def _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, d
             near[i] = bj
             bound[i] = _kept_bound(second, drift)
     if outside:
-        _strip_rows(x, s0, s1, c, order, c0, idx, dist, True, drift, near, bound, False)
+        _strip_rows(x, s0, s1, c, order, c0, idx, dist, True, drift, near, bound, False, nbr, nbr_d)
+
+
+#: the most points for which a pass with kept bounds builds :func:`neighbours` (N * N entries)
+NEIGHBOURS_MAX = 1024
+_NO_NEIGHBOURS = (np.empty((0, 0), dtype=np.int64), np.empty((0, 0)))
+
+
+def neighbours(c: np.ndarray):
+    """``(nbr, nbr_d)``: row ``j`` of ``nbr`` the indices of all points ``c`` in order of their
+    distance from point ``j`` (itself included), row ``j`` of ``nbr_d`` those distances."""
+    d = np.sqrt(np.sum((c[:, None, :] - c[None, :, :]) ** 2, axis=2))
+    nbr = np.argsort(d, axis=1, kind="stable")
+    return nbr, np.ascontiguousarray(np.take_along_axis(d, nbr, axis=1))
 
 
 def search_grid(c: np.ndarray, beyond: bool = False):
     """The ``grid`` argument of the kernels for the points ``c``: :func:`cell_lists` for P = 2,
-    else a grid of no cells (every row by the strip search)."""
+    else a grid of no cells (every row by the strip search) and, with ``beyond`` (bounds kept)
+    and at most :data:`NEIGHBOURS_MAX` points, :func:`neighbours` for the rows whose kept
+    point fails its bound."""
     if c.shape[1] == 2:
         return cell_lists(c, beyond=beyond)
     # the types of cell_lists' answer, so that every P runs the same compiled kernel
-    return 0.0, 1.0, 0, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    nb = neighbours(c) if beyond and c.shape[0] <= NEIGHBOURS_MAX else _NO_NEIGHBOURS
+    return 0.0, 1.0, 0, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), *nb
 
 
 # Each kernel in two builds: threads pay off only on large samples (a parallel launch costs
