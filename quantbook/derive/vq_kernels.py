@@ -28,7 +28,7 @@ by far more than the rounding.  Every point that can be the nearest, tie with it
 second-nearest is therefore visited, each distance by the same operations, with the same
 tie rule: the same point, distance and bound as the strip search.  (A partial distance
 search, stopping a point's sum once it passes the bound, gives the same bits too but made
-the strip search about twice as slow: its branch is unpredictable.)
+the strip search slower: docs/vector-codebooks.md.)
 
 Work is split into fixed chunks of the sample and each chunk accumulates its own partial
 sums, row after row; the chunks are combined in order afterwards, so the result does not
