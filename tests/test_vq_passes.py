@@ -51,7 +51,7 @@ def _lattice_and_sample(p, m, rng):
     return pts, x
 
 
-@pytest.mark.parametrize("p, m", [(2, 40_000), (2, PARALLEL_MIN + 5_000), (3, 40_000), (4, 20_000), (8, 8_000)])
+@pytest.mark.parametrize("p, m", [(2, 40_000), (2, PARALLEL_MIN + 5_000), (3, 40_000), (4, 20_000), (8, 9_000)])
 def test_passes_with_kept_bounds_are_the_numpy_pass_bit_for_bit(p, m):
     """The kernels (2-D cell lists or the strip search, the serial and the parallel build;
     for P > 2 the search from a kept point that fails its bound) keep a vector's point without

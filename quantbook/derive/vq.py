@@ -318,7 +318,7 @@ class _Sums:
         c0 = np.ascontiguousarray(c[order, 0])
         m = self.x.shape[0]
         bounds = (self.drift, self.near, self.bound)
-        pick(assign_accumulate, m)(self.x, c, order, c0, search_grid(c, beyond=keep), *bounds, self.chunk,
+        pick(assign_accumulate, m)(self.x, c, order, c0, search_grid(c, beyond=keep, rows=m), *bounds, self.chunk,
                                    self.sums, self.counts, self.cell_sse, self.sse, self.sse2)
         # combined in chunk order: independent of the thread count
         return (self.sums.sum(axis=0), self.counts.sum(axis=0), self.cell_sse.sum(axis=0),

@@ -311,6 +311,9 @@ def _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, d
 
 #: the most points for which a pass with kept bounds builds :func:`neighbours` (N * N entries)
 NEIGHBOURS_MAX = 1024
+#: ... and the fewest vectors a point it needs: building them costs about 100 ns a pair of points
+#: (NumPy), up to several passes of the strip search on a small sample (docs/vector-codebooks.md)
+NEIGHBOURS_ROWS = 1 / 8
 _NO_NEIGHBOURS = (np.empty((0, 0), dtype=np.int64), np.empty((0, 0)))
 
 
@@ -322,15 +325,17 @@ def neighbours(c: np.ndarray):
     return nbr, np.ascontiguousarray(np.take_along_axis(d, nbr, axis=1))
 
 
-def search_grid(c: np.ndarray, beyond: bool = False):
+def search_grid(c: np.ndarray, beyond: bool = False, rows: int = 0):
     """The ``grid`` argument of the kernels for the points ``c``: :func:`cell_lists` for P = 2,
-    else a grid of no cells (every row by the strip search) and, with ``beyond`` (bounds kept)
-    and at most :data:`NEIGHBOURS_MAX` points, :func:`neighbours` for the rows whose kept
-    point fails its bound."""
+    else a grid of no cells (every row by the strip search) and, with ``beyond`` (bounds kept),
+    N <= :data:`NEIGHBOURS_MAX` points and ``rows`` >= :data:`NEIGHBOURS_ROWS` * N**2 vectors
+    to search, :func:`neighbours` for the rows whose kept point fails its bound."""
     if c.shape[1] == 2:
         return cell_lists(c, beyond=beyond)
+    n = c.shape[0]
+    use = beyond and n <= NEIGHBOURS_MAX and rows >= NEIGHBOURS_ROWS * n * n
     # the types of cell_lists' answer, so that every P runs the same compiled kernel
-    nb = neighbours(c) if beyond and c.shape[0] <= NEIGHBOURS_MAX else _NO_NEIGHBOURS
+    nb = neighbours(c) if use else _NO_NEIGHBOURS
     return 0.0, 1.0, 0, np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), *nb
 
 
