@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from scipy.spatial.distance import cdist
 
 from ..codebooks.vector import cell_candidates
 from ..numerics.kernel_cache import cached_njit
@@ -311,8 +312,8 @@ def _grid_rows(x, s0, s1, c, order, c0, lo, w, g, start, cand, far, idx, dist, d
 
 #: the most points for which a pass with kept bounds builds :func:`neighbours` (N * N entries)
 NEIGHBOURS_MAX = 1024
-#: ... and the fewest vectors a point it needs: building them costs about 100 ns a pair of points
-#: (NumPy), up to several passes of the strip search on a small sample (docs/vector-codebooks.md)
+#: ... and the fewest vectors a point it needs: building them costs about 60-100 ns a pair of points,
+#: up to several passes of the strip search on a small sample (docs/vector-codebooks.md)
 NEIGHBOURS_ROWS = 1 / 8
 _NO_NEIGHBOURS = (np.empty((0, 0), dtype=np.int64), np.empty((0, 0)))
 
@@ -320,7 +321,8 @@ _NO_NEIGHBOURS = (np.empty((0, 0), dtype=np.int64), np.empty((0, 0)))
 def neighbours(c: np.ndarray):
     """``(nbr, nbr_d)``: row ``j`` of ``nbr`` the indices of all points ``c`` in order of their
     distance from point ``j`` (itself included), row ``j`` of ``nbr_d`` those distances."""
-    d = np.sqrt(np.sum((c[:, None, :] - c[None, :, :]) ** 2, axis=2))
+    # pair by pair (no N x N x P temporary): any rounding of these is within the search's margin
+    d = cdist(c, c)
     nbr = np.argsort(d, axis=1, kind="stable")
     return nbr, np.ascontiguousarray(np.take_along_axis(d, nbr, axis=1))
 
