@@ -90,7 +90,7 @@ stage tests 240 "$HERE" $PY -m pytest -q -p no:cacheprovider $workers $per_test 
 # codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16; the tables show bank conflicts
 # (the stage fails when any of the three profiles does)
 stage ncu 180 "$HERE" sh -c "rc=0; for c in 'float16 1024 8' 'bfloat16 4096 2' 'bfloat16 16 4'; do set -- \$c;
-    ncu -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    ncu --clock-control none -k regex:qb_ -c 4 --section SpeedOfLight --section Occupancy --section WarpStateStats \
         --section MemoryWorkloadAnalysis_Tables \
         $PY benchmarks/bench_quantize_gpu.py --profile --dtypes \$1 --blocksizes \$2 --bits \$3 || rc=\$?; \
     done; exit \$rc"

@@ -11,6 +11,7 @@ printed, and the stages that need it say so in their turn.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -28,6 +29,19 @@ def _line(what: str, fn) -> object:
     return value
 
 
+def _cpu() -> str:
+    """The host's processor and its float16 conversion features (bitsandbytes' CPU kernels
+    round some float16 ties differently from one host to another)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    wanted = [f for f in ("f16c", "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} CPUs, {' '.join(wanted) or 'none of f16c/avx2/avx512'}"
+
+
 def main(argv=None) -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     smi = shutil.which("nvidia-smi")
@@ -38,6 +52,7 @@ def main(argv=None) -> int:
     else:
         print("nvidia-smi: MISSING")
     print("python:", sys.version.split()[0], platform.machine())
+    print("cpu:", _cpu())
     _line("numpy", lambda: __import__("numpy").__version__)
     _line("numba", lambda: __import__("numba").__version__)
 

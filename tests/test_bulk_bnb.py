@@ -11,6 +11,7 @@ a multiple of the block size (e.g. (64, 128) at block size 256, (40, 96) at 64 â
 right); such shapes are dequantized by bitsandbytes flattened to 1-D.
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -103,9 +104,29 @@ def test_live_against_bitsandbytes(F, quant_type, blocksize):
                     y = qb.dequantize(packed, qs, backend=backend)
                     assert y.shape == x.shape and y.dtype == x.dtype, info
                     y32 = y.reshape(-1).astype(np.float32)
-                    assert np.array_equal(y32, ref), info
+                    if dt is np.float16 and not np.array_equal(y32, ref):
+                        _only_subnormal_ties(F, p, st, y32, ref, info)
+                    else:
+                        assert np.array_equal(y32, ref), info
                     nz = ref != 0
                     assert np.array_equal(_bits(y32[nz]), _bits(ref[nz])), info
+
+
+def _only_subnormal_ties(F, p, st, y32, ref, info):
+    """Where float16 outputs differ, bitsandbytes' float32 product (its own dequantize to
+    float32) must lie exactly halfway between two float16 subnormals, quantbook's the even
+    one (round to nearest even, as numpy) and bitsandbytes' the other: its C++ CPU kernel
+    rounds such ties away from zero on some machines (seen on a lent H200 machine's host,
+    not on the 2-core CI machine)."""
+    st32 = copy.copy(st)
+    st32.dtype = torch.float32
+    prod = _np(F.dequantize_4bit(p, st32)).reshape(-1).astype(np.float64)
+    bad = y32 != ref
+    ours, theirs = y32[bad].astype(np.float64), ref[bad].astype(np.float64)
+    assert np.all(np.abs(ours) < 2.0**-14) and np.all(np.abs(theirs) < 2.0**-14), info  # subnormal
+    assert np.all(np.abs(ours - theirs) == 2.0**-24), info                              # neighbours
+    assert np.all(prod[bad] == (ours + theirs) / 2), info                               # a tie
+    assert np.all(np.rint(ours * 2.0**24) % 2 == 0), info                               # ours even
 
 
 def test_state_dict_roundtrip_with_bitsandbytes(F):
