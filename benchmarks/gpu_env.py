@@ -33,7 +33,7 @@ def _cpu() -> str:
     """The host's processor and its float16 conversion features (bitsandbytes' CPU kernels
     round some float16 ties differently from one host to another)."""
     try:
-        text = open("/proc/cpuinfo").read()
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
     except OSError:
         return platform.processor() or "unknown"
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")

@@ -15,7 +15,7 @@ import pytest
 from quantbook.bulk import format as F
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
-from quantbook.bulk.gpu.tables import bucket_index, encode_with_tables, encoder_tables, search_size
+from quantbook.bulk.gpu.tables import encode_with_tables, encoder_tables, search_size
 from quantbook.bulk.nested import dynamic_map
 from quantbook.codebooks import registry
 
@@ -31,29 +31,10 @@ def test_importing_quantbook_gpu_does_not_import_cupy():
 
 @pytest.mark.parametrize("P", [2, 16, 256])
 def test_either_layouts_table_is_the_size_the_kernel_copies(P):
-    # the kernel copies QB_BUCKET_BYTES of the fine layout, a copy a bank of QB_LIN_N linear rows
+    # the kernel copies QB_BUCKET_BYTES to shared memory whichever layout it reads
     t = encoder_tables(np.linspace(-1, 1, P, dtype=np.float32), P)
-    assert t.fine == (P == 256)
-    if t.fine:
-        assert t.bucket.nbytes == K.BUCKET_BYTES == 16384
-        assert re.search(r"#define QB_BUCKET_BYTES (\d+)", K.source()).group(1) == "16384"
-    else:
-        assert t.bucket.dtype == np.uint32 and t.bucket.size == 65 and t.bounds.size <= 32
-        assert re.search(r"#define QB_LIN_N (\d+)u", K.source()).group(1) == "65"
-        assert re.search(r"#define QB_LIN_ROWS (\d+)", K.source()).group(1) == "32"
-
-
-def test_linear_bucket_is_monotone_and_spans_the_kernels_range():
-    """The linear layout's bucket of y: non-decreasing in y (what makes its tables right),
-    0 at -1 - 2**-20 and 64 at 1 + 2**-20 (every finite block's y), a NaN in the last."""
-    y = np.sort(np.concatenate([np.linspace(-1, 1, 200_001, dtype=np.float32),
-                                np.float32([-1 - 2**-20, 1 + 2**-20, -0.0, 0.0])]))
-    b = bucket_index(y, False)
-    assert np.all(np.diff(b.astype(np.int64)) >= 0) and b[0] == 0 and b[-1] == 64
-    assert np.array_equal(np.unique(b), np.arange(65))
-    assert bucket_index(np.float32([np.nan, -np.nan]), False).tolist() == [64, 64]
-    with pytest.raises(ValueError, match="linear"):
-        bucket_index(np.float32([1.001]), False)
+    assert t.bucket.nbytes == K.BUCKET_BYTES == 16384 and t.fine == (P == 256)
+    assert re.search(r"#define QB_BUCKET_BYTES (\d+)", K.source()).group(1) == "16384"
 
 
 @pytest.mark.parametrize("bits,packing", [(1, 1), (2, 2), (3, 8), (4, 4), (5, 8), (8, 8)])
@@ -152,14 +133,14 @@ def _want(code, y):
 
 
 def _encodes_as_the_format(code, y, tabs):
-    """The tables' encoder against the format's on ``y``, over the kernel's range of each
-    layout (and NaN): |y| < 2 for the fine one, |y| <= 1 + 2**-20 for the linear one; each
-    refuses the rest."""
-    outside = (np.abs(y) >= 2) if tabs.fine else (np.abs(y) > np.float32(1 + 2**-20))
-    assert outside.any()
-    with pytest.raises(ValueError, match=r"\|y\|"):
-        encode_with_tables(y, tabs)
-    y = y[~outside]
+    """The tables' encoder against the format's on ``y``: all of it for the coarse layout,
+    the kernel's range (|y| < 2 and NaN) for the fine one, which refuses the rest."""
+    if tabs.fine:
+        outside = np.abs(y) >= 2
+        assert outside.any()
+        with pytest.raises(ValueError, match=r"\|y\| < 2"):
+            encode_with_tables(y, tabs)
+        y = y[~outside]
     return np.array_equal(encode_with_tables(y, tabs), _want(code, y))
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from ..format import SIGN_INF_BITS
 from ..sums import CHUNK as SUM_CHUNK
-from .tables import BUCKET_BYTES, FINE_LOW, FINE_SHIFT, LIN_ADD, LIN_BASE, LIN_ROWS, LIN_SHIFT, N_LIN
+from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
 #: each dtype key's numpy name
@@ -294,22 +294,21 @@ __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u8* s_bk, const fl
         if constexpr (IDENT) return r;
         else return s_ord[r];
     }
-    /* codes of 1, 2, 4 bits: the linear layout.  s_bk, s_b and s_ord point at this lane's
-       copy of each table (one a shared-memory bank, rows 128 bytes apart), so the loads of a
-       warp never conflict; ranks are byte offsets into them, 128 x the rank.           */
-    const float u = __fadd_rn(y, QB_LIN_ADD);
-    qb_u32 k = (__float_as_uint(u) >> QB_LIN_SHIFT) - QB_LIN_BASE;
-    k = k < QB_LIN_N - 1u ? k : QB_LIN_N - 1u;           /* only a NaN y lands past it */
-    qb_u32 r = *reinterpret_cast<const qb_u32*>(s_bk + 128u * k);
+#ifdef __CUDA_ARCH__   /* kept a shift: NVVM would fold it into the index as (>> 18) & ~1 */
+    asm("shr.b32 %0, %0, %1;" : "+r"(i) : "n"(QB_BUCKET_SHIFT));
+#else
+    i >>= QB_BUCKET_SHIFT;
+#endif
+    qb_u32 kb = reinterpret_cast<const qb_u16*>(s_bk)[i];
 #pragma unroll
-    for (int s = (1 << S) >> 1; s > 0; s >>= 1) {         /* bounds[rank + s - 1] */
+    for (int s = (1 << S) >> 1; s > 0; s >>= 1) {         /* s_b[k + s - 1] */
         const float b = *reinterpret_cast<const float*>(
-            reinterpret_cast<const char*>(s_b) + r + 128u * (unsigned)(s - 1));
-        if (b < y) r += 128u * (unsigned)s;
+            reinterpret_cast<const char*>(s_b) + kb + 4u * (unsigned)(s - 1));
+        if (b < y) kb += 4u * (unsigned)s;
     }
-    if constexpr (CHECK_NAN) { if (y != y) r = kmax; }
-    if constexpr (IDENT) return r >> 5;                   /* the rank << qb_code_shift */
-    else return *reinterpret_cast<const qb_u32*>(reinterpret_cast<const char*>(s_ord) + r);
+    if constexpr (CHECK_NAN) { if (y != y) kb = kmax; }
+    if constexpr (IDENT) return kb;
+    else return *reinterpret_cast<const qb_u32*>(reinterpret_cast<const char*>(s_ord) + kb);
 }
 
 /* ---- quantize: absmax + scale + encode + pack, one pass -------------------------- */
@@ -379,7 +378,7 @@ __device__ __forceinline__ void qb_quantize_body(
     constexpr int PW = QbWords<T>::per_word;
     constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
     constexpr int CS = qb_code_shift(PB);
-    const qb_u32 kmax = (qb_u32)(K - 1) << (PB == 8 ? CS : 7);   /* as the encoder's ranks */
+    const qb_u32 kmax = (qb_u32)(K - 1) << CS;
 
     qb_u32 m = QbAbsBits<T>::word(w[0]);
 #pragma unroll
@@ -489,7 +488,7 @@ __device__ __forceinline__ void qb_quantize_body(
 }
 
 /* A CTA quantizes tiles of blockDim * V elements, grid-stride (the grid is capped at what
-   the GPU holds at once, or a few times that), so the encoder tables are read once per
+   the GPU holds at once, or a few times that), so the 16 KB bucket table is read once per
    CTA, not once per tile.                                                             */
 template <typename T, int V, int PB, int S>
 __device__ __forceinline__ void qb_quantize(
@@ -499,32 +498,14 @@ __device__ __forceinline__ void qb_quantize(
     int ident, int vec_in)
 {
     constexpr int NW = V / QbWords<T>::per_word;
-    constexpr int CS = qb_code_shift(PB);
-    /* the fine layout (codes of a byte): the bucket table, the bounds and the order, as the
-       host made them; the linear one: a copy of each a bank, word 32 r + l of a table row r
-       for lane l (QB_LIN_N bucket rows, QB_LIN_ROWS of bounds, 16 of the order)          */
-    constexpr int BND = PB == 8 ? QB_BUCKET_BYTES : 128 * QB_LIN_N;     /* where the bounds start */
-    constexpr int ORD = PB == 8 ? BND + 4 * QB_MAX_BOUNDS : BND + 128 * QB_LIN_ROWS;
-    constexpr int TAB_BYTES = PB == 8 ? ORD + 4 * QB_MAX_TABLE : ORD + 128 * 16;
-    __shared__ __align__(16) qb_u8 s_tab[TAB_BYTES];
+    __shared__ __align__(16) qb_u8 s_bk[QB_BUCKET_BYTES];  /* either layout's table */
+    __shared__ float s_b[QB_MAX_BOUNDS];
+    __shared__ qb_u32 s_ord[QB_MAX_TABLE];
     __shared__ qb_u32 s_red[2 * 16];                      /* two tiles' slots, 16 warps each */
-    qb_u32* const s_words = reinterpret_cast<qb_u32*>(s_tab);
-    if constexpr (PB == 8) {
-        for (int i = threadIdx.x; i < QB_BUCKET_BYTES / 16; i += blockDim.x)   /* 16-byte copies */
-            reinterpret_cast<uint4*>(s_tab)[i] = reinterpret_cast<const uint4*>(bucket)[i];
-        for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_words[BND / 4 + i] = __float_as_uint(bounds[i]);
-        for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_words[ORD / 4 + i] = (qb_u32)order[i] << CS;
-    } else {
-        const qb_u32* bk = reinterpret_cast<const qb_u32*>(bucket);
-        for (int i = threadIdx.x; i < 32 * QB_LIN_N; i += blockDim.x) s_words[i] = bk[i >> 5];
-        for (int i = threadIdx.x; i < 32 * QB_LIN_ROWS; i += blockDim.x)   /* +inf past nbounds */
-            s_words[BND / 4 + i] = (i >> 5) < nbounds ? __float_as_uint(bounds[i >> 5]) : 0x7f800000u;
-        for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) s_words[ORD / 4 + i] = (qb_u32)order[i >> 5] << CS;
-    }
-    const int lane = PB == 8 ? 0 : (int)(threadIdx.x & 31);  /* this lane's copy of each table */
-    const qb_u8* const s_bk = s_tab + 4 * lane;
-    const float* const s_b = reinterpret_cast<const float*>(s_tab + BND) + lane;
-    const qb_u32* const s_ord = reinterpret_cast<const qb_u32*>(s_tab + ORD) + lane;
+    for (int i = threadIdx.x; i < QB_BUCKET_BYTES / 16; i += blockDim.x)   /* 16-byte copies */
+        reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
+    for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
+    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u32)order[i] << qb_code_shift(PB);
     const qb_i64 tile = (qb_i64)blockDim.x * V;
     const qb_i64 stride = (qb_i64)gridDim.x * tile;
     __syncthreads();
@@ -898,10 +879,9 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     if unknown:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
     # the encoder tables' layout, from the one place that builds them
-    parts = [f"#define QB_LIN_ADD {LIN_ADD!r}f\n#define QB_LIN_SHIFT {LIN_SHIFT}\n#define QB_LIN_BASE {LIN_BASE}u\n"
-             f"#define QB_LIN_N {N_LIN}u\n#define QB_LIN_ROWS {LIN_ROWS}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
-             f"#define QB_MAX_GROUPS {MAX_GROUPS}\n"
+    parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
              f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
+             f"#define QB_MAX_GROUPS {MAX_GROUPS}\n"
              f"#define QB_SUM_CHUNK {SUM_CHUNK}\n#define QB_SUMS_CTA {SUMS_CTA}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:

@@ -6,26 +6,21 @@ The encoder is the format's (:mod:`quantbook.codebooks.encoding`, float32): ``ra
 * the clamp of ``y`` to [-1, 1] is folded into the table (bounds >= 1 become +inf; the
   bounds < -1 are dropped and the ranks start after them: the same code for every float32
   ``y``, +-inf included), so the kernel does not clamp;
-* a **bucket table** holds the rank of the smallest value of each bucket of ``y``; within
-  a bucket the rank can only grow past the bounds that lie inside it, at most
+* a **bucket table** (16 KB) holds the rank of the smallest value of each bucket of ``y``;
+  within a bucket the rank can only grow past the bounds that lie inside it, at most
   ``2**steps - 1`` of them, so a binary search of ``steps`` compares over
   ``bounds[lo : lo + 2**steps - 1]`` finishes it (the bounds are padded with +inf).  Two
   layouts (:func:`bucket_index`):
 
-  - *linear*, for tables of up to 16 codes: ``u = float32(y + 385)`` and its bits ``>> 10``,
-    less those of 384: 65 buckets of width 1/32 over ``|y| <= 1`` (``y + 385`` rounds to a
-    multiple of 2**-15, so the bucket is a non-decreasing function of ``y``), uint32 entries
-    holding 128 x the rank.  The kernel keeps one copy of this table, of the bounds and of
-    the order for each of the 32 shared-memory banks (entry ``k`` of lane ``l`` at word
-    ``32 k + l``, hence the 128), so a warp's lookups never wait on each other.  For NF4
-    ``steps`` is 1: two conflict-free shared reads and one compare a value.  It holds only
-    the ``y`` of a finite block, ``|y| <= 1 + 2**-20`` (``x * float32(1/s)`` exceeds 1 by at
-    most an ulp), and NaN, whose bucket is read and overridden;
-  - *fine*, for larger tables (codes of a byte): the sign, the exponent's low seven bits
+  - *coarse*, for tables of up to 16 codes: ``y``'s float32 bits ``>> 19`` (sign, exponent
+    and four mantissa bits: 8192 buckets, each an interval of relative width <= 1/16),
+    uint16 entries holding 4 x the rank.  For NF4 ``steps`` is 1: one table read and one
+    compare a value, where a plain binary search takes four;
+  - *fine*, for tables of 256 (codes of a byte): the sign, the exponent's low seven bits
     and six mantissa bits (16384 buckets of relative width <= 1/64), uint8 entries holding
     the rank.  Dropping the exponent's top bit limits it to ``|y| < 2`` (and NaN, whose
     bucket is read and overridden): what the kernel's ``y = x / absmax`` always is.  For
-    bitsandbytes' dynamic map ``steps`` is 1;
+    bitsandbytes' dynamic map ``steps`` is 1 (2 in the coarse layout);
 * NaN takes rank ``K - 1``, as numpy's ``searchsorted`` (the kernel tests for it).
 """
 
@@ -39,35 +34,29 @@ from numpy.typing import ArrayLike
 from ..format import check_code_table, code_encoder
 
 __all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "bucket_index",
-           "fine_layout", "MAX_TABLE", "LIN_ADD", "LIN_SHIFT", "LIN_BASE", "N_LIN", "LIN_ROWS", "LIN_YMAX", "FINE_SHIFT",
-           "N_FINE", "FINE_LOW", "BUCKET_BYTES"]
+           "fine_layout", "MAX_TABLE", "BUCKET_SHIFT", "N_BUCKETS", "FINE_SHIFT", "N_FINE", "FINE_LOW",
+           "BUCKET_BYTES"]
 
 MAX_TABLE = 256
-#: linear layout: the bucket of y is (bits(float32(y + LIN_ADD)) >> LIN_SHIFT) - LIN_BASE
-LIN_ADD = 385.0
-LIN_SHIFT = 10
-LIN_BASE = int(np.array(384.0, np.float32).view(np.uint32)) >> LIN_SHIFT
-#: linear layout: buckets (y = -1 .. 1 in steps of 1/32, both ends included)
-N_LIN = 65
-#: linear layout: rows of bounds a kernel holds (15 bounds and 2**4 of +inf padding, at most)
-LIN_ROWS = 32
-#: linear layout: the largest |y| it holds (a kernel's finite block: at most 1 + 2**-23)
-LIN_YMAX = 1.0 + 2.0**-20
+#: coarse layout: ``y``'s float32 bits are shifted right by this much to index the table
+BUCKET_SHIFT = 19
+N_BUCKETS = 1 << (32 - BUCKET_SHIFT)
 #: fine layout: the bits are shifted right by this much, and the exponent's top bit dropped
 FINE_SHIFT = 17
 N_FINE = 1 << (31 - FINE_SHIFT)
 #: fine layout: the index bits below the sign (the exponent's low seven, six of the mantissa)
 FINE_LOW = N_FINE // 2 - 1
-#: bytes of the fine layout's table (what a kernel copies to shared memory)
-BUCKET_BYTES = N_FINE
+#: bytes of either layout's table (what a kernel copies to shared memory)
+BUCKET_BYTES = 2 * N_BUCKETS
+if BUCKET_BYTES != N_FINE:   # the kernel copies BUCKET_BYTES of either table; not an assert, which -O strips
+    raise ImportError(f"the fine table ({N_FINE} bytes) and the coarse one ({BUCKET_BYTES}) must be the same size")
 
 
 @dataclass(frozen=True)
 class EncoderTables:
-    """What the quantize kernel receives: ``bucket`` (the linear layout: uint32, ``N_LIN``,
-    128 x the rank of each bucket's smallest value, a byte offset into the kernel's
-    bank-replicated bounds; the fine layout, ``fine``: uint8, ``N_FINE``, the rank),
-    ``bounds`` (float32: the
+    """What the quantize kernel receives: ``bucket`` (the coarse layout: uint16, ``N_BUCKETS``,
+    4 x the rank of each bucket's smallest value, a byte offset into ``bounds``; the fine
+    layout, ``fine``: uint8, ``N_FINE``, the rank), ``bounds`` (float32: the
     bounds with the clamp folded in, then +inf up to ``K - 1 + 2**steps`` entries), ``order``
     (int32, 256: the code index of each rank), ``steps`` (compares a value needs), ``K``
     (reachable ranks: the table size less the bounds below -1) and ``ident`` (``order`` is
@@ -88,7 +77,7 @@ class EncoderTables:
         return fine_layout(self.P)
 
 
-#: tables by code table and P, at most _CACHE_SIZE of them (at most about 18 KB each)
+#: tables by code table and P, at most _CACHE_SIZE of them (about 18 KB each)
 _CACHE: dict[tuple, EncoderTables] = {}
 _CACHE_SIZE = 256
 
@@ -99,39 +88,47 @@ def search_size(packing: int) -> int:
 
 
 def fine_layout(P: int) -> bool:
-    """Whether the tables of a ``P`` (:func:`search_size`) use the fine layout: those of
-    more than 16 codes (the kernels': codes of a byte); the others use the linear one."""
-    return P > 16
+    """Whether the tables of a kernel packing's ``P`` (:func:`search_size`) use the fine
+    layout: those of codes of a byte."""
+    return P == MAX_TABLE
 
 
 def bucket_index(y: ArrayLike, fine: bool) -> np.ndarray:
-    """The bucket of float32 ``y`` in a layout (as the kernel computes it).  Each layout holds
-    only the ``y`` the kernel can meet, and NaN (which lands in some bucket and is
-    overridden): the linear one ``|y| <= LIN_YMAX``, the fine one ``|y| < 2``; other ``y``
-    are an error here."""
+    """The bucket of float32 ``y`` in a layout (as the kernel computes it).  The fine layout
+    keeps the sign and drops the exponent's top bit, so it holds only ``|y| < 2`` (and NaN,
+    which lands in some bucket and is overridden): other ``y`` are an error here."""
     bits = np.asarray(y, dtype=np.float32).view(np.uint32)
-    mag = bits & np.uint32(0x7FFFFFFF)
     if not fine:
-        if np.any((mag > np.array(LIN_YMAX, np.float32).view(np.uint32)) & (mag <= np.uint32(0x7F800000))):
-            raise ValueError(f"the linear bucket layout holds only |y| <= {LIN_YMAX!r} and NaN")
-        with np.errstate(invalid="ignore"):
-            u = (np.asarray(y, dtype=np.float32) + np.float32(LIN_ADD)).view(np.uint32)
-        # unsigned, then at most the last bucket: the kernel's clamp (only NaN needs it)
-        return np.minimum((u >> np.uint32(LIN_SHIFT)) - np.uint32(LIN_BASE), np.uint32(N_LIN - 1))
+        return bits >> np.uint32(BUCKET_SHIFT)
+    mag = bits & np.uint32(0x7FFFFFFF)
     if np.any((mag >= np.uint32(0x40000000)) & (mag <= np.uint32(0x7F800000))):
         raise ValueError("the fine bucket layout holds only |y| < 2 and NaN")
     t, u = bits >> np.uint32(FINE_SHIFT), bits >> np.uint32(FINE_SHIFT + 1)
     return (t & np.uint32(FINE_LOW)) | (u & ~np.uint32(FINE_LOW))   # u: the sign, one bit higher
 
 
-def _fine_ranges() -> tuple[np.ndarray, np.ndarray]:
-    """(smallest, largest value) of every bucket of the fine layout, as float32."""
-    idx = np.arange(N_FINE, dtype=np.uint32)   # the index's top bit is y's sign; the exponent's top bit is 0
-    neg = idx > FINE_LOW
-    lo_bits = (neg.astype(np.uint32) << np.uint32(31)) | ((idx & np.uint32(FINE_LOW)) << np.uint32(FINE_SHIFT))
-    hi_bits = lo_bits | np.uint32((1 << FINE_SHIFT) - 1)
+def _bucket_ranges(fine: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(smallest, largest value, is-NaN-only) of every bucket of a layout, as float32."""
+    if fine:   # the index's top bit is y's sign; the exponent's top bit is 0
+        idx = np.arange(N_FINE, dtype=np.uint32)
+        neg = idx > FINE_LOW
+        lo_bits = (neg.astype(np.uint32) << np.uint32(31)) | ((idx & np.uint32(FINE_LOW)) << np.uint32(FINE_SHIFT))
+        hi_bits = lo_bits | np.uint32((1 << FINE_SHIFT) - 1)
+        a, b = lo_bits.view(np.float32), hi_bits.view(np.float32)
+        return np.where(neg, b, a), np.where(neg, a, b), np.zeros(idx.size, bool)
+    idx = np.arange(N_BUCKETS, dtype=np.uint32)
+    lo_bits = idx << np.uint32(BUCKET_SHIFT)
+    hi_bits = lo_bits | np.uint32((1 << BUCKET_SHIFT) - 1)
+    neg = (idx >> np.uint32(31 - BUCKET_SHIFT)) == 1
     a, b = lo_bits.view(np.float32), hi_bits.view(np.float32)
-    return np.where(neg, b, a), np.where(neg, a, b)
+    ymin, ymax = np.where(neg, b, a), np.where(neg, a, b)
+    exp_all_ones = ((lo_bits >> np.uint32(23)) & np.uint32(0xFF)) == 0xFF
+    top_mant_zero = ((lo_bits >> np.uint32(BUCKET_SHIFT)) & np.uint32((1 << (23 - BUCKET_SHIFT)) - 1)) == 0
+    inf = np.where(neg, -np.inf, np.inf).astype(np.float32)
+    # the bucket of +-inf also holds NaNs (the kernel tests for NaN): only inf counts
+    ymin = np.where(exp_all_ones & top_mant_zero, inf, ymin)
+    ymax = np.where(exp_all_ones & top_mant_zero, inf, ymax)
+    return ymin, ymax, exp_all_ones & ~top_mant_zero
 
 
 def encoder_tables(code_f32: ArrayLike, P: int | None = None) -> EncoderTables:
@@ -155,25 +152,17 @@ def encoder_tables(code_f32: ArrayLike, P: int | None = None) -> EncoderTables:
     m = int(np.count_nonzero(bounds < -1))
     kept = np.where(bounds[m:] >= 1, np.float32(np.inf), bounds[m:]).astype(np.float32)
     fine = fine_layout(int(P))
-    if fine:
-        ymin, ymax = _fine_ranges()
-        lo = np.searchsorted(kept, ymin, side="left")
-        count = np.searchsorted(kept, ymax, side="left") - lo
-    else:
-        # the bucket is non-decreasing in y: a bound in a lower bucket than y is below y, one
-        # in a higher bucket above it, so only those of y's own bucket need a compare
-        kb = bucket_index(np.where(np.isfinite(kept), kept, 0), False)
-        kb = np.where(np.isfinite(kept), kb, N_LIN)           # +inf: past every bucket
-        lo = np.searchsorted(kb, np.arange(N_LIN), side="left")
-        count = np.searchsorted(kb, np.arange(N_LIN), side="right") - lo
+    ymin, ymax, nan_only = _bucket_ranges(fine)
+    lo = np.searchsorted(kept, ymin, side="left")
+    hi = np.searchsorted(kept, ymax, side="left")
+    lo = np.where(nan_only, 0, lo)
+    count = np.where(nan_only, 0, hi - lo)
     steps = int(count.max()).bit_length()                 # 2**steps - 1 >= every count
     b = np.full(kept.size + (1 << steps), np.inf, dtype=np.float32)
     b[: kept.size] = kept
-    if not fine and b.size > LIN_ROWS:   # 16 codes: 15 bounds and 16 of padding at most
-        raise AssertionError(f"{b.size} bounds for the linear layout's {LIN_ROWS} rows")
     o = np.zeros(MAX_TABLE, dtype=np.int32)
     o[: k - m] = order[m:]
-    bucket = lo.astype(np.uint8) if fine else (128 * lo).astype(np.uint32)
+    bucket = lo.astype(np.uint8) if fine else (4 * lo).astype(np.uint16)
     for arr in (b, o, bucket):
         arr.setflags(write=False)
     ident = m == 0 and bool(np.array_equal(order, np.arange(k)))
@@ -186,11 +175,11 @@ def encoder_tables(code_f32: ArrayLike, P: int | None = None) -> EncoderTables:
 
 def encode_with_tables(y: ArrayLike, tabs: EncoderTables) -> np.ndarray:
     """numpy emulation of the kernel's encoder on float32 ``y`` (scaled, NOT clamped: the
-    table does it; each layout holds only the ``y`` of :func:`bucket_index`): the bucket read, then
+    table does it; the fine layout holds only ``|y| < 2`` and NaN): the bucket read, then
     ``steps`` compares of a branchless binary search.  Documents, and lets CPU tests check,
     what the device computes."""
     y = np.asarray(y, dtype=np.float32)
-    k = tabs.bucket[bucket_index(y, tabs.fine)].astype(np.int64) // (1 if tabs.fine else 128)
+    k = tabs.bucket[bucket_index(y, tabs.fine)].astype(np.int64) // (1 if tabs.fine else 4)
     s = (1 << tabs.steps) >> 1
     with np.errstate(invalid="ignore"):
         while s > 0:
