@@ -96,18 +96,6 @@ def test_quantize_launch_shape(key, bs, packing):
     assert grid * cta * v >= n > (grid - 1) * cta * v
 
 
-@pytest.mark.parametrize("key", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize("packing", [1, 2, 4, 8])
-def test_quantize_cta_holds_at_most_the_kernels_barriers(key, packing):
-    """A CTA's groups that meet at barriers of their own (blocksize / V > 32 threads each) are
-    at most the barriers the kernel has (MAX_GROUPS, one immediate id each)."""
-    for log2b in range(4, 13):
-        _, cta = G.quantize_launch(1 << 24, key, 1 << log2b, packing)
-        group = (1 << log2b) // K.quantize_vec(key, 1 << log2b, packing)
-        assert group <= 32 or cta // group <= K.MAX_GROUPS
-    assert "#define QB_MAX_GROUPS 4" in K.source() and "bar.sync 4, %0" in K.source()
-
-
 def test_absmax_floor_constant_is_float32_1e_minus_38():
     m = np.uint32(int(K._COMMON.split("QB_ABSMAX_MIN_BITS ")[1].split("u")[0], 16))
     assert m.view(np.float32) == F.TINY == np.float32(1e-38)

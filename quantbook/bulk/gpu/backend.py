@@ -292,18 +292,6 @@ def _resident(fn, cta: int) -> int | None:
     return _RESIDENT[key]
 
 
-def _prefer_shared_memory(fn) -> None:
-    """Ask for the largest shared-memory carveout for ``fn`` (before its occupancy is asked):
-    with the driver's default an H200 held 4 quantize CTAs an SM, by their shared memory
-    (Nsight Compute).  A CuPy or stand-in without the call keeps the default."""
-    try:
-        from cupy_backends.cuda.api import driver  # noqa: PLC0415
-
-        driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
-    except Exception:   # an older CuPy, or a stand-in in the tests
-        pass
-
-
 _RESIDENT: dict[tuple, int | None] = {}
 _SMS: dict[int, int] = {}
 
@@ -381,7 +369,6 @@ def _quantize_plan(code: np.ndarray, packing: int, key: str, log2b: int):
     def build():
         tabs = encoder_tables(code, search_size(packing))
         fn = _kernel(K.quantize_name(key, K.quantize_vec(key, 1 << log2b, packing), packing, tabs.steps))
-        _prefer_shared_memory(fn)
         return fn, (_device_const(tabs.bucket), _device_const(tabs.bounds), np.int32(tabs.bounds.size),
                     _device_const(tabs.order), np.int32(tabs.K), np.int32(tabs.ident))
 

@@ -92,9 +92,6 @@ def dequantize_unit(dtype: str, packing: int) -> int:
 
 def dequantize_steps(dtype: str, packing: int) -> int:
     return DEQ_PER_THREAD // dequantize_unit(dtype, packing)
-#: groups of threads sharing a block maximum through shared memory (blocksize / V > 32) that a
-#: quantize CTA may hold: the kernel has a barrier for each
-MAX_GROUPS = 4
 #: largest code table / threshold table a kernel holds in shared memory
 MAX_TABLE = 256
 
@@ -347,17 +344,10 @@ __device__ __forceinline__ void qb_load(const typename T::storage* __restrict__ 
 }
 
 /* The G threads of one group meet at a barrier of their own (id 1 + group; 0 is
-   __syncthreads), so the other groups of the CTA go on meanwhile.  A CTA holds at most
-   QB_MAX_GROUPS groups (the host's launch); the ids are immediates, so the kernel holds
-   5 barriers, not the 16 a register id reserves (which limited an SM to 4 such CTAs).  */
+   __syncthreads), so the other groups of the CTA go on meanwhile.                     */
 __device__ __forceinline__ void qb_group_sync(int group, int G) {
 #ifdef __CUDA_ARCH__
-    switch (group) {
-    case 0: asm volatile("bar.sync 1, %0;" :: "r"(G) : "memory"); break;
-    case 1: asm volatile("bar.sync 2, %0;" :: "r"(G) : "memory"); break;
-    case 2: asm volatile("bar.sync 3, %0;" :: "r"(G) : "memory"); break;
-    default: asm volatile("bar.sync 4, %0;" :: "r"(G) : "memory"); break;
-    }
+    asm volatile("bar.sync %0, %1;" :: "r"(1 + group), "r"(G) : "memory");
 #else   /* host emulation: every thread of the CTA reaches it at the same point */
     __syncthreads();
 #endif
@@ -881,7 +871,6 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     # the encoder tables' layout, from the one place that builds them
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
              f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
-             f"#define QB_MAX_GROUPS {MAX_GROUPS}\n"
              f"#define QB_SUM_CHUNK {SUM_CHUNK}\n#define QB_SUMS_CTA {SUMS_CTA}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
