@@ -16,7 +16,7 @@
 #   PIP="..."       the pip command (default: python3 -m pip)
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
-BASE_COMMIT=${1:-73085fe}
+BASE_COMMIT=${1:-403cbc6}
 BNB=${BNB:-bitsandbytes==0.50.2}
 PIP=${PIP:-python3 -m pip}
 
