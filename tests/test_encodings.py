@@ -182,6 +182,18 @@ def test_quantbooks_own_text_is_readable_on_an_ascii_stream():
     escapes = sorted(set(re.findall(rb"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})", r.stdout)))
     assert escapes == [], escapes
     assert b" sigma^2 " in r.stdout and b"units: sigma = the source's RMS" in r.stdout
+    # evaluate's columns line up as spelled: "normalised" at one offset on the MSE and MAE lines
+    rows = [ln for ln in r.stdout.decode("ascii").splitlines() if ln.startswith(("  MSE  weight", "  MAE  weight"))]
+    assert len(rows) == 2 and rows[0].index("normalised") == rows[1].index("normalised"), rows
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii", "latin-1"])
+def test_evaluate_columns_line_up_in_each_encoding(encoding):
+    r = subprocess.run([sys.executable, "-m", "quantbook", "evaluate", "nf4"], capture_output=True,
+                       env=_env(PYTHONIOENCODING=encoding), timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.decode(encoding).splitlines() if ln.startswith(("  MSE  weight", "  MAE  weight"))]
+    assert len(rows) == 2 and rows[0].index("normalised") == rows[1].index("normalised"), rows
 
 
 def test_a_header_names_a_file_by_its_bytes_read_as_utf8():

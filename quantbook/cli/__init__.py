@@ -22,7 +22,7 @@ raised during a command that succeeds follow its output as one line each (``quan
 warning: ...``); after an error only the error line is printed, so that it stays the one line.
 
 Output: what standard output or error cannot encode (a pipe or terminal in ASCII or Latin-1, a
-Windows code page) is written by one rule (:func:`quantbook.console.printable_streams`), never a
+Windows code page) is written by one rule (:func:`quantbook.io.streams.printable_streams`), never a
 failure after the work is done.
 """
 

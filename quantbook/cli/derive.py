@@ -9,6 +9,7 @@ import re
 from typing import Any, Mapping, cast
 
 from ..codebooks.blocks import DEFAULT_BLOCK_SIZE
+from ..io.streams import as_written
 from ..io.text import number
 from .common import (add_bits, add_block_size, add_domain, add_json_flag, add_normalization, add_output, add_progress,
                      add_qmax, add_sample, add_scale, add_source, add_symmetric, block_size_note, error_units, integer,
@@ -264,10 +265,11 @@ def _evaluate_exact(args, cb, given: dict[str, Any]) -> None:
         qmax = "" if ev.qmax is None else f", qmax {ev.qmax:g}"   # nested: the exact absmax
         where += f", scale {ev.scale}{qmax}" + (f", {ev.tensor_model}" if ev.tensor_model else "")
     print(f"{cb.name} on {ev.source} ({where})")
-    unit = error_units(ev.normalization, ev.scale)
-    print(f"  MSE  weight {number(ev.mse_weight, '.6e')} {unit['mse_weight']}   "
+    unit = {key: as_written(text) for key, text in error_units(ev.normalization, ev.scale).items()}
+    w = max(len(unit["mse_weight"]), len(unit["mae_weight"]))   # as spelled on this stream
+    print(f"  MSE  weight {number(ev.mse_weight, '.6e')} {unit['mse_weight']:<{w}}   "
           f"normalised {number(ev.mse_normalized, '.6e')} {unit['mse_normalized']}")
-    print(f"  MAE  weight {number(ev.mae_weight, '.6e')} {unit['mae_weight']:<2}   "
+    print(f"  MAE  weight {number(ev.mae_weight, '.6e')} {unit['mae_weight']:<{w}}   "
           f"normalised {number(ev.mae_normalized, '.6e')} {unit['mae_normalized']}")
     print(f"  SQNR {number(ev.sqnr_db, '.3f')} {unit['sqnr_db']}   code-usage entropy {ev.entropy_bits:.4f} bits")
     print(f"  D(R) at R = {ev.bits_per_weight:g} bits/weight: {number(ev.rd_bound, '.6e')} {unit['rd_bound']}   "

@@ -6,6 +6,7 @@
 * :mod:`.npy` — reading ``.npy`` arrays with the header checked before any data is read;
 * :mod:`.progress` — progress bars on standard error (``tqdm``, optional);
 * :mod:`.text` — numbers and table columns as the command line prints them;
+* :mod:`.streams` — what standard output and error cannot encode (``σ`` as ``sigma`` on ASCII);
 * :mod:`.versions` — the format version every file quantbook writes and reads back says.
 
 The submodules are imported on use so that ``import quantbook.io.files`` stays cheap.
@@ -13,4 +14,13 @@ The submodules are imported on use so that ``import quantbook.io.files`` stays c
 
 from __future__ import annotations
 
-__all__ = ["files", "safetensors", "npy", "progress", "text", "versions"]
+__all__ = ["files", "safetensors", "npy", "progress", "text", "streams", "versions"]
+
+
+def __getattr__(name: str):
+    """A submodule, imported on its first use as an attribute (``quantbook.io.text``)."""
+    if name in __all__:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
