@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quantbook.console import printable_streams
+from quantbook.io.streams import printable_streams
 
 
 def check_floors(ap: argparse.ArgumentParser, args: argparse.Namespace, **floors: int) -> None:

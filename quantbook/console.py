@@ -13,9 +13,7 @@ What standard output and error cannot encode is written by one rule,
 
 import sys
 
-from .io.streams import printable_streams
-
-__all__ = ["main", "interrupted", "printable_streams"]
+__all__ = ["main", "interrupted"]
 
 
 def interrupted() -> int:

@@ -35,7 +35,8 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Sequence
 
-from ..console import interrupted, printable_streams
+from ..console import interrupted
+from ..io.streams import printable_streams
 
 if TYPE_CHECKING:
     from .common import Parser
