@@ -22,6 +22,9 @@
 #   BASE=DIR        another checkout's root (absolute or relative): the quantize sweep runs
 #                   from it too, right after this tree's, so the two tables compare kernels
 #                   on one machine (benchmarks/gpu_prepare.sh makes .base)
+#   BASE_FIRST=1    base runs before the sweep, not after it: on the H200 the same kernels
+#                   measured second ran up to 0.05 of a copy faster (float32 rows), so a
+#                   comparison alternates the order between calls
 #   LOG2N=N         values of the sweeps (default 28)
 set -u
 set -o pipefail
@@ -76,8 +79,10 @@ if ! stage env 60 "$HERE" $PY benchmarks/gpu_env.py; then
     echo "gpu_check: stopped after env (no usable GPU, see above)" | tee -a "$OUTDIR/stages.txt"
     exit 1
 fi
+base() { stage base 150 "${BASE:-$HERE}" $PY benchmarks/bench_quantize_gpu.py --log2n "$LOG2N" --no-bnb --check 0; }
+[ "${BASE_FIRST:-0}" = 1 ] && base
 stage sweep 240 "$HERE" $PY benchmarks/bench_quantize_gpu.py --log2n "$LOG2N"
-stage base 150 "${BASE:-$HERE}" $PY benchmarks/bench_quantize_gpu.py --log2n "$LOG2N" --no-bnb --check 0
+[ "${BASE_FIRST:-0}" = 1 ] || base
 # the test files with device cases; the rest of the suite is CI's
 # pytest-xdist where it is there; without it, the project's addopts (-n auto) would be refused
 workers=$($PY -c 'import xdist' 2>/dev/null && echo "-n 8" || echo "-o addopts=-ra")

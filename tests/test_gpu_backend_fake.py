@@ -309,7 +309,7 @@ def test_benchmark_script_runs_and_checks_bytes(cp, monkeypatch, capsys):
     # the public api against the kernels, a line per dtype (bfloat16 only through torch)
     assert out.count("end to end (NF4, B = 64): quantize() ") + out.count("end to end: not measured") == 3
     assert "float32   end to end (NF4" in out and "float16   end to end (NF4" in out
-    assert out.count("(uploaded ") == out.count("end to end (NF4")
+    assert out.count("(uploaded ") == out.count("(read ") == out.count("end to end (NF4")
 
 
 def test_the_kept_scales_are_bounded(cp, monkeypatch):
@@ -326,17 +326,23 @@ def test_the_kept_scales_are_bounded(cp, monkeypatch):
     monkeypatch.setattr(kept, "_held", [0])
     monkeypatch.setattr(kept, "_gone", [])
     monkeypatch.setattr(kept, "KEEP_BYTES", 2 * 100 * 4)   # two states' float32 scales
-    states = [qb.quantize(fake_device(x), "nf4", 64, backend="gpu") for _ in range(3)]
+
+    def quantized():   # the host reads the scales as each state is made: kept from then on
+        p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
+        assert st.absmax.size == 100
+        return p, st
+
+    states = [quantized() for _ in range(3)]
     assert kept._held == [2 * 400] and len(kept._KEPT) == 2
     assert kept.kept(states[0][1].absmax, 0) is None and kept.kept(states[1][1].absmax, 0) is not None
     kept.kept(states[1][1].absmax, 0)   # the most recently used: the next to stay
-    states.append(qb.quantize(fake_device(x), "nf4", 64, backend="gpu"))
+    states.append(quantized())
     assert [kept.kept(st.absmax, 0) is not None for _, st in states] == [False, True, False, True]
     want = qb.dequantize(*qb.quantize(x, "nf4", 64, backend="numpy"), backend="numpy")
     for p, st in states:
         assert bits_equal(np.asarray(qb.dequantize(p, st, backend="gpu")), want)
     monkeypatch.setattr(kept, "KEEP_BYTES", 10)   # smaller than one: the newest is kept all the same
-    states.append(qb.quantize(fake_device(x), "nf4", 64, backend="gpu"))
+    states.append(quantized())
     assert len(kept._KEPT) == 1 and kept.kept(states[-1][1].absmax, 0) is not None
     with kept._lock:   # a host copy collected while the table is in use: dropped by the next call
         del states
@@ -542,6 +548,59 @@ def test_nested_quantize_keeps_the_block_maxima_on_the_device(cp, monkeypatch):
     assert st.n_blocks not in sent, sent
 
 
+def test_a_gpu_quantized_state_holds_its_scales_on_the_gpu_until_read(cp, monkeypatch):
+    """quantize() on the gpu backend does not bring the float32 block scales to the host: the
+    state's checks, its sizes, storage_bits and dequantize() on that GPU read the device array;
+    reading ``absmax`` brings them down once (read-only, kept), as do pickling, copying and a
+    host backend's dequantize.  Every decode is numpy's; a state whose fields no longer fit
+    the scales is refused as a host one is."""
+    import copy
+    import pickle
+
+    import quantbook as qb
+    from quantbook.model.evaluate import storage_bits
+
+    x = np.random.default_rng(37).standard_normal(64 * 200 + 7).astype(np.float16)
+    nb = -(-x.size // 64)
+    down, up = [], []
+    get = FakeDeviceArray.get
+    monkeypatch.setattr(FakeDeviceArray, "get", lambda a: (down.append(a.size), get(a))[1])
+    upload = cp.asarray
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
+        up.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    rp, rst = qb.quantize(x, "nf4", 64, backend="numpy")
+    want = qb.dequantize(rp, rst, backend="numpy")
+
+    p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
+    assert st.validate() is st and st.n_blocks == nb and st.absmax_nbytes == 4 * nb
+    assert storage_bits(p, st) == 8 * (np.asarray(p).nbytes + 4 * nb) and "blocks=" in repr(st)
+    assert bits_equal(np.asarray(qb.dequantize(p, st, backend="gpu")), want)
+    assert nb not in down and nb not in up, (down, up)
+    st.blocksize = 128   # the fields no longer fit the scales: refused before any decode
+    with pytest.raises(ValueError, match=f"absmax has {nb} entries, expected {-(-x.size // 128)}"):
+        qb.dequantize(p, st, backend="gpu")
+    st.blocksize = 64
+    assert nb not in down
+
+    assert bits_equal(st.absmax, rst.absmax) and not st.absmax.flags.writeable
+    assert st.absmax is st.absmax and down.count(nb) == 1   # once
+    assert bits_equal(np.asarray(qb.dequantize(p, st, backend="gpu")), want)
+    assert nb not in up and down.count(nb) == 1   # the copy kept for the host's
+
+    for bring in (pickle.dumps, copy.copy, copy.deepcopy):
+        del down[:]
+        p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
+        brought = bring(st)
+        assert down.count(nb) == 1
+        got = pickle.loads(brought) if isinstance(brought, bytes) else brought
+        assert bits_equal(got.absmax, rst.absmax)
+        assert bits_equal(np.asarray(qb.dequantize(np.asarray(p), got, backend="numpy")), want)
+    del down[:]
+    p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")   # a host backend reads the host copy
+    assert bits_equal(np.asarray(qb.dequantize(np.asarray(p), st, backend="numpy")), want)
+    assert down.count(nb) == 1
+
+
 def test_a_gpu_quantized_state_reads_the_scales_the_gpu_kept(cp, monkeypatch):
     """quantize() on the gpu backend keeps the device copy of the block scales for as long
     as the state's host copy lives, and gives the state a read-only view that numpy will
@@ -583,18 +642,19 @@ def test_a_gpu_quantized_state_reads_the_scales_the_gpu_kept(cp, monkeypatch):
 
     p, st = qb.quantize(fake_device(x), "nf4", 64, backend="gpu")
     held = len(kept._KEPT)
-    with cp.cuda.Device(1):   # the packed bytes on another GPU: the scales go there
+    with cp.cuda.Device(1):   # the packed bytes on another GPU: the scales come to the host and go there
         p = set_device(p, 1)
         decodes_as_numpy(moved=True)
+    assert len(kept._KEPT) == held + 1
     st.absmax = st.absmax * np.float32(0.5)
     decodes_as_numpy(moved=True)
     gc.collect()   # the replaced host copy is gone, and its device array with it
-    assert len(kept._KEPT) == held - 1
+    assert len(kept._KEPT) == held
 
     # nested: the uint8 codes are kept, and decoded on every call with the state's fields
     p, st = qb.quantize(fake_device(x), "nf4", 64, nested=True, backend="gpu")
     rp = qb.quantize(x, "nf4", 64, nested=True, backend="numpy")[0]
-    assert st.absmax.dtype == np.uint8 and not st.absmax.flags.writeable and len(kept._KEPT) == held
+    assert st.absmax.dtype == np.uint8 and not st.absmax.flags.writeable and len(kept._KEPT) == held + 1
     decodes_as_numpy(moved=False)
     st.nested_offset += 0.25
     decodes_as_numpy(moved=False)

@@ -222,7 +222,7 @@ def _gpu_check(tmp_path, **env_extra):
     out = tmp_path / "out"
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                PYTHON=f"{sys.executable} {tmp_path / 'parse_only.py'}", BASE=".", LOG2N="20")
-    for key in ("STAGES", "WHEELS", "BUDGET"):
+    for key in ("STAGES", "WHEELS", "BUDGET", "BASE_FIRST"):
         env.pop(key, None)
     env.update(env_extra)
     r = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(out)], cwd=root, env=env,
@@ -256,6 +256,17 @@ def test_gpu_check_script_dry_run(tmp_path):
     assert re.fullmatch(r"pytest files: [1-9]\d* missing: \[\]", logs["tests"].strip()), logs["tests"]
     # the three profiled rows: codes of a byte, 2-bit codes at B = 4096, NF4 at B = 16
     assert logs["ncu"].count("parsed: benchmarks/bench_quantize_gpu.py --profile") == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+@pytest.mark.parametrize("first, order", [("0", ["env", "sweep", "base"]), ("1", ["env", "base", "sweep"])])
+def test_gpu_check_runs_base_before_the_sweep_when_asked(tmp_path, first, order):
+    """BASE_FIRST=1 swaps the two quantize sweeps, so that calls can alternate which runs on the
+    machine the other has warmed."""
+    r, out = _gpu_check(tmp_path, STAGES="env sweep base", BASE_FIRST=first)
+    assert r.returncode == 0, r.stderr
+    stages = (out / "stages.txt").read_text(encoding="utf-8").splitlines()
+    assert [line.split()[0] for line in stages] == order and all(" rc=0 " in line for line in stages), stages
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")

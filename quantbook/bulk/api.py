@@ -184,12 +184,12 @@ def quantize(x: Any, codebook: Any = "nf4", block_size: int = DEFAULT_BLOCK_SIZE
             if not allow_nonfinite:
                 raise err
             packed, absmax = be.quantize_blocks(be.sanitize_nonfinite(x, block_size), code, bits, block_size)
-        # checked scales the state holds: a device backend keeps its copy for dequantize()
-        absmax_h = (be.to_host if nested else be.to_host_kept)(absmax).astype(_F, copy=False)
-        state = QuantState(absmax=absmax_h, shape=shape, dtype=dtype, blocksize=block_size,
+        # checked scales the state holds: a device backend's stay there until the host reads them
+        held = be.to_host(absmax).astype(_F, copy=False) if nested else be.held_scales(absmax)
+        state = QuantState(absmax=held, shape=shape, dtype=dtype, blocksize=block_size,
                            code=code.copy(), quant_type=bnb_quant_type(cb)[0], bits=bits)
         if nested:
-            offset = nested_offset(absmax_h, torch_threads)
+            offset = nested_offset(held, torch_threads)
             state.absmax, state.nested_absmax = be.quantize_nested(absmax, offset)
             state.nested_quant_map = dynamic_map().copy()
             state.nested_blocksize = NESTED_BLOCKSIZE
@@ -232,7 +232,7 @@ def dequantize(packed: Any, state: QuantState, backend: str = "auto") -> Any:
                                       np.float32(state.nested_offset), cast(np.ndarray, state.nested_quant_map),
                                       cast(int, state.nested_blocksize))
         else:   # float32 scales: the backend's checked copy, or uploaded and checked there
-            absmax = be.kept_copy(state.absmax)
+            absmax = be.kept_copy(state._held_absmax())
             if absmax is None:
                 absmax = be.from_host(np.ascontiguousarray(state.absmax, dtype=_F))
                 state._check_scales(absmax, be)

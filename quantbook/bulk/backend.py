@@ -260,9 +260,16 @@ class Backend:
         view that cannot be made writable; host backends: ``a``."""
         return self.to_host(a)
 
-    def kept_copy(self, host: np.ndarray) -> Any | None:
+    def held_scales(self, a: Any) -> Any:
+        """What a state holds for the checked float32 block scales ``a`` (an array of this
+        backend's kind): host backends the host array; a device backend a
+        :class:`~quantbook.bulk.state.DeviceScales`, brought to the host on first read."""
+        return self.to_host(a).astype(np.float32, copy=False)
+
+    def kept_copy(self, host: Any) -> Any | None:
         """The array :meth:`to_host_kept` kept for ``host`` (which cannot have changed since),
-        on the current device; else None (host backends: always)."""
+        or the device array of a :class:`~quantbook.bulk.state.DeviceScales`, on the current
+        device; else None (host backends: always)."""
         return None
 
     def scales_finite_nonnegative(self, s: Any) -> bool:

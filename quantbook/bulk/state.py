@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, cast
+from typing import Any, Callable, Mapping, cast
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ..scales.steps import decode_table
 from . import format as F
 from .nested import dequantize_nested
 
-__all__ = ["QuantState", "dtype_name", "dtype_from_name", "first_bad_scale", "check_shape"]
+__all__ = ["QuantState", "DeviceScales", "dtype_name", "dtype_from_name", "first_bad_scale", "check_shape"]
 
 _DTYPE_NAMES = F.DTYPES
 
@@ -63,7 +64,33 @@ def _finite_number(v: Any) -> bool:
         and bool(np.isfinite(np.float32(v)))
 
 
+class DeviceScales:
+    """Float32 block scales that a state holds on the device that computed them (checked there
+    when they were made): the host copy is made when the state's ``absmax`` is first read, by
+    ``fetch(array)``, and a backend on that device reads ``array`` itself meanwhile."""
+
+    __slots__ = ("array", "device", "dtype", "size", "nbytes", "_fetch")
+
+    def __init__(self, array: Any, device: int, fetch: Callable[[Any], np.ndarray]):
+        self.array, self.device, self._fetch = array, int(device), fetch
+        self.dtype, self.size = np.dtype(array.dtype), int(array.size)
+        self.nbytes = self.size * self.dtype.itemsize
+
+    def fetch(self) -> np.ndarray:
+        return self._fetch(self.array)
+
+
+#: one host copy a state, whichever thread reads it first
+_FETCH_LOCK = threading.Lock()
+
+
 def _expect_array(what: str, a: Any, dtype, size: int | None, scales: bool = False) -> np.ndarray:
+    if isinstance(a, DeviceScales):   # checked where it was made; its dtype and size still count
+        if a.dtype != dtype:
+            raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {a.dtype}")
+        if size is not None and a.size != size:
+            raise ValueError(f"{what} has {a.size} entries, expected {size}")
+        return cast(np.ndarray, a)
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(f"{what} must be a {np.dtype(dtype).name} array, got {got}")
@@ -168,6 +195,10 @@ class QuantState:
     ``absmax``: the backend keeps the device array it was copied from, and
     :func:`quantbook.dequantize` on that GPU reads it instead of uploading (and, but for
     nested codes, checking) the host copy again (up to a bound: :mod:`quantbook.bulk.gpu.kept`).
+    The float32 scales of the bitsandbytes layout (not nested) stay on the GPU until
+    ``absmax`` is first read (or the state is pickled or copied): :func:`quantbook.quantize`
+    does not wait for them to reach the host, and a state dequantized on that GPU and never
+    read on the host never sends them; such a state holds their device memory meanwhile.
     To change the scales, assign a new array (``st.absmax = st.absmax.copy()``); that one is
     uploaded and checked as any other.
     """
@@ -185,6 +216,20 @@ class QuantState:
     nested_offset: float | None = None
     scale_rule: str | None = None
     tensor_scale: float | None = None
+
+    def _held_absmax(self) -> Any:
+        """The ``absmax`` field as held: a host array, or :class:`DeviceScales` not yet read."""
+        return self.__dict__["_absmax"]
+
+    @property
+    def absmax_nbytes(self) -> int:
+        """Bytes of the stored ``absmax`` field, without bringing scales held on a GPU to the host."""
+        return int(self._held_absmax().nbytes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and copied with the host copy of the scales (a device array is not sent along)."""
+        _get_absmax(self)   # the host copy, in place of the device's
+        return dict(self.__dict__)
 
     @property
     def nested(self) -> bool:
@@ -289,7 +334,7 @@ class QuantState:
         else:
             if self.nested_offset is not None or self.nested_quant_map is not None:
                 raise ValueError("state has nested fields but no nested_absmax")
-            _expect_array("absmax", self.absmax, np.float32, nb)
+            _expect_array("absmax", self._held_absmax(), np.float32, nb)
         return self
 
     def _check_scaled_fields(self, nb: int) -> "QuantState":
@@ -320,7 +365,9 @@ class QuantState:
         if self.nested:
             return self
         if not self.scaled:
-            _expect_scales("absmax", self.absmax if stored is None else stored, backend)
+            held = self._held_absmax() if stored is None else stored
+            if not isinstance(held, DeviceScales):   # those were checked when made, and are the state's alone
+                _expect_scales("absmax", held, backend)
             return self
         rule = get_rule(self.scale_rule)
 
@@ -445,3 +492,23 @@ class QuantState:
         return (f"QuantState({self.quant_type}, bits={self.bits}, shape={self.shape}, "
                 f"dtype={dtype_name(self.dtype)}, blocksize={self.blocksize}, "
                 f"blocks={self.n_blocks}{nest})")
+
+
+def _get_absmax(self: QuantState) -> np.ndarray:
+    """One float32 scale a block, the uint8 codes of nested statistics, or a scale rule's stored
+    values (see the class); scales still on the GPU that made them come to the host on this read."""
+    held = self._held_absmax()
+    if isinstance(held, DeviceScales):
+        with _FETCH_LOCK:
+            held = self._held_absmax()
+            if isinstance(held, DeviceScales):
+                held = self.__dict__["_absmax"] = held.fetch()
+    return held
+
+
+def _set_absmax(self: QuantState, value: Any) -> None:
+    self.__dict__["_absmax"] = value
+
+
+# a property over the dataclass field: its __init__ and dataclasses.replace go through the setter
+setattr(QuantState, "absmax", property(_get_absmax, _set_absmax))

@@ -169,7 +169,7 @@ def storage_bits(packed: np.ndarray, state: Any) -> int:
     if not isinstance(state, QuantState):   # a VQState has no absmax: an AttributeError before
         hint = " (a VQState: its bits_per_weight times the size)" if hasattr(state, "points") else ""
         raise ValueError(f"storage_bits needs quantbook.quantize's QuantState, got {type(state).__name__}{hint}")
-    bits = 8 * _nbytes(packed) + 8 * _nbytes(state.absmax)
+    bits = 8 * _nbytes(packed) + 8 * state.absmax_nbytes   # scales still on a GPU stay there
     if getattr(state, "nested", False):
         bits += 8 * _nbytes(state.nested_absmax) + 32  # + float32 offset
     if getattr(state, "scale_rule", None) is not None:

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 from .. import format as F
 from ..backend import Backend, dtype_name_of
 from ..nested import NESTED_BLOCKSIZE, dynamic_map, nested_lut, nested_offset, nonfinite_scales_error
-from ..state import host_array
+from ..state import DeviceScales, host_array
 from . import kernels as K
 from .compile import compile_source, load_nvrtc, supported_archs
 from .kept import keep, kept
@@ -646,8 +646,14 @@ class CudaBackend(Backend, name="gpu"):
     def to_host_kept(self, a: Any) -> np.ndarray:
         return keep(self.to_host(a), a, device_of(a))
 
-    def kept_copy(self, host: np.ndarray) -> Any | None:
-        return kept(host, _cupy().cuda.Device().id)
+    def held_scales(self, a: Any) -> Any:
+        return DeviceScales(a, device_of(a), self.to_host_kept)
+
+    def kept_copy(self, host: Any) -> Any | None:
+        device = _cupy().cuda.Device().id
+        if isinstance(host, DeviceScales):
+            return host.array if host.device == device else None
+        return kept(host, device)
 
     def scales_finite_nonnegative(self, s: Any) -> bool:
         if isinstance(s, _cupy().ndarray):   # one reduction where the scales are, one scalar back
