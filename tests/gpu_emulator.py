@@ -287,7 +287,7 @@ def _launchers() -> str:
     for d in K.DTYPES:
         st = "float" if d == "f32" else "unsigned short"
         for p in K.PACKINGS:
-            for v, k in ((v, k) for v in K.quantize_vecs(d, p) for k in range(K.max_steps(p) + 1)):
+            for v, k in ((v, k) for v in K.quantize_vecs(d, p) for k in K.searches(p)):
                 q = K.quantize_name(d, v, p, k)
                 out.append(
                     f'extern "C" void emu_{q}(unsigned grid, unsigned block, const {st}* x, qb_u8* packed,'
@@ -520,8 +520,8 @@ def quantize_emulated(x: np.ndarray, code_f32, bits: int, blocksize: int, *, vec
     tabs = encoder_tables(code, search_size(packing))
     # a grid of two CTAs: each loops over several tiles, as on a GPU (grid-stride)
     grid, cta = quantize_launch(n, key, blocksize, packing, sms=2, per_sm=1)
-    emulator().launch(K.quantize_name(key, K.quantize_vec(key, blocksize, packing), packing, tabs.steps), grid, cta, xs,
-                      packed, absmax, n,
+    name = K.quantize_name(key, K.quantize_vec(key, blocksize, packing), packing, tabs.search)
+    emulator().launch(name, grid, cta, xs, packed, absmax, n,
                       log2b, np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
                       int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K,
                       int(tabs.ident), int(vec_in and _aligned(xs, 16)))   # as the gpu backend tests it

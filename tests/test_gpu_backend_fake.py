@@ -18,7 +18,7 @@ from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark,
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
 from quantbook.bulk.gpu import kernels as K
-from quantbook.bulk.gpu.tables import encoder_tables
+from quantbook.bulk.gpu.tables import encoder_tables, search_size
 from quantbook.bulk.nested import dequantize_nested, dynamic_map, nested_offset, quantize_nested_reference
 from quantbook.codebooks import registry
 
@@ -99,8 +99,9 @@ def test_quantize_dequantize_roundtrip_through_the_backend(cp, dtype, name, bits
     d_ref = R.dequantize_reference(p_ref, a_ref, code, bits, bs, x.size, dtype)
     assert d.dtype == np.dtype(dtype) and np.array_equal(d.view(np.uint8), d_ref.view(np.uint8))
     qname = [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][0]
-    steps = encoder_tables(np.asarray(registry.get(name).code, np.float32)).steps
-    assert qname.endswith(f"_p{G.packing_for_bits(bits)}_s{steps}")
+    packing = G.packing_for_bits(bits)
+    search = encoder_tables(np.asarray(registry.get(name).code, np.float32), search_size(packing)).search
+    assert qname.endswith(f"_p{packing}_{search}")
 
 
 def test_launch_plans_are_made_once_per_code_and_layout(cp):
@@ -123,6 +124,56 @@ def test_launch_plans_are_made_once_per_code_and_layout(cp):
     with cp.cuda.Device(1):   # as the api runs a launch: on the device that holds the input
         G.quantize_gpu(set_device(fake_device(x), 1), codes[0], 4, 64)
     assert len(G._PLANS) == 5
+
+
+def _at_every_bound(code: np.ndarray, rng) -> np.ndarray:
+    """float32 blocks of 64 whose maximum is 1 (so y = x): the bounds of ``code``'s encoder and
+    their 3 float32 neighbours each side, the levels, +-0, subnormals and +-1, shuffled."""
+    from quantbook.bulk import format as F
+
+    pts = [np.float32(0.0), np.float32(-0.0), np.float32(1e-45), np.float32(-1e-45), np.float32(-1.0)]
+    for b in np.concatenate([F.code_encoder(code).bounds, code]).astype(np.float32):
+        for direction in (np.float32(-2.0), np.float32(2.0)):
+            v = b
+            for _ in range(3):
+                v = np.nextafter(v, direction)
+                pts.append(v)
+        pts.append(b)
+    vals = np.clip(np.array(pts, np.float32), -1, 1)
+    rng.shuffle(vals)
+    vals = np.concatenate([vals, np.zeros(-vals.size % 63, np.float32)]).reshape(-1, 63)
+    return np.concatenate([np.ones((vals.shape[0], 1), np.float32), vals], axis=1).ravel()
+
+
+@pytest.mark.parametrize("layout", ["word", "coarse"])
+@pytest.mark.parametrize("name", ["nf4", "fp4", "iq4_nl", "max1960-n4", "max1960-n2"])
+def test_both_encoder_layouts_code_every_bound_as_numpy(cp, monkeypatch, layout, name):
+    """The word layout's kernels (what codes of 1, 2 and 4 bits take where it holds them) and
+    the coarse layout's (forced here) on every bound of the code and its float32 neighbours:
+    the bytes are the numpy reference's."""
+    cb = registry.get(name)
+    code = np.asarray(cb.code, np.float32)
+    packing = G.packing_for_bits(cb.bits)
+    monkeypatch.setattr(G, "_PLANS", {})
+    monkeypatch.setattr(G, "encoder_tables", lambda c, P: encoder_tables(c, P, layout))
+    x = _at_every_bound(code, np.random.default_rng(len(name)))
+    p, a = G.quantize_gpu(fake_device(x), code, cb.bits, 64)
+    p_ref, a_ref = R.quantize_reference(x, code, cb.bits, 64)
+    assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
+    qname = [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][-1]
+    assert qname.endswith("_w") == (layout == "word") and f"_p{packing}_" in qname
+
+
+def test_a_code_with_close_bounds_takes_the_coarse_layout(cp):
+    """Two bounds in one bucket of the word layout (relative width 1/8): the coarse layout's
+    kernel, with the numpy reference's bytes."""
+    code = np.array([-1.0, -0.5, 0.0, 0.5, 0.52, 0.56, 0.7, 1.0], np.float32)   # bounds 0.51, 0.54
+    assert encoder_tables(code, 8).layout == "coarse" and encoder_tables(code[:4], 4).layout == "word"
+    x = _at_every_bound(code, np.random.default_rng(5))
+    p, a = G.quantize_gpu(fake_device(x), code, 4, 64)
+    p_ref, a_ref = R.quantize_reference(x, code, 4, 64)
+    assert np.array_equal(p, p_ref) and np.array_equal(a.view(np.uint32), a_ref.view(np.uint32))
+    assert [n for n, _, _ in cp.launches if n.startswith("qb_quantize_")][-1].endswith("_p4_s1")
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"), pytest.param(np.float16, id="f16")])

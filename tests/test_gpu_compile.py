@@ -21,9 +21,10 @@ from checkout import checkout_path
 from gpu_cases import ptxas_build
 
 
-SAMPLE = sorted({K.quantize_name(d, v, p, 1) for d in K.DTYPES for p in K.PACKINGS for v in K.quantize_vecs(d, p)}
+SAMPLE = sorted({K.quantize_name(d, v, p, k) for d in K.DTYPES for p in K.PACKINGS for v in K.quantize_vecs(d, p)
+                 for k in ("s1", "w") if k in K.searches(p)}
                 | {K.quantize_name("f16", v, p, k) for p in K.PACKINGS for v in K.quantize_vecs("f16", p)
-                   for k in (0, K.max_steps(p))}
+                   for k in ("s0", f"s{K.max_steps(p)}")}
                 | {n for n in K.all_kernel_names() if not n.startswith("qb_quantize_")}
                 | {K.NESTED_QUANT_NAME})
 
@@ -78,7 +79,7 @@ def test_quantize_groups_meet_at_their_own_barriers(nvrtc):
     """One CTA-wide barrier (after the tables are loaded); the warps of a quantization
     block meet at a barrier of their group (an id and a thread count in registers), so the
     other groups of the CTA do not wait for them."""
-    name = K.quantize_name("f16", 32, 4, 1)
+    name = K.quantize_name("f16", 32, 4, "s1")
     ptx = compile_source(K.source([name]), "compute_90", output="ptx").decode()
     bars = re.findall(r"\b(?:bar|barrier)\.sync(?:\.aligned)?\s+([^;]*);", ptx)
     assert [b.strip() for b in bars if not b.strip().startswith("%")] == ["0"]
@@ -103,9 +104,10 @@ def test_compile_error_reports_the_log(nvrtc):
 
 
 def test_kernel_source_subset_and_unknown_names():
-    src = K.source([K.quantize_name("f16", 32, 4, 1)])
+    src = K.source([K.quantize_name("f16", 32, 4, "s1")])
     assert "qb_quantize_f16_v32_p4_s1(" in src and "qb_dequantize_f16_p4(" not in src
     assert "qb_quantize_f16_v32_p4_s2(" not in src and "qb_quantize_f16_v16_p4_s1(" not in src
+    assert "qb_quantize_f16_v32_p4_w(" not in src
     with pytest.raises(ValueError, match="unknown kernel"):
         K.source(["qb_nope"])
 

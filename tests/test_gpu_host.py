@@ -29,12 +29,25 @@ def test_importing_quantbook_gpu_does_not_import_cupy():
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("P", [2, 16, 256])
-def test_either_layouts_table_is_the_size_the_kernel_copies(P):
+@pytest.mark.parametrize("P, layout", [(2, "word"), (16, "word"), (16, "coarse"), (256, "fine")])
+def test_every_layouts_table_is_the_size_the_kernel_copies(P, layout):
     # the kernel copies QB_BUCKET_BYTES to shared memory whichever layout it reads
-    t = encoder_tables(np.linspace(-1, 1, P, dtype=np.float32), P)
-    assert t.bucket.nbytes == K.BUCKET_BYTES == 16384 and t.fine == (P == 256)
+    t = encoder_tables(np.linspace(-1, 1, P, dtype=np.float32), P, layout)
+    assert t.bucket.nbytes == K.BUCKET_BYTES == 16384 and t.layout == layout and t.fine == (P == 256)
     assert re.search(r"#define QB_BUCKET_BYTES (\d+)", K.source()).group(1) == "16384"
+
+
+def test_the_layout_asked_for_must_hold_the_table():
+    close = np.array([-1.0, 0.5, 0.52, 0.56], np.float32)   # bounds 0.51 and 0.54 share a bucket of 1/8
+    assert encoder_tables(close, 4).layout == "coarse" and encoder_tables(close, 4, "coarse").layout == "coarse"
+    with pytest.raises(ValueError, match="at most one bound"):
+        encoder_tables(close, 4, "word")
+    with pytest.raises(ValueError, match="does not hold tables of P = 16"):
+        encoder_tables(close, 16, "fine")
+    with pytest.raises(ValueError, match="does not hold tables of P = 256"):
+        encoder_tables(close, 256, "word")
+    with pytest.raises(ValueError, match="layout must be one of coarse, fine, word"):
+        encoder_tables(close, 4, "wide")
 
 
 @pytest.mark.parametrize("bits,packing", [(1, 1), (2, 2), (3, 8), (4, 4), (5, 8), (8, 8)])
@@ -139,12 +152,13 @@ def test_encoder_tables_match_the_format(name):
     y = _probe_points(np.concatenate([enc.bounds, code]), np.random.default_rng(0))
     bits = registry.get(name).bits
     for P in (None, search_size(G.packing_for_bits(bits)), 256):
-        tabs = encoder_tables(code, P)
-        below = int(np.count_nonzero(enc.bounds < -1))          # folded clamp drops these ranks
-        assert tabs.P >= code.size and tabs.K == code.size - below and tabs.P & (tabs.P - 1) == 0
-        assert tabs.ident == (below == 0 and bool(np.array_equal(enc.order, np.arange(code.size))))
-        assert tabs.fine == (tabs.P == 256)
-        assert _encodes_as_the_format(code, y, tabs)
+        for layout in (None, "coarse") if P != 256 else (None,):
+            tabs = encoder_tables(code, P, layout)
+            below = int(np.count_nonzero(enc.bounds < -1))          # folded clamp drops these ranks
+            assert tabs.P >= code.size and tabs.K == code.size - below and tabs.P & (tabs.P - 1) == 0
+            assert tabs.ident == (below == 0 and bool(np.array_equal(enc.order, np.arange(code.size))))
+            assert tabs.fine == (tabs.P == 256) and (layout is None or tabs.layout == layout)
+            assert _encodes_as_the_format(code, y, tabs)
 
 
 def test_encoder_tables_dynamic_map_and_odd_sizes():
@@ -152,8 +166,8 @@ def test_encoder_tables_dynamic_map_and_odd_sizes():
     for code in (dynamic_map(), np.array([0.5], np.float32), np.array([0.3, -0.2, 0.3], np.float32),
                  rng.uniform(-1, 1, 100).astype(np.float32)):
         y = _probe_points(np.concatenate([F.code_encoder(code).bounds, code]), rng)
-        for P in (None, 256):
-            assert _encodes_as_the_format(code, y, encoder_tables(code, P))
+        for P, layout in ((None, None), (256, None)) + (((None, "coarse"),) if code.size <= 128 else ()):
+            assert _encodes_as_the_format(code, y, encoder_tables(code, P, layout))
     # the fine layout's buckets are four times narrower: one compare a value for the
     # dynamic map, which takes two in the coarse one
     assert encoder_tables(dynamic_map(), 256).steps == 1

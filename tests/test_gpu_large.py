@@ -151,7 +151,7 @@ def test_quantize_tail(emu, n, key, bits, block):
     packed = np.full(F.packed_length(n, bits) - start // cpb, 0xEE, np.uint8)
     absmax = np.full(F.n_blocks(n, block) - start // block, np.nan, np.float32)
     tabs = encoder_tables(code, search_size(packing))
-    emu.launch(K.quantize_name(key, K.quantize_vec(key, block, packing), packing, tabs.steps), grid, cta,
+    emu.launch(K.quantize_name(key, K.quantize_vec(key, block, packing), packing, tabs.search), grid, cta,
                Window(xs, start), Window(packed, start // cpb), Window(absmax, start // block), n,
                _log2_blocksize(block), np.ascontiguousarray(tabs.bucket), np.ascontiguousarray(tabs.bounds),
                int(tabs.bounds.size), np.ascontiguousarray(tabs.order), tabs.K, int(tabs.ident), 1,

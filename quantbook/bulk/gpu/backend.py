@@ -368,7 +368,7 @@ def _plan(key: tuple, build):
 def _quantize_plan(code: np.ndarray, packing: int, key: str, log2b: int):
     def build():
         tabs = encoder_tables(code, search_size(packing))
-        fn = _kernel(K.quantize_name(key, K.quantize_vec(key, 1 << log2b, packing), packing, tabs.steps))
+        fn = _kernel(K.quantize_name(key, K.quantize_vec(key, 1 << log2b, packing), packing, tabs.search))
         return fn, (_device_const(tabs.bucket), _device_const(tabs.bounds), np.int32(tabs.bounds.size),
                     _device_const(tabs.order), np.int32(tabs.K), np.int32(tabs.ident))
 

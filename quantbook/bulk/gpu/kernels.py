@@ -13,15 +13,16 @@ Float arithmetic uses explicit round-to-nearest intrinsics (``__fdiv_rn``, ``__f
 
 Kernels (``extern "C"``; one instantiation per name):
 
-* ``qb_quantize_{f32,f16,bf16}_v{V}_p{1,2,4,8}_s{S}`` — one pass: block absmax (the max of
+* ``qb_quantize_{f32,f16,bf16}_v{V}_p{1,2,4,8}_{s{S},w}`` — one pass: block absmax (the max of
   ``|x|`` taken on the bits: NaN when the block holds one, as numpy's max),
   ``s = max(absmax, float32(1e-38))`` (a NaN absmax stays NaN, as numpy's ``maximum``;
   stored: absmax; ``s`` for the partial last block, as bitsandbytes stores it — so the api
   sees a non-finite value in any block), full blocks ``y = x * float32(1/s)``, the partial
   last block ``y = x / s`` (bitsandbytes 0.50.2), clamp to [-1, 1], encode (``rank =
   #{k : bounds[k] < y}`` over the float32 midpoints of the stably sorted code table: a
-  bucket table read then ``S`` compares; ``code = order[rank]``; the clamp is folded into
-  the tables by the host, see :mod:`quantbook.bulk.gpu.tables`), pack.  ``p`` is the
+  bucket table read then ``S`` compares, or (``w``) one read of the word layout's table and
+  an add; ``code = order[rank]``; the clamp is folded into the tables by the host, see
+  :mod:`quantbook.bulk.gpu.tables`), pack.  ``p`` is the
   packing: 1, 2, 4 bits (8, 4, 2 codes a byte, first element in the most significant bits)
   or 8 (one byte a code, for 3 and 5..8 bits).  Positions past ``n`` in the last byte hold
   the code of 0.0.  ``V`` values a thread (:func:`quantize_vec`), loaded 16 bytes at a
@@ -52,7 +53,7 @@ from __future__ import annotations
 
 from ..format import SIGN_INF_BITS
 from ..sums import CHUNK as SUM_CHUNK
-from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT
+from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT, LAYOUTS, WORD_LOW, WORD_SHIFT
 
 DTYPES = ("f32", "f16", "bf16")
 #: each dtype key's numpy name
@@ -104,11 +105,25 @@ def max_steps(packing: int) -> int:
     return 8 if packing == 8 else packing
 
 
-def quantize_name(dtype: str, vec: int, packing: int, steps: int) -> str:
+def searches(packing: int) -> tuple[str, ...]:
+    """The searches after the table read a kernel of this packing is built for
+    (``EncoderTables.search``): ``s0`` .. ``s{max_steps}`` compares of the coarse (codes of a
+    byte: the fine) layout, and ``w``, the word layout's, for codes of 1, 2 or 4 bits."""
+    return tuple(f"s{k}" for k in range(max_steps(packing) + 1)) + (("w",) if packing < 8 else ())
+
+
+def quantize_name(dtype: str, vec: int, packing: int, search: str) -> str:
     """The quantize kernel of a dtype, values a thread (:func:`quantize_vec`), packing and
-    number of compares a value (``steps``, from the encoder tables: a compile-time loop
-    count)."""
-    return f"qb_quantize_{dtype}_v{vec}_p{packing}_s{steps}"
+    search (:func:`searches`, from the encoder tables: a compile-time loop count or layout)."""
+    return f"qb_quantize_{dtype}_v{vec}_p{packing}_{search}"
+
+
+def _layout_number(packing: int, search: str) -> tuple[int, int]:
+    """``(steps, layout)`` template arguments of a search: the layout by its index in
+    ``tables.LAYOUTS``."""
+    if search == "w":
+        return 0, LAYOUTS.index("word")
+    return int(search[1:]), LAYOUTS.index("fine" if packing == 8 else "coarse")
 
 
 def dequantize_name(dtype: str, packing: int) -> str:
@@ -137,7 +152,7 @@ SUMS_CTA = 256
 
 def all_kernel_names() -> list[str]:
     names = [quantize_name(d, v, p, k) for d in DTYPES for p in PACKINGS for v in quantize_vecs(d, p)
-             for k in range(max_steps(p) + 1)]
+             for k in searches(p)]
     names += [dequantize_name(d, p) for d in DTYPES for p in PACKINGS]
     names += [NESTED_QUANT_NAME, NESTED_DEQUANT_NAME]
     names += [sanitize_name(d) for d in DTYPES]
@@ -263,19 +278,30 @@ template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b
    non-finite input); only blocks with a non-finite maximum can hold a NaN y, so the
    caller asks for the test (CHECK_NAN) only there.                                    */
 
+/* The layouts of tables.py, by their index in tables.LAYOUTS */
+#define QB_COARSE 0
+#define QB_FINE 1
+#define QB_WORD 2
 /* Codes leave the encoder shifted left by this much (the packer's shifts absorb it) */
-__device__ constexpr int qb_code_shift(int PB) { return PB == 8 ? 0 : 2; }
+__device__ constexpr int qb_code_shift(int LAYOUT) { return LAYOUT == QB_COARSE ? 2 : 0; }
 
-template <int S, bool IDENT, bool CHECK_NAN, bool FINE>
+template <int S, bool IDENT, bool CHECK_NAN, int LAYOUT>
 __device__ __forceinline__ qb_u32 qb_encode(float y, const qb_u8* s_bk, const float* s_b,
                                             const qb_u32* s_ord, qb_u32 kmax) {
     /* Returns the code index << qb_code_shift (s_ord and kmax are held so).  No clamp: the
        host folded it into the table (bounds >= 1 are +inf; bounds < -1 dropped, ranks
        start after them).  The coarse layout holds ranks and codes times 4, as byte offsets
        into the 32-bit tables, so a compare needs no scaling; the fine layout, for codes of
-       a byte, holds them as they are, so a byte needs no shift back.                   */
+       a byte, and the word layout hold them as they are, so a byte needs no shift back.  */
     qb_u32 i = __float_as_uint(y);
-    if constexpr (FINE) {   /* codes of a byte: the fine layout (tables.py), |y| < 2 or NaN */
+    if constexpr (LAYOUT == QB_WORD) {   /* rank and bound in one entry (tables.py) */
+        const qb_u32 klow = (i ^ (qb_u32)((int)i >> 31)) & QB_WORD_LOW;   /* one LOP3 after the shift */
+        qb_u32 r = (reinterpret_cast<const qb_u32*>(s_bk)[i >> QB_WORD_SHIFT] + klow) >> QB_WORD_SHIFT;
+        if constexpr (CHECK_NAN) { if (y != y) r = kmax; }
+        if constexpr (IDENT) return r;
+        else return s_ord[r];
+    }
+    if constexpr (LAYOUT == QB_FINE) {   /* codes of a byte: the fine layout (tables.py), |y| < 2 or NaN */
         const qb_u32 t = i >> QB_FINE_SHIFT, u = i >> (QB_FINE_SHIFT + 1);
         qb_u32 k;                                         /* u's sign over t's exponent top bit */
 #ifdef __CUDA_ARCH__   /* one bit select (NVVM would split it in two) */
@@ -359,7 +385,7 @@ __device__ __forceinline__ void qb_group_sync(int group, int G) {
    their maxima through shared memory.  Every thread takes part in the reductions
    (threads past n hold zeros) and leaves only after the last barrier.  The maximum is
    taken on the bits (QbAbsBits), the code table lives in shared memory.              */
-template <typename T, int V, int PB, int S, bool IDENT>
+template <typename T, int V, int PB, int S, bool IDENT, int LAYOUT>
 __device__ __forceinline__ void qb_quantize_body(
     const qb_u32 (&w)[V / QbWords<T>::per_word], qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, int K, qb_i64 e0,
@@ -367,7 +393,7 @@ __device__ __forceinline__ void qb_quantize_body(
 {   /* s_red: this tile's 16 slots (one a warp) of the two the tiles take in turn */
     constexpr int PW = QbWords<T>::per_word;
     constexpr int NW = V / PW;                            /* 32-bit words a thread loads */
-    constexpr int CS = qb_code_shift(PB);
+    constexpr int CS = qb_code_shift(LAYOUT);
     const qb_u32 kmax = (qb_u32)(K - 1) << CS;
 
     qb_u32 m = QbAbsBits<T>::word(w[0]);
@@ -422,13 +448,13 @@ __device__ __forceinline__ void qb_quantize_body(
     qb_u32 c[V];
     if (amax < __uint_as_float(0x7f800000u)) {            /* finite: y is never NaN */
 #pragma unroll
-        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false, PB == 8>(y[j], s_bk, s_b, s_ord, kmax);
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, false, LAYOUT>(y[j], s_bk, s_b, s_ord, kmax);
     } else {                                              /* NaN / Inf in the block: rare */
 #pragma unroll
-        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true, PB == 8>(y[j], s_bk, s_b, s_ord, kmax);
+        for (int j = 0; j < V; ++j) c[j] = qb_encode<S, IDENT, true, LAYOUT>(y[j], s_bk, s_b, s_ord, kmax);
         const int nvalid = (n - e0 >= V) ? V : (int)(n - e0);
         if (nvalid < V) {
-            const qb_u32 zc = qb_encode<S, IDENT, false, PB == 8>(0.0f, s_bk, s_b, s_ord, kmax);
+            const qb_u32 zc = qb_encode<S, IDENT, false, LAYOUT>(0.0f, s_bk, s_b, s_ord, kmax);
 #pragma unroll
             for (int j = 0; j < V; ++j)
                 if (j >= nvalid) c[j] = zc;
@@ -480,7 +506,7 @@ __device__ __forceinline__ void qb_quantize_body(
 /* A CTA quantizes tiles of blockDim * V elements, grid-stride (the grid is capped at what
    the GPU holds at once, or a few times that), so the 16 KB bucket table is read once per
    CTA, not once per tile.                                                             */
-template <typename T, int V, int PB, int S>
+template <typename T, int V, int PB, int S, int LAYOUT>
 __device__ __forceinline__ void qb_quantize(
     const typename T::storage* __restrict__ x, qb_u8* __restrict__ packed,
     float* __restrict__ absmax, qb_i64 n, int log2B, const qb_u8* __restrict__ bucket,
@@ -495,7 +521,7 @@ __device__ __forceinline__ void qb_quantize(
     for (int i = threadIdx.x; i < QB_BUCKET_BYTES / 16; i += blockDim.x)   /* 16-byte copies */
         reinterpret_cast<uint4*>(s_bk)[i] = reinterpret_cast<const uint4*>(bucket)[i];
     for (int i = threadIdx.x; i < nbounds; i += blockDim.x) s_b[i] = bounds[i];
-    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u32)order[i] << qb_code_shift(PB);
+    for (int i = threadIdx.x; i < QB_MAX_TABLE; i += blockDim.x) s_ord[i] = (qb_u32)order[i] << qb_code_shift(LAYOUT);
     const qb_i64 tile = (qb_i64)blockDim.x * V;
     const qb_i64 stride = (qb_i64)gridDim.x * tile;
     __syncthreads();
@@ -508,10 +534,10 @@ __device__ __forceinline__ void qb_quantize(
         qb_u32 w[NW];
         qb_load<T, V>(x, n, vec_in, e0, w);
         if (ident)   /* uniform: the code table is sorted (NF4, ...), no order lookup */
-            qb_quantize_body<T, V, PB, S, true>(w, packed, absmax, n, log2B, K, e0,
+            qb_quantize_body<T, V, PB, S, true, LAYOUT>(w, packed, absmax, n, log2B, K, e0,
                                                 s_bk, s_b, s_ord, s_red + half);
         else
-            qb_quantize_body<T, V, PB, S, false>(w, packed, absmax, n, log2B, K, e0,
+            qb_quantize_body<T, V, PB, S, false, LAYOUT>(w, packed, absmax, n, log2B, K, e0,
                                                  s_bk, s_b, s_ord, s_red + half);
     }
 }
@@ -674,15 +700,16 @@ def _min_ctas(vec: int) -> int:
     return 2 if vec > 16 else 3
 
 
-def _quantize_wrapper(dtype: str, vec: int, packing: int, steps: int) -> str:
+def _quantize_wrapper(dtype: str, vec: int, packing: int, search: str) -> str:
     t = _TYPE[dtype]
+    steps, layout = _layout_number(packing, search)
     return (
         f'extern "C" __global__ void __launch_bounds__(512, {_min_ctas(vec)}) '
-        f'{quantize_name(dtype, vec, packing, steps)}(\n'
+        f'{quantize_name(dtype, vec, packing, search)}(\n'
         f"    const {t}::storage* x, qb_u8* packed, float* absmax, qb_i64 n, int log2B,\n"
         f"    const qb_u8* bucket, const float* bounds, int nbounds, const int* order, int K,\n"
         f"    int ident, int vec_in) {{\n"
-        f"  qb_quantize<{t}, {vec}, {packing}, {steps}>"
+        f"  qb_quantize<{t}, {vec}, {packing}, {steps}, {layout}>"
         f"(x, packed, absmax, n, log2B, bucket, bounds, nbounds, order, K, ident, vec_in);\n}}\n"
     )
 
@@ -870,12 +897,13 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
     # the encoder tables' layout, from the one place that builds them
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
-             f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
+             f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_WORD_SHIFT {WORD_SHIFT}\n"
+             f"#define QB_WORD_LOW {WORD_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
              f"#define QB_SUM_CHUNK {SUM_CHUNK}\n#define QB_SUMS_CTA {SUMS_CTA}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:
             for v in quantize_vecs(d, p):
-                for k in range(max_steps(p) + 1):
+                for k in searches(p):
                     if quantize_name(d, v, p, k) in wanted:
                         parts.append(_quantize_wrapper(d, v, p, k))
             if dequantize_name(d, p) in wanted:
