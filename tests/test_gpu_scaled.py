@@ -542,6 +542,30 @@ def test_stored_scales_are_checked_on_the_device(fake_cp, monkeypatch):
     assert msgs[0] == msgs[1] and "absmax entry 5" in msgs[0]
 
 
+@pytest.mark.parametrize("rule, B", [("e4m3", 16), ("e8m0:floor", 32), ("search:4over6", 16), ("float16", 64)])
+def test_a_scaled_state_holds_its_stored_scales_on_the_gpu_until_read(fake_cp, monkeypatch, rule, B):
+    """quantize() in a scaled layout on the gpu backend does not bring the stored block scales
+    to the host: the state's checks, its size in bytes and dequantize() on that GPU read them
+    where they are; reading ``absmax`` brings them down once, and the decode is numpy's."""
+    x = np.random.default_rng(41).standard_normal(B * 300 + 5).astype(np.float16)
+    nb = -(-x.size // B)
+    down, up = [], []
+    get = FakeDeviceArray.get
+    monkeypatch.setattr(FakeDeviceArray, "get", lambda a: (down.append(a.size), get(a))[1])
+    upload = fake_cp.asarray
+    monkeypatch.setattr(fake_cp, "asarray", lambda a, dtype=None: (
+        up.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    rp, rst = qb.quantize(x, "e2m1", B, scale=rule, backend="numpy")
+    want = qb.dequantize(rp, rst, backend="numpy")
+    packed, st = qb.quantize(fake_device(x), "e2m1", B, scale=rule, backend="gpu")
+    assert st.validate() is st and st.absmax_nbytes == rst.absmax.nbytes
+    assert bits_equal(np.asarray(qb.dequantize(packed, st, backend="gpu")), want)
+    assert nb not in down and nb not in up, (down, up)
+    assert bits_equal(st.absmax, rst.absmax) and down.count(nb) == 1 and not st.absmax.flags.writeable
+    assert bits_equal(np.asarray(qb.dequantize(packed, st, backend="gpu")), want)
+    assert nb not in up and down.count(nb) == 1
+
+
 @pytest.mark.parametrize("rule, B", [("e4m3", 16), ("e8m0:floor", 32)])
 def test_evaluate_model_in_a_scaled_layout_on_the_emulated_gpu_is_the_host_report(monkeypatch, emu, tmp_path, rule, B):
     """evaluate-model --backend gpu --scale RULE: the scaled layouts' report is the numpy

@@ -261,10 +261,11 @@ class Backend:
         return self.to_host(a)
 
     def held_scales(self, a: Any) -> Any:
-        """What a state holds for the checked float32 block scales ``a`` (an array of this
-        backend's kind): host backends the host array; a device backend a
-        :class:`~quantbook.bulk.state.DeviceScales`, brought to the host on first read."""
-        return self.to_host(a).astype(np.float32, copy=False)
+        """What a state holds for the checked block scales ``a`` (float32, or a scale rule's
+        stored values; an array of this backend's kind): host backends a contiguous host array;
+        a device backend a :class:`~quantbook.bulk.state.DeviceScales`, brought to the host on
+        first read."""
+        return np.ascontiguousarray(self.to_host(a))
 
     def kept_copy(self, host: Any) -> Any | None:
         """The array :meth:`to_host_kept` kept for ``host`` (which cannot have changed since),

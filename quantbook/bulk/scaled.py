@@ -14,7 +14,7 @@ backend's ``scaled_ggml``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
     ts = rule.tensor_scale(top, qmax)
     if isinstance(rule, GgmlSearch):
         d, packed = be.scaled_ggml(x, table, block_size, rule.ntry)
-        stored = rule.store(d, lambda: be.to_host(amax), qmax)
+        stored = np.ascontiguousarray(rule.store(d, lambda: be.to_host(amax), qmax))
     elif isinstance(rule, SearchScale):
         cands = [be.scaled_scales(amax, r, q, ts, need_scale=True) for r, q in rule.candidate_rules(qmax)]
         if len({d for _, _, d, _ in cands}) != 1:
@@ -75,13 +75,13 @@ def quantize_scaled(x: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, cb: 
         divide = cands[0][2]
         errs = [be.scaled_errors(x, f, divide, s, table, block_size, rule.loss) for _, f, _, s in cands]
         pick = rule.pick(errs)                # where the errors are: no transfer
-        stored = be.to_host_kept(_choose(pick, [c[0] for c in cands]))
+        stored = be.held_scales(_choose(pick, [c[0] for c in cands]))
         packed = be.scaled_encode(x, _choose(pick, [c[1] for c in cands]), divide, table, block_size)
     else:
         stored, f, divide, _ = be.scaled_scales(amax, rule, qmax, ts)
         packed = be.scaled_encode(x, f, divide, table, block_size)
-        stored = be.to_host_kept(stored)   # a device backend keeps its copy for dequantize()
-    state = QuantState(absmax=np.ascontiguousarray(stored), shape=shape, dtype=dtype,
+        stored = be.held_scales(stored)   # a device backend's stay there until the host reads them
+    state = QuantState(absmax=stored, shape=shape, dtype=dtype,
                        blocksize=block_size, code=table, quant_type=bnb_quant_type(cb, layout_bnb=False)[0],
                        bits=SCALED_BITS,
                        scale_rule=rule.name, tensor_scale=None if ts is None else float(ts))
@@ -97,20 +97,20 @@ def dequantize_scaled(packed: np.ndarray, state: QuantState, be: Any) -> np.ndar
     if size != packed_length(n):
         raise ValueError(f"packed has {size} bytes, expected {packed_length(n)} for {n} "
                          "values of 4 bits")
-    lookup = state.scale_lookup()
+    lut = state._decode_table()
     table, dtype = np.asarray(state.code, _F), np.dtype(state.dtype)
-    if lookup is None:
+    if lut is None:
         state._check_scales()
         flat = be.scaled_decode(packed, state.absmax_f32(), table, state.blocksize, n, dtype)
     else:
         # the scales are looked up where the codes are decoded: a device reads the stored
-        # bytes it kept when its rule made them (valid by the rule's contract), else they
-        # are uploaded and checked there
-        index = be.kept_copy(state.absmax)
+        # bytes its rule made there (valid by the rule's contract), else they are uploaded
+        # and checked there
+        index = be.kept_copy(state._held_absmax())
         if index is None:
-            index = be.from_host(lookup[1])
+            index = be.from_host(cast(tuple, state.scale_lookup())[1])
             state._check_scales(index, be)
         else:
-            index = index.view(lookup[1].dtype)
-        flat = be.scaled_decode_lookup(packed, lookup[0], index, table, state.blocksize, n, dtype)
+            index = index.view(f"u{np.dtype(index.dtype).itemsize}")
+        flat = be.scaled_decode_lookup(packed, lut, index, table, state.blocksize, n, dtype)
     return flat.reshape(state.shape)

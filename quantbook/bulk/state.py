@@ -65,9 +65,10 @@ def _finite_number(v: Any) -> bool:
 
 
 class DeviceScales:
-    """Float32 block scales that a state holds on the device that computed them (checked there
-    when they were made): the host copy is made when the state's ``absmax`` is first read, by
-    ``fetch(array)``, and a backend on that device reads ``array`` itself meanwhile."""
+    """Block scales (float32, or a scale rule's stored values) that a state holds on the device
+    that computed them (checked there, or valid by the rule that made them): the host copy is
+    made when the state's ``absmax`` is first read, by ``fetch(array)``, and a backend on that
+    device reads ``array`` itself meanwhile."""
 
     __slots__ = ("array", "device", "dtype", "size", "nbytes", "_fetch")
 
@@ -195,10 +196,11 @@ class QuantState:
     ``absmax``: the backend keeps the device array it was copied from, and
     :func:`quantbook.dequantize` on that GPU reads it instead of uploading (and, but for
     nested codes, checking) the host copy again (up to a bound: :mod:`quantbook.bulk.gpu.kept`).
-    The float32 scales of the bitsandbytes layout (not nested) stay on the GPU until
-    ``absmax`` is first read (or the state is pickled or copied): :func:`quantbook.quantize`
-    does not wait for them to reach the host, and a state dequantized on that GPU and never
-    read on the host never sends them; such a state holds their device memory meanwhile.
+    The block scales (float32, or a scale rule's stored values; not nested codes, nor ggml's
+    search) stay on the GPU until ``absmax`` is first read (or the state is pickled or
+    copied): :func:`quantbook.quantize` does not wait for them to reach the host, and a state
+    dequantized on that GPU and never read on the host never sends them; such a state holds
+    their device memory meanwhile.
     To change the scales, assign a new array (``st.absmax = st.absmax.copy()``); that one is
     uploaded and checked as any other.
     """
@@ -278,13 +280,17 @@ class QuantState:
         """``(table, index)`` with block ``b``'s float32 scale ``table[index[b]]``: the rule's
         decode table (:func:`quantbook.scales.steps.decode_table`) and the stored values' bits,
         for a scaled state whose stored values have at most 16 bits; else None."""
-        if self.scale_rule is None:   # not scaled
-            return None
-        ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
-        table = decode_table(self.scale_rule, ts)
+        table = self._decode_table()
         if table is None:
             return None
         return table, self.absmax.view(f"u{self.absmax.dtype.itemsize}")
+
+    def _decode_table(self) -> np.ndarray | None:
+        """The table of :meth:`scale_lookup`, without reading the stored values."""
+        if self.scale_rule is None:   # not scaled
+            return None
+        ts = None if self.tensor_scale is None else np.float32(self.tensor_scale)
+        return decode_table(self.scale_rule, ts)
 
     def validate(self) -> "QuantState":
         """Check that the state describes a decodable array; a ValueError names what is wrong.
@@ -345,7 +351,7 @@ class QuantState:
             raise ValueError("a scaled-layout state has no nested statistics")
         if self.bits != 4:
             raise ValueError(f"the scaled layouts store 4-bit codes, got bits={self.bits}")
-        _expect_array("absmax", self.absmax, np.dtype(rule.stored_dtype), nb)
+        _expect_array("absmax", self._held_absmax(), np.dtype(rule.stored_dtype), nb)
         ts = self.tensor_scale
         if rule.tensor_bytes:
             if not _finite_number(ts) or np.float32(ts) <= 0:
@@ -362,12 +368,11 @@ class QuantState:
         with the fields).  ``stored``: the array ``backend`` reads, of its kind — the absmax,
         or a lookup rule's stored bits (:meth:`scale_lookup`) — checked where it lives and
         brought to the host only to name a bad entry; default the host field."""
-        if self.nested:
-            return self
+        held = self._held_absmax() if stored is None else stored
+        if self.nested or isinstance(held, DeviceScales):   # those were checked (or made valid by
+            return self                                   # the rule) when made, and are the state's alone
         if not self.scaled:
-            held = self._held_absmax() if stored is None else stored
-            if not isinstance(held, DeviceScales):   # those were checked when made, and are the state's alone
-                _expect_scales("absmax", held, backend)
+            _expect_scales("absmax", held, backend)
             return self
         rule = get_rule(self.scale_rule)
 
