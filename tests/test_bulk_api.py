@@ -149,6 +149,26 @@ def test_quant_state_dict_roundtrip():
         qb.QuantState.from_dict(bad)
 
 
+@pytest.mark.parametrize("scale", [None, "nested", "e4m3"])
+def test_a_state_survives_pickle_and_copy_and_reads_a_pickle_of_the_plain_field(scale):
+    """A host state pickles and copies with its fields; one pickled while ``absmax`` was a plain
+    dataclass attribute (its dict holds ``absmax``) reads back as the same state."""
+    import copy
+    import pickle
+
+    x = np.random.default_rng(2).standard_normal((9, 40)).astype(np.float16)
+    packed, st = qb.quantize(x, "e2m1" if scale == "e4m3" else "nf4", 16, scale=scale, backend="numpy")
+    want = qb.dequantize(packed, st, backend="numpy")
+    old = dict(st.__dict__)
+    old["absmax"] = old.pop("_absmax")
+    plain = qb.QuantState.__new__(qb.QuantState)
+    plain.__setstate__(old)
+    for got in (pickle.loads(pickle.dumps(st)), copy.copy(st), copy.deepcopy(st), plain):
+        assert np.array_equal(got.absmax, st.absmax) and got.absmax_nbytes == st.absmax.nbytes
+        assert np.array_equal(qb.dequantize(packed, got.validate(), backend="numpy").view(np.uint16),
+                              want.view(np.uint16))
+
+
 @pytest.mark.parametrize("field, value, said", [("nested_blocksize", None, "nested_blocksize must be a power of two"),
                                                 ("nested_offset", None, "nested_offset must be a finite number"),
                                                 ("blocksize", 64.0, "block_size must be an integer"),

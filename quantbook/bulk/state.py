@@ -226,12 +226,19 @@ class QuantState:
     @property
     def absmax_nbytes(self) -> int:
         """Bytes of the stored ``absmax`` field, without bringing scales held on a GPU to the host."""
-        return int(self._held_absmax().nbytes)
+        held = self._held_absmax()
+        return int(held.nbytes if hasattr(held, "nbytes") else np.asarray(held).nbytes)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled and copied with the host copy of the scales (a device array is not sent along)."""
         _get_absmax(self)   # the host copy, in place of the device's
         return dict(self.__dict__)
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        state = dict(state)
+        if "absmax" in state:   # pickled while the field was a plain attribute
+            state["_absmax"] = state.pop("absmax")
+        self.__dict__.update(state)
 
     @property
     def nested(self) -> bool:

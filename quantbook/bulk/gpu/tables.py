@@ -74,7 +74,8 @@ class EncoderTables:
     layout: uint8, ``N_FINE``, the rank; the word layout: uint32, ``N_WORD``, rank and bound
     as the module says), ``layout`` (one of :data:`LAYOUTS`), ``bounds`` (float32: the
     bounds with the clamp folded in, then +inf up to ``K - 1 + 2**steps`` entries), ``order``
-    (int32, 256: the code index of each rank), ``steps`` (compares a value needs), ``K``
+    (int32, 256: the code index of each rank), ``steps`` (compares a value needs after the
+    table read: 0 in the word layout), ``K``
     (reachable ranks: the table size less the bounds below -1) and ``ident`` (``order`` is
     0..K-1, so the kernel skips the lookup).  ``P`` is the largest table the kernel's packing
     allows (a power of two >= the table size; :func:`search_size`)."""
@@ -209,19 +210,16 @@ def encoder_tables(code_f32: ArrayLike, P: int | None = None, layout: str | None
     # bounds >= 1 are above every clamped y: +inf.
     m = int(np.count_nonzero(bounds < -1))
     kept = np.where(bounds[m:] >= 1, np.float32(np.inf), bounds[m:]).astype(np.float32)
-    bucket: np.ndarray | None = None
-    if fine_layout(int(P)):
-        chosen = "fine"
-    else:
-        chosen = "coarse"
-        if layout in (None, "word"):
-            bucket = _word_entries(kept, *_ranks(kept, "word"))
-            if bucket is not None:
-                chosen = "word"
-            elif layout == "word":
-                raise ValueError("the word layout holds only tables with at most one bound in each of its buckets")
+    chosen = "fine" if fine_layout(int(P)) else "word" if layout in (None, "word") else "coarse"
     lo, count = _ranks(kept, chosen)
-    steps = int(count.max()).bit_length()                 # 2**steps - 1 >= every count
+    bucket = _word_entries(kept, lo, count) if chosen == "word" else None
+    if chosen == "word" and bucket is None:
+        if layout == "word":
+            raise ValueError("the word layout holds only tables with at most one bound in each of its buckets")
+        chosen = "coarse"
+        lo, count = _ranks(kept, chosen)
+    # 2**steps - 1 >= every count; the word layout's entries hold their bound: no compare
+    steps = 0 if chosen == "word" else int(count.max()).bit_length()
     b = np.full(kept.size + (1 << steps), np.inf, dtype=np.float32)
     b[: kept.size] = kept
     o = np.zeros(MAX_TABLE, dtype=np.int32)
