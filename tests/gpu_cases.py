@@ -188,6 +188,17 @@ class FakeDeviceArray(np.ndarray):
         return np.asarray(self).copy()
 
 
+def count_transfers(monkeypatch, cp):
+    """``(down, up)``: lists that get the size of every array a stand-in ``cp`` copies to the
+    host (``get``) and from it (``asarray`` of a host array) from now on."""
+    down, up = [], []
+    get, upload = FakeDeviceArray.get, cp.asarray
+    monkeypatch.setattr(FakeDeviceArray, "get", lambda a: (down.append(a.size), get(a))[1])
+    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
+        up.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    return down, up
+
+
 def set_device(a, device_id):
     """``a`` as a stand-in array held by GPU ``device_id``."""
     a = a.view(FakeDeviceArray)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gpu_emulator as E
-from gpu_cases import (FakeDeviceArray, bits_equal, fake_device, load_benchmark, set_device,
+from gpu_cases import (FakeDeviceArray, bits_equal, count_transfers, fake_device, load_benchmark, set_device,
                        use_stand_in_cupy, weights_file)
 from quantbook.bulk import reference as R
 from quantbook.bulk.gpu import backend as G
@@ -613,12 +613,7 @@ def test_a_gpu_quantized_state_holds_its_scales_on_the_gpu_until_read(cp, monkey
 
     x = np.random.default_rng(37).standard_normal(64 * 200 + 7).astype(np.float16)
     nb = -(-x.size // 64)
-    down, up = [], []
-    get = FakeDeviceArray.get
-    monkeypatch.setattr(FakeDeviceArray, "get", lambda a: (down.append(a.size), get(a))[1])
-    upload = cp.asarray
-    monkeypatch.setattr(cp, "asarray", lambda a, dtype=None: (
-        up.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    down, up = count_transfers(monkeypatch, cp)
     rp, rst = qb.quantize(x, "nf4", 64, backend="numpy")
     want = qb.dequantize(rp, rst, backend="numpy")
 

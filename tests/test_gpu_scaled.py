@@ -38,8 +38,8 @@ from quantbook.scales import get_rule
 from quantbook.scales.search import block_errors
 from quantbook.scales.steps import decode_table
 
-from gpu_cases import (FakeDeviceArray, bits_equal, fake_cupy, fake_device, load_benchmark, ptxas_build,
-                       set_device, use_stand_in_cupy, weights_file)
+from gpu_cases import (FakeDeviceArray, bits_equal, count_transfers, fake_cupy, fake_device, load_benchmark,
+                       ptxas_build, set_device, use_stand_in_cupy, weights_file)
 
 try:
     import ml_dtypes
@@ -549,12 +549,7 @@ def test_a_scaled_state_holds_its_stored_scales_on_the_gpu_until_read(fake_cp, m
     where they are; reading ``absmax`` brings them down once, and the decode is numpy's."""
     x = np.random.default_rng(41).standard_normal(B * 300 + 5).astype(np.float16)
     nb = -(-x.size // B)
-    down, up = [], []
-    get = FakeDeviceArray.get
-    monkeypatch.setattr(FakeDeviceArray, "get", lambda a: (down.append(a.size), get(a))[1])
-    upload = fake_cp.asarray
-    monkeypatch.setattr(fake_cp, "asarray", lambda a, dtype=None: (
-        up.append(np.size(a)) if not isinstance(a, FakeDeviceArray) else None, upload(a, dtype))[1])
+    down, up = count_transfers(monkeypatch, fake_cp)
     rp, rst = qb.quantize(x, "e2m1", B, scale=rule, backend="numpy")
     want = qb.dequantize(rp, rst, backend="numpy")
     packed, st = qb.quantize(fake_device(x), "e2m1", B, scale=rule, backend="gpu")
