@@ -11,6 +11,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantbook.bulk import format as F
 from quantbook.bulk.gpu import backend as G
@@ -159,6 +161,25 @@ def test_encoder_tables_match_the_format(name):
             assert tabs.ident == (below == 0 and bool(np.array_equal(enc.order, np.arange(code.size))))
             assert tabs.fine == (tabs.P == 256) and (layout is None or tabs.layout == layout)
             assert _encodes_as_the_format(code, y, tabs)
+
+
+_LEVEL = st.one_of(st.floats(-1.5, 1.5, width=32), st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-40, -1e-40]))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(levels=st.lists(_LEVEL, min_size=1, max_size=16), near=st.lists(st.integers(-3, 3), max_size=16))
+def test_random_tables_encode_as_the_format_in_either_layout(levels, near):
+    """Any table of up to 16 levels (ties, +-0, subnormals, levels beyond +-1, levels a few
+    float32 steps apart): the word layout where it holds the table, and the coarse one always,
+    encode every probe point as the format does."""
+    code = np.array(levels, np.float32)
+    for i, k in enumerate(near[: code.size - 1]):   # neighbours: bounds in one bucket, or none between
+        code[i + 1] = np.float32(code[i] + np.float32(k) * np.spacing(code[i]))
+    y = _probe_points(np.concatenate([F.code_encoder(code).bounds, code]), np.random.default_rng(code.size))
+    P = max(2, 1 << (code.size - 1).bit_length())
+    layouts = ["coarse"] + (["word"] if encoder_tables(code, P).layout == "word" else [])
+    for layout in layouts:
+        assert _encodes_as_the_format(code, y, encoder_tables(code, P, layout)), layout
 
 
 def test_encoder_tables_dynamic_map_and_odd_sizes():
