@@ -254,12 +254,6 @@ class Backend:
     def from_host(self, a: np.ndarray) -> Any:
         return a
 
-    def to_host_kept(self, a: Any) -> np.ndarray:
-        """:meth:`to_host` of an array a state will hold (checked block scales, or nested
-        codes): a device backend keeps ``a`` for :meth:`kept_copy` and returns a read-only
-        view that cannot be made writable; host backends: ``a``."""
-        return self.to_host(a)
-
     def held_scales(self, a: Any) -> Any:
         """What a state holds for the checked block scales ``a`` (float32, or a scale rule's
         stored values; an array of this backend's kind): host backends a contiguous host array;
@@ -268,9 +262,10 @@ class Backend:
         return np.ascontiguousarray(self.to_host(a))
 
     def kept_copy(self, host: Any) -> Any | None:
-        """The array :meth:`to_host_kept` kept for ``host`` (which cannot have changed since),
-        or the device array of a :class:`~quantbook.bulk.state.DeviceScales`, on the current
-        device; else None (host backends: always)."""
+        """The device array a device backend kept for ``host``, a read-only host copy it made of
+        it (which cannot have changed since), or the device array of a
+        :class:`~quantbook.bulk.state.DeviceScales`, on the current device; else None (host
+        backends: always)."""
         return None
 
     def scales_finite_nonnegative(self, s: Any) -> bool:

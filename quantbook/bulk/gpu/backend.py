@@ -644,6 +644,9 @@ class CudaBackend(Backend, name="gpu"):
         return host_array(a)   # torch (bfloat16 through its bits) or numpy
 
     def to_host_kept(self, a: Any) -> np.ndarray:
+        """:meth:`to_host` of an array a state will hold (checked block scales, or nested
+        codes), keeping ``a`` for :meth:`kept_copy`: a read-only view that cannot be made
+        writable (:mod:`.kept`)."""
         return keep(self.to_host(a), a, device_of(a))
 
     def held_scales(self, a: Any) -> Any:

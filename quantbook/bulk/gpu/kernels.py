@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from ..format import SIGN_INF_BITS
 from ..sums import CHUNK as SUM_CHUNK
-from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT, LAYOUTS, WORD_LOW, WORD_SHIFT
+from .tables import BUCKET_BYTES, BUCKET_SHIFT, FINE_LOW, FINE_SHIFT, LAYOUTS, WORD_LOW, WORD_SHIFT, search_tag
 
 DTYPES = ("f32", "f16", "bf16")
 #: each dtype key's numpy name
@@ -105,25 +105,27 @@ def max_steps(packing: int) -> int:
     return 8 if packing == 8 else packing
 
 
+def _searches(packing: int) -> dict[str, tuple[int, int]]:
+    """The searches after the table read a kernel of this packing is built for, by
+    :func:`~quantbook.bulk.gpu.tables.search_tag`: ``(steps, layout)`` template arguments, the
+    layout by its index in ``tables.LAYOUTS``: 0 .. max_steps compares of the coarse (codes of
+    a byte: the fine) layout, and the word layout's, for codes of 1, 2 or 4 bits."""
+    layout = "fine" if packing == 8 else "coarse"
+    out = {search_tag(layout, k): (k, LAYOUTS.index(layout)) for k in range(max_steps(packing) + 1)}
+    if packing < 8:
+        out[search_tag("word", 0)] = (0, LAYOUTS.index("word"))
+    return out
+
+
 def searches(packing: int) -> tuple[str, ...]:
-    """The searches after the table read a kernel of this packing is built for
-    (``EncoderTables.search``): ``s0`` .. ``s{max_steps}`` compares of the coarse (codes of a
-    byte: the fine) layout, and ``w``, the word layout's, for codes of 1, 2 or 4 bits."""
-    return tuple(f"s{k}" for k in range(max_steps(packing) + 1)) + (("w",) if packing < 8 else ())
+    """The searches (``EncoderTables.search``) of this packing's kernels."""
+    return tuple(_searches(packing))
 
 
 def quantize_name(dtype: str, vec: int, packing: int, search: str) -> str:
     """The quantize kernel of a dtype, values a thread (:func:`quantize_vec`), packing and
     search (:func:`searches`, from the encoder tables: a compile-time loop count or layout)."""
     return f"qb_quantize_{dtype}_v{vec}_p{packing}_{search}"
-
-
-def _layout_number(packing: int, search: str) -> tuple[int, int]:
-    """``(steps, layout)`` template arguments of a search: the layout by its index in
-    ``tables.LAYOUTS``."""
-    if search == "w":
-        return 0, LAYOUTS.index("word")
-    return int(search[1:]), LAYOUTS.index("fine" if packing == 8 else "coarse")
 
 
 def dequantize_name(dtype: str, packing: int) -> str:
@@ -278,10 +280,7 @@ template <> __device__ __forceinline__ qb_u32 qb_umax<QbBF16>(qb_u32 a, qb_u32 b
    non-finite input); only blocks with a non-finite maximum can hold a NaN y, so the
    caller asks for the test (CHECK_NAN) only there.                                    */
 
-/* The layouts of tables.py, by their index in tables.LAYOUTS */
-#define QB_COARSE 0
-#define QB_FINE 1
-#define QB_WORD 2
+/* The layouts of tables.py, QB_COARSE, QB_FINE and QB_WORD: their index in tables.LAYOUTS */
 /* Codes leave the encoder shifted left by this much (the packer's shifts absorb it) */
 __device__ constexpr int qb_code_shift(int LAYOUT) { return LAYOUT == QB_COARSE ? 2 : 0; }
 
@@ -702,7 +701,7 @@ def _min_ctas(vec: int) -> int:
 
 def _quantize_wrapper(dtype: str, vec: int, packing: int, search: str) -> str:
     t = _TYPE[dtype]
-    steps, layout = _layout_number(packing, search)
+    steps, layout = _searches(packing)[search]
     return (
         f'extern "C" __global__ void __launch_bounds__(512, {_min_ctas(vec)}) '
         f'{quantize_name(dtype, vec, packing, search)}(\n'
@@ -896,9 +895,10 @@ def source(names: list[str] | tuple[str, ...] | None = None) -> str:
     if unknown:
         raise ValueError(f"unknown kernel name(s): {sorted(unknown)}")
     # the encoder tables' layout, from the one place that builds them
+    layouts = "".join(f"#define QB_{name.upper()} {i}\n" for i, name in enumerate(LAYOUTS))
     parts = [f"#define QB_BUCKET_SHIFT {BUCKET_SHIFT}\n#define QB_FINE_SHIFT {FINE_SHIFT}\n"
              f"#define QB_FINE_LOW {FINE_LOW}u\n#define QB_WORD_SHIFT {WORD_SHIFT}\n"
-             f"#define QB_WORD_LOW {WORD_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n"
+             f"#define QB_WORD_LOW {WORD_LOW}u\n#define QB_BUCKET_BYTES {BUCKET_BYTES}\n{layouts}"
              f"#define QB_SUM_CHUNK {SUM_CHUNK}\n#define QB_SUMS_CTA {SUMS_CTA}\n", _COMMON]
     for d in DTYPES:
         for p in PACKINGS:

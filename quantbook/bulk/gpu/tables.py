@@ -43,7 +43,7 @@ from ..format import check_code_table, code_encoder
 
 __all__ = ["EncoderTables", "encoder_tables", "encode_with_tables", "search_size", "bucket_index",
            "fine_layout", "MAX_TABLE", "BUCKET_SHIFT", "N_BUCKETS", "FINE_SHIFT", "N_FINE", "FINE_LOW",
-           "WORD_SHIFT", "N_WORD", "WORD_LOW", "BUCKET_BYTES", "LAYOUTS"]
+           "WORD_SHIFT", "N_WORD", "WORD_LOW", "BUCKET_BYTES", "LAYOUTS", "search_tag"]
 
 MAX_TABLE = 256
 #: coarse layout: ``y``'s float32 bits are shifted right by this much to index the table
@@ -65,6 +65,12 @@ if not BUCKET_BYTES == N_FINE == 4 * N_WORD:   # the kernel copies BUCKET_BYTES 
                       f"fine {N_FINE}, word {4 * N_WORD} bytes")
 #: the layouts, by the number the kernels know them by
 LAYOUTS = ("coarse", "fine", "word")
+
+
+def search_tag(layout: str, steps: int) -> str:
+    """The kernels' name for the search after the table read: ``"w"`` for the word layout
+    (none), else ``"s"`` and the number of compares."""
+    return "w" if layout == "word" else f"s{steps}"
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,8 @@ class EncoderTables:
 
     @property
     def search(self) -> str:
-        """The kernels' name for the search after the table read: ``"w"`` for the word layout
-        (none), else ``"s"`` and the number of compares."""
-        return "w" if self.layout == "word" else f"s{self.steps}"
+        """:func:`search_tag` of these tables."""
+        return search_tag(self.layout, self.steps)
 
 
 #: tables by code table and P, at most _CACHE_SIZE of them (about 18 KB each)
